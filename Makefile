@@ -1,0 +1,35 @@
+# kneepain: `make run` and `make test` work on a fresh clone with only Python 3.11 and make.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+export PATH := $(BIN):$(PATH)
+export DVC_NO_ANALYTICS := 1
+export MPLBACKEND := Agg
+
+.DEFAULT_GOAL := help
+.PHONY: help run test bench data clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_.-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
+
+$(VENV): pyproject.toml ## create the virtual environment and install the project (no-op when up to date)
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev,dask]'
+	touch $(VENV)
+
+run: $(VENV) ## run the whole pipeline (dvc repro) on the embedded defaults and print the summary
+	$(BIN)/dvc repro
+	$(BIN)/kneepain report
+
+test: $(VENV) ## run the test suite
+	$(BIN)/python -m pytest -q
+
+bench: $(VENV) ## run the benchmarks and print a table
+	$(BIN)/python -m benchmarks
+
+data: $(VENV) ## generate the synthetic splits only
+	$(BIN)/kneepain generate
+
+clean: ## remove generated data, models and reports (keeps the venv)
+	rm -rf data/synthetic/*.parquet data/synthetic/manifest.json models/* reports/* mlruns mlartifacts mlflow.db

@@ -1,0 +1,132 @@
+"""The `kneepain` command line: a thin layer that parses arguments, calls one library function and prints.
+
+Each command is ``_<name>_parser(subparsers)`` plus ``_<name>(args) -> int``; :func:`main` takes
+``argv`` so tests call ``main(["generate", ...])`` directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_REJECTED, EXIT_FATAL = 0, 1, 2
+
+
+class UsageError(Exception):
+    """A fatal problem the user can fix; printed as one line."""
+
+
+def _generate_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="generate the synthetic splits and print the oracle's scores")
+    p.add_argument("--config", default=None, help="generate config (default configs/generate.yaml)")
+    p.add_argument("--kb", default=None, help="knowledge base (default configs/knowledge_base.yaml)")
+    p.add_argument("--out", default=None, help="output folder (default data/synthetic)")
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from .config import CONFIG_DIR, GenerateConfig, load_config
+    from .datasets import DATA_DIR, format_data_summary, kb_for_split, oracle_summary, split_table
+    from .io import write_json_atomic
+    from .generate import write_splits
+    from .knowledge import load_knowledge_base
+
+    kb = load_knowledge_base(args.kb)
+    config = load_config(GenerateConfig, args.config or CONFIG_DIR / "generate.yaml")
+    out = Path(args.out) if args.out else DATA_DIR
+    frames = write_splits(kb, config, out)
+    print(f"Wrote {', '.join(f'{k} ({len(v):,})' for k, v in frames.items())} to {out}/\n")
+    summary = {"class_counts": split_table(frames).to_dict(),
+               "oracle": {name: oracle_summary(kb_for_split(kb, name), frames[name])
+                          for name in ("test", "shift") if name in frames}}
+    write_json_atomic(out / "summary.json", summary)
+    print(format_data_summary(summary))
+    return EXIT_OK
+
+
+def _report_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="print the summary of the last run (data, oracle, evaluation)")
+    p.add_argument("--data", default=None, help="data folder (default data/synthetic)")
+
+
+def _report(args: argparse.Namespace) -> int:
+    import json
+
+    from .datasets import DATA_DIR, format_data_summary
+
+    path = Path(args.data or DATA_DIR) / "summary.json"
+    if not path.exists():
+        raise UsageError(f"{path} does not exist: run `make run` (or `kneepain generate`) first.")
+    print(format_data_summary(json.loads(path.read_text())))
+    return EXIT_OK
+
+
+def _show_parser(sub: argparse._SubParsersAction) -> None:
+    from .schema import CONDITIONS
+
+    p = sub.add_parser("show", help="print generated cases as short prose vignettes")
+    p.add_argument("--n", type=int, default=5, help="how many cases (default 5)")
+    p.add_argument("--condition", choices=CONDITIONS, default=None, help="only this condition")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--shift", action="store_true", help="draw from the shifted population")
+    p.add_argument("--kb", default=None, help="knowledge base (default configs/knowledge_base.yaml)")
+
+
+def _show(args: argparse.Namespace) -> int:
+    from .generate import generate_cases
+    from .knowledge import load_knowledge_base
+    from .vignette import vignette
+
+    if args.n < 1:
+        raise UsageError(f"--n == {args.n}, must be >= 1.")
+    kb = load_knowledge_base(args.kb)
+    kb = kb.shifted() if args.shift else kb
+    share = 1.0 if args.condition is None else float(kb.prior[list(kb.conditions).index(args.condition)])
+    cases = generate_cases(kb, int(args.n / share * 3) + 50, seed=args.seed)
+    if args.condition is not None:
+        cases = cases[cases["condition"] == args.condition]
+    for i, (_, case) in enumerate(cases.head(args.n).iterrows(), 1):
+        print(f"{i}. {vignette(case)}\n")
+    return EXIT_OK
+
+
+COMMANDS: dict[str, tuple[Callable, Callable]] = {
+    "generate": (_generate_parser, _generate),
+    "show": (_show_parser, _show),
+    "report": (_report_parser, _report),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kneepain",
+        description="Causes of pain behind the knee: synthetic data, a calibrated classifier and a "
+                    "decision layer. Information only, not a diagnosis: seek professional advice.")
+    parser.add_argument("--debug", action="store_true", help="show Python tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for make_parser, _ in COMMANDS.values():
+        make_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; return its exit code (0 ok, 1 rows rejected, 2 fatal error)."""
+    args = build_parser().parse_args(argv)
+    from .config import ConfigError
+    from .knowledge import KnowledgeBaseError
+    from .schema import CaseValidationError
+
+    try:
+        return COMMANDS[args.command][1](args)
+    except (UsageError, ConfigError, KnowledgeBaseError, CaseValidationError, FileNotFoundError) as err:
+        if args.debug:
+            raise
+        print(f"kneepain {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_FATAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

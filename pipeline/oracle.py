@@ -1,0 +1,121 @@
+"""The exact Bayes posterior of the generator: the best any classifier can do on generated data.
+
+P(condition | known fields) is computed under the knowledge base's own model, summing over the
+latent severity. Unknown fields are missing at random (the generator hides answers independently
+of the condition), so they drop out of the likelihood rather than counting as "no".
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import pandas as pd
+from scipy.special import logsumexp, softmax
+
+from .cases import as_parsed
+from .knowledge import AGES, KnowledgeBase
+from .schema import CATEGORY_FIELDS, CONDITIONS, SYMPTOMS, field
+
+__all__ = ["oracle_posterior", "oracle_log_joint", "log_density"]
+
+_CHUNK = 1 << 16
+_LOG_SQRT_2PI = 0.5 * np.log(2 * np.pi)
+
+
+class _Tables:
+    """Log-probability lookup tables; the last row of each is 0 (an unknown answer adds nothing)."""
+
+    def __init__(self, kb: KnowledgeBase):
+        self.log_prior = np.log(kb.prior)
+        self.log_severity = np.log(kb.severity)
+        self.symptom = {s: _tri(kb.tristate[s]) for s in SYMPTOMS}  # (3, 9, 3)
+        self.context = {f: _tri(t[:, 0]) for f, t in kb.tristate.items() if f not in SYMPTOMS}  # (3, 9)
+        self.category = {f: np.vstack([np.log(kb.category[f]).T, np.zeros(len(CONDITIONS))])
+                         for f in CATEGORY_FIELDS if f != "sex"}
+        self.sex = np.vstack([np.log(kb.female), np.log1p(-kb.female), np.zeros(len(CONDITIONS))])
+        self.age = np.vstack([np.log(kb.age_pmf).T, np.zeros(len(CONDITIONS))])  # (n_ages + 1, 9)
+        self.pregnant = _tri(kb.pregnant)
+        self.pregnant_other = np.log([1 - kb.pregnant_other, kb.pregnant_other, 1.0])
+        self.fertile_max = kb.fertile_age[1]
+        self.bmi = kb.bmi
+        self.duration = kb.duration
+
+
+def _tri(p: np.ndarray) -> np.ndarray:
+    """Rows: no, yes, unknown (code -1 indexes the last row)."""
+    return np.stack([np.log1p(-p), np.log(p), np.zeros_like(p)])
+
+
+@lru_cache(maxsize=8)
+def _tables(kb: KnowledgeBase) -> _Tables:
+    return _Tables(kb)
+
+
+def _normal_logpdf(x: np.ndarray, params: np.ndarray) -> np.ndarray:
+    """(n, 9) log N(x; mean_k, sd_k), 0 where x is NaN."""
+    z = (x[:, None] - params[None, :, 0]) / params[None, :, 1]
+    out = -0.5 * z * z - np.log(params[None, :, 1]) - _LOG_SQRT_2PI
+    return np.where(np.isnan(x)[:, None], 0.0, out)
+
+
+def _log_joint_chunk(t: _Tables, codes: dict[str, np.ndarray]) -> np.ndarray:
+    m = len(codes["sex"])
+    sev = np.broadcast_to(t.log_severity, (m, *t.log_severity.shape)).copy()
+    for s in SYMPTOMS:
+        sev += t.symptom[s][codes[s]]
+    ctx = logsumexp(sev, axis=2) + t.log_prior
+    for f, table in t.context.items():
+        ctx += table[codes[f]]
+    for f, table in t.category.items():
+        ctx += table[codes[f]]
+    ctx += t.sex[codes["sex"]]
+    age = codes["age"]
+    age_idx = np.where(np.isnan(age), len(AGES), age - AGES[0]).astype(np.intp)
+    ctx += t.age[age_idx]
+    female = codes["sex"] == field("sex").allowed.index("female")
+    fertile = female & ~(age > t.fertile_max)
+    preg = codes["pregnant"]
+    ctx += np.where(fertile[:, None], t.pregnant[preg], 0.0)
+    ctx += np.where(female & ~fertile, t.pregnant_other[preg], 0.0)[:, None]
+    ctx += _normal_logpdf(codes["bmi"], t.bmi)
+    days = np.maximum(codes["symptom_duration_days"], 1e-5)
+    ctx += _normal_logpdf(np.log(days), t.duration) - np.where(np.isnan(days), 0.0, np.log(days))[:, None]
+    return ctx
+
+
+def oracle_log_joint(kb: KnowledgeBase, cases) -> np.ndarray:
+    """log P(condition, known fields) for each case, shape (n_cases, n_conditions).
+
+    ``cases`` is anything :func:`pipeline.predict` accepts, or parsed cases.
+    """
+    parsed = as_parsed(cases)
+    t = _tables(kb)
+    n = len(parsed)
+    out = np.empty((n, len(CONDITIONS)))
+    for start in range(0, n, _CHUNK):
+        stop = min(n, start + _CHUNK)
+        out[start:stop] = _log_joint_chunk(t, {k: v[start:stop] for k, v in parsed.codes.items()})
+    return out
+
+
+def oracle_posterior(kb: KnowledgeBase, cases) -> pd.DataFrame:
+    """Exact P(condition | known fields): one column per condition, each row sums to 1.
+
+    Parameters
+    ----------
+    kb : KnowledgeBase
+        The model that generated the cases (use ``kb.shifted()`` for the ``shift`` split).
+    cases : DataFrame, dict, list of dicts, path, or ParsedCases
+        Cases in the schema; invalid cases raise :class:`pipeline.CaseValidationError`.
+
+    Returns
+    -------
+    DataFrame of shape (n_cases, n_conditions)
+    """
+    return pd.DataFrame(softmax(oracle_log_joint(kb, cases), axis=1), columns=list(CONDITIONS))
+
+
+def log_density(kb: KnowledgeBase, cases) -> np.ndarray:
+    """log p(known fields) under the knowledge base's model, shape (n_cases,)."""
+    return logsumexp(oracle_log_joint(kb, cases), axis=1)

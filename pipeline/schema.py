@@ -1,0 +1,404 @@
+"""The case record (CASE_SCHEMA.md) as code: the one place that names columns and allowed values.
+
+Everything else derives from here: the generator's columns, input parsing and validation, the
+features, the MLflow signature and the README's data dictionary.
+
+Parsed cases are held as integer codes: a tri-state is ``1`` (yes), ``0`` (no) or ``-1``
+(unknown); a category is its index in :attr:`Field.allowed` or ``-1``; a number is a float with
+``NaN`` for unknown.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "CONDITIONS",
+    "CONDITION_LABELS",
+    "FIELDS",
+    "FIELD_NAMES",
+    "SCHEMA_VERSION",
+    "TRISTATE_NO",
+    "TRISTATE_YES",
+    "UNKNOWN",
+    "CaseValidationError",
+    "Field",
+    "ParsedCases",
+    "data_dictionary_markdown",
+    "field",
+    "parse_cases",
+]
+
+SCHEMA_VERSION = "1"
+UNKNOWN = -1
+
+CONDITIONS: tuple[str, ...] = (
+    "leg_cramp",
+    "bakers_cyst",
+    "runners_knee",
+    "hamstring_injury",
+    "meniscus_tear",
+    "acl_injury",
+    "pcl_injury",
+    "dvt",
+    "osteoarthritis",
+)
+CONDITION_LABELS: dict[str, str] = {
+    "leg_cramp": "leg cramp",
+    "bakers_cyst": "Baker's cyst",
+    "runners_knee": "runner's knee",
+    "hamstring_injury": "hamstring injury",
+    "meniscus_tear": "meniscus tear",
+    "acl_injury": "ACL injury",
+    "pcl_injury": "PCL injury",
+    "dvt": "deep vein thrombosis",
+    "osteoarthritis": "osteoarthritis",
+}
+
+TRISTATE_YES = frozenset({"yes", "y", "true", "t", "1"})
+TRISTATE_NO = frozenset({"no", "n", "false", "f", "0"})
+_TRISTATE_UNKNOWN = frozenset({"", "unknown"})
+_TRISTATE_ALLOWED = "yes/y/true/t/1, no/n/false/f/0, or blank/unknown"
+
+
+@dataclass(frozen=True)
+class Field:
+    """One input column of the case record."""
+
+    name: str
+    kind: str  # "tristate", "category", "integer" or "float"
+    group: str  # "context", "onset" or "symptom"
+    meaning: str
+    seed_basis: str = ""
+    required: bool = False
+    allowed: tuple[str, ...] = ()
+    minimum: float | None = None
+    maximum: float | None = None
+
+    @property
+    def allowed_text(self) -> str:
+        if self.kind == "tristate":
+            return _TRISTATE_ALLOWED
+        if self.kind == "category":
+            return ", ".join(self.allowed)
+        low = "" if self.minimum is None else f">= {self.minimum:g}"
+        high = "" if self.maximum is None else f"<= {self.maximum:g}"
+        number = "a whole number" if self.kind == "integer" else "a number"
+        return f"{number} {' and '.join(p for p in (low, high) if p)}".strip()
+
+
+def _tri(name: str, group: str, meaning: str, seed_basis: str = "") -> Field:
+    return Field(name, "tristate", group, meaning, seed_basis)
+
+
+FIELDS: tuple[Field, ...] = (
+    Field("age", "integer", "context", "age in years", "DVT: \"being older\"; OA wears cartilage over time",
+          required=True, minimum=12, maximum=100),
+    Field("sex", "category", "context", "sex", "pregnancy; sex-specific risks",
+          required=True, allowed=("female", "male")),
+    _tri("pregnant", "context", "currently pregnant (never yes when sex is male)",
+         "cramp: \"pregnant women are more likely to experience leg cramps\""),
+    Field("bmi", "float", "context", "body-mass index, kg/m^2", "DVT, OA: \"overweight\", \"obese\"",
+          minimum=12, maximum=70),
+    _tri("smoker", "context", "smokes", "DVT: \"a smoker puts you at higher risk\""),
+    _tri("sedentary", "context", "a predominantly sedentary lifestyle",
+         "DVT: \"a predominantly sedentary lifestyle\""),
+    Field("activity", "category", "context",
+          "main activity: sprint_pivot_sport is football, tennis, basketball (short fast bursts, "
+          "stop-start, direction changes)", "runner's knee, hamstring, ACL",
+          allowed=("none", "running", "sprint_pivot_sport", "other_exercise")),
+    _tri("stretches_before_exercise", "context", "stretches before exercise",
+         "cramp: \"fail to stretch properly before or after exercise\""),
+    _tri("recent_dehydration", "context", "recently dehydrated",
+         "cramp: \"may also be the result of dehydration\""),
+    _tri("inflammatory_arthritis", "context", "rheumatoid arthritis or lupus",
+         "OA: \"rheumatoid arthritis or lupus\""),
+    Field("onset", "category", "onset", "how the pain began", "", allowed=("sudden", "gradual")),
+    Field("injury_event", "category", "onset", "what happened when it began",
+          "hamstring \"pulled too far\"; ACL \"suddenly change direction\"; meniscus \"bending or "
+          "squatting\"; PCL \"falling directly onto the knee\"",
+          allowed=("none", "overstretch_or_sprint", "twist_or_direction_change",
+                   "deep_bend_or_squat", "fall_onto_knee")),
+    _tri("heard_pop", "onset", "heard a pop when it happened",
+         "meniscus, ACL: \"you will typically hear a loud pop\""),
+    _tri("pain_delayed_onset", "onset", "pain began hours to days after the event",
+         "meniscus: \"pain may not be apparent immediately\""),
+    Field("symptom_duration_days", "float", "onset",
+          "how long the symptoms have lasted, in days (a cramp lasting minutes is ~0.001)",
+          "cramp \"a few seconds and several minutes\"; OA chronic", minimum=0),
+    _tri("muscle_spasm", "symptom", "sudden, very painful muscle spasm", "leg cramp"),
+    _tri("cramp_calf_or_thigh", "symptom", "cramp felt in the calf or thigh too", "leg cramp (overuse)"),
+    _tri("swelling_behind_knee", "symptom", "a lump or pocket of swelling at the back of the knee",
+         "Baker's cyst"),
+    _tri("pressure_behind_knee", "symptom", "pressure or tightness at the back of the knee", "Baker's cyst"),
+    _tri("tingling", "symptom", "tingling around the back of the knee", "Baker's cyst"),
+    _tri("knee_swelling", "symptom", "the knee itself is swollen", "meniscus, ACL, PCL, runner's knee"),
+    _tri("leg_swelling", "symptom", "the lower leg / calf is swollen", "DVT"),
+    _tri("visible_veins", "symptom", "prominent, clearly visible surface veins", "DVT"),
+    _tri("skin_warm", "symptom", "skin warm to the touch / joint feels hot", "DVT, OA"),
+    _tri("skin_red", "symptom", "skin slightly red", "DVT"),
+    _tri("pain_on_standing", "symptom", "pain in knee and leg when standing up", "DVT"),
+    _tri("giving_way", "symptom", "knee gives out or buckles", "runner's knee, meniscus, ACL"),
+    _tri("locking", "symptom", "knee locks when bearing weight", "meniscus"),
+    _tri("grinding", "symptom", "grinding or cracking when bending", "runner's knee, OA"),
+    _tri("reduced_range_of_motion", "symptom", "cannot fully bend or straighten",
+         "meniscus, PCL, OA, runner's knee"),
+    _tri("stiffness", "symptom", "stiffness of the knee", "PCL, OA"),
+    _tri("weakness", "symptom", "weakness of the knee or leg", "runner's knee, meniscus"),
+    _tri("pain_back_of_thigh", "symptom", "pain in the back of the thigh", "hamstring"),
+    _tri("pain_all_around_knee", "symptom",
+         "pain or discomfort all around the knee and upper leg, not only behind it", "OA"),
+)
+FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in FIELDS)
+_BY_NAME = {f.name: f for f in FIELDS}
+TRISTATE_FIELDS = tuple(f.name for f in FIELDS if f.kind == "tristate")
+CATEGORY_FIELDS = tuple(f.name for f in FIELDS if f.kind == "category")
+NUMERIC_FIELDS = tuple(f.name for f in FIELDS if f.kind in ("integer", "float"))
+SYMPTOMS = tuple(f.name for f in FIELDS if f.group == "symptom")
+ID_COLUMN = "case_id"
+LABEL_COLUMN = "condition"
+SEVERITY_COLUMN = "severity"
+SEVERITIES = ("mild", "moderate", "severe")
+
+
+def field(name: str) -> Field:
+    """Return the :class:`Field` called ``name``; ``KeyError`` names the known fields."""
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        raise KeyError(f"{name!r} is not a case field; known fields: {', '.join(FIELD_NAMES)}") from None
+
+
+class CaseValidationError(ValueError):
+    """Cases that break the schema. ``errors`` is a DataFrame: row, column, value, reason."""
+
+    max_listed = 20
+
+    def __init__(self, errors: pd.DataFrame, n_rows: int | None = None):
+        self.errors = errors.reset_index(drop=True)
+        lines = [
+            f"row {r.row}, column {r.column!r}, value {r.value!r}: {r.reason}"
+            for r in self.errors.head(self.max_listed).itertuples()
+        ]
+        more = len(self.errors) - len(lines)
+        if more > 0:
+            lines.append(f"... and {more} more")
+        bad_rows = self.errors["row"].nunique() if len(self.errors) else 0
+        of = f" of {n_rows}" if n_rows is not None else ""
+        super().__init__(f"{bad_rows}{of} case(s) are invalid:\n  " + "\n  ".join(lines))
+
+
+@dataclass
+class ParsedCases:
+    """Validated cases as codes. Rows with an error are marked in ``valid`` and listed in ``errors``."""
+
+    codes: dict[str, np.ndarray]
+    valid: np.ndarray
+    errors: pd.DataFrame
+    ids: pd.Series | None = None
+    ignored_columns: tuple[str, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.valid)
+
+    def subset(self, mask: np.ndarray) -> "ParsedCases":
+        """The rows where ``mask`` is true (codes, ids and validity; errors are not carried)."""
+        return ParsedCases(
+            {k: v[mask] for k, v in self.codes.items()},
+            self.valid[mask],
+            _empty_errors(),
+            None if self.ids is None else self.ids[mask].reset_index(drop=True),
+            self.ignored_columns,
+        )
+
+    def to_frame(self) -> pd.DataFrame:
+        """The canonical typed DataFrame: categoricals, nullable booleans and floats."""
+        return codes_to_frame(self.codes)
+
+
+def _empty_errors() -> pd.DataFrame:
+    return pd.DataFrame({"row": pd.Series(dtype="int64"), "column": pd.Series(dtype="str"),
+                         "value": pd.Series(dtype="str"), "reason": pd.Series(dtype="str")})
+
+
+def codes_to_frame(codes: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Build the typed case DataFrame from codes (the generator's output format)."""
+    columns: dict[str, Any] = {}
+    for f in FIELDS:
+        c = codes[f.name]
+        if f.kind == "tristate":
+            columns[f.name] = pd.arrays.BooleanArray(c == 1, c < 0)
+        elif f.kind == "category":
+            columns[f.name] = pd.Categorical.from_codes(c.astype(np.int8), categories=list(f.allowed))
+        elif f.kind == "integer":
+            missing = np.isnan(c)
+            columns[f.name] = pd.arrays.IntegerArray(np.where(missing, 0, c).astype(np.int16), missing)
+        else:
+            columns[f.name] = c.astype(np.float64)
+    return pd.DataFrame(columns)
+
+
+def _as_text(values: np.ndarray) -> np.ndarray:
+    """Normalise unique raw values to lower-case stripped text ('' for blanks)."""
+    out = np.empty(len(values), dtype=object)
+    for i, v in enumerate(values):
+        if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
+            out[i] = ""
+        elif isinstance(v, (bool, np.bool_)):
+            out[i] = "1" if v else "0"
+        elif isinstance(v, (int, np.integer)):
+            out[i] = str(int(v))
+        elif isinstance(v, (float, np.floating)) and float(v).is_integer():
+            out[i] = str(int(v))
+        else:
+            out[i] = str(v).strip().lower()
+    return out
+
+
+def _parse_coded(series: pd.Series, f: Field) -> tuple[np.ndarray, np.ndarray]:
+    """Codes and an error mask for a tri-state or category column (parses each unique value once)."""
+    inverse, uniques = pd.factorize(series, use_na_sentinel=True)
+    text = _as_text(np.asarray(uniques, dtype=object))
+    if f.kind == "tristate":
+        lookup = {**{t: 1 for t in TRISTATE_YES}, **{t: 0 for t in TRISTATE_NO},
+                  **{t: UNKNOWN for t in _TRISTATE_UNKNOWN}}
+    else:
+        lookup = {name: i for i, name in enumerate(f.allowed)}
+        lookup[""] = UNKNOWN
+        lookup["unknown"] = UNKNOWN
+    mapped = np.array([lookup.get(t, -2) for t in text] + [UNKNOWN], dtype=np.int8)
+    codes = mapped[inverse]  # factorize's -1 (missing) picks the trailing UNKNOWN
+    bad = codes == -2
+    codes[bad] = UNKNOWN
+    return codes, bad
+
+
+def _parse_number(series: pd.Series, f: Field) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Floats (NaN unknown), an error mask and a reason per error."""
+    if pd.api.types.is_bool_dtype(series.dtype):
+        raw = pd.Series(np.full(len(series), np.nan))
+        bad_type = series.notna().to_numpy()
+    elif pd.api.types.is_numeric_dtype(series.dtype):
+        raw = series.astype("Float64").astype(float)
+        bad_type = np.zeros(len(series), dtype=bool)
+    else:
+        obj = series.astype(object)
+        blank = obj.map(lambda v: v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v))
+                        or (isinstance(v, str) and v.strip().lower() in _TRISTATE_UNKNOWN))
+        raw = pd.to_numeric(obj.where(~blank, np.nan).map(
+            lambda v: v.strip() if isinstance(v, str) else v), errors="coerce")
+        bad_type = (raw.isna() & ~blank).to_numpy()
+    values = raw.to_numpy(dtype=np.float64, na_value=np.nan)
+    with np.errstate(invalid="ignore"):
+        bad_range = np.zeros(len(values), dtype=bool)
+        if f.minimum is not None:
+            bad_range |= values < f.minimum
+        if f.maximum is not None:
+            bad_range |= values > f.maximum
+        bad_range |= np.isinf(values)
+        bad_whole = (values != np.floor(values)) & ~np.isnan(values) if f.kind == "integer" else \
+            np.zeros(len(values), dtype=bool)
+    reasons = np.where(bad_type, "not a number", np.where(bad_whole, "not a whole number", "out of range"))
+    bad = bad_type | bad_range | bad_whole
+    values = np.where(bad, np.nan, values)
+    return values, bad, reasons
+
+
+def parse_cases(cases: pd.DataFrame, *, row_offset: int = 0, raise_on_error: bool = True) -> ParsedCases:
+    """Parse and validate a DataFrame of cases into codes.
+
+    Parameters
+    ----------
+    cases : DataFrame of shape (n_cases, n_columns)
+        Any columns; the schema's fields are read, ``case_id`` is kept, ``condition`` and
+        ``severity`` are ignored and other columns are reported in ``ignored_columns``.
+    row_offset : int, default=0
+        Added to row numbers in errors (for chunked reading).
+    raise_on_error : bool, default=True
+        Raise :class:`CaseValidationError` naming every bad row, column and value; otherwise mark
+        those rows invalid and return them in ``errors``.
+
+    Raises
+    ------
+    CaseValidationError
+        If a required column is missing (always), or a value is invalid and ``raise_on_error``.
+    """
+    if not isinstance(cases, pd.DataFrame):
+        raise TypeError(f"cases must be a pandas DataFrame, got {type(cases).__name__}.")
+    columns = {str(c).strip().lower().lstrip("\ufeff"): c for c in cases.columns}
+    missing = [f.name for f in FIELDS if f.required and f.name not in columns]
+    if missing:
+        raise CaseValidationError(pd.DataFrame({
+            "row": [-1] * len(missing), "column": missing, "value": [""] * len(missing),
+            "reason": ["required column is missing (required columns: "
+                       + ", ".join(f.name for f in FIELDS if f.required) + ")"] * len(missing)}))
+    n = len(cases)
+    rows = np.arange(n) + row_offset
+    codes: dict[str, np.ndarray] = {}
+    problems: list[pd.DataFrame] = []
+
+    def report(name: str, mask: np.ndarray, values: Any, reason: Any) -> None:
+        if mask.any():
+            raw = np.asarray(values, dtype=object)[mask]
+            problems.append(pd.DataFrame({
+                "row": rows[mask], "column": name, "value": [_show(v) for v in raw],
+                "reason": np.asarray(reason, dtype=object)[mask] if not isinstance(reason, str) else reason}))
+
+    for f in FIELDS:
+        if f.name not in columns:
+            codes[f.name] = (np.full(n, np.nan) if f.kind in ("integer", "float")
+                             else np.full(n, UNKNOWN, dtype=np.int8))
+            continue
+        series = cases[columns[f.name]]
+        if f.kind in ("integer", "float"):
+            values, bad, reasons = _parse_number(series, f)
+            codes[f.name] = values
+            report(f.name, bad, series.to_numpy(dtype=object),
+                   np.char.add(reasons.astype(str), f"; allowed: {f.allowed_text}"))
+        else:
+            c, bad = _parse_coded(series, f)
+            codes[f.name] = c
+            report(f.name, bad, series.to_numpy(dtype=object), f"not allowed; allowed: {f.allowed_text}")
+        if f.required:
+            blank = (np.isnan(codes[f.name]) if f.kind in ("integer", "float") else codes[f.name] == UNKNOWN) & ~bad
+            report(f.name, blank, series.to_numpy(dtype=object), f"required; allowed: {f.allowed_text}")
+
+    male = codes["sex"] == field("sex").allowed.index("male")
+    pregnant_male = male & (codes["pregnant"] == 1)
+    if "pregnant" in columns:
+        report("pregnant", pregnant_male, cases[columns["pregnant"]].to_numpy(dtype=object),
+               "pregnant cannot be yes when sex is male; allowed for males: no or unknown")
+
+    errors = pd.concat(problems, ignore_index=True).sort_values("row", kind="stable", ignore_index=True) \
+        if problems else _empty_errors()
+    valid = ~np.isin(rows, errors["row"].to_numpy())
+    ids = None
+    if ID_COLUMN in columns:
+        ids = cases[columns[ID_COLUMN]].reset_index(drop=True)
+    known = set(FIELD_NAMES) | {ID_COLUMN, LABEL_COLUMN, SEVERITY_COLUMN}
+    ignored = tuple(str(c) for k, c in columns.items() if k not in known)
+    parsed = ParsedCases(codes, valid, errors, ids, ignored)
+    if raise_on_error and len(errors):
+        raise CaseValidationError(errors, n)
+    return parsed
+
+
+def _show(value: Any, limit: int = 80) -> str:
+    text = "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+
+
+def data_dictionary_markdown() -> str:
+    """The README's data dictionary, generated from :data:`FIELDS`."""
+    lines = ["| column | required | type | allowed | meaning | seed basis |", "|---|---|---|---|---|---|"]
+    for f in FIELDS:
+        kind = {"tristate": "tri-state", "category": "category"}.get(f.kind, f.kind)
+        allowed = f.allowed_text if f.kind != "tristate" else "yes / no / unknown"
+        lines.append(f"| `{f.name}` | {'yes' if f.required else 'no'} | {kind} | {allowed} | "
+                     f"{f.meaning} | {f.seed_basis.replace('|', '/')} |")
+    return "\n".join(lines)

@@ -1,0 +1,120 @@
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from pipeline import generate_cases
+from pipeline.config import GenerateConfig
+from pipeline.generate import write_splits
+from pipeline.io import sha256_file
+from pipeline.knowledge import AGES
+from pipeline.schema import CATEGORY_FIELDS, CONDITIONS, FIELDS, SYMPTOMS, field, parse_cases
+
+# Statistical tests: two-sided, family-wise level 0.001 over all comparisons in a test (Bonferroni),
+# on 200k cases from a fixed seed.
+FAMILY_ALPHA = 1e-3
+
+
+def test_generated_cases_pass_the_schema(kb):
+    frame = generate_cases(kb, 5000, seed=3)
+    assert list(frame.columns[:len(FIELDS)]) == [f.name for f in FIELDS]
+    parsed = parse_cases(frame)  # raises on any illegal value
+    assert parsed.valid.all()
+    for name in CATEGORY_FIELDS:
+        assert set(frame[name].dropna().unique()) <= set(field(name).allowed)
+    assert frame["age"].between(12, 100).all()
+    assert set(frame["condition"].unique()) <= set(CONDITIONS)
+    assert set(frame["severity"].unique()) <= {"mild", "moderate", "severe"}
+    assert not frame.loc[frame["sex"] == "male", "pregnant"].eq(True).any()
+
+
+def test_symptom_frequencies_match_the_knowledge_base(kb, big_sample):
+    codes, cond, _ = big_sample
+    n_tests = len(CONDITIONS) * (len(SYMPTOMS) + 2)
+    z_crit = stats.norm.isf(FAMILY_ALPHA / n_tests / 2)
+    for name in (*SYMPTOMS, "heard_pop", "pain_delayed_onset"):
+        expected = (kb.tristate[name] * kb.severity).sum(axis=1)
+        for k in range(len(CONDITIONS)):
+            answered = codes[name][(cond == k) & (codes[name] >= 0)]
+            p = expected[k]
+            z = (answered.mean() - p) / np.sqrt(p * (1 - p) / len(answered))
+            assert abs(z) < z_crit, f"{CONDITIONS[k]}.{name}: {answered.mean():.4f} vs {p:.4f} (z={z:.1f})"
+
+
+def test_context_frequencies_match_the_knowledge_base(kb, big_sample):
+    codes, cond, _ = big_sample
+    tables = {name: kb.category[name] for name in ("activity", "onset", "injury_event")}
+    tables["age"] = kb.age_pmf
+    n_tests = len(CONDITIONS) * len(tables)
+    for name, probs in tables.items():
+        for k in range(len(CONDITIONS)):
+            values = codes[name][(cond == k) & ~np.isnan(codes[name].astype(float)) & (codes[name] >= 0)]
+            if name == "age":
+                values = (values - AGES[0]).astype(int)
+                # pool the sparse tails so every cell expects at least 5 cases
+                expected = probs[k] * len(values)
+                keep = expected >= 5
+                observed = np.bincount(values, minlength=len(AGES))
+                obs = np.append(observed[keep], observed[~keep].sum())
+                exp = np.append(expected[keep], expected[~keep].sum())
+                obs, exp = (obs, exp) if exp[-1] > 0 else (obs[:-1], exp[:-1])
+            else:
+                obs = np.bincount(values, minlength=probs.shape[1])
+                exp = probs[k] * len(values)
+            p = stats.chisquare(obs, exp * obs.sum() / exp.sum()).pvalue
+            assert p > FAMILY_ALPHA / n_tests, f"{CONDITIONS[k]}.{name}: chi-square p={p:.2g}"
+
+
+def test_missingness_rates_match(kb, big_sample):
+    codes, _, _ = big_sample
+    n = len(codes["sex"])
+    for f in FIELDS:
+        if f.required:
+            assert not np.any(np.isnan(codes[f.name].astype(float))) and not np.any(codes[f.name] == -1)
+            continue
+        unknown = np.isnan(codes[f.name]) if f.kind in ("integer", "float") else codes[f.name] == -1
+        p = kb.missingness[f.name]
+        z = (unknown.mean() - p) / np.sqrt(p * (1 - p) / n)
+        assert abs(z) < 5, f"{f.name}: {unknown.mean():.4f} unknown vs {p}"
+
+
+def test_clinically_typical_cases(kb, big_sample):
+    codes, cond, _ = big_sample
+    acl, dvt = cond == CONDITIONS.index("acl_injury"), cond == CONDITIONS.index("dvt")
+    twist = field("injury_event").allowed.index("twist_or_direction_change")
+    assert np.median(codes["age"][acl]) < 32
+    assert np.bincount(codes["injury_event"][acl & (codes["injury_event"] >= 0)]).argmax() == twist
+    assert codes["heard_pop"][acl & (codes["heard_pop"] >= 0)].mean() > 0.5
+    assert np.median(codes["age"][dvt]) > 55
+    for risk in ("sedentary", "smoker"):
+        known = codes[risk] >= 0
+        assert codes[risk][dvt & known].mean() > 1.5 * codes[risk][~dvt & known].mean()
+    assert codes["leg_swelling"][dvt & (codes["leg_swelling"] >= 0)].mean() > 0.6
+
+
+def _config(seed):
+    return GenerateConfig.model_validate({"seed": seed, "splits": {"train": {"n": 3000}, "shift": {"n": 1000, "population": "shift"}}})
+
+
+def test_splits_are_byte_identical_for_a_seed_and_differ_for_another(kb, tmp_path):
+    write_splits(kb, _config(7), tmp_path / "a")
+    write_splits(kb, _config(7), tmp_path / "b")
+    write_splits(kb, _config(8), tmp_path / "c")
+    for split in ("train", "shift"):
+        a, b, c = (sha256_file(tmp_path / d / f"{split}.parquet") for d in "abc")
+        assert a == b and a != c
+    manifest = (tmp_path / "a" / "manifest.json").read_text()
+    assert sha256_file(tmp_path / "a" / "train.parquet") in manifest
+    frame = pd.read_parquet(tmp_path / "a" / "train.parquet")
+    assert frame["case_id"].is_unique and len(frame) == 3000
+
+
+def test_splits_have_independent_seeds(kb, tmp_path):
+    frames = write_splits(kb, GenerateConfig.model_validate(
+        {"seed": 1, "splits": {"x": {"n": 500}, "y": {"n": 500}}}), tmp_path)
+    assert not frames["x"].drop(columns="case_id").equals(frames["y"].drop(columns="case_id"))
+
+
+def test_bad_n_is_refused(kb):
+    with pytest.raises(ValueError, match="n == -1"):
+        generate_cases(kb, -1, seed=0)

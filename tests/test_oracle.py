@@ -1,0 +1,71 @@
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+from scipy.special import logsumexp
+
+from pipeline import generate_cases, log_density, oracle_posterior
+from pipeline.metrics import summary
+from pipeline.oracle import oracle_log_joint
+from pipeline.schema import CONDITIONS, ParsedCases
+
+
+def _parsed(codes):
+    return ParsedCases({k: v for k, v in codes.items()}, np.ones(len(codes["sex"]), bool), None)
+
+
+def test_posterior_rows_sum_to_one_and_align(kb):
+    cases = generate_cases(kb, 2000, seed=5)
+    post = oracle_posterior(kb, cases)
+    assert list(post.columns) == list(CONDITIONS) and len(post) == len(cases)
+    np.testing.assert_allclose(post.sum(axis=1), 1.0, atol=1e-12)
+
+
+def test_posterior_matches_empirical_label_frequencies(kb, big_sample):
+    """Among cases sharing a pattern of known fields, labels follow the posterior (chi-square)."""
+    codes, cond, _ = big_sample
+    keep = ("sex", "activity", "onset", "heard_pop", "knee_swelling", "leg_swelling")
+    hidden = {k: (np.full_like(v, np.nan) if v.dtype.kind == "f" else np.full_like(v, -1))
+              for k, v in codes.items() if k not in keep}
+    masked = {**codes, **hidden}
+    post = oracle_posterior(kb, _parsed(masked)).to_numpy()
+    pattern = pd.DataFrame({k: codes[k] for k in keep}).astype(str).agg("|".join, axis=1)
+    groups = pattern.groupby(pattern).indices
+    frequent = [idx for idx in groups.values() if len(idx) >= 3000]
+    assert len(frequent) >= 5
+    for idx in frequent:
+        p = post[idx[0]]
+        np.testing.assert_allclose(post[idx], np.broadcast_to(p, post[idx].shape), atol=1e-12)
+        observed = np.bincount(cond[idx], minlength=len(CONDITIONS))
+        expected = p * len(idx)
+        big = expected >= 5
+        obs = np.append(observed[big], observed[~big].sum())
+        exp = np.append(expected[big], expected[~big].sum())
+        pvalue = stats.chisquare(obs, exp).pvalue
+        assert pvalue > 1e-3 / len(frequent), f"pattern {pattern.iloc[idx[0]]}: p={pvalue:.2g}"
+
+
+def test_unknown_is_marginalised_not_no(kb):
+    case = {"age": 67, "sex": "male", "sedentary": "yes", "skin_warm": "yes"}
+    lj = {v: oracle_log_joint(kb, {**case, "leg_swelling": v})[0] for v in ("yes", "no", "")}
+    # p(known, unknown field) = sum over its values: the identity of marginalisation
+    np.testing.assert_allclose(lj[""], np.logaddexp(lj["yes"], lj["no"]), rtol=1e-10)
+    post = {v: oracle_posterior(kb, {**case, "leg_swelling": v}).iloc[0] for v in ("no", "")}
+    assert not np.allclose(post[""], post["no"])
+
+
+def test_log_density_is_a_normalised_mass_over_a_discrete_field(kb):
+    case = {"age": 30, "sex": "female"}
+    total = logsumexp([log_density(kb, {**case, "activity": a})[0]
+                       for a in ("none", "running", "sprint_pivot_sport", "other_exercise")])
+    np.testing.assert_allclose(total, log_density(kb, case)[0], rtol=1e-10)
+
+
+@pytest.mark.parametrize("split", ["default", "shift"])
+def test_task_is_neither_trivial_nor_hopeless(kb, split):
+    model = kb if split == "default" else kb.shifted()
+    cases = generate_cases(model, 50_000, seed=99)
+    y = pd.Categorical(cases["condition"], categories=list(CONDITIONS)).codes
+    s = summary(oracle_posterior(model, cases).to_numpy(), y)
+    assert 0.70 <= s["accuracy"] <= 0.92
+    assert s["top3_accuracy"] > 0.95

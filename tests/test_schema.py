@@ -1,0 +1,69 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.docs import README, render_readme
+from pipeline.schema import FIELDS, CaseValidationError, data_dictionary_markdown, parse_cases
+
+
+def _case(**kw):
+    base = {"age": 40, "sex": "female"}
+    base.update(kw)
+    return pd.DataFrame([base])
+
+
+@pytest.mark.parametrize("word,code", [
+    ("yes", 1), ("Y", 1), (" TRUE ", 1), ("t", 1), ("1", 1), (True, 1), (1, 1),
+    ("no", 0), ("N", 0), ("False", 0), ("f", 0), ("0", 0), (False, 0), (0.0, 0),
+    ("", -1), ("unknown", -1), (" Unknown ", -1), (None, -1), (np.nan, -1),
+])
+def test_tristate_words(word, code):
+    assert parse_cases(_case(locking=word)).codes["locking"][0] == code
+
+
+def test_categories_are_case_insensitive_and_absent_columns_unknown():
+    parsed = parse_cases(_case(sex=" Male ", activity="RUNNING"))
+    assert parsed.codes["sex"][0] == 1 and parsed.codes["activity"][0] == 1
+    assert parsed.codes["onset"][0] == -1 and np.isnan(parsed.codes["bmi"][0])
+
+
+def test_errors_name_row_column_value_and_allowed():
+    frame = pd.DataFrame({"age": [40, 130, 30, "forty"], "sex": ["female", "male", "femal", "male"],
+                          "locking": ["yes", "maybe", "no", ""], "pregnant": ["", "yes", "", ""]})
+    with pytest.raises(CaseValidationError) as info:
+        parse_cases(frame)
+    errors = info.value.errors
+    got = {(r.row, r.column, r.value) for r in errors.itertuples()}
+    assert got == {(1, "age", "130"), (1, "locking", "maybe"), (1, "pregnant", "yes"),
+                   (2, "sex", "femal"), (3, "age", "forty")}
+    message = str(info.value)
+    assert "row 2, column 'sex', value 'femal'" in message and "female, male" in message
+    assert "not a number" in message and "out of range" in message
+    assert "pregnant cannot be yes when sex is male" in message
+
+
+def test_collect_mode_marks_rows_invalid_without_raising():
+    frame = pd.DataFrame({"age": [40, 5], "sex": ["male", "male"]})
+    parsed = parse_cases(frame, raise_on_error=False, row_offset=100)
+    assert parsed.valid.tolist() == [True, False]
+    assert parsed.errors.iloc[0]["row"] == 101
+
+
+def test_missing_required_column_is_named():
+    with pytest.raises(CaseValidationError, match="'sex'.*required column is missing"):
+        parse_cases(pd.DataFrame({"age": [30]}))
+
+
+def test_blank_required_value_is_rejected_and_blank_number_is_unknown():
+    parsed = parse_cases(pd.DataFrame({"age": ["30", ""], "sex": ["male", "male"], "bmi": ["", " 27.5 "]}),
+                         raise_on_error=False)
+    assert parsed.valid.tolist() == [True, False]
+    assert np.isnan(parsed.codes["bmi"][0]) and parsed.codes["bmi"][1] == 27.5
+    assert "required" in parsed.errors.iloc[0]["reason"]
+
+
+def test_readme_data_dictionary_is_generated_from_schema():
+    text = README.read_text(encoding="utf-8")
+    assert render_readme(text) == text, "README is out of date: run `python -m pipeline.docs`"
+    for f in FIELDS:
+        assert f"`{f.name}`" in data_dictionary_markdown()
