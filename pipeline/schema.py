@@ -206,15 +206,26 @@ class ParsedCases:
     def __len__(self) -> int:
         return len(self.valid)
 
-    def subset(self, mask: np.ndarray) -> "ParsedCases":
-        """The rows where ``mask`` is true (codes, ids and validity; errors are not carried)."""
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(n_cases, n_fields), so scikit-learn's input checks accept parsed cases."""
+        return (len(self.valid), len(FIELDS))
+
+    def __getitem__(self, key) -> "ParsedCases":
+        """Rows selected by a boolean mask, integer indices or a slice (errors are not carried)."""
+        if isinstance(key, tuple):  # scikit-learn's _safe_indexing may pass (rows, slice(None))
+            key = key[0]
+        key = np.arange(len(self.valid))[key] if isinstance(key, slice) else np.asarray(key)
         return ParsedCases(
-            {k: v[mask] for k, v in self.codes.items()},
-            self.valid[mask],
+            {k: v[key] for k, v in self.codes.items()},
+            self.valid[key],
             _empty_errors(),
-            None if self.ids is None else self.ids[mask].reset_index(drop=True),
+            None if self.ids is None else self.ids.iloc[np.flatnonzero(key) if key.dtype == bool else key]
+            .reset_index(drop=True),
             self.ignored_columns,
         )
+
+    subset = __getitem__
 
     def to_frame(self) -> pd.DataFrame:
         """The canonical typed DataFrame: categoricals, nullable booleans and floats."""

@@ -1,0 +1,145 @@
+"""Persisting the model with a manifest, and loading it only when its SHA-256 matches.
+
+A joblib file runs code when it is loaded, so :func:`load_model` checks the file's hash against
+``manifest.json`` *before* unpickling and refuses a file that does not match.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import warnings
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+
+from .io import sha256_file, write_json_atomic
+from .schema import CONDITIONS, SCHEMA_VERSION, ParsedCases
+
+__all__ = ["LoadedModel", "ModelIntegrityError", "MODELS_DIR", "MODEL_FILE", "MANIFEST_FILE",
+           "library_versions", "load_model", "save_model"]
+
+MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+MODEL_FILE = "model.joblib"
+MANIFEST_FILE = "manifest.json"
+_TRACKED_LIBRARIES = ("scikit-learn", "numpy", "scipy", "pandas", "joblib")
+
+
+class ModelIntegrityError(RuntimeError):
+    """The model file does not match its manifest (or the manifest is missing or foreign)."""
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in _TRACKED_LIBRARIES:
+        versions[name] = metadata.version(name)
+    return versions
+
+
+@dataclass
+class LoadedModel:
+    """A fitted estimator over case features plus its manifest. Classes are :data:`CONDITIONS`."""
+
+    estimator: Any
+    manifest: dict = field(default_factory=dict)
+    source: str = ""
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(self.manifest.get("classes", CONDITIONS))
+
+    def predict_proba(self, parsed: ParsedCases) -> np.ndarray:
+        """Probabilities, shape (n_cases, n_conditions), for valid parsed cases."""
+        if len(parsed) == 0:
+            return np.empty((0, len(self.classes)))
+        return np.asarray(self.estimator.predict_proba(parsed), dtype=np.float64)
+
+
+def save_model(estimator: Any, out_dir: str | Path, manifest: dict) -> dict:
+    """Write ``model.joblib`` and ``manifest.json`` (with the file's SHA-256) into ``out_dir``.
+
+    The model file is written under a temporary name and renamed; the manifest last, so a reader
+    never sees a manifest that points at a half-written model.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / (MODEL_FILE + ".tmp")
+    joblib.dump(estimator, tmp, compress=3)
+    full = {
+        "model_file": MODEL_FILE,
+        "sha256": sha256_file(tmp),
+        "schema_version": SCHEMA_VERSION,
+        "classes": list(CONDITIONS),
+        "library_versions": library_versions(),
+        **manifest,
+    }
+    os.replace(tmp, out_dir / MODEL_FILE)
+    write_json_atomic(out_dir / MANIFEST_FILE, full)
+    return full
+
+
+def _read_manifest(folder: Path) -> dict:
+    path = folder / MANIFEST_FILE
+    if not path.exists():
+        raise ModelIntegrityError(f"{path} is missing: a model is loaded only with the manifest written "
+                                  "when it was trained.")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ModelIntegrityError(f"{path} is not valid JSON: {err}") from err
+    for key in ("sha256", "classes", "schema_version"):
+        if key not in manifest:
+            raise ModelIntegrityError(f"{path} has no {key!r}: not a kneepain model manifest.")
+    return manifest
+
+
+def load_model(source: str | Path | LoadedModel | None = None) -> LoadedModel:
+    """Load a model: a models folder, an MLflow model URI (``models:/...``, ``runs:/...``) or the
+    project's ``models/``.
+
+    Raises
+    ------
+    ModelIntegrityError
+        If the model file's SHA-256 differs from the manifest (checked before unpickling), or the
+        manifest belongs to another schema or class list.
+    FileNotFoundError
+        If there is no model; the message says to run ``make run``.
+    """
+    if isinstance(source, LoadedModel):
+        return source
+    if source is None:
+        folder = MODELS_DIR
+    elif isinstance(source, str) and ":/" in source and not Path(source).exists():
+        from .serving import download_model_dir  # MLflow stays out of the default import path
+
+        folder = download_model_dir(source)
+    else:
+        folder = Path(source)
+    if folder.is_file():
+        folder = folder.parent
+    model_path = folder / MODEL_FILE
+    if not model_path.exists():
+        raise FileNotFoundError(f"no model at {model_path}: run `make run` (or `kneepain train`) first.")
+    manifest = _read_manifest(folder)
+    digest = sha256_file(model_path)
+    if digest != manifest["sha256"]:
+        raise ModelIntegrityError(
+            f"{model_path} has SHA-256 {digest[:16]}..., but {folder / MANIFEST_FILE} expects "
+            f"{manifest['sha256'][:16]}...: the file was changed or belongs to another model; refusing to load it.")
+    if manifest["schema_version"] != SCHEMA_VERSION or list(manifest["classes"]) != list(CONDITIONS):
+        raise ModelIntegrityError(
+            f"{folder / MANIFEST_FILE} is for schema {manifest['schema_version']} with classes "
+            f"{manifest['classes']}; this code has schema {SCHEMA_VERSION} with classes {list(CONDITIONS)}.")
+    now = library_versions()
+    then = manifest.get("library_versions", {})
+    differ = {k: (then[k], now[k]) for k in ("scikit-learn", "numpy", "joblib") if k in then and then[k] != now.get(k)}
+    if differ:
+        warnings.warn("the model was saved with other library versions ("
+                      + ", ".join(f"{k} {a}, now {b}" for k, (a, b) in differ.items())
+                      + "); predictions may differ or fail. Retrain with `kneepain train`.", UserWarning, stacklevel=2)
+    return LoadedModel(joblib.load(model_path), manifest, str(folder))
