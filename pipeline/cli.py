@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 __all__ = ["main"]
 
 EXIT_OK, EXIT_REJECTED, EXIT_FATAL = 0, 1, 2
+REPORTS_DIR = Path(__file__).resolve().parent.parent / "reports"
 
 
 class UsageError(Exception):
@@ -50,17 +51,24 @@ def _generate(args: argparse.Namespace) -> int:
 def _report_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="print the summary of the last run (data, oracle, evaluation)")
     p.add_argument("--data", default=None, help="data folder (default data/synthetic)")
+    p.add_argument("--reports", default=None, help="reports folder (default reports)")
 
 
 def _report(args: argparse.Namespace) -> int:
     import json
 
     from .datasets import DATA_DIR, format_data_summary
+    from .evaluate import format_metrics_table
 
     path = Path(args.data or DATA_DIR) / "summary.json"
     if not path.exists():
         raise UsageError(f"{path} does not exist: run `make run` (or `kneepain generate`) first.")
     print(format_data_summary(json.loads(path.read_text())))
+    reports = Path(args.reports) if args.reports else REPORTS_DIR
+    if (reports / "metrics.json").exists():
+        print("\nModel on held-out data (reports/metrics.json; plots and model card in reports/)")
+        print(format_metrics_table(json.loads((reports / "metrics.json").read_text())))
+    print("\nThis is information from synthetic data, not a diagnosis: seek professional medical advice.")
     return EXIT_OK
 
 
@@ -93,10 +101,95 @@ def _show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _train_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="compare candidates, calibrate, save models/ and log to MLflow")
+    p.add_argument("--config", default=None, help="train config (default configs/train.yaml)")
+    p.add_argument("--data", default=None, help="data folder (default data/synthetic)")
+    p.add_argument("--out", default=None, help="models folder (default models)")
+    p.add_argument("--force-champion", action="store_true", help="move the champion alias even if not better")
+    p.add_argument("--backend", choices=("loky", "dask"), default="loky",
+                   help="joblib backend for cross-validation (dask: a local cluster or --scheduler)")
+    p.add_argument("--scheduler", default=None, help="Dask scheduler address for --backend dask")
+
+
+def _train(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from .config import CONFIG_DIR, TrainConfig, load_config
+    from .datasets import DATA_DIR, read_split
+    from .io import sha256_file
+    from .model_io import MODELS_DIR, save_model, update_manifest
+    from .tracking import git_commit, log_training
+    from .train import train_model
+
+    config = load_config(TrainConfig, args.config or CONFIG_DIR / "train.yaml")
+    data = Path(args.data) if args.data else DATA_DIR
+    out = Path(args.out) if args.out else MODELS_DIR
+    train, valid = read_split("train", data), read_split("valid", data)
+    files = {name: data / f"{name}.parquet" for name in ("train", "valid")}
+    print(f"Training on {len(train):,} cases ({config.cv.folds}-fold CV on up to "
+          f"{config.cv.max_rows or len(train):,}), calibrating on {len(valid):,}")
+    if args.backend == "dask":
+        from .scale import dask_client
+
+        with dask_client(args.scheduler):
+            result = train_model(config, train, valid, backend="dask")
+    else:
+        result = train_model(config, train, valid)
+
+    def save(run_id: str) -> dict:
+        return save_model(result.model, out, {
+            "winner": result.winner, "calibration": result.calibration, "metrics": result.metrics,
+            "candidates": [asdict(c) for c in result.candidates], "git_commit": git_commit(),
+            "data_sha256": {k: sha256_file(p) for k, p in files.items()}, "mlflow_run_id": run_id})
+
+    info = log_training(result, config, files, out, save, force_champion=args.force_champion, example=valid.head(5))
+    update_manifest(out, {k: v for k, v in info.items() if k != "manifest"})
+    print(f"Saved {out / 'model.joblib'} (manifest {out / 'manifest.json'})")
+    print(f"MLflow run {info['mlflow_run_id']} at {info['tracking_uri']}; registered "
+          f"{info['registered_model']} version {info['registered_version']}"
+          f"{' (now champion)' if info['champion'] else ' (champion unchanged: not better on valid log loss)'}")
+    return EXIT_OK
+
+
+def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="score test and shift against the oracle; write reports/")
+    p.add_argument("--data", default=None, help="data folder (default data/synthetic)")
+    p.add_argument("--model", default=None, help="models folder or MLflow URI (default models)")
+    p.add_argument("--out", default=None, help="reports folder (default reports)")
+    p.add_argument("--kb", default=None, help="knowledge base (default configs/knowledge_base.yaml)")
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .datasets import DATA_DIR, read_split
+    from .evaluate import evaluate_model, format_metrics_table, write_reports
+    from .knowledge import load_knowledge_base
+    from .model_io import load_model
+
+    data = Path(args.data) if args.data else DATA_DIR
+    out = Path(args.out) if args.out else REPORTS_DIR
+    model = load_model(args.model)
+    kb = load_knowledge_base(args.kb)
+    splits = {name: read_split(name, data) for name in ("test", "shift")}
+    metrics, arrays = evaluate_model(model, kb, splits, return_arrays=True)
+    paths = write_reports(metrics, arrays, out, model.manifest)
+    print(format_metrics_table(metrics))
+    print(f"\nWrote {out / 'metrics.json'}, {out / 'model_card.md'} and {len(paths) - 2} plots in {out / 'plots'}")
+    from .tracking import log_evaluation
+
+    if log_evaluation(model.manifest.get("mlflow_run_id"), metrics, paths, out):
+        print(f"Logged to MLflow run {model.manifest['mlflow_run_id']}")
+    else:
+        print("The model's MLflow run is not in this tracking store: metrics not logged to MLflow.")
+    return EXIT_OK
+
+
 COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "generate": (_generate_parser, _generate),
     "show": (_show_parser, _show),
     "report": (_report_parser, _report),
+    "train": (_train_parser, _train),
+    "evaluate": (_evaluate_parser, _evaluate),
 }
 
 

@@ -22,7 +22,7 @@ from .io import sha256_file, write_json_atomic
 from .schema import CONDITIONS, SCHEMA_VERSION, ParsedCases
 
 __all__ = ["LoadedModel", "ModelIntegrityError", "MODELS_DIR", "MODEL_FILE", "MANIFEST_FILE",
-           "library_versions", "load_model", "save_model"]
+           "library_versions", "load_model", "save_model", "update_manifest"]
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 MODEL_FILE = "model.joblib"
@@ -83,6 +83,14 @@ def save_model(estimator: Any, out_dir: str | Path, manifest: dict) -> dict:
     return full
 
 
+def update_manifest(folder: str | Path, extra: dict) -> dict:
+    """Add keys to a model's manifest (the model file and its hash are untouched)."""
+    path = Path(folder) / MANIFEST_FILE
+    manifest = {**json.loads(path.read_text(encoding="utf-8")), **extra}
+    write_json_atomic(path, manifest)
+    return manifest
+
+
 def _read_manifest(folder: Path) -> dict:
     path = folder / MANIFEST_FILE
     if not path.exists():
@@ -115,9 +123,9 @@ def load_model(source: str | Path | LoadedModel | None = None) -> LoadedModel:
     if source is None:
         folder = MODELS_DIR
     elif isinstance(source, str) and ":/" in source and not Path(source).exists():
-        from .serving import download_model_dir  # MLflow stays out of the default import path
+        from .serving import load_from_mlflow  # MLflow stays out of the default import path
 
-        folder = download_model_dir(source)
+        return load_from_mlflow(source)
     else:
         folder = Path(source)
     if folder.is_file():

@@ -29,6 +29,8 @@ __all__ = [
     "CaseValidationError",
     "Field",
     "ParsedCases",
+    "codes_to_frame",
+    "codes_to_text_frame",
     "data_dictionary_markdown",
     "field",
     "parse_cases",
@@ -251,6 +253,22 @@ def codes_to_frame(codes: dict[str, np.ndarray]) -> pd.DataFrame:
             columns[f.name] = pd.arrays.IntegerArray(np.where(missing, 0, c).astype(np.int16), missing)
         else:
             columns[f.name] = c.astype(np.float64)
+    return pd.DataFrame(columns)
+
+
+def codes_to_text_frame(codes: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Cases as the text a CSV holds: ``yes``/``no``/blank, category names, numbers, blank unknown."""
+    columns: dict[str, Any] = {}
+    for f in FIELDS:
+        c = codes[f.name]
+        if f.kind == "tristate":
+            columns[f.name] = np.array(["no", "yes", ""], dtype=object)[c]
+        elif f.kind == "category":
+            columns[f.name] = np.array([*f.allowed, ""], dtype=object)[c]
+        elif f.kind == "integer" and not np.isnan(c).any():
+            columns[f.name] = c.astype(np.int64)
+        else:
+            columns[f.name] = c
     return pd.DataFrame(columns)
 
 

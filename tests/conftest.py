@@ -22,3 +22,54 @@ def big_sample(kb):
     from pipeline.generate import generate_codes
 
     return generate_codes(kb, 200_000, seed=12345)
+
+
+SMALL_TRAIN_CONFIG = """
+seed: 0
+cv: {folds: 3, max_rows: 0, n_jobs: 1}
+candidates: [logistic, hist_gradient_boosting, mlp]
+models:
+  logistic: {C: 1.0, max_iter: 300, tol: 0.0001}
+  hist_gradient_boosting: {max_iter: 15, learning_rate: 0.2, max_leaf_nodes: 15, l2_regularization: 0.0, early_stopping: false}
+  mlp: {hidden_layer_sizes: [16], alpha: 0.001, learning_rate_init: 0.003, max_iter: 40, early_stopping: false}
+selection: {log_loss_tolerance: 0.003}
+calibration: {method: temperature, min_improvement: 0.0}
+tracking: {experiment: kneepain-test, registered_model: kneepain-classifier, alias: champion}
+"""
+
+
+@pytest.fixture(scope="session")
+def small_data(kb, tmp_path_factory):
+    """A small generated data folder (train 4000, valid/calib 1500, test 3000, shift 1500)."""
+    from pipeline.config import GenerateConfig
+    from pipeline.generate import write_splits
+
+    folder = tmp_path_factory.mktemp("data")
+    write_splits(kb, GenerateConfig.model_validate({"seed": 11, "splits": {
+        "train": {"n": 4000}, "valid": {"n": 1500}, "calib": {"n": 1500}, "test": {"n": 3000},
+        "shift": {"n": 1500, "population": "shift"}}}), folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def small_config_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("configs") / "train.yaml"
+    path.write_text(SMALL_TRAIN_CONFIG)
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained(small_data, small_config_path, tmp_path_factory):
+    """`kneepain train` run once on the small data, tracked in a temporary SQLite MLflow store.
+
+    Returns (models_dir, tracking_uri)."""
+    from pipeline.cli import main
+
+    root = tmp_path_factory.mktemp("trained")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        code = main(["train", "--config", str(small_config_path), "--data", str(small_data),
+                     "--out", str(root / "models")])
+    assert code == 0
+    return root / "models", uri

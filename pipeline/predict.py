@@ -1,0 +1,103 @@
+"""Scoring cases: :func:`predict` for notebooks, and the one scoring path every entry point shares.
+
+``kneepain score`` (streaming files) and the MLflow pyfunc call :func:`score_parsed`, so all
+three ways of scoring give the same numbers for the same row.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .cases import as_frame
+from .model_io import MODELS_DIR, MANIFEST_FILE, LoadedModel, load_model
+from .schema import CONDITIONS, ID_COLUMN, ParsedCases, parse_cases
+
+__all__ = ["predict", "score_parsed", "output_columns", "get_model", "clear_model_cache"]
+
+_CACHE: dict[tuple, LoadedModel] = {}
+
+
+def get_model(model: str | Path | LoadedModel | None = None) -> LoadedModel:
+    """Load a model once and cache it (a models folder is reloaded if its manifest changes)."""
+    if isinstance(model, LoadedModel):
+        return model
+    if model is None or not (isinstance(model, str) and ":/" in model):
+        folder = Path(model) if model is not None else MODELS_DIR
+        manifest = folder / MANIFEST_FILE
+        stamp = manifest.stat().st_mtime_ns if manifest.exists() else None
+        key = ("dir", str(folder.resolve()), stamp)
+    else:
+        key = ("uri", model)
+    if key not in _CACHE:
+        _CACHE[key] = load_model(model)
+    return _CACHE[key]
+
+
+def clear_model_cache() -> None:
+    _CACHE.clear()
+
+
+def output_columns(top_k: int = 3, id_column: str = ID_COLUMN) -> list[str]:
+    """The scoring output's columns, in order."""
+    return [id_column, "prediction", "confidence", *[f"p_{c}" for c in CONDITIONS], f"top{top_k}"]
+
+
+def score_parsed(model: LoadedModel, parsed: ParsedCases, *, top_k: int = 3,
+                 ids: pd.Series | np.ndarray | None = None) -> pd.DataFrame:
+    """Score valid parsed cases; the output columns of :func:`output_columns`.
+
+    ``ids`` (case ids or row numbers) become the first column: ``case_id`` when the input had
+    one, else ``row``.
+    """
+    proba = model.predict_proba(parsed)
+    classes = np.asarray(CONDITIONS, dtype=object)
+    order = np.argsort(-proba, axis=1, kind="stable")[:, :top_k]
+    top = classes[order]
+    id_name = ID_COLUMN if parsed.ids is not None else "row"
+    if ids is None:
+        ids = parsed.ids if parsed.ids is not None else np.arange(len(parsed))
+    out = {id_name: np.asarray(ids), "prediction": top[:, 0] if len(parsed) else np.array([], dtype=object),
+           "confidence": proba.max(axis=1) if len(parsed) else np.array([], dtype=float)}
+    for k, c in enumerate(CONDITIONS):
+        out[f"p_{c}"] = proba[:, k]
+    out[f"top{top_k}"] = ["|".join(r) for r in top] if len(parsed) else []
+    return pd.DataFrame(out)
+
+
+def predict(cases: Any, model: str | Path | LoadedModel | None = None, top_k: int = 3) -> pd.DataFrame:
+    """Score cases with the persisted model.
+
+    Parameters
+    ----------
+    cases : dict, list of dicts, DataFrame, or path to a CSV or Parquet file
+        Cases in the schema (CASE_SCHEMA.md). Missing optional fields are unknown; unknown
+        columns are ignored with one warning; the caller's DataFrame is not modified.
+    model : path to a models folder, MLflow model URI, or LoadedModel, optional
+        Default: the project's ``models/`` (run ``make run`` first). Loaded once and cached.
+    top_k : int, default=3
+        How many conditions the ``top<k>`` column lists.
+
+    Returns
+    -------
+    DataFrame, one row per case in input order
+        ``case_id`` (or ``row``), ``prediction``, ``confidence``, ``p_<condition>`` per condition
+        (summing to 1), ``top3``. This is information, not a diagnosis: seek professional advice.
+
+    Raises
+    ------
+    CaseValidationError
+        Naming every bad row, column, value and what is allowed.
+    """
+    if not isinstance(top_k, (int, np.integer)) or not 1 <= top_k <= len(CONDITIONS):
+        raise ValueError(f"top_k == {top_k!r}, must be an integer in 1..{len(CONDITIONS)}.")
+    frame = as_frame(cases)
+    parsed = parse_cases(frame)
+    if parsed.ignored_columns:
+        warnings.warn(f"ignoring columns that are not case fields: {', '.join(parsed.ignored_columns)}",
+                      UserWarning, stacklevel=2)
+    return score_parsed(get_model(model), parsed, top_k=top_k)

@@ -1,0 +1,142 @@
+"""MLflow tracking and the model registry for `kneepain train`.
+
+The embedded default is ``sqlite:///mlflow.db`` at the repository root with artifacts in
+``mlartifacts/`` beside it; ``MLFLOW_TRACKING_URI`` overrides it (a server such as
+``http://127.0.0.1:5000``).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from .config import TrainConfig, flatten
+from .io import sha256_file
+from .model_io import library_versions
+from .schema import ID_COLUMN, codes_to_text_frame, parse_cases
+from .serving import ARTIFACT_KEY, KneepainPyfunc, model_signature
+from .train import TrainResult
+
+__all__ = ["tracking_uri", "use_tracking", "log_training", "log_evaluation", "promote_champion", "git_commit"]
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+_PIP = ("scikit-learn", "numpy", "scipy", "pandas", "pyarrow", "joblib", "pydantic", "pyyaml")
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
+
+
+def use_tracking(experiment: str) -> str:
+    """Point MLflow at the tracking URI and the experiment; return the experiment id."""
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    found = mlflow.get_experiment_by_name(experiment)
+    if found is not None:
+        return found.experiment_id
+    location = None
+    if uri.startswith("sqlite:///"):
+        # keep artifacts beside the database, not in the working directory
+        location = (Path(uri[len("sqlite:///"):]).resolve().parent / "mlartifacts").as_uri()
+    return mlflow.create_experiment(experiment, artifact_location=location)
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def promote_champion(client: MlflowClient, name: str, alias: str, version: str, valid_log_loss: float,
+                     *, force: bool = False) -> bool:
+    """Move ``alias`` to ``version`` if it beats the current holder on valid log loss (or ``force``)."""
+    client.set_model_version_tag(name, version, "valid_log_loss", repr(valid_log_loss))
+    try:
+        current = client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        current = None
+    if current is not None and not force:
+        best = float(current.tags.get("valid_log_loss", "inf"))
+        if not valid_log_loss < best:
+            return False
+    client.set_registered_model_alias(name, alias, version)
+    return True
+
+
+def log_training(result: TrainResult, config: TrainConfig, data_files: dict[str, Path], models_dir: Path,
+                 save, *, force_champion: bool = False, example: pd.DataFrame | None = None) -> dict[str, Any]:
+    """Log one `kneepain train` to MLflow: a parent run, a nested run per candidate, the model.
+
+    ``save(run_id) -> manifest`` writes the model folder; it is called inside the run so the
+    manifest carries the run id, and the folder is logged as the pyfunc's artifact.
+    """
+    exp_id = use_tracking(config.tracking.experiment)
+    with mlflow.start_run(experiment_id=exp_id, run_name=f"train-{result.winner}") as run:
+        mlflow.log_params(flatten(config.model_dump(), "config."))
+        mlflow.set_tags({"git_commit": git_commit(), "winner": result.winner,
+                         **{f"data_sha256.{k}": sha256_file(p) for k, p in data_files.items()},
+                         **{f"version.{k}": v for k, v in library_versions().items()},
+                         "version.mlflow": metadata.version("mlflow")})
+        for cand in result.candidates:
+            with mlflow.start_run(experiment_id=exp_id, run_name=cand.name, nested=True):
+                mlflow.log_params({f"model.{k}": v for k, v in cand.params.items()})
+                mlflow.log_metrics({"cv_log_loss": cand.cv_log_loss, "cv_log_loss_std": cand.cv_log_loss_std,
+                                    "cv_accuracy": cand.cv_accuracy, "fit_seconds": cand.fit_seconds,
+                                    "rows_per_second": cand.rows_per_second})
+                mlflow.set_tag("selected", str(cand.name == result.winner))
+        mlflow.log_metrics({**result.metrics, **{f"calibration.{k}": float(v) for k, v in result.calibration.items()
+                                                 if isinstance(v, (int, float))}})
+        mlflow.set_tag("calibration.kept", str(result.calibration["kept"]))
+        manifest = save(run.info.run_id)
+        if example is None:
+            raise ValueError("an input example is needed to log the model")
+        parsed = parse_cases(example.head(5))
+        example_in = codes_to_text_frame(parsed.codes)
+        if parsed.ids is not None:
+            example_in.insert(0, ID_COLUMN, parsed.ids.astype(str).to_numpy())
+        from .predict import predict
+
+        example_out = predict(example_in, model=str(models_dir))
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=KneepainPyfunc(), artifacts={ARTIFACT_KEY: str(models_dir)},
+            signature=model_signature(example_out), input_example=example_in,
+            pip_requirements=[f"{p}=={metadata.version(p)}" for p in _PIP],
+            registered_model_name=config.tracking.registered_model)
+        version = str(info.registered_model_version)
+        moved = promote_champion(MlflowClient(), config.tracking.registered_model, config.tracking.alias, version,
+                                 result.metrics["valid_log_loss"], force=force_champion)
+        mlflow.set_tag("champion", str(moved))
+    return {"mlflow_run_id": run.info.run_id, "mlflow_model_uri": info.model_uri,
+            "registered_model": config.tracking.registered_model, "registered_version": version,
+            "champion": moved, "tracking_uri": tracking_uri(), "manifest": manifest}
+
+
+def log_evaluation(run_id: str | None, metrics: dict[str, Any], paths: list[Path], reports_dir: Path) -> bool:
+    """Add evaluation metrics and reports to the training run; False if that run is not in this store."""
+    if not run_id:
+        return False
+    mlflow.set_tracking_uri(tracking_uri())
+    try:
+        MlflowClient().get_run(run_id)
+    except MlflowException:
+        return False
+    flat = {k: float(v) for k, v in flatten({s: metrics[s] for s in ("test", "shift") if s in metrics}).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and ".per_class." not in k}
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_metrics({k.replace("/", "_"): v for k, v in flat.items()})
+        for path in paths:
+            rel = Path(path).resolve().relative_to(reports_dir.resolve()).parent
+            mlflow.log_artifact(str(path), artifact_path=str(Path("reports") / rel).rstrip("/."))
+    return True

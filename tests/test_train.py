@@ -1,0 +1,133 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+from sklearn.dummy import DummyClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+
+from pipeline import generate_cases, oracle_posterior
+from pipeline.config import TrainConfig, load_config
+from pipeline.datasets import labels, read_split
+from pipeline.features import CaseFeaturizer
+from pipeline.metrics import ece_top_label, log_loss, summary
+from pipeline.model_io import ModelIntegrityError, load_model, save_model
+from pipeline.predict import predict
+from pipeline.train import calibrate, select_candidate, train_model, CandidateResult
+
+
+@pytest.fixture(scope="module")
+def config(small_config_path):
+    return load_config(TrainConfig, small_config_path)
+
+
+def test_features_keep_unknown_distinct_from_no():
+    import pandas as pd
+
+    frame = pd.DataFrame({"age": [30, 30, 30], "sex": ["male"] * 3, "locking": ["yes", "no", ""]})
+    fz = CaseFeaturizer().fit(frame)
+    X = fz.transform(frame)
+    names = list(fz.get_feature_names_out())
+    yes, no = names.index("locking=yes"), names.index("locking=no")
+    assert X[:, [yes, no]].tolist() == [[1, 0], [0, 1], [0, 0]]
+    assert X.shape[1] == len(names) == fz.n_features_out_
+
+
+def test_trained_model_beats_dummy_and_nears_the_oracle(kb, small_data, config):
+    train, valid, test = (read_split(s, small_data) for s in ("train", "valid", "test"))
+    result = train_model(config, train, valid, log=lambda *_: None)
+    y = labels(test)
+    model_acc = summary(result.model.predict_proba(test), y)["accuracy"]
+    dummy = DummyClassifier(strategy="stratified", random_state=0).fit(train, labels(train))
+    dummy_acc = float(np.mean(dummy.predict(test) == y))
+    oracle_acc = summary(oracle_posterior(kb, test).to_numpy(), y)["accuracy"]
+    assert model_acc > dummy_acc + 0.5
+    assert model_acc > oracle_acc - 0.05
+    assert {c.name for c in result.candidates} == {"logistic", "hist_gradient_boosting", "mlp"}
+
+
+def test_selection_prefers_the_faster_of_near_equals():
+    a = CandidateResult("slow", 0.300, 0, 0.9, 10, 1_000)
+    b = CandidateResult("fast", 0.302, 0, 0.9, 1, 100_000)
+    c = CandidateResult("bad", 0.500, 0, 0.8, 1, 1_000_000)
+    assert select_candidate([a, b, c], tolerance=0.003).name == "fast"
+    assert select_candidate([a, b, c], tolerance=0.001).name == "slow"
+
+
+def _overconfident(kb):
+    """A logistic model fitted on few cases with almost no regularisation: overconfident."""
+    small = generate_cases(kb, 400, seed=1)
+    return Pipeline([("f", CaseFeaturizer()), ("m", LogisticRegression(C=1e4, max_iter=2000))]).fit(small, labels(small))
+
+
+def test_calibration_lowers_ece_on_held_out_data(kb):
+    model = _overconfident(kb)
+    valid, test = generate_cases(kb, 5000, seed=2), generate_cases(kb, 5000, seed=3)
+    calibrated, report = calibrate(model, valid, labels(valid), "temperature", seed=0)
+    assert report["kept"]
+    y = labels(test)
+    assert ece_top_label(calibrated.predict_proba(test), y) < ece_top_label(model.predict_proba(test), y)
+    assert log_loss(calibrated.predict_proba(test), y) < log_loss(model.predict_proba(test), y)
+
+
+def test_a_calibration_that_hurts_is_not_kept(kb):
+    # one-vs-rest sigmoid on a multinomial logistic model's logits distorts it badly
+    train, valid = generate_cases(kb, 4000, seed=4), generate_cases(kb, 3000, seed=5)
+    model = Pipeline([("f", CaseFeaturizer()), ("m", LogisticRegression(max_iter=500))]).fit(train, labels(train))
+    kept, report = calibrate(model, valid, labels(valid), "sigmoid", seed=0)
+    assert not report["kept"] and kept is model
+    assert report["valid_log_loss_calibrated_heldout"] > report["valid_log_loss_uncalibrated"]
+
+
+def test_tampered_model_is_refused_before_unpickling(trained, tmp_path, monkeypatch):
+    models, _ = trained
+    copy = tmp_path / "models"
+    shutil.copytree(models, copy)
+    with open(copy / "model.joblib", "ab") as fh:
+        fh.write(b"\0")
+    import joblib
+
+    def boom(*a, **k):
+        raise AssertionError("joblib.load called on a file that failed its hash check")
+
+    monkeypatch.setattr(joblib, "load", boom)
+    with pytest.raises(ModelIntegrityError, match="SHA-256 .* refusing to load"):
+        load_model(copy)
+
+
+def test_manifest_from_another_model_is_refused(trained, tmp_path, kb):
+    models, _ = trained
+    other = tmp_path / "other"
+    save_model(_overconfident(kb), other, {})
+    shutil.copy(other / "manifest.json", tmp_path / "manifest.json")
+    mixed = tmp_path / "mixed"
+    shutil.copytree(models, mixed)
+    shutil.copy(other / "manifest.json", mixed / "manifest.json")
+    with pytest.raises(ModelIntegrityError, match="refusing to load"):
+        load_model(mixed)
+
+
+def test_missing_model_says_to_run_make_run(tmp_path):
+    with pytest.raises(FileNotFoundError, match="make run"):
+        load_model(tmp_path)
+
+
+def test_library_version_mismatch_warns(trained, tmp_path):
+    models, _ = trained
+    copy = tmp_path / "models"
+    shutil.copytree(models, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["library_versions"]["scikit-learn"] = "0.1.0"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.warns(UserWarning, match="scikit-learn 0.1.0"):
+        load_model(copy)
+
+
+def test_manifest_records_lineage(trained):
+    models, _ = trained
+    manifest = json.loads((models / "manifest.json").read_text())
+    for key in ("sha256", "library_versions", "schema_version", "classes", "data_sha256", "metrics",
+                "mlflow_run_id", "mlflow_model_uri", "winner", "calibration"):
+        assert key in manifest, key
+    assert set(manifest["data_sha256"]) == {"train", "valid"}
