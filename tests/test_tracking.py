@@ -1,0 +1,156 @@
+"""MLflow tracking, the registry and the champion alias, against real stores."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.cli import main
+from pipeline.model_io import load_model
+from pipeline.predict import predict
+from pipeline.datasets import read_split
+
+NAME = "kneepain-classifier"
+
+
+def _client(uri):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(uri)
+    return MlflowClient(uri)
+
+
+def test_training_run_is_recorded_with_params_metrics_and_lineage(trained):
+    models, uri = trained
+    manifest = json.loads((models / "manifest.json").read_text())
+    client = _client(uri)
+    run = client.get_run(manifest["mlflow_run_id"])
+    assert run.data.params["config.cv.folds"] == "3"
+    assert run.data.params["config.models.logistic.C"] == "1.0"
+    assert "valid_log_loss" in run.data.metrics and "cv_log_loss" in run.data.metrics
+    assert run.data.tags["data_sha256.train"] == manifest["data_sha256"]["train"]
+    assert run.data.tags["git_commit"] and run.data.tags["version.scikit-learn"]
+    children = client.search_runs([run.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{run.info.run_id}'")
+    assert sorted(r.info.run_name for r in children) == ["hist_gradient_boosting", "logistic", "mlp"]
+    assert all("cv_log_loss" in r.data.metrics and "rows_per_second" in r.data.metrics for r in children)
+    version = client.get_model_version_by_alias(NAME, "champion")
+    assert str(version.version) == manifest["registered_version"]
+
+
+def test_champion_predicts_like_the_models_folder(trained, small_data, monkeypatch):
+    import mlflow
+
+    models, uri = trained
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    cases = read_split("test", small_data).head(200)
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
+    served = pyfunc.predict(cases.drop(columns=["condition", "severity"]))
+    local = predict(cases, model=models)
+    p_cols = [c for c in local.columns if c.startswith("p_")]
+    np.testing.assert_allclose(served[p_cols].to_numpy(float), local[p_cols].to_numpy(float), rtol=1e-12)
+    assert served["prediction"].tolist() == local["prediction"].tolist()
+    via_uri = predict(cases, model=f"models:/{NAME}@champion")
+    np.testing.assert_allclose(via_uri[p_cols].to_numpy(float), local[p_cols].to_numpy(float), rtol=1e-12)
+
+
+def test_evaluate_writes_reports_and_logs_them(trained, small_data, tmp_path, monkeypatch):
+    models, uri = trained
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert main(["evaluate", "--data", str(small_data), "--model", str(models), "--out", str(tmp_path)]) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    for split in ("test", "shift"):
+        for key in ("accuracy", "top3_accuracy", "macro_f1", "log_loss", "brier", "ece_top_label",
+                    "oracle_accuracy", "oracle_top3_accuracy", "oracle_log_loss", "uncalibrated_log_loss",
+                    "uncalibrated_ece_top_label", "per_class"):
+            assert key in metrics[split], (split, key)
+    assert [r["blanked_share"] for r in metrics["robustness"]] == [0, 0.2, 0.4, 0.6]
+    run = _client(uri).get_run(json.loads((models / "manifest.json").read_text())["mlflow_run_id"])
+    assert run.data.metrics["test.accuracy"] == pytest.approx(metrics["test"]["accuracy"])
+
+
+def test_champion_alias_does_not_move_to_a_worse_model(trained, small_data, small_config_path, tmp_path, monkeypatch):
+    _, uri = trained
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    client = _client(uri)
+    before = client.get_model_version_by_alias(NAME, "champion").version
+    worse = tmp_path / "worse.yaml"
+    text = small_config_path.read_text().replace("candidates: [logistic, hist_gradient_boosting, mlp]",
+                                                 "candidates: [logistic]")
+    worse.write_text(text.replace("logistic: {C: 1.0", "logistic: {C: 0.0001"))
+    out = tmp_path / "models"
+    assert main(["train", "--config", str(worse), "--data", str(small_data), "--out", str(out)]) == 0
+    new = json.loads((out / "manifest.json").read_text())
+    assert new["champion"] is False
+    assert client.get_model_version_by_alias(NAME, "champion").version == before
+    assert main(["train", "--config", str(worse), "--data", str(small_data), "--out", str(out),
+                 "--force-champion"]) == 0
+    forced = json.loads((out / "manifest.json").read_text())
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == forced["registered_version"] != str(before)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    port = _free_port()
+    mlflow_bin = Path(sys.executable).parent / "mlflow"
+    log = open(tmp_path / "server.log", "wb")
+    proc = subprocess.Popen(
+        [str(mlflow_bin), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "artifacts")],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "PATH": f"{mlflow_bin.parent}{os.pathsep}{os.environ.get('PATH', '')}"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"mlflow server did not start: {(tmp_path / 'server.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+@pytest.mark.slow
+def test_training_against_a_real_mlflow_server(mlflow_server, small_data, small_config_path, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    out = tmp_path / "models"
+    assert main(["train", "--config", str(small_config_path), "--data", str(small_data), "--out", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["tracking_uri"] == mlflow_server
+    client = _client(mlflow_server)
+    run = client.get_run(manifest["mlflow_run_id"])
+    assert run.info.status == "FINISHED" and "valid_log_loss" in run.data.metrics
+    version = client.get_model_version(NAME, manifest["registered_version"])
+    assert version.run_id == run.info.run_id
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == str(version.version)
+    assert load_model(f"models:/{NAME}@champion").manifest["sha256"] == manifest["sha256"]
