@@ -184,12 +184,42 @@ def _evaluate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _score_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("score", help="score CSV or Parquet files of cases into one output file",
+                       description="Exit codes: 0 every row scored, 1 some rows rejected (see "
+                                   "OUTPUT.rejects.csv), 2 fatal error (nothing written).")
+    p.add_argument("inputs", nargs="+", help="CSV or Parquet files (by extension)")
+    p.add_argument("-o", "--output", required=True, help="output .csv or .parquet")
+    p.add_argument("--model", default=None, help="models folder or MLflow URI (default models)")
+    p.add_argument("--chunk-rows", type=int, default=50_000, help="rows per chunk (default 50000)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+
+
+def _score(args: argparse.Namespace) -> int:
+    from .batch import score_files
+    from .predict import get_model
+
+    if args.chunk_rows < 1:
+        raise UsageError(f"--chunk-rows == {args.chunk_rows}, must be >= 1.")
+    model = get_model(args.model)
+    summary = score_files(args.inputs, args.output, model, chunk_rows=args.chunk_rows,
+                          progress=not args.quiet and sys.stderr.isatty(),
+                          warn=lambda m: print(f"kneepain score: warning: {m}", file=sys.stderr))
+    if not args.quiet:
+        rejected = (f", rejected {summary.rows_rejected:,} (see {args.output}.rejects.csv)"
+                    if summary.rows_rejected else ", rejected 0")
+        print(f"Scored {summary.rows_scored:,} rows{rejected} in {summary.seconds:.1f} s "
+              f"({summary.rows_per_second:,.0f} rows/s) -> {args.output}")
+    return EXIT_REJECTED if summary.rows_rejected else EXIT_OK
+
+
 COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "generate": (_generate_parser, _generate),
     "show": (_show_parser, _show),
     "report": (_report_parser, _report),
     "train": (_train_parser, _train),
     "evaluate": (_evaluate_parser, _evaluate),
+    "score": (_score_parser, _score),
 }
 
 
@@ -208,13 +238,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return its exit code (0 ok, 1 rows rejected, 2 fatal error)."""
     args = build_parser().parse_args(argv)
+    from .batch import BatchInputError
     from .config import ConfigError
     from .knowledge import KnowledgeBaseError
+    from .model_io import ModelIntegrityError
     from .schema import CaseValidationError
 
     try:
         return COMMANDS[args.command][1](args)
-    except (UsageError, ConfigError, KnowledgeBaseError, CaseValidationError, FileNotFoundError) as err:
+    except (UsageError, ConfigError, KnowledgeBaseError, CaseValidationError, FileNotFoundError,
+            BatchInputError, ModelIntegrityError) as err:
         if args.debug:
             raise
         print(f"kneepain {args.command}: error: {err}", file=sys.stderr)

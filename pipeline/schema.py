@@ -315,7 +315,12 @@ def _parse_number(series: pd.Series, f: Field) -> tuple[np.ndarray, np.ndarray, 
     elif pd.api.types.is_numeric_dtype(series.dtype):
         raw = series.astype("Float64").astype(float)
         bad_type = np.zeros(len(series), dtype=bool)
-    else:
+    elif isinstance(series.dtype, pd.StringDtype):
+        text = series.str.strip()
+        blank = (series.isna() | text.eq("") | text.str.lower().eq("unknown")).to_numpy(dtype=bool)
+        raw = pd.to_numeric(text.mask(blank), errors="coerce")
+        bad_type = raw.isna().to_numpy() & ~blank
+    else:  # Python objects (dicts, lists of dicts): any mix of numbers, text and None
         obj = series.astype(object)
         blank = obj.map(lambda v: v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v))
                         or (isinstance(v, str) and v.strip().lower() in _TRISTATE_UNKNOWN))
@@ -332,8 +337,9 @@ def _parse_number(series: pd.Series, f: Field) -> tuple[np.ndarray, np.ndarray, 
         bad_range |= np.isinf(values)
         bad_whole = (values != np.floor(values)) & ~np.isnan(values) if f.kind == "integer" else \
             np.zeros(len(values), dtype=bool)
-    reasons = np.where(bad_type, "not a number", np.where(bad_whole, "not a whole number", "out of range"))
     bad = bad_type | bad_range | bad_whole
+    reasons = (np.where(bad_type, "not a number", np.where(bad_whole, "not a whole number", "out of range"))
+               if bad.any() else np.array([], dtype=str))
     values = np.where(bad, np.nan, values)
     return values, bad, reasons
 
@@ -371,12 +377,12 @@ def parse_cases(cases: pd.DataFrame, *, row_offset: int = 0, raise_on_error: boo
     codes: dict[str, np.ndarray] = {}
     problems: list[pd.DataFrame] = []
 
-    def report(name: str, mask: np.ndarray, values: Any, reason: Any) -> None:
-        if mask.any():
-            raw = np.asarray(values, dtype=object)[mask]
+    def report(name: str, mask: np.ndarray, values: pd.Series, reason: str | np.ndarray) -> None:
+        if mask.any():  # the common case, no error, costs one check
+            raw = values[mask].to_numpy(dtype=object)
             problems.append(pd.DataFrame({
                 "row": rows[mask], "column": name, "value": [_show(v) for v in raw],
-                "reason": np.asarray(reason, dtype=object)[mask] if not isinstance(reason, str) else reason}))
+                "reason": reason if isinstance(reason, str) else reason[mask]}))
 
     for f in FIELDS:
         if f.name not in columns:
@@ -387,20 +393,28 @@ def parse_cases(cases: pd.DataFrame, *, row_offset: int = 0, raise_on_error: boo
         if f.kind in ("integer", "float"):
             values, bad, reasons = _parse_number(series, f)
             codes[f.name] = values
-            report(f.name, bad, series.to_numpy(dtype=object),
-                   np.char.add(reasons.astype(str), f"; allowed: {f.allowed_text}"))
+            report(f.name, bad, series, np.char.add(reasons, f"; allowed: {f.allowed_text}") if bad.any() else "")
         else:
             c, bad = _parse_coded(series, f)
             codes[f.name] = c
-            report(f.name, bad, series.to_numpy(dtype=object), f"not allowed; allowed: {f.allowed_text}")
+            report(f.name, bad, series, f"not allowed; allowed: {f.allowed_text}")
         if f.required:
             blank = (np.isnan(codes[f.name]) if f.kind in ("integer", "float") else codes[f.name] == UNKNOWN) & ~bad
-            report(f.name, blank, series.to_numpy(dtype=object), f"required; allowed: {f.allowed_text}")
+            report(f.name, blank, series, f"required; allowed: {f.allowed_text}")
+
+    if ID_COLUMN in columns:
+        ids_raw = cases[columns[ID_COLUMN]]
+        dup = ids_raw.duplicated(keep="first").to_numpy()
+        if dup.any():  # blank ids are not identifiers, so they are never duplicates
+            text = ids_raw.astype(str).str.strip()
+            dup = dup & ids_raw.notna().to_numpy() & (text != "").to_numpy()
+            first = pd.Series(rows).groupby(text.to_numpy()).transform("min").to_numpy()
+            report(ID_COLUMN, dup, ids_raw, np.array([f"duplicate case_id: first seen at row {r}" for r in first]))
 
     male = codes["sex"] == field("sex").allowed.index("male")
     pregnant_male = male & (codes["pregnant"] == 1)
     if "pregnant" in columns:
-        report("pregnant", pregnant_male, cases[columns["pregnant"]].to_numpy(dtype=object),
+        report("pregnant", pregnant_male, cases[columns["pregnant"]],
                "pregnant cannot be yes when sex is male; allowed for males: no or unknown")
 
     errors = pd.concat(problems, ignore_index=True).sort_values("row", kind="stable", ignore_index=True) \

@@ -1,0 +1,189 @@
+"""Run one measurement in a fresh Python process; read back its wall time and peak RSS.
+
+Two kinds of measurement, each in its own child process so that one benchmark's memory and
+warmed caches never leak into the next:
+
+- :func:`time_in_child` imports a *case* (a module-level function ``case(n) -> callable``) in a
+  child, calls ``case(n)`` once untimed (the setup: loading the knowledge base, generating input
+  data), calls the returned callable ``warmup`` times untimed and then ``repeats`` times timed,
+  and prints one JSON line with the timings; the best timed run is reported.
+- :func:`run_command` runs any command (``kneepain train``) and times the whole process.
+
+Peak RSS comes from :func:`os.wait4` for that child alone: ``ru_maxrss``, the largest resident set
+of the child or of any descendant it waited for. It includes the interpreter and its imports, and
+it is the largest single process, not a sum over parallel workers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+__all__ = ["BenchmarkError", "ChildRun", "Measurement", "Target", "log", "make_row", "run_command",
+           "time_in_child"]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+_STDERR_TAIL = 20
+
+
+class BenchmarkError(RuntimeError):
+    """A benchmark's child process failed; the message holds its command, exit code and stderr tail."""
+
+
+@dataclass(frozen=True)
+class ChildRun:
+    """A finished child process: wall seconds around it, its peak RSS and what it printed."""
+
+    wall_seconds: float
+    peak_rss_mb: float
+    stdout: str
+    stderr: str
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """The timed runs of one case in one child, and that child's peak RSS."""
+
+    seconds: float  # the best timed run
+    runs: tuple[float, ...]
+    peak_rss_mb: float
+    setup_peak_rss_mb: float  # peak RSS after the setup, before the timed calls
+
+
+@dataclass(frozen=True)
+class Target:
+    """A performance target, judged only on a row of exactly ``size`` rows (not on ``--quick`` sizes)."""
+
+    size: int
+    max_seconds: float | None = None
+    min_rows_per_second: float | None = None
+
+    def text(self) -> str:
+        at = f"{self.size / 1e6:g}M" if self.size >= 1_000_000 else f"{self.size:,}"
+        if self.max_seconds is not None:
+            return f"< {self.max_seconds:g} s at {at}"
+        return f">= {self.min_rows_per_second:,.0f}/s at {at}"
+
+    def met(self, size: int, seconds: float) -> bool | None:
+        """True or False on a row of the target's size; None (not judged) on any other size."""
+        if size != self.size:
+            return None
+        if self.max_seconds is not None:
+            return seconds < self.max_seconds
+        return size / seconds >= self.min_rows_per_second
+
+
+def log(message: str) -> None:
+    """Progress on stderr, so stdout holds only the final table."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def _max_rss_mb(ru_maxrss: int) -> float:
+    # Linux reports kilobytes, macOS bytes
+    return ru_maxrss / (1024 * 1024) if sys.platform == "darwin" else ru_maxrss / 1024
+
+
+def run_command(cmd: Sequence[str], *, env: dict[str, str] | None = None,
+                cwd: str | Path | None = None) -> ChildRun:
+    """Run ``cmd`` to completion; measure its wall time and, with :func:`os.wait4`, its peak RSS.
+
+    Output goes to temporary files rather than pipes, so a chatty child cannot block on a full
+    pipe while we wait for it.
+
+    Raises
+    ------
+    BenchmarkError
+        If the command exits with a non-zero code.
+    """
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(list(cmd), stdout=out, stderr=err, env=env, cwd=cwd)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here; Popen must not wait again
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if proc.returncode != 0:
+        tail = "\n".join(stderr.splitlines()[-_STDERR_TAIL:])
+        raise BenchmarkError(f"`{' '.join(map(str, cmd))}` exited with code {proc.returncode}:\n{tail}")
+    return ChildRun(wall, _max_rss_mb(usage.ru_maxrss), stdout, stderr)
+
+
+def time_in_child(case: Callable[[int], Callable[[], Any]], n: int, *, repeats: int = 3,
+                  warmup: int = 1) -> Measurement:
+    """Time ``case(n)()`` in a fresh interpreter: best of ``repeats`` runs after ``warmup`` runs.
+
+    ``case`` must be a module-level function of an importable module; it does the untimed setup
+    and returns the callable to time.
+    """
+    cmd = [sys.executable, "-m", "benchmarks.harness", case.__module__, case.__qualname__, str(n),
+           "--repeats", str(repeats), "--warmup", str(warmup)]
+    child = run_command(cmd, cwd=REPO_ROOT)
+    lines = child.stdout.strip().splitlines()
+    try:
+        report = json.loads(lines[-1])
+    except (IndexError, json.JSONDecodeError) as err:
+        raise BenchmarkError(f"`{' '.join(cmd)}` printed no JSON result line; stdout was:\n"
+                             f"{child.stdout[-2000:]}") from err
+    return Measurement(seconds=min(report["runs"]), runs=tuple(report["runs"]),
+                       peak_rss_mb=child.peak_rss_mb, setup_peak_rss_mb=report["setup_peak_rss_mb"])
+
+
+def make_row(benchmark: str, size: int, seconds: float, *, peak_rss_mb: float | None,
+             target: Target | None = None, rows_per_second: float | None = None,
+             **details: Any) -> dict[str, Any]:
+    """One result row (a table line and a JSON record).
+
+    ``rows_per_second`` defaults to ``size / seconds``; ``details`` go into the JSON only.
+    """
+    return {
+        "benchmark": benchmark,
+        "size": int(size),
+        "wall_seconds": float(seconds),
+        "rows_per_second": float(rows_per_second if rows_per_second is not None else size / seconds),
+        "peak_rss_mb": None if peak_rss_mb is None else round(float(peak_rss_mb), 1),
+        "target": None if target is None else target.text(),
+        "met": None if target is None else target.met(size, seconds),
+        "details": details,
+    }
+
+
+def _child_main(argv: Sequence[str] | None = None) -> int:
+    """Child side of :func:`time_in_child`: set up, warm up, time, print one JSON line."""
+    import resource
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.harness",
+                                     description="time one benchmark case (used by time_in_child)")
+    parser.add_argument("module")
+    parser.add_argument("function")
+    parser.add_argument("n", type=int)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    args = parser.parse_args(argv)
+    call = getattr(importlib.import_module(args.module), args.function)(args.n)
+    setup_rss = _max_rss_mb(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    for _ in range(args.warmup):
+        call()
+    runs = []
+    for _ in range(args.repeats):
+        gc.collect()
+        start = time.perf_counter()
+        call()  # the result is dropped at once, so peak RSS is one call's worth
+        runs.append(time.perf_counter() - start)
+    print(json.dumps({"runs": runs, "setup_peak_rss_mb": round(setup_rss, 1)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main())

@@ -1,0 +1,289 @@
+"""Streaming batch scoring of CSV and Parquet files (`kneepain score`).
+
+Files are read in chunks (memory stays flat however large the file), each chunk is parsed and
+scored by the same code as :func:`pipeline.predict`, and every input row ends up either in the
+output or in ``OUTPUT.rejects.csv`` with its file, row, column, value and reason. Outputs are
+written to temporary files and renamed when complete, so an interrupted run leaves no output.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from .model_io import LoadedModel
+from .predict import score_parsed
+from .schema import CONDITIONS, ID_COLUMN, CaseValidationError, parse_cases
+
+__all__ = ["BatchInputError", "ScoreSummary", "score_files", "score_chunk", "iter_chunks", "REJECT_COLUMNS"]
+
+REJECT_COLUMNS = ["file", "row", "column", "value", "reason"]
+_CSV_BLOCK = 1 << 20  # small blocks keep pyarrow's read-ahead, and so peak memory, small
+
+
+class BatchInputError(ValueError):
+    """An input cannot be scored at all (unreadable, not CSV, a required column missing)."""
+
+
+@dataclass
+class ScoreSummary:
+    rows_scored: int = 0
+    rows_rejected: int = 0
+    seconds: float = 0.0
+    files: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def rows(self) -> int:
+        return self.rows_scored + self.rows_rejected
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else 0.0
+
+
+def _csv_header(path: Path) -> list[str]:
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            header = next(csv.reader(fh), None)
+    except UnicodeDecodeError as err:
+        raise BatchInputError(f"{path}: the header is not valid UTF-8 ({err.reason} at byte {err.start}).") from err
+    if not header or all(not h.strip() for h in header):
+        raise BatchInputError(f"{path}: the file is empty (no header line); expected a CSV header with at least "
+                              "the required columns age and sex.")
+    return header
+
+
+def iter_chunks(path: str | Path, chunk_rows: int = 50_000) -> Iterator[pd.DataFrame]:
+    """DataFrames of about ``chunk_rows`` rows from a CSV (all cells as text) or Parquet file."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if not path.is_file():
+        raise BatchInputError(f"{path}: no such file.")
+    try:
+        if suffix == ".parquet":
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows):
+                yield batch.to_pandas()
+            return
+        if suffix != ".csv":
+            raise BatchInputError(f"{path}: unsupported file type {suffix!r}; expected .csv or .parquet.")
+        header = _csv_header(path)
+        reader = pacsv.open_csv(
+            path,
+            read_options=pacsv.ReadOptions(block_size=_CSV_BLOCK, use_threads=False),
+            parse_options=pacsv.ParseOptions(newlines_in_values=True),
+            convert_options=pacsv.ConvertOptions(column_types={h: pa.string() for h in header},
+                                                 strings_can_be_null=False, quoted_strings_can_be_null=False))
+        pending, size = [], 0
+        for batch in reader:
+            pending.append(batch)
+            size += batch.num_rows
+            if size >= chunk_rows:
+                yield pa.Table.from_batches(pending).to_pandas()
+                pending, size = [], 0
+        if pending or size == 0:
+            table = pa.Table.from_batches(pending, schema=reader.schema)
+            yield table.to_pandas()
+    except (pa.ArrowInvalid, OSError) as err:
+        message = str(err).strip().splitlines()[0]
+        if "invalid UTF8" in message or "UTF8" in message:
+            message = "not valid UTF-8 text (save the file as UTF-8)"
+        raise BatchInputError(f"{path}: cannot read: {message}") from err
+
+
+def _output_schema(id_column: str, multi: bool) -> pa.Schema:
+    fields = [pa.field("file", pa.string())] if multi else []
+    fields += [pa.field("row", pa.int64())]
+    if id_column == ID_COLUMN:
+        fields += [pa.field(ID_COLUMN, pa.string())]
+    fields += [pa.field("prediction", pa.string()), pa.field("confidence", pa.float64())]
+    fields += [pa.field(f"p_{c}", pa.float64()) for c in CONDITIONS]
+    fields += [pa.field("top3", pa.string())]
+    return pa.schema(fields)
+
+
+def score_chunk(model: LoadedModel, frame: pd.DataFrame, *, file: str, row_offset: int,
+                seen_ids: "_SeenIds | None" = None) -> tuple[pd.DataFrame, pd.DataFrame, tuple[str, ...]]:
+    """Score one chunk of raw cases. Returns (scored rows, reject lines, ignored columns).
+
+    ``scored`` has ``row`` (0-based row in its file) and ``case_id`` when the input has one; each
+    reject line names the file, row, column, value and reason (a row may have several).
+    """
+    try:
+        parsed = parse_cases(frame, row_offset=row_offset, raise_on_error=False)
+    except CaseValidationError as err:  # a required column is missing: the whole file is unusable
+        raise BatchInputError(f"{file}: " + "; ".join(
+            f"column {r.column!r}: {r.reason}" for r in err.errors.itertuples())) from err
+    errors = parsed.errors
+    valid = parsed.valid.copy()
+    if seen_ids is not None and parsed.ids is not None:
+        dup = seen_ids.check_and_add(parsed.ids) & valid
+        if dup.any():
+            rows = np.flatnonzero(dup)
+            errors = pd.concat([errors, pd.DataFrame({
+                "row": rows + row_offset, "column": ID_COLUMN, "value": parsed.ids.iloc[rows].astype(str).to_numpy(),
+                "reason": "duplicate case_id: seen in an earlier chunk or file"})], ignore_index=True)
+            valid &= ~dup
+    good = parsed[valid]
+    scored = score_parsed(model, good, ids=None)
+    row_numbers = np.flatnonzero(valid) + row_offset
+    if parsed.ids is not None:
+        scored.insert(0, "row", row_numbers)
+        scored[ID_COLUMN] = scored[ID_COLUMN].astype(str)
+    else:
+        scored["row"] = row_numbers
+    rejects = errors.assign(file=file)[REJECT_COLUMNS] if len(errors) else pd.DataFrame(columns=REJECT_COLUMNS)
+    return scored, rejects, parsed.ignored_columns
+
+
+class _SeenIds:
+    """Hashes of case ids seen so far, in sorted runs merged like a binary counter (memory ~8 bytes per id)."""
+
+    def __init__(self) -> None:
+        self.runs: list[np.ndarray] = []
+
+    def check_and_add(self, ids: pd.Series) -> np.ndarray:
+        text = ids.astype(str).str.strip()
+        named = (ids.notna() & (text != "")).to_numpy()
+        h = pd.util.hash_pandas_object(text, index=False).to_numpy()
+        dup = np.zeros(len(h), dtype=bool)
+        for run in self.runs:
+            pos = np.minimum(np.searchsorted(run, h), len(run) - 1)
+            dup |= run[pos] == h
+        dup &= named
+        self.runs.append(np.unique(h[named]))
+        while len(self.runs) > 1 and len(self.runs[-1]) >= len(self.runs[-2]):
+            last = self.runs.pop()
+            self.runs[-1] = np.union1d(self.runs[-1], last)
+        return dup
+
+
+class _Writer:
+    """Writes a CSV or Parquet output to a temporary file next to the target."""
+
+    def __init__(self, target: Path, schema: pa.Schema):
+        self.target, self.schema = target, schema
+        self.tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        if target.suffix.lower() == ".parquet":
+            self._w = pq.ParquetWriter(self.tmp, schema, compression="zstd")
+        else:
+            self._w = pacsv.CSVWriter(self.tmp, schema)
+        self.rows = 0
+
+    def write(self, frame: pd.DataFrame) -> None:
+        self._w.write_table(pa.Table.from_pandas(frame[self.schema.names], schema=self.schema, preserve_index=False))
+        self.rows += len(frame)
+
+    def close(self) -> None:
+        self._w.close()
+
+
+def score_files(inputs: list[str | Path], output: str | Path, model: LoadedModel, *, chunk_rows: int = 50_000,
+                progress: bool = False, warn: Callable[[str], None] | None = None) -> ScoreSummary:
+    """Score every row of ``inputs`` into ``output`` (CSV or Parquet by extension).
+
+    Rejected rows go to ``<output>.rejects.csv`` (file, row, column, value, reason). Both files
+    appear only when the run completes; a stale rejects file from an earlier run is removed.
+
+    Raises
+    ------
+    BatchInputError
+        An input cannot be read or lacks a required column; nothing is written.
+    """
+    output = Path(output)
+    if output.suffix.lower() not in (".csv", ".parquet"):
+        raise BatchInputError(f"{output}: unsupported output type {output.suffix!r}; expected .csv or .parquet.")
+    if not output.parent.is_dir():
+        raise BatchInputError(f"{output.parent}: no such folder for the output.")
+    paths = [Path(p) for p in inputs]
+    rejects_path = output.with_name(output.name + ".rejects.csv")
+    summary, start = ScoreSummary(files=[str(p) for p in paths]), time.perf_counter()
+    multi = len(paths) > 1
+    has_ids = [ID_COLUMN in {h.strip().lower().lstrip("\ufeff") for h in _peek_columns(p)} for p in paths]
+    schema = _output_schema(ID_COLUMN if any(has_ids) else "row", multi)
+    writer = _Writer(output, schema)
+    rejects = _Writer(rejects_path, pa.schema([
+        pa.field("file", pa.string()), pa.field("row", pa.int64()), pa.field("column", pa.string()),
+        pa.field("value", pa.string()), pa.field("reason", pa.string())]))
+    bar = _progress(progress)
+    seen = _SeenIds() if any(has_ids) else None
+    try:
+        for path in paths:
+            offset, ignored_told = 0, False
+            for frame in iter_chunks(path, chunk_rows):
+                scored, bad, ignored = score_chunk(model, frame, file=str(path), row_offset=offset, seen_ids=seen)
+                if ignored and not ignored_told:
+                    summary.warnings.append(f"{path}: ignoring columns that are not case fields: {', '.join(ignored)}")
+                    if warn:
+                        warn(summary.warnings[-1])
+                    ignored_told = True
+                if multi:
+                    scored.insert(0, "file", str(path))
+                if ID_COLUMN in schema.names and ID_COLUMN not in scored:
+                    scored[ID_COLUMN] = ""
+                writer.write(scored)
+                if len(bad):
+                    rejects.write(bad.astype({"file": str, "value": str, "reason": str, "column": str}))
+                n_bad = bad["row"].nunique() if len(bad) else 0
+                summary.rows_scored += len(scored)
+                summary.rows_rejected += n_bad
+                offset += len(frame)
+                bar(len(frame))
+        writer.close()
+        rejects.close()
+        # rejects first: a run killed between the two renames leaves no output, never an output
+        # whose rejects are missing
+        if summary.rows_rejected:
+            os.replace(rejects.tmp, rejects_path)
+        else:
+            rejects.tmp.unlink()
+            rejects_path.unlink(missing_ok=True)
+        os.replace(writer.tmp, output)
+    finally:
+        for w in (writer, rejects):
+            try:
+                w.close()
+            except (OSError, ValueError, pa.ArrowException):
+                pass
+            w.tmp.unlink(missing_ok=True)
+        bar(None)
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _peek_columns(path: Path) -> list[str]:
+    if path.suffix.lower() == ".parquet" and path.is_file():
+        try:
+            return pq.read_schema(path).names
+        except (pa.ArrowInvalid, OSError) as err:
+            raise BatchInputError(f"{path}: cannot read: {err}") from err
+    if path.suffix.lower() == ".csv" and path.is_file():
+        return _csv_header(path)
+    return []
+
+
+def _progress(enabled: bool) -> Callable[[int | None], None]:
+    if not enabled:
+        return lambda n: None
+    from tqdm import tqdm
+
+    bar = tqdm(unit=" rows", unit_scale=True, file=sys.stderr, dynamic_ncols=True)
+
+    def update(n: int | None) -> None:
+        if n is None:
+            bar.close()
+        else:
+            bar.update(n)
+
+    return update

@@ -1,0 +1,157 @@
+"""`kneepain score` on real files: the bad-input corpus, atomic output, and agreement with predict()."""
+
+import csv
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.cli import main
+from pipeline.predict import predict
+
+CORPUS = Path(__file__).parent / "data" / "bad_inputs"
+P_COLS = [f"p_{c}" for c in ("leg_cramp", "bakers_cyst", "runners_knee", "hamstring_injury", "meniscus_tear",
+                             "acl_injury", "pcl_injury", "dvt", "osteoarthritis")]
+
+# file -> (exit code, rows scored, rows rejected, text that must appear in the rejects or the error)
+EXPECTED = {
+    "empty.csv": (2, 0, 0, "the file is empty"),
+    "header_only.csv": (0, 0, 0, None),
+    "missing_required_column.csv": (2, 0, 0, "column 'sex': required column is missing"),
+    "misspelled_category.csv": (1, 3, 1, "sex|femal|not allowed; allowed: female, male"),
+    "age_out_of_range.csv": (1, 3, 1, "age|130|out of range; allowed: a whole number >= 12 and <= 100"),
+    "non_number.csv": (1, 3, 1, "bmi|heavy|not a number"),
+    "pregnant_male.csv": (1, 3, 1, "pregnant|yes|pregnant cannot be yes when sex is male"),
+    "unknown_tristate.csv": (1, 3, 1, "locking|sometimes|not allowed; allowed: yes/y/true/t/1"),
+    "extra_columns.csv": (0, 3, 0, None),
+    "duplicate_case_id.csv": (1, 3, 1, "case_id|g1|duplicate case_id: first seen at row 0"),
+    "utf8_bom.csv": (0, 3, 0, None),
+    "windows_line_endings.csv": (0, 3, 0, None),
+    "quoted_commas_newlines.csv": (0, 4, 0, None),
+    "too_many_fields.csv": (2, 0, 0, "Expected 16 columns, got 17"),
+    "non_utf8.csv": (2, 0, 0, "not valid UTF-8"),
+    "very_long_field.csv": (1, 4, 1, "locking|yyyyyyyy"),
+    "wrong_types.parquet": (1, 1, 2, "age|forty|not a number"),
+}
+
+
+def _input_rows(path: Path) -> int:
+    if path.suffix == ".parquet":
+        return len(pd.read_parquet(path))
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            return max(sum(1 for _ in csv.reader(fh)) - 1, 0)
+    except UnicodeDecodeError:
+        return -1
+
+
+def test_corpus_covers_every_case():
+    assert sorted(p.name for p in CORPUS.iterdir()) == sorted(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_bad_input_corpus(name, trained, tmp_path, capsys):
+    models, _ = trained
+    code, scored, rejected, text = EXPECTED[name]
+    out = tmp_path / "out.csv"
+    assert main(["score", str(CORPUS / name), "-o", str(out), "--model", str(models)]) == code
+    captured = capsys.readouterr()
+    rejects = tmp_path / "out.csv.rejects.csv"
+    if code == 2:
+        assert not out.exists() and not rejects.exists()
+        assert text in captured.err and "Traceback" not in captured.err
+        assert captured.err.count("\n") == 1  # one line
+        return
+    result = pd.read_csv(out, dtype={"case_id": str}, keep_default_na=False)
+    assert len(result) == scored
+    n_input = _input_rows(CORPUS / name)
+    if rejected:
+        bad = pd.read_csv(rejects, dtype=str, keep_default_na=False)
+        assert bad["row"].nunique() == rejected
+        lines = {"|".join((r.column, r.value, r.reason)) for r in bad.itertuples()}
+        assert any(text in line for line in lines), lines
+        assert (bad["file"] == str(CORPUS / name)).all()
+    else:
+        assert not rejects.exists()
+    assert scored + rejected == n_input
+    if len(result):
+        np.testing.assert_allclose(result[P_COLS].sum(axis=1), 1.0, atol=1e-6)
+
+
+def test_quoted_ids_and_extra_columns_pass_through(trained, tmp_path, capsys):
+    models, _ = trained
+    out = tmp_path / "out.csv"
+    main(["score", str(CORPUS / "quoted_commas_newlines.csv"), "-o", str(out), "--model", str(models)])
+    ids = pd.read_csv(out, dtype=str, keep_default_na=False)["case_id"].tolist()
+    assert ids[-1] == 'q1, with a comma and "quotes"\nand a second line'
+    main(["score", str(CORPUS / "extra_columns.csv"), "-o", str(out), "--model", str(models)])
+    err = capsys.readouterr().err
+    assert err.count("ignoring columns that are not case fields: notes, clinic") == 1
+
+
+def test_score_matches_predict_for_csv_and_parquet(trained, small_data, tmp_path):
+    models, _ = trained
+    cases = pd.read_parquet(small_data / "test.parquet").head(3000)
+    cases.to_parquet(tmp_path / "in.parquet")
+    cases.astype(str).replace({"<NA>": "", "nan": ""}).to_csv(tmp_path / "in.csv", index=False)
+    expected = predict(cases, model=models)
+    for src, dst in (("in.csv", "out.parquet"), ("in.parquet", "out.csv")):
+        assert main(["score", str(tmp_path / src), "-o", str(tmp_path / dst), "--model", str(models),
+                     "--chunk-rows", "700", "--quiet"]) == 0
+        got = pd.read_parquet(tmp_path / dst) if dst.endswith("parquet") else pd.read_csv(tmp_path / dst)
+        assert got["case_id"].astype(str).tolist() == expected["case_id"].tolist()
+        assert got["row"].tolist() == list(range(len(cases)))
+        np.testing.assert_allclose(got[P_COLS].to_numpy(float), expected[P_COLS].to_numpy(float), rtol=1e-9)
+        assert got["top3"].tolist() == expected["top3"].tolist()
+
+
+def test_several_inputs_and_duplicates_across_files(trained, tmp_path):
+    models, _ = trained
+    a = CORPUS / "utf8_bom.csv"
+    b = CORPUS / "windows_line_endings.csv"  # same ids as a: all three are duplicates
+    out = tmp_path / "out.parquet"
+    assert main(["score", str(a), str(b), "-o", str(out), "--model", str(models), "--quiet"]) == 1
+    got = pd.read_parquet(out)
+    assert got["file"].tolist() == [str(a)] * 3
+    bad = pd.read_csv(tmp_path / "out.parquet.rejects.csv")
+    assert bad["file"].unique().tolist() == [str(b)] and bad["row"].tolist() == [0, 1, 2]
+
+
+def test_fatal_model_problem_has_no_traceback(trained, tmp_path, capsys):
+    models, _ = trained
+    broken = tmp_path / "models"
+    broken.mkdir()
+    (broken / "model.joblib").write_bytes((models / "model.joblib").read_bytes() + b"x")
+    (broken / "manifest.json").write_text((models / "manifest.json").read_text())
+    assert main(["score", str(CORPUS / "utf8_bom.csv"), "-o", str(tmp_path / "o.csv"), "--model", str(broken)]) == 2
+    err = capsys.readouterr().err
+    assert "refusing to load" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_killed_run_leaves_no_output(trained, kb, tmp_path):
+    from pipeline.generate import generate_codes
+    from pipeline.schema import codes_to_text_frame
+
+    models, _ = trained
+    codes, _, _ = generate_codes(kb, 400_000, seed=8)
+    codes_to_text_frame(codes).to_csv(tmp_path / "big.csv", index=False)
+    out = tmp_path / "out.csv"
+    kneepain = Path(sys.executable).parent / "kneepain"
+    proc = subprocess.Popen([str(kneepain), "score", str(tmp_path / "big.csv"), "-o", str(out), "--model",
+                             str(models), "--chunk-rows", "5000", "--quiet"])
+    deadline = time.monotonic() + 60
+    while not any(p.name.startswith(".out.csv.") for p in tmp_path.iterdir()):
+        assert proc.poll() is None and time.monotonic() < deadline, "scoring ended before it could be killed"
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists() and not (tmp_path / "out.csv.rejects.csv").exists()
