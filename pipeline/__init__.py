@@ -1,9 +1,14 @@
-"""kneepain: tells apart the causes of pain behind the knee (information, not a diagnosis)."""
+"""kneepain: tells apart the causes of pain behind the knee (information, not a diagnosis).
 
-from .cases import as_frame
+The public API (DESIGN.md): load_knowledge_base, generate_cases, oracle_posterior, log_density,
+predict, load_model, and the errors CaseValidationError and ModelIntegrityError.
+"""
+
 from .generate import generate_cases
 from .knowledge import KnowledgeBase, KnowledgeBaseError, load_knowledge_base
+from .model_io import ModelIntegrityError, load_model
 from .oracle import log_density, oracle_posterior
+from .predict import predict
 from .schema import CONDITIONS, CaseValidationError
 
 __all__ = [
@@ -11,9 +16,11 @@ __all__ = [
     "CaseValidationError",
     "KnowledgeBase",
     "KnowledgeBaseError",
-    "as_frame",
+    "ModelIntegrityError",
     "generate_cases",
     "load_knowledge_base",
+    "load_model",
     "log_density",
     "oracle_posterior",
+    "predict",
 ]

@@ -42,7 +42,7 @@ def _as_parsed(X) -> ParsedCases:
 
 
 def featurize_codes(codes: dict[str, np.ndarray], center: dict[str, float], scale: dict[str, float],
-                    dtype=np.float32) -> np.ndarray:
+                    dtype=np.float64) -> np.ndarray:
     """The feature matrix from schema codes (see the module docstring for the layout)."""
     n = len(codes["sex"])
     blocks = []
@@ -69,10 +69,12 @@ class CaseFeaturizer(TransformerMixin, BaseEstimator):
     """Schema-derived features: one-hot tri-states and categories, standardised numbers.
 
     Accepts a DataFrame of cases (any columns; the schema's are read) or :class:`ParsedCases`.
+    Features are float64 so that a case scored alone and in a batch gets the same numbers (in
+    float32 the matrix products differed in the sixth digit with the batch size).
     Invalid cases raise :class:`pipeline.CaseValidationError`.
     """
 
-    def __init__(self, dtype: str = "float32"):
+    def __init__(self, dtype: str = "float64"):
         self.dtype = dtype
 
     def fit(self, X, y=None):

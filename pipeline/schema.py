@@ -294,8 +294,9 @@ def _parse_coded(series: pd.Series, f: Field) -> tuple[np.ndarray, np.ndarray]:
     inverse, uniques = pd.factorize(series, use_na_sentinel=True)
     text = _as_text(np.asarray(uniques, dtype=object))
     if f.kind == "tristate":
+        # "1.0" and "0.0" are how pandas writes a 0/1 column that has blanks
         lookup = {**{t: 1 for t in TRISTATE_YES}, **{t: 0 for t in TRISTATE_NO},
-                  **{t: UNKNOWN for t in _TRISTATE_UNKNOWN}}
+                  **{t: UNKNOWN for t in _TRISTATE_UNKNOWN}, "1.0": 1, "0.0": 0}
     else:
         lookup = {name: i for i, name in enumerate(f.allowed)}
         lookup[""] = UNKNOWN

@@ -1,0 +1,144 @@
+"""predict() as notebook users call it."""
+
+import importlib
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import pipeline
+from pipeline import CaseValidationError, predict
+from pipeline.predict import clear_model_cache, output_columns
+from pipeline.schema import CONDITIONS, FIELDS
+
+P_COLS = [f"p_{c}" for c in CONDITIONS]
+CASE = {"age": 24, "sex": "male", "activity": "sprint_pivot_sport", "injury_event": "twist_or_direction_change",
+        "heard_pop": "yes", "knee_swelling": True, "giving_way": "Y", "locking": "no"}
+
+
+def test_every_input_form_gives_the_same_answer(trained, tmp_path):
+    models, _ = trained
+    cases = [CASE, {"age": 70, "sex": "female", "leg_swelling": "yes", "skin_warm": "yes", "sedentary": 1},
+             {"age": 45, "sex": "female"}]
+    frame = pd.DataFrame(cases)
+    frame.to_csv(tmp_path / "c.csv", index=False)
+    frame.astype(str).replace({"None": "", "nan": ""}).to_parquet(tmp_path / "c.parquet")
+    results = [predict(x, model=models) for x in (cases, frame, tmp_path / "c.csv", str(tmp_path / "c.parquet"))]
+    for r in results[1:]:
+        np.testing.assert_allclose(r[P_COLS].to_numpy(), results[0][P_COLS].to_numpy(), rtol=1e-12)
+    one = predict(CASE, model=models)
+    np.testing.assert_allclose(one[P_COLS].to_numpy()[0], results[0][P_COLS].to_numpy()[0], rtol=1e-12)
+    out = results[0]
+    assert list(out.columns) == output_columns(id_column="row")
+    assert out["row"].tolist() == [0, 1, 2]
+    np.testing.assert_allclose(out[P_COLS].sum(axis=1), 1.0, atol=1e-9)
+    assert (out["confidence"] == out[P_COLS].max(axis=1)).all()
+    assert out["top3"].str.split("|").str[0].tolist() == out["prediction"].tolist()
+
+
+def test_case_ids_pass_through_in_input_order(trained):
+    models, _ = trained
+    frame = pd.DataFrame([{**CASE, "case_id": "z"}, {"case_id": "a", "age": 70, "sex": "female"}])
+    out = predict(frame, model=models)
+    assert out["case_id"].tolist() == ["z", "a"]
+
+
+def test_callers_frame_is_not_modified(trained):
+    models, _ = trained
+    frame = pd.DataFrame([CASE, {"age": "70", "sex": " Female ", "locking": None}])
+    before = frame.copy(deep=True)
+    predict(frame, model=models)
+    pd.testing.assert_frame_equal(frame, before)
+
+
+def test_unknown_columns_warn_once(trained):
+    models, _ = trained
+    with pytest.warns(UserWarning, match="ignoring columns that are not case fields: notes, clinic") as record:
+        predict([{**CASE, "notes": "x", "clinic": "y"}] * 3, model=models)
+    assert len([w for w in record if "ignoring columns" in str(w.message)]) == 1
+
+
+def test_invalid_cases_name_every_bad_row(trained):
+    models, _ = trained
+    bad = [CASE, {"age": 9, "sex": "male"}, {"age": 30, "sex": "mal"}, {"age": 30, "sex": "male", "locking": "often"}]
+    with pytest.raises(CaseValidationError) as info:
+        predict(bad, model=models)
+    assert info.value.errors["row"].tolist() == [1, 2, 3]
+    text = str(info.value)
+    assert "row 1, column 'age', value '9'" in text and "'mal'" in text and "'often'" in text
+
+
+def test_top_k_and_its_bounds(trained):
+    models, _ = trained
+    out = predict(CASE, model=models, top_k=5)
+    assert len(out["top5"][0].split("|")) == 5
+    with pytest.raises(ValueError, match="top_k == 0"):
+        predict(CASE, model=models, top_k=0)
+
+
+def test_model_is_loaded_once(trained, monkeypatch):
+    models, _ = trained
+    P = importlib.import_module("pipeline.predict")
+    clear_model_cache()
+    calls = []
+    real = P.load_model
+    monkeypatch.setattr(P, "load_model", lambda src: calls.append(src) or real(src))
+    for _ in range(3):
+        predict(CASE, model=models)
+    assert len(calls) == 1
+
+
+def test_missing_default_model_says_make_run(tmp_path, monkeypatch):
+    M = importlib.import_module("pipeline.model_io")
+    P = importlib.import_module("pipeline.predict")
+
+    clear_model_cache()
+    monkeypatch.setattr(M, "MODELS_DIR", tmp_path)
+    monkeypatch.setattr(P, "MODELS_DIR", tmp_path)
+    with pytest.raises(FileNotFoundError, match="make run"):
+        predict(CASE)
+
+
+TRI_VALUES = st.sampled_from([True, False, None, "yes", "no", "Y", "n", "1", "0", 1, 0, 2, "", "unknown",
+                              "maybe", float("nan"), 0.5, "TRUE ", -1])
+CAT_VALUES = {f.name: st.one_of(st.sampled_from(list(f.allowed)), st.sampled_from(["", None, "other", 3]))
+              for f in FIELDS if f.kind == "category"}
+NUM_VALUES = st.one_of(st.integers(-5, 200), st.floats(allow_nan=True, allow_infinity=True), st.none(),
+                       st.sampled_from(["", "12", "abc", " 40 ", "1e3"]))
+
+
+@st.composite
+def case_dicts(draw):
+    case = {}
+    for f in FIELDS:
+        if not draw(st.booleans()) and not f.required:
+            continue
+        if f.kind == "tristate":
+            case[f.name] = draw(TRI_VALUES)
+        elif f.kind == "category":
+            case[f.name] = draw(CAT_VALUES[f.name])
+        else:
+            case[f.name] = draw(NUM_VALUES)
+    if draw(st.booleans()):
+        case["extra"] = draw(st.text(max_size=5))
+    return case
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cases=st.lists(case_dicts(), min_size=1, max_size=4))
+def test_random_cases_give_probabilities_or_a_validation_error(trained, cases):
+    models, _ = trained
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            out = predict(cases, model=models)
+    except CaseValidationError as err:
+        assert len(err.errors) >= 1 and str(err)
+        return
+    probs = out[P_COLS].to_numpy()
+    assert len(out) == len(cases)
+    assert np.isfinite(probs).all() and (probs >= 0).all()
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-9)
