@@ -8,7 +8,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-__all__ = ["REPORT_PATH", "environment", "format_table", "write_report"]
+__all__ = ["REPORT_PATH", "environment", "format_table", "load_average", "write_report"]
 
 REPORT_PATH = Path(__file__).resolve().parent.parent / "reports" / "benchmarks.json"
 _DASH = "—"
@@ -16,13 +16,28 @@ _COLUMNS = ("benchmark", "size", "wall s", "rows/s", "peak RSS MB", "target", "m
 _RIGHT = {"size", "wall s", "rows/s", "peak RSS MB"}
 
 
+def load_average() -> float | None:
+    """The 1-minute load average, or None where the platform has none.
+
+    Recorded before the first benchmark: on a small machine another process's load shows up
+    directly in the timings (OpenMP models such as gradient boosting suffer most).
+    """
+    if not hasattr(os, "getloadavg"):
+        return None
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
 def environment(quick: bool) -> dict[str, Any]:
-    """Where and when the benchmarks ran: date, core count, platform, Python and library versions."""
+    """Where and when the benchmarks ran: date, core count, load, platform, Python and library versions."""
     from pipeline.model_io import library_versions
 
     return {
         "date": datetime.now().astimezone().isoformat(timespec="seconds"),
         "cpu_count": os.cpu_count(),
+        "load_average_start": load_average(),
         "platform": platform.platform(),
         "versions": library_versions(),
         "quick": quick,
@@ -31,8 +46,9 @@ def environment(quick: bool) -> dict[str, Any]:
 
 def _header(env: dict[str, Any]) -> str:
     versions = "  ".join(f"{k} {v}" for k, v in env["versions"].items())
+    load = "" if env["load_average_start"] is None else f" (load {env['load_average_start']} at start)"
     mode = "  (--quick: smoke sizes, targets not judged)" if env["quick"] else ""
-    return f"kneepain benchmarks  {env['date']}  {env['cpu_count']} cores  {versions}{mode}"
+    return f"kneepain benchmarks  {env['date']}  {env['cpu_count']} cores{load}  {versions}{mode}"
 
 
 def _cells(row: dict[str, Any]) -> tuple[str, ...]:

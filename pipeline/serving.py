@@ -6,6 +6,7 @@ through :func:`pipeline.model_io.load_model`, so the hash check applies in servi
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import mlflow
@@ -16,9 +17,10 @@ from mlflow.types.schema import AnyType, ColSpec, Schema
 from .model_io import LoadedModel, load_model
 from .schema import FIELDS, ID_COLUMN
 
-__all__ = ["KneepainPyfunc", "input_schema", "model_signature", "load_from_mlflow", "ARTIFACT_KEY"]
+__all__ = ["KneepainPyfunc", "input_schema", "model_signature", "load_from_mlflow", "tracking_uri", "ARTIFACT_KEY"]
 
 ARTIFACT_KEY = "model_dir"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 class KneepainPyfunc(mlflow.pyfunc.PythonModel):
@@ -48,7 +50,13 @@ def model_signature(example_output: pd.DataFrame) -> ModelSignature:
     return ModelSignature(inputs=input_schema(), outputs=infer_signature(example_output).inputs)
 
 
+def tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI``, or the embedded default: ``mlflow.db`` at the repository root."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
+
+
 def load_from_mlflow(uri: str) -> LoadedModel:
     """The project's model behind an MLflow model URI (hash-checked when the pyfunc loads it)."""
+    mlflow.set_tracking_uri(tracking_uri())
     pyfunc = mlflow.pyfunc.load_model(uri)
     return pyfunc.unwrap_python_model().model

@@ -7,7 +7,6 @@ The embedded default is ``sqlite:///mlflow.db`` at the repository root with arti
 
 from __future__ import annotations
 
-import os
 import subprocess
 from importlib import metadata
 from pathlib import Path
@@ -22,17 +21,13 @@ from .config import TrainConfig, flatten
 from .io import sha256_file
 from .model_io import library_versions
 from .schema import ID_COLUMN, codes_to_text_frame, parse_cases
-from .serving import ARTIFACT_KEY, KneepainPyfunc, model_signature
+from .serving import ARTIFACT_KEY, KneepainPyfunc, model_signature, tracking_uri
 from .train import TrainResult
 
 __all__ = ["tracking_uri", "use_tracking", "log_training", "log_evaluation", "promote_champion", "git_commit"]
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _PIP = ("scikit-learn", "numpy", "scipy", "pandas", "pyarrow", "joblib", "pydantic", "pyyaml")
-
-
-def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
 
 
 def use_tracking(experiment: str) -> str:
