@@ -1,6 +1,7 @@
 """``python -m benchmarks [NAME ...] [--quick] [--out PATH]``: run benchmarks, print a table, write JSON.
 
-Without names every registered benchmark (:data:`benchmarks.BENCHMARKS`) runs, in order.
+Without names every registered benchmark (:data:`benchmarks.BENCHMARKS`) runs, in order. The JSON
+file (default ``reports/benchmarks.json``) holds the rows of this run only.
 """
 
 from __future__ import annotations

@@ -4,9 +4,9 @@ The command runs in a subprocess on the default 100k-case data (``data/synthetic
 a temporary folder first if absent) with ``MLFLOW_TRACKING_URI`` pointing at a temporary SQLite
 store, so the project's own MLflow store and ``models/`` are not touched. Its wall time includes
 interpreter start-up, imports, reading the data, cross-validation, the refit, calibration and
-MLflow logging. Target: under 180 s. Its peak RSS is the main process's: the cross-validation
-workers (``cv.n_jobs`` loky processes, each a few hundred MB) are not children it waits for, so
-they are not in ``ru_maxrss``; the sum over the process tree is larger.
+MLflow logging. Target: under 180 s. Its peak RSS is that of the largest single process (the
+main one): the ``cv.n_jobs`` cross-validation workers run alongside it with their own copy of the
+data, so the whole process tree holds more than this at its peak.
 
 The per-candidate rows are read from the ``candidates`` list of the manifest the command writes:
 the mean fit time of one CV fold, and ``predict_proba`` rows/s on the first 10,000 ``valid`` rows

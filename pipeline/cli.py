@@ -213,6 +213,30 @@ def _score(args: argparse.Namespace) -> int:
     return EXIT_REJECTED if summary.rows_rejected else EXIT_OK
 
 
+def _sample_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sample", help="write generated cases, without labels, as a CSV to try scoring on")
+    p.add_argument("-o", "--output", required=True, help="output .csv")
+    p.add_argument("--n", type=int, default=1000, help="how many cases (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--kb", default=None, help="knowledge base (default configs/knowledge_base.yaml)")
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from .generate import generate_codes
+    from .io import write_text_atomic
+    from .knowledge import load_knowledge_base
+    from .schema import ID_COLUMN, codes_to_text_frame
+
+    if args.n < 1:
+        raise UsageError(f"--n == {args.n}, must be >= 1.")
+    codes, _, _ = generate_codes(load_knowledge_base(args.kb), args.n, seed=args.seed)
+    frame = codes_to_text_frame(codes)
+    frame.insert(0, ID_COLUMN, [f"sample-{i:06d}" for i in range(args.n)])
+    write_text_atomic(args.output, frame.to_csv(index=False))
+    print(f"Wrote {args.n:,} unlabelled cases to {args.output}")
+    return EXIT_OK
+
+
 COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "generate": (_generate_parser, _generate),
     "show": (_show_parser, _show),
@@ -220,6 +244,7 @@ COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "train": (_train_parser, _train),
     "evaluate": (_evaluate_parser, _evaluate),
     "score": (_score_parser, _score),
+    "sample": (_sample_parser, _sample),
 }
 
 
