@@ -102,7 +102,7 @@ def iter_chunks(path: str | Path, chunk_rows: int = 50_000) -> Iterator[pd.DataF
         raise BatchInputError(f"{path}: cannot read: {message}") from err
 
 
-def _output_schema(id_column: str, multi: bool) -> pa.Schema:
+def _output_schema(id_column: str, multi: bool, decision: bool) -> pa.Schema:
     fields = [pa.field("file", pa.string())] if multi else []
     fields += [pa.field("row", pa.int64())]
     if id_column == ID_COLUMN:
@@ -110,6 +110,11 @@ def _output_schema(id_column: str, multi: bool) -> pa.Schema:
     fields += [pa.field("prediction", pa.string()), pa.field("confidence", pa.float64())]
     fields += [pa.field(f"p_{c}", pa.float64()) for c in CONDITIONS]
     fields += [pa.field("top3", pa.string())]
+    if decision:
+        fields += [pa.field("triage", pa.string()), pa.field("triage_reason", pa.string()),
+                   pa.field("advice", pa.string()), pa.field("differential", pa.string()),
+                   pa.field("differential_size", pa.int64()), pa.field("atypical", pa.bool_()),
+                   pa.field("atypical_reason", pa.string())]
     return pa.schema(fields)
 
 
@@ -211,7 +216,7 @@ def score_files(inputs: list[str | Path], output: str | Path, model: LoadedModel
     summary, start = ScoreSummary(files=[str(p) for p in paths]), time.perf_counter()
     multi = len(paths) > 1
     has_ids = [ID_COLUMN in {h.strip().lower().lstrip("\ufeff") for h in _peek_columns(p)} for p in paths]
-    schema = _output_schema(ID_COLUMN if any(has_ids) else "row", multi)
+    schema = _output_schema(ID_COLUMN if any(has_ids) else "row", multi, model.decision is not None)
     writer = _Writer(output, schema)
     rejects = _Writer(rejects_path, pa.schema([
         pa.field("file", pa.string()), pa.field("row", pa.int64()), pa.field("column", pa.string()),

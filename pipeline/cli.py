@@ -58,6 +58,7 @@ def _report(args: argparse.Namespace) -> int:
     import json
 
     from .datasets import DATA_DIR, format_data_summary
+    from .decision_metrics import format_decision_table
     from .evaluate import format_metrics_table
 
     path = Path(args.data or DATA_DIR) / "summary.json"
@@ -67,7 +68,9 @@ def _report(args: argparse.Namespace) -> int:
     reports = Path(args.reports) if args.reports else REPORTS_DIR
     if (reports / "metrics.json").exists():
         print("\nModel on held-out data (reports/metrics.json; plots and model card in reports/)")
-        print(format_metrics_table(json.loads((reports / "metrics.json").read_text())))
+        metrics = json.loads((reports / "metrics.json").read_text())
+        print(format_metrics_table(metrics))
+        print(format_decision_table(metrics))
     print("\nThis is information from synthetic data, not a diagnosis: seek professional medical advice.")
     return EXIT_OK
 
@@ -110,22 +113,29 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", choices=("loky", "dask"), default="loky",
                    help="joblib backend for cross-validation (dask: a local cluster or --scheduler)")
     p.add_argument("--scheduler", default=None, help="Dask scheduler address for --backend dask")
+    p.add_argument("--kb", default=None, help="knowledge base (default configs/knowledge_base.yaml)")
+    p.add_argument("--triage", default=None, help="decision-layer config (default configs/triage.yaml)")
 
 
 def _train(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from .config import CONFIG_DIR, TrainConfig, load_config
+    from .config import CONFIG_DIR, TrainConfig, TriageConfig, load_config
     from .datasets import DATA_DIR, read_split
+    from .decision import fit_decision_on
     from .io import sha256_file
+    from .knowledge import DEFAULT_KB_PATH, load_knowledge_base
     from .model_io import MODELS_DIR, save_model, update_manifest
     from .tracking import git_commit, log_training
     from .train import train_model
 
     config = load_config(TrainConfig, args.config or CONFIG_DIR / "train.yaml")
+    triage = load_config(TriageConfig, args.triage or CONFIG_DIR / "triage.yaml")
+    kb_path = Path(args.kb) if args.kb else DEFAULT_KB_PATH
+    kb = load_knowledge_base(kb_path)
     data = Path(args.data) if args.data else DATA_DIR
     out = Path(args.out) if args.out else MODELS_DIR
-    train, valid = read_split("train", data), read_split("valid", data)
+    train, valid, calib = read_split("train", data), read_split("valid", data), read_split("calib", data)
     files = {name: data / f"{name}.parquet" for name in ("train", "valid")}
     print(f"Training on {len(train):,} cases ({config.cv.folds}-fold CV on up to "
           f"{config.cv.max_rows or len(train):,}), calibrating on {len(valid):,}")
@@ -137,11 +147,19 @@ def _train(args: argparse.Namespace) -> int:
     else:
         result = train_model(config, train, valid)
 
+    decision = fit_decision_on(result.model, kb, calib, triage)
+    print(f"  decision layer fitted on calib ({len(calib):,}): conformal thresholds "
+          f"{sorted(set(round(t, 4) for t in decision['conformal']['thresholds']))}, "
+          f"atypical threshold {decision['atypical']['threshold']:.3f}")
+    files["calib"] = data / "calib.parquet"
+
     def save(run_id: str) -> dict:
         return save_model(result.model, out, {
             "winner": result.winner, "calibration": result.calibration, "metrics": result.metrics,
             "candidates": [asdict(c) for c in result.candidates], "git_commit": git_commit(),
-            "data_sha256": {k: sha256_file(p) for k, p in files.items()}, "mlflow_run_id": run_id})
+            "data_sha256": {k: sha256_file(p) for k, p in files.items()}, "mlflow_run_id": run_id,
+            "split_sizes": {"train": len(train), "valid": len(valid), "calib": len(calib)},
+            "decision": decision}, kb_path=kb_path)
 
     info = log_training(result, config, files, out, save, force_champion=args.force_champion, example=valid.head(5))
     update_manifest(out, {k: v for k, v in info.items() if k != "manifest"})
@@ -162,6 +180,7 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from .datasets import DATA_DIR, read_split
+    from .decision_metrics import format_decision_table
     from .evaluate import evaluate_model, format_metrics_table, write_reports
     from .knowledge import load_knowledge_base
     from .model_io import load_model
@@ -170,10 +189,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else REPORTS_DIR
     model = load_model(args.model)
     kb = load_knowledge_base(args.kb)
-    splits = {name: read_split(name, data) for name in ("test", "shift")}
+    splits = {name: read_split(name, data) for name in ("test", "shift", "calib")}
     metrics, arrays = evaluate_model(model, kb, splits, return_arrays=True)
     paths = write_reports(metrics, arrays, out, model.manifest)
     print(format_metrics_table(metrics))
+    print(format_decision_table(metrics))
     print(f"\nWrote {out / 'metrics.json'}, {out / 'model_card.md'} and {len(paths) - 2} plots in {out / 'plots'}")
     from .tracking import log_evaluation
 

@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-__all__ = ["ConfigError", "GenerateConfig", "SplitConfig", "TrainConfig", "load_config", "flatten", "CONFIG_DIR"]
+__all__ = ["ConfigError", "GenerateConfig", "LEVELS", "SplitConfig", "TrainConfig", "TriageConfig", "load_config",
+           "flatten", "CONFIG_DIR"]
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -88,6 +89,68 @@ class TrainConfig(_Strict):
     selection: SelectionConfig
     calibration: CalibrationConfig
     tracking: TrackingConfig
+
+
+Level = Literal["self_care", "see_doctor", "see_doctor_soon", "emergency"]
+LEVELS: tuple[str, ...] = ("self_care", "see_doctor", "see_doctor_soon", "emergency")
+
+
+class RedFlag(_Strict):
+    name: str
+    level: Level
+    all: dict[str, str] = Field(min_length=1)
+    any: dict[str, str] = {}
+    reason: str
+
+
+class ConformalConfig(_Strict):
+    coverage: float = Field(gt=0, lt=1)
+    mondrian: bool
+
+
+class AtypicalConfig(_Strict):
+    quantile: float = Field(gt=0, lt=0.5)
+    min_level: Level
+
+
+class TriageConfig(_Strict):
+    levels: list[Level]
+    level_text: dict[Level, str]
+    costs: dict[str, dict[Level, float]]
+    right_level: dict[str, Level]
+    red_flags: list[RedFlag]
+    advice: dict[str, str]
+    closing: str
+    conformal: ConformalConfig
+    atypical: AtypicalConfig
+
+    @model_validator(mode="after")
+    def _complete(self) -> "TriageConfig":
+        from .schema import CONDITIONS, field
+
+        if tuple(self.levels) != LEVELS:
+            raise ValueError(f"levels must be {list(LEVELS)} (least urgent first)")
+        for name in ("costs", "right_level", "advice"):
+            keys = set(getattr(self, name))
+            if keys != set(CONDITIONS):
+                raise ValueError(f"{name}: must have exactly the conditions; unknown {sorted(keys - set(CONDITIONS))}, "
+                                 f"missing {sorted(set(CONDITIONS) - keys)}")
+        for c, row in self.costs.items():
+            if set(row) != set(LEVELS):
+                raise ValueError(f"costs.{c}: must give a cost for every level {list(LEVELS)}")
+            if any(v < 0 for v in row.values()):
+                raise ValueError(f"costs.{c}: costs must be >= 0")
+        for i, flag in enumerate(self.red_flags):
+            for part in ("all", "any"):
+                for name, value in getattr(flag, part).items():
+                    try:
+                        f = field(name)
+                    except KeyError as err:
+                        raise ValueError(f"red_flags[{i}].{part}.{name}: {err.args[0]}") from None
+                    allowed = ("yes", "no") if f.kind == "tristate" else f.allowed
+                    if value not in allowed:
+                        raise ValueError(f"red_flags[{i}].{part}.{name}: {value!r} is not one of {list(allowed)}")
+        return self
 
 
 def flatten(data: dict, prefix: str = "") -> dict[str, object]:

@@ -19,6 +19,7 @@ from sklearn.metrics import f1_score, precision_recall_fscore_support
 
 from . import metrics as M
 from .datasets import kb_for_split, labels
+from .decision_metrics import decision_card_section, evaluate_decision
 from .io import write_json_atomic, write_text_atomic
 from .knowledge import KnowledgeBase
 from .model_io import LoadedModel
@@ -201,6 +202,8 @@ def evaluate_model(model: LoadedModel, kb: KnowledgeBase, splits: dict[str, pd.D
     for name in REQUIRED_SPLITS:
         metrics[name], arrays[name] = evaluate_split(model, kb_for_split(kb, name), splits[name], return_arrays=True)
     metrics["robustness"] = robustness_curve(model, kb, splits["test"], seed=seed)
+    calib = (parse_cases(splits["calib"]), labels(splits["calib"])) if "calib" in splits else None
+    metrics.update(evaluate_decision(model, {n: parse_cases(splits[n]) for n in REQUIRED_SPLITS}, arrays, calib))
     metrics["split_sizes"] = {name: len(frame) for name, frame in splits.items()}
     metrics["seconds"] = time.perf_counter() - start
     return (metrics, arrays) if return_arrays else metrics
@@ -272,6 +275,7 @@ def _model_card(metrics: dict[str, Any], manifest: dict | None, plots: list[Path
                   "|---|---|---|---|---|"]
         lines += [f"| {r['blanked_share']:.0%} | {r['accuracy']:.4f} | {r['oracle_accuracy']:.4f} | "
                   f"{r['log_loss']:.4f} | {r['oracle_log_loss']:.4f} |" for r in metrics["robustness"]]
+    lines += ["", decision_card_section(metrics)] if "triage" in metrics else []
     lines += ["", "## Limits", "",
               "- Trained and evaluated on synthetic data only; its scores say how well it recovers the "
               "knowledge base, not how it would do on real patients.",

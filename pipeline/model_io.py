@@ -18,7 +18,7 @@ from typing import Any
 import joblib
 import numpy as np
 
-from .io import sha256_file, write_json_atomic
+from .io import sha256_file, write_json_atomic, write_text_atomic
 from .schema import CONDITIONS, SCHEMA_VERSION, ParsedCases
 
 __all__ = ["LoadedModel", "ModelIntegrityError", "MODELS_DIR", "MODEL_FILE", "MANIFEST_FILE",
@@ -27,6 +27,7 @@ __all__ = ["LoadedModel", "ModelIntegrityError", "MODELS_DIR", "MODEL_FILE", "MA
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 MODEL_FILE = "model.joblib"
 MANIFEST_FILE = "manifest.json"
+KB_FILE = "knowledge_base.yaml"
 _TRACKED_LIBRARIES = ("scikit-learn", "numpy", "scipy", "pandas", "joblib")
 
 
@@ -48,6 +49,8 @@ class LoadedModel:
     estimator: Any
     manifest: dict = field(default_factory=dict)
     source: str = ""
+    kb: Any = None  # the KnowledgeBase snapshot the decision layer uses (None for a bare model)
+    decision: Any = None  # pipeline.decision.Decision, or None for a bare model
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -60,14 +63,19 @@ class LoadedModel:
         return np.asarray(self.estimator.predict_proba(parsed), dtype=np.float64)
 
 
-def save_model(estimator: Any, out_dir: str | Path, manifest: dict) -> dict:
+def save_model(estimator: Any, out_dir: str | Path, manifest: dict, *, kb_path: str | Path | None = None) -> dict:
     """Write ``model.joblib`` and ``manifest.json`` (with the file's SHA-256) into ``out_dir``.
 
-    The model file is written under a temporary name and renamed; the manifest last, so a reader
-    never sees a manifest that points at a half-written model.
+    With ``kb_path``, the knowledge base is copied beside the model (the decision layer scores
+    atypicality with it) and its SHA-256 recorded. The model file is written under a temporary
+    name and renamed; the manifest last, so a reader never sees a manifest that points at a
+    half-written model.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if kb_path is not None:
+        write_text_atomic(out_dir / KB_FILE, Path(kb_path).read_text(encoding="utf-8"))
+        manifest = {**manifest, "knowledge_base_sha256": sha256_file(out_dir / KB_FILE)}
     tmp = out_dir / (MODEL_FILE + ".tmp")
     joblib.dump(estimator, tmp, compress=3)
     full = {
@@ -150,4 +158,13 @@ def load_model(source: str | Path | LoadedModel | None = None) -> LoadedModel:
         warnings.warn("the model was saved with other library versions ("
                       + ", ".join(f"{k} {a}, now {b}" for k, (a, b) in differ.items())
                       + "); predictions may differ or fail. Retrain with `kneepain train`.", UserWarning, stacklevel=2)
-    return LoadedModel(joblib.load(model_path), manifest, str(folder))
+    kb = decision = None
+    if "decision" in manifest:
+        from .decision import Decision
+        from .knowledge import load_knowledge_base
+
+        kb_file = folder / KB_FILE
+        if not kb_file.exists() or sha256_file(kb_file) != manifest.get("knowledge_base_sha256"):
+            raise ModelIntegrityError(f"{kb_file} is missing or does not match the manifest's knowledge_base_sha256.")
+        kb, decision = load_knowledge_base(kb_file), Decision(manifest["decision"])
+    return LoadedModel(joblib.load(model_path), manifest, str(folder), kb, decision)

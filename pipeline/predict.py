@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from .cases import as_frame
+from .decision import DECISION_COLUMNS, decide
 from .model_io import MODELS_DIR, MANIFEST_FILE, LoadedModel, load_model
 from .schema import CONDITIONS, ID_COLUMN, ParsedCases, parse_cases
 
@@ -42,9 +43,10 @@ def clear_model_cache() -> None:
     _CACHE.clear()
 
 
-def output_columns(top_k: int = 3, id_column: str = ID_COLUMN) -> list[str]:
-    """The scoring output's columns, in order."""
-    return [id_column, "prediction", "confidence", *[f"p_{c}" for c in CONDITIONS], f"top{top_k}"]
+def output_columns(top_k: int = 3, id_column: str = ID_COLUMN, *, decision: bool = True) -> list[str]:
+    """The scoring output's columns, in order (the decision columns when the model has a decision layer)."""
+    base = [id_column, "prediction", "confidence", *[f"p_{c}" for c in CONDITIONS], f"top{top_k}"]
+    return base + (DECISION_COLUMNS if decision else [])
 
 
 def score_parsed(model: LoadedModel, parsed: ParsedCases, *, top_k: int = 3,
@@ -66,7 +68,11 @@ def score_parsed(model: LoadedModel, parsed: ParsedCases, *, top_k: int = 3,
     for k, c in enumerate(CONDITIONS):
         out[f"p_{c}"] = proba[:, k]
     out[f"top{top_k}"] = ["|".join(r) for r in top] if len(parsed) else []
-    return pd.DataFrame(out)
+    frame = pd.DataFrame(out)
+    if model.decision is not None:
+        extra = decide(model.decision, model.kb, parsed, proba)
+        frame = pd.concat([frame, extra.set_axis(frame.index)], axis=1)
+    return frame
 
 
 def predict(cases: Any, model: str | Path | LoadedModel | None = None, top_k: int = 3) -> pd.DataFrame:
@@ -86,7 +92,9 @@ def predict(cases: Any, model: str | Path | LoadedModel | None = None, top_k: in
     -------
     DataFrame, one row per case in input order
         ``case_id`` (or ``row``), ``prediction``, ``confidence``, ``p_<condition>`` per condition
-        (summing to 1), ``top3``. This is information, not a diagnosis: seek professional advice.
+        (summing to 1), ``top3``, then the decision layer: ``triage``, ``triage_reason``,
+        ``advice``, ``differential``, ``differential_size``, ``atypical``, ``atypical_reason``.
+        This is information, not a diagnosis: seek professional advice.
 
     Raises
     ------

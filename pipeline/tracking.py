@@ -127,8 +127,9 @@ def log_evaluation(run_id: str | None, metrics: dict[str, Any], paths: list[Path
         MlflowClient().get_run(run_id)
     except MlflowException:
         return False
-    flat = {k: float(v) for k, v in flatten({s: metrics[s] for s in ("test", "shift") if s in metrics}).items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and ".per_class." not in k}
+    keys = ("test", "shift", "triage", "conformal", "atypical")
+    flat = {k: float(v) for k, v in flatten({s: metrics[s] for s in keys if s in metrics}).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and ".per_class" not in k}
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics({k.replace("/", "_"): v for k, v in flat.items()})
         for path in paths:

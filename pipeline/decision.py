@@ -1,0 +1,77 @@
+"""The decision layer: triage, differential set and atypical flag for every scored case.
+
+:func:`fit_decision` runs in `kneepain train` on ``calib`` (a split the model never trained or
+calibrated on) and returns a JSON-able dict stored in the model's manifest with the triage
+configuration, so scoring and serving are self-contained. :func:`decide` adds the columns.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .atypical import fit_atypical, flag_atypical
+from .config import LEVELS, TriageConfig
+from .conformal import fit_conformal, format_sets, prediction_sets
+from .knowledge import KnowledgeBase
+from .schema import ParsedCases
+from .triage import advice_table, reason_table, triage_levels
+
+__all__ = ["DECISION_COLUMNS", "Decision", "decide", "fit_decision", "fit_decision_on"]
+
+DECISION_COLUMNS = ["triage", "triage_reason", "advice", "differential", "differential_size", "atypical",
+                    "atypical_reason"]
+
+
+class Decision:
+    """Fitted decision layer: the triage config, conformal thresholds and atypical threshold."""
+
+    def __init__(self, spec: dict):
+        self.spec = spec
+        self.config = TriageConfig.model_validate(spec["triage"])
+        self.conformal = spec["conformal"]
+        self.atypical = spec["atypical"]
+        self._reasons = reason_table(self.config)
+        self._advice = advice_table(self.config)
+
+
+def fit_decision(proba_calib: np.ndarray, y_calib: np.ndarray, parsed_calib: ParsedCases, kb: KnowledgeBase,
+                 config: TriageConfig) -> dict:
+    """Fit the conformal thresholds and the atypical threshold on ``calib``."""
+    return {
+        "triage": config.model_dump(mode="json"),
+        "conformal": fit_conformal(proba_calib, y_calib, coverage=config.conformal.coverage,
+                                   mondrian=config.conformal.mondrian),
+        "atypical": fit_atypical(kb, parsed_calib, config.atypical.quantile),
+    }
+
+
+def fit_decision_on(model, kb: KnowledgeBase, calib: pd.DataFrame, config: TriageConfig) -> dict:
+    """:func:`fit_decision` for a fitted estimator on the labelled ``calib`` split."""
+    from .datasets import labels
+    from .schema import parse_cases
+
+    parsed = parse_cases(calib)
+    return fit_decision(np.asarray(model.predict_proba(parsed)), labels(calib), parsed, kb, config)
+
+
+def decide(decision: Decision, kb: KnowledgeBase, parsed: ParsedCases, proba: np.ndarray) -> pd.DataFrame:
+    """The decision columns (:data:`DECISION_COLUMNS`) for valid parsed cases and their probabilities."""
+    if len(parsed) == 0:
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in DECISION_COLUMNS})
+    atypical, score = flag_atypical(kb, parsed, decision.atypical)
+    level, reason = triage_levels(decision.config, parsed.codes, proba, atypical)
+    differential, size = format_sets(proba, prediction_sets(proba, decision.conformal))
+    threshold = decision.atypical["threshold"]
+    atypical_reason = np.where(
+        atypical, np.char.add("answers fit none of the documented profiles well: surprise per answer ",
+                              np.char.add(np.round(score, 2).astype(str), f" > {threshold:.2f}")), "")
+    return pd.DataFrame({
+        "triage": np.asarray(LEVELS, dtype=object)[level],
+        "triage_reason": decision._reasons[reason],
+        "advice": decision._advice[level, proba.argmax(axis=1)],
+        "differential": differential,
+        "differential_size": size.astype(np.int64),
+        "atypical": atypical,
+        "atypical_reason": atypical_reason.astype(object),
+    })

@@ -1,0 +1,436 @@
+"""Scaling out with Dask: scoring many files and generating many cases on a cluster.
+
+:func:`score_files_dask` is the Dask engine of ``kneepain score``: one task per input file streams
+that file's chunks through :func:`pipeline.batch.score_chunk` (the same code as the pandas engine,
+so every row gets the same numbers) and writes one part file per chunk. :func:`generate_dask` draws
+cases in partitions with independent seeds. :func:`dask_client` starts or joins a cluster.
+
+Outputs are written into a hidden temporary folder next to the target and renamed into place only
+when every task succeeded: an output folder is complete or absent. Inputs and outputs must be on a
+file system that the workers see at the same paths (always true for a local cluster).
+Dask itself is imported only inside these functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from . import batch
+from .batch import REJECT_COLUMNS, BatchInputError, ScoreSummary
+from .io import sha256_file, write_json_atomic
+from .model_io import MODELS_DIR, ModelIntegrityError
+from .schema import ID_COLUMN
+
+if TYPE_CHECKING:
+    from distributed import Client, Future
+
+    from .knowledge import KnowledgeBase
+
+__all__ = ["FORMATS", "dask_client", "generate_dask", "score_files_dask"]
+
+FORMATS = ("parquet", "csv")
+POPULATIONS = ("default", "shift")
+REJECTS_FILE = "rejects.csv"
+_INPUT_ERRORS = (BatchInputError, ModelIntegrityError, FileNotFoundError)  # the user's to fix: not retried
+
+
+@contextlib.contextmanager
+def dask_client(scheduler: str | None = None, *, n_workers: int | None = None) -> Iterator["Client"]:
+    """A ``distributed.Client`` for the duration of a ``with`` block.
+
+    Parameters
+    ----------
+    scheduler : str, optional
+        Address of a running scheduler (``tcp://host:8786``). Default: start a ``LocalCluster`` on
+        127.0.0.1 with one single-threaded worker process per core and no dashboard.
+    n_workers : int, optional
+        Workers of the local cluster (default ``os.cpu_count()``); not allowed with ``scheduler``.
+
+    Yields
+    ------
+    distributed.Client
+        Also the default client, so ``joblib.parallel_backend("dask")`` uses it. The client, and
+        the local cluster if one was started, are closed on exit.
+    """
+    from distributed import Client, LocalCluster
+
+    if scheduler is not None:
+        if n_workers is not None:
+            raise ValueError("n_workers applies only to a local cluster; a scheduler at "
+                             f"{scheduler!r} has its own workers.")
+        with Client(scheduler) as client:
+            yield client
+        return
+    n = os.cpu_count() or 1 if n_workers is None else n_workers
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n_workers == {n_workers!r}, must be an integer >= 1.")
+    # one thread per worker: scoring holds the GIL in pandas and parsing, so processes scale and threads do not
+    with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        yield client
+
+
+@dataclass
+class _FileResult:
+    """What one scoring task reports back: its parts, counts and the hashes of its case ids."""
+
+    index: int
+    parts: list[str] = field(default_factory=list)
+    rejects: str | None = None
+    rows_scored: int = 0
+    rows_rejected: int = 0
+    ignored: tuple[str, ...] = ()
+    id_hashes: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.uint64))
+    error: Exception | None = None
+
+
+def _reject_schema() -> pa.Schema:
+    return pa.schema([pa.field("file", pa.string()), pa.field("row", pa.int64()), pa.field("column", pa.string()),
+                      pa.field("value", pa.string()), pa.field("reason", pa.string())])
+
+
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def _write_part(table: pa.Table, path: Path, fmt: str) -> None:
+    tmp = _tmp_name(path)  # a worker killed mid-write leaves only a hidden .tmp, removed by the driver
+    if fmt == "parquet":
+        pq.write_table(table, tmp, compression="zstd")
+    else:
+        pacsv.write_csv(table, tmp)
+    os.replace(tmp, path)
+
+
+def _score_file(index: int, label: str, path: str, model_source: str, tmp_dir: str, *, fmt: str,
+                chunk_rows: int, schema: pa.Schema, earlier: np.ndarray) -> _FileResult:
+    """Task: score every chunk of one file into ``part-<file>-<chunk>`` files in ``tmp_dir``.
+
+    ``earlier`` holds the hashes of this file's case ids that an earlier file also has (the
+    driver's second pass); they are rejected as duplicates exactly as the pandas engine would.
+    """
+    from .predict import get_model  # cached per process: the model loads once per worker
+
+    result, folder, offset = _FileResult(index), Path(tmp_dir), 0
+    seen = batch._SeenIds()
+    if len(earlier):
+        seen.runs.append(np.sort(earlier))
+    rejects, rejects_path = None, folder / f"rejects-{index:05d}.csv"
+    try:
+        model = get_model(model_source)
+        for chunk, frame in enumerate(batch.iter_chunks(path, chunk_rows)):
+            scored, bad, ignored = batch.score_chunk(model, frame, file=label, row_offset=offset, seen_ids=seen)
+            result.ignored = result.ignored or ignored
+            scored.insert(0, "file", label)
+            if ID_COLUMN in schema.names and ID_COLUMN not in scored:
+                scored[ID_COLUMN] = ""
+            name = f"part-{index:05d}-{chunk:05d}.{fmt}"
+            _write_part(pa.Table.from_pandas(scored[schema.names], schema=schema, preserve_index=False),
+                        folder / name, fmt)
+            result.parts.append(name)
+            if len(bad):
+                if rejects is None:
+                    rejects = pacsv.CSVWriter(_tmp_name(rejects_path), _reject_schema())
+                rejects.write_table(pa.Table.from_pandas(
+                    bad.astype({"file": str, "value": str, "reason": str, "column": str})[REJECT_COLUMNS],
+                    schema=_reject_schema(), preserve_index=False))
+                result.rows_rejected += bad["row"].nunique()
+            result.rows_scored += len(scored)
+            offset += len(frame)
+        if rejects is not None:
+            rejects.close()
+            os.replace(_tmp_name(rejects_path), rejects_path)
+            result.rejects = rejects_path.name
+    except _INPUT_ERRORS as err:  # returned, not raised: Dask would retry a task that raises
+        result.error = err
+    finally:
+        if rejects is not None:
+            rejects.close()  # closing twice is harmless
+    if seen.runs:
+        result.id_hashes = np.unique(np.concatenate(seen.runs))
+    return result
+
+
+def _expand_inputs(inputs: Sequence[str | Path] | str | Path) -> list[Path]:
+    items = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+    paths: list[Path] = []
+    for item in items:
+        text = str(item)
+        if any(c in text for c in "*?["):
+            matches = sorted(glob.glob(text, recursive=True))
+            if not matches:
+                raise BatchInputError(f"{text}: no file matches this pattern.")
+            paths += [Path(m) for m in matches]
+        else:
+            paths.append(Path(text))
+    if not paths:
+        raise BatchInputError("no input files given; expected one or more CSV or Parquet files or globs.")
+    for p in paths:
+        if not p.is_file():
+            raise BatchInputError(f"{p}: no such file.")
+        if p.suffix.lower() not in (".csv", ".parquet"):
+            raise BatchInputError(f"{p}: unsupported file type {p.suffix!r}; expected .csv or .parquet.")
+    return paths
+
+
+def _model_path(model_source: str | Path | None) -> str:
+    if model_source is None:
+        return str(MODELS_DIR)
+    if isinstance(model_source, str) and ":/" in model_source and not Path(model_source).exists():
+        return model_source  # an MLflow URI: each worker resolves it
+    return str(Path(model_source).resolve())  # workers may not share the driver's working directory
+
+
+def _temp_folder(target: Path) -> Path:
+    if target.exists():
+        raise BatchInputError(f"{target}: already exists; the dask engine writes a new folder and never "
+                              "overwrites one (remove it or choose another name).")
+    if not target.parent.is_dir():
+        raise BatchInputError(f"{target.parent}: no such folder for the output.")
+    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:12]}"
+    tmp.mkdir()
+    return tmp
+
+
+def _gather(client: "Client", futures: dict["Future", str]) -> list[Any]:
+    """Results of ``futures`` (future -> input label); on the first failure cancel the rest and raise."""
+    from distributed import as_completed
+
+    results = []
+    try:
+        for future in as_completed(list(futures)):
+            try:
+                result = future.result()
+            except Exception as err:  # KilledWorker, or an unexpected error after the retries
+                raise RuntimeError(f"{futures[future]}: the Dask task failed ({type(err).__name__}: {err}); "
+                                   "no output was written.") from err
+            if getattr(result, "error", None) is not None:
+                raise result.error
+            results.append(result)
+    finally:
+        client.cancel(list(futures))  # releases finished futures too, so the scheduler never reruns them
+    return results
+
+
+def _cross_file_duplicates(results: list[_FileResult]) -> dict[int, np.ndarray]:
+    """For each file, the hashes of its ids that an earlier file has too (usually none)."""
+    named = [r for r in results if len(r.id_hashes)]
+    if len(named) < 2:
+        return {}
+    hashes = np.concatenate([r.id_hashes for r in named])
+    owner = np.concatenate([np.full(len(r.id_hashes), r.index) for r in named])
+    order = np.lexsort((owner, hashes))
+    hashes, owner = hashes[order], owner[order]
+    later = np.flatnonzero(hashes[1:] == hashes[:-1]) + 1  # ids are unique within a file
+    return {int(i): hashes[later[owner[later] == i]] for i in np.unique(owner[later])}
+
+
+def _publish(tmp: Path, results: list[_FileResult], target: Path) -> None:
+    """Merge the rejects into ``rejects.csv``, drop leftovers of killed attempts, rename ``tmp`` to ``target``."""
+    sink = pa.BufferOutputStream()
+    pacsv.write_csv(_reject_schema().empty_table(), sink)
+    with open(tmp / REJECTS_FILE, "wb") as out:
+        out.write(sink.getvalue().to_pybytes())
+        for r in results:
+            if r.rejects:
+                with open(tmp / r.rejects, "rb") as fh:
+                    fh.readline()  # each file's header
+                    shutil.copyfileobj(fh, out)
+    keep = {p for r in results for p in r.parts} | {REJECTS_FILE}
+    missing = keep - {p.name for p in tmp.iterdir()}
+    if missing:
+        raise RuntimeError(f"{tmp}: part files missing after the job: {', '.join(sorted(missing)[:5])}")
+    for entry in tmp.iterdir():
+        if entry.name not in keep:
+            entry.unlink()
+    if target.exists():
+        raise BatchInputError(f"{target}: appeared while the job ran; the output is not replaced.")
+    os.rename(tmp, target)
+
+
+def score_files_dask(inputs: Sequence[str | Path] | str | Path, output_dir: str | Path,
+                     model_source: str | Path | None = None, *, client: "Client", fmt: str = "parquet",
+                     chunk_rows: int = 50_000, retries: int = 2,
+                     warn: Callable[[str], None] | None = None) -> ScoreSummary:
+    """Score every row of ``inputs`` on a Dask cluster into a folder of part files.
+
+    Parameters
+    ----------
+    inputs : path, glob, or sequence of them
+        CSV or Parquet files (by extension); a glob's matches are sorted, and one that matches
+        nothing is an error. Files are scored in parallel, one task per file.
+    output_dir : path
+        A new folder (it must not exist). It gets ``part-<file>-<chunk>.<fmt>``, one per chunk,
+        named so that sorting the names gives input order, and ``rejects.csv`` (columns
+        ``REJECT_COLUMNS``; only the header when every row was scored).
+    model_source : path or MLflow URI, optional
+        Default: the project's ``models/``. Only this string goes to the workers; each loads the
+        model once (hash-checked) and reuses it for every task.
+    client : distributed.Client
+        The cluster to run on (see :func:`dask_client`).
+    fmt : {"parquet", "csv"}, default="parquet"
+        Format of the part files.
+    chunk_rows : int, default=50_000
+        Rows per chunk, as in :func:`pipeline.batch.score_files`.
+    retries : int, default=2
+        Retries of a task that raised an unexpected error. A task whose worker died is rerun by
+        the scheduler (``distributed.scheduler.allowed-failures`` times). Input errors are not retried.
+    warn : callable, optional
+        Called with each warning (columns that are not case fields).
+
+    Returns
+    -------
+    ScoreSummary
+        Rows scored, rows rejected, seconds. Every row is in exactly one part file (with its
+        ``file`` and ``row``) or in ``rejects.csv``; a duplicate ``case_id``, within a file or
+        across files, is rejected as by the pandas engine (a second pass on the driver compares
+        the hashes of each file's ids and rescores the few files that repeat an earlier id).
+
+    Raises
+    ------
+    BatchInputError
+        An input is missing, unreadable or lacks a required column, or ``output_dir`` exists.
+    RuntimeError
+        A task still failed after its retries (for example its worker was killed repeatedly); the
+        message names the input. In both cases no output folder is left behind.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"fmt == {fmt!r}, must be one of {FORMATS}.")
+    if not isinstance(chunk_rows, (int, np.integer)) or chunk_rows < 1:
+        raise ValueError(f"chunk_rows == {chunk_rows!r}, must be an integer >= 1.")
+    start = time.perf_counter()
+    paths, target = _expand_inputs(inputs), Path(output_dir)
+    labels = [str(p) for p in paths]
+    has_ids = [ID_COLUMN in {h.strip().lower().lstrip("\ufeff") for h in batch._peek_columns(p)} for p in paths]
+    schema = batch._output_schema(ID_COLUMN if any(has_ids) else "row", True)
+    model = _model_path(model_source)
+    tmp = _temp_folder(target)
+    run = uuid.uuid4().hex[:8]
+
+    def submit(indices: Sequence[int], earlier: dict[int, np.ndarray]) -> list[_FileResult]:
+        futures = {client.submit(_score_file, i, labels[i], str(paths[i].resolve()), model, str(tmp), fmt=fmt,
+                                 chunk_rows=int(chunk_rows), schema=schema,
+                                 earlier=earlier.get(i, np.empty(0, dtype=np.uint64)),
+                                 key=f"kneepain-score-{run}-{i:05d}-{len(earlier)}", retries=retries): labels[i]
+                   for i in indices}
+        return _gather(client, futures)
+
+    try:
+        results = {r.index: r for r in submit(range(len(paths)), {})}
+        repeated = _cross_file_duplicates([results[i] for i in sorted(results)])
+        if repeated:
+            results.update({r.index: r for r in submit(sorted(repeated), repeated)})
+        ordered = [results[i] for i in range(len(paths))]
+        _publish(tmp, ordered, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    summary = ScoreSummary(files=labels, rows_scored=sum(r.rows_scored for r in ordered),
+                           rows_rejected=sum(r.rows_rejected for r in ordered))
+    for label, r in zip(labels, ordered):
+        if r.ignored:
+            summary.warnings.append(f"{label}: ignoring columns that are not case fields: {', '.join(r.ignored)}")
+            if warn:
+                warn(summary.warnings[-1])
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _generate_part(kb: "KnowledgeBase", n: int, seed: np.random.SeedSequence, index: int, tmp_dir: str) -> dict:
+    """Task: draw one partition and write it as ``part-<index>.parquet``; return its manifest entry."""
+    from .generate import generate_cases
+
+    frame = generate_cases(kb, n, seed=seed)
+    frame.insert(0, ID_COLUMN, [f"p{index:05d}-{j:07d}" for j in range(n)])
+    path = Path(tmp_dir) / f"part-{index:05d}.parquet"
+    tmp = _tmp_name(path)
+    frame.to_parquet(tmp, index=False, compression="zstd")
+    os.replace(tmp, path)
+    return {"file": path.name, "n": n, "sha256": sha256_file(path)}
+
+
+def generate_dask(kb: "KnowledgeBase", n: int, *, seed: int, partitions: int, out_dir: str | Path,
+                  client: "Client", population: str = "default", retries: int = 2) -> dict:
+    """Generate ``n`` labelled cases in ``partitions`` Parquet files, drawn in parallel on a cluster.
+
+    Partition ``i`` holds ``generate_cases(kb, n_i, seed=SeedSequence(seed).spawn(partitions)[i])``
+    (sizes differ by at most one) with ``case_id`` ``p<i>-<j>``. The same ``seed`` and
+    ``partitions`` give byte-identical files whatever the number of workers; another partition
+    count gives other cases.
+
+    Parameters
+    ----------
+    kb : KnowledgeBase
+        The knowledge base; ``population="shift"`` draws from ``kb.shifted()``.
+    n : int
+        Total cases, >= 0.
+    seed : int
+        Base seed; each partition gets an independent child seed.
+    partitions : int
+        Number of part files, 1 <= partitions <= max(n, 1).
+    out_dir : path
+        A new folder (it must not exist): ``part-00000.parquet``, ... and ``manifest.json``.
+    client : distributed.Client
+        The cluster to run on.
+    population : {"default", "shift"}, default="default"
+    retries : int, default=2
+        Retries of a failed task.
+
+    Returns
+    -------
+    dict
+        The manifest, also written to ``out_dir/manifest.json``: ``n``, ``seed``, ``partitions``,
+        ``population`` and ``files`` (``file``, ``n``, ``sha256`` per part, in order).
+
+    Raises
+    ------
+    FileExistsError
+        If ``out_dir`` exists.
+    RuntimeError
+        If a partition failed after its retries; nothing is left behind.
+    """
+    for name, value, low in (("n", n, 0), ("seed", seed, 0), ("partitions", partitions, 1)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{name} == {value!r}, must be an integer >= {low}.")
+    if partitions > max(n, 1):
+        raise ValueError(f"partitions == {partitions}, must be <= n == {n} (no empty partitions).")
+    if population not in POPULATIONS:
+        raise ValueError(f"population == {population!r}, must be one of {POPULATIONS}.")
+    base = kb.shifted() if population == "shift" else kb
+    sizes = [n // partitions + (i < n % partitions) for i in range(partitions)]
+    seeds = np.random.SeedSequence(int(seed)).spawn(partitions)
+    target = Path(out_dir)
+    if target.exists():
+        raise FileExistsError(f"{target}: already exists; generate into a new folder (remove it or choose another).")
+    tmp = _temp_folder(target)
+    run = uuid.uuid4().hex[:8]
+    try:
+        futures = {client.submit(_generate_part, base, int(size), child, i, str(tmp), retries=retries,
+                                 key=f"kneepain-generate-{run}-{i:05d}"): f"partition {i}"
+                   for i, (size, child) in enumerate(zip(sizes, seeds))}
+        files = sorted(_gather(client, futures), key=lambda entry: entry["file"])
+        manifest = {"n": int(n), "seed": int(seed), "partitions": int(partitions), "population": population,
+                    "files": files}
+        write_json_atomic(tmp / "manifest.json", manifest)
+        keep = {entry["file"] for entry in files} | {"manifest.json"}
+        for entry in tmp.iterdir():
+            if entry.name not in keep:
+                entry.unlink()
+        os.rename(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
