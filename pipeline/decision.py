@@ -17,10 +17,18 @@ from .knowledge import KnowledgeBase
 from .schema import ParsedCases
 from .triage import advice_table, reason_table, triage_levels
 
-__all__ = ["DECISION_COLUMNS", "Decision", "decide", "fit_decision", "fit_decision_on"]
+__all__ = ["DECISION_COLUMNS", "DECISION_COLUMN_DOCS", "Decision", "decide", "fit_decision", "fit_decision_on"]
 
-DECISION_COLUMNS = ["triage", "triage_reason", "advice", "differential", "differential_size", "atypical",
-                    "atypical_reason"]
+DECISION_COLUMN_DOCS = {
+    "triage": "`emergency`, `see_doctor_soon`, `see_doctor` or `self_care`: the expected-cost level, raised by red flags",
+    "triage_reason": "why: the red flag that fired, the atypical flag, or the expected-cost decision",
+    "advice": "what to do: the level's instruction, advice for the most likely condition, and always the advice to seek professional advice",
+    "differential": "the conditions that remain possible (a conformal prediction set, 90% coverage by default), most likely first, `|`-separated",
+    "differential_size": "how many conditions the differential holds",
+    "atypical": "true when the answers fit none of the documented profiles well (the case is still scored)",
+    "atypical_reason": "why the case was flagged (empty when it was not)",
+}
+DECISION_COLUMNS = list(DECISION_COLUMN_DOCS)
 
 
 class Decision:

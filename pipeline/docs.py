@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 from typing import Callable
 
+from .predict import output_dictionary_markdown
 from .schema import data_dictionary_markdown
 
 __all__ = ["SECTIONS", "render_readme"]
@@ -17,6 +18,7 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 
 SECTIONS: dict[str, Callable[[], str]] = {
     "data-dictionary": data_dictionary_markdown,
+    "output-dictionary": output_dictionary_markdown,
 }
 
 

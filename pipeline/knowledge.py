@@ -54,6 +54,14 @@ def _check_source(value: str) -> str:
     return value
 
 
+def _exact_keys(given, expected: tuple[str, ...], what: str) -> None:
+    """Raise ValueError naming keys not in ``expected`` and keys of ``expected`` that are missing."""
+    unknown = sorted(set(given) - set(expected))
+    missing = [k for k in expected if k not in given]
+    if unknown or missing:
+        raise ValueError(f"{what}; unknown {unknown}, missing {missing}")
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -102,11 +110,10 @@ class Distribution(BaseModel):
 
     def values(self, names: tuple[str, ...], *, where: str, total: float | None = None) -> np.ndarray:
         extra = dict(self.model_extra or {})
-        unknown = sorted(set(extra) - set(names))
-        missing = [n for n in names if n not in extra]
-        if unknown or missing:
-            raise KnowledgeBaseError(f"{where}: keys must be exactly {', '.join(names)}; "
-                                     f"unknown {unknown}, missing {missing}")
+        try:
+            _exact_keys(extra, names, f"{where}: keys must be exactly {', '.join(names)}")
+        except ValueError as err:
+            raise KnowledgeBaseError(str(err)) from None
         out = np.array([float(extra[n]) for n in names])
         if total is not None and abs(out.sum() - total) > 1e-6:
             raise KnowledgeBaseError(f"{where}: values must sum to {total}, they sum to {out.sum():.6g}")
@@ -156,11 +163,7 @@ class Condition(_Strict):
     @field_validator("symptoms")
     @classmethod
     def _all_symptoms(cls, v: dict[str, Prob]) -> dict[str, Prob]:
-        unknown = sorted(set(v) - set(SYMPTOMS))
-        missing = [s for s in SYMPTOMS if s not in v]
-        if unknown or missing:
-            raise ValueError(f"symptoms must be exactly the schema's symptom fields; "
-                             f"unknown to the schema {unknown}, missing {missing}")
+        _exact_keys(v, SYMPTOMS, "symptoms must be exactly the schema's symptom fields")
         return v
 
 
@@ -202,20 +205,13 @@ class KnowledgeBaseModel(_Strict):
     @field_validator("conditions")
     @classmethod
     def _all_conditions(cls, v: dict[str, Condition]) -> dict[str, Condition]:
-        unknown = sorted(set(v) - set(CONDITIONS))
-        missing = [c for c in CONDITIONS if c not in v]
-        if unknown or missing:
-            raise ValueError(f"conditions must be exactly {', '.join(CONDITIONS)}; "
-                             f"unknown condition(s) {unknown}, missing {missing}")
+        _exact_keys(v, CONDITIONS, f"conditions must be exactly {', '.join(CONDITIONS)}")
         return v
 
     @field_validator("missingness")
     @classmethod
     def _all_optional(cls, v: dict[str, Prob]) -> dict[str, Prob]:
-        unknown = sorted(set(v) - set(OPTIONAL_FIELDS))
-        missing = [c for c in OPTIONAL_FIELDS if c not in v]
-        if unknown or missing:
-            raise ValueError(f"missingness must list every optional field; unknown {unknown}, missing {missing}")
+        _exact_keys(v, OPTIONAL_FIELDS, "missingness must list every optional field")
         return v
 
 

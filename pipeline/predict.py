@@ -14,11 +14,11 @@ import numpy as np
 import pandas as pd
 
 from .cases import as_frame
-from .decision import DECISION_COLUMNS, decide
+from .decision import DECISION_COLUMN_DOCS, DECISION_COLUMNS, decide
 from .model_io import MODELS_DIR, MANIFEST_FILE, LoadedModel, load_model
-from .schema import CONDITIONS, ID_COLUMN, ParsedCases, parse_cases
+from .schema import CONDITION_LABELS, CONDITIONS, ID_COLUMN, ParsedCases, parse_cases
 
-__all__ = ["predict", "score_parsed", "output_columns", "get_model", "clear_model_cache"]
+__all__ = ["predict", "score_parsed", "output_columns", "output_dictionary_markdown", "get_model", "clear_model_cache"]
 
 _CACHE: dict[tuple, LoadedModel] = {}
 
@@ -47,6 +47,21 @@ def output_columns(top_k: int = 3, id_column: str = ID_COLUMN, *, decision: bool
     """The scoring output's columns, in order (the decision columns when the model has a decision layer)."""
     base = [id_column, "prediction", "confidence", *[f"p_{c}" for c in CONDITIONS], f"top{top_k}"]
     return base + (DECISION_COLUMNS if decision else [])
+
+
+def output_dictionary_markdown() -> str:
+    """The README's table of scoring outputs, generated from the code that makes them."""
+    docs = {
+        "case_id": "the input's `case_id`, unchanged (when the input has one)",
+        "row": "the 0-based row number of the case in its input (header excluded); always present in `kneepain score` output",
+        "file": "the input file (`kneepain score` with several inputs)",
+        "prediction": "the most likely condition",
+        "confidence": "its probability",
+        **{f"p_{c}": f"calibrated probability of {CONDITION_LABELS[c]}" for c in CONDITIONS},
+        "top3": "the three most likely conditions, `|`-separated (`top<k>` for `predict(..., top_k=k)`)",
+        **DECISION_COLUMN_DOCS,
+    }
+    return "\n".join(["| column | meaning |", "|---|---|", *[f"| `{k}` | {v} |" for k, v in docs.items()]])
 
 
 def score_parsed(model: LoadedModel, parsed: ParsedCases, *, top_k: int = 3,

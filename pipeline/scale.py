@@ -39,12 +39,16 @@ if TYPE_CHECKING:
 
     from .knowledge import KnowledgeBase
 
-__all__ = ["FORMATS", "dask_client", "generate_dask", "score_files_dask"]
+__all__ = ["FORMATS", "DaskJobError", "dask_client", "generate_dask", "score_files_dask"]
 
 FORMATS = ("parquet", "csv")
 POPULATIONS = ("default", "shift")
 REJECTS_FILE = "rejects.csv"
 _INPUT_ERRORS = (BatchInputError, ModelIntegrityError, FileNotFoundError)  # the user's to fix: not retried
+
+
+class DaskJobError(RuntimeError):
+    """The cluster failed the job (a task failed after its retries, or no scheduler answered); nothing was written."""
 
 
 @contextlib.contextmanager
@@ -71,10 +75,14 @@ def dask_client(scheduler: str | None = None, *, n_workers: int | None = None) -
         if n_workers is not None:
             raise ValueError("n_workers applies only to a local cluster; a scheduler at "
                              f"{scheduler!r} has its own workers.")
-        with Client(scheduler) as client:
+        try:
+            client = Client(scheduler)
+        except OSError as err:  # refused or timed out
+            raise DaskJobError(f"cannot connect to the Dask scheduler at {scheduler!r}: {err}") from err
+        with client:
             yield client
         return
-    n = os.cpu_count() or 1 if n_workers is None else n_workers
+    n = (os.cpu_count() or 1) if n_workers is None else n_workers
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n_workers == {n_workers!r}, must be an integer >= 1.")
     # one thread per worker: scoring holds the GIL in pandas and parsing, so processes scale and threads do not
@@ -116,7 +124,7 @@ def _write_part(table: pa.Table, path: Path, fmt: str) -> None:
 
 
 def _score_file(index: int, label: str, path: str, model_source: str, tmp_dir: str, *, fmt: str,
-                chunk_rows: int, schema: pa.Schema, earlier: np.ndarray) -> _FileResult:
+                chunk_rows: int, id_column: str, earlier: np.ndarray) -> _FileResult:
     """Task: score every chunk of one file into ``part-<file>-<chunk>`` files in ``tmp_dir``.
 
     ``earlier`` holds the hashes of this file's case ids that an earlier file also has (the
@@ -131,7 +139,11 @@ def _score_file(index: int, label: str, path: str, model_source: str, tmp_dir: s
     rejects, rejects_path = None, folder / f"rejects-{index:05d}.csv"
     try:
         model = get_model(model_source)
+        # the pandas engine's schema (with the decision columns when the model has a decision layer)
+        schema = batch._output_schema(id_column, True, model.decision is not None)
         for chunk, frame in enumerate(batch.iter_chunks(path, chunk_rows)):
+            if chunk and not len(frame):  # a CSV may end with an empty chunk: nothing to write
+                continue
             scored, bad, ignored = batch.score_chunk(model, frame, file=label, row_offset=offset, seen_ids=seen)
             result.ignored = result.ignored or ignored
             scored.insert(0, "file", label)
@@ -158,7 +170,7 @@ def _score_file(index: int, label: str, path: str, model_source: str, tmp_dir: s
         result.error = err
     finally:
         if rejects is not None:
-            rejects.close()  # closing twice is harmless
+            rejects.close()  # a second close is a no-op
     if seen.runs:
         result.id_hashes = np.unique(np.concatenate(seen.runs))
     return result
@@ -195,11 +207,7 @@ def _model_path(model_source: str | Path | None) -> str:
 
 
 def _temp_folder(target: Path) -> Path:
-    if target.exists():
-        raise BatchInputError(f"{target}: already exists; the dask engine writes a new folder and never "
-                              "overwrites one (remove it or choose another name).")
-    if not target.parent.is_dir():
-        raise BatchInputError(f"{target.parent}: no such folder for the output.")
+    """A new hidden folder next to ``target``, renamed to ``target`` once the job is complete."""
     tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:12]}"
     tmp.mkdir()
     return tmp
@@ -215,13 +223,16 @@ def _gather(client: "Client", futures: dict["Future", str]) -> list[Any]:
             try:
                 result = future.result()
             except Exception as err:  # KilledWorker, or an unexpected error after the retries
-                raise RuntimeError(f"{futures[future]}: the Dask task failed ({type(err).__name__}: {err}); "
+                raise DaskJobError(f"{futures[future]}: the Dask task failed ({type(err).__name__}: {err}); "
                                    "no output was written.") from err
             if getattr(result, "error", None) is not None:
                 raise result.error
             results.append(result)
-    finally:
-        client.cancel(list(futures))  # releases finished futures too, so the scheduler never reruns them
+    except BaseException:
+        client.cancel(list(futures))  # tasks already running finish, but write into a removed folder
+        raise
+    for future in futures:  # released, so a worker lost later never makes the scheduler rerun them
+        future.release()
     return results
 
 
@@ -252,7 +263,7 @@ def _publish(tmp: Path, results: list[_FileResult], target: Path) -> None:
     keep = {p for r in results for p in r.parts} | {REJECTS_FILE}
     missing = keep - {p.name for p in tmp.iterdir()}
     if missing:
-        raise RuntimeError(f"{tmp}: part files missing after the job: {', '.join(sorted(missing)[:5])}")
+        raise DaskJobError(f"{tmp}: part files missing after the job: {', '.join(sorted(missing)[:5])}")
     for entry in tmp.iterdir():
         if entry.name not in keep:
             entry.unlink()
@@ -303,7 +314,7 @@ def score_files_dask(inputs: Sequence[str | Path] | str | Path, output_dir: str 
     ------
     BatchInputError
         An input is missing, unreadable or lacks a required column, or ``output_dir`` exists.
-    RuntimeError
+    DaskJobError
         A task still failed after its retries (for example its worker was killed repeatedly); the
         message names the input. In both cases no output folder is left behind.
     """
@@ -315,24 +326,28 @@ def score_files_dask(inputs: Sequence[str | Path] | str | Path, output_dir: str 
     paths, target = _expand_inputs(inputs), Path(output_dir)
     labels = [str(p) for p in paths]
     has_ids = [ID_COLUMN in {h.strip().lower().lstrip("\ufeff") for h in batch._peek_columns(p)} for p in paths]
-    schema = batch._output_schema(ID_COLUMN if any(has_ids) else "row", True)
     model = _model_path(model_source)
+    if target.exists():
+        raise BatchInputError(f"{target}: already exists; the dask engine writes a new folder and never "
+                              "overwrites one (remove it or choose another name).")
+    if not target.parent.is_dir():
+        raise BatchInputError(f"{target.parent}: no such folder for the output.")
     tmp = _temp_folder(target)
     run = uuid.uuid4().hex[:8]
 
-    def submit(indices: Sequence[int], earlier: dict[int, np.ndarray]) -> list[_FileResult]:
+    def submit(indices: Sequence[int], earlier: dict[int, np.ndarray], stage: str) -> list[_FileResult]:
         futures = {client.submit(_score_file, i, labels[i], str(paths[i].resolve()), model, str(tmp), fmt=fmt,
-                                 chunk_rows=int(chunk_rows), schema=schema,
+                                 chunk_rows=int(chunk_rows), id_column=ID_COLUMN if any(has_ids) else "row",
                                  earlier=earlier.get(i, np.empty(0, dtype=np.uint64)),
-                                 key=f"kneepain-score-{run}-{i:05d}-{len(earlier)}", retries=retries): labels[i]
+                                 key=f"kneepain-score-{stage}-{run}-{i:05d}", retries=retries): labels[i]
                    for i in indices}
         return _gather(client, futures)
 
     try:
-        results = {r.index: r for r in submit(range(len(paths)), {})}
+        results = {r.index: r for r in submit(range(len(paths)), {}, "pass1")}
         repeated = _cross_file_duplicates([results[i] for i in sorted(results)])
         if repeated:
-            results.update({r.index: r for r in submit(sorted(repeated), repeated)})
+            results.update({r.index: r for r in submit(sorted(repeated), repeated, "pass2")})
         ordered = [results[i] for i in range(len(paths))]
         _publish(tmp, ordered, target)
     except BaseException:
@@ -399,7 +414,7 @@ def generate_dask(kb: "KnowledgeBase", n: int, *, seed: int, partitions: int, ou
     ------
     FileExistsError
         If ``out_dir`` exists.
-    RuntimeError
+    DaskJobError
         If a partition failed after its retries; nothing is left behind.
     """
     for name, value, low in (("n", n, 0), ("seed", seed, 0), ("partitions", partitions, 1)):
@@ -415,6 +430,7 @@ def generate_dask(kb: "KnowledgeBase", n: int, *, seed: int, partitions: int, ou
     target = Path(out_dir)
     if target.exists():
         raise FileExistsError(f"{target}: already exists; generate into a new folder (remove it or choose another).")
+    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_folder(target)
     run = uuid.uuid4().hex[:8]
     try:

@@ -61,9 +61,10 @@ def triage_levels(cfg: TriageConfig, codes: dict[str, np.ndarray], proba: np.nda
         level[raise_] = floor
         reason[raise_] = 1
     flag_level, rule = red_flags(cfg, codes)
-    raise_ = flag_level > level
-    level[raise_] = flag_level[raise_]
-    reason[raise_] = 2 + rule[raise_]
+    # a red flag at or above the decided level is the reason given: it is the clearer one
+    cite = (flag_level >= 0) & (flag_level >= level)
+    level[cite] = flag_level[cite]
+    reason[cite] = 2 + rule[cite]
     return level, reason
 
 

@@ -1,13 +1,6 @@
 """`mlflow models serve` of the registered champion answers like predict()."""
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,46 +10,20 @@ import requests
 from pipeline import predict
 from pipeline.schema import CONDITIONS
 
+from servers import BIN, free_port, running
+
 P_COLS = [f"p_{c}" for c in CONDITIONS]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
 def served(trained, tmp_path):
     _, uri = trained
-    port = _free_port()
-    bindir = Path(sys.executable).parent
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"}
-    log = open(tmp_path / "serve.log", "wb")
-    proc = subprocess.Popen([str(bindir / "mlflow"), "models", "serve", "-m", "models:/kneepain-classifier@champion",
-                             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if requests.get(f"{url}/ping", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("mlflow models serve did not start:\n" + (tmp_path / "serve.log").read_text()[-3000:])
-            time.sleep(0.5)
+    cmd = [str(BIN / "mlflow"), "models", "serve", "-m", "models:/kneepain-classifier@champion",
+           "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
+    with running(cmd, f"{url}/ping", tmp_path / "serve.log", env={"MLFLOW_TRACKING_URI": uri}):
         yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
 
 
 @pytest.mark.slow

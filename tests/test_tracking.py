@@ -1,14 +1,6 @@
 """MLflow tracking, the registry and the champion alias, against real stores."""
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +9,8 @@ from pipeline.cli import main
 from pipeline.model_io import load_model
 from pipeline.predict import predict
 from pipeline.datasets import read_split
+
+from servers import BIN, free_port, running
 
 NAME = "kneepain-classifier"
 
@@ -93,51 +87,24 @@ def test_champion_alias_does_not_move_to_a_worse_model(trained, small_data, smal
     new = json.loads((out / "manifest.json").read_text())
     assert new["champion"] is False
     assert client.get_model_version_by_alias(NAME, "champion").version == before
-    assert main(["train", "--config", str(worse), "--data", str(small_data), "--out", str(out),
-                 "--force-champion"]) == 0
-    forced = json.loads((out / "manifest.json").read_text())
-    assert str(client.get_model_version_by_alias(NAME, "champion").version) == forced["registered_version"] != str(before)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    try:
+        assert main(["train", "--config", str(worse), "--data", str(small_data), "--out", str(out),
+                     "--force-champion"]) == 0
+        forced = json.loads((out / "manifest.json").read_text())
+        assert str(client.get_model_version_by_alias(NAME, "champion").version) == forced["registered_version"] != str(before)
+    finally:  # other tests share this store and expect the original champion
+        client.set_registered_model_alias(NAME, "champion", before)
 
 
 @pytest.fixture
 def mlflow_server(tmp_path):
-    port = _free_port()
-    mlflow_bin = Path(sys.executable).parent / "mlflow"
-    log = open(tmp_path / "server.log", "wb")
-    proc = subprocess.Popen(
-        [str(mlflow_bin), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "artifacts")],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        env={**os.environ, "PATH": f"{mlflow_bin.parent}{os.pathsep}{os.environ.get('PATH', '')}"})
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server did not start: {(tmp_path / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.5)
+    cmd = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+           "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+           "--artifacts-destination", str(tmp_path / "artifacts")]
+    with running(cmd, f"{url}/health", tmp_path / "server.log"):
         yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
 
 
 @pytest.mark.slow

@@ -130,4 +130,4 @@ def test_manifest_records_lineage(trained):
     for key in ("sha256", "library_versions", "schema_version", "classes", "data_sha256", "metrics",
                 "mlflow_run_id", "mlflow_model_uri", "winner", "calibration"):
         assert key in manifest, key
-    assert set(manifest["data_sha256"]) == {"train", "valid"}
+    assert set(manifest["data_sha256"]) == {"train", "valid", "calib"}

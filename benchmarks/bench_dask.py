@@ -1,0 +1,171 @@
+"""Scoring throughput: the Dask engine on a local cluster (1 and 2 workers) against the pandas engine.
+
+The input, 4M cases as text with ``case_id`` (``--quick``: 200k) in eight Parquet files, is
+generated once into a temporary folder (untimed) with ``generate_codes`` + ``codes_to_text_frame``.
+Each engine then scores all of it in its own child process (``python -m benchmarks.bench_dask``):
+
+- ``score_files`` (the pandas engine, one process) into one Parquet file;
+- ``score_files_dask`` on ``dask_client(n_workers=k)`` for k = 1 and 2 into a folder of parts.
+
+The wall time is that of the scoring call alone: imports, the model load and, for Dask, starting
+the cluster and loading the model on each worker happen before it (the start-up is in the JSON
+details as ``startup_seconds``). Peak RSS: for the pandas engine the child process's (from
+``os.wait4``); for Dask the largest worker's ``ru_maxrss`` read with ``client.run`` after the job,
+with every worker's and the driver's in the details. The model is the project's ``models/``
+if it exists, else a small one trained into the temporary folder first (untimed). No target: the
+rows are for comparison (on 2 cores, 2 workers can at best halve the time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Sequence
+
+from .harness import REPO_ROOT, BenchmarkError, _max_rss_mb, log, make_row, run_command
+
+__all__ = ["run"]
+
+FULL_SIZE, QUICK_SIZE = 4_000_000, 200_000
+N_FILES = 8
+WORKERS = (1, 2)
+CHUNK_ROWS = 50_000
+SEED = 20261125
+_QUICK_TRAIN = """seed: 0
+cv: {folds: 3, max_rows: 0, n_jobs: 1}
+candidates: [logistic]
+models:
+  logistic: {C: 1.0, max_iter: 300, tol: 0.0001}
+  hist_gradient_boosting: {max_iter: 15, learning_rate: 0.2, max_leaf_nodes: 15, l2_regularization: 0.0, early_stopping: false}
+  mlp: {hidden_layer_sizes: [16], alpha: 0.001, learning_rate_init: 0.003, max_iter: 40, early_stopping: false}
+selection: {log_loss_tolerance: 0.003}
+calibration: {method: temperature, min_improvement: 0.0}
+tracking: {experiment: kneepain-bench, registered_model: kneepain-bench, alias: champion}
+"""
+
+
+def _write_inputs(folder: Path, n: int) -> list[Path]:
+    """``n`` generated cases as text in ``N_FILES`` Parquet files (untimed setup)."""
+    from pipeline import load_knowledge_base
+    from pipeline.generate import generate_codes
+    from pipeline.schema import ID_COLUMN, codes_to_text_frame
+
+    kb, paths = load_knowledge_base(), []
+    for i in range(N_FILES):
+        size = n // N_FILES + (i < n % N_FILES)
+        codes, _, _ = generate_codes(kb, size, seed=SEED + i)
+        frame = codes_to_text_frame(codes).astype({"age": str})
+        frame.insert(0, ID_COLUMN, [f"f{i}-{j:07d}" for j in range(size)])
+        paths.append(folder / f"cases-{i:02d}.parquet")
+        frame.to_parquet(paths[-1], index=False)
+    return paths
+
+
+def _model(tmp: Path) -> Path:
+    """The project's model, or a small logistic model trained into ``tmp`` (untimed)."""
+    from pipeline.model_io import MANIFEST_FILE, MODELS_DIR
+
+    if (MODELS_DIR / MANIFEST_FILE).exists():
+        return MODELS_DIR
+    kneepain = Path(sys.executable).with_name("kneepain")
+    if not kneepain.exists():
+        raise BenchmarkError(f"{kneepain} does not exist: install the project (`pip install -e .`).")
+    (tmp / "generate.yaml").write_text(f"seed: {SEED}\nsplits:\n  train: {{n: 10000}}\n  valid: {{n: 3000}}\n"
+                                       "  calib: {n: 3000}\n", encoding="utf-8")
+    (tmp / "train.yaml").write_text(_QUICK_TRAIN, encoding="utf-8")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}"}
+    log("dask: no models/ in the project; training a small model (not timed) ...")
+    run_command([str(kneepain), "generate", "--config", str(tmp / "generate.yaml"), "--out", str(tmp / "data")],
+                env=env, cwd=tmp)
+    run_command([str(kneepain), "train", "--config", str(tmp / "train.yaml"), "--data", str(tmp / "data"),
+                 "--out", str(tmp / "models")], env=env, cwd=tmp)
+    return tmp / "models"
+
+
+def run(quick: bool) -> list[dict]:
+    """One row for the pandas engine, one per Dask worker count."""
+    n = QUICK_SIZE if quick else FULL_SIZE
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="kneepain-bench-dask-") as name:
+        tmp = Path(name)
+        model = _model(tmp)
+        log(f"dask: writing {n:,} cases as {N_FILES} Parquet files (not timed) ...")
+        inputs = tmp / "inputs"
+        inputs.mkdir()
+        _write_inputs(inputs, n)
+        for engine, workers in [("pandas", 0)] + [("dask", k) for k in WORKERS]:
+            label = "pandas engine (score_files)" if engine == "pandas" else \
+                f"dask engine, {workers} worker{'s' * (workers > 1)}"
+            log(f"dask: scoring {n:,} rows with the {label} ...")
+            out = tmp / f"out-{engine}-{workers}"
+            child = run_command([sys.executable, "-m", "benchmarks.bench_dask", engine, "--workers", str(workers),
+                                 "--model", str(model), "--inputs", str(inputs), "--out", str(out)], cwd=REPO_ROOT)
+            result = json.loads(child.stdout.strip().splitlines()[-1])
+            if result["rows"] != n:
+                raise BenchmarkError(f"the {label} scored {result['rows']:,} rows of {n:,}.")
+            if engine == "pandas":
+                peak, details = child.peak_rss_mb, {}
+            else:
+                peak = max(result["worker_peak_rss_mb"])
+                details = {"worker_peak_rss_mb": result["worker_peak_rss_mb"],
+                           "driver_peak_rss_mb": result["driver_peak_rss_mb"],
+                           "startup_seconds": result["startup_seconds"]}
+            rows.append(make_row(f"score: {label}", n, result["seconds"], peak_rss_mb=peak, files=N_FILES,
+                                 chunk_rows=CHUNK_ROWS, rows_rejected=result["rows_rejected"], model=str(model),
+                                 **details))
+    return rows
+
+
+def _warm(model: str) -> None:
+    """On a worker: import the scoring code and load the model into the process cache."""
+    from pipeline.predict import get_model
+
+    get_model(model)
+
+
+def _peak_rss_mb() -> float:
+    return _max_rss_mb(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
+def _child_main(argv: Sequence[str] | None = None) -> int:
+    """Child side: score the inputs with one engine; print one JSON line."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_dask",
+                                     description="score the benchmark inputs with one engine (used by run)")
+    parser.add_argument("engine", choices=("pandas", "dask"))
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--inputs", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    from pipeline.batch import score_files
+    from pipeline.predict import get_model
+    from pipeline.scale import dask_client, score_files_dask
+
+    paths = sorted(args.inputs.glob("*.parquet"))
+    if args.engine == "pandas":
+        model = get_model(args.model)
+        start = time.perf_counter()
+        summary = score_files(paths, args.out.with_suffix(".parquet"), model, chunk_rows=CHUNK_ROWS)
+        result = {"seconds": time.perf_counter() - start}
+    else:
+        begin = time.perf_counter()
+        with dask_client(n_workers=args.workers) as client:
+            client.run(_warm, args.model)
+            start = time.perf_counter()
+            summary = score_files_dask(paths, args.out, args.model, client=client, chunk_rows=CHUNK_ROWS)
+            result = {"seconds": time.perf_counter() - start, "startup_seconds": start - begin,
+                      "worker_peak_rss_mb": [round(v, 1) for v in client.run(_peak_rss_mb).values()],
+                      "driver_peak_rss_mb": round(_peak_rss_mb(), 1)}
+    result.update(rows=summary.rows, rows_rejected=summary.rows_rejected)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main())

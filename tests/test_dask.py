@@ -1,0 +1,338 @@
+"""The Dask engine (pipeline.scale) on a real two-worker local cluster.
+
+Scoring on the cluster must give exactly the pandas engine's rows, numbers and rejects; a killed
+worker must either be survived or leave no output; partitioned generation must be reproducible;
+the dask joblib backend must give the local backend's cross-validation results.
+"""
+
+import os
+import re
+import signal
+import sys
+from pathlib import Path
+
+import cloudpickle
+import numpy as np
+import pandas as pd
+import pytest
+
+pytest.importorskip("distributed")
+from distributed import WorkerPlugin, get_task_stream  # noqa: E402
+
+from pipeline.batch import REJECT_COLUMNS, BatchInputError, score_files  # noqa: E402
+from pipeline.generate import generate_cases, generate_codes  # noqa: E402
+from pipeline.predict import get_model  # noqa: E402
+from pipeline.scale import DaskJobError, dask_client, generate_dask, score_files_dask  # noqa: E402
+from pipeline.schema import ID_COLUMN, codes_to_text_frame  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+# the kill switch below runs inside the workers, which cannot import this test module by name
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+CORPUS = Path(__file__).parent / "data" / "bad_inputs"
+CHUNK = 1000  # several chunks per file, so part names and cross-chunk duplicates are exercised
+
+
+@pytest.fixture(scope="module")
+def client():
+    import dask
+    from distributed import Client, LocalCluster
+
+    # one retry after a worker death (the default is 3): keeps the "killed every time" test short
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                               dashboard_address=None)
+    client = Client(cluster)
+    yield client
+    client.close()
+    cluster.close()
+
+
+def _text_cases(kb, n, seed, ids=None):
+    codes, _, _ = generate_codes(kb, n, seed=seed)
+    frame = codes_to_text_frame(codes)
+    frame["age"] = frame["age"].astype(str)  # text, as a CSV holds it, so a bad value can be put in
+    if ids is not None:
+        frame.insert(0, ID_COLUMN, [f"{ids}-{i}" for i in range(n)])
+    return frame
+
+
+@pytest.fixture(scope="module")
+def inputs(kb, small_data, tmp_path_factory):
+    """CSV and Parquet inputs, with and without case_id, with bad values and duplicate ids."""
+    folder = tmp_path_factory.mktemp("dask-inputs")
+    a = _text_cases(kb, 2500, 1, ids="a")
+    a.loc[1500, ID_COLUMN] = "a-5"  # a duplicate in a later chunk of the same file
+    a.loc[200, ID_COLUMN] = "a-150"  # a duplicate within one chunk
+    a.loc[40, "age"] = "old"
+    a.to_parquet(folder / "a.parquet")  # Parquet chunks are exactly CHUNK rows
+    b = _text_cases(kb, 1800, 2)
+    b["note"] = "x"  # not a case field: a warning
+    b.to_csv(folder / "b.csv", index=False)
+    d = folder / "c.parquet"
+    d.write_bytes((small_data / "test.parquet").read_bytes())  # typed columns, ids, labels ignored
+    c = _text_cases(kb, 1200, 3, ids="d")
+    c.loc[7, ID_COLUMN] = "a-3"  # a duplicate of an earlier file's id
+    c.loc[8, [ID_COLUMN, "age"]] = ["a-4", "abc"]  # invalid anyway: rejected for its age only
+    # the only CSV with ids comes last: the pandas engine fails on ids after such a CSV's trailing
+    # empty chunk (see test_pandas_engine_ids_after_a_csv_ending_on_a_chunk)
+    c.to_csv(folder / "d.csv", index=False)
+    return [str(folder / name) for name in ("a.parquet", "b.csv", "c.parquet", "d.csv")]
+
+
+@pytest.fixture(scope="module")
+def reference(trained, inputs, tmp_path_factory):
+    """The pandas engine's output and rejects for ``inputs``."""
+    models, _ = trained
+    out = tmp_path_factory.mktemp("dask-reference") / "ref.parquet"
+    summary = score_files(inputs, out, get_model(models), chunk_rows=CHUNK)
+    return summary, pd.read_parquet(out), Path(f"{out}.rejects.csv").read_bytes()
+
+
+def _read_parts(folder: Path, fmt: str = "parquet") -> pd.DataFrame:
+    parts = sorted(folder.glob(f"part-*.{fmt}"))
+    assert parts, f"no part files in {folder}"
+    if fmt == "parquet":
+        return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+    return pd.concat([pd.read_csv(p, dtype=str, keep_default_na=False) for p in parts], ignore_index=True)
+
+
+def _assert_same_as_reference(out: Path, reference, summary=None) -> None:
+    ref_summary, ref_rows, ref_rejects = reference
+    rows = _read_parts(out)
+    order = rows.assign(_f=rows["file"].map({f: i for i, f in enumerate(ref_summary.files)}))
+    assert order.sort_values(["_f", "row"], kind="stable").index.equals(rows.index)  # names give input order
+    pd.testing.assert_frame_equal(rows, ref_rows, check_exact=True)
+    assert (out / "rejects.csv").read_bytes() == ref_rejects
+    if summary is not None:
+        assert (summary.rows_scored, summary.rows_rejected) == (ref_summary.rows_scored, ref_summary.rows_rejected)
+        assert summary.warnings == ref_summary.warnings
+
+
+def test_dask_engine_matches_pandas_engine(client, trained, inputs, reference, tmp_path):
+    models, _ = trained
+    summary = score_files_dask(inputs, tmp_path / "out", models, client=client, chunk_rows=CHUNK)
+    _assert_same_as_reference(tmp_path / "out", reference, summary)
+    ref_summary = reference[0]
+    # a: age "old", a duplicate within a chunk and one across chunks; d: a duplicate of an id in a, and
+    # age "abc" (whose id also repeats one in a, but a row is rejected once, for its value)
+    assert ref_summary.rows_rejected == 5
+    assert sorted(p.name for p in (tmp_path / "out").iterdir())[-1] == "rejects.csv"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+
+def test_csv_parts_concatenate_to_the_pandas_engines_csv(client, trained, inputs, tmp_path):
+    models, _ = trained
+    score_files(inputs, tmp_path / "ref.csv", get_model(models), chunk_rows=CHUNK)
+    score_files_dask(inputs, tmp_path / "out", models, client=client, fmt="csv", chunk_rows=CHUNK)
+    parts = sorted((tmp_path / "out").glob("part-*.csv"))
+    header, *_ = parts[0].read_bytes().split(b"\n", 1)
+    bodies = [p.read_bytes().split(b"\n", 1)[1] for p in parts]
+    assert header + b"\n" + b"".join(bodies) == (tmp_path / "ref.csv").read_bytes()
+
+
+def test_globs_are_expanded_in_sorted_order(client, trained, inputs, reference, tmp_path):
+    models, _ = trained
+    folder = Path(inputs[0]).parent
+    score_files_dask([str(folder / "*.csv"), str(folder / "*.parquet")], tmp_path / "out", models,
+                     client=client, chunk_rows=CHUNK)
+    files = _read_parts(tmp_path / "out")["file"].unique().tolist()
+    assert files == [inputs[1], inputs[3], inputs[0], inputs[2]]
+    with pytest.raises(BatchInputError, match="no file matches"):
+        score_files_dask([str(folder / "*.tsv")], tmp_path / "none", models, client=client)
+
+
+def test_bad_rows_are_rejected_and_other_partitions_unaffected(client, trained, kb, tmp_path):
+    models, _ = trained
+    good = tmp_path / "good.csv"
+    _text_cases(kb, 2500, 9, ids="g").to_csv(good, index=False)
+    bad = str(CORPUS / "misspelled_category.csv")
+    summary = score_files_dask([bad, str(good)], tmp_path / "out", models, client=client, chunk_rows=CHUNK)
+    assert (summary.rows_scored, summary.rows_rejected) == (3 + 2500, 1)
+    rejects = pd.read_csv(tmp_path / "out" / "rejects.csv", dtype=str, keep_default_na=False)
+    assert list(rejects.columns) == REJECT_COLUMNS
+    assert rejects.to_dict("records") == [{"file": bad, "row": "3", "column": "sex", "value": "femal",
+                                           "reason": "not allowed; allowed: female, male"}]
+    rows = _read_parts(tmp_path / "out")
+    alone = score_files([good], tmp_path / "alone.parquet", get_model(models), chunk_rows=CHUNK)
+    assert alone.rows_scored == 2500
+    mine = rows[rows["file"] == str(good)].drop(columns="file").reset_index(drop=True)
+    pd.testing.assert_frame_equal(mine, pd.read_parquet(tmp_path / "alone.parquet"), check_exact=True)
+    assert rows.loc[rows["file"] == bad, "row"].tolist() == [0, 1, 2]
+
+
+def _two_csvs_with_ids(kb, folder: Path) -> list[str]:
+    paths = []
+    for name in ("x", "y"):
+        frame = _text_cases(kb, 300, 5, ids=name)
+        if name == "y":
+            frame.loc[299, ID_COLUMN] = "x-0"
+        frame.to_csv(folder / f"{name}.csv", index=False)
+        paths.append(str(folder / f"{name}.csv"))
+    return paths
+
+
+def test_ids_after_a_csv_ending_on_a_chunk(client, trained, kb, tmp_path):
+    models, _ = trained
+    summary = score_files_dask(_two_csvs_with_ids(kb, tmp_path), tmp_path / "out", models, client=client,
+                               chunk_rows=300)  # each CSV is one chunk, then an empty one
+    assert (summary.rows_scored, summary.rows_rejected) == (599, 1)
+    assert sorted(p.name for p in (tmp_path / "out").glob("part-*")) == ["part-00000-00000.parquet",
+                                                                          "part-00001-00000.parquet"]
+    assert "y.csv\",299,\"case_id\",\"x-0\",\"duplicate case_id" in (tmp_path / "out" / "rejects.csv").read_text()
+
+
+@pytest.mark.xfail(raises=IndexError, strict=True,
+                   reason="pipeline.batch: iter_chunks yields a trailing empty chunk and _SeenIds then keeps "
+                          "an empty run, which check_and_add indexes at -1; remove this marker once fixed")
+def test_pandas_engine_ids_after_a_csv_ending_on_a_chunk(trained, kb, tmp_path):
+    models, _ = trained
+    summary = score_files(_two_csvs_with_ids(kb, tmp_path), tmp_path / "out.csv", get_model(models),
+                          chunk_rows=300)
+    assert (summary.rows_scored, summary.rows_rejected) == (599, 1)
+
+
+def test_unusable_input_or_existing_output_writes_nothing(client, trained, kb, tmp_path):
+    models, _ = trained
+    good = tmp_path / "good.csv"
+    _text_cases(kb, 100, 9).to_csv(good, index=False)
+    with pytest.raises(BatchInputError, match="column 'sex': required column is missing"):
+        score_files_dask([str(good), str(CORPUS / "missing_required_column.csv")], tmp_path / "out", models,
+                         client=client)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.csv"]  # neither output nor temporary folder
+    (tmp_path / "out").mkdir()
+    with pytest.raises(BatchInputError, match="already exists"):
+        score_files_dask([str(good)], tmp_path / "out", models, client=client)
+    assert score_files_dask(good, tmp_path / "empty_rejects", models, client=client).rows_rejected == 0
+    assert (tmp_path / "empty_rejects" / "rejects.csv").read_text() == '"file","row","column","value","reason"\n'
+
+
+def test_partitioned_generation_is_reproducible(client, kb, tmp_path):
+    first = generate_dask(kb, 10_001, seed=7, partitions=3, out_dir=tmp_path / "a", client=client)
+    second = generate_dask(kb, 10_001, seed=7, partitions=3, out_dir=tmp_path / "b", client=client)
+    names = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert names == ["manifest.json", "part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    for name in names:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    assert first == second and [f["n"] for f in first["files"]] == [3334, 3334, 3333]
+    parts = [pd.read_parquet(tmp_path / "a" / f["file"]) for f in first["files"]]
+    assert parts[1][ID_COLUMN].iloc[0] == "p00001-0000000"
+    seeds = np.random.SeedSequence(7).spawn(3)
+    for part, seed, entry in zip(parts, seeds, first["files"]):  # each partition is an independent draw
+        pd.testing.assert_frame_equal(part.drop(columns=ID_COLUMN), generate_cases(kb, entry["n"], seed=seed))
+    features = [p.drop(columns=ID_COLUMN).head(3333).reset_index(drop=True) for p in parts]
+    assert not features[0].equals(features[1]) and not features[1].equals(features[2])
+    assert (features[0]["age"] != features[1]["age"]).mean() > 0.5
+    other = generate_dask(kb, 10_001, seed=7, partitions=2, out_dir=tmp_path / "c", client=client)
+    assert other["files"][0]["sha256"] != first["files"][0]["sha256"]
+    with pytest.raises(FileExistsError):
+        generate_dask(kb, 10, seed=7, partitions=1, out_dir=tmp_path / "a", client=client)
+
+
+def test_train_with_the_dask_backend_matches_local(client, small_data, small_config_path):
+    from pipeline.config import TrainConfig, load_config
+    from pipeline.datasets import read_split
+    from pipeline.train import train_model
+
+    config = load_config(TrainConfig, small_config_path)
+    config = config.model_copy(update={"cv": config.cv.model_copy(update={"n_jobs": 2})})  # really parallel
+    train, valid = read_split("train", small_data), read_split("valid", small_data)
+    local = train_model(config, train, valid, log=lambda *_: None)
+    with client.as_current(), get_task_stream(client) as stream:
+        remote = train_model(config, train, valid, backend="dask", log=lambda *_: None)
+    assert len(stream.data) > 0  # the folds really ran on the cluster
+    assert {c.name: c.cv_log_loss for c in remote.candidates} == {c.name: c.cv_log_loss for c in local.candidates}
+    assert {c.name: c.cv_accuracy for c in remote.candidates} == {c.name: c.cv_accuracy for c in local.candidates}
+
+
+def test_dask_client_joins_a_scheduler_or_starts_a_local_cluster(client):
+    import dask
+
+    with dask_client(client.scheduler.address) as joined:
+        assert joined.submit(sum, [1, 2]).result() == 3
+    with dask_client(n_workers=1) as local:
+        info = local.scheduler_info()
+        assert len(info["workers"]) == 1
+        assert all(w["nthreads"] == 1 for w in info["workers"].values())
+    with pytest.raises(ValueError, match="n_workers"):
+        with dask_client(client.scheduler.address, n_workers=2):
+            pass
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
+        with pytest.raises(DaskJobError, match="cannot connect to the Dask scheduler at 'tcp://127.0.0.1:9'"):
+            with dask_client("tcp://127.0.0.1:9"):
+                pass
+
+
+class KillSwitch(WorkerPlugin):
+    """Makes ``pipeline.batch.score_chunk`` SIGKILL its own worker at a file's second chunk.
+
+    ``once``: the first worker to create ``marker`` dies (restarted workers are patched too, but
+    the marker then exists). ``always``: every worker dies while ``marker`` exists.
+    """
+
+    name = "kneepain-kill-switch"
+
+    def __init__(self, marker: str, mode: str):
+        self.marker, self.mode = marker, mode
+
+    def setup(self, worker):
+        import pipeline.batch as batch
+
+        original = getattr(batch.score_chunk, "__wrapped__", batch.score_chunk)
+        marker, mode = self.marker, self.mode
+
+        def score_chunk(*args, **kwargs):
+            if kwargs.get("row_offset", 0) > 0:
+                if mode == "always" and os.path.exists(marker):
+                    os.kill(os.getpid(), signal.SIGKILL)
+                if mode == "once":
+                    try:
+                        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                    except FileExistsError:
+                        pass
+                    else:
+                        os.kill(os.getpid(), signal.SIGKILL)
+            return original(*args, **kwargs)
+
+        score_chunk.__wrapped__ = original
+        batch.score_chunk = score_chunk
+
+    def teardown(self, worker):
+        import pipeline.batch as batch
+
+        batch.score_chunk = getattr(batch.score_chunk, "__wrapped__", batch.score_chunk)
+
+
+@pytest.fixture
+def kill_switch(client, tmp_path):
+    def install(mode: str) -> Path:
+        marker = tmp_path / f"kill-{mode}"
+        if mode == "always":
+            marker.touch()
+        client.register_plugin(KillSwitch(str(marker), mode))
+        return marker
+
+    yield install
+    for marker in tmp_path.glob("kill-*"):
+        marker.unlink()
+    client.unregister_worker_plugin(KillSwitch.name)
+    client.wait_for_workers(2, timeout=60)
+
+
+def test_a_worker_killed_once_is_survived(client, trained, inputs, reference, kill_switch, tmp_path):
+    models, _ = trained
+    marker = kill_switch("once")
+    summary = score_files_dask(inputs, tmp_path / "out", models, client=client, chunk_rows=CHUNK)
+    assert marker.exists()  # a worker really died mid-job, after writing some parts
+    _assert_same_as_reference(tmp_path / "out", reference, summary)
+    names = {p.name for p in (tmp_path / "out").iterdir()}
+    assert not [n for n in names if n.startswith(".") or n.startswith("rejects-")]  # leftovers removed
+
+
+def test_a_worker_killed_every_time_fails_cleanly(client, trained, inputs, kill_switch, tmp_path):
+    models, _ = trained
+    kill_switch("always")
+    with pytest.raises(DaskJobError, match=re.escape(f"{inputs[0]}: the Dask task failed (KilledWorker")):
+        score_files_dask([inputs[0]], tmp_path / "out", models, client=client, chunk_rows=CHUNK)
+    assert not [p for p in tmp_path.iterdir() if p.name == "out" or p.name.startswith(".out")]

@@ -1,0 +1,128 @@
+"""explain(): each known answer's weight, top condition vs runner-up, agrees with the knowledge base."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import norm
+
+from pipeline import generate_cases
+from pipeline.explain import Explanation, explain
+from pipeline.predict import get_model
+from pipeline.schema import CONDITION_LABELS, CONDITIONS, FIELDS, SYMPTOMS, codes_to_text_frame, field, parse_cases
+
+ACL_LIKE = {"age": 24, "sex": "male", "activity": "sprint_pivot_sport", "injury_event": "twist_or_direction_change",
+            "heard_pop": "yes", "giving_way": "yes", "knee_swelling": "yes", "bmi": 23.5,
+            "symptom_duration_days": 2, "pregnant": "no"}
+DVT_LIKE = {"age": 68, "sex": "female", "sedentary": "yes", "leg_swelling": "yes", "skin_warm": "yes",
+            "skin_red": "yes", "pregnant": "no", "onset": "gradual"}
+
+
+@pytest.fixture(scope="module")
+def model(trained):
+    return get_model(trained[0])
+
+
+def _kb_log_lik(kb, name: str, answer: str, case: dict) -> np.ndarray:
+    """log P(answer | condition), written out from the knowledge base's arrays for this test."""
+    f = field(name)
+    if name == "age":
+        return np.log(kb.age_pmf[:, int(answer) - 12])
+    if name == "sex":
+        return np.log(kb.female if answer == "female" else 1 - kb.female)
+    if name == "bmi":
+        return norm.logpdf(float(answer), kb.bmi[:, 0], kb.bmi[:, 1])
+    if name == "symptom_duration_days":
+        return norm.logpdf(math.log(float(answer)), kb.duration[:, 0], kb.duration[:, 1])
+    if f.kind == "category":
+        return np.log(kb.category[name][:, f.allowed.index(answer)])
+    if name == "pregnant":
+        if case["sex"] == "male":
+            p_yes = np.full(len(CONDITIONS), 0.5)  # no information either way
+        elif int(case["age"]) <= kb.fertile_age[1]:
+            p_yes = kb.pregnant
+        else:
+            p_yes = np.full(len(CONDITIONS), kb.pregnant_other)
+    elif name in SYMPTOMS:
+        p_yes = (kb.severity * kb.tristate[name]).sum(axis=1)
+    else:
+        p_yes = kb.tristate[name][:, 0]
+    return np.log(p_yes if answer == "yes" else 1 - p_yes)
+
+
+def _check_signs(e: Explanation, kb, case: dict) -> None:
+    t, r = CONDITIONS.index(e.top), CONDITIONS.index(e.runner_up)
+    for row in e.table.itertuples():
+        ll = _kb_log_lik(kb, row.field, row.answer, case)
+        expected = ll[t] - ll[r]
+        assert np.sign(row.weight) == np.sign(expected), (row.field, row.answer, row.weight, expected)
+        assert row.weight == pytest.approx(expected, abs=1e-9)
+        label = CONDITION_LABELS[e.top] if expected > 0 else CONDITION_LABELS[e.runner_up]
+        assert row.direction == (f"for {label}" if expected != 0 else "neither")
+
+
+def test_acl_like_answers_count_the_way_the_knowledge_base_says(model):
+    e = explain(ACL_LIKE, model)
+    top_two = np.argsort(-model.predict_proba(parse_cases(pd.DataFrame([ACL_LIKE])))[0])[:2]
+    assert (e.top, e.runner_up) == (CONDITIONS[top_two[0]], CONDITIONS[top_two[1]])
+    _check_signs(e, model.kb, ACL_LIKE)
+    weights = dict(zip(e.table["field"], e.table["weight"]))
+    assert {"heard_pop", "giving_way"} <= set(weights)
+    if {e.top, e.runner_up} == {"acl_injury", "meniscus_tear"}:
+        # the knowledge base makes a pop likelier in an ACL tear than in a meniscus tear
+        kb = model.kb
+        sign = 1 if e.top == "acl_injury" else -1
+        acl, men = CONDITIONS.index("acl_injury"), CONDITIONS.index("meniscus_tear")
+        assert np.sign(weights["heard_pop"]) == sign * np.sign(
+            kb.tristate["heard_pop"][acl, 0] - kb.tristate["heard_pop"][men, 0])
+
+
+def test_signs_agree_with_the_knowledge_base_on_generated_cases(model, kb):
+    frame = codes_to_text_frame(parse_cases(generate_cases(kb, 25, seed=3)).codes)
+    for case in [DVT_LIKE, *frame.to_dict("records")]:
+        case = {k: v for k, v in case.items() if not (v == "" or (isinstance(v, float) and math.isnan(v)))}
+        _check_signs(explain(case, model), model.kb, case)
+
+
+def test_table_is_sorted_and_lists_every_known_answer_and_no_unknown_one(model):
+    case = {**ACL_LIKE, "tingling": "unknown", "locking": "", "bmi": None, "onset": "unknown"}
+    e = explain(case, model)
+    known = {k for k, v in case.items() if v not in ("unknown", "", None)}
+    assert set(e.table["field"]) == known
+    assert list(e.table.columns) == ["field", "answer", "weight", "direction"]
+    assert (np.diff(e.table["weight"].abs().to_numpy()) <= 0).all()
+    assert e.table.set_index("field").loc["heard_pop", "answer"] == "yes"
+    assert e.table.set_index("field").loc["activity", "answer"] == "sprint_pivot_sport"
+
+
+def test_text_has_a_sentence_for_each_condition(model):
+    for case in (ACL_LIKE, DVT_LIKE, {"age": 40, "sex": "male"}):
+        e = explain(case, model)
+        first, second = e.text.split(". ", 1)
+        assert CONDITION_LABELS[e.top] in first and CONDITION_LABELS[e.runner_up] in first
+        assert CONDITION_LABELS[e.runner_up] in second and second.endswith(".")
+        assert "\n" not in e.text
+    assert e.text in repr(e) and e.text.replace("'", "&#x27;") in e._repr_html_()
+
+
+def test_a_no_answer_is_phrased_as_no(model):
+    e = explain({"age": 30, "sex": "male", "locking": "no", "leg_swelling": "no", "muscle_spasm": "no",
+                 "heard_pop": "no", "knee_swelling": "no"}, model)
+    assert "no " in e.text
+
+
+def test_exactly_one_case_is_required(model):
+    with pytest.raises(ValueError, match="exactly one case, got 2"):
+        explain([ACL_LIKE, DVT_LIKE], model)
+    with pytest.raises(ValueError, match="exactly one case, got 0"):
+        explain(pd.DataFrame(columns=["age", "sex"]), model)
+
+
+def test_every_field_kind_can_be_explained(model):
+    case = {"age": 30, "sex": "female", "pregnant": "yes", "bmi": 31, "symptom_duration_days": 0.001,
+            **{f.name: "yes" for f in FIELDS if f.kind == "tristate" and f.name != "pregnant"},
+            **{f.name: f.allowed[-1] for f in FIELDS if f.kind == "category" and f.name != "sex"}}
+    e = explain(case, model)
+    assert len(e.table) == len(FIELDS)
+    assert np.isfinite(e.table["weight"]).all()
