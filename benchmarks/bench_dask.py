@@ -9,11 +9,13 @@ Each engine then scores all of it in its own child process (``python -m benchmar
 
 The wall time is that of the scoring call alone: imports, the model load and, for Dask, starting
 the cluster and loading the model on each worker happen before it (the start-up is in the JSON
-details as ``startup_seconds``). Peak RSS: for the pandas engine the child process's (from
-``os.wait4``); for Dask the largest worker's ``ru_maxrss`` read with ``client.run`` after the job,
-with every worker's and the driver's in the details. The model is the project's ``models/``
-if it exists, else a small one trained into the temporary folder first (untimed). No target: the
-rows are for comparison (on 2 cores, 2 workers can at best halve the time).
+details as ``startup_seconds``). Peak RSS is each process's own high-water mark (``VmHWM``, read
+in that process): the pandas engine's process; for Dask the largest worker's, read with
+``client.run`` after the job, with every worker's and the driver's in the details. (``ru_maxrss``
+from ``os.wait4`` is not used: on Linux it carries over the RSS of the process that forked the
+child. The input is generated in a child too, to keep the parent small.) The model is the
+project's ``models/`` if it exists, else a small one trained into the temporary folder first
+(untimed). No target: the rows are for comparison (on 2 cores, 2 workers can at best halve the time).
 """
 
 from __future__ import annotations
@@ -88,6 +90,11 @@ def _model(tmp: Path) -> Path:
     return tmp / "models"
 
 
+def _child(*args: str) -> dict:
+    child = run_command([sys.executable, "-m", "benchmarks.bench_dask", *args], cwd=REPO_ROOT)
+    return json.loads(child.stdout.strip().splitlines()[-1])
+
+
 def run(quick: bool) -> list[dict]:
     """One row for the pandas engine, one per Dask worker count."""
     n = QUICK_SIZE if quick else FULL_SIZE
@@ -98,19 +105,18 @@ def run(quick: bool) -> list[dict]:
         log(f"dask: writing {n:,} cases as {N_FILES} Parquet files (not timed) ...")
         inputs = tmp / "inputs"
         inputs.mkdir()
-        _write_inputs(inputs, n)
+        _child("write-inputs", "--n", str(n), "--inputs", str(inputs))
         for engine, workers in [("pandas", 0)] + [("dask", k) for k in WORKERS]:
             label = "pandas engine (score_files)" if engine == "pandas" else \
                 f"dask engine, {workers} worker{'s' * (workers > 1)}"
             log(f"dask: scoring {n:,} rows with the {label} ...")
             out = tmp / f"out-{engine}-{workers}"
-            child = run_command([sys.executable, "-m", "benchmarks.bench_dask", engine, "--workers", str(workers),
-                                 "--model", str(model), "--inputs", str(inputs), "--out", str(out)], cwd=REPO_ROOT)
-            result = json.loads(child.stdout.strip().splitlines()[-1])
+            result = _child(engine, "--workers", str(workers), "--model", str(model), "--inputs", str(inputs),
+                            "--out", str(out))
             if result["rows"] != n:
                 raise BenchmarkError(f"the {label} scored {result['rows']:,} rows of {n:,}.")
             if engine == "pandas":
-                peak, details = child.peak_rss_mb, {}
+                peak, details = result["driver_peak_rss_mb"], {}
             else:
                 peak = max(result["worker_peak_rss_mb"])
                 details = {"worker_peak_rss_mb": result["worker_peak_rss_mb"],
@@ -130,6 +136,14 @@ def _warm(model: str) -> None:
 
 
 def _peak_rss_mb() -> float:
+    """This process's peak RSS: ``VmHWM`` where there is /proc, else ``ru_maxrss``."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return _max_rss_mb(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
@@ -137,12 +151,17 @@ def _child_main(argv: Sequence[str] | None = None) -> int:
     """Child side: score the inputs with one engine; print one JSON line."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_dask",
                                      description="score the benchmark inputs with one engine (used by run)")
-    parser.add_argument("engine", choices=("pandas", "dask"))
+    parser.add_argument("engine", choices=("pandas", "dask", "write-inputs"))
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--model", required=True)
+    parser.add_argument("--model")
     parser.add_argument("--inputs", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--n", type=int)
     args = parser.parse_args(argv)
+    if args.engine == "write-inputs":
+        _write_inputs(args.inputs, args.n)
+        print(json.dumps({"files": N_FILES}))
+        return 0
     from pipeline.batch import score_files
     from pipeline.predict import get_model
     from pipeline.scale import dask_client, score_files_dask
@@ -152,7 +171,7 @@ def _child_main(argv: Sequence[str] | None = None) -> int:
         model = get_model(args.model)
         start = time.perf_counter()
         summary = score_files(paths, args.out.with_suffix(".parquet"), model, chunk_rows=CHUNK_ROWS)
-        result = {"seconds": time.perf_counter() - start}
+        result = {"seconds": time.perf_counter() - start, "driver_peak_rss_mb": round(_peak_rss_mb(), 1)}
     else:
         begin = time.perf_counter()
         with dask_client(n_workers=args.workers) as client:

@@ -12,8 +12,10 @@ condition, not just the average, is covered.
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 from .schema import CONDITIONS
+from .textcols import join_ranked
 
 __all__ = ["fit_conformal", "prediction_sets", "format_sets", "oracle_set_size"]
 
@@ -45,14 +47,10 @@ def prediction_sets(proba: np.ndarray, fitted: dict) -> np.ndarray:
     return sets
 
 
-def format_sets(proba: np.ndarray, sets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def format_sets(proba: np.ndarray, sets: np.ndarray) -> tuple[pd.api.extensions.ExtensionArray, np.ndarray]:
     """``|``-joined condition names, most likely first, and the set sizes."""
     order = np.argsort(-proba, axis=1, kind="stable")
-    in_set = np.take_along_axis(sets, order, axis=1)
-    names = np.asarray(CONDITIONS, dtype=object)[order]
-    # sets are prefixes of the probability order (a threshold on p), except the Mondrian case
-    text = np.array(["|".join(n[m]) for n, m in zip(names, in_set)], dtype=object)
-    return text, sets.sum(axis=1)
+    return join_ranked(CONDITIONS, order, np.take_along_axis(sets, order, axis=1)), sets.sum(axis=1)
 
 
 def oracle_set_size(oracle_proba: np.ndarray, y: np.ndarray, coverage: float) -> float:

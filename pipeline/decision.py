@@ -15,6 +15,7 @@ from .config import LEVELS, TriageConfig
 from .conformal import fit_conformal, format_sets, prediction_sets
 from .knowledge import KnowledgeBase
 from .schema import ParsedCases
+from .textcols import lookup
 from .triage import advice_table, reason_table, triage_levels
 
 __all__ = ["DECISION_COLUMNS", "DECISION_COLUMN_DOCS", "Decision", "decide", "fit_decision", "fit_decision_on"]
@@ -71,15 +72,16 @@ def decide(decision: Decision, kb: KnowledgeBase, parsed: ParsedCases, proba: np
     level, reason = triage_levels(decision.config, parsed.codes, proba, atypical)
     differential, size = format_sets(proba, prediction_sets(proba, decision.conformal))
     threshold = decision.atypical["threshold"]
-    atypical_reason = np.where(
-        atypical, np.char.add("answers fit none of the documented profiles well: surprise per answer ",
-                              np.char.add(np.round(score, 2).astype(str), f" > {threshold:.2f}")), "")
+    atypical_reason = np.full(len(parsed), "", dtype=object)
+    atypical_reason[atypical] = [f"answers fit none of the documented profiles well: surprise per answer "
+                                 f"{s:.2f} > {threshold:.2f}" for s in score[atypical]]  # rare: ~0.5% of rows
+    advice_index = level.astype(np.int64) * decision._advice.shape[1] + proba.argmax(axis=1)
     return pd.DataFrame({
-        "triage": np.asarray(LEVELS, dtype=object)[level],
-        "triage_reason": decision._reasons[reason],
-        "advice": decision._advice[level, proba.argmax(axis=1)],
+        "triage": lookup(LEVELS, level),
+        "triage_reason": lookup(decision._reasons, reason),
+        "advice": lookup(decision._advice.ravel(), advice_index),
         "differential": differential,
         "differential_size": size.astype(np.int64),
         "atypical": atypical,
-        "atypical_reason": atypical_reason.astype(object),
+        "atypical_reason": pd.array(atypical_reason, dtype="str"),
     })

@@ -17,6 +17,7 @@ from .cases import as_frame
 from .decision import DECISION_COLUMN_DOCS, DECISION_COLUMNS, decide
 from .model_io import MODELS_DIR, MANIFEST_FILE, LoadedModel, load_model
 from .schema import CONDITION_LABELS, CONDITIONS, ID_COLUMN, ParsedCases, parse_cases
+from .textcols import join_ranked, lookup
 
 __all__ = ["predict", "score_parsed", "output_columns", "output_dictionary_markdown", "get_model", "clear_model_cache"]
 
@@ -72,17 +73,14 @@ def score_parsed(model: LoadedModel, parsed: ParsedCases, *, top_k: int = 3,
     one, else ``row``.
     """
     proba = model.predict_proba(parsed)
-    classes = np.asarray(CONDITIONS, dtype=object)
     order = np.argsort(-proba, axis=1, kind="stable")[:, :top_k]
-    top = classes[order]
     id_name = ID_COLUMN if parsed.ids is not None else "row"
     if ids is None:
         ids = parsed.ids if parsed.ids is not None else np.arange(len(parsed))
-    out = {id_name: np.asarray(ids), "prediction": top[:, 0] if len(parsed) else np.array([], dtype=object),
-           "confidence": proba.max(axis=1) if len(parsed) else np.array([], dtype=float)}
+    out = {id_name: np.asarray(ids), "prediction": lookup(CONDITIONS, order[:, 0]), "confidence": proba.max(axis=1)}
     for k, c in enumerate(CONDITIONS):
         out[f"p_{c}"] = proba[:, k]
-    out[f"top{top_k}"] = ["|".join(r) for r in top] if len(parsed) else []
+    out[f"top{top_k}"] = join_ranked(CONDITIONS, order)
     frame = pd.DataFrame(out)
     if model.decision is not None:
         extra = decide(model.decision, model.kb, parsed, proba)
