@@ -9,4 +9,4 @@ this package does no work at import time.
 __all__ = ["BENCHMARKS"]
 
 # Run in this order: quick in-process measurements first, the training command last.
-BENCHMARKS: tuple[str, ...] = ("generate", "oracle", "featurize", "dask", "train")
+BENCHMARKS: tuple[str, ...] = ("generate", "oracle", "featurize", "score", "dask", "train")

@@ -28,7 +28,7 @@ from .harness import BenchmarkError, Target, log, make_row, run_command
 __all__ = ["run"]
 
 TARGET = Target(size=100_000, max_seconds=180.0)
-QUICK_SPLITS = {"train": 10_000, "valid": 3_000}
+QUICK_SPLITS = {"train": 10_000, "valid": 3_000, "calib": 3_000}
 QUICK_SEED = 20261125
 # pipeline.train times predict_proba on valid.head(10_000)
 SPEED_ROWS = 10_000

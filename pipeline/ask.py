@@ -4,7 +4,7 @@ Plain line-by-line text in and out (no terminal features), so it works on a term
 input, and in tests with :class:`io.StringIO`. After each answer the running top three and the
 triage are shown; the session stops when the differential holds one condition, when no question
 is worth asking (the best score is below ``ask.min_score`` in ``configs/questions.yaml``, or, after
-``ask.min_questions``, no plausible answer to the best few questions would change the triage), at
+``ask.min_questions`` answers, no plausible answer to the best few questions would change the triage), at
 ``max_questions``, or at the end of the input.
 """
 
@@ -180,7 +180,8 @@ def run_session(model: str | Path | LoadedModel | None = None, *, input: TextIO 
             if best["score"].iloc[0] < cfg.ask.min_score:
                 stopped = "no remaining question is expected to change the picture much"
                 break
-            if ("triage" in row and len(answers) >= cfg.ask.min_questions and not _triage_could_change(
+            answered = sum(a is not None for _, a in answers)
+            if ("triage" in row and answered >= cfg.ask.min_questions and not _triage_could_change(
                     case, list(best["field"][:cfg.ask.triage_check_questions]), loaded, kb, row["triage"], cfg)):
                 stopped = "no likely answer to the best questions would change the triage"
                 break

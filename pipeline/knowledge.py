@@ -17,8 +17,7 @@ from typing import Any
 import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field as PydField, ValidationError, field_validator, model_validator
-from scipy.special import logit, expit
-from scipy.stats import norm
+from scipy.special import expit, logit, ndtr
 
 from .schema import CONDITIONS, FIELDS, SEVERITIES, SYMPTOMS, field
 
@@ -269,7 +268,7 @@ def _age_pmf(params: list[tuple[float, float]]) -> np.ndarray:
     out = np.empty((len(params), len(AGES)))
     for i, (mean, sd) in enumerate(params):
         # a floor keeps every age possible (log-likelihoods finite) without moving real mass
-        mass = np.maximum(np.diff(norm.cdf(edges, mean, sd)), 1e-9)
+        mass = np.maximum(np.diff(ndtr((edges - mean) / sd)), 1e-9)
         out[i] = mass / mass.sum()
     return out
 

@@ -12,7 +12,7 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 from scipy.special import logsumexp, softmax
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from .cases import as_parsed
 from .knowledge import AGES, KnowledgeBase
@@ -56,6 +56,12 @@ class _Tables:
 def _tri(p: np.ndarray) -> np.ndarray:
     """Rows: no, yes, unknown (code -1 indexes the last row)."""
     return np.stack([np.log1p(-p), np.log(p), np.zeros_like(p)])
+
+
+@lru_cache(maxsize=1)
+def _blas() -> ThreadpoolController:
+    """Found once: threadpool_limits() rescans the loaded libraries on every call (2 ms)."""
+    return ThreadpoolController()
 
 
 @lru_cache(maxsize=8)
@@ -126,7 +132,7 @@ def oracle_log_joint(kb: KnowledgeBase, cases) -> np.ndarray:
     n = len(parsed)
     out = np.empty((n, len(CONDITIONS)))
     # the products are small: one BLAS thread is fastest, and avoids stalls on a busy machine
-    with threadpool_limits(limits=1, user_api="blas"):
+    with _blas().limit(limits=1, user_api="blas"):
         for start in range(0, n, _CHUNK):
             stop = min(n, start + _CHUNK)
             out[start:stop] = _log_joint_chunk(t, {k: v[start:stop] for k, v in parsed.codes.items()})

@@ -2,8 +2,9 @@
 
 :func:`score_files_dask` is the Dask engine of ``kneepain score``: one task per input file streams
 that file's chunks through :func:`pipeline.batch.score_chunk` (the same code as the pandas engine,
-so every row gets the same numbers) and writes one part file per chunk. :func:`generate_dask` draws
-cases in partitions with independent seeds. :func:`dask_client` starts or joins a cluster.
+so every row gets the same numbers) and writes one part file per chunk. Parallelism is across
+files: a single large file is one task, so give the engine several files. :func:`generate_dask`
+draws cases in partitions with independent seeds. :func:`dask_client` starts or joins a cluster.
 
 Outputs are written into a hidden temporary folder next to the target and renamed into place only
 when every task succeeded: an output folder is complete or absent. Inputs and outputs must be on a
@@ -59,7 +60,8 @@ def dask_client(scheduler: str | None = None, *, n_workers: int | None = None) -
     ----------
     scheduler : str, optional
         Address of a running scheduler (``tcp://host:8786``). Default: start a ``LocalCluster`` on
-        127.0.0.1 with one single-threaded worker process per core and no dashboard.
+        127.0.0.1 with one single-threaded worker process per core and no dashboard (the
+        scheduler still answers health checks over HTTP on 127.0.0.1, port 8787 or a free one).
     n_workers : int, optional
         Workers of the local cluster (default ``os.cpu_count()``); not allowed with ``scheduler``.
 

@@ -108,11 +108,18 @@ def test_simulation_is_reproducible_and_well_formed(model, kb, labelled, tmp_pat
 
 @pytest.mark.slow
 def test_five_chosen_questions_beat_ten_in_schema_order(kb):
+    """The target, on a logistic model like the default one. It needs enough training data: models
+    trained on 20k cases are as accurate as the oracle on whole cases but not on cases with few
+    answers, and there the target failed for one training seed in three (measured)."""
+    from threadpoolctl import threadpool_limits
+
     from pipeline.candidates import make_candidate
 
-    train = generate_cases(kb, 20_000, seed=101)
+    train = generate_cases(kb, 60_000, seed=101)
     config = load_config(TrainConfig, CONFIG_DIR / "train.yaml")
-    model = LoadedModel(make_candidate("logistic", config).fit(train, labels(train)))  # no decision layer
+    with threadpool_limits(limits=1, user_api="blas"):  # many BLAS threads made this fit 10x slower on 2 cores
+        estimator = make_candidate("logistic", config).fit(train, labels(train))
+    model = LoadedModel(estimator)  # no decision layer: DVT sensitivity is prediction == dvt
     result = simulate_questioning(model, kb, generate_cases(kb, 1500, seed=102), k_max=10, seed=0)
     chosen, fixed, random = (result[s]["accuracy"] for s in ("chosen", "fixed", "random"))
     assert chosen["5"] >= fixed["10"]

@@ -1,0 +1,138 @@
+"""Scoring: `kneepain score` end to end beside `mlflow models predict` and a naive pandas script.
+
+All three score the same generated CSV (1M rows; 50k with ``--quick``) with the project's model
+(``models/``, and for MLflow the registered champion in ``mlflow.db``: run ``make run`` first).
+Measured in subprocesses, so wall time includes start-up and peak RSS is that process's own:
+
+- ``kneepain score`` (streamed in chunks): target at least 150,000 rows/s, and at least 5x the
+  throughput of ``mlflow models predict``; its peak RSS again on a file 4x larger, which should
+  stay within 20% (memory flat as the file grows);
+- ``mlflow models predict --env-manager local`` on the same rows as JSON (``dataframe_split``;
+  the model's signature leaves value checks to the case schema, which MLflow's CSV reader rejects);
+- a naive script: ``pandas.read_csv`` of the whole file, ``predict_proba``, ``to_csv``;
+- ``predict()`` on a single dict: the median of 1,000 calls (target under 5 ms).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+from .harness import REPO_ROOT, BenchmarkError, Target, log, make_row, run_command, time_in_child
+
+__all__ = ["run"]
+
+SIZES = {False: (1_000_000, 4_000_000), True: (50_000, 200_000)}
+MLFLOW_ROWS = {False: 1_000_000, True: 50_000}
+MODEL_URI = "models:/kneepain-classifier@champion"
+
+
+def _write_csv(path: Path, n: int, seed: int = 1) -> None:
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    from pipeline import load_knowledge_base
+    from pipeline.generate import generate_codes
+    from pipeline.schema import codes_to_text_frame
+
+    kb = load_knowledge_base()
+    with pacsv.CSVWriter(path, _schema()) as writer:
+        for start in range(0, n, 500_000):
+            m = min(500_000, n - start)
+            codes, _, _ = generate_codes(kb, m, seed=seed + start)
+            frame = codes_to_text_frame(codes)
+            frame.insert(0, "case_id", [f"c{start + i:08d}" for i in range(m)])
+            writer.write_table(pa.Table.from_pandas(frame.astype(str).replace({"nan": "", "<NA>": ""}),
+                                                    schema=_schema(), preserve_index=False))
+
+
+def _schema():
+    import pyarrow as pa
+
+    from pipeline.schema import FIELD_NAMES
+
+    return pa.schema([pa.field(c, pa.string()) for c in ("case_id", *FIELD_NAMES)])
+
+
+def _kneepain() -> str:
+    return str(Path(sys.executable).with_name("kneepain"))
+
+
+def _single_case(n: int):
+    """One ``predict()`` call on a dict (``n`` is unused: the harness repeats the call)."""
+    from pipeline import predict
+    from pipeline.predict import get_model
+
+    model = get_model()
+    case = {"age": 71, "sex": "female", "sedentary": "yes", "leg_swelling": "yes", "skin_warm": "yes"}
+    return lambda: predict(case, model=model)
+
+
+def run(quick: bool) -> list[dict]:
+    from pipeline.model_io import MODELS_DIR
+
+    if not (MODELS_DIR / "model.joblib").exists() or not (REPO_ROOT / "mlflow.db").exists():
+        raise BenchmarkError("score: no trained model: run `make run` first (it trains and registers one).")
+    small, large = SIZES[quick]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="kneepain-bench-score-") as tmp:
+        tmp = Path(tmp)
+        for n in (small, large):
+            log(f"score: writing a {n:,}-row CSV (not timed) ...")
+            _write_csv(tmp / f"cases-{n}.csv", n)
+        rates = {}
+        for n in (small, large):
+            log(f"score: kneepain score on {n:,} rows ...")
+            child = run_command([_kneepain(), "score", str(tmp / f"cases-{n}.csv"), "-o", str(tmp / "out.csv"),
+                                 "--quiet"], cwd=tmp)
+            rates[n] = (child.wall_seconds, child.peak_rss_mb)
+            rows.append(make_row("score: kneepain score (CSV -> CSV)", n, child.wall_seconds, peak_rss_mb=child.peak_rss_mb,
+                                 target=Target(size=SIZES[False][0], min_rows_per_second=150_000) if n == small else None))
+        growth = rates[large][1] / rates[small][1]
+        rows.append(make_row(f"score: peak RSS {large:,} vs {small:,} rows", large, rates[large][0],
+                             peak_rss_mb=rates[large][1], rss_ratio=round(growth, 3)))
+        rows[-1]["target"], rows[-1]["met"] = "RSS within 20%", bool(growth <= 1.2)
+
+        log("score: naive pandas read_csv / predict_proba / to_csv ...")
+        script = textwrap.dedent(f"""
+            import pandas as pd
+            from pipeline.model_io import load_model
+            model = load_model()
+            frame = pd.read_csv({str(tmp / f'cases-{small}.csv')!r}, dtype=str, keep_default_na=False)
+            proba = model.estimator.predict_proba(frame)
+            pd.DataFrame(proba, columns=list(model.classes)).assign(case_id=frame["case_id"]).to_csv(
+                {str(tmp / 'naive.csv')!r}, index=False)
+        """)
+        child = run_command([sys.executable, "-c", script], cwd=REPO_ROOT)
+        rows.append(make_row("score: naive pandas script", small, child.wall_seconds, peak_rss_mb=child.peak_rss_mb))
+
+        n_ml = MLFLOW_ROWS[quick]
+        log(f"score: mlflow models predict on {n_ml:,} rows (JSON) ...")
+        import pandas as pd
+
+        frame = pd.read_csv(tmp / f"cases-{small}.csv", dtype=str, keep_default_na=False, nrows=n_ml)
+        (tmp / "in.json").write_text('{"dataframe_split": ' + frame.to_json(orient="split", index=False) + "}")
+        env = {**os.environ, "MLFLOW_TRACKING_URI": os.environ.get("MLFLOW_TRACKING_URI")
+               or f"sqlite:///{REPO_ROOT / 'mlflow.db'}",
+               "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+        child = run_command([str(Path(sys.executable).with_name("mlflow")), "models", "predict", "-m", MODEL_URI,
+                             "-i", str(tmp / "in.json"), "-t", "json", "-o", str(tmp / "mlflow-out.json"),
+                             "--env-manager", "local"], cwd=tmp, env=env)
+        mlflow_rate = n_ml / child.wall_seconds
+        rows.append(make_row("score: mlflow models predict (JSON)", n_ml, child.wall_seconds, peak_rss_mb=child.peak_rss_mb))
+        ours = small / rates[small][0]
+        rows.append(make_row("score: kneepain score / mlflow models predict", small, rates[small][0],
+                             peak_rss_mb=None, rows_per_second=ours, speedup=round(ours / mlflow_rate, 2)))
+        rows[-1]["target"], rows[-1]["met"] = ">= 5x", bool(ours / mlflow_rate >= 5)
+
+    n_calls = 100 if quick else 1000
+    log(f"score: predict() on one dict, {n_calls} calls ...")
+    m = time_in_child(_single_case, 1, repeats=n_calls, warmup=10)
+    median = float(sorted(m.runs)[len(m.runs) // 2])
+    rows.append(make_row("score: predict() one dict (median call)", 1, median, peak_rss_mb=m.peak_rss_mb,
+                         calls=n_calls))
+    rows[-1]["target"], rows[-1]["met"] = "< 5 ms median", bool(median < 0.005)
+    return rows
