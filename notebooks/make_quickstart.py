@@ -31,6 +31,14 @@ cells = [
         "]\n"
         "scores = predict(cases, model=model)\n"
         "scores"),
+    nbf.v4.new_markdown_cell(
+        "## What to do: triage, the differential and atypical cases\n\n"
+        "Every scored case also gets a triage level (red flags on the answers, then the level with the "
+        "lowest expected cost), the conditions that remain possible (a conformal prediction set with 90% "
+        "coverage), and a flag when the answers fit none of the documented profiles."),
+    nbf.v4.new_code_cell(
+        "scores[[\"case_id\", \"prediction\", \"triage\", \"differential\", \"atypical\"]]"),
+    nbf.v4.new_code_cell("print(scores.loc[1, \"triage_reason\"])\nprint(scores.loc[1, \"advice\"])"),
     nbf.v4.new_markdown_cell("## The probabilities of one case"),
     nbf.v4.new_code_cell(
         "import matplotlib.pyplot as plt\n\n"

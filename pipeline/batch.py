@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import csv
 import os
+import queue
 import sys
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -175,7 +178,11 @@ class _SeenIds:
 
 
 class _Writer:
-    """Writes a CSV or Parquet output to a temporary file next to the target."""
+    """Writes a CSV or Parquet output to a temporary file next to the target.
+
+    Each chunk is encoded and written on a background thread (Arrow releases the GIL there)
+    while the next chunk is scored; chunks stay in order, and an error surfaces on the next call.
+    """
 
     def __init__(self, target: Path, schema: pa.Schema):
         self.target, self.schema = target, schema
@@ -184,14 +191,60 @@ class _Writer:
             self._w = pq.ParquetWriter(self.tmp, schema, compression="zstd")
         else:
             self._w = pacsv.CSVWriter(self.tmp, schema)
-        self.rows = 0
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kneepain-writer")
+        self._pending: Future | None = None
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
 
     def write(self, frame: pd.DataFrame) -> None:
-        self._w.write_table(pa.Table.from_pandas(frame[self.schema.names], schema=self.schema, preserve_index=False))
-        self.rows += len(frame)
+        self._wait()
+        table = pa.Table.from_pandas(frame[self.schema.names], schema=self.schema, preserve_index=False)
+        self._pending = self._pool.submit(self._w.write_table, table)
 
     def close(self) -> None:
-        self._w.close()
+        try:
+            self._wait()
+        finally:
+            self._pool.shutdown(wait=True)
+            self._w.close()
+
+
+def _prefetch(chunks: Iterator[pd.DataFrame], depth: int = 2) -> Iterator[pd.DataFrame]:
+    """Read ahead ``depth`` chunks on a background thread (parsing CSV in Arrow releases the GIL)."""
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        try:
+            for chunk in chunks:
+                while not stop.is_set():
+                    try:
+                        items.put(chunk, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            items.put(done)
+        except BaseException as err:  # handed to the consumer, which raises it
+            items.put(err)
+
+    thread = threading.Thread(target=produce, name="kneepain-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = items.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
 
 
 def score_files(inputs: list[str | Path], output: str | Path, model: LoadedModel, *, chunk_rows: int = 50_000,
@@ -226,7 +279,7 @@ def score_files(inputs: list[str | Path], output: str | Path, model: LoadedModel
     try:
         for path in paths:
             offset, ignored_told = 0, False
-            for frame in iter_chunks(path, chunk_rows):
+            for frame in _prefetch(iter_chunks(path, chunk_rows)):
                 scored, bad, ignored = score_chunk(model, frame, file=str(path), row_offset=offset, seen_ids=seen)
                 if ignored and not ignored_told:
                     summary.warnings.append(f"{path}: ignoring columns that are not case fields: {', '.join(ignored)}")

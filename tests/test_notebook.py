@@ -20,4 +20,5 @@ def test_quickstart_notebook_runs(trained, tmp_path, monkeypatch):
     assert not [o for o in outputs if o.output_type == "error"]
     text = "\n".join(str(o.get("data", {}).get("text/plain", "")) + o.get("text", "") for o in outputs)
     assert "footballer" in text and "accuracy on these synthetic cases" in text
+    assert "emergency" in text and "seek advice from a doctor" in text  # the swollen, warm leg
     assert any("image/png" in o.get("data", {}) for o in outputs)
