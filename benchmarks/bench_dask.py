@@ -13,9 +13,9 @@ details as ``startup_seconds``). Peak RSS is each process's own high-water mark 
 in that process): the pandas engine's process; for Dask the largest worker's, read with
 ``client.run`` after the job, with every worker's and the driver's in the details. (``ru_maxrss``
 from ``os.wait4`` is not used: on Linux it carries over the RSS of the process that forked the
-child. The input is generated in a child too, to keep the parent small.) The model is the
-project's ``models/`` if it exists, else a small one trained into the temporary folder first
-(untimed). No target: the rows are for comparison (on 2 cores, 2 workers can at best halve the time).
+child. The input is generated in a child too, to keep the parent small.) The model is a copy of
+the project's ``models/`` if that scores with this code, else a small one trained into the
+temporary folder first (untimed). No target: the rows are for comparison (on 2 cores, 2 workers can at best halve the time).
 """
 
 from __future__ import annotations
@@ -69,12 +69,23 @@ def _write_inputs(folder: Path, n: int) -> list[Path]:
     return paths
 
 
-def _model(tmp: Path) -> Path:
-    """The project's model, or a small logistic model trained into ``tmp`` (untimed)."""
+def _model(tmp: Path) -> tuple[Path, str]:
+    """A copy of the project's model if it scores with this code, else a small model trained into ``tmp`` (untimed).
+
+    The copy keeps a concurrent ``make run`` from changing the model between the engines' runs.
+    """
+    import shutil
+
     from pipeline.model_io import MANIFEST_FILE, MODELS_DIR
 
     if (MODELS_DIR / MANIFEST_FILE).exists():
-        return MODELS_DIR
+        copy = shutil.copytree(MODELS_DIR, tmp / "project-model")
+        try:
+            _child("check-model", "--model", str(copy), "--inputs", str(tmp))
+            return copy, "the project's models/ (winner " + json.loads((copy / MANIFEST_FILE).read_text())["winner"] + ")"
+        except BenchmarkError as err:
+            log(f"dask: the project's models/ does not score with this code ({str(err).splitlines()[-1]}); "
+                "training a small model instead")
     kneepain = Path(sys.executable).with_name("kneepain")
     if not kneepain.exists():
         raise BenchmarkError(f"{kneepain} does not exist: install the project (`pip install -e .`).")
@@ -82,12 +93,12 @@ def _model(tmp: Path) -> Path:
                                        "  calib: {n: 3000}\n", encoding="utf-8")
     (tmp / "train.yaml").write_text(_QUICK_TRAIN, encoding="utf-8")
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}"}
-    log("dask: no models/ in the project; training a small model (not timed) ...")
+    log("dask: training a small model (not timed) ...")
     run_command([str(kneepain), "generate", "--config", str(tmp / "generate.yaml"), "--out", str(tmp / "data")],
                 env=env, cwd=tmp)
     run_command([str(kneepain), "train", "--config", str(tmp / "train.yaml"), "--data", str(tmp / "data"),
                  "--out", str(tmp / "models")], env=env, cwd=tmp)
-    return tmp / "models"
+    return tmp / "models", "a small logistic model trained for the benchmark"
 
 
 def _child(*args: str) -> dict:
@@ -101,7 +112,7 @@ def run(quick: bool) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="kneepain-bench-dask-") as name:
         tmp = Path(name)
-        model = _model(tmp)
+        model, model_text = _model(tmp)
         log(f"dask: writing {n:,} cases as {N_FILES} Parquet files (not timed) ...")
         inputs = tmp / "inputs"
         inputs.mkdir()
@@ -123,7 +134,7 @@ def run(quick: bool) -> list[dict]:
                            "driver_peak_rss_mb": result["driver_peak_rss_mb"],
                            "startup_seconds": result["startup_seconds"]}
             rows.append(make_row(f"score: {label}", n, result["seconds"], peak_rss_mb=peak, files=N_FILES,
-                                 chunk_rows=CHUNK_ROWS, rows_rejected=result["rows_rejected"], model=str(model),
+                                 chunk_rows=CHUNK_ROWS, rows_rejected=result["rows_rejected"], model=model_text,
                                  **details))
     return rows
 
@@ -151,7 +162,7 @@ def _child_main(argv: Sequence[str] | None = None) -> int:
     """Child side: score the inputs with one engine; print one JSON line."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_dask",
                                      description="score the benchmark inputs with one engine (used by run)")
-    parser.add_argument("engine", choices=("pandas", "dask", "write-inputs"))
+    parser.add_argument("engine", choices=("pandas", "dask", "write-inputs", "check-model"))
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--model")
     parser.add_argument("--inputs", type=Path, required=True)
@@ -161,6 +172,11 @@ def _child_main(argv: Sequence[str] | None = None) -> int:
     if args.engine == "write-inputs":
         _write_inputs(args.inputs, args.n)
         print(json.dumps({"files": N_FILES}))
+        return 0
+    if args.engine == "check-model":
+        from pipeline.predict import predict
+
+        print(json.dumps({"rows": len(predict({"age": 30, "sex": "male"}, model=args.model))}))
         return 0
     from pipeline.batch import score_files
     from pipeline.predict import get_model

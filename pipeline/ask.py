@@ -2,10 +2,16 @@
 
 Plain line-by-line text in and out (no terminal features), so it works on a terminal, with piped
 input, and in tests with :class:`io.StringIO`. After each answer the running top three and the
-triage are shown; the session stops when the differential holds one condition, when no question
-is worth asking (the best score is below ``ask.min_score`` in ``configs/questions.yaml``, or, after
-``ask.min_questions`` answers, no plausible answer to the best few questions would change the triage), at
-``max_questions``, or at the end of the input.
+triage are shown. The session stops (thresholds in ``configs/questions.yaml``, section ``ask``):
+
+- when the differential holds one condition with probability at least ``min_confidence`` (the
+  conformal set is calibrated on cases with most answers given; with only age and sex it can
+  hold a single condition at 20%);
+- when the best question's score is below ``min_score``;
+- after ``min_questions`` answers, when no answer to the best ``triage_check_questions``
+  questions with a predictive probability of at least ``negligible_answer_probability`` would
+  change the triage level;
+- at ``max_questions``, or at the end of the input.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from scipy.special import logsumexp
 
 from .model_io import LoadedModel
 from .oracle import oracle_log_joint
+from .predict import get_model, predict
 from .questions import QuestionsConfig, load_questions_config, next_questions, resolve_kb
 from .schema import CONDITION_LABELS, CONDITIONS, field
 
@@ -112,8 +119,6 @@ def _triage_could_change(case: dict, fields: list[str], model: LoadedModel, kb, 
                          cfg: QuestionsConfig) -> bool:
     """Would a plausible answer (predictive probability >= the negligible level) to any of
     ``fields`` change the triage level?"""
-    from .predict import predict
-
     variants = [{**case, name: value} for name in fields
                 for value in (("yes", "no") if field(name).kind == "tristate" else field(name).allowed)]
     if not variants:
@@ -147,8 +152,6 @@ def run_session(model: str | Path | LoadedModel | None = None, *, input: TextIO 
         and sex), ``answers`` (every question asked with its answer, None for "don't know") and
         ``stopped_because``.
     """
-    from .predict import get_model, predict
-
     if not isinstance(max_questions, (int, np.integer)) or isinstance(max_questions, bool) or max_questions < 0:
         raise ValueError(f"max_questions == {max_questions!r}, must be a non-negative integer.")
     io = _Session(sys.stdin if input is None else input, sys.stdout if output is None else output)

@@ -1,8 +1,12 @@
 """Atypical cases: answers that fit none of the documented profiles well.
 
 The score is the average surprise per answered field, -log p(known fields) / n_known, under the
-knowledge base's own model (so a case with few answers is not penalised for having few). The
-threshold is the (1 - quantile) quantile of the scores of ``calib`` cases: calibrated, not guessed.
+knowledge base's own model. How surprising a typical case is depends on how many questions were
+answered (a case with only age and sex known is scored by its age alone), so the threshold is a
+function of ``n_known``: the (1 - quantile) quantile of the scores of ``calib`` cases with that
+many answers. Cases with few answers are rare in ``calib``, so its cases are also scored with
+answers blanked at random rates; the generator's unknowns are missing at random, so a blanked case
+is a draw from the same model with fewer answers. Calibrated, not guessed.
 """
 
 from __future__ import annotations
@@ -11,31 +15,62 @@ import numpy as np
 
 from .knowledge import KnowledgeBase
 from .oracle import log_density
-from .schema import FIELDS, ParsedCases
+from .schema import FIELDS, ParsedCases, UNKNOWN
 
-__all__ = ["surprise", "fit_atypical", "flag_atypical"]
+__all__ = ["surprise", "fit_atypical", "flag_atypical", "n_known"]
+
+_MIN_PER_BUCKET = 2000  # sparse counts of answers are pooled with their neighbours until this many
+_COPIES = 4  # blanked copies of calib, each case with its own blanking rate
 
 
-def _n_known(parsed: ParsedCases) -> np.ndarray:
+def n_known(parsed: ParsedCases) -> np.ndarray:
     known = np.zeros(len(parsed), dtype=np.int32)
     for f in FIELDS:
         c = parsed.codes[f.name]
         known += ~np.isnan(c) if f.kind in ("integer", "float") else (c >= 0)
-    return np.maximum(known, 1)
+    return known
 
 
 def surprise(kb: KnowledgeBase, parsed: ParsedCases) -> np.ndarray:
     """Average negative log-likelihood per answered field, shape (n_cases,)."""
-    return -log_density(kb, parsed) / _n_known(parsed)
+    return -log_density(kb, parsed) / np.maximum(n_known(parsed), 1)
 
 
-def fit_atypical(kb: KnowledgeBase, parsed_calib: ParsedCases, quantile: float) -> dict:
-    scores = surprise(kb, parsed_calib)
-    return {"quantile": quantile, "threshold": float(np.quantile(scores, 1 - quantile)),
-            "n_calib": int(len(scores))}
+def _blanked(parsed: ParsedCases, rng: np.random.Generator) -> ParsedCases:
+    rate = rng.uniform(0.0, 1.0, size=len(parsed))
+    codes = {}
+    for f in FIELDS:
+        c = parsed.codes[f.name]
+        if f.required:
+            codes[f.name] = c
+            continue
+        hide = rng.random(len(parsed)) < rate
+        codes[f.name] = np.where(hide, np.nan if f.kind in ("integer", "float") else UNKNOWN, c).astype(c.dtype)
+    return ParsedCases(codes, parsed.valid, parsed.errors)
 
 
-def flag_atypical(kb: KnowledgeBase, parsed: ParsedCases, fitted: dict) -> tuple[np.ndarray, np.ndarray]:
-    """(flag, score) per case: flagged when the score is above the calibrated threshold."""
+def fit_atypical(kb: KnowledgeBase, parsed_calib: ParsedCases, quantile: float, *, seed: int = 0) -> dict:
+    """Thresholds per number of answered fields, from ``calib`` and blanked copies of it."""
+    rng = np.random.default_rng(seed)
+    samples = [parsed_calib] + [_blanked(parsed_calib, rng) for _ in range(_COPIES)]
+    scores = np.concatenate([surprise(kb, p) for p in samples])
+    known = np.concatenate([n_known(p) for p in samples])
+    thresholds = np.full(len(FIELDS) + 1, np.nan)
+    pooled: list[int] = []
+    for k in range(len(FIELDS) + 1):
+        pooled.append(k)
+        mask = np.isin(known, pooled)
+        if mask.sum() >= _MIN_PER_BUCKET or k == len(FIELDS):
+            thresholds[pooled] = np.quantile(scores[mask], 1 - quantile) if mask.any() else np.inf
+            pooled = []
+    thresholds = np.where(np.isnan(thresholds), np.nanmax(thresholds), thresholds)
+    return {"quantile": quantile, "thresholds_by_n_known": thresholds.tolist(), "n_calib": int(len(parsed_calib)),
+            "n_reference": int(len(scores))}
+
+
+def flag_atypical(kb: KnowledgeBase, parsed: ParsedCases, fitted: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(flag, score, threshold) per case: flagged when the score is above the threshold for its
+    number of answered fields."""
     scores = surprise(kb, parsed)
-    return scores > fitted["threshold"], scores
+    threshold = np.asarray(fitted["thresholds_by_n_known"])[n_known(parsed)]
+    return scores > threshold, scores, threshold

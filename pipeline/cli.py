@@ -150,7 +150,8 @@ def _train(args: argparse.Namespace) -> int:
     decision = fit_decision_on(result.model, kb, calib, triage)
     print(f"  decision layer fitted on calib ({len(calib):,}): conformal thresholds "
           f"{sorted(set(round(t, 4) for t in decision['conformal']['thresholds']))}, "
-          f"atypical threshold {decision['atypical']['threshold']:.3f}")
+          f"atypical thresholds by number of answers {min(decision['atypical']['thresholds_by_n_known']):.2f}"
+          f"..{max(decision['atypical']['thresholds_by_n_known']):.2f}")
     files["calib"] = data / "calib.parquet"
 
     def save(run_id: str) -> dict:
@@ -257,6 +258,23 @@ def _sample(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _ask_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ask", help="answer questions one at a time; see the likely causes and the triage")
+    p.add_argument("--model", default=None, help="models folder or MLflow URI (default models)")
+    p.add_argument("--max-questions", type=int, default=15, help="questions after age and sex (default 15)")
+    p.add_argument("--config", default=None, help="questions config (default configs/questions.yaml)")
+
+
+def _ask(args: argparse.Namespace) -> int:
+    from .ask import run_session
+    from .predict import get_model
+
+    if args.max_questions < 0:
+        raise UsageError(f"--max-questions == {args.max_questions}, must be >= 0.")
+    run_session(get_model(args.model), max_questions=args.max_questions, config=args.config)
+    return EXIT_OK
+
+
 COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "generate": (_generate_parser, _generate),
     "show": (_show_parser, _show),
@@ -265,6 +283,7 @@ COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "evaluate": (_evaluate_parser, _evaluate),
     "score": (_score_parser, _score),
     "sample": (_sample_parser, _sample),
+    "ask": (_ask_parser, _ask),
 }
 
 

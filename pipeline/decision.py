@@ -68,13 +68,12 @@ def decide(decision: Decision, kb: KnowledgeBase, parsed: ParsedCases, proba: np
     """The decision columns (:data:`DECISION_COLUMNS`) for valid parsed cases and their probabilities."""
     if len(parsed) == 0:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in DECISION_COLUMNS})
-    atypical, score = flag_atypical(kb, parsed, decision.atypical)
+    atypical, score, threshold = flag_atypical(kb, parsed, decision.atypical)
     level, reason = triage_levels(decision.config, parsed.codes, proba, atypical)
     differential, size = format_sets(proba, prediction_sets(proba, decision.conformal))
-    threshold = decision.atypical["threshold"]
     atypical_reason = np.full(len(parsed), "", dtype=object)
     atypical_reason[atypical] = [f"answers fit none of the documented profiles well: surprise per answer "
-                                 f"{s:.2f} > {threshold:.2f}" for s in score[atypical]]  # rare: ~0.5% of rows
+                                 f"{s:.2f} > {t:.2f}" for s, t in zip(score[atypical], threshold[atypical])]  # rare
     advice_index = level.astype(np.int64) * decision._advice.shape[1] + proba.argmax(axis=1)
     return pd.DataFrame({
         "triage": lookup(LEVELS, level),

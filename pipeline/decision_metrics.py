@@ -78,7 +78,7 @@ def evaluate_decision(model: LoadedModel, parsed: dict[str, ParsedCases], arrays
             out["conformal"][name][key] = {"coverage": o_cov, "mean_set_size": float(o_sets.sum(axis=1).mean()),
                                            "per_class_coverage": o_per}
         out["atypical"][name] = {"flag_rate": float(columns["atypical"].mean()),
-                                 "threshold": model.decision.atypical["threshold"]}
+                                 "quantile": model.decision.atypical["quantile"]}
     return out
 
 
@@ -97,6 +97,8 @@ def decision_card_section(metrics: dict[str, Any]) -> str:
                      f"{c['mean_set_size']:.3f} ({c['oracle_mean_set_size']:.3f}) | {a['flag_rate']:.4f} |")
     lines += ["", "Red flags on the answers (a swollen leg with warm or red skin or visible veins, swelling behind "
               "the knee spreading to the calf, ...) escalate triage whatever the model says; see configs/triage.yaml.", ""]
+    if metrics.get("questioning"):
+        lines += ["## Asking the next question", "", _questioning_line(metrics).strip() + ".", ""]
     return "\n".join(lines)
 
 
@@ -112,4 +114,16 @@ def format_decision_table(metrics: dict[str, Any]) -> str:
                 "set size": metrics["conformal"][s]["mean_set_size"],
                 "oracle set size": metrics["conformal"][s]["oracle_mean_set_size"],
                 "atypical": metrics["atypical"][s]["flag_rate"]} for s in metrics["triage"]}
-    return "\nDecision layer\n" + pd.DataFrame(rows).T.to_string(float_format=lambda v: f"{v:.4f}")
+    text = "\nDecision layer\n" + pd.DataFrame(rows).T.to_string(float_format=lambda v: f"{v:.4f}")
+    return text + _questioning_line(metrics)
+
+
+def _questioning_line(metrics: dict[str, Any]) -> str:
+    q = metrics.get("questioning")
+    if not q:
+        return ""
+    acc = {s: q[s]["accuracy"] for s in ("chosen", "random", "fixed")}
+    return (f"\n\nAsking questions from age and sex only ({q['n_cases']:,} test cases): top-1 accuracy after 5 "
+            f"questions chosen {acc['chosen']['5']:.3f}, random {acc['random']['5']:.3f}, fixed order "
+            f"{acc['fixed']['5']:.3f}; after 10: {acc['chosen']['10']:.3f} / {acc['random']['10']:.3f} / "
+            f"{acc['fixed']['10']:.3f}")

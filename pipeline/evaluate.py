@@ -171,7 +171,7 @@ def robustness_curve(model: LoadedModel, kb: KnowledgeBase, frame: pd.DataFrame,
 
 
 def evaluate_model(model: LoadedModel, kb: KnowledgeBase, splits: dict[str, pd.DataFrame], *,
-                   return_arrays: bool = False, seed: int = 0
+                   return_arrays: bool = False, seed: int = 0, questioning_cases: int = 1500
                    ) -> dict[str, Any] | tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]:
     """Evaluate on ``test`` and ``shift`` and trace robustness on ``test``.
 
@@ -185,7 +185,9 @@ def evaluate_model(model: LoadedModel, kb: KnowledgeBase, splits: dict[str, pd.D
     return_arrays : bool, default=False
         Also return ``{split: arrays}`` (see :func:`evaluate_split`) for :func:`write_reports`.
     seed : int, default=0
-        Seed of the robustness curve's blanking.
+        Seed of the robustness curve's blanking and of the questioning simulation.
+    questioning_cases : int, default=1500
+        Cases of ``test`` on which asking questions is simulated (``pipeline.questioning``); 0 skips it.
 
     Returns
     -------
@@ -204,6 +206,11 @@ def evaluate_model(model: LoadedModel, kb: KnowledgeBase, splits: dict[str, pd.D
     metrics["robustness"] = robustness_curve(model, kb, splits["test"], seed=seed)
     calib = (parse_cases(splits["calib"]), labels(splits["calib"])) if "calib" in splits else None
     metrics.update(evaluate_decision(model, {n: parse_cases(splits[n]) for n in REQUIRED_SPLITS}, arrays, calib))
+    if questioning_cases:
+        from .questioning import simulate_questioning
+
+        metrics["questioning"] = simulate_questioning(model, model.kb or kb, splits["test"].head(questioning_cases),
+                                                      k_max=10, seed=seed)
     metrics["split_sizes"] = {name: len(frame) for name, frame in splits.items()}
     metrics["seconds"] = time.perf_counter() - start
     return (metrics, arrays) if return_arrays else metrics
@@ -322,6 +329,10 @@ def write_reports(metrics: dict[str, Any], arrays: dict[str, dict[str, np.ndarra
         written.append(plots.plot_classwise_reliability(
             a["y"], a["proba"], plot_dir / f"reliability_per_class_{name}.png",
             proba_uncalibrated=a.get("proba_uncalibrated"), n_bins=N_BINS, title=f"Per-class reliability, {name}"))
+    if metrics.get("questioning"):
+        from .questioning import plot_questioning
+
+        written.append(plot_questioning(metrics["questioning"], plot_dir / "questioning.png"))
     if metrics.get("robustness"):
         written.append(plots.plot_robustness(metrics["robustness"], plot_dir / "robustness.png",
                                              title="Robustness to unanswered questions, test"))

@@ -21,16 +21,17 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.stats import norm
 
 from .knowledge import AGES, KnowledgeBase
 from .model_io import LoadedModel
+from .predict import get_model
 from .questions import answer_text, one_case, resolve_kb
 from .schema import CONDITION_LABELS, CONDITIONS, FIELDS, SYMPTOMS, ParsedCases, field
 
 __all__ = ["Explanation", "answer_log_likelihoods", "explain"]
 
 _MAX_LISTED = 3
+_LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 _FEMALE = field("sex").allowed.index("female")
 _FIXED_PHRASES = {"age": "age {}", "sex": "{}", "bmi": "BMI {}", "symptom_duration_days": "symptoms for {} days"}
 
@@ -71,6 +72,12 @@ class Explanation:
                 + self.table.round({"weight": 3}).to_html(index=False))
 
 
+def _normal_logpdf(x: float, params: np.ndarray) -> np.ndarray:
+    """log N(x; mean_k, sd_k) for params of shape (9, 2), as the oracle computes it."""
+    z = (x - params[:, 0]) / params[:, 1]
+    return -0.5 * z * z - np.log(params[:, 1]) - _LOG_SQRT_2PI
+
+
 def _log_tri(p_yes: np.ndarray, code: int) -> np.ndarray:
     return np.log(p_yes) if code == 1 else np.log1p(-p_yes)
 
@@ -92,10 +99,10 @@ def answer_log_likelihoods(kb: KnowledgeBase, parsed: ParsedCases) -> dict[str, 
         elif f.name == "age":
             out[f.name] = np.log(kb.age_pmf[:, int(c) - AGES[0]])
         elif f.name == "bmi":
-            out[f.name] = norm.logpdf(c, kb.bmi[:, 0], kb.bmi[:, 1])
+            out[f.name] = _normal_logpdf(c, kb.bmi)
         elif f.name == "symptom_duration_days":
             days = max(c, 1e-5)  # the oracle's floor; the log-normal's Jacobian cancels in a ratio
-            out[f.name] = norm.logpdf(np.log(days), kb.duration[:, 0], kb.duration[:, 1]) - np.log(days)
+            out[f.name] = _normal_logpdf(math.log(days), kb.duration) - math.log(days)
         elif f.name == "pregnant":
             if not female:  # the oracle adds nothing for a man
                 out[f.name] = np.zeros(len(CONDITIONS))
@@ -162,8 +169,6 @@ def explain(case: Any, model: str | Path | LoadedModel | None = None) -> Explana
     >>> explain({"age": 24, "sex": "male", "heard_pop": "yes", "giving_way": "yes"}).text  # doctest: +SKIP
     'Points to ACL injury rather than meniscus tear: heard a pop when it happened, ...'
     """
-    from .predict import get_model
-
     parsed = one_case(case)
     loaded = get_model(model)
     kb = resolve_kb(loaded, None)

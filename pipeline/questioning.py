@@ -164,6 +164,7 @@ def plot_questioning(result: dict[str, Any], path: str | Path) -> Path:
             ks = sorted(curve, key=int)
             ax.plot([int(k) for k in ks], [curve[k] for k in ks], marker="o", markersize=3, label=strategy)
         ax.set_xlabel("questions asked")
+        ax.set_ylim(0, 1.02)
         ax.set_title(title)
         ax.grid(alpha=0.3)
     axes[0].legend(title="question order")

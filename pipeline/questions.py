@@ -36,6 +36,7 @@ from .config import CONFIG_DIR, load_config
 from .knowledge import KnowledgeBase, load_knowledge_base
 from .model_io import LoadedModel
 from .oracle import oracle_log_joint
+from .predict import get_model
 from .schema import CONDITION_LABELS, CONDITIONS, FIELD_NAMES, FIELDS, ParsedCases, field, parse_cases
 
 __all__ = ["AskConfig", "CANDIDATE_FIELDS", "DEFAULT_QUESTIONS_CONFIG", "QuestionScores", "QuestionsConfig",
@@ -132,7 +133,7 @@ class QuestionScores:
     eligible : ndarray of shape (n, n_fields), bool
         The field is unknown, not excluded, and can be asked (pregnancy is not asked of a male).
     eig, score : ndarray of shape (n, n_fields)
-        Expected information gain (nats) and score; ``-inf`` score where not eligible.
+        Expected information gain (nats) and score; NaN and ``-inf`` where not eligible.
     case, field_index, value : ndarray of shape (m,)
         Which case, field and answer code each answer row is.
     p_answer : ndarray of shape (m,)
@@ -201,10 +202,12 @@ def score_questions(parsed: ParsedCases, model: LoadedModel | None, kb: Knowledg
     now, after = post[:n], post[n:]
 
     def expected_drop(h_now: np.ndarray, h_after: np.ndarray) -> np.ndarray:
-        drop = h_now[:, None] - np.bincount(group, p_answer * h_after, minlength=n * _F).reshape(n, _F)
+        # an impossible answer (probability 0 in a knowledge base) adds nothing, not 0 * NaN
+        weighted = np.where(p_answer > 0, p_answer * h_after, 0.0)
+        drop = h_now[:, None] - np.bincount(group, weighted, minlength=n * _F).reshape(n, _F)
         return np.where(drop > _ZERO_TOL, drop, 0.0)
 
-    eig = expected_drop(entr(now).sum(axis=1), entr(after).sum(axis=1))
+    eig = np.where(eligible, expected_drop(entr(now).sum(axis=1), entr(after).sum(axis=1)), np.nan)
     score = eig.copy()
     for name, w in config.serious_conditions.items():
         c = CONDITIONS.index(name)
@@ -265,8 +268,6 @@ def next_questions(case: Any, model: str | Path | LoadedModel | None = None, k: 
         If ``case`` is not exactly one case, ``k`` is not a positive integer, or ``exclude`` names
         an unknown field. :class:`pipeline.CaseValidationError` for an invalid case.
     """
-    from .predict import get_model
-
     if k is not None and (not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1):
         raise ValueError(f"k == {k!r}, must be a positive integer or None.")
     exclude = list(exclude)

@@ -107,7 +107,7 @@ def test_conformal_coverage_with_true_probabilities(kb, mondrian):
 def test_atypical_flag_is_rare_on_typical_cases_and_fires_on_impossible_ones(kb):
     calib, test = generate_cases(kb, 20_000, seed=41), generate_cases(kb, 20_000, seed=42)
     fitted = fit_atypical(kb, parse_cases(calib), 0.005)
-    flags, _ = flag_atypical(kb, parse_cases(test), fitted)
+    flags, _, _ = flag_atypical(kb, parse_cases(test), fitted)
     assert flags.mean() <= 0.01
     rng = np.random.default_rng(0)
     impossible = pd.DataFrame([{
@@ -116,8 +116,11 @@ def test_atypical_flag_is_rare_on_typical_cases_and_fires_on_impossible_ones(kb)
         "activity": "sprint_pivot_sport", "onset": "sudden", "injury_event": "fall_onto_knee", "heard_pop": "yes",
         "pain_delayed_onset": "yes", "symptom_duration_days": float(rng.uniform(2000, 5000)), "bmi": 45,
         **{s: "yes" for s in SYMPTOMS}} for _ in range(50)])
-    flags, _ = flag_atypical(kb, parse_cases(impossible), fitted)
+    flags, _, _ = flag_atypical(kb, parse_cases(impossible), fitted)
     assert flags.mean() >= 0.95
+    sparse = parse_cases(test[["age", "sex"]])  # typical people who answered only age and sex
+    flags, _, _ = flag_atypical(kb, sparse, fitted)
+    assert flags.mean() <= 0.01
 
 
 def test_atypical_cases_are_scored_and_never_triaged_lower(trained):
