@@ -39,6 +39,16 @@ cells = [
     nbf.v4.new_code_cell(
         "scores[[\"case_id\", \"prediction\", \"triage\", \"differential\", \"atypical\"]]"),
     nbf.v4.new_code_cell("print(scores.loc[1, \"triage_reason\"])\nprint(scores.loc[1, \"advice\"])"),
+    nbf.v4.new_markdown_cell("## Why, and what to ask next\n\n`explain` weighs each known answer by its log "
+                             "likelihood ratio between the two most likely conditions; `next_questions` ranks the "
+                             "unknown fields by how much their answer is expected to settle the case (DVT first)."),
+    nbf.v4.new_code_cell(
+        "from pipeline.explain import explain\n"
+        "from pipeline.questions import next_questions\n\n"
+        "why = explain(cases[0], model=model)\n"
+        "print(why.text)\n"
+        "why.table.head()"),
+    nbf.v4.new_code_cell("next_questions(cases[0], model=model, k=3)"),
     nbf.v4.new_markdown_cell("## The probabilities of one case"),
     nbf.v4.new_code_cell(
         "import matplotlib.pyplot as plt\n\n"

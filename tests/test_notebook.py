@@ -21,4 +21,5 @@ def test_quickstart_notebook_runs(trained, tmp_path, monkeypatch):
     text = "\n".join(str(o.get("data", {}).get("text/plain", "")) + o.get("text", "") for o in outputs)
     assert "footballer" in text and "accuracy on these synthetic cases" in text
     assert "emergency" in text and "seek advice from a doctor" in text  # the swollen, warm leg
+    assert "Points to" in text and "expected_information_gain" in text
     assert any("image/png" in o.get("data", {}) for o in outputs)
