@@ -88,16 +88,15 @@ def iter_chunks(path: str | Path, chunk_rows: int = 50_000) -> Iterator[pd.DataF
             parse_options=pacsv.ParseOptions(newlines_in_values=True),
             convert_options=pacsv.ConvertOptions(column_types={h: pa.string() for h in header},
                                                  strings_can_be_null=False, quoted_strings_can_be_null=False))
-        pending, size = [], 0
+        pending, size, yielded = [], 0, False
         for batch in reader:
             pending.append(batch)
             size += batch.num_rows
             if size >= chunk_rows:
                 yield pa.Table.from_batches(pending).to_pandas()
-                pending, size = [], 0
-        if pending or size == 0:
-            table = pa.Table.from_batches(pending, schema=reader.schema)
-            yield table.to_pandas()
+                pending, size, yielded = [], 0, True
+        if pending or not yielded:  # a header-only file still yields its (empty) columns once
+            yield pa.Table.from_batches(pending, schema=reader.schema).to_pandas()
     except (pa.ArrowInvalid, OSError) as err:
         message = str(err).strip().splitlines()[0]
         if "invalid UTF8" in message or "UTF8" in message:
@@ -170,7 +169,8 @@ class _SeenIds:
             pos = np.minimum(np.searchsorted(run, h), len(run) - 1)
             dup |= run[pos] == h
         dup &= named
-        self.runs.append(np.unique(h[named]))
+        if named.any():
+            self.runs.append(np.unique(h[named]))
         while len(self.runs) > 1 and len(self.runs[-1]) >= len(self.runs[-2]):
             last = self.runs.pop()
             self.runs[-1] = np.union1d(self.runs[-1], last)

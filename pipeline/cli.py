@@ -22,10 +22,38 @@ class UsageError(Exception):
 
 
 def _generate_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("generate", help="generate the synthetic splits and print the oracle's scores")
+    p = sub.add_parser("generate", help="generate the synthetic splits and print the oracle's scores",
+                       description="Default: the splits of configs/generate.yaml into data/synthetic. With "
+                                   "--engine dask: --n cases in partitions with independent seeds, on a cluster.")
     p.add_argument("--config", default=None, help="generate config (default configs/generate.yaml)")
     p.add_argument("--kb", default=None, help="knowledge base (default configs/knowledge_base.yaml)")
-    p.add_argument("--out", default=None, help="output folder (default data/synthetic)")
+    p.add_argument("--out", default=None, help="output folder (default data/synthetic; with --engine dask a new "
+                                               "folder, default data/generated)")
+    p.add_argument("--engine", choices=("local", "dask"), default="local")
+    p.add_argument("--n", type=int, default=None, help="cases to generate (--engine dask)")
+    p.add_argument("--partitions", type=int, default=None,
+                   help="partitions (--engine dask; default one per 1M cases; the data depends on it, not on workers)")
+    p.add_argument("--seed", type=int, default=None, help="seed (--engine dask; default the generate config's)")
+    p.add_argument("--population", choices=("default", "shift"), default="default", help="(--engine dask)")
+    p.add_argument("--scheduler", default=None, help="Dask scheduler address (default: a local cluster)")
+
+
+def _generate_dask(args: argparse.Namespace, kb, config) -> int:
+    from .datasets import DATA_DIR
+    from .scale import dask_client, generate_dask
+
+    if args.n is None or args.n < 1:
+        raise UsageError("--engine dask needs --n, the number of cases (>= 1).")
+    partitions = args.partitions or max(1, -(-args.n // 1_000_000))
+    if partitions < 1:
+        raise UsageError(f"--partitions == {partitions}, must be >= 1.")
+    out = Path(args.out) if args.out else DATA_DIR.parent / "generated"
+    seed = config.seed if args.seed is None else args.seed
+    with dask_client(args.scheduler) as client:
+        manifest = generate_dask(kb, args.n, seed=seed, partitions=partitions, out_dir=out, client=client,
+                                 population=args.population)
+    print(f"Wrote {args.n:,} cases in {len(manifest['files'])} partitions (seed {seed}) to {out}/")
+    return EXIT_OK
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -36,6 +64,8 @@ def _generate(args: argparse.Namespace) -> int:
     from .knowledge import load_knowledge_base
 
     kb = load_knowledge_base(args.kb)
+    if args.engine == "dask":
+        return _generate_dask(args, kb, load_config(GenerateConfig, args.config or CONFIG_DIR / "generate.yaml"))
     config = load_config(GenerateConfig, args.config or CONFIG_DIR / "generate.yaml")
     out = Path(args.out) if args.out else DATA_DIR
     frames = write_splits(kb, config, out)
@@ -209,11 +239,17 @@ def _score_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("score", help="score CSV or Parquet files of cases into one output file",
                        description="Exit codes: 0 every row scored, 1 some rows rejected (see "
                                    "OUTPUT.rejects.csv), 2 fatal error (nothing written).")
-    p.add_argument("inputs", nargs="+", help="CSV or Parquet files (by extension)")
-    p.add_argument("-o", "--output", required=True, help="output .csv or .parquet")
+    p.add_argument("inputs", nargs="+", help="CSV or Parquet files (by extension; with --engine dask also globs)")
+    p.add_argument("-o", "--output", required=True,
+                   help="output .csv or .parquet; with --engine dask a new folder of part files")
     p.add_argument("--model", default=None, help="models folder or MLflow URI (default models)")
     p.add_argument("--chunk-rows", type=int, default=50_000, help="rows per chunk (default 50000)")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+    p.add_argument("--engine", choices=("pandas", "dask"), default="pandas",
+                   help="pandas: stream in this process; dask: one task per input file on a cluster")
+    p.add_argument("--scheduler", default=None,
+                   help="Dask scheduler address (default: a local cluster, one worker per core)")
+    p.add_argument("--format", choices=("parquet", "csv"), default="parquet", help="part-file format (--engine dask)")
 
 
 def _score(args: argparse.Namespace) -> int:
@@ -222,12 +258,21 @@ def _score(args: argparse.Namespace) -> int:
 
     if args.chunk_rows < 1:
         raise UsageError(f"--chunk-rows == {args.chunk_rows}, must be >= 1.")
-    model = get_model(args.model)
-    summary = score_files(args.inputs, args.output, model, chunk_rows=args.chunk_rows,
-                          progress=not args.quiet and sys.stderr.isatty(),
-                          warn=lambda m: print(f"kneepain score: warning: {m}", file=sys.stderr))
+    warn = lambda m: print(f"kneepain score: warning: {m}", file=sys.stderr)  # noqa: E731
+    if args.engine == "dask":
+        from .scale import dask_client, score_files_dask
+
+        # the workers load the (hash-checked) model themselves, once each
+        with dask_client(args.scheduler) as client:
+            summary = score_files_dask(args.inputs, args.output, args.model, client=client, fmt=args.format,
+                                       chunk_rows=args.chunk_rows, warn=warn)
+        rejects_path = Path(args.output) / "rejects.csv"
+    else:
+        summary = score_files(args.inputs, args.output, get_model(args.model), chunk_rows=args.chunk_rows,
+                              progress=not args.quiet and sys.stderr.isatty(), warn=warn)
+        rejects_path = Path(f"{args.output}.rejects.csv")
     if not args.quiet:
-        rejected = (f", rejected {summary.rows_rejected:,} (see {args.output}.rejects.csv)"
+        rejected = (f", rejected {summary.rows_rejected:,} (see {rejects_path})"
                     if summary.rows_rejected else ", rejected 0")
         print(f"Scored {summary.rows_scored:,} rows{rejected} in {summary.seconds:.1f} s "
               f"({summary.rows_per_second:,.0f} rows/s) -> {args.output}")
@@ -308,10 +353,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .model_io import ModelIntegrityError
     from .schema import CaseValidationError
 
+    fatal: tuple[type[BaseException], ...] = (UsageError, ConfigError, KnowledgeBaseError, CaseValidationError,
+                                              FileNotFoundError, FileExistsError, BatchInputError, ModelIntegrityError)
+    if getattr(args, "engine", None) == "dask" or getattr(args, "backend", None) == "dask":
+        from .scale import DaskJobError
+
+        fatal += (DaskJobError,)
     try:
         return COMMANDS[args.command][1](args)
-    except (UsageError, ConfigError, KnowledgeBaseError, CaseValidationError, FileNotFoundError,
-            BatchInputError, ModelIntegrityError) as err:
+    except fatal as err:
         if args.debug:
             raise
         print(f"kneepain {args.command}: error: {err}", file=sys.stderr)

@@ -183,9 +183,6 @@ def test_ids_after_a_csv_ending_on_a_chunk(client, trained, kb, tmp_path):
     assert "y.csv\",299,\"case_id\",\"x-0\",\"duplicate case_id" in (tmp_path / "out" / "rejects.csv").read_text()
 
 
-@pytest.mark.xfail(raises=IndexError, strict=True,
-                   reason="pipeline.batch: iter_chunks yields a trailing empty chunk and _SeenIds then keeps "
-                          "an empty run, which check_and_add indexes at -1; remove this marker once fixed")
 def test_pandas_engine_ids_after_a_csv_ending_on_a_chunk(trained, kb, tmp_path):
     models, _ = trained
     summary = score_files(_two_csvs_with_ids(kb, tmp_path), tmp_path / "out.csv", get_model(models),
@@ -336,3 +333,19 @@ def test_a_worker_killed_every_time_fails_cleanly(client, trained, inputs, kill_
     with pytest.raises(DaskJobError, match=re.escape(f"{inputs[0]}: the Dask task failed (KilledWorker")):
         score_files_dask([inputs[0]], tmp_path / "out", models, client=client, chunk_rows=CHUNK)
     assert not [p for p in tmp_path.iterdir() if p.name == "out" or p.name.startswith(".out")]
+
+
+def test_command_line_dask_engines_against_a_scheduler(client, trained, tmp_path):
+    from pipeline.cli import main
+
+    models, _ = trained
+    address = client.scheduler.address
+    args = ["generate", "--engine", "dask", "--n", "3000", "--partitions", "2", "--seed", "5",
+            "--scheduler", address]
+    assert main([*args, "--out", str(tmp_path / "gen")]) == 0
+    parts = sorted((tmp_path / "gen").glob("part-*.parquet"))
+    assert len(parts) == 2 and sum(len(pd.read_parquet(p)) for p in parts) == 3000
+    assert main(["score", "--engine", "dask", "--scheduler", address, str(tmp_path / "gen" / "part-*.parquet"),
+                 "-o", str(tmp_path / "scored"), "--model", str(models), "--quiet"]) == 0
+    assert len(_read_parts(tmp_path / "scored")) == 3000
+    assert main([*args, "--out", str(tmp_path / "gen")]) == 2  # the output folder exists: nothing overwritten
