@@ -105,24 +105,29 @@ def run_command(cmd: Sequence[str], *, env: dict[str, str] | None = None,
     BenchmarkError
         If the command exits with a non-zero code.
     """
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err, \
+            tempfile.NamedTemporaryFile("r", suffix=".json") as rss:
+        # started through benchmarks.rss, a small interpreter: see that module for why
+        shim = [sys.executable, str(Path(__file__).with_name("rss.py")), rss.name, *map(str, cmd)]
         start = time.perf_counter()
-        proc = subprocess.Popen(list(cmd), stdout=out, stderr=err, env=env, cwd=cwd)
+        proc = subprocess.Popen(shim, stdout=out, stderr=err, env=env, cwd=cwd,
+)
         try:
-            _, status, usage = os.wait4(proc.pid, 0)
+            proc.wait()
         except BaseException:  # Ctrl-C: do not leave the child running, then stop as asked
             proc.kill()
             proc.wait()
             raise
         wall = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here; Popen must not wait again
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read(), err.read()
-    if proc.returncode != 0:
+        rss.seek(0)
+        text = rss.read()
+    if proc.returncode != 0 or not text:
         tail = "\n".join(stderr.splitlines()[-_STDERR_TAIL:])
         raise BenchmarkError(f"`{' '.join(map(str, cmd))}` exited with code {proc.returncode}:\n{tail}")
-    return ChildRun(wall, _max_rss_mb(usage.ru_maxrss), stdout, stderr)
+    return ChildRun(wall, _max_rss_mb(json.loads(text)["ru_maxrss"]), stdout, stderr)
 
 
 def time_in_child(case: Callable[[int], Callable[[], Any]], n: int, *, repeats: int = 3,

@@ -1,0 +1,26 @@
+"""Run one command under a small parent and write its peak RSS: ``python benchmarks/rss.py OUT CMD...``.
+
+On Linux a child's ``ru_maxrss`` keeps the high-water mark of the process that started it (it
+survives fork and exec), so a child started by a large benchmark process would report that
+process's memory. Started from this small interpreter, it reports its own (plus at most this
+shim's ~10 MB).
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+
+def main(argv: list[str]) -> int:
+    out, cmd = argv[0], argv[1:]
+    proc = subprocess.Popen(cmd)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    with open(out, "w", encoding="utf-8") as fh:
+        json.dump({"ru_maxrss": usage.ru_maxrss}, fh)
+    return proc.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
