@@ -110,8 +110,7 @@ def run_command(cmd: Sequence[str], *, env: dict[str, str] | None = None,
         # started through benchmarks.rss, a small interpreter: see that module for why
         shim = [sys.executable, str(Path(__file__).with_name("rss.py")), rss.name, *map(str, cmd)]
         start = time.perf_counter()
-        proc = subprocess.Popen(shim, stdout=out, stderr=err, env=env, cwd=cwd,
-)
+        proc = subprocess.Popen(shim, stdout=out, stderr=err, env=env, cwd=cwd)
         try:
             proc.wait()
         except BaseException:  # Ctrl-C: do not leave the child running, then stop as asked
