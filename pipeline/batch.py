@@ -14,6 +14,7 @@ import queue
 import sys
 import threading
 import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,9 +28,10 @@ import pyarrow.parquet as pq
 
 from .model_io import LoadedModel
 from .predict import score_parsed
-from .schema import CONDITIONS, ID_COLUMN, CaseValidationError, parse_cases
+from .schema import CONDITIONS, ID_COLUMN, CaseValidationError, ParsedCases, parse_cases
 
-__all__ = ["BatchInputError", "ScoreSummary", "score_files", "score_chunk", "iter_chunks", "REJECT_COLUMNS"]
+__all__ = ["BatchInputError", "ScoreSummary", "score_files", "score_chunk", "score_valid", "validate_chunk",
+           "iter_chunks", "REJECT_COLUMNS"]
 
 REJECT_COLUMNS = ["file", "row", "column", "value", "reason"]
 _CSV_BLOCK = 1 << 20  # small blocks keep pyarrow's read-ahead, and so peak memory, small
@@ -120,12 +122,12 @@ def _output_schema(id_column: str, multi: bool, decision: bool) -> pa.Schema:
     return pa.schema(fields)
 
 
-def score_chunk(model: LoadedModel, frame: pd.DataFrame, *, file: str, row_offset: int,
-                seen_ids: "_SeenIds | None" = None) -> tuple[pd.DataFrame, pd.DataFrame, tuple[str, ...]]:
-    """Score one chunk of raw cases. Returns (scored rows, reject lines, ignored columns).
+def validate_chunk(frame: pd.DataFrame, *, file: str, row_offset: int, seen_ids: "_SeenIds | None" = None
+                   ) -> tuple[ParsedCases, np.ndarray, pd.DataFrame]:
+    """Parse one chunk of raw cases: (parsed cases, which rows are valid, reject lines).
 
-    ``scored`` has ``row`` (0-based row in its file) and ``case_id`` when the input has one; each
-    reject line names the file, row, column, value and reason (a row may have several).
+    Each reject line names the file, row, column, value and reason (a row may have several).
+    ``seen_ids`` carries the case ids of earlier chunks, so a repeated id is rejected too.
     """
     try:
         parsed = parse_cases(frame, row_offset=row_offset, raise_on_error=False)
@@ -142,16 +144,28 @@ def score_chunk(model: LoadedModel, frame: pd.DataFrame, *, file: str, row_offse
                 "row": rows + row_offset, "column": ID_COLUMN, "value": parsed.ids.iloc[rows].astype(str).to_numpy(),
                 "reason": "duplicate case_id: seen in an earlier chunk or file"})], ignore_index=True)
             valid &= ~dup
-    good = parsed[valid]
-    scored = score_parsed(model, good, ids=None)
+    rejects = errors.assign(file=file)[REJECT_COLUMNS] if len(errors) else pd.DataFrame(columns=REJECT_COLUMNS)
+    return parsed, valid, rejects
+
+
+def score_valid(model: LoadedModel, parsed: ParsedCases, valid: np.ndarray, *, row_offset: int) -> pd.DataFrame:
+    """Score the valid rows of a parsed chunk: ``row`` (0-based row in its file), ``case_id``
+    when the input has one, then the columns of :func:`pipeline.predict.score_parsed`."""
+    scored = score_parsed(model, parsed[valid], ids=None)
     row_numbers = np.flatnonzero(valid) + row_offset
     if parsed.ids is not None:
         scored.insert(0, "row", row_numbers)
         scored[ID_COLUMN] = scored[ID_COLUMN].astype(str)
     else:
         scored["row"] = row_numbers
-    rejects = errors.assign(file=file)[REJECT_COLUMNS] if len(errors) else pd.DataFrame(columns=REJECT_COLUMNS)
-    return scored, rejects, parsed.ignored_columns
+    return scored
+
+
+def score_chunk(model: LoadedModel, frame: pd.DataFrame, *, file: str, row_offset: int,
+                seen_ids: "_SeenIds | None" = None) -> tuple[pd.DataFrame, pd.DataFrame, tuple[str, ...]]:
+    """Score one chunk of raw cases. Returns (scored rows, reject lines, ignored columns)."""
+    parsed, valid, rejects = validate_chunk(frame, file=file, row_offset=row_offset, seen_ids=seen_ids)
+    return score_valid(model, parsed, valid, row_offset=row_offset), rejects, parsed.ignored_columns
 
 
 class _SeenIds:
@@ -276,28 +290,42 @@ def score_files(inputs: list[str | Path], output: str | Path, model: LoadedModel
         pa.field("value", pa.string()), pa.field("reason", pa.string())]))
     bar = _progress(progress)
     seen = _SeenIds() if any(has_ids) else None
+    # parsing (in order: duplicate ids depend on earlier chunks) overlaps with scoring the previous
+    # chunk on a second thread; numpy, scikit-learn and Arrow release the GIL for much of both
+    scorer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kneepain-scorer")
+    in_flight: deque[tuple[Future, str]] = deque()
+
+    def finish_one() -> None:
+        future, name = in_flight.popleft()
+        scored = future.result()
+        if multi:
+            scored.insert(0, "file", name)
+        if ID_COLUMN in schema.names and ID_COLUMN not in scored:
+            scored[ID_COLUMN] = ""
+        writer.write(scored)
+        summary.rows_scored += len(scored)
+
     try:
         for path in paths:
             offset, ignored_told = 0, False
             for frame in _prefetch(iter_chunks(path, chunk_rows)):
-                scored, bad, ignored = score_chunk(model, frame, file=str(path), row_offset=offset, seen_ids=seen)
-                if ignored and not ignored_told:
-                    summary.warnings.append(f"{path}: ignoring columns that are not case fields: {', '.join(ignored)}")
+                parsed, valid, bad = validate_chunk(frame, file=str(path), row_offset=offset, seen_ids=seen)
+                if parsed.ignored_columns and not ignored_told:
+                    summary.warnings.append(f"{path}: ignoring columns that are not case fields: "
+                                            f"{', '.join(parsed.ignored_columns)}")
                     if warn:
                         warn(summary.warnings[-1])
                     ignored_told = True
-                if multi:
-                    scored.insert(0, "file", str(path))
-                if ID_COLUMN in schema.names and ID_COLUMN not in scored:
-                    scored[ID_COLUMN] = ""
-                writer.write(scored)
+                in_flight.append((scorer.submit(score_valid, model, parsed, valid, row_offset=offset), str(path)))
+                if len(in_flight) > 1:
+                    finish_one()
                 if len(bad):
                     rejects.write(bad.astype({"file": str, "value": str, "reason": str, "column": str}))
-                n_bad = bad["row"].nunique() if len(bad) else 0
-                summary.rows_scored += len(scored)
-                summary.rows_rejected += n_bad
+                summary.rows_rejected += bad["row"].nunique() if len(bad) else 0
                 offset += len(frame)
                 bar(len(frame))
+        while in_flight:
+            finish_one()
         writer.close()
         rejects.close()
         # rejects first: a run killed between the two renames leaves no output, never an output
@@ -309,6 +337,7 @@ def score_files(inputs: list[str | Path], output: str | Path, model: LoadedModel
             rejects_path.unlink(missing_ok=True)
         os.replace(writer.tmp, output)
     finally:
+        scorer.shutdown(wait=True, cancel_futures=True)
         for w in (writer, rejects):
             try:
                 w.close()

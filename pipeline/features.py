@@ -59,10 +59,10 @@ def featurize_codes(codes: dict[str, np.ndarray], center: dict[str, float], scal
             blocks += [z, z * z]
             if not f.required:
                 blocks.append(missing)
-    out = np.empty((n, len(blocks)), dtype=dtype)
+    out = np.empty((len(blocks), n), dtype=dtype)  # one contiguous row per feature, then transposed
     for j, b in enumerate(blocks):
-        out[:, j] = b
-    return out
+        out[j] = b
+    return out.T
 
 
 class CaseFeaturizer(TransformerMixin, BaseEstimator):

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 __all__ = [
     "CONDITIONS",
@@ -308,6 +310,18 @@ def _parse_coded(series: pd.Series, f: Field) -> tuple[np.ndarray, np.ndarray]:
     return codes, bad
 
 
+def _arrow_number(series: pd.Series) -> tuple[pd.Series, np.ndarray] | None:
+    """Numbers from text in one Arrow cast; None when some cell is not a number (the caller then
+    finds which, row by row)."""
+    try:
+        text = pc.utf8_trim_whitespace(pa.array(series.array))
+        blank = pc.or_kleene(pc.equal(text, ""), pc.equal(pc.utf8_lower(text), "unknown"))
+        values = pc.cast(pc.if_else(pc.fill_null(blank, True), pa.scalar(None, pa.string()), text), pa.float64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, TypeError):
+        return None
+    return pd.Series(values.to_numpy(zero_copy_only=False)), np.zeros(len(series), dtype=bool)
+
+
 def _parse_number(series: pd.Series, f: Field) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Floats (NaN unknown), an error mask and a reason per error."""
     if pd.api.types.is_bool_dtype(series.dtype):
@@ -316,6 +330,8 @@ def _parse_number(series: pd.Series, f: Field) -> tuple[np.ndarray, np.ndarray, 
     elif pd.api.types.is_numeric_dtype(series.dtype):
         raw = series.astype("Float64").astype(float)
         bad_type = np.zeros(len(series), dtype=bool)
+    elif isinstance(series.dtype, pd.StringDtype) and (fast := _arrow_number(series)) is not None:
+        raw, bad_type = fast
     elif isinstance(series.dtype, pd.StringDtype):
         text = series.str.strip()
         blank = (series.isna() | text.eq("") | text.str.lower().eq("unknown")).to_numpy(dtype=bool)
