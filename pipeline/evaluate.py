@@ -7,7 +7,6 @@ answers are blanked; :func:`write_reports` writes ``metrics.json``, the plots an
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -192,13 +191,13 @@ def evaluate_model(model: LoadedModel, kb: KnowledgeBase, splits: dict[str, pd.D
     Returns
     -------
     metrics : dict
-        ``{"test": {...}, "shift": {...}, "robustness": [...], "split_sizes": {...}, "seconds": float}``.
+        ``{"test": {...}, "shift": {...}, "robustness": [...], "split_sizes": {...}, ...}``; the same
+        model and data give the same file (no timings), so a changed metrics.json means a change.
     arrays : dict, only if ``return_arrays``
     """
     missing = [s for s in REQUIRED_SPLITS if s not in splits]
     if missing:
         raise KeyError(f"splits lacks {missing}; it must hold {list(REQUIRED_SPLITS)}, got {list(splits)}.")
-    start = time.perf_counter()
     metrics: dict[str, Any] = {}
     arrays: dict[str, dict[str, np.ndarray]] = {}
     for name in REQUIRED_SPLITS:
@@ -212,7 +211,6 @@ def evaluate_model(model: LoadedModel, kb: KnowledgeBase, splits: dict[str, pd.D
         metrics["questioning"] = simulate_questioning(model, model.kb or kb, splits["test"].head(questioning_cases),
                                                       k_max=10, seed=seed)
     metrics["split_sizes"] = {name: len(frame) for name, frame in splits.items()}
-    metrics["seconds"] = time.perf_counter() - start
     return (metrics, arrays) if return_arrays else metrics
 
 
