@@ -30,10 +30,13 @@ from .model_io import LoadedModel
 from .predict import score_parsed
 from .schema import CONDITIONS, ID_COLUMN, CaseValidationError, ParsedCases, parse_cases
 
-__all__ = ["BatchInputError", "ScoreSummary", "score_files", "score_chunk", "score_valid", "validate_chunk",
-           "iter_chunks", "REJECT_COLUMNS"]
+__all__ = ["CHUNK_ROWS", "REJECT_COLUMNS", "BatchInputError", "ScoreSummary", "iter_chunks", "score_chunk",
+           "score_files", "score_valid", "validate_chunk"]
 
 REJECT_COLUMNS = ["file", "row", "column", "value", "reason"]
+# rows per chunk: 100k scored 1M rows 8% faster than 50k (fewer per-chunk costs) for ~230 MB more
+# peak memory (0.92 vs 0.69 GB); memory stays flat as files grow either way
+CHUNK_ROWS = 100_000
 _CSV_BLOCK = 1 << 20  # small blocks keep pyarrow's read-ahead, and so peak memory, small
 
 
@@ -70,7 +73,7 @@ def _csv_header(path: Path) -> list[str]:
     return header
 
 
-def iter_chunks(path: str | Path, chunk_rows: int = 50_000) -> Iterator[pd.DataFrame]:
+def iter_chunks(path: str | Path, chunk_rows: int = CHUNK_ROWS) -> Iterator[pd.DataFrame]:
     """DataFrames of about ``chunk_rows`` rows from a CSV (all cells as text) or Parquet file."""
     path = Path(path)
     suffix = path.suffix.lower()
@@ -261,7 +264,7 @@ def _prefetch(chunks: Iterator[pd.DataFrame], depth: int = 2) -> Iterator[pd.Dat
         stop.set()
 
 
-def score_files(inputs: list[str | Path], output: str | Path, model: LoadedModel, *, chunk_rows: int = 50_000,
+def score_files(inputs: list[str | Path], output: str | Path, model: LoadedModel, *, chunk_rows: int = CHUNK_ROWS,
                 progress: bool = False, warn: Callable[[str], None] | None = None) -> ScoreSummary:
     """Score every row of ``inputs`` into ``output`` (CSV or Parquet by extension).
 

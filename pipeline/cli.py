@@ -236,6 +236,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _score_parser(sub: argparse._SubParsersAction) -> None:
+    from .batch import CHUNK_ROWS
+
     p = sub.add_parser("score", help="score CSV or Parquet files of cases into one output file",
                        description="Exit codes: 0 every row scored, 1 some rows rejected (see "
                                    "OUTPUT.rejects.csv), 2 fatal error (nothing written).")
@@ -243,7 +245,8 @@ def _score_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True,
                    help="output .csv or .parquet; with --engine dask a new folder of part files")
     p.add_argument("--model", default=None, help="models folder or MLflow URI (default models)")
-    p.add_argument("--chunk-rows", type=int, default=50_000, help="rows per chunk (default 50000)")
+    p.add_argument("--chunk-rows", type=int, default=CHUNK_ROWS,
+                   help=f"rows per chunk (default {CHUNK_ROWS}; memory grows with it)")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
     p.add_argument("--engine", choices=("pandas", "dask"), default="pandas",
                    help="pandas: stream in this process; dask: one task per input file on a cluster")

@@ -36,6 +36,14 @@ class Decision:
     """Fitted decision layer: the triage config, conformal thresholds and atypical threshold."""
 
     def __init__(self, spec: dict):
+        needed = {"triage": (), "conformal": ("thresholds",), "atypical": ("thresholds_by_n_known",)}
+        missing = [f"{k}.{sub}" if sub else k for k, subs in needed.items() for sub in (subs or ("",))
+                   if k not in spec or (sub and sub not in spec[k])]
+        if missing:
+            from .model_io import ModelIntegrityError
+
+            raise ModelIntegrityError(f"the model's decision layer lacks {', '.join(missing)}: it was trained by "
+                                      "another version of kneepain; retrain it with `kneepain train`.")
         self.spec = spec
         self.config = TriageConfig.model_validate(spec["triage"])
         self.conformal = spec["conformal"]

@@ -30,7 +30,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from . import batch
-from .batch import REJECT_COLUMNS, BatchInputError, ScoreSummary
+from .batch import CHUNK_ROWS, REJECT_COLUMNS, BatchInputError, ScoreSummary
 from .io import sha256_file, write_json_atomic
 from .model_io import MODELS_DIR, ModelIntegrityError
 from .schema import ID_COLUMN
@@ -276,7 +276,7 @@ def _publish(tmp: Path, results: list[_FileResult], target: Path) -> None:
 
 def score_files_dask(inputs: Sequence[str | Path] | str | Path, output_dir: str | Path,
                      model_source: str | Path | None = None, *, client: "Client", fmt: str = "parquet",
-                     chunk_rows: int = 50_000, retries: int = 2,
+                     chunk_rows: int = CHUNK_ROWS, retries: int = 2,
                      warn: Callable[[str], None] | None = None) -> ScoreSummary:
     """Score every row of ``inputs`` on a Dask cluster into a folder of part files.
 
@@ -296,7 +296,7 @@ def score_files_dask(inputs: Sequence[str | Path] | str | Path, output_dir: str 
         The cluster to run on (see :func:`dask_client`).
     fmt : {"parquet", "csv"}, default="parquet"
         Format of the part files.
-    chunk_rows : int, default=50_000
+    chunk_rows : int, default=CHUNK_ROWS
         Rows per chunk, as in :func:`pipeline.batch.score_files`.
     retries : int, default=2
         Retries of a task that raised an unexpected error. A task whose worker died is rerun by

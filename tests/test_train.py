@@ -131,3 +131,14 @@ def test_manifest_records_lineage(trained):
                 "mlflow_run_id", "mlflow_model_uri", "winner", "calibration"):
         assert key in manifest, key
     assert set(manifest["data_sha256"]) == {"train", "valid", "calib"}
+
+
+def test_a_decision_layer_from_another_version_is_refused_clearly(trained, tmp_path):
+    models, _ = trained
+    copy = tmp_path / "models"
+    shutil.copytree(models, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["decision"]["atypical"] = {"threshold": 1.0}  # the layout of an older release
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelIntegrityError, match="another version of kneepain; retrain"):
+        load_model(copy)
