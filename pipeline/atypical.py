@@ -55,15 +55,18 @@ def fit_atypical(kb: KnowledgeBase, parsed_calib: ParsedCases, quantile: float, 
     samples = [parsed_calib] + [_blanked(parsed_calib, rng) for _ in range(_COPIES)]
     scores = np.concatenate([surprise(kb, p) for p in samples])
     known = np.concatenate([n_known(p) for p in samples])
-    thresholds = np.full(len(FIELDS) + 1, np.nan)
-    pooled: list[int] = []
+    groups: list[list[int]] = [[]]
     for k in range(len(FIELDS) + 1):
-        pooled.append(k)
-        mask = np.isin(known, pooled)
-        if mask.sum() >= _MIN_PER_BUCKET or k == len(FIELDS):
-            thresholds[pooled] = np.quantile(scores[mask], 1 - quantile) if mask.any() else np.inf
-            pooled = []
-    thresholds = np.where(np.isnan(thresholds), np.nanmax(thresholds), thresholds)
+        groups[-1].append(k)
+        if np.isin(known, groups[-1]).sum() >= _MIN_PER_BUCKET:
+            groups.append([])
+    if len(groups) > 1:  # a short (or empty) last group joins the one before it
+        last = groups.pop()
+        groups[-1].extend(last)
+    thresholds = np.empty(len(FIELDS) + 1)
+    for group in groups:
+        mask = np.isin(known, group)
+        thresholds[group] = np.quantile(scores[mask], 1 - quantile) if mask.any() else np.inf
     return {"quantile": quantile, "thresholds_by_n_known": thresholds.tolist(), "n_calib": int(len(parsed_calib)),
             "n_reference": int(len(scores))}
 

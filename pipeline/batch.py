@@ -23,12 +23,13 @@ from typing import Callable, Iterator
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from .model_io import LoadedModel
 from .predict import score_parsed
-from .schema import CONDITIONS, ID_COLUMN, CaseValidationError, ParsedCases, parse_cases
+from .schema import CONDITIONS, ID_COLUMN, CaseValidationError, ParsedCases, normalise_ids, parse_cases
 
 __all__ = ["CHUNK_ROWS", "REJECT_COLUMNS", "BatchInputError", "ScoreSummary", "iter_chunks", "score_chunk",
            "score_files", "score_valid", "validate_chunk"]
@@ -67,6 +68,8 @@ def _csv_header(path: Path) -> list[str]:
             header = next(csv.reader(fh), None)
     except UnicodeDecodeError as err:
         raise BatchInputError(f"{path}: the header is not valid UTF-8 ({err.reason} at byte {err.start}).") from err
+    except OSError as err:
+        raise BatchInputError(f"{path}: cannot read: {err.strerror or err}.") from err
     if not header or all(not h.strip() for h in header):
         raise BatchInputError(f"{path}: the file is empty (no header line); expected a CSV header with at least "
                               "the required columns age and sex.")
@@ -82,7 +85,7 @@ def iter_chunks(path: str | Path, chunk_rows: int = CHUNK_ROWS) -> Iterator[pd.D
     try:
         if suffix == ".parquet":
             for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows):
-                yield batch.to_pandas()
+                yield _ids_as_text(pa.Table.from_batches([batch])).to_pandas()
             return
         if suffix != ".csv":
             raise BatchInputError(f"{path}: unsupported file type {suffix!r}; expected .csv or .parquet.")
@@ -107,6 +110,16 @@ def iter_chunks(path: str | Path, chunk_rows: int = CHUNK_ROWS) -> Iterator[pd.D
         if "invalid UTF8" in message or "UTF8" in message:
             message = "not valid UTF-8 text (save the file as UTF-8)"
         raise BatchInputError(f"{path}: cannot read: {message}") from err
+
+
+def _ids_as_text(table: pa.Table) -> pa.Table:
+    """A numeric ``case_id`` column as text in Arrow (in pandas, integers with nulls become floats: "123.0")."""
+    names = [n.strip().lower() for n in table.column_names]
+    if ID_COLUMN in names:
+        i = names.index(ID_COLUMN)
+        if not pa.types.is_string(table.schema.types[i]) and not pa.types.is_large_string(table.schema.types[i]):
+            table = table.set_column(i, table.column_names[i], pc.cast(table.column(i), pa.string()))
+    return table
 
 
 def _output_schema(id_column: str, multi: bool, decision: bool) -> pa.Schema:
@@ -178,7 +191,7 @@ class _SeenIds:
         self.runs: list[np.ndarray] = []
 
     def check_and_add(self, ids: pd.Series) -> np.ndarray:
-        text = ids.astype(str).str.strip()
+        text = normalise_ids(ids)
         named = (ids.notna() & (text != "")).to_numpy()
         h = pd.util.hash_pandas_object(text, index=False).to_numpy()
         dup = np.zeros(len(h), dtype=bool)
@@ -204,10 +217,13 @@ class _Writer:
     def __init__(self, target: Path, schema: pa.Schema):
         self.target, self.schema = target, schema
         self.tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        if target.suffix.lower() == ".parquet":
-            self._w = pq.ParquetWriter(self.tmp, schema, compression="zstd")
-        else:
-            self._w = pacsv.CSVWriter(self.tmp, schema)
+        try:
+            if target.suffix.lower() == ".parquet":
+                self._w = pq.ParquetWriter(self.tmp, schema, compression="zstd")
+            else:
+                self._w = pacsv.CSVWriter(self.tmp, schema)
+        except OSError as err:
+            raise BatchInputError(f"{target}: cannot write: {err.strerror or err}.") from err
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kneepain-writer")
         self._pending: Future | None = None
 
@@ -235,20 +251,25 @@ def _prefetch(chunks: Iterator[pd.DataFrame], depth: int = 2) -> Iterator[pd.Dat
     stop = threading.Event()
     done = object()
 
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                items.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False  # the consumer has gone: drop the item rather than block forever
+
     def produce() -> None:
         try:
             for chunk in chunks:
-                while not stop.is_set():
-                    try:
-                        items.put(chunk, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not put(chunk):
                     return
-            items.put(done)
+            put(done)
         except BaseException as err:  # handed to the consumer, which raises it
-            items.put(err)
+            put(err)
+        finally:
+            chunks.close()  # the reader and its file are released even if the consumer stopped early
 
     thread = threading.Thread(target=produce, name="kneepain-reader", daemon=True)
     thread.start()
@@ -333,6 +354,7 @@ def score_files(inputs: list[str | Path], output: str | Path, model: LoadedModel
         rejects.close()
         # rejects first: a run killed between the two renames leaves no output, never an output
         # whose rejects are missing
+        output.unlink(missing_ok=True)  # never leave new rejects beside an old output
         if summary.rows_rejected:
             os.replace(rejects.tmp, rejects_path)
         else:

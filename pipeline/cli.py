@@ -357,7 +357,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .schema import CaseValidationError
 
     fatal: tuple[type[BaseException], ...] = (UsageError, ConfigError, KnowledgeBaseError, CaseValidationError,
-                                              FileNotFoundError, FileExistsError, BatchInputError, ModelIntegrityError)
+                                              FileNotFoundError, FileExistsError, PermissionError, BatchInputError,
+                                              ModelIntegrityError)
     if getattr(args, "engine", None) == "dask" or getattr(args, "backend", None) == "dask":
         from .scale import DaskJobError
 

@@ -21,11 +21,12 @@ __all__ = ["fit_conformal", "prediction_sets", "format_sets", "oracle_set_size"]
 
 
 def _quantile(scores: np.ndarray, coverage: float) -> float:
+    """The k-th smallest score, k = ceil((n + 1) * coverage); 1.0 (every class) when k > n."""
     n = len(scores)
-    if n == 0:
-        return 1.0  # no calibration cases: include everything
-    level = min(1.0, np.ceil((n + 1) * coverage) / n)
-    return float(np.quantile(scores, level, method="higher"))
+    k = int(np.ceil((n + 1) * coverage))
+    if k > n:
+        return 1.0  # too few calibration cases for this coverage: include everything
+    return float(np.sort(scores)[k - 1])
 
 
 def fit_conformal(proba: np.ndarray, y: np.ndarray, *, coverage: float, mondrian: bool) -> dict:

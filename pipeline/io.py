@@ -22,7 +22,7 @@ def sha256_file(path: str | Path) -> str:
 def write_text_atomic(path: str | Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # unique per process: two writers never share it
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 

@@ -6,6 +6,8 @@ A joblib file runs code when it is loaded, so :func:`load_model` checks the file
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import platform
@@ -142,7 +144,8 @@ def load_model(source: str | Path | LoadedModel | None = None) -> LoadedModel:
     if not model_path.exists():
         raise FileNotFoundError(f"no model at {model_path}: run `make run` (or `kneepain train`) first.")
     manifest = _read_manifest(folder)
-    digest = sha256_file(model_path)
+    data = model_path.read_bytes()  # hashed and unpickled from the same bytes: no swap in between
+    digest = hashlib.sha256(data).hexdigest()
     if digest != manifest["sha256"]:
         raise ModelIntegrityError(
             f"{model_path} has SHA-256 {digest[:16]}..., but {folder / MANIFEST_FILE} expects "
@@ -167,4 +170,4 @@ def load_model(source: str | Path | LoadedModel | None = None) -> LoadedModel:
         if not kb_file.exists() or sha256_file(kb_file) != manifest.get("knowledge_base_sha256"):
             raise ModelIntegrityError(f"{kb_file} is missing or does not match the manifest's knowledge_base_sha256.")
         kb, decision = load_knowledge_base(kb_file), Decision(manifest["decision"])
-    return LoadedModel(joblib.load(model_path), manifest, str(folder), kb, decision)
+    return LoadedModel(joblib.load(io.BytesIO(data)), manifest, str(folder), kb, decision)

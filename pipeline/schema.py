@@ -326,6 +326,8 @@ def _arrow_number(series: pd.Series) -> tuple[pd.Series, np.ndarray] | None:
         values = pc.cast(pc.if_else(pc.fill_null(blank, True), pa.scalar(None, pa.string()), text), pa.float64())
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, TypeError):
         return None
+    if pc.any(pc.is_nan(values)).as_py():  # text "nan" is not a number: let the row-by-row path say so
+        return None
     return pd.Series(values.to_numpy(zero_copy_only=False)), np.zeros(len(series), dtype=bool)
 
 
@@ -428,9 +430,9 @@ def parse_cases(cases: pd.DataFrame, *, row_offset: int = 0, raise_on_error: boo
 
     if ID_COLUMN in columns:
         ids_raw = cases[columns[ID_COLUMN]]
-        dup = ids_raw.duplicated(keep="first").to_numpy()
+        text = normalise_ids(ids_raw)
+        dup = text.duplicated(keep="first").to_numpy()
         if dup.any():  # blank ids are not identifiers, so they are never duplicates
-            text = ids_raw.astype(str).str.strip()
             dup = dup & ids_raw.notna().to_numpy() & (text != "").to_numpy()
             first = pd.Series(rows).groupby(text.to_numpy()).transform("min").to_numpy()
             report(ID_COLUMN, dup, ids_raw, np.array([f"duplicate case_id: first seen at row {r}" for r in first]))
@@ -453,6 +455,11 @@ def parse_cases(cases: pd.DataFrame, *, row_offset: int = 0, raise_on_error: boo
     if raise_on_error and len(errors):
         raise CaseValidationError(errors, n)
     return parsed
+
+
+def normalise_ids(ids: pd.Series) -> pd.Series:
+    """Case ids as compared for duplicates: text with surrounding spaces removed."""
+    return ids.astype(str).str.strip()
 
 
 def _show(value: Any, limit: int = 80) -> str:

@@ -139,3 +139,17 @@ def test_differential_lists_the_set_most_likely_first(trained, kb):
     first = out["differential"].str.split("|").str[0]
     assert (first == out["prediction"]).all()
     assert (out["differential"].str.count(r"\|") + 1 == out["differential_size"]).all()
+
+
+def test_conformal_threshold_is_the_right_order_statistic():
+    # scores 0.01, 0.02, ..., 1.00 (the true class is never the top one); n=100, coverage 0.9:
+    # k = ceil(101 * 0.9) = 91, so the threshold is the 91st smallest score
+    n = 100
+    proba = np.zeros((n, len(CONDITIONS)))
+    proba[:, 0] = 1.0 - np.arange(1, n + 1) / 100
+    proba[:, 1] = 1.0 - proba[:, 0]
+    y = np.zeros(n, dtype=int)
+    fitted = fit_conformal(proba, y, coverage=0.9, mondrian=False)
+    scores = np.where(proba.argmax(axis=1) == y, 0.0, 1.0 - proba[:, 0])
+    assert fitted["thresholds"][0] == pytest.approx(np.sort(scores)[90])
+    assert fit_conformal(proba[:5], y[:5], coverage=0.9, mondrian=False)["thresholds"][0] == 1.0  # k > n

@@ -67,3 +67,16 @@ def test_readme_data_dictionary_is_generated_from_schema():
     assert render_readme(text) == text, "README is out of date: run `python -m pipeline.docs`"
     for f in FIELDS:
         assert f"`{f.name}`" in data_dictionary_markdown()
+
+
+def test_text_nan_is_rejected_whatever_else_is_in_the_column():
+    for other in ("25", "abc"):
+        frame = pd.DataFrame({"age": ["40", "41"], "sex": ["male", "male"], "bmi": ["nan", other]}).astype("str")
+        parsed = parse_cases(frame, raise_on_error=False)
+        assert not parsed.valid[0], other
+        assert parsed.errors.loc[parsed.errors["row"] == 0, "reason"].str.contains("not a number").all()
+
+
+def test_duplicate_ids_ignore_surrounding_spaces():
+    frame = pd.DataFrame({"case_id": ["A", "A "], "age": [30, 31], "sex": ["male", "male"]})
+    assert parse_cases(frame, raise_on_error=False).valid.tolist() == [True, False]

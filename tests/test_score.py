@@ -155,3 +155,16 @@ def test_killed_run_leaves_no_output(trained, kb, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not out.exists() and not (tmp_path / "out.csv.rejects.csv").exists()
+
+
+def test_numeric_parquet_ids_pass_through_as_written(trained, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    models, _ = trained
+    pq.write_table(pa.table({"case_id": pa.array([123, None, 9007199254740993], pa.int64()),
+                             "age": [30, 40, 50], "sex": ["male", "female", "male"]}), tmp_path / "in.parquet")
+    assert main(["score", str(tmp_path / "in.parquet"), "-o", str(tmp_path / "out.csv"), "--model", str(models),
+                 "--quiet"]) == 0
+    ids = pd.read_csv(tmp_path / "out.csv", dtype=str, keep_default_na=False)["case_id"].tolist()
+    assert ids == ["123", "", "9007199254740993"]
