@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["sha256_file", "write_json_atomic", "write_text_atomic"]
+__all__ = ["sha256_file", "tmp_path", "write_json_atomic", "write_text_atomic"]
 
 
 def sha256_file(path: str | Path) -> str:
@@ -19,10 +19,17 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def tmp_path(path: str | Path) -> Path:
+    """The hidden temporary name a file is written under before it is renamed into place
+    (unique per process, so two writers never share one)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # unique per process: two writers never share it
+    tmp = tmp_path(path)
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 

@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from . import batch
 from .batch import CHUNK_ROWS, REJECT_COLUMNS, BatchInputError, ScoreSummary
-from .io import sha256_file, write_json_atomic
+from .io import sha256_file, tmp_path, write_json_atomic
 from .model_io import MODELS_DIR, ModelIntegrityError
 from .schema import ID_COLUMN
 
@@ -107,17 +107,8 @@ class _FileResult:
     error: Exception | None = None
 
 
-def _reject_schema() -> pa.Schema:
-    return pa.schema([pa.field("file", pa.string()), pa.field("row", pa.int64()), pa.field("column", pa.string()),
-                      pa.field("value", pa.string()), pa.field("reason", pa.string())])
-
-
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
 def _write_part(table: pa.Table, path: Path, fmt: str) -> None:
-    tmp = _tmp_name(path)  # a worker killed mid-write leaves only a hidden .tmp, removed by the driver
+    tmp = tmp_path(path)  # a worker killed mid-write leaves only a hidden .tmp, removed by the driver
     if fmt == "parquet":
         pq.write_table(table, tmp, compression="zstd")
     else:
@@ -148,25 +139,19 @@ def _score_file(index: int, label: str, path: str, model_source: str, tmp_dir: s
                 continue
             scored, bad, ignored = batch.score_chunk(model, frame, file=label, row_offset=offset, seen_ids=seen)
             result.ignored = result.ignored or ignored
-            scored.insert(0, "file", label)
-            if ID_COLUMN in schema.names and ID_COLUMN not in scored:
-                scored[ID_COLUMN] = ""
             name = f"part-{index:05d}-{chunk:05d}.{fmt}"
-            _write_part(pa.Table.from_pandas(scored[schema.names], schema=schema, preserve_index=False),
-                        folder / name, fmt)
+            _write_part(batch.output_table(scored, schema, file=label), folder / name, fmt)
             result.parts.append(name)
             if len(bad):
                 if rejects is None:
-                    rejects = pacsv.CSVWriter(_tmp_name(rejects_path), _reject_schema())
-                rejects.write_table(pa.Table.from_pandas(
-                    bad.astype({"file": str, "value": str, "reason": str, "column": str})[REJECT_COLUMNS],
-                    schema=_reject_schema(), preserve_index=False))
+                    rejects = pacsv.CSVWriter(tmp_path(rejects_path), batch.REJECT_SCHEMA)
+                rejects.write_table(batch.reject_table(bad))
                 result.rows_rejected += bad["row"].nunique()
             result.rows_scored += len(scored)
             offset += len(frame)
         if rejects is not None:
             rejects.close()
-            os.replace(_tmp_name(rejects_path), rejects_path)
+            os.replace(tmp_path(rejects_path), rejects_path)
             result.rejects = rejects_path.name
     except _INPUT_ERRORS as err:  # returned, not raised: Dask would retry a task that raises
         result.error = err
@@ -254,7 +239,7 @@ def _cross_file_duplicates(results: list[_FileResult]) -> dict[int, np.ndarray]:
 def _publish(tmp: Path, results: list[_FileResult], target: Path) -> None:
     """Merge the rejects into ``rejects.csv``, drop leftovers of killed attempts, rename ``tmp`` to ``target``."""
     sink = pa.BufferOutputStream()
-    pacsv.write_csv(_reject_schema().empty_table(), sink)
+    pacsv.write_csv(batch.REJECT_SCHEMA.empty_table(), sink)
     with open(tmp / REJECTS_FILE, "wb") as out:
         out.write(sink.getvalue().to_pybytes())
         for r in results:
@@ -327,7 +312,7 @@ def score_files_dask(inputs: Sequence[str | Path] | str | Path, output_dir: str 
     start = time.perf_counter()
     paths, target = _expand_inputs(inputs), Path(output_dir)
     labels = [str(p) for p in paths]
-    has_ids = [ID_COLUMN in {h.strip().lower().lstrip("\ufeff") for h in batch._peek_columns(p)} for p in paths]
+    has_ids = [batch.has_case_ids(p) for p in paths]
     model = _model_path(model_source)
     if target.exists():
         raise BatchInputError(f"{target}: already exists; the dask engine writes a new folder and never "
@@ -373,7 +358,7 @@ def _generate_part(kb: "KnowledgeBase", n: int, seed: np.random.SeedSequence, in
     frame = generate_cases(kb, n, seed=seed)
     frame.insert(0, ID_COLUMN, [f"p{index:05d}-{j:07d}" for j in range(n)])
     path = Path(tmp_dir) / f"part-{index:05d}.parquet"
-    tmp = _tmp_name(path)
+    tmp = tmp_path(path)
     frame.to_parquet(tmp, index=False, compression="zstd")
     os.replace(tmp, path)
     return {"file": path.name, "n": n, "sha256": sha256_file(path)}
