@@ -30,7 +30,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from . import batch
-from .batch import CHUNK_ROWS, REJECT_COLUMNS, BatchInputError, ScoreSummary
+from .batch import CHUNK_ROWS, BatchInputError, ScoreSummary
 from .io import sha256_file, tmp_path, write_json_atomic
 from .model_io import MODELS_DIR, ModelIntegrityError
 from .schema import ID_COLUMN
