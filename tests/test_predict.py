@@ -9,7 +9,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import pipeline
 from pipeline import CaseValidationError, predict
 from pipeline.predict import clear_model_cache, output_columns
 from pipeline.schema import CONDITIONS, FIELDS

@@ -4,7 +4,6 @@ import io
 from dataclasses import replace
 
 import numpy as np
-import pandas as pd
 import pytest
 from scipy.special import entr
 

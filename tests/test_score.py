@@ -1,8 +1,6 @@
 """`kneepain score` on real files: the bad-input corpus, atomic output, and agreement with predict()."""
 
 import csv
-import io
-import os
 import signal
 import subprocess
 import sys

@@ -13,7 +13,6 @@ from pipeline.datasets import labels, read_split
 from pipeline.features import CaseFeaturizer
 from pipeline.metrics import ece_top_label, log_loss, summary
 from pipeline.model_io import ModelIntegrityError, load_model, save_model
-from pipeline.predict import predict
 from pipeline.train import calibrate, select_candidate, train_model, CandidateResult
 
 
