@@ -15,7 +15,7 @@ import numpy as np
 
 from .knowledge import KnowledgeBase
 from .oracle import log_density
-from .schema import FIELDS, ParsedCases, UNKNOWN
+from .schema import FIELDS, ParsedCases
 
 __all__ = ["surprise", "fit_atypical", "flag_atypical", "n_known"]
 
@@ -37,16 +37,9 @@ def surprise(kb: KnowledgeBase, parsed: ParsedCases) -> np.ndarray:
 
 
 def _blanked(parsed: ParsedCases, rng: np.random.Generator) -> ParsedCases:
+    """Each case's optional answers hidden at its own random rate."""
     rate = rng.uniform(0.0, 1.0, size=len(parsed))
-    codes = {}
-    for f in FIELDS:
-        c = parsed.codes[f.name]
-        if f.required:
-            codes[f.name] = c
-            continue
-        hide = rng.random(len(parsed)) < rate
-        codes[f.name] = np.where(hide, np.nan if f.kind in ("integer", "float") else UNKNOWN, c).astype(c.dtype)
-    return ParsedCases(codes, parsed.valid, parsed.errors)
+    return parsed.blanked({f.name: rng.random(len(parsed)) < rate for f in FIELDS if not f.required})
 
 
 def fit_atypical(kb: KnowledgeBase, parsed_calib: ParsedCases, quantile: float, *, seed: int = 0) -> dict:

@@ -23,7 +23,7 @@ from .io import write_json_atomic, write_text_atomic
 from .knowledge import KnowledgeBase
 from .model_io import LoadedModel
 from .oracle import oracle_posterior
-from .schema import CONDITION_LABELS, CONDITIONS, FIELDS, LABEL_COLUMN, UNKNOWN, ParsedCases, parse_cases
+from .schema import CONDITION_LABELS, CONDITIONS, FIELDS, LABEL_COLUMN, ParsedCases, parse_cases
 
 __all__ = ["REQUIRED_SPLITS", "evaluate_model", "evaluate_split", "format_metrics_table",
            "robustness_curve", "uncalibrated_estimator", "write_reports"]
@@ -117,14 +117,6 @@ def evaluate_split(model: LoadedModel, kb: KnowledgeBase, frame: pd.DataFrame, *
     return out, {"y": y, "proba": proba, "proba_uncalibrated": raw, "proba_oracle": oracle}
 
 
-def _blanked(parsed: ParsedCases, u: dict[str, np.ndarray], share: float) -> ParsedCases:
-    codes = {k: v.copy() for k, v in parsed.codes.items()}
-    for f in _OPTIONAL:
-        hide = u[f.name] < share
-        codes[f.name][hide] = np.nan if f.kind in ("integer", "float") else UNKNOWN
-    return ParsedCases(codes, parsed.valid.copy(), parsed.errors, parsed.ids, parsed.ignored_columns)
-
-
 def robustness_curve(model: LoadedModel, kb: KnowledgeBase, frame: pd.DataFrame,
                      shares: Sequence[float] = (0.0, 0.2, 0.4, 0.6), seed: int = 0) -> list[dict[str, float]]:
     """Model and oracle scores as a growing share of optional answers is blanked to unknown.
@@ -160,7 +152,7 @@ def robustness_curve(model: LoadedModel, kb: KnowledgeBase, frame: pd.DataFrame,
     u = {f.name: rng.random(len(y)) for f in _OPTIONAL}
     curve = []
     for share in shares:
-        cases = _blanked(parsed, u, float(share))
+        cases = parsed.blanked({f.name: u[f.name] < float(share) for f in _OPTIONAL})
         proba = _checked_proba(model.predict_proba(cases), len(y), "the model")
         oracle = oracle_posterior(kb, cases).to_numpy()
         curve.append({"blanked_share": float(share), "accuracy": M.accuracy(proba, y),

@@ -26,7 +26,7 @@ from .datasets import labels
 from .knowledge import KnowledgeBase
 from .model_io import LoadedModel
 from .questions import CANDIDATE_FIELDS, QuestionsConfig, load_questions_config, score_questions
-from .schema import CONDITIONS, FIELD_NAMES, FIELDS, UNKNOWN, ParsedCases, field, parse_cases
+from .schema import CONDITIONS, FIELD_NAMES, FIELDS, ParsedCases, field, parse_cases
 
 __all__ = ["STRATEGIES", "plot_questioning", "simulate_questioning"]
 
@@ -35,15 +35,6 @@ _DVT = CONDITIONS.index("dvt")
 _URGENT = ("emergency", "see_doctor_soon")
 _PREGNANT = CANDIDATE_FIELDS.index("pregnant")
 _MALE = field("sex").allowed.index("male")
-
-
-def _hidden(parsed: ParsedCases, start_fields: Sequence[str]) -> ParsedCases:
-    codes = {}
-    for f in FIELDS:
-        c = parsed.codes[f.name]
-        codes[f.name] = c.copy() if f.name in start_fields else np.full_like(
-            c, np.nan if f.kind in ("integer", "float") else UNKNOWN)
-    return ParsedCases(codes, parsed.valid.copy(), parsed.errors)
 
 
 def _metrics(model: LoadedModel, state: ParsedCases, y: np.ndarray) -> tuple[float, float]:
@@ -127,7 +118,7 @@ def simulate_questioning(model: LoadedModel, kb: KnowledgeBase, cases: pd.DataFr
     rng = np.random.default_rng(seed)
     result: dict[str, Any] = {}
     for strategy in STRATEGIES:
-        state = _hidden(truth, start_fields)
+        state = truth.blanked({f.name: True for f in FIELDS if f.name not in start_fields})
         asked = np.zeros((n, len(CANDIDATE_FIELDS)), dtype=bool)
         asked[:, [j for j, f in enumerate(CANDIDATE_FIELDS) if f in start_fields]] = True
         asked[:, _PREGNANT] |= truth.codes["sex"] == _MALE  # never asked of a man

@@ -229,7 +229,20 @@ class ParsedCases:
             self.ignored_columns,
         )
 
-    subset = __getitem__
+    def blanked(self, hide: dict[str, np.ndarray | bool]) -> "ParsedCases":
+        """A copy with the answers where ``hide[field]`` is true set to unknown (``True`` hides a
+        whole column); the codes of these cases are not changed."""
+        codes = {}
+        for f in FIELDS:
+            c = self.codes[f.name]
+            if f.name in hide:
+                unknown = np.nan if f.kind in ("integer", "float") else UNKNOWN
+                c = np.where(hide[f.name], unknown, c).astype(c.dtype)
+            else:
+                c = c.copy()
+            codes[f.name] = c
+        return ParsedCases(codes, self.valid.copy(), self.errors, self.ids, self.ignored_columns)
+
 
     def to_frame(self) -> pd.DataFrame:
         """The canonical typed DataFrame: categoricals, nullable booleans and floats."""
