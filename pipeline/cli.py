@@ -323,6 +323,29 @@ def _ask(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _serve_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="serve a registered model over HTTP with MLflow (JSON in, scores out)")
+    p.add_argument("-m", "--model-uri", default="models:/kneepain-classifier@champion",
+                   help="MLflow model URI (default models:/kneepain-classifier@champion)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("-p", "--port", type=int, default=5001, help="port (default 5001)")
+    p.add_argument("--workers", type=int, default=1, help="server worker processes (default 1)")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import os
+
+    # `mlflow models serve` starts `uvicorn` by name: put this interpreter's scripts folder first
+    # on PATH, so the command works without activating the virtual environment
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")])}
+    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", args.model_uri, "--env-manager", "local",
+           "-h", args.host, "-p", str(args.port), "-w", str(args.workers)]
+    sys.stdout.flush()
+    os.execve(sys.executable, cmd, env)  # replaces this process: signals and exit code are the server's
+    return EXIT_OK  # not reached
+
+
 COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "generate": (_generate_parser, _generate),
     "show": (_show_parser, _show),
@@ -332,6 +355,7 @@ COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "score": (_score_parser, _score),
     "sample": (_sample_parser, _sample),
     "ask": (_ask_parser, _ask),
+    "serve": (_serve_parser, _serve),
 }
 
 

@@ -66,10 +66,12 @@ def fit_decision(proba_calib: np.ndarray, y_calib: np.ndarray, parsed_calib: Par
 def fit_decision_on(model, kb: KnowledgeBase, calib: pd.DataFrame, config: TriageConfig) -> dict:
     """:func:`fit_decision` for a fitted estimator on the labelled ``calib`` split."""
     from .datasets import labels
+    from .linear import linear_scorer, predict_proba
     from .schema import parse_cases
 
     parsed = parse_cases(calib)
-    return fit_decision(np.asarray(model.predict_proba(parsed)), labels(calib), parsed, kb, config)
+    # the scoring path's probabilities (pipeline.linear), so thresholds and scores agree to the bit
+    return fit_decision(predict_proba(model, parsed, linear_scorer(model)), labels(calib), parsed, kb, config)
 
 
 def decide(decision: Decision, kb: KnowledgeBase, parsed: ParsedCases, proba: np.ndarray) -> pd.DataFrame:

@@ -20,6 +20,7 @@ from typing import Any
 import joblib
 import numpy as np
 
+from .linear import LinearScorer, linear_scorer, predict_proba
 from .io import sha256_file, write_json_atomic, write_text_atomic
 from .schema import CONDITIONS, SCHEMA_VERSION, ParsedCases
 
@@ -53,6 +54,11 @@ class LoadedModel:
     source: str = ""
     kb: Any = None  # the KnowledgeBase snapshot the decision layer uses (None for a bare model)
     decision: Any = None  # pipeline.decision.Decision, or None for a bare model
+    scorer: LinearScorer | None = field(init=False, repr=False, default=None)
+
+    def __post_init__(self) -> None:
+        # the logistic model is scored from its arrays without BLAS (pipeline.linear)
+        self.scorer = linear_scorer(self.estimator)
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -62,7 +68,7 @@ class LoadedModel:
         """Probabilities, shape (n_cases, n_conditions), for valid parsed cases."""
         if len(parsed) == 0:
             return np.empty((0, len(self.classes)))
-        return np.asarray(self.estimator.predict_proba(parsed), dtype=np.float64)
+        return predict_proba(self.estimator, parsed, self.scorer)  # the same numbers in every process
 
 
 def save_model(estimator: Any, out_dir: str | Path, manifest: dict, *, kb_path: str | Path | None = None) -> dict:

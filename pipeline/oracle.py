@@ -12,8 +12,8 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 from scipy.special import logsumexp, softmax
-from threadpoolctl import ThreadpoolController
 
+from .blas import dot_exact
 from .cases import as_parsed
 from .knowledge import AGES, KnowledgeBase
 from .schema import CATEGORY_FIELDS, CONDITIONS, SYMPTOMS, field
@@ -44,24 +44,20 @@ class _Tables:
         # the discrete answers as one matrix product: a row of one-hot answers (unknown = all 0)
         # times a table of log-probabilities; symptoms per (condition, severity), the rest per condition
         # columns ordered (severity, condition), so each severity's block is a contiguous slice
-        self.symptom_weights = np.concatenate([self.symptom[s][:2].transpose(0, 2, 1).reshape(2, -1)
-                                               for s in SYMPTOMS])  # (38, 27)
+        # (kept as rows of the transposed tables: dot_exact's layout)
+        self.symptom_weights_rows = np.ascontiguousarray(np.concatenate(
+            [self.symptom[s][:2].transpose(0, 2, 1).reshape(2, -1) for s in SYMPTOMS]).T)  # (27, 38)
         self.log_severity_blocks = [self.log_severity[:, j] for j in range(self.log_severity.shape[1])]
         self.context_fields = [(f, 2) for f in self.context] + [(f, len(t) - 1) for f, t in self.category.items()] \
             + [("sex", 2)]
-        self.context_weights = np.concatenate([self.context[f][:2] for f in self.context]
-                                              + [t[:-1] for t in self.category.values()] + [self.sex[:2]])  # (K, 9)
+        self.context_weights_rows = np.ascontiguousarray(np.concatenate(
+            [self.context[f][:2] for f in self.context]
+            + [t[:-1] for t in self.category.values()] + [self.sex[:2]]).T)  # (9, K)
 
 
 def _tri(p: np.ndarray) -> np.ndarray:
     """Rows: no, yes, unknown (code -1 indexes the last row)."""
     return np.stack([np.log1p(-p), np.log(p), np.zeros_like(p)])
-
-
-@lru_cache(maxsize=1)
-def _blas() -> ThreadpoolController:
-    """Found once: threadpool_limits() rescans the loaded libraries on every call (2 ms)."""
-    return ThreadpoolController()
 
 
 @lru_cache(maxsize=8)
@@ -103,11 +99,11 @@ def _logsumexp(parts: list[np.ndarray]) -> np.ndarray:
 
 def _log_joint_chunk(t: _Tables, codes: dict[str, np.ndarray]) -> np.ndarray:
     # symptoms: codes 0 (no) and 1 (yes) select rows 0 and 1 of each table; per severity a block
-    sev = _one_hot(codes, [(s, 2) for s in SYMPTOMS]) @ t.symptom_weights
+    sev = dot_exact(_one_hot(codes, [(s, 2) for s in SYMPTOMS]), t.symptom_weights_rows)
     k = len(CONDITIONS)
     blocks = [sev[:, j * k:(j + 1) * k] + t.log_severity_blocks[j] for j in range(len(t.log_severity_blocks))]
     ctx = _logsumexp(blocks) + t.log_prior
-    ctx += _one_hot(codes, t.context_fields) @ t.context_weights
+    ctx += dot_exact(_one_hot(codes, t.context_fields), t.context_weights_rows)
     age = codes["age"]
     age_idx = np.where(np.isnan(age), len(AGES), age - AGES[0]).astype(np.intp)
     ctx += t.age[age_idx]
@@ -131,11 +127,9 @@ def oracle_log_joint(kb: KnowledgeBase, cases) -> np.ndarray:
     t = _tables(kb)
     n = len(parsed)
     out = np.empty((n, len(CONDITIONS)))
-    # the products are small: one BLAS thread is fastest, and avoids stalls on a busy machine
-    with _blas().limit(limits=1, user_api="blas"):
-        for start in range(0, n, _CHUNK):
-            stop = min(n, start + _CHUNK)
-            out[start:stop] = _log_joint_chunk(t, {k: v[start:stop] for k, v in parsed.codes.items()})
+    for start in range(0, n, _CHUNK):
+        stop = min(n, start + _CHUNK)
+        out[start:stop] = _log_joint_chunk(t, {k: v[start:stop] for k, v in parsed.codes.items()})
     return out
 
 

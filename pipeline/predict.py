@@ -70,7 +70,8 @@ def score_parsed(model: LoadedModel, parsed: ParsedCases, *, top_k: int = 3,
     """Score valid parsed cases; the output columns of :func:`output_columns`.
 
     ``ids`` (case ids or row numbers) become the first column: ``case_id`` when the input had
-    one, else ``row``.
+    one, else ``row``. The products are made without BLAS (:mod:`pipeline.blas`), so the numbers
+    do not depend on the process, its threads or the machine's load.
     """
     proba = model.predict_proba(parsed)
     order = np.argsort(-proba, axis=1, kind="stable")[:, :top_k]

@@ -18,8 +18,8 @@ from sklearn.calibration import CalibratedClassifierCV
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.frozen import FrozenEstimator
 from sklearn.model_selection import StratifiedKFold, cross_validate, train_test_split
-from threadpoolctl import threadpool_limits
 
+from .blas import one_blas_thread
 from .config import TrainConfig
 from .candidates import make_candidates
 from .datasets import labels
@@ -142,7 +142,7 @@ def train_model(config: TrainConfig, train: pd.DataFrame, valid: pd.DataFrame, *
     speed_rows = valid.head(10_000)
     # one BLAS thread per process: parallel CV folds already use the cores, and on 2 cores a
     # multi-threaded logistic fit was measured slower than a single-threaded one
-    with joblib.parallel_backend(backend), threadpool_limits(limits=1, user_api="blas"):
+    with joblib.parallel_backend(backend), one_blas_thread():
         results = evaluate_candidates(config, train, y_train, speed_rows)
     for r in results:
         log(f"  {r.name:<24} CV log loss {r.cv_log_loss:.4f} ± {r.cv_log_loss_std:.4f}  "
@@ -150,11 +150,11 @@ def train_model(config: TrainConfig, train: pd.DataFrame, valid: pd.DataFrame, *
     winner = select_candidate(results, config.selection.log_loss_tolerance)
     log(f"  winner: {winner.name}")
     pipe = make_candidates(config)[winner.name]
-    with warnings.catch_warnings(), threadpool_limits(limits=1, user_api="blas"):
+    with warnings.catch_warnings(), one_blas_thread():  # and the same fit in every process
         warnings.simplefilter("ignore", ConvergenceWarning)
         pipe.fit(train, y_train)
-    model, cal = calibrate(pipe, valid, y_valid, config.calibration.method, seed=config.seed,
-                           min_improvement=config.calibration.min_improvement)
+        model, cal = calibrate(pipe, valid, y_valid, config.calibration.method, seed=config.seed,
+                               min_improvement=config.calibration.min_improvement)
     log(f"  calibration ({cal['method']}): valid log loss {cal['valid_log_loss_uncalibrated']:.4f} -> "
         f"{cal['valid_log_loss_calibrated_heldout']:.4f} held out; {'kept' if cal['kept'] else 'not kept'}")
     valid_ll = cal["valid_log_loss_calibrated_heldout"] if cal["kept"] else cal["valid_log_loss_uncalibrated"]

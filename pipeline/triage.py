@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .blas import dot_exact
 from .config import LEVELS, TriageConfig
 from .schema import CONDITION_LABELS, CONDITIONS, field
 
@@ -45,7 +46,7 @@ def cost_matrix(cfg: TriageConfig) -> np.ndarray:
 
 def cost_levels(cfg: TriageConfig, proba: np.ndarray) -> np.ndarray:
     """The level minimising expected cost under ``proba``; ties go to the more urgent level."""
-    expected = proba @ cost_matrix(cfg)
+    expected = dot_exact(proba, cost_matrix(cfg).T)  # no BLAS: the same level in every process
     # reversed argmin picks the most urgent of equally costly levels
     return (len(LEVELS) - 1 - np.argmin(expected[:, ::-1], axis=1)).astype(np.int8)
 

@@ -20,9 +20,16 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running(cmd: list[str], ready_url: str, log_path: Path, *, env: dict | None = None, timeout: float = 120):
-    """Run ``cmd`` in its own session; yield once ``ready_url`` answers 200; then stop the group."""
-    env = {**os.environ, **(env or {}), "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+def running(cmd: list[str], ready_url: str, log_path: Path, *, env: dict | None = None, timeout: float = 120,
+            add_bin_to_path: bool = True):
+    """Run ``cmd`` in its own session; yield once ``ready_url`` answers 200; then stop the group.
+
+    ``add_bin_to_path`` puts this interpreter's scripts folder first on PATH (as an activated
+    virtual environment would); pass False to run a command the way a user's shell would.
+    """
+    env = {**os.environ, **(env or {})}
+    if add_bin_to_path:
+        env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         try:

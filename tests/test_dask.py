@@ -122,6 +122,20 @@ def test_dask_engine_matches_pandas_engine(client, trained, inputs, reference, t
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
 
 
+@pytest.mark.parametrize("blas_threads", [1, 2])
+def test_parity_holds_whatever_the_main_process_blas_thread_count(client, trained, inputs, blas_threads, tmp_path):
+    """Workers run BLAS on one thread (the nanny's environment); the main process on 1 or 2."""
+    from threadpoolctl import threadpool_limits
+
+    models, _ = trained
+    out = tmp_path / "ref.parquet"
+    with threadpool_limits(limits=blas_threads, user_api="blas"):
+        summary = score_files(inputs, out, get_model(models), chunk_rows=CHUNK)
+    reference = (summary, pd.read_parquet(out), Path(f"{out}.rejects.csv").read_bytes())
+    score_files_dask(inputs, tmp_path / "out", models, client=client, chunk_rows=CHUNK)
+    _assert_same_as_reference(tmp_path / "out", reference)
+
+
 def test_csv_parts_concatenate_to_the_pandas_engines_csv(client, trained, inputs, tmp_path):
     models, _ = trained
     score_files(inputs, tmp_path / "ref.csv", get_model(models), chunk_rows=CHUNK)

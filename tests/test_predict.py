@@ -26,10 +26,10 @@ def test_every_input_form_gives_the_same_answer(trained, tmp_path):
     frame.to_csv(tmp_path / "c.csv", index=False)
     frame.astype(str).replace({"None": "", "nan": ""}).to_parquet(tmp_path / "c.parquet")
     results = [predict(x, model=models) for x in (cases, frame, tmp_path / "c.csv", str(tmp_path / "c.parquet"))]
-    for r in results[1:]:
-        np.testing.assert_allclose(r[P_COLS].to_numpy(), results[0][P_COLS].to_numpy(), rtol=1e-12)
+    for r in results[1:]:  # exact: the products are made without BLAS, row by row
+        np.testing.assert_array_equal(r[P_COLS].to_numpy(), results[0][P_COLS].to_numpy())
     one = predict(CASE, model=models)
-    np.testing.assert_allclose(one[P_COLS].to_numpy()[0], results[0][P_COLS].to_numpy()[0], rtol=1e-12)
+    np.testing.assert_array_equal(one[P_COLS].to_numpy()[0], results[0][P_COLS].to_numpy()[0])
     out = results[0]
     assert list(out.columns) == output_columns(id_column="row")
     assert out["row"].tolist() == [0, 1, 2]
@@ -141,3 +141,28 @@ def test_random_cases_give_probabilities_or_a_validation_error(trained, cases):
     assert len(out) == len(cases)
     assert np.isfinite(probs).all() and (probs >= 0).all()
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-9)
+
+
+@pytest.mark.parametrize("blas_threads", [1, 2])
+def test_same_numbers_in_any_thread_at_any_blas_thread_count(trained, blas_threads):
+    """threadpoolctl ignores a BLAS limit asked for in a thread that does not control OpenBLAS, so
+    equal numbers cannot rest on thread limits: a batch scored in the main thread at 1 or 2 BLAS
+    threads, in another thread, and a case scored alone all give the same bits."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_limits
+
+    from pipeline.generate import generate_cases
+    from pipeline import load_knowledge_base
+
+    models, _ = trained
+    cases = generate_cases(load_knowledge_base(), 2000, seed=5).drop(columns=["condition", "severity"])
+    reference = predict(cases, model=models)
+    with threadpool_limits(limits=blas_threads, user_api="blas"):
+        here = predict(cases, model=models)
+        with ThreadPoolExecutor(1) as pool:
+            there = pool.submit(predict, cases, model=models).result()
+        alone = predict(cases.iloc[[1000]], model=models)
+    pd.testing.assert_frame_equal(here, reference, check_exact=True)
+    pd.testing.assert_frame_equal(there, reference, check_exact=True)
+    np.testing.assert_array_equal(alone[P_COLS].to_numpy()[0], reference[P_COLS].to_numpy()[1000])

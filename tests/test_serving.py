@@ -20,9 +20,10 @@ def served(trained, tmp_path):
     _, uri = trained
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    cmd = [str(BIN / "mlflow"), "models", "serve", "-m", "models:/kneepain-classifier@champion",
-           "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
-    with running(cmd, f"{url}/ping", tmp_path / "serve.log", env={"MLFLOW_TRACKING_URI": uri}):
+    # the README's command as written, from a shell whose PATH lacks the virtual environment
+    cmd = [str(BIN / "kneepain"), "serve", "-m", "models:/kneepain-classifier@champion", "--port", str(port)]
+    env = {"MLFLOW_TRACKING_URI": uri, "PATH": "/usr/bin:/bin"}
+    with running(cmd, f"{url}/ping", tmp_path / "serve.log", env=env, add_bin_to_path=False):
         yield url
 
 
@@ -36,14 +37,15 @@ def test_served_model_answers_like_predict(served, trained, small_data):
     got = pd.DataFrame(response.json()["predictions"])
     expected = predict(cases, model=models)
     assert got["case_id"].tolist() == expected["case_id"].tolist()
-    np.testing.assert_allclose(got[P_COLS].to_numpy(float), expected[P_COLS].to_numpy(float), rtol=1e-9)
+    # JSON carries floats as their shortest round-trip text: the served numbers are predict()'s bits
+    np.testing.assert_array_equal(got[P_COLS].to_numpy(float), expected[P_COLS].to_numpy(float))
     assert got["top3"].tolist() == expected["top3"].tolist()
 
     split = json.loads(cases.head(3).to_json(orient="split", index=False))
     by_split = requests.post(f"{served}/invocations", json={"dataframe_split": split}, timeout=60)
     assert by_split.status_code == 200, by_split.text
-    np.testing.assert_allclose(pd.DataFrame(by_split.json()["predictions"])[P_COLS].to_numpy(float),
-                               expected[P_COLS].head(3).to_numpy(float), rtol=1e-9)
+    np.testing.assert_array_equal(pd.DataFrame(by_split.json()["predictions"])[P_COLS].to_numpy(float),
+                                  expected[P_COLS].head(3).to_numpy(float))
 
     bad = [{"age": 30, "sex": "male"}, {"age": 30, "sex": "femal", "locking": "often"}]
     response = requests.post(f"{served}/invocations", json={"dataframe_records": bad}, timeout=60)

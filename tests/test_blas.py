@@ -1,0 +1,83 @@
+"""dot_exact: the products behind every score, the same bits whatever the layout, batch or threads."""
+
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_limits
+
+from pipeline.blas import dot_exact
+
+
+@pytest.mark.parametrize("width", [7, 38, 93, 120])
+def test_a_row_gets_the_same_bits_alone_in_any_batch_and_any_layout(width):
+    rng = np.random.default_rng(width)
+    weights = rng.standard_normal((9, width))
+    cases = np.asfortranarray(rng.standard_normal((3000, width)))  # the featuriser's layout
+    full = dot_exact(cases, weights)
+    np.testing.assert_allclose(full, cases @ weights.T, rtol=1e-12, atol=1e-12)
+    for n in (1, 2, 3, 17, 255, 1000):
+        rows = rng.integers(0, len(cases), n)
+        np.testing.assert_array_equal(dot_exact(cases[rows], weights), full[rows])
+        np.testing.assert_array_equal(dot_exact(np.ascontiguousarray(cases[rows]), weights), full[rows])
+
+
+def test_blas_thread_count_does_not_matter():
+    rng = np.random.default_rng(0)
+    cases, weights = rng.standard_normal((20_000, 93)), rng.standard_normal((9, 93))
+    with threadpool_limits(limits=1, user_api="blas"):
+        one = dot_exact(cases, weights)
+    with threadpool_limits(limits=2, user_api="blas"):
+        two = dot_exact(cases, weights)
+    np.testing.assert_array_equal(one, two)
+
+
+def test_a_model_scored_by_scikit_learn_agrees_across_threads_to_the_documented_tolerance(kb):
+    """The README's promise for a non-logistic winner (MLP): equal to about 1e-15 relative."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipeline.candidates import make_candidate
+    from pipeline.config import TrainConfig
+    from pipeline.datasets import labels
+    from pipeline.generate import generate_cases
+    from pipeline.model_io import LoadedModel
+    from pipeline.schema import parse_cases
+
+    from conftest import SMALL_TRAIN_CONFIG
+    import yaml
+
+    config = TrainConfig.model_validate(yaml.safe_load(SMALL_TRAIN_CONFIG))
+    train = generate_cases(kb, 3000, seed=1)
+    mlp = make_candidate("mlp", config).fit(train, labels(train))
+    model = LoadedModel(mlp)
+    assert model.scorer is None  # not the logistic model: scikit-learn scores it
+    parsed = parse_cases(generate_cases(kb, 3000, seed=2))
+    reference = model.predict_proba(parsed)
+    with threadpool_limits(limits=2, user_api="blas"):
+        with ThreadPoolExecutor(1) as pool:
+            there = pool.submit(model.predict_proba, parsed).result()
+    np.testing.assert_allclose(there, reference, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("calibrated", [False, True])
+def test_the_logistic_model_scored_from_its_arrays_matches_scikit_learn(kb, calibrated):
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.frozen import FrozenEstimator
+
+    from pipeline.candidates import make_candidate
+    from pipeline.config import TrainConfig
+    from pipeline.datasets import labels
+    from pipeline.generate import generate_cases
+    from pipeline.linear import linear_scorer
+    from pipeline.schema import parse_cases
+
+    from conftest import SMALL_TRAIN_CONFIG
+    import yaml
+
+    config = TrainConfig.model_validate(yaml.safe_load(SMALL_TRAIN_CONFIG))
+    train, valid = generate_cases(kb, 3000, seed=1), generate_cases(kb, 1500, seed=3)
+    model = make_candidate("logistic", config).fit(train, labels(train))
+    if calibrated:
+        model = CalibratedClassifierCV(FrozenEstimator(model), method="temperature").fit(valid, labels(valid))
+    scorer = linear_scorer(model)
+    assert scorer is not None and (scorer.beta != 1.0) == calibrated
+    parsed = parse_cases(generate_cases(kb, 2000, seed=2))
+    np.testing.assert_allclose(scorer.predict_proba(parsed), model.predict_proba(parsed), rtol=1e-10, atol=1e-14)
