@@ -7,7 +7,7 @@ export DVC_NO_ANALYTICS := 1
 export MPLBACKEND := Agg
 
 .DEFAULT_GOAL := help
-.PHONY: help run test bench data clean
+.PHONY: help run test lint format bench data clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_.-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -20,10 +20,19 @@ $(VENV): pyproject.toml ## create the virtual environment and install the projec
 
 run: $(VENV) ## run the whole pipeline (dvc repro) on the embedded defaults and print the summary
 	$(BIN)/dvc repro
+	$(BIN)/python -m pipeline.report.docs
 	$(BIN)/kneepain report
 
 test: $(VENV) ## run the test suite
 	$(BIN)/python -m pytest -q
+
+lint: $(VENV) ## ruff, mypy and the import contracts (what CI runs before the tests)
+	$(BIN)/ruff check pipeline tests benchmarks notebooks/make_quickstart.py
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+format: $(VENV) ## apply ruff's safe fixes (imports sorted, unused ones removed)
+	$(BIN)/ruff check --fix pipeline tests benchmarks notebooks/make_quickstart.py
 
 bench: $(VENV) ## run the benchmarks and print a table
 	$(BIN)/python -m benchmarks

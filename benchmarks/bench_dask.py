@@ -27,8 +27,8 @@ import resource
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from .harness import REPO_ROOT, BenchmarkError, _max_rss_mb, log, make_row, run_command
 
@@ -55,8 +55,9 @@ tracking: {experiment: kneepain-bench, registered_model: kneepain-bench, alias: 
 def _write_inputs(folder: Path, n: int) -> list[Path]:
     """``n`` generated cases as text in ``N_FILES`` Parquet files (untimed setup)."""
     from pipeline import load_knowledge_base
-    from pipeline.generate import generate_codes
-    from pipeline.schema import ID_COLUMN, codes_to_text_frame
+    from pipeline.core.parsing import codes_to_text_frame
+    from pipeline.core.schema import ID_COLUMN
+    from pipeline.data.generate import generate_codes
 
     kb, paths = load_knowledge_base(), []
     for i in range(N_FILES):
@@ -76,10 +77,11 @@ def _model(tmp: Path) -> tuple[Path, str]:
     """
     import shutil
 
-    from pipeline.model_io import MANIFEST_FILE, MODELS_DIR
+    from pipeline.core.paths import models_dir
+    from pipeline.model.persist import MANIFEST_FILE
 
-    if (MODELS_DIR / MANIFEST_FILE).exists():
-        copy = shutil.copytree(MODELS_DIR, tmp / "project-model")
+    if (models_dir() / MANIFEST_FILE).exists():
+        copy = shutil.copytree(models_dir(), tmp / "project-model")
         try:
             _child("check-model", "--model", str(copy), "--inputs", str(tmp))
             return copy, "the project's models/ (winner " + json.loads((copy / MANIFEST_FILE).read_text())["winner"] + ")"
@@ -141,7 +143,7 @@ def run(quick: bool) -> list[dict]:
 
 def _warm(model: str) -> None:
     """On a worker: import the scoring code and load the model into the process cache."""
-    from pipeline.predict import get_model
+    from pipeline.serve.predict import get_model
 
     get_model(model)
 
@@ -174,13 +176,14 @@ def _child_main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps({"files": N_FILES}))
         return 0
     if args.engine == "check-model":
-        from pipeline.predict import predict
+        from pipeline.serve.predict import predict
 
         print(json.dumps({"rows": len(predict({"age": 30, "sex": "male"}, model=args.model))}))
         return 0
-    from pipeline.batch import score_files
-    from pipeline.predict import get_model
-    from pipeline.scale import dask_client, score_files_dask
+    from pipeline.core.cluster import dask_client
+    from pipeline.serve.batch import score_files
+    from pipeline.serve.dask import score_files_dask
+    from pipeline.serve.predict import get_model
 
     paths = sorted(args.inputs.glob("*.parquet"))
     if args.engine == "pandas":

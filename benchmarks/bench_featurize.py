@@ -14,7 +14,8 @@ for comparison.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .harness import log, make_row, time_in_child
 
@@ -26,8 +27,8 @@ GENERIC_SIZE, QUICK_GENERIC_SIZE = 200_000, 20_000
 
 def _text_cases(n: int):
     from pipeline import load_knowledge_base
-    from pipeline.generate import generate_codes
-    from pipeline.schema import codes_to_text_frame
+    from pipeline.core.parsing import codes_to_text_frame
+    from pipeline.data.generate import generate_codes
 
     codes, _, _ = generate_codes(load_knowledge_base(), n, seed=0)
     return codes_to_text_frame(codes)
@@ -36,7 +37,7 @@ def _text_cases(n: int):
 def featurizer_case(n: int) -> Callable[[], Any]:
     """Setup (untimed): a typed DataFrame from ``generate_cases``. Timed: ``CaseFeaturizer`` fit + transform."""
     from pipeline import generate_cases, load_knowledge_base
-    from pipeline.features import CaseFeaturizer
+    from pipeline.model.features import CaseFeaturizer
 
     frame = generate_cases(load_knowledge_base(), n, seed=0)
     return lambda: CaseFeaturizer().fit(frame).transform(frame)
@@ -44,7 +45,7 @@ def featurizer_case(n: int) -> Callable[[], Any]:
 
 def featurizer_text_case(n: int) -> Callable[[], Any]:
     """Setup (untimed): the cases as text. Timed: ``CaseFeaturizer`` fit + transform."""
-    from pipeline.features import CaseFeaturizer
+    from pipeline.model.features import CaseFeaturizer
 
     text = _text_cases(n)
     return lambda: CaseFeaturizer().fit(text).transform(text)
@@ -57,7 +58,7 @@ def generic_case(n: int) -> Callable[[], Any]:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-    from pipeline.schema import FIELDS
+    from pipeline.core.schema import FIELDS
 
     text = _text_cases(n)
     coded = [f.name for f in FIELDS if f.kind in ("tristate", "category")]

@@ -6,8 +6,9 @@ The target is the README's promise: 1M cases in under 2 s.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 from .harness import Target, log, make_row, time_in_child
 
@@ -20,7 +21,7 @@ TARGET = Target(size=1_000_000, max_seconds=2.0)
 def codes_case(n: int) -> Callable[[], Any]:
     """Setup (untimed): load the knowledge base. Timed: ``generate_codes(kb, n, seed=0)``."""
     from pipeline import load_knowledge_base
-    from pipeline.generate import generate_codes
+    from pipeline.data.generate import generate_codes
 
     return partial(generate_codes, load_knowledge_base(), n, seed=0)
 

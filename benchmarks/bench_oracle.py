@@ -1,6 +1,6 @@
 """Oracle posteriors on 1M generated cases.
 
-- ``oracle_log_joint`` on :class:`~pipeline.schema.ParsedCases` built straight from
+- ``oracle_log_joint`` on :class:`~pipeline.core.schema.ParsedCases` built straight from
   ``generate_codes`` output: the oracle's arithmetic alone, parsing excluded;
 - ``oracle_posterior`` on the DataFrame from ``generate_cases``: parsing, log joint and softmax,
   as a user calls it.
@@ -10,8 +10,9 @@ Each is timed in its own child (best of 3 after one warm-up). Target: at least 2
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 from .harness import Target, log, make_row, time_in_child
 
@@ -26,9 +27,9 @@ def log_joint_case(n: int) -> Callable[[], Any]:
     import numpy as np
 
     from pipeline import load_knowledge_base
-    from pipeline.generate import generate_codes
-    from pipeline.oracle import oracle_log_joint
-    from pipeline.schema import ParsedCases
+    from pipeline.core.oracle import oracle_log_joint
+    from pipeline.core.parsing import ParsedCases
+    from pipeline.data.generate import generate_codes
 
     kb = load_knowledge_base()
     codes, _, _ = generate_codes(kb, n, seed=0)

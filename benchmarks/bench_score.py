@@ -35,8 +35,8 @@ def _write_csv(path: Path, n: int, seed: int = 1) -> None:
     import pyarrow.csv as pacsv
 
     from pipeline import load_knowledge_base
-    from pipeline.generate import generate_codes
-    from pipeline.schema import codes_to_text_frame
+    from pipeline.core.parsing import codes_to_text_frame
+    from pipeline.data.generate import generate_codes
 
     kb = load_knowledge_base()
     with pacsv.CSVWriter(path, _schema()) as writer:
@@ -52,7 +52,7 @@ def _write_csv(path: Path, n: int, seed: int = 1) -> None:
 def _schema():
     import pyarrow as pa
 
-    from pipeline.schema import FIELD_NAMES
+    from pipeline.core.schema import FIELD_NAMES
 
     return pa.schema([pa.field(c, pa.string()) for c in ("case_id", *FIELD_NAMES)])
 
@@ -64,7 +64,7 @@ def _kneepain() -> str:
 def _single_case(n: int):
     """One ``predict()`` call on a dict (``n`` is unused: the harness repeats the call)."""
     from pipeline import predict
-    from pipeline.predict import get_model
+    from pipeline.serve.predict import get_model
 
     model = get_model()
     case = {"age": 71, "sex": "female", "sedentary": "yes", "leg_swelling": "yes", "skin_warm": "yes"}
@@ -72,9 +72,9 @@ def _single_case(n: int):
 
 
 def run(quick: bool) -> list[dict]:
-    from pipeline.model_io import MODELS_DIR
+    from pipeline.core.paths import models_dir
 
-    if not (MODELS_DIR / "model.joblib").exists() or not (REPO_ROOT / "mlflow.db").exists():
+    if not (models_dir() / "model.joblib").exists() or not (REPO_ROOT / "mlflow.db").exists():
         raise BenchmarkError("score: no trained model: run `make run` first (it trains and registers one).")
     small, large = SIZES[quick]
     rows = []
@@ -99,7 +99,7 @@ def run(quick: bool) -> list[dict]:
         log("score: naive pandas read_csv / predict_proba / to_csv ...")
         script = textwrap.dedent(f"""
             import pandas as pd
-            from pipeline.model_io import load_model
+            from pipeline.serve.loading import load_model
             model = load_model()
             frame = pd.read_csv({str(tmp / f'cases-{small}.csv')!r}, dtype=str, keep_default_na=False)
             proba = model.estimator.predict_proba(frame)

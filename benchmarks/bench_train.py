@@ -10,7 +10,7 @@ data, so the whole process tree holds more than this at its peak.
 
 The per-candidate rows are read from the ``candidates`` list of the manifest the command writes:
 the mean fit time of one CV fold, and ``predict_proba`` rows/s on the first 10,000 ``valid`` rows
-(both as measured by :func:`pipeline.train.evaluate_candidates`; no target).
+(both as measured by :func:`pipeline.model.train.evaluate_candidates`; no target).
 
 ``--quick`` trains on a small generated set (10k train, 3k valid) instead.
 """
@@ -30,7 +30,7 @@ __all__ = ["run"]
 TARGET = Target(size=100_000, max_seconds=180.0)
 QUICK_SPLITS = {"train": 10_000, "valid": 3_000, "calib": 3_000}
 QUICK_SEED = 20261125
-# pipeline.train times predict_proba on valid.head(10_000)
+# pipeline.model.train times predict_proba on valid.head(10_000)
 SPEED_ROWS = 10_000
 
 
@@ -50,10 +50,10 @@ def _n_rows(path: Path) -> int:
 
 def _data_dir(tmp: Path, quick: bool) -> Path:
     """The data to train on: the project's default splits, or splits generated into ``tmp`` (untimed)."""
-    from pipeline.datasets import DATA_DIR
+    from pipeline.core.paths import data_dir
 
-    if not quick and all((DATA_DIR / f"{s}.parquet").exists() for s in ("train", "valid")):
-        return DATA_DIR
+    if not quick and all((data_dir() / f"{s}.parquet").exists() for s in ("train", "valid")):
+        return data_dir()
     out = tmp / "data"
     cmd = [_kneepain(), "generate", "--out", str(out)]
     if quick:
@@ -68,9 +68,10 @@ def _data_dir(tmp: Path, quick: bool) -> Path:
 
 def _candidate_rows(candidates: list[dict], n_train: int, n_valid: int) -> list[dict]:
     """Two rows per candidate: mean CV fold fit, and predict_proba throughput."""
-    from pipeline.config import CONFIG_DIR, TrainConfig, load_config
+    from pipeline.core.config import TrainConfig, load_config
+    from pipeline.core.paths import config_path
 
-    cv = load_config(TrainConfig, CONFIG_DIR / "train.yaml").cv  # the command's default config
+    cv = load_config(TrainConfig, config_path("train.yaml")).cv  # the command's default config
     n_cv = n_train if cv.max_rows == 0 or n_train <= cv.max_rows else cv.max_rows
     fold_rows = n_cv - n_cv // cv.folds  # the training part of one fold (±1 per class)
     speed_rows = min(SPEED_ROWS, n_valid)

@@ -24,9 +24,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 __all__ = ["BenchmarkError", "ChildRun", "Measurement", "Target", "log", "make_row", "run_command",
            "time_in_child"]

@@ -32,7 +32,7 @@ def load_average() -> float | None:
 
 def environment(quick: bool) -> dict[str, Any]:
     """Where and when the benchmarks ran: date, core count, load, platform, Python and library versions."""
-    from pipeline.model_io import library_versions
+    from pipeline.model.persist import library_versions
 
     return {
         "date": datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -81,6 +81,6 @@ def format_table(rows: list[dict[str, Any]], env: dict[str, Any]) -> str:
 def write_report(path: str | Path, env: dict[str, Any], rows: list[dict[str, Any]],
                  failed: dict[str, str]) -> None:
     """Write the environment, the rows and any failures as JSON, atomically."""
-    from pipeline.io import write_json_atomic
+    from pipeline.core.files import write_json_atomic
 
     write_json_atomic(path, {**env, "results": rows, "failed": failed})

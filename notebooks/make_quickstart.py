@@ -43,8 +43,7 @@ cells = [
                              "likelihood ratio between the two most likely conditions; `next_questions` ranks the "
                              "unknown fields by how much their answer is expected to settle the case (DVT first)."),
     nbf.v4.new_code_cell(
-        "from pipeline.explain import explain\n"
-        "from pipeline.questions import next_questions\n\n"
+        "from pipeline import explain, next_questions\n\n"
         "why = explain(cases[0], model=model)\n"
         "print(why.text)\n"
         "why.table.head()"),

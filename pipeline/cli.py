@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
+
+from pipeline import __version__
 
 __all__ = ["main"]
 
 EXIT_OK, EXIT_REJECTED, EXIT_FATAL = 0, 1, 2
-REPORTS_DIR = Path(__file__).resolve().parent.parent / "reports"
 
 
 class UsageError(Exception):
@@ -39,15 +40,16 @@ def _generate_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _generate_dask(args: argparse.Namespace, kb, config) -> int:
-    from .datasets import DATA_DIR
-    from .scale import dask_client, generate_dask
+    from pipeline.core.cluster import dask_client
+    from pipeline.core.paths import data_dir
+    from pipeline.data.parallel import generate_dask
 
     if args.n is None or args.n < 1:
         raise UsageError("--engine dask needs --n, the number of cases (>= 1).")
     partitions = args.partitions or max(1, -(-args.n // 1_000_000))
     if partitions < 1:
         raise UsageError(f"--partitions == {partitions}, must be >= 1.")
-    out = Path(args.out) if args.out else DATA_DIR.parent / "generated"
+    out = Path(args.out) if args.out else data_dir().parent / "generated"
     seed = config.seed if args.seed is None else args.seed
     with dask_client(args.scheduler) as client:
         manifest = generate_dask(kb, args.n, seed=seed, partitions=partitions, out_dir=out, client=client,
@@ -57,23 +59,19 @@ def _generate_dask(args: argparse.Namespace, kb, config) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from .config import CONFIG_DIR, GenerateConfig, load_config
-    from .datasets import DATA_DIR, format_data_summary, kb_for_split, oracle_summary, split_table
-    from .io import write_json_atomic
-    from .generate import write_splits
-    from .knowledge import load_knowledge_base
+    from pipeline.core.config import GenerateConfig, load_config
+    from pipeline.core.knowledge import load_knowledge_base
+    from pipeline.core.paths import config_path, data_dir
+    from pipeline.data.datasets import format_data_summary
+    from pipeline.stages import generate_stage
 
     kb = load_knowledge_base(args.kb)
+    config = load_config(GenerateConfig, args.config or config_path("generate.yaml"))
     if args.engine == "dask":
-        return _generate_dask(args, kb, load_config(GenerateConfig, args.config or CONFIG_DIR / "generate.yaml"))
-    config = load_config(GenerateConfig, args.config or CONFIG_DIR / "generate.yaml")
-    out = Path(args.out) if args.out else DATA_DIR
-    frames = write_splits(kb, config, out)
-    print(f"Wrote {', '.join(f'{k} ({len(v):,})' for k, v in frames.items())} to {out}/\n")
-    summary = {"class_counts": split_table(frames).to_dict(),
-               "oracle": {name: oracle_summary(kb_for_split(kb, name), frames[name])
-                          for name in ("test", "shift") if name in frames}}
-    write_json_atomic(out / "summary.json", summary)
+        return _generate_dask(args, kb, config)
+    out = Path(args.out) if args.out else data_dir()
+    sizes, summary = generate_stage(kb, config, out)
+    print(f"Wrote {', '.join(f'{k} ({n:,})' for k, n in sizes.items())} to {out}/\n")
     print(format_data_summary(summary))
     return EXIT_OK
 
@@ -87,15 +85,16 @@ def _report_parser(sub: argparse._SubParsersAction) -> None:
 def _report(args: argparse.Namespace) -> int:
     import json
 
-    from .datasets import DATA_DIR, format_data_summary
-    from .decision_metrics import format_decision_table
-    from .evaluate import format_metrics_table
+    from pipeline.core.paths import data_dir, reports_dir
+    from pipeline.data.datasets import format_data_summary
+    from pipeline.report.decision_metrics import format_decision_table
+    from pipeline.report.evaluate import format_metrics_table
 
-    path = Path(args.data or DATA_DIR) / "summary.json"
+    path = Path(args.data or data_dir()) / "summary.json"
     if not path.exists():
         raise UsageError(f"{path} does not exist: run `make run` (or `kneepain generate`) first.")
     print(format_data_summary(json.loads(path.read_text())))
-    reports = Path(args.reports) if args.reports else REPORTS_DIR
+    reports = Path(args.reports) if args.reports else reports_dir()
     if (reports / "metrics.json").exists():
         print("\nModel on held-out data (reports/metrics.json; plots and model card in reports/)")
         metrics = json.loads((reports / "metrics.json").read_text())
@@ -106,7 +105,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _show_parser(sub: argparse._SubParsersAction) -> None:
-    from .schema import CONDITIONS
+    from pipeline.core.schema import CONDITIONS
 
     p = sub.add_parser("show", help="print generated cases as short prose vignettes")
     p.add_argument("--n", type=int, default=5, help="how many cases (default 5)")
@@ -117,9 +116,9 @@ def _show_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from .generate import generate_cases
-    from .knowledge import load_knowledge_base
-    from .vignette import vignette
+    from pipeline.core.knowledge import load_knowledge_base
+    from pipeline.data.generate import generate_cases
+    from pipeline.data.vignette import vignette
 
     if args.n < 1:
         raise UsageError(f"--n == {args.n}, must be >= 1.")
@@ -148,52 +147,16 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from dataclasses import asdict
+    from pipeline.core.config import TrainConfig, TriageConfig, load_config
+    from pipeline.core.paths import config_path, data_dir, models_dir
+    from pipeline.stages import train_stage
 
-    from .config import CONFIG_DIR, TrainConfig, TriageConfig, load_config
-    from .datasets import DATA_DIR, read_split
-    from .decision import fit_decision_on
-    from .io import sha256_file
-    from .knowledge import DEFAULT_KB_PATH, load_knowledge_base
-    from .model_io import MODELS_DIR, save_model, update_manifest
-    from .tracking import git_commit, log_training
-    from .train import train_model
-
-    config = load_config(TrainConfig, args.config or CONFIG_DIR / "train.yaml")
-    triage = load_config(TriageConfig, args.triage or CONFIG_DIR / "triage.yaml")
-    kb_path = Path(args.kb) if args.kb else DEFAULT_KB_PATH
-    kb = load_knowledge_base(kb_path)
-    data = Path(args.data) if args.data else DATA_DIR
-    out = Path(args.out) if args.out else MODELS_DIR
-    train, valid, calib = read_split("train", data), read_split("valid", data), read_split("calib", data)
-    files = {name: data / f"{name}.parquet" for name in ("train", "valid")}
-    print(f"Training on {len(train):,} cases ({config.cv.folds}-fold CV on up to "
-          f"{config.cv.max_rows or len(train):,}), calibrating on {len(valid):,}")
-    if args.backend == "dask":
-        from .scale import dask_client
-
-        with dask_client(args.scheduler):
-            result = train_model(config, train, valid, backend="dask")
-    else:
-        result = train_model(config, train, valid)
-
-    decision = fit_decision_on(result.model, kb, calib, triage)
-    print(f"  decision layer fitted on calib ({len(calib):,}): conformal thresholds "
-          f"{sorted(set(round(t, 4) for t in decision['conformal']['thresholds']))}, "
-          f"atypical thresholds by number of answers {min(decision['atypical']['thresholds_by_n_known']):.2f}"
-          f"..{max(decision['atypical']['thresholds_by_n_known']):.2f}")
-    files["calib"] = data / "calib.parquet"
-
-    def save(run_id: str) -> dict:
-        return save_model(result.model, out, {
-            "winner": result.winner, "calibration": result.calibration, "metrics": result.metrics,
-            "candidates": [asdict(c) for c in result.candidates], "git_commit": git_commit(),
-            "data_sha256": {k: sha256_file(p) for k, p in files.items()}, "mlflow_run_id": run_id,
-            "split_sizes": {"train": len(train), "valid": len(valid), "calib": len(calib)},
-            "decision": decision}, kb_path=kb_path)
-
-    info = log_training(result, config, files, out, save, force_champion=args.force_champion, example=valid.head(5))
-    update_manifest(out, {k: v for k, v in info.items() if k != "manifest"})
+    config = load_config(TrainConfig, args.config or config_path("train.yaml"))
+    triage = load_config(TriageConfig, args.triage or config_path("triage.yaml"))
+    kb_path = Path(args.kb) if args.kb else config_path("knowledge_base.yaml")
+    out = Path(args.out) if args.out else models_dir()
+    info = train_stage(config, triage, kb_path, Path(args.data) if args.data else data_dir(), out,
+                       backend=args.backend, scheduler=args.scheduler, force_champion=args.force_champion)
     print(f"Saved {out / 'model.joblib'} (manifest {out / 'manifest.json'})")
     print(f"MLflow run {info['mlflow_run_id']} at {info['tracking_uri']}; registered "
           f"{info['registered_model']} version {info['registered_version']}"
@@ -210,33 +173,26 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .datasets import DATA_DIR, read_split
-    from .decision_metrics import format_decision_table
-    from .evaluate import evaluate_model, format_metrics_table, write_reports
-    from .knowledge import load_knowledge_base
-    from .model_io import load_model
+    from pipeline.core.knowledge import load_knowledge_base
+    from pipeline.core.paths import data_dir, reports_dir
+    from pipeline.report.decision_metrics import format_decision_table
+    from pipeline.report.evaluate import format_metrics_table
+    from pipeline.stages import evaluate_stage
 
-    data = Path(args.data) if args.data else DATA_DIR
-    out = Path(args.out) if args.out else REPORTS_DIR
-    model = load_model(args.model)
-    kb = load_knowledge_base(args.kb)
-    splits = {name: read_split(name, data) for name in ("test", "shift", "calib")}
-    metrics, arrays = evaluate_model(model, kb, splits, return_arrays=True)
-    paths = write_reports(metrics, arrays, out, model.manifest)
-    print(format_metrics_table(metrics))
-    print(format_decision_table(metrics))
-    print(f"\nWrote {out / 'metrics.json'}, {out / 'model_card.md'} and {len(paths) - 2} plots in {out / 'plots'}")
-    from .tracking import log_evaluation
-
-    if log_evaluation(model.manifest.get("mlflow_run_id"), metrics, paths, out):
-        print(f"Logged to MLflow run {model.manifest['mlflow_run_id']}")
+    out = Path(args.out) if args.out else reports_dir()
+    result = evaluate_stage(args.model, load_knowledge_base(args.kb), Path(args.data) if args.data else data_dir(), out)
+    print(format_metrics_table(result.metrics))
+    print(format_decision_table(result.metrics))
+    print(f"\nWrote {out / 'metrics.json'}, {out / 'model_card.md'} and {len(result.paths) - 2} plots in {out / 'plots'}")
+    if result.logged_to_mlflow:
+        print("Logged to the model's MLflow run")
     else:
         print("The model's MLflow run is not in this tracking store: metrics not logged to MLflow.")
     return EXIT_OK
 
 
 def _score_parser(sub: argparse._SubParsersAction) -> None:
-    from .batch import CHUNK_ROWS
+    from pipeline.serve import CHUNK_ROWS
 
     p = sub.add_parser("score", help="score CSV or Parquet files of cases into one output file",
                        description="Exit codes: 0 every row scored, 1 some rows rejected (see "
@@ -256,14 +212,15 @@ def _score_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _score(args: argparse.Namespace) -> int:
-    from .batch import score_files
-    from .predict import get_model
+    from pipeline.serve.batch import score_files
+    from pipeline.serve.loading import get_model
 
     if args.chunk_rows < 1:
         raise UsageError(f"--chunk-rows == {args.chunk_rows}, must be >= 1.")
-    warn = lambda m: print(f"kneepain score: warning: {m}", file=sys.stderr)  # noqa: E731
+    warn = lambda m: print(f"kneepain score: warning: {m}", file=sys.stderr)
     if args.engine == "dask":
-        from .scale import dask_client, score_files_dask
+        from pipeline.core.cluster import dask_client
+        from pipeline.serve.dask import score_files_dask
 
         # the workers load the (hash-checked) model themselves, once each
         with dask_client(args.scheduler) as client:
@@ -291,10 +248,11 @@ def _sample_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _sample(args: argparse.Namespace) -> int:
-    from .generate import generate_codes
-    from .io import write_text_atomic
-    from .knowledge import load_knowledge_base
-    from .schema import ID_COLUMN, codes_to_text_frame
+    from pipeline.core.files import write_text_atomic
+    from pipeline.core.knowledge import load_knowledge_base
+    from pipeline.core.parsing import codes_to_text_frame
+    from pipeline.core.schema import ID_COLUMN
+    from pipeline.data.generate import generate_codes
 
     if args.n < 1:
         raise UsageError(f"--n == {args.n}, must be >= 1.")
@@ -314,8 +272,8 @@ def _ask_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _ask(args: argparse.Namespace) -> int:
-    from .ask import run_session
-    from .predict import get_model
+    from pipeline.interact.ask import run_session
+    from pipeline.serve.loading import get_model
 
     if args.max_questions < 0:
         raise UsageError(f"--max-questions == {args.max_questions}, must be >= 0.")
@@ -365,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Causes of pain behind the knee: synthetic data, a calibrated classifier and a "
                     "decision layer. Information only, not a diagnosis: seek professional advice.")
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks")
+    parser.add_argument("--version", action="version", version=f"kneepain {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for make_parser, _ in COMMANDS.values():
         make_parser(sub)
@@ -374,17 +333,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return its exit code (0 ok, 1 rows rejected, 2 fatal error)."""
     args = build_parser().parse_args(argv)
-    from .batch import BatchInputError
-    from .config import ConfigError
-    from .knowledge import KnowledgeBaseError
-    from .model_io import ModelIntegrityError
-    from .schema import CaseValidationError
+    from pipeline.core.config import ConfigError
+    from pipeline.core.errors import BatchInputError, CaseValidationError, ModelIntegrityError
+    from pipeline.core.knowledge import KnowledgeBaseError
 
     fatal: tuple[type[BaseException], ...] = (UsageError, ConfigError, KnowledgeBaseError, CaseValidationError,
                                               FileNotFoundError, FileExistsError, PermissionError, BatchInputError,
                                               ModelIntegrityError)
     if getattr(args, "engine", None) == "dask" or getattr(args, "backend", None) == "dask":
-        from .scale import DaskJobError
+        from pipeline.core.cluster import DaskJobError
 
         fatal += (DaskJobError,)
     try:

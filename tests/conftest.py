@@ -19,7 +19,7 @@ def kb():
 @pytest.fixture(scope="session")
 def big_sample(kb):
     """200k generated cases with their codes, for statistical tests."""
-    from pipeline.generate import generate_codes
+    from pipeline.data.generate import generate_codes
 
     return generate_codes(kb, 200_000, seed=12345)
 
@@ -41,8 +41,8 @@ tracking: {experiment: kneepain-test, registered_model: kneepain-classifier, ali
 @pytest.fixture(scope="session")
 def small_data(kb, tmp_path_factory):
     """A small generated data folder (train 4000, valid/calib 1500, test 3000, shift 1500)."""
-    from pipeline.config import GenerateConfig
-    from pipeline.generate import write_splits
+    from pipeline.core.config import GenerateConfig
+    from pipeline.data.generate import write_splits
 
     folder = tmp_path_factory.mktemp("data")
     write_splits(kb, GenerateConfig.model_validate({"seed": 11, "splits": {

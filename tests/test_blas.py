@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
 
-from pipeline.blas import dot_exact
+from pipeline.core.blas import dot_exact
 
 
 @pytest.mark.parametrize("width", [7, 38, 93, 120])
@@ -34,15 +34,15 @@ def test_a_model_scored_by_scikit_learn_agrees_across_threads_to_the_documented_
     """The README's promise for a non-logistic winner (MLP): equal to about 1e-15 relative."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from pipeline.candidates import make_candidate
-    from pipeline.config import TrainConfig
-    from pipeline.datasets import labels
-    from pipeline.generate import generate_cases
-    from pipeline.model_io import LoadedModel
-    from pipeline.schema import parse_cases
-
-    from conftest import SMALL_TRAIN_CONFIG
     import yaml
+    from conftest import SMALL_TRAIN_CONFIG
+
+    from pipeline.core.config import TrainConfig
+    from pipeline.core.parsing import parse_cases
+    from pipeline.data.datasets import labels
+    from pipeline.data.generate import generate_cases
+    from pipeline.model.candidates import make_candidate
+    from pipeline.serve.loading import LoadedModel
 
     config = TrainConfig.model_validate(yaml.safe_load(SMALL_TRAIN_CONFIG))
     train = generate_cases(kb, 3000, seed=1)
@@ -59,18 +59,17 @@ def test_a_model_scored_by_scikit_learn_agrees_across_threads_to_the_documented_
 
 @pytest.mark.parametrize("calibrated", [False, True])
 def test_the_logistic_model_scored_from_its_arrays_matches_scikit_learn(kb, calibrated):
+    import yaml
+    from conftest import SMALL_TRAIN_CONFIG
     from sklearn.calibration import CalibratedClassifierCV
     from sklearn.frozen import FrozenEstimator
 
-    from pipeline.candidates import make_candidate
-    from pipeline.config import TrainConfig
-    from pipeline.datasets import labels
-    from pipeline.generate import generate_cases
-    from pipeline.linear import linear_scorer
-    from pipeline.schema import parse_cases
-
-    from conftest import SMALL_TRAIN_CONFIG
-    import yaml
+    from pipeline.core.config import TrainConfig
+    from pipeline.core.parsing import parse_cases
+    from pipeline.data.datasets import labels
+    from pipeline.data.generate import generate_cases
+    from pipeline.model.candidates import make_candidate
+    from pipeline.model.linear import linear_scorer
 
     config = TrainConfig.model_validate(yaml.safe_load(SMALL_TRAIN_CONFIG))
     train, valid = generate_cases(kb, 3000, seed=1), generate_cases(kb, 1500, seed=3)

@@ -1,4 +1,4 @@
-"""The Dask engine (pipeline.scale) on a real two-worker local cluster.
+"""The Dask engine (pipeline.serve.dask) on a real two-worker local cluster.
 
 Scoring on the cluster must give exactly the pandas engine's rows, numbers and rejects; a killed
 worker must either be survived or leave no output; partitioned generation must be reproducible;
@@ -17,13 +17,18 @@ import pandas as pd
 import pytest
 
 pytest.importorskip("distributed")
-from distributed import WorkerPlugin, get_task_stream  # noqa: E402
+from distributed import WorkerPlugin, get_task_stream
 
-from pipeline.batch import REJECT_COLUMNS, BatchInputError, score_files  # noqa: E402
-from pipeline.generate import generate_cases, generate_codes  # noqa: E402
-from pipeline.predict import get_model  # noqa: E402
-from pipeline.scale import DaskJobError, dask_client, generate_dask, score_files_dask  # noqa: E402
-from pipeline.schema import ID_COLUMN, codes_to_text_frame  # noqa: E402
+from pipeline.core.cluster import DaskJobError, dask_client
+from pipeline.core.errors import BatchInputError
+from pipeline.core.parsing import codes_to_text_frame
+from pipeline.core.schema import ID_COLUMN
+from pipeline.data.generate import generate_cases, generate_codes
+from pipeline.data.parallel import generate_dask
+from pipeline.serve.batch import score_files
+from pipeline.serve.dask import score_files_dask
+from pipeline.serve.predict import get_model
+from pipeline.serve.writing import REJECT_COLUMNS
 
 pytestmark = pytest.mark.slow
 
@@ -242,9 +247,9 @@ def test_partitioned_generation_is_reproducible(client, kb, tmp_path):
 
 
 def test_train_with_the_dask_backend_matches_local(client, small_data, small_config_path):
-    from pipeline.config import TrainConfig, load_config
-    from pipeline.datasets import read_split
-    from pipeline.train import train_model
+    from pipeline.core.config import TrainConfig, load_config
+    from pipeline.data.datasets import read_split
+    from pipeline.model.train import train_model
 
     config = load_config(TrainConfig, small_config_path)
     config = config.model_copy(update={"cv": config.cv.model_copy(update={"n_jobs": 2})})  # really parallel
@@ -276,7 +281,7 @@ def test_dask_client_joins_a_scheduler_or_starts_a_local_cluster(client):
 
 
 class KillSwitch(WorkerPlugin):
-    """Makes ``pipeline.batch.score_chunk`` SIGKILL its own worker at a file's second chunk.
+    """Makes ``pipeline.serve.batch.score_chunk`` SIGKILL its own worker at a file's second chunk.
 
     ``once``: the first worker to create ``marker`` dies (restarted workers are patched too, but
     the marker then exists). ``always``: every worker dies while ``marker`` exists.
@@ -288,7 +293,7 @@ class KillSwitch(WorkerPlugin):
         self.marker, self.mode = marker, mode
 
     def setup(self, worker):
-        import pipeline.batch as batch
+        import pipeline.serve.batch as batch
 
         original = getattr(batch.score_chunk, "__wrapped__", batch.score_chunk)
         marker, mode = self.marker, self.mode
@@ -310,7 +315,7 @@ class KillSwitch(WorkerPlugin):
         batch.score_chunk = score_chunk
 
     def teardown(self, worker):
-        import pipeline.batch as batch
+        import pipeline.serve.batch as batch
 
         batch.score_chunk = getattr(batch.score_chunk, "__wrapped__", batch.score_chunk)
 

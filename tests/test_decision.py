@@ -5,19 +5,21 @@ import pandas as pd
 import pytest
 
 from pipeline import generate_cases, oracle_posterior, predict
-from pipeline.atypical import fit_atypical, flag_atypical
-from pipeline.config import CONFIG_DIR, LEVELS, TriageConfig, load_config
-from pipeline.conformal import fit_conformal, prediction_sets
-from pipeline.datasets import labels
-from pipeline.schema import CONDITIONS, SYMPTOMS, parse_cases
-from pipeline.triage import cost_levels, red_flags, triage_levels
+from pipeline.core.config import LEVELS, TriageConfig, load_config
+from pipeline.core.parsing import parse_cases
+from pipeline.core.paths import config_path
+from pipeline.core.schema import CONDITIONS, SYMPTOMS
+from pipeline.data.datasets import labels
+from pipeline.decision.atypical import fit_atypical, flag_atypical
+from pipeline.decision.conformal import fit_conformal, prediction_sets
+from pipeline.decision.triage import cost_levels, red_flags, triage_levels
 
 DVT = CONDITIONS.index("dvt")
 
 
 @pytest.fixture(scope="module")
 def cfg():
-    return load_config(TriageConfig, CONFIG_DIR / "triage.yaml")
+    return load_config(TriageConfig, config_path("triage.yaml"))
 
 
 def _codes(cases):

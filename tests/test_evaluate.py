@@ -12,14 +12,21 @@ from sklearn.pipeline import Pipeline
 from threadpoolctl import threadpool_limits
 
 from pipeline import generate_cases, oracle_posterior
-from pipeline.candidates import make_candidate
-from pipeline.config import CONFIG_DIR, TrainConfig, load_config
-from pipeline.datasets import labels
-from pipeline.evaluate import (evaluate_model, evaluate_split, format_metrics_table, robustness_curve,
-                               uncalibrated_estimator, write_reports)
-from pipeline.metrics import accuracy
-from pipeline.model_io import LoadedModel
-from pipeline.schema import CONDITIONS
+from pipeline.core.config import TrainConfig, load_config
+from pipeline.core.metrics import accuracy
+from pipeline.core.paths import config_path
+from pipeline.core.schema import CONDITIONS
+from pipeline.data.datasets import labels
+from pipeline.model.candidates import make_candidate
+from pipeline.report.evaluate import (
+    evaluate_model,
+    evaluate_split,
+    format_metrics_table,
+    robustness_curve,
+    uncalibrated_estimator,
+    write_reports,
+)
+from pipeline.serve.loading import LoadedModel
 
 SPLIT_KEYS = {
     "n", "accuracy", "top3_accuracy", "macro_f1", "log_loss", "brier", "ece_top_label", "ece_classwise",
@@ -49,9 +56,9 @@ def splits(kb):
 
 @pytest.fixture(scope="module")
 def fitted(splits):
-    from pipeline.train import calibrate
+    from pipeline.model.train import calibrate
 
-    config = load_config(TrainConfig, CONFIG_DIR / "train.yaml")
+    config = load_config(TrainConfig, config_path("train.yaml"))
     pipe = make_candidate("logistic", config)
     # One BLAS thread: on this small problem a second thread only adds synchronisation, and when
     # the other core is busy it made the fit ~100x slower (20 s instead of 0.2 s).

@@ -5,12 +5,13 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from scipy.stats import norm
 
 from pipeline import generate_cases
-from pipeline.explain import Explanation, explain
-from pipeline.predict import get_model
-from pipeline.schema import CONDITION_LABELS, CONDITIONS, FIELDS, SYMPTOMS, codes_to_text_frame, field, parse_cases
+from pipeline.core.oracle import field_log_likelihoods, oracle_log_joint
+from pipeline.core.parsing import codes_to_text_frame, parse_cases
+from pipeline.core.schema import CONDITION_LABELS, CONDITIONS, FIELDS, SYMPTOMS
+from pipeline.interact.explain import Explanation, explain
+from pipeline.serve.predict import get_model
 
 ACL_LIKE = {"age": 24, "sex": "male", "activity": "sprint_pivot_sport", "injury_event": "twist_or_direction_change",
             "heard_pop": "yes", "giving_way": "yes", "knee_swelling": "yes", "bmi": 23.5,
@@ -25,30 +26,27 @@ def model(trained):
 
 
 def _kb_log_lik(kb, name: str, answer: str, case: dict) -> np.ndarray:
-    """log P(answer | condition), written out from the knowledge base's arrays for this test."""
-    f = field(name)
-    if name == "age":
-        return np.log(kb.age_pmf[:, int(answer) - 12])
-    if name == "sex":
-        return np.log(kb.female if answer == "female" else 1 - kb.female)
-    if name == "bmi":
-        return norm.logpdf(float(answer), kb.bmi[:, 0], kb.bmi[:, 1])
-    if name == "symptom_duration_days":
-        return norm.logpdf(math.log(float(answer)), kb.duration[:, 0], kb.duration[:, 1])
-    if f.kind == "category":
-        return np.log(kb.category[name][:, f.allowed.index(answer)])
-    if name == "pregnant":
-        if case["sex"] == "male":
-            p_yes = np.full(len(CONDITIONS), 0.5)  # no information either way
-        elif int(case["age"]) <= kb.fertile_age[1]:
-            p_yes = kb.pregnant
-        else:
-            p_yes = np.full(len(CONDITIONS), kb.pregnant_other)
-    elif name in SYMPTOMS:
-        p_yes = (kb.severity * kb.tristate[name]).sum(axis=1)
-    else:
-        p_yes = kb.tristate[name][:, 0]
-    return np.log(p_yes if answer == "yes" else 1 - p_yes)
+    """log P(answer | condition) of one answer of ``case``: the oracle's, checked below against
+    the oracle's exact joint."""
+    return field_log_likelihoods(kb, parse_cases(pd.DataFrame([case])))[name]
+
+
+@pytest.mark.parametrize("base", [{"age": 45, "sex": "female"}, {"age": 70, "sex": "male"},
+                                  {"age": 30, "sex": "female", "pregnant": "yes"}])
+def test_each_answers_log_likelihood_is_what_it_adds_to_the_oracles_joint(kb, base):
+    """An answer independent of the others given the condition adds exactly its log likelihood to
+    log P(condition, answers): context answers always, a symptom when it is the only one known."""
+    lj_base = oracle_log_joint(kb, base)[0]
+    cases = [{**base, "bmi": 31.5}, {**base, "symptom_duration_days": 0}, {**base, "symptom_duration_days": 40},
+             {**base, "activity": "running"}, {**base, "injury_event": "fall_onto_knee"}, {**base, "smoker": "yes"},
+             {**base, "heard_pop": "no"}, *[{**base, s: a} for s in SYMPTOMS for a in ("yes", "no")]]
+    for case in cases:
+        (name,) = set(case) - set(base)
+        added = oracle_log_joint(kb, case)[0] - lj_base
+        np.testing.assert_allclose(field_log_likelihoods(kb, parse_cases(pd.DataFrame([case])))[name], added,
+                                   rtol=1e-9, atol=1e-9, err_msg=name)
+    full = field_log_likelihoods(kb, parse_cases(pd.DataFrame([base])))
+    np.testing.assert_allclose(sum(full.values()) + np.log(kb.prior), lj_base, rtol=1e-9)
 
 
 def _check_signs(e: Explanation, kb, case: dict) -> None:

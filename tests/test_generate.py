@@ -4,13 +4,15 @@ import pytest
 from scipy import stats
 
 from pipeline import generate_cases
-from pipeline.config import GenerateConfig
-from pipeline.generate import write_splits
-from pipeline.io import sha256_file
-from pipeline.knowledge import AGES
-from pipeline.schema import CATEGORY_FIELDS, CONDITIONS, FIELDS, SYMPTOMS, field, parse_cases
+from pipeline.core.config import GenerateConfig
+from pipeline.core.files import sha256_file
+from pipeline.core.knowledge import AGES
 
 # Statistical tests: two-sided, family-wise level 0.001 over all comparisons in a test (Bonferroni),
+from pipeline.core.parsing import parse_cases
+from pipeline.core.schema import CATEGORY_FIELDS, CONDITIONS, FIELDS, SYMPTOMS, field
+from pipeline.data.generate import write_splits
+
 # on 200k cases from a fixed seed.
 FAMILY_ALPHA = 1e-3
 
@@ -93,7 +95,8 @@ def test_clinically_typical_cases(kb, big_sample):
 
 
 def _config(seed):
-    return GenerateConfig.model_validate({"seed": seed, "splits": {"train": {"n": 3000}, "shift": {"n": 1000, "population": "shift"}}})
+    return GenerateConfig.model_validate(
+        {"seed": seed, "splits": {"train": {"n": 3000}, "shift": {"n": 1000, "population": "shift"}}})
 
 
 def test_splits_are_byte_identical_for_a_seed_and_differ_for_another(kb, tmp_path):

@@ -5,8 +5,11 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.knowledge import DEFAULT_KB_PATH, SEED_PATH, KnowledgeBaseError, _normalise, load_knowledge_base
-from pipeline.schema import CONDITIONS, SYMPTOMS
+from pipeline.core.knowledge import KnowledgeBaseError, _normalise, load_knowledge_base
+from pipeline.core.paths import config_path, seed_path
+from pipeline.core.schema import CONDITIONS, SYMPTOMS
+
+DEFAULT_KB_PATH = config_path("knowledge_base.yaml")
 
 
 def _walk(node, path=""):
@@ -25,7 +28,7 @@ def _has_number(value):
 
 def test_every_number_has_provenance_and_seed_quotes_are_verbatim():
     raw = yaml.safe_load(DEFAULT_KB_PATH.read_text(encoding="utf-8"))
-    seed = _normalise(SEED_PATH.read_text(encoding="utf-8"))
+    seed = _normalise(seed_path().read_text(encoding="utf-8"))
     checked = 0
     for path, node in _walk(raw):
         if path == "" or not any(_has_number(v) for v in node.values()):

@@ -5,9 +5,10 @@ from scipy import stats
 from scipy.special import logsumexp
 
 from pipeline import generate_cases, log_density, oracle_posterior
-from pipeline.metrics import summary
-from pipeline.oracle import oracle_log_joint
-from pipeline.schema import CONDITIONS, ParsedCases
+from pipeline.core.metrics import summary
+from pipeline.core.oracle import oracle_log_joint
+from pipeline.core.parsing import ParsedCases
+from pipeline.core.schema import CONDITIONS
 
 
 def _parsed(codes):

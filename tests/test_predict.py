@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline import CaseValidationError, predict
-from pipeline.predict import clear_model_cache, output_columns
-from pipeline.schema import CONDITIONS, FIELDS
+from pipeline.core.schema import CONDITIONS, FIELDS
+from pipeline.serve.predict import clear_model_cache, output_columns
 
 P_COLS = [f"p_{c}" for c in CONDITIONS]
 CASE = {"age": 24, "sex": "male", "activity": "sprint_pivot_sport", "injury_event": "twist_or_direction_change",
@@ -80,7 +80,7 @@ def test_top_k_and_its_bounds(trained):
 
 def test_model_is_loaded_once(trained, monkeypatch):
     models, _ = trained
-    P = importlib.import_module("pipeline.predict")
+    P = importlib.import_module("pipeline.serve.loading")
     clear_model_cache()
     calls = []
     real = P.load_model
@@ -91,12 +91,8 @@ def test_model_is_loaded_once(trained, monkeypatch):
 
 
 def test_missing_default_model_says_make_run(tmp_path, monkeypatch):
-    M = importlib.import_module("pipeline.model_io")
-    P = importlib.import_module("pipeline.predict")
-
     clear_model_cache()
-    monkeypatch.setattr(M, "MODELS_DIR", tmp_path)
-    monkeypatch.setattr(P, "MODELS_DIR", tmp_path)
+    monkeypatch.setenv("KNEEPAIN_HOME", str(tmp_path))  # a project folder without a model
     with pytest.raises(FileNotFoundError, match="make run"):
         predict(CASE)
 
@@ -152,8 +148,8 @@ def test_same_numbers_in_any_thread_at_any_blas_thread_count(trained, blas_threa
 
     from threadpoolctl import threadpool_limits
 
-    from pipeline.generate import generate_cases
     from pipeline import load_knowledge_base
+    from pipeline.data.generate import generate_cases
 
     models, _ = trained
     cases = generate_cases(load_knowledge_base(), 2000, seed=5).drop(columns=["condition", "severity"])

@@ -8,13 +8,14 @@ import pytest
 from scipy.special import entr
 
 from pipeline import generate_cases, oracle_posterior
-from pipeline.ask import CLOSING, run_session
-from pipeline.datasets import labels
-from pipeline.config import CONFIG_DIR, ConfigError, TrainConfig, load_config
-from pipeline.model_io import LoadedModel
-from pipeline.predict import get_model
-from pipeline.questioning import plot_questioning, simulate_questioning
-from pipeline.questions import CANDIDATE_FIELDS, load_questions_config, next_questions
+from pipeline.core.config import ConfigError, TrainConfig, load_config
+from pipeline.core.paths import config_path
+from pipeline.data.datasets import labels
+from pipeline.interact.ask import CLOSING, run_session
+from pipeline.interact.questions import CANDIDATE_FIELDS, load_questions_config, next_questions
+from pipeline.report.questioning import plot_questioning, simulate_questioning
+from pipeline.serve.loading import LoadedModel
+from pipeline.serve.predict import get_model
 
 CASE = {"age": 24, "sex": "male", "heard_pop": "yes", "giving_way": "yes", "tingling": "unknown"}
 
@@ -56,7 +57,7 @@ def test_bad_arguments_are_value_errors(model, tmp_path):
     with pytest.raises(ValueError, match="unknown field"):
         next_questions(CASE, model, exclude=["limp"])
     bad = tmp_path / "q.yaml"
-    bad.write_text((CONFIG_DIR / "questions.yaml").read_text().replace("dvt: 2.0", "gout: 2.0"))
+    bad.write_text((config_path("questions.yaml")).read_text().replace("dvt: 2.0", "gout: 2.0"))
     with pytest.raises(ConfigError, match="gout"):
         load_questions_config(bad)
 
@@ -112,10 +113,10 @@ def test_five_chosen_questions_beat_ten_in_schema_order(kb):
     answers, and there the target failed for one training seed in three (measured)."""
     from threadpoolctl import threadpool_limits
 
-    from pipeline.candidates import make_candidate
+    from pipeline.model.candidates import make_candidate
 
     train = generate_cases(kb, 60_000, seed=101)
-    config = load_config(TrainConfig, CONFIG_DIR / "train.yaml")
+    config = load_config(TrainConfig, config_path("train.yaml"))
     with threadpool_limits(limits=1, user_api="blas"):  # many BLAS threads made this fit 10x slower on 2 cores
         estimator = make_candidate("logistic", config).fit(train, labels(train))
     model = LoadedModel(estimator)  # no decision layer: DVT sensitivity is prediction == dvt

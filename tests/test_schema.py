@@ -2,8 +2,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.docs import README, render_readme
-from pipeline.schema import FIELDS, CaseValidationError, data_dictionary_markdown, parse_cases
+from pipeline.core.errors import CaseValidationError
+from pipeline.core.parsing import parse_cases
+from pipeline.core.paths import project_root
+from pipeline.core.schema import FIELDS, data_dictionary_markdown
+from pipeline.report.docs import render_readme
 
 
 def _case(**kw):
@@ -63,8 +66,8 @@ def test_blank_required_value_is_rejected_and_blank_number_is_unknown():
 
 
 def test_readme_data_dictionary_is_generated_from_schema():
-    text = README.read_text(encoding="utf-8")
-    assert render_readme(text) == text, "README is out of date: run `python -m pipeline.docs`"
+    text = (project_root() / "README.md").read_text(encoding="utf-8")
+    assert render_readme(text) == text, "README is out of date: run `python -m pipeline.report.docs`"
     for f in FIELDS:
         assert f"`{f.name}`" in data_dictionary_markdown()
 

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from pipeline.cli import main
-from pipeline.predict import predict
+from pipeline.serve.predict import predict
 
 CORPUS = Path(__file__).parent / "data" / "bad_inputs"
 P_COLS = [f"p_{c}" for c in ("leg_cramp", "bakers_cyst", "runners_knee", "hamstring_injury", "meniscus_tear",
@@ -135,8 +135,8 @@ def test_fatal_model_problem_has_no_traceback(trained, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_killed_run_leaves_no_output(trained, kb, tmp_path):
-    from pipeline.generate import generate_codes
-    from pipeline.schema import codes_to_text_frame
+    from pipeline.core.parsing import codes_to_text_frame
+    from pipeline.data.generate import generate_codes
 
     models, _ = trained
     codes, _, _ = generate_codes(kb, 400_000, seed=8)

@@ -6,11 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import requests
+from servers import BIN, free_port, running
 
 from pipeline import predict
-from pipeline.schema import CONDITIONS
-
-from servers import BIN, free_port, running
+from pipeline.core.schema import CONDITIONS
 
 P_COLS = [f"p_{c}" for c in CONDITIONS]
 

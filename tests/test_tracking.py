@@ -4,13 +4,12 @@ import json
 
 import numpy as np
 import pytest
+from servers import BIN, free_port, running
 
 from pipeline.cli import main
-from pipeline.model_io import load_model
-from pipeline.predict import predict
-from pipeline.datasets import read_split
-
-from servers import BIN, free_port, running
+from pipeline.data.datasets import read_split
+from pipeline.serve.loading import load_model
+from pipeline.serve.predict import predict
 
 NAME = "kneepain-classifier"
 

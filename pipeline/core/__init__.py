@@ -1,0 +1,1 @@
+"""The foundation: the case schema and its parser, configs, the knowledge base, the exact oracle, paths and errors."""

@@ -1,0 +1,52 @@
+"""Turn what a user hands over (a dict, a list of dicts, a DataFrame, a file path) into cases."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pipeline.core.errors import CaseValidationError
+from pipeline.core.parsing import ParsedCases, parse_cases
+
+__all__ = ["as_frame", "as_parsed", "read_case_file"]
+
+
+def read_case_file(path: str | Path) -> pd.DataFrame:
+    """Read a whole CSV or Parquet file of cases (by extension); every CSV cell is read as text."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        return pd.read_parquet(path)
+    if suffix == ".csv":
+        return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    raise ValueError(f"{path}: unsupported file type {suffix!r}; expected .csv or .parquet.")
+
+
+def as_frame(cases: Any) -> pd.DataFrame:
+    """A DataFrame view of ``cases``: a dict (one case), a list of dicts, a DataFrame or a path."""
+    if isinstance(cases, pd.DataFrame):
+        return cases
+    if isinstance(cases, (str, Path)):
+        return read_case_file(cases)
+    if isinstance(cases, Mapping):
+        return pd.DataFrame([dict(cases)])
+    if isinstance(cases, (list, tuple)):
+        if not all(isinstance(c, Mapping) for c in cases):
+            raise TypeError("a list of cases must hold dicts, one per case.")
+        return pd.DataFrame([dict(c) for c in cases])
+    raise TypeError(f"cases must be a dict, a list of dicts, a DataFrame or a path to a CSV or "
+                    f"Parquet file, got {type(cases).__name__}.")
+
+
+def as_parsed(cases: Any) -> ParsedCases:
+    """Parsed, validated cases; raises :class:`CaseValidationError` naming every bad value."""
+    if isinstance(cases, ParsedCases):
+        return cases
+    frame = as_frame(cases)
+    if len(frame) == 0 and len(frame.columns) == 0:
+        raise CaseValidationError(pd.DataFrame({"row": [-1], "column": [""], "value": [""],
+                                                "reason": ["no cases were given"]}))
+    return parse_cases(frame)

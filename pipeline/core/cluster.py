@@ -1,0 +1,93 @@
+"""A Dask cluster for the duration of a job, and the helpers every Dask job shares.
+
+Dask itself is imported only inside these functions, so nothing else pays for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from distributed import Client, Future
+
+__all__ = ["DaskJobError", "dask_client", "gather", "temp_folder"]
+
+
+class DaskJobError(RuntimeError):
+    """The cluster failed the job (a task failed after its retries, or no scheduler answered); nothing was written."""
+
+
+@contextlib.contextmanager
+def dask_client(scheduler: str | None = None, *, n_workers: int | None = None) -> Iterator["Client"]:
+    """A ``distributed.Client`` for the duration of a ``with`` block.
+
+    Parameters
+    ----------
+    scheduler : str, optional
+        Address of a running scheduler (``tcp://host:8786``). Default: start a ``LocalCluster`` on
+        127.0.0.1 with one single-threaded worker process per core and no dashboard (the
+        scheduler still answers health checks over HTTP on 127.0.0.1, port 8787 or a free one).
+    n_workers : int, optional
+        Workers of the local cluster (default ``os.cpu_count()``); not allowed with ``scheduler``.
+
+    Yields
+    ------
+    distributed.Client
+        Also the default client, so ``joblib.parallel_backend("dask")`` uses it. The client, and
+        the local cluster if one was started, are closed on exit.
+    """
+    from distributed import Client, LocalCluster
+
+    if scheduler is not None:
+        if n_workers is not None:
+            raise ValueError("n_workers applies only to a local cluster; a scheduler at "
+                             f"{scheduler!r} has its own workers.")
+        try:
+            client = Client(scheduler)
+        except OSError as err:  # refused or timed out
+            raise DaskJobError(f"cannot connect to the Dask scheduler at {scheduler!r}: {err}") from err
+        with client:
+            yield client
+        return
+    n = (os.cpu_count() or 1) if n_workers is None else n_workers
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n_workers == {n_workers!r}, must be an integer >= 1.")
+    # one thread per worker: scoring holds the GIL in pandas and parsing, so processes scale and threads do not
+    with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        yield client
+
+
+def temp_folder(target: Path) -> Path:
+    """A new hidden folder next to ``target``, renamed to ``target`` once the job is complete."""
+    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:12]}"
+    tmp.mkdir()
+    return tmp
+
+
+def gather(client: "Client", futures: dict["Future", str]) -> list[Any]:
+    """Results of ``futures`` (future -> input label); on the first failure cancel the rest and raise."""
+    from distributed import as_completed
+
+    results = []
+    try:
+        for future in as_completed(list(futures)):
+            try:
+                result = future.result()
+            except Exception as err:  # KilledWorker, or an unexpected error after the retries
+                raise DaskJobError(f"{futures[future]}: the Dask task failed ({type(err).__name__}: {err}); "
+                                   "no output was written.") from err
+            if getattr(result, "error", None) is not None:
+                raise result.error
+            results.append(result)
+    except BaseException:
+        client.cancel(list(futures))  # tasks already running finish, but write into a removed folder
+        raise
+    for future in futures:  # released, so a worker lost later never makes the scheduler rerun them
+        future.release()
+    return results

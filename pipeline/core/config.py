@@ -1,0 +1,181 @@
+"""Validated configuration files (configs/*.yaml): parsed once, errors name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipeline.core.errors import ConfigError
+
+__all__ = ["ConfigError", "GenerateConfig", "LEVELS", "SplitConfig", "TrainConfig", "TriageConfig", "load_config",
+           "flatten"]
+
+
+
+class StrictModel(BaseModel):
+    """A config section: unknown keys are errors, values are frozen after validation."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SplitConfig(StrictModel):
+    n: int = Field(ge=0)
+    population: Literal["default", "shift"] = "default"
+
+
+class GenerateConfig(StrictModel):
+    seed: int = Field(ge=0)
+    splits: dict[str, SplitConfig]
+
+
+class CVConfig(StrictModel):
+    folds: int = Field(ge=2, le=20)
+    max_rows: int = Field(ge=0)
+    n_jobs: int = Field(ge=1)
+
+
+class LogisticConfig(StrictModel):
+    C: float = Field(gt=0)
+    max_iter: int = Field(ge=10)
+    tol: float = Field(gt=0)
+
+
+class HGBConfig(StrictModel):
+    max_iter: int = Field(ge=1)
+    learning_rate: float = Field(gt=0)
+    max_leaf_nodes: int = Field(ge=2)
+    l2_regularization: float = Field(ge=0)
+    early_stopping: bool
+
+
+class MLPConfig(StrictModel):
+    hidden_layer_sizes: list[int] = Field(min_length=1)
+    alpha: float = Field(ge=0)
+    learning_rate_init: float = Field(gt=0)
+    max_iter: int = Field(ge=1)
+    early_stopping: bool
+
+
+class ModelsConfig(StrictModel):
+    logistic: LogisticConfig
+    hist_gradient_boosting: HGBConfig
+    mlp: MLPConfig
+
+
+class SelectionConfig(StrictModel):
+    log_loss_tolerance: float = Field(ge=0)
+
+
+class CalibrationConfig(StrictModel):
+    method: Literal["temperature", "sigmoid", "isotonic"]
+    min_improvement: float = Field(ge=0)
+
+
+class TrackingConfig(StrictModel):
+    experiment: str
+    registered_model: str
+    alias: str
+
+
+class TrainConfig(StrictModel):
+    seed: int = Field(ge=0)
+    cv: CVConfig
+    candidates: list[Literal["logistic", "hist_gradient_boosting", "mlp"]] = Field(min_length=1)
+    models: ModelsConfig
+    selection: SelectionConfig
+    calibration: CalibrationConfig
+    tracking: TrackingConfig
+
+
+Level = Literal["self_care", "see_doctor", "see_doctor_soon", "emergency"]
+LEVELS: tuple[Level, ...] = ("self_care", "see_doctor", "see_doctor_soon", "emergency")
+
+
+class RedFlag(StrictModel):
+    name: str
+    level: Level
+    all: dict[str, str] = Field(min_length=1)
+    any: dict[str, str] = {}
+    reason: str
+
+
+class ConformalConfig(StrictModel):
+    coverage: float = Field(gt=0, lt=1)
+    mondrian: bool
+
+
+class AtypicalConfig(StrictModel):
+    quantile: float = Field(gt=0, lt=0.5)
+    min_level: Level
+
+
+class TriageConfig(StrictModel):
+    levels: list[Level]
+    level_text: dict[Level, str]
+    costs: dict[str, dict[Level, float]]
+    right_level: dict[str, Level]
+    red_flags: list[RedFlag]
+    advice: dict[str, str]
+    closing: str
+    conformal: ConformalConfig
+    atypical: AtypicalConfig
+
+    @model_validator(mode="after")
+    def _complete(self) -> "TriageConfig":
+        from pipeline.core.schema import CONDITIONS, field
+
+        if tuple(self.levels) != LEVELS:
+            raise ValueError(f"levels must be {list(LEVELS)} (least urgent first)")
+        for name in ("costs", "right_level", "advice"):
+            keys = set(getattr(self, name))
+            if keys != set(CONDITIONS):
+                raise ValueError(f"{name}: must have exactly the conditions; unknown {sorted(keys - set(CONDITIONS))}, "
+                                 f"missing {sorted(set(CONDITIONS) - keys)}")
+        for c, row in self.costs.items():
+            if set(row) != set(LEVELS):
+                raise ValueError(f"costs.{c}: must give a cost for every level {list(LEVELS)}")
+            if any(v < 0 for v in row.values()):
+                raise ValueError(f"costs.{c}: costs must be >= 0")
+        for i, flag in enumerate(self.red_flags):
+            for part in ("all", "any"):
+                for name, value in getattr(flag, part).items():
+                    try:
+                        f = field(name)
+                    except KeyError as err:
+                        raise ValueError(f"red_flags[{i}].{part}.{name}: {err.args[0]}") from None
+                    allowed = ("yes", "no") if f.kind == "tristate" else f.allowed
+                    if value not in allowed:
+                        raise ValueError(f"red_flags[{i}].{part}.{name}: {value!r} is not one of {list(allowed)}")
+        return self
+
+
+def flatten(data: dict, prefix: str = "") -> dict[str, object]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (for logging every config value as a parameter)."""
+    out: dict[str, object] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+T = TypeVar("T", bound=BaseModel)
+
+
+def load_config(model: type[T], path: str | Path) -> T:
+    """Read a YAML file into ``model``; raise :class:`ConfigError` naming each bad key."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"{path}: cannot read: {err}") from err
+    try:
+        return model.model_validate(raw)
+    except ValidationError as err:
+        lines = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()]
+        raise ConfigError(f"{path}: invalid {model.__name__}:\n  " + "\n  ".join(lines)) from err

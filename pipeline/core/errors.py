@@ -1,0 +1,49 @@
+"""The errors a user can cause, in one leaf module that imports nothing of the project.
+
+Each subclasses a built-in (``ValueError`` for bad input, ``RuntimeError`` for a model that
+cannot be trusted) and says what is wrong and where.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["BatchInputError", "CaseValidationError", "ConfigError", "KnowledgeBaseError", "ModelIntegrityError"]
+
+
+class CaseValidationError(ValueError):
+    """Cases that break the schema. ``errors`` is a DataFrame: row, column, value, reason."""
+
+    max_listed = 20
+
+    def __init__(self, errors: pd.DataFrame, n_rows: int | None = None):
+        self.errors = errors.reset_index(drop=True)
+        lines = [
+            f"row {r.row}, column {r.column!r}, value {r.value!r}: {r.reason}"
+            for r in self.errors.head(self.max_listed).itertuples()
+        ]
+        more = len(self.errors) - len(lines)
+        if more > 0:
+            lines.append(f"... and {more} more")
+        bad_rows = self.errors["row"].nunique() if len(self.errors) else 0
+        of = f" of {n_rows}" if n_rows is not None else ""
+        super().__init__(f"{bad_rows}{of} case(s) are invalid:\n  " + "\n  ".join(lines))
+
+
+class ConfigError(ValueError):
+    """A configuration file is invalid; the message names the file and the key path."""
+
+
+class KnowledgeBaseError(ValueError):
+    """The knowledge base file is invalid; the message names the key path."""
+
+
+class ModelIntegrityError(RuntimeError):
+    """A model folder that cannot be trusted: a file missing or changed, a foreign or older format."""
+
+
+class BatchInputError(ValueError):
+    """An input cannot be scored at all (unreadable, not CSV, a required column missing)."""

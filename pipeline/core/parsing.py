@@ -1,0 +1,325 @@
+"""Parsing cases: text or typed columns into validated integer codes, once, with errors that name
+row, column, value and what is allowed.
+
+Parsed cases are held as integer codes: a tri-state is ``1`` (yes), ``0`` (no) or ``-1``
+(unknown); a category is its index in :attr:`Field.allowed` or ``-1``; a number is a float with
+``NaN`` for unknown.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.core.errors import CaseValidationError
+from pipeline.core.schema import (
+    _TRISTATE_UNKNOWN,
+    FIELD_NAMES,
+    FIELDS,
+    ID_COLUMN,
+    LABEL_COLUMN,
+    SEVERITY_COLUMN,
+    TRISTATE_NO,
+    TRISTATE_YES,
+    UNKNOWN,
+    Field,
+    field,
+    normalise_header,
+)
+
+__all__ = ["ParsedCases", "codes_to_frame", "codes_to_text_frame", "ignored_columns_message", "normalise_ids",
+           "parse_cases"]
+
+
+def ignored_columns_message(columns: tuple[str, ...] | list[str], where: str = "") -> str:
+    """The one warning for input columns that are not case fields (``where``: a file, or nothing)."""
+    return f"{where + ': ' if where else ''}ignoring columns that are not case fields: {', '.join(columns)}"
+
+
+@dataclass
+class ParsedCases:
+    """Validated cases as codes. Rows with an error are marked in ``valid`` and listed in ``errors``."""
+
+    codes: dict[str, np.ndarray]
+    valid: np.ndarray
+    errors: pd.DataFrame
+    ids: pd.Series | None = None
+    ignored_columns: tuple[str, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.valid)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(n_cases, n_fields), so scikit-learn's input checks accept parsed cases."""
+        return (len(self.valid), len(FIELDS))
+
+    def __getitem__(self, key) -> "ParsedCases":
+        """Rows selected by a boolean mask, integer indices or a slice (errors are not carried)."""
+        if isinstance(key, tuple):  # scikit-learn's _safe_indexing may pass (rows, slice(None))
+            key = key[0]
+        key = np.arange(len(self.valid))[key] if isinstance(key, slice) else np.asarray(key)
+        return ParsedCases(
+            {k: v[key] for k, v in self.codes.items()},
+            self.valid[key],
+            _empty_errors(),
+            None if self.ids is None else self.ids.iloc[np.flatnonzero(key) if key.dtype == bool else key]
+            .reset_index(drop=True),
+            self.ignored_columns,
+        )
+
+    def blanked(self, hide: dict[str, np.ndarray | bool]) -> "ParsedCases":
+        """A copy with the answers where ``hide[field]`` is true set to unknown (``True`` hides a
+        whole column); the codes of these cases are not changed."""
+        codes = {}
+        for f in FIELDS:
+            c = self.codes[f.name]
+            if f.name in hide:
+                unknown = np.nan if f.kind in ("integer", "float") else UNKNOWN
+                c = np.where(hide[f.name], unknown, c).astype(c.dtype)
+            else:
+                c = c.copy()
+            codes[f.name] = c
+        return ParsedCases(codes, self.valid.copy(), self.errors, self.ids, self.ignored_columns)
+
+
+    def to_frame(self) -> pd.DataFrame:
+        """The canonical typed DataFrame: categoricals, nullable booleans and floats."""
+        return codes_to_frame(self.codes)
+
+
+_EMPTY_ERRORS: pd.DataFrame | None = None
+
+
+def _empty_errors() -> pd.DataFrame:
+    """An empty errors table (built once: a typed empty DataFrame costs over a millisecond)."""
+    global _EMPTY_ERRORS
+    if _EMPTY_ERRORS is None:
+        _EMPTY_ERRORS = pd.DataFrame({"row": pd.Series(dtype="int64"), "column": pd.Series(dtype="str"),
+                                      "value": pd.Series(dtype="str"), "reason": pd.Series(dtype="str")})
+    return _EMPTY_ERRORS.copy()
+
+
+def codes_to_frame(codes: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Build the typed case DataFrame from codes (the generator's output format)."""
+    columns: dict[str, Any] = {}
+    for f in FIELDS:
+        c = codes[f.name]
+        if f.kind == "tristate":
+            columns[f.name] = pd.arrays.BooleanArray(c == 1, c < 0)
+        elif f.kind == "category":
+            columns[f.name] = pd.Categorical.from_codes(c.astype(np.int8), categories=list(f.allowed))
+        elif f.kind == "integer":
+            missing = np.isnan(c)
+            columns[f.name] = pd.arrays.IntegerArray(np.where(missing, 0, c).astype(np.int16), missing)
+        else:
+            columns[f.name] = c.astype(np.float64)
+    return pd.DataFrame(columns)
+
+
+def codes_to_text_frame(codes: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Cases as the text a CSV holds: ``yes``/``no``/blank, category names, numbers, blank unknown."""
+    columns: dict[str, Any] = {}
+    for f in FIELDS:
+        c = codes[f.name]
+        if f.kind == "tristate":
+            columns[f.name] = np.array(["no", "yes", ""], dtype=object)[c]
+        elif f.kind == "category":
+            columns[f.name] = np.array([*f.allowed, ""], dtype=object)[c]
+        elif f.kind == "integer" and not np.isnan(c).any():
+            columns[f.name] = c.astype(np.int64)
+        else:
+            columns[f.name] = c
+    return pd.DataFrame(columns)
+
+
+def _as_text(values: np.ndarray) -> np.ndarray:
+    """Normalise unique raw values to lower-case stripped text ('' for blanks)."""
+    out = np.empty(len(values), dtype=object)
+    for i, v in enumerate(values):
+        if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
+            out[i] = ""
+        elif isinstance(v, (bool, np.bool_)):
+            out[i] = "1" if v else "0"
+        elif isinstance(v, (int, np.integer)):
+            out[i] = str(int(v))
+        elif isinstance(v, (float, np.floating)) and float(v).is_integer():
+            out[i] = str(int(v))
+        else:
+            out[i] = str(v).strip().lower()
+    return out
+
+
+def _parse_coded(series: pd.Series, f: Field) -> tuple[np.ndarray, np.ndarray]:
+    """Codes and an error mask for a tri-state or category column (parses each unique value once)."""
+    inverse, uniques = pd.factorize(series, use_na_sentinel=True)
+    text = _as_text(np.asarray(uniques, dtype=object))
+    if f.kind == "tristate":
+        # "1.0" and "0.0" are how pandas writes a 0/1 column that has blanks
+        lookup = {**{t: 1 for t in TRISTATE_YES}, **{t: 0 for t in TRISTATE_NO},
+                  **{t: UNKNOWN for t in _TRISTATE_UNKNOWN}, "1.0": 1, "0.0": 0}
+    else:
+        lookup = {name: i for i, name in enumerate(f.allowed)}
+        lookup[""] = UNKNOWN
+        lookup["unknown"] = UNKNOWN
+    mapped = np.array([lookup.get(t, -2) for t in text] + [UNKNOWN], dtype=np.int8)
+    codes = mapped[inverse]  # factorize's -1 (missing) picks the trailing UNKNOWN
+    bad = codes == -2
+    codes[bad] = UNKNOWN
+    return codes, bad
+
+
+def _arrow_number(series: pd.Series) -> tuple[pd.Series, np.ndarray] | None:
+    """Numbers from text in one Arrow cast; None when some cell is not a number (the caller then
+    finds which, row by row)."""
+    try:
+        text = pc.utf8_trim_whitespace(pa.array(series.array))
+        blank = pc.or_kleene(pc.equal(text, ""), pc.equal(pc.utf8_lower(text), "unknown"))
+        values = pc.cast(pc.if_else(pc.fill_null(blank, True), pa.scalar(None, pa.string()), text), pa.float64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, TypeError):
+        return None
+    if pc.any(pc.is_nan(values)).as_py():  # text "nan" is not a number: let the row-by-row path say so
+        return None
+    return pd.Series(values.to_numpy(zero_copy_only=False)), np.zeros(len(series), dtype=bool)
+
+
+def _parse_number(series: pd.Series, f: Field) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Floats (NaN unknown), an error mask and a reason per error."""
+    if pd.api.types.is_bool_dtype(series.dtype):
+        raw = pd.Series(np.full(len(series), np.nan))
+        bad_type = series.notna().to_numpy()
+    elif pd.api.types.is_numeric_dtype(series.dtype):
+        raw = series.astype("Float64").astype(float)
+        bad_type = np.zeros(len(series), dtype=bool)
+    elif isinstance(series.dtype, pd.StringDtype) and (fast := _arrow_number(series)) is not None:
+        raw, bad_type = fast
+    elif isinstance(series.dtype, pd.StringDtype):
+        text = series.str.strip()
+        blank = (series.isna() | text.eq("") | text.str.lower().eq("unknown")).to_numpy(dtype=bool)
+        raw = pd.to_numeric(text.mask(blank), errors="coerce")
+        bad_type = raw.isna().to_numpy() & ~blank
+    else:  # Python objects (dicts, lists of dicts): any mix of numbers, text and None
+        obj = series.astype(object)
+        blank = obj.map(lambda v: v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v))
+                        or (isinstance(v, str) and v.strip().lower() in _TRISTATE_UNKNOWN))
+        raw = pd.to_numeric(obj.where(~blank, np.nan).map(
+            lambda v: v.strip() if isinstance(v, str) else v), errors="coerce")
+        bad_type = (raw.isna() & ~blank).to_numpy()
+    values = raw.to_numpy(dtype=np.float64, na_value=np.nan)
+    with np.errstate(invalid="ignore"):
+        bad_range = np.zeros(len(values), dtype=bool)
+        if f.minimum is not None:
+            bad_range |= values < f.minimum
+        if f.maximum is not None:
+            bad_range |= values > f.maximum
+        bad_range |= np.isinf(values)
+        bad_whole = (values != np.floor(values)) & ~np.isnan(values) if f.kind == "integer" else \
+            np.zeros(len(values), dtype=bool)
+    bad = bad_type | bad_range | bad_whole
+    reasons = (np.where(bad_type, "not a number", np.where(bad_whole, "not a whole number", "out of range"))
+               if bad.any() else np.array([], dtype=str))
+    values = np.where(bad, np.nan, values)
+    return values, bad, reasons
+
+
+def parse_cases(cases: pd.DataFrame, *, row_offset: int = 0, raise_on_error: bool = True) -> ParsedCases:
+    """Parse and validate a DataFrame of cases into codes.
+
+    Parameters
+    ----------
+    cases : DataFrame of shape (n_cases, n_columns)
+        Any columns; the schema's fields are read, ``case_id`` is kept, ``condition`` and
+        ``severity`` are ignored and other columns are reported in ``ignored_columns``.
+    row_offset : int, default=0
+        Added to row numbers in errors (for chunked reading).
+    raise_on_error : bool, default=True
+        Raise :class:`CaseValidationError` naming every bad row, column and value; otherwise mark
+        those rows invalid and return them in ``errors``.
+
+    Raises
+    ------
+    CaseValidationError
+        If a required column is missing (always), or a value is invalid and ``raise_on_error``.
+    """
+    if not isinstance(cases, pd.DataFrame):
+        raise TypeError(f"cases must be a pandas DataFrame, got {type(cases).__name__}.")
+    columns = {normalise_header(c): c for c in cases.columns}
+    missing = [f.name for f in FIELDS if f.required and f.name not in columns]
+    if missing:
+        raise CaseValidationError(pd.DataFrame({
+            "row": [-1] * len(missing), "column": missing, "value": [""] * len(missing),
+            "reason": ["required column is missing (required columns: "
+                       + ", ".join(f.name for f in FIELDS if f.required) + ")"] * len(missing)}))
+    n = len(cases)
+    rows = np.arange(n) + row_offset
+    codes: dict[str, np.ndarray] = {}
+    problems: list[pd.DataFrame] = []
+
+    def report(name: str, mask: np.ndarray, values: pd.Series, reason: str | np.ndarray) -> None:
+        if mask.any():  # the common case, no error, costs one check
+            raw = values[mask].to_numpy(dtype=object)
+            problems.append(pd.DataFrame({
+                "row": rows[mask], "column": name, "value": [_show(v) for v in raw],
+                "reason": reason if isinstance(reason, str) else reason[mask]}))
+
+    for f in FIELDS:
+        if f.name not in columns:
+            codes[f.name] = (np.full(n, np.nan) if f.kind in ("integer", "float")
+                             else np.full(n, UNKNOWN, dtype=np.int8))
+            continue
+        series = cases[columns[f.name]]
+        if f.kind in ("integer", "float"):
+            values, bad, reasons = _parse_number(series, f)
+            codes[f.name] = values
+            report(f.name, bad, series, np.char.add(reasons, f"; allowed: {f.allowed_text}") if bad.any() else "")
+        else:
+            c, bad = _parse_coded(series, f)
+            codes[f.name] = c
+            report(f.name, bad, series, f"not allowed; allowed: {f.allowed_text}")
+        if f.required:
+            blank = (np.isnan(codes[f.name]) if f.kind in ("integer", "float") else codes[f.name] == UNKNOWN) & ~bad
+            report(f.name, blank, series, f"required; allowed: {f.allowed_text}")
+
+    if ID_COLUMN in columns:
+        ids_raw = cases[columns[ID_COLUMN]]
+        text = normalise_ids(ids_raw)
+        dup = text.duplicated(keep="first").to_numpy()
+        if dup.any():  # blank ids are not identifiers, so they are never duplicates
+            dup = dup & ids_raw.notna().to_numpy() & (text != "").to_numpy()
+            first = pd.Series(rows).groupby(text.to_numpy()).transform("min").to_numpy()
+            report(ID_COLUMN, dup, ids_raw, np.array([f"duplicate case_id: first seen at row {r}" for r in first]))
+
+    male = codes["sex"] == field("sex").allowed.index("male")
+    pregnant_male = male & (codes["pregnant"] == 1)
+    if "pregnant" in columns:
+        report("pregnant", pregnant_male, cases[columns["pregnant"]],
+               "pregnant cannot be yes when sex is male; allowed for males: no or unknown")
+
+    errors = pd.concat(problems, ignore_index=True).sort_values("row", kind="stable", ignore_index=True) \
+        if problems else _empty_errors()
+    valid = ~np.isin(rows, errors["row"].to_numpy())
+    ids = None
+    if ID_COLUMN in columns:
+        ids = cases[columns[ID_COLUMN]].reset_index(drop=True)
+    known = set(FIELD_NAMES) | {ID_COLUMN, LABEL_COLUMN, SEVERITY_COLUMN}
+    ignored = tuple(str(c) for k, c in columns.items() if k not in known)
+    parsed = ParsedCases(codes, valid, errors, ids, ignored)
+    if raise_on_error and len(errors):
+        raise CaseValidationError(errors, n)
+    return parsed
+
+
+def normalise_ids(ids: pd.Series) -> pd.Series:
+    """Case ids as compared for duplicates: text with surrounding spaces removed."""
+    return ids.astype(str).str.strip()
+
+
+def _show(value: Any, limit: int = 80) -> str:
+    text = "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"

@@ -1,0 +1,1 @@
+"""Synthetic data: the generator, the splits, generation on Dask, vignettes as prose."""

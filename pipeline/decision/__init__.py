@@ -1,0 +1,1 @@
+"""The decision layer: triage, differential sets, the atypical flag."""

@@ -1,0 +1,102 @@
+"""The decision layer: triage, differential set and atypical flag for every scored case.
+
+:func:`fit_decision` runs in `kneepain train` on ``calib`` (a split the model never trained or
+calibrated on) and returns a JSON-able dict stored in the model's manifest with the triage
+configuration, so scoring and serving are self-contained. :func:`decide` adds the columns.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from pipeline.core.config import LEVELS, TriageConfig
+from pipeline.core.knowledge import KnowledgeBase
+from pipeline.core.parsing import ParsedCases
+from pipeline.core.textcols import lookup
+from pipeline.decision.atypical import fit_atypical, flag_atypical
+from pipeline.decision.conformal import fit_conformal, format_sets, prediction_sets
+from pipeline.decision.triage import advice_table, reason_table, triage_levels
+
+__all__ = ["DECISION_COLUMNS", "DECISION_COLUMN_DOCS", "DECISION_COLUMN_TYPES",
+           "Decision", "decide", "fit_decision", "fit_decision_on"]
+
+DECISION_COLUMN_DOCS = {
+    "triage": "`emergency`, `see_doctor_soon`, `see_doctor` or `self_care`: the expected-cost level, raised by red flags",
+    "triage_reason": "why: the red flag that fired, the atypical flag, or the expected-cost decision",
+    "advice": "what to do: the level's instruction, advice for the most likely condition, and always the advice to "
+              "seek professional advice",
+    "differential": "the conditions that remain possible (a conformal prediction set, 90% coverage by default), "
+                    "most likely first, `|`-separated",
+    "differential_size": "how many conditions the differential holds",
+    "atypical": "true when the answers fit none of the documented profiles well (the case is still scored)",
+    "atypical_reason": "why the case was flagged (empty when it was not)",
+}
+DECISION_COLUMNS = list(DECISION_COLUMN_DOCS)
+# the Arrow type of each column in file outputs (a column without one fails loudly there)
+DECISION_COLUMN_TYPES = {"triage": "string", "triage_reason": "string", "advice": "string", "differential": "string",
+                         "differential_size": "int64", "atypical": "bool", "atypical_reason": "string"}
+
+
+class Decision:
+    """Fitted decision layer: the triage config, conformal thresholds and atypical threshold."""
+
+    def __init__(self, spec: dict):
+        needed = {"triage": (), "conformal": ("thresholds",), "atypical": ("thresholds_by_n_known",)}
+        missing = [f"{k}.{sub}" if sub else k for k, subs in needed.items() for sub in (subs or ("",))
+                   if k not in spec or (sub and sub not in spec[k])]
+        if missing:
+            from pipeline.core.errors import ModelIntegrityError
+
+            raise ModelIntegrityError(f"the model's decision layer lacks {', '.join(missing)}: it was trained by "
+                                      "another version of kneepain; retrain it with `kneepain train`.")
+        self.spec = spec
+        self.config = TriageConfig.model_validate(spec["triage"])
+        self.conformal = spec["conformal"]
+        self.atypical = spec["atypical"]
+        self._reasons = reason_table(self.config)
+        self._advice = advice_table(self.config)
+
+
+def fit_decision(proba_calib: np.ndarray, y_calib: np.ndarray, parsed_calib: ParsedCases, kb: KnowledgeBase,
+                 config: TriageConfig) -> dict:
+    """Fit the conformal thresholds and the atypical threshold on ``calib``."""
+    return {
+        "triage": config.model_dump(mode="json"),
+        "conformal": fit_conformal(proba_calib, y_calib, coverage=config.conformal.coverage,
+                                   mondrian=config.conformal.mondrian),
+        "atypical": fit_atypical(kb, parsed_calib, config.atypical.quantile),
+    }
+
+
+def fit_decision_on(model, kb: KnowledgeBase, calib: pd.DataFrame, config: TriageConfig) -> dict:
+    """:func:`fit_decision` for a fitted estimator on the labelled ``calib`` split."""
+    from pipeline.core.parsing import parse_cases
+    from pipeline.data.datasets import labels
+    from pipeline.model.linear import linear_scorer, predict_proba
+
+    parsed = parse_cases(calib)
+    # the scoring path's probabilities (pipeline.model.linear), so thresholds and scores agree to the bit
+    return fit_decision(predict_proba(model, parsed, linear_scorer(model)), labels(calib), parsed, kb, config)
+
+
+def decide(decision: Decision, kb: KnowledgeBase, parsed: ParsedCases, proba: np.ndarray) -> pd.DataFrame:
+    """The decision columns (:data:`DECISION_COLUMNS`) for valid parsed cases and their probabilities."""
+    if len(parsed) == 0:
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in DECISION_COLUMNS})
+    atypical, score, threshold = flag_atypical(kb, parsed, decision.atypical)
+    level, reason = triage_levels(decision.config, parsed.codes, proba, atypical)
+    differential, size = format_sets(proba, prediction_sets(proba, decision.conformal))
+    atypical_reason = np.full(len(parsed), "", dtype=object)
+    atypical_reason[atypical] = [f"answers fit none of the documented profiles well: surprise per answer "
+                                 f"{s:.2f} > {t:.2f}" for s, t in zip(score[atypical], threshold[atypical])]  # rare
+    advice_index = level.astype(np.int64) * decision._advice.shape[1] + proba.argmax(axis=1)
+    return pd.DataFrame({
+        "triage": lookup(LEVELS, level),
+        "triage_reason": lookup(decision._reasons, reason),
+        "advice": lookup(decision._advice.ravel(), advice_index),
+        "differential": differential,
+        "differential_size": size.astype(np.int64),
+        "atypical": atypical,
+        "atypical_reason": pd.array(atypical_reason, dtype="str"),
+    })

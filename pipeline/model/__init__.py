@@ -1,0 +1,1 @@
+"""The classifier: features, candidates, training and calibration, the model folder, MLflow tracking."""

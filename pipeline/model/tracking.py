@@ -1,0 +1,130 @@
+"""MLflow tracking and the model registry for `kneepain train` and `kneepain evaluate`.
+
+The embedded default is ``sqlite:///mlflow.db`` in the project folder with artifacts in
+``mlartifacts/`` beside it; ``MLFLOW_TRACKING_URI`` overrides it (a server such as
+``http://127.0.0.1:5000``). How the model itself is logged is the serving room's business
+(:func:`pipeline.serve.mlflow_model.log_pyfunc`): :func:`log_training` takes it as a callable.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from pipeline.core.config import TrainConfig, flatten
+from pipeline.core.files import sha256_file
+from pipeline.core.paths import default_tracking_uri, project_root
+from pipeline.model.persist import library_versions
+from pipeline.model.train import TrainResult
+
+__all__ = ["use_tracking", "log_training", "log_evaluation", "promote_champion", "git_commit"]
+
+
+
+def use_tracking(experiment: str) -> str:
+    """Point MLflow at the tracking URI and the experiment; return the experiment id."""
+    uri = default_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    found = mlflow.get_experiment_by_name(experiment)
+    if found is not None:
+        return found.experiment_id
+    location = None
+    if uri.startswith("sqlite:///"):
+        # keep artifacts beside the database, not in the working directory
+        location = (Path(uri[len("sqlite:///"):]).resolve().parent / "mlartifacts").as_uri()
+    return mlflow.create_experiment(experiment, artifact_location=location)
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project_root(), capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=project_root(),
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def promote_champion(client: MlflowClient, name: str, alias: str, version: str, valid_log_loss: float,
+                     *, force: bool = False) -> bool:
+    """Move ``alias`` to ``version`` if it beats the current holder on valid log loss (or ``force``)."""
+    client.set_model_version_tag(name, version, "valid_log_loss", repr(valid_log_loss))
+    try:
+        current = client.get_model_version_by_alias(name, alias)
+    except MlflowException as err:
+        # only "no such alias yet" means there is no champion; a server error must not move it
+        if err.error_code != "INVALID_PARAMETER_VALUE" or "not found" not in err.message:
+            raise
+        current = None
+    if current is not None and not force:
+        best = float(current.tags.get("valid_log_loss", "inf"))
+        if not valid_log_loss < best:
+            return False
+    client.set_registered_model_alias(name, alias, version)
+    return True
+
+
+def log_training(result: TrainResult, config: TrainConfig, data_files: dict[str, Path],
+                 save: Callable[[str], dict], log_model: Callable[[str], Any], *,
+                 force_champion: bool = False) -> dict[str, Any]:
+    """Log one `kneepain train` to MLflow: a parent run, a nested run per candidate, the model.
+
+    ``save(run_id) -> manifest`` writes the model folder; it is called inside the run so the
+    manifest carries the run id. ``log_model(registered_model_name) -> ModelInfo`` then logs and
+    registers the model in the active run.
+    """
+    exp_id = use_tracking(config.tracking.experiment)
+    with mlflow.start_run(experiment_id=exp_id, run_name=f"train-{result.winner}") as run:
+        mlflow.log_params(flatten(config.model_dump(), "config."))
+        mlflow.set_tags({"git_commit": git_commit(), "winner": result.winner,
+                         **{f"data_sha256.{k}": sha256_file(p) for k, p in data_files.items()},
+                         **{f"version.{k}": v for k, v in library_versions().items()},
+                         "version.mlflow": metadata.version("mlflow")})
+        for cand in result.candidates:
+            with mlflow.start_run(experiment_id=exp_id, run_name=cand.name, nested=True):
+                mlflow.log_params({f"model.{k}": v for k, v in cand.params.items()})
+                mlflow.log_metrics({"cv_log_loss": cand.cv_log_loss, "cv_log_loss_std": cand.cv_log_loss_std,
+                                    "cv_accuracy": cand.cv_accuracy, "fit_seconds": cand.fit_seconds,
+                                    "rows_per_second": cand.rows_per_second})
+                mlflow.set_tag("selected", str(cand.name == result.winner))
+        mlflow.log_metrics({**result.metrics, **{f"calibration.{k}": float(v) for k, v in result.calibration.items()
+                                                 if isinstance(v, (int, float))}})
+        mlflow.set_tag("calibration.kept", str(result.calibration["kept"]))
+        manifest = save(run.info.run_id)
+        info = log_model(config.tracking.registered_model)
+        version = str(info.registered_model_version)
+        moved = promote_champion(MlflowClient(), config.tracking.registered_model, config.tracking.alias, version,
+                                 result.metrics["valid_log_loss"], force=force_champion)
+        mlflow.set_tag("champion", str(moved))
+    return {"mlflow_run_id": run.info.run_id, "mlflow_model_uri": info.model_uri,
+            "registered_model": config.tracking.registered_model, "registered_version": version,
+            "champion": moved, "tracking_uri": default_tracking_uri(), "manifest": manifest}
+
+
+def log_evaluation(run_id: str | None, metrics: dict[str, Any], paths: list[Path], reports_dir: Path) -> bool:
+    """Add evaluation metrics and reports to the training run; False if that run is not in this store."""
+    if not run_id:
+        return False
+    mlflow.set_tracking_uri(default_tracking_uri())
+    try:
+        MlflowClient().get_run(run_id)
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        return False
+    keys = ("test", "shift", "triage", "conformal", "atypical")
+    flat = {k: float(v) for k, v in flatten({s: metrics[s] for s in keys if s in metrics}).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and ".per_class" not in k}
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_metrics({k.replace("/", "_"): v for k, v in flat.items()})
+        for path in paths:
+            rel = Path(path).resolve().relative_to(reports_dir.resolve()).parent
+            mlflow.log_artifact(str(path), artifact_path=str(Path("reports") / rel).rstrip("/."))
+    return True

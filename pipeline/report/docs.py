@@ -1,0 +1,83 @@
+"""Sections of the README generated from code and from ``reports/metrics.json``, kept in step by a test.
+
+Run ``python -m pipeline.report.docs`` to rewrite them in place.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from typing import Any
+
+from pipeline.core.paths import project_root
+from pipeline.core.schema import CONDITION_LABELS, data_dictionary_markdown
+from pipeline.serve.predict import output_dictionary_markdown
+
+__all__ = ["SECTIONS", "render_readme", "results_markdown"]
+
+
+def results_markdown(metrics: dict[str, Any]) -> str:
+    """The README's results section, from ``reports/metrics.json`` (so it cannot go stale)."""
+    lines = ["| split | accuracy | top-3 | log loss | ECE (top label) | oracle accuracy | oracle log loss |",
+             "|---|---|---|---|---|---|---|"]
+    for name in ("test", "shift"):
+        m = metrics[name]
+        lines.append(f"| {name} | {m['accuracy']:.4f} | {m['top3_accuracy']:.4f} | {m['log_loss']:.4f} | "
+                     f"{m['ece_top_label']:.4f} | {m['oracle_accuracy']:.4f} | {m['oracle_log_loss']:.4f} |")
+    lines += ["", "| split | DVT triaged urgent | DVT to emergency | non-DVT to emergency | safe advice | "
+                  "set coverage (target) | mean set size (oracle) | atypical |", "|---|---|---|---|---|---|---|---|"]
+    for name in ("test", "shift"):
+        t, c, a = metrics["triage"][name], metrics["conformal"][name], metrics["atypical"][name]
+        lines.append(f"| {name} | {t['dvt_urgent_rate']:.4f} | {t['dvt_emergency_rate']:.4f} | "
+                     f"{t['over_triage_rate']:.4f} | {t['safe_advice_rate']:.4f} | {c['coverage']:.4f} "
+                     f"({c['target']:.2f}) | {c['mean_set_size']:.3f} ({c['oracle_mean_set_size']:.3f}) | "
+                     f"{a['flag_rate']:.4f} |")
+    mondrian = metrics["conformal"]["test"].get("mondrian_variant")
+    if mondrian:
+        per = mondrian["per_class_coverage"]
+        low, high = min(per, key=per.get), max(per, key=per.get)
+        lines += ["", f"With the per-condition (Mondrian) option, coverage on `test` runs from {per[low]:.3f} "
+                      f"({CONDITION_LABELS[low]}) to {per[high]:.3f} ({CONDITION_LABELS[high]}), DVT {per['dvt']:.3f}, "
+                      f"at a mean set size of {mondrian['mean_set_size']:.2f} (`conformal.mondrian` in "
+                      "`configs/triage.yaml`)."]
+    q = metrics.get("questioning")
+    if q:
+        acc = {k: {int(n): v for n, v in q[k]["accuracy"].items()} for k in ("chosen", "random", "fixed")}
+        lines += ["", f"Questioning simulation on {q['n_cases']:,} `test` cases that start from age and sex: "
+                      f"top-1 accuracy after 5 chosen questions {acc['chosen'][5]:.3f}, against "
+                      f"{acc['random'][5]:.3f} for random questions and {acc['fixed'][5]:.3f} for the schema's "
+                      f"fixed order ({acc['fixed'][max(acc['fixed'])]:.3f} after {max(acc['fixed'])} fixed questions)."]
+    return "\n".join(lines)
+
+
+def _results_from_reports() -> str:
+    path = project_root() / "reports" / "metrics.json"
+    return results_markdown(json.loads(path.read_text(encoding="utf-8")))
+
+
+SECTIONS: dict[str, Callable[[], str]] = {
+    "data-dictionary": data_dictionary_markdown,
+    "output-dictionary": output_dictionary_markdown,
+    "results": _results_from_reports,
+}
+
+
+def render_readme(text: str) -> str:
+    """``text`` with every ``<!-- name:start -->...<!-- name:end -->`` section regenerated."""
+    for name, make in SECTIONS.items():
+        pattern = re.compile(rf"(<!-- {name}:start -->\n).*?(<!-- {name}:end -->)", re.S)
+        if not pattern.search(text):
+            raise ValueError(f"README has no <!-- {name}:start --> ... <!-- {name}:end --> section.")
+        body = make()
+
+        def fill(m: re.Match[str], body: str = body) -> str:
+            return m.group(1) + body + "\n" + m.group(2)
+
+        text = pattern.sub(fill, text)
+    return text
+
+
+if __name__ == "__main__":
+    readme = project_root() / "README.md"
+    readme.write_text(render_readme(readme.read_text(encoding="utf-8")), encoding="utf-8")

@@ -1,0 +1,218 @@
+"""Streaming batch scoring of CSV and Parquet files (`kneepain score`).
+
+Files are read in chunks (:mod:`pipeline.serve.reading`; memory stays flat however large the
+file), each chunk is parsed and
+scored by the same code as :func:`pipeline.serve.predict`, and every input row ends up either in the
+output or in ``OUTPUT.rejects.csv`` with its file, row, column, value and reason. Outputs are
+written to temporary files and renamed when complete, so an interrupted run leaves no output.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from pipeline.core.errors import BatchInputError, CaseValidationError
+from pipeline.core.parsing import ParsedCases, ignored_columns_message, normalise_ids, parse_cases
+from pipeline.core.schema import ID_COLUMN
+from pipeline.serve import CHUNK_ROWS
+from pipeline.serve.loading import LoadedModel
+from pipeline.serve.predict import score_parsed
+from pipeline.serve.reading import has_case_ids, iter_chunks, prefetch
+from pipeline.serve.writing import REJECT_COLUMNS, REJECT_SCHEMA, Writer, output_schema, output_table, reject_table
+
+__all__ = ["BatchInputError", "ScoreSummary", "SeenIds", "score_chunk", "score_files", "score_valid",
+           "validate_chunk"]
+
+@dataclass
+class ScoreSummary:
+    rows_scored: int = 0
+    rows_rejected: int = 0
+    seconds: float = 0.0
+    files: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def rows(self) -> int:
+        return self.rows_scored + self.rows_rejected
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else 0.0
+
+
+def validate_chunk(frame: pd.DataFrame, *, file: str, row_offset: int, seen_ids: "SeenIds | None" = None
+                   ) -> tuple[ParsedCases, np.ndarray, pd.DataFrame]:
+    """Parse one chunk of raw cases: (parsed cases, which rows are valid, reject lines).
+
+    Each reject line names the file, row, column, value and reason (a row may have several).
+    ``seen_ids`` carries the case ids of earlier chunks, so a repeated id is rejected too.
+    """
+    try:
+        parsed = parse_cases(frame, row_offset=row_offset, raise_on_error=False)
+    except CaseValidationError as err:  # a required column is missing: the whole file is unusable
+        raise BatchInputError(f"{file}: " + "; ".join(
+            f"column {r.column!r}: {r.reason}" for r in err.errors.itertuples())) from err
+    errors = parsed.errors
+    valid = parsed.valid.copy()
+    if seen_ids is not None and parsed.ids is not None:
+        dup = seen_ids.check_and_add(parsed.ids) & valid
+        if dup.any():
+            rows = np.flatnonzero(dup)
+            errors = pd.concat([errors, pd.DataFrame({
+                "row": rows + row_offset, "column": ID_COLUMN, "value": parsed.ids.iloc[rows].astype(str).to_numpy(),
+                "reason": "duplicate case_id: seen in an earlier chunk or file"})], ignore_index=True)
+            valid &= ~dup
+    rejects = errors.assign(file=file)[REJECT_COLUMNS] if len(errors) else pd.DataFrame(columns=REJECT_COLUMNS)
+    return parsed, valid, rejects
+
+
+def score_valid(model: LoadedModel, parsed: ParsedCases, valid: np.ndarray, *, row_offset: int) -> pd.DataFrame:
+    """Score the valid rows of a parsed chunk: ``row`` (0-based row in its file), ``case_id``
+    when the input has one, then the columns of :func:`pipeline.serve.predict.score_parsed`."""
+    scored = score_parsed(model, parsed[valid], ids=None)
+    row_numbers = np.flatnonzero(valid) + row_offset
+    if parsed.ids is not None:
+        scored.insert(0, "row", row_numbers)
+        scored[ID_COLUMN] = scored[ID_COLUMN].astype(str)
+    else:
+        scored["row"] = row_numbers
+    return scored
+
+
+def score_chunk(model: LoadedModel, frame: pd.DataFrame, *, file: str, row_offset: int,
+                seen_ids: "SeenIds | None" = None) -> tuple[pd.DataFrame, pd.DataFrame, tuple[str, ...]]:
+    """Score one chunk of raw cases. Returns (scored rows, reject lines, ignored columns)."""
+    parsed, valid, rejects = validate_chunk(frame, file=file, row_offset=row_offset, seen_ids=seen_ids)
+    return score_valid(model, parsed, valid, row_offset=row_offset), rejects, parsed.ignored_columns
+
+
+class SeenIds:
+    """Hashes of case ids seen so far, in sorted runs merged like a binary counter (memory ~8 bytes per id)."""
+
+    def __init__(self) -> None:
+        self.runs: list[np.ndarray] = []
+
+    def check_and_add(self, ids: pd.Series) -> np.ndarray:
+        text = normalise_ids(ids)
+        named = (ids.notna() & (text != "")).to_numpy()
+        h = pd.util.hash_pandas_object(text, index=False).to_numpy()
+        dup = np.zeros(len(h), dtype=bool)
+        for run in self.runs:
+            pos = np.minimum(np.searchsorted(run, h), len(run) - 1)
+            dup |= run[pos] == h
+        dup &= named
+        if named.any():
+            self.runs.append(np.unique(h[named]))
+        while len(self.runs) > 1 and len(self.runs[-1]) >= len(self.runs[-2]):
+            last = self.runs.pop()
+            self.runs[-1] = np.union1d(self.runs[-1], last)
+        return dup
+
+
+def score_files(inputs: list[str | Path], output: str | Path, model: LoadedModel, *, chunk_rows: int = CHUNK_ROWS,
+                progress: bool = False, warn: Callable[[str], None] | None = None) -> ScoreSummary:
+    """Score every row of ``inputs`` into ``output`` (CSV or Parquet by extension).
+
+    Rejected rows go to ``<output>.rejects.csv`` (file, row, column, value, reason). Both files
+    appear only when the run completes; a stale rejects file from an earlier run is removed.
+
+    Raises
+    ------
+    BatchInputError
+        An input cannot be read or lacks a required column; nothing is written.
+    """
+    output = Path(output)
+    if output.suffix.lower() not in (".csv", ".parquet"):
+        raise BatchInputError(f"{output}: unsupported output type {output.suffix!r}; expected .csv or .parquet.")
+    if not output.parent.is_dir():
+        raise BatchInputError(f"{output.parent}: no such folder for the output.")
+    paths = [Path(p) for p in inputs]
+    rejects_path = output.with_name(output.name + ".rejects.csv")
+    summary, start = ScoreSummary(files=[str(p) for p in paths]), time.perf_counter()
+    multi = len(paths) > 1
+    has_ids = [has_case_ids(p) for p in paths]
+    schema = output_schema(ID_COLUMN if any(has_ids) else "row", multi, model.decision is not None)
+    writer = Writer(output, schema)
+    rejects = Writer(rejects_path, REJECT_SCHEMA)
+    bar = _progress(progress)
+    seen = SeenIds() if any(has_ids) else None
+    # parsing (in order: duplicate ids depend on earlier chunks) overlaps with scoring the previous
+    # chunk on a second thread; numpy, scikit-learn and Arrow release the GIL for much of both
+    scorer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kneepain-scorer")
+    in_flight: deque[tuple[Future, str]] = deque()
+
+    def finish_one() -> None:
+        future, name = in_flight.popleft()
+        scored = future.result()
+        writer.write(output_table(scored, schema, file=name))
+        summary.rows_scored += len(scored)
+
+    try:
+        for path in paths:
+            offset, ignored_told = 0, False
+            for frame in prefetch(iter_chunks(path, chunk_rows)):
+                parsed, valid, bad = validate_chunk(frame, file=str(path), row_offset=offset, seen_ids=seen)
+                if parsed.ignored_columns and not ignored_told:
+                    summary.warnings.append(ignored_columns_message(parsed.ignored_columns, str(path)))
+                    if warn:
+                        warn(summary.warnings[-1])
+                    ignored_told = True
+                in_flight.append((scorer.submit(score_valid, model, parsed, valid, row_offset=offset), str(path)))
+                if len(in_flight) > 1:
+                    finish_one()
+                if len(bad):
+                    rejects.write(reject_table(bad))
+                summary.rows_rejected += bad["row"].nunique() if len(bad) else 0
+                offset += len(frame)
+                bar(len(frame))
+        while in_flight:
+            finish_one()
+        writer.close()
+        rejects.close()
+        # rejects first: a run killed between the two renames leaves no output, never an output
+        # whose rejects are missing
+        output.unlink(missing_ok=True)  # never leave new rejects beside an old output
+        if summary.rows_rejected:
+            os.replace(rejects.tmp, rejects_path)
+        else:
+            rejects.tmp.unlink()
+            rejects_path.unlink(missing_ok=True)
+        os.replace(writer.tmp, output)
+    finally:
+        scorer.shutdown(wait=True, cancel_futures=True)
+        for w in (writer, rejects):
+            try:
+                w.close()
+            except (OSError, ValueError, pa.ArrowException):
+                pass
+            w.tmp.unlink(missing_ok=True)
+        bar(None)
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _progress(enabled: bool) -> Callable[[int | None], None]:
+    if not enabled:
+        return lambda n: None
+    from tqdm import tqdm
+
+    bar = tqdm(unit=" rows", unit_scale=True, file=sys.stderr, dynamic_ncols=True)
+
+    def update(n: int | None) -> None:
+        if n is None:
+            bar.close()
+        else:
+            bar.update(n)
+
+    return update

@@ -1,0 +1,280 @@
+"""The Dask engine of ``kneepain score``: scoring many files on a cluster.
+
+:func:`score_files_dask`: one task per input file streams
+that file's chunks through :func:`pipeline.serve.batch.score_chunk` (the same code as the pandas engine,
+so every row gets the same numbers) and writes one part file per chunk. Parallelism is across
+files: a single large file is one task, so give the engine several files. The cluster itself
+comes from :func:`pipeline.core.cluster.dask_client`.
+
+Outputs are written into a hidden temporary folder next to the target and renamed into place only
+when every task succeeded: an output folder is complete or absent. Inputs and outputs must be on a
+file system that the workers see at the same paths (always true for a local cluster).
+Dask itself is imported only inside these functions.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from pipeline.core.cluster import DaskJobError, gather, temp_folder
+from pipeline.core.errors import BatchInputError, ModelIntegrityError
+from pipeline.core.files import tmp_path
+from pipeline.core.parsing import ignored_columns_message
+from pipeline.core.paths import models_dir
+from pipeline.core.schema import ID_COLUMN
+from pipeline.serve import CHUNK_ROWS, batch
+from pipeline.serve.batch import ScoreSummary, SeenIds
+from pipeline.serve.loading import is_model_uri
+from pipeline.serve.reading import has_case_ids, iter_chunks
+from pipeline.serve.writing import REJECT_SCHEMA, output_schema, output_table, reject_table
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+
+__all__ = ["FORMATS", "DaskJobError", "score_files_dask"]
+
+FORMATS = ("parquet", "csv")
+REJECTS_FILE = "rejects.csv"
+_INPUT_ERRORS = (BatchInputError, ModelIntegrityError, FileNotFoundError)  # the user's to fix: not retried
+
+
+@dataclass
+class _FileResult:
+    """What one scoring task reports back: its parts, counts and the hashes of its case ids."""
+
+    index: int
+    parts: list[str] = field(default_factory=list)
+    rejects: str | None = None
+    rows_scored: int = 0
+    rows_rejected: int = 0
+    ignored: tuple[str, ...] = ()
+    id_hashes: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.uint64))
+    error: Exception | None = None
+
+
+def _write_part(table: pa.Table, path: Path, fmt: str) -> None:
+    tmp = tmp_path(path)  # a worker killed mid-write leaves only a hidden .tmp, removed by the driver
+    if fmt == "parquet":
+        pq.write_table(table, tmp, compression="zstd")
+    else:
+        pacsv.write_csv(table, tmp)
+    os.replace(tmp, path)
+
+
+def _score_file(index: int, label: str, path: str, model_source: str, tmp_dir: str, *, fmt: str,
+                chunk_rows: int, id_column: str, earlier: np.ndarray) -> _FileResult:
+    """Task: score every chunk of one file into ``part-<file>-<chunk>`` files in ``tmp_dir``.
+
+    ``earlier`` holds the hashes of this file's case ids that an earlier file also has (the
+    driver's second pass); they are rejected as duplicates exactly as the pandas engine would.
+    """
+    from pipeline.serve.predict import get_model  # cached per process: the model loads once per worker
+
+    result, folder, offset = _FileResult(index), Path(tmp_dir), 0
+    seen = SeenIds()
+    if len(earlier):
+        seen.runs.append(np.sort(earlier))
+    rejects, rejects_path = None, folder / f"rejects-{index:05d}.csv"
+    try:
+        model = get_model(model_source)
+        # the pandas engine's schema (with the decision columns when the model has a decision layer)
+        schema = output_schema(id_column, True, model.decision is not None)
+        for chunk, frame in enumerate(iter_chunks(path, chunk_rows)):
+            if chunk and not len(frame):  # a CSV may end with an empty chunk: nothing to write
+                continue
+            scored, bad, ignored = batch.score_chunk(model, frame, file=label, row_offset=offset, seen_ids=seen)
+            result.ignored = result.ignored or ignored
+            name = f"part-{index:05d}-{chunk:05d}.{fmt}"
+            _write_part(output_table(scored, schema, file=label), folder / name, fmt)
+            result.parts.append(name)
+            if len(bad):
+                if rejects is None:
+                    rejects = pacsv.CSVWriter(tmp_path(rejects_path), REJECT_SCHEMA)
+                rejects.write_table(reject_table(bad))
+                result.rows_rejected += bad["row"].nunique()
+            result.rows_scored += len(scored)
+            offset += len(frame)
+        if rejects is not None:
+            rejects.close()
+            os.replace(tmp_path(rejects_path), rejects_path)
+            result.rejects = rejects_path.name
+    except _INPUT_ERRORS as err:  # returned, not raised: Dask would retry a task that raises
+        result.error = err
+    finally:
+        if rejects is not None:
+            rejects.close()  # a second close is a no-op
+    if seen.runs:
+        result.id_hashes = np.unique(np.concatenate(seen.runs))
+    return result
+
+
+def _expand_inputs(inputs: Sequence[str | Path] | str | Path) -> list[Path]:
+    items = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+    paths: list[Path] = []
+    for item in items:
+        text = str(item)
+        if any(c in text for c in "*?["):
+            matches = sorted(glob.glob(text, recursive=True))
+            if not matches:
+                raise BatchInputError(f"{text}: no file matches this pattern.")
+            paths += [Path(m) for m in matches]
+        else:
+            paths.append(Path(text))
+    if not paths:
+        raise BatchInputError("no input files given; expected one or more CSV or Parquet files or globs.")
+    for p in paths:
+        if not p.is_file():
+            raise BatchInputError(f"{p}: no such file.")
+        if p.suffix.lower() not in (".csv", ".parquet"):
+            raise BatchInputError(f"{p}: unsupported file type {p.suffix!r}; expected .csv or .parquet.")
+    return paths
+
+
+def _model_path(model_source: str | Path | None) -> str:
+    if model_source is None:
+        return str(models_dir())
+    if is_model_uri(model_source):
+        return str(model_source)  # an MLflow URI: each worker resolves it
+    return str(Path(model_source).resolve())  # workers may not share the driver's working directory
+
+
+def _cross_file_duplicates(results: list[_FileResult]) -> dict[int, np.ndarray]:
+    """For each file, the hashes of its ids that an earlier file has too (usually none)."""
+    named = [r for r in results if len(r.id_hashes)]
+    if len(named) < 2:
+        return {}
+    hashes = np.concatenate([r.id_hashes for r in named])
+    owner = np.concatenate([np.full(len(r.id_hashes), r.index) for r in named])
+    order = np.lexsort((owner, hashes))
+    hashes, owner = hashes[order], owner[order]
+    later = np.flatnonzero(hashes[1:] == hashes[:-1]) + 1  # ids are unique within a file
+    return {int(i): hashes[later[owner[later] == i]] for i in np.unique(owner[later])}
+
+
+def _publish(tmp: Path, results: list[_FileResult], target: Path) -> None:
+    """Merge the rejects into ``rejects.csv``, drop leftovers of killed attempts, rename ``tmp`` to ``target``."""
+    sink = pa.BufferOutputStream()
+    pacsv.write_csv(REJECT_SCHEMA.empty_table(), sink)
+    with open(tmp / REJECTS_FILE, "wb") as out:
+        out.write(sink.getvalue().to_pybytes())
+        for r in results:
+            if r.rejects:
+                with open(tmp / r.rejects, "rb") as fh:
+                    fh.readline()  # each file's header
+                    shutil.copyfileobj(fh, out)
+    keep = {p for r in results for p in r.parts} | {REJECTS_FILE}
+    missing = keep - {p.name for p in tmp.iterdir()}
+    if missing:
+        raise DaskJobError(f"{tmp}: part files missing after the job: {', '.join(sorted(missing)[:5])}")
+    for entry in tmp.iterdir():
+        if entry.name not in keep:
+            entry.unlink()
+    if target.exists():
+        raise BatchInputError(f"{target}: appeared while the job ran; the output is not replaced.")
+    os.rename(tmp, target)
+
+
+def score_files_dask(inputs: Sequence[str | Path] | str | Path, output_dir: str | Path,
+                     model_source: str | Path | None = None, *, client: "Client", fmt: str = "parquet",
+                     chunk_rows: int = CHUNK_ROWS, retries: int = 2,
+                     warn: Callable[[str], None] | None = None) -> ScoreSummary:
+    """Score every row of ``inputs`` on a Dask cluster into a folder of part files.
+
+    Parameters
+    ----------
+    inputs : path, glob, or sequence of them
+        CSV or Parquet files (by extension); a glob's matches are sorted, and one that matches
+        nothing is an error. Files are scored in parallel, one task per file.
+    output_dir : path
+        A new folder (it must not exist). It gets ``part-<file>-<chunk>.<fmt>``, one per chunk,
+        named so that sorting the names gives input order, and ``rejects.csv`` (columns
+        ``REJECT_COLUMNS``; only the header when every row was scored).
+    model_source : path or MLflow URI, optional
+        Default: the project's ``models/``. Only this string goes to the workers; each loads the
+        model once (hash-checked) and reuses it for every task.
+    client : distributed.Client
+        The cluster to run on (see :func:`dask_client`).
+    fmt : {"parquet", "csv"}, default="parquet"
+        Format of the part files.
+    chunk_rows : int, default=CHUNK_ROWS
+        Rows per chunk, as in :func:`pipeline.serve.batch.score_files`.
+    retries : int, default=2
+        Retries of a task that raised an unexpected error. A task whose worker died is rerun by
+        the scheduler (``distributed.scheduler.allowed-failures`` times). Input errors are not retried.
+    warn : callable, optional
+        Called with each warning (columns that are not case fields).
+
+    Returns
+    -------
+    ScoreSummary
+        Rows scored, rows rejected, seconds. Every row is in exactly one part file (with its
+        ``file`` and ``row``) or in ``rejects.csv``; a duplicate ``case_id``, within a file or
+        across files, is rejected as by the pandas engine (a second pass on the driver compares
+        the hashes of each file's ids and rescores the few files that repeat an earlier id).
+
+    Raises
+    ------
+    BatchInputError
+        An input is missing, unreadable or lacks a required column, or ``output_dir`` exists.
+    DaskJobError
+        A task still failed after its retries (for example its worker was killed repeatedly); the
+        message names the input. In both cases no output folder is left behind.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"fmt == {fmt!r}, must be one of {FORMATS}.")
+    if not isinstance(chunk_rows, (int, np.integer)) or chunk_rows < 1:
+        raise ValueError(f"chunk_rows == {chunk_rows!r}, must be an integer >= 1.")
+    start = time.perf_counter()
+    paths, target = _expand_inputs(inputs), Path(output_dir)
+    labels = [str(p) for p in paths]
+    has_ids = [has_case_ids(p) for p in paths]
+    model = _model_path(model_source)
+    if target.exists():
+        raise BatchInputError(f"{target}: already exists; the dask engine writes a new folder and never "
+                              "overwrites one (remove it or choose another name).")
+    if not target.parent.is_dir():
+        raise BatchInputError(f"{target.parent}: no such folder for the output.")
+    tmp = temp_folder(target)
+    run = uuid.uuid4().hex[:8]
+
+    def submit(indices: Sequence[int], earlier: dict[int, np.ndarray], stage: str) -> list[_FileResult]:
+        futures = {client.submit(_score_file, i, labels[i], str(paths[i].resolve()), model, str(tmp), fmt=fmt,
+                                 chunk_rows=int(chunk_rows), id_column=ID_COLUMN if any(has_ids) else "row",
+                                 earlier=earlier.get(i, np.empty(0, dtype=np.uint64)),
+                                 key=f"kneepain-score-{stage}-{run}-{i:05d}", retries=retries): labels[i]
+                   for i in indices}
+        return gather(client, futures)
+
+    try:
+        results = {r.index: r for r in submit(range(len(paths)), {}, "pass1")}
+        repeated = _cross_file_duplicates([results[i] for i in sorted(results)])
+        if repeated:
+            results.update({r.index: r for r in submit(sorted(repeated), repeated, "pass2")})
+        ordered = [results[i] for i in range(len(paths))]
+        _publish(tmp, ordered, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    summary = ScoreSummary(files=labels, rows_scored=sum(r.rows_scored for r in ordered),
+                           rows_rejected=sum(r.rows_rejected for r in ordered))
+    for label, r in zip(labels, ordered):
+        if r.ignored:
+            summary.warnings.append(ignored_columns_message(r.ignored, label))
+            if warn:
+                warn(summary.warnings[-1])
+    summary.seconds = time.perf_counter() - start
+    return summary

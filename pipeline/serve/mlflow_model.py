@@ -1,0 +1,86 @@
+"""The MLflow model: serving through MLflow calls the same scoring code as :func:`pipeline.predict`.
+
+The model is logged *from code* (MLflow 3 "models from code": ``mlflow_entry.py`` builds the
+pyfunc, nothing of it is pickled) together with this package (``code_paths``) and its pinned
+requirements, so it loads where kneepain is not installed, and ``mlflow models serve
+--env-manager virtualenv`` or ``build-docker`` can rebuild its environment. It carries the
+project's model folder as an artifact and loads it through :func:`pipeline.serve.loading.load_model`,
+so the folder's checks apply in serving too.
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+from mlflow.models import ModelSignature, infer_signature
+from mlflow.pyfunc import PythonModel
+from mlflow.types.schema import AnyType, ColSpec, Schema
+
+from pipeline.core.parsing import codes_to_text_frame, parse_cases
+from pipeline.core.schema import FIELDS, ID_COLUMN
+from pipeline.serve.loading import load_model
+
+__all__ = ["ARTIFACT_KEY", "KneepainPyfunc", "input_schema", "log_pyfunc", "model_signature",
+           "requirements"]
+
+ARTIFACT_KEY = "model_dir"
+_PACKAGE_DIR = Path(__file__).resolve().parent.parent
+_ENTRY = Path(__file__).resolve().parent / "mlflow_entry.py"
+
+
+class KneepainPyfunc(PythonModel):
+    """Scores a DataFrame of cases; returns the same DataFrame as :func:`pipeline.predict`."""
+
+    def load_context(self, context) -> None:
+        self.model = load_model(context.artifacts[ARTIFACT_KEY])
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        from pipeline.serve.predict import predict
+
+        return predict(model_input, model=self.model)
+
+
+def input_schema() -> Schema:
+    """The MLflow input schema from the case schema: every field by name, only ``age`` and
+    ``sex`` required. Types are ``any``: MLflow's casting refuses harmless inputs (an integer
+    BMI, a boolean answer), so values are checked once, by the case schema, whose errors name the
+    row, column, value and what is allowed."""
+    specs: list[Any] = [ColSpec(AnyType(), ID_COLUMN, required=False)]
+    specs += [ColSpec(AnyType(), f.name, required=f.required) for f in FIELDS]
+    return Schema(specs)
+
+
+def model_signature(example_output: pd.DataFrame) -> ModelSignature:
+    """The schema-derived inputs, and outputs inferred from a real scoring output."""
+    return ModelSignature(inputs=input_schema(), outputs=infer_signature(example_output).inputs)
+
+
+def requirements() -> list[str]:
+    """This package's runtime dependencies, pinned to the installed versions."""
+    pins = []
+    for req in metadata.requires("kneepain") or []:
+        if "extra ==" in req:
+            continue
+        name = re.match(r"[A-Za-z0-9_.-]+", req).group(0)  # type: ignore[union-attr]
+        pins.append(f"{name}=={metadata.version(name)}")
+    return pins
+
+
+def log_pyfunc(models_dir: Path, example: pd.DataFrame, registered_model_name: str) -> Any:
+    """Log the model folder as a self-contained MLflow model in the active run; its ``ModelInfo``."""
+    from pipeline.serve.predict import predict
+
+    parsed = parse_cases(example.head(5))
+    example_in = codes_to_text_frame(parsed.codes)
+    if parsed.ids is not None:
+        example_in.insert(0, ID_COLUMN, parsed.ids.astype(str).to_numpy())
+    example_out = predict(example_in, model=str(models_dir))
+    return mlflow.pyfunc.log_model(
+        name="model", python_model=str(_ENTRY), artifacts={ARTIFACT_KEY: str(models_dir)},
+        code_paths=[str(_PACKAGE_DIR)], signature=model_signature(example_out), input_example=example_in,
+        pip_requirements=requirements(), registered_model_name=registered_model_name)

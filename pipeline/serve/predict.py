@@ -1,0 +1,108 @@
+"""Scoring cases: :func:`predict` for notebooks, and the one scoring path every entry point shares.
+
+``kneepain score`` (streaming files) and the MLflow pyfunc call :func:`score_parsed`, so all
+three ways of scoring give the same numbers for the same row.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline.core.cases import as_frame
+from pipeline.core.parsing import ParsedCases, ignored_columns_message, parse_cases
+from pipeline.core.schema import CONDITION_LABELS, CONDITIONS, ID_COLUMN
+from pipeline.core.textcols import join_ranked, lookup
+from pipeline.decision.layer import DECISION_COLUMN_DOCS, DECISION_COLUMN_TYPES, DECISION_COLUMNS, decide
+from pipeline.serve.loading import LoadedModel, clear_model_cache, get_model
+
+__all__ = ["OUTPUT_TYPES", "clear_model_cache", "get_model", "output_columns", "output_dictionary_markdown", "predict",
+           "score_parsed"]
+
+# Arrow type names of the output columns, for file outputs (``top3``: the default ``top_k``)
+OUTPUT_TYPES: dict[str, str] = {"prediction": "string", "confidence": "double", **{f"p_{c}": "double" for c in CONDITIONS},
+                                "top3": "string", **DECISION_COLUMN_TYPES}
+
+
+def output_columns(top_k: int = 3, id_column: str = ID_COLUMN, *, decision: bool = True) -> list[str]:
+    """The scoring output's columns, in order (the decision columns when the model has a decision layer)."""
+    base = [id_column, "prediction", "confidence", *[f"p_{c}" for c in CONDITIONS], f"top{top_k}"]
+    return base + (DECISION_COLUMNS if decision else [])
+
+
+def output_dictionary_markdown() -> str:
+    """The README's table of scoring outputs, generated from the code that makes them."""
+    docs = {
+        "case_id": "the input's `case_id`, unchanged (when the input has one)",
+        "row": "the 0-based row number of the case in its input (header excluded); always present in `kneepain score` output",
+        "file": "the input file (`kneepain score` with several inputs)",
+        "prediction": "the most likely condition",
+        "confidence": "its probability",
+        **{f"p_{c}": f"calibrated probability of {CONDITION_LABELS[c]}" for c in CONDITIONS},
+        "top3": "the three most likely conditions, `|`-separated (`top<k>` for `predict(..., top_k=k)`)",
+        **DECISION_COLUMN_DOCS,
+    }
+    return "\n".join(["| column | meaning |", "|---|---|", *[f"| `{k}` | {v} |" for k, v in docs.items()]])
+
+
+def score_parsed(model: LoadedModel, parsed: ParsedCases, *, top_k: int = 3,
+                 ids: pd.Series | np.ndarray | None = None) -> pd.DataFrame:
+    """Score valid parsed cases; the output columns of :func:`output_columns`.
+
+    ``ids`` (case ids or row numbers) become the first column: ``case_id`` when the input had
+    one, else ``row``. The products are made without BLAS (:mod:`pipeline.core.blas`), so the numbers
+    do not depend on the process, its threads or the machine's load.
+    """
+    proba = model.predict_proba(parsed)
+    order = np.argsort(-proba, axis=1, kind="stable")[:, :top_k]
+    id_name = ID_COLUMN if parsed.ids is not None else "row"
+    if ids is None:
+        ids = parsed.ids if parsed.ids is not None else np.arange(len(parsed))
+    out = {id_name: np.asarray(ids), "prediction": lookup(CONDITIONS, order[:, 0]), "confidence": proba.max(axis=1)}
+    for k, c in enumerate(CONDITIONS):
+        out[f"p_{c}"] = proba[:, k]
+    out[f"top{top_k}"] = join_ranked(CONDITIONS, order)
+    frame = pd.DataFrame(out)
+    if model.decision is not None and model.kb is not None:
+        extra = decide(model.decision, model.kb, parsed, proba)
+        frame = pd.concat([frame, extra.set_axis(frame.index)], axis=1)
+    return frame
+
+
+def predict(cases: Any, model: str | Path | LoadedModel | None = None, top_k: int = 3) -> pd.DataFrame:
+    """Score cases with the persisted model.
+
+    Parameters
+    ----------
+    cases : dict, list of dicts, DataFrame, or path to a CSV or Parquet file
+        Cases in the schema (docs/case-schema.md). Missing optional fields are unknown; unknown
+        columns are ignored with one warning; the caller's DataFrame is not modified.
+    model : path to a models folder, MLflow model URI, or LoadedModel, optional
+        Default: the project's ``models/`` (run ``make run`` first). Loaded once and cached.
+    top_k : int, default=3
+        How many conditions the ``top<k>`` column lists.
+
+    Returns
+    -------
+    DataFrame, one row per case in input order
+        ``case_id`` (or ``row``), ``prediction``, ``confidence``, ``p_<condition>`` per condition
+        (summing to 1), ``top3``, then the decision layer: ``triage``, ``triage_reason``,
+        ``advice``, ``differential``, ``differential_size``, ``atypical``, ``atypical_reason``.
+        This is information, not a diagnosis: seek professional advice.
+
+    Raises
+    ------
+    CaseValidationError
+        Naming every bad row, column, value and what is allowed.
+    """
+    if not isinstance(top_k, (int, np.integer)) or not 1 <= top_k <= len(CONDITIONS):
+        raise ValueError(f"top_k == {top_k!r}, must be an integer in 1..{len(CONDITIONS)}.")
+    frame = as_frame(cases)
+    parsed = parse_cases(frame)
+    if parsed.ignored_columns:
+        warnings.warn(ignored_columns_message(parsed.ignored_columns), UserWarning, stacklevel=2)
+    return score_parsed(get_model(model), parsed, top_k=top_k)
