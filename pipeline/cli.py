@@ -144,18 +144,20 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scheduler", default=None, help="Dask scheduler address for --backend dask")
     p.add_argument("--kb", default=None, help="knowledge base (default configs/knowledge_base.yaml)")
     p.add_argument("--triage", default=None, help="decision-layer config (default configs/triage.yaml)")
+    p.add_argument("--screen", default=None, help="emergency screen rules (default configs/screen.yaml)")
 
 
 def _train(args: argparse.Namespace) -> int:
-    from pipeline.core.config import TrainConfig, TriageConfig, load_config
+    from pipeline.core.config import ScreenConfig, TrainConfig, TriageConfig, load_config
     from pipeline.core.paths import config_path, data_dir, models_dir
     from pipeline.stages import train_stage
 
     config = load_config(TrainConfig, args.config or config_path("train.yaml"))
     triage = load_config(TriageConfig, args.triage or config_path("triage.yaml"))
+    screen = load_config(ScreenConfig, args.screen or config_path("screen.yaml"))
     kb_path = Path(args.kb) if args.kb else config_path("knowledge_base.yaml")
     out = Path(args.out) if args.out else models_dir()
-    info = train_stage(config, triage, kb_path, Path(args.data) if args.data else data_dir(), out,
+    info = train_stage(config, triage, screen, kb_path, Path(args.data) if args.data else data_dir(), out,
                        backend=args.backend, scheduler=args.scheduler, force_champion=args.force_champion)
     print(f"Saved {out / 'model.joblib'} (manifest {out / 'manifest.json'})")
     print(f"MLflow run {info['mlflow_run_id']} at {info['tracking_uri']}; registered "
@@ -281,6 +283,48 @@ def _ask(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _sensitivity_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sensitivity", help="how the oracle's answers move when the knowledge base's guesses move")
+    p.add_argument("--kb", default=None, help="knowledge base (default configs/knowledge_base.yaml)")
+    p.add_argument("--triage", default=None, help="decision-layer config (default configs/triage.yaml)")
+    p.add_argument("--probes", default=None, help="probe cases (default configs/probes.yaml)")
+    p.add_argument("--out", default=None, help="output folder (default reports/sensitivity)")
+    p.add_argument("--draws", type=int, default=200, help="draws of the guessed numbers (default 200)")
+    p.add_argument("--n", type=int, default=20_000, help="generated cases per draw (default 20000)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+
+def _sensitivity(args: argparse.Namespace) -> int:
+    from pipeline.core.config import ProbesConfig, TriageConfig, load_config
+    from pipeline.core.paths import config_path, reports_dir
+    from pipeline.stages import sensitivity_stage
+
+    if args.draws < 1 or args.n < 100:
+        raise UsageError(f"--draws == {args.draws} and --n == {args.n}: need --draws >= 1 and --n >= 100.")
+    out = Path(args.out) if args.out else reports_dir() / "sensitivity"
+    r = sensitivity_stage(Path(args.kb) if args.kb else config_path("knowledge_base.yaml"),
+                          load_config(TriageConfig, args.triage or config_path("triage.yaml")),
+                          load_config(ProbesConfig, args.probes or config_path("probes.yaml")), out,
+                          draws=args.draws, n=args.n, seed=args.seed)
+    acc = r["spread"]["oracle_accuracy"]
+    print(f"{r['n_parameters']} guessed numbers drawn within their ranges, {r['draws']} draws of {r['cases_per_draw']:,} cases")
+    print(f"oracle top-1 accuracy: {r['base']['oracle_accuracy']:.3f} as written; {acc['mean']:.3f} "
+          f"[{acc['p05']:.3f}, {acc['p95']:.3f}] over the draws (mean [5%, 95%])")
+    print("P(DVT) on the probes: as written; mean [5%, 95%] over the draws")
+    for name, band in r["spread"]["p_dvt"].items():
+        print(f"  {name:<52} {r['base']['p_dvt'][name]:.3f}; {band['mean']:.3f} [{band['p05']:.3f}, {band['p95']:.3f}]")
+    print("triage mix (expected-cost level on the oracle): as written; [5%, 95%]")
+    for level, band in r["spread"]["triage_mix"].items():
+        print(f"  {level:<16} {r['base']['triage_mix'][level]:.3f}; [{band['p05']:.3f}, {band['p95']:.3f}]")
+    t = r["tornado"]
+    print(f"Top {len(t['rows'])} guesses by how far they move the {t['metric']} ({t['base']:.3f} as written):")
+    for row in t["rows"]:
+        print(f"  {row['parameter']:<60} [{row['low']:g}, {row['high']:g}]: {row['metric_at_low']:.3f} .. "
+              f"{row['metric_at_high']:.3f}")
+    print(f"Wrote {out / 'sensitivity.json'} and {out / 'tornado.png'}")
+    return EXIT_OK
+
+
 def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve a registered model over HTTP with MLflow (JSON in, scores out)")
     p.add_argument("-m", "--model-uri", default="models:/kneepain-classifier@champion",
@@ -313,6 +357,7 @@ COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "score": (_score_parser, _score),
     "sample": (_sample_parser, _sample),
     "ask": (_ask_parser, _ask),
+    "sensitivity": (_sensitivity_parser, _sensitivity),
     "serve": (_serve_parser, _serve),
 }
 

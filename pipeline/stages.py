@@ -11,13 +11,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.config import GenerateConfig, TrainConfig, TriageConfig
+from pipeline.core.config import GenerateConfig, ProbesConfig, ScreenConfig, TrainConfig, TriageConfig
 from pipeline.core.files import sha256_file, write_json_atomic
 from pipeline.core.knowledge import KnowledgeBase, load_knowledge_base
 from pipeline.data.datasets import kb_for_split, oracle_summary, read_split, split_table
 from pipeline.data.generate import write_splits
 
-__all__ = ["EvaluateResult", "evaluate_stage", "generate_stage", "train_stage"]
+__all__ = ["EvaluateResult", "evaluate_stage", "generate_stage", "sensitivity_stage", "train_stage"]
 
 
 def generate_stage(kb: KnowledgeBase, config: GenerateConfig, out: Path) -> tuple[dict[str, int], dict]:
@@ -33,7 +33,7 @@ def generate_stage(kb: KnowledgeBase, config: GenerateConfig, out: Path) -> tupl
     return {k: len(v) for k, v in frames.items()}, summary
 
 
-def train_stage(config: TrainConfig, triage: TriageConfig, kb_path: Path, data: Path, out: Path, *,
+def train_stage(config: TrainConfig, triage: TriageConfig, screen: ScreenConfig, kb_path: Path, data: Path, out: Path, *,
                 backend: str = "loky", scheduler: str | None = None, force_champion: bool = False,
                 log: Callable[[str], None] = print) -> dict[str, Any]:
     """Compare candidates, calibrate, fit the decision layer on ``calib``, save ``out`` and log to
@@ -59,7 +59,7 @@ def train_stage(config: TrainConfig, triage: TriageConfig, kb_path: Path, data: 
             result = train_model(config, train, valid, backend="dask", log=log)
     else:
         result = train_model(config, train, valid, log=log)
-    decision = fit_decision_on(result.model, kb, calib, triage)
+    decision = fit_decision_on(result.model, kb, calib, triage, screen)
     log(f"  decision layer fitted on calib ({len(calib):,}): conformal thresholds "
         f"{sorted(set(round(t, 4) for t in decision['conformal']['thresholds']))}, "
         f"atypical thresholds by number of answers {min(decision['atypical']['thresholds_by_n_known']):.2f}"
@@ -99,3 +99,15 @@ def evaluate_stage(model_source: str | Path | None, kb: KnowledgeBase, data: Pat
     paths = write_reports(metrics, arrays, out, model.manifest)
     logged = log_evaluation(model.manifest.get("mlflow_run_id"), metrics, paths, out)
     return EvaluateResult(metrics, paths, logged)
+
+
+def sensitivity_stage(kb_path: Path, triage: TriageConfig, probes: ProbesConfig, out: Path, *, draws: int,
+                      n: int, seed: int = 0) -> dict[str, Any]:
+    """Write ``out/sensitivity.json`` and ``out/tornado.png``; return the result."""
+    from pipeline.core.knowledge import read_knowledge_base_yaml
+    from pipeline.report.sensitivity import plot_tornado, sensitivity
+
+    result = sensitivity(read_knowledge_base_yaml(kb_path), triage, probes, draws=draws, n=n, seed=seed)
+    write_json_atomic(out / "sensitivity.json", result)
+    plot_tornado(result, out / "tornado.png")
+    return result

@@ -30,12 +30,14 @@ def test_blas_thread_count_does_not_matter():
     np.testing.assert_array_equal(one, two)
 
 
-def test_a_model_scored_by_scikit_learn_agrees_across_threads_to_the_documented_tolerance(kb):
-    """The README's promise for a non-logistic winner (MLP): equal to about 1e-15 relative."""
+@pytest.mark.parametrize("calibrated", [False, True])
+def test_the_mlp_scored_from_its_arrays_matches_scikit_learn_and_ignores_threads(kb, calibrated):
     from concurrent.futures import ThreadPoolExecutor
 
     import yaml
     from conftest import SMALL_TRAIN_CONFIG
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.frozen import FrozenEstimator
 
     from pipeline.core.config import TrainConfig
     from pipeline.core.parsing import parse_cases
@@ -45,16 +47,20 @@ def test_a_model_scored_by_scikit_learn_agrees_across_threads_to_the_documented_
     from pipeline.serve.loading import LoadedModel
 
     config = TrainConfig.model_validate(yaml.safe_load(SMALL_TRAIN_CONFIG))
-    train = generate_cases(kb, 3000, seed=1)
+    train, valid = generate_cases(kb, 3000, seed=1), generate_cases(kb, 1500, seed=3)
     mlp = make_candidate("mlp", config).fit(train, labels(train))
+    if calibrated:
+        mlp = CalibratedClassifierCV(FrozenEstimator(mlp), method="temperature").fit(valid, labels(valid))
     model = LoadedModel(mlp)
-    assert model.scorer is None  # not the logistic model: scikit-learn scores it
+    assert model.scorer is not None  # scored from its arrays, not by scikit-learn
     parsed = parse_cases(generate_cases(kb, 3000, seed=2))
     reference = model.predict_proba(parsed)
+    np.testing.assert_allclose(reference, mlp.predict_proba(parsed), rtol=1e-9, atol=1e-13)
     with threadpool_limits(limits=2, user_api="blas"):
         with ThreadPoolExecutor(1) as pool:
             there = pool.submit(model.predict_proba, parsed).result()
-    np.testing.assert_allclose(there, reference, rtol=1e-12, atol=1e-15)
+    np.testing.assert_array_equal(there, reference)
+    np.testing.assert_array_equal(model.predict_proba(parsed[[17]])[0], reference[17])
 
 
 @pytest.mark.parametrize("calibrated", [False, True])
@@ -68,15 +74,15 @@ def test_the_logistic_model_scored_from_its_arrays_matches_scikit_learn(kb, cali
     from pipeline.core.parsing import parse_cases
     from pipeline.data.datasets import labels
     from pipeline.data.generate import generate_cases
+    from pipeline.model.arrays import array_scorer
     from pipeline.model.candidates import make_candidate
-    from pipeline.model.linear import linear_scorer
 
     config = TrainConfig.model_validate(yaml.safe_load(SMALL_TRAIN_CONFIG))
     train, valid = generate_cases(kb, 3000, seed=1), generate_cases(kb, 1500, seed=3)
     model = make_candidate("logistic", config).fit(train, labels(train))
     if calibrated:
         model = CalibratedClassifierCV(FrozenEstimator(model), method="temperature").fit(valid, labels(valid))
-    scorer = linear_scorer(model)
-    assert scorer is not None and (scorer.beta != 1.0) == calibrated
+    scorer = array_scorer(model)
+    assert scorer is not None and (scorer.beta is not None) == calibrated
     parsed = parse_cases(generate_cases(kb, 2000, seed=2))
     np.testing.assert_allclose(scorer.predict_proba(parsed), model.predict_proba(parsed), rtol=1e-10, atol=1e-14)

@@ -26,12 +26,17 @@ def _has_number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def test_every_number_has_provenance_and_seed_quotes_are_verbatim():
+# what a `ref` must name beside the study: the figure the number comes from
+_FIGURE = re.compile(r"(table|figure|fig\.|abstract|page|p\. ?\d|results|text|guideline|section|registry|main points)", re.I)
+
+
+def test_every_number_has_provenance_every_guess_a_range_and_every_ref_a_figure():
     raw = yaml.safe_load(DEFAULT_KB_PATH.read_text(encoding="utf-8"))
     seed = _normalise(seed_path().read_text(encoding="utf-8"))
     checked = 0
     for path, node in _walk(raw):
-        if path == "" or not any(_has_number(v) for v in node.values()):
+        numbers = {k: v for k, v in node.items() if _has_number(v) and k not in ("range", "given")}
+        if path == "" or not numbers or path.endswith(".given.p"):  # a missingness `given` is its entry's
             continue
         assert "source" in node, f"{path} holds a number but no source"
         source = node["source"]
@@ -41,8 +46,15 @@ def test_every_number_has_provenance_and_seed_quotes_are_verbatim():
             assert _normalise(quote) in seed, f"{path}: quote not in the seed: {quote!r}"
         if source.startswith("ref: "):
             assert re.search(r"\b(19|20)\d\d\b", source), f"{path}: a reference needs a year"
+            assert _FIGURE.search(source), f"{path}: a reference must name the figure it takes: {source!r}"
+        if source.startswith(("seed: ", "assumption: ")):
+            assert "range" in node, f"{path}: a guess needs a plausible range"
+            ranges = node["range"] if isinstance(node["range"], dict) else {next(iter(numbers)): node["range"]}
+            for key, value in numbers.items():
+                low, high = ranges[key]
+                assert low <= value <= high, f"{path}.{key}: {value} outside its range [{low}, {high}]"
         checked += 1
-    assert checked > 300
+    assert checked > 400
 
 
 def _write(tmp_path, mutate) -> Path:
@@ -62,11 +74,15 @@ def _write(tmp_path, mutate) -> Path:
      r"conditions\.acl_injury\.heard_pop\.source: Field required"),
     (lambda r: r["conditions"]["acl_injury"]["heard_pop"].update(source="my hunch"),
      r"conditions\.acl_injury\.heard_pop\.source: .*assumption"),
-    (lambda r: r["conditions"]["osteoarthritis"]["symptoms"].update(fever={"p": 0.2, "source": "assumption: fever sometimes"}),
-     r"conditions\.osteoarthritis\.symptoms: .*symptom fields; unknown \['fever'\]"),
-    (lambda r: r["conditions"]["dvt"]["onset"].update(sudden=0.9),
+    (lambda r: r["conditions"]["osteoarthritis"]["symptoms"].update(gout_pain={"p": 0.2, "source": "ref: X (2020) Table 1"}),
+     r"conditions\.osteoarthritis\.symptoms: .*symptom fields; unknown \['gout_pain'\]"),
+    (lambda r: r["conditions"]["dvt"]["onset"].update(sudden=0.9, range={"sudden": [0, 1], "gradual": [0, 1]}),
      r"conditions\.dvt\.onset: values must sum to 1"),
-    (lambda r: r["conditions"]["dvt"]["prior"].update(value=0.5),
+    (lambda r: r["conditions"]["dvt"]["symptoms"]["visible_veins"].update(p=0.99),
+     r"conditions\.dvt\.symptoms\.visible_veins: .*range of p: .* does not contain the value 0\.99"),
+    (lambda r: r["conditions"]["dvt"]["symptoms"]["visible_veins"].pop("range"),
+     r"conditions\.dvt\.symptoms\.visible_veins: .*needs `range"),
+    (lambda r: r["conditions"]["dvt"]["prior"].update(value=0.5, range=[0.0, 1.0]),
      r"prior: shares must be positive and sum to 1"),
 ])
 def test_bad_configs_name_the_key(tmp_path, mutate, expected):
@@ -78,11 +94,14 @@ def _marginal_yes(kb, name):
     return (kb.tristate[name] * kb.severity).sum(axis=1)
 
 
-def test_seed_linked_symptoms_are_likely(kb):
-    for c in CONDITIONS:
+def test_a_seed_quote_gives_a_direction_the_numbers_keep(kb):
+    """A symptom linked to a condition by the seed article is likelier in it than in the others."""
+    for k, c in enumerate(CONDITIONS):
         for s, entry in kb.model.conditions[c].symptoms.items():
             if entry.source.startswith("seed:"):
-                assert entry.p >= 0.4, f"{c}.{s}: the seed links it, p is only {entry.p}"
+                yes = _marginal_yes(kb, s)
+                others = np.delete(kb.prior, k) @ np.delete(yes, k) / np.delete(kb.prior, k).sum()
+                assert yes[k] > others, f"{c}.{s}: the seed links it, yet it is likelier elsewhere"
 
 
 def test_no_probability_is_zero_or_one_and_no_symptom_is_a_giveaway(kb):
@@ -93,14 +112,19 @@ def test_no_probability_is_zero_or_one_and_no_symptom_is_a_giveaway(kb):
         assert posterior.max() < 0.9, f"{s}=yes alone gives {posterior.max():.2f} to one condition"
 
 
-@pytest.mark.parametrize("symptom", ["knee_swelling", "giving_way", "grinding", "stiffness", "swelling_behind_knee"])
+@pytest.mark.parametrize("symptom", ["knee_swelling", "giving_way", "grinding", "stiffness"])
 def test_shared_symptoms_really_overlap(kb, symptom):
     assert np.sum(_marginal_yes(kb, symptom) >= 0.3) >= 2
 
 
-def test_pop_is_shared_by_meniscus_and_acl(kb):
+def test_a_pop_points_to_a_torn_ligament_or_meniscus(kb):
+    """Wagemakers 2010: a pop in 63% of ACL tears against 27% of other knee injuries."""
     pop = kb.tristate["heard_pop"][:, 0]
-    assert pop[CONDITIONS.index("meniscus_tear")] >= 0.4 and pop[CONDITIONS.index("acl_injury")] >= 0.4
+    acl, meniscus = pop[CONDITIONS.index("acl_injury")], pop[CONDITIONS.index("meniscus_tear")]
+    others = np.delete(pop, [CONDITIONS.index(c) for c in ("acl_injury", "meniscus_tear", "pcl_injury")])
+    assert acl > 0.5 and acl > max(meniscus, others.max())
+    quiet = [pop[CONDITIONS.index(c)] for c in ("leg_cramp", "bakers_cyst", "runners_knee", "dvt", "osteoarthritis")]
+    assert meniscus > max(quiet)
 
 
 def test_shift_is_older_and_sparser(kb):

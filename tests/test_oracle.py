@@ -25,23 +25,26 @@ def test_posterior_rows_sum_to_one_and_align(kb):
 def test_posterior_matches_empirical_label_frequencies(kb, big_sample):
     """Among cases sharing a pattern of known fields, labels follow the posterior (chi-square)."""
     codes, cond, _ = big_sample
-    keep = ("sex", "activity", "onset", "heard_pop", "knee_swelling", "leg_swelling")
+    # injury_event stays known: whether the pop question is answered depends on it (missing at
+    # random given what is observed), so hiding it would make the test, not the oracle, wrong
+    keep = ("sex", "onset", "injury_event", "heard_pop", "knee_swelling", "leg_swelling")
     hidden = {k: (np.full_like(v, np.nan) if v.dtype.kind == "f" else np.full_like(v, -1))
               for k, v in codes.items() if k not in keep}
     masked = {**codes, **hidden}
     post = oracle_posterior(kb, _parsed(masked)).to_numpy()
     pattern = pd.DataFrame({k: codes[k] for k in keep}).astype(str).agg("|".join, axis=1)
     groups = pattern.groupby(pattern).indices
-    frequent = [idx for idx in groups.values() if len(idx) >= 3000]
-    assert len(frequent) >= 5
+    frequent = [idx for idx in groups.values() if len(idx) >= 2000]
+    assert len(frequent) >= 4
     for idx in frequent:
         p = post[idx[0]]
         np.testing.assert_allclose(post[idx], np.broadcast_to(p, post[idx].shape), atol=1e-12)
         observed = np.bincount(cond[idx], minlength=len(CONDITIONS))
         expected = p * len(idx)
         big = expected >= 5
-        obs = np.append(observed[big], observed[~big].sum())
-        exp = np.append(expected[big], expected[~big].sum())
+        obs, exp = observed[big], expected[big]
+        if (~big).any():  # the rare labels pooled in one bin
+            obs, exp = np.append(obs, observed[~big].sum()), np.append(exp, expected[~big].sum())
         pvalue = stats.chisquare(obs, exp).pvalue
         assert pvalue > 1e-3 / len(frequent), f"pattern {pattern.iloc[idx[0]]}: p={pvalue:.2g}"
 
@@ -68,5 +71,5 @@ def test_task_is_neither_trivial_nor_hopeless(kb, split):
     cases = generate_cases(model, 50_000, seed=99)
     y = pd.Categorical(cases["condition"], categories=list(CONDITIONS)).codes
     s = summary(oracle_posterior(model, cases).to_numpy(), y)
-    assert 0.70 <= s["accuracy"] <= 0.92
+    assert 0.70 <= s["accuracy"] <= 0.90  # no toy task, and no hopeless one
     assert s["top3_accuracy"] > 0.95

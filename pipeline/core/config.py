@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pipeline.core.errors import ConfigError
 
-__all__ = ["ConfigError", "GenerateConfig", "LEVELS", "SplitConfig", "TrainConfig", "TriageConfig", "load_config",
-           "flatten"]
+__all__ = ["ConfigError", "GenerateConfig", "LEVELS", "ProbesConfig", "ScreenConfig", "ScreenRule",
+           "SplitConfig", "TrainConfig", "TriageConfig", "flatten", "load_config"]
 
 
 
@@ -100,6 +100,79 @@ class RedFlag(StrictModel):
     all: dict[str, str] = Field(min_length=1)
     any: dict[str, str] = {}
     reason: str
+
+
+class ScreenRule(StrictModel):
+    """One rule of the emergency screen: what it rules out, when it fires, and why.
+
+    ``all`` and ``any`` map a case field to the answers that match: answer texts (``yes``, a
+    category, ``unknown``) or, for a number, comparisons such as ``">=55"`` or ``"<=7"``. The rule
+    fires when every ``all`` field matches and, if ``any`` is given, at least one ``any`` field does.
+    """
+
+    name: str
+    rule_out: str
+    level: Level
+    all: dict[str, list[str]] = Field(min_length=1)
+    any: dict[str, list[str]] = {}
+    reason: str
+    source: str
+
+    @model_validator(mode="after")
+    def _fields(self) -> "ScreenRule":
+        from pipeline.core.schema import FIELD_NAMES, field
+
+        for part in ("all", "any"):
+            for name, answers in getattr(self, part).items():
+                if name not in FIELD_NAMES:
+                    raise ValueError(f"{part}.{name}: not a case field")
+                f = field(name)
+                for a in answers:
+                    if a == "unknown":
+                        continue
+                    if f.kind in ("integer", "float"):
+                        if not (a[:2] in ("<=", ">=") and _is_number(a[2:])):
+                            raise ValueError(f"{part}.{name}: {a!r} must be '<=x', '>=x' or 'unknown'")
+                    elif a not in (("yes", "no") if f.kind == "tristate" else f.allowed):
+                        raise ValueError(f"{part}.{name}: {a!r} is not an answer of {name}")
+        return self
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+class ScreenConfig(StrictModel):
+    """The screen for same-day emergencies outside the nine conditions (``configs/screen.yaml``)."""
+
+    rules: list[ScreenRule] = Field(min_length=1)
+
+
+class ProbeExpectation(StrictModel):
+    """What the literature says the oracle must conclude for a probe case (every key given must hold)."""
+
+    top: str | None = None  # the most likely condition
+    not_top: str | None = None  # a condition that must not be the most likely
+    dvt_at_least: float | None = Field(default=None, ge=0, le=1)
+    dvt_at_most: float | None = Field(default=None, ge=0, le=1)
+    screen: list[str] | None = None  # the screen rules that must fire (by name)
+
+
+class Probe(StrictModel):
+    name: str
+    case: dict[str, Any]
+    expect: ProbeExpectation
+    why: str
+
+
+class ProbesConfig(StrictModel):
+    """Documented probe cases (``configs/probes.yaml``): checked by the tests, followed by ``kneepain sensitivity``."""
+
+    probes: list[Probe] = Field(min_length=1)
 
 
 class ConformalConfig(StrictModel):

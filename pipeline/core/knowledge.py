@@ -2,9 +2,14 @@
 
 The YAML is the generative model of a case: a condition drawn from its share, a latent severity,
 context (risk factors) and onset drawn given the condition, symptoms drawn given condition and
-severity, then reporting noise and missing answers. Every mapping that holds a number also holds
-``source``: ``seed: "<quote>"`` (checked verbatim against the seed article), ``ref: <author, year,
-title>`` or ``assumption: <reason>``.
+severity, then reporting noise and missing answers (missing at random: a field's chance of being
+unknown may depend on another field's reported answer, never on the condition).
+
+Every mapping that holds a number also holds ``source``: ``ref: <study, year, the figure used>``,
+``seed: "<quote>"`` (checked verbatim against the seed article; a quote supports a direction,
+never a size) or ``assumption: <reason>``. A ``seed`` or ``assumption`` number also holds
+``range``: its plausible interval (``[low, high]``, or one per number of the mapping), which must
+contain it; ``kneepain sensitivity`` draws the numbers within their ranges.
 """
 
 from __future__ import annotations
@@ -23,13 +28,13 @@ from scipy.special import expit, logit, ndtr
 from pipeline.core.config import StrictModel
 from pipeline.core.errors import KnowledgeBaseError
 from pipeline.core.paths import config_path
-from pipeline.core.schema import CONDITIONS, FIELDS, SEVERITIES, SYMPTOMS, field
+from pipeline.core.schema import CONDITIONS, CONTEXT_TRISTATES, FIELDS, ONSET_TRISTATES, SEVERITIES, SYMPTOMS, field
 
-__all__ = ["KnowledgeBase", "KnowledgeBaseError", "load_knowledge_base"]
+__all__ = ["KnowledgeBase", "KnowledgeBaseError", "knowledge_base_from_dict", "load_knowledge_base",
+           "read_knowledge_base_yaml"]
 
 
-BINARY_RISK_FACTORS = ("smoker", "sedentary", "stretches_before_exercise", "recent_dehydration",
-                       "inflammatory_arthritis", "pregnant")
+BINARY_RISK_FACTORS = CONTEXT_TRISTATES  # risk factors: odds ratios against the population rate
 OPTIONAL_FIELDS = tuple(f.name for f in FIELDS if not f.required)
 AGES = np.arange(int(field("age").minimum or 0), int(field("age").maximum or 0) + 1)
 
@@ -58,10 +63,45 @@ def _exact_keys(given, expected: tuple[str, ...], what: str) -> None:
         raise ValueError(f"{what}; unknown {unknown}, missing {missing}")
 
 
+Range = tuple[float, float]
+
+
+def _check_ranges(numbers: dict[str, float], source: str, ranges: Range | dict[str, Range] | None) -> None:
+    """A ``seed`` or ``assumption`` number needs a plausible range that contains it."""
+    if not numbers:
+        return
+    if ranges is None:
+        if source.startswith(("assumption:", "seed:")):
+            kind = source.split(":", 1)[0]
+            raise ValueError(f"a number whose source is {kind!r} needs `range: [low, high]` (one per number of "
+                             f"the mapping: {', '.join(numbers)})")
+        return
+    if not isinstance(ranges, dict):
+        if len(numbers) != 1:
+            raise ValueError(f"range: this mapping holds {len(numbers)} numbers ({', '.join(numbers)}); give "
+                             "`range: {name: [low, high], ...}` for each")
+        ranges = {next(iter(numbers)): ranges}
+    _exact_keys(ranges, tuple(numbers), "range must name each number of the mapping")
+    for key, (low, high) in ranges.items():
+        if not low <= numbers[key] <= high:
+            raise ValueError(f"range of {key}: [{low:g}, {high:g}] does not contain the value {numbers[key]:g}")
+
+
 class Sourced(StrictModel):
     source: str
+    range: Range | dict[str, Range] | None = None
 
     _src = field_validator("source")(_check_source)
+
+    def numbers(self) -> dict[str, float]:
+        """The mapping's numbers by key (what ``range`` and sensitivity draws refer to)."""
+        return {k: float(v) for k, v in self.model_dump(exclude={"source", "range"}).items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+    @model_validator(mode="after")
+    def _ranged(self) -> "Sourced":
+        _check_ranges(self.numbers(), self.source, self.range)
+        return self
 
 
 class Value(Sourced):
@@ -87,17 +127,22 @@ class LogNormal(Sourced):
 
 
 class Distribution(BaseModel):
-    """Named non-negative numbers plus ``source``; the allowed names depend on the field."""
+    """Named non-negative numbers plus ``source`` (and ``range``); the allowed names depend on the field."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
     source: str
+    range: dict[str, Range] | None = None
     _src = field_validator("source")(_check_source)
+
+    def numbers(self) -> dict[str, float]:
+        return {k: float(v) for k, v in (self.model_extra or {}).items()}
 
     @model_validator(mode="after")
     def _numbers(self) -> "Distribution":
         for key, v in (self.model_extra or {}).items():
             if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
                 raise ValueError(f"{key}: must be a non-negative number, got {v!r}")
+        _check_ranges(self.numbers(), self.source, self.range)
         return self
 
     def values(self, names: tuple[str, ...], *, where: str, total: float | None = None) -> np.ndarray:
@@ -120,6 +165,7 @@ class SignedValues(Distribution):
         for key, v in (self.model_extra or {}).items():
             if not isinstance(v, (int, float)) or isinstance(v, bool):
                 raise ValueError(f"{key}: must be a number, got {v!r}")
+        _check_ranges(self.numbers(), self.source, self.range)
         return self
 
 
@@ -141,6 +187,7 @@ class Condition(StrictModel):
     injury_event: Distribution
     heard_pop: Prob
     pain_delayed_onset: Prob
+    swelling_within_hours: Prob
     symptom_duration_days: LogNormal
     symptoms: dict[str, Prob]
 
@@ -166,10 +213,49 @@ class Population(StrictModel):
     stretches_before_exercise: Prob
     recent_dehydration: Prob
     inflammatory_arthritis: Prob
+    recent_surgery: Prob
+    recent_immobilisation: Prob
+    long_travel: Prob
+    previous_vte: Prob
+    active_cancer: Prob
+    hormonal_therapy: Prob
     pregnant: Prob
     fertile_age: Value  # upper bound; pregnancy is possible from age_min to this
     pregnant_outside_fertile_age: Prob
     activity: Distribution
+
+
+class GivenAnswer(StrictModel):
+    """Missingness that depends on another field's reported answer (still missing at random)."""
+
+    field: str
+    p: dict[str, float]
+
+    @model_validator(mode="after")
+    def _known(self) -> "GivenAnswer":
+        if self.field not in CATEGORY_GIVEN:
+            raise ValueError(f"given.field must be one of {', '.join(CATEGORY_GIVEN)}, got {self.field!r}")
+        allowed = field(self.field).allowed
+        unknown = sorted(set(self.p) - set(allowed))
+        if unknown:
+            raise ValueError(f"given.p: unknown answers {unknown} of {self.field}; allowed: {', '.join(allowed)}")
+        bad = {k: v for k, v in self.p.items() if not 0 <= v < 1}
+        if bad:
+            raise ValueError(f"given.p: probabilities must be in [0, 1), got {bad}")
+        return self
+
+
+class Missing(Prob):
+    """P(the answer is unknown); with ``given``, another value when a field's reported answer is one of those listed."""
+
+    given: GivenAnswer | None = None
+
+    def numbers(self) -> dict[str, float]:
+        return {"p": self.p}
+
+
+# fields whose reported answer may set another field's missingness: never missing-dependent themselves
+CATEGORY_GIVEN = ("injury_event", "onset", "activity")
 
 
 class Reporting(StrictModel):
@@ -190,7 +276,7 @@ class KnowledgeBaseModel(StrictModel):
     severity_logit_shift: SignedValues
     reporting: Reporting
     population: Population
-    missingness: dict[str, Prob]
+    missingness: dict[str, Missing]
     conditions: dict[str, Condition]
     shift: Shift
 
@@ -202,8 +288,13 @@ class KnowledgeBaseModel(StrictModel):
 
     @field_validator("missingness")
     @classmethod
-    def _all_optional(cls, v: dict[str, Prob]) -> dict[str, Prob]:
+    def _all_optional(cls, v: dict[str, Missing]) -> dict[str, Missing]:
         _exact_keys(v, OPTIONAL_FIELDS, "missingness must list every optional field")
+        for name, m in v.items():
+            if m.given is not None and v[m.given.field].given is not None:
+                raise ValueError(f"{name}.given.field {m.given.field!r} has a `given` of its own: one level only")
+            if m.given is not None and name in CATEGORY_GIVEN:
+                raise ValueError(f"{name}: a field other answers depend on cannot have a `given`")
         return v
 
 
@@ -232,6 +323,9 @@ class KnowledgeBase:
     bmi: np.ndarray  # (9, 2) mean, sd
     duration: np.ndarray  # (9, 2) log-median, log-sd
     missingness: dict[str, float]
+    # field -> (the category field it depends on, P(unknown) per that field's reported code; the
+    # last entry, for an unknown answer, is the base rate)
+    missingness_given: dict[str, tuple[str, np.ndarray]]
     name: str = "default"
 
     @property
@@ -252,6 +346,7 @@ class KnowledgeBase:
             age_pmf=_age_pmf([(c.age.mean + s.age_offset_years.value, c.age.sd)
                               for c in self.model.conditions.values()]),
             missingness={k: min(0.95, v * mult) for k, v in self.missingness.items()},
+            missingness_given={k: (f, np.minimum(0.95, p * mult)) for k, (f, p) in self.missingness_given.items()},
             name="shift",
         )
 
@@ -280,7 +375,7 @@ def _build(m: KnowledgeBaseModel) -> KnowledgeBase:
         base = np.array([c.symptoms[s].p for c in conds])
         true_p = expit(logit(base)[:, None] + shift[None, :])
         tristate[s] = leak + (1 - leak - miss) * true_p
-    for name in ("heard_pop", "pain_delayed_onset"):
+    for name in ONSET_TRISTATES:
         p = np.array([getattr(c, name).p for c in conds])
         tristate[name] = np.repeat(p[:, None], len(SEVERITIES), axis=1)
     for rf in BINARY_RISK_FACTORS:
@@ -310,11 +405,36 @@ def _build(m: KnowledgeBaseModel) -> KnowledgeBase:
         duration=np.array([[np.log(c.symptom_duration_days.median_days), c.symptom_duration_days.log_sd]
                            for c in conds]),
         missingness={k: v.p for k, v in m.missingness.items()},
+        missingness_given={k: (v.given.field, np.array([v.given.p.get(a, v.p) for a in field(v.given.field).allowed]
+                                                       + [v.p]))
+                           for k, v in m.missingness.items() if v.given is not None},
     )
 
 
 def _location(loc: tuple[Any, ...]) -> str:
     return ".".join(str(p) for p in loc if not str(p).startswith("function-after"))
+
+
+def knowledge_base_from_dict(raw: Any, *, where: str = "knowledge base") -> KnowledgeBase:
+    """Validate and compile a knowledge base already read from YAML (``where`` names it in errors)."""
+    try:
+        model = KnowledgeBaseModel.model_validate(raw)
+    except ValidationError as err:
+        lines = [f"{_location(e['loc'])}: {e['msg']}" for e in err.errors()]
+        raise KnowledgeBaseError(f"{where}: invalid knowledge base:\n  " + "\n  ".join(lines)) from err
+    try:
+        return _build(model)
+    except KnowledgeBaseError as err:
+        raise KnowledgeBaseError(f"{where}: {err}") from err
+
+
+def read_knowledge_base_yaml(path: str | Path | None = None) -> Any:
+    """The knowledge base file as plain YAML data (default: the project's, else the packaged one)."""
+    path = Path(path) if path is not None else config_path("knowledge_base.yaml")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as err:
+        raise KnowledgeBaseError(f"{path}: cannot read the knowledge base: {err}") from err
 
 
 def load_knowledge_base(path: str | Path | None = None) -> KnowledgeBase:
@@ -326,16 +446,4 @@ def load_knowledge_base(path: str | Path | None = None) -> KnowledgeBase:
         If the file breaks the rules; the message names the file and the key path.
     """
     path = Path(path) if path is not None else config_path("knowledge_base.yaml")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as err:
-        raise KnowledgeBaseError(f"{path}: cannot read the knowledge base: {err}") from err
-    try:
-        model = KnowledgeBaseModel.model_validate(raw)
-    except ValidationError as err:
-        lines = [f"{_location(e['loc'])}: {e['msg']}" for e in err.errors()]
-        raise KnowledgeBaseError(f"{path}: invalid knowledge base:\n  " + "\n  ".join(lines)) from err
-    try:
-        return _build(model)
-    except KnowledgeBaseError as err:
-        raise KnowledgeBaseError(f"{path}: {err}") from err
+    return knowledge_base_from_dict(read_knowledge_base_yaml(path), where=str(path))

@@ -25,7 +25,7 @@ __all__ = [
     "normalise_header",
     ]
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"  # 2: the Wells items, VTE risk factors, timing of swelling and the emergency screen
 UNKNOWN = -1
 
 CONDITIONS: tuple[str, ...] = (
@@ -109,18 +109,31 @@ FIELDS: tuple[Field, ...] = (
          "cramp: \"may also be the result of dehydration\""),
     _tri("inflammatory_arthritis", "context", "rheumatoid arthritis or lupus",
          "OA: \"rheumatoid arthritis or lupus\""),
+    _tri("recent_surgery", "context", "major surgery (any leg or knee operation included) in the last 12 weeks",
+         "Wells: major surgery within 12 weeks"),
+    _tri("recent_immobilisation", "context",
+         "leg in a cast or brace, or confined to bed for 3 days or more, in the last 12 weeks",
+         "Wells: plaster immobilisation, bedridden >= 3 days"),
+    _tri("long_travel", "context", "a journey of 4 hours or more sitting, in the last 4 weeks", "VTE risk factor"),
+    _tri("previous_vte", "context", "a previous DVT or pulmonary embolism", "Wells (2003): previously documented DVT"),
+    _tri("active_cancer", "context", "cancer under treatment, treated in the last 6 months, or palliative",
+         "Wells: active cancer"),
+    _tri("hormonal_therapy", "context", "combined contraceptive pill, HRT or other oestrogen therapy",
+         "VTE risk factor"),
     Field("onset", "category", "onset", "how the pain began", "", allowed=("sudden", "gradual")),
     Field("injury_event", "category", "onset", "what happened when it began",
           "hamstring \"pulled too far\"; ACL \"suddenly change direction\"; meniscus \"bending or "
           "squatting\"; PCL \"falling directly onto the knee\"",
           allowed=("none", "overstretch_or_sprint", "twist_or_direction_change",
-                   "deep_bend_or_squat", "fall_onto_knee")),
+                   "deep_bend_or_squat", "fall_onto_knee", "direct_blow")),
     _tri("heard_pop", "onset", "heard a pop when it happened",
          "meniscus, ACL: \"you will typically hear a loud pop\""),
     _tri("pain_delayed_onset", "onset", "pain began hours to days after the event",
          "meniscus: \"pain may not be apparent immediately\""),
+    _tri("swelling_within_hours", "onset", "after an injury, the knee swelled within a few hours (not the next day)",
+         "haemarthrosis: ACL tear, fracture"),
     Field("symptom_duration_days", "float", "onset",
-          "how long the symptoms have lasted, in days (a cramp lasting minutes is ~0.001)",
+          "days since the symptoms began; for an injury, since the injury (a cramp that began minutes ago is ~0.001)",
           "cramp \"a few seconds and several minutes\"; OA chronic", minimum=0),
     _tri("muscle_spasm", "symptom", "sudden, very painful muscle spasm", "leg cramp"),
     _tri("cramp_calf_or_thigh", "symptom", "cramp felt in the calf or thigh too", "leg cramp (overuse)"),
@@ -144,6 +157,18 @@ FIELDS: tuple[Field, ...] = (
     _tri("pain_back_of_thigh", "symptom", "pain in the back of the thigh", "hamstring"),
     _tri("pain_all_around_knee", "symptom",
          "pain or discomfort all around the knee and upper leg, not only behind it", "OA"),
+    _tri("calf_tenderness", "symptom", "the calf hurts when pressed (along the deep veins)",
+         "Wells: localised tenderness along the deep veins"),
+    _tri("whole_leg_swollen", "symptom", "the whole leg is swollen, thigh and calf", "Wells: entire leg swollen"),
+    _tri("unable_to_bear_weight", "symptom", "cannot take four steps on the leg", "Ottawa knee rule"),
+    _tri("bruising", "symptom", "bruising at the back of the thigh, knee or calf",
+         "hamstring tear, ruptured Baker's cyst (crescent sign)"),
+    _tri("breathless_or_chest_pain", "symptom",
+         "new breathlessness, chest pain on breathing in, or coughing blood", "pulmonary embolism: emergency"),
+    _tri("fever", "symptom", "fever, shivers or feeling feverish", "septic joint, cellulitis: emergency"),
+    _tri("foot_cold_or_pale", "symptom", "the foot or lower leg is cold, pale or numb",
+         "acute limb ischaemia: emergency"),
+    _tri("pulsating_lump", "symptom", "a lump behind the knee that pulses", "popliteal artery aneurysm"),
 )
 FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in FIELDS)
 _BY_NAME = {f.name: f for f in FIELDS}
@@ -151,6 +176,9 @@ TRISTATE_FIELDS = tuple(f.name for f in FIELDS if f.kind == "tristate")
 CATEGORY_FIELDS = tuple(f.name for f in FIELDS if f.kind == "category")
 NUMERIC_FIELDS = tuple(f.name for f in FIELDS if f.kind in ("integer", "float"))
 SYMPTOMS = tuple(f.name for f in FIELDS if f.group == "symptom")
+# yes/no answers that depend on the condition only (not on the latent severity)
+CONTEXT_TRISTATES = tuple(f.name for f in FIELDS if f.group == "context" and f.kind == "tristate")
+ONSET_TRISTATES = tuple(f.name for f in FIELDS if f.group == "onset" and f.kind == "tristate")
 ID_COLUMN = "case_id"
 LABEL_COLUMN = "condition"
 SEVERITY_COLUMN = "severity"

@@ -22,9 +22,11 @@ from pipeline.core.parsing import codes_to_frame
 from pipeline.core.schema import (
     CATEGORY_FIELDS,
     CONDITIONS,
+    CONTEXT_TRISTATES,
     FIELDS,
     ID_COLUMN,
     LABEL_COLUMN,
+    ONSET_TRISTATES,
     SEVERITIES,
     SEVERITY_COLUMN,
     SYMPTOMS,
@@ -74,22 +76,28 @@ def generate_codes(kb: KnowledgeBase, n: int, *,
     codes["pregnant"] = bernoulli(p_preg)
     bmi = rng.normal(kb.bmi[cond, 0], kb.bmi[cond, 1])
     codes["bmi"] = np.round(np.clip(bmi, field("bmi").minimum, field("bmi").maximum), 1)
-    for name in ("smoker", "sedentary", "stretches_before_exercise", "recent_dehydration",
-                 "inflammatory_arthritis"):
-        codes[name] = bernoulli(kb.tristate[name][cond, 0])
+    for name in CONTEXT_TRISTATES:
+        if name != "pregnant":
+            codes[name] = bernoulli(kb.tristate[name][cond, 0])
     for name in CATEGORY_FIELDS:
         if name != "sex":
             codes[name] = _draw_categorical(rng, kb.category[name], cond).astype(np.int8)
-    for name in ("heard_pop", "pain_delayed_onset"):
+    for name in ONSET_TRISTATES:
         codes[name] = bernoulli(kb.tristate[name][cond, 0])
     log_days = rng.normal(kb.duration[cond, 0], kb.duration[cond, 1])
     codes["symptom_duration_days"] = _round_significant(np.exp(log_days))
     for name in SYMPTOMS:
         codes[name] = bernoulli(kb.tristate[name][cond, sev])
-    for f in FIELDS:
-        if f.required:
-            continue
-        hide = rng.random(n) < kb.missingness[f.name]
+    # missing answers: first the fields others depend on, then those whose chance of being unknown
+    # depends on a reported answer (missing at random given what is observed)
+    draws = {f.name: rng.random(n) for f in FIELDS if not f.required}
+    for f in sorted((f for f in FIELDS if not f.required), key=lambda f: f.name in kb.missingness_given):
+        if f.name in kb.missingness_given:
+            given, p_by_answer = kb.missingness_given[f.name]
+            p_hide = p_by_answer[codes[given]]  # code -1 (unknown) takes the last entry: the base rate
+        else:
+            p_hide = kb.missingness[f.name]
+        hide = draws[f.name] < p_hide
         codes[f.name] = np.where(hide, np.nan if f.kind in ("integer", "float") else UNKNOWN,
                                  codes[f.name]).astype(codes[f.name].dtype)
     return {f.name: codes[f.name] for f in FIELDS}, cond.astype(np.int8), sev.astype(np.int8)

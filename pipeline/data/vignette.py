@@ -16,13 +16,18 @@ _EVENT = {
     "twist_or_direction_change": "on a twist or sudden change of direction",
     "deep_bend_or_squat": "while bending deeply or squatting",
     "fall_onto_knee": "after falling onto the knee",
+    "direct_blow": "after a blow or kick to the leg",
 }
 _ACTIVITY = {"none": "does no regular sport", "running": "runs", "sprint_pivot_sport":
              "plays a sprint-and-pivot sport", "other_exercise": "does other exercise"}
 _HISTORY = {"smoker": "smokes", "sedentary": "is mostly sedentary", "pregnant": "is pregnant",
             "stretches_before_exercise": "stretches before exercise",
             "recent_dehydration": "was recently dehydrated",
-            "inflammatory_arthritis": "has rheumatoid arthritis or lupus"}
+            "inflammatory_arthritis": "has rheumatoid arthritis or lupus",
+            "recent_surgery": "had an operation in the last 12 weeks",
+            "recent_immobilisation": "had the leg in a cast or brace, or was bed-bound, recently",
+            "long_travel": "travelled for 4 hours or more recently", "previous_vte": "had a DVT or embolism before",
+            "active_cancer": "has active cancer", "hormonal_therapy": "takes the pill, HRT or other oestrogen"}
 
 
 def _known(v) -> bool:

@@ -10,12 +10,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from pipeline.core.config import LEVELS, TriageConfig
+from pipeline.core.config import LEVELS, ScreenConfig, TriageConfig
 from pipeline.core.knowledge import KnowledgeBase
 from pipeline.core.parsing import ParsedCases
 from pipeline.core.textcols import lookup
 from pipeline.decision.atypical import fit_atypical, flag_atypical
 from pipeline.decision.conformal import fit_conformal, format_sets, prediction_sets
+from pipeline.decision.screen import screen_matches, screen_names
 from pipeline.decision.triage import advice_table, reason_table, triage_levels
 
 __all__ = ["DECISION_COLUMNS", "DECISION_COLUMN_DOCS", "DECISION_COLUMN_TYPES",
@@ -29,20 +30,22 @@ DECISION_COLUMN_DOCS = {
     "differential": "the conditions that remain possible (a conformal prediction set, 90% coverage by default), "
                     "most likely first, `|`-separated",
     "differential_size": "how many conditions the differential holds",
+    "screen": "what must be ruled out that is none of the nine (pulmonary embolism, acute limb ischaemia, popliteal "
+              "aneurysm, a septic joint or cellulitis, a fracture by the Ottawa knee rule), `|`-separated; empty if none",
     "atypical": "true when the answers fit none of the documented profiles well (the case is still scored)",
     "atypical_reason": "why the case was flagged (empty when it was not)",
 }
 DECISION_COLUMNS = list(DECISION_COLUMN_DOCS)
 # the Arrow type of each column in file outputs (a column without one fails loudly there)
 DECISION_COLUMN_TYPES = {"triage": "string", "triage_reason": "string", "advice": "string", "differential": "string",
-                         "differential_size": "int64", "atypical": "bool", "atypical_reason": "string"}
+                         "differential_size": "int64", "screen": "string", "atypical": "bool", "atypical_reason": "string"}
 
 
 class Decision:
     """Fitted decision layer: the triage config, conformal thresholds and atypical threshold."""
 
     def __init__(self, spec: dict):
-        needed = {"triage": (), "conformal": ("thresholds",), "atypical": ("thresholds_by_n_known",)}
+        needed = {"triage": (), "screen": ("rules",), "conformal": ("thresholds",), "atypical": ("thresholds_by_n_known",)}
         missing = [f"{k}.{sub}" if sub else k for k, subs in needed.items() for sub in (subs or ("",))
                    if k not in spec or (sub and sub not in spec[k])]
         if missing:
@@ -52,32 +55,36 @@ class Decision:
                                       "another version of kneepain; retrain it with `kneepain train`.")
         self.spec = spec
         self.config = TriageConfig.model_validate(spec["triage"])
+        self.screen = ScreenConfig.model_validate(spec["screen"])
         self.conformal = spec["conformal"]
         self.atypical = spec["atypical"]
-        self._reasons = reason_table(self.config)
+        # reason codes: those of triage_levels, then one per screen rule
+        self._reasons = np.concatenate([reason_table(self.config), np.array(
+            [f"screen ({r.name}): rule out {r.rule_out}: {r.reason}" for r in self.screen.rules], dtype=object)])
         self._advice = advice_table(self.config)
 
 
 def fit_decision(proba_calib: np.ndarray, y_calib: np.ndarray, parsed_calib: ParsedCases, kb: KnowledgeBase,
-                 config: TriageConfig) -> dict:
-    """Fit the conformal thresholds and the atypical threshold on ``calib``."""
+                 config: TriageConfig, screen: ScreenConfig) -> dict:
+    """Fit the conformal thresholds and the atypical threshold on ``calib``; keep the configs."""
     return {
         "triage": config.model_dump(mode="json"),
+        "screen": screen.model_dump(mode="json"),
         "conformal": fit_conformal(proba_calib, y_calib, coverage=config.conformal.coverage,
                                    mondrian=config.conformal.mondrian),
         "atypical": fit_atypical(kb, parsed_calib, config.atypical.quantile),
     }
 
 
-def fit_decision_on(model, kb: KnowledgeBase, calib: pd.DataFrame, config: TriageConfig) -> dict:
+def fit_decision_on(model, kb: KnowledgeBase, calib: pd.DataFrame, config: TriageConfig, screen: ScreenConfig) -> dict:
     """:func:`fit_decision` for a fitted estimator on the labelled ``calib`` split."""
     from pipeline.core.parsing import parse_cases
     from pipeline.data.datasets import labels
-    from pipeline.model.linear import linear_scorer, predict_proba
+    from pipeline.model.arrays import array_scorer, predict_proba
 
     parsed = parse_cases(calib)
-    # the scoring path's probabilities (pipeline.model.linear), so thresholds and scores agree to the bit
-    return fit_decision(predict_proba(model, parsed, linear_scorer(model)), labels(calib), parsed, kb, config)
+    # the scoring path's probabilities (pipeline.model.arrays), so thresholds and scores agree to the bit
+    return fit_decision(predict_proba(model, parsed, array_scorer(model)), labels(calib), parsed, kb, config, screen)
 
 
 def decide(decision: Decision, kb: KnowledgeBase, parsed: ParsedCases, proba: np.ndarray) -> pd.DataFrame:
@@ -86,6 +93,15 @@ def decide(decision: Decision, kb: KnowledgeBase, parsed: ParsedCases, proba: np
         return pd.DataFrame({c: pd.Series(dtype=object) for c in DECISION_COLUMNS})
     atypical, score, threshold = flag_atypical(kb, parsed, decision.atypical)
     level, reason = triage_levels(decision.config, parsed.codes, proba, atypical)
+    matches = screen_matches(decision.screen, parsed.codes)
+    if matches.any():  # a screen rule at or above the decided level decides it, and is the reason given
+        rule_levels = np.array([LEVELS.index(r.level) for r in decision.screen.rules])
+        hit_level = np.where(matches, rule_levels[None, :], -1)
+        top = hit_level.argmax(axis=1)
+        floor = hit_level[np.arange(len(top)), top]
+        cite = (floor >= 0) & (floor >= level)
+        level[cite] = floor[cite]
+        reason[cite] = len(decision._reasons) - len(decision.screen.rules) + top[cite]
     differential, size = format_sets(proba, prediction_sets(proba, decision.conformal))
     atypical_reason = np.full(len(parsed), "", dtype=object)
     atypical_reason[atypical] = [f"answers fit none of the documented profiles well: surprise per answer "
@@ -97,6 +113,7 @@ def decide(decision: Decision, kb: KnowledgeBase, parsed: ParsedCases, proba: np
         "advice": lookup(decision._advice.ravel(), advice_index),
         "differential": differential,
         "differential_size": size.astype(np.int64),
+        "screen": pd.array(screen_names(decision.screen, matches), dtype="str"),
         "atypical": atypical,
         "atypical_reason": pd.array(atypical_reason, dtype="str"),
     })

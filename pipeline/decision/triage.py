@@ -11,15 +11,11 @@ import numpy as np
 
 from pipeline.core.blas import dot_exact
 from pipeline.core.config import LEVELS, TriageConfig
-from pipeline.core.schema import CONDITION_LABELS, CONDITIONS, field
+from pipeline.core.schema import CONDITION_LABELS, CONDITIONS
+from pipeline.decision.screen import rule_fires
 
 __all__ = ["red_flags", "cost_levels", "triage_levels", "advice_table"]
 
-
-def _matches(codes: dict[str, np.ndarray], name: str, value: str) -> np.ndarray:
-    f = field(name)
-    target = (1 if value == "yes" else 0) if f.kind == "tristate" else f.allowed.index(value)
-    return codes[name] == target
 
 
 def red_flags(cfg: TriageConfig, codes: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -28,11 +24,7 @@ def red_flags(cfg: TriageConfig, codes: dict[str, np.ndarray]) -> tuple[np.ndarr
     level = np.full(n, -1, dtype=np.int8)
     rule = np.full(n, -1, dtype=np.int16)
     for i, flag in enumerate(cfg.red_flags):
-        fires = np.ones(n, dtype=bool)
-        for name, value in flag.all.items():
-            fires &= _matches(codes, name, value)
-        if flag.any:
-            fires &= np.logical_or.reduce([_matches(codes, k, v) for k, v in flag.any.items()])
+        fires = rule_fires({k: [v] for k, v in flag.all.items()}, {k: [v] for k, v in flag.any.items()}, codes)
         higher = fires & (LEVELS.index(flag.level) > level)
         level[higher] = LEVELS.index(flag.level)
         rule[higher] = i

@@ -30,7 +30,7 @@ from pipeline.serve.predict import get_model
 __all__ = ["Explanation", "explain"]
 
 _MAX_LISTED = 3
-_FIXED_PHRASES = {"age": "age {}", "sex": "{}", "bmi": "BMI {}", "symptom_duration_days": "symptoms for {} days"}
+_FIXED_PHRASES = {"age": "age {}", "sex": "{}", "bmi": "BMI {}", "symptom_duration_days": "symptoms began {} days ago"}
 
 
 @dataclass(frozen=True)

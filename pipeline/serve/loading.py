@@ -19,7 +19,7 @@ from pipeline.core.parsing import ParsedCases
 from pipeline.core.paths import models_dir
 from pipeline.core.schema import CONDITIONS
 from pipeline.decision.layer import Decision
-from pipeline.model.linear import LinearScorer, linear_scorer, predict_proba
+from pipeline.model.arrays import ArrayScorer, array_scorer, predict_proba
 from pipeline.model.persist import KB_FILE, MANIFEST_FILE, load_estimator
 
 __all__ = ["LoadedModel", "clear_model_cache", "get_model", "is_model_uri", "load_model"]
@@ -34,11 +34,11 @@ class LoadedModel:
     source: str = ""
     kb: KnowledgeBase | None = None  # the snapshot the decision layer uses (None for a bare model)
     decision: Decision | None = None  # None for a bare model
-    scorer: LinearScorer | None = field(init=False, repr=False, default=None)
+    scorer: ArrayScorer | None = field(init=False, repr=False, default=None)
 
     def __post_init__(self) -> None:
-        # the logistic model is scored from its arrays without BLAS (pipeline.model.linear)
-        self.scorer = linear_scorer(self.estimator)
+        # the logistic model and the MLP are scored from their arrays without BLAS (pipeline.model.arrays)
+        self.scorer = array_scorer(self.estimator)
 
     @property
     def classes(self) -> tuple[str, ...]:

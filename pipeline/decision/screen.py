@@ -1,0 +1,64 @@
+"""The screen for same-day emergencies that are none of the nine conditions.
+
+Pulmonary embolism, acute limb ischaemia, a popliteal aneurysm, a septic joint or cellulitis, and a
+fracture (Ottawa knee rule) are not among the conditions the model tells apart, but each can sit
+behind the same complaint. A case that screens positive is still scored over the nine; its output
+names what must be ruled out (``screen``), and the triage sends it no later than the rule's level.
+The rules are data (``configs/screen.yaml``), stored with the model like the rest of the decision layer.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.core.config import ScreenConfig, ScreenRule
+from pipeline.core.schema import UNKNOWN, field
+
+__all__ = ["rule_fires", "screen_matches", "screen_names"]
+
+
+def _matches(name: str, answers: list[str], codes: dict[str, np.ndarray]) -> np.ndarray:
+    f = field(name)
+    c = codes[name]
+    if f.kind in ("integer", "float"):
+        hit = np.zeros(len(c), dtype=bool)
+        known = ~np.isnan(c)
+        for a in answers:
+            if a == "unknown":
+                hit |= ~known
+            elif a.startswith("<="):
+                hit |= known & (c <= float(a[2:]))
+            else:
+                hit |= known & (c >= float(a[2:]))
+        return hit
+    values = ("no", "yes") if f.kind == "tristate" else f.allowed  # tri-state codes: 0 no, 1 yes
+    wanted = [UNKNOWN if a == "unknown" else values.index(a) for a in answers]
+    return np.isin(c, wanted)
+
+
+def rule_fires(all_: dict[str, list[str]], any_: dict[str, list[str]], codes: dict[str, np.ndarray]) -> np.ndarray:
+    """Per case, whether every ``all_`` field matches and (if given) at least one ``any_`` field does
+    (the matching of screen rules and of the triage's red flags)."""
+    hit = np.ones(len(codes["age"]), dtype=bool)
+    for name, answers in all_.items():
+        hit &= _matches(name, answers, codes)
+    if any_:
+        hit &= np.logical_or.reduce([_matches(n, a, codes) for n, a in any_.items()])
+    return hit
+
+
+def _rule(rule: ScreenRule, codes: dict[str, np.ndarray]) -> np.ndarray:
+    return rule_fires(rule.all, rule.any, codes)
+
+
+def screen_matches(cfg: ScreenConfig, codes: dict[str, np.ndarray]) -> np.ndarray:
+    """(n_cases, n_rules) boolean: which screen rules each case meets."""
+    if not len(codes["age"]):
+        return np.zeros((0, len(cfg.rules)), dtype=bool)
+    return np.column_stack([_rule(r, codes) for r in cfg.rules])
+
+
+def screen_names(cfg: ScreenConfig, matches: np.ndarray) -> np.ndarray:
+    """Per case, what must be ruled out: the matched rules' ``rule_out``, ``|``-separated ("" if none)."""
+    names = np.array([r.rule_out for r in cfg.rules], dtype=object)
+    return np.array(["|".join(names[row]) for row in matches], dtype=object)

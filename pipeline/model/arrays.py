@@ -1,0 +1,104 @@
+"""Probabilities of a fitted model computed from its arrays, without BLAS.
+
+The candidates are ``Pipeline(CaseFeaturizer, LogisticRegression | MLPClassifier |
+HistGradientBoostingClassifier)``, optionally temperature-calibrated. For the logistic model and
+the MLP, :class:`ArrayScorer` holds the arrays (the featuriser's centres and scales, weights,
+intercepts, the inverse temperature) and computes the probabilities with
+:func:`pipeline.core.blas.dot_exact`, so the same case gives the same probabilities in every
+process and thread, alone or in a batch (a BLAS product's summation order depends on the thread
+count). Gradient boosting makes no matrix products; it, and anything else, is scored by
+scikit-learn on one BLAS thread. The formulas are scikit-learn's (``predict_proba`` of the model,
+then the temperature calibrator's ``softmax(beta * logits)``); a test holds them to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy.special import expit, softmax
+
+from pipeline.core.blas import dot_exact, one_blas_thread
+from pipeline.core.parsing import ParsedCases
+from pipeline.model.features import CaseFeaturizer
+
+__all__ = ["ArrayScorer", "array_scorer", "predict_proba"]
+
+_EPS = 1e-12  # scikit-learn's when it turns probabilities into logits for temperature scaling
+_ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "relu": lambda z: np.maximum(z, 0.0), "tanh": np.tanh, "logistic": expit, "identity": lambda z: z}
+
+
+@dataclass(frozen=True)
+class ArrayScorer:
+    """A logistic model (one layer, softmax of the logits) or an MLP (hidden layers, then softmax)."""
+
+    featurizer: CaseFeaturizer
+    weights: tuple[np.ndarray, ...]  # per layer (n_out, n_in), C-contiguous: dot_exact's layout
+    intercepts: tuple[np.ndarray, ...]
+    activation: str = "identity"  # of the hidden layers
+    beta: float | None = None  # inverse temperature, when calibrated
+    from_proba: bool = False  # calibrated on probabilities (an MLP has no decision function)
+
+    def predict_proba(self, parsed: ParsedCases) -> np.ndarray:
+        z = self.featurizer.transform(parsed)
+        last = len(self.weights) - 1
+        for i, (w, b) in enumerate(zip(self.weights, self.intercepts)):
+            z = dot_exact(z, w)
+            z += b
+            if i < last:
+                z = _ACTIVATIONS[self.activation](z)
+        if self.beta is None:
+            return softmax(z, axis=1)
+        logits = np.log(softmax(z, axis=1) + _EPS) if self.from_proba else z
+        proba = softmax(self.beta * logits, axis=1)
+        proba[(proba > 1.0) & (proba <= 1.0 + 1e-5)] = 1.0
+        return proba
+
+
+def _unwrap(estimator: Any) -> tuple[Any, float | None] | None:
+    """(the features -> model pipeline, inverse temperature or None) or None if not of that form."""
+    from sklearn.calibration import CalibratedClassifierCV
+
+    if not isinstance(estimator, CalibratedClassifierCV):
+        return estimator, None
+    if estimator.method != "temperature" or len(estimator.calibrated_classifiers_) != 1:
+        return None
+    inner = estimator.calibrated_classifiers_[0]
+    return getattr(inner.estimator, "estimator", inner.estimator), float(inner.calibrators[0].beta_)  # FrozenEstimator
+
+
+def array_scorer(estimator: Any) -> ArrayScorer | None:
+    """An :class:`ArrayScorer` for a fitted (calibrated) features -> logistic or MLP pipeline, else None."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import Pipeline
+
+    unwrapped = _unwrap(estimator)
+    if unwrapped is None:
+        return None
+    pipe, beta = unwrapped
+    if not (isinstance(pipe, Pipeline) and len(pipe.steps) == 2 and isinstance(pipe.steps[0][1], CaseFeaturizer)):
+        return None
+    features, model = pipe.steps[0][1], pipe.steps[1][1]
+    if len(getattr(model, "classes_", ())) < 3:  # a binary model has one output column: not ours
+        return None
+    if isinstance(model, LogisticRegression):
+        return ArrayScorer(features, (np.ascontiguousarray(model.coef_, dtype=np.float64),),
+                           (np.asarray(model.intercept_, dtype=np.float64),), beta=beta)
+    if isinstance(model, MLPClassifier) and model.out_activation_ == "softmax" and model.activation in _ACTIVATIONS:
+        return ArrayScorer(features, tuple(np.ascontiguousarray(w.T, dtype=np.float64) for w in model.coefs_),
+                           tuple(np.asarray(b, dtype=np.float64) for b in model.intercepts_),
+                           activation=model.activation, beta=beta, from_proba=True)
+    return None
+
+
+def predict_proba(estimator: Any, parsed: ParsedCases, scorer: ArrayScorer | None = None) -> np.ndarray:
+    """Class probabilities, shape (n_cases, n_classes): from ``scorer`` when given, else by
+    scikit-learn on one BLAS thread."""
+    if scorer is not None:
+        return scorer.predict_proba(parsed)
+    with one_blas_thread():
+        return np.asarray(estimator.predict_proba(parsed), dtype=np.float64)
