@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.core.knowledge import KnowledgeBaseError, _normalise, load_knowledge_base
+from pipeline.core.kb_model import _normalise
+from pipeline.core.knowledge import KnowledgeBaseError, load_knowledge_base
 from pipeline.core.paths import config_path, seed_path
 from pipeline.core.schema import CONDITIONS, SYMPTOMS
 

@@ -121,3 +121,20 @@ def test_the_oracle_stays_calibrated_with_answers_missing_at_random(kb):
         mean_p, freq = post[:, k].mean(), np.mean(y == k)
         assert abs(mean_p - freq) < 5 * np.sqrt(freq * (1 - freq) / len(y)) + 1e-3, CONDITIONS[k]
     assert ece_top_label(post, y) < 0.01
+
+
+def test_wells_like_scores_separate_dvt_as_the_wells_categories_do(kb):
+    """Wells et al.: DVT in about 5% / 17% / 53% of the low / moderate / high groups among people in
+    whom it is suspected. Here: generated cases with a swollen or tender calf, scored on the Wells
+    items the schema asks (the "alternative diagnosis as likely" item cannot be), by 1, 2, >= 3 points."""
+    from pipeline.data.generate import generate_codes
+
+    codes, cond, _ = generate_codes(kb, 400_000, seed=3)
+    items = ("active_cancer", "recent_immobilisation", "recent_surgery", "calf_tenderness", "whole_leg_swollen",
+             "leg_swelling", "previous_vte", "visible_veins")
+    score = sum((codes[f] == 1).astype(int) for f in items)
+    suspected = (codes["leg_swelling"] == 1) | (codes["calf_tenderness"] == 1)
+    dvt = cond == DVT
+    share = [dvt[suspected & (score == 1)].mean(), dvt[suspected & (score == 2)].mean(), dvt[suspected & (score >= 3)].mean()]
+    assert 0.02 <= share[0] <= 0.12 and 0.10 <= share[1] <= 0.35 and 0.40 <= share[2] <= 0.80, share
+    assert share[0] < share[1] < share[2]

@@ -1,8 +1,8 @@
 """Load and validate the knowledge base (configs/knowledge_base.yaml) into arrays.
 
-The YAML is the generative model of a case: a condition drawn from its share, a latent severity,
-context (risk factors) and onset drawn given the condition, symptoms drawn given condition and
-severity, then reporting noise and missing answers (missing at random: a field's chance of being
+The YAML (its rules: :mod:`pipeline.core.kb_model`) is the generative model of a case: a
+condition drawn from its share, a latent severity, context (risk factors) and onset drawn given
+the condition, symptoms drawn given condition and severity, then reporting noise and missing answers (missing at random: a field's chance of being
 unknown may depend on another field's reported answer, never on the condition).
 
 Every mapping that holds a number also holds ``source``: ``ref: <study, year, the figure used>``,
@@ -14,288 +14,25 @@ contain it; ``kneepain sensitivity`` draws the numbers within their ranges.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
-from pydantic import Field as PydField
+from pydantic import ValidationError
 from scipy.special import expit, logit, ndtr
 
-from pipeline.core.config import StrictModel
 from pipeline.core.errors import KnowledgeBaseError
+from pipeline.core.kb_model import BINARY_RISK_FACTORS, KnowledgeBaseModel
 from pipeline.core.paths import config_path
-from pipeline.core.schema import CONDITIONS, CONTEXT_TRISTATES, FIELDS, ONSET_TRISTATES, SEVERITIES, SYMPTOMS, field
+from pipeline.core.schema import CONDITIONS, ONSET_TRISTATES, SEVERITIES, SYMPTOMS, field
 
 __all__ = ["KnowledgeBase", "KnowledgeBaseError", "knowledge_base_from_dict", "load_knowledge_base",
            "read_knowledge_base_yaml"]
 
 
-BINARY_RISK_FACTORS = CONTEXT_TRISTATES  # risk factors: odds ratios against the population rate
-OPTIONAL_FIELDS = tuple(f.name for f in FIELDS if not f.required)
 AGES = np.arange(int(field("age").minimum or 0), int(field("age").maximum or 0) + 1)
-
-
-_PROVENANCE = re.compile(r"^(seed: \"[^\"]{8,}\".*|ref: .*\b(19|20)\d\d\b.*|assumption: .{10,})$", re.S)
-
-
-def _normalise(text: str) -> str:
-    text = text.replace("\u2019", "'").replace("\u2018", "'").replace("\u201c", '"').replace("\u201d", '"')
-    return re.sub(r"\s+", " ", text).strip().lower()
-
-
-def _check_source(value: str) -> str:
-    value = value.strip()
-    if not _PROVENANCE.match(value):
-        raise ValueError('source must be \'seed: "<quote>"\', \'ref: <author (year) title>\' or '
-                         f"'assumption: <reason>', got {value!r}")
-    return value
-
-
-def _exact_keys(given, expected: tuple[str, ...], what: str) -> None:
-    """Raise ValueError naming keys not in ``expected`` and keys of ``expected`` that are missing."""
-    unknown = sorted(set(given) - set(expected))
-    missing = [k for k in expected if k not in given]
-    if unknown or missing:
-        raise ValueError(f"{what}; unknown {unknown}, missing {missing}")
-
-
-Range = tuple[float, float]
-
-
-def _check_ranges(numbers: dict[str, float], source: str, ranges: Range | dict[str, Range] | None) -> None:
-    """A ``seed`` or ``assumption`` number needs a plausible range that contains it."""
-    if not numbers:
-        return
-    if ranges is None:
-        if source.startswith(("assumption:", "seed:")):
-            kind = source.split(":", 1)[0]
-            raise ValueError(f"a number whose source is {kind!r} needs `range: [low, high]` (one per number of "
-                             f"the mapping: {', '.join(numbers)})")
-        return
-    if not isinstance(ranges, dict):
-        if len(numbers) != 1:
-            raise ValueError(f"range: this mapping holds {len(numbers)} numbers ({', '.join(numbers)}); give "
-                             "`range: {name: [low, high], ...}` for each")
-        ranges = {next(iter(numbers)): ranges}
-    _exact_keys(ranges, tuple(numbers), "range must name each number of the mapping")
-    for key, (low, high) in ranges.items():
-        if not low <= numbers[key] <= high:
-            raise ValueError(f"range of {key}: [{low:g}, {high:g}] does not contain the value {numbers[key]:g}")
-
-
-class Sourced(StrictModel):
-    source: str
-    range: Range | dict[str, Range] | None = None
-
-    _src = field_validator("source")(_check_source)
-
-    def numbers(self) -> dict[str, float]:
-        """The mapping's numbers by key (what ``range`` and sensitivity draws refer to)."""
-        return {k: float(v) for k, v in self.model_dump(exclude={"source", "range"}).items()
-                if isinstance(v, (int, float)) and not isinstance(v, bool)}
-
-    @model_validator(mode="after")
-    def _ranged(self) -> "Sourced":
-        _check_ranges(self.numbers(), self.source, self.range)
-        return self
-
-
-class Value(Sourced):
-    value: float
-
-
-class Prob(Sourced):
-    p: float = PydField(gt=0, lt=1)
-
-
-class OddsRatio(Sourced):
-    odds_ratio: float = PydField(gt=0)
-
-
-class Normal(Sourced):
-    mean: float
-    sd: float = PydField(gt=0)
-
-
-class LogNormal(Sourced):
-    median_days: float = PydField(gt=0)
-    log_sd: float = PydField(gt=0)
-
-
-class Distribution(BaseModel):
-    """Named non-negative numbers plus ``source`` (and ``range``); the allowed names depend on the field."""
-
-    model_config = ConfigDict(extra="allow", frozen=True)
-    source: str
-    range: dict[str, Range] | None = None
-    _src = field_validator("source")(_check_source)
-
-    def numbers(self) -> dict[str, float]:
-        return {k: float(v) for k, v in (self.model_extra or {}).items()}
-
-    @model_validator(mode="after")
-    def _numbers(self) -> "Distribution":
-        for key, v in (self.model_extra or {}).items():
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
-                raise ValueError(f"{key}: must be a non-negative number, got {v!r}")
-        _check_ranges(self.numbers(), self.source, self.range)
-        return self
-
-    def values(self, names: tuple[str, ...], *, where: str, total: float | None = None) -> np.ndarray:
-        extra = dict(self.model_extra or {})
-        try:
-            _exact_keys(extra, names, f"{where}: keys must be exactly {', '.join(names)}")
-        except ValueError as err:
-            raise KnowledgeBaseError(str(err)) from None
-        out = np.array([float(extra[n]) for n in names])
-        if total is not None and abs(out.sum() - total) > 1e-6:
-            raise KnowledgeBaseError(f"{where}: values must sum to {total}, they sum to {out.sum():.6g}")
-        return out
-
-
-class SignedValues(Distribution):
-    """Like :class:`Distribution`, but the numbers may be negative."""
-
-    @model_validator(mode="after")
-    def _numbers(self) -> "SignedValues":
-        for key, v in (self.model_extra or {}).items():
-            if not isinstance(v, (int, float)) or isinstance(v, bool):
-                raise ValueError(f"{key}: must be a number, got {v!r}")
-        _check_ranges(self.numbers(), self.source, self.range)
-        return self
-
-
-class Icd10(Sourced):
-    code: str = PydField(pattern=r"^[A-Z]\d\d(\.\d{1,2})?$")
-
-
-class Condition(StrictModel):
-    label: str
-    icd10: Icd10
-    prior: Value
-    severity: Distribution
-    age: Normal
-    bmi: Normal
-    female: OddsRatio
-    risk_factors: dict[str, OddsRatio] = {}
-    activity: Distribution
-    onset: Distribution
-    injury_event: Distribution
-    heard_pop: Prob
-    pain_delayed_onset: Prob
-    swelling_within_hours: Prob
-    symptom_duration_days: LogNormal
-    symptoms: dict[str, Prob]
-
-    @field_validator("risk_factors")
-    @classmethod
-    def _known_risks(cls, v: dict[str, OddsRatio]) -> dict[str, OddsRatio]:
-        unknown = sorted(set(v) - set(BINARY_RISK_FACTORS))
-        if unknown:
-            raise ValueError(f"unknown risk factor(s) {unknown}; allowed: {', '.join(BINARY_RISK_FACTORS)}")
-        return v
-
-    @field_validator("symptoms")
-    @classmethod
-    def _all_symptoms(cls, v: dict[str, Prob]) -> dict[str, Prob]:
-        _exact_keys(v, SYMPTOMS, "symptoms must be exactly the schema's symptom fields")
-        return v
-
-
-class Population(StrictModel):
-    female: Prob
-    smoker: Prob
-    sedentary: Prob
-    stretches_before_exercise: Prob
-    recent_dehydration: Prob
-    inflammatory_arthritis: Prob
-    recent_surgery: Prob
-    recent_immobilisation: Prob
-    long_travel: Prob
-    previous_vte: Prob
-    active_cancer: Prob
-    hormonal_therapy: Prob
-    pregnant: Prob
-    fertile_age: Value  # upper bound; pregnancy is possible from age_min to this
-    pregnant_outside_fertile_age: Prob
-    activity: Distribution
-
-
-class GivenAnswer(StrictModel):
-    """Missingness that depends on another field's reported answer (still missing at random)."""
-
-    field: str
-    p: dict[str, float]
-
-    @model_validator(mode="after")
-    def _known(self) -> "GivenAnswer":
-        if self.field not in CATEGORY_GIVEN:
-            raise ValueError(f"given.field must be one of {', '.join(CATEGORY_GIVEN)}, got {self.field!r}")
-        allowed = field(self.field).allowed
-        unknown = sorted(set(self.p) - set(allowed))
-        if unknown:
-            raise ValueError(f"given.p: unknown answers {unknown} of {self.field}; allowed: {', '.join(allowed)}")
-        bad = {k: v for k, v in self.p.items() if not 0 <= v < 1}
-        if bad:
-            raise ValueError(f"given.p: probabilities must be in [0, 1), got {bad}")
-        return self
-
-
-class Missing(Prob):
-    """P(the answer is unknown); with ``given``, another value when a field's reported answer is one of those listed."""
-
-    given: GivenAnswer | None = None
-
-    def numbers(self) -> dict[str, float]:
-        return {"p": self.p}
-
-
-# fields whose reported answer may set another field's missingness: never missing-dependent themselves
-CATEGORY_GIVEN = ("injury_event", "onset", "activity")
-
-
-class Reporting(StrictModel):
-    leak: Prob
-    miss: Prob
-
-
-class Shift(StrictModel):
-    description: str
-    prior_multiplier: Distribution
-    age_offset_years: Value
-    missingness_multiplier: Value
-    activity_multiplier: Distribution
-
-
-class KnowledgeBaseModel(StrictModel):
-    version: int
-    severity_logit_shift: SignedValues
-    reporting: Reporting
-    population: Population
-    missingness: dict[str, Missing]
-    conditions: dict[str, Condition]
-    shift: Shift
-
-    @field_validator("conditions")
-    @classmethod
-    def _all_conditions(cls, v: dict[str, Condition]) -> dict[str, Condition]:
-        _exact_keys(v, CONDITIONS, f"conditions must be exactly {', '.join(CONDITIONS)}")
-        return v
-
-    @field_validator("missingness")
-    @classmethod
-    def _all_optional(cls, v: dict[str, Missing]) -> dict[str, Missing]:
-        _exact_keys(v, OPTIONAL_FIELDS, "missingness must list every optional field")
-        for name, m in v.items():
-            if m.given is not None and v[m.given.field].given is not None:
-                raise ValueError(f"{name}.given.field {m.given.field!r} has a `given` of its own: one level only")
-            if m.given is not None and name in CATEGORY_GIVEN:
-                raise ValueError(f"{name}: a field other answers depend on cannot have a `given`")
-        return v
 
 
 def _odds_shift(p: float, odds_ratio: float) -> float:
