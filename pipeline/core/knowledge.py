@@ -2,8 +2,9 @@
 
 The YAML (its rules: :mod:`pipeline.core.kb_model`) is the generative model of a case: a
 condition drawn from its share, a latent severity, context (risk factors) and onset drawn given
-the condition, symptoms drawn given condition and severity, then reporting noise and missing answers (missing at random: a field's chance of being
-unknown may depend on another field's reported answer, never on the condition).
+the condition, symptoms drawn given condition and severity, then reporting noise and missing
+answers (missing at random: a field's chance of being unknown may depend on another field's
+reported answer, never on the condition).
 
 Every mapping that holds a number also holds ``source``: ``ref: <study, year, the figure used>``,
 ``seed: "<quote>"`` (checked verbatim against the seed article; a quote supports a direction,
