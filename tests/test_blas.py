@@ -30,30 +30,43 @@ def test_blas_thread_count_does_not_matter():
     np.testing.assert_array_equal(one, two)
 
 
-@pytest.mark.parametrize("calibrated", [False, True])
-def test_the_mlp_scored_from_its_arrays_matches_scikit_learn_and_ignores_threads(kb, calibrated):
-    from concurrent.futures import ThreadPoolExecutor
-
+def _fitted(kb, name: str, calibrated: bool):
+    """A small fitted candidate pipeline, temperature-calibrated on its own split when asked."""
     import yaml
     from conftest import SMALL_TRAIN_CONFIG
     from sklearn.calibration import CalibratedClassifierCV
     from sklearn.frozen import FrozenEstimator
 
     from pipeline.core.config import TrainConfig
-    from pipeline.core.parsing import parse_cases
     from pipeline.data.datasets import labels
     from pipeline.data.generate import generate_cases
     from pipeline.model.candidates import make_candidate
-    from pipeline.serve.loading import LoadedModel
 
     config = TrainConfig.model_validate(yaml.safe_load(SMALL_TRAIN_CONFIG))
     train, valid = generate_cases(kb, 3000, seed=1), generate_cases(kb, 1500, seed=3)
-    mlp = make_candidate("mlp", config).fit(train, labels(train))
+    model = make_candidate(name, config).fit(train, labels(train))
     if calibrated:
-        mlp = CalibratedClassifierCV(FrozenEstimator(mlp), method="temperature").fit(valid, labels(valid))
+        model = CalibratedClassifierCV(FrozenEstimator(model), method="temperature").fit(valid, labels(valid))
+    return model
+
+
+def _cases(kb, n: int):
+    from pipeline.core.parsing import parse_cases
+    from pipeline.data.generate import generate_cases
+
+    return parse_cases(generate_cases(kb, n, seed=2))
+
+
+@pytest.mark.parametrize("calibrated", [False, True])
+def test_the_mlp_scored_from_its_arrays_matches_scikit_learn_and_ignores_threads(kb, calibrated):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipeline.serve.loading import LoadedModel
+
+    mlp = _fitted(kb, "mlp", calibrated)
     model = LoadedModel(mlp)
     assert model.scorer is not None  # scored from its arrays, not by scikit-learn
-    parsed = parse_cases(generate_cases(kb, 3000, seed=2))
+    parsed = _cases(kb, 3000)
     reference = model.predict_proba(parsed)
     np.testing.assert_allclose(reference, mlp.predict_proba(parsed), rtol=1e-9, atol=1e-13)
     with threadpool_limits(limits=2, user_api="blas"):
@@ -65,24 +78,10 @@ def test_the_mlp_scored_from_its_arrays_matches_scikit_learn_and_ignores_threads
 
 @pytest.mark.parametrize("calibrated", [False, True])
 def test_the_logistic_model_scored_from_its_arrays_matches_scikit_learn(kb, calibrated):
-    import yaml
-    from conftest import SMALL_TRAIN_CONFIG
-    from sklearn.calibration import CalibratedClassifierCV
-    from sklearn.frozen import FrozenEstimator
-
-    from pipeline.core.config import TrainConfig
-    from pipeline.core.parsing import parse_cases
-    from pipeline.data.datasets import labels
-    from pipeline.data.generate import generate_cases
     from pipeline.model.arrays import array_scorer
-    from pipeline.model.candidates import make_candidate
 
-    config = TrainConfig.model_validate(yaml.safe_load(SMALL_TRAIN_CONFIG))
-    train, valid = generate_cases(kb, 3000, seed=1), generate_cases(kb, 1500, seed=3)
-    model = make_candidate("logistic", config).fit(train, labels(train))
-    if calibrated:
-        model = CalibratedClassifierCV(FrozenEstimator(model), method="temperature").fit(valid, labels(valid))
+    model = _fitted(kb, "logistic", calibrated)
     scorer = array_scorer(model)
     assert scorer is not None and (scorer.beta is not None) == calibrated
-    parsed = parse_cases(generate_cases(kb, 2000, seed=2))
+    parsed = _cases(kb, 2000)
     np.testing.assert_allclose(scorer.predict_proba(parsed), model.predict_proba(parsed), rtol=1e-10, atol=1e-14)

@@ -58,9 +58,7 @@ class Decision:
         self.screen = ScreenConfig.model_validate(spec["screen"])
         self.conformal = spec["conformal"]
         self.atypical = spec["atypical"]
-        # reason codes: those of triage_levels, then one per screen rule
-        self._reasons = np.concatenate([reason_table(self.config), np.array(
-            [f"screen ({r.name}): rule out {r.rule_out}: {r.reason}" for r in self.screen.rules], dtype=object)])
+        self._reasons = reason_table(self.config, self.screen)
         self._advice = advice_table(self.config)
 
 
@@ -92,16 +90,8 @@ def decide(decision: Decision, kb: KnowledgeBase, parsed: ParsedCases, proba: np
     if len(parsed) == 0:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in DECISION_COLUMNS})
     atypical, score, threshold = flag_atypical(kb, parsed, decision.atypical)
-    level, reason = triage_levels(decision.config, parsed.codes, proba, atypical)
     matches = screen_matches(decision.screen, parsed.codes)
-    if matches.any():  # a screen rule at or above the decided level decides it, and is the reason given
-        rule_levels = np.array([LEVELS.index(r.level) for r in decision.screen.rules])
-        hit_level = np.where(matches, rule_levels[None, :], -1)
-        top = hit_level.argmax(axis=1)
-        floor = hit_level[np.arange(len(top)), top]
-        cite = (floor >= 0) & (floor >= level)
-        level[cite] = floor[cite]
-        reason[cite] = len(decision._reasons) - len(decision.screen.rules) + top[cite]
+    level, reason = triage_levels(decision.config, parsed.codes, proba, atypical, decision.screen, matches)
     differential, size = format_sets(proba, prediction_sets(proba, decision.conformal))
     atypical_reason = np.full(len(parsed), "", dtype=object)
     atypical_reason[atypical] = [f"answers fit none of the documented profiles well: surprise per answer "

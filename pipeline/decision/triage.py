@@ -10,25 +10,41 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.core.blas import dot_exact
-from pipeline.core.config import LEVELS, TriageConfig
+from pipeline.core.config import LEVELS, ScreenConfig, TriageConfig
 from pipeline.core.schema import CONDITION_LABELS, CONDITIONS
-from pipeline.decision.screen import rule_fires
+from pipeline.decision.screen import rule_fires, screen_matches
 
-__all__ = ["red_flags", "cost_levels", "triage_levels", "advice_table"]
+__all__ = ["advice_table", "cost_levels", "reason_table", "red_flags", "strongest_rule", "triage_levels"]
 
+
+
+def strongest_rule(fires: np.ndarray, levels: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Per case, the highest level among the rules that fire (-1 when none does) and the index of
+    the first rule at that level (-1 when none). ``fires`` is (n_cases, n_rules)."""
+    n = len(fires)
+    if not levels:
+        return np.full(n, -1, dtype=np.int8), np.full(n, -1, dtype=np.int16)
+    hit = np.where(fires, np.array([LEVELS.index(lv) for lv in levels])[None, :], -1)
+    rule = hit.argmax(axis=1).astype(np.int16)
+    level = hit[np.arange(n), rule].astype(np.int8)
+    rule[level < 0] = -1
+    return level, rule
 
 
 def red_flags(cfg: TriageConfig, codes: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Per case, the highest red-flag level (-1 when none fires) and the index of that rule."""
-    n = len(codes["sex"])
-    level = np.full(n, -1, dtype=np.int8)
-    rule = np.full(n, -1, dtype=np.int16)
-    for i, flag in enumerate(cfg.red_flags):
-        fires = rule_fires({k: [v] for k, v in flag.all.items()}, {k: [v] for k, v in flag.any.items()}, codes)
-        higher = fires & (LEVELS.index(flag.level) > level)
-        level[higher] = LEVELS.index(flag.level)
-        rule[higher] = i
-    return level, rule
+    fires = [rule_fires({k: [v] for k, v in f.all.items()}, {k: [v] for k, v in f.any.items()}, codes)
+             for f in cfg.red_flags]
+    matrix = np.column_stack(fires) if fires else np.zeros((len(codes["sex"]), 0), dtype=bool)
+    return strongest_rule(matrix, [f.level for f in cfg.red_flags])
+
+
+def _raise_to_rules(level: np.ndarray, reason: np.ndarray, rule_level: np.ndarray, rule: np.ndarray,
+                    first_code: int) -> None:
+    # a rule at or above the decided level decides it and is the reason given: it is the clearer one
+    cite = (rule_level >= 0) & (rule_level >= level)
+    level[cite] = rule_level[cite]
+    reason[cite] = first_code + rule[cite]
 
 
 def cost_matrix(cfg: TriageConfig) -> np.ndarray:
@@ -44,8 +60,11 @@ def cost_levels(cfg: TriageConfig, proba: np.ndarray) -> np.ndarray:
 
 
 def triage_levels(cfg: TriageConfig, codes: dict[str, np.ndarray], proba: np.ndarray,
-                  atypical: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Final level per case and a reason code: 0 cost decision, 1 atypical, 2 + k red flag k."""
+                  atypical: np.ndarray | None = None, screen: ScreenConfig | None = None,
+                  screen_fires: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Final level per case and a reason code: 0 cost decision, 1 atypical, 2 + k red flag k, then
+    2 + n_red_flags + j screen rule j. ``screen_fires`` (from :func:`screen_matches`) saves
+    matching the screen again when the caller has it."""
     level = cost_levels(cfg, proba)
     reason = np.zeros(len(level), dtype=np.int16)
     if atypical is not None:
@@ -53,19 +72,21 @@ def triage_levels(cfg: TriageConfig, codes: dict[str, np.ndarray], proba: np.nda
         raise_ = atypical & (level < floor)
         level[raise_] = floor
         reason[raise_] = 1
-    flag_level, rule = red_flags(cfg, codes)
-    # a red flag at or above the decided level is the reason given: it is the clearer one
-    cite = (flag_level >= 0) & (flag_level >= level)
-    level[cite] = flag_level[cite]
-    reason[cite] = 2 + rule[cite]
+    _raise_to_rules(level, reason, *red_flags(cfg, codes), 2)
+    if screen is not None:
+        fires = screen_matches(screen, codes) if screen_fires is None else screen_fires
+        _raise_to_rules(level, reason, *strongest_rule(fires, [r.level for r in screen.rules]),
+                        2 + len(cfg.red_flags))
     return level, reason
 
 
-def reason_table(cfg: TriageConfig) -> np.ndarray:
+def reason_table(cfg: TriageConfig, screen: ScreenConfig | None = None) -> np.ndarray:
     """Text for each reason code (see :func:`triage_levels`)."""
     return np.array(["the level with the lowest expected cost under the predicted probabilities",
                      "atypical case: it fits none of the documented profiles well, so it needs a professional look",
-                     *[f"red flag ({f.name}): {f.reason}" for f in cfg.red_flags]], dtype=object)
+                     *[f"red flag ({f.name}): {f.reason}" for f in cfg.red_flags],
+                     *[f"screen ({r.name}): rule out {r.rule_out}: {r.reason}" for r in (screen.rules if screen else [])]],
+                    dtype=object)
 
 
 def advice_table(cfg: TriageConfig) -> np.ndarray:

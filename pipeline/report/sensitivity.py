@@ -52,6 +52,12 @@ class Parameter:
         return ".".join(self.path) + ("" if self.key in ("p", "value", "odds_ratio") else f".{self.key}")
 
 
+def _numbers(node: dict[str, Any]) -> dict[str, float]:
+    """The numbers of a knowledge-base mapping (not its source, range or missingness ``given``)."""
+    return {k: v for k, v in node.items() if k not in ("source", "range", "given")
+            and isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
 def assumption_parameters(raw: dict[str, Any]) -> list[Parameter]:
     """Every ``assumption`` or ``seed`` number of the knowledge base's YAML, with its range."""
     out: list[Parameter] = []
@@ -62,9 +68,7 @@ def assumption_parameters(raw: dict[str, Any]) -> list[Parameter]:
         source = node.get("source")
         if isinstance(source, str) and source.startswith(("assumption:", "seed:")) and "range" in node:
             ranges = node["range"]
-            numbers = {k: v for k, v in node.items() if k not in ("source", "range", "given")
-                       and isinstance(v, (int, float)) and not isinstance(v, bool)}
-            for key, value in numbers.items():
+            for key, value in _numbers(node).items():
                 low, high = ranges[key] if isinstance(ranges, dict) else ranges
                 if high > low:
                     out.append(Parameter(path, key, float(value), float(low), float(high)))
@@ -86,7 +90,7 @@ def _renormalise(raw: dict[str, Any]) -> dict[str, Any]:
     """A drawn knowledge base made whole again: the distributions that must sum to 1 (and the
     priors) renormalised, and each range widened to hold its possibly renormalised number."""
     for node in [raw["population"]["activity"], *(b[k] for b in raw["conditions"].values() for k in _SUMS_TO_ONE)]:
-        numbers = {k: v for k, v in node.items() if k not in ("source", "range")}
+        numbers = _numbers(node)
         total = sum(numbers.values())
         node.update({k: v / total for k, v in numbers.items()})
 
@@ -96,8 +100,7 @@ def _renormalise(raw: dict[str, Any]) -> dict[str, Any]:
             if isinstance(ranges, dict):
                 node["range"] = {k: [min(lo, node[k]), max(hi, node[k])] for k, (lo, hi) in ranges.items()}
             elif isinstance(ranges, list):
-                (k,) = [k for k, v in node.items() if k not in ("source", "range", "given")
-                        and isinstance(v, (int, float)) and not isinstance(v, bool)]
+                (k,) = _numbers(node)
                 node["range"] = [min(ranges[0], node[k]), max(ranges[1], node[k])]
             for child in node.values():
                 widen(child)
@@ -133,8 +136,8 @@ def sensitivity(raw: dict[str, Any], triage: TriageConfig, probes: ProbesConfig,
                 n: int = 20_000, seed: int = 0, top: int = 10) -> dict[str, Any]:
     """Draw the guessed numbers within their ranges; summarise how the answers move.
 
-    Returns a JSON-ready dict: ``base`` (the knowledge base as written), ``draws`` (per metric the
-    mean and the 5th and 95th percentiles over the draws), and ``tornado`` (the ``top`` numbers
+    Returns a JSON-ready dict: ``base`` (the answers of the knowledge base as written), ``spread``
+    (per answer the mean and the 5th and 95th percentiles over the draws), and ``tornado`` (the ``top`` numbers
     that move the mean P(DVT) of the DVT probes most, with that mean at each end of their range).
     """
     params = assumption_parameters(raw)
