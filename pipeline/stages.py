@@ -60,8 +60,10 @@ def train_stage(config: TrainConfig, triage: TriageConfig, screen: ScreenConfig,
     else:
         result = train_model(config, train, valid, log=log)
     decision = fit_decision_on(result.model, kb, calib, triage, screen)
-    log(f"  decision layer fitted on calib ({len(calib):,}): conformal thresholds "
-        f"{sorted(set(round(t, 4) for t in decision['conformal']['thresholds']))}, "
+    thresholds = [t for row in decision["conformal"]["thresholds"] for t in row]
+    log(f"  decision layer fitted on calib ({len(calib):,}) and {len(triage.conformal.blank_rates)} blanked copies: "
+        f"conformal thresholds {min(thresholds):.3f}..{max(thresholds):.3f} over "
+        f"{len(thresholds)} bands, "
         f"atypical thresholds by number of answers {min(decision['atypical']['thresholds_by_n_known']):.2f}"
         f"..{max(decision['atypical']['thresholds_by_n_known']):.2f}")
 

@@ -45,6 +45,23 @@ def test_probe_cases_reach_the_conclusion_the_literature_supports(kb, probe):
         assert set(e.screen) <= set(_screened(probe.case)), f"{probe.why}: screen gave {_screened(probe.case)}"
 
 
+TRIAGE_PROBES = [p for p in PROBES if p.expect.triage_at_least or p.expect.triage_at_most]
+
+
+def test_triage_probes_get_the_level_the_guidance_gives(trained):
+    """Screen-positive probes go the same day; sparse probes (age and sex only) do not."""
+    from pipeline import predict
+
+    models, _ = trained
+    out = predict([p.case for p in TRIAGE_PROBES], model=models)
+    for probe, level in zip(TRIAGE_PROBES, out["triage"]):
+        e = probe.expect
+        if e.triage_at_least:
+            assert LEVELS.index(level) >= LEVELS.index(e.triage_at_least), f"{probe.name}: {level}; {probe.why}"
+        if e.triage_at_most:
+            assert LEVELS.index(level) <= LEVELS.index(e.triage_at_most), f"{probe.name}: {level}; {probe.why}"
+
+
 WELLS_AND_RISK_FACTORS = ["recent_surgery", "recent_immobilisation", "long_travel", "previous_vte", "active_cancer",
                           "hormonal_therapy", "calf_tenderness", "whole_leg_swollen", "leg_swelling", "smoker",
                           "sedentary", "inflammatory_arthritis"]

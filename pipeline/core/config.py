@@ -100,6 +100,7 @@ class RedFlag(StrictModel):
     all: dict[str, str] = Field(min_length=1)
     any: dict[str, str] = {}
     reason: str
+    safety_net: str  # in plain words, the signs that fire the rule: shown while they are unanswered
 
 
 class ScreenRule(StrictModel):
@@ -116,6 +117,7 @@ class ScreenRule(StrictModel):
     all: dict[str, list[str]] = Field(min_length=1)
     any: dict[str, list[str]] = {}
     reason: str
+    safety_net: str  # in plain words, the signs that fire the rule: shown while they are unanswered
     source: str
 
     @model_validator(mode="after")
@@ -160,6 +162,8 @@ class ProbeExpectation(StrictModel):
     dvt_at_least: float | None = Field(default=None, ge=0, le=1)
     dvt_at_most: float | None = Field(default=None, ge=0, le=1)
     screen: list[str] | None = None  # the screen rules that must fire (by name)
+    triage_at_least: Level | None = None  # on a trained model's decision layer
+    triage_at_most: Level | None = None
 
 
 class Probe(StrictModel):
@@ -176,8 +180,39 @@ class ProbesConfig(StrictModel):
 
 
 class ConformalConfig(StrictModel):
-    coverage: float = Field(gt=0, lt=1)
-    mondrian: bool
+    """Differential sets: split conformal, Mondrian over bands of confidence and of answers known."""
+
+    coverage: float = Field(gt=0, lt=1)  # overall
+    min_band_coverage: float = Field(gt=0, lt=1)  # each band's level is at least this (see fit_conformal)
+    # band edges: the top probability, and the share of the optional answers that are known
+    confidence_edges: list[float] = Field(min_length=1)
+    known_edges: list[float] = Field(min_length=1)
+    # ``calib`` plus one copy per rate with that share of the optional answers blanked at random
+    blank_rates: list[float] = []
+    min_band_cases: int = Field(ge=1)  # a band with fewer calibration cases uses its confidence band's
+    blank_seed: int = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _edges(self) -> "ConformalConfig":
+        for name in ("confidence_edges", "known_edges", "blank_rates"):
+            v = getattr(self, name)
+            if any(not 0 < x < 1 for x in v) or list(v) != sorted(set(v)):
+                raise ValueError(f"{name}: must be increasing, each in (0, 1); got {v}")
+        if self.min_band_coverage > self.coverage:
+            raise ValueError(f"min_band_coverage ({self.min_band_coverage}) must be at most coverage ({self.coverage})")
+        return self
+
+
+class UncertainConfig(StrictModel):
+    """When the expected cost points to the same day but rests on unanswered safety-net questions."""
+
+    level: Level  # the level given instead, with the safety net
+
+
+class AskNextConfig(StrictModel):
+    fields: list[str] = []  # asked about besides the fields of the red flags and the screen
+    max_questions: int = Field(ge=1)
+    min_answer_probability: float = Field(ge=0, lt=1)
 
 
 class AtypicalConfig(StrictModel):
@@ -189,12 +224,15 @@ class TriageConfig(StrictModel):
     levels: list[Level]
     level_text: dict[Level, str]
     costs: dict[str, dict[Level, float]]
+    cost_sources: dict[str, str]
     right_level: dict[str, Level]
     red_flags: list[RedFlag]
     advice: dict[str, str]
     closing: str
     conformal: ConformalConfig
     atypical: AtypicalConfig
+    uncertain: UncertainConfig
+    ask_next: AskNextConfig
 
     @model_validator(mode="after")
     def _complete(self) -> "TriageConfig":
@@ -202,7 +240,7 @@ class TriageConfig(StrictModel):
 
         if tuple(self.levels) != LEVELS:
             raise ValueError(f"levels must be {list(LEVELS)} (least urgent first)")
-        for name in ("costs", "right_level", "advice"):
+        for name in ("costs", "cost_sources", "right_level", "advice"):
             keys = set(getattr(self, name))
             if keys != set(CONDITIONS):
                 raise ValueError(f"{name}: must have exactly the conditions; unknown {sorted(keys - set(CONDITIONS))}, "
@@ -212,6 +250,13 @@ class TriageConfig(StrictModel):
                 raise ValueError(f"costs.{c}: must give a cost for every level {list(LEVELS)}")
             if any(v < 0 for v in row.values()):
                 raise ValueError(f"costs.{c}: costs must be >= 0")
+        for name in self.ask_next.fields:
+            try:
+                kind = field(name).kind
+            except KeyError as err:
+                raise ValueError(f"ask_next.fields: {err.args[0]}") from None
+            if kind not in ("tristate", "category") or name == "pregnant":
+                raise ValueError(f"ask_next.fields: {name!r} must be a yes/no or category question other than pregnant")
         for i, flag in enumerate(self.red_flags):
             for part in ("all", "any"):
                 for name, value in getattr(flag, part).items():

@@ -29,7 +29,15 @@ def lookup(table: Sequence[str] | np.ndarray, index: np.ndarray) -> pd.api.exten
 
 def join_ranked(names: Sequence[str], order: np.ndarray, keep: np.ndarray | None = None,
                 sep: str = "|") -> pd.api.extensions.ExtensionArray:
-    """Per row, ``sep``-join ``names[order[i, j]]`` for the columns j where ``keep[i, j]`` (all if None)."""
+    """Per row, ``sep``-join ``names[order[i, j]]`` for the columns j where ``keep[i, j]`` (all if None);
+    ``""`` for a row that keeps none."""
+    if keep is not None and not keep.any(axis=1).all():
+        # Arrow's join drops rows whose parts are all null: join the others, then place them
+        some = keep.any(axis=1)
+        joined = pa.array(join_ranked(names, order[some], keep[some], sep), type=pa.string())
+        where = np.full(len(keep), len(joined), dtype=np.int64)
+        where[some] = np.arange(len(joined))
+        return _wrap(pa.concat_arrays([joined, pa.array([""], pa.string())]).take(pa.array(where)))
     table = pa.array(list(names), type=pa.string())
     none = pa.scalar(None, pa.string())
     parts = []

@@ -15,7 +15,8 @@ from pipeline.core.knowledge import KnowledgeBase
 from pipeline.core.parsing import ParsedCases
 from pipeline.core.textcols import lookup
 from pipeline.decision.atypical import fit_atypical, flag_atypical
-from pipeline.decision.conformal import fit_conformal, format_sets, prediction_sets
+from pipeline.decision.conformal import blank_at_random, fit_conformal, format_sets, prediction_sets
+from pipeline.decision.safety import SafetyNet
 from pipeline.decision.screen import screen_matches, screen_names
 from pipeline.decision.triage import advice_table, reason_table, triage_levels
 
@@ -24,11 +25,18 @@ __all__ = ["DECISION_COLUMNS", "DECISION_COLUMN_DOCS", "DECISION_COLUMN_TYPES",
 
 DECISION_COLUMN_DOCS = {
     "triage": "`emergency`, `see_doctor_soon`, `see_doctor` or `self_care`: the expected-cost level, raised by red flags",
-    "triage_reason": "why: the red flag that fired, the atypical flag, or the expected-cost decision",
+    "triage_reason": "why: the red flag or screen rule that fired, the atypical flag, the expected-cost decision, or "
+                     "that the same day rests on questions not answered yet",
+    "safety_net": "the signs that would raise the level, in plain words, `|`-separated, the most urgent first: the "
+                  "red flags and screen rules that unanswered questions could still fire (go the same day if one "
+                  "is present); empty when none could",
+    "ask_next": "the unanswered questions whose plausible answers would change the level, `|`-separated, the most "
+                "likely to change it first (at most three); empty when no answer would",
     "advice": "what to do: the level's instruction, advice for the most likely condition, and always the advice to "
               "seek professional advice",
-    "differential": "the conditions that remain possible (a conformal prediction set, 90% coverage by default), "
-                    "most likely first, `|`-separated",
+    "differential": "the conditions that remain possible, most likely first, `|`-separated: a conformal prediction "
+                    "set holding the true condition for 90% of cases by default, within every band of confidence and "
+                    "of answers known",
     "differential_size": "how many conditions the differential holds",
     "screen": "what must be ruled out that is none of the nine (pulmonary embolism, acute limb ischaemia, popliteal "
               "aneurysm, a septic joint or cellulitis, a fracture by the Ottawa knee rule), `|`-separated; empty if none",
@@ -37,7 +45,8 @@ DECISION_COLUMN_DOCS = {
 }
 DECISION_COLUMNS = list(DECISION_COLUMN_DOCS)
 # the Arrow type of each column in file outputs (a column without one fails loudly there)
-DECISION_COLUMN_TYPES = {"triage": "string", "triage_reason": "string", "advice": "string", "differential": "string",
+DECISION_COLUMN_TYPES = {"triage": "string", "triage_reason": "string", "safety_net": "string", "ask_next": "string",
+                         "advice": "string", "differential": "string",
                          "differential_size": "int64", "screen": "string", "atypical": "bool", "atypical_reason": "string"}
 
 
@@ -45,7 +54,8 @@ class Decision:
     """Fitted decision layer: the triage config, conformal thresholds and atypical threshold."""
 
     def __init__(self, spec: dict):
-        needed = {"triage": (), "screen": ("rules",), "conformal": ("thresholds",), "atypical": ("thresholds_by_n_known",)}
+        needed = {"triage": ("uncertain", "ask_next"), "screen": ("rules",), "conformal": ("thresholds", "known_edges"),
+                  "atypical": ("thresholds_by_n_known",)}
         missing = [f"{k}.{sub}" if sub else k for k, subs in needed.items() for sub in (subs or ("",))
                    if k not in spec or (sub and sub not in spec[k])]
         if missing:
@@ -60,17 +70,32 @@ class Decision:
         self.atypical = spec["atypical"]
         self._reasons = reason_table(self.config, self.screen)
         self._advice = advice_table(self.config)
+        self._nets: dict[int, SafetyNet] = {}
+
+    def safety(self, kb: KnowledgeBase) -> SafetyNet:
+        """The safety net for this decision layer and knowledge base (built once per base)."""
+        if id(kb) not in self._nets:
+            self._nets[id(kb)] = SafetyNet(self.config, self.screen, kb)
+        return self._nets[id(kb)]
 
 
-def fit_decision(proba_calib: np.ndarray, y_calib: np.ndarray, parsed_calib: ParsedCases, kb: KnowledgeBase,
+def calibration_copies(parsed: ParsedCases, config: TriageConfig) -> list[ParsedCases]:
+    """``calib`` and its copies with answers blanked at the configured rates (the conformal fit's cases)."""
+    rates = config.conformal.blank_rates
+    return [parsed, *(blank_at_random(parsed, r, config.conformal.blank_seed + i) for i, r in enumerate(rates))]
+
+
+def fit_decision(probas: list[np.ndarray], y_calib: np.ndarray, copies: list[ParsedCases], kb: KnowledgeBase,
                  config: TriageConfig, screen: ScreenConfig) -> dict:
-    """Fit the conformal thresholds and the atypical threshold on ``calib``; keep the configs."""
+    """Fit the conformal thresholds on ``calib`` and its blanked copies (``copies`` and their
+    probabilities ``probas``, from :func:`calibration_copies`) and the atypical threshold on
+    ``calib`` (the first copy); keep the configs."""
+    codes = {k: np.concatenate([c.codes[k] for c in copies]) for k in copies[0].codes}
     return {
         "triage": config.model_dump(mode="json"),
         "screen": screen.model_dump(mode="json"),
-        "conformal": fit_conformal(proba_calib, y_calib, coverage=config.conformal.coverage,
-                                   mondrian=config.conformal.mondrian),
-        "atypical": fit_atypical(kb, parsed_calib, config.atypical.quantile),
+        "conformal": fit_conformal(np.concatenate(probas), np.tile(y_calib, len(copies)), codes, config.conformal),
+        "atypical": fit_atypical(kb, copies[0], config.atypical.quantile),
     }
 
 
@@ -80,9 +105,11 @@ def fit_decision_on(model, kb: KnowledgeBase, calib: pd.DataFrame, config: Triag
     from pipeline.data.datasets import labels
     from pipeline.model.arrays import array_scorer, predict_proba
 
-    parsed = parse_cases(calib)
+    copies = calibration_copies(parse_cases(calib), config)
+    scorer = array_scorer(model)
     # the scoring path's probabilities (pipeline.model.arrays), so thresholds and scores agree to the bit
-    return fit_decision(predict_proba(model, parsed, array_scorer(model)), labels(calib), parsed, kb, config, screen)
+    probas = [predict_proba(model, c, scorer) for c in copies]
+    return fit_decision(probas, labels(calib), copies, kb, config, screen)
 
 
 def decide(decision: Decision, kb: KnowledgeBase, parsed: ParsedCases, proba: np.ndarray) -> pd.DataFrame:
@@ -91,8 +118,13 @@ def decide(decision: Decision, kb: KnowledgeBase, parsed: ParsedCases, proba: np
         return pd.DataFrame({c: pd.Series(dtype=object) for c in DECISION_COLUMNS})
     atypical, score, threshold = flag_atypical(kb, parsed, decision.atypical)
     matches = screen_matches(decision.screen, parsed.codes)
-    level, reason = triage_levels(decision.config, parsed.codes, proba, atypical, decision.screen, matches)
-    differential, size = format_sets(proba, prediction_sets(proba, decision.conformal))
+    net = decision.safety(kb)
+    open_ = net.open_rules(parsed.codes)
+    cfg, screen = decision.config, decision.screen
+    level, reason = triage_levels(cfg, parsed.codes, proba, atypical, screen, matches, net, open_)
+    ask_next = net.ask_next(proba, parsed.codes, level, lambda codes, p, rows: triage_levels(
+        cfg, codes, p, atypical[rows], screen, None, net)[0])
+    differential, size = format_sets(proba, prediction_sets(proba, parsed.codes, decision.conformal))
     atypical_reason = np.full(len(parsed), "", dtype=object)
     atypical_reason[atypical] = [f"answers fit none of the documented profiles well: surprise per answer "
                                  f"{s:.2f} > {t:.2f}" for s, t in zip(score[atypical], threshold[atypical])]  # rare
@@ -100,6 +132,8 @@ def decide(decision: Decision, kb: KnowledgeBase, parsed: ParsedCases, proba: np
     return pd.DataFrame({
         "triage": lookup(LEVELS, level),
         "triage_reason": lookup(decision._reasons, reason),
+        "safety_net": net.safety_net(level, open_),
+        "ask_next": ask_next,
         "advice": lookup(decision._advice.ravel(), advice_index),
         "differential": differential,
         "differential_size": size.astype(np.int64),

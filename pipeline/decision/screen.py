@@ -14,7 +14,7 @@ import numpy as np
 from pipeline.core.config import ScreenConfig, ScreenRule
 from pipeline.core.schema import UNKNOWN, field
 
-__all__ = ["rule_fires", "screen_matches", "screen_names"]
+__all__ = ["rule_fires", "rule_open", "screen_matches", "screen_names"]
 
 
 def _matches(name: str, answers: list[str], codes: dict[str, np.ndarray]) -> np.ndarray:
@@ -45,6 +45,22 @@ def rule_fires(all_: dict[str, list[str]], any_: dict[str, list[str]], codes: di
     if any_:
         hit &= np.logical_or.reduce([_matches(n, a, codes) for n, a in any_.items()])
     return hit
+
+
+def _unanswered(name: str, codes: dict[str, np.ndarray]) -> np.ndarray:
+    c = codes[name]
+    return np.isnan(c) if field(name).kind in ("integer", "float") else c == UNKNOWN
+
+
+def rule_open(all_: dict[str, list[str]], any_: dict[str, list[str]], codes: dict[str, np.ndarray]) -> np.ndarray:
+    """Per case, whether a rule that does not fire could still fire once unanswered fields are
+    answered: every ``all`` field matches or is unanswered, and so does one ``any`` field (if given)."""
+    possible = np.ones(len(codes["age"]), dtype=bool)
+    for name, answers in all_.items():
+        possible &= _matches(name, answers, codes) | _unanswered(name, codes)
+    if any_:
+        possible &= np.logical_or.reduce([_matches(n, a, codes) | _unanswered(n, codes) for n, a in any_.items()])
+    return possible & ~rule_fires(all_, any_, codes)
 
 
 def _rule(rule: ScreenRule, codes: dict[str, np.ndarray]) -> np.ndarray:

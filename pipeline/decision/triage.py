@@ -1,8 +1,10 @@
 """Triage: red-flag rules on the answers, and an expected-cost decision on the probabilities.
 
-The level is the one that minimises the expected cost written in configs/triage.yaml; a red flag
-raises it to the rule's level whatever the model says; nothing here ever lowers a level.
-Reasons and advice are looked up from small tables, so a million cases cost a few array lookups.
+The level is the one that minimises the expected cost written in configs/triage.yaml, except that
+a same-day level resting only on unanswered questions is given as ``uncertain.level`` with the
+safety net (:mod:`pipeline.decision.safety`); then an atypical case is raised to its floor and a
+red flag or a screen rule raises the level to the rule's, whatever the model says. Reasons and
+advice are looked up from small tables, so a million cases cost a few array lookups.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import numpy as np
 from pipeline.core.blas import dot_exact
 from pipeline.core.config import LEVELS, ScreenConfig, TriageConfig
 from pipeline.core.schema import CONDITION_LABELS, CONDITIONS
+from pipeline.decision.safety import SafetyNet
 from pipeline.decision.screen import rule_fires, screen_matches
 
 __all__ = ["advice_table", "cost_levels", "reason_table", "red_flags", "strongest_rule", "triage_levels"]
@@ -59,24 +62,38 @@ def cost_levels(cfg: TriageConfig, proba: np.ndarray) -> np.ndarray:
     return (len(LEVELS) - 1 - np.argmin(expected[:, ::-1], axis=1)).astype(np.int8)
 
 
+FIRST_RULE_REASON = 3
+
+
 def triage_levels(cfg: TriageConfig, codes: dict[str, np.ndarray], proba: np.ndarray,
                   atypical: np.ndarray | None = None, screen: ScreenConfig | None = None,
-                  screen_fires: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Final level per case and a reason code: 0 cost decision, 1 atypical, 2 + k red flag k, then
-    2 + n_red_flags + j screen rule j. ``screen_fires`` (from :func:`screen_matches`) saves
-    matching the screen again when the caller has it."""
+                  screen_fires: np.ndarray | None = None, net: SafetyNet | None = None,
+                  open_rules: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Final level per case and a reason code: 0 cost decision, 1 atypical, 2 a same-day cost
+    decision resting on unanswered questions (needs ``net``), 3 + k red flag k, then
+    3 + n_red_flags + j screen rule j. ``screen_fires`` (from :func:`screen_matches`) and
+    ``open_rules`` (from :meth:`SafetyNet.open_rules`) save computing them again. ``proba`` may be
+    unnormalised (the levels depend on its ratios only)."""
     level = cost_levels(cfg, proba)
     reason = np.zeros(len(level), dtype=np.int16)
+    if net is not None:
+        same_day = np.flatnonzero(level == LEVELS.index("emergency"))
+        if len(same_day):
+            open_ = net.open_rules(codes) if open_rules is None else open_rules
+            sub = {k: v[same_day] for k, v in codes.items()}
+            soft = same_day[net.rests_on_unknowns(proba[same_day], sub, open_[same_day], lambda p: cost_levels(cfg, p))]
+            level[soft] = LEVELS.index(cfg.uncertain.level)
+            reason[soft] = 2
     if atypical is not None:
         floor = LEVELS.index(cfg.atypical.min_level)
         raise_ = atypical & (level < floor)
         level[raise_] = floor
         reason[raise_] = 1
-    _raise_to_rules(level, reason, *red_flags(cfg, codes), 2)
+    _raise_to_rules(level, reason, *red_flags(cfg, codes), FIRST_RULE_REASON)
     if screen is not None:
         fires = screen_matches(screen, codes) if screen_fires is None else screen_fires
         _raise_to_rules(level, reason, *strongest_rule(fires, [r.level for r in screen.rules]),
-                        2 + len(cfg.red_flags))
+                        FIRST_RULE_REASON + len(cfg.red_flags))
     return level, reason
 
 
@@ -84,6 +101,8 @@ def reason_table(cfg: TriageConfig, screen: ScreenConfig | None = None) -> np.nd
     """Text for each reason code (see :func:`triage_levels`)."""
     return np.array(["the level with the lowest expected cost under the predicted probabilities",
                      "atypical case: it fits none of the documented profiles well, so it needs a professional look",
+                     "the expected cost points to the same day, but only through questions not answered yet: answer "
+                     "them, and go the same day if one of the safety-net signs is present",
                      *[f"red flag ({f.name}): {f.reason}" for f in cfg.red_flags],
                      *[f"screen ({r.name}): rule out {r.rule_out}: {r.reason}" for r in (screen.rules if screen else [])]],
                     dtype=object)

@@ -1,30 +1,37 @@
-"""An interactive session: age and sex, then the single most useful question, one at a time.
+"""An interactive session: age and sex, the emergency screen, then the single most useful question.
 
-Plain line-by-line text in and out (no terminal features), so it works on a terminal, with piped
-input, and in tests with :class:`io.StringIO`. After each answer the running top three and the
-triage are shown. The session stops (thresholds in ``configs/questions.yaml``, section ``ask``):
+Plain line-by-line text in and out, wrapped to the terminal's width, so it works on a terminal,
+with piped input, and in tests with :class:`io.StringIO`. Everything shown is plain language
+(:mod:`pipeline.core.wording`), never a field name or an internal value. At any prompt:
 
-- when the differential holds one condition with probability at least ``min_confidence`` (the
-  conformal set is calibrated on cases with most answers given; with only age and sex it can
-  hold a single condition at 20%);
+- ``b`` goes back one answer, ``q`` (or Ctrl-C, or the end of the input) stops with the summary;
+- ``+ words`` answers another question now: the questions holding those words are offered
+  (``+ calf swollen``), then the session goes on.
+
+Right after age and sex, while they could still change the level, the screen's one-sign rules
+(pulmonary embolism, limb ischaemia, popliteal aneurysm, infection) are asked together in one
+question, and one by one only if the answer is yes. After each answer the running top three and
+the triage are shown. The session stops (thresholds in ``configs/questions.yaml``, section ``ask``):
+
+- when the differential holds one condition with probability at least ``min_confidence``;
 - when the best question's score is below ``min_score``;
-- after ``min_questions`` answers, when no answer to the best ``triage_check_questions``
-  questions with a predictive probability of at least ``negligible_answer_probability`` would
-  change the triage level;
-- at ``max_questions``, or at the end of the input.
+- after ``min_questions`` answers, when the decision layer's ``ask_next`` is empty (no plausible
+  answer to an unanswered question would change the triage level);
+- at ``max_questions``, or when the person stops.
 """
 
 from __future__ import annotations
 
+import shutil
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
-from scipy.special import logsumexp
 
-from pipeline.core.oracle import oracle_log_joint
 from pipeline.core.schema import CONDITION_LABELS, CONDITIONS, field
+from pipeline.core.wording import QUESTIONS, answer_label, question
 from pipeline.interact.questions import QuestionsConfig, load_questions_config, next_questions, resolve_kb
 from pipeline.serve.loading import LoadedModel
 from pipeline.serve.predict import get_model, predict
@@ -35,71 +42,111 @@ CLOSING = ("This is information, not a diagnosis: seek advice from a doctor or a
            "medical professional.")
 _DONT_KNOW = {"", "d", "?", "unknown", "don't know", "dont know", "dk"}
 _YES, _NO = {"y", "yes"}, {"n", "no"}
+_HELP = "(b: back one answer, q: stop, + words: answer another question now)"
+_FIELD_OF_QUESTION = {q: n for n, q in QUESTIONS.items()}
+_UNCERTAIN = "the expected cost points to the same day"  # the start of that triage reason
 
 
 class _EndOfInput(Exception):
     """The input ended (EOF) before an answer."""
 
 
+class _Quit(Exception):
+    """The person asked to stop."""
+
+
+class _Back(Exception):
+    """The person asked to go back one answer."""
+
+
+class _Volunteer(Exception):
+    """The person wants to answer another question now (``+ words``)."""
+
+    def __init__(self, words: str):
+        self.words = words
+
+
 class _Session:
     def __init__(self, input: TextIO, output: TextIO):  # noqa: A002 - the public keyword's name
         self.input, self.output = input, output
+        self.width = max(40, min(100, shutil.get_terminal_size((80, 24)).columns))
 
-    def say(self, text: str = "") -> None:
-        self.output.write(text + "\n")
+    def say(self, text: str = "", indent: str = "") -> None:
+        lines = textwrap.wrap(text, self.width, initial_indent=indent,
+                              subsequent_indent=" " * len(indent) + "  ") or [""]
+        self.output.write("\n".join(lines) + "\n")
 
-    def read(self, prompt: str) -> str:
-        self.output.write(prompt)
+    def read(self, prompt: str, *, commands: bool = True) -> str:
+        self.output.write("\n".join(textwrap.wrap(prompt, self.width - 8, subsequent_indent="  ")) + " ")
         self.output.flush()
         line = self.input.readline()
         if line == "":
             raise _EndOfInput
         if not self.input.isatty():  # piped answers are echoed, so the transcript reads like a dialogue
             self.output.write(line.rstrip("\r\n") + "\n")
-        return line.strip()
+        text = line.strip()
+        if commands:
+            if text.lower() in ("q", "quit"):
+                raise _Quit
+            if text.lower() in ("b", "back"):
+                raise _Back
+            if text.startswith("+"):
+                raise _Volunteer(text[1:].strip())
+        return text
 
     def age(self) -> int:
         f = field("age")
         low, high = int(f.minimum or 0), int(f.maximum or 0)
         while True:
-            text = self.read(f"Age in years ({low}-{high}): ")
+            text = self.read(f"Age in years ({low}-{high}): ", commands=False)
+            if text.lower() in ("q", "quit"):
+                raise _Quit
             if text.isdigit() and low <= int(text) <= high:
                 return int(text)
-            self.say(f"  Please enter a whole number from {low} to {high} (got {text!r}).")
+            self.say(f"Please enter a whole number from {low} to {high} (got {text!r}).", "  ")
 
     def sex(self) -> str:
         allowed = field("sex").allowed
         while True:
-            text = self.read(f"Sex ({'/'.join(allowed)}): ").lower()
+            text = self.read(f"Sex ({'/'.join(allowed)}): ", commands=False).lower()
+            if text in ("q", "quit"):
+                raise _Quit
             match = [a for a in allowed if text and a.startswith(text)]
             if len(match) == 1:
                 return match[0]
-            self.say(f"  Please answer {' or '.join(allowed)} (got {text!r}).")
+            self.say(f"Please answer {' or '.join(allowed)} (got {text!r}).", "  ")
 
-    def question(self, number: int, name: str) -> str | None:
-        """The answer's text, or None for "don't know"."""
+    def yes_no(self, prompt: str) -> str | None:
+        while True:
+            text = self.read(f"{prompt} [y/n/d] ").lower()
+            if text in _YES or text in _NO:
+                return "yes" if text in _YES else "no"
+            if text in _DONT_KNOW:
+                return None
+            self.say(f"Please answer y (yes), n (no) or d (don't know; blank also means don't know); got {text!r}. "
+                     + _HELP, "  ")
+
+    def question(self, number: int | None, name: str) -> str | None:
+        """The answer's value, or None for "don't know"."""
+        lead = f"Q{number}. " if number is not None else ""
         f = field(name)
-        meaning = f.meaning[0].upper() + f.meaning[1:]
         if f.kind == "tristate":
-            while True:
-                text = self.read(f"Q{number}. {meaning}? [y/n/d] ").lower()
-                if text in _YES or text in _NO:
-                    return "yes" if text in _YES else "no"
-                if text in _DONT_KNOW:
-                    return None
-                self.say(f"  Please answer y (yes), n (no) or d (don't know; blank also means don't know); got {text!r}.")
-        self.say(f"Q{number}. {meaning}?")
+            return self.yes_no(lead + question(name))
+        self.say(lead + question(name))
         for i, value in enumerate(f.allowed, start=1):
-            self.say(f"  {i}) {value.replace('_', ' ')}")
+            self.say(f"{i}) {answer_label(name, value)}", "  ")
         while True:
             text = self.read(f"Choose 1-{len(f.allowed)}, or d for don't know: ").lower()
             if text in _DONT_KNOW:
                 return None
             if text.isdigit() and 1 <= int(text) <= len(f.allowed):
                 return f.allowed[int(text) - 1]
-            if text.replace(" ", "_") in f.allowed:
-                return text.replace(" ", "_")
-            self.say(f"  Please choose a number from 1 to {len(f.allowed)}, or d (don't know); got {text!r}.")
+            self.say(f"Please choose a number from 1 to {len(f.allowed)}, or d (don't know); got {text!r}. " + _HELP,
+                     "  ")
+
+
+def _labels(conditions: list[str]) -> str:
+    return ", ".join(CONDITION_LABELS[c] for c in conditions)
 
 
 def _top3(row: dict) -> str:
@@ -107,25 +154,38 @@ def _top3(row: dict) -> str:
     return ", ".join(f"{CONDITION_LABELS[CONDITIONS[i]]} {p[i]:.0%}" for i in np.argsort(-p, kind="stable")[:3])
 
 
-def _status(row: dict) -> str:
-    text = f"  Now: {_top3(row)}"
+def _level_text(row: dict, model: LoadedModel) -> str:
+    assert model.decision is not None  # only called when the row has a triage
+    return model.decision.config.level_text[row["triage"]]
+
+
+def _status(row: dict, model: LoadedModel) -> str:
+    text = f"Now: {_top3(row)}"
     if "triage" in row:
-        text += (f"; triage: {row['triage'].replace('_', ' ')}; differential: "
-                 + ", ".join(CONDITION_LABELS[c] for c in row["differential"].split("|")))
+        text += f". {_level_text(row, model)}"
     return text
 
 
-def _triage_could_change(case: dict, fields: list[str], model: LoadedModel, kb, current: str,
-                         cfg: QuestionsConfig) -> bool:
-    """Would a plausible answer (predictive probability >= the negligible level) to any of
-    ``fields`` change the triage level?"""
-    variants = [{**case, name: value} for name in fields
-                for value in (("yes", "no") if field(name).kind == "tristate" else field(name).allowed)]
-    if not variants:
-        return False
-    p_answer = np.exp(logsumexp(oracle_log_joint(kb, variants), axis=1) - logsumexp(oracle_log_joint(kb, case)))
-    triage = predict(variants, model=model)["triage"].to_numpy()
-    return bool(np.any((p_answer >= cfg.ask.negligible_answer_probability) & (triage != current)))
+def _screen_fields(model: LoadedModel) -> list[tuple[str, str]]:
+    """The screen's one-sign rules: (field, its plain safety-net words)."""
+    if model.decision is None:
+        return []
+    out = []
+    for rule in model.decision.screen.rules:
+        if len(rule.all) == 1:
+            (name, answers), = rule.all.items()
+            if field(name).kind == "tristate" and answers == ["yes"]:
+                out.append((name, rule.safety_net))
+    return out
+
+
+def _find(words: str, exclude: set[str]) -> list[str]:
+    """Questions holding every one of ``words`` (case-insensitive), not yet answered."""
+    terms = [w for w in words.lower().split() if w]
+    if not terms:
+        return []
+    return [n for n, q in QUESTIONS.items() if n not in exclude and n not in ("age", "sex")
+            and all(t in q.lower() for t in terms)]
 
 
 def run_session(model: str | Path | LoadedModel | None = None, *, input: TextIO | None = None,  # noqa: A002
@@ -138,7 +198,8 @@ def run_session(model: str | Path | LoadedModel | None = None, *, input: TextIO 
     model : models folder, MLflow model URI, LoadedModel, or None (the project's ``models/``)
     input, output : text streams, default ``sys.stdin`` and ``sys.stdout``
         Answers are read one line each: ``y``/``yes``, ``n``/``no``, ``d``/``?``/``unknown`` or a
-        blank line for "don't know"; for a category, its number or its name.
+        blank line for "don't know"; for a category, its number; ``b``, ``q`` and ``+ words`` as
+        in the module docstring.
     max_questions : int, default=15
         Questions after age and sex, at most.
     config : QuestionsConfig or path, optional
@@ -148,9 +209,10 @@ def run_session(model: str | Path | LoadedModel | None = None, *, input: TextIO 
     -------
     dict
         ``case`` (the answers as a case dict; "don't know" answers are left out), ``prediction``
-        (the final :func:`pipeline.serve.predict` row as a dict, or None if the input ended before age
-        and sex), ``answers`` (every question asked with its answer, None for "don't know") and
-        ``stopped_because``.
+        (the final :func:`pipeline.serve.predict` row as a dict, or None if the session stopped
+        before age and sex), ``answers`` (every question asked with its answer, None for "don't
+        know", in order), ``questions`` (how many were asked; the screen's signs asked together
+        count once) and ``stopped_because``.
     """
     if not isinstance(max_questions, (int, np.integer)) or isinstance(max_questions, bool) or max_questions < 0:
         raise ValueError(f"max_questions == {max_questions!r}, must be a non-negative integer.")
@@ -159,52 +221,117 @@ def run_session(model: str | Path | LoadedModel | None = None, *, input: TextIO 
     kb = resolve_kb(loaded)
     cfg = load_questions_config(config)
     case: dict[str, Any] = {}
-    answers: list[tuple[str, str | None]] = []
+    steps: list[list[tuple[str, str | None]]] = []  # one entry per answer given, for going back
     row: dict | None = None
-    io.say("A few questions about pain behind the knee. Answer y (yes), n (no) or d (don't know);")
-    io.say("a blank line also means don't know. " + CLOSING)
+    screen = _screen_fields(loaded)
+    screened = False
+
+    def answers() -> list[tuple[str, str | None]]:
+        return [a for step in steps for a in step]
+
+    def record(step: list[tuple[str, str | None]]) -> None:
+        steps.append(step)
+        case.update({name: value for name, value in step if value is not None})
+
+    def back() -> None:
+        nonlocal screened
+        if not steps:
+            io.say("Nothing to go back to.", "  ")
+            return
+        for name, _ in steps.pop():
+            case.pop(name, None)
+        screened = any(name == screen[0][0] for name, _ in answers()) if screen else False
+        io.say("Went back one answer.", "  ")
+
+    def volunteer(words: str) -> None:
+        found = _find(words, {name for name, _ in answers()})
+        if not found:
+            io.say(f"No unanswered question holds {words!r}; try other words.", "  ")
+            return
+        if len(found) > 1:
+            for i, name in enumerate(found[:6], start=1):
+                io.say(f"{i}) {question(name)}", "  ")
+            text = io.read(f"Which one (1-{min(6, len(found))}, blank for none)? ", commands=False)
+            if not (text.isdigit() and 1 <= int(text) <= min(6, len(found))):
+                return
+            found = [found[int(text) - 1]]
+        record([(found[0], io.question(None, found[0]))])
+
+    io.say("A few questions about pain behind the knee. Answer y (yes), n (no) or d (don't know; a blank line "
+           "also means don't know). " + _HELP)
+    io.say(CLOSING)
+    stopped = "the input ended"
     try:
         case["age"] = io.age()
         case["sex"] = io.sex()
         while True:
             row = predict(case, model=loaded).iloc[0].to_dict()
-            io.say(_status(row))
-            if len(answers) >= max_questions:
+            io.say(_status(row, loaded), "  ")
+            asked = len(steps)  # the screen's signs asked together are one question
+            if asked >= max_questions:
                 stopped = f"asked the maximum of {max_questions} questions"
                 break
             if row.get("differential_size") == 1 and row["confidence"] >= cfg.ask.min_confidence:
                 stopped = "one condition remains in the differential"
                 break
-            best = next_questions(case, loaded, k=max(1, cfg.ask.triage_check_questions), config=cfg, kb=kb,
-                                  exclude=[name for name, _ in answers])
-            if best.empty:
-                stopped = "no questions are left to ask"
-                break
-            if best["score"].iloc[0] < cfg.ask.min_score:
-                stopped = "no remaining question is expected to change the picture much"
-                break
-            answered = sum(a is not None for _, a in answers)
-            if ("triage" in row and answered >= cfg.ask.min_questions and not _triage_could_change(
-                    case, list(best["field"][:cfg.ask.triage_check_questions]), loaded, kb, row["triage"], cfg)):
-                stopped = "no likely answer to the best questions would change the triage"
-                break
-            name = best["field"].iloc[0]
-            answer = io.question(len(answers) + 1, name)
-            answers.append((name, answer))
-            if answer is not None:
-                case[name] = answer
+            try:
+                if screen and not screened and any(name not in case for name, _ in screen):
+                    signs = "; ".join(text for _, text in screen)
+                    io.say(f"Q{asked + 1}. First, do you have any of these now? {signs}")
+                    said = io.yes_no("Any of these?")
+                    if said == "yes":  # which one: each sign on its own
+                        record([(name, io.yes_no("  - " + question(name))) for name, _ in screen if name not in case])
+                    else:
+                        record([(name, "no" if said == "no" else None) for name, _ in screen if name not in case])
+                    screened = True
+                    continue
+                best = next_questions(case, loaded, k=1, config=cfg, kb=kb, exclude=[n for n, _ in answers()])
+                if best.empty:
+                    stopped = "no questions are left to ask"
+                    break
+                if best["score"].iloc[0] < cfg.ask.min_score:
+                    stopped = "no remaining question is expected to change the picture much"
+                    break
+                answered = sum(a is not None for _, a in answers())
+                if "ask_next" in row and answered >= cfg.ask.min_questions and not row["ask_next"]:
+                    stopped = "no likely answer to an open question would change the triage"
+                    break
+                name = best["field"].iloc[0]
+                settle = [_FIELD_OF_QUESTION[q] for q in (row.get("ask_next") or "").split("|") if q]
+                settle = [n for n in settle if n not in {m for m, _ in answers()}]
+                if row.get("triage_reason", "").startswith(_UNCERTAIN) and settle:
+                    name = settle[0]  # the level rests on unanswered questions: settle it first
+                record([(name, io.question(asked + 1, name))])
+            except _Back:
+                back()
+            except _Volunteer as v:
+                volunteer(v.words)
+    except (_Quit, KeyboardInterrupt):
+        stopped = "you stopped the session"
     except _EndOfInput:
         stopped = "the input ended"
+    # the answers as they stand (after going back, or a stop in the middle of a question)
+    row = predict(case, model=loaded).iloc[0].to_dict() if "age" in case and "sex" in case else None
+    _summary(io, row, case, answers(), stopped, loaded)
+    return {"case": case, "prediction": row, "answers": answers(), "questions": len(steps), "stopped_because": stopped}
+
+
+def _summary(io: _Session, row: dict | None, case: dict, answers: list[tuple[str, str | None]], stopped: str,
+             model: LoadedModel) -> None:
     io.say()
     io.say(f"Summary ({stopped}):")
     if row is not None:
-        given = ", ".join(f"{k}: {v}" for k, v in case.items())
-        unknown = [name for name, a in answers if a is None]
-        io.say(f"  Answers: {given}" + (f"; don't know: {', '.join(unknown)}" if unknown else ""))
-        io.say(f"  Most likely: {_top3(row)}")
+        io.say(f"You are {case['age']}, {case['sex']}.", "  ")
+        for name, value in answers:
+            said = "don't know" if value is None else answer_label(name, value)
+            io.say(f"{question(name)} {said}", "  - ")
+        io.say(f"Most likely: {_top3(row)}.", "  ")
         if "triage" in row:
-            io.say(f"  Triage: {row['triage'].replace('_', ' ')} ({row['triage_reason']})")
-            io.say(f"  Differential: {', '.join(CONDITION_LABELS[c] for c in row['differential'].split('|'))}")
-            io.say(f"  Advice: {row['advice'].removesuffix(CLOSING).strip()}")
+            io.say(f"What to do: {_level_text(row, model)} Why: {row['triage_reason']}.", "  ")
+            if row["safety_net"]:
+                io.say("Go the same day instead if: " + "; ".join(row["safety_net"].split("|")) + ".", "  ")
+            if row["ask_next"]:
+                io.say("Questions that could change this: " + " ".join(row["ask_next"].split("|")), "  ")
+            io.say(f"Conditions that remain possible: {_labels(row['differential'].split('|'))}.", "  ")
+            io.say(f"Advice: {row['advice'].removesuffix(CLOSING).strip()}", "  ")
     io.say(CLOSING)
-    return {"case": case, "prediction": row, "answers": answers, "stopped_because": stopped}

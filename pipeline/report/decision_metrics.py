@@ -1,4 +1,15 @@
-"""How the decision layer performs on labelled data: DVT safety, conformal coverage, atypical rate."""
+"""How the decision layer performs on labelled data: triage as symptom checkers are scored, the
+differential's coverage by band, the atypical rate.
+
+Triage is scored against a **reference level** per case, as in the evaluations of symptom checkers
+(Semigran et al. 2015, BMJ 351:h3480; Gilbert et al. 2020, BMJ Open 10:e040269; Levine et al.
+2024), where clinicians set the level a presentation calls for: here the level of the condition
+(``right_level`` in configs/triage.yaml) raised to the level of any red flag or screen rule the
+reported answers meet (each rule cites its guidance: a swollen, warm, red calf or a positive
+Ottawa knee rule is seen the same day whatever the final diagnosis). The condition-only reference
+is reported beside it. Under-triage (a level below the reference) carries a one-sided 95% upper
+confidence bound (Clopper-Pearson).
+"""
 
 from __future__ import annotations
 
@@ -6,82 +17,169 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.stats import beta
 
 from pipeline.core.config import LEVELS
+from pipeline.core.oracle import oracle_posterior
 from pipeline.core.parsing import ParsedCases
 from pipeline.core.schema import CONDITIONS
-from pipeline.decision.conformal import fit_conformal, oracle_set_size, prediction_sets
+from pipeline.decision.conformal import blank_at_random, credible_sets, prediction_sets, set_cells
 from pipeline.decision.layer import decide
+from pipeline.decision.safety import rules_of
 from pipeline.serve.loading import LoadedModel
 
-__all__ = ["evaluate_decision", "decision_card_section", "format_decision_table"]
+__all__ = ["BLANKED_RATE", "coverage_table", "decision_card_section", "evaluate_decision", "format_decision_table",
+           "triage_table", "upper_bound"]
 
 _DVT = CONDITIONS.index("dvt")
+_EMERGENCY = LEVELS.index("emergency")
+BLANKED_RATE = 0.8  # the copy of `test` with most answers blanked ("test_blanked")
 
 
-def _triage_metrics(levels: np.ndarray, y: np.ndarray, model: LoadedModel) -> dict[str, Any]:
+def upper_bound(k: int, n: int, confidence: float = 0.95) -> float:
+    """One-sided Clopper-Pearson upper confidence bound of a rate of ``k`` in ``n``."""
+    return float("nan") if n == 0 else 1.0 if k >= n else float(beta.ppf(confidence, k + 1, n - k))
+
+
+def _rate(mask: np.ndarray) -> float:
+    return float(mask.mean()) if len(mask) else float("nan")
+
+
+def _reason_kind(reasons: pd.Series) -> np.ndarray:
+    text = reasons.astype(str)
+    return np.select([text.str.startswith("screen"), text.str.startswith("red flag"), text.str.startswith("atypical")],
+                     ["screen", "red_flag", "atypical"], "expected_cost")
+
+
+def _against(levels: np.ndarray, ref: np.ndarray) -> dict[str, float]:
+    under = int((levels < ref).sum())
+    return {"exact_rate": _rate(levels == ref), "safe_rate": _rate(levels >= ref),
+            "under_triage_rate": under / len(levels), "under_triage_ucb95": upper_bound(under, len(levels)),
+            "over_triage_emergency_rate": _rate((levels == _EMERGENCY) & (ref < _EMERGENCY))}
+
+
+def _triage_metrics(levels: np.ndarray, reasons: pd.Series, y: np.ndarray, codes: dict[str, np.ndarray],
+                    model: LoadedModel) -> dict[str, Any]:
     assert model.decision is not None  # only called for a model with a decision layer
     cfg = model.decision.config
-    right = np.array([LEVELS.index(cfg.right_level[c]) for c in CONDITIONS])[y]
+    condition_ref = np.array([LEVELS.index(cfg.right_level[c]) for c in CONDITIONS])[y]
+    rules = rules_of(cfg, model.decision.screen)
+    presentation = np.max([np.where(r.fires(codes), r.level, -1) for r in rules], axis=0) if rules else -1
+    ref = np.maximum(condition_ref, presentation)
     dvt = y == _DVT
-    urgent = levels >= LEVELS.index("see_doctor_soon")
-    emergency = levels == LEVELS.index("emergency")
+    emergency = levels == _EMERGENCY
+    kind = _reason_kind(reasons)
+    non_dvt_em = emergency & ~dvt
     return {
-        "dvt_urgent_rate": float(urgent[dvt].mean()) if dvt.any() else float("nan"),
-        "dvt_emergency_rate": float(emergency[dvt].mean()) if dvt.any() else float("nan"),
-        "over_triage_rate": float(emergency[~dvt].mean()),
-        "safe_advice_rate": float((levels >= right).mean()),
-        "exact_level_rate": float((levels == right).mean()),
-        "level_shares": {lv: float((levels == i).mean()) for i, lv in enumerate(LEVELS)},
-        "n_dvt": int(dvt.sum()),
+        **_against(levels, ref),
+        "condition_reference": _against(levels, condition_ref),
+        "dvt_same_day_rate": _rate(emergency[dvt]),
+        "dvt_within_a_day_rate": _rate(levels[dvt] >= LEVELS.index("see_doctor_soon")),
+        "non_dvt_emergency_rate": _rate(non_dvt_em[~dvt]),
+        "non_dvt_emergency_by_reason": {k: float((non_dvt_em & (kind == k)).sum() / max(1, (~dvt).sum()))
+                                        for k in ("screen", "red_flag", "expected_cost", "atypical")},
+        "level_shares": {lv: _rate(levels == i) for i, lv in enumerate(LEVELS)},
+        "n": int(len(levels)), "n_dvt": int(dvt.sum()),
+        # the names of earlier versions, kept for comparisons across runs
+        "dvt_urgent_rate": _rate(levels[dvt] >= LEVELS.index("see_doctor_soon")),
+        "dvt_emergency_rate": _rate(emergency[dvt]),
+        "over_triage_rate": _rate((levels == _EMERGENCY) & (ref < _EMERGENCY) & ~dvt),
+        "safe_advice_rate": _rate(levels >= ref),
     }
 
 
-def _coverage(sets: np.ndarray, y: np.ndarray) -> tuple[float, dict[str, float]]:
+def _bands(labels: list[str], band: np.ndarray, hit: np.ndarray, size: np.ndarray, oracle_size: np.ndarray
+           ) -> list[dict[str, Any]]:
+    out = []
+    for i, label in enumerate(labels):
+        m = band == i
+        out.append({"band": label, "n": int(m.sum()), "coverage": _rate(hit[m]),
+                    "mean_set_size": float(size[m].mean()) if m.any() else float("nan"),
+                    "oracle_credible_set_size": float(oracle_size[m].mean()) if m.any() else float("nan")})
+    return out
+
+
+def _band_labels(edges: list[float], scale: float = 1.0) -> list[str]:
+    cuts = [0.0, *edges, 1.0]
+    return [f"{lo * scale:.2f}-{hi * scale:.2f}" for lo, hi in zip(cuts[:-1], cuts[1:])]
+
+
+def _conformal_metrics(proba: np.ndarray, oracle: np.ndarray, y: np.ndarray, codes: dict[str, np.ndarray],
+                       fitted: dict) -> dict[str, Any]:
+    sets = prediction_sets(proba, codes, fitted)
     hit = sets[np.arange(len(y)), y]
-    per_class = {c: float(hit[y == k].mean()) if (y == k).any() else float("nan") for k, c in enumerate(CONDITIONS)}
-    return float(hit.mean()), per_class
+    size = sets.sum(axis=1)
+    cred = credible_sets(oracle, fitted["coverage"])
+    cred_size = cred.sum(axis=1)
+    known, confidence = set_cells(proba, codes, fitted)
+    return {
+        "target": fitted["coverage"], "band_coverage": fitted.get("band_coverage"), "coverage": _rate(hit),
+        "mean_set_size": float(size.mean()),
+        # the true posterior's smallest sets holding 90% of its mass, case by case
+        "oracle_mean_set_size": float(cred_size.mean()),
+        "oracle_credible_coverage": _rate(cred[np.arange(len(y)), y]),
+        "by_confidence": _bands(_band_labels(fitted["confidence_edges"]), confidence, hit, size, cred_size),
+        "by_answers_known": _bands(_band_labels(fitted["known_edges"]), known, hit, size, cred_size),
+        "per_class_coverage": {c: _rate(hit[y == k]) for k, c in enumerate(CONDITIONS)},
+    }
 
 
 def evaluate_decision(model: LoadedModel, parsed: dict[str, ParsedCases], arrays: dict[str, dict[str, np.ndarray]],
                       calib: tuple[ParsedCases, np.ndarray] | None = None) -> dict[str, Any]:
-    """Decision-layer metrics on each labelled split of ``parsed`` (probabilities from ``arrays``).
-
-    With ``calib`` (parsed cases and labels), the other conformal variant (Mondrian if the model
-    uses the marginal one, or the reverse) is fitted there and reported beside the configured one.
-    """
+    """Decision-layer metrics on each labelled split of ``parsed`` (probabilities from ``arrays``)
+    and on ``test_blanked``: a copy of ``test`` with each optional answer blanked at random with
+    probability :data:`BLANKED_RATE`, as people leave them. ``calib`` is accepted for
+    compatibility and not used."""
     if model.decision is None:
         return {}
     out: dict[str, dict[str, Any]] = {"triage": {}, "conformal": {}, "atypical": {}}
-    fitted = model.decision.conformal
-    other = None
-    if calib is not None:
-        proba_calib = model.predict_proba(calib[0])
-        other = fit_conformal(proba_calib, calib[1], coverage=fitted["coverage"], mondrian=not fitted["mondrian"])
-    for name, cases in parsed.items():
-        a = arrays[name]
-        y, proba = a["y"], a["proba"]
+    views = {name: (cases, arrays[name]["y"], arrays[name]["proba"], arrays[name]["proba_oracle"])
+             for name, cases in parsed.items()}
+    if "test" in parsed:
+        blanked = blank_at_random(parsed["test"], BLANKED_RATE, seed=0)
+        kb = model.kb
+        assert kb is not None  # set together with the decision layer
+        views["test_blanked"] = (blanked, arrays["test"]["y"], model.predict_proba(blanked),
+                                 oracle_posterior(kb, blanked).to_numpy())
+    for name, (cases, y, proba, oracle) in views.items():
         columns = decide(model.decision, model.kb, cases, proba)  # type: ignore[arg-type]  # both set together
         levels = pd.Categorical(columns["triage"], categories=list(LEVELS)).codes
-        out["triage"][name] = _triage_metrics(levels, y, model)
-        sets = prediction_sets(proba, fitted)
-        coverage, per_class = _coverage(sets, y)
-        out["conformal"][name] = {
-            "target": fitted["coverage"], "mondrian": fitted["mondrian"], "coverage": coverage,
-            "mean_set_size": float(sets.sum(axis=1).mean()),
-            # the true posterior's smallest sets reaching the coverage the model reached here
-            "oracle_mean_set_size": oracle_set_size(a["proba_oracle"], y, coverage),
-            "per_class_coverage": per_class,
-        }
-        if other is not None:
-            o_sets = prediction_sets(proba, other)
-            o_cov, o_per = _coverage(o_sets, y)
-            key = "mondrian_variant" if other["mondrian"] else "marginal_variant"
-            out["conformal"][name][key] = {"coverage": o_cov, "mean_set_size": float(o_sets.sum(axis=1).mean()),
-                                           "per_class_coverage": o_per}
+        out["triage"][name] = _triage_metrics(levels, columns["triage_reason"], y, cases.codes, model)
+        out["triage"][name]["safety_net_rate"] = _rate(columns["safety_net"].to_numpy() != "")
+        out["triage"][name]["ask_next_rate"] = _rate(columns["ask_next"].to_numpy() != "")
+        out["conformal"][name] = _conformal_metrics(proba, oracle, y, cases.codes, model.decision.conformal)
         out["atypical"][name] = {"flag_rate": float(columns["atypical"].mean()),
                                  "quantile": model.decision.atypical["quantile"]}
     return out
+
+
+def triage_table(metrics: dict[str, Any]) -> str:
+    """Markdown: triage against the reference levels, per split."""
+    lines = ["| split | exact | safe (at or above) | under-triage (95% UCB) | over-triage to emergency | "
+             "DVT same day | DVT within a day | non-DVT to emergency: all (screen / red flag / expected cost) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for s, t in metrics["triage"].items():
+        r = t["non_dvt_emergency_by_reason"]
+        lines.append(f"| {s} | {t['exact_rate']:.3f} | {t['safe_rate']:.4f} | {t['under_triage_rate']:.4f} "
+                     f"({t['under_triage_ucb95']:.4f}) | {t['over_triage_emergency_rate']:.4f} | "
+                     f"{t['dvt_same_day_rate']:.4f} | {t['dvt_within_a_day_rate']:.4f} | {t['non_dvt_emergency_rate']:.4f} "
+                     f"({r['screen']:.4f} / {r['red_flag']:.4f} / {r['expected_cost']:.4f}) |")
+    return "\n".join(lines)
+
+
+def coverage_table(metrics: dict[str, Any], split: str) -> str:
+    """Markdown: the differential's coverage and size per band on ``split``, beside the oracle's
+    90% credible sets."""
+    c = metrics["conformal"][split]
+    lines = [f"| `{split}` band | cases | coverage | mean size | oracle credible set size |", "|---|---|---|---|---|"]
+    for title, key in (("confidence", "by_confidence"), ("answers known", "by_answers_known")):
+        for b in c[key]:
+            if b["n"]:
+                lines.append(f"| {title} {b['band']} | {b['n']:,} | {b['coverage']:.3f} | {b['mean_set_size']:.2f} | "
+                             f"{b['oracle_credible_set_size']:.2f} |")
+    lines.append(f"| all | {sum(b['n'] for b in c['by_confidence']):,} | {c['coverage']:.3f} | "
+                 f"{c['mean_set_size']:.2f} | {c['oracle_mean_set_size']:.2f} |")
+    return "\n".join(lines)
 
 
 def decision_card_section(metrics: dict[str, Any]) -> str:
@@ -89,16 +187,14 @@ def decision_card_section(metrics: dict[str, Any]) -> str:
     if "triage" not in metrics:
         return ""
     lines = ["## Decision layer (triage, differential set, atypical flag)", "",
-             "| split | DVT sent urgent or emergency | DVT sent to emergency | non-DVT sent to emergency | "
-             "safe advice | set coverage (target) | mean set size (oracle) | atypical flagged |",
-             "|---|---|---|---|---|---|---|---|"]
-    for s in metrics["triage"]:
-        t, c, a = metrics["triage"][s], metrics["conformal"][s], metrics["atypical"][s]
-        lines.append(f"| {s} | {t['dvt_urgent_rate']:.4f} | {t['dvt_emergency_rate']:.4f} | {t['over_triage_rate']:.4f} | "
-                     f"{t['safe_advice_rate']:.4f} | {c['coverage']:.4f} ({c['target']:.2f}) | "
-                     f"{c['mean_set_size']:.3f} ({c['oracle_mean_set_size']:.3f}) | {a['flag_rate']:.4f} |")
-    lines += ["", "Red flags on the answers (a swollen leg with warm or red skin or visible veins, swelling behind "
-              "the knee spreading to the calf, ...) escalate triage whatever the model says; see configs/triage.yaml.", ""]
+             "Triage against the reference level of each case (its condition's level, raised by any red flag or "
+             "screen rule its answers meet; see `pipeline/report/decision_metrics.py`):", "", triage_table(metrics), "",
+             "The differential's coverage by band:", ""]
+    for split in ("test", "test_blanked"):
+        if split in metrics["conformal"]:
+            lines += [coverage_table(metrics, split), ""]
+    lines += ["Red flags and the screen raise triage whatever the model says; see configs/triage.yaml and "
+              "configs/screen.yaml.", ""]
     if metrics.get("questioning"):
         lines += ["## Asking the next question", "", _questioning_line(metrics).strip() + ".", ""]
     return "\n".join(lines)
@@ -108,10 +204,13 @@ def format_decision_table(metrics: dict[str, Any]) -> str:
     """Plain-text summary of the decision layer for the command line ('' if there is none)."""
     if "triage" not in metrics:
         return ""
-    rows = {s: {"DVT urgent": metrics["triage"][s]["dvt_urgent_rate"],
-                "DVT emergency": metrics["triage"][s]["dvt_emergency_rate"],
-                "over-triage": metrics["triage"][s]["over_triage_rate"],
-                "safe advice": metrics["triage"][s]["safe_advice_rate"],
+    rows = {s: {"exact": metrics["triage"][s]["exact_rate"],
+                "safe": metrics["triage"][s]["safe_rate"],
+                "under-triage UCB": metrics["triage"][s]["under_triage_ucb95"],
+                "DVT same day": metrics["triage"][s]["dvt_same_day_rate"],
+                "DVT within a day": metrics["triage"][s]["dvt_within_a_day_rate"],
+                "non-DVT emergency": metrics["triage"][s]["non_dvt_emergency_rate"],
+                "by cost": metrics["triage"][s]["non_dvt_emergency_by_reason"]["expected_cost"],
                 "set coverage": metrics["conformal"][s]["coverage"],
                 "set size": metrics["conformal"][s]["mean_set_size"],
                 "oracle set size": metrics["conformal"][s]["oracle_mean_set_size"],

@@ -11,7 +11,8 @@ from collections.abc import Callable
 from typing import Any
 
 from pipeline.core.paths import project_root
-from pipeline.core.schema import CONDITION_LABELS, data_dictionary_markdown
+from pipeline.core.schema import data_dictionary_markdown
+from pipeline.report.decision_metrics import coverage_table, triage_table
 from pipeline.serve.predict import output_dictionary_markdown
 
 __all__ = ["SECTIONS", "render_readme", "results_markdown"]
@@ -25,22 +26,13 @@ def results_markdown(metrics: dict[str, Any]) -> str:
         m = metrics[name]
         lines.append(f"| {name} | {m['accuracy']:.4f} | {m['top3_accuracy']:.4f} | {m['log_loss']:.4f} | "
                      f"{m['ece_top_label']:.4f} | {m['oracle_accuracy']:.4f} | {m['oracle_log_loss']:.4f} |")
-    lines += ["", "| split | DVT triaged urgent | DVT to emergency | non-DVT to emergency | safe advice | "
-                  "set coverage (target) | mean set size (oracle) | atypical |", "|---|---|---|---|---|---|---|---|"]
-    for name in ("test", "shift"):
-        t, c, a = metrics["triage"][name], metrics["conformal"][name], metrics["atypical"][name]
-        lines.append(f"| {name} | {t['dvt_urgent_rate']:.4f} | {t['dvt_emergency_rate']:.4f} | "
-                     f"{t['over_triage_rate']:.4f} | {t['safe_advice_rate']:.4f} | {c['coverage']:.4f} "
-                     f"({c['target']:.2f}) | {c['mean_set_size']:.3f} ({c['oracle_mean_set_size']:.3f}) | "
-                     f"{a['flag_rate']:.4f} |")
-    mondrian = metrics["conformal"]["test"].get("mondrian_variant")
-    if mondrian:
-        per = mondrian["per_class_coverage"]
-        low, high = min(per, key=per.get), max(per, key=per.get)
-        lines += ["", f"With the per-condition (Mondrian) option, coverage on `test` runs from {per[low]:.3f} "
-                      f"({CONDITION_LABELS[low]}) to {per[high]:.3f} ({CONDITION_LABELS[high]}), DVT {per['dvt']:.3f}, "
-                      f"at a mean set size of {mondrian['mean_set_size']:.2f} (`conformal.mondrian` in "
-                      "`configs/triage.yaml`)."]
+    if "triage" in metrics:
+        lines += ["", "Triage against each case's reference level (its condition's level, raised by any red flag or "
+                      "screen rule its answers meet), as symptom checkers are scored; `test_blanked` is `test` with "
+                      "80% of the optional answers blanked:", "", triage_table(metrics), "",
+                  "The differential (90% overall, at least 0.85 in every band) by band of confidence and of answers "
+                  "known, beside the oracle's own 90% credible sets:", "", coverage_table(metrics, "test"), "",
+                  coverage_table(metrics, "test_blanked")]
     q = metrics.get("questioning")
     if q:
         acc = {k: {int(n): v for n, v in q[k]["accuracy"].items()} for k in ("chosen", "random", "fixed")}

@@ -1,0 +1,163 @@
+"""Triage under unanswered questions: the safety net, the softened emergency and what to ask next.
+
+A case seldom answers everything. Three things follow from what is still unknown:
+
+- **the safety net**: the red flags and screen rules that would raise the level and that the
+  unanswered questions could still fire, in plain words (``safety_net``);
+- **the uncertain emergency**: when the expected cost points to the same day but a plain "no" to
+  the unanswered safety-net questions would not, the emergency rests on what is unknown (with only
+  age and sex, on the prior alone, which is never enough). The case is sent at the configured ``uncertain.level`` with
+  the safety net instead, as clinicians safety-net a routine appointment. Red flags and the screen
+  still send a case the same day whenever they fire;
+- **what to ask next**: the unanswered questions whose plausible answers would change the level
+  (``ask_next``), most likely to change it first.
+
+An answer's effect on the probabilities is taken from the knowledge base: P(answer | condition),
+summed over the latent severity, multiplies the model's probabilities (Bayes' rule with the
+answer independent of the other answers given the condition, as in the knowledge base's model
+but for the shared severity). Every product is element-wise or :func:`dot_exact`, so the levels
+are the same in every process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.core.blas import dot_exact
+from pipeline.core.config import LEVELS, ScreenConfig, TriageConfig
+from pipeline.core.knowledge import KnowledgeBase
+from pipeline.core.schema import SYMPTOMS, UNKNOWN, field
+from pipeline.core.textcols import join_ranked
+from pipeline.core.wording import question
+from pipeline.decision.conformal import known_share
+from pipeline.decision.screen import rule_fires, rule_open
+
+__all__ = ["Rule", "SafetyNet", "answer_likelihoods"]
+
+_EMERGENCY = LEVELS.index("emergency")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A red flag or a screen rule, in one form."""
+
+    all: dict[str, list[str]]
+    any: dict[str, list[str]]
+    level: int
+    safety_net: str
+
+    def fires(self, codes: dict[str, np.ndarray]) -> np.ndarray:
+        return rule_fires(self.all, self.any, codes)
+
+    def open(self, codes: dict[str, np.ndarray]) -> np.ndarray:
+        """Per case, whether unanswered questions could still make the rule fire (it does not yet)."""
+        return rule_open(self.all, self.any, codes)
+
+    @property
+    def fields(self) -> list[str]:
+        return [*self.all, *self.any]
+
+
+def rules_of(cfg: TriageConfig, screen: ScreenConfig | None) -> list[Rule]:
+    """The red flags, then the screen rules."""
+    rules = [Rule({k: [v] for k, v in f.all.items()}, {k: [v] for k, v in f.any.items()}, LEVELS.index(f.level),
+                  f.safety_net) for f in cfg.red_flags]
+    return rules + [Rule(dict(r.all), dict(r.any), LEVELS.index(r.level), r.safety_net)
+                    for r in (screen.rules if screen else [])]
+
+
+def answer_likelihoods(kb: KnowledgeBase, name: str) -> np.ndarray:
+    """(n_answers, n_conditions) P(answer | condition) of a yes/no (no, yes) or category field,
+    summed over the latent severity with P(severity | condition)."""
+    f = field(name)
+    if f.kind == "category":
+        return np.ascontiguousarray(kb.category[name].T)
+    if f.kind != "tristate" or name == "pregnant":
+        raise ValueError(f"{name!r}: only yes/no questions other than pregnant and categories have likelihoods here")
+    t = kb.tristate[name]
+    yes = (kb.severity * t).sum(axis=1) if name in SYMPTOMS else t[:, 0]
+    return np.stack([1.0 - yes, yes])
+
+
+def _unknown(codes: dict[str, np.ndarray], name: str) -> np.ndarray:
+    c = codes[name]
+    return np.isnan(c) if field(name).kind in ("integer", "float") else c == UNKNOWN
+
+
+class SafetyNet:
+    """The rules, the knowledge base's answer likelihoods and the questions ``ask_next`` considers."""
+
+    def __init__(self, cfg: TriageConfig, screen: ScreenConfig | None, kb: KnowledgeBase):
+        self.cfg = cfg
+        self.rules = rules_of(cfg, screen)
+        self.texts = [r.safety_net for r in self.rules]
+        # the yes/no questions of the same-day rules: answered "no", would the emergency stand?
+        self.no_fields = list(dict.fromkeys(n for r in self.rules if r.level == _EMERGENCY for n in r.fields
+                                            if field(n).kind == "tristate" and n != "pregnant"))
+        self.log_no = {n: np.log(answer_likelihoods(kb, n)[0]) for n in self.no_fields}
+        candidates = [n for r in self.rules for n in r.fields] + list(cfg.ask_next.fields)
+        self.candidates = list(dict.fromkeys(n for n in candidates
+                                             if field(n).kind in ("tristate", "category") and n != "pregnant"))
+        self.likelihood = {n: answer_likelihoods(kb, n) for n in self.candidates}
+        self.questions = [question(n) for n in self.candidates]
+
+    def open_rules(self, codes: dict[str, np.ndarray]) -> np.ndarray:
+        """(n_cases, n_rules): which rules the unanswered questions could still fire."""
+        n = len(codes["age"])
+        return np.column_stack([r.open(codes) for r in self.rules]) if self.rules else np.zeros((n, 0), bool)
+
+    def rests_on_unknowns(self, proba: np.ndarray, codes: dict[str, np.ndarray], open_: np.ndarray,
+                          cost_level_of) -> np.ndarray:
+        """Per case, whether the same day rests on what is unknown: nothing but age and sex is
+        answered (the prior alone), or the expected-cost level would drop below the same day if
+        every unanswered question of a same-day rule that could still fire were answered "no"."""
+        log_p = np.log(np.maximum(proba, 1e-300))
+        for name in self.no_fields:
+            asked_by_open = np.zeros(len(proba), dtype=bool)
+            for j, r in enumerate(self.rules):
+                if r.level == _EMERGENCY and name in r.fields:
+                    asked_by_open |= open_[:, j]
+            hide = _unknown(codes, name) & asked_by_open
+            log_p = log_p + np.where(hide[:, None], self.log_no[name][None, :], 0.0)
+        p_no = np.exp(log_p - log_p.max(axis=1, keepdims=True))  # unnormalised: the level is scale-free
+        return (cost_level_of(p_no) < _EMERGENCY) | (known_share(codes) == 0)
+
+    def safety_net(self, level: np.ndarray, open_: np.ndarray):
+        """Per case, the plain-language signs of the open rules above its level, ``|``-separated,
+        the most urgent first."""
+        levels = np.array([r.level for r in self.rules])
+        keep = open_ & (levels[None, :] > level[:, None])
+        order = np.tile(np.argsort(-levels, kind="stable"), (len(keep), 1))
+        return join_ranked(self.texts, order, np.take_along_axis(keep, order, axis=1))
+
+    def ask_next(self, proba: np.ndarray, codes: dict[str, np.ndarray], level: np.ndarray, triage_of):
+        """Per case, the unanswered questions whose plausible answers would change ``level``,
+        ``|``-separated, the most likely to change it first (at most ``ask_next.max_questions``).
+
+        ``triage_of(codes, proba, rows)`` gives the level of the cases ``rows`` with changed codes
+        and (unnormalised) probabilities.
+        """
+        n = len(proba)
+        change = np.zeros((n, len(self.candidates)))
+        floor = self.cfg.ask_next.min_answer_probability
+        for j, name in enumerate(self.candidates):
+            rows = np.flatnonzero(_unknown(codes, name))
+            if not len(rows):
+                continue
+            like = self.likelihood[name]
+            p_rows = proba[rows]
+            p_answer = dot_exact(p_rows, like)  # P(answer | what is known), (rows, n_answers)
+            sub = {k: v[rows] for k, v in codes.items()}
+            for a in range(like.shape[0]):
+                plausible = p_answer[:, a] >= floor
+                if not plausible.any():
+                    continue
+                variant = {**sub, name: np.full(len(rows), a, dtype=sub[name].dtype)}
+                after = triage_of(variant, p_rows * like[a][None, :], rows)
+                change[rows, j] += np.where(plausible & (after != level[rows]), p_answer[:, a], 0.0)
+        order = np.argsort(-change, axis=1, kind="stable")
+        keep = np.take_along_axis(change > 0, order, axis=1)
+        keep[:, self.cfg.ask_next.max_questions:] = False
+        return join_ranked(self.questions, order, keep)
