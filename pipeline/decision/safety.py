@@ -132,31 +132,51 @@ class SafetyNet:
         order = np.tile(np.argsort(-levels, kind="stable"), (len(keep), 1))
         return join_ranked(self.texts, order, np.take_along_axis(keep, order, axis=1))
 
-    def ask_next(self, proba: np.ndarray, codes: dict[str, np.ndarray], level: np.ndarray, triage_of):
+    def ask_next(self, proba: np.ndarray, codes: dict[str, np.ndarray], level: np.ndarray, triage_of,
+                 batch_rows: int = 400_000):
         """Per case, the unanswered questions whose plausible answers would change ``level``,
         ``|``-separated, the most likely to change it first (at most ``ask_next.max_questions``).
 
-        ``triage_of(codes, proba, rows)`` gives the level of the cases ``rows`` with changed codes
-        and (unnormalised) probabilities.
+        Every plausible (question, answer) of every case becomes one row of a variant batch (the
+        case with that answer, its probabilities re-weighted by the answer's likelihood), and
+        ``triage_of(codes, proba, rows)`` triages each batch of at most ``batch_rows`` at once.
         """
         n = len(proba)
-        change = np.zeros((n, len(self.candidates)))
         floor = self.cfg.ask_next.min_answer_probability
+        blocks = []  # (case rows, candidate j, answer a, P(answer | known))
         for j, name in enumerate(self.candidates):
             rows = np.flatnonzero(_unknown(codes, name))
             if not len(rows):
                 continue
-            like = self.likelihood[name]
-            p_rows = proba[rows]
-            p_answer = dot_exact(p_rows, like)  # P(answer | what is known), (rows, n_answers)
-            sub = {k: v[rows] for k, v in codes.items()}
-            for a in range(like.shape[0]):
-                plausible = p_answer[:, a] >= floor
-                if not plausible.any():
-                    continue
-                variant = {**sub, name: np.full(len(rows), a, dtype=sub[name].dtype)}
-                after = triage_of(variant, p_rows * like[a][None, :], rows)
-                change[rows, j] += np.where(plausible & (after != level[rows]), p_answer[:, a], 0.0)
+            p_answer = dot_exact(proba[rows], self.likelihood[name])  # P(answer | what is known)
+            for a in range(p_answer.shape[1]):
+                keep = p_answer[:, a] >= floor
+                if keep.any():
+                    blocks.append((rows[keep], j, a, p_answer[keep, a]))
+        change = np.zeros((n, len(self.candidates)))
+        start = 0
+        while start < len(blocks):
+            stop, size = start, 0
+            while stop < len(blocks) and (size == 0 or size + len(blocks[stop][0]) <= batch_rows):
+                size += len(blocks[stop][0])
+                stop += 1
+            part = blocks[start:stop]
+            rows = np.concatenate([b[0] for b in part])
+            variant = {k: v[rows] for k, v in codes.items()}
+            weighted = proba[rows]
+            at = 0
+            for r, j, a, _ in part:
+                name = self.candidates[j]
+                variant[name][at:at + len(r)] = a
+                weighted[at:at + len(r)] *= self.likelihood[name][a][None, :]
+                at += len(r)
+            after = triage_of(variant, weighted, rows)
+            at = 0
+            for r, j, _, p in part:
+                changed = after[at:at + len(r)] != level[r]
+                change[r[changed], j] += p[changed]
+                at += len(r)
+            start = stop
         order = np.argsort(-change, axis=1, kind="stable")
         keep = np.take_along_axis(change > 0, order, axis=1)
         keep[:, self.cfg.ask_next.max_questions:] = False
