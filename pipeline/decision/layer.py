@@ -137,7 +137,7 @@ def decide(decision: Decision, kb: KnowledgeBase, parsed: ParsedCases, proba: np
         "advice": lookup(decision._advice.ravel(), advice_index),
         "differential": differential,
         "differential_size": size.astype(np.int64),
-        "screen": pd.array(screen_names(decision.screen, matches), dtype="str"),
+        "screen": screen_names(decision.screen, matches),
         "atypical": atypical,
         "atypical_reason": pd.array(atypical_reason, dtype="str"),
     })

@@ -13,6 +13,7 @@ import numpy as np
 
 from pipeline.core.config import ScreenConfig, ScreenRule
 from pipeline.core.schema import UNKNOWN, field
+from pipeline.core.textcols import join_ranked
 
 __all__ = ["rule_fires", "rule_open", "screen_matches", "screen_names"]
 
@@ -77,7 +78,7 @@ def screen_matches(cfg: ScreenConfig, codes: dict[str, np.ndarray]) -> np.ndarra
     return np.column_stack([_rule(r, codes) for r in cfg.rules])
 
 
-def screen_names(cfg: ScreenConfig, matches: np.ndarray) -> np.ndarray:
+def screen_names(cfg: ScreenConfig, matches: np.ndarray):
     """Per case, what must be ruled out: the matched rules' ``rule_out``, ``|``-separated ("" if none)."""
-    names = np.array([r.rule_out for r in cfg.rules], dtype=object)
-    return np.array(["|".join(names[row]) for row in matches], dtype=object)
+    order = np.tile(np.arange(len(cfg.rules)), (len(matches), 1))
+    return join_ranked([r.rule_out for r in cfg.rules], order, matches)
