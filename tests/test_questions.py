@@ -174,8 +174,9 @@ def test_session_goes_back_takes_volunteered_answers_and_stops_on_q(model):
     assert "No unanswered question holds 'nothing like this'" in _flat(text)
     assert result["stopped_because"] == "you stopped the session" and _flat(text).endswith(CLOSING)
     assert "Go the same day instead if:" in text  # the safety net, in the summary
-    for name in FIELD_NAMES:  # plain language only: never a field name
+    for name in FIELD_NAMES:  # plain language only: never a field name or a rule's internal name
         assert ("_" not in name) or name not in text, name
+    assert "possible_dvt" not in text and "see_doctor" not in text
 
 
 def _read_until(fd: int, wanted: str, seen: list[str], count: int = 1, timeout: float = 120.0) -> str:

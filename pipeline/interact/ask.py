@@ -22,6 +22,7 @@ the triage are shown. The session stops (thresholds in ``configs/questions.yaml`
 
 from __future__ import annotations
 
+import re
 import shutil
 import sys
 import textwrap
@@ -327,7 +328,8 @@ def _summary(io: _Session, row: dict | None, case: dict, answers: list[tuple[str
             io.say(f"{question(name)} {said}", "  - ")
         io.say(f"Most likely: {_top3(row)}.", "  ")
         if "triage" in row:
-            io.say(f"What to do: {_level_text(row, model)} Why: {row['triage_reason']}.", "  ")
+            why = re.sub(r" \([a-z0-9_]+\)", "", row["triage_reason"])  # without the rule's internal name
+            io.say(f"What to do: {_level_text(row, model)} Why: {why}.", "  ")
             if row["safety_net"]:
                 io.say("Go the same day instead if: " + "; ".join(row["safety_net"].split("|")) + ".", "  ")
             if row["ask_next"]:
