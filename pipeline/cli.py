@@ -394,8 +394,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except fatal as err:
         if args.debug:
             raise
-        print(f"kneepain {args.command}: error: {err}", file=sys.stderr)
-        return EXIT_FATAL
+        return _fail(args.command, str(err))
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM/SIGHUP during `score` (pipeline.serve.guard)
+        if args.debug:
+            raise
+        told = " (no output was written)" if args.command == "score" else ""
+        return _fail(args.command, f"{err or 'interrupted'}{told}")
+    except Exception as err:  # a bug or an environment problem: still one line, the traceback on --debug
+        if args.debug:
+            raise
+        return _fail(args.command, f"unexpected {type(err).__name__}: {err} (run with --debug for the traceback)")
+
+
+def _fail(command: str, message: str) -> int:
+    """Print one line on stderr and return the fatal exit code."""
+    line = " ".join(message.split())
+    print(f"kneepain {command}: error: {line}", file=sys.stderr)
+    return EXIT_FATAL
 
 
 if __name__ == "__main__":
