@@ -167,11 +167,35 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="score test and shift against the oracle; write reports/")
-    p.add_argument("--data", default=None, help="data folder (default data/synthetic)")
+    p = sub.add_parser("evaluate", help="score test and shift against the oracle, or your own labelled cases",
+                       description="With a data folder (default data/synthetic): the DVC stage, test and shift "
+                                   "beside the oracle, into reports/. With --data FILE (CSV or Parquet in the case "
+                                   "schema plus `condition`, optionally `reference_level`): the same figures on your "
+                                   "cases with 95%% confidence intervals, into --out (default "
+                                   "reports/evaluations/<file name>), logged to MLflow as an evaluation run.")
+    p.add_argument("--data", default=None, help="data folder (default data/synthetic), or a labelled .csv/.parquet")
     p.add_argument("--model", default=None, help="models folder or MLflow URI (default models)")
-    p.add_argument("--out", default=None, help="reports folder (default reports)")
+    p.add_argument("--out", default=None, help="reports folder (default reports, or reports/evaluations/<name>)")
     p.add_argument("--kb", default=None, help="knowledge base (default configs/knowledge_base.yaml)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for --data FILE (default 1000)")
+    p.add_argument("--no-mlflow", action="store_true", help="with --data FILE: do not log a run to MLflow")
+
+
+def _evaluate_file(args: argparse.Namespace, path: Path) -> int:
+    from pipeline.core.paths import reports_dir
+    from pipeline.report.labelled import format_labelled
+    from pipeline.stages import evaluate_file
+
+    if args.bootstrap < 2:
+        raise UsageError(f"--bootstrap == {args.bootstrap}, must be >= 2.")
+    out = Path(args.out) if args.out else reports_dir() / "evaluations" / path.stem
+    result = evaluate_file(args.model, path, out, track=not args.no_mlflow, n_boot=args.bootstrap)
+    print(format_labelled(result.metrics))
+    print(f"\nWrote {out / 'metrics.json'}, {out / 'report.md'} and the plots in {out}/"
+          + (f"; rejected rows in {out / 'rejects.csv'}" if result.metrics["n_rejected"] else ""))
+    if result.logged_to_mlflow:
+        print(f"MLflow run {result.metrics['mlflow_run_id']} (the file is its evaluation dataset)")
+    return EXIT_OK
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -181,6 +205,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     from pipeline.report.evaluate import format_metrics_table
     from pipeline.stages import evaluate_stage
 
+    if args.data and Path(args.data).suffix.lower() in (".csv", ".parquet"):
+        return _evaluate_file(args, Path(args.data))
     out = Path(args.out) if args.out else reports_dir()
     result = evaluate_stage(args.model, load_knowledge_base(args.kb), Path(args.data) if args.data else data_dir(), out)
     print(format_metrics_table(result.metrics))

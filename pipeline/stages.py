@@ -17,7 +17,7 @@ from pipeline.core.knowledge import KnowledgeBase, load_knowledge_base
 from pipeline.data.datasets import kb_for_split, oracle_summary, read_split, split_table
 from pipeline.data.generate import write_splits
 
-__all__ = ["EvaluateResult", "evaluate_stage", "generate_stage", "sensitivity_stage", "train_stage"]
+__all__ = ["EvaluateResult", "evaluate_file", "evaluate_stage", "generate_stage", "sensitivity_stage", "train_stage"]
 
 
 def generate_stage(kb: KnowledgeBase, config: GenerateConfig, out: Path) -> tuple[dict[str, int], dict]:
@@ -73,8 +73,10 @@ def train_stage(config: TrainConfig, triage: TriageConfig, screen: ScreenConfig,
             "split_sizes": {"train": len(train), "valid": len(valid), "calib": len(calib)},
             "decision": decision}, kb_path=kb_path)
 
-    info = log_training(result, config, {k: files[k] for k in ("train", "valid")}, save,
-                        lambda name: log_pyfunc(out, valid.head(5), name), force_champion=force_champion)
+    info = log_training(result, config, files, save, lambda name: log_pyfunc(out, valid.head(5), name),
+                        force_champion=force_champion,
+                        datasets={"train": (train, "training"), "valid": (valid, "validation"),
+                                  "calib": (calib, "calibration")})
     update_manifest(out, {k: v for k, v in info.items() if k != "manifest"})
     return info
 
@@ -97,8 +99,33 @@ def evaluate_stage(model_source: str | Path | None, kb: KnowledgeBase, data: Pat
     splits = {name: read_split(name, data) for name in ("test", "shift", "calib")}
     metrics, arrays = evaluate_model(model, kb, splits, return_arrays=True)
     paths = write_reports(metrics, arrays, out, model.manifest)
-    logged = log_evaluation(model.manifest.get("mlflow_run_id"), metrics, paths, out)
+    card = next((p for p in paths if p.name == "model_card.md"), None)
+    logged = log_evaluation(model.manifest.get("mlflow_run_id"), metrics, paths, out,
+                            model_card=card.read_text(encoding="utf-8") if card else None)
     return EvaluateResult(metrics, paths, logged)
+
+
+def evaluate_file(model_source: str | Path | None, path: Path, out: Path, *, track: bool = True,
+                  n_boot: int = 1000) -> EvaluateResult:
+    """`kneepain evaluate --data FILE`: the stage's evaluation on a user's labelled cases, with
+    confidence intervals; writes ``out`` (metrics.json, rejects.csv, plots, report.md) and, with
+    ``track``, logs a run with the file as its evaluation dataset."""
+    from pipeline.core.cases import read_case_file
+    from pipeline.report.labelled import evaluate_labelled, write_labelled_reports
+    from pipeline.serve.loading import load_model
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file of labelled cases.")
+    model = load_model(model_source)
+    frame = read_case_file(path)
+    metrics, arrays, rejects = evaluate_labelled(model, frame, n_boot=n_boot, where=str(path))
+    paths = write_labelled_reports(metrics, arrays, rejects, out, source=path.name)
+    if track:
+        from pipeline.model.tracking import log_labelled_evaluation
+
+        metrics["mlflow_run_id"] = log_labelled_evaluation(model.manifest, metrics, paths, out, frame, path)
+        write_json_atomic(out / "metrics.json", metrics)  # with the run id, to find the run again
+    return EvaluateResult(metrics, paths, track)
 
 
 def sensitivity_stage(kb_path: Path, triage: TriageConfig, probes: ProbesConfig, out: Path, *, draws: int,

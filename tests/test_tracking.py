@@ -31,7 +31,7 @@ def test_training_run_is_recorded_with_params_metrics_and_lineage(trained):
     assert run.data.params["config.models.logistic.C"] == "1.0"
     assert "valid_log_loss" in run.data.metrics and "cv_log_loss" in run.data.metrics
     assert run.data.tags["data_sha256.train"] == manifest["data_sha256"]["train"]
-    assert run.data.tags["git_commit"] and run.data.tags["version.scikit-learn"]
+    assert run.data.tags["mlflow.source.git.commit"] and run.data.tags["version.scikit-learn"]
     children = client.search_runs([run.info.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{run.info.run_id}'")
     assert sorted(r.info.run_name for r in children) == ["hist_gradient_boosting", "logistic", "mlp"]

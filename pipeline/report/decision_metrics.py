@@ -19,10 +19,12 @@ __all__ = ["evaluate_decision", "decision_card_section", "format_decision_table"
 _DVT = CONDITIONS.index("dvt")
 
 
-def _triage_metrics(levels: np.ndarray, y: np.ndarray, model: LoadedModel) -> dict[str, Any]:
+def _triage_metrics(levels: np.ndarray, y: np.ndarray, model: LoadedModel, right: np.ndarray | None = None
+                    ) -> dict[str, Any]:
     assert model.decision is not None  # only called for a model with a decision layer
-    cfg = model.decision.config
-    right = np.array([LEVELS.index(cfg.right_level[c]) for c in CONDITIONS])[y]
+    if right is None:  # the level the triage config calls right for the true condition
+        cfg = model.decision.config
+        right = np.array([LEVELS.index(cfg.right_level[c]) for c in CONDITIONS])[y]
     dvt = y == _DVT
     urgent = levels >= LEVELS.index("see_doctor_soon")
     emergency = levels == LEVELS.index("emergency")
@@ -44,11 +46,15 @@ def _coverage(sets: np.ndarray, y: np.ndarray) -> tuple[float, dict[str, float]]
 
 
 def evaluate_decision(model: LoadedModel, parsed: dict[str, ParsedCases], arrays: dict[str, dict[str, np.ndarray]],
-                      calib: tuple[ParsedCases, np.ndarray] | None = None) -> dict[str, Any]:
+                      calib: tuple[ParsedCases, np.ndarray] | None = None,
+                      reference_levels: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
     """Decision-layer metrics on each labelled split of ``parsed`` (probabilities from ``arrays``).
 
     With ``calib`` (parsed cases and labels), the other conformal variant (Mondrian if the model
     uses the marginal one, or the reverse) is fitted there and reported beside the configured one.
+    ``reference_levels`` (per split, indices into :data:`LEVELS`, -1 where not given) replaces the
+    triage config's right level of the true condition wherever it is given (a clinician's level
+    for a real case).
     """
     if model.decision is None:
         return {}
@@ -63,16 +69,21 @@ def evaluate_decision(model: LoadedModel, parsed: dict[str, ParsedCases], arrays
         y, proba = a["y"], a["proba"]
         columns = decide(model.decision, model.kb, cases, proba)  # type: ignore[arg-type]  # both set together
         levels = pd.Categorical(columns["triage"], categories=list(LEVELS)).codes
-        out["triage"][name] = _triage_metrics(levels, y, model)
+        right = None
+        if reference_levels is not None and name in reference_levels:
+            cfg = model.decision.config
+            right = np.array([LEVELS.index(cfg.right_level[c]) for c in CONDITIONS])[y]
+            right = np.where(reference_levels[name] >= 0, reference_levels[name], right)
+        out["triage"][name] = _triage_metrics(levels, y, model, right)
         sets = prediction_sets(proba, fitted)
         coverage, per_class = _coverage(sets, y)
         out["conformal"][name] = {
             "target": fitted["coverage"], "mondrian": fitted["mondrian"], "coverage": coverage,
             "mean_set_size": float(sets.sum(axis=1).mean()),
-            # the true posterior's smallest sets reaching the coverage the model reached here
-            "oracle_mean_set_size": oracle_set_size(a["proba_oracle"], y, coverage),
             "per_class_coverage": per_class,
         }
+        if "proba_oracle" in a:  # the true posterior's smallest sets reaching the coverage the model reached here
+            out["conformal"][name]["oracle_mean_set_size"] = oracle_set_size(a["proba_oracle"], y, coverage)
         if other is not None:
             o_sets = prediction_sets(proba, other)
             o_cov, o_per = _coverage(o_sets, y)

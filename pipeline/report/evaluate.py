@@ -70,20 +70,24 @@ def _labelled(frame: pd.DataFrame) -> tuple[ParsedCases, np.ndarray]:
 
 
 @overload
-def evaluate_split(model: LoadedModel, kb: KnowledgeBase, frame: pd.DataFrame, *,
+def evaluate_split(model: LoadedModel, kb: KnowledgeBase | None, frame: pd.DataFrame, *,
                    return_arrays: Literal[False] = ...) -> dict[str, Any]: ...
 @overload
-def evaluate_split(model: LoadedModel, kb: KnowledgeBase, frame: pd.DataFrame, *,
+def evaluate_split(model: LoadedModel, kb: KnowledgeBase | None, frame: pd.DataFrame, *,
                    return_arrays: Literal[True]) -> tuple[dict[str, Any], dict[str, np.ndarray]]: ...
-def evaluate_split(model: LoadedModel, kb: KnowledgeBase, frame: pd.DataFrame, *,
+def evaluate_split(model: LoadedModel, kb: KnowledgeBase | None, frame: pd.DataFrame, *,
                    return_arrays: bool = False) -> dict[str, Any] | tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Score ``model`` on one labelled split beside the oracle.
+    """Score ``model`` on one labelled split, beside the oracle when the generating model is known.
+
+    The DVC stage (generated splits) and ``kneepain evaluate --data FILE`` (a user's labelled
+    cases, where no oracle exists) both go through this function.
 
     Parameters
     ----------
     model : LoadedModel
-    kb : KnowledgeBase
-        The model that generated ``frame`` (``kb_for_split(kb, "shift")`` for ``shift``).
+    kb : KnowledgeBase or None
+        The model that generated ``frame`` (``kb_for_split(kb, "shift")`` for ``shift``); ``None``
+        for cases that were not generated (real cases): no ``oracle_*`` keys then.
     frame : DataFrame of shape (n_cases, n_columns)
         Cases with their ``condition``.
     return_arrays : bool, default=False
@@ -98,31 +102,34 @@ def evaluate_split(model: LoadedModel, kb: KnowledgeBase, frame: pd.DataFrame, *
         ``uncalibrated_log_loss``, ``uncalibrated_ece_top_label``; ``per_class``:
         ``{condition: {precision, recall, f1, support}}``.
     arrays : dict of ndarray, only if ``return_arrays``
-        ``y`` (n_cases,), and ``proba``, ``proba_uncalibrated``, ``proba_oracle`` (n_cases, 9).
+        ``y`` (n_cases,), and ``proba``, ``proba_uncalibrated``,
+        ``proba_oracle`` (n_cases, 9; the last only with ``kb``).
     """
     parsed, y = _labelled(frame)
     n = len(y)
     proba = _checked_proba(model.predict_proba(parsed), n, "the model")
     raw = _checked_proba(uncalibrated_estimator(model.estimator).predict_proba(parsed), n,
                          "the uncalibrated model")
-    oracle = oracle_posterior(kb, parsed).to_numpy()
-    ours, best, before = _scores(proba, y), _scores(oracle, y), _scores(raw, y)
+    ours, before = _scores(proba, y), _scores(raw, y)
     classes = np.arange(len(CONDITIONS))
     pred = proba.argmax(axis=1)
     precision, recall, f1, support = precision_recall_fscore_support(y, pred, labels=classes, zero_division=0)
     out: dict[str, Any] = {"n": n, **ours,
                            "macro_f1": float(f1_score(y, pred, labels=classes, average="macro", zero_division=0))}
-    out.update({f"oracle_{k}": v for k, v in best.items()})
-    out["oracle_macro_f1"] = float(f1_score(y, oracle.argmax(axis=1), labels=classes, average="macro",
-                                            zero_division=0))
-    out["accuracy_gap_to_oracle"] = best["accuracy"] - ours["accuracy"]
-    out["log_loss_ratio_to_oracle"] = ours["log_loss"] / best["log_loss"]
+    arrays = {"y": y, "proba": proba, "proba_uncalibrated": raw}
+    if kb is not None:
+        oracle = oracle_posterior(kb, parsed).to_numpy()
+        best = _scores(oracle, y)
+        out.update({f"oracle_{k}": v for k, v in best.items()})
+        out["oracle_macro_f1"] = float(f1_score(y, oracle.argmax(axis=1), labels=classes, average="macro",
+                                                zero_division=0))
+        out["accuracy_gap_to_oracle"] = best["accuracy"] - ours["accuracy"]
+        out["log_loss_ratio_to_oracle"] = ours["log_loss"] / best["log_loss"]
+        arrays["proba_oracle"] = oracle
     out.update({f"uncalibrated_{k}": before[k] for k in ("accuracy", "log_loss", "brier", "ece_top_label")})
     out["per_class"] = {c: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
                             "support": int(support[i])} for i, c in enumerate(CONDITIONS)}
-    if not return_arrays:
-        return out
-    return out, {"y": y, "proba": proba, "proba_uncalibrated": raw, "proba_oracle": oracle}
+    return (out, arrays) if return_arrays else out
 
 
 def robustness_curve(model: LoadedModel, kb: KnowledgeBase, frame: pd.DataFrame,
