@@ -237,6 +237,9 @@ def _score_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scheduler", default=None,
                    help="Dask scheduler address (default: a local cluster, one worker per core)")
     p.add_argument("--format", choices=("parquet", "csv"), default="parquet", help="part-file format (--engine dask)")
+    p.add_argument("--adapt-priors", action="store_true",
+                   help="estimate the batch's case mix without labels (EM, Saerens et al. 2002), re-weight the "
+                        "probabilities to it and save it in OUTPUT.priors.json (pandas engine; reads the inputs twice)")
 
 
 def _score(args: argparse.Namespace) -> int:
@@ -245,6 +248,8 @@ def _score(args: argparse.Namespace) -> int:
 
     if args.chunk_rows < 1:
         raise UsageError(f"--chunk-rows == {args.chunk_rows}, must be >= 1.")
+    if args.adapt_priors and args.engine == "dask":
+        raise UsageError("--adapt-priors works with --engine pandas only.")
     warn = lambda m: print(f"kneepain score: warning: {m}", file=sys.stderr)
     if args.engine == "dask":
         from pipeline.core.cluster import dask_client
@@ -256,9 +261,23 @@ def _score(args: argparse.Namespace) -> int:
                                        chunk_rows=args.chunk_rows, warn=warn)
         rejects_path = Path(args.output) / "rejects.csv"
     else:
-        summary = score_files(args.inputs, args.output, get_model(args.model), chunk_rows=args.chunk_rows,
+        model, estimate = get_model(args.model), None
+        if args.adapt_priors:
+            from pipeline.serve.adapt import PriorShiftedModel, estimate_batch_prior
+
+            estimate = estimate_batch_prior(args.inputs, model, chunk_rows=args.chunk_rows)
+            model = PriorShiftedModel.from_model(model, estimate)
+        summary = score_files(args.inputs, args.output, model, chunk_rows=args.chunk_rows,
                               progress=not args.quiet and sys.stderr.isatty(), warn=warn)
         rejects_path = Path(f"{args.output}.rejects.csv")
+        if estimate is not None:
+            from pipeline.core.files import write_json_atomic
+            from pipeline.serve.adapt import format_prior, prior_report
+
+            write_json_atomic(f"{args.output}.priors.json", prior_report(estimate))
+            if not args.quiet:
+                print(format_prior(estimate) + f"\n  (saved in {args.output}.priors.json; right when only the mix "
+                      "differs from training, not how each condition presents)")
     if not args.quiet:
         rejected = (f", rejected {summary.rows_rejected:,} (see {rejects_path})"
                     if summary.rows_rejected else ", rejected 0")

@@ -14,7 +14,7 @@ from typing import Any
 from pipeline.core.config import GenerateConfig, ProbesConfig, ScreenConfig, TrainConfig, TriageConfig
 from pipeline.core.files import sha256_file, write_json_atomic
 from pipeline.core.knowledge import KnowledgeBase, load_knowledge_base
-from pipeline.data.datasets import kb_for_split, oracle_summary, read_split, split_table
+from pipeline.data.datasets import class_shares, kb_for_split, labels, oracle_summary, read_split, split_table
 from pipeline.data.generate import write_splits
 
 __all__ = ["EvaluateResult", "evaluate_file", "evaluate_stage", "generate_stage", "sensitivity_stage", "train_stage"]
@@ -71,6 +71,8 @@ def train_stage(config: TrainConfig, triage: TriageConfig, screen: ScreenConfig,
             "candidates": [asdict(c) for c in result.candidates], "git_commit": git_commit(),
             "data_sha256": {k: sha256_file(p) for k, p in files.items()}, "mlflow_run_id": run_id,
             "split_sizes": {"train": len(train), "valid": len(valid), "calib": len(calib)},
+            # the case mix the posteriors are calibrated under (`kneepain score --adapt-priors` starts from it)
+            "class_prior": class_shares(labels(train)),
             "decision": decision}, kb_path=kb_path)
 
     info = log_training(result, config, files, save, lambda name: log_pyfunc(out, valid.head(5), name),
