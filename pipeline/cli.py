@@ -89,15 +89,17 @@ def _report(args: argparse.Namespace) -> int:
     from pipeline.data.datasets import format_data_summary
     from pipeline.report.decision_metrics import format_decision_table
     from pipeline.report.evaluate import format_metrics_table
+    from pipeline.report.views import DETAIL_FILE
 
     path = Path(args.data or data_dir()) / "summary.json"
     if not path.exists():
         raise UsageError(f"{path} does not exist: run `make run` (or `kneepain generate`) first.")
     print(format_data_summary(json.loads(path.read_text())))
     reports = Path(args.reports) if args.reports else reports_dir()
-    if (reports / "metrics.json").exists():
-        print("\nModel on held-out data (reports/metrics.json; plots and model card in reports/)")
-        metrics = json.loads((reports / "metrics.json").read_text())
+    if (reports / DETAIL_FILE).exists():
+        print(f"\nModel on held-out data (reports/{DETAIL_FILE}; headline in reports/metrics.json; plots and model "
+              "card in reports/)")
+        metrics = json.loads((reports / DETAIL_FILE).read_text())
         print(format_metrics_table(metrics))
         print(format_decision_table(metrics))
     print("\nThis is information from synthetic data, not a diagnosis: seek professional medical advice.")
@@ -145,6 +147,13 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--kb", default=None, help="knowledge base (default configs/knowledge_base.yaml)")
     p.add_argument("--triage", default=None, help="decision-layer config (default configs/triage.yaml)")
     p.add_argument("--screen", default=None, help="emergency screen rules (default configs/screen.yaml)")
+    p.add_argument("--extra-data", default=None, metavar="FILE",
+                   help="real labelled cases (CSV or Parquet, case schema plus `condition`) to train on beside the "
+                        "synthetic data (default: extra_data.path of the train config)")
+    p.add_argument("--extra-weight", type=float, default=None, metavar="W",
+                   help="each real case counts W synthetic ones (default: extra_data.weight, 1.0)")
+    p.add_argument("--extra-holdout", type=float, default=None, metavar="F",
+                   help="share of the real cases held out and evaluated on (default: extra_data.holdout, 0.3)")
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -153,6 +162,14 @@ def _train(args: argparse.Namespace) -> int:
     from pipeline.stages import train_stage
 
     config = load_config(TrainConfig, args.config or config_path("train.yaml"))
+    given = {k: v for k, v in (("path", args.extra_data), ("weight", args.extra_weight),
+                                ("holdout", args.extra_holdout)) if v is not None}
+    if given:
+        extra = config.extra_data.model_dump() | given
+        try:
+            config = TrainConfig.model_validate(config.model_dump() | {"extra_data": extra})
+        except ValueError as err:
+            raise UsageError(f"--extra-data/--extra-weight/--extra-holdout: {err}") from err
     triage = load_config(TriageConfig, args.triage or config_path("triage.yaml"))
     screen = load_config(ScreenConfig, args.screen or config_path("screen.yaml"))
     kb_path = Path(args.kb) if args.kb else config_path("knowledge_base.yaml")
@@ -163,6 +180,11 @@ def _train(args: argparse.Namespace) -> int:
     print(f"MLflow run {info['mlflow_run_id']} at {info['tracking_uri']}; registered "
           f"{info['registered_model']} version {info['registered_version']}"
           f"{' (now champion)' if info['champion'] else ' (champion unchanged: not better on valid log loss)'}")
+    if "extra_holdout" in info:
+        h = info["extra_holdout"]
+        print(f"Held-out real cases ({h['n']:,}): accuracy {h['accuracy']:.3f} [{h['accuracy_ci'][0]:.3f}, "
+              f"{h['accuracy_ci'][1]:.3f}], log loss {h['log_loss']:.3f} [{h['log_loss_ci'][0]:.3f}, "
+              f"{h['log_loss_ci'][1]:.3f}] (in the manifest and the MLflow run as extra_holdout.*)")
     return EXIT_OK
 
 
@@ -211,7 +233,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     result = evaluate_stage(args.model, load_knowledge_base(args.kb), Path(args.data) if args.data else data_dir(), out)
     print(format_metrics_table(result.metrics))
     print(format_decision_table(result.metrics))
-    print(f"\nWrote {out / 'metrics.json'}, {out / 'model_card.md'} and {len(result.paths) - 2} plots in {out / 'plots'}")
+    pngs = sum(p.suffix == ".png" for p in result.paths)
+    print(f"\nWrote {out / 'metrics.json'} (headline), {out / 'metrics_detail.json'}, {out / 'model_card.md'}, "
+          f"{pngs} plots in {out / 'plots'} and the curves as data in {out / 'series'}")
     if result.logged_to_mlflow:
         print("Logged to the model's MLflow run")
     else:

@@ -38,6 +38,27 @@ def test_training_run_is_recorded_with_params_metrics_and_lineage(trained):
     assert all("cv_log_loss" in r.data.metrics and "rows_per_second" in r.data.metrics for r in children)
     version = client.get_model_version_by_alias(NAME, "champion")
     assert str(version.version) == manifest["registered_version"]
+    assert "not a diagnosis" in client.get_registered_model(NAME).description.lower()
+    assert "Model card" in version.description and "extra" in version.description
+
+
+def test_training_run_records_its_datasets_and_the_held_out_real_cases(trained, small_data):
+    models, uri = trained
+    manifest = json.loads((models / "manifest.json").read_text())
+    run = _client(uri).get_run(manifest["mlflow_run_id"])
+    contexts = {d.dataset.name: {t.key: t.value for t in d.tags}["mlflow.data.context"]
+                for d in run.inputs.dataset_inputs}
+    assert contexts == {"train": "training", "valid": "validation", "calib": "calibration", "extra": "training",
+                        "extra_holdout": "evaluation"}
+    assert manifest["split_sizes"]["extra_train"] == 300 and manifest["split_sizes"]["extra_holdout"] == 100
+    assert manifest["split_sizes"]["train"] == 4300 and manifest["data_sha256"]["extra"]
+    assert run.data.params["config.extra_data.weight"] == "2.0"
+    held = manifest["extra_holdout"]
+    assert held["n"] == 100 and held["accuracy_ci"][0] <= held["accuracy"] <= held["accuracy_ci"][1]
+    assert run.data.metrics["extra_holdout.accuracy"] == pytest.approx(held["accuracy"])
+    # real cases weigh twice: the recorded training mix moves towards the extra cases' older mix
+    synthetic = (read_split("train", small_data)["condition"] == "osteoarthritis").mean()
+    assert manifest["class_prior"]["osteoarthritis"] > synthetic + 0.005
 
 
 def test_champion_predicts_like_the_models_folder(trained, small_data, monkeypatch):
@@ -61,7 +82,7 @@ def test_evaluate_writes_reports_and_logs_them(trained, small_data, tmp_path, mo
     models, uri = trained
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     assert main(["evaluate", "--data", str(small_data), "--model", str(models), "--out", str(tmp_path)]) == 0
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "metrics_detail.json").read_text())
     for split in ("test", "shift"):
         for key in ("accuracy", "top3_accuracy", "macro_f1", "log_loss", "brier", "ece_top_label",
                     "oracle_accuracy", "oracle_top3_accuracy", "oracle_log_loss", "uncalibrated_log_loss",

@@ -26,7 +26,7 @@ from pipeline.core.schema import LABEL_COLUMN
 from pipeline.model.persist import library_versions
 from pipeline.model.train import TrainResult
 
-__all__ = ["use_tracking", "log_training", "log_evaluation", "log_labelled_evaluation", "promote_champion",
+__all__ = ["use_tracking", "log_training", "log_evaluation", "log_holdout", "log_labelled_evaluation", "promote_champion",
            "git_commit", "source_tags", "log_dataset"]
 
 
@@ -173,6 +173,21 @@ def log_evaluation(run_id: str | None, metrics: dict[str, Any], paths: list[Path
     return True
 
 
+def _loggable(metrics: dict[str, Any]) -> dict[str, float]:
+    """The numbers of a labelled evaluation, with interval bounds as ``<name>_ci_low``/``_ci_high``."""
+    flat = {k: float(v) for k, v in flatten({k: v for k, v in metrics.items() if k != "confusion_matrix"}).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    flat.update({f"{k}_ci_low": v[0] for k, v in _intervals(metrics).items()})
+    flat.update({f"{k}_ci_high": v[1] for k, v in _intervals(metrics).items()})
+    return {k.replace("/", "_"): v for k, v in flat.items() if v == v}  # NaN: no such cases
+
+
+def log_holdout(run_id: str, metrics: dict[str, Any], prefix: str) -> None:
+    """Add a labelled evaluation (held-out real cases) to the training run, its names under ``prefix``."""
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_metrics({prefix + k: v for k, v in _loggable(metrics).items()})
+
+
 def log_labelled_evaluation(model_manifest: dict, metrics: dict[str, Any], paths: list[Path], out_dir: Path,
                             frame: pd.DataFrame, source: str | Path, *, experiment: str = "kneepain") -> str:
     """Log `kneepain evaluate --data FILE` as its own run: the cases as an evaluation dataset input,
@@ -181,16 +196,12 @@ def log_labelled_evaluation(model_manifest: dict, metrics: dict[str, Any], paths
     Returns the run id.
     """
     exp_id = use_tracking(experiment)
-    flat = {k: float(v) for k, v in flatten({k: v for k, v in metrics.items() if k != "confusion_matrix"}).items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    flat.update({f"{k}_ci_low": v[0] for k, v in _intervals(metrics).items()})
-    flat.update({f"{k}_ci_high": v[1] for k, v in _intervals(metrics).items()})
     tags = {**source_tags("kneepain evaluate"), "kneepain.kind": "evaluation",
             "kneepain.model_run_id": str(model_manifest.get("mlflow_run_id", "")),
             "kneepain.model_winner": str(model_manifest.get("winner", ""))}
     with mlflow.start_run(experiment_id=exp_id, run_name=f"evaluate-{Path(source).stem}", tags=tags) as run:
         log_dataset(frame, Path(source).resolve() if Path(source).exists() else source, Path(source).stem, "evaluation")
-        mlflow.log_metrics({k.replace("/", "_"): v for k, v in flat.items() if v == v})  # NaN: no such cases
+        mlflow.log_metrics(_loggable(metrics))
         for path in paths:
             mlflow.log_artifact(str(path), artifact_path="evaluation")
     return run.info.run_id

@@ -39,6 +39,23 @@ def _triage_metrics(levels: np.ndarray, y: np.ndarray, model: LoadedModel, right
     }
 
 
+CONFIDENCE_BANDS = (0.0, 0.5, 0.7, 0.9)
+
+
+def _coverage_by_band(sets: np.ndarray, y: np.ndarray, proba: np.ndarray) -> list[dict[str, float]]:
+    """Coverage and mean set size of the differential within bands of the top probability: where
+    the model is unsure, the set must grow to keep its coverage."""
+    hit = sets[np.arange(len(y)), y]
+    band = np.searchsorted(CONFIDENCE_BANDS, proba.max(axis=1), side="right") - 1
+    rows = []
+    for b, start in enumerate(CONFIDENCE_BANDS):
+        inside = band == b
+        rows.append({"confidence_from": start, "n": int(inside.sum()),
+                     "coverage": float(hit[inside].mean()) if inside.any() else float("nan"),
+                     "mean_set_size": float(sets[inside].sum(axis=1).mean()) if inside.any() else float("nan")})
+    return rows
+
+
 def _coverage(sets: np.ndarray, y: np.ndarray) -> tuple[float, dict[str, float]]:
     hit = sets[np.arange(len(y)), y]
     per_class = {c: float(hit[y == k].mean()) if (y == k).any() else float("nan") for k, c in enumerate(CONDITIONS)}
@@ -81,6 +98,7 @@ def evaluate_decision(model: LoadedModel, parsed: dict[str, ParsedCases], arrays
             "target": fitted["coverage"], "mondrian": fitted["mondrian"], "coverage": coverage,
             "mean_set_size": float(sets.sum(axis=1).mean()),
             "per_class_coverage": per_class,
+            "coverage_by_band": _coverage_by_band(sets, y, proba),
         }
         if "proba_oracle" in a:  # the true posterior's smallest sets reaching the coverage the model reached here
             out["conformal"][name]["oracle_mean_set_size"] = oracle_set_size(a["proba_oracle"], y, coverage)

@@ -2,7 +2,8 @@
 
 :func:`evaluate_model` scores a model on ``test`` and ``shift`` next to the exact Bayes
 posterior (the best any model can do on generated data) and traces how both degrade as optional
-answers are blanked; :func:`write_reports` writes ``metrics.json``, the plots and a model card.
+answers are blanked; :func:`write_reports` writes the headline ``metrics.json``, the full
+``metrics_detail.json``, the curves as data series, the plots and a model card.
 """
 
 from __future__ import annotations
@@ -310,7 +311,9 @@ def _model_card(metrics: dict[str, Any], manifest: dict | None, plots: list[Path
 
 def write_reports(metrics: dict[str, Any], arrays: dict[str, dict[str, np.ndarray]] | None,
                   out_dir: str | Path, manifest: dict | None = None) -> list[Path]:
-    """Write ``metrics.json``, the plots (``plots/*.png``) and ``model_card.md`` into ``out_dir``.
+    """Write into ``out_dir``: ``metrics.json`` (the headline numbers of
+    :func:`pipeline.report.views.headline_metrics`), ``metrics_detail.json`` (all of ``metrics``),
+    the curves as CSV in ``series/``, the plots (``plots/*.png``) and ``model_card.md``.
 
     Parameters
     ----------
@@ -328,7 +331,7 @@ def write_reports(metrics: dict[str, Any], arrays: dict[str, dict[str, np.ndarra
     list of Path
         Every file written.
     """
-    from pipeline.report import plots
+    from pipeline.report import plots, views
 
     out_dir = Path(out_dir)
     plot_dir = out_dir / "plots"
@@ -349,7 +352,9 @@ def write_reports(metrics: dict[str, Any], arrays: dict[str, dict[str, np.ndarra
     if metrics.get("robustness"):
         written.append(plots.plot_robustness(metrics["robustness"], plot_dir / "robustness.png",
                                              title="Robustness to unanswered questions, test"))
-    write_json_atomic(out_dir / "metrics.json", metrics)
+    series = views.write_series(metrics, arrays, out_dir / views.SERIES_DIR, n_bins=N_BINS)
+    write_json_atomic(out_dir / views.HEADLINE_FILE, views.headline_metrics(metrics))
+    write_json_atomic(out_dir / views.DETAIL_FILE, metrics)
     card = out_dir / "model_card.md"
     write_text_atomic(card, _model_card(metrics, manifest, [p for p in written if p.suffix == ".png"]))
-    return [out_dir / "metrics.json", *written, card]
+    return [out_dir / views.HEADLINE_FILE, out_dir / views.DETAIL_FILE, *written, *series, card]

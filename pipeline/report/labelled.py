@@ -15,72 +15,20 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core import metrics as M
-from pipeline.core.config import LEVELS
 from pipeline.core.errors import BatchInputError
 from pipeline.core.files import write_json_atomic, write_text_atomic
 from pipeline.core.parsing import parse_cases
-from pipeline.core.schema import CONDITION_LABELS, CONDITIONS, LABEL_COLUMN
+from pipeline.core.schema import CONDITION_LABELS, CONDITIONS
+from pipeline.data.real import REFERENCE_COLUMN, validate_labelled
 from pipeline.decision.conformal import prediction_sets
 from pipeline.report.decision_metrics import evaluate_decision
 from pipeline.report.evaluate import N_BINS, evaluate_split
 from pipeline.report.intervals import LEVEL, bootstrap_interval, wilson_interval
 from pipeline.serve.loading import LoadedModel
 
-__all__ = ["REFERENCE_COLUMN", "evaluate_labelled", "format_labelled", "validate_labelled", "write_labelled_reports"]
+__all__ = ["evaluate_labelled", "format_labelled", "write_labelled_reports"]
 
-REFERENCE_COLUMN = "reference_level"
 _SPLIT = "cases"
-
-
-def _text(series: pd.Series) -> pd.Series:
-    return series.astype("string").fillna("").str.strip().str.lower()
-
-
-def validate_labelled(frame: pd.DataFrame, *, where: str = "cases") -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame]:
-    """Split labelled cases into the valid rows and the reject lines.
-
-    Returns
-    -------
-    valid : DataFrame
-        The rows with a valid case, a known ``condition`` and, if given, a valid ``reference_level``.
-    reference : ndarray of int, shape (n_valid,)
-        Index into :data:`LEVELS` of each valid row's ``reference_level``, -1 where not given.
-    rejects : DataFrame
-        ``row`` (0-based, header excluded), ``column``, ``value``, ``reason``; a row may have several.
-
-    Raises
-    ------
-    BatchInputError
-        ``frame`` has no ``condition`` column.
-    CaseValidationError
-        A required case column is missing.
-    """
-    if LABEL_COLUMN not in frame.columns:
-        raise BatchInputError(f"{where}: no {LABEL_COLUMN!r} column; labelled cases need the true condition, "
-                              f"one of {', '.join(CONDITIONS)}.")
-    parsed = parse_cases(frame, raise_on_error=False)
-    problems = [parsed.errors[["row", "column", "value", "reason"]]]
-    condition = _text(frame[LABEL_COLUMN])
-    bad = ~condition.isin(CONDITIONS).to_numpy()
-    problems.append(pd.DataFrame({"row": np.flatnonzero(bad), "column": LABEL_COLUMN,
-                                  "value": frame[LABEL_COLUMN].astype("string").fillna("").to_numpy()[bad],
-                                  "reason": f"not a condition; allowed: {', '.join(CONDITIONS)}"}))
-    reference = np.full(len(frame), -1)
-    if REFERENCE_COLUMN in frame.columns:
-        given = _text(frame[REFERENCE_COLUMN])
-        wrong = ((given != "") & ~given.isin(LEVELS)).to_numpy()
-        problems.append(pd.DataFrame({"row": np.flatnonzero(wrong), "column": REFERENCE_COLUMN,
-                                      "value": frame[REFERENCE_COLUMN].astype("string").to_numpy()[wrong],
-                                      "reason": f"not a triage level; allowed: {', '.join(LEVELS)} or blank"}))
-        lookup = {level: i for i, level in enumerate(LEVELS)}
-        reference = given.map(lambda v: lookup.get(v, -1)).to_numpy(dtype=np.int64)
-    rejects = pd.concat([p for p in problems if len(p)], ignore_index=True) if any(len(p) for p in problems) \
-        else pd.DataFrame(columns=["row", "column", "value", "reason"])
-    rejects = rejects.sort_values("row", kind="stable", ignore_index=True)
-    keep = ~np.isin(np.arange(len(frame)), rejects["row"].to_numpy())
-    valid = frame.iloc[np.flatnonzero(keep)].reset_index(drop=True)
-    valid = valid.assign(**{LABEL_COLUMN: condition.to_numpy()[keep]})
-    return valid, reference[keep], rejects
 
 
 def _macro_f1(pred: np.ndarray, y: np.ndarray) -> float:
