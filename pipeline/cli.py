@@ -261,19 +261,52 @@ def _score_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scheduler", default=None,
                    help="Dask scheduler address (default: a local cluster, one worker per core)")
     p.add_argument("--format", choices=("parquet", "csv"), default="parquet", help="part-file format (--engine dask)")
+    p.add_argument("--report", default=None, metavar="FILE.html",
+                   help="also write a one-page summary of the batch: rows scored and rejected, triage mix, estimated "
+                        "case mix, atypical rate, drift per field (pandas engine; its numbers in FILE.json)")
     p.add_argument("--adapt-priors", action="store_true",
                    help="estimate the batch's case mix without labels (EM, Saerens et al. 2002), re-weight the "
                         "probabilities to it and save it in OUTPUT.priors.json (pandas engine; reads the inputs twice)")
 
 
-def _score(args: argparse.Namespace) -> int:
+def _score_pandas(args: argparse.Namespace, warn: Callable[[str], None]):
+    """Score in this process; with --adapt-priors under the batch's estimated case mix; with --report the page."""
     from pipeline.serve.batch import score_files
     from pipeline.serve.loading import get_model
 
+    model = plain = get_model(args.model)
+    estimate = None
+    if args.adapt_priors:
+        from pipeline.serve.adapt import PriorShiftedModel, estimate_batch_prior
+
+        estimate = estimate_batch_prior(args.inputs, model, chunk_rows=args.chunk_rows)
+        model = PriorShiftedModel.from_model(model, estimate)
+    summary = score_files(args.inputs, args.output, model, chunk_rows=args.chunk_rows,
+                          progress=not args.quiet and sys.stderr.isatty(), warn=warn)
+    if estimate is not None:
+        from pipeline.core.files import write_json_atomic
+        from pipeline.serve.adapt import format_prior, prior_report
+
+        write_json_atomic(f"{args.output}.priors.json", prior_report(estimate))
+        if not args.quiet:
+            print(format_prior(estimate) + f"\n  (saved in {args.output}.priors.json; right when only the mix "
+                  "differs from training, not how each condition presents)")
+    if args.report:
+        from pipeline.report.batch_report import write_batch_report
+
+        write_batch_report(args.inputs, args.output, plain, args.report, estimate=estimate, chunk_rows=args.chunk_rows)
+        if not args.quiet:
+            print(f"Batch report: {args.report} (numbers in {Path(args.report).with_suffix('.json')})")
+    return summary
+
+
+def _score(args: argparse.Namespace) -> int:
     if args.chunk_rows < 1:
         raise UsageError(f"--chunk-rows == {args.chunk_rows}, must be >= 1.")
-    if args.adapt_priors and args.engine == "dask":
-        raise UsageError("--adapt-priors works with --engine pandas only.")
+    if (args.adapt_priors or args.report) and args.engine == "dask":
+        raise UsageError("--adapt-priors and --report work with --engine pandas only.")
+    if args.report and Path(args.report).suffix.lower() not in (".html", ".htm"):
+        raise UsageError(f"--report {args.report}: the batch report is an .html file.")
     warn = lambda m: print(f"kneepain score: warning: {m}", file=sys.stderr)
     if args.engine == "dask":
         from pipeline.core.cluster import dask_client
@@ -285,23 +318,8 @@ def _score(args: argparse.Namespace) -> int:
                                        chunk_rows=args.chunk_rows, warn=warn)
         rejects_path = Path(args.output) / "rejects.csv"
     else:
-        model, estimate = get_model(args.model), None
-        if args.adapt_priors:
-            from pipeline.serve.adapt import PriorShiftedModel, estimate_batch_prior
-
-            estimate = estimate_batch_prior(args.inputs, model, chunk_rows=args.chunk_rows)
-            model = PriorShiftedModel.from_model(model, estimate)
-        summary = score_files(args.inputs, args.output, model, chunk_rows=args.chunk_rows,
-                              progress=not args.quiet and sys.stderr.isatty(), warn=warn)
+        summary = _score_pandas(args, warn)
         rejects_path = Path(f"{args.output}.rejects.csv")
-        if estimate is not None:
-            from pipeline.core.files import write_json_atomic
-            from pipeline.serve.adapt import format_prior, prior_report
-
-            write_json_atomic(f"{args.output}.priors.json", prior_report(estimate))
-            if not args.quiet:
-                print(format_prior(estimate) + f"\n  (saved in {args.output}.priors.json; right when only the mix "
-                      "differs from training, not how each condition presents)")
     if not args.quiet:
         rejected = (f", rejected {summary.rows_rejected:,} (see {rejects_path})"
                     if summary.rows_rejected else ", rejected 0")
