@@ -173,7 +173,8 @@ def evaluate_stage(model_source: str | Path | None, kb: KnowledgeBase, data: Pat
     paths = write_reports(metrics, arrays, out, model.manifest)
     card = next((p for p in paths if p.name == "model_card.md"), None)
     logged = log_evaluation(model.manifest.get("mlflow_run_id"), metrics, paths, out,
-                            model_card=card.read_text(encoding="utf-8") if card else None)
+                            model_card=card.read_text(encoding="utf-8") if card else None,
+                            datasets={name: (splits[name], data / f"{name}.parquet") for name in ("test", "shift")})
     return EvaluateResult(metrics, paths, logged)
 
 

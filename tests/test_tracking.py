@@ -89,8 +89,14 @@ def test_evaluate_writes_reports_and_logs_them(trained, small_data, tmp_path, mo
                     "uncalibrated_ece_top_label", "per_class"):
             assert key in metrics[split], (split, key)
     assert [r["blanked_share"] for r in metrics["robustness"]] == [0, 0.2, 0.4, 0.6]
-    run = _client(uri).get_run(json.loads((models / "manifest.json").read_text())["mlflow_run_id"])
+    client = _client(uri)
+    run = client.get_run(json.loads((models / "manifest.json").read_text())["mlflow_run_id"])
     assert run.data.metrics["test.accuracy"] == pytest.approx(metrics["test"]["accuracy"])
+    evaluation = {d.dataset.name for d in run.inputs.dataset_inputs
+                  if {t.key: t.value for t in d.tags}["mlflow.data.context"] == "evaluation"}
+    assert {"test", "shift"} <= evaluation
+    card = client.get_model_version(NAME, json.loads((models / "manifest.json").read_text())["registered_version"])
+    assert card.description.startswith("# Model card")
 
 
 def test_champion_alias_does_not_move_to_a_worse_model(trained, small_data, small_config_path, tmp_path, monkeypatch):

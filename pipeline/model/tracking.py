@@ -151,10 +151,11 @@ def log_training(result: TrainResult, config: TrainConfig, data_files: dict[str,
 
 
 def log_evaluation(run_id: str | None, metrics: dict[str, Any], paths: list[Path], reports_dir: Path,
-                   model_card: str | None = None) -> bool:
+                   model_card: str | None = None, datasets: dict[str, tuple[pd.DataFrame, Path]] | None = None) -> bool:
     """Add evaluation metrics and reports to the training run; False if that run is not in this store.
 
-    ``model_card`` (markdown) becomes the description of the model versions registered from that run.
+    ``model_card`` (markdown) becomes the description of the model versions registered from that run;
+    ``datasets`` (name to frame and file) are logged as its evaluation inputs.
     """
     if not run_id:
         return False
@@ -170,6 +171,8 @@ def log_evaluation(run_id: str | None, metrics: dict[str, Any], paths: list[Path
             if isinstance(v, (int, float)) and not isinstance(v, bool) and ".per_class" not in k}
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics({k.replace("/", "_"): v for k, v in flat.items()})
+        for name, (frame, source) in (datasets or {}).items():
+            log_dataset(frame, source, name, "evaluation")
         for path in paths:
             rel = Path(path).resolve().relative_to(reports_dir.resolve()).parent
             mlflow.log_artifact(str(path), artifact_path=str(Path("reports") / rel).rstrip("/."))
