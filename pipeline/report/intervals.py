@@ -2,7 +2,8 @@
 
 A rate (accuracy, recall, a triage rate, coverage) gets the Wilson score interval, which keeps
 its level down to a handful of cases and never leaves [0, 1]. A figure that is not a simple
-proportion (log loss, Brier score, calibration error) gets a percentile bootstrap over cases.
+proportion (log loss, Brier score, calibration error) gets a bias-corrected percentile bootstrap
+over cases.
 """
 
 from __future__ import annotations
@@ -33,8 +34,13 @@ def wilson_interval(successes: int, n: int, level: float = LEVEL) -> list[float]
 
 
 def bootstrap_interval(statistic: Callable[[np.ndarray], float], n: int, *, n_boot: int = 1000, seed: int = 0,
-                       level: float = LEVEL) -> list[float]:
-    """Percentile bootstrap interval ``[low, high]`` of ``statistic(indices)`` over ``n`` cases.
+                       level: float = LEVEL, floor: float | None = None) -> list[float]:
+    """Bias-corrected percentile bootstrap interval ``[low, high]`` of ``statistic(indices)`` over ``n`` cases.
+
+    The percentiles of the resampled statistic are shifted by the bootstrap's estimate of its bias
+    (mean of the resamples minus the statistic on all cases). For a mean (log loss, Brier) the
+    shift is nil; a binned calibration error is biased upwards on small samples, and unshifted
+    percentiles can miss the estimate itself.
 
     Parameters
     ----------
@@ -47,6 +53,8 @@ def bootstrap_interval(statistic: Callable[[np.ndarray], float], n: int, *, n_bo
     seed : int, default=0
         Seed of ``numpy.random.default_rng``.
     level : float, default=0.95
+    floor : float, optional
+        A bound the figure cannot go below (0 for an error); the interval is clipped to it.
     """
     if n_boot < 2:
         raise ValueError(f"n_boot == {n_boot}, must be >= 2.")
@@ -54,6 +62,9 @@ def bootstrap_interval(statistic: Callable[[np.ndarray], float], n: int, *, n_bo
         return [float("nan"), float("nan")]
     rng = np.random.default_rng(seed)
     draws = np.array([statistic(rng.integers(0, n, n)) for _ in range(n_boot)])
+    bias = draws.mean() - statistic(np.arange(n))
     tail = (1 - level) / 2
-    low, high = np.quantile(draws, [tail, 1 - tail])
+    low, high = np.quantile(draws, [tail, 1 - tail]) - bias
+    if floor is not None:
+        low, high = max(low, floor), max(high, floor)
     return [float(low), float(high)]

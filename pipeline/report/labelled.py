@@ -90,8 +90,8 @@ def evaluate_labelled(model: LoadedModel, frame: pd.DataFrame, *, n_boot: int = 
     losses = -np.log(np.clip(proba[np.arange(n), y], 1e-15, 1.0))
     sq = ((proba - np.eye(len(CONDITIONS))[y]) ** 2).sum(axis=1)
 
-    def boot(statistic) -> list[float]:
-        return bootstrap_interval(statistic, n, n_boot=n_boot, seed=seed)
+    def boot(statistic) -> list[float]:  # every figure booted here is >= 0
+        return bootstrap_interval(statistic, n, n_boot=n_boot, seed=seed, floor=0.0)
 
     firsts = rejects.drop_duplicates(["row", "column"])
     reasons = firsts["column"].astype(str) + ": " + firsts["reason"].astype(str).str.split(";").str[0]
@@ -99,7 +99,7 @@ def evaluate_labelled(model: LoadedModel, frame: pd.DataFrame, *, n_boot: int = 
         "n_rows": len(frame), "n": n, "n_rejected": int(rejects["row"].nunique()),
         "top_reject_reasons": {str(k): int(v) for k, v in reasons.value_counts().head(5).items()},
         "confidence_level": LEVEL,
-        "intervals": f"Wilson score for proportions, percentile bootstrap ({n_boot} resamples) otherwise",
+        "intervals": f"Wilson score for proportions, bias-corrected percentile bootstrap ({n_boot} resamples) otherwise",
     }
     for key, hits in (("accuracy", pred == y), ("top3_accuracy", (top3 == y[:, None]).any(axis=1))):
         out[key], out[f"{key}_ci"] = float(hits.mean()), wilson_interval(int(hits.sum()), n)
