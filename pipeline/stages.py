@@ -97,7 +97,8 @@ def train_stage(config: TrainConfig, triage: TriageConfig, screen: ScreenConfig,
     kb = load_knowledge_base(kb_path)
     train, valid, calib = read_split("train", data), read_split("valid", data), read_split("calib", data)
     files = {name: data / f"{name}.parquet" for name in ("train", "valid", "calib")}
-    datasets = {"train": (train, "training"), "valid": (valid, "validation"), "calib": (calib, "calibration")}
+    datasets = {"train": (train, "training", files["train"]), "valid": (valid, "validation", files["valid"]),
+                "calib": (calib, "calibration", files["calib"])}
     extra = read_extra_cases(config)
     weight = None
     if extra is not None:
@@ -106,8 +107,9 @@ def train_stage(config: TrainConfig, triage: TriageConfig, screen: ScreenConfig,
         n_synthetic = len(train)
         train = pd.concat([_canonical(train), _canonical(extra.to_train)], ignore_index=True)
         weight = np.r_[np.ones(n_synthetic), np.full(len(extra.to_train), extra.weight)]
-        files.update(extra=extra.path, extra_holdout=extra.path)
-        datasets.update(extra=(extra.to_train, "training"), extra_holdout=(extra.held_out, "evaluation"))
+        files["extra"] = extra.path
+        datasets.update(extra=(extra.to_train, "training", extra.path),
+                        extra_holdout=(extra.held_out, "evaluation", extra.path))
     log(f"Training on {len(train):,} cases ({config.cv.folds}-fold CV on up to "
         f"{config.cv.max_rows or len(train):,}), calibrating on {len(valid):,}")
     if backend == "dask":
@@ -147,8 +149,6 @@ def train_stage(config: TrainConfig, triage: TriageConfig, screen: ScreenConfig,
         log_holdout(info["mlflow_run_id"], held, "extra_holdout.")
         info["extra_holdout"] = {k: held[k] for k in ("n", "accuracy", "accuracy_ci", "top3_accuracy", "log_loss",
                                                       "log_loss_ci", "ece")}
-        log(f"  held-out real cases ({held['n']:,}): accuracy {held['accuracy']:.3f} "
-            f"[{held['accuracy_ci'][0]:.3f}, {held['accuracy_ci'][1]:.3f}], log loss {held['log_loss']:.3f}")
     update_manifest(out, {k: v for k, v in info.items() if k != "manifest"})
     return info
 

@@ -103,24 +103,21 @@ def promote_champion(client: MlflowClient, name: str, alias: str, version: str, 
 
 def log_training(result: TrainResult, config: TrainConfig, data_files: dict[str, Path],
                  save: Callable[[str], dict], log_model: Callable[[str], Any], *,
-                 force_champion: bool = False, datasets: dict[str, tuple[pd.DataFrame, str]] | None = None,
-                 extra_params: dict[str, Any] | None = None) -> dict[str, Any]:
+                 force_champion: bool = False, datasets: dict[str, tuple[pd.DataFrame, str, Path]] | None = None
+                 ) -> dict[str, Any]:
     """Log one `kneepain train` to MLflow: a parent run, a nested run per candidate, the model.
 
     ``save(run_id) -> manifest`` writes the model folder; it is called inside the run so the
     manifest carries the run id. ``log_model(registered_model_name) -> ModelInfo`` then logs and
     registers the model in the active run. ``datasets`` maps a dataset name to ``(frame,
-    context)``; each is logged as a run input, its source the file of ``data_files`` of that name
-    (or the name). The registered model and the new version get descriptions (the model card).
+    context, file)``; each is logged as a run input. The registered model and the new version get descriptions (the model card).
     """
     exp_id = use_tracking(config.tracking.experiment)
     with mlflow.start_run(experiment_id=exp_id, run_name=f"train-{result.winner}",
                           tags=source_tags("kneepain train")) as run:
         mlflow.log_params(flatten(config.model_dump(), "config."))
-        if extra_params:
-            mlflow.log_params(extra_params)
-        for name, (frame, context) in (datasets or {}).items():
-            log_dataset(frame, data_files.get(name, name), name, context)
+        for name, (frame, context, source) in (datasets or {}).items():
+            log_dataset(frame, source, name, context)
         mlflow.set_tags({"winner": result.winner,
                          **{f"data_sha256.{k}": sha256_file(p) for k, p in data_files.items()},
                          **{f"version.{k}": v for k, v in library_versions().items()},
@@ -229,11 +226,11 @@ REGISTERED_MODEL_DESCRIPTION = (
     "description is its model card (replaced by reports/model_card.md when `kneepain evaluate` runs).")
 
 
-def _version_description(result: TrainResult, run_id: str, datasets: dict[str, tuple[pd.DataFrame, str]] | None
+def _version_description(result: TrainResult, run_id: str, datasets: dict[str, tuple[pd.DataFrame, str, Path]] | None
                          ) -> str:
     lines = [f"Model card (training run {run_id})", "",
              f"- model: {result.winner}; calibration kept: {result.calibration.get('kept')}",
              *(f"- {k}: {v:.4f}" for k, v in result.metrics.items() if isinstance(v, float)),
-             *(f"- {context} data `{name}`: {len(frame):,} cases" for name, (frame, context) in (datasets or {}).items()),
+             *(f"- {context} data `{name}`: {len(frame):,} cases" for name, (frame, context, _) in (datasets or {}).items()),
              "", "Information, not a diagnosis; not validated on real patients."]
     return "\n".join(lines)

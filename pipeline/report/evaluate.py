@@ -259,10 +259,13 @@ def _model_card(metrics: dict[str, Any], manifest: dict | None, plots: list[Path
             ("log loss", "log_loss"), ("Brier score", "brier"), ("ECE (top label)", "ece_top_label"),
             ("ECE (class-wise)", "ece_classwise")]
     splits = [s for s in REQUIRED_SPLITS if s in metrics]
+    n_real = int(sizes.get("extra_train", 0))
+    trained_on = (f"synthetic data and {n_real:,} real labelled cases (`extra_data` in the train config)" if n_real
+                  else "synthetic data only")
     lines = [
         "# Model card: kneepain classifier", "",
         "**Information, not a diagnosis.** This model is **not a medical device**, has **not been "
-        "validated on real patients** and was trained on synthetic data only. Anyone with pain behind "
+        f"validated on real patients** and was trained on {trained_on}. Anyone with pain behind "
         "the knee should **seek professional medical advice** from a doctor or another qualified "
         "medical professional; a swollen, warm, red calf or leg needs medical attention as soon as possible.",
         "", "## What the model is", "",
@@ -298,8 +301,10 @@ def _model_card(metrics: dict[str, Any], manifest: dict | None, plots: list[Path
                   f"{r['log_loss']:.4f} | {r['oracle_log_loss']:.4f} |" for r in metrics["robustness"]]
     lines += ["", decision_card_section(metrics)] if "triage" in metrics else []
     lines += ["", "## Limits", "",
-              "- Trained and evaluated on synthetic data only; its scores say how well it recovers the "
-              "knowledge base, not how it would do on real patients.",
+              f"- Trained on {trained_on} and evaluated on synthetic data; its scores say how well it recovers "
+              "the knowledge base, not how it would do on real patients"
+              + (f" (the {sizes['extra_holdout']:,} held-out real cases are in the manifest's `extra_holdout`)."
+                 if sizes.get("extra_holdout") else "."),
               "- Not a medical device and not validated on real patients.",
               "- It gives information, not a diagnosis; other causes of pain behind the knee exist that it "
               "does not know about.",
