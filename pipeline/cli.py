@@ -193,7 +193,7 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
                        description="With a data folder (default data/synthetic): the DVC stage, test and shift "
                                    "beside the oracle, into reports/. With --data FILE (CSV or Parquet in the case "
                                    "schema plus `condition`, optionally `reference_level`): the same figures on your "
-                                   "cases with 95%% confidence intervals, into --out (default "
+                                   "cases with 95% confidence intervals, into --out (default "
                                    "reports/evaluations/<file name>), logged to MLflow as an evaluation run.")
     p.add_argument("--data", default=None, help="data folder (default data/synthetic), or a labelled .csv/.parquet")
     p.add_argument("--model", default=None, help="models folder or MLflow URI (default models)")
