@@ -89,15 +89,17 @@ def _report(args: argparse.Namespace) -> int:
     from pipeline.data.datasets import format_data_summary
     from pipeline.report.decision_metrics import format_decision_table
     from pipeline.report.evaluate import format_metrics_table
+    from pipeline.report.views import DETAIL_FILE
 
     path = Path(args.data or data_dir()) / "summary.json"
     if not path.exists():
         raise UsageError(f"{path} does not exist: run `make run` (or `kneepain generate`) first.")
     print(format_data_summary(json.loads(path.read_text())))
     reports = Path(args.reports) if args.reports else reports_dir()
-    if (reports / "metrics.json").exists():
-        print("\nModel on held-out data (reports/metrics.json; plots and model card in reports/)")
-        metrics = json.loads((reports / "metrics.json").read_text())
+    if (reports / DETAIL_FILE).exists():
+        print(f"\nModel on held-out data (reports/{DETAIL_FILE}; headline in reports/metrics.json; plots and model "
+              "card in reports/)")
+        metrics = json.loads((reports / DETAIL_FILE).read_text())
         print(format_metrics_table(metrics))
         print(format_decision_table(metrics))
     print("\nThis is information from synthetic data, not a diagnosis: seek professional medical advice.")
@@ -145,6 +147,13 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--kb", default=None, help="knowledge base (default configs/knowledge_base.yaml)")
     p.add_argument("--triage", default=None, help="decision-layer config (default configs/triage.yaml)")
     p.add_argument("--screen", default=None, help="emergency screen rules (default configs/screen.yaml)")
+    p.add_argument("--extra-data", default=None, metavar="FILE",
+                   help="real labelled cases (CSV or Parquet, case schema plus `condition`) to train on beside the "
+                        "synthetic data (default: extra_data.path of the train config)")
+    p.add_argument("--extra-weight", type=float, default=None, metavar="W",
+                   help="each real case counts W synthetic ones (default: extra_data.weight, 1.0)")
+    p.add_argument("--extra-holdout", type=float, default=None, metavar="F",
+                   help="share of the real cases held out and evaluated on (default: extra_data.holdout, 0.3)")
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -153,6 +162,14 @@ def _train(args: argparse.Namespace) -> int:
     from pipeline.stages import train_stage
 
     config = load_config(TrainConfig, args.config or config_path("train.yaml"))
+    given = {k: v for k, v in (("path", args.extra_data), ("weight", args.extra_weight),
+                                ("holdout", args.extra_holdout)) if v is not None}
+    if given:
+        extra = config.extra_data.model_dump() | given
+        try:
+            config = TrainConfig.model_validate(config.model_dump() | {"extra_data": extra})
+        except ValueError as err:
+            raise UsageError(f"--extra-data/--extra-weight/--extra-holdout: {err}") from err
     triage = load_config(TriageConfig, args.triage or config_path("triage.yaml"))
     screen = load_config(ScreenConfig, args.screen or config_path("screen.yaml"))
     kb_path = Path(args.kb) if args.kb else config_path("knowledge_base.yaml")
@@ -163,15 +180,44 @@ def _train(args: argparse.Namespace) -> int:
     print(f"MLflow run {info['mlflow_run_id']} at {info['tracking_uri']}; registered "
           f"{info['registered_model']} version {info['registered_version']}"
           f"{' (now champion)' if info['champion'] else ' (champion unchanged: not better on valid log loss)'}")
+    if "extra_holdout" in info:
+        h = info["extra_holdout"]
+        print(f"Held-out real cases ({h['n']:,}): accuracy {h['accuracy']:.3f} [{h['accuracy_ci'][0]:.3f}, "
+              f"{h['accuracy_ci'][1]:.3f}], log loss {h['log_loss']:.3f} [{h['log_loss_ci'][0]:.3f}, "
+              f"{h['log_loss_ci'][1]:.3f}] (in the manifest and the MLflow run as extra_holdout.*)")
     return EXIT_OK
 
 
 def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="score test and shift against the oracle; write reports/")
-    p.add_argument("--data", default=None, help="data folder (default data/synthetic)")
+    p = sub.add_parser("evaluate", help="score test and shift against the oracle, or your own labelled cases",
+                       description="With a data folder (default data/synthetic): the DVC stage, test and shift "
+                                   "beside the oracle, into reports/. With --data FILE (CSV or Parquet in the case "
+                                   "schema plus `condition`, optionally `reference_level`): the same figures on your "
+                                   "cases with 95% confidence intervals, into --out (default "
+                                   "reports/evaluations/<file name>), logged to MLflow as an evaluation run.")
+    p.add_argument("--data", default=None, help="data folder (default data/synthetic), or a labelled .csv/.parquet")
     p.add_argument("--model", default=None, help="models folder or MLflow URI (default models)")
-    p.add_argument("--out", default=None, help="reports folder (default reports)")
+    p.add_argument("--out", default=None, help="reports folder (default reports, or reports/evaluations/<name>)")
     p.add_argument("--kb", default=None, help="knowledge base (default configs/knowledge_base.yaml)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for --data FILE (default 1000)")
+    p.add_argument("--no-mlflow", action="store_true", help="with --data FILE: do not log a run to MLflow")
+
+
+def _evaluate_file(args: argparse.Namespace, path: Path) -> int:
+    from pipeline.core.paths import reports_dir
+    from pipeline.report.labelled import format_labelled
+    from pipeline.stages import evaluate_file
+
+    if args.bootstrap < 2:
+        raise UsageError(f"--bootstrap == {args.bootstrap}, must be >= 2.")
+    out = Path(args.out) if args.out else reports_dir() / "evaluations" / path.stem
+    result = evaluate_file(args.model, path, out, track=not args.no_mlflow, n_boot=args.bootstrap)
+    print(format_labelled(result.metrics))
+    print(f"\nWrote {out / 'metrics.json'}, {out / 'report.md'} and the plots in {out}/"
+          + (f"; rejected rows in {out / 'rejects.csv'}" if result.metrics["n_rejected"] else ""))
+    if result.logged_to_mlflow:
+        print(f"MLflow run {result.metrics['mlflow_run_id']} (the file is its evaluation dataset)")
+    return EXIT_OK
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -181,11 +227,15 @@ def _evaluate(args: argparse.Namespace) -> int:
     from pipeline.report.evaluate import format_metrics_table
     from pipeline.stages import evaluate_stage
 
+    if args.data and Path(args.data).suffix.lower() in (".csv", ".parquet"):
+        return _evaluate_file(args, Path(args.data))
     out = Path(args.out) if args.out else reports_dir()
     result = evaluate_stage(args.model, load_knowledge_base(args.kb), Path(args.data) if args.data else data_dir(), out)
     print(format_metrics_table(result.metrics))
     print(format_decision_table(result.metrics))
-    print(f"\nWrote {out / 'metrics.json'}, {out / 'model_card.md'} and {len(result.paths) - 2} plots in {out / 'plots'}")
+    pngs = sum(p.suffix == ".png" for p in result.paths)
+    print(f"\nWrote {out / 'metrics.json'} (headline), {out / 'metrics_detail.json'}, {out / 'model_card.md'}, "
+          f"{pngs} plots in {out / 'plots'} and the curves as data in {out / 'series'}")
     if result.logged_to_mlflow:
         print("Logged to the model's MLflow run")
     else:
@@ -214,14 +264,52 @@ def _score_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trust-pickle", action="store_true",
                    help="load a model folder from an older version whose model is a pickle (model.joblib); only "
                         "for folders you produced yourself: a pickle runs code when loaded")
+    p.add_argument("--report", default=None, metavar="FILE.html",
+                   help="also write a one-page summary of the batch: rows scored and rejected, triage mix, estimated "
+                        "case mix, atypical rate, drift per field (pandas engine; its numbers in FILE.json)")
+    p.add_argument("--adapt-priors", action="store_true",
+                   help="estimate the batch's case mix without labels (EM, Saerens et al. 2002), re-weight the "
+                        "probabilities to it and save it in OUTPUT.priors.json (pandas engine; reads the inputs twice)")
 
 
-def _score(args: argparse.Namespace) -> int:
+def _score_pandas(args: argparse.Namespace, warn: Callable[[str], None]):
+    """Score in this process; with --adapt-priors under the batch's estimated case mix; with --report the page."""
     from pipeline.serve.batch import score_files
     from pipeline.serve.loading import get_model
 
+    model = plain = get_model(args.model, trust_pickle=args.trust_pickle)
+    estimate = None
+    if args.adapt_priors:
+        from pipeline.serve.adapt import PriorShiftedModel, estimate_batch_prior
+
+        estimate = estimate_batch_prior(args.inputs, model, chunk_rows=args.chunk_rows)
+        model = PriorShiftedModel.from_model(model, estimate)
+    summary = score_files(args.inputs, args.output, model, chunk_rows=args.chunk_rows,
+                          progress=not args.quiet and sys.stderr.isatty(), warn=warn)
+    if estimate is not None:
+        from pipeline.core.files import write_json_atomic
+        from pipeline.serve.adapt import format_prior, prior_report
+
+        write_json_atomic(f"{args.output}.priors.json", prior_report(estimate))
+        if not args.quiet:
+            print(format_prior(estimate) + f"\n  (saved in {args.output}.priors.json; right when only the mix "
+                  "differs from training, not how each condition presents)")
+    if args.report:
+        from pipeline.report.batch_report import write_batch_report
+
+        write_batch_report(args.inputs, args.output, plain, args.report, estimate=estimate, chunk_rows=args.chunk_rows)
+        if not args.quiet:
+            print(f"Batch report: {args.report} (numbers in {Path(args.report).with_suffix('.json')})")
+    return summary
+
+
+def _score(args: argparse.Namespace) -> int:
     if args.chunk_rows < 1:
         raise UsageError(f"--chunk-rows == {args.chunk_rows}, must be >= 1.")
+    if (args.adapt_priors or args.report) and args.engine == "dask":
+        raise UsageError("--adapt-priors and --report work with --engine pandas only.")
+    if args.report and Path(args.report).suffix.lower() not in (".html", ".htm"):
+        raise UsageError(f"--report {args.report}: the batch report is an .html file.")
     warn = lambda m: print(f"kneepain score: warning: {m}", file=sys.stderr)
     if args.engine == "dask":
         from pipeline.core.cluster import dask_client
@@ -233,9 +321,7 @@ def _score(args: argparse.Namespace) -> int:
                                        chunk_rows=args.chunk_rows, warn=warn)
         rejects_path = Path(args.output) / "rejects.csv"
     else:
-        summary = score_files(args.inputs, args.output, get_model(args.model, trust_pickle=args.trust_pickle),
-                              chunk_rows=args.chunk_rows,
-                              progress=not args.quiet and sys.stderr.isatty(), warn=warn)
+        summary = _score_pandas(args, warn)
         rejects_path = Path(f"{args.output}.rejects.csv")
     if not args.quiet:
         rejected = (f", rejected {summary.rows_rejected:,} (see {rejects_path})"

@@ -11,13 +11,19 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
+
 from pipeline.core.config import GenerateConfig, ProbesConfig, ScreenConfig, TrainConfig, TriageConfig
 from pipeline.core.files import sha256_file, write_json_atomic
 from pipeline.core.knowledge import KnowledgeBase, load_knowledge_base
-from pipeline.data.datasets import kb_for_split, oracle_summary, read_split, split_table
+from pipeline.core.parsing import parse_cases
+from pipeline.core.schema import LABEL_COLUMN
+from pipeline.data.datasets import class_shares, kb_for_split, labels, oracle_summary, read_split, split_table
 from pipeline.data.generate import write_splits
 
-__all__ = ["EvaluateResult", "evaluate_stage", "generate_stage", "sensitivity_stage", "train_stage"]
+__all__ = ["EvaluateResult", "ExtraCases", "evaluate_file", "evaluate_stage", "generate_stage", "read_extra_cases",
+           "sensitivity_stage", "train_stage"]
 
 
 def generate_stage(kb: KnowledgeBase, config: GenerateConfig, out: Path) -> tuple[dict[str, int], dict]:
@@ -33,32 +39,86 @@ def generate_stage(kb: KnowledgeBase, config: GenerateConfig, out: Path) -> tupl
     return {k: len(v) for k, v in frames.items()}, summary
 
 
+def _canonical(frame: pd.DataFrame) -> pd.DataFrame:
+    """Cases in the canonical typed form with their labels, so synthetic and real ones concatenate."""
+    return parse_cases(frame).to_frame().assign(**{LABEL_COLUMN: frame[LABEL_COLUMN].astype(str).to_numpy()})
+
+
+@dataclass
+class ExtraCases:
+    """Real labelled cases for training: the part trained on, the part held out, what was rejected."""
+
+    path: Path
+    to_train: pd.DataFrame
+    held_out: pd.DataFrame
+    n_rows: int
+    n_rejected: int
+    weight: float
+
+
+def read_extra_cases(config: TrainConfig) -> ExtraCases | None:
+    """The ``extra_data`` of ``config``, validated and split (None when no path is set)."""
+    from pipeline.core.cases import read_case_file
+    from pipeline.core.paths import project_root
+    from pipeline.data.real import holdout_split, validate_labelled
+
+    extra = config.extra_data
+    if not extra.path:
+        return None
+    path = Path(extra.path) if Path(extra.path).is_absolute() else project_root() / extra.path
+    if not path.is_file():
+        raise FileNotFoundError(f"extra_data.path: {path} is not a file of labelled cases.")
+    raw = read_case_file(path)
+    cases, _, rejects = validate_labelled(raw, where=str(path))
+    if len(cases) == 0:
+        raise ValueError(f"extra_data.path: {path} has no valid labelled row among {len(raw)}.")
+    to_train, held = holdout_split(cases, extra.holdout, seed=config.seed)
+    return ExtraCases(path, to_train, held, len(raw), int(rejects["row"].nunique()), extra.weight)
+
+
 def train_stage(config: TrainConfig, triage: TriageConfig, screen: ScreenConfig, kb_path: Path, data: Path, out: Path, *,
                 backend: str = "loky", scheduler: str | None = None, force_champion: bool = False,
                 log: Callable[[str], None] = print) -> dict[str, Any]:
     """Compare candidates, calibrate, fit the decision layer on ``calib``, save ``out`` and log to
     MLflow (registering the model and moving the champion alias if it is better).
 
+    With ``config.extra_data.path``, real labelled cases join ``train`` (each weighing
+    ``extra_data.weight``) but for a held-out share, which is evaluated with its intervals and
+    recorded in the manifest and the MLflow run.
+
     Returns what :func:`pipeline.model.tracking.log_training` returns.
     """
     from pipeline.decision.layer import fit_decision_on
     from pipeline.model.persist import save_model, update_manifest
-    from pipeline.model.tracking import git_commit, log_training
+    from pipeline.model.tracking import git_commit, log_holdout, log_training
     from pipeline.model.train import train_model
     from pipeline.serve.mlflow_model import log_pyfunc
 
     kb = load_knowledge_base(kb_path)
     train, valid, calib = read_split("train", data), read_split("valid", data), read_split("calib", data)
     files = {name: data / f"{name}.parquet" for name in ("train", "valid", "calib")}
+    datasets = {"train": (train, "training", files["train"]), "valid": (valid, "validation", files["valid"]),
+                "calib": (calib, "calibration", files["calib"])}
+    extra = read_extra_cases(config)
+    weight = None
+    if extra is not None:
+        log(f"Extra cases from {extra.path}: {len(extra.to_train):,} to train on (weight {extra.weight:g}), "
+            f"{len(extra.held_out):,} held out, {extra.n_rejected:,} of {extra.n_rows:,} rows rejected")
+        n_synthetic = len(train)
+        train = pd.concat([_canonical(train), _canonical(extra.to_train)], ignore_index=True)
+        weight = np.r_[np.ones(n_synthetic), np.full(len(extra.to_train), extra.weight)]
+        files["extra"] = extra.path
+        datasets.update(extra=(extra.to_train, "training", extra.path),
+                        extra_holdout=(extra.held_out, "evaluation", extra.path))
     log(f"Training on {len(train):,} cases ({config.cv.folds}-fold CV on up to "
         f"{config.cv.max_rows or len(train):,}), calibrating on {len(valid):,}")
     if backend == "dask":
         from pipeline.core.cluster import dask_client
 
         with dask_client(scheduler):
-            result = train_model(config, train, valid, backend="dask", log=log)
+            result = train_model(config, train, valid, backend="dask", log=log, sample_weight=weight)
     else:
-        result = train_model(config, train, valid, log=log)
+        result = train_model(config, train, valid, log=log, sample_weight=weight)
     decision = fit_decision_on(result.model, kb, calib, triage, screen)
     thresholds = [t for row in decision["conformal"]["thresholds"] for t in row]
     log(f"  decision layer fitted on calib ({len(calib):,}) and {len(triage.conformal.blank_rates)} blanked copies: "
@@ -66,17 +126,31 @@ def train_stage(config: TrainConfig, triage: TriageConfig, screen: ScreenConfig,
         f"{len(thresholds)} bands, "
         f"atypical thresholds by number of answers {min(decision['atypical']['thresholds_by_n_known']):.2f}"
         f"..{max(decision['atypical']['thresholds_by_n_known']):.2f}")
+    sizes = {"train": len(train), "valid": len(valid), "calib": len(calib)}
+    if extra is not None:
+        sizes.update(extra_train=len(extra.to_train), extra_holdout=len(extra.held_out))
 
     def save(run_id: str) -> dict:
         return save_model(result.model, out, {
             "winner": result.winner, "calibration": result.calibration, "metrics": result.metrics,
             "candidates": [asdict(c) for c in result.candidates], "git_commit": git_commit(),
             "data_sha256": {k: sha256_file(p) for k, p in files.items()}, "mlflow_run_id": run_id,
-            "split_sizes": {"train": len(train), "valid": len(valid), "calib": len(calib)},
+            "split_sizes": sizes,
+            # the case mix the posteriors are calibrated under (`kneepain score --adapt-priors` starts from it)
+            "class_prior": class_shares(labels(train), weight),
             "decision": decision}, kb_path=kb_path)
 
-    info = log_training(result, config, {k: files[k] for k in ("train", "valid")}, save,
-                        lambda name: log_pyfunc(out, valid.head(5), name), force_champion=force_champion)
+    info = log_training(result, config, files, save, lambda name: log_pyfunc(out, valid.head(5), name),
+                        force_champion=force_champion, datasets=datasets)
+    if extra is not None and len(extra.held_out):
+        from pipeline.report.labelled import evaluate_labelled
+        from pipeline.serve.loading import load_model
+
+        held, _, _ = evaluate_labelled(load_model(out), extra.held_out, n_boot=500, seed=config.seed,
+                                       where=f"{extra.path} (held out)")
+        log_holdout(info["mlflow_run_id"], held, "extra_holdout.")
+        info["extra_holdout"] = {k: held[k] for k in ("n", "accuracy", "accuracy_ci", "top3_accuracy", "log_loss",
+                                                      "log_loss_ci", "ece")}
     update_manifest(out, {k: v for k, v in info.items() if k != "manifest"})
     return info
 
@@ -99,8 +173,34 @@ def evaluate_stage(model_source: str | Path | None, kb: KnowledgeBase, data: Pat
     splits = {name: read_split(name, data) for name in ("test", "shift", "calib")}
     metrics, arrays = evaluate_model(model, kb, splits, return_arrays=True)
     paths = write_reports(metrics, arrays, out, model.manifest)
-    logged = log_evaluation(model.manifest.get("mlflow_run_id"), metrics, paths, out)
+    card = next((p for p in paths if p.name == "model_card.md"), None)
+    logged = log_evaluation(model.manifest.get("mlflow_run_id"), metrics, paths, out,
+                            model_card=card.read_text(encoding="utf-8") if card else None,
+                            datasets={name: (splits[name], data / f"{name}.parquet") for name in ("test", "shift")})
     return EvaluateResult(metrics, paths, logged)
+
+
+def evaluate_file(model_source: str | Path | None, path: Path, out: Path, *, track: bool = True,
+                  n_boot: int = 1000) -> EvaluateResult:
+    """`kneepain evaluate --data FILE`: the stage's evaluation on a user's labelled cases, with
+    confidence intervals; writes ``out`` (metrics.json, rejects.csv, plots, report.md) and, with
+    ``track``, logs a run with the file as its evaluation dataset."""
+    from pipeline.core.cases import read_case_file
+    from pipeline.report.labelled import evaluate_labelled, write_labelled_reports
+    from pipeline.serve.loading import load_model
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file of labelled cases.")
+    model = load_model(model_source)
+    frame = read_case_file(path)
+    metrics, arrays, rejects = evaluate_labelled(model, frame, n_boot=n_boot, where=str(path))
+    paths = write_labelled_reports(metrics, arrays, rejects, out, source=path.name)
+    if track:
+        from pipeline.model.tracking import log_labelled_evaluation
+
+        metrics["mlflow_run_id"] = log_labelled_evaluation(model.manifest, metrics, paths, out, frame, path)
+        write_json_atomic(out / "metrics.json", metrics)  # with the run id, to find the run again
+    return EvaluateResult(metrics, paths, track)
 
 
 def sensitivity_stage(kb_path: Path, triage: TriageConfig, probes: ProbesConfig, out: Path, *, draws: int,

@@ -60,16 +60,22 @@ def small_config_path(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def trained(small_data, small_config_path, tmp_path_factory):
-    """`kneepain train` run once on the small data, tracked in a temporary SQLite MLflow store.
+    """`kneepain train` run once on the small data plus 400 labelled "real" cases (100 held out),
+    tracked in a temporary SQLite MLflow store.
 
     Returns (models_dir, tracking_uri)."""
+    from pipeline import generate_cases, load_knowledge_base
     from pipeline.cli import main
 
     root = tmp_path_factory.mktemp("trained")
     uri = f"sqlite:///{root / 'mlflow.db'}"
+    # real labelled cases beside the synthetic ones, as `kneepain train --extra-data` takes them
+    extra = generate_cases(load_knowledge_base().shifted(), 400, seed=77).drop(columns=["severity"])
+    extra.to_csv(root / "extra.csv", index=False)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", uri)
         code = main(["train", "--config", str(small_config_path), "--data", str(small_data),
-                     "--out", str(root / "models")])
+                     "--out", str(root / "models"), "--extra-data", str(root / "extra.csv"), "--extra-weight", "2",
+                     "--extra-holdout", "0.25"])
     assert code == 0
     return root / "models", uri

@@ -160,11 +160,17 @@ def test_write_reports_round_trip(evaluated, fitted, tmp_path):
     metrics, arrays = evaluated
     written = write_reports(metrics, arrays, tmp_path / "reports", fitted.manifest)
     assert all(p.exists() and p.stat().st_size > 0 for p in written)
-    loaded = json.loads((tmp_path / "reports" / "metrics.json").read_text())
+    loaded = json.loads((tmp_path / "reports" / "metrics_detail.json").read_text())
     for split in ("test", "shift"):
         assert SPLIT_KEYS <= set(loaded[split])
         assert loaded[split]["accuracy"] == metrics[split]["accuracy"]
     assert loaded["robustness"] == metrics["robustness"]
+    headline = json.loads((tmp_path / "reports" / "metrics.json").read_text())
+    numbers = [v for group in headline.values() for v in group.values()]
+    assert 8 <= len(numbers) <= 15 and headline["test"]["accuracy"] == metrics["test"]["accuracy"]
+    series = tmp_path / "reports" / "series"
+    assert list(pd.read_csv(series / "reliability_shift.csv").columns) == ["confidence", "frequency", "count"]
+    assert pd.read_csv(series / "robustness.csv")["blanked_share"].tolist() == [0, 0.2, 0.4, 0.6]
     pngs = sorted((tmp_path / "reports" / "plots").glob("*.png"))
     assert {p.name for p in pngs} >= {"confusion_matrix_test.png", "reliability_test.png",
                                       "reliability_per_class_test.png", "robustness.png"}

@@ -32,13 +32,34 @@ def test_training_run_is_recorded_with_params_metrics_and_lineage(trained):
     assert run.data.params["config.models.logistic.C"] == "1.0"
     assert "valid_log_loss" in run.data.metrics and "cv_log_loss" in run.data.metrics
     assert run.data.tags["data_sha256.train"] == manifest["data_sha256"]["train"]
-    assert run.data.tags["git_commit"] and run.data.tags["version.scikit-learn"]
+    assert run.data.tags["mlflow.source.git.commit"] and run.data.tags["version.scikit-learn"]
     children = client.search_runs([run.info.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{run.info.run_id}'")
     assert sorted(r.info.run_name for r in children) == ["hist_gradient_boosting", "logistic", "mlp"]
     assert all("cv_log_loss" in r.data.metrics and "rows_per_second" in r.data.metrics for r in children)
     version = client.get_model_version_by_alias(NAME, "champion")
     assert str(version.version) == manifest["registered_version"]
+    assert "not a diagnosis" in client.get_registered_model(NAME).description.lower()
+    assert "Model card" in version.description and "extra" in version.description
+
+
+def test_training_run_records_its_datasets_and_the_held_out_real_cases(trained, small_data):
+    models, uri = trained
+    manifest = json.loads((models / "manifest.json").read_text())
+    run = _client(uri).get_run(manifest["mlflow_run_id"])
+    contexts = {d.dataset.name: {t.key: t.value for t in d.tags}["mlflow.data.context"]
+                for d in run.inputs.dataset_inputs}
+    assert contexts == {"train": "training", "valid": "validation", "calib": "calibration", "extra": "training",
+                        "extra_holdout": "evaluation"}
+    assert manifest["split_sizes"]["extra_train"] == 300 and manifest["split_sizes"]["extra_holdout"] == 100
+    assert manifest["split_sizes"]["train"] == 4300 and manifest["data_sha256"]["extra"]
+    assert run.data.params["config.extra_data.weight"] == "2.0"
+    held = manifest["extra_holdout"]
+    assert held["n"] == 100 and held["accuracy_ci"][0] <= held["accuracy"] <= held["accuracy_ci"][1]
+    assert run.data.metrics["extra_holdout.accuracy"] == pytest.approx(held["accuracy"])
+    # real cases weigh twice: the recorded training mix moves towards the extra cases' older mix
+    synthetic = (read_split("train", small_data)["condition"] == "osteoarthritis").mean()
+    assert manifest["class_prior"]["osteoarthritis"] > synthetic + 0.005
 
 
 def test_champion_predicts_like_the_models_folder(trained, small_data, monkeypatch):
@@ -62,15 +83,21 @@ def test_evaluate_writes_reports_and_logs_them(trained, small_data, tmp_path, mo
     models, uri = trained
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     assert main(["evaluate", "--data", str(small_data), "--model", str(models), "--out", str(tmp_path)]) == 0
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "metrics_detail.json").read_text())
     for split in ("test", "shift"):
         for key in ("accuracy", "top3_accuracy", "macro_f1", "log_loss", "brier", "ece_top_label",
                     "oracle_accuracy", "oracle_top3_accuracy", "oracle_log_loss", "uncalibrated_log_loss",
                     "uncalibrated_ece_top_label", "per_class"):
             assert key in metrics[split], (split, key)
     assert [r["blanked_share"] for r in metrics["robustness"]] == [0, 0.2, 0.4, 0.6]
-    run = _client(uri).get_run(json.loads((models / "manifest.json").read_text())["mlflow_run_id"])
+    client = _client(uri)
+    run = client.get_run(json.loads((models / "manifest.json").read_text())["mlflow_run_id"])
     assert run.data.metrics["test.accuracy"] == pytest.approx(metrics["test"]["accuracy"])
+    evaluation = {d.dataset.name for d in run.inputs.dataset_inputs
+                  if {t.key: t.value for t in d.tags}["mlflow.data.context"] == "evaluation"}
+    assert {"test", "shift"} <= evaluation
+    card = client.get_model_version(NAME, json.loads((models / "manifest.json").read_text())["registered_version"])
+    assert card.description.startswith("# Model card")
 
 
 def test_champion_alias_does_not_move_to_a_worse_model(trained, small_data, small_config_path, tmp_path, monkeypatch):

@@ -89,4 +89,4 @@ def test_manifest_records_lineage(trained):
     for key in ("model_file", "library_versions", "schema_version", "classes", "data_sha256", "metrics",
                 "mlflow_run_id", "mlflow_model_uri", "winner", "calibration"):
         assert key in manifest, key
-    assert set(manifest["data_sha256"]) == {"train", "valid", "calib"}
+    assert set(manifest["data_sha256"]) == {"train", "valid", "calib", "extra"}  # the fixture adds real cases

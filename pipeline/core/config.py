@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from pipeline.core.errors import ConfigError
 
-__all__ = ["ConfigError", "GenerateConfig", "LEVELS", "ProbesConfig", "ScreenConfig", "ScreenRule",
+__all__ = ["ConfigError", "ExtraDataConfig", "GenerateConfig", "LEVELS", "ProbesConfig", "ScreenConfig", "ScreenRule",
            "SplitConfig", "TrainConfig", "TriageConfig", "flatten", "load_config"]
 
 
@@ -80,6 +80,18 @@ class TrackingConfig(StrictModel):
     alias: str
 
 
+class ExtraDataConfig(StrictModel):
+    """Real labelled cases trained on beside the synthetic ``train`` split (``path`` empty: none).
+
+    Each kept case counts ``weight`` synthetic cases in the fit; ``holdout`` of them (stratified
+    by condition) are kept out of training and evaluated on instead.
+    """
+
+    path: str = ""
+    weight: float = Field(default=1.0, ge=0)
+    holdout: float = Field(default=0.3, ge=0, lt=1)
+
+
 class TrainConfig(StrictModel):
     seed: int = Field(ge=0)
     cv: CVConfig
@@ -88,6 +100,7 @@ class TrainConfig(StrictModel):
     selection: SelectionConfig
     calibration: CalibrationConfig
     tracking: TrackingConfig
+    extra_data: ExtraDataConfig = ExtraDataConfig()
 
 
 Level = Literal["self_care", "see_doctor", "see_doctor_soon", "emergency"]

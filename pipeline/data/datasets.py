@@ -13,7 +13,7 @@ from pipeline.core.oracle import oracle_posterior
 from pipeline.core.parsing import parse_cases
 from pipeline.core.schema import CONDITIONS, LABEL_COLUMN
 
-__all__ = ["format_data_summary", "kb_for_split", "labels", "oracle_summary", "read_split", "split_table"]
+__all__ = ["class_shares", "format_data_summary", "kb_for_split", "labels", "oracle_summary", "read_split", "split_table"]
 
 
 
@@ -27,6 +27,12 @@ def read_split(name: str, data_dir: str | Path) -> pd.DataFrame:
 def labels(frame: pd.DataFrame) -> np.ndarray:
     """Condition labels as indices into :data:`CONDITIONS`."""
     return pd.Categorical(frame[LABEL_COLUMN], categories=list(CONDITIONS)).codes.astype(np.int64)
+
+
+def class_shares(y: np.ndarray, weight: np.ndarray | None = None) -> dict[str, float]:
+    """The (weighted) share of each condition among labels ``y`` (indices into :data:`CONDITIONS`)."""
+    counts = np.bincount(y, weights=weight, minlength=len(CONDITIONS))
+    return {c: float(v) for c, v in zip(CONDITIONS, counts / counts.sum())}
 
 
 def kb_for_split(kb: KnowledgeBase, split: str) -> KnowledgeBase:

@@ -9,23 +9,26 @@ The embedded default is ``sqlite:///mlflow.db`` in the project folder with artif
 from __future__ import annotations
 
 import subprocess
+import warnings
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import mlflow
+import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from pipeline.core.config import TrainConfig, flatten
 from pipeline.core.files import sha256_file
 from pipeline.core.paths import default_tracking_uri, project_root
+from pipeline.core.schema import LABEL_COLUMN
 from pipeline.model.persist import library_versions
 from pipeline.model.train import TrainResult
 
-__all__ = ["use_tracking", "log_training", "log_evaluation", "promote_champion", "git_commit"]
-
+__all__ = ["use_tracking", "log_training", "log_evaluation", "log_holdout", "log_labelled_evaluation", "promote_champion",
+           "git_commit", "source_tags", "log_dataset"]
 
 
 def use_tracking(experiment: str) -> str:
@@ -52,6 +55,33 @@ def git_commit() -> str:
         return "unknown"
 
 
+def source_tags(command: str) -> dict[str, str]:
+    """MLflow's standard source tags (``mlflow.source.*``) for a run started by ``command``."""
+    commit = git_commit()
+    tags = {"mlflow.source.type": "LOCAL", "mlflow.source.name": command,
+            "kneepain.git_dirty": str(commit.endswith("-dirty")).lower()}
+    if commit != "unknown":
+        tags["mlflow.source.git.commit"] = commit.removesuffix("-dirty")
+    return tags
+
+
+def log_dataset(frame: pd.DataFrame, source: str | Path, name: str, context: str) -> None:
+    """Record ``frame`` (read from ``source``) as an input of the active run (``context``: training,
+    validation, evaluation...). MLflow keeps its name, digest, schema and row count, not the rows."""
+    from mlflow.data.pandas_dataset import from_pandas
+
+    target = LABEL_COLUMN if LABEL_COLUMN in frame.columns else None
+    # categorical columns as text: MLflow's schema inference has no categorical type
+    plain = frame.astype({c: "string" for c in frame.columns if isinstance(frame[c].dtype, pd.CategoricalDtype)})
+    with warnings.catch_warnings():
+        # MLflow registers its local-file source under two schemes ("" and "file") and warns that a
+        # path matches both; either is the same class
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways",
+                                category=UserWarning)
+        dataset = from_pandas(plain, source=str(source), targets=target, name=name)
+    mlflow.log_input(dataset, context=context)
+
+
 def promote_champion(client: MlflowClient, name: str, alias: str, version: str, valid_log_loss: float,
                      *, force: bool = False) -> bool:
     """Move ``alias`` to ``version`` if it beats the current holder on valid log loss (or ``force``)."""
@@ -73,17 +103,22 @@ def promote_champion(client: MlflowClient, name: str, alias: str, version: str, 
 
 def log_training(result: TrainResult, config: TrainConfig, data_files: dict[str, Path],
                  save: Callable[[str], dict], log_model: Callable[[str], Any], *,
-                 force_champion: bool = False) -> dict[str, Any]:
+                 force_champion: bool = False, datasets: dict[str, tuple[pd.DataFrame, str, Path]] | None = None
+                 ) -> dict[str, Any]:
     """Log one `kneepain train` to MLflow: a parent run, a nested run per candidate, the model.
 
     ``save(run_id) -> manifest`` writes the model folder; it is called inside the run so the
     manifest carries the run id. ``log_model(registered_model_name) -> ModelInfo`` then logs and
-    registers the model in the active run.
+    registers the model in the active run. ``datasets`` maps a dataset name to ``(frame,
+    context, file)``; each is logged as a run input. The registered model and the new version get descriptions (the model card).
     """
     exp_id = use_tracking(config.tracking.experiment)
-    with mlflow.start_run(experiment_id=exp_id, run_name=f"train-{result.winner}") as run:
+    with mlflow.start_run(experiment_id=exp_id, run_name=f"train-{result.winner}",
+                          tags=source_tags("kneepain train")) as run:
         mlflow.log_params(flatten(config.model_dump(), "config."))
-        mlflow.set_tags({"git_commit": git_commit(), "winner": result.winner,
+        for name, (frame, context, source) in (datasets or {}).items():
+            log_dataset(frame, source, name, context)
+        mlflow.set_tags({"winner": result.winner,
                          **{f"data_sha256.{k}": sha256_file(p) for k, p in data_files.items()},
                          **{f"version.{k}": v for k, v in library_versions().items()},
                          "version.mlflow": metadata.version("mlflow")})
@@ -100,16 +135,25 @@ def log_training(result: TrainResult, config: TrainConfig, data_files: dict[str,
         manifest = save(run.info.run_id)
         info = log_model(config.tracking.registered_model)
         version = str(info.registered_model_version)
-        moved = promote_champion(MlflowClient(), config.tracking.registered_model, config.tracking.alias, version,
+        client = MlflowClient()
+        moved = promote_champion(client, config.tracking.registered_model, config.tracking.alias, version,
                                  result.metrics["valid_log_loss"], force=force_champion)
         mlflow.set_tag("champion", str(moved))
+        client.update_registered_model(config.tracking.registered_model, description=REGISTERED_MODEL_DESCRIPTION)
+        client.update_model_version(config.tracking.registered_model, version, description=_version_description(
+            result, run.info.run_id, datasets))
     return {"mlflow_run_id": run.info.run_id, "mlflow_model_uri": info.model_uri,
             "registered_model": config.tracking.registered_model, "registered_version": version,
             "champion": moved, "tracking_uri": default_tracking_uri(), "manifest": manifest}
 
 
-def log_evaluation(run_id: str | None, metrics: dict[str, Any], paths: list[Path], reports_dir: Path) -> bool:
-    """Add evaluation metrics and reports to the training run; False if that run is not in this store."""
+def log_evaluation(run_id: str | None, metrics: dict[str, Any], paths: list[Path], reports_dir: Path,
+                   model_card: str | None = None, datasets: dict[str, tuple[pd.DataFrame, Path]] | None = None) -> bool:
+    """Add evaluation metrics and reports to the training run; False if that run is not in this store.
+
+    ``model_card`` (markdown) becomes the description of the model versions registered from that run;
+    ``datasets`` (name to frame and file) are logged as its evaluation inputs.
+    """
     if not run_id:
         return False
     mlflow.set_tracking_uri(default_tracking_uri())
@@ -124,7 +168,69 @@ def log_evaluation(run_id: str | None, metrics: dict[str, Any], paths: list[Path
             if isinstance(v, (int, float)) and not isinstance(v, bool) and ".per_class" not in k}
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics({k.replace("/", "_"): v for k, v in flat.items()})
+        for name, (frame, source) in (datasets or {}).items():
+            log_dataset(frame, source, name, "evaluation")
         for path in paths:
             rel = Path(path).resolve().relative_to(reports_dir.resolve()).parent
             mlflow.log_artifact(str(path), artifact_path=str(Path("reports") / rel).rstrip("/."))
+    if model_card:
+        client = MlflowClient()
+        for version in client.search_model_versions(f"run_id = '{run_id}'"):
+            client.update_model_version(version.name, version.version, description=model_card)
     return True
+
+
+def _loggable(metrics: dict[str, Any]) -> dict[str, float]:
+    """The numbers of a labelled evaluation, with interval bounds as ``<name>_ci_low``/``_ci_high``."""
+    flat = {k: float(v) for k, v in flatten({k: v for k, v in metrics.items() if k != "confusion_matrix"}).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    flat.update({f"{k}_ci_low": v[0] for k, v in _intervals(metrics).items()})
+    flat.update({f"{k}_ci_high": v[1] for k, v in _intervals(metrics).items()})
+    return {k.replace("/", "_"): v for k, v in flat.items() if v == v}  # NaN: no such cases
+
+
+def log_holdout(run_id: str, metrics: dict[str, Any], prefix: str) -> None:
+    """Add a labelled evaluation (held-out real cases) to the training run, its names under ``prefix``."""
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_metrics({prefix + k: v for k, v in _loggable(metrics).items()})
+
+
+def log_labelled_evaluation(model_manifest: dict, metrics: dict[str, Any], paths: list[Path], out_dir: Path,
+                            frame: pd.DataFrame, source: str | Path, *, experiment: str = "kneepain") -> str:
+    """Log `kneepain evaluate --data FILE` as its own run: the cases as an evaluation dataset input,
+    the headline figures with their interval bounds, the reports; linked to the model's training run.
+
+    Returns the run id.
+    """
+    exp_id = use_tracking(experiment)
+    tags = {**source_tags("kneepain evaluate"), "kneepain.kind": "evaluation",
+            "kneepain.model_run_id": str(model_manifest.get("mlflow_run_id", "")),
+            "kneepain.model_winner": str(model_manifest.get("winner", ""))}
+    with mlflow.start_run(experiment_id=exp_id, run_name=f"evaluate-{Path(source).stem}", tags=tags) as run:
+        log_dataset(frame, Path(source).resolve() if Path(source).exists() else source, Path(source).stem, "evaluation")
+        mlflow.log_metrics(_loggable(metrics))
+        for path in paths:
+            mlflow.log_artifact(str(path), artifact_path="evaluation")
+    return run.info.run_id
+
+
+def _intervals(metrics: dict[str, Any]) -> dict[str, list[float]]:
+    return {k[:-3]: v for k, v in metrics.items() if k.endswith("_ci") and isinstance(v, list)}
+
+
+REGISTERED_MODEL_DESCRIPTION = (
+    "kneepain classifier: a probability for each of nine causes of pain behind the knee, with a decision "
+    "layer (triage level, conformal differential set, atypical flag). Trained on synthetic cases from "
+    "configs/knowledge_base.yaml, plus real labelled cases when `kneepain train --extra-data` is used. "
+    "Information, not a diagnosis; not a medical device and not validated on real patients. Each version's "
+    "description is its model card (replaced by reports/model_card.md when `kneepain evaluate` runs).")
+
+
+def _version_description(result: TrainResult, run_id: str, datasets: dict[str, tuple[pd.DataFrame, str, Path]] | None
+                         ) -> str:
+    lines = [f"Model card (training run {run_id})", "",
+             f"- model: {result.winner}; calibration kept: {result.calibration.get('kept')}",
+             *(f"- {k}: {v:.4f}" for k, v in result.metrics.items() if isinstance(v, float)),
+             *(f"- {context} data `{name}`: {len(frame):,} cases" for name, (frame, context, _) in (datasets or {}).items()),
+             "", "Information, not a diagnosis; not validated on real patients."]
+    return "\n".join(lines)

@@ -60,18 +60,24 @@ def _throughput(estimator, X: pd.DataFrame, repeats: int = 2) -> float:
     return len(X) / best
 
 
-def _cv_sample(X: pd.DataFrame, y: np.ndarray, max_rows: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
+def _cv_sample(X: pd.DataFrame, y: np.ndarray, max_rows: int, seed: int, weight: np.ndarray | None = None
+               ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray | None]:
     if max_rows == 0 or len(X) <= max_rows:
-        return X, y
+        return X, y, weight
     idx, _ = train_test_split(np.arange(len(X)), train_size=max_rows, stratify=y, random_state=seed)
     idx = np.sort(idx)
-    return X.iloc[idx].reset_index(drop=True), y[idx]
+    return X.iloc[idx].reset_index(drop=True), y[idx], None if weight is None else weight[idx]
+
+
+def _fit_params(weight: np.ndarray | None) -> dict[str, Any]:
+    return {} if weight is None else {"model__sample_weight": weight}
 
 
 def evaluate_candidates(config: TrainConfig, X: pd.DataFrame, y: np.ndarray, X_speed: pd.DataFrame,
-                        *, n_jobs: int | None = None) -> list[CandidateResult]:
-    """Stratified k-fold CV log loss and scoring throughput of every configured candidate."""
-    Xs, ys = _cv_sample(X, y, config.cv.max_rows, config.seed)
+                        *, n_jobs: int | None = None, sample_weight: np.ndarray | None = None) -> list[CandidateResult]:
+    """Stratified k-fold CV log loss and scoring throughput of every configured candidate
+    (``sample_weight`` weights the fits; the folds are scored unweighted)."""
+    Xs, ys, ws = _cv_sample(X, y, config.cv.max_rows, config.seed, sample_weight)
     folds = StratifiedKFold(config.cv.folds, shuffle=True, random_state=config.seed)
     results = []
     for name, pipe in make_candidates(config).items():
@@ -79,7 +85,7 @@ def evaluate_candidates(config: TrainConfig, X: pd.DataFrame, y: np.ndarray, X_s
             # an MLP or logistic fold that stops at max_iter is still a valid, scored candidate
             warnings.simplefilter("ignore", ConvergenceWarning)
             cv = cross_validate(pipe, Xs, ys, cv=folds, scoring=("neg_log_loss", "accuracy"),
-                                n_jobs=n_jobs or config.cv.n_jobs, return_estimator=True)
+                                n_jobs=n_jobs or config.cv.n_jobs, return_estimator=True, params=_fit_params(ws))
         results.append(CandidateResult(
             name=name,
             cv_log_loss=float(-cv["test_neg_log_loss"].mean()),
@@ -130,20 +136,24 @@ def calibrate(model, X_valid: pd.DataFrame, y_valid: np.ndarray, method: str, *,
 
 
 def train_model(config: TrainConfig, train: pd.DataFrame, valid: pd.DataFrame, *,
-                backend: str = "loky", log=print) -> TrainResult:
+                backend: str = "loky", log=print, sample_weight: np.ndarray | None = None) -> TrainResult:
     """Compare candidates, refit the winner on ``train``, calibrate on ``valid``.
 
     Parameters
     ----------
     backend : {"loky", "dask"}
         The joblib backend for cross-validation ("dask" needs a running ``distributed.Client``).
+    sample_weight : ndarray of shape (len(train),), optional
+        Weights of the ``train`` rows in every fit (real cases beside synthetic ones).
     """
+    if sample_weight is not None and len(sample_weight) != len(train):
+        raise ValueError(f"sample_weight has {len(sample_weight)} values for {len(train)} training rows.")
     y_train, y_valid = labels(train), labels(valid)
     speed_rows = valid.head(10_000)
     # one BLAS thread per process: parallel CV folds already use the cores, and on 2 cores a
     # multi-threaded logistic fit was measured slower than a single-threaded one
     with joblib.parallel_backend(backend), one_blas_thread():
-        results = evaluate_candidates(config, train, y_train, speed_rows)
+        results = evaluate_candidates(config, train, y_train, speed_rows, sample_weight=sample_weight)
     for r in results:
         log(f"  {r.name:<24} CV log loss {r.cv_log_loss:.4f} ± {r.cv_log_loss_std:.4f}  "
             f"accuracy {r.cv_accuracy:.4f}  fit {r.fit_seconds:.1f}s  {r.rows_per_second:,.0f} rows/s")
@@ -152,7 +162,7 @@ def train_model(config: TrainConfig, train: pd.DataFrame, valid: pd.DataFrame, *
     pipe = make_candidates(config)[winner.name]
     with warnings.catch_warnings(), one_blas_thread():  # and the same fit in every process
         warnings.simplefilter("ignore", ConvergenceWarning)
-        pipe.fit(train, y_train)
+        pipe.fit(train, y_train, **_fit_params(sample_weight))
         model, cal = calibrate(pipe, valid, y_valid, config.calibration.method, seed=config.seed,
                                min_improvement=config.calibration.min_improvement)
     log(f"  calibration ({cal['method']}): valid log loss {cal['valid_log_loss_uncalibrated']:.4f} -> "

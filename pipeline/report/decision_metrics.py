@@ -59,13 +59,16 @@ def _against(levels: np.ndarray, ref: np.ndarray) -> dict[str, float]:
 
 
 def _triage_metrics(levels: np.ndarray, reasons: pd.Series, y: np.ndarray, codes: dict[str, np.ndarray],
-                    model: LoadedModel) -> dict[str, Any]:
+                    model: LoadedModel, given: np.ndarray | None = None) -> dict[str, Any]:
     assert model.decision is not None  # only called for a model with a decision layer
     cfg = model.decision.config
     condition_ref = np.array([LEVELS.index(cfg.right_level[c]) for c in CONDITIONS])[y]
     rules = rules_of(cfg, model.decision.screen)
     presentation = np.max([np.where(r.fires(codes), r.level, -1) for r in rules], axis=0) if rules else -1
     ref = np.maximum(condition_ref, presentation)
+    if given is not None:  # a clinician's level where the user's file gives one
+        ref = np.where(given >= 0, given, ref)
+        condition_ref = np.where(given >= 0, given, condition_ref)
     dvt = y == _DVT
     emergency = levels == _EMERGENCY
     kind = _reason_kind(reasons)
@@ -104,38 +107,44 @@ def _band_labels(edges: list[float], scale: float = 1.0) -> list[str]:
     return [f"{lo * scale:.2f}-{hi * scale:.2f}" for lo, hi in zip(cuts[:-1], cuts[1:])]
 
 
-def _conformal_metrics(proba: np.ndarray, oracle: np.ndarray, y: np.ndarray, codes: dict[str, np.ndarray],
+def _conformal_metrics(proba: np.ndarray, oracle: np.ndarray | None, y: np.ndarray, codes: dict[str, np.ndarray],
                        fitted: dict) -> dict[str, Any]:
+    """Coverage and size overall and per band; beside the oracle's credible sets when there is an
+    oracle (generated cases; a user's real cases have none)."""
     sets = prediction_sets(proba, codes, fitted)
     hit = sets[np.arange(len(y)), y]
     size = sets.sum(axis=1)
-    cred = credible_sets(oracle, fitted["coverage"])
+    cred = credible_sets(oracle, fitted["coverage"]) if oracle is not None else np.full_like(sets, np.nan, dtype=float)
     cred_size = cred.sum(axis=1)
     known, confidence = set_cells(proba, codes, fitted)
-    return {
+    out = {
         "target": fitted["coverage"], "band_coverage": fitted.get("band_coverage"), "coverage": _rate(hit),
         "mean_set_size": float(size.mean()),
-        # the true posterior's smallest sets holding 90% of its mass, case by case
-        "oracle_mean_set_size": float(cred_size.mean()),
-        "oracle_credible_coverage": _rate(cred[np.arange(len(y)), y]),
         "by_confidence": _bands(_band_labels(fitted["confidence_edges"]), confidence, hit, size, cred_size),
         "by_answers_known": _bands(_band_labels(fitted["known_edges"]), known, hit, size, cred_size),
         "per_class_coverage": {c: _rate(hit[y == k]) for k, c in enumerate(CONDITIONS)},
     }
+    if oracle is not None:  # the true posterior's smallest sets holding 90% of its mass, case by case
+        out["oracle_mean_set_size"] = float(cred_size.mean())
+        out["oracle_credible_coverage"] = _rate(cred[np.arange(len(y)), y])
+    return out
 
 
 def evaluate_decision(model: LoadedModel, parsed: dict[str, ParsedCases], arrays: dict[str, dict[str, np.ndarray]],
-                      calib: tuple[ParsedCases, np.ndarray] | None = None) -> dict[str, Any]:
+                      calib: tuple[ParsedCases, np.ndarray] | None = None,
+                      reference_levels: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
     """Decision-layer metrics on each labelled split of ``parsed`` (probabilities from ``arrays``)
-    and on ``test_blanked``: a copy of ``test`` with each optional answer blanked at random with
-    probability :data:`BLANKED_RATE`, as people leave them. ``calib`` is accepted for
-    compatibility and not used."""
+    and, when ``test`` has an oracle, on ``test_blanked``: a copy of ``test`` with each optional
+    answer blanked at random with probability :data:`BLANKED_RATE`, as people leave them.
+    ``reference_levels`` (per split, indices into :data:`LEVELS`, -1 where not given) replaces
+    the reference level wherever it is given (a clinician's level for a real case). ``calib`` is
+    accepted for compatibility and not used."""
     if model.decision is None:
         return {}
     out: dict[str, dict[str, Any]] = {"triage": {}, "conformal": {}, "atypical": {}}
-    views = {name: (cases, arrays[name]["y"], arrays[name]["proba"], arrays[name]["proba_oracle"])
+    views = {name: (cases, arrays[name]["y"], arrays[name]["proba"], arrays[name].get("proba_oracle"))
              for name, cases in parsed.items()}
-    if "test" in parsed:
+    if "test" in parsed and "proba_oracle" in arrays["test"]:
         blanked = blank_at_random(parsed["test"], BLANKED_RATE, seed=0)
         kb = model.kb
         assert kb is not None  # set together with the decision layer
@@ -144,7 +153,8 @@ def evaluate_decision(model: LoadedModel, parsed: dict[str, ParsedCases], arrays
     for name, (cases, y, proba, oracle) in views.items():
         columns = decide(model.decision, model.kb, cases, proba)  # type: ignore[arg-type]  # both set together
         levels = pd.Categorical(columns["triage"], categories=list(LEVELS)).codes
-        out["triage"][name] = _triage_metrics(levels, columns["triage_reason"], y, cases.codes, model)
+        given = (reference_levels or {}).get(name)
+        out["triage"][name] = _triage_metrics(levels, columns["triage_reason"], y, cases.codes, model, given)
         out["triage"][name]["safety_net_rate"] = _rate(columns["safety_net"].to_numpy() != "")
         out["triage"][name]["ask_next_rate"] = _rate(columns["ask_next"].to_numpy() != "")
         out["conformal"][name] = _conformal_metrics(proba, oracle, y, cases.codes, model.decision.conformal)

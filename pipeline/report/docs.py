@@ -1,4 +1,4 @@
-"""Sections of the README generated from code and from ``reports/metrics.json``, kept in step by a test.
+"""Sections of the README generated from code and from ``reports/metrics_detail.json``, kept in step by a test.
 
 Run ``python -m pipeline.report.docs`` to rewrite them in place.
 """
@@ -13,13 +13,14 @@ from typing import Any
 from pipeline.core.paths import project_root
 from pipeline.core.schema import data_dictionary_markdown
 from pipeline.report.decision_metrics import coverage_table, triage_table
+from pipeline.report.views import DETAIL_FILE
 from pipeline.serve.predict import output_dictionary_markdown
 
 __all__ = ["SECTIONS", "render_readme", "results_markdown"]
 
 
 def results_markdown(metrics: dict[str, Any]) -> str:
-    """The README's results section, from ``reports/metrics.json`` (so it cannot go stale)."""
+    """The README's results section, from ``reports/metrics_detail.json`` (so it cannot go stale)."""
     lines = ["| split | accuracy | top-3 | log loss | ECE (top label) | oracle accuracy | oracle log loss |",
              "|---|---|---|---|---|---|---|"]
     for name in ("test", "shift"):
@@ -44,7 +45,7 @@ def results_markdown(metrics: dict[str, Any]) -> str:
 
 
 def _results_from_reports() -> str:
-    path = project_root() / "reports" / "metrics.json"
+    path = project_root() / "reports" / DETAIL_FILE
     return results_markdown(json.loads(path.read_text(encoding="utf-8")))
 
 

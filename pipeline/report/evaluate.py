@@ -2,7 +2,8 @@
 
 :func:`evaluate_model` scores a model on ``test`` and ``shift`` next to the exact Bayes
 posterior (the best any model can do on generated data) and traces how both degrade as optional
-answers are blanked; :func:`write_reports` writes ``metrics.json``, the plots and a model card.
+answers are blanked; :func:`write_reports` writes the headline ``metrics.json``, the full
+``metrics_detail.json``, the curves as data series, the plots and a model card.
 """
 
 from __future__ import annotations
@@ -74,20 +75,24 @@ def _labelled(frame: pd.DataFrame) -> tuple[ParsedCases, np.ndarray]:
 
 
 @overload
-def evaluate_split(model: LoadedModel, kb: KnowledgeBase, frame: pd.DataFrame, *,
+def evaluate_split(model: LoadedModel, kb: KnowledgeBase | None, frame: pd.DataFrame, *,
                    return_arrays: Literal[False] = ...) -> dict[str, Any]: ...
 @overload
-def evaluate_split(model: LoadedModel, kb: KnowledgeBase, frame: pd.DataFrame, *,
+def evaluate_split(model: LoadedModel, kb: KnowledgeBase | None, frame: pd.DataFrame, *,
                    return_arrays: Literal[True]) -> tuple[dict[str, Any], dict[str, np.ndarray]]: ...
-def evaluate_split(model: LoadedModel, kb: KnowledgeBase, frame: pd.DataFrame, *,
+def evaluate_split(model: LoadedModel, kb: KnowledgeBase | None, frame: pd.DataFrame, *,
                    return_arrays: bool = False) -> dict[str, Any] | tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Score ``model`` on one labelled split beside the oracle.
+    """Score ``model`` on one labelled split, beside the oracle when the generating model is known.
+
+    The DVC stage (generated splits) and ``kneepain evaluate --data FILE`` (a user's labelled
+    cases, where no oracle exists) both go through this function.
 
     Parameters
     ----------
     model : LoadedModel
-    kb : KnowledgeBase
-        The model that generated ``frame`` (``kb_for_split(kb, "shift")`` for ``shift``).
+    kb : KnowledgeBase or None
+        The model that generated ``frame`` (``kb_for_split(kb, "shift")`` for ``shift``); ``None``
+        for cases that were not generated (real cases): no ``oracle_*`` keys then.
     frame : DataFrame of shape (n_cases, n_columns)
         Cases with their ``condition``.
     return_arrays : bool, default=False
@@ -102,31 +107,34 @@ def evaluate_split(model: LoadedModel, kb: KnowledgeBase, frame: pd.DataFrame, *
         ``uncalibrated_log_loss``, ``uncalibrated_ece_top_label``; ``per_class``:
         ``{condition: {precision, recall, f1, support}}``.
     arrays : dict of ndarray, only if ``return_arrays``
-        ``y`` (n_cases,), and ``proba``, ``proba_uncalibrated``, ``proba_oracle`` (n_cases, 9).
+        ``y`` (n_cases,), and ``proba``, ``proba_uncalibrated``,
+        ``proba_oracle`` (n_cases, 9; the last only with ``kb``).
     """
     parsed, y = _labelled(frame)
     n = len(y)
     proba = _checked_proba(model.predict_proba(parsed), n, "the model")
     raw = _checked_proba(uncalibrated_estimator(model.estimator).predict_proba(parsed), n,
                          "the uncalibrated model")
-    oracle = oracle_posterior(kb, parsed).to_numpy()
-    ours, best, before = _scores(proba, y), _scores(oracle, y), _scores(raw, y)
+    ours, before = _scores(proba, y), _scores(raw, y)
     classes = np.arange(len(CONDITIONS))
     pred = proba.argmax(axis=1)
     precision, recall, f1, support = precision_recall_fscore_support(y, pred, labels=classes, zero_division=0)
     out: dict[str, Any] = {"n": n, **ours,
                            "macro_f1": float(f1_score(y, pred, labels=classes, average="macro", zero_division=0))}
-    out.update({f"oracle_{k}": v for k, v in best.items()})
-    out["oracle_macro_f1"] = float(f1_score(y, oracle.argmax(axis=1), labels=classes, average="macro",
-                                            zero_division=0))
-    out["accuracy_gap_to_oracle"] = best["accuracy"] - ours["accuracy"]
-    out["log_loss_ratio_to_oracle"] = ours["log_loss"] / best["log_loss"]
+    arrays = {"y": y, "proba": proba, "proba_uncalibrated": raw}
+    if kb is not None:
+        oracle = oracle_posterior(kb, parsed).to_numpy()
+        best = _scores(oracle, y)
+        out.update({f"oracle_{k}": v for k, v in best.items()})
+        out["oracle_macro_f1"] = float(f1_score(y, oracle.argmax(axis=1), labels=classes, average="macro",
+                                                zero_division=0))
+        out["accuracy_gap_to_oracle"] = best["accuracy"] - ours["accuracy"]
+        out["log_loss_ratio_to_oracle"] = ours["log_loss"] / best["log_loss"]
+        arrays["proba_oracle"] = oracle
     out.update({f"uncalibrated_{k}": before[k] for k in ("accuracy", "log_loss", "brier", "ece_top_label")})
     out["per_class"] = {c: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
                             "support": int(support[i])} for i, c in enumerate(CONDITIONS)}
-    if not return_arrays:
-        return out
-    return out, {"y": y, "proba": proba, "proba_uncalibrated": raw, "proba_oracle": oracle}
+    return (out, arrays) if return_arrays else out
 
 
 def robustness_curve(model: LoadedModel, kb: KnowledgeBase, frame: pd.DataFrame,
@@ -255,10 +263,13 @@ def _model_card(metrics: dict[str, Any], manifest: dict | None, plots: list[Path
             ("log loss", "log_loss"), ("Brier score", "brier"), ("ECE (top label)", "ece_top_label"),
             ("ECE (class-wise)", "ece_classwise")]
     splits = [s for s in REQUIRED_SPLITS if s in metrics]
+    n_real = int(sizes.get("extra_train", 0))
+    trained_on = (f"synthetic data and {n_real:,} real labelled cases (`extra_data` in the train config)" if n_real
+                  else "synthetic data only")
     lines = [
         "# Model card: kneepain classifier", "",
         "**Information, not a diagnosis.** This model is **not a medical device**, has **not been "
-        "validated on real patients** and was trained on synthetic data only. Anyone with pain behind "
+        f"validated on real patients** and was trained on {trained_on}. Anyone with pain behind "
         "the knee should **seek professional medical advice** from a doctor or another qualified "
         "medical professional; a swollen, warm, red calf or leg needs medical attention as soon as possible.",
         "", "## What the model is", "",
@@ -294,8 +305,10 @@ def _model_card(metrics: dict[str, Any], manifest: dict | None, plots: list[Path
                   f"{r['log_loss']:.4f} | {r['oracle_log_loss']:.4f} |" for r in metrics["robustness"]]
     lines += ["", decision_card_section(metrics)] if "triage" in metrics else []
     lines += ["", "## Limits", "",
-              "- Trained and evaluated on synthetic data only; its scores say how well it recovers the "
-              "knowledge base, not how it would do on real patients.",
+              f"- Trained on {trained_on} and evaluated on synthetic data; its scores say how well it recovers "
+              "the knowledge base, not how it would do on real patients"
+              + (f" (the {sizes['extra_holdout']:,} held-out real cases are in the manifest's `extra_holdout`)."
+                 if sizes.get("extra_holdout") else "."),
               "- Not a medical device and not validated on real patients.",
               "- It gives information, not a diagnosis; other causes of pain behind the knee exist that it "
               "does not know about.",
@@ -307,7 +320,9 @@ def _model_card(metrics: dict[str, Any], manifest: dict | None, plots: list[Path
 
 def write_reports(metrics: dict[str, Any], arrays: dict[str, dict[str, np.ndarray]] | None,
                   out_dir: str | Path, manifest: dict | None = None) -> list[Path]:
-    """Write ``metrics.json``, the plots (``plots/*.png``) and ``model_card.md`` into ``out_dir``.
+    """Write into ``out_dir``: ``metrics.json`` (the headline numbers of
+    :func:`pipeline.report.views.headline_metrics`), ``metrics_detail.json`` (all of ``metrics``),
+    the curves as CSV in ``series/``, the plots (``plots/*.png``) and ``model_card.md``.
 
     Parameters
     ----------
@@ -325,7 +340,7 @@ def write_reports(metrics: dict[str, Any], arrays: dict[str, dict[str, np.ndarra
     list of Path
         Every file written.
     """
-    from pipeline.report import plots
+    from pipeline.report import plots, views
 
     out_dir = Path(out_dir)
     plot_dir = out_dir / "plots"
@@ -346,7 +361,9 @@ def write_reports(metrics: dict[str, Any], arrays: dict[str, dict[str, np.ndarra
     if metrics.get("robustness"):
         written.append(plots.plot_robustness(metrics["robustness"], plot_dir / "robustness.png",
                                              title="Robustness to unanswered questions, test"))
-    write_json_atomic(out_dir / "metrics.json", metrics)
+    series = views.write_series(metrics, arrays, out_dir / views.SERIES_DIR, n_bins=N_BINS)
+    write_json_atomic(out_dir / views.HEADLINE_FILE, views.headline_metrics(metrics))
+    write_json_atomic(out_dir / views.DETAIL_FILE, metrics)
     card = out_dir / "model_card.md"
     write_text_atomic(card, _model_card(metrics, manifest, [p for p in written if p.suffix == ".png"]))
-    return [out_dir / "metrics.json", *written, card]
+    return [out_dir / views.HEADLINE_FILE, out_dir / views.DETAIL_FILE, *written, *series, card]

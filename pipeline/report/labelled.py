@@ -1,0 +1,225 @@
+"""Evaluate a model on a user's own labelled cases (`kneepain evaluate --data FILE`).
+
+The figures are those of the DVC stage (:func:`pipeline.report.evaluate.evaluate_split` and
+:func:`pipeline.report.decision_metrics.evaluate_decision`, without the oracle, which only exists
+for generated cases), each with a 95% confidence interval (:mod:`pipeline.report.intervals`),
+because real labelled sets are small. Rows that fail validation are listed, not fatal.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline.core import metrics as M
+from pipeline.core.errors import BatchInputError
+from pipeline.core.files import write_json_atomic, write_text_atomic
+from pipeline.core.parsing import parse_cases
+from pipeline.core.schema import CONDITION_LABELS, CONDITIONS
+from pipeline.data.real import REFERENCE_COLUMN, validate_labelled
+from pipeline.decision.conformal import prediction_sets
+from pipeline.report.decision_metrics import evaluate_decision
+from pipeline.report.evaluate import N_BINS, evaluate_split
+from pipeline.report.intervals import LEVEL, bootstrap_interval, wilson_interval
+from pipeline.serve.loading import LoadedModel
+
+__all__ = ["evaluate_labelled", "format_labelled", "write_labelled_reports"]
+
+_SPLIT = "cases"
+
+
+def _macro_f1(pred: np.ndarray, y: np.ndarray) -> float:
+    k = len(CONDITIONS)
+    tp = np.bincount(y[pred == y], minlength=k)
+    denominator = np.bincount(pred, minlength=k) + np.bincount(y, minlength=k)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1 = np.where(denominator > 0, 2 * tp / denominator, 0.0)
+    return float(f1.mean())
+
+
+def _rate(successes: np.ndarray) -> dict[str, Any]:
+    n = int(len(successes))
+    k = int(np.sum(successes))
+    return {"value": k / n if n else float("nan"), "ci": wilson_interval(k, n), "n": n}
+
+
+def evaluate_labelled(model: LoadedModel, frame: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0,
+                      where: str = "cases") -> tuple[dict[str, Any], dict[str, np.ndarray], pd.DataFrame]:
+    """Evaluate ``model`` on labelled cases, with a 95% interval next to every figure.
+
+    Parameters
+    ----------
+    model : LoadedModel
+    frame : DataFrame
+        Cases in the case schema with ``condition`` and optionally ``reference_level``.
+    n_boot : int, default=1000
+        Bootstrap resamples for the figures that are not proportions.
+    seed : int, default=0
+    where : str, default="cases"
+        The file's name, for error messages.
+
+    Returns
+    -------
+    metrics : dict
+        JSON-ready: ``n_rows``, ``n`` (valid rows evaluated), ``n_rejected``, ``top_reject_reasons``;
+        ``accuracy``, ``top3_accuracy``, ``log_loss``, ``brier``, ``ece`` (top label), ``macro_f1``,
+        each with ``<name>_ci``; ``per_condition``; ``confusion_matrix``; ``triage``,
+        ``differential`` and ``atypical`` (with a decision layer).
+    arrays : dict of ndarray
+        ``y``, ``proba`` and ``proba_uncalibrated`` for the plots.
+    rejects : DataFrame
+        The reject lines of :func:`validate_labelled`.
+
+    Raises
+    ------
+    BatchInputError
+        No ``condition`` column, or no valid row.
+    """
+    valid, reference, rejects = validate_labelled(frame, where=where)
+    if len(valid) == 0:
+        raise BatchInputError(f"{where}: no valid labelled row among {len(frame)}; first problems: "
+                              + "; ".join(f"row {r.row} {r.column}: {r.reason}" for r in rejects.head(3).itertuples()))
+    scores, arrays = evaluate_split(model, None, valid, return_arrays=True)
+    y, proba = arrays["y"], arrays["proba"]
+    n = len(y)
+    pred = proba.argmax(axis=1)
+    top3 = np.argsort(-proba, axis=1, kind="stable")[:, :3]
+    losses = -np.log(np.clip(proba[np.arange(n), y], 1e-15, 1.0))
+    sq = ((proba - np.eye(len(CONDITIONS))[y]) ** 2).sum(axis=1)
+
+    def boot(statistic) -> list[float]:  # every figure booted here is >= 0
+        return bootstrap_interval(statistic, n, n_boot=n_boot, seed=seed, floor=0.0)
+
+    firsts = rejects.drop_duplicates(["row", "column"])
+    reasons = firsts["column"].astype(str) + ": " + firsts["reason"].astype(str).str.split(";").str[0]
+    out: dict[str, Any] = {
+        "n_rows": len(frame), "n": n, "n_rejected": int(rejects["row"].nunique()),
+        "top_reject_reasons": {str(k): int(v) for k, v in reasons.value_counts().head(5).items()},
+        "confidence_level": LEVEL,
+        "intervals": f"Wilson score for proportions, bias-corrected percentile bootstrap ({n_boot} resamples) otherwise",
+    }
+    for key, hits in (("accuracy", pred == y), ("top3_accuracy", (top3 == y[:, None]).any(axis=1))):
+        out[key], out[f"{key}_ci"] = float(hits.mean()), wilson_interval(int(hits.sum()), n)
+    out["log_loss"], out["log_loss_ci"] = scores["log_loss"], boot(lambda i: float(losses[i].mean()))
+    out["brier"], out["brier_ci"] = scores["brier"], boot(lambda i: float(sq[i].mean()))
+    out["ece"], out["ece_ci"] = scores["ece_top_label"], boot(lambda i: M.ece_top_label(proba[i], y[i], N_BINS))
+    out["macro_f1"], out["macro_f1_ci"] = scores["macro_f1"], boot(lambda i: _macro_f1(pred[i], y[i]))
+    out["uncalibrated_log_loss"] = scores["uncalibrated_log_loss"]
+    out["per_condition"] = {c: {"support": int((y == k).sum()),
+                                "recall": _rate(pred[y == k] == k), "precision": _rate(y[pred == k] == k)}
+                            for k, c in enumerate(CONDITIONS)}
+    counts = np.zeros((len(CONDITIONS), len(CONDITIONS)), dtype=int)
+    np.add.at(counts, (y, pred), 1)
+    out["confusion_matrix"] = {"rows_true_columns_predicted": list(CONDITIONS), "counts": counts.tolist()}
+    if model.decision is not None:
+        out.update(_decision_figures(model, valid, arrays, reference, boot))
+    return out, arrays, rejects
+
+
+def _decision_figures(model: LoadedModel, valid: pd.DataFrame, arrays: dict[str, np.ndarray], reference: np.ndarray,
+                      boot) -> dict[str, Any]:
+    assert model.decision is not None
+    y, proba = arrays["y"], arrays["proba"]
+    found = evaluate_decision(model, {_SPLIT: parse_cases(valid)}, {_SPLIT: arrays},
+                              reference_levels={_SPLIT: reference})
+    t, c, a = found["triage"][_SPLIT], found["conformal"][_SPLIT], found["atypical"][_SPLIT]
+    n, dvt = len(y), int(t["n_dvt"])
+
+    def ci(rate: float, n_of: int) -> dict[str, Any]:
+        k = int(round(rate * n_of)) if n_of else 0
+        return {"value": rate, "ci": wilson_interval(k, n_of), "n": n_of}
+
+    sets = prediction_sets(proba, model.decision.conformal)
+    sizes = sets.sum(axis=1)
+    return {
+        "triage": {"reference": f"{REFERENCE_COLUMN} where given ({int((reference >= 0).sum())} rows), else the "
+                                "triage config's level for the true condition",
+                   "dvt_urgent_rate": ci(t["dvt_urgent_rate"], dvt), "dvt_emergency_rate": ci(t["dvt_emergency_rate"], dvt),
+                   "over_triage_rate": ci(t["over_triage_rate"], n - dvt),
+                   "safe_advice_rate": ci(t["safe_advice_rate"], n), "exact_level_rate": ci(t["exact_level_rate"], n),
+                   "level_shares": t["level_shares"], "n_dvt": dvt},
+        "differential": {"target": c["target"], "coverage": ci(c["coverage"], n),
+                         "mean_set_size": {"value": float(sizes.mean()), "ci": boot(lambda i: float(sizes[i].mean()))},
+                         "per_condition_coverage": c["per_class_coverage"]},
+        "atypical": {"flag_rate": ci(a["flag_rate"], n)},
+    }
+
+
+def _fmt(value: float, ci: list[float], digits: int = 3) -> str:
+    return f"{value:.{digits}f} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+
+
+def format_labelled(metrics: dict[str, Any]) -> str:
+    """A plain-text summary: the headline figures with their intervals, then triage safety."""
+    m = metrics
+    pct = f"{m['confidence_level']:.0%}"
+    lines = [f"{m['n']:,} labelled cases evaluated ({m['n_rejected']:,} of {m['n_rows']:,} rows rejected); "
+             f"figures with {pct} intervals",
+             *(f"  {label:<22}{_fmt(m[key], m[key + '_ci'], 4)}" for label, key in (
+                 ("accuracy", "accuracy"), ("top-3 accuracy", "top3_accuracy"), ("log loss", "log_loss"),
+                 ("Brier score", "brier"), ("ECE (top label)", "ece"), ("macro F1", "macro_f1")))]
+    if "triage" in m:
+        t, d = m["triage"], m["differential"]
+        lines += [f"  {label:<22}{_fmt(r['value'], r['ci'])}  (n={r['n']})" for label, r in (
+            ("DVT urgent or sooner", t["dvt_urgent_rate"]), ("safe advice", t["safe_advice_rate"]),
+            ("non-DVT to emergency", t["over_triage_rate"]), ("set coverage", d["coverage"]),
+            ("atypical flagged", m["atypical"]["flag_rate"]))]
+    if m["top_reject_reasons"]:
+        lines += ["Top reasons for rejected rows:"] + [f"  {n:>6,}  {r}" for r, n in m["top_reject_reasons"].items()]
+    return "\n".join(lines)
+
+
+def _report_markdown(metrics: dict[str, Any], source: str, plots: list[Path]) -> str:
+    m = metrics
+    lines = [f"# Evaluation on `{source}`", "",
+             "**Information, not a diagnosis.** Figures on your cases, with "
+             f"{m['confidence_level']:.0%} confidence intervals ({m['intervals']}).", "",
+             f"- rows read: {m['n_rows']:,}; evaluated: {m['n']:,}; rejected: {m['n_rejected']:,} (see `rejects.csv`)", "",
+             "| figure | value | interval |", "|---|---|---|"]
+    for label, key in (("accuracy", "accuracy"), ("top-3 accuracy", "top3_accuracy"), ("log loss", "log_loss"),
+                       ("Brier score", "brier"), ("ECE (top label, 15 bins)", "ece"), ("macro F1", "macro_f1")):
+        lines.append(f"| {label} | {m[key]:.4f} | {m[key + '_ci'][0]:.4f} to {m[key + '_ci'][1]:.4f} |")
+    lines += ["", "## Recall per condition", "", "| condition | cases | recall | interval |", "|---|---|---|---|"]
+    for c, r in m["per_condition"].items():
+        rec = r["recall"]
+        lines.append(f"| {CONDITION_LABELS[c]} | {r['support']} | {rec['value']:.3f} | "
+                     f"{rec['ci'][0]:.3f} to {rec['ci'][1]:.3f} |")
+    if "triage" in m:
+        lines += ["", "## Triage safety and the differential", "", f"Reference: {m['triage']['reference']}.", "",
+                  "| figure | value | interval | cases |", "|---|---|---|---|"]
+        for label, r in (("DVT sent urgent or emergency", m["triage"]["dvt_urgent_rate"]),
+                         ("DVT sent to emergency", m["triage"]["dvt_emergency_rate"]),
+                         ("non-DVT sent to emergency", m["triage"]["over_triage_rate"]),
+                         ("safe advice (at least the reference level)", m["triage"]["safe_advice_rate"]),
+                         ("differential set holds the true condition", m["differential"]["coverage"]),
+                         ("atypical flagged", m["atypical"]["flag_rate"])):
+            lines.append(f"| {label} | {r['value']:.3f} | {r['ci'][0]:.3f} to {r['ci'][1]:.3f} | {r['n']} |")
+    if plots:
+        lines += ["", "## Plots", ""] + [f"- `{p.name}`" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+def write_labelled_reports(metrics: dict[str, Any], arrays: dict[str, np.ndarray], rejects: pd.DataFrame,
+                           out_dir: str | Path, *, source: str) -> list[Path]:
+    """Write ``metrics.json``, ``rejects.csv`` (when rows were rejected), the plots and ``report.md``."""
+    from pipeline.report import plots
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    y, proba = arrays["y"], arrays["proba"]
+    drawn = [plots.plot_confusion_matrix(y, proba, out_dir / "confusion_matrix.png", title="Confusion matrix"),
+             plots.plot_reliability(y, proba, out_dir / "reliability.png", proba_uncalibrated=arrays["proba_uncalibrated"],
+                                    n_bins=N_BINS, title="Top-label reliability")]
+    write_json_atomic(out_dir / "metrics.json", metrics)
+    written = [out_dir / "metrics.json", *drawn]
+    stale = out_dir / "rejects.csv"
+    stale.unlink(missing_ok=True)
+    if len(rejects):
+        write_text_atomic(stale, rejects.to_csv(index=False))
+        written.append(stale)
+    report = out_dir / "report.md"
+    write_text_atomic(report, _report_markdown(metrics, source, drawn))
+    return [*written, report]

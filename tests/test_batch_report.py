@@ -1,0 +1,85 @@
+"""`kneepain score --report`: the one-page summary of a scored batch, checked as HTML and in a browser."""
+
+import base64
+import json
+import shutil
+import subprocess
+from html.parser import HTMLParser
+
+import pytest
+
+from pipeline.cli import main
+from pipeline.data.datasets import read_split
+
+BROWSERS = ("chromium-headless-shell", "chromium", "chromium-browser", "google-chrome")
+
+
+class _Page(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.ids, self.images, self.text = set(), [], []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if "id" in a:
+            self.ids.add(a["id"])
+        if tag == "img":
+            self.images.append(a["src"])
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+@pytest.fixture(scope="module")
+def report(trained, small_data, tmp_path_factory):
+    models, _ = trained
+    folder = tmp_path_factory.mktemp("batch")
+    cases = read_split("shift", small_data).head(500).drop(columns=["condition", "severity"])
+    cases = cases.astype(str).replace({"nan": "", "<NA>": ""})
+    cases.loc[0, "age"] = "200"
+    cases.loc[1, "sex"] = "robot"
+    cases.loc[2, "age"] = "-1"
+    cases.to_csv(folder / "clinic.csv", index=False)
+    code = main(["score", str(folder / "clinic.csv"), "-o", str(folder / "scored.csv"), "--model", str(models),
+                 "--report", str(folder / "batch.html"), "--quiet"])
+    assert code == 1  # rows were rejected
+    return folder
+
+
+def test_report_numbers_cover_rows_triage_mix_atypical_and_drift(report):
+    s = json.loads((report / "batch.json").read_text())
+    assert (s["rows_scored"], s["rows_rejected"]) == (497, 3)
+    assert sum(s["top_reject_reasons"].values()) == 3 and any(k.startswith("age:") for k in s["top_reject_reasons"])
+    assert sum(s["triage"].values()) == pytest.approx(1.0) and 0 <= s["atypical_rate"] <= 1
+    mix = s["case_mix"]["conditions"]
+    assert sum(v["estimated"] for v in mix.values()) == pytest.approx(1.0)
+    drift = {d["field"]: d for d in s["drift"]}
+    # `shift` is 8 years older and leaves half again as many answers unknown
+    assert drift["age"]["psi"] > 0.1 and drift["sex"]["psi"] < drift["age"]["psi"]
+    optional = [d for d in s["drift"] if d["unknown_training"] > 0.02]
+    assert sum(d["unknown_batch"] > d["unknown_training"] for d in optional) > 0.7 * len(optional)
+
+
+def test_report_page_is_self_contained_html_with_every_section(report):
+    page = _Page()
+    page.feed((report / "batch.html").read_text())
+    assert {"rows", "triage", "case-mix", "drift", "atypical-rate", "plot-triage", "plot-case_mix", "plot-drift"} <= page.ids
+    for src in page.images:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    text = " ".join(page.text)
+    assert "not a diagnosis" in text and "Estimated case mix" in text and "Saerens" in text
+
+
+def test_report_renders_in_a_headless_browser(report, tmp_path):
+    browser = next((shutil.which(b) for b in BROWSERS if shutil.which(b)), None)
+    if browser is None:
+        pytest.skip("no headless Chromium on PATH (apt-get install chromium-headless-shell)")
+    url = (report / "batch.html").as_uri()
+    args = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1100,2600"]
+    dom = subprocess.run([*args, "--dump-dom", url], capture_output=True, text=True, timeout=120, check=True).stdout
+    assert 'id="drift"' in dom and "Estimated case mix" in dom
+    shot = tmp_path / "batch.png"
+    subprocess.run([*args, f"--screenshot={shot}", url], capture_output=True, timeout=120, check=True)
+    data = shot.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 50_000  # a drawn page, not a blank one

@@ -1,0 +1,82 @@
+"""Prior-shift adaptation: the EM estimate of a batch's case mix, checked where the truth is known."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline import generate_cases, oracle_posterior
+from pipeline.cli import main
+from pipeline.core.metrics import log_loss
+from pipeline.core.parsing import parse_cases
+from pipeline.data.datasets import labels, read_split
+from pipeline.decision.priors import adjust_posteriors, estimate_prior
+
+N = 4000
+
+
+def _batch(kb, population, seed):
+    """Exact posteriors under the default population (a perfectly calibrated model of training) for
+    cases drawn from ``population``, with their labels."""
+    cases = generate_cases(population, N, seed=seed)
+    return oracle_posterior(kb, parse_cases(cases)).to_numpy(), labels(cases)
+
+
+def _truth(y):
+    return np.bincount(y, minlength=9) / len(y)
+
+
+def test_on_the_training_population_adaptation_changes_almost_nothing(kb):
+    proba, y = _batch(kb, kb, seed=1)
+    est = estimate_prior(proba, kb.prior)
+    assert est.converged and np.abs(est.prior - kb.prior).sum() < 0.05
+    assert abs(log_loss(adjust_posteriors(proba, kb.prior, est.prior), y) - log_loss(proba, y)) < 0.005
+
+
+def test_under_prior_shift_the_mix_is_recovered_and_log_loss_drops(kb):
+    only_mix = dataclasses.replace(kb, prior=kb.shifted().prior)  # the shift's case mix, nothing else
+    proba, y = _batch(kb, only_mix, seed=2)
+    est = estimate_prior(proba, kb.prior)
+    truth = _truth(y)
+    assert np.abs(est.prior - truth).sum() < 0.25 * np.abs(kb.prior - truth).sum()
+    # 95% intervals, nine classes: at most two misses (family-wise, binomial tail < 0.1)
+    assert ((est.low <= truth) & (truth <= est.high)).sum() >= 7
+    assert log_loss(adjust_posteriors(proba, kb.prior, est.prior), y) < log_loss(proba, y) - 0.005
+
+
+def test_on_the_shift_population_the_estimate_moves_towards_the_true_mix(kb):
+    # `shift` also changes how conditions present (8 years older, less sport, more unknowns), so
+    # prior shift is only part of it: the estimate still lands nearer the truth than the training mix
+    proba, y = _batch(kb, kb.shifted(), seed=3)
+    est = estimate_prior(proba, kb.prior)
+    truth = _truth(y)
+    assert np.abs(est.prior - truth).sum() < 0.6 * np.abs(kb.prior - truth).sum()
+
+
+def test_adjusting_to_the_training_prior_is_the_identity_and_rows_sum_to_one(kb):
+    proba, _ = _batch(kb, kb, seed=4)
+    np.testing.assert_allclose(adjust_posteriors(proba, kb.prior, kb.prior), proba, rtol=1e-12)
+    other = adjust_posteriors(proba, kb.prior, np.full(9, 1 / 9))
+    np.testing.assert_allclose(other.sum(axis=1), 1.0)
+    with pytest.raises(ValueError, match="expected \\(n_cases, 9\\)"):
+        estimate_prior(proba[:, :5], kb.prior)
+
+
+def test_score_adapt_priors_writes_the_mix_and_reweighted_rows(trained, small_data, tmp_path, capsys):
+    models, _ = trained
+    cases = read_split("shift", small_data).head(600).drop(columns=["condition", "severity"])
+    src = tmp_path / "clinic.csv"
+    cases.to_csv(src, index=False)
+    assert main(["score", str(src), "-o", str(tmp_path / "plain.csv"), "--model", str(models)]) == 0
+    assert main(["score", str(src), "-o", str(tmp_path / "adapted.csv"), "--model", str(models), "--adapt-priors"]) == 0
+    assert "Estimated case mix of 600 cases" in capsys.readouterr().out
+    mix = json.loads((tmp_path / "adapted.csv.priors.json").read_text())
+    shares = {c: v["estimated"] for c, v in mix["conditions"].items()}
+    assert sum(shares.values()) == pytest.approx(1.0) and mix["n_cases"] == 600
+    assert all(v["low"] <= v["estimated"] <= v["high"] for v in mix["conditions"].values())
+    plain, adapted = pd.read_csv(tmp_path / "plain.csv"), pd.read_csv(tmp_path / "adapted.csv")
+    p_cols = [c for c in plain.columns if c.startswith("p_")]
+    np.testing.assert_allclose(adapted[p_cols].sum(axis=1), 1.0, rtol=1e-9)
+    assert not np.allclose(adapted[p_cols], plain[p_cols]) and list(adapted.columns) == list(plain.columns)
