@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipeline.core.casefiles import iter_chunks
 from pipeline.core.config import LEVELS
 from pipeline.core.files import write_json_atomic, write_text_atomic
 from pipeline.core.parsing import codes_to_text_frame, parse_cases
@@ -34,7 +35,6 @@ from pipeline.report.plots import figure
 from pipeline.serve import CHUNK_ROWS
 from pipeline.serve.adapt import prior_report, training_prior
 from pipeline.serve.loading import LoadedModel
-from pipeline.serve.reading import iter_chunks
 
 __all__ = ["REFERENCE_CASES", "field_drift", "summarise_batch", "write_batch_report"]
 
@@ -128,7 +128,8 @@ def summarise_batch(inputs: list[str | Path], output: str | Path, model: LoadedM
         reference = _counts(ref_codes, edges)
         batch = {name: np.zeros_like(c) for name, c in reference.items()}
         for path in inputs:
-            for frame in iter_chunks(path, chunk_rows):
+            for chunk in iter_chunks(path, chunk_rows):
+                frame = chunk.frame.drop(index=chunk.frame.index[list(chunk.malformed)])  # records with shifted fields
                 parsed = parse_cases(frame, raise_on_error=False)
                 for name, c in _counts(parsed[parsed.valid].codes, edges).items():
                     batch[name] += c

@@ -123,8 +123,8 @@ def _decision_figures(model: LoadedModel, valid: pd.DataFrame, arrays: dict[str,
                       boot) -> dict[str, Any]:
     assert model.decision is not None
     y, proba = arrays["y"], arrays["proba"]
-    found = evaluate_decision(model, {_SPLIT: parse_cases(valid)}, {_SPLIT: arrays},
-                              reference_levels={_SPLIT: reference})
+    parsed = parse_cases(valid)
+    found = evaluate_decision(model, {_SPLIT: parsed}, {_SPLIT: arrays}, reference_levels={_SPLIT: reference})
     t, c, a = found["triage"][_SPLIT], found["conformal"][_SPLIT], found["atypical"][_SPLIT]
     n, dvt = len(y), int(t["n_dvt"])
 
@@ -132,14 +132,16 @@ def _decision_figures(model: LoadedModel, valid: pd.DataFrame, arrays: dict[str,
         k = int(round(rate * n_of)) if n_of else 0
         return {"value": rate, "ci": wilson_interval(k, n_of), "n": n_of}
 
-    sets = prediction_sets(proba, model.decision.conformal)
+    sets = prediction_sets(proba, parsed.codes, model.decision.conformal)
     sizes = sets.sum(axis=1)
     return {
         "triage": {"reference": f"{REFERENCE_COLUMN} where given ({int((reference >= 0).sum())} rows), else the "
-                                "triage config's level for the true condition",
+                                "triage config's level for the true condition raised by any red flag or screen rule "
+                                "the answers meet",
+                   "under_triage_rate": ci(t["under_triage_rate"], n), "under_triage_ucb95": t["under_triage_ucb95"],
                    "dvt_urgent_rate": ci(t["dvt_urgent_rate"], dvt), "dvt_emergency_rate": ci(t["dvt_emergency_rate"], dvt),
                    "over_triage_rate": ci(t["over_triage_rate"], n - dvt),
-                   "safe_advice_rate": ci(t["safe_advice_rate"], n), "exact_level_rate": ci(t["exact_level_rate"], n),
+                   "safe_advice_rate": ci(t["safe_advice_rate"], n), "exact_level_rate": ci(t["exact_rate"], n),
                    "level_shares": t["level_shares"], "n_dvt": dvt},
         "differential": {"target": c["target"], "coverage": ci(c["coverage"], n),
                          "mean_set_size": {"value": float(sizes.mean()), "ci": boot(lambda i: float(sizes[i].mean()))},

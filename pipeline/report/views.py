@@ -41,8 +41,10 @@ def headline_metrics(metrics: dict[str, Any]) -> dict[str, dict[str, float]]:
                  "gap_to_oracle": ("test", "accuracy_gap_to_oracle")},
         "shift": {"accuracy": ("shift", "accuracy"), "log_loss": ("shift", "log_loss"), "ece": ("shift", "ece_top_label")},
         "safety": {"dvt_urgent_rate": ("triage", "test", "dvt_urgent_rate"),
-                   "over_triage_rate": ("triage", "test", "over_triage_rate")},
+                   "under_triage_ucb95": ("triage", "test", "under_triage_ucb95"),
+                   "over_triage_rate": ("triage", "test", "over_triage_emergency_rate")},
         "differential": {"coverage": ("conformal", "test", "coverage"),
+                         "coverage_blanked": ("conformal", "test_blanked", "coverage"),
                          "mean_set_size": ("conformal", "test", "mean_set_size")},
         "questioning": {"accuracy_after_5": ("questioning", "chosen", "accuracy", "5")},
     }
@@ -78,9 +80,10 @@ def write_series(metrics: dict[str, Any], arrays: dict[str, dict[str, np.ndarray
         steps = sorted(int(k) for k in q["chosen"]["accuracy"])
         written.append(_write_csv(out_dir / "questioning.csv", pd.DataFrame(
             {"questions": steps, **{s: [q[s]["accuracy"][str(k)] for k in steps] for s in ("chosen", "random", "fixed")}})))
-    bands = {s: c["coverage_by_band"] for s, c in metrics.get("conformal", {}).items() if "coverage_by_band" in c}
+    bands = {s: c["by_confidence"] for s, c in metrics.get("conformal", {}).items() if "by_confidence" in c}
     if bands:
-        rows = [{"split": s, **band} for s, by in bands.items() for band in by]
+        rows = [{"split": s, "confidence_from": float(band["band"].split("-")[0]), "coverage": band["coverage"]}
+                for s, by in bands.items() for band in by]
         frame = pd.DataFrame(rows).pivot(index="confidence_from", columns="split", values="coverage").reset_index()
         written.append(_write_csv(out_dir / "coverage_by_band.csv", frame.rename(columns=lambda c: str(c))))
     return written

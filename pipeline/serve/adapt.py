@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.core.casefiles import iter_chunks
 from pipeline.core.schema import CONDITION_LABELS, CONDITIONS
 from pipeline.decision.priors import PriorEstimate, adjust_posteriors, estimate_prior
 from pipeline.serve import CHUNK_ROWS
 from pipeline.serve.batch import validate_chunk
 from pipeline.serve.loading import LoadedModel
-from pipeline.serve.reading import iter_chunks
 
 __all__ = ["PriorShiftedModel", "batch_posteriors", "estimate_batch_prior", "format_prior", "prior_report",
            "training_prior"]
@@ -64,10 +64,10 @@ def batch_posteriors(inputs: list[str | Path], model: LoadedModel, *, chunk_rows
     parts = []
     for path in inputs:
         offset = 0
-        for frame in iter_chunks(path, chunk_rows):
-            parsed, valid, _ = validate_chunk(frame, file=str(path), row_offset=offset)
+        for chunk in iter_chunks(path, chunk_rows):
+            parsed, valid, _ = validate_chunk(chunk.frame, file=str(path), row_offset=offset, malformed=chunk.malformed)
             parts.append(model.predict_proba(parsed[valid]))
-            offset += len(frame)
+            offset += len(chunk.frame)
     return np.concatenate(parts) if parts else np.empty((0, len(CONDITIONS)))
 
 
