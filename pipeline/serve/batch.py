@@ -26,6 +26,7 @@ import pyarrow as pa
 
 from pipeline.core.casefiles import file_columns, iter_chunks
 from pipeline.core.errors import BatchInputError, CaseValidationError
+from pipeline.core.files import tmp_path
 from pipeline.core.parsing import ParsedCases, ignored_columns_message, normalise_ids, parse_cases
 from pipeline.core.schema import ID_COLUMN, normalise_header
 from pipeline.serve import CHUNK_ROWS
@@ -177,8 +178,9 @@ def _score_locked(paths: list[Path], output: Path, rejects_path: Path, model: Lo
                   has_ids: bool, *, chunk_rows: int, progress: bool, warn: Callable[[str], None] | None) -> ScoreSummary:
     summary, start = ScoreSummary(files=[str(p) for p in paths]), time.perf_counter()
     schema = output_schema(ID_COLUMN if has_ids else "row", len(paths) > 1, model.decision is not None)
-    writer = Writer(output, schema)
-    rejects = Writer(rejects_path, rschema)
+    temporary = [tmp_path(output), tmp_path(rejects_path)]  # removed whenever the run stops, even mid-way
+    writer: Writer | None = None
+    rejects: Writer | None = None
     bar = _progress(progress)
     seen = SeenIds() if has_ids else None
     # parsing (in order: duplicate ids depend on earlier chunks) overlaps with scoring the previous
@@ -186,13 +188,16 @@ def _score_locked(paths: list[Path], output: Path, rejects_path: Path, model: Lo
     scorer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kneepain-scorer")
     in_flight: deque[tuple[Future, str]] = deque()
 
-    def finish_one() -> None:
+    def finish_one(out: Writer) -> None:
         future, name = in_flight.popleft()
         scored = future.result()
-        writer.write(output_table(scored, schema, file=name))
+        out.write(output_table(scored, schema, file=name))
         summary.rows_scored += len(scored)
 
     try:
+        # created inside the try: a signal that arrives as a file is created still gets it removed
+        writer = Writer(output, schema)
+        rejects = Writer(rejects_path, rschema)
         for path in paths:
             offset, ignored_told = 0, False
             for frame, malformed in prefetch(iter_chunks(path, chunk_rows)):
@@ -205,14 +210,14 @@ def _score_locked(paths: list[Path], output: Path, rejects_path: Path, model: Lo
                     ignored_told = True
                 in_flight.append((scorer.submit(score_valid, model, parsed, valid, row_offset=offset), str(path)))
                 if len(in_flight) > 1:
-                    finish_one()
+                    finish_one(writer)
                 if len(bad):
                     rejects.write(reject_table(bad, frame, row_offset=offset, file=str(path), schema=rschema))
                 summary.rows_rejected += bad["row"].nunique() if len(bad) else 0
                 offset += len(frame)
                 bar(len(frame))
         while in_flight:
-            finish_one()
+            finish_one(writer)
         writer.close()
         rejects.close()
         # rejects first: a run killed between the two renames leaves no output, never an output
@@ -230,10 +235,12 @@ def _score_locked(paths: list[Path], output: Path, rejects_path: Path, model: Lo
         scorer.shutdown(wait=True, cancel_futures=True)
         for w in (writer, rejects):
             try:
-                w.close()
+                if w is not None:
+                    w.close()
             except (OSError, ValueError, pa.ArrowException):
                 pass
-            w.tmp.unlink(missing_ok=True)
+        for tmp in temporary:
+            tmp.unlink(missing_ok=True)
         bar(None)
     summary.seconds = time.perf_counter() - start
     return summary
