@@ -35,6 +35,7 @@ from pipeline.report.plots import figure
 from pipeline.serve import CHUNK_ROWS
 from pipeline.serve.adapt import prior_report, training_prior
 from pipeline.serve.loading import LoadedModel
+from pipeline.serve.writing import REJECT_META
 
 __all__ = ["REFERENCE_CASES", "field_drift", "summarise_batch", "write_batch_report"]
 
@@ -101,16 +102,15 @@ def summarise_batch(inputs: list[str | Path], output: str | Path, model: LoadedM
     output = Path(output)
     scored = _read_columns(output, [f"p_{c}" for c in CONDITIONS] + ["triage", "atypical"])
     rejects_path = output.with_name(output.name + ".rejects.csv")
-    rejects = pd.read_csv(rejects_path) if rejects_path.exists() else pd.DataFrame(
-        columns=["file", "row", "column", "value", "reason"])
-    firsts = rejects.drop_duplicates(["file", "row", "column"])
-    reasons = (firsts["column"].astype(str) + ": " + firsts["reason"].astype(str).str.split(";").str[0]).value_counts()
+    rejects = (pd.read_csv(rejects_path, dtype=str, keep_default_na=False, usecols=REJECT_META)
+               if rejects_path.exists() else pd.DataFrame(columns=REJECT_META))
+    reasons = _reject_reasons(rejects["reject_reason"])
     proba = scored[[f"p_{c}" for c in CONDITIONS]].to_numpy(dtype=np.float64)
     if estimate is None and len(proba):
         estimate = estimate_prior(proba, training_prior(model))
     summary: dict[str, Any] = {
         "inputs": [str(p) for p in inputs], "output": str(output), "rows_scored": len(scored),
-        "rows_rejected": int(rejects[["file", "row"]].drop_duplicates().shape[0]),
+        "rows_rejected": int(rejects[["reject_file", "reject_row"]].drop_duplicates().shape[0]),
         "top_reject_reasons": {str(k): int(v) for k, v in reasons.head(8).items()},
         "predicted": {c: float(v) for c, v in zip(CONDITIONS, np.bincount(proba.argmax(axis=1), minlength=len(CONDITIONS))
                                                    / max(len(proba), 1))},
@@ -135,6 +135,15 @@ def summarise_batch(inputs: list[str | Path], output: str | Path, model: LoadedM
                     batch[name] += c
         summary["drift"] = field_drift(batch, reference).to_dict(orient="records")
     return summary
+
+
+def _reject_reasons(reasons: pd.Series) -> pd.Series:
+    """How often each "column: reason" occurs among the problems of the rejected rows (a rejects
+    file's ``reject_reason`` holds a row's problems, ``|``-separated, each "column 'c', value 'v': reason")."""
+    problems = reasons.astype(str).str.split(" | ", regex=False).explode()
+    parts = problems.str.extract(r"^column '(?P<column>.*?)', value .*?: (?P<reason>.*)$")
+    label = (parts["column"] + ": " + parts["reason"].str.split(";").str[0]).fillna(problems)
+    return label.value_counts()
 
 
 def _png(fig) -> str:
