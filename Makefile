@@ -15,7 +15,7 @@ help: ## list the targets
 $(VENV): pyproject.toml ## create the virtual environment and install the project (no-op when up to date)
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,dask]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,dask,signing]'
 	touch $(VENV)
 
 run: $(VENV) ## run the whole pipeline (dvc repro) on the embedded defaults and print the summary

@@ -74,7 +74,7 @@ def _single_case(n: int):
 def run(quick: bool) -> list[dict]:
     from pipeline.core.paths import models_dir
 
-    if not (models_dir() / "model.joblib").exists() or not (REPO_ROOT / "mlflow.db").exists():
+    if not (models_dir() / "checksums.json").exists() or not (REPO_ROOT / "mlflow.db").exists():
         raise BenchmarkError("score: no trained model: run `make run` first (it trains and registers one).")
     small, large = SIZES[quick]
     rows = []

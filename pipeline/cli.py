@@ -159,7 +159,7 @@ def _train(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else models_dir()
     info = train_stage(config, triage, screen, kb_path, Path(args.data) if args.data else data_dir(), out,
                        backend=args.backend, scheduler=args.scheduler, force_champion=args.force_champion)
-    print(f"Saved {out / 'model.joblib'} (manifest {out / 'manifest.json'})")
+    print(f"Saved {out / info['manifest']['model_file']} (manifest, knowledge base and checksums beside it)")
     print(f"MLflow run {info['mlflow_run_id']} at {info['tracking_uri']}; registered "
           f"{info['registered_model']} version {info['registered_version']}"
           f"{' (now champion)' if info['champion'] else ' (champion unchanged: not better on valid log loss)'}")
@@ -211,6 +211,9 @@ def _score_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scheduler", default=None,
                    help="Dask scheduler address (default: a local cluster, one worker per core)")
     p.add_argument("--format", choices=("parquet", "csv"), default="parquet", help="part-file format (--engine dask)")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="load a model folder from an older version whose model is a pickle (model.joblib); only "
+                        "for folders you produced yourself: a pickle runs code when loaded")
 
 
 def _score(args: argparse.Namespace) -> int:
@@ -230,7 +233,8 @@ def _score(args: argparse.Namespace) -> int:
                                        chunk_rows=args.chunk_rows, warn=warn)
         rejects_path = Path(args.output) / "rejects.csv"
     else:
-        summary = score_files(args.inputs, args.output, get_model(args.model), chunk_rows=args.chunk_rows,
+        summary = score_files(args.inputs, args.output, get_model(args.model, trust_pickle=args.trust_pickle),
+                              chunk_rows=args.chunk_rows,
                               progress=not args.quiet and sys.stderr.isatty(), warn=warn)
         rejects_path = Path(f"{args.output}.rejects.csv")
     if not args.quiet:
@@ -326,26 +330,78 @@ def _sensitivity(args: argparse.Namespace) -> int:
 
 
 def _serve_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="serve a registered model over HTTP with MLflow (JSON in, scores out)")
+    p = sub.add_parser("serve", help="serve a model over HTTP (MLflow's JSON protocol; scores out)",
+                       description="Serves POST /invocations like `mlflow models serve`, with the case schema's "
+                                   "message in a 400 for an invalid case, no stack trace or path in any answer, "
+                                   "and a request size limit. The model folder is verified before serving.")
     p.add_argument("-m", "--model-uri", default="models:/kneepain-classifier@champion",
-                   help="MLflow model URI (default models:/kneepain-classifier@champion)")
+                   help="MLflow model URI or models folder (default models:/kneepain-classifier@champion)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("-p", "--port", type=int, default=5001, help="port (default 5001)")
     p.add_argument("--workers", type=int, default=1, help="server worker processes (default 1)")
+    p.add_argument("--max-request-mb", type=float, default=None,
+                   help="largest request body accepted, in MB (default $KNEEPAIN_MAX_REQUEST_BYTES, else 10)")
 
 
 def _serve(args: argparse.Namespace) -> int:
     import os
 
-    # `mlflow models serve` starts `uvicorn` by name: put this interpreter's scripts folder first
-    # on PATH, so the command works without activating the virtual environment
-    bin_dir = str(Path(sys.executable).parent)
-    env = {**os.environ, "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")])}
-    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", args.model_uri, "--env-manager", "local",
-           "-h", args.host, "-p", str(args.port), "-w", str(args.workers)]
+    from pipeline.serve.http import MAX_REQUEST_ENV, MODEL_ENV, max_request_bytes
+    from pipeline.serve.loading import load_model
+
+    env = dict(os.environ)
+    if args.max_request_mb is not None:
+        if not args.max_request_mb > 0:
+            raise UsageError(f"--max-request-mb == {args.max_request_mb}, must be > 0.")
+        env[MAX_REQUEST_ENV] = str(int(args.max_request_mb * 1024 * 1024))
+    os.environ[MAX_REQUEST_ENV] = env.get(MAX_REQUEST_ENV, "")
+    max_request_bytes()  # a bad limit is an error here, not in every worker
+    load_model(args.model_uri)  # a model that fails its checks is refused here, in one line
+    env[MODEL_ENV] = args.model_uri
+    cmd = [sys.executable, "-m", "uvicorn", "--factory", "pipeline.serve.http:create_app", "--host", args.host,
+           "--port", str(args.port), "--workers", str(args.workers)]
     sys.stdout.flush()
     os.execve(sys.executable, cmd, env)  # replaces this process: signals and exit code are the server's
     return EXIT_OK  # not reached
+
+
+def _sign_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sign", help="sign a model folder with a private key (model.sig; see README, Model files)")
+    p.add_argument("folder", nargs="?", default=None, help="models folder (default models)")
+    p.add_argument("--key", required=True, help="elliptic-curve private key, PEM")
+    p.add_argument("--password-env", default=None, help="environment variable holding the key's password")
+
+
+def _sign(args: argparse.Namespace) -> int:
+    import os
+
+    from pipeline.core.paths import models_dir
+    from pipeline.model.signing import sign_folder
+    from pipeline.serve.loading import load_model
+
+    folder = Path(args.folder) if args.folder else models_dir()
+    load_model(folder, trusted=None)  # only a folder that passes its checksums is signed
+    password = os.environ.get(args.password_env) if args.password_env else None
+    print(f"Signed every file of {folder}: {sign_folder(folder, args.key, password=password)}")
+    return EXIT_OK
+
+
+def _verify_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("verify", help="check a model folder's files (and its signature) without scoring")
+    p.add_argument("folder", nargs="?", default=None, help="models folder or MLflow URI (default models)")
+    p.add_argument("--trusted-key", default=None, help="public key the folder must be signed with "
+                                                       "(default $KNEEPAIN_TRUSTED_KEY; none: checksums only)")
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from pipeline.model.signing import trusted_key
+    from pipeline.serve.loading import load_model
+
+    key = trusted_key(args.trusted_key)
+    model = load_model(args.folder, trusted=key)
+    print(f"{model.source}: every file matches its checksum" + (f" and the signature by {key}" if key else
+                                                              " (no trusted key given: signature not checked)"))
+    return EXIT_OK
 
 
 COMMANDS: dict[str, tuple[Callable, Callable]] = {
@@ -359,6 +415,8 @@ COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "ask": (_ask_parser, _ask),
     "sensitivity": (_sensitivity_parser, _sensitivity),
     "serve": (_serve_parser, _serve),
+    "sign": (_sign_parser, _sign),
+    "verify": (_verify_parser, _verify),
 }
 
 
@@ -394,8 +452,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except fatal as err:
         if args.debug:
             raise
-        print(f"kneepain {args.command}: error: {err}", file=sys.stderr)
-        return EXIT_FATAL
+        return _fail(args.command, str(err))
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM/SIGHUP during `score` (pipeline.serve.guard)
+        if args.debug:
+            raise
+        told = " (no output was written)" if args.command == "score" else ""
+        return _fail(args.command, f"{err or 'interrupted'}{told}")
+    except Exception as err:  # a bug or an environment problem: still one line, the traceback on --debug
+        if args.debug:
+            raise
+        return _fail(args.command, f"unexpected {type(err).__name__}: {err} (run with --debug for the traceback)")
+
+
+def _fail(command: str, message: str) -> int:
+    """Print one line on stderr and return the fatal exit code."""
+    line = " ".join(message.split())
+    print(f"kneepain {command}: error: {line}", file=sys.stderr)
+    return EXIT_FATAL
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from pipeline.data.parallel import generate_dask
 from pipeline.serve.batch import score_files
 from pipeline.serve.dask import score_files_dask
 from pipeline.serve.predict import get_model
-from pipeline.serve.writing import REJECT_COLUMNS
+from pipeline.serve.writing import REJECT_META
 
 pytestmark = pytest.mark.slow
 
@@ -170,9 +170,11 @@ def test_bad_rows_are_rejected_and_other_partitions_unaffected(client, trained, 
     summary = score_files_dask([bad, str(good)], tmp_path / "out", models, client=client, chunk_rows=CHUNK)
     assert (summary.rows_scored, summary.rows_rejected) == (3 + 2500, 1)
     rejects = pd.read_csv(tmp_path / "out" / "rejects.csv", dtype=str, keep_default_na=False)
-    assert list(rejects.columns) == REJECT_COLUMNS
-    assert rejects.to_dict("records") == [{"file": bad, "row": "3", "column": "sex", "value": "femal",
-                                           "reason": "not allowed; allowed: female, male"}]
+    assert list(rejects.columns[:3]) == REJECT_META and set(pd.read_csv(bad, nrows=0).columns) <= set(rejects.columns)
+    assert rejects[REJECT_META].to_dict("records") == [{
+        "reject_file": bad, "reject_row": "3",
+        "reject_reason": "column 'sex', value 'femal': not allowed; allowed: female, male"}]
+    assert rejects.loc[0, "sex"] == "femal"  # the whole row
     rows = _read_parts(tmp_path / "out")
     alone = score_files([good], tmp_path / "alone.parquet", get_model(models), chunk_rows=CHUNK)
     assert alone.rows_scored == 2500
@@ -199,7 +201,7 @@ def test_ids_after_a_csv_ending_on_a_chunk(client, trained, kb, tmp_path):
     assert (summary.rows_scored, summary.rows_rejected) == (599, 1)
     assert sorted(p.name for p in (tmp_path / "out").glob("part-*")) == ["part-00000-00000.parquet",
                                                                           "part-00001-00000.parquet"]
-    assert "y.csv\",299,\"case_id\",\"x-0\",\"duplicate case_id" in (tmp_path / "out" / "rejects.csv").read_text()
+    assert "y.csv\",299,\"column 'case_id', value 'x-0': duplicate case_id" in (tmp_path / "out" / "rejects.csv").read_text()
 
 
 def test_pandas_engine_ids_after_a_csv_ending_on_a_chunk(trained, kb, tmp_path):
@@ -221,7 +223,8 @@ def test_unusable_input_or_existing_output_writes_nothing(client, trained, kb, t
     with pytest.raises(BatchInputError, match="already exists"):
         score_files_dask([str(good)], tmp_path / "out", models, client=client)
     assert score_files_dask(good, tmp_path / "empty_rejects", models, client=client).rows_rejected == 0
-    assert (tmp_path / "empty_rejects" / "rejects.csv").read_text() == '"file","row","column","value","reason"\n'
+    header = (tmp_path / "empty_rejects" / "rejects.csv").read_text()
+    assert header == ",".join(f'"{c}"' for c in [*REJECT_META, *pd.read_csv(good, nrows=0).columns]) + "\n"
 
 
 def test_partitioned_generation_is_reproducible(client, kb, tmp_path):

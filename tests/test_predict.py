@@ -84,7 +84,7 @@ def test_model_is_loaded_once(trained, monkeypatch):
     clear_model_cache()
     calls = []
     real = P.load_model
-    monkeypatch.setattr(P, "load_model", lambda src: calls.append(src) or real(src))
+    monkeypatch.setattr(P, "load_model", lambda src, **kw: calls.append(src) or real(src, **kw))
     for _ in range(3):
         predict(CASE, model=models)
     assert len(calls) == 1

@@ -23,20 +23,20 @@ EXPECTED = {
     "empty.csv": (2, 0, 0, "the file is empty"),
     "header_only.csv": (0, 0, 0, None),
     "missing_required_column.csv": (2, 0, 0, "column 'sex': required column is missing"),
-    "misspelled_category.csv": (1, 3, 1, "sex|femal|not allowed; allowed: female, male"),
-    "age_out_of_range.csv": (1, 3, 1, "age|130|out of range; allowed: a whole number >= 12 and <= 100"),
-    "non_number.csv": (1, 3, 1, "bmi|heavy|not a number"),
-    "pregnant_male.csv": (1, 3, 1, "pregnant|yes|pregnant cannot be yes when sex is male"),
-    "unknown_tristate.csv": (1, 3, 1, "locking|sometimes|not allowed; allowed: yes/y/true/t/1"),
+    "misspelled_category.csv": (1, 3, 1, "column 'sex', value 'femal': not allowed; allowed: female, male"),
+    "age_out_of_range.csv": (1, 3, 1, "column 'age', value '130': out of range; allowed: a whole number >= 12 and <= 100"),
+    "non_number.csv": (1, 3, 1, "column 'bmi', value 'heavy': not a number"),
+    "pregnant_male.csv": (1, 3, 1, "column 'pregnant', value 'yes': pregnant cannot be yes when sex is male"),
+    "unknown_tristate.csv": (1, 3, 1, "column 'locking', value 'sometimes': not allowed; allowed: yes/y/true/t/1"),
     "extra_columns.csv": (0, 3, 0, None),
-    "duplicate_case_id.csv": (1, 3, 1, "case_id|g1|duplicate case_id: first seen at row 0"),
+    "duplicate_case_id.csv": (1, 3, 1, "column 'case_id', value 'g1': duplicate case_id: first seen at row 0"),
     "utf8_bom.csv": (0, 3, 0, None),
     "windows_line_endings.csv": (0, 3, 0, None),
     "quoted_commas_newlines.csv": (0, 4, 0, None),
-    "too_many_fields.csv": (2, 0, 0, "Expected 16 columns, got 17"),
+    "too_many_fields.csv": (1, 3, 1, "record 5 of {path} (the header is record 1) has 17 fields; the header has 16"),
     "non_utf8.csv": (2, 0, 0, "not valid UTF-8"),
-    "very_long_field.csv": (1, 4, 1, "locking|yyyyyyyy"),
-    "wrong_types.parquet": (1, 1, 2, "age|forty|not a number"),
+    "very_long_field.csv": (1, 4, 1, "column 'locking', value 'yyyyyyyy"),
+    "wrong_types.parquet": (1, 1, 2, "column 'age', value 'forty': not a number"),
 }
 
 
@@ -62,20 +62,22 @@ def test_bad_input_corpus(name, trained, tmp_path, capsys):
     assert main(["score", str(CORPUS / name), "-o", str(out), "--model", str(models)]) == code
     captured = capsys.readouterr()
     rejects = tmp_path / "out.csv.rejects.csv"
+    text = text and text.format(path=CORPUS / name)
     if code == 2:
         assert not out.exists() and not rejects.exists()
         assert text in captured.err and "Traceback" not in captured.err
         assert captured.err.count("\n") == 1  # one line
+        assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
         return
     result = pd.read_csv(out, dtype={"case_id": str}, keep_default_na=False)
     assert len(result) == scored
     n_input = _input_rows(CORPUS / name)
     if rejected:
         bad = pd.read_csv(rejects, dtype=str, keep_default_na=False)
-        assert bad["row"].nunique() == rejected
-        lines = {"|".join((r.column, r.value, r.reason)) for r in bad.itertuples()}
-        assert any(text in line for line in lines), lines
-        assert (bad["file"] == str(CORPUS / name)).all()
+        assert len(bad) == bad["reject_row"].nunique() == rejected  # one line per rejected row
+        assert any(text in reason for reason in bad["reject_reason"]), bad["reject_reason"].tolist()
+        assert (bad["reject_file"] == str(CORPUS / name)).all()
+        assert sorted(set(result["row"].astype(int)) | set(bad["reject_row"].astype(int))) == list(range(n_input))
     else:
         assert not rejects.exists()
     assert scored + rejected == n_input
@@ -119,7 +121,7 @@ def test_several_inputs_and_duplicates_across_files(trained, tmp_path):
     got = pd.read_parquet(out)
     assert got["file"].tolist() == [str(a)] * 3
     bad = pd.read_csv(tmp_path / "out.parquet.rejects.csv")
-    assert bad["file"].unique().tolist() == [str(b)] and bad["row"].tolist() == [0, 1, 2]
+    assert bad["reject_file"].unique().tolist() == [str(b)] and bad["reject_row"].tolist() == [0, 1, 2]
 
 
 def test_fatal_model_problem_has_no_traceback(trained, tmp_path, capsys):

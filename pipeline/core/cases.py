@@ -8,21 +8,11 @@ from typing import Any
 
 import pandas as pd
 
+from pipeline.core.casefiles import read_case_file
 from pipeline.core.errors import CaseValidationError
 from pipeline.core.parsing import ParsedCases, parse_cases
 
 __all__ = ["as_frame", "as_parsed", "read_case_file"]
-
-
-def read_case_file(path: str | Path) -> pd.DataFrame:
-    """Read a whole CSV or Parquet file of cases (by extension); every CSV cell is read as text."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        return pd.read_parquet(path)
-    if suffix == ".csv":
-        return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
-    raise ValueError(f"{path}: unsupported file type {suffix!r}; expected .csv or .parquet.")
 
 
 def as_frame(cases: Any) -> pd.DataFrame:

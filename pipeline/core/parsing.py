@@ -8,6 +8,8 @@ Parsed cases are held as integer codes: a tri-state is ``1`` (yes), ``0`` (no) o
 
 from __future__ import annotations
 
+import datetime
+import decimal
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +33,7 @@ from pipeline.core.schema import (
     Field,
     field,
     normalise_header,
+    repeated_columns,
 )
 
 __all__ = ["ParsedCases", "codes_to_frame", "codes_to_text_frame", "ignored_columns_message", "normalise_ids",
@@ -156,8 +159,45 @@ def _as_text(values: np.ndarray) -> np.ndarray:
     return out
 
 
+def _is_blank(v: Any) -> bool:
+    return v is None or v is pd.NA or v is pd.NaT or (isinstance(v, float) and math.isnan(v))
+
+
+def _is_plain(v: Any) -> bool:
+    """A value a case field may hold: text, a number or a boolean (not a date, a duration, a list, a mapping)."""
+    return _is_blank(v) or isinstance(v, (str, bool, int, float, np.bool_, np.integer, np.floating, decimal.Decimal))
+
+
+def _kind_name(v: Any) -> str:
+    if isinstance(v, (datetime.timedelta, np.timedelta64)):
+        return "a duration"
+    if isinstance(v, (datetime.date, datetime.time, np.datetime64)):
+        return "a date or time"
+    return f"a {type(v).__name__}"
+
+
+def _plain_only(series: pd.Series) -> tuple[pd.Series, np.ndarray, np.ndarray]:
+    """``series`` with values that are not plain (see :func:`_is_plain`) blanked, the mask of those
+    values and a reason for each. Typed columns of dates, durations or nested values are all not plain."""
+    kind = getattr(series.dtype, "kind", "O")
+    if kind in "mMc":
+        bad = series.notna().to_numpy()
+        what = {"m": "a duration", "M": "a date or time", "c": "a complex number"}[kind]
+        return pd.Series(np.full(len(series), np.nan)), bad, np.full(len(series), what, dtype=object)
+    plain_categories = isinstance(series.dtype, pd.CategoricalDtype) and all(map(_is_plain, series.dtype.categories))
+    if kind != "O" or plain_categories or pd.api.types.is_string_dtype(series.dtype) and not series.dtype == object:
+        return series, np.zeros(len(series), dtype=bool), np.array([], dtype=object)
+    values = series.to_numpy(dtype=object)
+    bad = np.fromiter((not _is_plain(v) for v in values), dtype=bool, count=len(values))
+    if not bad.any():
+        return series, bad, np.array([], dtype=object)
+    reasons = np.array([_kind_name(v) if b else "" for v, b in zip(values, bad)], dtype=object)
+    return pd.Series(np.where(bad, None, values), index=series.index, dtype=object), bad, reasons
+
+
 def _parse_coded(series: pd.Series, f: Field) -> tuple[np.ndarray, np.ndarray]:
     """Codes and an error mask for a tri-state or category column (parses each unique value once)."""
+    series, odd, _ = _plain_only(series)
     inverse, uniques = pd.factorize(series, use_na_sentinel=True)
     text = _as_text(np.asarray(uniques, dtype=object))
     if f.kind == "tristate":
@@ -170,7 +210,7 @@ def _parse_coded(series: pd.Series, f: Field) -> tuple[np.ndarray, np.ndarray]:
         lookup["unknown"] = UNKNOWN
     mapped = np.array([lookup.get(t, -2) for t in text] + [UNKNOWN], dtype=np.int8)
     codes = mapped[inverse]  # factorize's -1 (missing) picks the trailing UNKNOWN
-    bad = codes == -2
+    bad = (codes == -2) | odd
     codes[bad] = UNKNOWN
     return codes, bad
 
@@ -191,6 +231,12 @@ def _arrow_number(series: pd.Series) -> tuple[pd.Series, np.ndarray] | None:
 
 def _parse_number(series: pd.Series, f: Field) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Floats (NaN unknown), an error mask and a reason per error."""
+    series, odd, odd_reasons = _plain_only(series)
+    if odd.any():
+        values, bad, reasons = _parse_number(series, f)
+        reasons = np.where(odd, np.char.add(odd_reasons.astype(str), " is not a number"),
+                           reasons if bad.any() else "").astype(str)
+        return values, bad | odd, reasons
     if pd.api.types.is_bool_dtype(series.dtype):
         raw = pd.Series(np.full(len(series), np.nan))
         bad_type = series.notna().to_numpy()
@@ -206,8 +252,7 @@ def _parse_number(series: pd.Series, f: Field) -> tuple[np.ndarray, np.ndarray, 
         bad_type = raw.isna().to_numpy() & ~blank
     else:  # Python objects (dicts, lists of dicts): any mix of numbers, text and None
         obj = series.astype(object)
-        blank = obj.map(lambda v: v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v))
-                        or (isinstance(v, str) and v.strip().lower() in _TRISTATE_UNKNOWN))
+        blank = obj.map(lambda v: _is_blank(v) or (isinstance(v, str) and v.strip().lower() in _TRISTATE_UNKNOWN))
         raw = pd.to_numeric(obj.where(~blank, np.nan).map(
             lambda v: v.strip() if isinstance(v, str) else v), errors="coerce")
         bad_type = (raw.isna() & ~blank).to_numpy()
@@ -249,6 +294,12 @@ def parse_cases(cases: pd.DataFrame, *, row_offset: int = 0, raise_on_error: boo
     """
     if not isinstance(cases, pd.DataFrame):
         raise TypeError(f"cases must be a pandas DataFrame, got {type(cases).__name__}.")
+    repeated = repeated_columns(cases.columns)
+    if repeated:
+        raise CaseValidationError(pd.DataFrame({
+            "row": -1, "column": list(repeated), "value": [", ".join(map(repr, v)) for v in repeated.values()],
+            "reason": "the column is given more than once (names are matched ignoring case and surrounding "
+                      "spaces); give it once"}))
     columns = {normalise_header(c): c for c in cases.columns}
     missing = [f.name for f in FIELDS if f.required and f.name not in columns]
     if missing:

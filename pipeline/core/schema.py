@@ -23,6 +23,7 @@ __all__ = [
     "data_dictionary_markdown",
     "field",
     "normalise_header",
+    "repeated_columns",
     ]
 
 SCHEMA_VERSION = "2"  # 2: the Wells items, VTE risk factors, timing of swelling and the emergency screen
@@ -197,6 +198,14 @@ def normalise_header(name: object) -> str:
     """A column name as matched against the schema: a byte-order mark and surrounding spaces
     removed, lower case (``" Age"`` is ``age``)."""
     return str(name).lstrip("\ufeff").strip().lower()
+
+
+def repeated_columns(names) -> dict[str, list[str]]:
+    """Column names that fold to the same field name (``age`` and ``Age ``): {folded: spellings}."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(normalise_header(name), []).append(str(name))
+    return {k: v for k, v in groups.items() if len(v) > 1}
 
 
 def data_dictionary_markdown() -> str:

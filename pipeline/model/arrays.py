@@ -14,7 +14,7 @@ then the temperature calibrator's ``softmax(beta * logits)``); a test holds them
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -24,10 +24,10 @@ from pipeline.core.blas import dot_exact, one_blas_thread
 from pipeline.core.parsing import ParsedCases
 from pipeline.model.features import CaseFeaturizer
 
-__all__ = ["ArrayScorer", "array_scorer", "predict_proba"]
+__all__ = ["ACTIVATIONS", "ArrayScorer", "array_scorer", "predict_proba"]
 
 _EPS = 1e-12  # scikit-learn's when it turns probabilities into logits for temperature scaling
-_ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "relu": lambda z: np.maximum(z, 0.0), "tanh": np.tanh, "logistic": expit, "identity": lambda z: z}
 
 
@@ -42,6 +42,10 @@ class ArrayScorer:
     beta: float | None = None  # inverse temperature, when calibrated
     from_proba: bool = False  # calibrated on probabilities (an MLP has no decision function)
 
+    def uncalibrated(self) -> "ArrayScorer":
+        """The same model without its temperature."""
+        return replace(self, beta=None)
+
     def predict_proba(self, parsed: ParsedCases) -> np.ndarray:
         z = self.featurizer.transform(parsed)
         last = len(self.weights) - 1
@@ -49,7 +53,7 @@ class ArrayScorer:
             z = dot_exact(z, w)
             z += b
             if i < last:
-                z = _ACTIVATIONS[self.activation](z)
+                z = ACTIVATIONS[self.activation](z)
         if self.beta is None:
             return softmax(z, axis=1)
         logits = np.log(softmax(z, axis=1) + _EPS) if self.from_proba else z
@@ -76,6 +80,8 @@ def array_scorer(estimator: Any) -> ArrayScorer | None:
     from sklearn.neural_network import MLPClassifier
     from sklearn.pipeline import Pipeline
 
+    if isinstance(estimator, ArrayScorer):
+        return estimator
     unwrapped = _unwrap(estimator)
     if unwrapped is None:
         return None
@@ -88,7 +94,7 @@ def array_scorer(estimator: Any) -> ArrayScorer | None:
     if isinstance(model, LogisticRegression):
         return ArrayScorer(features, (np.ascontiguousarray(model.coef_, dtype=np.float64),),
                            (np.asarray(model.intercept_, dtype=np.float64),), beta=beta)
-    if isinstance(model, MLPClassifier) and model.out_activation_ == "softmax" and model.activation in _ACTIVATIONS:
+    if isinstance(model, MLPClassifier) and model.out_activation_ == "softmax" and model.activation in ACTIVATIONS:
         return ArrayScorer(features, tuple(np.ascontiguousarray(w.T, dtype=np.float64) for w in model.coefs_),
                            tuple(np.asarray(b, dtype=np.float64) for b in model.intercepts_),
                            activation=model.activation, beta=beta, from_proba=True)

@@ -1,35 +1,37 @@
-"""The model folder on disk: the fitted estimator, its manifest and the knowledge-base snapshot.
+"""The model folder on disk: the fitted model, its manifest, the knowledge-base snapshot and their checksums.
 
-A joblib file runs code when it is loaded, so :func:`load_estimator` checks the file's hash
-against ``manifest.json`` *before* unpickling and refuses a file that does not match. Turning a
-folder into a scoring model (with its decision layer) is :func:`pipeline.serve.loading.load_model`.
+Nothing in a folder written here runs code when it is loaded: the model is arrays in JSON or a
+skops file read with an explicit list of trusted types (:mod:`pipeline.model.modelfile`).
+``checksums.json`` covers every file scoring reads (:mod:`pipeline.model.integrity`), and
+:func:`load_estimator` verifies them all before it uses any. A folder from an older version
+(a pickled ``model.joblib``) is refused with a message to retrain, or loaded behind an explicit
+``trust_pickle`` (:mod:`pipeline.model.legacy`). Turning a folder into a scoring model (with its
+decision layer) is :func:`pipeline.serve.loading.load_model`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
-import os
 import platform
 import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import joblib
-
 from pipeline.core.errors import ModelIntegrityError
-from pipeline.core.files import sha256_file, tmp_path, write_json_atomic, write_text_atomic
+from pipeline.core.files import write_json_atomic, write_text_atomic
 from pipeline.core.schema import CONDITIONS, SCHEMA_VERSION
+from pipeline.model.integrity import CHECKSUMS_FILE, seal_folder, verify_folder
+from pipeline.model.legacy import LEGACY_MODEL_FILE, load_legacy
+from pipeline.model.modelfile import ARRAYS_FILE, SKOPS_FILE, read_model_file, write_model_file
 
-__all__ = ["KB_FILE", "MANIFEST_FILE", "MODEL_FILE", "ModelIntegrityError", "library_versions", "load_estimator",
+__all__ = ["KB_FILE", "MANIFEST_FILE", "ModelIntegrityError", "VerifiedModel", "library_versions", "load_estimator",
            "save_model", "update_manifest"]
 
-MODEL_FILE = "model.joblib"
 MANIFEST_FILE = "manifest.json"
 KB_FILE = "knowledge_base.yaml"
-_TRACKED_LIBRARIES = ("scikit-learn", "numpy", "scipy", "pandas", "joblib")
+_MODEL_FILES = (ARRAYS_FILE, SKOPS_FILE)
+_TRACKED_LIBRARIES = ("scikit-learn", "numpy", "scipy", "pandas", "skops")
 
 
 def library_versions() -> dict[str, str]:
@@ -39,93 +41,112 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+def _sealed_files(folder: Path, manifest: dict) -> list[str]:
+    return [MANIFEST_FILE, manifest["model_file"], *([KB_FILE] if (folder / KB_FILE).exists() else [])]
+
+
 def save_model(estimator: Any, out_dir: str | Path, manifest: dict, *, kb_path: str | Path | None = None) -> dict:
-    """Write ``model.joblib`` and ``manifest.json`` (with the file's SHA-256) into ``out_dir``.
+    """Write the model file, ``manifest.json`` and ``checksums.json`` into ``out_dir``.
 
     With ``kb_path``, the knowledge base is copied beside the model (the decision layer scores
-    atypicality with it) and its SHA-256 recorded. The model file is written under a temporary
-    name and renamed; the manifest last, so a reader never sees a manifest that points at a
-    half-written model.
+    atypicality with it). Every file is written under a temporary name and renamed, and the
+    checksums last, so a reader never sees a folder whose checksums match a half-written one.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / CHECKSUMS_FILE).unlink(missing_ok=True)  # the folder is not loadable until it is sealed again
     if kb_path is not None:
         write_text_atomic(out_dir / KB_FILE, Path(kb_path).read_text(encoding="utf-8"))
-        manifest = {**manifest, "knowledge_base_sha256": sha256_file(out_dir / KB_FILE)}
-    tmp = tmp_path(out_dir / MODEL_FILE)
-    joblib.dump(estimator, tmp, compress=3)
-    full = {
-        "model_file": MODEL_FILE,
-        "sha256": sha256_file(tmp),
-        "schema_version": SCHEMA_VERSION,
-        "classes": list(CONDITIONS),
-        "library_versions": library_versions(),
-        **manifest,
-    }
-    os.replace(tmp, out_dir / MODEL_FILE)
+    else:
+        (out_dir / KB_FILE).unlink(missing_ok=True)
+    model_file = write_model_file(estimator, out_dir)
+    for other in (*_MODEL_FILES, LEGACY_MODEL_FILE):
+        if other != model_file:
+            (out_dir / other).unlink(missing_ok=True)
+    full = {"model_file": model_file, "schema_version": SCHEMA_VERSION, "classes": list(CONDITIONS),
+            "library_versions": library_versions(), **manifest}
     write_json_atomic(out_dir / MANIFEST_FILE, full)
+    seal_folder(out_dir, _sealed_files(out_dir, full))
     return full
 
 
 def update_manifest(folder: str | Path, extra: dict) -> dict:
-    """Add keys to a model's manifest (the model file and its hash are untouched)."""
-    path = Path(folder) / MANIFEST_FILE
-    manifest = {**json.loads(path.read_text(encoding="utf-8")), **extra}
-    write_json_atomic(path, manifest)
+    """Add keys to a verified model folder's manifest and seal the folder again."""
+    folder = Path(folder)
+    contents = verify_folder(folder, [MANIFEST_FILE])
+    manifest = {**json.loads(contents[MANIFEST_FILE]), **extra}
+    write_json_atomic(folder / MANIFEST_FILE, manifest)
+    seal_folder(folder, _sealed_files(folder, manifest))
     return manifest
 
 
-def read_manifest(folder: Path) -> dict:
-    path = folder / MANIFEST_FILE
-    if not path.exists():
-        raise ModelIntegrityError(f"{path} is missing: a model is loaded only with the manifest written "
-                                  "when it was trained.")
+def _manifest(path: Path, data: bytes) -> dict:
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
+        manifest = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ModelIntegrityError(f"{path} is not valid JSON: {err}") from err
-    for key in ("sha256", "classes", "schema_version"):
+    if not isinstance(manifest, dict):
+        raise ModelIntegrityError(f"{path} is not a kneepain model manifest.")
+    for key in ("model_file", "classes", "schema_version"):
         if key not in manifest:
             raise ModelIntegrityError(f"{path} has no {key!r}: not a kneepain model manifest.")
     return manifest
 
 
-def load_estimator(folder: Path) -> tuple[Any, dict]:
-    """The fitted estimator of a model folder and its manifest, verified before unpickling.
+class VerifiedModel:
+    """A model folder after its checks: the estimator, the manifest and the verified bytes of each file."""
+
+    def __init__(self, estimator: Any, manifest: dict, contents: dict[str, bytes]):
+        self.estimator, self.manifest, self.contents = estimator, manifest, contents
+
+
+def load_estimator(folder: Path, *, trust_pickle: bool = False) -> VerifiedModel:
+    """The fitted model of a folder, its manifest and its files' bytes, all verified before use.
 
     Raises
     ------
     ModelIntegrityError
-        If the model file's SHA-256 differs from the manifest, or the manifest belongs to another
-        schema or class list, or the file was written by an older layout of this package.
+        If ``checksums.json`` is missing or a file it covers is missing or changed, the manifest
+        belongs to another schema or class list, the model file is not a valid model, or the folder
+        is an older, pickled one and ``trust_pickle`` is false. The message names the file.
     FileNotFoundError
         If there is no model; the message says to run ``make run``.
     """
-    model_path = folder / MODEL_FILE
-    if not model_path.exists():
-        raise FileNotFoundError(f"no model at {model_path}: run `make run` (or `kneepain train`) first.")
-    manifest = read_manifest(folder)
-    data = model_path.read_bytes()  # hashed and unpickled from the same bytes: no swap in between
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != manifest["sha256"]:
+    if not (folder / CHECKSUMS_FILE).exists():
+        if (folder / LEGACY_MODEL_FILE).exists():
+            estimator, manifest, contents = load_legacy(folder, MANIFEST_FILE, KB_FILE, trust_pickle=trust_pickle)
+            _check_schema(folder, manifest)
+            warn_on_other_versions(manifest, ("scikit-learn", "numpy", "joblib"))
+            return VerifiedModel(estimator, manifest, contents)
+        if not any((folder / name).exists() for name in (MANIFEST_FILE, *_MODEL_FILES)):
+            raise FileNotFoundError(f"no model at {folder}: run `make run` (or `kneepain train`) first.")
+    contents = verify_folder(folder, [MANIFEST_FILE])
+    manifest = _manifest(folder / MANIFEST_FILE, contents[MANIFEST_FILE])
+    model_file = manifest["model_file"]
+    if model_file not in _MODEL_FILES or model_file not in contents:
+        raise ModelIntegrityError(f"{folder / MANIFEST_FILE} names the model file {model_file!r}, which is not a "
+                                  f"checked model file ({' or '.join(_MODEL_FILES)}); refusing to load it.")
+    if "decision" in manifest and KB_FILE not in contents:
+        raise ModelIntegrityError(f"{folder / CHECKSUMS_FILE} does not cover {KB_FILE}, which the decision layer "
+                                  "needs; refusing to load the model folder.")
+    _check_schema(folder, manifest)
+    if model_file == SKOPS_FILE:  # arrays do not depend on library versions; a skops object does
+        warn_on_other_versions(manifest, ("scikit-learn", "numpy", "skops"))
+    return VerifiedModel(read_model_file(folder / model_file, contents[model_file]), manifest, contents)
+
+
+def _check_schema(folder: Path, manifest: dict) -> None:
+    if manifest.get("schema_version") != SCHEMA_VERSION or list(manifest.get("classes", [])) != list(CONDITIONS):
         raise ModelIntegrityError(
-            f"{model_path} has SHA-256 {digest[:16]}..., but {folder / MANIFEST_FILE} expects "
-            f"{manifest['sha256'][:16]}...: the file was changed or belongs to another model; refusing to load it.")
-    if manifest["schema_version"] != SCHEMA_VERSION or list(manifest["classes"]) != list(CONDITIONS):
-        raise ModelIntegrityError(
-            f"{folder / MANIFEST_FILE} is for schema {manifest['schema_version']} with classes "
-            f"{manifest['classes']}; this code has schema {SCHEMA_VERSION} with classes {list(CONDITIONS)}.")
-    now = library_versions()
+            f"{folder / MANIFEST_FILE} is for schema {manifest.get('schema_version')} with classes "
+            f"{manifest.get('classes')}; this code has schema {SCHEMA_VERSION} with classes {list(CONDITIONS)}.")
+
+
+def warn_on_other_versions(manifest: dict, libraries: tuple[str, ...]) -> None:
+    now = library_versions() | {k: metadata.version(k) for k in libraries if k not in _TRACKED_LIBRARIES}
     then = manifest.get("library_versions", {})
-    differ = {k: (then[k], now[k]) for k in ("scikit-learn", "numpy", "joblib") if k in then and then[k] != now.get(k)}
+    differ = {k: (then[k], now[k]) for k in libraries if k in then and then[k] != now.get(k)}
     if differ:
         warnings.warn("the model was saved with other library versions ("
                       + ", ".join(f"{k} {a}, now {b}" for k, (a, b) in differ.items())
-                      + "); predictions may differ or fail. Retrain with `kneepain train`.", UserWarning, stacklevel=3)
-    try:
-        estimator = joblib.load(io.BytesIO(data))
-    except (ModuleNotFoundError, AttributeError) as err:  # classes that moved or are gone
-        raise ModelIntegrityError(
-            f"{model_path} was written by an older version of kneepain ({err}); retrain it with "
-            "`kneepain train` (or `make run`).") from err
-    return estimator, manifest
+                      + "); predictions may differ or fail. Retrain with `kneepain train`.", UserWarning, stacklevel=4)

@@ -24,6 +24,7 @@ from pipeline.core.oracle import oracle_posterior
 from pipeline.core.parsing import ParsedCases, parse_cases
 from pipeline.core.schema import CONDITION_LABELS, CONDITIONS, FIELDS, LABEL_COLUMN
 from pipeline.data.datasets import kb_for_split, labels
+from pipeline.model.arrays import ArrayScorer
 from pipeline.report.decision_metrics import decision_card_section, evaluate_decision
 from pipeline.serve.loading import LoadedModel
 
@@ -38,9 +39,12 @@ _OPTIONAL = tuple(f for f in FIELDS if not f.required)
 def uncalibrated_estimator(estimator: Any) -> Any:
     """The pipeline under a fitted ``CalibratedClassifierCV(FrozenEstimator(pipeline))``.
 
-    Any other estimator (an uncalibrated pipeline, or a calibrator fitted without a frozen
-    estimator, which has no single underlying model) is returned unchanged.
+    An :class:`ArrayScorer` (a model loaded from its arrays) loses its temperature. Any other
+    estimator (an uncalibrated pipeline, or a calibrator fitted without a frozen estimator, which
+    has no single underlying model) is returned unchanged.
     """
+    if isinstance(estimator, ArrayScorer):
+        return estimator.uncalibrated()
     if (isinstance(estimator, CalibratedClassifierCV) and hasattr(estimator, "calibrated_classifiers_")
             and isinstance(estimator.estimator, FrozenEstimator)):
         return estimator.estimator.estimator

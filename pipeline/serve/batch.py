@@ -3,8 +3,10 @@
 Files are read in chunks (:mod:`pipeline.serve.reading`; memory stays flat however large the
 file), each chunk is parsed and
 scored by the same code as :func:`pipeline.serve.predict`, and every input row ends up either in the
-output or in ``OUTPUT.rejects.csv`` with its file, row, column, value and reason. Outputs are
-written to temporary files and renamed when complete, so an interrupted run leaves no output.
+output or in ``OUTPUT.rejects.csv``, whole, with its file, row and reasons (a record with the wrong
+number of fields included). Outputs are written to temporary files and renamed when complete, so
+an interrupted run leaves no output; :mod:`pipeline.serve.guard` refuses an output that is an
+input, locks the output, and removes temporary files on SIGTERM/SIGHUP/SIGINT and those of dead jobs.
 """
 
 from __future__ import annotations
@@ -22,14 +24,16 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from pipeline.core.casefiles import file_columns, iter_chunks
 from pipeline.core.errors import BatchInputError, CaseValidationError
 from pipeline.core.parsing import ParsedCases, ignored_columns_message, normalise_ids, parse_cases
-from pipeline.core.schema import ID_COLUMN
+from pipeline.core.schema import ID_COLUMN, normalise_header
 from pipeline.serve import CHUNK_ROWS
+from pipeline.serve.guard import output_lock, reclaim_stale_temps, refuse_same_file, stop_on_signals
 from pipeline.serve.loading import LoadedModel
 from pipeline.serve.predict import score_parsed
-from pipeline.serve.reading import has_case_ids, iter_chunks, prefetch
-from pipeline.serve.writing import REJECT_COLUMNS, REJECT_SCHEMA, Writer, output_schema, output_table, reject_table
+from pipeline.serve.reading import prefetch
+from pipeline.serve.writing import Writer, output_schema, output_table, reject_schema, reject_table
 
 __all__ = ["BatchInputError", "ScoreSummary", "SeenIds", "score_chunk", "score_files", "score_valid",
            "validate_chunk"]
@@ -51,13 +55,21 @@ class ScoreSummary:
         return self.rows / self.seconds if self.seconds > 0 else 0.0
 
 
-def validate_chunk(frame: pd.DataFrame, *, file: str, row_offset: int, seen_ids: "SeenIds | None" = None
-                   ) -> tuple[ParsedCases, np.ndarray, pd.DataFrame]:
-    """Parse one chunk of raw cases: (parsed cases, which rows are valid, reject lines).
+_ERROR_COLUMNS = ["row", "column", "value", "reason"]
 
-    Each reject line names the file, row, column, value and reason (a row may have several).
+
+def validate_chunk(frame: pd.DataFrame, *, file: str, row_offset: int, seen_ids: "SeenIds | None" = None,
+                   malformed: dict[int, str] | None = None) -> tuple[ParsedCases, np.ndarray, pd.DataFrame]:
+    """Parse one chunk of raw cases: (parsed cases, which rows are valid, problems).
+
+    Each problem names the row, column, value and reason (a row may have several).
     ``seen_ids`` carries the case ids of earlier chunks, so a repeated id is rejected too.
+    ``malformed`` maps rows that are CSV records with the wrong number of fields to their reason:
+    they are rejected for that alone (their fields may be shifted) and their ids are not counted.
     """
+    if malformed:
+        frame = frame.copy()
+        frame.iloc[list(malformed)] = None
     try:
         parsed = parse_cases(frame, row_offset=row_offset, raise_on_error=False)
     except CaseValidationError as err:  # a required column is missing: the whole file is unusable
@@ -65,6 +77,12 @@ def validate_chunk(frame: pd.DataFrame, *, file: str, row_offset: int, seen_ids:
             f"column {r.column!r}: {r.reason}" for r in err.errors.itertuples())) from err
     errors = parsed.errors
     valid = parsed.valid.copy()
+    if malformed:
+        rows = np.fromiter(malformed, dtype=np.int64) + row_offset
+        errors = pd.concat([errors[~errors["row"].isin(rows)], pd.DataFrame({
+            "row": rows, "column": "", "value": "", "reason": list(malformed.values())})], ignore_index=True)
+        valid[list(malformed)] = False
+        parsed.valid[list(malformed)] = False
     if seen_ids is not None and parsed.ids is not None:
         dup = seen_ids.check_and_add(parsed.ids) & valid
         if dup.any():
@@ -73,8 +91,9 @@ def validate_chunk(frame: pd.DataFrame, *, file: str, row_offset: int, seen_ids:
                 "row": rows + row_offset, "column": ID_COLUMN, "value": parsed.ids.iloc[rows].astype(str).to_numpy(),
                 "reason": "duplicate case_id: seen in an earlier chunk or file"})], ignore_index=True)
             valid &= ~dup
-    rejects = errors.assign(file=file)[REJECT_COLUMNS] if len(errors) else pd.DataFrame(columns=REJECT_COLUMNS)
-    return parsed, valid, rejects
+    problems = errors.sort_values("row", kind="stable")[_ERROR_COLUMNS] if len(errors) \
+        else pd.DataFrame(columns=_ERROR_COLUMNS)
+    return parsed, valid, problems
 
 
 def score_valid(model: LoadedModel, parsed: ParsedCases, valid: np.ndarray, *, row_offset: int) -> pd.DataFrame:
@@ -91,10 +110,12 @@ def score_valid(model: LoadedModel, parsed: ParsedCases, valid: np.ndarray, *, r
 
 
 def score_chunk(model: LoadedModel, frame: pd.DataFrame, *, file: str, row_offset: int,
-                seen_ids: "SeenIds | None" = None) -> tuple[pd.DataFrame, pd.DataFrame, tuple[str, ...]]:
-    """Score one chunk of raw cases. Returns (scored rows, reject lines, ignored columns)."""
-    parsed, valid, rejects = validate_chunk(frame, file=file, row_offset=row_offset, seen_ids=seen_ids)
-    return score_valid(model, parsed, valid, row_offset=row_offset), rejects, parsed.ignored_columns
+                seen_ids: "SeenIds | None" = None, malformed: dict[int, str] | None = None
+                ) -> tuple[pd.DataFrame, pd.DataFrame, tuple[str, ...]]:
+    """Score one chunk of raw cases. Returns (scored rows, problems, ignored columns)."""
+    parsed, valid, problems = validate_chunk(frame, file=file, row_offset=row_offset, seen_ids=seen_ids,
+                                             malformed=malformed)
+    return score_valid(model, parsed, valid, row_offset=row_offset), problems, parsed.ignored_columns
 
 
 class SeenIds:
@@ -124,29 +145,42 @@ def score_files(inputs: list[str | Path], output: str | Path, model: LoadedModel
                 progress: bool = False, warn: Callable[[str], None] | None = None) -> ScoreSummary:
     """Score every row of ``inputs`` into ``output`` (CSV or Parquet by extension).
 
-    Rejected rows go to ``<output>.rejects.csv`` (file, row, column, value, reason). Both files
-    appear only when the run completes; a stale rejects file from an earlier run is removed.
+    Rejected rows go to ``<output>.rejects.csv``, whole, after their file, row and reasons. Both
+    files appear only when the run completes; a stale rejects file from an earlier run is removed.
+    The output is locked for the run, and temporary files are removed if it is stopped.
 
     Raises
     ------
     BatchInputError
-        An input cannot be read or lacks a required column; nothing is written.
+        An input cannot be read or lacks a required column, the output is an input, another job
+        holds the output, or the output cannot be written; nothing is written.
     """
     output = Path(output)
     if output.suffix.lower() not in (".csv", ".parquet"):
         raise BatchInputError(f"{output}: unsupported output type {output.suffix!r}; expected .csv or .parquet.")
+    if output.is_dir():
+        raise BatchInputError(f"{output}: is a folder; give the path of an output file.")
     if not output.parent.is_dir():
         raise BatchInputError(f"{output.parent}: no such folder for the output.")
     paths = [Path(p) for p in inputs]
     rejects_path = output.with_name(output.name + ".rejects.csv")
+    refuse_same_file(paths, [output, rejects_path])
+    columns = [file_columns(p) for p in paths]  # every input readable before anything is written
+    has_ids = [ID_COLUMN in {normalise_header(c) for c in cols} for cols in columns]
+    with output_lock(output), stop_on_signals():
+        reclaim_stale_temps([output, rejects_path])
+        return _score_locked(paths, output, rejects_path, model, reject_schema(columns), any(has_ids),
+                             chunk_rows=chunk_rows, progress=progress, warn=warn)
+
+
+def _score_locked(paths: list[Path], output: Path, rejects_path: Path, model: LoadedModel, rschema: pa.Schema,
+                  has_ids: bool, *, chunk_rows: int, progress: bool, warn: Callable[[str], None] | None) -> ScoreSummary:
     summary, start = ScoreSummary(files=[str(p) for p in paths]), time.perf_counter()
-    multi = len(paths) > 1
-    has_ids = [has_case_ids(p) for p in paths]
-    schema = output_schema(ID_COLUMN if any(has_ids) else "row", multi, model.decision is not None)
+    schema = output_schema(ID_COLUMN if has_ids else "row", len(paths) > 1, model.decision is not None)
     writer = Writer(output, schema)
-    rejects = Writer(rejects_path, REJECT_SCHEMA)
+    rejects = Writer(rejects_path, rschema)
     bar = _progress(progress)
-    seen = SeenIds() if any(has_ids) else None
+    seen = SeenIds() if has_ids else None
     # parsing (in order: duplicate ids depend on earlier chunks) overlaps with scoring the previous
     # chunk on a second thread; numpy, scikit-learn and Arrow release the GIL for much of both
     scorer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kneepain-scorer")
@@ -161,8 +195,9 @@ def score_files(inputs: list[str | Path], output: str | Path, model: LoadedModel
     try:
         for path in paths:
             offset, ignored_told = 0, False
-            for frame in prefetch(iter_chunks(path, chunk_rows)):
-                parsed, valid, bad = validate_chunk(frame, file=str(path), row_offset=offset, seen_ids=seen)
+            for frame, malformed in prefetch(iter_chunks(path, chunk_rows)):
+                parsed, valid, bad = validate_chunk(frame, file=str(path), row_offset=offset, seen_ids=seen,
+                                                    malformed=malformed)
                 if parsed.ignored_columns and not ignored_told:
                     summary.warnings.append(ignored_columns_message(parsed.ignored_columns, str(path)))
                     if warn:
@@ -172,7 +207,7 @@ def score_files(inputs: list[str | Path], output: str | Path, model: LoadedModel
                 if len(in_flight) > 1:
                     finish_one()
                 if len(bad):
-                    rejects.write(reject_table(bad))
+                    rejects.write(reject_table(bad, frame, row_offset=offset, file=str(path), schema=rschema))
                 summary.rows_rejected += bad["row"].nunique() if len(bad) else 0
                 offset += len(frame)
                 bar(len(frame))
@@ -189,6 +224,8 @@ def score_files(inputs: list[str | Path], output: str | Path, model: LoadedModel
             rejects.tmp.unlink()
             rejects_path.unlink(missing_ok=True)
         os.replace(writer.tmp, output)
+    except OSError as err:  # disk full, a folder in the way, permissions: one clear line, nothing left
+        raise BatchInputError(f"{output}: cannot write: {err.strerror or err}.") from err
     finally:
         scorer.shutdown(wait=True, cancel_futures=True)
         for w in (writer, rejects):

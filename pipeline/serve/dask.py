@@ -29,17 +29,17 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from pipeline.core.casefiles import file_columns, iter_chunks
 from pipeline.core.cluster import DaskJobError, gather, temp_folder
 from pipeline.core.errors import BatchInputError, ModelIntegrityError
 from pipeline.core.files import tmp_path
 from pipeline.core.parsing import ignored_columns_message
 from pipeline.core.paths import models_dir
-from pipeline.core.schema import ID_COLUMN
+from pipeline.core.schema import ID_COLUMN, normalise_header
 from pipeline.serve import CHUNK_ROWS, batch
 from pipeline.serve.batch import ScoreSummary, SeenIds
 from pipeline.serve.loading import is_model_uri
-from pipeline.serve.reading import has_case_ids, iter_chunks
-from pipeline.serve.writing import REJECT_SCHEMA, output_schema, output_table, reject_table
+from pipeline.serve.writing import csv_safe, output_schema, output_table, reject_schema, reject_table
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -71,12 +71,12 @@ def _write_part(table: pa.Table, path: Path, fmt: str) -> None:
     if fmt == "parquet":
         pq.write_table(table, tmp, compression="zstd")
     else:
-        pacsv.write_csv(table, tmp)
+        pacsv.write_csv(csv_safe(table), tmp)
     os.replace(tmp, path)
 
 
 def _score_file(index: int, label: str, path: str, model_source: str, tmp_dir: str, *, fmt: str,
-                chunk_rows: int, id_column: str, earlier: np.ndarray) -> _FileResult:
+                chunk_rows: int, id_column: str, earlier: np.ndarray, rschema: pa.Schema) -> _FileResult:
     """Task: score every chunk of one file into ``part-<file>-<chunk>`` files in ``tmp_dir``.
 
     ``earlier`` holds the hashes of this file's case ids that an earlier file also has (the
@@ -93,18 +93,19 @@ def _score_file(index: int, label: str, path: str, model_source: str, tmp_dir: s
         model = get_model(model_source)
         # the pandas engine's schema (with the decision columns when the model has a decision layer)
         schema = output_schema(id_column, True, model.decision is not None)
-        for chunk, frame in enumerate(iter_chunks(path, chunk_rows)):
+        for chunk, (frame, malformed) in enumerate(iter_chunks(path, chunk_rows)):
             if chunk and not len(frame):  # a CSV may end with an empty chunk: nothing to write
                 continue
-            scored, bad, ignored = batch.score_chunk(model, frame, file=label, row_offset=offset, seen_ids=seen)
+            scored, bad, ignored = batch.score_chunk(model, frame, file=label, row_offset=offset, seen_ids=seen,
+                                                     malformed=malformed)
             result.ignored = result.ignored or ignored
             name = f"part-{index:05d}-{chunk:05d}.{fmt}"
             _write_part(output_table(scored, schema, file=label), folder / name, fmt)
             result.parts.append(name)
             if len(bad):
                 if rejects is None:
-                    rejects = pacsv.CSVWriter(tmp_path(rejects_path), REJECT_SCHEMA)
-                rejects.write_table(reject_table(bad))
+                    rejects = pacsv.CSVWriter(tmp_path(rejects_path), rschema)
+                rejects.write_table(csv_safe(reject_table(bad, frame, row_offset=offset, file=label, schema=rschema)))
                 result.rows_rejected += bad["row"].nunique()
             result.rows_scored += len(scored)
             offset += len(frame)
@@ -165,10 +166,10 @@ def _cross_file_duplicates(results: list[_FileResult]) -> dict[int, np.ndarray]:
     return {int(i): hashes[later[owner[later] == i]] for i in np.unique(owner[later])}
 
 
-def _publish(tmp: Path, results: list[_FileResult], target: Path) -> None:
+def _publish(tmp: Path, results: list[_FileResult], target: Path, rschema: pa.Schema) -> None:
     """Merge the rejects into ``rejects.csv``, drop leftovers of killed attempts, rename ``tmp`` to ``target``."""
     sink = pa.BufferOutputStream()
-    pacsv.write_csv(REJECT_SCHEMA.empty_table(), sink)
+    pacsv.write_csv(rschema.empty_table(), sink)
     with open(tmp / REJECTS_FILE, "wb") as out:
         out.write(sink.getvalue().to_pybytes())
         for r in results:
@@ -201,8 +202,9 @@ def score_files_dask(inputs: Sequence[str | Path] | str | Path, output_dir: str 
         nothing is an error. Files are scored in parallel, one task per file.
     output_dir : path
         A new folder (it must not exist). It gets ``part-<file>-<chunk>.<fmt>``, one per chunk,
-        named so that sorting the names gives input order, and ``rejects.csv`` (columns
-        ``REJECT_COLUMNS``; only the header when every row was scored).
+        named so that sorting the names gives input order, and ``rejects.csv`` (the rejected
+        rows, whole, after ``reject_file``, ``reject_row`` and ``reject_reason``; only the header
+        when every row was scored).
     model_source : path or MLflow URI, optional
         Default: the project's ``models/``. Only this string goes to the workers; each loads the
         model once (hash-checked) and reuses it for every task.
@@ -241,7 +243,9 @@ def score_files_dask(inputs: Sequence[str | Path] | str | Path, output_dir: str 
     start = time.perf_counter()
     paths, target = _expand_inputs(inputs), Path(output_dir)
     labels = [str(p) for p in paths]
-    has_ids = [has_case_ids(p) for p in paths]
+    columns = [file_columns(p) for p in paths]
+    has_ids = [ID_COLUMN in {normalise_header(c) for c in cols} for cols in columns]
+    rschema = reject_schema(columns)
     model = _model_path(model_source)
     if target.exists():
         raise BatchInputError(f"{target}: already exists; the dask engine writes a new folder and never "
@@ -254,7 +258,7 @@ def score_files_dask(inputs: Sequence[str | Path] | str | Path, output_dir: str 
     def submit(indices: Sequence[int], earlier: dict[int, np.ndarray], stage: str) -> list[_FileResult]:
         futures = {client.submit(_score_file, i, labels[i], str(paths[i].resolve()), model, str(tmp), fmt=fmt,
                                  chunk_rows=int(chunk_rows), id_column=ID_COLUMN if any(has_ids) else "row",
-                                 earlier=earlier.get(i, np.empty(0, dtype=np.uint64)),
+                                 earlier=earlier.get(i, np.empty(0, dtype=np.uint64)), rschema=rschema,
                                  key=f"kneepain-score-{stage}-{run}-{i:05d}", retries=retries): labels[i]
                    for i in indices}
         return gather(client, futures)
@@ -265,7 +269,7 @@ def score_files_dask(inputs: Sequence[str | Path] | str | Path, output_dir: str 
         if repeated:
             results.update({r.index: r for r in submit(sorted(repeated), repeated, "pass2")})
         ordered = [results[i] for i in range(len(paths))]
-        _publish(tmp, ordered, target)
+        _publish(tmp, ordered, target, rschema)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

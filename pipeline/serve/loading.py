@@ -11,18 +11,23 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from pipeline.core.errors import ModelIntegrityError
-from pipeline.core.files import sha256_file
-from pipeline.core.knowledge import KnowledgeBase, load_knowledge_base
+from pipeline.core.knowledge import KnowledgeBase, knowledge_base_from_dict
 from pipeline.core.parsing import ParsedCases
 from pipeline.core.paths import models_dir
 from pipeline.core.schema import CONDITIONS
 from pipeline.decision.layer import Decision
 from pipeline.model.arrays import ArrayScorer, array_scorer, predict_proba
+from pipeline.model.integrity import CHECKSUMS_FILE
 from pipeline.model.persist import KB_FILE, MANIFEST_FILE, load_estimator
+from pipeline.model.signing import trusted_key, verify_signature
 
-__all__ = ["LoadedModel", "clear_model_cache", "get_model", "is_model_uri", "load_model"]
+__all__ = ["ARTIFACT_KEY", "LoadedModel", "clear_model_cache", "get_model", "is_model_uri", "load_model"]
+
+
+ARTIFACT_KEY = "model_dir"  # the model folder's name among the MLflow model's artifacts
 
 
 @dataclass
@@ -56,65 +61,105 @@ def is_model_uri(source: object) -> bool:
     return isinstance(source, str) and ":/" in source and not Path(source).exists()
 
 
-def load_model(source: str | Path | LoadedModel | None = None) -> LoadedModel:
-    """Load a model: a models folder, an MLflow model URI (``models:/...``, ``runs:/...``) or the
-    project's ``models/``.
+def load_model(source: str | Path | LoadedModel | None = None, *, trust_pickle: bool = False,
+               trusted: str | Path | None = None) -> LoadedModel:
+    """Load a model: a models folder, an MLflow model URI (``models:/...``, ``runs:/...``,
+    ``file:///...``) or the project's ``models/``.
+
+    Every file that changes an output (the model, the manifest with the decision layer, the
+    knowledge-base snapshot) is verified against ``checksums.json`` before any is used, and
+    nothing is unpickled. With a trusted public key (``trusted``, or ``$KNEEPAIN_TRUSTED_KEY``) the
+    folder must also be signed by it (:mod:`pipeline.model.signing`).
+
+    Parameters
+    ----------
+    trust_pickle : bool, default=False
+        Load a folder from an older version whose model is a pickle (``model.joblib``). Only for
+        folders you produced yourself: a pickle runs code when loaded.
+    trusted : path, optional
+        PEM public key the folder must be signed with.
 
     Raises
     ------
     ModelIntegrityError
-        If a file of the folder differs from the manifest (checked before unpickling), or the
-        manifest belongs to another schema or class list.
+        If a file is missing or changed (named), the signature does not verify, the folder is an
+        older pickled one (without ``trust_pickle``), or it belongs to another schema or class list.
     FileNotFoundError
         If there is no model; the message says to run ``make run``.
     """
     if isinstance(source, LoadedModel):
         return source
+    key = trusted_key(trusted)
     if is_model_uri(source):
-        return _load_from_mlflow(str(source))
+        return load_model(_mlflow_model_folder(str(source)), trust_pickle=trust_pickle, trusted=key)
     folder = models_dir() if source is None else Path(source)
     if folder.is_file():
         folder = folder.parent
-    estimator, manifest = load_estimator(folder)
+    if key is not None:
+        verify_signature(folder, key)
+    verified = load_estimator(folder, trust_pickle=trust_pickle)
+    manifest = verified.manifest
     kb = decision = None
     if "decision" in manifest:
-        kb_file = folder / KB_FILE
-        if not kb_file.exists() or sha256_file(kb_file) != manifest.get("knowledge_base_sha256"):
-            raise ModelIntegrityError(f"{kb_file} is missing or does not match the manifest's knowledge_base_sha256.")
-        kb, decision = load_knowledge_base(kb_file), Decision(manifest["decision"])
-    return LoadedModel(estimator, manifest, str(folder), kb, decision)
+        try:
+            kb = knowledge_base_from_dict(yaml.safe_load(verified.contents[KB_FILE]), where=str(folder / KB_FILE))
+        except yaml.YAMLError as err:
+            raise ModelIntegrityError(f"{folder / KB_FILE} is not valid YAML: {err}") from err
+        decision = Decision(manifest["decision"])
+    return LoadedModel(verified.estimator, manifest, str(folder), kb, decision)
 
 
-def _load_from_mlflow(uri: str) -> LoadedModel:
-    """The project's model behind an MLflow model URI; the pyfunc loads its folder with
-    :func:`load_model`, so the same checks apply. MLflow stays out of the default import path."""
+def _mlflow_model_folder(uri: str) -> Path:
+    """The project's model folder inside the MLflow model at ``uri``, downloaded, without loading the
+    MLflow model: MLflow's loader would import its code and could unpickle a ``python_model.pkl``
+    before any check. The folder is then loaded and verified like any other. MLflow stays out of
+    the default import path."""
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     from pipeline.core.paths import default_tracking_uri
 
     mlflow.set_tracking_uri(default_tracking_uri())
-    model = mlflow.pyfunc.load_model(uri).unwrap_python_model().model
-    if not isinstance(model, LoadedModel):
-        raise ModelIntegrityError(f"{uri} is not a kneepain model (its pyfunc holds {type(model).__name__}).")
-    return model
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    except (MlflowException, OSError) as err:
+        raise ModelIntegrityError(f"{uri}: cannot fetch the MLflow model: {' '.join(str(err).split())[:300]}") from err
+    folder = model_folder_in(local)
+    if folder is None or not ((folder / CHECKSUMS_FILE).exists() or (folder / MANIFEST_FILE).exists()):
+        raise ModelIntegrityError(f"{uri} is not a kneepain model (no {ARTIFACT_KEY} folder with a manifest in it).")
+    return folder
+
+
+def model_folder_in(local: Path) -> Path | None:
+    """The project's model folder inside a downloaded MLflow model (read from ``MLmodel`` as data,
+    nothing imported or unpickled), or None when ``local`` is not a model logged by
+    :func:`pipeline.serve.mlflow_model.log_pyfunc`."""
+    try:
+        mlmodel = yaml.safe_load((local / "MLmodel").read_text(encoding="utf-8"))
+        relative = mlmodel["flavors"]["python_function"]["artifacts"][ARTIFACT_KEY]["path"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return None
+    folder = (local / str(relative)).resolve()
+    return folder if folder.is_relative_to(local.resolve()) and folder.is_dir() else None
 
 
 _CACHE: dict[tuple, LoadedModel] = {}
 
 
-def get_model(model: str | Path | LoadedModel | None = None) -> LoadedModel:
-    """Load a model once and cache it (a models folder is reloaded if its manifest changes)."""
+def get_model(model: str | Path | LoadedModel | None = None, *, trust_pickle: bool = False) -> LoadedModel:
+    """Load a model once and cache it (a models folder is reloaded if one of its files changes)."""
     if isinstance(model, LoadedModel):
         return model
+    signer = trusted_key()
     if is_model_uri(model):
-        key: tuple = ("uri", model)
+        key: tuple = ("uri", model, trust_pickle, signer)
     else:
         folder = Path(model) if model is not None else models_dir()
-        manifest = folder / MANIFEST_FILE
-        stamp = manifest.stat().st_mtime_ns if manifest.exists() else None
-        key = ("dir", str(folder.resolve()), stamp)
+        stamps = tuple(p.stat().st_mtime_ns if p.exists() else None
+                       for p in (folder / MANIFEST_FILE, folder / CHECKSUMS_FILE))
+        key = ("dir", str(folder.resolve()), stamps, trust_pickle, signer)
     if key not in _CACHE:
-        _CACHE[key] = load_model(model)
+        _CACHE[key] = load_model(model, trust_pickle=trust_pickle)
     return _CACHE[key]
 
 

@@ -23,12 +23,11 @@ from mlflow.types.schema import AnyType, ColSpec, Schema
 
 from pipeline.core.parsing import codes_to_text_frame, parse_cases
 from pipeline.core.schema import FIELDS, ID_COLUMN
-from pipeline.serve.loading import load_model
+from pipeline.serve.loading import ARTIFACT_KEY, load_model
 
 __all__ = ["ARTIFACT_KEY", "KneepainPyfunc", "input_schema", "log_pyfunc", "model_signature",
            "requirements"]
 
-ARTIFACT_KEY = "model_dir"
 _PACKAGE_DIR = Path(__file__).resolve().parent.parent
 _ENTRY = Path(__file__).resolve().parent / "mlflow_entry.py"
 

@@ -1,13 +1,24 @@
 """Writing scoring outputs and rejects: Arrow tables of one schema, written on a background thread
-to a temporary file that is renamed into place only when the job completes."""
+to a temporary file that is renamed into place only when the job completes.
+
+A rejects file has one line per rejected input row: ``reject_file``, ``reject_row`` and
+``reject_reason`` (every problem of the row), then the row itself as it was read, under the
+input's own column names, so fixing the rejects file and scoring it again is one step.
+
+CSV outputs are safe to open in a spreadsheet: a text cell that starts with ``=``, ``+``, ``-``,
+``@``, a tab or a carriage return (and is not a plain number) is written with a leading ``'``
+(OWASP's advice against formula injection). Parquet outputs keep the text as it is.
+"""
 
 from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
@@ -16,11 +27,11 @@ from pipeline.core.files import tmp_path
 from pipeline.core.schema import ID_COLUMN
 from pipeline.serve.predict import OUTPUT_TYPES, output_columns
 
-__all__ = ["REJECT_COLUMNS", "REJECT_SCHEMA", "Writer", "output_schema", "output_table", "reject_table"]
+__all__ = ["REJECT_META", "Writer", "csv_safe", "output_schema", "output_table", "reject_schema", "reject_table"]
 
-REJECT_COLUMNS = ["file", "row", "column", "value", "reason"]
-REJECT_SCHEMA = pa.schema([pa.field("file", pa.string()), pa.field("row", pa.int64()), pa.field("column", pa.string()),
-                           pa.field("value", pa.string()), pa.field("reason", pa.string())])
+REJECT_META = ["reject_file", "reject_row", "reject_reason"]
+_FORMULA_START = r"^[=+\-@\t\r]"
+_PLAIN_NUMBER = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
 
 
 def output_schema(id_column: str, multi: bool, decision: bool) -> pa.Schema:
@@ -42,10 +53,56 @@ def output_table(scored: pd.DataFrame, schema: pa.Schema, *, file: str | None = 
     return pa.Table.from_pandas(scored[schema.names], schema=schema, preserve_index=False)
 
 
-def reject_table(bad: pd.DataFrame) -> pa.Table:
-    """Reject lines as an Arrow table of :data:`REJECT_SCHEMA`."""
-    return pa.Table.from_pandas(bad.astype({"file": str, "value": str, "reason": str, "column": str})[REJECT_COLUMNS],
-                                schema=REJECT_SCHEMA, preserve_index=False)
+def reject_schema(input_columns: list[list[str]]) -> pa.Schema:
+    """The rejects file's schema: :data:`REJECT_META`, then every input column (first seen first) as text.
+
+    The ``reject_*`` columns of an input that is itself a rejects file are replaced, not repeated."""
+    names = list(dict.fromkeys(c for columns in input_columns for c in columns if c not in REJECT_META))
+    return pa.schema([pa.field("reject_file", pa.string()), pa.field("reject_row", pa.int64()),
+                      pa.field("reject_reason", pa.string()), *(pa.field(c, pa.string()) for c in names)])
+
+
+def _problem(column: str, value: str, reason: str) -> str:
+    return f"column {column!r}, value {value!r}: {reason}" if column else reason
+
+
+def _as_text(values: pd.Series) -> pa.Array:
+    if isinstance(values.dtype, pd.StringDtype):
+        return pa.array(values.array, type=pa.string())
+    obj = values.astype(object)
+    return pa.array([None if v is None or v is pd.NA or v is pd.NaT or (isinstance(v, float) and v != v)
+                     else str(v) for v in obj], type=pa.string())
+
+
+def reject_table(errors: pd.DataFrame, frame: pd.DataFrame, *, row_offset: int, file: str,
+                 schema: pa.Schema) -> pa.Table:
+    """One line per rejected row of ``frame`` (the rows ``row_offset``..): its file, row, every
+    problem in ``errors`` (row, column, value, reason) and the row as read."""
+    problems = pd.Series([_problem(c, v, r) for c, v, r in zip(errors["column"].astype(str),
+                                                                errors["value"].astype(str), errors["reason"].astype(str))],
+                         index=errors["row"].to_numpy())
+    joined = problems.groupby(level=0, sort=True).agg(" | ".join)
+    rows = joined.index.to_numpy(dtype=np.int64)
+    original = frame.iloc[rows - row_offset]
+    columns: dict[str, pa.Array] = {"reject_file": pa.array([file] * len(rows), pa.string()),
+                                    "reject_row": pa.array(rows, pa.int64()),
+                                    "reject_reason": pa.array(joined.to_numpy(dtype=object), pa.string())}
+    for name in schema.names[len(REJECT_META):]:
+        columns[name] = _as_text(original[name]) if name in original.columns else pa.nulls(len(rows), pa.string())
+    return pa.table(columns, schema=schema)
+
+
+def csv_safe(table: pa.Table) -> pa.Table:
+    """``table`` with a ``'`` before every text cell that a spreadsheet would run as a formula."""
+    for i, kind in enumerate(table.schema.types):
+        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+            continue
+        col = table.column(i)
+        risky = pc.and_(pc.match_substring_regex(col, _FORMULA_START),
+                        pc.invert(pc.match_substring_regex(col, _PLAIN_NUMBER)))
+        if pc.any(risky).as_py():
+            table = table.set_column(i, table.field(i), pc.if_else(risky, pc.binary_join_element_wise("'", col, ""), col))
+    return table
 
 
 class Writer:
@@ -58,8 +115,9 @@ class Writer:
     def __init__(self, target: Path, schema: pa.Schema):
         self.target, self.schema = target, schema
         self.tmp = tmp_path(target)
+        self._csv = target.suffix.lower() != ".parquet"
         try:
-            if target.suffix.lower() == ".parquet":
+            if not self._csv:
                 self._w = pq.ParquetWriter(self.tmp, schema, compression="zstd")
             else:
                 self._w = pacsv.CSVWriter(self.tmp, schema)
@@ -75,7 +133,10 @@ class Writer:
 
     def write(self, table: pa.Table) -> None:
         self._wait()
-        self._pending = self._pool.submit(self._w.write_table, table)
+        self._pending = self._pool.submit(self._write, table)
+
+    def _write(self, table: pa.Table) -> None:
+        self._w.write_table(csv_safe(table) if self._csv else table)
 
     def close(self) -> None:
         try:

@@ -1,0 +1,84 @@
+"""The model folder's checksums: every file that changes an output, verified before any is used.
+
+``checksums.json`` lists the SHA-256 of each file of the folder that scoring reads: the model
+file, ``manifest.json`` (with the decision layer: triage costs, red flags, advice, conformal and
+atypical thresholds, and the screen) and the knowledge-base snapshot. :func:`verify_folder` reads
+each listed file once, checks it, and hands back those same bytes, so what is used is what was
+checked. A missing or changed file is refused with :class:`ModelIntegrityError` naming it.
+
+Checksums catch a changed or damaged file, not a deliberate one whose writer also rewrote
+``checksums.json``: for that, sign the folder (:mod:`pipeline.model.signing`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+from pipeline.core.errors import ModelIntegrityError
+from pipeline.core.files import sha256_file, write_json_atomic
+
+__all__ = ["CHECKSUMS_FILE", "seal_folder", "verify_folder"]
+
+CHECKSUMS_FILE = "checksums.json"
+_FORMAT = "kneepain-model-checksums"
+
+
+def seal_folder(folder: Path, names: Iterable[str]) -> dict[str, str]:
+    """Write ``checksums.json`` for the files ``names`` of ``folder``; return {name: SHA-256}."""
+    files = {name: sha256_file(folder / name) for name in sorted(set(names))}
+    write_json_atomic(folder / CHECKSUMS_FILE, {"format": _FORMAT, "algorithm": "sha256", "files": files})
+    return files
+
+
+def _listed(folder: Path) -> dict[str, str]:
+    path = folder / CHECKSUMS_FILE
+    try:
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise ModelIntegrityError(f"{path} is missing: a model folder is loaded only with the checksums written "
+                                  "when it was trained; retrain with `kneepain train` (or `make run`).") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ModelIntegrityError(f"{path} is not valid JSON ({err}); refusing to load the model folder.") from err
+    files = data.get("files") if isinstance(data, dict) else None
+    if not isinstance(data, dict) or data.get("format") != _FORMAT or data.get("algorithm") != "sha256" \
+            or not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+        raise ModelIntegrityError(f"{path} is not a kneepain checksums file; refusing to load the model folder.")
+    for name in files:
+        if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+            raise ModelIntegrityError(f"{path} lists {name!r}, which is not a file name inside the folder.")
+    return files
+
+
+def verify_folder(folder: Path, required: Iterable[str] = ()) -> dict[str, bytes]:
+    """The bytes of every file ``checksums.json`` lists, each checked against its SHA-256.
+
+    Raises
+    ------
+    ModelIntegrityError
+        ``checksums.json`` is missing or invalid, does not list a ``required`` file, or a listed
+        file is missing or has changed. The message names the file.
+    """
+    files = _listed(folder)
+    for name in required:
+        if name not in files:
+            raise ModelIntegrityError(f"{folder / CHECKSUMS_FILE} does not cover {name}; refusing to load the "
+                                      "model folder.")
+    contents = {}
+    for name, expected in files.items():
+        path = folder / name
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise ModelIntegrityError(f"{path} is missing from the model folder; refusing to load it.") from None
+        except OSError as err:
+            raise ModelIntegrityError(f"{path}: cannot read: {err.strerror or err}.") from err
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != expected:
+            raise ModelIntegrityError(
+                f"{path} has changed since the model was saved (SHA-256 {digest[:16]}..., {CHECKSUMS_FILE} expects "
+                f"{expected[:16]}...); refusing to load the model folder.")
+        contents[name] = data
+    return contents

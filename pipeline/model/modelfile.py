@@ -1,0 +1,169 @@
+"""The fitted model as a file that cannot run code when it is loaded.
+
+- The logistic model and the MLP (the usual winners) are written as their arrays in JSON,
+  ``model.json``: the featuriser's centres and scales, each layer's weights and intercepts, the
+  activation and the inverse temperature. Loading builds an :class:`ArrayScorer` from numbers;
+  Python's JSON floats round-trip exactly, so the loaded model gives the saved model's bits.
+- Any other estimator (gradient boosting) is written with skops, ``model.skops``, and loaded
+  with an explicit list of trusted types (:data:`SKOPS_TRUSTED`): skops builds only those, and a
+  file that needs any other type is refused. A model that would need another type is refused at
+  saving time, so a folder is never written that cannot be loaded safely.
+
+No pickle is written or read here (an older folder's ``model.joblib`` is
+:mod:`pipeline.model.legacy`'s business).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.core.errors import ModelIntegrityError
+from pipeline.core.files import write_bytes_atomic
+from pipeline.core.schema import CONDITIONS, FIELDS
+from pipeline.model.arrays import ACTIVATIONS, ArrayScorer, array_scorer
+from pipeline.model.features import CaseFeaturizer
+
+__all__ = ["ARRAYS_FILE", "SKOPS_FILE", "SKOPS_TRUSTED", "read_model_file", "scorer_from_dict", "scorer_to_dict",
+           "write_model_file"]
+
+ARRAYS_FILE = "model.json"
+SKOPS_FILE = "model.skops"
+_FORMAT = "kneepain-array-scorer"
+_VERSION = 1
+# every type beyond skops' defaults that a project model needs (found with skops.io.get_untrusted_types)
+SKOPS_TRUSTED = ["pipeline.model.features.CaseFeaturizer", "sklearn.calibration._CalibratedClassifier",
+                 "sklearn.calibration._TemperatureScaling",
+                 "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"]
+_NUMERIC = [f.name for f in FIELDS if f.kind in ("integer", "float")]
+
+
+def scorer_to_dict(scorer: ArrayScorer) -> dict[str, Any]:
+    f = scorer.featurizer
+    return {"format": _FORMAT, "version": _VERSION, "classes": list(CONDITIONS),
+            "features": {"dtype": f.dtype, "center": dict(f.center_), "scale": dict(f.scale_)},
+            "layers": [{"weights": w.tolist(), "intercept": b.tolist()} for w, b in zip(scorer.weights, scorer.intercepts)],
+            "activation": scorer.activation, "beta": scorer.beta, "from_proba": scorer.from_proba}
+
+
+def _numbers(value: Any, where: str, ndim: int) -> np.ndarray:
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{where} is not an array of numbers") from err
+    if array.ndim != ndim or not np.isfinite(array).all():
+        raise ValueError(f"{where} must be a {ndim}-d array of finite numbers")
+    return np.ascontiguousarray(array)
+
+
+def scorer_from_dict(data: dict[str, Any]) -> ArrayScorer:
+    """An :class:`ArrayScorer` from :func:`scorer_to_dict`'s output, checked against the schema.
+
+    Raises
+    ------
+    ValueError
+        Naming the first part that is missing, of another shape or not a finite number.
+    """
+    if not isinstance(data, dict) or data.get("format") != _FORMAT or data.get("version") != _VERSION:
+        raise ValueError(f"not a {_FORMAT} version {_VERSION} file")
+    if data.get("classes") != list(CONDITIONS):
+        raise ValueError(f"classes {data.get('classes')} differ from this code's {list(CONDITIONS)}")
+    features = data.get("features") or {}
+    center, scale = features.get("center"), features.get("scale")
+    if not isinstance(center, dict) or not isinstance(scale, dict) or sorted(center) != sorted(_NUMERIC) \
+            or sorted(scale) != sorted(_NUMERIC):
+        raise ValueError(f"features.center and features.scale must give the numeric fields {_NUMERIC}")
+    for name in _NUMERIC:
+        for what, table in (("center", center), ("scale", scale)):
+            v = table[name]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
+                    or (what == "scale" and v <= 0):
+                raise ValueError(f"features.{what}.{name} == {v!r}, must be a finite number"
+                                 + (" > 0" if what == "scale" else ""))
+    featurizer = CaseFeaturizer(dtype=features.get("dtype", "float64"))
+    if featurizer.dtype not in ("float64", "float32"):
+        raise ValueError(f"features.dtype == {featurizer.dtype!r}, must be float64 or float32")
+    featurizer.center_ = {k: float(center[k]) for k in _NUMERIC}
+    featurizer.scale_ = {k: float(scale[k]) for k in _NUMERIC}
+    featurizer.n_features_out_ = len(featurizer.get_feature_names_out())
+    layers = data.get("layers")
+    if not isinstance(layers, list) or not layers:
+        raise ValueError("layers must be a non-empty list")
+    weights, intercepts, n_in = [], [], featurizer.n_features_out_
+    for i, layer in enumerate(layers):
+        w = _numbers(layer.get("weights") if isinstance(layer, dict) else None, f"layers[{i}].weights", 2)
+        b = _numbers(layer.get("intercept") if isinstance(layer, dict) else None, f"layers[{i}].intercept", 1)
+        if w.shape[1] != n_in or b.shape != (w.shape[0],):
+            raise ValueError(f"layers[{i}] has weights {w.shape} and intercept {b.shape}; expected weights "
+                             f"(n, {n_in}) and intercept (n,)")
+        weights.append(w)
+        intercepts.append(b)
+        n_in = w.shape[0]
+    if n_in != len(CONDITIONS):
+        raise ValueError(f"the last layer has {n_in} outputs; expected one per condition ({len(CONDITIONS)})")
+    activation, beta, from_proba = data.get("activation"), data.get("beta"), data.get("from_proba")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation == {activation!r}, must be one of {sorted(ACTIVATIONS)}")
+    if beta is not None and (isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta)):
+        raise ValueError(f"beta == {beta!r}, must be a finite number or null")
+    if not isinstance(from_proba, bool):
+        raise ValueError(f"from_proba == {from_proba!r}, must be true or false")
+    return ArrayScorer(featurizer, tuple(weights), tuple(intercepts), activation=activation,
+                       beta=None if beta is None else float(beta), from_proba=from_proba)
+
+
+def write_model_file(estimator: Any, folder: Path) -> str:
+    """Write ``estimator`` into ``folder`` as :data:`ARRAYS_FILE` or :data:`SKOPS_FILE`; its file name.
+
+    Raises
+    ------
+    ModelIntegrityError
+        If the estimator is neither scorable from its arrays nor made only of trusted types.
+    """
+    scorer = array_scorer(estimator)
+    if scorer is not None:
+        text = json.dumps(scorer_to_dict(scorer), separators=(",", ":"), allow_nan=False) + "\n"
+        write_bytes_atomic(folder / ARRAYS_FILE, text.encode("utf-8"))
+        return ARRAYS_FILE
+    import skops.io as sio
+
+    data = sio.dumps(estimator)
+    untrusted = sorted(set(sio.get_untrusted_types(data=data)) - set(SKOPS_TRUSTED))
+    if untrusted:
+        raise ModelIntegrityError(f"cannot save a {type(estimator).__name__} safely: it needs the types {untrusted}, "
+                                  "which are not in pipeline.model.modelfile.SKOPS_TRUSTED.")
+    write_bytes_atomic(folder / SKOPS_FILE, data)
+    return SKOPS_FILE
+
+
+def read_model_file(path: Path, data: bytes) -> Any:
+    """The estimator in ``data`` (the verified bytes of ``path``), built without running code from it.
+
+    Raises
+    ------
+    ModelIntegrityError
+        Naming the file, if it is of an unknown kind or not a valid model of that kind.
+    """
+    if path.name == ARRAYS_FILE:
+        try:
+            return scorer_from_dict(json.loads(data.decode("utf-8")))
+        except (UnicodeDecodeError, json.JSONDecodeError, ValueError, TypeError, AttributeError) as err:
+            raise ModelIntegrityError(f"{path} is not a valid kneepain model file: {err}; retrain with "
+                                      "`kneepain train`.") from err
+    if path.name == SKOPS_FILE:
+        import skops.io as sio
+
+        try:
+            untrusted = sorted(set(sio.get_untrusted_types(data=data)) - set(SKOPS_TRUSTED))
+            if untrusted:
+                raise ModelIntegrityError(f"{path} needs types that are not trusted: {untrusted}; refusing to load it.")
+            return sio.loads(data, trusted=SKOPS_TRUSTED)
+        except ModelIntegrityError:
+            raise
+        except Exception as err:  # any failure to build the object means the file is not a model of ours
+            raise ModelIntegrityError(f"{path} is not a valid skops model file: {type(err).__name__}: {err}") from err
+    raise ModelIntegrityError(f"{path}: unknown model file; expected {ARRAYS_FILE} or {SKOPS_FILE}.")

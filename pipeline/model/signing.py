@@ -1,0 +1,98 @@
+"""Authenticity of a model folder: signed with a private key, verified with a trusted public key.
+
+Checksums (:mod:`pipeline.model.integrity`) catch a changed file; anyone can write new ones.
+A signature made with a private key that only the model's producer holds proves where the folder
+came from. Signing and verifying use the OpenSSF ``model-signing`` library (the ``signing``
+extra) in its private-key mode, which works offline: it hashes every file of the folder into an
+in-toto statement and signs it (a Sigstore bundle in ``model.sig``), so a changed, added or
+removed file breaks the signature. Keys are elliptic-curve (P-256, P-384 or P-521) PEM files::
+
+    openssl ecparam -name prime256v1 -genkey -noout -out signing-key.pem
+    openssl ec -in signing-key.pem -pubout -out signing-key.pub
+
+When a trusted public key is configured (``KNEEPAIN_TRUSTED_KEY``, or ``trusted_key=``), every
+model folder must carry a valid signature by it, or it is refused before anything in it is read.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from pipeline.core.errors import ModelIntegrityError
+
+__all__ = ["SIGNATURE_FILE", "TRUSTED_KEY_ENV", "sign_folder", "trusted_key", "verify_signature"]
+
+SIGNATURE_FILE = "model.sig"
+TRUSTED_KEY_ENV = "KNEEPAIN_TRUSTED_KEY"
+
+
+def trusted_key(key: str | Path | None = None) -> Path | None:
+    """The trusted public key: ``key``, else ``$KNEEPAIN_TRUSTED_KEY``, else None (no signature required)."""
+    chosen = key if key is not None else os.environ.get(TRUSTED_KEY_ENV) or None
+    if chosen is None:
+        return None
+    path = Path(chosen)
+    if not path.is_file():
+        where = f"${TRUSTED_KEY_ENV}" if key is None else "the trusted key"
+        raise ModelIntegrityError(f"{path} ({where}) is not a file; give the PEM public key models must be signed with.")
+    return path
+
+
+def _library():
+    try:
+        from model_signing import hashing, signing, verifying
+    except ImportError as err:
+        raise ModelIntegrityError("signing and verifying model folders needs the `signing` extra: "
+                                  "pip install 'kneepain[signing]'") from err
+    return hashing, signing, verifying
+
+
+def _hashing(hashing, folder: Path):
+    return hashing.Config().set_ignored_paths(paths=[folder / SIGNATURE_FILE], ignore_git_paths=False)
+
+
+def sign_folder(folder: str | Path, private_key: str | Path, *, password: str | None = None) -> Path:
+    """Sign every file of ``folder`` with ``private_key``; the signature goes to ``folder/model.sig``."""
+    folder = Path(folder)
+    hashing, signing, _ = _library()
+    signature = folder / SIGNATURE_FILE
+    try:
+        (signing.Config().use_elliptic_key_signer(private_key=Path(private_key), password=password)
+         .set_hashing_config(_hashing(hashing, folder)).sign(folder, signature))
+    except (ValueError, OSError, TypeError) as err:
+        raise ModelIntegrityError(f"cannot sign {folder} with {private_key}: {err}") from err
+    return signature
+
+
+def verify_signature(folder: str | Path, public_key: str | Path) -> None:
+    """Refuse ``folder`` unless ``model.sig`` is a valid signature of all its files by ``public_key``.
+
+    Raises
+    ------
+    ModelIntegrityError
+        The signature is missing, made with another key, or a file was changed, added or removed
+        since signing (the message names it).
+    """
+    folder = Path(folder)
+    signature = folder / SIGNATURE_FILE
+    if not signature.is_file():
+        raise ModelIntegrityError(f"{signature} is missing: model folders must be signed by the trusted key "
+                                  f"{public_key} (`kneepain sign`); refusing to load {folder}.")
+    hashing, _, verifying = _library()
+    try:
+        (verifying.Config().use_elliptic_key_verifier(public_key=Path(public_key))
+         .set_hashing_config(_hashing(hashing, folder)).verify(folder, signature))
+    except Exception as err:  # the library raises ValueError and others: each means "not verified"
+        raise ModelIntegrityError(f"{folder} is not verified by the trusted key {public_key}: "
+                                  f"{_summary(str(err))}; refusing to load it.") from err
+
+
+def _summary(message: str) -> str:
+    """The library's message without digests: which files were changed, added or removed, or why it failed."""
+    found = {"changed": re.findall(r"Hash mismatch for \\?'([^'\\]+)\\?'", message),
+             "removed": re.findall(r"Missing files in model [^:]*: ([^\"\]]+)", message),
+             "added": re.findall(r"Extra files found in model [^:]*: ([^\"\]]+)", message)}
+    parts = [f"{what} since signing: {', '.join(sorted(n.strip() for n in names))}" for what, names in found.items() if names]
+    return "; ".join(parts) if parts else " ".join(message.split())[:300]

@@ -1,0 +1,114 @@
+"""What keeps a scoring job from destroying or mixing up a user's files.
+
+- :func:`refuse_same_file`: an output (or its rejects file) that is one of the inputs, by any
+  path (relative, through a link), is refused before anything is opened for writing.
+- :func:`output_lock`: one job at a time per output; a second job fails at once (``filelock``,
+  an OS lock on a hidden ``.<output>.lock`` beside the output, released if the job dies).
+- :func:`stop_on_signals`: SIGTERM and SIGHUP stop the job like Ctrl-C (SIGINT) does, so the
+  clean-up that removes its temporary files runs.
+- :func:`reclaim_stale_temps`: temporary files left by a job that was killed outright (SIGKILL,
+  power loss) carry its process id; a later job on the same output removes those of dead processes.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import signal
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+from pipeline.core.errors import BatchInputError
+
+__all__ = ["Interrupted", "output_lock", "reclaim_stale_temps", "refuse_same_file", "stop_on_signals"]
+
+
+class Interrupted(KeyboardInterrupt):
+    """The job was stopped by a signal; ``signum`` says which."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+
+
+def _same(a: Path, b: Path) -> bool:
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()
+
+
+def refuse_same_file(inputs: Sequence[Path], outputs: Sequence[Path]) -> None:
+    """Raise :class:`BatchInputError` if an output is the same file as an input."""
+    for out in outputs:
+        for src in inputs:
+            if _same(src, out):
+                raise BatchInputError(f"{out} is the input file {src}: scoring would overwrite your data; "
+                                      "choose another output path.")
+
+
+def lock_path(output: Path) -> Path:
+    return output.with_name(f".{output.name}.lock")
+
+
+@contextmanager
+def output_lock(output: Path) -> Iterator[None]:
+    """Hold the output's lock for the job; fail at once if another job holds it."""
+    lock = FileLock(lock_path(output), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise BatchInputError(f"{output}: another kneepain job is writing this output (it holds "
+                              f"{lock_path(output)}); wait for it to finish or choose another output.") from None
+    except OSError as err:
+        raise BatchInputError(f"{output}: cannot lock the output: {err.strerror or err}.") from err
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def reclaim_stale_temps(targets: Sequence[Path]) -> list[Path]:
+    """Remove ``.<target>.<pid>.tmp`` files whose process is gone; return what was removed."""
+    removed = []
+    for target in targets:
+        prefix = f".{target.name}."
+        for found in target.parent.glob(glob.escape(prefix) + "*.tmp"):
+            pid = found.name[len(prefix):-len(".tmp")]
+            if pid.isdigit() and not _alive(int(pid)):
+                found.unlink(missing_ok=True)
+                removed.append(found)
+    return removed
+
+
+def _raise(signum: int, frame) -> None:
+    raise Interrupted(signum)
+
+
+@contextmanager
+def stop_on_signals(signums: Sequence[int] = (signal.SIGTERM, signal.SIGHUP)) -> Iterator[None]:
+    """Turn ``signums`` into :class:`Interrupted` in the main thread for the duration (elsewhere: no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, _raise) for s in signums}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)

@@ -1,0 +1,279 @@
+"""A model folder is used only if every file that changes an output is the one written at training,
+nothing on the load path can run code, and with a trusted key only a folder signed by it loads."""
+
+import hashlib
+import json
+import pickle
+import shutil
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.frozen import FrozenEstimator
+from sklearn.linear_model import LogisticRegression
+from sklearn.neural_network import MLPClassifier
+from sklearn.pipeline import Pipeline
+
+from pipeline import generate_cases
+from pipeline.cli import main
+from pipeline.core.errors import ModelIntegrityError
+from pipeline.core.parsing import parse_cases
+from pipeline.data.datasets import labels
+from pipeline.model.arrays import array_scorer
+from pipeline.model.features import CaseFeaturizer
+from pipeline.model.integrity import CHECKSUMS_FILE, seal_folder
+from pipeline.model.persist import save_model
+from pipeline.serve.loading import load_model
+
+CASE = {"age": 71, "sex": "female", "sedentary": "yes", "leg_swelling": "yes", "skin_warm": "yes", "skin_red": "yes",
+        "calf_tenderness": "yes"}
+FILES = ["model.json", "manifest.json", "knowledge_base.yaml"]
+
+
+def _copy(trained, tmp_path, name="models") -> Path:
+    return Path(shutil.copytree(trained[0], tmp_path / name))
+
+
+def _reseal(folder: Path) -> None:
+    """What someone who edits a file and rewrites the checksums does (only a signature stops them)."""
+    names = json.loads((folder / CHECKSUMS_FILE).read_text())["files"]
+    seal_folder(folder, names)
+
+
+def _edit_manifest(folder: Path, change) -> None:
+    manifest = json.loads((folder / "manifest.json").read_text())
+    change(manifest)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("name", FILES)
+@pytest.mark.parametrize("how", ["changed", "deleted"])
+def test_every_file_that_changes_an_output_is_verified(trained, tmp_path, name, how):
+    folder = _copy(trained, tmp_path)
+    if how == "deleted":
+        (folder / name).unlink()
+    else:
+        with open(folder / name, "ab") as fh:
+            fh.write(b"\n ")
+    with pytest.raises(ModelIntegrityError, match=f"{name} (has changed since the model was saved|is missing)"):
+        load_model(folder)
+
+
+@pytest.mark.parametrize("attack", ["no red flags", "flat costs", "new advice", "no decision layer"])
+def test_editing_the_decision_layer_in_the_manifest_is_refused(trained, tmp_path, capsys, attack):
+    folder = _copy(trained, tmp_path)
+
+    def change(m):
+        d = m["decision"]
+        if attack == "no decision layer":
+            del m["decision"]
+        elif attack == "no red flags":
+            d["triage"]["red_flags"] = []
+        elif attack == "flat costs":
+            d["triage"]["costs"] = {c: {k: 0 for k in v} for c, v in d["triage"]["costs"].items()}
+        else:
+            d["triage"]["advice"] = {c: "rest at home" for c in d["triage"]["advice"]}
+
+    _edit_manifest(folder, change)
+    with pytest.raises(ModelIntegrityError, match="manifest.json has changed"):
+        load_model(folder)
+    cases = tmp_path / "cases.csv"
+    pd.DataFrame([CASE]).to_csv(cases, index=False)
+    assert main(["score", str(cases), "-o", str(tmp_path / "out.csv"), "--model", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "manifest.json has changed" in err and not (tmp_path / "out.csv").exists()
+
+
+def test_a_folder_without_checksums_or_with_foreign_ones_is_refused(trained, tmp_path):
+    folder = _copy(trained, tmp_path)
+    (folder / CHECKSUMS_FILE).write_text(json.dumps({"format": "kneepain-model-checksums", "algorithm": "sha256",
+                                                     "files": {"manifest.json": "0" * 64, "../x": "0" * 64}}))
+    with pytest.raises(ModelIntegrityError, match="not a file name inside the folder"):
+        load_model(folder)
+    (folder / CHECKSUMS_FILE).unlink()
+    with pytest.raises(ModelIntegrityError, match="checksums.json is missing"):
+        load_model(folder)
+
+
+def test_a_corrupt_model_file_that_passes_its_checksum_is_refused_by_name(trained, tmp_path, capsys):
+    folder = _copy(trained, tmp_path)
+    model = json.loads((folder / "model.json").read_text())
+    model["layers"][-1]["weights"] = model["layers"][-1]["weights"][:-1]  # one condition short
+    (folder / "model.json").write_text(json.dumps(model))
+    _reseal(folder)
+    with pytest.raises(ModelIntegrityError,
+                       match=r"model.json is not a valid kneepain model file: layers\[\d\] has weights \(8, \d+\)"):
+        load_model(folder)
+    (folder / "model.json").write_text("{not json")
+    _reseal(folder)
+    cases = tmp_path / "cases.csv"
+    pd.DataFrame([CASE]).to_csv(cases, index=False)
+    assert main(["score", str(cases), "-o", str(tmp_path / "out.csv"), "--model", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "model.json is not a valid kneepain model file" in err
+
+
+def test_loading_and_scoring_unpickle_nothing(trained, monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("something was unpickled on the load path")
+
+    for target, name in ((pickle, "loads"), (pickle, "load"), (pickle, "Unpickler"), (joblib, "load")):
+        monkeypatch.setattr(target, name, boom)
+    model = load_model(trained[0])
+    assert model.predict_proba(parse_cases(pd.DataFrame([CASE]))).shape == (1, 9)
+    assert not [p for p in trained[0].iterdir() if p.suffix in (".joblib", ".pkl", ".pickle")]
+
+
+@pytest.fixture(scope="module")
+def cases(kb):
+    train, valid = generate_cases(kb, 1500, seed=21), generate_cases(kb, 800, seed=22)
+    return train, valid
+
+
+def _fit(kind, cases):
+    train, valid = cases
+    model = {"logistic": LogisticRegression(max_iter=300), "mlp": MLPClassifier((8,), max_iter=30, random_state=0),
+             "hgb": HistGradientBoostingClassifier(max_iter=5, random_state=0)}[kind]
+    with pytest.warns() if kind == "mlp" else _nothing():
+        pipe = Pipeline([("features", CaseFeaturizer()), ("model", model)]).fit(train, labels(train))
+    return CalibratedClassifierCV(FrozenEstimator(pipe), method="temperature").fit(valid, labels(valid))
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+@pytest.mark.parametrize("kind", ["logistic", "mlp", "hgb"])
+def test_saved_models_load_without_pickle_and_give_the_same_probabilities(kind, cases, tmp_path):
+    estimator = _fit(kind, cases)
+    manifest = save_model(estimator, tmp_path / "m", {"note": kind})
+    assert manifest["model_file"] == ("model.skops" if kind == "hgb" else "model.json")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == sorted([CHECKSUMS_FILE, "manifest.json",
+                                                                        manifest["model_file"]])
+    parsed = parse_cases(cases[1])
+    loaded = load_model(tmp_path / "m").predict_proba(parsed)
+    np.testing.assert_allclose(loaded, estimator.predict_proba(parsed), rtol=1e-9, atol=1e-12)
+    scorer = array_scorer(estimator)
+    if scorer is not None:  # the arrays round-trip exactly through JSON
+        np.testing.assert_array_equal(loaded, scorer.predict_proba(parsed))
+
+
+class _Untrusted:
+    pass
+
+
+def test_a_skops_file_that_needs_an_untrusted_type_is_refused(cases, tmp_path):
+    import skops.io as sio
+
+    with pytest.raises(ModelIntegrityError, match="cannot save a _Untrusted safely"):
+        save_model(_Untrusted(), tmp_path / "m", {})
+    estimator = _fit("hgb", cases)
+    save_model(estimator, tmp_path / "m", {})
+    (tmp_path / "m" / "model.skops").write_bytes(sio.dumps({"model": _Untrusted()}))
+    _reseal(tmp_path / "m")
+    with pytest.raises(ModelIntegrityError, match=r"model.skops needs types that are not trusted: .*_Untrusted"):
+        load_model(tmp_path / "m")
+
+
+class _Evil:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))
+
+
+def _legacy_folder(trained, tmp_path, payload) -> Path:
+    """A folder as an older version wrote it: a joblib pickle whose hash the manifest records."""
+    folder = _copy(trained, tmp_path, "old")
+    (folder / "model.json").unlink()
+    (folder / CHECKSUMS_FILE).unlink()
+    joblib.dump(payload, folder / "model.joblib")
+    digest = hashlib.sha256((folder / "model.joblib").read_bytes()).hexdigest()
+    kb = hashlib.sha256((folder / "knowledge_base.yaml").read_bytes()).hexdigest()
+    _edit_manifest(folder, lambda m: m.update(sha256=digest, knowledge_base_sha256=kb, model_file="model.joblib"))
+    return folder
+
+
+def test_an_old_pickled_folder_is_refused_with_retrain_and_nothing_runs(trained, tmp_path):
+    sentinel = tmp_path / "pwned"
+    folder = _legacy_folder(trained, tmp_path, _Evil(str(sentinel)))  # its hash is consistent
+    with pytest.raises(ModelIntegrityError, match=r"pickle .* Retrain with `kneepain train`.*--trust-pickle"):
+        load_model(folder)
+    assert not sentinel.exists()
+
+
+def test_an_old_pickled_folder_loads_only_behind_trust_pickle(trained, cases, tmp_path, capsys):
+    folder = _legacy_folder(trained, tmp_path, _fit("logistic", cases))
+    src = tmp_path / "cases.csv"
+    pd.DataFrame([CASE]).to_csv(src, index=False)
+    assert main(["score", str(src), "-o", str(tmp_path / "a.csv"), "--model", str(folder)]) == 2
+    assert "--trust-pickle" in capsys.readouterr().err
+    assert main(["score", str(src), "-o", str(tmp_path / "a.csv"), "--model", str(folder), "--trust-pickle",
+                 "--quiet"]) == 0
+    assert pd.read_csv(tmp_path / "a.csv")["triage"].tolist() == ["emergency"]
+    with open(folder / "model.joblib", "ab") as fh:  # the old hash check still holds behind the flag
+        fh.write(b"\0")
+    with pytest.raises(ModelIntegrityError, match="SHA-256 .* refusing to load"):
+        load_model(folder, trust_pickle=True)
+
+
+def test_a_decision_layer_from_another_version_is_refused_clearly(trained, tmp_path):
+    folder = _copy(trained, tmp_path)
+    _edit_manifest(folder, lambda m: m["decision"].update(atypical={"threshold": 1.0}))  # an older release's layout
+    _reseal(folder)
+    with pytest.raises(ModelIntegrityError, match="another version of kneepain; retrain"):
+        load_model(folder)
+
+
+def test_a_manifest_for_another_schema_is_refused(trained, tmp_path):
+    folder = _copy(trained, tmp_path)
+    _edit_manifest(folder, lambda m: m.update(schema_version="0"))
+    _reseal(folder)
+    with pytest.raises(ModelIntegrityError, match="is for schema 0"):
+        load_model(folder)
+
+
+@pytest.fixture
+def champion_copy(trained, tmp_path, monkeypatch):
+    """The registered champion's MLflow model, copied to a local folder (a file:/// URI)."""
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", trained[1])
+    mlflow.set_tracking_uri(trained[1])
+    local = mlflow.artifacts.download_artifacts(artifact_uri="models:/kneepain-classifier@champion",
+                                                dst_path=str(tmp_path / "download"))
+    return Path(shutil.copytree(local, tmp_path / "mlmodel"))
+
+
+def test_an_mlflow_model_uri_is_verified_before_anything_in_it_is_used(champion_copy, trained):
+    from pipeline import predict
+
+    uri = champion_copy.as_uri()
+    expected = predict(CASE, model=trained[0])
+    pd.testing.assert_frame_equal(predict(CASE, model=uri), expected)
+    _edit_manifest(champion_copy / "artifacts" / "models", lambda m: m["decision"]["triage"].update(red_flags=[]))
+    with pytest.raises(ModelIntegrityError, match="manifest.json has changed"):
+        load_model(uri)
+
+
+def test_an_mlflow_model_with_a_pickled_python_model_is_not_unpickled(tmp_path):
+    import yaml
+
+    sentinel = tmp_path / "pwned"
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    (evil / "python_model.pkl").write_bytes(pickle.dumps(_Evil(str(sentinel))))
+    (evil / "MLmodel").write_text(yaml.safe_dump({"flavors": {"python_function": {
+        "loader_module": "mlflow.pyfunc.model", "python_model": "python_model.pkl", "python_version": "3.11"}}}))
+    with pytest.raises(ModelIntegrityError, match="is not a kneepain model"):
+        load_model(evil.as_uri())
+    assert not sentinel.exists()

@@ -1,0 +1,247 @@
+"""`kneepain score` never destroys or silently drops a user's data: every failure mode, on real files."""
+
+import datetime
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.cli import main
+from pipeline.core.errors import BatchInputError, CaseValidationError
+from pipeline.serve.predict import predict
+
+HEADER = "case_id,age,sex,locking,symptom_duration_days"
+GOOD = ["a1,30,male,no,3", "a2,41,female,yes,10", "a3,55,male,,", "a4,62,female,no,1"]
+
+
+def _write(path: Path, lines: list[str], encoding: str = "utf-8") -> Path:
+    path.write_bytes(("\n".join(lines) + "\n").encode(encoding))
+    return path
+
+
+def _score(inp, out, models, *extra) -> int:
+    return main(["score", str(inp), "-o", str(out), "--model", str(models), "--quiet", *extra])
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
+
+
+@pytest.mark.parametrize("how", ["same path", "relative path", "symlink", "rejects file"])
+def test_output_that_is_an_input_is_refused_and_the_input_kept(trained, tmp_path, capsys, monkeypatch, how):
+    models, _ = trained
+    src = _write(tmp_path / "in.csv", [HEADER, *GOOD])
+    before = src.read_bytes()
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    out = {"same path": src, "relative path": Path("sub/../in.csv"), "symlink": tmp_path / "link.csv",
+           "rejects file": tmp_path / "x.csv"}[how]
+    if how == "symlink":
+        out.symlink_to(src)
+    if how == "rejects file":  # the output's rejects file, x.csv.rejects.csv, is a link to the input
+        (tmp_path / "x.csv.rejects.csv").symlink_to(src)
+    assert _score(src, out, models) == 2
+    assert "is the input file" in _one_line_error(capsys)
+    assert src.read_bytes() == before
+
+
+def test_second_job_on_the_same_output_fails_at_once(trained, tmp_path, capsys):
+    from filelock import FileLock
+
+    models, _ = trained
+    src = _write(tmp_path / "in.csv", [HEADER, *GOOD])
+    out = tmp_path / "out.csv"
+    with FileLock(tmp_path / ".out.csv.lock", timeout=0):  # what a running job holds
+        assert _score(src, out, models) == 2
+        assert "another kneepain job is writing this output" in _one_line_error(capsys)
+        assert not out.exists()
+    assert _score(src, out, models) == 0  # released: the next job runs
+
+
+def test_stale_temp_files_of_dead_jobs_are_reclaimed(trained, tmp_path):
+    models, _ = trained
+    src = _write(tmp_path / "in.csv", [HEADER, *GOOD])
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    stale = [tmp_path / f".out.csv.{dead}.tmp", tmp_path / f".out.csv.rejects.csv.{dead}.tmp"]
+    alive = tmp_path / f".out.csv.{os.getppid()}.tmp"
+    for p in [*stale, alive]:
+        p.write_bytes(b"x" * 1000)
+    assert _score(src, tmp_path / "out.csv", models) == 0
+    assert not any(p.exists() for p in stale)
+    assert alive.exists()  # a live process's file is not touched
+
+
+@pytest.fixture(scope="module")
+def big_csv(kb, tmp_path_factory):
+    from pipeline.core.parsing import codes_to_text_frame
+    from pipeline.data.generate import generate_codes
+
+    codes, _, _ = generate_codes(kb, 200_000, seed=3)
+    path = tmp_path_factory.mktemp("big") / "big.csv"
+    codes_to_text_frame(codes).to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_a_stopped_job_removes_its_temporary_files(trained, big_csv, tmp_path, signum):
+    models, _ = trained
+    out = tmp_path / "out.csv"
+    kneepain = Path(sys.executable).parent / "kneepain"
+    proc = subprocess.Popen([str(kneepain), "score", str(big_csv), "-o", str(out), "--model", str(models),
+                             "--chunk-rows", "2000", "--quiet"], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not _leftovers(tmp_path):
+        assert proc.poll() is None and time.monotonic() < deadline, "scoring ended before it could be stopped"
+        time.sleep(0.05)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert err.count("\n") == 1 and "Traceback" not in err and "no output was written" in err, err
+    assert _leftovers(tmp_path) == [] and not out.exists() and not (tmp_path / "out.csv.rejects.csv").exists()
+
+
+def test_malformed_records_are_rejected_whole_with_their_record_and_the_job_goes_on(trained, tmp_path):
+    models, _ = trained
+    lines = [HEADER, GOOD[0], "b1,33,male", GOOD[1], '"b2, quoted",44,female,no,2,EXTRA,MORE', *GOOD[2:]]
+    src = _write(tmp_path / "in.csv", lines)
+    out = tmp_path / "out.csv"
+    assert _score(src, out, models, "--chunk-rows", "2") == 1
+    scored = pd.read_csv(out, dtype=str, keep_default_na=False)
+    bad = pd.read_csv(tmp_path / "out.csv.rejects.csv", dtype=str, keep_default_na=False)
+    assert scored["case_id"].tolist() == ["a1", "a2", "a3", "a4"] and scored["row"].tolist() == ["0", "2", "4", "5"]
+    assert bad["reject_row"].tolist() == ["1", "3"]
+    assert "record 3 of" in bad["reject_reason"][0] and "has 3 fields; the header has 5" in bad["reject_reason"][0]
+    assert "record 5 of" in bad["reject_reason"][1] and "has 7 fields" in bad["reject_reason"][1]
+    assert bad[["case_id", "age", "sex"]].values.tolist() == [["b1", "33", "male"], ["b2, quoted", "44", "female"]]
+
+
+def test_fixing_the_rejects_file_and_scoring_it_again_is_one_step(trained, tmp_path):
+    models, _ = trained
+    src = _write(tmp_path / "in.csv", [HEADER + ",clinic", "a1,30,male,no,3,north", "a2,41,femal,yes,10,south",
+                                       "a3,130,male,often,2,east"])
+    assert _score(src, tmp_path / "out.csv", models) == 1
+    rejects = tmp_path / "out.csv.rejects.csv"
+    bad = pd.read_csv(rejects, dtype=str, keep_default_na=False)
+    assert list(bad.columns) == ["reject_file", "reject_row", "reject_reason", "case_id", "age", "sex", "locking",
+                                 "symptom_duration_days", "clinic"]
+    assert bad["clinic"].tolist() == ["south", "east"]  # the whole row, columns that are not case fields too
+    assert "value '130'" in bad["reject_reason"][1] and "value 'often'" in bad["reject_reason"][1]
+    bad.loc[0, "sex"], bad.loc[1, "age"], bad.loc[1, "locking"] = "female", "13", "yes"
+    bad.to_csv(rejects, index=False)
+    assert _score(rejects, tmp_path / "fixed.csv", models) == 0
+    assert pd.read_csv(tmp_path / "fixed.csv", dtype=str)["case_id"].tolist() == ["a2", "a3"]
+
+
+def test_a_field_longer_than_the_read_block_is_read_by_row(trained, tmp_path):
+    models, _ = trained
+    long_id, long_answer = "i" * 3_000_000, "y" * 2_500_000
+    src = _write(tmp_path / "in.csv", [HEADER, GOOD[0], f"{long_id},50,male,no,2", f"b2,50,male,{long_answer},2",
+                                       *GOOD[1:]])
+    out = tmp_path / "out.parquet"
+    assert _score(src, out, models) == 1
+    scored = pd.read_parquet(out)
+    assert scored["case_id"].tolist() == ["a1", long_id, "a2", "a3", "a4"]
+    bad = pd.read_csv(tmp_path / "out.parquet.rejects.csv", dtype=str, keep_default_na=False)
+    assert bad["reject_row"].tolist() == ["2"] and bad["locking"][0] == long_answer
+
+
+@pytest.mark.parametrize("header", ["case_id,age,sex,Age ,locking", "case_id,age,sex,SEX,locking"])
+def test_a_column_repeated_after_case_and_space_folding_is_refused(trained, tmp_path, capsys, header):
+    models, _ = trained
+    src = _write(tmp_path / "in.csv", [header, "a1,30,male,31,no"])
+    assert _score(src, tmp_path / "out.csv", models) == 2
+    assert "the header repeats column" in _one_line_error(capsys)
+    with pytest.raises(BatchInputError, match="the header repeats column"):
+        predict(src, model=models)
+    with pytest.raises(CaseValidationError, match="given more than once"):
+        predict(pd.DataFrame([[30, "male", 31]], columns=["age", "sex", header.split(",")[3]]), model=models)
+
+
+def test_dates_durations_and_nested_values_in_parquet_are_rejected_by_row(trained, tmp_path):
+    models, _ = trained
+    table = pa.table({
+        "case_id": ["p1", "p2", "p3", "p4"], "age": [30, 40, 50, 60], "sex": ["male", "female", "male", "female"],
+        "symptom_duration_days": pa.array([datetime.timedelta(days=3), None, None, None], pa.duration("s")),
+        "bmi": pa.array([None, datetime.datetime(2020, 1, 1), None, None], pa.timestamp("us")),
+        "locking": pa.array([None, None, ["yes"], None], pa.list_(pa.string())),
+        "grinding": pa.array([None, None, None, {"a": "yes"}], pa.struct([("a", pa.string())]))})
+    pq.write_table(table, tmp_path / "in.parquet")
+    assert _score(tmp_path / "in.parquet", tmp_path / "out.csv", models) == 1
+    bad = pd.read_csv(tmp_path / "out.csv.rejects.csv", dtype=str, keep_default_na=False)
+    reasons = dict(zip(bad["case_id"], bad["reject_reason"]))
+    assert set(reasons) == {"p1", "p2", "p3", "p4"}
+    assert "a duration is not a number" in reasons["p1"] and "a date or time is not a number" in reasons["p2"]
+    assert "column 'locking'" in reasons["p3"] and "column 'grinding'" in reasons["p4"]
+    with pytest.raises(CaseValidationError, match="a duration is not a number"):
+        predict({"age": 71, "sex": "male", "symptom_duration_days": datetime.timedelta(days=2)}, model=models)
+
+
+def test_formula_looking_text_is_neutralised_in_csv_outputs_only(trained, tmp_path):
+    models, _ = trained
+    ids = ["=HYPERLINK(\"http://x\")", "+1+2", "-2+3", "@SUM(A1)", "-5", "ok"]
+    src = _write(tmp_path / "in.csv", [HEADER, *[f'"{i.replace(chr(34), chr(34) * 2)}",30,male,no,3' for i in ids],
+                                       '"=bad",30,femal,no,3'])
+    assert _score(src, tmp_path / "out.csv", models) == 1
+    got = pd.read_csv(tmp_path / "out.csv", dtype=str, keep_default_na=False)["case_id"].tolist()
+    assert got == ["'=HYPERLINK(\"http://x\")", "'+1+2", "'-2+3", "'@SUM(A1)", "-5", "ok"]
+    bad = pd.read_csv(tmp_path / "out.csv.rejects.csv", dtype=str, keep_default_na=False)
+    assert bad["case_id"].tolist() == ["'=bad"]
+    assert _score(src, tmp_path / "out.parquet", models) == 1
+    assert pd.read_parquet(tmp_path / "out.parquet")["case_id"].tolist() == ids
+
+
+@pytest.mark.parametrize("case", ["disk full", "output is a folder", "corrupt parquet"])
+def test_environment_failures_are_one_line_and_exit_2(trained, tmp_path, capsys, monkeypatch, case):
+    from pipeline.serve import writing
+
+    models, _ = trained
+    src = _write(tmp_path / "in.csv", [HEADER, *GOOD])
+    out = tmp_path / "out.csv"
+    if case == "disk full":
+        def full(self, table):
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(writing.Writer, "_write", full)
+        expected = "No space left on device"
+    elif case == "output is a folder":
+        out.mkdir()
+        expected = "is a folder"
+    else:
+        src = tmp_path / "in.parquet"
+        src.write_bytes(b"PAR1" + b"\0" * 100)
+        expected = "cannot read"
+    assert _score(src, out, models) == 2
+    assert expected in _one_line_error(capsys)
+    assert _leftovers(tmp_path) == []
+    assert case == "output is a folder" or not out.exists()
+
+
+def test_predict_on_a_path_reads_as_score_does(trained, tmp_path):
+    models, _ = trained
+    short = _write(tmp_path / "short.csv", [HEADER, GOOD[0], "b1,33,male"])
+    with pytest.raises(CaseValidationError, match=r"row 1.*record 3 of .* has 3 fields; the header has 5"):
+        predict(short, model=models)
+    latin = _write(tmp_path / "latin.csv", [HEADER, "é1,30,male,no,3"], encoding="latin-1")
+    with pytest.raises(BatchInputError, match="not valid UTF-8"):
+        predict(latin, model=models)
+    empty = tmp_path / "empty.csv"
+    empty.write_bytes(b"")
+    with pytest.raises(BatchInputError, match="the file is empty"):
+        predict(empty, model=models)
+    ok = _write(tmp_path / "ok.csv", [HEADER, *GOOD])
+    assert predict(ok, model=models)["case_id"].tolist() == ["a1", "a2", "a3", "a4"]

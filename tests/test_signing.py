@@ -1,0 +1,74 @@
+"""Authenticity: with a trusted public key, only a model folder signed by its private key is loaded."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+pytest.importorskip("model_signing")
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from pipeline.cli import main
+from pipeline.core.errors import ModelIntegrityError
+from pipeline.model.integrity import CHECKSUMS_FILE, seal_folder
+from pipeline.serve.loading import load_model
+
+
+def _keypair(folder: Path, name: str) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    private, public = folder / f"{name}.pem", folder / f"{name}.pub"
+    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                     serialization.PublicFormat.SubjectPublicKeyInfo))
+    return private, public
+
+
+@pytest.fixture
+def signed(trained, tmp_path, capsys):
+    folder = Path(shutil.copytree(trained[0], tmp_path / "models"))
+    private, public = _keypair(tmp_path, "producer")
+    assert main(["sign", str(folder), "--key", str(private)]) == 0
+    assert (folder / "model.sig").exists()
+    capsys.readouterr()
+    return folder, public
+
+
+def test_a_signed_folder_loads_with_the_trusted_key(signed, monkeypatch, capsys):
+    folder, public = signed
+    assert load_model(folder, trusted=public).decision is not None
+    monkeypatch.setenv("KNEEPAIN_TRUSTED_KEY", str(public))
+    assert main(["verify", str(folder)]) == 0
+    assert "and the signature by" in capsys.readouterr().out
+
+
+def test_a_consistent_rewrite_passes_the_checksums_but_not_the_signature(signed, tmp_path, monkeypatch, capsys):
+    folder, public = signed
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["decision"]["triage"]["red_flags"] = []  # an attacker who also rewrites the checksums
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    seal_folder(folder, json.loads((folder / CHECKSUMS_FILE).read_text())["files"])
+    load_model(folder)  # checksums alone cannot tell
+    with pytest.raises(ModelIntegrityError, match=r"changed since signing: checksums.json, manifest.json"):
+        load_model(folder, trusted=public)
+    monkeypatch.setenv("KNEEPAIN_TRUSTED_KEY", str(public))
+    cases = tmp_path / "cases.csv"
+    pd.DataFrame([{"age": 71, "sex": "female"}]).to_csv(cases, index=False)
+    assert main(["score", str(cases), "-o", str(tmp_path / "out.csv"), "--model", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not verified by the trusted key" in err and not (tmp_path / "out.csv").exists()
+
+
+def test_an_unsigned_or_foreign_folder_is_refused_when_a_key_is_trusted(signed, trained, tmp_path):
+    folder, public = signed
+    with pytest.raises(ModelIntegrityError, match="model.sig is missing"):
+        load_model(trained[0], trusted=public)
+    _, other = _keypair(tmp_path, "someone-else")
+    with pytest.raises(ModelIntegrityError, match="Key mismatch"):
+        load_model(folder, trusted=other)
+    (folder / "notes.txt").write_text("added later")
+    with pytest.raises(ModelIntegrityError, match="added since signing: notes.txt"):
+        load_model(folder, trusted=public)
