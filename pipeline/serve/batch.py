@@ -207,6 +207,8 @@ def score_files(inputs: list[str | Path], output: str | Path, model: LoadedModel
 
 
 STREAM_REJECTS = "score.rejects.csv"
+STDIN_LABEL = "<stdin>"  # standard input's name in rejects and messages
+_SPOOLED = "kneepain-stdin.csv"
 
 
 def _score_to_stream(inputs: list[str | Path], stream: BinaryIO, model: LoadedModel, *, rejects: Path,
@@ -230,7 +232,7 @@ def _stdin_spooled(inputs: list[str | Path], stdin: BinaryIO | None) -> Iterator
         yield [Path(p) for p in inputs]
         return
     with tempfile.TemporaryDirectory(prefix="kneepain-stdin-") as folder:
-        spooled = Path(folder) / "stdin.csv"
+        spooled = Path(folder) / _SPOOLED
         with open(spooled, "wb") as fh:
             shutil.copyfileobj(stdin or sys.stdin.buffer, fh, 1 << 20)
         yield [spooled if str(p) == "-" else Path(p) for p in inputs]
@@ -254,7 +256,8 @@ def _shaper(options: OutputOptions, codes: dict[str, dict[str, str]], csv: bool)
 def _score_locked(paths: list[Path], columns: list[list[str]], output: Path | None, rejects_path: Path,
                   model: LoadedModel, *, chunk_rows: int, progress: bool, warn: Callable[[str], None] | None,
                   options: OutputOptions, stream: BinaryIO | None = None) -> ScoreSummary:
-    summary, start = ScoreSummary(files=[str(p) for p in paths]), time.perf_counter()
+    labels = [STDIN_LABEL if p.name == _SPOOLED else str(p) for p in paths]  # a file's name in messages and rows
+    summary, start = ScoreSummary(files=labels), time.perf_counter()
     has_ids = any(ID_COLUMN in {normalise_header(c) for c in cols} for cols in columns)
     full = output_schema(ID_COLUMN if has_ids else "row", len(paths) > 1, model.decision is not None,
                          top_k=options.top_k)
@@ -281,22 +284,22 @@ def _score_locked(paths: list[Path], columns: list[list[str]], output: Path | No
         summary.rows_scored += len(scored)
 
     try:
-        for path, keep in zip(paths, keep_by_file):
+        for path, label, keep in zip(paths, labels, keep_by_file):
             offset, ignored_told = 0, False
             for frame, malformed in prefetch(iter_chunks(path, chunk_rows)):
-                parsed, valid, bad = validate_chunk(frame, file=str(path), row_offset=offset, seen_ids=seen,
+                parsed, valid, bad = validate_chunk(frame, file=label, row_offset=offset, seen_ids=seen,
                                                     malformed=malformed)
                 if parsed.ignored_columns and not ignored_told:
-                    summary.warnings.append(ignored_columns_message(parsed.ignored_columns, str(path)))
+                    summary.warnings.append(ignored_columns_message(parsed.ignored_columns, label))
                     if warn:
                         warn(summary.warnings[-1])
                     ignored_told = True
                 in_flight.append((scorer.submit(_score_and_keep, model, parsed, valid, frame, row_offset=offset,
-                                                top_k=options.top_k, keep=keep), str(path)))
+                                                top_k=options.top_k, keep=keep), label))
                 if len(in_flight) > 1:
                     finish_one()
                 if len(bad):
-                    rejects.write(reject_table(bad, frame, row_offset=offset, file=str(path), schema=rschema))
+                    rejects.write(reject_table(bad, frame, row_offset=offset, file=label, schema=rschema))
                 summary.rows_rejected += bad["row"].nunique() if len(bad) else 0
                 offset += len(frame)
                 bar(len(frame))

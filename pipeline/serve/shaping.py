@@ -7,7 +7,7 @@ written compactly, and the long texts as short codes.
   them whole.
 - **texts**: ``triage_reason``, ``advice``, ``safety_net`` and ``ask_next`` repeat a few long
   sentences on every row. With ``texts="codes"`` (the command's default) they are written as short
-  codes (``red_flag:dvt_signs``, ``see_doctor:baker_cyst``, a rule's or a question's name), and
+  codes (``red_flag:possible_dvt``, ``see_doctor:bakers_cyst``, a rule's or a question's name), and
   :func:`text_lookup` gives each code's text (``OUTPUT.texts.csv`` beside a file output).
 """
 
