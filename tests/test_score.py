@@ -125,14 +125,16 @@ def test_several_inputs_and_duplicates_across_files(trained, tmp_path):
 
 
 def test_fatal_model_problem_has_no_traceback(trained, tmp_path, capsys):
+    import shutil
+
     models, _ = trained
-    broken = tmp_path / "models"
-    broken.mkdir()
-    (broken / "model.joblib").write_bytes((models / "model.joblib").read_bytes() + b"x")
-    (broken / "manifest.json").write_text((models / "manifest.json").read_text())
+    broken = Path(shutil.copytree(models, tmp_path / "models"))
+    with open(broken / "model.json", "ab") as fh:
+        fh.write(b"x")
     assert main(["score", str(CORPUS / "utf8_bom.csv"), "-o", str(tmp_path / "o.csv"), "--model", str(broken)]) == 2
     err = capsys.readouterr().err
-    assert "refusing to load" in err and "Traceback" not in err
+    assert "model.json has changed" in err and "refusing to load" in err and "Traceback" not in err
+    assert err.count("\n") == 1 and not (tmp_path / "o.csv").exists()
 
 
 @pytest.mark.slow

@@ -237,8 +237,11 @@ def test_predict_on_a_path_reads_as_score_does(trained, tmp_path):
     with pytest.raises(CaseValidationError, match=r"row 1.*record 3 of .* has 3 fields; the header has 5"):
         predict(short, model=models)
     latin = _write(tmp_path / "latin.csv", [HEADER, "é1,30,male,no,3"], encoding="latin-1")
-    with pytest.raises(BatchInputError, match="not valid UTF-8"):
+    with pytest.raises(BatchInputError, match="latin.csv: cannot read: not valid UTF-8 text"):
         predict(latin, model=models)
+    latin_header = _write(tmp_path / "latin_header.csv", [HEADER + ",clinic é", "a1,30,male,no,3,x"], encoding="latin-1")
+    with pytest.raises(BatchInputError, match="latin_header.csv: the header is not valid UTF-8"):
+        predict(latin_header, model=models)
     empty = tmp_path / "empty.csv"
     empty.write_bytes(b"")
     with pytest.raises(BatchInputError, match="the file is empty"):

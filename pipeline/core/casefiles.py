@@ -14,6 +14,7 @@ The one reader behind ``kneepain score``, the Dask engine and :func:`pipeline.pr
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -55,8 +56,11 @@ def check_columns(names: list[str], where: str) -> None:
 
 def _csv_header(path: Path) -> list[str]:
     try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            header = next(csv.reader(fh), None)
+        with open(path, "rb") as fh:  # the header's bytes only: a bad byte further on is the reader's to report
+            raw = fh.readline()
+            while raw.count(b'"') % 2 and (more := fh.readline()):  # a quoted name across lines
+                raw += more
+        header = next(csv.reader(io.StringIO(raw.decode("utf-8-sig"), newline="")), None)
     except UnicodeDecodeError as err:
         raise BatchInputError(f"{path}: the header is not valid UTF-8 ({err.reason} at byte {err.start}).") from err
     except csv.Error as err:

@@ -30,7 +30,7 @@ import pyarrow as pa
 
 from pipeline.core.casefiles import file_columns, iter_chunks
 from pipeline.core.errors import BatchInputError, CaseValidationError
-from pipeline.core.files import write_text_atomic
+from pipeline.core.files import tmp_path, write_text_atomic
 from pipeline.core.parsing import ParsedCases, ignored_columns_message, normalise_ids, parse_cases
 from pipeline.core.schema import ID_COLUMN, normalise_header
 from pipeline.serve import CHUNK_ROWS
@@ -265,25 +265,30 @@ def _score_locked(paths: list[Path], columns: list[list[str]], output: Path | No
     extra = list(dict.fromkeys(out for keep in keep_by_file for out in keep.values()))
     schema = select_columns(output_schema(ID_COLUMN if has_ids else "row", len(paths) > 1, model.decision is not None,
                                           top_k=options.top_k, extra=extra), options.columns)
-    target = output if output is not None else Path("-.csv")
-    csv_out = stream is not None or target.suffix.lower() != ".parquet"
-    writer = Writer(target, schema, stream=stream, shape=_shaper(options, _text_codes(model, options), csv_out))
-    rejects = Writer(rejects_path, reject_schema(columns))
-    rschema = rejects.schema
+    rschema = reject_schema(columns)
+    csv_out = output is None or output.suffix.lower() != ".parquet"
+    shape = _shaper(options, _text_codes(model, options), csv_out)
+    # removed whenever the run stops, even mid-way
+    temporary = ([tmp_path(output)] if output is not None else []) + [tmp_path(rejects_path)]
+    writer: Writer | None = None
+    rejects: Writer | None = None
     bar = _progress(progress)
     seen = SeenIds() if has_ids else None
     # parsing (in order: duplicate ids depend on earlier chunks) overlaps with scoring the previous
-    # chunk on a second thread; numpy, scikit-learn and Arrow release the GIL for much of both
+    # chunk on a second thread; numpy and Arrow release the GIL for much of both
     scorer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kneepain-scorer")
     in_flight: deque[tuple[Future, str]] = deque()
 
-    def finish_one() -> None:
+    def finish_one(out: Writer) -> None:
         future, name = in_flight.popleft()
         scored = future.result()
-        writer.write(output_table(_with_blank(scored, schema), schema, file=name))
+        out.write(output_table(_with_blank(scored, schema), schema, file=name))
         summary.rows_scored += len(scored)
 
     try:
+        # created inside the try: a signal that arrives as a file is created still gets it removed
+        writer = Writer(output if output is not None else Path("-"), schema, stream=stream, shape=shape)
+        rejects = Writer(rejects_path, rschema)
         for path, label, keep in zip(paths, labels, keep_by_file):
             offset, ignored_told = 0, False
             for frame, malformed in prefetch(iter_chunks(path, chunk_rows)):
@@ -297,14 +302,14 @@ def _score_locked(paths: list[Path], columns: list[list[str]], output: Path | No
                 in_flight.append((scorer.submit(_score_and_keep, model, parsed, valid, frame, row_offset=offset,
                                                 top_k=options.top_k, keep=keep), label))
                 if len(in_flight) > 1:
-                    finish_one()
+                    finish_one(writer)
                 if len(bad):
                     rejects.write(reject_table(bad, frame, row_offset=offset, file=label, schema=rschema))
                 summary.rows_rejected += bad["row"].nunique() if len(bad) else 0
                 offset += len(frame)
                 bar(len(frame))
         while in_flight:
-            finish_one()
+            finish_one(writer)
         writer.close()
         rejects.close()
         # rejects first: a run killed between the two renames leaves no output, never an output
@@ -326,10 +331,12 @@ def _score_locked(paths: list[Path], columns: list[list[str]], output: Path | No
         scorer.shutdown(wait=True, cancel_futures=True)
         for w in (writer, rejects):
             try:
-                w.close()
+                if w is not None:
+                    w.close()
             except (OSError, ValueError, pa.ArrowException):
                 pass
-            w.tmp.unlink(missing_ok=True)
+        for tmp in temporary:
+            tmp.unlink(missing_ok=True)
         bar(None)
     summary.seconds = time.perf_counter() - start
     return summary
