@@ -249,9 +249,25 @@ def _score_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("score", help="score CSV or Parquet files of cases into one output file",
                        description="Exit codes: 0 every row scored, 1 some rows rejected (see "
                                    "OUTPUT.rejects.csv), 2 fatal error (nothing written).")
-    p.add_argument("inputs", nargs="+", help="CSV or Parquet files (by extension; with --engine dask also globs)")
+    p.add_argument("inputs", nargs="+", help="CSV or Parquet files (by extension; with --engine dask also globs); "
+                                             "- reads CSV from standard input")
     p.add_argument("-o", "--output", required=True,
-                   help="output .csv or .parquet; with --engine dask a new folder of part files")
+                   help="output .csv or .parquet; - writes CSV to standard output (messages go to standard error); "
+                        "with --engine dask a new folder of part files")
+    p.add_argument("--columns", default=None,
+                   help="the output columns to write, comma-separated, in that order (e.g. case_id,prediction,p_dvt,"
+                        "triage); default all")
+    p.add_argument("--keep-input-columns", action="store_true",
+                   help="append the input's own columns to each scored row (a name the output already has gets input_)")
+    p.add_argument("--top-k", type=int, default=3, help="how many conditions the top<k> column lists (default 3)")
+    p.add_argument("--float-digits", type=int, default=None,
+                   help="decimal places of probabilities in a CSV output (default 6: every decision in the file is "
+                        "made on the full numbers; 17 keeps every digit); Parquet keeps them whole")
+    p.add_argument("--texts", choices=("codes", "full"), default=None,
+                   help="triage_reason, advice, safety_net and ask_next as short codes, looked up in OUTPUT.texts.csv, "
+                        "or as full texts (default: codes for CSV, full for Parquet, which stores each text once)")
+    p.add_argument("--rejects", default=None,
+                   help="where rejected rows go (default OUTPUT.rejects.csv; score.rejects.csv with -o -)")
     p.add_argument("--model", default=None, help="models folder or MLflow URI (default models)")
     p.add_argument("--chunk-rows", type=int, default=CHUNK_ROWS,
                    help=f"rows per chunk (default {CHUNK_ROWS}; memory grows with it)")
@@ -272,7 +288,18 @@ def _score_parser(sub: argparse._SubParsersAction) -> None:
                         "probabilities to it and save it in OUTPUT.priors.json (pandas engine; reads the inputs twice)")
 
 
-def _score_pandas(args: argparse.Namespace, warn: Callable[[str], None]):
+def _score_options(args: argparse.Namespace):
+    from pipeline.serve.shaping import FLOAT_DIGITS, OutputOptions
+
+    csv_out = args.output == "-" or not args.output.lower().endswith(".parquet")
+    digits = FLOAT_DIGITS if args.float_digits is None else args.float_digits
+    columns = tuple(c.strip() for c in args.columns.split(",")) if args.columns is not None else None
+    return OutputOptions(columns=columns, keep_input=args.keep_input_columns, top_k=args.top_k,
+                         float_digits=None if digits >= 17 else digits,
+                         texts=args.texts or ("codes" if csv_out else "full"))
+
+
+def _score_pandas(args: argparse.Namespace, warn: Callable[[str], None], options):
     """Score in this process; with --adapt-priors under the batch's estimated case mix; with --report the page."""
     from pipeline.serve.batch import score_files
     from pipeline.serve.loading import get_model
@@ -284,8 +311,8 @@ def _score_pandas(args: argparse.Namespace, warn: Callable[[str], None]):
 
         estimate = estimate_batch_prior(args.inputs, model, chunk_rows=args.chunk_rows)
         model = PriorShiftedModel.from_model(model, estimate)
-    summary = score_files(args.inputs, args.output, model, chunk_rows=args.chunk_rows,
-                          progress=not args.quiet and sys.stderr.isatty(), warn=warn)
+    summary = score_files(args.inputs, args.output, model, chunk_rows=args.chunk_rows, options=options,
+                          rejects=args.rejects, progress=not args.quiet and sys.stderr.isatty(), warn=warn)
     if estimate is not None:
         from pipeline.core.files import write_json_atomic
         from pipeline.serve.adapt import format_prior, prior_report
@@ -310,7 +337,18 @@ def _score(args: argparse.Namespace) -> int:
         raise UsageError("--adapt-priors and --report work with --engine pandas only.")
     if args.report and Path(args.report).suffix.lower() not in (".html", ".htm"):
         raise UsageError(f"--report {args.report}: the batch report is an .html file.")
+    if (args.adapt_priors or args.report) and "-" in (args.output, *args.inputs):
+        raise UsageError("--adapt-priors and --report read the files twice: give files, not - (standard input or output).")
+    if args.report and (args.columns is not None or args.keep_input_columns):
+        raise UsageError("--report summarises the full output: leave out --columns and --keep-input-columns.")
     warn = lambda m: print(f"kneepain score: warning: {m}", file=sys.stderr)
+    options = _score_options(args)
+    shaped = (args.columns, args.keep_input_columns, args.top_k != 3, args.float_digits, args.texts, args.rejects)
+    if args.engine == "dask" and (any(shaped) or "-" in (args.output, *args.inputs)):
+        raise UsageError("--columns, --keep-input-columns, --top-k, --float-digits, --texts, --rejects and - are for "
+                         "--engine pandas; the Dask engine writes the full output.")
+    from pipeline.serve.batch import STREAM_REJECTS
+
     if args.engine == "dask":
         from pipeline.core.cluster import dask_client
         from pipeline.serve.dask import score_files_dask
@@ -321,13 +359,14 @@ def _score(args: argparse.Namespace) -> int:
                                        chunk_rows=args.chunk_rows, warn=warn)
         rejects_path = Path(args.output) / "rejects.csv"
     else:
-        summary = _score_pandas(args, warn)
-        rejects_path = Path(f"{args.output}.rejects.csv")
+        summary = _score_pandas(args, warn, options)
+        rejects_path = Path(args.rejects or (STREAM_REJECTS if args.output == "-" else f"{args.output}.rejects.csv"))
     if not args.quiet:
         rejected = (f", rejected {summary.rows_rejected:,} (see {rejects_path})"
                     if summary.rows_rejected else ", rejected 0")
         print(f"Scored {summary.rows_scored:,} rows{rejected} in {summary.seconds:.1f} s "
-              f"({summary.rows_per_second:,.0f} rows/s) -> {args.output}")
+              f"({summary.rows_per_second:,.0f} rows/s) -> {args.output}",
+              file=sys.stderr if args.output == "-" else sys.stdout)
     return EXIT_REJECTED if summary.rows_rejected else EXIT_OK
 
 

@@ -18,7 +18,7 @@ from pipeline.decision.atypical import fit_atypical, flag_atypical
 from pipeline.decision.conformal import blank_at_random, fit_conformal, format_sets, prediction_sets
 from pipeline.decision.safety import SafetyNet
 from pipeline.decision.screen import screen_matches, screen_names
-from pipeline.decision.triage import advice_table, reason_table, triage_levels
+from pipeline.decision.triage import advice_codes, advice_table, reason_codes, reason_table, triage_levels
 
 __all__ = ["DECISION_COLUMNS", "DECISION_COLUMN_DOCS", "DECISION_COLUMN_TYPES",
            "Decision", "decide", "fit_decision", "fit_decision_on"]
@@ -77,6 +77,18 @@ class Decision:
         if id(kb) not in self._nets:
             self._nets[id(kb)] = SafetyNet(self.config, self.screen, kb)
         return self._nets[id(kb)]
+
+    def text_codes(self, kb: KnowledgeBase) -> dict[str, dict[str, str]]:
+        """Per long text column, its texts and their short codes: ``triage_reason`` and ``advice`` by
+        value, ``safety_net`` and ``ask_next`` by each ``|``-separated part (a rule's or a field's name)."""
+        net = self.safety(kb)
+        names = [f.name for f in self.config.red_flags] + [r.name for r in self.screen.rules]
+        return {
+            "triage_reason": dict(zip(self._reasons, reason_codes(self.config, self.screen))),
+            "advice": dict(zip(self._advice.ravel(), advice_codes().ravel())),
+            "safety_net": dict(zip(net.texts, names)),
+            "ask_next": dict(zip(net.questions, net.candidates)),
+        }
 
 
 def calibration_copies(parsed: ParsedCases, config: TriageConfig) -> list[ParsedCases]:

@@ -133,7 +133,7 @@ class SafetyNet:
         return join_ranked(self.texts, order, np.take_along_axis(keep, order, axis=1))
 
     def ask_next(self, proba: np.ndarray, codes: dict[str, np.ndarray], level: np.ndarray, triage_of,
-                 batch_rows: int = 400_000):
+                 batch_rows: int = 25_000):
         """Per case, the unanswered questions whose plausible answers would change ``level``,
         ``|``-separated, the most likely to change it first (at most ``ask_next.max_questions``).
 

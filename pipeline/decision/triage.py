@@ -17,7 +17,8 @@ from pipeline.core.schema import CONDITION_LABELS, CONDITIONS
 from pipeline.decision.safety import SafetyNet
 from pipeline.decision.screen import rule_fires, screen_matches
 
-__all__ = ["advice_table", "cost_levels", "reason_table", "red_flags", "strongest_rule", "triage_levels"]
+__all__ = ["advice_codes", "advice_table", "cost_levels", "reason_codes", "reason_table",
+           "red_flags", "strongest_rule", "triage_levels"]
 
 
 
@@ -106,6 +107,17 @@ def reason_table(cfg: TriageConfig, screen: ScreenConfig | None = None) -> np.nd
                      *[f"red flag ({f.name}): {f.reason}" for f in cfg.red_flags],
                      *[f"screen ({r.name}): rule out {r.rule_out}: {r.reason}" for r in (screen.rules if screen else [])]],
                     dtype=object)
+
+
+def reason_codes(cfg: TriageConfig, screen: ScreenConfig | None = None) -> list[str]:
+    """A short code for each reason of :func:`reason_table`, in the same order."""
+    return ["expected_cost", "atypical", "same_day_unanswered", *[f"red_flag:{f.name}" for f in cfg.red_flags],
+            *[f"screen:{r.name}" for r in (screen.rules if screen else [])]]
+
+
+def advice_codes() -> np.ndarray:
+    """(n_levels, n_conditions) short codes of :func:`advice_table`: ``<level>:<condition>``."""
+    return np.array([[f"{lv}:{c}" for c in CONDITIONS] for lv in LEVELS], dtype=object)
 
 
 def advice_table(cfg: TriageConfig) -> np.ndarray:

@@ -21,11 +21,12 @@ import numpy as np
 from scipy.special import expit, softmax
 
 from pipeline.core.blas import dot_exact, one_blas_thread
-from pipeline.core.parsing import ParsedCases
-from pipeline.model.features import CaseFeaturizer
+from pipeline.core.parsing import ParsedCases, parse_cases
+from pipeline.model.codefeatures import CodeFeatures, featurize_codes
 
-__all__ = ["ACTIVATIONS", "ArrayScorer", "array_scorer", "predict_proba"]
+__all__ = ["ACTIVATIONS", "BLOCK_ROWS", "ArrayScorer", "array_scorer", "predict_proba"]
 
+BLOCK_ROWS = 8192  # cases featurised at once: a few MB of features, whatever the chunk
 _EPS = 1e-12  # scikit-learn's when it turns probabilities into logits for temperature scaling
 ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "relu": lambda z: np.maximum(z, 0.0), "tanh": np.tanh, "logistic": expit, "identity": lambda z: z}
@@ -35,7 +36,7 @@ ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 class ArrayScorer:
     """A logistic model (one layer, softmax of the logits) or an MLP (hidden layers, then softmax)."""
 
-    featurizer: CaseFeaturizer
+    featurizer: CodeFeatures  # a fitted CaseFeaturizer's numbers (scoring needs no scikit-learn)
     weights: tuple[np.ndarray, ...]  # per layer (n_out, n_in), C-contiguous: dot_exact's layout
     intercepts: tuple[np.ndarray, ...]
     activation: str = "identity"  # of the hidden layers
@@ -47,7 +48,21 @@ class ArrayScorer:
         return replace(self, beta=None)
 
     def predict_proba(self, parsed: ParsedCases) -> np.ndarray:
-        z = self.featurizer.transform(parsed)
+        """Probabilities, scored in blocks of :data:`BLOCK_ROWS` cases: every case's numbers depend
+        on its own row only, and the features of a block stay small (150 floats a case)."""
+        if not isinstance(parsed, ParsedCases):
+            parsed = parse_cases(parsed)
+        n = len(parsed)
+        if n <= BLOCK_ROWS:
+            return self._proba(parsed.codes)
+        out = np.empty((n, self.intercepts[-1].shape[0]))
+        for start in range(0, n, BLOCK_ROWS):
+            out[start:start + BLOCK_ROWS] = self._proba({k: v[start:start + BLOCK_ROWS] for k, v in parsed.codes.items()})
+        return out
+
+    def _proba(self, codes: dict[str, np.ndarray]) -> np.ndarray:
+        f = self.featurizer
+        z = featurize_codes(codes, f.center_, f.scale_, np.dtype(f.dtype))
         last = len(self.weights) - 1
         for i, (w, b) in enumerate(zip(self.weights, self.intercepts)):
             z = dot_exact(z, w)
@@ -76,19 +91,22 @@ def _unwrap(estimator: Any) -> tuple[Any, float | None] | None:
 
 def array_scorer(estimator: Any) -> ArrayScorer | None:
     """An :class:`ArrayScorer` for a fitted (calibrated) features -> logistic or MLP pipeline, else None."""
+    if isinstance(estimator, ArrayScorer):
+        return estimator
     from sklearn.linear_model import LogisticRegression
     from sklearn.neural_network import MLPClassifier
     from sklearn.pipeline import Pipeline
 
-    if isinstance(estimator, ArrayScorer):
-        return estimator
+    from pipeline.model.features import CaseFeaturizer
+
     unwrapped = _unwrap(estimator)
     if unwrapped is None:
         return None
     pipe, beta = unwrapped
     if not (isinstance(pipe, Pipeline) and len(pipe.steps) == 2 and isinstance(pipe.steps[0][1], CaseFeaturizer)):
         return None
-    features, model = pipe.steps[0][1], pipe.steps[1][1]
+    fitted, model = pipe.steps[0][1], pipe.steps[1][1]
+    features = CodeFeatures(dict(fitted.center_), dict(fitted.scale_), fitted.dtype)
     if len(getattr(model, "classes_", ())) < 3:  # a binary model has one output column: not ours
         return None
     if isinstance(model, LogisticRegression):

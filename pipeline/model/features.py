@@ -22,17 +22,10 @@ from sklearn.utils.validation import check_is_fitted
 
 from pipeline.core.parsing import ParsedCases, parse_cases
 from pipeline.core.schema import FIELDS
+from pipeline.model.codefeatures import feature_names, featurize_codes
+from pipeline.model.codefeatures import numeric_scale as _numeric
 
 __all__ = ["CaseFeaturizer", "featurize_codes"]
-
-_LOG_FLOOR_DAYS = 1e-4
-
-
-def _numeric(name: str, values: np.ndarray) -> np.ndarray:
-    if name == "symptom_duration_days":
-        return np.log(np.maximum(values, _LOG_FLOOR_DAYS))
-    return values
-
 
 def _as_parsed(X) -> ParsedCases:
     if isinstance(X, ParsedCases):
@@ -40,30 +33,6 @@ def _as_parsed(X) -> ParsedCases:
     if not isinstance(X, pd.DataFrame):
         raise TypeError(f"X must be a pandas DataFrame of cases, got {type(X).__name__}.")
     return parse_cases(X)
-
-
-def featurize_codes(codes: dict[str, np.ndarray], center: dict[str, float], scale: dict[str, float],
-                    dtype=np.float64) -> np.ndarray:
-    """The feature matrix from schema codes (see the module docstring for the layout)."""
-    n = len(codes["sex"])
-    blocks = []
-    for f in FIELDS:
-        c = codes[f.name]
-        if f.kind == "tristate":
-            blocks += [c == 1, c == 0]
-        elif f.kind == "category":
-            blocks += [c == i for i in range(len(f.allowed))]
-        else:
-            x = _numeric(f.name, c.astype(np.float64))
-            missing = np.isnan(x)
-            z = np.where(missing, 0.0, (x - center[f.name]) / scale[f.name])
-            blocks += [z, z * z]
-            if not f.required:
-                blocks.append(missing)
-    out = np.empty((len(blocks), n), dtype=dtype)  # one contiguous row per feature, then transposed
-    for j, b in enumerate(blocks):
-        out[j] = b
-    return out.T
 
 
 class CaseFeaturizer(TransformerMixin, BaseEstimator):
@@ -95,15 +64,7 @@ class CaseFeaturizer(TransformerMixin, BaseEstimator):
         return featurize_codes(_as_parsed(X).codes, self.center_, self.scale_, np.dtype(self.dtype))
 
     def get_feature_names_out(self, input_features=None) -> np.ndarray:
-        names = []
-        for f in FIELDS:
-            if f.kind == "tristate":
-                names += [f"{f.name}=yes", f"{f.name}=no"]
-            elif f.kind == "category":
-                names += [f"{f.name}={v}" for v in f.allowed]
-            else:
-                names += [f.name, f"{f.name}^2"] + ([] if f.required else [f"{f.name}=unknown"])
-        return np.asarray(names, dtype=object)
+        return np.asarray(feature_names(), dtype=object)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -26,7 +26,7 @@ from pipeline.core.errors import ModelIntegrityError
 from pipeline.core.files import write_bytes_atomic
 from pipeline.core.schema import CONDITIONS, FIELDS
 from pipeline.model.arrays import ACTIVATIONS, ArrayScorer, array_scorer
-from pipeline.model.features import CaseFeaturizer
+from pipeline.model.codefeatures import CodeFeatures
 
 __all__ = ["ARRAYS_FILE", "SKOPS_FILE", "SKOPS_TRUSTED", "read_model_file", "scorer_from_dict", "scorer_to_dict",
            "write_model_file"]
@@ -84,12 +84,10 @@ def scorer_from_dict(data: dict[str, Any]) -> ArrayScorer:
                     or (what == "scale" and v <= 0):
                 raise ValueError(f"features.{what}.{name} == {v!r}, must be a finite number"
                                  + (" > 0" if what == "scale" else ""))
-    featurizer = CaseFeaturizer(dtype=features.get("dtype", "float64"))
-    if featurizer.dtype not in ("float64", "float32"):
-        raise ValueError(f"features.dtype == {featurizer.dtype!r}, must be float64 or float32")
-    featurizer.center_ = {k: float(center[k]) for k in _NUMERIC}
-    featurizer.scale_ = {k: float(scale[k]) for k in _NUMERIC}
-    featurizer.n_features_out_ = len(featurizer.get_feature_names_out())
+    dtype = features.get("dtype", "float64")
+    if dtype not in ("float64", "float32"):
+        raise ValueError(f"features.dtype == {dtype!r}, must be float64 or float32")
+    featurizer = CodeFeatures({k: float(center[k]) for k in _NUMERIC}, {k: float(scale[k]) for k in _NUMERIC}, dtype)
     layers = data.get("layers")
     if not isinstance(layers, list) or not layers:
         raise ValueError("layers must be a non-empty list")

@@ -12,13 +12,17 @@ input, locks the output, and removes temporary files on SIGTERM/SIGHUP/SIGINT an
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -26,7 +30,7 @@ import pyarrow as pa
 
 from pipeline.core.casefiles import file_columns, iter_chunks
 from pipeline.core.errors import BatchInputError, CaseValidationError
-from pipeline.core.files import tmp_path
+from pipeline.core.files import tmp_path, write_text_atomic
 from pipeline.core.parsing import ParsedCases, ignored_columns_message, normalise_ids, parse_cases
 from pipeline.core.schema import ID_COLUMN, normalise_header
 from pipeline.serve import CHUNK_ROWS
@@ -34,6 +38,7 @@ from pipeline.serve.guard import output_lock, reclaim_stale_temps, refuse_same_f
 from pipeline.serve.loading import LoadedModel
 from pipeline.serve.predict import score_parsed
 from pipeline.serve.reading import prefetch
+from pipeline.serve.shaping import OutputOptions, encode_texts, input_columns, round_floats, select_columns, text_lookup
 from pipeline.serve.writing import Writer, output_schema, output_table, reject_schema, reject_table
 
 __all__ = ["BatchInputError", "ScoreSummary", "SeenIds", "score_chunk", "score_files", "score_valid",
@@ -97,10 +102,11 @@ def validate_chunk(frame: pd.DataFrame, *, file: str, row_offset: int, seen_ids:
     return parsed, valid, problems
 
 
-def score_valid(model: LoadedModel, parsed: ParsedCases, valid: np.ndarray, *, row_offset: int) -> pd.DataFrame:
+def score_valid(model: LoadedModel, parsed: ParsedCases, valid: np.ndarray, *, row_offset: int,
+                top_k: int = 3) -> pd.DataFrame:
     """Score the valid rows of a parsed chunk: ``row`` (0-based row in its file), ``case_id``
     when the input has one, then the columns of :func:`pipeline.serve.predict.score_parsed`."""
-    scored = score_parsed(model, parsed[valid], ids=None)
+    scored = score_parsed(model, parsed[valid], ids=None, top_k=top_k)
     row_numbers = np.flatnonzero(valid) + row_offset
     if parsed.ids is not None:
         scored.insert(0, "row", row_numbers)
@@ -142,13 +148,31 @@ class SeenIds:
         return dup
 
 
+def _score_and_keep(model: LoadedModel, parsed: ParsedCases, valid: np.ndarray, frame: pd.DataFrame, *,
+                    row_offset: int, top_k: int, keep: dict[str, str]) -> pd.DataFrame:
+    """:func:`score_valid`, with the input columns ``keep`` (input name -> output name) of the scored rows as text."""
+    scored = score_valid(model, parsed, valid, row_offset=row_offset, top_k=top_k)
+    if keep:
+        rows = frame.iloc[np.flatnonzero(valid)]
+        scored = scored.assign(**{out: rows[name].astype("str").to_numpy() for name, out in keep.items()})
+    return scored
+
+
 def score_files(inputs: list[str | Path], output: str | Path, model: LoadedModel, *, chunk_rows: int = CHUNK_ROWS,
-                progress: bool = False, warn: Callable[[str], None] | None = None) -> ScoreSummary:
+                progress: bool = False, warn: Callable[[str], None] | None = None,
+                options: OutputOptions | None = None, stdin: BinaryIO | None = None,
+                stdout: BinaryIO | None = None, rejects: str | Path | None = None) -> ScoreSummary:
     """Score every row of ``inputs`` into ``output`` (CSV or Parquet by extension).
 
-    Rejected rows go to ``<output>.rejects.csv``, whole, after their file, row and reasons. Both
-    files appear only when the run completes; a stale rejects file from an earlier run is removed.
-    The output is locked for the run, and temporary files are removed if it is stopped.
+    Rejected rows go to ``<output>.rejects.csv`` (or ``rejects``), whole, after their file, row
+    and reasons. Both files appear only when the run completes; a stale rejects file from an
+    earlier run is removed. The output is locked for the run, and temporary files are removed if
+    it is stopped. ``options`` chooses the columns, the float digits and the texts
+    (:mod:`pipeline.serve.shaping`); with ``texts="codes"`` a file output gets ``<output>.texts.csv``.
+
+    An input ``-`` is CSV read from ``stdin``, copied to a temporary file first (the reader rereads
+    a record longer than its block). An output ``-`` is CSV written to ``stdout`` as it is scored
+    (its rejects default to ``score.rejects.csv`` in the current folder).
 
     Raises
     ------
@@ -156,6 +180,10 @@ def score_files(inputs: list[str | Path], output: str | Path, model: LoadedModel
         An input cannot be read or lacks a required column, the output is an input, another job
         holds the output, or the output cannot be written; nothing is written.
     """
+    options = options or OutputOptions()
+    if str(output) == "-":
+        return _score_to_stream(inputs, stdout or sys.stdout.buffer, model, rejects=Path(rejects or STREAM_REJECTS),
+                                chunk_rows=chunk_rows, progress=progress, warn=warn, options=options, stdin=stdin)
     output = Path(output)
     if output.suffix.lower() not in (".csv", ".parquet"):
         raise BatchInputError(f"{output}: unsupported output type {output.suffix!r}; expected .csv or .parquet.")
@@ -163,56 +191,120 @@ def score_files(inputs: list[str | Path], output: str | Path, model: LoadedModel
         raise BatchInputError(f"{output}: is a folder; give the path of an output file.")
     if not output.parent.is_dir():
         raise BatchInputError(f"{output.parent}: no such folder for the output.")
-    paths = [Path(p) for p in inputs]
-    rejects_path = output.with_name(output.name + ".rejects.csv")
-    refuse_same_file(paths, [output, rejects_path])
-    columns = [file_columns(p) for p in paths]  # every input readable before anything is written
-    has_ids = [ID_COLUMN in {normalise_header(c) for c in cols} for cols in columns]
-    with output_lock(output), stop_on_signals():
-        reclaim_stale_temps([output, rejects_path])
-        return _score_locked(paths, output, rejects_path, model, reject_schema(columns), any(has_ids),
-                             chunk_rows=chunk_rows, progress=progress, warn=warn)
+    rejects_path = Path(rejects) if rejects is not None else output.with_name(output.name + ".rejects.csv")
+    texts_path = output.with_name(output.name + ".texts.csv")
+    with _stdin_spooled(inputs, stdin) as paths:
+        refuse_same_file(paths, [output, rejects_path, texts_path])
+        columns = [file_columns(p) for p in paths]  # every input readable before anything is written
+        with output_lock(output), stop_on_signals():
+            reclaim_stale_temps([output, rejects_path])
+            summary = _score_locked(paths, columns, output, rejects_path, model, chunk_rows=chunk_rows,
+                                    progress=progress, warn=warn, options=options)
+    codes = _text_codes(model, options)
+    if codes:
+        write_text_atomic(texts_path, text_lookup(codes).to_csv(index=False))
+    return summary
 
 
-def _score_locked(paths: list[Path], output: Path, rejects_path: Path, model: LoadedModel, rschema: pa.Schema,
-                  has_ids: bool, *, chunk_rows: int, progress: bool, warn: Callable[[str], None] | None) -> ScoreSummary:
-    summary, start = ScoreSummary(files=[str(p) for p in paths]), time.perf_counter()
-    schema = output_schema(ID_COLUMN if has_ids else "row", len(paths) > 1, model.decision is not None)
-    temporary = [tmp_path(output), tmp_path(rejects_path)]  # removed whenever the run stops, even mid-way
+STREAM_REJECTS = "score.rejects.csv"
+STDIN_LABEL = "<stdin>"  # standard input's name in rejects and messages
+_SPOOLED = "kneepain-stdin.csv"
+
+
+def _score_to_stream(inputs: list[str | Path], stream: BinaryIO, model: LoadedModel, *, rejects: Path,
+                     chunk_rows: int, progress: bool, warn: Callable[[str], None] | None,
+                     options: OutputOptions, stdin: BinaryIO | None) -> ScoreSummary:
+    with _stdin_spooled(inputs, stdin) as paths:
+        refuse_same_file(paths, [rejects])
+        columns = [file_columns(p) for p in paths]
+        with output_lock(rejects), stop_on_signals():
+            reclaim_stale_temps([rejects])
+            return _score_locked(paths, columns, None, rejects, model, chunk_rows=chunk_rows, progress=progress,
+                                 warn=warn, options=options, stream=stream)
+
+
+@contextmanager
+def _stdin_spooled(inputs: list[str | Path], stdin: BinaryIO | None) -> Iterator[list[Path]]:
+    """The input paths, ``-`` replaced by a temporary copy of standard input (removed afterwards)."""
+    if sum(str(p) == "-" for p in inputs) > 1:
+        raise BatchInputError("-: standard input can be read once; give '-' at most once.")
+    if not any(str(p) == "-" for p in inputs):
+        yield [Path(p) for p in inputs]
+        return
+    with tempfile.TemporaryDirectory(prefix="kneepain-stdin-") as folder:
+        spooled = Path(folder) / _SPOOLED
+        with open(spooled, "wb") as fh:
+            shutil.copyfileobj(stdin or sys.stdin.buffer, fh, 1 << 20)
+        yield [spooled if str(p) == "-" else Path(p) for p in inputs]
+
+
+def _text_codes(model: LoadedModel, options: OutputOptions) -> dict[str, dict[str, str]]:
+    if options.texts != "codes" or model.decision is None or model.kb is None:
+        return {}
+    return model.decision.text_codes(model.kb)
+
+
+def _shaper(options: OutputOptions, codes: dict[str, dict[str, str]], csv: bool) -> Callable[[pa.Table], pa.Table]:
+    def shape(table: pa.Table) -> pa.Table:
+        if codes:
+            table = encode_texts(table, codes)
+        return round_floats(table, options.float_digits) if csv else table
+
+    return shape
+
+
+def _score_locked(paths: list[Path], columns: list[list[str]], output: Path | None, rejects_path: Path,
+                  model: LoadedModel, *, chunk_rows: int, progress: bool, warn: Callable[[str], None] | None,
+                  options: OutputOptions, stream: BinaryIO | None = None) -> ScoreSummary:
+    labels = [STDIN_LABEL if p.name == _SPOOLED else str(p) for p in paths]  # a file's name in messages and rows
+    summary, start = ScoreSummary(files=labels), time.perf_counter()
+    has_ids = any(ID_COLUMN in {normalise_header(c) for c in cols} for cols in columns)
+    full = output_schema(ID_COLUMN if has_ids else "row", len(paths) > 1, model.decision is not None,
+                         top_k=options.top_k)
+    keep_by_file = [input_columns(cols, full.names) if options.keep_input else {} for cols in columns]
+    extra = list(dict.fromkeys(out for keep in keep_by_file for out in keep.values()))
+    schema = select_columns(output_schema(ID_COLUMN if has_ids else "row", len(paths) > 1, model.decision is not None,
+                                          top_k=options.top_k, extra=extra), options.columns)
+    rschema = reject_schema(columns)
+    csv_out = output is None or output.suffix.lower() != ".parquet"
+    shape = _shaper(options, _text_codes(model, options), csv_out)
+    # removed whenever the run stops, even mid-way
+    temporary = ([tmp_path(output)] if output is not None else []) + [tmp_path(rejects_path)]
     writer: Writer | None = None
     rejects: Writer | None = None
     bar = _progress(progress)
     seen = SeenIds() if has_ids else None
     # parsing (in order: duplicate ids depend on earlier chunks) overlaps with scoring the previous
-    # chunk on a second thread; numpy, scikit-learn and Arrow release the GIL for much of both
+    # chunk on a second thread; numpy and Arrow release the GIL for much of both
     scorer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kneepain-scorer")
     in_flight: deque[tuple[Future, str]] = deque()
 
     def finish_one(out: Writer) -> None:
         future, name = in_flight.popleft()
         scored = future.result()
-        out.write(output_table(scored, schema, file=name))
+        out.write(output_table(_with_blank(scored, schema), schema, file=name))
         summary.rows_scored += len(scored)
 
     try:
         # created inside the try: a signal that arrives as a file is created still gets it removed
-        writer = Writer(output, schema)
+        writer = Writer(output if output is not None else Path("-"), schema, stream=stream, shape=shape)
         rejects = Writer(rejects_path, rschema)
-        for path in paths:
+        for path, label, keep in zip(paths, labels, keep_by_file):
             offset, ignored_told = 0, False
             for frame, malformed in prefetch(iter_chunks(path, chunk_rows)):
-                parsed, valid, bad = validate_chunk(frame, file=str(path), row_offset=offset, seen_ids=seen,
+                parsed, valid, bad = validate_chunk(frame, file=label, row_offset=offset, seen_ids=seen,
                                                     malformed=malformed)
                 if parsed.ignored_columns and not ignored_told:
-                    summary.warnings.append(ignored_columns_message(parsed.ignored_columns, str(path)))
+                    summary.warnings.append(ignored_columns_message(parsed.ignored_columns, label))
                     if warn:
                         warn(summary.warnings[-1])
                     ignored_told = True
-                in_flight.append((scorer.submit(score_valid, model, parsed, valid, row_offset=offset), str(path)))
+                in_flight.append((scorer.submit(_score_and_keep, model, parsed, valid, frame, row_offset=offset,
+                                                top_k=options.top_k, keep=keep), label))
                 if len(in_flight) > 1:
                     finish_one(writer)
                 if len(bad):
-                    rejects.write(reject_table(bad, frame, row_offset=offset, file=str(path), schema=rschema))
+                    rejects.write(reject_table(bad, frame, row_offset=offset, file=label, schema=rschema))
                 summary.rows_rejected += bad["row"].nunique() if len(bad) else 0
                 offset += len(frame)
                 bar(len(frame))
@@ -222,15 +314,19 @@ def _score_locked(paths: list[Path], output: Path, rejects_path: Path, model: Lo
         rejects.close()
         # rejects first: a run killed between the two renames leaves no output, never an output
         # whose rejects are missing
-        output.unlink(missing_ok=True)  # never leave new rejects beside an old output
+        if output is not None:
+            output.unlink(missing_ok=True)  # never leave new rejects beside an old output
         if summary.rows_rejected:
             os.replace(rejects.tmp, rejects_path)
         else:
             rejects.tmp.unlink()
             rejects_path.unlink(missing_ok=True)
-        os.replace(writer.tmp, output)
+        if output is not None:
+            os.replace(writer.tmp, output)
+    except BrokenPipeError as err:  # `kneepain score - -o - | head`: the reader has gone
+        raise BatchInputError("-: the output pipe was closed before all rows were written.") from err
     except OSError as err:  # disk full, a folder in the way, permissions: one clear line, nothing left
-        raise BatchInputError(f"{output}: cannot write: {err.strerror or err}.") from err
+        raise BatchInputError(f"{output or '-'}: cannot write: {err.strerror or err}.") from err
     finally:
         scorer.shutdown(wait=True, cancel_futures=True)
         for w in (writer, rejects):
@@ -244,6 +340,12 @@ def _score_locked(paths: list[Path], output: Path, rejects_path: Path, model: Lo
         bar(None)
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _with_blank(scored: pd.DataFrame, schema: pa.Schema) -> pd.DataFrame:
+    """``scored`` with an empty text for an input column of ``schema`` this file does not have."""
+    missing = [n for n in schema.names if n not in scored.columns and n not in ("file", ID_COLUMN)]
+    return scored.assign(**{n: "" for n in missing}) if missing else scored
 
 
 def _progress(enabled: bool) -> Callable[[int | None], None]:

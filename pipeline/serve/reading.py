@@ -13,7 +13,7 @@ __all__ = ["prefetch"]
 T = TypeVar("T")
 
 
-def prefetch(chunks: Iterator[T], depth: int = 2) -> Iterator[T]:
+def prefetch(chunks: Iterator[T], depth: int = 1) -> Iterator[T]:
     """Read ahead ``depth`` chunks on a background thread (parsing CSV in Arrow releases the GIL)."""
     items: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()

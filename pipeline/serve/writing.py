@@ -12,8 +12,10 @@ CSV outputs are safe to open in a spreadsheet: a text cell that starts with ``=`
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -34,13 +36,16 @@ _FORMULA_START = r"^[=+\-@\t\r]"
 _PLAIN_NUMBER = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
 
 
-def output_schema(id_column: str, multi: bool, decision: bool) -> pa.Schema:
+def output_schema(id_column: str, multi: bool, decision: bool, *, top_k: int = 3,
+                  extra: Sequence[str] = ()) -> pa.Schema:
     """The Arrow schema of a scoring output: ``file`` (several inputs), ``row``, ``case_id`` (when
-    the input has one), then :func:`pipeline.serve.predict.output_columns` with their types."""
-    names = (["file"] if multi else []) + ["row"] + (output_columns(decision=decision) if id_column == ID_COLUMN
-                                                       else output_columns(decision=decision)[1:])
-    types = {"file": "string", "row": "int64", ID_COLUMN: "string", **OUTPUT_TYPES}
-    return pa.schema([pa.field(name, pa.type_for_alias(types[name])) for name in names])
+    the input has one), then :func:`pipeline.serve.predict.output_columns` with their types, then
+    the text columns ``extra`` (input columns passed through)."""
+    columns = output_columns(top_k, decision=decision)
+    names = (["file"] if multi else []) + ["row"] + (columns if id_column == ID_COLUMN else columns[1:])
+    types = {"file": "string", "row": "int64", ID_COLUMN: "string", f"top{top_k}": "string", **OUTPUT_TYPES}
+    return pa.schema([*(pa.field(name, pa.type_for_alias(types[name])) for name in names),
+                      *(pa.field(name, pa.string()) for name in extra)])
 
 
 def output_table(scored: pd.DataFrame, schema: pa.Schema, *, file: str | None = None) -> pa.Table:
@@ -106,19 +111,24 @@ def csv_safe(table: pa.Table) -> pa.Table:
 
 
 class Writer:
-    """Writes a CSV or Parquet output to a temporary file next to the target.
+    """Writes a CSV or Parquet output to a temporary file next to the target, or a CSV to ``stream``.
 
     Each chunk is encoded and written on a background thread (Arrow releases the GIL there)
     while the next chunk is scored; chunks stay in order, and an error surfaces on the next call.
+    ``shape`` (run there too) turns each table into what is written (rounded floats, text codes).
+    Parquet outputs keep text columns dictionary-encoded (each distinct text stored once per page).
     """
 
-    def __init__(self, target: Path, schema: pa.Schema):
-        self.target, self.schema = target, schema
+    def __init__(self, target: Path, schema: pa.Schema, *, stream: BinaryIO | None = None,
+                 shape: Callable[[pa.Table], pa.Table] | None = None):
+        self.target, self.schema, self._shape = target, schema, shape
         self.tmp = tmp_path(target)
-        self._csv = target.suffix.lower() != ".parquet"
+        self._csv = stream is not None or target.suffix.lower() != ".parquet"
         try:
-            if not self._csv:
-                self._w = pq.ParquetWriter(self.tmp, schema, compression="zstd")
+            if stream is not None:
+                self._w = pacsv.CSVWriter(stream, schema)
+            elif not self._csv:
+                self._w = pq.ParquetWriter(self.tmp, schema, compression="zstd", use_dictionary=True)
             else:
                 self._w = pacsv.CSVWriter(self.tmp, schema)
         except OSError as err:
@@ -136,6 +146,8 @@ class Writer:
         self._pending = self._pool.submit(self._write, table)
 
     def _write(self, table: pa.Table) -> None:
+        if self._shape is not None:
+            table = self._shape(table)
         self._w.write_table(csv_safe(table) if self._csv else table)
 
     def close(self) -> None:

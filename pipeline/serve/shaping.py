@@ -1,0 +1,123 @@
+"""What a `kneepain score` output holds: the columns chosen, input columns passed through, floats
+written compactly, and the long texts as short codes.
+
+- **floats** in a CSV output are rounded to :data:`FLOAT_DIGITS` decimal places (``0.000001``
+  apart at most from the full number). Every decision in the file (``prediction``, ``top<k>``,
+  ``triage``, ``differential``, ...) was made on the full numbers before rounding; Parquet keeps
+  them whole.
+- **texts**: ``triage_reason``, ``advice``, ``safety_net`` and ``ask_next`` repeat a few long
+  sentences on every row. With ``texts="codes"`` (the command's default) they are written as short
+  codes (``red_flag:possible_dvt``, ``see_doctor:bakers_cyst``, a rule's or a question's name), and
+  :func:`text_lookup` gives each code's text (``OUTPUT.texts.csv`` beside a file output).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.core.errors import BatchInputError
+from pipeline.core.schema import CONDITIONS, normalise_header
+
+__all__ = ["FLOAT_DIGITS", "OutputOptions", "encode_texts", "input_columns", "round_floats", "select_columns",
+           "text_lookup"]
+
+FLOAT_DIGITS = 6
+_SEP = "|"
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """How a scoring output is shaped (the defaults are ``predict()``'s full output).
+
+    ``columns``: the output columns to write, in that order (None: all); ``keep_input``: append the
+    input's own columns (as text) to each scored row; ``float_digits``: decimal places of floats in
+    a CSV (None: every digit); ``texts``: ``"full"`` or ``"codes"``."""
+
+    columns: tuple[str, ...] | None = None
+    keep_input: bool = False
+    top_k: int = 3
+    float_digits: int | None = None
+    texts: str = "full"
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.top_k <= len(CONDITIONS):
+            raise BatchInputError(f"top_k == {self.top_k}, must be an integer in 1..{len(CONDITIONS)}.")
+        if self.float_digits is not None and not 0 <= self.float_digits <= 17:
+            raise BatchInputError(f"float_digits == {self.float_digits}, must be in 0..17.")
+        if self.texts not in ("full", "codes"):
+            raise BatchInputError(f"texts == {self.texts!r}, must be 'full' or 'codes'.")
+
+
+def input_columns(names: Sequence[str], taken: Sequence[str]) -> dict[str, str]:
+    """Input column -> its output name: the input's own name, ``input_<name>`` if the output already has it."""
+    taken_norm = {normalise_header(t) for t in taken}
+    return {n: (f"input_{n}" if normalise_header(n) in taken_norm else n) for n in names
+            if normalise_header(n) != "case_id"}
+
+
+def select_columns(schema: pa.Schema, columns: Sequence[str] | None) -> pa.Schema:
+    """``schema`` restricted to ``columns``, in their order; an unknown name is an error naming the choices."""
+    if columns is None:
+        return schema
+    unknown = [c for c in columns if c not in schema.names]
+    if unknown or not columns:
+        raise BatchInputError(f"--columns: {', '.join(map(repr, unknown)) or 'nothing'} "
+                              f"{'is' if len(unknown) == 1 else 'are'} not an output column; choose from "
+                              f"{', '.join(schema.names)}.")
+    repeated = sorted({c for c in columns if list(columns).count(c) > 1})
+    if repeated:
+        raise BatchInputError(f"--columns: {', '.join(map(repr, repeated))} given twice.")
+    return pa.schema([schema.field(c) for c in columns])
+
+
+def round_floats(table: pa.Table, digits: int | None) -> pa.Table:
+    """Every float column of ``table`` rounded to ``digits`` decimal places (half to even)."""
+    if digits is None:
+        return table
+    for i, kind in enumerate(table.schema.types):
+        if pa.types.is_floating(kind):
+            table = table.set_column(i, table.field(i), pc.round(table.column(i), ndigits=digits,
+                                                                 round_mode="half_to_even"))
+    return table
+
+
+def _encode_parts(column: pa.ChunkedArray, codes: dict[str, str]) -> pa.Array:
+    """Each ``|``-separated part of each value replaced by its code (a part without one is kept)."""
+    values = column.combine_chunks()
+    parts = pc.split_pattern(values, _SEP)
+    flat = pc.list_flatten(parts)
+    texts = pa.array(list(codes), pa.string())
+    where = pc.index_in(flat, value_set=texts)
+    coded = pc.coalesce(pa.array(list(codes.values()), pa.string()).take(where), flat)
+    rebuilt = pa.ListArray.from_arrays(parts.offsets, coded)
+    joined = pc.binary_join(rebuilt, _SEP)
+    return pc.if_else(pc.equal(values, ""), values, joined)
+
+
+def encode_texts(table: pa.Table, codes: dict[str, dict[str, str]]) -> pa.Table:
+    """``table`` with its long text columns (the keys of ``codes``) written as codes."""
+    for name, mapping in codes.items():
+        if name not in table.column_names or not mapping:
+            continue
+        i = table.column_names.index(name)
+        if name in ("triage_reason", "advice"):
+            texts = pa.array(list(mapping), pa.string())
+            col = table.column(i).combine_chunks()
+            coded = pc.coalesce(pa.array(list(mapping.values()), pa.string()).take(pc.index_in(col, value_set=texts)),
+                                col)
+        else:
+            coded = _encode_parts(table.column(i), mapping)
+        table = table.set_column(i, table.field(i), coded)
+    return table
+
+
+def text_lookup(codes: dict[str, dict[str, str]]) -> pd.DataFrame:
+    """The codes of :func:`encode_texts` and their texts: ``column``, ``code``, ``text``."""
+    rows = [(column, code, text) for column, mapping in codes.items() for text, code in mapping.items()]
+    return pd.DataFrame(np.array(rows, dtype=object).reshape(-1, 3), columns=["column", "code", "text"])

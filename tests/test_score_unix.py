@@ -1,0 +1,126 @@
+"""`kneepain score` as a Unix tool: standard input and output, chosen columns, input columns kept,
+top-k, compact floats and texts as codes with their lookup file."""
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.cli import main
+from pipeline.serve.batch import score_files
+from pipeline.serve.loading import load_model
+from pipeline.serve.predict import predict
+from pipeline.serve.shaping import OutputOptions
+
+P_COLS = [f"p_{c}" for c in ("leg_cramp", "bakers_cyst", "runners_knee", "hamstring_injury", "meniscus_tear",
+                             "acl_injury", "pcl_injury", "dvt", "osteoarthritis")]
+TEXTS = ["triage_reason", "advice", "safety_net", "ask_next"]
+
+
+@pytest.fixture(scope="module")
+def cases_csv(small_data, tmp_path_factory):
+    cases = pd.read_parquet(small_data / "test.parquet").head(400)
+    path = tmp_path_factory.mktemp("unix") / "in.csv"
+    text = cases.astype(str).replace({"<NA>": "", "nan": ""})
+    text.insert(1, "clinic", "north")
+    text.to_csv(path, index=False)
+    return path, cases
+
+
+def _read(path_or_text) -> pd.DataFrame:
+    return pd.read_csv(path_or_text, dtype=str, keep_default_na=False)
+
+
+def test_codes_and_rounded_floats_decode_to_predict(trained, cases_csv, tmp_path):
+    models, _ = trained
+    path, cases = cases_csv
+    out = tmp_path / "out.csv"
+    assert main(["score", str(path), "-o", str(out), "--model", str(models), "--quiet"]) == 0
+    got, expected = _read(out), predict(cases, model=models)
+    probs = got[P_COLS].to_numpy(float)
+    assert np.abs(probs - expected[P_COLS].to_numpy(float)).max() <= 5e-7 + 1e-12
+    assert all(len(v.split(".")[-1]) <= 6 for v in got["p_dvt"] if "e" not in v)
+    lookup = _read(tmp_path / "out.csv.texts.csv")
+    for column in TEXTS:
+        table = dict(zip(lookup.loc[lookup["column"] == column, "code"], lookup.loc[lookup["column"] == column, "text"]))
+        decoded = ["|".join(table[c] for c in v.split("|")) if v else "" for v in got[column]]
+        assert decoded == expected[column].tolist(), column
+    for column in ("prediction", "top3", "triage", "differential", "screen"):
+        assert got[column].tolist() == expected[column].fillna("").tolist(), column
+    assert out.stat().st_size < 0.5 * len(expected.to_csv(index=False))
+
+
+def test_columns_keep_input_top_k_and_full_texts(trained, cases_csv, tmp_path):
+    models, _ = trained
+    path, cases = cases_csv
+    out = tmp_path / "out.csv"
+    assert main(["score", str(path), "-o", str(out), "--model", str(models), "--quiet", "--columns",
+                 "case_id,prediction,p_dvt,triage,advice,top2,clinic,age", "--keep-input-columns", "--top-k", "2",
+                 "--texts", "full", "--float-digits", "17"]) == 0
+    got, expected = _read(out), predict(cases, model=models, top_k=2)
+    assert list(got.columns) == ["case_id", "prediction", "p_dvt", "triage", "advice", "top2", "clinic", "age"]
+    assert got["p_dvt"].astype(float).tolist() == expected["p_dvt"].tolist()  # every digit, same process
+    assert got["advice"].tolist() == expected["advice"].tolist()
+    assert got["top2"].tolist() == expected["top2"].tolist()
+    assert set(got["clinic"]) == {"north"}
+    assert got["age"].tolist() == cases["age"].astype(str).tolist()
+    assert not (tmp_path / "out.csv.texts.csv").exists()
+
+
+def test_unknown_column_is_one_line_naming_the_choices(trained, cases_csv, tmp_path, capsys):
+    models, _ = trained
+    path, _ = cases_csv
+    assert main(["score", str(path), "-o", str(tmp_path / "o.csv"), "--model", str(models),
+                 "--columns", "case_id,p_flu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "'p_flu' is not an output column" in err and "p_dvt" in err and len(err.splitlines()) == 1
+    assert main(["score", str(path), "-o", str(tmp_path / "o.csv"), "--model", str(models), "--top-k", "10"]) == 2
+    assert "top_k == 10" in capsys.readouterr().err
+
+
+def test_stdin_to_stdout_with_rejects_beside(trained, cases_csv, tmp_path):
+    models, _ = trained
+    path, cases = cases_csv
+    text = path.read_text()
+    lines = text.splitlines()
+    bad = lines[1].split(",")
+    bad[lines[0].split(",").index("sex")] = "femal"
+    data = "\n".join([lines[0], ",".join(bad), *lines[2:]]) + "\n"
+    out = io.BytesIO()
+    summary = score_files(["-"], "-", load_model(models), stdin=io.BytesIO(data.encode()), stdout=out,
+                          rejects=tmp_path / "r.csv", options=OutputOptions(columns=("row", "case_id", "triage")))
+    got = _read(io.StringIO(out.getvalue().decode()))
+    assert summary.rows_rejected == 1 and len(got) == len(cases) - 1
+    assert got["row"].astype(int).tolist() == list(range(1, len(cases)))
+    bad = _read(tmp_path / "r.csv")
+    assert bad["reject_file"].tolist() == ["<stdin>"] and bad["sex"].tolist() == ["femal"]
+
+
+@pytest.mark.slow
+def test_a_pipe_between_processes(trained, cases_csv, tmp_path):
+    models, _ = trained
+    path, cases = cases_csv
+    kneepain = Path(sys.executable).with_name("kneepain")
+    proc = subprocess.run(f"cat {path} | {kneepain} score - -o - --model {models} --columns case_id,triage | head -3",
+                          shell=True, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.stdout.splitlines()[0] == '"case_id","triage"'
+    assert len(proc.stdout.splitlines()) == 3
+
+
+def test_parquet_texts_are_dictionary_encoded_and_whole(trained, cases_csv, tmp_path):
+    models, _ = trained
+    path, cases = cases_csv
+    out = tmp_path / "out.parquet"
+    assert main(["score", str(path), "-o", str(out), "--model", str(models), "--quiet"]) == 0
+    meta = pq.ParquetFile(out).metadata.row_group(0)
+    names = pq.ParquetFile(out).schema_arrow.names
+    encodings = meta.column(names.index("advice")).encodings
+    assert any("DICTIONARY" in e for e in encodings)
+    got, expected = pd.read_parquet(out), predict(cases, model=models)
+    assert got["advice"].tolist() == expected["advice"].tolist()
+    assert got[P_COLS].to_numpy().tolist() == expected[P_COLS].to_numpy().tolist()
