@@ -78,5 +78,5 @@ def test_score_adapt_priors_writes_the_mix_and_reweighted_rows(trained, small_da
     assert all(v["low"] <= v["estimated"] <= v["high"] for v in mix["conditions"].values())
     plain, adapted = pd.read_csv(tmp_path / "plain.csv"), pd.read_csv(tmp_path / "adapted.csv")
     p_cols = [c for c in plain.columns if c.startswith("p_")]
-    np.testing.assert_allclose(adapted[p_cols].sum(axis=1), 1.0, rtol=1e-9)
+    np.testing.assert_allclose(adapted[p_cols].sum(axis=1), 1.0, atol=1e-5)  # CSV probabilities have 6 decimals
     assert not np.allclose(adapted[p_cols], plain[p_cols]) and list(adapted.columns) == list(plain.columns)
