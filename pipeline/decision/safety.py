@@ -28,11 +28,11 @@ import numpy as np
 from pipeline.core.blas import dot_exact
 from pipeline.core.config import LEVELS, ScreenConfig, TriageConfig
 from pipeline.core.knowledge import KnowledgeBase
-from pipeline.core.schema import SYMPTOMS, UNKNOWN, field
+from pipeline.core.schema import SYMPTOMS, field
 from pipeline.core.textcols import join_ranked
 from pipeline.core.wording import question
 from pipeline.decision.conformal import known_share
-from pipeline.decision.screen import rule_fires, rule_open
+from pipeline.decision.screen import rule_fires, rule_open, unanswered
 
 __all__ = ["Rule", "SafetyNet", "answer_likelihoods"]
 
@@ -81,11 +81,6 @@ def answer_likelihoods(kb: KnowledgeBase, name: str) -> np.ndarray:
     return np.stack([1.0 - yes, yes])
 
 
-def _unknown(codes: dict[str, np.ndarray], name: str) -> np.ndarray:
-    c = codes[name]
-    return np.isnan(c) if field(name).kind in ("integer", "float") else c == UNKNOWN
-
-
 class SafetyNet:
     """The rules, the knowledge base's answer likelihoods and the questions ``ask_next`` considers."""
 
@@ -119,7 +114,7 @@ class SafetyNet:
             for j, r in enumerate(self.rules):
                 if r.level == _EMERGENCY and name in r.fields:
                     asked_by_open |= open_[:, j]
-            hide = _unknown(codes, name) & asked_by_open
+            hide = unanswered(name, codes) & asked_by_open
             log_p = log_p + np.where(hide[:, None], self.log_no[name][None, :], 0.0)
         p_no = np.exp(log_p - log_p.max(axis=1, keepdims=True))  # unnormalised: the level is scale-free
         return (cost_level_of(p_no) < _EMERGENCY) | (known_share(codes) == 0)
@@ -145,7 +140,7 @@ class SafetyNet:
         floor = self.cfg.ask_next.min_answer_probability
         blocks = []  # (case rows, candidate j, answer a, P(answer | known))
         for j, name in enumerate(self.candidates):
-            rows = np.flatnonzero(_unknown(codes, name))
+            rows = np.flatnonzero(unanswered(name, codes))
             if not len(rows):
                 continue
             p_answer = dot_exact(proba[rows], self.likelihood[name])  # P(answer | what is known)

@@ -15,7 +15,7 @@ from pipeline.core.config import ScreenConfig, ScreenRule
 from pipeline.core.schema import UNKNOWN, field
 from pipeline.core.textcols import join_ranked
 
-__all__ = ["rule_fires", "rule_open", "screen_matches", "screen_names"]
+__all__ = ["rule_fires", "rule_open", "screen_matches", "screen_names", "unanswered"]
 
 
 def _matches(name: str, answers: list[str], codes: dict[str, np.ndarray]) -> np.ndarray:
@@ -51,7 +51,8 @@ def rule_fires(all_: dict[str, list[str]], any_: dict[str, list[str]], codes: di
     return hit
 
 
-def _unanswered(name: str, codes: dict[str, np.ndarray]) -> np.ndarray:
+def unanswered(name: str, codes: dict[str, np.ndarray]) -> np.ndarray:
+    """Per case, whether field ``name`` is unknown (a missing number, or the unknown code)."""
     c = codes[name]
     return np.isnan(c) if field(name).kind in ("integer", "float") else c == UNKNOWN
 
@@ -61,9 +62,9 @@ def rule_open(all_: dict[str, list[str]], any_: dict[str, list[str]], codes: dic
     answered: every ``all`` field matches or is unanswered, and so does one ``any`` field (if given)."""
     possible = np.ones(len(codes["age"]), dtype=bool)
     for name, answers in all_.items():
-        possible &= _matches(name, answers, codes) | _unanswered(name, codes)
+        possible &= _matches(name, answers, codes) | unanswered(name, codes)
     if any_:
-        possible &= np.logical_or.reduce([_matches(n, a, codes) | _unanswered(n, codes) for n, a in any_.items()])
+        possible &= np.logical_or.reduce([_matches(n, a, codes) | unanswered(n, codes) for n, a in any_.items()])
     return possible & ~rule_fires(all_, any_, codes)
 
 

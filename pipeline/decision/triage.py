@@ -14,10 +14,10 @@ import numpy as np
 from pipeline.core.blas import dot_exact
 from pipeline.core.config import LEVELS, ScreenConfig, TriageConfig
 from pipeline.core.schema import CONDITION_LABELS, CONDITIONS
-from pipeline.decision.safety import SafetyNet
-from pipeline.decision.screen import rule_fires, screen_matches
+from pipeline.decision.safety import SafetyNet, rules_of
+from pipeline.decision.screen import screen_matches
 
-__all__ = ["advice_codes", "advice_table", "cost_levels", "reason_codes", "reason_table",
+__all__ = ["UNCERTAIN_REASON", "advice_codes", "advice_table", "cost_levels", "reason_codes", "reason_table",
            "red_flags", "strongest_rule", "triage_levels"]
 
 
@@ -37,8 +37,7 @@ def strongest_rule(fires: np.ndarray, levels: list[str]) -> tuple[np.ndarray, np
 
 def red_flags(cfg: TriageConfig, codes: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Per case, the highest red-flag level (-1 when none fires) and the index of that rule."""
-    fires = [rule_fires({k: [v] for k, v in f.all.items()}, {k: [v] for k, v in f.any.items()}, codes)
-             for f in cfg.red_flags]
+    fires = [rule.fires(codes) for rule in rules_of(cfg, None)]
     matrix = np.column_stack(fires) if fires else np.zeros((len(codes["sex"]), 0), dtype=bool)
     return strongest_rule(matrix, [f.level for f in cfg.red_flags])
 
@@ -64,6 +63,8 @@ def cost_levels(cfg: TriageConfig, proba: np.ndarray) -> np.ndarray:
 
 
 FIRST_RULE_REASON = 3
+UNCERTAIN_REASON = ("the expected cost points to the same day, but only through questions not answered yet: answer "
+                    "them, and go the same day if one of the safety-net signs is present")  # reason code 2
 
 
 def triage_levels(cfg: TriageConfig, codes: dict[str, np.ndarray], proba: np.ndarray,
@@ -102,8 +103,7 @@ def reason_table(cfg: TriageConfig, screen: ScreenConfig | None = None) -> np.nd
     """Text for each reason code (see :func:`triage_levels`)."""
     return np.array(["the level with the lowest expected cost under the predicted probabilities",
                      "atypical case: it fits none of the documented profiles well, so it needs a professional look",
-                     "the expected cost points to the same day, but only through questions not answered yet: answer "
-                     "them, and go the same day if one of the safety-net signs is present",
+                     UNCERTAIN_REASON,
                      *[f"red flag ({f.name}): {f.reason}" for f in cfg.red_flags],
                      *[f"screen ({r.name}): rule out {r.rule_out}: {r.reason}" for r in (screen.rules if screen else [])]],
                     dtype=object)

@@ -33,6 +33,7 @@ import numpy as np
 
 from pipeline.core.schema import CONDITION_LABELS, CONDITIONS, field
 from pipeline.core.wording import QUESTIONS, answer_label, question
+from pipeline.decision.triage import UNCERTAIN_REASON
 from pipeline.interact.questions import QuestionsConfig, load_questions_config, next_questions, resolve_kb
 from pipeline.serve.loading import LoadedModel
 from pipeline.serve.predict import get_model, predict
@@ -45,7 +46,6 @@ _DONT_KNOW = {"", "d", "?", "unknown", "don't know", "dont know", "dk"}
 _YES, _NO = {"y", "yes"}, {"n", "no"}
 _HELP = "(b: back one answer, q: stop, + words: answer another question now)"
 _FIELD_OF_QUESTION = {q: n for n, q in QUESTIONS.items()}
-_UNCERTAIN = "the expected cost points to the same day"  # the start of that triage reason
 
 
 class _EndOfInput(Exception):
@@ -300,7 +300,7 @@ def run_session(model: str | Path | LoadedModel | None = None, *, input: TextIO 
                 name = best["field"].iloc[0]
                 settle = [_FIELD_OF_QUESTION[q] for q in (row.get("ask_next") or "").split("|") if q]
                 settle = [n for n in settle if n not in {m for m, _ in answers()}]
-                if row.get("triage_reason", "").startswith(_UNCERTAIN) and settle:
+                if row.get("triage_reason") == UNCERTAIN_REASON and settle:
                     name = settle[0]  # the level rests on unanswered questions: settle it first
                 record([(name, io.question(asked + 1, name))])
             except _Back:
