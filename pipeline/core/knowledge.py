@@ -70,6 +70,12 @@ class KnowledgeBase:
     def conditions(self) -> tuple[str, ...]:
         return CONDITIONS
 
+    def p_yes(self, name: str) -> np.ndarray:
+        """(n_conditions,) P(answer is yes | condition) of a yes/no field other than pregnant: a
+        symptom's summed over the latent severity with P(severity | condition)."""
+        t = self.tristate[name]
+        return (self.severity * t).sum(axis=1) if name in SYMPTOMS else t[:, 0]
+
     def shifted(self) -> "KnowledgeBase":
         """The documented population shift (the ``shift`` section) applied to this base."""
         s = self.model.shift

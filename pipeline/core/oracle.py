@@ -199,8 +199,6 @@ def field_log_likelihoods(kb: KnowledgeBase, parsed: ParsedCases) -> dict[str, n
                 out[f.name] = np.full(len(CONDITIONS), _log_tri(np.array(kb.pregnant_other), c))
         elif f.kind == "category":
             out[f.name] = np.log(kb.category[f.name][:, c])
-        elif f.name in SYMPTOMS:
-            out[f.name] = _log_tri((kb.severity * kb.tristate[f.name]).sum(axis=1), c)
-        else:  # context and onset tri-states do not depend on severity
-            out[f.name] = _log_tri(kb.tristate[f.name][:, 0], c)
+        else:  # a symptom summed over the severity; context and onset tri-states do not depend on it
+            out[f.name] = _log_tri(kb.p_yes(f.name), c)
     return out

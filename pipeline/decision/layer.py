@@ -70,13 +70,14 @@ class Decision:
         self.atypical = spec["atypical"]
         self._reasons = reason_table(self.config, self.screen)
         self._advice = advice_table(self.config)
-        self._nets: dict[int, SafetyNet] = {}
+        self._net: tuple[KnowledgeBase, SafetyNet] | None = None
 
     def safety(self, kb: KnowledgeBase) -> SafetyNet:
-        """The safety net for this decision layer and knowledge base (built once per base)."""
-        if id(kb) not in self._nets:
-            self._nets[id(kb)] = SafetyNet(self.config, self.screen, kb)
-        return self._nets[id(kb)]
+        """The safety net for this decision layer and knowledge base (built once, again only for
+        another base object)."""
+        if self._net is None or self._net[0] is not kb:
+            self._net = (kb, SafetyNet(self.config, self.screen, kb))
+        return self._net[1]
 
     def text_codes(self, kb: KnowledgeBase) -> dict[str, dict[str, str]]:
         """Per long text column, its texts and their short codes: ``triage_reason`` and ``advice`` by

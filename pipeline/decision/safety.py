@@ -28,7 +28,7 @@ import numpy as np
 from pipeline.core.blas import dot_exact
 from pipeline.core.config import LEVELS, ScreenConfig, TriageConfig
 from pipeline.core.knowledge import KnowledgeBase
-from pipeline.core.schema import SYMPTOMS, field
+from pipeline.core.schema import field
 from pipeline.core.textcols import join_ranked
 from pipeline.core.wording import question
 from pipeline.decision.conformal import known_share
@@ -76,8 +76,7 @@ def answer_likelihoods(kb: KnowledgeBase, name: str) -> np.ndarray:
         return np.ascontiguousarray(kb.category[name].T)
     if f.kind != "tristate" or name == "pregnant":
         raise ValueError(f"{name!r}: only yes/no questions other than pregnant and categories have likelihoods here")
-    t = kb.tristate[name]
-    yes = (kb.severity * t).sum(axis=1) if name in SYMPTOMS else t[:, 0]
+    yes = kb.p_yes(name)
     return np.stack([1.0 - yes, yes])
 
 
