@@ -45,10 +45,12 @@ def _rate(mask: np.ndarray) -> float:
     return float(mask.mean()) if len(mask) else float("nan")
 
 
-def _reason_kind(reasons: pd.Series) -> np.ndarray:
-    text = reasons.astype(str)
-    return np.select([text.str.startswith("screen"), text.str.startswith("red flag"), text.str.startswith("atypical")],
-                     ["screen", "red_flag", "atypical"], "expected_cost")
+def _reason_kind(reasons: pd.Series, model: LoadedModel) -> np.ndarray:
+    """Per case, what decided its level: ``screen``, ``red_flag``, ``atypical`` or ``expected_cost``
+    (from the reasons' short codes, e.g. ``red_flag:possible_dvt``)."""
+    assert model.decision is not None and model.kb is not None  # set together
+    code = reasons.astype(str).map(model.decision.text_codes(model.kb)["triage_reason"]).str.split(":").str[0]
+    return np.where(code.isin(["screen", "red_flag", "atypical"]), code, "expected_cost")
 
 
 def _against(levels: np.ndarray, ref: np.ndarray) -> dict[str, float]:
@@ -71,7 +73,7 @@ def _triage_metrics(levels: np.ndarray, reasons: pd.Series, y: np.ndarray, codes
         condition_ref = np.where(given >= 0, given, condition_ref)
     dvt = y == _DVT
     emergency = levels == _EMERGENCY
-    kind = _reason_kind(reasons)
+    kind = _reason_kind(reasons, model)
     non_dvt_em = emergency & ~dvt
     return {
         **_against(levels, ref),
