@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from pipeline import generate_cases, oracle_posterior, predict
+from pipeline.core.blas import dot_exact
 from pipeline.core.config import LEVELS, ScreenConfig, TriageConfig, load_config
 from pipeline.core.parsing import parse_cases
 from pipeline.core.paths import config_path
@@ -13,6 +14,7 @@ from pipeline.data.datasets import labels
 from pipeline.decision.atypical import fit_atypical, flag_atypical
 from pipeline.decision.conformal import blank_at_random, credible_sets, fit_conformal, prediction_sets, set_cells
 from pipeline.decision.safety import SafetyNet
+from pipeline.decision.screen import unanswered
 from pipeline.decision.triage import FIRST_RULE_REASON, cost_levels, red_flags, triage_levels
 
 DVT = CONDITIONS.index("dvt")
@@ -212,12 +214,50 @@ def test_ask_next_lists_the_questions_that_would_change_the_level(cfg, net):
                                                                                   if f != "injury_event"}}])
     proba = _dvt_at(0.05, 2)
     level, _ = triage_levels(cfg, codes, proba, net=net)
-    asked = net.ask_next(proba, codes, level, lambda c, p, rows: triage_levels(cfg, c, p, net=net)[0])
+    asked = net.ask_next(proba, codes, level, np.zeros(2, dtype=bool), net.fires(codes))
     first = asked[0].split("|")
     assert 1 <= len(first) <= cfg.ask_next.max_questions
     assert "Is your lower leg or calf swollen?" in first
     assert all("_" not in q for q in first)  # plain questions, never field names
     assert "swollen" not in asked[1]  # answered questions are never asked again
+
+
+def _ask_next_by_definition(cfg, net, screen, proba, codes, atypical):
+    """ask_next as its docstring defines it: every plausible (question, answer) variant of every
+    case triaged in full by triage_levels, one variant at a time."""
+    level, _ = triage_levels(cfg, codes, proba, atypical, screen, None, net)
+    out = []
+    for i in range(len(proba)):
+        change = np.zeros(len(net.candidates))
+        case = {k: v[i:i + 1] for k, v in codes.items()}
+        for j, name in enumerate(net.candidates):
+            if not unanswered(name, case)[0]:
+                continue
+            for a, likelihood in enumerate(net.likelihood[name]):
+                p_answer = float(dot_exact(proba[i:i + 1], likelihood[None, :])[0, 0])  # as ask_next sums
+                if p_answer < cfg.ask_next.min_answer_probability:
+                    continue
+                variant = {**case, name: np.array([a], dtype=case[name].dtype)}
+                after, _ = triage_levels(cfg, variant, proba[i:i + 1] * likelihood, atypical[i:i + 1], screen, None,
+                                         net)
+                change[j] += p_answer * (after[0] != level[i])
+        ranked = sorted((j for j in range(len(change)) if change[j] > 0), key=lambda j: -change[j])
+        out.append("|".join(net.questions[j] for j in ranked[:cfg.ask_next.max_questions]))
+    return level, out
+
+
+def test_ask_next_matches_its_definition_on_generated_and_blanked_cases(cfg, net, kb):
+    """The batched ask_next (only the rules that ask the changed answer matched again) gives what
+    triaging each variant in full gives, on cases with many and with few answers."""
+    screen = load_config(ScreenConfig, config_path("screen.yaml"))
+    parsed = parse_cases(generate_cases(kb, 150, seed=11))
+    for cases in (parsed, blank_at_random(parsed, 0.7, seed=3)):
+        proba = oracle_posterior(kb, cases).to_numpy()
+        atypical = np.arange(len(proba)) % 7 == 0
+        level, expected = _ask_next_by_definition(cfg, net, screen, proba, cases.codes, atypical)
+        got = net.ask_next(proba, cases.codes, level, atypical, net.fires(cases.codes), batch_rows=97)
+        assert list(got) == expected
+        assert any(expected)  # the comparison covers cases with questions to ask
 
 
 def test_age_and_sex_alone_never_send_anyone_to_emergency(trained):

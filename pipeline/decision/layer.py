@@ -70,6 +70,8 @@ class Decision:
         self.atypical = spec["atypical"]
         self._reasons = reason_table(self.config, self.screen)
         self._advice = advice_table(self.config)
+        self._reason_codes = np.array(reason_codes(self.config, self.screen), dtype=object)
+        self._advice_codes = advice_codes()
         self._net: tuple[KnowledgeBase, SafetyNet] | None = None
 
     def safety(self, kb: KnowledgeBase) -> SafetyNet:
@@ -83,11 +85,10 @@ class Decision:
         """Per long text column, its texts and their short codes: ``triage_reason`` and ``advice`` by
         value, ``safety_net`` and ``ask_next`` by each ``|``-separated part (a rule's or a field's name)."""
         net = self.safety(kb)
-        names = [f.name for f in self.config.red_flags] + [r.name for r in self.screen.rules]
         return {
-            "triage_reason": dict(zip(self._reasons, reason_codes(self.config, self.screen))),
-            "advice": dict(zip(self._advice.ravel(), advice_codes().ravel())),
-            "safety_net": dict(zip(net.texts, names)),
+            "triage_reason": dict(zip(self._reasons, self._reason_codes)),
+            "advice": dict(zip(self._advice.ravel(), self._advice_codes.ravel())),
+            "safety_net": dict(zip(net.texts, net.names)),
             "ask_next": dict(zip(net.questions, net.candidates)),
         }
 
@@ -125,8 +126,12 @@ def fit_decision_on(model, kb: KnowledgeBase, calib: pd.DataFrame, config: Triag
     return fit_decision(probas, labels(calib), copies, kb, config, screen)
 
 
-def decide(decision: Decision, kb: KnowledgeBase, parsed: ParsedCases, proba: np.ndarray) -> pd.DataFrame:
-    """The decision columns (:data:`DECISION_COLUMNS`) for valid parsed cases and their probabilities."""
+def decide(decision: Decision, kb: KnowledgeBase, parsed: ParsedCases, proba: np.ndarray, *,
+           codes: bool = False) -> pd.DataFrame:
+    """The decision columns (:data:`DECISION_COLUMNS`) for valid parsed cases and their probabilities.
+
+    With ``codes``, ``triage_reason``, ``advice``, ``safety_net`` and ``ask_next`` hold the short
+    codes of :meth:`Decision.text_codes` instead of their texts (the same decisions)."""
     if len(parsed) == 0:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in DECISION_COLUMNS})
     atypical, score, threshold = flag_atypical(kb, parsed, decision.atypical)
@@ -135,8 +140,7 @@ def decide(decision: Decision, kb: KnowledgeBase, parsed: ParsedCases, proba: np
     open_ = net.open_rules(parsed.codes)
     cfg, screen = decision.config, decision.screen
     level, reason = triage_levels(cfg, parsed.codes, proba, atypical, screen, matches, net, open_)
-    ask_next = net.ask_next(proba, parsed.codes, level, lambda codes, p, rows: triage_levels(
-        cfg, codes, p, atypical[rows], screen, None, net)[0])
+    ask_next = net.ask_next(proba, parsed.codes, level, atypical, net.fires(parsed.codes), codes_out=codes)
     differential, size = format_sets(proba, prediction_sets(proba, parsed.codes, decision.conformal))
     atypical_reason = np.full(len(parsed), "", dtype=object)
     atypical_reason[atypical] = [f"answers fit none of the documented profiles well: surprise per answer "
@@ -144,10 +148,10 @@ def decide(decision: Decision, kb: KnowledgeBase, parsed: ParsedCases, proba: np
     advice_index = level.astype(np.int64) * decision._advice.shape[1] + proba.argmax(axis=1)
     return pd.DataFrame({
         "triage": lookup(LEVELS, level),
-        "triage_reason": lookup(decision._reasons, reason),
-        "safety_net": net.safety_net(level, open_),
+        "triage_reason": lookup(decision._reason_codes if codes else decision._reasons, reason),
+        "safety_net": net.safety_net(level, open_, codes),
         "ask_next": ask_next,
-        "advice": lookup(decision._advice.ravel(), advice_index),
+        "advice": lookup((decision._advice_codes if codes else decision._advice).ravel(), advice_index),
         "differential": differential,
         "differential_size": size.astype(np.int64),
         "screen": screen_names(decision.screen, matches),

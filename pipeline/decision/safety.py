@@ -32,6 +32,7 @@ from pipeline.core.schema import field
 from pipeline.core.textcols import join_ranked
 from pipeline.core.wording import question
 from pipeline.decision.conformal import known_share
+from pipeline.decision.costs import cost_levels
 from pipeline.decision.screen import rule_fires, rule_open, unanswered
 
 __all__ = ["Rule", "SafetyNet", "answer_likelihoods"]
@@ -47,6 +48,7 @@ class Rule:
     any: dict[str, list[str]]
     level: int
     safety_net: str
+    name: str
 
     def fires(self, codes: dict[str, np.ndarray]) -> np.ndarray:
         return rule_fires(self.all, self.any, codes)
@@ -63,8 +65,8 @@ class Rule:
 def rules_of(cfg: TriageConfig, screen: ScreenConfig | None) -> list[Rule]:
     """The red flags, then the screen rules."""
     rules = [Rule({k: [v] for k, v in f.all.items()}, {k: [v] for k, v in f.any.items()}, LEVELS.index(f.level),
-                  f.safety_net) for f in cfg.red_flags]
-    return rules + [Rule(dict(r.all), dict(r.any), LEVELS.index(r.level), r.safety_net)
+                  f.safety_net, f.name) for f in cfg.red_flags]
+    return rules + [Rule(dict(r.all), dict(r.any), LEVELS.index(r.level), r.safety_net, r.name)
                     for r in (screen.rules if screen else [])]
 
 
@@ -87,6 +89,7 @@ class SafetyNet:
         self.cfg = cfg
         self.rules = rules_of(cfg, screen)
         self.texts = [r.safety_net for r in self.rules]
+        self.names = [r.name for r in self.rules]
         # the yes/no questions of the same-day rules: answered "no", would the emergency stand?
         self.no_fields = list(dict.fromkeys(n for r in self.rules if r.level == _EMERGENCY for n in r.fields
                                             if field(n).kind == "tristate" and n != "pregnant"))
@@ -96,6 +99,18 @@ class SafetyNet:
                                              if field(n).kind in ("tristate", "category") and n != "pregnant"))
         self.likelihood = {n: answer_likelihoods(kb, n) for n in self.candidates}
         self.questions = [question(n) for n in self.candidates]
+        self._rule_levels = np.array([r.level for r in self.rules], dtype=np.int8)
+        # which rules ask each candidate; every (candidate, answer) likelihood row, and where it is
+        self._asks = np.array([[n in r.fields for r in self.rules] for n in self.candidates], dtype=bool
+                              ).reshape(len(self.candidates), len(self.rules))
+        width = max((len(v) for v in self.likelihood.values()), default=0)
+        self._pair = np.zeros((len(self.candidates), width), dtype=np.int64)
+        rows_: list[np.ndarray] = []
+        for j, name in enumerate(self.candidates):
+            for a, row in enumerate(self.likelihood[name]):
+                self._pair[j, a] = len(rows_)
+                rows_.append(row)
+        self._likelihood_rows = np.array(rows_).reshape(len(rows_), -1)
 
     def open_rules(self, codes: dict[str, np.ndarray]) -> np.ndarray:
         """(n_cases, n_rules): which rules the unanswered questions could still fire."""
@@ -118,60 +133,105 @@ class SafetyNet:
         p_no = np.exp(log_p - log_p.max(axis=1, keepdims=True))  # unnormalised: the level is scale-free
         return (cost_level_of(p_no) < _EMERGENCY) | (known_share(codes) == 0)
 
-    def safety_net(self, level: np.ndarray, open_: np.ndarray):
+    def safety_net(self, level: np.ndarray, open_: np.ndarray, codes: bool = False):
         """Per case, the plain-language signs of the open rules above its level, ``|``-separated,
-        the most urgent first."""
+        the most urgent first (with ``codes``, the rules' names)."""
         levels = np.array([r.level for r in self.rules])
         keep = open_ & (levels[None, :] > level[:, None])
         order = np.tile(np.argsort(-levels, kind="stable"), (len(keep), 1))
-        return join_ranked(self.texts, order, np.take_along_axis(keep, order, axis=1))
+        return join_ranked(self.names if codes else self.texts, order, np.take_along_axis(keep, order, axis=1))
 
-    def ask_next(self, proba: np.ndarray, codes: dict[str, np.ndarray], level: np.ndarray, triage_of,
-                 batch_rows: int = 25_000):
+    def fires(self, codes: dict[str, np.ndarray]) -> np.ndarray:
+        """(n_cases, n_rules): which rules fire."""
+        n = len(codes["age"])
+        return np.column_stack([r.fires(codes) for r in self.rules]) if self.rules else np.zeros((n, 0), bool)
+
+    def ask_next(self, proba: np.ndarray, codes: dict[str, np.ndarray], level: np.ndarray, atypical: np.ndarray,
+                 fires: np.ndarray, batch_rows: int = 100_000, codes_out: bool = False) -> np.ndarray:
         """Per case, the unanswered questions whose plausible answers would change ``level``,
         ``|``-separated, the most likely to change it first (at most ``ask_next.max_questions``).
 
-        Every plausible (question, answer) of every case becomes one row of a variant batch (the
-        case with that answer, its probabilities re-weighted by the answer's likelihood), and
-        ``triage_of(codes, proba, rows)`` triages each batch of at most ``batch_rows`` at once.
+        Each plausible (question, answer) of a case is a variant of it: the case with that answer,
+        its probabilities re-weighted by the answer's likelihood, triaged as
+        :func:`pipeline.decision.triage.triage_levels` would triage it (``atypical`` and ``fires``,
+        from :meth:`fires`, are the case's own). Variants are triaged ``batch_rows`` at a time. A
+        variant differs from its case in one answer, so only the rules that ask it are matched
+        again; the others keep the case's result. With ``codes_out``, the questions' field names.
         """
         n = len(proba)
         floor = self.cfg.ask_next.min_answer_probability
-        blocks = []  # (case rows, candidate j, answer a, P(answer | known))
+        parts = []  # per candidate: (case rows, candidate, answer, P(answer | what is known))
         for j, name in enumerate(self.candidates):
             rows = np.flatnonzero(unanswered(name, codes))
             if not len(rows):
                 continue
-            p_answer = dot_exact(proba[rows], self.likelihood[name])  # P(answer | what is known)
+            p_answer = dot_exact(proba[rows], self.likelihood[name])
             for a in range(p_answer.shape[1]):
                 keep = p_answer[:, a] >= floor
                 if keep.any():
-                    blocks.append((rows[keep], j, a, p_answer[keep, a]))
+                    parts.append((rows[keep], j, a, p_answer[keep, a]))
         change = np.zeros((n, len(self.candidates)))
-        start = 0
-        while start < len(blocks):
-            stop, size = start, 0
-            while stop < len(blocks) and (size == 0 or size + len(blocks[stop][0]) <= batch_rows):
-                size += len(blocks[stop][0])
-                stop += 1
-            part = blocks[start:stop]
-            rows = np.concatenate([b[0] for b in part])
-            variant = {k: v[rows] for k, v in codes.items()}
-            weighted = proba[rows]
-            at = 0
-            for r, j, a, _ in part:
-                name = self.candidates[j]
-                variant[name][at:at + len(r)] = a
-                weighted[at:at + len(r)] *= self.likelihood[name][a][None, :]
-                at += len(r)
-            after = triage_of(variant, weighted, rows)
-            at = 0
-            for r, j, _, p in part:
-                changed = after[at:at + len(r)] != level[r]
-                change[r[changed], j] += p[changed]
-                at += len(r)
-            start = stop
+        if parts:
+            rows = np.concatenate([r for r, _, _, _ in parts])
+            which = np.concatenate([np.full(len(r), j, dtype=np.int16) for r, j, _, _ in parts])
+            answer = np.concatenate([np.full(len(r), a, dtype=np.int8) for r, _, a, _ in parts])
+            p = np.concatenate([q for _, _, _, q in parts])
+            others = self._levels_without(fires)
+            for at in range(0, len(rows), batch_rows):
+                b = slice(at, at + batch_rows)
+                after = self._variant_levels(proba, codes, rows[b], which[b], answer[b], atypical, others)
+                changed = after != level[rows[b]]
+                flat = rows[b][changed] * len(self.candidates) + which[b][changed]
+                change += np.bincount(flat, weights=p[b][changed], minlength=change.size).reshape(change.shape)
         order = np.argsort(-change, axis=1, kind="stable")
-        keep = np.take_along_axis(change > 0, order, axis=1)
-        keep[:, self.cfg.ask_next.max_questions:] = False
-        return join_ranked(self.questions, order, keep)
+        keep_ = np.take_along_axis(change > 0, order, axis=1)
+        keep_[:, self.cfg.ask_next.max_questions:] = False
+        return join_ranked(self.candidates if codes_out else self.questions, order, keep_)
+
+    def _levels_without(self, fires: np.ndarray) -> np.ndarray:
+        """(n_cases, n_candidates): the highest level among the rules that fire and do not ask the
+        candidate (-1 when none)."""
+        levels = np.where(fires, self._rule_levels[None, :], -1).astype(np.int8)
+        out = np.empty((len(fires), len(self.candidates)), dtype=np.int8)
+        for j in range(len(self.candidates)):
+            out[:, j] = levels[:, ~self._asks[j]].max(axis=1, initial=-1)
+        return out
+
+    def _variant_levels(self, proba: np.ndarray, codes: dict[str, np.ndarray], rows: np.ndarray, which: np.ndarray,
+                        answer: np.ndarray, atypical: np.ndarray, others: np.ndarray) -> np.ndarray:
+        """The triage level of case ``rows[i]`` with candidate ``which[i]`` answered ``answer[i]``:
+        the expected cost on the re-weighted probabilities (softened as in
+        :meth:`rests_on_unknowns`), raised to the atypical floor and to the rules that fire."""
+        cfg = self.cfg
+        weighted = proba[rows] * self._likelihood_rows[self._pair[which, answer]]
+        level = cost_levels(cfg, weighted)
+        same_day = np.flatnonzero(level == _EMERGENCY)
+        if len(same_day):
+            sub = self._with_answers(codes, rows[same_day], which[same_day], answer[same_day], codes)
+            soft = same_day[self.rests_on_unknowns(weighted[same_day], sub, self.open_rules(sub),
+                                                   lambda q: cost_levels(cfg, q))]
+            level[soft] = LEVELS.index(cfg.uncertain.level)
+        level = np.where(atypical[rows], np.maximum(level, LEVELS.index(cfg.atypical.min_level)), level)
+        level = np.maximum(level, others[rows, which])
+        for j in np.unique(which):
+            asking = np.flatnonzero(self._asks[j])
+            if not len(asking):
+                continue
+            at = np.flatnonzero(which == j)
+            fields = {"age", *(f for k in asking for f in self.rules[k].fields)}
+            variant = self._with_answers(codes, rows[at], which[at], answer[at], fields)
+            for k in asking:
+                hit = at[self.rules[k].fires(variant)]
+                level[hit] = np.maximum(level[hit], self.rules[k].level)
+        return level.astype(np.int8)
+
+    def _with_answers(self, codes: dict[str, np.ndarray], rows: np.ndarray, which: np.ndarray, answer: np.ndarray,
+                      fields) -> dict[str, np.ndarray]:
+        """The codes of ``fields`` for cases ``rows``, candidate ``which[i]`` set to ``answer[i]``."""
+        out = {k: codes[k][rows] for k in fields}
+        for j in np.unique(which):
+            name = self.candidates[j]
+            if name in out:
+                at = which == j
+                out[name][at] = answer[at]
+        return out

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.core.blas import dot_exact
 from pipeline.core.config import LEVELS, ScreenConfig, TriageConfig
 from pipeline.core.schema import CONDITION_LABELS, CONDITIONS
+from pipeline.decision.costs import cost_levels
 from pipeline.decision.safety import SafetyNet, rules_of
 from pipeline.decision.screen import screen_matches
 
@@ -48,18 +48,6 @@ def _raise_to_rules(level: np.ndarray, reason: np.ndarray, rule_level: np.ndarra
     cite = (rule_level >= 0) & (rule_level >= level)
     level[cite] = rule_level[cite]
     reason[cite] = first_code + rule[cite]
-
-
-def cost_matrix(cfg: TriageConfig) -> np.ndarray:
-    """(n_conditions, n_levels) cost of each level when the condition is the true one."""
-    return np.array([[cfg.costs[c][lv] for lv in LEVELS] for c in CONDITIONS], dtype=np.float64)
-
-
-def cost_levels(cfg: TriageConfig, proba: np.ndarray) -> np.ndarray:
-    """The level minimising expected cost under ``proba``; ties go to the more urgent level."""
-    expected = dot_exact(proba, cost_matrix(cfg).T)  # no BLAS: the same level in every process
-    # reversed argmin picks the most urgent of equally costly levels
-    return (len(LEVELS) - 1 - np.argmin(expected[:, ::-1], axis=1)).astype(np.int8)
 
 
 FIRST_RULE_REASON = 3

@@ -38,7 +38,7 @@ from pipeline.serve.guard import output_lock, reclaim_stale_temps, refuse_same_f
 from pipeline.serve.loading import LoadedModel
 from pipeline.serve.predict import score_parsed
 from pipeline.serve.reading import prefetch
-from pipeline.serve.shaping import OutputOptions, encode_texts, input_columns, round_floats, select_columns, text_lookup
+from pipeline.serve.shaping import OutputOptions, input_columns, round_floats, select_columns, text_lookup
 from pipeline.serve.writing import Writer, output_schema, output_table, reject_schema, reject_table
 
 __all__ = ["BatchInputError", "ScoreSummary", "SeenIds", "score_chunk", "score_files", "score_valid",
@@ -103,10 +103,10 @@ def validate_chunk(frame: pd.DataFrame, *, file: str, row_offset: int, seen_ids:
 
 
 def score_valid(model: LoadedModel, parsed: ParsedCases, valid: np.ndarray, *, row_offset: int,
-                top_k: int = 3) -> pd.DataFrame:
+                top_k: int = 3, codes: bool = False) -> pd.DataFrame:
     """Score the valid rows of a parsed chunk: ``row`` (0-based row in its file), ``case_id``
     when the input has one, then the columns of :func:`pipeline.serve.predict.score_parsed`."""
-    scored = score_parsed(model, parsed[valid], ids=None, top_k=top_k)
+    scored = score_parsed(model, parsed[valid], ids=None, top_k=top_k, codes=codes)
     row_numbers = np.flatnonzero(valid) + row_offset
     if parsed.ids is not None:
         scored.insert(0, "row", row_numbers)
@@ -141,17 +141,24 @@ class SeenIds:
             dup |= run[pos] == h
         dup &= named
         if named.any():
-            self.runs.append(np.unique(h[named]))
+            self.runs.append(_sorted_unique(h[named]))
         while len(self.runs) > 1 and len(self.runs[-1]) >= len(self.runs[-2]):
             last = self.runs.pop()
-            self.runs[-1] = np.union1d(self.runs[-1], last)
+            self.runs[-1] = _sorted_unique(np.concatenate([self.runs[-1], last]))
         return dup
 
 
+def _sorted_unique(values: np.ndarray) -> np.ndarray:
+    """``np.unique`` of integers by sorting: a stable sort merges two sorted runs in linear time,
+    where ``np.unique`` hashes every value (ten times slower on a million)."""
+    values = np.sort(values, kind="stable")
+    return values[np.concatenate([[True], values[1:] != values[:-1]])] if len(values) else values
+
+
 def _score_and_keep(model: LoadedModel, parsed: ParsedCases, valid: np.ndarray, frame: pd.DataFrame, *,
-                    row_offset: int, top_k: int, keep: dict[str, str]) -> pd.DataFrame:
+                    row_offset: int, top_k: int, keep: dict[str, str], codes: bool) -> pd.DataFrame:
     """:func:`score_valid`, with the input columns ``keep`` (input name -> output name) of the scored rows as text."""
-    scored = score_valid(model, parsed, valid, row_offset=row_offset, top_k=top_k)
+    scored = score_valid(model, parsed, valid, row_offset=row_offset, top_k=top_k, codes=codes)
     if keep:
         rows = frame.iloc[np.flatnonzero(valid)]
         scored = scored.assign(**{out: rows[name].astype("str").to_numpy() for name, out in keep.items()})
@@ -244,13 +251,10 @@ def _text_codes(model: LoadedModel, options: OutputOptions) -> dict[str, dict[st
     return model.decision.text_codes(model.kb)
 
 
-def _shaper(options: OutputOptions, codes: dict[str, dict[str, str]], csv: bool) -> Callable[[pa.Table], pa.Table]:
-    def shape(table: pa.Table) -> pa.Table:
-        if codes:
-            table = encode_texts(table, codes)
-        return round_floats(table, options.float_digits) if csv else table
-
-    return shape
+def _shaper(options: OutputOptions, csv: bool) -> Callable[[pa.Table], pa.Table] | None:
+    if not csv or options.float_digits is None:
+        return None
+    return lambda table: round_floats(table, options.float_digits)
 
 
 def _score_locked(paths: list[Path], columns: list[list[str]], output: Path | None, rejects_path: Path,
@@ -267,7 +271,8 @@ def _score_locked(paths: list[Path], columns: list[list[str]], output: Path | No
                                           top_k=options.top_k, extra=extra), options.columns)
     rschema = reject_schema(columns)
     csv_out = output is None or output.suffix.lower() != ".parquet"
-    shape = _shaper(options, _text_codes(model, options), csv_out)
+    shape = _shaper(options, csv_out)
+    codes = bool(_text_codes(model, options))
     # removed whenever the run stops, even mid-way
     temporary = ([tmp_path(output)] if output is not None else []) + [tmp_path(rejects_path)]
     writer: Writer | None = None
@@ -300,7 +305,7 @@ def _score_locked(paths: list[Path], columns: list[list[str]], output: Path | No
                         warn(summary.warnings[-1])
                     ignored_told = True
                 in_flight.append((scorer.submit(_score_and_keep, model, parsed, valid, frame, row_offset=offset,
-                                                top_k=options.top_k, keep=keep), label))
+                                                top_k=options.top_k, keep=keep, codes=codes), label))
                 if len(in_flight) > 1:
                     finish_one(writer)
                 if len(bad):

@@ -50,12 +50,13 @@ def output_dictionary_markdown() -> str:
 
 
 def score_parsed(model: LoadedModel, parsed: ParsedCases, *, top_k: int = 3,
-                 ids: pd.Series | np.ndarray | None = None) -> pd.DataFrame:
+                 ids: pd.Series | np.ndarray | None = None, codes: bool = False) -> pd.DataFrame:
     """Score valid parsed cases; the output columns of :func:`output_columns`.
 
     ``ids`` (case ids or row numbers) become the first column: ``case_id`` when the input had
     one, else ``row``. The products are made without BLAS (:mod:`pipeline.core.blas`), so the numbers
-    do not depend on the process, its threads or the machine's load.
+    do not depend on the process, its threads or the machine's load. With ``codes`` the long
+    decision texts are short codes (:meth:`pipeline.decision.layer.Decision.text_codes`).
     """
     proba = model.predict_proba(parsed)
     order = np.argsort(-proba, axis=1, kind="stable")[:, :top_k]
@@ -68,7 +69,7 @@ def score_parsed(model: LoadedModel, parsed: ParsedCases, *, top_k: int = 3,
     out[f"top{top_k}"] = join_ranked(CONDITIONS, order)
     frame = pd.DataFrame(out)
     if model.decision is not None and model.kb is not None:
-        extra = decide(model.decision, model.kb, parsed, proba)
+        extra = decide(model.decision, model.kb, parsed, proba, codes=codes)
         frame = pd.concat([frame, extra.set_axis(frame.index)], axis=1)
     return frame
 

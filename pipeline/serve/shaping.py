@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 from pipeline.core.errors import BatchInputError
 from pipeline.core.schema import CONDITIONS, normalise_header
 
-__all__ = ["FLOAT_DIGITS", "OutputOptions", "encode_texts", "input_columns", "round_floats", "select_columns",
+__all__ = ["FLOAT_DIGITS", "OutputOptions", "input_columns", "round_floats", "select_columns",
            "text_lookup"]
 
 FLOAT_DIGITS = 6
@@ -87,37 +87,8 @@ def round_floats(table: pa.Table, digits: int | None) -> pa.Table:
     return table
 
 
-def _encode_parts(column: pa.ChunkedArray, codes: dict[str, str]) -> pa.Array:
-    """Each ``|``-separated part of each value replaced by its code (a part without one is kept)."""
-    values = column.combine_chunks()
-    parts = pc.split_pattern(values, _SEP)
-    flat = pc.list_flatten(parts)
-    texts = pa.array(list(codes), pa.string())
-    where = pc.index_in(flat, value_set=texts)
-    coded = pc.coalesce(pa.array(list(codes.values()), pa.string()).take(where), flat)
-    rebuilt = pa.ListArray.from_arrays(parts.offsets, coded)
-    joined = pc.binary_join(rebuilt, _SEP)
-    return pc.if_else(pc.equal(values, ""), values, joined)
-
-
-def encode_texts(table: pa.Table, codes: dict[str, dict[str, str]]) -> pa.Table:
-    """``table`` with its long text columns (the keys of ``codes``) written as codes."""
-    for name, mapping in codes.items():
-        if name not in table.column_names or not mapping:
-            continue
-        i = table.column_names.index(name)
-        if name in ("triage_reason", "advice"):
-            texts = pa.array(list(mapping), pa.string())
-            col = table.column(i).combine_chunks()
-            coded = pc.coalesce(pa.array(list(mapping.values()), pa.string()).take(pc.index_in(col, value_set=texts)),
-                                col)
-        else:
-            coded = _encode_parts(table.column(i), mapping)
-        table = table.set_column(i, table.field(i), coded)
-    return table
-
-
 def text_lookup(codes: dict[str, dict[str, str]]) -> pd.DataFrame:
-    """The codes of :func:`encode_texts` and their texts: ``column``, ``code``, ``text``."""
+    """Each long text column's codes and their texts (:meth:`pipeline.decision.layer.Decision.text_codes`):
+    ``column``, ``code``, ``text``."""
     rows = [(column, code, text) for column, mapping in codes.items() for text, code in mapping.items()]
     return pd.DataFrame(np.array(rows, dtype=object).reshape(-1, 3), columns=["column", "code", "text"])

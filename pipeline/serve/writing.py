@@ -115,7 +115,7 @@ class Writer:
 
     Each chunk is encoded and written on a background thread (Arrow releases the GIL there)
     while the next chunk is scored; chunks stay in order, and an error surfaces on the next call.
-    ``shape`` (run there too) turns each table into what is written (rounded floats, text codes).
+    ``shape`` (run there too) turns each table into what is written (rounded floats).
     Parquet outputs keep text columns dictionary-encoded (each distinct text stored once per page).
     """
 
