@@ -303,7 +303,9 @@ def _score_pandas(args: argparse.Namespace, warn: Callable[[str], None], options
     """Score in this process; with --adapt-priors under the batch's estimated case mix; with --report the page."""
     from pipeline.serve.batch import score_files
     from pipeline.serve.loading import get_model
+    from pipeline.serve.reading import lean_memory_pool
 
+    lean_memory_pool()
     model = plain = get_model(args.model, trust_pickle=args.trust_pickle)
     estimate = None
     if args.adapt_priors:

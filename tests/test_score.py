@@ -170,3 +170,21 @@ def test_numeric_parquet_ids_pass_through_as_written(trained, tmp_path):
                  "--quiet"]) == 0
     ids = pd.read_csv(tmp_path / "out.csv", dtype=str, keep_default_na=False)["case_id"].tolist()
     assert ids == ["123", "", "9007199254740993"]
+
+
+def test_seen_ids_flags_exactly_the_ids_an_earlier_chunk_had():
+    """Across many chunks (runs merged as they grow), an id is a duplicate iff an earlier chunk
+    had it, spaces around it ignored; blanks are never duplicates."""
+    from pipeline.serve.batch import SeenIds
+
+    rng = np.random.default_rng(5)
+    seen, reference = SeenIds(), set()
+    for _ in range(40):
+        ids = [f" c{int(i)}" if i % 5 == 0 else f"c{int(i)}" for i in rng.integers(0, 3000, size=rng.integers(1, 300))]
+        ids += ["", None]
+        dup = seen.check_and_add(pd.Series(ids, dtype=object))
+        expected = [i is not None and i.strip() != "" and i.strip() in reference for i in ids]
+        assert dup.tolist() == expected
+        reference |= {i.strip() for i in ids if i is not None and i.strip()}
+    assert sum(map(len, seen.runs)) == len(reference)  # each id kept once
+    assert all((r[1:] > r[:-1]).all() for r in seen.runs)  # sorted, no repeats

