@@ -162,3 +162,22 @@ def test_same_numbers_in_any_thread_at_any_blas_thread_count(trained, blas_threa
     pd.testing.assert_frame_equal(here, reference, check_exact=True)
     pd.testing.assert_frame_equal(there, reference, check_exact=True)
     np.testing.assert_array_equal(alone[P_COLS].to_numpy()[0], reference[P_COLS].to_numpy()[1000])
+
+
+def test_text_columns_are_the_same_built_for_one_row_or_many():
+    """Small inputs build their text columns in Python, large ones in Arrow: the same strings."""
+    from pipeline.core.textcols import join_ranked, lookup
+
+    rng = np.random.default_rng(0)
+    names = ["alpha", "beta", "gamma d", "", "epsilon"]
+    order = np.argsort(rng.random((300, 5)), axis=1)
+    keep = rng.random((300, 5)) < 0.4
+    keep[:20] = False  # rows that keep nothing give ""
+    index = rng.integers(0, 5, size=300)
+    for k in (keep, None):
+        whole = list(join_ranked(names, order, k))
+        pieces = [s for i in range(0, 300, 7) for s in join_ranked(names, order[i:i + 7], None if k is None else k[i:i + 7])]
+        assert whole == pieces
+        assert str(join_ranked(names, order[:3], None if k is None else k[:3]).dtype) == str(join_ranked(names, order, k).dtype)
+    assert list(lookup(names, index)) == [s for i in range(0, 300, 7) for s in lookup(names, index[i:i + 7])]
+    assert whole[0] == "|".join(names[j] for j in order[0])
