@@ -11,14 +11,18 @@ input, locks the output, and removes temporary files on SIGTERM/SIGHUP/SIGINT an
 
 from __future__ import annotations
 
+import functools
 import os
+import pickle
 import shutil
+import signal
 import sys
 import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +43,7 @@ from pipeline.serve.loading import LoadedModel
 from pipeline.serve.predict import score_parsed
 from pipeline.serve.reading import prefetch
 from pipeline.serve.shaping import OutputOptions, input_columns, round_floats, select_columns, text_lookup
-from pipeline.serve.writing import Writer, output_schema, output_table, reject_schema, reject_table
+from pipeline.serve.writing import Writer, encode_csv, output_schema, output_table, reject_schema, reject_table
 
 __all__ = ["BatchInputError", "ScoreSummary", "SeenIds", "score_chunk", "score_files", "score_valid",
            "validate_chunk"]
@@ -73,6 +77,16 @@ def validate_chunk(frame: pd.DataFrame, *, file: str, row_offset: int, seen_ids:
     ``malformed`` maps rows that are CSV records with the wrong number of fields to their reason:
     they are rejected for that alone (their fields may be shifted) and their ids are not counted.
     """
+    parsed, valid, errors = parse_chunk(frame, file=file, row_offset=row_offset, malformed=malformed)
+    repeated = seen_ids.check_and_add(parsed.ids) if seen_ids is not None and parsed.ids is not None else None
+    valid, problems = reject_repeated(parsed.ids, valid, errors, repeated, row_offset=row_offset)
+    return parsed, valid, problems
+
+
+def parse_chunk(frame: pd.DataFrame, *, file: str, row_offset: int, malformed: dict[int, str] | None = None
+                ) -> tuple[ParsedCases, np.ndarray, pd.DataFrame]:
+    """:func:`validate_chunk` but for ids repeated from earlier chunks: (parsed, valid, errors).
+    It depends on this chunk alone, so chunks can be parsed in any order or process."""
     if malformed:
         frame = frame.copy()
         frame.iloc[list(malformed)] = None
@@ -89,17 +103,37 @@ def validate_chunk(frame: pd.DataFrame, *, file: str, row_offset: int, seen_ids:
             "row": rows, "column": "", "value": "", "reason": list(malformed.values())})], ignore_index=True)
         valid[list(malformed)] = False
         parsed.valid[list(malformed)] = False
-    if seen_ids is not None and parsed.ids is not None:
-        dup = seen_ids.check_and_add(parsed.ids) & valid
+    return parsed, valid, errors
+
+
+def chunk_ids(frame: pd.DataFrame, malformed: dict[int, str] | None = None) -> pd.Series | None:
+    """The chunk's case ids as :func:`parse_chunk` reads them (None without a ``case_id`` column;
+    a malformed record has none), for :meth:`SeenIds.check_and_add` before the chunk is parsed."""
+    names = [c for c in frame.columns if normalise_header(str(c)) == ID_COLUMN]
+    if not names:
+        return None
+    ids = frame[names[0]].reset_index(drop=True)
+    if malformed:
+        ids = ids.astype(object)
+        ids.iloc[list(malformed)] = None
+    return ids
+
+
+def reject_repeated(ids: pd.Series | None, valid: np.ndarray, errors: pd.DataFrame, repeated: np.ndarray | None, *,
+                    row_offset: int) -> tuple[np.ndarray, pd.DataFrame]:
+    """The chunk's valid rows less those whose id an earlier chunk had (``repeated``, from
+    :meth:`SeenIds.check_and_add`), and its problems sorted by row."""
+    if repeated is not None and ids is not None:
+        dup = repeated & valid
         if dup.any():
             rows = np.flatnonzero(dup)
             errors = pd.concat([errors, pd.DataFrame({
-                "row": rows + row_offset, "column": ID_COLUMN, "value": parsed.ids.iloc[rows].astype(str).to_numpy(),
+                "row": rows + row_offset, "column": ID_COLUMN, "value": ids.iloc[rows].astype(str).to_numpy(),
                 "reason": "duplicate case_id: seen in an earlier chunk or file"})], ignore_index=True)
-            valid &= ~dup
+            valid = valid & ~dup
     problems = errors.sort_values("row", kind="stable")[_ERROR_COLUMNS] if len(errors) \
         else pd.DataFrame(columns=_ERROR_COLUMNS)
-    return parsed, valid, problems
+    return valid, problems
 
 
 def score_valid(model: LoadedModel, parsed: ParsedCases, valid: np.ndarray, *, row_offset: int,
@@ -167,7 +201,7 @@ def _score_and_keep(model: LoadedModel, parsed: ParsedCases, valid: np.ndarray, 
 def score_files(inputs: list[str | Path], output: str | Path, model: LoadedModel, *, chunk_rows: int = CHUNK_ROWS,
                 progress: bool = False, warn: Callable[[str], None] | None = None,
                 options: OutputOptions | None = None, stdin: BinaryIO | None = None,
-                stdout: BinaryIO | None = None, rejects: str | Path | None = None) -> ScoreSummary:
+                stdout: BinaryIO | None = None, rejects: str | Path | None = None, jobs: int = 1) -> ScoreSummary:
     """Score every row of ``inputs`` into ``output`` (CSV or Parquet by extension).
 
     Rejected rows go to ``<output>.rejects.csv`` (or ``rejects``), whole, after their file, row
@@ -180,6 +214,9 @@ def score_files(inputs: list[str | Path], output: str | Path, model: LoadedModel
     a record longer than its block). An output ``-`` is CSV written to ``stdout`` as it is scored
     (its rejects default to ``score.rejects.csv`` in the current folder).
 
+    ``jobs`` > 1 parses and scores chunks in that many processes (each holds the model and its
+    chunks: about 200 MB more per process); the output is the same, row for row and bit for bit.
+
     Raises
     ------
     BatchInputError
@@ -187,9 +224,12 @@ def score_files(inputs: list[str | Path], output: str | Path, model: LoadedModel
         holds the output, or the output cannot be written; nothing is written.
     """
     options = options or OutputOptions()
+    if not isinstance(jobs, (int, np.integer)) or jobs < 1:
+        raise BatchInputError(f"jobs == {jobs!r}, must be an integer >= 1.")
     if str(output) == "-":
         return _score_to_stream(inputs, stdout or sys.stdout.buffer, model, rejects=Path(rejects or STREAM_REJECTS),
-                                chunk_rows=chunk_rows, progress=progress, warn=warn, options=options, stdin=stdin)
+                                chunk_rows=chunk_rows, progress=progress, warn=warn, options=options, stdin=stdin,
+                                jobs=jobs)
     output = Path(output)
     if output.suffix.lower() not in (".csv", ".parquet"):
         raise BatchInputError(f"{output}: unsupported output type {output.suffix!r}; expected .csv or .parquet.")
@@ -205,7 +245,7 @@ def score_files(inputs: list[str | Path], output: str | Path, model: LoadedModel
         with output_lock(output), stop_on_signals():
             reclaim_stale_temps([output, rejects_path])
             summary = _score_locked(paths, columns, output, rejects_path, model, chunk_rows=chunk_rows,
-                                    progress=progress, warn=warn, options=options)
+                                    progress=progress, warn=warn, options=options, jobs=jobs)
     codes = _text_codes(model, options)
     if codes:
         write_text_atomic(texts_path, text_lookup(codes).to_csv(index=False))
@@ -219,14 +259,14 @@ _SPOOLED = "kneepain-stdin.csv"
 
 def _score_to_stream(inputs: list[str | Path], stream: BinaryIO, model: LoadedModel, *, rejects: Path,
                      chunk_rows: int, progress: bool, warn: Callable[[str], None] | None,
-                     options: OutputOptions, stdin: BinaryIO | None) -> ScoreSummary:
+                     options: OutputOptions, stdin: BinaryIO | None, jobs: int) -> ScoreSummary:
     with _stdin_spooled(inputs, stdin) as paths:
         refuse_same_file(paths, [rejects])
         columns = [file_columns(p) for p in paths]
         with output_lock(rejects), stop_on_signals():
             reclaim_stale_temps([rejects])
             return _score_locked(paths, columns, None, rejects, model, chunk_rows=chunk_rows, progress=progress,
-                                 warn=warn, options=options, stream=stream)
+                                 warn=warn, options=options, jobs=jobs, stream=stream)
 
 
 @contextmanager
@@ -253,12 +293,101 @@ def _text_codes(model: LoadedModel, options: OutputOptions) -> dict[str, dict[st
 def _shaper(options: OutputOptions, csv: bool) -> Callable[[pa.Table], pa.Table] | None:
     if not csv or options.float_digits is None:
         return None
-    return lambda table: round_floats(table, options.float_digits)
+    return functools.partial(round_floats, digits=options.float_digits)  # a partial pickles, for the processes
+
+
+@dataclass(frozen=True)
+class _FileJob:
+    """What scoring a chunk of one input needs besides the chunk (sent with each chunk)."""
+
+    label: str
+    schema: pa.Schema
+    rschema: pa.Schema
+    top_k: int
+    keep: dict[str, str]
+    codes: bool
+    shape: Callable[[pa.Table], pa.Table] | None
+    csv: bool
+
+
+@dataclass
+class _Done:
+    """A chunk scored: its output (a table, or CSV lines), its rejects, counts, ignored columns."""
+
+    output: "pa.Table | pa.Buffer"
+    rejects: pa.Table | None
+    scored: int
+    rejected: int
+    ignored: tuple[str, ...]
+
+
+def _score_one(model: LoadedModel, job: _FileJob, frame: pd.DataFrame, malformed: dict[int, str], row_offset: int,
+               repeated: np.ndarray | None) -> _Done:
+    """One chunk parsed, its rows that are valid and not ``repeated`` scored, and both made ready to write."""
+    parsed, valid, errors = parse_chunk(frame, file=job.label, row_offset=row_offset, malformed=malformed)
+    valid, bad = reject_repeated(parsed.ids, valid, errors, repeated, row_offset=row_offset)
+    scored = _score_and_keep(model, parsed, valid, frame, row_offset=row_offset, top_k=job.top_k, keep=job.keep,
+                             codes=job.codes)
+    table = output_table(_with_blank(scored, job.schema), job.schema, file=job.label)
+    rejects = reject_table(bad, frame, row_offset=row_offset, file=job.label, schema=job.rschema) if len(bad) else None
+    return _Done(encode_csv(table, job.shape) if job.csv else table, rejects, len(scored),
+                 int(bad["row"].nunique()) if len(bad) else 0, parsed.ignored_columns)
+
+
+class _ThreadScorer:
+    """Chunks parsed and scored on one background thread, in order."""
+
+    def __init__(self, model: LoadedModel):
+        self._model = model
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kneepain-scorer")
+
+    def submit(self, *args) -> Future:
+        return self._pool.submit(_score_one, self._model, *args)
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+_WORKER_MODEL: LoadedModel | None = None
+
+
+def _start_worker(model: bytes) -> None:
+    """A scoring process: the parent's model (pickled by this process's parent, never read from a
+    file), and Ctrl-C left to the parent, which stops the pool."""
+    global _WORKER_MODEL
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _WORKER_MODEL = pickle.loads(model)  # bytes from the parent process, which verified the model; never a file
+
+
+def _in_worker(*args) -> _Done:
+    assert _WORKER_MODEL is not None
+    return _score_one(_WORKER_MODEL, *args)
+
+
+class _ProcessScorer:
+    """Chunks parsed and scored in ``jobs`` processes (each with the model, sent once)."""
+
+    def __init__(self, model: LoadedModel, jobs: int):
+        import multiprocessing
+
+        # spawned, not forked: this process already runs threads (the reader, the writer)
+        self._pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                                         initializer=_start_worker, initargs=(pickle.dumps(model),))
+
+    def submit(self, *args) -> Future:
+        return self._pool.submit(_in_worker, *args)
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _chunk_scorer(model: LoadedModel, jobs: int) -> "_ThreadScorer | _ProcessScorer":
+    return _ThreadScorer(model) if jobs <= 1 else _ProcessScorer(model, jobs)
 
 
 def _score_locked(paths: list[Path], columns: list[list[str]], output: Path | None, rejects_path: Path,
                   model: LoadedModel, *, chunk_rows: int, progress: bool, warn: Callable[[str], None] | None,
-                  options: OutputOptions, stream: BinaryIO | None = None) -> ScoreSummary:
+                  options: OutputOptions, jobs: int, stream: BinaryIO | None = None) -> ScoreSummary:
     labels = [STDIN_LABEL if p.name == _SPOOLED else str(p) for p in paths]  # a file's name in messages and rows
     summary, start = ScoreSummary(files=labels), time.perf_counter()
     has_ids = any(ID_COLUMN in {normalise_header(c) for c in cols} for cols in columns)
@@ -278,42 +407,44 @@ def _score_locked(paths: list[Path], columns: list[list[str]], output: Path | No
     rejects: Writer | None = None
     bar = _progress(progress)
     seen = SeenIds() if has_ids else None
-    # parsing (in order: duplicate ids depend on earlier chunks) overlaps with scoring the previous
-    # chunk on a second thread; numpy and Arrow release the GIL for much of both
-    scorer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kneepain-scorer")
+    # chunks are parsed, scored and encoded on another thread (jobs == 1) or in ``jobs`` processes,
+    # while this thread reads ahead, finds repeated ids (in order: they depend on earlier chunks)
+    # and hands the results to the writers
+    scorer = _chunk_scorer(model, jobs)
     in_flight: deque[tuple[Future, str]] = deque()
+    told: set[str] = set()  # files whose ignored columns were reported
 
-    def finish_one(out: Writer) -> None:
+    def finish_one(out: Writer, rejected: Writer) -> None:
         future, name = in_flight.popleft()
-        scored = future.result()
-        out.write(output_table(_with_blank(scored, schema), schema, file=name))
-        summary.rows_scored += len(scored)
+        done: _Done = future.result()
+        if done.ignored and name not in told:
+            summary.warnings.append(ignored_columns_message(done.ignored, name))
+            if warn:
+                warn(summary.warnings[-1])
+            told.add(name)
+        out.write(done.output)
+        if done.rejects is not None:
+            rejected.write(done.rejects)
+        summary.rows_scored += done.scored
+        summary.rows_rejected += done.rejected
 
     try:
         # created inside the try: a signal that arrives as a file is created still gets it removed
         writer = Writer(output if output is not None else Path("-"), schema, stream=stream, shape=shape)
         rejects = Writer(rejects_path, rschema)
         for path, label, keep in zip(paths, labels, keep_by_file):
-            offset, ignored_told = 0, False
+            job = _FileJob(label, schema, rschema, options.top_k, keep, codes, shape, csv_out)
+            offset = 0
             for frame, malformed in prefetch(iter_chunks(path, chunk_rows)):
-                parsed, valid, bad = validate_chunk(frame, file=label, row_offset=offset, seen_ids=seen,
-                                                    malformed=malformed)
-                if parsed.ignored_columns and not ignored_told:
-                    summary.warnings.append(ignored_columns_message(parsed.ignored_columns, label))
-                    if warn:
-                        warn(summary.warnings[-1])
-                    ignored_told = True
-                in_flight.append((scorer.submit(_score_and_keep, model, parsed, valid, frame, row_offset=offset,
-                                                top_k=options.top_k, keep=keep, codes=codes), label))
-                if len(in_flight) > 1:
-                    finish_one(writer)
-                if len(bad):
-                    rejects.write(reject_table(bad, frame, row_offset=offset, file=label, schema=rschema))
-                summary.rows_rejected += bad["row"].nunique() if len(bad) else 0
+                ids = chunk_ids(frame, malformed) if seen is not None else None
+                repeated = seen.check_and_add(ids) if seen is not None and ids is not None else None
+                in_flight.append((scorer.submit(job, frame, malformed, offset, repeated), label))
+                if len(in_flight) > jobs:
+                    finish_one(writer, rejects)
                 offset += len(frame)
                 bar(len(frame))
         while in_flight:
-            finish_one(writer)
+            finish_one(writer, rejects)
         writer.close()
         rejects.close()
         # rejects first: a run killed between the two renames leaves no output, never an output
@@ -327,12 +458,15 @@ def _score_locked(paths: list[Path], columns: list[list[str]], output: Path | No
             rejects_path.unlink(missing_ok=True)
         if output is not None:
             os.replace(writer.tmp, output)
+    except BrokenProcessPool as err:
+        raise BatchInputError("a scoring process stopped before its chunk was scored (out of memory, or killed); "
+                              "nothing was written.") from err
     except BrokenPipeError as err:  # `kneepain score - -o - | head`: the reader has gone
         raise BatchInputError("-: the output pipe was closed before all rows were written.") from err
     except OSError as err:  # disk full, a folder in the way, permissions: one clear line, nothing left
         raise BatchInputError(f"{output or '-'}: cannot write: {err.strerror or err}.") from err
     finally:
-        scorer.shutdown(wait=True, cancel_futures=True)
+        scorer.shutdown()
         for w in (writer, rejects):
             try:
                 if w is not None:

@@ -29,7 +29,7 @@ from pipeline.core.files import tmp_path
 from pipeline.core.schema import ID_COLUMN
 from pipeline.serve.predict import OUTPUT_TYPES, output_columns
 
-__all__ = ["REJECT_META", "Writer", "csv_safe", "output_schema", "output_table", "reject_schema", "reject_table"]
+__all__ = ["REJECT_META", "Writer", "csv_safe", "encode_csv", "output_schema", "output_table", "reject_schema", "reject_table"]
 
 REJECT_META = ["reject_file", "reject_row", "reject_reason"]
 _FORMULA_START = r"^[=+\-@\t\r]"
@@ -110,12 +110,24 @@ def csv_safe(table: pa.Table) -> pa.Table:
     return table
 
 
+def encode_csv(table: pa.Table, shape: Callable[[pa.Table], pa.Table] | None = None, *,
+               header: bool = False) -> pa.Buffer:
+    """CSV lines of ``table`` (shaped, made :func:`csv_safe`), without the header unless asked:
+    what :class:`Writer` appends to a CSV output, made wherever the chunk was scored."""
+    if shape is not None:
+        table = shape(table)
+    sink = pa.BufferOutputStream()
+    pacsv.write_csv(csv_safe(table), sink, pacsv.WriteOptions(include_header=header))
+    return sink.getvalue()
+
+
 class Writer:
     """Writes a CSV or Parquet output to a temporary file next to the target, or a CSV to ``stream``.
 
     Each chunk is encoded and written on a background thread (Arrow releases the GIL there)
     while the next chunk is scored; chunks stay in order, and an error surfaces on the next call.
-    ``shape`` (run there too) turns each table into what is written (rounded floats).
+    ``shape`` (run there too) turns each table into what is written (rounded floats). A CSV
+    chunk may also come already encoded (:func:`encode_csv`, by a scoring process).
     Parquet outputs keep text columns dictionary-encoded (each distinct text stored once per page).
     """
 
@@ -124,13 +136,14 @@ class Writer:
         self.target, self.schema, self._shape = target, schema, shape
         self.tmp = tmp_path(target)
         self._csv = stream is not None or target.suffix.lower() != ".parquet"
+        self._parquet: pq.ParquetWriter | None = None
+        self._own = stream is None
         try:
-            if stream is not None:
-                self._w = pacsv.CSVWriter(stream, schema)
-            elif not self._csv:
-                self._w = pq.ParquetWriter(self.tmp, schema, compression="zstd", use_dictionary=True)
-            else:
-                self._w = pacsv.CSVWriter(self.tmp, schema)
+            if not self._csv:
+                self._parquet = pq.ParquetWriter(self.tmp, schema, compression="zstd", use_dictionary=True)
+            self._fh: BinaryIO | None = (stream if stream is not None else open(self.tmp, "wb")) if self._csv else None
+            if self._fh is not None:
+                self._fh.write(encode_csv(schema.empty_table(), header=True))
         except OSError as err:
             raise BatchInputError(f"{target}: cannot write: {err.strerror or err}.") from err
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kneepain-writer")
@@ -141,18 +154,27 @@ class Writer:
             pending, self._pending = self._pending, None
             pending.result()
 
-    def write(self, table: pa.Table) -> None:
+    def write(self, chunk: pa.Table | pa.Buffer) -> None:
+        """Append a table, or (CSV) lines already encoded by :func:`encode_csv` with this ``shape``."""
         self._wait()
-        self._pending = self._pool.submit(self._write, table)
+        self._pending = self._pool.submit(self._write, chunk)
 
-    def _write(self, table: pa.Table) -> None:
-        if self._shape is not None:
-            table = self._shape(table)
-        self._w.write_table(csv_safe(table) if self._csv else table)
+    def _write(self, chunk: pa.Table | pa.Buffer) -> None:
+        if self._fh is not None:
+            self._fh.write(chunk if isinstance(chunk, pa.Buffer) else encode_csv(chunk, self._shape))
+        else:
+            assert self._parquet is not None and isinstance(chunk, pa.Table)
+            self._parquet.write_table(self._shape(chunk) if self._shape is not None else chunk)
 
     def close(self) -> None:
         try:
             self._wait()
         finally:
             self._pool.shutdown(wait=True)
-            self._w.close()
+            if self._parquet is not None:
+                self._parquet.close()
+            if self._fh is not None:
+                if self._own:
+                    self._fh.close()
+                else:
+                    self._fh.flush()

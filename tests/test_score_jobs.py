@@ -1,0 +1,73 @@
+"""`kneepain score --jobs N`: chunks parsed and scored in N processes give the same files as one."""
+
+import os
+import signal
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pipeline.cli import EXIT_REJECTED, main
+from pipeline.core.errors import BatchInputError
+from pipeline.serve import batch
+from pipeline.serve.batch import score_files
+from pipeline.serve.loading import load_model
+from pipeline.serve.shaping import OutputOptions
+
+
+@pytest.fixture(scope="module")
+def messy_csv(small_data, tmp_path_factory) -> Path:
+    """600 cases in text, with bad values, ids repeated within and across chunks, a record with
+    too many fields, and a column that is not a case field."""
+    cases = pd.read_parquet(small_data / "test.parquet").head(600).astype(str).replace({"<NA>": "", "nan": ""})
+    cases.insert(1, "clinic", "north")
+    cases.loc[17, "age"] = "old"
+    cases.loc[260, "case_id"] = cases.loc[3, "case_id"]  # a later chunk repeats an id
+    cases.loc[41, "case_id"] = cases.loc[40, "case_id"]  # within one chunk
+    cases.loc[300, "sex"] = "x"
+    path = tmp_path_factory.mktemp("jobs") / "messy.csv"
+    lines = cases.to_csv(index=False).splitlines(keepends=True)
+    lines[500] = lines[500].rstrip("\n") + ",extra\n"  # data row 498 has one field too many
+    path.write_text("".join(lines))
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_two_processes_write_the_same_files_as_one(trained, messy_csv, tmp_path, suffix):
+    models, _ = trained
+    outputs = {}
+    for jobs in (1, 2):
+        out = tmp_path / f"out-{jobs}{suffix}"
+        code = main(["score", str(messy_csv), "-o", str(out), "--model", str(models), "--quiet", "--chunk-rows", "97",
+                     "--jobs", str(jobs), "--keep-input-columns"])
+        assert code == EXIT_REJECTED  # some rows were rejected, and said so
+        rejects = out.with_name(out.name + ".rejects.csv").read_bytes()
+        outputs[jobs] = (out.read_bytes() if suffix == ".csv" else pd.read_parquet(out), rejects)
+    one, two = outputs[1], outputs[2]
+    assert one[1] == two[1]  # the rejects, byte for byte
+    assert one[1].count(b"\n") == 1 + 5  # the header, then five rejected rows
+    if suffix == ".csv":
+        assert one[0] == two[0]
+    else:
+        pd.testing.assert_frame_equal(one[0], two[0])  # the same numbers, to the bit
+
+
+def _die_in_worker(*args):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_dead_scoring_process_stops_the_run_and_leaves_nothing(trained, messy_csv, tmp_path, monkeypatch):
+    models, _ = trained
+    # sent by reference: each spawned process imports this test module to run it
+    monkeypatch.setattr(batch, "_in_worker", _die_in_worker)
+    out = tmp_path / "out.csv"
+    with pytest.raises(BatchInputError, match="scoring process stopped"):
+        score_files([messy_csv], out, load_model(models), chunk_rows=100, jobs=2, options=OutputOptions())
+    assert [p.name for p in tmp_path.iterdir() if p.name != ".out.csv.lock"] == []  # the lock stays, unheld
+
+
+def test_jobs_must_be_positive(trained, messy_csv, tmp_path):
+    models, _ = trained
+    with pytest.raises(BatchInputError, match="jobs == 0"):
+        score_files([messy_csv], tmp_path / "o.csv", load_model(models), jobs=0)
+    assert main(["score", str(messy_csv), "-o", str(tmp_path / "o.csv"), "--model", str(models), "--jobs", "-1"]) != 0
