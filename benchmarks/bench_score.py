@@ -8,7 +8,8 @@ machine:
 
 - the **I/O floor**: pyarrow reads the same CSV as text in 1 MB blocks and writes ``case_id``, a
   label and 9 floats per row as CSV, computing nothing; ``kneepain score`` (CSV -> CSV, default
-  settings) against it: target at most 1.8x its wall time;
+  settings, and with ``--jobs 2``) against it: target at most 1.8x its wall time (with ``--jobs 2``
+  the peak RSS shown is the largest process's: the workers are its children);
 - ``kneepain score``: peak RSS at most 350 MB, and again on a file 4x larger, within 20% (memory
   flat as the file grows); at least 20x the throughput of ``mlflow models predict``;
 - start-up: ``kneepain score`` on a 10-row file (target under 1.6 s);
@@ -126,6 +127,15 @@ def run(quick: bool) -> list[dict]:
         rows.append(make_row(f"score: kneepain score / I/O floor (wall) = {ratio:.2f}x", small, rates[small][0], peak_rss_mb=None,
                              ratio=round(ratio, 2)))
         rows[-1]["target"], rows[-1]["met"] = "<= 1.8x", bool(ratio <= 1.8) if not quick else None
+        log(f"score: kneepain score --jobs 2 on {small:,} rows ...")
+        child = run_command([_kneepain(), "score", str(tmp / f"cases-{small}.csv"), "-o", str(tmp / "out2.csv"),
+                             "--quiet", "--jobs", "2", "--model", str(models_dir())], cwd=tmp)
+        ratio2 = child.wall_seconds / floor.wall_seconds
+        rows.append(make_row(f"score: kneepain score --jobs 2 / I/O floor (wall) = {ratio2:.2f}x; RSS of the largest "
+                             "process", small, child.wall_seconds, peak_rss_mb=child.peak_rss_mb, ratio=round(ratio2, 2),
+                             speedup_vs_jobs_1=round(rates[small][0] / child.wall_seconds, 2)))
+        rows[-1]["target"], rows[-1]["met"] = "<= 1.8x", bool(ratio2 <= 1.8) if not quick else None
+        (tmp / "out2.csv").unlink()
         rows.append(make_row(f"score: peak RSS at {small:,} rows", small, rates[small][0], peak_rss_mb=rates[small][1]))
         rows[-1]["target"], rows[-1]["met"] = "<= 350 MB", bool(rates[small][1] <= 350) if not quick else None
         (tmp / "ten.csv").write_text("".join((tmp / f"cases-{small}.csv").open().readlines()[:11]))

@@ -100,17 +100,17 @@ class SafetyNet:
         self.likelihood = {n: answer_likelihoods(kb, n) for n in self.candidates}
         self.questions = [question(n) for n in self.candidates]
         self._rule_levels = np.array([r.level for r in self.rules], dtype=np.int8)
+        self._rule_fields = {"age", *(n for r in self.rules for n in r.fields)}
         # which rules ask each candidate; every (candidate, answer) likelihood row, and where it is
         self._asks = np.array([[n in r.fields for r in self.rules] for n in self.candidates], dtype=bool
                               ).reshape(len(self.candidates), len(self.rules))
-        width = max((len(v) for v in self.likelihood.values()), default=0)
-        self._pair = np.zeros((len(self.candidates), width), dtype=np.int64)
-        rows_: list[np.ndarray] = []
-        for j, name in enumerate(self.candidates):
-            for a, row in enumerate(self.likelihood[name]):
-                self._pair[j, a] = len(rows_)
-                rows_.append(row)
-        self._likelihood_rows = np.array(rows_).reshape(len(rows_), -1)
+        pairs = [(j, a) for j, name in enumerate(self.candidates) for a in range(len(self.likelihood[name]))]
+        self._likelihood_rows = np.array([self.likelihood[self.candidates[j]][a] for j, a in pairs]
+                                         ).reshape(len(pairs), -1)
+        self._pair_candidate = np.array([j for j, _ in pairs], dtype=np.int64)
+        self._pair_answer = np.array([a for _, a in pairs], dtype=np.int8)
+        # candidates that ask the same rules share the level of the rules that do not ask them
+        self._ask_sets, self._ask_set_of = np.unique(self._asks, axis=0, return_inverse=True)
 
     def open_rules(self, codes: dict[str, np.ndarray]) -> np.ndarray:
         """(n_cases, n_rules): which rules the unanswered questions could still fire."""
@@ -118,10 +118,11 @@ class SafetyNet:
         return np.column_stack([r.open(codes) for r in self.rules]) if self.rules else np.zeros((n, 0), bool)
 
     def rests_on_unknowns(self, proba: np.ndarray, codes: dict[str, np.ndarray], open_: np.ndarray,
-                          cost_level_of) -> np.ndarray:
+                          cost_level_of, check_prior: bool = True) -> np.ndarray:
         """Per case, whether the same day rests on what is unknown: nothing but age and sex is
-        answered (the prior alone), or the expected-cost level would drop below the same day if
-        every unanswered question of a same-day rule that could still fire were answered "no"."""
+        answered (the prior alone; ``check_prior=False`` skips this for cases known to have more),
+        or the expected-cost level would drop below the same day if every unanswered question of a
+        same-day rule that could still fire were answered "no"."""
         log_p = np.log(np.maximum(proba, 1e-300))
         for name in self.no_fields:
             asked_by_open = np.zeros(len(proba), dtype=bool)
@@ -131,7 +132,8 @@ class SafetyNet:
             hide = unanswered(name, codes) & asked_by_open
             log_p = log_p + np.where(hide[:, None], self.log_no[name][None, :], 0.0)
         p_no = np.exp(log_p - log_p.max(axis=1, keepdims=True))  # unnormalised: the level is scale-free
-        return (cost_level_of(p_no) < _EMERGENCY) | (known_share(codes) == 0)
+        drops = cost_level_of(p_no) < _EMERGENCY
+        return drops | (known_share(codes) == 0) if check_prior else drops
 
     def safety_net(self, level: np.ndarray, open_: np.ndarray, codes: bool = False):
         """Per case, the plain-language signs of the open rules above its level, ``|``-separated,
@@ -159,27 +161,21 @@ class SafetyNet:
         again; the others keep the case's result. With ``codes_out``, the questions' field names.
         """
         n = len(proba)
-        floor = self.cfg.ask_next.min_answer_probability
-        parts = []  # per candidate: (case rows, candidate, answer, P(answer | what is known))
-        for j, name in enumerate(self.candidates):
-            rows = np.flatnonzero(unanswered(name, codes))
-            if not len(rows):
-                continue
-            p_answer = dot_exact(proba[rows], self.likelihood[name])
-            for a in range(p_answer.shape[1]):
-                keep = p_answer[:, a] >= floor
-                if keep.any():
-                    parts.append((rows[keep], j, a, p_answer[keep, a]))
         change = np.zeros((n, len(self.candidates)))
-        if parts:
-            rows = np.concatenate([r for r, _, _, _ in parts])
-            which = np.concatenate([np.full(len(r), j, dtype=np.int16) for r, j, _, _ in parts])
-            answer = np.concatenate([np.full(len(r), a, dtype=np.int8) for r, _, a, _ in parts])
-            p = np.concatenate([q for _, _, _, q in parts])
+        if self.candidates:
+            # P(answer | what is known) of every (question, answer) at once; plausible ones of unanswered questions
+            asked = np.column_stack([unanswered(name, codes) for name in self.candidates])
+            p_answer = dot_exact(proba, self._likelihood_rows)
+            plausible = asked[:, self._pair_candidate] & (p_answer >= self.cfg.ask_next.min_answer_probability)
+            pair, rows = np.nonzero(plausible.T)  # by question, then answer, then case
+        else:
+            rows = pair = np.zeros(0, dtype=np.int64)
+        if len(rows):
+            which, p = self._pair_candidate[pair], p_answer[rows, pair]
             others = self._levels_without(fires)
             for at in range(0, len(rows), batch_rows):
                 b = slice(at, at + batch_rows)
-                after = self._variant_levels(proba, codes, rows[b], which[b], answer[b], atypical, others)
+                after = self._variant_levels(proba, codes, rows[b], pair[b], atypical, others)
                 changed = after != level[rows[b]]
                 flat = rows[b][changed] * len(self.candidates) + which[b][changed]
                 change += np.bincount(flat, weights=p[b][changed], minlength=change.size).reshape(change.shape)
@@ -192,46 +188,53 @@ class SafetyNet:
         """(n_cases, n_candidates): the highest level among the rules that fire and do not ask the
         candidate (-1 when none)."""
         levels = np.where(fires, self._rule_levels[None, :], -1).astype(np.int8)
-        out = np.empty((len(fires), len(self.candidates)), dtype=np.int8)
-        for j in range(len(self.candidates)):
-            out[:, j] = levels[:, ~self._asks[j]].max(axis=1, initial=-1)
-        return out
+        per_set = np.column_stack([levels[:, ~asks].max(axis=1, initial=-1) for asks in self._ask_sets])
+        return per_set[:, np.ravel(self._ask_set_of)]
 
-    def _variant_levels(self, proba: np.ndarray, codes: dict[str, np.ndarray], rows: np.ndarray, which: np.ndarray,
-                        answer: np.ndarray, atypical: np.ndarray, others: np.ndarray) -> np.ndarray:
-        """The triage level of case ``rows[i]`` with candidate ``which[i]`` answered ``answer[i]``:
-        the expected cost on the re-weighted probabilities (softened as in
-        :meth:`rests_on_unknowns`), raised to the atypical floor and to the rules that fire."""
+    def _variant_levels(self, proba: np.ndarray, codes: dict[str, np.ndarray], rows: np.ndarray, pair: np.ndarray,
+                        atypical: np.ndarray, others: np.ndarray) -> np.ndarray:
+        """The triage level of case ``rows[i]`` with (question, answer) ``pair[i]`` (sorted): the
+        expected cost on the re-weighted probabilities (softened as in :meth:`rests_on_unknowns`),
+        raised to the atypical floor and to the rules that fire."""
         cfg = self.cfg
-        weighted = proba[rows] * self._likelihood_rows[self._pair[which, answer]]
+        which, answer = self._pair_candidate[pair], self._pair_answer[pair]
+        weighted = proba[rows] * self._likelihood_rows[pair]
         level = cost_levels(cfg, weighted)
         same_day = np.flatnonzero(level == _EMERGENCY)
         if len(same_day):
-            sub = self._with_answers(codes, rows[same_day], which[same_day], answer[same_day], codes)
+            # a variant has one more answer than its case, so it never rests on age and sex alone
+            sub = self._with_answers(codes, rows[same_day], which[same_day], answer[same_day], self._rule_fields)
             soft = same_day[self.rests_on_unknowns(weighted[same_day], sub, self.open_rules(sub),
-                                                   lambda q: cost_levels(cfg, q))]
+                                                   lambda q: cost_levels(cfg, q), check_prior=False)]
             level[soft] = LEVELS.index(cfg.uncertain.level)
         level = np.where(atypical[rows], np.maximum(level, LEVELS.index(cfg.atypical.min_level)), level)
         level = np.maximum(level, others[rows, which])
-        for j in np.unique(which):
+        for j, at in _segments(which):
             asking = np.flatnonzero(self._asks[j])
             if not len(asking):
                 continue
-            at = np.flatnonzero(which == j)
             fields = {"age", *(f for k in asking for f in self.rules[k].fields)}
             variant = self._with_answers(codes, rows[at], which[at], answer[at], fields)
             for k in asking:
-                hit = at[self.rules[k].fires(variant)]
+                hit = np.flatnonzero(self.rules[k].fires(variant)) + at.start
                 level[hit] = np.maximum(level[hit], self.rules[k].level)
         return level.astype(np.int8)
 
     def _with_answers(self, codes: dict[str, np.ndarray], rows: np.ndarray, which: np.ndarray, answer: np.ndarray,
                       fields) -> dict[str, np.ndarray]:
-        """The codes of ``fields`` for cases ``rows``, candidate ``which[i]`` set to ``answer[i]``."""
+        """The codes of ``fields`` for cases ``rows``, candidate ``which[i]`` (sorted) set to ``answer[i]``."""
         out = {k: codes[k][rows] for k in fields}
-        for j in np.unique(which):
+        for j, at in _segments(which):
             name = self.candidates[j]
             if name in out:
-                at = which == j
                 out[name][at] = answer[at]
         return out
+
+
+def _segments(sorted_values: np.ndarray) -> list[tuple[int, slice]]:
+    """Each distinct value of a sorted array and the slice where it runs."""
+    if not len(sorted_values):
+        return []
+    starts = np.flatnonzero(np.diff(sorted_values)) + 1
+    bounds = [0, *starts.tolist(), len(sorted_values)]
+    return [(int(sorted_values[b]), slice(b, e)) for b, e in zip(bounds[:-1], bounds[1:])]
