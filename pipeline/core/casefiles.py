@@ -2,6 +2,10 @@
 
 The one reader behind ``kneepain score``, the Dask engine and :func:`pipeline.predict` on a path:
 
+- chunks have exactly ``chunk_rows`` rows (the last fewer), so a file read in blocks of whole
+  chunks (:class:`FileBlock`, planned by :mod:`pipeline.core.blocks`) gives the same chunks,
+  row numbers and reasons as the file read whole;
+
 - a CSV record with the wrong number of fields does not stop the file: it comes back in its
   chunk, at its place, with its fields as far as they go and a reason naming the record;
 - a record longer than the read block (about 1 MB, which keeps memory flat) is read by reopening

@@ -1,10 +1,15 @@
-"""The Dask engine of ``kneepain score``: scoring many files on a cluster.
+"""The Dask engine of ``kneepain score``: scoring files, large or many, on a cluster.
 
-:func:`score_files_dask`: one task per input file streams
-that file's chunks through :func:`pipeline.serve.batch.score_chunk` (the same code as the pandas engine,
-so every row gets the same numbers) and writes one part file per chunk. Parallelism is across
-files: a single large file is one task, so give the engine several files. The cluster itself
-comes from :func:`pipeline.core.cluster.dask_client`.
+:func:`score_files_dask` splits each input into blocks of whole chunks
+(:func:`pipeline.core.blocks.plan_blocks`: Parquet by rows from the footer, CSV by byte ranges
+that start at a record) and runs one task per block, so N workers score even a single large
+file about N times faster. A task streams its block's chunks through
+:func:`pipeline.serve.batch.score_chunk` (the same code as the pandas engine, so every row gets
+the same numbers) and writes one part file per chunk, named by the chunk's place in its file.
+Chunks have exactly ``chunk_rows`` rows whichever way a file is read, so row numbers, malformed-
+record reasons and rejects are those of the pandas engine; a ``case_id`` repeated in another
+block or file is found by a second pass on the driver. The cluster itself comes from
+:func:`pipeline.core.cluster.dask_client`.
 
 Outputs are written into a hidden temporary folder next to the target and renamed into place only
 when every task succeeded: an output folder is complete or absent. Inputs and outputs must be on a
@@ -234,10 +239,12 @@ def score_files_dask(inputs: Sequence[str | Path] | str | Path, output_dir: str 
     ----------
     inputs : path, glob, or sequence of them
         CSV or Parquet files (by extension); a glob's matches are sorted, and one that matches
-        nothing is an error. Files are scored in parallel, one task per file.
+        nothing is an error. Files, and blocks of large files, are scored in parallel, one task
+        per block.
     output_dir : path
-        A new folder (it must not exist). It gets ``part-<file>-<chunk>.<fmt>``, one per chunk,
-        named so that sorting the names gives input order, and ``rejects.csv`` (the rejected
+        A new folder (it must not exist). It gets ``part-<file>-<chunk>.<fmt>``, one per chunk
+        (numbered within its file, so the names do not depend on the blocks), named so that
+        sorting the names gives input order, and ``rejects.csv`` (the rejected
         rows, whole, after ``reject_file``, ``reject_row`` and ``reject_reason``; only the header
         when every row was scored).
     model_source : path or MLflow URI, optional
@@ -249,6 +256,14 @@ def score_files_dask(inputs: Sequence[str | Path] | str | Path, output_dir: str 
         Format of the part files.
     chunk_rows : int, default=CHUNK_ROWS
         Rows per chunk, as in :func:`pipeline.serve.batch.score_files`.
+    block_bytes : int, optional
+        About how many bytes of a file one task scores: a file of at least twice this is split
+        into blocks of whole chunks. Default: the inputs' total size over
+        ``BLOCKS_PER_WORKER`` (2) blocks per worker thread of ``client``, and at least
+        :data:`pipeline.core.blocks.MIN_BLOCK_BYTES` (64 MB), so small files stay whole. A CSV is
+        read once on the driver to find where its blocks start (a pass that only counts
+        newlines and quotes; blocks are submitted as they are found); its rows are then
+        read by the workers.
     retries : int, default=2
         Retries of a task that raised an unexpected error. A task whose worker died is rerun by
         the scheduler (``distributed.scheduler.allowed-failures`` times). Input errors are not retried.
@@ -260,8 +275,11 @@ def score_files_dask(inputs: Sequence[str | Path] | str | Path, output_dir: str 
     ScoreSummary
         Rows scored, rows rejected, seconds. Every row is in exactly one part file (with its
         ``file`` and ``row``) or in ``rejects.csv``; a duplicate ``case_id``, within a file or
-        across files, is rejected as by the pandas engine (a second pass on the driver compares
-        the hashes of each file's ids and rescores the few files that repeat an earlier id).
+        across blocks and files, is rejected as by the pandas engine (a second pass on the driver
+        compares the hashes of each block's ids and rescores the few blocks that repeat an
+        earlier id). A split file whose block cannot be read on its own (an input error, or
+        rows not as planned) is scored again unsplit, which reports its error as the pandas
+        engine does.
 
     Raises
     ------
