@@ -104,3 +104,10 @@ def test_parquet_blocks_are_row_ranges_of_whole_chunks(tmp_path):
     assert [(b.first_row, b.rows) for b in blocks] == [(0, 900), (900, 900), (1800, 700)]
     assert [(b.start, b.end) for b in blocks] == [(0, 2), (1, 3), (2, 4)]  # the row groups holding them
     _assert_same_chunks(_read(path, 300), _read(path, 300, blocks))
+
+
+def test_blocks_split_at_the_chunk_start_nearest_each_equal_share(tmp_path):
+    path = tmp_path / "even.csv"
+    path.write_bytes(b"a,b\n" + b"".join(f"{i:05d},x\n".encode() for i in range(1000)))
+    blocks = list(plan_blocks(path, chunk_rows=30, block_bytes=(path.stat().st_size - 4) // 4))
+    assert [b.rows for b in blocks] == [240, 270, 240, 250]  # splits at 240, 510 and 750: the nearest multiples of 30

@@ -159,6 +159,7 @@ def _csv_blocks(path: Path, chunk_rows: int, block_bytes: int) -> Iterator[FileB
         return
     targets = [data_start + (size - data_start) * j // count for j in range(1, count)]
     scan, first, start = _RecordScan(data_start), 0, data_start
+    start_before, rows_before = start, first
     buffer = bytearray(WINDOW_BYTES)
     with open(path, "rb", buffering=0) as fh:
         fh.seek(data_start)
@@ -169,12 +170,17 @@ def _csv_blocks(path: Path, chunk_rows: int, block_bytes: int) -> Iterator[FileB
                 break
             # the chunks that start in this window: after the end of every chunk_rows-th record
             last_of_chunk = np.flatnonzero((before + np.arange(len(ends)) + 1) % chunk_rows == 0)
-            starts, rows = ends[last_of_chunk] + 1, before + last_of_chunk + 1
-            while targets and len(starts) and starts[-1] >= targets[0]:
+            # the chunks that start in this window (after every chunk_rows-th record), and the last one before it
+            starts = np.concatenate([[start_before], ends[last_of_chunk] + 1])
+            rows = np.concatenate([[rows_before], before + last_of_chunk + 1])
+            while targets and starts[-1] >= targets[0]:
                 i = int(np.searchsorted(starts, targets[0]))
+                if i > 0 and starts[i - 1] > start and targets[0] - starts[i - 1] < starts[i] - targets[0]:
+                    i -= 1  # the nearest chunk start
                 yield FileBlock(first, int(rows[i]) - first, start, int(starts[i]))
                 first, start = int(rows[i]), int(starts[i])
-                targets = [t for t in targets if t > start]
+                targets = [t for t in targets[1:] if t > start]
+            start_before, rows_before = int(starts[-1]), int(rows[-1])
     total = scan.finish(size) if scan.regular else 0
     if scan.regular:
         if total > first:  # a split just before trailing empty lines leaves them to no block

@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from distributed import Client
 
 
-__all__ = ["FORMATS", "DaskJobError", "score_files_dask"]
+__all__ = ["FORMATS", "DaskJobError", "default_block_bytes", "score_files_dask"]
 
 FORMATS = ("parquet", "csv")
 REJECTS_FILE = "rejects.csv"
@@ -208,6 +208,13 @@ def _publish(tmp: Path, results: list[_BlockResult], target: Path, rschema: pa.S
     os.rename(tmp, target)
 
 
+def default_block_bytes(paths: Sequence[Path], workers: int) -> int:
+    """The block size :func:`score_files_dask` uses by default: the inputs in ``BLOCKS_PER_WORKER``
+    blocks per worker thread, at least :data:`pipeline.core.blocks.MIN_BLOCK_BYTES`."""
+    total = sum(Path(p).stat().st_size for p in paths)
+    return max(MIN_BLOCK_BYTES, -(-total // (BLOCKS_PER_WORKER * max(workers, 1))))
+
+
 _Scored = tuple[list[tuple[int, FileBlock]], list[_BlockResult]]  # (file, block) units and their results
 
 
@@ -308,8 +315,7 @@ def score_files_dask(inputs: Sequence[str | Path] | str | Path, output_dir: str 
     if not target.parent.is_dir():
         raise BatchInputError(f"{target.parent}: no such folder for the output.")
     if block_bytes is None:
-        workers = sum(client.nthreads().values()) or 1
-        block_bytes = max(MIN_BLOCK_BYTES, -(-sum(p.stat().st_size for p in paths) // (BLOCKS_PER_WORKER * workers)))
+        block_bytes = default_block_bytes(paths, sum(client.nthreads().values()))
     tmp = temp_folder(target)
     run = uuid.uuid4().hex[:8]
     id_column = ID_COLUMN if any(has_ids) else "row"
