@@ -80,8 +80,8 @@ def inputs(kb, small_data, tmp_path_factory):
     c = _text_cases(kb, 1200, 3, ids="d")
     c.loc[7, ID_COLUMN] = "a-3"  # a duplicate of an earlier file's id
     c.loc[8, [ID_COLUMN, "age"]] = ["a-4", "abc"]  # invalid anyway: rejected for its age only
-    # the only CSV with ids comes last: the pandas engine fails on ids after such a CSV's trailing
-    # empty chunk (see test_pandas_engine_ids_after_a_csv_ending_on_a_chunk)
+    # the only CSV with ids comes last (a CSV that ended on a chunk once gave the pandas engine an
+    # empty last chunk that broke ids after it: see test_pandas_engine_ids_after_a_csv_ending_on_a_chunk)
     c.to_csv(folder / "d.csv", index=False)
     return [str(folder / name) for name in ("a.parquet", "b.csv", "c.parquet", "d.csv")]
 
@@ -197,7 +197,7 @@ def _two_csvs_with_ids(kb, folder: Path) -> list[str]:
 def test_ids_after_a_csv_ending_on_a_chunk(client, trained, kb, tmp_path):
     models, _ = trained
     summary = score_files_dask(_two_csvs_with_ids(kb, tmp_path), tmp_path / "out", models, client=client,
-                               chunk_rows=300)  # each CSV is one chunk, then an empty one
+                               chunk_rows=300)  # each CSV is exactly one chunk
     assert (summary.rows_scored, summary.rows_rejected) == (599, 1)
     assert sorted(p.name for p in (tmp_path / "out").glob("part-*")) == ["part-00000-00000.parquet",
                                                                           "part-00001-00000.parquet"]
