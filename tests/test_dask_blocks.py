@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.core.blocks import _RecordScan, plan_blocks
+from pipeline.core.blocks import WINDOW_BYTES, _RecordScan, plan_blocks
 from pipeline.core.casefiles import FileBlock, csv_data_start, iter_chunks
 
 
@@ -50,12 +50,20 @@ def _assert_same_chunks(whole: list, split: list) -> None:
         assert a.malformed == b.malformed
 
 
-def test_planned_blocks_read_as_the_whole_file(tmp_path):
+@pytest.mark.parametrize("window", [None, 5])  # 5 bytes: quotes, CRLFs and empty lines across windows
+def test_planned_blocks_read_as_the_whole_file(tmp_path, window, monkeypatch):
+    if window is not None:
+        monkeypatch.setattr("pipeline.core.blocks.WINDOW_BYTES", window)
     rng, path, split_files = random.Random(16), tmp_path / "cases.csv", 0
     for _ in range(150):
         path.write_bytes(_random_csv(rng, rng.randint(0, 80)))
         chunk_rows = rng.randint(1, 7)
-        blocks = list(plan_blocks(path, chunk_rows=chunk_rows, block_bytes=rng.randint(20, 200)))
+        block_bytes = rng.randint(20, 200)
+        blocks = list(plan_blocks(path, chunk_rows=chunk_rows, block_bytes=block_bytes))
+        if window is not None:  # the plan does not depend on the window
+            monkeypatch.setattr("pipeline.core.blocks.WINDOW_BYTES", WINDOW_BYTES)
+            assert list(plan_blocks(path, chunk_rows=chunk_rows, block_bytes=block_bytes)) == blocks
+            monkeypatch.setattr("pipeline.core.blocks.WINDOW_BYTES", window)
         split_files += len(blocks) > 1
         assert [b.first_row % chunk_rows for b in blocks] == [0] * len(blocks)  # whole chunks
         assert all(b.end == c.start for b, c in zip(blocks, blocks[1:]))  # consecutive byte ranges

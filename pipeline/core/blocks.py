@@ -100,6 +100,7 @@ class _RecordScan:
         """The file offsets of the newlines that end the non-empty records in ``data``."""
         if self.close_pending and not _CLOSES_BEFORE[data[0]] or self.return_pending and data[0] != _NEWLINE:
             self.regular = False
+        self.close_pending = False
         newlines = np.flatnonzero(data == _NEWLINE)
         quotes = np.flatnonzero(data == _QUOTE)
         returns = np.flatnonzero(data == _RETURN)
@@ -118,13 +119,13 @@ class _RecordScan:
 
     def _even_quotes_before(self, data: np.ndarray, quotes: np.ndarray, newlines: np.ndarray) -> np.ndarray:
         """Which ``newlines`` are outside quotes; checks that every quote opens, closes or escapes as RFC 4180 has it."""
-        opening = (np.arange(len(quotes)) % 2 == 0) != self.quotes_odd
-        before = np.where(quotes > 0, data[np.maximum(quotes - 1, 0)], self.last_byte)
-        last = len(data) - 1
-        after = data[np.minimum(quotes + 1, last)]
-        if (opening & ~_OPENS_AFTER[before]).any() or (~opening & (quotes < last) & ~_CLOSES_BEFORE[after]).any():
+        padded = np.empty(len(data) + 2, dtype=np.uint8)  # the byte before each quote is padded[q], after it padded[q + 2]
+        padded[0], padded[1:-1], padded[-1] = self.last_byte, data, _NEWLINE  # the next window's byte: checked there
+        first_opening = int(self.quotes_odd)  # quotes alternate: opening (or an escape's second), closing (or its first)
+        if not (_OPENS_AFTER[padded[quotes[first_opening::2]]].all()
+                and _CLOSES_BEFORE[padded[quotes[1 - first_opening::2] + 2]].all()):
             self.regular = False
-        self.close_pending = bool(quotes[-1] == last and not opening[-1])
+        self.close_pending = bool(quotes[-1] == len(data) - 1 and (len(quotes) - 1) % 2 != first_opening)
         odd_at = (np.searchsorted(quotes, newlines) % 2 == 1) != self.quotes_odd
         self.quotes_odd ^= bool(len(quotes) % 2)
         return ~odd_at
