@@ -272,6 +272,22 @@ def test_one_file_split_into_blocks_matches_the_pandas_engine(client, trained, o
                                                                                "part-00000-00001.parquet"]
 
 
+def test_a_block_not_holding_its_planned_rows_sends_its_file_back_whole(client, trained, one_big_file, tmp_path,
+                                                                        monkeypatch):
+    import pipeline.serve.dask as engine
+
+    models, _ = trained
+    planned = list(engine.plan_blocks(one_big_file, chunk_rows=CHUNK, block_bytes=SPLIT["block_bytes"]))
+    wrong = [planned[0]._replace(rows=planned[0].rows + 1), *planned[1:]]  # as if the planner had miscounted
+    monkeypatch.setattr(engine, "plan_blocks", lambda *args, **kwargs: iter(wrong))
+    out = tmp_path / "ref.parquet"
+    score_files([str(one_big_file)], out, get_model(models), chunk_rows=CHUNK)
+    score_files_dask(one_big_file, tmp_path / "out", models, client=client, **SPLIT)
+    pd.testing.assert_frame_equal(_read_parts(tmp_path / "out").drop(columns="file"), pd.read_parquet(out),
+                                  check_exact=True)
+    assert (tmp_path / "out" / "rejects.csv").read_bytes() == Path(f"{out}.rejects.csv").read_bytes()
+
+
 def test_parquet_split_by_row_groups_matches_the_pandas_engine(client, trained, kb, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq

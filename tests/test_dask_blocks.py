@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.core.blocks import WINDOW_BYTES, _RecordScan, plan_blocks
-from pipeline.core.casefiles import FileBlock, csv_data_start, iter_chunks
+from pipeline.core.casefiles import BlockMismatchError, FileBlock, csv_data_start, iter_chunks
 
 
 def _random_csv(rng: random.Random, rows: int, columns: int = 3) -> bytes:
@@ -119,3 +119,12 @@ def test_blocks_split_at_the_chunk_start_nearest_each_equal_share(tmp_path):
     path.write_bytes(b"a,b\n" + b"".join(f"{i:05d},x\n".encode() for i in range(1000)))
     blocks = list(plan_blocks(path, chunk_rows=30, block_bytes=(path.stat().st_size - 4) // 4))
     assert [b.rows for b in blocks] == [240, 270, 240, 250]  # splits at 240, 510 and 750: the nearest multiples of 30
+
+
+def test_a_block_that_does_not_hold_its_planned_rows_is_refused(tmp_path):
+    path = tmp_path / "cases.csv"
+    path.write_bytes(b"a,b\n" + b"".join(f"{i},x\n".encode() for i in range(100)))
+    block = next(iter(plan_blocks(path, chunk_rows=10, block_bytes=100)))
+    assert block.rows is not None and block.rows < 100
+    with pytest.raises(BlockMismatchError, match=f"holds {block.rows} records, not the {block.rows + 1} planned"):
+        list(iter_chunks(path, 10, block=block._replace(rows=block.rows + 1)))
