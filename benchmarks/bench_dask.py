@@ -5,7 +5,13 @@ generated once into a temporary folder (untimed) with ``generate_codes`` + ``cod
 Each engine then scores all of it in its own child process (``python -m benchmarks.bench_dask``):
 
 - ``score_files`` (the pandas engine, one process) into one Parquet file;
-- ``score_files_dask`` on ``dask_client(n_workers=k)`` for k = 1 and 2 into a folder of parts.
+- ``score_files_dask`` on ``dask_client(n_workers=k)`` for k = 1 and 2 into a folder of parts;
+- ``score_files_dask`` for k = 1 and 2 on the same cases as **one** CSV file (written as pandas
+  writes a CSV, with ``case_id``; not timed), which the engine splits into blocks at its default
+  block size (about two blocks per worker; ``--quick``: the same without the 64 MB floor, so the
+  small file is split too), then the ratio of the two wall times (target: 2 workers at least
+  1.7x one, on a machine with at least 2 cores). The CSV's planning pass on the driver is inside
+  the timed call.
 
 The wall time is that of the scoring call alone: imports, the model load and, for Dask, starting
 the cluster and loading the model on each worker happen before it (the start-up is in the JSON
@@ -15,7 +21,8 @@ in that process): the pandas engine's process; for Dask the largest worker's, re
 from ``os.wait4`` is not used: on Linux it carries over the RSS of the process that forked the
 child. The input is generated in a child too, to keep the parent small.) The model is a copy of
 the project's ``models/`` if that scores with this code, else a small one trained into the
-temporary folder first (untimed). No target: the rows are for comparison (on 2 cores, 2 workers can at best halve the time).
+temporary folder first (untimed). The many-file rows have no target: they are for comparison (on
+2 cores, 2 workers can at best halve the time).
 """
 
 from __future__ import annotations
@@ -68,6 +75,19 @@ def _write_inputs(folder: Path, n: int) -> list[Path]:
         paths.append(folder / f"cases-{i:02d}.parquet")
         frame.to_parquet(paths[-1], index=False)
     return paths
+
+
+def _write_one_csv(parts: Path, out: Path) -> Path:
+    """The cases of :func:`_write_inputs` (the Parquet files in ``parts``) again, as one CSV file in ``out`` (untimed)."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    path = out / "cases.csv"
+    with pacsv.CSVWriter(path, pq.read_schema(next(parts.glob("*.parquet"))).remove_metadata(),
+                         write_options=pacsv.WriteOptions(quoting_style="none")) as writer:  # no value needs quotes
+        for part in sorted(parts.glob("*.parquet")):
+            writer.write_table(pq.read_table(part).replace_schema_metadata(None))
+    return path
 
 
 def _model(tmp: Path) -> tuple[Path, str]:
@@ -138,7 +158,44 @@ def run(quick: bool) -> list[dict]:
             rows.append(make_row(f"score: {label}", n, result["seconds"], peak_rss_mb=peak, files=N_FILES,
                                  chunk_rows=CHUNK_ROWS, rows_rejected=result["rows_rejected"], model=model_text,
                                  **details))
+        rows += _one_file_rows(tmp, inputs, model, model_text, n, quick)
     return rows
+
+
+def _one_file_rows(tmp: Path, inputs: Path, model: Path, model_text: str, n: int, quick: bool) -> list[dict]:
+    """Dask with 1 and 2 workers on the inputs as one CSV file, and the ratio of their wall times."""
+    one = tmp / "one-file"
+    one.mkdir()
+    _child("write-one-csv", "--inputs", str(inputs), "--out", str(one))
+    size = f"{n / 1e6:g}M" if n >= 1_000_000 else f"{n // 1000}k"
+    rows, seconds = [], {}
+    for workers in WORKERS:
+        label = f"dask engine, {workers} worker{'s' * (workers > 1)}, one {size}-row CSV split into blocks"
+        log(f"dask: scoring one {size}-row CSV with {workers} worker(s) ...")
+        block = -(-(one / "cases.csv").stat().st_size // (2 * workers)) if quick else 0  # 0: the default
+        result = _child("dask", "--workers", str(workers), "--model", str(model), "--inputs", str(one),
+                        "--out", str(tmp / f"out-one-{workers}"), "--csv", "--block-bytes", str(block))
+        if result["rows"] != n:
+            raise BenchmarkError(f"the {label} scored {result['rows']:,} rows of {n:,}.")
+        seconds[workers] = result["seconds"]
+        rows.append(make_row(f"score: {label}", n, result["seconds"], peak_rss_mb=max(result["worker_peak_rss_mb"]),
+                             files=1, chunk_rows=CHUNK_ROWS, model=model_text, blocks=result["blocks"],
+                             worker_peak_rss_mb=result["worker_peak_rss_mb"],
+                             driver_peak_rss_mb=result["driver_peak_rss_mb"], startup_seconds=result["startup_seconds"]))
+    ratio = seconds[1] / seconds[2]
+    rows.append(make_row(f"score: Dask 1 vs 2 workers on one {size}-row file = {ratio:.2f}x", n, seconds[2],
+                         peak_rss_mb=None, ratio=round(ratio, 2), cpu_count=os.cpu_count()))
+    rows[-1]["target"], rows[-1]["met"] = ">= 1.7x", bool(ratio >= 1.7) if not quick else None
+    return rows
+
+
+def _blocks(paths: list[Path], client, block_bytes: int) -> int:
+    """How many blocks the engine split ``paths`` into (``block_bytes`` 0: at its default block size)."""
+    from pipeline.core.blocks import plan_blocks
+    from pipeline.serve.dask import default_block_bytes
+
+    size = block_bytes or default_block_bytes(paths, sum(client.nthreads().values()))
+    return sum(len(list(plan_blocks(p, chunk_rows=CHUNK_ROWS, block_bytes=size))) for p in paths)
 
 
 def _warm(model: str) -> None:
@@ -164,16 +221,21 @@ def _child_main(argv: Sequence[str] | None = None) -> int:
     """Child side: score the inputs with one engine; print one JSON line."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_dask",
                                      description="score the benchmark inputs with one engine (used by run)")
-    parser.add_argument("engine", choices=("pandas", "dask", "write-inputs", "check-model"))
+    parser.add_argument("engine", choices=("pandas", "dask", "write-inputs", "write-one-csv", "check-model"))
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--model")
     parser.add_argument("--inputs", type=Path, required=True)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--n", type=int)
+    parser.add_argument("--csv", action="store_true", help="score the CSV files of --inputs (default: Parquet)")
+    parser.add_argument("--block-bytes", type=int, default=0, help="the Dask engine's block size (0: its default)")
     args = parser.parse_args(argv)
     if args.engine == "write-inputs":
         _write_inputs(args.inputs, args.n)
         print(json.dumps({"files": N_FILES}))
+        return 0
+    if args.engine == "write-one-csv":
+        print(json.dumps({"file": str(_write_one_csv(args.inputs, args.out))}))
         return 0
     if args.engine == "check-model":
         from pipeline.serve.predict import predict
@@ -185,7 +247,7 @@ def _child_main(argv: Sequence[str] | None = None) -> int:
     from pipeline.serve.dask import score_files_dask
     from pipeline.serve.predict import get_model
 
-    paths = sorted(args.inputs.glob("*.parquet"))
+    paths = sorted(args.inputs.glob("*.csv" if args.csv else "*.parquet"))
     if args.engine == "pandas":
         model = get_model(args.model)
         start = time.perf_counter()
@@ -196,10 +258,12 @@ def _child_main(argv: Sequence[str] | None = None) -> int:
         with dask_client(n_workers=args.workers) as client:
             client.run(_warm, args.model)
             start = time.perf_counter()
-            summary = score_files_dask(paths, args.out, args.model, client=client, chunk_rows=CHUNK_ROWS)
+            summary = score_files_dask(paths, args.out, args.model, client=client, chunk_rows=CHUNK_ROWS,
+                                       block_bytes=args.block_bytes or None)
             result = {"seconds": time.perf_counter() - start, "startup_seconds": start - begin,
                       "worker_peak_rss_mb": [round(v, 1) for v in client.run(_peak_rss_mb).values()],
                       "driver_peak_rss_mb": round(_peak_rss_mb(), 1)}
+            result["blocks"] = _blocks(paths, client, args.block_bytes)  # after the timed call
     result.update(rows=summary.rows, rows_rejected=summary.rows_rejected)
     print(json.dumps(result))
     return 0

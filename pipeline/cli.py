@@ -274,13 +274,18 @@ def _score_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"rows per chunk (default {CHUNK_ROWS}; memory grows with it)")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
     p.add_argument("--engine", choices=("pandas", "dask"), default="pandas",
-                   help="pandas: stream in this process; dask: one task per input file on a cluster")
+                   help="pandas: stream in this process; dask: on a cluster, each file in blocks of whole chunks "
+                        "(one task per block; same rows, numbers and rejects as pandas)")
     p.add_argument("--scheduler", default=None,
                    help="Dask scheduler address (default: a local cluster, one worker per core)")
     p.add_argument("--format", choices=("parquet", "csv"), default="parquet", help="part-file format (--engine dask)")
     p.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="parse and score in N processes (pandas engine; default 1). The output is the same; each "
                         "process adds about 200 MB. 0: one per available core")
+    p.add_argument("--block-mb", type=float, default=None,
+                   help="--engine dask: split a file into blocks of about this many MB, each scored by its own task "
+                        "(default: the inputs in about two blocks per worker thread, at least 64 MB each, so small "
+                        "files stay whole)")
     p.add_argument("--trust-pickle", action="store_true",
                    help="load a model folder from an older version whose model is a pickle (model.joblib); only "
                         "for folders you produced yourself: a pickle runs code when loaded")
@@ -346,6 +351,8 @@ def _score(args: argparse.Namespace) -> int:
         raise UsageError("--jobs is for the pandas engine; the dask engine's parallelism is its workers.")
     if (args.adapt_priors or args.report) and args.engine == "dask":
         raise UsageError("--adapt-priors and --report work with --engine pandas only.")
+    if args.block_mb is not None and (args.engine != "dask" or not args.block_mb > 0):
+        raise UsageError(f"--block-mb == {args.block_mb:g}: give a number > 0, with --engine dask.")
     if args.report and Path(args.report).suffix.lower() not in (".html", ".htm"):
         raise UsageError(f"--report {args.report}: the batch report is an .html file.")
     if (args.adapt_priors or args.report) and "-" in (args.output, *args.inputs):
@@ -364,10 +371,12 @@ def _score(args: argparse.Namespace) -> int:
         from pipeline.core.cluster import dask_client
         from pipeline.serve.dask import score_files_dask
 
+        block_bytes = None if args.block_mb is None else round(args.block_mb * (1 << 20))
+
         # the workers load the (hash-checked) model themselves, once each
         with dask_client(args.scheduler) as client:
             summary = score_files_dask(args.inputs, args.output, args.model, client=client, fmt=args.format,
-                                       chunk_rows=args.chunk_rows, warn=warn)
+                                       chunk_rows=args.chunk_rows, warn=warn, block_bytes=block_bytes)
         rejects_path = Path(args.output) / "rejects.csv"
     else:
         summary = _score_pandas(args, warn, options)

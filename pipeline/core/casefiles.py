@@ -2,6 +2,10 @@
 
 The one reader behind ``kneepain score``, the Dask engine and :func:`pipeline.predict` on a path:
 
+- chunks have exactly ``chunk_rows`` rows (the last fewer), so a file read in blocks of whole
+  chunks (:class:`FileBlock`, planned by :mod:`pipeline.core.blocks`) gives the same chunks,
+  row numbers and reasons as the file read whole;
+
 - a CSV record with the wrong number of fields does not stop the file: it comes back in its
   chunk, at its place, with its fields as far as they go and a reason naming the record;
 - a record longer than the read block (about 1 MB, which keeps memory flat) is read by reopening
@@ -15,7 +19,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -29,12 +33,30 @@ import pyarrow.parquet as pq
 from pipeline.core.errors import BatchInputError, CaseValidationError
 from pipeline.core.schema import ID_COLUMN, normalise_header, repeated_columns
 
-__all__ = ["MAX_RECORD_BYTES", "CaseChunk", "check_columns", "file_columns", "has_case_ids", "iter_chunks",
-           "read_case_file"]
+__all__ = ["MAX_RECORD_BYTES", "BlockMismatchError", "CaseChunk", "FileBlock", "check_columns", "csv_data_start",
+           "file_columns", "has_case_ids", "iter_chunks", "read_case_file"]
 
 _CSV_BLOCK = 1 << 20  # small blocks keep pyarrow's read-ahead, and so peak memory, small
 MAX_RECORD_BYTES = 1 << 28  # 256 MB: a longer CSV record makes the file unreadable (exit 2)
 _STRADDLE = "straddl"  # pyarrow: "straddling object straddles two block boundaries"
+
+
+class FileBlock(NamedTuple):
+    """Consecutive rows of one case file, read on their own (:func:`pipeline.core.blocks.plan_blocks`).
+
+    ``rows`` None is the whole file. Otherwise the rows ``first_row`` .. ``first_row + rows`` (0-based
+    data rows); a CSV block's records are the bytes ``start`` .. ``end``, a Parquet block's rows lie
+    in the row groups ``start`` .. ``end``.
+    """
+
+    first_row: int = 0
+    rows: int | None = None
+    start: int = 0
+    end: int = 0
+
+
+class BlockMismatchError(RuntimeError):
+    """A CSV block does not hold the records planned for it (quoting the planner read otherwise): read the file whole."""
 
 
 class CaseChunk(NamedTuple):
@@ -54,7 +76,8 @@ def check_columns(names: list[str], where: str) -> None:
                               "column names are matched ignoring case and surrounding spaces, so each may appear once.")
 
 
-def _csv_header(path: Path) -> list[str]:
+def _csv_header(path: Path) -> tuple[list[str], int]:
+    """The header's names and its length in bytes (where the data records begin)."""
     try:
         with open(path, "rb") as fh:  # the header's bytes only: a bad byte further on is the reader's to report
             raw = fh.readline()
@@ -71,7 +94,12 @@ def _csv_header(path: Path) -> list[str]:
         raise BatchInputError(f"{path}: the file is empty (no header line); expected a CSV header with at least "
                               "the required columns age and sex.")
     check_columns(header, str(path))
-    return header
+    return header, len(raw)
+
+
+def csv_data_start(path: str | Path) -> int:
+    """The byte offset of a CSV file's first data record: the length of its header record."""
+    return _csv_header(Path(path))[1]
 
 
 def file_columns(path: str | Path) -> list[str]:
@@ -88,7 +116,7 @@ def file_columns(path: str | Path) -> list[str]:
         check_columns(names, str(path))
         return names
     if suffix == ".csv":
-        return _csv_header(path)
+        return _csv_header(path)[0]
     raise BatchInputError(f"{path}: unsupported file type {suffix!r}; expected .csv or .parquet.")
 
 
@@ -97,22 +125,44 @@ def has_case_ids(path: str | Path) -> bool:
     return ID_COLUMN in {normalise_header(h) for h in file_columns(path)}
 
 
-def iter_chunks(path: str | Path, chunk_rows: int) -> Iterator[CaseChunk]:
-    """:class:`CaseChunk` of about ``chunk_rows`` rows from a CSV (all cells as text) or Parquet file.
+def iter_chunks(path: str | Path, chunk_rows: int, *, block: FileBlock | None = None,
+                name: str | None = None) -> Iterator[CaseChunk]:
+    """:class:`CaseChunk` of ``chunk_rows`` rows from a CSV (all cells as text) or Parquet file.
+
+    Every chunk but the last has exactly ``chunk_rows`` rows, so the chunks of a file are the same
+    whichever way it is read: whole, or ``block`` by block (:mod:`pipeline.core.blocks`).
+
+    Parameters
+    ----------
+    path : path
+        A ``.csv`` or ``.parquet`` file.
+    chunk_rows : int
+        Rows per chunk.
+    block : FileBlock, optional
+        Read only these rows (their chunks are the file's chunks ``block.first_row // chunk_rows``
+        on). Default: the whole file.
+    name : str, optional
+        The file's name in the reasons of malformed records (default ``path``).
 
     Raises
     ------
     BatchInputError
         The file cannot be read at all: missing, empty, not UTF-8, another type, a repeated column.
+    BlockMismatchError
+        A CSV ``block`` does not hold the records it was planned to hold; read the file whole.
     """
     path = Path(path)
-    header = file_columns(path)
+    file_columns(path)  # refuses a missing, empty or unsupported file, or a repeated column
+    block = block or FileBlock()
     try:
         if path.suffix.lower() == ".parquet":
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows):
-                yield CaseChunk(_ids_as_text(pa.Table.from_batches([batch])).to_pandas(), {})
+            for table in _parquet_tables(path, chunk_rows, block):
+                yield CaseChunk(_ids_as_text(table).to_pandas(), {})
             return
-        yield from _csv_chunks(path, header, chunk_rows)
+        header, data_start = _csv_header(path)
+        if block.first_row == 0 and block.rows is None:  # the whole file
+            block = FileBlock(start=data_start)
+        yield from _csv_chunks(path, header, chunk_rows, block, name or str(path))
     except (pa.ArrowException, OSError) as err:
         message = _first_line(err)
         if "UTF8" in message:
@@ -124,100 +174,176 @@ def _first_line(err: BaseException) -> str:
     return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
+def _parquet_tables(path: Path, chunk_rows: int, block: FileBlock) -> Iterator[pa.Table]:
+    """The Parquet file's rows of ``block`` in tables of exactly ``chunk_rows`` rows (the last may be shorter)."""
+    file = pq.ParquetFile(path)
+    if block.rows is None:
+        for batch in file.iter_batches(batch_size=chunk_rows):
+            yield pa.Table.from_batches([batch])
+        return
+    groups = range(block.start, block.end)
+    skip = block.first_row - sum(file.metadata.row_group(g).num_rows for g in range(block.start))
+    left, pending, held = block.rows, [], 0
+    for batch in file.iter_batches(batch_size=chunk_rows, row_groups=groups):
+        cut = min(skip, batch.num_rows)
+        skip -= cut
+        if cut < batch.num_rows and left > 0:
+            pending.append(batch.slice(cut, left))
+            held += pending[-1].num_rows
+            left -= pending[-1].num_rows
+        while held >= chunk_rows or (held and left == 0):
+            table = pa.Table.from_batches(pending)
+            yield table.slice(0, chunk_rows)
+            pending, held = table.slice(chunk_rows).to_batches(), max(held - chunk_rows, 0)
+        if left == 0:
+            return
+
+
 class _Malformed(NamedTuple):
     fields: int
     text: str
 
 
-def _arrow_batches(path: Path, header: list[str], bad: dict[int, _Malformed]) -> Iterator[pa.RecordBatch]:
-    """The well-formed records as Arrow batches; records with the wrong field count go to ``bad``
-    (keyed by their 0-based data row). A record longer than the block reopens the file with a
-    larger block and skips the rows already delivered."""
+def _arrow_batches(path: Path, start: int, end: int, header: list[str], report: Callable[[int, _Malformed], None],
+                   where: str) -> Iterator[pa.RecordBatch]:
+    """The well-formed records in bytes ``start`` .. ``end`` of ``path`` (data records, no header) as
+    Arrow batches; records with the wrong field count go to ``report`` (with their 0-based record
+    there). A record longer than the block reopens the file with a larger block and skips the rows
+    already delivered."""
 
     def keep(row) -> str:
-        # with use_threads=False pyarrow numbers the records (1 is the header), quoted newlines included
-        bad[row.number - 2] = _Malformed(row.actual_columns, row.text)
+        # with use_threads=False pyarrow numbers the records from 1, quoted newlines included and
+        # blank lines left out
+        report(row.number - 1, _Malformed(row.actual_columns, row.text))
         return "skip"
 
     block, delivered = _CSV_BLOCK, 0
     while True:
-        reader = pacsv.open_csv(
-            path,
-            read_options=pacsv.ReadOptions(block_size=block, use_threads=False),
-            parse_options=pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=keep),
-            convert_options=pacsv.ConvertOptions(column_types={h: pa.string() for h in header},
-                                                 strings_can_be_null=False, quoted_strings_can_be_null=False))
-        seen = 0
-        try:
-            for batch in reader:
-                skip = min(max(delivered - seen, 0), batch.num_rows)
-                seen += batch.num_rows
-                if skip < batch.num_rows:
-                    out = batch.slice(skip)
-                    delivered += out.num_rows
-                    yield out
-            return
-        except pa.ArrowInvalid as err:
-            if _STRADDLE not in str(err) or block >= MAX_RECORD_BYTES:
-                if _STRADDLE in str(err):
-                    raise BatchInputError(f"{path}: a record is longer than {MAX_RECORD_BYTES >> 20} MB; split "
-                                          "the field or the file.") from err
-                raise
-            block = min(block * 8, MAX_RECORD_BYTES)
+        with pa.OSFile(str(path)) as file:  # a native stream: Arrow's reading thread never waits for Python
+            reader = pacsv.open_csv(
+                file.get_stream(start, end - start),
+                read_options=pacsv.ReadOptions(block_size=block, use_threads=False, column_names=header),
+                parse_options=pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=keep),
+                convert_options=pacsv.ConvertOptions(column_types={h: pa.string() for h in header},
+                                                     strings_can_be_null=False, quoted_strings_can_be_null=False))
+            seen = 0
+            try:
+                for batch in reader:
+                    skip = min(max(delivered - seen, 0), batch.num_rows)
+                    seen += batch.num_rows
+                    if skip < batch.num_rows:
+                        out = batch.slice(skip)
+                        delivered += out.num_rows
+                        yield out
+                return
+            except pa.ArrowInvalid as err:
+                if _STRADDLE not in str(err) or block >= MAX_RECORD_BYTES:
+                    if _STRADDLE in str(err):
+                        raise BatchInputError(f"{where}: a record is longer than {MAX_RECORD_BYTES >> 20} MB; split "
+                                              "the field or the file.") from err
+                    raise
+                block = min(block * 8, MAX_RECORD_BYTES)
 
 
-def _csv_chunks(path: Path, header: list[str], chunk_rows: int) -> Iterator[CaseChunk]:
-    bad: dict[int, _Malformed] = {}
-    pending: list[pa.RecordBatch] = []
-    size = good = start = 0  # good rows delivered before ``pending``; first data row of the next chunk
-    batches = _arrow_batches(path, header, bad)
-    while True:
+def _csv_chunks(path: Path, header: list[str], chunk_rows: int, block: FileBlock, where: str) -> Iterator[CaseChunk]:
+    """Chunks of exactly ``chunk_rows`` records of ``block`` (malformed ones at their place), the last shorter."""
+    rows = _RowPlacer(header, where, block.first_row)
+    end = path.stat().st_size if block.rows is None else block.end
+    # a header and no data is no rows (pyarrow would say "Empty CSV file")
+    batches = _arrow_batches(path, block.start, end, header, rows.report, where) if end > block.start else iter(())
+    done = yielded = False
+    while not done:
         batch = next(batches, None)
+        done = batch is None
         if batch is not None:
-            pending.append(batch)
-            size += batch.num_rows
-            if size < chunk_rows:
-                continue
-        last = batch is None
-        if not pending and not last:
-            continue
-        table = (pa.Table.from_batches(pending) if pending
-                 else pa.schema([pa.field(h, pa.string()) for h in header]).empty_table())
-        chunk, start = _place_malformed(table, bad, good, start, header, last, str(path))
-        good += table.num_rows
-        pending, size = [], 0
-        if len(chunk.frame) or last and start == 0:  # a header-only file still yields its (empty) columns once
-            yield chunk
-        if last:
-            return
+            rows.add(batch)
+        if done and block.rows is not None:
+            rows.check_count(block.rows)
+        while rows.ready(chunk_rows, done):
+            yielded = True
+            yield rows.take(chunk_rows)
+    if not yielded:  # a file of a header only still yields its (empty) columns once
+        yield rows.take(chunk_rows)
 
 
-def _place_malformed(table: pa.Table, bad: dict[int, _Malformed], good: int, start: int, header: list[str],
-                     last: bool, where: str) -> tuple[CaseChunk, int]:
-    """The chunk of data rows ``start`` .. (the last well-formed row of ``table``, or the end of the
-    file when ``last``), malformed records put back at their place. Returns it and the next ``start``."""
-    frame = table.to_pandas()
-    if not bad and not last:
-        return CaseChunk(frame, {}), start + len(frame)
-    known = np.array(sorted(bad), dtype=np.int64)
-    # the i-th malformed record (sorted) has known[i] - i well-formed rows before it
-    rows = np.arange(good, good + len(frame))
-    rows = rows + np.searchsorted(known - np.arange(len(known)), rows, side="right")
-    end = int(rows[-1]) + 1 if len(rows) else start
-    if last:
-        end = max([end, *(int(k) + 1 for k in known)])
-    mine = [int(k) for k in known if start <= k < end]
-    if not mine:
-        return CaseChunk(frame, {}), end
+class _RowPlacer:
+    """Well-formed records (Arrow batches) and malformed ones (``bad``), given back as chunks in record order.
+
+    The ``g``-th well-formed record is record ``g`` + (malformed records before it); once a
+    well-formed record has been read, every malformed one before it is known (pyarrow reads in order).
+    """
+
+    def __init__(self, header: list[str], where: str, first_row: int):
+        self.header, self.where, self.first_row = header, where, first_row
+        self.bad: dict[int, _Malformed] = {}
+        self.pending: list[pa.RecordBatch] = []
+        # rows in pending; well-formed and malformed records given back; the next chunk's first record
+        self.held = self.good = self.dropped = self.start = 0
+
+    def report(self, record: int, malformed: _Malformed) -> None:
+        """A malformed record (reported again when the reader reopens the file: kept once)."""
+        if record >= self.start:
+            self.bad[record] = malformed
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        self.pending.append(batch)
+        self.held += batch.num_rows
+
+    def _records(self, good: np.ndarray) -> np.ndarray:
+        """The record numbers of the well-formed records ``good`` (not yet given back)."""
+        known = np.array(sorted(self.bad), dtype=np.int64)
+        before = known - self.dropped - np.arange(len(known))  # well-formed records before each malformed one
+        return good + self.dropped + np.searchsorted(before, good, side="right")
+
+    def _total(self) -> int:
+        return self.good + self.held + self.dropped + len(self.bad)
+
+    def ready(self, chunk_rows: int, done: bool) -> bool:
+        """Whether the next chunk is complete (at the end, whether any record is left)."""
+        if done:
+            return self.start < self._total()
+        if not self.held:
+            return False
+        return int(self._records(np.array([self.good + self.held - 1]))[0]) >= self.start + chunk_rows - 1
+
+    def check_count(self, rows: int) -> None:
+        """Raise :class:`BlockMismatchError` unless the block held ``rows`` records, as planned."""
+        if self._total() != rows:
+            raise BlockMismatchError(f"{self.where}: the block of rows {self.first_row}.. holds {self._total()} records, "
+                                     f"not the {rows} planned; read the file whole.")
+
+    def take(self, chunk_rows: int) -> CaseChunk:
+        """The next chunk: records ``start`` .. ``start + chunk_rows`` (or to the end)."""
+        table = (pa.Table.from_batches(self.pending) if self.pending
+                 else pa.schema([pa.field(h, pa.string()) for h in self.header]).empty_table())
+        stop = self.start + chunk_rows
+        records = self._records(np.arange(self.good, self.good + self.held))
+        mine = int(np.searchsorted(records, stop))
+        malformed = [k for k in sorted(self.bad) if k < stop]
+        chunk = _with_malformed(table.slice(0, mine).to_pandas(), records[:mine], malformed, self.bad,
+                                lambda k: f"record {self.first_row + k + 2} of {self.where} (the header is record 1) "
+                                          f"has {self.bad[k].fields} fields; the header has {len(self.header)}")
+        self.pending = table.slice(mine).to_batches()
+        self.good, self.held, self.start = self.good + mine, self.held - mine, stop
+        for k in malformed:
+            del self.bad[k]
+        self.dropped += len(malformed)
+        return chunk
+
+
+def _with_malformed(frame: pd.DataFrame, rows: np.ndarray, malformed: list[int], bad: dict[int, _Malformed],
+                    reason: Callable[[int], str]) -> CaseChunk:
+    """``frame`` (the well-formed records ``rows``) with the ``malformed`` records put back at their place."""
+    if not malformed:
+        return CaseChunk(frame, {})
     names = list(frame.columns)
-    fields = [(next(csv.reader([bad[k].text]), []) + [""] * len(names))[:len(names)] for k in mine]
+    fields = [(next(csv.reader([bad[k].text]), []) + [""] * len(names))[:len(names)] for k in malformed]
     extra = pd.DataFrame(fields, columns=names, dtype=frame.dtypes.iloc[0] if len(names) else None)
-    order = np.argsort(np.concatenate([rows, mine]), kind="stable")
+    everything = np.concatenate([rows, malformed])
+    order = np.argsort(everything, kind="stable")
     merged = pd.concat([frame, extra], ignore_index=True).iloc[order].reset_index(drop=True)
-    position = {k: i for i, k in enumerate(np.concatenate([rows, mine])[order].tolist())}
-    reasons = {position[k]: f"record {k + 2} of {where} (the header is record 1) has {bad[k].fields} fields; the "
-                            f"header has {len(header)}" for k in mine}
-    return CaseChunk(merged, reasons), end
+    position = {k: i for i, k in enumerate(everything[order].tolist())}
+    return CaseChunk(merged, {position[k]: reason(k) for k in malformed})
 
 
 def _ids_as_text(table: pa.Table) -> pa.Table:

@@ -1,10 +1,15 @@
-"""The Dask engine of ``kneepain score``: scoring many files on a cluster.
+"""The Dask engine of ``kneepain score``: scoring files, large or many, on a cluster.
 
-:func:`score_files_dask`: one task per input file streams
-that file's chunks through :func:`pipeline.serve.batch.score_chunk` (the same code as the pandas engine,
-so every row gets the same numbers) and writes one part file per chunk. Parallelism is across
-files: a single large file is one task, so give the engine several files. The cluster itself
-comes from :func:`pipeline.core.cluster.dask_client`.
+:func:`score_files_dask` splits each input into blocks of whole chunks
+(:func:`pipeline.core.blocks.plan_blocks`: Parquet by rows from the footer, CSV by byte ranges
+that start at a record) and runs one task per block, so N workers score even a single large
+file about N times faster. A task streams its block's chunks through
+:func:`pipeline.serve.batch.score_chunk` (the same code as the pandas engine, so every row gets
+the same numbers) and writes one part file per chunk, named by the chunk's place in its file.
+Chunks have exactly ``chunk_rows`` rows whichever way a file is read, so row numbers, malformed-
+record reasons and rejects are those of the pandas engine; a ``case_id`` repeated in another
+block or file is found by a second pass on the driver. The cluster itself comes from
+:func:`pipeline.core.cluster.dask_client`.
 
 Outputs are written into a hidden temporary folder next to the target and renamed into place only
 when every task succeeded: an output folder is complete or absent. Inputs and outputs must be on a
@@ -19,7 +24,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,7 +34,8 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from pipeline.core.casefiles import file_columns, iter_chunks
+from pipeline.core.blocks import MIN_BLOCK_BYTES, plan_blocks
+from pipeline.core.casefiles import BlockMismatchError, FileBlock, file_columns, iter_chunks
 from pipeline.core.cluster import DaskJobError, gather, temp_folder
 from pipeline.core.errors import BatchInputError, ModelIntegrityError
 from pipeline.core.files import tmp_path
@@ -45,18 +51,20 @@ if TYPE_CHECKING:
     from distributed import Client
 
 
-__all__ = ["FORMATS", "DaskJobError", "score_files_dask"]
+__all__ = ["FORMATS", "DaskJobError", "default_block_bytes", "score_files_dask"]
 
 FORMATS = ("parquet", "csv")
 REJECTS_FILE = "rejects.csv"
+BLOCKS_PER_WORKER = 2  # default block size: the inputs in about this many blocks per worker thread
 _INPUT_ERRORS = (BatchInputError, ModelIntegrityError, FileNotFoundError)  # the user's to fix: not retried
 
 
 @dataclass
-class _FileResult:
+class _BlockResult:
     """What one scoring task reports back: its parts, counts and the hashes of its case ids."""
 
-    index: int
+    file: int
+    first_row: int
     parts: list[str] = field(default_factory=list)
     rejects: str | None = None
     rows_scored: int = 0
@@ -64,6 +72,7 @@ class _FileResult:
     ignored: tuple[str, ...] = ()
     id_hashes: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.uint64))
     error: Exception | None = None
+    whole_file: bool = False  # the block could not be read on its own: score its file unsplit
 
 
 def _write_part(table: pa.Table, path: Path, fmt: str) -> None:
@@ -75,31 +84,38 @@ def _write_part(table: pa.Table, path: Path, fmt: str) -> None:
     os.replace(tmp, path)
 
 
-def _score_file(index: int, label: str, path: str, model_source: str, tmp_dir: str, *, fmt: str,
-                chunk_rows: int, id_column: str, earlier: np.ndarray, rschema: pa.Schema) -> _FileResult:
-    """Task: score every chunk of one file into ``part-<file>-<chunk>`` files in ``tmp_dir``.
+def _is_split(block: FileBlock) -> bool:
+    return block.first_row > 0 or block.rows is not None
 
-    ``earlier`` holds the hashes of this file's case ids that an earlier file also has (the
-    driver's second pass); they are rejected as duplicates exactly as the pandas engine would.
+
+def _score_block(file: int, label: str, path: str, block: FileBlock, model_source: str, tmp_dir: str, *,
+                 fmt: str, chunk_rows: int, id_column: str, earlier: np.ndarray, rschema: pa.Schema) -> _BlockResult:
+    """Task: score every chunk of one block of a file into ``part-<file>-<chunk>`` files in ``tmp_dir``.
+
+    Chunks are numbered in the file (a block starts at a whole chunk), so the part names do not
+    depend on how the file was split. ``earlier`` holds the hashes of this block's case ids that
+    an earlier block or file also has (the driver's second pass); they are rejected as
+    duplicates exactly as the pandas engine would.
     """
     from pipeline.serve.predict import get_model  # cached per process: the model loads once per worker
 
-    result, folder, offset = _FileResult(index), Path(tmp_dir), 0
+    result, folder, offset = _BlockResult(file, block.first_row), Path(tmp_dir), block.first_row
+    first_chunk = block.first_row // chunk_rows
     seen = SeenIds()
     if len(earlier):
         seen.runs.append(np.sort(earlier))
-    rejects, rejects_path = None, folder / f"rejects-{index:05d}.csv"
+    rejects, rejects_path = None, folder / f"rejects-{file:05d}-{first_chunk:05d}.csv"
     try:
         model = get_model(model_source)
         # the pandas engine's schema (with the decision columns when the model has a decision layer)
         schema = output_schema(id_column, True, model.decision is not None)
-        for chunk, (frame, malformed) in enumerate(iter_chunks(path, chunk_rows)):
-            if chunk and not len(frame):  # a CSV may end with an empty chunk: nothing to write
+        for chunk, (frame, malformed) in enumerate(iter_chunks(path, chunk_rows, block=block, name=label)):
+            if chunk and not len(frame):  # nothing to write
                 continue
             scored, bad, ignored = batch.score_chunk(model, frame, file=label, row_offset=offset, seen_ids=seen,
                                                      malformed=malformed)
             result.ignored = result.ignored or ignored
-            name = f"part-{index:05d}-{chunk:05d}.{fmt}"
+            name = f"part-{file:05d}-{first_chunk + chunk:05d}.{fmt}"
             _write_part(output_table(scored, schema, file=label), folder / name, fmt)
             result.parts.append(name)
             if len(bad):
@@ -113,8 +129,11 @@ def _score_file(index: int, label: str, path: str, model_source: str, tmp_dir: s
             rejects.close()
             os.replace(tmp_path(rejects_path), rejects_path)
             result.rejects = rejects_path.name
-    except _INPUT_ERRORS as err:  # returned, not raised: Dask would retry a task that raises
-        result.error = err
+    except (BlockMismatchError, *_INPUT_ERRORS) as err:  # returned, not raised: Dask would retry a task that raises
+        # a split block that cannot be read (or does not hold its planned rows) sends its file
+        # back to be scored whole, which reports the file's real error, if any, as the pandas engine does
+        result.whole_file = _is_split(block)
+        result.error = None if result.whole_file else err
     finally:
         if rejects is not None:
             rejects.close()  # a second close is a no-op
@@ -153,20 +172,20 @@ def _model_path(model_source: str | Path | None) -> str:
     return str(Path(model_source).resolve())  # workers may not share the driver's working directory
 
 
-def _cross_file_duplicates(results: list[_FileResult]) -> dict[int, np.ndarray]:
-    """For each file, the hashes of its ids that an earlier file has too (usually none)."""
-    named = [r for r in results if len(r.id_hashes)]
+def _cross_block_duplicates(results: list[_BlockResult]) -> dict[int, np.ndarray]:
+    """For each block (its place in ``results``, in input order), the hashes of its ids that an earlier block has too."""
+    named = [(i, r) for i, r in enumerate(results) if len(r.id_hashes)]
     if len(named) < 2:
         return {}
-    hashes = np.concatenate([r.id_hashes for r in named])
-    owner = np.concatenate([np.full(len(r.id_hashes), r.index) for r in named])
+    hashes = np.concatenate([r.id_hashes for _, r in named])
+    owner = np.concatenate([np.full(len(r.id_hashes), i) for i, r in named])
     order = np.lexsort((owner, hashes))
     hashes, owner = hashes[order], owner[order]
-    later = np.flatnonzero(hashes[1:] == hashes[:-1]) + 1  # ids are unique within a file
+    later = np.flatnonzero(hashes[1:] == hashes[:-1]) + 1  # ids are unique within a block
     return {int(i): hashes[later[owner[later] == i]] for i in np.unique(owner[later])}
 
 
-def _publish(tmp: Path, results: list[_FileResult], target: Path, rschema: pa.Schema) -> None:
+def _publish(tmp: Path, results: list[_BlockResult], target: Path, rschema: pa.Schema) -> None:
     """Merge the rejects into ``rejects.csv``, drop leftovers of killed attempts, rename ``tmp`` to ``target``."""
     sink = pa.BufferOutputStream()
     pacsv.write_csv(rschema.empty_table(), sink)
@@ -189,9 +208,37 @@ def _publish(tmp: Path, results: list[_FileResult], target: Path, rschema: pa.Sc
     os.rename(tmp, target)
 
 
+def default_block_bytes(paths: Sequence[Path], workers: int) -> int:
+    """The block size :func:`score_files_dask` uses by default: the inputs in ``BLOCKS_PER_WORKER``
+    blocks per worker thread, at least :data:`pipeline.core.blocks.MIN_BLOCK_BYTES`."""
+    total = sum(Path(p).stat().st_size for p in paths)
+    return max(MIN_BLOCK_BYTES, -(-total // (BLOCKS_PER_WORKER * max(workers, 1))))
+
+
+_Scored = tuple[list[tuple[int, FileBlock]], list[_BlockResult]]  # (file, block) units and their results
+
+
+def _in_order(units: list[tuple[int, FileBlock]], results: list[_BlockResult]) -> _Scored:
+    """``units`` and their results in input order (file, then first row); a later result for a unit replaces an earlier one."""
+    by_unit = {(r.file, r.first_row): r for r in results}
+    units = sorted({(i, b.first_row): (i, b) for i, b in units}.values(), key=lambda u: (u[0], u[1].first_row))
+    return units, [by_unit[(i, b.first_row)] for i, b in units]
+
+
+def _score_units(submit: Callable[..., _Scored], planned: Iterator[tuple[int, FileBlock]]) -> _Scored:
+    """First pass: every planned block; a file one of whose blocks could not be read alone is scored again unsplit."""
+    units, results = submit(planned, {}, "pass1")
+    whole = sorted({r.file for r in results if r.whole_file})
+    if whole:
+        units = [u for u in units if u[0] not in whole] + [(i, FileBlock()) for i in whole]
+        results = [r for r in results if r.file not in whole] + submit([(i, FileBlock()) for i in whole], {},
+                                                                          "whole")[1]
+    return _in_order(units, results)
+
+
 def score_files_dask(inputs: Sequence[str | Path] | str | Path, output_dir: str | Path,
                      model_source: str | Path | None = None, *, client: "Client", fmt: str = "parquet",
-                     chunk_rows: int = CHUNK_ROWS, retries: int = 2,
+                     chunk_rows: int = CHUNK_ROWS, block_bytes: int | None = None, retries: int = 2,
                      warn: Callable[[str], None] | None = None) -> ScoreSummary:
     """Score every row of ``inputs`` on a Dask cluster into a folder of part files.
 
@@ -199,10 +246,12 @@ def score_files_dask(inputs: Sequence[str | Path] | str | Path, output_dir: str 
     ----------
     inputs : path, glob, or sequence of them
         CSV or Parquet files (by extension); a glob's matches are sorted, and one that matches
-        nothing is an error. Files are scored in parallel, one task per file.
+        nothing is an error. Files, and blocks of large files, are scored in parallel, one task
+        per block.
     output_dir : path
-        A new folder (it must not exist). It gets ``part-<file>-<chunk>.<fmt>``, one per chunk,
-        named so that sorting the names gives input order, and ``rejects.csv`` (the rejected
+        A new folder (it must not exist). It gets ``part-<file>-<chunk>.<fmt>``, one per chunk
+        (numbered within its file, so the names do not depend on the blocks), named so that
+        sorting the names gives input order, and ``rejects.csv`` (the rejected
         rows, whole, after ``reject_file``, ``reject_row`` and ``reject_reason``; only the header
         when every row was scored).
     model_source : path or MLflow URI, optional
@@ -214,6 +263,14 @@ def score_files_dask(inputs: Sequence[str | Path] | str | Path, output_dir: str 
         Format of the part files.
     chunk_rows : int, default=CHUNK_ROWS
         Rows per chunk, as in :func:`pipeline.serve.batch.score_files`.
+    block_bytes : int, optional
+        About how many bytes of a file one task scores: a file of at least twice this is split
+        into blocks of whole chunks. Default: the inputs' total size over
+        ``BLOCKS_PER_WORKER`` (2) blocks per worker thread of ``client``, and at least
+        :data:`pipeline.core.blocks.MIN_BLOCK_BYTES` (64 MB), so small files stay whole. A CSV is
+        read once on the driver to find where its blocks start (a pass that only counts
+        newlines and quotes; blocks are submitted as they are found); its rows are then
+        read by the workers.
     retries : int, default=2
         Retries of a task that raised an unexpected error. A task whose worker died is rerun by
         the scheduler (``distributed.scheduler.allowed-failures`` times). Input errors are not retried.
@@ -225,8 +282,11 @@ def score_files_dask(inputs: Sequence[str | Path] | str | Path, output_dir: str 
     ScoreSummary
         Rows scored, rows rejected, seconds. Every row is in exactly one part file (with its
         ``file`` and ``row``) or in ``rejects.csv``; a duplicate ``case_id``, within a file or
-        across files, is rejected as by the pandas engine (a second pass on the driver compares
-        the hashes of each file's ids and rescores the few files that repeat an earlier id).
+        across blocks and files, is rejected as by the pandas engine (a second pass on the driver
+        compares the hashes of each block's ids and rescores the few blocks that repeat an
+        earlier id). A split file whose block cannot be read on its own (an input error, or
+        rows not as planned) is scored again unsplit, which reports its error as the pandas
+        engine does.
 
     Raises
     ------
@@ -240,6 +300,8 @@ def score_files_dask(inputs: Sequence[str | Path] | str | Path, output_dir: str 
         raise ValueError(f"fmt == {fmt!r}, must be one of {FORMATS}.")
     if not isinstance(chunk_rows, (int, np.integer)) or chunk_rows < 1:
         raise ValueError(f"chunk_rows == {chunk_rows!r}, must be an integer >= 1.")
+    if block_bytes is not None and (not isinstance(block_bytes, (int, np.integer)) or block_bytes < 1):
+        raise ValueError(f"block_bytes == {block_bytes!r}, must be None or an integer >= 1.")
     start = time.perf_counter()
     paths, target = _expand_inputs(inputs), Path(output_dir)
     labels = [str(p) for p in paths]
@@ -252,32 +314,44 @@ def score_files_dask(inputs: Sequence[str | Path] | str | Path, output_dir: str 
                               "overwrites one (remove it or choose another name).")
     if not target.parent.is_dir():
         raise BatchInputError(f"{target.parent}: no such folder for the output.")
+    if block_bytes is None:
+        block_bytes = default_block_bytes(paths, sum(client.nthreads().values()))
     tmp = temp_folder(target)
     run = uuid.uuid4().hex[:8]
+    id_column = ID_COLUMN if any(has_ids) else "row"
 
-    def submit(indices: Sequence[int], earlier: dict[int, np.ndarray], stage: str) -> list[_FileResult]:
-        futures = {client.submit(_score_file, i, labels[i], str(paths[i].resolve()), model, str(tmp), fmt=fmt,
-                                 chunk_rows=int(chunk_rows), id_column=ID_COLUMN if any(has_ids) else "row",
-                                 earlier=earlier.get(i, np.empty(0, dtype=np.uint64)), rschema=rschema,
-                                 key=f"kneepain-score-{stage}-{run}-{i:05d}", retries=retries): labels[i]
-                   for i in indices}
-        return gather(client, futures)
+    def submit(units: Iterable[tuple[int, FileBlock]], earlier: dict[int, np.ndarray], stage: str) -> _Scored:
+        futures, submitted = {}, []
+        for unit, (i, block) in enumerate(units):  # each is submitted as soon as it is planned
+            submitted.append((i, block))
+            key = f"kneepain-score-{stage}-{run}-{i:05d}-{block.first_row}"
+            futures[client.submit(_score_block, i, labels[i], str(paths[i].resolve()), block, model, str(tmp),
+                                  fmt=fmt, chunk_rows=int(chunk_rows), id_column=id_column,
+                                  earlier=earlier.get(unit, np.empty(0, dtype=np.uint64)), rschema=rschema,
+                                  key=key, retries=retries)] = labels[i]
+        return submitted, gather(client, futures)
+
+    def planned() -> Iterator[tuple[int, FileBlock]]:
+        for i, path in enumerate(paths):
+            yield from ((i, block) for block in plan_blocks(path, chunk_rows=int(chunk_rows), block_bytes=block_bytes))
 
     try:
-        results = {r.index: r for r in submit(range(len(paths)), {}, "pass1")}
-        repeated = _cross_file_duplicates([results[i] for i in sorted(results)])
+        units, ordered = _score_units(submit, planned())
+        repeated = _cross_block_duplicates(ordered)
         if repeated:
-            results.update({r.index: r for r in submit(sorted(repeated), repeated, "pass2")})
-        ordered = [results[i] for i in range(len(paths))]
+            again = submit([units[u] for u in sorted(repeated)], {n: repeated[u] for n, u in enumerate(sorted(repeated))},
+                           "pass2")[1]
+            ordered = _in_order(units, ordered + again)[1]
         _publish(tmp, ordered, target, rschema)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     summary = ScoreSummary(files=labels, rows_scored=sum(r.rows_scored for r in ordered),
                            rows_rejected=sum(r.rows_rejected for r in ordered))
-    for label, r in zip(labels, ordered):
-        if r.ignored:
-            summary.warnings.append(ignored_columns_message(r.ignored, label))
+    ignored = {r.file: r.ignored for r in reversed(ordered) if r.ignored}
+    for i, label in enumerate(labels):
+        if i in ignored:
+            summary.warnings.append(ignored_columns_message(ignored[i], label))
             if warn:
                 warn(summary.warnings[-1])
     summary.seconds = time.perf_counter() - start

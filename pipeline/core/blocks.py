@@ -1,0 +1,190 @@
+"""Splitting one case file into blocks of whole chunks that are read on their own (the Dask engine).
+
+A block is a run of the file's chunks (:func:`pipeline.core.casefiles.iter_chunks` gives chunks
+of exactly ``chunk_rows`` rows), so reading a file block by block gives the same chunks, row
+numbers and malformed-record reasons as reading it whole.
+
+- **Parquet**: the row counts of the row groups are in the footer; a block is a range of rows
+  and the row groups that hold them. Nothing is scanned.
+- **CSV**: a block is a byte range that starts at a record. :func:`plan_blocks` reads the file
+  once, in windows of :data:`WINDOW_BYTES` (memory stays flat), and finds the records as Arrow's
+  reader does (RFC 4180): a newline ends a record when an even number of ``"`` bytes come
+  before it (an escaped ``""`` adds two), an empty line is no record, and a file without any
+  ``"`` needs only its newlines counted. Where the file leaves that rule (a ``"`` inside an
+  unquoted field, a carriage return that is not before a newline, an unclosed quote) the rest
+  of the file from the last record found is one block, read to its end: a split is only ever
+  made where the reader would end a record. Each block is yielded as soon as its end is known,
+  so the first ones can be scored while the rest of the file is still being read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from pipeline.core.casefiles import FileBlock, csv_data_start, file_columns
+
+__all__ = ["MIN_BLOCK_BYTES", "WINDOW_BYTES", "plan_blocks"]
+
+MIN_BLOCK_BYTES = 64 << 20  # below this a block's set-up (a task, a second look for repeated ids) is not worth it
+WINDOW_BYTES = 16 << 20
+_QUOTE, _NEWLINE, _RETURN, _COMMA = 34, 10, 13, 44
+_OPENS_AFTER = np.zeros(256, dtype=bool)  # a quote that opens a field follows a delimiter or a record's end
+_OPENS_AFTER[[_COMMA, _NEWLINE, _QUOTE]] = True  # (after a quote: the second of an escaped "")
+_CLOSES_BEFORE = np.zeros(256, dtype=bool)
+_CLOSES_BEFORE[[_COMMA, _NEWLINE, _RETURN, _QUOTE]] = True
+
+
+def plan_blocks(path: str | Path, *, chunk_rows: int, block_bytes: int) -> Iterator[FileBlock]:
+    """The blocks of one CSV or Parquet case file, in file order, each as soon as it is known.
+
+    Parameters
+    ----------
+    path : path
+        A ``.csv`` or ``.parquet`` file (its header is checked by :func:`file_columns`).
+    chunk_rows : int
+        Rows per chunk: every block but the last holds a whole number of chunks.
+    block_bytes : int
+        About how many bytes of the file a block holds (at least this many; a file of less than
+        twice this is one block, ``FileBlock()`` for Parquet or the whole data part of a CSV).
+
+    Yields
+    ------
+    FileBlock
+        Consecutive blocks covering every row of the file once. A CSV block whose ``rows`` is
+        None runs to the end of the file (its rows were not counted in advance).
+    """
+    path = Path(path)
+    file_columns(path)
+    if path.suffix.lower() == ".parquet":
+        yield from _parquet_blocks(path, chunk_rows, block_bytes)
+    else:
+        yield from _csv_blocks(path, chunk_rows, block_bytes)
+
+
+def _parquet_blocks(path: Path, chunk_rows: int, block_bytes: int) -> Iterator[FileBlock]:
+    meta = pq.ParquetFile(path).metadata
+    count = path.stat().st_size // block_bytes
+    if count <= 1 or meta.num_rows <= chunk_rows:
+        yield FileBlock()
+        return
+    per_block = -(-meta.num_rows // count)
+    per_block = -(-per_block // chunk_rows) * chunk_rows  # whole chunks
+    group_ends = np.cumsum([meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
+    for first in range(0, meta.num_rows, per_block):
+        rows = min(per_block, meta.num_rows - first)
+        groups = np.searchsorted(group_ends, [first, first + rows - 1], side="right")
+        yield FileBlock(first, rows, int(groups[0]), int(groups[1]) + 1)
+
+
+class _RecordScan:
+    """Finds the ends of a CSV file's data records, window by window (see the module docstring).
+
+    ``regular`` turns False at the first byte where Arrow's reader could disagree with this
+    count; the record ends returned before it are right.
+    """
+
+    def __init__(self, data_start: int):
+        self.pos = data_start  # the file offset of the next window
+        self.quotes_odd = False  # an odd number of quotes so far: inside a quoted field
+        self.last_end = data_start - 1  # the newline that ended the last record (or the header)
+        self.last_byte = _NEWLINE
+        self.close_pending = self.return_pending = False  # a window ended in a closing quote, a carriage return
+        self.records = 0
+        self.regular = True
+
+    def window(self, data: np.ndarray) -> np.ndarray:
+        """The file offsets of the newlines that end the non-empty records in ``data``."""
+        if self.close_pending and not _CLOSES_BEFORE[data[0]] or self.return_pending and data[0] != _NEWLINE:
+            self.regular = False
+        self.close_pending = False
+        newlines = np.flatnonzero(data == _NEWLINE)
+        quotes = np.flatnonzero(data == _QUOTE)
+        returns = np.flatnonzero(data == _RETURN)
+        self.return_pending = bool(len(returns)) and returns[-1] == len(data) - 1
+        if len(returns) and (data[returns[:len(returns) - self.return_pending] + 1] != _NEWLINE).any():
+            self.regular = False  # a lone carriage return ends a record for Arrow
+        if len(quotes):
+            ends = newlines[self._even_quotes_before(data, quotes, newlines)]
+        else:
+            ends = newlines[:0] if self.quotes_odd else newlines
+        ends = self._non_empty(data, ends)
+        self.pos += len(data)
+        self.last_byte = int(data[-1])
+        self.records += len(ends)
+        return ends
+
+    def _even_quotes_before(self, data: np.ndarray, quotes: np.ndarray, newlines: np.ndarray) -> np.ndarray:
+        """Which ``newlines`` are outside quotes; checks that every quote opens, closes or escapes as RFC 4180 has it."""
+        padded = np.empty(len(data) + 2, dtype=np.uint8)  # the byte before each quote is padded[q], after it padded[q + 2]
+        padded[0], padded[1:-1], padded[-1] = self.last_byte, data, _NEWLINE  # the next window's byte: checked there
+        first_opening = int(self.quotes_odd)  # quotes alternate: opening (or an escape's second), closing (or its first)
+        if not (_OPENS_AFTER[padded[quotes[first_opening::2]]].all()
+                and _CLOSES_BEFORE[padded[quotes[1 - first_opening::2] + 2]].all()):
+            self.regular = False
+        self.close_pending = bool(quotes[-1] == len(data) - 1 and (len(quotes) - 1) % 2 != first_opening)
+        odd_at = (np.searchsorted(quotes, newlines) % 2 == 1) != self.quotes_odd
+        self.quotes_odd ^= bool(len(quotes) % 2)
+        return ~odd_at
+
+    def _non_empty(self, data: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        """``ends`` (window offsets) as file offsets, less those of empty lines (no record to Arrow)."""
+        ends = ends + self.pos
+        if not len(ends):
+            return ends
+        previous = np.concatenate([[self.last_end], ends[:-1]])
+        self.last_end = int(ends[-1])
+        local = ends - self.pos - 1
+        before = np.where(local >= 0, data[np.maximum(local, 0)], self.last_byte)
+        empty = (ends - previous == 1) | ((ends - previous == 2) & (before == _RETURN))
+        return ends[~empty]
+
+    def finish(self, size: int) -> int:
+        """The number of records, a last one without a newline included (call after the last window)."""
+        if self.quotes_odd:
+            self.regular = False  # an unclosed quote: Arrow reads the rest as one value
+        tail = size - self.last_end - 1
+        if tail > 1 or tail == 1 and self.last_byte != _RETURN:
+            self.records += 1
+        return self.records
+
+
+def _csv_blocks(path: Path, chunk_rows: int, block_bytes: int) -> Iterator[FileBlock]:
+    data_start, size = csv_data_start(path), path.stat().st_size
+    count = (size - data_start) // block_bytes
+    if count <= 1:
+        yield FileBlock(start=data_start)
+        return
+    targets = [data_start + (size - data_start) * j // count for j in range(1, count)]
+    scan, first, start = _RecordScan(data_start), 0, data_start
+    start_before, rows_before = start, first
+    buffer = bytearray(WINDOW_BYTES)
+    with open(path, "rb", buffering=0) as fh:
+        fh.seek(data_start)
+        while scan.regular and (got := fh.readinto(buffer)):
+            before = scan.records
+            ends = scan.window(np.frombuffer(buffer, dtype=np.uint8, count=got))
+            if not scan.regular:
+                break
+            # the chunks that start in this window: after the end of every chunk_rows-th record
+            last_of_chunk = np.flatnonzero((before + np.arange(len(ends)) + 1) % chunk_rows == 0)
+            # the chunks that start in this window (after every chunk_rows-th record), and the last one before it
+            starts = np.concatenate([[start_before], ends[last_of_chunk] + 1])
+            rows = np.concatenate([[rows_before], before + last_of_chunk + 1])
+            while targets and starts[-1] >= targets[0]:
+                i = int(np.searchsorted(starts, targets[0]))
+                if i > 0 and starts[i - 1] > start and targets[0] - starts[i - 1] < starts[i] - targets[0]:
+                    i -= 1  # the nearest chunk start
+                yield FileBlock(first, int(rows[i]) - first, start, int(starts[i]))
+                first, start = int(rows[i]), int(starts[i])
+                targets = [t for t in targets[1:] if t > start]
+            start_before, rows_before = int(starts[-1]), int(rows[-1])
+    total = scan.finish(size) if scan.regular else 0
+    if scan.regular:
+        if total > first:  # a split just before trailing empty lines leaves them to no block
+            yield FileBlock(first, total - first, start, size)
+    else:
+        yield FileBlock(first, None, start)

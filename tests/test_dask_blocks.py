@@ -1,0 +1,130 @@
+"""Planning blocks of one case file (pipeline.core.blocks): every block is read as the whole file reads.
+
+Random CSV texts with quoted commas, newlines and escaped quotes, CRLF endings, empty lines,
+records with the wrong number of fields and a last line with or without its newline: the chunks
+read block by block are the chunks read from the whole file, frame for frame and reason for reason.
+"""
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.core.blocks import WINDOW_BYTES, _RecordScan, plan_blocks
+from pipeline.core.casefiles import BlockMismatchError, FileBlock, csv_data_start, iter_chunks
+
+
+def _random_csv(rng: random.Random, rows: int, columns: int = 3) -> bytes:
+    def value() -> str:
+        r = rng.random()
+        if r < 0.45:
+            return rng.choice(["a", "1", "", "xy"])
+        if r < 0.85:
+            return '"' + rng.choice(["a,b", "l1\nl2", 'q""q', "", "x\r\ny", "\n", '""']) + '"'
+        return rng.choice(["7", "zz", " "])
+
+    newline = rng.choice(["\n", "\r\n"])
+    lines = [",".join(f"h{i}" for i in range(columns))]
+    for _ in range(rows):
+        fields = columns if rng.random() > 0.1 else rng.choice([1, columns + 1])  # some malformed records
+        lines.append(",".join(value() for _ in range(fields)))
+        if rng.random() < 0.05:
+            lines.append("")  # an empty line is no record
+    return (newline.join(lines) + rng.choice([newline, ""])).encode()
+
+
+def _read(path: Path, chunk_rows: int, blocks: list[FileBlock] | None = None) -> list:
+    if blocks is None:
+        return list(iter_chunks(path, chunk_rows))
+    return [chunk for block in blocks for chunk in iter_chunks(path, chunk_rows, block=block)]
+
+
+def _assert_same_chunks(whole: list, split: list) -> None:
+    assert len(whole) == len(split)
+    for a, b in zip(whole, split):
+        pd.testing.assert_frame_equal(a.frame, b.frame, check_exact=True)
+        assert a.malformed == b.malformed
+
+
+@pytest.mark.parametrize("window", [None, 5])  # 5 bytes: quotes, CRLFs and empty lines across windows
+def test_planned_blocks_read_as_the_whole_file(tmp_path, window, monkeypatch):
+    if window is not None:
+        monkeypatch.setattr("pipeline.core.blocks.WINDOW_BYTES", window)
+    rng, path, split_files = random.Random(16), tmp_path / "cases.csv", 0
+    for _ in range(150):
+        path.write_bytes(_random_csv(rng, rng.randint(0, 80)))
+        chunk_rows = rng.randint(1, 7)
+        block_bytes = rng.randint(20, 200)
+        blocks = list(plan_blocks(path, chunk_rows=chunk_rows, block_bytes=block_bytes))
+        if window is not None:  # the plan does not depend on the window
+            monkeypatch.setattr("pipeline.core.blocks.WINDOW_BYTES", WINDOW_BYTES)
+            assert list(plan_blocks(path, chunk_rows=chunk_rows, block_bytes=block_bytes)) == blocks
+            monkeypatch.setattr("pipeline.core.blocks.WINDOW_BYTES", window)
+        split_files += len(blocks) > 1
+        assert [b.first_row % chunk_rows for b in blocks] == [0] * len(blocks)  # whole chunks
+        assert all(b.end == c.start for b, c in zip(blocks, blocks[1:]))  # consecutive byte ranges
+        assert all(b.first_row + b.rows == c.first_row for b, c in zip(blocks, blocks[1:]))
+        _assert_same_chunks(_read(path, chunk_rows), _read(path, chunk_rows, blocks))
+    assert split_files > 100
+
+
+def test_records_counted_as_arrow_counts_them(tmp_path):
+    rng, path = random.Random(7), tmp_path / "cases.csv"
+    for _ in range(100):
+        text = _random_csv(rng, rng.randint(0, 60))
+        path.write_bytes(text)
+        scan = _RecordScan(csv_data_start(path))
+        start = csv_data_start(path)
+        ends = scan.window(np.frombuffer(text[start:], dtype=np.uint8)) if len(text) > start else []
+        assert scan.regular
+        counted = scan.finish(len(text))
+        assert counted == sum(len(c.frame) for c in iter_chunks(path, 10))  # Arrow's records, malformed included
+        assert all(text[e:e + 1] == b"\n" for e in ends)
+
+
+@pytest.mark.parametrize("oddity", [b'7,a"b,c\n', b'7,"a"b,c\n', b"7,a\rb,c\n", b'7,"open,c\n'])
+def test_quoting_the_planner_cannot_follow_leaves_the_rest_of_the_file_whole(tmp_path, oddity, monkeypatch):
+    monkeypatch.setattr("pipeline.core.blocks.WINDOW_BYTES", 64)  # blocks before the odd record are found first
+    lines = [b"h0,h1,h2\n"] + [f"{i},x,y\n".encode() for i in range(200)]
+    lines.insert(120, oddity)
+    path = tmp_path / "odd.csv"
+    path.write_bytes(b"".join(lines))
+    blocks = list(plan_blocks(path, chunk_rows=10, block_bytes=300))
+    assert len(blocks) > 2 and blocks[-1].rows is None and blocks[-1].first_row < 120
+    _assert_same_chunks(_read(path, 10), _read(path, 10, blocks))
+
+
+def test_a_small_file_is_one_block(tmp_path):
+    path = tmp_path / "small.csv"
+    path.write_bytes(b"a,b\n1,2\n3,4\n")
+    assert list(plan_blocks(path, chunk_rows=1, block_bytes=1 << 20)) == [FileBlock(start=4)]
+
+
+def test_parquet_blocks_are_row_ranges_of_whole_chunks(tmp_path):
+    path = tmp_path / "cases.parquet"
+    pq.write_table(pa.table({"case_id": [f"c{i}" for i in range(2500)], "age": [str(i % 90) for i in range(2500)]}),
+                   path, row_group_size=700)
+    blocks = list(plan_blocks(path, chunk_rows=300, block_bytes=path.stat().st_size // 4))
+    assert [(b.first_row, b.rows) for b in blocks] == [(0, 900), (900, 900), (1800, 700)]
+    assert [(b.start, b.end) for b in blocks] == [(0, 2), (1, 3), (2, 4)]  # the row groups holding them
+    _assert_same_chunks(_read(path, 300), _read(path, 300, blocks))
+
+
+def test_blocks_split_at_the_chunk_start_nearest_each_equal_share(tmp_path):
+    path = tmp_path / "even.csv"
+    path.write_bytes(b"a,b\n" + b"".join(f"{i:05d},x\n".encode() for i in range(1000)))
+    blocks = list(plan_blocks(path, chunk_rows=30, block_bytes=(path.stat().st_size - 4) // 4))
+    assert [b.rows for b in blocks] == [240, 270, 240, 250]  # splits at 240, 510 and 750: the nearest multiples of 30
+
+
+def test_a_block_that_does_not_hold_its_planned_rows_is_refused(tmp_path):
+    path = tmp_path / "cases.csv"
+    path.write_bytes(b"a,b\n" + b"".join(f"{i},x\n".encode() for i in range(100)))
+    block = next(iter(plan_blocks(path, chunk_rows=10, block_bytes=100)))
+    assert block.rows is not None and block.rows < 100
+    with pytest.raises(BlockMismatchError, match=f"holds {block.rows} records, not the {block.rows + 1} planned"):
+        list(iter_chunks(path, 10, block=block._replace(rows=block.rows + 1)))
