@@ -1,9 +1,11 @@
 """MLflow tracking, the registry and the champion alias, against real stores."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from servers import BIN, free_port, running
 
@@ -119,6 +121,32 @@ def test_champion_alias_does_not_move_to_a_worse_model(trained, small_data, smal
                      "--force-champion"]) == 0
         forced = json.loads((out / "manifest.json").read_text())
         assert str(client.get_model_version_by_alias(NAME, "champion").version) == forced["registered_version"] != str(before)
+    finally:  # other tests share this store and expect the original champion
+        client.set_registered_model_alias(NAME, "champion", before)
+
+
+def test_a_champion_measured_on_other_cases_is_replaced(trained, small_data, small_config_path, tmp_path, monkeypatch):
+    """Log losses on different `valid` splits do not compare: a model trained on other data (an
+    older knowledge base, say) gives way even to a worse-scoring one."""
+    _, uri = trained
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    client = _client(uri)
+    before = client.get_model_version_by_alias(NAME, "champion").version
+    data = tmp_path / "data"
+    shutil.copytree(small_data, data)
+    valid = pd.read_parquet(data / "valid.parquet")
+    valid.iloc[: len(valid) - 7].to_parquet(data / "valid.parquet")  # other cases to measure on
+    worse = tmp_path / "worse.yaml"
+    text = small_config_path.read_text().replace("candidates: [logistic, hist_gradient_boosting, mlp]",
+                                                 "candidates: [logistic]")
+    worse.write_text(text.replace("logistic: {C: 1.0", "logistic: {C: 0.0001"))
+    out = tmp_path / "models"
+    try:
+        assert main(["train", "--config", str(worse), "--data", str(data), "--out", str(out)]) == 0
+        new = json.loads((out / "manifest.json").read_text())
+        assert new["champion"] is True
+        version = client.get_model_version(NAME, new["registered_version"])
+        assert version.tags["valid_data_sha256"] == new["data_sha256"]["valid"]
     finally:  # other tests share this store and expect the original champion
         client.set_registered_model_alias(NAME, "champion", before)
 

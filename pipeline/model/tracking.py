@@ -83,9 +83,15 @@ def log_dataset(frame: pd.DataFrame, source: str | Path, name: str, context: str
 
 
 def promote_champion(client: MlflowClient, name: str, alias: str, version: str, valid_log_loss: float,
-                     *, force: bool = False) -> bool:
-    """Move ``alias`` to ``version`` if it beats the current holder on valid log loss (or ``force``)."""
+                     *, force: bool = False, valid_sha256: str | None = None) -> bool:
+    """Move ``alias`` to ``version`` if it beats the current holder on valid log loss (or ``force``).
+
+    Log losses compare only on the same cases: a holder measured on another ``valid`` split
+    (``valid_sha256`` differs or was not recorded; say, trained before the knowledge base changed,
+    and perhaps unable to read today's cases) is replaced, whatever its number."""
     client.set_model_version_tag(name, version, "valid_log_loss", repr(valid_log_loss))
+    if valid_sha256 is not None:
+        client.set_model_version_tag(name, version, "valid_data_sha256", valid_sha256)
     try:
         current = client.get_model_version_by_alias(name, alias)
     except MlflowException as err:
@@ -93,7 +99,7 @@ def promote_champion(client: MlflowClient, name: str, alias: str, version: str, 
         if err.error_code != "INVALID_PARAMETER_VALUE" or "not found" not in err.message:
             raise
         current = None
-    if current is not None and not force:
+    if current is not None and not force and current.tags.get("valid_data_sha256") == valid_sha256:
         best = float(current.tags.get("valid_log_loss", "inf"))
         if not valid_log_loss < best:
             return False
@@ -137,7 +143,8 @@ def log_training(result: TrainResult, config: TrainConfig, data_files: dict[str,
         version = str(info.registered_model_version)
         client = MlflowClient()
         moved = promote_champion(client, config.tracking.registered_model, config.tracking.alias, version,
-                                 result.metrics["valid_log_loss"], force=force_champion)
+                                 result.metrics["valid_log_loss"], force=force_champion,
+                                 valid_sha256=sha256_file(data_files["valid"]) if "valid" in data_files else None)
         mlflow.set_tag("champion", str(moved))
         client.update_registered_model(config.tracking.registered_model, description=REGISTERED_MODEL_DESCRIPTION)
         client.update_model_version(config.tracking.registered_model, version, description=_version_description(
