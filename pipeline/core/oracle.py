@@ -78,15 +78,10 @@ def _normal_logpdf(x: np.ndarray, params: np.ndarray) -> np.ndarray:
 
 def _one_hot(codes: dict[str, np.ndarray], fields: list[tuple[str, int]]) -> np.ndarray:
     """(m, sum of widths) float one-hot of the codes; an unknown answer (-1) is a row of zeros."""
-    m = len(codes["sex"])
-    out = np.zeros((sum(w for _, w in fields), m))  # filled a contiguous row per column, then transposed
-    j = 0
-    for name, width in fields:
-        c = codes[name]
-        for v in range(width):
-            out[j + v] = c == v
-        j += width
-    return out.T
+    columns = [codes[name] == v for name, width in fields for v in range(width)]
+    if not columns:
+        return np.zeros((len(codes["sex"]), 0))
+    return np.column_stack(columns).astype(np.float64)  # C-ordered: dot_exact's layout, no copy
 
 
 def _logsumexp(parts: list[np.ndarray]) -> np.ndarray:

@@ -62,7 +62,7 @@ class ArrayScorer:
 
     def _proba(self, codes: dict[str, np.ndarray]) -> np.ndarray:
         f = self.featurizer
-        z = featurize_codes(codes, f.center_, f.scale_, np.dtype(f.dtype))
+        z = featurize_codes(codes, f.center_, f.scale_, np.dtype(f.dtype), order="C")  # dot_exact's layout: no copy
         last = len(self.weights) - 1
         for i, (w, b) in enumerate(zip(self.weights, self.intercepts)):
             z = dot_exact(z, w)

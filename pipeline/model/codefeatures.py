@@ -40,8 +40,10 @@ def feature_names() -> list[str]:
 
 
 def featurize_codes(codes: dict[str, np.ndarray], center: dict[str, float], scale: dict[str, float],
-                    dtype=np.float64) -> np.ndarray:
-    """The feature matrix from schema codes (see :mod:`pipeline.model.features` for the layout)."""
+                    dtype=np.float64, order: str = "F") -> np.ndarray:
+    """The feature matrix from schema codes (see :mod:`pipeline.model.features` for the layout),
+    Fortran-ordered (one contiguous column per feature, as training has always had it) or, with
+    ``order="C"``, one contiguous row per case (what the exact product of the scoring path reads)."""
     n = len(codes["sex"])
     blocks = []
     for f in FIELDS:
@@ -57,10 +59,11 @@ def featurize_codes(codes: dict[str, np.ndarray], center: dict[str, float], scal
             blocks += [z, z * z]
             if not f.required:
                 blocks.append(missing)
-    out = np.empty((len(blocks), n), dtype=dtype)  # one contiguous row per feature, then transposed
-    for j, b in enumerate(blocks):
-        out[j] = b
-    return out.T
+    if not blocks:
+        return np.empty((n, 0), dtype=dtype, order=order)
+    if order == "C":
+        return np.column_stack(blocks).astype(dtype, copy=False)
+    return np.vstack(blocks).astype(dtype, copy=False).T
 
 
 @dataclass(frozen=True)
