@@ -248,3 +248,16 @@ def test_predict_on_a_path_reads_as_score_does(trained, tmp_path):
         predict(empty, model=models)
     ok = _write(tmp_path / "ok.csv", [HEADER, *GOOD])
     assert predict(ok, model=models)["case_id"].tolist() == ["a1", "a2", "a3", "a4"]
+
+
+@pytest.mark.parametrize("kind", [pa.string(), pa.large_string()])
+def test_csv_safe_quotes_formulas_only_in_any_text_column(kind):
+    """A cell a spreadsheet would run gets a leading ', plain numbers and other text stay, nulls stay null."""
+    from pipeline.serve.writing import csv_safe
+
+    cells = ["=SUM(A1)", "-1.5", "-x", "+3e5", "@a", "\tz", "\rq", "ok", None, "", "é=", "1=2", "-", "+"]
+    table = pa.table({"text": pa.array(cells, kind), "n": pa.array(range(len(cells)))})
+    assert csv_safe(table).column("text").to_pylist() == [
+        "'=SUM(A1)", "-1.5", "'-x", "+3e5", "'@a", "'\tz", "'\rq", "ok", None, "", "é=", "1=2", "'-", "'+"]
+    plain = pa.table({"text": pa.array(["ok", None, "a-b"], kind)})
+    assert csv_safe(plain).equals(plain)

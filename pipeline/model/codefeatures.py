@@ -7,6 +7,7 @@ here keeps scikit-learn (about 1.5 s to import) out of ``predict()`` and ``kneep
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -40,7 +41,7 @@ def feature_names() -> list[str]:
 
 
 def featurize_codes(codes: dict[str, np.ndarray], center: dict[str, float], scale: dict[str, float],
-                    dtype=np.float64, order: str = "F") -> np.ndarray:
+                    dtype=np.float64, order: Literal["C", "F"] = "F") -> np.ndarray:
     """The feature matrix from schema codes (see :mod:`pipeline.model.features` for the layout),
     Fortran-ordered (one contiguous column per feature, as training has always had it) or, with
     ``order="C"``, one contiguous row per case (what the exact product of the scoring path reads)."""

@@ -32,7 +32,7 @@ from pipeline.serve.predict import OUTPUT_TYPES, output_columns
 __all__ = ["REJECT_META", "Writer", "csv_safe", "encode_csv", "output_schema", "output_table", "reject_schema", "reject_table"]
 
 REJECT_META = ["reject_file", "reject_row", "reject_reason"]
-_FORMULA_START = r"^[=+\-@\t\r]"
+_FORMULA_FIRST = pa.array(["=", "+", "-", "@", "\t", "\r"])
 _PLAIN_NUMBER = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
 
 
@@ -103,10 +103,14 @@ def csv_safe(table: pa.Table) -> pa.Table:
         if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
             continue
         col = table.column(i)
-        risky = pc.and_(pc.match_substring_regex(col, _FORMULA_START),
-                        pc.invert(pc.match_substring_regex(col, _PLAIN_NUMBER)))
+        # the first character alone rules out nearly every column, at a tenth of a regular expression's cost
+        starts = pc.is_in(pc.utf8_slice_codeunits(col, 0, 1), value_set=_FORMULA_FIRST.cast(kind))
+        if not pc.any(starts).as_py():
+            continue
+        risky = pc.and_(starts, pc.invert(pc.match_substring_regex(col, _PLAIN_NUMBER)))
         if pc.any(risky).as_py():
-            table = table.set_column(i, table.field(i), pc.if_else(risky, pc.binary_join_element_wise("'", col, ""), col))
+            quoted = pc.binary_join_element_wise(pa.scalar("'", kind), col, pa.scalar("", kind))
+            table = table.set_column(i, table.field(i), pc.if_else(risky, quoted, col))
     return table
 
 
