@@ -171,8 +171,11 @@ class SafetyNet:
         else:
             rows = pair = np.zeros(0, dtype=np.int64)
         if len(rows):
-            which, p = self._pair_candidate[pair], p_answer[rows, pair]
             others = self._levels_without(fires)
+            # a case already sent the same day by a rule that does not ask the question stays there
+            settled = (others[rows, self._pair_candidate[pair]] == _EMERGENCY) & (level[rows] == _EMERGENCY)
+            rows, pair = rows[~settled], pair[~settled]
+            which, p = self._pair_candidate[pair], p_answer[rows, pair]
             for at in range(0, len(rows), batch_rows):
                 b = slice(at, at + batch_rows)
                 after = self._variant_levels(proba, codes, rows[b], pair[b], atypical, others)
