@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.cli import EXIT_REJECTED, main
 from pipeline.core.errors import BatchInputError
-from pipeline.serve import batch
+from pipeline.serve import chunks
 from pipeline.serve.batch import score_files
 from pipeline.serve.loading import load_model
 from pipeline.serve.shaping import OutputOptions
@@ -59,7 +59,7 @@ def _die_in_worker(*args):
 def test_a_dead_scoring_process_stops_the_run_and_leaves_nothing(trained, messy_csv, tmp_path, monkeypatch):
     models, _ = trained
     # sent by reference: each spawned process imports this test module to run it
-    monkeypatch.setattr(batch, "_in_worker", _die_in_worker)
+    monkeypatch.setattr(chunks, "_in_worker", _die_in_worker)
     out = tmp_path / "out.csv"
     with pytest.raises(BatchInputError, match="scoring process stopped"):
         score_files([messy_csv], out, load_model(models), chunk_rows=100, jobs=2, options=OutputOptions())

@@ -1,0 +1,259 @@
+"""One chunk of a case file: parsed, its repeated ids rejected, scored and made ready to write.
+
+:func:`validate_chunk` (= :func:`parse_chunk` + :func:`reject_repeated`) and :func:`score_chunk`
+are what every engine runs on a chunk; :class:`SeenIds` remembers the case ids of earlier chunks.
+For ``kneepain score`` a chunk is scored, shaped and encoded where it is parsed
+(:func:`chunk_scorer`: one background thread, or N spawned processes that each hold the model),
+so the process that reads and writes only appends the result.
+"""
+
+from __future__ import annotations
+
+import pickle
+import signal
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from pipeline.core.errors import BatchInputError, CaseValidationError
+from pipeline.core.parsing import ParsedCases, normalise_ids, parse_cases
+from pipeline.core.schema import ID_COLUMN, normalise_header
+from pipeline.serve.loading import LoadedModel
+from pipeline.serve.predict import score_parsed
+from pipeline.serve.writing import encode_csv, output_table, reject_table
+
+__all__ = ["Done", "FileJob", "SeenIds", "chunk_ids", "chunk_scorer", "parse_chunk", "reject_repeated", "score_chunk",
+           "score_valid", "validate_chunk"]
+
+
+_ERROR_COLUMNS = ["row", "column", "value", "reason"]
+
+
+def validate_chunk(frame: pd.DataFrame, *, file: str, row_offset: int, seen_ids: "SeenIds | None" = None,
+                   malformed: dict[int, str] | None = None) -> tuple[ParsedCases, np.ndarray, pd.DataFrame]:
+    """Parse one chunk of raw cases: (parsed cases, which rows are valid, problems).
+
+    Each problem names the row, column, value and reason (a row may have several).
+    ``seen_ids`` carries the case ids of earlier chunks, so a repeated id is rejected too.
+    ``malformed`` maps rows that are CSV records with the wrong number of fields to their reason:
+    they are rejected for that alone (their fields may be shifted) and their ids are not counted.
+    """
+    parsed, valid, errors = parse_chunk(frame, file=file, row_offset=row_offset, malformed=malformed)
+    repeated = seen_ids.check_and_add(parsed.ids) if seen_ids is not None and parsed.ids is not None else None
+    valid, problems = reject_repeated(parsed.ids, valid, errors, repeated, row_offset=row_offset)
+    return parsed, valid, problems
+
+
+def parse_chunk(frame: pd.DataFrame, *, file: str, row_offset: int, malformed: dict[int, str] | None = None
+                ) -> tuple[ParsedCases, np.ndarray, pd.DataFrame]:
+    """:func:`validate_chunk` but for ids repeated from earlier chunks: (parsed, valid, errors).
+    It depends on this chunk alone, so chunks can be parsed in any order or process."""
+    if malformed:
+        frame = frame.copy()
+        frame.iloc[list(malformed)] = None
+    try:
+        parsed = parse_cases(frame, row_offset=row_offset, raise_on_error=False)
+    except CaseValidationError as err:  # a required column is missing: the whole file is unusable
+        raise BatchInputError(f"{file}: " + "; ".join(
+            f"column {r.column!r}: {r.reason}" for r in err.errors.itertuples())) from err
+    errors = parsed.errors
+    valid = parsed.valid.copy()
+    if malformed:
+        rows = np.fromiter(malformed, dtype=np.int64) + row_offset
+        errors = pd.concat([errors[~errors["row"].isin(rows)], pd.DataFrame({
+            "row": rows, "column": "", "value": "", "reason": list(malformed.values())})], ignore_index=True)
+        valid[list(malformed)] = False
+        parsed.valid[list(malformed)] = False
+    return parsed, valid, errors
+
+
+def chunk_ids(frame: pd.DataFrame, malformed: dict[int, str] | None = None) -> pd.Series | None:
+    """The chunk's case ids as :func:`parse_chunk` reads them (None without a ``case_id`` column;
+    a malformed record has none), for :meth:`SeenIds.check_and_add` before the chunk is parsed."""
+    names = [c for c in frame.columns if normalise_header(str(c)) == ID_COLUMN]
+    if not names:
+        return None
+    ids = frame[names[0]].reset_index(drop=True)
+    if malformed:
+        ids = ids.astype(object)
+        ids.iloc[list(malformed)] = None
+    return ids
+
+
+def reject_repeated(ids: pd.Series | None, valid: np.ndarray, errors: pd.DataFrame, repeated: np.ndarray | None, *,
+                    row_offset: int) -> tuple[np.ndarray, pd.DataFrame]:
+    """The chunk's valid rows less those whose id an earlier chunk had (``repeated``, from
+    :meth:`SeenIds.check_and_add`), and its problems sorted by row."""
+    if repeated is not None and ids is not None:
+        dup = repeated & valid
+        if dup.any():
+            rows = np.flatnonzero(dup)
+            errors = pd.concat([errors, pd.DataFrame({
+                "row": rows + row_offset, "column": ID_COLUMN, "value": ids.iloc[rows].astype(str).to_numpy(),
+                "reason": "duplicate case_id: seen in an earlier chunk or file"})], ignore_index=True)
+            valid = valid & ~dup
+    problems = errors.sort_values("row", kind="stable")[_ERROR_COLUMNS] if len(errors) \
+        else pd.DataFrame(columns=_ERROR_COLUMNS)
+    return valid, problems
+
+
+def score_valid(model: LoadedModel, parsed: ParsedCases, valid: np.ndarray, *, row_offset: int,
+                top_k: int = 3, codes: bool = False) -> pd.DataFrame:
+    """Score the valid rows of a parsed chunk: ``row`` (0-based row in its file), ``case_id``
+    when the input has one, then the columns of :func:`pipeline.serve.predict.score_parsed`."""
+    scored = score_parsed(model, parsed[valid], ids=None, top_k=top_k, codes=codes)
+    row_numbers = np.flatnonzero(valid) + row_offset
+    if parsed.ids is not None:
+        scored.insert(0, "row", row_numbers)
+        scored[ID_COLUMN] = scored[ID_COLUMN].astype(str)
+    else:
+        scored["row"] = row_numbers
+    return scored
+
+
+def score_chunk(model: LoadedModel, frame: pd.DataFrame, *, file: str, row_offset: int,
+                seen_ids: "SeenIds | None" = None, malformed: dict[int, str] | None = None
+                ) -> tuple[pd.DataFrame, pd.DataFrame, tuple[str, ...]]:
+    """Score one chunk of raw cases. Returns (scored rows, problems, ignored columns)."""
+    parsed, valid, problems = validate_chunk(frame, file=file, row_offset=row_offset, seen_ids=seen_ids,
+                                             malformed=malformed)
+    return score_valid(model, parsed, valid, row_offset=row_offset), problems, parsed.ignored_columns
+
+
+class SeenIds:
+    """Hashes of case ids seen so far, in disjoint sorted runs merged like a binary counter (memory
+    ~8 bytes per id; merging two runs needs room for one more copy of them)."""
+
+    def __init__(self) -> None:
+        self.runs: list[np.ndarray] = []
+
+    def check_and_add(self, ids: pd.Series) -> np.ndarray:
+        text = normalise_ids(ids)
+        named = (ids.notna() & (text != "")).to_numpy()
+        h = pd.util.hash_pandas_object(text, index=False).to_numpy()
+        dup = np.zeros(len(h), dtype=bool)
+        for run in self.runs:
+            pos = np.minimum(np.searchsorted(run, h), len(run) - 1)
+            dup |= run[pos] == h
+        dup &= named
+        fresh = h[named & ~dup]  # only ids no run has, so runs stay disjoint
+        if len(fresh):
+            fresh.sort(kind="stable")
+            self.runs.append(fresh[np.concatenate([[True], fresh[1:] != fresh[:-1]])])
+        while len(self.runs) > 1 and len(self.runs[-1]) >= len(self.runs[-2]):
+            last = self.runs.pop()
+            merged = np.concatenate([self.runs.pop(), last])
+            del last
+            merged.sort(kind="stable")  # two sorted runs: the stable sort merges them in linear time
+            self.runs.append(merged)
+        return dup
+
+
+def _score_and_keep(model: LoadedModel, parsed: ParsedCases, valid: np.ndarray, frame: pd.DataFrame, *,
+                    row_offset: int, top_k: int, keep: dict[str, str], codes: bool) -> pd.DataFrame:
+    """:func:`score_valid`, with the input columns ``keep`` (input name -> output name) of the scored rows as text."""
+    scored = score_valid(model, parsed, valid, row_offset=row_offset, top_k=top_k, codes=codes)
+    if keep:
+        rows = frame.iloc[np.flatnonzero(valid)]
+        scored = scored.assign(**{out: rows[name].astype("str").to_numpy() for name, out in keep.items()})
+    return scored
+
+
+def _with_blank(scored: pd.DataFrame, schema: pa.Schema) -> pd.DataFrame:
+    """``scored`` with an empty text for an input column of ``schema`` this file does not have."""
+    missing = [n for n in schema.names if n not in scored.columns and n not in ("file", ID_COLUMN)]
+    return scored.assign(**{n: "" for n in missing}) if missing else scored
+
+
+
+@dataclass(frozen=True)
+class FileJob:
+    """What scoring a chunk of one input needs besides the chunk (sent with each chunk)."""
+
+    label: str
+    schema: pa.Schema
+    rschema: pa.Schema
+    top_k: int
+    keep: dict[str, str]
+    codes: bool
+    shape: Callable[[pa.Table], pa.Table] | None
+    csv: bool
+
+
+@dataclass
+class Done:
+    """A chunk scored: its output (a table, or CSV lines), its rejects, counts, ignored columns."""
+
+    output: "pa.Table | pa.Buffer"
+    rejects: pa.Table | None
+    scored: int
+    rejected: int
+    ignored: tuple[str, ...]
+
+
+def _score_one(model: LoadedModel, job: FileJob, frame: pd.DataFrame, malformed: dict[int, str], row_offset: int,
+               repeated: np.ndarray | None) -> Done:
+    """One chunk parsed, its rows that are valid and not ``repeated`` scored, and both made ready to write."""
+    parsed, valid, errors = parse_chunk(frame, file=job.label, row_offset=row_offset, malformed=malformed)
+    valid, bad = reject_repeated(parsed.ids, valid, errors, repeated, row_offset=row_offset)
+    scored = _score_and_keep(model, parsed, valid, frame, row_offset=row_offset, top_k=job.top_k, keep=job.keep,
+                             codes=job.codes)
+    table = output_table(_with_blank(scored, job.schema), job.schema, file=job.label)
+    rejects = reject_table(bad, frame, row_offset=row_offset, file=job.label, schema=job.rschema) if len(bad) else None
+    return Done(encode_csv(table, job.shape) if job.csv else table, rejects, len(scored),
+                 int(bad["row"].nunique()) if len(bad) else 0, parsed.ignored_columns)
+
+
+class _ThreadScorer:
+    """Chunks parsed and scored on one background thread, in order."""
+
+    def __init__(self, model: LoadedModel):
+        self._model = model
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kneepain-scorer")
+
+    def submit(self, *args) -> Future:
+        return self._pool.submit(_score_one, self._model, *args)
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+_WORKER_MODEL: LoadedModel | None = None
+
+
+def _start_worker(model: bytes) -> None:
+    """A scoring process: the parent's model (pickled by this process's parent, never read from a
+    file), and Ctrl-C left to the parent, which stops the pool."""
+    global _WORKER_MODEL
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _WORKER_MODEL = pickle.loads(model)  # bytes from the parent process, which verified the model; never a file
+
+
+def _in_worker(*args) -> Done:
+    assert _WORKER_MODEL is not None
+    return _score_one(_WORKER_MODEL, *args)
+
+
+class _ProcessScorer:
+    """Chunks parsed and scored in ``jobs`` processes (each with the model, sent once)."""
+
+    def __init__(self, model: LoadedModel, jobs: int):
+        import multiprocessing
+
+        # spawned, not forked: this process already runs threads (the reader, the writer)
+        self._pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                                         initializer=_start_worker, initargs=(pickle.dumps(model),))
+
+    def submit(self, *args) -> Future:
+        return self._pool.submit(_in_worker, *args)
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def chunk_scorer(model: LoadedModel, jobs: int) -> "_ThreadScorer | _ProcessScorer":
+    return _ThreadScorer(model) if jobs <= 1 else _ProcessScorer(model, jobs)
