@@ -36,7 +36,7 @@ from pipeline.core.parsing import ignored_columns_message
 from pipeline.core.schema import ID_COLUMN, normalise_header
 from pipeline.serve import CHUNK_ROWS
 from pipeline.serve.chunks import ChunkScorer, Done, FileJob, SeenIds, chunk_ids, score_chunk, score_valid, validate_chunk
-from pipeline.serve.guard import output_lock, reclaim_stale_temps, refuse_same_file, signals_deferred, stop_on_signals
+from pipeline.serve.guard import output_lock, reclaim_stale_temps, refuse_same_file, stop_on_signals
 from pipeline.serve.loading import LoadedModel
 from pipeline.serve.reading import prefetch
 from pipeline.serve.shaping import OutputOptions, input_columns, round_floats, select_columns, text_lookup
@@ -212,17 +212,15 @@ def _score_locked(paths: list[Path], columns: list[list[str]], output: Path | No
             for frame, malformed in prefetch(iter_chunks(path, chunk_rows)):
                 ids = chunk_ids(frame, malformed) if seen is not None else None
                 repeated = seen.check_and_add(ids) if seen is not None and ids is not None else None
-                with signals_deferred():  # executor calls: see signals_deferred
-                    in_flight.append((scorer.submit(job, frame, malformed, offset, repeated), label))
-                    if len(in_flight) > jobs:
-                        finish_one(writer, rejects)
+                in_flight.append((scorer.submit(job, frame, malformed, offset, repeated), label))
+                if len(in_flight) > jobs:
+                    finish_one(writer, rejects)
                 offset += len(frame)
                 bar(len(frame))
-        with signals_deferred():
-            while in_flight:
-                finish_one(writer, rejects)
-            writer.close()
-            rejects.close()
+        while in_flight:
+            finish_one(writer, rejects)
+        writer.close()
+        rejects.close()
         # rejects first: a run killed between the two renames leaves no output, never an output
         # whose rejects are missing
         if output is not None:

@@ -24,8 +24,7 @@ from filelock import FileLock, Timeout
 
 from pipeline.core.errors import BatchInputError
 
-__all__ = ["Interrupted", "output_lock", "reclaim_stale_temps", "refuse_same_file", "signals_deferred",
-           "stop_on_signals"]
+__all__ = ["Interrupted", "output_lock", "reclaim_stale_temps", "refuse_same_file", "stop_on_signals"]
 
 
 class Interrupted(KeyboardInterrupt):
@@ -97,49 +96,13 @@ def reclaim_stale_temps(targets: Sequence[Path]) -> list[Path]:
     return removed
 
 
-_deferring = 0  # depth of signals_deferred() blocks in the main thread
-_pending: list[int] = []
-
-
-def _stop_error(signum: int) -> KeyboardInterrupt:
-    return KeyboardInterrupt() if signum == signal.SIGINT else Interrupted(signum)
-
-
 def _raise(signum: int, frame) -> None:
-    if _deferring:
-        _pending.append(signum)
-        return
-    raise _stop_error(signum)
+    raise Interrupted(signum)
 
 
 @contextmanager
-def signals_deferred() -> Iterator[None]:
-    """Hold a stop signal of :func:`stop_on_signals` until the block ends, then raise it.
-
-    An exception raised by a signal handler can land between a lock's acquire and the ``with``
-    that would release it; inside ``concurrent.futures`` that leaves the executor's lock held, and
-    the cleanup (``shutdown``) or the interpreter's exit then waits for it forever. Calls into an
-    executor or a future from the main thread go inside this block.
-    """
-    global _deferring
-    _deferring += 1
-    try:
-        yield
-    except BaseException:
-        _deferring -= 1
-        _pending.clear()  # the job stops with this error anyway
-        raise
-    _deferring -= 1
-    if not _deferring and _pending:
-        signum = _pending[0]
-        _pending.clear()
-        raise _stop_error(signum)
-
-
-@contextmanager
-def stop_on_signals(signums: Sequence[int] = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)) -> Iterator[None]:
-    """Turn ``signums`` into :class:`Interrupted` (SIGINT: ``KeyboardInterrupt``, as Python's own
-    handler) in the main thread for the duration, held inside :func:`signals_deferred` (elsewhere: no-op)."""
+def stop_on_signals(signums: Sequence[int] = (signal.SIGTERM, signal.SIGHUP)) -> Iterator[None]:
+    """Turn ``signums`` into :class:`Interrupted` in the main thread for the duration (elsewhere: no-op)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -149,4 +112,3 @@ def stop_on_signals(signums: Sequence[int] = (signal.SIGTERM, signal.SIGHUP, sig
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-        _pending.clear()
