@@ -130,12 +130,14 @@ class Writer:
 
     Each chunk is encoded and written on a background thread (Arrow releases the GIL there)
     while the next chunk is scored; chunks stay in order, and an error surfaces on the next call.
-    A CSV chunk may also come already encoded (:func:`encode_csv`, where it was scored).
+    ``shape`` (run there too) turns each table into what is written (rounded floats). A CSV
+    chunk may also come already encoded (:func:`encode_csv`, by a scoring process).
     Parquet outputs keep text columns dictionary-encoded (each distinct text stored once per page).
     """
 
-    def __init__(self, target: Path, schema: pa.Schema, *, stream: BinaryIO | None = None):
-        self.target, self.schema = target, schema
+    def __init__(self, target: Path, schema: pa.Schema, *, stream: BinaryIO | None = None,
+                 shape: Callable[[pa.Table], pa.Table] | None = None):
+        self.target, self.schema, self._shape = target, schema, shape
         self.tmp = tmp_path(target)
         self._csv = stream is not None or target.suffix.lower() != ".parquet"
         self._parquet: pq.ParquetWriter | None = None
@@ -157,16 +159,16 @@ class Writer:
             pending.result()
 
     def write(self, chunk: pa.Table | pa.Buffer) -> None:
-        """Append a table, or (CSV) lines already encoded by :func:`encode_csv`."""
+        """Append a table, or (CSV) lines already encoded by :func:`encode_csv` with this ``shape``."""
         self._wait()
         self._pending = self._pool.submit(self._write, chunk)
 
     def _write(self, chunk: pa.Table | pa.Buffer) -> None:
         if self._fh is not None:
-            self._fh.write(chunk if isinstance(chunk, pa.Buffer) else encode_csv(chunk))
+            self._fh.write(chunk if isinstance(chunk, pa.Buffer) else encode_csv(chunk, self._shape))
         else:
             assert self._parquet is not None and isinstance(chunk, pa.Table)
-            self._parquet.write_table(chunk)
+            self._parquet.write_table(self._shape(chunk) if self._shape is not None else chunk)
 
     def close(self) -> None:
         try:
