@@ -85,6 +85,48 @@ def test_stale_temp_files_of_dead_jobs_are_reclaimed(trained, tmp_path):
     assert alive.exists()  # a live process's file is not touched
 
 
+def test_a_stop_signal_acts_at_the_next_step_and_a_second_one_at_once():
+    from pipeline.serve.guard import Interrupted, check_stop, stop_on_signals
+
+    with stop_on_signals():
+        check_stop()  # nothing received: no-op
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.01)  # the handler has run; the job goes on until its next step
+        with pytest.raises(Interrupted, match="SIGTERM"):
+            check_stop()
+        with pytest.raises(Interrupted, match="SIGHUP"):
+            os.kill(os.getpid(), signal.SIGHUP)  # a second signal: the user means now
+            time.sleep(1)
+    check_stop()  # out of the job, a noted signal is forgotten
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_leaving_a_read_ahead_early_stops_and_joins_its_reader():
+    # a reader left inside Arrow when the process exits deadlocks Arrow's shutdown: the job never ends
+    import threading
+
+    from pipeline.serve.reading import prefetch
+
+    closed = threading.Event()
+
+    def slow_chunks():
+        try:
+            for i in range(1000):
+                time.sleep(0.01)
+                yield i
+        finally:
+            closed.set()
+
+    with pytest.raises(RuntimeError, match="stopped"):
+        with prefetch(slow_chunks()) as chunks:
+            for i in chunks:
+                if i == 3:
+                    raise RuntimeError("stopped")
+    assert closed.is_set() and not any(t.name == "kneepain-reader" for t in threading.enumerate())
+    with prefetch(iter(range(5))) as chunks:
+        assert list(chunks) == [0, 1, 2, 3, 4]
+
+
 @pytest.fixture(scope="module")
 def big_csv(kb, tmp_path_factory):
     from pipeline.core.parsing import codes_to_text_frame

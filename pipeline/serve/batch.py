@@ -36,7 +36,7 @@ from pipeline.core.parsing import ignored_columns_message
 from pipeline.core.schema import ID_COLUMN, normalise_header
 from pipeline.serve import CHUNK_ROWS
 from pipeline.serve.chunks import Done, FileJob, SeenIds, chunk_ids, chunk_scorer, score_chunk, score_valid, validate_chunk
-from pipeline.serve.guard import output_lock, reclaim_stale_temps, refuse_same_file, stop_on_signals
+from pipeline.serve.guard import check_stop, output_lock, reclaim_stale_temps, refuse_same_file, stop_on_signals
 from pipeline.serve.loading import LoadedModel
 from pipeline.serve.reading import prefetch
 from pipeline.serve.shaping import OutputOptions, input_columns, round_floats, select_columns, text_lookup
@@ -192,6 +192,7 @@ def _score_locked(paths: list[Path], columns: list[list[str]], output: Path | No
     def finish_one(out: Writer, rejected: Writer) -> None:
         future, name = in_flight.popleft()
         done: Done = future.result()
+        check_stop()
         if done.ignored and name not in told:
             summary.warnings.append(ignored_columns_message(done.ignored, name))
             if warn:
@@ -210,18 +211,21 @@ def _score_locked(paths: list[Path], columns: list[list[str]], output: Path | No
         for path, label, keep in zip(paths, labels, keep_by_file):
             job = FileJob(label, schema, rschema, options.top_k, keep, codes, shape, csv_out)
             offset = 0
-            for frame, malformed in prefetch(iter_chunks(path, chunk_rows)):
-                ids = chunk_ids(frame, malformed) if seen is not None else None
-                repeated = seen.check_and_add(ids) if seen is not None and ids is not None else None
-                in_flight.append((scorer.submit(job, frame, malformed, offset, repeated), label))
-                if len(in_flight) > jobs:
-                    finish_one(writer, rejects)
-                offset += len(frame)
-                bar(len(frame))
+            with prefetch(iter_chunks(path, chunk_rows)) as chunks:
+                for frame, malformed in chunks:
+                    check_stop()  # a stop signal acts here and after each chunk is scored (pipeline.serve.guard)
+                    ids = chunk_ids(frame, malformed) if seen is not None else None
+                    repeated = seen.check_and_add(ids) if seen is not None and ids is not None else None
+                    in_flight.append((scorer.submit(job, frame, malformed, offset, repeated), label))
+                    if len(in_flight) > jobs:
+                        finish_one(writer, rejects)
+                    offset += len(frame)
+                    bar(len(frame))
         while in_flight:
             finish_one(writer, rejects)
         writer.close()
         rejects.close()
+        check_stop()  # the last point a stop signal acts: the files are complete and renamed below
         # rejects first: a run killed between the two renames leaves no output, never an output
         # whose rejects are missing
         if output is not None:
@@ -234,6 +238,7 @@ def _score_locked(paths: list[Path], columns: list[list[str]], output: Path | No
         if output is not None:
             os.replace(writer.tmp, output)
     except BrokenProcessPool as err:
+        check_stop()  # the processes got the user's stop signal too (a terminal's, or a process group's)
         raise BatchInputError("a scoring process stopped before its chunk was scored (out of memory, or killed); "
                               "nothing was written.") from err
     except BrokenPipeError as err:  # `kneepain score - -o - | head`: the reader has gone

@@ -4,8 +4,10 @@
   path (relative, through a link), is refused before anything is opened for writing.
 - :func:`output_lock`: one job at a time per output; a second job fails at once (``filelock``,
   an OS lock on a hidden ``.<output>.lock`` beside the output, released if the job dies).
-- :func:`stop_on_signals`: SIGTERM and SIGHUP stop the job like Ctrl-C (SIGINT) does, so the
-  clean-up that removes its temporary files runs.
+- :func:`stop_on_signals` and :func:`check_stop`: SIGTERM, SIGHUP and Ctrl-C (SIGINT) are noted
+  when they arrive and stop the job at its next step (a chunk read, scored or written), so the
+  clean-up that removes its temporary files runs and no lock is left half-taken; a second signal
+  stops it at once.
 - :func:`reclaim_stale_temps`: temporary files left by a job that was killed outright (SIGKILL,
   power loss) carry its process id; a later job on the same output removes those of dead processes.
 """
@@ -24,7 +26,7 @@ from filelock import FileLock, Timeout
 
 from pipeline.core.errors import BatchInputError
 
-__all__ = ["Interrupted", "output_lock", "reclaim_stale_temps", "refuse_same_file", "stop_on_signals"]
+__all__ = ["Interrupted", "check_stop", "output_lock", "reclaim_stale_temps", "refuse_same_file", "stop_on_signals"]
 
 
 class Interrupted(KeyboardInterrupt):
@@ -96,19 +98,39 @@ def reclaim_stale_temps(targets: Sequence[Path]) -> list[Path]:
     return removed
 
 
-def _raise(signum: int, frame) -> None:
-    raise Interrupted(signum)
+_received: list[int] = []  # stop signals noted by stop_on_signals' handler, not acted on yet
+
+
+def _note(signum: int, frame) -> None:
+    if _received:  # a second signal: the user means now
+        raise Interrupted(signum)
+    _received.append(signum)
+
+
+def check_stop() -> None:
+    """Raise :class:`Interrupted` if a stop signal arrived since :func:`stop_on_signals` began."""
+    if _received:
+        raise Interrupted(_received[0])
 
 
 @contextmanager
-def stop_on_signals(signums: Sequence[int] = (signal.SIGTERM, signal.SIGHUP)) -> Iterator[None]:
-    """Turn ``signums`` into :class:`Interrupted` in the main thread for the duration (elsewhere: no-op)."""
+def stop_on_signals(signums: Sequence[int] = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)) -> Iterator[None]:
+    """Note ``signums`` in the main thread for the duration; :func:`check_stop` turns one into
+    :class:`Interrupted` (elsewhere than the main thread: no-op).
+
+    The handler only notes the signal: an exception raised from a handler lands wherever the main
+    thread is, between a lock's acquire and the ``with`` that releases it too (inside
+    ``concurrent.futures``, a lock held for ever, and a job that never exits). The job calls
+    :func:`check_stop` between its steps instead. A second signal raises at once.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {s: signal.signal(s, _raise) for s in signums}
+    _received.clear()
+    previous = {s: signal.signal(s, _note) for s in signums}
     try:
         yield
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        _received.clear()

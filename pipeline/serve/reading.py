@@ -6,6 +6,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 __all__ = ["lean_memory_pool", "prefetch"]
@@ -28,8 +29,14 @@ def lean_memory_pool() -> None:
         pass
 
 
-def prefetch(chunks: Iterator[T], depth: int = 1) -> Iterator[T]:
-    """Read ahead ``depth`` chunks on a background thread (parsing CSV in Arrow releases the GIL)."""
+@contextmanager
+def prefetch(chunks: Iterator[T], depth: int = 1) -> Iterator[Iterator[T]]:
+    """The chunks, read ``depth`` ahead on a background thread (parsing CSV in Arrow releases the GIL).
+
+    A context manager: on leaving it, however the loop ended, the reader is stopped and joined
+    (it finishes the chunk it is on). A reader still inside Arrow when the process exits
+    deadlocks Arrow's own shutdown: the job would never end.
+    """
     items: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
     done = object()
@@ -56,9 +63,7 @@ def prefetch(chunks: Iterator[T], depth: int = 1) -> Iterator[T]:
             if close is not None:  # even if the consumer stopped early
                 close()
 
-    thread = threading.Thread(target=produce, name="kneepain-reader", daemon=True)
-    thread.start()
-    try:
+    def consume() -> Iterator[T]:
         while True:
             item = items.get()
             if item is done:
@@ -66,5 +71,11 @@ def prefetch(chunks: Iterator[T], depth: int = 1) -> Iterator[T]:
             if isinstance(item, BaseException):
                 raise item
             yield item
+
+    thread = threading.Thread(target=produce, name="kneepain-reader")  # joined below, and at exit
+    thread.start()
+    try:
+        yield consume()
     finally:
         stop.set()
+        thread.join()
