@@ -17,7 +17,7 @@ from pipeline.core.textcols import lookup
 from pipeline.decision.atypical import fit_atypical, flag_atypical
 from pipeline.decision.conformal import blank_at_random, fit_conformal, format_sets, prediction_sets
 from pipeline.decision.safety import SafetyNet
-from pipeline.decision.screen import screen_matches, screen_names
+from pipeline.decision.screen import screen_names
 from pipeline.decision.triage import advice_codes, advice_table, reason_codes, reason_table, triage_levels
 
 __all__ = ["DECISION_COLUMNS", "DECISION_COLUMN_DOCS", "DECISION_COLUMN_TYPES",
@@ -135,12 +135,12 @@ def decide(decision: Decision, kb: KnowledgeBase, parsed: ParsedCases, proba: np
     if len(parsed) == 0:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in DECISION_COLUMNS})
     atypical, score, threshold = flag_atypical(kb, parsed, decision.atypical)
-    matches = screen_matches(decision.screen, parsed.codes)
     net = decision.safety(kb)
-    open_ = net.open_rules(parsed.codes)
     cfg, screen = decision.config, decision.screen
-    level, reason = triage_levels(cfg, parsed.codes, proba, atypical, screen, matches, net, open_)
-    ask_next = net.ask_next(proba, parsed.codes, level, atypical, net.fires(parsed.codes), codes_out=codes)
+    fires, open_ = net.fires(parsed.codes), net.open_rules(parsed.codes)  # every rule matched once
+    matches = fires[:, len(cfg.red_flags):]  # the screen's rules
+    level, reason = triage_levels(cfg, parsed.codes, proba, atypical, screen, fires, net, open_)
+    ask_next = net.ask_next(proba, parsed.codes, level, atypical, fires, codes_out=codes)
     differential, size = format_sets(proba, prediction_sets(proba, parsed.codes, decision.conformal))
     atypical_reason = np.full(len(parsed), "", dtype=object)
     atypical_reason[atypical] = [f"answers fit none of the documented profiles well: surprise per answer "

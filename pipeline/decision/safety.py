@@ -101,9 +101,15 @@ class SafetyNet:
         self.questions = [question(n) for n in self.candidates]
         self._rule_levels = np.array([r.level for r in self.rules], dtype=np.int8)
         self._rule_fields = {"age", *(n for r in self.rules for n in r.fields)}
-        # which rules ask each candidate; every (candidate, answer) likelihood row, and where it is
+        # per "no" field, the same-day rules that ask it
+        self._same_day_asks = {n: np.array([r.level == _EMERGENCY and n in r.fields for r in self.rules], dtype=bool)
+                               for n in self.no_fields}
+        # which rules ask each candidate, and the fields they ask; every (candidate, answer)
+        # likelihood row, and where it is
         self._asks = np.array([[n in r.fields for r in self.rules] for n in self.candidates], dtype=bool
                               ).reshape(len(self.candidates), len(self.rules))
+        self._asking = [np.flatnonzero(row) for row in self._asks]
+        self._asked_fields = [{"age", *(f for k in asking for f in self.rules[k].fields)} for asking in self._asking]
         pairs = [(j, a) for j, name in enumerate(self.candidates) for a in range(len(self.likelihood[name]))]
         self._likelihood_rows = np.array([self.likelihood[self.candidates[j]][a] for j, a in pairs]
                                          ).reshape(len(pairs), -1)
@@ -114,8 +120,15 @@ class SafetyNet:
 
     def open_rules(self, codes: dict[str, np.ndarray]) -> np.ndarray:
         """(n_cases, n_rules): which rules the unanswered questions could still fire."""
+        return self._per_rule(Rule.open, codes)
+
+    def fires(self, codes: dict[str, np.ndarray]) -> np.ndarray:
+        """(n_cases, n_rules): which rules fire (the red flags, then the screen's rules)."""
+        return self._per_rule(Rule.fires, codes)
+
+    def _per_rule(self, test, codes: dict[str, np.ndarray]) -> np.ndarray:
         n = len(codes["age"])
-        return np.column_stack([r.open(codes) for r in self.rules]) if self.rules else np.zeros((n, 0), bool)
+        return np.column_stack([test(r, codes) for r in self.rules]) if self.rules else np.zeros((n, 0), bool)
 
     def rests_on_unknowns(self, proba: np.ndarray, codes: dict[str, np.ndarray], open_: np.ndarray,
                           cost_level_of, check_prior: bool = True) -> np.ndarray:
@@ -125,11 +138,7 @@ class SafetyNet:
         same-day rule that could still fire were answered "no"."""
         log_p = np.log(np.maximum(proba, 1e-300))
         for name in self.no_fields:
-            asked_by_open = np.zeros(len(proba), dtype=bool)
-            for j, r in enumerate(self.rules):
-                if r.level == _EMERGENCY and name in r.fields:
-                    asked_by_open |= open_[:, j]
-            hide = unanswered(name, codes) & asked_by_open
+            hide = unanswered(name, codes) & open_[:, self._same_day_asks[name]].any(axis=1)
             log_p = log_p + np.where(hide[:, None], self.log_no[name][None, :], 0.0)
         p_no = np.exp(log_p - log_p.max(axis=1, keepdims=True))  # unnormalised: the level is scale-free
         drops = cost_level_of(p_no) < _EMERGENCY
@@ -138,15 +147,10 @@ class SafetyNet:
     def safety_net(self, level: np.ndarray, open_: np.ndarray, codes: bool = False):
         """Per case, the plain-language signs of the open rules above its level, ``|``-separated,
         the most urgent first (with ``codes``, the rules' names)."""
-        levels = np.array([r.level for r in self.rules])
+        levels = self._rule_levels
         keep = open_ & (levels[None, :] > level[:, None])
         order = np.tile(np.argsort(-levels, kind="stable"), (len(keep), 1))
         return join_ranked(self.names if codes else self.texts, order, np.take_along_axis(keep, order, axis=1))
-
-    def fires(self, codes: dict[str, np.ndarray]) -> np.ndarray:
-        """(n_cases, n_rules): which rules fire."""
-        n = len(codes["age"])
-        return np.column_stack([r.fires(codes) for r in self.rules]) if self.rules else np.zeros((n, 0), bool)
 
     def ask_next(self, proba: np.ndarray, codes: dict[str, np.ndarray], level: np.ndarray, atypical: np.ndarray,
                  fires: np.ndarray, batch_rows: int = 100_000, codes_out: bool = False) -> np.ndarray:
@@ -213,12 +217,10 @@ class SafetyNet:
         level = np.where(atypical[rows], np.maximum(level, LEVELS.index(cfg.atypical.min_level)), level)
         level = np.maximum(level, others[rows, which])
         for j, at in _segments(which):
-            asking = np.flatnonzero(self._asks[j])
-            if not len(asking):
+            if not len(self._asking[j]):
                 continue
-            fields = {"age", *(f for k in asking for f in self.rules[k].fields)}
-            variant = self._with_answers(codes, rows[at], which[at], answer[at], fields)
-            for k in asking:
+            variant = self._with_answers(codes, rows[at], which[at], answer[at], self._asked_fields[j])
+            for k in self._asking[j]:
                 hit = np.flatnonzero(self.rules[k].fires(variant)) + at.start
                 level[hit] = np.maximum(level[hit], self.rules[k].level)
         return level.astype(np.int8)

@@ -21,7 +21,6 @@ __all__ = ["UNCERTAIN_REASON", "advice_codes", "advice_table", "cost_levels", "r
            "red_flags", "strongest_rule", "triage_levels"]
 
 
-
 def strongest_rule(fires: np.ndarray, levels: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Per case, the highest level among the rules that fire (-1 when none does) and the index of
     the first rule at that level (-1 when none). ``fires`` is (n_cases, n_rules)."""
@@ -37,9 +36,12 @@ def strongest_rule(fires: np.ndarray, levels: list[str]) -> tuple[np.ndarray, np
 
 def red_flags(cfg: TriageConfig, codes: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Per case, the highest red-flag level (-1 when none fires) and the index of that rule."""
+    return strongest_rule(_red_flag_fires(cfg, codes), [f.level for f in cfg.red_flags])
+
+
+def _red_flag_fires(cfg: TriageConfig, codes: dict[str, np.ndarray]) -> np.ndarray:
     fires = [rule.fires(codes) for rule in rules_of(cfg, None)]
-    matrix = np.column_stack(fires) if fires else np.zeros((len(codes["sex"]), 0), dtype=bool)
-    return strongest_rule(matrix, [f.level for f in cfg.red_flags])
+    return np.column_stack(fires) if fires else np.zeros((len(codes["sex"]), 0), dtype=bool)
 
 
 def _raise_to_rules(level: np.ndarray, reason: np.ndarray, rule_level: np.ndarray, rule: np.ndarray,
@@ -57,12 +59,13 @@ UNCERTAIN_REASON = ("the expected cost points to the same day, but only through 
 
 def triage_levels(cfg: TriageConfig, codes: dict[str, np.ndarray], proba: np.ndarray,
                   atypical: np.ndarray | None = None, screen: ScreenConfig | None = None,
-                  screen_fires: np.ndarray | None = None, net: SafetyNet | None = None,
+                  rule_fires: np.ndarray | None = None, net: SafetyNet | None = None,
                   open_rules: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Final level per case and a reason code: 0 cost decision, 1 atypical, 2 a same-day cost
     decision resting on unanswered questions (needs ``net``), 3 + k red flag k, then
-    3 + n_red_flags + j screen rule j. ``screen_fires`` (from :func:`screen_matches`) and
-    ``open_rules`` (from :meth:`SafetyNet.open_rules`) save computing them again. ``proba`` may be
+    3 + n_red_flags + j screen rule j. ``rule_fires`` (the red flags, then the screen's rules, from
+    :meth:`SafetyNet.fires`) and ``open_rules`` (from :meth:`SafetyNet.open_rules`) save computing
+    them again. ``proba`` may be
     unnormalised (the levels depend on its ratios only)."""
     level = cost_levels(cfg, proba)
     reason = np.zeros(len(level), dtype=np.int16)
@@ -79,9 +82,11 @@ def triage_levels(cfg: TriageConfig, codes: dict[str, np.ndarray], proba: np.nda
         raise_ = atypical & (level < floor)
         level[raise_] = floor
         reason[raise_] = 1
-    _raise_to_rules(level, reason, *red_flags(cfg, codes), FIRST_RULE_REASON)
+    n_red = len(cfg.red_flags)
+    red = _red_flag_fires(cfg, codes) if rule_fires is None else rule_fires[:, :n_red]
+    _raise_to_rules(level, reason, *strongest_rule(red, [f.level for f in cfg.red_flags]), FIRST_RULE_REASON)
     if screen is not None:
-        fires = screen_matches(screen, codes) if screen_fires is None else screen_fires
+        fires = screen_matches(screen, codes) if rule_fires is None else rule_fires[:, n_red:]
         _raise_to_rules(level, reason, *strongest_rule(fires, [r.level for r in screen.rules]),
                         FIRST_RULE_REASON + len(cfg.red_flags))
     return level, reason

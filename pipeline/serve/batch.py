@@ -35,7 +35,7 @@ from pipeline.core.files import tmp_path, write_text_atomic
 from pipeline.core.parsing import ignored_columns_message
 from pipeline.core.schema import ID_COLUMN, normalise_header
 from pipeline.serve import CHUNK_ROWS
-from pipeline.serve.chunks import Done, FileJob, SeenIds, chunk_ids, chunk_scorer, score_chunk, score_valid, validate_chunk
+from pipeline.serve.chunks import ChunkScorer, Done, FileJob, SeenIds, chunk_ids, score_chunk, score_valid, validate_chunk
 from pipeline.serve.guard import check_stop, output_lock, reclaim_stale_temps, refuse_same_file, stop_on_signals
 from pipeline.serve.loading import LoadedModel
 from pipeline.serve.reading import prefetch
@@ -110,9 +110,9 @@ def score_files(inputs: list[str | Path], output: str | Path, model: LoadedModel
             reclaim_stale_temps([output, rejects_path])
             summary = _score_locked(paths, columns, output, rejects_path, model, chunk_rows=chunk_rows,
                                     progress=progress, warn=warn, options=options, jobs=jobs)
-    codes = _text_codes(model, options)
-    if codes:
-        write_text_atomic(texts_path, text_lookup(codes).to_csv(index=False))
+    if _as_codes(model, options):
+        assert model.decision is not None and model.kb is not None
+        write_text_atomic(texts_path, text_lookup(model.decision.text_codes(model.kb)).to_csv(index=False))
     return summary
 
 
@@ -148,10 +148,9 @@ def _stdin_spooled(inputs: list[str | Path], stdin: BinaryIO | None) -> Iterator
         yield [spooled if str(p) == "-" else Path(p) for p in inputs]
 
 
-def _text_codes(model: LoadedModel, options: OutputOptions) -> dict[str, dict[str, str]]:
-    if options.texts != "codes" or model.decision is None or model.kb is None:
-        return {}
-    return model.decision.text_codes(model.kb)
+def _as_codes(model: LoadedModel, options: OutputOptions) -> bool:
+    """Whether the long texts are written as codes (asked for, and the model has a decision layer)."""
+    return options.texts == "codes" and model.decision is not None and model.kb is not None
 
 
 def _shaper(options: OutputOptions, csv: bool) -> Callable[[pa.Table], pa.Table] | None:
@@ -175,7 +174,7 @@ def _score_locked(paths: list[Path], columns: list[list[str]], output: Path | No
     rschema = reject_schema(columns)
     csv_out = output is None or output.suffix.lower() != ".parquet"
     shape = _shaper(options, csv_out)
-    codes = bool(_text_codes(model, options))
+    codes = _as_codes(model, options)
     # removed whenever the run stops, even mid-way
     temporary = ([tmp_path(output)] if output is not None else []) + [tmp_path(rejects_path)]
     writer: Writer | None = None
@@ -185,7 +184,7 @@ def _score_locked(paths: list[Path], columns: list[list[str]], output: Path | No
     # chunks are parsed, scored and encoded on another thread (jobs == 1) or in ``jobs`` processes,
     # while this thread reads ahead, finds repeated ids (in order: they depend on earlier chunks)
     # and hands the results to the writers
-    scorer = chunk_scorer(model, jobs)
+    scorer = ChunkScorer(model, jobs)
     in_flight: deque[tuple[Future, str]] = deque()
     told: set[str] = set()  # files whose ignored columns were reported
 
@@ -206,7 +205,7 @@ def _score_locked(paths: list[Path], columns: list[list[str]], output: Path | No
 
     try:
         # created inside the try: a signal that arrives as a file is created still gets it removed
-        writer = Writer(output if output is not None else Path("-"), schema, stream=stream, shape=shape)
+        writer = Writer(output if output is not None else Path("-"), schema, stream=stream)
         rejects = Writer(rejects_path, rschema)
         for path, label, keep in zip(paths, labels, keep_by_file):
             job = FileJob(label, schema, rschema, options.top_k, keep, codes, shape, csv_out)

@@ -3,12 +3,13 @@
 :func:`validate_chunk` (= :func:`parse_chunk` + :func:`reject_repeated`) and :func:`score_chunk`
 are what every engine runs on a chunk; :class:`SeenIds` remembers the case ids of earlier chunks.
 For ``kneepain score`` a chunk is scored, shaped and encoded where it is parsed
-(:func:`chunk_scorer`: one background thread, or N spawned processes that each hold the model),
+(:class:`ChunkScorer`: one background thread, or N spawned processes that each hold the model),
 so the process that reads and writes only appends the result.
 """
 
 from __future__ import annotations
 
+import functools
 import pickle
 import signal
 from collections.abc import Callable
@@ -26,7 +27,7 @@ from pipeline.serve.loading import LoadedModel
 from pipeline.serve.predict import score_parsed
 from pipeline.serve.writing import encode_csv, output_table, reject_table
 
-__all__ = ["Done", "FileJob", "SeenIds", "chunk_ids", "chunk_scorer", "parse_chunk", "reject_repeated", "score_chunk",
+__all__ = ["ChunkScorer", "Done", "FileJob", "SeenIds", "chunk_ids", "parse_chunk", "reject_repeated", "score_chunk",
            "score_valid", "validate_chunk"]
 
 
@@ -169,7 +170,6 @@ def _with_blank(scored: pd.DataFrame, schema: pa.Schema) -> pd.DataFrame:
     return scored.assign(**{n: "" for n in missing}) if missing else scored
 
 
-
 @dataclass(frozen=True)
 class FileJob:
     """What scoring a chunk of one input needs besides the chunk (sent with each chunk)."""
@@ -208,20 +208,6 @@ def _score_one(model: LoadedModel, job: FileJob, frame: pd.DataFrame, malformed:
                  int(bad["row"].nunique()) if len(bad) else 0, parsed.ignored_columns)
 
 
-class _ThreadScorer:
-    """Chunks parsed and scored on one background thread, in order."""
-
-    def __init__(self, model: LoadedModel):
-        self._model = model
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kneepain-scorer")
-
-    def submit(self, *args) -> Future:
-        return self._pool.submit(_score_one, self._model, *args)
-
-    def shutdown(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
-
-
 _WORKER_MODEL: LoadedModel | None = None
 
 
@@ -238,22 +224,25 @@ def _in_worker(*args) -> Done:
     return _score_one(_WORKER_MODEL, *args)
 
 
-class _ProcessScorer:
-    """Chunks parsed and scored in ``jobs`` processes (each with the model, sent once)."""
+class ChunkScorer:
+    """Chunks parsed and scored in order, on one background thread (``jobs`` = 1) or in ``jobs``
+    spawned processes that each hold the model, sent once."""
 
     def __init__(self, model: LoadedModel, jobs: int):
-        import multiprocessing
+        self._pool: ThreadPoolExecutor | ProcessPoolExecutor
+        if jobs <= 1:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kneepain-scorer")
+            self._run: Callable[..., Done] = functools.partial(_score_one, model)
+        else:
+            import multiprocessing
 
-        # spawned, not forked: this process already runs threads (the reader, the writer)
-        self._pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
-                                         initializer=_start_worker, initargs=(pickle.dumps(model),))
+            # spawned, not forked: this process already runs threads (the reader, the writer)
+            self._pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_start_worker, initargs=(pickle.dumps(model),))
+            self._run = _in_worker
 
     def submit(self, *args) -> Future:
-        return self._pool.submit(_in_worker, *args)
+        return self._pool.submit(self._run, *args)
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
-
-
-def chunk_scorer(model: LoadedModel, jobs: int) -> "_ThreadScorer | _ProcessScorer":
-    return _ThreadScorer(model) if jobs <= 1 else _ProcessScorer(model, jobs)

@@ -130,14 +130,12 @@ class Writer:
 
     Each chunk is encoded and written on a background thread (Arrow releases the GIL there)
     while the next chunk is scored; chunks stay in order, and an error surfaces on the next call.
-    ``shape`` (run there too) turns each table into what is written (rounded floats). A CSV
-    chunk may also come already encoded (:func:`encode_csv`, by a scoring process).
+    A CSV chunk may also come already encoded (:func:`encode_csv`, where it was scored).
     Parquet outputs keep text columns dictionary-encoded (each distinct text stored once per page).
     """
 
-    def __init__(self, target: Path, schema: pa.Schema, *, stream: BinaryIO | None = None,
-                 shape: Callable[[pa.Table], pa.Table] | None = None):
-        self.target, self.schema, self._shape = target, schema, shape
+    def __init__(self, target: Path, schema: pa.Schema, *, stream: BinaryIO | None = None):
+        self.target, self.schema = target, schema
         self.tmp = tmp_path(target)
         self._csv = stream is not None or target.suffix.lower() != ".parquet"
         self._parquet: pq.ParquetWriter | None = None
@@ -159,16 +157,16 @@ class Writer:
             pending.result()
 
     def write(self, chunk: pa.Table | pa.Buffer) -> None:
-        """Append a table, or (CSV) lines already encoded by :func:`encode_csv` with this ``shape``."""
+        """Append a table, or (CSV) lines already encoded by :func:`encode_csv`."""
         self._wait()
         self._pending = self._pool.submit(self._write, chunk)
 
     def _write(self, chunk: pa.Table | pa.Buffer) -> None:
         if self._fh is not None:
-            self._fh.write(chunk if isinstance(chunk, pa.Buffer) else encode_csv(chunk, self._shape))
+            self._fh.write(chunk if isinstance(chunk, pa.Buffer) else encode_csv(chunk))
         else:
             assert self._parquet is not None and isinstance(chunk, pa.Table)
-            self._parquet.write_table(self._shape(chunk) if self._shape is not None else chunk)
+            self._parquet.write_table(chunk)
 
     def close(self) -> None:
         try:
