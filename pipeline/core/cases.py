@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from pipeline.core.casefiles import read_case_file
 from pipeline.core.errors import CaseValidationError
 from pipeline.core.parsing import ParsedCases, parse_cases
 
-__all__ = ["as_frame", "as_parsed", "read_case_file"]
+__all__ = ["as_frame", "as_parsed", "in_blocks", "read_case_file"]
 
 
 def as_frame(cases: Any) -> pd.DataFrame:
@@ -40,3 +41,14 @@ def as_parsed(cases: Any) -> ParsedCases:
         raise CaseValidationError(pd.DataFrame({"row": [-1], "column": [""], "value": [""],
                                                 "reason": ["no cases were given"]}))
     return parse_cases(frame)
+
+
+def in_blocks(fn: Callable[[dict[str, np.ndarray]], np.ndarray], codes: dict[str, np.ndarray],
+              size: int) -> np.ndarray:
+    """``fn`` on the codes of ``size`` cases at a time, its rows stacked (one call when all fit).
+    For row-wise work (each case's result depends on its own row only) whose intermediate arrays
+    grow with the rows."""
+    n = len(codes["sex"])
+    if n <= size:
+        return fn(codes)
+    return np.concatenate([fn({k: v[start:start + size] for k, v in codes.items()}) for start in range(0, n, size)])

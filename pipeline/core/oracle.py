@@ -15,7 +15,7 @@ import pandas as pd
 from scipy.special import logsumexp, softmax
 
 from pipeline.core.blas import dot_exact
-from pipeline.core.cases import as_parsed
+from pipeline.core.cases import as_parsed, in_blocks
 from pipeline.core.knowledge import AGES, KnowledgeBase
 from pipeline.core.parsing import ParsedCases
 from pipeline.core.schema import CATEGORY_FIELDS, CONDITIONS, FIELDS, SYMPTOMS, field
@@ -122,14 +122,8 @@ def oracle_log_joint(kb: KnowledgeBase, cases) -> np.ndarray:
 
     ``cases`` is anything :func:`pipeline.serve.predict` accepts, or parsed cases.
     """
-    parsed = as_parsed(cases)
     t = _tables(kb)
-    n = len(parsed)
-    out = np.empty((n, len(CONDITIONS)))
-    for start in range(0, n, _CHUNK):
-        stop = min(n, start + _CHUNK)
-        out[start:stop] = _log_joint_chunk(t, {k: v[start:stop] for k, v in parsed.codes.items()})
-    return out
+    return in_blocks(lambda codes: _log_joint_chunk(t, codes), as_parsed(cases).codes, _CHUNK)
 
 
 def oracle_posterior(kb: KnowledgeBase, cases) -> pd.DataFrame:

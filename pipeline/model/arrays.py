@@ -21,6 +21,7 @@ import numpy as np
 from scipy.special import expit, softmax
 
 from pipeline.core.blas import dot_exact, one_blas_thread
+from pipeline.core.cases import in_blocks
 from pipeline.core.parsing import ParsedCases, parse_cases
 from pipeline.model.codefeatures import CodeFeatures, featurize_codes
 
@@ -52,13 +53,7 @@ class ArrayScorer:
         on its own row only, and the features of a block stay small (150 floats a case)."""
         if not isinstance(parsed, ParsedCases):
             parsed = parse_cases(parsed)
-        n = len(parsed)
-        if n <= BLOCK_ROWS:
-            return self._proba(parsed.codes)
-        out = np.empty((n, self.intercepts[-1].shape[0]))
-        for start in range(0, n, BLOCK_ROWS):
-            out[start:start + BLOCK_ROWS] = self._proba({k: v[start:start + BLOCK_ROWS] for k, v in parsed.codes.items()})
-        return out
+        return in_blocks(self._proba, parsed.codes, BLOCK_ROWS)
 
     def _proba(self, codes: dict[str, np.ndarray]) -> np.ndarray:
         f = self.featurizer
