@@ -12,12 +12,12 @@ from functools import lru_cache
 
 import numpy as np
 import pandas as pd
-from scipy.special import logsumexp, softmax
 
 from pipeline.core.blas import dot_exact
 from pipeline.core.cases import as_parsed, in_blocks
 from pipeline.core.knowledge import AGES, KnowledgeBase
 from pipeline.core.parsing import ParsedCases
+from pipeline.core.rowwise import logsumexp_rows, softmax_rows
 from pipeline.core.schema import CATEGORY_FIELDS, CONDITIONS, FIELDS, SYMPTOMS, field
 
 __all__ = ["oracle_posterior", "oracle_log_joint", "log_density", "field_log_likelihoods"]
@@ -140,12 +140,12 @@ def oracle_posterior(kb: KnowledgeBase, cases) -> pd.DataFrame:
     -------
     DataFrame of shape (n_cases, n_conditions)
     """
-    return pd.DataFrame(softmax(oracle_log_joint(kb, cases), axis=1), columns=list(CONDITIONS))
+    return pd.DataFrame(softmax_rows(oracle_log_joint(kb, cases)), columns=list(CONDITIONS))
 
 
 def log_density(kb: KnowledgeBase, cases) -> np.ndarray:
     """log p(known fields) under the knowledge base's model, shape (n_cases,)."""
-    return logsumexp(oracle_log_joint(kb, cases), axis=1)
+    return logsumexp_rows(oracle_log_joint(kb, cases))
 
 
 def _log_tri(p_yes: np.ndarray, code: int) -> np.ndarray:

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 from pydantic import Field as PydField
 from pydantic import field_validator
-from scipy.special import entr, logsumexp, softmax
+from scipy.special import entr
 
 from pipeline.core.cases import as_frame
 from pipeline.core.config import StrictModel, load_config
@@ -39,6 +39,7 @@ from pipeline.core.knowledge import KnowledgeBase, load_knowledge_base
 from pipeline.core.oracle import oracle_log_joint
 from pipeline.core.parsing import ParsedCases, parse_cases
 from pipeline.core.paths import config_path
+from pipeline.core.rowwise import logsumexp_rows, softmax_rows
 from pipeline.core.schema import CONDITION_LABELS, CONDITIONS, FIELD_NAMES, FIELDS, field
 from pipeline.serve.loading import LoadedModel
 from pipeline.serve.predict import get_model
@@ -193,11 +194,11 @@ def score_questions(parsed: ParsedCases, model: LoadedModel | None, kb: Knowledg
         rows = n + np.flatnonzero(fi == j)
         both.codes[name][rows] = value[rows - n]
     log_joint = oracle_log_joint(kb, both)
-    log_known = logsumexp(log_joint, axis=1)
+    log_known = logsumexp_rows(log_joint)
     p_answer = np.exp(log_known[n:] - log_known[case])
     group = case * _F + fi
     p_answer /= np.bincount(group, p_answer, minlength=n * _F)[group]  # sums to 1 but for float error
-    post = softmax(log_joint, axis=1) if posterior == "oracle" else model.predict_proba(both)  # type: ignore[union-attr]
+    post = softmax_rows(log_joint) if posterior == "oracle" else model.predict_proba(both)  # type: ignore[union-attr]
     now, after = post[:n], post[n:]
 
     def expected_drop(h_now: np.ndarray, h_after: np.ndarray) -> np.ndarray:

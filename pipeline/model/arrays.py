@@ -18,11 +18,12 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
-from scipy.special import expit, softmax
+from scipy.special import expit
 
 from pipeline.core.blas import dot_exact, one_blas_thread
 from pipeline.core.cases import in_blocks
 from pipeline.core.parsing import ParsedCases, parse_cases
+from pipeline.core.rowwise import softmax_rows
 from pipeline.model.codefeatures import CodeFeatures, featurize_codes
 
 __all__ = ["ACTIVATIONS", "BLOCK_ROWS", "ArrayScorer", "array_scorer", "predict_proba"]
@@ -65,9 +66,9 @@ class ArrayScorer:
             if i < last:
                 z = ACTIVATIONS[self.activation](z)
         if self.beta is None:
-            return softmax(z, axis=1)
-        logits = np.log(softmax(z, axis=1) + _EPS) if self.from_proba else z
-        proba = softmax(self.beta * logits, axis=1)
+            return softmax_rows(z)
+        logits = np.log(softmax_rows(z) + _EPS) if self.from_proba else z
+        proba = softmax_rows(self.beta * logits)
         proba[(proba > 1.0) & (proba <= 1.0 + 1e-5)] = 1.0
         return proba
 
