@@ -145,13 +145,19 @@ def test_a_stopped_job_removes_its_temporary_files(trained, big_csv, tmp_path, s
     out = tmp_path / "out.csv"
     kneepain = Path(sys.executable).parent / "kneepain"
     proc = subprocess.Popen([str(kneepain), "score", str(big_csv), "-o", str(out), "--model", str(models),
-                             "--chunk-rows", "2000", "--quiet"], stderr=subprocess.PIPE, text=True)
+                             "--chunk-rows", "2000", "--quiet"], stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONFAULTHANDLER": "1"})  # SIGABRT prints every thread's stack
     deadline = time.monotonic() + 60
     while not _leftovers(tmp_path):
         assert proc.poll() is None and time.monotonic() < deadline, "scoring ended before it could be stopped"
         time.sleep(0.05)
     proc.send_signal(signum)
-    _, err = proc.communicate(timeout=60)
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        _, err = proc.communicate(timeout=30)
+        pytest.fail(f"kneepain score did not stop within 60 s of {signal.Signals(signum).name}; where it was:\n{err}")
     assert proc.returncode == 2
     assert err.count("\n") == 1 and "Traceback" not in err and "no output was written" in err, err
     assert _leftovers(tmp_path) == [] and not out.exists() and not (tmp_path / "out.csv.rejects.csv").exists()
