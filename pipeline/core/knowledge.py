@@ -22,12 +22,12 @@ from typing import Any
 import numpy as np
 import yaml
 from pydantic import ValidationError
-from scipy.special import expit, logit, ndtr
 
 from pipeline.core.errors import KnowledgeBaseError
 from pipeline.core.kb_model import BINARY_RISK_FACTORS, KnowledgeBaseModel
 from pipeline.core.paths import config_path
 from pipeline.core.schema import CONDITIONS, ONSET_TRISTATES, SEVERITIES, SYMPTOMS, field
+from pipeline.core.special import expit, logit, ndtr
 
 __all__ = ["KnowledgeBase", "KnowledgeBaseError", "knowledge_base_from_dict", "load_knowledge_base",
            "read_knowledge_base_yaml"]

@@ -18,12 +18,12 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
-from scipy.special import expit
 
 from pipeline.core.blas import dot_exact, one_blas_thread
 from pipeline.core.cases import in_blocks
 from pipeline.core.parsing import ParsedCases, parse_cases
 from pipeline.core.rowwise import softmax_rows
+from pipeline.core.special import expit
 from pipeline.model.codefeatures import CodeFeatures, featurize_codes
 
 __all__ = ["ACTIVATIONS", "BLOCK_ROWS", "ArrayScorer", "array_scorer", "predict_proba"]
