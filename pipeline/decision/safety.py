@@ -35,7 +35,7 @@ from pipeline.decision.conformal import known_share
 from pipeline.decision.costs import cost_levels
 from pipeline.decision.screen import rule_fires, rule_open, unanswered
 
-__all__ = ["Rule", "SafetyNet", "answer_likelihoods"]
+__all__ = ["Rule", "SafetyNet", "answer_likelihoods", "per_rule", "rules_of"]
 
 _EMERGENCY = LEVELS.index("emergency")
 
@@ -68,6 +68,12 @@ def rules_of(cfg: TriageConfig, screen: ScreenConfig | None) -> list[Rule]:
                   f.safety_net, f.name) for f in cfg.red_flags]
     return rules + [Rule(dict(r.all), dict(r.any), LEVELS.index(r.level), r.safety_net, r.name)
                     for r in (screen.rules if screen else [])]
+
+
+def per_rule(rules: list[Rule], test, codes: dict[str, np.ndarray]) -> np.ndarray:
+    """(n_cases, n_rules): ``test(rule, codes)`` (:meth:`Rule.fires` or :meth:`Rule.open`) of each rule."""
+    n = len(codes["age"])
+    return np.column_stack([test(r, codes) for r in rules]) if rules else np.zeros((n, 0), bool)
 
 
 def answer_likelihoods(kb: KnowledgeBase, name: str) -> np.ndarray:
@@ -120,15 +126,11 @@ class SafetyNet:
 
     def open_rules(self, codes: dict[str, np.ndarray]) -> np.ndarray:
         """(n_cases, n_rules): which rules the unanswered questions could still fire."""
-        return self._per_rule(Rule.open, codes)
+        return per_rule(self.rules, Rule.open, codes)
 
     def fires(self, codes: dict[str, np.ndarray]) -> np.ndarray:
         """(n_cases, n_rules): which rules fire (the red flags, then the screen's rules)."""
-        return self._per_rule(Rule.fires, codes)
-
-    def _per_rule(self, test, codes: dict[str, np.ndarray]) -> np.ndarray:
-        n = len(codes["age"])
-        return np.column_stack([test(r, codes) for r in self.rules]) if self.rules else np.zeros((n, 0), bool)
+        return per_rule(self.rules, Rule.fires, codes)
 
     def rests_on_unknowns(self, proba: np.ndarray, codes: dict[str, np.ndarray], open_: np.ndarray,
                           cost_level_of, check_prior: bool = True) -> np.ndarray:

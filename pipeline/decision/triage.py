@@ -14,8 +14,7 @@ import numpy as np
 from pipeline.core.config import LEVELS, ScreenConfig, TriageConfig
 from pipeline.core.schema import CONDITION_LABELS, CONDITIONS
 from pipeline.decision.costs import cost_levels
-from pipeline.decision.safety import SafetyNet, rules_of
-from pipeline.decision.screen import screen_matches
+from pipeline.decision.safety import Rule, SafetyNet, per_rule, rules_of
 
 __all__ = ["UNCERTAIN_REASON", "advice_codes", "advice_table", "cost_levels", "reason_codes", "reason_table",
            "red_flags", "strongest_rule", "triage_levels"]
@@ -36,12 +35,7 @@ def strongest_rule(fires: np.ndarray, levels: list[str]) -> tuple[np.ndarray, np
 
 def red_flags(cfg: TriageConfig, codes: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Per case, the highest red-flag level (-1 when none fires) and the index of that rule."""
-    return strongest_rule(_red_flag_fires(cfg, codes), [f.level for f in cfg.red_flags])
-
-
-def _red_flag_fires(cfg: TriageConfig, codes: dict[str, np.ndarray]) -> np.ndarray:
-    fires = [rule.fires(codes) for rule in rules_of(cfg, None)]
-    return np.column_stack(fires) if fires else np.zeros((len(codes["sex"]), 0), dtype=bool)
+    return strongest_rule(per_rule(rules_of(cfg, None), Rule.fires, codes), [f.level for f in cfg.red_flags])
 
 
 def _raise_to_rules(level: np.ndarray, reason: np.ndarray, rule_level: np.ndarray, rule: np.ndarray,
@@ -83,12 +77,12 @@ def triage_levels(cfg: TriageConfig, codes: dict[str, np.ndarray], proba: np.nda
         level[raise_] = floor
         reason[raise_] = 1
     n_red = len(cfg.red_flags)
-    red = _red_flag_fires(cfg, codes) if rule_fires is None else rule_fires[:, :n_red]
-    _raise_to_rules(level, reason, *strongest_rule(red, [f.level for f in cfg.red_flags]), FIRST_RULE_REASON)
+    fires = per_rule(rules_of(cfg, screen), Rule.fires, codes) if rule_fires is None else rule_fires
+    _raise_to_rules(level, reason, *strongest_rule(fires[:, :n_red], [f.level for f in cfg.red_flags]),
+                    FIRST_RULE_REASON)
     if screen is not None:
-        fires = screen_matches(screen, codes) if rule_fires is None else rule_fires[:, n_red:]
-        _raise_to_rules(level, reason, *strongest_rule(fires, [r.level for r in screen.rules]),
-                        FIRST_RULE_REASON + len(cfg.red_flags))
+        _raise_to_rules(level, reason, *strongest_rule(fires[:, n_red:], [r.level for r in screen.rules]),
+                        FIRST_RULE_REASON + n_red)
     return level, reason
 
 
