@@ -96,6 +96,22 @@ def test_quoted_ids_and_extra_columns_pass_through(trained, tmp_path, capsys):
     assert err.count("ignoring columns that are not case fields: notes, clinic") == 1
 
 
+def test_a_record_longer_than_the_read_block_is_read_whole(trained, tmp_path):
+    """The CSV is read in small blocks (pipeline.core.casefiles); a longer record reopens the
+    reader with a larger block and loses no row and repeats none."""
+    from pipeline.core import casefiles
+
+    models, _ = trained
+    long_note = "x" * (3 * casefiles._CSV_BLOCK)
+    rows = [f"r{i},{30 + i},female,{long_note if i == 2 else 'short'}" for i in range(6)]
+    (tmp_path / "in.csv").write_text("case_id,age,sex,notes\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "out.csv"
+    assert main(["score", str(tmp_path / "in.csv"), "-o", str(out), "--model", str(models), "--quiet"]) == 0
+    got = pd.read_csv(out, dtype=str)
+    assert got["case_id"].tolist() == [f"r{i}" for i in range(6)]
+    assert got["row"].tolist() == [str(i) for i in range(6)]
+
+
 def test_score_matches_predict_for_csv_and_parquet(trained, small_data, tmp_path):
     models, _ = trained
     cases = pd.read_parquet(small_data / "test.parquet").head(3000)

@@ -52,6 +52,28 @@ def test_two_processes_write_the_same_files_as_one(trained, messy_csv, tmp_path,
         pd.testing.assert_frame_equal(one[0], two[0])  # the same numbers, to the bit
 
 
+def test_scoring_threads_keep_the_order_and_the_bytes(trained, messy_csv, tmp_path, monkeypatch):
+    """One process scores chunks on several threads (two where two cores are free): the files are
+    those of one thread, rows in input order."""
+    models, _ = trained
+    outputs = {}
+    for threads in (1, 3):
+        monkeypatch.setattr(chunks, "scorer_threads", lambda threads=threads: threads)
+        out = tmp_path / f"out-{threads}.csv"
+        score_files([messy_csv], out, load_model(models), chunk_rows=37, options=OutputOptions(), jobs=1)
+        outputs[threads] = (out.read_bytes(), out.with_name(out.name + ".rejects.csv").read_bytes())
+    assert outputs[1] == outputs[3]
+    rows = pd.read_csv(tmp_path / "out-3.csv", usecols=["row"])["row"]
+    assert rows.is_monotonic_increasing and len(rows) == 600 - 5
+
+
+def test_a_process_scores_on_two_threads_where_two_cores_are_free(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    assert chunks.scorer_threads() == 2
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert chunks.scorer_threads() == 1
+
+
 def _die_in_worker(*args):
     os.kill(os.getpid(), signal.SIGKILL)
 

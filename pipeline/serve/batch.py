@@ -181,7 +181,7 @@ def _score_locked(paths: list[Path], columns: list[list[str]], output: Path | No
     rejects: Writer | None = None
     bar = _progress(progress)
     seen = SeenIds() if has_ids else None
-    # chunks are parsed, scored and encoded on another thread (jobs == 1) or in ``jobs`` processes,
+    # chunks are parsed, scored and encoded on other threads (jobs == 1) or in ``jobs`` processes,
     # while this thread reads ahead, finds repeated ids (in order: they depend on earlier chunks)
     # and hands the results to the writers
     scorer = ChunkScorer(model, jobs)
@@ -216,7 +216,7 @@ def _score_locked(paths: list[Path], columns: list[list[str]], output: Path | No
                     ids = chunk_ids(frame, malformed) if seen is not None else None
                     repeated = seen.check_and_add(ids) if seen is not None and ids is not None else None
                     in_flight.append((scorer.submit(job, frame, malformed, offset, repeated), label))
-                    if len(in_flight) > jobs:
+                    if len(in_flight) > scorer.width:
                         finish_one(writer, rejects)
                     offset += len(frame)
                     bar(len(frame))
