@@ -83,3 +83,27 @@ def test_text_nan_is_rejected_whatever_else_is_in_the_column():
 def test_duplicate_ids_ignore_surrounding_spaces():
     frame = pd.DataFrame({"case_id": ["A", "A "], "age": [30, 31], "sex": ["male", "male"]})
     assert parse_cases(frame, raise_on_error=False).valid.tolist() == [True, False]
+
+
+def test_canonical_text_columns_read_as_the_general_path_reads_them():
+    """A text column of only canonical answers ("yes", "no", "", category names) is read in one
+    Arrow lookup; any other cell sends the column through the general path: the codes and the
+    errors are the same either way."""
+    rng = np.random.default_rng(0)
+    n = 500
+    canonical = pd.DataFrame({
+        "age": rng.integers(20, 80, n).astype(str), "sex": rng.choice(["female", "male"], n),
+        "smoker": rng.choice(["yes", "no", ""], n), "onset": rng.choice(["sudden", "gradual", ""], n)},
+        dtype="string[pyarrow]")
+    mixed = canonical.copy()
+    mixed.loc[7, "smoker"], mixed.loc[9, "onset"], mixed.loc[11, "smoker"] = "Yes", " GRADUAL ", "sometimes"
+    mixed.loc[13, "onset"] = None
+    for frame in (canonical, mixed):
+        fast = parse_cases(frame, raise_on_error=False)
+        general = parse_cases(frame.astype(object), raise_on_error=False)  # object columns take the general path
+        for name in fast.codes:
+            np.testing.assert_array_equal(fast.codes[name], general.codes[name])
+        pd.testing.assert_frame_equal(fast.errors, general.errors)
+    parsed = parse_cases(mixed, raise_on_error=False)
+    assert parsed.codes["smoker"][7] == 1 and parsed.codes["onset"][13] == -1
+    assert parsed.errors[["row", "column", "value"]].values.tolist() == [[11, "smoker", "sometimes"]]

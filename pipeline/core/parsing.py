@@ -195,8 +195,37 @@ def _plain_only(series: pd.Series) -> tuple[pd.Series, np.ndarray, np.ndarray]:
     return pd.Series(np.where(bad, None, values), index=series.index, dtype=object), bad, reasons
 
 
+def _canonical(f: Field) -> tuple[pa.Array, np.ndarray]:
+    """A coded field's canonical texts (``no``, ``yes`` or its categories, then the blank) and their codes."""
+    names = ["no", "yes"] if f.kind == "tristate" else list(f.allowed)
+    return pa.array([*names, ""], pa.string()), np.array([*range(len(names)), UNKNOWN], dtype=np.int8)
+
+
+_CANONICAL: dict[str, tuple[pa.Array, np.ndarray]] = {}
+
+
+def _canonical_codes(series: pd.Series, f: Field) -> np.ndarray | None:
+    """The codes of a text column whose every cell is a canonical text (how kneepain and most
+    exports write them), in one Arrow lookup; None when some cell is not (a null, ``Yes``, ``1``,
+    a typo: the caller's general path then reads it)."""
+    if f.name not in _CANONICAL:
+        _CANONICAL[f.name] = _canonical(f)
+    texts, codes = _CANONICAL[f.name]
+    index = pc.index_in(pa.array(series.array), value_set=texts)
+    if index.null_count:
+        return None
+    return codes[index.to_numpy(zero_copy_only=False)]
+
+
+_SMALL = 64  # below this many rows the general path costs no more
+
+
 def _parse_coded(series: pd.Series, f: Field) -> tuple[np.ndarray, np.ndarray]:
     """Codes and an error mask for a tri-state or category column (parses each unique value once)."""
+    if isinstance(series.dtype, pd.StringDtype) and series.dtype.storage == "pyarrow" and len(series) > _SMALL:
+        canonical = _canonical_codes(series, f)
+        if canonical is not None:
+            return canonical, np.zeros(len(series), dtype=bool)
     series, odd, _ = _plain_only(series)
     inverse, uniques = pd.factorize(series, use_na_sentinel=True)
     text = _as_text(np.asarray(uniques, dtype=object))

@@ -207,7 +207,9 @@ class SafetyNet:
         raised to the atypical floor and to the rules that fire."""
         cfg = self.cfg
         which, answer = self._pair_candidate[pair], self._pair_answer[pair]
-        weighted = proba[rows] * self._likelihood_rows[pair]
+        weighted = proba.take(rows, axis=0)
+        for j, at in _segments(pair):  # each pair's likelihood row, broadcast over its run of cases
+            weighted[at] *= self._likelihood_rows[j]
         level = cost_levels(cfg, weighted)
         same_day = np.flatnonzero(level == _EMERGENCY)
         if len(same_day):
