@@ -217,7 +217,20 @@ def _canonical_codes(series: pd.Series, f: Field) -> np.ndarray | None:
     return codes[index.to_numpy(zero_copy_only=False)]
 
 
-_SMALL = 64  # below this many rows the general path costs no more
+_SMALL = 64  # below this many rows a column is read value by value
+_LOOKUPS: dict[str, dict[str, int]] = {}
+
+
+def _lookups(f: Field) -> dict[str, int]:
+    """A coded field's accepted texts (lower-case, stripped) and their codes."""
+    if f.name not in _LOOKUPS:
+        if f.kind == "tristate":
+            # "1.0" and "0.0" are how pandas writes a 0/1 column that has blanks
+            _LOOKUPS[f.name] = {**{t: 1 for t in TRISTATE_YES}, **{t: 0 for t in TRISTATE_NO},
+                                **{t: UNKNOWN for t in _TRISTATE_UNKNOWN}, "1.0": 1, "0.0": 0}
+        else:
+            _LOOKUPS[f.name] = {**{name: i for i, name in enumerate(f.allowed)}, "": UNKNOWN, "unknown": UNKNOWN}
+    return _LOOKUPS[f.name]
 
 
 def _parse_coded(series: pd.Series, f: Field) -> tuple[np.ndarray, np.ndarray]:
@@ -227,18 +240,14 @@ def _parse_coded(series: pd.Series, f: Field) -> tuple[np.ndarray, np.ndarray]:
         if canonical is not None:
             return canonical, np.zeros(len(series), dtype=bool)
     series, odd, _ = _plain_only(series)
-    inverse, uniques = pd.factorize(series, use_na_sentinel=True)
-    text = _as_text(np.asarray(uniques, dtype=object))
-    if f.kind == "tristate":
-        # "1.0" and "0.0" are how pandas writes a 0/1 column that has blanks
-        lookup = {**{t: 1 for t in TRISTATE_YES}, **{t: 0 for t in TRISTATE_NO},
-                  **{t: UNKNOWN for t in _TRISTATE_UNKNOWN}, "1.0": 1, "0.0": 0}
+    lookup = _lookups(f)
+    if len(series) <= _SMALL:  # a few rows: each value looked up, without a factorisation's set-up
+        codes = np.array([lookup.get(t, -2) for t in _as_text(series.to_numpy(dtype=object))], dtype=np.int8)
     else:
-        lookup = {name: i for i, name in enumerate(f.allowed)}
-        lookup[""] = UNKNOWN
-        lookup["unknown"] = UNKNOWN
-    mapped = np.array([lookup.get(t, -2) for t in text] + [UNKNOWN], dtype=np.int8)
-    codes = mapped[inverse]  # factorize's -1 (missing) picks the trailing UNKNOWN
+        inverse, uniques = pd.factorize(series, use_na_sentinel=True)
+        text = _as_text(np.asarray(uniques, dtype=object))
+        mapped = np.array([lookup.get(t, -2) for t in text] + [UNKNOWN], dtype=np.int8)
+        codes = mapped[inverse]  # factorize's -1 (missing) picks the trailing UNKNOWN
     bad = (codes == -2) | odd
     codes[bad] = UNKNOWN
     return codes, bad
@@ -270,7 +279,7 @@ def _parse_number(series: pd.Series, f: Field) -> tuple[np.ndarray, np.ndarray, 
         raw = pd.Series(np.full(len(series), np.nan))
         bad_type = series.notna().to_numpy()
     elif pd.api.types.is_numeric_dtype(series.dtype):
-        raw = series.astype("Float64").astype(float)
+        raw = series.to_numpy(dtype=np.float64, na_value=np.nan)  # nullable integers' NA too
         bad_type = np.zeros(len(series), dtype=bool)
     elif isinstance(series.dtype, pd.StringDtype) and (fast := _arrow_number(series)) is not None:
         raw, bad_type = fast
@@ -285,7 +294,7 @@ def _parse_number(series: pd.Series, f: Field) -> tuple[np.ndarray, np.ndarray, 
         raw = pd.to_numeric(obj.where(~blank, np.nan).map(
             lambda v: v.strip() if isinstance(v, str) else v), errors="coerce")
         bad_type = (raw.isna() & ~blank).to_numpy()
-    values = raw.to_numpy(dtype=np.float64, na_value=np.nan)
+    values = raw if isinstance(raw, np.ndarray) else raw.to_numpy(dtype=np.float64, na_value=np.nan)
     with np.errstate(invalid="ignore"):
         bad_range = np.zeros(len(values), dtype=bool)
         if f.minimum is not None:

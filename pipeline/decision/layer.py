@@ -7,6 +7,8 @@ configuration, so scoring and serving are self-contained. :func:`decide` adds th
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
@@ -21,7 +23,7 @@ from pipeline.decision.screen import screen_names
 from pipeline.decision.triage import advice_codes, advice_table, reason_codes, reason_table, triage_levels
 
 __all__ = ["DECISION_COLUMNS", "DECISION_COLUMN_DOCS", "DECISION_COLUMN_TYPES",
-           "Decision", "decide", "fit_decision", "fit_decision_on"]
+           "Decision", "decide", "decision_columns", "fit_decision", "fit_decision_on"]
 
 DECISION_COLUMN_DOCS = {
     "triage": "`emergency`, `see_doctor_soon`, `see_doctor` or `self_care`: the expected-cost level, raised by red flags",
@@ -134,6 +136,13 @@ def decide(decision: Decision, kb: KnowledgeBase, parsed: ParsedCases, proba: np
     codes of :meth:`Decision.text_codes` instead of their texts (the same decisions)."""
     if len(parsed) == 0:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in DECISION_COLUMNS})
+    return pd.DataFrame(decision_columns(decision, kb, parsed, proba, codes=codes))
+
+
+def decision_columns(decision: Decision, kb: KnowledgeBase, parsed: ParsedCases, proba: np.ndarray, *,
+                     codes: bool = False) -> dict[str, Any]:
+    """:func:`decide`'s columns as arrays, by name, for at least one case (a caller adding them to
+    its own columns builds one frame)."""
     atypical, score, threshold = flag_atypical(kb, parsed, decision.atypical)
     net = decision.safety(kb)
     cfg, screen = decision.config, decision.screen
@@ -146,7 +155,7 @@ def decide(decision: Decision, kb: KnowledgeBase, parsed: ParsedCases, proba: np
     atypical_reason[atypical] = [f"answers fit none of the documented profiles well: surprise per answer "
                                  f"{s:.2f} > {t:.2f}" for s, t in zip(score[atypical], threshold[atypical])]  # rare
     advice_index = level.astype(np.int64) * decision._advice.shape[1] + proba.argmax(axis=1)
-    return pd.DataFrame({
+    return {
         "triage": lookup(LEVELS, level),
         "triage_reason": lookup(decision._reason_codes if codes else decision._reasons, reason),
         "safety_net": net.safety_net(level, open_, codes),
@@ -157,4 +166,4 @@ def decide(decision: Decision, kb: KnowledgeBase, parsed: ParsedCases, proba: np
         "screen": screen_names(decision.screen, matches),
         "atypical": atypical,
         "atypical_reason": pd.array(atypical_reason, dtype="str"),
-    })
+    }

@@ -17,7 +17,7 @@ from pipeline.core.cases import as_frame
 from pipeline.core.parsing import ParsedCases, ignored_columns_message, parse_cases
 from pipeline.core.schema import CONDITION_LABELS, CONDITIONS, ID_COLUMN
 from pipeline.core.textcols import join_ranked, lookup
-from pipeline.decision.layer import DECISION_COLUMN_DOCS, DECISION_COLUMN_TYPES, DECISION_COLUMNS, decide
+from pipeline.decision.layer import DECISION_COLUMN_DOCS, DECISION_COLUMN_TYPES, DECISION_COLUMNS, decision_columns
 from pipeline.serve.loading import LoadedModel, clear_model_cache, get_model
 
 __all__ = ["OUTPUT_TYPES", "clear_model_cache", "get_model", "output_columns", "output_dictionary_markdown", "predict",
@@ -67,11 +67,12 @@ def score_parsed(model: LoadedModel, parsed: ParsedCases, *, top_k: int = 3,
     for k, c in enumerate(CONDITIONS):
         out[f"p_{c}"] = proba[:, k]
     out[f"top{top_k}"] = join_ranked(CONDITIONS, order)
-    frame = pd.DataFrame(out)
     if model.decision is not None and model.kb is not None:
-        extra = decide(model.decision, model.kb, parsed, proba, codes=codes)
-        frame = pd.concat([frame, extra.set_axis(frame.index)], axis=1)
-    return frame
+        if len(parsed):
+            out.update(decision_columns(model.decision, model.kb, parsed, proba, codes=codes))
+        else:
+            out.update({c: pd.Series(dtype=object) for c in DECISION_COLUMNS})
+    return pd.DataFrame(out)
 
 
 def predict(cases: Any, model: str | Path | LoadedModel | None = None, top_k: int = 3) -> pd.DataFrame:
