@@ -280,8 +280,9 @@ def _score_parser(sub: argparse._SubParsersAction) -> None:
                    help="Dask scheduler address (default: a local cluster, one worker per core)")
     p.add_argument("--format", choices=("parquet", "csv"), default="parquet", help="part-file format (--engine dask)")
     p.add_argument("--jobs", type=int, default=1, metavar="N",
-                   help="parse and score in N processes (pandas engine; default 1). The output is the same; each "
-                        "process adds about 200 MB. 0: one per available core")
+                   help="parse and score in N processes (pandas engine; default 1: one process, scoring on two threads "
+                        "where two cores are free). The output is the same; each process adds about 200 MB. 0: one "
+                        "per available core")
     p.add_argument("--block-mb", type=float, default=None,
                    help="--engine dask: split a file into blocks of about this many MB, each scored by its own task "
                         "(default: the inputs in about two blocks per worker thread, at least 64 MB each, so small "

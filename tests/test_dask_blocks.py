@@ -128,3 +128,19 @@ def test_a_block_that_does_not_hold_its_planned_rows_is_refused(tmp_path):
     assert block.rows is not None and block.rows < 100
     with pytest.raises(BlockMismatchError, match=f"holds {block.rows} records, not the {block.rows + 1} planned"):
         list(iter_chunks(path, 10, block=block._replace(rows=block.rows + 1)))
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_one_file_gets_two_blocks_per_worker_by_default(tmp_path, workers, monkeypatch):
+    """The default block size splits one file into exactly BLOCKS_PER_WORKER blocks per worker:
+    a block fewer leaves a worker idle while another scores its second block."""
+    from pipeline.serve import dask as engine
+
+    monkeypatch.setattr(engine, "MIN_BLOCK_BYTES", 1)
+    path = tmp_path / "cases.csv"
+    path.write_bytes(b'"case_id","age","sex"\n' + b"".join(f"c{i:05d},{20 + i % 60},female\n".encode()
+                                                           for i in range(3001)))
+    size = engine.default_block_bytes([path], workers)
+    blocks = list(plan_blocks(path, chunk_rows=10, block_bytes=size))
+    assert len(blocks) == engine.BLOCKS_PER_WORKER * workers
+    assert sum(b.rows for b in blocks) == 3001

@@ -101,34 +101,44 @@ class _RecordScan:
         if self.close_pending and not _CLOSES_BEFORE[data[0]] or self.return_pending and data[0] != _NEWLINE:
             self.regular = False
         self.close_pending = False
-        newlines = np.flatnonzero(data == _NEWLINE)
-        quotes = np.flatnonzero(data == _QUOTE)
+        is_newline = data == _NEWLINE
         returns = np.flatnonzero(data == _RETURN)
         self.return_pending = bool(len(returns)) and returns[-1] == len(data) - 1
         if len(returns) and (data[returns[:len(returns) - self.return_pending] + 1] != _NEWLINE).any():
             self.regular = False  # a lone carriage return ends a record for Arrow
-        if len(quotes):
-            ends = newlines[self._even_quotes_before(data, quotes, newlines)]
+        is_quote = data == _QUOTE
+        if is_quote.any():
+            ends = np.flatnonzero(is_newline & ~self._inside_quotes(data, is_quote, is_newline))
         else:
-            ends = newlines[:0] if self.quotes_odd else newlines
+            ends = np.flatnonzero(is_newline) if not self.quotes_odd else np.empty(0, dtype=np.intp)
         ends = self._non_empty(data, ends)
         self.pos += len(data)
         self.last_byte = int(data[-1])
         self.records += len(ends)
         return ends
 
-    def _even_quotes_before(self, data: np.ndarray, quotes: np.ndarray, newlines: np.ndarray) -> np.ndarray:
-        """Which ``newlines`` are outside quotes; checks that every quote opens, closes or escapes as RFC 4180 has it."""
-        padded = np.empty(len(data) + 2, dtype=np.uint8)  # the byte before each quote is padded[q], after it padded[q + 2]
-        padded[0], padded[1:-1], padded[-1] = self.last_byte, data, _NEWLINE  # the next window's byte: checked there
-        first_opening = int(self.quotes_odd)  # quotes alternate: opening (or an escape's second), closing (or its first)
-        if not (_OPENS_AFTER[padded[quotes[first_opening::2]]].all()
-                and _CLOSES_BEFORE[padded[quotes[1 - first_opening::2] + 2]].all()):
+    def _inside_quotes(self, data: np.ndarray, is_quote: np.ndarray, is_newline: np.ndarray) -> np.ndarray:
+        """Per byte, whether a quoted field is open after it; checks that every quote opens, closes
+        or escapes as RFC 4180 has it. Whole-window masks rather than the quotes' positions: a
+        file that quotes every field has about one quote in three bytes."""
+        # the parity of the quotes so far: a quote that leaves it odd opens a field (or is the
+        # second of an escaped ""), one that leaves it even closes it (or is the first)
+        inside = np.bitwise_xor.accumulate(is_quote.view(np.uint8)).view(bool)
+        if self.quotes_odd:
+            inside = ~inside
+        opening = is_quote & inside
+        closing = is_quote & ~inside
+        comma = data == _COMMA
+        # the byte before an opening quote ends a field or a record, or is a quote; the byte
+        # after a closing one ends a field or a record, or is a quote (the last byte: the next window)
+        opens_ok = comma[:-1] | is_newline[:-1] | is_quote[:-1]
+        closes_ok = comma[1:] | is_newline[1:] | is_quote[1:] | (data[1:] == _RETURN)
+        if (opening[0] and not _OPENS_AFTER[self.last_byte] or (opening[1:] & ~opens_ok).any()
+                or (closing[:-1] & ~closes_ok).any()):
             self.regular = False
-        self.close_pending = bool(quotes[-1] == len(data) - 1 and (len(quotes) - 1) % 2 != first_opening)
-        odd_at = (np.searchsorted(quotes, newlines) % 2 == 1) != self.quotes_odd
-        self.quotes_odd ^= bool(len(quotes) % 2)
-        return ~odd_at
+        self.close_pending = bool(closing[-1])
+        self.quotes_odd = bool(inside[-1])
+        return inside
 
     def _non_empty(self, data: np.ndarray, ends: np.ndarray) -> np.ndarray:
         """``ends`` (window offsets) as file offsets, less those of empty lines (no record to Arrow)."""

@@ -35,7 +35,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from pipeline.core.blocks import MIN_BLOCK_BYTES, plan_blocks
-from pipeline.core.casefiles import BlockMismatchError, FileBlock, file_columns, iter_chunks
+from pipeline.core.casefiles import BlockMismatchError, FileBlock, csv_data_start, file_columns, iter_chunks
 from pipeline.core.cluster import DaskJobError, gather, temp_folder
 from pipeline.core.errors import BatchInputError, ModelIntegrityError
 from pipeline.core.files import tmp_path
@@ -210,9 +210,15 @@ def _publish(tmp: Path, results: list[_BlockResult], target: Path, rschema: pa.S
 
 def default_block_bytes(paths: Sequence[Path], workers: int) -> int:
     """The block size :func:`score_files_dask` uses by default: the inputs in ``BLOCKS_PER_WORKER``
-    blocks per worker thread, at least :data:`pipeline.core.blocks.MIN_BLOCK_BYTES`."""
-    total = sum(Path(p).stat().st_size for p in paths)
-    return max(MIN_BLOCK_BYTES, -(-total // (BLOCKS_PER_WORKER * max(workers, 1))))
+    blocks per worker thread, at least :data:`pipeline.core.blocks.MIN_BLOCK_BYTES`.
+
+    The size is that of the data, headers left out, rounded down: a planner makes as many blocks
+    as whole block sizes fit in a file's data, so one CSV gets exactly that many blocks (a size
+    rounded up, or counting the header, made one block fewer, and a worker waited on the other's
+    second block: 2 workers scored one file 1.6x faster than one instead of about 1.9x)."""
+    total = sum(Path(p).stat().st_size - (csv_data_start(p) if Path(p).suffix.lower() == ".csv" else 0)
+                for p in paths)
+    return max(MIN_BLOCK_BYTES, total // (BLOCKS_PER_WORKER * max(workers, 1)))
 
 
 _Scored = tuple[list[tuple[int, FileBlock]], list[_BlockResult]]  # (file, block) units and their results
