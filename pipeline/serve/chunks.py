@@ -3,8 +3,8 @@
 :func:`validate_chunk` (= :func:`parse_chunk` + :func:`reject_repeated`) and :func:`score_chunk`
 are what every engine runs on a chunk; :class:`SeenIds` remembers the case ids of earlier chunks.
 For ``kneepain score`` a chunk is scored, shaped and encoded where it is parsed
-(:class:`ChunkScorer`: one background thread, or N spawned processes that each hold the model),
-so the process that reads and writes only appends the result.
+(:class:`ChunkScorer`: two background threads where two cores are free, or N spawned processes
+that each hold the model), so the process that reads and writes only appends the result.
 """
 
 from __future__ import annotations

