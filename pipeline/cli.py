@@ -7,7 +7,6 @@ Each command is ``_<name>_parser(subparsers)`` plus ``_<name>(args) -> int``; :f
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -312,6 +311,7 @@ def _score_options(args: argparse.Namespace):
 def _score_pandas(args: argparse.Namespace, warn: Callable[[str], None], options):
     """Score in this process; with --adapt-priors under the batch's estimated case mix; with --report the page."""
     from pipeline.serve.batch import score_files
+    from pipeline.serve.chunks import available_cores
     from pipeline.serve.loading import get_model
     from pipeline.serve.reading import lean_memory_pool
 
@@ -323,7 +323,7 @@ def _score_pandas(args: argparse.Namespace, warn: Callable[[str], None], options
 
         estimate = estimate_batch_prior(args.inputs, model, chunk_rows=args.chunk_rows)
         model = PriorShiftedModel.from_model(model, estimate)
-    jobs = args.jobs or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    jobs = args.jobs or available_cores()
     summary = score_files(args.inputs, args.output, model, chunk_rows=args.chunk_rows, options=options,
                           rejects=args.rejects, jobs=jobs, progress=not args.quiet and sys.stderr.isatty(), warn=warn)
     if estimate is not None:

@@ -12,6 +12,7 @@ import datetime
 import decimal
 import math
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -195,22 +196,19 @@ def _plain_only(series: pd.Series) -> tuple[pd.Series, np.ndarray, np.ndarray]:
     return pd.Series(np.where(bad, None, values), index=series.index, dtype=object), bad, reasons
 
 
-def _canonical(f: Field) -> tuple[pa.Array, np.ndarray]:
+@cache
+def _canonical(name: str) -> tuple[pa.Array, np.ndarray]:
     """A coded field's canonical texts (``no``, ``yes`` or its categories, then the blank) and their codes."""
+    f = field(name)
     names = ["no", "yes"] if f.kind == "tristate" else list(f.allowed)
     return pa.array([*names, ""], pa.string()), np.array([*range(len(names)), UNKNOWN], dtype=np.int8)
-
-
-_CANONICAL: dict[str, tuple[pa.Array, np.ndarray]] = {}
 
 
 def _canonical_codes(series: pd.Series, f: Field) -> np.ndarray | None:
     """The codes of a text column whose every cell is a canonical text (how kneepain and most
     exports write them), in one Arrow lookup; None when some cell is not (a null, ``Yes``, ``1``,
     a typo: the caller's general path then reads it)."""
-    if f.name not in _CANONICAL:
-        _CANONICAL[f.name] = _canonical(f)
-    texts, codes = _CANONICAL[f.name]
+    texts, codes = _canonical(f.name)
     index = pc.index_in(pa.array(series.array), value_set=texts)
     if index.null_count:
         return None
@@ -218,19 +216,17 @@ def _canonical_codes(series: pd.Series, f: Field) -> np.ndarray | None:
 
 
 _SMALL = 64  # below this many rows a column is read value by value
-_LOOKUPS: dict[str, dict[str, int]] = {}
 
 
-def _lookups(f: Field) -> dict[str, int]:
+@cache
+def _lookups(name: str) -> dict[str, int]:
     """A coded field's accepted texts (lower-case, stripped) and their codes."""
-    if f.name not in _LOOKUPS:
-        if f.kind == "tristate":
-            # "1.0" and "0.0" are how pandas writes a 0/1 column that has blanks
-            _LOOKUPS[f.name] = {**{t: 1 for t in TRISTATE_YES}, **{t: 0 for t in TRISTATE_NO},
-                                **{t: UNKNOWN for t in _TRISTATE_UNKNOWN}, "1.0": 1, "0.0": 0}
-        else:
-            _LOOKUPS[f.name] = {**{name: i for i, name in enumerate(f.allowed)}, "": UNKNOWN, "unknown": UNKNOWN}
-    return _LOOKUPS[f.name]
+    f = field(name)
+    if f.kind == "tristate":
+        # "1.0" and "0.0" are how pandas writes a 0/1 column that has blanks
+        return {**{t: 1 for t in TRISTATE_YES}, **{t: 0 for t in TRISTATE_NO},
+                **{t: UNKNOWN for t in _TRISTATE_UNKNOWN}, "1.0": 1, "0.0": 0}
+    return {**{c: i for i, c in enumerate(f.allowed)}, "": UNKNOWN, "unknown": UNKNOWN}
 
 
 def _parse_coded(series: pd.Series, f: Field) -> tuple[np.ndarray, np.ndarray]:
@@ -240,7 +236,7 @@ def _parse_coded(series: pd.Series, f: Field) -> tuple[np.ndarray, np.ndarray]:
         if canonical is not None:
             return canonical, np.zeros(len(series), dtype=bool)
     series, odd, _ = _plain_only(series)
-    lookup = _lookups(f)
+    lookup = _lookups(f.name)
     if len(series) <= _SMALL:  # a few rows: each value looked up, without a factorisation's set-up
         codes = np.array([lookup.get(t, -2) for t in _as_text(series.to_numpy(dtype=object))], dtype=np.int8)
     else:

@@ -134,15 +134,15 @@ def decide(decision: Decision, kb: KnowledgeBase, parsed: ParsedCases, proba: np
 
     With ``codes``, ``triage_reason``, ``advice``, ``safety_net`` and ``ask_next`` hold the short
     codes of :meth:`Decision.text_codes` instead of their texts (the same decisions)."""
-    if len(parsed) == 0:
-        return pd.DataFrame({c: pd.Series(dtype=object) for c in DECISION_COLUMNS})
     return pd.DataFrame(decision_columns(decision, kb, parsed, proba, codes=codes))
 
 
 def decision_columns(decision: Decision, kb: KnowledgeBase, parsed: ParsedCases, proba: np.ndarray, *,
                      codes: bool = False) -> dict[str, Any]:
-    """:func:`decide`'s columns as arrays, by name, for at least one case (a caller adding them to
-    its own columns builds one frame)."""
+    """:func:`decide`'s columns as arrays, by name (a caller adding them to its own columns builds
+    one frame); empty object columns for no cases."""
+    if len(parsed) == 0:
+        return {c: pd.Series(dtype=object) for c in DECISION_COLUMNS}
     atypical, score, threshold = flag_atypical(kb, parsed, decision.atypical)
     net = decision.safety(kb)
     cfg, screen = decision.config, decision.screen

@@ -28,8 +28,8 @@ from pipeline.serve.loading import LoadedModel
 from pipeline.serve.predict import score_parsed
 from pipeline.serve.writing import encode_csv, output_table, reject_table
 
-__all__ = ["ChunkScorer", "Done", "FileJob", "SeenIds", "chunk_ids", "parse_chunk", "reject_repeated", "score_chunk",
-           "score_valid", "scorer_threads", "validate_chunk"]
+__all__ = ["ChunkScorer", "Done", "FileJob", "SeenIds", "available_cores", "chunk_ids", "parse_chunk", "reject_repeated",
+           "score_chunk", "score_valid", "scorer_threads", "validate_chunk"]
 
 
 _ERROR_COLUMNS = ["row", "column", "value", "reason"]
@@ -225,6 +225,11 @@ def _in_worker(*args) -> Done:
     return _score_one(_WORKER_MODEL, *args)
 
 
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the system has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def scorer_threads() -> int:
     """Scoring threads of one process: two where two cores are available, else one.
 
@@ -232,8 +237,7 @@ def scorer_threads() -> int:
     scores another chunk meanwhile (a 1M-row CSV: 10.9 s on one thread, 7.9 s on two, on 2 cores);
     a third gained nothing there, and each adds a chunk's working memory (about 40 MB at 16k rows).
     """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return min(2, cores)
+    return min(2, available_cores())
 
 
 class ChunkScorer:
@@ -241,10 +245,10 @@ class ChunkScorer:
     ``jobs`` spawned processes that each hold the model, sent once. Results come back through
     each chunk's future, so the caller keeps the file's order; ``width`` chunks are worked on at once."""
 
-    def __init__(self, model: LoadedModel, jobs: int, threads: int | None = None):
+    def __init__(self, model: LoadedModel, jobs: int):
         self._pool: ThreadPoolExecutor | ProcessPoolExecutor
         if jobs <= 1:
-            self.width = threads or scorer_threads()
+            self.width = scorer_threads()
             self._pool = ThreadPoolExecutor(max_workers=self.width, thread_name_prefix="kneepain-scorer")
             self._run: Callable[..., Done] = functools.partial(_score_one, model)
         else:

@@ -68,10 +68,7 @@ def score_parsed(model: LoadedModel, parsed: ParsedCases, *, top_k: int = 3,
         out[f"p_{c}"] = proba[:, k]
     out[f"top{top_k}"] = join_ranked(CONDITIONS, order)
     if model.decision is not None and model.kb is not None:
-        if len(parsed):
-            out.update(decision_columns(model.decision, model.kb, parsed, proba, codes=codes))
-        else:
-            out.update({c: pd.Series(dtype=object) for c in DECISION_COLUMNS})
+        out.update(decision_columns(model.decision, model.kb, parsed, proba, codes=codes))
     return pd.DataFrame(out)
 
 
