@@ -19,7 +19,7 @@ import pytest
 pytest.importorskip("distributed")
 from distributed import WorkerPlugin, get_task_stream
 
-from pipeline.core.cluster import DaskJobError, dask_client
+from pipeline.core.cluster import LOCAL_WORKER_CONFIG, DaskJobError, dask_client
 from pipeline.core.errors import BatchInputError
 from pipeline.core.parsing import codes_to_text_frame
 from pipeline.core.schema import ID_COLUMN
@@ -45,7 +45,7 @@ def client():
     from distributed import Client, LocalCluster
 
     # one retry after a worker death (the default is 3): keeps the "killed every time" test short
-    with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1, **LOCAL_WORKER_CONFIG}):
         cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                                dashboard_address=None)
     client = Client(cluster)
@@ -345,15 +345,24 @@ def test_train_with_the_dask_backend_matches_local(client, small_data, small_con
     assert {c.name: c.cv_accuracy for c in remote.candidates} == {c.name: c.cv_accuracy for c in local.candidates}
 
 
-def test_dask_client_joins_a_scheduler_or_starts_a_local_cluster(client):
+def _trim_threshold() -> str | None:
+    return os.environ.get("MALLOC_TRIM_THRESHOLD_")
+
+
+def test_dask_client_joins_a_scheduler_or_starts_a_local_cluster(client, monkeypatch):
     import dask
 
     with dask_client(client.scheduler.address) as joined:
         assert joined.submit(sum, [1, 2]).result() == 3
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
     with dask_client(n_workers=1) as local:
         info = local.scheduler_info()
         assert len(info["workers"]) == 1
         assert all(w["nthreads"] == 1 for w in info["workers"].values())
+        # glibc's adaptive mmap threshold stays on in the workers (Dask's trim threshold turns it
+        # off, and a scoring worker then spends a third of its time page-faulting)
+        assert list(local.run(_trim_threshold).values()) == [None]
+    assert _trim_threshold() is None  # nor is it left in this process for later workers to inherit
     with pytest.raises(ValueError, match="n_workers"):
         with dask_client(client.scheduler.address, n_workers=2):
             pass
