@@ -14,7 +14,7 @@ from pipeline.data.datasets import labels
 from pipeline.decision.atypical import fit_atypical, flag_atypical
 from pipeline.decision.conformal import blank_at_random, credible_sets, fit_conformal, prediction_sets, set_cells
 from pipeline.decision.safety import SafetyNet
-from pipeline.decision.screen import unanswered
+from pipeline.decision.screen import rule_fires, unanswered
 from pipeline.decision.triage import FIRST_RULE_REASON, cost_levels, red_flags, triage_levels
 
 DVT = CONDITIONS.index("dvt")
@@ -266,3 +266,33 @@ def test_age_and_sex_alone_never_send_anyone_to_emergency(trained):
     out = predict(cases, model=models)
     assert (out["triage"] != "emergency").all(), out.loc[out["triage"] == "emergency", ["triage_reason", "p_dvt"]].to_string()
     assert (out["safety_net"] != "").all()  # each is told what would send them the same day
+
+
+def _state_by_definition(rule, case):
+    """(fires, open) of one rule for one case (a dict of scalars), field by field in plain Python."""
+    def matches(name, answers):
+        return bool(rule_fires({name: answers}, {}, {k: np.array([v]) for k, v in case.items()})[0])
+
+    def unknown(name):
+        return bool(unanswered(name, {name: np.array([case[name]])})[0])
+
+    fires = all(matches(n, a) for n, a in rule.all.items()) and (
+        not rule.any or any(matches(n, a) for n, a in rule.any.items()))
+    could = all(matches(n, a) or unknown(n) for n, a in rule.all.items()) and (
+        not rule.any or any(matches(n, a) or unknown(n) for n, a in rule.any.items()))
+    return fires, could and not fires
+
+
+def test_rules_fire_and_stay_open_as_defined_on_generated_and_blanked_cases(net, kb):
+    """fires_and_open (each field matched once for both) agrees with matching each field of each
+    rule on its own, case by case, with many answers and with few."""
+    parsed = parse_cases(generate_cases(kb, 120, seed=5))
+    for cases in (parsed, blank_at_random(parsed, 0.6, seed=2)):
+        fires, open_ = net.fires_and_open(cases.codes)
+        assert np.array_equal(fires, net.fires(cases.codes))
+        assert np.array_equal(open_, net.open_rules(cases.codes))
+        for i in range(len(parsed)):
+            case = {k: v[i] for k, v in cases.codes.items()}
+            assert [(bool(fires[i, k]), bool(open_[i, k])) for k in range(len(net.rules))] == \
+                [_state_by_definition(rule, case) for rule in net.rules]
+        assert open_.any() and fires.any()  # both sides of the comparison are exercised

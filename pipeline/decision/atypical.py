@@ -32,9 +32,10 @@ def n_known(parsed: ParsedCases) -> np.ndarray:
     return known
 
 
-def surprise(kb: KnowledgeBase, parsed: ParsedCases) -> np.ndarray:
-    """Average negative log-likelihood per answered field, shape (n_cases,)."""
-    return -log_density(kb, parsed) / np.maximum(n_known(parsed), 1)
+def surprise(kb: KnowledgeBase, parsed: ParsedCases, known: np.ndarray | None = None) -> np.ndarray:
+    """Average negative log-likelihood per answered field, shape (n_cases,) (``known``:
+    :func:`n_known`, if the caller has it)."""
+    return -log_density(kb, parsed) / np.maximum(n_known(parsed) if known is None else known, 1)
 
 
 def _blanked(parsed: ParsedCases, rng: np.random.Generator) -> ParsedCases:
@@ -68,6 +69,7 @@ def fit_atypical(kb: KnowledgeBase, parsed_calib: ParsedCases, quantile: float, 
 def flag_atypical(kb: KnowledgeBase, parsed: ParsedCases, fitted: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(flag, score, threshold) per case: flagged when the score is above the threshold for its
     number of answered fields."""
-    scores = surprise(kb, parsed)
-    threshold = np.asarray(fitted["thresholds_by_n_known"])[n_known(parsed)]
+    known = n_known(parsed)
+    scores = surprise(kb, parsed, known)
+    threshold = np.asarray(fitted["thresholds_by_n_known"])[known]
     return scores > threshold, scores, threshold

@@ -15,7 +15,7 @@ import pandas as pd
 from pipeline.core.config import LEVELS, ScreenConfig, TriageConfig
 from pipeline.core.knowledge import KnowledgeBase
 from pipeline.core.parsing import ParsedCases
-from pipeline.core.textcols import lookup
+from pipeline.core.textcols import lookup, text_array
 from pipeline.decision.atypical import fit_atypical, flag_atypical
 from pipeline.decision.conformal import blank_at_random, fit_conformal, format_sets, prediction_sets
 from pipeline.decision.safety import SafetyNet
@@ -146,7 +146,7 @@ def decision_columns(decision: Decision, kb: KnowledgeBase, parsed: ParsedCases,
     atypical, score, threshold = flag_atypical(kb, parsed, decision.atypical)
     net = decision.safety(kb)
     cfg, screen = decision.config, decision.screen
-    fires, open_ = net.fires(parsed.codes), net.open_rules(parsed.codes)  # every rule matched once
+    fires, open_ = net.fires_and_open(parsed.codes)  # every rule matched once
     matches = fires[:, len(cfg.red_flags):]  # the screen's rules
     level, reason = triage_levels(cfg, parsed.codes, proba, atypical, screen, fires, net, open_)
     ask_next = net.ask_next(proba, parsed.codes, level, atypical, fires, codes_out=codes)
@@ -165,5 +165,5 @@ def decision_columns(decision: Decision, kb: KnowledgeBase, parsed: ParsedCases,
         "differential_size": size.astype(np.int64),
         "screen": screen_names(decision.screen, matches),
         "atypical": atypical,
-        "atypical_reason": pd.array(atypical_reason, dtype="str"),
+        "atypical_reason": text_array(atypical_reason),
     }

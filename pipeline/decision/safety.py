@@ -33,7 +33,7 @@ from pipeline.core.textcols import join_ranked
 from pipeline.core.wording import question
 from pipeline.decision.conformal import known_share
 from pipeline.decision.costs import cost_levels
-from pipeline.decision.screen import rule_fires, rule_open, unanswered
+from pipeline.decision.screen import rule_fires, rule_open, rule_state, unanswered
 
 __all__ = ["Rule", "SafetyNet", "answer_likelihoods", "per_rule", "rules_of"]
 
@@ -56,6 +56,10 @@ class Rule:
     def open(self, codes: dict[str, np.ndarray]) -> np.ndarray:
         """Per case, whether unanswered questions could still make the rule fire (it does not yet)."""
         return rule_open(self.all, self.any, codes)
+
+    def state(self, codes: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`fires` and :meth:`open` together, each field matched once."""
+        return rule_state(self.all, self.any, codes)
 
     @property
     def fields(self) -> list[str]:
@@ -131,6 +135,14 @@ class SafetyNet:
     def fires(self, codes: dict[str, np.ndarray]) -> np.ndarray:
         """(n_cases, n_rules): which rules fire (the red flags, then the screen's rules)."""
         return per_rule(self.rules, Rule.fires, codes)
+
+    def fires_and_open(self, codes: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`fires` and :meth:`open_rules` with every rule matched once."""
+        n = len(codes["age"])
+        if not self.rules:
+            return np.zeros((n, 0), bool), np.zeros((n, 0), bool)
+        states = [r.state(codes) for r in self.rules]
+        return np.column_stack([f for f, _ in states]), np.column_stack([o for _, o in states])
 
     def rests_on_unknowns(self, proba: np.ndarray, codes: dict[str, np.ndarray], open_: np.ndarray,
                           cost_level_of, check_prior: bool = True) -> np.ndarray:

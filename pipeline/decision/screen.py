@@ -9,31 +9,43 @@ The rules are data (``configs/screen.yaml``), stored with the model like the res
 
 from __future__ import annotations
 
+from functools import cache
+
 import numpy as np
 
 from pipeline.core.config import ScreenConfig, ScreenRule
 from pipeline.core.schema import UNKNOWN, field
 from pipeline.core.textcols import join_ranked
 
-__all__ = ["rule_fires", "rule_open", "screen_matches", "screen_names", "unanswered"]
+__all__ = ["rule_fires", "rule_open", "rule_state", "screen_matches", "screen_names", "unanswered"]
+
+
+@cache
+def _wanted(name: str, answers: tuple[str, ...]) -> tuple[bool, tuple]:
+    """What ``answers`` of field ``name`` match, found once per rule rather than per call: for a
+    number (True, its (test, bound) pairs: "unknown", ">=", "<="), for a yes/no or category field
+    (False, its codes)."""
+    f = field(name)
+    if f.kind in ("integer", "float"):
+        return True, tuple(("unknown", np.nan) if a == "unknown" else (a[:2], float(a[2:])) for a in answers)
+    values = ("no", "yes") if f.kind == "tristate" else f.allowed  # tri-state codes: 0 no, 1 yes
+    return False, tuple(UNKNOWN if a == "unknown" else values.index(a) for a in answers)
 
 
 def _matches(name: str, answers: list[str], codes: dict[str, np.ndarray]) -> np.ndarray:
-    f = field(name)
+    number, wanted = _wanted(name, tuple(answers))
     c = codes[name]
-    if f.kind in ("integer", "float"):
+    if number:
         hit = np.zeros(len(c), dtype=bool)
         known = ~np.isnan(c)
-        for a in answers:
-            if a == "unknown":
+        for test, bound in wanted:
+            if test == "unknown":
                 hit |= ~known
-            elif a.startswith("<="):
-                hit |= known & (c <= float(a[2:]))
+            elif test == "<=":
+                hit |= known & (c <= bound)
             else:
-                hit |= known & (c >= float(a[2:]))
+                hit |= known & (c >= bound)
         return hit
-    values = ("no", "yes") if f.kind == "tristate" else f.allowed  # tri-state codes: 0 no, 1 yes
-    wanted = [UNKNOWN if a == "unknown" else values.index(a) for a in answers]
     hit = c == wanted[0]  # a few comparisons: np.isin costs ~30x more on the short arrays of one case
     for w in wanted[1:]:
         hit |= c == w
@@ -57,15 +69,28 @@ def unanswered(name: str, codes: dict[str, np.ndarray]) -> np.ndarray:
     return np.isnan(c) if field(name).kind in ("integer", "float") else c == UNKNOWN
 
 
+def rule_state(all_: dict[str, list[str]], any_: dict[str, list[str]],
+               codes: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Per case, whether the rule fires (as :func:`rule_fires`) and whether it is open: it does
+    not fire, but could once unanswered fields are answered (every ``all`` field matches or is
+    unanswered, and so does one ``any`` field, if given). Each field is matched once for both."""
+    fires = np.ones(len(codes["age"]), dtype=bool)
+    possible = fires.copy()
+    for name, answers in all_.items():
+        hit = _matches(name, answers, codes)
+        fires &= hit
+        possible &= hit | unanswered(name, codes)
+    if any_:
+        hits = {n: _matches(n, a, codes) for n, a in any_.items()}
+        fires &= np.logical_or.reduce(list(hits.values()))
+        possible &= np.logical_or.reduce([hit | unanswered(n, codes) for n, hit in hits.items()])
+    return fires, possible & ~fires
+
+
 def rule_open(all_: dict[str, list[str]], any_: dict[str, list[str]], codes: dict[str, np.ndarray]) -> np.ndarray:
     """Per case, whether a rule that does not fire could still fire once unanswered fields are
-    answered: every ``all`` field matches or is unanswered, and so does one ``any`` field (if given)."""
-    possible = np.ones(len(codes["age"]), dtype=bool)
-    for name, answers in all_.items():
-        possible &= _matches(name, answers, codes) | unanswered(name, codes)
-    if any_:
-        possible &= np.logical_or.reduce([_matches(n, a, codes) | unanswered(n, codes) for n, a in any_.items()])
-    return possible & ~rule_fires(all_, any_, codes)
+    answered (:func:`rule_state`'s second half)."""
+    return rule_state(all_, any_, codes)[1]
 
 
 def _rule(rule: ScreenRule, codes: dict[str, np.ndarray]) -> np.ndarray:
