@@ -296,3 +296,17 @@ def test_rules_fire_and_stay_open_as_defined_on_generated_and_blanked_cases(net,
             assert [(bool(fires[i, k]), bool(open_[i, k])) for k in range(len(net.rules))] == \
                 [_state_by_definition(rule, case) for rule in net.rules]
         assert open_.any() and fires.any()  # both sides of the comparison are exercised
+
+
+def test_unanswered_matrix_is_each_fields_unanswered_in_the_order_asked(kb):
+    from pipeline.core.parsing import unanswered_matrix
+    from pipeline.core.schema import FIELD_NAMES
+
+    cases = blank_at_random(parse_cases(generate_cases(kb, 200, seed=8)), 0.5, seed=4)
+    names = tuple(reversed(FIELD_NAMES))  # numbers and coded fields interleaved, not in schema order
+    got = unanswered_matrix(cases.codes, names)
+    assert got.shape == (200, len(names))
+    for k, name in enumerate(names):
+        assert np.array_equal(got[:, k], unanswered(name, cases.codes)), name
+    assert got.any() and not got.all()
+    assert unanswered_matrix(cases.codes, ()).shape == (200, 0)

@@ -38,7 +38,7 @@ from pipeline.core.schema import (
 )
 
 __all__ = ["ParsedCases", "codes_to_frame", "codes_to_text_frame", "ignored_columns_message", "normalise_ids",
-           "parse_cases"]
+           "parse_cases", "unanswered_matrix"]
 
 
 def ignored_columns_message(columns: tuple[str, ...] | list[str], where: str = "") -> str:
@@ -108,6 +108,32 @@ def _empty_errors() -> pd.DataFrame:
         _EMPTY_ERRORS = pd.DataFrame({"row": pd.Series(dtype="int64"), "column": pd.Series(dtype="str"),
                                       "value": pd.Series(dtype="str"), "reason": pd.Series(dtype="str")})
     return _EMPTY_ERRORS.copy()
+
+
+@cache
+def _unanswered_plan(names: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...], np.ndarray]:
+    """The number fields and the coded fields of ``names``, and where each name's column lands
+    when the numbers' columns are followed by the coded ones."""
+    numbers = tuple(n for n in names if field(n).kind in ("integer", "float"))
+    coded = tuple(n for n in names if n not in numbers)
+    position = {n: i for i, n in enumerate(numbers + coded)}
+    return numbers, coded, np.array([position[n] for n in names], dtype=np.intp)
+
+
+def unanswered_matrix(codes: dict[str, np.ndarray], names: tuple[str, ...]) -> np.ndarray:
+    """(n_cases, len(names)) bool: which of the fields ``names`` each case left unanswered (a
+    missing number, or the unknown code), in two array operations rather than one per field."""
+    numbers, coded, position = _unanswered_plan(names)
+    n = len(codes["age"])
+    parts = []
+    if numbers:
+        parts.append(np.isnan(np.stack([codes[k] for k in numbers], axis=1)))
+    if coded:
+        parts.append(np.stack([codes[k] for k in coded], axis=1) == UNKNOWN)
+    if not parts:
+        return np.zeros((n, 0), dtype=bool)
+    both = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+    return both[:, position]
 
 
 def codes_to_frame(codes: dict[str, np.ndarray]) -> pd.DataFrame:

@@ -15,8 +15,8 @@ import numpy as np
 
 from pipeline.core.knowledge import KnowledgeBase
 from pipeline.core.oracle import log_density
-from pipeline.core.parsing import ParsedCases
-from pipeline.core.schema import FIELDS
+from pipeline.core.parsing import ParsedCases, unanswered_matrix
+from pipeline.core.schema import FIELD_NAMES, FIELDS
 
 __all__ = ["surprise", "fit_atypical", "flag_atypical", "n_known"]
 
@@ -25,11 +25,8 @@ _COPIES = 4  # blanked copies of calib, each case with its own blanking rate
 
 
 def n_known(parsed: ParsedCases) -> np.ndarray:
-    known = np.zeros(len(parsed), dtype=np.int32)
-    for f in FIELDS:
-        c = parsed.codes[f.name]
-        known += ~np.isnan(c) if f.kind in ("integer", "float") else (c >= 0)
-    return known
+    """Per case, how many fields are answered."""
+    return (~unanswered_matrix(parsed.codes, FIELD_NAMES)).sum(axis=1, dtype=np.int32)
 
 
 def surprise(kb: KnowledgeBase, parsed: ParsedCases, known: np.ndarray | None = None) -> np.ndarray:

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core.config import ConformalConfig
-from pipeline.core.parsing import ParsedCases
+from pipeline.core.parsing import ParsedCases, unanswered_matrix
 from pipeline.core.schema import CONDITIONS, FIELDS
 from pipeline.core.textcols import join_ranked
 
@@ -29,12 +29,12 @@ __all__ = ["blank_at_random", "credible_sets", "fit_conformal", "format_sets", "
            "set_cells"]
 
 _OPTIONAL = [f for f in FIELDS if not f.required]
+_OPTIONAL_NAMES = tuple(f.name for f in _OPTIONAL)
 
 
 def known_share(codes: dict[str, np.ndarray]) -> np.ndarray:
     """Per case, the share of the optional answers that are known."""
-    known = [~np.isnan(codes[f.name]) if f.kind in ("integer", "float") else codes[f.name] >= 0 for f in _OPTIONAL]
-    return np.sum(known, axis=0) / len(_OPTIONAL)
+    return (~unanswered_matrix(codes, _OPTIONAL_NAMES)).sum(axis=1) / len(_OPTIONAL)
 
 
 def blank_at_random(parsed: ParsedCases, rate: float, seed: int) -> ParsedCases:
