@@ -130,14 +130,17 @@ def run_command(cmd: Sequence[str], *, env: dict[str, str] | None = None,
 
 
 def time_in_child(case: Callable[[int], Callable[[], Any]], n: int, *, repeats: int = 3,
-                  warmup: int = 1) -> Measurement:
+                  warmup: int = 1, collect: bool = True) -> Measurement:
     """Time ``case(n)()`` in a fresh interpreter: best of ``repeats`` runs after ``warmup`` runs.
 
     ``case`` must be a module-level function of an importable module; it does the untimed setup
-    and returns the callable to time.
+    and returns the callable to time. With ``collect`` (the default) a full garbage collection
+    runs before each timed run, so one run's garbage is not collected inside the next; without
+    it the runs follow each other as in a caller's loop (for calls of a few milliseconds, where
+    a full collection walks the whole heap and leaves the CPU caches cold for the call after it).
     """
     cmd = [sys.executable, "-m", "benchmarks.harness", case.__module__, case.__qualname__, str(n),
-           "--repeats", str(repeats), "--warmup", str(warmup)]
+           "--repeats", str(repeats), "--warmup", str(warmup), *([] if collect else ["--no-collect"])]
     child = run_command(cmd, cwd=REPO_ROOT)
     lines = child.stdout.strip().splitlines()
     try:
@@ -179,6 +182,7 @@ def _child_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("n", type=int)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--no-collect", action="store_true", help="no gc.collect() before each timed run")
     args = parser.parse_args(argv)
     call = getattr(importlib.import_module(args.module), args.function)(args.n)
     setup_rss = _max_rss_mb(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
@@ -186,7 +190,8 @@ def _child_main(argv: Sequence[str] | None = None) -> int:
         call()
     runs = []
     for _ in range(args.repeats):
-        gc.collect()
+        if not args.no_collect:
+            gc.collect()
         start = time.perf_counter()
         call()  # the result is dropped at once, so peak RSS is one call's worth
         runs.append(time.perf_counter() - start)

@@ -8,7 +8,7 @@ of the condition), so they drop out of the likelihood rather than counting as "n
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import numpy as np
 import pandas as pd
@@ -76,12 +76,30 @@ def _normal_logpdf(x: np.ndarray, params: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(x)[:, None], 0.0, out)
 
 
+@cache
+def _one_hot_plan(fields: tuple[tuple[str, int], ...]) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
+    """The fields' names, and for each one-hot column the field it reads and the code it marks."""
+    names = tuple(name for name, _ in fields)
+    reads = np.array([i for i, (_, width) in enumerate(fields) for _ in range(width)], dtype=np.intp)
+    marks = np.array([v for _, width in fields for v in range(width)], dtype=np.int64)
+    return names, reads, marks
+
+
+_FEW = 64  # up to this many cases, the one-hot is one gather and one comparison (the same matrix)
+
+
 def _one_hot(codes: dict[str, np.ndarray], fields: list[tuple[str, int]]) -> np.ndarray:
-    """(m, sum of widths) float one-hot of the codes; an unknown answer (-1) is a row of zeros."""
-    columns = [codes[name] == v for name, width in fields for v in range(width)]
-    if not columns:
+    """(m, sum of widths) float one-hot of the codes; an unknown answer (-1) is a row of zeros.
+
+    C-ordered, dot_exact's layout. For a few cases the codes are gathered into the columns and
+    compared once (one case: 50 us against 100 us); for many, a comparison per column is faster
+    than the gather (16k cases: 16 ms against 21 ms for the oracle)."""
+    names, reads, marks = _one_hot_plan(tuple(fields))
+    if not len(marks):
         return np.zeros((len(codes["sex"]), 0))
-    return np.column_stack(columns).astype(np.float64)  # C-ordered: dot_exact's layout, no copy
+    if len(codes["sex"]) <= _FEW:
+        return (np.stack([codes[name] for name in names], axis=1).take(reads, axis=1) == marks).astype(np.float64)
+    return np.column_stack([codes[name] == v for name, width in fields for v in range(width)]).astype(np.float64)
 
 
 def _logsumexp(parts: list[np.ndarray]) -> np.ndarray:

@@ -361,6 +361,8 @@ def parse_cases(cases: pd.DataFrame, *, row_offset: int = 0, raise_on_error: boo
             "reason": "the column is given more than once (names are matched ignoring case and surrounding "
                       "spaces); give it once"}))
     columns = {normalise_header(c): c for c in cases.columns}
+    # every column read once, by position (a frame's getitem per field cost more than parsing one case)
+    series_of = {normalise_header(c): series for c, series in cases.items()}
     missing = [f.name for f in FIELDS if f.required and f.name not in columns]
     if missing:
         raise CaseValidationError(pd.DataFrame({
@@ -384,7 +386,7 @@ def parse_cases(cases: pd.DataFrame, *, row_offset: int = 0, raise_on_error: boo
             codes[f.name] = (np.full(n, np.nan) if f.kind in ("integer", "float")
                              else np.full(n, UNKNOWN, dtype=np.int8))
             continue
-        series = cases[columns[f.name]]
+        series = series_of[f.name]
         if f.kind in ("integer", "float"):
             values, bad, reasons = _parse_number(series, f)
             codes[f.name] = values
@@ -398,7 +400,7 @@ def parse_cases(cases: pd.DataFrame, *, row_offset: int = 0, raise_on_error: boo
             report(f.name, blank, series, f"required; allowed: {f.allowed_text}")
 
     if ID_COLUMN in columns:
-        ids_raw = cases[columns[ID_COLUMN]]
+        ids_raw = series_of[ID_COLUMN]
         text = normalise_ids(ids_raw)
         dup = text.duplicated(keep="first").to_numpy()
         if dup.any():  # blank ids are not identifiers, so they are never duplicates
@@ -409,15 +411,15 @@ def parse_cases(cases: pd.DataFrame, *, row_offset: int = 0, raise_on_error: boo
     male = codes["sex"] == field("sex").allowed.index("male")
     pregnant_male = male & (codes["pregnant"] == 1)
     if "pregnant" in columns:
-        report("pregnant", pregnant_male, cases[columns["pregnant"]],
+        report("pregnant", pregnant_male, series_of["pregnant"],
                "pregnant cannot be yes when sex is male; allowed for males: no or unknown")
 
     errors = pd.concat(problems, ignore_index=True).sort_values("row", kind="stable", ignore_index=True) \
         if problems else _empty_errors()
-    valid = ~np.isin(rows, errors["row"].to_numpy())
+    valid = ~np.isin(rows, errors["row"].to_numpy()) if problems else np.ones(n, dtype=bool)
     ids = None
     if ID_COLUMN in columns:
-        ids = cases[columns[ID_COLUMN]].reset_index(drop=True)
+        ids = series_of[ID_COLUMN].reset_index(drop=True)
     known = set(FIELD_NAMES) | {ID_COLUMN, LABEL_COLUMN, SEVERITY_COLUMN}
     ignored = tuple(str(c) for k, c in columns.items() if k not in known)
     parsed = ParsedCases(codes, valid, errors, ids, ignored)
