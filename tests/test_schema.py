@@ -130,3 +130,39 @@ def test_a_few_rows_parse_as_they_do_among_many():
     pd.testing.assert_frame_equal(whole.errors.sort_values(["row", "column"], ignore_index=True),
                                   pd.concat([p.errors for p in parts]).sort_values(["row", "column"],
                                                                                    ignore_index=True))
+
+
+def test_records_parse_as_their_data_frame_does():
+    """predict() parses dicts without building a DataFrame: the codes, errors, ids and ignored
+    columns are those of parse_cases(pd.DataFrame(records)), whatever the values (a column of
+    ints, bools or floats is typed as the frame types it), with keys missing from some records."""
+    from pipeline.core.parsing import parse_records
+
+    pools = {
+        "age": [[35, 61, 70], [35.0, 61.5], ["47", " 70 ", None, "old", 61]],
+        "sex": [["female", "male"], ["female", " MALE", None, "x", 3]],
+        "smoker": [[True, False], [1, 0], ["yes", "no"], [True, 1, "Yes", " n ", "", None, np.nan, "maybe", [1]]],
+        "onset": [["sudden", "gradual"], ["Gradual", "unknown", None, 3, {"a": 1}]],
+        "bmi": [[22.5, 31.0], [22, 31], [22.5, "31", None, "", "heavy", 1000, np.nan]],
+        "case_id": [["a", "b", " a"], [1, 2, 2]],
+        "Colour": [["red", None]],
+    }
+    rng = np.random.default_rng(3)
+    for trial in range(60):
+        n = int(rng.choice([1, 2, 5, 70]))
+        chosen = {k: pools[k][rng.integers(len(pools[k]))] for k in pools if k in ("age", "sex") or rng.random() < 0.7}
+        records = []
+        for _ in range(n):
+            keys = [k for k in chosen if k in ("age", "sex") or rng.random() < 0.85]
+            records.append({k: chosen[k][rng.integers(len(chosen[k]))] for k in keys})
+        expected = parse_cases(pd.DataFrame(records), raise_on_error=False)
+        got = parse_records(records, raise_on_error=False)
+        for name in expected.codes:
+            np.testing.assert_array_equal(got.codes[name], expected.codes[name], err_msg=f"{trial} {name}")
+        np.testing.assert_array_equal(got.valid, expected.valid)
+        pd.testing.assert_frame_equal(got.errors, expected.errors)
+        assert got.ignored_columns == expected.ignored_columns
+        if expected.ids is None:
+            assert got.ids is None
+        else:
+            pd.testing.assert_series_equal(got.ids, expected.ids)

@@ -11,9 +11,20 @@ import pandas as pd
 
 from pipeline.core.casefiles import read_case_file
 from pipeline.core.errors import CaseValidationError
-from pipeline.core.parsing import ParsedCases, parse_cases
+from pipeline.core.parsing import ParsedCases, parse_cases, parse_records
 
 __all__ = ["as_frame", "as_parsed", "in_blocks", "read_case_file"]
+
+
+def _records(cases: Any) -> list[dict] | None:
+    """``cases`` as a list of dicts when it is a dict (one case) or a list of dicts; None otherwise."""
+    if isinstance(cases, Mapping):
+        return [dict(cases)]
+    if isinstance(cases, (list, tuple)):
+        if not all(isinstance(c, Mapping) for c in cases):
+            raise TypeError("a list of cases must hold dicts, one per case.")
+        return [dict(c) for c in cases]
+    return None
 
 
 def as_frame(cases: Any) -> pd.DataFrame:
@@ -22,25 +33,30 @@ def as_frame(cases: Any) -> pd.DataFrame:
         return cases
     if isinstance(cases, (str, Path)):
         return read_case_file(cases)
-    if isinstance(cases, Mapping):
-        return pd.DataFrame([dict(cases)])
-    if isinstance(cases, (list, tuple)):
-        if not all(isinstance(c, Mapping) for c in cases):
-            raise TypeError("a list of cases must hold dicts, one per case.")
-        return pd.DataFrame([dict(c) for c in cases])
-    raise TypeError(f"cases must be a dict, a list of dicts, a DataFrame or a path to a CSV or "
-                    f"Parquet file, got {type(cases).__name__}.")
+    records = _records(cases)
+    if records is None:
+        raise TypeError(f"cases must be a dict, a list of dicts, a DataFrame or a path to a CSV or "
+                        f"Parquet file, got {type(cases).__name__}.")
+    return pd.DataFrame(records)
 
 
 def as_parsed(cases: Any) -> ParsedCases:
-    """Parsed, validated cases; raises :class:`CaseValidationError` naming every bad value."""
+    """Parsed, validated cases (anything :func:`as_frame` takes, or parsed cases); raises
+    :class:`CaseValidationError` naming every bad value. Dicts are parsed without a DataFrame
+    (:func:`pipeline.core.parsing.parse_records`: the same codes and errors)."""
     if isinstance(cases, ParsedCases):
         return cases
-    frame = as_frame(cases)
-    if len(frame) == 0 and len(frame.columns) == 0:
+    records = None if isinstance(cases, (pd.DataFrame, str, Path)) else _records(cases)
+    if records is None:
+        frame = as_frame(cases)
+        if len(frame) == 0 and len(frame.columns) == 0:
+            records = []
+        else:
+            return parse_cases(frame)
+    if not records:
         raise CaseValidationError(pd.DataFrame({"row": [-1], "column": [""], "value": [""],
                                                 "reason": ["no cases were given"]}))
-    return parse_cases(frame)
+    return parse_records(records)
 
 
 def in_blocks(fn: Callable[[dict[str, np.ndarray]], np.ndarray], codes: dict[str, np.ndarray],

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import decimal
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -38,7 +39,7 @@ from pipeline.core.schema import (
 )
 
 __all__ = ["ParsedCases", "codes_to_frame", "codes_to_text_frame", "ignored_columns_message", "normalise_ids",
-           "parse_cases", "unanswered_matrix"]
+           "parse_cases", "parse_records", "unanswered_matrix"]
 
 
 def ignored_columns_message(columns: tuple[str, ...] | list[str], where: str = "") -> str:
@@ -354,22 +355,38 @@ def parse_cases(cases: pd.DataFrame, *, row_offset: int = 0, raise_on_error: boo
     """
     if not isinstance(cases, pd.DataFrame):
         raise TypeError(f"cases must be a pandas DataFrame, got {type(cases).__name__}.")
-    repeated = repeated_columns(cases.columns)
+    # every column read once, by position (a frame's getitem per field cost more than parsing one case)
+    return _parse_columns(list(cases.items()), len(cases), row_offset, raise_on_error)
+
+
+def parse_records(records: Sequence[Mapping[Any, Any]], *, raise_on_error: bool = True) -> ParsedCases:
+    """:func:`parse_cases` of ``pd.DataFrame(records)``, without building the frame.
+
+    Each column is a Series of its values in record order (``NaN`` where a record lacks the key),
+    typed by pandas as the DataFrame constructor types a column of a list of dicts; columns come
+    in the order their keys first appear. For one case the frame cost more than parsing it.
+    """
+    headers = list(dict.fromkeys(key for record in records for key in record))
+    columns = [(h, pd.Series([record.get(h, np.nan) for record in records], name=h)) for h in headers]
+    return _parse_columns(columns, len(records), 0, raise_on_error)
+
+
+def _parse_columns(items: list[tuple[Any, pd.Series]], n: int, row_offset: int, raise_on_error: bool) -> ParsedCases:
+    """:func:`parse_cases` of the columns ``items`` ((header, values) pairs) of ``n`` rows."""
+    repeated = repeated_columns([h for h, _ in items])
     if repeated:
         raise CaseValidationError(pd.DataFrame({
             "row": -1, "column": list(repeated), "value": [", ".join(map(repr, v)) for v in repeated.values()],
             "reason": "the column is given more than once (names are matched ignoring case and surrounding "
                       "spaces); give it once"}))
-    columns = {normalise_header(c): c for c in cases.columns}
-    # every column read once, by position (a frame's getitem per field cost more than parsing one case)
-    series_of = {normalise_header(c): series for c, series in cases.items()}
+    columns = {normalise_header(h): h for h, _ in items}
+    series_of = {normalise_header(h): series for h, series in items}
     missing = [f.name for f in FIELDS if f.required and f.name not in columns]
     if missing:
         raise CaseValidationError(pd.DataFrame({
             "row": [-1] * len(missing), "column": missing, "value": [""] * len(missing),
             "reason": ["required column is missing (required columns: "
                        + ", ".join(f.name for f in FIELDS if f.required) + ")"] * len(missing)}))
-    n = len(cases)
     rows = np.arange(n) + row_offset
     codes: dict[str, np.ndarray] = {}
     problems: list[pd.DataFrame] = []

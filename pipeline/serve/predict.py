@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.core.cases import as_frame
-from pipeline.core.parsing import ParsedCases, ignored_columns_message, parse_cases
+from pipeline.core.cases import as_parsed
+from pipeline.core.parsing import ParsedCases, ignored_columns_message
 from pipeline.core.schema import CONDITION_LABELS, CONDITIONS, ID_COLUMN
 from pipeline.core.textcols import join_ranked, lookup
 from pipeline.decision.layer import DECISION_COLUMN_DOCS, DECISION_COLUMN_TYPES, DECISION_COLUMNS, decision_columns
@@ -100,8 +100,7 @@ def predict(cases: Any, model: str | Path | LoadedModel | None = None, top_k: in
     """
     if not isinstance(top_k, (int, np.integer)) or not 1 <= top_k <= len(CONDITIONS):
         raise ValueError(f"top_k == {top_k!r}, must be an integer in 1..{len(CONDITIONS)}.")
-    frame = as_frame(cases)
-    parsed = parse_cases(frame)
+    parsed = as_parsed(cases)
     if parsed.ignored_columns:
         warnings.warn(ignored_columns_message(parsed.ignored_columns), UserWarning, stacklevel=2)
     return score_parsed(get_model(model), parsed, top_k=top_k)
