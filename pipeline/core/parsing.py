@@ -121,10 +121,10 @@ def _unanswered_plan(names: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str
     return numbers, coded, np.array([position[n] for n in names], dtype=np.intp)
 
 
-def unanswered_matrix(codes: dict[str, np.ndarray], names: tuple[str, ...]) -> np.ndarray:
+def unanswered_matrix(codes: dict[str, np.ndarray], names: Sequence[str]) -> np.ndarray:
     """(n_cases, len(names)) bool: which of the fields ``names`` each case left unanswered (a
     missing number, or the unknown code), in two array operations rather than one per field."""
-    numbers, coded, position = _unanswered_plan(names)
+    numbers, coded, position = _unanswered_plan(tuple(names))
     n = len(codes["age"])
     parts = []
     if numbers:

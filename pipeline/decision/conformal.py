@@ -29,7 +29,7 @@ __all__ = ["blank_at_random", "credible_sets", "fit_conformal", "format_sets", "
            "set_cells"]
 
 _OPTIONAL = [f for f in FIELDS if not f.required]
-_OPTIONAL_NAMES = tuple(f.name for f in _OPTIONAL)
+_OPTIONAL_NAMES = [f.name for f in _OPTIONAL]
 
 
 def known_share(codes: dict[str, np.ndarray]) -> np.ndarray:

@@ -108,14 +108,11 @@ class SafetyNet:
         candidates = [n for r in self.rules for n in r.fields] + list(cfg.ask_next.fields)
         self.candidates = list(dict.fromkeys(n for n in candidates
                                              if field(n).kind in ("tristate", "category") and n != "pregnant"))
-        self._candidates = tuple(self.candidates)
         self.likelihood = {n: answer_likelihoods(kb, n) for n in self.candidates}
         self.questions = [question(n) for n in self.candidates]
         self._rule_levels = np.array([r.level for r in self.rules], dtype=np.int8)
         self._rule_fields = {"age", *(n for r in self.rules for n in r.fields)}
         # per "no" field, the same-day rules that ask it
-        self._no_fields = tuple(self.no_fields)
-        self._log_no_rows = [self.log_no[n] for n in self.no_fields]
         self._same_day_asks_matrix = np.array([[r.level == _EMERGENCY and n in r.fields for n in self.no_fields]
                                                for r in self.rules], dtype=bool).reshape(len(self.rules), -1)
         # which rules ask each candidate, and the fields they ask; every (candidate, answer)
@@ -156,9 +153,9 @@ class SafetyNet:
         same-day rule that could still fire were answered "no"."""
         log_p = np.log(np.maximum(proba, 1e-300))
         # per "no" field, hidden where it is unanswered and a same-day rule asking it is open
-        hide = unanswered_matrix(codes, self._no_fields) & (open_ @ self._same_day_asks_matrix)
+        hide = unanswered_matrix(codes, self.no_fields) & (open_ @ self._same_day_asks_matrix)
         for k in np.flatnonzero(hide.any(axis=0)):  # in field order; a field hidden nowhere adds nothing
-            log_p = log_p + np.where(hide[:, k, None], self._log_no_rows[k][None, :], 0.0)
+            log_p = log_p + np.where(hide[:, k, None], self.log_no[self.no_fields[k]][None, :], 0.0)
         p_no = np.exp(log_p - log_p.max(axis=1, keepdims=True))  # unnormalised: the level is scale-free
         drops = cost_level_of(p_no) < _EMERGENCY
         return drops | (known_share(codes) == 0) if check_prior else drops
@@ -187,7 +184,7 @@ class SafetyNet:
         change = np.zeros((n, len(self.candidates)))
         if self.candidates:
             # P(answer | what is known) of every (question, answer) at once; plausible ones of unanswered questions
-            asked = unanswered_matrix(codes, self._candidates)
+            asked = unanswered_matrix(codes, self.candidates)
             p_answer = dot_exact(proba, self._likelihood_rows)
             plausible = asked[:, self._pair_candidate] & (p_answer >= self.cfg.ask_next.min_answer_probability)
             pair, rows = np.nonzero(plausible.T)  # by question, then answer, then case
