@@ -289,8 +289,7 @@ def test_rules_fire_and_stay_open_as_defined_on_generated_and_blanked_cases(net,
     parsed = parse_cases(generate_cases(kb, 120, seed=5))
     for cases in (parsed, blank_at_random(parsed, 0.6, seed=2)):
         fires, open_ = net.fires_and_open(cases.codes)
-        assert np.array_equal(fires, net.fires(cases.codes))
-        assert np.array_equal(open_, net.open_rules(cases.codes))
+        assert np.array_equal(fires, net.fires(cases.codes))  # rule_fires, matched on its own
         for i in range(len(parsed)):
             case = {k: v[i] for k, v in cases.codes.items()}
             assert [(bool(fires[i, k]), bool(open_[i, k])) for k in range(len(net.rules))] == \
@@ -310,3 +309,15 @@ def test_unanswered_matrix_is_each_fields_unanswered_in_the_order_asked(kb):
         assert np.array_equal(got[:, k], unanswered(name, cases.codes)), name
     assert got.any() and not got.all()
     assert unanswered_matrix(cases.codes, ()).shape == (200, 0)
+
+
+def test_a_decision_layer_without_rules_still_triages_and_asks(cfg, kb):
+    """No red flags and no screen (a config may drop them): nothing fires or stays open, and the
+    softened emergency and ask_next still run."""
+    bare = SafetyNet(cfg.model_copy(update={"red_flags": []}), None, kb)
+    codes = _codes([{"age": 70, "sex": "female"}, QUIET])
+    fires, open_ = bare.fires_and_open(codes)
+    assert fires.shape == open_.shape == (2, 0)
+    level, _ = triage_levels(bare.cfg, codes, _dvt_at(0.2, 2), net=bare)
+    asked = bare.ask_next(_dvt_at(0.2, 2), codes, level, np.zeros(2, dtype=bool), fires)
+    assert len(asked) == 2

@@ -159,6 +159,7 @@ def test_records_parse_as_their_data_frame_does():
         got = parse_records(records, raise_on_error=False)
         for name in expected.codes:
             np.testing.assert_array_equal(got.codes[name], expected.codes[name], err_msg=f"{trial} {name}")
+            assert got.codes[name].dtype == expected.codes[name].dtype
         np.testing.assert_array_equal(got.valid, expected.valid)
         pd.testing.assert_frame_equal(got.errors, expected.errors)
         assert got.ignored_columns == expected.ignored_columns
@@ -166,3 +167,32 @@ def test_records_parse_as_their_data_frame_does():
             assert got.ids is None
         else:
             pd.testing.assert_series_equal(got.ids, expected.ids)
+    # keys in another order in each record, a non-text key, the same field spelt twice
+    odd = [[{"sex": "male", "age": 50}, {"age": 60, "sex": "female", 7: "x"}], [{"age": 50, "sex": "male", "Age ": 3}]]
+    for records in odd:
+        try:
+            expected = parse_cases(pd.DataFrame(records), raise_on_error=False)
+        except CaseValidationError as err:
+            with pytest.raises(CaseValidationError) as got_err:
+                parse_records(records, raise_on_error=False)
+            pd.testing.assert_frame_equal(got_err.value.errors, err.errors)
+            continue
+        got = parse_records(records, raise_on_error=False)
+        assert got.ignored_columns == expected.ignored_columns
+        for name in expected.codes:
+            np.testing.assert_array_equal(got.codes[name], expected.codes[name])
+
+
+def test_predict_names_empty_input_and_refuses_parsed_cases():
+    """No cases is said as such; parsed cases (which may hold rows that failed validation) are
+    refused before any model is loaded, as is a list holding something other than dicts."""
+    from pipeline import predict
+
+    for empty in ([], pd.DataFrame()):
+        with pytest.raises(CaseValidationError, match="no cases were given"):
+            predict(empty, model="no-such-model-folder")
+    parsed = parse_cases(pd.DataFrame({"age": ["abc", "40"], "sex": ["male", "male"]}), raise_on_error=False)
+    with pytest.raises(TypeError, match="not ParsedCases"):
+        predict(parsed, model="no-such-model-folder")
+    with pytest.raises(TypeError, match="must hold dicts"):
+        predict([{"age": 40, "sex": "male"}, 3], model="no-such-model-folder")

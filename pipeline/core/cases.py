@@ -17,7 +17,8 @@ __all__ = ["as_frame", "as_parsed", "in_blocks", "read_case_file"]
 
 
 def _records(cases: Any) -> list[dict] | None:
-    """``cases`` as a list of dicts when it is a dict (one case) or a list of dicts; None otherwise."""
+    """``cases`` as a list of dicts when it is a dict (one case) or a list or tuple of dicts; None
+    for anything else; TypeError for a list or tuple holding something other than dicts."""
     if isinstance(cases, Mapping):
         return [dict(cases)]
     if isinstance(cases, (list, tuple)):
@@ -46,7 +47,7 @@ def as_parsed(cases: Any) -> ParsedCases:
     (:func:`pipeline.core.parsing.parse_records`: the same codes and errors)."""
     if isinstance(cases, ParsedCases):
         return cases
-    records = None if isinstance(cases, (pd.DataFrame, str, Path)) else _records(cases)
+    records = _records(cases)
     if records is None:
         frame = as_frame(cases)
         if len(frame) == 0 and len(frame.columns) == 0:

@@ -21,8 +21,10 @@ __all__ = ["LOCAL_WORKER_CONFIG", "DaskJobError", "dask_client", "gather", "temp
 # the system at once. Setting any trim threshold also turns off glibc's adaptive mmap threshold,
 # so every array above 128 KB is a fresh mmap, page-faulted in and unmapped again: a scoring
 # worker spent a third of its time in the kernel (450k rows: 6.2 s against 4.8 s, 800k page faults
-# against 50k). The local cluster keeps glibc's default (None unsets the variable); a worker's
-# memory still stays bounded by the chunk size.
+# against 50k). With None the nanny does not set it, so the local cluster's workers keep glibc's
+# default unless this process's environment already holds the variable (a user's own setting, or
+# one an earlier default LocalCluster wrote into os.environ). A worker's memory stays bounded by
+# the chunk size.
 LOCAL_WORKER_CONFIG = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
 
 

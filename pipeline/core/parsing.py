@@ -123,7 +123,8 @@ def _unanswered_plan(names: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str
 
 def unanswered_matrix(codes: dict[str, np.ndarray], names: Sequence[str]) -> np.ndarray:
     """(n_cases, len(names)) bool: which of the fields ``names`` each case left unanswered (a
-    missing number, or the unknown code), in two array operations rather than one per field."""
+    missing number, or the unknown code), in two array operations rather than one per field.
+    Codes are the parser's: NaN for an unknown number, :data:`UNKNOWN` for an unknown answer."""
     numbers, coded, position = _unanswered_plan(tuple(names))
     n = len(codes["age"])
     parts = []

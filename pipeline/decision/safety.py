@@ -114,7 +114,7 @@ class SafetyNet:
         self._rule_fields = {"age", *(n for r in self.rules for n in r.fields)}
         # per "no" field, the same-day rules that ask it
         self._same_day_asks_matrix = np.array([[r.level == _EMERGENCY and n in r.fields for n in self.no_fields]
-                                               for r in self.rules], dtype=bool).reshape(len(self.rules), -1)
+                                               for r in self.rules], dtype=bool).reshape(len(self.rules), len(self.no_fields))
         # which rules ask each candidate, and the fields they ask; every (candidate, answer)
         # likelihood row, and where it is
         self._asks = np.array([[n in r.fields for r in self.rules] for n in self.candidates], dtype=bool

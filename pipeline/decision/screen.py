@@ -54,7 +54,8 @@ def _matches(name: str, answers: list[str], codes: dict[str, np.ndarray]) -> np.
 
 def rule_fires(all_: dict[str, list[str]], any_: dict[str, list[str]], codes: dict[str, np.ndarray]) -> np.ndarray:
     """Per case, whether every ``all_`` field matches and (if given) at least one ``any_`` field does
-    (the matching of screen rules and of the triage's red flags)."""
+    (the matching of screen rules and of the triage's red flags). :func:`rule_state` computes the
+    same alongside openness; this one skips the unanswered checks, for the variants of ask_next."""
     hit = np.ones(len(codes["age"]), dtype=bool)
     for name, answers in all_.items():
         hit &= _matches(name, answers, codes)

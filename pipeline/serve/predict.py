@@ -96,10 +96,16 @@ def predict(cases: Any, model: str | Path | LoadedModel | None = None, top_k: in
     Raises
     ------
     CaseValidationError
-        Naming every bad row, column, value and what is allowed.
+        Naming every bad row, column, value and what is allowed (or that no cases were given).
+    TypeError
+        For anything else, parsed cases included (they may hold rows that failed validation).
     """
     if not isinstance(top_k, (int, np.integer)) or not 1 <= top_k <= len(CONDITIONS):
         raise ValueError(f"top_k == {top_k!r}, must be an integer in 1..{len(CONDITIONS)}.")
+    if isinstance(cases, ParsedCases):  # they may hold rows that failed validation
+        raise TypeError("predict() takes a dict, a list of dicts, a DataFrame or a path to a CSV or Parquet file, "
+                        "not ParsedCases (which may hold rows that failed validation); score the valid rows with "
+                        "score_parsed(model, parsed[parsed.valid]).")
     parsed = as_parsed(cases)
     if parsed.ignored_columns:
         warnings.warn(ignored_columns_message(parsed.ignored_columns), UserWarning, stacklevel=2)
