@@ -48,16 +48,14 @@ def as_parsed(cases: Any) -> ParsedCases:
     if isinstance(cases, ParsedCases):
         return cases
     records = _records(cases)
+    if records:
+        return parse_records(records)
     if records is None:
         frame = as_frame(cases)
-        if len(frame) == 0 and len(frame.columns) == 0:
-            records = []
-        else:
+        if len(frame) or len(frame.columns):
             return parse_cases(frame)
-    if not records:
-        raise CaseValidationError(pd.DataFrame({"row": [-1], "column": [""], "value": [""],
-                                                "reason": ["no cases were given"]}))
-    return parse_records(records)
+    raise CaseValidationError(pd.DataFrame({"row": [-1], "column": [""], "value": [""],
+                                            "reason": ["no cases were given"]}))
 
 
 def in_blocks(fn: Callable[[dict[str, np.ndarray]], np.ndarray], codes: dict[str, np.ndarray],

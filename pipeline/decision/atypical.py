@@ -45,8 +45,9 @@ def fit_atypical(kb: KnowledgeBase, parsed_calib: ParsedCases, quantile: float, 
     """Thresholds per number of answered fields, from ``calib`` and blanked copies of it."""
     rng = np.random.default_rng(seed)
     samples = [parsed_calib] + [_blanked(parsed_calib, rng) for _ in range(_COPIES)]
-    scores = np.concatenate([surprise(kb, p) for p in samples])
-    known = np.concatenate([n_known(p) for p in samples])
+    counts = [n_known(p) for p in samples]
+    scores = np.concatenate([surprise(kb, p, k) for p, k in zip(samples, counts)])
+    known = np.concatenate(counts)
     groups: list[list[int]] = [[]]
     for k in range(len(FIELDS) + 1):
         groups[-1].append(k)
