@@ -220,11 +220,12 @@ def _arrow_batches(path: Path, start: int, end: int, header: list[str], report: 
     block, delivered = _CSV_BLOCK, 0
     while True:
         with pa.OSFile(str(path)) as file:  # a native stream: Arrow's reading thread never waits for Python
+            # large_string is pandas' own storage for text: the chunk's DataFrame wraps it without a cast
             reader = pacsv.open_csv(
                 file.get_stream(start, end - start),
                 read_options=pacsv.ReadOptions(block_size=block, use_threads=False, column_names=header),
                 parse_options=pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=keep),
-                convert_options=pacsv.ConvertOptions(column_types={h: pa.string() for h in header},
+                convert_options=pacsv.ConvertOptions(column_types={h: pa.large_string() for h in header},
                                                      strings_can_be_null=False, quoted_strings_can_be_null=False))
             seen = 0
             try:
@@ -315,7 +316,7 @@ class _RowPlacer:
     def take(self, chunk_rows: int) -> CaseChunk:
         """The next chunk: records ``start`` .. ``start + chunk_rows`` (or to the end)."""
         table = (pa.Table.from_batches(self.pending) if self.pending
-                 else pa.schema([pa.field(h, pa.string()) for h in self.header]).empty_table())
+                 else pa.schema([pa.field(h, pa.large_string()) for h in self.header]).empty_table())
         stop = self.start + chunk_rows
         records = self._records(np.arange(self.good, self.good + self.held))
         mine = int(np.searchsorted(records, stop))

@@ -154,8 +154,9 @@ class SafetyNet:
         log_p = np.log(np.maximum(proba, 1e-300))
         # per "no" field, hidden where it is unanswered and a same-day rule asking it is open
         hide = unanswered_matrix(codes, self.no_fields) & (open_ @ self._same_day_asks_matrix)
-        for k in np.flatnonzero(hide.any(axis=0)):  # in field order; a field hidden nowhere adds nothing
-            log_p = log_p + np.where(hide[:, k, None], self.log_no[self.no_fields[k]][None, :], 0.0)
+        for k in np.flatnonzero(hide.any(axis=0)):  # in field order; a field adds nothing where it is not hidden
+            at = np.flatnonzero(hide[:, k])
+            log_p[at] += self.log_no[self.no_fields[k]]
         p_no = np.exp(log_p - log_p.max(axis=1, keepdims=True))  # unnormalised: the level is scale-free
         drops = cost_level_of(p_no) < _EMERGENCY
         return drops | (known_share(codes) == 0) if check_prior else drops
@@ -202,9 +203,15 @@ class SafetyNet:
                 changed = after != level[rows[b]]
                 flat = rows[b][changed] * len(self.candidates) + which[b][changed]
                 change += np.bincount(flat, weights=p[b][changed], minlength=change.size).reshape(change.shape)
-        order = np.argsort(-change, axis=1, kind="stable")
-        keep_ = np.take_along_axis(change > 0, order, axis=1)
-        keep_[:, self.cfg.ask_next.max_questions:] = False
+        # the first max_questions of each case's questions by change, ranked only where one changes the level
+        top = min(self.cfg.ask_next.max_questions, change.shape[1])
+        order = np.zeros((n, top), dtype=np.intp)
+        keep_ = np.zeros((n, top), dtype=bool)
+        some = np.flatnonzero(change.any(axis=1))
+        if len(some):
+            ranked = np.argsort(-change[some], axis=1, kind="stable")[:, :top]
+            order[some] = ranked
+            keep_[some] = np.take_along_axis(change[some], ranked, axis=1) > 0
         return join_ranked(self.candidates if codes_out else self.questions, order, keep_)
 
     def _levels_without(self, fires: np.ndarray) -> np.ndarray:

@@ -136,16 +136,22 @@ class SeenIds:
     def check_and_add(self, ids: pd.Series) -> np.ndarray:
         text = normalise_ids(ids)
         named = (ids.notna() & (text != "")).to_numpy()
+        # the same hash in every process: Dask's driver matches the hashes its workers send
         h = pd.util.hash_pandas_object(text, index=False).to_numpy()
-        dup = np.zeros(len(h), dtype=bool)
+        # looked up in sorted order: each search starts where the last one ended, in cache
+        order = np.argsort(h)
+        h = h[order]
+        named = named[order]
+        found = np.zeros(len(h), dtype=bool)
         for run in self.runs:
             pos = np.minimum(np.searchsorted(run, h), len(run) - 1)
-            dup |= run[pos] == h
-        dup &= named
-        fresh = h[named & ~dup]  # only ids no run has, so runs stay disjoint
+            found |= run[pos] == h
+        found &= named
+        fresh = h[named & ~found]  # only ids no run has, so runs stay disjoint; sorted
         if len(fresh):
-            fresh.sort(kind="stable")
             self.runs.append(fresh[np.concatenate([[True], fresh[1:] != fresh[:-1]])])
+        dup = np.empty_like(found)
+        dup[order] = found
         while len(self.runs) > 1 and len(self.runs[-1]) >= len(self.runs[-2]):
             last = self.runs.pop()
             merged = np.concatenate([self.runs.pop(), last])
