@@ -25,11 +25,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BenchmarkError", "ChildRun", "Measurement", "Target", "log", "make_row", "run_command",
+__all__ = ["BenchmarkError", "ChildRun", "Measurement", "Target", "log", "make_row", "median_run", "run_command",
            "time_in_child"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -150,6 +150,13 @@ def time_in_child(case: Callable[[int], Callable[[], Any]], n: int, *, repeats: 
                              f"{child.stdout[-2000:]}") from err
     return Measurement(seconds=min(report["runs"]), runs=tuple(report["runs"]),
                        peak_rss_mb=child.peak_rss_mb, setup_peak_rss_mb=report["setup_peak_rss_mb"])
+
+
+def median_run(runs: Sequence[ChildRun]) -> ChildRun:
+    """The run of median wall time, with the largest peak RSS of all ``runs`` (a memory target
+    holds only if every run met it)."""
+    middle = sorted(runs, key=lambda r: r.wall_seconds)[len(runs) // 2]
+    return replace(middle, peak_rss_mb=max(r.peak_rss_mb for r in runs))
 
 
 def make_row(benchmark: str, size: int, seconds: float, *, peak_rss_mb: float | None,
