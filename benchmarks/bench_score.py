@@ -12,9 +12,10 @@ machine:
   the peak RSS shown is the largest process's: the workers are its children). The 1M-row score
   and the floor run alternately, three times each, and their medians are compared (the peak RSS
   is the largest of the three): the issue's own figures were medians of 3, and a shared machine's
-  speed drifts between one run and the next;
-- ``kneepain score``: peak RSS at most 350 MB, and again on a file 4x larger, within 20% (memory
-  flat as the file grows); at least 20x the throughput of ``mlflow models predict``;
+  speed drifts between one run and the next. The 4M-row run and ``--jobs 2`` run once;
+- ``kneepain score``: peak RSS at most 350 MB (the largest of the three 1M runs), and again on a
+  file 4x larger, within 20% of the smallest of them (memory flat as the file grows); at least 20x
+  the throughput of ``mlflow models predict``;
 - start-up: ``kneepain score`` on a 10-row file (target under 1.6 s);
 - ``mlflow models predict --env-manager local`` on the same rows as JSON (``dataframe_split``;
   the model's signature leaves value checks to the case schema, which MLflow's CSV reader rejects);
@@ -167,9 +168,13 @@ def run(quick: bool) -> list[dict]:
         start_up = sorted(starts)[1]
         rows.append(make_row("score: start-up (10-row file, median of 3)", 10, start_up, peak_rss_mb=child.peak_rss_mb))
         rows[-1]["target"], rows[-1]["met"] = "< 1.6 s", bool(start_up < 1.6)
-        growth = rates[large][1] / rates[small][1]
-        rows.append(make_row(f"score: peak RSS {large:,} vs {small:,} rows = {growth:.2f}x", large, rates[large][0],
-                             peak_rss_mb=rates[large][1], rss_ratio=round(growth, 3)))
+        # against the smallest of the 1M runs' peaks (the 350 MB check takes the largest): both checks
+        # lean against passing
+        least = min(c.peak_rss_mb for c in ours)
+        growth = rates[large][1] / least
+        rows.append(make_row(f"score: peak RSS {large:,} vs {small:,} rows (the least of {ROUNDS}) = {growth:.2f}x", large,
+                             rates[large][0], peak_rss_mb=rates[large][1], rss_ratio=round(growth, 3),
+                             small_peak_rss_mb=round(least, 1)))
         rows[-1]["target"], rows[-1]["met"] = "RSS within 20%", bool(growth <= 1.2)
 
         log("score: naive pandas read_csv / predict_proba / to_csv ...")

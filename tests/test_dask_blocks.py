@@ -144,3 +144,19 @@ def test_one_file_gets_two_blocks_per_worker_by_default(tmp_path, workers, monke
     blocks = list(plan_blocks(path, chunk_rows=10, block_bytes=size))
     assert len(blocks) == engine.BLOCKS_PER_WORKER * workers
     assert sum(b.rows for b in blocks) == 3001
+
+
+def test_a_malformed_record_that_is_not_utf8_is_named_by_its_record_in_any_block(tmp_path):
+    """pyarrow cannot hand such a record to the row handler as text: the read stops, and the error
+    names the record as the file numbers it, whichever block holds it."""
+    from pipeline.core.errors import BatchInputError
+
+    path = tmp_path / "cases.csv"
+    path.write_bytes(b"h0,h1\n" + b"".join(b"%d,x\n" % i for i in range(300)) + b"b,x,\xff\n" + b"c,y\n")
+    expected = r"record 302 \(the header is record 1\) has 3 fields where the header has 2, and is not valid UTF-8"
+    with pytest.raises(BatchInputError, match=expected):
+        _read(path, 50)
+    blocks = list(plan_blocks(path, chunk_rows=50, block_bytes=400))
+    assert len(blocks) > 1 and blocks[-1].first_row > 0
+    with pytest.raises(BatchInputError, match=expected):
+        _read(path, 50, blocks)

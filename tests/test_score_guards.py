@@ -341,3 +341,10 @@ def test_formula_screen_reads_the_buffers_as_arrow_reads_the_cells(kind):
     assert odd.to_pylist() == [None, "ok"] and not _formula_first(odd)
     table = pa.table({"text": pa.chunked_array([pa.array(["a"], kind), odd])})
     assert csv_safe(table).equals(table)
+    # a formula in a later chunk, after a chunk without one, is found
+    later = pa.table({"text": pa.chunked_array([pa.array(["a"], kind), pa.array(["b", "=x"], kind)])})
+    assert csv_safe(later).column("text").to_pylist() == ["a", "b", "'=x"]
+    # offsets padded beyond their cells (Arrow allows a longer buffer) are read only as far as the cells
+    padded = pa.Array.from_buffers(kind, 2, [None, pa.py_buffer(np.array([0, 1, 2], dtype=width).tobytes() + b"\0"),
+                                             pa.py_buffer(b"a=")])
+    assert padded.to_pylist() == ["a", "="] and _formula_first(padded) and not _formula_first(padded.slice(0, 1))

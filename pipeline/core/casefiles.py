@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -39,6 +40,9 @@ __all__ = ["MAX_RECORD_BYTES", "BlockMismatchError", "CaseChunk", "FileBlock", "
 _CSV_BLOCK = 1 << 18  # pyarrow reads about 24 blocks ahead: 256 KB blocks hold that to ~6 MB (1 MB: ~24 MB)
 MAX_RECORD_BYTES = 1 << 28  # 256 MB: a longer CSV record makes the file unreadable (exit 2)
 _STRADDLE = "straddl"  # pyarrow: "straddling object straddles two block boundaries"
+# pyarrow gives a record with the wrong field count to the row handler as text; one that is not
+# UTF-8 cannot be, and the read stops with this (its records numbered from 1 in the stream)
+_UNDECODABLE = re.compile(r"Row #(\d+): Expected \d+ columns, got (\d+)")
 
 
 class FileBlock(NamedTuple):
@@ -205,7 +209,7 @@ class _Malformed(NamedTuple):
 
 
 def _arrow_batches(path: Path, start: int, end: int, header: list[str], report: Callable[[int, _Malformed], None],
-                   where: str) -> Iterator[pa.RecordBatch]:
+                   where: str, first_row: int = 0) -> Iterator[pa.RecordBatch]:
     """The well-formed records in bytes ``start`` .. ``end`` of ``path`` (data records, no header) as
     Arrow batches; records with the wrong field count go to ``report`` (with their 0-based record
     there). A record longer than the block reopens the file with a larger block and skips the rows
@@ -220,15 +224,15 @@ def _arrow_batches(path: Path, start: int, end: int, header: list[str], report: 
     block, delivered = _CSV_BLOCK, 0
     while True:
         with pa.OSFile(str(path)) as file:  # a native stream: Arrow's reading thread never waits for Python
-            # large_string is pandas' own storage for text: the chunk's DataFrame wraps it without a cast
-            reader = pacsv.open_csv(
-                file.get_stream(start, end - start),
-                read_options=pacsv.ReadOptions(block_size=block, use_threads=False, column_names=header),
-                parse_options=pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=keep),
-                convert_options=pacsv.ConvertOptions(column_types={h: pa.large_string() for h in header},
-                                                     strings_can_be_null=False, quoted_strings_can_be_null=False))
             seen = 0
-            try:
+            try:  # opening reads the first block, so it can fail as any later block can
+                # large_string is pandas' own storage for text: the chunk's DataFrame wraps it without a cast
+                reader = pacsv.open_csv(
+                    file.get_stream(start, end - start),
+                    read_options=pacsv.ReadOptions(block_size=block, use_threads=False, column_names=header),
+                    parse_options=pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=keep),
+                    convert_options=pacsv.ConvertOptions(column_types={h: pa.large_string() for h in header},
+                                                         strings_can_be_null=False, quoted_strings_can_be_null=False))
                 for batch in reader:
                     skip = min(max(delivered - seen, 0), batch.num_rows)
                     seen += batch.num_rows
@@ -238,6 +242,12 @@ def _arrow_batches(path: Path, start: int, end: int, header: list[str], report: 
                         yield out
                 return
             except pa.ArrowInvalid as err:
+                undecodable = _UNDECODABLE.search(str(err))
+                if undecodable:
+                    raise BatchInputError(
+                        f"{where}: record {first_row + int(undecodable[1]) + 1} (the header is record 1) has "
+                        f"{undecodable[2]} fields where the header has {len(header)}, and is not valid UTF-8 text "
+                        "(save the file as UTF-8)") from err
                 if _STRADDLE not in str(err) or block >= MAX_RECORD_BYTES:
                     if _STRADDLE in str(err):
                         raise BatchInputError(f"{where}: a record is longer than {MAX_RECORD_BYTES >> 20} MB; split "
@@ -251,7 +261,8 @@ def _csv_chunks(path: Path, header: list[str], chunk_rows: int, block: FileBlock
     rows = _RowPlacer(header, where, block.first_row)
     end = path.stat().st_size if block.rows is None else block.end
     # a header and no data is no rows (pyarrow would say "Empty CSV file")
-    batches = _arrow_batches(path, block.start, end, header, rows.report, where) if end > block.start else iter(())
+    batches = (_arrow_batches(path, block.start, end, header, rows.report, where, block.first_row)
+               if end > block.start else iter(()))
     done = yielded = False
     while not done:
         batch = next(batches, None)

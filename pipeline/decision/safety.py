@@ -154,7 +154,10 @@ class SafetyNet:
         log_p = np.log(np.maximum(proba, 1e-300))
         # per "no" field, hidden where it is unanswered and a same-day rule asking it is open
         hide = unanswered_matrix(codes, self.no_fields) & (open_ @ self._same_day_asks_matrix)
-        for k in np.flatnonzero(hide.any(axis=0)):  # in field order; a field adds nothing where it is not hidden
+        hidden = np.flatnonzero(hide.any(axis=0))
+        if len(hidden):  # in the float64 of the "no" rows, whatever the probabilities' type
+            log_p = log_p.astype(np.float64, copy=False)
+        for k in hidden:  # in field order; a field adds nothing where it is not hidden
             at = np.flatnonzero(hide[:, k])
             log_p[at] += self.log_no[self.no_fields[k]]
         p_no = np.exp(log_p - log_p.max(axis=1, keepdims=True))  # unnormalised: the level is scale-free
@@ -203,7 +206,8 @@ class SafetyNet:
                 changed = after != level[rows[b]]
                 flat = rows[b][changed] * len(self.candidates) + which[b][changed]
                 change += np.bincount(flat, weights=p[b][changed], minlength=change.size).reshape(change.shape)
-        # the first max_questions of each case's questions by change, ranked only where one changes the level
+        # the first max_questions of each case's questions by change, ranked only where one changes
+        # the level; elsewhere nothing is kept, and join_ranked reads no order where nothing is kept
         top = min(self.cfg.ask_next.max_questions, change.shape[1])
         order = np.zeros((n, top), dtype=np.intp)
         keep_ = np.zeros((n, top), dtype=bool)

@@ -125,10 +125,12 @@ def _formula_first(chunk: pa.Array) -> bool:
         return False
     _, offsets, data = chunk.buffers()
     width = np.dtype(np.int64 if pa.types.is_large_string(chunk.type) else np.int32)
-    at: np.ndarray = np.frombuffer(offsets, dtype=width)[chunk.offset:chunk.offset + len(chunk) + 1]
-    starts = at[:-1][at[1:] > at[:-1]]  # empty cells start with nothing
+    # a buffer may be longer than its offsets (Arrow allows padding): read only those
+    at: np.ndarray = np.frombuffer(offsets, dtype=width, count=chunk.offset + len(chunk) + 1)[chunk.offset:]
+    texts = at[1:] > at[:-1]  # empty cells start with nothing
     if chunk.null_count:  # a null cell may still own bytes in the buffer: it is not a text
-        starts = at[:-1][(at[1:] > at[:-1]) & chunk.is_valid().to_numpy(zero_copy_only=False)]
+        texts &= chunk.is_valid().to_numpy(zero_copy_only=False)
+    starts = at[:-1][texts]
     return bool(len(starts)) and bool(_FORMULA_BYTE[np.frombuffer(data, dtype=np.uint8)[starts]].any())
 
 
