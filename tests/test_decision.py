@@ -7,14 +7,14 @@ import pytest
 from pipeline import generate_cases, oracle_posterior, predict
 from pipeline.core.blas import dot_exact
 from pipeline.core.config import LEVELS, ScreenConfig, TriageConfig, load_config
-from pipeline.core.parsing import parse_cases
+from pipeline.core.parsing import parse_cases, unanswered
 from pipeline.core.paths import config_path
 from pipeline.core.schema import CONDITIONS, SYMPTOMS
 from pipeline.data.datasets import labels
 from pipeline.decision.atypical import fit_atypical, flag_atypical
 from pipeline.decision.conformal import blank_at_random, credible_sets, fit_conformal, prediction_sets, set_cells
 from pipeline.decision.safety import SafetyNet
-from pipeline.decision.screen import rule_fires, unanswered
+from pipeline.decision.screen import rule_fires
 from pipeline.decision.triage import FIRST_RULE_REASON, cost_levels, red_flags, triage_levels
 
 DVT = CONDITIONS.index("dvt")

@@ -39,7 +39,7 @@ from pipeline.core.schema import (
 )
 
 __all__ = ["ParsedCases", "codes_to_frame", "codes_to_text_frame", "ignored_columns_message", "normalise_ids",
-           "parse_cases", "parse_records", "unanswered_matrix"]
+           "parse_cases", "parse_records", "unanswered", "unanswered_matrix"]
 
 
 def ignored_columns_message(columns: tuple[str, ...] | list[str], where: str = "") -> str:
@@ -119,6 +119,13 @@ def _unanswered_plan(names: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str
     coded = tuple(n for n in names if n not in numbers)
     position = {n: i for i, n in enumerate(numbers + coded)}
     return numbers, coded, np.array([position[n] for n in names], dtype=np.intp)
+
+
+def unanswered(name: str, codes: dict[str, np.ndarray]) -> np.ndarray:
+    """Per case, whether field ``name`` is unknown (a missing number, or the unknown code); for
+    many fields at once, :func:`unanswered_matrix`."""
+    c = codes[name]
+    return np.isnan(c) if field(name).kind in ("integer", "float") else c == UNKNOWN
 
 
 def unanswered_matrix(codes: dict[str, np.ndarray], names: Sequence[str]) -> np.ndarray:
@@ -414,7 +421,7 @@ def _parse_columns(items: list[tuple[Any, pd.Series]], n: int, row_offset: int, 
             codes[f.name] = c
             report(f.name, bad, series, f"not allowed; allowed: {f.allowed_text}")
         if f.required:
-            blank = (np.isnan(codes[f.name]) if f.kind in ("integer", "float") else codes[f.name] == UNKNOWN) & ~bad
+            blank = unanswered(f.name, codes) & ~bad
             report(f.name, blank, series, f"required; allowed: {f.allowed_text}")
 
     if ID_COLUMN in columns:

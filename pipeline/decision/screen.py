@@ -14,10 +14,11 @@ from functools import cache
 import numpy as np
 
 from pipeline.core.config import ScreenConfig, ScreenRule
+from pipeline.core.parsing import unanswered
 from pipeline.core.schema import UNKNOWN, field
 from pipeline.core.textcols import join_ranked
 
-__all__ = ["rule_fires", "rule_open", "rule_state", "screen_matches", "screen_names", "unanswered"]
+__all__ = ["rule_fires", "rule_open", "rule_state", "screen_matches", "screen_names"]
 
 
 @cache
@@ -62,12 +63,6 @@ def rule_fires(all_: dict[str, list[str]], any_: dict[str, list[str]], codes: di
     if any_:
         hit &= np.logical_or.reduce([_matches(n, a, codes) for n, a in any_.items()])
     return hit
-
-
-def unanswered(name: str, codes: dict[str, np.ndarray]) -> np.ndarray:
-    """Per case, whether field ``name`` is unknown (a missing number, or the unknown code)."""
-    c = codes[name]
-    return np.isnan(c) if field(name).kind in ("integer", "float") else c == UNKNOWN
 
 
 def rule_state(all_: dict[str, list[str]], any_: dict[str, list[str]],
