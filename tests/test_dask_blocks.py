@@ -160,3 +160,26 @@ def test_a_malformed_record_that_is_not_utf8_is_named_by_its_record_in_any_block
     assert len(blocks) > 1 and blocks[-1].first_row > 0
     with pytest.raises(BatchInputError, match=expected):
         _read(path, 50, blocks)
+
+
+def test_an_undecodable_malformed_record_prints_no_traceback_and_other_reports_still_do(tmp_path, monkeypatch):
+    """pyarrow reports the record's decoding error as an "Exception ignored" traceback on stderr
+    before the read's own error; only that report is kept off, any other still reaches the hook."""
+    import sys
+
+    from pipeline.core.errors import BatchInputError
+
+    reports = []
+    monkeypatch.setattr(sys, "unraisablehook", reports.append)
+    path = tmp_path / "cases.csv"
+    path.write_bytes(b"h0,h1\n1,x\nb,x,\xff\n")
+    with pytest.raises(BatchInputError, match="not valid UTF-8"):
+        _read(path, 50)
+    assert reports == []
+
+    class Unraisable:
+        def __del__(self):
+            raise ValueError("raised in __del__")
+
+    Unraisable()
+    assert [type(r.exc_value) for r in reports] == [ValueError]

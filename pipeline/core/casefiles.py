@@ -20,6 +20,8 @@ from __future__ import annotations
 import csv
 import io
 import re
+import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -43,6 +45,31 @@ _STRADDLE = "straddl"  # pyarrow: "straddling object straddles two block boundar
 # pyarrow gives a record with the wrong field count to the row handler as text; one that is not
 # UTF-8 cannot be, and the read stops with this (its records numbered from 1 in the stream)
 _UNDECODABLE = re.compile(r"Row #(\d+): Expected \d+ columns, got (\d+)")
+_HANDLER_MARK = "_kneepain_row_handler"
+_HOOK_MARK = "_kneepain_quiet_rows"
+_hook_lock = threading.Lock()
+
+
+def _quiet_undecodable_rows() -> None:
+    """Keep pyarrow's report of an undecodable malformed record off stderr (the read's own error names it).
+
+    pyarrow decodes such a record before calling the row handler; the decoding error cannot reach
+    the handler, so Python prints it as an "Exception ignored" traceback. Installed once, the hook
+    drops only a ``UnicodeDecodeError`` reported against one of this module's row handlers and hands
+    every other report to the hook it replaced.
+    """
+    with _hook_lock:
+        previous = sys.unraisablehook
+        if getattr(previous, _HOOK_MARK, False):
+            return
+
+        def hook(unraisable) -> None:
+            if not (isinstance(unraisable.exc_value, UnicodeDecodeError)
+                    and getattr(unraisable.object, _HANDLER_MARK, False)):
+                previous(unraisable)
+
+        setattr(hook, _HOOK_MARK, True)
+        sys.unraisablehook = hook
 
 
 class FileBlock(NamedTuple):
@@ -221,6 +248,8 @@ def _arrow_batches(path: Path, start: int, end: int, header: list[str], report: 
         report(row.number - 1, _Malformed(row.actual_columns, row.text))
         return "skip"
 
+    setattr(keep, _HANDLER_MARK, True)
+    _quiet_undecodable_rows()
     block, delivered = _CSV_BLOCK, 0
     while True:
         with pa.OSFile(str(path)) as file:  # a native stream: Arrow's reading thread never waits for Python
