@@ -7,6 +7,7 @@ Each command is ``_<name>_parser(subparsers)`` plus ``_<name>(args) -> int``; :f
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -248,7 +249,8 @@ def _score_parser(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("score", help="score CSV or Parquet files of cases into one output file",
                        description="Exit codes: 0 every row scored, 1 some rows rejected (see "
-                                   "OUTPUT.rejects.csv), 2 fatal error (nothing written).")
+                                   "OUTPUT.rejects.csv), 2 fatal error (no file written; with -o - standard output may hold "
+                                   "the rows scored before it).")
     p.add_argument("inputs", nargs="+", help="CSV or Parquet files (by extension; with --engine dask also globs); "
                                              "- reads CSV from standard input")
     p.add_argument("-o", "--output", required=True,
@@ -264,7 +266,8 @@ def _score_parser(sub: argparse._SubParsersAction) -> None:
                    help="decimal places of probabilities in a CSV output (default 6: every decision in the file is "
                         "made on the full numbers; 17 keeps every digit); Parquet keeps them whole")
     p.add_argument("--texts", choices=("codes", "full"), default=None,
-                   help="triage_reason, advice, safety_net and ask_next as short codes, looked up in OUTPUT.texts.csv, "
+                   help="triage_reason, advice, safety_net and ask_next as short codes, looked up in OUTPUT.texts.csv "
+                        "(score.texts.csv beside the rejects with -o -), "
                         "or as full texts (default: codes for CSV, full for Parquet, which stores each text once)")
     p.add_argument("--rejects", default=None,
                    help="where rejected rows go (default OUTPUT.rejects.csv; score.rejects.csv with -o -)")
@@ -603,7 +606,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         told = " (no output was written)" if args.command == "score" else ""
-        return _fail(args.command, f"{err or 'interrupted'}{told}")
+        return _fail(args.command, f"{str(err) or 'interrupted'}{told}")
     except Exception as err:  # a bug or an environment problem: still one line, the traceback on --debug
         if args.debug:
             raise
@@ -613,8 +616,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _fail(command: str, message: str) -> int:
     """Print one line on stderr and return the fatal exit code."""
     line = " ".join(message.split())
-    print(f"kneepain {command}: error: {line}", file=sys.stderr)
+    try:
+        print(f"kneepain {command}: error: {line}", file=sys.stderr, flush=True)
+    except OSError:  # stderr closed too (`... 2>&1 | head`): the exit code still says fatal
+        _silence_closed_streams()
     return EXIT_FATAL
+
+
+def _silence_closed_streams() -> None:
+    """Point stdout and stderr at /dev/null, so flushing them at exit into a closed pipe neither
+    fails nor changes the exit code."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            os.dup2(devnull, stream.fileno())
+        except (OSError, ValueError):
+            pass
+    os.close(devnull)
 
 
 if __name__ == "__main__":

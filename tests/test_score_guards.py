@@ -348,3 +348,78 @@ def test_formula_screen_reads_the_buffers_as_arrow_reads_the_cells(kind):
     padded = pa.Array.from_buffers(kind, 2, [None, pa.py_buffer(np.array([0, 1, 2], dtype=width).tobytes() + b"\0"),
                                              pa.py_buffer(b"a=")])
     assert padded.to_pylist() == ["a", "="] and _formula_first(padded) and not _formula_first(padded.slice(0, 1))
+
+
+def test_a_csv_whose_lines_end_in_a_bare_cr_is_refused_not_read_as_a_header(trained, tmp_path, capsys):
+    """The old Mac format: read line by line, the whole file would be one header and no rows."""
+    models, _ = trained
+    src = tmp_path / "mac.csv"
+    src.write_bytes(("\r".join([HEADER, *GOOD]) + "\r").encode())
+    assert _score(src, tmp_path / "out.csv", models) == 2
+    assert "bare carriage return" in _one_line_error(capsys)
+    with pytest.raises(BatchInputError, match="bare carriage return"):
+        predict(src, model=models)
+    crlf = tmp_path / "crlf.csv"
+    crlf.write_bytes(("\r\n".join([HEADER, *GOOD]) + "\r\n").encode())
+    assert _score(crlf, tmp_path / "out.csv", models) == 0
+    assert len(pd.read_csv(tmp_path / "out.csv")) == len(GOOD)
+
+
+@pytest.mark.parametrize("rejects", ["out.csv", "out.csv.texts.csv", "-"])
+def test_outputs_that_are_one_file_are_refused_and_the_old_output_kept(trained, tmp_path, capsys, monkeypatch, rejects):
+    models, _ = trained
+    monkeypatch.chdir(tmp_path)
+    src = _write(tmp_path / "in.csv", [HEADER, *GOOD, "b1,300,male,no,3"])
+    out = tmp_path / "out.csv"
+    out.write_text("an earlier output\n")
+    assert _score(src, out, models, "--rejects", rejects) == 2
+    err = _one_line_error(capsys)
+    assert ("would be the same file" in err) if rejects != "-" else ("--rejects -" in err)
+    assert out.read_text() == "an earlier output\n" and not (tmp_path / "-").exists()
+
+
+def test_unnamed_columns_are_named_by_position(trained, tmp_path, capsys):
+    models, _ = trained
+    src = _write(tmp_path / "in.csv", [HEADER + ",,", *(g + ",," for g in GOOD)])
+    assert _score(src, tmp_path / "out.csv", models) == 2
+    assert "columns 6, 7 of the header have no name" in _one_line_error(capsys)
+    src = _write(tmp_path / "in.csv", [HEADER + ",", *(g + "," for g in GOOD)])
+    assert main(["score", str(src), "-o", str(tmp_path / "out.csv"), "--model", str(models), "--quiet"]) == 0
+    assert "ignoring columns that are not case fields: (a column without a name)" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_a_job_stopped_while_it_copies_standard_input_removes_the_copy(trained, tmp_path, signum):
+    models, _ = trained
+    kneepain = Path(sys.executable).parent / "kneepain"
+    proc = subprocess.Popen([str(kneepain), "score", "-", "-o", str(tmp_path / "out.csv"), "--model", str(models)],
+                            stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "TMPDIR": str(tmp_path)})
+    proc.stdin.write("\n".join([HEADER, *GOOD]) + "\n")
+    proc.stdin.flush()  # and left open: the job is still copying standard input
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob("kneepain-stdin-*/*")):
+        assert proc.poll() is None and time.monotonic() < deadline, "the job ended before it could be stopped"
+        time.sleep(0.05)
+    proc.send_signal(signum)
+    try:
+        err = proc.stderr.read()
+        proc.wait(timeout=60)
+    finally:
+        proc.stdin.close()
+    assert proc.returncode == 2
+    assert f"stopped by {signal.Signals(signum).name} (no output was written)" in err and "Traceback" not in err, err
+    assert list(tmp_path.glob("kneepain-stdin-*")) == [] and not (tmp_path / "out.csv").exists()
+
+
+@pytest.mark.slow
+def test_a_closed_pipe_on_stdout_and_stderr_still_exits_2(trained, big_csv, tmp_path):
+    """`kneepain score big.csv -o - 2>&1 | head -1`: the error line cannot be written either."""
+    models, _ = trained
+    kneepain = Path(sys.executable).parent / "kneepain"
+    proc = subprocess.Popen([str(kneepain), "score", str(big_csv), "-o", "-", "--model", str(models), "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path)
+    proc.stdout.readline()
+    proc.stdout.close()
+    assert proc.wait(timeout=120) == 2

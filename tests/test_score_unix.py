@@ -69,7 +69,29 @@ def test_columns_keep_input_top_k_and_full_texts(trained, cases_csv, tmp_path):
     assert got["top2"].tolist() == expected["top2"].tolist()
     assert set(got["clinic"]) == {"north"}
     assert got["age"].tolist() == cases["age"].astype(str).tolist()
+    assert not (tmp_path / "out.csv.texts.csv").exists()  # and an earlier run's lookup is removed:
+    (tmp_path / "out.csv.texts.csv").write_text("column,code,text\n")
+    assert main(["score", str(path), "-o", str(out), "--model", str(models), "--quiet", "--texts", "full"]) == 0
     assert not (tmp_path / "out.csv.texts.csv").exists()
+
+
+def test_kept_input_columns_never_lose_one_to_a_name_clash(trained, tmp_path, capsys):
+    """An input holding ``triage`` and ``input_triage`` (an earlier output scored again) keeps both."""
+    from pipeline.serve.shaping import input_columns
+
+    models, _ = trained
+    src = tmp_path / "in.csv"
+    src.write_text("case_id,age,sex,triage,input_triage,Row,note\nA,30,male,T1,IT1,R1,hello\n")
+    assert main(["score", str(src), "-o", str(tmp_path / "out.csv"), "--model", str(models), "--quiet",
+                 "--keep-input-columns"]) == 0
+    got = _read(tmp_path / "out.csv")
+    kept = got.iloc[0][["input_input_triage", "input_triage", "input_Row", "note"]].tolist()
+    assert kept == ["T1", "IT1", "R1", "hello"] and got.iloc[0]["triage"] in {"self_care", "see_doctor",
+                                                                               "see_doctor_soon", "emergency"}
+    assert "ignoring columns" not in capsys.readouterr().err  # they are kept, not ignored
+    names = input_columns(["triage", "input_triage", "input_input_triage", "x"], ["triage", "row"])
+    assert names == {"triage": "input_input_input_triage", "input_triage": "input_triage",
+                     "input_input_triage": "input_input_triage", "x": "x"}
 
 
 def test_unknown_column_is_one_line_naming_the_choices(trained, cases_csv, tmp_path, capsys):
@@ -99,6 +121,28 @@ def test_stdin_to_stdout_with_rejects_beside(trained, cases_csv, tmp_path):
     assert got["row"].astype(int).tolist() == list(range(1, len(cases)))
     bad = _read(tmp_path / "r.csv")
     assert bad["reject_file"].tolist() == ["<stdin>"] and bad["sex"].tolist() == ["femal"]
+
+
+def test_stdout_in_codes_gets_its_lookup_beside_the_rejects(trained, cases_csv, tmp_path):
+    models, _ = trained
+    path, cases = cases_csv
+    out = io.BytesIO()
+    score_files([path], "-", load_model(models), stdout=out, rejects=tmp_path / "r.csv",
+                options=OutputOptions(texts="codes"))
+    got = _read(io.StringIO(out.getvalue().decode()))
+    lookup = _read(tmp_path / "score.texts.csv")
+    advice = dict(zip(lookup.loc[lookup["column"] == "advice", "code"], lookup.loc[lookup["column"] == "advice", "text"]))
+    assert [advice[c] for c in got["advice"]] == predict(cases, model=models)["advice"].tolist()
+
+
+def test_standard_input_is_named_as_given_in_errors(trained, tmp_path):
+    from pipeline.core.errors import BatchInputError
+
+    models, _ = trained
+    for data, message in [(b"", "<stdin>: the file is empty"), (b"age,Age\n1,2\n", "<stdin>: the header repeats")]:
+        with pytest.raises(BatchInputError, match=message) as err:
+            score_files(["-"], tmp_path / "o.csv", load_model(models), stdin=io.BytesIO(data))
+        assert "kneepain-stdin" not in str(err.value)
 
 
 @pytest.mark.slow

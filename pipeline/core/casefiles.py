@@ -45,6 +45,8 @@ _STRADDLE = "straddl"  # pyarrow: "straddling object straddles two block boundar
 # pyarrow gives a record with the wrong field count to the row handler as text; one that is not
 # UTF-8 cannot be, and the read stops with this (its records numbered from 1 in the stream)
 _UNDECODABLE = re.compile(r"Row #(\d+): Expected \d+ columns, got (\d+)")
+_HEADER_BYTES = 1 << 20  # a longer header is refused
+_BARE_CR = re.compile(rb"\r(?!\n)")  # a line ending of CR alone (LF and CR LF are read)
 _HANDLER_MARK = "_kneepain_row_handler"
 _HOOK_MARK = "_kneepain_quiet_rows"
 _hook_lock = threading.Lock()
@@ -103,6 +105,10 @@ def check_columns(names: list[str], where: str) -> None:
     repeated = repeated_columns(names)
     if repeated:
         name, spellings = next(iter(repeated.items()))
+        if not name:
+            unnamed = [i + 1 for i, n in enumerate(names) if not str(n).strip()]
+            raise BatchInputError(f"{where}: columns {', '.join(map(str, unnamed))} of the header have no name (a "
+                                  "spreadsheet's empty columns, saved as ',,'); remove them or give each a name.")
         raise BatchInputError(f"{where}: the header repeats column {name!r} ({', '.join(map(repr, spellings))}); "
                               "column names are matched ignoring case and surrounding spaces, so each may appear once.")
 
@@ -111,9 +117,14 @@ def _csv_header(path: Path) -> tuple[list[str], int]:
     """The header's names and its length in bytes (where the data records begin)."""
     try:
         with open(path, "rb") as fh:  # the header's bytes only: a bad byte further on is the reader's to report
-            raw = fh.readline()
-            while raw.count(b'"') % 2 and (more := fh.readline()):  # a quoted name across lines
-                raw += more
+            raw = fh.readline(_HEADER_BYTES)
+            while raw.count(b'"') % 2 and len(raw) < _HEADER_BYTES and (more := fh.readline(_HEADER_BYTES)):
+                raw += more  # a quoted name across lines
+        if _BARE_CR.search(raw):
+            raise BatchInputError(f"{path}: its lines end in a bare carriage return (CR), as old Mac programs save "
+                                  "CSV; save it with LF or CR LF line endings (for example Excel's 'CSV UTF-8').")
+        if len(raw) >= _HEADER_BYTES and not raw.endswith(b"\n"):
+            raise BatchInputError(f"{path}: the header is longer than {_HEADER_BYTES >> 20} MB; is this a CSV file?")
         header = next(csv.reader(io.StringIO(raw.decode("utf-8-sig"), newline="")), None)
     except UnicodeDecodeError as err:
         raise BatchInputError(f"{path}: the header is not valid UTF-8 ({err.reason} at byte {err.start}).") from err

@@ -44,7 +44,8 @@ __all__ = ["ParsedCases", "codes_to_frame", "codes_to_text_frame", "ignored_colu
 
 def ignored_columns_message(columns: tuple[str, ...] | list[str], where: str = "") -> str:
     """The one warning for input columns that are not case fields (``where``: a file, or nothing)."""
-    return f"{where + ': ' if where else ''}ignoring columns that are not case fields: {', '.join(columns)}"
+    names = [c if str(c).strip() else "(a column without a name)" for c in columns]
+    return f"{where + ': ' if where else ''}ignoring columns that are not case fields: {', '.join(names)}"
 
 
 @dataclass

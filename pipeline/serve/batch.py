@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -36,7 +36,15 @@ from pipeline.core.parsing import ignored_columns_message
 from pipeline.core.schema import ID_COLUMN, normalise_header
 from pipeline.serve import CHUNK_ROWS
 from pipeline.serve.chunks import ChunkScorer, Done, FileJob, SeenIds, chunk_ids, score_chunk, score_valid, validate_chunk
-from pipeline.serve.guard import check_stop, output_lock, reclaim_stale_temps, refuse_same_file, stop_on_signals
+from pipeline.serve.guard import (
+    check_stop,
+    output_lock,
+    reclaim_stale_temps,
+    refuse_same_file,
+    refuse_shared_outputs,
+    stop_at_once_on_signals,
+    stop_on_signals,
+)
 from pipeline.serve.loading import LoadedModel
 from pipeline.serve.reading import prefetch
 from pipeline.serve.shaping import OutputOptions, input_columns, round_floats, select_columns, text_lookup
@@ -72,7 +80,9 @@ def score_files(inputs: list[str | Path], output: str | Path, model: LoadedModel
     and reasons. Both files appear only when the run completes; a stale rejects file from an
     earlier run is removed. The output is locked for the run, and temporary files are removed if
     it is stopped. ``options`` chooses the columns, the float digits and the texts
-    (:mod:`pipeline.serve.shaping`); with ``texts="codes"`` a file output gets ``<output>.texts.csv``.
+    (:mod:`pipeline.serve.shaping`); with ``texts="codes"`` the codes' texts go to ``<output>.texts.csv``
+    (:data:`STREAM_TEXTS` beside the rejects file for an output ``-``). Two outputs that are one file
+    are refused.
 
     An input ``-`` is CSV read from ``stdin``, copied to a temporary file first (the reader rereads
     a record longer than its block). An output ``-`` is CSV written to ``stdout`` as it is scored
@@ -90,6 +100,9 @@ def score_files(inputs: list[str | Path], output: str | Path, model: LoadedModel
     options = options or OutputOptions()
     if not isinstance(jobs, (int, np.integer)) or jobs < 1:
         raise BatchInputError(f"jobs == {jobs!r}, must be an integer >= 1.")
+    if rejects is not None and str(rejects) == "-":
+        raise BatchInputError("--rejects -: the rejected rows go to a file (standard output is the scored rows'); "
+                              "give a path.")
     if str(output) == "-":
         return _score_to_stream(inputs, stdout or sys.stdout.buffer, model, rejects=Path(rejects or STREAM_REJECTS),
                                 chunk_rows=chunk_rows, progress=progress, warn=warn, options=options, stdin=stdin,
@@ -102,35 +115,65 @@ def score_files(inputs: list[str | Path], output: str | Path, model: LoadedModel
     if not output.parent.is_dir():
         raise BatchInputError(f"{output.parent}: no such folder for the output.")
     rejects_path = Path(rejects) if rejects is not None else output.with_name(output.name + ".rejects.csv")
-    texts_path = output.with_name(output.name + ".texts.csv")
+    outputs = [("output", output), ("rejects file", rejects_path)]
+    if _as_codes(model, options):
+        outputs.append(("texts lookup", output.with_name(output.name + ".texts.csv")))
+    refuse_shared_outputs(outputs)
     with _stdin_spooled(inputs, stdin) as paths:
-        refuse_same_file(paths, [output, rejects_path, texts_path])
+        refuse_same_file(paths, [path for _, path in outputs])
         columns = [file_columns(p) for p in paths]  # every input readable before anything is written
         with output_lock(output), stop_on_signals():
             reclaim_stale_temps([output, rejects_path])
             summary = _score_locked(paths, columns, output, rejects_path, model, chunk_rows=chunk_rows,
                                     progress=progress, warn=warn, options=options, jobs=jobs)
-    if _as_codes(model, options):
-        assert model.decision is not None and model.kb is not None
-        write_text_atomic(texts_path, text_lookup(model.decision.text_codes(model.kb)).to_csv(index=False))
+    _write_text_lookup(model, outputs)
+    if not _as_codes(model, options):  # an earlier run's lookup would describe codes this output lacks
+        output.with_name(output.name + ".texts.csv").unlink(missing_ok=True)
     return summary
 
 
 STREAM_REJECTS = "score.rejects.csv"
+STREAM_TEXTS = "score.texts.csv"  # with an output -, the codes' lookup, beside the rejects file
 STDIN_LABEL = "<stdin>"  # standard input's name in rejects and messages
 _SPOOLED = "kneepain-stdin.csv"
+
+
+def _write_text_lookup(model: LoadedModel, outputs: list[tuple[str, Path]]) -> None:
+    """The codes' texts (``<output>.texts.csv``, or :data:`STREAM_TEXTS`), when the job wrote codes."""
+    for what, path in outputs:
+        if what == "texts lookup":
+            assert model.decision is not None and model.kb is not None
+            write_text_atomic(path, text_lookup(model.decision.text_codes(model.kb)).to_csv(index=False))
 
 
 def _score_to_stream(inputs: list[str | Path], stream: BinaryIO, model: LoadedModel, *, rejects: Path,
                      chunk_rows: int, progress: bool, warn: Callable[[str], None] | None,
                      options: OutputOptions, stdin: BinaryIO | None, jobs: int) -> ScoreSummary:
+    outputs = [("rejects file", rejects)]
+    if _as_codes(model, options):
+        outputs.append(("texts lookup", rejects.with_name(STREAM_TEXTS)))
+    refuse_shared_outputs(outputs)
     with _stdin_spooled(inputs, stdin) as paths:
-        refuse_same_file(paths, [rejects])
+        refuse_same_file(paths, [path for _, path in outputs])
         columns = [file_columns(p) for p in paths]
-        with output_lock(rejects), stop_on_signals():
+        with _stream_lock(rejects), stop_on_signals():
             reclaim_stale_temps([rejects])
-            return _score_locked(paths, columns, None, rejects, model, chunk_rows=chunk_rows, progress=progress,
-                                 warn=warn, options=options, jobs=jobs, stream=stream)
+            summary = _score_locked(paths, columns, None, rejects, model, chunk_rows=chunk_rows, progress=progress,
+                                    warn=warn, options=options, jobs=jobs, stream=stream)
+    _write_text_lookup(model, outputs)
+    return summary
+
+
+@contextmanager
+def _stream_lock(rejects: Path) -> Iterator[None]:
+    """The rejects file's lock, for a job writing to standard output."""
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(output_lock(rejects))
+        except BatchInputError as err:
+            raise BatchInputError(f"{err} Jobs writing to standard output in one folder share {STREAM_REJECTS}: "
+                                  "give each its own --rejects PATH.") from err
+        yield
 
 
 @contextmanager
@@ -143,9 +186,14 @@ def _stdin_spooled(inputs: list[str | Path], stdin: BinaryIO | None) -> Iterator
         return
     with tempfile.TemporaryDirectory(prefix="kneepain-stdin-") as folder:
         spooled = Path(folder) / _SPOOLED
-        with open(spooled, "wb") as fh:
+        with open(spooled, "wb") as fh, stop_at_once_on_signals():  # a stop signal removes the copy
             shutil.copyfileobj(stdin or sys.stdin.buffer, fh, 1 << 20)
-        yield [spooled if str(p) == "-" else Path(p) for p in inputs]
+        try:
+            yield [spooled if str(p) == "-" else Path(p) for p in inputs]
+        except BatchInputError as err:  # standard input is named as the user gave it, not by its copy
+            if str(spooled) not in str(err):
+                raise
+            raise BatchInputError(str(err).replace(str(spooled), STDIN_LABEL)) from err
 
 
 def _as_codes(model: LoadedModel, options: OutputOptions) -> bool:
@@ -192,7 +240,7 @@ def _score_locked(paths: list[Path], columns: list[list[str]], output: Path | No
         future, name = in_flight.popleft()
         done: Done = future.result()
         check_stop()
-        if done.ignored and name not in told:
+        if done.ignored and name not in told and not options.keep_input:  # kept columns are not ignored
             summary.warnings.append(ignored_columns_message(done.ignored, name))
             if warn:
                 warn(summary.warnings[-1])

@@ -96,7 +96,7 @@ def reject_repeated(ids: pd.Series | None, valid: np.ndarray, errors: pd.DataFra
             rows = np.flatnonzero(dup)
             errors = pd.concat([errors, pd.DataFrame({
                 "row": rows + row_offset, "column": ID_COLUMN, "value": ids.iloc[rows].astype(str).to_numpy(),
-                "reason": "duplicate case_id: seen in an earlier chunk or file"})], ignore_index=True)
+                "reason": "duplicate case_id: seen in an earlier row or input file"})], ignore_index=True)
             valid = valid & ~dup
     problems = errors.sort_values("row", kind="stable")[_ERROR_COLUMNS] if len(errors) \
         else pd.DataFrame(columns=_ERROR_COLUMNS)

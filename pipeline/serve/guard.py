@@ -1,12 +1,15 @@
 """What keeps a scoring job from destroying or mixing up a user's files.
 
 - :func:`refuse_same_file`: an output (or its rejects file) that is one of the inputs, by any
-  path (relative, through a link), is refused before anything is opened for writing.
+  path (relative, through a link), is refused before anything is opened for writing;
+  :func:`refuse_shared_outputs`: so are two of a job's outputs (scores, rejects, texts lookup)
+  that are one file.
 - :func:`output_lock`: one job at a time per output; a second job fails at once (``filelock``,
   an OS lock on a hidden ``.<output>.lock`` beside the output, released if the job dies).
 - :func:`stop_on_signals` and :func:`check_stop`: SIGTERM, SIGHUP and Ctrl-C (SIGINT) are noted
   when they arrive and stop the job at its next step (a chunk read, scored or written), so the
   clean-up that removes its temporary files runs and no lock is left half-taken; a second signal
+  stops it at once. While standard input is copied (no lock held), :func:`stop_at_once_on_signals`
   stops it at once.
 - :func:`reclaim_stale_temps`: temporary files left by a job that was killed outright (SIGKILL,
   power loss) carry its process id; a later job on the same output removes those of dead processes.
@@ -26,7 +29,8 @@ from filelock import FileLock, Timeout
 
 from pipeline.core.errors import BatchInputError
 
-__all__ = ["Interrupted", "check_stop", "output_lock", "reclaim_stale_temps", "refuse_same_file", "stop_on_signals"]
+__all__ = ["Interrupted", "check_stop", "output_lock", "reclaim_stale_temps", "refuse_same_file", "refuse_shared_outputs",
+           "stop_at_once_on_signals", "stop_on_signals"]
 
 
 class Interrupted(KeyboardInterrupt):
@@ -50,6 +54,16 @@ def refuse_same_file(inputs: Sequence[Path], outputs: Sequence[Path]) -> None:
             if _same(src, out):
                 raise BatchInputError(f"{out} is the input file {src}: scoring would overwrite your data; "
                                       "choose another output path.")
+
+
+def refuse_shared_outputs(outputs: Sequence[tuple[str, Path]]) -> None:
+    """Raise :class:`BatchInputError` if two of a job's outputs (``(what, path)``) are one file:
+    the second written would replace the first."""
+    for i, (first, a) in enumerate(outputs):
+        for second, b in outputs[i + 1:]:
+            if _same(a, b):
+                raise BatchInputError(f"{b}: the {second} would be the same file as the {first} ({a}); give "
+                                      "each its own path.")
 
 
 def lock_path(output: Path) -> Path:
@@ -113,6 +127,33 @@ def check_stop() -> None:
         raise Interrupted(_received[0])
 
 
+def _stop_now(signum: int, frame) -> None:
+    raise Interrupted(signum)
+
+
+@contextmanager
+def _signals_to(handler, signums: Sequence[int]) -> Iterator[None]:
+    """``handler`` for ``signums`` for the duration (restored after), in the main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, handler) for s in signums}
+    try:
+        yield
+    finally:
+        for s, old in previous.items():
+            signal.signal(s, old)
+
+
+@contextmanager
+def stop_at_once_on_signals(signums: Sequence[int] = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)) -> Iterator[None]:
+    """Turn ``signums`` into :class:`Interrupted` where the main thread is, for a step that holds
+    no lock and whose clean-up is ``with`` blocks (copying standard input to a temporary file); no-op
+    elsewhere than the main thread."""
+    with _signals_to(_stop_now, signums):
+        yield
+
+
 @contextmanager
 def stop_on_signals(signums: Sequence[int] = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)) -> Iterator[None]:
     """Note ``signums`` in the main thread for the duration; :func:`check_stop` turns one into
@@ -123,14 +164,12 @@ def stop_on_signals(signums: Sequence[int] = (signal.SIGTERM, signal.SIGHUP, sig
     ``concurrent.futures``, a lock held for ever, and a job that never exits). The job calls
     :func:`check_stop` between its steps instead. A second signal raises at once.
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    _received.clear()
-    previous = {s: signal.signal(s, _note) for s in signums}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+    main = threading.current_thread() is threading.main_thread()
+    if main:
         _received.clear()
+    try:
+        with _signals_to(_note, signums):
+            yield
+    finally:
+        if main:
+            _received.clear()

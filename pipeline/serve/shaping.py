@@ -55,10 +55,20 @@ class OutputOptions:
 
 
 def input_columns(names: Sequence[str], taken: Sequence[str]) -> dict[str, str]:
-    """Input column -> its output name: the input's own name, ``input_<name>`` if the output already has it."""
-    taken_norm = {normalise_header(t) for t in taken}
-    return {n: (f"input_{n}" if normalise_header(n) in taken_norm else n) for n in names
-            if normalise_header(n) != "case_id"}
+    """Input column -> its output name: the input's own name, or ``input_<name>`` if the output
+    already has it (``input_input_<name>`` if the input has that too, and so on: no column is lost)."""
+    names = [n for n in names if normalise_header(n) != "case_id"]
+    used = {normalise_header(t) for t in taken}
+    clashing = {n for n in names if normalise_header(n) in used}
+    used |= {normalise_header(n) for n in names if n not in clashing}  # the names that stay as they are
+    out = {}
+    for n in names:
+        name = n
+        while n in clashing and normalise_header(name) in used:
+            name = f"input_{name}"
+        used.add(normalise_header(name))
+        out[n] = name
+    return out
 
 
 def select_columns(schema: pa.Schema, columns: Sequence[str] | None) -> pa.Schema:
