@@ -189,7 +189,7 @@ def test_predict_names_empty_input_and_refuses_parsed_cases():
     from pipeline import predict
 
     for empty in ([], pd.DataFrame()):
-        with pytest.raises(CaseValidationError, match="no cases were given"):
+        with pytest.raises(CaseValidationError, match="^no cases were given$"):  # no row or column to name
             predict(empty, model="no-such-model-folder")
     parsed = parse_cases(pd.DataFrame({"age": ["abc", "40"], "sex": ["male", "male"]}), raise_on_error=False)
     with pytest.raises(TypeError, match="not ParsedCases"):

@@ -286,8 +286,10 @@ def test_predict_on_a_path_reads_as_score_does(trained, tmp_path):
     short = _write(tmp_path / "short.csv", [HEADER, GOOD[0], "b1,33,male"])
     with pytest.raises(CaseValidationError, match=r"row 1.*record 3 of .* has 3 fields; the header has 5"):
         predict(short, model=models)
-    latin = _write(tmp_path / "latin.csv", [HEADER, "é1,30,male,no,3"], encoding="latin-1")
-    with pytest.raises(BatchInputError, match="latin.csv: cannot read: not valid UTF-8 text"):
+    latin = _write(tmp_path / "latin.csv", [HEADER, *GOOD, "é1,30,male,no,3"], encoding="latin-1")
+    at = len(HEADER) + sum(len(g) + 1 for g in GOOD) + 1  # the byte after the header's and the rows' newlines
+    with pytest.raises(BatchInputError, match=rf"latin.csv: cannot read: not valid UTF-8 text at byte offset {at} "
+                                              r"\(line 6\)"):
         predict(latin, model=models)
     latin_header = _write(tmp_path / "latin_header.csv", [HEADER + ",clinic é", "a1,30,male,no,3,x"], encoding="latin-1")
     with pytest.raises(BatchInputError, match="latin_header.csv: the header is not valid UTF-8"):

@@ -17,6 +17,7 @@ The one reader behind ``kneepain score``, the Dask engine and :func:`pipeline.pr
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import re
@@ -208,8 +209,31 @@ def iter_chunks(path: str | Path, chunk_rows: int, *, block: FileBlock | None = 
     except (pa.ArrowException, OSError) as err:
         message = _first_line(err)
         if "UTF8" in message:
-            message = "not valid UTF-8 text (save the file as UTF-8)"
+            message = f"not valid UTF-8 text{_where_not_utf8(path)} (save the file as UTF-8)"
         raise BatchInputError(f"{path}: cannot read: {message}") from err
+
+
+def _where_not_utf8(path: Path) -> str:
+    """`` at byte offset B (line L)`` of the file's first byte that is not UTF-8 ('' if none is found)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = lines = 0
+    try:
+        with open(path, "rb") as fh:
+            while True:
+                block = fh.read(1 << 20)
+                try:
+                    decoder.decode(block, final=not block)
+                except UnicodeDecodeError as err:
+                    # err.object is the bytes the decoder held back from the block before, then this block
+                    at = offset - (len(err.object) - len(block)) + err.start
+                    line = lines + block[:max(at - offset, 0)].count(b"\n") + 1
+                    return f" at byte offset {at} (line {line})"
+                if not block:
+                    return ""
+                lines += block.count(b"\n")
+                offset += len(block)
+    except OSError:
+        return ""
 
 
 def _first_line(err: BaseException) -> str:

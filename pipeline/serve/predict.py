@@ -39,7 +39,7 @@ def output_dictionary_markdown() -> str:
     docs = {
         "case_id": "the input's `case_id`, unchanged (when the input has one)",
         "row": "the 0-based row number of the case in its input (header excluded); always present in `kneepain score` output",
-        "file": "the input file (`kneepain score` with several inputs)",
+        "file": "the input file (`kneepain score` with several inputs, and always with `--engine dask`)",
         "prediction": "the most likely condition",
         "confidence": "its probability",
         **{f"p_{c}": f"calibrated probability of {CONDITION_LABELS[c]}" for c in CONDITIONS},
