@@ -377,8 +377,11 @@ def _score(args: argparse.Namespace) -> int:
 
         block_bytes = None if args.block_mb is None else round(args.block_mb * (1 << 20))
 
-        # the workers load the (hash-checked) model themselves, once each
-        with dask_client(args.scheduler) as client:
+        from pipeline.serve.guard import stop_at_once_on_signals
+
+        # the workers load the (hash-checked) model themselves, once each; SIGTERM and SIGHUP stop
+        # the job as Ctrl-C does, and its temporary folder is removed
+        with stop_at_once_on_signals(), dask_client(args.scheduler) as client:
             summary = score_files_dask(args.inputs, args.output, args.model, client=client, fmt=args.format,
                                        chunk_rows=args.chunk_rows, warn=warn, block_bytes=block_bytes)
         rejects_path = Path(args.output) / "rejects.csv"

@@ -45,6 +45,27 @@ def test_case_ids_pass_through_in_input_order(trained):
     assert out["case_id"].tolist() == ["z", "a"]
 
 
+def test_a_frames_index_is_kept_so_results_join_back(trained):
+    models, _ = trained
+    frame = pd.DataFrame([CASE, {"age": 70, "sex": "female"}, {"age": 35, "sex": "male"}], index=["p7", "p2", "p7"])
+    out = predict(frame, model=models)
+    assert out.index.tolist() == ["p7", "p2", "p7"]
+    older = frame[frame["age"] > 60]
+    joined = older.assign(p_dvt=predict(older, model=models)["p_dvt"])
+    assert joined["p_dvt"].tolist() == [out["p_dvt"].iloc[1]]
+    assert predict([CASE, CASE], model=models).index.tolist() == [0, 1]
+
+
+def test_nat_is_unknown_in_small_and_large_frames(trained):
+    """A column of a few rows is read value by value, a larger one by its unique values: the same answers."""
+    models, _ = trained
+    unknown = predict({"age": 40, "sex": "male"}, model=models)["p_dvt"].iloc[0]
+    for n in (1, 64, 65):
+        frame = pd.DataFrame({"age": [40] * n, "sex": ["male"] * n,
+                              "locking": pd.Series([pd.NaT] + [None] * (n - 1), dtype=object)})
+        assert predict(frame, model=models)["p_dvt"].tolist() == [unknown] * n
+
+
 def test_callers_frame_is_not_modified(trained):
     models, _ = trained
     frame = pd.DataFrame([CASE, {"age": "70", "sex": " Female ", "locking": None}])
@@ -76,6 +97,8 @@ def test_top_k_and_its_bounds(trained):
     assert len(out["top5"][0].split("|")) == 5
     with pytest.raises(ValueError, match="top_k == 0"):
         predict(CASE, model=models, top_k=0)
+    with pytest.raises(ValueError, match="top_k == True"):  # a bool is an int to Python, not a count
+        predict(CASE, model=models, top_k=True)
 
 
 def test_model_is_loaded_once(trained, monkeypatch):

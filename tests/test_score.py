@@ -29,7 +29,7 @@ EXPECTED = {
     "pregnant_male.csv": (1, 3, 1, "column 'pregnant', value 'yes': pregnant cannot be yes when sex is male"),
     "unknown_tristate.csv": (1, 3, 1, "column 'locking', value 'sometimes': not allowed; allowed: yes/y/true/t/1"),
     "extra_columns.csv": (0, 3, 0, None),
-    "duplicate_case_id.csv": (1, 3, 1, "column 'case_id', value 'g1': duplicate case_id: first seen at row 0"),
+    "duplicate_case_id.csv": (1, 3, 1, "column 'case_id', value 'g1': duplicate case_id: seen in an earlier row"),
     "utf8_bom.csv": (0, 3, 0, None),
     "windows_line_endings.csv": (0, 3, 0, None),
     "quoted_commas_newlines.csv": (0, 4, 0, None),

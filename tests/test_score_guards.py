@@ -300,6 +300,27 @@ def test_predict_on_a_path_reads_as_score_does(trained, tmp_path):
         predict(empty, model=models)
     ok = _write(tmp_path / "ok.csv", [HEADER, *GOOD])
     assert predict(ok, model=models)["case_id"].tolist() == ["a1", "a2", "a3", "a4"]
+    mixed = _write(tmp_path / "mixed.csv", [HEADER, GOOD[0], "b1,33", "b2,300,male,no,3"])
+    with pytest.raises(CaseValidationError) as info:  # a malformed record does not hide the other bad rows
+        predict(mixed, model=models)
+    assert info.value.errors["row"].tolist() == [1, 2]
+    assert "row 1: record 3 of" in str(info.value) and "has 2 fields" in str(info.value)
+    assert "row 2, column 'age', value '300'" in str(info.value)
+
+
+def test_a_repeated_id_has_one_reason_however_the_file_is_chunked(trained, tmp_path):
+    models, _ = trained
+    src = _write(tmp_path / "in.csv", [HEADER, "a,30,male,no,3", "b,31,male,no,3", "a,32,male,no,3",
+                                       "a,33,male,no,3", ",34,male,no,3", "b,35,male,no,3"])
+    rejects = []
+    for rows in ("1", "2", "4", "100"):
+        assert _score(src, tmp_path / f"out{rows}.csv", models, "--chunk-rows", rows) == 1
+        rejects.append((tmp_path / f"out{rows}.csv.rejects.csv").read_bytes())
+    assert rejects.count(rejects[0]) == len(rejects)
+    got = pd.read_csv(tmp_path / "out100.csv.rejects.csv")
+    assert got["reject_row"].tolist() == [2, 3, 5]
+    assert set(got["reject_reason"]) == {"column 'case_id', value 'a': duplicate case_id: seen in an earlier row",
+                                         "column 'case_id', value 'b': duplicate case_id: seen in an earlier row"}
 
 
 @pytest.mark.parametrize("kind", [pa.string(), pa.large_string()])
@@ -425,3 +446,22 @@ def test_a_closed_pipe_on_stdout_and_stderr_still_exits_2(trained, big_csv, tmp_
     proc.stdout.readline()
     proc.stdout.close()
     assert proc.wait(timeout=120) == 2
+
+
+@pytest.mark.slow
+def test_the_dask_engine_stopped_by_sigterm_leaves_no_folder(trained, big_csv, tmp_path):
+    models, _ = trained
+    kneepain = Path(sys.executable).parent / "kneepain"
+    out = tmp_path / "scored"
+    proc = subprocess.Popen([str(kneepain), "score", "--engine", "dask", str(big_csv), "-o", str(out), "--model",
+                             str(models), "--block-mb", "1", "--chunk-rows", "2000", "--quiet"],
+                            stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".scored.tmp-*/part-*")):  # the workers are writing parts
+        assert proc.poll() is None and time.monotonic() < deadline, "scoring ended before it could be stopped"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "stopped by SIGTERM (no output was written)" in err, err
+    time.sleep(1)  # a task still running when the folder went has nowhere to write
+    assert not out.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".scored")] == []

@@ -35,6 +35,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from pipeline.core.errors import BatchInputError, CaseValidationError
+from pipeline.core.parsing import parse_cases
 from pipeline.core.schema import ID_COLUMN, normalise_header, repeated_columns
 
 __all__ = ["MAX_RECORD_BYTES", "BlockMismatchError", "CaseChunk", "FileBlock", "check_columns", "csv_data_start",
@@ -236,6 +237,10 @@ def _where_not_utf8(path: Path) -> str:
         return ""
 
 
+def _fields(n: int) -> str:
+    return f"{n} field" if n == 1 else f"{n} fields"
+
+
 def _first_line(err: BaseException) -> str:
     return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
@@ -310,7 +315,7 @@ def _arrow_batches(path: Path, start: int, end: int, header: list[str], report: 
                 if undecodable:
                     raise BatchInputError(
                         f"{where}: record {first_row + int(undecodable[1]) + 1} (the header is record 1) has "
-                        f"{undecodable[2]} fields where the header has {len(header)}, and is not valid UTF-8 text "
+                        f"{_fields(int(undecodable[2]))} where the header has {len(header)}, and is not valid UTF-8 text "
                         "(save the file as UTF-8)") from err
                 if _STRADDLE not in str(err) or block >= MAX_RECORD_BYTES:
                     if _STRADDLE in str(err):
@@ -398,7 +403,7 @@ class _RowPlacer:
         malformed = [k for k in sorted(self.bad) if k < stop]
         chunk = _with_malformed(table.slice(0, mine).to_pandas(), records[:mine], malformed, self.bad,
                                 lambda k: f"record {self.first_row + k + 2} of {self.where} (the header is record 1) "
-                                          f"has {self.bad[k].fields} fields; the header has {len(self.header)}")
+                                          f"has {_fields(self.bad[k].fields)}; the header has {len(self.header)}")
         self.pending = table.slice(mine).to_batches()
         self.good, self.held, self.start = self.good + mine, self.held - mine, stop
         for k in malformed:
@@ -449,8 +454,12 @@ def read_case_file(path: str | Path, chunk_rows: int = 100_000) -> pd.DataFrame:
         frames.append(chunk.frame)
         problems += [(offset + i, reason) for i, reason in chunk.malformed.items()]
         offset += len(chunk.frame)
-    if problems:
-        raise CaseValidationError(pd.DataFrame({"row": [r for r, _ in problems], "column": "",
-                                                "value": "", "reason": [m for _, m in problems]}), offset)
     frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    if problems:  # named with every other invalid row of the file, as `kneepain score` names them
+        malformed = pd.DataFrame({"row": [r for r, _ in problems], "column": "", "value": "",
+                                  "reason": [m for _, m in problems]})
+        others = parse_cases(frame, raise_on_error=False).errors  # a malformed record's reason is its record
+        others = others[~others["row"].isin(malformed["row"])]
+        errors = pd.concat([malformed, others], ignore_index=True)
+        raise CaseValidationError(errors.sort_values("row", kind="stable"), offset)
     return frame

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from distributed import Client, Future
 
-__all__ = ["LOCAL_WORKER_CONFIG", "DaskJobError", "dask_client", "gather", "temp_folder"]
+__all__ = ["LOCAL_WORKER_CONFIG", "DaskJobError", "dask_client", "gather", "remove_temp_folder", "temp_folder"]
 
 # Dask sets MALLOC_TRIM_THRESHOLD_=65536 in every worker it spawns, to hand freed memory back to
 # the system at once. Setting any trim threshold also turns off glibc's adaptive mmap threshold,
@@ -81,6 +82,17 @@ def temp_folder(target: Path) -> Path:
     tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:12]}"
     tmp.mkdir()
     return tmp
+
+
+def remove_temp_folder(tmp: Path) -> None:
+    """Remove a job's :func:`temp_folder` even while tasks still write into it: renamed first, so a
+    task's next part file has no folder to go to, then removed."""
+    doomed = tmp.with_name(tmp.name + ".removing")
+    try:
+        os.rename(tmp, doomed)
+    except OSError:  # already gone, or cannot be renamed: removed where it is
+        doomed = tmp
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def gather(client: "Client", futures: dict["Future", str]) -> list[Any]:

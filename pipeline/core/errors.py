@@ -22,7 +22,7 @@ class CaseValidationError(ValueError):
     def __init__(self, errors: pd.DataFrame, n_rows: int | None = None):
         self.errors = errors.reset_index(drop=True)
         lines = [
-            f"row {r.row}, column {r.column!r}, value {r.value!r}: {r.reason}"
+            f"row {r.row}, column {r.column!r}, value {r.value!r}: {r.reason}" if r.column else f"row {r.row}: {r.reason}"
             for r in self.errors.head(self.max_listed).itertuples()
         ]
         more = len(self.errors) - len(lines)

@@ -183,7 +183,7 @@ def _as_text(values: np.ndarray) -> np.ndarray:
     """Normalise unique raw values to lower-case stripped text ('' for blanks)."""
     out = np.empty(len(values), dtype=object)
     for i, v in enumerate(values):
-        if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
+        if _is_blank(v):
             out[i] = ""
         elif isinstance(v, (bool, np.bool_)):
             out[i] = "1" if v else "0"
@@ -252,6 +252,9 @@ def _canonical_codes(series: pd.Series, f: Field) -> np.ndarray | None:
 
 
 _SMALL = 64  # below this many rows a column is read value by value
+# one reason for a repeated id, within a chunk or across chunks and files: the rejects do not
+# depend on how the input was chunked or split between Dask workers
+DUPLICATE_ID = "duplicate case_id: seen in an earlier row"
 
 
 @cache
@@ -431,8 +434,7 @@ def _parse_columns(items: list[tuple[Any, pd.Series]], n: int, row_offset: int, 
         dup = text.duplicated(keep="first").to_numpy()
         if dup.any():  # blank ids are not identifiers, so they are never duplicates
             dup = dup & ids_raw.notna().to_numpy() & (text != "").to_numpy()
-            first = pd.Series(rows).groupby(text.to_numpy()).transform("min").to_numpy()
-            report(ID_COLUMN, dup, ids_raw, np.array([f"duplicate case_id: first seen at row {r}" for r in first]))
+            report(ID_COLUMN, dup, ids_raw, DUPLICATE_ID)
 
     male = codes["sex"] == field("sex").allowed.index("male")
     pregnant_male = male & (codes["pregnant"] == 1)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import shutil
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline.core.cluster import gather, temp_folder
+from pipeline.core.cluster import gather, remove_temp_folder, temp_folder
 from pipeline.core.files import sha256_file, tmp_path, write_json_atomic
 from pipeline.core.schema import ID_COLUMN
 
@@ -107,6 +106,6 @@ def generate_dask(kb: "KnowledgeBase", n: int, *, seed: int, partitions: int, ou
                 entry.unlink()
         os.rename(tmp, target)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_temp_folder(tmp)
         raise
     return manifest

@@ -22,7 +22,7 @@ import pandas as pd
 import pyarrow as pa
 
 from pipeline.core.errors import BatchInputError, CaseValidationError
-from pipeline.core.parsing import ParsedCases, normalise_ids, parse_cases
+from pipeline.core.parsing import DUPLICATE_ID, ParsedCases, normalise_ids, parse_cases
 from pipeline.core.schema import ID_COLUMN, normalise_header
 from pipeline.serve.loading import LoadedModel
 from pipeline.serve.predict import score_parsed
@@ -96,7 +96,7 @@ def reject_repeated(ids: pd.Series | None, valid: np.ndarray, errors: pd.DataFra
             rows = np.flatnonzero(dup)
             errors = pd.concat([errors, pd.DataFrame({
                 "row": rows + row_offset, "column": ID_COLUMN, "value": ids.iloc[rows].astype(str).to_numpy(),
-                "reason": "duplicate case_id: seen in an earlier row or input file"})], ignore_index=True)
+                "reason": DUPLICATE_ID})], ignore_index=True)
             valid = valid & ~dup
     problems = errors.sort_values("row", kind="stable")[_ERROR_COLUMNS] if len(errors) \
         else pd.DataFrame(columns=_ERROR_COLUMNS)

@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 
 from pipeline.core.blocks import MIN_BLOCK_BYTES, plan_blocks
 from pipeline.core.casefiles import BlockMismatchError, FileBlock, csv_data_start, file_columns, iter_chunks
-from pipeline.core.cluster import DaskJobError, gather, temp_folder
+from pipeline.core.cluster import DaskJobError, gather, remove_temp_folder, temp_folder
 from pipeline.core.errors import BatchInputError, ModelIntegrityError
 from pipeline.core.files import tmp_path
 from pipeline.core.parsing import ignored_columns_message
@@ -352,7 +352,7 @@ def score_files_dask(inputs: Sequence[str | Path] | str | Path, output_dir: str 
             ordered = _in_order(units, ordered + again)[1]
         _publish(tmp, ordered, target, rschema)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_temp_folder(tmp)
         raise
     summary = ScoreSummary(files=labels, rows_scored=sum(r.rows_scored for r in ordered),
                            rows_rejected=sum(r.rows_rejected for r in ordered))

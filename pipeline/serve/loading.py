@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,12 +156,19 @@ def get_model(model: str | Path | LoadedModel | None = None, *, trust_pickle: bo
         key: tuple = ("uri", model, trust_pickle, signer)
     else:
         folder = Path(model) if model is not None else models_dir()
-        stamps = tuple(p.stat().st_mtime_ns if p.exists() else None
-                       for p in (folder / MANIFEST_FILE, folder / CHECKSUMS_FILE))
-        key = ("dir", str(folder.resolve()), stamps, trust_pickle, signer)
+        key = ("dir", str(folder.resolve()), _stamps(folder), trust_pickle, signer)
     if key not in _CACHE:
         _CACHE[key] = load_model(model, trust_pickle=trust_pickle)
     return _CACHE[key]
+
+
+def _stamps(folder: Path) -> tuple | None:
+    """Every file of a models folder with its size and change time: an edit to any of them is a new key."""
+    try:
+        with os.scandir(folder) as entries:
+            return tuple(sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in entries if e.is_file()))
+    except OSError:  # no such folder: load_model says so
+        return None
 
 
 def clear_model_cache() -> None:

@@ -87,10 +87,11 @@ def predict(cases: Any, model: str | Path | LoadedModel | None = None, top_k: in
 
     Returns
     -------
-    DataFrame, one row per case in input order
+    DataFrame, one row per case in input order (with a DataFrame's own index, so ``df.join`` works)
         ``case_id`` (or ``row``), ``prediction``, ``confidence``, ``p_<condition>`` per condition
         (summing to 1), ``top3``, then the decision layer: ``triage``, ``triage_reason``,
-        ``advice``, ``differential``, ``differential_size``, ``atypical``, ``atypical_reason``.
+        ``safety_net``, ``ask_next``, ``advice``, ``differential``, ``differential_size``,
+        ``screen``, ``atypical``, ``atypical_reason``.
         This is information, not a diagnosis: seek professional advice.
 
     Raises
@@ -100,7 +101,7 @@ def predict(cases: Any, model: str | Path | LoadedModel | None = None, top_k: in
     TypeError
         For anything else, parsed cases included (they may hold rows that failed validation).
     """
-    if not isinstance(top_k, (int, np.integer)) or not 1 <= top_k <= len(CONDITIONS):
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or not 1 <= top_k <= len(CONDITIONS):
         raise ValueError(f"top_k == {top_k!r}, must be an integer in 1..{len(CONDITIONS)}.")
     if isinstance(cases, ParsedCases):  # they may hold rows that failed validation
         raise TypeError("predict() takes a dict, a list of dicts, a DataFrame or a path to a CSV or Parquet file, "
@@ -109,4 +110,7 @@ def predict(cases: Any, model: str | Path | LoadedModel | None = None, top_k: in
     parsed = as_parsed(cases)
     if parsed.ignored_columns:
         warnings.warn(ignored_columns_message(parsed.ignored_columns), UserWarning, stacklevel=2)
-    return score_parsed(get_model(model), parsed, top_k=top_k)
+    out = score_parsed(get_model(model), parsed, top_k=top_k)
+    if isinstance(cases, pd.DataFrame):  # row for row: the caller's index joins the results back
+        out.index = cases.index
+    return out

@@ -46,7 +46,7 @@ class OutputOptions:
     texts: str = "full"
 
     def __post_init__(self) -> None:
-        if not 1 <= self.top_k <= len(CONDITIONS):
+        if isinstance(self.top_k, bool) or not 1 <= self.top_k <= len(CONDITIONS):
             raise BatchInputError(f"top_k == {self.top_k}, must be an integer in 1..{len(CONDITIONS)}.")
         if self.float_digits is not None and not 0 <= self.float_digits <= 17:
             raise BatchInputError(f"float_digits == {self.float_digits}, must be in 0..17.")
