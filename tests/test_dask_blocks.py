@@ -183,3 +183,16 @@ def test_an_undecodable_malformed_record_prints_no_traceback_and_other_reports_s
 
     Unraisable()
     assert [type(r.exc_value) for r in reports] == [ValueError]
+
+
+@pytest.mark.parametrize("dictionary", [False, True])
+def test_a_whole_parquet_file_reads_in_exact_chunks_across_row_groups(tmp_path, dictionary):
+    """Row groups that chunk_rows does not divide: the chunks still hold exactly chunk_rows rows,
+    as a file split into blocks reads, so repeated ids and rejects fall in the same chunks."""
+    ages = pa.array([str(20 + i % 50) for i in range(25_000)])
+    table = pa.table({"age": ages.dictionary_encode() if dictionary else ages, "sex": pa.array(["male"] * 25_000)})
+    path = tmp_path / "groups.parquet"
+    pq.write_table(table, path, row_group_size=9000)
+    chunks = [c.frame for c in iter_chunks(path, 4096)]
+    assert [len(f) for f in chunks] == [4096] * 6 + [424]
+    assert pd.concat(chunks)["age"].astype(str).tolist() == ages.to_pylist()
