@@ -248,11 +248,12 @@ def _first_line(err: BaseException) -> str:
 def _parquet_tables(path: Path, chunk_rows: int, block: FileBlock) -> Iterator[pa.Table]:
     """The Parquet file's rows of ``block`` in tables of exactly ``chunk_rows`` rows (the last may be shorter)."""
     file = pq.ParquetFile(path)
+    rows = file.metadata.num_rows if block.rows is None else block.rows
     if block.rows is None:  # the whole file; its batches end at row groups' ends, so they are regrouped too
-        block = FileBlock(0, file.metadata.num_rows, 0, file.num_row_groups)
+        block = FileBlock(0, rows, 0, file.num_row_groups)
     groups = range(block.start, block.end)
     skip = block.first_row - sum(file.metadata.row_group(g).num_rows for g in range(block.start))
-    left, pending, held = block.rows, [], 0
+    left, pending, held = rows, [], 0
     for batch in file.iter_batches(batch_size=chunk_rows, row_groups=groups):
         cut = min(skip, batch.num_rows)
         skip -= cut
