@@ -371,6 +371,9 @@ def _score(args: argparse.Namespace) -> int:
                          "--engine pandas; the Dask engine writes the full output.")
     from pipeline.serve.batch import STREAM_REJECTS
 
+    if args.engine == "dask" and Path(args.output).suffix.lower() in (".csv", ".parquet"):
+        raise UsageError(f"-o {args.output}: the dask engine writes a folder of part files (--format chooses "
+                         "their type); give a folder name.")
     if args.engine == "dask":
         from pipeline.core.cluster import dask_client
         from pipeline.serve.dask import score_files_dask

@@ -168,3 +168,19 @@ def test_parquet_texts_are_dictionary_encoded_and_whole(trained, cases_csv, tmp_
     got, expected = pd.read_parquet(out), predict(cases, model=models)
     assert got["advice"].tolist() == expected["advice"].tolist()
     assert got[P_COLS].to_numpy().tolist() == expected[P_COLS].to_numpy().tolist()
+
+
+def test_an_input_without_a_required_column_stops_the_job_before_any_row_is_written(trained, cases_csv, tmp_path, capsys):
+    from pipeline.core.errors import BatchInputError
+
+    models, _ = trained
+    path, _ = cases_csv
+    second = tmp_path / "no_sex.csv"
+    second.write_text("case_id,age\nx1,40\n")
+    out = io.BytesIO()
+    with pytest.raises(BatchInputError, match="no_sex.csv: column 'sex': required column is missing"):
+        score_files([path, second], "-", load_model(models), stdout=out, rejects=tmp_path / "r.csv")
+    assert out.getvalue() == b""  # the first file's rows were not streamed out first
+    assert main(["score", str(path), "--engine", "dask", "-o", str(tmp_path / "out.csv"), "--model", str(models)]) == 2
+    assert "the dask engine writes a folder of part files" in capsys.readouterr().err
+    assert not (tmp_path / "out.csv").exists()

@@ -35,11 +35,11 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from pipeline.core.errors import BatchInputError, CaseValidationError
-from pipeline.core.parsing import parse_cases
+from pipeline.core.parsing import REQUIRED_MISSING, missing_required, parse_cases
 from pipeline.core.schema import ID_COLUMN, normalise_header, repeated_columns
 
-__all__ = ["MAX_RECORD_BYTES", "BlockMismatchError", "CaseChunk", "FileBlock", "check_columns", "csv_data_start",
-           "file_columns", "has_case_ids", "iter_chunks", "read_case_file"]
+__all__ = ["MAX_RECORD_BYTES", "BlockMismatchError", "CaseChunk", "FileBlock", "check_columns", "check_required",
+           "csv_data_start", "file_columns", "has_case_ids", "iter_chunks", "read_case_file"]
 
 _CSV_BLOCK = 1 << 18  # pyarrow reads about 24 blocks ahead: 256 KB blocks hold that to ~6 MB (1 MB: ~24 MB)
 MAX_RECORD_BYTES = 1 << 28  # 256 MB: a longer CSV record makes the file unreadable (exit 2)
@@ -113,6 +113,13 @@ def check_columns(names: list[str], where: str) -> None:
                                   "spreadsheet's empty columns, saved as ',,'); remove them or give each a name.")
         raise BatchInputError(f"{where}: the header repeats column {name!r} ({', '.join(map(repr, spellings))}); "
                               "column names are matched ignoring case and surrounding spaces, so each may appear once.")
+
+
+def check_required(names: list[str], where: str) -> None:
+    """Refuse an input that lacks a required column, before any of it is scored."""
+    missing = missing_required(names)
+    if missing:
+        raise BatchInputError(f"{where}: " + "; ".join(f"column {m!r}: {REQUIRED_MISSING}" for m in missing))
 
 
 def _csv_header(path: Path) -> tuple[list[str], int]:

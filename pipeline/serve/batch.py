@@ -29,7 +29,7 @@ from typing import BinaryIO
 import numpy as np
 import pyarrow as pa
 
-from pipeline.core.casefiles import file_columns, iter_chunks
+from pipeline.core.casefiles import check_required, file_columns, iter_chunks
 from pipeline.core.errors import BatchInputError
 from pipeline.core.files import tmp_path, write_text_atomic
 from pipeline.core.parsing import ignored_columns_message
@@ -121,7 +121,7 @@ def score_files(inputs: list[str | Path], output: str | Path, model: LoadedModel
     refuse_shared_outputs(outputs)
     with _stdin_spooled(inputs, stdin) as paths:
         refuse_same_file(paths, [path for _, path in outputs])
-        columns = [file_columns(p) for p in paths]  # every input readable before anything is written
+        columns = _checked_columns(paths)  # every input readable and complete before anything is written
         with output_lock(output), stop_on_signals():
             reclaim_stale_temps([output, rejects_path])
             summary = _score_locked(paths, columns, output, rejects_path, model, chunk_rows=chunk_rows,
@@ -136,6 +136,14 @@ STREAM_REJECTS = "score.rejects.csv"
 STREAM_TEXTS = "score.texts.csv"  # with an output -, the codes' lookup, beside the rejects file
 STDIN_LABEL = "<stdin>"  # standard input's name in rejects and messages
 _SPOOLED = "kneepain-stdin.csv"
+
+
+def _checked_columns(paths: list[Path]) -> list[list[str]]:
+    """Each input's columns, every input checked for its required columns first."""
+    columns = [file_columns(p) for p in paths]
+    for path, names in zip(paths, columns):
+        check_required(names, str(path))
+    return columns
 
 
 def _write_text_lookup(model: LoadedModel, outputs: list[tuple[str, Path]]) -> None:
@@ -155,7 +163,7 @@ def _score_to_stream(inputs: list[str | Path], stream: BinaryIO, model: LoadedMo
     refuse_shared_outputs(outputs)
     with _stdin_spooled(inputs, stdin) as paths:
         refuse_same_file(paths, [path for _, path in outputs])
-        columns = [file_columns(p) for p in paths]
+        columns = _checked_columns(paths)
         with _stream_lock(rejects), stop_on_signals():
             reclaim_stale_temps([rejects])
             summary = _score_locked(paths, columns, None, rejects, model, chunk_rows=chunk_rows, progress=progress,
