@@ -120,6 +120,15 @@ def test_missing_default_model_says_make_run(tmp_path, monkeypatch):
         predict(CASE)
 
 
+def test_a_model_source_that_cannot_be_one_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no-such-folder: no such models folder"):
+        predict(CASE, model=tmp_path / "no-such-folder")  # a typo, not a missing `make run`
+    with pytest.raises(ValueError, match="model == ''"):
+        predict(CASE, model="")
+    with pytest.raises(TypeError, match="got int"):
+        predict(CASE, model=42)
+
+
 TRI_VALUES = st.sampled_from([True, False, None, "yes", "no", "Y", "n", "1", "0", 1, 0, 2, "", "unknown",
                               "maybe", float("nan"), 0.5, "TRUE ", -1])
 CAT_VALUES = {f.name: st.one_of(st.sampled_from(list(f.allowed)), st.sampled_from(["", None, "other", 3]))

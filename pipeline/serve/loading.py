@@ -90,10 +90,14 @@ def load_model(source: str | Path | LoadedModel | None = None, *, trust_pickle: 
     """
     if isinstance(source, LoadedModel):
         return source
+    _check_source(source)
     key = trusted_key(trusted)
     if is_model_uri(source):
         return load_model(_mlflow_model_folder(str(source)), trust_pickle=trust_pickle, trusted=key)
     folder = models_dir() if source is None else Path(source)
+    if source is not None and not folder.exists():  # a mistyped path is not a missing `make run`
+        raise FileNotFoundError(f"{source}: no such models folder; give the folder `kneepain train` wrote (or "
+                                "leave the model out for the project's models/).")
     if folder.is_file():
         folder = folder.parent
     if key is not None:
@@ -151,6 +155,7 @@ def get_model(model: str | Path | LoadedModel | None = None, *, trust_pickle: bo
     """Load a model once and cache it (a models folder is reloaded if one of its files changes)."""
     if isinstance(model, LoadedModel):
         return model
+    _check_source(model)
     signer = trusted_key()
     if is_model_uri(model):
         key: tuple = ("uri", model, trust_pickle, signer)
@@ -160,6 +165,16 @@ def get_model(model: str | Path | LoadedModel | None = None, *, trust_pickle: bo
     if key not in _CACHE:
         _CACHE[key] = load_model(model, trust_pickle=trust_pickle)
     return _CACHE[key]
+
+
+def _check_source(source) -> None:
+    """Refuse a model source that is neither a path, a URI nor None, or an empty one."""
+    if source is not None and not isinstance(source, (str, os.PathLike)):
+        raise TypeError(f"model must be a models folder, an MLflow model URI or a LoadedModel, got "
+                        f"{type(source).__name__}.")
+    if source is not None and not str(source).strip():
+        raise ValueError("model == '': give a models folder or an MLflow model URI, or leave it out for the "
+                         "project's models/.")
 
 
 def _stamps(folder: Path) -> tuple | None:
