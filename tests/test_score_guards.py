@@ -306,6 +306,12 @@ def test_predict_on_a_path_reads_as_score_does(trained, tmp_path):
     assert info.value.errors["row"].tolist() == [1, 2]
     assert "row 1: record 3 of" in str(info.value) and "has 2 fields" in str(info.value)
     assert "row 2, column 'age', value '300'" in str(info.value)
+    shifted = _write(tmp_path / "shifted.csv", [HEADER, "z9,33", "z9,40,male,no,3"])
+    with pytest.raises(CaseValidationError) as info:  # a malformed record's id is no id, as in `kneepain score`
+        predict(shifted, model=models)
+    assert info.value.errors["row"].tolist() == [0]
+    assert _score(shifted, tmp_path / "shifted_out.csv", models) == 1
+    assert pd.read_csv(tmp_path / "shifted_out.csv")["case_id"].tolist() == ["z9"]
 
 
 def test_a_repeated_id_has_one_reason_however_the_file_is_chunked(trained, tmp_path):

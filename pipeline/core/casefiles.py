@@ -23,7 +23,7 @@ import io
 import re
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -35,11 +35,11 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from pipeline.core.errors import BatchInputError, CaseValidationError
-from pipeline.core.parsing import REQUIRED_MISSING, missing_required, parse_cases
+from pipeline.core.parsing import ParsedCases, parse_cases, required_columns_error
 from pipeline.core.schema import ID_COLUMN, normalise_header, repeated_columns
 
-__all__ = ["MAX_RECORD_BYTES", "BlockMismatchError", "CaseChunk", "FileBlock", "check_columns", "check_required",
-           "csv_data_start", "file_columns", "has_case_ids", "iter_chunks", "read_case_file"]
+__all__ = ["MAX_RECORD_BYTES", "BlockMismatchError", "CaseChunk", "FileBlock", "check_columns", "complete_columns",
+           "csv_data_start", "file_columns", "has_case_ids", "iter_chunks", "parse_read", "read_case_file"]
 
 _CSV_BLOCK = 1 << 18  # pyarrow reads about 24 blocks ahead: 256 KB blocks hold that to ~6 MB (1 MB: ~24 MB)
 MAX_RECORD_BYTES = 1 << 28  # 256 MB: a longer CSV record makes the file unreadable (exit 2)
@@ -115,11 +115,31 @@ def check_columns(names: list[str], where: str) -> None:
                               "column names are matched ignoring case and surrounding spaces, so each may appear once.")
 
 
-def check_required(names: list[str], where: str) -> None:
-    """Refuse an input that lacks a required column, before any of it is scored."""
-    missing = missing_required(names)
-    if missing:
-        raise BatchInputError(f"{where}: " + "; ".join(f"column {m!r}: {REQUIRED_MISSING}" for m in missing))
+def complete_columns(paths: Sequence[Path]) -> list[list[str]]:
+    """Each file's columns (:func:`file_columns`), every file refused first if it lacks a required
+    column, so a job stops before any of its rows is scored."""
+    columns = [file_columns(p) for p in paths]
+    for path, names in zip(paths, columns):
+        missing = required_columns_error(names)
+        if missing is not None:
+            raise BatchInputError(f"{path}: {missing}") from missing
+    return columns
+
+
+def parse_read(frame: pd.DataFrame, malformed: dict[int, str], *, row_offset: int = 0) -> ParsedCases:
+    """:func:`pipeline.core.parsing.parse_cases` of rows as read (``raise_on_error=False``): each
+    malformed record (row -> reason, from a :class:`CaseChunk`) is invalid for that reason alone,
+    since its fields may be shifted, and its id counts as no id."""
+    if malformed:
+        frame = frame.copy()
+        frame.iloc[list(malformed)] = None
+    parsed = parse_cases(frame, row_offset=row_offset, raise_on_error=False)
+    if malformed:
+        rows = np.fromiter(malformed, dtype=np.int64, count=len(malformed)) + row_offset
+        parsed.errors = pd.concat([parsed.errors[~parsed.errors["row"].isin(rows)], pd.DataFrame({
+            "row": rows, "column": "", "value": "", "reason": list(malformed.values())})], ignore_index=True)
+        parsed.valid[list(malformed)] = False
+    return parsed
 
 
 def _csv_header(path: Path) -> tuple[list[str], int]:
@@ -462,10 +482,6 @@ def read_case_file(path: str | Path, chunk_rows: int = 100_000) -> pd.DataFrame:
         offset += len(chunk.frame)
     frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     if problems:  # named with every other invalid row of the file, as `kneepain score` names them
-        malformed = pd.DataFrame({"row": [r for r, _ in problems], "column": "", "value": "",
-                                  "reason": [m for _, m in problems]})
-        others = parse_cases(frame, raise_on_error=False).errors  # a malformed record's reason is its record
-        others = others[~others["row"].isin(malformed["row"])]
-        errors = pd.concat([malformed, others], ignore_index=True)
+        errors = parse_read(frame, dict(problems)).errors
         raise CaseValidationError(errors.sort_values("row", kind="stable"), offset)
     return frame

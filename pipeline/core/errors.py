@@ -21,6 +21,10 @@ class CaseValidationError(ValueError):
 
     def __init__(self, errors: pd.DataFrame, n_rows: int | None = None):
         self.errors = errors.reset_index(drop=True)
+        if len(self.errors) and (self.errors["row"] < 0).all():  # about the input as a whole, not a row
+            super().__init__("; ".join((f"column {r.column!r}" + (f" ({r.value})" if r.value else "") + ": "
+                                        if r.column else "") + str(r.reason) for r in self.errors.itertuples()))
+            return
         lines = [
             f"row {r.row}, column {r.column!r}, value {r.value!r}: {r.reason}" if r.column else f"row {r.row}: {r.reason}"
             for r in self.errors.head(self.max_listed).itertuples()
@@ -28,10 +32,6 @@ class CaseValidationError(ValueError):
         more = len(self.errors) - len(lines)
         if more > 0:
             lines.append(f"... and {more} more")
-        if len(self.errors) and (self.errors["row"] < 0).all():  # about the input as a whole, not a row
-            super().__init__("; ".join((f"column {r.column!r}" + (f" ({r.value})" if r.value else "") + ": "
-                                        if r.column else "") + str(r.reason) for r in self.errors.itertuples()))
-            return
         bad_rows = self.errors["row"].nunique() if len(self.errors) else 0
         of = f" of {n_rows}" if n_rows is not None else ""
         super().__init__(f"{bad_rows}{of} case(s) are invalid:\n  " + "\n  ".join(lines))

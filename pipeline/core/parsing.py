@@ -38,18 +38,20 @@ from pipeline.core.schema import (
     repeated_columns,
 )
 
-__all__ = ["DUPLICATE_ID", "REQUIRED_MISSING", "ParsedCases", "codes_to_frame", "codes_to_text_frame", "ignored_columns_message",
-           "missing_required", "normalise_ids", "parse_cases", "parse_records", "unanswered", "unanswered_matrix"]
+__all__ = ["DUPLICATE_ID", "ParsedCases", "codes_to_frame", "codes_to_text_frame", "ignored_columns_message",
+           "normalise_ids", "parse_cases", "parse_records", "required_columns_error", "unanswered", "unanswered_matrix"]
 
 
-REQUIRED_MISSING = "required column is missing (required columns: " + \
-    ", ".join(f.name for f in FIELDS if f.required) + ")"
-
-
-def missing_required(names) -> list[str]:
-    """The required fields that ``names`` (column names, folded by :func:`normalise_header`) lack."""
+def required_columns_error(names) -> CaseValidationError | None:
+    """The error for column names (folded by :func:`normalise_header`) that lack a required field
+    (one line per missing field), or None when none is missing."""
     folded = {normalise_header(n) for n in names}
-    return [f.name for f in FIELDS if f.required and f.name not in folded]
+    missing = [f.name for f in FIELDS if f.required and f.name not in folded]
+    if not missing:
+        return None
+    reason = "required column is missing (required columns: " + ", ".join(f.name for f in FIELDS if f.required) + ")"
+    return CaseValidationError(pd.DataFrame({"row": [-1] * len(missing), "column": missing,
+                                             "value": [""] * len(missing), "reason": [reason] * len(missing)}))
 
 
 def ignored_columns_message(columns: tuple[str, ...] | list[str], where: str = "") -> str:
@@ -403,11 +405,9 @@ def _parse_columns(items: list[tuple[Any, pd.Series]], n: int, row_offset: int, 
                       "spaces); give it once"}))
     columns = {normalise_header(h): h for h, _ in items}
     series_of = {normalise_header(h): series for h, series in items}
-    missing = missing_required(columns)
-    if missing:
-        raise CaseValidationError(pd.DataFrame({
-            "row": [-1] * len(missing), "column": missing, "value": [""] * len(missing),
-            "reason": [REQUIRED_MISSING] * len(missing)}))
+    missing = required_columns_error(columns)
+    if missing is not None:
+        raise missing
     rows = np.arange(n) + row_offset
     codes: dict[str, np.ndarray] = {}
     problems: list[pd.DataFrame] = []

@@ -29,7 +29,7 @@ from typing import BinaryIO
 import numpy as np
 import pyarrow as pa
 
-from pipeline.core.casefiles import check_required, file_columns, iter_chunks
+from pipeline.core.casefiles import complete_columns, iter_chunks
 from pipeline.core.errors import BatchInputError
 from pipeline.core.files import tmp_path, write_text_atomic
 from pipeline.core.parsing import ignored_columns_message
@@ -115,19 +115,21 @@ def score_files(inputs: list[str | Path], output: str | Path, model: LoadedModel
     if not output.parent.is_dir():
         raise BatchInputError(f"{output.parent}: no such folder for the output.")
     rejects_path = Path(rejects) if rejects is not None else output.with_name(output.name + ".rejects.csv")
+    texts_path = output.with_name(output.name + ".texts.csv") if _as_codes(model, options) else None
     outputs = [("output", output), ("rejects file", rejects_path)]
-    if _as_codes(model, options):
-        outputs.append(("texts lookup", output.with_name(output.name + ".texts.csv")))
+    if texts_path is not None:
+        outputs.append(("texts lookup", texts_path))
     refuse_shared_outputs(outputs)
     with _stdin_spooled(inputs, stdin) as paths:
         refuse_same_file(paths, [path for _, path in outputs])
-        columns = _checked_columns(paths)  # every input readable and complete before anything is written
+        columns = complete_columns(paths)  # every input readable and complete before anything is written
         with output_lock(output), stop_on_signals():
             reclaim_stale_temps([output, rejects_path])
             summary = _score_locked(paths, columns, output, rejects_path, model, chunk_rows=chunk_rows,
                                     progress=progress, warn=warn, options=options, jobs=jobs)
-    _write_text_lookup(model, outputs)
-    if not _as_codes(model, options):  # an earlier run's lookup would describe codes this output lacks
+    if texts_path is not None:
+        _write_text_lookup(model, texts_path)
+    else:  # an earlier run's lookup would describe codes this output lacks
         output.with_name(output.name + ".texts.csv").unlink(missing_ok=True)
     return summary
 
@@ -138,37 +140,29 @@ STDIN_LABEL = "<stdin>"  # standard input's name in rejects and messages
 _SPOOLED = "kneepain-stdin.csv"
 
 
-def _checked_columns(paths: list[Path]) -> list[list[str]]:
-    """Each input's columns, every input checked for its required columns first."""
-    columns = [file_columns(p) for p in paths]
-    for path, names in zip(paths, columns):
-        check_required(names, str(path))
-    return columns
-
-
-def _write_text_lookup(model: LoadedModel, outputs: list[tuple[str, Path]]) -> None:
-    """The codes' texts (``<output>.texts.csv``, or :data:`STREAM_TEXTS`), when the job wrote codes."""
-    for what, path in outputs:
-        if what == "texts lookup":
-            assert model.decision is not None and model.kb is not None
-            write_text_atomic(path, text_lookup(model.decision.text_codes(model.kb)).to_csv(index=False))
+def _write_text_lookup(model: LoadedModel, path: Path) -> None:
+    """The codes' texts (``<output>.texts.csv``, or :data:`STREAM_TEXTS`), for a job that wrote codes."""
+    assert model.decision is not None and model.kb is not None
+    write_text_atomic(path, text_lookup(model.decision.text_codes(model.kb)).to_csv(index=False))
 
 
 def _score_to_stream(inputs: list[str | Path], stream: BinaryIO, model: LoadedModel, *, rejects: Path,
                      chunk_rows: int, progress: bool, warn: Callable[[str], None] | None,
                      options: OutputOptions, stdin: BinaryIO | None, jobs: int) -> ScoreSummary:
+    texts_path = rejects.with_name(STREAM_TEXTS) if _as_codes(model, options) else None
     outputs = [("rejects file", rejects)]
-    if _as_codes(model, options):
-        outputs.append(("texts lookup", rejects.with_name(STREAM_TEXTS)))
+    if texts_path is not None:
+        outputs.append(("texts lookup", texts_path))
     refuse_shared_outputs(outputs)
     with _stdin_spooled(inputs, stdin) as paths:
         refuse_same_file(paths, [path for _, path in outputs])
-        columns = _checked_columns(paths)
+        columns = complete_columns(paths)
         with _stream_lock(rejects), stop_on_signals():
             reclaim_stale_temps([rejects])
             summary = _score_locked(paths, columns, None, rejects, model, chunk_rows=chunk_rows, progress=progress,
                                     warn=warn, options=options, jobs=jobs, stream=stream)
-    _write_text_lookup(model, outputs)
+    if texts_path is not None:
+        _write_text_lookup(model, texts_path)
     return summary
 
 

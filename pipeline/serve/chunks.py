@@ -21,8 +21,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from pipeline.core.casefiles import parse_read
 from pipeline.core.errors import BatchInputError, CaseValidationError
-from pipeline.core.parsing import DUPLICATE_ID, ParsedCases, normalise_ids, parse_cases
+from pipeline.core.parsing import DUPLICATE_ID, ParsedCases, normalise_ids
 from pipeline.core.schema import ID_COLUMN, normalise_header
 from pipeline.serve.loading import LoadedModel
 from pipeline.serve.predict import score_parsed
@@ -54,23 +55,11 @@ def parse_chunk(frame: pd.DataFrame, *, file: str, row_offset: int, malformed: d
                 ) -> tuple[ParsedCases, np.ndarray, pd.DataFrame]:
     """:func:`validate_chunk` but for ids repeated from earlier chunks: (parsed, valid, errors).
     It depends on this chunk alone, so chunks can be parsed in any order or process."""
-    if malformed:
-        frame = frame.copy()
-        frame.iloc[list(malformed)] = None
     try:
-        parsed = parse_cases(frame, row_offset=row_offset, raise_on_error=False)
+        parsed = parse_read(frame, malformed or {}, row_offset=row_offset)
     except CaseValidationError as err:  # a required column is missing: the whole file is unusable
-        raise BatchInputError(f"{file}: " + "; ".join(
-            f"column {r.column!r}: {r.reason}" for r in err.errors.itertuples())) from err
-    errors = parsed.errors
-    valid = parsed.valid.copy()
-    if malformed:
-        rows = np.fromiter(malformed, dtype=np.int64) + row_offset
-        errors = pd.concat([errors[~errors["row"].isin(rows)], pd.DataFrame({
-            "row": rows, "column": "", "value": "", "reason": list(malformed.values())})], ignore_index=True)
-        valid[list(malformed)] = False
-        parsed.valid[list(malformed)] = False
-    return parsed, valid, errors
+        raise BatchInputError(f"{file}: {err}") from err
+    return parsed, parsed.valid.copy(), parsed.errors
 
 
 def chunk_ids(frame: pd.DataFrame, malformed: dict[int, str] | None = None) -> pd.Series | None:

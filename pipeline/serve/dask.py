@@ -35,7 +35,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from pipeline.core.blocks import MIN_BLOCK_BYTES, plan_blocks
-from pipeline.core.casefiles import BlockMismatchError, FileBlock, check_required, csv_data_start, file_columns, iter_chunks
+from pipeline.core.casefiles import BlockMismatchError, FileBlock, complete_columns, csv_data_start, iter_chunks
 from pipeline.core.cluster import DaskJobError, gather, remove_temp_folder, temp_folder
 from pipeline.core.errors import BatchInputError, ModelIntegrityError
 from pipeline.core.files import tmp_path
@@ -313,9 +313,7 @@ def score_files_dask(inputs: Sequence[str | Path] | str | Path, output_dir: str 
     start = time.perf_counter()
     paths, target = _expand_inputs(inputs), Path(output_dir)
     labels = [str(p) for p in paths]
-    columns = [file_columns(p) for p in paths]
-    for label, names in zip(labels, columns):  # every input complete before any block is scored
-        check_required(names, label)
+    columns = complete_columns(paths)  # every input complete before any block is scored
     has_ids = [ID_COLUMN in {normalise_header(c) for c in cols} for cols in columns]
     rschema = reject_schema(columns)
     model = _model_path(model_source)
