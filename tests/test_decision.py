@@ -255,7 +255,7 @@ def test_ask_next_matches_its_definition_on_generated_and_blanked_cases(cfg, net
         proba = oracle_posterior(kb, cases).to_numpy()
         atypical = np.arange(len(proba)) % 7 == 0
         level, expected = _ask_next_by_definition(cfg, net, screen, proba, cases.codes, atypical)
-        got = net.ask_next(proba, cases.codes, level, atypical, net.fires(cases.codes), batch_rows=97)
+        got = net.ask_next(proba, cases.codes, level, atypical, net.fires(cases.codes), block_rows=97)
         assert list(got) == expected
         assert any(expected)  # the comparison covers cases with questions to ask
 

@@ -173,50 +173,57 @@ class SafetyNet:
         return join_ranked(self.names if codes else self.texts, order, np.take_along_axis(keep, order, axis=1))
 
     def ask_next(self, proba: np.ndarray, codes: dict[str, np.ndarray], level: np.ndarray, atypical: np.ndarray,
-                 fires: np.ndarray, batch_rows: int = 100_000, codes_out: bool = False) -> np.ndarray:
+                 fires: np.ndarray, block_rows: int = 4096, codes_out: bool = False) -> np.ndarray:
         """Per case, the unanswered questions whose plausible answers would change ``level``,
         ``|``-separated, the most likely to change it first (at most ``ask_next.max_questions``).
 
         Each plausible (question, answer) of a case is a variant of it: the case with that answer,
         its probabilities re-weighted by the answer's likelihood, triaged as
         :func:`pipeline.decision.triage.triage_levels` would triage it (``atypical`` and ``fires``,
-        from :meth:`fires`, are the case's own). Variants are triaged ``batch_rows`` at a time. A
-        variant differs from its case in one answer, so only the rules that ask it are matched
-        again; the others keep the case's result. With ``codes_out``, the questions' field names.
+        from :meth:`fires`, are the case's own). A variant differs from its case in one answer, so
+        only the rules that ask it are matched again; the others keep the case's result. Cases are
+        taken ``block_rows`` at a time (each case's questions depend on its own row only; a block's
+        variants take about 2 KB a case). With ``codes_out``, the questions' field names.
         """
         n = len(proba)
-        change = np.zeros((n, len(self.candidates)))
-        if self.candidates:
-            # P(answer | what is known) of every (question, answer) at once; plausible ones of unanswered questions
-            asked = unanswered_matrix(codes, self.candidates)
-            p_answer = dot_exact(proba, self._likelihood_rows)
-            plausible = asked[:, self._pair_candidate] & (p_answer >= self.cfg.ask_next.min_answer_probability)
-            pair, rows = np.nonzero(plausible.T)  # by question, then answer, then case
-        else:
-            rows = pair = np.zeros(0, dtype=np.int64)
-        if len(rows):
-            others = self._levels_without(fires)
-            # a case already sent the same day by a rule that does not ask the question stays there
-            settled = (others[rows, self._pair_candidate[pair]] == _EMERGENCY) & (level[rows] == _EMERGENCY)
-            rows, pair = rows[~settled], pair[~settled]
-            which, p = self._pair_candidate[pair], p_answer[rows, pair]
-            for at in range(0, len(rows), batch_rows):
-                b = slice(at, at + batch_rows)
-                after = self._variant_levels(proba, codes, rows[b], pair[b], atypical, others)
-                changed = after != level[rows[b]]
-                flat = rows[b][changed] * len(self.candidates) + which[b][changed]
-                change += np.bincount(flat, weights=p[b][changed], minlength=change.size).reshape(change.shape)
         # the first max_questions of each case's questions by change, ranked only where one changes
         # the level; elsewhere nothing is kept, and join_ranked reads no order where nothing is kept
-        top = min(self.cfg.ask_next.max_questions, change.shape[1])
+        top = min(self.cfg.ask_next.max_questions, len(self.candidates))
         order = np.zeros((n, top), dtype=np.intp)
         keep_ = np.zeros((n, top), dtype=bool)
-        some = np.flatnonzero(change.any(axis=1))
-        if len(some):
-            ranked = np.argsort(-change[some], axis=1, kind="stable")[:, :top]
-            order[some] = ranked
-            keep_[some] = np.take_along_axis(change[some], ranked, axis=1) > 0
+        for start in range(0, n, block_rows):
+            b = slice(start, start + block_rows)
+            change = self._level_changes(proba[b], {k: v[b] for k, v in codes.items()}, level[b], atypical[b], fires[b])
+            some = np.flatnonzero(change.any(axis=1))
+            if len(some):
+                ranked = np.argsort(-change[some], axis=1, kind="stable")[:, :top]
+                order[some + start] = ranked
+                keep_[some + start] = np.take_along_axis(change[some], ranked, axis=1) > 0
         return join_ranked(self.candidates if codes_out else self.questions, order, keep_)
+
+    def _level_changes(self, proba: np.ndarray, codes: dict[str, np.ndarray], level: np.ndarray, atypical: np.ndarray,
+                       fires: np.ndarray) -> np.ndarray:
+        """(n_cases, n_candidates): per case and question, the probability that its answer changes ``level``."""
+        change = np.zeros((len(proba), len(self.candidates)))
+        if not self.candidates:
+            return change
+        # P(answer | what is known) of every (question, answer) at once; plausible ones of unanswered questions
+        asked = unanswered_matrix(codes, self.candidates)
+        p_answer = dot_exact(proba, self._likelihood_rows)
+        plausible = asked[:, self._pair_candidate] & (p_answer >= self.cfg.ask_next.min_answer_probability)
+        pair, rows = np.nonzero(plausible.T)  # by question, then answer, then case
+        if not len(rows):
+            return change
+        others = self._levels_without(fires)
+        # a case already sent the same day by a rule that does not ask the question stays there
+        settled = (others[rows, self._pair_candidate[pair]] == _EMERGENCY) & (level[rows] == _EMERGENCY)
+        rows, pair = rows[~settled], pair[~settled]
+        which, p = self._pair_candidate[pair], p_answer[rows, pair]
+        after = self._variant_levels(proba, codes, rows, pair, atypical, others)
+        changed = after != level[rows]
+        flat = rows[changed] * len(self.candidates) + which[changed]
+        change += np.bincount(flat, weights=p[changed], minlength=change.size).reshape(change.shape)
+        return change
 
     def _levels_without(self, fires: np.ndarray) -> np.ndarray:
         """(n_cases, n_candidates): the highest level among the rules that fire and do not ask the
