@@ -8,6 +8,7 @@ the dask joblib backend must give the local backend's cross-validation results.
 import os
 import re
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -117,6 +118,13 @@ def _assert_same_as_reference(out: Path, reference, summary=None) -> None:
 
 def test_dask_engine_matches_pandas_engine(client, trained, inputs, reference, tmp_path):
     models, _ = trained
+    from pipeline.core.cluster import _host
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    stale = tmp_path / f".out.tmp-{_host()}-{dead}-0123456789ab"  # a driver killed outright left it
+    stale.mkdir()
+    (stale / "part-00000-00000.parquet").write_bytes(b"x")
     summary = score_files_dask(inputs, tmp_path / "out", models, client=client, chunk_rows=CHUNK)
     _assert_same_as_reference(tmp_path / "out", reference, summary)
     ref_summary = reference[0]

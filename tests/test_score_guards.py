@@ -86,6 +86,29 @@ def test_stale_temp_files_of_dead_jobs_are_reclaimed(trained, tmp_path):
     assert alive.exists()  # a live process's file is not touched
 
 
+def test_stale_temp_folders_of_dead_dask_jobs_on_this_machine_are_reclaimed(tmp_path):
+    """A Dask driver killed outright leaves its hidden folder; the next job on the target removes it,
+    and never a live job's, another machine's (a shared file system) or a folder it did not make."""
+    from pipeline.core.cluster import _host, temp_folder
+
+    target = tmp_path / "scored"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    stale = [tmp_path / f".scored.tmp-{_host()}-{dead}-0123456789ab",
+             tmp_path / f".scored.tmp-{_host()}-{dead}-ba9876543210.removing"]
+    kept = [tmp_path / f".scored.tmp-{_host()}-{os.getppid()}-0123456789ab",  # a live job's
+            tmp_path / f".scored.tmp-{_host()}x-{dead}-0123456789ab",  # another machine's
+            tmp_path / ".scored.tmp-notes",  # not a job's
+            tmp_path / f".other.tmp-{_host()}-{dead}-0123456789ab"]  # another target's
+    for folder in [*stale, *kept]:
+        folder.mkdir()
+        (folder / "part-00000-00000.parquet").write_bytes(b"x" * 1000)
+    made = temp_folder(target)
+    assert made.is_dir() and made.name.startswith(f".scored.tmp-{_host()}-{os.getpid()}-")
+    assert not any(p.exists() for p in stale)
+    assert all((p / "part-00000-00000.parquet").exists() for p in kept)
+
+
 def test_a_stop_signal_acts_at_the_next_step_and_a_second_one_at_once():
     from pipeline.serve.guard import Interrupted, check_stop, stop_on_signals
 

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["sha256_file", "tmp_path", "write_bytes_atomic", "write_json_atomic", "write_text_atomic"]
+__all__ = ["process_alive", "sha256_file", "tmp_path", "write_bytes_atomic", "write_json_atomic", "write_text_atomic"]
 
 
 def sha256_file(path: str | Path) -> str:
@@ -24,6 +24,21 @@ def tmp_path(path: str | Path) -> Path:
     (unique per process, so two writers never share one)."""
     path = Path(path)
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (this process, and another user's, count as alive)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    except (OverflowError, ValueError):  # not a process id this system can have
+        return False
+    return True
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:

@@ -28,6 +28,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from pipeline.core.errors import BatchInputError
+from pipeline.core.files import process_alive
 
 __all__ = ["Interrupted", "check_stop", "output_lock", "reclaim_stale_temps", "refuse_same_file", "refuse_shared_outputs",
            "stop_at_once_on_signals", "stop_on_signals"]
@@ -87,18 +88,6 @@ def output_lock(output: Path) -> Iterator[None]:
         lock.release()
 
 
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
 def reclaim_stale_temps(targets: Sequence[Path]) -> list[Path]:
     """Remove ``.<target>.<pid>.tmp`` files whose process is gone; return what was removed."""
     removed = []
@@ -106,7 +95,7 @@ def reclaim_stale_temps(targets: Sequence[Path]) -> list[Path]:
         prefix = f".{target.name}."
         for found in target.parent.glob(glob.escape(prefix) + "*.tmp"):
             pid = found.name[len(prefix):-len(".tmp")]
-            if pid.isdigit() and not _alive(int(pid)):
+            if pid.isdigit() and not process_alive(int(pid)):
                 found.unlink(missing_ok=True)
                 removed.append(found)
     return removed
