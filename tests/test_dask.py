@@ -296,6 +296,21 @@ def test_a_block_not_holding_its_planned_rows_sends_its_file_back_whole(client, 
     assert (tmp_path / "out" / "rejects.csv").read_bytes() == Path(f"{out}.rejects.csv").read_bytes()
 
 
+def test_a_quote_left_open_is_rejected_as_the_pandas_engine_rejects_it(client, trained, tmp_path):
+    """The record that swallowed others (tests/test_score.py) in a file split into blocks: the block
+    planner cannot follow the open quote, and the rows and rejects are the pandas engine's."""
+    from test_score import swallowing_csv
+
+    models, _ = trained
+    src = swallowing_csv(tmp_path / "in.csv", "notes")
+    ref = score_files([str(src)], tmp_path / "ref.parquet", get_model(models), chunk_rows=CHUNK)
+    summary = score_files_dask(src, tmp_path / "out", models, client=client, block_bytes=20_000, chunk_rows=CHUNK)
+    assert (summary.rows_scored, summary.rows_rejected) == (ref.rows_scored, ref.rows_rejected) == (2799, 1)
+    assert (tmp_path / "out" / "rejects.csv").read_bytes() == (tmp_path / "ref.parquet.rejects.csv").read_bytes()
+    pd.testing.assert_frame_equal(_read_parts(tmp_path / "out").drop(columns="file"),
+                                  pd.read_parquet(tmp_path / "ref.parquet"), check_exact=True)
+
+
 def test_parquet_split_by_row_groups_matches_the_pandas_engine(client, trained, kb, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq

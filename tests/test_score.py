@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from pipeline.cli import main
+from pipeline.core.errors import CaseValidationError
 from pipeline.serve.predict import predict
 
 CORPUS = Path(__file__).parent / "data" / "bad_inputs"
@@ -36,6 +37,10 @@ EXPECTED = {
     "too_many_fields.csv": (1, 3, 1, "record 5 of {path} (the header is record 1) has 17 fields; the header has 16"),
     "non_utf8.csv": (2, 0, 0, "not valid UTF-8"),
     "very_long_field.csv": (1, 4, 1, "column 'locking', value 'yyyyyyyy"),
+    # the quote opened in g3's activity never closes: g4-g6 are read into that field, so the file
+    # holds 3 records, and the one that swallowed the others is rejected whole, saying why
+    "unclosed_quote.csv": (1, 2, 1, "record 4 of {path} (the header is record 1) has a field 'activity' that runs "
+                                    "over 4 lines, 3 of them with the header's 16 fields: a quote left open there"),
     "wrong_types.parquet": (1, 1, 2, "column 'age', value 'forty': not a number"),
 }
 
@@ -110,6 +115,45 @@ def test_a_record_longer_than_the_read_block_is_read_whole(trained, tmp_path):
     got = pd.read_csv(out, dtype=str)
     assert got["case_id"].tolist() == [f"r{i}" for i in range(6)]
     assert got["row"].tolist() == [str(i) for i in range(6)]
+
+
+def swallowing_csv(path: Path, column: str) -> Path:
+    """3,000 cases with a ``notes`` column; row 1500's ``column`` opens a quote that the stray quote
+    in row 1700's notes closes, so records 1501-1700 are read into that one field."""
+    lines = ["case_id,age,sex,notes"]
+    for i in range(3000):
+        fields = {"case_id": f"c{i}", "age": str(20 + i % 60), "sex": "female" if i % 2 else "male", "notes": "fine"}
+        if i == 1500:
+            fields[column] = '"' + fields[column]
+        if i == 1700:
+            fields["notes"] = 'swelling 5" wide'
+        if i == 20:  # a note over two lines, neither a record: read as it is
+            fields["notes"] = '"first line\nsecond line, one comma"'
+        lines.append(",".join(fields.values()))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("column", ["notes", "case_id"])
+def test_a_quote_left_open_rejects_the_record_that_swallowed_the_others(trained, tmp_path, column):
+    """A quote left open reads the records up to the next quote into one field: that record is
+    rejected whole (every swallowed record is in its row), with a reason that says so, rather than
+    the records vanishing from the count; predict() on the file names it too."""
+    models, _ = trained
+    src = swallowing_csv(tmp_path / "in.csv", column)
+    out = tmp_path / "out.csv"
+    assert main(["score", str(src), "-o", str(out), "--model", str(models), "--quiet", "--chunk-rows", "1000"]) == 1
+    scored = pd.read_csv(out, dtype=str, keep_default_na=False)
+    bad = pd.read_csv(tmp_path / "out.csv.rejects.csv", dtype=str, keep_default_na=False)
+    assert len(scored) == 3000 - 200 - 1 and bad["reject_row"].tolist() == ["1500"]
+    assert (f"record 1502 of {src} (the header is record 1) has a field {column!r} that runs over 201 lines, "
+            "200 of them with the header's 4 fields: a quote left open there") in bad.loc[0, "reject_reason"]
+    swallowed = bad.loc[0, column]
+    assert "\nc1501,21,female,fine\n" in swallowed and swallowed.count("\n") == 200
+    assert scored.loc[scored["case_id"] == "c20", "row"].tolist() == ["20"]  # the two-line note is a note
+    assert scored["row"].astype(int).max() == 2799
+    with pytest.raises(CaseValidationError, match="a quote left open there"):
+        predict(src, model=models)
 
 
 def test_score_matches_predict_for_csv_and_parquet(trained, small_data, tmp_path):
