@@ -277,10 +277,13 @@ def _score_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
     p.add_argument("--engine", choices=("pandas", "dask"), default="pandas",
                    help="pandas: stream in this process; dask: on a cluster, each file in blocks of whole chunks "
-                        "(one task per block; same rows, numbers and rejects as pandas)")
+                        "(one task per block; same rows, numbers and rejects as pandas) into a folder of part files "
+                        "and _rejects.csv, with every column (--columns, --keep-input-columns, --top-k, "
+                        "--float-digits, --texts, --rejects and - are for the pandas engine)")
     p.add_argument("--scheduler", default=None,
                    help="Dask scheduler address (default: a local cluster, one worker per core)")
-    p.add_argument("--format", choices=("parquet", "csv"), default="parquet", help="part-file format (--engine dask)")
+    p.add_argument("--format", choices=("parquet", "csv"), default=None,
+                   help="part-file format (--engine dask; default parquet; CSV parts hold every digit and the full texts)")
     p.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="parse and score in N processes (pandas engine; default 1: one process, scoring on two threads "
                         "where two cores are free). The output is the same; each process adds about 200 MB. 0: one "
@@ -294,7 +297,8 @@ def _score_parser(sub: argparse._SubParsersAction) -> None:
                         "for folders you produced yourself: a pickle runs code when loaded")
     p.add_argument("--report", default=None, metavar="FILE.html",
                    help="also write a one-page summary of the batch: rows scored and rejected, triage mix, estimated "
-                        "case mix, atypical rate, drift per field (pandas engine; its numbers in FILE.json)")
+                        "case mix, atypical rate, drift per field (pandas engine; its numbers in FILE.json; reads the "
+                        "inputs twice, so not with - or --columns/--keep-input-columns)")
     p.add_argument("--adapt-priors", action="store_true",
                    help="estimate the batch's case mix without labels (EM, Saerens et al. 2002), re-weight the "
                         "probabilities to it and save it in OUTPUT.priors.json (pandas engine; reads the inputs twice)")
@@ -336,17 +340,19 @@ def _score_pandas(args: argparse.Namespace, warn: Callable[[str], None], options
         write_json_atomic(f"{args.output}.priors.json", prior_report(estimate))
         if not args.quiet:
             print(format_prior(estimate) + f"\n  (saved in {args.output}.priors.json; right when only the mix "
-                  "differs from training, not how each condition presents)")
+                  "differs from training, not how each condition presents)", file=sys.stderr)
     if args.report:
         from pipeline.report.batch_report import write_batch_report
 
         write_batch_report(args.inputs, args.output, plain, args.report, estimate=estimate, chunk_rows=args.chunk_rows)
         if not args.quiet:
-            print(f"Batch report: {args.report} (numbers in {Path(args.report).with_suffix('.json')})")
+            print(f"Batch report: {args.report} (numbers in {Path(args.report).with_suffix('.json')})", file=sys.stderr)
     return summary
 
 
 def _score(args: argparse.Namespace) -> int:
+    from pipeline.core.schema import CONDITIONS
+
     if args.chunk_rows < 1:
         raise UsageError(f"--chunk-rows == {args.chunk_rows}, must be >= 1.")
     if args.jobs < 0:
@@ -355,8 +361,17 @@ def _score(args: argparse.Namespace) -> int:
         raise UsageError("--jobs is for the pandas engine; the dask engine's parallelism is its workers.")
     if (args.adapt_priors or args.report) and args.engine == "dask":
         raise UsageError("--adapt-priors and --report work with --engine pandas only.")
-    if args.block_mb is not None and (args.engine != "dask" or not args.block_mb > 0):
-        raise UsageError(f"--block-mb == {args.block_mb:g}: give a number > 0, with --engine dask.")
+    if not 1 <= args.top_k <= len(CONDITIONS):
+        raise UsageError(f"--top-k == {args.top_k}, must be in 1..{len(CONDITIONS)}.")
+    if args.float_digits is not None and not 0 <= args.float_digits <= 17:
+        raise UsageError(f"--float-digits == {args.float_digits}, must be in 0..17 (17 keeps every digit).")
+    if args.engine != "dask":
+        given = [flag for flag, value in (("--scheduler", args.scheduler), ("--block-mb", args.block_mb),
+                                          ("--format", args.format)) if value is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)}: for --engine dask only.")
+    if args.block_mb is not None and not args.block_mb > 0:
+        raise UsageError(f"--block-mb == {args.block_mb:g}, must be > 0.")
     if args.report and Path(args.report).suffix.lower() not in (".html", ".htm"):
         raise UsageError(f"--report {args.report}: the batch report is an .html file.")
     if (args.adapt_priors or args.report) and "-" in (args.output, *args.inputs):
@@ -376,7 +391,7 @@ def _score(args: argparse.Namespace) -> int:
                          "their type); give a folder name.")
     if args.engine == "dask":
         from pipeline.core.cluster import dask_client
-        from pipeline.serve.dask import score_files_dask
+        from pipeline.serve.dask import REJECTS_FILE, score_files_dask
 
         block_bytes = None if args.block_mb is None else round(args.block_mb * (1 << 20))
 
@@ -385,9 +400,10 @@ def _score(args: argparse.Namespace) -> int:
         # the workers load the (hash-checked) model themselves, once each; SIGTERM and SIGHUP stop
         # the job as Ctrl-C does, and its temporary folder is removed
         with stop_at_once_on_signals(), dask_client(args.scheduler) as client:
-            summary = score_files_dask(args.inputs, args.output, args.model, client=client, fmt=args.format,
-                                       chunk_rows=args.chunk_rows, warn=warn, block_bytes=block_bytes)
-        rejects_path = Path(args.output) / "rejects.csv"
+            summary = score_files_dask(args.inputs, args.output, args.model, client=client,
+                                       fmt=args.format or "parquet", chunk_rows=args.chunk_rows, warn=warn,
+                                       block_bytes=block_bytes)
+        rejects_path = Path(args.output) / REJECTS_FILE
     else:
         summary = _score_pandas(args, warn, options)
         rejects_path = Path(args.rejects or (STREAM_REJECTS if args.output == "-" else f"{args.output}.rejects.csv"))
@@ -395,8 +411,7 @@ def _score(args: argparse.Namespace) -> int:
         rejected = (f", rejected {summary.rows_rejected:,} (see {rejects_path})"
                     if summary.rows_rejected else ", rejected 0")
         print(f"Scored {summary.rows_scored:,} rows{rejected} in {summary.seconds:.1f} s "
-              f"({summary.rows_per_second:,.0f} rows/s) -> {args.output}",
-              file=sys.stderr if args.output == "-" else sys.stdout)
+              f"({summary.rows_per_second:,.0f} rows/s) -> {args.output}", file=sys.stderr)
     return EXIT_REJECTED if summary.rows_rejected else EXIT_OK
 
 

@@ -110,7 +110,7 @@ def _assert_same_as_reference(out: Path, reference, summary=None) -> None:
     order = rows.assign(_f=rows["file"].map({f: i for i, f in enumerate(ref_summary.files)}))
     assert order.sort_values(["_f", "row"], kind="stable").index.equals(rows.index)  # names give input order
     pd.testing.assert_frame_equal(rows, ref_rows, check_exact=True)
-    assert (out / "rejects.csv").read_bytes() == ref_rejects
+    assert (out / "_rejects.csv").read_bytes() == ref_rejects
     if summary is not None:
         assert (summary.rows_scored, summary.rows_rejected) == (ref_summary.rows_scored, ref_summary.rows_rejected)
         assert summary.warnings == ref_summary.warnings
@@ -131,7 +131,10 @@ def test_dask_engine_matches_pandas_engine(client, trained, inputs, reference, t
     # a: age "old", a duplicate within a chunk and one across chunks; d: a duplicate of an id in a, and
     # age "abc" (whose id also repeats one in a, but a row is rejected once, for its value)
     assert ref_summary.rows_rejected == 5
-    assert sorted(p.name for p in (tmp_path / "out").iterdir())[-1] == "rejects.csv"
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert names[0] == "_rejects.csv" and all(n.startswith("part-") for n in names[1:])
+    # the folder reads as one dataset: dataset readers skip a file whose name starts with _
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "out"), _read_parts(tmp_path / "out"), check_exact=True)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
 
 
@@ -177,7 +180,7 @@ def test_bad_rows_are_rejected_and_other_partitions_unaffected(client, trained, 
     bad = str(CORPUS / "misspelled_category.csv")
     summary = score_files_dask([bad, str(good)], tmp_path / "out", models, client=client, chunk_rows=CHUNK)
     assert (summary.rows_scored, summary.rows_rejected) == (3 + 2500, 1)
-    rejects = pd.read_csv(tmp_path / "out" / "rejects.csv", dtype=str, keep_default_na=False)
+    rejects = pd.read_csv(tmp_path / "out" / "_rejects.csv", dtype=str, keep_default_na=False)
     assert list(rejects.columns[:3]) == REJECT_META and set(pd.read_csv(bad, nrows=0).columns) <= set(rejects.columns)
     assert rejects[REJECT_META].to_dict("records") == [{
         "reject_file": bad, "reject_row": "3",
@@ -209,7 +212,7 @@ def test_ids_after_a_csv_ending_on_a_chunk(client, trained, kb, tmp_path):
     assert (summary.rows_scored, summary.rows_rejected) == (599, 1)
     assert sorted(p.name for p in (tmp_path / "out").glob("part-*")) == ["part-00000-00000.parquet",
                                                                           "part-00001-00000.parquet"]
-    assert "y.csv\",299,\"column 'case_id', value 'x-0': duplicate case_id" in (tmp_path / "out" / "rejects.csv").read_text()
+    assert "y.csv\",299,\"column 'case_id', value 'x-0': duplicate case_id" in (tmp_path / "out" / "_rejects.csv").read_text()
 
 
 def test_pandas_engine_ids_after_a_csv_ending_on_a_chunk(trained, kb, tmp_path):
@@ -231,7 +234,7 @@ def test_unusable_input_or_existing_output_writes_nothing(client, trained, kb, t
     with pytest.raises(BatchInputError, match="already exists"):
         score_files_dask([str(good)], tmp_path / "out", models, client=client)
     assert score_files_dask(good, tmp_path / "empty_rejects", models, client=client).rows_rejected == 0
-    header = (tmp_path / "empty_rejects" / "rejects.csv").read_text()
+    header = (tmp_path / "empty_rejects" / "_rejects.csv").read_text()
     assert header == ",".join(f'"{c}"' for c in [*REJECT_META, *pd.read_csv(good, nrows=0).columns]) + "\n"
 
 
@@ -269,10 +272,10 @@ def test_one_file_split_into_blocks_matches_the_pandas_engine(client, trained, o
     summary = score_files_dask(one_big_file, tmp_path / "out", models, client=client, **SPLIT)
     rows = _read_parts(tmp_path / "out")
     pd.testing.assert_frame_equal(rows.drop(columns="file"), reference[1], check_exact=True)
-    assert (tmp_path / "out" / "rejects.csv").read_bytes() == reference[2]
+    assert (tmp_path / "out" / "_rejects.csv").read_bytes() == reference[2]
     assert (summary.rows_scored, summary.rows_rejected) == (ref_summary.rows_scored, ref_summary.rows_rejected)
     assert summary.warnings == ref_summary.warnings
-    rejects = pd.read_csv(tmp_path / "out" / "rejects.csv", dtype=str, keep_default_na=False)
+    rejects = pd.read_csv(tmp_path / "out" / "_rejects.csv", dtype=str, keep_default_na=False)
     assert rejects["reject_row"].tolist() == ["2999", "3000", "4502", "5202", "5903"]
     assert "record 3001 of" in rejects["reject_reason"].iloc[0] and "record 3002 of" in rejects["reject_reason"].iloc[1]
     assert "duplicate case_id" in rejects["reject_reason"].iloc[2]
@@ -293,7 +296,7 @@ def test_a_block_not_holding_its_planned_rows_sends_its_file_back_whole(client, 
     score_files_dask(one_big_file, tmp_path / "out", models, client=client, **SPLIT)
     pd.testing.assert_frame_equal(_read_parts(tmp_path / "out").drop(columns="file"), pd.read_parquet(out),
                                   check_exact=True)
-    assert (tmp_path / "out" / "rejects.csv").read_bytes() == Path(f"{out}.rejects.csv").read_bytes()
+    assert (tmp_path / "out" / "_rejects.csv").read_bytes() == Path(f"{out}.rejects.csv").read_bytes()
 
 
 def test_a_quote_left_open_is_rejected_as_the_pandas_engine_rejects_it(client, trained, tmp_path):
@@ -306,7 +309,7 @@ def test_a_quote_left_open_is_rejected_as_the_pandas_engine_rejects_it(client, t
     ref = score_files([str(src)], tmp_path / "ref.parquet", get_model(models), chunk_rows=CHUNK)
     summary = score_files_dask(src, tmp_path / "out", models, client=client, block_bytes=20_000, chunk_rows=CHUNK)
     assert (summary.rows_scored, summary.rows_rejected) == (ref.rows_scored, ref.rows_rejected) == (2799, 1)
-    assert (tmp_path / "out" / "rejects.csv").read_bytes() == (tmp_path / "ref.parquet.rejects.csv").read_bytes()
+    assert (tmp_path / "out" / "_rejects.csv").read_bytes() == (tmp_path / "ref.parquet.rejects.csv").read_bytes()
     pd.testing.assert_frame_equal(_read_parts(tmp_path / "out").drop(columns="file"),
                                   pd.read_parquet(tmp_path / "ref.parquet"), check_exact=True)
 
@@ -327,7 +330,7 @@ def test_parquet_split_by_row_groups_matches_the_pandas_engine(client, trained, 
     rows = _read_parts(tmp_path / "out")
     pd.testing.assert_frame_equal(rows.drop(columns="file"), pd.read_parquet(tmp_path / "ref.parquet"),
                                   check_exact=True)
-    assert (tmp_path / "out" / "rejects.csv").read_bytes() == Path(f"{tmp_path / 'ref.parquet'}.rejects.csv").read_bytes()
+    assert (tmp_path / "out" / "_rejects.csv").read_bytes() == Path(f"{tmp_path / 'ref.parquet'}.rejects.csv").read_bytes()
 
 
 def test_partitioned_generation_is_reproducible(client, kb, tmp_path):
@@ -470,7 +473,7 @@ def test_a_worker_killed_once_in_a_split_file_is_survived(client, trained, one_b
     assert marker.exists()
     pd.testing.assert_frame_equal(_read_parts(tmp_path / "out").drop(columns="file"), pd.read_parquet(out),
                                   check_exact=True)
-    assert (tmp_path / "out" / "rejects.csv").read_bytes() == Path(f"{out}.rejects.csv").read_bytes()
+    assert (tmp_path / "out" / "_rejects.csv").read_bytes() == Path(f"{out}.rejects.csv").read_bytes()
 
 
 def test_a_worker_killed_every_time_fails_cleanly(client, trained, inputs, kill_switch, tmp_path):

@@ -71,7 +71,8 @@ def test_score_adapt_priors_writes_the_mix_and_reweighted_rows(trained, small_da
     cases.to_csv(src, index=False)
     assert main(["score", str(src), "-o", str(tmp_path / "plain.csv"), "--model", str(models)]) == 0
     assert main(["score", str(src), "-o", str(tmp_path / "adapted.csv"), "--model", str(models), "--adapt-priors"]) == 0
-    assert "Estimated case mix of 600 cases" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "Estimated case mix of 600 cases" in captured.err and captured.out == ""  # messages on stderr
     mix = json.loads((tmp_path / "adapted.csv.priors.json").read_text())
     shares = {c: v["estimated"] for c, v in mix["conditions"].items()}
     assert sum(shares.values()) == pytest.approx(1.0) and mix["n_cases"] == 600

@@ -2,6 +2,7 @@
 top-k, compact floats and texts as codes with their lookup file."""
 
 import io
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -101,8 +102,35 @@ def test_unknown_column_is_one_line_naming_the_choices(trained, cases_csv, tmp_p
                  "--columns", "case_id,p_flu"]) == 2
     err = capsys.readouterr().err.strip()
     assert "'p_flu' is not an output column" in err and "p_dvt" in err and len(err.splitlines()) == 1
-    assert main(["score", str(path), "-o", str(tmp_path / "o.csv"), "--model", str(models), "--top-k", "10"]) == 2
-    assert "top_k == 10" in capsys.readouterr().err
+    for flags, message in [(["--top-k", "10"], "--top-k == 10, must be in 1..9."),
+                           (["--float-digits", "18"], "--float-digits == 18, must be in 0..17 (17 keeps every digit)."),
+                           (["--float-digits", "-1"], "--float-digits == -1, must be in 0..17"),
+                           (["--block-mb", "5"], "--block-mb: for --engine dask only."),
+                           (["--format", "csv", "--scheduler", "tcp://127.0.0.1:1"],
+                            "--scheduler, --format: for --engine dask only."),
+                           (["--engine", "dask", "--block-mb", "0"], "--block-mb == 0, must be > 0.")]:
+        assert main(["score", str(path), "-o", str(tmp_path / "o.csv"), "--model", str(models), *flags]) == 2, flags
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, (flags, err)
+    assert not (tmp_path / "o.csv").exists()
+
+
+def test_float_digits_write_at_most_that_many_decimals(trained, cases_csv, tmp_path):
+    """Each written probability is its full number rounded half to even to that many places, and
+    written with no more decimals than that (every digit a decision needs is in the 6 of the default)."""
+    models, _ = trained
+    path, cases = cases_csv
+    full = predict(cases, model=models)[P_COLS].to_numpy(float)
+    for digits in (3, 6, 12, 15):
+        out = tmp_path / f"d{digits}.csv"
+        assert main(["score", str(path), "-o", str(out), "--model", str(models), "--quiet", "--columns",
+                     ",".join(P_COLS), "--float-digits", str(digits)]) == 0
+        text = _read(out)[P_COLS]
+        written = text.to_numpy(float)
+        assert np.array_equal(written, np.round(full, digits)), digits
+        assert np.abs(written - full).max() <= 0.5 * 10.0 ** -digits + 4e-16, digits  # and a float's spacing
+        decimals = [len(v.split(".")[1]) if "." in v and "e" not in v else 0 for v in text.to_numpy().ravel()]
+        assert max(decimals) <= digits and max(decimals) >= digits - 1, (digits, max(decimals))
 
 
 def test_stdin_to_stdout_with_rejects_beside(trained, cases_csv, tmp_path):
@@ -139,7 +167,10 @@ def test_standard_input_is_named_as_given_in_errors(trained, tmp_path):
     from pipeline.core.errors import BatchInputError
 
     models, _ = trained
-    for data, message in [(b"", "<stdin>: the file is empty"), (b"age,Age\n1,2\n", "<stdin>: the header repeats")]:
+    for data, message in [(b"", "<stdin>: the file is empty"), (b"age,Age\n1,2\n", "<stdin>: the header repeats"),
+                          (b"PAR1\x15\x04\x15", "<stdin>: is a Parquet file, not CSV text"),
+                          (b"\x1f\x8b\x08\x00", re.escape("<stdin>: is a gzip-compressed file, not CSV text (by its "
+                                                         "first bytes); decompress it first"))]:
         with pytest.raises(BatchInputError, match=message) as err:
             score_files(["-"], tmp_path / "o.csv", load_model(models), stdin=io.BytesIO(data))
         assert "kneepain-stdin" not in str(err.value)
@@ -184,3 +215,17 @@ def test_an_input_without_a_required_column_stops_the_job_before_any_row_is_writ
     assert main(["score", str(path), "--engine", "dask", "-o", str(tmp_path / "out.csv"), "--model", str(models)]) == 2
     assert "the dask engine writes a folder of part files" in capsys.readouterr().err
     assert not (tmp_path / "out.csv").exists()
+
+
+def test_a_folder_or_a_parquet_file_named_csv_is_named_for_what_it_is(trained, cases_csv, tmp_path, capsys):
+    models, _ = trained
+    _, cases = cases_csv
+    cases.head(5).to_parquet(tmp_path / "cases.csv")  # Parquet bytes under a .csv name
+    (tmp_path / "exports").mkdir()
+    for given, message in [(tmp_path / "cases.csv", "is a Parquet file, not CSV text (by its first bytes); give it a "
+                                                     ".parquet name"),
+                           (tmp_path / "exports", "is a folder; give the CSV or Parquet files in it")]:
+        assert main(["score", str(given), "-o", str(tmp_path / "o.csv"), "--model", str(models)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert f"{given}: {message}" in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "o.csv").exists()

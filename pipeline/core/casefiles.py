@@ -48,6 +48,10 @@ _STRADDLE = "straddl"  # pyarrow: "straddling object straddles two block boundar
 # UTF-8 cannot be, and the read stops with this (its records numbered from 1 in the stream)
 _UNDECODABLE = re.compile(r"Row #(\d+): Expected \d+ columns, got (\d+)")
 _HEADER_BYTES = 1 << 20  # a longer header is refused
+# files given as CSV that are something else: (first bytes, what it is, what to do)
+_NOT_CSV = [(b"PAR1", "Parquet", "give it a .parquet name (standard input is read as CSV only)"),
+            (b"\x1f\x8b", "gzip-compressed", "decompress it first, for example: zcat FILE.gz | kneepain score - -o OUTPUT"),
+            (b"PK\x03\x04", "zip (or Excel .xlsx)", "extract it, or save the sheet as 'CSV UTF-8'")]
 _BARE_CR = re.compile(rb"\r(?!\n)")  # a line ending of CR alone (LF and CR LF are read)
 _HANDLER_MARK = "_kneepain_row_handler"
 _HOOK_MARK = "_kneepain_quiet_rows"
@@ -149,6 +153,9 @@ def _csv_header(path: Path) -> tuple[list[str], int]:
             raw = fh.readline(_HEADER_BYTES)
             while raw.count(b'"') % 2 and len(raw) < _HEADER_BYTES and (more := fh.readline(_HEADER_BYTES)):
                 raw += more  # a quoted name across lines
+        for magic, kind, fix in _NOT_CSV:
+            if raw.startswith(magic):
+                raise BatchInputError(f"{path}: is a {kind} file, not CSV text (by its first bytes); {fix}.")
         if _BARE_CR.search(raw):
             raise BatchInputError(f"{path}: its lines end in a bare carriage return (CR), as old Mac programs save "
                                   "CSV; save it with LF or CR LF line endings (for example Excel's 'CSV UTF-8').")
@@ -177,6 +184,9 @@ def file_columns(path: str | Path) -> list[str]:
     """The column names of a CSV (its header) or Parquet file (its schema), checked for repeats."""
     path = Path(path)
     suffix = path.suffix.lower()
+    if path.is_dir():
+        raise BatchInputError(f"{path}: is a folder; give the CSV or Parquet files in it (with --engine dask, a glob "
+                              "such as 'folder/*.csv').")
     if not path.is_file():
         raise BatchInputError(f"{path}: no such file.")
     if suffix == ".parquet":

@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 __all__ = ["FORMATS", "DaskJobError", "default_block_bytes", "score_files_dask"]
 
 FORMATS = ("parquet", "csv")
-REJECTS_FILE = "rejects.csv"
+REJECTS_FILE = "_rejects.csv"  # a leading _ keeps it out of pd.read_parquet(folder) and other dataset readers
 BLOCKS_PER_WORKER = 2  # default block size: the inputs in about this many blocks per worker thread
 _INPUT_ERRORS = (BatchInputError, ModelIntegrityError, FileNotFoundError)  # the user's to fix: not retried
 
@@ -188,7 +188,7 @@ def _cross_block_duplicates(results: list[_BlockResult]) -> dict[int, np.ndarray
 
 
 def _publish(tmp: Path, results: list[_BlockResult], target: Path, rschema: pa.Schema) -> None:
-    """Merge the rejects into ``rejects.csv``, drop leftovers of killed attempts, rename ``tmp`` to ``target``."""
+    """Merge the rejects into ``_rejects.csv``, drop leftovers of killed attempts, rename ``tmp`` to ``target``."""
     sink = pa.BufferOutputStream()
     pacsv.write_csv(rschema.empty_table(), sink)
     with open(tmp / REJECTS_FILE, "wb") as out:
@@ -259,7 +259,7 @@ def score_files_dask(inputs: Sequence[str | Path] | str | Path, output_dir: str 
     output_dir : path
         A new folder (it must not exist). It gets ``part-<file>-<chunk>.<fmt>``, one per chunk
         (numbered within its file, so the names do not depend on the blocks), named so that
-        sorting the names gives input order, and ``rejects.csv`` (the rejected
+        sorting the names gives input order, and ``_rejects.csv`` (the rejected
         rows, whole, after ``reject_file``, ``reject_row`` and ``reject_reason``; only the header
         when every row was scored).
     model_source : path or MLflow URI, optional
@@ -289,7 +289,7 @@ def score_files_dask(inputs: Sequence[str | Path] | str | Path, output_dir: str 
     -------
     ScoreSummary
         Rows scored, rows rejected, seconds. Every row is in exactly one part file (with its
-        ``file`` and ``row``) or in ``rejects.csv``; a duplicate ``case_id``, within a file or
+        ``file`` and ``row``) or in ``_rejects.csv``; a duplicate ``case_id``, within a file or
         across blocks and files, is rejected as by the pandas engine (a second pass on the driver
         compares the hashes of each block's ids and rescores the few blocks that repeat an
         earlier id). A split file whose block cannot be read on its own (an input error, or

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from pipeline.core.errors import BatchInputError
 from pipeline.core.schema import CONDITIONS, normalise_header
@@ -87,13 +86,19 @@ def select_columns(schema: pa.Schema, columns: Sequence[str] | None) -> pa.Schem
 
 
 def round_floats(table: pa.Table, digits: int | None) -> pa.Table:
-    """Every float column of ``table`` rounded to ``digits`` decimal places (half to even)."""
+    """Every float column of ``table`` rounded to ``digits`` decimal places (half to even), each
+    value the float nearest its rounded decimal, so a CSV writes at most ``digits`` decimals.
+
+    numpy's rounding (scale, round, divide: the division is exact to the last bit); Arrow's
+    ``round`` leaves a value as it is from 11 or so decimals on, which wrote 20 decimals for 12."""
     if digits is None:
         return table
     for i, kind in enumerate(table.schema.types):
         if pa.types.is_floating(kind):
-            table = table.set_column(i, table.field(i), pc.round(table.column(i), ndigits=digits,
-                                                                 round_mode="half_to_even"))
+            column = table.column(i)
+            values = np.round(column.to_numpy(), digits)
+            mask = column.is_null().to_numpy(zero_copy_only=False) if column.null_count else None
+            table = table.set_column(i, table.field(i), pa.array(values, type=kind, mask=mask))
     return table
 
 
