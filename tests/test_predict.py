@@ -129,6 +129,18 @@ def test_a_model_source_that_cannot_be_one_is_named(tmp_path):
         predict(CASE, model=42)
 
 
+def test_a_registry_uri_outside_the_project_creates_no_store(tmp_path, monkeypatch):
+    """`--model models:/...` run where there is no MLflow store says so, and leaves no empty store behind."""
+    from pipeline.core.errors import ModelIntegrityError
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("KNEEPAIN_HOME", str(tmp_path))
+    for uri in ("models:/kneepain-classifier@champion", "runs:/0123456789abcdef/model"):
+        with pytest.raises(ModelIntegrityError, match=f"no MLflow store at {tmp_path / 'mlflow.db'}"):
+            predict(CASE, model=uri)
+    assert list(tmp_path.iterdir()) == []
+
+
 TRI_VALUES = st.sampled_from([True, False, None, "yes", "no", "Y", "n", "1", "0", 1, 0, 2, "", "unknown",
                               "maybe", float("nan"), 0.5, "TRUE ", -1])
 CAT_VALUES = {f.name: st.one_of(st.sampled_from(list(f.allowed)), st.sampled_from(["", None, "other", 3]))

