@@ -240,8 +240,7 @@ class SafetyNet:
         cfg = self.cfg
         which, answer = self._pair_candidate[pair], self._pair_answer[pair]
         weighted = proba.take(rows, axis=0)
-        for j, at in _segments(pair):  # each pair's likelihood row, broadcast over its run of cases
-            weighted[at] *= self._likelihood_rows[j]
+        weighted *= self._likelihood_rows.take(pair, axis=0)  # each variant's answer likelihoods, element by element
         level = cost_levels(cfg, weighted)
         same_day = np.flatnonzero(level == _EMERGENCY)
         if len(same_day):
