@@ -305,13 +305,13 @@ def _score_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _score_options(args: argparse.Namespace):
-    from pipeline.serve.shaping import FLOAT_DIGITS, OutputOptions
+    from pipeline.serve.shaping import FLOAT_DIGITS, MAX_FLOAT_DIGITS, OutputOptions
 
     csv_out = args.output == "-" or not args.output.lower().endswith(".parquet")
     digits = FLOAT_DIGITS if args.float_digits is None else args.float_digits
     columns = tuple(c.strip() for c in args.columns.split(",")) if args.columns is not None else None
     return OutputOptions(columns=columns, keep_input=args.keep_input_columns, top_k=args.top_k,
-                         float_digits=None if digits >= 17 else digits,
+                         float_digits=None if digits >= MAX_FLOAT_DIGITS else digits,
                          texts=args.texts or ("codes" if csv_out else "full"))
 
 
@@ -352,6 +352,7 @@ def _score_pandas(args: argparse.Namespace, warn: Callable[[str], None], options
 
 def _score(args: argparse.Namespace) -> int:
     from pipeline.core.schema import CONDITIONS
+    from pipeline.serve.shaping import MAX_FLOAT_DIGITS
 
     if args.chunk_rows < 1:
         raise UsageError(f"--chunk-rows == {args.chunk_rows}, must be >= 1.")
@@ -363,8 +364,9 @@ def _score(args: argparse.Namespace) -> int:
         raise UsageError("--adapt-priors and --report work with --engine pandas only.")
     if not 1 <= args.top_k <= len(CONDITIONS):
         raise UsageError(f"--top-k == {args.top_k}, must be in 1..{len(CONDITIONS)}.")
-    if args.float_digits is not None and not 0 <= args.float_digits <= 17:
-        raise UsageError(f"--float-digits == {args.float_digits}, must be in 0..17 (17 keeps every digit).")
+    if args.float_digits is not None and not 0 <= args.float_digits <= MAX_FLOAT_DIGITS:
+        raise UsageError(f"--float-digits == {args.float_digits}, must be in 0..{MAX_FLOAT_DIGITS} "
+                         f"({MAX_FLOAT_DIGITS} keeps every digit).")
     if args.engine != "dask":
         given = [flag for flag, value in (("--scheduler", args.scheduler), ("--block-mb", args.block_mb),
                                           ("--format", args.format)) if value is not None]

@@ -102,11 +102,11 @@ def _host() -> str:
 def reclaim_stale_folders(target: Path) -> list[Path]:
     """Remove the :func:`temp_folder` folders of ``target`` left by dead processes of this machine
     (a folder of another machine, on a shared file system, is left alone); return what was removed."""
-    removed = []
+    removed, host = [], _host()
     prefix = f".{target.name}.tmp-"
     for found in target.parent.glob(glob.escape(prefix) + "*"):
         parts = found.name[len(prefix):].removesuffix(".removing").split("-")
-        if len(parts) != 3 or parts[0] != _host() or not parts[1].isdigit() or not found.is_dir():
+        if len(parts) != 3 or parts[0] != host or not parts[1].isdigit() or not found.is_dir():
             continue
         if not process_alive(int(parts[1])):
             shutil.rmtree(found, ignore_errors=True)

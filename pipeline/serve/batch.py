@@ -115,7 +115,8 @@ def score_files(inputs: list[str | Path], output: str | Path, model: LoadedModel
     if not output.parent.is_dir():
         raise BatchInputError(f"{output.parent}: no such folder for the output.")
     rejects_path = Path(rejects) if rejects is not None else output.with_name(output.name + ".rejects.csv")
-    texts_path = output.with_name(output.name + ".texts.csv") if _as_codes(model, options) else None
+    lookup = output.with_name(output.name + ".texts.csv")
+    texts_path = lookup if _as_codes(model, options) else None
     outputs = [("output", output), ("rejects file", rejects_path)]
     if texts_path is not None:
         outputs.append(("texts lookup", texts_path))
@@ -130,7 +131,7 @@ def score_files(inputs: list[str | Path], output: str | Path, model: LoadedModel
     if texts_path is not None:
         _write_text_lookup(model, texts_path)
     else:  # an earlier run's lookup would describe codes this output lacks
-        output.with_name(output.name + ".texts.csv").unlink(missing_ok=True)
+        lookup.unlink(missing_ok=True)
     return summary
 
 

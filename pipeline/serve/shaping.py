@@ -23,10 +23,11 @@ import pyarrow as pa
 from pipeline.core.errors import BatchInputError
 from pipeline.core.schema import CONDITIONS, normalise_header
 
-__all__ = ["FLOAT_DIGITS", "OutputOptions", "input_columns", "round_floats", "select_columns",
+__all__ = ["FLOAT_DIGITS", "MAX_FLOAT_DIGITS", "OutputOptions", "input_columns", "round_floats", "select_columns",
            "text_lookup"]
 
 FLOAT_DIGITS = 6
+MAX_FLOAT_DIGITS = 17  # a double's every digit: more is the same number
 _SEP = "|"
 
 
@@ -47,8 +48,8 @@ class OutputOptions:
     def __post_init__(self) -> None:
         if isinstance(self.top_k, bool) or not 1 <= self.top_k <= len(CONDITIONS):
             raise BatchInputError(f"top_k == {self.top_k}, must be an integer in 1..{len(CONDITIONS)}.")
-        if self.float_digits is not None and not 0 <= self.float_digits <= 17:
-            raise BatchInputError(f"float_digits == {self.float_digits}, must be in 0..17.")
+        if self.float_digits is not None and not 0 <= self.float_digits <= MAX_FLOAT_DIGITS:
+            raise BatchInputError(f"float_digits == {self.float_digits}, must be in 0..{MAX_FLOAT_DIGITS}.")
         if self.texts not in ("full", "codes"):
             raise BatchInputError(f"texts == {self.texts!r}, must be 'full' or 'codes'.")
 
