@@ -1,18 +1,20 @@
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
+from scipy.special import ndtr
 
 from pipeline import generate_cases
 from pipeline.core.config import GenerateConfig
 from pipeline.core.files import sha256_file
 from pipeline.core.knowledge import AGES
+from pipeline.core.parsing import parse_cases
+from pipeline.core.schema import CATEGORY_FIELDS, CONDITIONS, FIELDS, SYMPTOMS, field, max_duration_days
+from pipeline.data.generate import generate_codes, write_splits
 
 # Statistical tests: two-sided, family-wise level 0.001 over all comparisons in a test (Bonferroni),
-from pipeline.core.parsing import parse_cases
-from pipeline.core.schema import CATEGORY_FIELDS, CONDITIONS, FIELDS, SYMPTOMS, field
-from pipeline.data.generate import write_splits
-
 # on 200k cases from a fixed seed.
 FAMILY_ALPHA = 1e-3
 
@@ -124,6 +126,24 @@ def test_splits_have_independent_seeds(kb, tmp_path):
     frames = write_splits(kb, GenerateConfig.model_validate(
         {"seed": 1, "splits": {"x": {"n": 500}, "y": {"n": 500}}}), tmp_path)
     assert not frames["x"].drop(columns="case_id").equals(frames["y"].drop(columns="case_id"))
+
+
+def test_durations_follow_the_log_normal_truncated_at_the_patients_age(kb):
+    """With durations long enough for the age bound to cut many of them, none passes (age + 1) x
+    365.25 days and the rest follow the truncated law exactly: the probability transform
+    F(d) / F(bound) of each case's own log-normal is uniform (Kolmogorov-Smirnov)."""
+    log_median, log_sd = np.log(np.geomspace(300, 30_000, len(CONDITIONS))), np.linspace(0.6, 1.6, len(CONDITIONS))
+    long = dataclasses.replace(kb, duration=np.column_stack([log_median, log_sd]))
+    codes, cond, _ = generate_codes(long, 50_000, seed=4)
+    days, bound = codes["symptom_duration_days"], max_duration_days(codes["age"])
+    known = ~np.isnan(days)
+    days, bound, cond = days[known], bound[known], cond[known]
+    assert (days <= bound).all()
+    mu, sd = log_median[cond], log_sd[cond]
+    cut = 1 - ndtr((np.log(bound) - mu) / sd)
+    assert cut.mean() > 0.1  # the bound matters: an untruncated draw would pass it this often
+    pit = ndtr((np.log(days) - mu) / sd) / ndtr((np.log(bound) - mu) / sd)
+    assert stats.kstest(pit, "uniform").pvalue > FAMILY_ALPHA
 
 
 def test_bad_n_is_refused(kb):

@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -7,8 +9,8 @@ from scipy.special import logsumexp
 from pipeline import generate_cases, log_density, oracle_posterior
 from pipeline.core.metrics import summary
 from pipeline.core.oracle import oracle_log_joint
-from pipeline.core.parsing import ParsedCases
-from pipeline.core.schema import CONDITIONS
+from pipeline.core.parsing import ParsedCases, parse_records
+from pipeline.core.schema import CONDITIONS, max_duration_days
 
 
 def _parsed(codes):
@@ -47,6 +49,20 @@ def test_posterior_matches_empirical_label_frequencies(kb, big_sample):
             obs, exp = np.append(obs, observed[~big].sum()), np.append(exp, expected[~big].sum())
         pvalue = stats.chisquare(obs, exp).pvalue
         assert pvalue > 1e-3 / len(frequent), f"pattern {pattern.iloc[idx[0]]}: p={pvalue:.2g}"
+
+
+def test_the_duration_density_integrates_to_one_below_the_age_bound(kb):
+    """Durations are log-normal truncated at (age + 1) x 365.25 days: for every condition,
+    p(duration | condition, age, sex) integrates to 1 over (0, bound]."""
+    long = dataclasses.replace(kb, duration=np.column_stack(
+        [np.log(np.geomspace(300, 3000, len(CONDITIONS))), np.linspace(0.8, 1.5, len(CONDITIONS))]))
+    base = parse_records([{"age": 19, "sex": "female"}])
+    log_days = np.linspace(np.log(1e-2), np.log(max_duration_days(19)), 40_001)
+    codes = {k: np.repeat(v, len(log_days)) for k, v in base.codes.items()}
+    codes["symptom_duration_days"] = np.exp(log_days)
+    density = np.exp(oracle_log_joint(long, _parsed(codes)) - oracle_log_joint(long, base))  # per day
+    integral = np.trapezoid(density * np.exp(log_days)[:, None], log_days, axis=0)
+    np.testing.assert_allclose(integral, 1.0, rtol=1e-6)
 
 
 def test_unknown_is_marginalised_not_no(kb):

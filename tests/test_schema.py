@@ -45,6 +45,17 @@ def test_errors_name_row_column_value_and_allowed():
     assert "pregnant cannot be yes when sex is male" in message
 
 
+def test_a_duration_longer_than_the_patients_life_is_rejected():
+    """Symptoms began after birth: at most (age + 1) x 365.25 days, the bound itself allowed."""
+    frame = pd.DataFrame({"age": [18, 18, 100, 40, 40], "sex": "male",
+                          "symptom_duration_days": [6939.75, 6939.76, 36890.25, None, 1e8]})
+    parsed = parse_cases(frame, raise_on_error=False)
+    assert parsed.valid.tolist() == [True, False, True, True, False]
+    assert parsed.errors["column"].unique().tolist() == ["symptom_duration_days"]
+    assert parsed.errors["reason"].iloc[0].startswith("longer than the patient has lived: at age 18 at most 6939.75 days")
+    assert "at age 40 at most 14975.25 days" in parsed.errors["reason"].iloc[1]
+
+
 def test_collect_mode_marks_rows_invalid_without_raising():
     frame = pd.DataFrame({"age": [40, 5], "sex": ["male", "male"]})
     parsed = parse_cases(frame, raise_on_error=False, row_offset=100)

@@ -28,6 +28,9 @@ EXPECTED = {
     "age_out_of_range.csv": (1, 3, 1, "column 'age', value '130': out of range; allowed: a whole number >= 12 and <= 100"),
     "non_number.csv": (1, 3, 1, "column 'bmi', value 'heavy': not a number"),
     "pregnant_male.csv": (1, 3, 1, "column 'pregnant', value 'yes': pregnant cannot be yes when sex is male"),
+    # g1 reports exactly the longest duration age 30 allows: (30 + 1) x 365.25 days
+    "duration_before_birth.csv": (1, 3, 1, "column 'symptom_duration_days', value '1e8': longer than the patient "
+                                           "has lived: at age 40 at most 14975.25 days"),
     "unknown_tristate.csv": (1, 3, 1, "column 'locking', value 'sometimes': not allowed; allowed: yes/y/true/t/1"),
     "extra_columns.csv": (0, 3, 0, None),
     "duplicate_case_id.csv": (1, 3, 1, "column 'case_id', value 'g1': duplicate case_id: seen in an earlier row"),

@@ -18,7 +18,7 @@ from pipeline.core.cases import as_parsed, in_blocks
 from pipeline.core.knowledge import AGES, KnowledgeBase
 from pipeline.core.parsing import ParsedCases
 from pipeline.core.rowwise import logsumexp_rows, softmax_rows
-from pipeline.core.schema import CATEGORY_FIELDS, CONDITIONS, FIELDS, SYMPTOMS, field
+from pipeline.core.schema import CATEGORY_FIELDS, CONDITIONS, FIELDS, SYMPTOMS, field, max_duration_days
 
 __all__ = ["oracle_posterior", "oracle_log_joint", "log_density", "field_log_likelihoods"]
 
@@ -45,6 +45,10 @@ class _Tables:
         self.fertile_max = kb.fertile_age[1]
         self.bmi = kb.bmi
         self.duration = kb.duration
+        # the duration is truncated at the patient's age (max_duration_days): log 1/P(duration <= bound)
+        # per (age, condition), added where the duration is known; the last row is 0 (no age)
+        self.duration_norm = np.vstack([_log_normal_tail_norm(np.log(max_duration_days(AGES)), kb.duration),
+                                        np.zeros(len(CONDITIONS))])
         # the discrete answers as one matrix product: a row of one-hot answers (unknown = all 0)
         # times a table of log-probabilities; symptoms per (condition, severity), the rest per condition
         # columns ordered (severity, condition), so each severity's block is a contiguous slice
@@ -57,6 +61,13 @@ class _Tables:
         self.context_weights_rows = np.ascontiguousarray(np.concatenate(
             [self.context[f][:2] for f in self.context]
             + [t[:-1] for t in self.category.values()] + [self.sex[:2]]).T)  # (9, K)
+
+
+def _log_normal_tail_norm(bound: np.ndarray, params: np.ndarray) -> np.ndarray:
+    """(n, 9) -log P(X <= bound_i) for X ~ N(mean_k, sd_k): the log normaliser of a normal
+    truncated above at each bound (math.erfc: the oracle does not load scipy)."""
+    z = (bound[:, None] - params[None, :, 0]) / params[None, :, 1]
+    return -np.log(0.5 * np.vectorize(math.erfc)(-z / math.sqrt(2)))
 
 
 def _tri(p: np.ndarray) -> np.ndarray:
@@ -132,6 +143,7 @@ def _log_joint_chunk(t: _Tables, codes: dict[str, np.ndarray]) -> np.ndarray:
     ctx += _normal_logpdf(codes["bmi"], t.bmi)
     days = np.maximum(codes["symptom_duration_days"], DURATION_FLOOR_DAYS)
     ctx += _normal_logpdf(np.log(days), t.duration) - np.where(np.isnan(days), 0.0, np.log(days))[:, None]
+    ctx += np.where(np.isnan(days)[:, None], 0.0, t.duration_norm[age_idx])
     return ctx
 
 
@@ -196,7 +208,8 @@ def field_log_likelihoods(kb: KnowledgeBase, parsed: ParsedCases) -> dict[str, n
             out[f.name] = _normal_logpdf(np.array([c]), kb.bmi)[0]
         elif f.name == "symptom_duration_days":
             days = max(c, DURATION_FLOOR_DAYS)
-            out[f.name] = _normal_logpdf(np.array([math.log(days)]), kb.duration)[0] - math.log(days)
+            out[f.name] = (_normal_logpdf(np.array([math.log(days)]), kb.duration)[0] - math.log(days)
+                           + t.duration_norm[int(codes["age"]) - AGES[0]])
         elif f.name == "pregnant":
             if not female:  # the oracle adds nothing for a man
                 out[f.name] = np.zeros(len(CONDITIONS))

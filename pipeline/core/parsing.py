@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 from pipeline.core.errors import CaseValidationError
 from pipeline.core.schema import (
     _TRISTATE_UNKNOWN,
+    DAYS_PER_YEAR,
     FIELD_NAMES,
     FIELDS,
     ID_COLUMN,
@@ -34,6 +35,7 @@ from pipeline.core.schema import (
     UNKNOWN,
     Field,
     field,
+    max_duration_days,
     normalise_header,
     repeated_columns,
 )
@@ -450,6 +452,15 @@ def _parse_columns(items: list[tuple[Any, pd.Series]], n: int, row_offset: int, 
     if "pregnant" in columns:
         report("pregnant", pregnant_male, series_of["pregnant"],
                "pregnant cannot be yes when sex is male; allowed for males: no or unknown")
+    days, age = codes["symptom_duration_days"], codes["age"]
+    before_birth = days > max_duration_days(age)  # False where either is unknown or invalid
+    if before_birth.any():
+        reasons = np.full(n, "", dtype=object)
+        reasons[before_birth] = [
+            f"longer than the patient has lived: at age {a:g} at most {max_duration_days(a):.10g} days; allowed: "
+            f"{field('symptom_duration_days').allowed_text} and at most (age + 1) x {DAYS_PER_YEAR:g}"
+            for a in age[before_birth]]
+        report("symptom_duration_days", before_birth, series_of["symptom_duration_days"], reasons)
 
     errors = pd.concat(problems, ignore_index=True).sort_values("row", kind="stable", ignore_index=True) \
         if problems else _empty_errors()

@@ -9,6 +9,7 @@ for its help without loading the scientific stack.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = [
     "CONDITIONS",
@@ -22,12 +23,14 @@ __all__ = [
     "Field",
     "data_dictionary_markdown",
     "field",
+    "max_duration_days",
     "normalise_header",
     "repeated_columns",
     ]
 
 SCHEMA_VERSION = "2"  # 2: the Wells items, VTE risk factors, timing of swelling and the emergency screen
 UNKNOWN = -1
+DAYS_PER_YEAR = 365.25
 
 CONDITIONS: tuple[str, ...] = (
     "leg_cramp",
@@ -134,7 +137,8 @@ FIELDS: tuple[Field, ...] = (
     _tri("swelling_within_hours", "onset", "after an injury, the knee swelled within a few hours (not the next day)",
          "haemarthrosis: ACL tear, fracture"),
     Field("symptom_duration_days", "float", "onset",
-          "days since the symptoms began; for an injury, since the injury (a cramp that began minutes ago is ~0.001)",
+          "days since the symptoms began; for an injury, since the injury (a cramp that began minutes ago is ~0.001); "
+          "at most (age + 1) x 365.25, as they began after birth",
           "cramp \"a few seconds and several minutes\"; OA chronic", minimum=0),
     _tri("muscle_spasm", "symptom", "sudden, very painful muscle spasm", "leg cramp"),
     _tri("cramp_calf_or_thigh", "symptom", "cramp felt in the calf or thigh too", "leg cramp (overuse)"),
@@ -192,6 +196,13 @@ def field(name: str) -> Field:
         return _BY_NAME[name]
     except KeyError:
         raise KeyError(f"{name!r} is not a case field; known fields: {', '.join(FIELD_NAMES)}") from None
+
+
+def max_duration_days(age: Any) -> Any:
+    """The longest ``symptom_duration_days`` a patient aged ``age`` (whole years) can report: the
+    symptoms began after birth, and a whole-year age may be up to a year short of the time lived.
+    ``age`` is a number or a numpy array (the result is of the same kind)."""
+    return (age + 1) * DAYS_PER_YEAR
 
 
 def normalise_header(name: object) -> str:

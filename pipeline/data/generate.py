@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.special import ndtr, ndtri
 
 from pipeline.core.config import GenerateConfig
 from pipeline.core.files import sha256_file, tmp_path, write_json_atomic
@@ -32,6 +33,7 @@ from pipeline.core.schema import (
     SYMPTOMS,
     UNKNOWN,
     field,
+    max_duration_days,
 )
 
 __all__ = ["generate_cases", "generate_codes", "split_seed", "write_splits"]
@@ -49,9 +51,24 @@ def _draw_categorical(rng: np.random.Generator, probs: np.ndarray, cls: np.ndarr
     return out
 
 
-def _round_significant(x: np.ndarray, digits: int = 4) -> np.ndarray:
+def _round_significant(x: np.ndarray, digits: int = 4, *, down: bool = False) -> np.ndarray:
     scale = np.power(10.0, digits - 1 - np.floor(np.log10(np.abs(x))))
-    return np.round(x * scale) / scale
+    return (np.floor if down else np.round)(x * scale) / scale
+
+
+def _durations(rng: np.random.Generator, params: np.ndarray, bound: np.ndarray) -> np.ndarray:
+    """Days from each case's log-normal (``params``: log-median, log-sd per case) truncated above at
+    ``bound`` (the symptoms began after birth), rounded to 4 significant digits without passing it.
+
+    One normal draw per case, mapped by the inverse CDF onto the truncated normal, so the seed's
+    later draws are those of the untruncated model; where the bound's CDF is 1 in floating point
+    the draw is kept as it is."""
+    z = rng.standard_normal(len(params))
+    keep = ndtr((np.log(bound) - params[:, 0]) / params[:, 1])
+    z = np.where(keep < 1.0, ndtri(ndtr(z) * keep), z)
+    days = np.exp(params[:, 0] + params[:, 1] * z)
+    rounded = _round_significant(days)
+    return np.where(rounded > bound, _round_significant(days, down=True), rounded)
 
 
 def generate_codes(kb: KnowledgeBase, n: int, *,
@@ -84,8 +101,7 @@ def generate_codes(kb: KnowledgeBase, n: int, *,
             codes[name] = _draw_categorical(rng, kb.category[name], cond).astype(np.int8)
     for name in ONSET_TRISTATES:
         codes[name] = bernoulli(kb.tristate[name][cond, 0])
-    log_days = rng.normal(kb.duration[cond, 0], kb.duration[cond, 1])
-    codes["symptom_duration_days"] = _round_significant(np.exp(log_days))
+    codes["symptom_duration_days"] = _durations(rng, kb.duration[cond], max_duration_days(codes["age"]))
     for name in SYMPTOMS:
         codes[name] = bernoulli(kb.tristate[name][cond, sev])
     # missing answers: first the fields others depend on, then those whose chance of being unknown
