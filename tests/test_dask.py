@@ -118,7 +118,7 @@ def _assert_same_as_reference(out: Path, reference, summary=None) -> None:
 
 def test_dask_engine_matches_pandas_engine(client, trained, inputs, reference, tmp_path):
     models, _ = trained
-    from pipeline.core.cluster import _host
+    from pipeline.core.files import _host
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
                           check=True).stdout.strip()

@@ -89,7 +89,7 @@ def _check(source: Path, expected_rows, models: Path) -> None:
         code = main(["score", str(source), "-o", str(out), "--model", str(models), "--quiet"])
     assert code in (0, 1, 2)
     assert "Traceback" not in err.getvalue()
-    leftovers = [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]
+    leftovers = [p.name for p in folder.iterdir() if p.name.startswith(".") and ".tmp-" in p.name]
     assert leftovers == []
     rejects = folder / "out.csv.rejects.csv"
     if code == 2:

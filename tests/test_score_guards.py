@@ -16,6 +16,7 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.core.errors import BatchInputError, CaseValidationError
+from pipeline.core.files import _host
 from pipeline.serve.predict import predict
 
 HEADER = "case_id,age,sex,locking,symptom_duration_days"
@@ -38,7 +39,7 @@ def _one_line_error(capsys) -> str:
 
 
 def _leftovers(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(".") and ".tmp-" in p.name)
 
 
 @pytest.mark.parametrize("how", ["same path", "relative path", "symlink", "rejects file"])
@@ -77,19 +78,20 @@ def test_stale_temp_files_of_dead_jobs_are_reclaimed(trained, tmp_path):
     src = _write(tmp_path / "in.csv", [HEADER, *GOOD])
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True, check=True).stdout.strip()
-    stale = [tmp_path / f".out.csv.{dead}.tmp", tmp_path / f".out.csv.rejects.csv.{dead}.tmp"]
-    alive = tmp_path / f".out.csv.{os.getppid()}.tmp"
-    for p in [*stale, alive]:
+    stale = [tmp_path / f".out.csv.tmp-{_host()}-{dead}", tmp_path / f".out.csv.rejects.csv.tmp-{_host()}-{dead}"]
+    kept = [tmp_path / f".out.csv.tmp-{_host()}-{os.getppid()}",  # a live process's
+            tmp_path / f".out.csv.tmp-{_host()}x-{dead}"]  # another machine's (a shared file system)
+    for p in [*stale, *kept]:
         p.write_bytes(b"x" * 1000)
     assert _score(src, tmp_path / "out.csv", models) == 0
     assert not any(p.exists() for p in stale)
-    assert alive.exists()  # a live process's file is not touched
+    assert all(p.exists() for p in kept)
 
 
 def test_stale_temp_folders_of_dead_dask_jobs_on_this_machine_are_reclaimed(tmp_path):
     """A Dask driver killed outright leaves its hidden folder; the next job on the target removes it,
     and never a live job's, another machine's (a shared file system) or a folder it did not make."""
-    from pipeline.core.cluster import _host, temp_folder
+    from pipeline.core.cluster import temp_folder
 
     target = tmp_path / "scored"
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,

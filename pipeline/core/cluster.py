@@ -6,22 +6,18 @@ Dask itself is imported only inside these functions, so nothing else pays for it
 from __future__ import annotations
 
 import contextlib
-import glob
 import os
 import shutil
-import socket
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.core.files import process_alive
+from pipeline.core.files import reclaim_stale_temps, tmp_path
 
 if TYPE_CHECKING:
     from distributed import Client, Future
 
-__all__ = ["LOCAL_WORKER_CONFIG", "DaskJobError", "dask_client", "gather", "reclaim_stale_folders", "remove_temp_folder",
-           "temp_folder"]
+__all__ = ["LOCAL_WORKER_CONFIG", "DaskJobError", "dask_client", "gather", "remove_temp_folder", "temp_folder"]
 
 # Dask sets MALLOC_TRIM_THRESHOLD_=65536 in every worker it spawns, to hand freed memory back to
 # the system at once. Setting any trim threshold also turns off glibc's adaptive mmap threshold,
@@ -85,33 +81,15 @@ def dask_client(scheduler: str | None = None, *, n_workers: int | None = None) -
 def temp_folder(target: Path) -> Path:
     """A new hidden folder next to ``target``, renamed to ``target`` once the job is complete.
 
-    Its name carries this machine's name and this process's id (``.<target>.tmp-<host>-<pid>-<random>``),
-    so the folders of a job killed outright (SIGKILL, out of memory) on this machine are found and
-    removed by the next job on the same target (:func:`reclaim_stale_folders`).
+    Its name is :func:`pipeline.core.files.tmp_path`'s with a random part
+    (``.<target>.tmp-<host>-<pid>-<random>``), so the folders of a job killed outright (SIGKILL, out
+    of memory) on this machine are found and removed by the next job on the same target
+    (:func:`pipeline.core.files.reclaim_stale_temps`, called here first).
     """
-    reclaim_stale_folders(target)
-    tmp = target.parent / f".{target.name}.tmp-{_host()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    reclaim_stale_temps(target)
+    tmp = tmp_path(target, unique=True)
     tmp.mkdir()
     return tmp
-
-
-def _host() -> str:
-    return socket.gethostname().replace("-", "_") or "host"
-
-
-def reclaim_stale_folders(target: Path) -> list[Path]:
-    """Remove the :func:`temp_folder` folders of ``target`` left by dead processes of this machine
-    (a folder of another machine, on a shared file system, is left alone); return what was removed."""
-    removed, host = [], _host()
-    prefix = f".{target.name}.tmp-"
-    for found in target.parent.glob(glob.escape(prefix) + "*"):
-        parts = found.name[len(prefix):].removesuffix(".removing").split("-")
-        if len(parts) != 3 or parts[0] != host or not parts[1].isdigit() or not found.is_dir():
-            continue
-        if not process_alive(int(parts[1])):
-            shutil.rmtree(found, ignore_errors=True)
-            removed.append(found)
-    return removed
 
 
 def remove_temp_folder(tmp: Path) -> None:

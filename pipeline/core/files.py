@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
+import shutil
+import socket
+import uuid
+from functools import cache
 from pathlib import Path
 from typing import Any
 
-__all__ = ["process_alive", "sha256_file", "tmp_path", "write_bytes_atomic", "write_json_atomic", "write_text_atomic"]
+__all__ = ["process_alive", "reclaim_stale_temps", "sha256_file", "tmp_path", "write_bytes_atomic", "write_json_atomic",
+           "write_text_atomic"]
 
 
 def sha256_file(path: str | Path) -> str:
@@ -19,11 +25,45 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def tmp_path(path: str | Path) -> Path:
-    """The hidden temporary name a file is written under before it is renamed into place
-    (unique per process, so two writers never share one)."""
+def tmp_path(path: str | Path, *, unique: bool = False) -> Path:
+    """The hidden temporary name a file (or a folder) is written under before it is renamed into
+    place: ``.<name>.tmp-<host>-<pid>``, so two writers never share one, and the temporaries of a
+    job killed outright (SIGKILL, out of memory, power loss) are found by the next job on the same
+    target (:func:`reclaim_stale_temps`). With ``unique``, a random part is added (a folder that
+    several jobs of one process may make in turn)."""
     path = Path(path)
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    name = f".{path.name}{_TMP_MARK}{_host()}-{os.getpid()}"
+    return path.with_name(f"{name}-{uuid.uuid4().hex[:12]}" if unique else name)
+
+
+_TMP_MARK = ".tmp-"
+
+
+@cache
+def _host() -> str:
+    """This machine's name as a temporary name's part (no ``-``, which separates the parts)."""
+    return socket.gethostname().replace("-", "_") or "host"
+
+
+def reclaim_stale_temps(target: str | Path) -> list[Path]:
+    """Remove the :func:`tmp_path` files and folders of ``target`` whose process is gone; return them.
+
+    Only this machine's are considered: a temporary of another machine (on a shared file system) is
+    left alone, as is a live process's and anything not named by :func:`tmp_path`. A folder being
+    removed (``<tmp>.removing``) counts as its own."""
+    target = Path(target)
+    prefix = f".{target.name}{_TMP_MARK}"
+    removed = []
+    for found in target.parent.glob(glob.escape(prefix) + "*"):
+        parts = found.name[len(prefix):].removesuffix(".removing").split("-")
+        if len(parts) not in (2, 3) or parts[0] != _host() or not parts[1].isdigit() or process_alive(int(parts[1])):
+            continue
+        if found.is_dir() and not found.is_symlink():
+            shutil.rmtree(found, ignore_errors=True)
+        else:
+            found.unlink(missing_ok=True)
+        removed.append(found)
+    return removed
 
 
 def process_alive(pid: int) -> bool:

@@ -31,7 +31,7 @@ import pyarrow as pa
 
 from pipeline.core.casefiles import complete_columns, iter_chunks
 from pipeline.core.errors import BatchInputError
-from pipeline.core.files import tmp_path, write_text_atomic
+from pipeline.core.files import reclaim_stale_temps, tmp_path, write_text_atomic
 from pipeline.core.parsing import ignored_columns_message
 from pipeline.core.schema import ID_COLUMN, normalise_header
 from pipeline.serve import CHUNK_ROWS
@@ -39,7 +39,6 @@ from pipeline.serve.chunks import ChunkScorer, Done, FileJob, SeenIds, chunk_ids
 from pipeline.serve.guard import (
     check_stop,
     output_lock,
-    reclaim_stale_temps,
     refuse_same_file,
     refuse_shared_outputs,
     stop_at_once_on_signals,
@@ -125,7 +124,8 @@ def score_files(inputs: list[str | Path], output: str | Path, model: LoadedModel
         refuse_same_file(paths, [path for _, path in outputs])
         columns = complete_columns(paths)  # every input readable and complete before anything is written
         with output_lock(output), stop_on_signals():
-            reclaim_stale_temps([output, rejects_path])
+            for target in (output, rejects_path):
+                reclaim_stale_temps(target)
             summary = _score_locked(paths, columns, output, rejects_path, model, chunk_rows=chunk_rows,
                                     progress=progress, warn=warn, options=options, jobs=jobs)
     if texts_path is not None:
@@ -159,7 +159,7 @@ def _score_to_stream(inputs: list[str | Path], stream: BinaryIO, model: LoadedMo
         refuse_same_file(paths, [path for _, path in outputs])
         columns = complete_columns(paths)
         with _stream_lock(rejects), stop_on_signals():
-            reclaim_stale_temps([rejects])
+            reclaim_stale_temps(rejects)
             summary = _score_locked(paths, columns, None, rejects, model, chunk_rows=chunk_rows, progress=progress,
                                     warn=warn, options=options, jobs=jobs, stream=stream)
     if texts_path is not None:

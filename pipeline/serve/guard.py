@@ -11,13 +11,13 @@
   clean-up that removes its temporary files runs and no lock is left half-taken; a second signal
   stops it at once. While standard input is copied (no lock held), :func:`stop_at_once_on_signals`
   stops it at once.
-- :func:`reclaim_stale_temps`: temporary files left by a job that was killed outright (SIGKILL,
-  power loss) carry its process id; a later job on the same output removes those of dead processes.
+- Temporary files left by a job that was killed outright (SIGKILL, power loss) carry its machine
+  and process id; a later job on the same output removes those of dead processes
+  (:func:`pipeline.core.files.reclaim_stale_temps`).
 """
 
 from __future__ import annotations
 
-import glob
 import os
 import signal
 import threading
@@ -28,9 +28,8 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from pipeline.core.errors import BatchInputError
-from pipeline.core.files import process_alive
 
-__all__ = ["Interrupted", "check_stop", "output_lock", "reclaim_stale_temps", "refuse_same_file", "refuse_shared_outputs",
+__all__ = ["Interrupted", "check_stop", "output_lock", "refuse_same_file", "refuse_shared_outputs",
            "stop_at_once_on_signals", "stop_on_signals"]
 
 
@@ -86,19 +85,6 @@ def output_lock(output: Path) -> Iterator[None]:
         yield
     finally:
         lock.release()
-
-
-def reclaim_stale_temps(targets: Sequence[Path]) -> list[Path]:
-    """Remove ``.<target>.<pid>.tmp`` files whose process is gone; return what was removed."""
-    removed = []
-    for target in targets:
-        prefix = f".{target.name}."
-        for found in target.parent.glob(glob.escape(prefix) + "*.tmp"):
-            pid = found.name[len(prefix):-len(".tmp")]
-            if pid.isdigit() and not process_alive(int(pid)):
-                found.unlink(missing_ok=True)
-                removed.append(found)
-    return removed
 
 
 _received: list[int] = []  # stop signals noted by stop_on_signals' handler, not acted on yet
