@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pipeline.core.errors import ConfigError
+from pipeline.core.files import load_yaml
 
 __all__ = ["ConfigError", "ExtraDataConfig", "GenerateConfig", "LEVELS", "ProbesConfig", "ScreenConfig", "ScreenRule",
            "SplitConfig", "TrainConfig", "TriageConfig", "flatten", "load_config"]
@@ -302,7 +303,7 @@ def load_config(model: type[T], path: str | Path) -> T:
     """Read a YAML file into ``model``; raise :class:`ConfigError` naming each bad key."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = load_yaml(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as err:
         raise ConfigError(f"{path}: cannot read: {err}") from err
     try:

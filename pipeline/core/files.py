@@ -1,4 +1,5 @@
-"""Small file helpers: hashes and atomic writes (a file is complete or absent, never half-written)."""
+"""Small file helpers: hashes, atomic writes (a file is complete or absent, never half-written),
+temporary names and YAML reading."""
 
 from __future__ import annotations
 
@@ -13,8 +14,17 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-__all__ = ["process_alive", "reclaim_stale_temps", "sha256_file", "tmp_path", "write_bytes_atomic", "write_json_atomic",
-           "write_text_atomic"]
+__all__ = ["load_yaml", "process_alive", "reclaim_stale_temps", "sha256_file", "tmp_path", "write_bytes_atomic",
+           "write_json_atomic", "write_text_atomic"]
+
+
+def load_yaml(text: str | bytes) -> Any:
+    """The plain data of YAML ``text`` (safe: no tag builds an object). libyaml's parser when PyYAML
+    has it, the pure-Python one otherwise: the same data, but the knowledge base (100 KB) reads in
+    0.08 s rather than 0.45 s, most of a model's load. Errors are ``yaml.YAMLError`` either way."""
+    import yaml
+
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
 def sha256_file(path: str | Path) -> str:

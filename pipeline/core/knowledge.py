@@ -24,6 +24,7 @@ import yaml
 from pydantic import ValidationError
 
 from pipeline.core.errors import KnowledgeBaseError
+from pipeline.core.files import load_yaml
 from pipeline.core.kb_model import BINARY_RISK_FACTORS, KnowledgeBaseModel
 from pipeline.core.paths import config_path
 from pipeline.core.schema import CONDITIONS, ONSET_TRISTATES, SEVERITIES, SYMPTOMS, field
@@ -176,7 +177,7 @@ def read_knowledge_base_yaml(path: str | Path | None = None) -> Any:
     """The knowledge base file as plain YAML data (default: the project's, else the packaged one)."""
     path = Path(path) if path is not None else config_path("knowledge_base.yaml")
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        return load_yaml(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as err:
         raise KnowledgeBaseError(f"{path}: cannot read the knowledge base: {err}") from err
 

@@ -15,6 +15,7 @@ import numpy as np
 import yaml
 
 from pipeline.core.errors import ModelIntegrityError
+from pipeline.core.files import load_yaml
 from pipeline.core.knowledge import KnowledgeBase, knowledge_base_from_dict
 from pipeline.core.parsing import ParsedCases
 from pipeline.core.paths import models_dir
@@ -107,7 +108,7 @@ def load_model(source: str | Path | LoadedModel | None = None, *, trust_pickle: 
     kb = decision = None
     if "decision" in manifest:
         try:
-            kb = knowledge_base_from_dict(yaml.safe_load(verified.contents[KB_FILE]), where=str(folder / KB_FILE))
+            kb = knowledge_base_from_dict(load_yaml(verified.contents[KB_FILE]), where=str(folder / KB_FILE))
         except yaml.YAMLError as err:
             raise ModelIntegrityError(f"{folder / KB_FILE} is not valid YAML: {err}") from err
         decision = Decision(manifest["decision"])
@@ -145,7 +146,7 @@ def model_folder_in(local: Path) -> Path | None:
     nothing imported or unpickled), or None when ``local`` is not a model logged by
     :func:`pipeline.serve.mlflow_model.log_pyfunc`."""
     try:
-        mlmodel = yaml.safe_load((local / "MLmodel").read_text(encoding="utf-8"))
+        mlmodel = load_yaml((local / "MLmodel").read_text(encoding="utf-8"))
         relative = mlmodel["flavors"]["python_function"]["artifacts"][ARTIFACT_KEY]["path"]
     except (OSError, yaml.YAMLError, KeyError, TypeError):
         return None
