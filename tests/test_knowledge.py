@@ -85,6 +85,10 @@ def _write(tmp_path, mutate) -> Path:
      r"conditions\.dvt\.symptoms\.visible_veins: .*needs `range"),
     (lambda r: r["conditions"]["dvt"]["prior"].update(value=0.5, range=[0.0, 1.0]),
      r"prior: shares must be positive and sum to 1"),
+    # durations are truncated at the age: none could be reported by a 12-year-old
+    (lambda r: r["conditions"]["osteoarthritis"]["symptom_duration_days"].update(
+        median_days=1e6, log_sd=0.1, range={"median_days": [1e5, 1e7], "log_sd": [0.05, 0.2]}),
+     r"conditions\.osteoarthritis\.symptom_duration_days: puts 0 of its mass below 4748\.25 days"),
 ])
 def test_bad_configs_name_the_key(tmp_path, mutate, expected):
     with pytest.raises(KnowledgeBaseError, match=expected):
@@ -142,13 +146,16 @@ def test_yaml_is_read_as_the_pure_python_parser_reads_it(fast, monkeypatch):
     and with the pure-Python parser otherwise: the same data either way, and the same error type."""
     from pipeline.core.files import load_yaml
 
+    if fast and not hasattr(yaml, "CSafeLoader"):
+        pytest.skip("PyYAML without libyaml")
     if not fast:
         monkeypatch.delattr(yaml, "CSafeLoader", raising=False)
     for path in sorted(DEFAULT_KB_PATH.parent.glob("*.yaml")):
         text = path.read_text(encoding="utf-8")
         assert load_yaml(text) == yaml.safe_load(text), path.name
         assert load_yaml(text.encode()) == yaml.safe_load(text), path.name
-    with pytest.raises(yaml.YAMLError):
-        load_yaml("a: [1, 2")
+    with pytest.raises(yaml.YAMLError) as err:  # the pure-Python parser's message: the line, the column marked
+        load_yaml("a: 1\nb:\n\tc: 2\n")
+    assert "\tc: 2" in str(err.value) and "^" in str(err.value)
     with pytest.raises(yaml.YAMLError):  # safe: a tag that would build an object is refused
         load_yaml("!!python/object/apply:os.system ['true']")

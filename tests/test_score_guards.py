@@ -88,6 +88,27 @@ def test_stale_temp_files_of_dead_jobs_are_reclaimed(trained, tmp_path):
     assert all(p.exists() for p in kept)
 
 
+def test_reclaiming_keeps_another_machines_temporaries_even_when_names_differ_only_in_a_dash(tmp_path, monkeypatch):
+    from pipeline.core import files
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    monkeypatch.setattr(files.socket, "gethostname", lambda: "node-1")
+    files._host.cache_clear()
+    try:
+        stale = tmp_path / f".out.csv.tmp-{files._host()}-{dead}"
+        legacy = tmp_path / f".out.csv.{dead}.tmp"  # named as earlier versions named them
+        kept = [tmp_path / f".out.csv.tmp-node_1-{dead}",  # another machine, node_1
+                tmp_path / f".out.csv.tmp-{files._host()}-\u00b2",  # not a process id, though str.isdigit says so
+                files.tmp_path(tmp_path / "out.csv")]  # this process's
+        for p in [stale, legacy, *kept]:
+            p.write_bytes(b"x")
+        assert sorted(files.reclaim_stale_temps(tmp_path / "out.csv")) == sorted([stale, legacy])
+        assert all(p.exists() for p in kept)
+    finally:
+        files._host.cache_clear()
+
+
 def test_stale_temp_folders_of_dead_dask_jobs_on_this_machine_are_reclaimed(tmp_path):
     """A Dask driver killed outright leaves its hidden folder; the next job on the target removes it,
     and never a live job's, another machine's (a shared file system) or a folder it did not make."""

@@ -7,6 +7,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import uuid
@@ -21,10 +22,18 @@ __all__ = ["load_yaml", "process_alive", "reclaim_stale_temps", "sha256_file", "
 def load_yaml(text: str | bytes) -> Any:
     """The plain data of YAML ``text`` (safe: no tag builds an object). libyaml's parser when PyYAML
     has it, the pure-Python one otherwise: the same data, but the knowledge base (100 KB) reads in
-    0.08 s rather than 0.45 s, most of a model's load. Errors are ``yaml.YAMLError`` either way."""
+    0.08 s rather than 0.45 s, most of a model's load. Text libyaml refuses is read again by the
+    pure-Python parser, whose ``yaml.YAMLError`` quotes the line and marks the column (libyaml's
+    does not); it also refuses what libyaml alone accepts (a tab before a comment)."""
     import yaml
 
-    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    fast = getattr(yaml, "CSafeLoader", None)
+    if fast is not None:
+        try:
+            return yaml.load(text, Loader=fast)
+        except yaml.YAMLError:
+            pass
+    return yaml.load(text, Loader=yaml.SafeLoader)
 
 
 def sha256_file(path: str | Path) -> str:
@@ -51,8 +60,12 @@ _TMP_MARK = ".tmp-"
 
 @cache
 def _host() -> str:
-    """This machine's name as a temporary name's part (no ``-``, which separates the parts)."""
-    return socket.gethostname().replace("-", "_") or "host"
+    """This machine's name as a temporary name's part: ``%`` and ``-`` (which separates the parts)
+    escaped, so two machines' names never become one."""
+    return socket.gethostname().replace("%", "%25").replace("-", "%2D") or "host"
+
+
+_PID = re.compile(r"[0-9]{1,9}")
 
 
 def reclaim_stale_temps(target: str | Path) -> list[Path]:
@@ -60,20 +73,33 @@ def reclaim_stale_temps(target: str | Path) -> list[Path]:
 
     Only this machine's are considered: a temporary of another machine (on a shared file system) is
     left alone, as is a live process's and anything not named by :func:`tmp_path`. A folder being
-    removed (``<tmp>.removing``) counts as its own."""
+    removed (``<tmp>.removing``) counts as its own. Files named as earlier versions named them
+    (``.<target>.<pid>.tmp``, without a host) are removed when their process is gone."""
     target = Path(target)
     prefix = f".{target.name}{_TMP_MARK}"
     removed = []
     for found in target.parent.glob(glob.escape(prefix) + "*"):
         parts = found.name[len(prefix):].removesuffix(".removing").split("-")
-        if len(parts) not in (2, 3) or parts[0] != _host() or not parts[1].isdigit() or process_alive(int(parts[1])):
-            continue
-        if found.is_dir() and not found.is_symlink():
-            shutil.rmtree(found, ignore_errors=True)
-        else:
-            found.unlink(missing_ok=True)
-        removed.append(found)
+        if len(parts) in (2, 3) and parts[0] == _host() and _stale(parts[1]):
+            _remove(found)
+            removed.append(found)
+    legacy = f".{target.name}."
+    for found in target.parent.glob(glob.escape(legacy) + "*.tmp"):
+        if _stale(found.name[len(legacy):-len(".tmp")]) and not found.is_dir():
+            _remove(found)
+            removed.append(found)
     return removed
+
+
+def _stale(pid: str) -> bool:
+    return _PID.fullmatch(pid) is not None and not process_alive(int(pid))
+
+
+def _remove(found: Path) -> None:
+    if found.is_dir() and not found.is_symlink():
+        shutil.rmtree(found, ignore_errors=True)
+    else:
+        found.unlink(missing_ok=True)
 
 
 def process_alive(pid: int) -> bool:

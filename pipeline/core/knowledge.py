@@ -27,7 +27,7 @@ from pipeline.core.errors import KnowledgeBaseError
 from pipeline.core.files import load_yaml
 from pipeline.core.kb_model import BINARY_RISK_FACTORS, KnowledgeBaseModel
 from pipeline.core.paths import config_path
-from pipeline.core.schema import CONDITIONS, ONSET_TRISTATES, SEVERITIES, SYMPTOMS, field
+from pipeline.core.schema import CONDITIONS, ONSET_TRISTATES, SEVERITIES, SYMPTOMS, field, max_duration_days
 from pipeline.core.special import expit, logit, ndtr
 
 __all__ = ["KnowledgeBase", "KnowledgeBaseError", "knowledge_base_from_dict", "load_knowledge_base",
@@ -106,6 +106,9 @@ def _age_pmf(params: list[tuple[float, float]]) -> np.ndarray:
     return out
 
 
+_MIN_DURATION_MASS = 1e-12
+
+
 def _build(m: KnowledgeBaseModel) -> KnowledgeBase:
     conds = [m.conditions[c] for c in CONDITIONS]
     prior = np.array([c.prior.value for c in conds])
@@ -142,13 +145,23 @@ def _build(m: KnowledgeBaseModel) -> KnowledgeBase:
         category[name] = np.stack([getattr(c, name).values(field(name).allowed, where=f"conditions.{n}.{name}",
                                                            total=1.0) for n, c in zip(CONDITIONS, conds)])
     fertile = (int(field("age").minimum or 0), int(m.population.fertile_age.value or 0))
+    duration = np.array([[np.log(c.symptom_duration_days.median_days), c.symptom_duration_days.log_sd] for c in conds])
+    # durations are truncated at the patient's age: the youngest must keep some of the mass, or the
+    # generator's inverse CDF and the oracle's normaliser (1 / that mass) are not finite
+    youngest = max_duration_days(AGES[0])
+    kept = ndtr((np.log(youngest) - duration[:, 0]) / duration[:, 1])
+    for name, mass in zip(CONDITIONS, kept):
+        if mass < _MIN_DURATION_MASS:
+            raise KnowledgeBaseError(
+                f"conditions.{name}.symptom_duration_days: puts {mass:.2g} of its mass below {youngest:g} days, the "
+                f"longest a patient aged {AGES[0]} can report (at least {_MIN_DURATION_MASS:g} is needed); lower "
+                "median_days or raise log_sd")
     return KnowledgeBase(
         model=m, prior=prior, severity=severity, tristate=tristate, pregnant=pregnant,
         pregnant_other=m.population.pregnant_outside_fertile_age.p, fertile_age=fertile, female=female,
         category=category, age_pmf=_age_pmf([(c.age.mean, c.age.sd) for c in conds]),
         bmi=np.array([[c.bmi.mean, c.bmi.sd] for c in conds]),
-        duration=np.array([[np.log(c.symptom_duration_days.median_days), c.symptom_duration_days.log_sd]
-                           for c in conds]),
+        duration=duration,
         missingness={k: v.p for k, v in m.missingness.items()},
         missingness_given={k: (v.given.field, np.array([v.given.p.get(a, v.p) for a in field(v.given.field).allowed]
                                                        + [v.p]))
