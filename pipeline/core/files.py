@@ -24,7 +24,8 @@ def load_yaml(text: str | bytes) -> Any:
     has it, the pure-Python one otherwise: the same data, but the knowledge base (100 KB) reads in
     0.08 s rather than 0.45 s, most of a model's load. Text libyaml refuses is read again by the
     pure-Python parser, whose ``yaml.YAMLError`` quotes the line and marks the column (libyaml's
-    does not); it also refuses what libyaml alone accepts (a tab before a comment)."""
+    does not). libyaml accepts a little more (a tab before a comment), so such a file loads here
+    and not where PyYAML lacks libyaml."""
     import yaml
 
     fast = getattr(yaml, "CSafeLoader", None)
