@@ -16,12 +16,11 @@ $(VENV): pyproject.toml ## create the virtual environment and install the projec
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev,dask,signing]'
-	$(MAKE) --no-print-directory bytecode
 	touch $(VENV)
 
 # pip compiles an installed package's bytecode, not an editable install's: where PYTHONDONTWRITEBYTECODE
 # is set, every command would compile the package again (about 0.3 s of each start-up)
-bytecode: ## compile the package's bytecode (up-to-date files are skipped)
+bytecode: $(VENV) ## compile the package's bytecode (up-to-date files are skipped)
 	$(BIN)/python -m compileall -q pipeline
 
 run: $(VENV) bytecode ## run the whole pipeline (dvc repro) on the embedded defaults and print the summary

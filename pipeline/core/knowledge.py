@@ -30,7 +30,7 @@ from pipeline.core.paths import config_path
 from pipeline.core.schema import CONDITIONS, ONSET_TRISTATES, SEVERITIES, SYMPTOMS, field, max_duration_days
 from pipeline.core.special import expit, logit, ndtr
 
-__all__ = ["KnowledgeBase", "KnowledgeBaseError", "knowledge_base_from_dict", "load_knowledge_base",
+__all__ = ["KnowledgeBase", "KnowledgeBaseError", "duration_mass_below", "knowledge_base_from_dict", "load_knowledge_base",
            "read_knowledge_base_yaml"]
 
 
@@ -109,6 +109,12 @@ def _age_pmf(params: list[tuple[float, float]]) -> np.ndarray:
 _MIN_DURATION_MASS = 1e-12
 
 
+def duration_mass_below(duration: np.ndarray, days: Any) -> np.ndarray:
+    """P(symptom duration <= ``days``) under the log-normals ``duration`` (rows: log-median,
+    log-sd), broadcast against ``days``: the mass the truncation at the patient's age keeps."""
+    return ndtr((np.log(days) - duration[..., 0]) / duration[..., 1])
+
+
 def _build(m: KnowledgeBaseModel) -> KnowledgeBase:
     conds = [m.conditions[c] for c in CONDITIONS]
     prior = np.array([c.prior.value for c in conds])
@@ -149,7 +155,7 @@ def _build(m: KnowledgeBaseModel) -> KnowledgeBase:
     # durations are truncated at the patient's age: the youngest must keep some of the mass, or the
     # generator's inverse CDF and the oracle's normaliser (1 / that mass) are not finite
     youngest = max_duration_days(AGES[0])
-    kept = ndtr((np.log(youngest) - duration[:, 0]) / duration[:, 1])
+    kept = duration_mass_below(duration, youngest)
     for name, mass in zip(CONDITIONS, kept):
         if mass < _MIN_DURATION_MASS:
             raise KnowledgeBaseError(

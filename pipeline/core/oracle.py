@@ -15,11 +15,10 @@ import pandas as pd
 
 from pipeline.core.blas import dot_exact
 from pipeline.core.cases import as_parsed, in_blocks
-from pipeline.core.knowledge import AGES, KnowledgeBase
+from pipeline.core.knowledge import AGES, KnowledgeBase, duration_mass_below
 from pipeline.core.parsing import ParsedCases
 from pipeline.core.rowwise import logsumexp_rows, softmax_rows
 from pipeline.core.schema import CATEGORY_FIELDS, CONDITIONS, FIELDS, SYMPTOMS, field, max_duration_days
-from pipeline.core.special import ndtr
 
 __all__ = ["oracle_posterior", "oracle_log_joint", "log_density", "field_log_likelihoods"]
 
@@ -48,7 +47,7 @@ class _Tables:
         self.duration = kb.duration
         # the duration is truncated at the patient's age (max_duration_days): log 1/P(duration <= bound)
         # per (age, condition), added where the duration is known; the last row is 0 (no age)
-        self.duration_norm = np.vstack([_log_normal_tail_norm(np.log(max_duration_days(AGES)), kb.duration),
+        self.duration_norm = np.vstack([-np.log(duration_mass_below(kb.duration, max_duration_days(AGES)[:, None])),
                                         np.zeros(len(CONDITIONS))])
         # the discrete answers as one matrix product: a row of one-hot answers (unknown = all 0)
         # times a table of log-probabilities; symptoms per (condition, severity), the rest per condition
@@ -62,12 +61,6 @@ class _Tables:
         self.context_weights_rows = np.ascontiguousarray(np.concatenate(
             [self.context[f][:2] for f in self.context]
             + [t[:-1] for t in self.category.values()] + [self.sex[:2]]).T)  # (9, K)
-
-
-def _log_normal_tail_norm(bound: np.ndarray, params: np.ndarray) -> np.ndarray:
-    """(n, 9) -log P(X <= bound_i) for X ~ N(mean_k, sd_k): the log normaliser of a normal
-    truncated above at each bound (finite: the knowledge base keeps that mass above 1e-12)."""
-    return -np.log(ndtr((bound[:, None] - params[None, :, 0]) / params[None, :, 1]))
 
 
 def _tri(p: np.ndarray) -> np.ndarray:

@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 
 __all__ = ["ENV_HOME", "PACKAGE_DEFAULTS", "config_path", "data_dir", "default_tracking_uri", "models_dir",
-           "project_root", "reports_dir", "seed_path"]
+           "project_root", "reports_dir", "seed_path", "sqlite_store"]
 
 ENV_HOME = "KNEEPAIN_HOME"
 PACKAGE_DEFAULTS = Path(__file__).resolve().parent.parent / "defaults"
@@ -63,3 +63,8 @@ def reports_dir() -> Path:
 def default_tracking_uri() -> str:
     """``MLFLOW_TRACKING_URI``, or the embedded default: ``mlflow.db`` in the project folder."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
+
+
+def sqlite_store(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` tracking URI (None for any other URI)."""
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None

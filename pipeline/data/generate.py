@@ -68,7 +68,9 @@ def _durations(rng: np.random.Generator, params: np.ndarray, bound: np.ndarray) 
     z = np.where(keep < 1.0, ndtri(ndtr(z) * keep), z)
     days = np.exp(params[:, 0] + params[:, 1] * z)
     rounded = _round_significant(days)
-    return np.where(rounded > bound, _round_significant(days, down=True), rounded)
+    over = rounded > bound
+    rounded[over] = _round_significant(days[over], down=True)
+    return rounded
 
 
 def generate_codes(kb: KnowledgeBase, n: int, *,

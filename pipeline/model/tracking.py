@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.core.config import TrainConfig, flatten
 from pipeline.core.files import sha256_file
-from pipeline.core.paths import default_tracking_uri, project_root
+from pipeline.core.paths import default_tracking_uri, project_root, sqlite_store
 from pipeline.core.schema import LABEL_COLUMN
 from pipeline.model.persist import library_versions
 from pipeline.model.train import TrainResult
@@ -38,10 +38,8 @@ def use_tracking(experiment: str) -> str:
     found = mlflow.get_experiment_by_name(experiment)
     if found is not None:
         return found.experiment_id
-    location = None
-    if uri.startswith("sqlite:///"):
-        # keep artifacts beside the database, not in the working directory
-        location = (Path(uri[len("sqlite:///"):]).resolve().parent / "mlartifacts").as_uri()
+    store = sqlite_store(uri)  # keep artifacts beside the database, not in the working directory
+    location = (store.resolve().parent / "mlartifacts").as_uri() if store is not None else None
     return mlflow.create_experiment(experiment, artifact_location=location)
 
 

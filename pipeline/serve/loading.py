@@ -123,10 +123,10 @@ def _mlflow_model_folder(uri: str) -> Path:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from pipeline.core.paths import default_tracking_uri
+    from pipeline.core.paths import default_tracking_uri, sqlite_store
 
     tracking = default_tracking_uri()
-    store = Path(tracking.removeprefix("sqlite:///")) if tracking.startswith("sqlite:///") else None
+    store = sqlite_store(tracking)
     if store is not None and uri.startswith(("models:/", "runs:/")) and not store.is_file():  # MLflow would create it
         raise ModelIntegrityError(f"{uri}: no MLflow store at {store} (run `make run` in the project folder, or set "
                                   "MLFLOW_TRACKING_URI to your tracking server).")
