@@ -225,3 +225,11 @@ def test_text_columns_are_the_same_built_for_one_row_or_many():
         assert str(join_ranked(names, order[:3], None if k is None else k[:3]).dtype) == str(join_ranked(names, order, k).dtype)
     assert list(lookup(names, index)) == [s for i in range(0, 300, 7) for s in lookup(names, index[i:i + 7])]
     assert whole[0] == "|".join(names[j] for j in order[0])
+    # rankings too wide to be one number each (31 ** 30 > 2 ** 63) are told apart as rows
+    wide = [f"n{i}" for i in range(30)]
+    order = np.argsort(rng.random((300, 30)), axis=1)
+    keep = rng.random((300, 30)) < 0.3
+    expected = ["|".join(wide[j] for j, k in zip(o, ks) if k) for o, ks in zip(order, keep)]
+    assert list(join_ranked(wide, order, keep)) == expected
+    assert list(join_ranked(wide, order[:, :3], keep[:, :3])) == [
+        "|".join(wide[j] for j, k in zip(o[:3], ks[:3]) if k) for o, ks in zip(order, keep)]

@@ -1,7 +1,8 @@
 """Text columns for scoring outputs, built in Arrow rather than one Python string per row.
 
 Per-row ``"|".join`` and object-dtype columns cost more than the model itself at a million rows
-(measured: 0.55 s of 5 s per 200k rows); table lookups and Arrow's element-wise join do not.
+(measured: 0.55 s of 5 s per 200k rows); table lookups (Arrow's ``take``) of texts built once per
+distinct value do not.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
 __all__ = ["lookup", "join_ranked", "text_array"]
 
@@ -46,25 +46,35 @@ def lookup(table: Sequence[str] | np.ndarray, index: np.ndarray) -> pd.api.exten
 def join_ranked(names: Sequence[str], order: np.ndarray, keep: np.ndarray | None = None,
                 sep: str = "|") -> pd.api.extensions.ExtensionArray:
     """Per row, ``sep``-join ``names[order[i, j]]`` for the columns j where ``keep[i, j]`` (all if None);
-    ``""`` for a row that keeps none."""
+    ``""`` for a row that keeps none.
+
+    Rows repeat a few rankings (a chunk of 16k rows has some hundreds): each distinct one is joined
+    once, in Python, and the rows take their text from those (16k rows of nine names: 2 ms, where
+    Arrow's element-wise join took 8)."""
     if len(order) <= _SMALL:
         rows = order.tolist()
         kept = [[True] * order.shape[1]] * len(rows) if keep is None else keep.tolist()
         return _wrap(pa.array([sep.join(names[j] for j, k in zip(r, ks) if k) for r, ks in zip(rows, kept)],
                               type=pa.large_string()))
-    if keep is not None and not keep.any(axis=1).all():
-        # Arrow's join drops rows whose parts are all null: join the others, then place them
-        some = keep.any(axis=1)
-        joined = pa.array(join_ranked(names, order[some], keep[some], sep), type=pa.large_string())
-        where = np.full(len(keep), len(joined), dtype=np.int64)
-        where[some] = np.arange(len(joined))
-        return _wrap(pa.concat_arrays([joined, pa.array([""], pa.large_string())]).take(pa.array(where)))
-    table = pa.array(list(names), type=pa.large_string())
-    none = pa.scalar(None, pa.large_string())
-    parts = []
-    for j in range(order.shape[1]):
-        col = table.take(pa.array(order[:, j]))
-        parts.append(col if keep is None else pc.if_else(pa.array(keep[:, j]), col, none))
-    if not parts:
-        return _wrap(pa.array([], pa.large_string()))
-    return _wrap(pc.binary_join_element_wise(*parts, pa.scalar(sep, pa.large_string()), null_handling="skip"))
+    # each row's ranking as numbers: a kept name is its index + 1, a dropped one 0
+    ranks = order.astype(np.int64) + 1
+    if keep is not None:
+        ranks *= keep
+    distinct, inverse = _distinct_rows(ranks, len(names) + 1)
+    texts = [sep.join(names[j - 1] for j in row if j) for row in distinct.tolist()]
+    return _wrap(pa.array(texts, type=pa.large_string()).take(pa.array(inverse)))
+
+
+def _distinct_rows(ranks: np.ndarray, base: int) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct rows of ``ranks`` (values in 0..base-1) and, per row, which one it is.
+
+    Where a row fits in 63 bits as a number in ``base``, rows are hashed as those numbers
+    (pandas' factorize: a fifth of the time of np.unique's sort); otherwise np.unique's rows."""
+    width = ranks.shape[1]
+    if base ** width >= 2 ** 63:
+        distinct, inverse = np.unique(ranks, axis=0, return_inverse=True)
+        return distinct, np.ravel(inverse)
+    powers = base ** np.arange(width - 1, -1, -1, dtype=np.int64)
+    inverse, keys = pd.factorize(ranks @ powers)  # integer products: exact
+    distinct = (np.asarray(keys)[:, None] // powers) % base
+    return distinct, inverse
