@@ -351,7 +351,7 @@ def _score_pandas(args: argparse.Namespace, warn: Callable[[str], None], options
 
 
 def _score(args: argparse.Namespace) -> int:
-    from pipeline.core.schema import CONDITIONS
+    from pipeline.core.schema import top_k_problem
     from pipeline.serve.shaping import MAX_FLOAT_DIGITS
 
     if args.chunk_rows < 1:
@@ -362,8 +362,8 @@ def _score(args: argparse.Namespace) -> int:
         raise UsageError("--jobs is for the pandas engine; the dask engine's parallelism is its workers.")
     if (args.adapt_priors or args.report) and args.engine == "dask":
         raise UsageError("--adapt-priors and --report work with --engine pandas only.")
-    if not 1 <= args.top_k <= len(CONDITIONS):
-        raise UsageError(f"--top-k == {args.top_k}, must be in 1..{len(CONDITIONS)}.")
+    if (problem := top_k_problem(args.top_k)) is not None:
+        raise UsageError(f"--top-k == {args.top_k}, {problem}.")
     if args.float_digits is not None and not 0 <= args.float_digits <= MAX_FLOAT_DIGITS:
         raise UsageError(f"--float-digits == {args.float_digits}, must be in 0..{MAX_FLOAT_DIGITS} "
                          f"({MAX_FLOAT_DIGITS} keeps every digit).")

@@ -99,6 +99,9 @@ def test_top_k_and_its_bounds(trained):
         predict(CASE, model=models, top_k=0)
     with pytest.raises(ValueError, match="top_k == True"):  # a bool is an int to Python, not a count
         predict(CASE, model=models, top_k=True)
+    with pytest.raises(ValueError, match=r"top_k == 2.5, must be an integer in 1..9"):
+        predict(CASE, model=models, top_k=2.5)
+    assert list(predict(CASE, model=models, top_k=np.int64(2)).columns).count("top2") == 1  # numpy's integers count
 
 
 def test_model_is_loaded_once(trained, monkeypatch):

@@ -102,7 +102,7 @@ def test_unknown_column_is_one_line_naming_the_choices(trained, cases_csv, tmp_p
                  "--columns", "case_id,p_flu"]) == 2
     err = capsys.readouterr().err.strip()
     assert "'p_flu' is not an output column" in err and "p_dvt" in err and len(err.splitlines()) == 1
-    for flags, message in [(["--top-k", "10"], "--top-k == 10, must be in 1..9."),
+    for flags, message in [(["--top-k", "10"], "--top-k == 10, must be an integer in 1..9."),
                            (["--float-digits", "18"], "--float-digits == 18, must be in 0..17 (17 keeps every digit)."),
                            (["--float-digits", "-1"], "--float-digits == -1, must be in 0..17"),
                            (["--block-mb", "5"], "--block-mb: for --engine dask only."),
@@ -113,6 +113,22 @@ def test_unknown_column_is_one_line_naming_the_choices(trained, cases_csv, tmp_p
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, (flags, err)
     assert not (tmp_path / "o.csv").exists()
+
+
+@pytest.mark.parametrize("options, problem", [
+    ({"top_k": 2.5}, r"top_k == 2.5, must be an integer in 1..9"),
+    ({"top_k": True}, r"top_k == True, must be an integer"),
+    ({"top_k": 10}, r"top_k == 10, must be an integer in 1..9"),
+    ({"float_digits": 2.5}, r"float_digits == 2.5, must be None or an integer in 0..17"),
+    ({"float_digits": False}, r"float_digits == False, must be None or an integer"),
+])
+def test_output_options_refuse_what_is_not_a_whole_number(options, problem):
+    """Scoring from Python: a count that is not a whole number fails where it is given, not mid-file."""
+    from pipeline.core.errors import BatchInputError
+
+    with pytest.raises(BatchInputError, match=problem):
+        OutputOptions(**options)
+    assert OutputOptions(top_k=np.int64(4), float_digits=3).top_k == 4
 
 
 def test_float_digits_write_at_most_that_many_decimals(trained, cases_csv, tmp_path):

@@ -8,6 +8,7 @@ for its help without loading the scientific stack.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,7 @@ __all__ = [
     "max_duration_days",
     "normalise_header",
     "repeated_columns",
+    "top_k_problem",
     ]
 
 SCHEMA_VERSION = "2"  # 2: the Wells items, VTE risk factors, timing of swelling and the emergency screen
@@ -203,6 +205,17 @@ def max_duration_days(age: Any) -> Any:
     symptoms began after birth, and a whole-year age may be up to a year short of the time lived.
     ``age`` is a number or a numpy array (the result is of the same kind)."""
     return (age + 1) * DAYS_PER_YEAR
+
+
+def top_k_problem(top_k: Any) -> str | None:
+    """Why ``top_k`` is not a number of conditions to list (``predict``'s ``top_k``, ``kneepain
+    score --top-k``), or None if it is one: a whole number in 1..9 (Python's or numpy's; a bool
+    is not a count)."""
+    try:
+        count = None if isinstance(top_k, bool) else operator.index(top_k)
+    except TypeError:
+        count = None
+    return None if count is not None and 1 <= count <= len(CONDITIONS) else f"must be an integer in 1..{len(CONDITIONS)}"
 
 
 def normalise_header(name: object) -> str:

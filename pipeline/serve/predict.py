@@ -15,7 +15,7 @@ import pandas as pd
 
 from pipeline.core.cases import as_parsed
 from pipeline.core.parsing import ParsedCases, ignored_columns_message
-from pipeline.core.schema import CONDITION_LABELS, CONDITIONS, ID_COLUMN
+from pipeline.core.schema import CONDITION_LABELS, CONDITIONS, ID_COLUMN, top_k_problem
 from pipeline.core.textcols import join_ranked, lookup
 from pipeline.decision.layer import DECISION_COLUMN_DOCS, DECISION_COLUMN_TYPES, DECISION_COLUMNS, decision_columns
 from pipeline.serve.loading import LoadedModel, clear_model_cache, get_model
@@ -101,8 +101,8 @@ def predict(cases: Any, model: str | Path | LoadedModel | None = None, top_k: in
     TypeError
         For anything else, parsed cases included (they may hold rows that failed validation).
     """
-    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or not 1 <= top_k <= len(CONDITIONS):
-        raise ValueError(f"top_k == {top_k!r}, must be an integer in 1..{len(CONDITIONS)}.")
+    if (problem := top_k_problem(top_k)) is not None:
+        raise ValueError(f"top_k == {top_k!r}, {problem}.")
     if isinstance(cases, ParsedCases):  # they may hold rows that failed validation
         raise TypeError("predict() takes a dict, a list of dicts, a DataFrame or a path to a CSV or Parquet file, "
                         "not ParsedCases (which may hold rows that failed validation); score the valid rows with "

@@ -21,7 +21,7 @@ import pandas as pd
 import pyarrow as pa
 
 from pipeline.core.errors import BatchInputError
-from pipeline.core.schema import CONDITIONS, normalise_header
+from pipeline.core.schema import normalise_header, top_k_problem
 
 __all__ = ["FLOAT_DIGITS", "MAX_FLOAT_DIGITS", "OutputOptions", "input_columns", "round_floats", "select_columns",
            "text_lookup"]
@@ -46,10 +46,12 @@ class OutputOptions:
     texts: str = "full"
 
     def __post_init__(self) -> None:
-        if isinstance(self.top_k, bool) or not 1 <= self.top_k <= len(CONDITIONS):
-            raise BatchInputError(f"top_k == {self.top_k}, must be an integer in 1..{len(CONDITIONS)}.")
-        if self.float_digits is not None and not 0 <= self.float_digits <= MAX_FLOAT_DIGITS:
-            raise BatchInputError(f"float_digits == {self.float_digits}, must be in 0..{MAX_FLOAT_DIGITS}.")
+        if (problem := top_k_problem(self.top_k)) is not None:
+            raise BatchInputError(f"top_k == {self.top_k!r}, {problem}.")
+        if self.float_digits is not None and (isinstance(self.float_digits, bool) or not isinstance(self.float_digits, int)
+                                              or not 0 <= self.float_digits <= MAX_FLOAT_DIGITS):
+            raise BatchInputError(f"float_digits == {self.float_digits!r}, must be None or an integer in "
+                                  f"0..{MAX_FLOAT_DIGITS}.")
         if self.texts not in ("full", "codes"):
             raise BatchInputError(f"texts == {self.texts!r}, must be 'full' or 'codes'.")
 
