@@ -11,7 +11,9 @@ warmed caches never leak into the next:
 
 Peak RSS comes from :func:`os.wait4` for that child alone: ``ru_maxrss``, the largest resident set
 of the child or of any descendant it waited for. It includes the interpreter and its imports, and
-it is the largest single process, not a sum over parallel workers.
+it is the largest single process, not a sum over parallel workers. The child's CPU time (user +
+system, its waited-for descendants included) comes from the same call: on a shared machine it
+moves less than wall time when other jobs take the cores.
 """
 
 from __future__ import annotations
@@ -42,12 +44,13 @@ class BenchmarkError(RuntimeError):
 
 @dataclass(frozen=True)
 class ChildRun:
-    """A finished child process: wall seconds around it, its peak RSS and what it printed."""
+    """A finished child process: wall seconds around it, its peak RSS, what it printed and its CPU seconds."""
 
     wall_seconds: float
     peak_rss_mb: float
     stdout: str
     stderr: str
+    cpu_seconds: float = float("nan")
 
 
 @dataclass(frozen=True)
@@ -126,7 +129,8 @@ def run_command(cmd: Sequence[str], *, env: dict[str, str] | None = None,
     if proc.returncode != 0 or not text:
         tail = "\n".join(stderr.splitlines()[-_STDERR_TAIL:])
         raise BenchmarkError(f"`{' '.join(map(str, cmd))}` exited with code {proc.returncode}:\n{tail}")
-    return ChildRun(wall, _max_rss_mb(json.loads(text)["ru_maxrss"]), stdout, stderr)
+    usage = json.loads(text)
+    return ChildRun(wall, _max_rss_mb(usage["ru_maxrss"]), stdout, stderr, usage["cpu_seconds"])
 
 
 def time_in_child(case: Callable[[int], Callable[[], Any]], n: int, *, repeats: int = 3,

@@ -1,9 +1,10 @@
-"""Run one command under a small parent and write its peak RSS: ``python benchmarks/rss.py OUT CMD...``.
+"""Run one command under a small parent and write its peak RSS and CPU time: ``python benchmarks/rss.py OUT CMD...``.
 
 On Linux a child's ``ru_maxrss`` keeps the high-water mark of the process that started it (it
 survives fork and exec), so a child started by a large benchmark process would report that
 process's memory. Started from this small interpreter, it reports its own (plus at most this
-shim's ~10 MB).
+shim's ~10 MB). Its CPU time (user + system) counts the descendants it waited for, such as a
+process pool's workers.
 """
 
 import json
@@ -18,7 +19,7 @@ def main(argv: list[str]) -> int:
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     with open(out, "w", encoding="utf-8") as fh:
-        json.dump({"ru_maxrss": usage.ru_maxrss}, fh)
+        json.dump({"ru_maxrss": usage.ru_maxrss, "cpu_seconds": usage.ru_utime + usage.ru_stime}, fh)
     return proc.returncode
 
 
