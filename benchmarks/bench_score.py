@@ -8,9 +8,9 @@ machine:
 
 - the **I/O floor**: pyarrow reads the same CSV as text in 1 MB blocks and writes ``case_id``, a
   label and 9 floats per row as CSV, computing nothing; ``kneepain score`` (CSV -> CSV, default
-  settings, and with ``--jobs 2``) against it: target at most 1.8x its wall time, and the ratio of
-  their CPU seconds beside it, which a shared machine's other jobs move less (with ``--jobs 2``
-  the peak RSS shown is the largest process's: the workers are its children). The 1M-row score
+  settings, and with ``--jobs 2``) against it: target at most 1.8x its wall time (with ``--jobs 2``
+  the peak RSS shown is the largest process's: the workers are its children), and the ratio of
+  their CPU seconds beside it, which a shared machine's other jobs move less. The 1M-row score
   and the floor run alternately, three times each, and their medians are compared (the peak RSS
   is the largest of the three): the issue's own figures were medians of 3, and a shared machine's
   speed drifts between one run and the next. The 4M-row run and ``--jobs 2`` run once;

@@ -50,7 +50,7 @@ class ChildRun:
     peak_rss_mb: float
     stdout: str
     stderr: str
-    cpu_seconds: float = float("nan")
+    cpu_seconds: float
 
 
 @dataclass(frozen=True)

@@ -236,3 +236,9 @@ def test_text_columns_are_the_same_built_for_one_row_or_many():
     assert list(join_ranked(wide, order, keep)) == expected
     assert list(join_ranked(wide, order[:, :3], keep[:, :3])) == [
         "|".join(wide[j] for j, k in zip(o[:3], ks[:3]) if k) for o, ks in zip(order, keep)]
+    # no columns at all: every row is "", however many rows
+    for rows in (3, 300):
+        assert list(join_ranked(wide, order[:rows, :0])) == [""] * rows
+        assert list(join_ranked(wide, order[:rows, :0], keep[:rows, :0])) == [""] * rows
+    with pytest.raises(IndexError, match="not indices of 5 names"):
+        join_ranked(names, order[:, :5])  # indices up to 29 for 5 names

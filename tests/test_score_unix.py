@@ -128,7 +128,11 @@ def test_output_options_refuse_what_is_not_a_whole_number(options, problem):
 
     with pytest.raises(BatchInputError, match=problem):
         OutputOptions(**options)
-    assert OutputOptions(top_k=np.int64(4), float_digits=3).top_k == 4
+
+
+def test_output_options_take_numpy_integers():
+    options = OutputOptions(top_k=np.int64(4), float_digits=np.int32(3))
+    assert (options.top_k, options.float_digits) == (4, 3)
 
 
 def test_float_digits_write_at_most_that_many_decimals(trained, cases_csv, tmp_path):

@@ -28,6 +28,7 @@ __all__ = [
     "normalise_header",
     "repeated_columns",
     "top_k_problem",
+    "whole_number",
     ]
 
 SCHEMA_VERSION = "2"  # 2: the Wells items, VTE risk factors, timing of swelling and the emergency screen
@@ -207,14 +208,21 @@ def max_duration_days(age: Any) -> Any:
     return (age + 1) * DAYS_PER_YEAR
 
 
+def whole_number(value: Any) -> int | None:
+    """``value`` as an int if it is a whole number of Python's or numpy's integer types, else None
+    (a bool is not a count, a float is not one even when whole)."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
 def top_k_problem(top_k: Any) -> str | None:
     """Why ``top_k`` is not a number of conditions to list (``predict``'s ``top_k``, ``kneepain
-    score --top-k``), or None if it is one: a whole number in 1..9 (Python's or numpy's; a bool
-    is not a count)."""
-    try:
-        count = None if isinstance(top_k, bool) else operator.index(top_k)
-    except TypeError:
-        count = None
+    score --top-k``), or None if it is one: a :func:`whole_number` from 1 to the number of conditions."""
+    count = whole_number(top_k)
     return None if count is not None and 1 <= count <= len(CONDITIONS) else f"must be an integer in 1..{len(CONDITIONS)}"
 
 

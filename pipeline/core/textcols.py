@@ -25,8 +25,8 @@ def _wrap(array: pa.Array) -> pd.api.extensions.ExtensionArray:
     return pd.arrays.ArrowStringArray(array, dtype=_STR)
 
 
-# below this many rows, Python strings cost less than setting up Arrow kernels (one case: 40 us
-# against 400 us a column); the result is the same string array either way
+# below this many rows, Python strings cost less than setting up Arrow arrays and kernels (one
+# case: 40 us against 400 us a column); the result is the same string array either way
 _SMALL = 64
 
 
@@ -46,16 +46,18 @@ def lookup(table: Sequence[str] | np.ndarray, index: np.ndarray) -> pd.api.exten
 def join_ranked(names: Sequence[str], order: np.ndarray, keep: np.ndarray | None = None,
                 sep: str = "|") -> pd.api.extensions.ExtensionArray:
     """Per row, ``sep``-join ``names[order[i, j]]`` for the columns j where ``keep[i, j]`` (all if None);
-    ``""`` for a row that keeps none.
+    ``""`` for a row that keeps none. ``order`` holds indices in ``0..len(names) - 1`` (an argsort's).
 
     Rows repeat a few rankings (a chunk of 16k rows has some hundreds): each distinct one is joined
-    once, in Python, and the rows take their text from those (16k rows of nine names: 2 ms, where
-    Arrow's element-wise join took 8)."""
+    once, in Python, and the rows take their text from those (16k rows of nine names: 1.6 ms, where
+    Arrow's element-wise join took 3.8)."""
     if len(order) <= _SMALL:
         rows = order.tolist()
         kept = [[True] * order.shape[1]] * len(rows) if keep is None else keep.tolist()
         return _wrap(pa.array([sep.join(names[j] for j, k in zip(r, ks) if k) for r, ks in zip(rows, kept)],
                               type=pa.large_string()))
+    if order.size and not 0 <= order.min() <= order.max() < len(names):  # a digit out of range would carry
+        raise IndexError(f"order holds {order.min()}..{order.max()}, not indices of {len(names)} names")
     # each row's ranking as numbers: a kept name is its index + 1, a dropped one 0
     ranks = order.astype(np.int64) + 1
     if keep is not None:

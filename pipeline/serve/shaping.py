@@ -21,7 +21,7 @@ import pandas as pd
 import pyarrow as pa
 
 from pipeline.core.errors import BatchInputError
-from pipeline.core.schema import normalise_header, top_k_problem
+from pipeline.core.schema import normalise_header, top_k_problem, whole_number
 
 __all__ = ["FLOAT_DIGITS", "MAX_FLOAT_DIGITS", "OutputOptions", "input_columns", "round_floats", "select_columns",
            "text_lookup"]
@@ -48,8 +48,8 @@ class OutputOptions:
     def __post_init__(self) -> None:
         if (problem := top_k_problem(self.top_k)) is not None:
             raise BatchInputError(f"top_k == {self.top_k!r}, {problem}.")
-        if self.float_digits is not None and (isinstance(self.float_digits, bool) or not isinstance(self.float_digits, int)
-                                              or not 0 <= self.float_digits <= MAX_FLOAT_DIGITS):
+        digits = whole_number(self.float_digits)
+        if self.float_digits is not None and (digits is None or not 0 <= digits <= MAX_FLOAT_DIGITS):
             raise BatchInputError(f"float_digits == {self.float_digits!r}, must be None or an integer in "
                                   f"0..{MAX_FLOAT_DIGITS}.")
         if self.texts not in ("full", "codes"):
