@@ -29,12 +29,12 @@ from pipeline.core.blas import dot_exact
 from pipeline.core.config import LEVELS, ScreenConfig, TriageConfig
 from pipeline.core.knowledge import KnowledgeBase
 from pipeline.core.parsing import unanswered_matrix
-from pipeline.core.schema import field
+from pipeline.core.schema import UNKNOWN, field
 from pipeline.core.textcols import join_ranked
 from pipeline.core.wording import question
 from pipeline.decision.conformal import known_share
 from pipeline.decision.costs import cost_levels
-from pipeline.decision.screen import rule_fires, rule_open, rule_state
+from pipeline.decision.screen import answer_matches, rule_counts, rule_fires, rule_open, rule_state, state_of_counts
 
 __all__ = ["Rule", "SafetyNet", "answer_likelihoods", "per_rule", "rules_of"]
 
@@ -111,21 +111,29 @@ class SafetyNet:
         self.likelihood = {n: answer_likelihoods(kb, n) for n in self.candidates}
         self.questions = [question(n) for n in self.candidates]
         self._rule_levels = np.array([r.level for r in self.rules], dtype=np.int8)
-        self._rule_fields = {"age", *(n for r in self.rules for n in r.fields)}
+        self._has_any = np.array([bool(r.any) for r in self.rules], dtype=bool)
         # per "no" field, the same-day rules that ask it
         self._same_day_asks_matrix = np.array([[r.level == _EMERGENCY and n in r.fields for n in self.no_fields]
                                                for r in self.rules], dtype=bool).reshape(len(self.rules), len(self.no_fields))
-        # which rules ask each candidate, and the fields they ask; every (candidate, answer)
-        # likelihood row, and where it is
+        # which rules ask each candidate; every (candidate, answer) likelihood row, and where it is
         self._asks = np.array([[n in r.fields for r in self.rules] for n in self.candidates], dtype=bool
                               ).reshape(len(self.candidates), len(self.rules))
-        self._asking = [np.flatnonzero(row) for row in self._asks]
-        self._asked_fields = [{"age", *(f for k in asking for f in self.rules[k].fields)} for asking in self._asking]
         pairs = [(j, a) for j, name in enumerate(self.candidates) for a in range(len(self.likelihood[name]))]
         self._likelihood_rows = np.array([self.likelihood[self.candidates[j]][a] for j, a in pairs]
                                          ).reshape(len(pairs), -1)
         self._pair_candidate = np.array([j for j, _ in pairs], dtype=np.int64)
-        self._pair_answer = np.array([a for _, a in pairs], dtype=np.int8)
+        # what answering an unanswered candidate with the pair's answer adds to each rule's counts,
+        # by (pair, rule), and each candidate's asking rules in slots (-1: no more)
+        self._pair_counts = np.array([_count_change(rule, self.candidates[j], a) for j, a in pairs for rule in self.rules],
+                                     dtype=np.int8).reshape(len(pairs) * len(self.rules), 4)
+        slots = max((int(row.sum()) for row in self._asks), default=0)
+        self._asking_slots = np.full((slots, len(self.candidates)), -1, dtype=np.int64)
+        for j, row in enumerate(self._asks):
+            asking = np.flatnonzero(row)
+            self._asking_slots[:len(asking), j] = asking
+        # per pair, its candidate's column among the "no" fields (-1: not one of them)
+        self._pair_no_field = np.array([self.no_fields.index(self.candidates[j]) if self.candidates[j] in self.no_fields
+                                        else -1 for j, _ in pairs], dtype=np.int64)
         # candidates that ask the same rules share the level of the rules that do not ask them
         self._ask_sets, self._ask_set_of = np.unique(self._asks, axis=0, return_inverse=True)
 
@@ -146,14 +154,18 @@ class SafetyNet:
         return np.column_stack([f for f, _ in states]), np.column_stack([o for _, o in states])
 
     def rests_on_unknowns(self, proba: np.ndarray, codes: dict[str, np.ndarray], open_: np.ndarray,
-                          cost_level_of, check_prior: bool = True) -> np.ndarray:
+                          cost_level_of) -> np.ndarray:
         """Per case, whether the same day rests on what is unknown: nothing but age and sex is
-        answered (the prior alone; ``check_prior=False`` skips this for cases known to have more),
-        or the expected-cost level would drop below the same day if every unanswered question of a
-        same-day rule that could still fire were answered "no"."""
-        log_p = np.log(np.maximum(proba, 1e-300))
+        answered (the prior alone), or the expected-cost level would drop below the same day if
+        every unanswered question of a same-day rule that could still fire were answered "no"."""
         # per "no" field, hidden where it is unanswered and a same-day rule asking it is open
         hide = unanswered_matrix(codes, self.no_fields) & (open_ @ self._same_day_asks_matrix)
+        return self._drops_if_no(proba, hide, cost_level_of) | (known_share(codes) == 0)
+
+    def _drops_if_no(self, proba: np.ndarray, hide: np.ndarray, cost_level_of) -> np.ndarray:
+        """Per case, whether the expected-cost level drops below the same day once the "no" fields
+        ``hide`` (n_cases, n_no_fields) are answered "no"."""
+        log_p = np.log(np.maximum(proba, 1e-300))
         hidden = np.flatnonzero(hide.any(axis=0))
         if len(hidden):  # in the float64 of the "no" rows, whatever the probabilities' type
             log_p = log_p.astype(np.float64, copy=False)
@@ -161,8 +173,7 @@ class SafetyNet:
             at = np.flatnonzero(hide[:, k])
             log_p[at] += self.log_no[self.no_fields[k]]
         p_no = np.exp(log_p - log_p.max(axis=1, keepdims=True))  # unnormalised: the level is scale-free
-        drops = cost_level_of(p_no) < _EMERGENCY
-        return drops | (known_share(codes) == 0) if check_prior else drops
+        return cost_level_of(p_no) < _EMERGENCY
 
     def safety_net(self, level: np.ndarray, open_: np.ndarray, codes: bool = False):
         """Per case, the plain-language signs of the open rules above its level, ``|``-separated,
@@ -234,47 +245,69 @@ class SafetyNet:
 
     def _variant_levels(self, proba: np.ndarray, codes: dict[str, np.ndarray], rows: np.ndarray, pair: np.ndarray,
                         atypical: np.ndarray, others: np.ndarray) -> np.ndarray:
-        """The triage level of case ``rows[i]`` with (question, answer) ``pair[i]`` (sorted): the
-        expected cost on the re-weighted probabilities (softened as in :meth:`rests_on_unknowns`),
-        raised to the atypical floor and to the rules that fire."""
+        """The triage level of case ``rows[i]`` with (question, answer) ``pair[i]``: the expected
+        cost on the re-weighted probabilities (softened as in :meth:`rests_on_unknowns`), raised to
+        the atypical floor and to the rules that fire (``others``: :meth:`_levels_without`).
+
+        A variant answers one question its case left unanswered, so only the rules that ask it can
+        change, and their counts (:func:`pipeline.decision.screen.rule_counts`) are the case's plus
+        that answer's change, found once per (question, answer) and rule."""
         cfg = self.cfg
-        which, answer = self._pair_candidate[pair], self._pair_answer[pair]
+        which = self._pair_candidate[pair]
         weighted = proba.take(rows, axis=0)
         weighted *= self._likelihood_rows.take(pair, axis=0)  # each variant's answer likelihoods, element by element
         level = cost_levels(cfg, weighted)
+        n_rules = len(self.rules)
+        case = (np.stack([rule_counts(r.all, r.any, codes) for r in self.rules], axis=-1) if n_rules
+                else np.zeros((4, len(codes["age"]), 0), dtype=np.int8))  # (4, cases, rules)
+        by_case_rule = np.ascontiguousarray(case.transpose(1, 2, 0)).reshape(-1, 4)
+
+        def asking_state(v: np.ndarray, slot: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+            """For variants ``v``, the state of their question's ``slot``-th asking rule: (where
+            in ``v`` there is one, which rule, fires, open)."""
+            k = self._asking_slots[slot, which[v]]
+            at = np.flatnonzero(k >= 0)
+            k = k[at]
+            counts = by_case_rule[rows[v[at]] * n_rules + k] + self._pair_counts[pair[v[at]] * n_rules + k]
+            return (at, k, *state_of_counts(counts.T, self._has_any[k]))
+
         same_day = np.flatnonzero(level == _EMERGENCY)
         if len(same_day):
+            # the case's open rules, with the rules asking the new answer matched again
+            opened = state_of_counts(case, self._has_any)[1][rows[same_day]]
+            for slot in range(len(self._asking_slots)):
+                at, k, _, open_ = asking_state(same_day, slot)
+                opened[at, k] = open_
             # a variant has one more answer than its case, so it never rests on age and sex alone
-            sub = self._with_answers(codes, rows[same_day], which[same_day], answer[same_day], self._rule_fields)
-            soft = same_day[self.rests_on_unknowns(weighted[same_day], sub, self.open_rules(sub),
-                                                   lambda q: cost_levels(cfg, q), check_prior=False)]
+            hide = unanswered_matrix(codes, self.no_fields)[rows[same_day]]
+            now_answered = self._pair_no_field[pair[same_day]]
+            at = np.flatnonzero(now_answered >= 0)
+            hide[at, now_answered[at]] = False
+            hide &= opened @ self._same_day_asks_matrix
+            soft = same_day[self._drops_if_no(weighted[same_day], hide, lambda q: cost_levels(cfg, q))]
             level[soft] = LEVELS.index(cfg.uncertain.level)
         level = np.where(atypical[rows], np.maximum(level, LEVELS.index(cfg.atypical.min_level)), level)
         level = np.maximum(level, others[rows, which])
-        for j, at in _segments(which):
-            if not len(self._asking[j]):
-                continue
-            variant = self._with_answers(codes, rows[at], which[at], answer[at], self._asked_fields[j])
-            for k in self._asking[j]:
-                hit = np.flatnonzero(self.rules[k].fires(variant)) + at.start
-                level[hit] = np.maximum(level[hit], self.rules[k].level)
+        every = np.arange(len(rows))
+        for slot in range(len(self._asking_slots)):
+            at, k, fires, _ = asking_state(every, slot)
+            hit, raise_to = at[fires], self._rule_levels[k[fires]]
+            level[hit] = np.maximum(level[hit], raise_to)
         return level.astype(np.int8)
 
-    def _with_answers(self, codes: dict[str, np.ndarray], rows: np.ndarray, which: np.ndarray, answer: np.ndarray,
-                      fields) -> dict[str, np.ndarray]:
-        """The codes of ``fields`` for cases ``rows``, candidate ``which[i]`` (sorted) set to ``answer[i]``."""
-        out = {k: codes[k][rows] for k in fields}
-        for j, at in _segments(which):
-            name = self.candidates[j]
-            if name in out:
-                out[name][at] = answer[at]
-        return out
 
-
-def _segments(sorted_values: np.ndarray) -> list[tuple[int, slice]]:
-    """Each distinct value of a sorted array and the slice where it runs."""
-    if not len(sorted_values):
-        return []
-    starts = np.flatnonzero(np.diff(sorted_values)) + 1
-    bounds = [0, *starts.tolist(), len(sorted_values)]
-    return [(int(sorted_values[b]), slice(b, e)) for b, e in zip(bounds[:-1], bounds[1:])]
+def _count_change(rule: Rule, name: str, answer: int) -> np.ndarray:
+    """What answering ``name`` (unanswered until now) with ``answer`` adds to each of ``rule``'s
+    :func:`pipeline.decision.screen.rule_counts`."""
+    change = np.zeros(4, dtype=np.int8)
+    if name in rule.all:
+        before = answer_matches(name, rule.all[name], UNKNOWN)
+        after = answer_matches(name, rule.all[name], answer)
+        change[0] = int(not after) - int(not before)
+        change[2] = int(not after)  # unanswered, it could still match
+    if name in rule.any:
+        before = answer_matches(name, rule.any[name], UNKNOWN)
+        after = answer_matches(name, rule.any[name], answer)
+        change[1] = int(after) - int(before)
+        change[3] = int(after) - 1  # unanswered, it could still match
+    return change

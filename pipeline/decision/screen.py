@@ -18,7 +18,8 @@ from pipeline.core.parsing import unanswered
 from pipeline.core.schema import UNKNOWN, field
 from pipeline.core.textcols import join_ranked
 
-__all__ = ["rule_fires", "rule_open", "rule_state", "screen_matches", "screen_names"]
+__all__ = ["answer_matches", "rule_counts", "rule_fires", "rule_open", "rule_state", "screen_matches", "screen_names",
+           "state_of_counts"]
 
 
 @cache
@@ -53,6 +54,12 @@ def _matches(name: str, answers: list[str], codes: dict[str, np.ndarray]) -> np.
     return hit
 
 
+def answer_matches(name: str, answers: list[str], code: int) -> bool:
+    """Whether one answer of yes/no or category field ``name`` (its code; :data:`UNKNOWN` for
+    unanswered) is among ``answers``, matched as every case is."""
+    return bool(_matches(name, answers, {name: np.array([code], dtype=np.int8)})[0])
+
+
 def rule_fires(all_: dict[str, list[str]], any_: dict[str, list[str]], codes: dict[str, np.ndarray]) -> np.ndarray:
     """Per case, whether every ``all_`` field matches and (if given) at least one ``any_`` field does
     (the matching of screen rules and of the triage's red flags). :func:`rule_state` computes the
@@ -63,6 +70,33 @@ def rule_fires(all_: dict[str, list[str]], any_: dict[str, list[str]], codes: di
     if any_:
         hit &= np.logical_or.reduce([_matches(n, a, codes) for n, a in any_.items()])
     return hit
+
+
+def rule_counts(all_: dict[str, list[str]], any_: dict[str, list[str]],
+                codes: dict[str, np.ndarray]) -> np.ndarray:
+    """(4, n_cases) int8, per case: how many ``all_`` fields do not match, how many ``any_`` fields
+    match, how many ``all_`` fields neither match nor are unanswered, and how many ``any_`` fields
+    match or are unanswered. :func:`state_of_counts` reads :func:`rule_state`'s fires and open
+    from them; a case that answers one more question changes each count by at most one, so the
+    variants of ask_next are counted from their case."""
+    out = np.zeros((4, len(codes["age"])), dtype=np.int8)
+    for name, answers in all_.items():
+        hit = _matches(name, answers, codes)
+        out[0] += ~hit
+        out[2] += ~(hit | unanswered(name, codes))
+    for name, answers in any_.items():
+        hit = _matches(name, answers, codes)
+        out[1] += hit
+        out[3] += hit | unanswered(name, codes)
+    return out
+
+
+def state_of_counts(counts: np.ndarray, has_any: np.ndarray | bool) -> tuple[np.ndarray, np.ndarray]:
+    """(fires, open) from :func:`rule_counts` (the counts first, any trailing shape; ``has_any``:
+    whether the rule has ``any`` fields, broadcast against the rest)."""
+    fires = (counts[0] == 0) & ((counts[1] > 0) | ~np.asarray(has_any))
+    possible = (counts[2] == 0) & ((counts[3] > 0) | ~np.asarray(has_any))
+    return fires, possible & ~fires
 
 
 def rule_state(all_: dict[str, list[str]], any_: dict[str, list[str]],
