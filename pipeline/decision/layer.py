@@ -146,10 +146,11 @@ def decision_columns(decision: Decision, kb: KnowledgeBase, parsed: ParsedCases,
     atypical, score, threshold = flag_atypical(kb, parsed, decision.atypical)
     net = decision.safety(kb)
     cfg, screen = decision.config, decision.screen
-    fires, open_ = net.fires_and_open(parsed.codes)  # every rule matched once
+    counts = net.counts(parsed.codes)  # every rule matched once
+    fires, open_ = net.fires_and_open(parsed.codes, counts)
     matches = fires[:, len(cfg.red_flags):]  # the screen's rules
     level, reason = triage_levels(cfg, parsed.codes, proba, atypical, screen, fires, net, open_)
-    ask_next = net.ask_next(proba, parsed.codes, level, atypical, fires, codes_out=codes)
+    ask_next = net.ask_next(proba, parsed.codes, level, atypical, fires, codes_out=codes, counts=counts)
     differential, size = format_sets(proba, prediction_sets(proba, parsed.codes, decision.conformal))
     atypical_reason = np.full(len(parsed), "", dtype=object)
     atypical_reason[atypical] = [f"answers fit none of the documented profiles well: surprise per answer "

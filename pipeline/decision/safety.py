@@ -34,7 +34,7 @@ from pipeline.core.textcols import join_ranked
 from pipeline.core.wording import question
 from pipeline.decision.conformal import known_share
 from pipeline.decision.costs import cost_levels
-from pipeline.decision.screen import answer_matches, rule_counts, rule_fires, rule_open, rule_state, state_of_counts
+from pipeline.decision.screen import answer_matches, rule_counts, rule_fires, rule_open, state_of_counts
 
 __all__ = ["Rule", "SafetyNet", "answer_likelihoods", "per_rule", "rules_of"]
 
@@ -57,10 +57,6 @@ class Rule:
     def open(self, codes: dict[str, np.ndarray]) -> np.ndarray:
         """Per case, whether unanswered questions could still make the rule fire (it does not yet)."""
         return rule_open(self.all, self.any, codes)
-
-    def state(self, codes: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`fires` and :meth:`open` together, each field matched once."""
-        return rule_state(self.all, self.any, codes)
 
     @property
     def fields(self) -> list[str]:
@@ -145,13 +141,17 @@ class SafetyNet:
         """(n_cases, n_rules): which rules fire (the red flags, then the screen's rules)."""
         return per_rule(self.rules, Rule.fires, codes)
 
-    def fires_and_open(self, codes: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`fires` and :meth:`open_rules` with every rule matched once."""
-        n = len(codes["age"])
+    def counts(self, codes: dict[str, np.ndarray]) -> np.ndarray:
+        """(4, n_cases, n_rules) int8: each rule's :func:`pipeline.decision.screen.rule_counts`."""
         if not self.rules:
-            return np.zeros((n, 0), bool), np.zeros((n, 0), bool)
-        states = [r.state(codes) for r in self.rules]
-        return np.column_stack([f for f, _ in states]), np.column_stack([o for _, o in states])
+            return np.zeros((4, len(codes["age"]), 0), dtype=np.int8)
+        return np.stack([rule_counts(r.all, r.any, codes) for r in self.rules], axis=-1)
+
+    def fires_and_open(self, codes: dict[str, np.ndarray], counts: np.ndarray | None = None
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`fires` and :meth:`open_rules` with every rule matched once (from :meth:`counts`,
+        if the caller has them)."""
+        return state_of_counts(self.counts(codes) if counts is None else counts, self._has_any)
 
     def rests_on_unknowns(self, proba: np.ndarray, codes: dict[str, np.ndarray], open_: np.ndarray,
                           cost_level_of) -> np.ndarray:
@@ -184,7 +184,8 @@ class SafetyNet:
         return join_ranked(self.names if codes else self.texts, order, np.take_along_axis(keep, order, axis=1))
 
     def ask_next(self, proba: np.ndarray, codes: dict[str, np.ndarray], level: np.ndarray, atypical: np.ndarray,
-                 fires: np.ndarray, block_rows: int = 4096, codes_out: bool = False) -> np.ndarray:
+                 fires: np.ndarray, block_rows: int = 4096, codes_out: bool = False,
+                 counts: np.ndarray | None = None) -> np.ndarray:
         """Per case, the unanswered questions whose plausible answers would change ``level``,
         ``|``-separated, the most likely to change it first (at most ``ask_next.max_questions``).
 
@@ -194,9 +195,11 @@ class SafetyNet:
         from :meth:`fires`, are the case's own). A variant differs from its case in one answer, so
         only the rules that ask it are matched again; the others keep the case's result. Cases are
         taken ``block_rows`` at a time (each case's questions depend on its own row only; a block's
-        variants take about 2 KB a case). With ``codes_out``, the questions' field names.
+        variants take about 2 KB a case). With ``codes_out``, the questions' field names; ``counts``:
+        the cases' :meth:`counts`, if the caller has them.
         """
         n = len(proba)
+        counts = self.counts(codes) if counts is None else counts
         # the first max_questions of each case's questions by change, ranked only where one changes
         # the level; elsewhere nothing is kept, and join_ranked reads no order where nothing is kept
         top = min(self.cfg.ask_next.max_questions, len(self.candidates))
@@ -204,7 +207,8 @@ class SafetyNet:
         keep_ = np.zeros((n, top), dtype=bool)
         for start in range(0, n, block_rows):
             b = slice(start, start + block_rows)
-            change = self._level_changes(proba[b], {k: v[b] for k, v in codes.items()}, level[b], atypical[b], fires[b])
+            change = self._level_changes(proba[b], {k: v[b] for k, v in codes.items()}, level[b], atypical[b], fires[b],
+                                         counts[:, b])
             some = np.flatnonzero(change.any(axis=1))
             if len(some):
                 ranked = np.argsort(-change[some], axis=1, kind="stable")[:, :top]
@@ -213,7 +217,7 @@ class SafetyNet:
         return join_ranked(self.candidates if codes_out else self.questions, order, keep_)
 
     def _level_changes(self, proba: np.ndarray, codes: dict[str, np.ndarray], level: np.ndarray, atypical: np.ndarray,
-                       fires: np.ndarray) -> np.ndarray:
+                       fires: np.ndarray, counts: np.ndarray) -> np.ndarray:
         """(n_cases, n_candidates): per case and question, the probability that its answer changes ``level``."""
         change = np.zeros((len(proba), len(self.candidates)))
         if not self.candidates:
@@ -230,7 +234,7 @@ class SafetyNet:
         settled = (others[rows, self._pair_candidate[pair]] == _EMERGENCY) & (level[rows] == _EMERGENCY)
         rows, pair = rows[~settled], pair[~settled]
         which, p = self._pair_candidate[pair], p_answer[rows, pair]
-        after = self._variant_levels(proba, codes, rows, pair, atypical, others)
+        after = self._variant_levels(proba, codes, counts, rows, pair, atypical, others)
         changed = after != level[rows]
         flat = rows[changed] * len(self.candidates) + which[changed]
         change += np.bincount(flat, weights=p[changed], minlength=change.size).reshape(change.shape)
@@ -243,11 +247,12 @@ class SafetyNet:
         per_set = np.column_stack([levels[:, ~asks].max(axis=1, initial=-1) for asks in self._ask_sets])
         return per_set[:, np.ravel(self._ask_set_of)]
 
-    def _variant_levels(self, proba: np.ndarray, codes: dict[str, np.ndarray], rows: np.ndarray, pair: np.ndarray,
-                        atypical: np.ndarray, others: np.ndarray) -> np.ndarray:
+    def _variant_levels(self, proba: np.ndarray, codes: dict[str, np.ndarray], case: np.ndarray, rows: np.ndarray,
+                        pair: np.ndarray, atypical: np.ndarray, others: np.ndarray) -> np.ndarray:
         """The triage level of case ``rows[i]`` with (question, answer) ``pair[i]``: the expected
         cost on the re-weighted probabilities (softened as in :meth:`rests_on_unknowns`), raised to
-        the atypical floor and to the rules that fire (``others``: :meth:`_levels_without`).
+        the atypical floor and to the rules that fire (``case``: the cases' :meth:`counts`;
+        ``others``: :meth:`_levels_without`).
 
         A variant answers one question its case left unanswered, so only the rules that ask it can
         change, and their counts (:func:`pipeline.decision.screen.rule_counts`) are the case's plus

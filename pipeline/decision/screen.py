@@ -103,18 +103,9 @@ def rule_state(all_: dict[str, list[str]], any_: dict[str, list[str]],
                codes: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Per case, whether the rule fires (as :func:`rule_fires`) and whether it is open: it does
     not fire, but could once unanswered fields are answered (every ``all`` field matches or is
-    unanswered, and so does one ``any`` field, if given). Each field is matched once for both."""
-    fires = np.ones(len(codes["age"]), dtype=bool)
-    possible = fires.copy()
-    for name, answers in all_.items():
-        hit = _matches(name, answers, codes)
-        fires &= hit
-        possible &= hit | unanswered(name, codes)
-    if any_:
-        hits = {n: _matches(n, a, codes) for n, a in any_.items()}
-        fires &= np.logical_or.reduce(list(hits.values()))
-        possible &= np.logical_or.reduce([hit | unanswered(n, codes) for n, hit in hits.items()])
-    return fires, possible & ~fires
+    unanswered, and so does one ``any`` field, if given). Each field is matched once for both,
+    through :func:`rule_counts`."""
+    return state_of_counts(rule_counts(all_, any_, codes), bool(any_))
 
 
 def rule_open(all_: dict[str, list[str]], any_: dict[str, list[str]], codes: dict[str, np.ndarray]) -> np.ndarray:
