@@ -263,8 +263,6 @@ class SafetyNet:
         weighted *= self._likelihood_rows.take(pair, axis=0)  # each variant's answer likelihoods, element by element
         level = cost_levels(cfg, weighted)
         n_rules = len(self.rules)
-        case = (np.stack([rule_counts(r.all, r.any, codes) for r in self.rules], axis=-1) if n_rules
-                else np.zeros((4, len(codes["age"]), 0), dtype=np.int8))  # (4, cases, rules)
         by_case_rule = np.ascontiguousarray(case.transpose(1, 2, 0)).reshape(-1, 4)
 
         def asking_state(v: np.ndarray, slot: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
