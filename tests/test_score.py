@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from temporaries import leftover_temporaries
 
 from pipeline.cli import main
 from pipeline.core.errors import CaseValidationError
@@ -75,7 +76,7 @@ def test_bad_input_corpus(name, trained, tmp_path, capsys):
         assert not out.exists() and not rejects.exists()
         assert text in captured.err and "Traceback" not in captured.err
         assert captured.err.count("\n") == 1  # one line
-        assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".") and ".tmp-" in p.name]
+        assert not leftover_temporaries(tmp_path)
         return
     result = pd.read_csv(out, dtype={"case_id": str}, keep_default_na=False)
     assert len(result) == scored

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from temporaries import leftover_temporaries
 
 from pipeline.cli import main
 
@@ -89,8 +90,7 @@ def _check(source: Path, expected_rows, models: Path) -> None:
         code = main(["score", str(source), "-o", str(out), "--model", str(models), "--quiet"])
     assert code in (0, 1, 2)
     assert "Traceback" not in err.getvalue()
-    leftovers = [p.name for p in folder.iterdir() if p.name.startswith(".") and ".tmp-" in p.name]
-    assert leftovers == []
+    assert leftover_temporaries(folder) == []
     rejects = folder / "out.csv.rejects.csv"
     if code == 2:
         assert not out.exists() and not rejects.exists()

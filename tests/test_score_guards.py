@@ -13,6 +13,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from temporaries import leftover_temporaries
 
 from pipeline.cli import main
 from pipeline.core.errors import BatchInputError, CaseValidationError
@@ -36,10 +37,6 @@ def _one_line_error(capsys) -> str:
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err, err
     return err
-
-
-def _leftovers(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.name.startswith(".") and ".tmp-" in p.name)
 
 
 @pytest.mark.parametrize("how", ["same path", "relative path", "symlink", "rejects file"])
@@ -196,7 +193,7 @@ def test_a_stopped_job_removes_its_temporary_files(trained, big_csv, tmp_path, s
                              "--chunk-rows", "2000", "--quiet"], stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONFAULTHANDLER": "1"})  # SIGABRT prints every thread's stack
     deadline = time.monotonic() + 60
-    while not _leftovers(tmp_path):
+    while not leftover_temporaries(tmp_path):
         assert proc.poll() is None and time.monotonic() < deadline, "scoring ended before it could be stopped"
         time.sleep(0.05)
     proc.send_signal(signum)
@@ -208,7 +205,7 @@ def test_a_stopped_job_removes_its_temporary_files(trained, big_csv, tmp_path, s
         pytest.fail(f"kneepain score did not stop within 60 s of {signal.Signals(signum).name}; where it was:\n{err}")
     assert proc.returncode == 2
     assert err.count("\n") == 1 and "Traceback" not in err and "no output was written" in err, err
-    assert _leftovers(tmp_path) == [] and not out.exists() and not (tmp_path / "out.csv.rejects.csv").exists()
+    assert leftover_temporaries(tmp_path) == [] and not out.exists() and not (tmp_path / "out.csv.rejects.csv").exists()
 
 
 def test_malformed_records_are_rejected_whole_with_their_record_and_the_job_goes_on(trained, tmp_path):
@@ -323,7 +320,7 @@ def test_environment_failures_are_one_line_and_exit_2(trained, tmp_path, capsys,
         expected = "cannot read"
     assert _score(src, out, models) == 2
     assert expected in _one_line_error(capsys)
-    assert _leftovers(tmp_path) == []
+    assert leftover_temporaries(tmp_path) == []
     assert case == "output is a folder" or not out.exists()
 
 
