@@ -106,12 +106,12 @@ def test_quoted_ids_and_extra_columns_pass_through(trained, tmp_path, capsys):
 
 
 def test_a_record_longer_than_the_read_block_is_read_whole(trained, tmp_path):
-    """The CSV is read in small blocks (pipeline.core.casefiles); a longer record reopens the
+    """The CSV is read in small blocks (pipeline.core.csvrecords); a longer record reopens the
     reader with a larger block and loses no row and repeats none."""
-    from pipeline.core import casefiles
+    from pipeline.core import csvrecords
 
     models, _ = trained
-    long_note = "x" * (3 * casefiles._CSV_BLOCK)
+    long_note = "x" * (3 * csvrecords._CSV_BLOCK)
     rows = [f"r{i},{30 + i},female,{long_note if i == 2 else 'short'}" for i in range(6)]
     (tmp_path / "in.csv").write_text("case_id,age,sex,notes\n" + "\n".join(rows) + "\n")
     out = tmp_path / "out.csv"
