@@ -247,17 +247,44 @@ def _ask_next_by_definition(cfg, net, screen, proba, codes, atypical):
 
 
 def test_ask_next_matches_its_definition_on_generated_and_blanked_cases(cfg, net, kb):
-    """The batched ask_next (only the rules that ask the changed answer matched again) gives what
+    """The batched ask_next (only the rules that ask the changed answer re-counted) gives what
     triaging each variant in full gives, on cases with many and with few answers."""
-    screen = load_config(ScreenConfig, config_path("screen.yaml"))
-    parsed = parse_cases(generate_cases(kb, 150, seed=11))
-    for cases in (parsed, blank_at_random(parsed, 0.7, seed=3)):
+    _assert_ask_next_as_defined(cfg, net, load_config(ScreenConfig, config_path("screen.yaml")), kb, seed=11,
+                                blank=0.7, atypical_every=7, block_rows=97)
+
+
+def _assert_ask_next_as_defined(cfg, net, screen, kb, *, seed, blank, atypical_every, block_rows):
+    """ask_next against :func:`_ask_next_by_definition` on generated cases, whole and blanked."""
+    parsed = parse_cases(generate_cases(kb, 150, seed=seed))
+    for cases in (parsed, blank_at_random(parsed, blank, seed=seed + 1)):
         proba = oracle_posterior(kb, cases).to_numpy()
-        atypical = np.arange(len(proba)) % 7 == 0
+        atypical = np.arange(len(proba)) % atypical_every == 0
         level, expected = _ask_next_by_definition(cfg, net, screen, proba, cases.codes, atypical)
-        got = net.ask_next(proba, cases.codes, level, atypical, net.fires(cases.codes), block_rows=97)
+        got = net.ask_next(proba, cases.codes, level, atypical, net.fires(cases.codes), block_rows=block_rows)
         assert list(got) == expected
         assert any(expected)  # the comparison covers cases with questions to ask
+
+
+def test_ask_next_matches_its_definition_under_rules_that_match_unknown_and_share_fields(cfg, kb):
+    """Rules the shipped screen does not have: a yes/no or category answer of "unknown", a field in
+    both ``all`` and ``any``, a rule without ``any``. Answering such a field changes each count in
+    either direction; ask_next still gives what triaging each variant in full gives."""
+    def rule(name, level, all_, any_=None):
+        return {"name": name, "rule_out": name, "level": level, "all": all_, "any": any_ or {}, "reason": "a test rule",
+                "safety_net": f"signs of {name}", "source": "assumption: a test rule"}
+
+    screen = ScreenConfig.model_validate({"rules": [
+        rule("red_knee", "emergency", {"knee_swelling": ["yes"], "skin_red": ["yes", "unknown"]},
+             {"skin_red": ["yes"], "calf_tenderness": ["yes", "unknown"]}),
+        rule("unknown_fall", "see_doctor_soon", {"injury_event": ["fall_onto_knee", "unknown"]}),
+        rule("no_pop", "emergency", {"heard_pop": ["no"]}, {"giving_way": ["unknown"], "fever": ["yes"]}),
+    ]})
+    net = SafetyNet(cfg, screen, kb)
+    _assert_ask_next_as_defined(cfg, net, screen, kb, seed=12, blank=0.6, atypical_every=5, block_rows=61)
+    codes = parse_cases(generate_cases(kb, 5, seed=1)).codes
+    with pytest.raises(ValueError, match="counts has shape"):  # another batch's counts
+        net.ask_next(_dvt_at(0.2, 5), codes, np.zeros(5, dtype=np.int8), np.zeros(5, dtype=bool), net.fires(codes),
+                     counts=net.counts(codes)[:, :3])
 
 
 def test_age_and_sex_alone_never_send_anyone_to_emergency(trained):

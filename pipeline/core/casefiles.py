@@ -5,8 +5,9 @@ The one reader behind ``kneepain score``, the Dask engine and :func:`pipeline.pr
 - chunks have exactly ``chunk_rows`` rows (the last fewer), so a file read in blocks of whole
   chunks (:class:`FileBlock`, planned by :mod:`pipeline.core.blocks`) gives the same chunks,
   row numbers and reasons as the file read whole;
-- a file that is not what its name says (Parquet, gzip, zip, old Mac line endings, not UTF-8) is
-  refused with what it is and what to do, before any row is read;
+- a CSV that is something else (Parquet, gzip, zip) or ends its lines in a bare CR is refused by
+  its first bytes, with what it is and what to do; text that is not UTF-8 stops the read with its
+  byte offset and line;
 - a header that names one column twice once case and surrounding spaces are ignored (``age`` and
   ``Age ``) is refused: which of the two to read would be a guess;
 - a CSV's records, malformed and overlong ones included, are read by :mod:`pipeline.core.csvrecords`.
@@ -204,8 +205,8 @@ def iter_chunks(path: str | Path, chunk_rows: int, *, block: FileBlock | None = 
         header, data_start = _csv_header(path)
         if block.first_row == 0 and block.rows is None:  # the whole file
             block = FileBlock(start=data_start)
-        yield from csv_chunks(path, header, chunk_rows, start=block.start, end=block.end, where=name or str(path),
-                              first_row=block.first_row, rows=block.rows)
+        yield from csv_chunks(path, header, chunk_rows, start=block.start, where=name or str(path),
+                              end=None if block.rows is None else block.end, first_row=block.first_row, rows=block.rows)
     except (pa.ArrowException, OSError) as err:
         message = _first_line(err)
         if "UTF8" in message:

@@ -134,17 +134,18 @@ def _arrow_batches(path: Path, start: int, end: int, header: list[str], report: 
                 block = min(block * 8, MAX_RECORD_BYTES)
 
 
-def csv_chunks(path: Path, header: list[str], chunk_rows: int, *, start: int, end: int, where: str,
+def csv_chunks(path: str | Path, header: list[str], chunk_rows: int, *, start: int, where: str, end: int | None = None,
                first_row: int = 0, rows: int | None = None) -> Iterator[CaseChunk]:
     """Chunks of exactly ``chunk_rows`` records (malformed ones at their place), the last shorter.
 
-    The records are the bytes ``start`` .. ``end`` of ``path`` (``end`` is ignored when ``rows`` is
-    None: to the end of the file), data records without the header, ``header`` their column names.
-    ``first_row`` is the file's row number of the first record, for the reasons (named after
-    ``where``); with ``rows``, the bytes must hold that many records, or :class:`BlockMismatchError`.
+    The records are the bytes ``start`` .. ``end`` of ``path`` (None: to the end of the file), data
+    records without the header, ``header`` their column names. ``first_row`` is the file's row
+    number of the first record, for the reasons (which name the file as ``where``); with ``rows``,
+    the bytes must hold that many records, or :class:`BlockMismatchError`.
     """
+    path = Path(path)
     placer = _RowPlacer(header, where, first_row)
-    end = path.stat().st_size if rows is None else end
+    end = path.stat().st_size if end is None else end
     # a header and no data is no rows (pyarrow would say "Empty CSV file")
     batches = (_arrow_batches(path, start, end, header, placer.report, where, first_row)
                if end > start else iter(()))

@@ -193,13 +193,17 @@ class SafetyNet:
         its probabilities re-weighted by the answer's likelihood, triaged as
         :func:`pipeline.decision.triage.triage_levels` would triage it (``atypical`` and ``fires``,
         from :meth:`fires`, are the case's own). A variant differs from its case in one answer, so
-        only the rules that ask it are matched again; the others keep the case's result. Cases are
-        taken ``block_rows`` at a time (each case's questions depend on its own row only; a block's
-        variants take about 2 KB a case). With ``codes_out``, the questions' field names; ``counts``:
-        the cases' :meth:`counts`, if the caller has them.
+        only the rules that ask it can change: their state is the case's :meth:`counts` plus that
+        answer's change; the others keep the case's result. Cases are taken ``block_rows`` at a time
+        (each case's questions depend on its own row only, and a block's variants hold a few arrays
+        of about ten values per variant). With ``codes_out``, the questions' field names;
+        ``counts``: ``self.counts(codes)``, if the caller has them.
         """
         n = len(proba)
         counts = self.counts(codes) if counts is None else counts
+        if counts.shape != (4, n, len(self.rules)):
+            raise ValueError(f"counts has shape {counts.shape}, not (4, {n}, {len(self.rules)}): pass "
+                             "SafetyNet.counts(codes) of the same cases.")
         # the first max_questions of each case's questions by change, ranked only where one changes
         # the level; elsewhere nothing is kept, and join_ranked reads no order where nothing is kept
         top = min(self.cfg.ask_next.max_questions, len(self.candidates))
@@ -276,7 +280,7 @@ class SafetyNet:
 
         same_day = np.flatnonzero(level == _EMERGENCY)
         if len(same_day):
-            # the case's open rules, with the rules asking the new answer matched again
+            # the case's open rules, with those asking the new answer taken from the variant's counts
             opened = state_of_counts(case, self._has_any)[1][rows[same_day]]
             for slot in range(len(self._asking_slots)):
                 at, k, _, open_ = asking_state(same_day, slot)

@@ -63,7 +63,7 @@ def answer_matches(name: str, answers: list[str], code: int) -> bool:
 def rule_fires(all_: dict[str, list[str]], any_: dict[str, list[str]], codes: dict[str, np.ndarray]) -> np.ndarray:
     """Per case, whether every ``all_`` field matches and (if given) at least one ``any_`` field does
     (the matching of screen rules and of the triage's red flags). :func:`rule_state` computes the
-    same alongside openness; this one skips the unanswered checks, for the variants of ask_next."""
+    same alongside openness; this one skips the unanswered checks, for callers that need fires only."""
     hit = np.ones(len(codes["age"]), dtype=bool)
     for name, answers in all_.items():
         hit &= _matches(name, answers, codes)
