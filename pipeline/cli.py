@@ -352,7 +352,7 @@ def _score_pandas(args: argparse.Namespace, warn: Callable[[str], None], options
 
 def _score(args: argparse.Namespace) -> int:
     from pipeline.core.schema import top_k_problem
-    from pipeline.serve.shaping import MAX_FLOAT_DIGITS
+    from pipeline.serve.shaping import MAX_FLOAT_DIGITS, float_digits_allowed
 
     if args.chunk_rows < 1:
         raise UsageError(f"--chunk-rows == {args.chunk_rows}, must be >= 1.")
@@ -364,7 +364,7 @@ def _score(args: argparse.Namespace) -> int:
         raise UsageError("--adapt-priors and --report work with --engine pandas only.")
     if (problem := top_k_problem(args.top_k)) is not None:
         raise UsageError(f"--top-k == {args.top_k}, {problem}.")
-    if args.float_digits is not None and not 0 <= args.float_digits <= MAX_FLOAT_DIGITS:
+    if not float_digits_allowed(args.float_digits):
         raise UsageError(f"--float-digits == {args.float_digits}, must be in 0..{MAX_FLOAT_DIGITS} "
                          f"({MAX_FLOAT_DIGITS} keeps every digit).")
     if args.engine != "dask":

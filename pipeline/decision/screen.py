@@ -62,14 +62,8 @@ def answer_matches(name: str, answers: list[str], code: int) -> bool:
 
 def rule_fires(all_: dict[str, list[str]], any_: dict[str, list[str]], codes: dict[str, np.ndarray]) -> np.ndarray:
     """Per case, whether every ``all_`` field matches and (if given) at least one ``any_`` field does
-    (the matching of screen rules and of the triage's red flags). :func:`rule_state` computes the
-    same alongside openness; this one skips the unanswered checks, for callers that need fires only."""
-    hit = np.ones(len(codes["age"]), dtype=bool)
-    for name, answers in all_.items():
-        hit &= _matches(name, answers, codes)
-    if any_:
-        hit &= np.logical_or.reduce([_matches(n, a, codes) for n, a in any_.items()])
-    return hit
+    (the matching of screen rules and of the triage's red flags): :func:`rule_state`'s first half."""
+    return rule_state(all_, any_, codes)[0]
 
 
 def rule_counts(all_: dict[str, list[str]], any_: dict[str, list[str]],
@@ -101,7 +95,7 @@ def state_of_counts(counts: np.ndarray, has_any: np.ndarray | bool) -> tuple[np.
 
 def rule_state(all_: dict[str, list[str]], any_: dict[str, list[str]],
                codes: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Per case, whether the rule fires (as :func:`rule_fires`) and whether it is open: it does
+    """Per case, whether the rule fires and whether it is open: it does
     not fire, but could once unanswered fields are answered (every ``all`` field matches or is
     unanswered, and so does one ``any`` field, if given). Each field is matched once for both,
     through :func:`rule_counts`."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -23,12 +24,19 @@ import pyarrow as pa
 from pipeline.core.errors import BatchInputError
 from pipeline.core.schema import normalise_header, top_k_problem, whole_number
 
-__all__ = ["FLOAT_DIGITS", "MAX_FLOAT_DIGITS", "OutputOptions", "input_columns", "round_floats", "select_columns",
-           "text_lookup"]
+__all__ = ["FLOAT_DIGITS", "MAX_FLOAT_DIGITS", "OutputOptions", "float_digits_allowed", "input_columns", "round_floats",
+           "select_columns", "text_lookup"]
 
 FLOAT_DIGITS = 6
 MAX_FLOAT_DIGITS = 17  # a double's every digit: more is the same number
 _SEP = "|"
+
+
+def float_digits_allowed(digits: Any) -> bool:
+    """Whether ``digits`` is a number of decimal places a CSV output can keep: None (every digit) or a
+    :func:`pipeline.core.schema.whole_number` in 0..:data:`MAX_FLOAT_DIGITS`."""
+    count = whole_number(digits)
+    return digits is None or (count is not None and 0 <= count <= MAX_FLOAT_DIGITS)
 
 
 @dataclass(frozen=True)
@@ -48,8 +56,7 @@ class OutputOptions:
     def __post_init__(self) -> None:
         if (problem := top_k_problem(self.top_k)) is not None:
             raise BatchInputError(f"top_k == {self.top_k!r}, {problem}.")
-        digits = whole_number(self.float_digits)
-        if self.float_digits is not None and (digits is None or not 0 <= digits <= MAX_FLOAT_DIGITS):
+        if not float_digits_allowed(self.float_digits):
             raise BatchInputError(f"float_digits == {self.float_digits!r}, must be None or an integer in "
                                   f"0..{MAX_FLOAT_DIGITS}.")
         if self.texts not in ("full", "codes"):
