@@ -145,19 +145,22 @@ def unanswered(name: str, codes: dict[str, np.ndarray]) -> np.ndarray:
 
 def unanswered_matrix(codes: dict[str, np.ndarray], names: Sequence[str]) -> np.ndarray:
     """(n_cases, len(names)) bool: which of the fields ``names`` each case left unanswered (a
-    missing number, or the unknown code), in two array operations rather than one per field.
-    Codes are the parser's: NaN for an unknown number, :data:`UNKNOWN` for an unknown answer."""
+    missing number, or the unknown code), in a few array operations rather than one per field.
+    Codes are the parser's: NaN for an unknown number, :data:`UNKNOWN` for an unknown answer.
+
+    The matrix is built a field per row and returned transposed (Fortran-ordered): stacking the
+    fields' columns side by side, or copying the transpose, cost 20x more on 16k cases."""
     numbers, coded, position = _unanswered_plan(tuple(names))
     n = len(codes["age"])
     parts = []
     if numbers:
-        parts.append(np.isnan(np.stack([codes[k] for k in numbers], axis=1)))
+        parts.append(np.isnan(np.stack([codes[k] for k in numbers])))
     if coded:
-        parts.append(np.stack([codes[k] for k in coded], axis=1) == UNKNOWN)
+        parts.append(np.stack([codes[k] for k in coded]) == UNKNOWN)
     if not parts:
         return np.zeros((n, 0), dtype=bool)
-    both = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
-    return both[:, position]
+    both = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    return both.take(position, axis=0).T
 
 
 def codes_to_frame(codes: dict[str, np.ndarray]) -> pd.DataFrame:
