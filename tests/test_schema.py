@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from pipeline.core.errors import CaseValidationError
-from pipeline.core.parsing import parse_cases
+from pipeline.core.parsing import parse_cases, parse_records
 from pipeline.core.paths import project_root
 from pipeline.core.schema import FIELDS, data_dictionary_markdown
 from pipeline.report.docs import render_readme
@@ -89,6 +89,17 @@ def test_text_nan_is_rejected_whatever_else_is_in_the_column():
         parsed = parse_cases(frame, raise_on_error=False)
         assert not parsed.valid[0], other
         assert parsed.errors.loc[parsed.errors["row"] == 0, "reason"].str.contains("not a number").all()
+
+
+def test_a_boolean_number_is_not_a_number_whatever_else_is_in_the_column():
+    """True in a number field is refused as not a number, alone (a column of booleans) or beside
+    numbers and text (a column of Python objects), and never read as 1."""
+    for others in ([], [30], ["30"], [None]):
+        records = [{"age": 40, "sex": "male", "bmi": True}] + [{"age": 40, "sex": "male", "bmi": v} for v in others]
+        parsed = parse_records(records, raise_on_error=False)
+        assert not parsed.valid[0], others
+        assert parsed.errors.loc[parsed.errors["row"] == 0, "reason"].str.startswith("not a number").all(), others
+        assert parsed.valid[1:].all(), others
 
 
 def test_duplicate_ids_ignore_surrounding_spaces():

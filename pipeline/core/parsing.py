@@ -343,7 +343,9 @@ def _parse_number(series: pd.Series, f: Field) -> tuple[np.ndarray, np.ndarray, 
     else:  # Python objects (dicts, lists of dicts): any mix of numbers, text and None
         obj = series.astype(object)
         blank = obj.map(lambda v: _is_blank(v) or (isinstance(v, str) and v.strip().lower() in _TRISTATE_UNKNOWN))
-        raw = pd.to_numeric(obj.where(~blank, np.nan).map(
+        # a yes/no is not a number here either, as in a column of booleans (not 1 or 0)
+        logical = obj.map(lambda v: isinstance(v, (bool, np.bool_))).to_numpy(dtype=bool)
+        raw = pd.to_numeric(obj.where(~blank & ~logical, np.nan).map(
             lambda v: v.strip() if isinstance(v, str) else v), errors="coerce")
         bad_type = (raw.isna() & ~blank).to_numpy()
     values = raw if isinstance(raw, np.ndarray) else raw.to_numpy(dtype=np.float64, na_value=np.nan)
