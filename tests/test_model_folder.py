@@ -64,15 +64,17 @@ def test_every_file_that_changes_an_output_is_verified(trained, tmp_path, name, 
 
 
 @pytest.mark.parametrize("name", FILES)
-def test_a_file_edited_after_the_folder_was_loaded_is_refused_at_the_next_call(trained, tmp_path, name):
+@pytest.mark.parametrize("given", ["folder", "a file in it"])
+def test_a_file_edited_after_the_folder_was_loaded_is_refused_at_the_next_call(trained, tmp_path, name, given):
     from pipeline import predict
 
     folder = _copy(trained, tmp_path)
-    predict({"age": 40, "sex": "male"}, model=folder)  # loaded and cached
+    source = folder if given == "folder" else folder / "model.json"  # a file stands for its folder
+    predict({"age": 40, "sex": "male"}, model=source)  # loaded and cached
     with open(folder / name, "ab") as fh:
         fh.write(b"\n ")
     with pytest.raises(ModelIntegrityError, match=f"{name} has changed since the model was saved"):
-        predict({"age": 40, "sex": "male"}, model=folder)
+        predict({"age": 40, "sex": "male"}, model=source)
 
 
 @pytest.mark.parametrize("attack", ["no red flags", "flat costs", "new advice", "no decision layer"])

@@ -167,6 +167,8 @@ def get_model(model: str | Path | LoadedModel | None = None, *, trust_pickle: bo
         key: tuple = ("uri", model, trust_pickle, signer)
     else:
         folder = Path(model) if model is not None else models_dir()
+        if folder.is_file():  # a file of the folder stands for it, as in load_model
+            folder = folder.parent
         key = ("dir", str(folder.resolve()), _stamps(folder), trust_pickle, signer)
     if key not in _CACHE:
         _CACHE[key] = load_model(model, trust_pickle=trust_pickle)
