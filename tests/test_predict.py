@@ -45,6 +45,16 @@ def test_case_ids_pass_through_in_input_order(trained):
     assert out["case_id"].tolist() == ["z", "a"]
 
 
+def test_integer_case_ids_beside_a_missing_one_stay_as_given(trained):
+    """In a list of dicts a missing id would make the column floats: large ids would lose digits and
+    two of them become one (refused as a duplicate)."""
+    models, _ = trained
+    ids = [12345678901234567, 12345678901234568]
+    out = predict([{**CASE, "case_id": ids[0]}, {**CASE, "case_id": ids[1]}, CASE], model=models)
+    assert out["case_id"].tolist()[:2] == ids and pd.isna(out["case_id"].iloc[2])
+    assert predict([{**CASE, "case_id": 1}, CASE], model=models)["case_id"].tolist()[0] == 1
+
+
 def test_a_frames_index_is_kept_so_results_join_back(trained):
     models, _ = trained
     frame = pd.DataFrame([CASE, {"age": 70, "sex": "female"}, {"age": 35, "sex": "male"}], index=["p7", "p2", "p7"])

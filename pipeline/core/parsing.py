@@ -398,8 +398,19 @@ def parse_records(records: Sequence[Mapping[Any, Any]], *, raise_on_error: bool 
     in the order their keys first appear. For one case the frame cost more than parsing it.
     """
     headers = list(dict.fromkeys(key for record in records for key in record))
-    columns = [(h, pd.Series([record.get(h, np.nan) for record in records], name=h)) for h in headers]
+    columns = [(h, _record_column(h, [record.get(h, np.nan) for record in records])) for h in headers]
     return _parse_columns(columns, len(records), 0, raise_on_error)
+
+
+def _record_column(name: Any, values: list) -> pd.Series:
+    """One column of records, typed as the DataFrame constructor types it, except that integer case
+    ids beside a missing one stay as given: ids are labels, and as floats large ones would lose
+    digits (and two of them could become one)."""
+    series = pd.Series(values, name=name)
+    if series.dtype.kind == "f" and normalise_header(name) == ID_COLUMN and any(
+            isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in values):
+        return pd.Series(values, name=name, dtype=object)
+    return series
 
 
 def _parse_columns(items: list[tuple[Any, pd.Series]], n: int, row_offset: int, raise_on_error: bool) -> ParsedCases:
