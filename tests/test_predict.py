@@ -55,6 +55,18 @@ def test_integer_case_ids_beside_a_missing_one_stay_as_given(trained):
     assert predict([{**CASE, "case_id": 1}, CASE], model=models)["case_id"].tolist()[0] == 1
 
 
+def test_a_file_without_rows_gives_no_rows(trained, tmp_path):
+    """A CSV of only a header and a Parquet file without rows: an empty output with every column."""
+    models, _ = trained
+    (tmp_path / "h.csv").write_text("age,sex\n")
+    pd.DataFrame({"age": pd.Series([], dtype="int64"), "sex": pd.Series([], dtype=str)}).to_parquet(tmp_path / "e.parquet")
+    some = predict({"age": 40, "sex": "male"}, model=models)
+    for path in (tmp_path / "h.csv", tmp_path / "e.parquet"):
+        out = predict(path, model=models)
+        assert len(out) == 0 and list(out.columns) == output_columns(id_column="row"), path.name
+        assert out.dtypes.to_dict() == some.dtypes.to_dict(), path.name  # the types a non-empty output has
+
+
 def test_a_frames_index_is_kept_so_results_join_back(trained):
     models, _ = trained
     frame = pd.DataFrame([CASE, {"age": 70, "sex": "female"}, {"age": 35, "sex": "male"}], index=["p7", "p2", "p7"])

@@ -292,6 +292,8 @@ def read_case_file(path: str | Path, chunk_rows: int = 100_000) -> pd.DataFrame:
         frames.append(chunk.frame)
         problems += [(offset + i, reason) for i, reason in chunk.malformed.items()]
         offset += len(chunk.frame)
+    if not frames:  # a Parquet file without rows (a CSV of only a header is one empty chunk)
+        frames = [_ids_as_text(pq.read_schema(path).empty_table()).to_pandas()]
     frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     if problems:  # named with every other invalid row of the file, as `kneepain score` names them
         errors = parse_read(frame, dict(problems)).errors

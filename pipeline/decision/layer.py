@@ -140,9 +140,10 @@ def decide(decision: Decision, kb: KnowledgeBase, parsed: ParsedCases, proba: np
 def decision_columns(decision: Decision, kb: KnowledgeBase, parsed: ParsedCases, proba: np.ndarray, *,
                      codes: bool = False) -> dict[str, Any]:
     """:func:`decide`'s columns as arrays, by name (a caller adding them to its own columns builds
-    one frame); empty object columns for no cases."""
+    one frame); for no cases, empty columns of the types they have for some."""
     if len(parsed) == 0:
-        return {c: pd.Series(dtype=object) for c in DECISION_COLUMNS}
+        pandas_type = {"string": "str", "int64": "int64", "bool": "bool"}
+        return {c: pd.Series(dtype=pandas_type[DECISION_COLUMN_TYPES[c]]) for c in DECISION_COLUMNS}
     atypical, score, threshold = flag_atypical(kb, parsed, decision.atypical)
     net = decision.safety(kb)
     cfg, screen = decision.config, decision.screen
