@@ -205,12 +205,20 @@ def _as_text(values: np.ndarray) -> np.ndarray:
         elif isinstance(v, (bool, np.bool_)):
             out[i] = "1" if v else "0"
         elif isinstance(v, (int, np.integer)):
-            out[i] = str(int(v))
+            out[i] = _int_text(int(v))
         elif isinstance(v, (float, np.floating)) and float(v).is_integer():
             out[i] = str(int(v))
         else:
             out[i] = str(v).strip().lower()
     return out
+
+
+def _int_text(v: int) -> str:
+    """An integer as text; one too long for Python to print (over 4300 digits) as its size."""
+    try:
+        return str(v)
+    except ValueError:
+        return f"an integer of about {int(v.bit_length() * math.log10(2))} digits"
 
 
 def _is_blank(v: Any) -> bool:
@@ -319,6 +327,19 @@ def _arrow_number(series: pd.Series) -> tuple[pd.Series, np.ndarray] | None:
     return pd.Series(values.to_numpy(zero_copy_only=False)), np.zeros(len(series), dtype=bool)
 
 
+def _number_like(v: Any) -> Any:
+    """A cell of a column of Python objects as ``pd.to_numeric`` reads it: text stripped, and an
+    integer too large for a float as an infinity (out of range, not an overflow)."""
+    if isinstance(v, str):
+        return v.strip()
+    if isinstance(v, int) and not isinstance(v, bool) and abs(v) > 2 ** 63:
+        try:
+            return float(v)
+        except OverflowError:
+            return math.inf if v > 0 else -math.inf
+    return v
+
+
 def _parse_number(series: pd.Series, f: Field) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Floats (NaN unknown), an error mask and a reason per error."""
     series, odd, odd_reasons = _plain_only(series)
@@ -345,8 +366,7 @@ def _parse_number(series: pd.Series, f: Field) -> tuple[np.ndarray, np.ndarray, 
         blank = obj.map(lambda v: _is_blank(v) or (isinstance(v, str) and v.strip().lower() in _TRISTATE_UNKNOWN))
         # a yes/no is not a number here either, as in a column of booleans (not 1 or 0)
         logical = obj.map(lambda v: isinstance(v, (bool, np.bool_))).to_numpy(dtype=bool)
-        raw = pd.to_numeric(obj.where(~blank & ~logical, np.nan).map(
-            lambda v: v.strip() if isinstance(v, str) else v), errors="coerce")
+        raw = pd.to_numeric(obj.where(~blank & ~logical, np.nan).map(_number_like), errors="coerce")
         bad_type = (raw.isna() & ~blank).to_numpy()
     values = raw if isinstance(raw, np.ndarray) else raw.to_numpy(dtype=np.float64, na_value=np.nan)
     with np.errstate(invalid="ignore"):
@@ -494,9 +514,14 @@ def _parse_columns(items: list[tuple[Any, pd.Series]], n: int, row_offset: int, 
 
 def normalise_ids(ids: pd.Series) -> pd.Series:
     """Case ids as compared for duplicates: text with surrounding spaces removed."""
-    return ids.astype(str).str.strip()
+    try:
+        text = ids.astype(str)
+    except ValueError:  # an integer too long to print
+        text = ids.map(lambda v: _int_text(v) if isinstance(v, int) else str(v)).astype(str)
+    return text.str.strip()
 
 
 def _show(value: Any, limit: int = 80) -> str:
-    text = "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+    text = "" if value is None or (isinstance(value, float) and math.isnan(value)) else \
+        _int_text(value) if isinstance(value, int) else str(value)
     return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
