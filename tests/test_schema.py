@@ -113,6 +113,26 @@ def test_integers_too_large_for_a_float_or_for_text_are_named_not_raised():
     assert parsed.valid.tolist() == [False, False, False, True, True]  # an id is a label, whatever its size
 
 
+def test_a_decimal_reads_as_its_float_alone_or_among_many():
+    """A few rows are read value by value, many by their unique values (which merge values that
+    compare equal, such as 1 and Decimal("1.00")): a Decimal reads as the float it stands for either
+    way, and a signaling NaN (which cannot be hashed) is refused."""
+    from decimal import Decimal
+
+    values = [Decimal("1.00"), 1, Decimal("NaN"), "no", Decimal("sNaN"), Decimal("0")]
+    for filler in (0, 70):
+        fever = values + ["no"] * filler
+        frame = pd.DataFrame({"age": 50, "sex": "female", "fever": pd.Series(fever, dtype=object),
+                              "bmi": pd.Series([Decimal("22.5"), Decimal("1e400"), Decimal("sNaN"), None, None, None]
+                                               + [None] * filler, dtype=object)})
+        parsed = parse_cases(frame, raise_on_error=False)
+        assert parsed.codes["fever"][:6].tolist() == [1, 1, -1, 0, -1, 0], filler
+        assert parsed.valid[:6].tolist() == [True, False, False, True, False, True], filler
+        reasons = parsed.errors.groupby("row")["reason"].apply(" ".join)
+        assert "out of range" in reasons[1] and "a signaling NaN is not a number" in reasons[2], filler
+        assert parsed.codes["bmi"][0] == 22.5
+
+
 def test_duplicate_ids_ignore_surrounding_spaces():
     frame = pd.DataFrame({"case_id": ["A", "A "], "age": [30, 31], "sex": ["male", "male"]})
     assert parse_cases(frame, raise_on_error=False).valid.tolist() == [True, False]

@@ -231,6 +231,8 @@ def _is_plain(v: Any) -> bool:
 
 
 def _kind_name(v: Any) -> str:
+    if isinstance(v, decimal.Decimal):  # the one Decimal that is not plain
+        return "a signaling NaN"
     if isinstance(v, (datetime.timedelta, np.timedelta64)):
         return "a duration"
     if isinstance(v, (datetime.date, datetime.time, np.datetime64)):
@@ -251,6 +253,15 @@ def _plain_only(series: pd.Series) -> tuple[pd.Series, np.ndarray, np.ndarray]:
         return series, np.zeros(len(series), dtype=bool), np.array([], dtype=object)
     values = series.to_numpy(dtype=object)
     bad = np.fromiter((not _is_plain(v) for v in values), dtype=bool, count=len(values))
+    decimals = [i for i, v in enumerate(values) if isinstance(v, decimal.Decimal)]
+    if decimals:  # as the floats they stand for, so that a value reads the same alone or among others
+        values = values.copy()
+        for i in decimals:
+            if values[i].is_snan():
+                bad[i] = True
+            else:
+                values[i] = float(values[i])
+        series = pd.Series(values, index=series.index, dtype=object)
     if not bad.any():
         return series, bad, np.array([], dtype=object)
     reasons = np.array([_kind_name(v) if b else "" for v, b in zip(values, bad)], dtype=object)
