@@ -133,6 +133,18 @@ def test_a_decimal_reads_as_its_float_alone_or_among_many():
         assert parsed.codes["bmi"][0] == 22.5
 
 
+def test_an_arrow_string_view_column_reads_as_text():
+    import pyarrow as pa
+
+    def view(values):
+        return pd.Series(pd.arrays.ArrowExtensionArray(pa.array(values, pa.string_view())))
+
+    frame = pd.DataFrame({"age": view(["40", "x"]), "sex": view(["female", "male"]), "bmi": view(["22.5", None])})
+    parsed = parse_cases(frame, raise_on_error=False)
+    assert parsed.codes["age"][0] == 40 and parsed.codes["bmi"][0] == 22.5 and np.isnan(parsed.codes["bmi"][1])
+    assert parsed.errors["reason"].tolist() == ["not a number; allowed: a whole number >= 12 and <= 100"]
+
+
 def test_duplicate_ids_ignore_surrounding_spaces():
     frame = pd.DataFrame({"case_id": ["A", "A "], "age": [30, 31], "sex": ["male", "male"]})
     assert parse_cases(frame, raise_on_error=False).valid.tolist() == [True, False]

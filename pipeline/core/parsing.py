@@ -338,6 +338,18 @@ def _arrow_number(series: pd.Series) -> tuple[pd.Series, np.ndarray] | None:
     return pd.Series(values.to_numpy(zero_copy_only=False)), np.zeros(len(series), dtype=bool)
 
 
+def _typed_for_pandas(series: pd.Series) -> pd.Series:
+    """``series``, or as text when pandas cannot say what its Arrow type holds (``string_view``:
+    its dtype checks raise NotImplementedError)."""
+    if isinstance(series.dtype, pd.ArrowDtype):
+        try:
+            _ = series.dtype.type
+        except NotImplementedError:  # nor can it convert it: Arrow does
+            text = pa.array(series.array).cast(pa.string()).to_pandas(types_mapper=pd.ArrowDtype)
+            return pd.Series(text.array, index=series.index, name=series.name)
+    return series
+
+
 def _number_like(v: Any) -> Any:
     """A cell of a column of Python objects as ``pd.to_numeric`` reads it: text stripped, and an
     integer too large for a float as an infinity (out of range, not an overflow)."""
@@ -453,7 +465,7 @@ def _parse_columns(items: list[tuple[Any, pd.Series]], n: int, row_offset: int, 
             "reason": "the column is given more than once (names are matched ignoring case and surrounding "
                       "spaces); give it once"}))
     columns = {normalise_header(h): h for h, _ in items}
-    series_of = {normalise_header(h): series for h, series in items}
+    series_of = {normalise_header(h): _typed_for_pandas(series) for h, series in items}
     missing = required_columns_error(columns)
     if missing is not None:
         raise missing
