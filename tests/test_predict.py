@@ -76,6 +76,9 @@ def test_a_frames_index_is_kept_so_results_join_back(trained):
     joined = older.assign(p_dvt=predict(older, model=models)["p_dvt"])
     assert joined["p_dvt"].tolist() == [out["p_dvt"].iloc[1]]
     assert predict([CASE, CASE], model=models).index.tolist() == [0, 1]
+    with_ids = frame.set_axis(["p7", "p2", "p9"]).assign(case_id=["a", "b", "c"])  # as the README joins them
+    joined = with_ids.join(predict(with_ids, model=models), rsuffix="_scored")
+    assert joined["case_id_scored"].tolist() == ["a", "b", "c"] and joined["p_dvt"].tolist() == out["p_dvt"].tolist()
 
 
 def test_nat_is_unknown_in_small_and_large_frames(trained):

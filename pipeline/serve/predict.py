@@ -87,7 +87,8 @@ def predict(cases: Any, model: str | Path | LoadedModel | None = None, top_k: in
 
     Returns
     -------
-    DataFrame, one row per case in input order (with a DataFrame's own index, so ``df.join`` works)
+    DataFrame, one row per case in input order (with a DataFrame's own index, so
+    ``df.join(out, rsuffix="_scored")`` lines up; the suffix for the ``case_id`` both may have)
         ``case_id`` (or ``row``), ``prediction``, ``confidence``, ``p_<condition>`` per condition
         (summing to 1), ``top3``, then the decision layer: ``triage``, ``triage_reason``,
         ``safety_net``, ``ask_next``, ``advice``, ``differential``, ``differential_size``,
