@@ -110,6 +110,11 @@ def test_a_no_answer_is_phrased_as_no(model):
     assert "no " in e.text
 
 
+def test_a_key_that_is_no_field_is_named_in_a_warning(model):
+    with pytest.warns(UserWarning, match="ignoring columns that are not case fields: heard_popp"):
+        explain({**ACL_LIKE, "heard_popp": "yes"}, model)
+
+
 def test_exactly_one_case_is_required(model):
     with pytest.raises(ValueError, match="exactly one case, got 2"):
         explain([ACL_LIKE, DVT_LIKE], model)

@@ -46,6 +46,10 @@ def test_only_unknown_questions_best_first(model):
     assert set(every["field"]) == set(CANDIDATE_FIELDS) - {"heard_pop", "giving_way", "pregnant"}
     assert "heard_pop" not in set(next_questions(CASE, model, k=None, exclude=["locking"])["field"])
     assert "locking" not in set(next_questions(CASE, model, k=None, exclude=["locking"])["field"])
+    for one in ("locking", " Locking "):  # one name, not its letters; matched as columns are
+        assert "locking" not in set(next_questions(CASE, model, k=None, exclude=one)["field"])
+    with pytest.warns(UserWarning, match="ignoring columns that are not case fields: lokcing"):
+        next_questions({**CASE, "lokcing": "yes"}, model)
 
 
 def test_bad_arguments_are_value_errors(model, tmp_path):

@@ -145,6 +145,12 @@ def test_an_arrow_string_view_column_reads_as_text():
     assert parsed.errors["reason"].tolist() == ["not a number; allowed: a whole number >= 12 and <= 100"]
 
 
+def test_a_blank_is_shown_blank_however_it_is_written():
+    frame = pd.DataFrame({"age": pd.Series([None, pd.NA, np.nan], dtype=object), "sex": "male"})
+    errors = parse_cases(frame, raise_on_error=False).errors
+    assert errors["value"].tolist() == ["", "", ""] and errors["reason"].str.startswith("required").all()
+
+
 def test_duplicate_ids_ignore_surrounding_spaces():
     frame = pd.DataFrame({"case_id": ["A", "A "], "age": [30, 31], "sex": ["male", "male"]})
     assert parse_cases(frame, raise_on_error=False).valid.tolist() == [True, False]

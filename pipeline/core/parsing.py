@@ -545,6 +545,6 @@ def normalise_ids(ids: pd.Series) -> pd.Series:
 
 
 def _show(value: Any, limit: int = 80) -> str:
-    text = "" if value is None or (isinstance(value, float) and math.isnan(value)) else \
+    text = "" if _is_blank(value) else \
         _int_text(value) if isinstance(value, int) else str(value)
     return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"

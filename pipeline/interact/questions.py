@@ -22,6 +22,7 @@ All (case, field, answer) combinations are scored in one batch.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,10 +38,10 @@ from pipeline.core.cases import as_frame
 from pipeline.core.config import StrictModel, load_config
 from pipeline.core.knowledge import KnowledgeBase, load_knowledge_base
 from pipeline.core.oracle import oracle_log_joint
-from pipeline.core.parsing import ParsedCases, parse_cases
+from pipeline.core.parsing import ParsedCases, ignored_columns_message, parse_cases
 from pipeline.core.paths import config_path
 from pipeline.core.rowwise import logsumexp_rows, softmax_rows
-from pipeline.core.schema import CONDITION_LABELS, CONDITIONS, FIELD_NAMES, FIELDS, field
+from pipeline.core.schema import CONDITION_LABELS, CONDITIONS, FIELD_NAMES, FIELDS, field, normalise_header
 from pipeline.serve.loading import LoadedModel
 from pipeline.serve.predict import get_model
 
@@ -107,11 +108,16 @@ def resolve_kb(model: LoadedModel | None, kb: KnowledgeBase | None = None) -> Kn
 
 
 def one_case(case: Any) -> ParsedCases:
-    """Parse exactly one case (anything :func:`pipeline.core.cases.as_frame` takes)."""
+    """Parse exactly one case (anything :func:`pipeline.core.cases.as_frame` takes); keys that
+    are not case fields are ignored with one warning, as :func:`pipeline.predict` warns (a
+    misspelt answer would otherwise be left out unnoticed)."""
     frame = as_frame(case)
     if len(frame) != 1:
         raise ValueError(f"expected exactly one case, got {len(frame)} rows.")
-    return parse_cases(frame)
+    parsed = parse_cases(frame)
+    if parsed.ignored_columns:  # at the caller of explain() or next_questions()
+        warnings.warn(ignored_columns_message(parsed.ignored_columns), UserWarning, stacklevel=3)
+    return parsed
 
 
 def answer_text(name: str, code: int) -> str:
@@ -254,8 +260,9 @@ def next_questions(case: Any, model: str | Path | LoadedModel | None = None, k: 
         Whose posterior the gain is measured on: the model's, or the knowledge base's exact one.
     kb : KnowledgeBase, optional
         Default: the model's snapshot (``model.kb``), else the project's knowledge base.
-    exclude : iterable of str
-        Fields not to ask (e.g. asked already and answered "don't know").
+    exclude : str or iterable of str
+        Fields not to ask (e.g. asked already and answered "don't know"), named as columns are
+        (case and surrounding spaces ignored).
 
     Returns
     -------
@@ -270,7 +277,8 @@ def next_questions(case: Any, model: str | Path | LoadedModel | None = None, k: 
     """
     if k is not None and (not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1):
         raise ValueError(f"k == {k!r}, must be a positive integer or None.")
-    exclude = list(exclude)
+    # one name is one field (not its letters); names are matched as columns are
+    exclude = [normalise_header(f) for f in ([exclude] if isinstance(exclude, str) else exclude)]
     unknown = [f for f in exclude if f not in FIELD_NAMES]
     if unknown:
         raise ValueError(f"exclude names unknown field(s) {unknown}; known: {', '.join(FIELD_NAMES)}")
