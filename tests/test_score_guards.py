@@ -39,7 +39,8 @@ def _one_line_error(capsys) -> str:
     return err
 
 
-@pytest.mark.parametrize("how", ["same path", "relative path", "symlink", "rejects file"])
+@pytest.mark.parametrize("how", ["same path", "relative path", "symlink", "rejects file", "texts lookup",
+                                 "texts lookup, full texts"])
 def test_output_that_is_an_input_is_refused_and_the_input_kept(trained, tmp_path, capsys, monkeypatch, how):
     models, _ = trained
     src = _write(tmp_path / "in.csv", [HEADER, *GOOD])
@@ -47,12 +48,14 @@ def test_output_that_is_an_input_is_refused_and_the_input_kept(trained, tmp_path
     monkeypatch.chdir(tmp_path)
     (tmp_path / "sub").mkdir()
     out = {"same path": src, "relative path": Path("sub/../in.csv"), "symlink": tmp_path / "link.csv",
-           "rejects file": tmp_path / "x.csv"}[how]
+           "rejects file": tmp_path / "x.csv"}.get(how, tmp_path / "x.csv")
     if how == "symlink":
         out.symlink_to(src)
     if how == "rejects file":  # the output's rejects file, x.csv.rejects.csv, is a link to the input
         (tmp_path / "x.csv.rejects.csv").symlink_to(src)
-    assert _score(src, out, models) == 2
+    if how.startswith("texts lookup"):  # written with codes; with full texts an earlier run's is removed
+        (tmp_path / "x.csv.texts.csv").symlink_to(src)
+    assert _score(src, out, models, *(["--texts", "full"] if how.endswith("full texts") else [])) == 2
     assert "is the input file" in _one_line_error(capsys)
     assert src.read_bytes() == before
 
@@ -68,6 +71,22 @@ def test_second_job_on_the_same_output_fails_at_once(trained, tmp_path, capsys):
         assert "another kneepain job is writing this output" in _one_line_error(capsys)
         assert not out.exists()
     assert _score(src, out, models) == 0  # released: the next job runs
+    # two outputs that share one rejects file: the second job is refused, not the first one's rows lost
+    with FileLock(tmp_path / ".shared.csv.lock", timeout=0):
+        assert _score(src, tmp_path / "other.csv", models, "--rejects", str(tmp_path / "shared.csv")) == 2
+        assert "shared.csv: another kneepain job is writing this output" in _one_line_error(capsys)
+        assert not (tmp_path / "other.csv").exists()
+
+
+def test_a_small_file_that_cannot_be_written_leaves_no_temporary(tmp_path):
+    """The texts lookup, reports and priors are written whole or not at all (here a folder is in the way)."""
+    from pipeline.core.files import write_text_atomic
+
+    (tmp_path / "out.csv.texts.csv").mkdir()
+    (tmp_path / "out.csv.texts.csv" / "x").write_text("kept")
+    with pytest.raises(OSError):
+        write_text_atomic(tmp_path / "out.csv.texts.csv", "column,code,text\n")
+    assert leftover_temporaries(tmp_path) == [] and (tmp_path / "out.csv.texts.csv" / "x").read_text() == "kept"
 
 
 def test_stale_temp_files_of_dead_jobs_are_reclaimed(trained, tmp_path):

@@ -194,6 +194,16 @@ def test_standard_input_is_named_as_given_in_errors(trained, tmp_path):
         with pytest.raises(BatchInputError, match=message) as err:
             score_files(["-"], tmp_path / "o.csv", load_model(models), stdin=io.BytesIO(data))
         assert "kneepain-stdin" not in str(err.value)
+    # a malformed record's reason names standard input too; a file of the spool's name is itself
+    out = io.BytesIO()
+    score_files(["-"], "-", load_model(models), stdin=io.BytesIO(b"case_id,age,sex\na1,40,male,extra\n"), stdout=out,
+                rejects=tmp_path / "r.csv")
+    reason = _read(tmp_path / "r.csv")["reject_reason"].iloc[0]
+    assert "of <stdin> (the header is record 1)" in reason and "kneepain-stdin" not in reason
+    named = tmp_path / "kneepain-stdin.csv"
+    named.write_text("case_id,age,sex\na1,400,male\n")
+    score_files([named], tmp_path / "o.csv", load_model(models))
+    assert _read(tmp_path / "o.csv.rejects.csv")["reject_file"].tolist() == [str(named)]
 
 
 @pytest.mark.slow

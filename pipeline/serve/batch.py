@@ -121,10 +121,12 @@ def score_files(inputs: list[str | Path], output: str | Path, model: LoadedModel
         outputs.append(("texts lookup", texts_path))
     refuse_shared_outputs(outputs)
     with _stdin_spooled(inputs, stdin) as paths:
-        refuse_same_file(paths, [path for _, path in outputs])
+        # the lookup too when texts are written in full: an earlier run's is removed
+        refuse_same_file(paths, [path for _, path in outputs] + [lookup])
         columns = complete_columns(paths)  # every input readable and complete before anything is written
-        with output_lock(output), stop_on_signals():
-            for target in (output, rejects_path):
+        # the rejects file is locked too: two jobs may share it (--rejects) while their outputs differ
+        with output_lock(output), output_lock(rejects_path), stop_on_signals():
+            for target in (output, rejects_path, lookup):
                 reclaim_stale_temps(target)
             summary = _score_locked(paths, columns, output, rejects_path, model, chunk_rows=chunk_rows,
                                     progress=progress, warn=warn, options=options, jobs=jobs)
@@ -139,6 +141,12 @@ STREAM_REJECTS = "score.rejects.csv"
 STREAM_TEXTS = "score.texts.csv"  # with an output -, the codes' lookup, beside the rejects file
 STDIN_LABEL = "<stdin>"  # standard input's name in rejects and messages
 _SPOOLED = "kneepain-stdin.csv"
+_SPOOL_PREFIX = "kneepain-stdin-"
+
+
+def _is_spooled(path: Path) -> bool:
+    """Whether ``path`` is :func:`_stdin_spooled`'s copy of standard input (not a file of that name)."""
+    return path.name == _SPOOLED and path.parent.name.startswith(_SPOOL_PREFIX)
 
 
 def _write_text_lookup(model: LoadedModel, path: Path) -> None:
@@ -187,7 +195,7 @@ def _stdin_spooled(inputs: list[str | Path], stdin: BinaryIO | None) -> Iterator
     if not any(str(p) == "-" for p in inputs):
         yield [Path(p) for p in inputs]
         return
-    with tempfile.TemporaryDirectory(prefix="kneepain-stdin-") as folder:
+    with tempfile.TemporaryDirectory(prefix=_SPOOL_PREFIX) as folder:
         spooled = Path(folder) / _SPOOLED
         with open(spooled, "wb") as fh, stop_at_once_on_signals():  # a stop signal removes the copy
             shutil.copyfileobj(stdin or sys.stdin.buffer, fh, 1 << 20)
@@ -213,7 +221,7 @@ def _shaper(options: OutputOptions, csv: bool) -> Callable[[pa.Table], pa.Table]
 def _score_locked(paths: list[Path], columns: list[list[str]], output: Path | None, rejects_path: Path,
                   model: LoadedModel, *, chunk_rows: int, progress: bool, warn: Callable[[str], None] | None,
                   options: OutputOptions, jobs: int, stream: BinaryIO | None = None) -> ScoreSummary:
-    labels = [STDIN_LABEL if p.name == _SPOOLED else str(p) for p in paths]  # a file's name in messages and rows
+    labels = [STDIN_LABEL if _is_spooled(p) else str(p) for p in paths]  # a file's name in messages and rows
     summary, start = ScoreSummary(files=labels), time.perf_counter()
     has_ids = any(ID_COLUMN in {normalise_header(c) for c in cols} for cols in columns)
     full = output_schema(ID_COLUMN if has_ids else "row", len(paths) > 1, model.decision is not None,
@@ -261,7 +269,7 @@ def _score_locked(paths: list[Path], columns: list[list[str]], output: Path | No
         for path, label, keep in zip(paths, labels, keep_by_file):
             job = FileJob(label, schema, rschema, options.top_k, keep, codes, shape, csv_out)
             offset = 0
-            with prefetch(iter_chunks(path, chunk_rows)) as chunks:
+            with prefetch(iter_chunks(path, chunk_rows, name=label)) as chunks:
                 for frame, malformed in chunks:
                     check_stop()  # a stop signal acts here and after each chunk is scored (pipeline.serve.guard)
                     ids = chunk_ids(frame, malformed) if seen is not None else None
