@@ -298,7 +298,8 @@ def _score_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--report", default=None, metavar="FILE.html",
                    help="also write a one-page summary of the batch: rows scored and rejected, triage mix, estimated "
                         "case mix, atypical rate, drift per field (pandas engine; its numbers in FILE.json; reads the "
-                        "inputs twice, so not with - or --columns/--keep-input-columns)")
+                        "inputs twice, so not with - or --columns/--keep-input-columns; the case mix needs --float-digits 6 or "
+                        "more)")
     p.add_argument("--adapt-priors", action="store_true",
                    help="estimate the batch's case mix without labels (EM, Saerens et al. 2002), re-weight the "
                         "probabilities to it and save it in OUTPUT.priors.json (pandas engine; reads the inputs twice)")
@@ -344,7 +345,8 @@ def _score_pandas(args: argparse.Namespace, warn: Callable[[str], None], options
     if args.report:
         from pipeline.report.batch_report import write_batch_report
 
-        write_batch_report(args.inputs, args.output, plain, args.report, estimate=estimate, chunk_rows=args.chunk_rows)
+        write_batch_report(args.inputs, args.output, plain, args.report, estimate=estimate, chunk_rows=args.chunk_rows,
+                           rejects=args.rejects)
         if not args.quiet:
             print(f"Batch report: {args.report} (numbers in {Path(args.report).with_suffix('.json')})", file=sys.stderr)
     return summary
@@ -352,7 +354,7 @@ def _score_pandas(args: argparse.Namespace, warn: Callable[[str], None], options
 
 def _score(args: argparse.Namespace) -> int:
     from pipeline.core.schema import top_k_problem
-    from pipeline.serve.shaping import MAX_FLOAT_DIGITS, float_digits_allowed
+    from pipeline.serve.shaping import FLOAT_DIGITS, MAX_FLOAT_DIGITS, float_digits_allowed
 
     if args.chunk_rows < 1:
         raise UsageError(f"--chunk-rows == {args.chunk_rows}, must be >= 1.")
@@ -380,6 +382,20 @@ def _score(args: argparse.Namespace) -> int:
         raise UsageError("--adapt-priors and --report read the files twice: give files, not - (standard input or output).")
     if args.report and (args.columns is not None or args.keep_input_columns):
         raise UsageError("--report summarises the full output: leave out --columns and --keep-input-columns.")
+    if args.report and args.float_digits is not None and args.float_digits < FLOAT_DIGITS:
+        raise UsageError(f"--report estimates the case mix from the output's probabilities: give --float-digits "
+                         f"{FLOAT_DIGITS} or more (or leave it out).")
+    if args.engine != "dask" and args.output != "-":  # the files a job writes besides the output
+        from pipeline.serve.guard import refuse_shared_outputs
+
+        output = Path(args.output)
+        extra = [("rejects file", Path(args.rejects or f"{output}.rejects.csv")),
+                 ("texts lookup", output.with_name(output.name + ".texts.csv"))]
+        if args.report:
+            extra += [("report", Path(args.report)), ("report's numbers", Path(args.report).with_suffix(".json"))]
+        if args.adapt_priors:
+            extra.append(("case mix", Path(f"{output}.priors.json")))
+        refuse_shared_outputs([("output", output), *extra])
     warn = lambda m: print(f"kneepain score: warning: {m}", file=sys.stderr)
     options = _score_options(args)
     shaped = (args.columns, args.keep_input_columns, args.top_k != 3, args.float_digits, args.texts, args.rejects)

@@ -6,9 +6,11 @@ import shutil
 import subprocess
 from html.parser import HTMLParser
 
+import pandas as pd
 import pytest
 
 from pipeline.cli import main
+from pipeline.core.schema import CONDITIONS
 from pipeline.data.datasets import read_split
 
 BROWSERS = ("chromium-headless-shell", "chromium", "chromium-browser", "google-chrome")
@@ -58,6 +60,27 @@ def test_report_numbers_cover_rows_triage_mix_atypical_and_drift(report):
     assert drift["age"]["psi"] > 0.1 and drift["sex"]["psi"] < drift["age"]["psi"]
     optional = [d for d in s["drift"] if d["unknown_training"] > 0.02]
     assert sum(d["unknown_batch"] > d["unknown_training"] for d in optional) > 0.7 * len(optional)
+
+
+def test_report_reads_the_rejects_where_they_went_and_shares_no_file(trained, report, tmp_path, capsys):
+    models, _ = trained
+    src = report / "clinic.csv"
+    base = ["score", str(src), "--model", str(models), "--quiet"]
+    # a stale rejects file beside the output is not this run's: the report counts --rejects
+    (tmp_path / "o.csv.rejects.csv").write_text("stale\n")
+    assert main([*base, "-o", str(tmp_path / "o.csv"), "--rejects", str(tmp_path / "r.csv"),
+                 "--report", str(tmp_path / "o.html")]) == 1
+    s = json.loads((tmp_path / "o.json").read_text())
+    assert (s["rows_scored"], s["rows_rejected"]) == (497, 3)
+    scored = pd.read_csv(tmp_path / "o.csv")
+    assert s["predicted"] == {c: (scored["prediction"] == c).mean() for c in CONDITIONS}
+    for extra in (["--rejects", str(tmp_path / "x.json"), "--report", str(tmp_path / "x.html")],  # the numbers' file
+                  ["--rejects", str(tmp_path / "y.html"), "--report", str(tmp_path / "y.html")]):
+        assert main([*base, "-o", str(tmp_path / "x.csv"), *extra]) == 2
+        assert "would be the same file" in capsys.readouterr().err
+        assert not (tmp_path / "x.csv").exists()
+    assert main([*base, "-o", str(tmp_path / "z.csv"), "--float-digits", "2", "--report", str(tmp_path / "z.html")]) == 2
+    assert "--float-digits 6 or more" in capsys.readouterr().err
 
 
 def test_report_page_is_self_contained_html_with_every_section(report):

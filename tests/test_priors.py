@@ -81,3 +81,10 @@ def test_score_adapt_priors_writes_the_mix_and_reweighted_rows(trained, small_da
     p_cols = [c for c in plain.columns if c.startswith("p_")]
     np.testing.assert_allclose(adapted[p_cols].sum(axis=1), 1.0, atol=1e-5)  # CSV probabilities have 6 decimals
     assert not np.allclose(adapted[p_cols], plain[p_cols]) and list(adapted.columns) == list(plain.columns)
+    # a batch without a valid row has no mix to estimate: one line saying so, nothing written
+    (tmp_path / "none.csv").write_text("age,sex\n")
+    assert main(["score", str(tmp_path / "none.csv"), "-o", str(tmp_path / "none-out.csv"), "--model", str(models),
+                 "--adapt-priors"]) == 2
+    err = capsys.readouterr().err
+    assert "no valid row to estimate the case mix from" in err and "unexpected" not in err
+    assert not (tmp_path / "none-out.csv").exists()

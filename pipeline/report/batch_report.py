@@ -93,27 +93,29 @@ def _read_columns(path: Path, columns: list[str]) -> pd.DataFrame:
 
 
 def summarise_batch(inputs: list[str | Path], output: str | Path, model: LoadedModel, *,
-                    estimate: PriorEstimate | None = None, chunk_rows: int = CHUNK_ROWS) -> dict[str, Any]:
-    """Everything the page shows, JSON-ready, from the inputs, the scored output and its rejects file.
+                    estimate: PriorEstimate | None = None, chunk_rows: int = CHUNK_ROWS,
+                    rejects: str | Path | None = None) -> dict[str, Any]:
+    """Everything the page shows, JSON-ready, from the inputs, the scored output and its rejects file
+    (``rejects``, default ``<output>.rejects.csv``).
 
     ``estimate``: the case mix found by ``--adapt-priors``; without it, the mix is estimated from
-    the output's probabilities.
+    the output's probabilities. The predicted mix counts the output's ``prediction`` column, which
+    was chosen on the full numbers.
     """
     output = Path(output)
-    scored = _read_columns(output, [f"p_{c}" for c in CONDITIONS] + ["triage", "atypical"])
-    rejects_path = output.with_name(output.name + ".rejects.csv")
-    rejects = (pd.read_csv(rejects_path, dtype=str, keep_default_na=False, usecols=REJECT_META)
-               if rejects_path.exists() else pd.DataFrame(columns=REJECT_META))
-    reasons = _reject_reasons(rejects["reject_reason"])
+    scored = _read_columns(output, [f"p_{c}" for c in CONDITIONS] + ["prediction", "triage", "atypical"])
+    rejects_path = Path(rejects) if rejects is not None else output.with_name(output.name + ".rejects.csv")
+    rejected = (pd.read_csv(rejects_path, dtype=str, keep_default_na=False, usecols=REJECT_META)
+                if rejects_path.exists() else pd.DataFrame(columns=REJECT_META))
+    reasons = _reject_reasons(rejected["reject_reason"])
     proba = scored[[f"p_{c}" for c in CONDITIONS]].to_numpy(dtype=np.float64)
     if estimate is None and len(proba):
         estimate = estimate_prior(proba, training_prior(model))
     summary: dict[str, Any] = {
         "inputs": [str(p) for p in inputs], "output": str(output), "rows_scored": len(scored),
-        "rows_rejected": int(rejects[["reject_file", "reject_row"]].drop_duplicates().shape[0]),
+        "rows_rejected": int(rejected[["reject_file", "reject_row"]].drop_duplicates().shape[0]),
         "top_reject_reasons": {str(k): int(v) for k, v in reasons.head(8).items()},
-        "predicted": {c: float(v) for c, v in zip(CONDITIONS, np.bincount(proba.argmax(axis=1), minlength=len(CONDITIONS))
-                                                   / max(len(proba), 1))},
+        "predicted": {c: float((scored["prediction"] == c).sum() / max(len(scored), 1)) for c in CONDITIONS},
         "case_mix": prior_report(estimate) if estimate is not None else None,
     }
     if "triage" in scored:
@@ -245,12 +247,13 @@ def render_html(summary: dict[str, Any]) -> str:
 
 
 def write_batch_report(inputs: list[str | Path], output: str | Path, model: LoadedModel, path: str | Path, *,
-                       estimate: PriorEstimate | None = None, chunk_rows: int = CHUNK_ROWS) -> dict[str, Any]:
+                       estimate: PriorEstimate | None = None, chunk_rows: int = CHUNK_ROWS,
+                       rejects: str | Path | None = None) -> dict[str, Any]:
     """Write the HTML page to ``path`` and its numbers to ``path`` with ``.json``; return the numbers."""
     path = Path(path)
     if path.suffix.lower() not in (".html", ".htm"):
         raise ValueError(f"{path}: the batch report is an .html file.")
-    summary = summarise_batch(inputs, output, model, estimate=estimate, chunk_rows=chunk_rows)
+    summary = summarise_batch(inputs, output, model, estimate=estimate, chunk_rows=chunk_rows, rejects=rejects)
     write_text_atomic(path, render_html(summary))
     write_json_atomic(path.with_suffix(".json"), summary)
     return summary

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.core.casefiles import iter_chunks
+from pipeline.core.errors import BatchInputError
 from pipeline.core.schema import CONDITION_LABELS, CONDITIONS
 from pipeline.decision.priors import PriorEstimate, adjust_posteriors, estimate_prior
 from pipeline.serve import CHUNK_ROWS
@@ -76,7 +77,8 @@ def estimate_batch_prior(inputs: list[str | Path], model: LoadedModel, *, chunk_
     """The case mix of the valid rows of ``inputs`` (EM of Saerens et al. 2002, with 95% intervals)."""
     proba = batch_posteriors(inputs, model, chunk_rows=chunk_rows)
     if len(proba) == 0:
-        raise ValueError(f"{', '.join(map(str, inputs))}: no valid row to estimate the case mix from.")
+        raise BatchInputError(f"{', '.join(map(str, inputs))}: no valid row to estimate the case mix from "
+                              "(--adapt-priors needs some).")
     return estimate_prior(proba, training_prior(model))
 
 

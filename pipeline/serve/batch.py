@@ -116,13 +116,11 @@ def score_files(inputs: list[str | Path], output: str | Path, model: LoadedModel
     rejects_path = Path(rejects) if rejects is not None else output.with_name(output.name + ".rejects.csv")
     lookup = output.with_name(output.name + ".texts.csv")
     texts_path = lookup if _as_codes(model, options) else None
-    outputs = [("output", output), ("rejects file", rejects_path)]
-    if texts_path is not None:
-        outputs.append(("texts lookup", texts_path))
+    # the lookup is written, or an earlier run's removed: either way it is no other output's file
+    outputs = [("output", output), ("rejects file", rejects_path), ("texts lookup", lookup)]
     refuse_shared_outputs(outputs)
     with _stdin_spooled(inputs, stdin) as paths:
-        # the lookup too when texts are written in full: an earlier run's is removed
-        refuse_same_file(paths, [path for _, path in outputs] + [lookup])
+        refuse_same_file(paths, [path for _, path in outputs])
         columns = complete_columns(paths)  # every input readable and complete before anything is written
         # the rejects file is locked too: two jobs may share it (--rejects) while their outputs differ
         with output_lock(output), output_lock(rejects_path), stop_on_signals():
