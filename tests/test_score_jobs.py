@@ -85,7 +85,42 @@ def test_a_dead_scoring_process_stops_the_run_and_leaves_nothing(trained, messy_
     out = tmp_path / "out.csv"
     with pytest.raises(BatchInputError, match="scoring process stopped"):
         score_files([messy_csv], out, load_model(models), chunk_rows=100, jobs=2, options=OutputOptions())
-    assert [p.name for p in tmp_path.iterdir() if p.name != ".out.csv.lock"] == []  # the lock stays, unheld
+    # the locks of the output and its rejects file stay, unheld
+    assert [p.name for p in tmp_path.iterdir() if p.name not in (".out.csv.lock", ".out.csv.rejects.csv.lock")] == []
+
+
+def test_the_processes_start_up_message_stays_small(trained):
+    """A process is started with a message through a pipe; one larger than the pipe's buffer (64 KB)
+    hangs the job for ever if the process dies first (a Ctrl-C to the whole process group)."""
+    import pickle
+
+    models, _ = trained
+    scorer = chunks.ChunkScorer(load_model(models), jobs=2)
+    try:
+        assert len(pickle.dumps(scorer._pool._initargs)) < 4096
+    finally:
+        scorer.shutdown()
+    assert not Path(scorer._handover.name).exists()  # the model's file is removed with the processes
+
+
+def test_a_scoring_process_unpickles_only_the_bytes_its_parent_wrote(tmp_path):
+    """The model reaches the processes through a private file and its digest (the start-up pipe
+    would hold it): a file changed in between is refused, never unpickled."""
+    import hashlib
+    import pickle
+
+    from pipeline.core.errors import ModelIntegrityError
+
+    data = pickle.dumps({"model": 1})
+    path = tmp_path / "model.pickle"
+    path.write_bytes(pickle.dumps({"model": 2}))
+    with pytest.raises(ModelIntegrityError, match="has changed; not loaded"):
+        chunks._start_worker(str(path), hashlib.sha256(data).hexdigest())
+    path.write_bytes(data)
+    chunks._start_worker(str(path), hashlib.sha256(data).hexdigest())
+    assert chunks._WORKER_MODEL == {"model": 1}
+    chunks._WORKER_MODEL = None
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as the worker start left it
 
 
 def test_jobs_must_be_positive(trained, messy_csv, tmp_path):

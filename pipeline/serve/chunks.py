@@ -10,19 +10,22 @@ that each hold the model), so the process that reads and writes only appends the
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import pickle
 import signal
+import tempfile
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from pipeline.core.casefiles import parse_read
-from pipeline.core.errors import BatchInputError, CaseValidationError
+from pipeline.core.errors import BatchInputError, CaseValidationError, ModelIntegrityError
 from pipeline.core.parsing import DUPLICATE_ID, ParsedCases, normalise_ids
 from pipeline.core.schema import ID_COLUMN, normalise_header
 from pipeline.serve.loading import LoadedModel
@@ -207,12 +210,19 @@ def _score_one(model: LoadedModel, job: FileJob, frame: pd.DataFrame, malformed:
 _WORKER_MODEL: LoadedModel | None = None
 
 
-def _start_worker(model: bytes) -> None:
-    """A scoring process: the parent's model (pickled by this process's parent, never read from a
-    file), and Ctrl-C left to the parent, which stops the pool."""
+def _start_worker(path: str, digest: str) -> None:
+    """A scoring process: the parent's model, and Ctrl-C left to the parent, which stops the pool.
+
+    The parent pickles the model it verified into a file of its own private folder and sends its
+    path and SHA-256: the bytes are unpickled only if they are the parent's. (Sent through the
+    start-up pipe, the ~100 KB model overflowed the pipe's buffer, and CPython's spawn blocks for
+    ever writing to a child that died first, as on a Ctrl-C to the whole process group.)"""
     global _WORKER_MODEL
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _WORKER_MODEL = pickle.loads(model)  # bytes from the parent process, which verified the model; never a file
+    data = Path(path).read_bytes()
+    if hashlib.sha256(data).hexdigest() != digest:
+        raise ModelIntegrityError(f"{path}: the model this job handed its scoring processes has changed; not loaded.")
+    _WORKER_MODEL = pickle.loads(data)  # the parent's own bytes, checked above
 
 
 def _in_worker(*args) -> Done:
@@ -250,13 +260,22 @@ class ChunkScorer:
             import multiprocessing
 
             self.width = jobs
+            self._handover = tempfile.TemporaryDirectory(prefix="kneepain-model-")  # private (0700)
+            path = Path(self._handover.name) / "model.pickle"
+            data = pickle.dumps(model)
+            path.write_bytes(data)
             # spawned, not forked: this process already runs threads (the reader, the writer)
             self._pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_start_worker, initargs=(pickle.dumps(model),))
+                                             initializer=_start_worker,
+                                             initargs=(str(path), hashlib.sha256(data).hexdigest()))
             self._run = _in_worker
 
     def submit(self, *args) -> Future:
         return self._pool.submit(self._run, *args)
 
     def shutdown(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        try:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        finally:
+            if hasattr(self, "_handover"):
+                self._handover.cleanup()
