@@ -302,7 +302,8 @@ def _score_parser(sub: argparse._SubParsersAction) -> None:
                         "more)")
     p.add_argument("--adapt-priors", action="store_true",
                    help="estimate the batch's case mix without labels (EM, Saerens et al. 2002), re-weight the "
-                        "probabilities to it and save it in OUTPUT.priors.json (pandas engine; reads the inputs twice)")
+                        "probabilities to it and save it in OUTPUT.priors.json (pandas engine; reads the inputs twice; at "
+                        "least 500 valid rows)")
 
 
 def _score_options(args: argparse.Namespace):
@@ -327,9 +328,11 @@ def _score_pandas(args: argparse.Namespace, warn: Callable[[str], None], options
     model = plain = get_model(args.model, trust_pickle=args.trust_pickle)
     estimate = None
     if args.adapt_priors:
-        from pipeline.serve.adapt import PriorShiftedModel, estimate_batch_prior
+        from pipeline.serve.adapt import PriorShiftedModel, collapsed_conditions, estimate_batch_prior
 
         estimate = estimate_batch_prior(args.inputs, model, chunk_rows=args.chunk_rows)
+        for message in collapsed_conditions(estimate):
+            warn(message)
         model = PriorShiftedModel.from_model(model, estimate)
     jobs = args.jobs or available_cores()
     summary = score_files(args.inputs, args.output, model, chunk_rows=args.chunk_rows, options=options,

@@ -11,6 +11,7 @@ from pipeline import generate_cases, oracle_posterior
 from pipeline.cli import main
 from pipeline.core.metrics import log_loss
 from pipeline.core.parsing import parse_cases
+from pipeline.core.schema import CONDITIONS
 from pipeline.data.datasets import labels, read_split
 from pipeline.decision.priors import adjust_posteriors, estimate_prior
 
@@ -81,10 +82,25 @@ def test_score_adapt_priors_writes_the_mix_and_reweighted_rows(trained, small_da
     p_cols = [c for c in plain.columns if c.startswith("p_")]
     np.testing.assert_allclose(adapted[p_cols].sum(axis=1), 1.0, atol=1e-5)  # CSV probabilities have 6 decimals
     assert not np.allclose(adapted[p_cols], plain[p_cols]) and list(adapted.columns) == list(plain.columns)
-    # a batch without a valid row has no mix to estimate: one line saying so, nothing written
+    # a batch too small to estimate a mix from (none at all, or 499 valid rows): one line saying so, nothing written
     (tmp_path / "none.csv").write_text("age,sex\n")
-    assert main(["score", str(tmp_path / "none.csv"), "-o", str(tmp_path / "none-out.csv"), "--model", str(models),
-                 "--adapt-priors"]) == 2
-    err = capsys.readouterr().err
-    assert "no valid row to estimate the case mix from" in err and "unexpected" not in err
-    assert not (tmp_path / "none-out.csv").exists()
+    cases.head(499).to_csv(tmp_path / "few.csv", index=False)
+    for name, rows in (("none", 0), ("few", 499)):
+        assert main(["score", str(tmp_path / f"{name}.csv"), "-o", str(tmp_path / f"{name}-out.csv"), "--model",
+                     str(models), "--adapt-priors"]) == 2
+        err = capsys.readouterr().err
+        assert f"{rows} valid rows; --adapt-priors needs at least 500" in err and "unexpected" not in err
+        assert not (tmp_path / f"{name}-out.csv").exists()
+
+
+def test_a_share_that_collapses_is_warned_about(kb):
+    from pipeline.serve.adapt import collapsed_conditions
+
+    training = np.asarray(kb.prior, dtype=np.float64)
+    proba = np.tile(training, (600, 1))
+    k = list(CONDITIONS).index("dvt")
+    proba[:, k] = 1e-9  # no case looks like DVT at all
+    proba /= proba.sum(axis=1, keepdims=True)
+    warnings = collapsed_conditions(estimate_prior(proba, training))
+    assert len(warnings) == 1 and warnings[0].startswith("deep vein thrombosis: estimated share")
+    assert collapsed_conditions(estimate_prior(np.tile(training, (600, 1)), training)) == []

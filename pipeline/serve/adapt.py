@@ -72,14 +72,34 @@ def batch_posteriors(inputs: list[str | Path], model: LoadedModel, *, chunk_rows
     return np.concatenate(parts) if parts else np.empty((0, len(CONDITIONS)))
 
 
+# Fewer valid rows than this are refused: a condition absent from a small batch by chance gets a
+# share near zero, and its probability is scaled down in every row (10 rows: DVT's share 6e-24).
+# A design choice, not a study's figure: at 500 rows a condition with a 2% share is absent by
+# chance with probability 0.98**500 = 4e-5.
+MIN_ADAPT_ROWS = 500
+COLLAPSED = 0.1  # an estimated share below this fraction of the training share is warned about
+
+
 def estimate_batch_prior(inputs: list[str | Path], model: LoadedModel, *, chunk_rows: int = CHUNK_ROWS
                          ) -> PriorEstimate:
-    """The case mix of the valid rows of ``inputs`` (EM of Saerens et al. 2002, with 95% intervals)."""
+    """The case mix of the valid rows of ``inputs`` (EM of Saerens et al. 2002, with 95% intervals);
+    :class:`BatchInputError` for fewer than :data:`MIN_ADAPT_ROWS` valid rows."""
     proba = batch_posteriors(inputs, model, chunk_rows=chunk_rows)
-    if len(proba) == 0:
-        raise BatchInputError(f"{', '.join(map(str, inputs))}: no valid row to estimate the case mix from "
-                              "(--adapt-priors needs some).")
+    if len(proba) < MIN_ADAPT_ROWS:
+        raise BatchInputError(f"{', '.join(map(str, inputs))}: {len(proba)} valid rows; --adapt-priors needs at least "
+                              f"{MIN_ADAPT_ROWS} to estimate a case mix (in a small batch a condition absent by "
+                              "chance would get a share near zero, and its probability with it in every row).")
     return estimate_prior(proba, training_prior(model))
+
+
+def collapsed_conditions(estimate: PriorEstimate) -> list[str]:
+    """One warning per condition whose estimated share is below :data:`COLLAPSED` of its training
+    share: its probability is scaled down as much in every row, so a case of it may be missed."""
+    ratio = estimate.training_prior / np.maximum(estimate.prior, 1e-300)
+    return [f"{CONDITION_LABELS[c]}: estimated share {estimate.prior[k]:.2g} against {estimate.training_prior[k]:.2g} "
+            f"in training, so its probability is divided by about {ratio[k]:.2g} in every row; check with labelled "
+            "cases before relying on it"
+            for k, c in enumerate(CONDITIONS) if estimate.prior[k] < COLLAPSED * estimate.training_prior[k]]
 
 
 def prior_report(estimate: PriorEstimate) -> dict[str, Any]:
