@@ -315,6 +315,13 @@ def test_formula_looking_text_is_neutralised_in_csv_outputs_only(trained, tmp_pa
     assert bad["case_id"].tolist() == ["'=bad"]
     assert _score(src, tmp_path / "out.parquet", models) == 1
     assert pd.read_parquet(tmp_path / "out.parquet")["case_id"].tolist() == ids
+    # so are input column names, in the rejects' header and the kept input columns'
+    named = _write(tmp_path / "named.csv", [HEADER + ',"=HYPERLINK(""http://x"")",@cmd,-3', "a1,30,male,no,3,x,y,z",
+                                            "a2,300,male,no,3,x,y,z"])
+    assert _score(named, tmp_path / "named-out.csv", models, "--keep-input-columns") == 1
+    for path in (tmp_path / "named-out.csv", tmp_path / "named-out.csv.rejects.csv"):
+        header = pd.read_csv(path, dtype=str, nrows=0).columns.tolist()
+        assert header[-3:] == ["'=HYPERLINK(\"http://x\")", "'@cmd", "-3"], path.name
 
 
 @pytest.mark.parametrize("case", ["disk full", "output is a folder", "corrupt parquet"])

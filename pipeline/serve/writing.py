@@ -140,6 +140,9 @@ def encode_csv(table: pa.Table, shape: Callable[[pa.Table], pa.Table] | None = N
     what :class:`Writer` appends to a CSV output, made wherever the chunk was scored."""
     if shape is not None:
         table = shape(table)
+    if header:  # input column names are the user's text too (rejects, --keep-input-columns)
+        names = pa.array(table.column_names, pa.string())
+        table = table.rename_columns(csv_safe(pa.table({"name": names})).column(0).to_pylist())
     sink = pa.BufferOutputStream()
     pacsv.write_csv(csv_safe(table), sink, pacsv.WriteOptions(include_header=header))
     return sink.getvalue()
