@@ -324,7 +324,7 @@ def test_formula_looking_text_is_neutralised_in_csv_outputs_only(trained, tmp_pa
         assert header[-3:] == ["'=HYPERLINK(\"http://x\")", "'@cmd", "-3"], path.name
 
 
-@pytest.mark.parametrize("case", ["disk full", "output is a folder", "corrupt parquet"])
+@pytest.mark.parametrize("case", ["disk full", "output is a folder", "rejects file is a folder", "corrupt parquet"])
 def test_environment_failures_are_one_line_and_exit_2(trained, tmp_path, capsys, monkeypatch, case):
     from pipeline.serve import writing
 
@@ -340,6 +340,9 @@ def test_environment_failures_are_one_line_and_exit_2(trained, tmp_path, capsys,
     elif case == "output is a folder":
         out.mkdir()
         expected = "is a folder"
+    elif case == "rejects file is a folder":  # refused before any row is read, and named
+        (tmp_path / "out.csv.rejects.csv").mkdir()
+        expected = "out.csv.rejects.csv: is a folder; give the path of the rejects file"
     else:
         src = tmp_path / "in.parquet"
         src.write_bytes(b"PAR1" + b"\0" * 100)

@@ -109,11 +109,9 @@ def score_files(inputs: list[str | Path], output: str | Path, model: LoadedModel
     output = Path(output)
     if output.suffix.lower() not in (".csv", ".parquet"):
         raise BatchInputError(f"{output}: unsupported output type {output.suffix!r}; expected .csv or .parquet.")
-    if output.is_dir():
-        raise BatchInputError(f"{output}: is a folder; give the path of an output file.")
-    if not output.parent.is_dir():
-        raise BatchInputError(f"{output.parent}: no such folder for the output.")
+    _check_target(output, "output")
     rejects_path = Path(rejects) if rejects is not None else output.with_name(output.name + ".rejects.csv")
+    _check_target(rejects_path, "rejects file")
     lookup = output.with_name(output.name + ".texts.csv")
     texts_path = lookup if _as_codes(model, options) else None
     # the lookup is written, or an earlier run's removed: either way it is no other output's file
@@ -153,9 +151,18 @@ def _write_text_lookup(model: LoadedModel, path: Path) -> None:
     write_text_atomic(path, text_lookup(model.decision.text_codes(model.kb)).to_csv(index=False))
 
 
+def _check_target(path: Path, what: str) -> None:
+    """Refuse, before any row is read, a file to write that is a folder or whose folder is missing."""
+    if path.is_dir():
+        raise BatchInputError(f"{path}: is a folder; give the path of the {what}.")
+    if not path.parent.is_dir():
+        raise BatchInputError(f"{path.parent}: no such folder for the {what}.")
+
+
 def _score_to_stream(inputs: list[str | Path], stream: BinaryIO, model: LoadedModel, *, rejects: Path,
                      chunk_rows: int, progress: bool, warn: Callable[[str], None] | None,
                      options: OutputOptions, stdin: BinaryIO | None, jobs: int) -> ScoreSummary:
+    _check_target(rejects, "rejects file")
     texts_path = rejects.with_name(STREAM_TEXTS) if _as_codes(model, options) else None
     outputs = [("rejects file", rejects)]
     if texts_path is not None:
