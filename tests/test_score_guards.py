@@ -257,6 +257,15 @@ def test_fixing_the_rejects_file_and_scoring_it_again_is_one_step(trained, tmp_p
     bad.to_csv(rejects, index=False)
     assert _score(rejects, tmp_path / "fixed.csv", models) == 0
     assert pd.read_csv(tmp_path / "fixed.csv", dtype=str)["case_id"].tolist() == ["a2", "a3"]
+    # inputs that spell a column differently (the scorer reads Age as age) share one column of rejects
+    other = _write(tmp_path / "other.csv", ["Case_ID,Age, SEX,Locking,symptom_duration_days", "b1,300,male,no,3"])
+    assert main(["score", str(src), str(other), "-o", str(tmp_path / "two.csv"), "--model", str(models),
+                 "--quiet"]) == 1
+    both = pd.read_csv(tmp_path / "two.csv.rejects.csv", dtype=str, keep_default_na=False)
+    assert list(both.columns) == list(bad.columns) and both["age"].tolist() == ["41", "130", "300"]
+    both.loc[0, "sex"], both.loc[1, "age"], both.loc[1, "locking"], both.loc[2, "age"] = "female", "13", "yes", "30"
+    both.to_csv(tmp_path / "two.csv.rejects.csv", index=False)
+    assert _score(tmp_path / "two.csv.rejects.csv", tmp_path / "fixed2.csv", models) == 0
 
 
 def test_a_field_longer_than_the_read_block_is_read_by_row(trained, tmp_path):

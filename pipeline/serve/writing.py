@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from pipeline.core.errors import BatchInputError
 from pipeline.core.files import tmp_path
-from pipeline.core.schema import ID_COLUMN
+from pipeline.core.schema import ID_COLUMN, normalise_header
 from pipeline.serve.predict import OUTPUT_TYPES, output_columns
 
 __all__ = ["REJECT_META", "Writer", "csv_safe", "encode_csv", "output_schema", "output_table", "reject_schema", "reject_table"]
@@ -65,8 +65,15 @@ def output_table(scored: pd.DataFrame, schema: pa.Schema, *, file: str | None = 
 def reject_schema(input_columns: list[list[str]]) -> pa.Schema:
     """The rejects file's schema: :data:`REJECT_META`, then every input column (first seen first) as text.
 
-    The ``reject_*`` columns of an input that is itself a rejects file are replaced, not repeated."""
-    names = list(dict.fromkeys(c for columns in input_columns for c in columns if c not in REJECT_META))
+    The ``reject_*`` columns of an input that is itself a rejects file are replaced, not repeated.
+    Names are matched as the scorer matches them (``Age`` in one input is ``age`` in another: one
+    column, spelt as first seen), so the rejects file can be scored again once its rows are mended;
+    an input cannot hold two such spellings (the scorer refuses a header that repeats one)."""
+    first: dict[str, str] = {}
+    for columns in input_columns:
+        for c in columns:
+            first.setdefault(normalise_header(c), c)
+    names = [c for key, c in first.items() if key not in REJECT_META]
     return pa.schema([pa.field("reject_file", pa.string()), pa.field("reject_row", pa.int64()),
                       pa.field("reject_reason", pa.string()), *(pa.field(c, pa.string()) for c in names)])
 
@@ -96,8 +103,10 @@ def reject_table(errors: pd.DataFrame, frame: pd.DataFrame, *, row_offset: int, 
     columns: dict[str, pa.Array] = {"reject_file": pa.array([file] * len(rows), pa.string()),
                                     "reject_row": pa.array(rows, pa.int64()),
                                     "reject_reason": pa.array(joined.to_numpy(dtype=object), pa.string())}
+    own = {normalise_header(c): c for c in original.columns}  # this input's spelling of each column
     for name in schema.names[len(REJECT_META):]:
-        columns[name] = _as_text(original[name]) if name in original.columns else pa.nulls(len(rows), pa.string())
+        spelt = own.get(normalise_header(name))
+        columns[name] = _as_text(original[spelt]) if spelt is not None else pa.nulls(len(rows), pa.string())
     return pa.table(columns, schema=schema)
 
 
