@@ -23,6 +23,10 @@ class UsageError(Exception):
     """A fatal problem the user can fix; printed as one line."""
 
 
+class StoppedAfterOutput(Exception):
+    """A stop signal once the output was complete (while the files that follow it were written)."""
+
+
 def _generate_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="generate the synthetic splits and print the oracle's scores",
                        description="Default: the splits of configs/generate.yaml into data/synthetic. With "
@@ -337,6 +341,19 @@ def _score_pandas(args: argparse.Namespace, warn: Callable[[str], None], options
     jobs = args.jobs or available_cores()
     summary = score_files(args.inputs, args.output, model, chunk_rows=args.chunk_rows, options=options,
                           rejects=args.rejects, jobs=jobs, progress=not args.quiet and sys.stderr.isatty(), warn=warn)
+    from pipeline.serve.guard import stop_at_once_on_signals
+
+    try:  # the output is complete: a stop now leaves out the files that follow it, each written whole or not at all
+        with stop_at_once_on_signals():
+            _after_scoring(args, plain, estimate)
+    except KeyboardInterrupt as err:
+        raise StoppedAfterOutput(f"{str(err) or 'interrupted'} after {args.output} was written in full; the files "
+                                 "written after it (the case mix, the batch report) may be missing") from None
+    return summary
+
+
+def _after_scoring(args: argparse.Namespace, plain, estimate) -> None:
+    """The files written after the output: the case mix (--adapt-priors) and the report (--report)."""
     if estimate is not None:
         from pipeline.core.files import write_json_atomic
         from pipeline.serve.adapt import format_prior, prior_report
@@ -352,7 +369,6 @@ def _score_pandas(args: argparse.Namespace, warn: Callable[[str], None], options
                            rejects=args.rejects)
         if not args.quiet:
             print(f"Batch report: {args.report} (numbers in {Path(args.report).with_suffix('.json')})", file=sys.stderr)
-    return summary
 
 
 def _score(args: argparse.Namespace) -> int:
@@ -420,10 +436,18 @@ def _score(args: argparse.Namespace) -> int:
 
         # the workers load the (hash-checked) model themselves, once each; SIGTERM and SIGHUP stop
         # the job as Ctrl-C does, and its temporary folder is removed
-        with stop_at_once_on_signals(), dask_client(args.scheduler) as client:
-            summary = score_files_dask(args.inputs, args.output, args.model, client=client,
-                                       fmt=args.format or "parquet", chunk_rows=args.chunk_rows, warn=warn,
-                                       block_bytes=block_bytes)
+        done = None
+        try:
+            with stop_at_once_on_signals(), dask_client(args.scheduler) as client:
+                done = score_files_dask(args.inputs, args.output, args.model, client=client,
+                                        fmt=args.format or "parquet", chunk_rows=args.chunk_rows, warn=warn,
+                                        block_bytes=block_bytes)
+        except KeyboardInterrupt as err:
+            if done is None:
+                raise
+            raise StoppedAfterOutput(f"{str(err) or 'interrupted'} while the Dask cluster shut down, after "
+                                     f"{args.output} was written in full") from None
+        summary = done
         rejects_path = Path(args.output) / REJECTS_FILE
     else:
         summary = _score_pandas(args, warn, options)
@@ -633,7 +657,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     fatal: tuple[type[BaseException], ...] = (UsageError, ConfigError, KnowledgeBaseError, CaseValidationError,
                                               FileNotFoundError, FileExistsError, PermissionError, BatchInputError,
-                                              ModelIntegrityError)
+                                              ModelIntegrityError, StoppedAfterOutput)
     if getattr(args, "engine", None) == "dask" or getattr(args, "backend", None) == "dask":
         from pipeline.core.cluster import DaskJobError
 

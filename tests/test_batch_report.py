@@ -83,6 +83,28 @@ def test_report_reads_the_rejects_where_they_went_and_shares_no_file(trained, re
     assert "--float-digits 6 or more" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
+def test_a_stop_while_the_report_is_written_says_the_output_is_whole(trained, report, tmp_path, capsys, monkeypatch,
+                                                                     signum):
+    import os
+    import signal
+    import time
+
+    from pipeline.report import batch_report
+
+    def stopped(*args, **kwargs):  # the signal arrives while the report reads the inputs again
+        os.kill(os.getpid(), getattr(signal, signum))
+        time.sleep(5)
+
+    monkeypatch.setattr(batch_report, "write_batch_report", stopped)
+    models, _ = trained
+    code = main(["score", str(report / "clinic.csv"), "-o", str(tmp_path / "o.csv"), "--model", str(models), "--quiet",
+                 "--report", str(tmp_path / "o.html")])
+    err = capsys.readouterr().err
+    assert code == 2 and f"stopped by {signum} after {tmp_path / 'o.csv'} was written in full" in err, err
+    assert len(pd.read_csv(tmp_path / "o.csv")) == 497 and not (tmp_path / "o.html").exists()
+
+
 def test_report_page_is_self_contained_html_with_every_section(report):
     page = _Page()
     page.feed((report / "batch.html").read_text())
