@@ -93,6 +93,16 @@ def test_kept_input_columns_never_lose_one_to_a_name_clash(trained, tmp_path, ca
     names = input_columns(["triage", "input_triage", "input_input_triage", "x"], ["triage", "row"])
     assert names == {"triage": "input_input_input_triage", "input_triage": "input_triage",
                      "input_input_triage": "input_input_triage", "x": "x"}
+    # across inputs too: one's triage and another's input_triage stay two columns; Note and note are one
+    other = tmp_path / "other.csv"
+    other.write_text("case_id,age,sex,input_triage,Note\nB,40,male,IT2,hi\n")
+    first = tmp_path / "first.csv"
+    first.write_text("case_id,age,sex,triage,note\nA,30,male,T1,hello\n")
+    assert main(["score", str(first), str(other), "-o", str(tmp_path / "two.csv"), "--model", str(models), "--quiet",
+                 "--keep-input-columns"]) == 0
+    got = _read(tmp_path / "two.csv")
+    assert got["input_input_triage"].tolist() == ["T1", ""] and got["input_triage"].tolist() == ["", "IT2"]
+    assert got["note"].tolist() == ["hello", "hi"] and "Note" not in got.columns
 
 
 def test_unknown_column_is_one_line_naming_the_choices(trained, cases_csv, tmp_path, capsys):

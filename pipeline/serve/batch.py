@@ -217,6 +217,19 @@ def _as_codes(model: LoadedModel, options: OutputOptions) -> bool:
     return options.texts == "codes" and model.decision is not None and model.kb is not None
 
 
+def _kept_columns(columns: list[list[str]], taken: list[str]) -> list[dict[str, str]]:
+    """Per input, its columns -> their output names (:func:`input_columns`), named over every
+    input's columns at once: one input's ``prediction`` (kept as ``input_prediction``) and
+    another's own ``input_prediction`` stay two columns, and ``Note`` and ``note`` are one."""
+    first: dict[str, str] = {}
+    for cols in columns:
+        for c in cols:
+            first.setdefault(normalise_header(c), c)
+    named = input_columns(list(first.values()), taken)
+    return [{c: named[first[normalise_header(c)]] for c in cols if first[normalise_header(c)] in named}
+            for cols in columns]
+
+
 def _shaper(options: OutputOptions, csv: bool) -> Callable[[pa.Table], pa.Table] | None:
     if not csv or options.float_digits is None:
         return None
@@ -231,7 +244,7 @@ def _score_locked(paths: list[Path], columns: list[list[str]], output: Path | No
     has_ids = any(ID_COLUMN in {normalise_header(c) for c in cols} for cols in columns)
     full = output_schema(ID_COLUMN if has_ids else "row", len(paths) > 1, model.decision is not None,
                          top_k=options.top_k)
-    keep_by_file = [input_columns(cols, full.names) if options.keep_input else {} for cols in columns]
+    keep_by_file = _kept_columns(columns, full.names) if options.keep_input else [{} for _ in columns]
     extra = list(dict.fromkeys(out for keep in keep_by_file for out in keep.values()))
     schema = select_columns(output_schema(ID_COLUMN if has_ids else "row", len(paths) > 1, model.decision is not None,
                                           top_k=options.top_k, extra=extra), options.columns)
