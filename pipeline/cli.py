@@ -316,6 +316,9 @@ def _score_options(args: argparse.Namespace):
     csv_out = args.output == "-" or not args.output.lower().endswith(".parquet")
     digits = FLOAT_DIGITS if args.float_digits is None else args.float_digits
     columns = tuple(c.strip() for c in args.columns.split(",")) if args.columns is not None else None
+    if columns is not None and "" in columns:
+        raise UsageError(f"--columns {args.columns!r}: a name is empty; give output columns separated by commas "
+                         "(e.g. case_id,prediction,p_dvt,triage).")
     return OutputOptions(columns=columns, keep_input=args.keep_input_columns, top_k=args.top_k,
                          float_digits=None if digits >= MAX_FLOAT_DIGITS else digits,
                          texts=args.texts or ("codes" if csv_out else "full"))
