@@ -356,8 +356,12 @@ def _score_pandas(args: argparse.Namespace, warn: Callable[[str], None], options
 
 
 def _after_scoring(args: argparse.Namespace, plain, estimate) -> None:
-    """The files written after the output: the case mix (--adapt-priors) and the report (--report)."""
-    if estimate is not None:
+    """The files written after the output: the case mix (--adapt-priors; else an earlier run's is
+    removed, as it describes probabilities this output does not have) and the report (--report)."""
+    if estimate is None:
+        if args.output != "-":
+            Path(f"{args.output}.priors.json").unlink(missing_ok=True)
+    else:
         from pipeline.core.files import write_json_atomic
         from pipeline.serve.adapt import format_prior, prior_report
 
@@ -415,8 +419,7 @@ def _score(args: argparse.Namespace) -> int:
                  ("texts lookup", output.with_name(output.name + ".texts.csv"))]
         if args.report:
             extra += [("report", Path(args.report)), ("report's numbers", Path(args.report).with_suffix(".json"))]
-        if args.adapt_priors:
-            extra.append(("case mix", Path(f"{output}.priors.json")))
+        extra.append(("case mix", Path(f"{output}.priors.json")))  # written, or an earlier run's removed
         refuse_shared_outputs([("output", output), *extra])
     warn = lambda m: print(f"kneepain score: warning: {m}", file=sys.stderr)
     options = _score_options(args)

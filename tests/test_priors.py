@@ -82,6 +82,9 @@ def test_score_adapt_priors_writes_the_mix_and_reweighted_rows(trained, small_da
     p_cols = [c for c in plain.columns if c.startswith("p_")]
     np.testing.assert_allclose(adapted[p_cols].sum(axis=1), 1.0, atol=1e-5)  # CSV probabilities have 6 decimals
     assert not np.allclose(adapted[p_cols], plain[p_cols]) and list(adapted.columns) == list(plain.columns)
+    # scored again without adapting: the earlier mix no longer describes the output, and goes
+    assert main(["score", str(src), "-o", str(tmp_path / "adapted.csv"), "--model", str(models), "--quiet"]) == 0
+    assert not (tmp_path / "adapted.csv.priors.json").exists()
     # a batch too small to estimate a mix from (none at all, or 499 valid rows): one line saying so, nothing written
     (tmp_path / "none.csv").write_text("age,sex\n")
     cases.head(499).to_csv(tmp_path / "few.csv", index=False)
