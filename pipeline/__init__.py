@@ -2,7 +2,8 @@
 
 The public API: ``load_knowledge_base``, ``generate_cases``, ``oracle_posterior``, ``log_density``,
 ``predict``, ``explain``, ``next_questions``, ``load_model``, and the errors
-``CaseValidationError`` and ``ModelIntegrityError``. Names are imported on first use, so
+``CaseValidationError``, ``BatchInputError`` (a file that cannot be read as cases) and
+``ModelIntegrityError``. Names are imported on first use, so
 ``import pipeline`` stays light (no numpy, pandas, scipy or scikit-learn until a function needs
 them).
 
@@ -22,6 +23,7 @@ __version__ = "0.2.0"
 
 # public name -> the module that defines it
 _EXPORTS = {
+    "BatchInputError": "pipeline.core.errors",
     "CONDITIONS": "pipeline.core.schema",
     "CaseValidationError": "pipeline.core.errors",
     "KnowledgeBase": "pipeline.core.knowledge",
@@ -38,6 +40,7 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "BatchInputError",
     "CONDITIONS",
     "CaseValidationError",
     "KnowledgeBase",
@@ -54,7 +57,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # for type checkers and editors; at run time names load on first use
-    from pipeline.core.errors import CaseValidationError, KnowledgeBaseError, ModelIntegrityError
+    from pipeline.core.errors import BatchInputError, CaseValidationError, KnowledgeBaseError, ModelIntegrityError
     from pipeline.core.knowledge import KnowledgeBase, load_knowledge_base
     from pipeline.core.oracle import log_density, oracle_posterior
     from pipeline.core.schema import CONDITIONS

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.cli import main
+from pipeline.core.errors import BatchInputError
 from pipeline.serve.batch import score_files
 from pipeline.serve.loading import load_model
 from pipeline.serve.predict import predict
@@ -273,4 +274,6 @@ def test_a_folder_a_parquet_file_named_csv_or_semicolons_are_named_for_what_they
         assert main(["score", str(given), "-o", str(tmp_path / "o.csv"), "--model", str(models)]) == 2
         err = capsys.readouterr().err.strip()
         assert f"{given}: {message}" in err and len(err.splitlines()) == 1, err
+        with pytest.raises(BatchInputError, match=re.escape(f"{given}: {message}")):  # predict() names them alike
+            predict(given, model=models)
     assert not (tmp_path / "o.csv").exists()

@@ -80,12 +80,18 @@ def complete_columns(paths: Sequence[Path]) -> list[list[str]]:
         missing = required_columns_error(names)
         if missing is None:
             continue
-        separator = next((sep for sep in (";", "\t", "|") if len(names) == 1 and sep in names[0]), None)
-        if separator is not None:  # the usual cause: a file separated by something other than commas
-            raise BatchInputError(f"{path}: the header is one column, {_clip(names[0])!r}: the file looks separated by "
-                                  f"{separator!r}, and kneepain reads comma-separated CSV; save it with commas.")
-        raise BatchInputError(f"{path}: {missing}") from missing
+        raise _wrong_separator(path, names) or BatchInputError(f"{path}: {missing}") from missing
     return columns
+
+
+def _wrong_separator(path: str | Path, names: Sequence[str]) -> BatchInputError | None:
+    """The error for a header of one column holding another separator (the usual cause of a
+    missing required column: a file separated by something other than commas), or None."""
+    separator = next((sep for sep in (";", "\t", "|") if len(names) == 1 and sep in str(names[0])), None)
+    if separator is None:
+        return None
+    return BatchInputError(f"{path}: the header is one column, {_clip(str(names[0]))!r}: the file looks separated by "
+                           f"{separator!r}, and kneepain reads comma-separated CSV; save it with commas.")
 
 
 def _clip(text: str, width: int = 60) -> str:
@@ -295,6 +301,8 @@ def read_case_file(path: str | Path, chunk_rows: int = 100_000) -> pd.DataFrame:
     if not frames:  # a Parquet file without rows (a CSV of only a header is one empty chunk)
         frames = [_ids_as_text(pq.read_schema(path).empty_table()).to_pandas()]
     frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    if required_columns_error(frame.columns) is not None and (wrong := _wrong_separator(path, frame.columns)):
+        raise wrong
     if problems:  # named with every other invalid row of the file, as `kneepain score` names them
         errors = parse_read(frame, dict(problems)).errors
         raise CaseValidationError(errors.sort_values("row", kind="stable"), offset)

@@ -98,7 +98,10 @@ def predict(cases: Any, model: str | Path | LoadedModel | None = None, top_k: in
     Raises
     ------
     CaseValidationError
-        Naming every bad row, column, value and what is allowed (or that no cases were given).
+        Naming every bad row, column, value and what is allowed (or that no cases were given);
+        the message shows the first 20, ``.errors`` holds them all.
+    BatchInputError
+        For a file that cannot be read as cases (not CSV or Parquet, another separator, a folder).
     TypeError
         For anything else, parsed cases included (they may hold rows that failed validation).
     """
