@@ -358,10 +358,9 @@ def _score_pandas(args: argparse.Namespace, warn: Callable[[str], None], options
 def _after_scoring(args: argparse.Namespace, plain, estimate) -> None:
     """The files written after the output: the case mix (--adapt-priors; else an earlier run's is
     removed, as it describes probabilities this output does not have) and the report (--report)."""
-    if estimate is None:
-        if args.output != "-":
-            Path(f"{args.output}.priors.json").unlink(missing_ok=True)
-    else:
+    if estimate is None and args.output != "-":
+        Path(f"{args.output}.priors.json").unlink(missing_ok=True)
+    elif estimate is not None:
         from pipeline.core.files import write_json_atomic
         from pipeline.serve.adapt import format_prior, prior_report
 
@@ -412,11 +411,11 @@ def _score(args: argparse.Namespace) -> int:
         raise UsageError(f"--report estimates the case mix from the output's probabilities: give --float-digits "
                          f"{FLOAT_DIGITS} or more (or leave it out).")
     if args.engine != "dask" and args.output != "-":  # the files a job writes besides the output
+        from pipeline.serve.batch import rejects_file, texts_lookup
         from pipeline.serve.guard import refuse_shared_outputs
 
         output = Path(args.output)
-        extra = [("rejects file", Path(args.rejects or f"{output}.rejects.csv")),
-                 ("texts lookup", output.with_name(output.name + ".texts.csv"))]
+        extra = [("rejects file", rejects_file(output, args.rejects)), ("texts lookup", texts_lookup(output))]
         if args.report:
             extra += [("report", Path(args.report)), ("report's numbers", Path(args.report).with_suffix(".json"))]
         extra.append(("case mix", Path(f"{output}.priors.json")))  # written, or an earlier run's removed
@@ -427,7 +426,7 @@ def _score(args: argparse.Namespace) -> int:
     if args.engine == "dask" and (any(shaped) or "-" in (args.output, *args.inputs)):
         raise UsageError("--columns, --keep-input-columns, --top-k, --float-digits, --texts, --rejects and - are for "
                          "--engine pandas; the Dask engine writes the full output.")
-    from pipeline.serve.batch import STREAM_REJECTS
+    from pipeline.serve.batch import STREAM_REJECTS, rejects_file
 
     if args.engine == "dask" and Path(args.output).suffix.lower() in (".csv", ".parquet"):
         raise UsageError(f"-o {args.output}: the dask engine writes a folder of part files (--format chooses "
@@ -457,7 +456,8 @@ def _score(args: argparse.Namespace) -> int:
         rejects_path = Path(args.output) / REJECTS_FILE
     else:
         summary = _score_pandas(args, warn, options)
-        rejects_path = Path(args.rejects or (STREAM_REJECTS if args.output == "-" else f"{args.output}.rejects.csv"))
+        rejects_path = rejects_file(Path(args.output), args.rejects) if args.output != "-" else \
+            Path(args.rejects or STREAM_REJECTS)
     if not args.quiet:
         rejected = (f", rejected {summary.rows_rejected:,} (see {rejects_path})"
                     if summary.rows_rejected else ", rejected 0")

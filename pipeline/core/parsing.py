@@ -205,7 +205,7 @@ def _as_text(values: np.ndarray) -> np.ndarray:
         elif isinstance(v, (bool, np.bool_)):
             out[i] = "1" if v else "0"
         elif isinstance(v, (int, np.integer)):
-            out[i] = _int_text(int(v))
+            out[i] = _text(int(v))
         elif isinstance(v, (float, np.floating)) and float(v).is_integer():
             out[i] = str(int(v))
         else:
@@ -213,8 +213,8 @@ def _as_text(values: np.ndarray) -> np.ndarray:
     return out
 
 
-def _int_text(v: int) -> str:
-    """An integer as text; one too long for Python to print (over 4300 digits) as its size."""
+def _text(v: Any) -> str:
+    """``str(v)``, except an integer too long for Python to print (over 4300 digits): its size."""
     try:
         return str(v)
     except ValueError:
@@ -540,11 +540,10 @@ def normalise_ids(ids: pd.Series) -> pd.Series:
     try:
         text = ids.astype(str)
     except ValueError:  # an integer too long to print
-        text = ids.map(lambda v: _int_text(v) if isinstance(v, int) else str(v)).astype(str)
+        text = ids.map(_text).astype(str)
     return text.str.strip()
 
 
 def _show(value: Any, limit: int = 80) -> str:
-    text = "" if _is_blank(value) else \
-        _int_text(value) if isinstance(value, int) else str(value)
+    text = "" if _is_blank(value) else _text(value)
     return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"

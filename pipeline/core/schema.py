@@ -232,6 +232,16 @@ def normalise_header(name: object) -> str:
     return str(name).lstrip("\ufeff").strip().lower()
 
 
+def first_spellings(column_lists) -> dict[str, str]:
+    """Over several inputs' column names, each name as matched (:func:`normalise_header`) -> its
+    spelling where first seen (``Age`` in one input and ``age`` in another are one column)."""
+    first: dict[str, str] = {}
+    for names in column_lists:
+        for name in names:
+            first.setdefault(normalise_header(name), name)
+    return first
+
+
 def repeated_columns(names) -> dict[str, list[str]]:
     """Column names that fold to the same field name (``age`` and ``Age ``): {folded: spellings}."""
     groups: dict[str, list[str]] = {}

@@ -34,6 +34,7 @@ from pipeline.decision.priors import PriorEstimate, estimate_prior
 from pipeline.report.plots import figure
 from pipeline.serve import CHUNK_ROWS
 from pipeline.serve.adapt import prior_report, training_prior
+from pipeline.serve.batch import rejects_file
 from pipeline.serve.loading import LoadedModel
 from pipeline.serve.writing import REJECT_META
 
@@ -104,7 +105,7 @@ def summarise_batch(inputs: list[str | Path], output: str | Path, model: LoadedM
     """
     output = Path(output)
     scored = _read_columns(output, [f"p_{c}" for c in CONDITIONS] + ["prediction", "triage", "atypical"])
-    rejects_path = Path(rejects) if rejects is not None else output.with_name(output.name + ".rejects.csv")
+    rejects_path = rejects_file(output, rejects)
     rejected = (pd.read_csv(rejects_path, dtype=str, keep_default_na=False, usecols=REJECT_META)
                 if rejects_path.exists() else pd.DataFrame(columns=REJECT_META))
     reasons = _reject_reasons(rejected["reject_reason"])

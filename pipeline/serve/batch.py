@@ -33,7 +33,7 @@ from pipeline.core.casefiles import complete_columns, iter_chunks
 from pipeline.core.errors import BatchInputError
 from pipeline.core.files import reclaim_stale_temps, tmp_path, write_text_atomic
 from pipeline.core.parsing import ignored_columns_message
-from pipeline.core.schema import ID_COLUMN, normalise_header
+from pipeline.core.schema import ID_COLUMN, first_spellings, normalise_header
 from pipeline.serve import CHUNK_ROWS
 from pipeline.serve.chunks import ChunkScorer, Done, FileJob, SeenIds, chunk_ids, score_chunk, score_valid, validate_chunk
 from pipeline.serve.guard import (
@@ -110,9 +110,8 @@ def score_files(inputs: list[str | Path], output: str | Path, model: LoadedModel
     if output.suffix.lower() not in (".csv", ".parquet"):
         raise BatchInputError(f"{output}: unsupported output type {output.suffix!r}; expected .csv or .parquet.")
     _check_target(output, "output")
-    rejects_path = Path(rejects) if rejects is not None else output.with_name(output.name + ".rejects.csv")
+    rejects_path, lookup = rejects_file(output, rejects), texts_lookup(output)
     _check_target(rejects_path, "rejects file")
-    lookup = output.with_name(output.name + ".texts.csv")
     texts_path = lookup if _as_codes(model, options) else None
     # the lookup is written, or an earlier run's removed: either way it is no other output's file
     outputs = [("output", output), ("rejects file", rejects_path), ("texts lookup", lookup)]
@@ -131,6 +130,16 @@ def score_files(inputs: list[str | Path], output: str | Path, model: LoadedModel
     else:  # an earlier run's lookup would describe codes this output lacks
         lookup.unlink(missing_ok=True)
     return summary
+
+
+def rejects_file(output: Path, rejects: str | Path | None = None) -> Path:
+    """Where an output's rejected rows go: ``rejects`` if given, else ``<output>.rejects.csv``."""
+    return Path(rejects) if rejects is not None else output.with_name(output.name + ".rejects.csv")
+
+
+def texts_lookup(output: Path) -> Path:
+    """An output's lookup of the codes it writes for long texts: ``<output>.texts.csv``."""
+    return output.with_name(output.name + ".texts.csv")
 
 
 STREAM_REJECTS = "score.rejects.csv"
@@ -221,10 +230,7 @@ def _kept_columns(columns: list[list[str]], taken: list[str]) -> list[dict[str, 
     """Per input, its columns -> their output names (:func:`input_columns`), named over every
     input's columns at once: one input's ``prediction`` (kept as ``input_prediction``) and
     another's own ``input_prediction`` stay two columns, and ``Note`` and ``note`` are one."""
-    first: dict[str, str] = {}
-    for cols in columns:
-        for c in cols:
-            first.setdefault(normalise_header(c), c)
+    first = first_spellings(columns)
     named = input_columns(list(first.values()), taken)
     return [{c: named[first[normalise_header(c)]] for c in cols if first[normalise_header(c)] in named}
             for cols in columns]

@@ -252,6 +252,7 @@ class ChunkScorer:
 
     def __init__(self, model: LoadedModel, jobs: int):
         self._pool: ThreadPoolExecutor | ProcessPoolExecutor
+        self._handover: tempfile.TemporaryDirectory | None = None  # the processes' model file
         if jobs <= 1:
             self.width = scorer_threads()
             self._pool = ThreadPoolExecutor(max_workers=self.width, thread_name_prefix="kneepain-scorer")
@@ -277,5 +278,5 @@ class ChunkScorer:
         try:
             self._pool.shutdown(wait=True, cancel_futures=True)
         finally:
-            if hasattr(self, "_handover"):
+            if self._handover is not None:
                 self._handover.cleanup()

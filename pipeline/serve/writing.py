@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from pipeline.core.errors import BatchInputError
 from pipeline.core.files import tmp_path
-from pipeline.core.schema import ID_COLUMN, normalise_header
+from pipeline.core.schema import ID_COLUMN, first_spellings, normalise_header
 from pipeline.serve.predict import OUTPUT_TYPES, output_columns
 
 __all__ = ["REJECT_META", "Writer", "csv_safe", "encode_csv", "output_schema", "output_table", "reject_schema", "reject_table"]
@@ -69,11 +69,7 @@ def reject_schema(input_columns: list[list[str]]) -> pa.Schema:
     Names are matched as the scorer matches them (``Age`` in one input is ``age`` in another: one
     column, spelt as first seen), so the rejects file can be scored again once its rows are mended;
     an input cannot hold two such spellings (the scorer refuses a header that repeats one)."""
-    first: dict[str, str] = {}
-    for columns in input_columns:
-        for c in columns:
-            first.setdefault(normalise_header(c), c)
-    names = [c for key, c in first.items() if key not in REJECT_META]
+    names = [c for key, c in first_spellings(input_columns).items() if key not in REJECT_META]
     return pa.schema([pa.field("reject_file", pa.string()), pa.field("reject_row", pa.int64()),
                       pa.field("reject_reason", pa.string()), *(pa.field(c, pa.string()) for c in names)])
 
