@@ -17,6 +17,14 @@ from pipeline.serve.predict import predict
 NAME = "kneepain-classifier"
 
 
+def _logistic_only(config: Path, folder: Path, C: str = "1.0") -> Path:
+    """The small training config with the logistic candidate alone (with inverse regularisation ``C``)."""
+    path = folder / f"logistic-{C}.yaml"
+    text = config.read_text().replace("candidates: [logistic, hist_gradient_boosting, mlp]", "candidates: [logistic]")
+    path.write_text(text.replace("logistic: {C: 1.0", f"logistic: {{C: {C}"))
+    return path
+
+
 def _client(uri):
     import mlflow
     from mlflow.tracking import MlflowClient
@@ -107,10 +115,7 @@ def test_champion_alias_does_not_move_to_a_worse_model(trained, small_data, smal
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     client = _client(uri)
     before = client.get_model_version_by_alias(NAME, "champion").version
-    worse = tmp_path / "worse.yaml"
-    text = small_config_path.read_text().replace("candidates: [logistic, hist_gradient_boosting, mlp]",
-                                                 "candidates: [logistic]")
-    worse.write_text(text.replace("logistic: {C: 1.0", "logistic: {C: 0.0001"))
+    worse = _logistic_only(small_config_path, tmp_path, C="0.0001")
     out = tmp_path / "models"
     assert main(["train", "--config", str(worse), "--data", str(small_data), "--out", str(out)]) == 0
     new = json.loads((out / "manifest.json").read_text())
@@ -136,10 +141,7 @@ def test_a_champion_measured_on_other_cases_is_replaced(trained, small_data, sma
     shutil.copytree(small_data, data)
     valid = pd.read_parquet(data / "valid.parquet")
     valid.iloc[: len(valid) - 7].to_parquet(data / "valid.parquet")  # other cases to measure on
-    worse = tmp_path / "worse.yaml"
-    text = small_config_path.read_text().replace("candidates: [logistic, hist_gradient_boosting, mlp]",
-                                                 "candidates: [logistic]")
-    worse.write_text(text.replace("logistic: {C: 1.0", "logistic: {C: 0.0001"))
+    worse = _logistic_only(small_config_path, tmp_path, C="0.0001")
     out = tmp_path / "models"
     try:
         assert main(["train", "--config", str(worse), "--data", str(data), "--out", str(out)]) == 0
@@ -164,9 +166,12 @@ def mlflow_server(tmp_path):
 
 @pytest.mark.slow
 def test_training_against_a_real_mlflow_server(mlflow_server, small_data, small_config_path, tmp_path, monkeypatch):
+    """Runs, the registry, the alias and artifacts through the server's proxy (one candidate: what
+    is tracked is the same for each; the local store's tests cover several)."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     out = tmp_path / "models"
-    assert main(["train", "--config", str(small_config_path), "--data", str(small_data), "--out", str(out)]) == 0
+    config = _logistic_only(small_config_path, tmp_path)
+    assert main(["train", "--config", str(config), "--data", str(small_data), "--out", str(out)]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["tracking_uri"] == mlflow_server
     client = _client(mlflow_server)
