@@ -22,6 +22,25 @@ def test_every_guess_is_a_parameter_and_a_draw_at_the_written_values_is_the_know
         np.testing.assert_allclose(same.tristate[name], kb.tristate[name], rtol=1e-12)
 
 
+
+def test_draws_share_nothing_they_change_with_the_written_knowledge_base():
+    """Each draw starts from the file as written: drawing at the ends of the ranges (and
+    renormalising) leaves the parsed file, and so the next draw, as it was."""
+    import copy
+
+    raw = read_knowledge_base_yaml()
+    before = copy.deepcopy(raw)
+    params = assumption_parameters(raw)
+    low = draw_knowledge_base(raw, params, np.array([p.low for p in params]))
+    assert raw == before
+    high = draw_knowledge_base(raw, params, np.array([p.high for p in params]))
+    assert raw == before
+    assert not np.allclose(low.prior, high.prior)
+    again = draw_knowledge_base(raw, params, np.array([p.low for p in params]))
+    np.testing.assert_array_equal(again.prior, low.prior)
+    for name in low.tristate:
+        np.testing.assert_array_equal(again.tristate[name], low.tristate[name])
+
 def test_the_command_draws_valid_bases_that_move_the_answers_and_writes_json_and_a_tornado_plot(tmp_path):
     """One run (the tornado moves every guess to both ends of its range, most of the cost):
     the draws are valid knowledge bases, the answers move, and the files are written."""
