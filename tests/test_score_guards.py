@@ -398,16 +398,19 @@ def test_predict_on_a_path_reads_as_score_does(trained, tmp_path):
 def test_a_repeated_id_has_one_reason_however_the_file_is_chunked(trained, tmp_path):
     models, _ = trained
     src = _write(tmp_path / "in.csv", [HEADER, "a,30,male,no,3", "b,31,male,no,3", "a,32,male,no,3",
-                                       "a,33,male,no,3", ",34,male,no,3", "b,35,male,no,3"])
+                                       "a,33,male,no,3", ",34,male,no,3", "b,35,male,no,3", "b,abc,male,no,3"])
     rejects = []
     for rows in ("1", "2", "4", "100"):
         assert _score(src, tmp_path / f"out{rows}.csv", models, "--chunk-rows", rows) == 1
         rejects.append((tmp_path / f"out{rows}.csv.rejects.csv").read_bytes())
     assert rejects.count(rejects[0]) == len(rejects)
     got = pd.read_csv(tmp_path / "out100.csv.rejects.csv")
-    assert got["reject_row"].tolist() == [2, 3, 5]
-    assert set(got["reject_reason"]) == {"column 'case_id', value 'a': duplicate case_id: seen in an earlier row",
-                                         "column 'case_id', value 'b': duplicate case_id: seen in an earlier row"}
+    assert got["reject_row"].tolist() == [2, 3, 5, 6]
+    assert set(got["reject_reason"][:3]) == {"column 'case_id', value 'a': duplicate case_id: seen in an earlier row",
+                                             "column 'case_id', value 'b': duplicate case_id: seen in an earlier row"}
+    # a row with another problem too gives both reasons, in one chunk or after its first copy's chunk
+    assert "value 'abc': not a number" in got["reject_reason"][3]
+    assert "value 'b': duplicate case_id" in got["reject_reason"][3]
 
 
 @pytest.mark.parametrize("kind", [pa.string(), pa.large_string()])
@@ -552,3 +555,52 @@ def test_the_dask_engine_stopped_by_sigterm_leaves_no_folder(trained, big_csv, t
     assert proc.returncode == 2 and "stopped by SIGTERM (no output was written)" in err, err
     time.sleep(1)  # a task still running when the folder went has nowhere to write
     assert not out.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".scored")] == []
+
+
+def test_the_header_is_one_record_by_csv_rules_and_a_stray_quote_loses_no_row(trained, tmp_path, capsys):
+    """A quote inside a name is a character, as in a data field; only a quote at the start of a
+    name opens a quoted name, and one never closed is refused rather than read as the header."""
+    models, _ = trained
+    src = _write(tmp_path / "in.csv", [HEADER + ',height 5"', *(g + f",{k}" for k, g in enumerate(GOOD)),
+                                       'b1,50,female,no,2,6"'])
+    assert _score(src, tmp_path / "out.csv", models) == 0
+    scored = pd.read_csv(tmp_path / "out.csv", dtype=str, keep_default_na=False)
+    assert scored["case_id"].tolist() == [*(g.split(",")[0] for g in GOOD), "b1"]
+    assert scored["row"].tolist() == [str(k) for k in range(len(GOOD) + 1)]
+    pd.testing.assert_frame_equal(predict(src, model=models), predict(pd.read_csv(src), model=models))
+    # a quoted name with a line break and an escaped quote is one header record
+    named = _write(tmp_path / "named.csv", [HEADER + ',"a ""quoted""', 'name"', *(g + ",x" for g in GOOD)])
+    assert _score(named, tmp_path / "named_out.csv", models) == 0
+    assert len(pd.read_csv(tmp_path / "named_out.csv")) == len(GOOD)
+    opened = _write(tmp_path / "open.csv", [HEADER + ',"note', *(g + ",x" for g in GOOD)])
+    capsys.readouterr()
+    assert _score(opened, tmp_path / "open_out.csv", models) == 2
+    assert "opens a quoted column name that is never closed" in _one_line_error(capsys)
+    assert not (tmp_path / "open_out.csv").exists()
+
+
+def test_blank_lines_before_the_header_are_skipped_and_utf16_is_named(trained, tmp_path, capsys):
+    models, _ = trained
+    src = tmp_path / "in.csv"
+    src.write_bytes(("\n \r\n" + "\n".join([HEADER, *GOOD]) + "\n").encode())
+    assert _score(src, tmp_path / "out.csv", models) == 0
+    assert pd.read_csv(tmp_path / "out.csv", dtype=str)["case_id"].tolist() == [g.split(",")[0] for g in GOOD]
+    wide = tmp_path / "wide.csv"
+    wide.write_bytes(("\n".join([HEADER, *GOOD]) + "\n").encode("utf-16"))
+    capsys.readouterr()
+    assert _score(wide, tmp_path / "out.csv", models) == 2
+    assert "looks like UTF-16" in _one_line_error(capsys)
+
+
+def test_a_malformed_or_multi_line_record_with_a_field_over_128_kb_is_read(trained, tmp_path):
+    """Python's csv module, which splits such records, refuses fields over 128 KB by default."""
+    models, _ = trained
+    long = "x" * 140_000
+    src = _write(tmp_path / "in.csv", [HEADER + ",note", GOOD[0] + ",n", f"b1,50,female,no,2,{long},EXTRA",
+                                       'b2,50,female,no,2,"first', f'{long}"', GOOD[1] + ",n"])
+    assert _score(src, tmp_path / "out.csv", models) == 1
+    assert pd.read_csv(tmp_path / "out.csv", dtype=str)["case_id"].tolist() == [GOOD[0].split(",")[0], "b2",
+                                                                                GOOD[1].split(",")[0]]
+    bad = pd.read_csv(tmp_path / "out.csv.rejects.csv", dtype=str, keep_default_na=False)
+    assert bad["reject_row"].tolist() == ["1"] and "has 7 fields; the header has 6" in bad["reject_reason"][0]
+    assert bad["note"][0] == long

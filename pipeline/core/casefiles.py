@@ -21,7 +21,7 @@ import io
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -114,24 +114,65 @@ def parse_read(frame: pd.DataFrame, malformed: dict[int, str], *, row_offset: in
     return parsed
 
 
+def _header_record(fh: BinaryIO) -> tuple[bytes, int, bool]:
+    """(the header record's bytes, how many bytes of blank lines come before it, whether a quoted
+    name is still open where the bytes end), read by CSV's rules: a quote opens a quoted name only
+    at the start of a name (elsewhere it is a character of the name), and a line break inside a
+    quoted name continues the record."""
+    raw, skipped = b"", 0
+    while len(raw) < _HEADER_BYTES:
+        line = fh.readline(_HEADER_BYTES - len(raw))
+        if not line:  # the end of the file
+            return raw, skipped, b'"' in raw and _open_quote(raw)
+        if not raw and not line.strip():  # a blank line before the header, as CSV readers skip
+            skipped += len(line)
+            continue
+        raw += line
+        if b'"' not in raw:  # the common header: one line
+            return raw, skipped, False
+        quoted = _open_quote(raw)
+        if not quoted and raw.endswith(b"\n"):
+            return raw, skipped, False
+    return raw, skipped, _open_quote(raw)
+
+
+def _open_quote(record: bytes) -> bool:
+    """Whether ``record`` ends inside a quoted field (CSV's rules; ``""`` in one is a quote)."""
+    state = "start"  # of a field; then "plain", "quoted", or "closed" (a quote just ended a quoted field)
+    for byte in record:
+        if state == "quoted":
+            if byte == 0x22:
+                state = "closed"
+        elif byte == 0x22 and state in ("start", "closed"):  # a quoted field opens, or a "" pair goes on
+            state = "quoted"
+        else:
+            state = "start" if byte in (0x2C, 0x0A) else "plain"  # after a comma or a line break, a field starts
+    return state == "quoted"
+
+
 def _csv_header(path: Path) -> tuple[list[str], int]:
-    """The header's names and its length in bytes (where the data records begin)."""
+    """The header's names and where the data records begin (the header's end, in bytes)."""
     try:
         with open(path, "rb") as fh:  # the header's bytes only: a bad byte further on is the reader's to report
-            raw = fh.readline(_HEADER_BYTES)
-            while raw.count(b'"') % 2 and len(raw) < _HEADER_BYTES and (more := fh.readline(_HEADER_BYTES)):
-                raw += more  # a quoted name across lines
+            raw, skipped, unclosed = _header_record(fh)
         for magic, kind, fix in _NOT_CSV:
             if raw.startswith(magic):
                 raise BatchInputError(f"{path}: is a {kind} file, not CSV text (by its first bytes); {fix}.")
+        if raw.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in raw:
+            raise BatchInputError(f"{path}: the header holds NUL bytes: the file looks like UTF-16 text (or is not "
+                                  "text); save it as UTF-8 (for example Excel's 'CSV UTF-8').")
         if _BARE_CR.search(raw):
             raise BatchInputError(f"{path}: its lines end in a bare carriage return (CR), as old Mac programs save "
                                   "CSV; save it with LF or CR LF line endings (for example Excel's 'CSV UTF-8').")
         if len(raw) >= _HEADER_BYTES and not raw.endswith(b"\n"):
             raise BatchInputError(f"{path}: the header is longer than {_HEADER_BYTES >> 20} MB; is this a CSV file?")
+        if unclosed:
+            raise BatchInputError(f"{path}: the header opens a quoted column name that is never closed (a \" at the "
+                                  "start of a name quotes it up to the next \"); close it, or remove the quote.")
         header = next(csv.reader(io.StringIO(raw.decode("utf-8-sig"), newline="")), None)
     except UnicodeDecodeError as err:
-        raise BatchInputError(f"{path}: the header is not valid UTF-8 ({err.reason} at byte {err.start}).") from err
+        raise BatchInputError(f"{path}: the header is not valid UTF-8 ({err.reason} at byte {skipped + err.start})."
+                              ) from err
     except csv.Error as err:
         raise BatchInputError(f"{path}: cannot read the header: {err}.") from err
     except OSError as err:
@@ -140,7 +181,7 @@ def _csv_header(path: Path) -> tuple[list[str], int]:
         raise BatchInputError(f"{path}: the file is empty (no header line); expected a CSV header with at least "
                               "the required columns age and sex.")
     check_columns(header, str(path))
-    return header, len(raw)
+    return header, skipped + len(raw)
 
 
 def csv_data_start(path: str | Path) -> int:

@@ -32,6 +32,9 @@ __all__ = ["MAX_RECORD_BYTES", "BlockMismatchError", "CaseChunk", "csv_chunks"]
 
 _CSV_BLOCK = 1 << 18  # pyarrow reads about 24 blocks ahead: 256 KB blocks hold that to ~6 MB (1 MB: ~24 MB)
 MAX_RECORD_BYTES = 1 << 28  # 256 MB: a longer CSV record makes the file unreadable (exit 2)
+# Python's csv module, which splits malformed records, multi-line fields and the header, refuses a
+# field over 128 KB by default: its limit (one for the process) is raised to ours, never lowered
+csv.field_size_limit(max(csv.field_size_limit(), MAX_RECORD_BYTES))
 _STRADDLE = "straddl"  # pyarrow: "straddling object straddles two block boundaries"
 # pyarrow gives a record with the wrong field count to the row handler as text; one that is not
 # UTF-8 cannot be, and the read stops with this (its records numbered from 1 in the stream)

@@ -81,9 +81,14 @@ def chunk_ids(frame: pd.DataFrame, malformed: dict[int, str] | None = None) -> p
 def reject_repeated(ids: pd.Series | None, valid: np.ndarray, errors: pd.DataFrame, repeated: np.ndarray | None, *,
                     row_offset: int) -> tuple[np.ndarray, pd.DataFrame]:
     """The chunk's valid rows less those whose id an earlier chunk had (``repeated``, from
-    :meth:`SeenIds.check_and_add`), and its problems sorted by row."""
+    :meth:`SeenIds.check_and_add`), and its problems sorted by row. A repeated id is a problem of
+    its row whatever else is wrong with it, as it is within a chunk: the rejects do not depend on
+    how the file was chunked."""
     if repeated is not None and ids is not None:
-        dup = repeated & valid
+        dup = repeated.copy()
+        if len(errors):  # a repeat within this chunk already has its reason
+            within = errors["row"][(errors["column"] == ID_COLUMN) & (errors["reason"] == DUPLICATE_ID)]
+            dup[within.to_numpy(dtype=np.int64) - row_offset] = False
         if dup.any():
             rows = np.flatnonzero(dup)
             errors = pd.concat([errors, pd.DataFrame({
