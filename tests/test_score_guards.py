@@ -433,7 +433,7 @@ def test_formula_screen_reads_the_buffers_as_arrow_reads_the_cells(kind):
     is not a formula."""
     import pyarrow.compute as pc
 
-    from pipeline.serve.writing import _FORMULA_FIRST, _formula_first, csv_safe
+    from pipeline.core.formulas import _FORMULA_FIRST, _formula_first, csv_safe
 
     rng = np.random.default_rng(3)
     alphabet = ["=", "+", "-", "@", "\t", "\r", "a", "1", "é", "½", " ", "|"]
@@ -604,3 +604,29 @@ def test_a_malformed_or_multi_line_record_with_a_field_over_128_kb_is_read(train
     bad = pd.read_csv(tmp_path / "out.csv.rejects.csv", dtype=str, keep_default_na=False)
     assert bad["reject_row"].tolist() == ["1"] and "has 7 fields; the header has 6" in bad["reject_reason"][0]
     assert bad["note"][0] == long
+
+
+def test_the_spreadsheet_mark_is_taken_off_when_a_csv_is_read_so_fixed_rejects_score_as_written(trained, tmp_path):
+    """csv_safe's ``'`` is a mark, not part of the text: reading a CSV takes it off exactly where
+    csv_safe would have put it, so fixing one value of a rejected row changes nothing else."""
+    from pipeline.core.formulas import csv_safe, unguarded
+
+    cells = ["=x", "-A1", "\tyes", "@b", "+5", "-3", "+-5", "'=y", "''=z", "'-3", "'abc", "'", "plain", "", None]
+    table = pa.table({"text": pa.array(cells, pa.large_string()), "n": [1] * len(cells)})
+    assert unguarded(csv_safe(table)).equals(table)
+    odd = pa.table({"text": ["'5", "'+5", "'abc", "'", "''=x"]})
+    assert unguarded(odd).column("text").to_pylist() == ["'5", "'+5", "'abc", "'", "'=x"]
+    models, _ = trained
+    src = _write(tmp_path / "in.csv", [HEADER, "-A1,abc,male,yes,2", '@B2,abc,male,"\tyes",2', *GOOD])
+    assert _score(src, tmp_path / "out.csv", models) == 1
+    rejects = tmp_path / "out.csv.rejects.csv"
+    bad = pd.read_csv(rejects, dtype=str, keep_default_na=False)
+    assert bad["case_id"].tolist() == ["'-A1", "'@B2"] and bad["locking"].tolist() == ["yes", "'\tyes"]
+    bad["age"] = "40"  # the one value the reasons name
+    bad.to_csv(rejects, index=False)
+    assert _score(rejects, tmp_path / "fixed.csv", models) == 0
+    fixed = pd.read_csv(tmp_path / "fixed.csv", dtype=str, keep_default_na=False)
+    assert fixed["case_id"].tolist() == ["'-A1", "'@B2"]  # written with the mark again, read back without it
+    from pipeline.core.casefiles import read_case_file
+
+    assert read_case_file(tmp_path / "fixed.csv")["case_id"].tolist() == ["-A1", "@B2"]

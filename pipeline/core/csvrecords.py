@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from pipeline.core.errors import BatchInputError
+from pipeline.core.formulas import unguarded
 
 __all__ = ["MAX_RECORD_BYTES", "BlockMismatchError", "CaseChunk", "csv_chunks"]
 
@@ -221,7 +222,7 @@ class _RowPlacer:
         records = self._records(np.arange(self.good, self.good + self.held))
         mine = int(np.searchsorted(records, stop))
         malformed = [k for k in sorted(self.bad) if k < stop]
-        good = table.slice(0, mine)
+        good = unguarded(table.slice(0, mine))  # the spreadsheet mark of kneepain's own CSV outputs taken off
         swallowing = {int(records[i]): reason for i, reason in _swallowing_fields(good, len(self.header)).items()}
         chunk = _with_malformed(good.to_pandas(), records[:mine], malformed, self.bad,
                                 lambda k: f"record {self.first_row + k + 2} of {self.where} (the header is record 1) "

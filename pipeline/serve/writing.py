@@ -7,7 +7,8 @@ input's own column names, so fixing the rejects file and scoring it again is one
 
 CSV outputs are safe to open in a spreadsheet: a text cell that starts with ``=``, ``+``, ``-``,
 ``@``, a tab or a carriage return (and is not a plain number) is written with a leading ``'``
-(OWASP's advice against formula injection). Parquet outputs keep the text as it is.
+(OWASP's advice against formula injection; :mod:`pipeline.core.formulas`, whose reading side
+takes it off again). Parquet outputs keep the text as it is.
 """
 
 from __future__ import annotations
@@ -20,23 +21,18 @@ from typing import BinaryIO
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from pipeline.core.errors import BatchInputError
 from pipeline.core.files import tmp_path
+from pipeline.core.formulas import csv_safe
 from pipeline.core.schema import ID_COLUMN, first_spellings, normalise_header
 from pipeline.serve.predict import OUTPUT_TYPES, output_columns
 
 __all__ = ["REJECT_META", "Writer", "csv_safe", "encode_csv", "output_schema", "output_table", "reject_schema", "reject_table"]
 
 REJECT_META = ["reject_file", "reject_row", "reject_reason"]
-_FORMULA_FIRST = pa.array(["=", "+", "-", "@", "\t", "\r"])
-# the same characters as bytes: all ASCII, so a cell starts with one iff its first UTF-8 byte is one
-_FORMULA_BYTE = np.zeros(256, dtype=bool)
-_FORMULA_BYTE[[ord(c) for c in _FORMULA_FIRST.to_pylist()]] = True
-_PLAIN_NUMBER = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
 
 
 def output_schema(id_column: str, multi: bool, decision: bool, *, top_k: int = 3,
@@ -104,39 +100,6 @@ def reject_table(errors: pd.DataFrame, frame: pd.DataFrame, *, row_offset: int, 
         spelt = own.get(normalise_header(name))
         columns[name] = _as_text(original[spelt]) if spelt is not None else pa.nulls(len(rows), pa.string())
     return pa.table(columns, schema=schema)
-
-
-def csv_safe(table: pa.Table) -> pa.Table:
-    """``table`` with a ``'`` before every text cell that a spreadsheet would run as a formula."""
-    for i, kind in enumerate(table.schema.types):
-        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
-            continue
-        col = table.column(i)
-        # the first character alone rules out nearly every column, at a tenth of a regular expression's cost
-        if not any(_formula_first(chunk) for chunk in col.chunks):
-            continue
-        starts = pc.is_in(pc.utf8_slice_codeunits(col, 0, 1), value_set=_FORMULA_FIRST.cast(kind))
-        risky = pc.and_(starts, pc.invert(pc.match_substring_regex(col, _PLAIN_NUMBER)))
-        if pc.any(risky).as_py():
-            quoted = pc.binary_join_element_wise(pa.scalar("'", kind), col, pa.scalar("", kind))
-            table = table.set_column(i, table.field(i), pc.if_else(risky, quoted, col))
-    return table
-
-
-def _formula_first(chunk: pa.Array) -> bool:
-    """Whether a cell of a string array starts with a formula character, read from its buffers
-    (a gather of first bytes: 16k cells in 20 us, a tenth of Arrow's slice and lookup)."""
-    if not len(chunk):
-        return False
-    _, offsets, data = chunk.buffers()
-    width = np.dtype(np.int64 if pa.types.is_large_string(chunk.type) else np.int32)
-    # a buffer may be longer than its offsets (Arrow allows padding): read only those
-    at: np.ndarray = np.frombuffer(offsets, dtype=width, count=chunk.offset + len(chunk) + 1)[chunk.offset:]
-    texts = at[1:] > at[:-1]  # empty cells start with nothing
-    if chunk.null_count:  # a null cell may still own bytes in the buffer: it is not a text
-        texts &= chunk.is_valid().to_numpy(zero_copy_only=False)
-    starts = at[:-1][texts]
-    return bool(len(starts)) and bool(_FORMULA_BYTE[np.frombuffer(data, dtype=np.uint8)[starts]].any())
 
 
 def encode_csv(table: pa.Table, shape: Callable[[pa.Table], pa.Table] | None = None, *,
