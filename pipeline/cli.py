@@ -434,6 +434,9 @@ def _score(args: argparse.Namespace) -> int:
     if args.engine == "dask":
         from pipeline.core.cluster import dask_client
         from pipeline.serve.dask import REJECTS_FILE, score_files_dask
+        from pipeline.serve.loading import get_model
+
+        get_model(args.model)  # verified as the workers will load it: a missing or altered one named before any cluster
 
         block_bytes = None if args.block_mb is None else round(args.block_mb * (1 << 20))
 

@@ -396,6 +396,44 @@ def test_dask_client_joins_a_scheduler_or_starts_a_local_cluster(client, monkeyp
         with pytest.raises(DaskJobError, match="cannot connect to the Dask scheduler at 'tcp://127.0.0.1:9'"):
             with dask_client("tcp://127.0.0.1:9"):
                 pass
+    for address in ("nowhere", "http://127.0.0.1:8786"):  # not an address: the same one line, not a traceback
+        with pytest.raises(DaskJobError, match="cannot connect to the Dask scheduler"):
+            with dask_client(address):
+                pass
+
+
+def test_a_cluster_without_workers_stops_the_job_instead_of_waiting_for_ever(monkeypatch):
+    from distributed import Client, LocalCluster
+
+    import pipeline.core.cluster as cluster_module
+
+    monkeypatch.setattr(cluster_module, "NO_WORKERS_SECONDS", 1.0)
+    with LocalCluster(n_workers=0, processes=True, host="127.0.0.1", dashboard_address=None) as empty, \
+            Client(empty) as idle:
+        future = idle.submit(sum, [1, 2])
+        with pytest.raises(DaskJobError, match="no worker for 1 s"):
+            cluster_module.gather(idle, {future: "cases.csv"})
+
+
+def test_names_that_look_like_globs_or_break_lines_are_read_as_they_are(client, trained, kb, tmp_path):
+    """A file named cases[2024].csv is that file (not a pattern matching cases2.csv); a column
+    name with a line break does not split the merged rejects."""
+    models, _ = trained
+    frame = _text_cases(kb, 300, 5)
+    frame.loc[[7, 150, 290], "sex"] = "robot"
+    frame["doctor\nnote"] = "x"
+    literal = tmp_path / "cases[2024].csv"
+    frame.to_csv(literal, index=False)
+    frame.head(5).to_csv(tmp_path / "cases2.csv", index=False)
+    summary = score_files_dask([str(literal)], tmp_path / "out", models, client=client, chunk_rows=50,
+                               block_bytes=4096)
+    assert summary.rows_scored == 297 and summary.rows_rejected == 3
+    rejects = pd.read_csv(tmp_path / "out" / "_rejects.csv", dtype=str, keep_default_na=False)
+    assert rejects["reject_row"].tolist() == ["7", "150", "290"]
+    assert set(rejects["reject_file"]) == {str(literal)}
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(BatchInputError, match="already exists"):
+        score_files_dask([str(literal)], tmp_path / "dangling", models, client=client)
 
 
 class KillSwitch(WorkerPlugin):
@@ -502,3 +540,14 @@ def test_command_line_dask_engines_against_a_scheduler(client, trained, tmp_path
     assert len(list((tmp_path / "split").glob("part-*"))) == 5 and len(_read_parts(tmp_path / "split")) == 1500
     assert main(["score", str(parts[0]), "-o", str(tmp_path / "x.csv"), "--block-mb", "1"]) == 2  # pandas: no blocks
     assert main([*args, "--out", str(tmp_path / "gen")]) == 2  # the output folder exists: nothing overwritten
+
+
+def test_the_dask_engine_names_a_missing_default_model_before_any_cluster_starts(kb, tmp_path, monkeypatch, capsys):
+    from pipeline.cli import main
+    from pipeline.core.paths import ENV_HOME
+
+    monkeypatch.setenv(ENV_HOME, str(tmp_path))  # a project folder without models/
+    _text_cases(kb, 20, 3).to_csv(tmp_path / "in.csv", index=False)
+    assert main(["score", "--engine", "dask", str(tmp_path / "in.csv"), "-o", str(tmp_path / "out")]) == 2
+    assert "run `make run`" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -630,3 +630,33 @@ def test_the_spreadsheet_mark_is_taken_off_when_a_csv_is_read_so_fixed_rejects_s
     from pipeline.core.casefiles import read_case_file
 
     assert read_case_file(tmp_path / "fixed.csv")["case_id"].tolist() == ["-A1", "@B2"]
+
+
+def test_parquet_integers_with_nulls_read_the_same_in_every_chunking(trained, tmp_path):
+    """As numpy integers, a chunk with a null would turn a column to floats ("7.0") and the rejects
+    and kept columns would depend on --chunk-rows."""
+    models, _ = trained
+    src = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"case_id": list("abcd"), "age": pa.array([40, None, 60, 7]),
+                             "sex": ["male", "female", "male", "female"], "visits": pa.array([3, None, 5, 6]),
+                             "smoker": pa.array([1, None, 0, 2], pa.int8())}), src)
+    outputs = []
+    for rows in ("1", "2", "16384"):
+        out = tmp_path / f"out{rows}.csv"
+        assert _score(src, out, models, "--chunk-rows", rows, "--keep-input-columns") == 1
+        outputs.append((out.read_bytes(), Path(f"{out}.rejects.csv").read_bytes()))
+    assert outputs.count(outputs[0]) == len(outputs)
+    scored = pd.read_csv(tmp_path / "out1.csv", dtype=str, keep_default_na=False)
+    assert scored[["visits", "smoker"]].values.tolist() == [["3", "1"], ["5", "0"]]
+    bad = pd.read_csv(tmp_path / "out1.csv.rejects.csv", dtype=str, keep_default_na=False)
+    assert bad[["age", "visits", "smoker"]].values.tolist() == [["", "", ""], ["7", "6", "2"]]
+    assert "value '7': out of range" in bad["reject_reason"][1] and "value '2': not allowed" in bad["reject_reason"][1]
+
+
+def test_a_lone_carriage_return_inside_a_quoted_note_is_read(trained, tmp_path):
+    models, _ = trained
+    src = tmp_path / "in.csv"
+    src.write_bytes(("\n".join([HEADER + ",note", GOOD[0] + ',"since Monday\nworse at night\rbetter now"',
+                                *(g + ",ok" for g in GOOD[1:])]) + "\n").encode())
+    assert _score(src, tmp_path / "out.csv", models) == 0
+    assert len(pd.read_csv(tmp_path / "out.csv")) == len(GOOD)

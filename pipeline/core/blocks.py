@@ -168,7 +168,8 @@ def _csv_blocks(path: Path, chunk_rows: int, block_bytes: int) -> Iterator[FileB
     if count <= 1:
         yield FileBlock(start=data_start)
         return
-    targets = [data_start + (size - data_start) * j // count for j in range(1, count)]
+    targets = np.array([data_start + (size - data_start) * j // count for j in range(1, count)], dtype=np.int64)
+    k = 0  # the next target (a pointer, not a shorter list per block: planning stays linear in the blocks)
     scan, first, start = _RecordScan(data_start), 0, data_start
     start_before, rows_before = start, first
     buffer = bytearray(WINDOW_BYTES)
@@ -184,13 +185,13 @@ def _csv_blocks(path: Path, chunk_rows: int, block_bytes: int) -> Iterator[FileB
             # the chunks that start in this window (after every chunk_rows-th record), and the last one before it
             starts = np.concatenate([[start_before], ends[last_of_chunk] + 1])
             rows = np.concatenate([[rows_before], before + last_of_chunk + 1])
-            while targets and starts[-1] >= targets[0]:
-                i = int(np.searchsorted(starts, targets[0]))
-                if i > 0 and starts[i - 1] > start and targets[0] - starts[i - 1] < starts[i] - targets[0]:
+            while k < len(targets) and starts[-1] >= targets[k]:
+                i = int(np.searchsorted(starts, targets[k]))
+                if i > 0 and starts[i - 1] > start and targets[k] - starts[i - 1] < starts[i] - targets[k]:
                     i -= 1  # the nearest chunk start
                 yield FileBlock(first, int(rows[i]) - first, start, int(starts[i]))
                 first, start = int(rows[i]), int(starts[i])
-                targets = [t for t in targets[1:] if t > start]
+                k = max(k + 1, int(np.searchsorted(targets, start, side="right")))
             start_before, rows_before = int(starts[-1]), int(rows[-1])
     total = scan.finish(size) if scan.regular else 0
     if scan.regular:

@@ -247,7 +247,7 @@ def iter_chunks(path: str | Path, chunk_rows: int, *, block: FileBlock | None = 
     try:
         if path.suffix.lower() == ".parquet":
             for table in _parquet_tables(path, chunk_rows, block):
-                yield CaseChunk(_ids_as_text(table).to_pandas(), {})
+                yield CaseChunk(_ids_as_text(table).to_pandas(types_mapper=_NULLABLE_INTEGERS.get), {})
             return
         header, data_start = _csv_header(path)
         if block.first_row == 0 and block.rows is None:  # the whole file
@@ -310,6 +310,14 @@ def _parquet_tables(path: Path, chunk_rows: int, block: FileBlock) -> Iterator[p
             pending, held = table.slice(chunk_rows).to_batches(), max(held - chunk_rows, 0)
         if left == 0:
             return
+
+
+# Parquet integers as pandas' nullable integers, whether or not a chunk has a null: as numpy
+# integers they would become floats in the chunks that have one ("7.0" in a reason or a kept
+# column), and the rejects would depend on how the file was chunked
+_NULLABLE_INTEGERS = {pa.int8(): pd.Int8Dtype(), pa.int16(): pd.Int16Dtype(), pa.int32(): pd.Int32Dtype(),
+                      pa.int64(): pd.Int64Dtype(), pa.uint8(): pd.UInt8Dtype(), pa.uint16(): pd.UInt16Dtype(),
+                      pa.uint32(): pd.UInt32Dtype(), pa.uint64(): pd.UInt64Dtype()}
 
 
 def _ids_as_text(table: pa.Table) -> pa.Table:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -62,7 +63,7 @@ def dask_client(scheduler: str | None = None, *, n_workers: int | None = None) -
                              f"{scheduler!r} has its own workers.")
         try:
             client = Client(scheduler)
-        except OSError as err:  # refused or timed out
+        except (OSError, ValueError) as err:  # refused or timed out, or not an address
             raise DaskJobError(f"cannot connect to the Dask scheduler at {scheduler!r}: {err}") from err
         with client:
             yield client
@@ -72,10 +73,14 @@ def dask_client(scheduler: str | None = None, *, n_workers: int | None = None) -
         raise ValueError(f"n_workers == {n_workers!r}, must be an integer >= 1.")
     # one thread per worker: scoring holds the GIL for much of a chunk (two threads in one process score
     # about 1.4x one), so processes scale and threads less
-    with dask.config.set(LOCAL_WORKER_CONFIG), LocalCluster(
-            n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
-    ) as cluster, Client(cluster) as client:
-        yield client
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(dask.config.set(LOCAL_WORKER_CONFIG))
+        try:
+            cluster = stack.enter_context(LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                                                       host="127.0.0.1", dashboard_address=None))
+        except RuntimeError as err:  # a worker that died while it started ("Nanny failed to start")
+            raise DaskJobError(f"the local Dask cluster did not start: {err}") from err
+        yield stack.enter_context(Client(cluster))
 
 
 def temp_folder(target: Path) -> Path:
@@ -103,21 +108,43 @@ def remove_temp_folder(tmp: Path) -> None:
     shutil.rmtree(doomed, ignore_errors=True)
 
 
+NO_WORKERS_SECONDS = 120.0  # a job whose cluster has had no worker this long stops
+
+
 def gather(client: "Client", futures: dict["Future", str]) -> list[Any]:
-    """Results of ``futures`` (future -> input label); on the first failure cancel the rest and raise."""
-    from distributed import as_completed
+    """Results of ``futures`` (future -> input label); on the first failure cancel the rest and raise.
+
+    A cluster left without workers (none ever joined a scheduler, or a local cluster's all died
+    before they ran a task, which Dask does not count as a failure) would wait for ever: after
+    :data:`NO_WORKERS_SECONDS` without one the job stops with :class:`DaskJobError`."""
+    from distributed import wait
 
     results = []
+    pending = list(futures)
+    idle_since: float | None = None
     try:
-        for future in as_completed(list(futures)):
+        while pending:
             try:
-                result = future.result()
-            except Exception as err:  # KilledWorker, or an unexpected error after the retries
-                raise DaskJobError(f"{futures[future]}: the Dask task failed ({type(err).__name__}: {err}); "
-                                   "no output was written.") from err
-            if getattr(result, "error", None) is not None:
-                raise result.error
-            results.append(result)
+                done, not_done = wait(pending, timeout=min(5.0, NO_WORKERS_SECONDS), return_when="FIRST_COMPLETED")
+            except TimeoutError:  # nothing finished meanwhile
+                done, not_done = set(), pending
+            pending = list(not_done)
+            for future in done:
+                try:
+                    result = future.result()
+                except Exception as err:  # KilledWorker, or an unexpected error after the retries
+                    raise DaskJobError(f"{futures[future]}: the Dask task failed ({type(err).__name__}: {err}); "
+                                       "no output was written.") from err
+                if getattr(result, "error", None) is not None:
+                    raise result.error
+                results.append(result)
+            if done or client.nthreads():
+                idle_since = None
+            elif idle_since is None:
+                idle_since = time.monotonic()
+            elif time.monotonic() - idle_since > NO_WORKERS_SECONDS:
+                raise DaskJobError(f"the Dask cluster has had no worker for {NO_WORKERS_SECONDS:g} s (none joined "
+                                   "the scheduler, or they all died); no output was written.")
     except BaseException:
         client.cancel(list(futures))  # tasks already running finish, but write into a removed folder
         raise

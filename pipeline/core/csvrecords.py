@@ -254,7 +254,7 @@ def _swallowed(name: str, value: str, n_fields: int) -> str | None:
     after the first have the header's ``n_fields`` fields; a quote left open reads every record up to
     the next quote into one field, and they would vanish from the count), else None."""
     lines = value.split("\n")
-    records = sum(len(next(csv.reader([line.rstrip("\r")]), [])) == n_fields for line in lines[1:])
+    records = sum(len(_fields_of(line)) == n_fields for line in lines[1:])
     if not records:
         return None
     return (f"has a field {name!r} that runs over {len(lines)} lines, {records} of them with the header's {n_fields} "
@@ -262,9 +262,18 @@ def _swallowed(name: str, value: str, n_fields: int) -> str | None:
             "whole record is in this row)")
 
 
+def _fields_of(text: str) -> list[str]:
+    """The fields of the first CSV record in ``text`` (a line break or a lone carriage return outside
+    quotes ends it; text the csv module cannot split is one field)."""
+    try:
+        return next(csv.reader(io.StringIO(text, newline="")), [])
+    except csv.Error:
+        return [text]
+
+
 def _malformed_reason(header: list[str], record: _Malformed) -> str:
     """Why a record with the wrong number of fields is malformed (a field that swallowed records is the likely cause)."""
-    fields = next(csv.reader(io.StringIO(record.text, newline="")), [])
+    fields = _fields_of(record.text)
     for name, value in zip(header, fields):
         if "\n" in value and (reason := _swallowed(name, value, len(header))):
             return reason
@@ -289,7 +298,7 @@ def _with_malformed(frame: pd.DataFrame, rows: np.ndarray, malformed: list[int],
         at = np.searchsorted(rows, np.asarray(also, dtype=np.int64))
         return CaseChunk(frame, {int(i): reason(k) for i, k in zip(at, also)})
     names = list(frame.columns)
-    fields = [(next(csv.reader([bad[k].text]), []) + [""] * len(names))[:len(names)] for k in malformed]
+    fields = [(_fields_of(bad[k].text) + [""] * len(names))[:len(names)] for k in malformed]
     extra = pd.DataFrame(fields, columns=names, dtype=frame.dtypes.iloc[0] if len(names) else None)
     everything = np.concatenate([rows, malformed])
     order = np.argsort(everything, kind="stable")

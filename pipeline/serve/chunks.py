@@ -30,7 +30,7 @@ from pipeline.core.parsing import DUPLICATE_ID, ParsedCases, normalise_ids
 from pipeline.core.schema import ID_COLUMN, normalise_header
 from pipeline.serve.loading import LoadedModel
 from pipeline.serve.predict import score_parsed
-from pipeline.serve.writing import encode_csv, output_table, reject_table
+from pipeline.serve.writing import as_text, encode_csv, output_table, reject_table
 
 __all__ = ["ChunkScorer", "Done", "FileJob", "SeenIds", "available_cores", "chunk_ids", "parse_chunk", "reject_repeated",
            "score_chunk", "score_valid", "scorer_threads", "validate_chunk"]
@@ -164,7 +164,8 @@ def _score_and_keep(model: LoadedModel, parsed: ParsedCases, valid: np.ndarray, 
     scored = score_valid(model, parsed, valid, row_offset=row_offset, top_k=top_k, codes=codes)
     if keep:
         rows = frame.iloc[np.flatnonzero(valid)]
-        scored = scored.assign(**{out: rows[name].astype("str").to_numpy() for name, out in keep.items()})
+        scored = scored.assign(**{out: as_text(rows[name]).to_numpy(zero_copy_only=False)  # a missing value: empty
+                                  for name, out in keep.items()})
     return scored
 
 

@@ -147,7 +147,7 @@ def _expand_inputs(inputs: Sequence[str | Path] | str | Path) -> list[Path]:
     paths: list[Path] = []
     for item in items:
         text = str(item)
-        if any(c in text for c in "*?["):
+        if any(c in text for c in "*?[") and not Path(text).is_file():  # a file's own name is taken as it is
             matches = sorted(glob.glob(text, recursive=True))
             if not matches:
                 raise BatchInputError(f"{text}: no file matches this pattern.")
@@ -191,12 +191,15 @@ def _publish(tmp: Path, results: list[_BlockResult], target: Path, rschema: pa.S
     """Merge the rejects into ``_rejects.csv``, drop leftovers of killed attempts, rename ``tmp`` to ``target``."""
     sink = pa.BufferOutputStream()
     pacsv.write_csv(rschema.empty_table(), sink)
+    header = sink.getvalue().to_pybytes()
     with open(tmp / REJECTS_FILE, "wb") as out:
-        out.write(sink.getvalue().to_pybytes())
+        out.write(header)
         for r in results:
             if r.rejects:
                 with open(tmp / r.rejects, "rb") as fh:
-                    fh.readline()  # each file's header
+                    # each file's header, by its bytes: a column name may hold a line break
+                    if fh.read(len(header)) != header:
+                        raise DaskJobError(f"{tmp / r.rejects}: does not start with the rejects' header.")
                     shutil.copyfileobj(fh, out)
     keep = {p for r in results for p in r.parts} | {REJECTS_FILE}
     missing = keep - {p.name for p in tmp.iterdir()}
@@ -205,7 +208,7 @@ def _publish(tmp: Path, results: list[_BlockResult], target: Path, rschema: pa.S
     for entry in tmp.iterdir():
         if entry.name not in keep:
             entry.unlink()
-    if target.exists():
+    if os.path.lexists(target):
         raise BatchInputError(f"{target}: appeared while the job ran; the output is not replaced.")
     os.rename(tmp, target)
 
@@ -317,7 +320,7 @@ def score_files_dask(inputs: Sequence[str | Path] | str | Path, output_dir: str 
     has_ids = [ID_COLUMN in {normalise_header(c) for c in cols} for cols in columns]
     rschema = reject_schema(columns)
     model = _model_path(model_source)
-    if target.exists():
+    if os.path.lexists(target):  # a link to nothing too: the folder could not be renamed onto it
         raise BatchInputError(f"{target}: already exists; the dask engine writes a new folder and never "
                               "overwrites one (remove it or choose another name).")
     if not target.parent.is_dir():

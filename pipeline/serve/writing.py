@@ -30,7 +30,8 @@ from pipeline.core.formulas import csv_safe
 from pipeline.core.schema import ID_COLUMN, first_spellings, normalise_header
 from pipeline.serve.predict import OUTPUT_TYPES, output_columns
 
-__all__ = ["REJECT_META", "Writer", "csv_safe", "encode_csv", "output_schema", "output_table", "reject_schema", "reject_table"]
+__all__ = ["REJECT_META", "Writer", "as_text", "csv_safe", "encode_csv", "output_schema", "output_table",
+           "reject_schema", "reject_table"]
 
 REJECT_META = ["reject_file", "reject_row", "reject_reason"]
 
@@ -74,7 +75,8 @@ def _problem(column: str, value: str, reason: str) -> str:
     return f"column {column!r}, value {value!r}: {reason}" if column else reason
 
 
-def _as_text(values: pd.Series) -> pa.Array:
+def as_text(values: pd.Series) -> pa.Array:
+    """A column of any type as Arrow text, a missing value (None, NA, NaN, NaT) as null."""
     if isinstance(values.dtype, pd.StringDtype):
         return pa.array(values.array, type=pa.string())
     obj = values.astype(object)
@@ -98,7 +100,7 @@ def reject_table(errors: pd.DataFrame, frame: pd.DataFrame, *, row_offset: int, 
     own = {normalise_header(c): c for c in original.columns}  # this input's spelling of each column
     for name in schema.names[len(REJECT_META):]:
         spelt = own.get(normalise_header(name))
-        columns[name] = _as_text(original[spelt]) if spelt is not None else pa.nulls(len(rows), pa.string())
+        columns[name] = as_text(original[spelt]) if spelt is not None else pa.nulls(len(rows), pa.string())
     return pa.table(columns, schema=schema)
 
 
