@@ -255,6 +255,8 @@ def test_an_input_without_a_required_column_stops_the_job_before_any_row_is_writ
     with pytest.raises(BatchInputError, match="no_sex.csv: column 'sex': required column is missing"):
         score_files([path, second], "-", load_model(models), stdout=out, rejects=tmp_path / "r.csv")
     assert out.getvalue() == b""  # the first file's rows were not streamed out first
+    with pytest.raises(BatchInputError, match="no_sex.csv: column 'sex': required column is missing"):
+        predict(second, model=models)  # named with its file, as the command names it
     assert main(["score", str(path), "--engine", "dask", "-o", str(tmp_path / "out.csv"), "--model", str(models)]) == 2
     assert "the dask engine writes a folder of part files" in capsys.readouterr().err
     assert not (tmp_path / "out.csv").exists()

@@ -338,7 +338,7 @@ def read_case_file(path: str | Path, chunk_rows: int = 100_000) -> pd.DataFrame:
     Raises
     ------
     BatchInputError
-        The file cannot be read at all.
+        The file cannot be read at all, or lacks a required column (named with the file).
     CaseValidationError
         Some CSV records have the wrong number of fields (each named with its row and record).
     """
@@ -348,10 +348,10 @@ def read_case_file(path: str | Path, chunk_rows: int = 100_000) -> pd.DataFrame:
         problems += [(offset + i, reason) for i, reason in chunk.malformed.items()]
         offset += len(chunk.frame)
     if not frames:  # a Parquet file without rows (a CSV of only a header is one empty chunk)
-        frames = [_ids_as_text(pq.read_schema(path).empty_table()).to_pandas()]
+        frames = [_ids_as_text(pq.read_schema(path).empty_table()).to_pandas(types_mapper=_NULLABLE_INTEGERS.get)]
     frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-    if required_columns_error(frame.columns) is not None and (wrong := _wrong_separator(path, frame.columns)):
-        raise wrong
+    if (missing := required_columns_error(frame.columns)) is not None:  # the file is unusable, as in `kneepain score`
+        raise _wrong_separator(path, frame.columns) or BatchInputError(f"{path}: {missing}")
     if problems:  # named with every other invalid row of the file, as `kneepain score` names them
         errors = parse_read(frame, dict(problems)).errors
         raise CaseValidationError(errors.sort_values("row", kind="stable"), offset)
