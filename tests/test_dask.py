@@ -5,6 +5,7 @@ worker must either be survived or leave no output; partitioned generation must b
 the dask joblib backend must give the local backend's cross-validation results.
 """
 
+import gc
 import os
 import re
 import signal
@@ -396,10 +397,14 @@ def test_dask_client_joins_a_scheduler_or_starts_a_local_cluster(client, monkeyp
         with pytest.raises(DaskJobError, match="cannot connect to the Dask scheduler at 'tcp://127.0.0.1:9'"):
             with dask_client("tcp://127.0.0.1:9"):
                 pass
+    # each half-made Client is collected here: distributed deadlocks when the garbage collector
+    # closes one while another Client is starting (Client.__del__ inside LoopRunner.start)
+    gc.collect()
     for address in ("nowhere", "http://127.0.0.1:8786"):  # not an address: the same one line, not a traceback
         with pytest.raises(DaskJobError, match="cannot connect to the Dask scheduler"):
             with dask_client(address):
                 pass
+        gc.collect()
 
 
 def test_a_cluster_without_workers_stops_the_job_instead_of_waiting_for_ever(monkeypatch):
