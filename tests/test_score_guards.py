@@ -433,7 +433,10 @@ def test_formula_screen_reads_the_buffers_as_arrow_reads_the_cells(kind):
     is not a formula."""
     import pyarrow.compute as pc
 
-    from pipeline.core.formulas import _FORMULA_FIRST, _formula_first, csv_safe
+    from pipeline.core.formulas import _FORMULA_BYTE, _FORMULA_FIRST, _starts_with, csv_safe
+
+    def _formula_first(chunk):
+        return _starts_with(chunk, _FORMULA_BYTE)
 
     rng = np.random.default_rng(3)
     alphabet = ["=", "+", "-", "@", "\t", "\r", "a", "1", "é", "½", " ", "|"]

@@ -77,11 +77,18 @@ def complete_columns(paths: Sequence[Path]) -> list[list[str]]:
     column, so a job stops before any of its rows is scored."""
     columns = [file_columns(p) for p in paths]
     for path, names in zip(paths, columns):
-        missing = required_columns_error(names)
-        if missing is None:
-            continue
-        raise _wrong_separator(path, names) or BatchInputError(f"{path}: {missing}") from missing
+        if (unusable := _lacks_required(path, names)) is not None:
+            raise unusable
     return columns
+
+
+def _lacks_required(path: str | Path, names: Sequence[str]) -> BatchInputError | None:
+    """The error for a file whose columns ``names`` lack a required one, named with the file (and
+    the likely cause, another separator, when it is that), or None."""
+    missing = required_columns_error(names)
+    if missing is None:
+        return None
+    return _wrong_separator(path, names) or BatchInputError(f"{path}: {missing}")
 
 
 def _wrong_separator(path: str | Path, names: Sequence[str]) -> BatchInputError | None:
@@ -350,8 +357,8 @@ def read_case_file(path: str | Path, chunk_rows: int = 100_000) -> pd.DataFrame:
     if not frames:  # a Parquet file without rows (a CSV of only a header is one empty chunk)
         frames = [_ids_as_text(pq.read_schema(path).empty_table()).to_pandas(types_mapper=_NULLABLE_INTEGERS.get)]
     frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-    if (missing := required_columns_error(frame.columns)) is not None:  # the file is unusable, as in `kneepain score`
-        raise _wrong_separator(path, frame.columns) or BatchInputError(f"{path}: {missing}")
+    if (unusable := _lacks_required(path, list(frame.columns))) is not None:  # as in `kneepain score`
+        raise unusable
     if problems:  # named with every other invalid row of the file, as `kneepain score` names them
         errors = parse_read(frame, dict(problems)).errors
         raise CaseValidationError(errors.sort_values("row", kind="stable"), offset)

@@ -83,8 +83,3 @@ def _starts_with(chunk: pa.Array, first: np.ndarray) -> bool:
         texts &= chunk.is_valid().to_numpy(zero_copy_only=False)
     starts = at[:-1][texts]
     return bool(len(starts)) and bool(first[np.frombuffer(data, dtype=np.uint8)[starts]].any())
-
-
-def _formula_first(chunk: pa.Array) -> bool:
-    """Whether a cell of a string array starts with a formula character (the screen of :func:`csv_safe`)."""
-    return _starts_with(chunk, _FORMULA_BYTE)
