@@ -216,6 +216,25 @@ def test_ids_after_a_csv_ending_on_a_chunk(client, trained, kb, tmp_path):
     assert "y.csv\",299,\"column 'case_id', value 'x-0': duplicate case_id" in (tmp_path / "out" / "_rejects.csv").read_text()
 
 
+def test_a_file_of_no_rows_gets_a_part_of_its_columns_whatever_its_format(client, trained, kb, tmp_path):
+    """A header-only CSV and a Parquet file of no rows each get one empty part, as the pandas
+    engine writes an output of the columns alone for either."""
+    models, _ = trained
+    empty = _text_cases(kb, 10, 4, ids="e").iloc[:0]
+    empty.to_csv(tmp_path / "empty.csv", index=False)
+    empty.to_parquet(tmp_path / "empty.parquet")
+    inputs = [str(tmp_path / "empty.parquet"), str(tmp_path / "empty.csv")]
+    summary = score_files_dask(inputs, tmp_path / "out", models, client=client, chunk_rows=CHUNK)
+    assert (summary.rows_scored, summary.rows_rejected) == (0, 0)
+    parts = sorted((tmp_path / "out").glob("part-*"))
+    assert [p.name for p in parts] == ["part-00000-00000.parquet", "part-00001-00000.parquet"]
+    first, second = (pd.read_parquet(p) for p in parts)
+    assert len(first) == len(second) == 0
+    pd.testing.assert_frame_equal(first, second)  # the same columns, of the same types
+    score_files(inputs, tmp_path / "ref.parquet", get_model(models), chunk_rows=CHUNK)
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "ref.parquet"), first)
+
+
 def test_pandas_engine_ids_after_a_csv_ending_on_a_chunk(trained, kb, tmp_path):
     models, _ = trained
     summary = score_files(_two_csvs_with_ids(kb, tmp_path), tmp_path / "out.csv", get_model(models),
@@ -237,6 +256,21 @@ def test_unusable_input_or_existing_output_writes_nothing(client, trained, kb, t
     assert score_files_dask(good, tmp_path / "empty_rejects", models, client=client).rows_rejected == 0
     header = (tmp_path / "empty_rejects" / "_rejects.csv").read_text()
     assert header == ",".join(f'"{c}"' for c in [*REJECT_META, *pd.read_csv(good, nrows=0).columns]) + "\n"
+
+
+def test_a_file_unreadable_past_its_header_is_named_as_the_pandas_engine_names_it(client, trained, tmp_path,
+                                                                                    monkeypatch):
+    """The workers read a file by its absolute path; the error still names it as it was given."""
+    models, _ = trained
+    monkeypatch.chdir(tmp_path)
+    Path("latin1.csv").write_bytes(b"case_id,age,sex\na,40,male\nb,50,f\xe9male\n")
+    with pytest.raises(BatchInputError) as pandas_engine:
+        score_files(["latin1.csv"], "ref.csv", get_model(models))
+    with pytest.raises(BatchInputError) as dask_engine:
+        score_files_dask(["latin1.csv"], "out", models, client=client)
+    assert str(dask_engine.value) == str(pandas_engine.value)
+    assert str(dask_engine.value).startswith("latin1.csv: cannot read: not valid UTF-8 text at byte offset 32 (line 3)")
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(("out", ".out", "ref.csv"))]  # nothing written
 
 
 @pytest.fixture(scope="module")

@@ -299,6 +299,9 @@ def _parquet_tables(path: Path, chunk_rows: int, block: FileBlock) -> Iterator[p
     """The Parquet file's rows of ``block`` in tables of exactly ``chunk_rows`` rows (the last may be shorter)."""
     file = pq.ParquetFile(path)
     rows = file.metadata.num_rows if block.rows is None else block.rows
+    if rows == 0 and block.first_row == 0:  # a file of no rows still yields its (empty) columns once, as a CSV does
+        yield file.schema_arrow.empty_table()
+        return
     if block.rows is None:  # the whole file; its batches end at row groups' ends, so they are regrouped too
         block = FileBlock(0, rows, 0, file.num_row_groups)
     groups = range(block.start, block.end)

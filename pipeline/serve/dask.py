@@ -133,13 +133,21 @@ def _score_block(file: int, label: str, path: str, block: FileBlock, model_sourc
         # a split block that cannot be read (or does not hold its planned rows) sends its file
         # back to be scored whole, which reports the file's real error, if any, as the pandas engine does
         result.whole_file = _is_split(block)
-        result.error = None if result.whole_file else err
+        result.error = None if result.whole_file else _named_as_given(err, path, label)
     finally:
         if rejects is not None:
             rejects.close()  # a second close is a no-op
     if seen.runs:
         result.id_hashes = np.unique(np.concatenate(seen.runs))
     return result
+
+
+def _named_as_given(err: Exception, path: str, label: str) -> Exception:
+    """An input error naming its file as the user gave it (a task reads the file by its absolute
+    path, so that workers in another folder find it), as the pandas engine names it."""
+    if type(err) is BatchInputError and path != label and path in str(err):
+        return BatchInputError(str(err).replace(path, label))
+    return err
 
 
 def _expand_inputs(inputs: Sequence[str | Path] | str | Path) -> list[Path]:
