@@ -72,3 +72,16 @@ def test_an_unsigned_or_foreign_folder_is_refused_when_a_key_is_trusted(signed, 
     (folder / "notes.txt").write_text("added later")
     with pytest.raises(ModelIntegrityError, match="added since signing: notes.txt"):
         load_model(folder, trusted=public)
+
+
+def test_a_folder_given_by_a_relative_path_signs_and_verifies_as_the_readme_shows(signed, tmp_path, monkeypatch,
+                                                                                  capsys):
+    """``kneepain sign models`` then ``kneepain verify models``, run in the folder above it."""
+    folder, public = signed
+    private, public = _keypair(tmp_path, "relative")
+    monkeypatch.chdir(folder.parent)
+    assert main(["sign", folder.name, "--key", str(private)]) == 0
+    assert main(["sign", folder.name, "--key", str(private)]) == 0  # signing again replaces model.sig
+    monkeypatch.setenv("KNEEPAIN_TRUSTED_KEY", str(public))
+    assert main(["verify", folder.name]) == 0, capsys.readouterr().err
+    assert load_model(folder.name, trusted=public).decision is not None

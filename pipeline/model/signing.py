@@ -49,8 +49,10 @@ def _library():
     return hashing, signing, verifying
 
 
-def _hashing(hashing, folder: Path):
-    return hashing.Config().set_ignored_paths(paths=[folder / SIGNATURE_FILE], ignore_git_paths=False)
+def _hashing(hashing):
+    # relative to the folder, as the library reads an ignored path (it joins it to the folder and
+    # drops one outside it: ``models/model.sig`` became ``models/models/model.sig``)
+    return hashing.Config().set_ignored_paths(paths=[SIGNATURE_FILE], ignore_git_paths=False)
 
 
 def sign_folder(folder: str | Path, private_key: str | Path, *, password: str | None = None) -> Path:
@@ -60,7 +62,7 @@ def sign_folder(folder: str | Path, private_key: str | Path, *, password: str | 
     signature = folder / SIGNATURE_FILE
     try:
         (signing.Config().use_elliptic_key_signer(private_key=Path(private_key), password=password)
-         .set_hashing_config(_hashing(hashing, folder)).sign(folder, signature))
+         .set_hashing_config(_hashing(hashing)).sign(folder, signature))
     except (ValueError, OSError, TypeError) as err:
         raise ModelIntegrityError(f"cannot sign {folder} with {private_key}: {err}") from err
     return signature
@@ -83,7 +85,7 @@ def verify_signature(folder: str | Path, public_key: str | Path) -> None:
     hashing, _, verifying = _library()
     try:
         (verifying.Config().use_elliptic_key_verifier(public_key=Path(public_key))
-         .set_hashing_config(_hashing(hashing, folder)).verify(folder, signature))
+         .set_hashing_config(_hashing(hashing)).verify(folder, signature))
     except Exception as err:  # the library raises ValueError and others: each means "not verified"
         raise ModelIntegrityError(f"{folder} is not verified by the trusted key {public_key}: "
                                   f"{_summary(str(err))}; refusing to load it.") from err
