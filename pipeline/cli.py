@@ -568,20 +568,25 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import math
     import os
 
     from pipeline.serve.http import MAX_REQUEST_ENV, MODEL_ENV, max_request_bytes
-    from pipeline.serve.loading import load_model
+    from pipeline.serve.loading import is_model_uri, load_model, pinned_uri
 
     env = dict(os.environ)
     if args.max_request_mb is not None:
-        if not args.max_request_mb > 0:
-            raise UsageError(f"--max-request-mb == {args.max_request_mb}, must be > 0.")
-        env[MAX_REQUEST_ENV] = str(int(args.max_request_mb * 1024 * 1024))
+        limit = args.max_request_mb * 1024 * 1024
+        if not (math.isfinite(limit) and limit >= 1):
+            raise UsageError(f"--max-request-mb == {args.max_request_mb}, must be a finite number of MB of at least "
+                             "one byte (1 byte is about 1e-6 MB).")
+        env[MAX_REQUEST_ENV] = str(int(limit))
     os.environ[MAX_REQUEST_ENV] = env.get(MAX_REQUEST_ENV, "")
     max_request_bytes()  # a bad limit is an error here, not in every worker
-    load_model(args.model_uri)  # a model that fails its checks is refused here, in one line
-    env[MODEL_ENV] = args.model_uri
+    # an alias as the version it names now: a worker that restarts loads the same model
+    source = pinned_uri(args.model_uri) if is_model_uri(args.model_uri) else args.model_uri
+    load_model(source)  # a model that fails its checks is refused here, in one line
+    env[MODEL_ENV] = source
     cmd = [sys.executable, "-m", "uvicorn", "--factory", "pipeline.serve.http:create_app", "--host", args.host,
            "--port", str(args.port), "--workers", str(args.workers)]
     sys.stdout.flush()

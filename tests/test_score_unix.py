@@ -75,6 +75,10 @@ def test_columns_keep_input_top_k_and_full_texts(trained, cases_csv, tmp_path):
     (tmp_path / "out.csv.texts.csv").write_text("column,code,text\n")
     assert main(["score", str(path), "-o", str(out), "--model", str(models), "--quiet", "--texts", "full"]) == 0
     assert not (tmp_path / "out.csv.texts.csv").exists()
+    # codes, but no coded column among those written: no lookup goes with the output
+    for columns, lookup in (("case_id,advice", True), ("case_id,prediction,triage", False)):
+        assert main(["score", str(path), "-o", str(out), "--model", str(models), "--quiet", "--columns", columns]) == 0
+        assert (tmp_path / "out.csv.texts.csv").exists() == lookup, columns
 
 
 def test_kept_input_columns_never_lose_one_to_a_name_clash(trained, tmp_path, capsys):

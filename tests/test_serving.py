@@ -10,7 +10,9 @@ import requests
 from servers import BIN, free_port, running
 
 from pipeline import predict
+from pipeline.core.errors import BatchInputError
 from pipeline.core.schema import CONDITIONS
+from pipeline.serve.http import parse_body
 
 P_COLS = [f"p_{c}" for c in CONDITIONS]
 
@@ -76,3 +78,59 @@ def test_no_answer_shows_a_stack_trace_or_a_path_and_large_requests_are_refused(
         assert "/tmp" not in a.text and "/work" not in a.text and "/home" not in a.text
     assert "x" * 1000 not in answers[0].text  # a long value is shortened, not echoed
     assert "larger than 1,048,576 bytes" in answers[4].json()["message"]
+
+
+@pytest.mark.slow
+def test_served_answers_keep_ids_say_what_was_ignored_and_take_columns_and_top_k(served, trained, tmp_path):
+    models, uri = trained
+
+    def post(body):
+        return requests.post(f"{served}/invocations", json=body, timeout=60)
+
+    # an integer id beside a missing one stays as given (as predict() keeps it), and no bare NaN
+    records = [{"case_id": 9007199254740993, "age": 30, "sex": "male"}, {"age": 31, "sex": "male"}]
+    answer = post({"dataframe_records": records})
+    assert answer.status_code == 200 and "NaN" not in answer.text
+    assert [r["case_id"] for r in answer.json()["predictions"]] == [9007199254740993, None]
+    ids = predict(records, model=models)["case_id"].tolist()
+    assert ids[0] == 9007199254740993 and type(ids[0]) is int and pd.isna(ids[1])
+    # a misspelt red-flag answer is unknown: the client is told, with the field it looks like
+    answer = post({"dataframe_records": [{"age": 30, "sex": "male", "knee_swelling": "yes", "skin_warm": "yes",
+                                          "fevers": "yes"}]})
+    assert answer.json()["warnings"] == ["ignoring columns that are not case fields: fevers (did you mean fever?)"]
+    assert "warnings" not in post({"dataframe_records": records}).json()
+    # MLflow's columns, and params.top_k as predict() takes it
+    answer = post({"inputs": {"age": [30, 40], "sex": ["male", "female"]}, "params": {"top_k": 5}})
+    expected = predict([{"age": 30, "sex": "male"}, {"age": 40, "sex": "female"}], model=models, top_k=5)
+    assert pd.DataFrame(answer.json()["predictions"])["top5"].tolist() == expected["top5"].tolist()
+    # the server names the version it serves (the alias as it stood at start: a restarted worker loads the same)
+    from mlflow import MlflowClient
+
+    version = MlflowClient(uri).get_model_version_by_alias("kneepain-classifier", "champion").version
+    assert f"serves models:/kneepain-classifier/{version} (the " in (tmp_path / "serve.log").read_text()
+
+
+@pytest.mark.parametrize("body, message", [
+    (b'{"dataframe_records": [{"age": 1' + b"0" * 5000 + b', "sex": "male"}]}', "a value JSON cannot be read"),
+    (b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested too deeply"),
+    (b'{"inputs": {"age": [30, 40], "sex": ["male"]}}', "every list must hold one value per case; got lists of 1, 2"),
+    (b'{"dataframe_split": {"columns": ["age", "age"], "data": [[1, 2]]}}', "the columns 'age' are given more than once"),
+    (b'{"dataframe_records": [], "params": {"top_k": 12}}', "params: top_k == 12, must be an integer in 1..9"),
+    (b'{"dataframe_records": [], "params": {"k": 1}}', "params: 'k' not understood; allowed: top_k"),
+    (b'{"dataframe_records": [], "' + b"x" * 3000 + b'": 1}', "'xxxxxxxxxx"),
+])
+def test_a_body_that_is_not_cases_is_named_without_echoing_it(body, message):
+    with pytest.raises(BatchInputError, match=message) as err:
+        parse_body(body)
+    assert len(str(err.value)) < 600
+
+
+def test_every_format_gives_the_same_records():
+    records = [{"age": 30, "sex": "male"}, {"age": 40, "sex": "female"}]
+    columns = {"age": [30, 40], "sex": ["male", "female"]}
+    split = {"columns": ["age", "sex"], "data": [[30, "male"], [40, "female"]]}
+    for payload in ({"dataframe_records": records}, {"instances": records}, {"inputs": columns},
+                    {"instances": columns}, {"dataframe_split": split}):
+        assert parse_body(json.dumps(payload).encode()) == (records, {})
+    assert parse_body(b'{"inputs": {"age": 30, "sex": "male"}}') == ([records[0]], {})  # one case
+    assert parse_body(b'{"dataframe_split": {"columns": ["age"], "data": []}}') == ([], {})

@@ -89,6 +89,24 @@ def test_champion_predicts_like_the_models_folder(trained, small_data, monkeypat
     np.testing.assert_allclose(via_uri[p_cols].to_numpy(float), local[p_cols].to_numpy(float), rtol=1e-12)
 
 
+def test_loading_a_registered_model_writes_nothing_into_the_store(trained, monkeypatch):
+    """A local store hands out its own folder; loading reads from it and writes into a folder of its own."""
+    models, uri = trained
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    client = _client(uri)
+    version = client.get_model_version_by_alias(NAME, "champion").version
+    stored = Path(client.get_model_version_download_uri(NAME, version).removeprefix("file://"))
+    assert stored.is_dir()
+
+    def listing():
+        return sorted((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in stored.rglob("*"))
+
+    before = listing()
+    loaded = load_model(f"models:/{NAME}@champion")
+    assert loaded.source == f"models:/{NAME}@champion" and loaded.decision is not None
+    assert listing() == before
+
+
 def test_evaluate_writes_reports_and_logs_them(trained, small_data, tmp_path, monkeypatch):
     models, uri = trained
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -180,9 +198,8 @@ def test_training_against_a_real_mlflow_server(mlflow_server, small_data, small_
     version = client.get_model_version(NAME, manifest["registered_version"])
     assert version.run_id == run.info.run_id
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == str(version.version)
-    champion, model_file = load_model(f"models:/{NAME}@champion"), manifest["model_file"]
-
-    def checksums(folder):
-        return json.loads((Path(folder) / "checksums.json").read_text())["files"]
-
-    assert checksums(champion.source)[model_file] == checksums(out)[model_file]  # the same model file
+    champion = load_model(f"models:/{NAME}@champion")  # fetched through the server's artifact proxy
+    assert champion.source == f"models:/{NAME}@champion"
+    cases = pd.read_parquet(small_data / "test.parquet").head(200)
+    pd.testing.assert_frame_equal(predict(cases, model=champion), predict(cases, model=load_model(out)),
+                                  check_exact=True)  # the same model, decision layer and all

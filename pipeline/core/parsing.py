@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import difflib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -57,9 +58,21 @@ def required_columns_error(names) -> CaseValidationError | None:
 
 
 def ignored_columns_message(columns: tuple[str, ...] | list[str], where: str = "") -> str:
-    """The one warning for input columns that are not case fields (``where``: a file, or nothing)."""
-    names = [c if str(c).strip() else "(a column without a name)" for c in columns]
+    """The one warning for input columns that are not case fields (``where``: a file, or nothing),
+    with the field a name looks like a misspelling of: an answer under a misspelt name is unknown,
+    and an unknown red-flag answer can lower the triage."""
+    names = []
+    for c in columns:
+        if not str(c).strip():
+            names.append("(a column without a name)")
+            continue
+        near = difflib.get_close_matches(normalise_header(c), _SPELLED, n=1, cutoff=_NEAR)
+        names.append(f"{c} (did you mean {near[0]}?)" if near else str(c))
     return f"{where + ': ' if where else ''}ignoring columns that are not case fields: {', '.join(names)}"
+
+
+_SPELLED = [*FIELD_NAMES, ID_COLUMN]
+_NEAR = 0.8  # difflib's similarity: "fevers" and "breathless_or_chest_pains" are near, "notes" and "clinic" are not
 
 
 @dataclass

@@ -22,7 +22,7 @@ from pipeline.decision.safety import SafetyNet
 from pipeline.decision.screen import screen_names
 from pipeline.decision.triage import advice_codes, advice_table, reason_codes, reason_table, triage_levels
 
-__all__ = ["DECISION_COLUMNS", "DECISION_COLUMN_DOCS", "DECISION_COLUMN_TYPES",
+__all__ = ["DECISION_COLUMNS", "DECISION_COLUMN_DOCS", "DECISION_COLUMN_TYPES", "TEXT_CODE_COLUMNS",
            "Decision", "decide", "decision_columns", "fit_decision", "fit_decision_on"]
 
 DECISION_COLUMN_DOCS = {
@@ -46,6 +46,8 @@ DECISION_COLUMN_DOCS = {
     "atypical_reason": "why the case was flagged (empty when it was not)",
 }
 DECISION_COLUMNS = list(DECISION_COLUMN_DOCS)
+# the long text columns that can be written as short codes (:meth:`Decision.text_codes`)
+TEXT_CODE_COLUMNS = ("triage_reason", "advice", "safety_net", "ask_next")
 # the Arrow type of each column in file outputs (a column without one fails loudly there)
 DECISION_COLUMN_TYPES = {"triage": "string", "triage_reason": "string", "safety_net": "string", "ask_next": "string",
                          "advice": "string", "differential": "string",
@@ -87,12 +89,9 @@ class Decision:
         """Per long text column, its texts and their short codes: ``triage_reason`` and ``advice`` by
         value, ``safety_net`` and ``ask_next`` by each ``|``-separated part (a rule's or a field's name)."""
         net = self.safety(kb)
-        return {
-            "triage_reason": dict(zip(self._reasons, self._reason_codes)),
-            "advice": dict(zip(self._advice.ravel(), self._advice_codes.ravel())),
-            "safety_net": dict(zip(net.texts, net.names)),
-            "ask_next": dict(zip(net.questions, net.candidates)),
-        }
+        pairs = [zip(self._reasons, self._reason_codes), zip(self._advice.ravel(), self._advice_codes.ravel()),
+                 zip(net.texts, net.names), zip(net.questions, net.candidates)]
+        return {column: dict(pair) for column, pair in zip(TEXT_CODE_COLUMNS, pairs)}
 
 
 def calibration_copies(parsed: ParsedCases, config: TriageConfig) -> list[ParsedCases]:

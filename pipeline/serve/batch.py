@@ -34,6 +34,7 @@ from pipeline.core.errors import BatchInputError
 from pipeline.core.files import reclaim_stale_temps, tmp_path, write_text_atomic
 from pipeline.core.parsing import ignored_columns_message
 from pipeline.core.schema import ID_COLUMN, first_spellings, normalise_header
+from pipeline.decision.layer import TEXT_CODE_COLUMNS
 from pipeline.serve import CHUNK_ROWS
 from pipeline.serve.chunks import ChunkScorer, Done, FileJob, SeenIds, chunk_ids, score_chunk, score_valid, validate_chunk
 from pipeline.serve.guard import (
@@ -112,7 +113,7 @@ def score_files(inputs: list[str | Path], output: str | Path, model: LoadedModel
     _check_target(output, "output")
     rejects_path, lookup = rejects_file(output, rejects), texts_lookup(output)
     _check_target(rejects_path, "rejects file")
-    texts_path = lookup if _as_codes(model, options) else None
+    texts_path = lookup if _writes_codes(model, options) else None
     # the lookup is written, or an earlier run's removed: either way it is no other output's file
     outputs = [("output", output), ("rejects file", rejects_path), ("texts lookup", lookup)]
     refuse_shared_outputs(outputs)
@@ -172,7 +173,7 @@ def _score_to_stream(inputs: list[str | Path], stream: BinaryIO, model: LoadedMo
                      chunk_rows: int, progress: bool, warn: Callable[[str], None] | None,
                      options: OutputOptions, stdin: BinaryIO | None, jobs: int) -> ScoreSummary:
     _check_target(rejects, "rejects file")
-    texts_path = rejects.with_name(STREAM_TEXTS) if _as_codes(model, options) else None
+    texts_path = rejects.with_name(STREAM_TEXTS) if _writes_codes(model, options) else None
     outputs = [("rejects file", rejects)]
     if texts_path is not None:
         outputs.append(("texts lookup", texts_path))
@@ -224,6 +225,13 @@ def _stdin_spooled(inputs: list[str | Path], stdin: BinaryIO | None) -> Iterator
 def _as_codes(model: LoadedModel, options: OutputOptions) -> bool:
     """Whether the long texts are written as codes (asked for, and the model has a decision layer)."""
     return options.texts == "codes" and model.decision is not None and model.kb is not None
+
+
+def _writes_codes(model: LoadedModel, options: OutputOptions) -> bool:
+    """Whether the output holds codes, so that it needs the texts lookup: :func:`_as_codes`, and
+    one of the coded columns is among those written."""
+    coded = TEXT_CODE_COLUMNS if options.columns is None else set(TEXT_CODE_COLUMNS) & set(options.columns)
+    return _as_codes(model, options) and bool(coded)
 
 
 def _kept_columns(columns: list[list[str]], taken: list[str]) -> list[dict[str, str]]:

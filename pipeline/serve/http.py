@@ -27,11 +27,14 @@ from typing import Any
 
 import pandas as pd
 from fastapi import FastAPI, Request  # FastAPI reads the handler's annotations: they must resolve here
+from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from pipeline.core.errors import BatchInputError, CaseValidationError
+from pipeline.core.parsing import ignored_columns_message
+from pipeline.core.schema import ID_COLUMN, top_k_problem
 
-__all__ = ["DEFAULT_MAX_REQUEST_BYTES", "MAX_REQUEST_ENV", "MODEL_ENV", "create_app", "parse_body"]
+__all__ = ["DEFAULT_MAX_REQUEST_BYTES", "MAX_REQUEST_ENV", "MODEL_ENV", "create_app", "parse_body", "score_request"]
 
 MODEL_ENV = "KNEEPAIN_SERVE_MODEL"
 MAX_REQUEST_ENV = "KNEEPAIN_MAX_REQUEST_BYTES"
@@ -49,8 +52,23 @@ def max_request_bytes() -> int:
     return int(text)
 
 
-def parse_body(body: bytes) -> pd.DataFrame:
-    """Cases from a JSON request body in MLflow's formats.
+_FORMATS = ("dataframe_records", "dataframe_split", "instances", "inputs")
+_PARAMS = ("top_k",)
+
+
+def _shown(name: object, limit: int = 60) -> str:
+    """A name from the request, shortened: an answer never echoes a long part of the request."""
+    text = repr(name)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+
+
+def parse_body(body: bytes) -> tuple[list[dict], dict[str, Any]]:
+    """Cases (as records, in order) and parameters from a JSON request body in MLflow's formats.
+
+    ``dataframe_records``, ``instances`` and ``inputs`` take a list of cases (each an object of
+    field: value); ``instances`` and ``inputs`` also take MLflow's columns (an object of field:
+    list of values, one per case) or one case (an object of field: value). ``dataframe_split``
+    takes ``columns`` and ``data``. ``params`` may hold ``top_k``.
 
     Raises
     ------
@@ -58,32 +76,93 @@ def parse_body(body: bytes) -> pd.DataFrame:
         The body is not UTF-8 JSON in one of the formats; the message says which are accepted.
     """
     accepted = "a JSON object with dataframe_records (a list of cases), dataframe_split (columns and data), " \
-               "instances or inputs (a list of cases)"
+               "instances or inputs (a list of cases, or columns)"
     try:
         payload = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise BatchInputError(f"the request body is not UTF-8 JSON ({err}); expected {accepted}.") from None
+    except ValueError as err:  # an integer of more digits than Python converts
+        raise BatchInputError(f"the request body holds a value JSON cannot be read as ({err}); expected {accepted}.") \
+            from None
+    except RecursionError:
+        raise BatchInputError(f"the request body is nested too deeply to read; expected {accepted}.") from None
     if not isinstance(payload, dict):
         raise BatchInputError(f"expected {accepted}.")
-    keys = [k for k in ("dataframe_records", "dataframe_split", "instances", "inputs") if k in payload]
-    if len(keys) != 1:
-        raise BatchInputError(f"expected exactly one of dataframe_records, dataframe_split, instances, inputs; "
-                              f"got keys {sorted(payload)[:10]}.")
-    data = payload[keys[0]]
-    if keys[0] == "dataframe_split":
+    keys = [k for k in _FORMATS if k in payload]
+    others = [k for k in payload if k not in _FORMATS and k != "params"]
+    if len(keys) != 1 or others:
+        got = ", ".join(_shown(k) for k in list(payload)[:10]) + (", ..." if len(payload) > 10 else "")
+        raise BatchInputError(f"expected exactly one of {', '.join(_FORMATS)} (and optionally params); got {got}.")
+    return _records(keys[0], payload[keys[0]]), _params(payload.get("params"))
+
+
+def _records(key: str, data: Any) -> list[dict]:
+    """The cases of one format as records (as :func:`pipeline.predict` reads a list of dicts: an
+    integer case id beside a missing one stays an integer)."""
+    if key == "dataframe_split":
         if not isinstance(data, dict) or not isinstance(data.get("columns"), list) \
                 or not isinstance(data.get("data"), list) or not all(isinstance(r, list) for r in data["data"]):
             raise BatchInputError("dataframe_split must be an object with columns (a list of names) and data "
                                   "(a list of rows, each a list of values).")
-        if any(len(r) != len(data["columns"]) for r in data["data"]):
-            raise BatchInputError(f"dataframe_split: every row of data must have {len(data['columns'])} values, "
-                                  "one per column.")
-        return pd.DataFrame(data["data"], columns=[str(c) for c in data["columns"]])
+        columns = [str(c) for c in data["columns"]]
+        repeated = sorted({c for c in columns if columns.count(c) > 1})
+        if repeated:
+            raise BatchInputError(f"dataframe_split: the columns {', '.join(_shown(c) for c in repeated[:5])} are given "
+                                  "more than once; give each once.")
+        if any(len(r) != len(columns) for r in data["data"]):
+            raise BatchInputError(f"dataframe_split: every row of data must have {len(columns)} values, one per column.")
+        return [dict(zip(columns, row)) for row in data["data"]]
+    if isinstance(data, dict) and key in ("instances", "inputs") and data \
+            and all(isinstance(v, list) for v in data.values()):  # MLflow's columns: field -> values
+        lengths = {len(v) for v in data.values()}
+        if len(lengths) != 1:
+            raise BatchInputError(f"{key}: as columns (field: list of values), every list must hold one value per "
+                                  f"case; got lists of {', '.join(map(str, sorted(lengths)))} values.")
+        return [dict(zip(data, values)) for values in zip(*data.values())]
     if isinstance(data, dict):
         data = [data]
     if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
-        raise BatchInputError(f"{keys[0]} must be a list of cases, each an object of field: value.")
-    return pd.DataFrame(data)
+        raise BatchInputError(f"{key} must be a list of cases, each an object of field: value.")
+    return data
+
+
+def _params(params: Any) -> dict[str, Any]:
+    """The request's ``params`` (``top_k``, as :func:`pipeline.predict` takes it)."""
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise BatchInputError("params must be an object, for example {\"top_k\": 5}.")
+    unknown = [k for k in params if k not in _PARAMS]
+    if unknown:
+        raise BatchInputError(f"params: {', '.join(_shown(k) for k in unknown[:5])} not understood; "
+                              f"allowed: {', '.join(_PARAMS)}.")
+    if "top_k" in params and (problem := top_k_problem(params["top_k"])) is not None:
+        raise BatchInputError(f"params: top_k == {_shown(params['top_k'])}, {problem}.")
+    return dict(params)
+
+
+def score_request(model: Any, records: list[dict], params: dict[str, Any]) -> tuple[pd.DataFrame, list[str]]:
+    """:func:`pipeline.predict`'s rows for the request's cases, and its warnings (columns that are
+    not case fields) for the answer: a client never sees the server's log."""
+    from pipeline.core.cases import as_parsed
+    from pipeline.serve.predict import score_parsed
+
+    parsed = as_parsed(records)
+    warned = [ignored_columns_message(parsed.ignored_columns)] if parsed.ignored_columns else []
+    out = score_parsed(model, parsed, top_k=params.get("top_k", 3))
+    if ID_COLUMN in out and out[ID_COLUMN].isna().any():  # JSON's null, not a bare NaN that parsers refuse
+        out[ID_COLUMN] = out[ID_COLUMN].astype(object).where(out[ID_COLUMN].notna(), None)
+    return out, warned
+
+
+def _log_to_stderr() -> None:
+    """The server's own lines (the model served, refused requests, warnings) on standard error
+    beside uvicorn's, once per process."""
+    if not _LOG.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     kneepain: %(message)s"))
+        _LOG.addHandler(handler)
+        _LOG.setLevel(logging.INFO)
 
 
 def _error(status: int, code: str, message: str) -> Response:
@@ -97,10 +176,13 @@ def create_app(model: Any = None):
     from mlflow.version import VERSION
 
     from pipeline.serve.loading import LoadedModel, load_model
-    from pipeline.serve.predict import predict
 
     loaded = model if isinstance(model, LoadedModel) else load_model(model or os.environ.get(MODEL_ENV) or None)
     limit = max_request_bytes()
+    _log_to_stderr()
+    manifest = loaded.manifest
+    _LOG.info("process %d serves %s (the %s model of MLflow run %s); requests up to %s bytes", os.getpid(),
+              loaded.source, manifest.get("winner", "?"), manifest.get("mlflow_run_id", "?"), f"{limit:,}")
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
 
     @app.get("/ping")
@@ -128,15 +210,20 @@ def create_app(model: Any = None):
             if len(body) > limit:
                 return too_large
         try:
-            frame = parse_body(bytes(body))
-            result = predict(frame, model=loaded)
+            records, params = parse_body(bytes(body))
+            # on a worker thread: the event loop keeps answering /ping and other requests meanwhile
+            result, warned = await run_in_threadpool(score_request, loaded, records, params)
         except (CaseValidationError, BatchInputError, TypeError) as err:
-            return _error(400, "INVALID_PARAMETER_VALUE", str(err))
+            message = str(err)
+            _LOG.info("400: %s", message if len(message) <= 300 else message[:300] + "...")
+            return _error(400, "INVALID_PARAMETER_VALUE", message)
         except Exception:  # never a stack trace or path in an answer: the log has it
             _LOG.exception("scoring failed")
             return _error(500, "INTERNAL_ERROR", "the server could not score this request; its log has the details.")
+        for text in warned:
+            _LOG.warning(text)
         out = io.StringIO()
-        predictions_to_json(result, out)
+        predictions_to_json(result, out, {"warnings": warned} if warned else None)
         return Response(out.getvalue(), status_code=200, media_type=_JSON)
 
     return app

@@ -7,6 +7,10 @@
 from __future__ import annotations
 
 import os
+import re
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +30,7 @@ from pipeline.model.integrity import CHECKSUMS_FILE
 from pipeline.model.persist import KB_FILE, MANIFEST_FILE, load_estimator
 from pipeline.model.signing import trusted_key, verify_signature
 
-__all__ = ["ARTIFACT_KEY", "LoadedModel", "clear_model_cache", "get_model", "is_model_uri", "load_model"]
+__all__ = ["ARTIFACT_KEY", "LoadedModel", "clear_model_cache", "get_model", "is_model_uri", "load_model", "pinned_uri"]
 
 
 ARTIFACT_KEY = "model_dir"  # the model folder's name among the MLflow model's artifacts
@@ -94,7 +98,13 @@ def load_model(source: str | Path | LoadedModel | None = None, *, trust_pickle: 
     _check_source(source)
     key = trusted_key(trusted)
     if is_model_uri(source):
-        return load_model(_mlflow_model_folder(str(source)), trust_pickle=trust_pickle, trusted=key)
+        # fetched into a folder of its own: from a local store MLflow would hand back (and write
+        # into) the store's own folder; everything used is read before the folder is removed
+        with tempfile.TemporaryDirectory(prefix="kneepain-mlflow-model-") as fetched:
+            loaded = load_model(_mlflow_model_folder(str(source), Path(fetched)), trust_pickle=trust_pickle,
+                                trusted=key)
+        loaded.source = str(source)
+        return loaded
     folder = models_dir() if source is None else Path(source)
     if source is not None and not folder.exists():  # a mistyped path is not a missing `make run`
         raise FileNotFoundError(f"{source}: no such models folder; give the folder `kneepain train` wrote (or "
@@ -115,43 +125,98 @@ def load_model(source: str | Path | LoadedModel | None = None, *, trust_pickle: 
     return LoadedModel(verified.estimator, manifest, str(folder), kb, decision)
 
 
-def _mlflow_model_folder(uri: str) -> Path:
+def _mlflow_model_folder(uri: str, into: Path) -> Path:
     """The project's model folder inside the MLflow model at ``uri``, downloaded, without loading the
     MLflow model: MLflow's loader would import its code and could unpickle a ``python_model.pkl``
     before any check. The folder is then loaded and verified like any other. MLflow stays out of
     the default import path."""
-    import mlflow
     from mlflow.exceptions import MlflowException
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    _use_tracking_store(uri)
+    try:
+        with _quiet_downloads():  # MLflow's progress bars would fill a server's log and a job's stderr
+            repository = get_artifact_repository(uri)
+            repository.download_artifacts("MLmodel", str(into))  # only it and the model folder: not the code
+            relative = _model_dir_relative(into)
+            if relative is not None:
+                repository.download_artifacts(relative, str(into))
+    except (MlflowException, OSError) as err:
+        raise ModelIntegrityError(f"{uri}: cannot fetch the MLflow model: {' '.join(str(err).split())[:300]}") from err
+    folder = model_folder_in(into)
+    if folder is None or not ((folder / CHECKSUMS_FILE).exists() or (folder / MANIFEST_FILE).exists()):
+        raise ModelIntegrityError(f"{uri} is not a kneepain model (no {ARTIFACT_KEY} folder with a manifest in it).")
+    return folder
+
+
+def _use_tracking_store(uri: str) -> None:
+    """Point MLflow at the project's tracking store, refusing a local store that does not exist
+    (MLflow would create an empty one)."""
+    import mlflow
 
     from pipeline.core.paths import default_tracking_uri, sqlite_store
 
     tracking = default_tracking_uri()
     store = sqlite_store(tracking)
-    if store is not None and uri.startswith(("models:/", "runs:/")) and not store.is_file():  # MLflow would create it
+    if store is not None and uri.startswith(("models:/", "runs:/")) and not store.is_file():
         raise ModelIntegrityError(f"{uri}: no MLflow store at {store} (run `make run` in the project folder, or set "
                                   "MLFLOW_TRACKING_URI to your tracking server).")
     mlflow.set_tracking_uri(tracking)
+
+
+def pinned_uri(uri: str) -> str:
+    """``models:/<name>@<alias>`` as the version the alias names now (``models:/<name>/<version>``);
+    any other source as it is. A server whose workers load the model again later (a worker that
+    restarts) then loads the same version, wherever the alias has moved meanwhile."""
+    match = re.fullmatch(r"models:/([^/@]+)@([^/@]+)", uri)
+    if match is None:
+        return uri
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    _use_tracking_store(uri)
     try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
-    except (MlflowException, OSError) as err:
-        raise ModelIntegrityError(f"{uri}: cannot fetch the MLflow model: {' '.join(str(err).split())[:300]}") from err
-    folder = model_folder_in(local)
-    if folder is None or not ((folder / CHECKSUMS_FILE).exists() or (folder / MANIFEST_FILE).exists()):
-        raise ModelIntegrityError(f"{uri} is not a kneepain model (no {ARTIFACT_KEY} folder with a manifest in it).")
-    return folder
+        version = mlflow.MlflowClient().get_model_version_by_alias(match[1], match[2]).version
+    except MlflowException as err:
+        raise ModelIntegrityError(f"{uri}: cannot find the version the alias names: "
+                                  f"{' '.join(str(err).split())[:300]}") from err
+    return f"models:/{match[1]}/{version}"
+
+
+@contextmanager
+def _quiet_downloads() -> Iterator[None]:
+    """MLflow's artifact progress bars off while inside (``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR``)."""
+    name = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    before = os.environ.get(name)
+    os.environ[name] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
+def _model_dir_relative(local: Path) -> str | None:
+    """Where ``MLmodel`` in ``local`` says the project's model folder is, relative to it (read as
+    data), or None when it says nothing of one or names a place outside ``local``."""
+    try:
+        mlmodel = load_yaml((local / "MLmodel").read_text(encoding="utf-8"))
+        relative = str(mlmodel["flavors"]["python_function"]["artifacts"][ARTIFACT_KEY]["path"])
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return None
+    inside = (local / relative).resolve()
+    return relative if inside.is_relative_to(local.resolve()) and inside != local.resolve() else None
 
 
 def model_folder_in(local: Path) -> Path | None:
     """The project's model folder inside a downloaded MLflow model (read from ``MLmodel`` as data,
     nothing imported or unpickled), or None when ``local`` is not a model logged by
     :func:`pipeline.serve.mlflow_model.log_pyfunc`."""
-    try:
-        mlmodel = load_yaml((local / "MLmodel").read_text(encoding="utf-8"))
-        relative = mlmodel["flavors"]["python_function"]["artifacts"][ARTIFACT_KEY]["path"]
-    except (OSError, yaml.YAMLError, KeyError, TypeError):
-        return None
-    folder = (local / str(relative)).resolve()
-    return folder if folder.is_relative_to(local.resolve()) and folder.is_dir() else None
+    relative = _model_dir_relative(local)
+    folder = None if relative is None else (local / relative).resolve()
+    return folder if folder is not None and folder.is_dir() else None
 
 
 _CACHE: dict[tuple, LoadedModel] = {}

@@ -37,9 +37,10 @@ def output_columns(top_k: int = 3, id_column: str = ID_COLUMN, *, decision: bool
 def output_dictionary_markdown() -> str:
     """The README's table of scoring outputs, generated from the code that makes them."""
     docs = {
+        "file": "the input file (`kneepain score` with several inputs, and always with `--engine dask`); first",
+        "row": "the 0-based row number of the case in its input (header excluded); always in `kneepain score` output, "
+               "before `case_id`; in `predict()` only when the cases have no `case_id`",
         "case_id": "the input's `case_id`, unchanged (when the input has one)",
-        "row": "the 0-based row number of the case in its input (header excluded); always present in `kneepain score` output",
-        "file": "the input file (`kneepain score` with several inputs, and always with `--engine dask`)",
         "prediction": "the most likely condition",
         "confidence": "its probability",
         **{f"p_{c}": f"calibrated probability of {CONDITION_LABELS[c]}" for c in CONDITIONS},
@@ -88,7 +89,7 @@ def predict(cases: Any, model: str | Path | LoadedModel | None = None, top_k: in
     Returns
     -------
     DataFrame, one row per case in input order (with a DataFrame's own index, so
-    ``df.join(out, rsuffix="_scored")`` lines up; the suffix for the ``case_id`` both may have)
+    ``df.join(out, suffixes=("", "_scored"))`` lines up; the suffix for the ``case_id`` both may have)
         ``case_id`` (or ``row``), ``prediction``, ``confidence``, ``p_<condition>`` per condition
         (summing to 1), ``top3``, then the decision layer: ``triage``, ``triage_reason``,
         ``safety_net``, ``ask_next``, ``advice``, ``differential``, ``differential_size``,
