@@ -36,7 +36,7 @@ class _Page(HTMLParser):
 def report(trained, small_data, tmp_path_factory):
     models, _ = trained
     folder = tmp_path_factory.mktemp("batch")
-    cases = read_split("shift", small_data).head(500).drop(columns=["condition", "severity"])
+    cases = read_split("shift", small_data).head(503).drop(columns=["condition", "severity"])
     cases = cases.astype(str).replace({"nan": "", "<NA>": ""})
     cases.loc[0, "age"] = "200"
     cases.loc[1, "sex"] = "robot"
@@ -50,7 +50,7 @@ def report(trained, small_data, tmp_path_factory):
 
 def test_report_numbers_cover_rows_triage_mix_atypical_and_drift(report):
     s = json.loads((report / "batch.json").read_text())
-    assert (s["rows_scored"], s["rows_rejected"]) == (497, 3)
+    assert (s["rows_scored"], s["rows_rejected"]) == (500, 3)
     assert sum(s["top_reject_reasons"].values()) == 3 and any(k.startswith("age:") for k in s["top_reject_reasons"])
     assert sum(s["triage"].values()) == pytest.approx(1.0) and 0 <= s["atypical_rate"] <= 1
     mix = s["case_mix"]["conditions"]
@@ -71,7 +71,7 @@ def test_report_reads_the_rejects_where_they_went_and_shares_no_file(trained, re
     assert main([*base, "-o", str(tmp_path / "o.csv"), "--rejects", str(tmp_path / "r.csv"),
                  "--report", str(tmp_path / "o.html")]) == 1
     s = json.loads((tmp_path / "o.json").read_text())
-    assert (s["rows_scored"], s["rows_rejected"]) == (497, 3)
+    assert (s["rows_scored"], s["rows_rejected"]) == (500, 3)
     scored = pd.read_csv(tmp_path / "o.csv")
     assert s["predicted"] == {c: (scored["prediction"] == c).mean() for c in CONDITIONS}
     for extra in (["--rejects", str(tmp_path / "x.json"), "--report", str(tmp_path / "x.html")],  # the numbers' file
@@ -81,6 +81,23 @@ def test_report_reads_the_rejects_where_they_went_and_shares_no_file(trained, re
         assert not (tmp_path / "x.csv").exists()
     assert main([*base, "-o", str(tmp_path / "z.csv"), "--float-digits", "2", "--report", str(tmp_path / "z.html")]) == 2
     assert "--float-digits 6 or more" in capsys.readouterr().err
+
+
+def test_a_small_batch_gets_no_case_mix_and_is_told_why(trained, report, tmp_path):
+    """Shares estimated from a few rows are noise: under 500 the page says so instead (as --adapt-priors refuses)."""
+    models, _ = trained
+    small = tmp_path / "small.csv"
+    pd.read_csv(report / "clinic.csv", dtype=str, keep_default_na=False).iloc[3:13].to_csv(small, index=False)
+    assert main(["score", str(small), "-o", str(tmp_path / "o.csv"), "--model", str(models), "--quiet",
+                 "--report", str(tmp_path / "o.html")]) == 0
+    s = json.loads((tmp_path / "o.json").read_text())
+    assert s["rows_scored"] == 10 and s["case_mix"] is None
+    assert s["case_mix_note"] == "not estimated: 10 rows were scored, and the case mix is estimated from 500 or more " \
+                                 "(as --adapt-priors needs)"
+    page = _Page()
+    page.feed((tmp_path / "o.html").read_text())
+    assert "case-mix" in page.ids and "plot-case_mix" not in page.ids
+    assert any("not estimated: 10 rows" in t for t in page.text)
 
 
 @pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
@@ -102,7 +119,7 @@ def test_a_stop_while_the_report_is_written_says_the_output_is_whole(trained, re
                  "--report", str(tmp_path / "o.html")])
     err = capsys.readouterr().err
     assert code == 2 and f"stopped by {signum} after {tmp_path / 'o.csv'} was written in full" in err, err
-    assert len(pd.read_csv(tmp_path / "o.csv")) == 497 and not (tmp_path / "o.html").exists()
+    assert len(pd.read_csv(tmp_path / "o.csv")) == 500 and not (tmp_path / "o.html").exists()
 
 
 def test_report_page_is_self_contained_html_with_every_section(report):

@@ -33,7 +33,7 @@ from pipeline.data.generate import generate_codes
 from pipeline.decision.priors import PriorEstimate, estimate_prior
 from pipeline.report.plots import figure
 from pipeline.serve import CHUNK_ROWS
-from pipeline.serve.adapt import prior_report, training_prior
+from pipeline.serve.adapt import MIN_ADAPT_ROWS, prior_report, training_prior
 from pipeline.serve.batch import rejects_file
 from pipeline.serve.loading import LoadedModel
 from pipeline.serve.writing import REJECT_META
@@ -110,7 +110,7 @@ def summarise_batch(inputs: list[str | Path], output: str | Path, model: LoadedM
                 if rejects_path.exists() else pd.DataFrame(columns=REJECT_META))
     reasons = _reject_reasons(rejected["reject_reason"])
     proba = scored[[f"p_{c}" for c in CONDITIONS]].to_numpy(dtype=np.float64)
-    if estimate is None and len(proba):
+    if estimate is None and len(proba) >= MIN_ADAPT_ROWS:  # fewer rows: shares of noise (as --adapt-priors refuses)
         estimate = estimate_prior(proba, training_prior(model))
     summary: dict[str, Any] = {
         "inputs": [str(p) for p in inputs], "output": str(output), "rows_scored": len(scored),
@@ -119,6 +119,9 @@ def summarise_batch(inputs: list[str | Path], output: str | Path, model: LoadedM
         "predicted": {c: float((scored["prediction"] == c).sum() / max(len(scored), 1)) for c in CONDITIONS},
         "case_mix": prior_report(estimate) if estimate is not None else None,
     }
+    if estimate is None:
+        summary["case_mix_note"] = (f"not estimated: {len(proba):,} rows were scored, and the case mix is estimated "
+                                    f"from {MIN_ADAPT_ROWS:,} or more (as --adapt-priors needs)")
     if "triage" in scored:
         shares = scored["triage"].value_counts(normalize=True)
         summary["triage"] = {lv: float(shares.get(lv, 0.0)) for lv in LEVELS}
@@ -232,6 +235,9 @@ def render_html(summary: dict[str, Any]) -> str:
                   _table(["condition", "training", "this batch", mix["interval"], "top prediction share"], rows),
                   f"<p class=\"note\">{html.escape(mix['method'])}; assumes {html.escape(mix['assumption'])}.</p>"
                   "</section>"]
+    elif s.get("case_mix_note"):
+        parts += ['<section id="case-mix"><h2>Estimated case mix</h2>',
+                  f"<p class=\"note\">{html.escape(s['case_mix_note'])}.</p></section>"]
     if s.get("drift"):
         rows = [[d["field"], f"{d['psi']:.3f}", f"{d['unknown_training']:.1%}", f"{d['unknown_batch']:.1%}",
                  "large" if d["psi"] > 0.25 else "moderate" if d["psi"] > 0.1 else ""] for d in s["drift"]]
