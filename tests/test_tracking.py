@@ -87,6 +87,14 @@ def test_champion_predicts_like_the_models_folder(trained, small_data, monkeypat
     assert served["prediction"].tolist() == local["prediction"].tolist()
     via_uri = predict(cases, model=f"models:/{NAME}@champion")
     np.testing.assert_allclose(via_uri[p_cols].to_numpy(float), local[p_cols].to_numpy(float), rtol=1e-12)
+    # names as the case schema matches them (MLflow would drop or refuse them), a red flag among
+    # them; and top_k as predict() takes it
+    shouted = pd.DataFrame([{"Age": 30, " Sex": "male", "Knee_Swelling": "yes", "skin_warm": "yes", "FEVER": "yes"}])
+    with pytest.warns(UserWarning, match="fevers \\(did you mean fever\\?\\)"):
+        pyfunc.predict(pd.DataFrame([{"age": 30, "sex": "male", "fevers": "yes"}]))
+    got = pyfunc.predict(shouted, params={"top_k": 5})
+    pd.testing.assert_frame_equal(got, predict(shouted, model=models, top_k=5), check_exact=True)
+    assert got.loc[0, "triage"] == "emergency" and got.loc[0, "screen"] == "a septic joint or cellulitis"
 
 
 def test_loading_a_registered_model_writes_nothing_into_the_store(trained, monkeypatch):

@@ -19,7 +19,7 @@ import mlflow
 import pandas as pd
 from mlflow.models import ModelSignature, infer_signature
 from mlflow.pyfunc import PythonModel
-from mlflow.types.schema import AnyType, ColSpec, Schema
+from mlflow.types.schema import AnyType, ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
 from pipeline.core.parsing import codes_to_text_frame, parse_cases
 from pipeline.core.schema import FIELDS, ID_COLUMN
@@ -41,22 +41,29 @@ class KneepainPyfunc(PythonModel):
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         from pipeline.serve.predict import predict
 
-        return predict(model_input, model=self.model)
+        return predict(model_input, model=self.model, top_k=(params or {}).get("top_k", 3))
 
 
 def input_schema() -> Schema:
-    """The MLflow input schema from the case schema: every field by name, only ``age`` and
-    ``sex`` required. Types are ``any``: MLflow's casting refuses harmless inputs (an integer
-    BMI, a boolean answer), so values are checked once, by the case schema, whose errors name the
-    row, column, value and what is allowed."""
+    """The case schema as an MLflow input schema: every field by name, only ``age`` and ``sex``
+    required, types ``any``. Documentation only (:func:`model_signature` does not enforce it)."""
     specs: list[Any] = [ColSpec(AnyType(), ID_COLUMN, required=False)]
     specs += [ColSpec(AnyType(), f.name, required=f.required) for f in FIELDS]
     return Schema(specs)
 
 
 def model_signature(example_output: pd.DataFrame) -> ModelSignature:
-    """The schema-derived inputs, and outputs inferred from a real scoring output."""
-    return ModelSignature(inputs=input_schema(), outputs=infer_signature(example_output).inputs)
+    """Outputs inferred from a real scoring output, and ``top_k`` as a parameter; no input schema.
+
+    MLflow enforces an input schema before the model sees the cases: it drops a column whose
+    name differs from a field only in case (``Fever``) and refuses ``Age``, where the case schema
+    matches names ignoring case and names every ignored column in one warning (an answer dropped
+    unseen can lower the triage). Its casting also refuses harmless values (an integer BMI, a
+    boolean answer). So the cases reach :func:`pipeline.predict` as sent, and the case schema
+    checks them once, with errors that name the row, column, value and what is allowed; the
+    input example logged with the model shows the fields."""
+    return ModelSignature(inputs=None, outputs=infer_signature(example_output).inputs,
+                          params=ParamSchema([ParamSpec("top_k", DataType.long, 3)]))
 
 
 def requirements() -> list[str]:
