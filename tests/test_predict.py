@@ -55,6 +55,16 @@ def test_integer_case_ids_beside_a_missing_one_stay_as_given(trained):
     assert predict([{**CASE, "case_id": 1}, CASE], model=models)["case_id"].tolist()[0] == 1
 
 
+def test_a_list_or_a_mapping_is_not_a_case_id(trained):
+    """JSON clients can send any value as an id: a nested one is no label to pass through."""
+    models, _ = trained
+    with pytest.raises(CaseValidationError) as err:
+        predict([{**CASE, "case_id": [1, 2]}, {**CASE, "case_id": {"a": 1}}, {**CASE, "case_id": "x"}], model=models)
+    assert err.value.errors[["row", "column", "value"]].to_dict("records") == [
+        {"row": 0, "column": "case_id", "value": "[1, 2]"}, {"row": 1, "column": "case_id", "value": "{'a': 1}"}]
+    assert set(err.value.errors["reason"]) == {"not a case id; allowed: text or a number"}
+
+
 def test_a_file_without_rows_gives_no_rows(trained, tmp_path):
     """A CSV of only a header and a Parquet file without rows: an empty output with every column."""
     models, _ = trained

@@ -1,6 +1,7 @@
 """`kneepain serve` of the registered champion answers like predict(), says what is wrong with an
 invalid case, shows no stack trace or path, and refuses requests over its size limit."""
 
+import gzip
 import json
 
 import numpy as np
@@ -71,8 +72,11 @@ def test_no_answer_shows_a_stack_trace_or_a_path_and_large_requests_are_refused(
         requests.post(f"{served}/invocations", json={"dataframe_records": [{"case_id": "x" * 2_000_000,
                                                                             "age": 30, "sex": "male"}]}, timeout=60),
         requests.get(f"{served}/nowhere", timeout=60),
+        requests.post(f"{served}/invocations", data=gzip.compress(b'{"dataframe_records": [{"age": 30, "sex": "male"}]}'),
+                      headers={"Content-Type": "application/json", "Content-Encoding": "gzip"}, timeout=60),
     ]
-    assert [a.status_code for a in answers] == [400, 400, 400, 415, 413, 404]
+    assert [a.status_code for a in answers] == [400, 400, 400, 415, 413, 404, 415]
+    assert "send the body uncompressed (Content-Encoding 'gzip' is not supported)" in answers[6].json()["message"]
     for a in answers:
         assert "Traceback" not in a.text and "stack_trace" not in a.text and ".py" not in a.text
         assert "/tmp" not in a.text and "/work" not in a.text and "/home" not in a.text

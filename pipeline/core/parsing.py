@@ -301,6 +301,7 @@ def _canonical_codes(series: pd.Series, f: Field) -> np.ndarray | None:
 
 
 _SMALL = 64  # below this many rows a column is read value by value
+_NESTED = (list, tuple, dict, set, frozenset, np.ndarray)
 # one reason for a repeated id, within a chunk or across chunks and files: the rejects do not
 # depend on how the input was chunked or split between Dask workers
 DUPLICATE_ID = "duplicate case_id: seen in an earlier row"
@@ -513,6 +514,9 @@ def _parse_columns(items: list[tuple[Any, pd.Series]], n: int, row_offset: int, 
 
     if ID_COLUMN in columns:
         ids_raw = series_of[ID_COLUMN]
+        if ids_raw.dtype == object:  # a list or a mapping is no label (nor is it read the same back from a file)
+            nested = np.fromiter((isinstance(v, _NESTED) for v in ids_raw.to_numpy()), dtype=bool, count=n)
+            report(ID_COLUMN, nested, ids_raw, "not a case id; allowed: text or a number")
         text = normalise_ids(ids_raw)
         dup = text.duplicated(keep="first").to_numpy()
         if dup.any():  # blank ids are not identifiers, so they are never duplicates

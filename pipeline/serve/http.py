@@ -204,6 +204,10 @@ def create_app(model: Any = None):
         mime = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
         if mime != _JSON:
             return _error(415, "UNSUPPORTED_MEDIA_TYPE", f"send the cases as {_JSON} (got {mime or 'no type'!r}).")
+        encoding = (request.headers.get("content-encoding") or "identity").strip().lower()
+        if encoding != "identity":
+            return _error(415, "UNSUPPORTED_MEDIA_TYPE", f"send the body uncompressed (Content-Encoding "
+                                                         f"{_shown(encoding)} is not supported).")
         body = bytearray()
         async for part in request.stream():
             body += part
