@@ -1,6 +1,7 @@
 """next_questions, the simulated questioning and the interactive session, as a user drives them."""
 
 import io
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -8,12 +9,19 @@ import pytest
 from scipy.special import entr
 
 from pipeline import generate_cases, oracle_posterior
+from pipeline.core.cases import as_parsed
 from pipeline.core.config import LEVELS, ConfigError, ProbesConfig, TrainConfig, load_config
 from pipeline.core.paths import config_path
-from pipeline.core.schema import FIELD_NAMES
+from pipeline.core.schema import CONDITIONS, FIELD_NAMES
 from pipeline.data.datasets import labels
 from pipeline.interact.ask import CLOSING, run_session
-from pipeline.interact.questions import CANDIDATE_FIELDS, load_questions_config, next_questions
+from pipeline.interact.questions import (
+    CANDIDATE_FIELDS,
+    _reason,
+    load_questions_config,
+    next_questions,
+    score_questions,
+)
 from pipeline.report.questioning import plot_questioning, simulate_questioning
 from pipeline.serve.loading import LoadedModel
 from pipeline.serve.predict import get_model
@@ -31,6 +39,24 @@ def cfg():
     return load_questions_config()
 
 
+def test_a_reason_shows_as_many_decimals_as_its_change_needs(model, cfg):
+    """Near certainty, two decimals read "from 0.96 to 0.96 if yes": a change that shows nothing."""
+    s = score_questions(as_parsed(CASE), model, model.kb, cfg)
+    j = int(s.field_index[0])
+    rows = np.flatnonzero(s.field_index == j)
+    now = np.full(len(CONDITIONS), 0.042 / (len(CONDITIONS) - 1))
+    now[0] = 0.958
+    after = s.proba_answer.copy()
+    for r, change in zip(rows, (0.004, 0.008)):  # leg cramp gains what Baker's cyst loses
+        after[r] = now + np.eye(len(CONDITIONS))[0] * change - np.eye(len(CONDITIONS))[1] * change
+    reason = _reason(replace(s, proba=now[None], proba_answer=after), j, cfg)
+    assert re.match(r"would change P\(leg cramp\) from 0\.958 to 0\.962 if \w+ \(\d+% likely\) / 0\.966 if ", reason), reason
+    spread = np.where(np.arange(len(CONDITIONS)) == 0, 1.0, -1.0 / (len(CONDITIONS) - 1))
+    far = after.copy()
+    far[rows[0]], far[rows[1]] = now + 0.03 * spread, now - 0.2 * spread  # two decimals show these
+    assert " from 0.96 to 0.99 if " in _reason(replace(s, proba=now[None], proba_answer=far), j, cfg)
+
+
 def test_only_unknown_questions_best_first(model):
     for case in (CASE, {"age": 70, "sex": "female", "leg_swelling": "no", "onset": "gradual"}):
         q = next_questions(case, model, k=4)
@@ -40,7 +66,7 @@ def test_only_unknown_questions_best_first(model):
         assert not set(q["field"]) & {"age", "sex", "bmi", "symptom_duration_days"}
         assert (np.diff(q["score"].to_numpy()) <= 0).all()
         assert (q["expected_information_gain"] >= 0).all() and (q["score"] >= q["expected_information_gain"]).all()
-        assert q["reason"].str.match(r"would change P\(.+\) from 0\.\d\d to ").all()
+        assert q["reason"].str.match(r"would change P\(.+\) from 0\.\d{2,4} to ").all()
     every = next_questions(CASE, model, k=None)
     assert "tingling" in set(every["field"]) and "pregnant" not in set(every["field"])  # not asked of a man
     assert set(every["field"]) == set(CANDIDATE_FIELDS) - {"heard_pop", "giving_way", "pregnant"}

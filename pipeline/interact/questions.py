@@ -234,9 +234,11 @@ def _reason(s: QuestionScores, j: int, config: QuestionsConfig) -> str:
         if config.serious_conditions[CONDITIONS[k]] * shift[k] >= shift[c]:
             c = k
     name = CANDIDATE_FIELDS[j]
-    outcomes = " / ".join(f"{a[c]:.2f} if {answer_text(name, v).replace('_', ' ')} ({q:.0%} likely)"
+    # as many decimals (2 to 4) as it takes for a change to show ("from 0.96 to 0.96" says nothing)
+    digits = next((d for d in (2, 3) if all(round(a, d) != round(now[c], d) for a in after[:, c] if a != now[c])), 4)
+    outcomes = " / ".join(f"{a[c]:.{digits}f} if {answer_text(name, v).replace('_', ' ')} ({q:.0%} likely)"
                           for a, v, q in zip(after, s.value[rows], p))
-    return f"would change P({SHORT_LABELS[CONDITIONS[c]]}) from {now[c]:.2f} to {outcomes}"
+    return f"would change P({SHORT_LABELS[CONDITIONS[c]]}) from {now[c]:.{digits}f} to {outcomes}"
 
 
 def next_questions(case: Any, model: str | Path | LoadedModel | None = None, k: int | None = 3, *,
