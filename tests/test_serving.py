@@ -11,9 +11,10 @@ import requests
 from servers import BIN, free_port, running
 
 from pipeline import predict
-from pipeline.core.errors import BatchInputError
+from pipeline.core.errors import BatchInputError, CaseValidationError
 from pipeline.core.schema import CONDITIONS
-from pipeline.serve.http import parse_body
+from pipeline.serve.http import _answer, parse_body
+from pipeline.serve.loading import get_model
 
 P_COLS = [f"p_{c}" for c in CONDITIONS]
 
@@ -118,6 +119,8 @@ def test_served_answers_keep_ids_say_what_was_ignored_and_take_columns_and_top_k
     (b'{"dataframe_records": [{"age": 1' + b"0" * 5000 + b', "sex": "male"}]}', "a value JSON cannot be read"),
     (b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested too deeply"),
     (b'{"inputs": {"age": [30, 40], "sex": ["male"]}}', "every list must hold one value per case; got lists of 1, 2"),
+    (b'{"inputs": {"age": [30], "sex": ["male"], "fever": "yes"}}', "every value must be a list, one value per case; "
+                                                                      "not 'fever'"),
     (b'{"dataframe_split": {"columns": ["age", "age"], "data": [[1, 2]]}}', "the columns 'age' are given more than once"),
     (b'{"dataframe_records": [], "params": {"top_k": 12}}', "params: top_k == 12, must be an integer in 1..9"),
     (b'{"dataframe_records": [], "params": {"k": 1}}', "params: 'k' not understood; allowed: top_k"),
@@ -138,3 +141,31 @@ def test_every_format_gives_the_same_records():
         assert parse_body(json.dumps(payload).encode()) == (records, {})
     assert parse_body(b'{"inputs": {"age": 30, "sex": "male"}}') == ([records[0]], {})  # one case
     assert parse_body(b'{"dataframe_split": {"columns": ["age"], "data": []}}') == ([], {})
+
+
+def _strict_json(text: str):
+    """JSON as a strict parser reads it: a bare NaN or Infinity is an error, as in JavaScript."""
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_answers_are_strict_json_and_name_columns_without_echoing_them(trained):
+    models, _ = trained
+    model = get_model(models)
+    body = {"dataframe_records": [{"age": 40, "sex": "male", "case_id": 1.5},
+                                  {"age": 41, "sex": "male", "x\nCRITICAL: forged": 1, "y" * 100_000: 2}]}
+    text, warned = _answer(model, json.dumps(body).encode())
+    answer = _strict_json(text)
+    assert [r["case_id"] for r in answer["predictions"]] == [1.5, None]
+    assert answer["warnings"] == warned and len(warned) == 1 and "\n" not in warned[0] and len(warned[0]) < 300
+    assert "x\\nCRITICAL: forged" in warned[0] and "(100,000 characters)" in warned[0]
+    many = {"dataframe_records": [{"age": 40, "sex": "male", **{f"extra{i}": 1 for i in range(5000)}}]}
+    assert _answer(model, json.dumps(many).encode())[1][0].endswith(", extra19 and 4,980 more")
+    for bad, message in ((b'{"dataframe_records": [{"age": 40, "sex": "\\ud800"}]}',
+                          "row 0, column 'sex', value \"'\\\\ud800'\": not valid Unicode text"),
+                         (b'{"dataframe_records": [{"case_id": 1e999, "age": 40, "sex": "male"}]}',
+                          "row 0, column 'case_id', value 'inf': not a case id; allowed: text or a finite number")):
+        with pytest.raises(CaseValidationError) as err:
+            _answer(model, bad)
+        assert message in str(err.value)

@@ -112,6 +112,10 @@ def test_loading_a_registered_model_writes_nothing_into_the_store(trained, monke
     before = listing()
     loaded = load_model(f"models:/{NAME}@champion")
     assert loaded.source == f"models:/{NAME}@champion" and loaded.decision is not None
+    # the same model by every address MLflow gives it: the run's, the stored folder's, and that folder itself
+    run = client.get_model_version(NAME, version).run_id
+    for other in (f"runs:/{run}/model", stored.as_uri(), stored):
+        assert load_model(other).manifest == loaded.manifest, other
     assert listing() == before
 
 

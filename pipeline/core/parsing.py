@@ -62,14 +62,26 @@ def ignored_columns_message(columns: tuple[str, ...] | list[str], where: str = "
     with the field a name looks like a misspelling of: an answer under a misspelt name is unknown,
     and an unknown red-flag answer can lower the triage."""
     names = []
-    for c in columns:
+    for c in columns[:_LISTED]:
         if not str(c).strip():
             names.append("(a column without a name)")
             continue
         near = difflib.get_close_matches(normalise_header(c), _SPELLED, n=1, cutoff=_NEAR)
-        names.append(f"{c} (did you mean {near[0]}?)" if near else str(c))
-    return f"{where + ': ' if where else ''}ignoring columns that are not case fields: {', '.join(names)}"
+        names.append(f"{column_name(c)} (did you mean {near[0]}?)" if near else column_name(c))
+    more = f" and {len(columns) - _LISTED:,} more" if len(columns) > _LISTED else ""
+    return f"{where + ': ' if where else ''}ignoring columns that are not case fields: {', '.join(names)}{more}"
 
+
+def column_name(name: object, limit: int = 60) -> str:
+    """A column's name as a message shows it: a control character escaped (a line break in a
+    name cannot start a line of a log), and a long name cut to ``limit`` characters."""
+    text = str(name)
+    if not text.isprintable():
+        text = repr(text)[1:-1]
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text):,} characters)"
+
+
+_LISTED = 20  # columns named in one message, at most
 
 _SPELLED = [*FIELD_NAMES, ID_COLUMN]
 _NEAR = 0.8  # difflib's similarity: "fevers" and "breathless_or_chest_pains" are near, "notes" and "clinic" are not
@@ -463,11 +475,25 @@ def _record_column(name: Any, values: list) -> pd.Series:
     """One column of records, typed as the DataFrame constructor types it, except that integer case
     ids beside a missing one stay as given: ids are labels, and as floats large ones would lose
     digits (and two of them could become one)."""
-    series = pd.Series(values, name=name)
+    try:
+        series = pd.Series(values, name=name)
+    except UnicodeEncodeError:  # Arrow's strings are UTF-8: a lone surrogate ("\ud800" in JSON) is no text
+        bad = [i for i, v in enumerate(values) if isinstance(v, str) and not _is_unicode(v)]
+        raise CaseValidationError(pd.DataFrame({
+            "row": bad, "column": column_name(name), "value": [_show(repr(values[i])) for i in bad],
+            "reason": "not valid Unicode text (it holds a lone surrogate); allowed: text"}), len(values)) from None
     if series.dtype.kind == "f" and normalise_header(name) == ID_COLUMN and any(
             isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in values):
         return pd.Series(values, name=name, dtype=object)
     return series
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _parse_columns(items: list[tuple[Any, pd.Series]], n: int, row_offset: int, raise_on_error: bool) -> ParsedCases:
@@ -475,7 +501,8 @@ def _parse_columns(items: list[tuple[Any, pd.Series]], n: int, row_offset: int, 
     repeated = repeated_columns([h for h, _ in items])
     if repeated:
         raise CaseValidationError(pd.DataFrame({
-            "row": -1, "column": list(repeated), "value": [", ".join(map(repr, v)) for v in repeated.values()],
+            "row": -1, "column": [column_name(c) for c in repeated],
+            "value": [", ".join(column_name(repr(n)) for n in v) for v in repeated.values()],
             "reason": "the column is given more than once (names are matched ignoring case and surrounding "
                       "spaces); give it once"}))
     columns = {normalise_header(h): h for h, _ in items}
@@ -514,9 +541,13 @@ def _parse_columns(items: list[tuple[Any, pd.Series]], n: int, row_offset: int, 
 
     if ID_COLUMN in columns:
         ids_raw = series_of[ID_COLUMN]
-        if ids_raw.dtype == object:  # a list or a mapping is no label (nor is it read the same back from a file)
-            nested = np.fromiter((isinstance(v, _NESTED) for v in ids_raw.to_numpy()), dtype=bool, count=n)
-            report(ID_COLUMN, nested, ids_raw, "not a case id; allowed: text or a number")
+        # a list, a mapping or an infinite number is no label (nor is it written the same in JSON or a file)
+        if ids_raw.dtype == object:
+            odd_id = np.fromiter((isinstance(v, _NESTED) or (isinstance(v, float) and math.isinf(v))
+                                  for v in ids_raw.to_numpy()), dtype=bool, count=n)
+            report(ID_COLUMN, odd_id, ids_raw, "not a case id; allowed: text or a finite number")
+        elif ids_raw.dtype.kind == "f":
+            report(ID_COLUMN, np.isinf(ids_raw.to_numpy()), ids_raw, "not a case id; allowed: text or a finite number")
         text = normalise_ids(ids_raw)
         dup = text.duplicated(keep="first").to_numpy()
         if dup.any():  # blank ids are not identifiers, so they are never duplicates

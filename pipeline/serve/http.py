@@ -112,8 +112,12 @@ def _records(key: str, data: Any) -> list[dict]:
         if any(len(r) != len(columns) for r in data["data"]):
             raise BatchInputError(f"dataframe_split: every row of data must have {len(columns)} values, one per column.")
         return [dict(zip(columns, row)) for row in data["data"]]
-    if isinstance(data, dict) and key in ("instances", "inputs") and data \
-            and all(isinstance(v, list) for v in data.values()):  # MLflow's columns: field -> values
+    if isinstance(data, dict) and key in ("instances", "inputs") and any(isinstance(v, list) for v in data.values()):
+        # MLflow's columns, field -> values (no field takes a list, so one list means columns)
+        plain = [k for k, v in data.items() if not isinstance(v, list)]
+        if plain:
+            raise BatchInputError(f"{key}: as columns (field: list of values), every value must be a list, one value "
+                                  f"per case; not {', '.join(_shown(k) for k in plain[:5])}.")
         lengths = {len(v) for v in data.values()}
         if len(lengths) != 1:
             raise BatchInputError(f"{key}: as columns (field: list of values), every list must hold one value per "
@@ -155,6 +159,18 @@ def score_request(model: Any, records: list[dict], params: dict[str, Any]) -> tu
     return out, warned
 
 
+def _answer(model: Any, body: bytes) -> tuple[str, list[str]]:
+    """The JSON answer to a request body (MLflow's encoder: each float as its shortest round-trip
+    text) and its warnings."""
+    from mlflow.pyfunc.scoring_server import predictions_to_json
+
+    records, params = parse_body(body)
+    result, warned = score_request(model, records, params)
+    out = io.StringIO()
+    predictions_to_json(result, out, {"warnings": warned} if warned else None)
+    return out.getvalue(), warned
+
+
 def _log_to_stderr() -> None:
     """The server's own lines (the model served, refused requests, warnings) on standard error
     beside uvicorn's, once per process."""
@@ -172,7 +188,6 @@ def _error(status: int, code: str, message: str) -> Response:
 def create_app(model: Any = None):
     """The ASGI application (FastAPI). ``model``: a loaded model, a model URI or folder, or None for
     ``$KNEEPAIN_SERVE_MODEL`` (what ``kneepain serve`` sets; uvicorn calls this as a factory)."""
-    from mlflow.pyfunc.scoring_server import predictions_to_json
     from mlflow.version import VERSION
 
     from pipeline.serve.loading import LoadedModel, load_model
@@ -214,20 +229,19 @@ def create_app(model: Any = None):
             if len(body) > limit:
                 return too_large
         try:
-            records, params = parse_body(bytes(body))
-            # on a worker thread: the event loop keeps answering /ping and other requests meanwhile
-            result, warned = await run_in_threadpool(score_request, loaded, records, params)
-        except (CaseValidationError, BatchInputError, TypeError) as err:
-            message = str(err)
+            # reading, scoring and encoding on a worker thread: the event loop keeps answering
+            # /ping and other requests meanwhile
+            text, warned = await run_in_threadpool(_answer, loaded, bytes(body))
+        except (CaseValidationError, BatchInputError, TypeError, UnicodeError) as err:
+            message = str(err) if not isinstance(err, UnicodeError) else \
+                "a text in the request is not valid Unicode (it holds a lone surrogate); send valid UTF-8 text."
             _LOG.info("400: %s", message if len(message) <= 300 else message[:300] + "...")
             return _error(400, "INVALID_PARAMETER_VALUE", message)
         except Exception:  # never a stack trace or path in an answer: the log has it
             _LOG.exception("scoring failed")
             return _error(500, "INTERNAL_ERROR", "the server could not score this request; its log has the details.")
-        for text in warned:
-            _LOG.warning(text)
-        out = io.StringIO()
-        predictions_to_json(result, out, {"warnings": warned} if warned else None)
-        return Response(out.getvalue(), status_code=200, media_type=_JSON)
+        for warning in warned:
+            _LOG.warning(warning)
+        return Response(text, status_code=200, media_type=_JSON)
 
     return app

@@ -109,8 +109,7 @@ def load_model(source: str | Path | LoadedModel | None = None, *, trust_pickle: 
     if source is not None and not folder.exists():  # a mistyped path is not a missing `make run`
         raise FileNotFoundError(f"{source}: no such models folder; give the folder `kneepain train` wrote (or "
                                 "leave the model out for the project's models/).")
-    if folder.is_file():
-        folder = folder.parent
+    folder = _folder_of(folder)
     if key is not None:
         verify_signature(folder, key)
     verified = load_estimator(folder, trust_pickle=trust_pickle)
@@ -137,13 +136,15 @@ def _mlflow_model_folder(uri: str, into: Path) -> Path:
     try:
         with _quiet_downloads():  # MLflow's progress bars would fill a server's log and a job's stderr
             repository = get_artifact_repository(uri)
-            repository.download_artifacts("MLmodel", str(into))  # only it and the model folder: not the code
-            relative = _model_dir_relative(into)
+            # only MLmodel and the model folder, not the code; where they land under ``into``
+            # depends on the kind of URI (a run's adds the model's path), so MLmodel's own place is the root
+            local = Path(repository.download_artifacts("MLmodel", str(into))).parent
+            relative = _model_dir_relative(local)
             if relative is not None:
                 repository.download_artifacts(relative, str(into))
     except (MlflowException, OSError) as err:
         raise ModelIntegrityError(f"{uri}: cannot fetch the MLflow model: {' '.join(str(err).split())[:300]}") from err
-    folder = model_folder_in(into)
+    folder = model_folder_in(local) if local.resolve().is_relative_to(into.resolve()) else None
     if folder is None or not ((folder / CHECKSUMS_FILE).exists() or (folder / MANIFEST_FILE).exists()):
         raise ModelIntegrityError(f"{uri} is not a kneepain model (no {ARTIFACT_KEY} folder with a manifest in it).")
     return folder
@@ -231,13 +232,20 @@ def get_model(model: str | Path | LoadedModel | None = None, *, trust_pickle: bo
     if is_model_uri(model):
         key: tuple = ("uri", model, trust_pickle, signer)
     else:
-        folder = Path(model) if model is not None else models_dir()
-        if folder.is_file():  # a file of the folder stands for it, as in load_model
-            folder = folder.parent
+        folder = _folder_of(Path(model) if model is not None else models_dir())
         key = ("dir", str(folder.resolve()), _stamps(folder), trust_pickle, signer)
     if key not in _CACHE:
         _CACHE[key] = load_model(model, trust_pickle=trust_pickle)
     return _CACHE[key]
+
+
+def _folder_of(path: Path) -> Path:
+    """The model folder a path names: a file of it stands for it, and an MLflow model's folder
+    (with ``MLmodel``) for the model folder inside it."""
+    folder = path.parent if path.is_file() else path
+    if (folder / "MLmodel").is_file() and (inner := model_folder_in(folder)) is not None:
+        return inner
+    return folder
 
 
 def _check_source(source) -> None:
