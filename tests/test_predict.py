@@ -62,7 +62,7 @@ def test_a_list_or_a_mapping_is_not_a_case_id(trained):
         predict([{**CASE, "case_id": [1, 2]}, {**CASE, "case_id": {"a": 1}}, {**CASE, "case_id": "x"}], model=models)
     assert err.value.errors[["row", "column", "value"]].to_dict("records") == [
         {"row": 0, "column": "case_id", "value": "[1, 2]"}, {"row": 1, "column": "case_id", "value": "{'a': 1}"}]
-    assert set(err.value.errors["reason"]) == {"not a case id; allowed: text or a number"}
+    assert set(err.value.errors["reason"]) == {"not a case id; allowed: text or a finite number"}
 
 
 def test_a_file_without_rows_gives_no_rows(trained, tmp_path):
