@@ -51,3 +51,7 @@ class ModelIntegrityError(RuntimeError):
 
 class BatchInputError(ValueError):
     """An input cannot be scored at all (unreadable, not CSV, a required column missing)."""
+
+    def naming(self, path: str, label: str) -> BatchInputError:
+        """This error with the file read at ``path`` named ``label``, as the user gave it."""
+        return BatchInputError(str(self).replace(path, label))

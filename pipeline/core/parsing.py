@@ -76,8 +76,11 @@ def column_name(name: object, limit: int = 60) -> str:
     """A column's name as a message shows it: a control character escaped (a line break in a
     name cannot start a line of a log), and a long name cut to ``limit`` characters."""
     text = str(name)
-    if not text.isprintable():
-        text = repr(text)[1:-1]
+    return _cut(text if text.isprintable() else repr(text)[1:-1], limit)
+
+
+def _cut(text: str, limit: int) -> str:
+    """``text``, or its first ``limit`` characters and how long it is."""
     return text if len(text) <= limit else text[:limit] + f"... ({len(text):,} characters)"
 
 
@@ -542,12 +545,14 @@ def _parse_columns(items: list[tuple[Any, pd.Series]], n: int, row_offset: int, 
     if ID_COLUMN in columns:
         ids_raw = series_of[ID_COLUMN]
         # a list, a mapping or an infinite number is no label (nor is it written the same in JSON or a file)
+        odd_id = None
         if ids_raw.dtype == object:
             odd_id = np.fromiter((isinstance(v, _NESTED) or (isinstance(v, float) and math.isinf(v))
                                   for v in ids_raw.to_numpy()), dtype=bool, count=n)
-            report(ID_COLUMN, odd_id, ids_raw, "not a case id; allowed: text or a finite number")
         elif ids_raw.dtype.kind == "f":
-            report(ID_COLUMN, np.isinf(ids_raw.to_numpy()), ids_raw, "not a case id; allowed: text or a finite number")
+            odd_id = np.isinf(ids_raw.to_numpy())
+        if odd_id is not None:
+            report(ID_COLUMN, odd_id, ids_raw, "not a case id; allowed: text or a finite number")
         text = normalise_ids(ids_raw)
         dup = text.duplicated(keep="first").to_numpy()
         if dup.any():  # blank ids are not identifiers, so they are never duplicates
@@ -593,5 +598,4 @@ def normalise_ids(ids: pd.Series) -> pd.Series:
 
 
 def _show(value: Any, limit: int = 80) -> str:
-    text = "" if _is_blank(value) else _text(value)
-    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+    return _cut("" if _is_blank(value) else _text(value), limit)

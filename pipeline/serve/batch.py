@@ -219,7 +219,7 @@ def _stdin_spooled(inputs: list[str | Path], stdin: BinaryIO | None) -> Iterator
         except BatchInputError as err:  # standard input is named as the user gave it, not by its copy
             if str(spooled) not in str(err):
                 raise
-            raise BatchInputError(str(err).replace(str(spooled), STDIN_LABEL)) from err
+            raise err.naming(str(spooled), STDIN_LABEL) from err
 
 
 def _as_codes(model: LoadedModel, options: OutputOptions) -> bool:

@@ -145,9 +145,7 @@ def _score_block(file: int, label: str, path: str, block: FileBlock, model_sourc
 def _named_as_given(err: Exception, path: str, label: str) -> Exception:
     """An input error naming its file as the user gave it (a task reads the file by its absolute
     path, so that workers in another folder find it), as the pandas engine names it."""
-    if type(err) is BatchInputError and path != label and path in str(err):
-        return BatchInputError(str(err).replace(path, label))
-    return err
+    return err.naming(path, label) if type(err) is BatchInputError and path in str(err) else err
 
 
 def _expand_inputs(inputs: Sequence[str | Path] | str | Path) -> list[Path]:

@@ -31,7 +31,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from pipeline.core.errors import BatchInputError, CaseValidationError
-from pipeline.core.parsing import ignored_columns_message
+from pipeline.core.parsing import column_name, ignored_columns_message
 from pipeline.core.schema import ID_COLUMN, top_k_problem
 
 __all__ = ["DEFAULT_MAX_REQUEST_BYTES", "MAX_REQUEST_ENV", "MODEL_ENV", "create_app", "parse_body", "score_request"]
@@ -56,10 +56,10 @@ _FORMATS = ("dataframe_records", "dataframe_split", "instances", "inputs")
 _PARAMS = ("top_k",)
 
 
-def _shown(name: object, limit: int = 60) -> str:
-    """A name from the request, shortened: an answer never echoes a long part of the request."""
-    text = repr(name)
-    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+def _shown(value: object) -> str:
+    """A key or value from the request as a message quotes it, shortened (:func:`column_name`): an
+    answer never echoes a long part of the request."""
+    return column_name(repr(value))
 
 
 def parse_body(body: bytes) -> tuple[list[dict], dict[str, Any]]:
