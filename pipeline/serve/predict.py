@@ -21,7 +21,7 @@ from pipeline.decision.layer import DECISION_COLUMN_DOCS, DECISION_COLUMN_TYPES,
 from pipeline.serve.loading import LoadedModel, clear_model_cache, get_model
 
 __all__ = ["OUTPUT_TYPES", "clear_model_cache", "get_model", "output_columns", "output_dictionary_markdown", "predict",
-           "score_parsed"]
+           "score_columns", "score_parsed"]
 
 # Arrow type names of the output columns, for file outputs (``top3``: the default ``top_k``)
 OUTPUT_TYPES: dict[str, str] = {"prediction": "string", "confidence": "double", **{f"p_{c}": "double" for c in CONDITIONS},
@@ -59,18 +59,27 @@ def score_parsed(model: LoadedModel, parsed: ParsedCases, *, top_k: int = 3,
     do not depend on the process, its threads or the machine's load. With ``codes`` the long
     decision texts are short codes (:meth:`pipeline.decision.layer.Decision.text_codes`).
     """
+    return pd.DataFrame(score_columns(model, parsed, top_k=top_k, ids=ids, codes=codes))
+
+
+def score_columns(model: LoadedModel, parsed: ParsedCases, *, top_k: int = 3,
+                  ids: pd.Series | np.ndarray | None = None, codes: bool = False) -> dict[str, Any]:
+    """:func:`score_parsed`'s columns as arrays, by name, in order (``kneepain score`` makes Arrow
+    tables of them without a DataFrame between)."""
     proba = model.predict_proba(parsed)
     order = np.argsort(-proba, axis=1, kind="stable")[:, :top_k]
     id_name = ID_COLUMN if parsed.ids is not None else "row"
     if ids is None:
         ids = parsed.ids if parsed.ids is not None else np.arange(len(parsed))
-    out = {id_name: np.asarray(ids), "prediction": lookup(CONDITIONS, order[:, 0]), "confidence": proba.max(axis=1)}
+    # text ids keep their string array (no round trip through Python strings); others as numpy infers them
+    id_values = ids.array if isinstance(ids, pd.Series) and isinstance(ids.dtype, pd.StringDtype) else np.asarray(ids)
+    out = {id_name: id_values, "prediction": lookup(CONDITIONS, order[:, 0]), "confidence": proba.max(axis=1)}
     for k, c in enumerate(CONDITIONS):
         out[f"p_{c}"] = proba[:, k]
     out[f"top{top_k}"] = join_ranked(CONDITIONS, order)
     if model.decision is not None and model.kb is not None:
         out.update(decision_columns(model.decision, model.kb, parsed, proba, codes=codes))
-    return pd.DataFrame(out)
+    return out
 
 
 def predict(cases: Any, model: str | Path | LoadedModel | None = None, top_k: int = 3) -> pd.DataFrame:
