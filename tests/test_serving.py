@@ -122,6 +122,8 @@ def test_served_answers_keep_ids_say_what_was_ignored_and_take_columns_and_top_k
     (b'{"inputs": {"age": [30], "sex": ["male"], "fever": "yes"}}', "every value must be a list, one value per case; "
                                                                       "not 'fever'"),
     (b'{"dataframe_split": {"columns": ["age", "age"], "data": [[1, 2]]}}', "the columns 'age' are given more than once"),
+    (b'{"dataframe_split": {"columns": ["age"], "data": [[1]], "dtypes": {"age": "int"}}}',
+     "dataframe_split: 'dtypes' not understood; allowed: columns, data and index"),
     (b'{"dataframe_records": [], "params": {"top_k": 12}}', "params: top_k == 12, must be an integer in 1..9"),
     (b'{"dataframe_records": [], "params": {"k": 1}}', "params: 'k' not understood; allowed: top_k"),
     (b'{"dataframe_records": [], "' + b"x" * 3000 + b'": 1}', "'xxxxxxxxxx"),
@@ -141,6 +143,8 @@ def test_every_format_gives_the_same_records():
         assert parse_body(json.dumps(payload).encode()) == (records, {})
     assert parse_body(b'{"inputs": {"age": 30, "sex": "male"}}') == ([records[0]], {})  # one case
     assert parse_body(b'{"dataframe_split": {"columns": ["age"], "data": []}}') == ([], {})
+    with_index = {"dataframe_split": {**split, "index": [7, 8]}}  # pandas' to_json(orient="split") writes one
+    assert parse_body(json.dumps(with_index).encode()) == (records, {})
 
 
 def _strict_json(text: str):

@@ -10,6 +10,7 @@ import pytest
 from servers import BIN, free_port, running
 
 from pipeline.cli import main
+from pipeline.core.errors import ModelIntegrityError
 from pipeline.data.datasets import read_split
 from pipeline.serve.loading import load_model
 from pipeline.serve.predict import predict
@@ -117,6 +118,18 @@ def test_loading_a_registered_model_writes_nothing_into_the_store(trained, monke
     for other in (f"runs:/{run}/model", stored.as_uri(), stored):
         assert load_model(other).manifest == loaded.manifest, other
     assert listing() == before
+
+
+def test_a_registered_model_named_without_version_says_how_to_name_one(trained, monkeypatch):
+    """MLflow reads ``models:/NAME`` as a logged model's id; the error says how to name the registered model."""
+    _, uri = trained
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    with pytest.raises(ModelIntegrityError) as err:
+        load_model(f"models:/{NAME}")
+    assert f"models:/{NAME}/1 or models:/{NAME}@champion" in str(err.value)
+    with pytest.raises(ModelIntegrityError) as err:  # a version that does not exist: MLflow's own words suffice
+        load_model(f"models:/{NAME}/999")
+    assert "as in models:/" not in str(err.value)
 
 
 def test_evaluate_writes_reports_and_logs_them(trained, small_data, tmp_path, monkeypatch):

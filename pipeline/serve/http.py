@@ -104,6 +104,10 @@ def _records(key: str, data: Any) -> list[dict]:
                 or not isinstance(data.get("data"), list) or not all(isinstance(r, list) for r in data["data"]):
             raise BatchInputError("dataframe_split must be an object with columns (a list of names) and data "
                                   "(a list of rows, each a list of values).")
+        unknown = [k for k in data if k not in ("columns", "data", "index")]
+        if unknown:  # a misspelt part would be dropped unseen (``index``, pandas' row labels, is read and not used)
+            raise BatchInputError(f"dataframe_split: {', '.join(_shown(k) for k in unknown[:5])} not understood; "
+                                  "allowed: columns, data and index.")
         columns = [str(c) for c in data["columns"]]
         repeated = sorted({c for c in columns if columns.count(c) > 1})
         if repeated:

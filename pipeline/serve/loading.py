@@ -124,6 +124,15 @@ def load_model(source: str | Path | LoadedModel | None = None, *, trust_pickle: 
     return LoadedModel(verified.estimator, manifest, str(folder), kb, decision)
 
 
+def _registered_hint(uri: str) -> str:
+    """For ``models:/NAME`` alone (which MLflow reads as a logged model's id), how to name a
+    registered model's version or alias instead; else nothing."""
+    name = uri[len("models:/"):] if uri.startswith("models:/") else None
+    if not name or "/" in name or "@" in name:
+        return ""
+    return f" (a registered model is named with its version or alias, as in models:/{name}/1 or models:/{name}@champion)"
+
+
 def _mlflow_model_folder(uri: str, into: Path) -> Path:
     """The project's model folder inside the MLflow model at ``uri``, downloaded, without loading the
     MLflow model: MLflow's loader would import its code and could unpickle a ``python_model.pkl``
@@ -143,7 +152,8 @@ def _mlflow_model_folder(uri: str, into: Path) -> Path:
             if relative is not None:
                 repository.download_artifacts(relative, str(into))
     except (MlflowException, OSError) as err:
-        raise ModelIntegrityError(f"{uri}: cannot fetch the MLflow model: {' '.join(str(err).split())[:300]}") from err
+        raise ModelIntegrityError(f"{uri}: cannot fetch the MLflow model: {' '.join(str(err).split())[:300]}"
+                                  f"{_registered_hint(uri)}") from err
     folder = model_folder_in(local) if local.resolve().is_relative_to(into.resolve()) else None
     if folder is None or not ((folder / CHECKSUMS_FILE).exists() or (folder / MANIFEST_FILE).exists()):
         raise ModelIntegrityError(f"{uri} is not a kneepain model (no {ARTIFACT_KEY} folder with a manifest in it).")
