@@ -45,6 +45,17 @@ def test_case_ids_pass_through_in_input_order(trained):
     assert out["case_id"].tolist() == ["z", "a"]
 
 
+@pytest.mark.parametrize("dtype", ["str", "string", "string[pyarrow]", "object"])
+def test_text_case_ids_come_back_as_text_whatever_their_string_type(trained, dtype):
+    """Text ids in any of pandas' string types come back in its default ``str``, a missing one as NaN."""
+    models, _ = trained
+    frame = pd.DataFrame([{**CASE, "case_id": "z"}, {**CASE, "case_id": None}, {**CASE, "case_id": "a"}])
+    frame["case_id"] = frame["case_id"].astype(dtype)
+    out = predict(frame, model=models)
+    assert out["case_id"].dtype == "str"
+    assert out["case_id"].iloc[[0, 2]].tolist() == ["z", "a"] and out["case_id"].iloc[1] is np.nan
+
+
 def test_integer_case_ids_beside_a_missing_one_stay_as_given(trained):
     """In a list of dicts a missing id would make the column floats: large ids would lose digits and
     two of them become one (refused as a duplicate)."""

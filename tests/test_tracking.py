@@ -127,9 +127,11 @@ def test_a_registered_model_named_without_version_says_how_to_name_one(trained, 
     with pytest.raises(ModelIntegrityError) as err:
         load_model(f"models:/{NAME}")
     assert f"models:/{NAME}/1 or models:/{NAME}@champion" in str(err.value)
-    with pytest.raises(ModelIntegrityError) as err:  # a version that does not exist: MLflow's own words suffice
-        load_model(f"models:/{NAME}/999")
-    assert "as in models:/" not in str(err.value)
+    # a version that does not exist, or a logged model's id: MLflow's own words suffice
+    for other in (f"models:/{NAME}/999", "models:/m-0123456789abcdef0123456789abcdef"):
+        with pytest.raises(ModelIntegrityError) as err:
+            load_model(other)
+        assert "not found" in str(err.value) and "as in models:/" not in str(err.value), other
 
 
 def test_evaluate_writes_reports_and_logs_them(trained, small_data, tmp_path, monkeypatch):

@@ -124,11 +124,12 @@ def load_model(source: str | Path | LoadedModel | None = None, *, trust_pickle: 
     return LoadedModel(verified.estimator, manifest, str(folder), kb, decision)
 
 
-def _registered_hint(uri: str) -> str:
-    """For ``models:/NAME`` alone (which MLflow reads as a logged model's id), how to name a
-    registered model's version or alias instead; else nothing."""
-    name = uri[len("models:/"):] if uri.startswith("models:/") else None
-    if not name or "/" in name or "@" in name:
+def _registered_hint(uri: str, err: Exception) -> str:
+    """For ``models:/NAME`` alone that MLflow did not find (it reads NAME as a logged model's id),
+    how to name a registered model's version or alias instead; else nothing (a real logged
+    model's id ``m-...``, or another failure such as an unreachable server)."""
+    name = uri.removeprefix("models:/") if uri.startswith("models:/") else ""
+    if not name or "/" in name or "@" in name or re.fullmatch(r"m-[0-9a-f]{32}", name) or "not found" not in str(err):
         return ""
     return f" (a registered model is named with its version or alias, as in models:/{name}/1 or models:/{name}@champion)"
 
@@ -153,7 +154,7 @@ def _mlflow_model_folder(uri: str, into: Path) -> Path:
                 repository.download_artifacts(relative, str(into))
     except (MlflowException, OSError) as err:
         raise ModelIntegrityError(f"{uri}: cannot fetch the MLflow model: {' '.join(str(err).split())[:300]}"
-                                  f"{_registered_hint(uri)}") from err
+                                  f"{_registered_hint(uri, err)}") from err
     folder = model_folder_in(local) if local.resolve().is_relative_to(into.resolve()) else None
     if folder is None or not ((folder / CHECKSUMS_FILE).exists() or (folder / MANIFEST_FILE).exists()):
         raise ModelIntegrityError(f"{uri} is not a kneepain model (no {ARTIFACT_KEY} folder with a manifest in it).")

@@ -16,7 +16,7 @@ import pandas as pd
 from pipeline.core.cases import as_parsed
 from pipeline.core.parsing import ParsedCases, ignored_columns_message
 from pipeline.core.schema import CONDITION_LABELS, CONDITIONS, ID_COLUMN, top_k_problem
-from pipeline.core.textcols import join_ranked, lookup
+from pipeline.core.textcols import TEXT_DTYPE, join_ranked, lookup
 from pipeline.decision.layer import DECISION_COLUMN_DOCS, DECISION_COLUMN_TYPES, DECISION_COLUMNS, decision_columns
 from pipeline.serve.loading import LoadedModel, clear_model_cache, get_model
 
@@ -71,8 +71,9 @@ def score_columns(model: LoadedModel, parsed: ParsedCases, *, top_k: int = 3,
     id_name = ID_COLUMN if parsed.ids is not None else "row"
     if ids is None:
         ids = parsed.ids if parsed.ids is not None else np.arange(len(parsed))
-    # text ids keep their string array (no round trip through Python strings); others as numpy infers them
-    id_values = ids.array if isinstance(ids, pd.Series) and isinstance(ids.dtype, pd.StringDtype) else np.asarray(ids)
+    # ids of pandas' default text type keep their array (no round trip through Python strings);
+    # others as before, as numpy holds them and pandas infers their type again
+    id_values = ids.array if isinstance(ids, pd.Series) and ids.dtype == TEXT_DTYPE else np.asarray(ids)
     out = {id_name: id_values, "prediction": lookup(CONDITIONS, order[:, 0]), "confidence": proba.max(axis=1)}
     for k, c in enumerate(CONDITIONS):
         out[f"p_{c}"] = proba[:, k]
