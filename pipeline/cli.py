@@ -478,7 +478,7 @@ def _sample_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _sample(args: argparse.Namespace) -> int:
-    from pipeline.core.files import write_text_atomic
+    from pipeline.core.files import write_parts_atomic
     from pipeline.core.knowledge import load_knowledge_base
     from pipeline.core.parsing import codes_to_text_frame
     from pipeline.core.schema import ID_COLUMN
@@ -487,9 +487,14 @@ def _sample(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise UsageError(f"--n == {args.n}, must be >= 1.")
     codes, _, _ = generate_codes(load_knowledge_base(args.kb), args.n, seed=args.seed)
-    frame = codes_to_text_frame(codes)
-    frame.insert(0, ID_COLUMN, [f"sample-{i:06d}" for i in range(args.n)])
-    write_text_atomic(args.output, frame.to_csv(index=False))
+
+    def parts(rows: int = 65_536):  # the CSV text a block of rows at a time, not all at once
+        for start in range(0, args.n, rows):
+            frame = codes_to_text_frame({k: v[start:start + rows] for k, v in codes.items()})
+            frame.insert(0, ID_COLUMN, [f"sample-{i:06d}" for i in range(start, start + len(frame))])
+            yield frame.to_csv(index=False, header=start == 0).encode("utf-8")
+
+    write_parts_atomic(args.output, parts())
     print(f"Wrote {args.n:,} unlabelled cases to {args.output}")
     return EXIT_OK
 

@@ -149,3 +149,17 @@ def test_durations_follow_the_log_normal_truncated_at_the_patients_age(kb):
 def test_bad_n_is_refused(kb):
     with pytest.raises(ValueError, match="n == -1"):
         generate_cases(kb, -1, seed=0)
+
+
+def test_kneepain_sample_writes_its_blocks_as_one_csv(kb, tmp_path):
+    """`kneepain sample` writes the CSV a block of 65,536 rows at a time: the file is the one the
+    whole frame would give, with one header and the ids in order across the block boundary."""
+    from pipeline.cli import main
+    from pipeline.core.parsing import codes_to_text_frame
+
+    n, out = 70_000, tmp_path / "sample.csv"
+    assert main(["sample", "--n", str(n), "--seed", "5", "-o", str(out)]) == 0
+    codes, _, _ = generate_codes(kb, n, seed=5)
+    whole = codes_to_text_frame(codes)
+    whole.insert(0, "case_id", [f"sample-{i:06d}" for i in range(n)])
+    assert out.read_text(encoding="utf-8") == whole.to_csv(index=False)

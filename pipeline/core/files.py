@@ -11,12 +11,13 @@ import re
 import shutil
 import socket
 import uuid
+from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 __all__ = ["load_yaml", "process_alive", "reclaim_stale_temps", "sha256_file", "tmp_path", "write_bytes_atomic",
-           "write_json_atomic", "write_text_atomic"]
+           "write_json_atomic", "write_parts_atomic", "write_text_atomic"]
 
 
 def load_yaml(text: str | bytes) -> Any:
@@ -119,11 +120,19 @@ def process_alive(pid: int) -> bool:
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    write_parts_atomic(path, [data])
+
+
+def write_parts_atomic(path: str | Path, parts: Iterable[bytes]) -> None:
+    """Write ``parts`` one after another (a generator keeps only one in memory) to a temporary
+    file renamed to ``path`` once all are written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_path(path)
     try:
-        tmp.write_bytes(data)
+        with open(tmp, "wb") as fh:
+            for part in parts:
+                fh.write(part)
         os.replace(tmp, path)
     except BaseException:  # a full disk, a folder in the way, a signal: no half-written file is left
         tmp.unlink(missing_ok=True)
