@@ -221,7 +221,7 @@ def test_records_parse_as_their_data_frame_does():
     }
     rng = np.random.default_rng(3)
     for trial in range(60):
-        n = int(rng.choice([1, 2, 5, 70]))
+        n = int(rng.choice([1, 2, 5, 70, 1_200]))  # 1,200: through the DataFrame constructor
         chosen = {k: pools[k][rng.integers(len(pools[k]))] for k in pools if k in ("age", "sex") or rng.random() < 0.7}
         records = []
         for _ in range(n):
@@ -256,6 +256,18 @@ def test_records_parse_as_their_data_frame_does():
         assert got.ignored_columns == expected.ignored_columns
         for name in expected.codes:
             np.testing.assert_array_equal(got.codes[name], expected.codes[name])
+
+
+def test_many_records_name_a_value_that_is_no_text():
+    """A lone surrogate (``"\\ud800"`` in JSON) among many records is named by row and column, as
+    among a few: it is no text Arrow can hold, where the DataFrame constructor would raise."""
+    from pipeline.core.parsing import parse_records
+
+    records = [{"age": 40, "sex": "male", "case_id": i} for i in range(1_200)]
+    records[700] = {"age": 40, "sex": "\ud800", "case_id": 700}
+    with pytest.raises(CaseValidationError) as err:
+        parse_records(records)
+    assert err.value.errors[["row", "column"]].values.tolist() == [[700, "sex"]]
 
 
 def test_predict_names_empty_input_and_refuses_parsed_cases():

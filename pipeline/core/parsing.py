@@ -467,11 +467,33 @@ def parse_records(records: Sequence[Mapping[Any, Any]], *, raise_on_error: bool 
 
     Each column is a Series of its values in record order (``NaN`` where a record lacks the key),
     typed by pandas as the DataFrame constructor types a column of a list of dicts; columns come
-    in the order their keys first appear. For one case the frame cost more than parsing it.
+    in the order their keys first appear. For one case the frame cost more than parsing it; from
+    ``_MANY_RECORDS`` records the frame is built after all (in bulk it is the faster way).
     """
+    if len(records) >= _MANY_RECORDS and (frame := _records_frame(records)) is not None:
+        return parse_cases(frame, raise_on_error=raise_on_error)
     headers = list(dict.fromkeys(key for record in records for key in record))
     columns = [(h, _record_column(h, [record.get(h, np.nan) for record in records])) for h in headers]
     return _parse_columns(columns, len(records), 0, raise_on_error)
+
+
+# from this many records, the DataFrame constructor (which reads them in C, a record at a time)
+# is faster than a Series per column (100k records of 50 fields: 3.3 s against 8 s)
+_MANY_RECORDS = 1_000
+
+
+def _records_frame(records: Sequence[Mapping[Any, Any]]) -> pd.DataFrame | None:
+    """``pd.DataFrame(records)`` with its case ids as :func:`_record_column` gives them (integers
+    beside a missing one stay as given); None where a value is no text Arrow can hold (a lone
+    surrogate), for the column by column path to name."""
+    try:
+        frame = pd.DataFrame(records)
+    except UnicodeEncodeError:
+        return None
+    for at, name in enumerate(frame.columns):
+        if frame.dtypes.iloc[at].kind == "f" and isinstance(name, str) and normalise_header(name) == ID_COLUMN:
+            frame.isetitem(at, _record_column(name, [record.get(name, np.nan) for record in records]))
+    return frame
 
 
 def _record_column(name: Any, values: list) -> pd.Series:
