@@ -480,17 +480,18 @@ def _sample_parser(sub: argparse._SubParsersAction) -> None:
 def _sample(args: argparse.Namespace) -> int:
     from pipeline.core.files import write_parts_atomic
     from pipeline.core.knowledge import load_knowledge_base
-    from pipeline.core.parsing import codes_to_text_frame
+    from pipeline.core.parsing import codes_to_text_frame, whole_number_fields
     from pipeline.core.schema import ID_COLUMN
     from pipeline.data.generate import generate_codes
 
     if args.n < 1:
         raise UsageError(f"--n == {args.n}, must be >= 1.")
     codes, _, _ = generate_codes(load_knowledge_base(args.kb), args.n, seed=args.seed)
+    whole = whole_number_fields(codes)  # every block writes numbers as the whole file would
 
     def parts(rows: int = 65_536):  # the CSV text a block of rows at a time, not all at once
         for start in range(0, args.n, rows):
-            frame = codes_to_text_frame({k: v[start:start + rows] for k, v in codes.items()})
+            frame = codes_to_text_frame({k: v[start:start + rows] for k, v in codes.items()}, whole)
             frame.insert(0, ID_COLUMN, [f"sample-{i:06d}" for i in range(start, start + len(frame))])
             yield frame.to_csv(index=False, header=start == 0).encode("utf-8")
 

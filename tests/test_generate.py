@@ -163,3 +163,17 @@ def test_kneepain_sample_writes_its_blocks_as_one_csv(kb, tmp_path):
     whole = codes_to_text_frame(codes)
     whole.insert(0, "case_id", [f"sample-{i:06d}" for i in range(n)])
     assert out.read_text(encoding="utf-8") == whole.to_csv(index=False)
+
+
+def test_a_block_of_cases_writes_whole_numbers_as_all_of_them_would(kb):
+    """A block's integer field is written as the whole set of cases has it: with a decimal point
+    when an unknown value elsewhere makes the field a float (blocks of `kneepain sample`)."""
+    from pipeline.core.parsing import codes_to_text_frame, whole_number_fields
+
+    codes, _, _ = generate_codes(kb, 10, seed=1)
+    codes["age"] = codes["age"].astype(np.float64)
+    codes["age"][7] = np.nan
+    block = {k: v[:5] for k, v in codes.items()}
+    expected = codes_to_text_frame(codes).iloc[:5].to_csv(index=False)
+    assert codes_to_text_frame(block, whole_number_fields(codes)).to_csv(index=False) == expected
+    assert codes_to_text_frame(block).to_csv(index=False) != expected  # alone, the block has no unknown age

@@ -270,6 +270,19 @@ def test_many_records_name_a_value_that_is_no_text():
     assert err.value.errors[["row", "column"]].values.tolist() == [[700, "sex"]]
 
 
+def test_many_records_in_any_sequence_parse_alike():
+    """Only a list of dicts goes through the DataFrame constructor (which reads an array of dicts
+    as one column): a tuple or an array of the same dicts parses the same."""
+    from pipeline.core.parsing import parse_records
+
+    records = [{"age": 30 + i % 50, "sex": "female", "fever": "yes" if i % 3 else "no"} for i in range(1_200)]
+    expected = parse_records(records)
+    for other in (tuple(records), np.array(records, dtype=object)):
+        got = parse_records(other)
+        for name in expected.codes:
+            np.testing.assert_array_equal(got.codes[name], expected.codes[name])
+
+
 def test_predict_names_empty_input_and_refuses_parsed_cases():
     """No cases is said as such; parsed cases (which may hold rows that failed validation) are
     refused before any model is loaded, as is a list holding something other than dicts."""

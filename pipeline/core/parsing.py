@@ -42,7 +42,8 @@ from pipeline.core.schema import (
 )
 
 __all__ = ["DUPLICATE_ID", "ParsedCases", "codes_to_frame", "codes_to_text_frame", "ignored_columns_message",
-           "normalise_ids", "parse_cases", "parse_records", "required_columns_error", "unanswered", "unanswered_matrix"]
+           "normalise_ids", "parse_cases", "parse_records", "required_columns_error", "unanswered", "unanswered_matrix",
+           "whole_number_fields"]
 
 
 def required_columns_error(names) -> CaseValidationError | None:
@@ -208,8 +209,17 @@ def codes_to_frame(codes: dict[str, np.ndarray]) -> pd.DataFrame:
     return pd.DataFrame(columns)
 
 
-def codes_to_text_frame(codes: dict[str, np.ndarray]) -> pd.DataFrame:
-    """Cases as the text a CSV holds: ``yes``/``no``/blank, category names, numbers, blank unknown."""
+def whole_number_fields(codes: dict[str, np.ndarray]) -> set[str]:
+    """The integer fields none of whose values is unknown (written without a decimal point)."""
+    return {f.name for f in FIELDS if f.kind == "integer" and not np.isnan(codes[f.name]).any()}
+
+
+def codes_to_text_frame(codes: dict[str, np.ndarray], whole: set[str] | None = None) -> pd.DataFrame:
+    """Cases as the text a CSV holds: ``yes``/``no``/blank, category names, numbers, blank unknown.
+
+    An integer field is written as whole numbers when none of its values is unknown, or when it is
+    in ``whole`` (:func:`whole_number_fields` of all the rows, for a frame of some of them)."""
+    whole = whole_number_fields(codes) if whole is None else whole
     columns: dict[str, Any] = {}
     for f in FIELDS:
         c = codes[f.name]
@@ -217,7 +227,7 @@ def codes_to_text_frame(codes: dict[str, np.ndarray]) -> pd.DataFrame:
             columns[f.name] = np.array(["no", "yes", ""], dtype=object)[c]
         elif f.kind == "category":
             columns[f.name] = np.array([*f.allowed, ""], dtype=object)[c]
-        elif f.kind == "integer" and not np.isnan(c).any():
+        elif f.name in whole:
             columns[f.name] = c.astype(np.int64)
         else:
             columns[f.name] = c
@@ -470,7 +480,8 @@ def parse_records(records: Sequence[Mapping[Any, Any]], *, raise_on_error: bool 
     in the order their keys first appear. For one case the frame cost more than parsing it; from
     ``_MANY_RECORDS`` records the frame is built after all (in bulk it is the faster way).
     """
-    if len(records) >= _MANY_RECORDS and (frame := _records_frame(records)) is not None:
+    many = len(records) >= _MANY_RECORDS and isinstance(records, list) and all(isinstance(r, dict) for r in records)
+    if many and (frame := _records_frame(records)) is not None:
         return parse_cases(frame, raise_on_error=raise_on_error)
     headers = list(dict.fromkeys(key for record in records for key in record))
     columns = [(h, _record_column(h, [record.get(h, np.nan) for record in records])) for h in headers]
