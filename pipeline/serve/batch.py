@@ -299,7 +299,8 @@ def _score_locked(paths: list[Path], columns: list[list[str]], output: Path | No
         writer = Writer(output if output is not None else Path("-"), schema, stream=stream)
         rejects = Writer(rejects_path, rschema)
         for path, label, keep in zip(paths, labels, keep_by_file):
-            job = FileJob(label, schema, rschema, options.top_k, keep, codes, shape, csv_out)
+            blank = tuple(out for out in extra if out not in keep.values())  # other inputs' kept columns
+            job = FileJob(label, schema, rschema, options.top_k, keep, blank, codes, shape, csv_out)
             offset = 0
             with prefetch(iter_chunks(path, chunk_rows, name=label)) as chunks:
                 for frame, malformed in chunks:

@@ -168,15 +168,12 @@ class SeenIds:
 
 
 def _score_and_keep(model: LoadedModel, parsed: ParsedCases, valid: np.ndarray, frame: pd.DataFrame, *,
-                    row_offset: int, top_k: int, keep: dict[str, str], codes: bool, schema: pa.Schema) -> dict[str, Any]:
-    """:func:`valid_columns`, with the input columns ``keep`` (input name -> output name) of the
-    scored rows as text, and blank text for an input column of ``schema`` this file does not have."""
+                    row_offset: int, top_k: int, keep: dict[str, str], codes: bool) -> dict[str, Any]:
+    """:func:`valid_columns`, with the input columns ``keep`` (input name -> output name) of the scored rows as text."""
     scored = valid_columns(model, parsed, valid, row_offset=row_offset, top_k=top_k, codes=codes)
     if keep:
         rows = frame.iloc[np.flatnonzero(valid)]
         scored.update({out: as_text(rows[name]) for name, out in keep.items()})  # a missing value: null (empty)
-    missing = [n for n in schema.names if n not in scored and n not in ("file", ID_COLUMN)]
-    scored.update({n: pa.repeat(pa.scalar("", pa.string()), len(scored["row"])) for n in missing})
     return scored
 
 
@@ -189,6 +186,7 @@ class FileJob:
     rschema: pa.Schema
     top_k: int
     keep: dict[str, str]
+    blank: tuple[str, ...]  # output columns this input does not have (other inputs' kept columns): written blank
     codes: bool
     shape: Callable[[pa.Table], pa.Table] | None
     csv: bool
@@ -211,8 +209,8 @@ def _score_one(model: LoadedModel, job: FileJob, frame: pd.DataFrame, malformed:
     parsed, valid, errors = parse_chunk(frame, file=job.label, row_offset=row_offset, malformed=malformed)
     valid, bad = reject_repeated(parsed.ids, valid, errors, repeated, row_offset=row_offset)
     scored = _score_and_keep(model, parsed, valid, frame, row_offset=row_offset, top_k=job.top_k, keep=job.keep,
-                             codes=job.codes, schema=job.schema)
-    table = output_table(scored, job.schema, file=job.label)
+                             codes=job.codes)
+    table = output_table(scored, job.schema, file=job.label, blank=job.blank)
     rejects = reject_table(bad, frame, row_offset=row_offset, file=job.label, schema=job.rschema) if len(bad) else None
     return Done(encode_csv(table, job.shape) if job.csv else table, rejects, len(table),
                  int(bad["row"].nunique()) if len(bad) else 0, parsed.ignored_columns)
