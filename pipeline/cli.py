@@ -672,12 +672,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return its exit code (0 ok, 1 rows rejected, 2 fatal error)."""
     args = build_parser().parse_args(argv)
     from pipeline.core.config import ConfigError
-    from pipeline.core.errors import BatchInputError, CaseValidationError, ModelIntegrityError
+    from pipeline.core.errors import BatchInputError, CaseValidationError, ModelIntegrityError, TrackingServerError
     from pipeline.core.knowledge import KnowledgeBaseError
 
     fatal: tuple[type[BaseException], ...] = (UsageError, ConfigError, KnowledgeBaseError, CaseValidationError,
                                               FileNotFoundError, FileExistsError, PermissionError, BatchInputError,
-                                              ModelIntegrityError, StoppedAfterOutput)
+                                              ModelIntegrityError, StoppedAfterOutput, TrackingServerError)
     if getattr(args, "engine", None) == "dask" or getattr(args, "backend", None) == "dask":
         from pipeline.core.cluster import DaskJobError
 

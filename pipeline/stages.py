@@ -19,6 +19,7 @@ from pipeline.core.files import sha256_file, write_json_atomic
 from pipeline.core.knowledge import KnowledgeBase, load_knowledge_base
 from pipeline.core.parsing import parse_cases
 from pipeline.core.schema import LABEL_COLUMN
+from pipeline.core.tracking_server import tracking_uri
 from pipeline.data.datasets import class_shares, kb_for_split, labels, oracle_summary, read_split, split_table
 from pipeline.data.generate import write_splits
 
@@ -94,6 +95,7 @@ def train_stage(config: TrainConfig, triage: TriageConfig, screen: ScreenConfig,
     from pipeline.model.train import train_model
     from pipeline.serve.mlflow_model import log_pyfunc
 
+    tracking_uri()  # an unreachable tracking server fails now, not after the training it would record
     kb = load_knowledge_base(kb_path)
     train, valid, calib = read_split("train", data), read_split("valid", data), read_split("calib", data)
     files = {name: data / f"{name}.parquet" for name in ("train", "valid", "calib")}
@@ -170,6 +172,8 @@ def evaluate_stage(model_source: str | Path | None, kb: KnowledgeBase, data: Pat
     from pipeline.serve.loading import load_model
 
     model = load_model(model_source)
+    if model.manifest.get("mlflow_run_id"):  # to be logged to: a server out of reach fails now, not after the work
+        tracking_uri()
     splits = {name: read_split(name, data) for name in ("test", "shift", "calib")}
     metrics, arrays = evaluate_model(model, kb, splits, return_arrays=True)
     paths = write_reports(metrics, arrays, out, model.manifest)
@@ -191,6 +195,8 @@ def evaluate_file(model_source: str | Path | None, path: Path, out: Path, *, tra
 
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file of labelled cases.")
+    if track:
+        tracking_uri()
     model = load_model(model_source)
     frame = read_case_file(path)
     metrics, arrays, rejects = evaluate_labelled(model, frame, n_boot=n_boot, where=str(path))

@@ -10,7 +10,8 @@ import pytest
 from servers import BIN, free_port, running
 
 from pipeline.cli import main
-from pipeline.core.errors import ModelIntegrityError
+from pipeline.core.errors import ModelIntegrityError, TrackingServerError
+from pipeline.core.tracking_server import check_reachable
 from pipeline.data.datasets import read_split
 from pipeline.serve.loading import load_model
 from pipeline.serve.predict import predict
@@ -230,3 +231,50 @@ def test_training_against_a_real_mlflow_server(mlflow_server, small_data, small_
     cases = pd.read_parquet(small_data / "test.parquet").head(200)
     pd.testing.assert_frame_equal(predict(cases, model=champion), predict(cases, model=load_model(out)),
                                   check_exact=True)  # the same model, decision layer and all
+
+
+@pytest.fixture
+def unreachable(monkeypatch):
+    """MLFLOW_TRACKING_URI naming a port nothing listens on. MLflow's own retries are turned off,
+    so a command that did not check the server first would fail with MLflow's error, not hang."""
+    uri = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    for proxy in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(proxy, raising=False)
+    return uri
+
+
+def test_an_unreachable_tracking_server_is_named_before_any_work(unreachable, trained, small_data, tmp_path, capsys):
+    models, _ = trained
+    with pytest.raises(TrackingServerError) as err:
+        load_model(f"models:/{NAME}/1")
+    assert f"cannot reach the MLflow tracking server at {unreachable} (MLFLOW_TRACKING_URI)" in str(err.value)
+    # training and evaluation stop before they start, with the same words and nothing written
+    out = tmp_path / "models"
+    assert main(["train", "--data", str(small_data), "--out", str(out)]) == 2
+    told = capsys.readouterr()
+    assert f"kneepain train: error: cannot reach the MLflow tracking server at {unreachable}" in told.err
+    assert "Training on" not in told.out  # not after the training it would have recorded
+    reports = tmp_path / "reports"
+    assert main(["evaluate", "--data", str(small_data), "--model", str(models), "--out", str(reports)]) == 2
+    assert f"kneepain evaluate: error: cannot reach the MLflow tracking server at {unreachable}" in capsys.readouterr().err
+    assert not out.exists() and not reports.exists()
+    # an evaluation that logs nothing needs no server
+    labelled = tmp_path / "labelled.csv"
+    read_split("test", small_data).head(50).to_csv(labelled, index=False)
+    assert main(["evaluate", "--data", str(labelled), "--model", str(models), "--out", str(reports),
+                 "--no-mlflow", "--bootstrap", "20"]) == 0
+
+
+def test_the_server_check_passes_what_it_cannot_or_need_not_check(unreachable, monkeypatch):
+    check_reachable("sqlite:///nowhere/mlflow.db")  # a local store: nothing to connect to
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:1")  # reached through a proxy: left to MLflow
+    check_reachable(unreachable)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")  # ... unless the proxy is bypassed for the host
+    with pytest.raises(TrackingServerError, match="cannot reach"):
+        check_reachable(unreachable)
+    with pytest.raises(TrackingServerError, match="is not a valid server address"):
+        check_reachable("http://127.0.0.1:99999")
+    with pytest.raises(TrackingServerError, match="names no host"):
+        check_reachable("http://:5000")

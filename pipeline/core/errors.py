@@ -1,7 +1,8 @@
 """The errors a user can cause, in one leaf module that imports nothing of the project.
 
 Each subclasses a built-in (``ValueError`` for bad input, ``RuntimeError`` for a model that
-cannot be trusted) and says what is wrong and where.
+cannot be trusted, ``ConnectionError`` for a tracking server out of reach) and says what is wrong
+and where.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["BatchInputError", "CaseValidationError", "ConfigError", "KnowledgeBaseError", "ModelIntegrityError"]
+__all__ = ["BatchInputError", "CaseValidationError", "ConfigError", "KnowledgeBaseError", "ModelIntegrityError",
+           "TrackingServerError"]
 
 
 class CaseValidationError(ValueError):
@@ -47,6 +49,10 @@ class KnowledgeBaseError(ValueError):
 
 class ModelIntegrityError(RuntimeError):
     """A model folder that cannot be trusted: a file missing or changed, a foreign or older format."""
+
+
+class TrackingServerError(ConnectionError):
+    """The MLflow tracking server that ``MLFLOW_TRACKING_URI`` names cannot be reached."""
 
 
 class BatchInputError(ValueError):

@@ -24,6 +24,7 @@ from pipeline.core.config import TrainConfig, flatten
 from pipeline.core.files import sha256_file
 from pipeline.core.paths import default_tracking_uri, project_root, sqlite_store
 from pipeline.core.schema import LABEL_COLUMN
+from pipeline.core.tracking_server import tracking_uri
 from pipeline.model.persist import library_versions
 from pipeline.model.train import TrainResult
 
@@ -33,7 +34,7 @@ __all__ = ["use_tracking", "log_training", "log_evaluation", "log_holdout", "log
 
 def use_tracking(experiment: str) -> str:
     """Point MLflow at the tracking URI and the experiment; return the experiment id."""
-    uri = default_tracking_uri()
+    uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
     found = mlflow.get_experiment_by_name(experiment)
     if found is not None:
@@ -161,7 +162,7 @@ def log_evaluation(run_id: str | None, metrics: dict[str, Any], paths: list[Path
     """
     if not run_id:
         return False
-    mlflow.set_tracking_uri(default_tracking_uri())
+    mlflow.set_tracking_uri(tracking_uri())
     try:
         MlflowClient().get_run(run_id)
     except MlflowException as err:

@@ -166,9 +166,10 @@ def _use_tracking_store(uri: str) -> None:
     (MLflow would create an empty one)."""
     import mlflow
 
-    from pipeline.core.paths import default_tracking_uri, sqlite_store
+    from pipeline.core.paths import sqlite_store
+    from pipeline.core.tracking_server import tracking_uri
 
-    tracking = default_tracking_uri()
+    tracking = tracking_uri()
     store = sqlite_store(tracking)
     if store is not None and uri.startswith(("models:/", "runs:/")) and not store.is_file():
         raise ModelIntegrityError(f"{uri}: no MLflow store at {store} (run `make run` in the project folder, or set "
