@@ -128,3 +128,47 @@ def test_jobs_must_be_positive(trained, messy_csv, tmp_path):
     with pytest.raises(BatchInputError, match="jobs == 0"):
         score_files([messy_csv], tmp_path / "o.csv", load_model(models), jobs=0)
     assert main(["score", str(messy_csv), "-o", str(tmp_path / "o.csv"), "--model", str(models), "--jobs", "-1"]) != 0
+
+
+def _importing_scoring_processes(pid: int) -> list[int]:
+    """The scoring processes ``pid`` has started that are importing the scoring code (from /proc: its
+    children running multiprocessing's spawn_main, not its resource tracker, with numpy loaded)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            if (parent == pid and b"spawn_main" in (stat.parent / "cmdline").read_bytes()
+                    and "_multiarray_umath" in (stat.parent / "maps").read_text()):
+                found.append(int(stat.parent.name))
+        except (OSError, IndexError):  # a process that ended meanwhile
+            continue
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the scoring processes in /proc")
+def test_ctrl_c_while_the_processes_start_stops_the_job_in_one_line(trained, messy_csv, tmp_path):
+    """A terminal's Ctrl-C reaches the whole process group, the scoring processes too, most likely
+    while they import: they leave it to the job, which stops in one line with no traceback."""
+    import subprocess
+    import sys
+    import time
+
+    models, _ = trained
+    out = tmp_path / "out.csv"
+    kneepain = Path(sys.executable).parent / "kneepain"
+    proc = subprocess.Popen([str(kneepain), "score", str(messy_csv), "-o", str(out), "--model", str(models),
+                             "--jobs", "2", "--chunk-rows", "100", "--quiet"], stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while len(_importing_scoring_processes(proc.pid)) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, "the job ended before its processes started"
+            time.sleep(0.01)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 2, err
+    assert err == "kneepain score: error: stopped by SIGINT (no output was written)\n", err
+    assert not out.exists()

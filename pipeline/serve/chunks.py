@@ -15,8 +15,9 @@ import os
 import pickle
 import signal
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -254,6 +255,22 @@ def scorer_threads() -> int:
     return min(2, available_cores())
 
 
+@contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """SIGINT blocked in this thread while inside. A process started meanwhile inherits the block, so
+    no SIGINT reaches it while it imports; its initializer then ignores SIGINT (dropping one that
+    waits). A SIGINT to this process meanwhile goes to another of its threads, or waits until the
+    block ends: it is never lost."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
 class ChunkScorer:
     """Chunks parsed and scored on :func:`scorer_threads` background threads (``jobs`` = 1) or in
     ``jobs`` spawned processes that each hold the model, sent once. Results come back through
@@ -281,7 +298,12 @@ class ChunkScorer:
             self._run = _in_worker
 
     def submit(self, *args) -> Future:
-        return self._pool.submit(self._run, *args)
+        if self._handover is None:
+            return self._pool.submit(self._run, *args)
+        # the pool starts its processes inside submit: each starts with SIGINT blocked, so a Ctrl-C
+        # while it imports is the parent's alone (it stops the pool) rather than a traceback per process
+        with _sigint_blocked():
+            return self._pool.submit(self._run, *args)
 
     def shutdown(self) -> None:
         try:
