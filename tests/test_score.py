@@ -236,6 +236,34 @@ def test_numeric_parquet_ids_pass_through_as_written(trained, tmp_path):
     assert ids == ["123", "", "9007199254740993"]
 
 
+def test_a_parquet_frame_saved_with_its_index_is_read_as_its_columns(trained, tmp_path, capsys):
+    """pandas saves an index as a column with metadata that turns it back into the index: the file's
+    columns, as its schema names them, are what is scored, kept and rejected."""
+    models, _ = trained
+    cases = pd.DataFrame({"case_id": ["P1", "P1", "P2", "P3"], "age": [30, 40, 50, 60],
+                          "sex": ["male", "female", "male", "female"]})
+    cases.set_index("case_id").to_parquet(tmp_path / "by_id.parquet")
+    out = tmp_path / "by_id.csv"
+    assert main(["score", str(tmp_path / "by_id.parquet"), "-o", str(out), "--model", str(models), "--quiet"]) == 1
+    assert pd.read_csv(out, dtype=str)["case_id"].tolist() == ["P1", "P2", "P3"]
+    rejects = pd.read_csv(tmp_path / "by_id.csv.rejects.csv", dtype=str)
+    assert rejects["reject_row"].tolist() == ["1"] and "duplicate case_id" in rejects["reject_reason"][0]
+    with pytest.raises(CaseValidationError, match="row 1, column 'case_id', value 'P1': duplicate"):
+        predict(tmp_path / "by_id.parquet", model=models)
+    # a filtered frame keeps its row labels in __index_level_0__: an input column like any other
+    cases[cases["age"] != 40].to_parquet(tmp_path / "filtered.parquet")
+    out = tmp_path / "filtered.csv"
+    assert main(["score", str(tmp_path / "filtered.parquet"), "-o", str(out), "--model", str(models), "--quiet",
+                 "--keep-input-columns"]) == 0
+    scored = pd.read_csv(out, dtype=str)
+    assert scored["case_id"].tolist() == ["P1", "P2", "P3"] and scored["__index_level_0__"].tolist() == ["0", "2", "3"]
+    assert predict(tmp_path / "filtered.parquet", model=models)["case_id"].tolist() == ["P1", "P2", "P3"]
+    # a column kept only as a range index in pandas' metadata is missing, and the error says how to keep it
+    cases.set_index("age").to_parquet(tmp_path / "by_age.parquet")
+    assert main(["score", str(tmp_path / "by_age.parquet"), "-o", str(tmp_path / "x.csv"), "--model", str(models)]) == 2
+    assert "keeps 'age' only as a pandas range index" in capsys.readouterr().err
+
+
 def test_seen_ids_flags_exactly_the_ids_an_earlier_chunk_had():
     """Across many chunks (runs merged as they grow), an id is a duplicate iff an earlier chunk
     had it, spaces around it ignored; blanks are never duplicates."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import json
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -88,7 +89,7 @@ def _lacks_required(path: str | Path, names: Sequence[str]) -> BatchInputError |
     missing = required_columns_error(names)
     if missing is None:
         return None
-    return _wrong_separator(path, names) or BatchInputError(f"{path}: {missing}")
+    return _wrong_separator(path, names) or BatchInputError(f"{path}: {missing}{_kept_as_range_index(path, missing)}")
 
 
 def _wrong_separator(path: str | Path, names: Sequence[str]) -> BatchInputError | None:
@@ -99,6 +100,24 @@ def _wrong_separator(path: str | Path, names: Sequence[str]) -> BatchInputError 
         return None
     return BatchInputError(f"{path}: the header is one column, {_clip(str(names[0]))!r}: the file looks separated by "
                            f"{separator!r}, and kneepain reads comma-separated CSV; save it with commas.")
+
+
+def _kept_as_range_index(path: str | Path, missing: CaseValidationError) -> str:
+    """For a Parquet file that holds a missing column only as pandas' metadata of a range index
+    (``df.set_index("age")`` where the ages happen to be evenly spaced), how to save it as a
+    column; else nothing."""
+    if Path(path).suffix.lower() != ".parquet":
+        return ""
+    try:
+        index = json.loads((pq.read_schema(path).metadata or {}).get(b"pandas", b"{}")).get("index_columns", [])
+    except (pa.ArrowException, OSError, ValueError, AttributeError):
+        return ""
+    kept = {normalise_header(str(i.get("name"))) for i in index if isinstance(i, dict) and i.get("kind") == "range"}
+    named = sorted(kept & set(missing.errors["column"]))
+    if not named:
+        return ""
+    return (f" (the file keeps {', '.join(map(repr, named))} only as a pandas range index, in its metadata rather "
+            "than as a column: save the frame with df.reset_index().to_parquet(...))")
 
 
 def _clip(text: str, width: int = 60) -> str:
@@ -254,7 +273,7 @@ def iter_chunks(path: str | Path, chunk_rows: int, *, block: FileBlock | None = 
     try:
         if path.suffix.lower() == ".parquet":
             for table in _parquet_tables(path, chunk_rows, block):
-                yield CaseChunk(_ids_as_text(table).to_pandas(types_mapper=_NULLABLE_INTEGERS.get), {})
+                yield CaseChunk(_parquet_frame(table), {})
             return
         header, data_start = _csv_header(path)
         if block.first_row == 0 and block.rows is None:  # the whole file
@@ -330,6 +349,16 @@ _NULLABLE_INTEGERS = {pa.int8(): pd.Int8Dtype(), pa.int16(): pd.Int16Dtype(), pa
                       pa.uint32(): pd.UInt32Dtype(), pa.uint64(): pd.UInt64Dtype()}
 
 
+def _parquet_frame(table: pa.Table) -> pd.DataFrame:
+    """Rows of a Parquet file as a DataFrame of the file's columns, as its schema names them.
+
+    pandas' metadata is ignored: a frame saved with its index (``df.set_index("case_id")``, or a
+    filtered frame's ``__index_level_0__``) would otherwise have that column turned back into the
+    index, and its case ids read as missing while the schema (and the rejects, and
+    ``--keep-input-columns``) still list it."""
+    return _ids_as_text(table).to_pandas(types_mapper=_NULLABLE_INTEGERS.get, ignore_metadata=True)
+
+
 def _ids_as_text(table: pa.Table) -> pa.Table:
     """A numeric ``case_id`` column as text in Arrow (in pandas, integers with nulls become floats: "123.0")."""
     names = [normalise_header(n) for n in table.column_names]
@@ -358,7 +387,7 @@ def read_case_file(path: str | Path, chunk_rows: int = 100_000) -> pd.DataFrame:
         problems += [(offset + i, reason) for i, reason in chunk.malformed.items()]
         offset += len(chunk.frame)
     if not frames:  # a Parquet file without rows (a CSV of only a header is one empty chunk)
-        frames = [_ids_as_text(pq.read_schema(path).empty_table()).to_pandas(types_mapper=_NULLABLE_INTEGERS.get)]
+        frames = [_parquet_frame(pq.read_schema(path).empty_table())]
     frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     if (unusable := _lacks_required(path, list(frame.columns))) is not None:  # as in `kneepain score`
         raise unusable
