@@ -78,6 +78,23 @@ def test_second_job_on_the_same_output_fails_at_once(trained, tmp_path, capsys):
         assert not (tmp_path / "other.csv").exists()
 
 
+def test_a_texts_lookup_that_cannot_be_written_stops_the_job_before_it_writes(trained, tmp_path, capsys, monkeypatch):
+    """The lookup is checked with the output and renamed into place with it: a folder in its way
+    stops the job at once, and nothing is written, to a file or to standard output."""
+    models, _ = trained
+    src = _write(tmp_path / "in.csv", [HEADER, GOOD[0], "a2,41,femal,yes,10"])  # one row rejected
+    (tmp_path / "out.csv.texts.csv").mkdir()
+    assert _score(src, tmp_path / "out.csv", models) == 2
+    assert "out.csv.texts.csv: is a folder; give the path of the texts lookup" in _one_line_error(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv", "out.csv.texts.csv"]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "score.texts.csv").mkdir()
+    assert _score(src, "-", models) == 2
+    told = capsys.readouterr()
+    assert told.out == "" and "score.texts.csv: is a folder; give the path of the texts lookup" in told.err
+    assert not (tmp_path / "score.rejects.csv").exists()
+
+
 def test_a_small_file_that_cannot_be_written_leaves_no_temporary(tmp_path):
     """The texts lookup, reports and priors are written whole or not at all (here a folder is in the way)."""
     from pipeline.core.files import write_text_atomic

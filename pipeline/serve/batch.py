@@ -31,7 +31,7 @@ import pyarrow as pa
 
 from pipeline.core.casefiles import complete_columns, iter_chunks
 from pipeline.core.errors import BatchInputError
-from pipeline.core.files import reclaim_stale_temps, tmp_path, write_text_atomic
+from pipeline.core.files import reclaim_stale_temps, tmp_path
 from pipeline.core.parsing import ignored_columns_message
 from pipeline.core.schema import ID_COLUMN, first_spellings, normalise_header
 from pipeline.decision.layer import TEXT_CODE_COLUMNS
@@ -113,7 +113,7 @@ def score_files(inputs: list[str | Path], output: str | Path, model: LoadedModel
     _check_target(output, "output")
     rejects_path, lookup = rejects_file(output, rejects), texts_lookup(output)
     _check_target(rejects_path, "rejects file")
-    texts_path = lookup if _writes_codes(model, options) else None
+    _check_target(lookup, "texts lookup")
     # the lookup is written, or an earlier run's removed: either way it is no other output's file
     outputs = [("output", output), ("rejects file", rejects_path), ("texts lookup", lookup)]
     refuse_shared_outputs(outputs)
@@ -125,11 +125,7 @@ def score_files(inputs: list[str | Path], output: str | Path, model: LoadedModel
             for target in (output, rejects_path, lookup):
                 reclaim_stale_temps(target)
             summary = _score_locked(paths, columns, output, rejects_path, model, chunk_rows=chunk_rows,
-                                    progress=progress, warn=warn, options=options, jobs=jobs)
-    if texts_path is not None:
-        _write_text_lookup(model, texts_path)
-    else:  # an earlier run's lookup would describe codes this output lacks
-        lookup.unlink(missing_ok=True)
+                                    progress=progress, warn=warn, options=options, jobs=jobs, lookup=lookup)
     return summary
 
 
@@ -155,10 +151,10 @@ def _is_spooled(path: Path) -> bool:
     return path.name == _SPOOLED and path.parent.name.startswith(_SPOOL_PREFIX)
 
 
-def _write_text_lookup(model: LoadedModel, path: Path) -> None:
-    """The codes' texts (``<output>.texts.csv``, or :data:`STREAM_TEXTS`), for a job that wrote codes."""
+def _text_lookup_bytes(model: LoadedModel) -> bytes:
+    """The codes' texts (``<output>.texts.csv``, or :data:`STREAM_TEXTS`), for a job that writes codes."""
     assert model.decision is not None and model.kb is not None
-    write_text_atomic(path, text_lookup(model.decision.text_codes(model.kb)).to_csv(index=False))
+    return text_lookup(model.decision.text_codes(model.kb)).to_csv(index=False).encode("utf-8")
 
 
 def _check_target(path: Path, what: str) -> None:
@@ -176,17 +172,18 @@ def _score_to_stream(inputs: list[str | Path], stream: BinaryIO, model: LoadedMo
     texts_path = rejects.with_name(STREAM_TEXTS) if _writes_codes(model, options) else None
     outputs = [("rejects file", rejects)]
     if texts_path is not None:
+        _check_target(texts_path, "texts lookup")
         outputs.append(("texts lookup", texts_path))
     refuse_shared_outputs(outputs)
     with _stdin_spooled(inputs, stdin) as paths:
         refuse_same_file(paths, [path for _, path in outputs])
         columns = complete_columns(paths)
         with _stream_lock(rejects), stop_on_signals():
-            reclaim_stale_temps(rejects)
+            for target in (rejects, texts_path):
+                if target is not None:
+                    reclaim_stale_temps(target)
             summary = _score_locked(paths, columns, None, rejects, model, chunk_rows=chunk_rows, progress=progress,
-                                    warn=warn, options=options, jobs=jobs, stream=stream)
-    if texts_path is not None:
-        _write_text_lookup(model, texts_path)
+                                    warn=warn, options=options, jobs=jobs, stream=stream, lookup=texts_path)
     return summary
 
 
@@ -252,7 +249,11 @@ def _shaper(options: OutputOptions, csv: bool) -> Callable[[pa.Table], pa.Table]
 
 def _score_locked(paths: list[Path], columns: list[list[str]], output: Path | None, rejects_path: Path,
                   model: LoadedModel, *, chunk_rows: int, progress: bool, warn: Callable[[str], None] | None,
-                  options: OutputOptions, jobs: int, stream: BinaryIO | None = None) -> ScoreSummary:
+                  options: OutputOptions, jobs: int, stream: BinaryIO | None = None,
+                  lookup: Path | None = None) -> ScoreSummary:
+    """Score ``paths`` into ``output`` (or ``stream``) and ``rejects_path``, with the texts ``lookup``
+    written beside them when the output holds codes (else an earlier run's removed): all three
+    are renamed into place together at the end, the output last, or none is."""
     labels = [STDIN_LABEL if _is_spooled(p) else str(p) for p in paths]  # a file's name in messages and rows
     summary, start = ScoreSummary(files=labels), time.perf_counter()
     has_ids = any(ID_COLUMN in {normalise_header(c) for c in cols} for cols in columns)
@@ -268,6 +269,11 @@ def _score_locked(paths: list[Path], columns: list[list[str]], output: Path | No
     codes = _as_codes(model, options)
     # removed whenever the run stops, even mid-way
     temporary = ([tmp_path(output)] if output is not None else []) + [tmp_path(rejects_path)]
+    # the lookup's temporary name and bytes, when the output holds codes
+    texts = (tmp_path(lookup), _text_lookup_bytes(model)) if lookup is not None and _writes_codes(model, options) \
+        else None
+    if texts is not None:
+        temporary.append(texts[0])
     writer: Writer | None = None
     rejects: Writer | None = None
     bar = _progress(progress)
@@ -316,9 +322,11 @@ def _score_locked(paths: list[Path], columns: list[list[str]], output: Path | No
             finish_one(writer, rejects)
         writer.close()
         rejects.close()
+        if texts is not None:
+            texts[0].write_bytes(texts[1])
         check_stop()  # the last point a stop signal acts: the files are complete and renamed below
-        # rejects first: a run killed between the two renames leaves no output, never an output
-        # whose rejects are missing
+        # the output last: a run killed between the renames leaves no output, never an output
+        # whose rejects or texts lookup are missing
         if output is not None:
             output.unlink(missing_ok=True)  # never leave new rejects beside an old output
         if summary.rows_rejected:
@@ -326,6 +334,10 @@ def _score_locked(paths: list[Path], columns: list[list[str]], output: Path | No
         else:
             rejects.tmp.unlink()
             rejects_path.unlink(missing_ok=True)
+        if texts is not None and lookup is not None:
+            os.replace(texts[0], lookup)
+        elif lookup is not None and output is not None:  # an earlier run's lookup would describe codes this output lacks
+            lookup.unlink(missing_ok=True)
         if output is not None:
             os.replace(writer.tmp, output)
     except BrokenProcessPool as err:
