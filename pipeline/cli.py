@@ -262,7 +262,7 @@ def _score_parser(sub: argparse._SubParsersAction) -> None:
                         "with --engine dask a new folder of part files")
     p.add_argument("--columns", default=None,
                    help="the output columns to write, comma-separated, in that order (e.g. case_id,prediction,p_dvt,"
-                        "triage); default all")
+                        "triage; a name with a comma in double quotes, as in CSV); default all")
     p.add_argument("--keep-input-columns", action="store_true",
                    help="append the input's own columns to each scored row (a name the output already has gets input_)")
     p.add_argument("--top-k", type=int, default=3, help="how many conditions the top<k> column lists (default 3)")
@@ -311,11 +311,11 @@ def _score_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _score_options(args: argparse.Namespace):
-    from pipeline.serve.shaping import FLOAT_DIGITS, MAX_FLOAT_DIGITS, OutputOptions
+    from pipeline.serve.shaping import FLOAT_DIGITS, MAX_FLOAT_DIGITS, OutputOptions, parse_column_list
 
     csv_out = args.output == "-" or not args.output.lower().endswith(".parquet")
     digits = FLOAT_DIGITS if args.float_digits is None else args.float_digits
-    columns = tuple(c.strip() for c in args.columns.split(",")) if args.columns is not None else None
+    columns = parse_column_list(args.columns) if args.columns is not None else None
     if columns is not None and "" in columns:
         raise UsageError(f"--columns {args.columns!r}: a name is empty; give output columns separated by commas "
                          "(e.g. case_id,prediction,p_dvt,triage).")

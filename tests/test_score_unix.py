@@ -2,6 +2,7 @@
 top-k, compact floats and texts as codes with their lookup file."""
 
 import io
+import os
 import re
 import subprocess
 import sys
@@ -108,6 +109,20 @@ def test_kept_input_columns_never_lose_one_to_a_name_clash(trained, tmp_path, ca
     got = _read(tmp_path / "two.csv")
     assert got["input_input_triage"].tolist() == ["T1", ""] and got["input_triage"].tolist() == ["", "IT2"]
     assert got["note"].tolist() == ["hello", "hi"] and "Note" not in got.columns
+
+
+def test_columns_name_a_kept_column_with_a_comma_in_double_quotes(trained, tmp_path, capsys):
+    models, _ = trained
+    src = tmp_path / "in.csv"
+    src.write_text('case_id,age,sex,"note, free"\nA,30,male,hello\n')
+    out = tmp_path / "out.csv"
+    assert main(["score", str(src), "-o", str(out), "--model", str(models), "--quiet", "--keep-input-columns",
+                 "--columns", 'case_id, "note, free" ,triage']) == 0
+    assert list(_read(out).columns) == ["case_id", "note, free", "triage"] and _read(out)["note, free"][0] == "hello"
+    # the choices are listed as --columns takes them
+    assert main(["score", str(src), "-o", str(out), "--model", str(models), "--keep-input-columns",
+                 "--columns", "case_id,note"]) == 2
+    assert ',"note, free"' in capsys.readouterr().err
 
 
 def test_unknown_column_is_one_line_naming_the_choices(trained, cases_csv, tmp_path, capsys):
@@ -232,6 +247,20 @@ def test_a_pipe_between_processes(trained, cases_csv, tmp_path):
                           shell=True, capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert proc.stdout.splitlines()[0] == '"case_id","triage"'
     assert len(proc.stdout.splitlines()) == 3
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")
+def test_a_named_pipe_given_as_a_file_says_to_use_standard_input(trained, tmp_path, capsys):
+    """``kneepain score <(...)`` or a named pipe: the input is read more than once, so it is refused
+    (before it is opened: nothing waits for a writer) with the way to pass it."""
+    models, _ = trained
+    os.mkfifo(tmp_path / "cases.csv")
+    assert main(["score", str(tmp_path / "cases.csv"), "-o", str(tmp_path / "out.csv"), "--model", str(models)]) == 2
+    err = capsys.readouterr().err
+    assert "cases.csv: is a pipe or device, not a file" in err and "kneepain score - -o OUT" in err
+    with pytest.raises(BatchInputError, match="is a pipe or device"):
+        predict(tmp_path / "cases.csv", model=models)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cases.csv"]
 
 
 def test_parquet_texts_are_dictionary_encoded_and_whole(trained, cases_csv, tmp_path):

@@ -223,6 +223,9 @@ def file_columns(path: str | Path) -> list[str]:
         raise BatchInputError(f"{path}: is a folder; give the CSV or Parquet files in it (with --engine dask, a glob "
                               "such as 'folder/*.csv').")
     if not path.is_file():
+        if path.exists():  # a named pipe, <(...) or a device: read more than once, a file must be a file
+            raise BatchInputError(f"{path}: is a pipe or device, not a file; kneepain reads an input file more than "
+                                  "once, so give its rows on standard input instead (... | kneepain score - -o OUT).")
         raise BatchInputError(f"{path}: no such file.")
     if suffix == ".parquet":
         try:

@@ -13,6 +13,8 @@ written compactly, and the long texts as short codes.
 
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +26,8 @@ import pyarrow as pa
 from pipeline.core.errors import BatchInputError
 from pipeline.core.schema import normalise_header, top_k_problem, whole_number
 
-__all__ = ["FLOAT_DIGITS", "MAX_FLOAT_DIGITS", "OutputOptions", "float_digits_allowed", "input_columns", "round_floats",
+__all__ = ["FLOAT_DIGITS", "MAX_FLOAT_DIGITS", "OutputOptions", "column_list", "float_digits_allowed", "input_columns",
+           "parse_column_list", "round_floats",
            "select_columns", "text_lookup"]
 
 FLOAT_DIGITS = 6
@@ -80,6 +83,19 @@ def input_columns(names: Sequence[str], taken: Sequence[str]) -> dict[str, str]:
     return out
 
 
+def parse_column_list(text: str) -> tuple[str, ...]:
+    """``--columns``' names: comma-separated, each stripped of surrounding spaces, and quoted as in
+    CSV where a name holds a comma (``case_id,"note, free text"``)."""
+    return tuple(name.strip() for name in next(csv.reader([text], skipinitialspace=True), None) or [""])
+
+
+def column_list(names: Sequence[str]) -> str:
+    """``names`` as ``--columns`` takes them (:func:`parse_column_list`'s inverse)."""
+    out = io.StringIO()
+    csv.writer(out, lineterminator="").writerow(names)
+    return out.getvalue()
+
+
 def select_columns(schema: pa.Schema, columns: Sequence[str] | None) -> pa.Schema:
     """``schema`` restricted to ``columns``, in their order; an unknown name is an error naming the choices."""
     if columns is None:
@@ -88,7 +104,7 @@ def select_columns(schema: pa.Schema, columns: Sequence[str] | None) -> pa.Schem
     if unknown or not columns:
         raise BatchInputError(f"--columns: {', '.join(map(repr, unknown)) or 'nothing'} "
                               f"{'is' if len(unknown) == 1 else 'are'} not an output column; choose from "
-                              f"{', '.join(schema.names)}.")
+                              f"{column_list(schema.names)}.")
     repeated = sorted({c for c in columns if list(columns).count(c) > 1})
     if repeated:
         raise BatchInputError(f"--columns: {', '.join(map(repr, repeated))} given twice.")
