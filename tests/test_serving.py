@@ -127,6 +127,8 @@ def test_served_answers_keep_ids_say_what_was_ignored_and_take_columns_and_top_k
     (b'{"dataframe_records": [], "params": {"top_k": 12}}', "params: top_k == 12, must be an integer in 1..9"),
     (b'{"dataframe_records": [], "params": {"k": 1}}', "params: 'k' not understood; allowed: top_k"),
     (b'{"dataframe_records": [], "' + b"x" * 3000 + b'": 1}', "'xxxxxxxxxx"),
+    (b'{"dataframe_records": [{"age": 30, "sex": "male", "age": 80}]}', "gives 'age' more than once in one object"),
+    (b'{"dataframe_records": [], "params": {"top_k": 2, "top_k": 5}}', "gives 'top_k' more than once"),
 ])
 def test_a_body_that_is_not_cases_is_named_without_echoing_it(body, message):
     with pytest.raises(BatchInputError, match=message) as err:

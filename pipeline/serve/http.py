@@ -62,6 +62,20 @@ def _shown(value: object) -> str:
     return column_name(repr(value))
 
 
+class _RepeatedKey(Exception):
+    """A JSON object of the request names a key twice (``args[0]``)."""
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object as a dict, refusing a key given twice (``{"age": 30, "age": 80}``: which did the
+    client mean?), where ``json.loads`` keeps the last silently."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        keys = [k for k, _ in pairs]
+        raise _RepeatedKey(next(k for i, k in enumerate(keys) if k in keys[:i]))
+    return obj
+
+
 def parse_body(body: bytes) -> tuple[list[dict], dict[str, Any]]:
     """Cases (as records, in order) and parameters from a JSON request body in MLflow's formats.
 
@@ -78,7 +92,10 @@ def parse_body(body: bytes) -> tuple[list[dict], dict[str, Any]]:
     accepted = "a JSON object with dataframe_records (a list of cases), dataframe_split (columns and data), " \
                "instances or inputs (a list of cases, or columns)"
     try:
-        payload = json.loads(body.decode("utf-8"))
+        payload = json.loads(body.decode("utf-8"), object_pairs_hook=_object)
+    except _RepeatedKey as err:
+        raise BatchInputError(f"the request body gives {_shown(err.args[0])} more than once in one object (JSON would "
+                              "keep only the last); give each key once.") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise BatchInputError(f"the request body is not UTF-8 JSON ({err}); expected {accepted}.") from None
     except ValueError as err:  # an integer of more digits than Python converts
