@@ -3,12 +3,14 @@
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from pipeline.cli import main
 from pipeline.core.metrics import ece_top_label
 from pipeline.data.datasets import read_split
 from pipeline.report.intervals import bootstrap_interval, wilson_interval
+from pipeline.serve.predict import predict
 
 
 def test_wilson_interval_matches_known_values():
@@ -67,6 +69,16 @@ def test_evaluate_on_a_labelled_file_reports_intervals_and_rejects(trained, labe
     assert set(m["per_condition"]["dvt"]["recall"]) == {"value", "ci", "n"}
     assert sum(map(sum, m["confusion_matrix"]["counts"])) == 297
     assert "1 rows" in m["triage"]["reference"] and 0 <= m["triage"]["safe_advice_rate"]["value"] <= 1
+    # each triage rate is a share of the cases it names, counted here from predict()'s own answers
+    valid = pd.read_csv(labelled_csv, dtype=str, keep_default_na=False).drop(index=[1, 2, 3])
+    scored = predict(valid.drop(columns=["condition", "reference_level"]), model=models)
+    non_dvt = (valid["condition"] != "dvt").to_numpy()
+    emergency = (scored["triage"] == "emergency").to_numpy()
+    t = m["triage"]
+    assert t["non_dvt_emergency_rate"]["n"] == non_dvt.sum() == 297 - t["n_dvt"]
+    assert t["non_dvt_emergency_rate"]["value"] == pytest.approx(emergency[non_dvt].mean())
+    assert t["dvt_emergency_rate"]["value"] == pytest.approx(emergency[~non_dvt].mean())
+    assert t["over_triage_emergency_rate"]["n"] == 297
     rejects = (out / "rejects.csv").read_text()
     assert "sprained_ankle" in rejects and "later" in rejects and "-4" in rejects
     assert {p.name for p in out.iterdir()} >= {"metrics.json", "report.md", "rejects.csv", "confusion_matrix.png",

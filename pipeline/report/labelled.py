@@ -129,7 +129,10 @@ def _decision_figures(model: LoadedModel, valid: pd.DataFrame, arrays: dict[str,
     n, dvt = len(y), int(t["n_dvt"])
 
     def ci(rate: float, n_of: int) -> dict[str, Any]:
+        """``rate`` (a share of ``n_of`` cases) with its interval and ``n_of``."""
         k = int(round(rate * n_of)) if n_of else 0
+        if abs(rate * n_of - k) > 1e-6:  # a rate of other cases would get another's interval and count
+            raise ValueError(f"a rate of {rate!r} is no share of {n_of} cases")
         return {"value": rate, "ci": wilson_interval(k, n_of), "n": n_of}
 
     sets = prediction_sets(proba, parsed.codes, model.decision.conformal)
@@ -140,7 +143,9 @@ def _decision_figures(model: LoadedModel, valid: pd.DataFrame, arrays: dict[str,
                                 "the answers meet",
                    "under_triage_rate": ci(t["under_triage_rate"], n), "under_triage_ucb95": t["under_triage_ucb95"],
                    "dvt_urgent_rate": ci(t["dvt_urgent_rate"], dvt), "dvt_emergency_rate": ci(t["dvt_emergency_rate"], dvt),
-                   "over_triage_rate": ci(t["over_triage_rate"], n - dvt),
+                   # each rate with the cases it is a share of: every non-DVT case, or every case
+                   "non_dvt_emergency_rate": ci(t["non_dvt_emergency_rate"], n - dvt),
+                   "over_triage_emergency_rate": ci(t["over_triage_emergency_rate"], n),
                    "safe_advice_rate": ci(t["safe_advice_rate"], n), "exact_level_rate": ci(t["exact_rate"], n),
                    "level_shares": t["level_shares"], "n_dvt": dvt},
         "differential": {"target": c["target"], "coverage": ci(c["coverage"], n),
@@ -167,7 +172,8 @@ def format_labelled(metrics: dict[str, Any]) -> str:
         t, d = m["triage"], m["differential"]
         lines += [f"  {label:<22}{_fmt(r['value'], r['ci'])}  (n={r['n']})" for label, r in (
             ("DVT urgent or sooner", t["dvt_urgent_rate"]), ("safe advice", t["safe_advice_rate"]),
-            ("non-DVT to emergency", t["over_triage_rate"]), ("set coverage", d["coverage"]),
+            ("non-DVT to emergency", t["non_dvt_emergency_rate"]),
+            ("over-triage: emergency", t["over_triage_emergency_rate"]), ("set coverage", d["coverage"]),
             ("atypical flagged", m["atypical"]["flag_rate"]))]
     if m["top_reject_reasons"]:
         lines += ["Top reasons for rejected rows:"] + [f"  {n:>6,}  {r}" for r, n in m["top_reject_reasons"].items()]
@@ -194,7 +200,9 @@ def _report_markdown(metrics: dict[str, Any], source: str, plots: list[Path]) ->
                   "| figure | value | interval | cases |", "|---|---|---|---|"]
         for label, r in (("DVT sent urgent or emergency", m["triage"]["dvt_urgent_rate"]),
                          ("DVT sent to emergency", m["triage"]["dvt_emergency_rate"]),
-                         ("non-DVT sent to emergency", m["triage"]["over_triage_rate"]),
+                         ("non-DVT sent to emergency", m["triage"]["non_dvt_emergency_rate"]),
+                         ("sent to emergency, the reference lower (over-triage)",
+                          m["triage"]["over_triage_emergency_rate"]),
                          ("safe advice (at least the reference level)", m["triage"]["safe_advice_rate"]),
                          ("differential set holds the true condition", m["differential"]["coverage"]),
                          ("atypical flagged", m["atypical"]["flag_rate"])):
