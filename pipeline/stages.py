@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core.config import GenerateConfig, ProbesConfig, ScreenConfig, TrainConfig, TriageConfig
+from pipeline.core.errors import BatchInputError
 from pipeline.core.files import sha256_file, write_json_atomic
 from pipeline.core.knowledge import KnowledgeBase, load_knowledge_base
 from pipeline.core.parsing import parse_cases
@@ -198,6 +199,7 @@ def evaluate_file(model_source: str | Path | None, path: Path, out: Path, *, tra
     if track:
         tracking_uri()
     model = load_model(model_source)
+    refuse_fitted_data(path, model.manifest)
     frame = read_case_file(path)
     metrics, arrays, rejects = evaluate_labelled(model, frame, n_boot=n_boot, where=str(path))
     paths = write_labelled_reports(metrics, arrays, rejects, out, source=path.name)
@@ -207,6 +209,24 @@ def evaluate_file(model_source: str | Path | None, path: Path, out: Path, *, tra
         metrics["mlflow_run_id"] = log_labelled_evaluation(model.manifest, metrics, paths, out, frame, path)
         write_json_atomic(out / "metrics.json", metrics)  # with the run id, to find the run again
     return EvaluateResult(metrics, paths, track)
+
+
+_FITTED_ON = {"train": "trained on", "valid": "calibrated on", "calib": "fitted its decision layer on",
+              "extra": "trained on (--extra-data)"}
+
+
+def refuse_fitted_data(path: Path, manifest: dict[str, Any]) -> None:
+    """Refuse to evaluate a model on a file it was fitted on (the same bytes as one its manifest
+    records): its figures there would not be held out."""
+    recorded = manifest.get("data_sha256") or {}
+    digest = sha256_file(path)
+    used = [name for name, sha in recorded.items() if sha == digest]
+    if used:
+        held = " (the held-out share of that file is evaluated at training: see the manifest's extra_holdout and " \
+               "the MLflow run)" if "extra" in used else ""
+        raise BatchInputError(f"{path}: the model was {_FITTED_ON.get(used[0], f'fitted on ({used[0]})')} this file "
+                              f"(the same SHA-256 as in its manifest), so figures on it would not be held out{held}; "
+                              "evaluate on cases the model has not seen.")
 
 
 def sensitivity_stage(kb_path: Path, triage: TriageConfig, probes: ProbesConfig, out: Path, *, draws: int,

@@ -98,3 +98,21 @@ def test_evaluate_without_condition_column_is_one_clear_error(trained, small_dat
     read_split("test", small_data).head(20).drop(columns=["condition", "severity"]).to_csv(path, index=False)
     assert main(["evaluate", "--data", str(path), "--model", str(models), "--no-mlflow", "--out", str(tmp_path)]) == 2
     assert "no 'condition' column" in capsys.readouterr().err
+
+
+def test_evaluate_refuses_a_file_the_model_was_fitted_on(trained, small_data, tmp_path, capsys):
+    """Figures on the cases a model was trained (or calibrated) on are not held out: the file with
+    the bytes the manifest records is refused, naming how the model used it."""
+    models, _ = trained
+    for path, how in [(models.parent / "extra.csv", "trained on (--extra-data) this file"),
+                      (small_data / "valid.parquet", "calibrated on this file")]:
+        assert main(["evaluate", "--data", str(path), "--model", str(models), "--out", str(tmp_path / "eval"),
+                     "--no-mlflow"]) == 2
+        err = capsys.readouterr().err
+        assert how in err and "would not be held out" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "eval").exists()
+    # the same cases in another file are not recognised: only the exact bytes are
+    copy = tmp_path / "copy.csv"
+    copy.write_bytes((models.parent / "extra.csv").read_bytes() + b"\n")
+    assert main(["evaluate", "--data", str(copy), "--model", str(models), "--out", str(tmp_path / "eval"),
+                 "--no-mlflow", "--bootstrap", "20"]) == 0
