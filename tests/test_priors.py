@@ -96,6 +96,27 @@ def test_score_adapt_priors_writes_the_mix_and_reweighted_rows(trained, small_da
         assert not (tmp_path / f"{name}-out.csv").exists()
 
 
+def test_the_mix_is_estimated_from_exactly_the_rows_that_are_scored(trained, small_data, tmp_path):
+    """Rows rejected as repeated case ids (in a later input, or a later chunk) do not count towards
+    the mix, whatever the chunk size: the same scored rows, the same estimate."""
+    from pipeline.serve.adapt import estimate_batch_prior
+    from pipeline.serve.loading import load_model
+
+    model = load_model(trained[0])
+    cases = read_split("shift", small_data).head(600).drop(columns=["condition", "severity"])
+    first = tmp_path / "first.csv"
+    cases.to_csv(first, index=False)
+    again = cases.assign(age=75, sex="female", leg_swelling="yes", skin_warm="yes", skin_red="yes")  # the same ids
+    second = tmp_path / "again.csv"
+    again.to_csv(second, index=False)
+    both = tmp_path / "both.csv"
+    pd.concat([cases, again]).to_csv(both, index=False)
+    alone = estimate_batch_prior([first], model)
+    for inputs, chunk_rows in (([first, second], 16_384), ([both], 600), ([both], 256)):
+        estimate = estimate_batch_prior(inputs, model, chunk_rows=chunk_rows)
+        np.testing.assert_array_equal(estimate.prior, alone.prior)
+
+
 def test_a_share_that_collapses_is_warned_about(kb):
     from pipeline.serve.adapt import collapsed_conditions
 

@@ -22,6 +22,7 @@ from pipeline.core.schema import CONDITION_LABELS, CONDITIONS
 from pipeline.decision.priors import PriorEstimate, adjust_posteriors, estimate_prior
 from pipeline.serve import CHUNK_ROWS
 from pipeline.serve.batch import validate_chunk
+from pipeline.serve.chunks import SeenIds
 from pipeline.serve.loading import LoadedModel
 
 __all__ = ["PriorShiftedModel", "batch_posteriors", "estimate_batch_prior", "format_prior", "prior_report",
@@ -61,12 +62,16 @@ def training_prior(model: LoadedModel) -> np.ndarray:
 
 
 def batch_posteriors(inputs: list[str | Path], model: LoadedModel, *, chunk_rows: int = CHUNK_ROWS) -> np.ndarray:
-    """The model's posteriors of every valid row of ``inputs`` (rows that would be rejected are skipped)."""
+    """The model's posteriors of every valid row of ``inputs``: exactly the rows ``kneepain score``
+    scores (those it would reject are skipped, a case id seen in an earlier chunk or input among
+    them), whatever the chunk size."""
     parts = []
+    seen = SeenIds()  # one job's ids, across its inputs, as the scoring pass has them
     for path in inputs:
         offset = 0
         for chunk in iter_chunks(path, chunk_rows):
-            parsed, valid, _ = validate_chunk(chunk.frame, file=str(path), row_offset=offset, malformed=chunk.malformed)
+            parsed, valid, _ = validate_chunk(chunk.frame, file=str(path), row_offset=offset, seen_ids=seen,
+                                              malformed=chunk.malformed)
             parts.append(model.predict_proba(parsed[valid]))
             offset += len(chunk.frame)
     return np.concatenate(parts) if parts else np.empty((0, len(CONDITIONS)))
