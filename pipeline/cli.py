@@ -167,7 +167,9 @@ def _train(args: argparse.Namespace) -> int:
     from pipeline.stages import train_stage
 
     config = load_config(TrainConfig, args.config or config_path("train.yaml"))
-    given = {k: v for k, v in (("path", args.extra_data), ("weight", args.extra_weight),
+    # a path on the command line is the shell's, from the current folder (the config's are from the project's)
+    extra_path = str(Path(args.extra_data).absolute()) if args.extra_data else args.extra_data
+    given = {k: v for k, v in (("path", extra_path), ("weight", args.extra_weight),
                                 ("holdout", args.extra_holdout)) if v is not None}
     if given:
         extra = config.extra_data.model_dump() | given
@@ -209,6 +211,7 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _evaluate_file(args: argparse.Namespace, path: Path) -> int:
+    from pipeline.core.parsing import ignored_columns_message
     from pipeline.core.paths import reports_dir
     from pipeline.report.labelled import format_labelled
     from pipeline.stages import evaluate_file
@@ -217,6 +220,9 @@ def _evaluate_file(args: argparse.Namespace, path: Path) -> int:
         raise UsageError(f"--bootstrap == {args.bootstrap}, must be >= 2.")
     out = Path(args.out) if args.out else reports_dir() / "evaluations" / path.stem
     result = evaluate_file(args.model, path, out, track=not args.no_mlflow, n_boot=args.bootstrap)
+    if result.metrics["ignored_columns"]:
+        message = ignored_columns_message(result.metrics["ignored_columns"], str(path))
+        print(f"kneepain evaluate: warning: {message}", file=sys.stderr)
     print(format_labelled(result.metrics))
     print(f"\nWrote {out / 'metrics.json'}, {out / 'report.md'} and the plots in {out}/"
           + (f"; rejected rows in {out / 'rejects.csv'}" if result.metrics["n_rejected"] else ""))

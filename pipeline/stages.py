@@ -15,10 +15,10 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core.config import GenerateConfig, ProbesConfig, ScreenConfig, TrainConfig, TriageConfig
-from pipeline.core.errors import BatchInputError
+from pipeline.core.errors import BatchInputError, error_lines
 from pipeline.core.files import sha256_file, write_json_atomic
 from pipeline.core.knowledge import KnowledgeBase, load_knowledge_base
-from pipeline.core.parsing import parse_cases
+from pipeline.core.parsing import ignored_columns_message, parse_cases
 from pipeline.core.schema import LABEL_COLUMN
 from pipeline.core.tracking_server import tracking_uri
 from pipeline.data.datasets import class_shares, kb_for_split, labels, oracle_summary, read_split, split_table
@@ -46,6 +46,10 @@ def _canonical(frame: pd.DataFrame) -> pd.DataFrame:
     return parse_cases(frame).to_frame().assign(**{LABEL_COLUMN: frame[LABEL_COLUMN].astype(str).to_numpy()})
 
 
+EXTRA_REJECTS = "extra_rejects.csv"  # the training run's artifact of the extra cases' problems
+_LISTED_REJECTS = 20  # of them, printed in the training log
+
+
 @dataclass
 class ExtraCases:
     """Real labelled cases for training: the part trained on, the part held out, what was rejected."""
@@ -54,8 +58,13 @@ class ExtraCases:
     to_train: pd.DataFrame
     held_out: pd.DataFrame
     n_rows: int
-    n_rejected: int
+    rejects: pd.DataFrame  # row, column, value, reason of every problem (a row may have several)
+    ignored: tuple[str, ...]  # columns that are neither case fields nor labels
     weight: float
+
+    @property
+    def n_rejected(self) -> int:
+        return int(self.rejects["row"].nunique())
 
 
 def read_extra_cases(config: TrainConfig) -> ExtraCases | None:
@@ -71,11 +80,11 @@ def read_extra_cases(config: TrainConfig) -> ExtraCases | None:
     if not path.is_file():
         raise FileNotFoundError(f"extra_data.path: {path} is not a file of labelled cases.")
     raw = read_case_file(path)
-    cases, _, rejects = validate_labelled(raw, where=str(path))
+    cases, _, rejects, ignored = validate_labelled(raw, where=str(path))
     if len(cases) == 0:
         raise ValueError(f"extra_data.path: {path} has no valid labelled row among {len(raw)}.")
     to_train, held = holdout_split(cases, extra.holdout, seed=config.seed)
-    return ExtraCases(path, to_train, held, len(raw), int(rejects["row"].nunique()), extra.weight)
+    return ExtraCases(path, to_train, held, len(raw), rejects, ignored, extra.weight)
 
 
 def train_stage(config: TrainConfig, triage: TriageConfig, screen: ScreenConfig, kb_path: Path, data: Path, out: Path, *,
@@ -90,9 +99,10 @@ def train_stage(config: TrainConfig, triage: TriageConfig, screen: ScreenConfig,
 
     Returns what :func:`pipeline.model.tracking.log_training` returns.
     """
+    from pipeline.data.real import rejects_csv
     from pipeline.decision.layer import fit_decision_on
     from pipeline.model.persist import save_model, update_manifest
-    from pipeline.model.tracking import git_commit, log_holdout, log_training
+    from pipeline.model.tracking import git_commit, log_holdout, log_text, log_training
     from pipeline.model.train import train_model
     from pipeline.serve.mlflow_model import log_pyfunc
 
@@ -107,6 +117,10 @@ def train_stage(config: TrainConfig, triage: TriageConfig, screen: ScreenConfig,
     if extra is not None:
         log(f"Extra cases from {extra.path}: {len(extra.to_train):,} to train on (weight {extra.weight:g}), "
             f"{len(extra.held_out):,} held out, {extra.n_rejected:,} of {extra.n_rows:,} rows rejected")
+        if extra.ignored:
+            log(f"  warning: {ignored_columns_message(extra.ignored, str(extra.path))}")
+        if len(extra.rejects):  # every one is in the training run's extra_rejects.csv
+            log("\n".join(f"  {line}" for line in error_lines(extra.rejects, _LISTED_REJECTS)))
         n_synthetic = len(train)
         train = pd.concat([_canonical(train), _canonical(extra.to_train)], ignore_index=True)
         weight = np.r_[np.ones(n_synthetic), np.full(len(extra.to_train), extra.weight)]
@@ -145,6 +159,10 @@ def train_stage(config: TrainConfig, triage: TriageConfig, screen: ScreenConfig,
 
     info = log_training(result, config, files, save, lambda name: log_pyfunc(out, valid.head(5), name),
                         force_champion=force_champion, datasets=datasets)
+    if extra is not None and len(extra.rejects):
+        log_text(info["mlflow_run_id"], rejects_csv(extra.rejects), EXTRA_REJECTS)
+        log(f"  the {extra.n_rejected:,} rejected rows' problems: artifact {EXTRA_REJECTS} of MLflow run "
+            f"{info['mlflow_run_id']}")
     if extra is not None and len(extra.held_out):
         from pipeline.report.labelled import evaluate_labelled
         from pipeline.serve.loading import load_model

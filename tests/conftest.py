@@ -1,6 +1,9 @@
+import contextlib
+import io
 import os
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,12 +73,20 @@ def trained(small_data, small_config_path, tmp_path_factory):
     root = tmp_path_factory.mktemp("trained")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     # real labelled cases beside the synthetic ones, as `kneepain train --extra-data` takes them
+    # as clinics export them: a label column spelt otherwise, a column that is no case field, and
+    # three rows to reject (listed in the training log, train.log here, and the run's extra_rejects.csv)
     extra = generate_cases(load_knowledge_base().shifted(), 400, seed=77).drop(columns=["severity"])
-    extra.to_csv(root / "extra.csv", index=False)
-    with pytest.MonkeyPatch.context() as mp:
+    bad = extra.head(3).astype({"sex": str, "condition": str})
+    bad["sex"] = ["F", bad["sex"].iloc[1], bad["sex"].iloc[2]]
+    bad["condition"] = [bad["condition"].iloc[0], "=HYPERLINK(\"http://x\")", "dvt?"]
+    rows = pd.concat([extra.iloc[:100], bad, extra.iloc[100:]], ignore_index=True)
+    rows.assign(clinic="north").rename(columns={"condition": "Condition"}).to_csv(root / "extra.csv", index=False)
+    log = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(log):
         mp.setenv("MLFLOW_TRACKING_URI", uri)
         code = main(["train", "--config", str(small_config_path), "--data", str(small_data),
                      "--out", str(root / "models"), "--extra-data", str(root / "extra.csv"), "--extra-weight", "2",
                      "--extra-holdout", "0.25"])
-    assert code == 0
+    (root / "train.log").write_text(log.getvalue())
+    assert code == 0, log.getvalue()
     return root / "models", uri

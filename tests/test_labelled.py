@@ -45,11 +45,13 @@ def labelled_csv(small_data, tmp_path_factory):
     text = frame.astype(str).replace({"nan": "", "<NA>": ""})
     text["reference_level"] = ""
     text.loc[0, "reference_level"] = "emergency"
-    text.loc[1, "condition"] = "sprained_ankle"
+    text.loc[1, "condition"] = "=sprained_ankle"
     text.loc[2, "age"] = "-4"
     text.loc[3, "reference_level"] = "later"
+    text["leg_swellng"] = "yes"  # misspelt: read as no field at all
     path = tmp_path_factory.mktemp("own") / "clinic.csv"
-    text.to_csv(path, index=False)
+    # label columns spelt as a spreadsheet may spell them: matched as case fields are
+    text.rename(columns={"reference_level": "Reference_Level", "condition": " condition"}).to_csv(path, index=False)
     return path
 
 
@@ -71,8 +73,8 @@ def test_evaluate_on_a_labelled_file_reports_intervals_and_rejects(trained, labe
     assert "1 rows" in m["triage"]["reference"] and 0 <= m["triage"]["safe_advice_rate"]["value"] <= 1
     # each triage rate is a share of the cases it names, counted here from predict()'s own answers
     valid = pd.read_csv(labelled_csv, dtype=str, keep_default_na=False).drop(index=[1, 2, 3])
-    scored = predict(valid.drop(columns=["condition", "reference_level"]), model=models)
-    non_dvt = (valid["condition"] != "dvt").to_numpy()
+    scored = predict(valid.drop(columns=[" condition", "Reference_Level", "leg_swellng"]), model=models)
+    non_dvt = (valid[" condition"] != "dvt").to_numpy()
     emergency = (scored["triage"] == "emergency").to_numpy()
     t = m["triage"]
     assert t["non_dvt_emergency_rate"]["n"] == non_dvt.sum() == 297 - t["n_dvt"]
@@ -80,10 +82,13 @@ def test_evaluate_on_a_labelled_file_reports_intervals_and_rejects(trained, labe
     assert t["dvt_emergency_rate"]["value"] == pytest.approx(emergency[~non_dvt].mean())
     assert t["over_triage_emergency_rate"]["n"] == 297
     rejects = (out / "rejects.csv").read_text()
-    assert "sprained_ankle" in rejects and "later" in rejects and "-4" in rejects
+    assert "'=sprained_ankle" in rejects and "later" in rejects and "-4" in rejects  # a formula is shown, not run
+    assert m["ignored_columns"] == ["leg_swellng"]
+    told = capsys.readouterr()
+    assert "ignoring columns that are not case fields: leg_swellng (did you mean leg_swelling?)" in told.err
     assert {p.name for p in out.iterdir()} >= {"metrics.json", "report.md", "rejects.csv", "confusion_matrix.png",
                                                 "reliability.png"}
-    assert "accuracy" in capsys.readouterr().out
+    assert "accuracy" in told.out
     run = mlflow.MlflowClient(uri).get_run(m["mlflow_run_id"])
     inputs = run.inputs.dataset_inputs
     assert [d.dataset.name for d in inputs] == ["clinic"]
@@ -116,3 +121,15 @@ def test_evaluate_refuses_a_file_the_model_was_fitted_on(trained, small_data, tm
     copy.write_bytes((models.parent / "extra.csv").read_bytes() + b"\n")
     assert main(["evaluate", "--data", str(copy), "--model", str(models), "--out", str(tmp_path / "eval"),
                  "--no-mlflow", "--bootstrap", "20"]) == 0
+
+
+def test_extra_data_on_the_command_line_is_read_from_the_current_folder(small_data, small_config_path, tmp_path,
+                                                                         monkeypatch, capsys):
+    """As every path a shell gives: `cd data/real && kneepain train --extra-data clinic.csv` means
+    this folder's clinic.csv, not the project folder's."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("KNEEPAIN_HOME", str(tmp_path / "project"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert main(["train", "--config", str(small_config_path), "--data", str(small_data), "--out",
+                 str(tmp_path / "models"), "--extra-data", "clinic.csv"]) == 2
+    assert f"extra_data.path: {tmp_path / 'clinic.csv'} is not a file" in capsys.readouterr().err

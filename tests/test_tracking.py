@@ -55,7 +55,7 @@ def test_training_run_is_recorded_with_params_metrics_and_lineage(trained):
     assert "Model card" in version.description and "extra" in version.description
 
 
-def test_training_run_records_its_datasets_and_the_held_out_real_cases(trained, small_data):
+def test_training_run_records_its_datasets_and_the_held_out_real_cases(trained, small_data, tmp_path):
     models, uri = trained
     manifest = json.loads((models / "manifest.json").read_text())
     run = _client(uri).get_run(manifest["mlflow_run_id"])
@@ -69,6 +69,14 @@ def test_training_run_records_its_datasets_and_the_held_out_real_cases(trained, 
     held = manifest["extra_holdout"]
     assert held["n"] == 100 and held["accuracy_ci"][0] <= held["accuracy"] <= held["accuracy_ci"][1]
     assert run.data.metrics["extra_holdout.accuracy"] == pytest.approx(held["accuracy"])
+    # the three rejected rows are named in the log, and every problem is kept in the run
+    log = (models.parent / "train.log").read_text()
+    assert "3 of 403 rows rejected" in log
+    assert "row 100, column 'sex', value 'F': not allowed" in log and "row 102, column 'condition', value 'dvt?'" in log
+    assert "ignoring columns that are not case fields: clinic" in log
+    rejects = pd.read_csv(_client(uri).download_artifacts(run.info.run_id, "extra_rejects.csv", str(tmp_path)), dtype=str)
+    assert rejects["row"].tolist() == ["100", "101", "102"]
+    assert rejects["value"][1].startswith("'=HYPERLINK")  # shown by a spreadsheet, not run
     # real cases weigh twice: the recorded training mix moves towards the extra cases' older mix
     synthetic = (read_split("train", small_data)["condition"] == "osteoarthritis").mean()
     assert manifest["class_prior"]["osteoarthritis"] > synthetic + 0.005

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["BatchInputError", "CaseValidationError", "ConfigError", "KnowledgeBaseError", "ModelIntegrityError",
-           "TrackingServerError"]
+           "TrackingServerError", "error_lines"]
 
 
 class CaseValidationError(ValueError):
@@ -27,16 +27,20 @@ class CaseValidationError(ValueError):
             super().__init__("; ".join((f"column {r.column!r}" + (f" ({r.value})" if r.value else "") + ": "
                                         if r.column else "") + str(r.reason) for r in self.errors.itertuples()))
             return
-        lines = [
-            f"row {r.row}, column {r.column!r}, value {r.value!r}: {r.reason}" if r.column else f"row {r.row}: {r.reason}"
-            for r in self.errors.head(self.max_listed).itertuples()
-        ]
-        more = len(self.errors) - len(lines)
-        if more > 0:
-            lines.append(f"... and {more} more")
+        lines = error_lines(self.errors, self.max_listed)
         bad_rows = self.errors["row"].nunique() if len(self.errors) else 0
         of = f" of {n_rows}" if n_rows is not None else ""
         super().__init__(f"{bad_rows}{of} case(s) are invalid:\n  " + "\n  ".join(lines))
+
+
+def error_lines(errors: pd.DataFrame, max_listed: int) -> list[str]:
+    """The first ``max_listed`` problems of ``errors`` (row, column, value, reason), a line each
+    ("row 3, column 'sex', value 'x': not allowed; ..."), then how many more there are."""
+    lines = [f"row {r.row}, column {r.column!r}, value {r.value!r}: {r.reason}" if r.column else f"row {r.row}: {r.reason}"
+             for r in errors.head(max_listed).itertuples()]
+    if len(errors) > len(lines):
+        lines.append(f"... and {len(errors) - len(lines)} more")
+    return lines
 
 
 class ConfigError(ValueError):

@@ -8,43 +8,51 @@ validation is listed with its column, value and reason, never fatal for the othe
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from sklearn.model_selection import train_test_split
 
 from pipeline.core.config import LEVELS
 from pipeline.core.errors import BatchInputError
+from pipeline.core.formulas import csv_safe
 from pipeline.core.parsing import parse_cases
-from pipeline.core.schema import CONDITIONS, LABEL_COLUMN
+from pipeline.core.schema import CONDITIONS, LABEL_COLUMN, normalise_header
 
-__all__ = ["REFERENCE_COLUMN", "holdout_split", "validate_labelled"]
+__all__ = ["REFERENCE_COLUMN", "LabelledCases", "holdout_split", "rejects_csv", "validate_labelled"]
 
 REFERENCE_COLUMN = "reference_level"
+
+
+class LabelledCases(NamedTuple):
+    """:func:`validate_labelled`'s result."""
+
+    valid: pd.DataFrame  # the rows with a valid case, a known condition and, if given, a valid reference level
+    reference: np.ndarray  # per valid row, the index into LEVELS of its reference_level, -1 where not given
+    rejects: pd.DataFrame  # row (0-based, header excluded), column, value, reason; a row may have several
+    ignored: tuple[str, ...]  # the columns that are neither case fields nor labels, as the file names them
 
 
 def _text(series: pd.Series) -> pd.Series:
     return series.astype("string").fillna("").str.strip().str.lower()
 
 
-def validate_labelled(frame: pd.DataFrame, *, where: str = "cases") -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame]:
-    """Split labelled cases into the valid rows and the reject lines.
+def validate_labelled(frame: pd.DataFrame, *, where: str = "cases") -> LabelledCases:
+    """Split labelled cases into the valid rows and the reject lines (:class:`LabelledCases`).
 
-    Returns
-    -------
-    valid : DataFrame
-        The rows with a valid case, a known ``condition`` and, if given, a valid ``reference_level``.
-    reference : ndarray of int, shape (n_valid,)
-        Index into :data:`LEVELS` of each valid row's ``reference_level``, -1 where not given.
-    rejects : DataFrame
-        ``row`` (0-based, header excluded), ``column``, ``value``, ``reason``; a row may have several.
+    ``condition`` and ``reference_level`` are matched as case fields are: ignoring case and
+    surrounding spaces (``Reference_Level`` is ``reference_level``).
 
     Raises
     ------
     BatchInputError
-        ``frame`` has no ``condition`` column.
+        ``frame`` has no ``condition`` column, or names a label column twice.
     CaseValidationError
         A required case column is missing.
     """
+    frame = _labels_named(frame, where)
     if LABEL_COLUMN not in frame.columns:
         raise BatchInputError(f"{where}: no {LABEL_COLUMN!r} column; labelled cases need the true condition, "
                               f"one of {', '.join(CONDITIONS)}.")
@@ -70,7 +78,30 @@ def validate_labelled(frame: pd.DataFrame, *, where: str = "cases") -> tuple[pd.
     keep = ~np.isin(np.arange(len(frame)), rejects["row"].to_numpy())
     valid = frame.iloc[np.flatnonzero(keep)].reset_index(drop=True)
     valid = valid.assign(**{LABEL_COLUMN: condition.to_numpy()[keep]})
-    return valid, reference[keep], rejects
+    ignored = tuple(c for c in parsed.ignored_columns if normalise_header(c) != REFERENCE_COLUMN)
+    return LabelledCases(valid, reference[keep], rejects, ignored)
+
+
+def _labels_named(frame: pd.DataFrame, where: str) -> pd.DataFrame:
+    """``frame`` with its label columns under their own names, however the file spells them."""
+    labels = (LABEL_COLUMN, REFERENCE_COLUMN)
+    rename = {c: normalise_header(c) for c in frame.columns if normalise_header(c) in labels and c not in labels}
+    if not rename:
+        return frame
+    for label in labels:
+        spellings = [c for c in frame.columns if normalise_header(c) == label]
+        if len(spellings) > 1:
+            raise BatchInputError(f"{where}: the header gives {label!r} more than once ({', '.join(map(repr, spellings))}"
+                                  "); column names are matched ignoring case and surrounding spaces, so give it once.")
+    return frame.rename(columns=rename)
+
+
+def rejects_csv(rejects: pd.DataFrame) -> str:
+    """Reject lines as CSV text, with the spreadsheet guard of every CSV output
+    (:func:`pipeline.core.formulas.csv_safe`): a value such as ``=HYPERLINK(...)`` is shown, not run."""
+    table = csv_safe(pa.Table.from_pandas(rejects.astype({"column": str, "value": str, "reason": str}),
+                                          preserve_index=False))
+    return table.to_pandas().to_csv(index=False)
 
 
 def holdout_split(cases: pd.DataFrame, fraction: float, *, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:

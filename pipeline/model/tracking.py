@@ -28,8 +28,8 @@ from pipeline.core.tracking_server import tracking_uri
 from pipeline.model.persist import library_versions
 from pipeline.model.train import TrainResult
 
-__all__ = ["use_tracking", "log_training", "log_evaluation", "log_holdout", "log_labelled_evaluation", "promote_champion",
-           "git_commit", "source_tags", "log_dataset"]
+__all__ = ["use_tracking", "log_training", "log_evaluation", "log_holdout", "log_text", "log_labelled_evaluation",
+           "promote_champion", "git_commit", "source_tags", "log_dataset"]
 
 
 def use_tracking(experiment: str) -> str:
@@ -193,6 +193,11 @@ def _loggable(metrics: dict[str, Any]) -> dict[str, float]:
     flat.update({f"{k}_ci_low": v[0] for k, v in _intervals(metrics).items()})
     flat.update({f"{k}_ci_high": v[1] for k, v in _intervals(metrics).items()})
     return {k.replace("/", "_"): v for k, v in flat.items() if v == v}  # NaN: no such cases
+
+
+def log_text(run_id: str, text: str, artifact_file: str) -> None:
+    """``text`` as the artifact ``artifact_file`` of run ``run_id``."""
+    MlflowClient().log_text(run_id, text, artifact_file)
 
 
 def log_holdout(run_id: str, metrics: dict[str, Any], prefix: str) -> None:

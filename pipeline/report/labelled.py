@@ -19,7 +19,7 @@ from pipeline.core.errors import BatchInputError
 from pipeline.core.files import write_json_atomic, write_text_atomic
 from pipeline.core.parsing import parse_cases
 from pipeline.core.schema import CONDITION_LABELS, CONDITIONS
-from pipeline.data.real import REFERENCE_COLUMN, validate_labelled
+from pipeline.data.real import REFERENCE_COLUMN, rejects_csv, validate_labelled
 from pipeline.decision.conformal import prediction_sets
 from pipeline.report.decision_metrics import evaluate_decision
 from pipeline.report.evaluate import N_BINS, evaluate_split
@@ -78,7 +78,7 @@ def evaluate_labelled(model: LoadedModel, frame: pd.DataFrame, *, n_boot: int = 
     BatchInputError
         No ``condition`` column, or no valid row.
     """
-    valid, reference, rejects = validate_labelled(frame, where=where)
+    valid, reference, rejects, ignored = validate_labelled(frame, where=where)
     if len(valid) == 0:
         raise BatchInputError(f"{where}: no valid labelled row among {len(frame)}; first problems: "
                               + "; ".join(f"row {r.row} {r.column}: {r.reason}" for r in rejects.head(3).itertuples()))
@@ -98,6 +98,8 @@ def evaluate_labelled(model: LoadedModel, frame: pd.DataFrame, *, n_boot: int = 
     out: dict[str, Any] = {
         "n_rows": len(frame), "n": n, "n_rejected": int(rejects["row"].nunique()),
         "top_reject_reasons": {str(k): int(v) for k, v in reasons.value_counts().head(5).items()},
+        # read as neither case fields nor labels: an answer under a misspelt name is unknown
+        "ignored_columns": list(ignored),
         "confidence_level": LEVEL,
         "intervals": f"Wilson score for proportions, bias-corrected percentile bootstrap ({n_boot} resamples) otherwise",
     }
@@ -228,7 +230,7 @@ def write_labelled_reports(metrics: dict[str, Any], arrays: dict[str, np.ndarray
     stale = out_dir / "rejects.csv"
     stale.unlink(missing_ok=True)
     if len(rejects):
-        write_text_atomic(stale, rejects.to_csv(index=False))
+        write_text_atomic(stale, rejects_csv(rejects))
         written.append(stale)
     report = out_dir / "report.md"
     write_text_atomic(report, _report_markdown(metrics, source, drawn))
