@@ -159,3 +159,22 @@ def test_yaml_is_read_as_the_pure_python_parser_reads_it(fast, monkeypatch):
     assert "\tc: 2" in str(err.value) and "^" in str(err.value)
     with pytest.raises(yaml.YAMLError):  # safe: a tag that would build an object is refused
         load_yaml("!!python/object/apply:os.system ['true']")
+
+
+def test_a_key_given_twice_is_refused_with_its_line(tmp_path):
+    """PyYAML keeps the last of two equal keys silently: a number given twice in the knowledge base,
+    or a second section of a config, would replace the first unseen."""
+    from pipeline.core.config import ConfigError, TrainConfig, load_config
+    from pipeline.core.paths import config_path
+
+    text = config_path("knowledge_base.yaml").read_text()
+    line = next(i for i, t in enumerate(text.splitlines()) if t.strip().startswith("conditions:"))
+    path = tmp_path / "kb.yaml"
+    path.write_text(text + "\nconditions: {}\n")
+    with pytest.raises(KnowledgeBaseError, match=rf"found key 'conditions' a second time \(first on line {line + 1}\)"):
+        load_knowledge_base(path)
+    train = tmp_path / "train.yaml"
+    train.write_text(config_path("train.yaml").read_text().rstrip("\n") + "\ncv: {folds: 3}\n")
+    second = len(train.read_text().splitlines())
+    with pytest.raises(ConfigError, match=rf"(?s)train\.yaml: cannot read: found key 'cv' a second time .* line {second},"):
+        load_config(TrainConfig, train)

@@ -26,16 +26,48 @@ def load_yaml(text: str | bytes) -> Any:
     0.08 s rather than 0.45 s, most of a model's load. Text libyaml refuses is read again by the
     pure-Python parser, whose ``yaml.YAMLError`` quotes the line and marks the column (libyaml's
     does not). libyaml accepts a little more (a tab before a comment), so such a file loads here
-    and not where PyYAML lacks libyaml."""
+    and not where PyYAML lacks libyaml.
+
+    A mapping that gives a key twice is refused (PyYAML keeps the last silently: a second ``cv:``
+    section, or a number given twice in the knowledge base, would replace the first unseen)."""
     import yaml
 
-    fast = getattr(yaml, "CSafeLoader", None)
+    fast, safe = _unique_key_loaders()
     if fast is not None:
         try:
             return yaml.load(text, Loader=fast)
         except yaml.YAMLError:
             pass
-    return yaml.load(text, Loader=yaml.SafeLoader)
+    return yaml.load(text, Loader=safe)
+
+
+@cache
+def _unique_key_loaders() -> tuple[Any, Any]:
+    """PyYAML's safe loaders (libyaml's, or None without it; the pure-Python one) refusing a
+    mapping that gives a key twice (``<<`` merges may still override what they merge)."""
+    import yaml
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first: dict[Any, Any] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    earlier = first.setdefault(key, key_node.start_mark)
+                except TypeError:  # an unhashable key: the base constructor names it
+                    continue
+                if earlier is not key_node.start_mark:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"found key {key!r} a second time (first on line {earlier.line + 1}); give each "
+                        "key once", key_node.start_mark)
+        return yaml.SafeLoader.construct_mapping(self, node, deep)
+
+    fast = getattr(yaml, "CSafeLoader", None)
+    unique = {"construct_mapping": construct_mapping}
+    return (type("UniqueKeyCSafeLoader", (fast,), unique) if fast is not None else None,
+            type("UniqueKeySafeLoader", (yaml.SafeLoader,), unique))
 
 
 def sha256_file(path: str | Path) -> str:
