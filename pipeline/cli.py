@@ -70,6 +70,13 @@ def _generate(args: argparse.Namespace) -> int:
     from pipeline.data.datasets import format_data_summary
     from pipeline.stages import generate_stage
 
+    dask_only = [flag for flag, given in (("--n", args.n is not None), ("--partitions", args.partitions is not None),
+                                          ("--seed", args.seed is not None),
+                                          ("--population", args.population != "default"),
+                                          ("--scheduler", args.scheduler is not None)) if given]
+    if dask_only and args.engine != "dask":
+        raise UsageError(f"{', '.join(dask_only)}: for --engine dask only; the splits' sizes, seed and populations "
+                         "are set in the generate config (--config, default configs/generate.yaml).")
     kb = load_knowledge_base(args.kb)
     config = load_config(GenerateConfig, args.config or config_path("generate.yaml"))
     if args.engine == "dask":
@@ -477,7 +484,7 @@ def _score(args: argparse.Namespace) -> int:
 
 def _sample_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="write generated cases, without labels, as a CSV to try scoring on")
-    p.add_argument("-o", "--output", required=True, help="output .csv")
+    p.add_argument("-o", "--output", required=True, help="output .csv, or - for standard output")
     p.add_argument("--n", type=int, default=1000, help="how many cases (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--kb", default=None, help="knowledge base (default configs/knowledge_base.yaml)")
@@ -489,9 +496,16 @@ def _sample(args: argparse.Namespace) -> int:
     from pipeline.core.parsing import codes_to_text_frame, whole_number_fields
     from pipeline.core.schema import ID_COLUMN
     from pipeline.data.generate import generate_codes
+    from pipeline.serve.batch import check_target
 
     if args.n < 1:
         raise UsageError(f"--n == {args.n}, must be >= 1.")
+    to_stdout = args.output == "-"
+    if not to_stdout:
+        if Path(args.output).suffix.lower() != ".csv":
+            raise UsageError(f"-o {args.output}: kneepain sample writes CSV; give a .csv path, or - for standard "
+                             "output.")
+        check_target(Path(args.output), "output")
     codes, _, _ = generate_codes(load_knowledge_base(args.kb), args.n, seed=args.seed)
     whole = whole_number_fields(codes)  # every block writes numbers as the whole file would
 
@@ -501,6 +515,16 @@ def _sample(args: argparse.Namespace) -> int:
             frame.insert(0, ID_COLUMN, [f"sample-{i:06d}" for i in range(start, start + len(frame))])
             yield frame.to_csv(index=False, header=start == 0).encode("utf-8")
 
+    if to_stdout:
+        try:
+            for part in parts():
+                sys.stdout.buffer.write(part)
+            sys.stdout.flush()
+        except BrokenPipeError:  # `kneepain sample -o - | head`: the reader has what it wanted
+            _silence_closed_streams()
+            return EXIT_OK
+        print(f"Wrote {args.n:,} unlabelled cases to standard output", file=sys.stderr)
+        return EXIT_OK
     write_parts_atomic(args.output, parts())
     print(f"Wrote {args.n:,} unlabelled cases to {args.output}")
     return EXIT_OK

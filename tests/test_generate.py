@@ -165,6 +165,28 @@ def test_kneepain_sample_writes_its_blocks_as_one_csv(kb, tmp_path):
     assert out.read_text(encoding="utf-8") == whole.to_csv(index=False)
 
 
+def test_kneepain_sample_writes_csv_to_a_file_or_standard_output_and_nothing_else(tmp_path, capsysbinary):
+    from pipeline.cli import main
+
+    assert main(["sample", "--n", "300", "-o", str(tmp_path / "s.csv")]) == 0
+    capsysbinary.readouterr()
+    assert main(["sample", "--n", "300", "-o", "-"]) == 0
+    told = capsysbinary.readouterr()
+    assert told.out == (tmp_path / "s.csv").read_bytes() and b"300 unlabelled cases" in told.err
+    for output, problem in [("s.parquet", "kneepain sample writes CSV; give a .csv path, or - for standard output"),
+                            ("missing/s.csv", "no such folder for the output")]:
+        assert main(["sample", "-o", str(tmp_path / output)]) == 2
+        assert problem.encode() in capsysbinary.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.csv"]
+
+
+def test_kneepain_generate_refuses_the_dask_engines_options_without_it(tmp_path, capsys):
+    from pipeline.cli import main
+
+    assert main(["generate", "--n", "10", "--seed", "3", "--out", str(tmp_path / "g")]) == 2
+    assert "--n, --seed: for --engine dask only" in capsys.readouterr().err and not (tmp_path / "g").exists()
+
+
 def test_a_block_of_cases_writes_whole_numbers_as_all_of_them_would(kb):
     """A block's integer field is written as the whole set of cases has it: with a decimal point
     when an unknown value elsewhere makes the field a float (blocks of `kneepain sample`)."""

@@ -50,7 +50,7 @@ from pipeline.serve.reading import prefetch
 from pipeline.serve.shaping import OutputOptions, input_columns, round_floats, select_columns, text_lookup
 from pipeline.serve.writing import Writer, output_schema, reject_schema
 
-__all__ = ["BatchInputError", "ScoreSummary", "SeenIds", "score_chunk", "score_files", "score_valid",
+__all__ = ["BatchInputError", "ScoreSummary", "SeenIds", "check_target", "score_chunk", "score_files", "score_valid",
            "validate_chunk"]
 
 @dataclass
@@ -110,10 +110,10 @@ def score_files(inputs: list[str | Path], output: str | Path, model: LoadedModel
     output = Path(output)
     if output.suffix.lower() not in (".csv", ".parquet"):
         raise BatchInputError(f"{output}: unsupported output type {output.suffix!r}; expected .csv or .parquet.")
-    _check_target(output, "output")
+    check_target(output, "output")
     rejects_path, lookup = rejects_file(output, rejects), texts_lookup(output)
-    _check_target(rejects_path, "rejects file")
-    _check_target(lookup, "texts lookup")
+    check_target(rejects_path, "rejects file")
+    check_target(lookup, "texts lookup")
     # the lookup is written, or an earlier run's removed: either way it is no other output's file
     outputs = [("output", output), ("rejects file", rejects_path), ("texts lookup", lookup)]
     refuse_shared_outputs(outputs)
@@ -157,8 +157,8 @@ def _text_lookup_bytes(model: LoadedModel) -> bytes:
     return text_lookup(model.decision.text_codes(model.kb)).to_csv(index=False).encode("utf-8")
 
 
-def _check_target(path: Path, what: str) -> None:
-    """Refuse, before any row is read, a file to write that is a folder or whose folder is missing."""
+def check_target(path: Path, what: str) -> None:
+    """Refuse, before any row is read (or made), a file to write that is a folder or whose folder is missing."""
     if path.is_dir():
         raise BatchInputError(f"{path}: is a folder; give the path of the {what}.")
     if not path.parent.is_dir():
@@ -168,11 +168,11 @@ def _check_target(path: Path, what: str) -> None:
 def _score_to_stream(inputs: list[str | Path], stream: BinaryIO, model: LoadedModel, *, rejects: Path,
                      chunk_rows: int, progress: bool, warn: Callable[[str], None] | None,
                      options: OutputOptions, stdin: BinaryIO | None, jobs: int) -> ScoreSummary:
-    _check_target(rejects, "rejects file")
+    check_target(rejects, "rejects file")
     texts_path = rejects.with_name(STREAM_TEXTS) if _writes_codes(model, options) else None
     outputs = [("rejects file", rejects)]
     if texts_path is not None:
-        _check_target(texts_path, "texts lookup")
+        check_target(texts_path, "texts lookup")
         outputs.append(("texts lookup", texts_path))
     refuse_shared_outputs(outputs)
     with _stdin_spooled(inputs, stdin) as paths:
