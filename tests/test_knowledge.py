@@ -178,3 +178,26 @@ def test_a_key_given_twice_is_refused_with_its_line(tmp_path):
     second = len(train.read_text().splitlines())
     with pytest.raises(ConfigError, match=rf"(?s)train\.yaml: cannot read: found key 'cv' a second time .* line {second},"):
         load_config(TrainConfig, train)
+
+
+@pytest.mark.parametrize("name, change, key", [
+    ("generate.yaml", lambda c: c["splits"].update({"../escape": {"n": 5}}), r"splits\.\.\./escape\.\[key\]: String should match pattern"),
+    ("generate.yaml", lambda c: c["splits"]["test"].update(n=0), r"splits\.test\.n: Input should be greater"),
+    ("train.yaml", lambda c: c["models"]["mlp"].update(hidden_layer_sizes=[0]),
+     r"models\.mlp\.hidden_layer_sizes\.0: Input should be greater"),
+    ("train.yaml", lambda c: c.setdefault("extra_data", {}).update(weight=float("inf")),
+     r"extra_data\.weight: Input should be a finite number"),
+])
+def test_a_config_value_that_would_fail_later_is_refused_at_load_naming_its_key(tmp_path, name, change, key):
+    """Caught when the file is read, not minutes later inside a fit or a file write."""
+    import yaml
+
+    from pipeline.core.config import ConfigError, GenerateConfig, TrainConfig, load_config
+    from pipeline.core.paths import config_path
+
+    config = yaml.safe_load(config_path(name).read_text())
+    change(config)
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError, match=key):
+        load_config(GenerateConfig if name == "generate.yaml" else TrainConfig, path)

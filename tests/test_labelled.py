@@ -133,3 +133,14 @@ def test_extra_data_on_the_command_line_is_read_from_the_current_folder(small_da
     assert main(["train", "--config", str(small_config_path), "--data", str(small_data), "--out",
                  str(tmp_path / "models"), "--extra-data", "clinic.csv"]) == 2
     assert f"extra_data.path: {tmp_path / 'clinic.csv'} is not a file" in capsys.readouterr().err
+
+
+def test_a_holdout_too_large_to_stratify_is_drawn_at_random(small_data):
+    """Holding out 75% of 27 cases (3 of each condition) leaves 7 to train on: too few for one of each."""
+    from pipeline.data.real import holdout_split
+
+    cases = read_split("test", small_data).groupby("condition", observed=True).head(3)
+    assert cases["condition"].value_counts().tolist() == [3] * 9
+    to_train, held = holdout_split(cases, 0.75, seed=0)
+    assert (len(to_train), len(held)) == (7, 20)
+    assert sorted(pd.concat([to_train, held])["case_id"]) == sorted(cases["case_id"])

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from pipeline.core.errors import ConfigError
 from pipeline.core.files import load_yaml
@@ -27,13 +27,17 @@ class StrictModel(BaseModel):
 
 
 class SplitConfig(StrictModel):
-    n: int = Field(ge=0)
+    n: int = Field(ge=1)
     population: Literal["default", "shift"] = "default"
+
+
+# a split's name is its file's name (<name>.parquet in the data folder): no folder, no dot first
+SplitName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")]
 
 
 class GenerateConfig(StrictModel):
     seed: int = Field(ge=0)
-    splits: dict[str, SplitConfig]
+    splits: dict[SplitName, SplitConfig]
 
 
 class CVConfig(StrictModel):
@@ -57,7 +61,7 @@ class HGBConfig(StrictModel):
 
 
 class MLPConfig(StrictModel):
-    hidden_layer_sizes: list[int] = Field(min_length=1)
+    hidden_layer_sizes: list[Annotated[int, Field(ge=1)]] = Field(min_length=1)
     alpha: float = Field(ge=0)
     learning_rate_init: float = Field(gt=0)
     max_iter: int = Field(ge=1)
@@ -93,7 +97,7 @@ class ExtraDataConfig(StrictModel):
     """
 
     path: str = ""
-    weight: float = Field(default=1.0, ge=0)
+    weight: float = Field(default=1.0, ge=0, allow_inf_nan=False)
     holdout: float = Field(default=0.3, ge=0, lt=1)
 
 

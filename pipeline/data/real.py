@@ -106,7 +106,8 @@ def rejects_csv(rejects: pd.DataFrame) -> str:
 
 def holdout_split(cases: pd.DataFrame, fraction: float, *, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(to_train, held_out)``: ``fraction`` of the (valid, labelled) cases held out, stratified by
-    condition where every condition present has at least two cases."""
+    condition where every condition present has at least two cases and each part has room for one
+    of every condition (else drawn at random)."""
     if not 0 <= fraction < 1:
         raise ValueError(f"fraction == {fraction}, must be in [0, 1).")
     n_held = int(round(fraction * len(cases)))
@@ -115,6 +116,7 @@ def holdout_split(cases: pd.DataFrame, fraction: float, *, seed: int) -> tuple[p
     if n_held >= len(cases):
         raise ValueError(f"holding out {fraction:.0%} of {len(cases)} cases leaves none to train on.")
     counts = cases[LABEL_COLUMN].value_counts()
-    stratify = cases[LABEL_COLUMN] if counts.min() >= 2 and n_held >= len(counts) else None
+    roomy = min(n_held, len(cases) - n_held) >= len(counts)
+    stratify = cases[LABEL_COLUMN] if counts.min() >= 2 and roomy else None
     keep, held = train_test_split(np.arange(len(cases)), test_size=n_held, random_state=seed, stratify=stratify)
     return cases.iloc[np.sort(keep)].reset_index(drop=True), cases.iloc[np.sort(held)].reset_index(drop=True)
