@@ -181,7 +181,8 @@ def test_a_key_given_twice_is_refused_with_its_line(tmp_path):
 
 
 @pytest.mark.parametrize("name, change, key", [
-    ("generate.yaml", lambda c: c["splits"].update({"../escape": {"n": 5}}), r"splits\.\.\./escape\.\[key\]: String should match pattern"),
+    ("generate.yaml", lambda c: c["splits"].update({"../escape": {"n": 5}}),
+     r"splits\.\.\./escape\.\[key\]: String should match pattern"),
     ("generate.yaml", lambda c: c["splits"]["test"].update(n=0), r"splits\.test\.n: Input should be greater"),
     ("train.yaml", lambda c: c["models"]["mlp"].update(hidden_layer_sizes=[0]),
      r"models\.mlp\.hidden_layer_sizes\.0: Input should be greater"),
