@@ -247,6 +247,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     if args.data and Path(args.data).suffix.lower() in (".csv", ".parquet"):
         return _evaluate_file(args, Path(args.data))
+    if args.data and Path(args.data).is_file():
+        raise UsageError(f"--data {args.data}: a file of labelled cases is read as CSV or Parquet, by its extension "
+                         "(.csv or .parquet); a folder, as the generated splits.")
     out = Path(args.out) if args.out else reports_dir()
     result = evaluate_stage(args.model, load_knowledge_base(args.kb), Path(args.data) if args.data else data_dir(), out)
     print(format_metrics_table(result.metrics))

@@ -69,7 +69,7 @@ class ExtraCases:
 
 def read_extra_cases(config: TrainConfig) -> ExtraCases | None:
     """The ``extra_data`` of ``config``, validated and split (None when no path is set)."""
-    from pipeline.core.cases import read_case_file
+    from pipeline.core.casefiles import read_case_records
     from pipeline.core.paths import project_root
     from pipeline.data.real import holdout_split, validate_labelled
 
@@ -79,8 +79,8 @@ def read_extra_cases(config: TrainConfig) -> ExtraCases | None:
     path = Path(extra.path) if Path(extra.path).is_absolute() else project_root() / extra.path
     if not path.is_file():
         raise FileNotFoundError(f"extra_data.path: {path} is not a file of labelled cases.")
-    raw = read_case_file(path)
-    cases, _, rejects, ignored = validate_labelled(raw, where=str(path))
+    raw, malformed = read_case_records(path)
+    cases, _, rejects, ignored = validate_labelled(raw, where=str(path), malformed=malformed)
     if len(cases) == 0:
         raise ValueError(f"extra_data.path: {path} has no valid labelled row among {len(raw)}.")
     to_train, held = holdout_split(cases, extra.holdout, seed=config.seed)
@@ -208,7 +208,7 @@ def evaluate_file(model_source: str | Path | None, path: Path, out: Path, *, tra
     """`kneepain evaluate --data FILE`: the stage's evaluation on a user's labelled cases, with
     confidence intervals; writes ``out`` (metrics.json, rejects.csv, plots, report.md) and, with
     ``track``, logs a run with the file as its evaluation dataset."""
-    from pipeline.core.cases import read_case_file
+    from pipeline.core.casefiles import read_case_records
     from pipeline.report.labelled import evaluate_labelled, write_labelled_reports
     from pipeline.serve.loading import load_model
 
@@ -218,8 +218,8 @@ def evaluate_file(model_source: str | Path | None, path: Path, out: Path, *, tra
         tracking_uri()
     model = load_model(model_source)
     refuse_fitted_data(path, model.manifest)
-    frame = read_case_file(path)
-    metrics, arrays, rejects = evaluate_labelled(model, frame, n_boot=n_boot, where=str(path))
+    frame, malformed = read_case_records(path)
+    metrics, arrays, rejects = evaluate_labelled(model, frame, n_boot=n_boot, where=str(path), malformed=malformed)
     paths = write_labelled_reports(metrics, arrays, rejects, out, source=path.name)
     if track:
         from pipeline.model.tracking import log_labelled_evaluation

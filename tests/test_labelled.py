@@ -144,3 +144,23 @@ def test_a_holdout_too_large_to_stratify_is_drawn_at_random(small_data):
     to_train, held = holdout_split(cases, 0.75, seed=0)
     assert (len(to_train), len(held)) == (7, 20)
     assert sorted(pd.concat([to_train, held])["case_id"]) == sorted(cases["case_id"])
+
+
+def test_a_malformed_record_is_one_rejected_row_of_the_evaluation(trained, labelled_csv, tmp_path, capsys):
+    """As `kneepain score` does: a record with a field too many is rejected with its reason, and the
+    other rows are evaluated; a file that is neither CSV nor Parquet is named as such."""
+    models, _ = trained
+    lines = labelled_csv.read_text().splitlines()
+    bad = tmp_path / "clinic.csv"
+    bad.write_text("\n".join([lines[0], *lines[5:100], lines[100] + ",extra", *lines[101:160]]) + "\n")
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--data", str(bad), "--model", str(models), "--out", str(out), "--no-mlflow",
+                 "--bootstrap", "20"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert (m["n_rows"], m["n_rejected"], m["n"]) == (155, 1, 154)
+    rejects = pd.read_csv(out / "rejects.csv", dtype=str, keep_default_na=False)
+    assert rejects["row"].tolist() == ["95"] and rejects["column"].tolist() == [""]
+    assert "fields; the header has" in rejects["reason"][0]
+    (tmp_path / "clinic.txt").write_text(bad.read_text())
+    assert main(["evaluate", "--data", str(tmp_path / "clinic.txt"), "--model", str(models)]) == 2
+    assert "is read as CSV or Parquet, by its extension" in capsys.readouterr().err

@@ -36,7 +36,8 @@ from pipeline.core.parsing import ParsedCases, parse_cases, required_columns_err
 from pipeline.core.schema import ID_COLUMN, normalise_header, repeated_columns
 
 __all__ = ["MAX_RECORD_BYTES", "BlockMismatchError", "CaseChunk", "FileBlock", "check_columns", "complete_columns",
-           "csv_data_start", "file_columns", "has_case_ids", "iter_chunks", "parse_read", "read_case_file"]
+           "csv_data_start", "file_columns", "has_case_ids", "iter_chunks", "parse_read", "read_case_file",
+           "read_case_records"]
 
 _HEADER_BYTES = 1 << 20  # a longer header is refused
 # files given as CSV that are something else: (first bytes, what it is, what to do)
@@ -384,17 +385,31 @@ def read_case_file(path: str | Path, chunk_rows: int = 100_000) -> pd.DataFrame:
     CaseValidationError
         Some CSV records have the wrong number of fields (each named with its row and record).
     """
-    frames, problems, offset = [], [], 0
+    frame, malformed = read_case_records(path, chunk_rows)
+    if malformed:  # named with every other invalid row of the file, as `kneepain score` names them
+        errors = parse_read(frame, malformed).errors
+        raise CaseValidationError(errors.sort_values("row", kind="stable"), len(frame))
+    return frame
+
+
+def read_case_records(path: str | Path, chunk_rows: int = 100_000) -> tuple[pd.DataFrame, dict[int, str]]:
+    """:func:`read_case_file`, with the CSV records of the wrong number of fields as rows of the
+    frame and their reasons by row (``{}`` for none), for a caller that rejects them with the
+    other invalid rows rather than refusing the file.
+
+    Raises
+    ------
+    BatchInputError
+        The file cannot be read at all, or lacks a required column (named with the file).
+    """
+    frames, malformed, offset = [], {}, 0
     for chunk in iter_chunks(path, chunk_rows):
         frames.append(chunk.frame)
-        problems += [(offset + i, reason) for i, reason in chunk.malformed.items()]
+        malformed.update({offset + i: reason for i, reason in chunk.malformed.items()})
         offset += len(chunk.frame)
     if not frames:  # a Parquet file without rows (a CSV of only a header is one empty chunk)
         frames = [_parquet_frame(pq.read_schema(path).empty_table())]
     frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     if (unusable := _lacks_required(path, list(frame.columns))) is not None:  # as in `kneepain score`
         raise unusable
-    if problems:  # named with every other invalid row of the file, as `kneepain score` names them
-        errors = parse_read(frame, dict(problems)).errors
-        raise CaseValidationError(errors.sort_values("row", kind="stable"), offset)
-    return frame
+    return frame, malformed

@@ -15,10 +15,10 @@ import pandas as pd
 import pyarrow as pa
 from sklearn.model_selection import train_test_split
 
+from pipeline.core.casefiles import parse_read
 from pipeline.core.config import LEVELS
 from pipeline.core.errors import BatchInputError
 from pipeline.core.formulas import csv_safe
-from pipeline.core.parsing import parse_cases
 from pipeline.core.schema import CONDITIONS, LABEL_COLUMN, normalise_header
 
 __all__ = ["REFERENCE_COLUMN", "LabelledCases", "holdout_split", "rejects_csv", "validate_labelled"]
@@ -39,11 +39,14 @@ def _text(series: pd.Series) -> pd.Series:
     return series.astype("string").fillna("").str.strip().str.lower()
 
 
-def validate_labelled(frame: pd.DataFrame, *, where: str = "cases") -> LabelledCases:
+def validate_labelled(frame: pd.DataFrame, *, where: str = "cases",
+                      malformed: dict[int, str] | None = None) -> LabelledCases:
     """Split labelled cases into the valid rows and the reject lines (:class:`LabelledCases`).
 
     ``condition`` and ``reference_level`` are matched as case fields are: ignoring case and
-    surrounding spaces (``Reference_Level`` is ``reference_level``).
+    surrounding spaces (``Reference_Level`` is ``reference_level``). ``malformed`` (row -> reason,
+    from :func:`pipeline.core.casefiles.read_case_records`) are CSV records of the wrong number of
+    fields: each is rejected for that alone, since its fields may be shifted.
 
     Raises
     ------
@@ -56,7 +59,7 @@ def validate_labelled(frame: pd.DataFrame, *, where: str = "cases") -> LabelledC
     if LABEL_COLUMN not in frame.columns:
         raise BatchInputError(f"{where}: no {LABEL_COLUMN!r} column; labelled cases need the true condition, "
                               f"one of {', '.join(CONDITIONS)}.")
-    parsed = parse_cases(frame, raise_on_error=False)
+    parsed = parse_read(frame, malformed or {})
     problems = [parsed.errors[["row", "column", "value", "reason"]]]
     condition = _text(frame[LABEL_COLUMN])
     bad = ~condition.isin(CONDITIONS).to_numpy()
@@ -74,6 +77,8 @@ def validate_labelled(frame: pd.DataFrame, *, where: str = "cases") -> LabelledC
         reference = given.map(lambda v: lookup.get(v, -1)).to_numpy(dtype=np.int64)
     rejects = pd.concat([p for p in problems if len(p)], ignore_index=True) if any(len(p) for p in problems) \
         else pd.DataFrame(columns=["row", "column", "value", "reason"])
+    if malformed:  # only the record's own reason (parse_read's, with no column): its labels may be shifted too
+        rejects = rejects[~(rejects["row"].isin(list(malformed)) & (rejects["column"] != ""))]
     rejects = rejects.sort_values("row", kind="stable", ignore_index=True)
     keep = ~np.isin(np.arange(len(frame)), rejects["row"].to_numpy())
     valid = frame.iloc[np.flatnonzero(keep)].reset_index(drop=True)

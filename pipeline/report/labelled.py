@@ -47,7 +47,8 @@ def _rate(successes: np.ndarray) -> dict[str, Any]:
 
 
 def evaluate_labelled(model: LoadedModel, frame: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0,
-                      where: str = "cases") -> tuple[dict[str, Any], dict[str, np.ndarray], pd.DataFrame]:
+                      where: str = "cases", malformed: dict[int, str] | None = None
+                      ) -> tuple[dict[str, Any], dict[str, np.ndarray], pd.DataFrame]:
     """Evaluate ``model`` on labelled cases, with a 95% interval next to every figure.
 
     Parameters
@@ -60,6 +61,9 @@ def evaluate_labelled(model: LoadedModel, frame: pd.DataFrame, *, n_boot: int = 
     seed : int, default=0
     where : str, default="cases"
         The file's name, for error messages.
+    malformed : dict, optional
+        Rows that are CSV records of the wrong number of fields, and why
+        (:func:`pipeline.core.casefiles.read_case_records`): rejected with the invalid rows.
 
     Returns
     -------
@@ -78,7 +82,7 @@ def evaluate_labelled(model: LoadedModel, frame: pd.DataFrame, *, n_boot: int = 
     BatchInputError
         No ``condition`` column, or no valid row.
     """
-    valid, reference, rejects, ignored = validate_labelled(frame, where=where)
+    valid, reference, rejects, ignored = validate_labelled(frame, where=where, malformed=malformed)
     if len(valid) == 0:
         raise BatchInputError(f"{where}: no valid labelled row among {len(frame)}; first problems: "
                               + "; ".join(f"row {r.row} {r.column}: {r.reason}" for r in rejects.head(3).itertuples()))
