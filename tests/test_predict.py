@@ -137,6 +137,19 @@ def test_invalid_cases_name_every_bad_row(trained):
     assert "row 1, column 'age', value '9'" in text and "'mal'" in text and "'often'" in text
 
 
+def test_a_frames_invalid_rows_are_named_by_position_and_by_its_own_labels(trained):
+    """predict() answers on the caller's index; its errors name that index beside the position."""
+    models, _ = trained
+    frame = pd.DataFrame({"age": [30, 200, 40], "sex": ["male", "male", "x"]}, index=["p5", "p1", "p0"])
+    with pytest.raises(CaseValidationError) as info:
+        predict(frame, model=models)
+    assert info.value.errors["index"].tolist() == ["p1", "p0"]
+    assert "row 1 (index 'p1'), column 'age'" in str(info.value) and "row 2 (index 'p0'), column 'sex'" in str(info.value)
+    with pytest.raises(CaseValidationError) as info:  # a frame numbered 0..n-1 needs no second name
+        predict(frame.reset_index(drop=True), model=models)
+    assert "index" not in info.value.errors and "row 1, column 'age'" in str(info.value)
+
+
 def test_top_k_and_its_bounds(trained):
     models, _ = trained
     out = predict(CASE, model=models, top_k=5)

@@ -7,7 +7,7 @@ and where.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -17,11 +17,13 @@ __all__ = ["BatchInputError", "CaseValidationError", "ConfigError", "KnowledgeBa
 
 
 class CaseValidationError(ValueError):
-    """Cases that break the schema. ``errors`` is a DataFrame: row, column, value, reason."""
+    """Cases that break the schema. ``errors`` is a DataFrame: row, column, value, reason (and
+    ``index``, the caller's row labels, from :meth:`with_index`)."""
 
     max_listed = 20
 
     def __init__(self, errors: pd.DataFrame, n_rows: int | None = None):
+        self.n_rows = n_rows
         self.errors = errors.reset_index(drop=True)
         if len(self.errors) and (self.errors["row"] < 0).all():  # about the input as a whole, not a row
             super().__init__("; ".join((f"column {r.column!r}" + (f" ({r.value})" if r.value else "") + ": "
@@ -32,11 +34,23 @@ class CaseValidationError(ValueError):
         of = f" of {n_rows}" if n_rows is not None else ""
         super().__init__(f"{bad_rows}{of} case(s) are invalid:\n  " + "\n  ".join(lines))
 
+    def with_index(self, index: pd.Index) -> CaseValidationError:
+        """This error with each row's label in ``index`` (a DataFrame's own, whose rows are
+        numbered by position here) beside its number: ``row 2 (index 'p7')``."""
+        rows = self.errors["row"].to_numpy()
+        labels = [index[r] if 0 <= r < len(index) else None for r in rows.tolist()]
+        return CaseValidationError(self.errors.assign(index=labels), self.n_rows)
+
 
 def error_lines(errors: pd.DataFrame, max_listed: int) -> list[str]:
     """The first ``max_listed`` problems of ``errors`` (row, column, value, reason), a line each
     ("row 3, column 'sex', value 'x': not allowed; ..."), then how many more there are."""
-    lines = [f"row {r.row}, column {r.column!r}, value {r.value!r}: {r.reason}" if r.column else f"row {r.row}: {r.reason}"
+    labelled = "index" in errors.columns
+
+    def where(r: Any) -> str:
+        return f"row {r.row} (index {r.index!r})" if labelled and r.index is not None else f"row {r.row}"
+
+    lines = [f"{where(r)}, column {r.column!r}, value {r.value!r}: {r.reason}" if r.column else f"{where(r)}: {r.reason}"
              for r in errors.head(max_listed).itertuples()]
     if len(errors) > len(lines):
         lines.append(f"... and {len(errors) - len(lines)} more")

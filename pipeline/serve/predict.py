@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core.cases import as_parsed
+from pipeline.core.errors import CaseValidationError
 from pipeline.core.parsing import ParsedCases, ignored_columns_message
 from pipeline.core.schema import CONDITION_LABELS, CONDITIONS, ID_COLUMN, top_k_problem
 from pipeline.core.textcols import TEXT_DTYPE, join_ranked, lookup
@@ -122,7 +123,12 @@ def predict(cases: Any, model: str | Path | LoadedModel | None = None, top_k: in
         raise TypeError("predict() takes a dict, a list of dicts, a DataFrame or a path to a CSV or Parquet file, "
                         "not ParsedCases (which may hold rows that failed validation); score the valid rows with "
                         "score_parsed(model, parsed[parsed.valid]).")
-    parsed = as_parsed(cases)
+    try:
+        parsed = as_parsed(cases)
+    except CaseValidationError as err:  # rows numbered by position: name the caller's own labels too
+        if isinstance(cases, pd.DataFrame) and not cases.index.equals(pd.RangeIndex(len(cases))):
+            raise err.with_index(cases.index) from None
+        raise
     if parsed.ignored_columns:
         warnings.warn(ignored_columns_message(parsed.ignored_columns), UserWarning, stacklevel=2)
     out = score_parsed(get_model(model), parsed, top_k=top_k)
