@@ -37,8 +37,9 @@ DECISION_COLUMN_DOCS = {
     "advice": "what to do: the level's instruction, advice for the most likely condition, and always the advice to "
               "seek professional advice",
     "differential": "the conditions that remain possible, most likely first, `|`-separated: a conformal prediction "
-                    "set holding the true condition for 90% of cases by default, within every band of confidence and "
-                    "of answers known",
+                    "set fitted to hold the true condition for 90% of the calibration cases by default, and for at "
+                    "least 87% within each band of confidence and of answers known (new cases land within sampling "
+                    "error of that)",
     "differential_size": "how many conditions the differential holds",
     "screen": "what must be ruled out that is none of the nine (pulmonary embolism, acute limb ischaemia, popliteal "
               "aneurysm, a septic joint or cellulitis, a fracture by the Ottawa knee rule), `|`-separated; empty if none",

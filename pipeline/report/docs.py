@@ -28,11 +28,14 @@ def results_markdown(metrics: dict[str, Any]) -> str:
         lines.append(f"| {name} | {m['accuracy']:.4f} | {m['top3_accuracy']:.4f} | {m['log_loss']:.4f} | "
                      f"{m['ece_top_label']:.4f} | {m['oracle_accuracy']:.4f} | {m['oracle_log_loss']:.4f} |")
     if "triage" in metrics:
+        fit = metrics["conformal"]["test"]
         lines += ["", "Triage against each case's reference level (its condition's level, raised by any red flag or "
                       "screen rule its answers meet), as symptom checkers are scored; `test_blanked` is `test` with "
                       "80% of the optional answers blanked:", "", triage_table(metrics), "",
-                  "The differential (90% overall, at least 0.85 in every band) by band of confidence and of answers "
-                  "known, beside the oracle's own 90% credible sets:", "", coverage_table(metrics, "test"), "",
+                  f"The differential (fitted for {fit['target']:.0%} overall and at least {fit['band_coverage']:.0%} "
+                  "in every band on the calibration cases; a band of new cases lands within sampling error of "
+                  "that) by band of confidence and of answers known, beside the oracle's own 90% credible sets:",
+                  "", coverage_table(metrics, "test"), "",
                   coverage_table(metrics, "test_blanked")]
     q = metrics.get("questioning")
     if q:
