@@ -268,9 +268,10 @@ def _score_parser(sub: argparse._SubParsersAction) -> None:
     from pipeline.serve import CHUNK_ROWS
 
     p = sub.add_parser("score", help="score CSV or Parquet files of cases into one output file",
-                       description="Exit codes: 0 every row scored, 1 some rows rejected (see "
-                                   "OUTPUT.rejects.csv), 2 fatal error (no file written; with -o - standard output may hold "
-                                   "the rows scored before it).")
+                       description="Exit codes: 0 every row scored, 1 some rows rejected (see the rejects file: "
+                                   "OUTPUT.rejects.csv, --rejects, or OUTPUT/_rejects.csv with --engine dask), 2 fatal "
+                                   "error (no file written; with -o - standard output may hold the rows scored before "
+                                   "it).")
     p.add_argument("inputs", nargs="+", help="CSV or Parquet files (by extension; with --engine dask also globs); "
                                              "- reads CSV from standard input")
     p.add_argument("-o", "--output", required=True,
@@ -415,8 +416,8 @@ def _score(args: argparse.Namespace) -> int:
                                           ("--format", args.format)) if value is not None]
         if given:
             raise UsageError(f"{', '.join(given)}: for --engine dask only.")
-    if args.block_mb is not None and not args.block_mb > 0:
-        raise UsageError(f"--block-mb == {args.block_mb:g}, must be > 0.")
+    if args.block_mb is not None and not round(args.block_mb * (1 << 20)) >= 1:  # NaN too
+        raise UsageError(f"--block-mb == {args.block_mb:g}, must be at least one byte ({1 / (1 << 20):.2g}).")
     if args.report and Path(args.report).suffix.lower() not in (".html", ".htm"):
         raise UsageError(f"--report {args.report}: the batch report is an .html file.")
     if (args.adapt_priors or args.report) and "-" in (args.output, *args.inputs):

@@ -42,7 +42,8 @@ __all__ = ["MAX_RECORD_BYTES", "BlockMismatchError", "CaseChunk", "FileBlock", "
 _HEADER_BYTES = 1 << 20  # a longer header is refused
 # files given as CSV that are something else: (first bytes, what it is, what to do)
 _NOT_CSV = [(b"PAR1", "Parquet", "give it a .parquet name (standard input is read as CSV only)"),
-            (b"\x1f\x8b", "gzip-compressed", "decompress it first, for example: zcat FILE.gz | kneepain score - -o OUTPUT"),
+            (b"\x1f\x8b", "gzip-compressed", "decompress it first, for example: zcat FILE.gz > FILE.csv (or, with "
+                                               "the pandas engine, zcat FILE.gz | kneepain score - -o OUTPUT)"),
             (b"PK\x03\x04", "zip (or Excel .xlsx)", "extract it, or save the sheet as 'CSV UTF-8'")]
 _BARE_CR = re.compile(rb"\r(?!\n)")  # a line ending of CR alone (LF and CR LF are read)
 
