@@ -24,7 +24,7 @@ from pipeline.interact.questions import (
 )
 from pipeline.report.questioning import plot_questioning, simulate_questioning
 from pipeline.serve.loading import LoadedModel
-from pipeline.serve.predict import get_model
+from pipeline.serve.predict import get_model, predict
 
 CASE = {"age": 24, "sex": "male", "heard_pop": "yes", "giving_way": "yes", "tingling": "unknown"}
 
@@ -207,6 +207,38 @@ def test_session_goes_back_takes_volunteered_answers_and_stops_on_q(model):
     for name in FIELD_NAMES:  # plain language only: never a field name or a rule's internal name
         assert ("_" not in name) or name not in text, name
     assert "possible_dvt" not in text and "see_doctor" not in text
+
+
+def test_a_yes_to_an_emergency_sign_is_kept_when_the_session_stops_in_the_screen(model):
+    """Stopped after naming one sign (q, the end of the input): the summary is that case's, the
+    same day, and never offers the sign just reported as a reason to go the same day."""
+    for ending in ("q\n", ""):
+        result, text = _session(model, "30\nm\ny\ny\n" + ending)
+        assert result["case"]["breathless_or_chest_pain"] == "yes", ending
+        assert result["prediction"]["triage"] == predict(result["case"], model=model)["triage"][0] == "emergency"
+        summary = _flat(text).split("Summary")[-1]
+        net = summary.split("Go the same day instead if:")[1].split("Advice")[0] if "instead if:" in summary else ""
+        assert "short of breath" not in net, ending
+
+
+def test_going_back_over_the_screen_asks_its_unanswered_signs_again(model):
+    result, text = _session(model, "30\nm\n+ short of breath\nn\nn\nb\nq\n")
+    again = _flat(text).split("Went back one answer.")[1]
+    assert "do you have any of these now?" in again and "pulses" in again
+    assert "short of breath" not in again.split("Any of these?")[0]  # the sign answered before is not listed
+    assert [name for name, _ in result["answers"]] == ["breathless_or_chest_pain"]
+
+
+def test_volunteered_answers_are_numbers_where_the_question_asks_one_and_never_break_the_case(model):
+    # days since it started: a number, checked; a duration longer than the age allows is not kept
+    result, text = _session(model, "30\nm\nn\n+ days ago\nabc\n4.5\nq\n")
+    assert result["case"]["symptom_duration_days"] == 4.5 and "Please enter a number >= 0" in _flat(text)
+    result, text = _session(model, "20\nm\nn\n+ days ago\n9000\nq\n")
+    assert "symptom_duration_days" not in result["case"]
+    assert "That answer was not kept: longer than the patient has lived" in _flat(text)
+    # pregnancy is never offered to a male
+    result, text = _session(model, "30\nm\nn\n+ pregnant\nq\n")
+    assert "No unanswered question holds 'pregnant'" in _flat(text) and result["prediction"] is not None
 
 
 def _read_until(fd: int, wanted: str, seen: list[str], count: int = 1, timeout: float = 120.0) -> str:

@@ -81,12 +81,13 @@ def question(name: str) -> str:
     return QUESTIONS[name]
 
 
-def answer_label(name: str, value: str) -> str:
-    """The plain label of answer ``value`` of field ``name`` (``yes``/``no`` stay as they are)."""
+def answer_label(name: str, value: str | float | int) -> str:
+    """The plain label of answer ``value`` of field ``name`` (``yes``/``no`` stay as they are, a
+    number is written as it was given)."""
     f = field(name)
     if f.kind == "category":
-        return ANSWER_LABELS[name][value]
-    return value
+        return ANSWER_LABELS[name][str(value)]
+    return f"{value:g}" if isinstance(value, (int, float)) else str(value)
 
 
 def _check() -> None:

@@ -4,9 +4,12 @@ Plain line-by-line text in and out, wrapped to the terminal's width, so it works
 with piped input, and in tests with :class:`io.StringIO`. Everything shown is plain language
 (:mod:`pipeline.core.wording`), never a field name or an internal value. At any prompt:
 
-- ``b`` goes back one answer, ``q`` (or Ctrl-C, or the end of the input) stops with the summary;
+- ``b`` goes back one answer, ``q`` (or Ctrl-C, or the end of the input) stops with the summary
+  of every answer given so far (in the middle of the screen's signs too);
 - ``+ words`` answers another question now: the questions holding those words are offered
-  (``+ calf swollen``), then the session goes on.
+  (``+ calf swollen``, ``+ days ago`` for a number), then the session goes on. An answer that
+  cannot stand with the others (a duration longer than the age allows) is not kept, and the
+  session says why.
 
 Right after age and sex, while they could still change the level, the screen's one-sign rules
 (pulmonary embolism, limb ischaemia, popliteal aneurysm, infection) are asked together in one
@@ -22,6 +25,7 @@ the triage are shown. The session stops (thresholds in ``configs/questions.yaml`
 
 from __future__ import annotations
 
+import math
 import re
 import shutil
 import sys
@@ -31,6 +35,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from pipeline.core.errors import CaseValidationError
 from pipeline.core.schema import CONDITION_LABELS, CONDITIONS, field
 from pipeline.core.wording import QUESTIONS, answer_label, question
 from pipeline.decision.triage import UNCERTAIN_REASON
@@ -46,6 +51,7 @@ _DONT_KNOW = {"", "d", "?", "unknown", "don't know", "dont know", "dk"}
 _YES, _NO = {"y", "yes"}, {"n", "no"}
 _HELP = "(b: back one answer, q: stop, + words: answer another question now)"
 _FIELD_OF_QUESTION = {q: n for n, q in QUESTIONS.items()}
+_Answer = str | float | int | None  # a category's or yes/no value, a number, or None for "don't know"
 
 
 class _EndOfInput(Exception):
@@ -127,12 +133,14 @@ class _Session:
             self.say(f"Please answer y (yes), n (no) or d (don't know; blank also means don't know); got {text!r}. "
                      + _HELP, "  ")
 
-    def question(self, number: int | None, name: str) -> str | None:
+    def question(self, number: int | None, name: str) -> str | float | int | None:
         """The answer's value, or None for "don't know"."""
         lead = f"Q{number}. " if number is not None else ""
         f = field(name)
         if f.kind == "tristate":
             return self.yes_no(lead + question(name))
+        if f.kind in ("integer", "float"):
+            return self.number(lead + question(name), name)
         self.say(lead + question(name))
         for i, value in enumerate(f.allowed, start=1):
             self.say(f"{i}) {answer_label(name, value)}", "  ")
@@ -144,6 +152,23 @@ class _Session:
                 return f.allowed[int(text) - 1]
             self.say(f"Please choose a number from 1 to {len(f.allowed)}, or d (don't know); got {text!r}. " + _HELP,
                      "  ")
+
+
+    def number(self, prompt: str, name: str) -> float | int | None:
+        """A number in the field's range (a whole one for an integer field), or None for "don't know"."""
+        f = field(name)
+        while True:
+            text = self.read(f"{prompt} ({f.allowed_text}; d for don't know): ").lower()
+            if text in _DONT_KNOW:
+                return None
+            try:
+                value = float(text)
+            except ValueError:
+                value = math.nan
+            in_range = (f.minimum is None or value >= f.minimum) and (f.maximum is None or value <= f.maximum)
+            if math.isfinite(value) and in_range and (f.kind != "integer" or value.is_integer()):
+                return int(value) if f.kind == "integer" else value
+            self.say(f"Please enter {f.allowed_text}, or d (don't know); got {text!r}. " + _HELP, "  ")
 
 
 def _labels(conditions: list[str]) -> str:
@@ -180,13 +205,14 @@ def _screen_fields(model: LoadedModel) -> list[tuple[str, str]]:
     return out
 
 
-def _find(words: str, exclude: set[str]) -> list[str]:
-    """Questions holding every one of ``words`` (case-insensitive), not yet answered."""
+def _find(words: str, exclude: set[str], sex: str) -> list[str]:
+    """Questions holding every one of ``words`` (case-insensitive), not yet answered (and never
+    pregnancy for a male, as the main flow never asks it)."""
     terms = [w for w in words.lower().split() if w]
     if not terms:
         return []
-    return [n for n, q in QUESTIONS.items() if n not in exclude and n not in ("age", "sex")
-            and all(t in q.lower() for t in terms)]
+    skip = {"age", "sex", *exclude, *(["pregnant"] if sex == "male" else [])}
+    return [n for n, q in QUESTIONS.items() if n not in skip and all(t in q.lower() for t in terms)]
 
 
 def run_session(model: str | Path | LoadedModel | None = None, *, input: TextIO | None = None,  # noqa: A002
@@ -222,30 +248,38 @@ def run_session(model: str | Path | LoadedModel | None = None, *, input: TextIO 
     kb = resolve_kb(loaded)
     cfg = load_questions_config(config)
     case: dict[str, Any] = {}
-    steps: list[list[tuple[str, str | None]]] = []  # one entry per answer given, for going back
+    steps: list[list[tuple[str, _Answer]]] = []  # one entry per answer given, for going back
     row: dict | None = None
     screen = _screen_fields(loaded)
     screened = False
 
-    def answers() -> list[tuple[str, str | None]]:
+    def answers() -> list[tuple[str, _Answer]]:
         return [a for step in steps for a in step]
 
-    def record(step: list[tuple[str, str | None]]) -> None:
+    def record(step: list[tuple[str, _Answer]]) -> None:
         steps.append(step)
         case.update({name: value for name, value in step if value is not None})
+
+    def unscreened() -> list[tuple[str, str]]:
+        """The screen's signs not yet answered (don't know counts as an answer)."""
+        given = {name for name, _ in answers()}
+        return [(name, text) for name, text in screen if name not in given]
+
+    def undo() -> None:
+        for name, _ in steps.pop():
+            case.pop(name, None)
 
     def back() -> None:
         nonlocal screened
         if not steps:
             io.say("Nothing to go back to.", "  ")
             return
-        for name, _ in steps.pop():
-            case.pop(name, None)
-        screened = any(name == screen[0][0] for name, _ in answers()) if screen else False
+        undo()
+        screened = not unscreened()  # a sign no longer answered is asked again
         io.say("Went back one answer.", "  ")
 
     def volunteer(words: str) -> None:
-        found = _find(words, {name for name, _ in answers()})
+        found = _find(words, {name for name, _ in answers()}, case["sex"])
         if not found:
             io.say(f"No unanswered question holds {words!r}; try other words.", "  ")
             return
@@ -266,7 +300,12 @@ def run_session(model: str | Path | LoadedModel | None = None, *, input: TextIO 
         case["age"] = io.age()
         case["sex"] = io.sex()
         while True:
-            row = predict(case, model=loaded).iloc[0].to_dict()
+            try:
+                row = predict(case, model=loaded).iloc[0].to_dict()
+            except CaseValidationError as err:  # an answer that cannot stand with the others (a duration
+                undo()                          # longer than the age allows): not kept, and said why
+                io.say(f"That answer was not kept: {err.errors['reason'].iloc[0]}.", "  ")
+                continue
             io.say(_status(row, loaded), "  ")
             asked = len(steps)  # the screen's signs asked together are one question
             if asked >= max_questions:
@@ -276,14 +315,20 @@ def run_session(model: str | Path | LoadedModel | None = None, *, input: TextIO 
                 stopped = "one condition remains in the differential"
                 break
             try:
-                if screen and not screened and any(name not in case for name, _ in screen):
-                    signs = "; ".join(text for _, text in screen)
-                    io.say(f"Q{asked + 1}. First, do you have any of these now? {signs}")
+                if screen and not screened and unscreened():
+                    signs = unscreened()
+                    io.say(f"Q{asked + 1}. First, do you have any of these now? {'; '.join(t for _, t in signs)}")
                     said = io.yes_no("Any of these?")
-                    if said == "yes":  # which one: each sign on its own
-                        record([(name, io.yes_no("  - " + question(name))) for name, _ in screen if name not in case])
+                    if said == "yes":  # which one: each sign on its own, each kept as it is given
+                        step: list[tuple[str, _Answer]] = []
+                        try:
+                            for name, _ in signs:
+                                step.append((name, io.yes_no("  - " + question(name))))
+                        finally:  # a stop (or b, + words) in the middle keeps the signs already answered
+                            if step:
+                                record(step)
                     else:
-                        record([(name, "no" if said == "no" else None) for name, _ in screen if name not in case])
+                        record([(name, "no" if said == "no" else None) for name, _ in signs])
                     screened = True
                     continue
                 best = next_questions(case, loaded, k=1, config=cfg, kb=kb, exclude=[n for n, _ in answers()])
@@ -317,7 +362,7 @@ def run_session(model: str | Path | LoadedModel | None = None, *, input: TextIO 
     return {"case": case, "prediction": row, "answers": answers(), "questions": len(steps), "stopped_because": stopped}
 
 
-def _summary(io: _Session, row: dict | None, case: dict, answers: list[tuple[str, str | None]], stopped: str,
+def _summary(io: _Session, row: dict | None, case: dict, answers: list[tuple[str, _Answer]], stopped: str,
              model: LoadedModel) -> None:
     io.say()
     io.say(f"Summary ({stopped}):")
