@@ -69,6 +69,9 @@ def test_only_unknown_questions_best_first(model):
         assert q["reason"].str.match(r"would change P\(.+\) from 0\.\d{2,4} to ").all()
     every = next_questions(CASE, model, k=None)
     assert "tingling" in set(every["field"]) and "pregnant" not in set(every["field"])  # not asked of a man
+    # nor of a woman past the fertile ages, where it tells nothing about the condition
+    assert "pregnant" in set(next_questions({"age": 30, "sex": "female"}, model, k=None)["field"])
+    assert "pregnant" not in set(next_questions({"age": 80, "sex": "female"}, model, k=None)["field"])
     assert set(every["field"]) == set(CANDIDATE_FIELDS) - {"heard_pop", "giving_way", "pregnant"}
     assert "heard_pop" not in set(next_questions(CASE, model, k=None, exclude=["locking"])["field"])
     assert "locking" not in set(next_questions(CASE, model, k=None, exclude=["locking"])["field"])

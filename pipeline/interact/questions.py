@@ -190,7 +190,9 @@ def score_questions(parsed: ParsedCases, model: LoadedModel | None, kb: Knowledg
         raise ValueError("posterior='model' needs a model.")
     n = len(parsed)
     eligible = np.stack([parsed.codes[f] < 0 for f in CANDIDATE_FIELDS], axis=1).reshape(n, _F)
-    eligible[:, _PREGNANT] &= parsed.codes["sex"] != _MALE
+    # pregnancy: never for a male; past the fertile ages the knowledge base gives it one rate for
+    # every condition, so the answer would tell nothing
+    eligible[:, _PREGNANT] &= (parsed.codes["sex"] != _MALE) & ~(parsed.codes["age"] > kb.fertile_age[1])
     if asked is not None:
         eligible &= ~asked
     case, slot = np.nonzero(eligible[:, _SLOT_FIELD])
