@@ -15,7 +15,7 @@ import pandas as pd
 import pyarrow as pa
 from sklearn.model_selection import train_test_split
 
-from pipeline.core.casefiles import parse_read
+from pipeline.core.casefiles import check_columns, parse_read
 from pipeline.core.config import LEVELS
 from pipeline.core.errors import BatchInputError
 from pipeline.core.formulas import csv_safe
@@ -93,11 +93,7 @@ def _labels_named(frame: pd.DataFrame, where: str) -> pd.DataFrame:
     rename = {c: normalise_header(c) for c in frame.columns if normalise_header(c) in labels and c not in labels}
     if not rename:
         return frame
-    for label in labels:
-        spellings = [c for c in frame.columns if normalise_header(c) == label]
-        if len(spellings) > 1:
-            raise BatchInputError(f"{where}: the header gives {label!r} more than once ({', '.join(map(repr, spellings))}"
-                                  "); column names are matched ignoring case and surrounding spaces, so give it once.")
+    check_columns(list(frame.columns), where)  # two spellings of one label would become one name
     return frame.rename(columns=rename)
 
 

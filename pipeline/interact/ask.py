@@ -315,8 +315,7 @@ def run_session(model: str | Path | LoadedModel | None = None, *, input: TextIO 
                 stopped = "one condition remains in the differential"
                 break
             try:
-                if screen and not screened and unscreened():
-                    signs = unscreened()
+                if screen and not screened and (signs := unscreened()):
                     io.say(f"Q{asked + 1}. First, do you have any of these now? {'; '.join(t for _, t in signs)}")
                     said = io.yes_no("Any of these?")
                     if said == "yes":  # which one: each sign on its own, each kept as it is given
