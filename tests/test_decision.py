@@ -44,6 +44,25 @@ def test_each_red_flag_escalates(cfg, rule):
     assert level[1] >= LEVELS.index(flag.level) and reason[1] >= FIRST_RULE_REASON
 
 
+def _meeting(answers: list[str]) -> str:
+    """An answer that matches a rule's list: the first one, a comparison's bound as the number."""
+    return answers[0][2:] if answers[0][:2] in ("<=", ">=") else answers[0]
+
+
+@pytest.mark.parametrize("rule", range(len(load_config(ScreenConfig, config_path("screen.yaml")).rules)))
+def test_each_screen_rule_raises_the_level_of_a_case_the_model_calls_runners_knee(cfg, rule):
+    screen = load_config(ScreenConfig, config_path("screen.yaml"))
+    r = screen.rules[rule]
+    case = {**QUIET, **{k: _meeting(v) for k, v in r.all.items()},
+            **{k: _meeting(v) for k, v in list(r.any.items())[:1]}}
+    codes = _codes([QUIET, case])
+    runner = np.zeros((2, len(CONDITIONS)))
+    runner[:, CONDITIONS.index("runners_knee")] = 1.0
+    level, reason = triage_levels(cfg, codes, runner, screen=screen)
+    assert LEVELS[level[0]] == "self_care"
+    assert LEVELS[level[1]] == r.level and reason[1] >= FIRST_RULE_REASON, (r.name, case)
+
+
 def test_any_part_of_a_rule_is_required(cfg):
     flag = cfg.red_flags[0]  # possible_dvt: a swollen leg alone is not enough for it
     level, rule = red_flags(cfg, _codes([{**QUIET, **flag.all}]))
