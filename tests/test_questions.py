@@ -224,6 +224,17 @@ def test_a_yes_to_an_emergency_sign_is_kept_when_the_session_stops_in_the_screen
         assert "short of breath" not in net, ending
 
 
+def test_a_no_to_the_screen_leaves_a_sign_unknown_where_its_rule_needs_more_than_the_sign(model):
+    """The septic-joint rule needs a fever and a swollen, hot or red knee or leg: a "no" to "any of
+    these" says nothing of a fever alone, so fever stays unanswered and can still be given."""
+    result, text = _session(model, "45\nf\nn\nq\n")
+    assert result["case"].get("breathless_or_chest_pain") == "no"
+    assert "fever" not in result["case"]
+    assert "fever with a swollen" not in _flat(text).split("Any of these?")[0]
+    result, text = _session(model, "45\nf\nn\n+ fever\ny\nq\n")
+    assert result["case"]["fever"] == "yes"
+
+
 def test_going_back_over_the_screen_asks_its_unanswered_signs_again(model):
     result, text = _session(model, "30\nm\n+ short of breath\nn\nn\nb\nq\n")
     again = _flat(text).split("Went back one answer.")[1]

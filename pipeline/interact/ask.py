@@ -198,7 +198,8 @@ def _screen_fields(model: LoadedModel) -> list[tuple[str, str]]:
         return []
     out = []
     for rule in model.decision.screen.rules:
-        if len(rule.all) == 1:
+        # a rule with an `any` part needs more than its sign: a "no" to its words is no "no" to the sign
+        if len(rule.all) == 1 and not rule.any:
             (name, answers), = rule.all.items()
             if field(name).kind == "tristate" and answers == ["yes"]:
                 out.append((name, rule.safety_net))
