@@ -534,12 +534,14 @@ def test_a_job_stopped_while_it_copies_standard_input_removes_the_copy(trained, 
     deadline = time.monotonic() + 60
     while not list(tmp_path.glob("kneepain-stdin-*/*")):
         assert proc.poll() is None and time.monotonic() < deadline, "the job ended before it could be stopped"
-        time.sleep(0.05)
+        time.sleep(0.005)  # signalled at once: a signal that reaches another thread must still stop the copy
     proc.send_signal(signum)
     try:
+        proc.wait(timeout=60)  # a lost signal fails here instead of hanging the suite
         err = proc.stderr.read()
-        proc.wait(timeout=60)
     finally:
+        if proc.poll() is None:
+            proc.kill()
         proc.stdin.close()
     assert proc.returncode == 2
     assert f"stopped by {signal.Signals(signum).name} (no output was written)" in err and "Traceback" not in err, err

@@ -58,6 +58,17 @@ def test_codes_and_rounded_floats_decode_to_predict(trained, cases_csv, tmp_path
     assert out.stat().st_size < 0.5 * len(expected.to_csv(index=False))
 
 
+def test_an_input_column_named_file_is_kept_under_another_name_with_one_input(trained, tmp_path):
+    models, _ = trained
+    src = tmp_path / "fc.csv"
+    src.write_text("file,age,sex\nsource-A,30,male\nsource-B,40,female\n")
+    for out in (tmp_path / "fc-out.csv", tmp_path / "fc-out.parquet"):
+        assert main(["score", str(src), "-o", str(out), "--model", str(models), "--quiet", "--keep-input-columns"]) == 0
+        got = _read(out) if out.suffix == ".csv" else pd.read_parquet(out)
+        assert got["input_file"].tolist() == ["source-A", "source-B"], out.suffix
+        assert "file" not in got.columns
+
+
 def test_columns_keep_input_top_k_and_full_texts(trained, cases_csv, tmp_path):
     models, _ = trained
     path, cases = cases_csv

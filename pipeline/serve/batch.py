@@ -12,7 +12,9 @@ input, locks the output, and removes temporary files on SIGTERM/SIGHUP/SIGINT an
 from __future__ import annotations
 
 import functools
+import io
 import os
+import select
 import shutil
 import sys
 import tempfile
@@ -199,6 +201,27 @@ def _stream_lock(rejects: Path) -> Iterator[None]:
         yield
 
 
+def _copy_stream(source: BinaryIO, target: BinaryIO, *, wait: float = 0.2) -> None:
+    """Copy ``source`` to ``target``, waiting for data at most ``wait`` seconds at a time.
+
+    A stop signal that reaches another thread of the process (one of pyarrow's, say) does not
+    interrupt the main thread's blocking read, and Python runs its handler only once that read
+    returns: with a pipe held open and idle, never. Between waits the handler runs. Read from the
+    file descriptor: nothing may have been read from ``source`` before."""
+    try:
+        fd = source.fileno()
+    except (AttributeError, OSError, io.UnsupportedOperation):  # an in-memory stream never blocks
+        shutil.copyfileobj(source, target, 1 << 20)
+        return
+    while True:
+        if not select.select([fd], [], [], wait)[0]:
+            continue
+        block = os.read(fd, 1 << 20)
+        if not block:
+            return
+        target.write(block)
+
+
 @contextmanager
 def _stdin_spooled(inputs: list[str | Path], stdin: BinaryIO | None) -> Iterator[list[Path]]:
     """The input paths, ``-`` replaced by a temporary copy of standard input (removed afterwards)."""
@@ -210,7 +233,7 @@ def _stdin_spooled(inputs: list[str | Path], stdin: BinaryIO | None) -> Iterator
     with tempfile.TemporaryDirectory(prefix=_SPOOL_PREFIX) as folder:
         spooled = Path(folder) / _SPOOLED
         with open(spooled, "wb") as fh, stop_at_once_on_signals():  # a stop signal removes the copy
-            shutil.copyfileobj(stdin or sys.stdin.buffer, fh, 1 << 20)
+            _copy_stream(stdin or sys.stdin.buffer, fh)
         try:
             yield [spooled if str(p) == "-" else Path(p) for p in inputs]
         except BatchInputError as err:  # standard input is named as the user gave it, not by its copy
@@ -259,7 +282,9 @@ def _score_locked(paths: list[Path], columns: list[list[str]], output: Path | No
     has_ids = any(ID_COLUMN in {normalise_header(c) for c in cols} for cols in columns)
     full = output_schema(ID_COLUMN if has_ids else "row", len(paths) > 1, model.decision is not None,
                          top_k=options.top_k)
-    keep_by_file = _kept_columns(columns, full.names) if options.keep_input else [{} for _ in columns]
+    # `file` is taken with one input too: the rows of every output table are stamped with it
+    keep_by_file = (_kept_columns(columns, [*full.names, "file"]) if options.keep_input
+                    else [{} for _ in columns])
     extra = list(dict.fromkeys(out for keep in keep_by_file for out in keep.values()))
     schema = select_columns(output_schema(ID_COLUMN if has_ids else "row", len(paths) > 1, model.decision is not None,
                                           top_k=options.top_k, extra=extra), options.columns)
