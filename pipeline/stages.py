@@ -229,7 +229,7 @@ def evaluate_file(model_source: str | Path | None, path: Path, out: Path, *, tra
     return EvaluateResult(metrics, paths, track)
 
 
-_FITTED_ON = {"train": "trained on", "valid": "calibrated on", "calib": "fitted its decision layer on",
+_FITTED_ON = {"train": "trained on", "valid": "calibrated on", "calib": "given its decision layer by",
               "extra": "trained on (--extra-data)"}
 
 

@@ -171,12 +171,12 @@ def format_labelled(metrics: dict[str, Any]) -> str:
     pct = f"{m['confidence_level']:.0%}"
     lines = [f"{m['n']:,} labelled cases evaluated ({m['n_rejected']:,} of {m['n_rows']:,} rows rejected); "
              f"figures with {pct} intervals",
-             *(f"  {label:<22}{_fmt(m[key], m[key + '_ci'], 4)}" for label, key in (
+             *(f"  {label:<24}{_fmt(m[key], m[key + '_ci'], 4)}" for label, key in (
                  ("accuracy", "accuracy"), ("top-3 accuracy", "top3_accuracy"), ("log loss", "log_loss"),
                  ("Brier score", "brier"), ("ECE (top label)", "ece"), ("macro F1", "macro_f1")))]
     if "triage" in m:
         t, d = m["triage"], m["differential"]
-        lines += [f"  {label:<22}{_fmt(r['value'], r['ci'])}  (n={r['n']})" for label, r in (
+        lines += [f"  {label:<24}{_fmt(r['value'], r['ci'])}  (n={r['n']})" for label, r in (
             ("DVT urgent or sooner", t["dvt_urgent_rate"]), ("safe advice", t["safe_advice_rate"]),
             ("non-DVT to emergency", t["non_dvt_emergency_rate"]),
             ("over-triage: emergency", t["over_triage_emergency_rate"]), ("set coverage", d["coverage"]),
