@@ -7,7 +7,7 @@ import pytest
 from pipeline import generate_cases, oracle_posterior, predict
 from pipeline.core.blas import dot_exact
 from pipeline.core.config import LEVELS, ScreenConfig, TriageConfig, load_config
-from pipeline.core.parsing import parse_cases, unanswered
+from pipeline.core.parsing import parse_cases, premise_denied, unanswered
 from pipeline.core.paths import config_path
 from pipeline.core.schema import CONDITIONS, SYMPTOMS
 from pipeline.data.datasets import labels
@@ -241,6 +241,19 @@ def test_ask_next_lists_the_questions_that_would_change_the_level(cfg, net):
     assert "swollen" not in asked[1]  # answered questions are never asked again
 
 
+def test_ask_next_never_asks_about_an_injury_a_case_says_it_did_not_have(cfg, net):
+    """A pop would complete the ligament-tear signs (giving way, a swollen knee): asked after a
+    twist, never after "no injury"."""
+    signs = {"age": 25, "sex": "male", "giving_way": "yes", "knee_swelling": "yes"}
+    codes = _codes([{**signs, "injury_event": "twist_or_direction_change"}, {**signs, "injury_event": "none"}])
+    meniscus = np.zeros((2, len(CONDITIONS)))
+    meniscus[:, CONDITIONS.index("meniscus_tear")] = 1.0  # a pop is likely, and it would raise the level
+    level, _ = triage_levels(cfg, codes, meniscus, net=net)
+    asked = net.ask_next(meniscus, codes, level, np.zeros(2, dtype=bool), net.fires(codes), codes_out=True)
+    assert "heard_pop" in asked[0].split("|")
+    assert not {"heard_pop", "swelling_within_hours"} & set(asked[1].split("|"))
+
+
 def _ask_next_by_definition(cfg, net, screen, proba, codes, atypical):
     """ask_next as its docstring defines it: every plausible (question, answer) variant of every
     case triaged in full by triage_levels, one variant at a time."""
@@ -250,7 +263,7 @@ def _ask_next_by_definition(cfg, net, screen, proba, codes, atypical):
         change = np.zeros(len(net.candidates))
         case = {k: v[i:i + 1] for k, v in codes.items()}
         for j, name in enumerate(net.candidates):
-            if not unanswered(name, case)[0]:
+            if not unanswered(name, case)[0] or premise_denied(case, [name])[0, 0]:
                 continue
             for a, likelihood in enumerate(net.likelihood[name]):
                 p_answer = float(dot_exact(proba[i:i + 1], likelihood[None, :])[0, 0])  # as ask_next sums

@@ -72,6 +72,10 @@ def test_only_unknown_questions_best_first(model):
     # nor of a woman past the fertile ages, where it tells nothing about the condition
     assert "pregnant" in set(next_questions({"age": 30, "sex": "female"}, model, k=None)["field"])
     assert "pregnant" not in set(next_questions({"age": 80, "sex": "female"}, model, k=None)["field"])
+    # nor what happened at an injury of a case that reports none
+    for injury, offered in (("none", set()), ("twist_or_direction_change", {"heard_pop", "swelling_within_hours"})):
+        fields = set(next_questions({"age": 30, "sex": "male", "injury_event": injury}, model, k=None)["field"])
+        assert fields & {"heard_pop", "swelling_within_hours"} == offered, injury
     assert set(every["field"]) == set(CANDIDATE_FIELDS) - {"heard_pop", "giving_way", "pregnant"}
     assert "heard_pop" not in set(next_questions(CASE, model, k=None, exclude=["locking"])["field"])
     assert "locking" not in set(next_questions(CASE, model, k=None, exclude=["locking"])["field"])

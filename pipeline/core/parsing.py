@@ -42,8 +42,8 @@ from pipeline.core.schema import (
 )
 
 __all__ = ["DUPLICATE_ID", "ParsedCases", "codes_to_frame", "codes_to_text_frame", "ignored_columns_message",
-           "normalise_ids", "parse_cases", "parse_records", "required_columns_error", "unanswered", "unanswered_matrix",
-           "whole_number_fields"]
+           "normalise_ids", "parse_cases", "parse_records", "premise_denied", "required_columns_error", "unanswered",
+           "unanswered_matrix", "whole_number_fields"]
 
 
 def required_columns_error(names) -> CaseValidationError | None:
@@ -170,6 +170,22 @@ def unanswered(name: str, codes: dict[str, np.ndarray]) -> np.ndarray:
     many fields at once, :func:`unanswered_matrix`."""
     c = codes[name]
     return np.isnan(c) if field(name).kind in ("integer", "float") else c == UNKNOWN
+
+
+# questions about what happened at an injury ("when it happened", "after the injury"): a case that
+# reports no injury has denied their premise
+INJURY_PREMISED = frozenset({"heard_pop", "swelling_within_hours"})
+_NO_INJURY = field("injury_event").allowed.index("none")
+
+
+def premise_denied(codes: dict[str, np.ndarray], names: Sequence[str]) -> np.ndarray:
+    """(n_cases, len(names)) bool: the questions ``names`` whose premise a case's answers deny, so
+    that they are not offered to it: the questions about an injury, when it reports none."""
+    denied = np.zeros((len(codes["age"]), len(names)), dtype=bool)
+    premised = [i for i, name in enumerate(names) if name in INJURY_PREMISED]
+    if premised:
+        denied[:, premised] = (codes["injury_event"] == _NO_INJURY)[:, None]
+    return denied
 
 
 def unanswered_matrix(codes: dict[str, np.ndarray], names: Sequence[str]) -> np.ndarray:

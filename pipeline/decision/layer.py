@@ -33,7 +33,10 @@ DECISION_COLUMN_DOCS = {
                   "red flags and screen rules that unanswered questions could still fire (go the same day if one "
                   "is present); empty when none could",
     "ask_next": "the unanswered questions whose plausible answers would change the level, `|`-separated, the most "
-                "likely to change it first (at most three); empty when no answer would",
+                "likely to change it first (at most three); empty when no answer would. An answer's effect is the "
+                "knowledge base's likelihood applied to the model's probabilities, not the model run again, so a "
+                "listed answer may leave the model's own level unchanged; no question whose premise the case "
+                "denies (what happened at an injury, when it reports none)",
     "advice": "what to do: the level's instruction, advice for the most likely condition, and always the advice to "
               "seek professional advice",
     "differential": "the conditions that remain possible, most likely first, `|`-separated: a conformal prediction "

@@ -28,7 +28,7 @@ import numpy as np
 from pipeline.core.blas import dot_exact
 from pipeline.core.config import LEVELS, ScreenConfig, TriageConfig
 from pipeline.core.knowledge import KnowledgeBase
-from pipeline.core.parsing import unanswered_matrix
+from pipeline.core.parsing import premise_denied, unanswered_matrix
 from pipeline.core.schema import UNKNOWN, field
 from pipeline.core.textcols import join_ranked
 from pipeline.core.wording import question
@@ -187,7 +187,8 @@ class SafetyNet:
                  fires: np.ndarray, block_rows: int = 4096, codes_out: bool = False,
                  counts: np.ndarray | None = None) -> np.ndarray:
         """Per case, the unanswered questions whose plausible answers would change ``level``,
-        ``|``-separated, the most likely to change it first (at most ``ask_next.max_questions``).
+        ``|``-separated, the most likely to change it first (at most ``ask_next.max_questions``);
+        never one whose premise the case denies (:func:`pipeline.core.parsing.premise_denied`).
 
         Each plausible (question, answer) of a case is a variant of it: the case with that answer,
         its probabilities re-weighted by the answer's likelihood, triaged as
@@ -226,8 +227,9 @@ class SafetyNet:
         change = np.zeros((len(proba), len(self.candidates)))
         if not self.candidates:
             return change
-        # P(answer | what is known) of every (question, answer) at once; plausible ones of unanswered questions
-        asked = unanswered_matrix(codes, self.candidates)
+        # P(answer | what is known) of every (question, answer) at once; plausible ones of unanswered
+        # questions whose premise the case has not denied (no pop question after "no injury")
+        asked = unanswered_matrix(codes, self.candidates) & ~premise_denied(codes, self.candidates)
         p_answer = dot_exact(proba, self._likelihood_rows)
         plausible = asked[:, self._pair_candidate] & (p_answer >= self.cfg.ask_next.min_answer_probability)
         pair, rows = np.nonzero(plausible.T)  # by question, then answer, then case

@@ -38,7 +38,7 @@ from pipeline.core.cases import as_frame
 from pipeline.core.config import StrictModel, load_config
 from pipeline.core.knowledge import KnowledgeBase, load_knowledge_base
 from pipeline.core.oracle import oracle_log_joint
-from pipeline.core.parsing import ParsedCases, ignored_columns_message, parse_cases
+from pipeline.core.parsing import ParsedCases, ignored_columns_message, parse_cases, premise_denied
 from pipeline.core.paths import config_path
 from pipeline.core.rowwise import logsumexp_rows, softmax_rows
 from pipeline.core.schema import CONDITION_LABELS, CONDITIONS, FIELD_NAMES, FIELDS, field, normalise_header
@@ -193,6 +193,7 @@ def score_questions(parsed: ParsedCases, model: LoadedModel | None, kb: Knowledg
     # pregnancy: never for a male; past the fertile ages the knowledge base gives it one rate for
     # every condition, so the answer would tell nothing
     eligible[:, _PREGNANT] &= (parsed.codes["sex"] != _MALE) & ~(parsed.codes["age"] > kb.fertile_age[1])
+    eligible &= ~premise_denied(parsed.codes, CANDIDATE_FIELDS)  # no pop question after "no injury"
     if asked is not None:
         eligible &= ~asked
     case, slot = np.nonzero(eligible[:, _SLOT_FIELD])
