@@ -112,6 +112,17 @@ def test_nat_is_unknown_in_small_and_large_frames(trained):
         assert predict(frame, model=models)["p_dvt"].tolist() == [unknown] * n
 
 
+def test_a_mans_not_pregnant_is_the_same_as_no_answer(trained):
+    """The question is never his: "no" must not move his probabilities, triage or differential, nor
+    count as an answer (with only age and sex he rests on the prior, whatever he says to it)."""
+    models, _ = trained
+    cases = [{"age": 65, "sex": "male"}, {"age": 13, "sex": "male", "activity": "running", "injury_event": "none",
+                                          "giving_way": "no", "fever": "no"}]
+    plain = predict(cases, model=models)
+    said_no = predict([{**c, "pregnant": "no"} for c in cases], model=models)
+    pd.testing.assert_frame_equal(said_no, plain)
+
+
 def test_callers_frame_is_not_modified(trained):
     models, _ = trained
     frame = pd.DataFrame([CASE, {"age": "70", "sex": " Female ", "locking": None}])

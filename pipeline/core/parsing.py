@@ -613,6 +613,9 @@ def _parse_columns(items: list[tuple[Any, pd.Series]], n: int, row_offset: int, 
     if "pregnant" in columns:
         report("pregnant", pregnant_male, series_of["pregnant"],
                "pregnant cannot be yes when sex is male; allowed for males: no or unknown")
+    # for a male, "no" and unknown are one answer: it tells nothing, and counts as no answer given
+    # (so a male who gave only age, sex and "not pregnant" has answered nothing, as the session asks him)
+    codes["pregnant"] = np.where(male, UNKNOWN, codes["pregnant"]).astype(codes["pregnant"].dtype, copy=False)
     days, age = codes["symptom_duration_days"], codes["age"]
     before_birth = days > max_duration_days(age)  # False where either is unknown or invalid
     if before_birth.any():
