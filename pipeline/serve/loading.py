@@ -107,8 +107,8 @@ def load_model(source: str | Path | LoadedModel | None = None, *, trust_pickle: 
         return loaded
     folder = models_dir() if source is None else Path(source)
     if source is not None and not folder.exists():  # a mistyped path is not a missing `make run`
-        raise FileNotFoundError(f"{source}: no such models folder; give the folder `kneepain train` wrote (or "
-                                "leave the model out for the project's models/).")
+        raise FileNotFoundError(f"{source}: no such models folder; give the folder `kneepain train` wrote, or a "
+                                "models:/ URI of the registry.")
     folder = _folder_of(folder)
     if key is not None:
         verify_signature(folder, key)
