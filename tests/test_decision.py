@@ -13,6 +13,7 @@ from pipeline.core.schema import CONDITIONS, SYMPTOMS
 from pipeline.data.datasets import labels
 from pipeline.decision.atypical import fit_atypical, flag_atypical
 from pipeline.decision.conformal import blank_at_random, credible_sets, fit_conformal, prediction_sets, set_cells
+from pipeline.decision.layer import decision_columns, with_driving_condition
 from pipeline.decision.safety import SafetyNet
 from pipeline.decision.screen import rule_fires
 from pipeline.decision.triage import FIRST_RULE_REASON, cost_levels, red_flags, triage_levels
@@ -61,6 +62,40 @@ def test_each_screen_rule_raises_the_level_of_a_case_the_model_calls_runners_kne
     level, reason = triage_levels(cfg, codes, runner, screen=screen)
     assert LEVELS[level[0]] == "self_care"
     assert LEVELS[level[1]] == r.level and reason[1] >= FIRST_RULE_REASON, (r.name, case)
+
+
+def test_the_differential_holds_the_condition_an_expected_cost_level_is_for(cfg):
+    cyst, dvt, cramp = (CONDITIONS.index(c) for c in ("bakers_cyst", "dvt", "leg_cramp"))
+    proba = np.zeros((4, len(CONDITIONS)))
+    proba[:, cyst], proba[:, dvt], proba[:, cramp] = 0.84, 0.075, 0.085
+    sets = np.zeros_like(proba, dtype=bool)
+    sets[:, cyst] = True  # a Baker's cyst alone
+    emergency, soon = LEVELS.index("emergency"), LEVELS.index("see_doctor_soon")
+    level = np.array([emergency, soon, emergency, LEVELS.index("see_doctor")])
+    reason = np.array([0, 2, FIRST_RULE_REASON, 0])  # the cost; the cost, softened; a red flag; the cost
+    shown = with_driving_condition(sets, proba, level, reason, cfg)
+    assert shown[0, dvt] and shown[0].sum() == 2  # the same day by the cost: DVT is what it is for
+    assert shown[1, dvt] and shown[1].sum() == 2  # a softened same day: still for DVT
+    assert shown[2].sum() == 1  # a red flag's level names its own reason
+    assert shown[3].sum() == 1  # a Baker's cyst calls for seeing a doctor already
+    assert sets.sum() == 4  # the conformal sets are left as they were
+
+
+def test_every_expected_cost_level_has_a_condition_in_the_differential_that_calls_for_it(trained, kb):
+    from pipeline.serve.predict import get_model
+
+    model = get_model(trained[0])
+    cases = blank_at_random(parse_cases(generate_cases(kb, 3000, seed=41).drop(columns=["condition", "severity"])),
+                            0.6, seed=3)
+    columns = decision_columns(model.decision, model.kb, cases, model.predict_proba(cases), codes=True)
+    right = {c: LEVELS.index(model.decision.config.right_level[c]) for c in CONDITIONS}
+    level = pd.Categorical(columns["triage"], categories=list(LEVELS)).codes
+    reason = pd.Series(columns["triage_reason"])
+    cost = reason.isin(["expected_cost", "same_day_unanswered"]).to_numpy()
+    assert cost.sum() > 1000, reason.value_counts()
+    needed = np.where(reason == "same_day_unanswered", LEVELS.index("emergency"), level)
+    top = np.array([max(right[c] for c in d.split("|")) for d in columns["differential"]])
+    assert (top[cost] >= needed[cost]).all()
 
 
 def test_any_part_of_a_rule_is_required(cfg):

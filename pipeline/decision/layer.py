@@ -15,6 +15,7 @@ import pandas as pd
 from pipeline.core.config import LEVELS, ScreenConfig, TriageConfig
 from pipeline.core.knowledge import KnowledgeBase
 from pipeline.core.parsing import ParsedCases
+from pipeline.core.schema import CONDITIONS
 from pipeline.core.textcols import lookup, text_array
 from pipeline.decision.atypical import fit_atypical, flag_atypical
 from pipeline.decision.conformal import blank_at_random, fit_conformal, format_sets, prediction_sets
@@ -23,7 +24,7 @@ from pipeline.decision.screen import screen_names
 from pipeline.decision.triage import advice_codes, advice_table, reason_codes, reason_table, triage_levels
 
 __all__ = ["DECISION_COLUMNS", "DECISION_COLUMN_DOCS", "DECISION_COLUMN_TYPES", "TEXT_CODE_COLUMNS",
-           "Decision", "decide", "decision_columns", "fit_decision", "fit_decision_on"]
+           "Decision", "decide", "decision_columns", "fit_decision", "fit_decision_on", "with_driving_condition"]
 
 DECISION_COLUMN_DOCS = {
     "triage": "`emergency`, `see_doctor_soon`, `see_doctor` or `self_care`: the expected-cost level, raised by red flags",
@@ -42,7 +43,8 @@ DECISION_COLUMN_DOCS = {
     "differential": "the conditions that remain possible, most likely first, `|`-separated: a conformal prediction "
                     "set fitted to hold the true condition for 90% of the calibration cases by default, and for at "
                     "least 87% within each band of confidence and of answers known (new cases land within sampling "
-                    "error of that)",
+                    "error of that); where the level rests on the expected cost and no condition in the set calls "
+                    "for it, the condition that drives it is added (DVT, most often)",
     "differential_size": "how many conditions the differential holds",
     "screen": "what must be ruled out that is none of the nine (pulmonary embolism, acute limb ischaemia, popliteal "
               "aneurysm, a septic joint or cellulitis, a fracture by the Ottawa knee rule), `|`-separated; empty if none",
@@ -131,6 +133,30 @@ def fit_decision_on(model, kb: KnowledgeBase, calib: pd.DataFrame, config: Triag
     return fit_decision(probas, labels(calib), copies, kb, config, screen)
 
 
+_EMERGENCY = LEVELS.index("emergency")
+
+
+def with_driving_condition(sets: np.ndarray, proba: np.ndarray, level: np.ndarray, reason: np.ndarray,
+                           cfg: TriageConfig) -> np.ndarray:
+    """The differential ``sets`` (n, K) with the condition that drives an expected-cost level added
+    where the set holds none that calls for that level.
+
+    An expected-cost level (``reason`` 0, or 2: a same day softened because it rests on unanswered
+    questions) can stand above the right level (``cfg.right_level``) of every condition in the
+    set: a 7% chance of DVT makes the same day the cheapest while the set holds a Baker's cyst
+    alone. The most probable condition whose right level reaches the level (the same day, for a
+    softened one) is added, so the conditions shown include the one the level is for."""
+    right = np.array([LEVELS.index(cfg.right_level[c]) for c in CONDITIONS], dtype=np.int64)
+    needed = np.where(reason == 2, _EMERGENCY, level.astype(np.int64))
+    shown = np.where(sets, right[None, :], -1).max(axis=1)
+    lacking = np.flatnonzero(((reason == 0) | (reason == 2)) & (shown < needed))
+    if len(lacking):
+        sets = sets.copy()
+        reaches = right[None, :] >= needed[lacking, None]
+        sets[lacking, np.where(reaches, proba[lacking], -1.0).argmax(axis=1)] = True
+    return sets
+
+
 def decide(decision: Decision, kb: KnowledgeBase, parsed: ParsedCases, proba: np.ndarray, *,
            codes: bool = False) -> pd.DataFrame:
     """The decision columns (:data:`DECISION_COLUMNS`) for valid parsed cases and their probabilities.
@@ -155,7 +181,8 @@ def decision_columns(decision: Decision, kb: KnowledgeBase, parsed: ParsedCases,
     matches = fires[:, len(cfg.red_flags):]  # the screen's rules
     level, reason = triage_levels(cfg, parsed.codes, proba, atypical, screen, fires, net, open_)
     ask_next = net.ask_next(proba, parsed.codes, level, atypical, fires, codes_out=codes, counts=counts)
-    differential, size = format_sets(proba, prediction_sets(proba, parsed.codes, decision.conformal))
+    sets = with_driving_condition(prediction_sets(proba, parsed.codes, decision.conformal), proba, level, reason, cfg)
+    differential, size = format_sets(proba, sets)
     atypical_reason = np.full(len(parsed), "", dtype=object)
     atypical_reason[atypical] = [f"answers fit none of the documented profiles well: surprise per answer "
                                  f"{s:.2f} > {t:.2f}" for s, t in zip(score[atypical], threshold[atypical])]  # rare

@@ -132,6 +132,16 @@ def _conformal_metrics(proba: np.ndarray, oracle: np.ndarray | None, y: np.ndarr
     return out
 
 
+def _shown_metrics(columns: pd.DataFrame, y: np.ndarray, conformal_size: float) -> dict[str, float]:
+    """Coverage and size of the differential as shown (the conformal set, with the condition that
+    drives an expected-cost level added where the set lacks it), and how often one was added."""
+    shown = columns["differential"].str.get_dummies(sep="|").reindex(columns=list(CONDITIONS), fill_value=0)
+    shown = shown.to_numpy(dtype=bool)
+    size = shown.sum(axis=1)
+    return {"coverage": _rate(shown[np.arange(len(y)), y]), "mean_set_size": float(size.mean()),
+            "added_rate": float(size.mean() - conformal_size)}
+
+
 def evaluate_decision(model: LoadedModel, parsed: dict[str, ParsedCases], arrays: dict[str, dict[str, np.ndarray]],
                       calib: tuple[ParsedCases, np.ndarray] | None = None,
                       reference_levels: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
@@ -160,6 +170,7 @@ def evaluate_decision(model: LoadedModel, parsed: dict[str, ParsedCases], arrays
         out["triage"][name]["safety_net_rate"] = _rate(columns["safety_net"].to_numpy() != "")
         out["triage"][name]["ask_next_rate"] = _rate(columns["ask_next"].to_numpy() != "")
         out["conformal"][name] = _conformal_metrics(proba, oracle, y, cases.codes, model.decision.conformal)
+        out["conformal"][name]["shown"] = _shown_metrics(columns, y, out["conformal"][name]["mean_set_size"])
         out["atypical"][name] = {"flag_rate": float(columns["atypical"].mean()),
                                  "quantile": model.decision.atypical["quantile"]}
     return out

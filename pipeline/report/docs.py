@@ -37,6 +37,13 @@ def results_markdown(metrics: dict[str, Any]) -> str:
                   "that) by band of confidence and of answers known, beside the oracle's own 90% credible sets:",
                   "", coverage_table(metrics, "test"), "",
                   coverage_table(metrics, "test_blanked")]
+        shown = {k: metrics["conformal"][k].get("shown") for k in ("test", "test_blanked")}
+        if all(shown.values()):
+            lines += ["", "The differential shown adds the condition that drives an expected-cost level where the "
+                          "set holds none that calls for that level (DVT, most often): "
+                      + "; ".join(f"on `{k}` in {v['added_rate']:.1%} of cases, holding the true condition for "
+                                  f"{v['coverage']:.1%} at a mean size of {v['mean_set_size']:.2f}"
+                                  for k, v in shown.items()) + "."]
     q = metrics.get("questioning")
     if q:
         acc = {k: {int(n): v for n, v in q[k]["accuracy"].items()} for k in ("chosen", "random", "fixed")}
