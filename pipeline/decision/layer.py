@@ -15,13 +15,21 @@ import pandas as pd
 from pipeline.core.config import LEVELS, ScreenConfig, TriageConfig
 from pipeline.core.knowledge import KnowledgeBase
 from pipeline.core.parsing import ParsedCases
-from pipeline.core.schema import CONDITIONS
 from pipeline.core.textcols import lookup, text_array
 from pipeline.decision.atypical import fit_atypical, flag_atypical
 from pipeline.decision.conformal import blank_at_random, fit_conformal, format_sets, prediction_sets
 from pipeline.decision.safety import SafetyNet
 from pipeline.decision.screen import screen_names
-from pipeline.decision.triage import advice_codes, advice_table, reason_codes, reason_table, triage_levels
+from pipeline.decision.triage import (
+    COST_REASON,
+    SOFTENED_REASON,
+    advice_codes,
+    advice_table,
+    reason_codes,
+    reason_table,
+    right_levels,
+    triage_levels,
+)
 
 __all__ = ["DECISION_COLUMNS", "DECISION_COLUMN_DOCS", "DECISION_COLUMN_TYPES", "TEXT_CODE_COLUMNS",
            "Decision", "decide", "decision_columns", "fit_decision", "fit_decision_on", "with_driving_condition"]
@@ -141,15 +149,16 @@ def with_driving_condition(sets: np.ndarray, proba: np.ndarray, level: np.ndarra
     """The differential ``sets`` (n, K) with the condition that drives an expected-cost level added
     where the set holds none that calls for that level.
 
-    An expected-cost level (``reason`` 0, or 2: a same day softened because it rests on unanswered
-    questions) can stand above the right level (``cfg.right_level``) of every condition in the
-    set: a 7% chance of DVT makes the same day the cheapest while the set holds a Baker's cyst
-    alone. The most probable condition whose right level reaches the level (the same day, for a
-    softened one) is added, so the conditions shown include the one the level is for."""
-    right = np.array([LEVELS.index(cfg.right_level[c]) for c in CONDITIONS], dtype=np.int64)
-    needed = np.where(reason == 2, _EMERGENCY, level.astype(np.int64))
+    An expected-cost level (``reason`` :data:`COST_REASON`, or :data:`SOFTENED_REASON`: a same day
+    softened because it rests on unanswered questions) can stand above the right level
+    (``cfg.right_level``) of every condition in the set: a 7% chance of DVT makes the same day the
+    cheapest while the set holds a Baker's cyst alone. The most probable condition whose right
+    level reaches the level (the same day, for a softened one) is added, so the conditions shown
+    include the one the level is for."""
+    right = right_levels(cfg)
+    needed = np.where(reason == SOFTENED_REASON, _EMERGENCY, level.astype(np.int64))
     shown = np.where(sets, right[None, :], -1).max(axis=1)
-    lacking = np.flatnonzero(((reason == 0) | (reason == 2)) & (shown < needed))
+    lacking = np.flatnonzero(((reason == COST_REASON) | (reason == SOFTENED_REASON)) & (shown < needed))
     if len(lacking):
         sets = sets.copy()
         reaches = right[None, :] >= needed[lacking, None]

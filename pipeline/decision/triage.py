@@ -16,8 +16,8 @@ from pipeline.core.schema import CONDITION_LABELS, CONDITIONS
 from pipeline.decision.costs import cost_levels
 from pipeline.decision.safety import Rule, SafetyNet, per_rule, rules_of
 
-__all__ = ["UNCERTAIN_REASON", "advice_codes", "advice_table", "cost_levels", "reason_codes", "reason_table",
-           "red_flags", "strongest_rule", "triage_levels"]
+__all__ = ["COST_REASON", "SOFTENED_REASON", "UNCERTAIN_REASON", "advice_codes", "advice_table", "cost_levels",
+           "reason_codes", "reason_table", "red_flags", "right_levels", "strongest_rule", "triage_levels"]
 
 
 def strongest_rule(fires: np.ndarray, levels: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -46,7 +46,7 @@ def _raise_to_rules(level: np.ndarray, reason: np.ndarray, rule_level: np.ndarra
     reason[cite] = first_code + rule[cite]
 
 
-FIRST_RULE_REASON = 3
+COST_REASON, ATYPICAL_REASON, SOFTENED_REASON, FIRST_RULE_REASON = 0, 1, 2, 3  # reason codes of triage_levels
 UNCERTAIN_REASON = ("the expected cost points to the same day, but only through questions not answered yet: answer "
                     "them, and go the same day if one of the safety-net signs is present")  # reason code 2
 
@@ -62,7 +62,7 @@ def triage_levels(cfg: TriageConfig, codes: dict[str, np.ndarray], proba: np.nda
     them again. ``proba`` may be
     unnormalised (the levels depend on its ratios only)."""
     level = cost_levels(cfg, proba)
-    reason = np.zeros(len(level), dtype=np.int16)
+    reason = np.full(len(level), COST_REASON, dtype=np.int16)
     if net is not None:
         same_day = np.flatnonzero(level == LEVELS.index("emergency"))
         if len(same_day):
@@ -70,12 +70,12 @@ def triage_levels(cfg: TriageConfig, codes: dict[str, np.ndarray], proba: np.nda
             sub = {k: v[same_day] for k, v in codes.items()}
             soft = same_day[net.rests_on_unknowns(proba[same_day], sub, open_[same_day], lambda p: cost_levels(cfg, p))]
             level[soft] = LEVELS.index(cfg.uncertain.level)
-            reason[soft] = 2
+            reason[soft] = SOFTENED_REASON
     if atypical is not None:
         floor = LEVELS.index(cfg.atypical.min_level)
         raise_ = atypical & (level < floor)
         level[raise_] = floor
-        reason[raise_] = 1
+        reason[raise_] = ATYPICAL_REASON
     n_red = len(cfg.red_flags)
     fires = per_rule(rules_of(cfg, screen), Rule.fires, codes) if rule_fires is None else rule_fires
     _raise_to_rules(level, reason, *strongest_rule(fires[:, :n_red], [f.level for f in cfg.red_flags]),
@@ -84,6 +84,11 @@ def triage_levels(cfg: TriageConfig, codes: dict[str, np.ndarray], proba: np.nda
         _raise_to_rules(level, reason, *strongest_rule(fires[:, n_red:], [r.level for r in screen.rules]),
                         FIRST_RULE_REASON + n_red)
     return level, reason
+
+
+def right_levels(cfg: TriageConfig) -> np.ndarray:
+    """Per condition (in :data:`CONDITIONS` order), the index in :data:`LEVELS` of its right level."""
+    return np.array([LEVELS.index(cfg.right_level[c]) for c in CONDITIONS], dtype=np.int64)
 
 
 def reason_table(cfg: TriageConfig, screen: ScreenConfig | None = None) -> np.ndarray:

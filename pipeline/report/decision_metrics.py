@@ -26,6 +26,7 @@ from pipeline.core.schema import CONDITIONS
 from pipeline.decision.conformal import blank_at_random, credible_sets, prediction_sets, set_cells
 from pipeline.decision.layer import decide
 from pipeline.decision.safety import rules_of
+from pipeline.decision.triage import right_levels
 from pipeline.serve.loading import LoadedModel
 
 __all__ = ["BLANKED_RATE", "coverage_table", "decision_card_section", "evaluate_decision", "format_decision_table",
@@ -64,7 +65,7 @@ def _triage_metrics(levels: np.ndarray, reasons: pd.Series, y: np.ndarray, codes
                     model: LoadedModel, given: np.ndarray | None = None) -> dict[str, Any]:
     assert model.decision is not None  # only called for a model with a decision layer
     cfg = model.decision.config
-    condition_ref = np.array([LEVELS.index(cfg.right_level[c]) for c in CONDITIONS])[y]
+    condition_ref = right_levels(cfg)[y]
     rules = rules_of(cfg, model.decision.screen)
     presentation = np.max([np.where(r.fires(codes), r.level, -1) for r in rules], axis=0) if rules else -1
     ref = np.maximum(condition_ref, presentation)
