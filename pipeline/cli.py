@@ -346,9 +346,10 @@ def _score_pandas(args: argparse.Namespace, warn: Callable[[str], None], options
     from pipeline.serve.batch import score_files
     from pipeline.serve.chunks import available_cores
     from pipeline.serve.loading import get_model
-    from pipeline.serve.reading import lean_memory_pool
+    from pipeline.serve.reading import lean_memory_pool, reuse_freed_heap
 
     lean_memory_pool()
+    reuse_freed_heap()
     model = plain = get_model(args.model, trust_pickle=args.trust_pickle)
     estimate = None
     if args.adapt_priors:

@@ -172,3 +172,13 @@ def test_ctrl_c_while_the_processes_start_stops_the_job_in_one_line(trained, mes
     assert proc.returncode == 2, err
     assert err == "kneepain score: error: stopped by SIGINT (no output was written)\n", err
     assert not out.exists()
+
+
+def test_the_scoring_process_keeps_freed_heap_where_the_c_library_is_glibc():
+    """`kneepain score` asks glibc's malloc to keep freed memory (fewer page faults); elsewhere it
+    changes nothing and says so."""
+    import platform
+
+    from pipeline.serve.reading import reuse_freed_heap
+
+    assert reuse_freed_heap() is (platform.libc_ver()[0] == "glibc")

@@ -8,12 +8,12 @@ of the condition), so they drop out of the likelihood rather than counting as "n
 from __future__ import annotations
 
 import math
-from functools import cache, lru_cache
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
 
-from pipeline.core.blas import dot_exact
+from pipeline.core.answertables import answer_tables
 from pipeline.core.cases import as_parsed, in_blocks
 from pipeline.core.knowledge import AGES, KnowledgeBase, duration_mass_below
 from pipeline.core.parsing import ParsedCases
@@ -22,7 +22,7 @@ from pipeline.core.schema import CATEGORY_FIELDS, CONDITIONS, FIELDS, SYMPTOMS, 
 
 __all__ = ["oracle_posterior", "oracle_log_joint", "log_density", "field_log_likelihoods"]
 
-_CHUNK = 1 << 13  # rows at a time: every row is computed alone, and the one-hot blocks stay a few MB
+_CHUNK = 1 << 13  # rows at a time: every row is computed alone, and the blocks of sums stay a few MB
 _LOG_SQRT_2PI = 0.5 * np.log(2 * np.pi)
 DURATION_FLOOR_DAYS = 1e-5  # a duration of 0 days is read as this (its log must be finite)
 _FEMALE = field("sex").allowed.index("female")
@@ -49,18 +49,11 @@ class _Tables:
         # per (age, condition), added where the duration is known; the last row is 0 (no age)
         self.duration_norm = np.vstack([-np.log(duration_mass_below(kb.duration, max_duration_days(AGES)[:, None])),
                                         np.zeros(len(CONDITIONS))])
-        # the discrete answers as one matrix product: a row of one-hot answers (unknown = all 0)
-        # times a table of log-probabilities; symptoms per (condition, severity), the rest per condition
-        # columns ordered (severity, condition), so each severity's block is a contiguous slice
-        # (kept as rows of the transposed tables: dot_exact's layout)
-        self.symptom_weights_rows = np.ascontiguousarray(np.concatenate(
-            [self.symptom[s][:2].transpose(0, 2, 1).reshape(2, -1) for s in SYMPTOMS]).T)  # (27, 38)
+        # the discrete answers as sums of table rows (pipeline.core.answertables): symptoms per
+        # (severity, condition), so each severity's block is a contiguous slice; the rest per condition
+        self.symptom_sums = answer_tables([(s, self.symptom[s].transpose(0, 2, 1).reshape(3, -1)) for s in SYMPTOMS])
         self.log_severity_blocks = [self.log_severity[:, j] for j in range(self.log_severity.shape[1])]
-        self.context_fields = [(f, 2) for f in self.context] + [(f, len(t) - 1) for f, t in self.category.items()] \
-            + [("sex", 2)]
-        self.context_weights_rows = np.ascontiguousarray(np.concatenate(
-            [self.context[f][:2] for f in self.context]
-            + [t[:-1] for t in self.category.values()] + [self.sex[:2]]).T)  # (9, K)
+        self.context_sums = answer_tables([*self.context.items(), *self.category.items(), ("sex", self.sex)])
 
 
 def _tri(p: np.ndarray) -> np.ndarray:
@@ -80,32 +73,6 @@ def _normal_logpdf(x: np.ndarray, params: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(x)[:, None], 0.0, out)
 
 
-@cache
-def _one_hot_plan(fields: tuple[tuple[str, int], ...]) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
-    """The fields' names, and for each one-hot column the field it reads and the code it marks."""
-    names = tuple(name for name, _ in fields)
-    reads = np.array([i for i, (_, width) in enumerate(fields) for _ in range(width)], dtype=np.intp)
-    marks = np.array([v for _, width in fields for v in range(width)], dtype=np.int64)
-    return names, reads, marks
-
-
-_FEW = 64  # up to this many cases, the one-hot is one gather and one comparison (the same matrix)
-
-
-def _one_hot(codes: dict[str, np.ndarray], fields: list[tuple[str, int]]) -> np.ndarray:
-    """(m, sum of widths) float one-hot of the codes; an unknown answer (-1) is a row of zeros.
-
-    C-ordered, dot_exact's layout. For a few cases the codes are gathered into the columns and
-    compared once (one case: 50 us against 100 us); for many, a comparison per column is faster
-    than the gather (16k cases: 16 ms against 21 ms for the oracle)."""
-    names, reads, marks = _one_hot_plan(tuple(fields))
-    if not len(marks):
-        return np.zeros((len(codes["sex"]), 0))
-    if len(codes["sex"]) <= _FEW:
-        return (np.stack([codes[name] for name in names], axis=1).take(reads, axis=1) == marks).astype(np.float64)
-    return np.column_stack([codes[name] == v for name, width in fields for v in range(width)]).astype(np.float64)
-
-
 def _logsumexp(parts: list[np.ndarray]) -> np.ndarray:
     """log(sum(exp(p))) over a few same-shaped arrays, element by element (contiguous, so fast:
     scipy's logsumexp over a short trailing axis took 5x longer here)."""
@@ -120,11 +87,11 @@ def _logsumexp(parts: list[np.ndarray]) -> np.ndarray:
 
 def _log_joint_chunk(t: _Tables, codes: dict[str, np.ndarray]) -> np.ndarray:
     # symptoms: codes 0 (no) and 1 (yes) select rows 0 and 1 of each table; per severity a block
-    sev = dot_exact(_one_hot(codes, [(s, 2) for s in SYMPTOMS]), t.symptom_weights_rows)
+    sev = t.symptom_sums.sum(codes)
     k = len(CONDITIONS)
     blocks = [sev[:, j * k:(j + 1) * k] + t.log_severity_blocks[j] for j in range(len(t.log_severity_blocks))]
     ctx = _logsumexp(blocks) + t.log_prior
-    ctx += dot_exact(_one_hot(codes, t.context_fields), t.context_weights_rows)
+    ctx += t.context_sums.sum(codes)
     age = codes["age"]
     age_idx = np.where(np.isnan(age), len(AGES), age - AGES[0]).astype(np.intp)
     ctx += t.age[age_idx]

@@ -4,9 +4,10 @@ The candidates are ``Pipeline(CaseFeaturizer, LogisticRegression | MLPClassifier
 HistGradientBoostingClassifier)``, optionally temperature-calibrated. For the logistic model and
 the MLP, :class:`ArrayScorer` holds the arrays (the featuriser's centres and scales, weights,
 intercepts, the inverse temperature) and computes the probabilities with
-:func:`pipeline.core.blas.dot_exact`, so the same case gives the same probabilities in every
-process and thread, alone or in a batch (a BLAS product's summation order depends on the thread
-count). Gradient boosting makes no matrix products; it, and anything else, is scored by
+:func:`pipeline.core.blas.dot_exact` (the first layer as sums of its weights' rows, picked by the
+answers: :class:`pipeline.model.codefeatures.CodeLinear`), so the same case gives the same
+probabilities in every process and thread, alone or in a batch (a BLAS product's summation order
+depends on the thread count). Gradient boosting makes no matrix products; it, and anything else, is scored by
 scikit-learn on one BLAS thread. The formulas are scikit-learn's (``predict_proba`` of the model,
 then the temperature calibrator's ``softmax(beta * logits)``); a test holds them to it.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -24,7 +26,7 @@ from pipeline.core.cases import in_blocks
 from pipeline.core.parsing import ParsedCases, parse_cases
 from pipeline.core.rowwise import softmax_rows
 from pipeline.core.special import expit
-from pipeline.model.codefeatures import CodeFeatures, featurize_codes
+from pipeline.model.codefeatures import CodeFeatures, CodeLinear, code_linear, featurize_codes
 
 __all__ = ["ACTIVATIONS", "BLOCK_ROWS", "ArrayScorer", "array_scorer", "predict_proba"]
 
@@ -56,12 +58,22 @@ class ArrayScorer:
             parsed = parse_cases(parsed)
         return in_blocks(self._proba, parsed.codes, BLOCK_ROWS)
 
+    @cached_property
+    def _first_layer(self) -> CodeLinear | None:
+        """The first layer's product from the codes (float64 features; else None: featurise, then multiply)."""
+        f = self.featurizer
+        return code_linear(self.weights[0], f.center_, f.scale_) if np.dtype(f.dtype) == np.float64 else None
+
     def _proba(self, codes: dict[str, np.ndarray]) -> np.ndarray:
         f = self.featurizer
-        z = featurize_codes(codes, f.center_, f.scale_, np.dtype(f.dtype), order="C")  # dot_exact's layout: no copy
+        if self._first_layer is not None:
+            z = self._first_layer(codes)
+        else:
+            z = dot_exact(featurize_codes(codes, f.center_, f.scale_, np.dtype(f.dtype), order="C"), self.weights[0])
         last = len(self.weights) - 1
         for i, (w, b) in enumerate(zip(self.weights, self.intercepts)):
-            z = dot_exact(z, w)
+            if i > 0:
+                z = dot_exact(z, w)
             z += b
             if i < last:
                 z = ACTIVATIONS[self.activation](z)

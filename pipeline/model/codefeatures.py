@@ -12,10 +12,11 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from pipeline.core.answertables import AnswerTables, answer_tables
 from pipeline.core.parsing import ParsedCases, parse_cases
 from pipeline.core.schema import FIELDS
 
-__all__ = ["CodeFeatures", "feature_names", "featurize_codes"]
+__all__ = ["CodeFeatures", "CodeLinear", "code_linear", "feature_names", "featurize_codes", "standardised"]
 
 _LOG_FLOOR_DAYS = 1e-4
 
@@ -25,6 +26,13 @@ def numeric_scale(name: str, values: np.ndarray) -> np.ndarray:
     if name == "symptom_duration_days":
         return np.log(np.maximum(values, _LOG_FLOOR_DAYS))
     return values
+
+
+def standardised(name: str, values: np.ndarray, center: float, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """A number's standardised value (0 where it is unknown) and where it is unknown."""
+    x = numeric_scale(name, values.astype(np.float64))
+    missing = np.isnan(x)
+    return np.where(missing, 0.0, (x - center) / scale), missing
 
 
 def feature_names() -> list[str]:
@@ -54,9 +62,7 @@ def featurize_codes(codes: dict[str, np.ndarray], center: dict[str, float], scal
         elif f.kind == "category":
             blocks += [c == i for i in range(len(f.allowed))]
         else:
-            x = numeric_scale(f.name, c.astype(np.float64))
-            missing = np.isnan(x)
-            z = np.where(missing, 0.0, (x - center[f.name]) / scale[f.name])
+            z, missing = standardised(f.name, c, center[f.name], scale[f.name])
             blocks += [z, z * z]
             if not f.required:
                 blocks.append(missing)
@@ -65,6 +71,46 @@ def featurize_codes(codes: dict[str, np.ndarray], center: dict[str, float], scal
     if order == "C":
         return np.column_stack(blocks).astype(dtype, copy=False)
     return np.vstack(blocks).astype(dtype, copy=False).T
+
+
+@dataclass(frozen=True)
+class CodeLinear:
+    """``featurize_codes(codes) @ weights.T`` computed from the codes: the one-hot features of the
+    yes/no and category answers as sums of the weights' rows (:mod:`pipeline.core.answertables`),
+    then each number's features (value, square, unknown), in a fixed order, so a case's numbers
+    depend on its own row only."""
+
+    answers: AnswerTables
+    numbers: tuple[tuple[str, float, float, np.ndarray], ...]  # name, centre, scale, (3, n_out) weights
+
+    def __call__(self, codes: dict[str, np.ndarray]) -> np.ndarray:
+        out = self.answers.sum(codes)
+        for name, center, scale, w in self.numbers:
+            z, missing = standardised(name, codes[name], center, scale)
+            out += z[:, None] * w[0]
+            out += (z * z)[:, None] * w[1]
+            out += missing[:, None] * w[2]  # the weight where unknown, else 0
+        return out
+
+
+def code_linear(weights: np.ndarray, center: dict[str, float], scale: dict[str, float]) -> CodeLinear:
+    """:class:`CodeLinear` of ``weights`` (n_out, n_features) over :func:`feature_names`' columns."""
+    column = {name: j for j, name in enumerate(feature_names())}
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape[1] != len(column):
+        raise ValueError(f"weights have {w.shape[1]} columns; the features are {len(column)}")
+    none = np.zeros(len(w))
+    tables, numbers = [], []
+    for f in FIELDS:
+        if f.kind == "tristate":  # rows by code: no, yes, then unknown
+            tables.append((f.name, np.stack([w[:, column[f"{f.name}=no"]], w[:, column[f"{f.name}=yes"]], none])))
+        elif f.kind == "category":
+            tables.append((f.name, np.stack([*(w[:, column[f"{f.name}={v}"]] for v in f.allowed), none])))
+        else:
+            unknown = w[:, column[f"{f.name}=unknown"]] if f"{f.name}=unknown" in column else none
+            numbers.append((f.name, float(center[f.name]), float(scale[f.name]),
+                            np.stack([w[:, column[f.name]], w[:, column[f"{f.name}^2"]], unknown])))
+    return CodeLinear(answer_tables(tables), tuple(numbers))
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from pipeline.core.parsing import DUPLICATE_ID, ParsedCases, normalise_ids
 from pipeline.core.schema import ID_COLUMN, normalise_header
 from pipeline.serve.loading import LoadedModel
 from pipeline.serve.predict import score_columns
+from pipeline.serve.reading import reuse_freed_heap
 from pipeline.serve.writing import as_text, encode_csv, output_table, reject_table
 
 __all__ = ["ChunkScorer", "Done", "FileJob", "SeenIds", "available_cores", "chunk_ids", "parse_chunk", "reject_repeated",
@@ -229,6 +230,7 @@ def _start_worker(path: str, digest: str) -> None:
     ever writing to a child that died first, as on a Ctrl-C to the whole process group.)"""
     global _WORKER_MODEL
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    reuse_freed_heap()  # a process of this job's own: see pipeline.serve.reading
     data = Path(path).read_bytes()
     if hashlib.sha256(data).hexdigest() != digest:
         raise ModelIntegrityError(f"{path}: the model this job handed its scoring processes has changed; not loaded.")

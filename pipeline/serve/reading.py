@@ -9,7 +9,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
-__all__ = ["lean_memory_pool", "prefetch"]
+__all__ = ["lean_memory_pool", "prefetch", "reuse_freed_heap"]
+
+# what glibc's malloc keeps above the top of a heap when it grows or trims one (mallopt's M_TOP_PAD)
+M_TOP_PAD = -2
+HEAP_PAD_BYTES = 64 << 20
 
 T = TypeVar("T")
 
@@ -27,6 +31,29 @@ def lean_memory_pool() -> None:
         pa.set_memory_pool(pa.jemalloc_memory_pool())
     except NotImplementedError:  # a pyarrow built without jemalloc
         pass
+
+
+def reuse_freed_heap(pad_bytes: int = HEAP_PAD_BYTES) -> bool:
+    """Ask glibc's malloc to keep ``pad_bytes`` of freed memory at the top of each heap for reuse
+    (``mallopt(M_TOP_PAD)``); False where the C library is not glibc's, and nothing changes.
+
+    Scoring a chunk allocates and frees numpy arrays of a few MB on two threads. By default glibc
+    hands the freed top of a heap back to the kernel and faults it in again for the next chunk:
+    ``kneepain score`` on a 1M-row CSV took about 450k page faults and 1.4 s of system time, and
+    with the pad 100k and 0.8 s, for the same peak RSS (the pad is address space, resident only
+    once used). Process-wide: the command calls it, the library does not.
+    """
+    import ctypes
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # the process's own C library
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    return mallopt(M_TOP_PAD, pad_bytes) == 1
 
 
 @contextmanager
