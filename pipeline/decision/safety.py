@@ -297,11 +297,13 @@ class SafetyNet:
             level[soft] = LEVELS.index(cfg.uncertain.level)
         level = np.where(atypical[rows], np.maximum(level, LEVELS.index(cfg.atypical.min_level)), level)
         level = np.maximum(level, others[rows, which])
-        every = np.arange(len(rows))
         for slot in range(len(self._asking_slots)):
-            at, k, fires, _ = asking_state(every, slot)
-            hit, raise_to = at[fires], self._rule_levels[k[fires]]
-            level[hit] = np.maximum(level[hit], raise_to)
+            # only where the slot's rule would raise the level: a rule at or below it changes nothing
+            k = self._asking_slots[slot, which]
+            below = np.flatnonzero((k >= 0) & (self._rule_levels[k] > level))
+            at, k, fires, _ = asking_state(below, slot)
+            hit = below[at[fires]]
+            level[hit] = np.maximum(level[hit], self._rule_levels[k[fires]])
         return level.astype(np.int8)
 
 
