@@ -13,7 +13,7 @@ from pipeline.core.schema import CONDITIONS, SYMPTOMS
 from pipeline.data.datasets import labels
 from pipeline.decision.atypical import fit_atypical, flag_atypical
 from pipeline.decision.conformal import blank_at_random, credible_sets, fit_conformal, prediction_sets, set_cells
-from pipeline.decision.layer import decision_columns, with_driving_condition
+from pipeline.decision.layer import decision_columns, driving_condition, with_driving_condition
 from pipeline.decision.safety import SafetyNet
 from pipeline.decision.screen import rule_fires
 from pipeline.decision.triage import FIRST_RULE_REASON, cost_levels, red_flags, triage_levels
@@ -79,6 +79,22 @@ def test_the_differential_holds_the_condition_an_expected_cost_level_is_for(cfg)
     assert shown[2].sum() == 1  # a red flag's level names its own reason
     assert shown[3].sum() == 1  # a Baker's cyst calls for seeing a doctor already
     assert sets.sum() == 4  # the conformal sets are left as they were
+    _, driver = driving_condition(proba, level, reason, cfg)
+    assert driver.tolist() == [dvt, dvt, -1, cyst]  # a red flag's level is for no condition
+
+
+def test_the_advice_names_the_less_likely_condition_the_level_is_for(cfg):
+    from pipeline.decision.triage import advice_codes, advice_index, advice_table
+
+    cyst, dvt = CONDITIONS.index("bakers_cyst"), CONDITIONS.index("dvt")
+    level = np.array([LEVELS.index("see_doctor_soon")] * 3)
+    likely = np.array([cyst, cyst, dvt])
+    at = advice_index(level, likely, np.array([dvt, -1, dvt]))
+    codes, texts = advice_codes().ravel()[at], advice_table(cfg).ravel()[at]
+    assert codes.tolist() == ["see_doctor_soon:bakers_cyst+dvt", "see_doctor_soon:bakers_cyst", "see_doctor_soon:dvt"]
+    assert "Most likely Baker's cyst" in texts[0] and "not ruled out: deep vein thrombosis" in texts[0]
+    assert "ruled out" not in texts[1] and "ruled out" not in texts[2]
+    assert all(t.startswith(cfg.level_text["see_doctor_soon"]) and t.endswith(cfg.closing) for t in texts)
 
 
 def test_every_expected_cost_level_has_a_condition_in_the_differential_that_calls_for_it(trained, kb):
@@ -96,6 +112,15 @@ def test_every_expected_cost_level_has_a_condition_in_the_differential_that_call
     needed = np.where(reason == "same_day_unanswered", LEVELS.index("emergency"), level)
     top = np.array([max(right[c] for c in d.split("|")) for d in columns["differential"]])
     assert (top[cost] >= needed[cost]).all()
+    # the advice names the condition the level is for exactly where the most likely one does not
+    # call for it, and that condition is in the differential
+    likely = np.array([right[CONDITIONS[i]] for i in model.predict_proba(cases).argmax(axis=1)])
+    advice = pd.Series(columns["advice"])
+    named = advice.str.contains("+", regex=False).to_numpy()
+    assert (named == (cost & (likely < needed))).all() and named.sum() > 100, named.sum()
+    for code, shown, need in zip(advice[named], pd.Series(columns["differential"])[named], needed[named]):
+        driver = code.split("+")[1]
+        assert driver in shown.split("|") and right[driver] >= need, (code, shown)
 
 
 def test_any_part_of_a_rule_is_required(cfg):

@@ -24,6 +24,7 @@ from pipeline.decision.triage import (
     COST_REASON,
     SOFTENED_REASON,
     advice_codes,
+    advice_index,
     advice_table,
     reason_codes,
     reason_table,
@@ -32,7 +33,8 @@ from pipeline.decision.triage import (
 )
 
 __all__ = ["DECISION_COLUMNS", "DECISION_COLUMN_DOCS", "DECISION_COLUMN_TYPES", "TEXT_CODE_COLUMNS",
-           "Decision", "decide", "decision_columns", "fit_decision", "fit_decision_on", "with_driving_condition"]
+           "Decision", "decide", "decision_columns", "driving_condition", "fit_decision", "fit_decision_on",
+           "with_driving_condition"]
 
 DECISION_COLUMN_DOCS = {
     "triage": "`emergency`, `see_doctor_soon`, `see_doctor` or `self_care`: the expected-cost level, raised by red flags",
@@ -46,8 +48,9 @@ DECISION_COLUMN_DOCS = {
                 "knowledge base's likelihood applied to the model's probabilities, not the model run again, so a "
                 "listed answer may leave the model's own level unchanged; no question whose premise the case "
                 "denies (what happened at an injury, when it reports none)",
-    "advice": "what to do: the level's instruction, advice for the most likely condition, and always the advice to "
-              "seek professional advice",
+    "advice": "what to do: the level's instruction, advice for the most likely condition, the less likely condition "
+              "the level is for where the most likely one does not call for it (a DVT that cannot be ruled out, most "
+              "often), and always the advice to seek professional advice",
     "differential": "the conditions that remain possible, most likely first, `|`-separated: a conformal prediction "
                     "set fitted to hold the true condition for 90% of the calibration cases by default, and for at "
                     "least 87% within each band of confidence and of answers known (new cases land within sampling "
@@ -144,25 +147,35 @@ def fit_decision_on(model, kb: KnowledgeBase, calib: pd.DataFrame, config: Triag
 _EMERGENCY = LEVELS.index("emergency")
 
 
-def with_driving_condition(sets: np.ndarray, proba: np.ndarray, level: np.ndarray, reason: np.ndarray,
-                           cfg: TriageConfig) -> np.ndarray:
-    """The differential ``sets`` (n, K) with the condition that drives an expected-cost level added
-    where the set holds none that calls for that level.
+def driving_condition(proba: np.ndarray, level: np.ndarray, reason: np.ndarray, cfg: TriageConfig
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Per case, the level its condition must call for and the condition an expected-cost level is for.
 
     An expected-cost level (``reason`` :data:`COST_REASON`, or :data:`SOFTENED_REASON`: a same day
     softened because it rests on unanswered questions) can stand above the right level
-    (``cfg.right_level``) of every condition in the set: a 7% chance of DVT makes the same day the
-    cheapest while the set holds a Baker's cyst alone. The most probable condition whose right
-    level reaches the level (the same day, for a softened one) is added, so the conditions shown
-    include the one the level is for."""
+    (``cfg.right_level``) of the most likely condition: a 7% chance of DVT makes the same day the
+    cheapest for a case that is most likely a Baker's cyst. The level it needs is the case's level
+    (the same day, for a softened one); the condition is the most probable one whose right level
+    reaches it (-1 where the level is not an expected-cost one, or no condition reaches it)."""
     right = right_levels(cfg)
     needed = np.where(reason == SOFTENED_REASON, _EMERGENCY, level.astype(np.int64))
-    shown = np.where(sets, right[None, :], -1).max(axis=1)
-    lacking = np.flatnonzero(((reason == COST_REASON) | (reason == SOFTENED_REASON)) & (shown < needed))
+    reaches = right[None, :] >= needed[:, None]
+    driver = np.where(reaches, proba, -1.0).argmax(axis=1)
+    driver[~(((reason == COST_REASON) | (reason == SOFTENED_REASON)) & reaches.any(axis=1))] = -1
+    return needed, driver
+
+
+def with_driving_condition(sets: np.ndarray, proba: np.ndarray, level: np.ndarray, reason: np.ndarray,
+                           cfg: TriageConfig) -> np.ndarray:
+    """The differential ``sets`` (n, K) with the condition that drives an expected-cost level
+    (:func:`driving_condition`) added where the set holds none whose right level reaches the level
+    it needs, so the conditions shown include the one the level is for."""
+    needed, driver = driving_condition(proba, level, reason, cfg)
+    shown = np.where(sets, right_levels(cfg)[None, :], -1).max(axis=1)
+    lacking = np.flatnonzero((driver >= 0) & (shown < needed))
     if len(lacking):
         sets = sets.copy()
-        reaches = right[None, :] >= needed[lacking, None]
-        sets[lacking, np.where(reaches, proba[lacking], -1.0).argmax(axis=1)] = True
+        sets[lacking, driver[lacking]] = True
     return sets
 
 
@@ -195,13 +208,17 @@ def decision_columns(decision: Decision, kb: KnowledgeBase, parsed: ParsedCases,
     atypical_reason = np.full(len(parsed), "", dtype=object)
     atypical_reason[atypical] = [f"answers fit none of the documented profiles well: surprise per answer "
                                  f"{s:.2f} > {t:.2f}" for s, t in zip(score[atypical], threshold[atypical])]  # rare
-    advice_index = level.astype(np.int64) * decision._advice.shape[1] + proba.argmax(axis=1)
+    likely = proba.argmax(axis=1)
+    needed, driver = driving_condition(proba, level, reason, cfg)
+    # the advice names the condition the level is for where the most likely one does not call for it
+    driver = np.where(right_levels(cfg)[likely] < needed, driver, -1)
     return {
         "triage": lookup(LEVELS, level),
         "triage_reason": lookup(decision._reason_codes if codes else decision._reasons, reason),
         "safety_net": net.safety_net(level, open_, codes),
         "ask_next": ask_next,
-        "advice": lookup((decision._advice_codes if codes else decision._advice).ravel(), advice_index),
+        "advice": lookup((decision._advice_codes if codes else decision._advice).ravel(),
+                         advice_index(level, likely, driver)),
         "differential": differential,
         "differential_size": size.astype(np.int64),
         "screen": screen_names(decision.screen, matches),

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.core.config import LEVELS, ScreenConfig, TriageConfig
+from pipeline.core.config import LEVELS, Level, ScreenConfig, TriageConfig
 from pipeline.core.schema import CONDITION_LABELS, CONDITIONS
 from pipeline.decision.costs import cost_levels
 from pipeline.decision.safety import Rule, SafetyNet, per_rule, rules_of
 
-__all__ = ["COST_REASON", "SOFTENED_REASON", "UNCERTAIN_REASON", "advice_codes", "advice_table", "cost_levels",
-           "reason_codes", "reason_table", "red_flags", "right_levels", "strongest_rule", "triage_levels"]
+__all__ = ["COST_REASON", "SOFTENED_REASON", "UNCERTAIN_REASON", "advice_codes", "advice_index", "advice_table",
+           "cost_levels", "reason_codes", "reason_table", "red_flags", "right_levels", "strongest_rule", "triage_levels"]
 
 
 def strongest_rule(fires: np.ndarray, levels: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -108,11 +108,26 @@ def reason_codes(cfg: TriageConfig, screen: ScreenConfig | None = None) -> list[
 
 
 def advice_codes() -> np.ndarray:
-    """(n_levels, n_conditions) short codes of :func:`advice_table`: ``<level>:<condition>``."""
-    return np.array([[f"{lv}:{c}" for c in CONDITIONS] for lv in LEVELS], dtype=object)
+    """(n_levels, n_conditions, 1 + n_conditions) short codes of :func:`advice_table`:
+    ``<level>:<condition>``, then ``<level>:<condition>+<other>`` for each other condition."""
+    return np.array([[[f"{lv}:{c}", *(f"{lv}:{c}+{d}" for d in CONDITIONS)] for c in CONDITIONS] for lv in LEVELS],
+                    dtype=object)
 
 
 def advice_table(cfg: TriageConfig) -> np.ndarray:
-    """(n_levels, n_conditions) advice: the level's instruction, the likely condition's advice, the closing."""
-    return np.array([[f"{cfg.level_text[lv]} Most likely {CONDITION_LABELS[c]}: {cfg.advice[c]} {cfg.closing}"
-                      for c in CONDITIONS] for lv in LEVELS], dtype=object)
+    """(n_levels, n_conditions, 1 + n_conditions) advice: the level's instruction, the likely
+    condition's advice, then (at ``1 + d``) that a less likely condition ``d`` is what the level is
+    for, and the closing. :func:`advice_index` picks the cell of each case."""
+    def text(lv: Level, c: str, d: str | None) -> str:
+        other = f"Less likely, but not ruled out: {CONDITION_LABELS[d]}, which this level is for. " if d else ""
+        return f"{cfg.level_text[lv]} Most likely {CONDITION_LABELS[c]}: {cfg.advice[c]} {other}{cfg.closing}"
+
+    return np.array([[[text(lv, c, None), *(text(lv, c, d) for d in CONDITIONS)] for c in CONDITIONS]
+                     for lv in LEVELS], dtype=object)
+
+
+def advice_index(level: np.ndarray, likely: np.ndarray, driver: np.ndarray) -> np.ndarray:
+    """Per case, the flat index of its cell of :func:`advice_table`: ``driver`` (-1: none) names
+    the condition the level is for where the likely one does not call for it."""
+    n = len(CONDITIONS)
+    return (level.astype(np.int64) * n + likely) * (n + 1) + np.where(driver == likely, -1, driver) + 1
