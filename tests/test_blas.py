@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
 
-from pipeline.core.blas import dot_exact
+from pipeline.core.blas import dot_exact, dot_exact_t
 
 
-@pytest.mark.parametrize("width", [7, 38, 93, 120])
+@pytest.mark.parametrize("width", [4, 9, 38, 93, 120])
 def test_a_row_gets_the_same_bits_alone_in_any_batch_and_any_layout(width):
     rng = np.random.default_rng(width)
     weights = rng.standard_normal((9, width))
@@ -18,6 +18,23 @@ def test_a_row_gets_the_same_bits_alone_in_any_batch_and_any_layout(width):
         rows = rng.integers(0, len(cases), n)
         np.testing.assert_array_equal(dot_exact(cases[rows], weights), full[rows])
         np.testing.assert_array_equal(dot_exact(np.ascontiguousarray(cases[rows]), weights), full[rows])
+
+
+@pytest.mark.parametrize("outputs", [1, 4, 54])
+def test_every_batch_size_gives_each_row_the_same_bits(outputs):
+    """Nine probabilities times a few dozen likelihood rows (ask_next's shape), at every batch
+    size up to 70 and at any offset: each case's products are its own, transposed or not."""
+    rng = np.random.default_rng(outputs)
+    proba = rng.dirichlet(np.full(9, 0.3), size=500)
+    rows = rng.random((outputs, 9)) * rng.choice([1e-3, 1.0, 400.0], size=(outputs, 9))
+    full = dot_exact_t(proba, rows)
+    assert full.shape == (outputs, 500) and full.flags.c_contiguous
+    np.testing.assert_allclose(full, rows @ proba.T, rtol=1e-12)
+    for n in range(0, 71):
+        start = int(rng.integers(0, 500 - n + 1))
+        part = proba[start:start + n]
+        assert np.array_equal(dot_exact_t(part, rows), full[:, start:start + n])
+        assert np.array_equal(dot_exact(part, rows), full[:, start:start + n].T)
 
 
 def test_blas_thread_count_does_not_matter():

@@ -138,6 +138,19 @@ def test_a_ruptured_bakers_cyst_is_escalated_like_a_dvt(cfg, trained):
     assert "red flag" in out["triage_reason"][0]
 
 
+def test_equally_costly_levels_go_to_the_more_urgent(cfg):
+    cramp, cyst = CONDITIONS.index("leg_cramp"), CONDITIONS.index("bakers_cyst")
+    flat = {c: {lv: 1.0 for lv in LEVELS} for c in CONDITIONS}
+    two = {**flat, "leg_cramp": {"self_care": 0.0, "see_doctor": 1.0, "see_doctor_soon": 1.0, "emergency": 1.0},
+           "bakers_cyst": {"self_care": 1.0, "see_doctor": 0.0, "see_doctor_soon": 1.0, "emergency": 1.0}}
+    proba = np.zeros((3, len(CONDITIONS)))
+    proba[0, cramp] = proba[1, cyst] = 1.0
+    proba[2, [cramp, cyst]] = 0.5  # self care and seeing a doctor cost the same: 0.5
+    levels = cost_levels(cfg.model_copy(update={"costs": two}), proba)
+    assert [LEVELS[lv] for lv in levels] == ["self_care", "see_doctor", "see_doctor"]
+    assert LEVELS[cost_levels(cfg.model_copy(update={"costs": flat}), proba[:1])[0]] == "emergency"
+
+
 def test_cost_decision_follows_the_cost_matrix(cfg):
     proba = np.zeros((1, len(CONDITIONS)))
     proba[0, DVT], proba[0, CONDITIONS.index("leg_cramp")] = 0.05, 0.95
@@ -333,6 +346,7 @@ def _ask_next_by_definition(cfg, net, screen, proba, codes, atypical):
                 after, _ = triage_levels(cfg, variant, proba[i:i + 1] * likelihood, atypical[i:i + 1], screen, None,
                                          net)
                 change[j] += p_answer * (after[0] != level[i])
+        change = np.round(change, 9)  # equal chances rank in the questions' order, whatever their last bits
         ranked = sorted((j for j in range(len(change)) if change[j] > 0), key=lambda j: -change[j])
         out.append("|".join(net.questions[j] for j in ranked[:cfg.ask_next.max_questions]))
     return level, out

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.core.blas import dot_exact
+from pipeline.core.blas import dot_exact_t
 from pipeline.core.config import LEVELS, TriageConfig
 from pipeline.core.schema import CONDITIONS
 
@@ -18,6 +18,13 @@ def cost_matrix(cfg: TriageConfig) -> np.ndarray:
 
 def cost_levels(cfg: TriageConfig, proba: np.ndarray) -> np.ndarray:
     """The level minimising expected cost under ``proba``; ties go to the more urgent level."""
-    expected = dot_exact(proba, cost_matrix(cfg).T)  # no BLAS: the same level in every process
-    # reversed argmin picks the most urgent of equally costly levels
-    return (len(LEVELS) - 1 - np.argmin(expected[:, ::-1], axis=1)).astype(np.int8)
+    expected = dot_exact_t(proba, cost_matrix(cfg).T)  # (n_levels, n): no BLAS, the same level in every process
+    # from the most urgent level down, a level replaces the best so far only if strictly cheaper
+    # (np.argmin over four columns per row took three times as long)
+    level = np.full(expected.shape[1], len(LEVELS) - 1, dtype=np.int8)
+    best = expected[-1].copy()
+    for lv in range(len(LEVELS) - 2, -1, -1):
+        cheaper = expected[lv] < best
+        level[cheaper] = lv
+        np.minimum(best, expected[lv], out=best)
+    return level

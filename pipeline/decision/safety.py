@@ -15,7 +15,7 @@ A case seldom answers everything. Three things follow from what is still unknown
 An answer's effect on the probabilities is taken from the knowledge base: P(answer | condition),
 summed over the latent severity, multiplies the model's probabilities (Bayes' rule with the
 answer independent of the other answers given the condition, as in the knowledge base's model
-but for the shared severity). Every product is element-wise or :func:`dot_exact`, so the levels
+but for the shared severity). Every product is element-wise or :func:`dot_exact_t`, so the levels
 are the same in every process.
 """
 
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.core.blas import dot_exact
+from pipeline.core.blas import dot_exact_t
 from pipeline.core.config import LEVELS, ScreenConfig, TriageConfig
 from pipeline.core.knowledge import KnowledgeBase
 from pipeline.core.parsing import premise_denied, unanswered_matrix
@@ -39,6 +39,7 @@ from pipeline.decision.screen import answer_matches, rule_counts, rule_fires, ru
 __all__ = ["Rule", "SafetyNet", "answer_likelihoods", "per_rule", "rules_of"]
 
 _EMERGENCY = LEVELS.index("emergency")
+_RANK_DECIMALS = 9  # ask_next's chances are ranked to this many decimals
 
 
 @dataclass(frozen=True)
@@ -216,6 +217,10 @@ class SafetyNet:
                                          counts[:, b])
             some = np.flatnonzero(change.any(axis=1))
             if len(some):
+                # rounded, so that equal chances rank in the questions' order rather than by the
+                # last bits of their sums (a question that changes the level on either answer has
+                # a chance of 1 give or take a rounding error)
+                change = np.round(change, _RANK_DECIMALS)
                 ranked = np.argsort(-change[some], axis=1, kind="stable")[:, :top]
                 order[some + start] = ranked
                 keep_[some + start] = np.take_along_axis(change[some], ranked, axis=1) > 0
@@ -230,16 +235,16 @@ class SafetyNet:
         # P(answer | what is known) of every (question, answer) at once; plausible ones of unanswered
         # questions whose premise the case has not denied (no pop question after "no injury")
         asked = unanswered_matrix(codes, self.candidates) & ~premise_denied(codes, self.candidates)
-        p_answer = dot_exact(proba, self._likelihood_rows)
-        plausible = asked[:, self._pair_candidate] & (p_answer >= self.cfg.ask_next.min_answer_probability)
-        pair, rows = np.nonzero(plausible.T)  # by question, then answer, then case
+        p_answer = dot_exact_t(proba, self._likelihood_rows)  # (pair, case)
+        plausible = asked.T[self._pair_candidate] & (p_answer >= self.cfg.ask_next.min_answer_probability)
+        pair, rows = np.nonzero(plausible)  # by question, then answer, then case
         if not len(rows):
             return change
         others = self._levels_without(fires)
         # a case already sent the same day by a rule that does not ask the question stays there
         settled = (others[rows, self._pair_candidate[pair]] == _EMERGENCY) & (level[rows] == _EMERGENCY)
         rows, pair = rows[~settled], pair[~settled]
-        which, p = self._pair_candidate[pair], p_answer[rows, pair]
+        which, p = self._pair_candidate[pair], p_answer[pair, rows]
         after = self._variant_levels(proba, codes, counts, rows, pair, atypical, others)
         changed = after != level[rows]
         flat = rows[changed] * len(self.candidates) + which[changed]
