@@ -84,7 +84,7 @@ def test_the_differential_holds_the_condition_an_expected_cost_level_is_for(cfg)
 
 
 def test_the_advice_names_the_less_likely_condition_the_level_is_for(cfg):
-    from pipeline.decision.triage import advice_codes, advice_index, advice_table
+    from pipeline.decision.triage import advice_codes, advice_index, advice_table, advice_written
 
     cyst, dvt = CONDITIONS.index("bakers_cyst"), CONDITIONS.index("dvt")
     level = np.array([LEVELS.index("see_doctor_soon")] * 3)
@@ -95,6 +95,11 @@ def test_the_advice_names_the_less_likely_condition_the_level_is_for(cfg):
     assert "Most likely Baker's cyst" in texts[0] and "not ruled out: deep vein thrombosis" in texts[0]
     assert "ruled out" not in texts[1] and "ruled out" not in texts[2]
     assert all(t.startswith(cfg.level_text["see_doctor_soon"]) and t.endswith(cfg.closing) for t in texts)
+    # the texts lookup lists only the cells a case can get
+    written = advice_written(cfg)
+    assert written[:, :, 0].all() and written.ravel()[at].all()
+    assert not written[:, cyst, 1 + cyst].any()  # never "Baker's cyst ... not ruled out: Baker's cyst"
+    assert not written[LEVELS.index("self_care"), :, 1:].any()  # every condition calls for self-care at least
 
 
 def test_every_expected_cost_level_has_a_condition_in_the_differential_that_calls_for_it(trained, kb):

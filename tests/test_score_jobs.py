@@ -174,11 +174,30 @@ def test_ctrl_c_while_the_processes_start_stops_the_job_in_one_line(trained, mes
     assert not out.exists()
 
 
-def test_the_scoring_process_keeps_freed_heap_where_the_c_library_is_glibc():
-    """`kneepain score` asks glibc's malloc to keep freed memory (fewer page faults); elsewhere it
-    changes nothing and says so."""
+def test_the_score_command_and_its_processes_reuse_freed_heap(trained, tmp_path, monkeypatch):
+    """`kneepain score` and its scoring processes ask glibc's malloc to reuse freed memory (fewer
+    page faults); where the C library is not glibc's, nothing changes and the call says so. The
+    setting is process-wide, so it is tried in a child process."""
+    import hashlib
+    import pickle
     import platform
+    import subprocess
+    import sys
 
-    from pipeline.serve.reading import reuse_freed_heap
+    from pipeline.serve import reading
 
-    assert reuse_freed_heap() is (platform.libc_ver()[0] == "glibc")
+    child = subprocess.run([sys.executable, "-c", "from pipeline.serve.reading import reuse_freed_heap as r; "
+                            "print(r())"], capture_output=True, text=True, timeout=120, check=True)
+    assert child.stdout.strip() == str(platform.libc_ver()[0] == "glibc")
+    calls = []
+    monkeypatch.setattr(reading, "reuse_freed_heap", lambda: calls.append("command"))
+    monkeypatch.setattr(chunks, "reuse_freed_heap", lambda: calls.append("process"))
+    pd.DataFrame({"age": [30, 70], "sex": ["male", "female"]}).to_csv(tmp_path / "in.csv", index=False)
+    assert main(["score", str(tmp_path / "in.csv"), "-o", str(tmp_path / "out.csv"), "--model", str(trained[0])]) == 0
+    assert calls == ["command"]
+    data = pickle.dumps({"model": 1})
+    (tmp_path / "model.pickle").write_bytes(data)
+    chunks._start_worker(str(tmp_path / "model.pickle"), hashlib.sha256(data).hexdigest())
+    chunks._WORKER_MODEL = None
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as the worker start left it
+    assert calls == ["command", "process"]

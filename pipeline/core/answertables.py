@@ -41,7 +41,11 @@ class AnswerTables:
 
     def sum(self, codes: dict[str, np.ndarray]) -> np.ndarray:
         """(n_cases, width): per case, the sum over the fields of its answer's row, in field order
-        (a group's rows were added in field order when the joint table was built)."""
+        (a group's rows were added in field order when the joint table was built).
+
+        The codes must lie in their tables (-1 for unknown, then 0..n_codes - 1), as
+        :func:`pipeline.core.parsing.parse_cases` gives them: another code would carry into the
+        field before it. Not checked here: a check per field doubled the cost for one case."""
         n = len(next(iter(codes.values()))) if codes else 0
         if not self.groups:
             return np.zeros((n, self.width))

@@ -26,6 +26,7 @@ from pipeline.decision.triage import (
     advice_codes,
     advice_index,
     advice_table,
+    advice_written,
     reason_codes,
     reason_table,
     right_levels,
@@ -49,8 +50,9 @@ DECISION_COLUMN_DOCS = {
                 "listed answer may leave the model's own level unchanged; no question whose premise the case "
                 "denies (what happened at an injury, when it reports none)",
     "advice": "what to do: the level's instruction, advice for the most likely condition, the less likely condition "
-              "the level is for where the most likely one does not call for it (a DVT that cannot be ruled out, most "
-              "often), and always the advice to seek professional advice",
+              "an expected-cost level is for where the most likely one does not call for that level (for a same day "
+              "softened because it rests on unanswered questions: does not call for the same day); a DVT that cannot "
+              "be ruled out, most often; and always the advice to seek professional advice",
     "differential": "the conditions that remain possible, most likely first, `|`-separated: a conformal prediction "
                     "set fitted to hold the true condition for 90% of the calibration cases by default, and for at "
                     "least 87% within each band of confidence and of answers known (new cases land within sampling "
@@ -106,7 +108,9 @@ class Decision:
         """Per long text column, its texts and their short codes: ``triage_reason`` and ``advice`` by
         value, ``safety_net`` and ``ask_next`` by each ``|``-separated part (a rule's or a field's name)."""
         net = self.safety(kb)
-        pairs = [zip(self._reasons, self._reason_codes), zip(self._advice.ravel(), self._advice_codes.ravel()),
+        written = advice_written(self.config).ravel()  # the advice cells a case can get
+        pairs = [zip(self._reasons, self._reason_codes),
+                 zip(self._advice.ravel()[written], self._advice_codes.ravel()[written]),
                  zip(net.texts, net.names), zip(net.questions, net.candidates)]
         return {column: dict(pair) for column, pair in zip(TEXT_CODE_COLUMNS, pairs)}
 

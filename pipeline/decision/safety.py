@@ -220,8 +220,7 @@ class SafetyNet:
                 # rounded, so that equal chances rank in the questions' order rather than by the
                 # last bits of their sums (a question that changes the level on either answer has
                 # a chance of 1 give or take a rounding error)
-                change = np.round(change, _RANK_DECIMALS)
-                ranked = np.argsort(-change[some], axis=1, kind="stable")[:, :top]
+                ranked = np.argsort(-np.round(change[some], _RANK_DECIMALS), axis=1, kind="stable")[:, :top]
                 order[some + start] = ranked
                 keep_[some + start] = np.take_along_axis(change[some], ranked, axis=1) > 0
         return join_ranked(self.candidates if codes_out else self.questions, order, keep_)

@@ -17,7 +17,8 @@ from pipeline.decision.costs import cost_levels
 from pipeline.decision.safety import Rule, SafetyNet, per_rule, rules_of
 
 __all__ = ["COST_REASON", "SOFTENED_REASON", "UNCERTAIN_REASON", "advice_codes", "advice_index", "advice_table",
-           "cost_levels", "reason_codes", "reason_table", "red_flags", "right_levels", "strongest_rule", "triage_levels"]
+           "advice_written", "cost_levels", "reason_codes", "reason_table", "red_flags", "right_levels",
+           "strongest_rule", "triage_levels"]
 
 
 def strongest_rule(fires: np.ndarray, levels: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -124,6 +125,18 @@ def advice_table(cfg: TriageConfig) -> np.ndarray:
 
     return np.array([[[text(lv, c, None), *(text(lv, c, d) for d in CONDITIONS)] for c in CONDITIONS]
                      for lv in LEVELS], dtype=object)
+
+
+def advice_written(cfg: TriageConfig) -> np.ndarray:
+    """(n_levels, n_conditions, 1 + n_conditions) mask of the cells of :func:`advice_table` a case
+    can get: the likely condition alone, or with a less likely one that calls for the level where
+    the likely one does not (the same day, for a level softened to ``uncertain.level``)."""
+    right = right_levels(cfg)
+    level = np.arange(len(LEVELS))[:, None, None]
+    likely, other = right[None, :, None], right[None, None, :]
+    softened = (level == LEVELS.index(cfg.uncertain.level)) & (likely < len(LEVELS) - 1) & (other == len(LEVELS) - 1)
+    named = ((likely < level) & (level <= other)) | softened
+    return np.concatenate([np.ones((len(LEVELS), len(CONDITIONS), 1), dtype=bool), named], axis=2)
 
 
 def advice_index(level: np.ndarray, likely: np.ndarray, driver: np.ndarray) -> np.ndarray:
