@@ -72,11 +72,11 @@ def answer_tables(tables: Sequence[tuple[str, np.ndarray]], max_rows: int = MAX_
         raise ValueError(f"the tables have {sorted(width)} columns: they must all have the same number")
     groups: list[list[tuple[str, np.ndarray]]] = []
     for name, table in tables:
-        rows = len(table)
-        if groups and rows * int(np.prod([len(t) for _, t in groups[-1]])) <= max_rows:
-            groups[-1].append((name, np.asarray(table, dtype=np.float64)))
+        table = np.asarray(table, dtype=np.float64)
+        if groups and len(table) * int(np.prod([len(t) for _, t in groups[-1]])) <= max_rows:
+            groups[-1].append((name, table))
         else:
-            groups.append([(name, np.asarray(table, dtype=np.float64))])
+            groups.append([(name, table)])
     return AnswerTables(tuple(_joint(group) for group in groups), width.pop() if width else 0)
 
 

@@ -170,11 +170,12 @@ def driving_condition(proba: np.ndarray, level: np.ndarray, reason: np.ndarray, 
 
 
 def with_driving_condition(sets: np.ndarray, proba: np.ndarray, level: np.ndarray, reason: np.ndarray,
-                           cfg: TriageConfig) -> np.ndarray:
+                           cfg: TriageConfig, *, driving: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """The differential ``sets`` (n, K) with the condition that drives an expected-cost level
     (:func:`driving_condition`) added where the set holds none whose right level reaches the level
-    it needs, so the conditions shown include the one the level is for."""
-    needed, driver = driving_condition(proba, level, reason, cfg)
+    it needs, so the conditions shown include the one the level is for (``driving``: that
+    function's result, if the caller has it)."""
+    needed, driver = driving_condition(proba, level, reason, cfg) if driving is None else driving
     shown = np.where(sets, right_levels(cfg)[None, :], -1).max(axis=1)
     lacking = np.flatnonzero((driver >= 0) & (shown < needed))
     if len(lacking):
@@ -207,13 +208,14 @@ def decision_columns(decision: Decision, kb: KnowledgeBase, parsed: ParsedCases,
     matches = fires[:, len(cfg.red_flags):]  # the screen's rules
     level, reason = triage_levels(cfg, parsed.codes, proba, atypical, screen, fires, net, open_)
     ask_next = net.ask_next(proba, parsed.codes, level, atypical, fires, codes_out=codes, counts=counts)
-    sets = with_driving_condition(prediction_sets(proba, parsed.codes, decision.conformal), proba, level, reason, cfg)
+    needed, driver = driving_condition(proba, level, reason, cfg)
+    sets = with_driving_condition(prediction_sets(proba, parsed.codes, decision.conformal), proba, level, reason, cfg,
+                                  driving=(needed, driver))
     differential, size = format_sets(proba, sets)
     atypical_reason = np.full(len(parsed), "", dtype=object)
     atypical_reason[atypical] = [f"answers fit none of the documented profiles well: surprise per answer "
                                  f"{s:.2f} > {t:.2f}" for s, t in zip(score[atypical], threshold[atypical])]  # rare
     likely = proba.argmax(axis=1)
-    needed, driver = driving_condition(proba, level, reason, cfg)
     # the advice names the condition the level is for where the most likely one does not call for it
     driver = np.where(right_levels(cfg)[likely] < needed, driver, -1)
     return {

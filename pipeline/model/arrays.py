@@ -7,9 +7,9 @@ intercepts, the inverse temperature) and computes the probabilities with
 :func:`pipeline.core.blas.dot_exact` (the first layer as sums of its weights' rows, picked by the
 answers: :class:`pipeline.model.codefeatures.CodeLinear`), so the same case gives the same
 probabilities in every process and thread, alone or in a batch (a BLAS product's summation order
-depends on the thread count). Gradient boosting makes no matrix products; it, and anything else, is scored by
-scikit-learn on one BLAS thread. The formulas are scikit-learn's (``predict_proba`` of the model,
-then the temperature calibrator's ``softmax(beta * logits)``); a test holds them to it.
+depends on the thread count). Gradient boosting makes no matrix products; it, and anything else, is
+scored by scikit-learn on one BLAS thread. The formulas are scikit-learn's (``predict_proba`` of
+the model, then the temperature calibrator's ``softmax(beta * logits)``); a test holds them to it.
 """
 
 from __future__ import annotations
