@@ -429,15 +429,18 @@ def _score(args: argparse.Namespace) -> int:
         raise UsageError(f"--report estimates the case mix from the output's probabilities: give --float-digits "
                          f"{FLOAT_DIGITS} or more (or leave it out).")
     if args.engine != "dask" and args.output != "-":  # the files a job writes besides the output
-        from pipeline.serve.batch import rejects_file, texts_lookup
+        from pipeline.serve.batch import check_target, rejects_file, texts_lookup
         from pipeline.serve.guard import refuse_shared_outputs
 
         output = Path(args.output)
         extra = [("rejects file", rejects_file(output, args.rejects)), ("texts lookup", texts_lookup(output))]
         if args.report:
             extra += [("report", Path(args.report)), ("report's numbers", Path(args.report).with_suffix(".json"))]
-        extra.append(("case mix", Path(f"{output}.priors.json")))  # written, or an earlier run's removed
+        extra.append(("case mix (written with --adapt-priors; an earlier run's is removed otherwise)",
+                      Path(f"{output}.priors.json")))
         refuse_shared_outputs([("output", output), *extra])
+        for what, path in extra:  # the files written after the output too: refused now, not once it is written
+            check_target(path, what)
     warn = lambda m: print(f"kneepain score: warning: {m}", file=sys.stderr)
     options = _score_options(args)
     shaped = (args.columns, args.keep_input_columns, args.top_k != 3, args.float_digits, args.texts, args.rejects)

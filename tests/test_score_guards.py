@@ -60,6 +60,80 @@ def test_output_that_is_an_input_is_refused_and_the_input_kept(trained, tmp_path
     assert src.read_bytes() == before
 
 
+@pytest.mark.parametrize("output", ["out.csv", "-"])
+def test_standard_input_read_from_an_output_file_is_refused_and_the_file_kept(trained, tmp_path, monkeypatch, output):
+    """`kneepain score - -o cases.csv < cases.csv`, and `- -o - < score.rejects.csv` (a fixed
+    rejects file given back): the file standard input comes from is not replaced."""
+    from pipeline.serve.batch import score_files
+    from pipeline.serve.loading import load_model
+
+    models, _ = trained
+    monkeypatch.chdir(tmp_path)
+    src = _write(tmp_path / ("out.csv" if output != "-" else "score.rejects.csv"), [HEADER, *GOOD])
+    before = src.read_bytes()
+    sink = tmp_path / "stdout.csv"
+    with open(src, "rb") as stdin, open(sink, "wb") as stdout, pytest.raises(BatchInputError,
+                                                                           match="is the file standard input is read"):
+        score_files(["-"], output, load_model(models), stdin=stdin, stdout=stdout)
+    assert src.read_bytes() == before and sink.read_bytes() == b""
+    assert leftover_temporaries(tmp_path) == []
+    with open(src, "rb") as stdin:  # another output: scored from the same redirection
+        summary = score_files(["-"], tmp_path / "other.csv", load_model(models), stdin=stdin)
+    assert summary.rows_scored == len(GOOD) and src.read_bytes() == before
+
+
+@pytest.mark.parametrize("which", ["input", "output"])
+def test_a_closed_standard_stream_is_named(trained, tmp_path, capsys, monkeypatch, which):
+    """`kneepain score - -o out.csv <&-` and `kneepain score in.csv -o - >&-`."""
+    models, _ = trained
+    src = _write(tmp_path / "in.csv", [HEADER, *GOOD])
+    capsys.readouterr()
+    monkeypatch.setattr(sys, "stdin" if which == "input" else "stdout", None)
+    args = ["-", tmp_path / "out.csv"] if which == "input" else [src, "-"]
+    assert _score(*args, models) == 2
+    assert f"-: standard {which} is closed" in _one_line_error(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]
+
+
+@pytest.mark.parametrize("case", ["report in a file's place", "report numbers a folder", "case mix a folder"])
+def test_files_written_after_the_output_are_checked_before_any_row_is_scored(trained, tmp_path, capsys, case):
+    """The report, its numbers and the case mix (written, or an earlier one removed, after the
+    output) are refused as the output is: exit 2 and nothing written."""
+    models, _ = trained
+    src = _write(tmp_path / "in.csv", [HEADER, *GOOD])
+    (tmp_path / "keep.csv").write_text("x\n")
+    extra, message = {
+        "report in a file's place": (["--report", str(tmp_path / "keep.csv" / "r.html")], "no such folder for the report"),
+        "report numbers a folder": (["--report", str(tmp_path / "r.html")], "r.json: is a folder"),
+        "case mix a folder": ([], "out.csv.priors.json: is a folder; give the path of the case mix")}[case]
+    made = {"report numbers a folder": tmp_path / "r.json", "case mix a folder": tmp_path / "out.csv.priors.json"}
+    if case in made:
+        made[case].mkdir()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert _score(src, tmp_path / "out.csv", models, *extra) == 2
+    assert message in _one_line_error(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before and (tmp_path / "keep.csv").read_text() == "x\n"
+
+
+def test_an_input_named_like_a_dead_jobs_temporary_is_never_reclaimed(trained, tmp_path):
+    """Only tmp_path's own names are a job's temporaries (its random part is 12 hex digits), and
+    never a folder holding one of the job's inputs."""
+    from pipeline.core import files
+
+    models, _ = trained
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    src = _write(tmp_path / f".victim.csv.tmp-{_host()}-{dead}-mine.csv", [HEADER, *GOOD])
+    folder = tmp_path / f".victim.csv.tmp-{_host()}-{dead}-0123456789ab"
+    folder.mkdir()
+    inside = _write(folder / "in.csv", [HEADER, *GOOD])
+    assert _score(inside, tmp_path / "victim.csv", models) == 0
+    assert inside.exists() and src.exists()
+    assert _score(src, tmp_path / "victim.csv", models) == 0
+    assert src.exists() and not folder.exists()  # not this job's input: a dead job's temporary
+    assert files.reclaim_stale_temps(tmp_path / "victim.csv") == [] and src.exists()
+
+
 def test_second_job_on_the_same_output_fails_at_once(trained, tmp_path, capsys):
     from filelock import FileLock
 
@@ -604,9 +678,10 @@ def test_the_header_is_one_record_by_csv_rules_and_a_stray_quote_loses_no_row(tr
 def test_blank_lines_before_the_header_are_skipped_and_utf16_is_named(trained, tmp_path, capsys):
     models, _ = trained
     src = tmp_path / "in.csv"
-    src.write_bytes(("\n \r\n" + "\n".join([HEADER, *GOOD]) + "\n").encode())
-    assert _score(src, tmp_path / "out.csv", models) == 0
-    assert pd.read_csv(tmp_path / "out.csv", dtype=str)["case_id"].tolist() == [g.split(",")[0] for g in GOOD]
+    for start in (b"", b"\xef\xbb\xbf"):  # after Excel's byte-order mark too
+        src.write_bytes(start + ("\n \r\n" + "\n".join([HEADER, *GOOD]) + "\n").encode())
+        assert _score(src, tmp_path / "out.csv", models) == 0
+        assert pd.read_csv(tmp_path / "out.csv", dtype=str)["case_id"].tolist() == [g.split(",")[0] for g in GOOD]
     wide = tmp_path / "wide.csv"
     wide.write_bytes(("\n".join([HEADER, *GOOD]) + "\n").encode("utf-16"))
     capsys.readouterr()
@@ -663,7 +738,7 @@ def test_parquet_integers_with_nulls_read_the_same_in_every_chunking(trained, tm
                              "sex": ["male", "female", "male", "female"], "visits": pa.array([3, None, 5, 6]),
                              "smoker": pa.array([1, None, 0, 2], pa.int8())}), src)
     outputs = []
-    for rows in ("1", "2", "16384"):
+    for rows in ("1", "2", "16384", str(10 ** 20)):  # any size, however large
         out = tmp_path / f"out{rows}.csv"
         assert _score(src, out, models, "--chunk-rows", rows, "--keep-input-columns") == 1
         outputs.append((out.read_bytes(), Path(f"{out}.rejects.csv").read_bytes()))

@@ -136,6 +136,26 @@ def test_columns_name_a_kept_column_with_a_comma_in_double_quotes(trained, tmp_p
     assert ',"note, free"' in capsys.readouterr().err
 
 
+def test_columns_take_a_quoted_name_with_its_spaces_as_the_choices_list_it(trained, tmp_path, capsys):
+    """A kept column `` Extra `` is chosen by quoting it; the error that lists the choices quotes it
+    too, so a choice copied from the message is taken."""
+    from pipeline.serve.shaping import column_list, parse_column_list
+
+    models, _ = trained
+    src = tmp_path / "in.csv"
+    src.write_text('case_id,age,sex, Extra \nA,30,male,kept\n')
+    out = tmp_path / "out.csv"
+    assert main(["score", str(src), "-o", str(out), "--model", str(models), "--quiet", "--keep-input-columns",
+                 "--columns", 'case_id," Extra "']) == 0
+    assert _read(out)[" Extra "].tolist() == ["kept"]
+    assert main(["score", str(src), "-o", str(out), "--model", str(models), "--keep-input-columns",
+                 "--columns", "case_id,Extra"]) == 2
+    assert '," Extra ".' in capsys.readouterr().err  # quoted, as --columns takes it
+    names = ("a", " b ", "c, d", 'e"f', "g h")
+    assert parse_column_list(column_list(names)) == names
+    assert parse_column_list(' a , "b ""c""" ,d') == ("a", 'b "c"', "d")
+
+
 def test_unknown_column_is_one_line_naming_the_choices(trained, cases_csv, tmp_path, capsys):
     models, _ = trained
     path, _ = cases_csv

@@ -40,6 +40,7 @@ __all__ = ["MAX_RECORD_BYTES", "BlockMismatchError", "CaseChunk", "FileBlock", "
            "read_case_records"]
 
 _HEADER_BYTES = 1 << 20  # a longer header is refused
+_BOM = b"\xef\xbb\xbf"  # UTF-8 byte-order mark, as Excel writes it
 # files given as CSV that are something else: (first bytes, what it is, what to do)
 _NOT_CSV = [(b"PAR1", "Parquet", "give it a .parquet name (standard input is read as CSV only)"),
             (b"\x1f\x8b", "gzip-compressed", "decompress it first, for example: zcat FILE.gz > FILE.csv (or, with "
@@ -152,7 +153,8 @@ def _header_record(fh: BinaryIO) -> tuple[bytes, int, bool]:
         line = fh.readline(_HEADER_BYTES - len(raw))
         if not line:  # the end of the file
             return raw, skipped, b'"' in raw and _open_quote(raw)
-        if not raw and not line.strip():  # a blank line before the header, as CSV readers skip
+        if not raw and not (line.removeprefix(_BOM) if not skipped else line).strip():
+            # a blank line before the header, as CSV readers skip (after the byte-order mark, if any)
             skipped += len(line)
             continue
         raw += line
@@ -322,6 +324,8 @@ def _first_line(err: BaseException) -> str:
 def _parquet_tables(path: Path, chunk_rows: int, block: FileBlock) -> Iterator[pa.Table]:
     """The Parquet file's rows of ``block`` in tables of exactly ``chunk_rows`` rows (the last may be shorter)."""
     file = pq.ParquetFile(path)
+    # a chunk longer than the file is the file (Arrow's batch sizes are C integers)
+    chunk_rows = min(chunk_rows, max(1, file.metadata.num_rows))
     rows = file.metadata.num_rows if block.rows is None else block.rows
     if rows == 0 and block.first_row == 0:  # a file of no rows still yields its (empty) columns once, as a CSV does
         yield file.schema_arrow.empty_table()

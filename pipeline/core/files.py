@@ -102,27 +102,41 @@ def _host() -> str:
 _PID = re.compile(r"[0-9]{1,9}")
 
 
-def reclaim_stale_temps(target: str | Path) -> list[Path]:
+def reclaim_stale_temps(target: str | Path, spare: Iterable[str | Path] = ()) -> list[Path]:
     """Remove the :func:`tmp_path` files and folders of ``target`` whose process is gone; return them.
 
     Only this machine's are considered: a temporary of another machine (on a shared file system) is
-    left alone, as is a live process's and anything not named by :func:`tmp_path`. A folder being
+    left alone, as is a live process's, anything not named by :func:`tmp_path`, and the files
+    ``spare`` (the job's inputs: a file named like a temporary is still the user's). A folder being
     removed (``<tmp>.removing``) counts as its own. Files named as earlier versions named them
     (``.<target>.<pid>.tmp``, without a host) are removed when their process is gone."""
     target = Path(target)
+    spared = [Path(p) for p in spare]
     prefix = f".{target.name}{_TMP_MARK}"
     removed = []
     for found in target.parent.glob(glob.escape(prefix) + "*"):
         parts = found.name[len(prefix):].removesuffix(".removing").split("-")
-        if len(parts) in (2, 3) and parts[0] == _host() and _stale(parts[1]):
+        if len(parts) in (2, 3) and parts[0] == _host() and _stale(parts[1]) and \
+                (len(parts) == 2 or _UNIQUE.fullmatch(parts[2])) and not any(_is(found, p) for p in spared):
             _remove(found)
             removed.append(found)
     legacy = f".{target.name}."
     for found in target.parent.glob(glob.escape(legacy) + "*.tmp"):
-        if _stale(found.name[len(legacy):-len(".tmp")]) and not found.is_dir():
+        if _stale(found.name[len(legacy):-len(".tmp")]) and not found.is_dir() and not any(_is(found, p) for p in spared):
             _remove(found)
             removed.append(found)
     return removed
+
+
+_UNIQUE = re.compile(r"[0-9a-f]{12}")  # tmp_path's random part
+
+
+def _is(found: Path, path: Path) -> bool:
+    """Whether ``found`` is the file ``path`` (by any name, through a link) or a folder holding it."""
+    try:
+        return os.path.samefile(found, path) or path.resolve().is_relative_to(found.resolve())
+    except OSError:
+        return False
 
 
 def _stale(pid: str) -> bool:

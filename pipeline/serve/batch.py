@@ -44,6 +44,7 @@ from pipeline.serve.guard import (
     output_lock,
     refuse_same_file,
     refuse_shared_outputs,
+    refuse_stdin_source,
     stop_at_once_on_signals,
     stop_on_signals,
 )
@@ -106,7 +107,7 @@ def score_files(inputs: list[str | Path], output: str | Path, model: LoadedModel
         raise BatchInputError("--rejects -: the rejected rows go to a file (standard output is the scored rows'); "
                               "give a path.")
     if str(output) == "-":
-        return _score_to_stream(inputs, stdout or sys.stdout.buffer, model, rejects=Path(rejects or STREAM_REJECTS),
+        return _score_to_stream(inputs, stdout or _standard("output"), model, rejects=Path(rejects or STREAM_REJECTS),
                                 chunk_rows=chunk_rows, progress=progress, warn=warn, options=options, stdin=stdin,
                                 jobs=jobs)
     output = Path(output)
@@ -119,13 +120,13 @@ def score_files(inputs: list[str | Path], output: str | Path, model: LoadedModel
     # the lookup is written, or an earlier run's removed: either way it is no other output's file
     outputs = [("output", output), ("rejects file", rejects_path), ("texts lookup", lookup)]
     refuse_shared_outputs(outputs)
-    with _stdin_spooled(inputs, stdin) as paths:
+    with _stdin_spooled(inputs, stdin, [path for _, path in outputs]) as paths:
         refuse_same_file(paths, [path for _, path in outputs])
         columns = complete_columns(paths)  # every input readable and complete before anything is written
         # the rejects file is locked too: two jobs may share it (--rejects) while their outputs differ
         with output_lock(output), output_lock(rejects_path), stop_on_signals():
             for target in (output, rejects_path, lookup):
-                reclaim_stale_temps(target)
+                reclaim_stale_temps(target, spare=paths)
             summary = _score_locked(paths, columns, output, rejects_path, model, chunk_rows=chunk_rows,
                                     progress=progress, warn=warn, options=options, jobs=jobs, lookup=lookup)
     return summary
@@ -177,13 +178,13 @@ def _score_to_stream(inputs: list[str | Path], stream: BinaryIO, model: LoadedMo
         check_target(texts_path, "texts lookup")
         outputs.append(("texts lookup", texts_path))
     refuse_shared_outputs(outputs)
-    with _stdin_spooled(inputs, stdin) as paths:
+    with _stdin_spooled(inputs, stdin, [path for _, path in outputs]) as paths:
         refuse_same_file(paths, [path for _, path in outputs])
         columns = complete_columns(paths)
         with _stream_lock(rejects), stop_on_signals():
             for target in (rejects, texts_path):
                 if target is not None:
-                    reclaim_stale_temps(target)
+                    reclaim_stale_temps(target, spare=paths)
             summary = _score_locked(paths, columns, None, rejects, model, chunk_rows=chunk_rows, progress=progress,
                                     warn=warn, options=options, jobs=jobs, stream=stream, lookup=texts_path)
     return summary
@@ -222,18 +223,30 @@ def _copy_stream(source: BinaryIO, target: BinaryIO, *, wait: float = 0.2) -> No
         target.write(block)
 
 
+def _standard(which: str) -> BinaryIO:
+    """The process's standard input or output (``which``), as bytes; closed (``<&-``) is an error."""
+    stream = sys.stdin if which == "input" else sys.stdout
+    if stream is None:
+        raise BatchInputError(f"-: standard {which} is closed; give a file instead of -, or open standard {which} "
+                              f"(a pipe or a redirection).")
+    return stream.buffer
+
+
 @contextmanager
-def _stdin_spooled(inputs: list[str | Path], stdin: BinaryIO | None) -> Iterator[list[Path]]:
-    """The input paths, ``-`` replaced by a temporary copy of standard input (removed afterwards)."""
+def _stdin_spooled(inputs: list[str | Path], stdin: BinaryIO | None, outputs: list[Path]) -> Iterator[list[Path]]:
+    """The input paths, ``-`` replaced by a temporary copy of standard input (removed afterwards);
+    standard input redirected from one of ``outputs`` is refused before it is read."""
     if sum(str(p) == "-" for p in inputs) > 1:
         raise BatchInputError("-: standard input can be read once; give '-' at most once.")
     if not any(str(p) == "-" for p in inputs):
         yield [Path(p) for p in inputs]
         return
+    source = stdin or _standard("input")
+    refuse_stdin_source(source, outputs)
     with tempfile.TemporaryDirectory(prefix=_SPOOL_PREFIX) as folder:
         spooled = Path(folder) / _SPOOLED
         with open(spooled, "wb") as fh, stop_at_once_on_signals():  # a stop signal removes the copy
-            _copy_stream(stdin or sys.stdin.buffer, fh)
+            _copy_stream(source, fh)
         try:
             yield [spooled if str(p) == "-" else Path(p) for p in inputs]
         except BatchInputError as err:  # standard input is named as the user gave it, not by its copy

@@ -1,7 +1,8 @@
 """What keeps a scoring job from destroying or mixing up a user's files.
 
 - :func:`refuse_same_file`: an output (or its rejects file) that is one of the inputs, by any
-  path (relative, through a link), is refused before anything is opened for writing;
+  path (relative, through a link), is refused before anything is opened for writing, and so is
+  (:func:`refuse_stdin_source`) the file standard input is redirected from (``- -o f < f``);
   :func:`refuse_shared_outputs`: so are two of a job's outputs (scores, rejects, texts lookup)
   that are one file.
 - :func:`output_lock`: one job at a time per output; a second job fails at once (``filelock``,
@@ -18,19 +19,22 @@
 
 from __future__ import annotations
 
+import io
 import os
 import signal
+import stat
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 from filelock import FileLock, Timeout
 
 from pipeline.core.errors import BatchInputError
 
 __all__ = ["Interrupted", "check_stop", "output_lock", "refuse_same_file", "refuse_shared_outputs",
-           "stop_at_once_on_signals", "stop_on_signals"]
+           "refuse_stdin_source", "stop_at_once_on_signals", "stop_on_signals"]
 
 
 class Interrupted(KeyboardInterrupt):
@@ -54,6 +58,26 @@ def refuse_same_file(inputs: Sequence[Path], outputs: Sequence[Path]) -> None:
             if _same(src, out):
                 raise BatchInputError(f"{out} is the input file {src}: scoring would overwrite your data; "
                                       "choose another output path.")
+
+
+def refuse_stdin_source(stdin: BinaryIO, outputs: Sequence[Path]) -> None:
+    """Raise :class:`BatchInputError` if standard input is read from a file (``< cases.csv``) that
+    is one of ``outputs``: the cases would be copied and scored, then the file replaced by the
+    scores. A pipe, a terminal or an in-memory stream is no file and passes."""
+    try:
+        source = os.fstat(stdin.fileno())
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        return
+    if not stat.S_ISREG(source.st_mode):
+        return
+    for out in outputs:
+        try:
+            target = os.stat(out)
+        except OSError:  # not there yet: no file of the input's
+            continue
+        if (target.st_dev, target.st_ino) == (source.st_dev, source.st_ino):
+            raise BatchInputError(f"{out} is the file standard input is read from: scoring would overwrite your "
+                                  "data; choose another output path.")
 
 
 def refuse_shared_outputs(outputs: Sequence[tuple[str, Path]]) -> None:

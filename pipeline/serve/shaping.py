@@ -13,8 +13,6 @@ written compactly, and the long texts as short codes.
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -85,15 +83,45 @@ def input_columns(names: Sequence[str], taken: Sequence[str]) -> dict[str, str]:
 
 def parse_column_list(text: str) -> tuple[str, ...]:
     """``--columns``' names: comma-separated, each stripped of surrounding spaces, and quoted as in
-    CSV where a name holds a comma (``case_id,"note, free text"``)."""
-    return tuple(name.strip() for name in next(csv.reader([text], skipinitialspace=True), None) or [""])
+    CSV where a name holds a comma or begins or ends with a space (``case_id,"note, free text"``,
+    ``" Extra "``): a quoted name is taken as it is written, spaces included."""
+    names: list[str] = []
+    at = 0
+    while True:
+        start = len(text) - len(text[at:].lstrip())
+        if text.startswith('"', start):
+            name, at = _quoted(text, start + 1)
+            end = text.find(",", at)
+            tail = text[at:end if end >= 0 else len(text)]
+            names.append(name + tail.rstrip())  # text after the closing quote (a"b" c) joins the name, as in CSV
+        else:
+            end = text.find(",", at)
+            names.append(text[at:end if end >= 0 else len(text)].strip())
+        if end < 0:
+            return tuple(names)
+        at = end + 1
+
+
+def _quoted(text: str, at: int) -> tuple[str, int]:
+    """The quoted name that starts at ``at`` (after its opening quote; ``""`` in it is a quote) and
+    where it ends (after its closing quote; the text's end if it has none)."""
+    parts: list[str] = []
+    while True:
+        close = text.find('"', at)
+        if close < 0:
+            return "".join([*parts, text[at:]]), len(text)
+        parts.append(text[at:close])
+        if not text.startswith('"', close + 1):
+            return "".join(parts), close + 1
+        parts.append('"')
+        at = close + 2
 
 
 def column_list(names: Sequence[str]) -> str:
-    """``names`` as ``--columns`` takes them (:func:`parse_column_list`'s inverse)."""
-    out = io.StringIO()
-    csv.writer(out, lineterminator="").writerow(names)
-    return out.getvalue()
+    """``names`` as ``--columns`` takes them (:func:`parse_column_list`'s inverse): a name with a
+    comma or a quote, or one that begins or ends with a space, quoted."""
+    return ",".join(f'"{n.replace(chr(34), 2 * chr(34))}"' if ("," in n or '"' in n or n != n.strip()) else n
+                    for n in names)
 
 
 def select_columns(schema: pa.Schema, columns: Sequence[str] | None) -> pa.Schema:
