@@ -107,6 +107,51 @@ def test_champion_predicts_like_the_models_folder(trained, small_data, monkeypat
     assert got.loc[0, "triage"] == "emergency" and got.loc[0, "screen"] == "a septic joint or cellulitis"
 
 
+def test_every_request_form_of_mlflow_serving_scores_as_predict(trained, monkeypatch):
+    """`mlflow models serve` hands ``inputs`` and ``instances`` over as numpy arrays (records of
+    one-value arrays, one case's, or columns); each scores as the same cases given to predict()."""
+    import mlflow
+    from mlflow.pyfunc.scoring_server import infer_and_parse_data
+
+    from pipeline.core.errors import CaseValidationError
+
+    models, uri = trained
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
+    cases = [{"age": 30, "sex": "male", "heard_pop": "yes", "giving_way": "yes", "leg_swelling": ""},
+             {"age": 71, "sex": "female", "heard_pop": "", "giving_way": "no", "leg_swelling": "yes"}]
+    columns = {k: [c[k] for c in cases] for k in cases[0]}
+    for body, rows in [({"inputs": cases}, [0, 1]), ({"instances": cases}, [0, 1]), ({"inputs": cases[1]}, [1]),
+                       ({"inputs": columns}, [0, 1]), ({"instances": columns}, [0, 1])]:
+        got = pyfunc.predict(infer_and_parse_data(body))
+        want = predict(pd.DataFrame([cases[i] for i in rows]), model=models)
+        pd.testing.assert_frame_equal(got, want, check_exact=True, obj=str(body)[:40])
+    with pytest.raises(CaseValidationError, match="different lengths \\(age: 2, sex: 1\\)"):
+        pyfunc.predict({"age": np.array([30, 40]), "sex": np.array(["male"])})
+
+
+def test_a_retrained_model_as_good_as_the_champion_takes_the_alias(trained, monkeypatch):
+    """Retraining the same data after an upgrade gives the same log loss: the new version, which
+    carries the new code and decision layer, becomes the champion; a worse one does not."""
+    from pipeline.model.tracking import promote_champion
+
+    _, uri = trained
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    client = _client(uri)
+    champion = client.get_model_version_by_alias(NAME, "champion")
+    loss, sha = float(champion.tags["valid_log_loss"]), champion.tags["valid_data_sha256"]
+    newer = client.create_model_version(NAME, champion.source, run_id=champion.run_id)
+    try:
+        assert not promote_champion(client, NAME, "champion", newer.version, loss + 1e-9, valid_sha256=sha)
+        assert client.get_model_version_by_alias(NAME, "champion").version == champion.version
+        assert promote_champion(client, NAME, "champion", newer.version, loss, valid_sha256=sha)
+        assert client.get_model_version_by_alias(NAME, "champion").version == newer.version
+    finally:  # other tests share this store and expect the original champion
+        client.set_registered_model_alias(NAME, "champion", champion.version)
+        client.delete_model_version(NAME, newer.version)
+
+
 def test_loading_a_registered_model_writes_nothing_into_the_store(trained, monkeypatch):
     """A local store hands out its own folder; loading reads from it and writes into a folder of its own."""
     models, uri = trained

@@ -83,7 +83,10 @@ def log_dataset(frame: pd.DataFrame, source: str | Path, name: str, context: str
 
 def promote_champion(client: MlflowClient, name: str, alias: str, version: str, valid_log_loss: float,
                      *, force: bool = False, valid_sha256: str | None = None) -> bool:
-    """Move ``alias`` to ``version`` if it beats the current holder on valid log loss (or ``force``).
+    """Move ``alias`` to ``version`` if it is no worse than the current holder on valid log loss
+    (or ``force``). A tie goes to the new version: retraining on the same cases after an upgrade
+    gives the same model, and the new version carries the code and decision layer of the upgrade
+    (a served model runs the code it was logged with).
 
     Log losses compare only on the same cases: a holder measured on another ``valid`` split
     (``valid_sha256`` differs or was not recorded; say, trained before the knowledge base changed,
@@ -100,7 +103,7 @@ def promote_champion(client: MlflowClient, name: str, alias: str, version: str, 
         current = None
     if current is not None and not force and current.tags.get("valid_data_sha256") == valid_sha256:
         best = float(current.tags.get("valid_log_loss", "inf"))
-        if not valid_log_loss < best:
+        if not valid_log_loss <= best:
             return False
     client.set_registered_model_alias(name, alias, version)
     return True

@@ -16,17 +16,19 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 import pandas as pd
 from mlflow.models import ModelSignature, infer_signature
 from mlflow.pyfunc import PythonModel
 from mlflow.types.schema import AnyType, ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
+from pipeline.core.errors import CaseValidationError
 from pipeline.core.parsing import codes_to_text_frame, parse_cases
 from pipeline.core.schema import FIELDS, ID_COLUMN
 from pipeline.serve.loading import ARTIFACT_KEY, load_model
 
 __all__ = ["ARTIFACT_KEY", "KneepainPyfunc", "input_schema", "log_pyfunc", "model_signature",
-           "requirements"]
+           "requirements", "served_cases"]
 
 _PACKAGE_DIR = Path(__file__).resolve().parent.parent
 _ENTRY = Path(__file__).resolve().parent / "mlflow_entry.py"
@@ -41,7 +43,24 @@ class KneepainPyfunc(PythonModel):
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         from pipeline.serve.predict import predict
 
-        return predict(model_input, model=self.model, top_k=(params or {}).get("top_k", 3))
+        return predict(served_cases(model_input), model=self.model, top_k=(params or {}).get("top_k", 3))
+
+
+def served_cases(model_input: Any) -> Any:
+    """The cases as :func:`pipeline.predict` takes them. MLflow's scoring server hands a request's
+    ``inputs`` or ``instances`` over as numpy arrays: a list of cases or one case of one-value
+    arrays (which the case schema reads as their values), or a dict of columns, one array per field
+    (a frame here; columns of different lengths are an error naming them)."""
+    if not (isinstance(model_input, dict) and model_input
+            and all(isinstance(v, np.ndarray) and v.ndim == 1 for v in model_input.values())):
+        return model_input
+    lengths = {name: len(v) for name, v in model_input.items()}
+    if len(set(lengths.values())) > 1:
+        raise CaseValidationError(pd.DataFrame({
+            "row": [-1], "column": [""], "value": [""],
+            "reason": ["the request's columns have different lengths (" + ", ".join(f"{k}: {n}" for k, n in lengths.items())
+                       + "); send one value per case in each column, or the cases as records"]}))
+    return pd.DataFrame(model_input)
 
 
 def input_schema() -> Schema:
