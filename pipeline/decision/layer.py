@@ -27,10 +27,11 @@ from pipeline.decision.triage import (
     advice_index,
     advice_table,
     advice_written,
+    expected_cost_levels,
+    raise_to_rules,
     reason_codes,
     reason_table,
     right_levels,
-    triage_levels,
 )
 
 __all__ = ["DECISION_COLUMNS", "DECISION_COLUMN_DOCS", "DECISION_COLUMN_TYPES", "TEXT_CODE_COLUMNS",
@@ -56,8 +57,9 @@ DECISION_COLUMN_DOCS = {
     "differential": "the conditions that remain possible, most likely first, `|`-separated: a conformal prediction "
                     "set fitted to hold the true condition for 90% of the calibration cases by default, and for at "
                     "least 87% within each band of confidence and of answers known (new cases land within sampling "
-                    "error of that); where the level rests on the expected cost and no condition in the set calls "
-                    "for it, the condition that drives it is added (DVT, most often)",
+                    "error of that); where the level rests on the expected cost (a rule at that level may be the "
+                    "reason shown) and no condition in the set calls for it, the condition that drives it is added "
+                    "(DVT, most often)",
     "differential_size": "how many conditions the differential holds",
     "screen": "what must be ruled out that is none of the nine (pulmonary embolism, acute limb ischaemia, popliteal "
               "aneurysm, a septic joint or cellulitis, a fracture by the Ottawa knee rule), `|`-separated; empty if none",
@@ -156,7 +158,8 @@ def driving_condition(proba: np.ndarray, level: np.ndarray, reason: np.ndarray, 
     """Per case, the level its condition must call for and the condition an expected-cost level is for.
 
     An expected-cost level (``reason`` :data:`COST_REASON`, or :data:`SOFTENED_REASON`: a same day
-    softened because it rests on unanswered questions) can stand above the right level
+    softened because it rests on unanswered questions; the reason the level rests on, where a rule
+    at that same level is the one shown) can stand above the right level
     (``cfg.right_level``) of the most likely condition: a 7% chance of DVT makes the same day the
     cheapest for a case that is most likely a Baker's cyst. The level it needs is the case's level
     (the same day, for a softened one); the condition is the most probable one whose right level
@@ -206,10 +209,15 @@ def decision_columns(decision: Decision, kb: KnowledgeBase, parsed: ParsedCases,
     counts = net.counts(parsed.codes)  # every rule matched once
     fires, open_ = net.fires_and_open(parsed.codes, counts)
     matches = fires[:, len(cfg.red_flags):]  # the screen's rules
-    level, reason = triage_levels(cfg, parsed.codes, proba, atypical, screen, fires, net, open_)
+    level, reason = expected_cost_levels(cfg, parsed.codes, proba, atypical, net, open_)
+    before_rules, basis = level.copy(), reason.copy()
+    raise_to_rules(cfg, level, reason, fires, screen)
+    # a rule at the level the expected cost gave is the reason shown (the clearer one), but the
+    # level still rests on the cost: its condition stays in the differential and the advice
+    basis = np.where(level == before_rules, basis, reason)
     ask_next = net.ask_next(proba, parsed.codes, level, atypical, fires, codes_out=codes, counts=counts)
-    needed, driver = driving_condition(proba, level, reason, cfg)
-    sets = with_driving_condition(prediction_sets(proba, parsed.codes, decision.conformal), proba, level, reason, cfg,
+    needed, driver = driving_condition(proba, level, basis, cfg)
+    sets = with_driving_condition(prediction_sets(proba, parsed.codes, decision.conformal), proba, level, basis, cfg,
                                   driving=(needed, driver))
     differential, size = format_sets(proba, sets)
     atypical_reason = np.full(len(parsed), "", dtype=object)

@@ -74,6 +74,8 @@ def rule_counts(all_: dict[str, list[str]], any_: dict[str, list[str]],
     from them; a case that answers one more question changes each count by at most one, so the
     variants of ask_next are counted from their case."""
     out = np.zeros((4, len(codes["age"])), dtype=np.int8)
+    if "pregnant" in all_ or "pregnant" in any_:
+        codes = _pregnancy_as_known(codes)
     for name, answers in all_.items():
         hit = _matches(name, answers, codes)
         out[0] += ~hit
@@ -83,6 +85,20 @@ def rule_counts(all_: dict[str, list[str]], any_: dict[str, list[str]],
         out[1] += hit
         out[3] += hit | unanswered(name, codes)
     return out
+
+
+_MALE = field("sex").allowed.index("male")
+_NOT_PREGNANT = 0  # the tri-state code of "no"
+
+
+def _pregnancy_as_known(codes: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``codes`` with a male's pregnancy answered "no". The parser keeps it unanswered (a man who
+    gave only age, sex and "not pregnant" has answered nothing), but no rule can still fire, or
+    stay open, through it."""
+    male = codes["sex"] == _MALE
+    if not male.any():
+        return codes
+    return {**codes, "pregnant": np.where(male, np.int8(_NOT_PREGNANT), codes["pregnant"]).astype(codes["pregnant"].dtype)}
 
 
 def state_of_counts(counts: np.ndarray, has_any: np.ndarray | bool) -> tuple[np.ndarray, np.ndarray]:

@@ -17,8 +17,8 @@ from pipeline.decision.costs import cost_levels
 from pipeline.decision.safety import Rule, SafetyNet, per_rule, rules_of
 
 __all__ = ["COST_REASON", "SOFTENED_REASON", "UNCERTAIN_REASON", "advice_codes", "advice_index", "advice_table",
-           "advice_written", "cost_levels", "reason_codes", "reason_table", "red_flags", "right_levels",
-           "strongest_rule", "triage_levels"]
+           "advice_written", "cost_levels", "expected_cost_levels", "raise_to_rules", "reason_codes", "reason_table",
+           "red_flags", "right_levels", "strongest_rule", "triage_levels"]
 
 
 def strongest_rule(fires: np.ndarray, levels: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -58,10 +58,22 @@ def triage_levels(cfg: TriageConfig, codes: dict[str, np.ndarray], proba: np.nda
                   open_rules: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Final level per case and a reason code: 0 cost decision, 1 atypical, 2 a same-day cost
     decision resting on unanswered questions (needs ``net``), 3 + k red flag k, then
-    3 + n_red_flags + j screen rule j. ``rule_fires`` (the red flags, then the screen's rules, from
-    :meth:`SafetyNet.fires`) and ``open_rules`` (from :meth:`SafetyNet.open_rules`) save computing
-    them again. ``proba`` may be
+    3 + n_red_flags + j screen rule j: :func:`expected_cost_levels`, then :func:`raise_to_rules`.
+    ``rule_fires`` (the red flags, then the screen's rules, from :meth:`SafetyNet.fires`) and
+    ``open_rules`` (from :meth:`SafetyNet.open_rules`) save computing them again. ``proba`` may be
     unnormalised (the levels depend on its ratios only)."""
+    level, reason = expected_cost_levels(cfg, codes, proba, atypical, net, open_rules)
+    fires = per_rule(rules_of(cfg, screen), Rule.fires, codes) if rule_fires is None else rule_fires
+    raise_to_rules(cfg, level, reason, fires, screen)
+    return level, reason
+
+
+def expected_cost_levels(cfg: TriageConfig, codes: dict[str, np.ndarray], proba: np.ndarray,
+                         atypical: np.ndarray | None = None, net: SafetyNet | None = None,
+                         open_rules: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The level before the rules, with its reason code: the expected cost (0), a same day softened
+    to ``uncertain.level`` where it rests on unanswered questions (2; needs ``net``), raised to the
+    atypical floor (1)."""
     level = cost_levels(cfg, proba)
     reason = np.full(len(level), COST_REASON, dtype=np.int16)
     if net is not None:
@@ -77,14 +89,19 @@ def triage_levels(cfg: TriageConfig, codes: dict[str, np.ndarray], proba: np.nda
         raise_ = atypical & (level < floor)
         level[raise_] = floor
         reason[raise_] = ATYPICAL_REASON
+    return level, reason
+
+
+def raise_to_rules(cfg: TriageConfig, level: np.ndarray, reason: np.ndarray, fires: np.ndarray,
+                   screen: ScreenConfig | None = None) -> None:
+    """Raise ``level`` (in place) to the red flags and screen rules that fire (``fires``: the red
+    flags, then the screen's rules); a rule at or above the level is the ``reason`` given."""
     n_red = len(cfg.red_flags)
-    fires = per_rule(rules_of(cfg, screen), Rule.fires, codes) if rule_fires is None else rule_fires
     _raise_to_rules(level, reason, *strongest_rule(fires[:, :n_red], [f.level for f in cfg.red_flags]),
                     FIRST_RULE_REASON)
     if screen is not None:
         _raise_to_rules(level, reason, *strongest_rule(fires[:, n_red:], [r.level for r in screen.rules]),
                         FIRST_RULE_REASON + n_red)
-    return level, reason
 
 
 def right_levels(cfg: TriageConfig) -> np.ndarray:
