@@ -361,7 +361,8 @@ def _score_pandas(args: argparse.Namespace, warn: Callable[[str], None], options
         model = PriorShiftedModel.from_model(model, estimate)
     jobs = args.jobs or available_cores()
     summary = score_files(args.inputs, args.output, model, chunk_rows=args.chunk_rows, options=options,
-                          rejects=args.rejects, jobs=jobs, progress=not args.quiet and sys.stderr.isatty(), warn=warn)
+                          rejects=args.rejects, jobs=jobs, warn=warn,
+                          progress=not args.quiet and sys.stderr is not None and sys.stderr.isatty())
     from pipeline.serve.guard import stop_at_once_on_signals
 
     try:  # the output is complete: a stop now leaves out the files that follow it, each written whole or not at all
@@ -440,7 +441,7 @@ def _score(args: argparse.Namespace) -> int:
                       Path(f"{output}.priors.json")))
         refuse_shared_outputs([("output", output), *extra])
         for what, path in extra:  # the files written after the output too: refused now, not once it is written
-            check_target(path, what)
+            check_target(path, what, make_folders="report" in what)
     warn = lambda m: print(f"kneepain score: warning: {m}", file=sys.stderr)
     options = _score_options(args)
     shaped = (args.columns, args.keep_input_columns, args.top_k != 3, args.float_digits, args.texts, args.rejects)

@@ -95,6 +95,15 @@ def test_a_closed_standard_stream_is_named(trained, tmp_path, capsys, monkeypatc
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]
 
 
+def test_a_closed_standard_error_does_not_stop_the_job(trained, tmp_path, monkeypatch):
+    """`kneepain score in.csv -o out.csv 2>&-`: no progress bar to draw, the output written."""
+    models, _ = trained
+    src = _write(tmp_path / "in.csv", [HEADER, *GOOD])
+    monkeypatch.setattr(sys, "stderr", None)
+    assert main(["score", str(src), "-o", str(tmp_path / "out.csv"), "--model", str(models)]) == 0
+    assert len(pd.read_csv(tmp_path / "out.csv")) == len(GOOD)
+
+
 @pytest.mark.parametrize("case", ["report in a file's place", "report numbers a folder", "case mix a folder"])
 def test_files_written_after_the_output_are_checked_before_any_row_is_scored(trained, tmp_path, capsys, case):
     """The report, its numbers and the case mix (written, or an earlier one removed, after the
@@ -103,7 +112,8 @@ def test_files_written_after_the_output_are_checked_before_any_row_is_scored(tra
     src = _write(tmp_path / "in.csv", [HEADER, *GOOD])
     (tmp_path / "keep.csv").write_text("x\n")
     extra, message = {
-        "report in a file's place": (["--report", str(tmp_path / "keep.csv" / "r.html")], "no such folder for the report"),
+        "report in a file's place": (["--report", str(tmp_path / "keep.csv" / "new" / "r.html")],
+                                     "keep.csv: is a file, not a folder, so the report"),
         "report numbers a folder": (["--report", str(tmp_path / "r.html")], "r.json: is a folder"),
         "case mix a folder": ([], "out.csv.priors.json: is a folder; give the path of the case mix")}[case]
     made = {"report numbers a folder": tmp_path / "r.json", "case mix a folder": tmp_path / "out.csv.priors.json"}
@@ -113,6 +123,14 @@ def test_files_written_after_the_output_are_checked_before_any_row_is_scored(tra
     assert _score(src, tmp_path / "out.csv", models, *extra) == 2
     assert message in _one_line_error(capsys)
     assert sorted(p.name for p in tmp_path.iterdir()) == before and (tmp_path / "keep.csv").read_text() == "x\n"
+
+
+def test_a_report_goes_into_new_folders(trained, tmp_path):
+    models, _ = trained
+    src = _write(tmp_path / "in.csv", [HEADER, *GOOD])
+    report = tmp_path / "reports" / "june" / "batch.html"
+    assert _score(src, tmp_path / "out.csv", models, "--report", str(report)) == 0
+    assert report.is_file() and report.with_suffix(".json").is_file()
 
 
 def test_an_input_named_like_a_dead_jobs_temporary_is_never_reclaimed(trained, tmp_path):
@@ -129,6 +147,10 @@ def test_an_input_named_like_a_dead_jobs_temporary_is_never_reclaimed(trained, t
     inside = _write(folder / "in.csv", [HEADER, *GOOD])
     assert _score(inside, tmp_path / "victim.csv", models) == 0
     assert inside.exists() and src.exists()
+    elsewhere = _write(tmp_path / "elsewhere.csv", [HEADER, *GOOD])
+    (folder / "link.csv").symlink_to(elsewhere)  # the input as written lies in the folder, as it resolves not
+    assert _score(folder / "link.csv", tmp_path / "victim.csv", models) == 0
+    assert (folder / "link.csv").exists()
     assert _score(src, tmp_path / "victim.csv", models) == 0
     assert src.exists() and not folder.exists()  # not this job's input: a dead job's temporary
     assert files.reclaim_stale_temps(tmp_path / "victim.csv") == [] and src.exists()
@@ -233,10 +255,14 @@ def test_stale_temp_folders_of_dead_dask_jobs_on_this_machine_are_reclaimed(tmp_
     for folder in [*stale, *kept]:
         folder.mkdir()
         (folder / "part-00000-00000.parquet").write_bytes(b"x" * 1000)
-    made = temp_folder(target)
+    holding = tmp_path / f".scored.tmp-{_host()}-{dead}-00000000000a"  # a dead job's, holding an input
+    holding.mkdir()
+    (holding / "in.csv").write_text("case_id,age,sex\n")
+    made = temp_folder(target, spare=[holding / "in.csv"])
     assert made.is_dir() and made.name.startswith(f".scored.tmp-{_host()}-{os.getpid()}-")
     assert not any(p.exists() for p in stale)
     assert all((p / "part-00000-00000.parquet").exists() for p in kept)
+    assert (holding / "in.csv").exists()
 
 
 def test_a_stop_signal_acts_at_the_next_step_and_a_second_one_at_once():

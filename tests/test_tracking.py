@@ -113,22 +113,26 @@ def test_every_request_form_of_mlflow_serving_scores_as_predict(trained, monkeyp
     import mlflow
     from mlflow.pyfunc.scoring_server import infer_and_parse_data
 
-    from pipeline.core.errors import CaseValidationError
+    from pipeline.core.errors import BatchInputError, CaseValidationError
 
     models, uri = trained
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
     pyfunc = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
-    cases = [{"age": 30, "sex": "male", "heard_pop": "yes", "giving_way": "yes", "leg_swelling": ""},
-             {"age": 71, "sex": "female", "heard_pop": "", "giving_way": "no", "leg_swelling": "yes"}]
+    cases = [{"case_id": "a1", "age": 30, "sex": "male", "heard_pop": "yes", "giving_way": "yes", "leg_swelling": ""},
+             {"case_id": "b2", "age": 71, "sex": "female", "heard_pop": "", "giving_way": "no", "leg_swelling": "yes"}]
     columns = {k: [c[k] for c in cases] for k in cases[0]}
     for body, rows in [({"inputs": cases}, [0, 1]), ({"instances": cases}, [0, 1]), ({"inputs": cases[1]}, [1]),
                        ({"inputs": columns}, [0, 1]), ({"instances": columns}, [0, 1])]:
         got = pyfunc.predict(infer_and_parse_data(body))
         want = predict(pd.DataFrame([cases[i] for i in rows]), model=models)
         pd.testing.assert_frame_equal(got, want, check_exact=True, obj=str(body)[:40])
-    with pytest.raises(CaseValidationError, match="different lengths \\(age: 2, sex: 1\\)"):
-        pyfunc.predict({"age": np.array([30, 40]), "sex": np.array(["male"])})
+    # as kneepain serve reads them: columns of different lengths, a value beside columns, no case
+    for body, message in [({"inputs": {"age": [30, 40], "sex": ["male"]}}, "got lists of 1, 2 values"),
+                          ({"inputs": {"age": [30, 40], "sex": "male"}}, "every value must be a list"),
+                          ({"inputs": {"age": [], "sex": []}}, "no cases")]:
+        with pytest.raises((BatchInputError, CaseValidationError), match=message):
+            pyfunc.predict(infer_and_parse_data(body))
 
 
 def test_a_retrained_model_as_good_as_the_champion_takes_the_alias(trained, monkeypatch):

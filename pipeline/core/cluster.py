@@ -9,7 +9,7 @@ import contextlib
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -83,15 +83,16 @@ def dask_client(scheduler: str | None = None, *, n_workers: int | None = None) -
         yield stack.enter_context(Client(cluster))
 
 
-def temp_folder(target: Path) -> Path:
+def temp_folder(target: Path, spare: Iterable[str | Path] = ()) -> Path:
     """A new hidden folder next to ``target``, renamed to ``target`` once the job is complete.
 
     Its name is :func:`pipeline.core.files.tmp_path`'s with a random part
     (``.<target>.tmp-<host>-<pid>-<random>``), so the folders of a job killed outright (SIGKILL, out
     of memory) on this machine are found and removed by the next job on the same target
-    (:func:`pipeline.core.files.reclaim_stale_temps`, called here first).
+    (:func:`pipeline.core.files.reclaim_stale_temps`, called here first; never the files ``spare``,
+    the job's inputs, or a folder holding one).
     """
-    reclaim_stale_temps(target)
+    reclaim_stale_temps(target, spare)
     tmp = tmp_path(target, unique=True)
     tmp.mkdir()
     return tmp

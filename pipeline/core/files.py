@@ -132,11 +132,15 @@ _UNIQUE = re.compile(r"[0-9a-f]{12}")  # tmp_path's random part
 
 
 def _is(found: Path, path: Path) -> bool:
-    """Whether ``found`` is the file ``path`` (by any name, through a link) or a folder holding it."""
+    """Whether ``found`` is the file ``path`` (by any name, through a link) or a folder holding it,
+    as ``path`` is written (a link in the folder to a file elsewhere) or as it resolves."""
     try:
-        return os.path.samefile(found, path) or path.resolve().is_relative_to(found.resolve())
+        if os.path.samefile(found, path):
+            return True
     except OSError:
-        return False
+        pass
+    return Path(os.path.abspath(path)).is_relative_to(os.path.abspath(found)) or \
+        path.resolve().is_relative_to(found.resolve())
 
 
 def _stale(pid: str) -> bool:

@@ -307,13 +307,6 @@ def _plain_only(series: pd.Series) -> tuple[pd.Series, np.ndarray, np.ndarray]:
         return series, np.zeros(len(series), dtype=bool), np.array([], dtype=object)
     values = series.to_numpy(dtype=object)
     bad = np.fromiter((not _is_plain(v) for v in values), dtype=bool, count=len(values))
-    wrapped = [int(i) for i in np.flatnonzero(bad) if isinstance(values[i], np.ndarray) and values[i].ndim == 0]
-    if wrapped:  # a numpy array of one value (MLflow's scoring server parses JSON values so): that value
-        values = values.copy()
-        for i in wrapped:
-            values[i] = values[i].item()
-            bad[i] = not _is_plain(values[i])
-        series = pd.Series(values, index=series.index, dtype=object)
     decimals = [i for i, v in enumerate(values) if isinstance(v, decimal.Decimal)]
     if decimals:  # as the floats they stand for, so that a value reads the same alone or among others
         values = values.copy()

@@ -160,12 +160,16 @@ def _text_lookup_bytes(model: LoadedModel) -> bytes:
     return text_lookup(model.decision.text_codes(model.kb)).to_csv(index=False).encode("utf-8")
 
 
-def check_target(path: Path, what: str) -> None:
-    """Refuse, before any row is read (or made), a file to write that is a folder or whose folder is missing."""
+def check_target(path: Path, what: str, *, make_folders: bool = False) -> None:
+    """Refuse, before any row is read (or made), a file to write that is a folder or whose folder is
+    missing (with ``make_folders``, whose folder cannot be made: a file stands in its path)."""
     if path.is_dir():
         raise BatchInputError(f"{path}: is a folder; give the path of the {what}.")
-    if not path.parent.is_dir():
+    if not make_folders and not path.parent.is_dir():
         raise BatchInputError(f"{path.parent}: no such folder for the {what}.")
+    blocked = next((p for p in path.parents if os.path.lexists(p) and not p.is_dir()), None)
+    if blocked is not None:
+        raise BatchInputError(f"{blocked}: is a file, not a folder, so the {what} {path} cannot be written.")
 
 
 def _score_to_stream(inputs: list[str | Path], stream: BinaryIO, model: LoadedModel, *, rejects: Path,

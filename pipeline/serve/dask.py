@@ -333,7 +333,7 @@ def score_files_dask(inputs: Sequence[str | Path] | str | Path, output_dir: str 
         raise BatchInputError(f"{target.parent}: no such folder for the output.")
     if block_bytes is None:
         block_bytes = default_block_bytes(paths, sum(client.nthreads().values()))
-    tmp = temp_folder(target)
+    tmp = temp_folder(target, spare=paths)
     run = uuid.uuid4().hex[:8]
     id_column = ID_COLUMN if any(has_ids) else "row"
 

@@ -31,8 +31,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from pipeline.core.errors import BatchInputError, CaseValidationError
-from pipeline.core.parsing import column_name, ignored_columns_message
+from pipeline.core.parsing import ignored_columns_message
 from pipeline.core.schema import ID_COLUMN, top_k_problem
+from pipeline.serve.requests import FORMATS as _FORMATS
+from pipeline.serve.requests import request_records as _records
+from pipeline.serve.requests import shown as _shown
 
 __all__ = ["DEFAULT_MAX_REQUEST_BYTES", "MAX_REQUEST_ENV", "MODEL_ENV", "create_app", "parse_body", "score_request"]
 
@@ -52,14 +55,7 @@ def max_request_bytes() -> int:
     return int(text)
 
 
-_FORMATS = ("dataframe_records", "dataframe_split", "instances", "inputs")
 _PARAMS = ("top_k",)
-
-
-def _shown(value: object) -> str:
-    """A key or value from the request as a message quotes it, shortened (:func:`column_name`): an
-    answer never echoes a long part of the request."""
-    return column_name(repr(value))
 
 
 class _RepeatedKey(Exception):
@@ -111,44 +107,6 @@ def parse_body(body: bytes) -> tuple[list[dict], dict[str, Any]]:
         got = ", ".join(_shown(k) for k in list(payload)[:10]) + (", ..." if len(payload) > 10 else "")
         raise BatchInputError(f"expected exactly one of {', '.join(_FORMATS)} (and optionally params); got {got}.")
     return _records(keys[0], payload[keys[0]]), _params(payload.get("params"))
-
-
-def _records(key: str, data: Any) -> list[dict]:
-    """The cases of one format as records (as :func:`pipeline.predict` reads a list of dicts: an
-    integer case id beside a missing one stays an integer)."""
-    if key == "dataframe_split":
-        if not isinstance(data, dict) or not isinstance(data.get("columns"), list) \
-                or not isinstance(data.get("data"), list) or not all(isinstance(r, list) for r in data["data"]):
-            raise BatchInputError("dataframe_split must be an object with columns (a list of names) and data "
-                                  "(a list of rows, each a list of values).")
-        unknown = [k for k in data if k not in ("columns", "data", "index")]
-        if unknown:  # a misspelt part would be dropped unseen (``index``, pandas' row labels, is read and not used)
-            raise BatchInputError(f"dataframe_split: {', '.join(_shown(k) for k in unknown[:5])} not understood; "
-                                  "allowed: columns, data and index.")
-        columns = [str(c) for c in data["columns"]]
-        repeated = sorted({c for c in columns if columns.count(c) > 1})
-        if repeated:
-            raise BatchInputError(f"dataframe_split: the columns {', '.join(_shown(c) for c in repeated[:5])} are given "
-                                  "more than once; give each once.")
-        if any(len(r) != len(columns) for r in data["data"]):
-            raise BatchInputError(f"dataframe_split: every row of data must have {len(columns)} values, one per column.")
-        return [dict(zip(columns, row)) for row in data["data"]]
-    if isinstance(data, dict) and key in ("instances", "inputs") and any(isinstance(v, list) for v in data.values()):
-        # MLflow's columns, field -> values (no field takes a list, so one list means columns)
-        plain = [k for k, v in data.items() if not isinstance(v, list)]
-        if plain:
-            raise BatchInputError(f"{key}: as columns (field: list of values), every value must be a list, one value "
-                                  f"per case; not {', '.join(_shown(k) for k in plain[:5])}.")
-        lengths = {len(v) for v in data.values()}
-        if len(lengths) != 1:
-            raise BatchInputError(f"{key}: as columns (field: list of values), every list must hold one value per "
-                                  f"case; got lists of {', '.join(map(str, sorted(lengths)))} values.")
-        return [dict(zip(data, values)) for values in zip(*data.values())]
-    if isinstance(data, dict):
-        data = [data]
-    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
-        raise BatchInputError(f"{key} must be a list of cases, each an object of field: value.")
-    return data
 
 
 def _params(params: Any) -> dict[str, Any]:

@@ -22,10 +22,10 @@ from mlflow.models import ModelSignature, infer_signature
 from mlflow.pyfunc import PythonModel
 from mlflow.types.schema import AnyType, ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
-from pipeline.core.errors import CaseValidationError
 from pipeline.core.parsing import codes_to_text_frame, parse_cases
 from pipeline.core.schema import FIELDS, ID_COLUMN
 from pipeline.serve.loading import ARTIFACT_KEY, load_model
+from pipeline.serve.requests import request_records
 
 __all__ = ["ARTIFACT_KEY", "KneepainPyfunc", "input_schema", "log_pyfunc", "model_signature",
            "requirements", "served_cases"]
@@ -48,19 +48,20 @@ class KneepainPyfunc(PythonModel):
 
 def served_cases(model_input: Any) -> Any:
     """The cases as :func:`pipeline.predict` takes them. MLflow's scoring server hands a request's
-    ``inputs`` or ``instances`` over as numpy arrays: a list of cases or one case of one-value
-    arrays (which the case schema reads as their values), or a dict of columns, one array per field
-    (a frame here; columns of different lengths are an error naming them)."""
-    if not (isinstance(model_input, dict) and model_input
-            and all(isinstance(v, np.ndarray) and v.ndim == 1 for v in model_input.values())):
-        return model_input
-    lengths = {name: len(v) for name, v in model_input.items()}
-    if len(set(lengths.values())) > 1:
-        raise CaseValidationError(pd.DataFrame({
-            "row": [-1], "column": [""], "value": [""],
-            "reason": ["the request's columns have different lengths (" + ", ".join(f"{k}: {n}" for k, n in lengths.items())
-                       + "); send one value per case in each column, or the cases as records"]}))
-    return pd.DataFrame(model_input)
+    ``inputs`` or ``instances`` over as numpy arrays: a list of cases, or one case, of one-value
+    arrays, or columns (one array per field). Their values are taken back as the JSON gave them and
+    read as ``kneepain serve`` reads the request (:func:`pipeline.serve.requests.request_records`:
+    columns of different lengths, or a value beside columns, are errors that say so)."""
+    if isinstance(model_input, dict) and model_input and all(isinstance(v, np.ndarray) for v in model_input.values()):
+        return request_records("inputs", {k: v.tolist() for k, v in model_input.items()}, named=_ARRAYS)
+    if isinstance(model_input, list) and any(isinstance(v, np.ndarray) for case in model_input
+                                             if isinstance(case, dict) for v in case.values()):
+        return request_records("inputs", [{k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in case.items()}
+                                           if isinstance(case, dict) else case for case in model_input], named=_ARRAYS)
+    return model_input
+
+
+_ARRAYS = "inputs or instances"  # the request's key, as messages name it (MLflow does not pass it on)
 
 
 def input_schema() -> Schema:
