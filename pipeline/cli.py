@@ -654,8 +654,14 @@ def _sign(args: argparse.Namespace) -> int:
     from pipeline.serve.loading import load_model
 
     folder = Path(args.folder) if args.folder else models_dir()
-    load_model(folder, trusted=None)  # only a folder that passes its checksums is signed
-    password = os.environ.get(args.password_env) if args.password_env else None
+    password = None
+    if args.password_env:
+        password = os.environ.get(args.password_env)
+        if password is None:
+            raise UsageError(f"--password-env {args.password_env}: no such environment variable; set it to the "
+                             "key's password.")
+    # only a folder that passes its checksums is signed; a signature it may lack yet is not asked for
+    load_model(folder, check_signature=False)
     print(f"Signed every file of {folder}: {sign_folder(folder, args.key, password=password)}")
     return EXIT_OK
 

@@ -85,3 +85,29 @@ def test_a_folder_given_by_a_relative_path_signs_and_verifies_as_the_readme_show
     monkeypatch.setenv("KNEEPAIN_TRUSTED_KEY", str(public))
     assert main(["verify", folder.name]) == 0, capsys.readouterr().err
     assert load_model(folder.name, trusted=public).decision is not None
+
+
+def test_an_encrypted_key_signs_with_its_password_and_a_trusted_key_does_not_stop_signing(trained, tmp_path,
+                                                                                            monkeypatch, capsys):
+    """`kneepain sign --password-env PW` with an encrypted key, in a shell that trusts a key
+    already (as the README sets up), re-signs after a retrain; an unset variable is named."""
+    folder = Path(shutil.copytree(trained[0], tmp_path / "models"))
+    key = ec.generate_private_key(ec.SECP256R1())
+    private = tmp_path / "enc.pem"
+    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                          serialization.BestAvailableEncryption("s\u00e9cret".encode())))
+    public = tmp_path / "enc.pub"
+    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                     serialization.PublicFormat.SubjectPublicKeyInfo))
+    monkeypatch.setenv("KNEEPAIN_TRUSTED_KEY", str(public))  # the folder is not signed yet
+    monkeypatch.setenv("PW", "s\u00e9cret")
+    assert main(["sign", str(folder), "--key", str(private), "--password-env", "PW"]) == 0, capsys.readouterr().err
+    assert main(["verify", str(folder)]) == 0
+    # a link to the folder (current -> models-v3) verifies and signs as the folder
+    link = tmp_path / "current"
+    link.symlink_to(folder)
+    assert main(["verify", str(link)]) == 0, capsys.readouterr().err
+    assert main(["sign", str(link), "--key", str(private), "--password-env", "PW"]) == 0
+    capsys.readouterr()
+    assert main(["sign", str(folder), "--key", str(private), "--password-env", "NO_SUCH_PW"]) == 2
+    assert "--password-env NO_SUCH_PW: no such environment variable" in capsys.readouterr().err

@@ -55,13 +55,15 @@ def _hashing(hashing):
     return hashing.Config().set_ignored_paths(paths=[SIGNATURE_FILE], ignore_git_paths=False)
 
 
-def sign_folder(folder: str | Path, private_key: str | Path, *, password: str | None = None) -> Path:
-    """Sign every file of ``folder`` with ``private_key``; the signature goes to ``folder/model.sig``."""
-    folder = Path(folder)
+def sign_folder(folder: str | Path, private_key: str | Path, *, password: str | bytes | None = None) -> Path:
+    """Sign every file of ``folder`` with ``private_key`` (``password``: an encrypted key's, as text
+    or bytes); the signature goes to ``folder/model.sig``. A link to the folder signs the folder."""
+    folder = Path(folder).resolve()
     hashing, signing, _ = _library()
     signature = folder / SIGNATURE_FILE
+    secret = password.encode("utf-8") if isinstance(password, str) else password
     try:
-        (signing.Config().use_elliptic_key_signer(private_key=Path(private_key), password=password)
+        (signing.Config().use_elliptic_key_signer(private_key=Path(private_key), password=secret)
          .set_hashing_config(_hashing(hashing)).sign(folder, signature))
     except (ValueError, OSError, TypeError) as err:
         raise ModelIntegrityError(f"cannot sign {folder} with {private_key}: {err}") from err
@@ -77,7 +79,7 @@ def verify_signature(folder: str | Path, public_key: str | Path) -> None:
         The signature is missing, made with another key, or a file was changed, added or removed
         since signing (the message names it).
     """
-    folder = Path(folder)
+    folder = Path(folder).resolve()  # a link to the folder (current -> models-v3) is the folder
     signature = folder / SIGNATURE_FILE
     if not signature.is_file():
         raise ModelIntegrityError(f"{signature} is missing: model folders must be signed by the trusted key "

@@ -68,7 +68,7 @@ def is_model_uri(source: object) -> bool:
 
 
 def load_model(source: str | Path | LoadedModel | None = None, *, trust_pickle: bool = False,
-               trusted: str | Path | None = None) -> LoadedModel:
+               trusted: str | Path | None = None, check_signature: bool = True) -> LoadedModel:
     """Load a model: a models folder, an MLflow model URI (``models:/...``, ``runs:/...``,
     ``file:///...``) or the project's ``models/``.
 
@@ -84,6 +84,8 @@ def load_model(source: str | Path | LoadedModel | None = None, *, trust_pickle: 
         folders you produced yourself: a pickle runs code when loaded.
     trusted : path, optional
         PEM public key the folder must be signed with.
+    check_signature : bool, default=True
+        False: the checksums only, whatever key is trusted (to sign a folder that is not signed yet).
 
     Raises
     ------
@@ -96,13 +98,13 @@ def load_model(source: str | Path | LoadedModel | None = None, *, trust_pickle: 
     if isinstance(source, LoadedModel):
         return source
     _check_source(source)
-    key = trusted_key(trusted)
+    key = trusted_key(trusted) if check_signature else None
     if is_model_uri(source):
         # fetched into a folder of its own: from a local store MLflow would hand back (and write
         # into) the store's own folder; everything used is read before the folder is removed
         with tempfile.TemporaryDirectory(prefix="kneepain-mlflow-model-") as fetched:
             loaded = load_model(_mlflow_model_folder(str(source), Path(fetched)), trust_pickle=trust_pickle,
-                                trusted=key)
+                                trusted=key, check_signature=check_signature)
         loaded.source = str(source)
         return loaded
     folder = models_dir() if source is None else Path(source)
