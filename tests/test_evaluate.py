@@ -88,6 +88,10 @@ def test_perfect_and_perfectly_wrong_models_have_known_scores(kb, splits):
     assert wrong["log_loss"] == pytest.approx(-np.log(1e-15))  # clipped, not infinite
     # the oracle's scores do not depend on the model and agree with the posterior used directly
     assert right["oracle_log_loss"] == wrong["oracle_log_loss"]
+    # a file without some conditions: perfect on the ones it holds is a macro F1 of 1, not 8/9
+    few = frame[y != CONDITIONS.index("pcl_injury")]
+    only = evaluate_split(LoadedModel(_Fixed(np.eye(len(CONDITIONS))[labels(few)])), kb, few)
+    assert only["macro_f1"] == 1.0
     assert right["oracle_accuracy"] == accuracy(oracle_posterior(kb, frame).to_numpy(), y)
 
 

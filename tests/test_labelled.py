@@ -164,3 +164,12 @@ def test_a_malformed_record_is_one_rejected_row_of_the_evaluation(trained, label
     (tmp_path / "clinic.txt").write_text(bad.read_text())
     assert main(["evaluate", "--data", str(tmp_path / "clinic.txt"), "--model", str(models)]) == 2
     assert "is read as CSV or Parquet, by its extension" in capsys.readouterr().err
+
+
+def test_macro_f1_of_a_file_averages_the_conditions_it_holds_or_is_predicted_to():
+    from pipeline.report.labelled import _macro_f1
+
+    y = np.array([0, 0, 1, 1, 7])
+    assert _macro_f1(y.copy(), y) == 1.0  # three conditions, each perfect; the other six are not failures
+    pred = np.array([0, 0, 1, 2, 7])  # one case of condition 1 called 2: F1 1, 2/3, 0 and 1 over four present
+    assert _macro_f1(pred, y) == pytest.approx((1 + 2 / 3 + 0 + 1) / 4)

@@ -356,3 +356,18 @@ def test_every_dvt_probe_reaches_see_a_doctor_soon_within_five_questions(model, 
     out = io.StringIO()
     result = run_session(model, input=_Answers(probe.case, out), output=out, max_questions=5)
     assert LEVELS.index(result["prediction"]["triage"]) >= LEVELS.index("see_doctor_soon"), out.getvalue()[-2000:]
+
+
+def test_questions_about_an_injury_are_never_offered_after_no_injury_and_odd_digits_are_asked_again(model):
+    """`+ words` offers what the main flow would ask: nothing about what happened at an injury
+    after "no injury" (the pop, pain that came later, swelling within hours); an age typed with a
+    superscript digit is asked again, not a crash."""
+    from pipeline.interact.ask import _find
+
+    none = {"age": 30, "sex": "male", "injury_event": "none"}
+    fall = {**none, "injury_event": "fall_onto_knee"}
+    for words, name in [("pop", "heard_pop"), ("hours or days", "pain_delayed_onset"),
+                        ("swell", "swelling_within_hours")]:
+        assert name not in _find(words, set(), none) and name in _find(words, set(), fall), words
+    result, text = _session(model, "4\u00b2\n30\nm\n" + "d\n" * 5, max_questions=2)
+    assert result["case"]["age"] == 30 and "Please enter a whole number from 12 to 100" in text

@@ -172,9 +172,10 @@ def unanswered(name: str, codes: dict[str, np.ndarray]) -> np.ndarray:
     return np.isnan(c) if field(name).kind in ("integer", "float") else c == UNKNOWN
 
 
-# questions about what happened at an injury ("when it happened", "after the injury"): a case that
-# reports no injury has denied their premise
-INJURY_PREMISED = frozenset({"heard_pop", "swelling_within_hours"})
+# questions about what happened at an injury ("when it happened", "after that moment", "after the
+# injury"; the knowledge base asks them after a reported injury): a case that reports no injury has
+# denied their premise
+INJURY_PREMISED = frozenset({"heard_pop", "pain_delayed_onset", "swelling_within_hours"})
 _NO_INJURY = field("injury_event").allowed.index("none")
 
 

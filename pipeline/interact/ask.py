@@ -36,6 +36,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from pipeline.core.errors import CaseValidationError
+from pipeline.core.parsing import parse_records, premise_denied
 from pipeline.core.schema import CONDITION_LABELS, CONDITIONS, field
 from pipeline.core.wording import QUESTIONS, answer_label, question
 from pipeline.decision.triage import UNCERTAIN_REASON
@@ -108,7 +109,7 @@ class _Session:
             text = self.read(f"Age in years ({low}-{high}): ", commands=False)
             if text.lower() in ("q", "quit"):
                 raise _Quit
-            if text.isdigit() and low <= int(text) <= high:
+            if _digits(text) and low <= int(text) <= high:
                 return int(text)
             self.say(f"Please enter a whole number from {low} to {high} (got {text!r}).", "  ")
 
@@ -148,7 +149,7 @@ class _Session:
             text = self.read(f"Choose 1-{len(f.allowed)}, or d for don't know: ").lower()
             if text in _DONT_KNOW:
                 return None
-            if text.isdigit() and 1 <= int(text) <= len(f.allowed):
+            if _digits(text) and 1 <= int(text) <= len(f.allowed):
                 return f.allowed[int(text) - 1]
             self.say(f"Please choose a number from 1 to {len(f.allowed)}, or d (don't know); got {text!r}. " + _HELP,
                      "  ")
@@ -206,14 +207,23 @@ def _screen_fields(model: LoadedModel) -> list[tuple[str, str]]:
     return out
 
 
-def _find(words: str, exclude: set[str], sex: str) -> list[str]:
-    """Questions holding every one of ``words`` (case-insensitive), not yet answered (and never
-    pregnancy for a male, as the main flow never asks it)."""
+def _digits(text: str) -> bool:
+    """Whether ``text`` is a whole number in ASCII digits (``str.isdigit`` also takes ``²``, which
+    ``int`` refuses)."""
+    return text.isascii() and text.isdigit()
+
+
+def _find(words: str, exclude: set[str], case: dict[str, Any]) -> list[str]:
+    """Questions holding every one of ``words`` (case-insensitive), not yet answered, and none the
+    main flow would not ask ``case``: pregnancy for a male, or what happened at an injury when it
+    reports none (:func:`pipeline.core.parsing.premise_denied`)."""
     terms = [w for w in words.lower().split() if w]
     if not terms:
         return []
-    skip = {"age", "sex", *exclude, *(["pregnant"] if sex == "male" else [])}
-    return [n for n, q in QUESTIONS.items() if n not in skip and all(t in q.lower() for t in terms)]
+    names = [n for n in QUESTIONS if n not in {"age", "sex", *exclude}]
+    denied = premise_denied(parse_records([case]).codes, names)[0]
+    skip = {n for n, d in zip(names, denied) if d} | ({"pregnant"} if case["sex"] == "male" else set())
+    return [n for n in names if n not in skip and all(t in QUESTIONS[n].lower() for t in terms)]
 
 
 def run_session(model: str | Path | LoadedModel | None = None, *, input: TextIO | None = None,  # noqa: A002
@@ -280,7 +290,7 @@ def run_session(model: str | Path | LoadedModel | None = None, *, input: TextIO 
         io.say("Went back one answer.", "  ")
 
     def volunteer(words: str) -> None:
-        found = _find(words, {name for name, _ in answers()}, case["sex"])
+        found = _find(words, {name for name, _ in answers()}, case)
         if not found:
             io.say(f"No unanswered question holds {words!r}; try other words.", "  ")
             return
@@ -288,7 +298,7 @@ def run_session(model: str | Path | LoadedModel | None = None, *, input: TextIO 
             for i, name in enumerate(found[:6], start=1):
                 io.say(f"{i}) {question(name)}", "  ")
             text = io.read(f"Which one (1-{min(6, len(found))}, blank for none)? ", commands=False)
-            if not (text.isdigit() and 1 <= int(text) <= min(6, len(found))):
+            if not (_digits(text) and 1 <= int(text) <= min(6, len(found))):
                 return
             found = [found[int(text) - 1]]
         record([(found[0], io.question(None, found[0]))])

@@ -120,14 +120,14 @@ def evaluate_split(model: LoadedModel, kb: KnowledgeBase | None, frame: pd.DataF
     pred = proba.argmax(axis=1)
     precision, recall, f1, support = precision_recall_fscore_support(y, pred, labels=classes, zero_division=0)
     out: dict[str, Any] = {"n": n, **ours,
-                           "macro_f1": float(f1_score(y, pred, labels=classes, average="macro", zero_division=0))}
+                           # over the conditions among the labels or predictions, as scikit-learn's default
+                           "macro_f1": float(f1_score(y, pred, average="macro", zero_division=0))}
     arrays = {"y": y, "proba": proba, "proba_uncalibrated": raw}
     if kb is not None:
         oracle = oracle_posterior(kb, parsed).to_numpy()
         best = _scores(oracle, y)
         out.update({f"oracle_{k}": v for k, v in best.items()})
-        out["oracle_macro_f1"] = float(f1_score(y, oracle.argmax(axis=1), labels=classes, average="macro",
-                                                zero_division=0))
+        out["oracle_macro_f1"] = float(f1_score(y, oracle.argmax(axis=1), average="macro", zero_division=0))
         out["accuracy_gap_to_oracle"] = best["accuracy"] - ours["accuracy"]
         out["log_loss_ratio_to_oracle"] = ours["log_loss"] / best["log_loss"]
         arrays["proba_oracle"] = oracle
