@@ -248,6 +248,25 @@ def test_a_decision_layer_from_another_version_is_refused_clearly(trained, tmp_p
         load_model(folder)
 
 
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d["conformal"].update(thresholds=[[0.5]]), "conformal.thresholds has shape (1, 1), not (4, 5)"),
+    (lambda d: d["atypical"].update(thresholds_by_n_known=[1.0, 2.0]), "atypical.thresholds_by_n_known has shape (2,)"),
+    (lambda d: d["atypical"].update(thresholds_by_n_known="x"), "thresholds and band edges must be numbers"),
+    (lambda d: d["triage"]["red_flags"][0].update(level="urgent"), "red_flags.0.level"),
+    (lambda d: d["triage"]["costs"].pop("dvt"), "costs"),
+    (lambda d: d.clear(), "lacks triage.uncertain"),
+])
+def test_a_decision_layer_of_the_wrong_shape_is_refused_by_name_before_scoring(trained, tmp_path, edit, message):
+    """An unsigned folder whose checksums were rewritten: whatever its decision layer holds, loading
+    names what is wrong (in one line, no validation dump) rather than scoring failing later."""
+    folder = _copy(trained, tmp_path)
+    _edit_manifest(folder, lambda m: edit(m["decision"]))
+    _reseal(folder)
+    with pytest.raises(ModelIntegrityError, match="decision layer") as err:
+        load_model(folder)
+    assert message in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
 def test_a_manifest_for_another_schema_is_refused(trained, tmp_path):
     folder = _copy(trained, tmp_path)
     _edit_manifest(folder, lambda m: m.update(schema_version="0"))

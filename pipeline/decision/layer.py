@@ -11,10 +11,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from pydantic import ValidationError
 
 from pipeline.core.config import LEVELS, ScreenConfig, TriageConfig
 from pipeline.core.knowledge import KnowledgeBase
 from pipeline.core.parsing import ParsedCases
+from pipeline.core.schema import FIELDS
 from pipeline.core.textcols import lookup, text_array
 from pipeline.decision.atypical import fit_atypical, flag_atypical
 from pipeline.decision.conformal import blank_at_random, fit_conformal, format_sets, prediction_sets
@@ -79,18 +81,26 @@ class Decision:
     """Fitted decision layer: the triage config, conformal thresholds and atypical threshold."""
 
     def __init__(self, spec: dict):
-        needed = {"triage": ("uncertain", "ask_next"), "screen": ("rules",), "conformal": ("thresholds", "known_edges"),
-                  "atypical": ("thresholds_by_n_known",)}
-        missing = [f"{k}.{sub}" if sub else k for k, subs in needed.items() for sub in (subs or ("",))
-                   if k not in spec or (sub and sub not in spec[k])]
-        if missing:
-            from pipeline.core.errors import ModelIntegrityError
+        from pipeline.core.errors import ModelIntegrityError
 
+        needed = {"triage": ("uncertain", "ask_next"), "screen": ("rules",),
+                  "conformal": ("thresholds", "known_edges", "confidence_edges"), "atypical": ("thresholds_by_n_known",)}
+        missing = [f"{k}.{sub}" if sub else k for k, subs in needed.items() for sub in (subs or ("",))
+                   if not isinstance(spec, dict) or not isinstance(spec.get(k), dict) or (sub and sub not in spec[k])]
+        if missing:
             raise ModelIntegrityError(f"the model's decision layer lacks {', '.join(missing)}: it was trained by "
                                       "another version of kneepain; retrain it with `kneepain train`.")
         self.spec = spec
-        self.config = TriageConfig.model_validate(spec["triage"])
-        self.screen = ScreenConfig.model_validate(spec["screen"])
+        try:
+            self.config = TriageConfig.model_validate(spec["triage"])
+            self.screen = ScreenConfig.model_validate(spec["screen"])
+        except ValidationError as err:  # each problem on one line, named by its place
+            where = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()[:5])
+            raise ModelIntegrityError(f"the model's decision layer is not valid ({where}); retrain it with "
+                                      "`kneepain train`.") from None
+        if (problem := _shape_problem(spec)) is not None:
+            raise ModelIntegrityError(f"the model's decision layer is not valid: {problem}; retrain it with "
+                                      "`kneepain train`.")
         self.conformal = spec["conformal"]
         self.atypical = spec["atypical"]
         self._reasons = reason_table(self.config, self.screen)
@@ -115,6 +125,25 @@ class Decision:
                  zip(self._advice.ravel()[written], self._advice_codes.ravel()[written]),
                  zip(net.texts, net.names), zip(net.questions, net.candidates)]
         return {column: dict(pair) for column, pair in zip(TEXT_CODE_COLUMNS, pairs)}
+
+
+def _shape_problem(spec: dict) -> str | None:
+    """What is wrong with the fitted thresholds' shapes (a grid per band of answers known and of
+    confidence, one atypical threshold per number of answered fields), or None."""
+    conformal, atypical = spec["conformal"], spec["atypical"]
+    try:
+        known = np.asarray(conformal["known_edges"], dtype=float)
+        confidence = np.asarray(conformal["confidence_edges"], dtype=float)
+        grid = np.asarray(conformal["thresholds"], dtype=float)
+        by_known = np.asarray(atypical["thresholds_by_n_known"], dtype=float)
+    except (TypeError, ValueError):
+        return "its thresholds and band edges must be numbers"
+    if known.ndim != 1 or confidence.ndim != 1 or grid.shape != (len(known) + 1, len(confidence) + 1):
+        return (f"conformal.thresholds has shape {grid.shape}, not {(known.size + 1, confidence.size + 1)} for its "
+                f"{known.size} answers-known and {confidence.size} confidence edges")
+    if by_known.shape != (len(FIELDS) + 1,):
+        return f"atypical.thresholds_by_n_known has shape {by_known.shape}, not ({len(FIELDS) + 1},): one per number of answers"
+    return None
 
 
 def calibration_copies(parsed: ParsedCases, config: TriageConfig) -> list[ParsedCases]:
