@@ -195,6 +195,11 @@ def test_a_skops_file_that_needs_an_untrusted_type_is_refused(cases, tmp_path):
     _reseal(tmp_path / "m")
     with pytest.raises(ModelIntegrityError, match=r"model.skops needs types that are not trusted: .*_Untrusted"):
         load_model(tmp_path / "m")
+    # trusted types that are no classifier (a dict of arrays) are refused by name too, not at scoring
+    (tmp_path / "m" / "model.skops").write_bytes(sio.dumps({"weights": np.zeros(3)}))
+    _reseal(tmp_path / "m")
+    with pytest.raises(ModelIntegrityError, match=r"model.skops holds a dict, not a fitted classifier"):
+        load_model(tmp_path / "m")
 
 
 class _Evil:

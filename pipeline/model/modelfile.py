@@ -159,9 +159,13 @@ def read_model_file(path: Path, data: bytes) -> Any:
             untrusted = sorted(set(sio.get_untrusted_types(data=data)) - set(SKOPS_TRUSTED))
             if untrusted:
                 raise ModelIntegrityError(f"{path} needs types that are not trusted: {untrusted}; refusing to load it.")
-            return sio.loads(data, trusted=SKOPS_TRUSTED)
+            estimator = sio.loads(data, trusted=SKOPS_TRUSTED)
         except ModelIntegrityError:
             raise
         except Exception as err:  # any failure to build the object means the file is not a model of ours
             raise ModelIntegrityError(f"{path} is not a valid skops model file: {type(err).__name__}: {err}") from err
+        if not callable(getattr(estimator, "predict_proba", None)):  # trusted types that are no estimator: a dict
+            raise ModelIntegrityError(f"{path} holds a {type(estimator).__name__}, not a fitted classifier; retrain "
+                                      "with `kneepain train`.")
+        return estimator
     raise ModelIntegrityError(f"{path}: unknown model file; expected {ARRAYS_FILE} or {SKOPS_FILE}.")
