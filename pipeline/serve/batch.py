@@ -249,7 +249,8 @@ def _stdin_spooled(inputs: list[str | Path], stdin: BinaryIO | None, outputs: li
     refuse_stdin_source(source, outputs)
     with tempfile.TemporaryDirectory(prefix=_SPOOL_PREFIX) as folder:
         spooled = Path(folder) / _SPOOLED
-        with open(spooled, "wb") as fh, stop_at_once_on_signals():  # a stop signal removes the copy
+        # the handlers first: a signal that comes once the copy exists (what a caller may wait for) removes it
+        with stop_at_once_on_signals(), open(spooled, "wb") as fh:
             _copy_stream(source, fh)
         try:
             yield [spooled if str(p) == "-" else Path(p) for p in inputs]
