@@ -434,14 +434,16 @@ def _score(args: argparse.Namespace) -> int:
         from pipeline.serve.guard import refuse_shared_outputs
 
         output = Path(args.output)
-        extra = [("rejects file", rejects_file(output, args.rejects)), ("texts lookup", texts_lookup(output))]
-        if args.report:
-            extra += [("report", Path(args.report)), ("report's numbers", Path(args.report).with_suffix(".json"))]
-        extra.append(("case mix (written with --adapt-priors; an earlier run's is removed otherwise)",
-                      Path(f"{output}.priors.json")))
-        refuse_shared_outputs([("output", output), *extra])
-        for what, path in extra:  # the files written after the output too: refused now, not once it is written
-            check_target(path, what, make_folders="report" in what)
+        # the files written after the output (score_files checks its rejects file and texts lookup),
+        # and whether their folders may be made: refused now, not once the output is written
+        after = [("report", Path(args.report), True), ("report's numbers", Path(args.report).with_suffix(".json"), True)
+                 ] if args.report else []
+        after.append(("case mix (written with --adapt-priors; an earlier run's is removed otherwise)",
+                      Path(f"{output}.priors.json"), False))
+        refuse_shared_outputs([("output", output), ("rejects file", rejects_file(output, args.rejects)),
+                               ("texts lookup", texts_lookup(output)), *((what, path) for what, path, _ in after)])
+        for what, path, make_folders in after:
+            check_target(path, what, make_folders=make_folders)
     warn = lambda m: print(f"kneepain score: warning: {m}", file=sys.stderr)
     options = _score_options(args)
     shaped = (args.columns, args.keep_input_columns, args.top_k != 3, args.float_digits, args.texts, args.rejects)

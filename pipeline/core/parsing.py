@@ -31,6 +31,7 @@ from pipeline.core.schema import (
     ID_COLUMN,
     LABEL_COLUMN,
     SEVERITY_COLUMN,
+    SEX_MALE,
     TRISTATE_NO,
     TRISTATE_YES,
     UNKNOWN,
@@ -181,11 +182,14 @@ _NO_INJURY = field("injury_event").allowed.index("none")
 
 def premise_denied(codes: dict[str, np.ndarray], names: Sequence[str]) -> np.ndarray:
     """(n_cases, len(names)) bool: the questions ``names`` whose premise a case's answers deny, so
-    that they are not offered to it: the questions about an injury, when it reports none."""
+    that they are not offered to it: the questions about an injury, when it reports none, and
+    pregnancy, to a male."""
     denied = np.zeros((len(codes["age"]), len(names)), dtype=bool)
     premised = [i for i, name in enumerate(names) if name in INJURY_PREMISED]
     if premised:
         denied[:, premised] = (codes["injury_event"] == _NO_INJURY)[:, None]
+    if "pregnant" in names:
+        denied[:, list(names).index("pregnant")] = codes["sex"] == SEX_MALE
     return denied
 
 
@@ -609,7 +613,7 @@ def _parse_columns(items: list[tuple[Any, pd.Series]], n: int, row_offset: int, 
             dup = dup & ids_raw.notna().to_numpy() & (text != "").to_numpy()
             report(ID_COLUMN, dup, ids_raw, DUPLICATE_ID)
 
-    male = codes["sex"] == field("sex").allowed.index("male")
+    male = codes["sex"] == SEX_MALE
     pregnant_male = male & (codes["pregnant"] == 1)
     if "pregnant" in columns:
         report("pregnant", pregnant_male, series_of["pregnant"],

@@ -18,6 +18,7 @@ __all__ = [
     "FIELDS",
     "FIELD_NAMES",
     "SCHEMA_VERSION",
+    "SEX_MALE",
     "TRISTATE_NO",
     "TRISTATE_YES",
     "UNKNOWN",
@@ -199,6 +200,9 @@ def field(name: str) -> Field:
         return _BY_NAME[name]
     except KeyError:
         raise KeyError(f"{name!r} is not a case field; known fields: {', '.join(FIELD_NAMES)}") from None
+
+
+SEX_MALE: int = field("sex").allowed.index("male")  # the code of sex == male
 
 
 def max_duration_days(age: Any) -> Any:

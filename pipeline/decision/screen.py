@@ -15,7 +15,7 @@ import numpy as np
 
 from pipeline.core.config import ScreenConfig, ScreenRule
 from pipeline.core.parsing import unanswered
-from pipeline.core.schema import UNKNOWN, field
+from pipeline.core.schema import SEX_MALE, UNKNOWN, field
 from pipeline.core.textcols import join_ranked
 
 __all__ = ["answer_matches", "rule_counts", "rule_fires", "rule_open", "rule_state", "screen_matches", "screen_names",
@@ -87,7 +87,6 @@ def rule_counts(all_: dict[str, list[str]], any_: dict[str, list[str]],
     return out
 
 
-_MALE = field("sex").allowed.index("male")
 _NOT_PREGNANT = 0  # the tri-state code of "no"
 
 
@@ -95,7 +94,7 @@ def _pregnancy_as_known(codes: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """``codes`` with a male's pregnancy answered "no". The parser keeps it unanswered (a man who
     gave only age, sex and "not pregnant" has answered nothing), but no rule can still fire, or
     stay open, through it."""
-    male = codes["sex"] == _MALE
+    male = codes["sex"] == SEX_MALE
     if not male.any():
         return codes
     return {**codes, "pregnant": np.where(male, np.int8(_NOT_PREGNANT), codes["pregnant"]).astype(codes["pregnant"].dtype)}

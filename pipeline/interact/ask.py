@@ -214,16 +214,15 @@ def _digits(text: str) -> bool:
 
 
 def _find(words: str, exclude: set[str], case: dict[str, Any]) -> list[str]:
-    """Questions holding every one of ``words`` (case-insensitive), not yet answered, and none the
-    main flow would not ask ``case``: pregnancy for a male, or what happened at an injury when it
-    reports none (:func:`pipeline.core.parsing.premise_denied`)."""
+    """Questions holding every one of ``words`` (case-insensitive), not yet answered, and none whose
+    premise ``case`` denies (:func:`pipeline.core.parsing.premise_denied`: pregnancy for a male,
+    what happened at an injury when it reports none), as the main flow never asks them."""
     terms = [w for w in words.lower().split() if w]
     if not terms:
         return []
     names = [n for n in QUESTIONS if n not in {"age", "sex", *exclude}]
     denied = premise_denied(parse_records([case]).codes, names)[0]
-    skip = {n for n, d in zip(names, denied) if d} | ({"pregnant"} if case["sex"] == "male" else set())
-    return [n for n in names if n not in skip and all(t in QUESTIONS[n].lower() for t in terms)]
+    return [n for n, d in zip(names, denied) if not d and all(t in QUESTIONS[n].lower() for t in terms)]
 
 
 def run_session(model: str | Path | LoadedModel | None = None, *, input: TextIO | None = None,  # noqa: A002

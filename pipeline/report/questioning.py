@@ -25,7 +25,7 @@ import pandas as pd
 
 from pipeline.core.knowledge import KnowledgeBase
 from pipeline.core.parsing import ParsedCases, parse_cases
-from pipeline.core.schema import CONDITIONS, FIELD_NAMES, FIELDS, field
+from pipeline.core.schema import CONDITIONS, FIELD_NAMES, FIELDS, SEX_MALE
 from pipeline.data.datasets import labels
 from pipeline.interact.questions import CANDIDATE_FIELDS, QuestionsConfig, load_questions_config, score_questions
 from pipeline.serve.loading import LoadedModel
@@ -36,7 +36,6 @@ STRATEGIES = ("chosen", "random", "fixed")
 _DVT = CONDITIONS.index("dvt")
 _URGENT = ("emergency", "see_doctor_soon")
 _PREGNANT = CANDIDATE_FIELDS.index("pregnant")
-_MALE = field("sex").allowed.index("male")
 
 
 def _metrics(model: LoadedModel, state: ParsedCases, y: np.ndarray) -> tuple[float, float]:
@@ -123,7 +122,7 @@ def simulate_questioning(model: LoadedModel, kb: KnowledgeBase, cases: pd.DataFr
         state = truth.blanked({f.name: True for f in FIELDS if f.name not in start_fields})
         asked = np.zeros((n, len(CANDIDATE_FIELDS)), dtype=bool)
         asked[:, [j for j, f in enumerate(CANDIDATE_FIELDS) if f in start_fields]] = True
-        asked[:, _PREGNANT] |= truth.codes["sex"] == _MALE  # never asked of a man
+        asked[:, _PREGNANT] |= truth.codes["sex"] == SEX_MALE  # never asked of a man
         accuracy, sensitivity = {}, {}
         for k in range(k_max + 1):
             accuracy[str(k)], sensitivity[str(k)] = _metrics(model, state, y)

@@ -75,7 +75,7 @@ def refuse_stdin_source(stdin: BinaryIO, outputs: Sequence[Path]) -> None:
             target = os.stat(out)
         except OSError:  # not there yet: no file of the input's
             continue
-        if (target.st_dev, target.st_ino) == (source.st_dev, source.st_ino):
+        if os.path.samestat(target, source):
             raise BatchInputError(f"{out} is the file standard input is read from: scoring would overwrite your "
                                   "data; choose another output path.")
 
