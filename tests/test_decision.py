@@ -502,3 +502,36 @@ def test_a_decision_layer_without_rules_still_triages_and_asks(cfg, kb):
     level, _ = triage_levels(bare.cfg, codes, _dvt_at(0.2, 2), net=bare)
     asked = bare.ask_next(_dvt_at(0.2, 2), codes, level, np.zeros(2, dtype=bool), fires)
     assert len(asked) == 2
+
+
+def test_chosen_decision_columns_are_those_of_the_whole_layer_and_cost_only_what_they_rest_on(trained, kb,
+                                                                                              monkeypatch):
+    """`kneepain score --columns case_id,prediction,p_dvt,triage` makes only the triage: the same
+    values, bit for bit, as with every column, without searching for the questions to ask next."""
+    from pipeline.decision import layer
+    from pipeline.decision.layer import DECISION_COLUMNS
+    from pipeline.serve.predict import get_model
+
+    model = get_model(trained[0])
+    cases = generate_cases(kb, 600, seed=11).drop(columns=["condition", "severity"])
+    cases.loc[:20, list(SYMPTOMS)] = True  # answers no profile fits: atypical
+    parsed = blank_at_random(parse_cases(cases), 0.5, seed=3)
+    proba = model.predict_proba(parsed)
+    full = decision_columns(model.decision, model.kb, parsed, proba)
+    assert list(full) == DECISION_COLUMNS and full["atypical"].any()
+    for chosen in [[c] for c in DECISION_COLUMNS] + [["screen", "triage"], ["differential_size", "advice"], []]:
+        got = decision_columns(model.decision, model.kb, parsed, proba, columns=chosen)
+        assert list(got) == [c for c in DECISION_COLUMNS if c in chosen]
+        for c in got:
+            assert np.array_equal(np.asarray(got[c]), np.asarray(full[c])), c
+
+    def not_needed(*args, **kwargs):
+        raise AssertionError("computed for a column nobody asked for")
+
+    monkeypatch.setattr(SafetyNet, "ask_next", not_needed)
+    monkeypatch.setattr(layer, "prediction_sets", not_needed)
+    assert (decision_columns(model.decision, model.kb, parsed, proba, columns=["triage"])["triage"]
+            == full["triage"]).all()
+    monkeypatch.setattr(layer, "flag_atypical", not_needed)
+    assert (decision_columns(model.decision, model.kb, parsed, proba, columns=["screen"])["screen"]
+            == full["screen"]).all()

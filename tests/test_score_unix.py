@@ -93,6 +93,29 @@ def test_columns_keep_input_top_k_and_full_texts(trained, cases_csv, tmp_path):
         assert (tmp_path / "out.csv.texts.csv").exists() == lookup, columns
 
 
+def test_chosen_columns_are_all_that_is_computed(trained, cases_csv, tmp_path, monkeypatch):
+    """Scoring only the triage does not search for the questions to ask next (most of the decision
+    layer's time): the columns written are those of a full run."""
+    from pipeline.decision.safety import SafetyNet
+
+    models, _ = trained
+    path, cases = cases_csv
+    full, out = tmp_path / "full.csv", tmp_path / "out.csv"
+    chosen = ["case_id", "prediction", "p_dvt", "triage"]
+    assert main(["score", str(path), "-o", str(full), "--model", str(models), "--quiet"]) == 0
+
+    def not_needed(*args, **kwargs):
+        raise AssertionError("ask_next computed for an output without it")
+
+    monkeypatch.setattr(SafetyNet, "ask_next", not_needed)
+    assert main(["score", str(path), "-o", str(out), "--model", str(models), "--quiet", "--columns",
+                 ",".join(chosen)]) == 0
+    pd.testing.assert_frame_equal(_read(out), _read(full)[chosen])
+    # and it is computed when asked for
+    assert main(["score", str(path), "-o", str(out), "--model", str(models), "--quiet", "--columns",
+                 "case_id,ask_next"]) != 0
+
+
 def test_kept_input_columns_never_lose_one_to_a_name_clash(trained, tmp_path, capsys):
     """An input holding ``triage`` and ``input_triage`` (an earlier output scored again) keeps both."""
     from pipeline.serve.shaping import input_columns

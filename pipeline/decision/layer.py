@@ -7,6 +7,8 @@ configuration, so scoring and serving are self-contained. :func:`decide` adds th
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -226,45 +228,81 @@ def decide(decision: Decision, kb: KnowledgeBase, parsed: ParsedCases, proba: np
 
 
 def decision_columns(decision: Decision, kb: KnowledgeBase, parsed: ParsedCases, proba: np.ndarray, *,
-                     codes: bool = False) -> dict[str, Any]:
+                     codes: bool = False, columns: Collection[str] | None = None) -> dict[str, Any]:
     """:func:`decide`'s columns as arrays, by name (a caller adding them to its own columns builds
-    one frame); for no cases, empty columns of the types they have for some."""
+    one frame); for no cases, empty columns of the types they have for some.
+
+    ``columns``: only those of :data:`DECISION_COLUMNS` are made (default: all), and only what
+    they rest on is computed (``triage`` alone does not search for ``ask_next``'s questions);
+    each is the same, bit for bit, as when every column is made."""
+    wanted = [c for c in DECISION_COLUMNS if columns is None or c in columns]
     if len(parsed) == 0:
         pandas_type = {"string": "str", "int64": "int64", "bool": "bool"}
-        return {c: pd.Series(dtype=pandas_type[DECISION_COLUMN_TYPES[c]]) for c in DECISION_COLUMNS}
-    atypical, score, threshold = flag_atypical(kb, parsed, decision.atypical)
-    net = decision.safety(kb)
-    cfg, screen = decision.config, decision.screen
-    counts = net.counts(parsed.codes)  # every rule matched once
-    fires, open_ = net.fires_and_open(parsed.codes, counts)
-    matches = fires[:, len(cfg.red_flags):]  # the screen's rules
-    level, reason = expected_cost_levels(cfg, parsed.codes, proba, atypical, net, open_)
-    before_rules, basis = level.copy(), reason.copy()
-    raise_to_rules(cfg, level, reason, fires, screen)
-    # a rule at the level the expected cost gave is the reason shown (the clearer one), but the
-    # level still rests on the cost: its condition stays in the differential and the advice
-    basis = np.where(level == before_rules, basis, reason)
-    ask_next = net.ask_next(proba, parsed.codes, level, atypical, fires, codes_out=codes, counts=counts)
-    needed, driver = driving_condition(proba, level, basis, cfg)
-    sets = with_driving_condition(prediction_sets(proba, parsed.codes, decision.conformal), proba, level, basis, cfg,
-                                  driving=(needed, driver))
-    differential, size = format_sets(proba, sets)
-    atypical_reason = np.full(len(parsed), "", dtype=object)
-    atypical_reason[atypical] = [f"answers fit none of the documented profiles well: surprise per answer "
-                                 f"{s:.2f} > {t:.2f}" for s, t in zip(score[atypical], threshold[atypical])]  # rare
-    likely = proba.argmax(axis=1)
-    # the advice names the condition the level is for where the most likely one does not call for it
-    driver = np.where(right_levels(cfg)[likely] < needed, driver, -1)
-    return {
-        "triage": lookup(LEVELS, level),
-        "triage_reason": lookup(decision._reason_codes if codes else decision._reasons, reason),
-        "safety_net": net.safety_net(level, open_, codes),
+        return {c: pd.Series(dtype=pandas_type[DECISION_COLUMN_TYPES[c]]) for c in wanted}
+    cfg, screen, net = decision.config, decision.screen, decision.safety(kb)
+    # each step computed once, when a wanted column first needs it
+
+    @cache
+    def rules() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        counts = net.counts(parsed.codes)  # every rule matched once
+        return (counts, *net.fires_and_open(parsed.codes, counts))
+
+    @cache
+    def atypical() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return flag_atypical(kb, parsed, decision.atypical)
+
+    @cache
+    def triage() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(level, reason, basis): the level's reason shown, and the one it rests on."""
+        _, fires, open_ = rules()
+        level, reason = expected_cost_levels(cfg, parsed.codes, proba, atypical()[0], net, open_)
+        before_rules, basis = level.copy(), reason.copy()
+        raise_to_rules(cfg, level, reason, fires, screen)
+        # a rule at the level the expected cost gave is the reason shown (the clearer one), but the
+        # level still rests on the cost: its condition stays in the differential and the advice
+        return level, reason, np.where(level == before_rules, basis, reason)
+
+    @cache
+    def driving() -> tuple[np.ndarray, np.ndarray]:
+        level, _, basis = triage()
+        return driving_condition(proba, level, basis, cfg)
+
+    @cache
+    def differential() -> tuple[np.ndarray, np.ndarray]:
+        level, _, basis = triage()
+        sets = with_driving_condition(prediction_sets(proba, parsed.codes, decision.conformal), proba, level, basis,
+                                      cfg, driving=driving())
+        return format_sets(proba, sets)
+
+    def advice() -> np.ndarray:
+        needed, driver = driving()
+        likely = proba.argmax(axis=1)
+        # the advice names the condition the level is for where the most likely one does not call for it
+        named = np.where(right_levels(cfg)[likely] < needed, driver, -1)
+        return lookup((decision._advice_codes if codes else decision._advice).ravel(),
+                      advice_index(triage()[0], likely, named))
+
+    def ask_next() -> np.ndarray:
+        counts, fires, _ = rules()
+        return net.ask_next(proba, parsed.codes, triage()[0], atypical()[0], fires, codes_out=codes, counts=counts)
+
+    def atypical_reason() -> pd.api.extensions.ExtensionArray:
+        flag, score, threshold = atypical()
+        reasons = np.full(len(parsed), "", dtype=object)
+        reasons[flag] = [f"answers fit none of the documented profiles well: surprise per answer "
+                         f"{s:.2f} > {t:.2f}" for s, t in zip(score[flag], threshold[flag])]  # rare
+        return text_array(reasons)
+
+    made: dict[str, Callable[[], Any]] = {
+        "triage": lambda: lookup(LEVELS, triage()[0]),
+        "triage_reason": lambda: lookup(decision._reason_codes if codes else decision._reasons, triage()[1]),
+        "safety_net": lambda: net.safety_net(triage()[0], rules()[2], codes),
         "ask_next": ask_next,
-        "advice": lookup((decision._advice_codes if codes else decision._advice).ravel(),
-                         advice_index(level, likely, driver)),
-        "differential": differential,
-        "differential_size": size.astype(np.int64),
-        "screen": screen_names(decision.screen, matches),
-        "atypical": atypical,
-        "atypical_reason": text_array(atypical_reason),
+        "advice": advice,
+        "differential": lambda: differential()[0],
+        "differential_size": lambda: differential()[1].astype(np.int64),
+        "screen": lambda: screen_names(screen, rules()[1][:, len(cfg.red_flags):]),  # the screen's rules
+        "atypical": lambda: atypical()[0],
+        "atypical_reason": atypical_reason,
     }
+    return {c: made[c]() for c in wanted}

@@ -15,7 +15,7 @@ import os
 import pickle
 import signal
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -111,9 +111,10 @@ def score_valid(model: LoadedModel, parsed: ParsedCases, valid: np.ndarray, *, r
 
 
 def valid_columns(model: LoadedModel, parsed: ParsedCases, valid: np.ndarray, *, row_offset: int,
-                  top_k: int = 3, codes: bool = False) -> dict[str, Any]:
-    """:func:`score_valid`'s columns as arrays, by name, in order (for :func:`pipeline.serve.writing.output_table`)."""
-    scored = score_columns(model, parsed[valid], ids=None, top_k=top_k, codes=codes)
+                  top_k: int = 3, codes: bool = False, columns: Collection[str] | None = None) -> dict[str, Any]:
+    """:func:`score_valid`'s columns as arrays, by name, in order (for :func:`pipeline.serve.writing.output_table`;
+    ``columns``: as in :func:`pipeline.serve.predict.score_columns`)."""
+    scored = score_columns(model, parsed[valid], ids=None, top_k=top_k, codes=codes, columns=columns)
     row_numbers = np.flatnonzero(valid) + row_offset
     if parsed.ids is None:
         scored["row"] = row_numbers  # in the place of the ids
@@ -170,9 +171,11 @@ class SeenIds:
 
 
 def _score_and_keep(model: LoadedModel, parsed: ParsedCases, valid: np.ndarray, frame: pd.DataFrame, *,
-                    row_offset: int, top_k: int, keep: dict[str, str], codes: bool) -> dict[str, Any]:
-    """:func:`valid_columns`, with the input columns ``keep`` (input name -> output name) of the scored rows as text."""
-    scored = valid_columns(model, parsed, valid, row_offset=row_offset, top_k=top_k, codes=codes)
+                    row_offset: int, top_k: int, keep: dict[str, str], codes: bool,
+                    columns: Collection[str]) -> dict[str, Any]:
+    """:func:`valid_columns` of the output's ``columns``, with the input columns ``keep`` (input name ->
+    output name) of the scored rows as text."""
+    scored = valid_columns(model, parsed, valid, row_offset=row_offset, top_k=top_k, codes=codes, columns=columns)
     if keep:
         rows = frame.iloc[np.flatnonzero(valid)]
         scored.update({out: as_text(rows[name]) for name, out in keep.items()})  # a missing value: null (empty)
@@ -211,7 +214,7 @@ def _score_one(model: LoadedModel, job: FileJob, frame: pd.DataFrame, malformed:
     parsed, valid, errors = parse_chunk(frame, file=job.label, row_offset=row_offset, malformed=malformed)
     valid, bad = reject_repeated(parsed.ids, valid, errors, repeated, row_offset=row_offset)
     scored = _score_and_keep(model, parsed, valid, frame, row_offset=row_offset, top_k=job.top_k, keep=job.keep,
-                             codes=job.codes)
+                             codes=job.codes, columns=job.schema.names)  # only the output's columns are made
     table = output_table(scored, job.schema, file=job.label, blank=job.blank)
     rejects = reject_table(bad, frame, row_offset=row_offset, file=job.label, schema=job.rschema) if len(bad) else None
     return Done(encode_csv(table, job.shape) if job.csv else table, rejects, len(table),

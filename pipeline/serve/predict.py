@@ -7,6 +7,7 @@ three ways of scoring give the same numbers for the same row.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -64,9 +65,11 @@ def score_parsed(model: LoadedModel, parsed: ParsedCases, *, top_k: int = 3,
 
 
 def score_columns(model: LoadedModel, parsed: ParsedCases, *, top_k: int = 3,
-                  ids: pd.Series | np.ndarray | None = None, codes: bool = False) -> dict[str, Any]:
+                  ids: pd.Series | np.ndarray | None = None, codes: bool = False,
+                  columns: Collection[str] | None = None) -> dict[str, Any]:
     """:func:`score_parsed`'s columns as arrays, by name, in order (``kneepain score`` makes Arrow
-    tables of them without a DataFrame between)."""
+    tables of them without a DataFrame between). With ``columns``, the ``top<k>`` and decision
+    columns not among them are left out and not computed (the others are always there)."""
     proba = model.predict_proba(parsed)
     order = np.argsort(-proba, axis=1, kind="stable")[:, :top_k]
     id_name = ID_COLUMN if parsed.ids is not None else "row"
@@ -78,9 +81,10 @@ def score_columns(model: LoadedModel, parsed: ParsedCases, *, top_k: int = 3,
     out = {id_name: id_values, "prediction": lookup(CONDITIONS, order[:, 0]), "confidence": proba.max(axis=1)}
     for k, c in enumerate(CONDITIONS):
         out[f"p_{c}"] = proba[:, k]
-    out[f"top{top_k}"] = join_ranked(CONDITIONS, order)
+    if columns is None or f"top{top_k}" in columns:
+        out[f"top{top_k}"] = join_ranked(CONDITIONS, order)
     if model.decision is not None and model.kb is not None:
-        out.update(decision_columns(model.decision, model.kb, parsed, proba, codes=codes))
+        out.update(decision_columns(model.decision, model.kb, parsed, proba, codes=codes, columns=columns))
     return out
 
 
