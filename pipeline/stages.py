@@ -16,7 +16,7 @@ import pandas as pd
 
 from pipeline.core.config import GenerateConfig, ProbesConfig, ScreenConfig, TrainConfig, TriageConfig
 from pipeline.core.errors import BatchInputError, error_lines
-from pipeline.core.files import sha256_file, write_json_atomic
+from pipeline.core.files import sha256_file, write_report_json
 from pipeline.core.knowledge import KnowledgeBase, load_knowledge_base
 from pipeline.core.parsing import ignored_columns_message, parse_cases
 from pipeline.core.schema import LABEL_COLUMN
@@ -37,7 +37,7 @@ def generate_stage(kb: KnowledgeBase, config: GenerateConfig, out: Path) -> tupl
     summary = {"class_counts": split_table(frames).to_dict(),
                "oracle": {name: oracle_summary(kb_for_split(kb, name), frames[name])
                           for name in ("test", "shift") if name in frames}}
-    write_json_atomic(out / "summary.json", summary)
+    write_report_json(out / "summary.json", summary)
     return {k: len(v) for k, v in frames.items()}, summary
 
 
@@ -225,7 +225,7 @@ def evaluate_file(model_source: str | Path | None, path: Path, out: Path, *, tra
         from pipeline.model.tracking import log_labelled_evaluation
 
         metrics["mlflow_run_id"] = log_labelled_evaluation(model.manifest, metrics, paths, out, frame, path)
-        write_json_atomic(out / "metrics.json", metrics)  # with the run id, to find the run again
+        write_report_json(out / "metrics.json", metrics)  # with the run id, to find the run again
     return EvaluateResult(metrics, paths, track)
 
 
@@ -254,6 +254,6 @@ def sensitivity_stage(kb_path: Path, triage: TriageConfig, probes: ProbesConfig,
     from pipeline.report.sensitivity import plot_tornado, sensitivity
 
     result = sensitivity(read_knowledge_base_yaml(kb_path), triage, probes, draws=draws, n=n, seed=seed)
-    write_json_atomic(out / "sensitivity.json", result)
+    write_report_json(out / "sensitivity.json", result)
     plot_tornado(result, out / "tornado.png")
     return result

@@ -97,6 +97,26 @@ def test_evaluate_on_a_labelled_file_reports_intervals_and_rejects(trained, labe
     assert run.data.tags["kneepain.model_run_id"] == json.loads((models / "manifest.json").read_text())["mlflow_run_id"]
 
 
+def test_a_file_lacking_conditions_gets_strict_json_with_null_for_what_it_cannot_measure(trained, labelled_csv,
+                                                                                          tmp_path):
+    """A clinic's file seldom holds every condition: the recall of one it lacks is not a number,
+    written null (strict JSON has no NaN: jq and JavaScript refuse a bare NaN)."""
+    models, _ = trained
+    frame = pd.read_csv(labelled_csv, dtype=str, keep_default_na=False).iloc[4:]
+    two = frame[frame[" condition"].isin(["dvt", "osteoarthritis"])]
+    path, out = tmp_path / "two.csv", tmp_path / "eval"
+    two.to_csv(path, index=False)
+    assert main(["evaluate", "--data", str(path), "--model", str(models), "--out", str(out), "--bootstrap", "20",
+                 "--no-mlflow"]) == 0
+
+    def refuse(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    m = json.loads((out / "metrics.json").read_text(), parse_constant=refuse)
+    assert m["per_condition"]["leg_cramp"]["recall"]["value"] is None
+    assert m["per_condition"]["dvt"]["recall"]["value"] >= 0
+
+
 def test_evaluate_without_condition_column_is_one_clear_error(trained, small_data, tmp_path, capsys):
     models, _ = trained
     path = tmp_path / "unlabelled.csv"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["load_yaml", "process_alive", "reclaim_stale_temps", "sha256_file", "tmp_path", "write_bytes_atomic",
-           "write_json_atomic", "write_parts_atomic", "write_text_atomic"]
+           "write_json_atomic", "write_parts_atomic", "write_report_json", "write_text_atomic"]
 
 
 def load_yaml(text: str | bytes) -> Any:
@@ -195,3 +196,22 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 
 def write_json_atomic(path: str | Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=float) + "\n")
+
+
+def write_report_json(path: str | Path, data: Any) -> None:
+    """:func:`write_json_atomic` as JSON that every reader takes: a number that is not finite (the
+    NaN of an empty band, or of a condition a labelled file lacks) is written ``null``, as strict
+    JSON has no NaN or Infinity (``jq``, JavaScript and most JSON libraries refuse them)."""
+    write_text_atomic(path, json.dumps(_finite_or_null(data), indent=2, sort_keys=False, allow_nan=False) + "\n")
+
+
+def _finite_or_null(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):  # a numpy number
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

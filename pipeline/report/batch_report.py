@@ -26,7 +26,7 @@ import pandas as pd
 
 from pipeline.core.casefiles import iter_chunks
 from pipeline.core.config import LEVELS
-from pipeline.core.files import write_json_atomic, write_text_atomic
+from pipeline.core.files import write_report_json, write_text_atomic
 from pipeline.core.parsing import codes_to_text_frame, parse_cases
 from pipeline.core.schema import CONDITION_LABELS, CONDITIONS, FIELDS, UNKNOWN
 from pipeline.data.generate import generate_codes
@@ -262,5 +262,5 @@ def write_batch_report(inputs: list[str | Path], output: str | Path, model: Load
         raise ValueError(f"{path}: the batch report is an .html file.")
     summary = summarise_batch(inputs, output, model, estimate=estimate, chunk_rows=chunk_rows, rejects=rejects)
     write_text_atomic(path, render_html(summary))
-    write_json_atomic(path.with_suffix(".json"), summary)
+    write_report_json(path.with_suffix(".json"), summary)
     return summary

@@ -19,7 +19,7 @@ from sklearn.frozen import FrozenEstimator
 from sklearn.metrics import f1_score, precision_recall_fscore_support
 
 from pipeline.core import metrics as M
-from pipeline.core.files import write_json_atomic, write_text_atomic
+from pipeline.core.files import write_report_json, write_text_atomic
 from pipeline.core.knowledge import KnowledgeBase
 from pipeline.core.oracle import oracle_posterior
 from pipeline.core.parsing import ParsedCases, parse_cases
@@ -362,8 +362,8 @@ def write_reports(metrics: dict[str, Any], arrays: dict[str, dict[str, np.ndarra
         written.append(plots.plot_robustness(metrics["robustness"], plot_dir / "robustness.png",
                                              title="Robustness to unanswered questions, test"))
     series = views.write_series(metrics, arrays, out_dir / views.SERIES_DIR, n_bins=N_BINS)
-    write_json_atomic(out_dir / views.HEADLINE_FILE, views.headline_metrics(metrics))
-    write_json_atomic(out_dir / views.DETAIL_FILE, metrics)
+    write_report_json(out_dir / views.HEADLINE_FILE, views.headline_metrics(metrics))
+    write_report_json(out_dir / views.DETAIL_FILE, metrics)
     card = out_dir / "model_card.md"
     write_text_atomic(card, _model_card(metrics, manifest, [p for p in written if p.suffix == ".png"]))
     return [out_dir / views.HEADLINE_FILE, out_dir / views.DETAIL_FILE, *written, *series, card]

@@ -16,7 +16,7 @@ import pandas as pd
 
 from pipeline.core import metrics as M
 from pipeline.core.errors import BatchInputError
-from pipeline.core.files import write_json_atomic, write_text_atomic
+from pipeline.core.files import write_report_json, write_text_atomic
 from pipeline.core.parsing import parse_cases
 from pipeline.core.schema import CONDITION_LABELS, CONDITIONS
 from pipeline.data.real import REFERENCE_COLUMN, rejects_csv, validate_labelled
@@ -230,7 +230,7 @@ def write_labelled_reports(metrics: dict[str, Any], arrays: dict[str, np.ndarray
     drawn = [plots.plot_confusion_matrix(y, proba, out_dir / "confusion_matrix.png", title="Confusion matrix"),
              plots.plot_reliability(y, proba, out_dir / "reliability.png", proba_uncalibrated=arrays["proba_uncalibrated"],
                                     n_bins=N_BINS, title="Top-label reliability")]
-    write_json_atomic(out_dir / "metrics.json", metrics)
+    write_report_json(out_dir / "metrics.json", metrics)
     written = [out_dir / "metrics.json", *drawn]
     stale = out_dir / "rejects.csv"
     stale.unlink(missing_ok=True)
