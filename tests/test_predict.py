@@ -174,6 +174,29 @@ def test_top_k_and_its_bounds(trained):
     assert list(predict(CASE, model=models, top_k=np.int64(2)).columns).count("top2") == 1  # numpy's integers count
 
 
+def test_chosen_columns_in_their_order_computing_only_what_they_need(trained, monkeypatch):
+    from pipeline.decision.safety import SafetyNet
+
+    models, _ = trained
+    frame = pd.DataFrame([CASE, {"age": 70, "sex": "female"}, {"age": 35, "sex": "male"}], index=["p7", "p2", "p9"])
+    full = predict(frame, model=models, top_k=2)
+
+    def not_needed(*args, **kwargs):
+        raise AssertionError("ask_next computed for columns without it")
+
+    monkeypatch.setattr(SafetyNet, "ask_next", not_needed)
+    out = predict(frame, model=models, top_k=2, columns=["triage", "p_dvt", "top2", "row"])
+    pd.testing.assert_frame_equal(out, full[["triage", "p_dvt", "top2", "row"]])  # the index too: it joins back
+    with pytest.raises(AssertionError, match="ask_next computed"):
+        predict(frame, model=models, columns=["ask_next"])
+    for columns, message in ((["tirage"], "'tirage' is not an output column; choose from row,prediction,"),
+                             (["case_id"], "'case_id' is not an output column"),  # these cases have no ids
+                             (["triage", "triage"], "'triage' given twice"), ([], "no column chosen; choose from row,"),
+                             ("triage", r"give a list of output columns, such as \['triage'\]")):
+        with pytest.raises(ValueError, match=message):
+            predict(frame, model=models, columns=columns)
+
+
 def test_model_is_loaded_once(trained, monkeypatch):
     models, _ = trained
     P = importlib.import_module("pipeline.serve.loading")

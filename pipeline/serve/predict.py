@@ -7,7 +7,7 @@ three ways of scoring give the same numbers for the same row.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from pipeline.core.schema import CONDITION_LABELS, CONDITIONS, ID_COLUMN, top_k_
 from pipeline.core.textcols import TEXT_DTYPE, join_ranked, lookup
 from pipeline.decision.layer import DECISION_COLUMN_DOCS, DECISION_COLUMN_TYPES, DECISION_COLUMNS, decision_columns
 from pipeline.serve.loading import LoadedModel, clear_model_cache, get_model
+from pipeline.serve.shaping import columns_problem
 
 __all__ = ["OUTPUT_TYPES", "clear_model_cache", "get_model", "output_columns", "output_dictionary_markdown", "predict",
            "score_columns", "score_parsed"]
@@ -53,15 +54,17 @@ def output_dictionary_markdown() -> str:
 
 
 def score_parsed(model: LoadedModel, parsed: ParsedCases, *, top_k: int = 3,
-                 ids: pd.Series | np.ndarray | None = None, codes: bool = False) -> pd.DataFrame:
+                 ids: pd.Series | np.ndarray | None = None, codes: bool = False,
+                 columns: Collection[str] | None = None) -> pd.DataFrame:
     """Score valid parsed cases; the output columns of :func:`output_columns`.
 
     ``ids`` (case ids or row numbers) become the first column: ``case_id`` when the input had
     one, else ``row``. The products are made without BLAS (:mod:`pipeline.core.blas`), so the numbers
     do not depend on the process, its threads or the machine's load. With ``codes`` the long
-    decision texts are short codes (:meth:`pipeline.decision.layer.Decision.text_codes`).
+    decision texts are short codes (:meth:`pipeline.decision.layer.Decision.text_codes`). ``columns``:
+    as in :func:`score_columns`.
     """
-    return pd.DataFrame(score_columns(model, parsed, top_k=top_k, ids=ids, codes=codes))
+    return pd.DataFrame(score_columns(model, parsed, top_k=top_k, ids=ids, codes=codes, columns=columns))
 
 
 def score_columns(model: LoadedModel, parsed: ParsedCases, *, top_k: int = 3,
@@ -88,7 +91,8 @@ def score_columns(model: LoadedModel, parsed: ParsedCases, *, top_k: int = 3,
     return out
 
 
-def predict(cases: Any, model: str | Path | LoadedModel | None = None, top_k: int = 3) -> pd.DataFrame:
+def predict(cases: Any, model: str | Path | LoadedModel | None = None, top_k: int = 3,
+            columns: Sequence[str] | None = None) -> pd.DataFrame:
     """Score cases with the persisted model.
 
     Parameters
@@ -100,6 +104,9 @@ def predict(cases: Any, model: str | Path | LoadedModel | None = None, top_k: in
         Default: the project's ``models/`` (run ``make run`` first). Loaded once and cached.
     top_k : int, default=3
         How many conditions the ``top<k>`` column lists.
+    columns : list of str, optional
+        Only these output columns, in this order (as ``kneepain score --columns``). Only what they
+        need is computed: ``["triage"]`` does not search for ``ask_next``'s questions. Default: all.
 
     Returns
     -------
@@ -108,7 +115,7 @@ def predict(cases: Any, model: str | Path | LoadedModel | None = None, top_k: in
         ``case_id`` (or ``row``), ``prediction``, ``confidence``, ``p_<condition>`` per condition
         (summing to 1), ``top3``, then the decision layer: ``triage``, ``triage_reason``,
         ``safety_net``, ``ask_next``, ``advice``, ``differential``, ``differential_size``,
-        ``screen``, ``atypical``, ``atypical_reason``.
+        ``screen``, ``atypical``, ``atypical_reason`` (only ``columns``, when given).
         This is information, not a diagnosis: seek professional advice.
 
     Raises
@@ -120,6 +127,8 @@ def predict(cases: Any, model: str | Path | LoadedModel | None = None, top_k: in
         For a file that cannot be read as cases (not CSV or Parquet, another separator, a folder).
     TypeError
         For anything else, parsed cases included (they may hold rows that failed validation).
+    ValueError
+        For a ``top_k`` out of range, or ``columns`` that are not output columns (the choices named).
     """
     if (problem := top_k_problem(top_k)) is not None:
         raise ValueError(f"top_k == {top_k!r}, {problem}.")
@@ -135,7 +144,17 @@ def predict(cases: Any, model: str | Path | LoadedModel | None = None, top_k: in
         raise
     if parsed.ignored_columns:
         warnings.warn(ignored_columns_message(parsed.ignored_columns), UserWarning, stacklevel=2)
-    out = score_parsed(get_model(model), parsed, top_k=top_k)
+    loaded = get_model(model)
+    if columns is not None:
+        choices = output_columns(top_k, ID_COLUMN if parsed.ids is not None else "row",
+                                 decision=loaded.decision is not None)
+        if isinstance(columns, str):  # one name: a list of its letters would be chosen
+            raise ValueError(f"columns == {columns!r}: give a list of output columns, such as [{columns!r}].")
+        if (problem := columns_problem(choices, list(columns))) is not None:
+            raise ValueError(f"columns: {problem}")
+    out = score_parsed(loaded, parsed, top_k=top_k, columns=columns)
+    if columns is not None:
+        out = out[list(columns)]
     if isinstance(cases, pd.DataFrame):  # row for row: the caller's index joins the results back
         out.index = cases.index
     return out

@@ -26,7 +26,7 @@ from pipeline.core.schema import normalise_header, top_k_problem, whole_number
 
 __all__ = ["FLOAT_DIGITS", "MAX_FLOAT_DIGITS", "OutputOptions", "column_list", "float_digits_allowed", "input_columns",
            "parse_column_list", "round_floats",
-           "select_columns", "text_lookup"]
+           "columns_problem", "select_columns", "text_lookup"]
 
 FLOAT_DIGITS = 6
 MAX_FLOAT_DIGITS = 17  # a double's every digit: more is the same number
@@ -128,15 +128,22 @@ def select_columns(schema: pa.Schema, columns: Sequence[str] | None) -> pa.Schem
     """``schema`` restricted to ``columns``, in their order; an unknown name is an error naming the choices."""
     if columns is None:
         return schema
-    unknown = [c for c in columns if c not in schema.names]
-    if unknown or not columns:
-        raise BatchInputError(f"--columns: {', '.join(map(repr, unknown)) or 'nothing'} "
-                              f"{'is' if len(unknown) == 1 else 'are'} not an output column; choose from "
-                              f"{column_list(schema.names)}.")
-    repeated = sorted({c for c in columns if list(columns).count(c) > 1})
-    if repeated:
-        raise BatchInputError(f"--columns: {', '.join(map(repr, repeated))} given twice.")
+    if (problem := columns_problem(schema.names, columns)) is not None:
+        raise BatchInputError(f"--columns: {problem}")
     return pa.schema([schema.field(c) for c in columns])
+
+
+def columns_problem(names: Sequence[str], columns: Sequence[str]) -> str | None:
+    """What is wrong with choosing ``columns`` among the output columns ``names`` (None if nothing):
+    none chosen, a name that is not an output column (the choices named), or a name given twice."""
+    if not columns:
+        return f"no column chosen; choose from {column_list(names)}."
+    unknown = [c for c in columns if c not in names]
+    if unknown:
+        return (f"{', '.join(map(repr, unknown))} {'is' if len(unknown) == 1 else 'are'} not an output column; "
+                f"choose from {column_list(names)}.")
+    repeated = sorted({c for c in columns if list(columns).count(c) > 1})
+    return f"{', '.join(map(repr, repeated))} given twice." if repeated else None
 
 
 def round_floats(table: pa.Table, digits: int | None) -> pa.Table:
