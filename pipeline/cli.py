@@ -279,7 +279,7 @@ def _score_parser(sub: argparse._SubParsersAction) -> None:
                         "with --engine dask a new folder of part files")
     p.add_argument("--columns", default=None,
                    help="the output columns to write, comma-separated, in that order (e.g. case_id,prediction,p_dvt,"
-                        "triage; a name with a comma in double quotes, as in CSV); default all. Only these are computed")
+                        "triage; a name with a comma in double quotes, as in CSV); default all. Only what they need is computed")
     p.add_argument("--keep-input-columns", action="store_true",
                    help="append the input's own columns to each scored row (a name the output already has gets input_)")
     p.add_argument("--top-k", type=int, default=3, help="how many conditions the top<k> column lists (default 3)")

@@ -39,3 +39,24 @@ def test_the_readme_names_only_modules_that_exist():
         folder = ROOT.joinpath(*parts)
         parent = ROOT.joinpath(*parts[:-1]).with_suffix(".py")
         assert path.exists() or folder.is_dir() or parent.exists(), dotted
+
+
+def test_figures_a_report_could_not_measure_read_n_a_in_the_readme_and_the_summary(tmp_path):
+    """A report's JSON holds null where a figure could not be measured (a split without a DVT):
+    the README's results and `kneepain report` print it as n/a."""
+    import json
+
+    from pipeline.core.files import write_report_json
+    from pipeline.report.decision_metrics import format_decision_table
+    from pipeline.report.docs import results_markdown
+
+    metrics = json.loads((ROOT / "reports" / "metrics_detail.json").read_text(encoding="utf-8"))
+    metrics["test"]["ece_top_label"] = float("nan")
+    metrics["triage"]["test"]["dvt_same_day_rate"] = float("nan")
+    metrics["conformal"]["test"]["coverage"] = float("nan")
+    write_report_json(tmp_path / "m.json", metrics)
+    read = json.loads((tmp_path / "m.json").read_text(encoding="utf-8"))
+    assert read["test"]["ece_top_label"] is None
+    text = results_markdown(read)
+    assert text.count("n/a") == 3 and "nan" not in text
+    assert "test_blanked" in format_decision_table(read)  # pandas prints the null as NaN

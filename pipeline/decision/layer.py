@@ -268,11 +268,11 @@ def decision_columns(decision: Decision, kb: KnowledgeBase, parsed: ParsedCases,
         return driving_condition(proba, level, basis, cfg)
 
     @cache
-    def differential() -> tuple[np.ndarray, np.ndarray]:
+    def differential() -> np.ndarray:
+        """(n, K) the conditions shown: the prediction set with the one the level is for."""
         level, _, basis = triage()
-        sets = with_driving_condition(prediction_sets(proba, parsed.codes, decision.conformal), proba, level, basis,
+        return with_driving_condition(prediction_sets(proba, parsed.codes, decision.conformal), proba, level, basis,
                                       cfg, driving=driving())
-        return format_sets(proba, sets)
 
     def advice() -> np.ndarray:
         needed, driver = driving()
@@ -299,8 +299,8 @@ def decision_columns(decision: Decision, kb: KnowledgeBase, parsed: ParsedCases,
         "safety_net": lambda: net.safety_net(triage()[0], rules()[2], codes),
         "ask_next": ask_next,
         "advice": advice,
-        "differential": lambda: differential()[0],
-        "differential_size": lambda: differential()[1].astype(np.int64),
+        "differential": lambda: format_sets(proba, differential())[0],
+        "differential_size": lambda: differential().sum(axis=1).astype(np.int64),
         "screen": lambda: screen_names(screen, rules()[1][:, len(cfg.red_flags):]),  # the screen's rules
         "atypical": lambda: atypical()[0],
         "atypical_reason": atypical_reason,

@@ -29,7 +29,7 @@ from pipeline.decision.safety import rules_of
 from pipeline.decision.triage import right_levels
 from pipeline.serve.loading import LoadedModel
 
-__all__ = ["BLANKED_RATE", "coverage_table", "decision_card_section", "evaluate_decision", "format_decision_table",
+__all__ = ["BLANKED_RATE", "coverage_table", "decision_card_section", "evaluate_decision", "figure", "format_decision_table",
            "triage_table", "upper_bound"]
 
 _DVT = CONDITIONS.index("dvt")
@@ -177,6 +177,15 @@ def evaluate_decision(model: LoadedModel, parsed: dict[str, ParsedCases], arrays
     return out
 
 
+def figure(value: float | None, spec: str) -> str:
+    """``value`` formatted with ``spec``, or ``n/a`` for a figure that could not be measured (NaN in
+    memory, ``null`` in a report's JSON: an empty band, a split without a DVT)."""
+    return "n/a" if value is None or value != value else format(value, spec)
+
+
+REASONS = ("screen", "red_flag", "expected_cost")  # why a non-DVT case went to the same day, as the table lists them
+
+
 def triage_table(metrics: dict[str, Any]) -> str:
     """Markdown: triage against the reference levels, per split."""
     lines = ["| split | exact | safe (at or above) | under-triage (95% UCB) | over-triage to emergency | "
@@ -184,10 +193,11 @@ def triage_table(metrics: dict[str, Any]) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for s, t in metrics["triage"].items():
         r = t["non_dvt_emergency_by_reason"]
-        lines.append(f"| {s} | {t['exact_rate']:.3f} | {t['safe_rate']:.4f} | {t['under_triage_rate']:.4f} "
-                     f"({t['under_triage_ucb95']:.4f}) | {t['over_triage_emergency_rate']:.4f} | "
-                     f"{t['dvt_same_day_rate']:.4f} | {t['dvt_within_a_day_rate']:.4f} | {t['non_dvt_emergency_rate']:.4f} "
-                     f"({r['screen']:.4f} / {r['red_flag']:.4f} / {r['expected_cost']:.4f}) |")
+        row = [figure(t["exact_rate"], ".3f"), figure(t["safe_rate"], ".4f"),
+               f"{figure(t['under_triage_rate'], '.4f')} ({figure(t['under_triage_ucb95'], '.4f')})",
+               *(figure(t[k], ".4f") for k in ("over_triage_emergency_rate", "dvt_same_day_rate", "dvt_within_a_day_rate")),
+               f"{figure(t['non_dvt_emergency_rate'], '.4f')} ({' / '.join(figure(r[k], '.4f') for k in REASONS)})"]
+        lines.append(f"| {s} | {' | '.join(row)} |")
     return "\n".join(lines)
 
 
@@ -199,10 +209,10 @@ def coverage_table(metrics: dict[str, Any], split: str) -> str:
     for title, key in (("confidence", "by_confidence"), ("answers known", "by_answers_known")):
         for b in c[key]:
             if b["n"]:
-                lines.append(f"| {title} {b['band']} | {b['n']:,} | {b['coverage']:.3f} | {b['mean_set_size']:.2f} | "
-                             f"{b['oracle_credible_set_size']:.2f} |")
-    lines.append(f"| all | {sum(b['n'] for b in c['by_confidence']):,} | {c['coverage']:.3f} | "
-                 f"{c['mean_set_size']:.2f} | {c['oracle_mean_set_size']:.2f} |")
+                lines.append(f"| {title} {b['band']} | {b['n']:,} | {figure(b['coverage'], '.3f')} | "
+                             f"{figure(b['mean_set_size'], '.2f')} | {figure(b['oracle_credible_set_size'], '.2f')} |")
+    lines.append(f"| all | {sum(b['n'] for b in c['by_confidence']):,} | {figure(c['coverage'], '.3f')} | "
+                 f"{figure(c['mean_set_size'], '.2f')} | {figure(c['oracle_mean_set_size'], '.2f')} |")
     return "\n".join(lines)
 
 
@@ -249,6 +259,6 @@ def _questioning_line(metrics: dict[str, Any]) -> str:
         return ""
     acc = {s: q[s]["accuracy"] for s in ("chosen", "random", "fixed")}
     return (f"\n\nAsking questions from age and sex only ({q['n_cases']:,} test cases): top-1 accuracy after 5 "
-            f"questions chosen {acc['chosen']['5']:.3f}, random {acc['random']['5']:.3f}, fixed order "
-            f"{acc['fixed']['5']:.3f}; after 10: {acc['chosen']['10']:.3f} / {acc['random']['10']:.3f} / "
-            f"{acc['fixed']['10']:.3f}")
+            f"questions chosen {figure(acc['chosen']['5'], '.3f')}, random {figure(acc['random']['5'], '.3f')}, "
+            f"fixed order {figure(acc['fixed']['5'], '.3f')}; after 10: "
+            + " / ".join(figure(acc[k]["10"], ".3f") for k in ("chosen", "random", "fixed")))

@@ -12,7 +12,7 @@ from typing import Any
 
 from pipeline.core.paths import project_root
 from pipeline.core.schema import data_dictionary_markdown
-from pipeline.report.decision_metrics import coverage_table, triage_table
+from pipeline.report.decision_metrics import coverage_table, figure, triage_table
 from pipeline.report.views import DETAIL_FILE
 from pipeline.serve.predict import output_dictionary_markdown
 
@@ -25,8 +25,9 @@ def results_markdown(metrics: dict[str, Any]) -> str:
              "|---|---|---|---|---|---|---|"]
     for name in ("test", "shift"):
         m = metrics[name]
-        lines.append(f"| {name} | {m['accuracy']:.4f} | {m['top3_accuracy']:.4f} | {m['log_loss']:.4f} | "
-                     f"{m['ece_top_label']:.4f} | {m['oracle_accuracy']:.4f} | {m['oracle_log_loss']:.4f} |")
+        cells = [figure(m[k], ".4f") for k in ("accuracy", "top3_accuracy", "log_loss", "ece_top_label", "oracle_accuracy",
+                                               "oracle_log_loss")]
+        lines.append(f"| {name} | {' | '.join(cells)} |")
     if "triage" in metrics:
         fit = metrics["conformal"]["test"]
         lines += ["", "Triage against each case's reference level (its condition's level, raised by any red flag or "
@@ -41,16 +42,17 @@ def results_markdown(metrics: dict[str, Any]) -> str:
         if all(shown.values()):
             lines += ["", "The differential shown adds the condition that drives an expected-cost level where the "
                           "set holds none that calls for that level (DVT, most often): "
-                      + "; ".join(f"on `{k}` in {v['added_rate']:.1%} of cases, holding the true condition for "
-                                  f"{v['coverage']:.1%} at a mean size of {v['mean_set_size']:.2f}"
+                      + "; ".join(f"on `{k}` in {figure(v['added_rate'], '.1%')} of cases, holding the true condition for "
+                                  f"{figure(v['coverage'], '.1%')} at a mean size of {figure(v['mean_set_size'], '.2f')}"
                                   for k, v in shown.items()) + "."]
     q = metrics.get("questioning")
     if q:
         acc = {k: {int(n): v for n, v in q[k]["accuracy"].items()} for k in ("chosen", "random", "fixed")}
         lines += ["", f"Questioning simulation on {q['n_cases']:,} `test` cases that start from age and sex: "
-                      f"top-1 accuracy after 5 chosen questions {acc['chosen'][5]:.3f}, against "
-                      f"{acc['random'][5]:.3f} for random questions and {acc['fixed'][5]:.3f} for the schema's "
-                      f"fixed order ({acc['fixed'][max(acc['fixed'])]:.3f} after {max(acc['fixed'])} fixed questions)."]
+                      f"top-1 accuracy after 5 chosen questions {figure(acc['chosen'][5], '.3f')}, against "
+                      f"{figure(acc['random'][5], '.3f')} for random questions and {figure(acc['fixed'][5], '.3f')} "
+                      f"for the schema's fixed order ({figure(acc['fixed'][max(acc['fixed'])], '.3f')} after "
+                      f"{max(acc['fixed'])} fixed questions)."]
     return "\n".join(lines)
 
 
