@@ -192,7 +192,8 @@ def test_chosen_columns_in_their_order_computing_only_what_they_need(trained, mo
     for columns, message in ((["tirage"], "'tirage' is not an output column; choose from row,prediction,"),
                              (["case_id"], "'case_id' is not an output column"),  # these cases have no ids
                              (["triage", "triage"], "'triage' given twice"), ([], "no column chosen; choose from row,"),
-                             ("triage", r"give a list of output columns, such as \['triage'\]")):
+                             ("triage", r"give a list of output columns, such as \['triage'\], not one name"),
+                             (np.array(["triage"]), "give a list of output column names, not ndarray")):
         with pytest.raises(ValueError, match=message):
             predict(frame, model=models, columns=columns)
 

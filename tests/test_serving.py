@@ -125,7 +125,10 @@ def test_served_answers_keep_ids_say_what_was_ignored_and_take_columns_and_top_k
     (b'{"dataframe_split": {"columns": ["age"], "data": [[1]], "dtypes": {"age": "int"}}}',
      "dataframe_split: 'dtypes' not understood; allowed: columns, data and index"),
     (b'{"dataframe_records": [], "params": {"top_k": 12}}', "params: top_k == 12, must be an integer in 1..9"),
-    (b'{"dataframe_records": [], "params": {"k": 1}}', "params: 'k' not understood; allowed: top_k"),
+    (b'{"dataframe_records": [], "params": {"k": 1}}', "params: 'k' not understood; allowed: top_k, columns"),
+    (b'{"dataframe_records": [], "params": {"columns": "triage"}}',
+     "params: columns == 'triage': give a list of output column names"),
+    (b'{"dataframe_records": [], "params": {"columns": ["triage", 3]}}', "give a list of output column names"),
     (b'{"dataframe_records": [], "' + b"x" * 3000 + b'": 1}', "'xxxxxxxxxx"),
     (b'{"dataframe_records": [{"age": 30, "sex": "male", "age": 80}]}', "gives 'age' more than once in one object"),
     (b'{"dataframe_records": [], "params": {"top_k": 2, "top_k": 5}}', "gives 'top_k' more than once"),
@@ -175,3 +178,20 @@ def test_answers_are_strict_json_and_name_columns_without_echoing_them(trained):
         with pytest.raises(CaseValidationError) as err:
             _answer(model, bad)
         assert message in str(err.value)
+
+
+def test_served_answers_hold_the_columns_asked_for_computed_as_predict_computes_them(trained):
+    models, _ = trained
+    model = get_model(models)
+    records = [{"case_id": "a", "age": 40, "sex": "male", "heard_pop": "yes"}, {"case_id": "b", "age": 71, "sex": "female"}]
+    text, _ = _answer(model, json.dumps({"dataframe_records": records,
+                                         "params": {"columns": ["triage", "case_id", "p_dvt"]}}).encode())
+    got = pd.DataFrame(_strict_json(text)["predictions"])
+    expected = predict(records, model=models, columns=["triage", "case_id", "p_dvt"])
+    assert list(got.columns) == ["triage", "case_id", "p_dvt"]
+    assert got[["triage", "case_id"]].equals(expected[["triage", "case_id"]])
+    np.testing.assert_array_equal(got["p_dvt"].to_numpy(float), expected["p_dvt"].to_numpy(float))
+    for columns, message in ((["tirage"], "params: columns: 'tirage' is not an output column; choose from case_id,"),
+                             (["row"], "'row' is not an output column"), ([], "params: columns: no column chosen")):
+        with pytest.raises(BatchInputError, match=message):
+            _answer(model, json.dumps({"dataframe_records": records, "params": {"columns": columns}}).encode())

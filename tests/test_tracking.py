@@ -104,6 +104,9 @@ def test_champion_predicts_like_the_models_folder(trained, small_data, monkeypat
         pyfunc.predict(pd.DataFrame([{"age": 30, "sex": "male", "fevers": "yes"}]))
     got = pyfunc.predict(shouted, params={"top_k": 5})
     pd.testing.assert_frame_equal(got, predict(shouted, model=models, top_k=5), check_exact=True)
+    chosen = pyfunc.predict(shouted, params={"columns": ["triage", "p_dvt", "top2"], "top_k": 2})
+    pd.testing.assert_frame_equal(chosen, predict(shouted, model=models, top_k=2, columns=["triage", "p_dvt", "top2"]),
+                                  check_exact=True)
     assert got.loc[0, "triage"] == "emergency" and got.loc[0, "screen"] == "a septic joint or cellulitis"
 
 

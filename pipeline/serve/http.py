@@ -55,7 +55,7 @@ def max_request_bytes() -> int:
     return int(text)
 
 
-_PARAMS = ("top_k",)
+_PARAMS = ("top_k", "columns")
 
 
 class _RepeatedKey(Exception):
@@ -121,6 +121,10 @@ def _params(params: Any) -> dict[str, Any]:
                               f"allowed: {', '.join(_PARAMS)}.")
     if "top_k" in params and (problem := top_k_problem(params["top_k"])) is not None:
         raise BatchInputError(f"params: top_k == {_shown(params['top_k'])}, {problem}.")
+    columns = params.get("columns")
+    if columns is not None and not (isinstance(columns, list) and all(isinstance(c, str) for c in columns)):
+        raise BatchInputError(f"params: columns == {_shown(columns)}: give a list of output column names, for "
+                              "example [\"case_id\", \"triage\"].")
     return dict(params)
 
 
@@ -128,11 +132,16 @@ def score_request(model: Any, records: list[dict], params: dict[str, Any]) -> tu
     """:func:`pipeline.predict`'s rows for the request's cases, and its warnings (columns that are
     not case fields) for the answer: a client never sees the server's log."""
     from pipeline.core.cases import as_parsed
-    from pipeline.serve.predict import score_parsed
+    from pipeline.serve.predict import chosen_columns_problem, score_parsed
 
     parsed = as_parsed(records)
     warned = [ignored_columns_message(parsed.ignored_columns)] if parsed.ignored_columns else []
-    out = score_parsed(model, parsed, top_k=params.get("top_k", 3))
+    top_k, columns = params.get("top_k", 3), params.get("columns")
+    if columns is not None and (problem := chosen_columns_problem(model, parsed, columns, top_k)) is not None:
+        raise BatchInputError(f"params: columns: {problem}")
+    out = score_parsed(model, parsed, top_k=top_k, columns=columns)
+    if columns is not None:  # only those, in that order
+        out = out[columns]
     if ID_COLUMN in out and out[ID_COLUMN].isna().any():  # JSON's null, not a bare NaN that parsers refuse
         out[ID_COLUMN] = out[ID_COLUMN].astype(object).where(out[ID_COLUMN].notna(), None)
     return out, warned

@@ -43,7 +43,10 @@ class KneepainPyfunc(PythonModel):
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         from pipeline.serve.predict import predict
 
-        return predict(served_cases(model_input), model=self.model, top_k=(params or {}).get("top_k", 3))
+        params = params or {}
+        # the signature's default for columns is [] (MLflow's list parameters need one): all of them
+        return predict(served_cases(model_input), model=self.model, top_k=params.get("top_k", 3),
+                       columns=params.get("columns") or None)
 
 
 def served_cases(model_input: Any) -> Any:
@@ -73,7 +76,8 @@ def input_schema() -> Schema:
 
 
 def model_signature(example_output: pd.DataFrame) -> ModelSignature:
-    """Outputs inferred from a real scoring output, and ``top_k`` as a parameter; no input schema.
+    """Outputs inferred from a real scoring output, ``top_k`` and ``columns`` (a list; empty: all)
+    as parameters, as :func:`pipeline.predict` takes them; no input schema.
 
     MLflow enforces an input schema before the model sees the cases: it drops a column whose
     name differs from a field only in case (``Fever``) and refuses ``Age``, where the case schema
@@ -83,7 +87,8 @@ def model_signature(example_output: pd.DataFrame) -> ModelSignature:
     checks them once, with errors that name the row, column, value and what is allowed; the
     input example logged with the model shows the fields."""
     return ModelSignature(inputs=None, outputs=infer_signature(example_output).inputs,
-                          params=ParamSchema([ParamSpec("top_k", DataType.long, 3)]))
+                          params=ParamSchema([ParamSpec("top_k", DataType.long, 3),
+                                              ParamSpec("columns", DataType.string, [], shape=(-1,))]))
 
 
 def requirements() -> list[str]:

@@ -23,8 +23,8 @@ from pipeline.decision.layer import DECISION_COLUMN_DOCS, DECISION_COLUMN_TYPES,
 from pipeline.serve.loading import LoadedModel, clear_model_cache, get_model
 from pipeline.serve.shaping import columns_problem
 
-__all__ = ["OUTPUT_TYPES", "clear_model_cache", "get_model", "output_columns", "output_dictionary_markdown", "predict",
-           "score_columns", "score_parsed"]
+__all__ = ["OUTPUT_TYPES", "chosen_columns_problem", "clear_model_cache", "get_model", "output_columns",
+           "output_dictionary_markdown", "predict", "score_columns", "score_parsed"]
 
 # Arrow type names of the output columns, for file outputs (``top3``: the default ``top_k``)
 OUTPUT_TYPES: dict[str, str] = {"prediction": "string", "confidence": "double", **{f"p_{c}": "double" for c in CONDITIONS},
@@ -91,6 +91,19 @@ def score_columns(model: LoadedModel, parsed: ParsedCases, *, top_k: int = 3,
     return out
 
 
+def chosen_columns_problem(model: LoadedModel, parsed: ParsedCases, columns: Any, top_k: int = 3) -> str | None:
+    """What is wrong with ``columns`` as a choice among the output columns of scoring ``parsed``
+    with ``model`` (None if nothing): not a list of names, none, a name that is not an output
+    column (the choices named) or one given twice. ``case_id`` is a choice when the cases have ids,
+    ``row`` when they have none."""
+    if isinstance(columns, str):  # one name: a list of its letters would be chosen
+        return f"give a list of output columns, such as [{columns!r}], not one name."
+    if not isinstance(columns, (list, tuple)) or not all(isinstance(c, str) for c in columns):
+        return f"give a list of output column names, not {type(columns).__name__} {str(columns)[:80]!r}."
+    choices = output_columns(top_k, ID_COLUMN if parsed.ids is not None else "row", decision=model.decision is not None)
+    return columns_problem(choices, list(columns))
+
+
 def predict(cases: Any, model: str | Path | LoadedModel | None = None, top_k: int = 3,
             columns: Sequence[str] | None = None) -> pd.DataFrame:
     """Score cases with the persisted model.
@@ -145,13 +158,8 @@ def predict(cases: Any, model: str | Path | LoadedModel | None = None, top_k: in
     if parsed.ignored_columns:
         warnings.warn(ignored_columns_message(parsed.ignored_columns), UserWarning, stacklevel=2)
     loaded = get_model(model)
-    if columns is not None:
-        choices = output_columns(top_k, ID_COLUMN if parsed.ids is not None else "row",
-                                 decision=loaded.decision is not None)
-        if isinstance(columns, str):  # one name: a list of its letters would be chosen
-            raise ValueError(f"columns == {columns!r}: give a list of output columns, such as [{columns!r}].")
-        if (problem := columns_problem(choices, list(columns))) is not None:
-            raise ValueError(f"columns: {problem}")
+    if columns is not None and (problem := chosen_columns_problem(loaded, parsed, columns, top_k)) is not None:
+        raise ValueError(f"columns: {problem}")
     out = score_parsed(loaded, parsed, top_k=top_k, columns=columns)
     if columns is not None:
         out = out[list(columns)]
