@@ -9,7 +9,7 @@ import pytest
 from pipeline.cli import main
 from pipeline.core.metrics import ece_top_label
 from pipeline.data.datasets import read_split
-from pipeline.report.intervals import bootstrap_interval, wilson_interval
+from pipeline.report.intervals import MIN_BOOTSTRAP_CASES, bootstrap_interval, wilson_interval
 from pipeline.serve.predict import predict
 
 
@@ -115,6 +115,29 @@ def test_a_file_lacking_conditions_gets_strict_json_with_null_for_what_it_cannot
     m = json.loads((out / "metrics.json").read_text(), parse_constant=refuse)
     assert m["per_condition"]["leg_cramp"]["recall"]["value"] is None
     assert m["per_condition"]["dvt"]["recall"]["value"] >= 0
+
+
+def test_a_handful_of_cases_gets_no_bootstrap_interval_rather_than_a_false_one(trained, labelled_csv, tmp_path, capsys):
+    """One case resampled is always that case: a zero-width interval would claim certainty."""
+    models, _ = trained
+    assert np.isnan(bootstrap_interval(lambda i: float(i.mean()), MIN_BOOTSTRAP_CASES - 1)).all()
+    assert not np.isnan(bootstrap_interval(lambda i: float(i.mean()), MIN_BOOTSTRAP_CASES, n_boot=50)).any()
+    frame = pd.read_csv(labelled_csv, dtype=str, keep_default_na=False).iloc[4:10]
+    path, out = tmp_path / "six.csv", tmp_path / "eval"
+    frame.to_csv(path, index=False)
+    assert main(["evaluate", "--data", str(path), "--model", str(models), "--out", str(out), "--no-mlflow"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["n"] == 6 and m["log_loss_ci"] == [None, None] and "fewer than 10 cases" in m["intervals"]
+    low, high = m["accuracy_ci"]  # a proportion keeps its Wilson interval, wide
+    assert high - low > 0.3
+    told = capsys.readouterr().out
+    assert "no interval" in told and "nan" not in told
+    report = (out / "report.md").read_text()
+    assert "| n/a |" in report and "nan" not in report
+    (tmp_path / "empty.csv").write_text(",".join(frame.columns) + "\n")
+    assert main(["evaluate", "--data", str(tmp_path / "empty.csv"), "--model", str(models), "--out",
+                 str(tmp_path / "e2"), "--no-mlflow"]) != 0
+    assert "the file has no rows (a header only)" in capsys.readouterr().err
 
 
 def test_evaluate_without_condition_column_is_one_clear_error(trained, small_data, tmp_path, capsys):

@@ -13,9 +13,13 @@ from collections.abc import Callable
 import numpy as np
 from scipy.stats import norm
 
-__all__ = ["LEVEL", "bootstrap_interval", "wilson_interval"]
+__all__ = ["LEVEL", "MIN_BOOTSTRAP_CASES", "bootstrap_interval", "wilson_interval"]
 
 LEVEL = 0.95
+# below this many cases a resample takes so few distinct values that the percentile interval is
+# far too narrow (one case: every resample is that case, an interval of zero width); no interval
+# is given rather than a false one. A rule of thumb, not a derived bound: 10-30 is the usual range.
+MIN_BOOTSTRAP_CASES = 10
 
 
 def wilson_interval(successes: int, n: int, level: float = LEVEL) -> list[float]:
@@ -55,10 +59,12 @@ def bootstrap_interval(statistic: Callable[[np.ndarray], float], n: int, *, n_bo
     level : float, default=0.95
     floor : float, optional
         A bound the figure cannot go below (0 for an error); the interval is clipped to it.
+
+    Returns NaNs (no interval) for fewer than :data:`MIN_BOOTSTRAP_CASES` cases.
     """
     if n_boot < 2:
         raise ValueError(f"n_boot == {n_boot}, must be >= 2.")
-    if n == 0:
+    if n < MIN_BOOTSTRAP_CASES:
         return [float("nan"), float("nan")]
     rng = np.random.default_rng(seed)
     draws = np.array([statistic(rng.integers(0, n, n)) for _ in range(n_boot)])

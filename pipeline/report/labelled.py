@@ -21,9 +21,9 @@ from pipeline.core.parsing import parse_cases
 from pipeline.core.schema import CONDITION_LABELS, CONDITIONS
 from pipeline.data.real import REFERENCE_COLUMN, rejects_csv, validate_labelled
 from pipeline.decision.conformal import prediction_sets
-from pipeline.report.decision_metrics import evaluate_decision
+from pipeline.report.decision_metrics import evaluate_decision, figure
 from pipeline.report.evaluate import N_BINS, evaluate_split
-from pipeline.report.intervals import LEVEL, bootstrap_interval, wilson_interval
+from pipeline.report.intervals import LEVEL, MIN_BOOTSTRAP_CASES, bootstrap_interval, wilson_interval
 from pipeline.serve.loading import LoadedModel
 
 __all__ = ["evaluate_labelled", "format_labelled", "write_labelled_reports"]
@@ -84,6 +84,8 @@ def evaluate_labelled(model: LoadedModel, frame: pd.DataFrame, *, n_boot: int = 
         No ``condition`` column, or no valid row.
     """
     valid, reference, rejects, ignored = validate_labelled(frame, where=where, malformed=malformed)
+    if len(frame) == 0:
+        raise BatchInputError(f"{where}: the file has no rows (a header only); nothing to evaluate.")
     if len(valid) == 0:
         raise BatchInputError(f"{where}: no valid labelled row among {len(frame)}; first problems: "
                               + "; ".join(f"row {r.row} {r.column}: {r.reason}" for r in rejects.head(3).itertuples()))
@@ -106,7 +108,8 @@ def evaluate_labelled(model: LoadedModel, frame: pd.DataFrame, *, n_boot: int = 
         # read as neither case fields nor labels: an answer under a misspelt name is unknown
         "ignored_columns": list(ignored),
         "confidence_level": LEVEL,
-        "intervals": f"Wilson score for proportions, bias-corrected percentile bootstrap ({n_boot} resamples) otherwise",
+        "intervals": f"Wilson score for proportions, bias-corrected percentile bootstrap ({n_boot} resamples) otherwise"
+                     + (f" (none: fewer than {MIN_BOOTSTRAP_CASES} cases)" if n < MIN_BOOTSTRAP_CASES else ""),
     }
     for key, hits in (("accuracy", pred == y), ("top3_accuracy", (top3 == y[:, None]).any(axis=1))):
         out[key], out[f"{key}_ci"] = float(hits.mean()), wilson_interval(int(hits.sum()), n)
@@ -163,7 +166,14 @@ def _decision_figures(model: LoadedModel, valid: pd.DataFrame, arrays: dict[str,
 
 
 def _fmt(value: float, ci: list[float], digits: int = 3) -> str:
-    return f"{value:.{digits}f} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+    spec = f".{digits}f"
+    interval = "no interval" if ci[0] is None or ci[0] != ci[0] else f"{figure(ci[0], spec)}, {figure(ci[1], spec)}"
+    return f"{figure(value, spec)} [{interval}]"
+
+
+def _between(ci: list[float], spec: str) -> str:
+    """An interval as the report writes it: ``low to high``, or ``n/a`` where there is none."""
+    return "n/a" if ci[0] is None or ci[0] != ci[0] else f"{figure(ci[0], spec)} to {figure(ci[1], spec)}"
 
 
 def format_labelled(metrics: dict[str, Any]) -> str:
@@ -196,12 +206,12 @@ def _report_markdown(metrics: dict[str, Any], source: str, plots: list[Path]) ->
              "| figure | value | interval |", "|---|---|---|"]
     for label, key in (("accuracy", "accuracy"), ("top-3 accuracy", "top3_accuracy"), ("log loss", "log_loss"),
                        ("Brier score", "brier"), ("ECE (top label, 15 bins)", "ece"), ("macro F1", "macro_f1")):
-        lines.append(f"| {label} | {m[key]:.4f} | {m[key + '_ci'][0]:.4f} to {m[key + '_ci'][1]:.4f} |")
+        lines.append(f"| {label} | {figure(m[key], '.4f')} | {_between(m[key + '_ci'], '.4f')} |")
     lines += ["", "## Recall per condition", "", "| condition | cases | recall | interval |", "|---|---|---|---|"]
     for c, r in m["per_condition"].items():
         rec = r["recall"]
-        lines.append(f"| {CONDITION_LABELS[c]} | {r['support']} | {rec['value']:.3f} | "
-                     f"{rec['ci'][0]:.3f} to {rec['ci'][1]:.3f} |")
+        lines.append(f"| {CONDITION_LABELS[c]} | {r['support']} | {figure(rec['value'], '.3f')} | "
+                     f"{_between(rec['ci'], '.3f')} |")
     if "triage" in m:
         lines += ["", "## Triage safety and the differential", "", f"Reference: {m['triage']['reference']}.", "",
                   "| figure | value | interval | cases |", "|---|---|---|---|"]
@@ -213,7 +223,7 @@ def _report_markdown(metrics: dict[str, Any], source: str, plots: list[Path]) ->
                          ("safe advice (at least the reference level)", m["triage"]["safe_advice_rate"]),
                          ("differential set holds the true condition", m["differential"]["coverage"]),
                          ("atypical flagged", m["atypical"]["flag_rate"])):
-            lines.append(f"| {label} | {r['value']:.3f} | {r['ci'][0]:.3f} to {r['ci'][1]:.3f} | {r['n']} |")
+            lines.append(f"| {label} | {figure(r['value'], '.3f')} | {_between(r['ci'], '.3f')} | {r['n']} |")
     if plots:
         lines += ["", "## Plots", ""] + [f"- `{p.name}`" for p in plots]
     return "\n".join(lines) + "\n"
