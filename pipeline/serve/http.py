@@ -122,7 +122,7 @@ def _params(params: Any) -> dict[str, Any]:
     if "top_k" in params and (problem := top_k_problem(params["top_k"])) is not None:
         raise BatchInputError(f"params: top_k == {_shown(params['top_k'])}, {problem}.")
     columns = params.get("columns")
-    if columns is not None and not (isinstance(columns, list) and all(isinstance(c, str) for c in columns)):
+    if "columns" in params and not (isinstance(columns, list) and all(isinstance(c, str) for c in columns)):
         raise BatchInputError(f"params: columns == {_shown(columns)}: give a list of output column names, for "
                               "example [\"case_id\", \"triage\"].")
     return dict(params)
@@ -136,7 +136,8 @@ def score_request(model: Any, records: list[dict], params: dict[str, Any]) -> tu
 
     parsed = as_parsed(records)
     warned = [ignored_columns_message(parsed.ignored_columns)] if parsed.ignored_columns else []
-    top_k, columns = params.get("top_k", 3), params.get("columns")
+    # an empty list is all of them, as in MLflow's server, where it is the signature's default
+    top_k, columns = params.get("top_k", 3), params.get("columns") or None
     if columns is not None and (problem := chosen_columns_problem(model, parsed, columns, top_k)) is not None:
         raise BatchInputError(f"params: columns: {problem}")
     out = score_parsed(model, parsed, top_k=top_k, columns=columns)
