@@ -204,11 +204,15 @@ def evaluate_stage(model_source: str | Path | None, kb: KnowledgeBase, data: Pat
 
 
 def evaluate_file(model_source: str | Path | None, path: Path, out: Path, *, track: bool = True,
-                  n_boot: int = 1000) -> EvaluateResult:
+                  n_boot: int = 1000, data: Path | None = None) -> EvaluateResult:
     """`kneepain evaluate --data FILE`: the stage's evaluation on a user's labelled cases, with
     confidence intervals; writes ``out`` (metrics.json, rejects.csv, plots, report.md) and, with
-    ``track``, logs a run with the file as its evaluation dataset."""
+    ``track``, logs a run with the file as its evaluation dataset. A file the model was fitted on
+    is refused; rows of it found among the fitting splits in ``data`` (default
+    ``data/synthetic``) by their answers and condition are left out and counted."""
     from pipeline.core.casefiles import read_case_records
+    from pipeline.core.paths import data_dir
+    from pipeline.data.fingerprints import fitted_fingerprints
     from pipeline.report.labelled import evaluate_labelled, write_labelled_reports
     from pipeline.serve.loading import load_model
 
@@ -219,7 +223,9 @@ def evaluate_file(model_source: str | Path | None, path: Path, out: Path, *, tra
     model = load_model(model_source)
     refuse_fitted_data(path, model.manifest)
     frame, malformed = read_case_records(path)
-    metrics, arrays, rejects = evaluate_labelled(model, frame, n_boot=n_boot, where=str(path), malformed=malformed)
+    fitted = fitted_fingerprints(model.manifest, data_dir() if data is None else data)
+    metrics, arrays, rejects = evaluate_labelled(model, frame, n_boot=n_boot, where=str(path), malformed=malformed,
+                                                 fitted=fitted)
     paths = write_labelled_reports(metrics, arrays, rejects, out, source=path.name)
     if track:
         from pipeline.model.tracking import log_labelled_evaluation

@@ -140,6 +140,39 @@ def test_a_handful_of_cases_gets_no_bootstrap_interval_rather_than_a_false_one(t
     assert "the file has no rows (a header only)" in capsys.readouterr().err
 
 
+def test_rows_the_model_was_fitted_on_are_left_out_however_the_file_was_saved(trained, small_data, tmp_path):
+    """Training rows saved again as CSV have other bytes than the training file: found by their
+    answers and condition, they are left out and counted, and a file of nothing else is refused."""
+    from pipeline.core.errors import BatchInputError
+    from pipeline.report.labelled import format_labelled
+    from pipeline.stages import evaluate_file
+
+    models, _ = trained
+    seen = read_split("train", small_data).head(40).drop(columns=["severity"])
+    new = read_split("test", small_data).head(100).drop(columns=["severity"])
+    path = tmp_path / "mixed.csv"
+    pd.concat([new.head(50), seen, new.tail(50)]).to_csv(path, index=False)
+    result = evaluate_file(models, path, tmp_path / "eval", track=False, n_boot=20, data=small_data)
+    m = result.metrics
+    # the fixture's model was also trained on a file given with --extra-data, whose path is not kept
+    assert m["n"] == 100 and m["fitted_rows"] == {"left_out": 40, "checked_against": ["train", "valid", "calib"],
+                                                   "not_checked": ["extra"]}
+    assert "Left out 40 rows with the answers and condition of rows the model was fitted on" in format_labelled(m)
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["fitted_rows"]["left_out"] == 40
+    alone = tmp_path / "seen.csv"
+    seen.to_csv(alone, index=False)
+    with pytest.raises(BatchInputError, match="every valid row \\(40\\) has the answers and condition of a row"):
+        evaluate_file(models, alone, tmp_path / "eval2", track=False, n_boot=20, data=small_data)
+    # the same condition changed is another case; and where the fitting files cannot be found, it says so
+    relabelled = seen.assign(condition=np.where(seen["condition"] == "dvt", "leg_cramp", "dvt"))
+    relabelled.to_csv(alone, index=False)
+    elsewhere = evaluate_file(models, alone, tmp_path / "eval3", track=False, n_boot=20, data=tmp_path).metrics
+    assert elsewhere["n"] == 40 and elsewhere["fitted_rows"]["not_checked"] == ["train", "valid", "calib", "extra"]
+    assert "Not checked row by row against: train, valid, calib, extra" in format_labelled(elsewhere)
+    assert evaluate_file(models, alone, tmp_path / "eval4", track=False, n_boot=20,
+                         data=small_data).metrics["fitted_rows"]["left_out"] == 0
+
+
 def test_evaluate_without_condition_column_is_one_clear_error(trained, small_data, tmp_path, capsys):
     models, _ = trained
     path = tmp_path / "unlabelled.csv"

@@ -19,6 +19,8 @@ from pipeline.core.errors import BatchInputError
 from pipeline.core.files import write_report_json, write_text_atomic
 from pipeline.core.parsing import parse_cases
 from pipeline.core.schema import CONDITION_LABELS, CONDITIONS
+from pipeline.data.datasets import labels
+from pipeline.data.fingerprints import FittedRows, case_fingerprints
 from pipeline.data.real import REFERENCE_COLUMN, rejects_csv, validate_labelled
 from pipeline.decision.conformal import prediction_sets
 from pipeline.report.decision_metrics import evaluate_decision, figure
@@ -48,8 +50,8 @@ def _rate(successes: np.ndarray) -> dict[str, Any]:
 
 
 def evaluate_labelled(model: LoadedModel, frame: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0,
-                      where: str = "cases", malformed: dict[int, str] | None = None
-                      ) -> tuple[dict[str, Any], dict[str, np.ndarray], pd.DataFrame]:
+                      where: str = "cases", malformed: dict[int, str] | None = None,
+                      fitted: FittedRows | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray], pd.DataFrame]:
     """Evaluate ``model`` on labelled cases, with a 95% interval next to every figure.
 
     Parameters
@@ -65,6 +67,10 @@ def evaluate_labelled(model: LoadedModel, frame: pd.DataFrame, *, n_boot: int = 
     malformed : dict, optional
         Rows that are CSV records of the wrong number of fields, and why
         (:func:`pipeline.core.casefiles.read_case_records`): rejected with the invalid rows.
+    fitted : FittedRows, optional
+        The rows the model was fitted on (:func:`pipeline.data.fingerprints.fitted_fingerprints`):
+        valid rows with the same answers and condition are left out (their figures would not be
+        held out), counted in ``fitted_rows``.
 
     Returns
     -------
@@ -81,7 +87,7 @@ def evaluate_labelled(model: LoadedModel, frame: pd.DataFrame, *, n_boot: int = 
     Raises
     ------
     BatchInputError
-        No ``condition`` column, or no valid row.
+        No ``condition`` column, no valid row, or every valid row one the model was fitted on.
     """
     valid, reference, rejects, ignored = validate_labelled(frame, where=where, malformed=malformed)
     if len(frame) == 0:
@@ -89,6 +95,15 @@ def evaluate_labelled(model: LoadedModel, frame: pd.DataFrame, *, n_boot: int = 
     if len(valid) == 0:
         raise BatchInputError(f"{where}: no valid labelled row among {len(frame)}; first problems: "
                               + "; ".join(f"row {r.row} {r.column}: {r.reason}" for r in rejects.head(3).itertuples()))
+    seen = np.zeros(len(valid), dtype=bool)
+    if fitted is not None and len(fitted.fingerprints):
+        known, prints = fitted.fingerprints, case_fingerprints(parse_cases(valid), labels(valid))
+        seen = known[np.minimum(np.searchsorted(known, prints), len(known) - 1)] == prints
+        if seen.all():
+            raise BatchInputError(f"{where}: every valid row ({len(valid):,}) has the answers and condition of a row the "
+                                  "model was fitted on, so figures on them would not be held out; evaluate on cases "
+                                  "the model has not seen.")
+        valid, reference = valid[~seen].reset_index(drop=True), reference[~seen]
     scores, arrays = evaluate_split(model, None, valid, return_arrays=True)
     y, proba = arrays["y"], arrays["proba"]
     n = len(y)
@@ -104,6 +119,9 @@ def evaluate_labelled(model: LoadedModel, frame: pd.DataFrame, *, n_boot: int = 
     reasons = firsts["column"].astype(str) + ": " + firsts["reason"].astype(str).str.split(";").str[0]
     out: dict[str, Any] = {
         "n_rows": len(frame), "n": n, "n_rejected": int(rejects["row"].nunique()),
+        # rows left out as the model's own fitting rows, and the fitting splits looked at or not
+        "fitted_rows": {"left_out": int(seen.sum()), "checked_against": list(fitted.found) if fitted else [],
+                        "not_checked": list(fitted.not_found) if fitted else []},
         "top_reject_reasons": {str(k): int(v) for k, v in reasons.value_counts().head(5).items()},
         # read as neither case fields nor labels: an answer under a misspelt name is unknown
         "ignored_columns": list(ignored),
@@ -176,12 +194,25 @@ def _between(ci: list[float], spec: str) -> str:
     return "n/a" if ci[0] is None or ci[0] != ci[0] else f"{figure(ci[0], spec)} to {figure(ci[1], spec)}"
 
 
+def _fitted_lines(m: dict[str, Any]) -> list[str]:
+    """What the evaluation left out as rows the model was fitted on, and what it could not check."""
+    f = m.get("fitted_rows") or {}
+    lines = []
+    if f.get("left_out"):
+        lines.append(f"Left out {f['left_out']:,} rows with the answers and condition of rows the model was fitted on "
+                     f"({', '.join(f['checked_against'])}): figures on them would not be held out.")
+    if f.get("not_checked"):
+        lines.append(f"Not checked row by row against: {', '.join(f['not_checked'])} (not found with the bytes the "
+                     "model's manifest records; a file given with --extra-data is never found so).")
+    return lines
+
+
 def format_labelled(metrics: dict[str, Any]) -> str:
     """A plain-text summary: the headline figures with their intervals, then triage safety."""
     m = metrics
     pct = f"{m['confidence_level']:.0%}"
     lines = [f"{m['n']:,} labelled cases evaluated ({m['n_rejected']:,} of {m['n_rows']:,} rows rejected); "
-             f"figures with {pct} intervals",
+             f"figures with {pct} intervals", *_fitted_lines(m),
              *(f"  {label:<24}{_fmt(m[key], m[key + '_ci'], 4)}" for label, key in (
                  ("accuracy", "accuracy"), ("top-3 accuracy", "top3_accuracy"), ("log loss", "log_loss"),
                  ("Brier score", "brier"), ("ECE (top label)", "ece"), ("macro F1", "macro_f1")))]
@@ -202,7 +233,8 @@ def _report_markdown(metrics: dict[str, Any], source: str, plots: list[Path]) ->
     lines = [f"# Evaluation on `{source}`", "",
              "**Information, not a diagnosis.** Figures on your cases, with "
              f"{m['confidence_level']:.0%} confidence intervals ({m['intervals']}).", "",
-             f"- rows read: {m['n_rows']:,}; evaluated: {m['n']:,}; rejected: {m['n_rejected']:,} (see `rejects.csv`)", "",
+             f"- rows read: {m['n_rows']:,}; evaluated: {m['n']:,}; rejected: {m['n_rejected']:,} (see `rejects.csv`)",
+             *(f"- {line}" for line in _fitted_lines(m)), "",
              "| figure | value | interval |", "|---|---|---|"]
     for label, key in (("accuracy", "accuracy"), ("top-3 accuracy", "top3_accuracy"), ("log loss", "log_loss"),
                        ("Brier score", "brier"), ("ECE (top label, 15 bins)", "ece"), ("macro F1", "macro_f1")):

@@ -1,0 +1,82 @@
+"""Which labelled rows a model was fitted on, found by their answers rather than by their file.
+
+`kneepain evaluate --data FILE` refuses a file the model was fitted on by its bytes. The same rows
+saved again (another Parquet compression, as CSV, or with rows added) have other bytes, and their
+figures would be reported as held out. A row's fingerprint is a 64-bit hash of its parsed answers
+(every field of the schema, as the parser reads it, so ``"27.5"`` in a CSV and ``27.5`` in Parquet
+are one answer) and its condition: :func:`fitted_fingerprints` takes those of the splits a model
+was fitted on, where they can still be found with the bytes its manifest records, and the
+evaluation leaves out the rows that have one of them.
+
+Two different cases share a fingerprint only if every answer and the condition are the same; such
+a case was in the fitting data in every respect that matters to the model, so leaving it out is
+right either way. The hash is splitmix64 over the answers' float64 bits, in numpy alone: the same
+in every process, platform and library version.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from pipeline.core.files import sha256_file
+from pipeline.core.parsing import ParsedCases, parse_cases
+from pipeline.core.schema import FIELDS
+from pipeline.data.datasets import labels
+
+__all__ = ["FITTED_SPLITS", "FittedRows", "case_fingerprints", "fitted_fingerprints"]
+
+FITTED_SPLITS = ("train", "valid", "calib")  # the synthetic splits a model is trained, calibrated and given its decision layer on
+_GOLDEN = 0x9E3779B97F4A7C15  # a column's salt is its position times this, modulo 2**64
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser, element by element (uint64 arithmetic wraps)."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * np.uint64(0xBF58476D1CE4E5B9)
+    x = x ^ (x >> np.uint64(27))
+    x = x * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def case_fingerprints(parsed: ParsedCases, condition: np.ndarray) -> np.ndarray:
+    """Per case, a uint64 hash of its parsed answers and its ``condition`` (an index into
+    :data:`pipeline.core.schema.CONDITIONS`). An unanswered field counts as one answer, whatever
+    spelling left it blank."""
+    h = np.zeros(len(condition), dtype=np.uint64)
+    columns = [*(parsed.codes[f.name] for f in FIELDS), np.asarray(condition)]
+    for j, column in enumerate(columns, start=1):
+        values = np.asarray(column, dtype=np.float64)
+        values = np.where(np.isnan(values), np.nan, values) + 0.0  # one NaN, and -0.0 as 0.0
+        h = _mix(h ^ values.view(np.uint64) ^ np.uint64(_GOLDEN * j % 2**64))
+    return h
+
+
+class FittedRows(NamedTuple):
+    """:func:`fitted_fingerprints`' result."""
+
+    fingerprints: np.ndarray  # sorted uint64
+    found: list[str]  # the fitting splits whose rows are in ``fingerprints``
+    not_found: list[str]  # those the manifest records that could not be checked
+
+
+def fitted_fingerprints(manifest: dict[str, Any], data: Path) -> FittedRows:
+    """The sorted fingerprints of the rows of the splits in ``data`` the model was fitted on, where
+    a split's file has the SHA-256 its manifest records; the splits found; and those the manifest
+    records that were not found so (missing, generated again since, or a user's ``--extra-data``
+    file, whose path the manifest does not keep)."""
+    recorded = manifest.get("data_sha256") or {}
+    parts, found, not_found = [], [], []
+    for name, digest in recorded.items():
+        path = Path(data) / f"{name}.parquet"
+        if name not in FITTED_SPLITS or not path.is_file() or sha256_file(path) != digest:
+            not_found.append(name)
+            continue
+        frame = pd.read_parquet(path)
+        parts.append(case_fingerprints(parse_cases(frame), labels(frame)))
+        found.append(name)
+    fingerprints = np.sort(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.uint64)
+    return FittedRows(fingerprints, found, not_found)
