@@ -155,14 +155,20 @@ def test_rows_the_model_was_fitted_on_are_left_out_however_the_file_was_saved(tr
     result = evaluate_file(models, path, tmp_path / "eval", track=False, n_boot=20, data=small_data)
     m = result.metrics
     # the fixture's model was also trained on a file given with --extra-data, whose path is not kept
-    assert m["n"] == 100 and m["fitted_rows"] == {"left_out": 40, "checked_against": ["train", "valid", "calib"],
-                                                   "not_checked": ["extra"]}
-    assert "Left out 40 rows with the answers and condition of rows the model was fitted on" in format_labelled(m)
+    assert m["n"] == 100 and m["fitted_rows"] == {"left_out": 40, "rows": list(range(50, 90)),
+                                                   "checked_against": ["train", "valid", "calib"],
+                                                   "not_checked": ["extra"], "folder": str(small_data)}
+    assert ("Left out 40 rows with the answers and condition of a row the model was fitted on (rows 50, 51, 52, "
+            "53, 54, 55, 56, 57, 58, 59, ...; all in metrics.json") in format_labelled(m)
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["fitted_rows"]["left_out"] == 40
     alone = tmp_path / "seen.csv"
     seen.to_csv(alone, index=False)
     with pytest.raises(BatchInputError, match="every valid row \\(40\\) has the answers and condition of a row"):
         evaluate_file(models, alone, tmp_path / "eval2", track=False, n_boot=20, data=small_data)
+    narrow = tmp_path / "seen32.parquet"  # numbers saved as 32-bit floats, as some exporters write them
+    seen.astype({"bmi": "float32", "symptom_duration_days": "float32"}).to_parquet(narrow)
+    with pytest.raises(BatchInputError, match="every valid row \\(40\\)"):
+        evaluate_file(models, narrow, tmp_path / "eval2", track=False, n_boot=20, data=small_data)
     # the same condition changed is another case; and where the fitting files cannot be found, it says so
     relabelled = seen.assign(condition=np.where(seen["condition"] == "dvt", "leg_cramp", "dvt"))
     relabelled.to_csv(alone, index=False)

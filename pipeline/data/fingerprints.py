@@ -4,14 +4,16 @@
 saved again (another Parquet compression, as CSV, or with rows added) have other bytes, and their
 figures would be reported as held out. A row's fingerprint is a 64-bit hash of its parsed answers
 (every field of the schema, as the parser reads it, so ``"27.5"`` in a CSV and ``27.5`` in Parquet
-are one answer) and its condition: :func:`fitted_fingerprints` takes those of the splits a model
-was fitted on, where they can still be found with the bytes its manifest records, and the
-evaluation leaves out the rows that have one of them.
+are one answer, and so are 27.3 and its float32 27.299999) and its condition:
+:func:`fitted_fingerprints` takes those of the splits a model was fitted on, where they can still
+be found with the bytes its manifest records, and the evaluation leaves out the rows that have
+one of them.
 
-Two different cases share a fingerprint only if every answer and the condition are the same; such
-a case was in the fitting data in every respect that matters to the model, so leaving it out is
-right either way. The hash is splitmix64 over the answers' float64 bits, in numpy alone: the same
-in every process, platform and library version.
+Two different cases share a fingerprint only if every answer (to float32 precision; the answers
+have at most four significant digits) and the condition are the same; such a case was in the
+fitting data in every respect that matters to the model, so leaving it out is right either way.
+The hash is splitmix64 over the answers' bits, in numpy alone: the same in every process,
+platform and library version.
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ def case_fingerprints(parsed: ParsedCases, condition: np.ndarray) -> np.ndarray:
     h = np.zeros(len(condition), dtype=np.uint64)
     columns = [*(parsed.codes[f.name] for f in FIELDS), np.asarray(condition)]
     for j, column in enumerate(columns, start=1):
-        values = np.asarray(column, dtype=np.float64)
+        # as float32 first: a file saved with 32-bit numbers (bmi 27.3 as 27.299999) is the same case
+        values = np.asarray(column, dtype=np.float64).astype(np.float32).astype(np.float64)
         values = np.where(np.isnan(values), np.nan, values) + 0.0  # one NaN, and -0.0 as 0.0
         h = _mix(h ^ values.view(np.uint64) ^ np.uint64(_GOLDEN * j % 2**64))
     return h
@@ -61,6 +64,7 @@ class FittedRows(NamedTuple):
     fingerprints: np.ndarray  # sorted uint64
     found: list[str]  # the fitting splits whose rows are in ``fingerprints``
     not_found: list[str]  # those the manifest records that could not be checked
+    folder: str  # where the splits were looked for
 
 
 def fitted_fingerprints(manifest: dict[str, Any], data: Path) -> FittedRows:
@@ -79,4 +83,4 @@ def fitted_fingerprints(manifest: dict[str, Any], data: Path) -> FittedRows:
         parts.append(case_fingerprints(parse_cases(frame), labels(frame)))
         found.append(name)
     fingerprints = np.sort(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.uint64)
-    return FittedRows(fingerprints, found, not_found)
+    return FittedRows(fingerprints, found, not_found, str(data))

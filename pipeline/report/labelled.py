@@ -18,6 +18,7 @@ from pipeline.core import metrics as M
 from pipeline.core.errors import BatchInputError
 from pipeline.core.files import write_report_json, write_text_atomic
 from pipeline.core.parsing import parse_cases
+from pipeline.core.paths import ENV_HOME
 from pipeline.core.schema import CONDITION_LABELS, CONDITIONS
 from pipeline.data.datasets import labels
 from pipeline.data.fingerprints import FittedRows, case_fingerprints
@@ -95,6 +96,8 @@ def evaluate_labelled(model: LoadedModel, frame: pd.DataFrame, *, n_boot: int = 
     if len(valid) == 0:
         raise BatchInputError(f"{where}: no valid labelled row among {len(frame)}; first problems: "
                               + "; ".join(f"row {r.row} {r.column}: {r.reason}" for r in rejects.head(3).itertuples()))
+    # the file's row (0-based, header excluded) of each valid row
+    valid_rows = np.setdiff1d(np.arange(len(frame)), rejects["row"].to_numpy(dtype=np.int64))
     seen = np.zeros(len(valid), dtype=bool)
     if fitted is not None and len(fitted.fingerprints):
         known, prints = fitted.fingerprints, case_fingerprints(parse_cases(valid), labels(valid))
@@ -120,8 +123,10 @@ def evaluate_labelled(model: LoadedModel, frame: pd.DataFrame, *, n_boot: int = 
     out: dict[str, Any] = {
         "n_rows": len(frame), "n": n, "n_rejected": int(rejects["row"].nunique()),
         # rows left out as the model's own fitting rows, and the fitting splits looked at or not
-        "fitted_rows": {"left_out": int(seen.sum()), "checked_against": list(fitted.found) if fitted else [],
-                        "not_checked": list(fitted.not_found) if fitted else []},
+        "fitted_rows": {"left_out": int(seen.sum()), "rows": valid_rows[seen].tolist(),
+                        "checked_against": list(fitted.found) if fitted else [],
+                        "not_checked": list(fitted.not_found) if fitted else [],
+                        "folder": fitted.folder if fitted else ""},
         "top_reject_reasons": {str(k): int(v) for k, v in reasons.value_counts().head(5).items()},
         # read as neither case fields nor labels: an answer under a misspelt name is unknown
         "ignored_columns": list(ignored),
@@ -199,11 +204,14 @@ def _fitted_lines(m: dict[str, Any]) -> list[str]:
     f = m.get("fitted_rows") or {}
     lines = []
     if f.get("left_out"):
-        lines.append(f"Left out {f['left_out']:,} rows with the answers and condition of rows the model was fitted on "
-                     f"({', '.join(f['checked_against'])}): figures on them would not be held out.")
+        shown = ", ".join(map(str, f["rows"][:10])) + (", ..." if f["left_out"] > 10 else "")
+        lines.append(f"Left out {f['left_out']:,} rows with the answers and condition of a row the model was fitted on "
+                     f"(rows {shown}; all in metrics.json; checked against: {', '.join(f['checked_against'])}): figures "
+                     "on them would not be held out.")
     if f.get("not_checked"):
-        lines.append(f"Not checked row by row against: {', '.join(f['not_checked'])} (not found with the bytes the "
-                     "model's manifest records; a file given with --extra-data is never found so).")
+        lines.append(f"Not checked row by row against: {', '.join(f['not_checked'])} (not found in {f['folder']} with "
+                     f"the bytes the model's manifest records; run from the project folder, or set {ENV_HOME}; a file "
+                     "given with --extra-data is never found so).")
     return lines
 
 
