@@ -29,8 +29,8 @@ from pipeline.decision.safety import rules_of
 from pipeline.decision.triage import right_levels
 from pipeline.serve.loading import LoadedModel
 
-__all__ = ["BLANKED_RATE", "coverage_table", "decision_card_section", "evaluate_decision", "figure", "format_decision_table",
-           "triage_table", "upper_bound"]
+__all__ = ["BLANKED_RATE", "coverage_table", "decision_card_section", "evaluate_decision", "figure",
+           "format_decision_table", "measured", "triage_table", "upper_bound"]
 
 _DVT = CONDITIONS.index("dvt")
 _EMERGENCY = LEVELS.index("emergency")
@@ -177,10 +177,15 @@ def evaluate_decision(model: LoadedModel, parsed: dict[str, ParsedCases], arrays
     return out
 
 
+def measured(value: float | None) -> bool:
+    """Whether a figure was measured: not NaN in memory, nor ``null`` in a report's JSON (an empty
+    band, a split without a DVT, an interval on too few cases)."""
+    return value is not None and value == value
+
+
 def figure(value: float | None, spec: str) -> str:
-    """``value`` formatted with ``spec``, or ``n/a`` for a figure that could not be measured (NaN in
-    memory, ``null`` in a report's JSON: an empty band, a split without a DVT)."""
-    return "n/a" if value is None or value != value else format(value, spec)
+    """``value`` formatted with ``spec``, or ``n/a`` for a figure that could not be :func:`measured`."""
+    return format(value, spec) if measured(value) else "n/a"
 
 
 REASONS = ("screen", "red_flag", "expected_cost")  # why a non-DVT case went to the same day, as the table lists them

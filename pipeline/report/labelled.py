@@ -24,7 +24,7 @@ from pipeline.data.datasets import labels
 from pipeline.data.fingerprints import FittedRows, case_fingerprints
 from pipeline.data.real import REFERENCE_COLUMN, rejects_csv, validate_labelled
 from pipeline.decision.conformal import prediction_sets
-from pipeline.report.decision_metrics import evaluate_decision, figure
+from pipeline.report.decision_metrics import evaluate_decision, figure, measured
 from pipeline.report.evaluate import N_BINS, evaluate_split
 from pipeline.report.intervals import LEVEL, MIN_BOOTSTRAP_CASES, bootstrap_interval, wilson_interval
 from pipeline.serve.loading import LoadedModel
@@ -190,13 +190,12 @@ def _decision_figures(model: LoadedModel, valid: pd.DataFrame, arrays: dict[str,
 
 def _fmt(value: float, ci: list[float], digits: int = 3) -> str:
     spec = f".{digits}f"
-    interval = "no interval" if ci[0] is None or ci[0] != ci[0] else f"{figure(ci[0], spec)}, {figure(ci[1], spec)}"
-    return f"{figure(value, spec)} [{interval}]"
+    return f"{figure(value, spec)} [{_between(ci, spec, ', ', 'no interval')}]"
 
 
-def _between(ci: list[float], spec: str) -> str:
-    """An interval as the report writes it: ``low to high``, or ``n/a`` where there is none."""
-    return "n/a" if ci[0] is None or ci[0] != ci[0] else f"{figure(ci[0], spec)} to {figure(ci[1], spec)}"
+def _between(ci: list[float], spec: str, sep: str = " to ", none: str = "n/a") -> str:
+    """An interval as the report writes it: ``low to high``, or ``none`` where there is none."""
+    return f"{figure(ci[0], spec)}{sep}{figure(ci[1], spec)}" if measured(ci[0]) else none
 
 
 def _fitted_lines(m: dict[str, Any]) -> list[str]:
