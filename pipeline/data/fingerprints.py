@@ -61,14 +61,14 @@ def case_fingerprints(parsed: ParsedCases, condition: np.ndarray) -> np.ndarray:
 class FittedRows(NamedTuple):
     """:func:`fitted_fingerprints`' result."""
 
-    fingerprints: np.ndarray  # sorted uint64
+    fingerprints: np.ndarray  # uint64
     found: list[str]  # the fitting splits whose rows are in ``fingerprints``
     not_found: list[str]  # those the manifest records that could not be checked
     folder: str  # where the splits were looked for
 
 
 def fitted_fingerprints(manifest: dict[str, Any], data: Path) -> FittedRows:
-    """The sorted fingerprints of the rows of the splits in ``data`` the model was fitted on, where
+    """The fingerprints of the rows of the splits in ``data`` the model was fitted on, where
     a split's file has the SHA-256 its manifest records; the splits found; and those the manifest
     records that were not found so (missing, generated again since, or a user's ``--extra-data``
     file, whose path the manifest does not keep)."""
@@ -82,5 +82,5 @@ def fitted_fingerprints(manifest: dict[str, Any], data: Path) -> FittedRows:
         frame = pd.read_parquet(path)
         parts.append(case_fingerprints(parse_cases(frame), labels(frame)))
         found.append(name)
-    fingerprints = np.sort(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.uint64)
+    fingerprints = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
     return FittedRows(fingerprints, found, not_found, str(data))

@@ -19,6 +19,7 @@ from pipeline.core.casefiles import check_columns, parse_read
 from pipeline.core.config import LEVELS
 from pipeline.core.errors import BatchInputError
 from pipeline.core.formulas import csv_safe
+from pipeline.core.parsing import ParsedCases
 from pipeline.core.schema import CONDITIONS, LABEL_COLUMN, normalise_header
 
 __all__ = ["REFERENCE_COLUMN", "LabelledCases", "holdout_split", "rejects_csv", "validate_labelled"]
@@ -33,6 +34,8 @@ class LabelledCases(NamedTuple):
     reference: np.ndarray  # per valid row, the index into LEVELS of its reference_level, -1 where not given
     rejects: pd.DataFrame  # row (0-based, header excluded), column, value, reason; a row may have several
     ignored: tuple[str, ...]  # the columns that are neither case fields nor labels, as the file names them
+    rows: np.ndarray  # per valid row, its row in ``frame`` (0-based)
+    parsed: ParsedCases  # the valid rows' answers as parsed
 
 
 def _text(series: pd.Series) -> pd.Series:
@@ -84,7 +87,7 @@ def validate_labelled(frame: pd.DataFrame, *, where: str = "cases",
     valid = frame.iloc[np.flatnonzero(keep)].reset_index(drop=True)
     valid = valid.assign(**{LABEL_COLUMN: condition.to_numpy()[keep]})
     ignored = tuple(c for c in parsed.ignored_columns if normalise_header(c) != REFERENCE_COLUMN)
-    return LabelledCases(valid, reference[keep], rejects, ignored)
+    return LabelledCases(valid, reference[keep], rejects, ignored, np.flatnonzero(keep), parsed[keep])
 
 
 def _labels_named(frame: pd.DataFrame, where: str) -> pd.DataFrame:

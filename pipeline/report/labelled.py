@@ -17,7 +17,7 @@ import pandas as pd
 from pipeline.core import metrics as M
 from pipeline.core.errors import BatchInputError
 from pipeline.core.files import write_report_json, write_text_atomic
-from pipeline.core.parsing import parse_cases
+from pipeline.core.parsing import ParsedCases
 from pipeline.core.paths import ENV_HOME
 from pipeline.core.schema import CONDITION_LABELS, CONDITIONS
 from pipeline.data.datasets import labels
@@ -90,23 +90,20 @@ def evaluate_labelled(model: LoadedModel, frame: pd.DataFrame, *, n_boot: int = 
     BatchInputError
         No ``condition`` column, no valid row, or every valid row one the model was fitted on.
     """
-    valid, reference, rejects, ignored = validate_labelled(frame, where=where, malformed=malformed)
+    valid, reference, rejects, ignored, valid_rows, parsed = validate_labelled(frame, where=where, malformed=malformed)
     if len(frame) == 0:
         raise BatchInputError(f"{where}: the file has no rows (a header only); nothing to evaluate.")
     if len(valid) == 0:
         raise BatchInputError(f"{where}: no valid labelled row among {len(frame)}; first problems: "
                               + "; ".join(f"row {r.row} {r.column}: {r.reason}" for r in rejects.head(3).itertuples()))
-    # the file's row (0-based, header excluded) of each valid row
-    valid_rows = np.setdiff1d(np.arange(len(frame)), rejects["row"].to_numpy(dtype=np.int64))
     seen = np.zeros(len(valid), dtype=bool)
-    if fitted is not None and len(fitted.fingerprints):
-        known, prints = fitted.fingerprints, case_fingerprints(parse_cases(valid), labels(valid))
-        seen = known[np.minimum(np.searchsorted(known, prints), len(known) - 1)] == prints
+    if fitted is not None:
+        seen = np.isin(case_fingerprints(parsed, labels(valid)), fitted.fingerprints)
         if seen.all():
             raise BatchInputError(f"{where}: every valid row ({len(valid):,}) has the answers and condition of a row the "
                                   "model was fitted on, so figures on them would not be held out; evaluate on cases "
                                   "the model has not seen.")
-        valid, reference = valid[~seen].reset_index(drop=True), reference[~seen]
+        valid, reference, parsed = valid[~seen].reset_index(drop=True), reference[~seen], parsed[~seen]
     scores, arrays = evaluate_split(model, None, valid, return_arrays=True)
     y, proba = arrays["y"], arrays["proba"]
     n = len(y)
@@ -148,15 +145,15 @@ def evaluate_labelled(model: LoadedModel, frame: pd.DataFrame, *, n_boot: int = 
     np.add.at(counts, (y, pred), 1)
     out["confusion_matrix"] = {"rows_true_columns_predicted": list(CONDITIONS), "counts": counts.tolist()}
     if model.decision is not None:
-        out.update(_decision_figures(model, valid, arrays, reference, boot))
+        out.update(_decision_figures(model, parsed, arrays, reference, boot))
     return out, arrays, rejects
 
 
-def _decision_figures(model: LoadedModel, valid: pd.DataFrame, arrays: dict[str, np.ndarray], reference: np.ndarray,
+def _decision_figures(model: LoadedModel, parsed: ParsedCases, arrays: dict[str, np.ndarray], reference: np.ndarray,
                       boot) -> dict[str, Any]:
+    """The decision layer's figures on the evaluated cases (``parsed``: their answers as parsed)."""
     assert model.decision is not None
     y, proba = arrays["y"], arrays["proba"]
-    parsed = parse_cases(valid)
     found = evaluate_decision(model, {_SPLIT: parsed}, {_SPLIT: arrays}, reference_levels={_SPLIT: reference})
     t, c, a = found["triage"][_SPLIT], found["conformal"][_SPLIT], found["atypical"][_SPLIT]
     n, dvt = len(y), int(t["n_dvt"])
