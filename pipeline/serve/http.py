@@ -141,8 +141,6 @@ def score_request(model: Any, records: list[dict], params: dict[str, Any]) -> tu
     if columns is not None and (problem := chosen_columns_problem(model, parsed, columns, top_k)) is not None:
         raise BatchInputError(f"params: columns: {problem}")
     out = score_parsed(model, parsed, top_k=top_k, columns=columns)
-    if columns is not None:  # only those, in that order
-        out = out[columns]
     if ID_COLUMN in out and out[ID_COLUMN].isna().any():  # JSON's null, not a bare NaN that parsers refuse
         out[ID_COLUMN] = out[ID_COLUMN].astype(object).where(out[ID_COLUMN].notna(), None)
     return out, warned

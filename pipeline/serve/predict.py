@@ -61,10 +61,12 @@ def score_parsed(model: LoadedModel, parsed: ParsedCases, *, top_k: int = 3,
     ``ids`` (case ids or row numbers) become the first column: ``case_id`` when the input had
     one, else ``row``. The products are made without BLAS (:mod:`pipeline.core.blas`), so the numbers
     do not depend on the process, its threads or the machine's load. With ``codes`` the long
-    decision texts are short codes (:meth:`pipeline.decision.layer.Decision.text_codes`). ``columns``:
-    as in :func:`score_columns`.
+    decision texts are short codes (:meth:`pipeline.decision.layer.Decision.text_codes`). With
+    ``columns`` (checked first with :func:`chosen_columns_problem`), only those, in that order, and
+    only what they need computed.
     """
-    return pd.DataFrame(score_columns(model, parsed, top_k=top_k, ids=ids, codes=codes, columns=columns))
+    out = pd.DataFrame(score_columns(model, parsed, top_k=top_k, ids=ids, codes=codes, columns=columns))
+    return out if columns is None else out[list(columns)]
 
 
 def score_columns(model: LoadedModel, parsed: ParsedCases, *, top_k: int = 3,
@@ -161,8 +163,6 @@ def predict(cases: Any, model: str | Path | LoadedModel | None = None, top_k: in
     if columns is not None and (problem := chosen_columns_problem(loaded, parsed, columns, top_k)) is not None:
         raise ValueError(f"columns: {problem}")
     out = score_parsed(loaded, parsed, top_k=top_k, columns=columns)
-    if columns is not None:
-        out = out[list(columns)]
     if isinstance(cases, pd.DataFrame):  # row for row: the caller's index joins the results back
         out.index = cases.index
     return out
