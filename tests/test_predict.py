@@ -305,6 +305,27 @@ def test_same_numbers_in_any_thread_at_any_blas_thread_count(trained, blas_threa
     np.testing.assert_array_equal(alone[P_COLS].to_numpy()[0], reference[P_COLS].to_numpy()[1000])
 
 
+def test_joined_texts_kept_between_calls_belong_to_their_names_and_separator(monkeypatch):
+    """join_ranked keeps the texts it joined for the next chunk: each for its own names and
+    separator, and the same after its table fills and starts again."""
+    from pipeline.core import textcols
+
+    rng = np.random.default_rng(1)
+    order = np.argsort(rng.random((500, 4)), axis=1)
+    keep = rng.random((500, 4)) < 0.6
+
+    def expected(names, sep="|"):
+        return [sep.join(names[j] for j, k in zip(o, ks) if k) for o, ks in zip(order, keep)]
+
+    first, second = ["a", "b", "c", "d"], ["w", "x", "y", "z"]
+    monkeypatch.setattr(textcols, "_JOINED_MAX", 10)  # the table starts again within each call
+    for names in (first, second, first, second):
+        assert list(textcols.join_ranked(names, order, keep)) == expected(names)
+    assert list(textcols.join_ranked(first, order, keep, sep=";")) == expected(first, ";")
+    assert list(textcols.join_ranked(first, order[:, :3], keep[:, :3])) == [
+        "|".join(first[j] for j, k in zip(o[:3], ks[:3]) if k) for o, ks in zip(order, keep)]
+
+
 def test_text_columns_are_the_same_built_for_one_row_or_many():
     """Small inputs build their text columns in Python, large ones in Arrow: the same strings."""
     from pipeline.core.textcols import join_ranked, lookup

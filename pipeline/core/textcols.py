@@ -7,6 +7,7 @@ distinct value do not.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -51,7 +52,8 @@ def join_ranked(names: Sequence[str], order: np.ndarray, keep: np.ndarray | None
 
     Rows repeat a few rankings (a chunk of 16k rows has some hundreds): each distinct one is joined
     once, in Python, and the rows take their text from those (16k rows of nine names: 1.6 ms, where
-    Arrow's element-wise join took 3.8)."""
+    Arrow's element-wise join took 3.8); the texts are kept for the next call with the same names
+    (a file's chunks repeat them: a million cases' five ranked columns, 0.35 s -> 0.28 s)."""
     if len(order) <= _SMALL:
         rows = order.tolist()
         kept = [[True] * order.shape[1]] * len(rows) if keep is None else keep.tolist()
@@ -63,21 +65,34 @@ def join_ranked(names: Sequence[str], order: np.ndarray, keep: np.ndarray | None
     ranks = order.astype(np.int64) + 1
     if keep is not None:
         ranks *= keep
-    distinct, inverse = _distinct_rows(ranks, len(names) + 1)
-    texts = [sep.join(names[j - 1] for j in row if j) for row in distinct.tolist()]
-    return _wrap(pa.array(texts, type=pa.large_string()).take(pa.array(inverse)))
-
-
-def _distinct_rows(ranks: np.ndarray, base: int) -> tuple[np.ndarray, np.ndarray]:
-    """The distinct rows of ``ranks`` (values in 0..base-1) and, per row, which one it is.
-
-    Where a row fits in 63 bits as a number in ``base``, rows are hashed as those numbers
-    (pandas' factorize: a fifth of the time of np.unique's sort); otherwise np.unique's rows."""
-    width = ranks.shape[1]
-    if base ** width >= 2 ** 63:
+    base, width = len(names) + 1, ranks.shape[1]
+    if base ** width >= 2 ** 63:  # too wide for one number per row: np.unique's rows
         distinct, inverse = np.unique(ranks, axis=0, return_inverse=True)
-        return distinct, np.ravel(inverse)
+        texts = [sep.join(names[j - 1] for j in row if j) for row in distinct.tolist()]
+        return _wrap(pa.array(texts, type=pa.large_string()).take(pa.array(np.ravel(inverse))))
+    # the rows as numbers in ``base``, hashed (pandas' factorize: a fifth of the time of np.unique's
+    # sort); a number's text is joined once per process (the chunks of a file repeat the same few
+    # hundred), and only the numbers not seen before are read back into rows
     powers = base ** np.arange(width - 1, -1, -1, dtype=np.int64)
     inverse, keys = pd.factorize(ranks @ powers)  # integer products: exact
-    distinct = (np.asarray(keys)[:, None] // powers) % base
-    return distinct, inverse
+    joined = _joined(tuple(names), sep, width)
+    keys = np.asarray(keys)
+    numbers = keys.tolist()
+    found = [joined.get(k) for k in numbers]  # this call's own list: another thread may clear the table
+    new = [i for i, text in enumerate(found) if text is None]
+    if new:
+        if len(joined) > _JOINED_MAX:
+            joined.clear()
+        for i, row in zip(new, ((keys[new, None] // powers) % base).tolist()):
+            found[i] = joined[numbers[i]] = sep.join(names[j - 1] for j in row if j)
+    return _wrap(pa.array(found, type=pa.large_string()).take(pa.array(inverse)))
+
+
+_JOINED_MAX = 1 << 16  # texts kept per (names, sep, width); past this the table starts again
+
+
+@functools.lru_cache(maxsize=64)
+def _joined(names: tuple[str, ...], sep: str, width: int) -> dict[int, str]:
+    """The texts :func:`join_ranked` has made for ``names``, by row number (shared by the
+    process's threads: two that join the same row at once store the same text)."""
+    return {}
