@@ -442,6 +442,7 @@ def _score(args: argparse.Namespace) -> int:
                       Path(f"{output}.priors.json"), False))
         refuse_shared_outputs([("output", output), ("rejects file", rejects_file(output, args.rejects)),
                                ("texts lookup", texts_lookup(output)), *((what, path) for what, path, _ in after)])
+        check_target(output, "output")  # the output's own problem first (its folder is theirs too)
         for what, path, make_folders in after:
             check_target(path, what, make_folders=make_folders)
     warn = lambda m: print(f"kneepain score: warning: {m}", file=sys.stderr)

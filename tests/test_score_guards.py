@@ -56,7 +56,11 @@ def test_output_that_is_an_input_is_refused_and_the_input_kept(trained, tmp_path
     if how.startswith("texts lookup"):  # written with codes; with full texts an earlier run's is removed
         (tmp_path / "x.csv.texts.csv").symlink_to(src)
     assert _score(src, out, models, *(["--texts", "full"] if how.endswith("full texts") else [])) == 2
-    assert "is the input file" in _one_line_error(capsys)
+    err = _one_line_error(capsys)
+    # the message names which of the job's files it is, and how to give that one another path
+    what = {"rejects file": "the rejects file would be the input file", "texts lookup": "the texts lookup would be"
+            }.get(how.split(",")[0], "the output would be the input file")
+    assert what in err and ("--rejects PATH" in err) == how.startswith(("rejects", "texts")), err
     assert src.read_bytes() == before
 
 
@@ -73,13 +77,85 @@ def test_standard_input_read_from_an_output_file_is_refused_and_the_file_kept(tr
     before = src.read_bytes()
     sink = tmp_path / "stdout.csv"
     with open(src, "rb") as stdin, open(sink, "wb") as stdout, pytest.raises(BatchInputError,
-                                                                           match="is the file standard input is read"):
+                                                                           match="would be the file standard input is read from"):
         score_files(["-"], output, load_model(models), stdin=stdin, stdout=stdout)
     assert src.read_bytes() == before and sink.read_bytes() == b""
     assert leftover_temporaries(tmp_path) == []
     with open(src, "rb") as stdin:  # another output: scored from the same redirection
         summary = score_files(["-"], tmp_path / "other.csv", load_model(models), stdin=stdin)
     assert summary.rows_scored == len(GOOD) and src.read_bytes() == before
+
+
+@pytest.mark.parametrize("into", ["the input", "standard input's file", "the rejects file", "the texts lookup"])
+def test_standard_output_redirected_into_one_of_the_jobs_files_is_refused_before_anything_is_read(
+        trained, tmp_path, monkeypatch, into):
+    """`kneepain score cases.csv -o - >> cases.csv` would append the scores to the cases (and read
+    them back as cases); `> score.rejects.csv` would see the scored rows removed at the end, and
+    `> score.texts.csv` replaced by the lookup. Each is refused, and every file is left as it was."""
+    from pipeline.serve.batch import score_files
+    from pipeline.serve.loading import load_model
+    from pipeline.serve.shaping import OutputOptions
+
+    models, _ = trained
+    monkeypatch.chdir(tmp_path)
+    src = _write(tmp_path / "in.csv", [HEADER, *GOOD])
+    target = {"the input": src, "standard input's file": src, "the rejects file": tmp_path / "score.rejects.csv",
+              "the texts lookup": tmp_path / "score.texts.csv"}[into]
+    if not target.exists():
+        target.write_text("kept\n")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    inputs = ["-"] if into == "standard input's file" else [src]
+    message = {"the input": "redirected to the input file", "standard input's file": "the file standard input",
+               "the rejects file": "the job's rejects file", "the texts lookup": "the job's texts lookup"}[into]
+    options = OutputOptions(texts="codes")  # the lookup is written (the command's default for CSV)
+    with open(src, "rb") as stdin, open(target, "ab") as stdout, pytest.raises(BatchInputError, match=message):
+        score_files(inputs, "-", load_model(models), stdin=stdin, stdout=stdout, options=options)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    with open(src, "rb") as stdin, open(tmp_path / "elsewhere.csv", "wb") as stdout:  # another file: scored
+        summary = score_files(inputs, "-", load_model(models), stdin=stdin, stdout=stdout, options=options)
+    assert summary.rows_scored == len(GOOD)
+
+
+@pytest.mark.parametrize("kind", ["pipe", "link to a pipe"])
+@pytest.mark.parametrize("which", ["output", "rejects file"])
+def test_an_output_or_rejects_path_that_is_no_regular_file_is_refused_and_left_as_it_is(
+        trained, tmp_path, capsys, kind, which):
+    """`--rejects /dev/null` would see the device renamed over or removed (as root): a path that is
+    there and is no regular file (a device, a named pipe, a link to one) is refused."""
+    models, _ = trained
+    src = _write(tmp_path / "in.csv", [HEADER, *GOOD])
+    special = tmp_path / "fifo"
+    os.mkfifo(special)
+    path = special if kind == "pipe" else tmp_path / "link"
+    if kind != "pipe":
+        path.symlink_to(special)
+    out, extra = (path, []) if which == "output" else (tmp_path / "out.csv", ["--rejects", str(path)])
+    if which == "output":
+        out = path.with_name(path.name + ".csv")
+        out.symlink_to(special)
+    assert _score(src, out, models, *extra) == 2
+    assert f"is not a regular file (a device, a pipe or a socket), and the {which}" in _one_line_error(capsys)
+    assert special.is_fifo() and (kind == "pipe" or path.is_symlink())
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no lock made beside it
+
+
+def test_a_rejects_file_that_cannot_be_locked_names_the_folder_and_the_way_out(trained, tmp_path, capsys, monkeypatch):
+    """`-o -` in a folder the user cannot write: the rejects file's lock cannot be made. The message
+    names the rejects file and --rejects, not another job."""
+    from filelock import FileLock
+
+    models, _ = trained
+    src = _write(tmp_path / "in.csv", [HEADER, *GOOD])
+    monkeypatch.chdir(tmp_path)
+
+    def denied(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(FileLock, "acquire", denied)
+    assert _score(src, "-", models) == 2
+    err = _one_line_error(capsys)
+    assert "score.rejects.csv: cannot write the rejects file: its lock file" in err and "Permission denied" in err
+    assert "--rejects PATH) in a folder you can write to" in err and "another kneepain job" not in err
 
 
 @pytest.mark.parametrize("which", ["input", "output"])
@@ -104,7 +180,8 @@ def test_a_closed_standard_error_does_not_stop_the_job(trained, tmp_path, monkey
     assert len(pd.read_csv(tmp_path / "out.csv")) == len(GOOD)
 
 
-@pytest.mark.parametrize("case", ["report in a file's place", "report numbers a folder", "case mix a folder"])
+@pytest.mark.parametrize("case", ["report in a file's place", "report numbers a folder", "case mix a folder",
+                                  "output in a missing folder"])
 def test_files_written_after_the_output_are_checked_before_any_row_is_scored(trained, tmp_path, capsys, case):
     """The report, its numbers and the case mix (written, or an earlier one removed, after the
     output) are refused as the output is: exit 2 and nothing written."""
@@ -115,12 +192,14 @@ def test_files_written_after_the_output_are_checked_before_any_row_is_scored(tra
         "report in a file's place": (["--report", str(tmp_path / "keep.csv" / "new" / "r.html")],
                                      "keep.csv: is a file, not a folder, so the report"),
         "report numbers a folder": (["--report", str(tmp_path / "r.html")], "r.json: is a folder"),
-        "case mix a folder": ([], "out.csv.priors.json: is a folder; give the path of the case mix")}[case]
+        "case mix a folder": ([], "out.csv.priors.json: is a folder; give the path of the case mix"),
+        "output in a missing folder": ([], "no such folder for the output")}[case]
     made = {"report numbers a folder": tmp_path / "r.json", "case mix a folder": tmp_path / "out.csv.priors.json"}
     if case in made:
         made[case].mkdir()
     before = sorted(p.name for p in tmp_path.iterdir())
-    assert _score(src, tmp_path / "out.csv", models, *extra) == 2
+    out = tmp_path / ("missing/out.csv" if case == "output in a missing folder" else "out.csv")
+    assert _score(src, out, models, *extra) == 2
     assert message in _one_line_error(capsys)
     assert sorted(p.name for p in tmp_path.iterdir()) == before and (tmp_path / "keep.csv").read_text() == "x\n"
 
@@ -170,7 +249,7 @@ def test_second_job_on_the_same_output_fails_at_once(trained, tmp_path, capsys):
     # two outputs that share one rejects file: the second job is refused, not the first one's rows lost
     with FileLock(tmp_path / ".shared.csv.lock", timeout=0):
         assert _score(src, tmp_path / "other.csv", models, "--rejects", str(tmp_path / "shared.csv")) == 2
-        assert "shared.csv: another kneepain job is writing this output" in _one_line_error(capsys)
+        assert "shared.csv: another kneepain job is writing this rejects file" in _one_line_error(capsys)
         assert not (tmp_path / "other.csv").exists()
 
 

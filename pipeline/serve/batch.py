@@ -16,6 +16,7 @@ import io
 import os
 import select
 import shutil
+import stat
 import sys
 import tempfile
 import time
@@ -40,11 +41,13 @@ from pipeline.decision.layer import TEXT_CODE_COLUMNS
 from pipeline.serve import CHUNK_ROWS
 from pipeline.serve.chunks import ChunkScorer, Done, FileJob, SeenIds, chunk_ids, score_chunk, score_valid, validate_chunk
 from pipeline.serve.guard import (
+    OutputBusyError,
     check_stop,
     output_lock,
     refuse_same_file,
     refuse_shared_outputs,
     refuse_stdin_source,
+    refuse_stdout_target,
     stop_at_once_on_signals,
     stop_on_signals,
 )
@@ -120,11 +123,11 @@ def score_files(inputs: list[str | Path], output: str | Path, model: LoadedModel
     # the lookup is written, or an earlier run's removed: either way it is no other output's file
     outputs = [("output", output), ("rejects file", rejects_path), ("texts lookup", lookup)]
     refuse_shared_outputs(outputs)
-    with _stdin_spooled(inputs, stdin, [path for _, path in outputs]) as paths:
-        refuse_same_file(paths, [path for _, path in outputs])
+    with _stdin_spooled(inputs, stdin, outputs) as paths:
+        refuse_same_file(paths, outputs)
         columns = complete_columns(paths)  # every input readable and complete before anything is written
         # the rejects file is locked too: two jobs may share it (--rejects) while their outputs differ
-        with output_lock(output), output_lock(rejects_path), stop_on_signals():
+        with output_lock(output), output_lock(rejects_path, "rejects file"), stop_on_signals():
             for target in (output, rejects_path, lookup):
                 reclaim_stale_temps(target, spare=paths)
             summary = _score_locked(paths, columns, output, rejects_path, model, chunk_rows=chunk_rows,
@@ -161,10 +164,19 @@ def _text_lookup_bytes(model: LoadedModel) -> bytes:
 
 
 def check_target(path: Path, what: str, *, make_folders: bool = False) -> None:
-    """Refuse, before any row is read (or made), a file to write that is a folder or whose folder is
-    missing (with ``make_folders``, whose folder cannot be made: a file stands in its path)."""
+    """Refuse, before any row is read (or made), a file to write that is a folder, that is there
+    and is no regular file (a device such as /dev/null, a pipe, a link to one: the file is written
+    beside it and renamed into its place, or an earlier run's removed), or whose folder is missing
+    (with ``make_folders``, whose folder cannot be made: a file stands in its path)."""
     if path.is_dir():
         raise BatchInputError(f"{path}: is a folder; give the path of the {what}.")
+    try:
+        kind = os.stat(path).st_mode
+    except OSError:  # not there (or a link to nothing): written new
+        kind = None
+    if kind is not None and not stat.S_ISREG(kind):
+        raise BatchInputError(f"{path}: is not a regular file (a device, a pipe or a socket), and the {what} would "
+                              f"be renamed into its place or removed; give the path of a file.")
     if not make_folders and not path.parent.is_dir():
         raise BatchInputError(f"{path.parent}: no such folder for the {what}.")
     blocked = next((p for p in path.parents if os.path.lexists(p) and not p.is_dir()), None)
@@ -182,8 +194,12 @@ def _score_to_stream(inputs: list[str | Path], stream: BinaryIO, model: LoadedMo
         check_target(texts_path, "texts lookup")
         outputs.append(("texts lookup", texts_path))
     refuse_shared_outputs(outputs)
-    with _stdin_spooled(inputs, stdin, [path for _, path in outputs]) as paths:
-        refuse_same_file(paths, [path for _, path in outputs])
+    # standard output redirected into an input, standard input's file or the rejects: before anything is read
+    reads_stdin = any(str(p) == "-" for p in inputs)
+    refuse_stdout_target(stream, [Path(p) for p in inputs if str(p) != "-"], outputs,
+                         stdin=(stdin or _standard("input")) if reads_stdin else None)
+    with _stdin_spooled(inputs, stdin, outputs) as paths:
+        refuse_same_file(paths, outputs)
         columns = complete_columns(paths)
         with _stream_lock(rejects), stop_on_signals():
             for target in (rejects, texts_path):
@@ -199,9 +215,9 @@ def _stream_lock(rejects: Path) -> Iterator[None]:
     """The rejects file's lock, for a job writing to standard output."""
     with ExitStack() as stack:
         try:
-            stack.enter_context(output_lock(rejects))
-        except BatchInputError as err:
-            raise BatchInputError(f"{err} Jobs writing to standard output in one folder share {STREAM_REJECTS}: "
+            stack.enter_context(output_lock(rejects, "rejects file"))
+        except OutputBusyError as err:
+            raise OutputBusyError(f"{err} Jobs writing to standard output in one folder share {STREAM_REJECTS}: "
                                   "give each its own --rejects PATH.") from err
         yield
 
@@ -237,7 +253,8 @@ def _standard(which: str) -> BinaryIO:
 
 
 @contextmanager
-def _stdin_spooled(inputs: list[str | Path], stdin: BinaryIO | None, outputs: list[Path]) -> Iterator[list[Path]]:
+def _stdin_spooled(inputs: list[str | Path], stdin: BinaryIO | None,
+                   outputs: list[tuple[str, Path]]) -> Iterator[list[Path]]:
     """The input paths, ``-`` replaced by a temporary copy of standard input (removed afterwards);
     standard input redirected from one of ``outputs`` is refused before it is read."""
     if sum(str(p) == "-" for p in inputs) > 1:

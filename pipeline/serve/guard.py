@@ -2,9 +2,10 @@
 
 - :func:`refuse_same_file`: an output (or its rejects file) that is one of the inputs, by any
   path (relative, through a link), is refused before anything is opened for writing, and so is
-  (:func:`refuse_stdin_source`) the file standard input is redirected from (``- -o f < f``);
-  :func:`refuse_shared_outputs`: so are two of a job's outputs (scores, rejects, texts lookup)
-  that are one file.
+  (:func:`refuse_stdin_source`) the file standard input is redirected from (``- -o f < f``), and
+  (:func:`refuse_stdout_target`) a file standard output is redirected to that is an input or
+  another of the job's files (``f -o - >> f``); :func:`refuse_shared_outputs`: so are two of a
+  job's outputs (scores, rejects, texts lookup) that are one file.
 - :func:`output_lock`: one job at a time per output; a second job fails at once (``filelock``,
   an OS lock on a hidden ``.<output>.lock`` beside the output, released if the job dies).
 - :func:`stop_on_signals` and :func:`check_stop`: SIGTERM, SIGHUP and Ctrl-C (SIGINT) are noted
@@ -33,8 +34,8 @@ from filelock import FileLock, Timeout
 
 from pipeline.core.errors import BatchInputError
 
-__all__ = ["Interrupted", "check_stop", "output_lock", "refuse_same_file", "refuse_shared_outputs",
-           "refuse_stdin_source", "stop_at_once_on_signals", "stop_on_signals"]
+__all__ = ["Interrupted", "OutputBusyError", "check_stop", "output_lock", "refuse_same_file", "refuse_shared_outputs",
+           "refuse_stdin_source", "refuse_stdout_target", "stop_at_once_on_signals", "stop_on_signals"]
 
 
 class Interrupted(KeyboardInterrupt):
@@ -51,33 +52,76 @@ def _same(a: Path, b: Path) -> bool:
     return a.resolve() == b.resolve()
 
 
-def refuse_same_file(inputs: Sequence[Path], outputs: Sequence[Path]) -> None:
-    """Raise :class:`BatchInputError` if an output is the same file as an input."""
-    for out in outputs:
+def _another(what: str) -> str:
+    """How to give the job's ``what`` (``output``, ``rejects file``, ...) another path."""
+    return {"rejects file": "give the rejected rows another file (--rejects PATH)",
+            "texts lookup": "choose another output path (with -o -, the lookup is written beside the rejects "
+                            "file: give --rejects PATH in another folder)"}.get(what, f"choose another {what} path")
+
+
+def refuse_same_file(inputs: Sequence[Path], outputs: Sequence[tuple[str, Path]]) -> None:
+    """Raise :class:`BatchInputError` if one of the job's files (``(what, path)``: the output, its
+    rejects file, ...) is the same file as an input."""
+    for what, out in outputs:
         for src in inputs:
             if _same(src, out):
-                raise BatchInputError(f"{out} is the input file {src}: scoring would overwrite your data; "
-                                      "choose another output path.")
+                raise BatchInputError(f"{out}: the {what} would be the input file {src}: scoring would overwrite "
+                                      f"your data; {_another(what)}.")
 
 
-def refuse_stdin_source(stdin: BinaryIO, outputs: Sequence[Path]) -> None:
-    """Raise :class:`BatchInputError` if standard input is read from a file (``< cases.csv``) that
-    is one of ``outputs``: the cases would be copied and scored, then the file replaced by the
-    scores. A pipe, a terminal or an in-memory stream is no file and passes."""
+def _regular_file_of(stream: BinaryIO) -> os.stat_result | None:
+    """The file a standard stream is redirected from or to, if it is a regular file (a pipe, a
+    terminal or an in-memory stream: None)."""
     try:
-        source = os.fstat(stdin.fileno())
+        found = os.fstat(stream.fileno())
     except (AttributeError, OSError, io.UnsupportedOperation):
+        return None
+    return found if stat.S_ISREG(found.st_mode) else None
+
+
+def _is_file(path: Path, found: os.stat_result) -> bool:
+    try:
+        return os.path.samestat(os.stat(path), found)
+    except OSError:  # not there yet: not that file
+        return False
+
+
+def refuse_stdin_source(stdin: BinaryIO, outputs: Sequence[tuple[str, Path]]) -> None:
+    """Raise :class:`BatchInputError` if standard input is read from a file (``< cases.csv``) that
+    is one of the job's files (``(what, path)``): the cases would be copied and scored, then the
+    file replaced by the scores. A pipe, a terminal or an in-memory stream is no file and passes."""
+    source = _regular_file_of(stdin)
+    if source is None:
         return
-    if not stat.S_ISREG(source.st_mode):
+    for what, out in outputs:
+        if _is_file(out, source):
+            raise BatchInputError(f"{out}: the {what} would be the file standard input is read from: scoring "
+                                  f"would overwrite your data; {_another(what)}.")
+
+
+def refuse_stdout_target(stdout: BinaryIO, inputs: Sequence[Path], outputs: Sequence[tuple[str, Path]],
+                         stdin: BinaryIO | None = None) -> None:
+    """Raise :class:`BatchInputError` if standard output, where the scored rows go, is redirected to
+    a file that is an input (``cases.csv -o - >> cases.csv``: the scores would be appended to the
+    cases, and read back as cases), the file standard input is read from, or another of the job's
+    files (``(what, path)``: its rejects file or texts lookup, which would replace or remove the
+    scored rows). A pipe, a terminal or an in-memory stream passes."""
+    target = _regular_file_of(stdout)
+    if target is None:
         return
-    for out in outputs:
-        try:
-            target = os.stat(out)
-        except OSError:  # not there yet: no file of the input's
-            continue
-        if os.path.samestat(target, source):
-            raise BatchInputError(f"{out} is the file standard input is read from: scoring would overwrite your "
-                                  "data; choose another output path.")
+    for src in inputs:
+        if _is_file(src, target):
+            raise BatchInputError(f"-: standard output is redirected to the input file {src}: the scores would be "
+                                  "written into your data; redirect standard output to another file.")
+    source = _regular_file_of(stdin) if stdin is not None else None
+    if source is not None and os.path.samestat(source, target):
+        raise BatchInputError("-: standard output is redirected to the file standard input is read from: the "
+                              "scores would be written into your data; redirect standard output to another file.")
+    for what, out in outputs:
+        if _is_file(out, target):
+            raise BatchInputError(f"-: standard output is redirected to {out}, the job's {what}, which would "
+                                  f"replace or remove the scored rows; redirect standard output to another "
+                                  f"file, or {_another(what)}.")
 
 
 def refuse_shared_outputs(outputs: Sequence[tuple[str, Path]]) -> None:
@@ -94,17 +138,24 @@ def lock_path(output: Path) -> Path:
     return output.with_name(f".{output.name}.lock")
 
 
+class OutputBusyError(BatchInputError):
+    """Another job holds the lock of a file this job would write."""
+
+
 @contextmanager
-def output_lock(output: Path) -> Iterator[None]:
-    """Hold the output's lock for the job; fail at once if another job holds it."""
+def output_lock(output: Path, what: str = "output") -> Iterator[None]:
+    """Hold the lock of the job's ``what`` (its output, its rejects file) for the job; fail at once
+    (:class:`OutputBusyError`) if another job holds it."""
     lock = FileLock(lock_path(output), timeout=0)
     try:
         lock.acquire()
     except Timeout:
-        raise BatchInputError(f"{output}: another kneepain job is writing this output (it holds "
-                              f"{lock_path(output)}); wait for it to finish or choose another output.") from None
+        raise OutputBusyError(f"{output}: another kneepain job is writing this {what} (it holds "
+                              f"{lock_path(output)}); wait for it to finish or {_another(what)}.") from None
     except OSError as err:
-        raise BatchInputError(f"{output}: cannot lock the output: {err.strerror or err}.") from err
+        raise BatchInputError(f"{output}: cannot write the {what}: its lock file {lock_path(output)} cannot be "
+                              f"made ({err.strerror or err}); {_another(what)} in a folder you can write to."
+                              ) from err
     try:
         yield
     finally:
