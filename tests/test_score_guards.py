@@ -577,6 +577,10 @@ def test_predict_on_a_path_reads_as_score_does(trained, tmp_path):
         predict(empty, model=models)
     ok = _write(tmp_path / "ok.csv", [HEADER, *GOOD])
     assert predict(ok, model=models)["case_id"].tolist() == ["a1", "a2", "a3", "a4"]
+    numbered = pd.read_csv(ok).assign(case_id=[7, 8, 9, 10])
+    numbered.to_parquet(tmp_path / "numbered.parquet")  # a file's ids come back as text, as the output writes them
+    assert predict(tmp_path / "numbered.parquet", model=models)["case_id"].tolist() == ["7", "8", "9", "10"]
+    assert predict(numbered, model=models)["case_id"].tolist() == [7, 8, 9, 10]  # a frame's, unchanged
     mixed = _write(tmp_path / "mixed.csv", [HEADER, GOOD[0], "b1,33", "b2,300,male,no,3"])
     with pytest.raises(CaseValidationError) as info:  # a malformed record does not hide the other bad rows
         predict(mixed, model=models)
