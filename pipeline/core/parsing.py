@@ -503,10 +503,40 @@ def parse_records(records: Sequence[Mapping[Any, Any]], *, raise_on_error: bool 
     """
     many = len(records) >= _MANY_RECORDS and isinstance(records, list) and all(isinstance(r, dict) for r in records)
     if many and (frame := _records_frame(records)) is not None:
-        return parse_cases(frame, raise_on_error=raise_on_error)
+        if not (repeated := repeated_columns(list(frame.columns))):
+            return parse_cases(frame, raise_on_error=raise_on_error)
+        return parse_records(_one_spelling(records, repeated), raise_on_error=raise_on_error)
     headers = list(dict.fromkeys(key for record in records for key in record))
+    if repeated := repeated_columns(headers):
+        return parse_records(_one_spelling(records, repeated), raise_on_error=raise_on_error)
     columns = [(h, _record_column(h, [record.get(h, np.nan) for record in records])) for h in headers]
     return _parse_columns(columns, len(records), 0, raise_on_error)
+
+
+def _one_spelling(records: Sequence[Mapping[Any, Any]], repeated: dict[str, list[str]]) -> list[dict[Any, Any]]:
+    """``records`` with each field of ``repeated`` (its spellings, as :func:`repeated_columns`
+    gives them) under its first spelling: records may spell a name differently (``Age`` in one,
+    ``age`` in the next), but one record that gives a field twice is refused, naming it."""
+    first = {folded: spellings[0] for folded, spellings in repeated.items()}
+    out: list[dict[Any, Any]] = []
+    for row, record in enumerate(records):
+        fields: dict[Any, Any] = {}
+        given: dict[str, list[str]] = {}
+        for key, value in record.items():
+            folded = normalise_header(key)
+            if folded in first:
+                given.setdefault(folded, []).append(str(key))
+                key = first[folded]
+            fields[key] = value
+        twice = {folded: spellings for folded, spellings in given.items() if len(spellings) > 1}
+        if twice:
+            raise CaseValidationError(pd.DataFrame({
+                "row": row, "column": [column_name(c) for c in twice],
+                "value": [", ".join(column_name(repr(n)) for n in v) for v in twice.values()],
+                "reason": "the column is given more than once in this record (names are matched ignoring case "
+                          "and surrounding spaces); give it once"}), len(records))
+        out.append(fields)
+    return out
 
 
 # from this many records, the DataFrame constructor (which reads them in C, a record at a time)
