@@ -44,7 +44,8 @@ EXPECTED = {
     # the quote opened in g3's activity never closes: g4-g6 are read into that field, so the file
     # holds 3 records, and the one that swallowed the others is rejected whole, saying why
     "unclosed_quote.csv": (1, 2, 1, "record 4 of {path} (the header is record 1) has a field 'activity' that runs "
-                                    "over 4 lines, 3 of them with the header's 16 fields: a quote left open there"),
+                                    "over 4 lines, 3 of them like whole records of this file: a quote left open "
+                                    "there"),
     "wrong_types.parquet": (1, 1, 2, "column 'age', value 'forty': not a number"),
 }
 
@@ -133,6 +134,8 @@ def swallowing_csv(path: Path, column: str) -> Path:
             fields["notes"] = 'swelling 5" wide'
         if i == 20:  # a note over two lines, neither a record: read as it is
             fields["notes"] = '"first line\nsecond line, one comma"'
+        if i == 30:  # nor is a line with the header's four fields but no age or sex of a case
+            fields["notes"] = '"sore\nleft, right, both, at night"'
         lines.append(",".join(fields.values()))
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -151,10 +154,11 @@ def test_a_quote_left_open_rejects_the_record_that_swallowed_the_others(trained,
     bad = pd.read_csv(tmp_path / "out.csv.rejects.csv", dtype=str, keep_default_na=False)
     assert len(scored) == 3000 - 200 - 1 and bad["reject_row"].tolist() == ["1500"]
     assert (f"record 1502 of {src} (the header is record 1) has a field {column!r} that runs over 201 lines, "
-            "200 of them with the header's 4 fields: a quote left open there") in bad.loc[0, "reject_reason"]
+            "200 of them like whole records of this file: a quote left open there") in bad.loc[0, "reject_reason"]
     swallowed = bad.loc[0, column]
     assert "\nc1501,21,female,fine\n" in swallowed and swallowed.count("\n") == 200
     assert scored.loc[scored["case_id"] == "c20", "row"].tolist() == ["20"]  # the two-line note is a note
+    assert scored.loc[scored["case_id"] == "c30", "row"].tolist() == ["30"]
     assert scored["row"].astype(int).max() == 2799
     with pytest.raises(CaseValidationError, match="a quote left open there"):
         predict(src, model=models)

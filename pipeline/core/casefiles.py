@@ -19,8 +19,9 @@ import codecs
 import csv
 import io
 import json
+import math
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
@@ -33,7 +34,7 @@ import pyarrow.parquet as pq
 from pipeline.core.csvrecords import MAX_RECORD_BYTES, BlockMismatchError, CaseChunk, csv_chunks
 from pipeline.core.errors import BatchInputError, CaseValidationError
 from pipeline.core.parsing import ParsedCases, parse_cases, required_columns_error
-from pipeline.core.schema import ID_COLUMN, normalise_header, repeated_columns
+from pipeline.core.schema import ID_COLUMN, field, normalise_header, repeated_columns
 
 __all__ = ["MAX_RECORD_BYTES", "BlockMismatchError", "CaseChunk", "FileBlock", "check_columns", "complete_columns",
            "csv_data_start", "file_columns", "has_case_ids", "iter_chunks", "parse_read", "read_case_file",
@@ -286,12 +287,32 @@ def iter_chunks(path: str | Path, chunk_rows: int, *, block: FileBlock | None = 
         if block.first_row == 0 and block.rows is None:  # the whole file
             block = FileBlock(start=data_start)
         yield from csv_chunks(path, header, chunk_rows, start=block.start, where=name or str(path),
-                              end=None if block.rows is None else block.end, first_row=block.first_row, rows=block.rows)
+                              end=None if block.rows is None else block.end, first_row=block.first_row, rows=block.rows,
+                              looks_like_record=_looks_like_a_case(header))
     except (pa.ArrowException, OSError) as err:
         message = _first_line(err)
         if "UTF8" in message:
             message = f"not valid UTF-8 text{_where_not_utf8(path)} (save the file as UTF-8)"
         raise BatchInputError(f"{path}: cannot read: {message}") from err
+
+
+def _looks_like_a_case(header: list[str]) -> Callable[[list[str]], bool] | None:
+    """Whether a line's fields (the header's number of them) hold a valid age or a valid sex: a
+    record that a quote left open swallowed does, a line of a quoted note seldom does (``left,
+    right, both`` in a three-column file). None for a header without both columns (refused later)."""
+    at = {normalise_header(h): i for i, h in enumerate(header)}
+    if "age" not in at or "sex" not in at:
+        return None
+    age, sexes = field("age"), set(field("sex").allowed)
+
+    def looks(fields: list[str]) -> bool:
+        try:
+            value = float(fields[at["age"]])
+        except ValueError:
+            value = math.nan
+        return (age.minimum or 0) <= value <= (age.maximum or math.inf) or fields[at["sex"]].strip().lower() in sexes
+
+    return looks
 
 
 def _where_not_utf8(path: Path) -> str:

@@ -139,16 +139,19 @@ def _arrow_batches(path: Path, start: int, end: int, header: list[str], report: 
 
 
 def csv_chunks(path: str | Path, header: list[str], chunk_rows: int, *, start: int, where: str, end: int | None = None,
-               first_row: int = 0, rows: int | None = None) -> Iterator[CaseChunk]:
+               first_row: int = 0, rows: int | None = None,
+               looks_like_record: Callable[[list[str]], bool] | None = None) -> Iterator[CaseChunk]:
     """Chunks of exactly ``chunk_rows`` records (malformed ones at their place), the last shorter.
 
     The records are the bytes ``start`` .. ``end`` of ``path`` (None: to the end of the file), data
     records without the header, ``header`` their column names. ``first_row`` is the file's row
     number of the first record, for the reasons (which name the file as ``where``); with ``rows``,
-    the bytes must hold that many records, or :class:`BlockMismatchError`.
+    the bytes must hold that many records, or :class:`BlockMismatchError`. ``looks_like_record``:
+    whether a line's fields, besides being the header's number, look like one of the file's records
+    (a line of a multi-line field that does is taken for a record swallowed by a quote left open).
     """
     path = Path(path)
-    placer = _RowPlacer(header, where, first_row)
+    placer = _RowPlacer(header, where, first_row, looks_like_record)
     end = path.stat().st_size if end is None else end
     # a header and no data is no rows (pyarrow would say "Empty CSV file")
     batches = (_arrow_batches(path, start, end, header, placer.report, where, first_row)
@@ -175,8 +178,10 @@ class _RowPlacer:
     well-formed record has been read, every malformed one before it is known (pyarrow reads in order).
     """
 
-    def __init__(self, header: list[str], where: str, first_row: int):
+    def __init__(self, header: list[str], where: str, first_row: int,
+                 looks_like_record: Callable[[list[str]], bool] | None = None):
         self.header, self.where, self.first_row = header, where, first_row
+        self.is_record = _record_test(len(header), looks_like_record)
         self.bad: dict[int, _Malformed] = {}
         self.pending: list[pa.RecordBatch] = []
         # rows in pending; well-formed and malformed records given back; the next chunk's first record
@@ -228,11 +233,11 @@ class _RowPlacer:
         # later step costs one call per column rather than one per batch (1M rows: 1.5 s less);
         # then the spreadsheet mark of kneepain's own CSV outputs taken off
         good = unguarded(table.slice(0, mine).combine_chunks())
-        swallowing = {int(records[i]): reason for i, reason in _swallowing_fields(good, len(self.header)).items()}
+        swallowing = {int(records[i]): reason for i, reason in _swallowing_fields(good, self.is_record).items()}
         chunk = _with_malformed(good.to_pandas(), records[:mine], malformed, self.bad,
                                 lambda k: f"record {self.first_row + k + 2} of {self.where} (the header is record 1) "
                                           + (swallowing[k] if k in swallowing else
-                                             _malformed_reason(self.header, self.bad[k])),
+                                             _malformed_reason(self.header, self.bad[k], self.is_record)),
                                 also=list(swallowing))
         self.pending = table.slice(mine).to_batches()
         self.good, self.held, self.start = self.good + mine, self.held - mine, stop
@@ -242,28 +247,37 @@ class _RowPlacer:
         return chunk
 
 
-def _swallowing_fields(table: pa.Table, n_fields: int) -> dict[int, str]:
+def _record_test(n_fields: int, looks_like_record: Callable[[list[str]], bool] | None) -> Callable[[list[str]], bool]:
+    """Whether a line's fields could be a whole record: the header's ``n_fields``, and (if given)
+    ``looks_like_record``."""
+    if looks_like_record is None:
+        return lambda fields: len(fields) == n_fields
+    return lambda fields: len(fields) == n_fields and looks_like_record(fields)
+
+
+def _swallowing_fields(table: pa.Table, is_record: Callable[[list[str]], bool]) -> dict[int, str]:
     """Rows of ``table`` with a field that swallowed records (:func:`_swallowed`): row -> the reason's end."""
     found: dict[int, str] = {}
     for name, column in zip(table.column_names, table.columns):
         if not _may_break_lines(column):
             continue
         for i in np.flatnonzero(pc.match_substring(column, "\n").to_numpy(zero_copy_only=False)).tolist():
-            if i not in found and (reason := _swallowed(name, str(column[i].as_py()), n_fields)):
+            if i not in found and (reason := _swallowed(name, str(column[i].as_py()), is_record)):
                 found[i] = reason
     return found
 
 
-def _swallowed(name: str, value: str, n_fields: int) -> str | None:
-    """Why field ``name`` holding ``value`` looks like records swallowed by a quote left open (its lines
-    after the first have the header's ``n_fields`` fields; a quote left open reads every record up to
-    the next quote into one field, and they would vanish from the count), else None."""
+def _swallowed(name: str, value: str, is_record: Callable[[list[str]], bool]) -> str | None:
+    """Why field ``name`` holding ``value`` looks like records swallowed by a quote left open (some of
+    its lines after the first are whole records by ``is_record``, :func:`_record_test`; a quote left
+    open reads every record up to the next quote into one field, and they would vanish from the
+    count), else None."""
     lines = value.split("\n")
-    records = sum(len(_fields_of(line)) == n_fields for line in lines[1:])
+    records = sum(is_record(_fields_of(line)) for line in lines[1:])
     if not records:
         return None
-    return (f"has a field {name!r} that runs over {len(lines)} lines, {records} of them with the header's {n_fields} "
-            "fields: a quote left open there reads the records that follow into this one (close the quote; the "
+    return (f"has a field {name!r} that runs over {len(lines)} lines, {records} of them like whole records of this "
+            "file: a quote left open there reads the records that follow into this one (close the quote; the "
             "whole record is in this row)")
 
 
@@ -276,11 +290,11 @@ def _fields_of(text: str) -> list[str]:
         return [text]
 
 
-def _malformed_reason(header: list[str], record: _Malformed) -> str:
+def _malformed_reason(header: list[str], record: _Malformed, is_record: Callable[[list[str]], bool]) -> str:
     """Why a record with the wrong number of fields is malformed (a field that swallowed records is the likely cause)."""
     fields = _fields_of(record.text)
     for name, value in zip(header, fields):
-        if "\n" in value and (reason := _swallowed(name, value, len(header))):
+        if "\n" in value and (reason := _swallowed(name, value, is_record)):
             return reason
     return f"has {_fields(record.fields)}; the header has {len(header)}"
 
