@@ -489,7 +489,7 @@ def _score(args: argparse.Namespace) -> int:
     if not args.quiet:
         rejected = (f", rejected {summary.rows_rejected:,} (see {rejects_path})"
                     if summary.rows_rejected else ", rejected 0")
-        print(f"Scored {summary.rows_scored:,} rows{rejected} in {summary.seconds:.1f} s "
+        print(f"Scored {summary.rows_scored:,} row{'' if summary.rows_scored == 1 else 's'}{rejected} in {summary.seconds:.1f} s "
               f"({summary.rows_per_second:,.0f} rows/s) -> {args.output}", file=sys.stderr)
     return EXIT_REJECTED if summary.rows_rejected else EXIT_OK
 

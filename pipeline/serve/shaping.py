@@ -140,8 +140,8 @@ def columns_problem(names: Sequence[str], columns: Sequence[str]) -> str | None:
         return f"no column chosen; choose from {column_list(names)}."
     unknown = [c for c in columns if c not in names]
     if unknown:
-        return (f"{', '.join(map(repr, unknown))} {'is' if len(unknown) == 1 else 'are'} not an output column; "
-                f"choose from {column_list(names)}.")
+        verb = "is not an output column" if len(unknown) == 1 else "are not output columns"
+        return f"{', '.join(map(repr, unknown))} {verb}; choose from {column_list(names)}."
     repeated = sorted({c for c in columns if list(columns).count(c) > 1})
     return f"{', '.join(map(repr, repeated))} given twice." if repeated else None
 
