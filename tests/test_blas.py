@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
 
-from pipeline.core.blas import dot_exact, dot_exact_t
+from pipeline.core.blas import dot_exact, dot_exact_columns, dot_exact_t
 
 
 @pytest.mark.parametrize("width", [4, 9, 38, 93, 120])
@@ -35,6 +35,8 @@ def test_every_batch_size_gives_each_row_the_same_bits(outputs):
         part = proba[start:start + n]
         assert np.array_equal(dot_exact_t(part, rows), full[:, start:start + n])
         assert np.array_equal(dot_exact(part, rows), full[:, start:start + n].T)
+        # given by its columns, as ask_next builds its variants' probabilities
+        assert np.array_equal(dot_exact_columns(np.ascontiguousarray(part.T), rows), full[:, start:start + n])
 
 
 def test_blas_thread_count_does_not_matter():

@@ -19,7 +19,7 @@ from functools import lru_cache
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-__all__ = ["dot_exact", "dot_exact_t", "one_blas_thread"]
+__all__ = ["dot_exact", "dot_exact_columns", "dot_exact_t", "one_blas_thread"]
 
 
 @lru_cache(maxsize=1)
@@ -56,8 +56,14 @@ def dot_exact_t(a: np.ndarray, b_rows: np.ndarray) -> np.ndarray:
     twice): with one case, einsum would drop the case axis and sum the shared axis innermost, in
     another order. ``tests/test_blas.py`` checks every batch size up to 70.
     """
-    a = np.asarray(a)
-    single = len(a) == 1
-    columns = np.ascontiguousarray((np.concatenate([a, a]) if single else a).T)
+    return dot_exact_columns(np.asarray(a).T, b_rows)
+
+
+def dot_exact_columns(columns: np.ndarray, b_rows: np.ndarray) -> np.ndarray:
+    """:func:`dot_exact_t` of ``a`` given by its columns, ``a.T`` (a caller that builds them so
+    saves the transposing copy): the same numbers."""
+    columns = np.asarray(columns)
+    single = columns.shape[1] == 1
+    columns = np.ascontiguousarray(np.concatenate([columns, columns], axis=1) if single else columns)
     out = np.einsum("ji,kj->ki", columns, np.ascontiguousarray(b_rows), optimize=False)
     return np.ascontiguousarray(out[:, :1]) if single else out

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.core.blas import dot_exact_t
+from pipeline.core.blas import dot_exact_columns
 from pipeline.core.config import LEVELS, TriageConfig
 from pipeline.core.schema import CONDITIONS
 
-__all__ = ["cost_levels", "cost_matrix"]
+__all__ = ["cost_levels", "cost_levels_of_columns", "cost_matrix"]
 
 
 def cost_matrix(cfg: TriageConfig) -> np.ndarray:
@@ -18,7 +18,12 @@ def cost_matrix(cfg: TriageConfig) -> np.ndarray:
 
 def cost_levels(cfg: TriageConfig, proba: np.ndarray) -> np.ndarray:
     """The level minimising expected cost under ``proba``; ties go to the more urgent level."""
-    expected = dot_exact_t(proba, cost_matrix(cfg).T)  # (n_levels, n): no BLAS, the same level in every process
+    return cost_levels_of_columns(cfg, np.asarray(proba).T)
+
+
+def cost_levels_of_columns(cfg: TriageConfig, columns: np.ndarray) -> np.ndarray:
+    """:func:`cost_levels` of probabilities given by condition, ``proba.T`` (n_conditions, n)."""
+    expected = dot_exact_columns(columns, cost_matrix(cfg).T)  # (n_levels, n): no BLAS, the same level in every process
     # from the most urgent level down, a level replaces the best so far only if strictly cheaper
     # (np.argmin over four columns per row took three times as long)
     level = np.full(expected.shape[1], len(LEVELS) - 1, dtype=np.int8)

@@ -15,7 +15,7 @@ A case seldom answers everything. Three things follow from what is still unknown
 An answer's effect on the probabilities is taken from the knowledge base: P(answer | condition),
 summed over the latent severity, multiplies the model's probabilities (Bayes' rule with the
 answer independent of the other answers given the condition, as in the knowledge base's model
-but for the shared severity). Every product is element-wise or :func:`dot_exact_t`, so the levels
+but for the shared severity). Every product is element-wise or :func:`dot_exact_columns`, so the levels
 are the same in every process.
 """
 
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.core.blas import dot_exact_t
+from pipeline.core.blas import dot_exact_columns
 from pipeline.core.config import LEVELS, ScreenConfig, TriageConfig
 from pipeline.core.knowledge import KnowledgeBase
 from pipeline.core.parsing import premise_denied, unanswered_matrix
@@ -33,7 +33,7 @@ from pipeline.core.schema import UNKNOWN, field
 from pipeline.core.textcols import join_ranked
 from pipeline.core.wording import question
 from pipeline.decision.conformal import known_share
-from pipeline.decision.costs import cost_levels
+from pipeline.decision.costs import cost_levels_of_columns
 from pipeline.decision.screen import answer_matches, rule_counts, rule_fires, rule_open, state_of_counts
 
 __all__ = ["Rule", "SafetyNet", "answer_likelihoods", "per_rule", "rules_of"]
@@ -118,6 +118,7 @@ class SafetyNet:
         pairs = [(j, a) for j, name in enumerate(self.candidates) for a in range(len(self.likelihood[name]))]
         self._likelihood_rows = np.array([self.likelihood[self.candidates[j]][a] for j, a in pairs]
                                          ).reshape(len(pairs), -1)
+        self._likelihood_columns = np.ascontiguousarray(self._likelihood_rows.T)  # by condition, then pair
         self._pair_candidate = np.array([j for j, _ in pairs], dtype=np.int64)
         # what answering an unanswered candidate with the pair's answer adds to each rule's counts,
         # by (pair, rule), and each candidate's asking rules in slots (-1: no more)
@@ -163,20 +164,22 @@ class SafetyNet:
         every unanswered question of a same-day rule that could still fire were answered "no"."""
         # per "no" field, hidden where it is unanswered and a same-day rule asking it is open
         hide = unanswered_matrix(codes, self.no_fields) & (open_ @ self._same_day_asks_matrix)
-        return self._drops_if_no(proba, hide, cost_level_of) | (known_share(codes) == 0)
+        return self._drops_if_no(np.asarray(proba).T, hide, lambda c: cost_level_of(c.T)) | (known_share(codes) == 0)
 
-    def _drops_if_no(self, proba: np.ndarray, hide: np.ndarray, cost_level_of) -> np.ndarray:
+    def _drops_if_no(self, columns: np.ndarray, hide: np.ndarray, cost_level_of_columns) -> np.ndarray:
         """Per case, whether the expected-cost level drops below the same day once the "no" fields
-        ``hide`` (n_cases, n_no_fields) are answered "no"."""
-        log_p = np.log(np.maximum(proba, 1e-300))
+        ``hide`` (n_cases, n_no_fields) are answered "no" (``columns``: the cases' probabilities by
+        condition, ``proba.T``; ``cost_level_of_columns`` takes them so)."""
+        log_p = np.log(np.maximum(columns, 1e-300))
         hidden = np.flatnonzero(hide.any(axis=0))
         if len(hidden):  # in the float64 of the "no" rows, whatever the probabilities' type
             log_p = log_p.astype(np.float64, copy=False)
+            by_field = np.ascontiguousarray(hide.T)
         for k in hidden:  # in field order; a field adds nothing where it is not hidden
-            at = np.flatnonzero(hide[:, k])
-            log_p[at] += self.log_no[self.no_fields[k]]
-        p_no = np.exp(log_p - log_p.max(axis=1, keepdims=True))  # unnormalised: the level is scale-free
-        return cost_level_of(p_no) < _EMERGENCY
+            at = np.flatnonzero(by_field[k])
+            log_p[:, at] += self.log_no[self.no_fields[k]][:, None]
+        p_no = np.exp(log_p - log_p.max(axis=0, keepdims=True))  # unnormalised: the level is scale-free
+        return cost_level_of_columns(p_no) < _EMERGENCY
 
     def safety_net(self, level: np.ndarray, open_: np.ndarray, codes: bool = False):
         """Per case, the plain-language signs of the open rules above its level, ``|``-separated,
@@ -236,7 +239,8 @@ class SafetyNet:
         # P(answer | what is known) of every (question, answer) at once; plausible ones of unanswered
         # questions whose premise the case has not denied (no pop question after "no injury")
         asked = unanswered_matrix(codes, self.candidates) & ~premise_denied(codes, self.candidates)
-        p_answer = dot_exact_t(proba, self._likelihood_rows)  # (pair, case)
+        columns = np.ascontiguousarray(proba.T)  # by condition, then case
+        p_answer = dot_exact_columns(columns, self._likelihood_rows)  # (pair, case)
         plausible = asked.T[self._pair_candidate] & (p_answer >= self.cfg.ask_next.min_answer_probability)
         # by question, then answer, then case (np.nonzero's order; its 2-D form took eight times as long)
         flat = np.flatnonzero(plausible)
@@ -250,7 +254,7 @@ class SafetyNet:
         kept = np.flatnonzero(~((others == _EMERGENCY) & (level.take(rows) == _EMERGENCY)))
         rows, pair, others = rows.take(kept), pair.take(kept), others.take(kept)
         which, p = self._pair_candidate[pair], p_answer.ravel().take(pair * len(proba) + rows)
-        after = self._variant_levels(proba, codes, counts, rows, pair, atypical, others)
+        after = self._variant_levels(columns, codes, counts, rows, pair, atypical, others)
         changed = after != level[rows]
         flat = rows[changed] * len(self.candidates) + which[changed]
         change += np.bincount(flat, weights=p[changed], minlength=change.size).reshape(change.shape)
@@ -263,21 +267,23 @@ class SafetyNet:
         levels = np.where(fires.T, self._rule_levels[:, None], -1).astype(np.int8)
         return np.stack([levels[~asks].max(axis=0, initial=-1) for asks in self._ask_sets]).reshape(-1, len(fires))
 
-    def _variant_levels(self, proba: np.ndarray, codes: dict[str, np.ndarray], case: np.ndarray, rows: np.ndarray,
+    def _variant_levels(self, columns: np.ndarray, codes: dict[str, np.ndarray], case: np.ndarray, rows: np.ndarray,
                         pair: np.ndarray, atypical: np.ndarray, others: np.ndarray) -> np.ndarray:
-        """The triage level of case ``rows[i]`` with (question, answer) ``pair[i]``: the expected
-        cost on the re-weighted probabilities (softened as in :meth:`rests_on_unknowns`), raised to
-        the atypical floor and to the rules that fire (``case``: the cases' :meth:`counts`;
-        ``others``: per variant, the highest level of the rules that fire and do not ask its question).
+        """The triage level of case ``rows[i]`` with (question, answer) ``pair[i]`` (``columns``: the
+        cases' probabilities by condition, ``proba.T``): the expected cost on the re-weighted
+        probabilities (softened as in :meth:`rests_on_unknowns`), raised to the atypical floor and to
+        the rules that fire (``case``: the cases' :meth:`counts`; ``others``: per variant, the
+        highest level of the rules that fire and do not ask its question).
 
         A variant answers one question its case left unanswered, so only the rules that ask it can
         change, and their counts (:func:`pipeline.decision.screen.rule_counts`) are the case's plus
         that answer's change, found once per (question, answer) and rule."""
         cfg = self.cfg
         which = self._pair_candidate[pair]
-        weighted = proba.take(rows, axis=0)
-        weighted *= self._likelihood_rows.take(pair, axis=0)  # each variant's answer likelihoods, element by element
-        level = cost_levels(cfg, weighted)
+        # each variant's probabilities times its answer's likelihoods, element by element, by condition
+        weighted = columns.take(rows, axis=1)
+        weighted *= self._likelihood_columns.take(pair, axis=1)
+        level = cost_levels_of_columns(cfg, weighted)
         n_rules = len(self.rules)
         by_case_rule = _packed(case.transpose(1, 2, 0).reshape(-1, 4))
 
@@ -304,7 +310,8 @@ class SafetyNet:
             at = np.flatnonzero(now_answered >= 0)
             hide[at, now_answered[at]] = False
             hide &= opened @ self._same_day_asks_matrix
-            soft = same_day[self._drops_if_no(weighted[same_day], hide, lambda q: cost_levels(cfg, q))]
+            soft = same_day[self._drops_if_no(weighted.take(same_day, axis=1), hide,
+                                              lambda c: cost_levels_of_columns(cfg, c))]
             level[soft] = LEVELS.index(cfg.uncertain.level)
         level = np.where(atypical[rows], np.maximum(level, LEVELS.index(cfg.atypical.min_level)), level)
         level = np.maximum(level, others)
