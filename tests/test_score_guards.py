@@ -504,8 +504,12 @@ def test_dates_durations_and_nested_values_in_parquet_are_rejected_by_row(traine
     assert set(reasons) == {"p1", "p2", "p3", "p4"}
     assert "a duration is not a number" in reasons["p1"] and "a date or time is not a number" in reasons["p2"]
     assert "column 'locking'" in reasons["p3"] and "column 'grinding'" in reasons["p4"]
+    # an answer field names the kind too: a value whose text reads as an answer is not one
+    assert "a list is not an answer; allowed: yes" in reasons["p3"] and "is not an answer" in reasons["p4"]
     with pytest.raises(CaseValidationError, match="a duration is not a number"):
         predict({"age": 71, "sex": "male", "symptom_duration_days": datetime.timedelta(days=2)}, model=models)
+    with pytest.raises(CaseValidationError, match="value 'male': a numpy array is not an answer; allowed: female, male"):
+        predict({"age": 71, "sex": np.array("male")}, model=models)
 
 
 def test_formula_looking_text_is_neutralised_in_csv_outputs_only(trained, tmp_path):

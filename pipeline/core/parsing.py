@@ -296,6 +296,8 @@ def _kind_name(v: Any) -> str:
         return "a duration"
     if isinstance(v, (datetime.date, datetime.time, np.datetime64)):
         return "a date or time"
+    if isinstance(v, np.ndarray):  # a Parquet list column's cells, or a 0-d array standing for its value
+        return "a list" if v.ndim else "a numpy array"
     return f"a {type(v).__name__}"
 
 
@@ -364,13 +366,18 @@ def _lookups(name: str) -> dict[str, int]:
     return {**{c: i for i, c in enumerate(f.allowed)}, "": UNKNOWN, "unknown": UNKNOWN}
 
 
-def _parse_coded(series: pd.Series, f: Field) -> tuple[np.ndarray, np.ndarray]:
-    """Codes and an error mask for a tri-state or category column (parses each unique value once)."""
+def _parse_coded(series: pd.Series, f: Field) -> tuple[np.ndarray, np.ndarray, str | np.ndarray]:
+    """Codes, an error mask and the reason (one, or one per row) for a tri-state or category
+    column (parses each unique value once)."""
+    allowed = f"not allowed; allowed: {f.allowed_text}"
     if isinstance(series.dtype, pd.StringDtype) and series.dtype.storage == "pyarrow" and len(series) > _SMALL:
         canonical = _canonical_codes(series, f)
         if canonical is not None:
-            return canonical, np.zeros(len(series), dtype=bool)
-    series, odd, _ = _plain_only(series)
+            return canonical, np.zeros(len(series), dtype=bool), allowed
+    series, odd, kinds = _plain_only(series)
+    # a value of another kind (a list, a date, a numpy array) is named by its kind: its text may read as an answer
+    reason = np.where(odd, np.char.add(kinds.astype(str), f" is not an answer; allowed: {f.allowed_text}"), allowed) \
+        if odd.any() else allowed
     lookup = _lookups(f.name)
     if len(series) <= _SMALL:  # a few rows: each value looked up, without a factorisation's set-up
         codes = np.array([lookup.get(t, -2) for t in _as_text(series.to_numpy(dtype=object))], dtype=np.int8)
@@ -381,7 +388,7 @@ def _parse_coded(series: pd.Series, f: Field) -> tuple[np.ndarray, np.ndarray]:
         codes = mapped[inverse]  # factorize's -1 (missing) picks the trailing UNKNOWN
     bad = (codes == -2) | odd
     codes[bad] = UNKNOWN
-    return codes, bad
+    return codes, bad, reason
 
 
 def _arrow_number(series: pd.Series) -> tuple[pd.Series, np.ndarray] | None:
@@ -619,9 +626,9 @@ def _parse_columns(items: list[tuple[Any, pd.Series]], n: int, row_offset: int, 
             codes[f.name] = values
             report(f.name, bad, series, np.char.add(reasons, f"; allowed: {f.allowed_text}") if bad.any() else "")
         else:
-            c, bad = _parse_coded(series, f)
+            c, bad, reason = _parse_coded(series, f)
             codes[f.name] = c
-            report(f.name, bad, series, f"not allowed; allowed: {f.allowed_text}")
+            report(f.name, bad, series, reason)
         if f.required:
             blank = unanswered(f.name, codes) & ~bad
             report(f.name, blank, series, f"required; allowed: {f.allowed_text}")
