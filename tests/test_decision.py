@@ -33,7 +33,7 @@ def _codes(cases):
 QUIET = {"age": 30, "sex": "female", "activity": "running", "grinding": "yes", "onset": "gradual"}
 
 
-@pytest.mark.parametrize("rule", range(4))
+@pytest.mark.parametrize("rule", range(5))
 def test_each_red_flag_escalates(cfg, rule):
     flag = cfg.red_flags[rule]
     case = {**QUIET, **flag.all, **dict(list(flag.any.items())[:1])}
@@ -43,6 +43,21 @@ def test_each_red_flag_escalates(cfg, rule):
     level, reason = triage_levels(cfg, codes, runner)
     assert LEVELS[level[0]] == "self_care"
     assert level[1] >= LEVELS.index(flag.level) and reason[1] >= FIRST_RULE_REASON
+
+
+@pytest.mark.parametrize("item", ["calf_tenderness", "whole_leg_swollen", "visible_veins", "previous_vte",
+                                  "active_cancer", "recent_surgery", "recent_immobilisation"])
+def test_a_swollen_leg_and_a_second_wells_item_go_the_same_day_whatever_the_model_says(cfg, item):
+    """Two Wells points make a DVT likely (NICE NG158: a scan within 4 hours): a swollen leg with
+    any second item is sent the same day even where the model is sure of a cramp (a duration of
+    0 days once took P(DVT) to 1e-13 and the case to self-care)."""
+    swollen = {**QUIET, "leg_swelling": "yes", "symptom_duration_days": 0}
+    codes = _codes([swollen, {**swollen, item: "yes"}])
+    cramp = np.zeros((2, len(CONDITIONS)))
+    cramp[:, CONDITIONS.index("leg_cramp")] = 1.0
+    level, reason = triage_levels(cfg, codes, cramp)
+    assert LEVELS[level[1]] == "emergency" and reason[1] >= FIRST_RULE_REASON
+    assert level[0] < level[1]  # a swollen leg alone is not two points
 
 
 def _meeting(answers: list[str]) -> str:
@@ -76,11 +91,16 @@ def test_the_differential_holds_the_condition_an_expected_cost_level_is_for(cfg)
     shown = with_driving_condition(sets, proba, level, reason, cfg)
     assert shown[0, dvt] and shown[0].sum() == 2  # the same day by the cost: DVT is what it is for
     assert shown[1, dvt] and shown[1].sum() == 2  # a softened same day: still for DVT
-    assert shown[2].sum() == 1  # a red flag's level names its own reason
+    assert shown[2, dvt] and shown[2].sum() == 2  # possible_dvt's level is for its condition, DVT
     assert shown[3].sum() == 1  # a Baker's cyst calls for seeing a doctor already
     assert sets.sum() == 4  # the conformal sets are left as they were
     _, driver = driving_condition(proba, level, reason, cfg)
-    assert driver.tolist() == [dvt, dvt, -1, cyst]  # a red flag's level is for no condition
+    assert driver.tolist() == [dvt, dvt, dvt, cyst]
+    # a red flag for none of the nine conditions names none: its reason says what it is for
+    flags = [cfg.red_flags[0].model_copy(update={"condition": None}), *cfg.red_flags[1:]]
+    bare = cfg.model_copy(update={"red_flags": flags})
+    assert with_driving_condition(sets, proba, level, reason, bare)[2].sum() == 1
+    assert driving_condition(proba, level, reason, bare)[1].tolist() == [dvt, dvt, -1, cyst]
 
 
 def test_the_advice_names_the_less_likely_condition_the_level_is_for(cfg):
@@ -123,12 +143,15 @@ def test_every_expected_cost_level_has_a_condition_in_the_differential_that_call
     needed = np.where(basis == 2, LEVELS.index("emergency"), level)
     top = np.array([max(right[c] for c in d.split("|")) for d in columns["differential"]])
     assert (top[cost] >= needed[cost]).all()
-    # the advice names the condition the level is for exactly where the most likely one does not
-    # call for it, and that condition is in the differential
+    # the advice names the condition the level is for (the cost's, or a red flag's own condition)
+    # exactly where the most likely one does not call for it, and that condition is in the differential
     likely = np.array([right[CONDITIONS[i]] for i in model.predict_proba(cases).argmax(axis=1)])
     advice = pd.Series(columns["advice"])
     named = advice.str.contains("+", regex=False).to_numpy()
-    assert (named == (cost & (likely < needed))).all() and named.sum() > 100, named.sum()
+    for_condition = {f"red_flag:{f.name}" for f in model.decision.config.red_flags if f.condition}
+    by_rule = ~cost & reason.isin(for_condition).to_numpy()
+    assert by_rule.sum() > 10 and (named & by_rule).sum() > 0, (by_rule.sum(), (named & by_rule).sum())
+    assert (named == ((cost | by_rule) & (likely < needed))).all() and named.sum() > 100, named.sum()
     for code, shown, need in zip(advice[named], pd.Series(columns["differential"])[named], needed[named]):
         driver = code.split("+")[1]
         assert driver in shown.split("|") and right[driver] >= need, (code, shown)
@@ -348,8 +371,9 @@ def test_a_same_day_level_resting_on_unanswered_questions_is_softened_with_a_saf
 def test_ask_next_lists_the_questions_that_would_change_the_level(cfg, net):
     codes = _codes([{"age": 70, "sex": "female"}, {"age": 70, "sex": "female", **{f: "no" for f in net.candidates
                                                                                   if f != "injury_event"}}])
-    proba = _dvt_at(0.05, 2)
+    proba = _dvt_at(0.005, 2)  # in the coming days; a swollen calf would raise that
     level, _ = triage_levels(cfg, codes, proba, net=net)
+    assert LEVELS[level[0]] == "see_doctor"
     asked = net.ask_next(proba, codes, level, np.zeros(2, dtype=bool), net.fires(codes))
     first = asked[0].split("|")
     assert 1 <= len(first) <= cfg.ask_next.max_questions

@@ -216,6 +216,18 @@ def test_session_goes_back_takes_volunteered_answers_and_stops_on_q(model):
     assert "possible_dvt" not in text and "see_doctor" not in text
 
 
+def test_the_summary_says_which_signs_call_for_the_same_day_and_which_for_a_day_or_two(model):
+    """The safety net lists every rule above the level, the most urgent first: the summary puts a
+    same-day rule's signs under "the same day" and a within-a-day-or-two rule's under its own."""
+    from pipeline.interact.ask import _safety_net_by_level
+
+    flags = {f.name: f for f in model.decision.config.red_flags}
+    same_day, soon = flags["possible_dvt"].safety_net, flags["swollen_leg_with_dvt_risk"].safety_net
+    assert _safety_net_by_level(f"{same_day}|{soon}", model) == [
+        ("Go the same day instead if", [same_day]), ("See a doctor within a day or two if", [soon])]
+    assert _safety_net_by_level(soon, model) == [("See a doctor within a day or two if", [soon])]
+
+
 def test_a_yes_to_an_emergency_sign_is_kept_when_the_session_stops_in_the_screen(model):
     """Stopped after naming one sign (q, the end of the input): the summary is that case's, the
     same day, and never offers the sign just reported as a reason to go the same day."""

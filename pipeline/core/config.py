@@ -123,6 +123,9 @@ class RedFlag(StrictModel):
     any: dict[str, str] = {}
     reason: str
     safety_net: str  # in plain words, the signs that fire the rule: shown while they are unanswered
+    # the condition the rule sends the case for (None: none of the nine): where the rule raises the
+    # level, the differential shows it and the advice names it, whatever the model thinks of it
+    condition: str | None = None
 
 
 class ScreenRule(StrictModel):
@@ -280,6 +283,8 @@ class TriageConfig(StrictModel):
             if kind not in ("tristate", "category") or name == "pregnant":
                 raise ValueError(f"ask_next.fields: {name!r} must be a yes/no or category question other than pregnant")
         for i, flag in enumerate(self.red_flags):
+            if flag.condition is not None and flag.condition not in CONDITIONS:
+                raise ValueError(f"red_flags[{i}].condition: {flag.condition!r} is not one of {list(CONDITIONS)}")
             for part in ("all", "any"):
                 for name, value in getattr(flag, part).items():
                     try:

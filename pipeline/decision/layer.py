@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from pipeline.core.config import LEVELS, ScreenConfig, TriageConfig
 from pipeline.core.knowledge import KnowledgeBase
 from pipeline.core.parsing import ParsedCases
-from pipeline.core.schema import FIELDS
+from pipeline.core.schema import CONDITIONS, FIELDS
 from pipeline.core.textcols import lookup, text_array
 from pipeline.decision.atypical import fit_atypical, flag_atypical
 from pipeline.decision.conformal import blank_at_random, fit_conformal, format_sets, prediction_sets
@@ -26,6 +26,7 @@ from pipeline.decision.safety import SafetyNet
 from pipeline.decision.screen import screen_names
 from pipeline.decision.triage import (
     COST_REASON,
+    FIRST_RULE_REASON,
     SOFTENED_REASON,
     advice_codes,
     advice_index,
@@ -47,23 +48,24 @@ DECISION_COLUMN_DOCS = {
     "triage_reason": "why: the red flag or screen rule that fired, the atypical flag, the expected-cost decision, or "
                      "that the same day rests on questions not answered yet",
     "safety_net": "the signs that would raise the level, in plain words, `|`-separated, the most urgent first: the "
-                  "red flags and screen rules that unanswered questions could still fire (go the same day if one "
-                  "is present); empty when none could",
+                  "red flags and screen rules that unanswered questions could still fire (if one is present, seek "
+                  "care as its rule says: the same day for most, within a day or two for a swollen leg with a DVT "
+                  "risk or a pop with a knee that swells and gives way); empty when none could",
     "ask_next": "the unanswered questions whose plausible answers would change the level, `|`-separated, the most "
                 "likely to change it first (at most three); empty when no answer would. An answer's effect is the "
                 "knowledge base's likelihood applied to the model's probabilities, not the model run again, so a "
                 "listed answer may leave the model's own level unchanged; no question whose premise the case "
                 "denies (what happened at an injury, when it reports none)",
     "advice": "what to do: the level's instruction, advice for the most likely condition, the less likely condition "
-              "an expected-cost level is for where the most likely one does not call for that level (for a same day "
-              "softened because it rests on unanswered questions: does not call for the same day); a DVT that cannot "
-              "be ruled out, most often; and always the advice to seek professional advice",
+              "an expected-cost level or a red flag is for where the most likely one does not call for that level (for "
+              "a same day softened because it rests on unanswered questions: does not call for the same day); a DVT "
+              "that cannot be ruled out, most often; and always the advice to seek professional advice",
     "differential": "the conditions that remain possible, most likely first, `|`-separated: a conformal prediction "
                     "set fitted to hold the true condition for 90% of the calibration cases by default, and for at "
                     "least 87% within each band of confidence and of answers known (new cases land within sampling "
                     "error of that); where the level rests on the expected cost (a rule at that level may be the "
                     "reason shown) and no condition in the set calls for it, the condition that drives it is added "
-                    "(DVT, most often)",
+                    "(DVT, most often), as is a red flag's own condition where the flag raised the level",
     "differential_size": "how many conditions the differential holds",
     "screen": "what must be ruled out that is none of the nine (pulmonary embolism, acute limb ischaemia, popliteal "
               "aneurysm, a septic joint or cellulitis, a fracture by the Ottawa knee rule), `|`-separated; empty if none",
@@ -194,12 +196,17 @@ def driving_condition(proba: np.ndarray, level: np.ndarray, reason: np.ndarray, 
     (``cfg.right_level``) of the most likely condition: a 7% chance of DVT makes the same day the
     cheapest for a case that is most likely a Baker's cyst. The level it needs is the case's level
     (the same day, for a softened one); the condition is the most probable one whose right level
-    reaches it (-1 where the level is not an expected-cost one, or no condition reaches it)."""
+    reaches it (-1 where the level is not an expected-cost one, or no condition reaches it). A level
+    raised by a red flag with a ``condition`` is for that condition, however unlikely the model
+    finds it (a swollen, tender calf after surgery is a DVT to rule out the same day)."""
     right = right_levels(cfg)
     needed = np.where(reason == SOFTENED_REASON, _EMERGENCY, level.astype(np.int64))
     reaches = right[None, :] >= needed[:, None]
     driver = np.where(reaches, proba, -1.0).argmax(axis=1)
     driver[~(((reason == COST_REASON) | (reason == SOFTENED_REASON)) & reaches.any(axis=1))] = -1
+    for i, flag in enumerate(cfg.red_flags):
+        if flag.condition is not None:
+            driver[reason == FIRST_RULE_REASON + i] = CONDITIONS.index(flag.condition)
     return needed, driver
 
 

@@ -29,7 +29,7 @@ from pipeline.core.blas import dot_exact_columns
 from pipeline.core.config import LEVELS, ScreenConfig, TriageConfig
 from pipeline.core.knowledge import KnowledgeBase
 from pipeline.core.parsing import premise_denied, unanswered_matrix
-from pipeline.core.schema import UNKNOWN, field
+from pipeline.core.schema import SYMPTOMS, UNKNOWN, field
 from pipeline.core.textcols import join_ranked
 from pipeline.core.wording import question
 from pipeline.decision.conformal import known_share
@@ -98,9 +98,11 @@ class SafetyNet:
         self.rules = rules_of(cfg, screen)
         self.texts = [r.safety_net for r in self.rules]
         self.names = [r.name for r in self.rules]
-        # the yes/no questions of the same-day rules: answered "no", would the emergency stand?
+        # the yes/no signs of the same-day rules: answered "no", would the emergency stand? (A risk
+        # in the person's history, such as recent surgery, is no sign to look for: unanswered, it
+        # does not soften an emergency.)
         self.no_fields = list(dict.fromkeys(n for r in self.rules if r.level == _EMERGENCY for n in r.fields
-                                            if field(n).kind == "tristate" and n != "pregnant"))
+                                            if field(n).kind == "tristate" and n in SYMPTOMS))
         self.log_no = {n: np.log(answer_likelihoods(kb, n)[0]) for n in self.no_fields}
         candidates = [n for r in self.rules for n in r.fields] + list(cfg.ask_next.fields)
         self.candidates = list(dict.fromkeys(n for n in candidates

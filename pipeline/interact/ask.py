@@ -35,6 +35,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from pipeline.core.config import LEVELS
 from pipeline.core.errors import CaseValidationError
 from pipeline.core.parsing import parse_records, premise_denied
 from pipeline.core.schema import CONDITION_LABELS, CONDITIONS, field
@@ -371,6 +372,21 @@ def run_session(model: str | Path | LoadedModel | None = None, *, input: TextIO 
     return {"case": case, "prediction": row, "answers": answers(), "questions": len(steps), "stopped_because": stopped}
 
 
+def _safety_net_by_level(shown: str, model: LoadedModel) -> list[tuple[str, list[str]]]:
+    """The safety net's signs (``|``-separated, the most urgent first) under what each calls for:
+    the same day, or a doctor within a day or two (a sign of a rule at that level)."""
+    levels: dict[str, int] = {}
+    if model.decision is not None and model.kb is not None:
+        for rule in model.decision.safety(model.kb).rules:
+            levels[rule.safety_net] = max(rule.level, levels.get(rule.safety_net, rule.level))
+    same_day = LEVELS.index("emergency")
+    signs = shown.split("|")
+    now = [s for s in signs if levels.get(s, same_day) >= same_day]
+    soon = [s for s in signs if levels.get(s, same_day) < same_day]
+    return [(lead, part) for lead, part in (("Go the same day instead if", now),
+                                            ("See a doctor within a day or two if", soon)) if part]
+
+
 def _summary(io: _Session, row: dict | None, case: dict, answers: list[tuple[str, _Answer]], stopped: str,
              model: LoadedModel) -> None:
     io.say()
@@ -385,7 +401,8 @@ def _summary(io: _Session, row: dict | None, case: dict, answers: list[tuple[str
             why = re.sub(r" \([a-z0-9_]+\)", "", row["triage_reason"])  # without the rule's internal name
             io.say(f"What to do: {_level_text(row, model)} Why: {why}.", "  ")
             if row["safety_net"]:
-                io.say("Go the same day instead if: " + "; ".join(row["safety_net"].split("|")) + ".", "  ")
+                for lead, signs in _safety_net_by_level(row["safety_net"], model):
+                    io.say(f"{lead}: " + "; ".join(signs) + ".", "  ")
             if row["ask_next"]:
                 io.say("Questions that could change this: " + " ".join(row["ask_next"].split("|")), "  ")
             io.say(f"Conditions that remain possible: {_labels(row['differential'].split('|'))}.", "  ")

@@ -40,8 +40,9 @@ def results_markdown(metrics: dict[str, Any]) -> str:
                   coverage_table(metrics, "test_blanked")]
         shown = {k: metrics["conformal"][k].get("shown") for k in ("test", "test_blanked")}
         if all(shown.values()):
-            lines += ["", "The differential shown adds the condition that drives an expected-cost level where the "
-                          "set holds none that calls for that level (DVT, most often): "
+            lines += ["", "The differential shown adds the condition that drives an expected-cost level, or that a "
+                          "red flag raised the level for, where the set holds none that calls for that level (DVT, "
+                          "most often): "
                       + "; ".join(f"on `{k}` in {figure(v['added_rate'], '.1%')} of cases, holding the true condition for "
                                   f"{figure(v['coverage'], '.1%')} at a mean size of {figure(v['mean_set_size'], '.2f')}"
                                   for k, v in shown.items()) + "."]
