@@ -29,7 +29,7 @@ import pyarrow.csv as pacsv
 from pipeline.core.errors import BatchInputError
 from pipeline.core.formulas import unguarded
 
-__all__ = ["MAX_RECORD_BYTES", "BlockMismatchError", "CaseChunk", "csv_chunks"]
+__all__ = ["MAX_RECORD_BYTES", "BlockMismatchError", "CaseChunk", "csv_chunks", "reason_kind"]
 
 _CSV_BLOCK = 1 << 18  # pyarrow reads about 24 blocks ahead: 256 KB blocks hold that to ~6 MB (1 MB: ~24 MB)
 MAX_RECORD_BYTES = 1 << 28  # 256 MB: a longer CSV record makes the file unreadable (exit 2)
@@ -253,6 +253,20 @@ def _record_test(n_fields: int, looks_like_record: Callable[[list[str]], bool] |
     if looks_like_record is None:
         return lambda fields: len(fields) == n_fields
     return lambda fields: len(fields) == n_fields and looks_like_record(fields)
+
+
+_RECORD_NAMED = r"^record \d+ of .*? \(the header is record 1\) "
+
+
+def reason_kind(reasons: pd.Series) -> pd.Series:
+    """Each problem's reason without what names its one record (its number, its field count, the
+    lines a field runs over) and without the allowed answers after a ``;``, so that problems of
+    one kind count together in a report's commonest reasons."""
+    kind = reasons.astype(str).str.replace(_RECORD_NAMED, "", regex=True)
+    kind = kind.str.replace(r"^has \d+ fields?; the header has \d+$", "has the wrong number of fields", regex=True)
+    kind = kind.str.replace(r"^(has a field '.*?') that runs over .*$", r"\1 that reads the records after it (a quote left open)",
+                            regex=True)
+    return kind.str.split(";").str[0]
 
 
 def _swallowing_fields(table: pa.Table, is_record: Callable[[list[str]], bool]) -> dict[int, str]:

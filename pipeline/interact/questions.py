@@ -67,8 +67,6 @@ class AskConfig(StrictModel):
 
     min_score: float = PydField(ge=0)
     min_confidence: float = PydField(ge=0, le=1)
-    triage_check_questions: int = PydField(ge=0)
-    negligible_answer_probability: float = PydField(ge=0, lt=1)
     min_questions: int = PydField(ge=0)
 
 

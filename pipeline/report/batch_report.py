@@ -26,6 +26,7 @@ import pandas as pd
 
 from pipeline.core.casefiles import iter_chunks
 from pipeline.core.config import LEVELS
+from pipeline.core.csvrecords import reason_kind
 from pipeline.core.files import write_report_json, write_text_atomic
 from pipeline.core.parsing import codes_to_text_frame, parse_cases
 from pipeline.core.schema import CONDITION_LABELS, CONDITIONS, FIELDS, UNKNOWN
@@ -148,7 +149,8 @@ def _reject_reasons(reasons: pd.Series) -> pd.Series:
     file's ``reject_reason`` holds a row's problems, ``|``-separated, each "column 'c', value 'v': reason")."""
     problems = reasons.astype(str).str.split(" | ", regex=False).explode()
     parts = problems.str.extract(r"^column '(?P<column>.*?)', value .*?: (?P<reason>.*)$")
-    label = (parts["column"] + ": " + parts["reason"].str.split(";").str[0]).fillna(problems)
+    label = (parts["column"] + ": " + reason_kind(parts["reason"].fillna(""))).where(parts["column"].notna(),
+                                                                                     reason_kind(problems))
     return label.value_counts()
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core import metrics as M
+from pipeline.core.csvrecords import reason_kind
 from pipeline.core.errors import BatchInputError
 from pipeline.core.files import write_report_json, write_text_atomic
 from pipeline.core.parsing import ParsedCases
@@ -116,7 +117,8 @@ def evaluate_labelled(model: LoadedModel, frame: pd.DataFrame, *, n_boot: int = 
         return bootstrap_interval(statistic, n, n_boot=n_boot, seed=seed, floor=0.0)
 
     firsts = rejects.drop_duplicates(["row", "column"])
-    reasons = firsts["column"].astype(str) + ": " + firsts["reason"].astype(str).str.split(";").str[0]
+    kinds = reason_kind(firsts["reason"])
+    reasons = (firsts["column"].astype(str) + ": " + kinds).where(firsts["column"].astype(str) != "", kinds)
     out: dict[str, Any] = {
         "n_rows": len(frame), "n": n, "n_rejected": int(rejects["row"].nunique()),
         # rows left out as the model's own fitting rows, and the fitting splits looked at or not
