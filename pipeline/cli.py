@@ -360,8 +360,11 @@ def _score_pandas(args: argparse.Namespace, warn: Callable[[str], None], options
             warn(message)
         model = PriorShiftedModel.from_model(model, estimate)
     jobs = args.jobs or available_cores()
+    # written after the output: an earlier run's go as the new output is put in place
+    stale = [] if args.output == "-" else [Path(f"{args.output}.priors.json")] + (
+        [Path(args.report), Path(args.report).with_suffix(".json")] if args.report else [])
     summary = score_files(args.inputs, args.output, model, chunk_rows=args.chunk_rows, options=options,
-                          rejects=args.rejects, jobs=jobs, warn=warn,
+                          rejects=args.rejects, jobs=jobs, warn=warn, stale=stale,
                           progress=not args.quiet and sys.stderr is not None and sys.stderr.isatty())
     from pipeline.serve.guard import stop_at_once_on_signals
 

@@ -204,6 +204,33 @@ def test_files_written_after_the_output_are_checked_before_any_row_is_scored(tra
     assert sorted(p.name for p in tmp_path.iterdir()) == before and (tmp_path / "keep.csv").read_text() == "x\n"
 
 
+def test_a_job_stopped_after_its_output_leaves_no_earlier_report_or_case_mix_beside_it(trained, tmp_path, capsys,
+                                                                                       monkeypatch):
+    """The case mix and the batch report are written after the output: a job stopped between the
+    two (Ctrl-C) leaves the new output without them, never beside an earlier run's that describe
+    another output."""
+    import pipeline.cli as cli
+    from pipeline.serve.guard import Interrupted
+
+    models, _ = trained
+    first = _write(tmp_path / "first.csv", [HEADER, *GOOD])
+    second = _write(tmp_path / "second.csv", [HEADER, *GOOD[:2]])
+    out, report = tmp_path / "out.csv", tmp_path / "r.html"
+    assert _score(first, out, models, "--report", str(report)) == 0
+    (tmp_path / "out.csv.priors.json").write_text("{}")  # as --adapt-priors wrote it
+    assert report.exists() and report.with_suffix(".json").exists()
+
+    def stopped(*args, **kwargs):
+        raise Interrupted(signal.SIGINT)
+
+    monkeypatch.setattr(cli, "_after_scoring", stopped)
+    capsys.readouterr()
+    assert _score(second, out, models, "--report", str(report)) == 2
+    assert "after" in _one_line_error(capsys) and len(pd.read_csv(out)) == 2  # the new output, in full
+    assert not report.exists() and not report.with_suffix(".json").exists()
+    assert not (tmp_path / "out.csv.priors.json").exists()
+
+
 def test_a_report_goes_into_new_folders(trained, tmp_path):
     models, _ = trained
     src = _write(tmp_path / "in.csv", [HEADER, *GOOD])

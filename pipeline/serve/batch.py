@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import ExitStack, contextmanager
@@ -79,7 +79,8 @@ class ScoreSummary:
 def score_files(inputs: list[str | Path], output: str | Path, model: LoadedModel, *, chunk_rows: int = CHUNK_ROWS,
                 progress: bool = False, warn: Callable[[str], None] | None = None,
                 options: OutputOptions | None = None, stdin: BinaryIO | None = None,
-                stdout: BinaryIO | None = None, rejects: str | Path | None = None, jobs: int = 1) -> ScoreSummary:
+                stdout: BinaryIO | None = None, rejects: str | Path | None = None, jobs: int = 1,
+                stale: Sequence[Path] = ()) -> ScoreSummary:
     """Score every row of ``inputs`` into ``output`` (CSV or Parquet by extension).
 
     Rejected rows go to ``<output>.rejects.csv`` (or ``rejects``), whole, after their file, row
@@ -96,6 +97,10 @@ def score_files(inputs: list[str | Path], output: str | Path, model: LoadedModel
 
     ``jobs`` > 1 parses and scores chunks in that many processes (each holds the model and its
     chunks: about 200 MB more per process); the output is the same, row for row and bit for bit.
+
+    ``stale``: files that describe the output and are written after it (the case mix, a batch
+    report); an earlier run's are removed as the new output is put in place, so a run stopped
+    between the two leaves none that describes another output.
 
     Raises
     ------
@@ -131,7 +136,8 @@ def score_files(inputs: list[str | Path], output: str | Path, model: LoadedModel
             for target in (output, rejects_path, lookup):
                 reclaim_stale_temps(target, spare=paths)
             summary = _score_locked(paths, columns, output, rejects_path, model, chunk_rows=chunk_rows,
-                                    progress=progress, warn=warn, options=options, jobs=jobs, lookup=lookup)
+                                    progress=progress, warn=warn, options=options, jobs=jobs, lookup=lookup,
+                                    stale=stale)
     return summary
 
 
@@ -308,7 +314,7 @@ def _shaper(options: OutputOptions, csv: bool) -> Callable[[pa.Table], pa.Table]
 def _score_locked(paths: list[Path], columns: list[list[str]], output: Path | None, rejects_path: Path,
                   model: LoadedModel, *, chunk_rows: int, progress: bool, warn: Callable[[str], None] | None,
                   options: OutputOptions, jobs: int, stream: BinaryIO | None = None,
-                  lookup: Path | None = None) -> ScoreSummary:
+                  lookup: Path | None = None, stale: Sequence[Path] = ()) -> ScoreSummary:
     """Score ``paths`` into ``output`` (or ``stream``) and ``rejects_path``, with the texts ``lookup``
     written beside them when the output holds codes (else an earlier run's removed): all three
     are renamed into place together at the end, the output last, or none is."""
@@ -399,6 +405,8 @@ def _score_locked(paths: list[Path], columns: list[list[str]], output: Path | No
         elif lookup is not None and output is not None:  # an earlier run's lookup would describe codes this output lacks
             lookup.unlink(missing_ok=True)
         if output is not None:
+            for path in stale:  # an earlier run's case mix and report describe another output
+                path.unlink(missing_ok=True)
             os.replace(writer.tmp, output)
     except BrokenProcessPool as err:
         check_stop()  # the processes got the user's stop signal too (a terminal's, or a process group's)
