@@ -616,13 +616,16 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=1, help="server worker processes (default 1)")
     p.add_argument("--max-request-mb", type=float, default=None,
                    help="largest request body accepted, in MB (default $KNEEPAIN_MAX_REQUEST_BYTES, else 10)")
+    p.add_argument("--max-request-cases", type=int, default=None,
+                   help="most cases one request may hold (default $KNEEPAIN_MAX_REQUEST_CASES, else 10,000); the "
+                        "answer is built in memory, about 8 KB per case")
 
 
 def _serve(args: argparse.Namespace) -> int:
     import math
     import os
 
-    from pipeline.serve.http import MAX_REQUEST_ENV, MODEL_ENV, max_request_bytes
+    from pipeline.serve.http import MAX_CASES_ENV, MAX_REQUEST_ENV, MODEL_ENV, max_request_bytes, max_request_cases
     from pipeline.serve.loading import is_model_uri, load_model, pinned_uri
 
     env = dict(os.environ)
@@ -632,8 +635,13 @@ def _serve(args: argparse.Namespace) -> int:
             raise UsageError(f"--max-request-mb == {args.max_request_mb}, must be a finite number of MB of at least "
                              "one byte (1 byte is about 1e-6 MB).")
         env[MAX_REQUEST_ENV] = str(int(limit))
+    if args.max_request_cases is not None:
+        if args.max_request_cases < 1:
+            raise UsageError(f"--max-request-cases == {args.max_request_cases}, must be at least 1.")
+        env[MAX_CASES_ENV] = str(args.max_request_cases)
     os.environ[MAX_REQUEST_ENV] = env.get(MAX_REQUEST_ENV, "")
-    max_request_bytes()  # a bad limit is an error here, not in every worker
+    os.environ[MAX_CASES_ENV] = env.get(MAX_CASES_ENV, "")
+    max_request_bytes(), max_request_cases()  # a bad limit is an error here, not in every worker
     # an alias as the version it names now: a worker that restarts loads the same model
     source = pinned_uri(args.model_uri) if is_model_uri(args.model_uri) else args.model_uri
     load_model(source)  # a model that fails its checks is refused here, in one line

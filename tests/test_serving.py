@@ -26,7 +26,7 @@ def served(trained, tmp_path):
     url = f"http://127.0.0.1:{port}"
     # the README's command as written, from a shell whose PATH lacks the virtual environment
     cmd = [str(BIN / "kneepain"), "serve", "-m", "models:/kneepain-classifier@champion", "--port", str(port),
-           "--max-request-mb", "1"]
+           "--max-request-mb", "1", "--max-request-cases", "100"]
     env = {"MLFLOW_TRACKING_URI": uri, "PATH": "/usr/bin:/bin"}
     with running(cmd, f"{url}/ping", tmp_path / "serve.log", env=env, add_bin_to_path=False):
         yield url
@@ -75,8 +75,11 @@ def test_no_answer_shows_a_stack_trace_or_a_path_and_large_requests_are_refused(
         requests.get(f"{served}/nowhere", timeout=60),
         requests.post(f"{served}/invocations", data=gzip.compress(b'{"dataframe_records": [{"age": 30, "sex": "male"}]}'),
                       headers={"Content-Type": "application/json", "Content-Encoding": "gzip"}, timeout=60),
+        requests.post(f"{served}/invocations", json={"dataframe_records": [{"age": 30, "sex": "male"}] * 101},
+                      timeout=60),
     ]
-    assert [a.status_code for a in answers] == [400, 400, 400, 415, 413, 404, 415]
+    assert [a.status_code for a in answers] == [400, 400, 400, 415, 413, 404, 415, 413]
+    assert "the request holds 101 cases, more than the limit of 100" in answers[7].json()["message"]
     assert "send the body uncompressed (Content-Encoding 'gzip' is not supported)" in answers[6].json()["message"]
     for a in answers:
         assert "Traceback" not in a.text and "stack_trace" not in a.text and ".py" not in a.text

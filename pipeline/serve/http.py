@@ -11,7 +11,10 @@ without an answer or a server exposed:
 - no answer carries a stack trace, a server path or an echo of the request: an unexpected error
   is a 500 with a generic message, and the traceback goes to the server's log only;
 - a request body larger than the limit (``--max-request-mb``, ``KNEEPAIN_MAX_REQUEST_BYTES``;
-  default 10 MB) is refused with a 413 before it is read in full.
+  default 10 MB) is refused with a 413 before it is read in full, and so is one of more cases
+  than ``--max-request-cases`` (``KNEEPAIN_MAX_REQUEST_CASES``; default 10,000) before any is
+  scored: the answer is built whole in memory, about 8 KB per case (20,000 small cases took 161 MB
+  more; 10 MB of them, some 370,000, would take about 3 GB).
 
 The model is loaded once per worker with :func:`pipeline.serve.loading.load_model`, so the model
 folder is verified (and its signature, with ``KNEEPAIN_TRUSTED_KEY``) and nothing is unpickled.
@@ -37,22 +40,39 @@ from pipeline.serve.requests import FORMATS as _FORMATS
 from pipeline.serve.requests import request_records as _records
 from pipeline.serve.requests import shown as _shown
 
-__all__ = ["DEFAULT_MAX_REQUEST_BYTES", "MAX_REQUEST_ENV", "MODEL_ENV", "create_app", "parse_body", "score_request"]
+__all__ = ["DEFAULT_MAX_REQUEST_BYTES", "DEFAULT_MAX_REQUEST_CASES", "MAX_CASES_ENV", "MAX_REQUEST_ENV", "MODEL_ENV",
+           "TooManyCasesError", "create_app", "max_request_bytes", "max_request_cases", "parse_body", "score_request"]
 
 MODEL_ENV = "KNEEPAIN_SERVE_MODEL"
 MAX_REQUEST_ENV = "KNEEPAIN_MAX_REQUEST_BYTES"
 DEFAULT_MAX_REQUEST_BYTES = 10 * 1024 * 1024
+MAX_CASES_ENV = "KNEEPAIN_MAX_REQUEST_CASES"
+DEFAULT_MAX_REQUEST_CASES = 10_000
 _JSON = "application/json"
 _LOG = logging.getLogger("kneepain.serve")
 
 
-def max_request_bytes() -> int:
-    text = os.environ.get(MAX_REQUEST_ENV, "")
+def _limit(env: str, default: int, unit: str) -> int:
+    text = os.environ.get(env, "")
     if not text:
-        return DEFAULT_MAX_REQUEST_BYTES
+        return default
     if not text.isdigit() or int(text) < 1:
-        raise BatchInputError(f"{MAX_REQUEST_ENV} == {text!r}, must be a whole number of bytes >= 1.")
+        raise BatchInputError(f"{env} == {text!r}, must be a whole number of {unit} >= 1.")
     return int(text)
+
+
+def max_request_bytes() -> int:
+    """The largest request body served (``$KNEEPAIN_MAX_REQUEST_BYTES``, else 10 MB)."""
+    return _limit(MAX_REQUEST_ENV, DEFAULT_MAX_REQUEST_BYTES, "bytes")
+
+
+def max_request_cases() -> int:
+    """The most cases one request may hold (``$KNEEPAIN_MAX_REQUEST_CASES``, else 10,000)."""
+    return _limit(MAX_CASES_ENV, DEFAULT_MAX_REQUEST_CASES, "cases")
+
+
+class TooManyCasesError(BatchInputError):
+    """A request holds more cases than the server scores at once (a 413)."""
 
 
 _PARAMS = ("top_k", "columns")
@@ -146,12 +166,16 @@ def score_request(model: Any, records: list[dict], params: dict[str, Any]) -> tu
     return out, warned
 
 
-def _answer(model: Any, body: bytes) -> tuple[str, list[str]]:
+def _answer(model: Any, body: bytes, max_cases: int | None = None) -> tuple[str, list[str]]:
     """The JSON answer to a request body (MLflow's encoder: each float as its shortest round-trip
-    text) and its warnings."""
+    text) and its warnings; more than ``max_cases`` cases is :class:`TooManyCasesError`."""
     from mlflow.pyfunc.scoring_server import predictions_to_json
 
     records, params = parse_body(body)
+    if max_cases is not None and len(records) > max_cases:
+        raise TooManyCasesError(f"the request holds {len(records):,} cases, more than the limit of {max_cases:,} "
+                                f"({MAX_CASES_ENV}); send fewer cases per request, or score a file with "
+                                "`kneepain score`.")
     result, warned = score_request(model, records, params)
     out = io.StringIO()
     predictions_to_json(result, out, {"warnings": warned} if warned else None)
@@ -180,11 +204,12 @@ def create_app(model: Any = None):
     from pipeline.serve.loading import LoadedModel, load_model
 
     loaded = model if isinstance(model, LoadedModel) else load_model(model or os.environ.get(MODEL_ENV) or None)
-    limit = max_request_bytes()
+    limit, max_cases = max_request_bytes(), max_request_cases()
     _log_to_stderr()
     manifest = loaded.manifest
-    _LOG.info("process %d serves %s (the %s model of MLflow run %s); requests up to %s bytes", os.getpid(),
-              loaded.source, manifest.get("winner", "?"), manifest.get("mlflow_run_id", "?"), f"{limit:,}")
+    _LOG.info("process %d serves %s (the %s model of MLflow run %s); requests up to %s bytes and %s cases",
+              os.getpid(), loaded.source, manifest.get("winner", "?"), manifest.get("mlflow_run_id", "?"), f"{limit:,}",
+              f"{max_cases:,}")
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
 
     @app.get("/ping")
@@ -218,7 +243,9 @@ def create_app(model: Any = None):
         try:
             # reading, scoring and encoding on a worker thread: the event loop keeps answering
             # /ping and other requests meanwhile
-            text, warned = await run_in_threadpool(_answer, loaded, bytes(body))
+            text, warned = await run_in_threadpool(_answer, loaded, bytes(body), max_cases)
+        except TooManyCasesError as err:
+            return _error(413, "REQUEST_TOO_LARGE", str(err))
         except (CaseValidationError, BatchInputError, TypeError, UnicodeError) as err:
             message = str(err) if not isinstance(err, UnicodeError) else \
                 "a text in the request is not valid Unicode (it holds a lone surrogate); send valid UTF-8 text."
