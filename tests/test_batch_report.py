@@ -111,6 +111,26 @@ def test_a_small_batch_gets_no_case_mix_and_is_told_why(trained, report, tmp_pat
     page.feed((tmp_path / "o.html").read_text())
     assert "case-mix" in page.ids and "plot-case_mix" not in page.ids
     assert any("not estimated: 10 rows" in t for t in page.text)
+    # nor is drift measured on ten rows (every field read as a large shift)
+    assert "drift" not in s and s["drift_note"] == "not measured: 10 rows were scored, and drift is measured on 500 or more"
+    assert "drift" in page.ids and "plot-drift" not in page.ids
+
+
+def test_a_batch_with_no_row_scored_shows_no_figures(trained, report, tmp_path):
+    """A header-only file, or one whose every row is rejected: the page says no row was scored
+    rather than showing 0% at every level, an atypical rate of nan and a drift in every field."""
+    models, _ = trained
+    rows = pd.read_csv(report / "clinic.csv", dtype=str, keep_default_na=False).iloc[3:8]
+    for name, frame, code in (("header_only", rows.iloc[:0], 0), ("all_rejected", rows.assign(age="300"), 1)):
+        frame.to_csv(tmp_path / f"{name}.csv", index=False)
+        assert main(["score", str(tmp_path / f"{name}.csv"), "-o", str(tmp_path / f"{name}.out.csv"), "--model",
+                     str(models), "--quiet", "--report", str(tmp_path / f"{name}.html")]) == code
+        s = json.loads((tmp_path / f"{name}.json").read_text())
+        assert s["rows_scored"] == 0 and not {"triage", "atypical_rate", "drift"} & set(s), name
+        page = _Page()
+        page.feed((tmp_path / f"{name}.html").read_text())
+        assert any("No row was scored" in t for t in page.text), name
+        assert not {"triage", "case-mix", "drift"} & page.ids and not page.images, name
 
 
 @pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])

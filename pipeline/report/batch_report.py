@@ -123,13 +123,16 @@ def summarise_batch(inputs: list[str | Path], output: str | Path, model: LoadedM
     if estimate is None:
         summary["case_mix_note"] = (f"not estimated: {len(proba):,} rows were scored, and the case mix is estimated "
                                     f"from {MIN_ADAPT_ROWS:,} or more (as --adapt-priors needs)")
-    if "triage" in scored:
+    if "triage" in scored and len(scored):  # no rows scored: no shares to show
         shares = scored["triage"].value_counts(normalize=True)
         summary["triage"] = {lv: float(shares.get(lv, 0.0)) for lv in LEVELS}
         summary["atypical_rate"] = float(scored["atypical"].astype(str).str.lower().isin(("true", "1")).mean())
         assert model.decision is not None
         summary["atypical_expected"] = float(model.decision.atypical["quantile"])
-    if model.kb is not None:
+    if model.kb is not None and len(scored) < MIN_ADAPT_ROWS:  # a few rows' answers are shares of noise
+        summary["drift_note"] = (f"not measured: {len(scored):,} rows were scored, and drift is measured on "
+                                 f"{MIN_ADAPT_ROWS:,} or more")
+    elif model.kb is not None:
         ref_codes = parse_cases(codes_to_text_frame(generate_codes(model.kb, REFERENCE_CASES, seed=0)[0])).codes
         edges = _bins(ref_codes)
         reference = _counts(ref_codes, edges)
@@ -220,6 +223,8 @@ def render_html(summary: dict[str, Any]) -> str:
              '<p class="note">Information, not a diagnosis. Seek professional medical advice.</p>',
              '<section id="rows"><h2>Rows</h2>',
              _table(["scored", "rejected", "output"], [[f"{s['rows_scored']:,}", f"{s['rows_rejected']:,}", s["output"]]])]
+    if not s["rows_scored"]:
+        parts.append('<p class="note">No row was scored: there is no triage, case mix or drift to show.</p>')
     if s["top_reject_reasons"]:
         parts.append("<h3>Commonest reasons for rejected rows</h3>"
                      + _table(["column: reason", "rows"], [[r, n] for r, n in s["top_reject_reasons"].items()]))
@@ -237,7 +242,7 @@ def render_html(summary: dict[str, Any]) -> str:
                   _table(["condition", "training", "this batch", mix["interval"], "top prediction share"], rows),
                   f"<p class=\"note\">{html.escape(mix['method'])}; assumes {html.escape(mix['assumption'])}.</p>"
                   "</section>"]
-    elif s.get("case_mix_note"):
+    elif s.get("case_mix_note") and s["rows_scored"]:
         parts += ['<section id="case-mix"><h2>Estimated case mix</h2>',
                   f"<p class=\"note\">{html.escape(s['case_mix_note'])}.</p></section>"]
     if s.get("drift"):
@@ -248,6 +253,9 @@ def render_html(summary: dict[str, Any]) -> str:
                   _table(["field", "PSI", "unknown in training", "unknown in batch", "shift"], rows, "drift"),
                   "<p class=\"note\">PSI over each field's answers (numbers in ten bins at the training deciles) with "
                   "unknown as its own answer; above 0.1 moderate, above 0.25 large.</p></section>"]
+    elif s.get("drift_note") and s["rows_scored"]:
+        parts += ['<section id="drift"><h2>Drift per field against the training population</h2>',
+                  f"<p class=\"note\">{html.escape(s['drift_note'])}.</p></section>"]
     style = ("body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222}"
              "table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ccc;padding:.2rem .6rem;"
              "text-align:left}th{background:#f3f3f3}.note{color:#555;font-size:.9rem}img{max-width:100%}")
