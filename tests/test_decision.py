@@ -103,6 +103,42 @@ def test_the_differential_holds_the_condition_an_expected_cost_level_is_for(cfg)
     assert driving_condition(proba, level, reason, bare)[1].tolist() == [dvt, dvt, -1, cyst]
 
 
+def test_a_red_flags_condition_is_shown_behind_another_rules_reason_and_whenever_the_advice_names_it(cfg):
+    """possible_dvt fires at the same day where the pulmonary-embolism screen rule is the reason
+    shown: DVT is still what the level is for. And a flag's condition less likely than a condition
+    of the set that already calls for the level is added where the advice names it."""
+    cramp, dvt, acl, meniscus = (CONDITIONS.index(c) for c in ("leg_cramp", "dvt", "acl_injury", "meniscus_tear"))
+    proba = np.zeros((2, len(CONDITIONS)))
+    proba[0, cramp] = 1.0
+    proba[1, meniscus], proba[1, acl], proba[1, dvt] = 0.6, 0.39, 0.01
+    sets = np.zeros_like(proba, dtype=bool)
+    sets[0, cramp] = True
+    sets[1, [meniscus, acl]] = True
+    level = np.array([LEVELS.index("emergency"), LEVELS.index("see_doctor_soon")])
+    risk = [f.name for f in cfg.red_flags].index("swollen_leg_with_dvt_risk")
+    reason = np.array([FIRST_RULE_REASON + len(cfg.red_flags), FIRST_RULE_REASON + risk])  # a screen rule; the risk flag
+    fires = np.zeros((2, len(cfg.red_flags)), dtype=bool)
+    fires[0, 0] = True  # possible_dvt, behind the screen rule's reason
+    fires[1, risk] = True
+    driving = driving_condition(proba, level, reason, cfg, fires)
+    assert driving[1].tolist() == [dvt, dvt]
+    shown = with_driving_condition(sets, proba, level, reason, cfg, driving=driving)
+    assert shown[0].tolist() == [c in (cramp, dvt) for c in range(len(CONDITIONS))]
+    assert shown[1, dvt] and shown[1].sum() == 3
+
+
+def test_a_red_flags_condition_must_call_for_the_flags_level(cfg):
+    from pydantic import ValidationError
+
+    data = cfg.model_dump()
+    data["red_flags"][-1]["condition"] = "leg_cramp"  # ligament_tear_signs sends within a day or two
+    with pytest.raises(ValidationError, match="'leg_cramp' calls for self_care, below the flag's see_doctor_soon"):
+        TriageConfig.model_validate(data)
+    data["red_flags"][-1]["condition"] = "flu"
+    with pytest.raises(ValidationError, match="'flu' is not one of"):
+        TriageConfig.model_validate(data)
+
+
 def test_the_advice_names_the_less_likely_condition_the_level_is_for(cfg):
     from pipeline.decision.triage import advice_codes, advice_index, advice_table, advice_written
 
@@ -148,8 +184,11 @@ def test_every_expected_cost_level_has_a_condition_in_the_differential_that_call
     likely = np.array([right[CONDITIONS[i]] for i in model.predict_proba(cases).argmax(axis=1)])
     advice = pd.Series(columns["advice"])
     named = advice.str.contains("+", regex=False).to_numpy()
-    for_condition = {f"red_flag:{f.name}" for f in model.decision.config.red_flags if f.condition}
-    by_rule = ~cost & reason.isin(for_condition).to_numpy()
+    # a red flag with a condition that fires at the final level, shown or behind another rule's reason
+    flags = model.decision.config.red_flags
+    fires = model.decision.safety(model.kb).fires(cases.codes)[:, :len(flags)]
+    by_rule = ~cost & np.any([fires[:, i] & (level == LEVELS.index(f.level)) for i, f in enumerate(flags)
+                              if f.condition], axis=0)
     assert by_rule.sum() > 10 and (named & by_rule).sum() > 0, (by_rule.sum(), (named & by_rule).sum())
     assert (named == ((cost | by_rule) & (likely < needed))).all() and named.sum() > 100, named.sum()
     for code, shown, need in zip(advice[named], pd.Series(columns["differential"])[named], needed[named]):

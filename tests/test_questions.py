@@ -383,3 +383,12 @@ def test_questions_about_an_injury_are_never_offered_after_no_injury_and_odd_dig
         assert name not in _find(words, set(), none) and name in _find(words, set(), fall), words
     result, text = _session(model, "4\u00b2\n30\nm\n" + "d\n" * 5, max_questions=2)
     assert result["case"]["age"] == 30 and "Please enter a whole number from 12 to 100" in text
+
+
+def test_an_older_questions_file_with_its_two_unread_settings_still_loads_with_a_warning():
+    from pipeline.interact.questions import AskConfig
+
+    with pytest.warns(UserWarning, match="triage_check_questions had no effect and are no longer read"):
+        ask = AskConfig.model_validate({"min_score": 0.02, "min_confidence": 0.9, "min_questions": 5,
+                                        "triage_check_questions": 3})
+    assert ask.min_questions == 5

@@ -285,6 +285,9 @@ class TriageConfig(StrictModel):
         for i, flag in enumerate(self.red_flags):
             if flag.condition is not None and flag.condition not in CONDITIONS:
                 raise ValueError(f"red_flags[{i}].condition: {flag.condition!r} is not one of {list(CONDITIONS)}")
+            if flag.condition is not None and LEVELS.index(self.right_level[flag.condition]) < LEVELS.index(flag.level):
+                raise ValueError(f"red_flags[{i}].condition: {flag.condition!r} calls for {self.right_level[flag.condition]}, "
+                                 f"below the flag's {flag.level}: name a condition its level is for, or none")
             for part in ("all", "any"):
                 for name, value in getattr(flag, part).items():
                     try:

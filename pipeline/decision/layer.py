@@ -186,8 +186,8 @@ def fit_decision_on(model, kb: KnowledgeBase, calib: pd.DataFrame, config: Triag
 _EMERGENCY = LEVELS.index("emergency")
 
 
-def driving_condition(proba: np.ndarray, level: np.ndarray, reason: np.ndarray, cfg: TriageConfig
-                      ) -> tuple[np.ndarray, np.ndarray]:
+def driving_condition(proba: np.ndarray, level: np.ndarray, reason: np.ndarray, cfg: TriageConfig,
+                      fires: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per case, the level its condition must call for and the condition an expected-cost level is for.
 
     An expected-cost level (``reason`` :data:`COST_REASON`, or :data:`SOFTENED_REASON`: a same day
@@ -198,7 +198,9 @@ def driving_condition(proba: np.ndarray, level: np.ndarray, reason: np.ndarray, 
     (the same day, for a softened one); the condition is the most probable one whose right level
     reaches it (-1 where the level is not an expected-cost one, or no condition reaches it). A level
     raised by a red flag with a ``condition`` is for that condition, however unlikely the model
-    finds it (a swollen, tender calf after surgery is a DVT to rule out the same day)."""
+    finds it (a swollen, tender calf after surgery is a DVT to rule out the same day); so is one
+    where such a flag fires at the level another rule shown gave (``fires``: which red flags fire,
+    (n, n_red_flags); the first in the config's order names it)."""
     right = right_levels(cfg)
     needed = np.where(reason == SOFTENED_REASON, _EMERGENCY, level.astype(np.int64))
     reaches = right[None, :] >= needed[:, None]
@@ -207,6 +209,11 @@ def driving_condition(proba: np.ndarray, level: np.ndarray, reason: np.ndarray, 
     for i, flag in enumerate(cfg.red_flags):
         if flag.condition is not None:
             driver[reason == FIRST_RULE_REASON + i] = CONDITIONS.index(flag.condition)
+    if fires is not None:
+        for i, flag in enumerate(cfg.red_flags):
+            if flag.condition is not None:
+                at = (driver < 0) & fires[:, i] & (level == LEVELS.index(flag.level))
+                driver[at] = CONDITIONS.index(flag.condition)
     return needed, driver
 
 
@@ -214,11 +221,14 @@ def with_driving_condition(sets: np.ndarray, proba: np.ndarray, level: np.ndarra
                            cfg: TriageConfig, *, driving: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """The differential ``sets`` (n, K) with the condition that drives an expected-cost level
     (:func:`driving_condition`) added where the set holds none whose right level reaches the level
-    it needs, so the conditions shown include the one the level is for (``driving``: that
+    it needs, or where the advice names it (the most likely condition does not call for the
+    level), so the conditions shown include the one the level is for (``driving``: that
     function's result, if the caller has it)."""
     needed, driver = driving_condition(proba, level, reason, cfg) if driving is None else driving
-    shown = np.where(sets, right_levels(cfg)[None, :], -1).max(axis=1)
-    lacking = np.flatnonzero((driver >= 0) & (shown < needed))
+    right = right_levels(cfg)
+    shown = np.where(sets, right[None, :], -1).max(axis=1)
+    named = right[proba.argmax(axis=1)] < needed
+    lacking = np.flatnonzero((driver >= 0) & ((shown < needed) | named))
     if len(lacking):
         sets = sets.copy()
         sets[lacking, driver[lacking]] = True
@@ -272,7 +282,7 @@ def decision_columns(decision: Decision, kb: KnowledgeBase, parsed: ParsedCases,
     @cache
     def driving() -> tuple[np.ndarray, np.ndarray]:
         level, _, basis = triage()
-        return driving_condition(proba, level, basis, cfg)
+        return driving_condition(proba, level, basis, cfg, rules()[1][:, :len(cfg.red_flags)])
 
     @cache
     def differential() -> np.ndarray:

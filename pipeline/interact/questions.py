@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from pydantic import Field as PydField
-from pydantic import field_validator
+from pydantic import field_validator, model_validator
 from scipy.special import entr
 
 from pipeline.core.cases import as_frame
@@ -62,8 +62,21 @@ _ZERO_TOL = 1e-12  # nats; smaller gains are float error
 SHORT_LABELS = {**CONDITION_LABELS, "dvt": "DVT"}
 
 
+_RETIRED_ASK_KEYS = ("triage_check_questions", "negligible_answer_probability")  # read by nothing, now or before
+
+
 class AskConfig(StrictModel):
     """When an interactive session stops (see ``configs/questions.yaml``)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _retired(cls, data: Any) -> Any:
+        """An older questions.yaml's two settings that nothing read: dropped, with a warning."""
+        if isinstance(data, dict) and any(k in data for k in _RETIRED_ASK_KEYS):
+            warnings.warn(f"ask: {', '.join(k for k in _RETIRED_ASK_KEYS if k in data)} had no effect and are no "
+                          "longer read; remove them from questions.yaml", UserWarning, stacklevel=2)
+            data = {k: v for k, v in data.items() if k not in _RETIRED_ASK_KEYS}
+        return data
 
     min_score: float = PydField(ge=0)
     min_confidence: float = PydField(ge=0, le=1)
