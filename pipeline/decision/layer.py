@@ -200,20 +200,18 @@ def driving_condition(proba: np.ndarray, level: np.ndarray, reason: np.ndarray, 
     raised by a red flag with a ``condition`` is for that condition, however unlikely the model
     finds it (a swollen, tender calf after surgery is a DVT to rule out the same day); so is one
     where such a flag fires at the level another rule shown gave (``fires``: which red flags fire,
-    (n, n_red_flags); the first in the config's order names it)."""
+    (n, n_red_flags); the first in the config's order names it; without it, only the flag the
+    reason names is known to fire)."""
     right = right_levels(cfg)
     needed = np.where(reason == SOFTENED_REASON, _EMERGENCY, level.astype(np.int64))
     reaches = right[None, :] >= needed[:, None]
     driver = np.where(reaches, proba, -1.0).argmax(axis=1)
     driver[~(((reason == COST_REASON) | (reason == SOFTENED_REASON)) & reaches.any(axis=1))] = -1
-    for i, flag in enumerate(cfg.red_flags):
+    if fires is None:
+        fires = reason[:, None] == FIRST_RULE_REASON + np.arange(len(cfg.red_flags))[None, :]
+    for i, flag in enumerate(cfg.red_flags):  # the reason's flag is the first to fire at the final level
         if flag.condition is not None:
-            driver[reason == FIRST_RULE_REASON + i] = CONDITIONS.index(flag.condition)
-    if fires is not None:
-        for i, flag in enumerate(cfg.red_flags):
-            if flag.condition is not None:
-                at = (driver < 0) & fires[:, i] & (level == LEVELS.index(flag.level))
-                driver[at] = CONDITIONS.index(flag.condition)
+            driver[(driver < 0) & fires[:, i] & (level == LEVELS.index(flag.level))] = CONDITIONS.index(flag.condition)
     return needed, driver
 
 
