@@ -361,8 +361,7 @@ def _score_pandas(args: argparse.Namespace, warn: Callable[[str], None], options
         model = PriorShiftedModel.from_model(model, estimate)
     jobs = args.jobs or available_cores()
     # written after the output: an earlier run's go as the new output is put in place
-    stale = [] if args.output == "-" else [Path(f"{args.output}.priors.json")] + (
-        [Path(args.report), Path(args.report).with_suffix(".json")] if args.report else [])
+    stale = [path for _, path, _ in _written_after_output(args)] if args.output != "-" else []
     summary = score_files(args.inputs, args.output, model, chunk_rows=args.chunk_rows, options=options,
                           rejects=args.rejects, jobs=jobs, warn=warn, stale=stale,
                           progress=not args.quiet and sys.stderr is not None and sys.stderr.isatty())
@@ -375,6 +374,15 @@ def _score_pandas(args: argparse.Namespace, warn: Callable[[str], None], options
         raise StoppedAfterOutput(f"{str(err) or 'interrupted'} after {args.output} was written in full; the files "
                                  "written after it (the case mix, the batch report) may be missing") from None
     return summary
+
+
+def _written_after_output(args: argparse.Namespace) -> list[tuple[str, Path, bool]]:
+    """The files ``kneepain score`` writes after its output (a file, not -): (what, path, whether
+    their folders may be made): the batch report and its numbers, and the case mix."""
+    after = [("report", Path(args.report), True), ("report's numbers", Path(args.report).with_suffix(".json"), True)
+             ] if args.report else []
+    return after + [("case mix (written with --adapt-priors; an earlier run's is removed otherwise)",
+                     Path(f"{args.output}.priors.json"), False)]
 
 
 def _after_scoring(args: argparse.Namespace, plain, estimate) -> None:
@@ -437,12 +445,9 @@ def _score(args: argparse.Namespace) -> int:
         from pipeline.serve.guard import refuse_shared_outputs
 
         output = Path(args.output)
-        # the files written after the output (score_files checks its rejects file and texts lookup),
-        # and whether their folders may be made: refused now, not once the output is written
-        after = [("report", Path(args.report), True), ("report's numbers", Path(args.report).with_suffix(".json"), True)
-                 ] if args.report else []
-        after.append(("case mix (written with --adapt-priors; an earlier run's is removed otherwise)",
-                      Path(f"{output}.priors.json"), False))
+        # the files written after the output (score_files checks its rejects file and texts lookup):
+        # refused now, not once the output is written
+        after = _written_after_output(args)
         refuse_shared_outputs([("output", output), ("rejects file", rejects_file(output, args.rejects)),
                                ("texts lookup", texts_lookup(output)), *((what, path) for what, path, _ in after)])
         check_target(output, "output")  # the output's own problem first (its folder is theirs too)
