@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -66,26 +67,30 @@ def join_ranked(names: Sequence[str], order: np.ndarray, keep: np.ndarray | None
     if keep is not None:
         ranks *= keep
     base, width = len(names) + 1, ranks.shape[1]
+
+    def text(row: list[int]) -> str:
+        return sep.join(names[j - 1] for j in row if j)
+
     if base ** width >= 2 ** 63:  # too wide for one number per row: np.unique's rows
         distinct, inverse = np.unique(ranks, axis=0, return_inverse=True)
-        texts = [sep.join(names[j - 1] for j in row if j) for row in distinct.tolist()]
-        return _wrap(pa.array(texts, type=pa.large_string()).take(pa.array(np.ravel(inverse))))
-    # the rows as numbers in ``base``, hashed (pandas' factorize: a fifth of the time of np.unique's
-    # sort); a number's text is joined once per process (the chunks of a file repeat the same few
-    # hundred), and only the numbers not seen before are read back into rows
-    powers = base ** np.arange(width - 1, -1, -1, dtype=np.int64)
-    inverse, keys = pd.factorize(ranks @ powers)  # integer products: exact
-    joined = _joined(tuple(names), sep, width)
-    keys = np.asarray(keys)
-    numbers = keys.tolist()
-    found = [joined.get(k) for k in numbers]  # this call's own list: another thread may clear the table
-    new = [i for i, text in enumerate(found) if text is None]
-    if new:
-        if len(joined) > _JOINED_MAX:
+        found = [text(row) for row in distinct.tolist()]
+    else:
+        # the rows as numbers in ``base``, hashed (pandas' factorize: a fifth of the time of
+        # np.unique's sort); a number's text is joined once per process (the chunks of a file repeat
+        # the same few hundred), and only the numbers not seen before are read back into rows
+        powers = base ** np.arange(width - 1, -1, -1, dtype=np.int64)
+        inverse, keys = pd.factorize(ranks @ powers)  # integer products: exact
+        joined = _joined(tuple(names), sep, width)
+        keys = np.asarray(keys)
+        numbers = keys.tolist()
+        known = [joined.get(k) for k in numbers]  # this call's own list: another thread may clear the table
+        new = [i for i, t in enumerate(known) if t is None]
+        if new and len(joined) > _JOINED_MAX:
             joined.clear()
         for i, row in zip(new, ((keys[new, None] // powers) % base).tolist()):
-            found[i] = joined[numbers[i]] = sep.join(names[j - 1] for j in row if j)
-    return _wrap(pa.array(found, type=pa.large_string()).take(pa.array(inverse)))
+            known[i] = joined[numbers[i]] = text(row)
+        found = cast(list[str], known)  # every one is joined by now
+    return _wrap(pa.array(found, type=pa.large_string()).take(pa.array(np.ravel(inverse))))
 
 
 _JOINED_MAX = 1 << 16  # texts kept per (names, sep, width); past this the table starts again
