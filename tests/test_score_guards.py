@@ -539,6 +539,31 @@ def test_dates_durations_and_nested_values_in_parquet_are_rejected_by_row(traine
         predict({"age": 71, "sex": np.array("male")}, model=models)
 
 
+def test_text_stored_as_parquet_binary_is_read_as_utf8(trained, tmp_path):
+    """Some writers store text columns as plain binary: they score as the same text would, and a
+    value that is not UTF-8 rejects its own row, naming its column and bytes."""
+    models, _ = trained
+    text = pa.table({"case_id": ["b1", "b2", "b3"], "age": ["30", "71", "45"], "sex": ["male", "female", "male"],
+                     "leg_swelling": ["no", "yes", None], "note": ["caf\u00e9", "", None]})
+    binary = text.cast(pa.schema([pa.field(f.name, pa.binary()) for f in text.schema]))
+    pq.write_table(text, tmp_path / "text.parquet")
+    pq.write_table(binary, tmp_path / "binary.parquet")
+    for name in ("text", "binary"):
+        assert _score(tmp_path / f"{name}.parquet", tmp_path / f"{name}.csv", models, "--keep-input-columns") == 0
+    assert (tmp_path / "binary.csv").read_bytes() == (tmp_path / "text.csv").read_bytes()
+    pd.testing.assert_frame_equal(predict(tmp_path / "binary.parquet", model=models),
+                                  predict(tmp_path / "text.parquet", model=models))
+    # one value that is not UTF-8: its row alone is rejected, and the other values of its column are read
+    bad = binary.set_column(2, "sex", pa.array([b"male", b"f\xe9male", b"male"], pa.binary()))
+    pq.write_table(bad, tmp_path / "bad.parquet")
+    assert _score(tmp_path / "bad.parquet", tmp_path / "bad.csv", models) == 1
+    assert pd.read_csv(tmp_path / "bad.csv", dtype=str)["case_id"].tolist() == ["b1", "b3"]
+    rejects = pd.read_csv(tmp_path / "bad.csv.rejects.csv", dtype=str)
+    assert rejects["case_id"].tolist() == ["b2"]
+    reason = rejects["reject_reason"][0]
+    assert reason.startswith("column 'sex', value \"b'f") and "xe9male'\": a bytes is not an answer" in reason
+
+
 def test_formula_looking_text_is_neutralised_in_csv_outputs_only(trained, tmp_path):
     models, _ = trained
     ids = ["=HYPERLINK(\"http://x\")", "+1+2", "-2+3", "@SUM(A1)", "-5", "ok"]

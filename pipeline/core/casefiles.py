@@ -385,8 +385,44 @@ def _parquet_frame(table: pa.Table) -> pd.DataFrame:
     pandas' metadata is ignored: a frame saved with its index (``df.set_index("case_id")``, or a
     filtered frame's ``__index_level_0__``) would otherwise have that column turned back into the
     index, and its case ids read as missing while the schema (and the rejects, and
-    ``--keep-input-columns``) still list it."""
-    return _ids_as_text(table).to_pandas(types_mapper=_NULLABLE_INTEGERS.get, ignore_metadata=True)
+    ``--keep-input-columns``) still list it.
+
+    Binary columns are read as UTF-8 text (:func:`_binary_as_text`)."""
+    table, undecoded = _binary_as_text(table)
+    frame = _ids_as_text(table).to_pandas(types_mapper=_NULLABLE_INTEGERS.get, ignore_metadata=True)
+    for i in undecoded:  # a value that is not UTF-8 stays bytes: its row alone is rejected, naming it
+        frame.isetitem(i, frame.iloc[:, i].map(_utf8_or_bytes, na_action="ignore").astype(object))
+    return frame
+
+
+def _is_binary(kind: pa.DataType) -> bool:
+    return pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or pa.types.is_binary_view(kind)
+
+
+def _binary_as_text(table: pa.Table) -> tuple[pa.Table, list[int]]:
+    """The table with its binary columns as text, and the places of those that are not all UTF-8.
+
+    Some writers (Impala, older Hive, a Spark table written without the UTF8 annotation) store
+    text as plain binary; read as bytes, every answer in it would be rejected. A column whose
+    values are all UTF-8 becomes text in Arrow; another is decoded value by value after
+    conversion (:func:`_utf8_or_bytes`)."""
+    undecoded = []
+    for i, kind in enumerate(table.schema.types):
+        if _is_binary(kind):
+            try:
+                table = table.set_column(i, table.column_names[i], pc.cast(table.column(i), pa.string()))
+            except pa.ArrowInvalid:  # "Invalid UTF8 payload"
+                undecoded.append(i)
+    return table, undecoded
+
+
+def _utf8_or_bytes(value: object) -> object:
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return value
+    return value
 
 
 def _ids_as_text(table: pa.Table) -> pa.Table:
