@@ -155,6 +155,29 @@ def test_every_format_gives_the_same_records():
     assert parse_body(json.dumps(with_index).encode()) == (records, {})
 
 
+def test_too_many_cases_are_counted_before_any_record_is_built(monkeypatch):
+    """Every format is counted from its shape: at the limit the cases are read, over it the
+    refusal names the count and no record is built."""
+    import pipeline.serve.http as http
+
+    records = [{"age": 30, "sex": "male"}, {"age": 40, "sex": "female"}, {"age": 50, "sex": "male"}]
+    columns = {"age": [30, 40, 50], "sex": ["male", "female", "male"]}
+    split = {"columns": ["age", "sex"], "data": [[30, "male"], [40, "female"], [50, "male"]]}
+    payloads = [{"dataframe_records": records}, {"instances": records}, {"inputs": records}, {"inputs": columns},
+                {"instances": columns}, {"dataframe_split": split}]
+    for payload in payloads:
+        assert parse_body(json.dumps(payload).encode(), max_cases=3) == (records, {})
+    assert parse_body(b'{"inputs": {"age": 30, "sex": "male"}}', max_cases=1)[0] == [records[0]]
+
+    def built(*args, **kwargs):
+        raise AssertionError("records were built for a request over the limit")
+
+    monkeypatch.setattr(http, "_records", built)
+    for payload in payloads:
+        with pytest.raises(http.TooManyCasesError, match="the request holds 3 cases, more than the limit of 2 "):
+            parse_body(json.dumps(payload).encode(), max_cases=2)
+
+
 def _strict_json(text: str):
     """JSON as a strict parser reads it: a bare NaN or Infinity is an error, as in JavaScript."""
     def refuse(constant):

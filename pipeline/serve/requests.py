@@ -9,7 +9,7 @@ from typing import Any
 from pipeline.core.errors import BatchInputError
 from pipeline.core.parsing import column_name
 
-__all__ = ["FORMATS", "request_records", "shown"]
+__all__ = ["FORMATS", "case_count", "request_records", "shown"]
 
 FORMATS = ("dataframe_records", "dataframe_split", "instances", "inputs")
 
@@ -18,6 +18,18 @@ def shown(value: object) -> str:
     """A key or value from the request as a message quotes it, shortened (:func:`column_name`): an
     answer never echoes a long part of the request."""
     return column_name(repr(value))
+
+
+def case_count(key: str, data: Any) -> int | None:
+    """How many cases format ``key`` holds, read from its shape before any record is built (None
+    where the shape is not one :func:`request_records` takes: it says why)."""
+    if key == "dataframe_split":
+        rows = data.get("data") if isinstance(data, dict) else None
+        return len(rows) if isinstance(rows, list) else None
+    if isinstance(data, dict):
+        lists = [v for v in data.values() if isinstance(v, list)]
+        return len(lists[0]) if key in ("instances", "inputs") and lists else 1
+    return len(data) if isinstance(data, list) else None
 
 
 def request_records(key: str, data: Any, *, named: str | None = None) -> list[dict]:
