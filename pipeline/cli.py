@@ -513,9 +513,9 @@ def _sample_parser(sub: argparse._SubParsersAction) -> None:
 def _sample(args: argparse.Namespace) -> int:
     from pipeline.core.files import write_parts_atomic
     from pipeline.core.knowledge import load_knowledge_base
-    from pipeline.core.parsing import codes_to_text_frame, whole_number_fields
-    from pipeline.core.schema import ID_COLUMN
-    from pipeline.data.generate import generate_codes
+    from pipeline.core.parsing import codes_to_text_frame
+    from pipeline.core.schema import FIELDS, ID_COLUMN
+    from pipeline.data.generate import SAMPLE_BLOCK_ROWS, generate_codes, sample_block_seed
     from pipeline.serve.batch import check_target
 
     if args.n < 1:
@@ -526,12 +526,14 @@ def _sample(args: argparse.Namespace) -> int:
             raise UsageError(f"-o {args.output}: kneepain sample writes CSV; give a .csv path, or - for standard "
                              "output.")
         check_target(Path(args.output), "output")
-    codes, _, _ = generate_codes(load_knowledge_base(args.kb), args.n, seed=args.seed)
-    whole = whole_number_fields(codes)  # every block writes numbers as the whole file would
+    kb = load_knowledge_base(args.kb)
+    # the integer fields the generator always answers (the required ones): whole numbers in every block
+    whole = {f.name for f in FIELDS if f.kind == "integer" and f.required}
 
-    def parts(rows: int = 65_536):  # the CSV text a block of rows at a time, not all at once
-        for start in range(0, args.n, rows):
-            frame = codes_to_text_frame({k: v[start:start + rows] for k, v in codes.items()}, whole)
+    def parts():  # drawn and written a block of rows at a time: memory stays flat however many rows
+        for block, start in enumerate(range(0, args.n, SAMPLE_BLOCK_ROWS)):
+            codes, _, _ = generate_codes(kb, min(SAMPLE_BLOCK_ROWS, args.n - start), seed=sample_block_seed(args.seed, block))
+            frame = codes_to_text_frame(codes, whole)
             frame.insert(0, ID_COLUMN, [f"sample-{i:06d}" for i in range(start, start + len(frame))])
             yield frame.to_csv(index=False, header=start == 0).encode("utf-8")
 

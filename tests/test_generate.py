@@ -151,18 +151,33 @@ def test_bad_n_is_refused(kb):
         generate_cases(kb, -1, seed=0)
 
 
-def test_kneepain_sample_writes_its_blocks_as_one_csv(kb, tmp_path):
-    """`kneepain sample` writes the CSV a block of 65,536 rows at a time: the file is the one the
-    whole frame would give, with one header and the ids in order across the block boundary."""
+def test_kneepain_sample_draws_and_writes_a_block_at_a_time(kb, tmp_path, monkeypatch):
+    """`kneepain sample` draws and writes 65,536 rows at a time, so its memory stays flat: up to one
+    block the file is generate_codes(kb, n, seed)'s cases; a longer one starts with that block and
+    goes on with fresh draws, under one header, its ids in order."""
+    import pipeline.data.generate as generate
     from pipeline.cli import main
     from pipeline.core.parsing import codes_to_text_frame
 
-    n, out = 70_000, tmp_path / "sample.csv"
-    assert main(["sample", "--n", str(n), "--seed", "5", "-o", str(out)]) == 0
-    codes, _, _ = generate_codes(kb, n, seed=5)
-    whole = codes_to_text_frame(codes)
-    whole.insert(0, "case_id", [f"sample-{i:06d}" for i in range(n)])
-    assert out.read_text(encoding="utf-8") == whole.to_csv(index=False)
+    assert main(["sample", "--n", "1000", "--seed", "5", "-o", str(tmp_path / "small.csv")]) == 0
+    codes, _, _ = generate_codes(kb, 1000, seed=5)
+    small = codes_to_text_frame(codes)
+    small.insert(0, "case_id", [f"sample-{i:06d}" for i in range(1000)])
+    assert (tmp_path / "small.csv").read_text(encoding="utf-8") == small.to_csv(index=False)
+
+    sizes = []
+    real = generate.generate_codes
+    monkeypatch.setattr(generate, "generate_codes", lambda kb, n, **kw: sizes.append(n) or real(kb, n, **kw))
+    block = generate.SAMPLE_BLOCK_ROWS
+    for n in (block, block + 4_464):
+        assert main(["sample", "--n", str(n), "--seed", "5", "-o", str(tmp_path / f"s{n}.csv")]) == 0
+    assert sizes == [block, block, 4_464]  # never more than a block drawn at once
+    one, two = (pd.read_csv(tmp_path / f"s{n}.csv", dtype=str, keep_default_na=False) for n in (block, block + 4_464))
+    pd.testing.assert_frame_equal(two.head(block), one)
+    assert two["case_id"].tolist() == [f"sample-{i:06d}" for i in range(block + 4_464)]
+    assert two["age"].str.fullmatch(r"\d+").all()  # whole numbers in every block
+    rest = two.iloc[block:].drop(columns="case_id").reset_index(drop=True)
+    assert not rest.equals(one.head(4_464).drop(columns="case_id"))  # fresh draws, not the first block again
 
 
 def test_kneepain_sample_writes_csv_to_a_file_or_standard_output_and_nothing_else(tmp_path, capsysbinary):

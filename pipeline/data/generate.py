@@ -36,7 +36,7 @@ from pipeline.core.schema import (
     max_duration_days,
 )
 
-__all__ = ["generate_cases", "generate_codes", "split_seed", "write_splits"]
+__all__ = ["SAMPLE_BLOCK_ROWS", "generate_cases", "generate_codes", "sample_block_seed", "split_seed", "write_splits"]
 
 
 def _draw_categorical(rng: np.random.Generator, probs: np.ndarray, cls: np.ndarray) -> np.ndarray:
@@ -71,6 +71,16 @@ def _durations(rng: np.random.Generator, params: np.ndarray, bound: np.ndarray) 
     over = rounded > bound
     rounded[over] = _round_significant(days[over], down=True)
     return rounded
+
+
+SAMPLE_BLOCK_ROWS = 65_536  # `kneepain sample` draws and writes its cases this many at a time
+
+
+def sample_block_seed(seed: int, block: int) -> int | np.random.SeedSequence:
+    """The seed of block ``block`` of ``kneepain sample --seed seed``: ``seed`` itself for the first
+    (so a sample of at most :data:`SAMPLE_BLOCK_ROWS` cases is ``generate_codes(kb, n, seed=seed)``'s),
+    then streams spawned from it, independent of each other and of the first."""
+    return seed if block == 0 else np.random.SeedSequence(seed, spawn_key=(block,))
 
 
 def generate_codes(kb: KnowledgeBase, n: int, *,
