@@ -39,7 +39,7 @@ def _generate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=int, default=None, help="cases to generate (--engine dask)")
     p.add_argument("--partitions", type=int, default=None,
                    help="partitions (--engine dask; default one per 1M cases; the data depends on it, not on workers)")
-    p.add_argument("--seed", type=int, default=None, help="seed (--engine dask; default the generate config's)")
+    p.add_argument("--seed", type=_seed, default=None, help="seed (--engine dask; default the generate config's)")
     p.add_argument("--population", choices=("default", "shift"), default="default", help="(--engine dask)")
     p.add_argument("--scheduler", default=None, help="Dask scheduler address (default: a local cluster)")
 
@@ -118,13 +118,24 @@ def _report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _seed(text: str) -> int:
+    """A ``--seed``: a whole number >= 0, as numpy's generators take it."""
+    try:
+        seed = int(text)
+    except ValueError:
+        seed = -1
+    if seed < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a seed; give a whole number >= 0")
+    return seed
+
+
 def _show_parser(sub: argparse._SubParsersAction) -> None:
     from pipeline.core.schema import CONDITIONS
 
     p = sub.add_parser("show", help="print generated cases as short prose vignettes")
     p.add_argument("--n", type=int, default=5, help="how many cases (default 5)")
     p.add_argument("--condition", choices=CONDITIONS, default=None, help="only this condition")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     p.add_argument("--shift", action="store_true", help="draw from the shifted population")
     p.add_argument("--kb", default=None, help="knowledge base (default configs/knowledge_base.yaml)")
 
@@ -506,7 +517,7 @@ def _sample_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="write generated cases, without labels, as a CSV to try scoring on")
     p.add_argument("-o", "--output", required=True, help="output .csv, or - for standard output")
     p.add_argument("--n", type=int, default=1000, help="how many cases (default 1000)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     p.add_argument("--kb", default=None, help="knowledge base (default configs/knowledge_base.yaml)")
 
 
@@ -577,7 +588,7 @@ def _sensitivity_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="output folder (default reports/sensitivity)")
     p.add_argument("--draws", type=int, default=200, help="draws of the guessed numbers (default 200)")
     p.add_argument("--n", type=int, default=20_000, help="generated cases per draw (default 20000)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
 
 
 def _sensitivity(args: argparse.Namespace) -> int:

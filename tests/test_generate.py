@@ -195,6 +195,16 @@ def test_kneepain_sample_writes_csv_to_a_file_or_standard_output_and_nothing_els
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.csv"]
 
 
+@pytest.mark.parametrize("command", [["sample", "-o", "-"], ["show"], ["generate", "--engine", "dask"]])
+def test_a_seed_that_is_no_seed_is_named(command, capsys):
+    from pipeline.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main([*command, "--seed", "-1"])
+    assert exit_.value.code == 2
+    assert "argument --seed: '-1' is not a seed; give a whole number >= 0" in capsys.readouterr().err
+
+
 def test_kneepain_generate_refuses_the_dask_engines_options_without_it(tmp_path, capsys):
     from pipeline.cli import main
 

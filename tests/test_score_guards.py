@@ -561,7 +561,55 @@ def test_text_stored_as_parquet_binary_is_read_as_utf8(trained, tmp_path):
     rejects = pd.read_csv(tmp_path / "bad.csv.rejects.csv", dtype=str)
     assert rejects["case_id"].tolist() == ["b2"]
     reason = rejects["reject_reason"][0]
-    assert reason.startswith("column 'sex', value \"b'f") and "xe9male'\": a bytes is not an answer" in reason
+    assert reason.startswith("column 'sex', value \"b'f") and "xe9male'\": a value that is not valid UTF-8 text " \
+        "is not an answer; allowed: female, male" in reason
+
+
+@pytest.mark.parametrize("kind", ["dictionary", "large_binary", "fixed_size_binary"])
+def test_every_binary_kind_reads_as_text_and_bytes_that_are_not_utf8_reject_their_row(trained, tmp_path, kind):
+    """Dictionary-encoded, large and fixed-size binary read as plain binary does; a case id or a
+    kept input column whose bytes are not UTF-8 rejects its row (it has no text to be written as)."""
+    models, _ = trained
+    ids = [b"i1", b"i\xff", b"i3", b"i4"]  # fixed size 2
+    sex = [b"male", b"female", b"male", b"male"]
+    note = [b"ok", b"ok", b"\xe9t\xe9", b"ok"]  # fixed size 3 after padding below
+
+    def column(values: list[bytes]) -> pa.Array:
+        if kind == "dictionary":
+            return pa.array(values, pa.binary()).dictionary_encode()
+        if kind == "large_binary":
+            return pa.array(values, pa.large_binary())
+        width = max(map(len, values))
+        return pa.array([v.ljust(width) for v in values], pa.binary(width))
+
+    pq.write_table(pa.table({"case_id": column(ids), "age": [30, 40, 50, 60], "sex": column(sex),
+                             "note": column(note)}), tmp_path / "in.parquet")
+    assert _score(tmp_path / "in.parquet", tmp_path / "out.csv", models, "--keep-input-columns") == 1
+    scored = pd.read_csv(tmp_path / "out.csv", dtype=str, keep_default_na=False)
+    assert scored["case_id"].tolist() == ["i1", "i4"] and scored["note"].str.strip().tolist() == ["ok", "ok"]
+    rejects = pd.read_csv(tmp_path / "out.csv.rejects.csv", dtype=str, keep_default_na=False)
+    assert rejects["reject_row"].tolist() == ["1", "2"]
+    assert rejects["reject_reason"][0].startswith("column 'case_id', value \"b'i\\\\xff'\": not valid UTF-8 text")
+    assert rejects["reject_reason"][1].startswith("column 'note', value \"b'\\\\xe9t\\\\xe9")
+    assert "not valid UTF-8 text, so it cannot be kept as text (--keep-input-columns)" in rejects["reject_reason"][1]
+    # without --keep-input-columns the note is not read: only the id's row is rejected
+    assert _score(tmp_path / "in.parquet", tmp_path / "plain.csv", models) == 1
+    assert pd.read_csv(tmp_path / "plain.csv", dtype=str)["case_id"].tolist() == ["i1", "i3", "i4"]
+
+
+def test_a_parquet_uuid_case_id_is_its_text(trained, tmp_path):
+    """Spark, Trino and DuckDB write ids as Parquet's UUID type: they are written as UUIDs are written."""
+    import uuid
+
+    models, _ = trained
+    if not hasattr(pa, "uuid"):
+        pytest.skip("this pyarrow has no UUID type")
+    ids = [uuid.UUID(int=7919 * i) for i in range(1, 4)]
+    pq.write_table(pa.table({"case_id": pa.array([u.bytes for u in ids], pa.uuid()), "age": [30, 40, 50],
+                             "sex": ["male", "female", "male"]}), tmp_path / "in.parquet")
+    assert _score(tmp_path / "in.parquet", tmp_path / "out.csv", models) == 0
+    assert pd.read_csv(tmp_path / "out.csv", dtype=str)["case_id"].tolist() == [str(u) for u in ids]
+    assert predict(tmp_path / "in.parquet", model=models)["case_id"].tolist() == [str(u) for u in ids]
 
 
 def test_formula_looking_text_is_neutralised_in_csv_outputs_only(trained, tmp_path):

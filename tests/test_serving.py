@@ -155,9 +155,10 @@ def test_every_format_gives_the_same_records():
     assert parse_body(json.dumps(with_index).encode()) == (records, {})
 
 
-def test_too_many_cases_are_counted_before_any_record_is_built(monkeypatch):
+def test_too_many_cases_are_counted_before_any_record_is_built():
     """Every format is counted from its shape: at the limit the cases are read, over it the
-    refusal names the count and no record is built."""
+    refusal names the count and how to raise the limit; a shape that is no format's is a 400 as
+    it was."""
     import pipeline.serve.http as http
 
     records = [{"age": 30, "sex": "male"}, {"age": 40, "sex": "female"}, {"age": 50, "sex": "male"}]
@@ -169,13 +170,27 @@ def test_too_many_cases_are_counted_before_any_record_is_built(monkeypatch):
         assert parse_body(json.dumps(payload).encode(), max_cases=3) == (records, {})
     assert parse_body(b'{"inputs": {"age": 30, "sex": "male"}}', max_cases=1)[0] == [records[0]]
 
-    def built(*args, **kwargs):
-        raise AssertionError("records were built for a request over the limit")
-
-    monkeypatch.setattr(http, "_records", built)
     for payload in payloads:
-        with pytest.raises(http.TooManyCasesError, match="the request holds 3 cases, more than the limit of 2 "):
+        with pytest.raises(http.TooManyCasesError, match=r"the request holds 3 cases, more than the limit of 2 "
+                                                         r"\(--max-request-cases or KNEEPAIN_MAX_REQUEST_CASES\)"):
             parse_body(json.dumps(payload).encode(), max_cases=2)
+    # a shape that is none of the formats' is named as such, however many items it holds: splitting
+    # it into smaller requests would not mend it
+    for payload in ({"instances": [1, 2, 3, 4]}, {"dataframe_split": {"data": [[30, "male"]] * 4}},
+                    {"dataframe_split": {"columns": ["age", "sex"], "data": [1, 2, 3, 4]}},
+                    {"inputs": {"sex": "male", "age": [30, 40, 50, 60]}},
+                    {"inputs": {"age": [30, 40, 50, 60], "sex": ["male"]}},
+                    {"inputs": {"sex": ["male"], "age": [30, 40, 50, 60]}}):
+        with pytest.raises(BatchInputError) as err:
+            parse_body(json.dumps(payload).encode(), max_cases=2)
+        assert not isinstance(err.value, http.TooManyCasesError), payload
+    # each format is counted once, by its shape, before its records are built
+    from pipeline.serve.requests import request_records
+
+    for payload in payloads:
+        (key, data), = payload.items()
+        counted: list[int] = []
+        assert request_records(key, data, count=counted.append) == records and counted == [3]
 
 
 def _strict_json(text: str):

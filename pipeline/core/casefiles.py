@@ -396,7 +396,14 @@ def _parquet_frame(table: pa.Table) -> pd.DataFrame:
 
 
 def _is_binary(kind: pa.DataType) -> bool:
-    return pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or pa.types.is_binary_view(kind)
+    """Bytes, plain, large, viewed, of a fixed size, or dictionary-encoded."""
+    if pa.types.is_dictionary(kind):
+        return _is_binary(kind.value_type)
+    return (pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or pa.types.is_binary_view(kind)
+            or pa.types.is_fixed_size_binary(kind))
+
+
+_UUID = getattr(pa, "UuidType", ())  # Arrow's UUID type (pyarrow 18 and later)
 
 
 def _binary_as_text(table: pa.Table) -> tuple[pa.Table, list[int]]:
@@ -405,14 +412,23 @@ def _binary_as_text(table: pa.Table) -> tuple[pa.Table, list[int]]:
     Some writers (Impala, older Hive, a Spark table written without the UTF8 annotation) store
     text as plain binary; read as bytes, every answer in it would be rejected. A column whose
     values are all UTF-8 becomes text in Arrow; another is decoded value by value after
-    conversion (:func:`_utf8_or_bytes`)."""
+    conversion (:func:`_utf8_or_bytes`). A UUID column (as Spark, Trino and DuckDB write ids)
+    becomes the UUIDs' usual text form."""
     undecoded = []
     for i, kind in enumerate(table.schema.types):
-        if _is_binary(kind):
+        column = table.column(i)
+        if isinstance(kind, _UUID):
+            text = pa.array([None if u is None else str(u) for u in column.to_pylist()], pa.string())
+        elif _is_binary(kind):
+            plain = pc.cast(column, kind.value_type) if pa.types.is_dictionary(kind) else column
             try:
-                table = table.set_column(i, table.column_names[i], pc.cast(table.column(i), pa.string()))
+                text = pc.cast(plain, pa.string())
             except pa.ArrowInvalid:  # "Invalid UTF8 payload"
+                text = plain
                 undecoded.append(i)
+        else:
+            continue
+        table = table.set_column(i, table.column_names[i], text)
     return table, undecoded
 
 

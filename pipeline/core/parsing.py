@@ -43,7 +43,7 @@ from pipeline.core.schema import (
 )
 
 __all__ = ["DUPLICATE_ID", "ParsedCases", "codes_to_frame", "codes_to_text_frame", "ignored_columns_message",
-           "normalise_ids", "parse_cases", "parse_records", "premise_denied", "required_columns_error", "unanswered",
+           "normalise_ids", "not_utf8", "parse_cases", "parse_records", "premise_denied", "required_columns_error", "unanswered",
            "unanswered_matrix", "whole_number_fields"]
 
 
@@ -289,9 +289,22 @@ def _is_plain(v: Any) -> bool:
     return _is_blank(v) or isinstance(v, (str, bool, int, float, np.bool_, np.integer, np.floating, decimal.Decimal))
 
 
+def not_utf8(v: Any) -> bool:
+    """Whether ``v`` is bytes that are not UTF-8 text."""
+    if not isinstance(v, bytes):
+        return False
+    try:
+        v.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
 def _kind_name(v: Any) -> str:
     if isinstance(v, decimal.Decimal):  # the one Decimal that is not plain
         return "a signaling NaN"
+    if not_utf8(v):  # bytes a Parquet file gave that are not UTF-8 (pipeline.core.casefiles)
+        return "a value that is not valid UTF-8 text"
     if isinstance(v, (datetime.timedelta, np.timedelta64)):
         return "a duration"
     if isinstance(v, (datetime.date, datetime.time, np.datetime64)):
@@ -640,6 +653,9 @@ def _parse_columns(items: list[tuple[Any, pd.Series]], n: int, row_offset: int, 
         if ids_raw.dtype == object:
             odd_id = np.fromiter((isinstance(v, _NESTED) or (isinstance(v, float) and math.isinf(v))
                                   for v in ids_raw.to_numpy()), dtype=bool, count=n)
+            # bytes a file gave that are not UTF-8 (pipeline.core.casefiles): no text to write the id as
+            not_text = np.fromiter((not_utf8(v) for v in ids_raw.to_numpy()), dtype=bool, count=n)
+            report(ID_COLUMN, not_text, ids_raw, "not valid UTF-8 text; allowed: text or a finite number")
         elif ids_raw.dtype.kind == "f":
             odd_id = np.isinf(ids_raw.to_numpy())
         if odd_id is not None:

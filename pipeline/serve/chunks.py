@@ -28,7 +28,7 @@ import pyarrow as pa
 
 from pipeline.core.casefiles import parse_read
 from pipeline.core.errors import BatchInputError, CaseValidationError, ModelIntegrityError
-from pipeline.core.parsing import DUPLICATE_ID, ParsedCases, normalise_ids
+from pipeline.core.parsing import DUPLICATE_ID, ParsedCases, normalise_ids, not_utf8
 from pipeline.core.schema import ID_COLUMN, normalise_header
 from pipeline.serve.loading import LoadedModel
 from pipeline.serve.predict import score_columns
@@ -170,6 +170,25 @@ class SeenIds:
         return dup
 
 
+def _unkeepable(frame: pd.DataFrame, keep: dict[str, str], row_offset: int) -> pd.DataFrame:
+    """Problems of the kept input columns (``keep``: input name -> output name): a value that is
+    bytes and not UTF-8 (a Parquet binary column's, :mod:`pipeline.core.casefiles`) has no text to
+    be written as, so its row is rejected rather than written altered."""
+    found = []
+    for name in keep:
+        column = frame[name]
+        if column.dtype != object:  # text, numbers: every value has its text
+            continue
+        bad = np.fromiter((not_utf8(v) for v in column.to_numpy()), dtype=bool, count=len(column))
+        if bad.any():
+            rows = np.flatnonzero(bad)
+            found.append(pd.DataFrame({"row": rows + row_offset, "column": name,
+                                       "value": [str(v) for v in column.to_numpy()[rows]],
+                                       "reason": "not valid UTF-8 text, so it cannot be kept as text "
+                                                 "(--keep-input-columns)"}))
+    return pd.concat(found, ignore_index=True) if found else pd.DataFrame(columns=_ERROR_COLUMNS)
+
+
 def _score_and_keep(model: LoadedModel, parsed: ParsedCases, valid: np.ndarray, frame: pd.DataFrame, *,
                     row_offset: int, top_k: int, keep: dict[str, str], codes: bool,
                     columns: Collection[str]) -> dict[str, Any]:
@@ -212,6 +231,9 @@ def _score_one(model: LoadedModel, job: FileJob, frame: pd.DataFrame, malformed:
                repeated: np.ndarray | None) -> Done:
     """One chunk parsed, its rows that are valid and not ``repeated`` scored, and both made ready to write."""
     parsed, valid, errors = parse_chunk(frame, file=job.label, row_offset=row_offset, malformed=malformed)
+    if job.keep:
+        errors = pd.concat([errors, _unkeepable(frame, job.keep, row_offset)], ignore_index=True)
+        valid = valid & ~np.isin(np.arange(len(frame)) + row_offset, errors["row"].to_numpy(dtype=np.int64))
     valid, bad = reject_repeated(parsed.ids, valid, errors, repeated, row_offset=row_offset)
     scored = _score_and_keep(model, parsed, valid, frame, row_offset=row_offset, top_k=job.top_k, keep=job.keep,
                              codes=job.codes, columns=job.schema.names)  # only the output's columns are made

@@ -37,7 +37,6 @@ from pipeline.core.errors import BatchInputError, CaseValidationError
 from pipeline.core.parsing import ignored_columns_message
 from pipeline.core.schema import ID_COLUMN, top_k_problem
 from pipeline.serve.requests import FORMATS as _FORMATS
-from pipeline.serve.requests import case_count
 from pipeline.serve.requests import request_records as _records
 from pipeline.serve.requests import shown as _shown
 
@@ -106,9 +105,9 @@ def parse_body(body: bytes, max_cases: int | None = None) -> tuple[list[dict], d
     BatchInputError
         The body is not UTF-8 JSON in one of the formats; the message says which are accepted.
     TooManyCasesError
-        It holds more than ``max_cases`` cases, counted before any record is built (800,000
-        two-field rows were 1.5 s and 318 MB to a refusal counted after them, and are 1.2 s and
-        170 MB, most of it JSON's own objects).
+        It holds more than ``max_cases`` cases, counted once its shape is read and before any
+        record is built (800,000 two-field rows were 1.5 s and 318 MB to a refusal counted after
+        them, and are 1.2-1.4 s and 170 MB, most of it JSON's own objects).
     """
     accepted = "a JSON object with dataframe_records (a list of cases), dataframe_split (columns and data), " \
                "instances or inputs (a list of cases, or columns)"
@@ -131,12 +130,14 @@ def parse_body(body: bytes, max_cases: int | None = None) -> tuple[list[dict], d
     if len(keys) != 1 or others:
         got = ", ".join(_shown(k) for k in list(payload)[:10]) + (", ..." if len(payload) > 10 else "")
         raise BatchInputError(f"expected exactly one of {', '.join(_FORMATS)} (and optionally params); got {got}.")
-    count = case_count(keys[0], payload[keys[0]])
-    if max_cases is not None and count is not None and count > max_cases:
-        raise TooManyCasesError(f"the request holds {count:,} cases, more than the limit of {max_cases:,} "
-                                f"({MAX_CASES_ENV}); send fewer cases per request, or score a file with "
-                                "`kneepain score`.")
-    return _records(keys[0], payload[keys[0]]), _params(payload.get("params"))
+
+    def count(n: int) -> None:
+        if max_cases is not None and n > max_cases:
+            raise TooManyCasesError(f"the request holds {n:,} cases, more than the limit of {max_cases:,} "
+                                    f"(--max-request-cases or {MAX_CASES_ENV}); send fewer cases per request, or "
+                                    "score a file with `kneepain score`.")
+
+    return _records(keys[0], payload[keys[0]], count=count), _params(payload.get("params"))
 
 
 def _params(params: Any) -> dict[str, Any]:
@@ -229,8 +230,9 @@ def create_app(model: Any = None):
 
     @app.post("/invocations")
     async def invocations(request: Request):
-        too_large = _error(413, "REQUEST_TOO_LARGE", f"the request body is larger than {limit:,} bytes, the "
-                                                     f"limit ({MAX_REQUEST_ENV}); send fewer cases per request.")
+        too_large = _error(413, "REQUEST_TOO_LARGE", f"the request body is larger than {limit:,} bytes, the limit "
+                                                     f"(--max-request-mb or {MAX_REQUEST_ENV}); send fewer cases "
+                                                     "per request.")
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
             return too_large

@@ -4,12 +4,13 @@ and by the MLflow model behind ``mlflow models serve`` (:func:`pipeline.serve.ml
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from pipeline.core.errors import BatchInputError
 from pipeline.core.parsing import column_name
 
-__all__ = ["FORMATS", "case_count", "request_records", "shown"]
+__all__ = ["FORMATS", "request_records", "shown"]
 
 FORMATS = ("dataframe_records", "dataframe_split", "instances", "inputs")
 
@@ -20,23 +21,14 @@ def shown(value: object) -> str:
     return column_name(repr(value))
 
 
-def case_count(key: str, data: Any) -> int | None:
-    """How many cases format ``key`` holds, read from its shape before any record is built (None
-    where the shape is not one :func:`request_records` takes: it says why)."""
-    if key == "dataframe_split":
-        rows = data.get("data") if isinstance(data, dict) else None
-        return len(rows) if isinstance(rows, list) else None
-    if isinstance(data, dict):
-        lists = [v for v in data.values() if isinstance(v, list)]
-        return len(lists[0]) if key in ("instances", "inputs") and lists else 1
-    return len(data) if isinstance(data, list) else None
-
-
-def request_records(key: str, data: Any, *, named: str | None = None) -> list[dict]:
+def request_records(key: str, data: Any, *, named: str | None = None,
+                    count: Callable[[int], None] | None = None) -> list[dict]:
     """The cases of format ``key`` as records (as :func:`pipeline.predict` reads a list of dicts: an
     integer case id beside a missing one stays an integer); messages call the format ``named``
-    (default ``key``)."""
+    (default ``key``). ``count`` is called with the number of cases once the shape is known to be
+    one of the formats', before any record is built (it may raise, to refuse too many)."""
     named = named or key
+    count = count or (lambda n: None)
     if key == "dataframe_split":
         if not isinstance(data, dict) or not isinstance(data.get("columns"), list) \
                 or not isinstance(data.get("data"), list) or not all(isinstance(r, list) for r in data["data"]):
@@ -53,6 +45,7 @@ def request_records(key: str, data: Any, *, named: str | None = None) -> list[di
                                   "more than once; give each once.")
         if any(len(r) != len(columns) for r in data["data"]):
             raise BatchInputError(f"dataframe_split: every row of data must have {len(columns)} values, one per column.")
+        count(len(data["data"]))
         return [dict(zip(columns, row)) for row in data["data"]]
     if isinstance(data, dict) and key in ("instances", "inputs") and any(isinstance(v, list) for v in data.values()):
         # MLflow's columns, field -> values (no field takes a list, so one list means columns)
@@ -64,9 +57,11 @@ def request_records(key: str, data: Any, *, named: str | None = None) -> list[di
         if len(lengths) != 1:
             raise BatchInputError(f"{named}: as columns (field: list of values), every list must hold one value per "
                                   f"case; got lists of {', '.join(map(str, sorted(lengths)))} values.")
+        count(lengths.pop())
         return [dict(zip(data, values)) for values in zip(*data.values())]
     if isinstance(data, dict):
         data = [data]
     if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
         raise BatchInputError(f"{named} must be a list of cases, each an object of field: value.")
+    count(len(data))
     return data
