@@ -612,6 +612,23 @@ def test_a_parquet_uuid_case_id_is_its_text(trained, tmp_path):
     assert predict(tmp_path / "in.parquet", model=models)["case_id"].tolist() == [str(u) for u in ids]
 
 
+def test_a_rows_reasons_read_the_same_in_every_chunking(trained, tmp_path):
+    """A repeated id with another problem in its row: the reasons come in one order whether the
+    first copy is in the same chunk or an earlier one (the repeat last, after the row's own problems)."""
+    models, _ = trained
+    src = _write(tmp_path / "in.csv", [HEADER, "a,30,male,no,3", "b,30,male,no,3", "c,30,male,no,3",
+                                       "a,20,male,no,99999", "b,300,male,no,3"])
+    for rows in ("1", "2", "16384"):
+        assert _score(src, tmp_path / f"out{rows}.csv", models, "--chunk-rows", rows) == 1
+    rejects = (tmp_path / "out16384.csv.rejects.csv").read_bytes()
+    assert (tmp_path / "out1.csv.rejects.csv").read_bytes() == rejects
+    assert (tmp_path / "out2.csv.rejects.csv").read_bytes() == rejects
+    reasons = pd.read_csv(tmp_path / "out2.csv.rejects.csv", dtype=str)["reject_reason"].tolist()
+    assert reasons[0].startswith("column 'symptom_duration_days', value '99999': longer than the patient has lived")
+    assert reasons[1].startswith("column 'age', value '300': out of range")
+    assert all(r.endswith("duplicate case_id: seen in an earlier row") for r in reasons)
+
+
 def test_formula_looking_text_is_neutralised_in_csv_outputs_only(trained, tmp_path):
     models, _ = trained
     ids = ["=HYPERLINK(\"http://x\")", "+1+2", "-2+3", "@SUM(A1)", "-5", "ok"]
@@ -633,7 +650,8 @@ def test_formula_looking_text_is_neutralised_in_csv_outputs_only(trained, tmp_pa
         assert header[-3:] == ["'=HYPERLINK(\"http://x\")", "'@cmd", "-3"], path.name
 
 
-@pytest.mark.parametrize("case", ["disk full", "output is a folder", "rejects file is a folder", "corrupt parquet"])
+@pytest.mark.parametrize("case", ["disk full", "disk full for the rejects", "output is a folder",
+                                  "rejects file is a folder", "corrupt parquet"])
 def test_environment_failures_are_one_line_and_exit_2(trained, tmp_path, capsys, monkeypatch, case):
     from pipeline.serve import writing
 
@@ -645,7 +663,18 @@ def test_environment_failures_are_one_line_and_exit_2(trained, tmp_path, capsys,
             raise OSError(28, "No space left on device")
 
         monkeypatch.setattr(writing.Writer, "_write", full)
-        expected = "No space left on device"
+        expected = "out.csv: cannot write: No space left on device"
+    elif case == "disk full for the rejects":  # the file that could not be written is the one named
+        src = _write(tmp_path / "in.csv", [HEADER, *GOOD, "b1,300,male,no,3"])
+        write = writing.Writer._write
+
+        def rejects_full(self, table):
+            if self.target.name.endswith(".rejects.csv"):
+                raise OSError(28, "No space left on device")
+            write(self, table)
+
+        monkeypatch.setattr(writing.Writer, "_write", rejects_full)
+        expected = "out.csv.rejects.csv: cannot write: No space left on device"
     elif case == "output is a folder":
         out.mkdir()
         expected = "is a folder"

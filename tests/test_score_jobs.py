@@ -119,8 +119,18 @@ def test_a_scoring_process_unpickles_only_the_bytes_its_parent_wrote(tmp_path):
     path.write_bytes(data)
     chunks._start_worker(str(path), hashlib.sha256(data).hexdigest())
     assert chunks._WORKER_MODEL == {"model": 1}
+    # the stop signals are the parent's: a process killed by a group's SIGTERM midway through
+    # sending its result left the pool waiting for the rest for ever
+    assert all(signal.getsignal(s) == signal.SIG_IGN for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP))
     chunks._WORKER_MODEL = None
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # as the worker start left it
+    _restore_stop_signals()
+
+
+def _restore_stop_signals() -> None:
+    """This process's stop signals as they were before a scoring process's start was run in it."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 def test_jobs_must_be_positive(trained, messy_csv, tmp_path):
@@ -146,9 +156,11 @@ def _importing_scoring_processes(pid: int) -> list[int]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the scoring processes in /proc")
-def test_ctrl_c_while_the_processes_start_stops_the_job_in_one_line(trained, messy_csv, tmp_path):
-    """A terminal's Ctrl-C reaches the whole process group, the scoring processes too, most likely
-    while they import: they leave it to the job, which stops in one line with no traceback."""
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_while_the_processes_start_stops_the_job_in_one_line(trained, messy_csv, tmp_path, signum):
+    """A terminal's Ctrl-C (or `timeout`'s or systemd's SIGTERM) reaches the whole process group,
+    the scoring processes too, most likely while they import: they leave it to the job, which
+    stops in one line with no traceback."""
     import subprocess
     import sys
     import time
@@ -164,13 +176,13 @@ def test_ctrl_c_while_the_processes_start_stops_the_job_in_one_line(trained, mes
         while len(_importing_scoring_processes(proc.pid)) < 2:
             assert proc.poll() is None and time.monotonic() < deadline, "the job ended before its processes started"
             time.sleep(0.01)
-        os.killpg(proc.pid, signal.SIGINT)
+        os.killpg(proc.pid, signum)
         _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 2, err
-    assert err == "kneepain score: error: stopped by SIGINT (no output was written)\n", err
+    assert err == f"kneepain score: error: stopped by {signal.Signals(signum).name} (no output was written)\n", err
     assert not out.exists()
 
 
@@ -199,5 +211,5 @@ def test_the_score_command_and_its_processes_reuse_freed_heap(trained, tmp_path,
     (tmp_path / "model.pickle").write_bytes(data)
     chunks._start_worker(str(tmp_path / "model.pickle"), hashlib.sha256(data).hexdigest())
     chunks._WORKER_MODEL = None
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # as the worker start left it
+    _restore_stop_signals()
     assert calls == ["command", "process"]

@@ -660,11 +660,6 @@ def _parse_columns(items: list[tuple[Any, pd.Series]], n: int, row_offset: int, 
             odd_id = np.isinf(ids_raw.to_numpy())
         if odd_id is not None:
             report(ID_COLUMN, odd_id, ids_raw, "not a case id; allowed: text or a finite number")
-        text = normalise_ids(ids_raw)
-        dup = text.duplicated(keep="first").to_numpy()
-        if dup.any():  # blank ids are not identifiers, so they are never duplicates
-            dup = dup & ids_raw.notna().to_numpy() & (text != "").to_numpy()
-            report(ID_COLUMN, dup, ids_raw, DUPLICATE_ID)
 
     male = codes["sex"] == SEX_MALE
     pregnant_male = male & (codes["pregnant"] == 1)
@@ -683,6 +678,15 @@ def _parse_columns(items: list[tuple[Any, pd.Series]], n: int, row_offset: int, 
             f"{field('symptom_duration_days').allowed_text} and at most (age + 1) x {DAYS_PER_YEAR:g}"
             for a in age[before_birth]]
         report("symptom_duration_days", before_birth, series_of["symptom_duration_days"], reasons)
+    if ID_COLUMN in columns:
+        # a repeated id last of a row's problems, where a repeat of an id from an earlier chunk is
+        # added (pipeline.serve.chunks.reject_repeated): the reasons do not depend on the chunking
+        ids_raw = series_of[ID_COLUMN]
+        text = normalise_ids(ids_raw)
+        dup = text.duplicated(keep="first").to_numpy()
+        if dup.any():  # blank ids are not identifiers, so they are never duplicates
+            dup = dup & ids_raw.notna().to_numpy() & (text != "").to_numpy()
+            report(ID_COLUMN, dup, ids_raw, DUPLICATE_ID)
 
     errors = pd.concat(problems, ignore_index=True).sort_values("row", kind="stable", ignore_index=True) \
         if problems else _empty_errors()

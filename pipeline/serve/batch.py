@@ -425,7 +425,7 @@ def _score_locked(paths: list[Path], columns: list[list[str]], output: Path | No
             try:
                 if w is not None:
                     w.close()
-            except (OSError, ValueError, pa.ArrowException):
+            except (OSError, ValueError, pa.ArrowException, BatchInputError):  # the first error is the one told
                 pass
         for tmp in temporary:
             tmp.unlink(missing_ok=True)

@@ -231,10 +231,12 @@ def _score_one(model: LoadedModel, job: FileJob, frame: pd.DataFrame, malformed:
                repeated: np.ndarray | None) -> Done:
     """One chunk parsed, its rows that are valid and not ``repeated`` scored, and both made ready to write."""
     parsed, valid, errors = parse_chunk(frame, file=job.label, row_offset=row_offset, malformed=malformed)
-    if job.keep:
-        errors = pd.concat([errors, _unkeepable(frame, job.keep, row_offset)], ignore_index=True)
-        valid = valid & ~np.isin(np.arange(len(frame)) + row_offset, errors["row"].to_numpy(dtype=np.int64))
     valid, bad = reject_repeated(parsed.ids, valid, errors, repeated, row_offset=row_offset)
+    if job.keep:  # after every other problem of a row, however the file was chunked
+        unkeepable = _unkeepable(frame, job.keep, row_offset)
+        if len(unkeepable):
+            bad = pd.concat([bad, unkeepable], ignore_index=True).sort_values("row", kind="stable")
+            valid = valid & ~np.isin(np.arange(len(frame)) + row_offset, unkeepable["row"].to_numpy(dtype=np.int64))
     scored = _score_and_keep(model, parsed, valid, frame, row_offset=row_offset, top_k=job.top_k, keep=job.keep,
                              codes=job.codes, columns=job.schema.names)  # only the output's columns are made
     table = output_table(scored, job.schema, file=job.label, blank=job.blank)
@@ -247,14 +249,18 @@ _WORKER_MODEL: LoadedModel | None = None
 
 
 def _start_worker(path: str, digest: str) -> None:
-    """A scoring process: the parent's model, and Ctrl-C left to the parent, which stops the pool.
+    """A scoring process: the parent's model, and the stop signals left to the parent, which stops
+    the pool. (A SIGTERM or SIGHUP to the whole process group, as ``timeout``, ``kill -- -PGID``,
+    systemd or a closed terminal send it, killed a process midway through sending its result: the
+    pool's reader then waited for the rest for ever, and the job never ended.)
 
     The parent pickles the model it verified into a file of its own private folder and sends its
     path and SHA-256: the bytes are unpickled only if they are the parent's. (Sent through the
     start-up pipe, the ~100 KB model overflowed the pipe's buffer, and CPython's spawn blocks for
     ever writing to a child that died first, as on a Ctrl-C to the whole process group.)"""
     global _WORKER_MODEL
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for signum in _STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
     reuse_freed_heap()  # a process of this job's own: see pipeline.serve.reading
     data = Path(path).read_bytes()
     if hashlib.sha256(data).hexdigest() != digest:
@@ -282,16 +288,19 @@ def scorer_threads() -> int:
     return min(2, available_cores())
 
 
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 @contextmanager
-def _sigint_blocked() -> Iterator[None]:
-    """SIGINT blocked in this thread while inside. A process started meanwhile inherits the block, so
-    no SIGINT reaches it while it imports; its initializer then ignores SIGINT (dropping one that
-    waits). A SIGINT to this process meanwhile goes to another of its threads, or waits until the
-    block ends: it is never lost."""
+def _stop_signals_blocked() -> Iterator[None]:
+    """The stop signals (SIGINT, SIGTERM, SIGHUP) blocked in this thread while inside. A process
+    started meanwhile inherits the block, so none reaches it while it imports; its initializer
+    then ignores them (dropping one that waits). One sent to this process meanwhile goes to
+    another of its threads, or waits until the block ends: it is never lost."""
     if not hasattr(signal, "pthread_sigmask"):
         yield
         return
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, set(_STOP_SIGNALS))
     try:
         yield
     finally:
@@ -327,9 +336,10 @@ class ChunkScorer:
     def submit(self, *args) -> Future:
         if self._handover is None:
             return self._pool.submit(self._run, *args)
-        # the pool starts its processes inside submit: each starts with SIGINT blocked, so a Ctrl-C
-        # while it imports is the parent's alone (it stops the pool) rather than a traceback per process
-        with _sigint_blocked():
+        # the pool starts its processes inside submit: each starts with the stop signals blocked, so a
+        # Ctrl-C or SIGTERM while it imports is the parent's alone (it stops the pool) rather than a
+        # traceback per process
+        with _stop_signals_blocked():
             return self._pool.submit(self._run, *args)
 
     def shutdown(self) -> None:

@@ -13,8 +13,9 @@ takes it off again). Parquet outputs keep the text as it is.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -161,7 +162,19 @@ class Writer:
     def _wait(self) -> None:
         if self._pending is not None:
             pending, self._pending = self._pending, None
-            pending.result()
+            with self._named_on_failure():
+                pending.result()
+
+    @contextmanager
+    def _named_on_failure(self) -> Iterator[None]:
+        """A failed write (a full disk) named by this writer's file, for a job that writes two."""
+        try:
+            yield
+        except BrokenPipeError:  # standard output's reader has gone: the caller says so
+            raise
+        except OSError as err:
+            named = "-" if not self._own else self.target
+            raise BatchInputError(f"{named}: cannot write: {err.strerror or err}.") from err
 
     def write(self, chunk: pa.Table | pa.Buffer) -> None:
         """Append a table, or (CSV) lines already encoded by :func:`encode_csv`."""
@@ -180,10 +193,11 @@ class Writer:
             self._wait()
         finally:
             self._pool.shutdown(wait=True)
-            if self._parquet is not None:
-                self._parquet.close()
-            if self._fh is not None:
-                if self._own:
-                    self._fh.close()
-                else:
-                    self._fh.flush()
+            with self._named_on_failure():
+                if self._parquet is not None:
+                    self._parquet.close()
+                if self._fh is not None:
+                    if self._own:
+                        self._fh.close()
+                    else:
+                        self._fh.flush()
