@@ -410,6 +410,12 @@ def _trim_threshold() -> str | None:
     return os.environ.get("MALLOC_TRIM_THRESHOLD_")
 
 
+def _sigint_ignored() -> bool:
+    import signal
+
+    return signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+
+
 def test_dask_client_joins_a_scheduler_or_starts_a_local_cluster(client, monkeypatch):
     import dask
 
@@ -423,6 +429,9 @@ def test_dask_client_joins_a_scheduler_or_starts_a_local_cluster(client, monkeyp
         # glibc's adaptive mmap threshold stays on in the workers (Dask's trim threshold turns it
         # off, and a scoring worker then spends a third of its time page-faulting)
         assert list(local.run(_trim_threshold).values()) == [None]
+        # a terminal's Ctrl-C, which reaches the workers too, is left to the job: no worker
+        # prints a KeyboardInterrupt traceback around the job's one-line stop
+        assert list(local.run(_sigint_ignored).values()) == [True]
     assert _trim_threshold() is None  # nor is it left in this process for later workers to inherit
     with pytest.raises(ValueError, match="n_workers"):
         with dask_client(client.scheduler.address, n_workers=2):

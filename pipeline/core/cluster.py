@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -28,7 +29,18 @@ __all__ = ["LOCAL_WORKER_CONFIG", "DaskJobError", "dask_client", "gather", "remo
 # default unless this process's environment already holds the variable (a user's own setting, or
 # one an earlier default LocalCluster wrote into os.environ). A worker's memory stays bounded by
 # the chunk size.
-LOCAL_WORKER_CONFIG = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
+LOCAL_WORKER_CONFIG = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+                       # each worker runs this module's dask_setup as it starts (a Dask preload)
+                       "distributed.worker.preload": [__name__]}
+
+
+def dask_setup(worker: object) -> None:
+    """A local worker's start (Dask's preload hook): Ctrl-C left to the job.
+
+    A terminal's Ctrl-C reaches the whole process group, the workers too: each printed its
+    ``KeyboardInterrupt`` traceback (about 65 lines around the job's one-line stop). The job
+    stops the cluster, which stops its workers with SIGTERM."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class DaskJobError(RuntimeError):
