@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 from pipeline.core.csvrecords import MAX_RECORD_BYTES, BlockMismatchError, CaseChunk, csv_chunks
 from pipeline.core.errors import BatchInputError, CaseValidationError
-from pipeline.core.parsing import ParsedCases, parse_cases, required_columns_error
+from pipeline.core.parsing import ParsedCases, parse_cases, required_columns_error, utf8_or_bytes
 from pipeline.core.schema import ID_COLUMN, field, normalise_header, repeated_columns
 
 __all__ = ["MAX_RECORD_BYTES", "BlockMismatchError", "CaseChunk", "FileBlock", "check_columns", "complete_columns",
@@ -391,7 +391,7 @@ def _parquet_frame(table: pa.Table) -> pd.DataFrame:
     table, undecoded = _binary_as_text(table)
     frame = _ids_as_text(table).to_pandas(types_mapper=_NULLABLE_INTEGERS.get, ignore_metadata=True)
     for i in undecoded:  # a value that is not UTF-8 stays bytes: its row alone is rejected, naming it
-        frame.isetitem(i, frame.iloc[:, i].map(_utf8_or_bytes, na_action="ignore").astype(object))
+        frame.isetitem(i, frame.iloc[:, i].map(utf8_or_bytes, na_action="ignore").astype(object))
     return frame
 
 
@@ -412,7 +412,7 @@ def _binary_as_text(table: pa.Table) -> tuple[pa.Table, list[int]]:
     Some writers (Impala, older Hive, a Spark table written without the UTF8 annotation) store
     text as plain binary; read as bytes, every answer in it would be rejected. A column whose
     values are all UTF-8 becomes text in Arrow; another is decoded value by value after
-    conversion (:func:`_utf8_or_bytes`). A UUID column (as Spark, Trino and DuckDB write ids)
+    conversion (:func:`utf8_or_bytes`). A UUID column (as Spark, Trino and DuckDB write ids)
     becomes the UUIDs' usual text form."""
     undecoded = []
     for i, kind in enumerate(table.schema.types):
@@ -430,15 +430,6 @@ def _binary_as_text(table: pa.Table) -> tuple[pa.Table, list[int]]:
             continue
         table = table.set_column(i, table.column_names[i], text)
     return table, undecoded
-
-
-def _utf8_or_bytes(value: object) -> object:
-    if isinstance(value, bytes):
-        try:
-            return value.decode("utf-8")
-        except UnicodeDecodeError:
-            return value
-    return value
 
 
 def _ids_as_text(table: pa.Table) -> pa.Table:

@@ -43,8 +43,8 @@ from pipeline.core.schema import (
 )
 
 __all__ = ["DUPLICATE_ID", "ParsedCases", "codes_to_frame", "codes_to_text_frame", "ignored_columns_message",
-           "normalise_ids", "not_utf8", "parse_cases", "parse_records", "premise_denied", "required_columns_error", "unanswered",
-           "unanswered_matrix", "whole_number_fields"]
+           "normalise_ids", "not_utf8", "not_utf8_mask", "parse_cases", "parse_records", "premise_denied",
+           "required_columns_error", "unanswered", "unanswered_matrix", "utf8_or_bytes", "whole_number_fields"]
 
 
 def required_columns_error(names) -> CaseValidationError | None:
@@ -289,15 +289,24 @@ def _is_plain(v: Any) -> bool:
     return _is_blank(v) or isinstance(v, (str, bool, int, float, np.bool_, np.integer, np.floating, decimal.Decimal))
 
 
+def utf8_or_bytes(value: Any) -> Any:
+    """``value``, but bytes that are UTF-8 as their text (bytes that are not stay bytes)."""
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return value
+    return value
+
+
 def not_utf8(v: Any) -> bool:
     """Whether ``v`` is bytes that are not UTF-8 text."""
-    if not isinstance(v, bytes):
-        return False
-    try:
-        v.decode("utf-8")
-    except UnicodeDecodeError:
-        return True
-    return False
+    return isinstance(v, bytes) and isinstance(utf8_or_bytes(v), bytes)
+
+
+def not_utf8_mask(values: pd.Series) -> np.ndarray:
+    """Per value, :func:`not_utf8` (for a column of Python objects)."""
+    return np.fromiter((not_utf8(v) for v in values.to_numpy()), dtype=bool, count=len(values))
 
 
 def _kind_name(v: Any) -> str:
@@ -654,8 +663,7 @@ def _parse_columns(items: list[tuple[Any, pd.Series]], n: int, row_offset: int, 
             odd_id = np.fromiter((isinstance(v, _NESTED) or (isinstance(v, float) and math.isinf(v))
                                   for v in ids_raw.to_numpy()), dtype=bool, count=n)
             # bytes a file gave that are not UTF-8 (pipeline.core.casefiles): no text to write the id as
-            not_text = np.fromiter((not_utf8(v) for v in ids_raw.to_numpy()), dtype=bool, count=n)
-            report(ID_COLUMN, not_text, ids_raw, "not valid UTF-8 text; allowed: text or a finite number")
+            report(ID_COLUMN, not_utf8_mask(ids_raw), ids_raw, "not valid UTF-8 text; allowed: text or a finite number")
         elif ids_raw.dtype.kind == "f":
             odd_id = np.isinf(ids_raw.to_numpy())
         if odd_id is not None:

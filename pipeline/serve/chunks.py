@@ -28,8 +28,9 @@ import pyarrow as pa
 
 from pipeline.core.casefiles import parse_read
 from pipeline.core.errors import BatchInputError, CaseValidationError, ModelIntegrityError
-from pipeline.core.parsing import DUPLICATE_ID, ParsedCases, normalise_ids, not_utf8
+from pipeline.core.parsing import DUPLICATE_ID, ParsedCases, normalise_ids, not_utf8_mask
 from pipeline.core.schema import ID_COLUMN, normalise_header
+from pipeline.serve.guard import STOP_SIGNALS
 from pipeline.serve.loading import LoadedModel
 from pipeline.serve.predict import score_columns
 from pipeline.serve.reading import reuse_freed_heap
@@ -179,7 +180,7 @@ def _unkeepable(frame: pd.DataFrame, keep: dict[str, str], row_offset: int) -> p
         column = frame[name]
         if column.dtype != object:  # text, numbers: every value has its text
             continue
-        bad = np.fromiter((not_utf8(v) for v in column.to_numpy()), dtype=bool, count=len(column))
+        bad = not_utf8_mask(column)
         if bad.any():
             rows = np.flatnonzero(bad)
             found.append(pd.DataFrame({"row": rows + row_offset, "column": name,
@@ -236,7 +237,8 @@ def _score_one(model: LoadedModel, job: FileJob, frame: pd.DataFrame, malformed:
         unkeepable = _unkeepable(frame, job.keep, row_offset)
         if len(unkeepable):
             bad = pd.concat([bad, unkeepable], ignore_index=True).sort_values("row", kind="stable")
-            valid = valid & ~np.isin(np.arange(len(frame)) + row_offset, unkeepable["row"].to_numpy(dtype=np.int64))
+            valid = valid.copy()
+            valid[unkeepable["row"].to_numpy(dtype=np.int64) - row_offset] = False
     scored = _score_and_keep(model, parsed, valid, frame, row_offset=row_offset, top_k=job.top_k, keep=job.keep,
                              codes=job.codes, columns=job.schema.names)  # only the output's columns are made
     table = output_table(scored, job.schema, file=job.label, blank=job.blank)
@@ -259,7 +261,7 @@ def _start_worker(path: str, digest: str) -> None:
     start-up pipe, the ~100 KB model overflowed the pipe's buffer, and CPython's spawn blocks for
     ever writing to a child that died first, as on a Ctrl-C to the whole process group.)"""
     global _WORKER_MODEL
-    for signum in _STOP_SIGNALS:
+    for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
     reuse_freed_heap()  # a process of this job's own: see pipeline.serve.reading
     data = Path(path).read_bytes()
@@ -288,9 +290,6 @@ def scorer_threads() -> int:
     return min(2, available_cores())
 
 
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
 @contextmanager
 def _stop_signals_blocked() -> Iterator[None]:
     """The stop signals (SIGINT, SIGTERM, SIGHUP) blocked in this thread while inside. A process
@@ -300,7 +299,7 @@ def _stop_signals_blocked() -> Iterator[None]:
     if not hasattr(signal, "pthread_sigmask"):
         yield
         return
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, set(_STOP_SIGNALS))
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, set(STOP_SIGNALS))
     try:
         yield
     finally:

@@ -34,8 +34,12 @@ from filelock import FileLock, Timeout
 
 from pipeline.core.errors import BatchInputError
 
-__all__ = ["Interrupted", "OutputBusyError", "check_stop", "output_lock", "refuse_same_file", "refuse_shared_outputs",
-           "refuse_stdin_source", "refuse_stdout_target", "stop_at_once_on_signals", "stop_on_signals"]
+__all__ = ["STOP_SIGNALS", "Interrupted", "OutputBusyError", "check_stop", "output_lock", "refuse_same_file",
+           "refuse_shared_outputs", "refuse_stdin_source", "refuse_stdout_target", "stop_at_once_on_signals",
+           "stop_on_signals"]
+
+# what stops a job: a terminal's Ctrl-C, `kill`, `timeout` and systemd's SIGTERM, a closed terminal's SIGHUP
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -196,7 +200,7 @@ def _signals_to(handler, signums: Sequence[int]) -> Iterator[None]:
 
 
 @contextmanager
-def stop_at_once_on_signals(signums: Sequence[int] = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)) -> Iterator[None]:
+def stop_at_once_on_signals(signums: Sequence[int] = STOP_SIGNALS) -> Iterator[None]:
     """Turn ``signums`` into :class:`Interrupted` where the main thread is, for a step that holds
     no lock and whose clean-up is ``with`` blocks (copying standard input to a temporary file); no-op
     elsewhere than the main thread."""
@@ -205,7 +209,7 @@ def stop_at_once_on_signals(signums: Sequence[int] = (signal.SIGTERM, signal.SIG
 
 
 @contextmanager
-def stop_on_signals(signums: Sequence[int] = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)) -> Iterator[None]:
+def stop_on_signals(signums: Sequence[int] = STOP_SIGNALS) -> Iterator[None]:
     """Note ``signums`` in the main thread for the duration; :func:`check_stop` turns one into
     :class:`Interrupted` (elsewhere than the main thread: no-op).
 
