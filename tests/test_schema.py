@@ -265,9 +265,11 @@ def test_records_may_spell_a_field_differently_but_each_gives_it_once(n):
     for name in expected.codes:
         np.testing.assert_array_equal(got.codes[name], expected.codes[name])
     assert got.ignored_columns == expected.ignored_columns == ()
-    twice = [*plain[:-1], {"age": 50, "sex": "male", "Age ": 3}]
-    with pytest.raises(CaseValidationError, match=rf"row {n - 1}, column 'age'.*given more than once in this record"):
+    # every record that gives a field twice is named, not only the first
+    twice = [{"sex": "male", "SEX": "female", "age": 40}, *plain[1:-1], {"age": 50, "sex": "male", "Age ": 3}]
+    with pytest.raises(CaseValidationError, match=rf"row {n - 1}, column 'age'.*given more than once in this record") as err:
         parse_records(twice)
+    assert err.value.errors[["row", "column"]].values.tolist() == [[0, "sex"], [n - 1, "age"]]
 
 
 def test_many_records_name_a_value_that_is_no_text():

@@ -450,6 +450,27 @@ def test_a_stopped_job_removes_its_temporary_files(trained, big_csv, tmp_path, s
     assert leftover_temporaries(tmp_path) == [] and not out.exists() and not (tmp_path / "out.csv.rejects.csv").exists()
 
 
+@pytest.mark.slow
+def test_a_job_stopped_while_writing_to_stdout_says_its_rows_may_be_there(trained, big_csv, tmp_path):
+    """With -o -, the rows scored before a stop have already gone out: the error says so rather
+    than that nothing was written."""
+    models, _ = trained
+    kneepain = Path(sys.executable).parent / "kneepain"
+    with open(tmp_path / "scored.csv", "wb") as stdout:
+        proc = subprocess.Popen([str(kneepain), "score", str(big_csv), "-o", "-", "--model", str(models),
+                                 "--chunk-rows", "2000", "--quiet"], stdout=stdout, stderr=subprocess.PIPE, text=True,
+                                cwd=tmp_path)
+        deadline = time.monotonic() + 60
+        while (tmp_path / "scored.csv").stat().st_size < 100_000:  # a few chunks are out
+            assert proc.poll() is None and time.monotonic() < deadline, "scoring ended before it could be stopped"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and err.count("\n") == 1, err
+    assert "stopped by SIGTERM (no file was written; standard output may hold the rows scored before the stop)" in err
+    assert (tmp_path / "scored.csv").read_text().startswith('"row",')
+
+
 def test_malformed_records_are_rejected_whole_with_their_record_and_the_job_goes_on(trained, tmp_path):
     models, _ = trained
     lines = [HEADER, GOOD[0], "b1,33,male", GOOD[1], '"b2, quoted",44,female,no,2,EXTRA,MORE', *GOOD[2:]]
@@ -489,6 +510,12 @@ def test_fixing_the_rejects_file_and_scoring_it_again_is_one_step(trained, tmp_p
     both.loc[0, "sex"], both.loc[1, "age"], both.loc[1, "locking"], both.loc[2, "age"] = "female", "13", "yes", "30"
     both.to_csv(tmp_path / "two.csv.rejects.csv", index=False)
     assert _score(tmp_path / "two.csv.rejects.csv", tmp_path / "fixed2.csv", models) == 0
+    # an input that is no rejects file keeps its own reject_* columns, as input_<name>
+    audit = _write(tmp_path / "audit.csv", [HEADER + ",Reject_Reason", "c1,300,male,no,3,checked by nurse"])
+    assert _score(audit, tmp_path / "audit_out.csv", models) == 1
+    kept = pd.read_csv(tmp_path / "audit_out.csv.rejects.csv", dtype=str, keep_default_na=False)
+    assert list(kept.columns) == [*bad.columns[:-1], "input_Reject_Reason"]
+    assert kept["input_Reject_Reason"].tolist() == ["checked by nurse"] and "value '300'" in kept["reject_reason"][0]
 
 
 def test_a_field_longer_than_the_read_block_is_read_by_row(trained, tmp_path):
@@ -969,6 +996,25 @@ def test_the_spreadsheet_mark_is_taken_off_when_a_csv_is_read_so_fixed_rejects_s
     from pipeline.core.casefiles import iter_chunks
 
     assert next(iter_chunks(tmp_path / "fixed.csv", 100)).frame["case_id"].tolist() == ["-A1", "@B2"]
+
+
+def test_column_names_keep_their_meaning_through_a_fixed_rejects_file(trained, tmp_path):
+    """A header name is the user's text as a cell is: written with the spreadsheet mark and read
+    without it, so a red flag under a name that starts with a tab (matched ignoring spaces) still
+    counts when its rejected row is fixed and scored again, and other names gain no second mark."""
+    models, _ = trained
+    src = _write(tmp_path / "in.csv", ['age,sex,"\tbreathless_or_chest_pain",=total', "50,mal,yes,3", "40,male,no,=1"])
+    assert _score(src, tmp_path / "out.csv", models, "--columns", "row,triage") == 1
+    rejects = tmp_path / "out.csv.rejects.csv"
+    assert rejects.read_text().splitlines()[0].endswith('"\'\tbreathless_or_chest_pain","\'=total"')
+    rejects.write_text(rejects.read_text().replace(',"mal",', ',"male",'))
+    assert _score(rejects, tmp_path / "fixed.csv", models, "--keep-input-columns") == 0
+    direct = _write(tmp_path / "direct.csv", ["age,sex,breathless_or_chest_pain", "50,male,yes"])
+    assert _score(direct, tmp_path / "direct_out.csv", models, "--columns", "row,triage") == 0
+    fixed = pd.read_csv(tmp_path / "fixed.csv", dtype=str, keep_default_na=False)
+    assert fixed["triage"].tolist() == pd.read_csv(tmp_path / "direct_out.csv", dtype=str)["triage"].tolist() \
+        == ["emergency"]
+    assert "'=total" in fixed.columns and "''=total" not in fixed.columns
 
 
 def test_parquet_integers_with_nulls_read_the_same_in_every_chunking(trained, tmp_path):

@@ -367,3 +367,35 @@ def test_a_folder_a_parquet_file_named_csv_or_semicolons_are_named_for_what_they
         with pytest.raises(BatchInputError, match=re.escape(f"{given}: {message}")):  # predict() names them alike
             predict(given, model=models)
     assert not (tmp_path / "o.csv").exists()
+
+
+def test_a_temporary_folder_without_room_is_named_and_nothing_is_written(trained, tmp_path, monkeypatch):
+    """The copy of standard input and the model handed to --jobs processes go to the temporary
+    folder (TMPDIR): a full one is named as such, not as the output, and no output appears."""
+    import errno
+    import tempfile
+
+    from pipeline.serve import batch
+
+    models, _ = trained
+    model = load_model(models)
+    data = b"case_id,age,sex\na1,40,male\n"
+
+    def full(source, target, *args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(batch, "_copy_stream", full)
+    room = f"{tempfile.gettempdir()}: cannot write the copy of standard input in the temporary folder: No space " \
+           "left on device; if it is full, set TMPDIR to a folder with room."
+    with pytest.raises(BatchInputError) as err:
+        score_files(["-"], tmp_path / "o.csv", model, stdin=io.BytesIO(data))
+    assert str(err.value) == room
+    src = tmp_path / "in.csv"
+    src.write_bytes(data)
+    (tmp_path / "not_a_folder").write_text("")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "not_a_folder"))  # no folder can be made in it
+    with pytest.raises(BatchInputError, match=r"not_a_folder: cannot write the model for the scoring processes "
+                                              r"\(--jobs 2\) in the temporary folder: Not a directory"):
+        score_files([src], tmp_path / "o.csv", model, jobs=2)
+    # the empty lock files stay, as filelock leaves them (the README says so)
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == ["in.csv", "not_a_folder"]

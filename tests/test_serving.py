@@ -77,8 +77,13 @@ def test_no_answer_shows_a_stack_trace_or_a_path_and_large_requests_are_refused(
                       headers={"Content-Type": "application/json", "Content-Encoding": "gzip"}, timeout=60),
         requests.post(f"{served}/invocations", json={"dataframe_records": [{"age": 30, "sex": "male"}] * 101},
                       timeout=60),
+        requests.post(f"{served}/invocations", data='{"dataframe_records": [{"age": 30, "sex": "m\xe4le"}]}'.encode("latin-1"),
+                      headers={"Content-Type": "application/json; charset=latin-1"}, timeout=60),
+        requests.post(f"{served}/invocations", data=b'{"dataframe_records": [{"age": 30, "sex": "male"}]}',
+                      headers={"Content-Type": "application/json; Charset=\"UTF-8\""}, timeout=60),
     ]
-    assert [a.status_code for a in answers] == [400, 400, 400, 415, 413, 404, 415, 413]
+    assert [a.status_code for a in answers] == [400, 400, 400, 415, 413, 404, 415, 413, 415, 200]
+    assert "send the body as UTF-8 (charset 'latin-1' is not supported)" in answers[8].json()["message"]
     assert "the request holds 101 cases, more than the limit of 100" in answers[7].json()["message"]
     assert "send the body uncompressed (Content-Encoding 'gzip' is not supported)" in answers[6].json()["message"]
     for a in answers:

@@ -1,5 +1,6 @@
 """MLflow tracking, the registry and the champion alias, against real stores."""
 
+import io
 import json
 import shutil
 from pathlib import Path
@@ -114,7 +115,7 @@ def test_every_request_form_of_mlflow_serving_scores_as_predict(trained, monkeyp
     """`mlflow models serve` hands ``inputs`` and ``instances`` over as numpy arrays (records of
     one-value arrays, one case's, or columns); each scores as the same cases given to predict()."""
     import mlflow
-    from mlflow.pyfunc.scoring_server import infer_and_parse_data
+    from mlflow.pyfunc.scoring_server import infer_and_parse_data, predictions_to_json
 
     from pipeline.core.errors import BatchInputError, CaseValidationError
 
@@ -130,6 +131,14 @@ def test_every_request_form_of_mlflow_serving_scores_as_predict(trained, monkeyp
         got = pyfunc.predict(infer_and_parse_data(body))
         want = predict(pd.DataFrame([cases[i] for i in rows]), model=models)
         pd.testing.assert_frame_equal(got, want, check_exact=True, obj=str(body)[:40])
+    # columns as lists, from a caller of the pyfunc, as the server's arrays
+    pd.testing.assert_frame_equal(pyfunc.predict(columns), predict(pd.DataFrame(cases), model=models), check_exact=True)
+    # a missing case id is JSON's null in the answer, not a bare NaN that parsers refuse
+    answer = io.StringIO()
+    predictions_to_json(pyfunc.predict(infer_and_parse_data({"dataframe_records": [
+        {"case_id": 7, "age": 30, "sex": "male"}, {"age": 31, "sex": "male"}]})), answer)
+    assert "NaN" not in answer.getvalue()
+    assert [r["case_id"] for r in json.loads(answer.getvalue())["predictions"]] == [7, None]
     # as kneepain serve reads them: columns of different lengths, a value beside columns, no case
     for body, message in [({"inputs": {"age": [30, 40], "sex": ["male"]}}, "got lists of 1, 2 values"),
                           ({"inputs": {"age": [30, 40], "sex": "male"}}, "every value must be a list"),

@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 
 from pipeline.core.csvrecords import MAX_RECORD_BYTES, BlockMismatchError, CaseChunk, csv_chunks
 from pipeline.core.errors import BatchInputError, CaseValidationError
+from pipeline.core.formulas import unguarded_names
 from pipeline.core.parsing import ParsedCases, parse_cases, required_columns_error, utf8_or_bytes
 from pipeline.core.schema import ID_COLUMN, field, normalise_header, repeated_columns
 
@@ -201,6 +202,7 @@ def _csv_header(path: Path) -> tuple[list[str], int]:
             raise BatchInputError(f"{path}: the header opens a quoted column name that is never closed (a \" at the "
                                   "start of a name quotes it up to the next \"); close it, or remove the quote.")
         header = next(csv.reader(io.StringIO(raw.decode("utf-8-sig"), newline="")), None)
+        header = unguarded_names(header) if header else header  # a header we wrote (a rejects file) as it was read
     except UnicodeDecodeError as err:
         raise BatchInputError(f"{path}: the header is not valid UTF-8 ({err.reason} at byte {skipped + err.start})."
                               ) from err

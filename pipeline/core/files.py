@@ -1,5 +1,5 @@
 """Small file helpers: hashes, atomic writes (a file is complete or absent, never half-written),
-temporary names and YAML reading."""
+temporary names, the temporary folder's errors and YAML reading."""
 
 from __future__ import annotations
 
@@ -11,14 +11,30 @@ import os
 import re
 import shutil
 import socket
+import tempfile
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-__all__ = ["load_yaml", "process_alive", "reclaim_stale_temps", "sha256_file", "tmp_path", "write_bytes_atomic",
-           "write_json_atomic", "write_parts_atomic", "write_report_json", "write_text_atomic"]
+from pipeline.core.errors import BatchInputError
+
+__all__ = ["in_temporary_folder", "load_yaml", "process_alive", "reclaim_stale_temps", "sha256_file", "tmp_path",
+           "write_bytes_atomic", "write_json_atomic", "write_parts_atomic", "write_report_json", "write_text_atomic"]
+
+
+@contextmanager
+def in_temporary_folder(what: str) -> Iterator[None]:
+    """Writing ``what`` into the temporary folder (``TMPDIR``): an OS error there (most often a
+    full disk) is a :class:`BatchInputError` that names the folder and what was written, not the
+    job's output."""
+    try:
+        yield
+    except OSError as err:
+        raise BatchInputError(f"{tempfile.gettempdir()}: cannot write {what} in the temporary folder: "
+                              f"{err.strerror or err}; if it is full, set TMPDIR to a folder with room.") from err
 
 
 def load_yaml(text: str | bytes) -> Any:

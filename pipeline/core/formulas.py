@@ -4,7 +4,9 @@ A text cell that starts with ``=``, ``+``, ``-``, ``@``, a tab or a carriage ret
 plain number) is written with a leading ``'`` (:func:`csv_safe`, OWASP's advice against formula
 injection), as a spreadsheet marks text it must show rather than run. Reading a CSV file takes
 that mark off again (:func:`unguarded`): a rejects file, fixed and scored again, or a scored
-file read back, holds the ids and answers that were written, not ``'``-prefixed ones.
+file read back, holds the ids and answers that were written, not ``'``-prefixed ones. Column names
+are the user's text too: a header is written with :func:`guarded_names` and read with
+:func:`unguarded_names`, so a name round-trips as the cells do.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["csv_safe", "unguarded"]
+__all__ = ["csv_safe", "guarded_names", "unguarded", "unguarded_names"]
 
 _FORMULA_FIRST = pa.array(["=", "+", "-", "@", "\t", "\r"])
 # the same characters as bytes: all ASCII, so a cell starts with one iff its first UTF-8 byte is one
@@ -61,6 +63,16 @@ def unguarded(table: pa.Table) -> pa.Table:
         if pc.any(marked).as_py():
             table = table.set_column(i, table.field(i), pc.if_else(marked, pc.utf8_slice_codeunits(col, 1), col))
     return table
+
+
+def guarded_names(names: list[str]) -> list[str]:
+    """Column names as :func:`csv_safe` writes text cells."""
+    return csv_safe(pa.table({"name": pa.array(names, pa.string())})).column(0).to_pylist()
+
+
+def unguarded_names(names: list[str]) -> list[str]:
+    """Column names read from a CSV header, with :func:`guarded_names`' mark taken off (:func:`unguarded`)."""
+    return unguarded(pa.table({"name": pa.array(names, pa.string())})).column(0).to_pylist()
 
 
 def _marked(text: pa.ChunkedArray, kind: pa.DataType):

@@ -545,9 +545,11 @@ def parse_records(records: Sequence[Mapping[Any, Any]], *, raise_on_error: bool 
 def _one_spelling(records: Sequence[Mapping[Any, Any]], repeated: dict[str, list[str]]) -> list[dict[Any, Any]]:
     """``records`` with each field of ``repeated`` (its spellings, as :func:`repeated_columns`
     gives them) under its first spelling: records may spell a name differently (``Age`` in one,
-    ``age`` in the next), but one record that gives a field twice is refused, naming it."""
+    ``age`` in the next), but a record that gives a field twice is refused, naming it (every such
+    record, with each field it repeats)."""
     first = {folded: spellings[0] for folded, spellings in repeated.items()}
     out: list[dict[Any, Any]] = []
+    problems: list[tuple[int, str, str]] = []
     for row, record in enumerate(records):
         fields: dict[Any, Any] = {}
         given: dict[str, list[str]] = {}
@@ -557,14 +559,15 @@ def _one_spelling(records: Sequence[Mapping[Any, Any]], repeated: dict[str, list
                 given.setdefault(folded, []).append(str(key))
                 key = first[folded]
             fields[key] = value
-        twice = {folded: spellings for folded, spellings in given.items() if len(spellings) > 1}
-        if twice:
-            raise CaseValidationError(pd.DataFrame({
-                "row": row, "column": [column_name(c) for c in twice],
-                "value": [", ".join(column_name(repr(n)) for n in v) for v in twice.values()],
-                "reason": "the column is given more than once in this record (names are matched ignoring case "
-                          "and surrounding spaces); give it once"}), len(records))
+        problems += [(row, column_name(folded), ", ".join(column_name(repr(n)) for n in spellings))
+                     for folded, spellings in given.items() if len(spellings) > 1]
         out.append(fields)
+    if problems:
+        rows, columns, values = zip(*problems)
+        raise CaseValidationError(pd.DataFrame({
+            "row": rows, "column": columns, "value": values,
+            "reason": "the column is given more than once in this record (names are matched ignoring case "
+                      "and surrounding spaces); give it once"}), len(records))
     return out
 
 

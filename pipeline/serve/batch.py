@@ -34,7 +34,7 @@ import pyarrow as pa
 
 from pipeline.core.casefiles import complete_columns, iter_chunks
 from pipeline.core.errors import BatchInputError
-from pipeline.core.files import reclaim_stale_temps, tmp_path
+from pipeline.core.files import in_temporary_folder, reclaim_stale_temps, tmp_path
 from pipeline.core.parsing import ignored_columns_message
 from pipeline.core.schema import ID_COLUMN, first_spellings, normalise_header
 from pipeline.decision.layer import TEXT_CODE_COLUMNS
@@ -156,6 +156,7 @@ STREAM_TEXTS = "score.texts.csv"  # with an output -, the codes' lookup, beside 
 STDIN_LABEL = "<stdin>"  # standard input's name in rejects and messages
 _SPOOLED = "kneepain-stdin.csv"
 _SPOOL_PREFIX = "kneepain-stdin-"
+_SPOOL_WHAT = "the copy of standard input"
 
 
 def _is_spooled(path: Path) -> bool:
@@ -270,10 +271,12 @@ def _stdin_spooled(inputs: list[str | Path], stdin: BinaryIO | None,
         return
     source = stdin or _standard("input")
     refuse_stdin_source(source, outputs)
-    with tempfile.TemporaryDirectory(prefix=_SPOOL_PREFIX) as folder:
+    with in_temporary_folder(_SPOOL_WHAT):
+        spool = tempfile.TemporaryDirectory(prefix=_SPOOL_PREFIX)
+    with spool as folder:
         spooled = Path(folder) / _SPOOLED
         # the handlers first: a signal that comes once the copy exists (what a caller may wait for) removes it
-        with stop_at_once_on_signals(), open(spooled, "wb") as fh:
+        with in_temporary_folder(_SPOOL_WHAT), stop_at_once_on_signals(), open(spooled, "wb") as fh:
             _copy_stream(source, fh)
         try:
             yield [spooled if str(p) == "-" else Path(p) for p in inputs]

@@ -28,6 +28,7 @@ import pyarrow as pa
 
 from pipeline.core.casefiles import parse_read
 from pipeline.core.errors import BatchInputError, CaseValidationError, ModelIntegrityError
+from pipeline.core.files import in_temporary_folder
 from pipeline.core.parsing import DUPLICATE_ID, ParsedCases, normalise_ids, not_utf8_mask
 from pipeline.core.schema import ID_COLUMN, normalise_header
 from pipeline.serve.guard import STOP_SIGNALS
@@ -322,10 +323,15 @@ class ChunkScorer:
             import multiprocessing
 
             self.width = jobs
-            self._handover = tempfile.TemporaryDirectory(prefix="kneepain-model-")  # private (0700)
-            path = Path(self._handover.name) / "model.pickle"
             data = pickle.dumps(model)
-            path.write_bytes(data)
+            with in_temporary_folder(f"the model for the scoring processes (--jobs {jobs})"):
+                self._handover = tempfile.TemporaryDirectory(prefix="kneepain-model-")  # private (0700)
+                path = Path(self._handover.name) / "model.pickle"
+                try:
+                    path.write_bytes(data)
+                except OSError:
+                    self._handover.cleanup()
+                    raise
             # spawned, not forked: this process already runs threads (the reader, the writer)
             self._pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
                                              initializer=_start_worker,

@@ -35,8 +35,9 @@ from starlette.responses import Response
 
 from pipeline.core.errors import BatchInputError, CaseValidationError
 from pipeline.core.parsing import ignored_columns_message
-from pipeline.core.schema import ID_COLUMN, top_k_problem
+from pipeline.core.schema import top_k_problem
 from pipeline.serve.requests import FORMATS as _FORMATS
+from pipeline.serve.requests import null_missing_ids
 from pipeline.serve.requests import request_records as _records
 from pipeline.serve.requests import shown as _shown
 
@@ -159,6 +160,15 @@ def _params(params: Any) -> dict[str, Any]:
     return dict(params)
 
 
+def _charset(parameters: list[str]) -> str | None:
+    """The ``charset`` of a Content-Type's parameters (``["charset=utf-8"]``), lower case, unquoted; None if none."""
+    for parameter in parameters:
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset":
+            return value.strip().strip('"').lower()
+    return None
+
+
 def score_request(model: Any, records: list[dict], params: dict[str, Any]) -> tuple[pd.DataFrame, list[str]]:
     """:func:`pipeline.predict`'s rows for the request's cases, and its warnings (columns that are
     not case fields) for the answer: a client never sees the server's log."""
@@ -171,10 +181,7 @@ def score_request(model: Any, records: list[dict], params: dict[str, Any]) -> tu
     top_k, columns = params.get("top_k", 3), params.get("columns") or None
     if columns is not None and (problem := chosen_columns_problem(model, parsed, columns, top_k)) is not None:
         raise BatchInputError(f"params: columns: {problem}")
-    out = score_parsed(model, parsed, top_k=top_k, columns=columns)
-    if ID_COLUMN in out and out[ID_COLUMN].isna().any():  # JSON's null, not a bare NaN that parsers refuse
-        out[ID_COLUMN] = out[ID_COLUMN].astype(object).where(out[ID_COLUMN].notna(), None)
-    return out, warned
+    return null_missing_ids(score_parsed(model, parsed, top_k=top_k, columns=columns)), warned
 
 
 def _answer(model: Any, body: bytes, max_cases: int | None = None) -> tuple[str, list[str]]:
@@ -236,9 +243,14 @@ def create_app(model: Any = None):
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
             return too_large
-        mime = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+        mime, *parameters = (request.headers.get("content-type") or "").split(";")
+        mime = mime.strip().lower()
         if mime != _JSON:
             return _error(415, "UNSUPPORTED_MEDIA_TYPE", f"send the cases as {_JSON} (got {mime or 'no type'!r}).")
+        # JSON is UTF-8 (RFC 8259); MLflow's server refuses another charset too
+        if (charset := _charset(parameters)) not in (None, "utf-8", "utf8"):
+            return _error(415, "UNSUPPORTED_MEDIA_TYPE", f"send the body as UTF-8 (charset {_shown(charset)} is not "
+                                                         "supported).")
         encoding = (request.headers.get("content-encoding") or "identity").strip().lower()
         if encoding != "identity":
             return _error(415, "UNSUPPORTED_MEDIA_TYPE", f"send the body uncompressed (Content-Encoding "

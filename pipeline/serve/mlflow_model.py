@@ -25,7 +25,7 @@ from mlflow.types.schema import AnyType, ColSpec, DataType, ParamSchema, ParamSp
 from pipeline.core.parsing import codes_to_text_frame, parse_cases
 from pipeline.core.schema import FIELDS, ID_COLUMN
 from pipeline.serve.loading import ARTIFACT_KEY, load_model
-from pipeline.serve.requests import request_records
+from pipeline.serve.requests import null_missing_ids, request_records
 
 __all__ = ["ARTIFACT_KEY", "KneepainPyfunc", "input_schema", "log_pyfunc", "model_signature",
            "requirements", "served_cases"]
@@ -45,8 +45,8 @@ class KneepainPyfunc(PythonModel):
 
         params = params or {}
         # the signature's default for columns is [] (MLflow's list parameters need one): all of them
-        return predict(served_cases(model_input), model=self.model, top_k=params.get("top_k", 3),
-                       columns=params.get("columns") or None)
+        return null_missing_ids(predict(served_cases(model_input), model=self.model, top_k=params.get("top_k", 3),
+                                        columns=params.get("columns") or None))
 
 
 def served_cases(model_input: Any) -> Any:
@@ -55,8 +55,10 @@ def served_cases(model_input: Any) -> Any:
     arrays, or columns (one array per field). Their values are taken back as the JSON gave them and
     read as ``kneepain serve`` reads the request (:func:`pipeline.serve.requests.request_records`:
     columns of different lengths, or a value beside columns, are errors that say so)."""
-    if isinstance(model_input, dict) and model_input and all(isinstance(v, np.ndarray) for v in model_input.values()):
-        return request_records("inputs", {k: v.tolist() for k, v in model_input.items()}, named=_ARRAYS)
+    if isinstance(model_input, dict) and any(isinstance(v, (np.ndarray, list)) for v in model_input.values()):
+        # columns, as arrays from the server or lists from a caller of the pyfunc (no field takes a list)
+        return request_records("inputs", {k: v.tolist() if isinstance(v, np.ndarray) else v
+                                          for k, v in model_input.items()}, named=_ARRAYS)
     if isinstance(model_input, list) and any(isinstance(v, np.ndarray) for case in model_input
                                              if isinstance(case, dict) for v in case.values()):
         return request_records("inputs", [{k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in case.items()}

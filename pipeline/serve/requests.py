@@ -1,16 +1,21 @@
 """MLflow's scoring request formats as cases: ``dataframe_records``, ``dataframe_split``,
 ``instances`` and ``inputs``, read the same way by ``kneepain serve`` (:mod:`pipeline.serve.http`)
-and by the MLflow model behind ``mlflow models serve`` (:func:`pipeline.serve.mlflow_model.served_cases`)."""
+and by the MLflow model behind ``mlflow models serve`` (:func:`pipeline.serve.mlflow_model.served_cases`),
+and their answers' case ids made JSON (:func:`null_missing_ids`)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.core.errors import BatchInputError
 from pipeline.core.parsing import column_name
+from pipeline.core.schema import ID_COLUMN
 
-__all__ = ["FORMATS", "request_records", "shown"]
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["FORMATS", "null_missing_ids", "request_records", "shown"]
 
 FORMATS = ("dataframe_records", "dataframe_split", "instances", "inputs")
 
@@ -65,3 +70,11 @@ def request_records(key: str, data: Any, *, named: str | None = None,
         raise BatchInputError(f"{named} must be a list of cases, each an object of field: value.")
     count(len(data))
     return data
+
+
+def null_missing_ids(out: "pd.DataFrame") -> "pd.DataFrame":
+    """``out`` (scored cases) with each missing case id as None, JSON's null: a float column's NaN
+    would be written as a bare ``NaN``, which JSON parsers refuse."""
+    if ID_COLUMN in out and out[ID_COLUMN].isna().any():
+        out[ID_COLUMN] = out[ID_COLUMN].astype(object).where(out[ID_COLUMN].notna(), None)
+    return out

@@ -64,10 +64,11 @@ class OutputOptions:
             raise BatchInputError(f"texts == {self.texts!r}, must be 'full' or 'codes'.")
 
 
-def input_columns(names: Sequence[str], taken: Sequence[str]) -> dict[str, str]:
+def input_columns(names: Sequence[str], taken: Sequence[str], *, keep_ids: bool = False) -> dict[str, str]:
     """Input column -> its output name: the input's own name, or ``input_<name>`` if the output
-    already has it (``input_input_<name>`` if the input has that too, and so on: no column is lost)."""
-    names = [n for n in names if normalise_header(n) != "case_id"]
+    already has it (``input_input_<name>`` if the input has that too, and so on: no column is lost).
+    The case id is left out (the output has its own) unless ``keep_ids``."""
+    names = [n for n in names if keep_ids or normalise_header(n) != "case_id"]
     used = {normalise_header(t) for t in taken}
     clashing = {n for n in names if normalise_header(n) in used}
     used |= {normalise_header(n) for n in names if n not in clashing}  # the names that stay as they are

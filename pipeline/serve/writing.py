@@ -27,9 +27,10 @@ import pyarrow.parquet as pq
 
 from pipeline.core.errors import BatchInputError
 from pipeline.core.files import tmp_path
-from pipeline.core.formulas import csv_safe
+from pipeline.core.formulas import csv_safe, guarded_names
 from pipeline.core.schema import ID_COLUMN, first_spellings, normalise_header
 from pipeline.serve.predict import OUTPUT_TYPES, output_columns
+from pipeline.serve.shaping import input_columns
 
 __all__ = ["REJECT_META", "Writer", "as_text", "csv_safe", "encode_csv", "output_schema", "output_table",
            "reject_schema", "reject_table"]
@@ -74,14 +75,24 @@ def _arrow(values: Any, kind: pa.DataType) -> pa.Array:
     return pa.array(values, type=kind, from_pandas=True)
 
 
-def reject_schema(input_columns: list[list[str]]) -> pa.Schema:
-    """The rejects file's schema: :data:`REJECT_META`, then every input column (first seen first) as text.
+def rejected_names(columns: Sequence[str]) -> dict[str, str]:
+    """An input's columns -> their names in the rejects file. An input that is itself a rejects
+    file (it holds every :data:`REJECT_META` column) loses those: the new reasons replace them.
+    Another input's column of such a name is kept as ``input_<name>``, as ``--keep-input-columns``
+    keeps a name the output has."""
+    if {normalise_header(c) for c in columns} >= set(REJECT_META):
+        return {c: c for c in columns if normalise_header(c) not in REJECT_META}
+    return input_columns(columns, REJECT_META, keep_ids=True)
 
-    The ``reject_*`` columns of an input that is itself a rejects file are replaced, not repeated.
+
+def reject_schema(input_columns: list[list[str]]) -> pa.Schema:
+    """The rejects file's schema: :data:`REJECT_META`, then every input column (first seen first)
+    as text, named by :func:`rejected_names`.
+
     Names are matched as the scorer matches them (``Age`` in one input is ``age`` in another: one
     column, spelt as first seen), so the rejects file can be scored again once its rows are mended;
     an input cannot hold two such spellings (the scorer refuses a header that repeats one)."""
-    names = [c for key, c in first_spellings(input_columns).items() if key not in REJECT_META]
+    names = list(first_spellings([list(rejected_names(c).values()) for c in input_columns]).values())
     return pa.schema([pa.field("reject_file", pa.string()), pa.field("reject_row", pa.int64()),
                       pa.field("reject_reason", pa.string()), *(pa.field(c, pa.string()) for c in names)])
 
@@ -112,7 +123,8 @@ def reject_table(errors: pd.DataFrame, frame: pd.DataFrame, *, row_offset: int, 
     columns: dict[str, pa.Array] = {"reject_file": pa.array([file] * len(rows), pa.string()),
                                     "reject_row": pa.array(rows, pa.int64()),
                                     "reject_reason": pa.array(joined.to_numpy(dtype=object), pa.string())}
-    own = {normalise_header(c): c for c in original.columns}  # this input's spelling of each column
+    # this input's column under each name of the rejects file, as it spells it
+    own = {normalise_header(name): c for c, name in rejected_names(list(original.columns)).items()}
     for name in schema.names[len(REJECT_META):]:
         spelt = own.get(normalise_header(name))
         columns[name] = as_text(original[spelt]) if spelt is not None else pa.nulls(len(rows), pa.string())
@@ -126,8 +138,7 @@ def encode_csv(table: pa.Table, shape: Callable[[pa.Table], pa.Table] | None = N
     if shape is not None:
         table = shape(table)
     if header:  # input column names are the user's text too (rejects, --keep-input-columns)
-        names = pa.array(table.column_names, pa.string())
-        table = table.rename_columns(csv_safe(pa.table({"name": names})).column(0).to_pylist())
+        table = table.rename_columns(guarded_names(table.column_names))
     sink = pa.BufferOutputStream()
     pacsv.write_csv(csv_safe(table), sink, pacsv.WriteOptions(include_header=header))
     return sink.getvalue()
