@@ -172,6 +172,13 @@ def test_globs_are_expanded_in_sorted_order(client, trained, inputs, reference, 
     assert files == [inputs[1], inputs[3], inputs[0], inputs[2]]
     with pytest.raises(BatchInputError, match="no file matches"):
         score_files_dask([str(folder / "*.tsv")], tmp_path / "none", models, client=client)
+    # a folder, or a pipe, is named as what it is, as the pandas engine names it
+    with pytest.raises(BatchInputError, match=r"is a folder; give the CSV or Parquet files in it \(with --engine dask, a glob"):
+        score_files_dask([str(folder)], tmp_path / "none", models, client=client)
+    os.mkfifo(tmp_path / "pipe.csv")
+    with pytest.raises(BatchInputError, match=r"pipe.csv: is a pipe or device, not a file; .* save its rows to a file"):
+        score_files_dask([str(tmp_path / "pipe.csv")], tmp_path / "none", models, client=client)
+    assert not (tmp_path / "none").exists()
 
 
 def test_bad_rows_are_rejected_and_other_partitions_unaffected(client, trained, kb, tmp_path):

@@ -104,6 +104,13 @@ def test_a_small_file_is_one_block(tmp_path):
     assert list(plan_blocks(path, chunk_rows=1, block_bytes=1 << 20)) == [FileBlock(start=4)]
 
 
+def test_a_file_of_blank_lines_is_one_block_however_small_the_blocks(tmp_path):
+    """No record to split at: the file is still one block, so it gets its (empty) part."""
+    path = tmp_path / "blank.csv"
+    path.write_bytes(b"case_id,age,sex\n\n\n\r\n\n\n")
+    assert list(plan_blocks(path, chunk_rows=1, block_bytes=1)) == [FileBlock(start=16)]
+
+
 def test_parquet_blocks_are_row_ranges_of_whole_chunks(tmp_path):
     path = tmp_path / "cases.parquet"
     pq.write_table(pa.table({"case_id": [f"c{i}" for i in range(2500)], "age": [str(i % 90) for i in range(2500)]}),
@@ -119,6 +126,28 @@ def test_blocks_split_at_the_chunk_start_nearest_each_equal_share(tmp_path):
     path.write_bytes(b"a,b\n" + b"".join(f"{i:05d},x\n".encode() for i in range(1000)))
     blocks = list(plan_blocks(path, chunk_rows=30, block_bytes=(path.stat().st_size - 4) // 4))
     assert [b.rows for b in blocks] == [240, 270, 240, 250]  # splits at 240, 510 and 750: the nearest multiples of 30
+
+
+def test_a_tiny_block_size_plans_one_block_per_chunk_in_little_memory(tmp_path):
+    """A block size of one byte asks for a block per byte: the planner makes one per chunk, and
+    holds no list of the byte targets (a 4 MB file took about 200 MB of them)."""
+    import tracemalloc
+
+    path = tmp_path / "many.csv"
+    path.write_bytes(b"a,b\n" + b"".join(f"{i:07d},x\n".encode() for i in range(400_000)))
+    peaks = {}
+    for block_bytes in (1, (path.stat().st_size - 4) // 4):  # a byte, and a quarter of the data
+        tracemalloc.start()
+        try:
+            blocks = list(plan_blocks(path, chunk_rows=100_000, block_bytes=block_bytes))
+            peaks[block_bytes] = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert [(b.first_row, b.rows) for b in blocks] == [(0, 100_000), (100_000, 100_000), (200_000, 100_000),
+                                                            (300_000, 100_000)]
+    # the scan's windows alike; the byte targets would add about 150 MB
+    assert peaks[1] < peaks[max(peaks)] + (16 << 20), {k: f"{v / 2**20:.0f} MB" for k, v in peaks.items()}
+    _assert_same_chunks(_read(path, 100_000), _read(path, 100_000, blocks))
 
 
 def test_a_block_that_does_not_hold_its_planned_rows_is_refused(tmp_path):

@@ -5,7 +5,7 @@ import pytest
 from pipeline.core.errors import CaseValidationError
 from pipeline.core.parsing import parse_cases, parse_records
 from pipeline.core.paths import project_root
-from pipeline.core.schema import FIELDS, data_dictionary_markdown, normalise_header
+from pipeline.core.schema import FIELDS, UNKNOWN, data_dictionary_markdown, normalise_header
 from pipeline.report.docs import render_readme
 
 
@@ -270,6 +270,22 @@ def test_records_may_spell_a_field_differently_but_each_gives_it_once(n):
     with pytest.raises(CaseValidationError, match=rf"row {n - 1}, column 'age'.*given more than once in this record") as err:
         parse_records(twice)
     assert err.value.errors[["row", "column"]].values.tolist() == [[0, "sex"], [n - 1, "age"]]
+
+
+def test_a_few_records_read_only_the_case_fields_of_many_columns(monkeypatch):
+    """A request of one case with 100,000 keys that are no case fields names them as ignored
+    without building a column of each (that took 6 s of a server's time)."""
+    from pipeline.core import parsing
+
+    built = []
+    real = parsing._record_column
+    monkeypatch.setattr(parsing, "_record_column", lambda name, values: built.append(name) or real(name, values))
+    record = {"Age": 30, "sex": "male", "case_id": "a", **{f"k{i}": i for i in range(100_000)}}
+    parsed = parsing.parse_records([record, {"age": 40, "sex": "female", "fever": "yes"}])
+    assert built == ["Age", "sex", "case_id", "fever"]
+    assert len(parsed.ignored_columns) == 100_000 and parsed.ignored_columns[:2] == ("k0", "k1")
+    assert parsed.codes["age"].tolist() == [30, 40] and parsed.codes["fever"].tolist() == [UNKNOWN, 1]
+    assert parsed.ids[0] == "a" and pd.isna(parsed.ids[1])
 
 
 def test_many_records_name_a_value_that_is_no_text():

@@ -624,6 +624,22 @@ def test_every_binary_kind_reads_as_text_and_bytes_that_are_not_utf8_reject_thei
     assert pd.read_csv(tmp_path / "plain.csv", dtype=str)["case_id"].tolist() == ["i1", "i3", "i4"]
 
 
+def test_a_repeated_id_that_is_not_utf8_is_rejected_alike_in_every_chunking(trained, tmp_path):
+    """A repeat found in an earlier chunk is shown as a repeat in its own chunk is: bytes that are
+    not UTF-8 are a value to show, not text to decode (the job stopped on them)."""
+    models, _ = trained
+    pq.write_table(pa.table({"case_id": pa.array([b"\xff", b"\xff", b"a", b"a"], pa.binary()), "age": [30, 31, 32, 33],
+                             "sex": ["male"] * 4}), tmp_path / "in.parquet")
+    rejects = []
+    for rows in ("1", "2", "16384"):
+        assert _score(tmp_path / "in.parquet", tmp_path / f"out{rows}.csv", models, "--chunk-rows", rows) == 1
+        rejects.append((tmp_path / f"out{rows}.csv.rejects.csv").read_bytes())
+    assert rejects.count(rejects[0]) == 3
+    bad = pd.read_csv(tmp_path / "out1.csv.rejects.csv", dtype=str, keep_default_na=False)
+    assert bad["reject_row"].tolist() == ["0", "1", "3"]
+    assert bad["reject_reason"][1].endswith("column 'case_id', value \"b'\\\\xff'\": duplicate case_id: seen in an earlier row")
+
+
 def test_a_parquet_uuid_case_id_is_its_text(trained, tmp_path):
     """Spark, Trino and DuckDB write ids as Parquet's UUID type: they are written as UUIDs are written."""
     import uuid

@@ -168,8 +168,17 @@ def _csv_blocks(path: Path, chunk_rows: int, block_bytes: int) -> Iterator[FileB
     if count <= 1:
         yield FileBlock(start=data_start)
         return
-    targets = np.array([data_start + (size - data_start) * j // count for j in range(1, count)], dtype=np.int64)
-    k = 0  # the next target (a pointer, not a shorter list per block: planning stays linear in the blocks)
+    span = size - data_start
+
+    def target(k: int) -> int:  # where the k-th block would end (0-based), at even steps; exact in Python's ints
+        return data_start + span * (k + 1) // count
+
+    def first_after(offset: int) -> int:  # the first k whose target lies after ``offset``
+        return -(-(offset - data_start + 1) * count // span) - 1
+
+    # the targets are computed as they are reached, not listed: a tiny block size (many targets)
+    # costs no memory, and planning stays linear in the blocks made
+    k = 0
     scan, first, start = _RecordScan(data_start), 0, data_start
     start_before, rows_before = start, first
     buffer = bytearray(WINDOW_BYTES)
@@ -185,17 +194,18 @@ def _csv_blocks(path: Path, chunk_rows: int, block_bytes: int) -> Iterator[FileB
             # the chunks that start in this window (after every chunk_rows-th record), and the last one before it
             starts = np.concatenate([[start_before], ends[last_of_chunk] + 1])
             rows = np.concatenate([[rows_before], before + last_of_chunk + 1])
-            while k < len(targets) and starts[-1] >= targets[k]:
-                i = int(np.searchsorted(starts, targets[k]))
-                if i > 0 and starts[i - 1] > start and targets[k] - starts[i - 1] < starts[i] - targets[k]:
+            while k < count - 1 and starts[-1] >= (at := target(k)):
+                i = int(np.searchsorted(starts, at))
+                if i > 0 and starts[i - 1] > start and at - starts[i - 1] < starts[i] - at:
                     i -= 1  # the nearest chunk start
                 yield FileBlock(first, int(rows[i]) - first, start, int(starts[i]))
                 first, start = int(rows[i]), int(starts[i])
-                k = max(k + 1, int(np.searchsorted(targets, start, side="right")))
+                k = max(k + 1, first_after(start))
             start_before, rows_before = int(starts[-1]), int(rows[-1])
     total = scan.finish(size) if scan.regular else 0
-    if scan.regular:
-        if total > first:  # a split just before trailing empty lines leaves them to no block
-            yield FileBlock(first, total - first, start, size)
-    else:
+    if not scan.regular:
         yield FileBlock(first, None, start)
+    elif total > first:  # a split just before trailing empty lines leaves them to no block
+        yield FileBlock(first, total - first, start, size)
+    elif first == 0:  # no record at all (blank lines): one block, read whole, so the file still has its part
+        yield FileBlock(start=data_start)

@@ -38,7 +38,7 @@ from pipeline.core.parsing import ParsedCases, parse_cases, required_columns_err
 from pipeline.core.schema import ID_COLUMN, field, normalise_header, repeated_columns
 
 __all__ = ["MAX_RECORD_BYTES", "BlockMismatchError", "CaseChunk", "FileBlock", "check_columns", "complete_columns",
-           "csv_data_start", "file_columns", "has_case_ids", "iter_chunks", "parse_read", "read_case_file",
+           "check_is_file", "csv_data_start", "file_columns", "has_case_ids", "iter_chunks", "parse_read", "read_case_file",
            "read_case_records"]
 
 _HEADER_BYTES = 1 << 20  # a longer header is refused
@@ -222,18 +222,24 @@ def csv_data_start(path: str | Path) -> int:
     return _csv_header(Path(path))[1]
 
 
-def file_columns(path: str | Path) -> list[str]:
-    """The column names of a CSV (its header) or Parquet file (its schema), checked for repeats."""
-    path = Path(path)
-    suffix = path.suffix.lower()
+def check_is_file(path: Path) -> None:
+    """Raise :class:`BatchInputError` unless ``path`` is a regular file, saying what it is instead."""
     if path.is_dir():
         raise BatchInputError(f"{path}: is a folder; give the CSV or Parquet files in it (with --engine dask, a glob "
                               "such as 'folder/*.csv').")
     if not path.is_file():
         if path.exists():  # a named pipe, <(...) or a device: read more than once, a file must be a file
             raise BatchInputError(f"{path}: is a pipe or device, not a file; kneepain reads an input file more than "
-                                  "once, so give its rows on standard input instead (... | kneepain score - -o OUT).")
+                                  "once, so save its rows to a file, or give them on standard input to the pandas "
+                                  "engine (... | kneepain score - -o OUT).")
         raise BatchInputError(f"{path}: no such file.")
+
+
+def file_columns(path: str | Path) -> list[str]:
+    """The column names of a CSV (its header) or Parquet file (its schema), checked for repeats."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    check_is_file(path)
     if suffix == ".parquet":
         try:
             names = pq.read_schema(path).names

@@ -12,7 +12,7 @@ import datetime
 import decimal
 import difflib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -44,7 +44,8 @@ from pipeline.core.schema import (
 
 __all__ = ["DUPLICATE_ID", "ParsedCases", "codes_to_frame", "codes_to_text_frame", "ignored_columns_message",
            "normalise_ids", "not_utf8", "not_utf8_mask", "parse_cases", "parse_records", "premise_denied",
-           "required_columns_error", "unanswered", "unanswered_matrix", "utf8_or_bytes", "whole_number_fields"]
+           "required_columns_error", "shown_values", "unanswered", "unanswered_matrix", "utf8_or_bytes",
+           "whole_number_fields"]
 
 
 def required_columns_error(names) -> CaseValidationError | None:
@@ -538,7 +539,9 @@ def parse_records(records: Sequence[Mapping[Any, Any]], *, raise_on_error: bool 
     headers = list(dict.fromkeys(key for record in records for key in record))
     if repeated := repeated_columns(headers):
         return parse_records(_one_spelling(records, repeated), raise_on_error=raise_on_error)
-    columns = [(h, _record_column(h, [record.get(h, np.nan) for record in records])) for h in headers]
+    # a column that is no case field is only named (as ignored): no Series of its values
+    columns = [(h, _record_column(h, [record.get(h, np.nan) for record in records])
+                if normalise_header(h) in _READ_COLUMNS else None) for h in headers]
     return _parse_columns(columns, len(records), 0, raise_on_error)
 
 
@@ -615,8 +618,13 @@ def _is_unicode(text: str) -> bool:
     return True
 
 
-def _parse_columns(items: list[tuple[Any, pd.Series]], n: int, row_offset: int, raise_on_error: bool) -> ParsedCases:
-    """:func:`parse_cases` of the columns ``items`` ((header, values) pairs) of ``n`` rows."""
+_READ_COLUMNS = frozenset(FIELD_NAMES) | {ID_COLUMN}  # the columns parsing reads; others are named as ignored
+
+
+def _parse_columns(items: list[tuple[Any, pd.Series | None]], n: int, row_offset: int,
+                   raise_on_error: bool) -> ParsedCases:
+    """:func:`parse_cases` of the columns ``items`` ((header, values) pairs) of ``n`` rows; only
+    the columns of :data:`_READ_COLUMNS` are read (another's values may be None)."""
     repeated = repeated_columns([h for h, _ in items])
     if repeated:
         raise CaseValidationError(pd.DataFrame({
@@ -625,7 +633,8 @@ def _parse_columns(items: list[tuple[Any, pd.Series]], n: int, row_offset: int, 
             "reason": "the column is given more than once (names are matched ignoring case and surrounding "
                       "spaces); give it once"}))
     columns = {normalise_header(h): h for h, _ in items}
-    series_of = {normalise_header(h): _typed_for_pandas(series) for h, series in items}
+    series_of = {folded: _typed_for_pandas(series) for h, series in items
+                 if (folded := normalise_header(h)) in _READ_COLUMNS and series is not None}
     missing = required_columns_error(columns)
     if missing is not None:
         raise missing
@@ -637,7 +646,7 @@ def _parse_columns(items: list[tuple[Any, pd.Series]], n: int, row_offset: int, 
         if mask.any():  # the common case, no error, costs one check
             raw = values[mask].to_numpy(dtype=object)
             problems.append(pd.DataFrame({
-                "row": rows[mask], "column": name, "value": [_show(v) for v in raw],
+                "row": rows[mask], "column": name, "value": shown_values(raw),
                 "reason": reason if isinstance(reason, str) else reason[mask]}))
 
     for f in FIELDS:
@@ -724,3 +733,9 @@ def normalise_ids(ids: pd.Series) -> pd.Series:
 
 def _show(value: Any, limit: int = 80) -> str:
     return _cut("" if _is_blank(value) else _text(value), limit)
+
+
+def shown_values(values: Iterable[Any]) -> list[str]:
+    """Values as a problem's ``value`` shows them: a blank as nothing, bytes as Python writes them
+    (``b'\\xff'``), a long text cut (:func:`_cut`)."""
+    return [_show(v) for v in values]

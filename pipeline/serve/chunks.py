@@ -29,7 +29,7 @@ import pyarrow as pa
 from pipeline.core.casefiles import parse_read
 from pipeline.core.errors import BatchInputError, CaseValidationError, ModelIntegrityError
 from pipeline.core.files import in_temporary_folder
-from pipeline.core.parsing import DUPLICATE_ID, ParsedCases, normalise_ids, not_utf8_mask
+from pipeline.core.parsing import DUPLICATE_ID, ParsedCases, normalise_ids, not_utf8_mask, shown_values
 from pipeline.core.schema import ID_COLUMN, normalise_header
 from pipeline.serve.guard import STOP_SIGNALS
 from pipeline.serve.loading import LoadedModel
@@ -97,7 +97,7 @@ def reject_repeated(ids: pd.Series | None, valid: np.ndarray, errors: pd.DataFra
         if dup.any():
             rows = np.flatnonzero(dup)
             errors = pd.concat([errors, pd.DataFrame({
-                "row": rows + row_offset, "column": ID_COLUMN, "value": ids.iloc[rows].astype(str).to_numpy(),
+                "row": rows + row_offset, "column": ID_COLUMN, "value": shown_values(ids.iloc[rows]),
                 "reason": DUPLICATE_ID})], ignore_index=True)
             valid = valid & ~dup
     problems = errors.sort_values("row", kind="stable")[_ERROR_COLUMNS] if len(errors) \

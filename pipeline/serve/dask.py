@@ -35,7 +35,14 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from pipeline.core.blocks import MIN_BLOCK_BYTES, plan_blocks
-from pipeline.core.casefiles import BlockMismatchError, FileBlock, complete_columns, csv_data_start, iter_chunks
+from pipeline.core.casefiles import (
+    BlockMismatchError,
+    FileBlock,
+    check_is_file,
+    complete_columns,
+    csv_data_start,
+    iter_chunks,
+)
 from pipeline.core.cluster import DaskJobError, gather, remove_temp_folder, temp_folder
 from pipeline.core.errors import BatchInputError, ModelIntegrityError
 from pipeline.core.files import tmp_path
@@ -163,8 +170,7 @@ def _expand_inputs(inputs: Sequence[str | Path] | str | Path) -> list[Path]:
     if not paths:
         raise BatchInputError("no input files given; expected one or more CSV or Parquet files or globs.")
     for p in paths:
-        if not p.is_file():
-            raise BatchInputError(f"{p}: no such file.")
+        check_is_file(p)
         if p.suffix.lower() not in (".csv", ".parquet"):
             raise BatchInputError(f"{p}: unsupported file type {p.suffix!r}; expected .csv or .parquet.")
     return paths
