@@ -202,6 +202,18 @@ def test_bad_rows_are_rejected_and_other_partitions_unaffected(client, trained, 
     assert rows.loc[rows["file"] == bad, "row"].tolist() == [0, 1, 2]
 
 
+def test_the_rejects_file_is_the_pandas_engines_byte_for_byte_formula_names_included(client, trained, tmp_path):
+    """A column name is the user's text: the header of the rejects file carries the spreadsheet
+    mark in both engines (a name such as =total would run in a spreadsheet)."""
+    models, _ = trained
+    src = tmp_path / "in.csv"
+    src.write_text("case_id,age,sex,=total,@note\na,300,male,3,x\nb,40,male,4,y\nc,41,femal,5,=1+1\n")
+    score_files_dask([str(src)], tmp_path / "out", models, client=client, chunk_rows=1, block_bytes=1)
+    score_files([src], tmp_path / "alone.csv", get_model(models), chunk_rows=1)
+    assert (tmp_path / "out" / "_rejects.csv").read_bytes() == (tmp_path / "alone.csv.rejects.csv").read_bytes()
+    assert (tmp_path / "out" / "_rejects.csv").read_text().splitlines()[0].endswith(',"\'=total","\'@note"')
+
+
 def _two_csvs_with_ids(kb, folder: Path) -> list[str]:
     paths = []
     for name in ("x", "y"):

@@ -52,7 +52,7 @@ from pipeline.core.schema import ID_COLUMN, normalise_header
 from pipeline.serve import CHUNK_ROWS, batch
 from pipeline.serve.batch import ScoreSummary, SeenIds
 from pipeline.serve.loading import is_model_uri
-from pipeline.serve.writing import csv_safe, output_schema, output_table, reject_schema, reject_table
+from pipeline.serve.writing import csv_safe, encode_csv, output_schema, output_table, reject_schema, reject_table
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -126,9 +126,10 @@ def _score_block(file: int, label: str, path: str, block: FileBlock, model_sourc
             _write_part(output_table(scored, schema, file=label), folder / name, fmt)
             result.parts.append(name)
             if len(bad):
-                if rejects is None:
-                    rejects = pacsv.CSVWriter(tmp_path(rejects_path), rschema)
-                rejects.write_table(csv_safe(reject_table(bad, frame, row_offset=offset, file=label, schema=rschema)))
+                if rejects is None:  # the header as the pandas engine writes it (input names guarded too)
+                    rejects = open(tmp_path(rejects_path), "wb")
+                    rejects.write(encode_csv(rschema.empty_table(), header=True))
+                rejects.write(encode_csv(reject_table(bad, frame, row_offset=offset, file=label, schema=rschema)))
                 result.rows_rejected += bad["row"].nunique()
             result.rows_scored += len(scored)
             offset += len(frame)
@@ -201,9 +202,7 @@ def _cross_block_duplicates(results: list[_BlockResult]) -> dict[int, np.ndarray
 
 def _publish(tmp: Path, results: list[_BlockResult], target: Path, rschema: pa.Schema) -> None:
     """Merge the rejects into ``_rejects.csv``, drop leftovers of killed attempts, rename ``tmp`` to ``target``."""
-    sink = pa.BufferOutputStream()
-    pacsv.write_csv(rschema.empty_table(), sink)
-    header = sink.getvalue().to_pybytes()
+    header = encode_csv(rschema.empty_table(), header=True).to_pybytes()
     with open(tmp / REJECTS_FILE, "wb") as out:
         out.write(header)
         for r in results:
