@@ -330,6 +330,10 @@ def test_parquet_texts_are_dictionary_encoded_and_whole(trained, cases_csv, tmp_
     got, expected = pd.read_parquet(out), predict(cases, model=models)
     assert got["advice"].tolist() == expected["advice"].tolist()
     assert got[P_COLS].to_numpy().tolist() == expected[P_COLS].to_numpy().tolist()
+    # small chunks make row groups of a default chunk's size, not one each (a file several times the size)
+    small = tmp_path / "small.parquet"
+    assert main(["score", str(path), "-o", str(small), "--model", str(models), "--quiet", "--chunk-rows", "7"]) == 0
+    assert pq.ParquetFile(small).metadata.num_row_groups == 1 and pq.read_table(small).equals(pq.read_table(out))
 
 
 def test_an_input_without_a_required_column_stops_the_job_before_any_row_is_written(trained, cases_csv, tmp_path, capsys):

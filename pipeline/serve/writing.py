@@ -36,6 +36,7 @@ __all__ = ["REJECT_META", "Writer", "as_text", "csv_safe", "encode_csv", "output
            "reject_schema", "reject_table"]
 
 REJECT_META = ["reject_file", "reject_row", "reject_reason"]
+PARQUET_GROUP_ROWS = 16_384  # the fewest rows of a Parquet output's row group (but the last): a default chunk
 
 
 def output_schema(id_column: str, multi: bool, decision: bool, *, top_k: int = 3,
@@ -169,6 +170,8 @@ class Writer:
             raise BatchInputError(f"{target}: cannot write: {err.strerror or err}.") from err
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kneepain-writer")
         self._pending: Future | None = None
+        self._held: list[pa.Table] = []  # Parquet chunks not yet a row group
+        self._held_rows = 0
 
     def _wait(self) -> None:
         if self._pending is not None:
@@ -188,7 +191,25 @@ class Writer:
             raise BatchInputError(f"{named}: cannot write: {err.strerror or err}.") from err
 
     def write(self, chunk: pa.Table | pa.Buffer) -> None:
-        """Append a table, or (CSV) lines already encoded by :func:`encode_csv`."""
+        """Append a table, or (CSV) lines already encoded by :func:`encode_csv`. Parquet tables are
+        held until they make a row group of :data:`PARQUET_GROUP_ROWS` rows (or the output ends):
+        small chunks (``--chunk-rows 10``) would otherwise each be a row group with its own
+        dictionaries and statistics, and a file several times the size."""
+        if self._parquet is not None:
+            assert isinstance(chunk, pa.Table)
+            self._held.append(chunk)
+            self._held_rows += chunk.num_rows
+            if self._held_rows < PARQUET_GROUP_ROWS:
+                return
+            chunk = self._take_held()
+        self._submit(chunk)
+
+    def _take_held(self) -> pa.Table:
+        table = self._held[0] if len(self._held) == 1 else pa.concat_tables(self._held)
+        self._held, self._held_rows = [], 0
+        return table
+
+    def _submit(self, chunk: pa.Table | pa.Buffer) -> None:
         self._wait()
         self._pending = self._pool.submit(self._write, chunk)
 
@@ -201,6 +222,8 @@ class Writer:
 
     def close(self) -> None:
         try:
+            if self._held:
+                self._submit(self._take_held())
             self._wait()
         finally:
             self._pool.shutdown(wait=True)
