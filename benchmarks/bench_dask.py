@@ -37,7 +37,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from .harness import REPO_ROOT, BenchmarkError, _max_rss_mb, log, make_row, run_command
+from .harness import REPO_ROOT, BenchmarkError, _max_rss_mib, log, make_row, run_command
 
 __all__ = ["run"]
 
@@ -149,13 +149,13 @@ def run(quick: bool) -> list[dict]:
             if result["rows"] != n:
                 raise BenchmarkError(f"the {label} scored {result['rows']:,} rows of {n:,}.")
             if engine == "pandas":
-                peak, details = result["driver_peak_rss_mb"], {}
+                peak, details = result["driver_peak_rss_mib"], {}
             else:
-                peak = max(result["worker_peak_rss_mb"])
-                details = {"worker_peak_rss_mb": result["worker_peak_rss_mb"],
-                           "driver_peak_rss_mb": result["driver_peak_rss_mb"],
+                peak = max(result["worker_peak_rss_mib"])
+                details = {"worker_peak_rss_mib": result["worker_peak_rss_mib"],
+                           "driver_peak_rss_mib": result["driver_peak_rss_mib"],
                            "startup_seconds": result["startup_seconds"]}
-            rows.append(make_row(f"score: {label}", n, result["seconds"], peak_rss_mb=peak, files=N_FILES,
+            rows.append(make_row(f"score: {label}", n, result["seconds"], peak_rss_mib=peak, files=N_FILES,
                                  chunk_rows=CHUNK_ROWS, rows_rejected=result["rows_rejected"], model=model_text,
                                  **details))
         rows += _one_file_rows(tmp, inputs, model, model_text, n, quick)
@@ -178,13 +178,13 @@ def _one_file_rows(tmp: Path, inputs: Path, model: Path, model_text: str, n: int
         if result["rows"] != n:
             raise BenchmarkError(f"the {label} scored {result['rows']:,} rows of {n:,}.")
         seconds[workers] = result["seconds"]
-        rows.append(make_row(f"score: {label}", n, result["seconds"], peak_rss_mb=max(result["worker_peak_rss_mb"]),
+        rows.append(make_row(f"score: {label}", n, result["seconds"], peak_rss_mib=max(result["worker_peak_rss_mib"]),
                              files=1, chunk_rows=CHUNK_ROWS, model=model_text, blocks=result["blocks"],
-                             worker_peak_rss_mb=result["worker_peak_rss_mb"],
-                             driver_peak_rss_mb=result["driver_peak_rss_mb"], startup_seconds=result["startup_seconds"]))
+                             worker_peak_rss_mib=result["worker_peak_rss_mib"],
+                             driver_peak_rss_mib=result["driver_peak_rss_mib"], startup_seconds=result["startup_seconds"]))
     ratio = seconds[1] / seconds[2]
     rows.append(make_row(f"score: Dask 1 vs 2 workers on one {size}-row file = {ratio:.2f}x", n, seconds[2],
-                         peak_rss_mb=None, ratio=round(ratio, 2), cpu_count=os.cpu_count()))
+                         peak_rss_mib=None, ratio=round(ratio, 2), cpu_count=os.cpu_count()))
     rows[-1]["target"], rows[-1]["met"] = ">= 1.7x", bool(ratio >= 1.7) if not quick else None
     return rows
 
@@ -205,7 +205,7 @@ def _warm(model: str) -> None:
     get_model(model)
 
 
-def _peak_rss_mb() -> float:
+def _peak_rss_mib() -> float:
     """This process's peak RSS: ``VmHWM`` where there is /proc, else ``ru_maxrss``."""
     try:
         with open("/proc/self/status", encoding="ascii") as fh:
@@ -214,7 +214,7 @@ def _peak_rss_mb() -> float:
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
-    return _max_rss_mb(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    return _max_rss_mib(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
 def _child_main(argv: Sequence[str] | None = None) -> int:
@@ -252,7 +252,7 @@ def _child_main(argv: Sequence[str] | None = None) -> int:
         model = get_model(args.model)
         start = time.perf_counter()
         summary = score_files(paths, args.out.with_suffix(".parquet"), model, chunk_rows=CHUNK_ROWS)
-        result = {"seconds": time.perf_counter() - start, "driver_peak_rss_mb": round(_peak_rss_mb(), 1)}
+        result = {"seconds": time.perf_counter() - start, "driver_peak_rss_mib": round(_peak_rss_mib(), 1)}
     else:
         begin = time.perf_counter()
         with dask_client(n_workers=args.workers) as client:
@@ -261,8 +261,8 @@ def _child_main(argv: Sequence[str] | None = None) -> int:
             summary = score_files_dask(paths, args.out, args.model, client=client, chunk_rows=CHUNK_ROWS,
                                        block_bytes=args.block_bytes or None)
             result = {"seconds": time.perf_counter() - start, "startup_seconds": start - begin,
-                      "worker_peak_rss_mb": [round(v, 1) for v in client.run(_peak_rss_mb).values()],
-                      "driver_peak_rss_mb": round(_peak_rss_mb(), 1)}
+                      "worker_peak_rss_mib": [round(v, 1) for v in client.run(_peak_rss_mib).values()],
+                      "driver_peak_rss_mib": round(_peak_rss_mib(), 1)}
             result["blocks"] = _blocks(paths, client, args.block_bytes)  # after the timed call
     result.update(rows=summary.rows, rows_rejected=summary.rows_rejected)
     print(json.dumps(result))

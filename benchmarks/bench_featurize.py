@@ -84,6 +84,6 @@ def run(quick: bool) -> list[dict]:
                              ("generic OneHotEncoder (text frame)", generic_case, n_text)):
         log(f"featurize: {name} on {size:,} rows ...")
         m = time_in_child(case, size)
-        rows.append(make_row(f"featurize: {name}", size, m.seconds, peak_rss_mb=m.peak_rss_mb,
-                             runs=m.runs, setup_peak_rss_mb=m.setup_peak_rss_mb))
+        rows.append(make_row(f"featurize: {name}", size, m.seconds, peak_rss_mib=m.peak_rss_mib,
+                             runs=m.runs, setup_peak_rss_mib=m.setup_peak_rss_mib))
     return rows

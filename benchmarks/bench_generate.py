@@ -40,6 +40,6 @@ def run(quick: bool) -> list[dict]:
     for name, case in (("generate_codes", codes_case), ("generate_cases (DataFrame)", frame_case)):
         log(f"generate: {name} on {n:,} cases ...")
         m = time_in_child(case, n)
-        rows.append(make_row(f"generate: {name}", n, m.seconds, peak_rss_mb=m.peak_rss_mb, target=TARGET,
-                             runs=m.runs, setup_peak_rss_mb=m.setup_peak_rss_mb))
+        rows.append(make_row(f"generate: {name}", n, m.seconds, peak_rss_mib=m.peak_rss_mib, target=TARGET,
+                             runs=m.runs, setup_peak_rss_mib=m.setup_peak_rss_mib))
     return rows

@@ -15,7 +15,8 @@ machine:
   is the largest of the three): the issue's own figures were medians of 3, and a shared machine's
   speed drifts between one run and the next. The 4M-row run, ``--jobs 2`` and ``--columns
   case_id,prediction,p_dvt,triage`` (only those columns computed) run once;
-- ``kneepain score``: peak RSS at most 350 MB (the largest of the three 1M runs), and again on a
+- ``kneepain score``: peak RSS at most 350 MB (the largest of the three 1M runs; the table gives
+  memory in MiB, and 350 MB is 333.8 MiB), and again on a
   file 4x larger, within 20% of the smallest of them (memory flat as the file grows); at least 20x
   the throughput of ``mlflow models predict``;
 - start-up: ``kneepain score`` on a 10-row file (target under 1.6 s);
@@ -36,7 +37,7 @@ import tempfile
 import textwrap
 from pathlib import Path
 
-from .harness import REPO_ROOT, BenchmarkError, Target, log, make_row, median_run, run_command, time_in_child
+from .harness import MIB, REPO_ROOT, BenchmarkError, Target, log, make_row, median_run, run_command, time_in_child
 
 __all__ = ["run"]
 
@@ -89,8 +90,8 @@ with pacsv.CSVWriter(dst, schema) as writer:
     for batch in reader:
         n = batch.num_rows
         ids = batch.column(batch.schema.get_field_index("case_id"))
-        floats = [pa.array([0.111111] * n, pa.float64()) for _ in names]
-        writer.write_table(pa.table([ids, pa.array(["dvt"] * n, pa.string()), *floats], schema=schema))
+        floats = [pa.repeat(pa.scalar(0.111111, pa.float64()), n) for _ in names]  # made in Arrow: no Python list
+        writer.write_table(pa.table([ids, pa.repeat(pa.scalar("dvt", pa.string()), n), *floats], schema=schema))
 """
 
 
@@ -138,26 +139,26 @@ def run(quick: bool) -> list[dict]:
             floors.append(run_command([sys.executable, "-c", FLOOR_SCRIPT, str(tmp / f"cases-{small}.csv"),
                                        str(tmp / "floor.csv")], cwd=tmp))
         child, floor = median_run(ours), median_run(floors)
-        rates[small] = (child.wall_seconds, child.peak_rss_mb)
+        rates[small] = (child.wall_seconds, child.peak_rss_mib)
         rows.append(make_row(f"score: kneepain score (CSV -> CSV; median of {ROUNDS}, peak RSS the largest)", small,
-                             child.wall_seconds, peak_rss_mb=child.peak_rss_mb,
+                             child.wall_seconds, peak_rss_mib=child.peak_rss_mib,
                              target=Target(size=SIZES[False][0], min_rows_per_second=150_000),
                              runs=[round(c.wall_seconds, 3) for c in ours]))
         log(f"score: kneepain score on {large:,} rows ...")
         child = score(large)
-        rates[large] = (child.wall_seconds, child.peak_rss_mb)
-        rows.append(make_row("score: kneepain score (CSV -> CSV)", large, child.wall_seconds, peak_rss_mb=child.peak_rss_mb))
+        rates[large] = (child.wall_seconds, child.peak_rss_mib)
+        rows.append(make_row("score: kneepain score (CSV -> CSV)", large, child.wall_seconds, peak_rss_mib=child.peak_rss_mib))
         rows.append(make_row(f"score: I/O floor (pyarrow text read, id + label + 9 floats written; median of {ROUNDS})",
-                             small, floor.wall_seconds, peak_rss_mb=floor.peak_rss_mb,
+                             small, floor.wall_seconds, peak_rss_mib=floor.peak_rss_mib,
                              runs=[round(c.wall_seconds, 3) for c in floors]))
         ratio = rates[small][0] / floor.wall_seconds
-        rows.append(make_row(f"score: kneepain score / I/O floor (wall) = {ratio:.2f}x", small, rates[small][0], peak_rss_mb=None,
-                             ratio=round(ratio, 2)))
+        rows.append(make_row(f"score: kneepain score / I/O floor (wall) = {ratio:.2f}x", small, rates[small][0],
+                             peak_rss_mib=None, ratio=round(ratio, 2)))
         rows[-1]["target"], rows[-1]["met"] = "<= 1.8x", bool(ratio <= 1.8) if not quick else None
         # CPU seconds (user + system) move less than wall time when other jobs share the cores
         cpu, floor_cpu = (statistics.median(c.cpu_seconds for c in runs) for runs in (ours, floors))
         rows.append(make_row(f"score: CPU seconds, kneepain score {cpu:.1f} / I/O floor {floor_cpu:.1f} = "
-                             f"{cpu / floor_cpu:.2f}x (medians of {ROUNDS})", small, rates[small][0], peak_rss_mb=None,
+                             f"{cpu / floor_cpu:.2f}x (medians of {ROUNDS})", small, rates[small][0], peak_rss_mib=None,
                              cpu_seconds=round(cpu, 2), floor_cpu_seconds=round(floor_cpu, 2),
                              cpu_ratio=round(cpu / floor_cpu, 2),
                              cpu_runs=[round(c.cpu_seconds, 2) for c in ours],
@@ -166,34 +167,34 @@ def run(quick: bool) -> list[dict]:
         child = score(small, "--jobs", "2")
         ratio2 = child.wall_seconds / floor.wall_seconds
         rows.append(make_row(f"score: kneepain score --jobs 2 / I/O floor (wall) = {ratio2:.2f}x; RSS of the largest "
-                             "process", small, child.wall_seconds, peak_rss_mb=child.peak_rss_mb, ratio=round(ratio2, 2),
+                             "process", small, child.wall_seconds, peak_rss_mib=child.peak_rss_mib, ratio=round(ratio2, 2),
                              speedup_vs_jobs_1=round(rates[small][0] / child.wall_seconds, 2)))
         rows[-1]["target"], rows[-1]["met"] = "<= 1.8x", bool(ratio2 <= 1.8) if not quick else None
         log(f"score: kneepain score --columns {CHOSEN} on {small:,} rows ...")
         child = score(small, "--columns", CHOSEN)
         ratio3 = child.wall_seconds / floor.wall_seconds
         rows.append(make_row(f"score: kneepain score --columns {CHOSEN} / I/O floor (wall) = {ratio3:.2f}x", small,
-                             child.wall_seconds, peak_rss_mb=child.peak_rss_mb, ratio=round(ratio3, 2),
+                             child.wall_seconds, peak_rss_mib=child.peak_rss_mib, ratio=round(ratio3, 2),
                              speedup_vs_all_columns=round(rates[small][0] / child.wall_seconds, 2)))
-        rows.append(make_row(f"score: peak RSS at {small:,} rows", small, rates[small][0], peak_rss_mb=rates[small][1]))
-        rows[-1]["target"], rows[-1]["met"] = "<= 350 MB", bool(rates[small][1] <= 350) if not quick else None
+        rows.append(make_row(f"score: peak RSS at {small:,} rows", small, rates[small][0], peak_rss_mib=rates[small][1]))
+        rows[-1]["target"] = f"<= 350 MB ({350e6 / MIB:.1f} MiB)"
+        rows[-1]["met"] = bool(rates[small][1] * MIB <= 350e6) if not quick else None
         (tmp / "ten.csv").write_text("".join((tmp / f"cases-{small}.csv").open().readlines()[:11]))
-        starts = []
-        for _ in range(3):
-            child = run_command([_kneepain(), "score", str(tmp / "ten.csv"), "-o", str(tmp / "ten-out.csv"), "--quiet",
-                                 "--model", str(models_dir())], cwd=tmp)
-            starts.append(child.wall_seconds)
-        start_up = sorted(starts)[1]
-        rows.append(make_row("score: start-up (10-row file, median of 3)", 10, start_up, peak_rss_mb=child.peak_rss_mb))
-        rows[-1]["target"], rows[-1]["met"] = "< 1.6 s", bool(start_up < 1.6)
+        starts = sorted((run_command([_kneepain(), "score", str(tmp / "ten.csv"), "-o", str(tmp / "ten-out.csv"), "--quiet",
+                                      "--model", str(models_dir())], cwd=tmp) for _ in range(3)),
+                        key=lambda c: c.wall_seconds)
+        start_up = starts[1].wall_seconds  # the median run, with its own peak RSS
+        rows.append(make_row("score: start-up (10-row file, median of 3)", 10, start_up,
+                             peak_rss_mib=starts[1].peak_rss_mib))
+        rows[-1]["target"], rows[-1]["met"] = "< 1.6 s", bool(start_up < 1.6) if not quick else None
         # against the smallest of the 1M runs' peaks (the 350 MB check takes the largest): both checks
         # lean against passing
-        least = min(c.peak_rss_mb for c in ours)
+        least = min(c.peak_rss_mib for c in ours)
         growth = rates[large][1] / least
         rows.append(make_row(f"score: peak RSS {large:,} vs {small:,} rows (the least of {ROUNDS}) = {growth:.2f}x", large,
-                             rates[large][0], peak_rss_mb=rates[large][1], rss_ratio=round(growth, 3),
-                             small_peak_rss_mb=round(least, 1)))
-        rows[-1]["target"], rows[-1]["met"] = "RSS within 20%", bool(growth <= 1.2)
+                             rates[large][0], peak_rss_mib=rates[large][1], rss_ratio=round(growth, 3),
+                             small_peak_rss_mib=round(least, 1)))
+        rows[-1]["target"], rows[-1]["met"] = "RSS within 20%", bool(growth <= 1.2) if not quick else None
 
         log("score: naive pandas read_csv / predict_proba / to_csv ...")
         script = textwrap.dedent(f"""
@@ -206,7 +207,7 @@ def run(quick: bool) -> list[dict]:
                 {str(tmp / 'naive.csv')!r}, index=False)
         """)
         child = run_command([sys.executable, "-c", script], cwd=REPO_ROOT)
-        rows.append(make_row("score: naive pandas script", small, child.wall_seconds, peak_rss_mb=child.peak_rss_mb))
+        rows.append(make_row("score: naive pandas script", small, child.wall_seconds, peak_rss_mib=child.peak_rss_mib))
 
         n_ml = MLFLOW_ROWS[quick]
         log(f"score: mlflow models predict on {n_ml:,} rows (JSON) ...")
@@ -221,10 +222,10 @@ def run(quick: bool) -> list[dict]:
                              "-i", str(tmp / "in.json"), "-t", "json", "-o", str(tmp / "mlflow-out.json"),
                              "--env-manager", "local"], cwd=tmp, env=env)
         mlflow_rate = n_ml / child.wall_seconds
-        rows.append(make_row("score: mlflow models predict (JSON)", n_ml, child.wall_seconds, peak_rss_mb=child.peak_rss_mb))
+        rows.append(make_row("score: mlflow models predict (JSON)", n_ml, child.wall_seconds, peak_rss_mib=child.peak_rss_mib))
         ours = small / rates[small][0]
         rows.append(make_row(f"score: kneepain score / mlflow models predict = {ours / mlflow_rate:.1f}x", small, rates[small][0],
-                             peak_rss_mb=None, rows_per_second=ours, speedup=round(ours / mlflow_rate, 2)))
+                             peak_rss_mib=None, rows_per_second=ours, speedup=round(ours / mlflow_rate, 2)))
         rows[-1]["target"], rows[-1]["met"] = ">= 20x", bool(ours / mlflow_rate >= 20) if not quick else None
 
     n_calls = 100 if quick else 1000
@@ -232,9 +233,9 @@ def run(quick: bool) -> list[dict]:
     loop = time_in_child(_single_case, 1, repeats=n_calls, warmup=10, collect=False)
     cold = time_in_child(_single_case, 1, repeats=n_calls, warmup=10)
     median, cold_median = (float(sorted(m.runs)[len(m.runs) // 2]) for m in (loop, cold))
-    rows.append(make_row("score: predict() one dict (median call in a loop)", 1, median, peak_rss_mb=loop.peak_rss_mb,
+    rows.append(make_row("score: predict() one dict (median call in a loop)", 1, median, peak_rss_mib=loop.peak_rss_mib,
                          calls=n_calls))
-    rows[-1]["target"], rows[-1]["met"] = "< 3 ms median", bool(median < 0.003)
+    rows[-1]["target"], rows[-1]["met"] = "< 3 ms median", bool(median < 0.003) if not quick else None
     rows.append(make_row("score: predict() one dict (median call after a gc.collect())", 1, cold_median,
-                         peak_rss_mb=cold.peak_rss_mb, calls=n_calls))
+                         peak_rss_mib=cold.peak_rss_mib, calls=n_calls))
     return rows

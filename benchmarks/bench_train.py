@@ -77,10 +77,10 @@ def _candidate_rows(candidates: list[dict], n_train: int, n_valid: int) -> list[
     speed_rows = min(SPEED_ROWS, n_valid)
     rows = []
     for c in candidates:
-        rows.append(make_row(f"train: {c['name']} CV fold fit", fold_rows, c["fit_seconds"], peak_rss_mb=None,
+        rows.append(make_row(f"train: {c['name']} CV fold fit", fold_rows, c["fit_seconds"], peak_rss_mib=None,
                              cv_log_loss=c["cv_log_loss"], folds=cv.folds, cv_rows=n_cv))
         rows.append(make_row(f"train: {c['name']} predict_proba", speed_rows, speed_rows / c["rows_per_second"],
-                             peak_rss_mb=None, rows_per_second=c["rows_per_second"],
+                             peak_rss_mib=None, rows_per_second=c["rows_per_second"],
                              cv_log_loss=c["cv_log_loss"]))
     return rows
 
@@ -97,6 +97,6 @@ def run(quick: bool) -> list[dict]:
         child = run_command([_kneepain(), "train", "--data", str(data), "--out", str(models)], env=env, cwd=tmp)
         manifest = json.loads((models / "manifest.json").read_text(encoding="utf-8"))
     command = make_row("train: kneepain train (command)", n_train, child.wall_seconds,
-                       peak_rss_mb=child.peak_rss_mb, target=TARGET, data=str(data), n_valid=n_valid,
+                       peak_rss_mib=child.peak_rss_mib, target=TARGET, data=str(data), n_valid=n_valid,
                        winner=manifest["winner"], metrics=manifest["metrics"])
     return [command, *_candidate_rows(manifest["candidates"], n_train, n_valid)]

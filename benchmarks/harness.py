@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BenchmarkError", "ChildRun", "Measurement", "Target", "log", "make_row", "median_run", "run_command",
+__all__ = ["MIB", "BenchmarkError", "ChildRun", "Measurement", "Target", "log", "make_row", "median_run", "run_command",
            "time_in_child"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -47,7 +47,7 @@ class ChildRun:
     """A finished child process: wall seconds around it, its peak RSS, what it printed and its CPU seconds."""
 
     wall_seconds: float
-    peak_rss_mb: float
+    peak_rss_mib: float
     stdout: str
     stderr: str
     cpu_seconds: float
@@ -59,8 +59,8 @@ class Measurement:
 
     seconds: float  # the best timed run
     runs: tuple[float, ...]
-    peak_rss_mb: float
-    setup_peak_rss_mb: float  # peak RSS after the setup, before the timed calls
+    peak_rss_mib: float
+    setup_peak_rss_mib: float  # peak RSS after the setup, before the timed calls
 
 
 @dataclass(frozen=True)
@@ -91,8 +91,12 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _max_rss_mb(ru_maxrss: int) -> float:
-    # Linux reports kilobytes, macOS bytes
+MIB = 1 << 20  # the benchmarks' unit of memory
+
+
+def _max_rss_mib(ru_maxrss: int) -> float:
+    """Peak RSS in MiB (2**20 bytes), as every memory figure of the benchmarks is given."""
+    # Linux reports KiB, macOS bytes
     return ru_maxrss / (1024 * 1024) if sys.platform == "darwin" else ru_maxrss / 1024
 
 
@@ -130,7 +134,7 @@ def run_command(cmd: Sequence[str], *, env: dict[str, str] | None = None,
         tail = "\n".join(stderr.splitlines()[-_STDERR_TAIL:])
         raise BenchmarkError(f"`{' '.join(map(str, cmd))}` exited with code {proc.returncode}:\n{tail}")
     usage = json.loads(text)
-    return ChildRun(wall, _max_rss_mb(usage["ru_maxrss"]), stdout, stderr, usage["cpu_seconds"])
+    return ChildRun(wall, _max_rss_mib(usage["ru_maxrss"]), stdout, stderr, usage["cpu_seconds"])
 
 
 def time_in_child(case: Callable[[int], Callable[[], Any]], n: int, *, repeats: int = 3,
@@ -153,17 +157,17 @@ def time_in_child(case: Callable[[int], Callable[[], Any]], n: int, *, repeats: 
         raise BenchmarkError(f"`{' '.join(cmd)}` printed no JSON result line; stdout was:\n"
                              f"{child.stdout[-2000:]}") from err
     return Measurement(seconds=min(report["runs"]), runs=tuple(report["runs"]),
-                       peak_rss_mb=child.peak_rss_mb, setup_peak_rss_mb=report["setup_peak_rss_mb"])
+                       peak_rss_mib=child.peak_rss_mib, setup_peak_rss_mib=report["setup_peak_rss_mib"])
 
 
 def median_run(runs: Sequence[ChildRun]) -> ChildRun:
     """The run of median wall time, with the largest peak RSS of all ``runs`` (a memory target
     holds only if every run met it)."""
     middle = sorted(runs, key=lambda r: r.wall_seconds)[len(runs) // 2]
-    return replace(middle, peak_rss_mb=max(r.peak_rss_mb for r in runs))
+    return replace(middle, peak_rss_mib=max(r.peak_rss_mib for r in runs))
 
 
-def make_row(benchmark: str, size: int, seconds: float, *, peak_rss_mb: float | None,
+def make_row(benchmark: str, size: int, seconds: float, *, peak_rss_mib: float | None,
              target: Target | None = None, rows_per_second: float | None = None,
              **details: Any) -> dict[str, Any]:
     """One result row (a table line and a JSON record).
@@ -175,7 +179,7 @@ def make_row(benchmark: str, size: int, seconds: float, *, peak_rss_mb: float | 
         "size": int(size),
         "wall_seconds": float(seconds),
         "rows_per_second": float(rows_per_second if rows_per_second is not None else size / seconds),
-        "peak_rss_mb": None if peak_rss_mb is None else round(float(peak_rss_mb), 1),
+        "peak_rss_mib": None if peak_rss_mib is None else round(float(peak_rss_mib), 1),
         "target": None if target is None else target.text(),
         "met": None if target is None else target.met(size, seconds),
         "details": details,
@@ -196,7 +200,7 @@ def _child_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-collect", action="store_true", help="no gc.collect() before each timed run")
     args = parser.parse_args(argv)
     call = getattr(importlib.import_module(args.module), args.function)(args.n)
-    setup_rss = _max_rss_mb(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    setup_rss = _max_rss_mib(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
     for _ in range(args.warmup):
         call()
     runs = []
@@ -206,7 +210,7 @@ def _child_main(argv: Sequence[str] | None = None) -> int:
         start = time.perf_counter()
         call()  # the result is dropped at once, so peak RSS is one call's worth
         runs.append(time.perf_counter() - start)
-    print(json.dumps({"runs": runs, "setup_peak_rss_mb": round(setup_rss, 1)}))
+    print(json.dumps({"runs": runs, "setup_peak_rss_mib": round(setup_rss, 1)}))
     return 0
 
 

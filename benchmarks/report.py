@@ -12,8 +12,8 @@ __all__ = ["REPORT_PATH", "environment", "format_table", "load_average", "write_
 
 REPORT_PATH = Path(__file__).resolve().parent.parent / "reports" / "benchmarks.json"
 _DASH = "—"
-_COLUMNS = ("benchmark", "size", "wall s", "rows/s", "peak RSS MB", "target", "met?")
-_RIGHT = {"size", "wall s", "rows/s", "peak RSS MB"}
+_COLUMNS = ("benchmark", "size", "wall s", "rows/s", "peak RSS MiB", "target", "met?")
+_RIGHT = {"size", "wall s", "rows/s", "peak RSS MiB"}
 
 
 def load_average() -> float | None:
@@ -57,9 +57,10 @@ def _cells(row: dict[str, Any]) -> tuple[str, ...]:
     return (
         row["benchmark"],
         f"{row['size']:,}",
-        f"{seconds:.3f}" if seconds < 10 else f"{seconds:.1f}",
+        # three figures below 0.1 s: a 2.8 ms call is not "0.003" beside a 3 ms target
+        f"{seconds:.3g}" if seconds < 0.1 else f"{seconds:.3f}" if seconds < 10 else f"{seconds:.1f}",
         f"{row['rows_per_second']:,.0f}",
-        _DASH if row["peak_rss_mb"] is None else f"{row['peak_rss_mb']:,.0f}",
+        _DASH if row["peak_rss_mib"] is None else f"{row['peak_rss_mib']:,.0f}",
         row["target"] or _DASH,
         met,
     )
