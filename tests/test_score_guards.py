@@ -1031,6 +1031,10 @@ def test_column_names_keep_their_meaning_through_a_fixed_rejects_file(trained, t
     assert fixed["triage"].tolist() == pd.read_csv(tmp_path / "direct_out.csv", dtype=str)["triage"].tolist() \
         == ["emergency"]
     assert "'=total" in fixed.columns and "''=total" not in fixed.columns
+    # another tool's header with both =x and 'x= (which no file of ours holds) keeps both as written
+    twins = _write(tmp_path / "twins.csv", ["age,sex,=x,'=x", "30,male,a,b"])
+    assert _score(twins, tmp_path / "twins_out.csv", models, "--keep-input-columns") == 0
+    assert list(pd.read_csv(tmp_path / "twins_out.csv", dtype=str).columns[-2:]) == ["'=x", "''=x"]
 
 
 def test_parquet_integers_with_nulls_read_the_same_in_every_chunking(trained, tmp_path):

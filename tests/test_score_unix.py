@@ -401,5 +401,11 @@ def test_a_temporary_folder_without_room_is_named_and_nothing_is_written(trained
     with pytest.raises(BatchInputError, match=r"not_a_folder: cannot write the model for the scoring processes "
                                               r"\(--jobs 2\) in the temporary folder: Not a directory"):
         score_files([src], tmp_path / "o.csv", model, jobs=2)
+    # standard input that cannot be read is named as such, not as the temporary folder
+    monkeypatch.undo()
+    with open(tmp_path / "write_only", "wb") as unreadable, pytest.raises(
+            BatchInputError, match=r"^-: cannot read standard input: Bad file descriptor\.$"):
+        score_files(["-"], tmp_path / "o.csv", model, stdin=unreadable)
     # the empty lock files stay, as filelock leaves them (the README says so)
-    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == ["in.csv", "not_a_folder"]
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == ["in.csv", "not_a_folder",
+                                                                                          "write_only"]

@@ -202,7 +202,9 @@ def _csv_header(path: Path) -> tuple[list[str], int]:
             raise BatchInputError(f"{path}: the header opens a quoted column name that is never closed (a \" at the "
                                   "start of a name quotes it up to the next \"); close it, or remove the quote.")
         header = next(csv.reader(io.StringIO(raw.decode("utf-8-sig"), newline="")), None)
-        header = unguarded_names(header) if header else header  # a header we wrote (a rejects file) as it was read
+        if header and not repeated_columns(unguarded := unguarded_names(header)):
+            header = unguarded  # a header we wrote (a rejects file's) as it was read; another tool's
+            # with both =x and '=x (which we never write: we would have written '=x and ''=x) as it is
     except UnicodeDecodeError as err:
         raise BatchInputError(f"{path}: the header is not valid UTF-8 ({err.reason} at byte {skipped + err.start})."
                               ) from err

@@ -242,9 +242,12 @@ def _copy_stream(source: BinaryIO, target: BinaryIO, *, wait: float = 0.2) -> No
         shutil.copyfileobj(source, target, 1 << 20)
         return
     while True:
-        if not select.select([fd], [], [], wait)[0]:
-            continue
-        block = os.read(fd, 1 << 20)
+        try:
+            if not select.select([fd], [], [], wait)[0]:
+                continue
+            block = os.read(fd, 1 << 20)
+        except OSError as err:  # standard input's own failure, not the copy's (a full temporary folder)
+            raise BatchInputError(f"-: cannot read standard input: {err.strerror or err}.") from err
         if not block:
             return
         target.write(block)
