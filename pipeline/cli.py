@@ -522,12 +522,13 @@ def _sample_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _sample(args: argparse.Namespace) -> int:
-    from pipeline.core.files import write_parts_atomic
+    from pipeline.core.files import reclaim_stale_temps, write_parts_atomic
     from pipeline.core.knowledge import load_knowledge_base
     from pipeline.core.parsing import codes_to_text_frame
     from pipeline.core.schema import FIELDS, ID_COLUMN
     from pipeline.data.generate import SAMPLE_BLOCK_ROWS, generate_codes, sample_block_seed
     from pipeline.serve.batch import check_target
+    from pipeline.serve.guard import stop_at_once_on_signals
 
     if args.n < 1:
         raise UsageError(f"--n == {args.n}, must be >= 1.")
@@ -558,7 +559,11 @@ def _sample(args: argparse.Namespace) -> int:
             return EXIT_OK
         print(f"Wrote {args.n:,} unlabelled cases to standard output", file=sys.stderr)
         return EXIT_OK
-    write_parts_atomic(args.output, parts())
+    # a stop signal (SIGTERM, SIGHUP, Ctrl-C) stops the job at once, its temporary file removed;
+    # one killed outright leaves a temporary that the next sample on the same output removes
+    reclaim_stale_temps(args.output)
+    with stop_at_once_on_signals():
+        write_parts_atomic(args.output, parts())
     print(f"Wrote {args.n:,} unlabelled cases to {args.output}")
     return EXIT_OK
 

@@ -116,6 +116,23 @@ def test_a_small_batch_gets_no_case_mix_and_is_told_why(trained, report, tmp_pat
     assert "drift" in page.ids and "plot-drift" not in page.ids
 
 
+def test_drift_is_measured_on_the_rows_scored_whatever_the_chunking(trained, report, tmp_path):
+    """Rows rejected for repeating an earlier id (in another chunk or file) are not in the
+    drift table, as they are not in the output: the table is the one input's alone."""
+    models, _ = trained
+    clinic = pd.read_csv(report / "clinic.csv", dtype=str, keep_default_na=False)
+    assert clinic["case_id"].is_unique
+    clinic.assign(age="90", symptom_duration_days="3000").to_csv(tmp_path / "again.csv", index=False)
+    drifts = []
+    for rows in ("7", "16384"):
+        assert main(["score", str(report / "clinic.csv"), str(tmp_path / "again.csv"), "-o", str(tmp_path / f"o{rows}.csv"),
+                     "--model", str(models), "--quiet", "--chunk-rows", rows,
+                     "--report", str(tmp_path / f"o{rows}.html")]) == 1
+        drifts.append(json.loads((tmp_path / f"o{rows}.json").read_text())["drift"])
+    alone = json.loads((report / "batch.json").read_text())["drift"]
+    assert drifts[0] == drifts[1] == alone
+
+
 def test_a_batch_with_no_row_scored_shows_no_figures(trained, report, tmp_path):
     """A header-only file, or one whose every row is rejected: the page says no row was scored
     rather than showing 0% at every level, an atypical rate of nan and a drift in every field."""

@@ -189,10 +189,48 @@ def test_kneepain_sample_writes_csv_to_a_file_or_standard_output_and_nothing_els
     told = capsysbinary.readouterr()
     assert told.out == (tmp_path / "s.csv").read_bytes() and b"300 unlabelled cases" in told.err
     for output, problem in [("s.parquet", "kneepain sample writes CSV; give a .csv path, or - for standard output"),
-                            ("missing/s.csv", "no such folder for the output")]:
+                            ("missing/s.csv", "no such folder for the output"),
+                            ("s.csv/x.csv", "s.csv: is a file, not a folder, so the output")]:
         assert main(["sample", "-o", str(tmp_path / output)]) == 2
         assert problem.encode() in capsysbinary.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.csv"]
+
+
+@pytest.mark.slow
+def test_kneepain_sample_stopped_or_killed_leaves_no_temporary_file(tmp_path):
+    """A stop signal removes the half-written file at once; one killed outright leaves its
+    temporary, which the next sample on the same output removes."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    kneepain = Path(sys.executable).parent / "kneepain"
+
+    def started() -> subprocess.Popen:
+        proc = subprocess.Popen([str(kneepain), "sample", "--n", "100000000", "-o", str(tmp_path / "big.csv")],
+                                stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while not any(p.stat().st_size > 1_000_000 for p in tmp_path.glob(".big.csv.tmp-*")):
+            assert proc.poll() is None and time.monotonic() < deadline, "sample ended before it could be stopped"
+            time.sleep(0.05)
+        return proc
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        proc = started()
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 2 and f"stopped by {signal.Signals(signum).name}" in err, err
+        assert list(tmp_path.iterdir()) == []
+    proc = started()
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert [p.name for p in tmp_path.iterdir()][0].startswith(".big.csv.tmp-")
+    from pipeline.cli import main
+
+    assert main(["sample", "--n", "10", "-o", str(tmp_path / "big.csv")]) == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["big.csv"]
 
 
 @pytest.mark.parametrize("command", [["sample", "-o", "-"], ["show"], ["generate", "--engine", "dask"]])

@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.core.casefiles import iter_chunks
 from pipeline.core.config import LEVELS
 from pipeline.core.csvrecords import reason_kind
 from pipeline.core.files import write_report_json, write_text_atomic
@@ -34,7 +33,7 @@ from pipeline.data.generate import generate_codes
 from pipeline.decision.priors import PriorEstimate, estimate_prior
 from pipeline.report.plots import figure
 from pipeline.serve import CHUNK_ROWS
-from pipeline.serve.adapt import MIN_ADAPT_ROWS, prior_report, training_prior
+from pipeline.serve.adapt import MIN_ADAPT_ROWS, prior_report, scored_cases, training_prior
 from pipeline.serve.batch import rejects_file
 from pipeline.serve.loading import LoadedModel
 from pipeline.serve.writing import REJECT_META
@@ -137,12 +136,9 @@ def summarise_batch(inputs: list[str | Path], output: str | Path, model: LoadedM
         edges = _bins(ref_codes)
         reference = _counts(ref_codes, edges)
         batch = {name: np.zeros_like(c) for name, c in reference.items()}
-        for path in inputs:
-            for chunk in iter_chunks(path, chunk_rows):
-                frame = chunk.frame.drop(index=chunk.frame.index[list(chunk.malformed)])  # records with shifted fields
-                parsed = parse_cases(frame, raise_on_error=False)
-                for name, c in _counts(parsed[parsed.valid].codes, edges).items():
-                    batch[name] += c
+        for parsed in scored_cases(inputs, chunk_rows=chunk_rows):  # the rows scored, repeated ids left out
+            for name, c in _counts(parsed.codes, edges).items():
+                batch[name] += c
         summary["drift"] = field_drift(batch, reference).to_dict(orient="records")
     return summary
 

@@ -10,6 +10,7 @@ as in training); :func:`prior_report` says so beside the estimate.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import numpy as np
 
 from pipeline.core.casefiles import iter_chunks
 from pipeline.core.errors import BatchInputError
+from pipeline.core.parsing import ParsedCases
 from pipeline.core.schema import CONDITION_LABELS, CONDITIONS
 from pipeline.decision.priors import PriorEstimate, adjust_posteriors, estimate_prior
 from pipeline.serve import CHUNK_ROWS
@@ -26,7 +28,7 @@ from pipeline.serve.chunks import SeenIds
 from pipeline.serve.loading import LoadedModel
 
 __all__ = ["PriorShiftedModel", "batch_posteriors", "estimate_batch_prior", "format_prior", "prior_report",
-           "training_prior"]
+           "scored_cases", "training_prior"]
 
 
 @dataclass
@@ -61,19 +63,23 @@ def training_prior(model: LoadedModel) -> np.ndarray:
     return np.asarray(model.kb.prior, dtype=np.float64)
 
 
-def batch_posteriors(inputs: list[str | Path], model: LoadedModel, *, chunk_rows: int = CHUNK_ROWS) -> np.ndarray:
-    """The model's posteriors of every valid row of ``inputs``: exactly the rows ``kneepain score``
-    scores (those it would reject are skipped, a case id seen in an earlier chunk or input among
-    them), whatever the chunk size."""
-    parts = []
+def scored_cases(inputs: list[str | Path], *, chunk_rows: int = CHUNK_ROWS) -> Iterator[ParsedCases]:
+    """The parsed cases of every valid row of ``inputs``, chunk by chunk: exactly the rows
+    ``kneepain score`` scores (those it would reject are skipped, a case id seen in an earlier
+    chunk or input among them), whatever the chunk size."""
     seen = SeenIds()  # one job's ids, across its inputs, as the scoring pass has them
     for path in inputs:
         offset = 0
         for chunk in iter_chunks(path, chunk_rows):
             parsed, valid, _ = validate_chunk(chunk.frame, file=str(path), row_offset=offset, seen_ids=seen,
                                               malformed=chunk.malformed)
-            parts.append(model.predict_proba(parsed[valid]))
+            yield parsed[valid]
             offset += len(chunk.frame)
+
+
+def batch_posteriors(inputs: list[str | Path], model: LoadedModel, *, chunk_rows: int = CHUNK_ROWS) -> np.ndarray:
+    """The model's posteriors of the rows :func:`scored_cases` gives."""
+    parts = [model.predict_proba(parsed) for parsed in scored_cases(inputs, chunk_rows=chunk_rows)]
     return np.concatenate(parts) if parts else np.empty((0, len(CONDITIONS)))
 
 

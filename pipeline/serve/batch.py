@@ -184,11 +184,11 @@ def check_target(path: Path, what: str, *, make_folders: bool = False) -> None:
     if kind is not None and not stat.S_ISREG(kind):
         raise BatchInputError(f"{path}: is not a regular file (a device, a pipe or a socket), and the {what} would "
                               f"be renamed into its place or removed; give the path of a file.")
+    blocked = next((p for p in path.parents if os.path.lexists(p) and not p.is_dir()), None)
+    if blocked is not None:  # before "no such folder": that folder's name is a file's
+        raise BatchInputError(f"{blocked}: is a file, not a folder, so the {what} {path} cannot be written.")
     if not make_folders and not path.parent.is_dir():
         raise BatchInputError(f"{path.parent}: no such folder for the {what}.")
-    blocked = next((p for p in path.parents if os.path.lexists(p) and not p.is_dir()), None)
-    if blocked is not None:
-        raise BatchInputError(f"{blocked}: is a file, not a folder, so the {what} {path} cannot be written.")
 
 
 def _score_to_stream(inputs: list[str | Path], stream: BinaryIO, model: LoadedModel, *, rejects: Path,
