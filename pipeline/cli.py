@@ -773,8 +773,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM/SIGHUP during `score` (pipeline.serve.guard)
         if args.debug:
             raise
-        told = ("" if args.command != "score" else " (no output was written)" if getattr(args, "output", None) != "-"
-                else " (no file was written; standard output may hold the rows scored before the stop)")
+        told = ""
+        if args.command == "score":
+            told = (" (no file was written; standard output may hold the rows scored before the stop)"
+                    if args.output == "-" else " (no output was written)")
         return _fail(args.command, f"{str(err) or 'interrupted'}{told}")
     except Exception as err:  # a bug or an environment problem: still one line, the traceback on --debug
         if args.debug:

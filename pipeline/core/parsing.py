@@ -714,7 +714,7 @@ def _parse_columns(items: list[tuple[Any, pd.Series | None]], n: int, row_offset
     ids = None
     if ID_COLUMN in columns:
         ids = series_of[ID_COLUMN].reset_index(drop=True)
-    known = set(FIELD_NAMES) | {ID_COLUMN, LABEL_COLUMN, SEVERITY_COLUMN}
+    known = _READ_COLUMNS | {LABEL_COLUMN, SEVERITY_COLUMN}
     ignored = tuple(str(c) for k, c in columns.items() if k not in known)
     parsed = ParsedCases(codes, valid, errors, ids, ignored)
     if raise_on_error and len(errors):

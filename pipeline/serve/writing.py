@@ -171,7 +171,6 @@ class Writer:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kneepain-writer")
         self._pending: Future | None = None
         self._held: list[pa.Table] = []  # Parquet chunks not yet a row group
-        self._held_rows = 0
 
     def _wait(self) -> None:
         if self._pending is not None:
@@ -198,15 +197,14 @@ class Writer:
         if self._parquet is not None:
             assert isinstance(chunk, pa.Table)
             self._held.append(chunk)
-            self._held_rows += chunk.num_rows
-            if self._held_rows < PARQUET_GROUP_ROWS:
+            if sum(t.num_rows for t in self._held) < PARQUET_GROUP_ROWS:
                 return
             chunk = self._take_held()
         self._submit(chunk)
 
     def _take_held(self) -> pa.Table:
         table = self._held[0] if len(self._held) == 1 else pa.concat_tables(self._held)
-        self._held, self._held_rows = [], 0
+        self._held = []
         return table
 
     def _submit(self, chunk: pa.Table | pa.Buffer) -> None:
