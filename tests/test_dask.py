@@ -469,6 +469,48 @@ def test_dask_client_joins_a_scheduler_or_starts_a_local_cluster(client, monkeyp
         gc.collect()
 
 
+def test_a_ctrl_c_while_distributed_waits_leaves_no_traceback_of_its_own(monkeypatch, caplog):
+    """distributed's ``sync()`` (every blocking Client call) interrupted before its coroutine has
+    started makes its cancel callback read a variable not yet assigned: the event loop logged a
+    NameError traceback after the job's one-line stop. A job's client drops that record, and
+    only that one."""
+    import threading
+
+    import distributed.utils
+    from distributed.utils import LoopRunner, sync
+
+    from pipeline.core.cluster import _without_sync_cancel_noise
+
+    async def nothing():
+        return None
+
+    class Interrupted(threading.Event):
+        def wait(self, timeout=None):
+            raise KeyboardInterrupt
+
+    def broken():
+        raise NameError("a callback's own error")
+
+    runner = LoopRunner(asynchronous=False)
+    runner.start()
+    try:
+        caplog.clear()
+        with _without_sync_cancel_noise():
+            held = threading.Event()
+            runner.loop.add_callback(held.wait)  # the loop is busy: sync's coroutine has not started
+            with monkeypatch.context() as m:
+                m.setattr(distributed.utils.threading, "Event", Interrupted)
+                with pytest.raises(KeyboardInterrupt):
+                    sync(runner.loop, nothing)
+            runner.loop.add_callback(broken)
+            held.set()
+            sync(runner.loop, nothing)  # every callback before it has run
+        errors = [str(r.exc_info[1]) for r in caplog.records if r.exc_info]
+        assert errors == ["a callback's own error"], errors
+    finally:
+        runner.stop()
+
+
 def test_a_cluster_without_workers_stops_the_job_instead_of_waiting_for_ever(monkeypatch):
     from distributed import Client, LocalCluster
 

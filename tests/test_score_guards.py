@@ -938,6 +938,52 @@ def test_the_dask_engine_stopped_by_sigterm_leaves_no_folder(trained, big_csv, t
     assert not out.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".scored")] == []
 
 
+def _dask_workers_of(pid: int) -> list[int]:
+    """The local Dask worker processes of job ``pid`` (its children running multiprocessing's spawn_main)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            if parent == pid and b"spawn_main" in (stat.parent / "cmdline").read_bytes():
+                found.append(int(stat.parent.name))
+        except (OSError, IndexError):  # a process that ended meanwhile
+            continue
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the workers in /proc")
+@pytest.mark.parametrize("moment", ["while its workers start", "while they score"])
+def test_ctrl_c_to_a_dask_job_stops_it_without_the_clusters_tracebacks(trained, big_csv, tmp_path, moment):
+    """A terminal's Ctrl-C reaches the whole process group, the local cluster's workers too: a
+    worker still importing printed its KeyboardInterrupt traceback, and workers closed while they
+    scored logged each cancelled task and a traceback per failed heartbeat, 40-170 lines around
+    the job's one-line stop."""
+    models, _ = trained
+    kneepain = Path(sys.executable).parent / "kneepain"
+    out = tmp_path / "scored"
+    proc = subprocess.Popen([str(kneepain), "score", "--engine", "dask", str(big_csv), "-o", str(out), "--model",
+                             str(models), "--block-mb", "1", "--chunk-rows", "2000", "--quiet"],
+                            stderr=subprocess.PIPE, text=True, cwd=tmp_path, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (_dask_workers_of(proc.pid) if moment == "while its workers start"
+                   else list(tmp_path.glob(".scored.tmp-*/part-*"))):
+            assert proc.poll() is None and time.monotonic() < deadline, "the job ended before it could be stopped"
+            time.sleep(0.01)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    stop = "kneepain score: error: stopped by SIGINT (no output was written)"
+    assert proc.returncode == 2 and stop in err.splitlines(), err
+    # the one line, or beside it at most the local cluster's note of a worker too busy to close at once
+    assert [line for line in err.splitlines()
+            if line != stop and "distributed.nanny - WARNING - Worker process still alive" not in line] == [], err
+    assert not out.exists()
+
+
 def test_the_header_is_one_record_by_csv_rules_and_a_stray_quote_loses_no_row(trained, tmp_path, capsys):
     """A quote inside a name is a character, as in a data field; only a quote at the start of a
     name opens a quoted name, and one never closed is refused rather than read as the header."""

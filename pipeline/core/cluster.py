@@ -6,6 +6,7 @@ Dask itself is imported only inside these functions, so nothing else pays for it
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.core.files import reclaim_stale_temps, tmp_path
+from pipeline.core.spawning import signals_blocked
 
 if TYPE_CHECKING:
     from distributed import Client, Future
@@ -34,13 +36,23 @@ LOCAL_WORKER_CONFIG = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOL
                        "distributed.worker.preload": [__name__]}
 
 
-def dask_setup(worker: object) -> None:
-    """A local worker's start (Dask's preload hook): Ctrl-C left to the job.
+def dask_setup(worker: Any) -> None:
+    """A local worker's start (Dask's preload hook): Ctrl-C left to the job, and quiet once it closes.
 
     A terminal's Ctrl-C reaches the whole process group, the workers too: each printed its
     ``KeyboardInterrupt`` traceback (about 65 lines around the job's one-line stop). The job
-    stops the cluster, which stops its workers with SIGTERM."""
+    stops the cluster, which stops its workers with SIGTERM. A worker closed while it runs a
+    task (a stopped job, or one whose other task failed) logged the cancelled task and, when
+    the scheduler closed first, a traceback per failed heartbeat: up to 65 lines again. What a
+    local worker logs once it is closing is dropped; the job says itself why it stopped."""
+    import logging
+
+    from distributed.core import Status
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    live = {Status.init, Status.created, Status.starting, Status.running, Status.paused}
+    for handler in logging.getLogger("distributed").handlers:
+        handler.addFilter(lambda record: worker.status in live)
 
 
 class DaskJobError(RuntimeError):
@@ -66,6 +78,11 @@ def dask_client(scheduler: str | None = None, *, n_workers: int | None = None) -
         Also the default client, so ``joblib.parallel_backend("dask")`` uses it. The client, and
         the local cluster if one was started, are closed on exit.
     """
+    with _without_sync_cancel_noise():
+        yield from _client(scheduler, n_workers)
+
+
+def _client(scheduler: str | None, n_workers: int | None) -> Iterator["Client"]:
     import dask
     from distributed import Client, LocalCluster
 
@@ -88,11 +105,41 @@ def dask_client(scheduler: str | None = None, *, n_workers: int | None = None) -
     with contextlib.ExitStack() as stack:
         stack.enter_context(dask.config.set(LOCAL_WORKER_CONFIG))
         try:
-            cluster = stack.enter_context(LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                                       host="127.0.0.1", dashboard_address=None))
+            # SIGINT held back while the cluster starts: its event-loop thread, and through it every
+            # worker it spawns (now or on a restart), inherits the block, so a terminal's Ctrl-C is
+            # this process's alone, also while a worker imports, before dask_setup can ignore it
+            # (not SIGTERM: the cluster stops its workers with it)
+            with signals_blocked({signal.SIGINT}):
+                cluster = stack.enter_context(LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                                                           host="127.0.0.1", dashboard_address=None))
         except RuntimeError as err:  # a worker that died while it started ("Nanny failed to start")
             raise DaskJobError(f"the local Dask cluster did not start: {err}") from err
         yield stack.enter_context(Client(cluster))
+
+
+def _is_sync_cancel_noise(record: logging.LogRecord) -> bool:
+    """Whether ``record`` is tornado's report of distributed's ``sync()`` failing to cancel what it
+    waited for: a Ctrl-C that lands before its coroutine has started makes the cancel callback read
+    a variable not yet assigned (distributed 2026.8), a NameError traceback after the job's stop."""
+    err = record.exc_info[1] if record.exc_info else None
+    if not isinstance(err, NameError) or err.__traceback__ is None:
+        return False
+    last = err.__traceback__
+    while last.tb_next is not None:
+        last = last.tb_next
+    return last.tb_frame.f_code.co_name == "cancel" and last.tb_frame.f_globals.get("__name__") == "distributed.utils"
+
+
+@contextlib.contextmanager
+def _without_sync_cancel_noise() -> Iterator[None]:
+    """:func:`_is_sync_cancel_noise` records dropped while inside (nothing else of tornado's)."""
+    noise = lambda record: not _is_sync_cancel_noise(record)
+    logger = logging.getLogger("tornado.application")
+    logger.addFilter(noise)
+    try:
+        yield
+    finally:
+        logger.removeFilter(noise)
 
 
 def temp_folder(target: Path, spare: Iterable[str | Path] = ()) -> Path:

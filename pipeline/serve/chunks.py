@@ -15,9 +15,8 @@ import os
 import pickle
 import signal
 import tempfile
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from pipeline.core.errors import BatchInputError, CaseValidationError, ModelInte
 from pipeline.core.files import in_temporary_folder
 from pipeline.core.parsing import DUPLICATE_ID, ParsedCases, normalise_ids, not_utf8_mask, shown_values
 from pipeline.core.schema import ID_COLUMN, normalise_header
+from pipeline.core.spawning import signals_blocked
 from pipeline.serve.guard import STOP_SIGNALS
 from pipeline.serve.loading import LoadedModel
 from pipeline.serve.predict import score_columns
@@ -291,22 +291,6 @@ def scorer_threads() -> int:
     return min(2, available_cores())
 
 
-@contextmanager
-def _stop_signals_blocked() -> Iterator[None]:
-    """The stop signals (SIGINT, SIGTERM, SIGHUP) blocked in this thread while inside. A process
-    started meanwhile inherits the block, so none reaches it while it imports; its initializer
-    then ignores them (dropping one that waits). One sent to this process meanwhile goes to
-    another of its threads, or waits until the block ends: it is never lost."""
-    if not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, set(STOP_SIGNALS))
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, before)
-
-
 class ChunkScorer:
     """Chunks parsed and scored on :func:`scorer_threads` background threads (``jobs`` = 1) or in
     ``jobs`` spawned processes that each hold the model, sent once. Results come back through
@@ -344,7 +328,7 @@ class ChunkScorer:
         # the pool starts its processes inside submit: each starts with the stop signals blocked, so a
         # Ctrl-C or SIGTERM while it imports is the parent's alone (it stops the pool) rather than a
         # traceback per process
-        with _stop_signals_blocked():
+        with signals_blocked(STOP_SIGNALS):
             return self._pool.submit(self._run, *args)
 
     def shutdown(self) -> None:
