@@ -3,6 +3,7 @@ nothing on the load path can run code, and with a trusted key only a folder sign
 
 import hashlib
 import json
+import os
 import pickle
 import shutil
 from pathlib import Path
@@ -65,14 +66,24 @@ def test_every_file_that_changes_an_output_is_verified(trained, tmp_path, name, 
 
 @pytest.mark.parametrize("name", FILES)
 @pytest.mark.parametrize("given", ["folder", "a file in it"])
-def test_a_file_edited_after_the_folder_was_loaded_is_refused_at_the_next_call(trained, tmp_path, name, given):
+@pytest.mark.parametrize("edit", ["appended", "same size and time"])
+def test_a_file_edited_after_the_folder_was_loaded_is_refused_at_the_next_call(trained, tmp_path, name, given, edit):
+    """Also an edit that keeps the file's size and sets its modification time back, as ``cp -p``,
+    ``rsync -a`` and ``tar x`` do: the folder's cache key once held only sizes and those times."""
     from pipeline import predict
 
     folder = _copy(trained, tmp_path)
     source = folder if given == "folder" else folder / "model.json"  # a file stands for its folder
     predict({"age": 40, "sex": "male"}, model=source)  # loaded and cached
-    with open(folder / name, "ab") as fh:
-        fh.write(b"\n ")
+    path = folder / name
+    if edit == "appended":
+        with open(path, "ab") as fh:
+            fh.write(b"\n ")
+    else:
+        before, data = path.stat(), path.read_bytes()
+        path.write_bytes(data[:-1] + (b" " if data[-1:] != b" " else b"\n"))
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+        assert (path.stat().st_size, path.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
     with pytest.raises(ModelIntegrityError, match=f"{name} has changed since the model was saved"):
         predict({"age": 40, "sex": "male"}, model=source)
 

@@ -324,5 +324,12 @@ def test_predict_names_empty_input_and_refuses_parsed_cases():
     parsed = parse_cases(pd.DataFrame({"age": ["abc", "40"], "sex": ["male", "male"]}), raise_on_error=False)
     with pytest.raises(TypeError, match="not ParsedCases"):
         predict(parsed, model="no-such-model-folder")
-    with pytest.raises(TypeError, match="must hold dicts"):
+    with pytest.raises(TypeError, match=r"must hold dicts, one per case: cases\[1\] is of type int\.$"):
         predict([{"age": 40, "sex": "male"}, 3], model="no-such-model-folder")
+    # in a long list, each odd one is named by its place and type (a row from iterrows() is a Series)
+    cases = [{"age": 40, "sex": "male"}] * 1000
+    cases[637] = pd.Series({"age": 40, "sex": "male"})
+    with pytest.raises(TypeError, match=r"cases\[637\] is of type Series\.$"):
+        predict(cases, model="no-such-model-folder")
+    with pytest.raises(TypeError, match=r"cases\[0\] is of type int, .*cases\[4\] is of type int \(and 2 more\)\.$"):
+        predict(list(range(7)), model="no-such-model-folder")

@@ -580,6 +580,9 @@ def test_text_stored_as_parquet_binary_is_read_as_utf8(trained, tmp_path):
     assert (tmp_path / "binary.csv").read_bytes() == (tmp_path / "text.csv").read_bytes()
     pd.testing.assert_frame_equal(predict(tmp_path / "binary.parquet", model=models),
                                   predict(tmp_path / "text.parquet", model=models))
+    # and so does the frame pandas reads from that file (its cells are bytes)
+    pd.testing.assert_frame_equal(predict(pd.read_parquet(tmp_path / "binary.parquet"), model=models),
+                                  predict(tmp_path / "text.parquet", model=models))
     # one value that is not UTF-8: its row alone is rejected, and the other values of its column are read
     bad = binary.set_column(2, "sex", pa.array([b"male", b"f\xe9male", b"male"], pa.binary()))
     pq.write_table(bad, tmp_path / "bad.parquet")
@@ -590,6 +593,9 @@ def test_text_stored_as_parquet_binary_is_read_as_utf8(trained, tmp_path):
     reason = rejects["reject_reason"][0]
     assert reason.startswith("column 'sex', value \"b'f") and "xe9male'\": a value that is not valid UTF-8 text " \
         "is not an answer; allowed: female, male" in reason
+    with pytest.raises(CaseValidationError, match=r"^1 of 3 case\(s\) are invalid:\n  row 1, column 'sex', value "
+                                                  r"\"b'f\\\\xe9male'\": a value that is not valid UTF-8 text"):
+        predict(pd.read_parquet(tmp_path / "bad.parquet"), model=models)
 
 
 @pytest.mark.parametrize("kind", ["dictionary", "large_binary", "fixed_size_binary"])
@@ -653,6 +659,69 @@ def test_a_parquet_uuid_case_id_is_its_text(trained, tmp_path):
     assert _score(tmp_path / "in.parquet", tmp_path / "out.csv", models) == 0
     assert pd.read_csv(tmp_path / "out.csv", dtype=str)["case_id"].tolist() == [str(u) for u in ids]
     assert predict(tmp_path / "in.parquet", model=models)["case_id"].tolist() == [str(u) for u in ids]
+
+
+def test_a_date_or_time_python_cannot_hold_stops_nothing(trained, tmp_path):
+    """A date after 9999 or before year 1, or a time finer than a microsecond, in a column the job
+    does not read stopped it ("unexpected ValueError: year 10183 is out of range"), in both engines;
+    kept, it is Arrow's text of it, and in a case field its column's dates reject their rows."""
+    models, _ = trained
+    base = {"age": [45, 46, 47], "sex": ["male", "female", "male"]}
+    dates = pa.array([3_000_000, 0, -800_000], pa.int32()).cast(pa.date32())
+    times = pa.array([1, 0, 2_000], pa.time64("ns"))
+    pq.write_table(pa.table({**base, "visit": dates, "at": times}), tmp_path / "in.parquet")
+    assert _score(tmp_path / "in.parquet", tmp_path / "out.csv", models, "--keep-input-columns") == 0
+    kept = pd.read_csv(tmp_path / "out.csv", dtype=str)
+    assert kept["visit"].tolist() == ["10183-09-21", "1970-01-01", "'-0221-09-04"]  # marked, as it starts with -
+    assert kept["at"].tolist() == ["00:00:00.000000001", "00:00:00.000000000", "00:00:00.000002000"]
+    assert main(["score", "--engine", "dask", str(tmp_path / "in.parquet"), "-o", str(tmp_path / "parts"),
+                 "--model", str(models), "--quiet"]) == 0
+    pq.write_table(pa.table({"age": [45, 46], "sex": ["male", "female"],
+                             "symptom_duration_days": pa.array([3_000_000, 5], pa.int32()).cast(pa.date32())}),
+                   tmp_path / "field.parquet")
+    assert _score(tmp_path / "field.parquet", tmp_path / "field.csv", models) == 1
+    rejects = pd.read_csv(tmp_path / "field.csv.rejects.csv", dtype=str)
+    assert rejects["reject_row"].tolist() == ["0", "1"]  # every date is rejected, whether Python can hold it or not
+    assert rejects["reject_reason"][0].startswith("column 'symptom_duration_days', value '10183-09-21': not a number")
+    assert rejects["reject_reason"][1].startswith("column 'symptom_duration_days', value '1970-01-06': not a number")
+
+
+def test_kept_parquet_values_are_written_whole_and_as_stored(trained, tmp_path):
+    """A kept (or rejected) list is written whole (numpy's text of it cut a 1,500-item list to six
+    items and broke its lines), a float32 as stored, and an INT96 timestamp as Spark wrote it (read
+    in nanoseconds, 9999-12-31 wrapped round to 1816)."""
+    import datetime as dt
+
+    models, _ = trained
+    codes = pa.array([list(range(1500)), [1, 2], None], pa.list_(pa.int64()))
+    weights = pa.array([0.1, 2.5, None], pa.float32())
+    until = pa.array([dt.datetime(9999, 12, 31), dt.datetime(2024, 1, 1), None], pa.timestamp("us"))
+    pq.write_table(pa.table({"age": [45, 46, 300], "sex": ["male", "female", "male"], "codes": codes,
+                             "w": weights, "until": until}), tmp_path / "in.parquet",
+                   use_deprecated_int96_timestamps=True)
+    assert _score(tmp_path / "in.parquet", tmp_path / "out.csv", models, "--keep-input-columns") == 1
+    kept = pd.read_csv(tmp_path / "out.csv", dtype=str, keep_default_na=False)
+    assert kept["codes"].tolist() == [str(list(range(1500))), "[1, 2]"]
+    assert kept["w"].tolist() == ["0.1", "2.5"]
+    assert kept["until"].tolist() == ["9999-12-31 00:00:00", "2024-01-01 00:00:00"]
+    rejects = pd.read_csv(tmp_path / "out.csv.rejects.csv", dtype=str, keep_default_na=False)
+    assert rejects[["age", "codes", "w", "until"]].values.tolist() == [["300", "", "", ""]]
+
+
+def test_nan_and_infinite_float_case_ids(trained, tmp_path):
+    """A NaN id (as Spark, polars and pyarrow keep it) is a missing id, never a repeat; an
+    infinite one rejects its row: both as predict() reads them from a DataFrame."""
+    models, _ = trained
+    ids = pa.array([1.0, float("nan"), float("nan"), float("inf"), 2.5], pa.float32())
+    pq.write_table(pa.table({"case_id": ids, "age": [45] * 5, "sex": ["male"] * 5}), tmp_path / "in.parquet")
+    assert _score(tmp_path / "in.parquet", tmp_path / "out.csv", models) == 1
+    scored = pd.read_csv(tmp_path / "out.csv", dtype=str, keep_default_na=False)
+    assert scored["case_id"].tolist() == ["1", "", "", "2.5"] and scored["row"].tolist() == ["0", "1", "2", "4"]
+    rejects = pd.read_csv(tmp_path / "out.csv.rejects.csv", dtype=str)
+    assert rejects["reject_row"].tolist() == ["3"]
+    assert rejects["reject_reason"][0] == "column 'case_id', value 'inf': not a case id; allowed: text or a finite number"
+    from_frame = predict(pd.read_parquet(tmp_path / "in.parquet").iloc[[0, 1, 2, 4]], model=models)
+    assert from_frame["prediction"].tolist() == scored["prediction"].tolist()
 
 
 def test_a_rows_reasons_read_the_same_in_every_chunking(trained, tmp_path):

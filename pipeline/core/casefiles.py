@@ -352,9 +352,16 @@ def _first_line(err: BaseException) -> str:
     return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
+def open_parquet(path: str | Path) -> pq.ParquetFile:
+    """A Parquet file as its rows are read: old-style INT96 timestamps (Spark, Hive, Impala) in
+    microseconds, which hold any year to 9999 (read in nanoseconds, Arrow's default, a
+    ``9999-12-31`` "no end date" wrapped round to 1816)."""
+    return pq.ParquetFile(path, coerce_int96_timestamp_unit="us")
+
+
 def _parquet_tables(path: Path, chunk_rows: int, block: FileBlock) -> Iterator[pa.Table]:
     """The Parquet file's rows of ``block`` in tables of exactly ``chunk_rows`` rows (the last may be shorter)."""
-    file = pq.ParquetFile(path)
+    file = open_parquet(path)
     # a chunk longer than the file is the file (Arrow's batch sizes are C integers)
     chunk_rows = min(chunk_rows, max(1, file.metadata.num_rows))
     rows = file.metadata.num_rows if block.rows is None else block.rows
@@ -397,12 +404,40 @@ def _parquet_frame(table: pa.Table) -> pd.DataFrame:
     index, and its case ids read as missing while the schema (and the rejects, and
     ``--keep-input-columns``) still list it.
 
-    Binary columns are read as UTF-8 text (:func:`_binary_as_text`)."""
+    Binary columns are read as UTF-8 text (:func:`_binary_as_text`), numeric case ids as text
+    (:func:`_ids_as_text`), and a date or time that Python cannot hold as Arrow writes it
+    (:func:`_temporal_to_pandas`)."""
     table, undecoded = _binary_as_text(table)
-    frame = _ids_as_text(table).to_pandas(types_mapper=_NULLABLE_INTEGERS.get, ignore_metadata=True)
+    table, infinite = _ids_as_text(table)
+    frame = _temporal_to_pandas(table)
     for i in undecoded:  # a value that is not UTF-8 stays bytes: its row alone is rejected, naming it
         frame.isetitem(i, frame.iloc[:, i].map(utf8_or_bytes, na_action="ignore").astype(object))
+    if infinite is not None:  # an infinite id stays a number: its row alone is rejected, as predict() rejects it
+        i, rows, values = infinite
+        ids = frame.iloc[:, i].astype(object)
+        ids.iloc[rows] = values
+        frame.isetitem(i, ids)
     return frame
+
+
+def _temporal_to_pandas(table: pa.Table) -> pd.DataFrame:
+    """``table`` in pandas; a date or time column that pandas cannot hold as Python values (a
+    date after the year 9999 or before the year 1, a time finer than a microsecond) as Arrow's
+    text of it, so that one odd value in a column the job may not even read does not stop it.
+    In a case field it is then rejected by row, as a date is."""
+    def convert(t: pa.Table) -> pd.DataFrame:
+        return t.to_pandas(types_mapper=_NULLABLE_INTEGERS.get, ignore_metadata=True)
+
+    try:
+        return convert(table)
+    except (ValueError, OverflowError, pa.ArrowException):  # "year 10183 is out of range", "has non-zero nanoseconds"
+        for i, kind in enumerate(table.schema.types):
+            if pa.types.is_date(kind) or pa.types.is_time(kind):
+                try:
+                    convert(table.select([i]))
+                except (ValueError, OverflowError, pa.ArrowException):
+                    table = table.set_column(i, table.column_names[i], pc.cast(table.column(i), pa.string()))
+        return convert(table)
 
 
 def _is_binary(kind: pa.DataType) -> bool:
@@ -442,16 +477,26 @@ def _binary_as_text(table: pa.Table) -> tuple[pa.Table, list[int]]:
     return table, undecoded
 
 
-def _ids_as_text(table: pa.Table) -> pa.Table:
-    """A numeric ``case_id`` column as text in Arrow (in pandas, integers with nulls become floats: "123.0")."""
+def _ids_as_text(table: pa.Table) -> tuple[pa.Table, tuple[int, np.ndarray, list[float]] | None]:
+    """A numeric ``case_id`` column as text in Arrow (in pandas, integers with nulls become floats:
+    "123.0"), a NaN as a missing id (as pandas writes it, and as :func:`pipeline.predict` reads
+    it); and where some ids are infinite, the column's place, their rows and values, which stay
+    numbers (Arrow's text, "inf", would be an id like any other)."""
     names = [normalise_header(n) for n in table.column_names]
-    if ID_COLUMN in names:
-        i = names.index(ID_COLUMN)
-        kind = table.schema.types[i]
-        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)) and (
-                pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind)):
-            table = table.set_column(i, table.column_names[i], pc.cast(table.column(i), pa.string()))
-    return table
+    if ID_COLUMN not in names:
+        return table, None
+    i = names.index(ID_COLUMN)
+    kind, column = table.schema.types[i], table.column(i)
+    if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind)):
+        return table, None
+    text, infinite = pc.cast(column, pa.string()), None
+    if pa.types.is_floating(kind):
+        wide = pc.cast(column, pa.float64())  # Arrow finds NaN and infinity in float32 and float64
+        text = pc.if_else(pc.is_nan(wide), pa.scalar(None, pa.string()), text)
+        inf = np.flatnonzero(pc.fill_null(pc.is_inf(wide), False).to_numpy(zero_copy_only=False))
+        if len(inf):
+            infinite = (i, inf, wide.take(pa.array(inf)).to_pylist())
+    return table.set_column(i, table.column_names[i], text), infinite
 
 
 def read_case_file(path: str | Path, chunk_rows: int = 100_000) -> pd.DataFrame:
@@ -487,7 +532,7 @@ def read_case_records(path: str | Path, chunk_rows: int = 100_000) -> tuple[pd.D
         malformed.update({offset + i: reason for i, reason in chunk.malformed.items()})
         offset += len(chunk.frame)
     if not frames:  # a Parquet file without rows (a CSV of only a header is one empty chunk)
-        frames = [_parquet_frame(pq.read_schema(path).empty_table())]
+        frames = [_parquet_frame(open_parquet(path).schema_arrow.empty_table())]
     frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     if (unusable := _lacks_required(path, list(frame.columns))) is not None:  # as in `kneepain score`
         raise unusable

@@ -22,8 +22,11 @@ def _records(cases: Any) -> list[dict] | None:
     if isinstance(cases, Mapping):
         return [dict(cases)]
     if isinstance(cases, (list, tuple)):
-        if not all(isinstance(c, Mapping) for c in cases):
-            raise TypeError("a list of cases must hold dicts, one per case.")
+        odd = [i for i, c in enumerate(cases) if not isinstance(c, Mapping)]
+        if odd:
+            shown = ", ".join(f"cases[{i}] is of type {type(cases[i]).__name__}" for i in odd[:5])
+            more = f" (and {len(odd) - 5} more)" if len(odd) > 5 else ""
+            raise TypeError(f"a list of cases must hold dicts, one per case: {shown}{more}.")
         return [dict(c) for c in cases]
     return None
 

@@ -260,7 +260,7 @@ def _as_text(values: np.ndarray) -> np.ndarray:
     """Normalise unique raw values to lower-case stripped text ('' for blanks)."""
     out = np.empty(len(values), dtype=object)
     for i, v in enumerate(values):
-        if _is_blank(v):
+        if is_blank(v):
             out[i] = ""
         elif isinstance(v, (bool, np.bool_)):
             out[i] = "1" if v else "0"
@@ -281,13 +281,15 @@ def _text(v: Any) -> str:
         return f"an integer of about {int(v.bit_length() * math.log10(2))} digits"
 
 
-def _is_blank(v: Any) -> bool:
-    return v is None or v is pd.NA or v is pd.NaT or (isinstance(v, float) and math.isnan(v))
+def is_blank(v: Any) -> bool:
+    """Whether ``v`` is a missing value: None, pandas' NA or NaT, or a NaN of any float type
+    (numpy's float32 is no Python float)."""
+    return v is None or v is pd.NA or v is pd.NaT or (isinstance(v, (float, np.floating)) and math.isnan(v))
 
 
 def _is_plain(v: Any) -> bool:
     """A value a case field may hold: text, a number or a boolean (not a date, a duration, a list, a mapping)."""
-    return _is_blank(v) or isinstance(v, (str, bool, int, float, np.bool_, np.integer, np.floating, decimal.Decimal))
+    return is_blank(v) or isinstance(v, (str, bool, int, float, np.bool_, np.integer, np.floating, decimal.Decimal))
 
 
 def utf8_or_bytes(value: Any) -> Any:
@@ -346,6 +348,13 @@ def _plain_only(series: pd.Series) -> tuple[pd.Series, np.ndarray, np.ndarray]:
             else:
                 values[i] = float(values[i])
         series = pd.Series(values, index=series.index, dtype=object)
+    if bad.any():  # UTF-8 bytes (pd.read_parquet of text stored as binary) read as their text, as a file's are
+        decoded = [i for i in np.flatnonzero(bad) if isinstance(values[i], bytes) and not not_utf8(values[i])]
+        if decoded:
+            values = values.copy()
+            values[decoded] = [values[i].decode("utf-8") for i in decoded]
+            bad[decoded] = False
+            series = pd.Series(values, index=series.index, dtype=object)
     if not bad.any():
         return series, bad, np.array([], dtype=object)
     reasons = np.array([_kind_name(v) if b else "" for v, b in zip(values, bad)], dtype=object)
@@ -476,7 +485,7 @@ def _parse_number(series: pd.Series, f: Field) -> tuple[np.ndarray, np.ndarray, 
         bad_type = raw.isna().to_numpy() & ~blank
     else:  # Python objects (dicts, lists of dicts): any mix of numbers, text and None
         obj = series.astype(object)
-        blank = obj.map(lambda v: _is_blank(v) or (isinstance(v, str) and v.strip().lower() in _TRISTATE_UNKNOWN))
+        blank = obj.map(lambda v: is_blank(v) or (isinstance(v, str) and v.strip().lower() in _TRISTATE_UNKNOWN))
         # a yes/no is not a number here either, as in a column of booleans (not 1 or 0)
         logical = obj.map(lambda v: isinstance(v, (bool, np.bool_))).to_numpy(dtype=bool)
         raw = pd.to_numeric(obj.where(~blank & ~logical, np.nan).map(_number_like), errors="coerce")
@@ -672,7 +681,9 @@ def _parse_columns(items: list[tuple[Any, pd.Series | None]], n: int, row_offset
         # a list, a mapping or an infinite number is no label (nor is it written the same in JSON or a file)
         odd_id = None
         if ids_raw.dtype == object:
-            odd_id = np.fromiter((isinstance(v, _NESTED) or (isinstance(v, float) and math.isinf(v))
+            if any(isinstance(v, bytes) for v in ids_raw.to_numpy()):  # as the values above, and as a file's
+                ids_raw = series_of[ID_COLUMN] = ids_raw.map(utf8_or_bytes)
+            odd_id = np.fromiter((isinstance(v, _NESTED) or (isinstance(v, (float, np.floating)) and math.isinf(v))
                                   for v in ids_raw.to_numpy()), dtype=bool, count=n)
             # bytes a file gave that are not UTF-8 (pipeline.core.casefiles): no text to write the id as
             report(ID_COLUMN, not_utf8_mask(ids_raw), ids_raw, "not valid UTF-8 text; allowed: text or a finite number")
@@ -732,7 +743,7 @@ def normalise_ids(ids: pd.Series) -> pd.Series:
 
 
 def _show(value: Any, limit: int = 80) -> str:
-    return _cut("" if _is_blank(value) else _text(value), limit)
+    return _cut("" if is_blank(value) else _text(value), limit)
 
 
 def shown_values(values: Iterable[Any]) -> list[str]:

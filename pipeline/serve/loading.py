@@ -273,10 +273,13 @@ def _check_source(source) -> None:
 
 
 def _stamps(folder: Path) -> tuple | None:
-    """Every file of a models folder with its size and change time: an edit to any of them is a new key."""
+    """Every file of a models folder with its size, inode and times: an edit to any of them is a new
+    key, also one that keeps the size and sets the modification time back (``cp -p``, ``rsync -a``
+    and ``tar x`` do): no tool sets the status-change time, which every write moves."""
     try:
         with os.scandir(folder) as entries:
-            return tuple(sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in entries if e.is_file()))
+            return tuple(sorted((e.name, e.inode(), (s := e.stat()).st_size, s.st_mtime_ns, s.st_ctime_ns)
+                                for e in entries if e.is_file()))
     except OSError:  # no such folder: load_model says so
         return None
 

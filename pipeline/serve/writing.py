@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 from pipeline.core.errors import BatchInputError
 from pipeline.core.files import tmp_path
 from pipeline.core.formulas import csv_safe, guarded_names
+from pipeline.core.parsing import is_blank
 from pipeline.core.schema import ID_COLUMN, first_spellings, normalise_header
 from pipeline.serve.predict import OUTPUT_TYPES, output_columns
 from pipeline.serve.shaping import input_columns
@@ -103,12 +104,16 @@ def _problem(column: str, value: str, reason: str) -> str:
 
 
 def as_text(values: pd.Series) -> pa.Array:
-    """A column of any type as Arrow text, a missing value (None, NA, NaN, NaT) as null."""
+    """A column of any type as Arrow text, a missing value (None, NA, NaN, NaT) as null: a float32
+    or float16 as its own shortest text ("0.1", not its float64's "0.10000000149011612"), a list
+    (a Parquet list column) whole, as Python writes a list (numpy's text of an array cuts it short
+    and breaks its lines)."""
     if isinstance(values.dtype, pd.StringDtype):
         return pa.array(values.array, type=pa.string())
-    obj = values.astype(object)
-    return pa.array([None if v is None or v is pd.NA or v is pd.NaT or (isinstance(v, float) and v != v)
-                     else str(v) for v in obj], type=pa.string())
+    narrow = isinstance(values.dtype, np.dtype) and values.dtype.kind == "f" and values.dtype.itemsize < 8
+    obj = values.to_numpy() if narrow else values.astype(object)
+    return pa.array([None if is_blank(v) else str(v.tolist()) if isinstance(v, np.ndarray) else str(v) for v in obj],
+                    type=pa.string())
 
 
 def reject_table(errors: pd.DataFrame, frame: pd.DataFrame, *, row_offset: int, file: str,
