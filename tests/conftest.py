@@ -10,6 +10,22 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Tests never write to the project's own MLflow database or data folders.
 os.environ.setdefault("MPLBACKEND", "Agg")
+# The servers tests start on 127.0.0.1 are reached directly, whatever proxy the machine names
+# (urllib, requests and MLflow's client all read these)
+for _name in ("no_proxy", "NO_PROXY"):
+    os.environ[_name] = ",".join(filter(None, [os.environ.get(_name, ""), "127.0.0.1", "localhost"]))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_blas_thread():
+    """Tests fit many small models, whose two busy-waiting OpenBLAS threads made them 10-50x slower
+    whenever the other core was busy (20.9 s against 0.4 s for one logistic fit in a full run).
+    A test about thread counts sets its own (``threadpool_limits(limits=2)`` inside this); the
+    command-line and server processes the tests start keep the default."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
 
 
 @pytest.fixture(scope="session")

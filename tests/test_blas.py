@@ -40,13 +40,17 @@ def test_every_batch_size_gives_each_row_the_same_bits(outputs):
 
 
 def test_blas_thread_count_does_not_matter():
+    """Each row's products are the same bits with one BLAS thread or two, in the batch or alone
+    (with BLAS's own product, ``cases @ weights.T``, a row alone differs from its batch's)."""
     rng = np.random.default_rng(0)
     cases, weights = rng.standard_normal((20_000, 93)), rng.standard_normal((9, 93))
     with threadpool_limits(limits=1, user_api="blas"):
         one = dot_exact(cases, weights)
     with threadpool_limits(limits=2, user_api="blas"):
         two = dot_exact(cases, weights)
+        alone = np.vstack([dot_exact(cases[[i]], weights) for i in range(0, len(cases), 997)])
     np.testing.assert_array_equal(one, two)
+    np.testing.assert_array_equal(alone, one[::997])
 
 
 def _fitted(kb, name: str, calibrated: bool):
