@@ -625,6 +625,12 @@ def test_every_binary_kind_reads_as_text_and_bytes_that_are_not_utf8_reject_thei
     assert rejects["reject_reason"][0].startswith("column 'case_id', value \"b'i\\\\xff'\": not valid UTF-8 text")
     assert rejects["reject_reason"][1].startswith("column 'note', value \"b'\\\\xe9t\\\\xe9")
     assert "not valid UTF-8 text, so it cannot be kept as text (--keep-input-columns)" in rejects["reject_reason"][1]
+    # a long value is shown cut, as every other problem's value is (not the whole of it in each reason)
+    long = pa.table({"age": [30], "sex": ["male"], "note": pa.array([b"\xff" * 10_000], pa.binary())})
+    pq.write_table(long, tmp_path / "long.parquet")
+    assert _score(tmp_path / "long.parquet", tmp_path / "long.csv", models, "--keep-input-columns") == 1
+    reason = pd.read_csv(tmp_path / "long.csv.rejects.csv", dtype=str)["reject_reason"][0]
+    assert reason.startswith("column 'note', value \"b'\\\\xff") and len(reason) < 300, reason[:400]
     # without --keep-input-columns the note is not read: only the id's row is rejected
     assert _score(tmp_path / "in.parquet", tmp_path / "plain.csv", models) == 1
     assert pd.read_csv(tmp_path / "plain.csv", dtype=str)["case_id"].tolist() == ["i1", "i3", "i4"]
@@ -671,6 +677,9 @@ def test_a_date_or_time_python_cannot_hold_stops_nothing(trained, tmp_path):
     times = pa.array([1, 0, 2_000], pa.time64("ns"))
     pq.write_table(pa.table({**base, "visit": dates, "at": times}), tmp_path / "in.parquet")
     assert _score(tmp_path / "in.parquet", tmp_path / "out.csv", models, "--keep-input-columns") == 0
+    # the same text in every chunking: a chunk without such a value reads its column alike
+    assert _score(tmp_path / "in.parquet", tmp_path / "one.csv", models, "--keep-input-columns", "--chunk-rows", "1") == 0
+    assert (tmp_path / "one.csv").read_bytes() == (tmp_path / "out.csv").read_bytes()
     kept = pd.read_csv(tmp_path / "out.csv", dtype=str)
     assert kept["visit"].tolist() == ["10183-09-21", "1970-01-01", "'-0221-09-04"]  # marked, as it starts with -
     assert kept["at"].tolist() == ["00:00:00.000000001", "00:00:00.000000000", "00:00:00.000002000"]
@@ -688,24 +697,33 @@ def test_a_date_or_time_python_cannot_hold_stops_nothing(trained, tmp_path):
 
 def test_kept_parquet_values_are_written_whole_and_as_stored(trained, tmp_path):
     """A kept (or rejected) list is written whole (numpy's text of it cut a 1,500-item list to six
-    items and broke its lines), a float32 as stored, and an INT96 timestamp as Spark wrote it (read
-    in nanoseconds, 9999-12-31 wrapped round to 1816)."""
+    items and broke its lines), each item as it is stored, a float32 as stored, and an INT96
+    timestamp as Spark wrote it (read in nanoseconds, 9999-12-31 wrapped round to 1816)."""
     import datetime as dt
 
     models, _ = trained
     codes = pa.array([list(range(1500)), [1, 2], None], pa.list_(pa.int64()))
+    items = {"at": pa.array([[dt.datetime(2024, 1, 1, 12)], [], None], pa.list_(pa.timestamp("ns"))),
+             "small": pa.array([[0.1, 2.5], [None], None], pa.list_(pa.float32())),
+             "nested": pa.array([[[1, 2], [3]], [["a"]] and [[4]], None], pa.list_(pa.list_(pa.int64()))),
+             "words": pa.array([["a b", "c"], ["it's"], None], pa.list_(pa.string()))}
     weights = pa.array([0.1, 2.5, None], pa.float32())
     until = pa.array([dt.datetime(9999, 12, 31), dt.datetime(2024, 1, 1), None], pa.timestamp("us"))
     pq.write_table(pa.table({"age": [45, 46, 300], "sex": ["male", "female", "male"], "codes": codes,
-                             "w": weights, "until": until}), tmp_path / "in.parquet",
+                             "w": weights, "until": until, **items}), tmp_path / "in.parquet",
                    use_deprecated_int96_timestamps=True)
     assert _score(tmp_path / "in.parquet", tmp_path / "out.csv", models, "--keep-input-columns") == 1
     kept = pd.read_csv(tmp_path / "out.csv", dtype=str, keep_default_na=False)
     assert kept["codes"].tolist() == [str(list(range(1500))), "[1, 2]"]
+    assert kept["at"][0] in ("[2024-01-01T12:00:00.000000]", "[2024-01-01T12:00:00.000000000]")  # as Parquet kept it
+    assert kept["at"][1] == "[]"
+    assert kept["small"].tolist() == ["[0.1, 2.5]", "[nan]"]
+    assert kept["nested"].tolist() == ["[[1, 2], [3]]", "[[4]]"]
+    assert kept["words"].tolist() == ["['a b', 'c']", '["it\'s"]']
     assert kept["w"].tolist() == ["0.1", "2.5"]
     assert kept["until"].tolist() == ["9999-12-31 00:00:00", "2024-01-01 00:00:00"]
     rejects = pd.read_csv(tmp_path / "out.csv.rejects.csv", dtype=str, keep_default_na=False)
-    assert rejects[["age", "codes", "w", "until"]].values.tolist() == [["300", "", "", ""]]
+    assert rejects[["age", "codes", "w", "until", "at"]].values.tolist() == [["300", "", "", "", ""]]
 
 
 def test_nan_and_infinite_float_case_ids(trained, tmp_path):

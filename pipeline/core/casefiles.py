@@ -38,8 +38,8 @@ from pipeline.core.parsing import ParsedCases, parse_cases, required_columns_err
 from pipeline.core.schema import ID_COLUMN, field, normalise_header, repeated_columns
 
 __all__ = ["MAX_RECORD_BYTES", "BlockMismatchError", "CaseChunk", "FileBlock", "check_columns", "complete_columns",
-           "check_is_file", "csv_data_start", "file_columns", "has_case_ids", "iter_chunks", "parse_read", "read_case_file",
-           "read_case_records"]
+           "check_is_file", "csv_data_start", "file_columns", "has_case_ids", "iter_chunks", "open_parquet", "parse_read",
+           "read_case_file", "read_case_records"]
 
 _HEADER_BYTES = 1 << 20  # a longer header is refused
 _BOM = b"\xef\xbb\xbf"  # UTF-8 byte-order mark, as Excel writes it
@@ -355,7 +355,8 @@ def _first_line(err: BaseException) -> str:
 def open_parquet(path: str | Path) -> pq.ParquetFile:
     """A Parquet file as its rows are read: old-style INT96 timestamps (Spark, Hive, Impala) in
     microseconds, which hold any year to 9999 (read in nanoseconds, Arrow's default, a
-    ``9999-12-31`` "no end date" wrapped round to 1816)."""
+    ``9999-12-31`` "no end date" wrapped round to 1816); Spark writes them to the microsecond,
+    and an Impala value's nanoseconds are dropped."""
     return pq.ParquetFile(path, coerce_int96_timestamp_unit="us")
 
 
@@ -405,11 +406,10 @@ def _parquet_frame(table: pa.Table) -> pd.DataFrame:
     ``--keep-input-columns``) still list it.
 
     Binary columns are read as UTF-8 text (:func:`_binary_as_text`), numeric case ids as text
-    (:func:`_ids_as_text`), and a date or time that Python cannot hold as Arrow writes it
-    (:func:`_temporal_to_pandas`)."""
+    (:func:`_ids_as_text`), dates and nanosecond times as text (:func:`_dates_as_text`)."""
     table, undecoded = _binary_as_text(table)
-    table, infinite = _ids_as_text(table)
-    frame = _temporal_to_pandas(table)
+    table, infinite = _ids_as_text(_dates_as_text(table))
+    frame = table.to_pandas(types_mapper=_NULLABLE_INTEGERS.get, ignore_metadata=True)
     for i in undecoded:  # a value that is not UTF-8 stays bytes: its row alone is rejected, naming it
         frame.isetitem(i, frame.iloc[:, i].map(utf8_or_bytes, na_action="ignore").astype(object))
     if infinite is not None:  # an infinite id stays a number: its row alone is rejected, as predict() rejects it
@@ -420,24 +420,16 @@ def _parquet_frame(table: pa.Table) -> pd.DataFrame:
     return frame
 
 
-def _temporal_to_pandas(table: pa.Table) -> pd.DataFrame:
-    """``table`` in pandas; a date or time column that pandas cannot hold as Python values (a
-    date after the year 9999 or before the year 1, a time finer than a microsecond) as Arrow's
-    text of it, so that one odd value in a column the job may not even read does not stop it.
-    In a case field it is then rejected by row, as a date is."""
-    def convert(t: pa.Table) -> pd.DataFrame:
-        return t.to_pandas(types_mapper=_NULLABLE_INTEGERS.get, ignore_metadata=True)
-
-    try:
-        return convert(table)
-    except (ValueError, OverflowError, pa.ArrowException):  # "year 10183 is out of range", "has non-zero nanoseconds"
-        for i, kind in enumerate(table.schema.types):
-            if pa.types.is_date(kind) or pa.types.is_time(kind):
-                try:
-                    convert(table.select([i]))
-                except (ValueError, OverflowError, pa.ArrowException):
-                    table = table.set_column(i, table.column_names[i], pc.cast(table.column(i), pa.string()))
-        return convert(table)
+def _dates_as_text(table: pa.Table) -> pa.Table:
+    """Date columns, and times in nanoseconds, as Arrow's text of them. Python's dates hold only
+    the years 1 to 9999 and its times only microseconds: one value beyond them, even in a column
+    the job does not read, stopped it ("year 10183 is out of range"). By type, not by value, so a
+    file reads alike in every chunking: a date's text is Python's (``2024-01-01``), and in a case
+    field it rejects its row, as any date does."""
+    for i, kind in enumerate(table.schema.types):
+        if pa.types.is_date(kind) or (pa.types.is_time64(kind) and kind.unit == "ns"):
+            table = table.set_column(i, table.column_names[i], pc.cast(table.column(i), pa.string()))
+    return table
 
 
 def _is_binary(kind: pa.DataType) -> bool:

@@ -43,7 +43,7 @@ from pipeline.core.schema import (
 )
 
 __all__ = ["DUPLICATE_ID", "ParsedCases", "codes_to_frame", "codes_to_text_frame", "ignored_columns_message",
-           "normalise_ids", "not_utf8", "not_utf8_mask", "parse_cases", "parse_records", "premise_denied",
+           "is_blank", "normalise_ids", "not_utf8", "not_utf8_mask", "parse_cases", "parse_records", "premise_denied",
            "required_columns_error", "shown_values", "unanswered", "unanswered_matrix", "utf8_or_bytes",
            "whole_number_fields"]
 

@@ -185,7 +185,7 @@ def _unkeepable(frame: pd.DataFrame, keep: dict[str, str], row_offset: int) -> p
         if bad.any():
             rows = np.flatnonzero(bad)
             found.append(pd.DataFrame({"row": rows + row_offset, "column": name,
-                                       "value": [str(v) for v in column.to_numpy()[rows]],
+                                       "value": shown_values(column.to_numpy()[rows]),
                                        "reason": "not valid UTF-8 text, so it cannot be kept as text "
                                                  "(--keep-input-columns)"}))
     return pd.concat(found, ignore_index=True) if found else pd.DataFrame(columns=_ERROR_COLUMNS)

@@ -22,6 +22,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
@@ -104,16 +105,27 @@ def _problem(column: str, value: str, reason: str) -> str:
 
 
 def as_text(values: pd.Series) -> pa.Array:
-    """A column of any type as Arrow text, a missing value (None, NA, NaN, NaT) as null: a float32
-    or float16 as its own shortest text ("0.1", not its float64's "0.10000000149011612"), a list
-    (a Parquet list column) whole, as Python writes a list (numpy's text of an array cuts it short
-    and breaks its lines)."""
+    """A column of any type as Arrow text, a missing value (None, NA, NaN, NaT) as null: integers
+    as Arrow writes them (Python's text), a float32 or float16 as its own shortest text ("0.1",
+    not its float64's "0.10000000149011612"), a list (a Parquet list column) whole (numpy's text
+    of an array cuts it short and breaks its lines: :func:`_list_text`)."""
     if isinstance(values.dtype, pd.StringDtype):
         return pa.array(values.array, type=pa.string())
+    if pd.api.types.is_integer_dtype(values.dtype) and not pd.api.types.is_bool_dtype(values.dtype):
+        return pc.cast(pa.array(values.array, from_pandas=True), pa.string())
     narrow = isinstance(values.dtype, np.dtype) and values.dtype.kind == "f" and values.dtype.itemsize < 8
     obj = values.to_numpy() if narrow else values.astype(object)
-    return pa.array([None if is_blank(v) else str(v.tolist()) if isinstance(v, np.ndarray) else str(v) for v in obj],
-                    type=pa.string())
+    return pa.array([v if type(v) is str else None if is_blank(v) else _list_text(v) if isinstance(v, np.ndarray)
+                     else str(v) for v in obj], type=pa.string())
+
+
+def _list_text(value: Any) -> str:
+    """A Parquet list cell (a numpy array, perhaps of arrays) as Python writes a list, each item
+    as numpy writes it alone: ``[1, 2]``, ``['a b', 'c']``, ``[0.1]`` for a float32,
+    ``[2024-01-01T12:00:00.123456789]`` for a timestamp in nanoseconds."""
+    if isinstance(value, np.ndarray):
+        return "[" + ", ".join(_list_text(v) for v in value) + "]"
+    return repr(str(value)) if isinstance(value, str) else str(value)
 
 
 def reject_table(errors: pd.DataFrame, frame: pd.DataFrame, *, row_offset: int, file: str,
