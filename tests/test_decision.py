@@ -194,6 +194,45 @@ def test_every_expected_cost_level_has_a_condition_in_the_differential_that_call
     for code, shown, need in zip(advice[named], pd.Series(columns["differential"])[named], needed[named]):
         driver = code.split("+")[1]
         assert driver in shown.split("|") and right[driver] >= need, (code, shown)
+    # the advice leads with what to rule out exactly where a screen rule fires at the case's level
+    rules = model.decision.screen.rules
+    screened = model.decision.safety(model.kb).fires(cases.codes)[:, len(flags):]
+    at_level = screened & (np.array([LEVELS.index(r.level) for r in rules])[None, :] == level[:, None])
+    led = advice.str.startswith("screen:").to_numpy()
+    assert (led == at_level.any(axis=1)).all() and led.sum() > 10, led.sum()
+
+
+def test_a_screened_emergency_is_advised_as_what_to_rule_out_not_as_a_condition(trained):
+    """A cold, pale foot read as a cramp was advised to "stretch the muscle gently", a pulsing lump
+    as a Baker's cyst that "can be left alone": where a screen rule sets the level, the advice
+    leads with what to rule out and why, and gives no condition's own advice."""
+    from pipeline import predict
+    from pipeline.serve.predict import get_model
+
+    models, _ = trained
+    decision = get_model(models).decision
+    cases = [{"age": 74, "sex": "male", "smoker": "yes", "onset": "sudden", "injury_event": "none",
+              "foot_cold_or_pale": "yes", "symptom_duration_days": 0.1},
+             {"age": 70, "sex": "male", "onset": "gradual", "swelling_behind_knee": "yes", "pulsating_lump": "yes",
+              "symptom_duration_days": 30},
+             {"age": 40, "sex": "male", "muscle_spasm": "yes", "breathless_or_chest_pain": "yes"}]
+    out = predict(cases, model=models)
+    assert out["triage"].tolist() == ["emergency"] * 3
+    first = {"limb_ischaemia": 0, "popliteal_aneurysm": 1, "pulmonary_embolism": 2}
+    for rule in decision.screen.rules:
+        if rule.name in first:
+            advice = out["advice"][first[rule.name]]
+            assert advice.startswith(f"{decision.config.level_text['emergency']} First rule out {rule.rule_out}: "
+                                     f"{rule.reason}."), advice
+            assert advice.endswith(decision.config.closing)
+            assert not any(decision.config.advice[c] in advice for c in CONDITIONS), advice
+    # as codes (a CSV output's), each restored to its text by the texts lookup
+    loaded = get_model(models)
+    parsed = parse_cases(pd.DataFrame(cases))
+    coded = decision_columns(decision, loaded.kb, parsed, loaded.predict_proba(parsed), codes=True)["advice"]
+    assert list(coded) == ["screen:limb_ischaemia", "screen:popliteal_aneurysm", "screen:pulmonary_embolism"]
+    texts = {code: text for text, code in decision.text_codes(loaded.kb)["advice"].items()}
+    assert [texts[c] for c in coded] == out["advice"].tolist()
 
 
 def test_a_rule_at_the_softened_level_keeps_the_condition_the_level_rests_on(trained):

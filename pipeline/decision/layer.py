@@ -33,10 +33,15 @@ from pipeline.decision.triage import (
     advice_table,
     advice_written,
     expected_cost_levels,
+    leading_screen_rule,
     raise_to_rules,
     reason_codes,
     reason_table,
     right_levels,
+    screen_advice,
+    screen_advice_codes,
+    screen_advice_index,
+    screen_advice_written,
 )
 
 __all__ = ["DECISION_COLUMNS", "DECISION_COLUMN_DOCS", "DECISION_COLUMN_TYPES", "TEXT_CODE_COLUMNS",
@@ -59,7 +64,8 @@ DECISION_COLUMN_DOCS = {
     "advice": "what to do: the level's instruction, advice for the most likely condition, the less likely condition "
               "an expected-cost level or a red flag is for where the most likely one does not call for that level (for "
               "a same day softened because it rests on unanswered questions: does not call for the same day); a DVT "
-              "that cannot be ruled out, most often; and always the advice to seek professional advice",
+              "that cannot be ruled out, most often; where a screen rule sets the level, what to rule out first "
+              "and why instead of a condition's advice; and always the advice to seek professional advice",
     "differential": "the conditions that remain possible, most likely first, `|`-separated: a conformal prediction "
                     "set fitted to hold the true condition for 90% of the calibration cases by default, and for at "
                     "least 87% within each band of confidence and of answers known (new cases land within sampling "
@@ -108,9 +114,13 @@ class Decision:
         self.conformal = spec["conformal"]
         self.atypical = spec["atypical"]
         self._reasons = reason_table(self.config, self.screen)
-        self._advice = advice_table(self.config)
+        # every cell of advice_table, then every cell of screen_advice
+        self._advice = np.concatenate([advice_table(self.config).ravel(), screen_advice(self.config, self.screen).ravel()])
         self._reason_codes = np.array(reason_codes(self.config, self.screen), dtype=object)
-        self._advice_codes = advice_codes()
+        self._advice_codes = np.concatenate([advice_codes().ravel(), screen_advice_codes(self.screen).ravel()])
+        self._advice_written = np.concatenate([advice_written(self.config).ravel(),
+                                               screen_advice_written(self.config, self.screen).ravel()])
+        self._screen_advice_start = advice_codes().size
         self._net: tuple[KnowledgeBase, SafetyNet] | None = None
 
     def safety(self, kb: KnowledgeBase) -> SafetyNet:
@@ -124,9 +134,9 @@ class Decision:
         """Per long text column, its texts and their short codes: ``triage_reason`` and ``advice`` by
         value, ``safety_net`` and ``ask_next`` by each ``|``-separated part (a rule's or a field's name)."""
         net = self.safety(kb)
-        written = advice_written(self.config).ravel()  # the advice cells a case can get
+        written = self._advice_written  # the advice a case can get
         pairs = [zip(self._reasons, self._reason_codes),
-                 zip(self._advice.ravel()[written], self._advice_codes.ravel()[written]),
+                 zip(self._advice[written], self._advice_codes[written]),
                  zip(net.texts, net.names), zip(net.questions, net.candidates)]
         return {column: dict(pair) for column, pair in zip(TEXT_CODE_COLUMNS, pairs)}
 
@@ -291,11 +301,14 @@ def decision_columns(decision: Decision, kb: KnowledgeBase, parsed: ParsedCases,
 
     def advice() -> np.ndarray:
         needed, driver = driving()
-        likely = proba.argmax(axis=1)
+        level, likely = triage()[0], proba.argmax(axis=1)
         # the advice names the condition the level is for where the most likely one does not call for it
         named = np.where(right_levels(cfg)[likely] < needed, driver, -1)
-        return lookup((decision._advice_codes if codes else decision._advice).ravel(),
-                      advice_index(triage()[0], likely, named))
+        # and leads with what to rule out where a screen rule sets the level (none of the nine)
+        first = leading_screen_rule(screen, level, rules()[1][:, len(cfg.red_flags):])
+        return lookup(decision._advice_codes if codes else decision._advice,
+                      np.where(first >= 0, decision._screen_advice_start + screen_advice_index(first, likely, named),
+                               advice_index(level, likely, named)))
 
     def ask_next() -> np.ndarray:
         counts, fires, _ = rules()

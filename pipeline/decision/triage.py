@@ -17,8 +17,10 @@ from pipeline.decision.costs import cost_levels
 from pipeline.decision.safety import Rule, SafetyNet, per_rule, rules_of
 
 __all__ = ["COST_REASON", "SOFTENED_REASON", "UNCERTAIN_REASON", "advice_codes", "advice_index", "advice_table",
-           "advice_written", "cost_levels", "expected_cost_levels", "raise_to_rules", "reason_codes", "reason_table",
-           "red_flags", "right_levels", "strongest_rule", "triage_levels"]
+           "advice_written", "cost_levels", "expected_cost_levels", "leading_screen_rule", "raise_to_rules",
+           "reason_codes", "reason_table", "red_flags", "right_levels", "screen_advice", "screen_advice_codes",
+           "screen_advice_index", "screen_advice_written",
+           "strongest_rule", "triage_levels"]
 
 
 def strongest_rule(fires: np.ndarray, levels: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -154,6 +156,45 @@ def advice_written(cfg: TriageConfig) -> np.ndarray:
     softened = (level == LEVELS.index(cfg.uncertain.level)) & (likely < len(LEVELS) - 1) & (other == len(LEVELS) - 1)
     named = ((likely < level) & (level <= other)) | softened
     return np.concatenate([np.ones((len(LEVELS), len(CONDITIONS), 1), dtype=bool), named], axis=2)
+
+
+def screen_advice(cfg: TriageConfig, screen: ScreenConfig) -> np.ndarray:
+    """(n_rules, 1 + n_conditions) advice of a case whose level a screen rule sets: the level's
+    instruction, what to rule out first and why, then (at ``1 + d``) that condition ``d``, which
+    the level is also for, is not ruled out either, and the closing. No condition's own advice:
+    for a cold, pale foot named as a cramp it read "stretch the muscle gently"."""
+    def text(r, d: str | None) -> str:
+        other = f"Not ruled out either: {CONDITION_LABELS[d]}, which this level is also for. " if d else ""
+        return f"{cfg.level_text[r.level]} First rule out {r.rule_out}: {r.reason}. {other}{cfg.closing}"
+
+    return np.array([[text(r, None), *(text(r, d) for d in CONDITIONS)] for r in screen.rules], dtype=object)
+
+
+def screen_advice_codes(screen: ScreenConfig) -> np.ndarray:
+    """Short codes of :func:`screen_advice`: ``screen:<rule>``, then ``screen:<rule>+<condition>``."""
+    return np.array([[f"screen:{r.name}", *(f"screen:{r.name}+{d}" for d in CONDITIONS)] for r in screen.rules],
+                    dtype=object)
+
+
+def screen_advice_written(cfg: TriageConfig, screen: ScreenConfig) -> np.ndarray:
+    """The cells of :func:`screen_advice` a case can get: a condition named where some case at the
+    rule's level can have it named (:func:`advice_written`)."""
+    named = np.asarray(advice_written(cfg)[:, :, 1:].any(axis=1))  # (level, condition)
+    at = np.array([LEVELS.index(r.level) for r in screen.rules])
+    return np.concatenate([np.ones((len(at), 1), dtype=bool), named[at]], axis=1)
+
+
+def leading_screen_rule(screen: ScreenConfig, level: np.ndarray, matches: np.ndarray) -> np.ndarray:
+    """Per case, the first screen rule (in the config's order) that fires (``matches``, n_cases x
+    n_rules) at the case's own ``level``, which its advice leads with; -1 where none does."""
+    at_level = matches & (np.array([LEVELS.index(r.level) for r in screen.rules])[None, :] == level[:, None])
+    return np.where(at_level.any(axis=1), at_level.argmax(axis=1), -1)
+
+
+def screen_advice_index(rule: np.ndarray, likely: np.ndarray, driver: np.ndarray) -> np.ndarray:
+    """Per case, the flat index of its cell of :func:`screen_advice` (``rule``: its leading screen
+    rule), ``driver`` named as in :func:`advice_index`."""
+    return rule.astype(np.int64) * (len(CONDITIONS) + 1) + np.where(driver == likely, -1, driver) + 1
 
 
 def advice_index(level: np.ndarray, likely: np.ndarray, driver: np.ndarray) -> np.ndarray:
