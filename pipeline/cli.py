@@ -651,6 +651,14 @@ def _serve(args: argparse.Namespace) -> int:
     from pipeline.serve.http import MAX_CASES_ENV, MAX_REQUEST_ENV, MODEL_ENV, max_request_bytes, max_request_cases
     from pipeline.serve.loading import is_model_uri, load_model, pinned_uri
 
+    if not args.host.strip():  # uvicorn reads an empty host as every interface
+        raise UsageError(f"--host {args.host!r}: give an address to listen on (127.0.0.1, the default, for this machine only; "
+                         "0.0.0.0 for every interface).")
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"--port == {args.port}, must be in 0..65535 (0: a free port).")
+    most = 4 * (os.cpu_count() or 1)  # each worker holds the model and runs the scoring: more only wait for cores
+    if not 1 <= args.workers <= most:
+        raise UsageError(f"--workers == {args.workers}, must be in 1..{most} (four per core here).")
     env = dict(os.environ)
     if args.max_request_mb is not None:
         limit = args.max_request_mb * 1024 * 1024

@@ -251,6 +251,23 @@ def test_a_no_to_the_screen_leaves_a_sign_unknown_where_its_rule_needs_more_than
     assert result["case"]["fever"] == "yes"
 
 
+def test_a_yes_to_the_screen_with_no_sign_named_is_kept_as_a_reason_to_go_now(model):
+    """"Any of these?" answered yes, then don't know to each sign, left the person at "within a day
+    or two" with the yes gone from the summary: it is said at once and leads the summary."""
+    from pipeline.interact.ask import UNPLACED_SIGN
+
+    result, text = _session(model, "30\nmale\ny\nd\nd\nd\nq\n", max_questions=2)
+    flat = _flat(text)
+    assert flat.count(_flat(UNPLACED_SIGN)) == 2, flat
+    assert flat.split("Summary")[-1].split("You are 30")[0].strip().endswith(_flat(UNPLACED_SIGN))
+    # a sign named yes is its own answer (and its rule's level): nothing more is said
+    _, text = _session(model, "30\nmale\ny\ny\nq\n", max_questions=2)
+    assert _flat(UNPLACED_SIGN) not in _flat(text)
+    # taken back, the screen is asked again and the yes no longer stands
+    _, text = _session(model, "30\nmale\ny\nd\nd\nd\nb\nq\n", max_questions=2)
+    assert _flat(UNPLACED_SIGN) not in _flat(text).split("Summary")[-1]
+
+
 def test_going_back_over_the_screen_asks_its_unanswered_signs_again(model):
     result, text = _session(model, "30\nm\n+ short of breath\nn\nn\nb\nq\n")
     again = _flat(text).split("Went back one answer.")[1]

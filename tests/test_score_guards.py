@@ -667,6 +667,26 @@ def test_a_parquet_uuid_case_id_is_its_text(trained, tmp_path):
     assert predict(tmp_path / "in.parquet", model=models)["case_id"].tolist() == [str(u) for u in ids]
 
 
+@pytest.mark.skipif(not Path("/proc/self").exists(), reason="/proc is a folder no one can add a file to")
+def test_a_folder_that_cannot_be_written_is_refused_before_anything_changes(trained, tmp_path, capsys):
+    """A report into a read-only folder was found unwritable only once the new output was being put
+    in place: the earlier output was gone, a new texts lookup beside it, and the message named the
+    output. Every file a job writes is checked first, and the earlier run's files stay as they were."""
+    models, _ = trained
+    src = _write(tmp_path / "in.csv", [HEADER, *GOOD])
+    out = tmp_path / "out.csv"
+    assert _score(src, out, models) == 0
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    capsys.readouterr()
+    assert _score(src, out, models, "--top-k", "5", "--report", "/proc/kneepain/r.html") == 2
+    err = capsys.readouterr().err
+    assert "/proc: cannot write there (it takes no new files), so the report /proc/kneepain/r.html cannot be " \
+           "written; nothing was read or changed." in err, err
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    assert _score(src, Path("/proc/out.csv"), models) == 2
+    assert "/proc: cannot write there" in capsys.readouterr().err
+
+
 def test_a_date_or_time_python_cannot_hold_stops_nothing(trained, tmp_path):
     """A date after 9999 or before year 1, or a time finer than a microsecond, in a column the job
     does not read stopped it ("unexpected ValueError: year 10183 is out of range"), in both engines;

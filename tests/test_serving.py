@@ -244,3 +244,19 @@ def test_served_answers_hold_the_columns_asked_for_computed_as_predict_computes_
     # an empty list is every column, as MLflow's server reads it (there the signature's default)
     everything, _ = _answer(model, json.dumps({"dataframe_records": records, "params": {"columns": []}}).encode())
     assert list(pd.DataFrame(_strict_json(everything)["predictions"]).columns) == list(predict(records, model=models).columns)
+
+
+@pytest.mark.parametrize(("option", "message"), [
+    (["--host", ""], "--host '': give an address to listen on"),  # uvicorn listened on every interface
+    (["--host", " "], "--host ' ': give an address to listen on"),
+    (["--port", "70000"], "--port == 70000, must be in 0..65535"),  # a traceback after the model had loaded
+    (["--port", "-1"], "--port == -1, must be in 0..65535"),
+    (["--workers", "0"], "--workers == 0, must be in 1.."),  # accepted, and served by one
+    (["--workers", "1000000000000"], "--workers == 1000000000000, must be in 1.."),  # spawned until killed
+])
+def test_serve_refuses_an_address_port_or_worker_count_it_cannot_use(option, message, tmp_path, capsys):
+    from pipeline.cli import main
+
+    assert main(["serve", "-m", str(tmp_path / "no-model-needed"), *option]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"kneepain serve: error: {message}") and err.count("\n") == 1, err

@@ -263,6 +263,7 @@ def run_session(model: str | Path | LoadedModel | None = None, *, input: TextIO 
     row: dict | None = None
     screen = _screen_fields(loaded)
     screened = False
+    unplaced: list[str] = []  # the signs a "yes, one of these" covered where none was then said yes to
 
     def answers() -> list[tuple[str, _Answer]]:
         return [a for step in steps for a in step]
@@ -287,6 +288,8 @@ def run_session(model: str | Path | LoadedModel | None = None, *, input: TextIO 
             return
         undo()
         screened = not unscreened()  # a sign no longer answered is asked again
+        if not screened:
+            unplaced.clear()
         io.say("Went back one answer.", "  ")
 
     def volunteer(words: str) -> None:
@@ -337,6 +340,9 @@ def run_session(model: str | Path | LoadedModel | None = None, *, input: TextIO 
                         finally:  # a stop (or b, + words) in the middle keeps the signs already answered
                             if step:
                                 record(step)
+                        if not any(a == "yes" for _, a in step):  # present, the person said, but not which
+                            unplaced[:] = [text for _, text in signs]
+                            io.say(UNPLACED_SIGN, "  ")
                     else:
                         record([(name, "no" if said == "no" else None) for name, _ in signs])
                     screened = True
@@ -368,7 +374,7 @@ def run_session(model: str | Path | LoadedModel | None = None, *, input: TextIO 
         stopped = "the input ended"
     # the answers as they stand (after going back, or a stop in the middle of a question)
     row = predict(case, model=loaded).iloc[0].to_dict() if "age" in case and "sex" in case else None
-    _summary(io, row, case, answers(), stopped, loaded)
+    _summary(io, row, case, answers(), stopped, loaded, unplaced=bool(unplaced))
     return {"case": case, "prediction": row, "answers": answers(), "questions": len(steps), "stopped_because": stopped}
 
 
@@ -387,10 +393,18 @@ def _safety_net_by_level(shown: str, model: LoadedModel) -> list[tuple[str, list
                                             ("See a doctor within a day or two if", soon)) if part]
 
 
+# said after "yes" to "any of these?" and then to none of the signs on its own
+UNPLACED_SIGN = ("You said one of the signs asked about first is present now, but not which: any of them is a reason "
+                 "to seek medical help now (the same day: urgent care or an emergency department), whatever the rest "
+                 "of these answers suggest.")
+
+
 def _summary(io: _Session, row: dict | None, case: dict, answers: list[tuple[str, _Answer]], stopped: str,
-             model: LoadedModel) -> None:
+             model: LoadedModel, *, unplaced: bool = False) -> None:
     io.say()
     io.say(f"Summary ({stopped}):")
+    if unplaced:  # first: it overrides whatever level the answers below give
+        io.say(UNPLACED_SIGN, "  ")
     if row is not None:
         io.say(f"You are {case['age']}, {case['sex']}.", "  ")
         for name, value in answers:

@@ -11,6 +11,7 @@ input, locks the output, and removes temporary files on SIGTERM/SIGHUP/SIGINT an
 
 from __future__ import annotations
 
+import errno
 import functools
 import io
 import os
@@ -174,7 +175,9 @@ def check_target(path: Path, what: str, *, make_folders: bool = False) -> None:
     """Refuse, before any row is read (or made), a file to write that is a folder, that is there
     and is no regular file (a device such as /dev/null, a pipe, a link to one: the file is written
     beside it and renamed into its place, or an earlier run's removed), or whose folder is missing
-    (with ``make_folders``, whose folder cannot be made: a file stands in its path)."""
+    (with ``make_folders``, whose folder cannot be made: a file stands in its path), or whose
+    folder cannot be written (read-only, no permission: a probe file is made there and removed;
+    found at the end, the earlier run's files were already replaced)."""
     if path.is_dir():
         raise BatchInputError(f"{path}: is a folder; give the path of the {what}.")
     try:
@@ -189,6 +192,13 @@ def check_target(path: Path, what: str, *, make_folders: bool = False) -> None:
         raise BatchInputError(f"{blocked}: is a file, not a folder, so the {what} {path} cannot be written.")
     if not make_folders and not path.parent.is_dir():
         raise BatchInputError(f"{path.parent}: no such folder for the {what}.")
+    folder = next(p for p in (path.parent, *path.parent.parents) if p.is_dir())  # where a file or folder is made
+    try:
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as err:  # /proc answers "no such file" for any new one
+        why = "it takes no new files" if err.errno == errno.ENOENT else (err.strerror or str(err))
+        raise BatchInputError(f"{folder}: cannot write there ({why}), so the {what} {path} cannot be written; "
+                              "nothing was read or changed.") from None
 
 
 def _score_to_stream(inputs: list[str | Path], stream: BinaryIO, model: LoadedModel, *, rejects: Path,
