@@ -7,6 +7,7 @@ Each command is ``_<name>_parser(subparsers)`` plus ``_<name>(args) -> int``; :f
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -51,9 +52,9 @@ def _generate_dask(args: argparse.Namespace, kb, config) -> int:
 
     if args.n is None or args.n < 1:
         raise UsageError("--engine dask needs --n, the number of cases (>= 1).")
-    partitions = args.partitions or max(1, -(-args.n // 1_000_000))
-    if partitions < 1:
-        raise UsageError(f"--partitions == {partitions}, must be >= 1.")
+    partitions = max(1, -(-args.n // 1_000_000)) if args.partitions is None else args.partitions
+    if not 1 <= partitions <= args.n:
+        raise UsageError(f"--partitions == {partitions}, must be in 1..{args.n:,} (--n: at least one case each).")
     out = Path(args.out) if args.out else data_dir().parent / "generated"
     seed = config.seed if args.seed is None else args.seed
     with dask_client(args.scheduler) as client:
@@ -140,13 +141,17 @@ def _show_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--kb", default=None, help="knowledge base (default configs/knowledge_base.yaml)")
 
 
+SHOW_MAX = 10_000  # vignettes to print
+
+
 def _show(args: argparse.Namespace) -> int:
     from pipeline.core.knowledge import load_knowledge_base
     from pipeline.data.generate import generate_cases
     from pipeline.data.vignette import vignette
 
-    if args.n < 1:
-        raise UsageError(f"--n == {args.n}, must be >= 1.")
+    if not 1 <= args.n <= SHOW_MAX:
+        raise UsageError(f"--n == {args.n}, must be in 1..{SHOW_MAX:,} (cases to read as prose; kneepain sample "
+                         "writes any number as CSV).")
     kb = load_knowledge_base(args.kb)
     kb = kb.shifted() if args.shift else kb
     share = 1.0 if args.condition is None else float(kb.prior[list(kb.conditions).index(args.condition)])
@@ -424,8 +429,9 @@ def _score(args: argparse.Namespace) -> int:
 
     if args.chunk_rows < 1:
         raise UsageError(f"--chunk-rows == {args.chunk_rows}, must be >= 1.")
-    if args.jobs < 0:
-        raise UsageError(f"--jobs == {args.jobs}, must be >= 0 (0: one process per available core).")
+    if not 0 <= args.jobs <= (most := 4 * (os.cpu_count() or 1)):  # more processes than that only wait for cores
+        raise UsageError(f"--jobs == {args.jobs}, must be in 0..{most} (0: one process per available core; at most "
+                         "four per core).")
     if args.jobs != 1 and args.engine == "dask":
         raise UsageError("--jobs is for the pandas engine; the dask engine's parallelism is its workers.")
     if (args.adapt_priors or args.report) and args.engine == "dask":
@@ -440,8 +446,9 @@ def _score(args: argparse.Namespace) -> int:
                                           ("--format", args.format)) if value is not None]
         if given:
             raise UsageError(f"{', '.join(given)}: for --engine dask only.")
-    if args.block_mb is not None and not round(args.block_mb * (1 << 20)) >= 1:  # NaN too
-        raise UsageError(f"--block-mb == {args.block_mb:g}, must be at least one byte ({1 / (1 << 20):.2g}).")
+    if args.block_mb is not None and not (math.isfinite(args.block_mb) and round(args.block_mb * (1 << 20)) >= 1):
+        raise UsageError(f"--block-mb == {args.block_mb:g}, must be a finite size of at least one byte "
+                         f"({1 / (1 << 20):.2g}).")
     if args.report and Path(args.report).suffix.lower() not in (".html", ".htm"):
         raise UsageError(f"--report {args.report}: the batch report is an .html file.")
     if (args.adapt_priors or args.report) and "-" in (args.output, *args.inputs):
@@ -645,15 +652,11 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import math
     import os
 
     from pipeline.serve.http import MAX_CASES_ENV, MAX_REQUEST_ENV, MODEL_ENV, max_request_bytes, max_request_cases
     from pipeline.serve.loading import is_model_uri, load_model, pinned_uri
 
-    if not args.host.strip():  # uvicorn reads an empty host as every interface
-        raise UsageError(f"--host {args.host!r}: give an address to listen on (127.0.0.1, the default, for this machine only; "
-                         "0.0.0.0 for every interface).")
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port == {args.port}, must be in 0..65535 (0: a free port).")
     most = 4 * (os.cpu_count() or 1)  # each worker holds the model and runs the scoring: more only wait for cores
@@ -758,9 +761,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _empty_value(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str | None:
+    """The first option of the command given as empty text (``--model ""``, ``-o ""``, ``--report ""``:
+    a shell variable left unset), as its message; None when there is none. No option takes one:
+    read as a path it was the current folder, an unexpected error, or silently nothing."""
+    command = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[args.command]
+    for action in command._actions:
+        values = getattr(args, action.dest, None)
+        for value in values if isinstance(values, list) else [values]:
+            if isinstance(value, str) and not value.strip():
+                name = action.option_strings[-1] if action.option_strings else action.dest
+                return f"{name} {value!r}: empty; give a value (see kneepain {args.command} --help)."
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return its exit code (0 ok, 1 rows rejected, 2 fatal error)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if (empty := _empty_value(parser, args)) is not None:
+        return _fail(args.command, empty)
+    if getattr(args, "out", None) == "-":  # every --out is a folder: "-" made one of that name
+        return _fail(args.command, f"--out -: kneepain {args.command} writes a folder, not standard output; give its path.")
     from pipeline.core.config import ConfigError
     from pipeline.core.errors import BatchInputError, CaseValidationError, ModelIntegrityError, TrackingServerError
     from pipeline.core.knowledge import KnowledgeBaseError

@@ -250,6 +250,21 @@ def test_kneepain_generate_refuses_the_dask_engines_options_without_it(tmp_path,
     assert "--n, --seed: for --engine dask only" in capsys.readouterr().err and not (tmp_path / "g").exists()
 
 
+@pytest.mark.parametrize(("argv", "message"), [
+    (["generate", "--engine", "dask", "--n", "100", "--partitions", "0"], "--partitions == 0, must be in 1..100"),
+    (["generate", "--engine", "dask", "--n", "100", "--partitions", "1000"], "--partitions == 1000, must be in 1..100"),
+    (["show", "--n", "1000000000000"], "--n == 1000000000000, must be in 1..10,000"),
+])
+def test_a_count_out_of_range_is_refused_before_any_work(argv, message, tmp_path, capsys):
+    """--partitions 0 was read as not given, 1000 for 100 cases an unexpected ValueError, and show
+    --n 10^12 tried to allocate 5 TiB."""
+    from pipeline.cli import main
+
+    assert main([*argv, *(["--out", str(tmp_path / "g")] if argv[0] == "generate" else [])]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and not (tmp_path / "g").exists(), err
+
+
 def test_a_block_of_cases_writes_whole_numbers_as_all_of_them_would(kb):
     """A block's integer field is written as the whole set of cases has it: with a decimal point
     when an unknown value elsewhere makes the field a float (blocks of `kneepain sample`)."""

@@ -192,8 +192,12 @@ def test_unknown_column_is_one_line_naming_the_choices(trained, cases_csv, tmp_p
                            (["--block-mb", "5"], "--block-mb: for --engine dask only."),
                            (["--format", "csv", "--scheduler", "tcp://127.0.0.1:1"],
                             "--scheduler, --format: for --engine dask only."),
-                           (["--engine", "dask", "--block-mb", "0"], "--block-mb == 0, must be at least one byte"),
-                           (["--engine", "dask", "--block-mb", "1e-7"], "--block-mb == 1e-07, must be at least one"),
+                           (["--engine", "dask", "--block-mb", "0"],
+                            "--block-mb == 0, must be a finite size of at least one byte"),
+                           (["--engine", "dask", "--block-mb", "1e-7"], "--block-mb == 1e-07, must be a finite size"),
+                           (["--engine", "dask", "--block-mb", "nan"], "--block-mb == nan, must be a finite size"),
+                           (["--engine", "dask", "--block-mb", "inf"], "--block-mb == inf, must be a finite size"),
+                           (["--jobs", "1000000000000"], "--jobs == 1000000000000, must be in 0.."),
                            (["--columns", ","], "--columns ',': a name is empty"),
                            (["--columns", "case_id,,triage"], "--columns 'case_id,,triage': a name is empty")]:
         assert main(["score", str(path), "-o", str(tmp_path / "o.csv"), "--model", str(models), *flags]) == 2, flags

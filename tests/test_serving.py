@@ -247,16 +247,33 @@ def test_served_answers_hold_the_columns_asked_for_computed_as_predict_computes_
 
 
 @pytest.mark.parametrize(("option", "message"), [
-    (["--host", ""], "--host '': give an address to listen on"),  # uvicorn listened on every interface
-    (["--host", " "], "--host ' ': give an address to listen on"),
+    (["--host", ""], "--host '': empty; give a value"),  # uvicorn listened on every interface
+    (["--host", " "], "--host ' ': empty; give a value"),
     (["--port", "70000"], "--port == 70000, must be in 0..65535"),  # a traceback after the model had loaded
     (["--port", "-1"], "--port == -1, must be in 0..65535"),
     (["--workers", "0"], "--workers == 0, must be in 1.."),  # accepted, and served by one
     (["--workers", "1000000000000"], "--workers == 1000000000000, must be in 1.."),  # spawned until killed
 ])
 def test_serve_refuses_an_address_port_or_worker_count_it_cannot_use(option, message, tmp_path, capsys):
+    """An empty option of any command is refused the same way (``-o ''`` read as the current folder)."""
     from pipeline.cli import main
 
     assert main(["serve", "-m", str(tmp_path / "no-model-needed"), *option]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"kneepain serve: error: {message}") and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("argv", [["score", "in.csv", "-o", ""], ["score", "in.csv", "-o", "x.csv", "--model", ""],
+                                  ["score", "", "-o", "x.csv"], ["score", "in.csv", "-o", "x.csv", "--report", " "],
+                                  ["train", "--extra-data", ""], ["generate", "--out", ""], ["generate", "--out", "-"],
+                                  ["evaluate", "--out", "-"], ["sensitivity", "--out", "-"]])
+def test_an_option_given_as_empty_text_is_refused_by_name(argv, tmp_path, capsys, monkeypatch):
+    """A shell variable left unset: ``-o ""`` was "unexpected ValueError: PosixPath('.') has an empty
+    name", ``--report ""`` wrote no report and said nothing, ``--extra-data ""`` trained without it."""
+    from pipeline.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and ("': empty; give a value (see kneepain " in err or "--out -: kneepain " in err), err
+    assert list(tmp_path.iterdir()) == []
