@@ -190,15 +190,17 @@ def test_every_expected_cost_level_has_a_condition_in_the_differential_that_call
     by_rule = ~cost & np.any([fires[:, i] & (level == LEVELS.index(f.level)) for i, f in enumerate(flags)
                               if f.condition], axis=0)
     assert by_rule.sum() > 10 and (named & by_rule).sum() > 0, (by_rule.sum(), (named & by_rule).sum())
-    assert (named == ((cost | by_rule) & (likely < needed))).all() and named.sum() > 100, named.sum()
-    for code, shown, need in zip(advice[named], pd.Series(columns["differential"])[named], needed[named]):
+    # (where a screen rule leads, the most likely condition is named too when it calls for the level)
+    led = advice.str.startswith("screen:").to_numpy()
+    expected = ((cost | by_rule) & (likely < needed)) | (led & (likely >= level))
+    assert (named == expected).all() and named.sum() > 100, named.sum()
+    for code, shown, need in zip(advice[named], pd.Series(columns["differential"])[named], np.where(led, level, needed)[named]):
         driver = code.split("+")[1]
         assert driver in shown.split("|") and right[driver] >= need, (code, shown)
     # the advice leads with what to rule out exactly where a screen rule fires at the case's level
     rules = model.decision.screen.rules
     screened = model.decision.safety(model.kb).fires(cases.codes)[:, len(flags):]
     at_level = screened & (np.array([LEVELS.index(r.level) for r in rules])[None, :] == level[:, None])
-    led = advice.str.startswith("screen:").to_numpy()
     assert (led == at_level.any(axis=1)).all() and led.sum() > 10, led.sum()
 
 
@@ -215,9 +217,14 @@ def test_a_screened_emergency_is_advised_as_what_to_rule_out_not_as_a_condition(
               "foot_cold_or_pale": "yes", "symptom_duration_days": 0.1},
              {"age": 70, "sex": "male", "onset": "gradual", "swelling_behind_knee": "yes", "pulsating_lump": "yes",
               "symptom_duration_days": 30},
-             {"age": 40, "sex": "male", "muscle_spasm": "yes", "breathless_or_chest_pain": "yes"}]
+             {"age": 40, "sex": "male", "muscle_spasm": "yes", "breathless_or_chest_pain": "yes"},
+             # a likely DVT beside the screen's PE is named too (the condition that calls for the level)
+             {"age": 55, "sex": "female", "recent_surgery": "yes", "leg_swelling": "yes", "calf_tenderness": "yes",
+              "skin_warm": "yes", "breathless_or_chest_pain": "yes"}]
     out = predict(cases, model=models)
-    assert out["triage"].tolist() == ["emergency"] * 3
+    assert out["triage"].tolist() == ["emergency"] * 4 and out["prediction"][3] == "dvt"
+    assert "Deep vein thrombosis, which calls for this level too, is not ruled out either." in out["advice"][3]
+    assert "cramp" not in out["advice"][0].lower()
     first = {"limb_ischaemia": 0, "popliteal_aneurysm": 1, "pulmonary_embolism": 2}
     for rule in decision.screen.rules:
         if rule.name in first:
@@ -230,7 +237,8 @@ def test_a_screened_emergency_is_advised_as_what_to_rule_out_not_as_a_condition(
     loaded = get_model(models)
     parsed = parse_cases(pd.DataFrame(cases))
     coded = decision_columns(decision, loaded.kb, parsed, loaded.predict_proba(parsed), codes=True)["advice"]
-    assert list(coded) == ["screen:limb_ischaemia", "screen:popliteal_aneurysm", "screen:pulmonary_embolism"]
+    assert list(coded) == ["screen:limb_ischaemia", "screen:popliteal_aneurysm", "screen:pulmonary_embolism",
+                           "screen:pulmonary_embolism+dvt"]
     texts = {code: text for text, code in decision.text_codes(loaded.kb)["advice"].items()}
     assert [texts[c] for c in coded] == out["advice"].tolist()
 

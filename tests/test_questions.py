@@ -238,6 +238,7 @@ def test_a_yes_to_an_emergency_sign_is_kept_when_the_session_stops_in_the_screen
         summary = _flat(text).split("Summary")[-1]
         net = summary.split("Go the same day instead if:")[1].split("Advice")[0] if "instead if:" in summary else ""
         assert "short of breath" not in net, ending
+        assert "To rule out: pulmonary embolism." in summary, ending  # every screen rule that fired, by name
 
 
 def test_a_no_to_the_screen_leaves_a_sign_unknown_where_its_rule_needs_more_than_the_sign(model):
@@ -257,6 +258,7 @@ def test_a_yes_to_the_screen_with_no_sign_named_is_kept_as_a_reason_to_go_now(mo
     from pipeline.interact.ask import UNPLACED_SIGN
 
     result, text = _session(model, "30\nmale\ny\nd\nd\nd\nq\n", max_questions=2)
+    assert result["same_day_sign_unnamed"]
     flat = _flat(text)
     assert flat.count(_flat(UNPLACED_SIGN)) == 2, flat
     assert flat.split("Summary")[-1].split("You are 30")[0].strip().endswith(_flat(UNPLACED_SIGN))
@@ -264,8 +266,13 @@ def test_a_yes_to_the_screen_with_no_sign_named_is_kept_as_a_reason_to_go_now(mo
     _, text = _session(model, "30\nmale\ny\ny\nq\n", max_questions=2)
     assert _flat(UNPLACED_SIGN) not in _flat(text)
     # taken back, the screen is asked again and the yes no longer stands
-    _, text = _session(model, "30\nmale\ny\nd\nd\nd\nb\nq\n", max_questions=2)
-    assert _flat(UNPLACED_SIGN) not in _flat(text).split("Summary")[-1]
+    result, text = _session(model, "30\nmale\ny\nd\nd\nd\nb\nq\n", max_questions=2)
+    assert _flat(UNPLACED_SIGN) not in _flat(text).split("Summary")[-1] and not result["same_day_sign_unnamed"]
+    # a stop or the end of input between the signs leaves it standing; a no to every sign does not
+    for answers, stands in (("y\nq\n", True), ("y\nd\nq\n", True), ("y\nd\nd\n", True), ("y\nn\nn\nn\nq\n", False)):
+        result, text = _session(model, "30\nmale\n" + answers, max_questions=3)
+        summary = _flat(text).split("Summary")[-1]
+        assert (_flat(UNPLACED_SIGN) in summary) == stands == result["same_day_sign_unnamed"], answers
 
 
 def test_going_back_over_the_screen_asks_its_unanswered_signs_again(model):

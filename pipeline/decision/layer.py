@@ -301,13 +301,15 @@ def decision_columns(decision: Decision, kb: KnowledgeBase, parsed: ParsedCases,
 
     def advice() -> np.ndarray:
         needed, driver = driving()
-        level, likely = triage()[0], proba.argmax(axis=1)
+        level, likely, right = triage()[0], proba.argmax(axis=1), right_levels(cfg)
         # the advice names the condition the level is for where the most likely one does not call for it
-        named = np.where(right_levels(cfg)[likely] < needed, driver, -1)
-        # and leads with what to rule out where a screen rule sets the level (none of the nine)
+        named = np.where(right[likely] < needed, driver, -1)
+        # and leads with what to rule out where a screen rule sets the level (none of the nine),
+        # naming beside it the condition that calls for the level too: that one, else the most likely
         first = leading_screen_rule(screen, level, rules()[1][:, len(cfg.red_flags):])
+        also = np.where(named >= 0, named, np.where(right[likely] >= level, likely, -1))
         return lookup(decision._advice_codes if codes else decision._advice,
-                      np.where(first >= 0, decision._screen_advice_start + screen_advice_index(first, likely, named),
+                      np.where(first >= 0, decision._screen_advice_start + screen_advice_index(first, also),
                                advice_index(level, likely, named)))
 
     def ask_next() -> np.ndarray:

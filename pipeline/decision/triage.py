@@ -161,10 +161,11 @@ def advice_written(cfg: TriageConfig) -> np.ndarray:
 def screen_advice(cfg: TriageConfig, screen: ScreenConfig) -> np.ndarray:
     """(n_rules, 1 + n_conditions) advice of a case whose level a screen rule sets: the level's
     instruction, what to rule out first and why, then (at ``1 + d``) that condition ``d``, which
-    the level is also for, is not ruled out either, and the closing. No condition's own advice:
+    calls for the level too, is not ruled out either, and the closing. No condition's own advice:
     for a cold, pale foot named as a cramp it read "stretch the muscle gently"."""
     def text(r, d: str | None) -> str:
-        other = f"Not ruled out either: {CONDITION_LABELS[d]}, which this level is also for. " if d else ""
+        label = CONDITION_LABELS[d] if d else ""
+        other = f"{label[:1].upper()}{label[1:]}, which calls for this level too, is not ruled out either. " if d else ""
         return f"{cfg.level_text[r.level]} First rule out {r.rule_out}: {r.reason}. {other}{cfg.closing}"
 
     return np.array([[text(r, None), *(text(r, d) for d in CONDITIONS)] for r in screen.rules], dtype=object)
@@ -177,9 +178,11 @@ def screen_advice_codes(screen: ScreenConfig) -> np.ndarray:
 
 
 def screen_advice_written(cfg: TriageConfig, screen: ScreenConfig) -> np.ndarray:
-    """The cells of :func:`screen_advice` a case can get: a condition named where some case at the
-    rule's level can have it named (:func:`advice_written`)."""
+    """The cells of :func:`screen_advice` a case can get: a condition named where it calls for the
+    rule's level (the most likely one), or where a case at that level can have it named as a
+    less likely one (:func:`advice_written`)."""
     named = np.asarray(advice_written(cfg)[:, :, 1:].any(axis=1))  # (level, condition)
+    named |= right_levels(cfg)[None, :] >= np.arange(len(LEVELS))[:, None]
     at = np.array([LEVELS.index(r.level) for r in screen.rules])
     return np.concatenate([np.ones((len(at), 1), dtype=bool), named[at]], axis=1)
 
@@ -191,10 +194,10 @@ def leading_screen_rule(screen: ScreenConfig, level: np.ndarray, matches: np.nda
     return np.where(at_level.any(axis=1), at_level.argmax(axis=1), -1)
 
 
-def screen_advice_index(rule: np.ndarray, likely: np.ndarray, driver: np.ndarray) -> np.ndarray:
+def screen_advice_index(rule: np.ndarray, condition: np.ndarray) -> np.ndarray:
     """Per case, the flat index of its cell of :func:`screen_advice` (``rule``: its leading screen
-    rule), ``driver`` named as in :func:`advice_index`."""
-    return rule.astype(np.int64) * (len(CONDITIONS) + 1) + np.where(driver == likely, -1, driver) + 1
+    rule; ``condition``: the one named beside it, -1 for none)."""
+    return rule.astype(np.int64) * (len(CONDITIONS) + 1) + condition + 1
 
 
 def advice_index(level: np.ndarray, likely: np.ndarray, driver: np.ndarray) -> np.ndarray:

@@ -250,7 +250,8 @@ def run_session(model: str | Path | LoadedModel | None = None, *, input: TextIO 
         (the final :func:`pipeline.serve.predict` row as a dict, or None if the session stopped
         before age and sex), ``answers`` (every question asked with its answer, None for "don't
         know", in order), ``questions`` (how many were asked; the screen's signs asked together
-        count once) and ``stopped_because``.
+        count once), ``stopped_because`` and ``same_day_sign_unnamed`` (a yes to the same-day signs
+        together that no sign's own answer bears out: a reason to go now, whatever ``prediction`` says).
     """
     if not isinstance(max_questions, (int, np.integer)) or isinstance(max_questions, bool) or max_questions < 0:
         raise ValueError(f"max_questions == {max_questions!r}, must be a non-negative integer.")
@@ -263,7 +264,7 @@ def run_session(model: str | Path | LoadedModel | None = None, *, input: TextIO 
     row: dict | None = None
     screen = _screen_fields(loaded)
     screened = False
-    unplaced: list[str] = []  # the signs a "yes, one of these" covered where none was then said yes to
+    said_yes: list[str] = []  # the signs a "yes, one of these" covered (cleared when the screen is asked again)
 
     def answers() -> list[tuple[str, _Answer]]:
         return [a for step in steps for a in step]
@@ -277,6 +278,14 @@ def run_session(model: str | Path | LoadedModel | None = None, *, input: TextIO 
         given = {name for name, _ in answers()}
         return [(name, text) for name, text in screen if name not in given]
 
+    def unplaced() -> bool:
+        """A "yes, one of these" to the same-day signs that no sign's own answer bears out: none
+        answered yes, and not every one answered no (a stop, "don't know" or a later + words
+        between them leaves it standing)."""
+        given = dict(answers())
+        return bool(said_yes) and not any(given.get(n) == "yes" for n in said_yes) and \
+            not all(given.get(n) == "no" for n in said_yes)
+
     def undo() -> None:
         for name, _ in steps.pop():
             case.pop(name, None)
@@ -289,7 +298,7 @@ def run_session(model: str | Path | LoadedModel | None = None, *, input: TextIO 
         undo()
         screened = not unscreened()  # a sign no longer answered is asked again
         if not screened:
-            unplaced.clear()
+            said_yes.clear()
         io.say("Went back one answer.", "  ")
 
     def volunteer(words: str) -> None:
@@ -333,6 +342,7 @@ def run_session(model: str | Path | LoadedModel | None = None, *, input: TextIO 
                     io.say(f"Q{asked + 1}. First, do you have any of these now? {'; '.join(t for _, t in signs)}")
                     said = io.yes_no("Any of these?")
                     if said == "yes":  # which one: each sign on its own, each kept as it is given
+                        said_yes[:] = [name for name, _ in signs]
                         step: list[tuple[str, _Answer]] = []
                         try:
                             for name, _ in signs:
@@ -340,8 +350,7 @@ def run_session(model: str | Path | LoadedModel | None = None, *, input: TextIO 
                         finally:  # a stop (or b, + words) in the middle keeps the signs already answered
                             if step:
                                 record(step)
-                        if not any(a == "yes" for _, a in step):  # present, the person said, but not which
-                            unplaced[:] = [text for _, text in signs]
+                        if unplaced():  # present, the person said, but not which
                             io.say(UNPLACED_SIGN, "  ")
                     else:
                         record([(name, "no" if said == "no" else None) for name, _ in signs])
@@ -374,8 +383,9 @@ def run_session(model: str | Path | LoadedModel | None = None, *, input: TextIO 
         stopped = "the input ended"
     # the answers as they stand (after going back, or a stop in the middle of a question)
     row = predict(case, model=loaded).iloc[0].to_dict() if "age" in case and "sex" in case else None
-    _summary(io, row, case, answers(), stopped, loaded, unplaced=bool(unplaced))
-    return {"case": case, "prediction": row, "answers": answers(), "questions": len(steps), "stopped_because": stopped}
+    _summary(io, row, case, answers(), stopped, loaded, unplaced=unplaced())
+    return {"case": case, "prediction": row, "answers": answers(), "questions": len(steps), "stopped_because": stopped,
+            "same_day_sign_unnamed": unplaced()}
 
 
 def _safety_net_by_level(shown: str, model: LoadedModel) -> list[tuple[str, list[str]]]:
@@ -414,6 +424,8 @@ def _summary(io: _Session, row: dict | None, case: dict, answers: list[tuple[str
         if "triage" in row:
             why = re.sub(r" \([a-z0-9_]+\)", "", row["triage_reason"])  # without the rule's internal name
             io.say(f"What to do: {_level_text(row, model)} Why: {why}.", "  ")
+            if row.get("screen"):  # every rule that fired, where the reason names the first
+                io.say(f"To rule out: {', '.join(row['screen'].split('|'))}.", "  ")
             if row["safety_net"]:
                 for lead, signs in _safety_net_by_level(row["safety_net"], model):
                     io.say(f"{lead}: " + "; ".join(signs) + ".", "  ")
