@@ -189,7 +189,13 @@ def _train(args: argparse.Namespace) -> int:
     from pipeline.core.paths import config_path, data_dir, models_dir
     from pipeline.stages import train_stage
 
+    if args.scheduler is not None and args.backend != "dask":
+        raise UsageError("--scheduler: for --backend dask only (the cross-validation's cluster).")
     config = load_config(TrainConfig, args.config or config_path("train.yaml"))
+    if (args.extra_weight is not None or args.extra_holdout is not None) and not (args.extra_data or
+                                                                                 config.extra_data.path):
+        raise UsageError("--extra-weight and --extra-holdout weigh and split real cases: give them with "
+                         "--extra-data FILE (or extra_data.path in the train config).")
     # a path on the command line is the shell's, from the current folder (the config's are from the project's)
     extra_path = str(Path(args.extra_data).absolute()) if args.extra_data else args.extra_data
     given = {k: v for k, v in (("path", extra_path), ("weight", args.extra_weight),
@@ -229,7 +235,7 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None, help="models folder or MLflow URI (default models)")
     p.add_argument("--out", default=None, help="reports folder (default reports, or reports/evaluations/<name>)")
     p.add_argument("--kb", default=None, help="knowledge base (default configs/knowledge_base.yaml)")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for --data FILE (default 1000)")
+    p.add_argument("--bootstrap", type=int, default=None, help="bootstrap resamples for --data FILE (default 1000)")
     p.add_argument("--no-mlflow", action="store_true", help="with --data FILE: do not log a run to MLflow")
 
 
@@ -239,10 +245,11 @@ def _evaluate_file(args: argparse.Namespace, path: Path) -> int:
     from pipeline.report.labelled import format_labelled
     from pipeline.stages import evaluate_file
 
-    if args.bootstrap < 2:
-        raise UsageError(f"--bootstrap == {args.bootstrap}, must be >= 2.")
+    n_boot = 1000 if args.bootstrap is None else args.bootstrap
+    if n_boot < 2:
+        raise UsageError(f"--bootstrap == {n_boot}, must be >= 2.")
     out = Path(args.out) if args.out else reports_dir() / "evaluations" / path.stem
-    result = evaluate_file(args.model, path, out, track=not args.no_mlflow, n_boot=args.bootstrap)
+    result = evaluate_file(args.model, path, out, track=not args.no_mlflow, n_boot=n_boot)
     if result.metrics["ignored_columns"]:
         message = ignored_columns_message(result.metrics["ignored_columns"], str(path))
         print(f"kneepain evaluate: warning: {message}", file=sys.stderr)
@@ -266,6 +273,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.data and Path(args.data).is_file():
         raise UsageError(f"--data {args.data}: a file of labelled cases is read as CSV or Parquet, by its extension "
                          "(.csv or .parquet); a folder, as the generated splits.")
+    given = [flag for flag, on in (("--bootstrap", args.bootstrap is not None), ("--no-mlflow", args.no_mlflow)) if on]
+    if given:  # they were ignored: the folder's evaluation logged to MLflow and drew no bootstrap
+        raise UsageError(f"{', '.join(given)}: for --data FILE (labelled cases) only; a data folder's evaluation "
+                         "is the DVC stage's, logged to the model's MLflow run where it is in this tracking store.")
     out = Path(args.out) if args.out else reports_dir()
     result = evaluate_stage(args.model, load_knowledge_base(args.kb), Path(args.data) if args.data else data_dir(), out)
     print(format_metrics_table(result.metrics))

@@ -254,13 +254,18 @@ def test_kneepain_generate_refuses_the_dask_engines_options_without_it(tmp_path,
     (["generate", "--engine", "dask", "--n", "100", "--partitions", "0"], "--partitions == 0, must be in 1..100"),
     (["generate", "--engine", "dask", "--n", "100", "--partitions", "1000"], "--partitions == 1000, must be in 1..100"),
     (["show", "--n", "1000000000000"], "--n == 1000000000000, must be in 1..10,000"),
+    # options that were silently ignored: the run went ahead without what they asked for
+    (["train", "--scheduler", "tcp://127.0.0.1:1"], "--scheduler: for --backend dask only"),
+    (["train", "--extra-weight", "5"], "--extra-weight and --extra-holdout weigh and split real cases"),
+    (["evaluate", "--no-mlflow", "--data", "."], "--no-mlflow: for --data FILE (labelled cases) only"),
+    (["evaluate", "--bootstrap", "0", "--data", "."], "--bootstrap: for --data FILE (labelled cases) only"),
 ])
-def test_a_count_out_of_range_is_refused_before_any_work(argv, message, tmp_path, capsys):
+def test_an_option_out_of_range_or_without_its_use_is_refused_before_any_work(argv, message, tmp_path, capsys):
     """--partitions 0 was read as not given, 1000 for 100 cases an unexpected ValueError, and show
-    --n 10^12 tried to allocate 5 TiB."""
+    --n 10^12 tried to allocate 5 TiB; evaluate --no-mlflow on a data folder logged to MLflow."""
     from pipeline.cli import main
 
-    assert main([*argv, *(["--out", str(tmp_path / "g")] if argv[0] == "generate" else [])]) == 2
+    assert main([*argv, *(["--out", str(tmp_path / "g")] if argv[0] != "show" else [])]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and not (tmp_path / "g").exists(), err
 
