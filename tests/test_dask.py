@@ -5,12 +5,14 @@ worker must either be survived or leave no output; partitioned generation must b
 the dask joblib backend must give the local backend's cross-validation results.
 """
 
+import contextlib
 import gc
 import os
 import re
 import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import cloudpickle
@@ -425,6 +427,13 @@ def test_train_with_the_dask_backend_matches_local(client, small_data, small_con
     assert {c.name: c.cv_accuracy for c in remote.candidates} == {c.name: c.cv_accuracy for c in local.candidates}
 
 
+@contextlib.contextmanager
+def _every_warning():
+    """Every warning recorded, even one Python already showed from the same line."""
+    warnings.simplefilter("always")
+    yield
+
+
 def _trim_threshold() -> str | None:
     return os.environ.get("MALLOC_TRIM_THRESHOLD_")
 
@@ -441,7 +450,7 @@ def test_dask_client_joins_a_scheduler_or_starts_a_local_cluster(client, monkeyp
     with dask_client(client.scheduler.address) as joined:
         assert joined.submit(sum, [1, 2]).result() == 3
     monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
-    with dask_client(n_workers=1) as local:
+    with warnings.catch_warnings(record=True) as caught, _every_warning(), dask_client(n_workers=1) as local:
         info = local.scheduler_info()
         assert len(info["workers"]) == 1
         assert all(w["nthreads"] == 1 for w in info["workers"].values())
@@ -451,6 +460,8 @@ def test_dask_client_joins_a_scheduler_or_starts_a_local_cluster(client, monkeyp
         # a terminal's Ctrl-C, which reaches the workers too, is left to the job: no worker
         # prints a KeyboardInterrupt traceback around the job's one-line stop
         assert list(local.run(_sigint_ignored).values()) == [True]
+    # beside another cluster (this module's, on 8787), no four-line "Port 8787 is already in use"
+    assert not [w for w in caught if "already in use" in str(w.message)], [str(w.message) for w in caught]
     assert _trim_threshold() is None  # nor is it left in this process for later workers to inherit
     with pytest.raises(ValueError, match="n_workers"):
         with dask_client(client.scheduler.address, n_workers=2):

@@ -68,7 +68,7 @@ def dask_client(scheduler: str | None = None, *, n_workers: int | None = None) -
     scheduler : str, optional
         Address of a running scheduler (``tcp://host:8786``). Default: start a ``LocalCluster`` on
         127.0.0.1 with one single-threaded worker process per core and no dashboard (the
-        scheduler still answers health checks over HTTP on 127.0.0.1, port 8787 or a free one).
+        scheduler still answers health checks over HTTP, on a free port of 127.0.0.1).
     n_workers : int, optional
         Workers of the local cluster (default ``os.cpu_count()``); not allowed with ``scheduler``.
 
@@ -110,8 +110,11 @@ def _client(scheduler: str | None, n_workers: int | None) -> Iterator["Client"]:
             # this process's alone, also while a worker imports, before dask_setup can ignore it
             # (not SIGTERM: the cluster stops its workers with it)
             with signals_blocked({signal.SIGINT}):
+                # no dashboard; the scheduler's health checks on a free port of 127.0.0.1 (on 8787,
+                # a second job at once was warned, in four lines, that the port was in use)
                 cluster = stack.enter_context(LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                                           host="127.0.0.1", dashboard_address=None))
+                                                           host="127.0.0.1", dashboard_address=None,
+                                                           scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}))
         except RuntimeError as err:  # a worker that died while it started ("Nanny failed to start")
             raise DaskJobError(f"the local Dask cluster did not start: {err}") from err
         yield stack.enter_context(Client(cluster))
