@@ -434,13 +434,20 @@ def _after_scoring(args: argparse.Namespace, plain, estimate) -> None:
             print(f"Batch report: {args.report} (numbers in {Path(args.report).with_suffix('.json')})", file=sys.stderr)
 
 
+def _most_processes() -> int:
+    """The most scoring processes a command starts (`score --jobs`, `serve --workers`): four per
+    core; each holds the model and scores, so more only wait for a core."""
+    return 4 * (os.cpu_count() or 1)
+
+
 def _score(args: argparse.Namespace) -> int:
     from pipeline.core.schema import top_k_problem
     from pipeline.serve.shaping import FLOAT_DIGITS, MAX_FLOAT_DIGITS, float_digits_allowed
 
     if args.chunk_rows < 1:
         raise UsageError(f"--chunk-rows == {args.chunk_rows}, must be >= 1.")
-    if not 0 <= args.jobs <= (most := 4 * (os.cpu_count() or 1)):  # more processes than that only wait for cores
+    most = _most_processes()
+    if not 0 <= args.jobs <= most:
         raise UsageError(f"--jobs == {args.jobs}, must be in 0..{most} (0: one process per available core; at most "
                          "four per core).")
     if args.jobs != 1 and args.engine == "dask":
@@ -663,14 +670,12 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import os
-
     from pipeline.serve.http import MAX_CASES_ENV, MAX_REQUEST_ENV, MODEL_ENV, max_request_bytes, max_request_cases
     from pipeline.serve.loading import is_model_uri, load_model, pinned_uri
 
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port == {args.port}, must be in 0..65535 (0: a free port).")
-    most = 4 * (os.cpu_count() or 1)  # each worker holds the model and runs the scoring: more only wait for cores
+    most = _most_processes()
     if not 1 <= args.workers <= most:
         raise UsageError(f"--workers == {args.workers}, must be in 1..{most} (four per core here).")
     env = dict(os.environ)

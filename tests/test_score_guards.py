@@ -13,6 +13,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from processes import spawned_children
 from temporaries import leftover_temporaries
 
 from pipeline.cli import main
@@ -1045,19 +1046,6 @@ def test_the_dask_engine_stopped_by_sigterm_leaves_no_folder(trained, big_csv, t
     assert not out.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".scored")] == []
 
 
-def _dask_workers_of(pid: int) -> list[int]:
-    """The local Dask worker processes of job ``pid`` (its children running multiprocessing's spawn_main)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-            if parent == pid and b"spawn_main" in (stat.parent / "cmdline").read_bytes():
-                found.append(int(stat.parent.name))
-        except (OSError, IndexError):  # a process that ended meanwhile
-            continue
-    return found
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the workers in /proc")
 @pytest.mark.parametrize("moment", ["while its workers start", "while they score"])
@@ -1074,7 +1062,7 @@ def test_ctrl_c_to_a_dask_job_stops_it_without_the_clusters_tracebacks(trained, 
                             stderr=subprocess.PIPE, text=True, cwd=tmp_path, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
-        while not (_dask_workers_of(proc.pid) if moment == "while its workers start"
+        while not (spawned_children(proc.pid) if moment == "while its workers start"
                    else list(tmp_path.glob(".scored.tmp-*/part-*"))):
             assert proc.poll() is None and time.monotonic() < deadline, "the job ended before it could be stopped"
             time.sleep(0.01)

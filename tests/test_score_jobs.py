@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from processes import spawned_children
 
 from pipeline.cli import EXIT_REJECTED, main
 from pipeline.core.errors import BatchInputError
@@ -140,21 +141,6 @@ def test_jobs_must_be_positive(trained, messy_csv, tmp_path):
     assert main(["score", str(messy_csv), "-o", str(tmp_path / "o.csv"), "--model", str(models), "--jobs", "-1"]) != 0
 
 
-def _importing_scoring_processes(pid: int) -> list[int]:
-    """The scoring processes ``pid`` has started that are importing the scoring code (from /proc: its
-    children running multiprocessing's spawn_main, not its resource tracker, with numpy loaded)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-            if (parent == pid and b"spawn_main" in (stat.parent / "cmdline").read_bytes()
-                    and "_multiarray_umath" in (stat.parent / "maps").read_text()):
-                found.append(int(stat.parent.name))
-        except (OSError, IndexError):  # a process that ended meanwhile
-            continue
-    return found
-
-
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the scoring processes in /proc")
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_while_the_processes_start_stops_the_job_in_one_line(trained, messy_csv, tmp_path, signum):
@@ -173,7 +159,7 @@ def test_ctrl_c_while_the_processes_start_stops_the_job_in_one_line(trained, mes
                             start_new_session=True)
     try:
         deadline = time.monotonic() + 60
-        while len(_importing_scoring_processes(proc.pid)) < 2:
+        while len(spawned_children(proc.pid, loaded="_multiarray_umath")) < 2:  # importing the scoring code
             assert proc.poll() is None and time.monotonic() < deadline, "the job ended before its processes started"
             time.sleep(0.01)
         os.killpg(proc.pid, signum)

@@ -45,8 +45,6 @@ def dask_setup(worker: Any) -> None:
     task (a stopped job, or one whose other task failed) logged the cancelled task and, when
     the scheduler closed first, a traceback per failed heartbeat: up to 65 lines again. What a
     local worker logs once it is closing is dropped; the job says itself why it stopped."""
-    import logging
-
     from distributed.core import Status
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)

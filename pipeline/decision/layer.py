@@ -117,10 +117,11 @@ class Decision:
         # every cell of advice_table, then every cell of screen_advice
         self._advice = np.concatenate([advice_table(self.config).ravel(), screen_advice(self.config, self.screen).ravel()])
         self._reason_codes = np.array(reason_codes(self.config, self.screen), dtype=object)
-        self._advice_codes = np.concatenate([advice_codes().ravel(), screen_advice_codes(self.screen).ravel()])
+        plain_codes = advice_codes().ravel()
+        self._advice_codes = np.concatenate([plain_codes, screen_advice_codes(self.screen).ravel()])
         self._advice_written = np.concatenate([advice_written(self.config).ravel(),
                                                screen_advice_written(self.config, self.screen).ravel()])
-        self._screen_advice_start = advice_codes().size
+        self._screen_advice_start = len(plain_codes)
         self._net: tuple[KnowledgeBase, SafetyNet] | None = None
 
     def safety(self, kb: KnowledgeBase) -> SafetyNet:

@@ -183,14 +183,19 @@ def screen_advice_written(cfg: TriageConfig, screen: ScreenConfig) -> np.ndarray
     less likely one (:func:`advice_written`)."""
     named = np.asarray(advice_written(cfg)[:, :, 1:].any(axis=1))  # (level, condition)
     named |= right_levels(cfg)[None, :] >= np.arange(len(LEVELS))[:, None]
-    at = np.array([LEVELS.index(r.level) for r in screen.rules])
+    at = _screen_levels(screen)
     return np.concatenate([np.ones((len(at), 1), dtype=bool), named[at]], axis=1)
+
+
+def _screen_levels(screen: ScreenConfig) -> np.ndarray:
+    """Each screen rule's level, as an index into :data:`LEVELS`."""
+    return np.array([LEVELS.index(r.level) for r in screen.rules])
 
 
 def leading_screen_rule(screen: ScreenConfig, level: np.ndarray, matches: np.ndarray) -> np.ndarray:
     """Per case, the first screen rule (in the config's order) that fires (``matches``, n_cases x
     n_rules) at the case's own ``level``, which its advice leads with; -1 where none does."""
-    at_level = matches & (np.array([LEVELS.index(r.level) for r in screen.rules])[None, :] == level[:, None])
+    at_level = matches & (_screen_levels(screen)[None, :] == level[:, None])
     return np.where(at_level.any(axis=1), at_level.argmax(axis=1), -1)
 
 

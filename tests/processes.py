@@ -1,0 +1,18 @@
+"""The processes a job started, found in /proc (Linux): what a test waits for before it signals the job."""
+
+from pathlib import Path
+
+
+def spawned_children(pid: int, *, loaded: str | None = None) -> list[int]:
+    """The children of ``pid`` running multiprocessing's ``spawn_main`` (not its resource tracker),
+    with ``loaded`` among their mapped files when given (``"_multiarray_umath"``: numpy imported)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            if (parent == pid and b"spawn_main" in (stat.parent / "cmdline").read_bytes()
+                    and (loaded is None or loaded in (stat.parent / "maps").read_text())):
+                found.append(int(stat.parent.name))
+        except (OSError, IndexError):  # a process that ended meanwhile
+            continue
+    return found
