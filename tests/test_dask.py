@@ -557,10 +557,12 @@ def test_names_that_look_like_globs_or_break_lines_are_read_as_they_are(client, 
 
 
 class KillSwitch(WorkerPlugin):
-    """Makes ``pipeline.serve.batch.score_chunk`` SIGKILL its own worker at a file's second chunk.
+    """Makes ``pipeline.serve.batch.score_chunk`` SIGKILL its own worker, or raise, at a file's second chunk.
 
     ``once``: the first worker to create ``marker`` dies (restarted workers are patched too, but
     the marker then exists). ``always``: every worker dies while ``marker`` exists.
+    ``oserror-once``: the first call to create ``marker`` raises an ``OSError``.
+    ``valueerror``: every call appends a line to ``marker`` and raises a ``ValueError``.
     """
 
     name = "kneepain-kill-switch"
@@ -578,12 +580,18 @@ class KillSwitch(WorkerPlugin):
             if kwargs.get("row_offset", 0) > 0:
                 if mode == "always" and os.path.exists(marker):
                     os.kill(os.getpid(), signal.SIGKILL)
-                if mode == "once":
+                if mode == "valueerror":
+                    with open(marker, "a") as calls:
+                        calls.write("called\n")
+                    raise ValueError("a deterministic fault")
+                if mode in ("once", "oserror-once"):
                     try:
                         os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
                     except FileExistsError:
                         pass
                     else:
+                        if mode == "oserror-once":
+                            raise OSError("a file system failing for a moment")
                         os.kill(os.getpid(), signal.SIGKILL)
             return original(*args, **kwargs)
 
@@ -639,6 +647,24 @@ def test_a_worker_killed_every_time_fails_cleanly(client, trained, inputs, kill_
     kill_switch("always")
     with pytest.raises(DaskJobError, match=re.escape(f"{inputs[0]}: the Dask task failed (KilledWorker")):
         score_files_dask([inputs[0]], tmp_path / "out", models, client=client, chunk_rows=CHUNK)
+    assert not [p for p in tmp_path.iterdir() if p.name == "out" or p.name.startswith(".out")]
+
+
+def test_a_transient_error_is_retried_and_the_job_completes(client, trained, inputs, reference, kill_switch, tmp_path):
+    models, _ = trained
+    marker = kill_switch("oserror-once")
+    summary = score_files_dask(inputs, tmp_path / "out", models, client=client, chunk_rows=CHUNK)
+    assert marker.exists()  # one task really raised
+    _assert_same_as_reference(tmp_path / "out", reference, summary)
+
+
+def test_a_deterministic_error_ends_the_job_at_once_without_retries(client, trained, inputs, kill_switch, tmp_path):
+    models, _ = trained
+    calls = kill_switch("valueerror")
+    with pytest.raises(DaskJobError, match=re.escape(f"{inputs[0]}: the Dask task failed (ValueError: a deterministic "
+                                                     "fault); no output was written.")):
+        score_files_dask([inputs[0]], tmp_path / "out", models, client=client, chunk_rows=CHUNK)
+    assert calls.read_text().count("called") == 1  # not retried: a retry would fail the same way
     assert not [p for p in tmp_path.iterdir() if p.name == "out" or p.name.startswith(".out")]
 
 

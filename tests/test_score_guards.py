@@ -716,6 +716,31 @@ def test_a_date_or_time_python_cannot_hold_stops_nothing(trained, tmp_path):
     assert rejects["reject_reason"][1].startswith("column 'symptom_duration_days', value '1970-01-06': not a number")
 
 
+def test_dates_in_lists_and_structs_and_zoned_times_python_cannot_hold_stop_nothing(trained, tmp_path):
+    """A list or a struct holding a date after 9999, even in a column the job does not read, and
+    a time-zoned timestamp after 9999 kept as it is, stopped the job ("year 12921 is out of
+    range", "toordinal not yet supported"). Such dates are text within their list or struct, and
+    such a timestamp is the same instant in UTC; an ordinary one keeps its own zone."""
+    models, _ = trained
+    far = pa.array([4_000_000, 0, None], pa.int32()).cast(pa.date32())
+    table = pa.table({
+        "age": [45, 46, 47], "sex": ["male", "female", "male"],
+        "dates": pa.ListArray.from_arrays(pa.array([0, 1, 3, 3], pa.int32()), far),
+        "visit": pa.StructArray.from_arrays([far, pa.array([1, 2, 3])], names=["on", "n"]),
+        "seen": pa.array([300_000_000_000_000_000, 1_719_792_000_000_000, None], pa.timestamp("us", tz="Europe/London"))})
+    pq.write_table(table, tmp_path / "in.parquet")
+    assert _score(tmp_path / "in.parquet", tmp_path / "read.csv", models) == 0  # the columns are not read
+    assert len(pd.read_csv(tmp_path / "read.csv")) == 3
+    assert _score(tmp_path / "in.parquet", tmp_path / "out.csv", models, "--keep-input-columns") == 0
+    assert _score(tmp_path / "in.parquet", tmp_path / "one.csv", models, "--keep-input-columns", "--chunk-rows", "1") == 0
+    assert (tmp_path / "one.csv").read_bytes() == (tmp_path / "out.csv").read_bytes()
+    kept = pd.read_csv(tmp_path / "out.csv", dtype=str, keep_default_na=False)
+    assert kept["dates"].tolist() == ["['12921-08-18']", "['1970-01-01', None]", "[]"]
+    assert kept["visit"].tolist() == ["{'on': '12921-08-18', 'n': 1}", "{'on': '1970-01-01', 'n': 2}",
+                                      "{'on': None, 'n': 3}"]
+    assert kept["seen"].tolist() == ["11476-08-15 05:20:00+00:00", "2024-07-01 01:00:00+01:00", ""]
+
+
 def test_kept_parquet_values_are_written_whole_and_as_stored(trained, tmp_path):
     """A kept (or rejected) list is written whole (numpy's text of it cut a 1,500-item list to six
     items and broke its lines), each item as it is stored, a float32 as stored, and an INT96

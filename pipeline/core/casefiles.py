@@ -425,11 +425,27 @@ def _dates_as_text(table: pa.Table) -> pa.Table:
     the years 1 to 9999 and its times only microseconds: one value beyond them, even in a column
     the job does not read, stopped it ("year 10183 is out of range"). By type, not by value, so a
     file reads alike in every chunking: a date's text is Python's (``2024-01-01``), and in a case
-    field it rejects its row, as any date does."""
+    field it rejects its row, as any date does. Dates and such times inside a list or a struct
+    are their text there too."""
     for i, kind in enumerate(table.schema.types):
-        if pa.types.is_date(kind) or (pa.types.is_time64(kind) and kind.unit == "ns"):
-            table = table.set_column(i, table.column_names[i], pc.cast(table.column(i), pa.string()))
+        if (texted := _dates_texted(kind)) != kind:
+            table = table.set_column(i, table.column_names[i], pc.cast(table.column(i), texted))
     return table
+
+
+def _dates_texted(kind: pa.DataType) -> pa.DataType:
+    """``kind`` with each date, and each time in nanoseconds, in it (at any depth of lists and
+    structs) as text."""
+    if pa.types.is_date(kind) or (pa.types.is_time64(kind) and kind.unit == "ns"):
+        return pa.string()
+    if pa.types.is_struct(kind):
+        return pa.struct([kind.field(j).with_type(_dates_texted(kind.field(j).type)) for j in range(kind.num_fields)])
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+        item = kind.value_field.with_type(_dates_texted(kind.value_type))
+        if pa.types.is_fixed_size_list(kind):
+            return pa.list_(item, kind.list_size)
+        return pa.large_list(item) if pa.types.is_large_list(kind) else pa.list_(item)
+    return kind
 
 
 def _is_binary(kind: pa.DataType) -> bool:

@@ -57,6 +57,11 @@ class DaskJobError(RuntimeError):
     """The cluster failed the job (a task failed after its retries, or no scheduler answered); nothing was written."""
 
 
+def task_failed(label: str, err: BaseException) -> DaskJobError:
+    """The error of a job whose task on input ``label`` failed with ``err``."""
+    return DaskJobError(f"{label}: the Dask task failed ({type(err).__name__}: {err}); no output was written.")
+
+
 @contextlib.contextmanager
 def dask_client(scheduler: str | None = None, *, n_workers: int | None = None) -> Iterator["Client"]:
     """A ``distributed.Client`` for the duration of a ``with`` block.
@@ -193,9 +198,8 @@ def gather(client: "Client", futures: dict["Future", str]) -> list[Any]:
             for future in done:
                 try:
                     result = future.result()
-                except Exception as err:  # KilledWorker, or an unexpected error after the retries
-                    raise DaskJobError(f"{futures[future]}: the Dask task failed ({type(err).__name__}: {err}); "
-                                       "no output was written.") from err
+                except Exception as err:  # KilledWorker, or a transient error after the retries
+                    raise task_failed(futures[future], err) from err
                 if getattr(result, "error", None) is not None:
                     raise result.error
                 results.append(result)

@@ -43,7 +43,7 @@ from pipeline.core.casefiles import (
     csv_data_start,
     iter_chunks,
 )
-from pipeline.core.cluster import DaskJobError, gather, remove_temp_folder, temp_folder
+from pipeline.core.cluster import DaskJobError, gather, remove_temp_folder, task_failed, temp_folder
 from pipeline.core.errors import BatchInputError, ModelIntegrityError
 from pipeline.core.files import tmp_path
 from pipeline.core.parsing import ignored_columns_message
@@ -64,6 +64,9 @@ FORMATS = ("parquet", "csv")
 REJECTS_FILE = "_rejects.csv"  # a leading _ keeps it out of pd.read_parquet(folder) and other dataset readers
 BLOCKS_PER_WORKER = 2  # default block size: the inputs in about this many blocks per worker thread
 _INPUT_ERRORS = (BatchInputError, ModelIntegrityError, FileNotFoundError)  # the user's to fix: not retried
+# what a retry can mend (a file system or a worker's memory briefly failing); any other error
+# would only fail again, so it ends the job at once
+_TRANSIENT_ERRORS = (OSError, MemoryError)
 
 
 @dataclass
@@ -142,6 +145,10 @@ def _score_block(file: int, label: str, path: str, block: FileBlock, model_sourc
         # back to be scored whole, which reports the file's real error, if any, as the pandas engine does
         result.whole_file = _is_split(block)
         result.error = None if result.whole_file else _named_as_given(err, path, label)
+    except _TRANSIENT_ERRORS:
+        raise  # Dask retries the task
+    except Exception as err:  # returned, so that Dask does not retry what would fail again
+        result.error = task_failed(label, err)
     finally:
         if rejects is not None:
             rejects.close()  # a second close is a no-op
@@ -294,8 +301,10 @@ def score_files_dask(inputs: Sequence[str | Path] | str | Path, output_dir: str 
         newlines and quotes; blocks are submitted as they are found); its rows are then
         read by the workers.
     retries : int, default=2
-        Retries of a task that raised an unexpected error. A task whose worker died is rerun by
-        the scheduler (``distributed.scheduler.allowed-failures`` times). Input errors are not retried.
+        Retries of a task that raised an ``OSError`` or a ``MemoryError`` (a file system or a
+        worker's memory failing for a moment). A task whose worker died is rerun by the scheduler
+        (``distributed.scheduler.allowed-failures`` times). Input errors are not retried, nor is
+        any other error (it would only fail again): it ends the job at once.
     warn : callable, optional
         Called with each warning (columns that are not case fields).
 
@@ -315,8 +324,9 @@ def score_files_dask(inputs: Sequence[str | Path] | str | Path, output_dir: str 
     BatchInputError
         An input is missing, unreadable or lacks a required column, or ``output_dir`` exists.
     DaskJobError
-        A task still failed after its retries (for example its worker was killed repeatedly); the
-        message names the input. In both cases no output folder is left behind.
+        A task failed with an unexpected error, or still failed after its retries (for example
+        its worker was killed repeatedly); the message names the input. In both cases no output
+        folder is left behind.
     """
     if fmt not in FORMATS:
         raise ValueError(f"fmt == {fmt!r}, must be one of {FORMATS}.")

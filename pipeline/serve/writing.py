@@ -113,10 +113,35 @@ def as_text(values: pd.Series) -> pa.Array:
         return pa.array(values.array, type=pa.string())
     if pd.api.types.is_integer_dtype(values.dtype) and not pd.api.types.is_bool_dtype(values.dtype):
         return pc.cast(pa.array(values.array, from_pandas=True), pa.string())
+    if isinstance(values.dtype, pd.DatetimeTZDtype):
+        return _zoned_text(values)
     narrow = isinstance(values.dtype, np.dtype) and values.dtype.kind == "f" and values.dtype.itemsize < 8
     obj = values.to_numpy() if narrow else values.astype(object)
     return pa.array([v if type(v) is str else None if is_blank(v) else _list_text(v) if isinstance(v, np.ndarray)
                      else str(v) for v in obj], type=pa.string())
+
+
+_BEYOND_PYTHON = (NotImplementedError, ValueError, OverflowError)  # pandas, on a time Python cannot hold
+
+
+def _zoned_text(values: pd.Series) -> pa.Array:
+    """Time-zoned timestamps' text (``2024-07-01 01:00:00+01:00``); one after the year 9999,
+    which Python's dates cannot hold (nor pandas put in a zone), as the same instant in UTC
+    (``11476-08-15 05:20:00+00:00``)."""
+    try:
+        return pa.array([None if v is pd.NaT else str(v) for v in values], type=pa.string())
+    except _BEYOND_PYTHON:  # one at a time, from UTC
+        zone = values.dtype.tz
+
+        def text(utc: pd.Timestamp) -> str | None:
+            if utc is pd.NaT:
+                return None
+            try:
+                return str(utc.tz_localize("UTC").tz_convert(zone))
+            except _BEYOND_PYTHON:
+                return f"{utc}+00:00"
+
+        return pa.array([text(u) for u in values.dt.tz_convert(None)], type=pa.string())
 
 
 def _list_text(value: Any) -> str:
