@@ -108,13 +108,18 @@ def _report(args: argparse.Namespace) -> int:
     if not path.exists():
         raise UsageError(f"{path} does not exist: run `make run` (or `kneepain generate`) first.")
     print(format_data_summary(json.loads(path.read_text())))
-    reports = Path(args.reports) if args.reports else reports_dir()
+    reports, shown = (Path(args.reports), args.reports.rstrip("/")) if args.reports else (reports_dir(), "reports")
+    if args.reports and not (reports / DETAIL_FILE).exists():
+        raise UsageError(f"--reports {args.reports}: holds no {DETAIL_FILE} (a folder `kneepain evaluate` wrote).")
     if (reports / DETAIL_FILE).exists():
-        print(f"\nModel on held-out data (reports/{DETAIL_FILE}; headline in reports/metrics.json; plots and model "
-              "card in reports/)")
+        print(f"\nModel on held-out data ({shown}/{DETAIL_FILE}; headline in {shown}/metrics.json; plots and "
+              f"model card in {shown}/)")
         metrics = json.loads((reports / DETAIL_FILE).read_text())
         print(format_metrics_table(metrics))
         print(format_decision_table(metrics))
+    else:
+        print(f"\nNo model evaluated yet ({shown}/{DETAIL_FILE} does not exist): run `make run` (or `kneepain "
+              "evaluate`).")
     print("\nThis is information from synthetic data, not a diagnosis: seek professional medical advice.")
     return EXIT_OK
 

@@ -282,3 +282,24 @@ def test_a_block_of_cases_writes_whole_numbers_as_all_of_them_would(kb):
     expected = codes_to_text_frame(codes).iloc[:5].to_csv(index=False)
     assert codes_to_text_frame(block, whole_number_fields(codes)).to_csv(index=False) == expected
     assert codes_to_text_frame(block).to_csv(index=False) != expected  # alone, the block has no unknown age
+
+
+def test_kneepain_report_names_a_reports_folder_without_an_evaluation(tmp_path, capsys, monkeypatch):
+    """`report --reports` of a folder holding no evaluation printed the data summary and said
+    nothing of the model; the default folder before any evaluation says how to make one."""
+    import json
+
+    from pipeline.cli import main
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "summary.json").write_text(json.dumps({"class_counts": {"train": {"dvt": 3}},
+                                                   "oracle": {"test": {"accuracy": 0.5}}}))
+    assert main(["report", "--data", str(data), "--reports", str(tmp_path / "nowhere")]) == 2
+    assert f"--reports {tmp_path / 'nowhere'}: holds no metrics_detail.json" in capsys.readouterr().err
+    assert main(["report", "--data", str(data), "--reports", str(data)]) == 2  # a folder, but no evaluation's
+    monkeypatch.setenv("KNEEPAIN_HOME", str(tmp_path))  # a project folder without reports/
+    assert main(["report", "--data", str(data)]) == 0
+    out = capsys.readouterr().out
+    assert "Class counts per split" in out
+    assert "No model evaluated yet (reports/metrics_detail.json does not exist)" in out
