@@ -552,7 +552,7 @@ def _sample_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _sample(args: argparse.Namespace) -> int:
-    from pipeline.core.files import reclaim_stale_temps, write_parts_atomic
+    from pipeline.core.files import reclaim_stale_temps, stdout_bytes, write_parts_atomic
     from pipeline.core.knowledge import load_knowledge_base
     from pipeline.core.parsing import codes_to_text_frame
     from pipeline.core.schema import FIELDS, ID_COLUMN
@@ -581,12 +581,15 @@ def _sample(args: argparse.Namespace) -> int:
 
     if to_stdout:
         try:
+            out = stdout_bytes()
             for part in parts():
-                sys.stdout.buffer.write(part)
-            sys.stdout.flush()
+                out.write(part)
+            out.flush()
         except BrokenPipeError:  # `kneepain sample -o - | head`: the reader has what it wanted
             _silence_closed_streams()
             return EXIT_OK
+        except OSError as err:  # a full disk or a file-size limit: said, not taken for the end
+            raise UsageError(f"-: cannot write: {err.strerror or err}.") from err
         print(f"Wrote {args.n:,} unlabelled cases to standard output", file=sys.stderr)
         return EXIT_OK
     # a stop signal (SIGTERM, SIGHUP, Ctrl-C) stops the job at once, its temporary file removed;

@@ -4,8 +4,10 @@ top-k, compact floats and texts as codes with their lookup file."""
 import io
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -306,6 +308,43 @@ def test_a_pipe_between_processes(trained, cases_csv, tmp_path):
                           shell=True, capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert proc.stdout.splitlines()[0] == '"case_id","triage"'
     assert len(proc.stdout.splitlines()) == 3
+
+
+@pytest.mark.parametrize("python", ["unbuffered", "buffered"])
+def test_standard_output_is_written_whole_or_the_job_fails(trained, cases_csv, tmp_path, python):
+    """Run unbuffered (``PYTHONUNBUFFERED``, ``python -u``, as many container images set it),
+    standard output was the raw file: at a file-size limit a write took part of a chunk, the rest
+    was lost and the job said every row was scored (exit 0); into a non-blocking pipe read slowly,
+    most rows were lost. Now every byte is written or the job fails, naming why; buffered alike."""
+    import resource
+
+    models, _ = trained
+    path, cases = cases_csv
+    command = [str(Path(sys.executable).with_name("kneepain")), "score", str(path), "-o", "-", "--model", str(models)]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    if python == "unbuffered":
+        env["PYTHONUNBUFFERED"] = "1"
+
+    def limited() -> None:  # in the child: a 20 kB file-size limit, its signal ignored (the write fails instead)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+
+    with open(tmp_path / "cut.csv", "wb") as out:
+        cut = subprocess.run(command, stdout=out, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
+                             preexec_fn=limited, timeout=120)
+    assert cut.returncode == 2 and "-: cannot write: File too large." in cut.stderr
+    read, write = os.pipe()
+    os.set_blocking(write, False)
+    job = subprocess.Popen(command, stdout=write, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    os.close(write)
+    data = b""
+    while block := os.read(read, 4096):  # slower than the job writes: the pipe fills
+        data += block
+        time.sleep(0.001)
+    os.close(read)
+    assert job.wait(timeout=120) == 0, job.stderr.read()
+    rows = _read(io.BytesIO(data))
+    assert rows["row"].tolist() == [str(i) for i in range(len(cases))]
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")

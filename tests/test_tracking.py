@@ -135,6 +135,13 @@ def test_every_request_form_of_mlflow_serving_scores_as_predict(trained, monkeyp
         got = pyfunc.predict(infer_and_parse_data(body))
         want = predict(pd.DataFrame([cases[i] for i in rows]), model=models)
         pd.testing.assert_frame_equal(got, want, check_exact=True, obj=str(body)[:40])
+    # a field null in one case and set in another (MLflow makes it a column of one-value arrays)
+    gaps = [{"case_id": None, "age": 40, "sex": "male", "bmi": None, "fever": "yes"},
+            {"case_id": "c3", "age": 50, "sex": "female", "bmi": 25, "fever": None}]
+    for body in ({"instances": gaps}, {"inputs": gaps}, {"inputs": {k: [c[k] for c in gaps] for k in gaps[0]}}):
+        got, want = pyfunc.predict(infer_and_parse_data(body)), predict(gaps, model=models)
+        assert got.pop("case_id").tolist() == [None, "c3"]  # None, not NaN: JSON's null in the answer
+        pd.testing.assert_frame_equal(got, want.drop(columns="case_id"), check_exact=True, obj=str(body)[:40])
     # columns as lists, from a caller of the pyfunc, as the server's arrays
     pd.testing.assert_frame_equal(pyfunc.predict(columns), predict(pd.DataFrame(cases), model=models), check_exact=True)
     # a missing case id is JSON's null in the answer, not a bare NaN that parsers refuse

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import io
 import json
 import math
 import os
 import re
+import select
 import shutil
 import socket
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterable, Iterator
@@ -21,7 +24,7 @@ from typing import Any
 
 from pipeline.core.errors import BatchInputError
 
-__all__ = ["in_temporary_folder", "load_yaml", "process_alive", "reclaim_stale_temps", "sha256_file", "tmp_path",
+__all__ = ["in_temporary_folder", "load_yaml", "process_alive", "reclaim_stale_temps", "sha256_file", "stdout_bytes", "tmp_path",
            "write_bytes_atomic", "write_json_atomic", "write_parts_atomic", "write_report_json", "write_text_atomic"]
 
 
@@ -231,3 +234,43 @@ def _finite_or_null(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+class _WholeWrites(io.RawIOBase):
+    """A file descriptor written with ``os.write``, waiting while a non-blocking pipe is full
+    (:func:`stdout_bytes`' raw stream)."""
+
+    def __init__(self, fd: int):
+        super().__init__()
+        self._fd = fd
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def write(self, data: Any) -> int:
+        while True:
+            try:
+                return os.write(self._fd, data)  # perhaps part of it: the buffered writer writes the rest
+            except BlockingIOError:
+                select.select([], [self._fd], [])
+
+
+def stdout_bytes() -> Any:
+    """Standard output as a binary stream whose writes put down every byte or raise the error of
+    the write that failed (``EPIPE``, ``EFBIG``), never losing bytes silently; flush it when done
+    (closing it leaves standard output open).
+
+    ``sys.stdout.buffer`` is the raw file itself when Python runs unbuffered (``PYTHONUNBUFFERED``,
+    ``python -u``, as many container images set it): a write into a full pipe or up to a file-size
+    limit takes part of the bytes and drops the rest, and into a non-blocking pipe (as some parent
+    processes leave it) takes none. A standard output with no file descriptor (a stream in memory)
+    is its own ``buffer``."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        return sys.stdout.buffer
+    sys.stdout.flush()  # anything printed before goes first
+    return io.BufferedWriter(_WholeWrites(fd), buffer_size=1 << 20)

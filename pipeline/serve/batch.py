@@ -35,7 +35,7 @@ import pyarrow as pa
 
 from pipeline.core.casefiles import complete_columns, iter_chunks
 from pipeline.core.errors import BatchInputError
-from pipeline.core.files import in_temporary_folder, reclaim_stale_temps, tmp_path
+from pipeline.core.files import in_temporary_folder, reclaim_stale_temps, stdout_bytes, tmp_path
 from pipeline.core.parsing import ignored_columns_message
 from pipeline.core.schema import ID_COLUMN, first_spellings, normalise_header
 from pipeline.decision.layer import TEXT_CODE_COLUMNS
@@ -264,12 +264,13 @@ def _copy_stream(source: BinaryIO, target: BinaryIO, *, wait: float = 0.2) -> No
 
 
 def _standard(which: str) -> BinaryIO:
-    """The process's standard input or output (``which``), as bytes; closed (``<&-``) is an error."""
+    """The process's standard input or output (``which``), as bytes (the output written whole:
+    :func:`pipeline.core.files.stdout_bytes`); closed (``<&-``) is an error."""
     stream = sys.stdin if which == "input" else sys.stdout
     if stream is None:
         raise BatchInputError(f"-: standard {which} is closed; give a file instead of -, or open standard {which} "
                               f"(a pipe or a redirection).")
-    return stream.buffer
+    return stream.buffer if which == "input" else stdout_bytes()
 
 
 @contextmanager

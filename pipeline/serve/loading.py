@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from pipeline.core.errors import ModelIntegrityError
+from pipeline.core.errors import KnowledgeBaseError, ModelIntegrityError
 from pipeline.core.files import load_yaml
 from pipeline.core.knowledge import KnowledgeBase, knowledge_base_from_dict
 from pipeline.core.parsing import ParsedCases
@@ -103,8 +103,11 @@ def load_model(source: str | Path | LoadedModel | None = None, *, trust_pickle: 
         # fetched into a folder of its own: from a local store MLflow would hand back (and write
         # into) the store's own folder; everything used is read before the folder is removed
         with tempfile.TemporaryDirectory(prefix="kneepain-mlflow-model-") as fetched:
-            loaded = load_model(_mlflow_model_folder(str(source), Path(fetched)), trust_pickle=trust_pickle,
-                                trusted=key, check_signature=check_signature)
+            try:
+                loaded = load_model(_mlflow_model_folder(str(source), Path(fetched)), trust_pickle=trust_pickle,
+                                    trusted=key, check_signature=check_signature)
+            except (ModelIntegrityError, KnowledgeBaseError) as err:  # named by the URI, not the removed download
+                raise type(err)(str(err).replace(f"{fetched}{os.sep}", f"{source}, file ")) from err
         loaded.source = str(source)
         return loaded
     folder = models_dir() if source is None else Path(source)

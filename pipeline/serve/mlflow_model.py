@@ -57,13 +57,24 @@ def served_cases(model_input: Any) -> Any:
     columns of different lengths, or a value beside columns, are errors that say so)."""
     if isinstance(model_input, dict) and any(isinstance(v, (np.ndarray, list)) for v in model_input.values()):
         # columns, as arrays from the server or lists from a caller of the pyfunc (no field takes a list)
-        return request_records("inputs", {k: v.tolist() if isinstance(v, np.ndarray) else v
-                                          for k, v in model_input.items()}, named=_ARRAYS)
+        return request_records("inputs", {k: _as_sent(v) for k, v in model_input.items()}, named=_ARRAYS)
     if isinstance(model_input, list) and any(isinstance(v, np.ndarray) for case in model_input
                                              if isinstance(case, dict) for v in case.values()):
-        return request_records("inputs", [{k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in case.items()}
+        return request_records("inputs", [{k: _as_sent(v) for k, v in case.items()}
                                            if isinstance(case, dict) else case for case in model_input], named=_ARRAYS)
     return model_input
+
+
+def _as_sent(value: Any) -> Any:
+    """A value from MLflow's parser as the JSON held it: an array as its list, and each of its
+    items that is itself an array as its value (MLflow makes ``instances`` whose field is null in
+    one case and set in another a column of one-value arrays, ``[array(None), array(25)]``)."""
+    if not isinstance(value, np.ndarray):
+        return value
+    items = value.tolist()
+    if isinstance(items, list) and any(isinstance(v, np.ndarray) for v in items):
+        return [_as_sent(v) for v in items]
+    return items
 
 
 _ARRAYS = "inputs or instances"  # the request's key, as messages name it (MLflow does not pass it on)
