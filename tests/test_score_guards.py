@@ -1231,3 +1231,24 @@ def test_a_lone_carriage_return_inside_a_quoted_note_is_read(trained, tmp_path):
                                 *(g + ",ok" for g in GOOD[1:])]) + "\n").encode())
     assert _score(src, tmp_path / "out.csv", models) == 0
     assert len(pd.read_csv(tmp_path / "out.csv")) == len(GOOD)
+
+
+def test_headers_with_spaces_or_hyphens_between_words_name_their_fields(trained, small_data, tmp_path, capsys):
+    """`Foot cold or pale` (a spreadsheet's header) was no field: its answers were read as unknown
+    with a warning, so red flags were lost and emergencies went to `see_doctor_soon` (exit 0)."""
+    models, _ = trained
+    cases = pd.read_parquet(small_data / "test.parquet").head(300).drop(columns=["condition", "severity"])
+    text = cases.astype(str).replace({"<NA>": "", "nan": ""})
+    text.to_csv(tmp_path / "underscores.csv", index=False)
+    spelt = {c: (c.replace("_", " ").capitalize() if i % 2 else c.replace("_", "-").upper())
+             for i, c in enumerate(text.columns)}
+    assert "Foot cold or pale" in spelt.values() or "FOOT-COLD-OR-PALE" in spelt.values()
+    text.rename(columns=spelt).to_csv(tmp_path / "spaces.csv", index=False)
+    assert _score(tmp_path / "underscores.csv", tmp_path / "a.csv", models) == 0
+    assert _score(tmp_path / "spaces.csv", tmp_path / "b.csv", models) == 0
+    assert "not case fields" not in capsys.readouterr().err
+    assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
+    case = {"age": 70, "sex": "female", "leg_swelling": "yes", "foot_cold_or_pale": "yes"}
+    pd.testing.assert_frame_equal(predict({spelt.get(k, k).title(): v for k, v in case.items()}, model=models),
+                                  predict(case, model=models))
+    assert predict(case, model=models)["triage"][0] == "emergency"

@@ -9,6 +9,7 @@ for its help without loading the scientific stack.
 from __future__ import annotations
 
 import operator
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -230,10 +231,15 @@ def top_k_problem(top_k: Any) -> str | None:
     return None if count is not None and 1 <= count <= len(CONDITIONS) else f"must be an integer in 1..{len(CONDITIONS)}"
 
 
+_BETWEEN_WORDS = re.compile(r"[\s-]+")
+
+
 def normalise_header(name: object) -> str:
     """A column name as matched against the schema: a byte-order mark and surrounding spaces
-    removed, lower case (``" Age"`` is ``age``)."""
-    return str(name).lstrip("\ufeff").strip().lower()
+    removed, lower case, spaces and hyphens between words read as one underscore (``" Age"`` is
+    ``age``, ``Foot cold or pale`` and ``foot-cold-or-pale`` are ``foot_cold_or_pale``: such a
+    header read as no field would leave its answers unknown, a red flag among them)."""
+    return _BETWEEN_WORDS.sub("_", str(name).lstrip("\ufeff").strip().lower())
 
 
 def first_spellings(column_lists) -> dict[str, str]:
