@@ -8,8 +8,8 @@ The one reader behind ``kneepain score``, the Dask engine and :func:`pipeline.pr
 - a CSV that is something else (Parquet, gzip, zip) or ends its lines in a bare CR is refused by
   its first bytes, with what it is and what to do; text that is not UTF-8 stops the read with its
   byte offset and line;
-- a header that names one column twice once case and surrounding spaces are ignored (``age`` and
-  ``Age ``) is refused: which of the two to read would be a guess;
+- a header that names one column twice as names are matched (``age`` and ``Age ``, ``leg_swelling``
+  and ``Leg swelling``; :func:`pipeline.core.schema.normalise_header`) is refused: which of the two to read would be a guess;
 - a CSV's records, malformed and overlong ones included, are read by :mod:`pipeline.core.csvrecords`.
 """
 
@@ -75,7 +75,8 @@ def check_columns(names: list[str], where: str) -> None:
             raise BatchInputError(f"{where}: columns {', '.join(map(str, unnamed))} of the header have no name (a "
                                   "spreadsheet's empty columns, saved as ',,'); remove them or give each a name.")
         raise BatchInputError(f"{where}: the header repeats column {name!r} ({', '.join(map(repr, spellings))}); "
-                              "column names are matched ignoring case and surrounding spaces, so each may appear once.")
+                              "column names are matched ignoring case, surrounding spaces and the spaces or "
+                              "hyphens between words, so each may appear once.")
 
 
 def complete_columns(paths: Sequence[Path]) -> list[list[str]]:

@@ -578,8 +578,8 @@ def _one_spelling(records: Sequence[Mapping[Any, Any]], repeated: dict[str, list
         rows, columns, values = zip(*problems)
         raise CaseValidationError(pd.DataFrame({
             "row": rows, "column": columns, "value": values,
-            "reason": "the column is given more than once in this record (names are matched ignoring case "
-                      "and surrounding spaces); give it once"}), len(records))
+            "reason": "the column is given more than once in this record (names are matched ignoring case, "
+                      "surrounding spaces and the spaces or hyphens between words); give it once"}), len(records))
     return out
 
 

@@ -46,8 +46,8 @@ def validate_labelled(frame: pd.DataFrame, *, where: str = "cases",
                       malformed: dict[int, str] | None = None) -> LabelledCases:
     """Split labelled cases into the valid rows and the reject lines (:class:`LabelledCases`).
 
-    ``condition`` and ``reference_level`` are matched as case fields are: ignoring case and
-    surrounding spaces (``Reference_Level`` is ``reference_level``). ``malformed`` (row -> reason,
+    ``condition`` and ``reference_level`` are matched as case fields are
+    (:func:`pipeline.core.schema.normalise_header`: ``Reference Level`` is ``reference_level``). ``malformed`` (row -> reason,
     from :func:`pipeline.core.casefiles.read_case_records`) are CSV records of the wrong number of
     fields: each is rejected for that alone, since its fields may be shifted.
 

@@ -278,7 +278,7 @@ def next_questions(case: Any, model: str | Path | LoadedModel | None = None, k: 
         Default: the model's snapshot (``model.kb``), else the project's knowledge base.
     exclude : str or iterable of str
         Fields not to ask (e.g. asked already and answered "don't know"), named as columns are
-        (case and surrounding spaces ignored).
+        (:func:`pipeline.core.schema.normalise_header`).
 
     Returns
     -------
