@@ -35,7 +35,7 @@ from pipeline.serve.guard import STOP_SIGNALS
 from pipeline.serve.loading import LoadedModel
 from pipeline.serve.predict import score_columns
 from pipeline.serve.reading import reuse_freed_heap
-from pipeline.serve.writing import as_text, encode_csv, output_table, reject_table
+from pipeline.serve.writing import REJECT_META, as_text, encode_csv, output_table, reject_table
 
 __all__ = ["ChunkScorer", "Done", "FileJob", "SeenIds", "available_cores", "chunk_ids", "parse_chunk", "reject_repeated",
            "score_chunk", "score_valid", "scorer_threads", "valid_columns", "validate_chunk"]
@@ -133,7 +133,7 @@ def score_chunk(model: LoadedModel, frame: pd.DataFrame, *, file: str, row_offse
     """Score one chunk of raw cases. Returns (scored rows, problems, ignored columns)."""
     parsed, valid, problems = validate_chunk(frame, file=file, row_offset=row_offset, seen_ids=seen_ids,
                                              malformed=malformed)
-    return score_valid(model, parsed, valid, row_offset=row_offset), problems, parsed.ignored_columns
+    return score_valid(model, parsed, valid, row_offset=row_offset), problems, _warned_columns(parsed.ignored_columns)
 
 
 class SeenIds:
@@ -245,7 +245,13 @@ def _score_one(model: LoadedModel, job: FileJob, frame: pd.DataFrame, malformed:
     table = output_table(scored, job.schema, file=job.label, blank=job.blank)
     rejects = reject_table(bad, frame, row_offset=row_offset, file=job.label, schema=job.rschema) if len(bad) else None
     return Done(encode_csv(table, job.shape) if job.csv else table, rejects, len(table),
-                 int(bad["row"].nunique()) if len(bad) else 0, parsed.ignored_columns)
+                 int(bad["row"].nunique()) if len(bad) else 0, _warned_columns(parsed.ignored_columns))
+
+
+def _warned_columns(ignored: tuple[str, ...]) -> tuple[str, ...]:
+    """The ignored columns a warning names: not a rejects file's own ``reject_*`` columns, as
+    scoring a mended rejects file again is how it is used."""
+    return tuple(c for c in ignored if normalise_header(c) not in REJECT_META)
 
 
 _WORKER_MODEL: LoadedModel | None = None
