@@ -276,6 +276,30 @@ def test_stdout_in_codes_gets_its_lookup_beside_the_rejects(trained, cases_csv, 
     assert [advice[c] for c in got["advice"]] == predict(cases, model=models)["advice"].tolist()
 
 
+def test_a_compressed_or_misnamed_input_says_how_to_mend_it(trained, tmp_path):
+    """`cases.csv.gz` was "unsupported file type '.gz'" alone: the gzip hint came only for gzip
+    data named .csv. Both engines now say what the file is, by its first bytes, and what to do."""
+    import gzip
+
+    from pipeline.serve.dask import _expand_inputs
+
+    models, _ = trained
+    (tmp_path / "cases.csv.gz").write_bytes(gzip.compress(b"age,sex\n30,male\n"))
+    (tmp_path / "cases.xlsx").write_bytes(b"PK\x03\x04rest")
+    (tmp_path / "cases.pq").write_bytes(b"PAR1rest")
+    (tmp_path / "cases.txt").write_bytes(b"age,sex\n30,male\n")
+    for name, told in [("cases.csv.gz", "'.gz'; expected .csv or .parquet: it is a gzip-compressed file (by its first "
+                                        "bytes); decompress it first, for example: zcat FILE.gz > FILE.csv"),
+                       ("cases.xlsx", "'.xlsx'; expected .csv or .parquet: it is a zip (or Excel .xlsx) file"),
+                       ("cases.pq", "'.pq'; expected .csv or .parquet: it is a Parquet file (by its first bytes); give "
+                                    "it a .parquet name"),
+                       ("cases.txt", "'.txt'; expected .csv or .parquet.")]:
+        for engine in (lambda p: score_files([p], tmp_path / "o.csv", load_model(models)), _expand_inputs):
+            with pytest.raises(BatchInputError, match=re.escape(f"{tmp_path / name}: unsupported file type {told}")):
+                engine(str(tmp_path / name))
+    assert not (tmp_path / "o.csv").exists()
+
+
 def test_standard_input_is_named_as_given_in_errors(trained, tmp_path):
     from pipeline.core.errors import BatchInputError
 

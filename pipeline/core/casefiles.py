@@ -39,7 +39,7 @@ from pipeline.core.schema import ID_COLUMN, field, normalise_header, repeated_co
 
 __all__ = ["MAX_RECORD_BYTES", "BlockMismatchError", "CaseChunk", "FileBlock", "check_columns", "complete_columns",
            "check_is_file", "csv_data_start", "file_columns", "has_case_ids", "iter_chunks", "open_parquet", "parse_read",
-           "read_case_file", "read_case_records"]
+           "read_case_file", "read_case_records", "unsupported_file_type"]
 
 _HEADER_BYTES = 1 << 20  # a longer header is refused
 _BOM = b"\xef\xbb\xbf"  # UTF-8 byte-order mark, as Excel writes it
@@ -252,7 +252,22 @@ def file_columns(path: str | Path) -> list[str]:
         return names
     if suffix == ".csv":
         return _csv_header(path)[0]
-    raise BatchInputError(f"{path}: unsupported file type {suffix!r}; expected .csv or .parquet.")
+    raise unsupported_file_type(path)
+
+
+def unsupported_file_type(path: Path) -> BatchInputError:
+    """The error of an input named neither .csv nor .parquet, saying how to mend it where its first
+    bytes tell what it is (``cases.csv.gz``: decompress it first)."""
+    message = f"{path}: unsupported file type {path.suffix.lower()!r}; expected .csv or .parquet"
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except OSError:
+        head = b""
+    for magic, kind, fix in _NOT_CSV:
+        if head.startswith(magic):
+            return BatchInputError(f"{message}: it is a {kind} file (by its first bytes); {fix}.")
+    return BatchInputError(f"{message}.")
 
 
 def has_case_ids(path: str | Path) -> bool:

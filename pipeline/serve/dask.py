@@ -42,6 +42,7 @@ from pipeline.core.casefiles import (
     complete_columns,
     csv_data_start,
     iter_chunks,
+    unsupported_file_type,
 )
 from pipeline.core.cluster import DaskJobError, gather, remove_temp_folder, task_failed, temp_folder
 from pipeline.core.errors import BatchInputError, ModelIntegrityError
@@ -180,7 +181,7 @@ def _expand_inputs(inputs: Sequence[str | Path] | str | Path) -> list[Path]:
     for p in paths:
         check_is_file(p)
         if p.suffix.lower() not in (".csv", ".parquet"):
-            raise BatchInputError(f"{p}: unsupported file type {p.suffix!r}; expected .csv or .parquet.")
+            raise unsupported_file_type(p)
     return paths
 
 
