@@ -1256,3 +1256,20 @@ def test_headers_with_spaces_or_hyphens_between_words_name_their_fields(trained,
     pd.testing.assert_frame_equal(predict({spelt.get(k, k).title(): v for k, v in case.items()}, model=models),
                                   predict(case, model=models))
     assert predict(case, model=models)["triage"][0] == "emergency"
+
+
+def test_a_damaged_parquet_file_says_from_which_row_and_what_to_do(trained, tmp_path, capsys):
+    """A Parquet file whose schema reads but whose data is damaged (a copy cut short or
+    overwritten) said only Arrow's own words ("cannot read: Couldn't deserialize thrift: ...")."""
+    models, _ = trained
+    table = pa.table({"case_id": [f"c{i}" for i in range(140)], "age": [30 + i % 50 for i in range(140)],
+                      "sex": ["male", "female"] * 70})
+    pq.write_table(table, tmp_path / "in.parquet", row_group_size=7, compression="none")
+    page = pq.ParquetFile(tmp_path / "in.parquet").metadata.row_group(10).column(1).data_page_offset
+    with open(tmp_path / "in.parquet", "r+b") as damaged:  # the page header of row group 10's ages
+        damaged.seek(page)
+        damaged.write(b"\xff" * 24)
+    assert _score(tmp_path / "in.parquet", tmp_path / "out.csv", models, "--chunk-rows", "7") == 2
+    assert (f"{tmp_path / 'in.parquet'}: cannot read its rows from row 70 on: the file is damaged or was not written in "
+            "full (Arrow: ") in _one_line_error(capsys)
+    assert not [p.name for p in tmp_path.iterdir() if "out" in p.name and not p.name.endswith(".lock")]

@@ -306,8 +306,15 @@ def iter_chunks(path: str | Path, chunk_rows: int, *, block: FileBlock | None = 
     block = block or FileBlock()
     try:
         if path.suffix.lower() == ".parquet":
-            for table in _parquet_tables(path, chunk_rows, block):
-                yield CaseChunk(_parquet_frame(table), {})
+            read = block.first_row
+            try:
+                for table in _parquet_tables(path, chunk_rows, block):
+                    yield CaseChunk(_parquet_frame(table), {})
+                    read += table.num_rows
+            except (pa.ArrowException, OSError) as err:  # its schema was read: its data is damaged
+                raise BatchInputError(f"{path}: cannot read its rows from row {read:,} on: the file is damaged or was "
+                                      f"not written in full (Arrow: {_first_line(err)}); write it again from its "
+                                      "source.") from err
             return
         header, data_start = _csv_header(path)
         if block.first_row == 0 and block.rows is None:  # the whole file
@@ -365,7 +372,9 @@ def _where_not_utf8(path: Path) -> str:
 
 
 def _first_line(err: BaseException) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+    """An error's first line, its unprintable characters escaped (Arrow may quote a damaged file's bytes)."""
+    line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in line)
 
 
 def open_parquet(path: str | Path) -> pq.ParquetFile:
