@@ -107,10 +107,12 @@ def _report(args: argparse.Namespace) -> int:
     path = Path(args.data or data_dir()) / "summary.json"
     if not path.exists():
         raise UsageError(f"{path} does not exist: run `make run` (or `kneepain generate`) first.")
-    print(format_data_summary(json.loads(path.read_text())))
     reports, shown = (Path(args.reports), args.reports.rstrip("/")) if args.reports else (reports_dir(), "reports")
+    if args.reports and not reports.is_dir():
+        raise UsageError(f"--reports {args.reports}: no such folder.")
     if args.reports and not (reports / DETAIL_FILE).exists():
         raise UsageError(f"--reports {args.reports}: holds no {DETAIL_FILE} (a folder `kneepain evaluate` wrote).")
+    print(format_data_summary(json.loads(path.read_text())))
     if (reports / DETAIL_FILE).exists():
         print(f"\nModel on held-out data ({shown}/{DETAIL_FILE}; headline in {shown}/metrics.json; plots and "
               f"model card in {shown}/)")

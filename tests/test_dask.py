@@ -662,9 +662,12 @@ def test_a_deterministic_error_ends_the_job_at_once_without_retries(client, trai
     models, _ = trained
     calls = kill_switch("valueerror")
     with pytest.raises(DaskJobError, match=re.escape(f"{inputs[0]}: the Dask task failed (ValueError: a deterministic "
-                                                     "fault); no output was written.")):
+                                                     "fault); no output was written.")) as failed:
         score_files_dask([inputs[0]], tmp_path / "out", models, client=client, chunk_rows=CHUNK)
     assert calls.read_text().count("called") == 1  # not retried: a retry would fail the same way
+    # where on the worker it came from, as --debug shows the cause
+    assert "in _score_block" in str(failed.value.__cause__) and "ValueError: a deterministic fault" in str(
+        failed.value.__cause__)
     assert not [p for p in tmp_path.iterdir() if p.name == "out" or p.name.startswith(".out")]
 
 

@@ -296,8 +296,10 @@ def test_kneepain_report_names_a_reports_folder_without_an_evaluation(tmp_path, 
     (data / "summary.json").write_text(json.dumps({"class_counts": {"train": {"dvt": 3}},
                                                    "oracle": {"test": {"accuracy": 0.5}}}))
     assert main(["report", "--data", str(data), "--reports", str(tmp_path / "nowhere")]) == 2
-    assert f"--reports {tmp_path / 'nowhere'}: holds no metrics_detail.json" in capsys.readouterr().err
+    told = capsys.readouterr()
+    assert f"--reports {tmp_path / 'nowhere'}: no such folder." in told.err and told.out == ""  # before any summary
     assert main(["report", "--data", str(data), "--reports", str(data)]) == 2  # a folder, but no evaluation's
+    assert f"--reports {data}: holds no metrics_detail.json" in capsys.readouterr().err
     monkeypatch.setenv("KNEEPAIN_HOME", str(tmp_path))  # a project folder without reports/
     assert main(["report", "--data", str(data)]) == 0
     out = capsys.readouterr().out

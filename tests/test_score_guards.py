@@ -170,6 +170,9 @@ def test_a_closed_standard_stream_is_named(trained, tmp_path, capsys, monkeypatc
     assert _score(*args, models) == 2
     assert f"-: standard {which} is closed" in _one_line_error(capsys)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]
+    if which == "output":  # `kneepain sample -o - >&-` was `unexpected AttributeError`
+        assert main(["sample", "--n", "5", "-o", "-"]) == 2
+        assert "kneepain sample: error: -: standard output is closed" in _one_line_error(capsys)
 
 
 def test_a_closed_standard_error_does_not_stop_the_job(trained, tmp_path, monkeypatch):
@@ -517,7 +520,9 @@ def test_fixing_the_rejects_file_and_scoring_it_again_is_one_step(trained, tmp_p
     assert _score(tmp_path / "two.csv.rejects.csv", tmp_path / "fixed2.csv", models) == 0
     # an input that is no rejects file keeps its own reject_* columns, as input_<name>
     audit = _write(tmp_path / "audit.csv", [HEADER + ",Reject_Reason", "c1,300,male,no,3,checked by nurse"])
-    assert _score(audit, tmp_path / "audit_out.csv", models) == 1
+    capsys.readouterr()
+    assert main(["score", str(audit), "-o", str(tmp_path / "audit_out.csv"), "--model", str(models)]) == 1
+    assert "not case fields: Reject_Reason" in capsys.readouterr().err  # the input's own column, not the scorer's
     kept = pd.read_csv(tmp_path / "audit_out.csv.rejects.csv", dtype=str, keep_default_na=False)
     assert list(kept.columns) == [*bad.columns[:-1], "input_Reject_Reason"]
     assert kept["input_Reject_Reason"].tolist() == ["checked by nurse"] and "value '300'" in kept["reject_reason"][0]
@@ -721,7 +726,7 @@ def test_a_date_or_time_python_cannot_hold_stops_nothing(trained, tmp_path):
 
 
 def test_dates_in_lists_and_structs_and_zoned_times_python_cannot_hold_stop_nothing(trained, tmp_path):
-    """A list or a struct holding a date after 9999, even in a column the job does not read, and
+    """A list, a map or a struct holding a date after 9999, even in a column the job does not read, and
     a time-zoned timestamp after 9999 kept as it is, stopped the job ("year 12921 is out of
     range", "toordinal not yet supported"). Such dates are text within their list or struct, and
     such a timestamp is the same instant in UTC; an ordinary one keeps its own zone."""
@@ -731,6 +736,7 @@ def test_dates_in_lists_and_structs_and_zoned_times_python_cannot_hold_stop_noth
         "age": [45, 46, 47], "sex": ["male", "female", "male"],
         "dates": pa.ListArray.from_arrays(pa.array([0, 1, 3, 3], pa.int32()), far),
         "visit": pa.StructArray.from_arrays([far, pa.array([1, 2, 3])], names=["on", "n"]),
+        "by": pa.MapArray.from_arrays(pa.array([0, 1, 2, 3], pa.int32()), pa.array(["a", "b", "c"]), far),
         "seen": pa.array([300_000_000_000_000_000, 1_719_792_000_000_000, None], pa.timestamp("us", tz="Europe/London"))})
     pq.write_table(table, tmp_path / "in.parquet")
     assert _score(tmp_path / "in.parquet", tmp_path / "read.csv", models) == 0  # the columns are not read
@@ -743,6 +749,7 @@ def test_dates_in_lists_and_structs_and_zoned_times_python_cannot_hold_stop_noth
     assert kept["visit"].tolist() == ["{'on': '12921-08-18', 'n': 1}", "{'on': '1970-01-01', 'n': 2}",
                                       "{'on': None, 'n': 3}"]
     assert kept["seen"].tolist() == ["11476-08-15 05:20:00+00:00", "2024-07-01 01:00:00+01:00", ""]
+    assert kept["by"].tolist() == ["[('a', '12921-08-18')]", "[('b', '1970-01-01')]", "[('c', None)]"]
 
 
 def test_kept_parquet_values_are_written_whole_and_as_stored(trained, tmp_path):
@@ -1273,3 +1280,17 @@ def test_a_damaged_parquet_file_says_from_which_row_and_what_to_do(trained, tmp_
     assert (f"{tmp_path / 'in.parquet'}: cannot read its rows from row 70 on: the file is damaged or was not written in "
             "full (Arrow: ") in _one_line_error(capsys)
     assert not [p.name for p in tmp_path.iterdir() if "out" in p.name and not p.name.endswith(".lock")]
+
+
+def test_other_columns_that_differ_only_in_their_word_breaks_stay_two(trained, tmp_path):
+    """Only a field's (or case_id's, or a label's) words are joined: `Follow-up` and `Follow up`,
+    columns the scorer ignores, are two columns, as they were, and are kept as given."""
+    models, _ = trained
+    src = _write(tmp_path / "in.csv", ["case_id,age,sex,Follow-up,Follow up,Leg swelling", "a1,40,male,yes,2024-01-02,yes"])
+    assert _score(src, tmp_path / "out.csv", models, "--keep-input-columns") == 0
+    out = pd.read_csv(tmp_path / "out.csv", dtype=str, keep_default_na=False)
+    assert out[["Follow-up", "Follow up", "Leg swelling"]].values.tolist() == [["yes", "2024-01-02", "yes"]]
+    frame = pd.DataFrame([[40, "male", "yes", "x", "y"]], columns=["age", "sex", "Leg swelling", "Pain score", "pain_score"])
+    with pytest.warns(UserWarning, match="not case fields: Pain score, pain_score"):
+        got = predict(frame, model=models)
+    pd.testing.assert_frame_equal(got, predict({"age": 40, "sex": "male", "leg_swelling": "yes"}, model=models))

@@ -76,7 +76,7 @@ def check_columns(names: list[str], where: str) -> None:
                                   "spreadsheet's empty columns, saved as ',,'); remove them or give each a name.")
         raise BatchInputError(f"{where}: the header repeats column {name!r} ({', '.join(map(repr, spellings))}); "
                               "column names are matched ignoring case, surrounding spaces and the spaces or "
-                              "hyphens between words, so each may appear once.")
+                              "hyphens between a field's words, so each may appear once.")
 
 
 def complete_columns(paths: Sequence[Path]) -> list[list[str]]:
@@ -306,16 +306,20 @@ def iter_chunks(path: str | Path, chunk_rows: int, *, block: FileBlock | None = 
     block = block or FileBlock()
     try:
         if path.suffix.lower() == ".parquet":
-            read = block.first_row
-            try:
-                for table in _parquet_tables(path, chunk_rows, block):
-                    yield CaseChunk(_parquet_frame(table), {})
-                    read += table.num_rows
-            except (pa.ArrowException, OSError) as err:  # its schema was read: its data is damaged
-                raise BatchInputError(f"{path}: cannot read its rows from row {read:,} on: the file is damaged or was "
-                                      f"not written in full (Arrow: {_first_line(err)}); write it again from its "
-                                      "source.") from err
-            return
+            read, tables = block.first_row, _parquet_tables(path, chunk_rows, block)
+            while True:
+                try:
+                    table = next(tables, None)
+                except pa.ArrowMemoryError:
+                    raise  # no damage: said as any other failed read
+                except (pa.ArrowException, OSError) as err:  # its schema was read: its data is damaged
+                    raise BatchInputError(f"{path}: cannot read its rows from row {read:,} on: the file is damaged or "
+                                          f"was not written in full (Arrow: {_first_line(err)}); write it again from "
+                                          "its source.") from err
+                if table is None:
+                    return
+                yield CaseChunk(_parquet_frame(table), {})
+                read += table.num_rows
         header, data_start = _csv_header(path)
         if block.first_row == 0 and block.rows is None:  # the whole file
             block = FileBlock(start=data_start)
@@ -459,12 +463,15 @@ def _dates_as_text(table: pa.Table) -> pa.Table:
 
 
 def _dates_texted(kind: pa.DataType) -> pa.DataType:
-    """``kind`` with each date, and each time in nanoseconds, in it (at any depth of lists and
-    structs) as text."""
+    """``kind`` with each date, and each time in nanoseconds, in it (at any depth of lists, maps
+    and structs) as text."""
     if pa.types.is_date(kind) or (pa.types.is_time64(kind) and kind.unit == "ns"):
         return pa.string()
     if pa.types.is_struct(kind):
         return pa.struct([kind.field(j).with_type(_dates_texted(kind.field(j).type)) for j in range(kind.num_fields)])
+    if pa.types.is_map(kind):
+        return pa.map_(kind.key_field.with_type(_dates_texted(kind.key_type)),
+                       kind.item_field.with_type(_dates_texted(kind.item_type)), kind.keys_sorted)
     if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
         item = kind.value_field.with_type(_dates_texted(kind.value_type))
         if pa.types.is_fixed_size_list(kind):

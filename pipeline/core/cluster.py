@@ -57,6 +57,13 @@ class DaskJobError(RuntimeError):
     """The cluster failed the job (a task failed after its retries, or no scheduler answered); nothing was written."""
 
 
+class RemoteTraceback(Exception):
+    """The traceback of an error a task met on its worker, as text (the cause of the job's error)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 def task_failed(label: str, err: BaseException) -> DaskJobError:
     """The error of a job whose task on input ``label`` failed with ``err``."""
     return DaskJobError(f"{label}: the Dask task failed ({type(err).__name__}: {err}); no output was written.")
@@ -200,8 +207,11 @@ def gather(client: "Client", futures: dict["Future", str]) -> list[Any]:
                     result = future.result()
                 except Exception as err:  # KilledWorker, or a transient error after the retries
                     raise task_failed(futures[future], err) from err
-                if getattr(result, "error", None) is not None:
-                    raise result.error
+                if (error := getattr(result, "error", None)) is not None:
+                    remote = getattr(result, "error_traceback", None)
+                    if remote:  # shown by --debug, as Dask shows a task's own exception
+                        raise error from RemoteTraceback(remote)
+                    raise error
                 results.append(result)
             if done or client.nthreads():
                 idle_since = None

@@ -267,7 +267,10 @@ def stdout_bytes() -> Any:
     ``python -u``, as many container images set it): a write into a full pipe or up to a file-size
     limit takes part of the bytes and drops the rest, and into a non-blocking pipe (as some parent
     processes leave it) takes none. A standard output with no file descriptor (a stream in memory)
-    is its own ``buffer``."""
+    is its own ``buffer``; a closed one (``>&-``) is an error that says so."""
+    if sys.stdout is None:
+        raise BatchInputError("-: standard output is closed; give a file instead of -, or open standard output "
+                              "(a pipe or a redirection).")
     try:
         fd = sys.stdout.fileno()
     except (AttributeError, OSError, io.UnsupportedOperation):

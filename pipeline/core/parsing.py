@@ -579,7 +579,7 @@ def _one_spelling(records: Sequence[Mapping[Any, Any]], repeated: dict[str, list
         raise CaseValidationError(pd.DataFrame({
             "row": rows, "column": columns, "value": values,
             "reason": "the column is given more than once in this record (names are matched ignoring case, "
-                      "surrounding spaces and the spaces or hyphens between words); give it once"}), len(records))
+                      "surrounding spaces and the spaces or hyphens between a field's words); give it once"}), len(records))
     return out
 
 
@@ -639,8 +639,8 @@ def _parse_columns(items: list[tuple[Any, pd.Series | None]], n: int, row_offset
         raise CaseValidationError(pd.DataFrame({
             "row": -1, "column": [column_name(c) for c in repeated],
             "value": [", ".join(column_name(repr(n)) for n in v) for v in repeated.values()],
-            "reason": "the column is given more than once (names are matched ignoring case and surrounding "
-                      "spaces); give it once"}))
+            "reason": "the column is given more than once (names are matched ignoring case, surrounding spaces "
+                      "and the spaces or hyphens between a field's words); give it once"}))
     columns = {normalise_header(h): h for h, _ in items}
     series_of = {folded: _typed_for_pandas(series) for h, series in items
                  if (folded := normalise_header(h)) in _READ_COLUMNS and series is not None}

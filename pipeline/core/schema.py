@@ -231,15 +231,22 @@ def top_k_problem(top_k: Any) -> str | None:
     return None if count is not None and 1 <= count <= len(CONDITIONS) else f"must be an integer in 1..{len(CONDITIONS)}"
 
 
+REFERENCE_COLUMN = "reference_level"  # a clinician's triage level of a labelled case
+# the names a header's words are joined to match (:func:`normalise_header`)
+_NAMED_COLUMNS = frozenset({*FIELD_NAMES, ID_COLUMN, LABEL_COLUMN, SEVERITY_COLUMN, REFERENCE_COLUMN})
 _BETWEEN_WORDS = re.compile(r"[\s-]+")
 
 
 def normalise_header(name: object) -> str:
     """A column name as matched against the schema: a byte-order mark and surrounding spaces
-    removed, lower case, spaces and hyphens between words read as one underscore (``" Age"`` is
-    ``age``, ``Foot cold or pale`` and ``foot-cold-or-pale`` are ``foot_cold_or_pale``: such a
-    header read as no field would leave its answers unknown, a red flag among them)."""
-    return _BETWEEN_WORDS.sub("_", str(name).lstrip("\ufeff").strip().lower())
+    removed, lower case (``" Age"`` is ``age``), and spaces and hyphens between words read as one
+    underscore where that names a field, ``case_id`` or a label column (``Foot cold or pale`` and
+    ``foot-cold-or-pale`` are ``foot_cold_or_pale``: such a header read as no field would leave its
+    answers unknown, a red flag among them). Other columns keep their words (``Follow-up`` and
+    ``Follow up`` stay two columns)."""
+    folded = str(name).lstrip("\ufeff").strip().lower()
+    joined = _BETWEEN_WORDS.sub("_", folded)
+    return joined if joined in _NAMED_COLUMNS else folded
 
 
 def first_spellings(column_lists) -> dict[str, str]:

@@ -20,11 +20,10 @@ from pipeline.core.config import LEVELS
 from pipeline.core.errors import BatchInputError
 from pipeline.core.formulas import csv_safe
 from pipeline.core.parsing import ParsedCases
-from pipeline.core.schema import CONDITIONS, LABEL_COLUMN, normalise_header
+from pipeline.core.schema import CONDITIONS, LABEL_COLUMN, REFERENCE_COLUMN, normalise_header
 
 __all__ = ["REFERENCE_COLUMN", "LabelledCases", "holdout_split", "rejects_csv", "validate_labelled"]
 
-REFERENCE_COLUMN = "reference_level"
 
 
 class LabelledCases(NamedTuple):

@@ -266,11 +266,12 @@ def _copy_stream(source: BinaryIO, target: BinaryIO, *, wait: float = 0.2) -> No
 def _standard(which: str) -> BinaryIO:
     """The process's standard input or output (``which``), as bytes (the output written whole:
     :func:`pipeline.core.files.stdout_bytes`); closed (``<&-``) is an error."""
-    stream = sys.stdin if which == "input" else sys.stdout
-    if stream is None:
-        raise BatchInputError(f"-: standard {which} is closed; give a file instead of -, or open standard {which} "
-                              f"(a pipe or a redirection).")
-    return stream.buffer if which == "input" else stdout_bytes()
+    if which == "output":
+        return stdout_bytes()
+    if sys.stdin is None:
+        raise BatchInputError("-: standard input is closed; give a file instead of -, or open standard input "
+                              "(a pipe or a redirection).")
+    return sys.stdin.buffer
 
 
 @contextmanager

@@ -249,8 +249,11 @@ def _score_one(model: LoadedModel, job: FileJob, frame: pd.DataFrame, malformed:
 
 
 def _warned_columns(ignored: tuple[str, ...]) -> tuple[str, ...]:
-    """The ignored columns a warning names: not a rejects file's own ``reject_*`` columns, as
-    scoring a mended rejects file again is how it is used."""
+    """The ignored columns a warning names: in a rejects file (one with every ``reject_*``
+    column), not its own ``reject_*`` columns, as scoring a mended rejects file again is how it is
+    used; in any other file, every one."""
+    if not set(REJECT_META) <= {normalise_header(c) for c in ignored}:
+        return ignored
     return tuple(c for c in ignored if normalise_header(c) not in REJECT_META)
 
 

@@ -23,6 +23,7 @@ import glob
 import os
 import shutil
 import time
+import traceback
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -83,6 +84,7 @@ class _BlockResult:
     ignored: tuple[str, ...] = ()
     id_hashes: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.uint64))
     error: Exception | None = None
+    error_traceback: str | None = None  # where on the worker an unexpected error came from
     whole_file: bool = False  # the block could not be read on its own: score its file unsplit
 
 
@@ -149,7 +151,7 @@ def _score_block(file: int, label: str, path: str, block: FileBlock, model_sourc
     except _TRANSIENT_ERRORS:
         raise  # Dask retries the task
     except Exception as err:  # returned, so that Dask does not retry what would fail again
-        result.error = task_failed(label, err)
+        result.error, result.error_traceback = task_failed(label, err), traceback.format_exc()
     finally:
         if rejects is not None:
             rejects.close()  # a second close is a no-op
