@@ -300,6 +300,19 @@ def test_a_compressed_or_misnamed_input_says_how_to_mend_it(trained, tmp_path):
     assert not (tmp_path / "o.csv").exists()
 
 
+def test_a_spreadsheets_separator_hint_is_named_as_such(trained, tmp_path):
+    """Excel's `sep=,` first line was reported as the required columns missing (`sep=;` as a file
+    separated by semicolons): the refusal names the line and says to remove it."""
+    models, _ = trained
+    for hint, rows in [("sep=,", "case_id,age,sex\na1,30,male\n"), ("sep=;", "case_id;age;sex\na1;30;male\n")]:
+        path = tmp_path / "hinted.csv"
+        path.write_text(f"{hint}\n{rows}")
+        with pytest.raises(BatchInputError, match=re.escape(f"{path}: the first line, {hint!r}, is a spreadsheet's "
+                                                            "separator hint, not the header: remove that line")):
+            score_files([path], tmp_path / "o.csv", load_model(models))
+    assert not (tmp_path / "o.csv").exists()
+
+
 def test_standard_input_is_named_as_given_in_errors(trained, tmp_path):
     from pipeline.core.errors import BatchInputError
 

@@ -100,7 +100,12 @@ def _lacks_required(path: str | Path, names: Sequence[str]) -> BatchInputError |
 
 def _wrong_separator(path: str | Path, names: Sequence[str]) -> BatchInputError | None:
     """The error for a header of one column holding another separator (the usual cause of a
-    missing required column: a file separated by something other than commas), or None."""
+    missing required column: a file separated by something other than commas), or None. Excel's
+    separator hint as a first line (``sep=,``) is named as such."""
+    if names and str(names[0]).strip().lower().startswith("sep=") and not any(str(n).strip() for n in names[1:]):
+        line = ",".join(map(str, names)).strip()  # `sep=,` is read as two columns, `sep=` and one without a name
+        return BatchInputError(f"{path}: the first line, {_clip(line)!r}, is a spreadsheet's separator hint, not the "
+                               "header: remove that line (Excel's 'CSV UTF-8' writes none).")
     separator = next((sep for sep in (";", "\t", "|") if len(names) == 1 and sep in str(names[0])), None)
     if separator is None:
         return None
