@@ -726,16 +726,19 @@ def test_a_date_or_time_python_cannot_hold_stops_nothing(trained, tmp_path):
 
 
 def test_dates_in_lists_and_structs_and_zoned_times_python_cannot_hold_stop_nothing(trained, tmp_path):
-    """A list, a map or a struct holding a date after 9999, even in a column the job does not read, and
-    a time-zoned timestamp after 9999 kept as it is, stopped the job ("year 12921 is out of
-    range", "toordinal not yet supported"). Such dates are text within their list or struct, and
-    such a timestamp is the same instant in UTC; an ordinary one keeps its own zone."""
+    """A list, a map or a struct holding a date (or, in a struct, a timestamp) after 9999, even in a
+    column the job does not read, and a time-zoned timestamp after 9999 kept as it is, stopped the
+    job ("year 12921 is out of range", "toordinal not yet supported"). Such dates are text within
+    their list or struct, and such a timestamp is the same instant in UTC; an ordinary one keeps
+    its own zone."""
     models, _ = trained
     far = pa.array([4_000_000, 0, None], pa.int32()).cast(pa.date32())
     table = pa.table({
         "age": [45, 46, 47], "sex": ["male", "female", "male"],
         "dates": pa.ListArray.from_arrays(pa.array([0, 1, 3, 3], pa.int32()), far),
         "visit": pa.StructArray.from_arrays([far, pa.array([1, 2, 3])], names=["on", "n"]),
+        "stamps": pa.StructArray.from_arrays([pa.array([300_000_000_000_000_000, 0, None], pa.timestamp("us", tz="UTC"))],
+                                             names=["at"]),
         "by": pa.MapArray.from_arrays(pa.array([0, 1, 2, 3], pa.int32()), pa.array(["a", "b", "c"]), far),
         "seen": pa.array([300_000_000_000_000_000, 1_719_792_000_000_000, None], pa.timestamp("us", tz="Europe/London"))})
     pq.write_table(table, tmp_path / "in.parquet")
@@ -750,6 +753,8 @@ def test_dates_in_lists_and_structs_and_zoned_times_python_cannot_hold_stop_noth
                                       "{'on': None, 'n': 3}"]
     assert kept["seen"].tolist() == ["11476-08-15 05:20:00+00:00", "2024-07-01 01:00:00+01:00", ""]
     assert kept["by"].tolist() == ["[('a', '12921-08-18')]", "[('b', '1970-01-01')]", "[('c', None)]"]
+    assert kept["stamps"].tolist() == ["{'at': '11476-08-15 05:20:00.000000Z'}", "{'at': '1970-01-01 00:00:00.000000Z'}",
+                                       "{'at': None}"]
 
 
 def test_kept_parquet_values_are_written_whole_and_as_stored(trained, tmp_path):

@@ -467,18 +467,21 @@ def _dates_as_text(table: pa.Table) -> pa.Table:
     return table
 
 
-def _dates_texted(kind: pa.DataType) -> pa.DataType:
+def _dates_texted(kind: pa.DataType, as_python: bool = False) -> pa.DataType:
     """``kind`` with each date, and each time in nanoseconds, in it (at any depth of lists, maps
-    and structs) as text."""
-    if pa.types.is_date(kind) or (pa.types.is_time64(kind) and kind.unit == "ns"):
+    and structs) as text; and each timestamp inside a struct or a map (``as_python``: pandas makes
+    their values Python objects, which hold only the years 1 to 9999), as a list's are numpy's."""
+    if (pa.types.is_date(kind) or (pa.types.is_time64(kind) and kind.unit == "ns")
+            or (as_python and pa.types.is_timestamp(kind))):
         return pa.string()
     if pa.types.is_struct(kind):
-        return pa.struct([kind.field(j).with_type(_dates_texted(kind.field(j).type)) for j in range(kind.num_fields)])
+        return pa.struct([kind.field(j).with_type(_dates_texted(kind.field(j).type, True))
+                          for j in range(kind.num_fields)])
     if pa.types.is_map(kind):
-        return pa.map_(kind.key_field.with_type(_dates_texted(kind.key_type)),
-                       kind.item_field.with_type(_dates_texted(kind.item_type)), kind.keys_sorted)
+        return pa.map_(kind.key_field.with_type(_dates_texted(kind.key_type, True)),
+                       kind.item_field.with_type(_dates_texted(kind.item_type, True)), kind.keys_sorted)
     if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
-        item = kind.value_field.with_type(_dates_texted(kind.value_type))
+        item = kind.value_field.with_type(_dates_texted(kind.value_type, as_python))
         if pa.types.is_fixed_size_list(kind):
             return pa.list_(item, kind.list_size)
         return pa.large_list(item) if pa.types.is_large_list(kind) else pa.list_(item)
