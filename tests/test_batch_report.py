@@ -59,6 +59,14 @@ def test_reasons_of_one_kind_count_together_whichever_row_they_name():
                                                   "column 'sex', value 'x': not allowed; allowed: female, male"])
     assert _reject_reasons(reasons).to_dict() == {"has the wrong number of fields": 7, "age: out of range": 2,
                                                   "sex: not allowed": 1}
+    # a value holding ": " or " | " was cut there, so part of it became a reason of its own (a
+    # patient's words in the report, and one entry per value where all are one kind)
+    odd = pd.Series([f"column 'sex', value {v!r}: not allowed; allowed: female, male" for v in
+                     ("name: Patient1", "Jane: SSN 123", "a | b: c", 'it\'s "x": y')]
+                    + ["column 'case_id', value 'MRN: 42': duplicate case_id: seen in an earlier row | "
+                       "column \"it's\", value '1': not allowed"])
+    assert _reject_reasons(odd).to_dict() == {"sex: not allowed": 4, "case_id: duplicate case_id: seen in an earlier row": 1,
+                                              "it's: not allowed": 1}
 
 
 def test_report_numbers_cover_rows_triage_mix_atypical_and_drift(report):
@@ -195,3 +203,15 @@ def test_report_renders_in_a_headless_browser(report, tmp_path):
     subprocess.run([*args, f"--screenshot={shot}", url], capture_output=True, timeout=120, check=True)
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 50_000  # a drawn page, not a blank one
+
+
+def test_an_input_given_twice_counts_each_rejected_row_it_holds(trained, report, tmp_path):
+    """The page counted distinct (file, row) pairs of the rejects file: an input given twice had
+    its rejected rows counted once, so scored + rejected fell short of the rows read."""
+    models, _ = trained
+    clinic = report / "clinic.csv"
+    assert main(["score", str(clinic), str(clinic), "-o", str(tmp_path / "twice.csv"), "--model", str(models),
+                 "--report", str(tmp_path / "twice.html"), "--quiet"]) == 1
+    s = json.loads((tmp_path / "twice.json").read_text())
+    lines = len(pd.read_csv(tmp_path / "twice.csv.rejects.csv", dtype=str))
+    assert s["rows_rejected"] == lines and s["rows_scored"] + s["rows_rejected"] == 2 * 503

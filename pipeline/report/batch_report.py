@@ -15,9 +15,11 @@ matplotlib, which the project has, and is one file with the plots embedded as PN
 
 from __future__ import annotations
 
+import ast
 import base64
 import html
 import io
+import re
 from pathlib import Path
 from typing import Any
 
@@ -114,7 +116,7 @@ def summarise_batch(inputs: list[str | Path], output: str | Path, model: LoadedM
         estimate = estimate_prior(proba, training_prior(model))
     summary: dict[str, Any] = {
         "inputs": [str(p) for p in inputs], "output": str(output), "rows_scored": len(scored),
-        "rows_rejected": int(rejected[["reject_file", "reject_row"]].drop_duplicates().shape[0]),
+        "rows_rejected": len(rejected),  # one line per rejected row (an input given twice has each row twice)
         "top_reject_reasons": {str(k): int(v) for k, v in reasons.head(8).items()},
         "predicted": {c: float((scored["prediction"] == c).sum() / max(len(scored), 1)) for c in CONDITIONS},
         "case_mix": prior_report(estimate) if estimate is not None else None,
@@ -143,14 +145,28 @@ def summarise_batch(inputs: list[str | Path], output: str | Path, model: LoadedM
     return summary
 
 
+_LITERAL = r"'(?:[^'\\]|\\.)*'" + r'|"(?:[^"\\]|\\.)*"'  # a Python string's repr, as the rejects writer quotes
+# one problem of a rejects file's reject_reason: "column <name>, value <value>: reason", or a row's
+# own problem (a malformed record); problems are " | "-separated, and a value may hold " | " or ": "
+_PROBLEM = re.compile(rf"(?:\A| \| )(?:column (?P<column>{_LITERAL}), value (?:{_LITERAL}): (?P<reason>.*?)"
+                      rf"|(?P<other>.+?))(?= \| |\Z)")
+
+
 def _reject_reasons(reasons: pd.Series) -> pd.Series:
     """How often each "column: reason" occurs among the problems of the rejected rows (a rejects
-    file's ``reject_reason`` holds a row's problems, ``|``-separated, each "column 'c', value 'v': reason")."""
-    problems = reasons.astype(str).str.split(" | ", regex=False).explode()
-    parts = problems.str.extract(r"^column '(?P<column>.*?)', value .*?: (?P<reason>.*)$")
-    label = (parts["column"] + ": " + reason_kind(parts["reason"].fillna(""))).where(parts["column"].notna(),
-                                                                                     reason_kind(problems))
-    return label.value_counts()
+    file's ``reject_reason`` holds a row's problems, ``|``-separated, each "column 'c', value 'v':
+    reason"). No part of a value is in a label: the value's quoted text is read whole."""
+    columns, kinds, counts = [], [], []
+    for text, n in reasons.astype(str).value_counts(sort=False).items():
+        for found in _PROBLEM.finditer(text):
+            column = found["column"]
+            columns.append(ast.literal_eval(column) if column is not None else None)
+            kinds.append(found["reason"] if column is not None else found["other"])
+            counts.append(n)
+    kind = reason_kind(pd.Series(kinds, dtype=object))
+    label = pd.Series([f"{c}: {k}" if c is not None else k for c, k in zip(columns, kind)], dtype=object)
+    return pd.Series(counts, dtype=np.int64).groupby(label.to_numpy(), sort=False).sum().sort_values(
+        ascending=False, kind="stable")
 
 
 def _png(fig) -> str:
