@@ -225,9 +225,10 @@ def _train(args: argparse.Namespace) -> int:
           f"{' (now champion)' if info['champion'] else ' (champion unchanged: not better on valid log loss)'}")
     if "extra_holdout" in info:
         h = info["extra_holdout"]
-        print(f"Held-out real cases ({h['n']:,}): accuracy {h['accuracy']:.3f} [{h['accuracy_ci'][0]:.3f}, "
-              f"{h['accuracy_ci'][1]:.3f}], log loss {h['log_loss']:.3f} [{h['log_loss_ci'][0]:.3f}, "
-              f"{h['log_loss_ci'][1]:.3f}] (in the manifest and the MLflow run as extra_holdout.*)")
+        from pipeline.report.labelled import with_interval
+
+        print(f"Held-out real cases ({h['n']:,}): accuracy {with_interval(h['accuracy'], h['accuracy_ci'])}, log loss "
+              f"{with_interval(h['log_loss'], h['log_loss_ci'])} (in the manifest and the MLflow run as extra_holdout.*)")
     return EXIT_OK
 
 

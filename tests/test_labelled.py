@@ -174,7 +174,11 @@ def test_rows_the_model_was_fitted_on_are_left_out_however_the_file_was_saved(tr
     relabelled.to_csv(alone, index=False)
     elsewhere = evaluate_file(models, alone, tmp_path / "eval3", track=False, n_boot=20, data=tmp_path).metrics
     assert elsewhere["n"] == 40 and elsewhere["fitted_rows"]["not_checked"] == ["train", "valid", "calib", "extra"]
-    assert "Not checked row by row against: train, valid, calib, extra" in format_labelled(elsewhere)
+    told = format_labelled(elsewhere)
+    assert "Not checked row by row against: train, valid, calib (not found in" in told
+    # the file given with --extra-data has no place to be found in: no advice that cannot help
+    assert ("Not checked row by row against the labelled cases the model was trained on (--extra-data): those among "
+            "these rows cannot be left out") in told
     assert evaluate_file(models, alone, tmp_path / "eval4", track=False, n_boot=20,
                          data=small_data).metrics["fitted_rows"]["left_out"] == 0
 

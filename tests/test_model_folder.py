@@ -328,3 +328,22 @@ def test_an_mlflow_model_with_a_pickled_python_model_is_not_unpickled(tmp_path):
     with pytest.raises(ModelIntegrityError, match="is not a kneepain model"):
         load_model(evil.as_uri())
     assert not sentinel.exists()
+
+
+def test_a_figure_too_few_cases_give_is_null_in_the_manifest(trained, tmp_path):
+    """Two held-out real cases give no log-loss interval: the manifest held a bare NaN, which
+    strict JSON readers refuse, and training printed `[nan, nan]`."""
+    from pipeline.model.persist import update_manifest
+    from pipeline.report.labelled import with_interval
+
+    folder = _copy(trained, tmp_path)
+    update_manifest(folder, {"extra_holdout": {"n": 2, "log_loss": 0.004, "log_loss_ci": [float("nan"), float("nan")]}})
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not strict JSON: {constant}")
+
+    manifest = json.loads((folder / "manifest.json").read_text(), parse_constant=refuse)
+    assert manifest["extra_holdout"]["log_loss_ci"] == [None, None]
+    load_model(folder)  # sealed again, and verified
+    assert with_interval(0.004, [float("nan"), float("nan")]) == "0.004 [no interval]"
+    assert with_interval(0.5, [0.25, 0.75]) == "0.500 [0.250, 0.750]"

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.errors import ModelIntegrityError
-from pipeline.core.files import write_json_atomic, write_text_atomic
+from pipeline.core.files import write_report_json, write_text_atomic
 from pipeline.core.schema import CONDITIONS, SCHEMA_VERSION
 from pipeline.model.integrity import CHECKSUMS_FILE, seal_folder, verify_folder
 from pipeline.model.legacy import LEGACY_MODEL_FILE, load_legacy
@@ -65,7 +65,7 @@ def save_model(estimator: Any, out_dir: str | Path, manifest: dict, *, kb_path: 
             (out_dir / other).unlink(missing_ok=True)
     full = {"model_file": model_file, "schema_version": SCHEMA_VERSION, "classes": list(CONDITIONS),
             "library_versions": library_versions(), **manifest}
-    write_json_atomic(out_dir / MANIFEST_FILE, full)
+    write_report_json(out_dir / MANIFEST_FILE, full)
     seal_folder(out_dir, _sealed_files(out_dir, full))
     return full
 
@@ -75,7 +75,7 @@ def update_manifest(folder: str | Path, extra: dict) -> dict:
     folder = Path(folder)
     contents = verify_folder(folder, [MANIFEST_FILE])
     manifest = {**json.loads(contents[MANIFEST_FILE]), **extra}
-    write_json_atomic(folder / MANIFEST_FILE, manifest)
+    write_report_json(folder / MANIFEST_FILE, manifest)  # strict JSON: a figure too few cases give is null
     seal_folder(folder, _sealed_files(folder, manifest))
     return manifest
 

@@ -30,7 +30,7 @@ from pipeline.report.evaluate import N_BINS, evaluate_split
 from pipeline.report.intervals import LEVEL, MIN_BOOTSTRAP_CASES, bootstrap_interval, wilson_interval
 from pipeline.serve.loading import LoadedModel
 
-__all__ = ["evaluate_labelled", "format_labelled", "write_labelled_reports"]
+__all__ = ["evaluate_labelled", "format_labelled", "with_interval", "write_labelled_reports"]
 
 _SPLIT = "cases"
 
@@ -187,7 +187,8 @@ def _decision_figures(model: LoadedModel, parsed: ParsedCases, arrays: dict[str,
     }
 
 
-def _fmt(value: float, ci: list[float], digits: int = 3) -> str:
+def with_interval(value: float, ci: list[float], digits: int = 3) -> str:
+    """``0.842 [0.801, 0.877]``; ``[no interval]`` where there is none (too few cases)."""
     spec = f".{digits}f"
     return f"{figure(value, spec)} [{_between(ci, spec, ', ', 'no interval')}]"
 
@@ -206,10 +207,13 @@ def _fitted_lines(m: dict[str, Any]) -> list[str]:
         lines.append(f"Left out {f['left_out']:,} rows with the answers and condition of a row the model was fitted on "
                      f"(rows {shown}; all in metrics.json; checked against: {', '.join(f['checked_against'])}): figures "
                      "on them would not be held out.")
-    if f.get("not_checked"):
-        lines.append(f"Not checked row by row against: {', '.join(f['not_checked'])} (not found in {f['folder']} with "
-                     f"the bytes the model's manifest records; run from the project folder, or set {ENV_HOME}; a file "
-                     "given with --extra-data is never found so).")
+    splits = [s for s in f.get("not_checked") or [] if s != "extra"]
+    if splits:
+        lines.append(f"Not checked row by row against: {', '.join(splits)} (not found in {f['folder']} with the bytes "
+                     f"the model's manifest records; run from the project folder, or set {ENV_HOME}).")
+    if "extra" in (f.get("not_checked") or []):
+        lines.append("Not checked row by row against the labelled cases the model was trained on (--extra-data): "
+                     "those among these rows cannot be left out, and figures on them would not be held out.")
     return lines
 
 
@@ -219,12 +223,12 @@ def format_labelled(metrics: dict[str, Any]) -> str:
     pct = f"{m['confidence_level']:.0%}"
     lines = [f"{m['n']:,} labelled cases evaluated ({m['n_rejected']:,} of {m['n_rows']:,} rows rejected); "
              f"figures with {pct} intervals", *_fitted_lines(m),
-             *(f"  {label:<24}{_fmt(m[key], m[key + '_ci'], 4)}" for label, key in (
+             *(f"  {label:<24}{with_interval(m[key], m[key + '_ci'], 4)}" for label, key in (
                  ("accuracy", "accuracy"), ("top-3 accuracy", "top3_accuracy"), ("log loss", "log_loss"),
                  ("Brier score", "brier"), ("ECE (top label)", "ece"), ("macro F1", "macro_f1")))]
     if "triage" in m:
         t, d = m["triage"], m["differential"]
-        lines += [f"  {label:<24}{_fmt(r['value'], r['ci'])}  (n={r['n']})" for label, r in (
+        lines += [f"  {label:<24}{with_interval(r['value'], r['ci'])}  (n={r['n']})" for label, r in (
             ("DVT urgent or sooner", t["dvt_urgent_rate"]), ("safe advice", t["safe_advice_rate"]),
             ("non-DVT to emergency", t["non_dvt_emergency_rate"]),
             ("over-triage: emergency", t["over_triage_emergency_rate"]), ("set coverage", d["coverage"]),
