@@ -259,3 +259,23 @@ def test_macro_f1_of_a_file_averages_the_conditions_it_holds_or_is_predicted_to(
     assert _macro_f1(y.copy(), y) == 1.0  # three conditions, each perfect; the other six are not failures
     pred = np.array([0, 0, 1, 2, 7])  # one case of condition 1 called 2: F1 1, 2/3, 0 and 1 over four present
     assert _macro_f1(pred, y) == pytest.approx((1 + 2 / 3 + 0 + 1) / 4)
+
+
+def test_repeated_cases_under_other_ids_stay_on_one_side_of_the_holdout(small_data):
+    """A repeat visit or a double entry (the same answers and condition, another id) was split like
+    any case: 26 of 133 held-out rows of a reviewer's file were rows the model was trained on."""
+    from pipeline.data.real import holdout_split
+
+    cases = read_split("test", small_data).head(400).reset_index(drop=True)
+    repeats = cases.iloc[100:160].assign(case_id=lambda f: f["case_id"] + "-again")
+    both = pd.concat([cases, repeats, repeats.assign(case_id=lambda f: f["case_id"] + "2")], ignore_index=True)
+    to_train, held = holdout_split(both, 0.3, seed=0)
+    assert len(to_train) + len(held) == len(both) and not set(to_train["case_id"]) & set(held["case_id"])
+    content = [c for c in both.columns if c != "case_id"]
+    trained_on = set(map(tuple, to_train[content].astype(str).to_numpy()))
+    assert not [row for row in map(tuple, held[content].astype(str).to_numpy()) if row in trained_on]
+    assert len(held) >= round(0.3 * 400)  # the distinct cases are split as before; repeats follow theirs
+    # without repeats, the split is the one it always was
+    plain_train, plain_held = holdout_split(cases, 0.3, seed=0)
+    assert len(plain_held) == 120 and sorted(plain_held["case_id"]) == sorted(
+        set(held["case_id"]) & set(cases["case_id"]))

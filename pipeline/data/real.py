@@ -20,7 +20,7 @@ from pipeline.core.config import LEVELS
 from pipeline.core.errors import BatchInputError
 from pipeline.core.formulas import csv_safe
 from pipeline.core.parsing import ParsedCases
-from pipeline.core.schema import CONDITIONS, LABEL_COLUMN, REFERENCE_COLUMN, normalise_header
+from pipeline.core.schema import CONDITIONS, FIELD_NAMES, LABEL_COLUMN, REFERENCE_COLUMN, normalise_header
 
 __all__ = ["REFERENCE_COLUMN", "LabelledCases", "holdout_split", "rejects_csv", "validate_labelled"]
 
@@ -110,16 +110,25 @@ def rejects_csv(rejects: pd.DataFrame) -> str:
 def holdout_split(cases: pd.DataFrame, fraction: float, *, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(to_train, held_out)``: ``fraction`` of the (valid, labelled) cases held out, stratified by
     condition where every condition present has at least two cases and each part has room for one
-    of every condition (else drawn at random)."""
+    of every condition (else drawn at random).
+
+    Cases with the same answers and condition under different ids (a repeat visit, a double
+    entry) go to the same side, so a held-out case is never one the model was trained on: the
+    distinct cases are split, and each repeat follows its first."""
     if not 0 <= fraction < 1:
         raise ValueError(f"fraction == {fraction}, must be in [0, 1).")
-    n_held = int(round(fraction * len(cases)))
+    content = [c for c in cases.columns if normalise_header(c) in (*FIELD_NAMES, LABEL_COLUMN)]
+    same = pd.util.hash_pandas_object(cases[content].astype(str), index=False).to_numpy()
+    first = np.flatnonzero(~pd.Series(same).duplicated().to_numpy())
+    n_held = int(round(fraction * len(first)))
     if n_held == 0:
         return cases.reset_index(drop=True), cases.iloc[:0]
-    if n_held >= len(cases):
-        raise ValueError(f"holding out {fraction:.0%} of {len(cases)} cases leaves none to train on.")
-    counts = cases[LABEL_COLUMN].value_counts()
-    roomy = min(n_held, len(cases) - n_held) >= len(counts)
-    stratify = cases[LABEL_COLUMN] if counts.min() >= 2 and roomy else None
-    keep, held = train_test_split(np.arange(len(cases)), test_size=n_held, random_state=seed, stratify=stratify)
-    return cases.iloc[np.sort(keep)].reset_index(drop=True), cases.iloc[np.sort(held)].reset_index(drop=True)
+    if n_held >= len(first):
+        raise ValueError(f"holding out {fraction:.0%} of {len(first)} distinct cases leaves none to train on.")
+    distinct = cases.iloc[first]
+    counts = distinct[LABEL_COLUMN].value_counts()
+    roomy = min(n_held, len(distinct) - n_held) >= len(counts)
+    stratify = distinct[LABEL_COLUMN] if counts.min() >= 2 and roomy else None
+    _, held = train_test_split(first, test_size=n_held, random_state=seed, stratify=stratify)
+    out = np.isin(same, same[held])
+    return cases[~out].reset_index(drop=True), cases[out].reset_index(drop=True)
