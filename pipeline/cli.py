@@ -250,6 +250,7 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
 def _evaluate_file(args: argparse.Namespace, path: Path) -> int:
     from pipeline.core.parsing import ignored_columns_message
     from pipeline.core.paths import reports_dir
+    from pipeline.core.schema import LABELLED_COLUMNS
     from pipeline.report.labelled import format_labelled
     from pipeline.stages import evaluate_file
 
@@ -259,7 +260,7 @@ def _evaluate_file(args: argparse.Namespace, path: Path) -> int:
     out = Path(args.out) if args.out else reports_dir() / "evaluations" / path.stem
     result = evaluate_file(args.model, path, out, track=not args.no_mlflow, n_boot=n_boot)
     if result.metrics["ignored_columns"]:
-        message = ignored_columns_message(result.metrics["ignored_columns"], str(path))
+        message = ignored_columns_message(result.metrics["ignored_columns"], str(path), also=LABELLED_COLUMNS)
         print(f"kneepain evaluate: warning: {message}", file=sys.stderr)
     print(format_labelled(result.metrics))
     print(f"\nWrote {out / 'metrics.json'}, {out / 'report.md'} and the plots in {out}/"

@@ -19,7 +19,7 @@ from pipeline.core.errors import BatchInputError, error_lines
 from pipeline.core.files import sha256_file, write_report_json
 from pipeline.core.knowledge import KnowledgeBase, load_knowledge_base
 from pipeline.core.parsing import ignored_columns_message, parse_cases
-from pipeline.core.schema import LABEL_COLUMN
+from pipeline.core.schema import LABEL_COLUMN, LABELLED_COLUMNS
 from pipeline.core.tracking_server import tracking_uri
 from pipeline.data.datasets import class_shares, kb_for_split, labels, oracle_summary, read_split, split_table
 from pipeline.data.generate import write_splits
@@ -118,7 +118,7 @@ def train_stage(config: TrainConfig, triage: TriageConfig, screen: ScreenConfig,
         log(f"Extra cases from {extra.path}: {len(extra.to_train):,} to train on (weight {extra.weight:g}), "
             f"{len(extra.held_out):,} held out, {extra.n_rejected:,} of {extra.n_rows:,} rows rejected")
         if extra.ignored:
-            log(f"  warning: {ignored_columns_message(extra.ignored, str(extra.path))}")
+            log(f"  warning: {ignored_columns_message(extra.ignored, str(extra.path), also=LABELLED_COLUMNS)}")
         if len(extra.rejects):  # every one is in the training run's extra_rejects.csv
             log("\n".join(f"  {line}" for line in error_lines(extra.rejects, _LISTED_REJECTS)))
         n_synthetic = len(train)

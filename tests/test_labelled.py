@@ -279,3 +279,20 @@ def test_repeated_cases_under_other_ids_stay_on_one_side_of_the_holdout(small_da
     plain_train, plain_held = holdout_split(cases, 0.3, seed=0)
     assert len(plain_held) == 120 and sorted(plain_held["case_id"]) == sorted(
         set(held["case_id"]) & set(cases["case_id"]))
+
+
+def test_a_misspelt_label_column_is_named_with_what_it_looks_like(labelled_csv, tmp_path):
+    """A misspelt `reference_level` was only "not a case field" (and the clinician's levels went
+    unused without a hint); a misspelt `condition` was "no 'condition' column" alone."""
+    import re
+
+    from pipeline.core.errors import BatchInputError
+    from pipeline.core.parsing import ignored_columns_message
+    from pipeline.core.schema import LABELLED_COLUMNS
+    from pipeline.data.real import validate_labelled
+
+    assert ignored_columns_message(["referance_level"], "f.csv", also=LABELLED_COLUMNS) == (
+        "f.csv: ignoring columns that are not case fields: referance_level (did you mean reference_level?)")
+    frame = pd.read_csv(labelled_csv, dtype=str, keep_default_na=False).rename(columns={" condition": "Condtion"})
+    with pytest.raises(BatchInputError, match=re.escape("f.csv: no 'condition' column (is 'Condtion' it, misspelt?); ")):
+        validate_labelled(frame, where="f.csv")

@@ -60,16 +60,17 @@ def required_columns_error(names) -> CaseValidationError | None:
                                              "value": [""] * len(missing), "reason": [reason] * len(missing)}))
 
 
-def ignored_columns_message(columns: tuple[str, ...] | list[str], where: str = "") -> str:
+def ignored_columns_message(columns: tuple[str, ...] | list[str], where: str = "", also: tuple[str, ...] = ()) -> str:
     """The one warning for input columns that are not case fields (``where``: a file, or nothing),
-    with the field a name looks like a misspelling of: an answer under a misspelt name is unknown,
-    and an unknown red-flag answer can lower the triage."""
+    with the field (or a name of ``also``, such as labelled cases' label columns) a name looks like
+    a misspelling of: an answer under a misspelt name is unknown, and an unknown red-flag answer
+    can lower the triage."""
     names = []
     for c in columns[:_LISTED]:
         if not str(c).strip():
             names.append("(a column without a name)")
             continue
-        near = difflib.get_close_matches(normalise_header(c), _SPELLED, n=1, cutoff=_NEAR)
+        near = difflib.get_close_matches(normalise_header(c), [*_SPELLED, *also], n=1, cutoff=_NEAR)
         names.append(f"{column_name(c)} (did you mean {near[0]}?)" if near else column_name(c))
     more = f" and {len(columns) - _LISTED:,} more" if len(columns) > _LISTED else ""
     return f"{where + ': ' if where else ''}ignoring columns that are not case fields: {', '.join(names)}{more}"

@@ -232,6 +232,7 @@ def top_k_problem(top_k: Any) -> str | None:
 
 
 REFERENCE_COLUMN = "reference_level"  # a clinician's triage level of a labelled case
+LABELLED_COLUMNS = (LABEL_COLUMN, REFERENCE_COLUMN)  # what labelled cases add to the case fields
 # the names a header's words are joined to match (:func:`normalise_header`)
 _NAMED_COLUMNS = frozenset({*FIELD_NAMES, ID_COLUMN, LABEL_COLUMN, SEVERITY_COLUMN, REFERENCE_COLUMN})
 _BETWEEN_WORDS = re.compile(r"[\s-]+")

@@ -8,6 +8,7 @@ validation is listed with its column, value and reason, never fatal for the othe
 
 from __future__ import annotations
 
+import difflib
 from typing import NamedTuple
 
 import numpy as np
@@ -59,8 +60,9 @@ def validate_labelled(frame: pd.DataFrame, *, where: str = "cases",
     """
     frame = _labels_named(frame, where)
     if LABEL_COLUMN not in frame.columns:
-        raise BatchInputError(f"{where}: no {LABEL_COLUMN!r} column; labelled cases need the true condition, "
-                              f"one of {', '.join(CONDITIONS)}.")
+        near = difflib.get_close_matches(LABEL_COLUMN, [str(c) for c in frame.columns], n=1, cutoff=0.8)
+        raise BatchInputError(f"{where}: no {LABEL_COLUMN!r} column{f' (is {near[0]!r} it, misspelt?)' if near else ''}; "
+                              f"labelled cases need the true condition, one of {', '.join(CONDITIONS)}.")
     parsed = parse_read(frame, malformed or {})
     problems = [parsed.errors[["row", "column", "value", "reason"]]]
     condition = _text(frame[LABEL_COLUMN])
