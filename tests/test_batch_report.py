@@ -215,3 +215,28 @@ def test_an_input_given_twice_counts_each_rejected_row_it_holds(trained, report,
     s = json.loads((tmp_path / "twice.json").read_text())
     lines = len(pd.read_csv(tmp_path / "twice.csv.rejects.csv", dtype=str))
     assert s["rows_rejected"] == lines and s["rows_scored"] + s["rows_rejected"] == 2 * 503
+
+
+def test_one_row_no_row_and_reasons_past_the_table_are_said_as_they_are(trained, report, tmp_path):
+    """"1 rows were scored"; a batch with no row scored had predicted shares of 0 for every
+    condition (shares of nothing); and the reasons past the top 8 were left out without a word."""
+    models, _ = trained
+    clinic = pd.read_csv(report / "clinic.csv", dtype=str, keep_default_na=False)
+    clinic.iloc[3:4].to_csv(tmp_path / "one.csv", index=False)
+    assert main(["score", str(tmp_path / "one.csv"), "-o", str(tmp_path / "one_out.csv"), "--model", str(models),
+                 "--quiet", "--report", str(tmp_path / "one.html")]) == 0
+    assert json.loads((tmp_path / "one.json").read_text())["case_mix_note"].startswith("not estimated: 1 row was scored,")
+    bad = clinic.iloc[3:15].copy()
+    bad["sex"] = [f"other-{i}" for i in range(12)]  # one kind: not allowed
+    for i, column in enumerate(["smoker", "sedentary", "fever", "locking", "grinding", "stiffness", "weakness",
+                                "tingling", "bruising", "skin_red"]):
+        bad.iloc[i, bad.columns.get_loc(column)] = "maybe"  # ten kinds more, one row each
+    bad.to_csv(tmp_path / "bad.csv", index=False)
+    assert main(["score", str(tmp_path / "bad.csv"), "-o", str(tmp_path / "bad_out.csv"), "--model", str(models),
+                 "--quiet", "--report", str(tmp_path / "bad.html")]) == 1
+    s = json.loads((tmp_path / "bad.json").read_text())
+    assert (s["rows_scored"], s["predicted"], s["reject_reason_kinds"]) == (0, None, 11)
+    assert len(s["top_reject_reasons"]) == 8 and s["top_reject_reasons"]["sex: not allowed"] == 12
+    page = _Page()
+    page.feed((tmp_path / "bad.html").read_text())
+    assert any("3 other kinds of reason not shown" in t for t in page.text)

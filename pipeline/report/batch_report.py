@@ -43,6 +43,7 @@ from pipeline.serve.writing import REJECT_META
 __all__ = ["REFERENCE_CASES", "field_drift", "summarise_batch", "write_batch_report"]
 
 REFERENCE_CASES = 20_000
+TOP_REASONS = 8  # the commonest reject reasons shown
 _EPS = 1e-4
 
 
@@ -117,12 +118,14 @@ def summarise_batch(inputs: list[str | Path], output: str | Path, model: LoadedM
     summary: dict[str, Any] = {
         "inputs": [str(p) for p in inputs], "output": str(output), "rows_scored": len(scored),
         "rows_rejected": len(rejected),  # one line per rejected row (an input given twice has each row twice)
-        "top_reject_reasons": {str(k): int(v) for k, v in reasons.head(8).items()},
-        "predicted": {c: float((scored["prediction"] == c).sum() / max(len(scored), 1)) for c in CONDITIONS},
+        "top_reject_reasons": {str(k): int(v) for k, v in reasons.head(TOP_REASONS).items()},
+        "reject_reason_kinds": len(reasons),
+        # shares of the scored rows (none when no row was scored, as the case mix)
+        "predicted": {c: float((scored["prediction"] == c).mean()) for c in CONDITIONS} if len(scored) else None,
         "case_mix": prior_report(estimate) if estimate is not None else None,
     }
     if estimate is None:
-        summary["case_mix_note"] = (f"not estimated: {len(proba):,} rows were scored, and the case mix is estimated "
+        summary["case_mix_note"] = (f"not estimated: {_were_scored(len(proba))}, and the case mix is estimated "
                                     f"from {MIN_ADAPT_ROWS:,} or more (as --adapt-priors needs)")
     if "triage" in scored and len(scored):  # no rows scored: no shares to show
         shares = scored["triage"].value_counts(normalize=True)
@@ -131,7 +134,7 @@ def summarise_batch(inputs: list[str | Path], output: str | Path, model: LoadedM
         assert model.decision is not None
         summary["atypical_expected"] = float(model.decision.atypical["quantile"])
     if model.kb is not None and len(scored) < MIN_ADAPT_ROWS:  # a few rows' answers are shares of noise
-        summary["drift_note"] = (f"not measured: {len(scored):,} rows were scored, and drift is measured on "
+        summary["drift_note"] = (f"not measured: {_were_scored(len(scored))}, and drift is measured on "
                                  f"{MIN_ADAPT_ROWS:,} or more")
     elif model.kb is not None:
         ref_codes = parse_cases(codes_to_text_frame(generate_codes(model.kb, REFERENCE_CASES, seed=0)[0])).codes
@@ -150,6 +153,10 @@ _LITERAL = r"'(?:[^'\\]|\\.)*'" + r'|"(?:[^"\\]|\\.)*"'  # a Python string's rep
 # own problem (a malformed record); problems are " | "-separated, and a value may hold " | " or ": "
 _PROBLEM = re.compile(rf"(?:\A| \| )(?:column (?P<column>{_LITERAL}), value (?:{_LITERAL}): (?P<reason>.*?)"
                       rf"|(?P<other>.+?))(?= \| |\Z)")
+
+
+def _were_scored(n: int) -> str:
+    return "1 row was scored" if n == 1 else f"{n:,} rows were scored"
 
 
 def _reject_reasons(reasons: pd.Series) -> pd.Series:
@@ -240,6 +247,9 @@ def render_html(summary: dict[str, Any]) -> str:
     if s["top_reject_reasons"]:
         parts.append("<h3>Commonest reasons for rejected rows</h3>"
                      + _table(["column: reason", "rows"], [[r, n] for r, n in s["top_reject_reasons"].items()]))
+        if (left := s["reject_reason_kinds"] - len(s["top_reject_reasons"])) > 0:
+            parts.append(f'<p class="note">{left:,} other kind{"s" if left > 1 else ""} of reason not shown: every '
+                         "rejected row and its reasons are in the rejects file.</p>")
     parts.append("</section>")
     if "triage" in s:
         parts += ['<section id="triage"><h2>Triage mix</h2>', _img(figs, "triage", "triage mix"),
