@@ -80,10 +80,10 @@ def read_extra_cases(config: TrainConfig) -> ExtraCases | None:
     if not path.is_file():
         raise FileNotFoundError(f"extra_data.path: {path} is not a file of labelled cases.")
     raw, malformed = read_case_records(path)
-    cases, _, rejects, ignored, _, _ = validate_labelled(raw, where=str(path), malformed=malformed)
+    cases, _, rejects, ignored, _, parsed = validate_labelled(raw, where=str(path), malformed=malformed)
     if len(cases) == 0:
         raise ValueError(f"extra_data.path: {path} has no valid labelled row among {len(raw)}.")
-    to_train, held = holdout_split(cases, extra.holdout, seed=config.seed)
+    to_train, held = holdout_split(cases, extra.holdout, seed=config.seed, parsed=parsed)
     return ExtraCases(path, to_train, held, len(raw), rejects, ignored, extra.weight)
 
 

@@ -20,8 +20,10 @@ from pipeline.core.casefiles import check_columns, parse_read
 from pipeline.core.config import LEVELS
 from pipeline.core.errors import BatchInputError
 from pipeline.core.formulas import csv_safe
-from pipeline.core.parsing import ParsedCases
-from pipeline.core.schema import CONDITIONS, FIELD_NAMES, LABEL_COLUMN, REFERENCE_COLUMN, normalise_header
+from pipeline.core.parsing import ParsedCases, parse_cases
+from pipeline.core.schema import CONDITIONS, LABEL_COLUMN, REFERENCE_COLUMN, normalise_header
+from pipeline.data.datasets import labels
+from pipeline.data.fingerprints import case_fingerprints
 
 __all__ = ["REFERENCE_COLUMN", "LabelledCases", "holdout_split", "rejects_csv", "validate_labelled"]
 
@@ -109,18 +111,20 @@ def rejects_csv(rejects: pd.DataFrame) -> str:
     return table.to_pandas().to_csv(index=False)
 
 
-def holdout_split(cases: pd.DataFrame, fraction: float, *, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+def holdout_split(cases: pd.DataFrame, fraction: float, *, seed: int,
+                  parsed: ParsedCases | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(to_train, held_out)``: ``fraction`` of the (valid, labelled) cases held out, stratified by
     condition where every condition present has at least two cases and each part has room for one
     of every condition (else drawn at random).
 
     Cases with the same answers and condition under different ids (a repeat visit, a double
     entry) go to the same side, so a held-out case is never one the model was trained on: the
-    distinct cases are split, and each repeat follows its first."""
+    distinct cases (by :func:`pipeline.data.fingerprints.case_fingerprints`, as `evaluate` finds
+    fitted rows) are split, and each repeat follows its first. ``parsed``: the cases' answers as
+    parsed, if the caller has them (:class:`LabelledCases`)."""
     if not 0 <= fraction < 1:
         raise ValueError(f"fraction == {fraction}, must be in [0, 1).")
-    content = [c for c in cases.columns if normalise_header(c) in (*FIELD_NAMES, LABEL_COLUMN)]
-    same = pd.util.hash_pandas_object(cases[content].astype(str), index=False).to_numpy()
+    same = case_fingerprints(parse_cases(cases, raise_on_error=False) if parsed is None else parsed, labels(cases))
     first = np.flatnonzero(~pd.Series(same).duplicated().to_numpy())
     n_held = int(round(fraction * len(first)))
     if n_held == 0:
