@@ -35,7 +35,7 @@ from pipeline.serve.guard import STOP_SIGNALS
 from pipeline.serve.loading import LoadedModel
 from pipeline.serve.predict import score_columns
 from pipeline.serve.reading import reuse_freed_heap
-from pipeline.serve.writing import REJECT_META, as_text, encode_csv, output_table, reject_table
+from pipeline.serve.writing import as_text, encode_csv, output_table, reject_table, without_reject_meta
 
 __all__ = ["ChunkScorer", "Done", "FileJob", "SeenIds", "available_cores", "chunk_ids", "parse_chunk", "reject_repeated",
            "score_chunk", "score_valid", "scorer_threads", "valid_columns", "validate_chunk"]
@@ -252,9 +252,8 @@ def _warned_columns(ignored: tuple[str, ...]) -> tuple[str, ...]:
     """The ignored columns a warning names: in a rejects file (one with every ``reject_*``
     column), not its own ``reject_*`` columns, as scoring a mended rejects file again is how it is
     used; in any other file, every one."""
-    if not set(REJECT_META) <= {normalise_header(c) for c in ignored}:
-        return ignored
-    return tuple(c for c in ignored if normalise_header(c) not in REJECT_META)
+    own = without_reject_meta(ignored)
+    return ignored if own is None else tuple(own)
 
 
 _WORKER_MODEL: LoadedModel | None = None

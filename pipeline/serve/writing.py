@@ -78,13 +78,22 @@ def _arrow(values: Any, kind: pa.DataType) -> pa.Array:
     return pa.array(values, type=kind, from_pandas=True)
 
 
+def without_reject_meta(columns: Sequence[str]) -> list[str] | None:
+    """For an input that is itself a rejects file (it holds every :data:`REJECT_META` column), its
+    other columns; None for any other input."""
+    folded = [normalise_header(c) for c in columns]
+    if not set(folded) >= set(REJECT_META):
+        return None
+    return [c for c, name in zip(columns, folded) if name not in REJECT_META]
+
+
 def rejected_names(columns: Sequence[str]) -> dict[str, str]:
     """An input's columns -> their names in the rejects file. An input that is itself a rejects
-    file (it holds every :data:`REJECT_META` column) loses those: the new reasons replace them.
-    Another input's column of such a name is kept as ``input_<name>``, as ``--keep-input-columns``
-    keeps a name the output has."""
-    if {normalise_header(c) for c in columns} >= set(REJECT_META):
-        return {c: c for c in columns if normalise_header(c) not in REJECT_META}
+    file loses its :data:`REJECT_META` columns: the new reasons replace them. Another input's
+    column of such a name is kept as ``input_<name>``, as ``--keep-input-columns`` keeps a name
+    the output has."""
+    if (own := without_reject_meta(columns)) is not None:
+        return {c: c for c in own}
     return input_columns(columns, REJECT_META, keep_ids=True)
 
 
