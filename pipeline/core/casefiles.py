@@ -193,9 +193,8 @@ def _csv_header(path: Path) -> tuple[list[str], int]:
     try:
         with open(path, "rb") as fh:  # the header's bytes only: a bad byte further on is the reader's to report
             raw, skipped, unclosed = _header_record(fh)
-        for magic, kind, fix in _NOT_CSV:
-            if raw.startswith(magic):
-                raise BatchInputError(f"{path}: is a {kind} file, not CSV text (by its first bytes); {fix}.")
+        if (known := _known_kind(raw)) is not None:
+            raise BatchInputError(f"{path}: is a {known[0]} file, not CSV text (by its first bytes); {known[1]}.")
         if raw.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in raw:
             raise BatchInputError(f"{path}: the header holds NUL bytes: the file looks like UTF-16 text (or is not "
                                   "text); save it as UTF-8 (for example Excel's 'CSV UTF-8').")
@@ -266,13 +265,17 @@ def unsupported_file_type(path: Path) -> BatchInputError:
     message = f"{path}: unsupported file type {path.suffix.lower()!r}; expected .csv or .parquet"
     try:
         with open(path, "rb") as fh:
-            head = fh.read(8)
+            known = _known_kind(fh.read(8))
     except OSError:
-        head = b""
-    for magic, kind, fix in _NOT_CSV:
-        if head.startswith(magic):
-            return BatchInputError(f"{message}: it is a {kind} file (by its first bytes); {fix}.")
+        known = None
+    if known is not None:
+        return BatchInputError(f"{message}: it is a {known[0]} file (by its first bytes); {known[1]}.")
     return BatchInputError(f"{message}.")
+
+
+def _known_kind(head: bytes) -> tuple[str, str] | None:
+    """(what it is, what to do) for a file whose first bytes are one of :data:`_NOT_CSV`'s, else None."""
+    return next(((kind, fix) for magic, kind, fix in _NOT_CSV if head.startswith(magic)), None)
 
 
 def has_case_ids(path: str | Path) -> bool:

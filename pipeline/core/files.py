@@ -24,8 +24,9 @@ from typing import Any
 
 from pipeline.core.errors import BatchInputError
 
-__all__ = ["in_temporary_folder", "load_yaml", "process_alive", "reclaim_stale_temps", "sha256_file", "stdout_bytes", "tmp_path",
-           "write_bytes_atomic", "write_json_atomic", "write_parts_atomic", "write_report_json", "write_text_atomic"]
+__all__ = ["in_temporary_folder", "load_yaml", "process_alive", "reclaim_stale_temps", "sha256_file",
+           "standard_stream_closed", "stdout_bytes", "tmp_path", "write_bytes_atomic", "write_json_atomic",
+           "write_parts_atomic", "write_report_json", "write_text_atomic"]
 
 
 @contextmanager
@@ -258,6 +259,12 @@ class _WholeWrites(io.RawIOBase):
                 select.select([], [self._fd], [])
 
 
+def standard_stream_closed(which: str) -> BatchInputError:
+    """The error for ``-`` where standard ``which`` (input or output) is closed (``<&-``, ``>&-``)."""
+    return BatchInputError(f"-: standard {which} is closed; give a file instead of -, or open standard {which} "
+                           "(a pipe or a redirection).")
+
+
 def stdout_bytes() -> Any:
     """Standard output as a binary stream whose writes put down every byte or raise the error of
     the write that failed (``EPIPE``, ``EFBIG``), never losing bytes silently; flush it when done
@@ -269,8 +276,7 @@ def stdout_bytes() -> Any:
     processes leave it) takes none. A standard output with no file descriptor (a stream in memory)
     is its own ``buffer``; a closed one (``>&-``) is an error that says so."""
     if sys.stdout is None:
-        raise BatchInputError("-: standard output is closed; give a file instead of -, or open standard output "
-                              "(a pipe or a redirection).")
+        raise standard_stream_closed("output")
     try:
         fd = sys.stdout.fileno()
     except (AttributeError, OSError, io.UnsupportedOperation):

@@ -35,7 +35,7 @@ import pyarrow as pa
 
 from pipeline.core.casefiles import complete_columns, iter_chunks
 from pipeline.core.errors import BatchInputError
-from pipeline.core.files import in_temporary_folder, reclaim_stale_temps, stdout_bytes, tmp_path
+from pipeline.core.files import in_temporary_folder, reclaim_stale_temps, standard_stream_closed, stdout_bytes, tmp_path
 from pipeline.core.parsing import ignored_columns_message
 from pipeline.core.schema import ID_COLUMN, first_spellings, normalise_header
 from pipeline.decision.layer import TEXT_CODE_COLUMNS
@@ -269,8 +269,7 @@ def _standard(which: str) -> BinaryIO:
     if which == "output":
         return stdout_bytes()
     if sys.stdin is None:
-        raise BatchInputError("-: standard input is closed; give a file instead of -, or open standard input "
-                              "(a pipe or a redirection).")
+        raise standard_stream_closed("input")
     return sys.stdin.buffer
 
 
