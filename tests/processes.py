@@ -1,6 +1,18 @@
-"""The processes a job started, found in /proc (Linux): what a test waits for before it signals the job."""
+"""The processes a job started, found in /proc (Linux): what a test waits for before it signals the
+job; and a child's file-size limit, where a test needs its writes to fail."""
 
+import resource
+import signal
 from pathlib import Path
+
+FILE_SIZE_LIMIT = 20_000  # bytes a child started with limit_file_size may write to one file
+
+
+def limit_file_size() -> None:
+    """In a child (``subprocess``'s ``preexec_fn``): files of at most :data:`FILE_SIZE_LIMIT`
+    bytes, the limit's signal ignored, so that the write past it fails (EFBIG) instead."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_SIZE_LIMIT, FILE_SIZE_LIMIT))
 
 
 def spawned_children(pid: int, *, loaded: str | None = None) -> list[int]:

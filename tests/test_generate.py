@@ -311,18 +311,14 @@ def test_kneepain_sample_into_a_standard_output_that_fails_says_so(tmp_path):
     """Run unbuffered, at a file-size limit `sample -o -` wrote part of its cases and said it
     wrote them all (exit 0); buffered, it was `unexpected OSError`."""
     import os
-    import resource
-    import signal
     import subprocess
     import sys
 
-    def limited() -> None:  # in the child: a 20 kB file-size limit, its signal ignored (the write fails instead)
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+    from processes import limit_file_size
 
     for unbuffered in ("1", ""):
         with open(tmp_path / "cut.csv", "wb") as out:
             job = subprocess.run([sys.executable, "-m", "pipeline.cli", "sample", "--n", "2000", "-o", "-"], stdout=out,
                                  stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": unbuffered},
-                                 preexec_fn=limited, timeout=120)
+                                 preexec_fn=limit_file_size, timeout=120)
         assert job.returncode == 2 and job.stderr.strip() == "kneepain sample: error: -: cannot write: File too large."

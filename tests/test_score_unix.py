@@ -4,7 +4,6 @@ top-k, compact floats and texts as codes with their lookup file."""
 import io
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -353,7 +352,7 @@ def test_standard_output_is_written_whole_or_the_job_fails(trained, cases_csv, t
     standard output was the raw file: at a file-size limit a write took part of a chunk, the rest
     was lost and the job said every row was scored (exit 0); into a non-blocking pipe read slowly,
     most rows were lost. Now every byte is written or the job fails, naming why; buffered alike."""
-    import resource
+    from processes import limit_file_size
 
     models, _ = trained
     path, cases = cases_csv
@@ -362,13 +361,9 @@ def test_standard_output_is_written_whole_or_the_job_fails(trained, cases_csv, t
     if python == "unbuffered":
         env["PYTHONUNBUFFERED"] = "1"
 
-    def limited() -> None:  # in the child: a 20 kB file-size limit, its signal ignored (the write fails instead)
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
-
     with open(tmp_path / "cut.csv", "wb") as out:
         cut = subprocess.run(command, stdout=out, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
-                             preexec_fn=limited, timeout=120)
+                             preexec_fn=limit_file_size, timeout=120)
     assert cut.returncode == 2 and "-: cannot write: File too large." in cut.stderr
     read, write = os.pipe()
     os.set_blocking(write, False)
