@@ -462,8 +462,8 @@ def _dates_as_text(table: pa.Table) -> pa.Table:
     the years 1 to 9999 and its times only microseconds: one value beyond them, even in a column
     the job does not read, stopped it ("year 10183 is out of range"). By type, not by value, so a
     file reads alike in every chunking: a date's text is Python's (``2024-01-01``), and in a case
-    field it rejects its row, as any date does. Dates and such times inside a list or a struct
-    are their text there too."""
+    field it rejects its row, as any date does. Inside lists, maps and structs, see
+    :func:`_dates_texted`."""
     for i, kind in enumerate(table.schema.types):
         if (texted := _dates_texted(kind)) != kind:
             table = table.set_column(i, table.column_names[i], pc.cast(table.column(i), texted))
