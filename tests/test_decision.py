@@ -9,13 +9,13 @@ from pipeline.core.blas import dot_exact
 from pipeline.core.config import LEVELS, ScreenConfig, TriageConfig, load_config
 from pipeline.core.parsing import parse_cases, premise_denied, unanswered
 from pipeline.core.paths import config_path
-from pipeline.core.schema import CONDITIONS, SYMPTOMS
+from pipeline.core.schema import CONDITIONS, SYMPTOMS, UNKNOWN
 from pipeline.data.datasets import labels
 from pipeline.decision.atypical import fit_atypical, flag_atypical
 from pipeline.decision.conformal import blank_at_random, credible_sets, fit_conformal, prediction_sets, set_cells
 from pipeline.decision.layer import decision_columns, driving_condition, with_driving_condition
 from pipeline.decision.safety import SafetyNet
-from pipeline.decision.screen import rule_fires
+from pipeline.decision.screen import answer_matches, rule_fires
 from pipeline.decision.triage import FIRST_RULE_REASON, cost_levels, expected_cost_levels, red_flags, triage_levels
 
 DVT = CONDITIONS.index("dvt")
@@ -481,14 +481,65 @@ def test_ask_next_never_asks_about_an_injury_a_case_says_it_did_not_have(cfg, ne
     assert not {"heard_pop", "swelling_within_hours"} & set(asked[1].split("|"))
 
 
+def test_ask_next_asks_first_what_would_send_a_swollen_leg_the_same_day(cfg, net):
+    """A swollen leg after a pop in sport, most likely a hamstring injury: the questions whose "yes"
+    would send it the same day (a tender calf, warm skin: signs of a DVT) come before those that
+    would only move it to within a day or two, however much likelier those are."""
+    case = {"age": 41, "sex": "male", "activity": "sprint_pivot_sport", "onset": "sudden",
+            "injury_event": "overstretch_or_sprint", "heard_pop": "yes", "leg_swelling": "yes"}
+    codes = _codes([case])
+    proba = np.zeros((1, len(CONDITIONS)))
+    proba[0, CONDITIONS.index("hamstring_injury")], proba[0, CONDITIONS.index("acl_injury")] = 0.77, 0.23
+    level, _ = triage_levels(cfg, codes, proba, net=net)
+    assert LEVELS[level[0]] == "see_doctor"
+    asked = net.ask_next(proba, codes, level, np.zeros(1, dtype=bool), net.fires(codes), codes_out=True)[0].split("|")
+    assert len(asked) == cfg.ask_next.max_questions
+    for name in asked:  # each one's "yes" fires a same-day red flag
+        fires = red_flags(cfg, _codes([{**case, name: "yes"}]))[0]
+        assert LEVELS[fires[0]] == "emergency", name
+    change, same_day, _, _ = net._level_changes(proba, codes, level, np.zeros(1, dtype=bool), net.fires(codes),
+                                                net.counts(codes))
+    likeliest = net.candidates[int(np.argmax(change[0]))]
+    assert not same_day[0, net.candidates.index(likeliest)] and likeliest not in asked  # ranked after them
+
+
+def test_ask_next_asks_what_a_same_day_rule_waits_on_when_no_one_answer_changes_the_level(cfg, net):
+    """Age and sex alone at P(DVT) 0.03: no single answer changes the level (every DVT rule needs
+    a swollen leg and a second sign), yet the questions those rules wait on are listed, the swollen
+    leg among them; once every one of them is answered "no", none is waited on."""
+    codes = _codes([{"age": 40, "sex": "female"}])
+    proba = np.full((1, len(CONDITIONS)), 0.97 / (len(CONDITIONS) - 1))
+    proba[0, CONDITIONS.index("dvt")] = 0.03
+    level, _ = triage_levels(cfg, codes, proba, net=net)
+    assert LEVELS[level[0]] != "emergency"
+    change, _, step, gate = net._level_changes(proba, codes, level, np.zeros(1, dtype=bool), net.fires(codes),
+                                               net.counts(codes))
+    leg = net.candidates.index("leg_swelling")
+    assert change[0, leg] == 0 and step[0, leg] > 0 and gate[0, leg]
+    asked = net.ask_next(proba, codes, level, np.zeros(1, dtype=bool), net.fires(codes), codes_out=True)[0].split("|")
+    assert "leg_swelling" in asked and len(asked) == cfg.ask_next.max_questions
+    denied = _codes([{"age": 40, "sex": "female", **{f: "no" for r in net.rules if r.level == LEVELS.index("emergency")
+                                                     for f in r.fields if f in net.candidates and f != "injury_event"},
+                      "injury_event": "twist_or_direction_change"}])
+    level, _ = triage_levels(cfg, denied, proba, net=net)
+    assert not net.open_rules(denied)[0][[r.level == LEVELS.index("emergency") for r in net.rules]].any()
+    _, _, step, gate = net._level_changes(proba, denied, level, np.zeros(1, dtype=bool), net.fires(denied),
+                                          net.counts(denied))
+    assert not step.any() and not gate.any()
+
+
 def _ask_next_by_definition(cfg, net, screen, proba, codes, atypical):
     """ask_next as its docstring defines it: every plausible (question, answer) variant of every
-    case triaged in full by triage_levels, one variant at a time."""
+    case triaged in full by triage_levels, one variant at a time; then, below the same day, the
+    answers that match a field of an open same-day rule which did not match unanswered."""
     level, _ = triage_levels(cfg, codes, proba, atypical, screen, None, net)
+    same_day_rules = [r for r in net.rules if r.level == LEVELS.index("emergency")]
     out = []
     for i in range(len(proba)):
-        change = np.zeros(len(net.candidates))
+        change, same_day = np.zeros(len(net.candidates)), np.zeros(len(net.candidates), dtype=bool)
+        step, gate = np.zeros(len(net.candidates)), np.zeros(len(net.candidates), dtype=bool)
         case = {k: v[i:i + 1] for k, v in codes.items()}
+        waiting = [r for r in same_day_rules if r.open(case)[0]] if level[i] < LEVELS.index("emergency") else []
         for j, name in enumerate(net.candidates):
             if not unanswered(name, case)[0] or premise_denied(case, [name])[0, 0]:
                 continue
@@ -500,8 +551,17 @@ def _ask_next_by_definition(cfg, net, screen, proba, codes, atypical):
                 after, _ = triage_levels(cfg, variant, proba[i:i + 1] * likelihood, atypical[i:i + 1], screen, None,
                                          net)
                 change[j] += p_answer * (after[0] != level[i])
-        change = np.round(change, 9)  # equal chances rank in the questions' order, whatever their last bits
-        ranked = sorted((j for j in range(len(change)) if change[j] > 0), key=lambda j: -change[j])
+                same_day[j] |= after[0] != level[i] and after[0] == LEVELS.index("emergency")
+                by_all = any(name in r.all and not answer_matches(name, r.all[name], UNKNOWN)
+                             and answer_matches(name, r.all[name], a) for r in waiting)
+                by_any = any(name in r.any and not answer_matches(name, r.any[name], UNKNOWN)
+                             and answer_matches(name, r.any[name], a) for r in waiting)
+                step[j] += p_answer * (by_all or by_any)
+                gate[j] |= by_all
+        change, step = np.round(change, 9), np.round(step, 9)  # equal chances rank in the questions' order
+        rank = [4 + 3 * same_day[j] + change[j] if change[j] > 0 else gate[j] + step[j] if step[j] > 0 else 0.0
+                for j in range(len(change))]
+        ranked = sorted((j for j in range(len(change)) if rank[j] > 0), key=lambda j: -rank[j])
         out.append("|".join(net.questions[j] for j in ranked[:cfg.ask_next.max_questions]))
     return level, out
 
@@ -547,12 +607,36 @@ def test_ask_next_matches_its_definition_under_rules_that_match_unknown_and_shar
                      counts=net.counts(codes)[:, :3])
 
 
+def test_answering_ask_next_sends_a_hidden_dvt_the_same_day_and_moves_nothing_already_known(trained):
+    """ask_next_follow_up, as the evaluation reports it: a swollen leg after a sprint that is a DVT
+    (its calf tender, warm, red, its veins standing out) reaches the same day once the questions
+    listed are answered truly; cases whose answers are all known already stay where they were."""
+    from pipeline.core.parsing import parse_records
+    from pipeline.report.decision_metrics import ask_next_follow_up
+    from pipeline.serve.predict import get_model
+
+    model = get_model(trained[0])
+    pop = {"age": 41, "sex": "male", "activity": "sprint_pivot_sport", "onset": "sudden",
+           "injury_event": "overstretch_or_sprint", "heard_pop": "yes", "leg_swelling": "yes"}
+    signs = {f: "yes" for f in ("calf_tenderness", "skin_warm", "skin_red", "visible_veins", "whole_leg_swollen",
+                                "swelling_behind_knee")}
+    blanked, full = parse_records([pop, {"age": 70, "sex": "female"}]), parse_records([{**pop, **signs},
+                                                                                      {"age": 70, "sex": "female"}])
+    y = np.array([CONDITIONS.index("dvt"), CONDITIONS.index("osteoarthritis")])
+    assert LEVELS.index(predict([pop], model=model)["triage"].iloc[0]) < LEVELS.index("emergency")
+    f = ask_next_follow_up(model, blanked, full, y)
+    assert (f["dvt_below"], f["dvt_same_day_after"]) == (1, 1.0)
+    assert (f["non_dvt_below"], f["non_dvt_same_day_after"]) == (1, 0.0)  # nothing hidden, so nothing changes
+    assert 0 < f["questions_per_case"] <= model.decision.config.ask_next.max_questions
+
+
 def test_age_and_sex_alone_never_send_anyone_to_emergency(trained):
     models, _ = trained
     cases = [{"age": a, "sex": s} for a in range(12, 101) for s in ("female", "male")]
     out = predict(cases, model=models)
     assert (out["triage"] != "emergency").all(), out.loc[out["triage"] == "emergency", ["triage_reason", "p_dvt"]].to_string()
     assert (out["safety_net"] != "").all()  # each is told what would send them the same day
+    assert out["ask_next"].str.contains("Is your lower leg or calf swollen?", regex=False).all()  # and what to answer
 
 
 def _state_by_definition(rule, case):

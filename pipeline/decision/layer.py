@@ -56,8 +56,14 @@ DECISION_COLUMN_DOCS = {
                   "red flags and screen rules that unanswered questions could still fire (if one is present, seek "
                   "care as its rule says: the same day for most, within a day or two for a swollen leg with a DVT "
                   "risk or a pop with a knee that swells and gives way); empty when none could",
-    "ask_next": "the unanswered questions whose plausible answers would change the level, `|`-separated, the most "
-                "likely to change it first (at most three); empty when no answer would. An answer's effect is the "
+    "ask_next": "the unanswered questions whose plausible answers would change the level, `|`-separated (at most "
+                "three): first those with an answer that would send the case the same day (a swollen leg after a "
+                "sprain is asked whether the calf is tender before whether the knee swelled within hours), then the "
+                "others, each group the most likely to change the level first; in the places left, below the same "
+                "day, the questions a same-day rule the case leaves open still waits on (whether the leg is swollen, "
+                "which every DVT rule needs with a second sign, so that no one answer changes the level), those every "
+                "one of which the rule needs first, then the likeliest answer; empty when no answer would change the "
+                "level and no same-day rule waits. An answer's effect is the "
                 "knowledge base's likelihood applied to the model's probabilities, not the model run again, so a "
                 "listed answer may leave the model's own level unchanged; no question whose premise the case "
                 "denies (what happened at an injury, when it reports none)",

@@ -10,7 +10,8 @@ A case seldom answers everything. Three things follow from what is still unknown
   the safety net instead, as clinicians safety-net a routine appointment. Red flags and the screen
   still send a case the same day whenever they fire;
 - **what to ask next**: the unanswered questions whose plausible answers would change the level
-  (``ask_next``), most likely to change it first.
+  (``ask_next``): first those an answer to which would send the case the same day, then the
+  others, each group most likely to change the level first.
 
 An answer's effect on the probabilities is taken from the knowledge base: P(answer | condition),
 summed over the latent severity, multiplies the model's probabilities (Bayes' rule with the
@@ -133,6 +134,13 @@ class SafetyNet:
             asking = np.flatnonzero(row)
             self._asking_slots[:len(asking), j] = asking
         # per pair, its candidate's column among the "no" fields (-1: not one of them)
+        # per (pair, rule), whether the pair's answer matches one of the rule's `all` fields, or one
+        # of its `any` fields: a step towards the rule firing (it fires only with the others)
+        unpacked = _unpacked(self._pair_counts).reshape(len(pairs), len(self.rules), 4)
+        # per same-day rule, the pairs whose answer steps towards it through an `all` field, and
+        # those that do through an `any` field
+        self._same_day_steps = [(k, np.flatnonzero(unpacked[:, k, 0] < 0), np.flatnonzero(unpacked[:, k, 1] > 0))
+                                for k, r in enumerate(self.rules) if r.level == _EMERGENCY]
         self._pair_no_field = np.array([self.no_fields.index(self.candidates[j]) if self.candidates[j] in self.no_fields
                                         else -1 for j, _ in pairs], dtype=np.int64)
         # candidates that ask the same rules share the level of the rules that do not ask them
@@ -195,8 +203,11 @@ class SafetyNet:
                  fires: np.ndarray, block_rows: int = 4096, codes_out: bool = False,
                  counts: np.ndarray | None = None) -> np.ndarray:
         """Per case, the unanswered questions whose plausible answers would change ``level``,
-        ``|``-separated, the most likely to change it first (at most ``ask_next.max_questions``);
-        never one whose premise the case denies (:func:`pipeline.core.parsing.premise_denied`).
+        ``|``-separated (at most ``ask_next.max_questions``): first those with a plausible answer
+        that would send the case the same day from below it, then the others, each group the most
+        likely to change the level first; never one whose premise the case denies
+        (:func:`pipeline.core.parsing.premise_denied`). A swollen calf after a sprain is asked
+        whether the calf is tender (a sign of a DVT) before whether the knee swelled within hours.
 
         Each plausible (question, answer) of a case is a variant of it: the case with that answer,
         its probabilities re-weighted by the answer's likelihood, triaged as
@@ -220,36 +231,68 @@ class SafetyNet:
         keep_ = np.zeros((n, top), dtype=bool)
         for start in range(0, n, block_rows):
             b = slice(start, start + block_rows)
-            change = self._level_changes(proba[b], {k: v[b] for k, v in codes.items()}, level[b], atypical[b], fires[b],
-                                         counts[:, b])
-            some = np.flatnonzero(change.any(axis=1))
+            change, same_day, step, gate = self._level_changes(
+                proba[b], {k: v[b] for k, v in codes.items()}, level[b], atypical[b], fires[b], counts[:, b])
+            # rounded, so that equal chances rank in the questions' order rather than by the last
+            # bits of their sums (a question that changes the level on either answer has a chance
+            # of 1 give or take a rounding error). Chances are at most 1: a question that changes
+            # the level ranks from 4 (7 if an answer sends the case the same day), and one that
+            # only takes a same-day rule a step on ranks below 2 (from 1 if the rule needs it)
+            change = np.round(change, _RANK_DECIMALS)
+            rank = np.where(change > 0, 4.0 + 3.0 * same_day + change,
+                            np.where(step > 0, gate + np.round(step, _RANK_DECIMALS), 0.0))
+            some = np.flatnonzero(rank.any(axis=1))
             if len(some):
-                # rounded, so that equal chances rank in the questions' order rather than by the
-                # last bits of their sums (a question that changes the level on either answer has
-                # a chance of 1 give or take a rounding error)
-                ranked = np.argsort(-np.round(change[some], _RANK_DECIMALS), axis=1, kind="stable")[:, :top]
+                ranked = np.argsort(-rank[some], axis=1, kind="stable")[:, :top]
                 order[some + start] = ranked
-                keep_[some + start] = np.take_along_axis(change[some], ranked, axis=1) > 0
+                keep_[some + start] = np.take_along_axis(rank[some], ranked, axis=1) > 0
         return join_ranked(self.candidates if codes_out else self.questions, order, keep_)
 
     def _level_changes(self, proba: np.ndarray, codes: dict[str, np.ndarray], level: np.ndarray, atypical: np.ndarray,
-                       fires: np.ndarray, counts: np.ndarray) -> np.ndarray:
-        """(n_cases, n_candidates): per case and question, the probability that its answer changes ``level``."""
+                       fires: np.ndarray, counts: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(n_cases, n_candidates) four times: per case and question, the probability that its
+        answer changes ``level``; whether a plausible answer would send the case the same day from
+        a lower level; below the same day, the probability of a plausible answer that matches a
+        field of a same-day rule the case leaves open (a step towards it); and whether such an
+        answer matches one of the rule's ``all`` fields (which it cannot fire without)."""
         change = np.zeros((len(proba), len(self.candidates)))
+        same_day = np.zeros(change.shape, dtype=bool)
+        step, gate = np.zeros(change.shape), np.zeros(change.shape, dtype=bool)
         if not self.candidates:
-            return change
+            return change, same_day, step, gate
         # P(answer | what is known) of every (question, answer) at once; plausible ones of unanswered
         # questions whose premise the case has not denied (no pop question after "no injury")
         asked = unanswered_matrix(codes, self.candidates) & ~premise_denied(codes, self.candidates)
         columns = np.ascontiguousarray(proba.T)  # by condition, then case
         p_answer = dot_exact_columns(columns, self._likelihood_rows)  # (pair, case)
         plausible = asked.T[self._pair_candidate] & (p_answer >= self.cfg.ask_next.min_answer_probability)
+        # the answers that step towards a same-day rule that a case below the same day leaves open
+        # (by pair, then case)
+        below = level < _EMERGENCY
+        open_ = state_of_counts(counts, self._has_any)[1]
+        steps_all = np.zeros_like(plausible)
+        steps = np.zeros_like(plausible)
+        for k, by_all, by_any in self._same_day_steps:
+            waiting = open_[:, k] & below
+            steps_all[by_all] |= waiting
+            steps[by_any] |= waiting
+        steps_all &= plausible
+        steps = (steps & plausible) | steps_all
+        # by question, then case, summed over the answers that step
+        step_t = np.zeros((len(self.candidates), len(proba)))
+        gate_t = np.zeros((len(self.candidates), len(proba)), dtype=bool)
+        for stepping in np.flatnonzero(steps.any(axis=1)):
+            j = self._pair_candidate[stepping]
+            step_t[j] += np.where(steps[stepping], p_answer[stepping], 0.0)
+            gate_t[j] |= steps_all[stepping]
+        step, gate = step_t.T, gate_t.T
         # by question, then answer, then case (np.nonzero's order; its 2-D form took eight times as long)
         flat = np.flatnonzero(plausible)
         pair = flat // len(proba)
         rows = flat - pair * len(proba)
         if not len(rows):
-            return change
+            return change, same_day, step, gate
         # per variant, the highest level of the rules that fire and do not ask its question
         others = self._levels_without(fires).ravel().take(self._pair_ask_set[pair] * len(proba) + rows)
         # a case already sent the same day by a rule that does not ask the question stays there
@@ -260,7 +303,8 @@ class SafetyNet:
         changed = after != level[rows]
         flat = rows[changed] * len(self.candidates) + which[changed]
         change += np.bincount(flat, weights=p[changed], minlength=change.size).reshape(change.shape)
-        return change
+        same_day.ravel()[flat[after[changed] == _EMERGENCY]] = True  # changed, so from below the same day
+        return change, same_day, step, gate
 
     def _levels_without(self, fires: np.ndarray) -> np.ndarray:
         """(n_ask_sets, n_cases): the highest level among the rules that fire and are not in the set

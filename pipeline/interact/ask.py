@@ -19,7 +19,8 @@ the triage are shown. The session stops (thresholds in ``configs/questions.yaml`
 - when the differential holds one condition with probability at least ``min_confidence``;
 - when the best question's score is below ``min_score``;
 - after ``min_questions`` answers, when the decision layer's ``ask_next`` is empty (no plausible
-  answer to an unanswered question would change the triage level);
+  answer to an unanswered question would change the triage level, and no same-day rule still
+  waits on one);
 - at ``max_questions``, or when the person stops.
 """
 
@@ -365,7 +366,7 @@ def run_session(model: str | Path | LoadedModel | None = None, *, input: TextIO 
                     break
                 answered = sum(a is not None for _, a in answers())
                 if "ask_next" in row and answered >= cfg.ask.min_questions and not row["ask_next"]:
-                    stopped = "no likely answer to an open question would change the triage"
+                    stopped = "no likely answer to an open question would change the triage or is a sign to rule out"
                     break
                 name = best["field"].iloc[0]
                 settle = [_FIELD_OF_QUESTION[q] for q in (row.get("ask_next") or "").split("|") if q]

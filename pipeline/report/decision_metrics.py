@@ -24,13 +24,13 @@ from pipeline.core.oracle import oracle_posterior
 from pipeline.core.parsing import ParsedCases
 from pipeline.core.schema import CONDITIONS
 from pipeline.decision.conformal import blank_at_random, credible_sets, prediction_sets, set_cells
-from pipeline.decision.layer import decide
+from pipeline.decision.layer import decide, decision_columns
 from pipeline.decision.safety import rules_of
 from pipeline.decision.triage import right_levels
 from pipeline.serve.loading import LoadedModel
 
-__all__ = ["BLANKED_RATE", "coverage_table", "decision_card_section", "evaluate_decision", "figure",
-           "format_decision_table", "measured", "triage_table", "upper_bound"]
+__all__ = ["BLANKED_RATE", "ask_next_follow_up", "coverage_table", "decision_card_section", "evaluate_decision", "figure",
+           "follow_up_line", "format_decision_table", "measured", "triage_table", "upper_bound"]
 
 _DVT = CONDITIONS.index("dvt")
 _EMERGENCY = LEVELS.index("emergency")
@@ -143,6 +143,32 @@ def _shown_metrics(columns: pd.DataFrame, y: np.ndarray, conformal_size: float) 
             "added_rate": float(size.mean() - conformal_size)}
 
 
+def ask_next_follow_up(model: LoadedModel, blanked: ParsedCases, full: ParsedCases, y: np.ndarray) -> dict[str, Any]:
+    """What answering ``ask_next`` does for the cases of ``blanked`` below the same day: each gives
+    the true answers (from ``full``, the same cases unblanked) to the questions it lists, once, and
+    is triaged again (the model run again, not the likelihood shortcut). For the DVT cases: the
+    share that reaches the same day; for the others: the share sent the same day by their answers
+    (a red flag or screen rule they meet, or the expected cost); and the questions listed per case."""
+    assert model.decision is not None and model.kb is not None  # set together
+    start = decision_columns(model.decision, model.kb, blanked, model.predict_proba(blanked), codes=True,
+                             columns=["triage", "ask_next"])
+    below = pd.Categorical(start["triage"], categories=list(LEVELS)).codes < _EMERGENCY
+    codes = {k: v.copy() for k, v in blanked.codes.items()}
+    asked = np.zeros(len(y), dtype=np.int64)
+    rows = np.flatnonzero(below)
+    for i, listed in zip(rows, pd.Series(start["ask_next"]).iloc[rows]):
+        for name in filter(None, listed.split("|")):
+            codes[name][i] = full.codes[name][i]
+            asked[i] += 1
+    answered = ParsedCases(codes, blanked.valid, blanked.errors, blanked.ids, blanked.ignored_columns)
+    after = decision_columns(model.decision, model.kb, answered, model.predict_proba(answered), columns=["triage"])
+    same_day = pd.Categorical(after["triage"], categories=list(LEVELS)).codes == _EMERGENCY
+    dvt = y == _DVT
+    return {"dvt_below": int((below & dvt).sum()), "dvt_same_day_after": _rate(same_day[below & dvt]),
+            "non_dvt_below": int((below & ~dvt).sum()), "non_dvt_same_day_after": _rate(same_day[below & ~dvt]),
+            "questions_per_case": float(asked[below].mean()) if below.any() else float("nan")}
+
+
 def evaluate_decision(model: LoadedModel, parsed: dict[str, ParsedCases], arrays: dict[str, dict[str, np.ndarray]],
                       calib: tuple[ParsedCases, np.ndarray] | None = None,
                       reference_levels: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
@@ -163,6 +189,8 @@ def evaluate_decision(model: LoadedModel, parsed: dict[str, ParsedCases], arrays
         assert kb is not None  # set together with the decision layer
         views["test_blanked"] = (blanked, arrays["test"]["y"], model.predict_proba(blanked),
                                  oracle_posterior(kb, blanked).to_numpy())
+        out["ask_next_follow_up"] = {"test_blanked": ask_next_follow_up(model, blanked, parsed["test"],
+                                                                        arrays["test"]["y"])}
     for name, (cases, y, proba, oracle) in views.items():
         columns = decide(model.decision, model.kb, cases, proba)  # type: ignore[arg-type]  # both set together
         levels = pd.Categorical(columns["triage"], categories=list(LEVELS)).codes
@@ -255,7 +283,20 @@ def format_decision_table(metrics: dict[str, Any]) -> str:
                 "oracle set size": metrics["conformal"][s]["oracle_mean_set_size"],
                 "atypical": metrics["atypical"][s]["flag_rate"]} for s in metrics["triage"]}
     text = "\nDecision layer\n" + pd.DataFrame(rows).T.to_string(float_format=lambda v: f"{v:.4f}")
-    return text + _questioning_line(metrics)
+    return text + follow_up_line(metrics) + _questioning_line(metrics)
+
+
+def follow_up_line(metrics: dict[str, Any], *, markdown: bool = False) -> str:
+    """One sentence on :func:`ask_next_follow_up` on ``test_blanked`` ('' where it was not measured)."""
+    f = (metrics.get("ask_next_follow_up") or {}).get("test_blanked")
+    if not f:
+        return ""
+    tick = "`" if markdown else ""
+    return (f"\n\nAnswering {tick}ask_next{tick}'s questions once on {tick}test_blanked{tick} (the true answers, "
+            f"{figure(f['questions_per_case'], '.2f')} questions per case below the same day) sends to the same day "
+            f"{figure(f['dvt_same_day_after'], '.1%')} of the {f['dvt_below']:,} DVT cases below it and "
+            f"{figure(f['non_dvt_same_day_after'], '.1%')} of the {f['non_dvt_below']:,} other cases below it (by a "
+            "red flag or screen rule their answers meet, or the expected cost)")
 
 
 def _questioning_line(metrics: dict[str, Any]) -> str:

@@ -12,7 +12,7 @@ from typing import Any
 
 from pipeline.core.paths import project_root
 from pipeline.core.schema import data_dictionary_markdown
-from pipeline.report.decision_metrics import coverage_table, figure, triage_table
+from pipeline.report.decision_metrics import coverage_table, figure, follow_up_line, triage_table
 from pipeline.report.views import DETAIL_FILE
 from pipeline.serve.predict import output_dictionary_markdown
 
@@ -46,6 +46,8 @@ def results_markdown(metrics: dict[str, Any]) -> str:
                       + "; ".join(f"on `{k}` in {figure(v['added_rate'], '.1%')} of cases, holding the true condition for "
                                   f"{figure(v['coverage'], '.1%')} at a mean size of {figure(v['mean_set_size'], '.2f')}"
                                   for k, v in shown.items()) + "."]
+    if follow_up_line(metrics):
+        lines += ["", follow_up_line(metrics, markdown=True).strip() + "."]
     q = metrics.get("questioning")
     if q:
         acc = {k: {int(n): v for n, v in q[k]["accuracy"].items()} for k in ("chosen", "random", "fixed")}
