@@ -238,14 +238,14 @@ class SafetyNet:
             # of 1 give or take a rounding error). Chances are at most 1: a question that changes
             # the level ranks from 4 (7 if an answer sends the case the same day), and one that
             # only takes a same-day rule a step on ranks below 2 (from 1 if the rule needs it)
-            change = np.round(change, _RANK_DECIMALS)
-            rank = np.where(change > 0, 4.0 + 3.0 * same_day + change,
-                            np.where(step > 0, gate + np.round(step, _RANK_DECIMALS), 0.0))
-            some = np.flatnonzero(rank.any(axis=1))
+            some = np.flatnonzero(change.any(axis=1) | step.any(axis=1))
             if len(some):
-                ranked = np.argsort(-rank[some], axis=1, kind="stable")[:, :top]
+                moved = np.round(change[some], _RANK_DECIMALS)
+                rank = np.where(moved > 0, 4.0 + 3.0 * same_day[some] + moved,
+                                np.where(step[some] > 0, gate[some] + np.round(step[some], _RANK_DECIMALS), 0.0))
+                ranked = np.argsort(-rank, axis=1, kind="stable")[:, :top]
                 order[some + start] = ranked
-                keep_[some + start] = np.take_along_axis(rank[some], ranked, axis=1) > 0
+                keep_[some + start] = np.take_along_axis(rank, ranked, axis=1) > 0
         return join_ranked(self.candidates if codes_out else self.questions, order, keep_)
 
     def _level_changes(self, proba: np.ndarray, codes: dict[str, np.ndarray], level: np.ndarray, atypical: np.ndarray,
