@@ -15,7 +15,7 @@ from pipeline.decision.atypical import fit_atypical, flag_atypical
 from pipeline.decision.conformal import blank_at_random, credible_sets, fit_conformal, prediction_sets, set_cells
 from pipeline.decision.layer import decision_columns, driving_condition, with_driving_condition
 from pipeline.decision.safety import SafetyNet
-from pipeline.decision.screen import answer_matches, rule_fires
+from pipeline.decision.screen import answer_matches, rule_counts, rule_fires
 from pipeline.decision.triage import FIRST_RULE_REASON, cost_levels, expected_cost_levels, red_flags, triage_levels
 
 DVT = CONDITIONS.index("dvt")
@@ -503,6 +503,24 @@ def test_ask_next_asks_first_what_would_send_a_swollen_leg_the_same_day(cfg, net
     assert not same_day[0, net.candidates.index(likeliest)] and likeliest not in asked  # ranked after them
 
 
+def test_ask_next_asks_about_fever_for_a_hot_swollen_knee_however_unlikely_the_nine_make_it(cfg, net):
+    """A hot, red, swollen knee, injury unanswered: a fever would make it a possible septic joint
+    (the screen's same-day rule). None of the nine conditions makes a fever likely (under 5% here,
+    `min_answer_probability`), but the screen is there for what the nine do not cover, so the
+    question is asked; without the knee signs it is not."""
+    knee = {"age": 35, "sex": "male", "knee_swelling": "yes", "skin_warm": "yes", "skin_red": "yes"}
+    codes = _codes([knee, {"age": 35, "sex": "male"}])
+    proba = np.zeros((2, len(CONDITIONS)))
+    for c, p in (("acl_injury", 0.5), ("meniscus_tear", 0.3), ("osteoarthritis", 0.2)):
+        proba[:, CONDITIONS.index(c)] = p
+    p_fever = proba[0] @ net.likelihood["fever"][1]
+    assert p_fever < cfg.ask_next.min_answer_probability
+    level, _ = triage_levels(cfg, codes, proba, net=net)
+    assert LEVELS[level[0]] != "emergency"
+    asked = net.ask_next(proba, codes, level, np.zeros(2, dtype=bool), net.fires(codes), codes_out=True)
+    assert "fever" in asked[0].split("|") and "fever" not in asked[1].split("|")
+
+
 def test_ask_next_asks_what_a_same_day_rule_waits_on_when_no_one_answer_changes_the_level(cfg, net):
     """Age and sex alone at P(DVT) 0.03: no single answer changes the level (every DVT rule needs
     a swollen leg and a second sign), yet the questions those rules wait on are listed, the swollen
@@ -530,10 +548,12 @@ def test_ask_next_asks_what_a_same_day_rule_waits_on_when_no_one_answer_changes_
 
 def _ask_next_by_definition(cfg, net, screen, proba, codes, atypical):
     """ask_next as its docstring defines it: every plausible (question, answer) variant of every
-    case triaged in full by triage_levels, one variant at a time; then, below the same day, the
-    answers that match a field of an open same-day rule which did not match unanswered."""
+    case triaged in full by triage_levels, one variant at a time (an answer that makes a same-day
+    screen rule fire which the case meets in part is plausible however unlikely); then, below the
+    same day, the answers that match a field of an open same-day rule which did not match unanswered."""
     level, _ = triage_levels(cfg, codes, proba, atypical, screen, None, net)
     same_day_rules = [r for r in net.rules if r.level == LEVELS.index("emergency")]
+    screen_rules = [r for r in same_day_rules if net.rules.index(r) >= len(cfg.red_flags)]
     out = []
     for i in range(len(proba)):
         change, same_day = np.zeros(len(net.candidates)), np.zeros(len(net.candidates), dtype=bool)
@@ -545,9 +565,10 @@ def _ask_next_by_definition(cfg, net, screen, proba, codes, atypical):
                 continue
             for a, likelihood in enumerate(net.likelihood[name]):
                 p_answer = float(dot_exact(proba[i:i + 1], likelihood[None, :])[0, 0])  # as ask_next sums
-                if p_answer < cfg.ask_next.min_answer_probability:
-                    continue
                 variant = {**case, name: np.array([a], dtype=case[name].dtype)}
+                completes = any(r.fires(variant)[0] and _meets_in_part(r, case) for r in screen_rules)
+                if p_answer < cfg.ask_next.min_answer_probability and not completes:
+                    continue
                 after, _ = triage_levels(cfg, variant, proba[i:i + 1] * likelihood, atypical[i:i + 1], screen, None,
                                          net)
                 change[j] += p_answer * (after[0] != level[i])
@@ -564,6 +585,13 @@ def _ask_next_by_definition(cfg, net, screen, proba, codes, atypical):
         ranked = sorted((j for j in range(len(change)) if rank[j] > 0), key=lambda j: -rank[j])
         out.append("|".join(net.questions[j] for j in ranked[:cfg.ask_next.max_questions]))
     return level, out
+
+
+def _meets_in_part(rule, case):
+    """Whether one field of ``rule`` matches, as its counts match them (the `all` fields that are
+    not unmatched, the `any` fields that match)."""
+    counts = rule_counts(rule.all, rule.any, case)[:, 0]
+    return len(rule.all) - counts[0] + counts[1] > 0
 
 
 def test_ask_next_matches_its_definition_on_generated_and_blanked_cases(cfg, net, kb):

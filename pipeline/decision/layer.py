@@ -63,7 +63,9 @@ DECISION_COLUMN_DOCS = {
                 "day, the questions a same-day rule the case leaves open still waits on (whether the leg is swollen, "
                 "which every DVT rule needs with a second sign, so that no one answer changes the level), those every "
                 "one of which the rule needs first, then the likeliest answer; empty when no answer would change the "
-                "level and no same-day rule waits. An answer's effect is the "
+                "level and no same-day rule waits. An answer that would complete a same-day screen rule the case meets "
+                "in part (fever with a hot, swollen knee) is asked however unlikely the nine conditions make it. "
+                "An answer's effect is the "
                 "knowledge base's likelihood applied to the model's probabilities, not the model run again, so a "
                 "listed answer may leave the model's own level unchanged; no question whose premise the case "
                 "denies (what happened at an injury, when it reports none)",

@@ -133,14 +133,17 @@ class SafetyNet:
         for j, row in enumerate(self._asks):
             asking = np.flatnonzero(row)
             self._asking_slots[:len(asking), j] = asking
-        # per pair, its candidate's column among the "no" fields (-1: not one of them)
-        # per (pair, rule), whether the pair's answer matches one of the rule's `all` fields, or one
-        # of its `any` fields: a step towards the rule firing (it fires only with the others)
+        # per same-day rule, the pairs whose answer matches one of its `all` fields, and those whose
+        # answer matches one of its `any` fields: a step towards it (it fires only with the others)
         unpacked = _unpacked(self._pair_counts).reshape(len(pairs), len(self.rules), 4)
-        # per same-day rule, the pairs whose answer steps towards it through an `all` field, and
-        # those that do through an `any` field
         self._same_day_steps = [(k, np.flatnonzero(unpacked[:, k, 0] < 0), np.flatnonzero(unpacked[:, k, 1] > 0))
                                 for k, r in enumerate(self.rules) if r.level == _EMERGENCY]
+        # per same-day screen rule (a condition outside the nine, whose likelihoods say nothing of
+        # its signs), the pairs that step towards it, their count changes, and its `all` fields' number
+        first_screen = len(cfg.red_flags)
+        self._screen_steps = [(k, np.union1d(by_all, by_any), unpacked[np.union1d(by_all, by_any), k],
+                               len(self.rules[k].all)) for k, by_all, by_any in self._same_day_steps if k >= first_screen]
+        # per pair, its candidate's column among the "no" fields (-1: not one of them)
         self._pair_no_field = np.array([self.no_fields.index(self.candidates[j]) if self.candidates[j] in self.no_fields
                                         else -1 for j, _ in pairs], dtype=np.int64)
         # candidates that ask the same rules share the level of the rules that do not ask them
@@ -209,7 +212,11 @@ class SafetyNet:
         (:func:`pipeline.core.parsing.premise_denied`). A swollen calf after a sprain is asked
         whether the calf is tender (a sign of a DVT) before whether the knee swelled within hours.
 
-        Each plausible (question, answer) of a case is a variant of it: the case with that answer,
+        An answer is plausible when its predictive probability is at least
+        ``ask_next.min_answer_probability``, or when it would make a same-day screen rule fire that the
+        case already meets in part (fever with a hot, swollen knee): the screen is for conditions
+        outside the nine, whose likelihoods say nothing of it. Each plausible (question, answer) of
+        a case is a variant of it: the case with that answer,
         its probabilities re-weighted by the answer's likelihood, triaged as
         :func:`pipeline.decision.triage.triage_levels` would triage it (``atypical`` and ``fires``,
         from :meth:`fires`, are the case's own). A variant differs from its case in one answer, so
@@ -266,7 +273,8 @@ class SafetyNet:
         asked = unanswered_matrix(codes, self.candidates) & ~premise_denied(codes, self.candidates)
         columns = np.ascontiguousarray(proba.T)  # by condition, then case
         p_answer = dot_exact_columns(columns, self._likelihood_rows)  # (pair, case)
-        plausible = asked.T[self._pair_candidate] & (p_answer >= self.cfg.ask_next.min_answer_probability)
+        plausible = asked.T[self._pair_candidate] & ((p_answer >= self.cfg.ask_next.min_answer_probability)
+                                                     | self._completes_screen_rule(counts))
         # the answers that step towards a same-day rule that a case below the same day leaves open
         # (by pair, then case)
         below = level < _EMERGENCY
@@ -305,6 +313,20 @@ class SafetyNet:
         change += np.bincount(flat, weights=p[changed], minlength=change.size).reshape(change.shape)
         same_day.ravel()[flat[after[changed] == _EMERGENCY]] = True  # changed, so from below the same day
         return change, same_day, step, gate
+
+    def _completes_screen_rule(self, counts: np.ndarray) -> np.ndarray:
+        """(n_pairs, n_cases): whether the pair's answer would make a same-day screen rule fire that
+        the case already meets in part (a field of it matches: a hot, swollen knee for fever). Such
+        an answer is asked however unlikely the nine conditions make it: the screen is there for
+        conditions the model does not know."""
+        completes = np.zeros((len(self._pair_candidate), counts.shape[1]), dtype=bool)
+        for k, pairs, change, n_all in self._screen_steps:
+            case = counts[:, :, k].astype(np.int16)
+            in_part = (n_all - case[0] + case[1]) > 0
+            for pair, d in zip(pairs, change):
+                fires = (case[0] + d[0] == 0) & ((case[1] + d[1] > 0) | ~self._has_any[k])
+                completes[pair] |= in_part & fires
+        return completes
 
     def _levels_without(self, fires: np.ndarray) -> np.ndarray:
         """(n_ask_sets, n_cases): the highest level among the rules that fire and are not in the set
