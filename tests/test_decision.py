@@ -497,8 +497,8 @@ def test_ask_next_asks_first_what_would_send_a_swollen_leg_the_same_day(cfg, net
     for name in asked:  # each one's "yes" fires a same-day red flag
         fires = red_flags(cfg, _codes([{**case, name: "yes"}]))[0]
         assert LEVELS[fires[0]] == "emergency", name
-    change, same_day, _, _ = net._level_changes(proba, codes, level, np.zeros(1, dtype=bool), net.fires(codes),
-                                                net.counts(codes))
+    change, same_day, _ = net._level_changes(proba, codes, level, np.zeros(1, dtype=bool), net.fires(codes),
+                                             net.counts(codes))
     likeliest = net.candidates[int(np.argmax(change[0]))]
     assert not same_day[0, net.candidates.index(likeliest)] and likeliest not in asked  # ranked after them
 
@@ -507,7 +507,8 @@ def test_ask_next_asks_about_fever_for_a_hot_swollen_knee_however_unlikely_the_n
     """A hot, red, swollen knee, injury unanswered: a fever would make it a possible septic joint
     (the screen's same-day rule). None of the nine conditions makes a fever likely (under 5% here,
     `min_answer_probability`), but the screen is there for what the nine do not cover, so the
-    question is asked; without the knee signs it is not."""
+    question is asked, and first, since the nine cannot say how likely it is; without the knee
+    signs it is not."""
     knee = {"age": 35, "sex": "male", "knee_swelling": "yes", "skin_warm": "yes", "skin_red": "yes"}
     codes = _codes([knee, {"age": 35, "sex": "male"}])
     proba = np.zeros((2, len(CONDITIONS)))
@@ -518,7 +519,11 @@ def test_ask_next_asks_about_fever_for_a_hot_swollen_knee_however_unlikely_the_n
     level, _ = triage_levels(cfg, codes, proba, net=net)
     assert LEVELS[level[0]] != "emergency"
     asked = net.ask_next(proba, codes, level, np.zeros(2, dtype=bool), net.fires(codes), codes_out=True)
-    assert "fever" in asked[0].split("|") and "fever" not in asked[1].split("|")
+    assert asked[0].split("|")[0] == "fever" and "fever" not in asked[1].split("|")  # first, ahead of likelier ones
+    change, same_day, _ = net._level_changes(proba, codes, level, np.zeros(2, dtype=bool), net.fires(codes),
+                                             net.counts(codes))
+    fever = net.candidates.index("fever")
+    assert ((same_day[0] > 0) & (change[0] > change[0, fever])).any()  # a likelier same-day question it goes before
 
 
 def test_ask_next_asks_what_a_same_day_rule_waits_on_when_no_one_answer_changes_the_level(cfg, net):
@@ -530,10 +535,10 @@ def test_ask_next_asks_what_a_same_day_rule_waits_on_when_no_one_answer_changes_
     proba[0, CONDITIONS.index("dvt")] = 0.03
     level, _ = triage_levels(cfg, codes, proba, net=net)
     assert LEVELS[level[0]] != "emergency"
-    change, _, step, gate = net._level_changes(proba, codes, level, np.zeros(1, dtype=bool), net.fires(codes),
-                                               net.counts(codes))
+    change, _, needs = net._level_changes(proba, codes, level, np.zeros(1, dtype=bool), net.fires(codes),
+                                          net.counts(codes))
     leg = net.candidates.index("leg_swelling")
-    assert change[0, leg] == 0 and step[0, leg] > 0 and gate[0, leg]
+    assert change[0, leg] == 0 and needs[0, leg] > 0
     asked = net.ask_next(proba, codes, level, np.zeros(1, dtype=bool), net.fires(codes), codes_out=True)[0].split("|")
     assert "leg_swelling" in asked and len(asked) == cfg.ask_next.max_questions
     denied = _codes([{"age": 40, "sex": "female", **{f: "no" for r in net.rules if r.level == LEVELS.index("emergency")
@@ -541,23 +546,24 @@ def test_ask_next_asks_what_a_same_day_rule_waits_on_when_no_one_answer_changes_
                       "injury_event": "twist_or_direction_change"}])
     level, _ = triage_levels(cfg, denied, proba, net=net)
     assert not net.open_rules(denied)[0][[r.level == LEVELS.index("emergency") for r in net.rules]].any()
-    _, _, step, gate = net._level_changes(proba, denied, level, np.zeros(1, dtype=bool), net.fires(denied),
-                                          net.counts(denied))
-    assert not step.any() and not gate.any()
+    _, _, needs = net._level_changes(proba, denied, level, np.zeros(1, dtype=bool), net.fires(denied),
+                                     net.counts(denied))
+    assert not needs.any()
 
 
 def _ask_next_by_definition(cfg, net, screen, proba, codes, atypical):
     """ask_next as its docstring defines it: every plausible (question, answer) variant of every
     case triaged in full by triage_levels, one variant at a time (an answer that makes a same-day
     screen rule fire which the case meets in part is plausible however unlikely); then, below the
-    same day, the answers that match a field of an open same-day rule which did not match unanswered."""
+    same day, the answers that match an `all` field of an open same-day rule which did not match
+    unanswered."""
     level, _ = triage_levels(cfg, codes, proba, atypical, screen, None, net)
     same_day_rules = [r for r in net.rules if r.level == LEVELS.index("emergency")]
     screen_rules = [r for r in same_day_rules if net.rules.index(r) >= len(cfg.red_flags)]
     out = []
     for i in range(len(proba)):
-        change, same_day = np.zeros(len(net.candidates)), np.zeros(len(net.candidates), dtype=bool)
-        step, gate = np.zeros(len(net.candidates)), np.zeros(len(net.candidates), dtype=bool)
+        change, same_day = np.zeros(len(net.candidates)), np.zeros(len(net.candidates), dtype=int)
+        needs = np.zeros(len(net.candidates))
         case = {k: v[i:i + 1] for k, v in codes.items()}
         waiting = [r for r in same_day_rules if r.open(case)[0]] if level[i] < LEVELS.index("emergency") else []
         for j, name in enumerate(net.candidates):
@@ -572,15 +578,12 @@ def _ask_next_by_definition(cfg, net, screen, proba, codes, atypical):
                 after, _ = triage_levels(cfg, variant, proba[i:i + 1] * likelihood, atypical[i:i + 1], screen, None,
                                          net)
                 change[j] += p_answer * (after[0] != level[i])
-                same_day[j] |= after[0] != level[i] and after[0] == LEVELS.index("emergency")
-                by_all = any(name in r.all and not answer_matches(name, r.all[name], UNKNOWN)
-                             and answer_matches(name, r.all[name], a) for r in waiting)
-                by_any = any(name in r.any and not answer_matches(name, r.any[name], UNKNOWN)
-                             and answer_matches(name, r.any[name], a) for r in waiting)
-                step[j] += p_answer * (by_all or by_any)
-                gate[j] |= by_all
-        change, step = np.round(change, 9), np.round(step, 9)  # equal chances rank in the questions' order
-        rank = [4 + 3 * same_day[j] + change[j] if change[j] > 0 else gate[j] + step[j] if step[j] > 0 else 0.0
+                if after[0] != level[i] and after[0] == LEVELS.index("emergency"):
+                    same_day[j] = max(same_day[j], 2 if completes else 1)
+                needs[j] += p_answer * any(name in r.all and not answer_matches(name, r.all[name], UNKNOWN)
+                                           and answer_matches(name, r.all[name], a) for r in waiting)
+        change, needs = np.round(change, 9), np.round(needs, 9)  # equal chances rank in the questions' order
+        rank = [4 + 3 * (same_day[j] > 0) + (same_day[j] > 1) + change[j] if change[j] > 0 else needs[j]
                 for j in range(len(change))]
         ranked = sorted((j for j in range(len(change)) if rank[j] > 0), key=lambda j: -rank[j])
         out.append("|".join(net.questions[j] for j in ranked[:cfg.ask_next.max_questions]))

@@ -11,7 +11,8 @@ A case seldom answers everything. Three things follow from what is still unknown
   still send a case the same day whenever they fire;
 - **what to ask next**: the unanswered questions whose plausible answers would change the level
   (``ask_next``): first those an answer to which would send the case the same day, then the
-  others, each group most likely to change the level first.
+  others, each group most likely to change the level first; then, below the same day, those a
+  same-day rule the case leaves open needs answered (whether the leg is swollen).
 
 An answer's effect on the probabilities is taken from the knowledge base: P(answer | condition),
 summed over the latent severity, multiplies the model's probabilities (Bayes' rule with the
@@ -133,16 +134,18 @@ class SafetyNet:
         for j, row in enumerate(self._asks):
             asking = np.flatnonzero(row)
             self._asking_slots[:len(asking), j] = asking
-        # per same-day rule, the pairs whose answer matches one of its `all` fields, and those whose
-        # answer matches one of its `any` fields: a step towards it (it fires only with the others)
+        # per same-day rule, the pairs whose answer matches one of its `all` fields, which it cannot
+        # fire without
         unpacked = _unpacked(self._pair_counts).reshape(len(pairs), len(self.rules), 4)
-        self._same_day_steps = [(k, np.flatnonzero(unpacked[:, k, 0] < 0), np.flatnonzero(unpacked[:, k, 1] > 0))
-                                for k, r in enumerate(self.rules) if r.level == _EMERGENCY]
+        same_day_rules = [k for k, r in enumerate(self.rules) if r.level == _EMERGENCY]
+        self._same_day_needs = [(k, np.flatnonzero(unpacked[:, k, 0] < 0)) for k in same_day_rules]
         # per same-day screen rule (a condition outside the nine, whose likelihoods say nothing of
         # its signs), the pairs that step towards it, their count changes, and its `all` fields' number
-        first_screen = len(cfg.red_flags)
-        self._screen_steps = [(k, np.union1d(by_all, by_any), unpacked[np.union1d(by_all, by_any), k],
-                               len(self.rules[k].all)) for k, by_all, by_any in self._same_day_steps if k >= first_screen]
+        self._screen_steps = []
+        for k in same_day_rules:
+            if k >= len(cfg.red_flags):
+                stepping = np.flatnonzero((unpacked[:, k, 0] < 0) | (unpacked[:, k, 1] > 0))
+                self._screen_steps.append((k, stepping, unpacked[stepping, k], len(self.rules[k].all)))
         # per pair, its candidate's column among the "no" fields (-1: not one of them)
         self._pair_no_field = np.array([self.no_fields.index(self.candidates[j]) if self.candidates[j] in self.no_fields
                                         else -1 for j, _ in pairs], dtype=np.int64)
@@ -207,8 +210,11 @@ class SafetyNet:
                  counts: np.ndarray | None = None) -> np.ndarray:
         """Per case, the unanswered questions whose plausible answers would change ``level``,
         ``|``-separated (at most ``ask_next.max_questions``): first those with a plausible answer
-        that would send the case the same day from below it, then the others, each group the most
-        likely to change the level first; never one whose premise the case denies
+        that would send the case the same day from below it (those completing a screen rule
+        first), then the others, each group the most likely to change the level first; in the
+        places left, below the same day, the questions a same-day rule the case leaves open needs
+        answered (its ``all`` fields: whether the leg is swollen, for every DVT rule), the likeliest
+        answer first; never one whose premise the case denies
         (:func:`pipeline.core.parsing.premise_denied`). A swollen calf after a sprain is asked
         whether the calf is tender (a sign of a DVT) before whether the knee swelled within hours.
 
@@ -238,18 +244,20 @@ class SafetyNet:
         keep_ = np.zeros((n, top), dtype=bool)
         for start in range(0, n, block_rows):
             b = slice(start, start + block_rows)
-            change, same_day, step, gate = self._level_changes(
+            change, same_day, needs = self._level_changes(
                 proba[b], {k: v[b] for k, v in codes.items()}, level[b], atypical[b], fires[b], counts[:, b])
             # rounded, so that equal chances rank in the questions' order rather than by the last
             # bits of their sums (a question that changes the level on either answer has a chance
             # of 1 give or take a rounding error). Chances are at most 1: a question that changes
-            # the level ranks from 4 (7 if an answer sends the case the same day), and one that
-            # only takes a same-day rule a step on ranks below 2 (from 1 if the rule needs it)
-            some = np.flatnonzero(change.any(axis=1) | step.any(axis=1))
+            # the level ranks from 4 (7 if an answer sends the case the same day, 8 if that answer
+            # completes a screen rule, whose chance the nine conditions cannot tell), and one that
+            # only gives a same-day rule what it needs ranks at most 1
+            some = np.flatnonzero(change.any(axis=1) | needs.any(axis=1))
             if len(some):
                 moved = np.round(change[some], _RANK_DECIMALS)
-                rank = np.where(moved > 0, 4.0 + 3.0 * same_day[some] + moved,
-                                np.where(step[some] > 0, gate[some] + np.round(step[some], _RANK_DECIMALS), 0.0))
+                urgent = same_day[some]
+                rank = np.where(moved > 0, 4.0 + 3.0 * (urgent > 0) + (urgent > 1) + moved,
+                                np.round(needs[some], _RANK_DECIMALS))
                 ranked = np.argsort(-rank, axis=1, kind="stable")[:, :top]
                 order[some + start] = ranked
                 keep_[some + start] = np.take_along_axis(rank, ranked, axis=1) > 0
@@ -257,50 +265,42 @@ class SafetyNet:
 
     def _level_changes(self, proba: np.ndarray, codes: dict[str, np.ndarray], level: np.ndarray, atypical: np.ndarray,
                        fires: np.ndarray, counts: np.ndarray
-                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(n_cases, n_candidates) four times: per case and question, the probability that its
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(n_cases, n_candidates) three times: per case and question, the probability that its
         answer changes ``level``; whether a plausible answer would send the case the same day from
-        a lower level; below the same day, the probability of a plausible answer that matches a
-        field of a same-day rule the case leaves open (a step towards it); and whether such an
-        answer matches one of the rule's ``all`` fields (which it cannot fire without)."""
+        a lower level (1; 2 where that answer completes a same-day screen rule); and, below the
+        same day, the probability of a plausible answer that a same-day rule the case leaves open
+        needs (one of the rule's ``all`` fields, which it cannot fire without)."""
         change = np.zeros((len(proba), len(self.candidates)))
-        same_day = np.zeros(change.shape, dtype=bool)
-        step, gate = np.zeros(change.shape), np.zeros(change.shape, dtype=bool)
+        same_day = np.zeros(change.shape, dtype=np.int8)
+        needs = np.zeros(change.shape)
         if not self.candidates:
-            return change, same_day, step, gate
+            return change, same_day, needs
         # P(answer | what is known) of every (question, answer) at once; plausible ones of unanswered
         # questions whose premise the case has not denied (no pop question after "no injury")
         asked = unanswered_matrix(codes, self.candidates) & ~premise_denied(codes, self.candidates)
         columns = np.ascontiguousarray(proba.T)  # by condition, then case
         p_answer = dot_exact_columns(columns, self._likelihood_rows)  # (pair, case)
-        plausible = asked.T[self._pair_candidate] & ((p_answer >= self.cfg.ask_next.min_answer_probability)
-                                                     | self._completes_screen_rule(counts))
-        # the answers that step towards a same-day rule that a case below the same day leaves open
-        # (by pair, then case)
+        completes = self._completes_screen_rule(counts)
+        plausible = asked.T[self._pair_candidate] & ((p_answer >= self.cfg.ask_next.min_answer_probability) | completes)
+        # the answers a same-day rule needs (one of its `all` fields) that a case below the same day
+        # leaves open (by pair, then case), and by question, then case, their summed probability
         below = level < _EMERGENCY
         open_ = state_of_counts(counts, self._has_any)[1]
-        steps_all = np.zeros_like(plausible)
-        steps = np.zeros_like(plausible)
-        for k, by_all, by_any in self._same_day_steps:
-            waiting = open_[:, k] & below
-            steps_all[by_all] |= waiting
-            steps[by_any] |= waiting
-        steps_all &= plausible
-        steps = (steps & plausible) | steps_all
-        # by question, then case, summed over the answers that step
-        step_t = np.zeros((len(self.candidates), len(proba)))
-        gate_t = np.zeros((len(self.candidates), len(proba)), dtype=bool)
-        for stepping in np.flatnonzero(steps.any(axis=1)):
-            j = self._pair_candidate[stepping]
-            step_t[j] += np.where(steps[stepping], p_answer[stepping], 0.0)
-            gate_t[j] |= steps_all[stepping]
-        step, gate = step_t.T, gate_t.T
+        needed = np.zeros_like(plausible)
+        for k, pairs in self._same_day_needs:
+            needed[pairs] |= open_[:, k] & below
+        needed &= plausible
+        needs_t = np.zeros((len(self.candidates), len(proba)))
+        for pair_row in np.flatnonzero(needed.any(axis=1)):
+            needs_t[self._pair_candidate[pair_row]] += np.where(needed[pair_row], p_answer[pair_row], 0.0)
+        needs = needs_t.T
         # by question, then answer, then case (np.nonzero's order; its 2-D form took eight times as long)
         flat = np.flatnonzero(plausible)
         pair = flat // len(proba)
         rows = flat - pair * len(proba)
         if not len(rows):
-            return change, same_day, step, gate
+            return change, same_day, needs
         # per variant, the highest level of the rules that fire and do not ask its question
         others = self._levels_without(fires).ravel().take(self._pair_ask_set[pair] * len(proba) + rows)
         # a case already sent the same day by a rule that does not ask the question stays there
@@ -311,8 +311,12 @@ class SafetyNet:
         changed = after != level[rows]
         flat = rows[changed] * len(self.candidates) + which[changed]
         change += np.bincount(flat, weights=p[changed], minlength=change.size).reshape(change.shape)
-        same_day.ravel()[flat[after[changed] == _EMERGENCY]] = True  # changed, so from below the same day
-        return change, same_day, step, gate
+        # changed, so from below the same day; 2 where the answer completes a screen rule
+        hit = after[changed] == _EMERGENCY
+        same_day.ravel()[flat[hit]] = 1
+        screen = completes.ravel().take(pair[changed] * len(proba) + rows[changed]) & hit
+        same_day.ravel()[flat[screen]] = 2
+        return change, same_day, needs
 
     def _completes_screen_rule(self, counts: np.ndarray) -> np.ndarray:
         """(n_pairs, n_cases): whether the pair's answer would make a same-day screen rule fire that

@@ -18,9 +18,10 @@ the triage are shown. The session stops (thresholds in ``configs/questions.yaml`
 
 - when the differential holds one condition with probability at least ``min_confidence``;
 - when the best question's score is below ``min_score``;
-- after ``min_questions`` answers, when the decision layer's ``ask_next`` is empty (no plausible
-  answer to an unanswered question would change the triage level, and no same-day rule still
-  waits on one);
+- after ``min_questions`` answers, when the decision layer's ``ask_next`` lists no question not
+  asked yet (no plausible answer to an unanswered question would change the triage level, and no
+  same-day rule still needs one answered, but for those answered "don't know"); from then on, the
+  questions it lists are asked first;
 - at ``max_questions``, or when the person stops.
 """
 
@@ -365,14 +366,14 @@ def run_session(model: str | Path | LoadedModel | None = None, *, input: TextIO 
                     stopped = "no remaining question is expected to change the picture much"
                     break
                 answered = sum(a is not None for _, a in answers())
-                if "ask_next" in row and answered >= cfg.ask.min_questions and not row["ask_next"]:
+                settle = [_FIELD_OF_QUESTION[q] for q in (row.get("ask_next") or "").split("|") if q]
+                settle = [n for n in settle if n not in {m for m, _ in answers()}]  # "don't know" is not asked again
+                if "ask_next" in row and answered >= cfg.ask.min_questions and not settle:
                     stopped = "no likely answer to an open question would change the triage or is a sign to rule out"
                     break
                 name = best["field"].iloc[0]
-                settle = [_FIELD_OF_QUESTION[q] for q in (row.get("ask_next") or "").split("|") if q]
-                settle = [n for n in settle if n not in {m for m, _ in answers()}]
-                if row.get("triage_reason") == UNCERTAIN_REASON and settle:
-                    name = settle[0]  # the level rests on unanswered questions: settle it first
+                if settle and (row.get("triage_reason") == UNCERTAIN_REASON or answered >= cfg.ask.min_questions):
+                    name = settle[0]  # the level rests on unanswered questions, or the rest is to settle it
                 record([(name, io.question(asked + 1, name))])
             except _Back:
                 back()
@@ -431,7 +432,7 @@ def _summary(io: _Session, row: dict | None, case: dict, answers: list[tuple[str
                 for lead, signs in _safety_net_by_level(row["safety_net"], model):
                     io.say(f"{lead}: " + "; ".join(signs) + ".", "  ")
             if row["ask_next"]:
-                io.say("Questions that could change this: " + " ".join(row["ask_next"].split("|")), "  ")
+                io.say("Questions to answer next: " + " ".join(row["ask_next"].split("|")), "  ")
             io.say(f"Conditions that remain possible: {_labels(row['differential'].split('|'))}.", "  ")
             io.say(f"Advice: {row['advice'].removesuffix(CLOSING).strip()}", "  ")
     io.say(CLOSING)

@@ -292,8 +292,9 @@ def follow_up_line(metrics: dict[str, Any], *, markdown: bool = False) -> str:
     if not f:
         return ""
     tick = "`" if markdown else ""
-    return (f"\n\nAnswering {tick}ask_next{tick}'s questions once on {tick}test_blanked{tick} (the true answers, "
-            f"{figure(f['questions_per_case'], '.2f')} questions per case below the same day) sends to the same day "
+    return (f"\n\nAnswering {tick}ask_next{tick}'s questions once on {tick}test_blanked{tick} (the true answers where "
+            f"the case has them; {figure(f['questions_per_case'], '.2f')} questions listed per case below the same day) "
+            "sends to the same day "
             f"{figure(f['dvt_same_day_after'], '.1%')} of the {f['dvt_below']:,} DVT cases below it and "
             f"{figure(f['non_dvt_same_day_after'], '.1%')} of the {f['non_dvt_below']:,} other cases below it (by a "
             "red flag or screen rule their answers meet, or the expected cost)")
