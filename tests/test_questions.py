@@ -396,9 +396,10 @@ def test_every_dvt_probe_reaches_see_a_doctor_soon_within_five_questions(model, 
 
 
 def test_a_session_asks_what_the_triage_waits_on_and_a_dont_know_does_not_keep_it_going(model, kb):
-    """People with runner's knee who know every answer but whether the leg is swollen: the session
-    stops once every question `ask_next` lists has been asked, a "don't know" included (a question
-    answered so stays unanswered, and listed, for good: before, such a session ran to its maximum)."""
+    """People with runner's knee who know every answer but whether the leg and calf are swollen
+    and tender: the session stops once every question `ask_next` lists has been asked, a "don't
+    know" included (a question answered so stays unanswered, and listed, for good: before, such a
+    session ran to its maximum)."""
     from pipeline.core.schema import field
     from pipeline.core.wording import QUESTIONS
 
@@ -406,9 +407,10 @@ def test_a_session_asks_what_the_triage_waits_on_and_a_dont_know_does_not_keep_i
     cases = cases[cases["condition"] == "runners_knee"].head(12).drop(columns=["condition", "severity"])
     by_question = {q: n for n, q in QUESTIONS.items()}
     for record in cases.to_dict("records"):
+        unknown = ("leg_swelling", "calf_tenderness")
         case = {k: (int(v) if k == "age" else {True: "yes", False: "no"}.get(v, v)) for k, v in record.items()
-                if k != "leg_swelling" and not pd.isna(v)}
-        case.update({n: "no" for n in QUESTIONS if n not in case and n != "leg_swelling" and field(n).kind == "tristate"})
+                if k not in unknown and not pd.isna(v)}
+        case.update({n: "no" for n in QUESTIONS if n not in case and n not in unknown and field(n).kind == "tristate"})
         out = io.StringIO()
         result = run_session(model, input=_Answers(case, out), output=out, max_questions=20)
         assert result["questions"] < 20, out.getvalue()[-1500:]
