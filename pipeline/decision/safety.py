@@ -216,7 +216,7 @@ class SafetyNet:
         answered (its ``all`` fields: whether the leg is swollen, for every DVT rule), the likeliest
         answer first; never one whose premise the case denies
         (:func:`pipeline.core.parsing.premise_denied`). A swollen calf after a sprain is asked
-        whether the calf is tender (a sign of a DVT) before whether the knee swelled within hours.
+        whether the skin is warm (a sign of a DVT) before whether the knee swelled within hours.
 
         An answer is plausible when its predictive probability is at least
         ``ask_next.min_answer_probability``, or when it would make a same-day screen rule fire that the
