@@ -143,15 +143,17 @@ def _shown_metrics(columns: pd.DataFrame, y: np.ndarray, conformal_size: float) 
             "added_rate": float(size.mean() - conformal_size)}
 
 
-def ask_next_follow_up(model: LoadedModel, blanked: ParsedCases, full: ParsedCases, y: np.ndarray) -> dict[str, Any]:
+def ask_next_follow_up(model: LoadedModel, blanked: ParsedCases, full: ParsedCases, y: np.ndarray,
+                       proba: np.ndarray | None = None) -> dict[str, Any]:
     """What answering ``ask_next`` does for the cases of ``blanked`` below the same day: each gives
     the true answers (from ``full``, the same cases unblanked) to the questions it lists, once, and
     is triaged again (the model run again, not the likelihood shortcut). For the DVT cases: the
     share that reaches the same day; for the others: the share sent the same day by their answers
-    (a red flag or screen rule they meet, or the expected cost); and the questions listed per case."""
+    (a red flag or screen rule they meet, or the expected cost); and the questions listed per case.
+    ``proba``: the model's probabilities for ``blanked``, if the caller has them."""
     assert model.decision is not None and model.kb is not None  # set together
-    start = decision_columns(model.decision, model.kb, blanked, model.predict_proba(blanked), codes=True,
-                             columns=["triage", "ask_next"])
+    proba = model.predict_proba(blanked) if proba is None else proba
+    start = decision_columns(model.decision, model.kb, blanked, proba, codes=True, columns=["triage", "ask_next"])
     below = pd.Categorical(start["triage"], categories=list(LEVELS)).codes < _EMERGENCY
     codes = {k: v.copy() for k, v in blanked.codes.items()}
     asked = np.zeros(len(y), dtype=np.int64)
@@ -187,10 +189,10 @@ def evaluate_decision(model: LoadedModel, parsed: dict[str, ParsedCases], arrays
         blanked = blank_at_random(parsed["test"], BLANKED_RATE, seed=0)
         kb = model.kb
         assert kb is not None  # set together with the decision layer
-        views["test_blanked"] = (blanked, arrays["test"]["y"], model.predict_proba(blanked),
-                                 oracle_posterior(kb, blanked).to_numpy())
+        proba_blanked = model.predict_proba(blanked)
+        views["test_blanked"] = (blanked, arrays["test"]["y"], proba_blanked, oracle_posterior(kb, blanked).to_numpy())
         out["ask_next_follow_up"] = {"test_blanked": ask_next_follow_up(model, blanked, parsed["test"],
-                                                                        arrays["test"]["y"])}
+                                                                        arrays["test"]["y"], proba_blanked)}
     for name, (cases, y, proba, oracle) in views.items():
         columns = decide(model.decision, model.kb, cases, proba)  # type: ignore[arg-type]  # both set together
         levels = pd.Categorical(columns["triage"], categories=list(LEVELS)).codes
