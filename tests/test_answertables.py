@@ -37,6 +37,20 @@ def test_the_sums_are_the_one_hot_product_however_fields_are_grouped(max_rows):
     assert np.array_equal(sums.sum(unknown), np.zeros((3, 4)))
 
 
+def test_one_group_adds_its_fields_rows_in_field_order_exactly():
+    """A joint table's row is its fields' rows added left to right, so the bits are those of the
+    plain sum in field order (the order a reader of the tables would expect)."""
+    rng = np.random.default_rng(11)
+    tables, codes = _random(rng, n_fields=5, n=3000)
+    tables = [(name, t * 10.0 ** rng.integers(-3, 4, t.shape)) for name, t in tables]  # sums that round
+    sums = answer_tables(tables, max_rows=10_000)
+    assert len(sums.groups) == 1
+    expected = tables[0][1][codes[tables[0][0]]].copy()
+    for name, t in tables[1:]:
+        expected += t[codes[name]]
+    assert np.array_equal(sums.sum(codes), expected)
+
+
 def test_a_row_gets_the_same_bits_alone_as_in_any_batch():
     rng = np.random.default_rng(7)
     tables, codes = _random(rng, n_fields=14, n=3000)

@@ -89,11 +89,11 @@ def _joint(group: list[tuple[str, np.ndarray]]) -> _Group:
     sizes = [len(t) for _, t in group]
     strides = [int(np.prod(sizes[i + 1:])) for i in range(len(sizes))]
     total = int(np.prod(sizes))
-    table = np.zeros((total, group[0][1].shape[1]))
-    for combo in np.ndindex(*sizes):
-        codes = [c - 1 for c in combo]  # digit 0 is the unknown answer
-        row = group[0][1][codes[0]].copy()
-        for (_, t), c in zip(group[1:], codes[1:]):
-            row += t[c]
-        table[sum(c * s for c, s in zip(codes, strides)) % total] = row
+    # every combination of digits at once, in np.ndindex's order; digit 0 is the unknown answer
+    codes = np.indices(sizes).reshape(len(sizes), total) - 1
+    rows = group[0][1][codes[0]]  # a copy: fancy indexing
+    for (_, t), c in zip(group[1:], codes[1:]):  # the fields' rows added in field order, as AnswerTables.sum adds groups
+        rows += t[c]
+    table = np.empty((total, group[0][1].shape[1]))
+    table[(np.asarray(strides)[:, None] * codes).sum(axis=0) % total] = rows
     return _Group(tuple(name for name, _ in group), tuple(strides), table)
