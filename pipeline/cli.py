@@ -192,7 +192,9 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from pipeline.core.config import ScreenConfig, TrainConfig, TriageConfig, load_config
+    from pydantic import ValidationError
+
+    from pipeline.core.config import ScreenConfig, TrainConfig, TriageConfig, error_lines, load_config
     from pipeline.core.paths import config_path, data_dir, models_dir
     from pipeline.stages import train_stage
 
@@ -211,8 +213,8 @@ def _train(args: argparse.Namespace) -> int:
         extra = config.extra_data.model_dump() | given
         try:
             config = TrainConfig.model_validate(config.model_dump() | {"extra_data": extra})
-        except ValueError as err:
-            raise UsageError(f"--extra-data/--extra-weight/--extra-holdout: {err}") from err
+        except ValidationError as err:  # each line names its option: extra_data.weight is --extra-weight
+            raise UsageError("; ".join(line.replace("extra_data.", "--extra-", 1) for line in error_lines(err))) from err
     triage = load_config(TriageConfig, args.triage or config_path("triage.yaml"))
     screen = load_config(ScreenConfig, args.screen or config_path("screen.yaml"))
     kb_path = Path(args.kb) if args.kb else config_path("knowledge_base.yaml")

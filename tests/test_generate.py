@@ -257,6 +257,12 @@ def test_kneepain_generate_refuses_the_dask_engines_options_without_it(tmp_path,
     # options that were silently ignored: the run went ahead without what they asked for
     (["train", "--scheduler", "tcp://127.0.0.1:1"], "--scheduler: for --backend dask only"),
     (["train", "--extra-weight", "5"], "--extra-weight and --extra-holdout weigh and split real cases"),
+    # a weight of 0 trained without the real cases and dropped the training share without a word
+    (["train", "--extra-data", "cases.csv", "--extra-weight", "0"],
+     "--extra-weight: must be above 0, got 0 (at 0 the real cases would not be trained on); to measure a model "
+     "on your cases without training on them, run `kneepain evaluate --data FILE`"),
+    (["train", "--extra-data", "cases.csv", "--extra-weight", "-1", "--extra-holdout", "1"],
+     "--extra-weight: must be above 0, got -1"),
     (["evaluate", "--no-mlflow", "--data", "."], "--no-mlflow: for --data FILE (labelled cases) only"),
     (["evaluate", "--bootstrap", "0", "--data", "."], "--bootstrap: for --data FILE (labelled cases) only"),
 ])

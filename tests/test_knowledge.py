@@ -188,6 +188,8 @@ def test_a_key_given_twice_is_refused_with_its_line(tmp_path):
      r"models\.mlp\.hidden_layer_sizes\.0: Input should be greater"),
     ("train.yaml", lambda c: c.setdefault("extra_data", {}).update(weight=float("inf")),
      r"extra_data\.weight: Input should be a finite number"),
+    ("train.yaml", lambda c: c.setdefault("extra_data", {}).update(weight=0),
+     r"extra_data\.weight: must be above 0, got 0 \(at 0 the real cases would not be trained on\)"),
 ])
 def test_a_config_value_that_would_fail_later_is_refused_at_load_naming_its_key(tmp_path, name, change, key):
     """Caught when the file is read, not minutes later inside a fit or a file write."""

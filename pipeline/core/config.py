@@ -6,13 +6,13 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
 
 from pipeline.core.errors import ConfigError
 from pipeline.core.files import load_yaml
 
 __all__ = ["ConfigError", "ExtraDataConfig", "GenerateConfig", "LEVELS", "ProbesConfig", "ScreenConfig", "ScreenRule",
-           "SplitConfig", "TrainConfig", "TriageConfig", "flatten", "load_config"]
+           "SplitConfig", "TrainConfig", "TriageConfig", "error_lines", "flatten", "load_config"]
 
 
 
@@ -97,8 +97,16 @@ class ExtraDataConfig(StrictModel):
     """
 
     path: str = ""
-    weight: float = Field(default=1.0, ge=0, allow_inf_nan=False)
+    weight: float = Field(default=1.0, allow_inf_nan=False)
     holdout: float = Field(default=0.3, ge=0, lt=1)
+
+    @field_validator("weight")
+    @classmethod
+    def _counts(cls, weight: float) -> float:
+        if weight <= 0:  # 0 would fit without the cases and drop the training share unseen
+            raise ValueError(f"must be above 0, got {weight:g} (at 0 the real cases would not be trained on); to "
+                             "measure a model on your cases without training on them, run `kneepain evaluate --data FILE`")
+        return weight
 
 
 class TrainConfig(StrictModel):
@@ -325,5 +333,10 @@ def load_config(model: type[T], path: str | Path) -> T:
     try:
         return model.model_validate(raw)
     except ValidationError as err:
-        lines = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()]
-        raise ConfigError(f"{path}: invalid {model.__name__}:\n  " + "\n  ".join(lines)) from err
+        raise ConfigError(f"{path}: invalid {model.__name__}:\n  " + "\n  ".join(error_lines(err))) from err
+
+
+def error_lines(err: ValidationError) -> list[str]:
+    """One ``key.path: what is wrong`` line per error (a validator's own words without pydantic's
+    "Value error, " before them)."""
+    return [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}" for e in err.errors()]
