@@ -546,6 +546,11 @@ def _score(args: argparse.Namespace) -> int:
                     if summary.rows_rejected else ", rejected 0")
         print(f"Scored {summary.rows_scored:,} row{'' if summary.rows_scored == 1 else 's'}{rejected} in {summary.seconds:.1f} s "
               f"({summary.rows_per_second:,.0f} rows/s) -> {args.output}", file=sys.stderr)
+        if summary.rows_rejected:  # what the rejected rows have in common, without opening the file
+            from pipeline.serve.rejectreasons import rejects_digest
+
+            for line in rejects_digest(rejects_path):
+                print(line, file=sys.stderr)
     return EXIT_REJECTED if summary.rows_rejected else EXIT_OK
 
 

@@ -48,27 +48,6 @@ def report(trained, small_data, tmp_path_factory):
     return folder
 
 
-def test_reasons_of_one_kind_count_together_whichever_row_they_name():
-    """A malformed record's reason names its record and field count: the commonest reasons count
-    such records as one kind, as they do the same answer out of range in different rows."""
-    from pipeline.report.batch_report import _reject_reasons
-
-    reasons = pd.Series([f"record {k} of in.csv (the header is record 1) has {k % 3 + 1} fields; the header has 5"
-                         for k in range(2, 9)] + ["column 'age', value '300': out of range; allowed: 12..100",
-                                                  "column 'age', value '400': out of range; allowed: 12..100 | "
-                                                  "column 'sex', value 'x': not allowed; allowed: female, male"])
-    assert _reject_reasons(reasons).to_dict() == {"has the wrong number of fields": 7, "age: out of range": 2,
-                                                  "sex: not allowed": 1}
-    # a value holding ": " or " | " was cut there, so part of it became a reason of its own (a
-    # patient's words in the report, and one entry per value where all are one kind)
-    odd = pd.Series([f"column 'sex', value {v!r}: not allowed; allowed: female, male" for v in
-                     ("name: Patient1", "Jane: SSN 123", "a | b: c", 'it\'s "x": y')]
-                    + ["column 'case_id', value 'MRN: 42': duplicate case_id: seen in an earlier row | "
-                       "column \"it's\", value '1': not allowed"])
-    assert _reject_reasons(odd).to_dict() == {"sex: not allowed": 4, "case_id: duplicate case_id: seen in an earlier row": 1,
-                                              "it's: not allowed": 1}
-
-
 def test_report_numbers_cover_rows_triage_mix_atypical_and_drift(report):
     s = json.loads((report / "batch.json").read_text())
     assert (s["rows_scored"], s["rows_rejected"]) == (500, 3)

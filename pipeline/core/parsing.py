@@ -750,4 +750,5 @@ def _show(value: Any, limit: int = 80) -> str:
 def shown_values(values: Iterable[Any]) -> list[str]:
     """Values as a problem's ``value`` shows them: a blank as nothing, bytes as Python writes them
     (``b'\\xff'``), a long text cut (:func:`_cut`)."""
-    return [_show(v) for v in values]
+    shown: dict[str, str] = {}  # a text's, made once (a file of NA answers repeats one value)
+    return [(shown.get(v) or shown.setdefault(v, _show(v))) if type(v) is str else _show(v) for v in values]

@@ -15,11 +15,9 @@ matplotlib, which the project has, and is one file with the plots embedded as PN
 
 from __future__ import annotations
 
-import ast
 import base64
 import html
 import io
-import re
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +25,6 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core.config import LEVELS
-from pipeline.core.csvrecords import reason_kind
 from pipeline.core.files import write_report_json, write_text_atomic
 from pipeline.core.parsing import codes_to_text_frame, parse_cases
 from pipeline.core.schema import CONDITION_LABELS, CONDITIONS, FIELDS, UNKNOWN
@@ -38,6 +35,7 @@ from pipeline.serve import CHUNK_ROWS
 from pipeline.serve.adapt import MIN_ADAPT_ROWS, prior_report, scored_cases, training_prior
 from pipeline.serve.batch import rejects_file
 from pipeline.serve.loading import LoadedModel
+from pipeline.serve.rejectreasons import reject_reasons
 from pipeline.serve.writing import REJECT_META
 
 __all__ = ["REFERENCE_CASES", "field_drift", "summarise_batch", "write_batch_report"]
@@ -111,7 +109,7 @@ def summarise_batch(inputs: list[str | Path], output: str | Path, model: LoadedM
     rejects_path = rejects_file(output, rejects)
     rejected = (pd.read_csv(rejects_path, dtype=str, keep_default_na=False, usecols=REJECT_META)
                 if rejects_path.exists() else pd.DataFrame(columns=REJECT_META))
-    reasons = _reject_reasons(rejected["reject_reason"])
+    reasons = reject_reasons(rejected["reject_reason"])
     proba = scored[[f"p_{c}" for c in CONDITIONS]].to_numpy(dtype=np.float64)
     if estimate is None and len(proba) >= MIN_ADAPT_ROWS:  # fewer rows: shares of noise (as --adapt-priors refuses)
         estimate = estimate_prior(proba, training_prior(model))
@@ -148,32 +146,8 @@ def summarise_batch(inputs: list[str | Path], output: str | Path, model: LoadedM
     return summary
 
 
-_LITERAL = r"'(?:[^'\\]|\\.)*'" + r'|"(?:[^"\\]|\\.)*"'  # a Python string's repr, as the rejects writer quotes
-# one problem of a rejects file's reject_reason: "column <name>, value <value>: reason", or a row's
-# own problem (a malformed record); problems are " | "-separated, and a value may hold " | " or ": "
-_PROBLEM = re.compile(rf"(?:\A| \| )(?:column (?P<column>{_LITERAL}), value (?:{_LITERAL}): (?P<reason>.*?)"
-                      rf"|(?P<other>.+?))(?= \| |\Z)")
-
-
 def _were_scored(n: int) -> str:
     return "1 row was scored" if n == 1 else f"{n:,} rows were scored"
-
-
-def _reject_reasons(reasons: pd.Series) -> pd.Series:
-    """How often each "column: reason" occurs among the problems of the rejected rows (a rejects
-    file's ``reject_reason`` holds a row's problems, ``|``-separated, each "column 'c', value 'v':
-    reason"). No part of a value is in a label: the value's quoted text is read whole."""
-    columns, kinds, counts = [], [], []
-    for text, n in reasons.astype(str).value_counts(sort=False).items():
-        for found in _PROBLEM.finditer(text):
-            column = found["column"]
-            columns.append(ast.literal_eval(column) if column is not None else None)
-            kinds.append(found["reason"] if column is not None else found["other"])
-            counts.append(n)
-    kind = reason_kind(pd.Series(kinds, dtype=object))
-    label = pd.Series([f"{c}: {k}" if c is not None else k for c, k in zip(columns, kind)], dtype=object)
-    return pd.Series(counts, dtype=np.int64).groupby(label.to_numpy(), sort=False).sum().sort_values(
-        ascending=False, kind="stable")
 
 
 def _png(fig) -> str:

@@ -166,15 +166,21 @@ def reject_table(errors: pd.DataFrame, frame: pd.DataFrame, *, row_offset: int, 
                  schema: pa.Schema) -> pa.Table:
     """One line per rejected row of ``frame`` (the rows ``row_offset``..): its file, row, every
     problem in ``errors`` (row, column, value, reason) and the row as read."""
-    problems = pd.Series([_problem(c, v, r) for c, v, r in zip(errors["column"].astype(str),
-                                                                errors["value"].astype(str), errors["reason"].astype(str))],
-                         index=errors["row"].to_numpy())
-    joined = problems.groupby(level=0, sort=True).agg(" | ".join)
-    rows = joined.index.to_numpy(dtype=np.int64)
+    # each row's problems in the order found, " | "-joined: a list per row, joined by Arrow (a pandas
+    # groupby joined them in Python, a row at a time: 5 of 6 s of a chunk whose every row was rejected)
+    order = np.argsort(errors["row"].to_numpy(dtype=np.int64), kind="stable")
+    by_row = errors["row"].to_numpy(dtype=np.int64)[order]
+    starts = np.flatnonzero(np.r_[True, by_row[1:] != by_row[:-1]]) if len(by_row) else np.zeros(0, np.int64)
+    shown: dict[tuple[str, str, str], str] = {}  # a problem's text, made once per distinct problem
+    texts = [shown.get(key) or shown.setdefault(key, _problem(*key)) for key in zip(
+        errors["column"].astype(str).to_numpy(dtype=object)[order], errors["value"].astype(str).to_numpy(dtype=object)[order],
+        errors["reason"].astype(str).to_numpy(dtype=object)[order])]
+    lists = pa.ListArray.from_arrays(pa.array(np.r_[starts, len(by_row)], pa.int32()), pa.array(texts, pa.string()))
+    rows = by_row[starts]
     original = frame.iloc[rows - row_offset]
     columns: dict[str, pa.Array] = {"reject_file": pa.array([file] * len(rows), pa.string()),
                                     "reject_row": pa.array(rows, pa.int64()),
-                                    "reject_reason": pa.array(joined.to_numpy(dtype=object), pa.string())}
+                                    "reject_reason": pc.binary_join(lists, " | ")}
     # this input's column under each name of the rejects file, as it spells it
     own = {normalise_header(name): c for c, name in rejected_names(list(original.columns)).items()}
     for name in schema.names[len(REJECT_META):]:

@@ -1,0 +1,103 @@
+"""What a rejects file's rows have in common: the commonest reasons, and markers of a missing answer.
+
+A rejects file's ``reject_reason`` holds a row's problems, ``|``-separated, each "column 'c', value
+'v': reason" (or a record's own problem, such as its number of fields). A file in which every row
+is rejected usually has one cause: a column under a name of its own, an age in months, or a
+missing-value convention the case schema does not read (R's ``NA``, SAS's ``.``), where only a
+blank or ``unknown`` is unknown. :func:`rejects_digest` says so in a few lines, so that the cause
+is seen without opening the file.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from pipeline.core.csvrecords import reason_kind
+
+__all__ = ["MISSING_MARKERS", "missing_markers", "reject_reasons", "rejects_digest"]
+
+_LITERAL = r"'(?:[^'\\]|\\.)*'" + r'|"(?:[^"\\]|\\.)*"'  # a Python string's repr, as the rejects writer quotes
+# one problem of a rejects file's reject_reason: "column <name>, value <value>: reason", or a row's
+# own problem (a malformed record); problems are " | "-separated, and a value may hold " | " or ": "
+_PROBLEM = re.compile(rf"(?:\A| \| )(?:column (?P<column>{_LITERAL}), value (?P<value>{_LITERAL}): (?P<reason>.*?)"
+                      rf"|(?P<other>.+?))(?= \| |\Z)")
+# how other tools write a missing value (compared without case or surrounding spaces)
+MISSING_MARKERS = frozenset({"na", "n/a", "#n/a", "nan", "null", "none", "nil", "missing", ".", "-", "?"})
+DIGEST_ROWS = 200_000  # the rejected rows a digest reads, at most (the first ones)
+
+
+def _problems(reasons: pd.Series) -> list[tuple[str | None, str | None, str, int]]:
+    """One (column, value, reason, rows) per problem of each distinct reason text: column and value
+    are None for a record's own problem; rows, how many rows have that reason text."""
+    lines: list[tuple[str | None, str | None, str, int]] = []
+    for text, n in reasons.astype(str).value_counts(sort=False).items():
+        for found in _PROBLEM.finditer(text):
+            column = found["column"]
+            if column is None:
+                lines.append((None, None, found["other"], int(n)))
+            else:
+                lines.append((ast.literal_eval(column), ast.literal_eval(found["value"]), found["reason"], int(n)))
+    return lines
+
+
+def _counted(labels: list, counts: list[int]) -> pd.Series:
+    """The summed counts by label, the largest first (equal ones in order of first appearance)."""
+    return pd.Series(counts, dtype="int64").groupby(pd.Series(labels, dtype=object).to_numpy(), sort=False).sum(
+    ).sort_values(ascending=False, kind="stable")
+
+
+def reject_reasons(reasons: pd.Series) -> pd.Series:
+    """How often each "column: reason" occurs among the problems of the rejected rows (``reasons``:
+    a rejects file's ``reject_reason``), the commonest first. No part of a value is in a label: the
+    value's quoted text is read whole."""
+    problems = _problems(reasons)
+    kinds = reason_kind(pd.Series([reason for _, _, reason, _ in problems], dtype=object))
+    labels = [f"{column}: {kind}" if column is not None else kind for (column, *_), kind in zip(problems, kinds)]
+    return _counted(labels, [n for *_, n in problems])
+
+
+def missing_markers(reasons: pd.Series) -> pd.Series:
+    """How many rejected answers were a missing-value marker of another tool (:data:`MISSING_MARKERS`),
+    by the marker as written, the commonest first."""
+    marked = [(value, n) for _, value, _, n in _problems(reasons)
+              if value is not None and value.strip().lower() in MISSING_MARKERS]
+    return _counted([v for v, _ in marked], [n for _, n in marked])
+
+
+def rejects_digest(path: str | Path, top: int = 3, max_rows: int = DIGEST_ROWS) -> list[str]:
+    """A few lines on a rejects file (CSV, as ``kneepain score`` writes it): its commonest reasons,
+    and, where rejected answers are another tool's missing-value marker, how to write them.
+    Reads the first ``max_rows`` rejected rows at most (and says so)."""
+    batches, rows = [], 0
+    try:  # streamed: a rejects file of every row of a large input is read no further than needed
+        with pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=1 << 22),
+                            parse_options=pacsv.ParseOptions(newlines_in_values=True),  # kept values may hold them
+                            convert_options=pacsv.ConvertOptions(include_columns=["reject_reason"],
+                                                                 column_types={"reject_reason": pa.string()})) as reader:
+            for batch in reader:
+                batches.append(batch.column(0))
+                rows += batch.num_rows
+                if rows > max_rows:
+                    break
+    except (OSError, pa.ArrowException):  # the file is the user's to read; the digest is a courtesy
+        return []
+    column = pa.chunked_array(batches, pa.string()).slice(0, max_rows).to_pandas()
+    among = f" (of the first {max_rows:,} rejected rows)" if rows > max_rows else ""
+    reasons = reject_reasons(column)
+    lines = []
+    if len(reasons):
+        shown = ", ".join(f"{label} ({n:,} row{'' if n == 1 else 's'})" for label, n in reasons.head(top).items())
+        lines.append(f"  commonest reasons{among}: {shown}")
+    markers = missing_markers(column)
+    if len(markers):
+        written = ", ".join(f"{v!r} ({n:,} answer{'' if n == 1 else 's'})" for v, n in markers.items())
+        lines.append(f"  rejected answers{among} that mark a missing answer in other tools: {written}. Only a blank "
+                     "or 'unknown' is read as unknown: write missing answers as blanks (pandas' to_csv does; in R, "
+                     "write.csv(x, na = \"\")) and score again.")
+    return lines
