@@ -31,11 +31,12 @@ def test_missing_value_markers_are_counted_by_the_marker_as_written():
                          "column 'leg_swelling', value 'NA': not allowed; allowed: yes, no, or blank/unknown | "
                          "column 'skin_warm', value ' n/a ': not allowed; allowed: yes, no, or blank/unknown",
                          "column 'age', value '.': not a number; allowed: 12..100",
+                         "column 'skin_warm', value '\\tNA': not allowed",  # a tab, written escaped
                          "column 'sex', value 'robot': not allowed; allowed: female, male",
                          "column 'injury_event', value 'NAB': not allowed",  # a word that starts like one is none
                          "record 3 of in.csv (the header is record 1) has 2 fields; the header has 5"])
-    assert missing_markers(reasons).to_dict() == {"NA": 2, " n/a ": 1, ".": 1}
-    assert missing_markers(reasons[3:]).empty
+    assert missing_markers(reasons).to_dict() == {"NA": 2, " n/a ": 1, ".": 1, "\tNA": 1}
+    assert missing_markers(reasons[4:]).empty
 
 
 def test_score_prints_the_commonest_reasons_and_says_how_to_write_missing_answers(trained, tmp_path, capsys):

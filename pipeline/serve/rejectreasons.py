@@ -32,17 +32,25 @@ MISSING_MARKERS = frozenset({"na", "n/a", "#n/a", "nan", "null", "none", "nil", 
 DIGEST_ROWS = 200_000  # the rejected rows a digest reads, at most (the first ones)
 
 
-def _problems(reasons: pd.Series) -> list[tuple[str | None, str | None, str, int]]:
-    """One (column, value, reason, rows) per problem of each distinct reason text: column and value
-    are None for a record's own problem; rows, how many rows have that reason text."""
-    lines: list[tuple[str | None, str | None, str, int]] = []
+def _unquoted(literal: str) -> str:
+    """The text of a quoted Python string (its repr): read directly when nothing in it is escaped
+    (no backslash), else by :func:`ast.literal_eval` (20x slower)."""
+    return literal[1:-1] if "\\" not in literal else ast.literal_eval(literal)
+
+
+Problem = tuple[str | None, str | None, str, int]  # column, value (None for a record's own problem), reason, rows
+
+
+def _problems(reasons: pd.Series) -> list[Problem]:
+    """One (column, value, reason, rows) per problem of each distinct reason text (rows: how
+    many rows have that text)."""
+    lines: list[Problem] = []
     for text, n in reasons.astype(str).value_counts(sort=False).items():
         for found in _PROBLEM.finditer(text):
-            column = found["column"]
-            if column is None:
+            if found["column"] is None:
                 lines.append((None, None, found["other"], int(n)))
             else:
-                lines.append((ast.literal_eval(column), ast.literal_eval(found["value"]), found["reason"], int(n)))
+                lines.append((_unquoted(found["column"]), _unquoted(found["value"]), found["reason"], int(n)))
     return lines
 
 
@@ -52,22 +60,29 @@ def _counted(labels: list, counts: list[int]) -> pd.Series:
     ).sort_values(ascending=False, kind="stable")
 
 
-def reject_reasons(reasons: pd.Series) -> pd.Series:
-    """How often each "column: reason" occurs among the problems of the rejected rows (``reasons``:
-    a rejects file's ``reject_reason``), the commonest first. No part of a value is in a label: the
-    value's quoted text is read whole."""
-    problems = _problems(reasons)
+def _reasons_of(problems: list[Problem]) -> pd.Series:
     kinds = reason_kind(pd.Series([reason for _, _, reason, _ in problems], dtype=object))
     labels = [f"{column}: {kind}" if column is not None else kind for (column, *_), kind in zip(problems, kinds)]
     return _counted(labels, [n for *_, n in problems])
 
 
+def _markers_of(problems: list[Problem]) -> pd.Series:
+    marked = [(value, n) for _, value, _, n in problems
+              if value is not None and len(value) < 12 and value.strip().lower() in MISSING_MARKERS]
+    return _counted([v for v, _ in marked], [n for _, n in marked])
+
+
+def reject_reasons(reasons: pd.Series) -> pd.Series:
+    """How often each "column: reason" occurs among the problems of the rejected rows (``reasons``:
+    a rejects file's ``reject_reason``), the commonest first. No part of a value is in a label: the
+    value's quoted text is read whole."""
+    return _reasons_of(_problems(reasons))
+
+
 def missing_markers(reasons: pd.Series) -> pd.Series:
     """How many rejected answers were a missing-value marker of another tool (:data:`MISSING_MARKERS`),
     by the marker as written, the commonest first."""
-    marked = [(value, n) for _, value, _, n in _problems(reasons)
-              if value is not None and value.strip().lower() in MISSING_MARKERS]
-    return _counted([v for v, _ in marked], [n for _, n in marked])
+    return _markers_of(_problems(reasons))
 
 
 def rejects_digest(path: str | Path, top: int = 3, max_rows: int = DIGEST_ROWS) -> list[str]:
@@ -89,12 +104,13 @@ def rejects_digest(path: str | Path, top: int = 3, max_rows: int = DIGEST_ROWS) 
         return []
     column = pa.chunked_array(batches, pa.string()).slice(0, max_rows).to_pandas()
     among = f" (of the first {max_rows:,} rejected rows)" if rows > max_rows else ""
-    reasons = reject_reasons(column)
+    problems = _problems(column)
+    reasons = _reasons_of(problems)
     lines = []
     if len(reasons):
         shown = ", ".join(f"{label} ({n:,} row{'' if n == 1 else 's'})" for label, n in reasons.head(top).items())
         lines.append(f"  commonest reasons{among}: {shown}")
-    markers = missing_markers(column)
+    markers = _markers_of(problems)
     if len(markers):
         written = ", ".join(f"{v!r} ({n:,} answer{'' if n == 1 else 's'})" for v, n in markers.items())
         lines.append(f"  rejected answers{among} that mark a missing answer in other tools: {written}. Only a blank "
