@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.core.blocks import WINDOW_BYTES, _RecordScan, plan_blocks
-from pipeline.core.casefiles import BlockMismatchError, FileBlock, csv_data_start, iter_chunks
+from pipeline.core.casefiles import BlockMismatchError, FileBlock, csv_data_start, file_columns, iter_chunks
 
 
 def _random_csv(rng: random.Random, rows: int, columns: int = 3) -> bytes:
@@ -119,6 +119,20 @@ def test_parquet_blocks_are_row_ranges_of_whole_chunks(tmp_path):
     assert [(b.first_row, b.rows) for b in blocks] == [(0, 900), (900, 900), (1800, 700)]
     assert [(b.start, b.end) for b in blocks] == [(0, 2), (1, 3), (2, 4)]  # the row groups holding them
     _assert_same_chunks(_read(path, 300), _read(path, 300, blocks))
+
+
+def test_a_range_index_is_read_as_its_column_in_every_block(tmp_path):
+    """Ids pandas keeps only as a range in the metadata (evenly spaced) are rebuilt from each
+    block's first row, as pd.read_parquet rebuilds them for the whole file."""
+    path = tmp_path / "spaced.parquet"
+    frame = pd.DataFrame({"case_id": range(5, 5 + 7 * 2500, 7), "age": [str(i % 90) for i in range(2500)]})
+    frame.set_index("case_id").to_parquet(path, row_group_size=700)
+    assert "case_id" not in pq.read_schema(path).names and file_columns(path) == ["age", "case_id"]
+    blocks = list(plan_blocks(path, chunk_rows=300, block_bytes=path.stat().st_size // 4))
+    assert len(blocks) > 1
+    whole = _read(path, 300)
+    _assert_same_chunks(whole, _read(path, 300, blocks))
+    assert pd.concat([c.frame for c in whole])["case_id"].astype(str).tolist() == [str(i) for i in frame["case_id"]]
 
 
 def test_blocks_split_at_the_chunk_start_nearest_each_equal_share(tmp_path):

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from pandas.testing import assert_frame_equal
 from temporaries import leftover_temporaries
 
 from pipeline.cli import main
@@ -262,10 +263,18 @@ def test_a_parquet_frame_saved_with_its_index_is_read_as_its_columns(trained, tm
     scored = pd.read_csv(out, dtype=str)
     assert scored["case_id"].tolist() == ["P1", "P2", "P3"] and scored["__index_level_0__"].tolist() == ["0", "2", "3"]
     assert predict(tmp_path / "filtered.parquet", model=models)["case_id"].tolist() == ["P1", "P2", "P3"]
-    # a column kept only as a range index in pandas' metadata is missing, and the error says how to keep it
-    cases.set_index("age").to_parquet(tmp_path / "by_age.parquet")
-    assert main(["score", str(tmp_path / "by_age.parquet"), "-o", str(tmp_path / "x.csv"), "--model", str(models)]) == 2
-    assert "keeps 'age' only as a pandas range index" in capsys.readouterr().err
+    # an evenly spaced index pandas keeps only in its metadata (a range) is read as pd.read_parquet
+    # rebuilds it: case ids 10, 20, 30 were silently left out, and ages saved so made the file unreadable
+    spaced = pd.DataFrame({"case_id": [10, 20, 30], "age": [50, 51, 52], "sex": ["male", "female", "male"]})
+    spaced.set_index("case_id").to_parquet(tmp_path / "spaced.parquet")
+    assert pd.read_parquet(tmp_path / "spaced.parquet").index.equals(pd.RangeIndex(10, 40, 10))  # how pandas saves it
+    out = tmp_path / "spaced.csv"
+    assert main(["score", str(tmp_path / "spaced.parquet"), "-o", str(out), "--model", str(models), "--quiet"]) == 0
+    assert pd.read_csv(out, dtype=str)["case_id"].tolist() == ["10", "20", "30"]
+    assert predict(tmp_path / "spaced.parquet", model=models)["case_id"].tolist() == ["10", "20", "30"]
+    ages = cases.assign(case_id=["P1", "P2", "P3", "P4"])
+    ages.set_index("age").to_parquet(tmp_path / "by_age.parquet")
+    assert_frame_equal(predict(tmp_path / "by_age.parquet", model=models), predict(ages, model=models))
 
 
 def test_seen_ids_flags_exactly_the_ids_an_earlier_chunk_had():

@@ -95,7 +95,7 @@ def _lacks_required(path: str | Path, names: Sequence[str]) -> BatchInputError |
     missing = required_columns_error(names)
     if missing is None:
         return None
-    return _wrong_separator(path, names) or BatchInputError(f"{path}: {missing}{_kept_as_range_index(path, missing)}")
+    return _wrong_separator(path, names) or BatchInputError(f"{path}: {missing}")
 
 
 def _wrong_separator(path: str | Path, names: Sequence[str]) -> BatchInputError | None:
@@ -113,22 +113,28 @@ def _wrong_separator(path: str | Path, names: Sequence[str]) -> BatchInputError 
                            f"{separator!r}, and kneepain reads comma-separated CSV; save it with commas.")
 
 
-def _kept_as_range_index(path: str | Path, missing: CaseValidationError) -> str:
-    """For a Parquet file that holds a missing column only as pandas' metadata of a range index
-    (``df.set_index("age")`` where the ages happen to be evenly spaced), how to save it as a
-    column; else nothing."""
-    if Path(path).suffix.lower() != ".parquet":
-        return ""
+def range_index_columns(schema: pa.Schema) -> list[tuple[str, int, int]]:
+    """The named indexes pandas saved in a Parquet file's metadata only, as a range (``start``,
+    ``step``) rather than a column: ``df.set_index("case_id")`` where the ids are evenly spaced
+    (1, 2, 3 or 10, 20, 30). Each is read as the column ``pd.read_parquet`` rebuilds, after the
+    schema's columns: (name, start, step). An unnamed one is the frame's default row labels, and
+    no column."""
     try:
-        index = json.loads((pq.read_schema(path).metadata or {}).get(b"pandas", b"{}")).get("index_columns", [])
-    except (pa.ArrowException, OSError, ValueError, AttributeError):
-        return ""
-    kept = {normalise_header(str(i.get("name"))) for i in index if isinstance(i, dict) and i.get("kind") == "range"}
-    named = sorted(kept & set(missing.errors["column"]))
-    if not named:
-        return ""
-    return (f" (the file keeps {', '.join(map(repr, named))} only as a pandas range index, in its metadata rather "
-            "than as a column: save the frame with df.reset_index().to_parquet(...))")
+        meta = json.loads((schema.metadata or {}).get(b"pandas", b"{}"))
+    except ValueError:  # metadata that is not pandas' to read: the schema's columns alone
+        return []
+    index = meta.get("index_columns", []) if isinstance(meta, dict) else []
+    return [(i["name"], i["start"], i["step"]) for i in index
+            if isinstance(i, dict) and i.get("kind") == "range" and isinstance(i.get("name"), str)
+            and i["name"] not in schema.names and all(type(i.get(k)) is int for k in ("start", "step"))]
+
+
+def with_range_columns(table: pa.Table, ranges: list[tuple[str, int, int]], first_row: int) -> pa.Table:
+    """``table`` (the file's rows from ``first_row`` on) with the columns of :func:`range_index_columns`."""
+    rows = np.arange(first_row, first_row + table.num_rows, dtype=np.int64)
+    for name, start, step in ranges:
+        table = table.append_column(name, pa.array(start + step * rows, pa.int64()))
+    return table
 
 
 def _clip(text: str, width: int = 60) -> str:
@@ -249,9 +255,10 @@ def file_columns(path: str | Path) -> list[str]:
     check_is_file(path)
     if suffix == ".parquet":
         try:
-            names = pq.read_schema(path).names
+            schema = pq.read_schema(path)
         except (pa.ArrowException, OSError) as err:
             raise BatchInputError(f"{path}: cannot read: {_first_line(err)}") from err
+        names = schema.names + [name for name, _, _ in range_index_columns(schema)]
         check_columns(names, str(path))
         return names
     if suffix == ".csv":
@@ -315,6 +322,7 @@ def iter_chunks(path: str | Path, chunk_rows: int, *, block: FileBlock | None = 
     try:
         if path.suffix.lower() == ".parquet":
             read, tables = block.first_row, _parquet_tables(path, chunk_rows, block)
+            ranges = range_index_columns(pq.read_schema(path))
             while True:
                 try:
                     table = next(tables, None)
@@ -326,7 +334,7 @@ def iter_chunks(path: str | Path, chunk_rows: int, *, block: FileBlock | None = 
                                           "its source.") from err
                 if table is None:
                     return
-                yield CaseChunk(_parquet_frame(table), {})
+                yield CaseChunk(_parquet_frame(with_range_columns(table, ranges, read)), {})
                 read += table.num_rows
         header, data_start = _csv_header(path)
         if block.first_row == 0 and block.rows is None:  # the whole file
@@ -583,7 +591,8 @@ def read_case_records(path: str | Path, chunk_rows: int = 100_000) -> tuple[pd.D
         malformed.update({offset + i: reason for i, reason in chunk.malformed.items()})
         offset += len(chunk.frame)
     if not frames:  # a Parquet file without rows (a CSV of only a header is one empty chunk)
-        frames = [_parquet_frame(open_parquet(path).schema_arrow.empty_table())]
+        schema = open_parquet(path).schema_arrow
+        frames = [_parquet_frame(with_range_columns(schema.empty_table(), range_index_columns(schema), 0))]
     frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     if (unusable := _lacks_required(path, list(frame.columns))) is not None:  # as in `kneepain score`
         raise unusable
