@@ -107,7 +107,7 @@ def test_integers_too_large_for_a_float_or_for_text_are_named_not_raised():
     parsed = parse_records([{**base, "bmi": 10**400}, {**base, "bmi": -10**400}, {**base, "fever": 10**5000},
                             {**base, "case_id": 10**5000}, {**base, "case_id": 7}], raise_on_error=False)
     reasons = parsed.errors.set_index("row")
-    assert reasons.loc[0, "reason"].startswith("out of range") and reasons.loc[1, "reason"].startswith("out of range")
+    assert reasons.loc[0, "reason"].startswith(_INFINITE) and reasons.loc[1, "reason"].startswith(_INFINITE)
     assert reasons.loc[2, "value"] == "an integer of about 5000 digits"
     assert reasons.loc[2, "reason"].startswith("not allowed")
     assert parsed.valid.tolist() == [False, False, False, True, True]  # an id is a label, whatever its size
@@ -129,7 +129,8 @@ def test_a_decimal_reads_as_its_float_alone_or_among_many():
         assert parsed.codes["fever"][:6].tolist() == [1, 1, -1, 0, -1, 0], filler
         assert parsed.valid[:6].tolist() == [True, False, False, True, False, True], filler
         reasons = parsed.errors.groupby("row")["reason"].apply(" ".join)
-        assert "out of range" in reasons[1] and "a signaling NaN is not a number" in reasons[2], filler
+        assert reasons[1].startswith("not a finite number (too large for a float, or infinite); allowed: a number"), filler
+        assert "a signaling NaN is not a number" in reasons[2], filler
         assert parsed.codes["bmi"][0] == 22.5
 
 
@@ -333,3 +334,16 @@ def test_predict_names_empty_input_and_refuses_parsed_cases():
         predict(cases, model="no-such-model-folder")
     with pytest.raises(TypeError, match=r"cases\[0\] is of type int, .*cases\[4\] is of type int \(and 2 more\)\.$"):
         predict(list(range(7)), model="no-such-model-folder")
+
+
+_INFINITE = "not a finite number (too large for a float, or infinite)"
+
+
+@pytest.mark.parametrize(("value", "reason"), [
+    ("1e400", _INFINITE), ("inf", _INFINITE), ("-inf", _INFINITE), (float("inf"), _INFINITE), ("-1", "out of range"),
+    (-1e308, "out of range")])
+def test_an_infinite_number_is_not_called_out_of_range(value, reason):
+    """1e400 reads as an infinite float: "out of range; allowed: a number >= 0" contradicted it."""
+    frame = pd.DataFrame({"age": 50, "sex": "female", "symptom_duration_days": pd.Series([value], dtype=object)})
+    parsed = parse_cases(frame, raise_on_error=False)
+    assert parsed.errors["reason"].tolist() == [f"{reason}; allowed: a number >= 0"]

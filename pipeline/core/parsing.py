@@ -502,7 +502,9 @@ def _parse_number(series: pd.Series, f: Field) -> tuple[np.ndarray, np.ndarray, 
         bad_whole = (values != np.floor(values)) & ~np.isnan(values) if f.kind == "integer" else \
             np.zeros(len(values), dtype=bool)
     bad = bad_type | bad_range | bad_whole
-    reasons = (np.where(bad_type, "not a number", np.where(bad_whole, "not a whole number", "out of range"))
+    reasons = (np.where(bad_type, "not a number", np.where(
+        np.isinf(values), "not a finite number (too large for a float, or infinite)",
+        np.where(bad_whole, "not a whole number", "out of range")))
                if bad.any() else np.array([], dtype=str))
     values = np.where(bad, np.nan, values)
     return values, bad, reasons
