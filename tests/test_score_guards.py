@@ -117,6 +117,23 @@ def test_standard_output_redirected_into_one_of_the_jobs_files_is_refused_before
     assert summary.rows_scored == len(GOOD)
 
 
+def test_an_input_the_shell_emptied_with_a_redirection_is_said_to_be_emptied(trained, tmp_path):
+    """`kneepain score cases.csv -o - > cases.csv`: the shell empties the file before the command
+    starts, so the refusal says so (the data is already gone), where `>>` left it whole."""
+    from pipeline.serve.batch import score_files
+    from pipeline.serve.loading import load_model
+
+    models, _ = trained
+    src = _write(tmp_path / "in.csv", [HEADER, *GOOD])
+    with open(src, "ab") as stdout, pytest.raises(BatchInputError) as appended:
+        score_files([src], "-", load_model(models), stdout=stdout)
+    with open(src, "wb") as stdout, pytest.raises(BatchInputError) as emptied:
+        score_files([src], "-", load_model(models), stdout=stdout)
+    assert "emptied" not in str(appended.value)
+    assert str(emptied.value).endswith("redirect standard output to another file. The shell emptied it before kneepain "
+                                       "started (`>` empties its file first): restore it from its source or a backup.")
+
+
 @pytest.mark.parametrize("kind", ["pipe", "link to a pipe"])
 @pytest.mark.parametrize("which", ["output", "rejects file"])
 def test_an_output_or_rejects_path_that_is_no_regular_file_is_refused_and_left_as_it_is(

@@ -113,14 +113,18 @@ def refuse_stdout_target(stdout: BinaryIO, inputs: Sequence[Path], outputs: Sequ
     target = _regular_file_of(stdout)
     if target is None:
         return
+    # `> file` empties the file before the command starts: nothing is left to protect, and saying so
+    # is what the user needs to know
+    emptied = (" The shell emptied it before kneepain started (`>` empties its file first): restore it from "
+               "its source or a backup." if target.st_size == 0 else "")
     for src in inputs:
         if _is_file(src, target):
             raise BatchInputError(f"-: standard output is redirected to the input file {src}: the scores would be "
-                                  "written into your data; redirect standard output to another file.")
+                                  f"written into your data; redirect standard output to another file.{emptied}")
     source = _regular_file_of(stdin) if stdin is not None else None
     if source is not None and os.path.samestat(source, target):
         raise BatchInputError("-: standard output is redirected to the file standard input is read from: the "
-                              "scores would be written into your data; redirect standard output to another file.")
+                              f"scores would be written into your data; redirect standard output to another file.{emptied}")
     for what, out in outputs:
         if _is_file(out, target):
             raise BatchInputError(f"-: standard output is redirected to {out}, the job's {what}, which would "
