@@ -101,7 +101,7 @@ def _max_rss_mib(ru_maxrss: int) -> float:
 
 
 def run_command(cmd: Sequence[str], *, env: dict[str, str] | None = None,
-                cwd: str | Path | None = None) -> ChildRun:
+                cwd: str | Path | None = None, exit_codes: tuple[int, ...] = (0,)) -> ChildRun:
     """Run ``cmd`` to completion; measure its wall time and, with :func:`os.wait4`, its peak RSS.
 
     Output goes to temporary files rather than pipes, so a chatty child cannot block on a full
@@ -110,7 +110,7 @@ def run_command(cmd: Sequence[str], *, env: dict[str, str] | None = None,
     Raises
     ------
     BenchmarkError
-        If the command exits with a non-zero code.
+        If the command exits with a code other than ``exit_codes`` (by default, any but 0).
     """
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err, \
             tempfile.NamedTemporaryFile("r", suffix=".json") as rss:
@@ -130,7 +130,7 @@ def run_command(cmd: Sequence[str], *, env: dict[str, str] | None = None,
         stdout, stderr = out.read(), err.read()
         rss.seek(0)
         text = rss.read()
-    if proc.returncode != 0 or not text:
+    if proc.returncode not in exit_codes or not text:
         tail = "\n".join(stderr.splitlines()[-_STDERR_TAIL:])
         raise BenchmarkError(f"`{' '.join(map(str, cmd))}` exited with code {proc.returncode}:\n{tail}")
     usage = json.loads(text)
