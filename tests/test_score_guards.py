@@ -129,9 +129,9 @@ def test_an_input_the_shell_emptied_with_a_redirection_is_said_to_be_emptied(tra
         score_files([src], "-", load_model(models), stdout=stdout)
     with open(src, "wb") as stdout, pytest.raises(BatchInputError) as emptied:
         score_files([src], "-", load_model(models), stdout=stdout)
-    assert "emptied" not in str(appended.value)
-    assert str(emptied.value).endswith("redirect standard output to another file. The shell emptied it before kneepain "
-                                       "started (`>` empties its file first): restore it from its source or a backup.")
+    assert "empty now" not in str(appended.value)
+    assert str(emptied.value).endswith("redirect standard output to another file. The file is empty now (`>` empties "
+                                       "its file before the command starts): restore it from its source or a backup.")
 
 
 @pytest.mark.parametrize("kind", ["pipe", "link to a pipe"])

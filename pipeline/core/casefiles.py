@@ -448,7 +448,8 @@ def _parquet_frame(table: pa.Table) -> pd.DataFrame:
     pandas' metadata is ignored: a frame saved with its index (``df.set_index("case_id")``, or a
     filtered frame's ``__index_level_0__``) would otherwise have that column turned back into the
     index, and its case ids read as missing while the schema (and the rejects, and
-    ``--keep-input-columns``) still list it.
+    ``--keep-input-columns``) still list it. (An index kept only in the metadata, as a range, is
+    added as a column before: :func:`with_range_columns`.)
 
     Binary columns are read as UTF-8 text (:func:`_binary_as_text`), numeric case ids as text
     (:func:`_ids_as_text`), dates and nanosecond times as text (:func:`_dates_as_text`)."""

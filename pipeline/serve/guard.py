@@ -115,8 +115,8 @@ def refuse_stdout_target(stdout: BinaryIO, inputs: Sequence[Path], outputs: Sequ
         return
     # `> file` empties the file before the command starts: nothing is left to protect, and saying so
     # is what the user needs to know
-    emptied = (" The shell emptied it before kneepain started (`>` empties its file first): restore it from "
-               "its source or a backup." if target.st_size == 0 else "")
+    emptied = (" The file is empty now (`>` empties its file before the command starts): restore it from its "
+               "source or a backup." if target.st_size == 0 else "")
     for src in inputs:
         if _is_file(src, target):
             raise BatchInputError(f"-: standard output is redirected to the input file {src}: the scores would be "
