@@ -475,8 +475,10 @@ def _score(args: argparse.Namespace) -> int:
                                           ("--format", args.format)) if value is not None]
         if given:
             raise UsageError(f"{', '.join(given)}: for --engine dask only.")
-    if args.float_digits is not None and args.engine != "dask" and Path(args.output).suffix.lower() == ".parquet":
-        raise UsageError("--float-digits: for a CSV output; a Parquet output keeps every float whole.")
+    if (args.float_digits is not None and args.float_digits < MAX_FLOAT_DIGITS and args.engine != "dask"
+            and Path(args.output).suffix.lower() == ".parquet"):  # 17 keeps every digit, as Parquet does
+        raise UsageError(f"--float-digits {args.float_digits}: rounds a CSV output; a Parquet output keeps every "
+                         f"float whole (as --float-digits {MAX_FLOAT_DIGITS} does).")
     if args.block_mb is not None and not (math.isfinite(args.block_mb) and round(args.block_mb * (1 << 20)) >= 1):
         raise UsageError(f"--block-mb == {args.block_mb:g}, must be a finite size of at least one byte "
                          f"({1 / (1 << 20):.2g}).")

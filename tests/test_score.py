@@ -277,6 +277,50 @@ def test_a_parquet_frame_saved_with_its_index_is_read_as_its_columns(trained, tm
     assert_frame_equal(predict(tmp_path / "by_age.parquet", model=models), predict(ages, model=models))
 
 
+def test_a_range_index_is_rebuilt_only_where_pandas_would_rebuild_it(tmp_path):
+    """A range whose length is not the file's row count (rows filtered or appended after pandas
+    wrote the metadata) would give rows other rows' ids: it is left out, as pd.read_parquet leaves
+    it. Metadata pandas did not write is read as no index, and a range named as a column (in any
+    case) is left to that column."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from pipeline.core.casefiles import file_columns, iter_chunks
+
+    def ids(path):
+        return pd.concat([c.frame for c in iter_chunks(path, 2)])["case_id"].astype(str).tolist()
+
+    frame = pd.DataFrame({"case_id": [10, 20, 30, 40], "age": [50, 17, 52, 53], "sex": "male"}).set_index("case_id")
+    table = pa.Table.from_pandas(frame)
+    pq.write_table(table, tmp_path / "whole.parquet")
+    assert ids(tmp_path / "whole.parquet") == ["10", "20", "30", "40"]
+    pq.write_table(table.filter(pc.greater(table["age"], 18)), tmp_path / "filtered.parquet")
+    assert "case_id" not in file_columns(tmp_path / "filtered.parquet")
+    assert pd.read_parquet(tmp_path / "filtered.parquet").index.tolist() == [0, 1, 2]  # pandas drops it too
+    with pq.ParquetWriter(tmp_path / "appended.parquet", table.schema) as writer:
+        writer.write_table(table)
+        writer.write_table(table)
+    assert "case_id" not in file_columns(tmp_path / "appended.parquet")
+
+    def with_index(entries):
+        meta = {**json.loads(table.schema.metadata[b"pandas"]), "index_columns": entries}
+        return table.replace_schema_metadata({b"pandas": json.dumps(meta).encode()})
+
+    for entries in (None, 5, [{"kind": "range", "name": "case_id", "start": 2**70, "stop": 2**70 + 4, "step": 1}],
+                    [{"kind": "range", "name": "case_id", "start": 0, "stop": 2**64, "step": 2**62}]):
+        pq.write_table(with_index(entries), tmp_path / "odd.parquet")
+        assert file_columns(tmp_path / "odd.parquet") == ["age", "sex"], entries
+        assert len(list(iter_chunks(tmp_path / "odd.parquet", 2))) == 2
+    named = pa.Table.from_pandas(frame.reset_index(drop=True).assign(case_id=["a", "b", "c", "d"])
+                                 .set_index(pd.RangeIndex(0, 4, name="Case_ID")))
+    pq.write_table(named, tmp_path / "named.parquet")
+    assert file_columns(tmp_path / "named.parquet") == ["age", "sex", "case_id"]
+    assert ids(tmp_path / "named.parquet") == ["a", "b", "c", "d"]
+
+
 def test_seen_ids_flags_exactly_the_ids_an_earlier_chunk_had():
     """Across many chunks (runs merged as they grow), an id is a duplicate iff an earlier chunk
     had it, spaces around it ignored; blanks are never duplicates."""

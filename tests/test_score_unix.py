@@ -207,8 +207,8 @@ def test_unknown_column_is_one_line_naming_the_choices(trained, cases_csv, tmp_p
     assert not (tmp_path / "o.csv").exists()
     # a Parquet output keeps floats whole: the option would be ignored without a word
     assert main(["score", str(path), "-o", str(tmp_path / "o.parquet"), "--model", str(models), "--float-digits", "2"]) == 2
-    assert capsys.readouterr().err.strip().endswith("--float-digits: for a CSV output; a Parquet output keeps every "
-                                                    "float whole.")
+    assert capsys.readouterr().err.strip().endswith("--float-digits 2: rounds a CSV output; a Parquet output keeps "
+                                                    "every float whole (as --float-digits 17 does).")
     assert not (tmp_path / "o.parquet").exists()
 
 

@@ -113,20 +113,32 @@ def _wrong_separator(path: str | Path, names: Sequence[str]) -> BatchInputError 
                            f"{separator!r}, and kneepain reads comma-separated CSV; save it with commas.")
 
 
-def range_index_columns(schema: pa.Schema) -> list[tuple[str, int, int]]:
+def range_index_columns(schema: pa.Schema, num_rows: int) -> list[tuple[str, int, int]]:
     """The named indexes pandas saved in a Parquet file's metadata only, as a range (``start``,
-    ``step``) rather than a column: ``df.set_index("case_id")`` where the ids are evenly spaced
-    (1, 2, 3 or 10, 20, 30). Each is read as the column ``pd.read_parquet`` rebuilds, after the
-    schema's columns: (name, start, step). An unnamed one is the frame's default row labels, and
-    no column."""
+    ``stop``, ``step``) rather than a column: ``df.set_index("case_id")`` where the ids are evenly
+    spaced (1, 2, 3 or 10, 20, 30). Each is read as the column ``pd.read_parquet`` rebuilds, after
+    the schema's columns: (name, start, step). Like pandas, only a range of exactly the file's
+    ``num_rows`` values is taken: rows filtered or appended after the metadata was written would
+    get another row's id. An unnamed range is the frame's default row labels, and no column; one
+    whose name is a column's (in any case) is left to that column."""
     try:
         meta = json.loads((schema.metadata or {}).get(b"pandas", b"{}"))
     except ValueError:  # metadata that is not pandas' to read: the schema's columns alone
         return []
-    index = meta.get("index_columns", []) if isinstance(meta, dict) else []
-    return [(i["name"], i["start"], i["step"]) for i in index
-            if isinstance(i, dict) and i.get("kind") == "range" and isinstance(i.get("name"), str)
-            and i["name"] not in schema.names and all(type(i.get(k)) is int for k in ("start", "step"))]
+    index = meta.get("index_columns") if isinstance(meta, dict) else None
+    taken = {normalise_header(name) for name in schema.names}
+    found = []
+    for i in index if isinstance(index, list) else []:
+        if not (isinstance(i, dict) and i.get("kind") == "range" and isinstance(i.get("name"), str)
+                and all(type(i.get(k)) is int for k in ("start", "stop", "step")) and i["step"] != 0):
+            continue
+        values = range(i["start"], i["stop"], i["step"])
+        ends = (values[0], values[-1]) if len(values) else ()  # every value an int64
+        if (len(values) == num_rows and normalise_header(i["name"]) not in taken
+                and all(-(1 << 63) <= v < (1 << 63) for v in ends)):
+            found.append((i["name"], i["start"], i["step"]))
+            taken.add(normalise_header(i["name"]))
+    return found
 
 
 def with_range_columns(table: pa.Table, ranges: list[tuple[str, int, int]], first_row: int) -> pa.Table:
@@ -255,10 +267,11 @@ def file_columns(path: str | Path) -> list[str]:
     check_is_file(path)
     if suffix == ".parquet":
         try:
-            schema = pq.read_schema(path)
+            meta = pq.read_metadata(path)
+            schema = meta.schema.to_arrow_schema()
         except (pa.ArrowException, OSError) as err:
             raise BatchInputError(f"{path}: cannot read: {_first_line(err)}") from err
-        names = schema.names + [name for name, _, _ in range_index_columns(schema)]
+        names = schema.names + [name for name, _, _ in range_index_columns(schema, meta.num_rows)]
         check_columns(names, str(path))
         return names
     if suffix == ".csv":
@@ -322,7 +335,8 @@ def iter_chunks(path: str | Path, chunk_rows: int, *, block: FileBlock | None = 
     try:
         if path.suffix.lower() == ".parquet":
             read, tables = block.first_row, _parquet_tables(path, chunk_rows, block)
-            ranges = range_index_columns(pq.read_schema(path))
+            meta = pq.read_metadata(path)
+            ranges = range_index_columns(meta.schema.to_arrow_schema(), meta.num_rows)
             while True:
                 try:
                     table = next(tables, None)
@@ -593,7 +607,7 @@ def read_case_records(path: str | Path, chunk_rows: int = 100_000) -> tuple[pd.D
         offset += len(chunk.frame)
     if not frames:  # a Parquet file without rows (a CSV of only a header is one empty chunk)
         schema = open_parquet(path).schema_arrow
-        frames = [_parquet_frame(with_range_columns(schema.empty_table(), range_index_columns(schema), 0))]
+        frames = [_parquet_frame(with_range_columns(schema.empty_table(), range_index_columns(schema, 0), 0))]
     frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     if (unusable := _lacks_required(path, list(frame.columns))) is not None:  # as in `kneepain score`
         raise unusable
