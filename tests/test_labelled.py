@@ -296,3 +296,29 @@ def test_a_misspelt_label_column_is_named_with_what_it_looks_like(labelled_csv, 
     frame = pd.read_csv(labelled_csv, dtype=str, keep_default_na=False).rename(columns={" condition": "Condtion"})
     with pytest.raises(BatchInputError, match=re.escape("f.csv: no 'condition' column (is 'Condtion' it, misspelt?); ")):
         validate_labelled(frame, where="f.csv")
+
+
+def test_missing_value_markers_in_labelled_cases_are_named_with_how_to_write_them(trained, small_data, tmp_path,
+                                                                                    capsys):
+    """An R export of labelled cases (NA for a missing answer): the evaluation says which rejected
+    answers were another tool's missing-value marker and how to write them, and so does the
+    error when no row is left."""
+    models, _ = trained
+    cases = read_split("shift", small_data).head(200).astype(object)
+    cases.loc[:59, "fever"] = "NA"
+    cases.loc[60:64, "fever"] = "."
+    path = tmp_path / "from_r.csv"
+    cases.to_csv(path, index=False)
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--data", str(path), "--model", str(models), "--no-mlflow", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert json.loads((out / "metrics.json").read_text())["missing_markers"] == {"NA": 60, ".": 5}
+    assert ("  Rejected answers that mark a missing answer in other tools: 'NA' (60 answers), '.' (5 answers). Only a "
+            "blank or 'unknown' is read as unknown: write missing answers as blanks (pandas' to_csv does; in R, "
+            "write.csv(x, na = \"\")) and evaluate again.") in printed.splitlines()
+    cases["fever"] = "NA"
+    cases.to_csv(path, index=False)
+    assert main(["evaluate", "--data", str(path), "--model", str(models), "--no-mlflow", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "no valid labelled row among 200" in err and "in other tools: 'NA' (200 answers)" in err
+    assert err.strip().endswith("and evaluate again.")

@@ -29,6 +29,7 @@ from pipeline.report.decision_metrics import evaluate_decision, figure, measured
 from pipeline.report.evaluate import N_BINS, evaluate_split
 from pipeline.report.intervals import LEVEL, MIN_BOOTSTRAP_CASES, bootstrap_interval, wilson_interval
 from pipeline.serve.loading import LoadedModel
+from pipeline.serve.rejectreasons import marker_advice, markers_among
 
 __all__ = ["evaluate_labelled", "format_labelled", "with_interval", "write_labelled_reports"]
 
@@ -94,9 +95,12 @@ def evaluate_labelled(model: LoadedModel, frame: pd.DataFrame, *, n_boot: int = 
     valid, reference, rejects, ignored, valid_rows, parsed = validate_labelled(frame, where=where, malformed=malformed)
     if len(frame) == 0:
         raise BatchInputError(f"{where}: the file has no rows (a header only); nothing to evaluate.")
+    markers = markers_among(rejects["value"])
     if len(valid) == 0:
+        advice = marker_advice(markers, then="evaluate again")
         raise BatchInputError(f"{where}: no valid labelled row among {len(frame)}; first problems: "
-                              + "; ".join(f"row {r.row} {r.column}: {r.reason}" for r in rejects.head(3).itertuples()))
+                              + "; ".join(f"row {r.row} {r.column}: {r.reason}" for r in rejects.head(3).itertuples())
+                              + (f". The {advice}" if advice else ""))
     seen = np.zeros(len(valid), dtype=bool)
     if fitted is not None:
         seen = np.isin(case_fingerprints(parsed, labels(valid)), fitted.fingerprints)
@@ -127,6 +131,8 @@ def evaluate_labelled(model: LoadedModel, frame: pd.DataFrame, *, n_boot: int = 
                         "not_checked": list(fitted.not_found) if fitted else [],
                         "folder": fitted.folder if fitted else ""},
         "top_reject_reasons": {str(k): int(v) for k, v in reasons.value_counts().head(5).items()},
+        # rejected answers another tool wrote for a missing one (R's NA): said with how to write them
+        "missing_markers": {str(k): int(v) for k, v in markers.items()},
         # read as neither case fields nor labels: an answer under a misspelt name is unknown
         "ignored_columns": list(ignored),
         "confidence_level": LEVEL,
@@ -235,6 +241,8 @@ def format_labelled(metrics: dict[str, Any]) -> str:
             ("atypical flagged", m["atypical"]["flag_rate"]))]
     if m["top_reject_reasons"]:
         lines += ["Top reasons for rejected rows:"] + [f"  {n:>6,}  {r}" for r, n in m["top_reject_reasons"].items()]
+    if advice := marker_advice(pd.Series(m.get("missing_markers") or {}, dtype="int64"), then="evaluate again"):
+        lines.append(f"  {advice[0].upper()}{advice[1:]}")
     return "\n".join(lines)
 
 

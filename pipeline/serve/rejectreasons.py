@@ -20,7 +20,7 @@ import pyarrow.csv as pacsv
 
 from pipeline.core.csvrecords import reason_kind
 
-__all__ = ["MISSING_MARKERS", "missing_markers", "reject_reasons", "rejects_digest"]
+__all__ = ["MISSING_MARKERS", "marker_advice", "markers_among", "missing_markers", "reject_reasons", "rejects_digest"]
 
 _LITERAL = r"'(?:[^'\\]|\\.)*'" + r'|"(?:[^"\\]|\\.)*"'  # a Python string's repr, as the rejects writer quotes
 # one problem of a rejects file's reject_reason: "column <name>, value <value>: reason", or a row's
@@ -66,10 +66,32 @@ def _reasons_of(problems: list[Problem]) -> pd.Series:
     return _counted(labels, [n for *_, n in problems])
 
 
+def _is_marker(value: object) -> bool:
+    return isinstance(value, str) and len(value) < 12 and value.strip().lower() in MISSING_MARKERS
+
+
 def _markers_of(problems: list[Problem]) -> pd.Series:
-    marked = [(value, n) for _, value, _, n in problems
-              if value is not None and len(value) < 12 and value.strip().lower() in MISSING_MARKERS]
+    marked = [(value, n) for _, value, _, n in problems if _is_marker(value)]
     return _counted([v for v, _ in marked], [n for _, n in marked])
+
+
+def markers_among(values: pd.Series) -> pd.Series:
+    """How many of the rejected ``values`` (a problem list's ``value`` column, as shown) are a
+    missing-value marker of another tool, by the marker as written, the commonest first."""
+    marked = [v for v in values if _is_marker(v)]
+    return _counted(marked, [1] * len(marked))
+
+
+def marker_advice(markers: pd.Series, among: str = "", then: str = "score again") -> str:
+    """The sentence on rejected answers that are missing-value markers (``markers``: counts by
+    marker, as :func:`missing_markers` gives them), ending in what to do ``then``; "" when there
+    are none."""
+    if not len(markers):
+        return ""
+    written = ", ".join(f"{v!r} ({n:,} answer{'' if n == 1 else 's'})" for v, n in markers.items())
+    return (f"rejected answers{among} that mark a missing answer in other tools: {written}. Only a blank or "
+            "'unknown' is read as unknown: write missing answers as blanks (pandas' to_csv does; in R, "
+            f"write.csv(x, na = \"\")) and {then}.")
 
 
 def reject_reasons(reasons: pd.Series) -> pd.Series:
@@ -110,10 +132,6 @@ def rejects_digest(path: str | Path, top: int = 3, max_rows: int = DIGEST_ROWS) 
     if len(reasons):
         shown = ", ".join(f"{label} ({n:,} row{'' if n == 1 else 's'})" for label, n in reasons.head(top).items())
         lines.append(f"  commonest reasons{among}: {shown}")
-    markers = _markers_of(problems)
-    if len(markers):
-        written = ", ".join(f"{v!r} ({n:,} answer{'' if n == 1 else 's'})" for v, n in markers.items())
-        lines.append(f"  rejected answers{among} that mark a missing answer in other tools: {written}. Only a blank "
-                     "or 'unknown' is read as unknown: write missing answers as blanks (pandas' to_csv does; in R, "
-                     "write.csv(x, na = \"\")) and score again.")
+    if advice := marker_advice(_markers_of(problems), among):
+        lines.append(f"  {advice}")
     return lines
