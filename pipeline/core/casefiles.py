@@ -335,8 +335,6 @@ def iter_chunks(path: str | Path, chunk_rows: int, *, block: FileBlock | None = 
     try:
         if path.suffix.lower() == ".parquet":
             read, tables = block.first_row, _parquet_tables(path, chunk_rows, block)
-            meta = pq.read_metadata(path)
-            ranges = range_index_columns(meta.schema.to_arrow_schema(), meta.num_rows)
             while True:
                 try:
                     table = next(tables, None)
@@ -348,7 +346,7 @@ def iter_chunks(path: str | Path, chunk_rows: int, *, block: FileBlock | None = 
                                           "its source.") from err
                 if table is None:
                     return
-                yield CaseChunk(_parquet_frame(with_range_columns(table, ranges, read)), {})
+                yield CaseChunk(_parquet_frame(table), {})
                 read += table.num_rows
         header, data_start = _csv_header(path)
         if block.first_row == 0 and block.rows is None:  # the whole file
@@ -420,19 +418,21 @@ def open_parquet(path: str | Path) -> pq.ParquetFile:
 
 
 def _parquet_tables(path: Path, chunk_rows: int, block: FileBlock) -> Iterator[pa.Table]:
-    """The Parquet file's rows of ``block`` in tables of exactly ``chunk_rows`` rows (the last may be shorter)."""
+    """The Parquet file's rows of ``block`` in tables of exactly ``chunk_rows`` rows (the last may be
+    shorter), with the columns of :func:`range_index_columns` made for their rows."""
     file = open_parquet(path)
+    ranges = range_index_columns(file.schema_arrow, file.metadata.num_rows)
     # a chunk longer than the file is the file (Arrow's batch sizes are C integers)
     chunk_rows = min(chunk_rows, max(1, file.metadata.num_rows))
     rows = file.metadata.num_rows if block.rows is None else block.rows
     if rows == 0 and block.first_row == 0:  # a file of no rows still yields its (empty) columns once, as a CSV does
-        yield file.schema_arrow.empty_table()
+        yield with_range_columns(file.schema_arrow.empty_table(), ranges, 0)
         return
     if block.rows is None:  # the whole file; its batches end at row groups' ends, so they are regrouped too
         block = FileBlock(0, rows, 0, file.num_row_groups)
     groups = range(block.start, block.end)
     skip = block.first_row - sum(file.metadata.row_group(g).num_rows for g in range(block.start))
-    left, pending, held = rows, [], 0
+    left, pending, held, first = rows, [], 0, block.first_row
     for batch in file.iter_batches(batch_size=chunk_rows, row_groups=groups):
         cut = min(skip, batch.num_rows)
         skip -= cut
@@ -442,7 +442,8 @@ def _parquet_tables(path: Path, chunk_rows: int, block: FileBlock) -> Iterator[p
             left -= pending[-1].num_rows
         while held >= chunk_rows or (held and left == 0):
             table = pa.Table.from_batches(pending)
-            yield table.slice(0, chunk_rows)
+            yield with_range_columns(table.slice(0, chunk_rows), ranges, first)
+            first += min(held, chunk_rows)
             pending, held = table.slice(chunk_rows).to_batches(), max(held - chunk_rows, 0)
         if left == 0:
             return
@@ -606,8 +607,7 @@ def read_case_records(path: str | Path, chunk_rows: int = 100_000) -> tuple[pd.D
         malformed.update({offset + i: reason for i, reason in chunk.malformed.items()})
         offset += len(chunk.frame)
     if not frames:  # a Parquet file without rows (a CSV of only a header is one empty chunk)
-        schema = open_parquet(path).schema_arrow
-        frames = [_parquet_frame(with_range_columns(schema.empty_table(), range_index_columns(schema, 0), 0))]
+        frames = [_parquet_frame(open_parquet(path).schema_arrow.empty_table())]
     frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     if (unusable := _lacks_required(path, list(frame.columns))) is not None:  # as in `kneepain score`
         raise unusable
