@@ -241,7 +241,7 @@ def format_labelled(metrics: dict[str, Any]) -> str:
             ("atypical flagged", m["atypical"]["flag_rate"]))]
     if m["top_reject_reasons"]:
         lines += ["Top reasons for rejected rows:"] + [f"  {n:>6,}  {r}" for r, n in m["top_reject_reasons"].items()]
-    if advice := marker_advice(pd.Series(m.get("missing_markers") or {}, dtype="int64"), then="evaluate again"):
+    if advice := marker_advice(m.get("missing_markers", {}), then="evaluate again"):
         lines.append(f"  {advice[0].upper()}{advice[1:]}")
     return "\n".join(lines)
 

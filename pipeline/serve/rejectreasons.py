@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
@@ -82,10 +83,10 @@ def markers_among(values: pd.Series) -> pd.Series:
     return _counted(marked, [1] * len(marked))
 
 
-def marker_advice(markers: pd.Series, among: str = "", then: str = "score again") -> str:
+def marker_advice(markers: Mapping[str, int], among: str = "", then: str = "score again") -> str:
     """The sentence on rejected answers that are missing-value markers (``markers``: counts by
-    marker, as :func:`missing_markers` gives them), ending in what to do ``then``; "" when there
-    are none."""
+    marker, as :func:`missing_markers` gives them or a metrics file holds them), ending in what to
+    do ``then``; "" when there are none."""
     if not len(markers):
         return ""
     written = ", ".join(f"{v!r} ({n:,} answer{'' if n == 1 else 's'})" for v, n in markers.items())
