@@ -279,6 +279,37 @@ def test_unusable_input_or_existing_output_writes_nothing(client, trained, kb, t
     assert header == ",".join(f'"{c}"' for c in [*REJECT_META, *pd.read_csv(good, nrows=0).columns]) + "\n"
 
 
+def test_a_relative_output_folder_is_found_by_workers_in_another_folder(client, trained, kb, tmp_path, monkeypatch):
+    """The workers run in their own working folder (here the one the cluster started in, as on
+    another machine): the job's temporary folder goes to them by its absolute path."""
+    models, _ = trained
+    assert client.run(os.getcwd) and all(cwd != str(tmp_path) for cwd in client.run(os.getcwd).values())
+    monkeypatch.chdir(tmp_path)
+    _text_cases(kb, 300, 11, ids="r").to_csv("cases.csv", index=False)
+    summary = score_files_dask(["cases.csv"], "scored", models, client=client)
+    assert summary.rows_scored == 300 and len(_read_parts(tmp_path / "scored")) == 300
+
+
+def test_a_model_that_changes_during_the_job_fails_it_and_writes_nothing(client, trained, kb, tmp_path, monkeypatch):
+    """A worker that loads other files than the driver checked (a training run replaced the folder
+    meanwhile) fails the job: one output never holds the scores of two models."""
+    import dataclasses
+
+    import pipeline.serve.dask as engine
+    from pipeline.core.errors import ModelIntegrityError
+
+    models, _ = trained
+    path = tmp_path / "cases.csv"
+    _text_cases(kb, 300, 12, ids="m").to_csv(path, index=False)
+    checked = get_model(models)
+    assert len(checked.digest) == 64 and get_model(str(models)).digest == checked.digest
+    # the driver's check saw another model's files: the workers load the folder as it is now
+    monkeypatch.setattr(engine, "get_model", lambda source: dataclasses.replace(checked, digest="0" * 64))
+    with pytest.raises(ModelIntegrityError, match=r"the model changed while the job ran .* nothing was written"):
+        score_files_dask([str(path)], tmp_path / "out", models, client=client)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cases.csv"]
+
+
 def test_a_file_unreadable_past_its_header_is_named_as_the_pandas_engine_names_it(client, trained, tmp_path,
                                                                                     monkeypatch):
     """The workers read a file by its absolute path; the error still names it as it was given."""

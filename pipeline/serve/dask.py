@@ -53,7 +53,7 @@ from pipeline.core.paths import models_dir
 from pipeline.core.schema import ID_COLUMN, normalise_header
 from pipeline.serve import CHUNK_ROWS, batch
 from pipeline.serve.batch import ScoreSummary, SeenIds
-from pipeline.serve.loading import is_model_uri
+from pipeline.serve.loading import get_model, is_model_uri, pinned_uri
 from pipeline.serve.writing import csv_safe, encode_csv, output_schema, output_table, reject_schema, reject_table
 
 if TYPE_CHECKING:
@@ -102,16 +102,17 @@ def _is_split(block: FileBlock) -> bool:
 
 
 def _score_block(file: int, label: str, path: str, block: FileBlock, model_source: str, tmp_dir: str, *,
-                 fmt: str, chunk_rows: int, id_column: str, earlier: np.ndarray, rschema: pa.Schema) -> _BlockResult:
+                 fmt: str, chunk_rows: int, id_column: str, earlier: np.ndarray, rschema: pa.Schema,
+                 digest: str = "") -> _BlockResult:
     """Task: score every chunk of one block of a file into ``part-<file>-<chunk>`` files in ``tmp_dir``.
 
     Chunks are numbered in the file (a block starts at a whole chunk), so the part names do not
     depend on how the file was split. ``earlier`` holds the hashes of this block's case ids that
     an earlier block or file also has (the driver's second pass); they are rejected as
-    duplicates exactly as the pandas engine would.
+    duplicates exactly as the pandas engine would. ``digest``: the driver's model's
+    (:attr:`pipeline.serve.loading.LoadedModel.digest`); a worker that loads another (the folder
+    was replaced while the job ran) scores nothing and fails the job.
     """
-    from pipeline.serve.predict import get_model  # cached per process: the model loads once per worker
-
     result, folder, offset = _BlockResult(file, block.first_row), Path(tmp_dir), block.first_row
     first_chunk = block.first_row // chunk_rows
     seen = SeenIds()
@@ -119,7 +120,12 @@ def _score_block(file: int, label: str, path: str, block: FileBlock, model_sourc
         seen.runs.append(np.sort(earlier))
     rejects, rejects_path = None, folder / f"rejects-{file:05d}-{first_chunk:05d}.csv"
     try:
-        model = get_model(model_source)
+        model = get_model(model_source)  # cached per process: the model loads once per worker
+        if digest and model.digest != digest:  # one job, one model: never parts of two
+            raise ModelIntegrityError(
+                f"{model_source}: the model changed while the job ran (a worker loaded other files than the ones "
+                "checked when the job started, as when a training run replaces the folder); nothing was written. "
+                "Score again once the folder is no longer being replaced, or from a copy of it.")
         # the pandas engine's schema (with the decision columns when the model has a decision layer)
         schema = output_schema(id_column, True, model.decision is not None)
         for chunk, (frame, malformed) in enumerate(iter_chunks(path, chunk_rows, block=block, name=label)):
@@ -146,7 +152,7 @@ def _score_block(file: int, label: str, path: str, block: FileBlock, model_sourc
     except (BlockMismatchError, *_INPUT_ERRORS) as err:  # returned, not raised: Dask would retry a task that raises
         # a split block that cannot be read (or does not hold its planned rows) sends its file
         # back to be scored whole, which reports the file's real error, if any, as the pandas engine does
-        result.whole_file = _is_split(block)
+        result.whole_file = _is_split(block) and not isinstance(err, ModelIntegrityError)  # no block's doing
         result.error = None if result.whole_file else _named_as_given(err, path, label)
     except _TRANSIENT_ERRORS:
         raise  # Dask retries the task
@@ -190,8 +196,8 @@ def _expand_inputs(inputs: Sequence[str | Path] | str | Path) -> list[Path]:
 def _model_path(model_source: str | Path | None) -> str:
     if model_source is None:
         return str(models_dir())
-    if is_model_uri(model_source):
-        return str(model_source)  # an MLflow URI: each worker resolves it
+    if is_model_uri(model_source):  # an MLflow URI: each worker resolves it, an alias as the version it names now
+        return pinned_uri(str(model_source))
     return str(Path(model_source).resolve())  # workers may not share the driver's working directory
 
 
@@ -344,6 +350,7 @@ def score_files_dask(inputs: Sequence[str | Path] | str | Path, output_dir: str 
     has_ids = [ID_COLUMN in {normalise_header(c) for c in cols} for cols in columns]
     rschema = reject_schema(columns)
     model = _model_path(model_source)
+    digest = get_model(model).digest  # checked here; each worker's load must give the same files
     if os.path.lexists(target):  # a link to nothing too: the folder could not be renamed onto it
         raise BatchInputError(f"{target}: already exists; the dask engine writes a new folder and never "
                               "overwrites one (remove it or choose another name).")
@@ -351,7 +358,7 @@ def score_files_dask(inputs: Sequence[str | Path] | str | Path, output_dir: str 
         raise BatchInputError(f"{target.parent}: no such folder for the output.")
     if block_bytes is None:
         block_bytes = default_block_bytes(paths, sum(client.nthreads().values()))
-    tmp = temp_folder(target, spare=paths)
+    tmp = temp_folder(target, spare=paths).absolute()  # workers may not share the driver's working directory
     run = uuid.uuid4().hex[:8]
     id_column = ID_COLUMN if any(has_ids) else "row"
 
@@ -363,7 +370,7 @@ def score_files_dask(inputs: Sequence[str | Path] | str | Path, output_dir: str 
             futures[client.submit(_score_block, i, labels[i], str(paths[i].resolve()), block, model, str(tmp),
                                   fmt=fmt, chunk_rows=int(chunk_rows), id_column=id_column,
                                   earlier=earlier.get(unit, np.empty(0, dtype=np.uint64)), rschema=rschema,
-                                  key=key, retries=retries)] = labels[i]
+                                  digest=digest, key=key, retries=retries)] = labels[i]
         return submitted, gather(client, futures)
 
     def planned() -> Iterator[tuple[int, FileBlock]]:

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import tempfile
@@ -45,6 +46,9 @@ class LoadedModel:
     source: str = ""
     kb: KnowledgeBase | None = None  # the snapshot the decision layer uses (None for a bare model)
     decision: Decision | None = None  # None for a bare model
+    # SHA-256 over the verified files that change an output ("" for a model not loaded from a folder):
+    # two loads with one digest score alike (the Dask engine's workers check theirs against the driver's)
+    digest: str = ""
     scorer: ArrayScorer | None = field(init=False, repr=False, default=None)
 
     def __post_init__(self) -> None:
@@ -126,7 +130,13 @@ def load_model(source: str | Path | LoadedModel | None = None, *, trust_pickle: 
         except yaml.YAMLError as err:
             raise ModelIntegrityError(f"{folder / KB_FILE} is not valid YAML: {err}") from err
         decision = Decision(manifest["decision"])
-    return LoadedModel(verified.estimator, manifest, str(folder), kb, decision)
+    return LoadedModel(verified.estimator, manifest, str(folder), kb, decision, contents_digest(verified.contents))
+
+
+def contents_digest(contents: dict[str, bytes]) -> str:
+    """One SHA-256 over a model folder's verified files, by name, each by its own SHA-256."""
+    lines = "".join(f"{name}\t{hashlib.sha256(data).hexdigest()}\n" for name, data in sorted(contents.items()))
+    return hashlib.sha256(lines.encode("utf-8")).hexdigest()
 
 
 def _registered_hint(uri: str, err: Exception) -> str:
