@@ -157,6 +157,91 @@ def test_an_output_or_rejects_path_that_is_no_regular_file_is_refused_and_left_a
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no lock made beside it
 
 
+@pytest.mark.parametrize("which", ["output", "rejects file", "texts lookup"])
+def test_a_file_to_write_that_is_a_link_is_written_through_it_and_stays_a_link(trained, tmp_path, which):
+    """The job writes beside a file and renames onto it: onto a link, the rename replaced the link
+    with a regular file and left the file it named as it was."""
+    models, _ = trained
+    src = _write(tmp_path / "in.csv", [HEADER, GOOD[0], "a2,41,femal,yes,10"])  # one row rejected
+    (tmp_path / "real").mkdir()
+    target = tmp_path / "real" / "target.csv"
+    target.write_text("an earlier run's file\n")
+    link = {"output": tmp_path / "out.csv", "rejects file": tmp_path / "out.csv.rejects.csv",
+            "texts lookup": tmp_path / "out.csv.texts.csv"}[which]
+    link.symlink_to(Path("real") / "target.csv")  # relative, as `ln -s` makes it
+    assert _score(src, tmp_path / "out.csv", models) == 1
+    assert link.is_symlink() and os.readlink(link) == str(Path("real") / "target.csv")
+    written = {"output": "a1", "rejects file": "femal", "texts lookup": "column,code,text"}[which]
+    assert written in target.read_text()
+    # the output's and the rejects file's lock beside the file the link names; no temporary left
+    assert sorted(p.name for p in (tmp_path / "real").iterdir()) == [".target.csv.lock", "target.csv"][
+        which == "texts lookup":]
+
+
+@pytest.mark.parametrize("name", ["/dev/stderr", "/dev/fd/2", "/proc/self/fd/2", "link"])
+def test_a_link_to_one_of_the_jobs_own_open_files_is_refused(trained, tmp_path, capsys, name):
+    """``--rejects /dev/stderr``, or ``-o`` a link to ``/proc/self/fd/1``: the rename would have
+    replaced the file the shell redirected to (under root, the system's /dev/stderr itself)."""
+    models, _ = trained
+    src = _write(tmp_path / "in.csv", [HEADER, GOOD[0], "a2,41,femal,yes,10"])
+    if name == "link":
+        (tmp_path / "out.csv").symlink_to("/proc/self/fd/1")
+        assert _score(src, tmp_path / "out.csv", models) == 2
+        assert "names an open file of this process (/proc/self/fd/1), which the output would be renamed onto; " \
+               "write to standard output with `-o -`" in _one_line_error(capsys)
+        assert (tmp_path / "out.csv").is_symlink()
+    else:
+        assert _score(src, tmp_path / "out.csv", models, "--rejects", name) == 2
+        assert f"{name}: names an open file of this process ({name}), which the rejects file would be renamed " \
+               "onto; give the path of a file for the rejects file." in _one_line_error(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv", "out.csv"][:1 + (name == "link")]
+
+
+def test_files_written_again_keep_their_permissions(trained, tmp_path):
+    """As ``sed -i`` keeps them: a rejects file (whole patients' rows) made private stays private."""
+    models, _ = trained
+    src = _write(tmp_path / "in.csv", [HEADER, GOOD[0], "a2,41,femal,yes,10"])
+    out = tmp_path / "out.csv"
+    assert _score(src, out, models) == 1
+    modes = {out: 0o600, Path(f"{out}.rejects.csv"): 0o640, Path(f"{out}.texts.csv"): 0o604}
+    for path, mode in modes.items():
+        path.chmod(mode)
+    assert _score(src, out, models) == 1
+    assert {p: p.stat().st_mode & 0o7777 for p in modes} == modes
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_text_columns_past_arrows_2_gib_are_written_in_pieces(trained, tmp_path, monkeypatch, fmt):
+    """A chunk's reject reasons, or a kept column, of more than 2 GiB (400k rows of an R export's
+    `NA`s in one chunk; 18 notes of 125 MB) stopped the job with Arrow's "input array too large".
+    Such a column is now cut into pieces Arrow can hold: here pieces of 400 bytes, against one
+    piece per column, give the same files byte for byte."""
+    import pipeline.serve.writing as writing
+
+    models, _ = trained
+    notes = [f"note {i} " + "x" * (i * 37 % 150) for i in range(60)]
+    lines = [HEADER + ",note"] + [f"n{i},{'NA' if i % 3 else 40 + i},{'male' if i % 2 else 'female'},no,{i},{n}"
+                                  for i, n in enumerate(notes)]
+    src = _write(tmp_path / "in.csv", lines)
+    outputs = {}
+    for piece in (writing.STRING_PIECE_BYTES, 400):
+        monkeypatch.setattr(writing, "STRING_PIECE_BYTES", piece)
+        out = tmp_path / f"out-{piece}.{fmt}"
+        assert _score(src, out, models, "--keep-input-columns", "--rejects", str(tmp_path / f"rej-{piece}.csv")) == 1
+        outputs[piece] = (out.read_bytes(), (tmp_path / f"rej-{piece}.csv").read_bytes())
+    (whole, whole_rejects), (pieces, piece_rejects) = outputs.values()
+    assert piece_rejects == whole_rejects and len(pd.read_csv(tmp_path / "rej-400.csv")) == 40
+    if fmt == "csv":
+        assert pieces == whole
+    else:  # the same table (a file's row groups and pages may differ)
+        assert pq.read_table(tmp_path / "out-400.parquet").equals(pq.read_table(
+            tmp_path / f"out-{writing.STRING_PIECE_BYTES}.parquet"))
+    pieces = writing.small_strings(pa.array(notes * 10, pa.large_string()))
+    assert pieces.num_chunks > 10 and pieces.to_pylist() == notes * 10
+    with pytest.raises(BatchInputError, match="a text of 401 bytes: longer than 400 bytes, the most one value"):
+        writing.small_strings(pa.array(["x" * 401], pa.large_string()))
+
+
 def test_a_rejects_file_that_cannot_be_locked_names_the_folder_and_the_way_out(trained, tmp_path, capsys, monkeypatch):
     """`-o -` in a folder the user cannot write: the rejects file's lock cannot be made. The message
     names the rejects file and --rejects, not another job."""

@@ -19,7 +19,7 @@ from pipeline.core.errors import BatchInputError
 from pipeline.serve.batch import score_files
 from pipeline.serve.loading import load_model
 from pipeline.serve.predict import predict
-from pipeline.serve.shaping import OutputOptions
+from pipeline.serve.shaping import OutputOptions, rounded
 
 P_COLS = [f"p_{c}" for c in ("leg_cramp", "bakers_cyst", "runners_knee", "hamstring_injury", "meniscus_tear",
                              "acl_injury", "pcl_injury", "dvt", "osteoarthritis")]
@@ -244,10 +244,28 @@ def test_float_digits_write_at_most_that_many_decimals(trained, cases_csv, tmp_p
                      ",".join(P_COLS), "--float-digits", str(digits)]) == 0
         text = _read(out)[P_COLS]
         written = text.to_numpy(float)
-        assert np.array_equal(written, np.round(full, digits)), digits
+        assert np.array_equal(written, np.reshape([round(v, digits) for v in full.ravel().tolist()], full.shape)), digits
         assert np.abs(written - full).max() <= 0.5 * 10.0 ** -digits + 4e-16, digits  # and a float's spacing
         decimals = [len(v.split(".")[1]) if "." in v and "e" not in v else 0 for v in text.to_numpy().ravel()]
         assert max(decimals) <= digits and max(decimals) >= digits - 1, (digits, max(decimals))
+
+
+@pytest.mark.parametrize("digits", range(18))
+def test_floats_are_rounded_as_python_rounds_them_at_every_digit(digits):
+    """Half to even from each double's exact value (Python's ``round``), also where numpy's
+    scale-round-divide is off by one in the last place (from about 12 decimals on)."""
+    rng = np.random.default_rng(digits)
+    values = np.concatenate([rng.random(20_000), rng.random(2_000) * 1e-4, -rng.random(500), rng.random(500) * 1e6,
+                             [0.125, 2.675, 0.5, 1.5, 2.5, -0.125, 0.0, -0.0, 1e-300, 5e-324, 1.7e308,
+                              0.9999873731785001, 0.9798140340786081, 0.9938154732953417]])
+    expected = np.array([round(v, digits) for v in values.tolist()])
+    assert np.array_equal(rounded(values, digits), expected)
+    special = rounded(np.array([np.nan, np.inf, -np.inf]), digits)
+    assert np.isnan(special[0]) and special[1] == np.inf and special[2] == -np.inf
+    if digits == 16:  # the numbers numpy rounded wrongly
+        assert rounded(np.array([0.9798140340786081]), 16)[0] == 0.9798140340786081
+    if digits == 12:
+        assert rounded(np.array([0.9999873731785001]), 12)[0] == 0.999987373179
 
 
 def test_stdin_to_stdout_with_rejects_beside(trained, cases_csv, tmp_path):
@@ -351,6 +369,31 @@ def test_a_pipe_between_processes(trained, cases_csv, tmp_path):
     assert len(proc.stdout.splitlines()) == 3
 
 
+def test_a_reader_that_stops_early_still_has_the_codes_lookup(trained, cases_csv, tmp_path):
+    """``kneepain score in.csv -o - | head``: the rows read are in codes, and the lookup of their
+    texts is written before the first row (it was written at the end, so never, and an earlier
+    run's was left to describe them); one that cannot be written is named, not the output."""
+    from processes import limit_file_size
+
+    models, _ = trained
+    path, _ = cases_csv
+    command = [str(Path(sys.executable).with_name("kneepain")), "score", str(path), "-o", "-", "--model", str(models)]
+    (tmp_path / "full").mkdir()
+    subprocess.run(command, stdout=subprocess.DEVNULL, cwd=tmp_path / "full", check=True, timeout=120)
+    (tmp_path / "score.texts.csv").write_text("an earlier run's lookup\n")
+    job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+    first = [job.stdout.readline() for _ in range(3)]
+    job.stdout.close()  # as head does
+    assert job.wait(timeout=120) == 2 and len(first[2]) > 0
+    assert (tmp_path / "score.texts.csv").read_bytes() == (tmp_path / "full" / "score.texts.csv").read_bytes()
+    (tmp_path / "cut").mkdir()
+    with open(tmp_path / "cut" / "out.csv", "wb") as out:
+        cut = subprocess.run(command, stdout=out, stderr=subprocess.PIPE, text=True, cwd=tmp_path / "cut",
+                             preexec_fn=limit_file_size, timeout=120)
+    assert cut.returncode == 2 and "score.texts.csv: cannot write the texts lookup: File too large." in cut.stderr
+    assert sorted(p.name for p in (tmp_path / "cut").iterdir()) == [".score.rejects.csv.lock", "out.csv"]  # no temporary
+
+
 @pytest.mark.parametrize("python", ["unbuffered", "buffered"])
 def test_standard_output_is_written_whole_or_the_job_fails(trained, cases_csv, tmp_path, python):
     """Run unbuffered (``PYTHONUNBUFFERED``, ``python -u``, as many container images set it),
@@ -361,7 +404,9 @@ def test_standard_output_is_written_whole_or_the_job_fails(trained, cases_csv, t
 
     models, _ = trained
     path, cases = cases_csv
-    command = [str(Path(sys.executable).with_name("kneepain")), "score", str(path), "-o", "-", "--model", str(models)]
+    # the full texts: with codes, their lookup (written first) would meet the file-size limit before the rows
+    command = [str(Path(sys.executable).with_name("kneepain")), "score", str(path), "-o", "-", "--model", str(models),
+               "--texts", "full"]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     if python == "unbuffered":
         env["PYTHONUNBUFFERED"] = "1"

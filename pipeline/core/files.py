@@ -13,6 +13,7 @@ import re
 import select
 import shutil
 import socket
+import stat
 import sys
 import tempfile
 import uuid
@@ -24,7 +25,8 @@ from typing import Any
 
 from pipeline.core.errors import BatchInputError
 
-__all__ = ["in_temporary_folder", "load_yaml", "process_alive", "reclaim_stale_temps", "sha256_file",
+__all__ = ["in_temporary_folder", "load_yaml", "process_alive", "reclaim_stale_temps", "regular_stat", "replace_keeping_mode",
+           "sha256_file",
            "standard_stream_closed", "stdout_bytes", "tmp_path", "write_bytes_atomic", "write_json_atomic",
            "write_parts_atomic", "write_report_json", "write_text_atomic"]
 
@@ -188,6 +190,29 @@ def process_alive(pid: int) -> bool:
     except (OverflowError, ValueError):  # not a process id this system can have
         return False
     return True
+
+
+def replace_keeping_mode(tmp: Path, path: Path, before: os.stat_result | None) -> None:
+    """Rename ``tmp`` onto ``path`` with the permissions and group ``before`` (the file that was
+    there, :func:`regular_stat`) had, as ``sed -i`` keeps them: a file a user made private
+    (``chmod 600``) stays so when a job writes it again. A group the user may not give is left
+    as made."""
+    if before is not None:
+        os.chmod(tmp, stat.S_IMODE(before.st_mode))
+        try:
+            os.chown(tmp, -1, before.st_gid)
+        except OSError:  # not a group of this user's
+            pass
+    os.replace(tmp, path)
+
+
+def regular_stat(path: Path) -> os.stat_result | None:
+    """``path``'s status if it is a regular file (through links), else None."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return found if stat.S_ISREG(found.st_mode) else None
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:

@@ -35,7 +35,15 @@ import pyarrow as pa
 
 from pipeline.core.casefiles import complete_columns, iter_chunks
 from pipeline.core.errors import BatchInputError
-from pipeline.core.files import in_temporary_folder, reclaim_stale_temps, standard_stream_closed, stdout_bytes, tmp_path
+from pipeline.core.files import (
+    in_temporary_folder,
+    reclaim_stale_temps,
+    regular_stat,
+    replace_keeping_mode,
+    standard_stream_closed,
+    stdout_bytes,
+    tmp_path,
+)
 from pipeline.core.parsing import ignored_columns_message
 from pipeline.core.schema import ID_COLUMN, first_spellings, normalise_header
 from pipeline.decision.layer import TEXT_CODE_COLUMNS
@@ -51,6 +59,7 @@ from pipeline.serve.guard import (
     refuse_stdout_target,
     stop_at_once_on_signals,
     stop_on_signals,
+    written_path,
 )
 from pipeline.serve.loading import LoadedModel
 from pipeline.serve.reading import prefetch
@@ -122,8 +131,11 @@ def score_files(inputs: list[str | Path], output: str | Path, model: LoadedModel
     output = Path(output)
     if output.suffix.lower() not in (".csv", ".parquet"):
         raise BatchInputError(f"{output}: unsupported output type {output.suffix!r}; expected .csv or .parquet.")
+    # each beside the name given (a link's own folder), then written through a link to the file it names
+    rejects_path, lookup = written_path(rejects_file(output, rejects), "rejects file"), written_path(
+        texts_lookup(output), "texts lookup")
+    output = written_path(output, "output")
     check_target(output, "output")
-    rejects_path, lookup = rejects_file(output, rejects), texts_lookup(output)
     check_target(rejects_path, "rejects file")
     check_target(lookup, "texts lookup")
     # the lookup is written, or an earlier run's removed: either way it is no other output's file
@@ -171,6 +183,17 @@ def _text_lookup_bytes(model: LoadedModel) -> bytes:
     return text_lookup(model.decision.text_codes(model.kb)).to_csv(index=False).encode("utf-8")
 
 
+def _write_lookup(tmp: Path, data: bytes, lookup: Path, *, rename: bool) -> None:
+    """Write the texts lookup's bytes to ``tmp`` (with ``rename``, renamed onto ``lookup`` too),
+    naming the lookup if that fails (not the output)."""
+    try:
+        tmp.write_bytes(data)
+        if rename:
+            replace_keeping_mode(tmp, lookup, regular_stat(lookup))
+    except OSError as err:
+        raise BatchInputError(f"{lookup}: cannot write the texts lookup: {err.strerror or err}.") from err
+
+
 def check_target(path: Path, what: str, *, make_folders: bool = False) -> None:
     """Refuse, before any row is read (or made), a file to write that is a folder, that is there
     and is no regular file (a device such as /dev/null, a pipe, a link to one: the file is written
@@ -204,8 +227,10 @@ def check_target(path: Path, what: str, *, make_folders: bool = False) -> None:
 def _score_to_stream(inputs: list[str | Path], stream: BinaryIO, model: LoadedModel, *, rejects: Path,
                      chunk_rows: int, progress: bool, warn: Callable[[str], None] | None,
                      options: OutputOptions, stdin: BinaryIO | None, jobs: int) -> ScoreSummary:
+    texts_path = written_path(rejects.with_name(STREAM_TEXTS), "texts lookup") if _writes_codes(model, options) \
+        else None
+    rejects = written_path(rejects, "rejects file")
     check_target(rejects, "rejects file")
-    texts_path = rejects.with_name(STREAM_TEXTS) if _writes_codes(model, options) else None
     outputs = [("rejects file", rejects)]
     if texts_path is not None:
         check_target(texts_path, "texts lookup")
@@ -384,6 +409,10 @@ def _score_locked(paths: list[Path], columns: list[list[str]], output: Path | No
         summary.rows_rejected += done.rejected
 
     try:
+        if stream is not None and texts is not None and lookup is not None:
+            # before the first row: a reader that stops early (`| head`) still has the codes' texts
+            _write_lookup(texts[0], texts[1], lookup, rename=True)
+            texts = None
         # created inside the try: a signal that arrives as a file is created still gets it removed
         writer = Writer(output if output is not None else Path("-"), schema, stream=stream)
         rejects = Writer(rejects_path, rschema)
@@ -408,26 +437,28 @@ def _score_locked(paths: list[Path], columns: list[list[str]], output: Path | No
             finish_one(writer, rejects)
         writer.close()
         rejects.close()
-        if texts is not None:
-            texts[0].write_bytes(texts[1])
+        if texts is not None and lookup is not None:
+            _write_lookup(texts[0], texts[1], lookup, rename=False)
+        # the files replaced keep their permissions and group (a private rejects file stays private)
+        before = {p: regular_stat(p) for p in (output, rejects_path, lookup) if p is not None}
         check_stop()  # the last point a stop signal acts: the files are complete and renamed below
         # the output last: a run killed between the renames leaves no output, never an output
         # whose rejects or texts lookup are missing
         if output is not None:
             output.unlink(missing_ok=True)  # never leave new rejects beside an old output
         if summary.rows_rejected:
-            os.replace(rejects.tmp, rejects_path)
+            replace_keeping_mode(rejects.tmp, rejects_path, before[rejects_path])
         else:
             rejects.tmp.unlink()
             rejects_path.unlink(missing_ok=True)
         if texts is not None and lookup is not None:
-            os.replace(texts[0], lookup)
+            replace_keeping_mode(texts[0], lookup, before[lookup])
         elif lookup is not None and output is not None:  # an earlier run's lookup would describe codes this output lacks
             lookup.unlink(missing_ok=True)
         if output is not None:
             for path in stale:  # an earlier run's case mix and report describe another output
                 path.unlink(missing_ok=True)
-            os.replace(writer.tmp, output)
+            replace_keeping_mode(writer.tmp, output, before[output])
     except BrokenProcessPool as err:
         check_stop()  # the processes got the user's stop signal too (a terminal's, or a process group's)
         raise BatchInputError("a scoring process stopped before its chunk was scored (out of memory, or killed); "

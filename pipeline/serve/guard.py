@@ -6,6 +6,9 @@
   (:func:`refuse_stdout_target`) a file standard output is redirected to that is an input or
   another of the job's files (``f -o - >> f``); :func:`refuse_shared_outputs`: so are two of a
   job's outputs (scores, rejects, texts lookup) that are one file.
+- :func:`written_path`: a file to write that is a symbolic link is written through it (the file
+  it names is replaced, the link stays); a link to one of the process's own open files
+  (``/dev/stdout``, ``/dev/fd/1``) is refused, as the rename would replace that file.
 - :func:`output_lock`: one job at a time per output; a second job fails at once (``filelock``,
   an OS lock on a hidden ``.<output>.lock`` beside the output, released if the job dies).
 - :func:`stop_on_signals` and :func:`check_stop`: SIGTERM, SIGHUP and Ctrl-C (SIGINT) are noted
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import signal
 import stat
 import threading
@@ -36,7 +40,7 @@ from pipeline.core.errors import BatchInputError
 
 __all__ = ["STOP_SIGNALS", "Interrupted", "OutputBusyError", "check_stop", "output_lock", "refuse_same_file",
            "refuse_shared_outputs", "refuse_stdin_source", "refuse_stdout_target", "stop_at_once_on_signals",
-           "stop_on_signals"]
+           "stop_on_signals", "written_path"]
 
 # what stops a job: a terminal's Ctrl-C, `kill`, `timeout` and systemd's SIGTERM, a closed terminal's SIGHUP
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
@@ -140,6 +144,31 @@ def refuse_shared_outputs(outputs: Sequence[tuple[str, Path]]) -> None:
             if _same(a, b):
                 raise BatchInputError(f"{b}: the {second} would be the same file as the {first} ({a}); give "
                                       "each its own path.")
+
+
+# a process's own open files, by name: /dev/stdout, /dev/fd/1, /proc/self/fd/1, /proc/1234/fd/1
+_OPEN_FILE = re.compile(r"/(?:dev/(?:fd|stdin|stdout|stderr)|proc/(?:self|thread-self|\d+)/fd)(?:/|$)")
+_MAX_LINKS = 40  # as Linux follows at most 40 links in one path
+
+
+def written_path(path: Path, what: str) -> Path:
+    """The file a job writes for ``path``: where ``path`` is a symbolic link, the file the link names
+    (its folder gets the temporary file, and the rename replaces that file, not the link).
+
+    A job writes each file beside its place and renames it there, so a link to one of the job's
+    own open files (``/dev/stdout``, ``/dev/stderr``, ``/dev/fd/N``, ``/proc/self/fd/N``) would
+    have that file (the terminal's, the shell's redirection) replaced, or under root the system's
+    link itself: refused, saying to use ``-o -`` for standard output."""
+    here = Path(os.path.abspath(path))
+    for _ in range(_MAX_LINKS):
+        if _OPEN_FILE.match(here.as_posix()):
+            hint = "write to standard output with `-o -`" if what == "output" else f"give the path of a file for the {what}"
+            raise BatchInputError(f"{path}: names an open file of this process ({here}), which the {what} would be "
+                                  f"renamed onto; {hint}.")
+        if not here.is_symlink():
+            break
+        here = Path(os.path.normpath(here.parent / os.readlink(here)))
+    return Path(os.path.realpath(path)) if os.path.islink(path) else path
 
 
 def lock_path(output: Path) -> Path:

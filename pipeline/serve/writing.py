@@ -113,21 +113,51 @@ def _problem(column: str, value: str, reason: str) -> str:
     return f"column {column!r}, value {value!r}: {reason}" if column else reason
 
 
-def as_text(values: pd.Series) -> pa.Array:
-    """A column of any type as Arrow text, a missing value (None, NA, NaN, NaT) as null: integers
-    as Arrow writes them (Python's text), a float32 or float16 as its own shortest text ("0.1",
-    not its float64's "0.10000000149011612"), a list (a Parquet list column) whole (numpy's text
-    of an array cuts it short and breaks its lines: :func:`_list_text`)."""
+# Arrow's text (``string``) holds at most 2**31 - 1 bytes per array: a longer column is a chunked
+# array of such pieces (a module constant, so that tests can make the pieces small)
+STRING_PIECE_BYTES = 2**31 - 1
+
+
+def small_strings(values: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """Text (``string`` or ``large_string``, chunked or not) as ``string``: in one array where it
+    fits, else in pieces of at most :data:`STRING_PIECE_BYTES` each (a cast of the whole failed
+    with "input array too large"). A single value longer than that cannot be held and is refused."""
+    chunks = values.chunks if isinstance(values, pa.ChunkedArray) else [values]
+    pieces: list[pa.Array] = []
+    for chunk in chunks:
+        if chunk.type == pa.string() or not len(chunk):
+            pieces.append(chunk.cast(pa.string()))
+            continue
+        offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int64)[chunk.offset:chunk.offset + len(chunk) + 1]
+        start = 0
+        while start < len(chunk):
+            # the most values from ``start`` whose bytes fit in one piece
+            end = int(np.searchsorted(offsets, offsets[start] + STRING_PIECE_BYTES, side="right")) - 1
+            if end <= start:
+                raise BatchInputError(f"a text of {int(offsets[start + 1] - offsets[start]):,} bytes: longer than "
+                                      f"{STRING_PIECE_BYTES:,} bytes, the most one value can hold.")
+            pieces.append(chunk.slice(start, end - start).cast(pa.string()))
+            start = end
+    if len(pieces) == 1:
+        return pieces[0]
+    return pa.chunked_array(pieces, pa.string())
+
+
+def as_text(values: pd.Series) -> pa.Array | pa.ChunkedArray:
+    """A column of any type as Arrow text (:func:`small_strings`), a missing value (None, NA,
+    NaN, NaT) as null: integers as Arrow writes them (Python's text), a float32 or float16 as its
+    own shortest text ("0.1", not its float64's "0.10000000149011612"), a list (a Parquet list
+    column) whole (numpy's text of an array cuts it short and breaks its lines: :func:`_list_text`)."""
     if isinstance(values.dtype, pd.StringDtype):
-        return pa.array(values.array, type=pa.string())
+        return small_strings(pa.array(values.array, type=pa.large_string()))
     if pd.api.types.is_integer_dtype(values.dtype) and not pd.api.types.is_bool_dtype(values.dtype):
         return pc.cast(pa.array(values.array, from_pandas=True), pa.string())
     if isinstance(values.dtype, pd.DatetimeTZDtype):
         return _zoned_text(values)
     narrow = isinstance(values.dtype, np.dtype) and values.dtype.kind == "f" and values.dtype.itemsize < 8
     obj = values.to_numpy() if narrow else values.astype(object)
-    return pa.array([v if type(v) is str else None if is_blank(v) else _list_text(v) if isinstance(v, np.ndarray)
-                     else str(v) for v in obj], type=pa.string())
+    return small_strings(pa.array([v if type(v) is str else None if is_blank(v) else _list_text(v)
+                                   if isinstance(v, np.ndarray) else str(v) for v in obj], type=pa.large_string()))
 
 
 _BEYOND_PYTHON = (NotImplementedError, ValueError, OverflowError)  # pandas, on a time Python cannot hold
@@ -175,12 +205,15 @@ def reject_table(errors: pd.DataFrame, frame: pd.DataFrame, *, row_offset: int, 
     texts = [shown.get(key) or shown.setdefault(key, _problem(*key)) for key in zip(
         errors["column"].astype(str).to_numpy(dtype=object)[order], errors["value"].astype(str).to_numpy(dtype=object)[order],
         errors["reason"].astype(str).to_numpy(dtype=object)[order])]
-    lists = pa.ListArray.from_arrays(pa.array(np.r_[starts, len(by_row)], pa.int32()), pa.array(texts, pa.string()))
+    # 64-bit offsets: a chunk's reasons may pass 2 GiB (every field of 400k rows rejected); the
+    # joined column is cut into pieces of Arrow's 32-bit text below
+    lists = pa.LargeListArray.from_arrays(pa.array(np.r_[starts, len(by_row)], pa.int64()),
+                                          pa.array(texts, pa.large_string()))
     rows = by_row[starts]
     original = frame.iloc[rows - row_offset]
     columns: dict[str, pa.Array] = {"reject_file": pa.array([file] * len(rows), pa.string()),
                                     "reject_row": pa.array(rows, pa.int64()),
-                                    "reject_reason": pc.binary_join(lists, " | ")}
+                                    "reject_reason": small_strings(pc.binary_join(lists, pa.scalar(" | ", pa.large_string())))}
     # this input's column under each name of the rejects file, as it spells it
     own = {normalise_header(name): c for c, name in rejected_names(list(original.columns)).items()}
     for name in schema.names[len(REJECT_META):]:
