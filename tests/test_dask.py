@@ -722,6 +722,23 @@ def test_command_line_dask_engines_against_a_scheduler(client, trained, tmp_path
     assert main([*args, "--out", str(tmp_path / "gen")]) == 2  # the output folder exists: nothing overwritten
 
 
+def test_a_task_that_cannot_write_names_the_output_in_one_line(trained, kb, tmp_path):
+    """A part that could not be written (here a file-size limit; a full disk alike) failed the job
+    naming the input the task read, after each of its three tries had printed the worker's
+    traceback, also with --quiet. Now one line names the output and the file system's reason."""
+    from processes import limit_file_size
+
+    models, _ = trained
+    _text_cases(kb, 300, 11).to_csv(tmp_path / "in.csv", index=False)
+    job = subprocess.run([str(Path(sys.executable).with_name("kneepain")), "score", "--engine", "dask", "in.csv",
+                          "-o", "scored", "--model", str(models), "--quiet"], capture_output=True, text=True,
+                         cwd=tmp_path, preexec_fn=limit_file_size, timeout=300)
+    assert job.returncode == 2, job.stderr
+    assert re.fullmatch(r"kneepain score: error: scored: cannot write the output \(part-00000-00000\.parquet: File "
+                        r"too large\); no output was written\.\n", job.stderr), job.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]  # no output, no hidden folder
+
+
 def test_the_dask_engine_names_a_missing_default_model_before_any_cluster_starts(kb, tmp_path, monkeypatch, capsys):
     from pipeline.cli import main
     from pipeline.core.paths import ENV_HOME

@@ -210,6 +210,21 @@ def test_files_written_again_keep_their_permissions(trained, tmp_path):
     assert {p: p.stat().st_mode & 0o7777 for p in modes} == modes
 
 
+def test_a_table_whose_first_batch_is_empty_is_written_as_its_rows():
+    """Arrow's CSV writer wrote an uninitialised buffer for a table whose first record batch is
+    empty (a text column in pieces, the first empty, as pandas' text arrays can be): a rejects
+    file's one row came out as 49 kB of NUL bytes. Lines without a header, as each chunk is
+    written, and with one."""
+    from pipeline.serve.writing import encode_csv
+
+    pieces = pa.chunked_array([pa.array([], pa.string()), pa.array(["a1", "b2"])])
+    table = pa.table({"case_id": pieces, "age": pa.array(["40", "50"])})
+    assert table.to_batches()[0].num_rows == 0
+    assert encode_csv(table).to_pybytes() == b'"a1","40"\n"b2","50"\n'
+    assert encode_csv(table, header=True).to_pybytes() == b'"case_id","age"\n"a1","40"\n"b2","50"\n'
+    assert encode_csv(table.schema.empty_table()).to_pybytes() == b""
+
+
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
 def test_text_columns_past_arrows_2_gib_are_written_in_pieces(trained, tmp_path, monkeypatch, fmt):
     """A chunk's reject reasons, or a kept column, of more than 2 GiB (400k rows of an R export's

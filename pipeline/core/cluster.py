@@ -44,13 +44,15 @@ def dask_setup(worker: Any) -> None:
     stops the cluster, which stops its workers with SIGTERM. A worker closed while it runs a
     task (a stopped job, or one whose other task failed) logged the cancelled task and, when
     the scheduler closed first, a traceback per failed heartbeat: up to 65 lines again. What a
-    local worker logs once it is closing is dropped; the job says itself why it stopped."""
+    local worker logs once it is closing is dropped; the job says itself why it stopped. So is a
+    task's "Compute Failed" traceback: the job names the error in one line (``--debug`` adds where
+    on the worker it came from), where a task that could not write printed it for each retry."""
     from distributed.core import Status
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     live = {Status.init, Status.created, Status.starting, Status.running, Status.paused}
     for handler in logging.getLogger("distributed").handlers:
-        handler.addFilter(lambda record: worker.status in live)
+        handler.addFilter(lambda record: worker.status in live and not str(record.msg).startswith("Compute Failed"))
 
 
 class DaskJobError(RuntimeError):

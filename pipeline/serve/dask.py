@@ -19,6 +19,7 @@ Dask itself is imported only inside these functions.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -32,7 +33,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from pipeline.core.blocks import MIN_BLOCK_BYTES, plan_blocks
@@ -54,7 +54,7 @@ from pipeline.core.schema import ID_COLUMN, normalise_header
 from pipeline.serve import CHUNK_ROWS, batch
 from pipeline.serve.batch import ScoreSummary, SeenIds
 from pipeline.serve.loading import get_model, is_model_uri, pinned_uri
-from pipeline.serve.writing import csv_safe, encode_csv, output_schema, output_table, reject_schema, reject_table
+from pipeline.serve.writing import encode_csv, output_schema, output_table, reject_schema, reject_table
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -88,13 +88,28 @@ class _BlockResult:
     whole_file: bool = False  # the block could not be read on its own: score its file unsplit
 
 
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """An ``OSError`` while a task writes ``path`` (a part or its rejects, in the job's hidden
+    folder) carries that file's name (Arrow's and ``write``'s carry none), so the job's error can
+    name the output (:func:`_named_as_output`); still an ``OSError``, so Dask retries it."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is not None:
+            raise
+        raise OSError(err.errno, os.strerror(err.errno) if err.errno else str(err), str(path)) from err
+
+
 def _write_part(table: pa.Table, path: Path, fmt: str) -> None:
     tmp = tmp_path(path)  # a worker killed mid-write leaves only a hidden .tmp, removed by the driver
-    if fmt == "parquet":
-        pq.write_table(table, tmp, compression="zstd")
-    else:
-        pacsv.write_csv(csv_safe(table), tmp)
-    os.replace(tmp, path)
+    with _writing(path):
+        if fmt == "parquet":
+            pq.write_table(table, tmp, compression="zstd")
+        else:
+            with open(tmp, "wb") as fh:
+                fh.write(encode_csv(table, header=True))  # as the pandas engine encodes its chunks
+        os.replace(tmp, path)
 
 
 def _is_split(block: FileBlock) -> bool:
@@ -138,16 +153,18 @@ def _score_block(file: int, label: str, path: str, block: FileBlock, model_sourc
             _write_part(output_table(scored, schema, file=label), folder / name, fmt)
             result.parts.append(name)
             if len(bad):
-                if rejects is None:  # the header as the pandas engine writes it (input names guarded too)
-                    rejects = open(tmp_path(rejects_path), "wb")
-                    rejects.write(encode_csv(rschema.empty_table(), header=True))
-                rejects.write(encode_csv(reject_table(bad, frame, row_offset=offset, file=label, schema=rschema)))
+                with _writing(rejects_path):
+                    if rejects is None:  # the header as the pandas engine writes it (input names guarded too)
+                        rejects = open(tmp_path(rejects_path), "wb")
+                        rejects.write(encode_csv(rschema.empty_table(), header=True))
+                    rejects.write(encode_csv(reject_table(bad, frame, row_offset=offset, file=label, schema=rschema)))
                 result.rows_rejected += bad["row"].nunique()
             result.rows_scored += len(scored)
             offset += len(frame)
         if rejects is not None:
-            rejects.close()
-            os.replace(tmp_path(rejects_path), rejects_path)
+            with _writing(rejects_path):
+                rejects.close()
+                os.replace(tmp_path(rejects_path), rejects_path)
             result.rejects = rejects_path.name
     except (BlockMismatchError, *_INPUT_ERRORS) as err:  # returned, not raised: Dask would retry a task that raises
         # a split block that cannot be read (or does not hold its planned rows) sends its file
@@ -164,6 +181,18 @@ def _score_block(file: int, label: str, path: str, block: FileBlock, model_sourc
     if seen.runs:
         result.id_hashes = np.unique(np.concatenate(seen.runs))
     return result
+
+
+def _named_as_output(err: DaskJobError, tmp: Path, target: Path) -> DaskJobError:
+    """A job that failed because a task could not write into the job's hidden folder (a full disk,
+    a file-size limit, after the task's retries), named as the output the user gave: not as the
+    input the task read, nor by the hidden folder."""
+    cause = err.__cause__
+    written = getattr(cause, "filename", None)
+    if not isinstance(cause, OSError) or not written or Path(written).parent != tmp:  # _writing's name
+        return err
+    return DaskJobError(f"{target}: cannot write the output ({Path(written).name}: {cause.strerror or cause}); "
+                        "no output was written.")
 
 
 def _named_as_given(err: Exception, path: str, label: str) -> Exception:
@@ -385,6 +414,9 @@ def score_files_dask(inputs: Sequence[str | Path] | str | Path, output_dir: str 
                            "pass2")[1]
             ordered = _in_order(units, ordered + again)[1]
         _publish(tmp, ordered, target, rschema)
+    except DaskJobError as err:
+        remove_temp_folder(tmp)
+        raise _named_as_output(err, tmp, target) from err.__cause__
     except BaseException:
         remove_temp_folder(tmp)
         raise

@@ -125,8 +125,10 @@ def small_strings(values: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedAr
     chunks = values.chunks if isinstance(values, pa.ChunkedArray) else [values]
     pieces: list[pa.Array] = []
     for chunk in chunks:
-        if chunk.type == pa.string() or not len(chunk):
-            pieces.append(chunk.cast(pa.string()))
+        if not len(chunk):  # no piece of its own: Arrow's CSV writer mishandles an empty first batch
+            continue
+        if chunk.type == pa.string():
+            pieces.append(chunk)
             continue
         offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int64)[chunk.offset:chunk.offset + len(chunk) + 1]
         start = 0
@@ -138,8 +140,8 @@ def small_strings(values: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedAr
                                       f"{STRING_PIECE_BYTES:,} bytes, the most one value can hold.")
             pieces.append(chunk.slice(start, end - start).cast(pa.string()))
             start = end
-    if len(pieces) == 1:
-        return pieces[0]
+    if len(pieces) <= 1:
+        return pieces[0] if pieces else pa.array([], pa.string())
     return pa.chunked_array(pieces, pa.string())
 
 
@@ -230,8 +232,14 @@ def encode_csv(table: pa.Table, shape: Callable[[pa.Table], pa.Table] | None = N
         table = shape(table)
     if header:  # input column names are the user's text too (rejects, --keep-input-columns)
         table = table.rename_columns(guarded_names(table.column_names))
+    table = csv_safe(table)
+    if table.num_rows:
+        # Arrow's CSV writer writes a stale (without a header, uninitialised) buffer for a table
+        # whose first record batch is empty (apache/arrow#36889): a column in chunks, the first
+        # one empty, made a rejects file's row into 49 kB of NUL bytes. Rows are what is written.
+        table = pa.Table.from_batches([b for b in table.to_batches() if b.num_rows], schema=table.schema)
     sink = pa.BufferOutputStream()
-    pacsv.write_csv(csv_safe(table), sink, pacsv.WriteOptions(include_header=header))
+    pacsv.write_csv(table, sink, pacsv.WriteOptions(include_header=header))
     return sink.getvalue()
 
 
