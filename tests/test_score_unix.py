@@ -322,6 +322,19 @@ def test_a_compressed_or_misnamed_input_says_how_to_mend_it(trained, tmp_path):
     assert not (tmp_path / "o.csv").exists()
 
 
+def test_a_url_is_named_as_given_and_said_to_be_read_locally(trained, tmp_path, capsys):
+    """``s3://bucket/cases.csv`` was "s3:/bucket/cases.csv: no such file" (a path folds the
+    slashes): now named as given, with what to do."""
+    models, _ = trained
+    for url in ("s3://bucket/cases.csv", "https://example.org/data/cases.parquet"):
+        told = f"{url}: looks like a URL, and kneepain reads local files only; download it first"
+        assert main(["score", url, "-o", str(tmp_path / "o.csv"), "--model", str(models)]) == 2
+        assert told in capsys.readouterr().err
+        with pytest.raises(BatchInputError, match=re.escape(told)):
+            predict(url, model=models)
+    assert not (tmp_path / "o.csv").exists()
+
+
 def test_a_spreadsheets_separator_hint_is_named_as_such(trained, tmp_path):
     """Excel's `sep=,` first line was reported as the required columns missing (`sep=;` as a file
     separated by semicolons): the refusal names the line and says to remove it."""
@@ -340,7 +353,9 @@ def test_standard_input_is_named_as_given_in_errors(trained, tmp_path):
 
     models, _ = trained
     for data, message in [(b"", "<stdin>: the file is empty"), (b"age,Age\n1,2\n", "<stdin>: the header repeats"),
-                          (b"PAR1\x15\x04\x15", "<stdin>: is a Parquet file, not CSV text"),
+                          (b"PAR1\x15\x04\x15", re.escape("<stdin>: is a Parquet file, not CSV text (by its first "
+                                                           "bytes); save it to a file with a .parquet name and give "
+                                                           "that file (standard input is read as CSV only).")),
                           (b"\x1f\x8b\x08\x00", re.escape("<stdin>: is a gzip-compressed file, not CSV text (by its "
                                                          "first bytes); decompress it first"))]:
         with pytest.raises(BatchInputError, match=message) as err:
@@ -479,14 +494,18 @@ def test_an_input_without_a_required_column_stops_the_job_before_any_row_is_writ
     assert not (tmp_path / "out.csv").exists()
 
 
-def test_a_folder_a_parquet_file_named_csv_or_semicolons_are_named_for_what_they_are(trained, cases_csv, tmp_path, capsys):
+def test_a_folder_parquet_named_csv_headerless_or_semicolon_csv_are_named_for_what_they_are(trained, cases_csv, tmp_path, capsys):
     models, _ = trained
     _, cases = cases_csv
     cases.head(5).to_parquet(tmp_path / "cases.csv")  # Parquet bytes under a .csv name
     (tmp_path / "exports").mkdir()
     (tmp_path / "semicolons.csv").write_text("case_id;age;sex\na;30;male\n")  # a European spreadsheet's CSV
+    cases.head(5).to_csv(tmp_path / "headerless.csv", index=False, header=False)  # was "repeats column 'false'"
+    first_line = (tmp_path / "headerless.csv").read_text().splitlines()[0]
     for given, message in [(tmp_path / "cases.csv", "is a Parquet file, not CSV text (by its first bytes); give it a "
-                                                     ".parquet name"),
+                                                     ".parquet name."),
+                           (tmp_path / "headerless.csv", f"the first line, {first_line[:60] + '...'!r}, names none of "
+                                                         "the columns kneepain reads and holds values such as"),
                            (tmp_path / "exports", "is a folder; give the CSV or Parquet files in it"),
                            (tmp_path / "semicolons.csv", "the header is one column, 'case_id;age;sex': the file looks "
                                                          "separated by ';', and kneepain reads comma-separated CSV")]:

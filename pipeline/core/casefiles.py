@@ -35,19 +35,31 @@ from pipeline.core.csvrecords import MAX_RECORD_BYTES, BlockMismatchError, CaseC
 from pipeline.core.errors import BatchInputError, CaseValidationError
 from pipeline.core.formulas import unguarded_names
 from pipeline.core.parsing import ParsedCases, parse_cases, required_columns_error, utf8_or_bytes
-from pipeline.core.schema import ID_COLUMN, field, normalise_header, repeated_columns
+from pipeline.core.schema import (
+    FIELD_NAMES,
+    ID_COLUMN,
+    LABELLED_COLUMNS,
+    SEVERITY_COLUMN,
+    TRISTATE_NO,
+    TRISTATE_YES,
+    field,
+    normalise_header,
+    repeated_columns,
+)
 
-__all__ = ["MAX_RECORD_BYTES", "BlockMismatchError", "CaseChunk", "FileBlock", "check_columns", "complete_columns",
+__all__ = ["MAX_RECORD_BYTES", "PARQUET_FIX", "BlockMismatchError", "CaseChunk", "FileBlock", "check_columns", "complete_columns",
            "check_is_file", "csv_data_start", "file_columns", "has_case_ids", "iter_chunks", "open_parquet", "parse_read",
            "read_case_file", "read_case_records", "unsupported_file_type"]
 
 _HEADER_BYTES = 1 << 20  # a longer header is refused
 _BOM = b"\xef\xbb\xbf"  # UTF-8 byte-order mark, as Excel writes it
 # files given as CSV that are something else: (first bytes, what it is, what to do)
-_NOT_CSV = [(b"PAR1", "Parquet", "give it a .parquet name (standard input is read as CSV only)"),
+PARQUET_FIX = "give it a .parquet name"  # standard input's own advice replaces it (it is read as CSV only)
+_NOT_CSV = [(b"PAR1", "Parquet", PARQUET_FIX),
             (b"\x1f\x8b", "gzip-compressed", "decompress it first, for example: zcat FILE.gz > FILE.csv (or, with "
                                                "the pandas engine, zcat FILE.gz | kneepain score - -o OUTPUT)"),
             (b"PK\x03\x04", "zip (or Excel .xlsx)", "extract it, or save the sheet as 'CSV UTF-8'")]
+_URL = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]+):/+")  # a scheme (two letters at least: not a drive letter)
 _BARE_CR = re.compile(rb"\r(?!\n)")  # a line ending of CR alone (LF and CR LF are read)
 
 
@@ -111,6 +123,25 @@ def _wrong_separator(path: str | Path, names: Sequence[str]) -> BatchInputError 
         return None
     return BatchInputError(f"{path}: the header is one column, {_clip(str(names[0]))!r}: the file looks separated by "
                            f"{separator!r}, and kneepain reads comma-separated CSV; save it with commas.")
+
+
+_KNOWN_COLUMNS = frozenset({*FIELD_NAMES, ID_COLUMN, SEVERITY_COLUMN, *LABELLED_COLUMNS})
+_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+def _headerless(path: str | Path, names: Sequence[str]) -> BatchInputError | None:
+    """The error for a CSV saved without its header line: a first line of several fields that names
+    none of the columns kneepain reads, where some of them are values a case would hold (a number,
+    yes/no, true/false), or None. Such a line was reported as a header that repeats ``'false'``."""
+    if len(names) < 2 or any(normalise_header(n) in _KNOWN_COLUMNS for n in names):
+        return None
+    values = [n for n in names if _NUMBER.fullmatch(n.strip()) or n.strip().lower() in TRISTATE_YES | TRISTATE_NO]
+    if not values:
+        return None
+    return BatchInputError(f"{path}: the first line, {_clip(','.join(names))!r}, names none of the columns kneepain "
+                           f"reads and holds values such as {values[0].strip()!r}: the file looks saved without its "
+                           "header line. Its first line must name the columns (case_id, age, sex, ...; with pandas, "
+                           "to_csv(path, index=False) writes them).")
 
 
 def range_index_columns(schema: pa.Schema, num_rows: int) -> list[tuple[str, int, int]]:
@@ -238,6 +269,8 @@ def _csv_header(path: Path) -> tuple[list[str], int]:
     if not header or all(not h.strip() for h in header):
         raise BatchInputError(f"{path}: the file is empty (no header line); expected a CSV header with at least "
                               "the required columns age and sex.")
+    if (headerless := _headerless(path, header)) is not None:
+        raise headerless
     check_columns(header, str(path))
     return header, skipped + len(raw)
 
@@ -257,6 +290,10 @@ def check_is_file(path: Path) -> None:
             raise BatchInputError(f"{path}: is a pipe or device, not a file; kneepain reads an input file more than "
                                   "once, so save its rows to a file, or give them on standard input to the pandas "
                                   "engine (... | kneepain score - -o OUT).")
+        if (url := _URL.match(str(path))) is not None:  # Path() made s3://b/k into s3:/b/k
+            given = f"{url[1]}://{str(path)[url.end():]}"
+            raise BatchInputError(f"{given}: looks like a URL, and kneepain reads local files only; download it first "
+                                  "(for example with `aws s3 cp`, `gsutil cp` or `curl -o`) and give the file.")
         raise BatchInputError(f"{path}: no such file.")
 
 

@@ -33,7 +33,7 @@ from typing import BinaryIO
 import numpy as np
 import pyarrow as pa
 
-from pipeline.core.casefiles import complete_columns, iter_chunks
+from pipeline.core.casefiles import PARQUET_FIX, complete_columns, iter_chunks
 from pipeline.core.errors import BatchInputError
 from pipeline.core.files import (
     in_temporary_folder,
@@ -167,6 +167,7 @@ def texts_lookup(output: Path) -> Path:
 STREAM_REJECTS = "score.rejects.csv"
 STREAM_TEXTS = "score.texts.csv"  # with an output -, the codes' lookup, beside the rejects file
 STDIN_LABEL = "<stdin>"  # standard input's name in rejects and messages
+_STDIN_PARQUET_FIX = "save it to a file with a .parquet name and give that file (standard input is read as CSV only)"
 _SPOOLED = "kneepain-stdin.csv"
 _SPOOL_PREFIX = "kneepain-stdin-"
 _SPOOL_WHAT = "the copy of standard input"
@@ -322,7 +323,8 @@ def _stdin_spooled(inputs: list[str | Path], stdin: BinaryIO | None,
         except BatchInputError as err:  # standard input is named as the user gave it, not by its copy
             if str(spooled) not in str(err):
                 raise
-            raise err.naming(str(spooled), STDIN_LABEL) from err
+            raise BatchInputError(str(err.naming(str(spooled), STDIN_LABEL)).replace(PARQUET_FIX, _STDIN_PARQUET_FIX)
+                                  ) from err
 
 
 def _as_codes(model: LoadedModel, options: OutputOptions) -> bool:
