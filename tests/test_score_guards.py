@@ -178,12 +178,37 @@ def test_a_file_to_write_that_is_a_link_is_written_through_it_and_stays_a_link(t
         which == "texts lookup":]
 
 
-@pytest.mark.parametrize("name", ["/dev/stderr", "/dev/fd/2", "/proc/self/fd/2", "link"])
-def test_a_link_to_one_of_the_jobs_own_open_files_is_refused(trained, tmp_path, capsys, name):
-    """``--rejects /dev/stderr``, or ``-o`` a link to ``/proc/self/fd/1``: the rename would have
-    replaced the file the shell redirected to (under root, the system's /dev/stderr itself)."""
+def test_a_link_to_a_file_of_another_type_is_refused(trained, tmp_path, capsys):
+    """``-o out.csv`` linking to ``real.parquet`` wrote Parquet under the CSV name (and CSV under a
+    Parquet one, which pandas then could not read): the type the name says and the file's differ."""
     models, _ = trained
     src = _write(tmp_path / "in.csv", [HEADER, GOOD[0], "a2,41,femal,yes,10"])
+    for given, real in [("out.csv", "real.parquet"), ("out2.parquet", "real2.csv")]:
+        (tmp_path / real).write_text("an earlier file\n")
+        (tmp_path / given).symlink_to(real)
+        assert _score(src, tmp_path / given, models) == 2
+        assert (f"{tmp_path / given}: is a link to {tmp_path / real}, a file of another type; the output is written "
+                "in the type its name says") in _one_line_error(capsys)
+        assert (tmp_path / real).read_text() == "an earlier file\n" and (tmp_path / given).is_symlink()
+
+
+@pytest.mark.parametrize("name", ["/dev/stderr", "/dev/fd/2", "/proc/self/fd/2", "task", "folder link", "link"])
+def test_a_link_to_one_of_the_jobs_own_open_files_is_refused(trained, tmp_path, capsys, name):
+    """``--rejects /dev/stderr``, or ``-o`` a link to ``/proc/self/fd/1``: the rename would have
+    replaced the file the shell redirected to (under root, the system's /dev/stderr itself). Also
+    by a thread's own folder, and through a linked folder (``me`` -> ``/proc/self``)."""
+    import threading
+
+    models, _ = trained
+    src = _write(tmp_path / "in.csv", [HEADER, GOOD[0], "a2,41,femal,yes,10"])
+    if name == "task":
+        name = f"/proc/self/task/{threading.get_native_id()}/fd/2"
+    if name == "folder link":
+        (tmp_path / "me").symlink_to("/proc/self")
+        assert _score(src, tmp_path / "out.csv", models, "--rejects", str(tmp_path / "me" / "fd" / "2")) == 2
+        assert "names an open file of this process (/proc/" in _one_line_error(capsys)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv", "me"]
+        return
     if name == "link":
         (tmp_path / "out.csv").symlink_to("/proc/self/fd/1")
         assert _score(src, tmp_path / "out.csv", models) == 2
@@ -195,6 +220,39 @@ def test_a_link_to_one_of_the_jobs_own_open_files_is_refused(trained, tmp_path, 
         assert f"{name}: names an open file of this process ({name}), which the rejects file would be renamed " \
                "onto; give the path of a file for the rejects file." in _one_line_error(capsys)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv", "out.csv"][:1 + (name == "link")]
+
+
+def test_a_file_a_standard_stream_is_redirected_to_is_refused(trained, tmp_path):
+    """``--rejects log.txt 2>> log.txt``: the rename would replace the log the job's messages go to."""
+    models, _ = trained
+    src = _write(tmp_path / "in.csv", [HEADER, GOOD[0], "a2,41,femal,yes,10"])
+    log = tmp_path / "log.txt"
+    log.write_text("an earlier line\n")
+    with open(log, "a") as err:
+        job = subprocess.run([str(Path(sys.executable).with_name("kneepain")), "score", str(src), "-o",
+                              str(tmp_path / "out.csv"), "--model", str(models), "--rejects", str(log)], stderr=err,
+                             timeout=120)
+    assert job.returncode == 2
+    assert log.read_text() == (f"an earlier line\nkneepain score: error: {log}: is the file standard error is "
+                               "redirected to, which the rejects file would be renamed onto; give the path of a file "
+                               "for the rejects file.\n")
+    assert not (tmp_path / "out.csv").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a file to another user")
+def test_a_file_root_writes_again_stays_its_owners(trained, tmp_path):
+    """A cron job run as root, scoring into a user's private files, left them root's and unreadable
+    to that user."""
+    models, _ = trained
+    src = _write(tmp_path / "in.csv", [HEADER, GOOD[0], "a2,41,femal,yes,10"])
+    out = tmp_path / "out.csv"
+    assert _score(src, out, models) == 1
+    files = [out, Path(f"{out}.rejects.csv"), Path(f"{out}.texts.csv")]
+    for path in files:
+        os.chown(path, 65534, 65534)
+        path.chmod(0o600)
+    assert _score(src, out, models) == 1
+    assert {(p.stat().st_uid, p.stat().st_gid, p.stat().st_mode & 0o7777) for p in files} == {(65534, 65534, 0o600)}
 
 
 def test_files_written_again_keep_their_permissions(trained, tmp_path):

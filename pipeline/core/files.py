@@ -193,16 +193,19 @@ def process_alive(pid: int) -> bool:
 
 
 def replace_keeping_mode(tmp: Path, path: Path, before: os.stat_result | None) -> None:
-    """Rename ``tmp`` onto ``path`` with the permissions and group ``before`` (the file that was
-    there, :func:`regular_stat`) had, as ``sed -i`` keeps them: a file a user made private
-    (``chmod 600``) stays so when a job writes it again. A group the user may not give is left
-    as made."""
+    """Rename ``tmp`` onto ``path`` with the permissions, owner and group ``before`` (the file that
+    was there, :func:`regular_stat`) had, as ``sed -i`` keeps them: a file a user made private
+    (``chmod 600``) stays so when a job writes it again, and one that root (a cron job) writes
+    again stays its owner's. An owner or group this user may not give is left as made (a user
+    can give only a group of their own)."""
     if before is not None:
         os.chmod(tmp, stat.S_IMODE(before.st_mode))
-        try:
-            os.chown(tmp, -1, before.st_gid)
-        except OSError:  # not a group of this user's
-            pass
+        for uid in (before.st_uid, -1):
+            try:
+                os.chown(tmp, uid, before.st_gid)
+                break
+            except OSError:  # not this user's to give
+                continue
     os.replace(tmp, path)
 
 

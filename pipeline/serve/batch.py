@@ -228,19 +228,19 @@ def check_target(path: Path, what: str, *, make_folders: bool = False) -> None:
 def _score_to_stream(inputs: list[str | Path], stream: BinaryIO, model: LoadedModel, *, rejects: Path,
                      chunk_rows: int, progress: bool, warn: Callable[[str], None] | None,
                      options: OutputOptions, stdin: BinaryIO | None, jobs: int) -> ScoreSummary:
-    texts_path = written_path(rejects.with_name(STREAM_TEXTS), "texts lookup") if _writes_codes(model, options) \
-        else None
-    rejects = written_path(rejects, "rejects file")
-    check_target(rejects, "rejects file")
     outputs = [("rejects file", rejects)]
-    if texts_path is not None:
-        check_target(texts_path, "texts lookup")
-        outputs.append(("texts lookup", texts_path))
-    refuse_shared_outputs(outputs)
-    # standard output redirected into an input, standard input's file or the rejects: before anything is read
+    if _writes_codes(model, options):
+        outputs.append(("texts lookup", rejects.with_name(STREAM_TEXTS)))
+    # standard output redirected into an input, standard input's file or the rejects: before anything is
+    # read, and named as such before the paths are resolved (which refuses a standard stream's file too)
     reads_stdin = any(str(p) == "-" for p in inputs)
     refuse_stdout_target(stream, [Path(p) for p in inputs if str(p) != "-"], outputs,
                          stdin=(stdin or _standard("input")) if reads_stdin else None)
+    outputs = [(what, written_path(path, what)) for what, path in outputs]
+    for what, path in outputs:
+        check_target(path, what)
+    refuse_shared_outputs(outputs)
+    rejects, texts_path = outputs[0][1], (outputs[1][1] if len(outputs) > 1 else None)
     with _stdin_spooled(inputs, stdin, outputs) as paths:
         refuse_same_file(paths, outputs)
         columns = complete_columns(paths)

@@ -146,29 +146,47 @@ def refuse_shared_outputs(outputs: Sequence[tuple[str, Path]]) -> None:
                                       "each its own path.")
 
 
-# a process's own open files, by name: /dev/stdout, /dev/fd/1, /proc/self/fd/1, /proc/1234/fd/1
-_OPEN_FILE = re.compile(r"/(?:dev/(?:fd|stdin|stdout|stderr)|proc/(?:self|thread-self|\d+)/fd)(?:/|$)")
+# a process's own open files, by name: /dev/stdout, /dev/fd/1, /proc/self/fd/1, /proc/1234/task/1234/fd/1
+_OPEN_FILE = re.compile(
+    r"/(?:dev/(?:fd|stdin|stdout|stderr)|proc/(?:self|thread-self|\d+)(?:/task/\d+)?/fd)(?:/|$)")
 _MAX_LINKS = 40  # as Linux follows at most 40 links in one path
+_STREAMS = ((1, "output"), (2, "error"))  # written to: renaming onto them loses what was written
 
 
 def written_path(path: Path, what: str) -> Path:
     """The file a job writes for ``path``: where ``path`` is a symbolic link, the file the link names
     (its folder gets the temporary file, and the rename replaces that file, not the link).
 
-    A job writes each file beside its place and renames it there, so a link to one of the job's
-    own open files (``/dev/stdout``, ``/dev/stderr``, ``/dev/fd/N``, ``/proc/self/fd/N``) would
-    have that file (the terminal's, the shell's redirection) replaced, or under root the system's
-    link itself: refused, saying to use ``-o -`` for standard output."""
+    A job writes each file beside its place and renames it there, so a name for one of the job's
+    own open files (``/dev/stdout``, ``/dev/stderr``, ``/dev/fd/N``, ``/proc/self/fd/N``, also
+    through a linked folder) would have that file (the terminal's, the shell's redirection)
+    replaced, or under root the system's link itself: refused, saying to use ``-o -`` for
+    standard output; so is any path to the file a standard stream is redirected to. A link to a
+    file of another type (``out.csv`` naming ``real.parquet``) is refused: the job would write the
+    type of one name into the other."""
+    hint = "write to standard output with `-o -`" if what == "output" else f"give the path of a file for the {what}"
     here = Path(os.path.abspath(path))
     for _ in range(_MAX_LINKS):
-        if _OPEN_FILE.match(here.as_posix()):
-            hint = "write to standard output with `-o -`" if what == "output" else f"give the path of a file for the {what}"
-            raise BatchInputError(f"{path}: names an open file of this process ({here}), which the {what} would be "
-                                  f"renamed onto; {hint}.")
+        for name in (here, Path(os.path.realpath(here.parent)) / here.name):  # /proc/self/fd by a folder's link too
+            if _OPEN_FILE.match(name.as_posix()):
+                raise BatchInputError(f"{path}: names an open file of this process ({name}), which the {what} would "
+                                      f"be renamed onto; {hint}.")
         if not here.is_symlink():
             break
         here = Path(os.path.normpath(here.parent / os.readlink(here)))
-    return Path(os.path.realpath(path)) if os.path.islink(path) else path
+    target = Path(os.path.realpath(path)) if os.path.islink(path) else path
+    for fd, stream in _STREAMS:
+        try:
+            same = os.path.samestat(os.stat(target), os.fstat(fd))
+        except OSError:  # no such file yet, or a stream that is closed
+            continue
+        if same:
+            raise BatchInputError(f"{path}: is the file standard {stream} is redirected to, which the {what} would be "
+                                  f"renamed onto; {hint}.")
+    if target is not path and target.suffix.lower() != Path(path).suffix.lower():
+        raise BatchInputError(f"{path}: is a link to {target}, a file of another type; the {what} is written in the "
+                              f"type its name says: give the file itself, or a name of its type.")
+    return target
 
 
 def lock_path(output: Path) -> Path:
