@@ -322,7 +322,7 @@ def test_a_compressed_or_misnamed_input_says_how_to_mend_it(trained, tmp_path):
     assert not (tmp_path / "o.csv").exists()
 
 
-def test_a_url_is_named_as_given_and_said_to_be_read_locally(trained, tmp_path, capsys):
+def test_a_url_is_named_as_given_and_said_to_be_read_locally(trained, tmp_path, capsys, monkeypatch):
     """``s3://bucket/cases.csv`` was "s3:/bucket/cases.csv: no such file" (a path folds the
     slashes): now named as given, with what to do."""
     models, _ = trained
@@ -332,6 +332,15 @@ def test_a_url_is_named_as_given_and_said_to_be_read_locally(trained, tmp_path, 
         assert told in capsys.readouterr().err
         with pytest.raises(BatchInputError, match=re.escape(told)):
             predict(url, model=models)
+    assert main(["score", "--engine", "dask", "s3://bucket/*.csv", "-o", str(tmp_path / "out")]) == 2  # a glob
+    assert "s3://bucket/*.csv: looks like a URL, and kneepain reads local files only" in capsys.readouterr().err
+    with pytest.raises(BatchInputError, match=re.escape("file:/data/cases.csv: a file URL; give the path itself "
+                                                        "(/data/cases.csv).")):
+        predict("file:///data/cases.csv", model=models)
+    monkeypatch.chdir(tmp_path)  # `ab:` is a local folder here: `ab:/x.csv` is its missing file, named as given
+    (tmp_path / "ab:").mkdir()
+    with pytest.raises(BatchInputError, match=re.escape("ab:/x.csv: no such file.")):
+        predict("ab:/x.csv", model=models)
     assert not (tmp_path / "o.csv").exists()
 
 

@@ -20,6 +20,7 @@ import csv
 import io
 import json
 import math
+import os
 import re
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -47,9 +48,9 @@ from pipeline.core.schema import (
     repeated_columns,
 )
 
-__all__ = ["MAX_RECORD_BYTES", "PARQUET_FIX", "BlockMismatchError", "CaseChunk", "FileBlock", "check_columns", "complete_columns",
-           "check_is_file", "csv_data_start", "file_columns", "has_case_ids", "iter_chunks", "open_parquet", "parse_read",
-           "read_case_file", "read_case_records", "unsupported_file_type"]
+__all__ = ["MAX_RECORD_BYTES", "PARQUET_FIX", "BlockMismatchError", "CaseChunk", "FileBlock", "check_columns",
+           "complete_columns", "check_is_file", "csv_data_start", "file_columns", "has_case_ids", "iter_chunks",
+           "open_parquet", "parse_read", "read_case_file", "read_case_records", "unsupported_file_type", "url_problem"]
 
 _HEADER_BYTES = 1 << 20  # a longer header is refused
 _BOM = b"\xef\xbb\xbf"  # UTF-8 byte-order mark, as Excel writes it
@@ -140,8 +141,8 @@ def _headerless(path: str | Path, names: Sequence[str]) -> BatchInputError | Non
         return None
     return BatchInputError(f"{path}: the first line, {_clip(','.join(names))!r}, names none of the columns kneepain "
                            f"reads and holds values such as {values[0].strip()!r}: the file looks saved without its "
-                           "header line. Its first line must name the columns (case_id, age, sex, ...; with pandas, "
-                           "to_csv(path, index=False) writes them).")
+                           "header line (or has a title line above it). Its first line must name the columns "
+                           "(case_id, age, sex, ...; with pandas, to_csv(path, index=False) writes them).")
 
 
 def range_index_columns(schema: pa.Schema, num_rows: int) -> list[tuple[str, int, int]]:
@@ -290,11 +291,21 @@ def check_is_file(path: Path) -> None:
             raise BatchInputError(f"{path}: is a pipe or device, not a file; kneepain reads an input file more than "
                                   "once, so save its rows to a file, or give them on standard input to the pandas "
                                   "engine (... | kneepain score - -o OUT).")
-        if (url := _URL.match(str(path))) is not None:  # Path() made s3://b/k into s3:/b/k
-            given = f"{url[1]}://{str(path)[url.end():]}"
-            raise BatchInputError(f"{given}: looks like a URL, and kneepain reads local files only; download it first "
-                                  "(for example with `aws s3 cp`, `gsutil cp` or `curl -o`) and give the file.")
-        raise BatchInputError(f"{path}: no such file.")
+        raise url_problem(path) or BatchInputError(f"{path}: no such file.")
+
+
+def url_problem(path: str | Path) -> BatchInputError | None:
+    """The error for an input that is no local file and reads as a URL (``s3://bucket/cases.csv``,
+    ``https://...``, ``file:///data/cases.csv``), named as given, or None. A path folds the
+    slashes (``s3:/bucket/...``), so ``s3:`` must not be a local folder, as ``ab:`` could be."""
+    url = _URL.match(str(path))
+    if url is None or os.path.lexists(url[1] + ":"):
+        return None
+    rest = str(path)[url.end():]
+    if url[1].lower() == "file":
+        return BatchInputError(f"{path}: a file URL; give the path itself (/{rest}).")
+    return BatchInputError(f"{url[1]}://{rest}: looks like a URL, and kneepain reads local files only; download it "
+                           "first (for example with `aws s3 cp`, `gsutil cp` or `curl -o`) and give the file.")
 
 
 def file_columns(path: str | Path) -> list[str]:

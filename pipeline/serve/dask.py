@@ -44,6 +44,7 @@ from pipeline.core.casefiles import (
     csv_data_start,
     iter_chunks,
     unsupported_file_type,
+    url_problem,
 )
 from pipeline.core.cluster import DaskJobError, gather, remove_temp_folder, task_failed, temp_folder
 from pipeline.core.errors import BatchInputError, ModelIntegrityError
@@ -209,7 +210,7 @@ def _expand_inputs(inputs: Sequence[str | Path] | str | Path) -> list[Path]:
         if any(c in text for c in "*?[") and not Path(text).is_file():  # a file's own name is taken as it is
             matches = sorted(glob.glob(text, recursive=True))
             if not matches:
-                raise BatchInputError(f"{text}: no file matches this pattern.")
+                raise url_problem(text) or BatchInputError(f"{text}: no file matches this pattern.")
             paths += [Path(m) for m in matches]
         else:
             paths.append(Path(text))
