@@ -332,7 +332,8 @@ def test_a_url_is_named_as_given_and_said_to_be_read_locally(trained, tmp_path, 
         assert told in capsys.readouterr().err
         with pytest.raises(BatchInputError, match=re.escape(told)):
             predict(url, model=models)
-    assert main(["score", "--engine", "dask", "s3://bucket/*.csv", "-o", str(tmp_path / "out")]) == 2  # a glob
+    assert main(["score", "--engine", "dask", "s3://bucket/*.csv", "-o", str(tmp_path / "out"),  # a glob
+                 "--model", str(models)]) == 2
     assert "s3://bucket/*.csv: looks like a URL, and kneepain reads local files only" in capsys.readouterr().err
     with pytest.raises(BatchInputError, match=re.escape("file:/data/cases.csv: a file URL; give the path itself "
                                                         "(/data/cases.csv).")):
