@@ -257,7 +257,10 @@ def test_floats_are_rounded_as_python_rounds_them_at_every_digit(digits):
     rng = np.random.default_rng(digits)
     values = np.concatenate([rng.random(20_000), rng.random(2_000) * 1e-4, -rng.random(500), rng.random(500) * 1e6,
                              [0.125, 2.675, 0.5, 1.5, 2.5, -0.125, 0.0, -0.0, 1e-300, 5e-324, 1.7e308,
-                              0.9999873731785001, 0.9798140340786081, 0.9938154732953417]])
+                              0.9999873731785001, 0.9798140340786081, 0.9938154732953417,
+                              # around 2**53 scaled, where a value becomes its own rounding at 16 and 17
+                              np.nextafter(2.0**53 / 1e16, 0), 2.0**53 / 1e16, 0.9007199254740993,
+                              0.0900719925474099, 2.0**52 / 1e16]])
     expected = np.array([round(v, digits) for v in values.tolist()])
     assert np.array_equal(rounded(values, digits), expected)
     special = rounded(np.array([np.nan, np.inf, -np.inf]), digits)

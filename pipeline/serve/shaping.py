@@ -171,14 +171,21 @@ def rounded(values: np.ndarray, digits: int) -> np.ndarray:
     (0.9798140340786081 at 16 gave ...082). Only those values (and scaled values of 2**52 and
     more, which have no fraction left to round) are rounded by Python, one at a time; for the
     others numpy's result is the same double (the division of a whole number below 2**53 by a
-    power of ten up to 10**22, both exact, is correctly rounded). ``digits``: 0 to 17."""
+    power of ten up to 10**22, both exact, is correctly rounded). A value whose scaled form is
+    2**53 or more is its own rounding: a step of 10**-digits is finer than the step between its
+    neighbouring doubles, so the nearest double to the rounded decimal is the value itself (most
+    probabilities at 16 and 17 digits). ``digits``: 0 to 17."""
     values = np.asarray(values)
+    nmant = np.finfo(values.dtype).nmant
     with np.errstate(invalid="ignore", over="ignore"):  # an infinity has no fraction: never doubtful
         out = np.round(values, digits)
         scaled = np.abs(values * values.dtype.type(10.0 ** digits))  # as numpy scales them, in their own type
         near_tie = np.abs(scaled - np.floor(scaled) - 0.5) <= 2 * np.spacing(scaled)
-    # beyond 2**52 (or past the largest float: 1.7e308 at 2 decimals) numpy's scaling has nothing left to round
-    doubtful = np.flatnonzero((near_tie | ~(scaled < 2.0 ** np.finfo(values.dtype).nmant)) & np.isfinite(values))
+        # with a margin for the scaling's own rounding; past the largest float too (1.7e308 at 2 decimals)
+        itself = scaled >= 2.0 ** (nmant + 1) * (1 + 2.0 ** (4 - nmant))
+    out[itself] = values[itself]
+    # from 2**52 to 2**53 numpy's scaling has nothing left to round, and the value is not yet its own rounding
+    doubtful = np.flatnonzero((near_tie | ~(scaled < 2.0 ** nmant)) & ~itself & np.isfinite(values))
     if len(doubtful):
         out[doubtful] = [round(float(v), digits) for v in values[doubtful]]
     return out
