@@ -37,10 +37,8 @@ from pipeline.core.errors import BatchInputError, CaseValidationError
 from pipeline.core.formulas import unguarded_names
 from pipeline.core.parsing import ParsedCases, parse_cases, required_columns_error, utf8_or_bytes
 from pipeline.core.schema import (
-    FIELD_NAMES,
     ID_COLUMN,
-    LABELLED_COLUMNS,
-    SEVERITY_COLUMN,
+    NAMED_COLUMNS,
     TRISTATE_NO,
     TRISTATE_YES,
     field,
@@ -126,7 +124,6 @@ def _wrong_separator(path: str | Path, names: Sequence[str]) -> BatchInputError 
                            f"{separator!r}, and kneepain reads comma-separated CSV; save it with commas.")
 
 
-_KNOWN_COLUMNS = frozenset({*FIELD_NAMES, ID_COLUMN, SEVERITY_COLUMN, *LABELLED_COLUMNS})
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 
 
@@ -134,7 +131,7 @@ def _headerless(path: str | Path, names: Sequence[str]) -> BatchInputError | Non
     """The error for a CSV saved without its header line: a first line of several fields that names
     none of the columns kneepain reads, where some of them are values a case would hold (a number,
     yes/no, true/false), or None. Such a line was reported as a header that repeats ``'false'``."""
-    if len(names) < 2 or any(normalise_header(n) in _KNOWN_COLUMNS for n in names):
+    if len(names) < 2 or any(normalise_header(n) in NAMED_COLUMNS for n in names):
         return None
     values = [n for n in names if _NUMBER.fullmatch(n.strip()) or n.strip().lower() in TRISTATE_YES | TRISTATE_NO]
     if not values:

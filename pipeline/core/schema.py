@@ -18,6 +18,7 @@ __all__ = [
     "CONDITION_LABELS",
     "FIELDS",
     "FIELD_NAMES",
+    "NAMED_COLUMNS",
     "SCHEMA_VERSION",
     "SEX_MALE",
     "TRISTATE_NO",
@@ -233,8 +234,8 @@ def top_k_problem(top_k: Any) -> str | None:
 
 REFERENCE_COLUMN = "reference_level"  # a clinician's triage level of a labelled case
 LABELLED_COLUMNS = (LABEL_COLUMN, REFERENCE_COLUMN)  # what labelled cases add to the case fields
-# the names a header's words are joined to match (:func:`normalise_header`)
-_NAMED_COLUMNS = frozenset({*FIELD_NAMES, ID_COLUMN, LABEL_COLUMN, SEVERITY_COLUMN, REFERENCE_COLUMN})
+# every column the project reads by name; a header's words are joined to match them (:func:`normalise_header`)
+NAMED_COLUMNS = frozenset({*FIELD_NAMES, ID_COLUMN, LABEL_COLUMN, SEVERITY_COLUMN, REFERENCE_COLUMN})
 _BETWEEN_WORDS = re.compile(r"[\s-]+")
 
 
@@ -247,7 +248,7 @@ def normalise_header(name: object) -> str:
     ``Follow up`` stay two columns)."""
     folded = str(name).lstrip("\ufeff").strip().lower()
     joined = _BETWEEN_WORDS.sub("_", folded)
-    return joined if joined in _NAMED_COLUMNS else folded
+    return joined if joined in NAMED_COLUMNS else folded
 
 
 def first_spellings(column_lists) -> dict[str, str]:
