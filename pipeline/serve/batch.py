@@ -131,16 +131,11 @@ def score_files(inputs: list[str | Path], output: str | Path, model: LoadedModel
     output = Path(output)
     if output.suffix.lower() not in (".csv", ".parquet"):
         raise BatchInputError(f"{output}: unsupported output type {output.suffix!r}; expected .csv or .parquet.")
-    # each beside the name given (a link's own folder), then written through a link to the file it names
-    rejects_path, lookup = written_path(rejects_file(output, rejects), "rejects file"), written_path(
-        texts_lookup(output), "texts lookup")
-    output = written_path(output, "output")
-    check_target(output, "output")
-    check_target(rejects_path, "rejects file")
-    check_target(lookup, "texts lookup")
-    # the lookup is written, or an earlier run's removed: either way it is no other output's file
-    outputs = [("output", output), ("rejects file", rejects_path), ("texts lookup", lookup)]
-    refuse_shared_outputs(outputs)
+    # the rejects file and lookup are named beside the output's name as given (a link's own folder); the
+    # lookup is written, or an earlier run's removed: either way it is no other output's file
+    outputs = _written_targets([("output", output), ("rejects file", rejects_file(output, rejects)),
+                                ("texts lookup", texts_lookup(output))])
+    output, rejects_path, lookup = (path for _, path in outputs)
     with _stdin_spooled(inputs, stdin, outputs) as paths:
         refuse_same_file(paths, outputs)
         columns = complete_columns(paths)  # every input readable and complete before anything is written
@@ -195,6 +190,17 @@ def _write_lookup(tmp: Path, data: bytes, lookup: Path, *, rename: bool) -> None
         raise BatchInputError(f"{lookup}: cannot write the texts lookup: {err.strerror or err}.") from err
 
 
+def _written_targets(outputs: list[tuple[str, Path]]) -> list[tuple[str, Path]]:
+    """A job's files to write (``(what, path)``), each as it is written (:func:`written_path`:
+    through a link, to the file it names), each refused if it cannot be (:func:`check_target`),
+    and two that are one file refused: all before any row is read."""
+    written = [(what, written_path(path, what)) for what, path in outputs]
+    for what, path in written:
+        check_target(path, what)
+    refuse_shared_outputs(written)
+    return written
+
+
 def check_target(path: Path, what: str, *, make_folders: bool = False) -> None:
     """Refuse, before any row is read (or made), a file to write that is a folder, that is there
     and is no regular file (a device such as /dev/null, a pipe, a link to one: the file is written
@@ -236,10 +242,7 @@ def _score_to_stream(inputs: list[str | Path], stream: BinaryIO, model: LoadedMo
     reads_stdin = any(str(p) == "-" for p in inputs)
     refuse_stdout_target(stream, [Path(p) for p in inputs if str(p) != "-"], outputs,
                          stdin=(stdin or _standard("input")) if reads_stdin else None)
-    outputs = [(what, written_path(path, what)) for what, path in outputs]
-    for what, path in outputs:
-        check_target(path, what)
-    refuse_shared_outputs(outputs)
+    outputs = _written_targets(outputs)
     rejects, texts_path = outputs[0][1], (outputs[1][1] if len(outputs) > 1 else None)
     with _stdin_spooled(inputs, stdin, outputs) as paths:
         refuse_same_file(paths, outputs)
