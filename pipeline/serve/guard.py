@@ -177,10 +177,10 @@ def written_path(path: Path, what: str) -> Path:
     target = Path(os.path.realpath(path)) if os.path.islink(path) else path
     for fd, stream in _STREAMS:
         try:
-            same = os.path.samestat(os.stat(target), os.fstat(fd))
-        except OSError:  # no such file yet, or a stream that is closed
+            redirected = os.fstat(fd)
+        except OSError:  # a stream that is closed
             continue
-        if same:
+        if _is_file(target, redirected):
             raise BatchInputError(f"{path}: is the file standard {stream} is redirected to, which the {what} would be "
                                   f"renamed onto; {hint}.")
     if target is not path and target.suffix.lower() != Path(path).suffix.lower():
