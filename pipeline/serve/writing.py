@@ -233,11 +233,12 @@ def encode_csv(table: pa.Table, shape: Callable[[pa.Table], pa.Table] | None = N
     if header:  # input column names are the user's text too (rejects, --keep-input-columns)
         table = table.rename_columns(guarded_names(table.column_names))
     table = csv_safe(table)
-    if table.num_rows:
-        # Arrow's CSV writer writes a stale (without a header, uninitialised) buffer for a table
-        # whose first record batch is empty (apache/arrow#36889): a column in chunks, the first
-        # one empty, made a rejects file's row into 49 kB of NUL bytes. Rows are what is written.
-        table = pa.Table.from_batches([b for b in table.to_batches() if b.num_rows], schema=table.schema)
+    # Arrow's CSV writer writes a stale (without a header, uninitialised) buffer for a table whose
+    # first record batch is empty (apache/arrow#36889): a column in chunks, the first one empty,
+    # made a rejects file's row into 49 kB of NUL bytes. Rebuilt of its rows only where it has one.
+    batches = table.to_batches()
+    if table.num_rows and any(not b.num_rows for b in batches):
+        table = pa.Table.from_batches([b for b in batches if b.num_rows], schema=table.schema)
     sink = pa.BufferOutputStream()
     pacsv.write_csv(table, sink, pacsv.WriteOptions(include_header=header))
     return sink.getvalue()
