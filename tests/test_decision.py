@@ -15,7 +15,7 @@ from pipeline.decision.atypical import fit_atypical, flag_atypical
 from pipeline.decision.conformal import blank_at_random, credible_sets, fit_conformal, prediction_sets, set_cells
 from pipeline.decision.layer import decision_columns, driving_condition, with_driving_condition
 from pipeline.decision.safety import SafetyNet
-from pipeline.decision.screen import answer_matches, rule_counts, rule_fires
+from pipeline.decision.screen import CountTable, answer_matches, rule_counts, rule_fires
 from pipeline.decision.triage import FIRST_RULE_REASON, cost_levels, expected_cost_levels, red_flags, triage_levels
 
 DVT = CONDITIONS.index("dvt")
@@ -616,9 +616,34 @@ def _assert_ask_next_as_defined(cfg, net, screen, kb, *, seed, blank, atypical_e
         assert any(expected)  # the comparison covers cases with questions to ask
 
 
+def _assert_counts_by_table_as_by_rule(net, kb):
+    """The counts a ``predict()`` of a few cases looks up (:class:`CountTable`) are each rule's
+    :func:`rule_counts`: on generated cases, whole and blanked, and on edge rows (an age or a
+    duration at a rule's bound or unknown, a male, whose unanswered pregnancy counts as "no")."""
+    parsed = parse_cases(generate_cases(kb, 400, seed=21))
+    blanked = blank_at_random(parsed, 0.6, seed=22)
+    edges = {**{k: v[:6].copy() for k, v in blanked.codes.items()}}
+    edges["age"][:] = [55, 54, np.nan, 12, 100, 55]
+    edges["symptom_duration_days"][:] = [7, 7.5, np.nan, 0.001, 6.999, np.nan]
+    edges["sex"][:] = [0, 1, 0, 1, 0, 1]
+    edges["pregnant"][:] = UNKNOWN
+    for codes in (parsed.codes, blanked.codes, edges):
+        by_rule = np.stack([rule_counts(r.all, r.any, codes) for r in net.rules], axis=-1)
+        for few in (1, 10**9):  # rule by rule, then looked up
+            got = CountTable([(r.all, r.any) for r in net.rules], few=few).counts(codes)
+            assert got.dtype == np.int8 and got.flags.c_contiguous
+            np.testing.assert_array_equal(got, by_rule)
+        assert (by_rule != 0).any()
+
+
+def test_counts_by_table_are_each_rules_counts(net, kb):
+    _assert_counts_by_table_as_by_rule(net, kb)
+
+
 def test_ask_next_matches_its_definition_under_rules_that_match_unknown_and_share_fields(cfg, kb):
     """Rules the shipped screen does not have: a yes/no or category answer of "unknown", a field in
-    both ``all`` and ``any``, a rule without ``any``. Answering such a field changes each count in
+    both ``all`` and ``any``, a rule without ``any``, a number in both that unknown does not match,
+    an answer that steps towards two same-day rules. Answering such a field changes each count in
     either direction; ask_next still gives what triaging each variant in full gives."""
     def rule(name, level, all_, any_=None):
         return {"name": name, "rule_out": name, "level": level, "all": all_, "any": any_ or {}, "reason": "a test rule",
@@ -629,9 +654,13 @@ def test_ask_next_matches_its_definition_under_rules_that_match_unknown_and_shar
              {"skin_red": ["yes"], "calf_tenderness": ["yes", "unknown"]}),
         rule("unknown_fall", "see_doctor_soon", {"injury_event": ["fall_onto_knee", "unknown"]}),
         rule("no_pop", "emergency", {"heard_pop": ["no"]}, {"giving_way": ["unknown"], "fever": ["yes"]}),
+        rule("old_short", "see_doctor_soon", {"age": [">=60"], "symptom_duration_days": ["<=3"]},
+             {"age": [">=80"], "fever": ["yes"]}),
+        rule("hot_calf", "emergency", {"skin_warm": ["yes"]}, {"fever": ["yes"], "calf_tenderness": ["yes"]}),
     ]})
     net = SafetyNet(cfg, screen, kb)
     _assert_ask_next_as_defined(cfg, net, screen, kb, seed=12, blank=0.6, atypical_every=5, block_rows=61)
+    _assert_counts_by_table_as_by_rule(net, kb)
     codes = parse_cases(generate_cases(kb, 5, seed=1)).codes
     with pytest.raises(ValueError, match="counts has shape"):  # another batch's counts
         net.ask_next(_dvt_at(0.2, 5), codes, np.zeros(5, dtype=np.int8), np.zeros(5, dtype=bool), net.fires(codes),

@@ -36,7 +36,7 @@ from pipeline.core.textcols import join_ranked
 from pipeline.core.wording import question
 from pipeline.decision.conformal import known_share
 from pipeline.decision.costs import cost_levels_of_columns
-from pipeline.decision.screen import answer_matches, rule_counts, rule_fires, rule_open, state_of_counts
+from pipeline.decision.screen import CountTable, answer_matches, rule_fires, rule_open, state_of_counts
 
 __all__ = ["Rule", "SafetyNet", "answer_likelihoods", "per_rule", "rules_of"]
 
@@ -111,6 +111,7 @@ class SafetyNet:
                                              if field(n).kind in ("tristate", "category") and n != "pregnant"))
         self.likelihood = {n: answer_likelihoods(kb, n) for n in self.candidates}
         self.questions = [question(n) for n in self.candidates]
+        self._count_table = CountTable([(r.all, r.any) for r in self.rules])
         self._rule_levels = np.array([r.level for r in self.rules], dtype=np.int8)
         self._has_any = np.array([bool(r.any) for r in self.rules], dtype=bool)
         # per "no" field, the same-day rules that ask it
@@ -141,11 +142,14 @@ class SafetyNet:
         self._same_day_needs = [(k, np.flatnonzero(unpacked[:, k, 0] < 0)) for k in same_day_rules]
         # per same-day screen rule (a condition outside the nine, whose likelihoods say nothing of
         # its signs), the pairs that step towards it, their count changes, and its `all` fields' number
-        self._screen_steps = []
-        for k in same_day_rules:
-            if k >= len(cfg.red_flags):
-                stepping = np.flatnonzero((unpacked[:, k, 0] < 0) | (unpacked[:, k, 1] > 0))
-                self._screen_steps.append((k, stepping, unpacked[stepping, k], len(self.rules[k].all)))
+        # (the steps, each a (rule, pair), sorted by pair, and where each pair's steps start)
+        steps = sorted((int(pair), k) for k in same_day_rules if k >= len(cfg.red_flags)
+                       for pair in np.flatnonzero((unpacked[:, k, 0] < 0) | (unpacked[:, k, 1] > 0)))
+        step_pair = np.array([pair for pair, _ in steps], dtype=np.intp)
+        self._step_rule = np.array([k for _, k in steps], dtype=np.intp)
+        self._step_change = unpacked[step_pair, self._step_rule].astype(np.int16).T.reshape(4, 1, len(steps))
+        self._step_all = np.array([len(self.rules[k].all) for k in self._step_rule], dtype=np.int16)
+        self._step_pairs, self._step_starts = np.unique(step_pair, return_index=True)
         # per pair, its candidate's column among the "no" fields (-1: not one of them)
         self._pair_no_field = np.array([self.no_fields.index(self.candidates[j]) if self.candidates[j] in self.no_fields
                                         else -1 for j, _ in pairs], dtype=np.int64)
@@ -163,9 +167,7 @@ class SafetyNet:
 
     def counts(self, codes: dict[str, np.ndarray]) -> np.ndarray:
         """(4, n_cases, n_rules) int8: each rule's :func:`pipeline.decision.screen.rule_counts`."""
-        if not self.rules:
-            return np.zeros((4, len(codes["age"]), 0), dtype=np.int8)
-        return np.stack([rule_counts(r.all, r.any, codes) for r in self.rules], axis=-1)
+        return self._count_table.counts(codes)
 
     def fires_and_open(self, codes: dict[str, np.ndarray], counts: np.ndarray | None = None
                        ) -> tuple[np.ndarray, np.ndarray]:
@@ -324,20 +326,22 @@ class SafetyNet:
         an answer is asked however unlikely the nine conditions make it: the screen is there for
         conditions the model does not know."""
         completes = np.zeros((len(self._pair_candidate), counts.shape[1]), dtype=bool)
-        for k, pairs, change, n_all in self._screen_steps:
-            case = counts[:, :, k].astype(np.int16)
-            in_part = (n_all - case[0] + case[1]) > 0
-            for pair, d in zip(pairs, change):
-                fires = (case[0] + d[0] == 0) & ((case[1] + d[1] > 0) | ~self._has_any[k])
-                completes[pair] |= in_part & fires
+        if not len(self._step_rule):
+            return completes
+        case = counts[:2].take(self._step_rule, axis=2).astype(np.int16)  # (2, n_cases, n_steps)
+        in_part = (self._step_all - case[0] + case[1]) > 0
+        fires = (case[0] + self._step_change[0] == 0) & ((case[1] + self._step_change[1] > 0)
+                                                         | ~self._has_any[self._step_rule])
+        # a pair completes a rule if one of its steps does
+        completes[self._step_pairs] = np.logical_or.reduceat(in_part & fires, self._step_starts, axis=1).T
         return completes
 
     def _levels_without(self, fires: np.ndarray) -> np.ndarray:
         """(n_ask_sets, n_cases): the highest level among the rules that fire and are not in the set
         of rules that ask a candidate (-1 when none), for each distinct such set (a candidate's:
         ``_pair_ask_set``). Rules by row, so each maximum runs along the cases."""
-        levels = np.where(fires.T, self._rule_levels[:, None], -1).astype(np.int8)
-        return np.stack([levels[~asks].max(axis=0, initial=-1) for asks in self._ask_sets]).reshape(-1, len(fires))
+        levels = np.where(fires.T, self._rule_levels[:, None], -1).astype(np.int8)  # (rule, case)
+        return np.where(self._ask_sets[:, :, None], np.int8(-1), levels[None]).max(axis=1, initial=-1)
 
     def _variant_levels(self, columns: np.ndarray, codes: dict[str, np.ndarray], case: np.ndarray, rows: np.ndarray,
                         pair: np.ndarray, atypical: np.ndarray, others: np.ndarray) -> np.ndarray:
@@ -359,23 +363,20 @@ class SafetyNet:
         n_rules = len(self.rules)
         by_case_rule = _packed(case.transpose(1, 2, 0).reshape(-1, 4))
 
-        def asking_state(v: np.ndarray, slot: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-            """For variants ``v``, the state of their question's ``slot``-th asking rule: (where
-            in ``v`` there is one, which rule, fires, open)."""
-            k = self._asking_slots[slot, which[v]]
-            at = np.flatnonzero(k >= 0)
-            k = k[at]
-            counts = (_unpacked(by_case_rule.take(rows[v[at]] * n_rules + k))
-                      + _unpacked(self._pair_counts.take(pair[v[at]] * n_rules + k)))
-            return (at, k, *state_of_counts(counts.T, self._has_any[k]))
+        def asking_state(v: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            """(fires, open) of rule ``k[i]`` for variant ``v[i]``, one of the rules that ask its question."""
+            counts = (_unpacked(by_case_rule.take(rows[v] * n_rules + k))
+                      + _unpacked(self._pair_counts.take(pair[v] * n_rules + k)))
+            return state_of_counts(counts.T, self._has_any[k])
 
         same_day = np.flatnonzero(level == _EMERGENCY)
         if len(same_day):
             # the case's open rules, with those asking the new answer taken from the variant's counts
             opened = state_of_counts(case, self._has_any)[1][rows[same_day]]
-            for slot in range(len(self._asking_slots)):
-                at, k, _, open_ = asking_state(same_day, slot)
-                opened[at, k] = open_
+            asking = self._asking_slots[:, which[same_day]]  # (slot, variant): the rules asking its question
+            slot, at = np.nonzero(asking >= 0)
+            k = asking[slot, at]
+            opened[at, k] = asking_state(same_day[at], k)[1]  # a variant's asking rules are distinct
             # a variant has one more answer than its case, so it never rests on age and sex alone
             hide = unanswered_matrix(codes, self.no_fields)[rows[same_day]]
             now_answered = self._pair_no_field[pair[same_day]]
@@ -387,13 +388,12 @@ class SafetyNet:
             level[soft] = LEVELS.index(cfg.uncertain.level)
         level = np.where(atypical[rows], np.maximum(level, LEVELS.index(cfg.atypical.min_level)), level)
         level = np.maximum(level, others)
-        for slot in range(len(self._asking_slots)):
-            # only where the slot's rule would raise the level: a rule at or below it changes nothing
-            k = self._asking_slots[slot, which]
-            below = np.flatnonzero((k >= 0) & (self._rule_levels[k] > level))
-            at, k, fires, _ = asking_state(below, slot)
-            hit = below[at[fires]]
-            level[hit] = np.maximum(level[hit], self._rule_levels[k[fires]])
+        # the asking rules that fire raise the level to theirs (looked at only where one would raise it)
+        asking = self._asking_slots[:, which]
+        slot, v = np.nonzero((asking >= 0) & (self._rule_levels[asking] > level))
+        k = asking[slot, v]
+        fires = asking_state(v, k)[0]
+        np.maximum.at(level, v[fires], self._rule_levels[k[fires]])  # the highest, where several fire
         return level.astype(np.int8)
 
 

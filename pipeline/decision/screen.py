@@ -18,8 +18,8 @@ from pipeline.core.parsing import unanswered
 from pipeline.core.schema import SEX_MALE, UNKNOWN, field
 from pipeline.core.textcols import join_ranked
 
-__all__ = ["answer_matches", "rule_counts", "rule_fires", "rule_open", "rule_state", "screen_matches", "screen_names",
-           "state_of_counts"]
+__all__ = ["CountTable", "answer_matches", "rule_counts", "rule_fires", "rule_open", "rule_state", "screen_matches",
+           "screen_names", "state_of_counts"]
 
 
 @cache
@@ -85,6 +85,69 @@ def rule_counts(all_: dict[str, list[str]], any_: dict[str, list[str]],
         out[1] += hit
         out[3] += hit | unanswered(name, codes)
     return out
+
+
+class CountTable:
+    """:func:`rule_counts` of several rules at once, looked up rather than matched: each yes/no or
+    category answer's contribution to every rule's counts is found once, here, and a case's
+    counts are the sum of its answers' rows (numbers, such as an age bound, are matched as
+    :func:`rule_counts` matches them). The same counts in a few array operations, where matching
+    rule by rule takes some twenty per rule: for the few cases of a ``predict()`` call; a large
+    block's lookups would hold a row per answered field and case, so :meth:`counts` takes the rules
+    one at a time from ``few`` cases on."""
+
+    def __init__(self, rules: list[tuple[dict[str, list[str]], dict[str, list[str]]]], few: int = 64):
+        self.rules, self.few = rules, few
+        n_rules = len(rules)
+        names = list(dict.fromkeys(n for all_, any_ in rules for n in [*all_, *any_]))
+        self._coded = [n for n in names if field(n).kind not in ("integer", "float")]
+        # (rule, field, answers, whether in `all`) of each number a rule matches
+        self._numbers = [(k, name, answers, in_all) for k, (all_, any_) in enumerate(rules)
+                         for part, in_all in ((all_, True), (any_, False)) for name, answers in part.items()
+                         if field(name).kind in ("integer", "float")]
+        blocks: list[np.ndarray] = []
+        offsets: list[int] = []
+        for name in self._coded:
+            f = field(name)
+            answers = [*range(2 if f.kind == "tristate" else len(f.allowed)), UNKNOWN]  # the unknown code's row last
+            block = np.zeros((len(answers), 4, n_rules), dtype=np.int8)
+            for k, (all_, any_) in enumerate(rules):
+                for i, code in enumerate(answers):
+                    if name in all_:
+                        hit = answer_matches(name, all_[name], code)
+                        block[i, 0, k] += not hit
+                        block[i, 2, k] += not (hit or code == UNKNOWN)
+                    if name in any_:
+                        hit = answer_matches(name, any_[name], code)
+                        block[i, 1, k] += hit
+                        block[i, 3, k] += hit or code == UNKNOWN
+            offsets.append(sum(len(b) for b in blocks))
+            blocks.append(block.reshape(len(answers), 4 * n_rules))
+        self._table = np.concatenate(blocks) if blocks else np.zeros((0, 4 * n_rules), dtype=np.int8)
+        self._offset = np.array(offsets, dtype=np.intp)[:, None]
+        self._unknown_row = np.array([o + len(b) - 1 for o, b in zip(offsets, blocks)], dtype=np.intp)[:, None]
+        self._pregnant = self._coded.index("pregnant") if "pregnant" in self._coded else None
+
+    def counts(self, codes: dict[str, np.ndarray]) -> np.ndarray:
+        """(4, n_cases, n_rules) int8: each rule's :func:`rule_counts`."""
+        n, n_rules = len(codes["age"]), len(self.rules)
+        if n >= self.few or not self._coded:
+            return np.stack([rule_counts(all_, any_, codes) for all_, any_ in self.rules], axis=-1) if n_rules \
+                else np.zeros((4, n, 0), dtype=np.int8)
+        answer = np.stack([codes[name] for name in self._coded]).astype(np.intp)  # (fields, cases)
+        if self._pregnant is not None:  # as _pregnancy_as_known: a male's "no"
+            answer[self._pregnant] = np.where(codes["sex"] == SEX_MALE, _NOT_PREGNANT, answer[self._pregnant])
+        rows = np.where(answer == UNKNOWN, self._unknown_row, answer + self._offset)
+        out = self._table.take(rows, axis=0).sum(axis=0, dtype=np.int8).reshape(n, 4, n_rules)
+        for k, name, answers, in_all in self._numbers:
+            hit = _matches(name, answers, codes)
+            if in_all:
+                out[:, 0, k] += ~hit
+                out[:, 2, k] += ~(hit | unanswered(name, codes))
+            else:
+                out[:, 1, k] += hit
+                out[:, 3, k] += hit | unanswered(name, codes)
+        return np.ascontiguousarray(out.transpose(1, 0, 2))
 
 
 _NOT_PREGNANT = 0  # the tri-state code of "no"
