@@ -8,6 +8,7 @@ for its help without loading the scientific stack.
 
 from __future__ import annotations
 
+import functools
 import operator
 import re
 from dataclasses import dataclass
@@ -246,9 +247,17 @@ def normalise_header(name: object) -> str:
     ``foot-cold-or-pale`` are ``foot_cold_or_pale``: such a header read as no field would leave its
     answers unknown, a red flag among them). Other columns keep their words (``Follow-up`` and
     ``Follow up`` stay two columns)."""
+    return _normalised_text(name) if type(name) is str else _normalised(name)
+
+
+def _normalised(name: object) -> str:
     folded = str(name).lstrip("\ufeff").strip().lower()
     joined = _BETWEEN_WORDS.sub("_", folded)
     return joined if joined in NAMED_COLUMNS else folded
+
+
+# a request or a file names the same few dozen columns again and again (each call of predict() folds them)
+_normalised_text = functools.lru_cache(maxsize=4096)(_normalised)
 
 
 def first_spellings(column_lists) -> dict[str, str]:

@@ -194,8 +194,7 @@ class SafetyNet:
             log_p = log_p.astype(np.float64, copy=False)
             by_field = np.ascontiguousarray(hide.T)
         for k in hidden:  # in field order; a field adds nothing where it is not hidden
-            at = np.flatnonzero(by_field[k])
-            log_p[:, at] += self.log_no[self.no_fields[k]][:, None]
+            np.add(log_p, self.log_no[self.no_fields[k]][:, None], out=log_p, where=by_field[k])
         p_no = np.exp(log_p - log_p.max(axis=0, keepdims=True))  # unnormalised: the level is scale-free
         return cost_level_of_columns(p_no) < _EMERGENCY
 
