@@ -137,6 +137,21 @@ def test_callers_frame_is_not_modified(trained):
     pd.testing.assert_frame_equal(frame, before)
 
 
+def test_each_result_is_its_own_frame(trained):
+    """Results share no labels or values a caller can change: naming one's columns or writing into
+    one leaves the next result as it would be."""
+    models, _ = trained
+    case = {"age": 70, "sex": "female", "leg_swelling": "yes"}
+    first = predict(case, model=models)
+    expected = first.copy()
+    first.columns.name = "field"
+    first.loc[0, "p_dvt"] = -1.0
+    first.loc[0, "triage"] = "changed"
+    again = predict(case, model=models)
+    assert again.columns.name is None
+    pd.testing.assert_frame_equal(again, expected, check_exact=True)
+
+
 def test_unknown_columns_warn_once(trained):
     models, _ = trained
     with pytest.warns(UserWarning, match="ignoring columns that are not case fields: notes, clinic") as record:

@@ -347,3 +347,15 @@ def test_an_infinite_number_is_not_called_out_of_range(value, reason):
     frame = pd.DataFrame({"age": 50, "sex": "female", "symptom_duration_days": pd.Series([value], dtype=object)})
     parsed = parse_cases(frame, raise_on_error=False)
     assert parsed.errors["reason"].tolist() == [f"{reason}; allowed: a number >= 0"]
+
+
+def test_code_rows_are_the_fields_codes_stacked():
+    from pipeline.core.parsing import code_rows
+
+    codes = {"a": np.array([1, -1, 0], dtype=np.int8), "b": np.array([0, 1, -1], dtype=np.int8),
+             "c": np.array([1.5, np.nan, 2.0])}
+    for names in (["a"], ["b", "a"], ["a", "c"]):
+        got, expected = code_rows(codes, names), np.stack([codes[k] for k in names])
+        assert got.dtype == expected.dtype
+        np.testing.assert_array_equal(got, expected)
+    assert code_rows({k: v[:0] for k, v in codes.items()}, ["a", "b"]).shape == (2, 0)

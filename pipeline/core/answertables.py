@@ -17,8 +17,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
+
+from pipeline.core.parsing import code_rows
 
 __all__ = ["AnswerTables", "answer_tables"]
 
@@ -49,6 +52,8 @@ class AnswerTables:
         n = len(next(iter(codes.values()))) if codes else 0
         if not self.groups:
             return np.zeros((n, self.width))
+        if n <= _FEW:
+            return self._few(codes)
         out = np.empty((n, self.width))
         rows = np.empty_like(out) if len(self.groups) > 1 else out  # one buffer for the other groups' rows
         for g, group in enumerate(self.groups):
@@ -61,6 +66,34 @@ class AnswerTables:
             if g:
                 out += rows
         return out
+
+
+    @cached_property
+    def _joined(self) -> tuple[tuple[str, ...], np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Every group at once: the fields, their strides, where each group's fields start, each
+        group's table length and its first row in the tables stacked, and the stacked tables."""
+        sizes = [len(g.names) for g in self.groups]
+        lengths = [len(g.table) for g in self.groups]
+        return (tuple(name for g in self.groups for name in g.names),
+                np.array([s for g in self.groups for s in g.strides], dtype=np.intp)[:, None],
+                np.cumsum([0, *sizes[:-1]]), np.array(lengths, dtype=np.intp)[:, None],
+                np.cumsum([0, *lengths[:-1]])[:, None], np.concatenate([g.table for g in self.groups]))
+
+    def _few(self, codes: dict[str, np.ndarray]) -> np.ndarray:
+        """:meth:`sum` for a few cases: every group's row index in a few array operations, one
+        gather, and the groups' rows added in group order (the same bits: each case's sum is its
+        own rows', added in the same order)."""
+        names, strides, starts, lengths, offsets, table = self._joined
+        digits = code_rows(codes, names).astype(np.intp) * strides
+        # "wrap" as in sum: a negative index taken modulo the group's table length
+        rows = table.take(np.add.reduceat(digits, starts, axis=0) % lengths + offsets, axis=0)
+        out = rows[0].copy()
+        for more in rows[1:]:
+            out += more
+        return out
+
+
+_FEW = 64  # from this many cases, each group's rows are gathered in turn (a few cases' joint gather is 5x faster)
 
 
 def answer_tables(tables: Sequence[tuple[str, np.ndarray]], max_rows: int = MAX_JOINT_ROWS) -> AnswerTables:

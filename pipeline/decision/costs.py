@@ -21,9 +21,11 @@ def cost_levels(cfg: TriageConfig, proba: np.ndarray) -> np.ndarray:
     return cost_levels_of_columns(cfg, np.asarray(proba).T)
 
 
-def cost_levels_of_columns(cfg: TriageConfig, columns: np.ndarray) -> np.ndarray:
-    """:func:`cost_levels` of probabilities given by condition, ``proba.T`` (n_conditions, n)."""
-    expected = dot_exact_columns(columns, cost_matrix(cfg).T)  # (n_levels, n): no BLAS, the same level in every process
+def cost_levels_of_columns(cfg: TriageConfig, columns: np.ndarray, costs: np.ndarray | None = None) -> np.ndarray:
+    """:func:`cost_levels` of probabilities given by condition, ``proba.T`` (n_conditions, n)
+    (``costs``: ``cost_matrix(cfg).T``, if the caller keeps it)."""
+    costs = cost_matrix(cfg).T if costs is None else costs
+    expected = dot_exact_columns(columns, costs)  # (n_levels, n): no BLAS, the same level in every process
     # from the most urgent level down, a level replaces the best so far only if strictly cheaper
     # (np.argmin over four columns per row took three times as long)
     level = np.full(expected.shape[1], len(LEVELS) - 1, dtype=np.int8)

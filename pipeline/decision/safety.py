@@ -35,7 +35,7 @@ from pipeline.core.schema import SYMPTOMS, UNKNOWN, field
 from pipeline.core.textcols import join_ranked
 from pipeline.core.wording import question
 from pipeline.decision.conformal import known_share
-from pipeline.decision.costs import cost_levels_of_columns
+from pipeline.decision.costs import cost_levels_of_columns, cost_matrix
 from pipeline.decision.screen import CountTable, answer_matches, rule_fires, rule_open, state_of_counts
 
 __all__ = ["Rule", "SafetyNet", "answer_likelihoods", "per_rule", "rules_of"]
@@ -112,6 +112,7 @@ class SafetyNet:
         self.likelihood = {n: answer_likelihoods(kb, n) for n in self.candidates}
         self.questions = [question(n) for n in self.candidates]
         self._count_table = CountTable([(r.all, r.any) for r in self.rules])
+        self._costs = cost_matrix(cfg).T  # as cost_levels_of_columns takes it
         self._rule_levels = np.array([r.level for r in self.rules], dtype=np.int8)
         self._has_any = np.array([bool(r.any) for r in self.rules], dtype=bool)
         # per "no" field, the same-day rules that ask it
@@ -139,7 +140,9 @@ class SafetyNet:
         # fire without
         unpacked = _unpacked(self._pair_counts).reshape(len(pairs), len(self.rules), 4)
         same_day_rules = [k for k, r in enumerate(self.rules) if r.level == _EMERGENCY]
-        self._same_day_needs = [(k, np.flatnonzero(unpacked[:, k, 0] < 0)) for k in same_day_rules]
+        # (as a 0/1 matrix, (pair, same-day rule), and those rules' indices)
+        self._same_day_rules = np.array(same_day_rules, dtype=np.intp)
+        self._same_day_needs = (unpacked[:, same_day_rules, 0] < 0).astype(np.uint8).reshape(len(pairs), -1)
         # per same-day screen rule (a condition outside the nine, whose likelihoods say nothing of
         # its signs), the pairs that step towards it, their count changes, and its `all` fields' number
         # (the steps, each a (rule, pair), sorted by pair, and where each pair's steps start)
@@ -156,6 +159,10 @@ class SafetyNet:
         # candidates that ask the same rules share the level of the rules that do not ask them
         self._ask_sets, ask_set_of = np.unique(self._asks, axis=0, return_inverse=True)
         self._pair_ask_set = np.ravel(ask_set_of)[self._pair_candidate]  # per pair, its candidate's set
+
+    def cost_levels(self, proba: np.ndarray) -> np.ndarray:
+        """:func:`pipeline.decision.costs.cost_levels` under this net's triage configuration."""
+        return cost_levels_of_columns(self.cfg, np.asarray(proba).T, self._costs)
 
     def open_rules(self, codes: dict[str, np.ndarray]) -> np.ndarray:
         """(n_cases, n_rules): which rules the unanswered questions could still fire."""
@@ -245,8 +252,8 @@ class SafetyNet:
         keep_ = np.zeros((n, top), dtype=bool)
         for start in range(0, n, block_rows):
             b = slice(start, start + block_rows)
-            change, same_day, needs = self._level_changes(
-                proba[b], {k: v[b] for k, v in codes.items()}, level[b], atypical[b], fires[b], counts[:, b])
+            block = codes if n <= block_rows else {k: v[b] for k, v in codes.items()}  # (one block: the codes as they are)
+            change, same_day, needs = self._level_changes(proba[b], block, level[b], atypical[b], fires[b], counts[:, b])
             # rounded, so that equal chances rank in the questions' order rather than by the last
             # bits of their sums (a question that changes the level on either answer has a chance
             # of 1 give or take a rounding error). Chances are at most 1: a question that changes
@@ -288,13 +295,11 @@ class SafetyNet:
         # leaves open (by pair, then case), and by question, then case, their summed probability
         below = level < _EMERGENCY
         open_ = state_of_counts(counts, self._has_any)[1]
-        needed = np.zeros_like(plausible)
-        for k, pairs in self._same_day_needs:
-            needed[pairs] |= open_[:, k] & below
-        needed &= plausible
+        waiting = (open_.take(self._same_day_rules, axis=1) & below[:, None]).astype(np.uint8)  # (case, rule)
+        needed = ((self._same_day_needs @ waiting.T) > 0) & plausible  # needed by any such rule
         needs_t = np.zeros((len(self.candidates), len(proba)))
-        for pair_row in np.flatnonzero(needed.any(axis=1)):
-            needs_t[self._pair_candidate[pair_row]] += np.where(needed[pair_row], p_answer[pair_row], 0.0)
+        some = np.flatnonzero(needed.any(axis=1))  # added to their questions in pair order, as a loop would
+        np.add.at(needs_t, self._pair_candidate[some], np.where(needed[some], p_answer[some], 0.0))
         needs = needs_t.T
         # by question, then answer, then case (np.nonzero's order; its 2-D form took eight times as long)
         flat = np.flatnonzero(plausible)
@@ -358,7 +363,7 @@ class SafetyNet:
         # each variant's probabilities times its answer's likelihoods, element by element, by condition
         weighted = columns.take(rows, axis=1)
         weighted *= self._likelihood_columns.take(pair, axis=1)
-        level = cost_levels_of_columns(cfg, weighted)
+        level = cost_levels_of_columns(cfg, weighted, self._costs)
         n_rules = len(self.rules)
         by_case_rule = _packed(case.transpose(1, 2, 0).reshape(-1, 4))
 
@@ -383,7 +388,7 @@ class SafetyNet:
             hide[at, now_answered[at]] = False
             hide &= opened @ self._same_day_asks_matrix
             soft = same_day[self._drops_if_no(weighted.take(same_day, axis=1), hide,
-                                              lambda c: cost_levels_of_columns(cfg, c))]
+                                              lambda c: cost_levels_of_columns(cfg, c, self._costs))]
             level[soft] = LEVELS.index(cfg.uncertain.level)
         level = np.where(atypical[rows], np.maximum(level, LEVELS.index(cfg.atypical.min_level)), level)
         level = np.maximum(level, others)

@@ -14,7 +14,7 @@ from functools import cache
 import numpy as np
 
 from pipeline.core.config import ScreenConfig, ScreenRule
-from pipeline.core.parsing import unanswered
+from pipeline.core.parsing import code_rows, unanswered
 from pipeline.core.schema import SEX_MALE, UNKNOWN, field
 from pipeline.core.textcols import join_ranked
 
@@ -134,7 +134,7 @@ class CountTable:
         if n >= self.few or not self._coded:
             return np.stack([rule_counts(all_, any_, codes) for all_, any_ in self.rules], axis=-1) if n_rules \
                 else np.zeros((4, n, 0), dtype=np.int8)
-        answer = np.stack([codes[name] for name in self._coded]).astype(np.intp)  # (fields, cases)
+        answer = code_rows(codes, self._coded).astype(np.intp)  # (fields, cases)
         if self._pregnant is not None:  # as _pregnancy_as_known: a male's "no"
             answer[self._pregnant] = np.where(codes["sex"] == SEX_MALE, _NOT_PREGNANT, answer[self._pregnant])
         rows = np.where(answer == UNKNOWN, self._unknown_row, answer + self._offset)
