@@ -597,11 +597,12 @@ def _meets_in_part(rule, case):
     return len(rule.all) - counts[0] + counts[1] > 0
 
 
-def test_ask_next_matches_its_definition_on_generated_and_blanked_cases(cfg, net, kb):
+@pytest.mark.parametrize("block_rows", [97, 9])  # variants of a block: several hundred, or a few dozen (taken at once)
+def test_ask_next_matches_its_definition_on_generated_and_blanked_cases(cfg, net, kb, block_rows):
     """The batched ask_next (only the rules that ask the changed answer re-counted) gives what
     triaging each variant in full gives, on cases with many and with few answers."""
     _assert_ask_next_as_defined(cfg, net, load_config(ScreenConfig, config_path("screen.yaml")), kb, seed=11,
-                                blank=0.7, atypical_every=7, block_rows=97)
+                                blank=0.7, atypical_every=7, block_rows=block_rows)
 
 
 def _assert_ask_next_as_defined(cfg, net, screen, kb, *, seed, blank, atypical_every, block_rows):
@@ -659,7 +660,8 @@ def test_ask_next_matches_its_definition_under_rules_that_match_unknown_and_shar
         rule("hot_calf", "emergency", {"skin_warm": ["yes"]}, {"fever": ["yes"], "calf_tenderness": ["yes"]}),
     ]})
     net = SafetyNet(cfg, screen, kb)
-    _assert_ask_next_as_defined(cfg, net, screen, kb, seed=12, blank=0.6, atypical_every=5, block_rows=61)
+    for block_rows in (61, 7):  # several hundred variants a block, or a few dozen
+        _assert_ask_next_as_defined(cfg, net, screen, kb, seed=12, blank=0.6, atypical_every=5, block_rows=block_rows)
     _assert_counts_by_table_as_by_rule(net, kb)
     codes = parse_cases(generate_cases(kb, 5, seed=1)).codes
     with pytest.raises(ValueError, match="counts has shape"):  # another batch's counts
