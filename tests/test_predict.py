@@ -150,6 +150,16 @@ def test_each_result_is_its_own_frame(trained):
     again = predict(case, model=models)
     assert again.columns.name is None
     pd.testing.assert_frame_equal(again, expected, check_exact=True)
+    # nor do they share the ids they were given (score_parsed's own, or the parsed cases')
+    from pipeline.core.parsing import parse_cases
+    from pipeline.serve.predict import get_model, score_parsed
+
+    model = get_model(models)
+    parsed = parse_cases(pd.DataFrame({"case_id": ["a", "b"], "age": [70, 30], "sex": ["female", "male"]}))
+    given = np.array([7, 8])
+    for out in (score_parsed(model, parsed), score_parsed(model, parsed, ids=given)):
+        out.iloc[0, 0] = out.iloc[1, 0]
+    assert parsed.ids.tolist() == ["a", "b"] and given.tolist() == [7, 8]
 
 
 def test_unknown_columns_warn_once(trained):

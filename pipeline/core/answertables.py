@@ -67,7 +67,6 @@ class AnswerTables:
                 out += rows
         return out
 
-
     @cached_property
     def _joined(self) -> tuple[tuple[str, ...], np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Every group at once: the fields, their strides, where each group's fields start, each

@@ -684,7 +684,7 @@ def _parse_columns(items: list[tuple[Any, pd.Series | None]], n: int, row_offset
     numbers = [f.name for f in absent if f.kind in ("integer", "float")]
     coded = [f.name for f in absent if f.kind not in ("integer", "float")]
     not_given = {**dict(zip(numbers, np.full((len(numbers), n), np.nan))),
-             **dict(zip(coded, np.full((len(coded), n), UNKNOWN, dtype=np.int8)))}
+                 **dict(zip(coded, np.full((len(coded), n), UNKNOWN, dtype=np.int8)))}
     for f in FIELDS:
         if f.name not in columns:
             codes[f.name] = not_given[f.name]
