@@ -22,6 +22,7 @@ from functools import cached_property
 import numpy as np
 
 from pipeline.core.parsing import code_rows
+from pipeline.core.sizes import FEW_CASES
 
 __all__ = ["AnswerTables", "answer_tables"]
 
@@ -52,7 +53,7 @@ class AnswerTables:
         n = len(next(iter(codes.values()))) if codes else 0
         if not self.groups:
             return np.zeros((n, self.width))
-        if n <= _FEW:
+        if n <= FEW_CASES:
             return self._few(codes)
         out = np.empty((n, self.width))
         rows = np.empty_like(out) if len(self.groups) > 1 else out  # one buffer for the other groups' rows
@@ -90,9 +91,6 @@ class AnswerTables:
         for more in rows[1:]:
             out += more
         return out
-
-
-_FEW = 64  # from this many cases, each group's rows are gathered in turn (a few cases' joint gather is 5x faster)
 
 
 def answer_tables(tables: Sequence[tuple[str, np.ndarray]], max_rows: int = MAX_JOINT_ROWS) -> AnswerTables:

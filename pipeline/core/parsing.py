@@ -41,6 +41,7 @@ from pipeline.core.schema import (
     normalise_header,
     repeated_columns,
 )
+from pipeline.core.sizes import FEW_CASES
 
 __all__ = ["DUPLICATE_ID", "ParsedCases", "code_rows", "codes_to_frame", "codes_to_text_frame", "ignored_columns_message",
            "is_blank", "normalise_ids", "not_utf8", "not_utf8_mask", "parse_cases", "parse_records", "premise_denied",
@@ -388,7 +389,6 @@ def _canonical_codes(series: pd.Series, f: Field) -> np.ndarray | None:
     return codes[index.to_numpy(zero_copy_only=False)]
 
 
-_SMALL = 64  # below this many rows a column is read value by value
 _NESTED = (list, tuple, dict, set, frozenset, np.ndarray)
 # one reason for a repeated id, within a chunk or across chunks and files: the rejects do not
 # depend on how the input was chunked or split between Dask workers
@@ -410,7 +410,7 @@ def _parse_coded(series: pd.Series, f: Field) -> tuple[np.ndarray, np.ndarray, s
     """Codes, an error mask and the reason (one, or one per row) for a tri-state or category
     column (parses each unique value once)."""
     allowed = f"not allowed; allowed: {f.allowed_text}"
-    if isinstance(series.dtype, pd.StringDtype) and series.dtype.storage == "pyarrow" and len(series) > _SMALL:
+    if isinstance(series.dtype, pd.StringDtype) and series.dtype.storage == "pyarrow" and len(series) > FEW_CASES:
         canonical = _canonical_codes(series, f)
         if canonical is not None:
             return canonical, np.zeros(len(series), dtype=bool), allowed
@@ -419,7 +419,7 @@ def _parse_coded(series: pd.Series, f: Field) -> tuple[np.ndarray, np.ndarray, s
     reason = np.where(odd, np.char.add(kinds.astype(str), f" is not an answer; allowed: {f.allowed_text}"), allowed) \
         if odd.any() else allowed
     lookup = _lookups(f.name)
-    if len(series) <= _SMALL:  # a few rows: each value looked up, without a factorisation's set-up
+    if len(series) <= FEW_CASES:  # a few rows: each value looked up, without a factorisation's set-up
         codes = np.array([lookup.get(t, -2) for t in _as_text(series.to_numpy(dtype=object))], dtype=np.int8)
     else:
         inverse, uniques = pd.factorize(series, use_na_sentinel=True)

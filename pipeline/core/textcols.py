@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from pipeline.core.sizes import FEW_CASES
+
 __all__ = ["TEXT_DTYPE", "lookup", "join_ranked", "text_array"]
 
 # pandas' default text type (``str``): Arrow strings, NaN for a missing value
@@ -28,11 +30,6 @@ def _wrap(array: pa.Array) -> pd.api.extensions.ExtensionArray:
     return pd.arrays.ArrowStringArray(array, dtype=TEXT_DTYPE)
 
 
-# below this many rows, Python strings cost less than setting up Arrow arrays and kernels (one
-# case: 40 us against 400 us a column); the result is the same string array either way
-_SMALL = 64
-
-
 def text_array(values: Sequence[str] | np.ndarray) -> pd.api.extensions.ExtensionArray:
     """Python strings as a pandas string array (the dtype of every text column here)."""
     return _wrap(pa.array(values, type=pa.large_string()))
@@ -41,7 +38,7 @@ def text_array(values: Sequence[str] | np.ndarray) -> pd.api.extensions.Extensio
 def lookup(table: Sequence[str] | np.ndarray, index: np.ndarray) -> pd.api.extensions.ExtensionArray:
     """``table[index]`` as a pandas string array (``index`` may have any shape; it is flattened)."""
     flat = np.ravel(index)
-    if len(flat) <= _SMALL:
+    if len(flat) <= FEW_CASES:  # Python strings: the same array, without Arrow's set-up
         return _wrap(pa.array([table[i] for i in flat.tolist()], type=pa.large_string()))
     return _wrap(pa.array(list(table), type=pa.large_string()).take(pa.array(flat)))
 
@@ -55,7 +52,7 @@ def join_ranked(names: Sequence[str], order: np.ndarray, keep: np.ndarray | None
     once, in Python, and the rows take their text from those (16k rows of nine names: 1.6 ms, where
     Arrow's element-wise join took 3.8); the texts are kept for the next call with the same names
     (a file's chunks repeat them: a million cases' five ranked columns, 0.35 s -> 0.28 s)."""
-    if len(order) <= _SMALL:
+    if len(order) <= FEW_CASES:
         rows = order.tolist()
         kept = [[True] * order.shape[1]] * len(rows) if keep is None else keep.tolist()
         return _wrap(pa.array([sep.join(names[j] for j, k in zip(r, ks) if k) for r, ks in zip(rows, kept)],

@@ -33,19 +33,19 @@ from pipeline.core.config import LEVELS, ScreenConfig, TriageConfig
 from pipeline.core.knowledge import KnowledgeBase
 from pipeline.core.parsing import premise_denied, unanswered_matrix
 from pipeline.core.schema import SYMPTOMS, UNKNOWN, field
+from pipeline.core.sizes import FEW_CASES
 from pipeline.core.textcols import join_ranked
 from pipeline.core.wording import question
 from pipeline.decision.conformal import known_share
 from pipeline.decision.costs import cost_levels_of_columns, cost_matrix
-from pipeline.decision.screen import CountTable, answer_matches, rule_fires, rule_open, state_of_counts
+from pipeline.decision.screen import CountTable, add_field_counts, answer_matches, rule_fires, rule_open, state_of_counts
 
 __all__ = ["Rule", "SafetyNet", "answer_likelihoods", "per_rule", "rules_of"]
 
 _EMERGENCY = LEVELS.index("emergency")
 _RANK_DECIMALS = 9  # ask_next's chances are ranked to this many decimals
-# a few cases (a predict() call's), or their few variants, are taken whole where a large block is
-# taken a rule, a set or a field at a time: fewer array steps, where each step costs more than its arithmetic
-_FEW_CASES = 64
+# a few cases' variants (pipeline.core.sizes) are taken whole, where a large block's are taken a
+# slot or a field at a time: fewer array steps, where each step costs more than its arithmetic
 _FEW_VARIANTS = 256
 
 
@@ -146,20 +146,17 @@ class SafetyNet:
         unpacked = _unpacked(self._pair_counts).reshape(len(pairs), len(self.rules), 4)
         same_day_rules = [k for k, r in enumerate(self.rules) if r.level == _EMERGENCY]
         self._same_day_needs = [(k, np.flatnonzero(unpacked[:, k, 0] < 0)) for k in same_day_rules]
-        # per same-day screen rule (a condition outside the nine, whose likelihoods say nothing of
-        # its signs), the pairs that step towards it, their count changes, and its `all` fields' number
-        self._screen_steps = []
-        for k in same_day_rules:
-            if k >= len(cfg.red_flags):
-                stepping = np.flatnonzero((unpacked[:, k, 0] < 0) | (unpacked[:, k, 1] > 0))
-                self._screen_steps.append((k, stepping, unpacked[stepping, k], len(self.rules[k].all)))
-        # the same as steps, each a (rule, pair), sorted by pair, with where each pair's steps start
-        steps = sorted((int(pair), k) for k, pairs, _, _ in self._screen_steps for pair in pairs)
-        step_pair = np.array([pair for pair, _ in steps], dtype=np.intp)
+        # the steps towards a same-day screen rule (a condition outside the nine, whose likelihoods
+        # say nothing of its signs): each a (pair, rule) whose answer matches one more of the rule's
+        # fields, sorted by pair; per step its count changes and its rule's number of `all` fields;
+        # and the pairs that step, with where each one's steps start
+        steps = sorted((int(pair), k) for k in same_day_rules if k >= len(cfg.red_flags)
+                       for pair in np.flatnonzero((unpacked[:, k, 0] < 0) | (unpacked[:, k, 1] > 0)))
+        self._step_pair = np.array([pair for pair, _ in steps], dtype=np.intp)
         self._step_rule = np.array([k for _, k in steps], dtype=np.intp)
-        self._step_change = unpacked[step_pair, self._step_rule].astype(np.int16).T.reshape(4, 1, len(steps))
+        self._step_change = unpacked[self._step_pair, self._step_rule].astype(np.int16).T.reshape(4, 1, len(steps))
         self._step_all = np.array([len(self.rules[k].all) for k in self._step_rule], dtype=np.int16)
-        self._step_pairs, self._step_starts = np.unique(step_pair, return_index=True)
+        self._step_pairs, self._step_starts = np.unique(self._step_pair, return_index=True)
         # per pair, its candidate's column among the "no" fields (-1: not one of them)
         self._pair_no_field = np.array([self.no_fields.index(self.candidates[j]) if self.candidates[j] in self.no_fields
                                         else -1 for j, _ in pairs], dtype=np.int64)
@@ -226,7 +223,7 @@ class SafetyNet:
         return join_ranked(self.names if codes else self.texts, order, np.take_along_axis(keep, order, axis=1))
 
     def ask_next(self, proba: np.ndarray, codes: dict[str, np.ndarray], level: np.ndarray, atypical: np.ndarray,
-                 fires: np.ndarray, block_rows: int = 4096, codes_out: bool = False,
+                 fires: np.ndarray, block_rows: int = 2048, codes_out: bool = False,
                  counts: np.ndarray | None = None) -> np.ndarray:
         """Per case, the unanswered questions whose plausible answers would change ``level``,
         ``|``-separated (at most ``ask_next.max_questions``): first those with a plausible answer
@@ -249,7 +246,8 @@ class SafetyNet:
         only the rules that ask it can change: their state is the case's :meth:`counts` plus that
         answer's change; the others keep the case's result. Cases are taken ``block_rows`` at a time
         (each case's questions depend on its own row only, and a block's variants hold a few arrays
-        of about ten values per variant). With ``codes_out``, the questions' field names;
+        of about ten values per variant: a 16k-row chunk's working memory peaks at 7 MB in blocks of
+        2,048, 14 MB in blocks of 4,096, in the same time). With ``codes_out``, the questions' field names;
         ``counts``: ``self.counts(codes)``, if the caller has them.
         """
         n = len(proba)
@@ -344,7 +342,7 @@ class SafetyNet:
         an answer is asked however unlikely the nine conditions make it: the screen is there for
         conditions the model does not know."""
         completes = np.zeros((len(self._pair_candidate), counts.shape[1]), dtype=bool)
-        if counts.shape[1] <= _FEW_CASES and len(self._step_rule):  # every step at once
+        if counts.shape[1] <= FEW_CASES and len(self._step_rule):  # every step at once
             case = counts[:2].take(self._step_rule, axis=2).astype(np.int16)  # (2, n_cases, n_steps)
             in_part = (self._step_all - case[0] + case[1]) > 0
             fires = (case[0] + self._step_change[0] == 0) & ((case[1] + self._step_change[1] > 0)
@@ -352,12 +350,12 @@ class SafetyNet:
             # a pair completes a rule if one of its steps does
             completes[self._step_pairs] = np.logical_or.reduceat(in_part & fires, self._step_starts, axis=1).T
             return completes
-        for k, pairs, change, n_all in self._screen_steps:  # a rule, then a pair, at a time
-            case = counts[:, :, k].astype(np.int16)
-            in_part = (n_all - case[0] + case[1]) > 0
-            for pair, d in zip(pairs, change):
-                fires = (case[0] + d[0] == 0) & ((case[1] + d[1] > 0) | ~self._has_any[k])
-                completes[pair] |= in_part & fires
+        for i, (pair, k) in enumerate(zip(self._step_pair, self._step_rule)):  # a step at a time
+            case = counts[:2, :, k].astype(np.int16)
+            in_part = (self._step_all[i] - case[0] + case[1]) > 0
+            fires = (case[0] + self._step_change[0, 0, i] == 0) & ((case[1] + self._step_change[1, 0, i] > 0)
+                                                                  | ~self._has_any[k])
+            completes[pair] |= in_part & fires
         return completes
 
     def _levels_without(self, fires: np.ndarray) -> np.ndarray:
@@ -365,7 +363,7 @@ class SafetyNet:
         of rules that ask a candidate (-1 when none), for each distinct such set (a candidate's:
         ``_pair_ask_set``). Rules by row, so each maximum runs along the cases."""
         levels = np.where(fires.T, self._rule_levels[:, None], -1).astype(np.int8)  # (rule, case)
-        if len(fires) <= _FEW_CASES:  # every set at once
+        if len(fires) <= FEW_CASES:  # every set at once
             return np.where(self._ask_sets[:, :, None], np.int8(-1), levels[None]).max(axis=1, initial=-1)
         return np.stack([levels[~asks].max(axis=0, initial=-1) for asks in self._ask_sets]).reshape(-1, len(fires))
 
@@ -451,15 +449,9 @@ def _unpacked(packed: np.ndarray) -> np.ndarray:
 def _count_change(rule: Rule, name: str, answer: int) -> np.ndarray:
     """What answering ``name`` (unanswered until now) with ``answer`` adds to each of ``rule``'s
     :func:`pipeline.decision.screen.rule_counts`."""
-    change = np.zeros(4, dtype=np.int8)
-    if name in rule.all:
-        before = answer_matches(name, rule.all[name], UNKNOWN)
-        after = answer_matches(name, rule.all[name], answer)
-        change[0] = int(not after) - int(not before)
-        change[2] = int(not after)  # unanswered, it could still match
-    if name in rule.any:
-        before = answer_matches(name, rule.any[name], UNKNOWN)
-        after = answer_matches(name, rule.any[name], answer)
-        change[1] = int(after) - int(before)
-        change[3] = int(after) - 1  # unanswered, it could still match
-    return change
+    before, after = np.zeros(4, dtype=np.int8), np.zeros(4, dtype=np.int8)
+    for part, in_all in ((rule.all, True), (rule.any, False)):
+        if name in part:
+            add_field_counts(before, np.bool_(answer_matches(name, part[name], UNKNOWN)), np.True_, in_all)
+            add_field_counts(after, np.bool_(answer_matches(name, part[name], answer)), np.False_, in_all)
+    return after - before

@@ -16,10 +16,11 @@ import numpy as np
 from pipeline.core.config import ScreenConfig, ScreenRule
 from pipeline.core.parsing import code_rows, unanswered
 from pipeline.core.schema import SEX_MALE, UNKNOWN, field
+from pipeline.core.sizes import FEW_CASES
 from pipeline.core.textcols import join_ranked
 
-__all__ = ["CountTable", "answer_matches", "rule_counts", "rule_fires", "rule_open", "rule_state", "screen_matches",
-           "screen_names", "state_of_counts"]
+__all__ = ["CountTable", "add_field_counts", "answer_matches", "rule_counts", "rule_fires", "rule_open", "rule_state",
+           "screen_matches", "screen_names", "state_of_counts"]
 
 
 @cache
@@ -76,15 +77,23 @@ def rule_counts(all_: dict[str, list[str]], any_: dict[str, list[str]],
     out = np.zeros((4, len(codes["age"])), dtype=np.int8)
     if "pregnant" in all_ or "pregnant" in any_:
         codes = _pregnancy_as_known(codes)
-    for name, answers in all_.items():
-        hit = _matches(name, answers, codes)
-        out[0] += ~hit
-        out[2] += ~(hit | unanswered(name, codes))
-    for name, answers in any_.items():
-        hit = _matches(name, answers, codes)
-        out[1] += hit
-        out[3] += hit | unanswered(name, codes)
+    for part, in_all in ((all_, True), (any_, False)):
+        for name, answers in part.items():
+            add_field_counts(out, _matches(name, answers, codes), unanswered(name, codes), in_all)
     return out
+
+
+def add_field_counts(out: np.ndarray, hit: np.ndarray | np.bool_, unknown: np.ndarray | np.bool_, in_all: bool) -> None:
+    """Add one field of a rule to :func:`rule_counts`' four counts ``out`` (the counts first, any
+    trailing shape), in place: whether it matches (``hit``) and whether it is unanswered
+    (``unknown``), both boolean, as an ``all`` field (``in_all``) or an ``any`` field. The one place
+    the counts are defined: :class:`CountTable` and ask_next's count changes add through it too."""
+    if in_all:
+        out[0] += ~hit
+        out[2] += ~(hit | unknown)
+    else:
+        out[1] += hit
+        out[3] += hit | unknown
 
 
 class CountTable:
@@ -94,9 +103,9 @@ class CountTable:
     :func:`rule_counts` matches them). The same counts in a few array operations, where matching
     rule by rule takes some twenty per rule: for the few cases of a ``predict()`` call; a large
     block's lookups would hold a row per answered field and case, so :meth:`counts` takes the rules
-    one at a time from ``few`` cases on."""
+    one at a time above ``few`` cases (:data:`pipeline.core.sizes.FEW_CASES`)."""
 
-    def __init__(self, rules: list[tuple[dict[str, list[str]], dict[str, list[str]]]], few: int = 64):
+    def __init__(self, rules: list[tuple[dict[str, list[str]], dict[str, list[str]]]], few: int = FEW_CASES):
         self.rules, self.few = rules, few
         n_rules = len(rules)
         names = list(dict.fromkeys(n for all_, any_ in rules for n in [*all_, *any_]))
@@ -113,40 +122,29 @@ class CountTable:
             block = np.zeros((len(answers), 4, n_rules), dtype=np.int8)
             for k, (all_, any_) in enumerate(rules):
                 for i, code in enumerate(answers):
-                    if name in all_:
-                        hit = answer_matches(name, all_[name], code)
-                        block[i, 0, k] += not hit
-                        block[i, 2, k] += not (hit or code == UNKNOWN)
-                    if name in any_:
-                        hit = answer_matches(name, any_[name], code)
-                        block[i, 1, k] += hit
-                        block[i, 3, k] += hit or code == UNKNOWN
+                    for part, in_all in ((all_, True), (any_, False)):
+                        if name in part:
+                            add_field_counts(block[i, :, k], np.bool_(answer_matches(name, part[name], code)),
+                                             np.bool_(code == UNKNOWN), in_all)
             offsets.append(sum(len(b) for b in blocks))
             blocks.append(block.reshape(len(answers), 4 * n_rules))
         self._table = np.concatenate(blocks) if blocks else np.zeros((0, 4 * n_rules), dtype=np.int8)
         self._offset = np.array(offsets, dtype=np.intp)[:, None]
         self._unknown_row = np.array([o + len(b) - 1 for o, b in zip(offsets, blocks)], dtype=np.intp)[:, None]
-        self._pregnant = self._coded.index("pregnant") if "pregnant" in self._coded else None
 
     def counts(self, codes: dict[str, np.ndarray]) -> np.ndarray:
         """(4, n_cases, n_rules) int8: each rule's :func:`rule_counts`."""
         n, n_rules = len(codes["age"]), len(self.rules)
-        if n >= self.few or not self._coded:
+        if n > self.few or not self._coded:
             return np.stack([rule_counts(all_, any_, codes) for all_, any_ in self.rules], axis=-1) if n_rules \
                 else np.zeros((4, n, 0), dtype=np.int8)
+        if "pregnant" in self._coded:
+            codes = _pregnancy_as_known(codes)
         answer = code_rows(codes, self._coded).astype(np.intp)  # (fields, cases)
-        if self._pregnant is not None:  # as _pregnancy_as_known: a male's "no"
-            answer[self._pregnant] = np.where(codes["sex"] == SEX_MALE, _NOT_PREGNANT, answer[self._pregnant])
         rows = np.where(answer == UNKNOWN, self._unknown_row, answer + self._offset)
         out = self._table.take(rows, axis=0).sum(axis=0, dtype=np.int8).reshape(n, 4, n_rules)
         for k, name, answers, in_all in self._numbers:
-            hit = _matches(name, answers, codes)
-            if in_all:
-                out[:, 0, k] += ~hit
-                out[:, 2, k] += ~(hit | unanswered(name, codes))
-            else:
-                out[:, 1, k] += hit
-                out[:, 3, k] += hit | unanswered(name, codes)
+            add_field_counts(out[:, :, k].T, _matches(name, answers, codes), unanswered(name, codes), in_all)
         return np.ascontiguousarray(out.transpose(1, 0, 2))
 
 
