@@ -660,7 +660,8 @@ def test_ask_next_matches_its_definition_under_rules_that_match_unknown_and_shar
         rule("hot_calf", "emergency", {"skin_warm": ["yes"]}, {"fever": ["yes"], "calf_tenderness": ["yes"]}),
     ]})
     net = SafetyNet(cfg, screen, kb)
-    for block_rows in (61, 7):  # several hundred variants a block, or a few dozen
+    # more cases a block than FEW_CASES (a rule, a step at a time), several hundred variants, or a few dozen
+    for block_rows in (97, 61, 7):
         _assert_ask_next_as_defined(cfg, net, screen, kb, seed=12, blank=0.6, atypical_every=5, block_rows=block_rows)
     _assert_counts_by_table_as_by_rule(net, kb)
     codes = parse_cases(generate_cases(kb, 5, seed=1)).codes

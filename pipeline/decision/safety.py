@@ -44,8 +44,9 @@ __all__ = ["Rule", "SafetyNet", "answer_likelihoods", "per_rule", "rules_of"]
 
 _EMERGENCY = LEVELS.index("emergency")
 _RANK_DECIMALS = 9  # ask_next's chances are ranked to this many decimals
-# a few cases' variants (pipeline.core.sizes) are taken whole, where a large block's are taken a
-# slot or a field at a time: fewer array steps, where each step costs more than its arithmetic
+# up to this many variants (a bound of its own, beside pipeline.core.sizes.FEW_CASES for cases),
+# they are taken whole, where more are taken a slot or a field at a time: fewer array steps,
+# where each step costs more than its arithmetic
 _FEW_VARIANTS = 256
 
 
