@@ -23,7 +23,7 @@ from pipeline.core.schema import CATEGORY_FIELDS, CONDITIONS, FIELDS, SYMPTOMS, 
 __all__ = ["oracle_posterior", "oracle_log_joint", "log_density", "field_log_likelihoods"]
 
 # rows at a time: every row is computed alone, and the blocks of sums stay a few MB (a 16k-row
-# chunk's peak: 4 MB; 7 MB, and 20% slower, in blocks of 8,192)
+# chunk's peak: 4 MB; 7 MB, and 20% slower on one thread, in blocks of 8,192)
 _CHUNK = 1 << 12
 _LOG_SQRT_2PI = 0.5 * np.log(2 * np.pi)
 DURATION_FLOOR_DAYS = 1e-5  # a duration of 0 days is read as this (its log must be finite)
