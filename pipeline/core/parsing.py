@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 from pipeline.core.errors import CaseValidationError
 from pipeline.core.schema import (
     _TRISTATE_UNKNOWN,
+    CATEGORY_FIELDS,
     DAYS_PER_YEAR,
     FIELD_NAMES,
     FIELDS,
@@ -32,6 +33,7 @@ from pipeline.core.schema import (
     LABEL_COLUMN,
     SEVERITY_COLUMN,
     SEX_MALE,
+    TRISTATE_FIELDS,
     TRISTATE_NO,
     TRISTATE_YES,
     UNKNOWN,
@@ -636,7 +638,7 @@ def _record_column(name: Any, values: list) -> pd.Series:
 
 
 # the yes/no and category fields: each value is looked up as its text, whatever the column's type
-_CODED_FIELDS = frozenset(f.name for f in FIELDS if f.kind in ("tristate", "category"))
+_CODED_FIELDS = frozenset((*TRISTATE_FIELDS, *CATEGORY_FIELDS))
 _PYTHON_TEXT = pd.StringDtype("python", na_value=np.nan)  # text as Python strings: no Arrow array to build
 
 
@@ -680,9 +682,7 @@ def _parse_columns(items: list[tuple[Any, pd.Series | None]], n: int, row_offset
                 "reason": reason if isinstance(reason, str) else reason[mask]}))
 
     # the fields not given, unknown: rows of one array per type (one case names a few of fifty)
-    absent = [f for f in FIELDS if f.name not in columns]
-    numbers = [f.name for f in absent if f.kind in ("integer", "float")]
-    coded = [f.name for f in absent if f.kind not in ("integer", "float")]
+    numbers, coded, _ = _unanswered_plan(tuple(f.name for f in FIELDS if f.name not in columns))
     not_given = {**dict(zip(numbers, np.full((len(numbers), n), np.nan))),
                  **dict(zip(coded, np.full((len(coded), n), UNKNOWN, dtype=np.int8)))}
     for f in FIELDS:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 
 from pipeline.core.blas import dot_exact_columns
@@ -21,11 +23,9 @@ def cost_levels(cfg: TriageConfig, proba: np.ndarray) -> np.ndarray:
     return cost_levels_of_columns(cfg, np.asarray(proba).T)
 
 
-def cost_levels_of_columns(cfg: TriageConfig, columns: np.ndarray, costs: np.ndarray | None = None) -> np.ndarray:
-    """:func:`cost_levels` of probabilities given by condition, ``proba.T`` (n_conditions, n)
-    (``costs``: ``cost_matrix(cfg).T``, if the caller keeps it)."""
-    costs = cost_matrix(cfg).T if costs is None else costs
-    expected = dot_exact_columns(columns, costs)  # (n_levels, n): no BLAS, the same level in every process
+def cost_levels_of_columns(cfg: TriageConfig, columns: np.ndarray) -> np.ndarray:
+    """:func:`cost_levels` of probabilities given by condition, ``proba.T`` (n_conditions, n)."""
+    expected = dot_exact_columns(columns, _costs_by_level(cfg))  # (n_levels, n): no BLAS, the same level in every process
     # from the most urgent level down, a level replaces the best so far only if strictly cheaper
     # (np.argmin over four columns per row took three times as long)
     level = np.full(expected.shape[1], len(LEVELS) - 1, dtype=np.int8)
@@ -35,3 +35,19 @@ def cost_levels_of_columns(cfg: TriageConfig, columns: np.ndarray, costs: np.nda
         level[cheaper] = lv
         np.minimum(best, expected[lv], out=best)
     return level
+
+
+# cost_matrix(cfg).T by the id of each live config: a validated config is frozen, and one call
+# of predict() asks for its levels several times (building the matrix each time was a tenth of
+# ask_next's time for one case)
+_BY_CONFIG: dict[int, np.ndarray] = {}
+
+
+def _costs_by_level(cfg: TriageConfig) -> np.ndarray:
+    """``cost_matrix(cfg).T`` (n_levels, n_conditions), made once per config object and dropped with it."""
+    key = id(cfg)
+    costs = _BY_CONFIG.get(key)
+    if costs is None:
+        costs = _BY_CONFIG[key] = cost_matrix(cfg).T
+        weakref.finalize(cfg, _BY_CONFIG.pop, key, None)  # before the id can be another object's
+    return costs

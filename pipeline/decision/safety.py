@@ -37,7 +37,7 @@ from pipeline.core.sizes import FEW_CASES
 from pipeline.core.textcols import join_ranked
 from pipeline.core.wording import question
 from pipeline.decision.conformal import known_share
-from pipeline.decision.costs import cost_levels_of_columns, cost_matrix
+from pipeline.decision.costs import cost_levels_of_columns
 from pipeline.decision.screen import CountTable, add_field_counts, answer_matches, rule_fires, rule_open, state_of_counts
 
 __all__ = ["Rule", "SafetyNet", "answer_likelihoods", "per_rule", "rules_of"]
@@ -118,7 +118,6 @@ class SafetyNet:
         self.likelihood = {n: answer_likelihoods(kb, n) for n in self.candidates}
         self.questions = [question(n) for n in self.candidates]
         self._count_table = CountTable([(r.all, r.any) for r in self.rules])
-        self._costs = cost_matrix(cfg).T  # as cost_levels_of_columns takes it
         self._rule_levels = np.array([r.level for r in self.rules], dtype=np.int8)
         self._has_any = np.array([bool(r.any) for r in self.rules], dtype=bool)
         # per "no" field, the same-day rules that ask it
@@ -164,10 +163,6 @@ class SafetyNet:
         # candidates that ask the same rules share the level of the rules that do not ask them
         self._ask_sets, ask_set_of = np.unique(self._asks, axis=0, return_inverse=True)
         self._pair_ask_set = np.ravel(ask_set_of)[self._pair_candidate]  # per pair, its candidate's set
-
-    def cost_levels(self, proba: np.ndarray) -> np.ndarray:
-        """:func:`pipeline.decision.costs.cost_levels` under this net's triage configuration."""
-        return cost_levels_of_columns(self.cfg, np.asarray(proba).T, self._costs)
 
     def open_rules(self, codes: dict[str, np.ndarray]) -> np.ndarray:
         """(n_cases, n_rules): which rules the unanswered questions could still fire."""
@@ -385,7 +380,7 @@ class SafetyNet:
         # each variant's probabilities times its answer's likelihoods, element by element, by condition
         weighted = columns.take(rows, axis=1)
         weighted *= self._likelihood_columns.take(pair, axis=1)
-        level = cost_levels_of_columns(cfg, weighted, self._costs)
+        level = cost_levels_of_columns(cfg, weighted)
         n_rules = len(self.rules)
         by_case_rule = _packed(case.transpose(1, 2, 0).reshape(-1, 4))
 
@@ -421,7 +416,7 @@ class SafetyNet:
             hide[at, now_answered[at]] = False
             hide &= opened @ self._same_day_asks_matrix
             soft = same_day[self._drops_if_no(weighted.take(same_day, axis=1), hide,
-                                              lambda c: cost_levels_of_columns(cfg, c, self._costs))]
+                                              lambda c: cost_levels_of_columns(cfg, c))]
             level[soft] = LEVELS.index(cfg.uncertain.level)
         level = np.where(atypical[rows], np.maximum(level, LEVELS.index(cfg.atypical.min_level)), level)
         level = np.maximum(level, others)

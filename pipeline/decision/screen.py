@@ -15,7 +15,7 @@ import numpy as np
 
 from pipeline.core.config import ScreenConfig, ScreenRule
 from pipeline.core.parsing import code_rows, unanswered
-from pipeline.core.schema import SEX_MALE, UNKNOWN, field
+from pipeline.core.schema import NUMERIC_FIELDS, SEX_MALE, UNKNOWN, field
 from pipeline.core.sizes import FEW_CASES
 from pipeline.core.textcols import join_ranked
 
@@ -109,11 +109,11 @@ class CountTable:
         self.rules, self.few = rules, few
         n_rules = len(rules)
         names = list(dict.fromkeys(n for all_, any_ in rules for n in [*all_, *any_]))
-        self._coded = [n for n in names if field(n).kind not in ("integer", "float")]
+        self._coded = [n for n in names if n not in NUMERIC_FIELDS]
         # (rule, field, answers, whether in `all`) of each number a rule matches
         self._numbers = [(k, name, answers, in_all) for k, (all_, any_) in enumerate(rules)
                          for part, in_all in ((all_, True), (any_, False)) for name, answers in part.items()
-                         if field(name).kind in ("integer", "float")]
+                         if name in NUMERIC_FIELDS]
         blocks: list[np.ndarray] = []
         offsets: list[int] = []
         for name in self._coded:

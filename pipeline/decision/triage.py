@@ -76,8 +76,7 @@ def expected_cost_levels(cfg: TriageConfig, codes: dict[str, np.ndarray], proba:
     """The level before the rules, with its reason code: the expected cost (0), a same day softened
     to ``uncertain.level`` where it rests on unanswered questions (2; needs ``net``), raised to the
     atypical floor (1)."""
-    levels_of = net.cost_levels if net is not None and net.cfg is cfg else (lambda p: cost_levels(cfg, p))
-    level = levels_of(proba)
+    level = cost_levels(cfg, proba)
     reason = np.full(len(level), COST_REASON, dtype=np.int16)
     if net is not None:
         same_day = np.flatnonzero(level == LEVELS.index("emergency"))
@@ -85,7 +84,7 @@ def expected_cost_levels(cfg: TriageConfig, codes: dict[str, np.ndarray], proba:
             open_ = net.open_rules(codes) if open_rules is None else open_rules
             if len(same_day) < len(level):  # (a case alone, or a batch all sent the same day, is taken whole)
                 codes, proba, open_ = {k: v[same_day] for k, v in codes.items()}, proba[same_day], open_[same_day]
-            soft = same_day[net.rests_on_unknowns(proba, codes, open_, levels_of)]
+            soft = same_day[net.rests_on_unknowns(proba, codes, open_, lambda p: cost_levels(cfg, p))]
             level[soft] = LEVELS.index(cfg.uncertain.level)
             reason[soft] = SOFTENED_REASON
     if atypical is not None:
