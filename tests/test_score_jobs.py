@@ -175,18 +175,30 @@ def test_ctrl_c_while_the_processes_start_stops_the_job_in_one_line(trained, mes
 def test_the_score_command_and_its_processes_reuse_freed_heap(trained, tmp_path, monkeypatch):
     """`kneepain score` and its scoring processes ask glibc's malloc to reuse freed memory (fewer
     page faults); where the C library is not glibc's, nothing changes and the call says so. The
-    setting is process-wide, so it is tried in a child process."""
+    setting is process-wide, so it is tried in a child process, as is Arrow's pool."""
     import hashlib
     import pickle
     import platform
     import subprocess
     import sys
 
+    import pyarrow as pa
+
     from pipeline.serve import reading
 
     child = subprocess.run([sys.executable, "-c", "from pipeline.serve.reading import reuse_freed_heap as r; "
                             "print(r())"], capture_output=True, text=True, timeout=120, check=True)
     assert child.stdout.strip() == str(platform.libc_ver()[0] == "glibc")
+    # and Arrow's jemalloc pool, with its longer decay, where this pyarrow has jemalloc
+    child = subprocess.run([sys.executable, "-c", "import pyarrow as pa; from pipeline.serve.reading import "
+                            "lean_memory_pool as lean; lean(); print(pa.default_memory_pool().backend_name)"],
+                           capture_output=True, text=True, timeout=120, check=True)
+    try:
+        pa.jemalloc_memory_pool()
+        expected = "jemalloc"
+    except NotImplementedError:
+        expected = pa.default_memory_pool().backend_name
+    assert child.stdout.strip() == expected
     calls = []
     monkeypatch.setattr(reading, "reuse_freed_heap", lambda: calls.append("command"))
     monkeypatch.setattr(chunks, "reuse_freed_heap", lambda: calls.append("process"))

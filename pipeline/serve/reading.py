@@ -16,21 +16,31 @@ __all__ = ["lean_memory_pool", "prefetch", "reuse_freed_heap"]
 M_TOP_PAD, M_MMAP_THRESHOLD = -2, -3
 HEAP_PAD_BYTES = 64 << 20
 MMAP_THRESHOLD_BYTES = 32 << 20  # glibc's largest dynamic threshold on 64-bit machines
+# how long Arrow's jemalloc keeps freed pages before handing them back (see lean_memory_pool)
+JEMALLOC_DECAY_MS = 10_000
 
 T = TypeVar("T")
 
 
-def lean_memory_pool() -> None:
-    """Make Arrow's jemalloc pool the default where this pyarrow has it (a no-op elsewhere).
+def lean_memory_pool(decay_ms: int = JEMALLOC_DECAY_MS) -> None:
+    """Make Arrow's jemalloc pool the default where this pyarrow has it (a no-op elsewhere), keeping
+    freed pages ``decay_ms`` milliseconds for reuse before they go back to the kernel.
 
     Streaming allocates and frees chunk-sized buffers on four threads; jemalloc hands freed memory
     back sooner than the default mimalloc (``kneepain score`` on a 1M-row CSV: 335 MB against
-    380 MB peak, for the same time). Process-wide: the command calls it, the library does not.
+    380 MB peak, for the same time). jemalloc hands freed pages back gradually over the decay
+    time, so with Arrow's default (1 s) some went back within the tenth of a second a chunk takes,
+    and the next chunk faulted them in again: with 10 s, the same run took half the page faults
+    (61k against 117k), 0.24 s less system time and 2% less wall time, for the same peak RSS (298
+    MiB either way; medians of five runs each, run alternately); on 4M rows, 89k against 351k
+    page faults and 0.8 s less system time, for 1 MiB more. Process-wide: the command calls it,
+    the library does not.
     """
     import pyarrow as pa
 
     try:
         pa.set_memory_pool(pa.jemalloc_memory_pool())
+        pa.jemalloc_set_decay_ms(decay_ms)
     except NotImplementedError:  # a pyarrow built without jemalloc
         pass
 
