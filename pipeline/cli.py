@@ -329,7 +329,8 @@ def _score_parser(sub: argparse._SubParsersAction) -> None:
                         "(score.texts.csv beside the rejects with -o -), "
                         "or as full texts (default: codes for CSV, full for Parquet, which stores each text once)")
     p.add_argument("--rejects", default=None,
-                   help="where rejected rows go (default OUTPUT.rejects.csv; score.rejects.csv with -o -)")
+                   help="where rejected rows go (default OUTPUT.rejects.csv; score.rejects.csv with -o -): "
+                        "CSV, or Parquet where PATH ends in .parquet")
     p.add_argument("--model", default=None, help="models folder or MLflow URI (default models)")
     p.add_argument("--chunk-rows", type=int, default=CHUNK_ROWS,
                    help=f"rows per chunk (default {CHUNK_ROWS}; memory grows with it)")

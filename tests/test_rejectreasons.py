@@ -64,6 +64,11 @@ def test_score_prints_the_commonest_reasons_and_says_how_to_write_missing_answer
     assert main(["score", str(src), "-o", "-", "--model", str(models), "--rejects", str(tmp_path / "r.csv")]) == 1
     err = capsys.readouterr().err.splitlines()
     assert err[1:] == ["  commonest reasons: sex: not allowed (1 row)"]
+    # a rejects file written as Parquet (by its name) is summed up alike
+    assert main(["score", str(src), "-o", str(tmp_path / "p.csv"), "--model", str(models),
+                 "--rejects", str(tmp_path / "r.parquet")]) == 1
+    assert capsys.readouterr().err.splitlines()[1:] == ["  commonest reasons: sex: not allowed (1 row)"]
+    assert pd.read_parquet(tmp_path / "r.parquet")["reject_row"].tolist() == [0]
 
 
 def test_a_digest_reads_at_most_its_rows_and_says_so(tmp_path):
@@ -78,6 +83,12 @@ def test_a_digest_reads_at_most_its_rows_and_says_so(tmp_path):
         "write.csv(x, na = \"\")) and score again."]
     assert rejects_digest(path)[0] == "  commonest reasons: age: not a number (5 rows), sex: not allowed (3 rows)"
     assert rejects_digest(tmp_path / "missing.csv") == []
+    # the same rows in Parquet, in row groups smaller than the rows read
+    pd.read_csv(path).to_parquet(tmp_path / "rejects.parquet", row_group_size=4)
+    assert rejects_digest(tmp_path / "rejects.parquet", max_rows=6) == rejects_digest(path, max_rows=6)
+    assert rejects_digest(tmp_path / "rejects.parquet") == rejects_digest(path)
+    (tmp_path / "broken.parquet").write_text("not Parquet")
+    assert rejects_digest(tmp_path / "broken.parquet") == []
 
 
 def test_a_rows_problems_are_joined_in_the_order_found_whatever_the_rows_order():

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import ast
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 
 from pipeline.core.csvrecords import reason_kind
 
@@ -102,6 +103,19 @@ def reject_reasons(reasons: pd.Series) -> pd.Series:
     return _reasons_of(_problems(reasons))
 
 
+def _reason_batches(path: Path) -> Iterator[pa.RecordBatch]:
+    """The ``reject_reason`` column of a rejects file, a batch at a time, in the file's format."""
+    if path.suffix.lower() == ".parquet":
+        with pq.ParquetFile(path) as parquet:
+            yield from parquet.iter_batches(batch_size=1 << 16, columns=["reject_reason"])
+        return
+    with pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=1 << 22),
+                        parse_options=pacsv.ParseOptions(newlines_in_values=True),  # kept values may hold them
+                        convert_options=pacsv.ConvertOptions(include_columns=["reject_reason"],
+                                                             column_types={"reject_reason": pa.string()})) as reader:
+        yield from reader
+
+
 def missing_markers(reasons: pd.Series) -> pd.Series:
     """How many rejected answers were a missing-value marker of another tool (:data:`MISSING_MARKERS`),
     by the marker as written, the commonest first."""
@@ -109,20 +123,17 @@ def missing_markers(reasons: pd.Series) -> pd.Series:
 
 
 def rejects_digest(path: str | Path, top: int = 3, max_rows: int = DIGEST_ROWS) -> list[str]:
-    """A few lines on a rejects file (CSV, as ``kneepain score`` writes it): its commonest reasons,
-    and, where rejected answers are another tool's missing-value marker, how to write them.
-    Reads the first ``max_rows`` rejected rows at most (and says so)."""
+    """A few lines on a rejects file (CSV, or Parquet where its name ends in ``.parquet``, as
+    ``kneepain score`` writes them): its commonest reasons, and, where rejected answers are another
+    tool's missing-value marker, how to write them. Reads the first ``max_rows`` rejected rows at
+    most (and says so)."""
     batches, rows = [], 0
     try:  # streamed: a rejects file of every row of a large input is read no further than needed
-        with pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=1 << 22),
-                            parse_options=pacsv.ParseOptions(newlines_in_values=True),  # kept values may hold them
-                            convert_options=pacsv.ConvertOptions(include_columns=["reject_reason"],
-                                                                 column_types={"reject_reason": pa.string()})) as reader:
-            for batch in reader:
-                batches.append(batch.column(0))
-                rows += batch.num_rows
-                if rows > max_rows:
-                    break
+        for batch in _reason_batches(Path(path)):
+            batches.append(batch.column(0).cast(pa.string()))
+            rows += batch.num_rows
+            if rows > max_rows:
+                break
     except (OSError, pa.ArrowException):  # the file is the user's to read; the digest is a courtesy
         return []
     column = pa.chunked_array(batches, pa.string()).slice(0, max_rows).to_pandas()
