@@ -51,7 +51,7 @@ __all__ = ["MAX_RECORD_BYTES", "PARQUET_FIX", "BlockMismatchError", "CaseChunk",
            "open_parquet", "parse_read", "read_case_file", "read_case_records", "unsupported_file_type", "url_problem"]
 
 _HEADER_BYTES = 1 << 20  # a longer header is refused
-_BOM = b"\xef\xbb\xbf"  # UTF-8 byte-order mark, as Excel writes it
+_BOM = codecs.BOM_UTF8  # as Excel writes it
 # files given as CSV that are something else: (first bytes, what it is, what to do)
 PARQUET_FIX = "give it a .parquet name"  # standard input's own advice replaces it (it is read as CSV only)
 _NOT_CSV = [(b"PAR1", "Parquet", PARQUET_FIX),

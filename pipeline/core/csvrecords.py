@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import re
@@ -83,6 +84,20 @@ def _fields(n: int) -> str:
     return f"{n} field" if n == 1 else f"{n} fields"
 
 
+def _keeping_a_leading_mark(path: Path, start: int) -> int:
+    """Where to start reading records at byte ``start`` (after the header) so that a record there
+    keeps a byte-order mark it starts with: Arrow drops one at the start of its stream, which is
+    where the pandas engine's reading and each Dask block of a file begin, while one anywhere else
+    in the file is part of its field (as pandas and Python's csv read it). Started at the line end
+    before it, the stream begins with an empty line, which Arrow skips and does not number."""
+    if start <= 0:
+        return start
+    with open(path, "rb") as fh:
+        fh.seek(start - 1)
+        before = fh.read(1 + len(codecs.BOM_UTF8))
+    return start - 1 if before[:1] == b"\n" and before[1:] == codecs.BOM_UTF8 else start
+
+
 class _Malformed(NamedTuple):
     fields: int
     text: str
@@ -103,6 +118,7 @@ def _arrow_batches(path: Path, start: int, end: int, header: list[str], report: 
 
     setattr(keep, _HANDLER_MARK, True)
     _quiet_undecodable_rows()
+    start = _keeping_a_leading_mark(path, start)
     block, delivered = _CSV_BLOCK, 0
     while True:
         with pa.OSFile(str(path)) as file:  # a native stream: Arrow's reading thread never waits for Python
