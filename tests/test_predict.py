@@ -221,7 +221,8 @@ def test_chosen_columns_in_their_order_computing_only_what_they_need(trained, mo
     with pytest.raises(AssertionError, match="ask_next computed"):
         predict(frame, model=models, columns=["ask_next"])
     for columns, message in ((["tirage"], "'tirage' is not an output column; choose from row,prediction,"),
-                             (["case_id"], "'case_id' is not an output column"),  # these cases have no ids
+                             (["case_id"], r"'case_id' is not an output column \(the cases have no case_id column: "
+                                           r"'row' numbers them\); choose from row,"),  # these cases have no ids
                              (["triage", "triage"], "'triage' given twice"), ([], "no column chosen; choose from row,"),
                              ("triage", r"give a list of output columns, such as \['triage'\], not one name"),
                              (np.array(["triage"]), "give a list of output column names, not ndarray")):

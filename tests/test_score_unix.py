@@ -187,6 +187,13 @@ def test_unknown_column_is_one_line_naming_the_choices(trained, cases_csv, tmp_p
                  "--columns", "case_id,p_flu"]) == 2
     err = capsys.readouterr().err.strip()
     assert "'p_flu' is not an output column" in err and "p_dvt" in err and len(err.splitlines()) == 1
+    # a file without ids has no case_id column to choose, and the message says why
+    no_ids = tmp_path / "no_ids.csv"
+    no_ids.write_text("age,sex\n40,male\n")
+    assert main(["score", str(no_ids), "-o", str(tmp_path / "n.csv"), "--model", str(models),
+                 "--columns", "case_id,triage"]) == 2
+    assert ("--columns: 'case_id' is not an output column (the cases have no case_id column: 'row' numbers "
+            "them); choose from row,") in capsys.readouterr().err
     for flags, message in [(["--top-k", "10"], "--top-k == 10, must be an integer in 1..9."),
                            (["--float-digits", "18"], "--float-digits == 18, must be in 0..17 (17 keeps every digit)."),
                            (["--float-digits", "-1"], "--float-digits == -1, must be in 0..17"),

@@ -238,7 +238,8 @@ def test_served_answers_hold_the_columns_asked_for_computed_as_predict_computes_
     assert got[["triage", "case_id"]].equals(expected[["triage", "case_id"]])
     np.testing.assert_array_equal(got["p_dvt"].to_numpy(float), expected["p_dvt"].to_numpy(float))
     for columns, message in ((["tirage"], "params: columns: 'tirage' is not an output column; choose from case_id,"),
-                             (["row"], "'row' is not an output column"), (None, "give a list of output column names")):
+                             (["row"], r"'row' is not an output column \(the cases have a case_id column, which names "
+                                       r"them\); choose from case_id,"), (None, "give a list of output column names")):
         with pytest.raises(BatchInputError, match=message):
             _answer(model, json.dumps({"dataframe_records": records, "params": {"columns": columns}}).encode())
     # an empty list is every column, as MLflow's server reads it (there the signature's default)

@@ -22,7 +22,7 @@ import pandas as pd
 import pyarrow as pa
 
 from pipeline.core.errors import BatchInputError
-from pipeline.core.schema import normalise_header, top_k_problem, whole_number
+from pipeline.core.schema import ID_COLUMN, normalise_header, top_k_problem, whole_number
 
 __all__ = ["FLOAT_DIGITS", "MAX_FLOAT_DIGITS", "OutputOptions", "column_list", "float_digits_allowed", "input_columns",
            "parse_column_list", "round_floats", "rounded",
@@ -142,7 +142,11 @@ def columns_problem(names: Sequence[str], columns: Sequence[str]) -> str | None:
     unknown = [c for c in columns if c not in names]
     if unknown:
         verb = "is not an output column" if len(unknown) == 1 else "are not output columns"
-        return f"{', '.join(map(repr, unknown))} {verb}; choose from {column_list(names)}."
+        # the one column named after what the cases have: say why the other is not there
+        why = (f" (the cases have no {ID_COLUMN} column: 'row' numbers them)" if ID_COLUMN in unknown and "row" in names
+               else f" (the cases have a {ID_COLUMN} column, which names them)" if "row" in unknown and ID_COLUMN in names
+               else "")
+        return f"{', '.join(map(repr, unknown))} {verb}{why}; choose from {column_list(names)}."
     repeated = sorted({c for c in columns if list(columns).count(c) > 1})
     return f"{', '.join(map(repr, repeated))} given twice." if repeated else None
 
