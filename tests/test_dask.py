@@ -566,6 +566,55 @@ def test_a_cluster_without_workers_stops_the_job_instead_of_waiting_for_ever(mon
             cluster_module.gather(idle, {future: "cases.csv"})
 
 
+def _wait_for(path: str) -> str:
+    import time
+
+    while not os.path.exists(path):
+        time.sleep(0.02)
+    return "done"
+
+
+def test_each_result_is_let_go_as_soon_as_it_is_taken(client, tmp_path):
+    """The scheduler reruns a finished task whose result a lost worker held while a client still
+    holds its future: a first-pass scoring task could then write its parts again over the second
+    pass's. gather lets each future go as it takes its result, while the others still run."""
+    import threading
+    import time
+
+    from distributed import wait
+
+    import pipeline.core.cluster as cluster_module
+
+    def held(key: str) -> bool:
+        return client.run_on_scheduler(lambda dask_scheduler: key in dask_scheduler.tasks)
+
+    go = tmp_path / "go"
+    # the slow one first: the scheduler has it by the time the fast one has finished
+    slow = client.submit(_wait_for, str(go), key="kneepain-test-slow")
+    fast = client.submit(sum, [1, 2], key="kneepain-test-fast")
+    out: list = []
+    runner = None
+    try:
+        wait([fast], timeout=60)
+        assert held("kneepain-test-fast") and held("kneepain-test-slow")
+        runner = threading.Thread(target=lambda: out.append(cluster_module.gather(client, {fast: "a", slow: "b"})))
+        runner.start()
+        deadline = time.monotonic() + 20
+        while held("kneepain-test-fast"):
+            assert time.monotonic() < deadline, "the finished task is still held while the other one runs"
+            time.sleep(0.05)
+        assert runner.is_alive() and held("kneepain-test-slow") and not out
+    finally:
+        go.touch()
+        if runner is not None:
+            runner.join(60)
+    assert sorted(out[0], key=str) == [3, "done"]
+    deadline = time.monotonic() + 20  # the last one let go too (the scheduler hears of it a moment later)
+    while held("kneepain-test-slow"):
+        assert time.monotonic() < deadline, "the last task is still held after gather returned"
+        time.sleep(0.05)
+
+
 def test_names_that_look_like_globs_or_break_lines_are_read_as_they_are(client, trained, kb, tmp_path):
     """A file named cases[2024].csv is that file (not a pattern matching cases2.csv); a column
     name with a line break does not split the merged rejects."""

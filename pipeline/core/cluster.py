@@ -189,6 +189,12 @@ NO_WORKERS_SECONDS = 120.0  # a job whose cluster has had no worker this long st
 def gather(client: "Client", futures: dict["Future", str]) -> list[Any]:
     """Results of ``futures`` (future -> input label); on the first failure cancel the rest and raise.
 
+    Each future is released as soon as its result is taken. The scheduler reruns a finished task
+    whose result a lost worker held while a client still holds its future: held to the end, a
+    scoring task of the first pass could run again while the rest of the pass, or the second
+    pass, went on, and write its part files over the second pass's (repeated ids scored after
+    all). Released, it has nothing left to rerun.
+
     A cluster left without workers (none ever joined a scheduler, or a local cluster's all died
     before they ran a task, which Dask does not count as a failure) would wait for ever: after
     :data:`NO_WORKERS_SECONDS` without one the job stops with :class:`DaskJobError`."""
@@ -215,6 +221,7 @@ def gather(client: "Client", futures: dict["Future", str]) -> list[Any]:
                         raise error from RemoteTraceback(remote)
                     raise error
                 results.append(result)
+                future.release()
             if done or client.nthreads():
                 idle_since = None
             elif idle_since is None:
@@ -225,6 +232,4 @@ def gather(client: "Client", futures: dict["Future", str]) -> list[Any]:
     except BaseException:
         client.cancel(list(futures))  # tasks already running finish, but write into a removed folder
         raise
-    for future in futures:  # released, so a worker lost later never makes the scheduler rerun them
-        future.release()
     return results
