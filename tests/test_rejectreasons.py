@@ -89,6 +89,9 @@ def test_a_digest_reads_at_most_its_rows_and_says_so(tmp_path):
     assert rejects_digest(tmp_path / "rejects.parquet") == rejects_digest(path)
     (tmp_path / "broken.parquet").write_text("not Parquet")
     assert rejects_digest(tmp_path / "broken.parquet") == []
+    pd.DataFrame({"x": ["a"]}).to_parquet(tmp_path / "other.parquet")  # no reject_reason, as in CSV
+    pd.DataFrame({"x": ["a"]}).to_csv(tmp_path / "other.csv", index=False)
+    assert rejects_digest(tmp_path / "other.parquet") == rejects_digest(tmp_path / "other.csv") == []
 
 
 def test_a_rows_problems_are_joined_in_the_order_found_whatever_the_rows_order():

@@ -23,18 +23,22 @@ T = TypeVar("T")
 
 
 def lean_memory_pool(decay_ms: int = JEMALLOC_DECAY_MS) -> None:
-    """Make Arrow's jemalloc pool the default where this pyarrow has it (a no-op elsewhere), keeping
-    freed pages ``decay_ms`` milliseconds for reuse before they go back to the kernel.
+    """Make Arrow's jemalloc pool the default where this pyarrow has it (a no-op elsewhere), with
+    the arenas it makes from now on keeping freed pages ``decay_ms`` milliseconds for reuse before
+    they go back to the kernel. In ``kneepain score`` those are the arenas of the threads that
+    read, score and write (jemalloc gives each new thread an arena of its own while it has fewer
+    threads than arenas, four per core); the first arena, made as the pool starts, keeps Arrow's
+    1 s, and on one CPU it is the only one.
 
     Streaming allocates and frees chunk-sized buffers on four threads; jemalloc hands freed memory
     back sooner than the default mimalloc (``kneepain score`` on a 1M-row CSV: 335 MB against
     380 MB peak, for the same time). jemalloc hands freed pages back gradually over the decay
     time, so with Arrow's default (1 s) some went back within the tenth of a second a chunk takes,
-    and the next chunk faulted them in again: with 10 s, the same run took half the page faults
-    (61k against 117k), 0.24 s less system time and 2% less wall time, for the same peak RSS (298
-    MiB either way; medians of five runs each, run alternately); on 4M rows, 89k against 351k
-    page faults and 0.8 s less system time, for 1 MiB more. Process-wide: the command calls it,
-    the library does not.
+    and the next chunk faulted them in again: with 10 s, on two cores, the same run took half the
+    page faults (61k against 117k), 0.24 s less system time and 2% less wall time, for the same
+    peak RSS (298 MiB either way; medians of five runs each, run alternately); on 4M rows, 89k
+    against 351k page faults and 0.8 s less system time, for 1 MiB more. Process-wide: the
+    command calls it, the library does not.
     """
     import pyarrow as pa
 

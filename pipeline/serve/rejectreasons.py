@@ -107,7 +107,8 @@ def _reason_batches(path: Path) -> Iterator[pa.RecordBatch]:
     """The ``reject_reason`` column of a rejects file, a batch at a time, in the file's format."""
     if path.suffix.lower() == ".parquet":
         with pq.ParquetFile(path) as parquet:
-            yield from parquet.iter_batches(batch_size=1 << 16, columns=["reject_reason"])
+            if "reject_reason" in parquet.schema_arrow.names:  # (a file without it gives batches of no column)
+                yield from parquet.iter_batches(batch_size=1 << 16, columns=["reject_reason"])
         return
     with pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=1 << 22),
                         parse_options=pacsv.ParseOptions(newlines_in_values=True),  # kept values may hold them
