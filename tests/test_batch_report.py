@@ -74,6 +74,11 @@ def test_report_reads_the_rejects_where_they_went_and_shares_no_file(trained, re
     assert (s["rows_scored"], s["rows_rejected"]) == (500, 3)
     scored = pd.read_csv(tmp_path / "o.csv")
     assert s["predicted"] == {c: (scored["prediction"] == c).mean() for c in CONDITIONS}
+    # rejects written as Parquet (by their name) are read as Parquet: the same counts and reasons
+    assert main([*base, "-o", str(tmp_path / "p.csv"), "--rejects", str(tmp_path / "r.parquet"),
+                 "--report", str(tmp_path / "p.html")]) == 1
+    p = json.loads((tmp_path / "p.json").read_text())
+    assert (p["rows_rejected"], p["top_reject_reasons"]) == (3, s["top_reject_reasons"])
     for extra in (["--rejects", str(tmp_path / "x.json"), "--report", str(tmp_path / "x.html")],  # the numbers' file
                   ["--rejects", str(tmp_path / "y.html"), "--report", str(tmp_path / "y.html")]):
         assert main([*base, "-o", str(tmp_path / "x.csv"), *extra]) == 2

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from pipeline.core.config import LEVELS
 from pipeline.core.files import write_report_json, write_text_atomic
@@ -35,8 +36,7 @@ from pipeline.serve import CHUNK_ROWS
 from pipeline.serve.adapt import MIN_ADAPT_ROWS, prior_report, scored_cases, training_prior
 from pipeline.serve.batch import rejects_file
 from pipeline.serve.loading import LoadedModel
-from pipeline.serve.rejectreasons import reject_reasons
-from pipeline.serve.writing import REJECT_META
+from pipeline.serve.rejectreasons import reason_texts, reject_reasons
 
 __all__ = ["REFERENCE_CASES", "field_drift", "summarise_batch", "write_batch_report"]
 
@@ -107,9 +107,10 @@ def summarise_batch(inputs: list[str | Path], output: str | Path, model: LoadedM
     output = Path(output)
     scored = _read_columns(output, [f"p_{c}" for c in CONDITIONS] + ["prediction", "triage", "atypical"])
     rejects_path = rejects_file(output, rejects)
-    rejected = (pd.read_csv(rejects_path, dtype=str, keep_default_na=False, usecols=REJECT_META)
-                if rejects_path.exists() else pd.DataFrame(columns=REJECT_META))
-    reasons = reject_reasons(rejected["reject_reason"])
+    # in the rejects file's own format (--rejects x.parquet writes Parquet), one text per rejected row
+    rejected = pa.chunked_array(list(reason_texts(rejects_path)) if rejects_path.exists() else [],
+                                pa.string()).to_pandas()
+    reasons = reject_reasons(rejected)
     proba = scored[[f"p_{c}" for c in CONDITIONS]].to_numpy(dtype=np.float64)
     if estimate is None and len(proba) >= MIN_ADAPT_ROWS:  # fewer rows: shares of noise (as --adapt-priors refuses)
         estimate = estimate_prior(proba, training_prior(model))

@@ -22,7 +22,8 @@ import pyarrow.parquet as pq
 
 from pipeline.core.csvrecords import reason_kind
 
-__all__ = ["MISSING_MARKERS", "marker_advice", "markers_among", "missing_markers", "reject_reasons", "rejects_digest"]
+__all__ = ["MISSING_MARKERS", "marker_advice", "markers_among", "missing_markers", "reason_texts", "reject_reasons",
+           "rejects_digest"]
 
 _LITERAL = r"'(?:[^'\\]|\\.)*'" + r'|"(?:[^"\\]|\\.)*"'  # a Python string's repr, as the rejects writer quotes
 # one problem of a rejects file's reject_reason: "column <name>, value <value>: reason", or a row's
@@ -103,18 +104,22 @@ def reject_reasons(reasons: pd.Series) -> pd.Series:
     return _reasons_of(_problems(reasons))
 
 
-def _reason_batches(path: Path) -> Iterator[pa.RecordBatch]:
-    """The ``reject_reason`` column of a rejects file, a batch at a time, in the file's format."""
+def reason_texts(path: str | Path) -> Iterator[pa.Array]:
+    """The ``reject_reason`` column of a rejects file (CSV, or Parquet where its name ends in
+    ``.parquet``, as ``kneepain score`` writes them), a batch at a time, as text."""
+    path = Path(path)
     if path.suffix.lower() == ".parquet":
         with pq.ParquetFile(path) as parquet:
             if "reject_reason" in parquet.schema_arrow.names:  # (a file without it gives batches of no column)
-                yield from parquet.iter_batches(batch_size=1 << 16, columns=["reject_reason"])
+                for batch in parquet.iter_batches(batch_size=1 << 16, columns=["reject_reason"]):
+                    yield batch.column(0).cast(pa.string())
         return
     with pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=1 << 22),
                         parse_options=pacsv.ParseOptions(newlines_in_values=True),  # kept values may hold them
                         convert_options=pacsv.ConvertOptions(include_columns=["reject_reason"],
                                                              column_types={"reject_reason": pa.string()})) as reader:
-        yield from reader
+        for batch in reader:
+            yield batch.column(0)
 
 
 def missing_markers(reasons: pd.Series) -> pd.Series:
@@ -130,9 +135,9 @@ def rejects_digest(path: str | Path, top: int = 3, max_rows: int = DIGEST_ROWS) 
     most (and says so)."""
     batches, rows = [], 0
     try:  # streamed: a rejects file of every row of a large input is read no further than needed
-        for batch in _reason_batches(Path(path)):
-            batches.append(batch.column(0).cast(pa.string()))
-            rows += batch.num_rows
+        for texts in reason_texts(path):
+            batches.append(texts)
+            rows += len(texts)
             if rows > max_rows:
                 break
     except (OSError, pa.ArrowException):  # the file is the user's to read; the digest is a courtesy
