@@ -273,13 +273,14 @@ def _evaluate_file(args: argparse.Namespace, path: Path) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from pipeline.core.files import is_case_file
     from pipeline.core.knowledge import load_knowledge_base
     from pipeline.core.paths import data_dir, reports_dir
     from pipeline.report.decision_metrics import format_decision_table
     from pipeline.report.evaluate import format_metrics_table
     from pipeline.stages import evaluate_stage
 
-    if args.data and Path(args.data).suffix.lower() in (".csv", ".parquet"):
+    if args.data and is_case_file(args.data):
         return _evaluate_file(args, Path(args.data))
     if args.data and Path(args.data).is_file():
         raise UsageError(f"--data {args.data}: a file of labelled cases is read as CSV or Parquet, by its extension "
@@ -367,9 +368,10 @@ def _score_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _score_options(args: argparse.Namespace):
+    from pipeline.core.files import is_parquet
     from pipeline.serve.shaping import FLOAT_DIGITS, MAX_FLOAT_DIGITS, OutputOptions, parse_column_list
 
-    csv_out = args.output == "-" or not args.output.lower().endswith(".parquet")
+    csv_out = args.output == "-" or not is_parquet(args.output)
     digits = FLOAT_DIGITS if args.float_digits is None else args.float_digits
     columns = parse_column_list(args.columns) if args.columns is not None else None
     if columns is not None and "" in columns:
@@ -453,6 +455,7 @@ def _most_processes() -> int:
 
 
 def _score(args: argparse.Namespace) -> int:
+    from pipeline.core.files import is_parquet
     from pipeline.core.schema import top_k_problem
     from pipeline.serve.shaping import FLOAT_DIGITS, MAX_FLOAT_DIGITS, float_digits_allowed
 
@@ -477,7 +480,7 @@ def _score(args: argparse.Namespace) -> int:
         if given:
             raise UsageError(f"{', '.join(given)}: for --engine dask only.")
     if (args.float_digits is not None and args.float_digits < MAX_FLOAT_DIGITS and args.engine != "dask"
-            and Path(args.output).suffix.lower() == ".parquet"):  # 17 keeps every digit, as Parquet does
+            and is_parquet(args.output)):  # 17 keeps every digit, as Parquet does
         raise UsageError(f"--float-digits {args.float_digits}: rounds a CSV output; a Parquet output keeps every "
                          f"float whole (as --float-digits {MAX_FLOAT_DIGITS} does).")
     if args.block_mb is not None and not (math.isfinite(args.block_mb) and round(args.block_mb * (1 << 20)) >= 1):
@@ -511,9 +514,10 @@ def _score(args: argparse.Namespace) -> int:
     if args.engine == "dask" and (any(shaped) or "-" in (args.output, *args.inputs)):
         raise UsageError("--columns, --keep-input-columns, --top-k, --float-digits, --texts, --rejects and - are for "
                          "--engine pandas; the Dask engine writes the full output.")
+    from pipeline.core.files import is_case_file
     from pipeline.serve.batch import STREAM_REJECTS, rejects_file
 
-    if args.engine == "dask" and Path(args.output).suffix.lower() in (".csv", ".parquet"):
+    if args.engine == "dask" and is_case_file(args.output):
         raise UsageError(f"-o {args.output}: the dask engine writes a folder of part files (--format chooses "
                          "their type); give a folder name.")
     if args.engine == "dask":

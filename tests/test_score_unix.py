@@ -496,6 +496,25 @@ def test_parquet_texts_are_dictionary_encoded_and_whole(trained, cases_csv, tmp_
     assert pq.ParquetFile(small).metadata.num_row_groups == 1 and pq.read_table(small).equals(pq.read_table(out))
 
 
+def test_file_types_are_told_by_name_in_any_case(trained, cases_csv, tmp_path):
+    """``.PARQUET`` is Parquet for the input, the output and the rejects file alike: a Parquet
+    output gets whole texts and no lookup, as with ``.parquet``."""
+    models, _ = trained
+    path, cases = cases_csv
+    src = tmp_path / "in.PARQUET"
+    bad = pd.read_csv(path, dtype=str, keep_default_na=False)
+    bad.loc[3, "age"] = "old"
+    bad.to_parquet(src, index=False)
+    out, rejects = tmp_path / "out.Parquet", tmp_path / "rej.PARQUET"
+    assert main(["score", str(src), "-o", str(out), "--rejects", str(rejects), "--model", str(models),
+                 "--quiet"]) == 1
+    got, expected = pd.read_parquet(out), predict(cases.drop(index=3), model=models)
+    assert got["advice"].tolist() == expected["advice"].tolist()
+    assert pd.read_parquet(rejects)["reject_row"].tolist() == [3]
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == [
+        "in.PARQUET", "out.Parquet", "rej.PARQUET"]
+
+
 def test_an_input_without_a_required_column_stops_the_job_before_any_row_is_written(trained, cases_csv, tmp_path, capsys):
     from pipeline.core.errors import BatchInputError
 

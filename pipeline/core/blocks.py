@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from pipeline.core.casefiles import FileBlock, csv_data_start, file_columns
+from pipeline.core.files import is_parquet
 
 __all__ = ["MIN_BLOCK_BYTES", "WINDOW_BYTES", "plan_blocks"]
 
@@ -59,7 +60,7 @@ def plan_blocks(path: str | Path, *, chunk_rows: int, block_bytes: int) -> Itera
     """
     path = Path(path)
     file_columns(path)
-    if path.suffix.lower() == ".parquet":
+    if is_parquet(path):
         yield from _parquet_blocks(path, chunk_rows, block_bytes)
     else:
         yield from _csv_blocks(path, chunk_rows, block_bytes)

@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 
 from pipeline.core.csvrecords import MAX_RECORD_BYTES, BlockMismatchError, CaseChunk, csv_chunks
 from pipeline.core.errors import BatchInputError, CaseValidationError
+from pipeline.core.files import is_case_file, is_parquet
 from pipeline.core.formulas import unguarded_names
 from pipeline.core.parsing import ParsedCases, parse_cases, required_columns_error, utf8_or_bytes
 from pipeline.core.schema import (
@@ -308,9 +309,8 @@ def url_problem(path: str | Path) -> BatchInputError | None:
 def file_columns(path: str | Path) -> list[str]:
     """The column names of a CSV (its header) or Parquet file (its schema), checked for repeats."""
     path = Path(path)
-    suffix = path.suffix.lower()
     check_is_file(path)
-    if suffix == ".parquet":
+    if is_parquet(path):
         try:
             meta = pq.read_metadata(path)
             schema = meta.schema.to_arrow_schema()
@@ -319,7 +319,7 @@ def file_columns(path: str | Path) -> list[str]:
         names = schema.names + [name for name, _, _ in range_index_columns(schema, meta.num_rows)]
         check_columns(names, str(path))
         return names
-    if suffix == ".csv":
+    if is_case_file(path):
         return _csv_header(path)[0]
     raise unsupported_file_type(path)
 
@@ -378,7 +378,7 @@ def iter_chunks(path: str | Path, chunk_rows: int, *, block: FileBlock | None = 
     file_columns(path)  # refuses a missing, empty or unsupported file, or a repeated column
     block = block or FileBlock()
     try:
-        if path.suffix.lower() == ".parquet":
+        if is_parquet(path):
             read, tables = block.first_row, _parquet_tables(path, chunk_rows, block)
             while True:
                 try:

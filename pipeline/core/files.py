@@ -25,10 +25,24 @@ from typing import Any
 
 from pipeline.core.errors import BatchInputError
 
-__all__ = ["in_temporary_folder", "load_yaml", "process_alive", "reclaim_stale_temps", "regular_stat", "replace_keeping_mode",
-           "sha256_file",
-           "standard_stream_closed", "stdout_bytes", "tmp_path", "write_bytes_atomic", "write_json_atomic",
-           "write_parts_atomic", "write_report_json", "write_text_atomic"]
+__all__ = ["CASE_FILE_TYPES", "in_temporary_folder", "is_case_file", "is_parquet", "load_yaml", "process_alive",
+           "reclaim_stale_temps", "regular_stat", "replace_keeping_mode", "sha256_file", "standard_stream_closed",
+           "stdout_bytes", "tmp_path", "write_bytes_atomic", "write_json_atomic", "write_parts_atomic",
+           "write_report_json", "write_text_atomic"]
+
+
+CASE_FILE_TYPES = (".csv", ".parquet")  # the file types of cases, outputs and rejects, told by name
+
+
+def is_parquet(path: str | Path) -> bool:
+    """Whether ``path`` names a Parquet file: its name ends in ``.parquet``, in any case (every
+    other name is read and written as CSV)."""
+    return Path(path).suffix.lower() == ".parquet"
+
+
+def is_case_file(path: str | Path) -> bool:
+    """Whether ``path``'s name ends in one of :data:`CASE_FILE_TYPES`, in any case."""
+    return Path(path).suffix.lower() in CASE_FILE_TYPES
 
 
 @contextmanager

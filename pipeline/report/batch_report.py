@@ -26,7 +26,7 @@ import pandas as pd
 import pyarrow as pa
 
 from pipeline.core.config import LEVELS
-from pipeline.core.files import write_report_json, write_text_atomic
+from pipeline.core.files import is_parquet, write_report_json, write_text_atomic
 from pipeline.core.parsing import codes_to_text_frame, parse_cases
 from pipeline.core.schema import CONDITION_LABELS, CONDITIONS, FIELDS, UNKNOWN
 from pipeline.data.generate import generate_codes
@@ -89,7 +89,7 @@ def field_drift(batch: dict[str, np.ndarray], reference: dict[str, np.ndarray]) 
 
 
 def _read_columns(path: Path, columns: list[str]) -> pd.DataFrame:
-    if path.suffix.lower() == ".parquet":
+    if is_parquet(path):
         return pd.read_parquet(path, columns=columns)
     return pd.read_csv(path, usecols=lambda c: c in columns)
 

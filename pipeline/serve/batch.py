@@ -37,6 +37,8 @@ from pipeline.core.casefiles import PARQUET_FIX, complete_columns, iter_chunks
 from pipeline.core.errors import BatchInputError
 from pipeline.core.files import (
     in_temporary_folder,
+    is_case_file,
+    is_parquet,
     reclaim_stale_temps,
     regular_stat,
     replace_keeping_mode,
@@ -129,7 +131,7 @@ def score_files(inputs: list[str | Path], output: str | Path, model: LoadedModel
                                 chunk_rows=chunk_rows, progress=progress, warn=warn, options=options, stdin=stdin,
                                 jobs=jobs)
     output = Path(output)
-    if output.suffix.lower() not in (".csv", ".parquet"):
+    if not is_case_file(output):
         raise BatchInputError(f"{output}: unsupported output type {output.suffix!r}; expected .csv or .parquet.")
     # the rejects file and lookup are named beside the output's name as given (a link's own folder); the
     # lookup is written, or an earlier run's removed: either way it is no other output's file
@@ -377,7 +379,7 @@ def _score_locked(paths: list[Path], columns: list[list[str]], output: Path | No
     schema = select_columns(output_schema(ID_COLUMN if has_ids else "row", len(paths) > 1, model.decision is not None,
                                           top_k=options.top_k, extra=extra), options.columns)
     rschema = reject_schema(columns)
-    csv_out = output is None or output.suffix.lower() != ".parquet"
+    csv_out = output is None or not is_parquet(output)
     shape = _shaper(options, csv_out)
     codes = _as_codes(model, options)
     # removed whenever the run stops, even mid-way

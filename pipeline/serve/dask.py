@@ -48,7 +48,7 @@ from pipeline.core.casefiles import (
 )
 from pipeline.core.cluster import DaskJobError, gather, remove_temp_folder, task_failed, temp_folder
 from pipeline.core.errors import BatchInputError, ModelIntegrityError
-from pipeline.core.files import tmp_path
+from pipeline.core.files import is_case_file, is_parquet, tmp_path
 from pipeline.core.parsing import ignored_columns_message
 from pipeline.core.paths import models_dir
 from pipeline.core.schema import ID_COLUMN, normalise_header
@@ -218,7 +218,7 @@ def _expand_inputs(inputs: Sequence[str | Path] | str | Path) -> list[Path]:
         raise BatchInputError("no input files given; expected one or more CSV or Parquet files or globs.")
     for p in paths:
         check_is_file(p)
-        if p.suffix.lower() not in (".csv", ".parquet"):
+        if not is_case_file(p):
             raise unsupported_file_type(p)
     return paths
 
@@ -278,7 +278,7 @@ def default_block_bytes(paths: Sequence[Path], workers: int) -> int:
     as whole block sizes fit in a file's data, so one CSV gets exactly that many blocks (a size
     rounded up, or counting the header, made one block fewer, and a worker waited on the other's
     second block: 2 workers scored one file 1.6x faster than one instead of about 1.9x)."""
-    total = sum(Path(p).stat().st_size - (csv_data_start(p) if Path(p).suffix.lower() == ".csv" else 0)
+    total = sum(Path(p).stat().st_size - (0 if is_parquet(p) else csv_data_start(p))
                 for p in paths)
     return max(MIN_BLOCK_BYTES, total // (BLOCKS_PER_WORKER * max(workers, 1)))
 

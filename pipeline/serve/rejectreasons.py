@@ -21,6 +21,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from pipeline.core.csvrecords import reason_kind
+from pipeline.core.files import is_parquet
 
 __all__ = ["MISSING_MARKERS", "marker_advice", "markers_among", "missing_markers", "reason_texts", "reject_reasons",
            "rejects_digest"]
@@ -108,7 +109,7 @@ def reason_texts(path: str | Path) -> Iterator[pa.Array]:
     """The ``reject_reason`` column of a rejects file (CSV, or Parquet where its name ends in
     ``.parquet``, as ``kneepain score`` writes them), a batch at a time, as text."""
     path = Path(path)
-    if path.suffix.lower() == ".parquet":
+    if is_parquet(path):
         with pq.ParquetFile(path) as parquet:
             if "reject_reason" in parquet.schema_arrow.names:  # (a file without it gives batches of no column)
                 for batch in parquet.iter_batches(batch_size=1 << 16, columns=["reject_reason"]):

@@ -27,7 +27,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from pipeline.core.errors import BatchInputError
-from pipeline.core.files import tmp_path
+from pipeline.core.files import is_parquet, tmp_path
 from pipeline.core.formulas import csv_safe, guarded_names
 from pipeline.core.parsing import is_blank
 from pipeline.core.schema import ID_COLUMN, first_spellings, normalise_header
@@ -256,7 +256,7 @@ class Writer:
     def __init__(self, target: Path, schema: pa.Schema, *, stream: BinaryIO | None = None):
         self.target, self.schema = target, schema
         self.tmp = tmp_path(target)
-        self._csv = stream is not None or target.suffix.lower() != ".parquet"
+        self._csv = stream is not None or not is_parquet(target)
         self._parquet: pq.ParquetWriter | None = None
         self._own = stream is None
         try:
