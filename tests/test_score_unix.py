@@ -144,6 +144,11 @@ def test_kept_input_columns_never_lose_one_to_a_name_clash(trained, tmp_path, ca
     got = _read(tmp_path / "two.csv")
     assert got["input_input_triage"].tolist() == ["T1", ""] and got["input_triage"].tolist() == ["", "IT2"]
     assert got["note"].tolist() == ["hello", "hi"] and "Note" not in got.columns
+    # a column an input lacks holds no value in its rows, not an empty text
+    assert main(["score", str(first), str(other), "-o", str(tmp_path / "two.parquet"), "--model", str(models),
+                 "--quiet", "--keep-input-columns"]) == 0
+    got = pq.read_table(tmp_path / "two.parquet")
+    assert got["input_input_triage"].to_pylist() == ["T1", None] and got["input_triage"].to_pylist() == [None, "IT2"]
 
 
 def test_columns_name_a_kept_column_with_a_comma_in_double_quotes(trained, tmp_path, capsys):

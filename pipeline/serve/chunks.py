@@ -212,7 +212,7 @@ class FileJob:
     rschema: pa.Schema
     top_k: int
     keep: dict[str, str]
-    blank: tuple[str, ...]  # output columns this input does not have (other inputs' kept columns): written blank
+    blank: tuple[str, ...]  # output columns this input does not have (other inputs' kept columns): null
     codes: bool
     shape: Callable[[pa.Table], pa.Table] | None
     csv: bool
