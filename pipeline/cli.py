@@ -578,7 +578,7 @@ def _sample(args: argparse.Namespace) -> int:
     from pipeline.core.schema import FIELDS, ID_COLUMN
     from pipeline.data.generate import SAMPLE_BLOCK_ROWS, generate_codes, sample_block_seed
     from pipeline.serve.batch import check_target
-    from pipeline.serve.guard import stop_at_once_on_signals
+    from pipeline.serve.guard import stop_at_once_on_signals, written_path
 
     if args.n < 1:
         raise UsageError(f"--n == {args.n}, must be >= 1.")
@@ -587,7 +587,8 @@ def _sample(args: argparse.Namespace) -> int:
         if Path(args.output).suffix.lower() != ".csv":
             raise UsageError(f"-o {args.output}: kneepain sample writes CSV; give a .csv path, or - for standard "
                              "output.")
-        check_target(Path(args.output), "output")
+        target = written_path(Path(args.output), "output")  # through a link, the file it names, as score writes
+        check_target(target, "output")
     kb = load_knowledge_base(args.kb)
     # the integer fields the generator always answers (the required ones): whole numbers in every block
     whole = {f.name for f in FIELDS if f.kind == "integer" and f.required}
@@ -614,9 +615,9 @@ def _sample(args: argparse.Namespace) -> int:
         return EXIT_OK
     # a stop signal (SIGTERM, SIGHUP, Ctrl-C) stops the job at once, its temporary file removed;
     # one killed outright leaves a temporary that the next sample on the same output removes
-    reclaim_stale_temps(args.output)
+    reclaim_stale_temps(target)
     with stop_at_once_on_signals():
-        write_parts_atomic(args.output, parts())
+        write_parts_atomic(target, parts())
     print(f"Wrote {args.n:,} unlabelled cases to {args.output}")
     return EXIT_OK
 

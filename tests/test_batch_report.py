@@ -189,16 +189,14 @@ def test_report_renders_in_a_headless_browser(report, tmp_path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 50_000  # a drawn page, not a blank one
 
 
-def test_an_input_given_twice_counts_each_rejected_row_it_holds(trained, report, tmp_path):
-    """The page counted distinct (file, row) pairs of the rejects file: an input given twice had
-    its rejected rows counted once, so scored + rejected fell short of the rows read."""
+def test_an_input_given_twice_is_refused_before_any_page_is_written(trained, report, tmp_path):
+    """An input given twice was scored twice, and its page counted its rejected rows once: the job
+    is refused instead, and neither the output nor the page is written."""
     models, _ = trained
     clinic = report / "clinic.csv"
     assert main(["score", str(clinic), str(clinic), "-o", str(tmp_path / "twice.csv"), "--model", str(models),
-                 "--report", str(tmp_path / "twice.html"), "--quiet"]) == 1
-    s = json.loads((tmp_path / "twice.json").read_text())
-    lines = len(pd.read_csv(tmp_path / "twice.csv.rejects.csv", dtype=str))
-    assert s["rows_rejected"] == lines and s["rows_scored"] + s["rows_rejected"] == 2 * 503
+                 "--report", str(tmp_path / "twice.html"), "--quiet"]) == 2
+    assert not [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
 
 
 def test_one_row_no_row_and_reasons_past_the_table_are_said_as_they_are(trained, report, tmp_path):

@@ -180,6 +180,9 @@ def test_globs_are_expanded_in_sorted_order(client, trained, inputs, reference, 
     os.mkfifo(tmp_path / "pipe.csv")
     with pytest.raises(BatchInputError, match=r"pipe.csv: is a pipe or device, not a file; .* save its rows to a file"):
         score_files_dask([str(tmp_path / "pipe.csv")], tmp_path / "none", models, client=client)
+    # overlapping globs name a file twice: refused, as by the pandas engine
+    with pytest.raises(BatchInputError, match=r"a.parquet: is given twice as an input, and its rows would be scored twice"):
+        score_files_dask([str(folder / "*.parquet"), inputs[0]], tmp_path / "none", models, client=client)
     assert not (tmp_path / "none").exists()
 
 

@@ -252,6 +252,9 @@ def test_missing_default_model_says_make_run(tmp_path, monkeypatch):
 def test_a_model_source_that_cannot_be_one_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="no-such-folder: no such models folder"):
         predict(CASE, model=tmp_path / "no-such-folder")  # a typo, not a missing `make run`
+    (tmp_path / "cases.csv").write_text("age,sex\n40,male\n")
+    with pytest.raises(FileNotFoundError, match=r"cases.csv: is a file, not a models folder, and its folder .* holds no"):
+        predict(CASE, model=tmp_path / "cases.csv")  # the cases given where the model goes
     with pytest.raises(ValueError, match="model == ''"):
         predict(CASE, model="")
     with pytest.raises(TypeError, match="got int"):

@@ -65,6 +65,22 @@ def test_output_that_is_an_input_is_refused_and_the_input_kept(trained, tmp_path
     assert src.read_bytes() == before
 
 
+def test_an_input_given_twice_is_refused(trained, tmp_path, capsys, monkeypatch):
+    """``a.csv ./a.csv``, a link to an input, or globs that overlap: without a ``case_id`` its rows
+    were scored twice under the same file name and row numbers."""
+    models, _ = trained
+    monkeypatch.chdir(tmp_path)
+    _write(tmp_path / "a.csv", ["age,sex", "40,male", "50,female"])
+    (tmp_path / "link.csv").symlink_to("a.csv")
+    for second, said in [("./a.csv", "a.csv: is given twice as an input"), ("link.csv", "link.csv: is the input a.csv again")]:
+        assert main(["score", "a.csv", second, "-o", "out.csv", "--model", str(models), "--quiet"]) == 2
+        assert said in _one_line_error(capsys)
+        assert not (tmp_path / "out.csv").exists()
+    _write(tmp_path / "b.csv", ["age,sex", "60,male"])
+    assert main(["score", "a.csv", "b.csv", "-o", "out.csv", "--model", str(models), "--quiet"]) == 0
+    assert pd.read_csv(tmp_path / "out.csv")["file"].tolist() == ["a.csv", "a.csv", "b.csv"]
+
+
 @pytest.mark.parametrize("output", ["out.csv", "-"])
 def test_standard_input_read_from_an_output_file_is_refused_and_the_file_kept(trained, tmp_path, monkeypatch, output):
     """`kneepain score - -o cases.csv < cases.csv`, and `- -o - < score.rejects.csv` (a fixed
@@ -176,6 +192,28 @@ def test_a_file_to_write_that_is_a_link_is_written_through_it_and_stays_a_link(t
     # the output's and the rejects file's lock beside the file the link names; no temporary left
     assert sorted(p.name for p in (tmp_path / "real").iterdir()) == [".target.csv.lock", "target.csv"][
         which == "texts lookup":]
+
+
+@pytest.mark.parametrize("loop", ["itself", "two links"])
+def test_a_file_to_write_that_is_a_link_leading_back_to_itself_is_refused(trained, tmp_path, capsys, loop):
+    """A link that loops names no file: refused before any row is read, for score's output and
+    rejects file and for sample, which also writes through a link as score does."""
+    models, _ = trained
+    src = _write(tmp_path / "in.csv", [HEADER, GOOD[0]])
+    (tmp_path / "loop.csv").symlink_to("loop.csv" if loop == "itself" else "back.csv")
+    if loop == "two links":
+        (tmp_path / "back.csv").symlink_to("loop.csv")
+    for args in (["score", str(src), "-o", str(tmp_path / "loop.csv"), "--model", str(models)],
+                 ["score", str(src), "-o", str(tmp_path / "out.csv"), "--rejects", str(tmp_path / "loop.csv"),
+                  "--model", str(models)],
+                 ["sample", "--n", "3", "-o", str(tmp_path / "loop.csv")]):
+        assert main(args) == 2
+        assert "loop.csv: is a symbolic link that leads back to itself" in _one_line_error(capsys)
+        assert (tmp_path / "loop.csv").is_symlink() and not (tmp_path / "out.csv").exists()
+    (tmp_path / "real.csv").write_text("an earlier file\n")
+    (tmp_path / "link.csv").symlink_to("real.csv")
+    assert main(["sample", "--n", "3", "-o", str(tmp_path / "link.csv")]) == 0
+    assert (tmp_path / "link.csv").is_symlink() and (tmp_path / "real.csv").read_text().startswith("case_id,age")
 
 
 def test_a_link_to_a_file_of_another_type_is_refused(trained, tmp_path, capsys):
@@ -1342,7 +1380,25 @@ def test_a_malformed_or_multi_line_record_with_a_field_over_128_kb_is_read(train
                                                                                 GOOD[1].split(",")[0]]
     bad = pd.read_csv(tmp_path / "out.csv.rejects.csv", dtype=str, keep_default_na=False)
     assert bad["reject_row"].tolist() == ["1"] and "has 7 fields; the header has 6" in bad["reject_reason"][0]
-    assert bad["note"][0] == long
+    assert bad["note"][0] == long + ",EXTRA"  # the field past the header's, kept in the last column
+
+
+def test_a_record_with_too_many_fields_loses_none_and_is_rejected_again_unmended(trained, tmp_path):
+    """The fields past the header's stay in the last column as the record wrote them, so the
+    rejects file holds the whole record and, scored again as it is, rejects it again; a
+    spreadsheet mark in its fields is taken off as in any other record."""
+    models, _ = trained
+    src = _write(tmp_path / "in.csv", ["case_id,age,sex,leg_swelling,skin_red,fever", "a,45,male,yes,,no,yes",
+                                       "'=b,45,male,yes,,no,\"x, y\"", "'=c,abc,male,,,"])
+    assert _score(src, tmp_path / "out.csv", models) == 1
+    bad = pd.read_csv(tmp_path / "out.csv.rejects.csv", dtype=str, keep_default_na=False)
+    assert bad["fever"].tolist() == ["no,yes", 'no,"x, y"', ""]
+    assert bad["case_id"].tolist() == ["a", "'=b", "'=c"]  # marked once: taken off on reading, whatever the record
+    assert "(column 'fever' holds the fields from there on, as written)" in bad["reject_reason"][0]
+    assert _score(tmp_path / "out.csv.rejects.csv", tmp_path / "again.csv", models) == 1
+    again = pd.read_csv(tmp_path / "again.csv.rejects.csv", dtype=str, keep_default_na=False)
+    assert again["case_id"].tolist() == ["a", "'=b", "'=c"]
+    assert again["reject_reason"].str.contains("column 'fever'").tolist() == [True, True, False]
 
 
 def test_the_spreadsheet_mark_is_taken_off_when_a_csv_is_read_so_fixed_rejects_score_as_written(trained, tmp_path):

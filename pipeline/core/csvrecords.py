@@ -279,7 +279,7 @@ def reason_kind(reasons: pd.Series) -> pd.Series:
     lines a field runs over) and without the allowed answers after a ``;``, so that problems of
     one kind count together in a report's commonest reasons."""
     kind = reasons.astype(str).str.replace(_RECORD_NAMED, "", regex=True)
-    kind = kind.str.replace(r"^has \d+ fields?; the header has \d+$", "has the wrong number of fields", regex=True)
+    kind = kind.str.replace(r"^has \d+ fields?; the header has \d+( \(.*)?$", "has the wrong number of fields", regex=True)
     kind = kind.str.replace(r"^(has a field '.*?') that runs over .*$", r"\1 that reads the records after it (a quote left open)",
                             regex=True)
     return kind.str.split(";").str[0]
@@ -326,7 +326,10 @@ def _malformed_reason(header: list[str], record: _Malformed, is_record: Callable
     for name, value in zip(header, fields):
         if "\n" in value and (reason := _swallowed(name, value, is_record)):
             return reason
-    return f"has {_fields(record.fields)}; the header has {len(header)}"
+    reason = f"has {_fields(record.fields)}; the header has {len(header)}"
+    if len(fields) > len(header) and header:
+        return reason + f" (column {header[-1]!r} holds the fields from there on, as written)"
+    return reason
 
 
 def _may_break_lines(column: pa.ChunkedArray) -> bool:
@@ -339,6 +342,16 @@ def _may_break_lines(column: pa.ChunkedArray) -> bool:
     return False
 
 
+def _as_many_fields(fields: list[str], n: int) -> list[str]:
+    """A malformed record's ``fields`` as ``n``: blanks added at the end, or the fields from the
+    ``n``-th on kept in the last one as the record's CSV text (``no,yes``), so that no value is lost."""
+    if len(fields) <= n:
+        return fields + [""] * (n - len(fields))
+    text = io.StringIO()
+    csv.writer(text, lineterminator="").writerow(fields[n - 1:])
+    return fields[:n - 1] + [text.getvalue()]
+
+
 def _with_malformed(frame: pd.DataFrame, rows: np.ndarray, malformed: list[int], bad: dict[int, _Malformed],
                     reason: Callable[[int], str], also: Sequence[int] = ()) -> CaseChunk:
     """``frame`` (the well-formed records ``rows``) with the ``malformed`` records put back at their
@@ -347,8 +360,10 @@ def _with_malformed(frame: pd.DataFrame, rows: np.ndarray, malformed: list[int],
         at = np.searchsorted(rows, np.asarray(also, dtype=np.int64))
         return CaseChunk(frame, {int(i): reason(k) for i, k in zip(at, also)})
     names = list(frame.columns)
-    fields = [(_fields_of(bad[k].text) + [""] * len(names))[:len(names)] for k in malformed]
+    fields = [_as_many_fields(_fields_of(bad[k].text), len(names)) for k in malformed]
     extra = pd.DataFrame(fields, columns=names, dtype=frame.dtypes.iloc[0] if len(names) else None)
+    if len(names):  # the spreadsheet mark taken off, as from the well-formed records
+        extra = unguarded(pa.Table.from_pandas(extra, preserve_index=False)).to_pandas().astype(extra.dtypes)
     everything = np.concatenate([rows, malformed])
     order = np.argsort(everything, kind="stable")
     merged = pd.concat([frame, extra], ignore_index=True).iloc[order].reset_index(drop=True)

@@ -25,8 +25,8 @@ from pipeline.model.integrity import CHECKSUMS_FILE, seal_folder, verify_folder
 from pipeline.model.legacy import LEGACY_MODEL_FILE, load_legacy
 from pipeline.model.modelfile import ARRAYS_FILE, SKOPS_FILE, read_model_file, write_model_file
 
-__all__ = ["KB_FILE", "MANIFEST_FILE", "ModelIntegrityError", "VerifiedModel", "library_versions", "load_estimator",
-           "save_model", "update_manifest"]
+__all__ = ["KB_FILE", "MANIFEST_FILE", "ModelIntegrityError", "VerifiedModel", "holds_model", "library_versions",
+           "load_estimator", "save_model", "update_manifest"]
 
 MANIFEST_FILE = "manifest.json"
 KB_FILE = "knowledge_base.yaml"
@@ -100,6 +100,12 @@ class VerifiedModel:
         self.estimator, self.manifest, self.contents = estimator, manifest, contents
 
 
+def holds_model(folder: Path) -> bool:
+    """Whether ``folder`` holds a model of some kind, whole or not (a broken one is refused by
+    :func:`load_estimator`, saying what is wrong, rather than said to be missing)."""
+    return any((folder / name).exists() for name in (CHECKSUMS_FILE, LEGACY_MODEL_FILE, MANIFEST_FILE, *_MODEL_FILES))
+
+
 def load_estimator(folder: Path, *, trust_pickle: bool = False) -> VerifiedModel:
     """The fitted model of a folder, its manifest and its files' bytes, all verified before use.
 
@@ -118,7 +124,7 @@ def load_estimator(folder: Path, *, trust_pickle: bool = False) -> VerifiedModel
             _check_schema(folder, manifest)
             warn_on_other_versions(manifest, ("scikit-learn", "numpy", "joblib"))
             return VerifiedModel(estimator, manifest, contents)
-        if not any((folder / name).exists() for name in (MANIFEST_FILE, *_MODEL_FILES)):
+        if not holds_model(folder):
             raise FileNotFoundError(f"no model at {folder}: run `make run` (or `kneepain train`) first, or give a "
                                     "models folder (`--model DIR`, `predict(..., model=DIR)`).")
     contents = verify_folder(folder, [MANIFEST_FILE])

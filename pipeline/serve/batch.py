@@ -55,6 +55,7 @@ from pipeline.serve.guard import (
     OutputBusyError,
     check_stop,
     output_lock,
+    refuse_repeated_inputs,
     refuse_same_file,
     refuse_shared_outputs,
     refuse_stdin_source,
@@ -139,6 +140,7 @@ def score_files(inputs: list[str | Path], output: str | Path, model: LoadedModel
                                 ("texts lookup", texts_lookup(output))])
     output, rejects_path, lookup = (path for _, path in outputs)
     with _stdin_spooled(inputs, stdin, outputs) as paths:
+        refuse_repeated_inputs(paths)
         refuse_same_file(paths, outputs)
         columns = complete_columns(paths)  # every input readable and complete before anything is written
         # the rejects file is locked too: two jobs may share it (--rejects) while their outputs differ
@@ -247,6 +249,7 @@ def _score_to_stream(inputs: list[str | Path], stream: BinaryIO, model: LoadedMo
     outputs = _written_targets(outputs)
     rejects, texts_path = outputs[0][1], (outputs[1][1] if len(outputs) > 1 else None)
     with _stdin_spooled(inputs, stdin, outputs) as paths:
+        refuse_repeated_inputs(paths)
         refuse_same_file(paths, outputs)
         columns = complete_columns(paths)
         with _stream_lock(rejects), stop_on_signals():

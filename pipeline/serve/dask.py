@@ -54,6 +54,7 @@ from pipeline.core.paths import models_dir
 from pipeline.core.schema import ID_COLUMN, normalise_header
 from pipeline.serve import CHUNK_ROWS, batch
 from pipeline.serve.batch import ScoreSummary, SeenIds
+from pipeline.serve.guard import refuse_repeated_inputs
 from pipeline.serve.loading import get_model, is_model_uri, pinned_uri
 from pipeline.serve.writing import encode_csv, output_schema, output_table, reject_schema, reject_table
 
@@ -220,6 +221,7 @@ def _expand_inputs(inputs: Sequence[str | Path] | str | Path) -> list[Path]:
         check_is_file(p)
         if not is_case_file(p):
             raise unsupported_file_type(p)
+    refuse_repeated_inputs(paths)
     return paths
 
 

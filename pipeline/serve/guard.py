@@ -1,6 +1,7 @@
 """What keeps a scoring job from destroying or mixing up a user's files.
 
-- :func:`refuse_same_file`: an output (or its rejects file) that is one of the inputs, by any
+- :func:`refuse_repeated_inputs`: one file given twice as an input is refused;
+  :func:`refuse_same_file`: an output (or its rejects file) that is one of the inputs, by any
   path (relative, through a link), is refused before anything is opened for writing, and so is
   (:func:`refuse_stdin_source`) the file standard input is redirected from (``- -o f < f``), and
   (:func:`refuse_stdout_target`) a file standard output is redirected to that is an input or
@@ -38,9 +39,9 @@ from filelock import FileLock, Timeout
 
 from pipeline.core.errors import BatchInputError
 
-__all__ = ["STOP_SIGNALS", "Interrupted", "OutputBusyError", "check_stop", "output_lock", "refuse_same_file",
-           "refuse_shared_outputs", "refuse_stdin_source", "refuse_stdout_target", "stop_at_once_on_signals",
-           "stop_on_signals", "written_path"]
+__all__ = ["STOP_SIGNALS", "Interrupted", "OutputBusyError", "check_stop", "output_lock", "refuse_repeated_inputs",
+           "refuse_same_file", "refuse_shared_outputs", "refuse_stdin_source", "refuse_stdout_target",
+           "stop_at_once_on_signals", "stop_on_signals", "written_path"]
 
 # what stops a job: a terminal's Ctrl-C, `kill`, `timeout` and systemd's SIGTERM, a closed terminal's SIGHUP
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
@@ -57,7 +58,10 @@ class Interrupted(KeyboardInterrupt):
 def _same(a: Path, b: Path) -> bool:
     if a.exists() and b.exists():
         return os.path.samefile(a, b)
-    return a.resolve() == b.resolve()
+    try:
+        return a.resolve() == b.resolve()
+    except (OSError, RuntimeError):  # a link that loops names no file, and so not the other's
+        return Path(os.path.abspath(a)) == Path(os.path.abspath(b))
 
 
 def _another(what: str) -> str:
@@ -75,6 +79,22 @@ def refuse_same_file(inputs: Sequence[Path], outputs: Sequence[tuple[str, Path]]
             if _same(src, out):
                 raise BatchInputError(f"{out}: the {what} would be the input file {src}: scoring would overwrite "
                                       f"your data; {_another(what)}.")
+
+
+def refuse_repeated_inputs(inputs: Sequence[Path]) -> None:
+    """Raise :class:`BatchInputError` if two of the inputs are one file, by any path (``a.csv``
+    and ``./a.csv``, overlapping globs, a link): its rows would be scored twice, and without a
+    ``case_id`` under the same file name and row numbers."""
+    seen: list[Path] = []
+    for path in inputs:
+        if not path.is_file():  # a missing input is said to be missing, later
+            continue
+        first = next((p for p in seen if os.path.samefile(p, path)), None)
+        if first is not None:
+            again = "is given twice as an input" if str(first) == str(path) else f"is the input {first} again"
+            raise BatchInputError(f"{path}: {again}, and its rows would be scored twice; give each input once "
+                                  "(globs that overlap name a file twice).")
+        seen.append(path)
 
 
 def _regular_file_of(stream: BinaryIO) -> os.stat_result | None:
@@ -174,6 +194,10 @@ def written_path(path: Path, what: str) -> Path:
         if not here.is_symlink():
             break
         here = Path(os.path.normpath(here.parent / os.readlink(here)))
+    else:
+        raise BatchInputError(f"{path}: is a symbolic link that leads back to itself (or through more than "
+                              f"{_MAX_LINKS} links), so the {what} has no file to be written to; give the path of "
+                              "a file.")
     target = Path(os.path.realpath(path)) if os.path.islink(path) else path
     for fd, stream in _STREAMS:
         try:

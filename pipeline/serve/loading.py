@@ -28,7 +28,7 @@ from pipeline.core.schema import CONDITIONS
 from pipeline.decision.layer import Decision
 from pipeline.model.arrays import ArrayScorer, array_scorer, predict_proba
 from pipeline.model.integrity import CHECKSUMS_FILE
-from pipeline.model.persist import KB_FILE, MANIFEST_FILE, load_estimator
+from pipeline.model.persist import KB_FILE, MANIFEST_FILE, holds_model, load_estimator
 from pipeline.model.signing import trusted_key, verify_signature
 
 __all__ = ["ARTIFACT_KEY", "LoadedModel", "clear_model_cache", "get_model", "is_model_uri", "load_model", "pinned_uri"]
@@ -119,6 +119,10 @@ def load_model(source: str | Path | LoadedModel | None = None, *, trust_pickle: 
         raise FileNotFoundError(f"{source}: no such models folder; give the folder `kneepain train` wrote, or a "
                                 "models:/ URI of the registry.")
     folder = _folder_of(folder)
+    if folder != Path(source or folder) and not holds_model(folder):
+        raise FileNotFoundError(f"{source}: is a file, not a models folder, and its folder {folder} holds no model; "
+                                "give the folder `kneepain train` wrote (or a file in it), or a models:/ URI of the "
+                                "registry.")
     if key is not None:
         verify_signature(folder, key)
     verified = load_estimator(folder, trust_pickle=trust_pickle)
