@@ -110,15 +110,21 @@ def test_records_counted_as_arrow_counts_them(tmp_path):
         assert all(text[e:e + 1] == b"\n" for e in ends)
 
 
+@pytest.mark.parametrize("window", [64, None])  # 64 bytes: blocks before the odd record's window too
 @pytest.mark.parametrize("oddity", [b'7,a"b,c\n', b'7,"a"b,c\n', b"7,a\rb,c\n", b'7,"open,c\n'])
-def test_quoting_the_planner_cannot_follow_leaves_the_rest_of_the_file_whole(tmp_path, oddity, monkeypatch):
-    monkeypatch.setattr("pipeline.core.blocks.WINDOW_BYTES", 64)  # blocks before the odd record are found first
+def test_quoting_the_planner_cannot_follow_leaves_the_rest_of_the_file_whole(tmp_path, oddity, window, monkeypatch):
+    """From the last chunk start before the odd byte, however far into its window: a stray quote
+    (``5'10"``) anywhere in the first window of 16 MB made the whole file one block."""
+    if window is not None:
+        monkeypatch.setattr("pipeline.core.blocks.WINDOW_BYTES", window)
     lines = [b"h0,h1,h2\n"] + [f"{i},x,y\n".encode() for i in range(200)]
-    lines.insert(120, oddity)
+    lines.insert(120, oddity)  # record 119
     path = tmp_path / "odd.csv"
     path.write_bytes(b"".join(lines))
     blocks = list(plan_blocks(path, chunk_rows=10, block_bytes=300))
     assert len(blocks) > 2 and blocks[-1].rows is None and blocks[-1].first_row < 120
+    if b"open" not in oddity:  # (an unclosed quote is found at the end of the file)
+        assert blocks[-1].first_row == 110
     _assert_same_chunks(_read(path, 10), _read(path, 10, blocks))
 
 

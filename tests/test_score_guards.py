@@ -1290,7 +1290,7 @@ def test_the_dask_engine_stopped_by_sigterm_leaves_no_folder(trained, big_csv, t
                              str(models), "--block-mb", "1", "--chunk-rows", "2000", "--quiet"],
                             stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     deadline = time.monotonic() + 120
-    while not list(tmp_path.glob(".scored.tmp-*/part-*")):  # the workers are writing parts
+    while not list(tmp_path.glob(".scored.tmp-*/attempt-*/part-*")):  # the workers are writing parts
         assert proc.poll() is None and time.monotonic() < deadline, "scoring ended before it could be stopped"
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
@@ -1317,7 +1317,7 @@ def test_ctrl_c_to_a_dask_job_stops_it_without_the_clusters_tracebacks(trained, 
     try:
         deadline = time.monotonic() + 120
         while not (spawned_children(proc.pid) if moment == "while its workers start"
-                   else list(tmp_path.glob(".scored.tmp-*/part-*"))):
+                   else list(tmp_path.glob(".scored.tmp-*/attempt-*/part-*"))):
             assert proc.poll() is None and time.monotonic() < deadline, "the job ended before it could be stopped"
             time.sleep(0.01)
         os.killpg(proc.pid, signal.SIGINT)

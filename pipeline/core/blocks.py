@@ -12,7 +12,8 @@ numbers and malformed-record reasons as reading it whole.
   before it (an escaped ``""`` adds two), an empty line is no record, and a file without any
   ``"`` needs only its newlines counted. Where the file leaves that rule (a ``"`` inside an
   unquoted field, a carriage return that is not before a newline, an unclosed quote) the rest
-  of the file from the last record found is one block, read to its end: a split is only ever
+  of the file, from the last chunk start before that byte, is one block, read to its end (the
+  blocks before it are split as usual, however far into the window it is): a split is only ever
   made where the reader would end a record. Each block is yielded as soon as its end is known,
   so the first ones can be scored while the rest of the file is still being read.
 """
@@ -98,30 +99,42 @@ class _RecordScan:
         self.regular = True
 
     def window(self, data: np.ndarray) -> np.ndarray:
-        """The file offsets of the newlines that end the non-empty records in ``data``."""
+        """The file offsets of the newlines that end the non-empty records in ``data``; where Arrow's
+        reader could read the window otherwise, only those before the first such byte (the records
+        that end there are right: the planner still splits the file up to it)."""
+        bad = []  # window offsets from which Arrow could disagree
         if self.close_pending and not _CLOSES_BEFORE[data[0]] or self.return_pending and data[0] != _NEWLINE:
-            self.regular = False
+            bad.append(0)
         self.close_pending = False
         is_newline = data == _NEWLINE
         returns = np.flatnonzero(data == _RETURN)
         self.return_pending = bool(len(returns)) and returns[-1] == len(data) - 1
-        if len(returns) and (data[returns[:len(returns) - self.return_pending] + 1] != _NEWLINE).any():
-            self.regular = False  # a lone carriage return ends a record for Arrow
+        inner = returns[:len(returns) - self.return_pending]
+        lone = inner[data[inner + 1] != _NEWLINE]  # a lone carriage return ends a record for Arrow
+        if len(lone):
+            bad.append(int(lone[0]))
         is_quote = data == _QUOTE
         if is_quote.any():
-            ends = np.flatnonzero(is_newline & ~self._inside_quotes(data, is_quote, is_newline))
+            inside, stray = self._inside_quotes(data, is_quote, is_newline)
+            ends = np.flatnonzero(is_newline & ~inside)
+            if stray is not None:
+                bad.append(stray)
         else:
             ends = np.flatnonzero(is_newline) if not self.quotes_odd else np.empty(0, dtype=np.intp)
+        if bad:
+            self.regular = False
+            ends = ends[ends < min(bad)]
         ends = self._non_empty(data, ends)
         self.pos += len(data)
         self.last_byte = int(data[-1])
         self.records += len(ends)
         return ends
 
-    def _inside_quotes(self, data: np.ndarray, is_quote: np.ndarray, is_newline: np.ndarray) -> np.ndarray:
-        """Per byte, whether a quoted field is open after it; checks that every quote opens, closes
-        or escapes as RFC 4180 has it. Whole-window masks rather than the quotes' positions: a
-        file that quotes every field has about one quote in three bytes."""
+    def _inside_quotes(self, data: np.ndarray, is_quote: np.ndarray, is_newline: np.ndarray
+                       ) -> tuple[np.ndarray, int | None]:
+        """Per byte, whether a quoted field is open after it; and the first quote that does not
+        open, close or escape as RFC 4180 has it (None: every one does). Whole-window masks rather
+        than the quotes' positions: a file that quotes every field has about one quote in three bytes."""
         # the parity of the quotes so far: a quote that leaves it odd opens a field (or is the
         # second of an escaped ""), one that leaves it even closes it (or is the first)
         inside = np.bitwise_xor.accumulate(is_quote.view(np.uint8)).view(bool)
@@ -134,12 +147,13 @@ class _RecordScan:
         # after a closing one ends a field or a record, or is a quote (the last byte: the next window)
         opens_ok = comma[:-1] | is_newline[:-1] | is_quote[:-1]
         closes_ok = comma[1:] | is_newline[1:] | is_quote[1:] | (data[1:] == _RETURN)
-        if (opening[0] and not _OPENS_AFTER[self.last_byte] or (opening[1:] & ~opens_ok).any()
-                or (closing[:-1] & ~closes_ok).any()):
-            self.regular = False
+        strays = [int(i) + 1 for i in np.flatnonzero(opening[1:] & ~opens_ok)[:1]]
+        strays += [int(i) for i in np.flatnonzero(closing[:-1] & ~closes_ok)[:1]]
+        if opening[0] and not _OPENS_AFTER[self.last_byte]:
+            strays.append(0)
         self.close_pending = bool(closing[-1])
         self.quotes_odd = bool(inside[-1])
-        return inside
+        return inside, min(strays, default=None)
 
     def _non_empty(self, data: np.ndarray, ends: np.ndarray) -> np.ndarray:
         """``ends`` (window offsets) as file offsets, less those of empty lines (no record to Arrow)."""
@@ -187,9 +201,7 @@ def _csv_blocks(path: Path, chunk_rows: int, block_bytes: int) -> Iterator[FileB
         fh.seek(data_start)
         while scan.regular and (got := fh.readinto(buffer)):
             before = scan.records
-            ends = scan.window(np.frombuffer(buffer, dtype=np.uint8, count=got))
-            if not scan.regular:
-                break
+            ends = scan.window(np.frombuffer(buffer, dtype=np.uint8, count=got))  # (irregular: those before it)
             # the chunks that start in this window: after the end of every chunk_rows-th record
             last_of_chunk = np.flatnonzero((before + np.arange(len(ends)) + 1) % chunk_rows == 0)
             # the chunks that start in this window (after every chunk_rows-th record), and the last one before it
@@ -202,6 +214,9 @@ def _csv_blocks(path: Path, chunk_rows: int, block_bytes: int) -> Iterator[FileB
                 yield FileBlock(first, int(rows[i]) - first, start, int(starts[i]))
                 first, start = int(rows[i]), int(starts[i])
                 k = max(k + 1, first_after(start))
+            if not scan.regular and starts[-1] > start:  # the last chunk start before the file leaves the rule
+                yield FileBlock(first, int(rows[-1]) - first, start, int(starts[-1]))
+                first, start = int(rows[-1]), int(starts[-1])
             start_before, rows_before = int(starts[-1]), int(rows[-1])
     total = scan.finish(size) if scan.regular else 0
     if not scan.regular:

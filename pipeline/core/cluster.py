@@ -6,6 +6,8 @@ Dask itself is imported only inside these functions, so nothing else pays for it
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import logging
 import os
 import shutil
@@ -21,7 +23,8 @@ from pipeline.core.spawning import signals_blocked
 if TYPE_CHECKING:
     from distributed import Client, Future
 
-__all__ = ["LOCAL_WORKER_CONFIG", "DaskJobError", "dask_client", "gather", "remove_temp_folder", "temp_folder"]
+__all__ = ["LOCAL_WORKER_CONFIG", "DaskJobError", "code_digest", "dask_client", "gather", "other_code",
+           "remove_temp_folder", "temp_folder"]
 
 # Dask sets MALLOC_TRIM_THRESHOLD_=65536 in every worker it spawns, to hand freed memory back to
 # the system at once. Setting any trim threshold also turns off glibc's adaptive mmap threshold,
@@ -64,6 +67,27 @@ class RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+@functools.cache
+def code_digest() -> str:
+    """A hash of this installation's kneepain code (every ``.py`` and ``.yaml`` file of the package,
+    by path and contents), found once per process. A long-lived worker keeps the modules it
+    imported when it started: after an upgrade its rejects, and maybe its scores, would differ
+    from the driver's. A job sends its own digest with each task, and a worker whose code differs
+    scores nothing."""
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".yaml") and "__pycache__" not in p.parts):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def other_code(label: str) -> DaskJobError:
+    """The error of a task whose worker runs other kneepain code than the job's driver (:func:`code_digest`)."""
+    return DaskJobError(f"{label}: a Dask worker runs other kneepain code than this job (its package files differ: "
+                        "an upgrade or a `git pull` since the worker started?); restart the workers from this "
+                        "installation. No output was written.")
 
 
 def task_failed(label: str, err: BaseException) -> DaskJobError:

@@ -46,7 +46,15 @@ from pipeline.core.casefiles import (
     unsupported_file_type,
     url_problem,
 )
-from pipeline.core.cluster import DaskJobError, gather, remove_temp_folder, task_failed, temp_folder
+from pipeline.core.cluster import (
+    DaskJobError,
+    code_digest,
+    gather,
+    other_code,
+    remove_temp_folder,
+    task_failed,
+    temp_folder,
+)
 from pipeline.core.errors import BatchInputError, ModelIntegrityError
 from pipeline.core.files import is_case_file, is_parquet, tmp_path
 from pipeline.core.parsing import ignored_columns_message
@@ -75,7 +83,8 @@ _TRANSIENT_ERRORS = (OSError, MemoryError)
 
 @dataclass
 class _BlockResult:
-    """What one scoring task reports back: its parts, counts and the hashes of its case ids."""
+    """What one scoring task reports back: its parts and rejects (paths in the job's folder, under
+    the attempt's own subfolder), counts and the hashes of its case ids."""
 
     file: int
     first_row: int
@@ -120,23 +129,34 @@ def _is_split(block: FileBlock) -> bool:
 
 def _score_block(file: int, label: str, path: str, block: FileBlock, model_source: str, tmp_dir: str, *,
                  fmt: str, chunk_rows: int, id_column: str, earlier: np.ndarray, rschema: pa.Schema,
-                 digest: str = "") -> _BlockResult:
-    """Task: score every chunk of one block of a file into ``part-<file>-<chunk>`` files in ``tmp_dir``.
+                 digest: str = "", code: str = "") -> _BlockResult:
+    """Task: score every chunk of one block of a file into ``part-<file>-<chunk>`` files in a
+    subfolder of ``tmp_dir`` of this attempt's own: an attempt that the scheduler gave up on (its
+    worker dropped, yet still running) writes only there, never over the parts of the attempt
+    whose result the job uses, and :func:`_publish` takes only the files a result reports.
 
     Chunks are numbered in the file (a block starts at a whole chunk), so the part names do not
     depend on how the file was split. ``earlier`` holds the hashes of this block's case ids that
     an earlier block or file also has (the driver's second pass); they are rejected as
     duplicates exactly as the pandas engine would. ``digest``: the driver's model's
     (:attr:`pipeline.serve.loading.LoadedModel.digest`); a worker that loads another (the folder
-    was replaced while the job ran) scores nothing and fails the job.
+    was replaced while the job ran) scores nothing and fails the job; so does a worker whose
+    kneepain code is not the driver's ``code`` (:func:`pipeline.core.cluster.code_digest`).
     """
-    result, folder, offset = _BlockResult(file, block.first_row), Path(tmp_dir), block.first_row
+    result, offset = _BlockResult(file, block.first_row), block.first_row
+    if code and code != code_digest():  # returned: a retry on the same worker would only fail again
+        result.error = other_code(label)
+        return result
+    attempt = f"attempt-{uuid.uuid4().hex}"
+    folder = Path(tmp_dir) / attempt
     first_chunk = block.first_row // chunk_rows
     seen = SeenIds()
     if len(earlier):
         seen.runs.append(np.sort(earlier))
     rejects, rejects_path = None, folder / f"rejects-{file:05d}-{first_chunk:05d}.csv"
     try:
+        with _writing(folder):
+            folder.mkdir()
         model = get_model(model_source)  # cached per process: the model loads once per worker
         if digest and model.digest != digest:  # one job, one model: never parts of two
             raise ModelIntegrityError(
@@ -153,7 +173,7 @@ def _score_block(file: int, label: str, path: str, block: FileBlock, model_sourc
             result.ignored = result.ignored or ignored
             name = f"part-{file:05d}-{first_chunk + chunk:05d}.{fmt}"
             _write_part(output_table(scored, schema, file=label), folder / name, fmt)
-            result.parts.append(name)
+            result.parts.append(f"{attempt}/{name}")
             if len(bad):
                 with _writing(rejects_path):
                     if rejects is None:  # the header as the pandas engine writes it (input names guarded too)
@@ -167,7 +187,7 @@ def _score_block(file: int, label: str, path: str, block: FileBlock, model_sourc
             with _writing(rejects_path):
                 rejects.close()
                 os.replace(tmp_path(rejects_path), rejects_path)
-            result.rejects = rejects_path.name
+            result.rejects = f"{attempt}/{rejects_path.name}"
     except (BlockMismatchError, *_INPUT_ERRORS) as err:  # returned, not raised: Dask would retry a task that raises
         # a split block that cannot be read (or does not hold its planned rows) sends its file
         # back to be scored whole, which reports the file's real error, if any, as the pandas engine does
@@ -191,7 +211,7 @@ def _named_as_output(err: DaskJobError, tmp: Path, target: Path) -> DaskJobError
     input the task read, nor by the hidden folder."""
     cause = err.__cause__
     written = getattr(cause, "filename", None)
-    if not isinstance(cause, OSError) or not written or Path(written).parent != tmp:  # _writing's name
+    if not isinstance(cause, OSError) or not written or tmp not in Path(written).parents:  # _writing's name
         return err
     return DaskJobError(f"{target}: cannot write the output ({Path(written).name}: {cause.strerror or cause}); "
                         "no output was written.")
@@ -249,27 +269,31 @@ def _cross_block_duplicates(results: list[_BlockResult]) -> dict[int, np.ndarray
 
 
 def _publish(tmp: Path, results: list[_BlockResult], target: Path, rschema: pa.Schema) -> None:
-    """Merge the rejects into ``_rejects.csv``, drop leftovers of killed attempts, rename ``tmp`` to ``target``."""
+    """Make the output in a new subfolder of ``tmp`` from the files ``results`` report (each part
+    moved there under its own name, the rejects merged into ``_rejects.csv``) and rename it to
+    ``target``: what other attempts wrote (killed, or given up on and still running) stays behind
+    in ``tmp``, which the caller removes."""
     header = encode_csv(rschema.empty_table(), header=True).to_pybytes()
-    with open(tmp / REJECTS_FILE, "wb") as out:
-        out.write(header)
+    out = tmp / "output"
+    out.mkdir()
+    parts = [p for r in results for p in r.parts]
+    missing = [p for p in parts if not (tmp / p).is_file()]
+    if missing:
+        raise DaskJobError(f"{tmp}: part files missing after the job: {', '.join(sorted(missing)[:5])}")
+    with open(out / REJECTS_FILE, "wb") as merged:
+        merged.write(header)
         for r in results:
             if r.rejects:
                 with open(tmp / r.rejects, "rb") as fh:
                     # each file's header, by its bytes: a column name may hold a line break
                     if fh.read(len(header)) != header:
                         raise DaskJobError(f"{tmp / r.rejects}: does not start with the rejects' header.")
-                    shutil.copyfileobj(fh, out)
-    keep = {p for r in results for p in r.parts} | {REJECTS_FILE}
-    missing = keep - {p.name for p in tmp.iterdir()}
-    if missing:
-        raise DaskJobError(f"{tmp}: part files missing after the job: {', '.join(sorted(missing)[:5])}")
-    for entry in tmp.iterdir():
-        if entry.name not in keep:
-            entry.unlink()
+                    shutil.copyfileobj(fh, merged)
+    for part in parts:
+        os.rename(tmp / part, out / Path(part).name)
     if os.path.lexists(target):
         raise BatchInputError(f"{target}: appeared while the job ran; the output is not replaced.")
-    os.rename(tmp, target)
+    os.rename(out, target)
 
 
 def default_block_bytes(paths: Sequence[Path], workers: int) -> int:
@@ -383,6 +407,7 @@ def score_files_dask(inputs: Sequence[str | Path] | str | Path, output_dir: str 
     rschema = reject_schema(columns)
     model = _model_path(model_source)
     digest = get_model(model).digest  # checked here; each worker's load must give the same files
+    code = code_digest()  # and each worker must run this code
     if os.path.lexists(target):  # a link to nothing too: the folder could not be renamed onto it
         raise BatchInputError(f"{target}: already exists; the dask engine writes a new folder and never "
                               "overwrites one (remove it or choose another name).")
@@ -402,7 +427,7 @@ def score_files_dask(inputs: Sequence[str | Path] | str | Path, output_dir: str 
             futures[client.submit(_score_block, i, labels[i], str(paths[i].resolve()), block, model, str(tmp),
                                   fmt=fmt, chunk_rows=int(chunk_rows), id_column=id_column,
                                   earlier=earlier.get(unit, np.empty(0, dtype=np.uint64)), rschema=rschema,
-                                  digest=digest, key=key, retries=retries)] = labels[i]
+                                  digest=digest, code=code, key=key, retries=retries)] = labels[i]
         return submitted, gather(client, futures)
 
     def planned() -> Iterator[tuple[int, FileBlock]]:
@@ -417,6 +442,7 @@ def score_files_dask(inputs: Sequence[str | Path] | str | Path, output_dir: str 
                            "pass2")[1]
             ordered = _in_order(units, ordered + again)[1]
         _publish(tmp, ordered, target, rschema)
+        remove_temp_folder(tmp)  # with what other attempts left there
     except DaskJobError as err:
         remove_temp_folder(tmp)
         raise _named_as_output(err, tmp, target) from err.__cause__
