@@ -577,8 +577,8 @@ def _sample(args: argparse.Namespace) -> int:
     from pipeline.core.parsing import codes_to_text_frame
     from pipeline.core.schema import FIELDS, ID_COLUMN
     from pipeline.data.generate import SAMPLE_BLOCK_ROWS, generate_codes, sample_block_seed
-    from pipeline.serve.batch import check_target
-    from pipeline.serve.guard import stop_at_once_on_signals, written_path
+    from pipeline.serve.batch import written_targets
+    from pipeline.serve.guard import stop_at_once_on_signals
 
     if args.n < 1:
         raise UsageError(f"--n == {args.n}, must be >= 1.")
@@ -587,8 +587,7 @@ def _sample(args: argparse.Namespace) -> int:
         if Path(args.output).suffix.lower() != ".csv":
             raise UsageError(f"-o {args.output}: kneepain sample writes CSV; give a .csv path, or - for standard "
                              "output.")
-        target = written_path(Path(args.output), "output")  # through a link, the file it names, as score writes
-        check_target(target, "output")
+        [(_, target)] = written_targets([("output", Path(args.output))])  # through a link, as score writes
     kb = load_knowledge_base(args.kb)
     # the integer fields the generator always answers (the required ones): whole numbers in every block
     whole = {f.name for f in FIELDS if f.kind == "integer" and f.required}

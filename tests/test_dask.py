@@ -742,6 +742,12 @@ def test_an_attempt_given_up_on_writes_nothing_the_output_takes(trained, kb, tmp
     assert len(pd.read_csv(tmp_path / "out" / "_rejects.csv")) == 0
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "_rejects.csv", "part-00000-00000.parquet", "part-00000-00001.parquet", "part-00000-00002.parquet"]
+    # an attempt that fails keeps no folder (a retry writes a new one): no disk held until the job ends
+    left = set(tmp.iterdir())
+    failed = engine._score_block(0, str(src), str(src), FileBlock(), str(models), str(tmp), fmt="parquet",
+                                 chunk_rows=100, id_column=ID_COLUMN, earlier=np.empty(0, dtype=np.uint64),
+                                 rschema=rschema, digest="another model")
+    assert failed.error is not None and not failed.parts and set(tmp.iterdir()) == left
 
 
 def test_a_worker_running_other_code_scores_nothing(client, trained, kb, tmp_path):
@@ -762,7 +768,7 @@ def test_a_worker_running_other_code_scores_nothing(client, trained, kb, tmp_pat
     kwargs = dict(fmt="parquet", chunk_rows=100, id_column="row", earlier=np.empty(0, dtype=np.uint64), rschema=rschema)
     other = engine._score_block(0, "cases.csv", str(src), FileBlock(), str(models), str(tmp), code="0" * 64, **kwargs)
     assert isinstance(other.error, DaskJobError) and not other.parts and not list(tmp.iterdir())
-    assert "cases.csv: a Dask worker runs other kneepain code than this job" in str(other.error)
+    assert "cases.csv: a Dask worker and this job run different kneepain code" in str(other.error)
     assert client.submit(code_digest, pure=False).result() == code_digest()  # the test cluster's workers: this code
     same = engine._score_block(0, "cases.csv", str(src), FileBlock(), str(models), str(tmp), code=code_digest(),
                                **kwargs)

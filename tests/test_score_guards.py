@@ -76,6 +76,12 @@ def test_an_input_given_twice_is_refused(trained, tmp_path, capsys, monkeypatch)
         assert main(["score", "a.csv", second, "-o", "out.csv", "--model", str(models), "--quiet"]) == 2
         assert said in _one_line_error(capsys)
         assert not (tmp_path / "out.csv").exists()
+    from pipeline.serve.batch import score_files
+    from pipeline.serve.loading import load_model
+
+    with open(tmp_path / "a.csv", "rb") as redirected:  # `score a.csv - < a.csv`: refused before it is copied
+        with pytest.raises(BatchInputError, match=r"-: standard input is redirected from the input a.csv"):
+            score_files(["a.csv", "-"], tmp_path / "out.csv", load_model(models), stdin=redirected)
     _write(tmp_path / "b.csv", ["age,sex", "60,male"])
     assert main(["score", "a.csv", "b.csv", "-o", "out.csv", "--model", str(models), "--quiet"]) == 0
     assert pd.read_csv(tmp_path / "out.csv")["file"].tolist() == ["a.csv", "a.csv", "b.csv"]
@@ -214,6 +220,12 @@ def test_a_file_to_write_that_is_a_link_leading_back_to_itself_is_refused(traine
     (tmp_path / "link.csv").symlink_to("real.csv")
     assert main(["sample", "--n", "3", "-o", str(tmp_path / "link.csv")]) == 0
     assert (tmp_path / "link.csv").is_symlink() and (tmp_path / "real.csv").read_text().startswith("case_id,age")
+    # a chain of 40 links is what Linux still follows: written through; one more is refused
+    for k in range(1, 42):
+        (tmp_path / f"l{k}.csv").symlink_to("real.csv" if k == 1 else f"l{k - 1}.csv")
+    assert main(["sample", "--n", "2", "-o", str(tmp_path / "l40.csv")]) == 0
+    assert main(["sample", "--n", "2", "-o", str(tmp_path / "l41.csv")]) == 2
+    assert "(or through more than 40 links)" in _one_line_error(capsys)
 
 
 def test_a_link_to_a_file_of_another_type_is_refused(trained, tmp_path, capsys):
@@ -1384,21 +1396,23 @@ def test_a_malformed_or_multi_line_record_with_a_field_over_128_kb_is_read(train
 
 
 def test_a_record_with_too_many_fields_loses_none_and_is_rejected_again_unmended(trained, tmp_path):
-    """The fields past the header's stay in the last column as the record wrote them, so the
-    rejects file holds the whole record and, scored again as it is, rejects it again; a
-    spreadsheet mark in its fields is taken off as in any other record."""
+    """The fields past the header's stay in the last column as CSV text, so the rejects file holds
+    the whole record and, scored again as it is, rejects it again; a spreadsheet mark in its
+    fields is taken off as in any other record."""
     models, _ = trained
     src = _write(tmp_path / "in.csv", ["case_id,age,sex,leg_swelling,skin_red,fever", "a,45,male,yes,,no,yes",
-                                       "'=b,45,male,yes,,no,\"x, y\"", "'=c,abc,male,,,"])
+                                       "'=b,45,male,yes,,no,\"x, y\"", "'=c,abc,male,,,",
+                                       'd,45,male,yes,,"no\r\nx","y\nz"'])  # line breaks in the fields past it
     assert _score(src, tmp_path / "out.csv", models) == 1
     bad = pd.read_csv(tmp_path / "out.csv.rejects.csv", dtype=str, keep_default_na=False)
-    assert bad["fever"].tolist() == ["no,yes", 'no,"x, y"', ""]
-    assert bad["case_id"].tolist() == ["a", "'=b", "'=c"]  # marked once: taken off on reading, whatever the record
-    assert "(column 'fever' holds the fields from there on, as written)" in bad["reject_reason"][0]
+    assert bad["fever"].tolist() == ["no,yes", 'no,"x, y"', "", '"no\r\nx","y\nz"']
+    assert bad["case_id"].tolist() == ["a", "'=b", "'=c", "d"]  # marked once: taken off on reading, whatever the record
+    assert "(column 'fever' holds the fields from there on, as CSV text)" in bad["reject_reason"][0]
     assert _score(tmp_path / "out.csv.rejects.csv", tmp_path / "again.csv", models) == 1
     again = pd.read_csv(tmp_path / "again.csv.rejects.csv", dtype=str, keep_default_na=False)
-    assert again["case_id"].tolist() == ["a", "'=b", "'=c"]
-    assert again["reject_reason"].str.contains("column 'fever'").tolist() == [True, True, False]
+    assert again["case_id"].tolist() == ["a", "'=b", "'=c", "d"]
+    assert again["reject_reason"].str.contains("column 'fever'").tolist() == [True, True, False, True]
+    assert again["fever"].tolist() == bad["fever"].tolist()  # the same text, the same rows
 
 
 def test_the_spreadsheet_mark_is_taken_off_when_a_csv_is_read_so_fixed_rejects_score_as_written(trained, tmp_path):

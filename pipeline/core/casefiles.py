@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 
 from pipeline.core.csvrecords import MAX_RECORD_BYTES, BlockMismatchError, CaseChunk, csv_chunks
 from pipeline.core.errors import BatchInputError, CaseValidationError
-from pipeline.core.files import is_case_file, is_parquet
+from pipeline.core.files import FILE_TYPES_TEXT, is_case_file, is_parquet
 from pipeline.core.formulas import unguarded_names
 from pipeline.core.parsing import ParsedCases, parse_cases, required_columns_error, utf8_or_bytes
 from pipeline.core.schema import (
@@ -327,7 +327,7 @@ def file_columns(path: str | Path) -> list[str]:
 def unsupported_file_type(path: Path) -> BatchInputError:
     """The error of an input named neither .csv nor .parquet, saying how to mend it where its first
     bytes tell what it is (``cases.csv.gz``: decompress it first)."""
-    message = f"{path}: unsupported file type {path.suffix.lower()!r}; expected .csv or .parquet"
+    message = f"{path}: unsupported file type {path.suffix.lower()!r}; expected {FILE_TYPES_TEXT}"
     try:
         with open(path, "rb") as fh:
             known = _known_kind(fh.read(8))

@@ -85,9 +85,10 @@ def code_digest() -> str:
 
 def other_code(label: str) -> DaskJobError:
     """The error of a task whose worker runs other kneepain code than the job's driver (:func:`code_digest`)."""
-    return DaskJobError(f"{label}: a Dask worker runs other kneepain code than this job (its package files differ: "
-                        "an upgrade or a `git pull` since the worker started?); restart the workers from this "
-                        "installation. No output was written.")
+    return DaskJobError(f"{label}: a Dask worker and this job run different kneepain code (their package files "
+                        "differ: an upgrade or a `git pull` since one of them started?); restart the workers, and "
+                        "this process if it is a notebook or another long-lived one, from the same installation. "
+                        "No output was written.")
 
 
 def task_failed(label: str, err: BaseException) -> DaskJobError:
@@ -182,7 +183,8 @@ def _without_sync_cancel_noise() -> Iterator[None]:
 
 
 def temp_folder(target: Path, spare: Iterable[str | Path] = ()) -> Path:
-    """A new hidden folder next to ``target``, renamed to ``target`` once the job is complete.
+    """A new hidden folder next to ``target`` for a job's files; the job makes its output in it
+    and renames that to ``target`` once complete, then removes the folder (:func:`remove_temp_folder`).
 
     Its name is :func:`pipeline.core.files.tmp_path`'s with a random part
     (``.<target>.tmp-<host>-<pid>-<random>``), so the folders of a job killed outright (SIGKILL, out

@@ -328,7 +328,7 @@ def _malformed_reason(header: list[str], record: _Malformed, is_record: Callable
             return reason
     reason = f"has {_fields(record.fields)}; the header has {len(header)}"
     if len(fields) > len(header) and header:
-        return reason + f" (column {header[-1]!r} holds the fields from there on, as written)"
+        return reason + f" (column {header[-1]!r} holds the fields from there on, as CSV text)"
     return reason
 
 
@@ -344,12 +344,13 @@ def _may_break_lines(column: pa.ChunkedArray) -> bool:
 
 def _as_many_fields(fields: list[str], n: int) -> list[str]:
     """A malformed record's ``fields`` as ``n``: blanks added at the end, or the fields from the
-    ``n``-th on kept in the last one as the record's CSV text (``no,yes``), so that no value is lost."""
+    ``n``-th on kept in the last one as CSV text (``no,yes``; a field holding a comma, a quote or a
+    line break quoted), so that no value is lost."""
     if len(fields) <= n:
         return fields + [""] * (n - len(fields))
     text = io.StringIO()
-    csv.writer(text, lineterminator="").writerow(fields[n - 1:])
-    return fields[:n - 1] + [text.getvalue()]
+    csv.writer(text, lineterminator="\r\n").writerow(fields[n - 1:])  # \r or \n in a field: quoted
+    return fields[:n - 1] + [text.getvalue()[:-2]]
 
 
 def _with_malformed(frame: pd.DataFrame, rows: np.ndarray, malformed: list[int], bad: dict[int, _Malformed],

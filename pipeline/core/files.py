@@ -25,13 +25,14 @@ from typing import Any
 
 from pipeline.core.errors import BatchInputError
 
-__all__ = ["CASE_FILE_TYPES", "in_temporary_folder", "is_case_file", "is_parquet", "load_yaml", "process_alive",
-           "reclaim_stale_temps", "regular_stat", "replace_keeping_mode", "sha256_file", "standard_stream_closed",
-           "stdout_bytes", "tmp_path", "write_bytes_atomic", "write_json_atomic", "write_parts_atomic",
-           "write_report_json", "write_text_atomic"]
+__all__ = ["CASE_FILE_TYPES", "FILE_TYPES_TEXT", "in_temporary_folder", "is_case_file", "is_parquet", "load_yaml",
+           "process_alive", "reclaim_stale_temps", "regular_stat", "replace_keeping_mode", "sha256_file",
+           "standard_stream_closed", "stdout_bytes", "tmp_path", "write_bytes_atomic", "write_json_atomic",
+           "write_parts_atomic", "write_report_json", "write_text_atomic"]
 
 
 CASE_FILE_TYPES = (".csv", ".parquet")  # the file types of cases, outputs and rejects, told by name
+FILE_TYPES_TEXT = " or ".join(CASE_FILE_TYPES)  # as messages name them: ".csv or .parquet"
 
 
 def is_parquet(path: str | Path) -> bool:

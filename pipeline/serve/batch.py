@@ -36,6 +36,7 @@ import pyarrow as pa
 from pipeline.core.casefiles import PARQUET_FIX, complete_columns, iter_chunks
 from pipeline.core.errors import BatchInputError
 from pipeline.core.files import (
+    FILE_TYPES_TEXT,
     in_temporary_folder,
     is_case_file,
     is_parquet,
@@ -70,7 +71,7 @@ from pipeline.serve.shaping import OutputOptions, input_columns, round_floats, s
 from pipeline.serve.writing import Writer, output_schema, reject_schema
 
 __all__ = ["BatchInputError", "ScoreSummary", "SeenIds", "check_target", "score_chunk", "score_files", "score_valid",
-           "validate_chunk"]
+           "validate_chunk", "written_targets"]
 
 @dataclass
 class ScoreSummary:
@@ -133,14 +134,13 @@ def score_files(inputs: list[str | Path], output: str | Path, model: LoadedModel
                                 jobs=jobs)
     output = Path(output)
     if not is_case_file(output):
-        raise BatchInputError(f"{output}: unsupported output type {output.suffix!r}; expected .csv or .parquet.")
+        raise BatchInputError(f"{output}: unsupported output type {output.suffix!r}; expected {FILE_TYPES_TEXT}.")
     # the rejects file and lookup are named beside the output's name as given (a link's own folder); the
     # lookup is written, or an earlier run's removed: either way it is no other output's file
-    outputs = _written_targets([("output", output), ("rejects file", rejects_file(output, rejects)),
+    outputs = written_targets([("output", output), ("rejects file", rejects_file(output, rejects)),
                                 ("texts lookup", texts_lookup(output))])
     output, rejects_path, lookup = (path for _, path in outputs)
     with _stdin_spooled(inputs, stdin, outputs) as paths:
-        refuse_repeated_inputs(paths)
         refuse_same_file(paths, outputs)
         columns = complete_columns(paths)  # every input readable and complete before anything is written
         # the rejects file is locked too: two jobs may share it (--rejects) while their outputs differ
@@ -194,7 +194,7 @@ def _write_lookup(tmp: Path, data: bytes, lookup: Path, *, rename: bool) -> None
         raise BatchInputError(f"{lookup}: cannot write the texts lookup: {err.strerror or err}.") from err
 
 
-def _written_targets(outputs: list[tuple[str, Path]]) -> list[tuple[str, Path]]:
+def written_targets(outputs: list[tuple[str, Path]]) -> list[tuple[str, Path]]:
     """A job's files to write (``(what, path)``), each as it is written (:func:`written_path`:
     through a link, to the file it names), each refused if it cannot be (:func:`check_target`),
     and two that are one file refused: all before any row is read."""
@@ -246,10 +246,9 @@ def _score_to_stream(inputs: list[str | Path], stream: BinaryIO, model: LoadedMo
     reads_stdin = any(str(p) == "-" for p in inputs)
     refuse_stdout_target(stream, [Path(p) for p in inputs if str(p) != "-"], outputs,
                          stdin=(stdin or _standard("input")) if reads_stdin else None)
-    outputs = _written_targets(outputs)
+    outputs = written_targets(outputs)
     rejects, texts_path = outputs[0][1], (outputs[1][1] if len(outputs) > 1 else None)
     with _stdin_spooled(inputs, stdin, outputs) as paths:
-        refuse_repeated_inputs(paths)
         refuse_same_file(paths, outputs)
         columns = complete_columns(paths)
         with _stream_lock(rejects), stop_on_signals():
@@ -314,11 +313,14 @@ def _stdin_spooled(inputs: list[str | Path], stdin: BinaryIO | None,
     standard input redirected from one of ``outputs`` is refused before it is read."""
     if sum(str(p) == "-" for p in inputs) > 1:
         raise BatchInputError("-: standard input can be read once; give '-' at most once.")
-    if not any(str(p) == "-" for p in inputs):
-        yield [Path(p) for p in inputs]
+    files = [Path(p) for p in inputs if str(p) != "-"]
+    if len(files) == len(inputs):
+        refuse_repeated_inputs(files)
+        yield files
         return
     source = stdin or _standard("input")
     refuse_stdin_source(source, outputs)
+    refuse_repeated_inputs(files, source)  # before standard input is copied
     with in_temporary_folder(_SPOOL_WHAT):
         spool = tempfile.TemporaryDirectory(prefix=_SPOOL_PREFIX)
     with spool as folder:

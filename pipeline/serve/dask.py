@@ -88,6 +88,7 @@ class _BlockResult:
 
     file: int
     first_row: int
+    attempt: str = ""  # the attempt's subfolder of the job's folder
     parts: list[str] = field(default_factory=list)
     rejects: str | None = None
     rows_scored: int = 0
@@ -113,7 +114,7 @@ def _writing(path: Path) -> Iterator[None]:
 
 
 def _write_part(table: pa.Table, path: Path, fmt: str) -> None:
-    tmp = tmp_path(path)  # a worker killed mid-write leaves only a hidden .tmp, removed by the driver
+    tmp = tmp_path(path)  # a worker killed mid-write leaves only a hidden .tmp, removed with the job's folder
     with _writing(path):
         if fmt == "parquet":
             pq.write_table(table, tmp, compression="zstd")
@@ -149,11 +150,13 @@ def _score_block(file: int, label: str, path: str, block: FileBlock, model_sourc
         return result
     attempt = f"attempt-{uuid.uuid4().hex}"
     folder = Path(tmp_dir) / attempt
+    result.attempt = attempt
     first_chunk = block.first_row // chunk_rows
     seen = SeenIds()
     if len(earlier):
         seen.runs.append(np.sort(earlier))
     rejects, rejects_path = None, folder / f"rejects-{file:05d}-{first_chunk:05d}.csv"
+    done = False  # every part and the rejects written: the attempt's folder is kept for the job
     try:
         with _writing(folder):
             folder.mkdir()
@@ -188,6 +191,7 @@ def _score_block(file: int, label: str, path: str, block: FileBlock, model_sourc
                 rejects.close()
                 os.replace(tmp_path(rejects_path), rejects_path)
             result.rejects = f"{attempt}/{rejects_path.name}"
+        done = True
     except (BlockMismatchError, *_INPUT_ERRORS) as err:  # returned, not raised: Dask would retry a task that raises
         # a split block that cannot be read (or does not hold its planned rows) sends its file
         # back to be scored whole, which reports the file's real error, if any, as the pandas engine does
@@ -200,6 +204,9 @@ def _score_block(file: int, label: str, path: str, block: FileBlock, model_sourc
     finally:
         if rejects is not None:
             rejects.close()  # a second close is a no-op
+        if not done:
+            shutil.rmtree(folder, ignore_errors=True)  # a failed attempt's parts: no disk held until the job ends
+            result.parts, result.rejects = [], None
     if seen.runs:
         result.id_hashes = np.unique(np.concatenate(seen.runs))
     return result
@@ -213,8 +220,8 @@ def _named_as_output(err: DaskJobError, tmp: Path, target: Path) -> DaskJobError
     written = getattr(cause, "filename", None)
     if not isinstance(cause, OSError) or not written or tmp not in Path(written).parents:  # _writing's name
         return err
-    return DaskJobError(f"{target}: cannot write the output ({Path(written).name}: {cause.strerror or cause}); "
-                        "no output was written.")
+    name = "" if Path(written).name.startswith("attempt-") else f"{Path(written).name}: "  # (its folder: no file's)
+    return DaskJobError(f"{target}: cannot write the output ({name}{cause.strerror or cause}); no output was written.")
 
 
 def _named_as_given(err: Exception, path: str, label: str) -> Exception:
@@ -294,6 +301,13 @@ def _publish(tmp: Path, results: list[_BlockResult], target: Path, rschema: pa.S
     if os.path.lexists(target):
         raise BatchInputError(f"{target}: appeared while the job ran; the output is not replaced.")
     os.rename(out, target)
+
+
+def _discard(tmp: Path, results: list[_BlockResult]) -> None:
+    """Remove the attempt folders of ``results`` the job will not use (a block scored again)."""
+    for r in results:
+        if r.attempt:
+            shutil.rmtree(tmp / r.attempt, ignore_errors=True)
 
 
 def default_block_bytes(paths: Sequence[Path], workers: int) -> int:
@@ -437,7 +451,8 @@ def score_files_dask(inputs: Sequence[str | Path] | str | Path, output_dir: str 
     try:
         units, ordered = _score_units(submit, planned())
         repeated = _cross_block_duplicates(ordered)
-        if repeated:
+        if repeated:  # their first attempts' parts are replaced: removed before the second pass writes
+            _discard(tmp, [ordered[u] for u in repeated])
             again = submit([units[u] for u in sorted(repeated)], {n: repeated[u] for n, u in enumerate(sorted(repeated))},
                            "pass2")[1]
             ordered = _in_order(units, ordered + again)[1]

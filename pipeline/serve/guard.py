@@ -38,6 +38,7 @@ from typing import BinaryIO
 from filelock import FileLock, Timeout
 
 from pipeline.core.errors import BatchInputError
+from pipeline.core.files import is_parquet
 
 __all__ = ["STOP_SIGNALS", "Interrupted", "OutputBusyError", "check_stop", "output_lock", "refuse_repeated_inputs",
            "refuse_same_file", "refuse_shared_outputs", "refuse_stdin_source", "refuse_stdout_target",
@@ -81,20 +82,29 @@ def refuse_same_file(inputs: Sequence[Path], outputs: Sequence[tuple[str, Path]]
                                       f"your data; {_another(what)}.")
 
 
-def refuse_repeated_inputs(inputs: Sequence[Path]) -> None:
+def refuse_repeated_inputs(inputs: Sequence[Path], stdin: BinaryIO | None = None) -> None:
     """Raise :class:`BatchInputError` if two of the inputs are one file, by any path (``a.csv``
-    and ``./a.csv``, overlapping globs, a link): its rows would be scored twice, and without a
-    ``case_id`` under the same file name and row numbers."""
-    seen: list[Path] = []
+    and ``./a.csv``, overlapping globs, a link), or if standard input (``stdin``, where ``-`` is an
+    input) is redirected from one of them: its rows would be scored twice, and without a
+    ``case_id`` under the same file name and row numbers. Each input is looked at once."""
+    seen: dict[tuple[int, int], Path] = {}
     for path in inputs:
-        if not path.is_file():  # a missing input is said to be missing, later
+        try:
+            found = os.stat(path)
+        except OSError:  # a missing input is said to be missing, later
             continue
-        first = next((p for p in seen if os.path.samefile(p, path)), None)
-        if first is not None:
+        if not stat.S_ISREG(found.st_mode):  # a folder or a pipe is named as what it is, later
+            continue
+        first = seen.setdefault((found.st_dev, found.st_ino), path)
+        if first is not path:
             again = "is given twice as an input" if str(first) == str(path) else f"is the input {first} again"
             raise BatchInputError(f"{path}: {again}, and its rows would be scored twice; give each input once "
                                   "(globs that overlap name a file twice).")
-        seen.append(path)
+    redirected = _regular_file_of(stdin) if stdin is not None else None
+    source = seen.get((redirected.st_dev, redirected.st_ino)) if redirected is not None else None
+    if source is not None:
+        raise BatchInputError(f"-: standard input is redirected from the input {source}, and its rows would be "
+                              "scored twice; give each input once.")
 
 
 def _regular_file_of(stream: BinaryIO) -> os.stat_result | None:
@@ -186,7 +196,7 @@ def written_path(path: Path, what: str) -> Path:
     type of one name into the other."""
     hint = "write to standard output with `-o -`" if what == "output" else f"give the path of a file for the {what}"
     here = Path(os.path.abspath(path))
-    for _ in range(_MAX_LINKS):
+    for _ in range(_MAX_LINKS + 1):  # the file, then at most _MAX_LINKS links
         for name in (here, Path(os.path.realpath(here.parent)) / here.name):  # /proc/self/fd by a folder's link too
             if _OPEN_FILE.match(name.as_posix()):
                 raise BatchInputError(f"{path}: names an open file of this process ({name}), which the {what} would "
@@ -207,7 +217,7 @@ def written_path(path: Path, what: str) -> Path:
         if _is_file(target, redirected):
             raise BatchInputError(f"{path}: is the file standard {stream} is redirected to, which the {what} would be "
                                   f"renamed onto; {hint}.")
-    if target is not path and target.suffix.lower() != Path(path).suffix.lower():
+    if target is not path and is_parquet(target) != is_parquet(path):
         raise BatchInputError(f"{path}: is a link to {target}, a file of another type; the {what} is written in the "
                               f"type its name says: give the file itself, or a name of its type.")
     return target

@@ -119,7 +119,7 @@ def load_model(source: str | Path | LoadedModel | None = None, *, trust_pickle: 
         raise FileNotFoundError(f"{source}: no such models folder; give the folder `kneepain train` wrote, or a "
                                 "models:/ URI of the registry.")
     folder = _folder_of(folder)
-    if folder != Path(source or folder) and not holds_model(folder):
+    if source is not None and Path(source).is_file() and not holds_model(folder):
         raise FileNotFoundError(f"{source}: is a file, not a models folder, and its folder {folder} holds no model; "
                                 "give the folder `kneepain train` wrote (or a file in it), or a models:/ URI of the "
                                 "registry.")
