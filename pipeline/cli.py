@@ -455,7 +455,7 @@ def _most_processes() -> int:
 
 
 def _score(args: argparse.Namespace) -> int:
-    from pipeline.core.files import is_parquet
+    from pipeline.core.files import is_case_file, is_parquet
     from pipeline.core.schema import top_k_problem
     from pipeline.serve.shaping import FLOAT_DIGITS, MAX_FLOAT_DIGITS, float_digits_allowed
 
@@ -514,7 +514,6 @@ def _score(args: argparse.Namespace) -> int:
     if args.engine == "dask" and (any(shaped) or "-" in (args.output, *args.inputs)):
         raise UsageError("--columns, --keep-input-columns, --top-k, --float-digits, --texts, --rejects and - are for "
                          "--engine pandas; the Dask engine writes the full output.")
-    from pipeline.core.files import is_case_file
     from pipeline.serve.batch import STREAM_REJECTS, rejects_file
 
     if args.engine == "dask" and is_case_file(args.output):

@@ -713,28 +713,41 @@ def test_a_worker_killed_once_is_survived(client, trained, inputs, reference, ki
     assert not [n for n in names if n.startswith(".") or n.startswith("rejects-")]  # leftovers removed
 
 
+def _block_attempts(models, frame, tmp_path, id_column):
+    """``frame`` as a CSV scored in one block, its job folder, its rejects' schema, and a call of
+    one scoring attempt of that block in this process (keywords of ``_score_block`` override)."""
+    from pipeline.core.casefiles import FileBlock
+    from pipeline.serve import dask as engine
+    from pipeline.serve.writing import reject_schema
+
+    src = tmp_path / "cases.csv"
+    frame.to_csv(src, index=False)
+    tmp, rschema = tmp_path / ".job", reject_schema([list(frame.columns)])
+    tmp.mkdir()
+
+    def attempt(**given):
+        kwargs = dict(fmt="parquet", chunk_rows=100, id_column=id_column, earlier=np.empty(0, dtype=np.uint64),
+                      rschema=rschema) | given
+        return engine._score_block(0, "cases.csv", str(src), FileBlock(), str(models), str(tmp), **kwargs)
+
+    return tmp, rschema, attempt
+
+
 def test_an_attempt_given_up_on_writes_nothing_the_output_takes(trained, kb, tmp_path):
     """A worker the scheduler dropped (frozen, cut off) may still finish its attempt after another
     attempt of the same block was taken: its parts, written later under the same names, replaced
     the taken ones, and the output held rows its rejects file also listed. Each attempt now writes
     in its own folder, and only the files the taken results report make the output."""
-    from pipeline.core.casefiles import FileBlock
     from pipeline.serve import dask as engine
     from pipeline.serve.chunks import SeenIds
-    from pipeline.serve.writing import reject_schema
 
     models, _ = trained
-    src = tmp_path / "cases.csv"
     frame = _text_cases(kb, 300, 5, ids="z")
-    frame.to_csv(src, index=False)
-    tmp, rschema = tmp_path / ".job", reject_schema([list(frame.columns)])
-    tmp.mkdir()
+    tmp, rschema, attempt = _block_attempts(models, frame, tmp_path, ID_COLUMN)
     told = SeenIds()
     told.check_and_add(pd.Series(["z-1", "z-150"]))
-    taken, late = (engine._score_block(0, str(src), str(src), FileBlock(), str(models), str(tmp), fmt="parquet",
-                                       chunk_rows=100, id_column=ID_COLUMN, earlier=earlier, rschema=rschema)
-                   for earlier in (np.empty(0, dtype=np.uint64),  # the taken attempt: no id repeats an earlier one
-                                   told.runs[0]))  # the late one, told two ids came earlier: other parts
+    taken = attempt()  # the taken attempt: no id repeats an earlier one
+    late = attempt(earlier=told.runs[0])  # the late one, told two ids came earlier: other parts
     assert late.rows_rejected == 2 and taken.rows_rejected == 0 and taken.error is None
     engine._publish(tmp, [taken], tmp_path / "out", rschema)
     got = _read_parts(tmp_path / "out")
@@ -744,9 +757,7 @@ def test_an_attempt_given_up_on_writes_nothing_the_output_takes(trained, kb, tmp
         "_rejects.csv", "part-00000-00000.parquet", "part-00000-00001.parquet", "part-00000-00002.parquet"]
     # an attempt that fails keeps no folder (a retry writes a new one): no disk held until the job ends
     left = set(tmp.iterdir())
-    failed = engine._score_block(0, str(src), str(src), FileBlock(), str(models), str(tmp), fmt="parquet",
-                                 chunk_rows=100, id_column=ID_COLUMN, earlier=np.empty(0, dtype=np.uint64),
-                                 rschema=rschema, digest="another model")
+    failed = attempt(digest="another model")
     assert failed.error is not None and not failed.parts and set(tmp.iterdir()) == left
 
 
@@ -754,24 +765,15 @@ def test_a_worker_running_other_code_scores_nothing(client, trained, kb, tmp_pat
     """A long-lived worker keeps the modules it started with: after an upgrade its rejects (and
     maybe scores) would differ from the driver's. A task whose worker's code is not the job's
     writes nothing and fails the job; the same code scores as ever."""
-    from pipeline.core.casefiles import FileBlock
     from pipeline.core.cluster import code_digest
-    from pipeline.serve import dask as engine
-    from pipeline.serve.writing import reject_schema
 
     models, _ = trained
-    src = tmp_path / "cases.csv"
-    frame = _text_cases(kb, 50, 6)
-    frame.to_csv(src, index=False)
-    tmp, rschema = tmp_path / ".job", reject_schema([list(frame.columns)])
-    tmp.mkdir()
-    kwargs = dict(fmt="parquet", chunk_rows=100, id_column="row", earlier=np.empty(0, dtype=np.uint64), rschema=rschema)
-    other = engine._score_block(0, "cases.csv", str(src), FileBlock(), str(models), str(tmp), code="0" * 64, **kwargs)
+    tmp, _, attempt = _block_attempts(models, _text_cases(kb, 50, 6), tmp_path, "row")
+    other = attempt(code="0" * 64)
     assert isinstance(other.error, DaskJobError) and not other.parts and not list(tmp.iterdir())
     assert "cases.csv: a Dask worker and this job run different kneepain code" in str(other.error)
     assert client.submit(code_digest, pure=False).result() == code_digest()  # the test cluster's workers: this code
-    same = engine._score_block(0, "cases.csv", str(src), FileBlock(), str(models), str(tmp), code=code_digest(),
-                               **kwargs)
+    same = attempt(code=code_digest())
     assert same.error is None and same.rows_scored == 50
 
 

@@ -362,9 +362,10 @@ def _with_malformed(frame: pd.DataFrame, rows: np.ndarray, malformed: list[int],
         return CaseChunk(frame, {int(i): reason(k) for i, k in zip(at, also)})
     names = list(frame.columns)
     fields = [_as_many_fields(_fields_of(bad[k].text), len(names)) for k in malformed]
-    extra = pd.DataFrame(fields, columns=names, dtype=frame.dtypes.iloc[0] if len(names) else None)
-    if len(names):  # the spreadsheet mark taken off, as from the well-formed records
-        extra = unguarded(pa.Table.from_pandas(extra, preserve_index=False)).to_pandas().astype(extra.dtypes)
+    # made as the well-formed records are (:meth:`_RowPlacer.take`): Arrow text, the spreadsheet
+    # mark taken off, then pandas
+    extra = unguarded(pa.table([pa.array(column, pa.large_string()) for column in zip(*fields)],
+                               names=names)).to_pandas()
     everything = np.concatenate([rows, malformed])
     order = np.argsort(everything, kind="stable")
     merged = pd.concat([frame, extra], ignore_index=True).iloc[order].reset_index(drop=True)

@@ -83,8 +83,8 @@ _TRANSIENT_ERRORS = (OSError, MemoryError)
 
 @dataclass
 class _BlockResult:
-    """What one scoring task reports back: its parts and rejects (paths in the job's folder, under
-    the attempt's own subfolder), counts and the hashes of its case ids."""
+    """What one scoring task reports back: its parts and rejects (file names in the attempt's own
+    subfolder of the job's folder), counts and the hashes of its case ids."""
 
     file: int
     first_row: int
@@ -176,7 +176,7 @@ def _score_block(file: int, label: str, path: str, block: FileBlock, model_sourc
             result.ignored = result.ignored or ignored
             name = f"part-{file:05d}-{first_chunk + chunk:05d}.{fmt}"
             _write_part(output_table(scored, schema, file=label), folder / name, fmt)
-            result.parts.append(f"{attempt}/{name}")
+            result.parts.append(name)
             if len(bad):
                 with _writing(rejects_path):
                     if rejects is None:  # the header as the pandas engine writes it (input names guarded too)
@@ -190,7 +190,7 @@ def _score_block(file: int, label: str, path: str, block: FileBlock, model_sourc
             with _writing(rejects_path):
                 rejects.close()
                 os.replace(tmp_path(rejects_path), rejects_path)
-            result.rejects = f"{attempt}/{rejects_path.name}"
+            result.rejects = rejects_path.name
         done = True
     except (BlockMismatchError, *_INPUT_ERRORS) as err:  # returned, not raised: Dask would retry a task that raises
         # a split block that cannot be read (or does not hold its planned rows) sends its file
@@ -283,21 +283,21 @@ def _publish(tmp: Path, results: list[_BlockResult], target: Path, rschema: pa.S
     header = encode_csv(rschema.empty_table(), header=True).to_pybytes()
     out = tmp / "output"
     out.mkdir()
-    parts = [p for r in results for p in r.parts]
-    missing = [p for p in parts if not (tmp / p).is_file()]
+    parts = [(tmp / r.attempt / name, name) for r in results for name in r.parts]
+    missing = [str(written.relative_to(tmp)) for written, _ in parts if not written.is_file()]
     if missing:
         raise DaskJobError(f"{tmp}: part files missing after the job: {', '.join(sorted(missing)[:5])}")
     with open(out / REJECTS_FILE, "wb") as merged:
         merged.write(header)
         for r in results:
             if r.rejects:
-                with open(tmp / r.rejects, "rb") as fh:
+                with open(tmp / r.attempt / r.rejects, "rb") as fh:
                     # each file's header, by its bytes: a column name may hold a line break
                     if fh.read(len(header)) != header:
-                        raise DaskJobError(f"{tmp / r.rejects}: does not start with the rejects' header.")
+                        raise DaskJobError(f"{fh.name}: does not start with the rejects' header.")
                     shutil.copyfileobj(fh, merged)
-    for part in parts:
-        os.rename(tmp / part, out / Path(part).name)
+    for written, name in parts:
+        os.rename(written, out / name)
     if os.path.lexists(target):
         raise BatchInputError(f"{target}: appeared while the job ran; the output is not replaced.")
     os.rename(out, target)
