@@ -321,7 +321,7 @@ def _score_parser(sub: argparse._SubParsersAction) -> None:
                         "triage; a name with a comma in double quotes, as in CSV); default all. Only what they need is computed")
     p.add_argument("--keep-input-columns", action="store_true",
                    help="append the input's own columns to each scored row (a name the output already has gets input_)")
-    p.add_argument("--top-k", type=int, default=3, help="how many conditions the top<k> column lists (default 3)")
+    p.add_argument("--top-k", type=int, default=None, help="how many conditions the top<k> column lists (default 3)")
     p.add_argument("--float-digits", type=int, default=None,
                    help="decimal places of probabilities in a CSV output (default 6: every decision in the file is "
                         "made on the full numbers; 17 keeps every digit); Parquet keeps them whole")
@@ -377,7 +377,8 @@ def _score_options(args: argparse.Namespace):
     if columns is not None and "" in columns:
         raise UsageError(f"--columns {args.columns!r}: a name is empty; give output columns separated by commas "
                          "(e.g. case_id,prediction,p_dvt,triage).")
-    return OutputOptions(columns=columns, keep_input=args.keep_input_columns, top_k=args.top_k,
+    return OutputOptions(columns=columns, keep_input=args.keep_input_columns,
+                         top_k=OutputOptions.top_k if args.top_k is None else args.top_k,
                          float_digits=None if digits >= MAX_FLOAT_DIGITS else digits,
                          texts=args.texts or ("codes" if csv_out else "full"))
 
@@ -469,7 +470,7 @@ def _score(args: argparse.Namespace) -> int:
         raise UsageError("--jobs is for the pandas engine; the dask engine's parallelism is its workers.")
     if (args.adapt_priors or args.report) and args.engine == "dask":
         raise UsageError("--adapt-priors and --report work with --engine pandas only.")
-    if (problem := top_k_problem(args.top_k)) is not None:
+    if args.top_k is not None and (problem := top_k_problem(args.top_k)) is not None:
         raise UsageError(f"--top-k == {args.top_k}, {problem}.")
     if not float_digits_allowed(args.float_digits):
         raise UsageError(f"--float-digits == {args.float_digits}, must be in 0..{MAX_FLOAT_DIGITS} "
@@ -510,8 +511,10 @@ def _score(args: argparse.Namespace) -> int:
             check_target(path, what, make_folders=make_folders)
     warn = lambda m: print(f"kneepain score: warning: {m}", file=sys.stderr)
     options = _score_options(args)
-    shaped = (args.columns, args.keep_input_columns, args.top_k != 3, args.float_digits, args.texts, args.rejects)
-    if args.engine == "dask" and (any(shaped) or "-" in (args.output, *args.inputs)):
+    # given at all, whatever the value (--float-digits 0, --columns '', --top-k 3)
+    shaped = (args.columns, args.top_k, args.float_digits, args.texts, args.rejects)
+    if args.engine == "dask" and (args.keep_input_columns or any(v is not None for v in shaped)
+                                  or "-" in (args.output, *args.inputs)):
         raise UsageError("--columns, --keep-input-columns, --top-k, --float-digits, --texts, --rejects and - are for "
                          "--engine pandas; the Dask engine writes the full output.")
     from pipeline.serve.batch import STREAM_REJECTS, rejects_file

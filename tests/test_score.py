@@ -263,6 +263,21 @@ def test_a_parquet_frame_saved_with_its_index_is_read_as_its_columns(trained, tm
     scored = pd.read_csv(out, dtype=str)
     assert scored["case_id"].tolist() == ["P1", "P2", "P3"] and scored["__index_level_0__"].tolist() == ["0", "2", "3"]
     assert predict(tmp_path / "filtered.parquet", model=models)["case_id"].tolist() == ["P1", "P2", "P3"]
+    import pyarrow.parquet as pq
+
+    # also where the labels left happen to be evenly spaced (1, 2, 3), which pandas keeps only in its
+    # metadata as a range: they were silently dropped; a frame's default labels (0, 1, 2) are no column
+    for name, kept, labels in [("first_off", cases[cases["age"] != 30], ["1", "2", "3"]),
+                               ("every_other", cases.iloc[::2], ["0", "2"])]:
+        kept.to_parquet(tmp_path / f"{name}.parquet")
+        assert pq.read_metadata(tmp_path / f"{name}.parquet").schema.names == ["case_id", "age", "sex"]
+        assert main(["score", str(tmp_path / f"{name}.parquet"), "-o", str(out), "--model", str(models), "--quiet",
+                     "--keep-input-columns"]) == 0
+        assert pd.read_csv(out, dtype=str)["__index_level_0__"].tolist() == labels
+    cases.to_parquet(tmp_path / "whole.parquet")
+    assert main(["score", str(tmp_path / "whole.parquet"), "-o", str(out), "--model", str(models), "--quiet",
+                 "--keep-input-columns"]) == 1  # P1 twice
+    assert "__index_level_0__" not in pd.read_csv(out, dtype=str).columns
     # an evenly spaced index pandas keeps only in its metadata (a range) is read as pd.read_parquet
     # rebuilds it: case ids 10, 20, 30 were silently left out, and ages saved so made the file unreadable
     spaced = pd.DataFrame({"case_id": [10, 20, 30], "age": [50, 51, 52], "sex": ["male", "female", "male"]})

@@ -242,7 +242,8 @@ def test_a_link_to_a_file_of_another_type_is_refused(trained, tmp_path, capsys):
         assert (tmp_path / real).read_text() == "an earlier file\n" and (tmp_path / given).is_symlink()
 
 
-@pytest.mark.parametrize("name", ["/dev/stderr", "/dev/fd/2", "/proc/self/fd/2", "task", "folder link", "link"])
+@pytest.mark.parametrize("name", ["/dev/stderr", "/dev/fd/2", "/proc/self/fd/2", "task", "folder link", "link",
+                                  "-o /dev/stdout", "-o /proc/self/fd/1"])
 def test_a_link_to_one_of_the_jobs_own_open_files_is_refused(trained, tmp_path, capsys, name):
     """``--rejects /dev/stderr``, or ``-o`` a link to ``/proc/self/fd/1``: the rename would have
     replaced the file the shell redirected to (under root, the system's /dev/stderr itself). Also
@@ -258,6 +259,18 @@ def test_a_link_to_one_of_the_jobs_own_open_files_is_refused(trained, tmp_path, 
         assert _score(src, tmp_path / "out.csv", models, "--rejects", str(tmp_path / "me" / "fd" / "2")) == 2
         assert "names an open file of this process (/proc/" in _one_line_error(capsys)
         assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv", "me"]
+        return
+    if name.startswith("-o "):  # the name itself, which has no file type and whose folder takes no files
+        name = name[3:]
+        assert _score(src, Path(name), models) == 2
+        assert _one_line_error(capsys).strip().endswith(f"{name}: names an open file of this process ({name}), which the "
+                                                "output would be renamed onto; write to standard output with `-o -`.")
+        from pipeline.serve.batch import score_files
+        from pipeline.serve.loading import load_model
+
+        with pytest.raises(BatchInputError, match="names an open file of this process"):
+            score_files([src], name, load_model(models))
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]
         return
     if name == "link":
         (tmp_path / "out.csv").symlink_to("/proc/self/fd/1")
@@ -1458,6 +1471,9 @@ def test_column_names_keep_their_meaning_through_a_fixed_rejects_file(trained, t
     assert fixed["triage"].tolist() == pd.read_csv(tmp_path / "direct_out.csv", dtype=str)["triage"].tolist() \
         == ["emergency"]
     assert "'=total" in fixed.columns and "''=total" not in fixed.columns
+    # the rows are scored now: the rejects file's stale reasons are not kept as input columns
+    assert list(fixed.columns[-4:]) == ["age", "sex", "'\tbreathless_or_chest_pain", "'=total"], fixed.columns
+    assert not any(c.startswith("reject_") for c in fixed.columns)
     # another tool's header with both =x and 'x= (which no file of ours holds) keeps both as written
     twins = _write(tmp_path / "twins.csv", ["age,sex,=x,'=x", "30,male,a,b"])
     assert _score(twins, tmp_path / "twins_out.csv", models, "--keep-input-columns") == 0

@@ -212,7 +212,11 @@ def test_unknown_column_is_one_line_naming_the_choices(trained, cases_csv, tmp_p
                            (["--engine", "dask", "--block-mb", "inf"], "--block-mb == inf, must be a finite size"),
                            (["--jobs", "1000000000000"], "--jobs == 1000000000000, must be in 0.."),
                            (["--columns", ","], "--columns ',': a name is empty"),
-                           (["--columns", "case_id,,triage"], "--columns 'case_id,,triage': a name is empty")]:
+                           (["--columns", "case_id,,triage"], "--columns 'case_id,,triage': a name is empty"),
+                           # given at all, whatever the value: the Dask engine writes every column and digit
+                           *((["--engine", "dask", flag, value], "are for --engine pandas; the Dask engine writes the "
+                             "full output") for flag, value in [("--float-digits", "0"), ("--top-k", "3"),
+                                                                ("--columns", "case_id"), ("--texts", "full")])]:
         assert main(["score", str(path), "-o", str(tmp_path / "o.csv"), "--model", str(models), *flags]) == 2, flags
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, (flags, err)

@@ -143,14 +143,19 @@ def _headerless(path: str | Path, names: Sequence[str]) -> BatchInputError | Non
                            "(case_id, age, sex, ...; with pandas, to_csv(path, index=False) writes them).")
 
 
+_UNNAMED_INDEX = "__index_level_0__"  # pandas' name for row labels it saves as a column
+
+
 def range_index_columns(schema: pa.Schema, num_rows: int) -> list[tuple[str, int, int]]:
     """The named indexes pandas saved in a Parquet file's metadata only, as a range (``start``,
     ``stop``, ``step``) rather than a column: ``df.set_index("case_id")`` where the ids are evenly
     spaced (1, 2, 3 or 10, 20, 30). Each is read as the column ``pd.read_parquet`` rebuilds, after
     the schema's columns: (name, start, step). Like pandas, only a range of exactly the file's
     ``num_rows`` values is taken: rows filtered or appended after the metadata was written would
-    get another row's id. An unnamed range is the frame's default row labels, and no column; one
-    whose name is a column's (in any case) is left to that column."""
+    get another row's id. An unnamed range from 0 by 1 is the frame's default row labels, and no
+    column; another unnamed one (a filtered frame's labels that happen to be evenly spaced, 1, 2,
+    3) is ``__index_level_0__``, as pandas names the labels it saves as a column. One whose name
+    is a column's (in any case) is left to that column."""
     try:
         meta = json.loads((schema.metadata or {}).get(b"pandas", b"{}"))
     except ValueError:  # metadata that is not pandas' to read: the schema's columns alone
@@ -159,15 +164,18 @@ def range_index_columns(schema: pa.Schema, num_rows: int) -> list[tuple[str, int
     taken = {normalise_header(name) for name in schema.names}
     found = []
     for i in index if isinstance(index, list) else []:
-        if not (isinstance(i, dict) and i.get("kind") == "range" and isinstance(i.get("name"), str)
+        if not (isinstance(i, dict) and i.get("kind") == "range" and isinstance(i.get("name"), (str, type(None)))
                 and all(type(i.get(k)) is int for k in ("start", "stop", "step")) and i["step"] != 0):
             continue
+        if i["name"] is None and (i["start"], i["step"]) == (0, 1):  # the default labels
+            continue
+        name = _UNNAMED_INDEX if i["name"] is None else i["name"]
         values = range(i["start"], i["stop"], i["step"])
         ends = (values[0], values[-1]) if len(values) else ()  # every value an int64
-        if (len(values) == num_rows and normalise_header(i["name"]) not in taken
+        if (len(values) == num_rows and normalise_header(name) not in taken
                 and all(-(1 << 63) <= v < (1 << 63) for v in ends)):
-            found.append((i["name"], i["start"], i["step"]))
-            taken.add(normalise_header(i["name"]))
+            found.append((name, i["start"], i["step"]))
+            taken.add(normalise_header(name))
     return found
 
 

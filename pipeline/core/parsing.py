@@ -41,6 +41,7 @@ from pipeline.core.schema import (
     field,
     max_duration_days,
     normalise_header,
+    quoted_name,
     repeated_columns,
 )
 from pipeline.core.sizes import FEW_CASES
@@ -74,7 +75,8 @@ def ignored_columns_message(columns: tuple[str, ...] | list[str], where: str = "
             names.append("(a column without a name)")
             continue
         near = difflib.get_close_matches(normalise_header(c), [*_SPELLED, *also], n=1, cutoff=_NEAR)
-        names.append(f"{column_name(c)} (did you mean {near[0]}?)" if near else column_name(c))
+        shown = column_name(quoted_name(str(c)))
+        names.append(f"{shown} (did you mean {near[0]}?)" if near else shown)
     more = f" and {len(columns) - _LISTED:,} more" if len(columns) > _LISTED else ""
     return f"{where + ': ' if where else ''}ignoring columns that are not case fields: {', '.join(names)}{more}"
 

@@ -30,6 +30,7 @@ __all__ = [
     "field",
     "max_duration_days",
     "normalise_header",
+    "quoted_name",
     "repeated_columns",
     "top_k_problem",
     "whole_number",
@@ -248,6 +249,15 @@ def normalise_header(name: object) -> str:
     answers unknown, a red flag among them). Other columns keep their words (``Follow-up`` and
     ``Follow up`` stay two columns)."""
     return _normalised_text(name) if type(name) is str else _normalised(name)
+
+
+def quoted_name(name: str) -> str:
+    """A column name as a list of names shows it, quoted as CSV quotes a field where it holds a
+    comma or a quote or begins or ends with a space (``"note, free"``): in ``a, b`` it would read
+    as two names."""
+    if "," in name or '"' in name or name != name.strip():
+        return '"' + name.replace('"', '""') + '"'
+    return name
 
 
 def _normalised(name: object) -> str:

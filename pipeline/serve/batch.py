@@ -56,6 +56,7 @@ from pipeline.serve.guard import (
     OutputBusyError,
     check_stop,
     output_lock,
+    refuse_open_file,
     refuse_repeated_inputs,
     refuse_same_file,
     refuse_shared_outputs,
@@ -68,7 +69,7 @@ from pipeline.serve.guard import (
 from pipeline.serve.loading import LoadedModel
 from pipeline.serve.reading import prefetch
 from pipeline.serve.shaping import OutputOptions, input_columns, round_floats, select_columns, text_lookup
-from pipeline.serve.writing import Writer, output_schema, reject_schema
+from pipeline.serve.writing import Writer, output_schema, reject_schema, rejected_names
 
 __all__ = ["BatchInputError", "ScoreSummary", "SeenIds", "check_target", "score_chunk", "score_files", "score_valid",
            "validate_chunk", "written_targets"]
@@ -133,6 +134,7 @@ def score_files(inputs: list[str | Path], output: str | Path, model: LoadedModel
                                 chunk_rows=chunk_rows, progress=progress, warn=warn, options=options, stdin=stdin,
                                 jobs=jobs)
     output = Path(output)
+    refuse_open_file(output, "output")  # /dev/stdout: said so, rather than that it has no file type
     if not is_case_file(output):
         raise BatchInputError(f"{output}: unsupported output type {output.suffix!r}; expected {FILE_TYPES_TEXT}.")
     # the rejects file and lookup are named beside the output's name as given (a link's own folder); the
@@ -212,6 +214,7 @@ def check_target(path: Path, what: str, *, make_folders: bool = False) -> None:
     (with ``make_folders``, whose folder cannot be made: a file stands in its path), or whose
     folder cannot be written (read-only, no permission: a probe file is made there and removed;
     found at the end, the earlier run's files were already replaced)."""
+    refuse_open_file(path, what)  # /dev/stdout: said so, rather than that its folder takes no files
     if path.is_dir():
         raise BatchInputError(f"{path}: is a folder; give the path of the {what}.")
     try:
@@ -352,7 +355,10 @@ def _writes_codes(model: LoadedModel, options: OutputOptions) -> bool:
 def _kept_columns(columns: list[list[str]], taken: list[str]) -> list[dict[str, str]]:
     """Per input, its columns -> their output names (:func:`input_columns`), named over every
     input's columns at once: one input's ``prediction`` (kept as ``input_prediction``) and
-    another's own ``input_prediction`` stay two columns, and ``Note`` and ``note`` are one."""
+    another's own ``input_prediction`` stay two columns, and ``Note`` and ``note`` are one. A
+    rejects file's ``reject_*`` columns are not kept (the rows are scored now: its reasons are
+    stale), as they are not written to a new rejects file (:func:`rejected_names`)."""
+    columns = [list(rejected_names(cols)) for cols in columns]
     first = first_spellings(columns)
     named = input_columns(list(first.values()), taken)
     return [{c: named[first[normalise_header(c)]] for c in cols if first[normalise_header(c)] in named}

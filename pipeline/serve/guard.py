@@ -40,9 +40,9 @@ from filelock import FileLock, Timeout
 from pipeline.core.errors import BatchInputError
 from pipeline.core.files import is_parquet
 
-__all__ = ["STOP_SIGNALS", "Interrupted", "OutputBusyError", "check_stop", "output_lock", "refuse_repeated_inputs",
-           "refuse_same_file", "refuse_shared_outputs", "refuse_stdin_source", "refuse_stdout_target",
-           "stop_at_once_on_signals", "stop_on_signals", "written_path"]
+__all__ = ["STOP_SIGNALS", "Interrupted", "OutputBusyError", "check_stop", "output_lock", "refuse_open_file",
+           "refuse_repeated_inputs", "refuse_same_file", "refuse_shared_outputs", "refuse_stdin_source",
+           "refuse_stdout_target", "stop_at_once_on_signals", "stop_on_signals", "written_path"]
 
 # what stops a job: a terminal's Ctrl-C, `kill`, `timeout` and systemd's SIGTERM, a closed terminal's SIGHUP
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
@@ -183,6 +183,28 @@ _MAX_LINKS = 40  # as Linux follows at most 40 links in one path
 _STREAMS = ((1, "output"), (2, "error"))  # written to: renaming onto them loses what was written
 
 
+def _hint(what: str) -> str:
+    return "write to standard output with `-o -`" if what == "output" else f"give the path of a file for the {what}"
+
+
+def refuse_open_file(path: Path, what: str) -> None:
+    """Refuse a name for one of the job's own open files (:func:`written_path`), by its name or
+    through links, and a link that leads back to itself; before any other check of ``path``,
+    whose message would not point to ``-o -``."""
+    here = Path(os.path.abspath(path))
+    for _ in range(_MAX_LINKS + 1):  # the file, then at most _MAX_LINKS links
+        for name in (here, Path(os.path.realpath(here.parent)) / here.name):  # /proc/self/fd by a folder's link too
+            if _OPEN_FILE.match(name.as_posix()):
+                raise BatchInputError(f"{path}: names an open file of this process ({name}), which the {what} would "
+                                      f"be renamed onto; {_hint(what)}.")
+        if not here.is_symlink():
+            return
+        here = Path(os.path.normpath(here.parent / os.readlink(here)))
+    raise BatchInputError(f"{path}: is a symbolic link that leads back to itself (or through more than "
+                          f"{_MAX_LINKS} links), so the {what} has no file to be written to; give the path of "
+                          "a file.")
+
+
 def written_path(path: Path, what: str) -> Path:
     """The file a job writes for ``path``: where ``path`` is a symbolic link, the file the link names
     (its folder gets the temporary file, and the rename replaces that file, not the link).
@@ -194,20 +216,7 @@ def written_path(path: Path, what: str) -> Path:
     standard output; so is any path to the file a standard stream is redirected to. A link to a
     file of another type (``out.csv`` naming ``real.parquet``) is refused: the job would write the
     type of one name into the other."""
-    hint = "write to standard output with `-o -`" if what == "output" else f"give the path of a file for the {what}"
-    here = Path(os.path.abspath(path))
-    for _ in range(_MAX_LINKS + 1):  # the file, then at most _MAX_LINKS links
-        for name in (here, Path(os.path.realpath(here.parent)) / here.name):  # /proc/self/fd by a folder's link too
-            if _OPEN_FILE.match(name.as_posix()):
-                raise BatchInputError(f"{path}: names an open file of this process ({name}), which the {what} would "
-                                      f"be renamed onto; {hint}.")
-        if not here.is_symlink():
-            break
-        here = Path(os.path.normpath(here.parent / os.readlink(here)))
-    else:
-        raise BatchInputError(f"{path}: is a symbolic link that leads back to itself (or through more than "
-                              f"{_MAX_LINKS} links), so the {what} has no file to be written to; give the path of "
-                              "a file.")
+    refuse_open_file(path, what)
     target = Path(os.path.realpath(path)) if os.path.islink(path) else path
     for fd, stream in _STREAMS:
         try:
@@ -216,7 +225,7 @@ def written_path(path: Path, what: str) -> Path:
             continue
         if _is_file(target, redirected):
             raise BatchInputError(f"{path}: is the file standard {stream} is redirected to, which the {what} would be "
-                                  f"renamed onto; {hint}.")
+                                  f"renamed onto; {_hint(what)}.")
     if target is not path and is_parquet(target) != is_parquet(path):
         raise BatchInputError(f"{path}: is a link to {target}, a file of another type; the {what} is written in the "
                               f"type its name says: give the file itself, or a name of its type.")

@@ -22,7 +22,7 @@ import pandas as pd
 import pyarrow as pa
 
 from pipeline.core.errors import BatchInputError
-from pipeline.core.schema import ID_COLUMN, normalise_header, top_k_problem, whole_number
+from pipeline.core.schema import ID_COLUMN, normalise_header, quoted_name, top_k_problem, whole_number
 
 __all__ = ["FLOAT_DIGITS", "MAX_FLOAT_DIGITS", "OutputOptions", "column_list", "float_digits_allowed", "input_columns",
            "parse_column_list", "round_floats", "rounded",
@@ -121,8 +121,7 @@ def _quoted(text: str, at: int) -> tuple[str, int]:
 def column_list(names: Sequence[str]) -> str:
     """``names`` as ``--columns`` takes them (:func:`parse_column_list`'s inverse): a name with a
     comma or a quote, or one that begins or ends with a space, quoted."""
-    return ",".join(f'"{n.replace(chr(34), 2 * chr(34))}"' if ("," in n or '"' in n or n != n.strip()) else n
-                    for n in names)
+    return ",".join(quoted_name(n) for n in names)
 
 
 def select_columns(schema: pa.Schema, columns: Sequence[str] | None) -> pa.Schema:
