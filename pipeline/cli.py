@@ -260,6 +260,11 @@ def _evaluate_file(args: argparse.Namespace, path: Path) -> int:
     if n_boot < 2:
         raise UsageError(f"--bootstrap == {n_boot}, must be >= 2.")
     out = Path(args.out) if args.out else reports_dir() / "evaluations" / path.stem
+    stage = [name for name in ("metrics_detail.json", "model_card.md") if (out / name).exists()]
+    if stage:  # its metrics.json is the stage's headline, which DVC and git track
+        raise UsageError(f"--out {out}: holds the evaluation stage's reports ({', '.join(stage)}), whose metrics.json "
+                         "this evaluation would replace; give a folder of its own (default reports/evaluations/"
+                         f"{path.stem}).")
     result = evaluate_file(args.model, path, out, track=not args.no_mlflow, n_boot=n_boot)
     if result.metrics["ignored_columns"]:
         message = ignored_columns_message(result.metrics["ignored_columns"], str(path), also=LABELLED_COLUMNS)

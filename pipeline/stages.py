@@ -82,7 +82,9 @@ def read_extra_cases(config: TrainConfig) -> ExtraCases | None:
     raw, malformed = read_case_records(path)
     cases, _, rejects, ignored, _, parsed = validate_labelled(raw, where=str(path), malformed=malformed)
     if len(cases) == 0:
-        raise ValueError(f"extra_data.path: {path} has no valid labelled row among {len(raw)}.")
+        from pipeline.report.labelled import no_valid_rows_error
+
+        raise no_valid_rows_error(f"extra data {path}", len(raw), rejects, then="train again")
     to_train, held = holdout_split(cases, extra.holdout, seed=config.seed, parsed=parsed)
     return ExtraCases(path, to_train, held, len(raw), rejects, ignored, extra.weight)
 
@@ -117,6 +119,9 @@ def train_stage(config: TrainConfig, triage: TriageConfig, screen: ScreenConfig,
     if extra is not None:
         log(f"Extra cases from {extra.path}: {len(extra.to_train):,} to train on (weight {extra.weight:g}), "
             f"{len(extra.held_out):,} held out, {extra.n_rejected:,} of {extra.n_rows:,} rows rejected")
+        if len(extra.held_out):
+            held = extra.held_out[LABEL_COLUMN].astype(str).value_counts().sort_index()
+            log(f"  held out by condition: {', '.join(f'{c} {n:,}' for c, n in held.items())}")
         if extra.ignored:
             log(f"  warning: {ignored_columns_message(extra.ignored, str(extra.path), also=LABELLED_COLUMNS)}")
         if len(extra.rejects):  # every one is in the training run's extra_rejects.csv

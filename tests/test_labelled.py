@@ -65,9 +65,11 @@ def test_evaluate_on_a_labelled_file_reports_intervals_and_rejects(trained, labe
                  "--bootstrap", "60"]) == 0
     m = json.loads((out / "metrics.json").read_text())
     assert (m["n_rows"], m["n"], m["n_rejected"]) == (300, 297, 3)
-    for key in ("accuracy", "top3_accuracy", "log_loss", "brier", "ece", "macro_f1"):
+    for key in ("accuracy", "top3_accuracy", "log_loss", "brier", "macro_f1"):
         low, high = m[f"{key}_ci"]
         assert low <= m[key] <= high, key
+    low, high = m["ece_if_calibrated"]  # the ECE has a calibrated model's range instead, above 0 on 297 cases
+    assert 0 < low < high < 0.5 and "ece_ci" not in m
     assert set(m["per_condition"]["dvt"]["recall"]) == {"value", "ci", "n"}
     assert sum(map(sum, m["confusion_matrix"]["counts"])) == 297
     assert "1 rows" in m["triage"]["reference"] and 0 <= m["triage"]["safe_advice_rate"]["value"] <= 1
@@ -117,6 +119,67 @@ def test_a_file_lacking_conditions_gets_strict_json_with_null_for_what_it_cannot
     assert m["per_condition"]["dvt"]["recall"]["value"] >= 0
 
 
+def test_a_calibrated_model_s_ece_falls_in_its_calibrated_range_and_a_miscalibrated_one_above_it():
+    """The binned ECE of 50 cases is about 0.09 for a perfectly calibrated model: a bootstrap
+    interval of it held the model's 50,000-case ECE (0.004) in almost no 50-case set. Labels drawn
+    from the probabilities (a calibrated model by construction) land in the range about 95% of
+    the time; an over-confident model's land above it."""
+    import functools
+
+    from pipeline.core.metrics import ece_top_label
+    from pipeline.core.schema import CONDITIONS
+    from pipeline.report.intervals import calibrated_range
+
+    def ece(proba, labels):
+        return ece_top_label(proba, labels, 15)
+
+    rng = np.random.default_rng(7)
+    inside = above = 0
+    for _ in range(60):
+        proba = rng.dirichlet(np.full(len(CONDITIONS), 0.3), size=50)
+        cumulative = np.cumsum(proba, axis=1)
+        labels = np.minimum((cumulative < rng.random((50, 1))).sum(axis=1), len(CONDITIONS) - 1)
+        low, high = calibrated_range(functools.partial(ece, proba), proba, n_draws=200, seed=1)
+        inside += low <= ece(proba, labels) <= high
+        sharp = proba ** 3 / (proba ** 3).sum(axis=1, keepdims=True)  # the same labels, over-confident probabilities
+        low, high = calibrated_range(functools.partial(ece, sharp), sharp, n_draws=200, seed=1)
+        above += ece(sharp, labels) > high
+    assert inside >= 50 and above >= 30, (inside, above)  # 95% of 60 is 57: 50 or fewer has chance < 1e-3
+
+
+def test_labels_are_matched_as_column_names_are_and_as_the_report_names_them(small_data):
+    """`Baker's cyst` and `Leg Cramp` (the report's own names) were rejected as "not a condition",
+    and a reference level of `unknown` rejected its row, whose condition was valid."""
+    from pipeline.data.real import validate_labelled
+
+    given = ["Baker's cyst", "bakers cyst", "Leg Cramp", " ACL-injury ", "DVT", "Deep vein thrombosis",
+             "runner\u2019s knee", "acl", "", "gout"]
+    levels = ["See doctor soon", "self care", "see-doctor", "unknown", "Unknown", "", "EMERGENCY", "", "", "later"]
+    cases = read_split("test", small_data).head(len(given)).assign(condition=given, reference_level=levels)
+    found = validate_labelled(cases)
+    assert found.valid["condition"].tolist() == ["bakers_cyst", "bakers_cyst", "leg_cramp", "acl_injury", "dvt", "dvt",
+                                                 "runners_knee"]
+    assert found.reference.tolist() == [2, 0, 1, -1, -1, -1, 3]  # unknown is not set, as a blank is
+    reasons = dict(zip(found.rejects["row"], found.rejects["reason"]))
+    assert sorted(reasons) == [7, 8, 9] and found.rejects["column"].tolist() == ["condition"] * 3 + ["reference_level"]
+    assert reasons[7].startswith("not a condition; allowed: leg_cramp, ") and reasons[8].startswith("missing: ")
+
+
+def test_an_evaluation_of_a_file_is_not_written_over_the_stages_reports(trained, labelled_csv, tmp_path, capsys):
+    """`--out reports` replaced the DVC stage's headline metrics.json, which git tracks, without a word."""
+    models, _ = trained
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    for name in ("metrics.json", "metrics_detail.json", "model_card.md"):
+        (reports / name).write_text("the stage's\n")
+    assert main(["evaluate", "--data", str(labelled_csv), "--model", str(models), "--out", str(reports),
+                 "--no-mlflow"]) == 2
+    assert ("holds the evaluation stage's reports (metrics_detail.json, model_card.md), whose metrics.json this "
+            "evaluation would replace") in capsys.readouterr().err
+    assert sorted(p.name for p in reports.iterdir()) == ["metrics.json", "metrics_detail.json", "model_card.md"]
+    assert (reports / "metrics.json").read_text() == "the stage's\n"
+
+
 def test_a_handful_of_cases_gets_no_bootstrap_interval_rather_than_a_false_one(trained, labelled_csv, tmp_path, capsys):
     """One case resampled is always that case: a zero-width interval would claim certainty."""
     models, _ = trained
@@ -134,6 +197,8 @@ def test_a_handful_of_cases_gets_no_bootstrap_interval_rather_than_a_false_one(t
     assert "no interval" in told and "nan" not in told
     report = (out / "report.md").read_text()
     assert "| n/a |" in report and "nan" not in report
+    # no rejected row: no rejects file, and the report points to none
+    assert m["n_rejected"] == 0 and not (out / "rejects.csv").exists() and "rejects.csv" not in report
     (tmp_path / "empty.csv").write_text(",".join(frame.columns) + "\n")
     assert main(["evaluate", "--data", str(tmp_path / "empty.csv"), "--model", str(models), "--out",
                  str(tmp_path / "e2"), "--no-mlflow"]) != 0
@@ -219,6 +284,15 @@ def test_extra_data_on_the_command_line_is_read_from_the_current_folder(small_da
     assert main(["train", "--config", str(small_config_path), "--data", str(small_data), "--out",
                  str(tmp_path / "models"), "--extra-data", "clinic.csv"]) == 2
     assert f"extra_data.path: {tmp_path / 'clinic.csv'} is not a file" in capsys.readouterr().err
+    # a file of which no row is valid names its problems with their values, not an "unexpected ValueError"
+    cases = read_split("test", small_data).head(40).assign(condition="3")
+    cases.to_csv(tmp_path / "clinic.csv", index=False)
+    assert main(["train", "--config", str(small_config_path), "--data", str(small_data), "--out",
+                 str(tmp_path / "models"), "--extra-data", "clinic.csv"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"kneepain train: error: extra data {tmp_path / 'clinic.csv'}: no valid labelled row among "
+                          "40; the first problems: row 0, column 'condition', value '3': "), err
+    assert "unexpected" not in err and len(err.splitlines()) == 1 and not (tmp_path / "models").exists()
 
 
 def test_a_holdout_too_large_to_stratify_is_drawn_at_random(small_data):
@@ -230,6 +304,25 @@ def test_a_holdout_too_large_to_stratify_is_drawn_at_random(small_data):
     to_train, held = holdout_split(cases, 0.75, seed=0)
     assert (len(to_train), len(held)) == (7, 20)
     assert sorted(pd.concat([to_train, held])["case_id"]) == sorted(cases["case_id"])
+
+
+def test_a_condition_with_one_case_is_trained_on_and_the_others_stay_stratified(small_data):
+    """One PCL case in a clinic's file made the whole holdout random: per condition, 1 to 5 of 14
+    meniscus tears were held out by seed, and the PCL case was held out as often as not, leaving
+    the model none of its condition."""
+    from pipeline.data.real import holdout_split
+
+    cases = read_split("test", small_data)
+    tens = cases[cases["condition"].isin(["meniscus_tear", "osteoarthritis", "dvt"])].groupby(
+        "condition", observed=True).head(10)
+    single = cases[cases["condition"] == "pcl_injury"].head(1)
+    both = pd.concat([tens, single], ignore_index=True)
+    for seed in range(5):
+        to_train, held = holdout_split(both, 0.3, seed=seed)
+        assert single["case_id"].iloc[0] in set(to_train["case_id"])
+        assert held["condition"].astype(str).value_counts().to_dict() == {"meniscus_tear": 3, "osteoarthritis": 3,
+                                                                          "dvt": 3}, seed
+        assert sorted(pd.concat([to_train, held])["case_id"]) == sorted(both["case_id"])
 
 
 def test_a_malformed_record_is_one_rejected_row_of_the_evaluation(trained, labelled_csv, tmp_path, capsys):
@@ -321,4 +414,5 @@ def test_missing_value_markers_in_labelled_cases_are_named_with_how_to_write_the
     assert main(["evaluate", "--data", str(path), "--model", str(models), "--no-mlflow", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "no valid labelled row among 200" in err and "in other tools: 'NA' (200 answers)" in err
+    assert "the first problems: row 0, column 'fever', value 'NA': " in err  # each with its value
     assert err.strip().endswith("and evaluate again.")

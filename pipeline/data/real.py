@@ -21,7 +21,7 @@ from pipeline.core.config import LEVELS
 from pipeline.core.errors import BatchInputError
 from pipeline.core.formulas import csv_safe
 from pipeline.core.parsing import ParsedCases, parse_cases
-from pipeline.core.schema import CONDITIONS, LABEL_COLUMN, REFERENCE_COLUMN, normalise_header
+from pipeline.core.schema import CONDITION_LABELS, CONDITIONS, LABEL_COLUMN, REFERENCE_COLUMN, normalise_header
 from pipeline.data.datasets import labels
 from pipeline.data.fingerprints import case_fingerprints
 
@@ -41,7 +41,17 @@ class LabelledCases(NamedTuple):
 
 
 def _text(series: pd.Series) -> pd.Series:
-    return series.astype("string").fillna("").str.strip().str.lower()
+    """Labels as matched: lower case, without apostrophes, spaces and hyphens between words read as
+    one underscore (``Baker's cyst`` and ``See doctor soon`` are ``bakers_cyst`` and
+    ``see_doctor_soon``), as the report names them and as column names are matched."""
+    text = series.astype("string").fillna("").str.strip().str.lower().str.replace("['\u2019]", "", regex=True)
+    return text.str.replace(r"[\s-]+", "_", regex=True)
+
+
+# the report's names of the conditions that are not their codes once matched (deep vein thrombosis)
+_CONDITION_NAMES = {name: code for code, name in zip(CONDITION_LABELS, _text(pd.Series(CONDITION_LABELS.values())))
+                    if name != code}
+_NOT_SET = ("", "unknown")  # a reference level read as not set, as a blank or `unknown` answer is unknown
 
 
 def validate_labelled(frame: pd.DataFrame, *, where: str = "cases",
@@ -67,18 +77,22 @@ def validate_labelled(frame: pd.DataFrame, *, where: str = "cases",
                               f"labelled cases need the true condition, one of {', '.join(CONDITIONS)}.")
     parsed = parse_read(frame, malformed or {})
     problems = [parsed.errors[["row", "column", "value", "reason"]]]
-    condition = _text(frame[LABEL_COLUMN])
+    condition = _text(frame[LABEL_COLUMN]).replace(_CONDITION_NAMES)
     bad = ~condition.isin(CONDITIONS).to_numpy()
+    allowed = f"allowed: {', '.join(CONDITIONS)} (or the report's names: Baker's cyst, deep vein thrombosis, ...)"
     problems.append(pd.DataFrame({"row": np.flatnonzero(bad), "column": LABEL_COLUMN,
                                   "value": frame[LABEL_COLUMN].astype("string").fillna("").to_numpy()[bad],
-                                  "reason": f"not a condition; allowed: {', '.join(CONDITIONS)}"}))
+                                  "reason": np.where(condition.to_numpy()[bad] == "",
+                                                     f"missing: labelled cases need the true condition; {allowed}",
+                                                     f"not a condition; {allowed}")}))
     reference = np.full(len(frame), -1)
     if REFERENCE_COLUMN in frame.columns:
         given = _text(frame[REFERENCE_COLUMN])
-        wrong = ((given != "") & ~given.isin(LEVELS)).to_numpy()
+        wrong = (~given.isin(_NOT_SET) & ~given.isin(LEVELS)).to_numpy()
         problems.append(pd.DataFrame({"row": np.flatnonzero(wrong), "column": REFERENCE_COLUMN,
                                       "value": frame[REFERENCE_COLUMN].astype("string").to_numpy()[wrong],
-                                      "reason": f"not a triage level; allowed: {', '.join(LEVELS)} or blank"}))
+                                      "reason": f"not a triage level; allowed: {', '.join(LEVELS)}, or blank "
+                                                "or unknown where not set"}))
         lookup = {level: i for i, level in enumerate(LEVELS)}
         reference = given.map(lambda v: lookup.get(v, -1)).to_numpy(dtype=np.int64)
     rejects = pd.concat([p for p in problems if len(p)], ignore_index=True) if any(len(p) for p in problems) \
@@ -114,8 +128,10 @@ def rejects_csv(rejects: pd.DataFrame) -> str:
 def holdout_split(cases: pd.DataFrame, fraction: float, *, seed: int,
                   parsed: ParsedCases | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(to_train, held_out)``: ``fraction`` of the (valid, labelled) cases held out, stratified by
-    condition where every condition present has at least two cases and each part has room for one
-    of every condition (else drawn at random).
+    condition where each part has room for one of every condition (else drawn at random). A
+    condition with a single case is trained on, and the others are stratified: one such case
+    (common in a clinic's file) made the whole split random, and that case was as likely held out
+    as not, leaving the model none of its condition.
 
     Cases with the same answers and condition under different ids (a repeat visit, a double
     entry) go to the same side, so a held-out case is never one the model was trained on: the
@@ -131,10 +147,14 @@ def holdout_split(cases: pd.DataFrame, fraction: float, *, seed: int,
         return cases.reset_index(drop=True), cases.iloc[:0]
     if n_held >= len(first):
         raise ValueError(f"holding out {fraction:.0%} of {len(first)} distinct cases leaves none to train on.")
-    distinct = cases.iloc[first]
-    counts = distinct[LABEL_COLUMN].value_counts()
-    roomy = min(n_held, len(distinct) - n_held) >= len(counts)
-    stratify = distinct[LABEL_COLUMN] if counts.min() >= 2 and roomy else None
-    _, held = train_test_split(first, test_size=n_held, random_state=seed, stratify=stratify)
+    kind = pd.factorize(cases[LABEL_COLUMN].iloc[first])[0]  # each distinct case's condition, as a number
+    many = np.bincount(kind)[kind] > 1
+    pool, kinds = first[many], len(np.unique(kind[many]))  # the distinct cases of conditions with two or more
+    stratify = None
+    if n_held >= len(pool):  # too few to hold out without the single ones: all drawn at random
+        pool = first
+    elif min(n_held, len(pool) - n_held) >= kinds:  # room in each part for one of every condition
+        stratify = cases[LABEL_COLUMN].iloc[pool].to_numpy()
+    _, held = train_test_split(pool, test_size=n_held, random_state=seed, stratify=stratify)
     out = np.isin(same, same[held])
     return cases[~out].reset_index(drop=True), cases[out].reset_index(drop=True)

@@ -2,8 +2,10 @@
 
 A rate (accuracy, recall, a triage rate, coverage) gets the Wilson score interval, which keeps
 its level down to a handful of cases and never leaves [0, 1]. A figure that is not a simple
-proportion (log loss, Brier score, calibration error) gets a bias-corrected percentile bootstrap
-over cases.
+proportion (log loss, Brier score) gets a bias-corrected percentile bootstrap over cases; on
+fewer than about 50 cases its intervals are too narrow (see the README). The binned calibration
+error gets no interval but the range a perfectly calibrated model's would take on the same cases
+(:func:`calibrated_range`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Callable
 import numpy as np
 from scipy.stats import norm
 
-__all__ = ["LEVEL", "MIN_BOOTSTRAP_CASES", "bootstrap_interval", "wilson_interval"]
+__all__ = ["LEVEL", "MIN_BOOTSTRAP_CASES", "bootstrap_interval", "calibrated_range", "wilson_interval"]
 
 LEVEL = 0.95
 # below this many cases a resample takes so few distinct values that the percentile interval is
@@ -73,4 +75,29 @@ def bootstrap_interval(statistic: Callable[[np.ndarray], float], n: int, *, n_bo
     low, high = np.quantile(draws, [tail, 1 - tail]) - bias
     if floor is not None:
         low, high = max(low, floor), max(high, floor)
+    return [float(low), float(high)]
+
+
+def calibrated_range(statistic: Callable[[np.ndarray], float], proba: np.ndarray, *, n_draws: int = 1000,
+                     seed: int = 0, level: float = LEVEL) -> list[float]:
+    """The central ``level`` range ``[low, high]`` of ``statistic(labels)`` with the labels drawn from
+    ``proba`` itself (one condition per case, by its row's probabilities): what a perfectly
+    calibrated model's figure would be on as many cases with the same probabilities (consistency
+    resampling, Broecker and Smith, Weather and Forecasting 2007).
+
+    A binned calibration error is biased upwards on a small set: on 50 cases of a model whose
+    ECE on 50,000 is 0.004 it is about 0.1, and a bootstrap interval of it held the 50,000-case
+    figure in 2 of 200 such sets. A figure inside this range shows no miscalibration that so
+    few cases can detect; one above it does. ``statistic`` takes an integer label per case."""
+    if n_draws < 2:
+        raise ValueError(f"n_draws == {n_draws}, must be >= 2.")
+    proba = np.asarray(proba, dtype=np.float64)
+    if not len(proba):
+        return [float("nan"), float("nan")]
+    cumulative = np.cumsum(proba, axis=1)
+    cumulative /= cumulative[:, -1:]  # rows that sum to 1 but for rounding: the last condition ends at 1
+    rng = np.random.default_rng(seed)
+    draws = [statistic((cumulative < rng.random((len(proba), 1))).sum(axis=1)) for _ in range(n_draws)]
+    tail = (1 - level) / 2
+    low, high = np.quantile(draws, [tail, 1 - tail])
     return [float(low), float(high)]

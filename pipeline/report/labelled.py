@@ -16,7 +16,7 @@ import pandas as pd
 
 from pipeline.core import metrics as M
 from pipeline.core.csvrecords import reason_kind
-from pipeline.core.errors import BatchInputError
+from pipeline.core.errors import BatchInputError, error_lines
 from pipeline.core.files import write_report_json, write_text_atomic
 from pipeline.core.parsing import ParsedCases
 from pipeline.core.paths import ENV_HOME
@@ -27,13 +27,17 @@ from pipeline.data.real import REFERENCE_COLUMN, rejects_csv, validate_labelled
 from pipeline.decision.conformal import prediction_sets
 from pipeline.report.decision_metrics import evaluate_decision, figure, measured
 from pipeline.report.evaluate import N_BINS, evaluate_split
-from pipeline.report.intervals import LEVEL, MIN_BOOTSTRAP_CASES, bootstrap_interval, wilson_interval
+from pipeline.report.intervals import LEVEL, MIN_BOOTSTRAP_CASES, bootstrap_interval, calibrated_range, wilson_interval
 from pipeline.serve.loading import LoadedModel
 from pipeline.serve.rejectreasons import marker_advice, markers_among
 
-__all__ = ["evaluate_labelled", "format_labelled", "with_interval", "write_labelled_reports"]
+__all__ = ["evaluate_labelled", "format_labelled", "no_valid_rows_error", "with_interval", "write_labelled_reports"]
 
 _SPLIT = "cases"
+# below this many cases a bootstrap interval held the 50k-case figure in clearly fewer than 95% of
+# sets (the README gives the figures); the report says so
+_FEW_FOR_BOOTSTRAP = 50
+_LISTED_PROBLEMS = 3  # in the message of a file without a valid row (its rejects are not written)
 
 
 def _macro_f1(pred: np.ndarray, y: np.ndarray) -> float:
@@ -44,6 +48,15 @@ def _macro_f1(pred: np.ndarray, y: np.ndarray) -> float:
     denominator = np.bincount(pred, minlength=k) + np.bincount(y, minlength=k)
     present = denominator > 0
     return float((2 * tp[present] / denominator[present]).mean())
+
+
+def no_valid_rows_error(where: str, n_rows: int, rejects: pd.DataFrame, *, then: str) -> BatchInputError:
+    """The error for a file of labelled cases none of whose rows is valid: its first problems, each
+    with its row, column and value, and what to write for a missing answer where the file has
+    another tool's marker for one (R's ``NA``); ``then``: what to do once the file is mended."""
+    advice = marker_advice(markers_among(rejects["value"]), then=then)
+    return BatchInputError(f"{where}: no valid labelled row among {n_rows:,}; the first problems: "
+                           + "; ".join(error_lines(rejects, _LISTED_PROBLEMS)) + (f". The {advice}" if advice else ""))
 
 
 def _rate(successes: np.ndarray) -> dict[str, Any]:
@@ -79,8 +92,9 @@ def evaluate_labelled(model: LoadedModel, frame: pd.DataFrame, *, n_boot: int = 
     -------
     metrics : dict
         JSON-ready: ``n_rows``, ``n`` (valid rows evaluated), ``n_rejected``, ``top_reject_reasons``;
-        ``accuracy``, ``top3_accuracy``, ``log_loss``, ``brier``, ``ece`` (top label), ``macro_f1``,
-        each with ``<name>_ci``; ``per_condition``; ``confusion_matrix``; ``triage``,
+        ``accuracy``, ``top3_accuracy``, ``log_loss``, ``brier``, ``macro_f1``, each with
+        ``<name>_ci``; ``ece`` (top label) with ``ece_if_calibrated``
+        (:func:`pipeline.report.intervals.calibrated_range`); ``per_condition``; ``confusion_matrix``; ``triage``,
         ``differential`` and ``atypical`` (with a decision layer).
     arrays : dict of ndarray
         ``y``, ``proba`` and ``proba_uncalibrated`` for the plots.
@@ -97,10 +111,7 @@ def evaluate_labelled(model: LoadedModel, frame: pd.DataFrame, *, n_boot: int = 
         raise BatchInputError(f"{where}: the file has no rows (a header only); nothing to evaluate.")
     markers = markers_among(rejects["value"])
     if len(valid) == 0:
-        advice = marker_advice(markers, then="evaluate again")
-        raise BatchInputError(f"{where}: no valid labelled row among {len(frame)}; first problems: "
-                              + "; ".join(f"row {r.row} {r.column}: {r.reason}" for r in rejects.head(3).itertuples())
-                              + (f". The {advice}" if advice else ""))
+        raise no_valid_rows_error(where, len(frame), rejects, then="evaluate again")
     seen = np.zeros(len(valid), dtype=bool)
     if fitted is not None:
         seen = np.isin(case_fingerprints(parsed, labels(valid)), fitted.fingerprints)
@@ -143,7 +154,11 @@ def evaluate_labelled(model: LoadedModel, frame: pd.DataFrame, *, n_boot: int = 
         out[key], out[f"{key}_ci"] = float(hits.mean()), wilson_interval(int(hits.sum()), n)
     out["log_loss"], out["log_loss_ci"] = scores["log_loss"], boot(lambda i: float(losses[i].mean()))
     out["brier"], out["brier_ci"] = scores["brier"], boot(lambda i: float(sq[i].mean()))
-    out["ece"], out["ece_ci"] = scores["ece_top_label"], boot(lambda i: M.ece_top_label(proba[i], y[i], N_BINS))
+    # no interval (a bootstrap covers the binned estimate's bias at this size, not the model's error):
+    # the range a perfectly calibrated model's ECE takes on these cases
+    out["ece"] = scores["ece_top_label"]
+    out["ece_if_calibrated"] = calibrated_range(lambda labels: M.ece_top_label(proba, labels, N_BINS), proba,
+                                                n_draws=n_boot, seed=seed)
     out["macro_f1"], out["macro_f1_ci"] = scores["macro_f1"], boot(lambda i: _macro_f1(pred[i], y[i]))
     out["uncalibrated_log_loss"] = scores["uncalibrated_log_loss"]
     out["per_condition"] = {c: {"support": int((y == k).sum()),
@@ -231,7 +246,12 @@ def format_labelled(metrics: dict[str, Any]) -> str:
              f"figures with {pct} intervals", *_fitted_lines(m),
              *(f"  {label:<24}{with_interval(m[key], m[key + '_ci'], 4)}" for label, key in (
                  ("accuracy", "accuracy"), ("top-3 accuracy", "top3_accuracy"), ("log loss", "log_loss"),
-                 ("Brier score", "brier"), ("ECE (top label)", "ece"), ("macro F1", "macro_f1")))]
+                 ("Brier score", "brier"), ("macro F1", "macro_f1"))),
+             f"  {'ECE (top label)':<24}{figure(m['ece'], '.4f')} (a calibrated model's on these cases: "
+             f"{_between(m['ece_if_calibrated'], '.4f')})"]
+    if MIN_BOOTSTRAP_CASES <= m["n"] < _FEW_FOR_BOOTSTRAP:
+        lines.append(f"  (on fewer than {_FEW_FOR_BOOTSTRAP} cases the bootstrap intervals of log loss, Brier score "
+                     "and macro F1 are too narrow: read them as rough)")
     if "triage" in m:
         t, d = m["triage"], m["differential"]
         lines += [f"  {label:<24}{with_interval(r['value'], r['ci'])}  (n={r['n']})" for label, r in (
@@ -251,12 +271,22 @@ def _report_markdown(metrics: dict[str, Any], source: str, plots: list[Path]) ->
     lines = [f"# Evaluation on `{source}`", "",
              "**Information, not a diagnosis.** Figures on your cases, with "
              f"{m['confidence_level']:.0%} confidence intervals ({m['intervals']}).", "",
-             f"- rows read: {m['n_rows']:,}; evaluated: {m['n']:,}; rejected: {m['n_rejected']:,} (see `rejects.csv`)",
+             f"- rows read: {m['n_rows']:,}; evaluated: {m['n']:,}; rejected: {m['n_rejected']:,}"
+             + (" (see `rejects.csv`)" if m["n_rejected"] else ""),
              *(f"- {line}" for line in _fitted_lines(m)), "",
              "| figure | value | interval |", "|---|---|---|"]
     for label, key in (("accuracy", "accuracy"), ("top-3 accuracy", "top3_accuracy"), ("log loss", "log_loss"),
-                       ("Brier score", "brier"), ("ECE (top label, 15 bins)", "ece"), ("macro F1", "macro_f1")):
+                       ("Brier score", "brier"), ("macro F1", "macro_f1")):
         lines.append(f"| {label} | {figure(m[key], '.4f')} | {_between(m[key + '_ci'], '.4f')} |")
+    lines += [f"| ECE (top label, {N_BINS} bins) | {figure(m['ece'], '.4f')} | a calibrated model's: "
+              f"{_between(m['ece_if_calibrated'], '.4f')} |", "",
+              "The binned ECE is biased upwards on few cases, so it has no interval: beside it is the range "
+              f"({m['confidence_level']:.0%}) a perfectly calibrated model's ECE takes on these cases (labels drawn "
+              "from the model's own probabilities). Inside that range, these cases show no miscalibration; above it, "
+              "they do."]
+    if m["n"] < _FEW_FOR_BOOTSTRAP:
+        lines += ["", f"On fewer than {_FEW_FOR_BOOTSTRAP} cases the bootstrap intervals (log loss, Brier score, "
+                      "macro F1) are too narrow: read them as rough."]
     lines += ["", "## Recall per condition", "", "| condition | cases | recall | interval |", "|---|---|---|---|"]
     for c, r in m["per_condition"].items():
         rec = r["recall"]
