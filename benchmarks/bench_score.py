@@ -19,15 +19,19 @@ machine:
   memory in MiB, and 350 MB is 333.8 MiB), and again on a
   file 4x larger, within 20% of the smallest of them (memory flat as the file grows); at least 20x
   the throughput of ``mlflow models predict``;
-- start-up: ``kneepain score`` on a 10-row file (target under 1.6 s);
+- start-up: ``kneepain score`` on a 10-row file (the issue: "well under half" of its 3.2 s;
+  target under 40% of it, 1.28 s);
 - the same 1M rows with ``NA`` for an answer, so that every row is rejected (R's missing-value
-  marker), against the scored file's median: rejecting a row should cost no more than scoring it;
-- ``mlflow models predict --env-manager local`` on the same rows as JSON (``dataframe_split``;
-  the model's signature leaves value checks to the case schema, which MLflow's CSV reader rejects);
+  marker), at default settings (the summary then reads the rejects back for their commonest
+  reasons), against the scored file's median: rejecting a row should cost no more than scoring it;
+- ``mlflow models predict --env-manager local`` on the same CSV file (``-t csv``), once: MLflow
+  reads it with pandas and the pyfunc model scores it as ``predict()`` does;
 - a naive script: ``pandas.read_csv`` of the whole file, ``predict_proba``, ``to_csv``;
-- ``predict()`` on a single dict: the median of 1,000 calls made one after another, as a caller's
-  loop makes them (target under 3 ms); and, for comparison, the median of 1,000 calls each after
-  a full ``gc.collect()``, which walks the whole heap and leaves the CPU caches cold for the call.
+- ``predict()`` on a single dict, as a notebook calls it (``predict(case)``: the default model,
+  looked up in the process's cache on each call): the median of 1,000 calls made one after
+  another, as a caller's loop makes them (target under 3 ms); and, for comparison, the median of
+  1,000 calls each after a full ``gc.collect()``, which walks the whole heap and leaves the CPU
+  caches cold for the call, and of 1,000 calls given the loaded model (``model=``).
 """
 
 from __future__ import annotations
@@ -39,15 +43,15 @@ import tempfile
 import textwrap
 from pathlib import Path
 
-from .harness import MIB, REPO_ROOT, BenchmarkError, Target, log, make_row, median_run, run_command, time_in_child
+from .harness import MIB, REPO_ROOT, BenchmarkError, log, make_row, median_run, run_command, time_in_child
 
 __all__ = ["run"]
 
 SIZES = {False: (1_000_000, 4_000_000), True: (50_000, 200_000)}
-MLFLOW_ROWS = {False: 1_000_000, True: 50_000}
 ROUNDS = 3  # runs of the 1M score and of the floor, alternating
 MODEL_URI = "models:/kneepain-classifier@champion"
 CHOSEN = "case_id,prediction,p_dvt,triage"  # the issue's example of chosen columns: only they are computed
+ISSUE_START_UP = 3.2  # seconds: `kneepain score` on a 10-row file when the issue was filed
 
 
 def _write_csv(path: Path, n: int, seed: int = 1) -> None:
@@ -111,14 +115,25 @@ def _kneepain() -> str:
     return str(Path(sys.executable).with_name("kneepain"))
 
 
+_CASE = {"age": 71, "sex": "female", "sedentary": "yes", "leg_swelling": "yes", "skin_warm": "yes"}
+
+
 def _single_case(n: int):
-    """One ``predict()`` call on a dict (``n`` is unused: the harness repeats the call)."""
+    """One ``predict(case)`` call on a dict with the default model (``n`` is unused: the harness
+    repeats the call); the first call, untimed, loads the model into the process's cache."""
+    from pipeline import predict
+
+    predict(_CASE)
+    return lambda: predict(_CASE)
+
+
+def _single_case_loaded(n: int):
+    """One ``predict(case, model=<loaded model>)`` call, which skips the cache's lookup."""
     from pipeline import predict
     from pipeline.serve.predict import get_model
 
     model = get_model()
-    case = {"age": 71, "sex": "female", "sedentary": "yes", "leg_swelling": "yes", "skin_warm": "yes"}
-    return lambda: predict(case, model=model)
+    return lambda: predict(_CASE, model=model)
 
 
 def run(quick: bool) -> list[dict]:
@@ -154,8 +169,7 @@ def run(quick: bool) -> list[dict]:
         rates[small] = (child.wall_seconds, child.peak_rss_mib)
         rows.append(make_row(f"score: kneepain score (CSV -> CSV; median of {ROUNDS}, peak RSS the largest)", small,
                              child.wall_seconds, peak_rss_mib=child.peak_rss_mib,
-                             target=Target(size=SIZES[False][0], min_rows_per_second=150_000),
-                             runs=[round(c.wall_seconds, 3) for c in ours]))
+                             runs=[round(c.wall_seconds, 3) for c in ours]))  # its targets are the ratios below
         log(f"score: kneepain score on {large:,} rows ...")
         child = score(large)
         rates[large] = (child.wall_seconds, child.peak_rss_mib)
@@ -190,7 +204,8 @@ def run(quick: bool) -> list[dict]:
                              speedup_vs_all_columns=round(rates[small][0] / child.wall_seconds, 2)))
         log(f"score: kneepain score on {small:,} rows, every one rejected (an R export's NA answers) ...")
         _write_rejected(tmp / f"cases-{small}.csv", tmp / "rejected.csv")
-        child = run_command([_kneepain(), "score", str(tmp / "rejected.csv"), "-o", str(tmp / "out.csv"), "--quiet",
+        # not --quiet: at default settings the summary reads the rejects file back for its commonest reasons
+        child = run_command([_kneepain(), "score", str(tmp / "rejected.csv"), "-o", str(tmp / "out.csv"),
                              "--model", str(models_dir())], cwd=tmp, exit_codes=(1,))  # 1: rows were rejected
         ratio4 = child.wall_seconds / rates[small][0]
         rows.append(make_row(f"score: every row rejected / every row scored (wall) = {ratio4:.2f}x", small,
@@ -202,9 +217,11 @@ def run(quick: bool) -> list[dict]:
         started = median_run([run_command([_kneepain(), "score", str(tmp / "ten.csv"), "-o", str(tmp / "ten-out.csv"),
                                            "--quiet", "--model", str(models_dir())], cwd=tmp) for _ in range(3)])
         start_up = started.wall_seconds
-        rows.append(make_row("score: start-up (10-row file, median of 3)", 10, start_up,
-                             peak_rss_mib=started.peak_rss_mib))
-        rows[-1]["target"], rows[-1]["met"] = "< 1.6 s", bool(start_up < 1.6) if not quick else None
+        rows.append(make_row(f"score: start-up (10-row file, median of 3) = {start_up / ISSUE_START_UP:.0%} of the "
+                             f"issue's {ISSUE_START_UP} s", 10, start_up, peak_rss_mib=started.peak_rss_mib))
+        # "well under half": under 40%
+        rows[-1]["target"] = f"< {0.4 * ISSUE_START_UP:.2f} s (40% of {ISSUE_START_UP} s)"
+        rows[-1]["met"] = bool(start_up < 0.4 * ISSUE_START_UP) if not quick else None
         # against the smallest of the 1M runs' peaks (the 350 MB check takes the largest): both checks
         # lean against passing
         least = min(c.peak_rss_mib for c in ours)
@@ -227,20 +244,17 @@ def run(quick: bool) -> list[dict]:
         child = run_command([sys.executable, "-c", script], cwd=REPO_ROOT)
         rows.append(make_row("score: naive pandas script", small, child.wall_seconds, peak_rss_mib=child.peak_rss_mib))
 
-        n_ml = MLFLOW_ROWS[quick]
-        log(f"score: mlflow models predict on {n_ml:,} rows (JSON) ...")
-        import pandas as pd
-
-        frame = pd.read_csv(tmp / f"cases-{small}.csv", dtype=str, keep_default_na=False, nrows=n_ml)
-        (tmp / "in.json").write_text('{"dataframe_split": ' + frame.to_json(orient="split", index=False) + "}")
+        n_ml = small  # the whole file
+        log(f"score: mlflow models predict on the same {n_ml:,}-row CSV ...")
         env = {**os.environ, "MLFLOW_TRACKING_URI": os.environ.get("MLFLOW_TRACKING_URI")
                or f"sqlite:///{REPO_ROOT / 'mlflow.db'}",
                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
         child = run_command([str(Path(sys.executable).with_name("mlflow")), "models", "predict", "-m", MODEL_URI,
-                             "-i", str(tmp / "in.json"), "-t", "json", "-o", str(tmp / "mlflow-out.json"),
+                             "-i", str(tmp / f"cases-{small}.csv"), "-t", "csv", "-o", str(tmp / "mlflow-out.json"),
                              "--env-manager", "local"], cwd=tmp, env=env)
         mlflow_rate = n_ml / child.wall_seconds
-        rows.append(make_row("score: mlflow models predict (JSON)", n_ml, child.wall_seconds, peak_rss_mib=child.peak_rss_mib))
+        rows.append(make_row("score: mlflow models predict (the same CSV)", n_ml, child.wall_seconds,
+                             peak_rss_mib=child.peak_rss_mib))
         ours = small / rates[small][0]
         rows.append(make_row(f"score: kneepain score / mlflow models predict = {ours / mlflow_rate:.1f}x", small, rates[small][0],
                              peak_rss_mib=None, rows_per_second=ours, speedup=round(ours / mlflow_rate, 2)))
@@ -250,10 +264,13 @@ def run(quick: bool) -> list[dict]:
     log(f"score: predict() on one dict, {n_calls} calls in a loop, then {n_calls} after a gc.collect() each ...")
     loop = time_in_child(_single_case, 1, repeats=n_calls, warmup=10, collect=False)
     cold = time_in_child(_single_case, 1, repeats=n_calls, warmup=10)
-    median, cold_median = (float(sorted(m.runs)[len(m.runs) // 2]) for m in (loop, cold))
+    loaded = time_in_child(_single_case_loaded, 1, repeats=n_calls, warmup=10, collect=False)
+    median, cold_median, loaded_median = (float(sorted(m.runs)[len(m.runs) // 2]) for m in (loop, cold, loaded))
     rows.append(make_row("score: predict() one dict (median call in a loop)", 1, median, peak_rss_mib=loop.peak_rss_mib,
                          calls=n_calls))
     rows[-1]["target"], rows[-1]["met"] = "< 3 ms median", bool(median < 0.003) if not quick else None
     rows.append(make_row("score: predict() one dict (median call after a gc.collect())", 1, cold_median,
                          peak_rss_mib=cold.peak_rss_mib, calls=n_calls))
+    rows.append(make_row("score: predict(case, model=<loaded>) one dict (median call in a loop)", 1, loaded_median,
+                         peak_rss_mib=loaded.peak_rss_mib, calls=n_calls))
     return rows

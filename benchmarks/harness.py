@@ -134,7 +134,8 @@ def run_command(cmd: Sequence[str], *, env: dict[str, str] | None = None,
         tail = "\n".join(stderr.splitlines()[-_STDERR_TAIL:])
         raise BenchmarkError(f"`{' '.join(map(str, cmd))}` exited with code {proc.returncode}:\n{tail}")
     usage = json.loads(text)
-    return ChildRun(wall, _max_rss_mib(usage["ru_maxrss"]), stdout, stderr, usage["cpu_seconds"])
+    return ChildRun(usage.get("wall_seconds", wall), _max_rss_mib(usage["ru_maxrss"]), stdout, stderr,
+                    usage["cpu_seconds"])
 
 
 def time_in_child(case: Callable[[int], Callable[[], Any]], n: int, *, repeats: int = 3,
