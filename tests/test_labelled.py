@@ -117,6 +117,8 @@ def test_a_file_lacking_conditions_gets_strict_json_with_null_for_what_it_cannot
     m = json.loads((out / "metrics.json").read_text(), parse_constant=refuse)
     assert m["per_condition"]["leg_cramp"]["recall"]["value"] is None
     assert m["per_condition"]["dvt"]["recall"]["value"] >= 0
+    # what macro F1 averages over is said: a condition the file lacks but the model predicted counts as 0
+    assert "a condition this file lacks but the model predicted counts with an F1 of 0" in (out / "report.md").read_text()
 
 
 def test_a_calibrated_model_s_ece_falls_in_its_calibrated_range_and_a_miscalibrated_one_above_it():

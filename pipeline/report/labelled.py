@@ -284,6 +284,8 @@ def _report_markdown(metrics: dict[str, Any], source: str, plots: list[Path]) ->
               f"({m['confidence_level']:.0%}) a perfectly calibrated model's ECE takes on these cases (labels drawn "
               "from the model's own probabilities). Inside that range, these cases show no miscalibration; above it, "
               "they do."]
+    lines += ["", "Macro F1 is the mean F1 over the conditions among the labels or the predictions (scikit-learn's): "
+                  "a condition this file lacks but the model predicted counts with an F1 of 0."]
     if m["n"] < _FEW_FOR_BOOTSTRAP:
         lines += ["", f"On fewer than {_FEW_FOR_BOOTSTRAP} cases the bootstrap intervals (log loss, Brier score, "
                       "macro F1) are too narrow: read them as rough."]
