@@ -249,6 +249,17 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-mlflow", action="store_true", help="with --data FILE: do not log a run to MLflow")
 
 
+def _evaluated_source(folder: Path) -> str | None:
+    """The file an earlier evaluation in ``folder`` was of (its metrics.json's ``source``), if it says."""
+    import json
+
+    try:
+        source = json.loads((folder / "metrics.json").read_text(encoding="utf-8")).get("source")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return source if isinstance(source, str) else None
+
+
 def _evaluate_file(args: argparse.Namespace, path: Path) -> int:
     from pipeline.core.parsing import ignored_columns_message
     from pipeline.core.paths import reports_dir
@@ -265,6 +276,9 @@ def _evaluate_file(args: argparse.Namespace, path: Path) -> int:
         raise UsageError(f"--out {out}: holds the evaluation stage's reports ({', '.join(stage)}), whose metrics.json "
                          "this evaluation would replace; give a folder of its own (default reports/evaluations/"
                          f"{path.stem}).")
+    if not args.out and (earlier := _evaluated_source(out)) not in (None, str(path.resolve())):
+        print(f"kneepain evaluate: warning: {out} holds the evaluation of {earlier}, another file of the same name; "
+              "this one replaces it (give --out DIR to keep both).", file=sys.stderr)
     result = evaluate_file(args.model, path, out, track=not args.no_mlflow, n_boot=n_boot)
     if result.metrics["ignored_columns"]:
         message = ignored_columns_message(result.metrics["ignored_columns"], str(path), also=LABELLED_COLUMNS)

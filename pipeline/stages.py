@@ -231,6 +231,7 @@ def evaluate_file(model_source: str | Path | None, path: Path, out: Path, *, tra
     fitted = fitted_fingerprints(model.manifest, data_dir() if data is None else data)
     metrics, arrays, rejects = evaluate_labelled(model, frame, n_boot=n_boot, where=str(path), malformed=malformed,
                                                  fitted=fitted)
+    metrics["source"] = str(path.resolve())  # which file a folder's evaluation is of (another may share its name)
     paths = write_labelled_reports(metrics, arrays, rejects, out, source=path.name)
     if track:
         from pipeline.model.tracking import log_labelled_evaluation

@@ -182,6 +182,26 @@ def test_an_evaluation_of_a_file_is_not_written_over_the_stages_reports(trained,
     assert (reports / "metrics.json").read_text() == "the stage's\n"
 
 
+def test_the_default_folder_says_when_it_held_another_file_of_the_same_name(trained, labelled_csv, tmp_path,
+                                                                             monkeypatch, capsys):
+    """`clinic.csv` and `clinic.parquet` share reports/evaluations/clinic/: the second replaced the
+    first without a word."""
+    models, _ = trained
+    monkeypatch.setenv("KNEEPAIN_HOME", str(tmp_path))
+    frame = pd.read_csv(labelled_csv, dtype=str, keep_default_na=False).iloc[4:60]
+    frame.to_csv(tmp_path / "clinic.csv", index=False)
+    frame.to_parquet(tmp_path / "clinic.parquet", index=False)
+    run = ["evaluate", "--model", str(models), "--no-mlflow", "--bootstrap", "20", "--data"]
+    assert main([*run, str(tmp_path / "clinic.csv")]) == 0
+    assert main([*run, str(tmp_path / "clinic.csv")]) == 0  # the same file again: nothing to say
+    assert "holds the evaluation of" not in capsys.readouterr().err
+    assert main([*run, str(tmp_path / "clinic.parquet")]) == 0
+    folder = tmp_path / "reports" / "evaluations" / "clinic"
+    assert (f"warning: {folder} holds the evaluation of {tmp_path / 'clinic.csv'}, another file of the same name; "
+            "this one replaces it") in capsys.readouterr().err
+    assert json.loads((folder / "metrics.json").read_text())["source"] == str(tmp_path / "clinic.parquet")
+
+
 def test_a_handful_of_cases_gets_no_bootstrap_interval_rather_than_a_false_one(trained, labelled_csv, tmp_path, capsys):
     """One case resampled is always that case: a zero-width interval would claim certainty."""
     models, _ = trained
