@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "BETWEEN_WORDS",
     "CONDITIONS",
     "CONDITION_LABELS",
     "FIELDS",
@@ -238,7 +239,7 @@ REFERENCE_COLUMN = "reference_level"  # a clinician's triage level of a labelled
 LABELLED_COLUMNS = (LABEL_COLUMN, REFERENCE_COLUMN)  # what labelled cases add to the case fields
 # every column the project reads by name; a header's words are joined to match them (:func:`normalise_header`)
 NAMED_COLUMNS = frozenset({*FIELD_NAMES, ID_COLUMN, LABEL_COLUMN, SEVERITY_COLUMN, REFERENCE_COLUMN})
-_BETWEEN_WORDS = re.compile(r"[\s-]+")
+BETWEEN_WORDS = re.compile(r"[\s-]+")  # what separates a name's words, read as one underscore
 
 
 def normalise_header(name: object) -> str:
@@ -262,7 +263,7 @@ def quoted_name(name: str) -> str:
 
 def _normalised(name: object) -> str:
     folded = str(name).lstrip("\ufeff").strip().lower()
-    joined = _BETWEEN_WORDS.sub("_", folded)
+    joined = BETWEEN_WORDS.sub("_", folded)
     return joined if joined in NAMED_COLUMNS else folded
 
 

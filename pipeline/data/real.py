@@ -21,7 +21,7 @@ from pipeline.core.config import LEVELS
 from pipeline.core.errors import BatchInputError
 from pipeline.core.formulas import csv_safe
 from pipeline.core.parsing import ParsedCases, parse_cases
-from pipeline.core.schema import CONDITION_LABELS, CONDITIONS, LABEL_COLUMN, REFERENCE_COLUMN, normalise_header
+from pipeline.core.schema import BETWEEN_WORDS, CONDITION_LABELS, CONDITIONS, LABEL_COLUMN, REFERENCE_COLUMN, normalise_header
 from pipeline.data.datasets import labels
 from pipeline.data.fingerprints import case_fingerprints
 
@@ -45,7 +45,7 @@ def _text(series: pd.Series) -> pd.Series:
     one underscore (``Baker's cyst`` and ``See doctor soon`` are ``bakers_cyst`` and
     ``see_doctor_soon``), as the report names them and as column names are matched."""
     text = series.astype("string").fillna("").str.strip().str.lower().str.replace("['\u2019]", "", regex=True)
-    return text.str.replace(r"[\s-]+", "_", regex=True)
+    return text.str.replace(BETWEEN_WORDS, "_", regex=True)
 
 
 # the report's names of the conditions that are not their codes once matched (deep vein thrombosis)

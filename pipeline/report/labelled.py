@@ -109,9 +109,9 @@ def evaluate_labelled(model: LoadedModel, frame: pd.DataFrame, *, n_boot: int = 
     valid, reference, rejects, ignored, valid_rows, parsed = validate_labelled(frame, where=where, malformed=malformed)
     if len(frame) == 0:
         raise BatchInputError(f"{where}: the file has no rows (a header only); nothing to evaluate.")
-    markers = markers_among(rejects["value"])
     if len(valid) == 0:
         raise no_valid_rows_error(where, len(frame), rejects, then="evaluate again")
+    markers = markers_among(rejects["value"])
     seen = np.zeros(len(valid), dtype=bool)
     if fitted is not None:
         seen = np.isin(case_fingerprints(parsed, labels(valid)), fitted.fingerprints)
@@ -238,6 +238,15 @@ def _fitted_lines(m: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _rough_intervals(m: dict[str, Any]) -> str:
+    """The warning that the bootstrap intervals are too narrow, where there are some and the
+    cases are fewer than :data:`_FEW_FOR_BOOTSTRAP` (else '')."""
+    if not MIN_BOOTSTRAP_CASES <= m["n"] < _FEW_FOR_BOOTSTRAP:
+        return ""
+    return (f"On fewer than {_FEW_FOR_BOOTSTRAP} cases the bootstrap intervals of log loss, Brier score and macro "
+            "F1 are too narrow: read them as rough.")
+
+
 def format_labelled(metrics: dict[str, Any]) -> str:
     """A plain-text summary: the headline figures with their intervals, then triage safety."""
     m = metrics
@@ -249,9 +258,8 @@ def format_labelled(metrics: dict[str, Any]) -> str:
                  ("Brier score", "brier"), ("macro F1", "macro_f1"))),
              f"  {'ECE (top label)':<24}{figure(m['ece'], '.4f')} (a calibrated model's on these cases: "
              f"{_between(m['ece_if_calibrated'], '.4f')})"]
-    if MIN_BOOTSTRAP_CASES <= m["n"] < _FEW_FOR_BOOTSTRAP:
-        lines.append(f"  (on fewer than {_FEW_FOR_BOOTSTRAP} cases the bootstrap intervals of log loss, Brier score "
-                     "and macro F1 are too narrow: read them as rough)")
+    if rough := _rough_intervals(m):
+        lines.append(f"  {rough}")
     if "triage" in m:
         t, d = m["triage"], m["differential"]
         lines += [f"  {label:<24}{with_interval(r['value'], r['ci'])}  (n={r['n']})" for label, r in (
@@ -286,9 +294,8 @@ def _report_markdown(metrics: dict[str, Any], source: str, plots: list[Path]) ->
               "they do."]
     lines += ["", "Macro F1 is the mean F1 over the conditions among the labels or the predictions (scikit-learn's): "
                   "a condition this file lacks but the model predicted counts with an F1 of 0."]
-    if m["n"] < _FEW_FOR_BOOTSTRAP:
-        lines += ["", f"On fewer than {_FEW_FOR_BOOTSTRAP} cases the bootstrap intervals (log loss, Brier score, "
-                      "macro F1) are too narrow: read them as rough."]
+    if rough := _rough_intervals(m):
+        lines += ["", rough]
     lines += ["", "## Recall per condition", "", "| condition | cases | recall | interval |", "|---|---|---|---|"]
     for c, r in m["per_condition"].items():
         rec = r["recall"]
