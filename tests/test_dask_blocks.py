@@ -50,7 +50,8 @@ def _assert_same_chunks(whole: list, split: list) -> None:
         assert a.malformed == b.malformed
 
 
-@pytest.mark.parametrize("window", [None, 5])  # 5 bytes: quotes, CRLFs and empty lines across windows
+# 5 bytes: quotes, CRLFs and empty lines across windows; 67: across the planner's 64-bit words too
+@pytest.mark.parametrize("window", [None, 5, 67])
 def test_planned_blocks_read_as_the_whole_file(tmp_path, window, monkeypatch):
     if window is not None:
         monkeypatch.setattr("pipeline.core.blocks.WINDOW_BYTES", window)
@@ -107,7 +108,10 @@ def test_records_counted_as_arrow_counts_them(tmp_path):
         assert scan.regular
         counted = scan.finish(len(text))
         assert counted == sum(len(c.frame) for c in iter_chunks(path, 10))  # Arrow's records, malformed included
-        assert all(text[e:e + 1] == b"\n" for e in ends)
+        if len(ends):
+            places = ends.at(np.arange(len(ends)))
+            assert all(text[e:e + 1] == b"\n" for e in places) and list(places) == sorted(set(places))
+            assert list(ends.at(np.array([len(ends) - 1]))) == [places[-1]]
 
 
 @pytest.mark.parametrize("window", [64, None])  # 64 bytes: blocks before the odd record's window too
