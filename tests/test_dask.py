@@ -472,6 +472,10 @@ def _trim_threshold() -> str | None:
     return os.environ.get("MALLOC_TRIM_THRESHOLD_")
 
 
+def _profiling(dask_worker) -> bool:
+    return any(name.startswith("profile") for name in dask_worker.periodic_callbacks)
+
+
 def _sigint_ignored() -> bool:
     import signal
 
@@ -491,6 +495,9 @@ def test_dask_client_joins_a_scheduler_or_starts_a_local_cluster(client, monkeyp
         # glibc's adaptive mmap threshold stays on in the workers (Dask's trim threshold turns it
         # off, and a scoring worker then spends a third of its time page-faulting)
         assert list(local.run(_trim_threshold).values()) == [None]
+        # nor does Dask's profiler sample the task thread's stack every 10 ms, holding the GIL
+        # (its only reader is the dashboard, which is not started)
+        assert list(local.run(_profiling).values()) == [False]
         # a terminal's Ctrl-C, which reaches the workers too, is left to the job: no worker
         # prints a KeyboardInterrupt traceback around the job's one-line stop
         assert list(local.run(_sigint_ignored).values()) == [True]

@@ -34,7 +34,11 @@ __all__ = ["LOCAL_WORKER_CONFIG", "DaskJobError", "code_digest", "dask_client", 
 # default unless this process's environment already holds the variable (a user's own setting, or
 # one an earlier default LocalCluster wrote into os.environ). A worker's memory stays bounded by
 # the chunk size.
+# Dask's statistical profiler (for the dashboard, which the local cluster does not start) walks
+# the task thread's stack every 10 ms while holding the GIL: off, a worker's event loop took 0.4 s
+# of CPU instead of 0.8 s per 20 s of scoring, and one worker scored a 4M-row CSV 3.5% faster.
 LOCAL_WORKER_CONFIG = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+                       "distributed.worker.profile.enabled": False,
                        # each worker runs this module's dask_setup as it starts (a Dask preload)
                        "distributed.worker.preload": [__name__]}
 
