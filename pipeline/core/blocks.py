@@ -219,7 +219,7 @@ class _RecordScan:
         ends = newline & ~inside
         if bad:
             self.regular = False
-            cut = min(bad)
+            cut = min(bad)  # only the ends before it
             ends[cut // 64 + 1:] = 0
             ends[cut // 64] &= np.uint64((1 << cut % 64) - 1)
         ends &= ~self._empty_lines(ends, returns)
@@ -235,7 +235,8 @@ class _RecordScan:
         the end before, or after a carriage return right after it; sets ``last_end``."""
         back = self.pos - self.last_end  # the end before the window: 1 (its last byte), 2, ...
         after_end = _previous(ends, 1, back == 1)
-        after_return = _previous(returns, 1, self.last_byte == _RETURN) & _previous(ends, 2, (back == 2) | (back == 1) << 1)
+        two_after_end = _previous(ends, 2, (back == 2) | (back == 1) << 1)
+        after_return = _previous(returns, 1, self.last_byte == _RETURN) & two_after_end
         if (last := _last_bit(ends)) is not None:
             self.last_end = self.pos + last
         return ends & (after_end | after_return)

@@ -269,8 +269,10 @@ def _cross_block_duplicates(results: list[_BlockResult]) -> dict[int, np.ndarray
     # twice is in two blocks. Usually none is, and the job's tail waits for no more than that.
     hashes = np.sort(np.concatenate([r.id_hashes for _, r in named]), kind="stable")
     repeated = np.unique(hashes[1:][hashes[1:] == hashes[:-1]])
+    if not len(repeated):
+        return {}
     found, earlier = {}, np.empty(0, dtype=np.uint64)
-    for i, r in named if len(repeated) else ():
+    for i, r in named:  # in input order: the first block to hold an id keeps it
         shared = r.id_hashes[np.isin(r.id_hashes, repeated, assume_unique=True)]
         if len(again := shared[np.isin(shared, earlier, assume_unique=True)]):
             found[i] = again
