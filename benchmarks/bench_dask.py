@@ -173,15 +173,13 @@ def _one_file_rows(tmp: Path, inputs: Path, model: Path, model_text: str, n: int
     one = tmp / "one-file"
     one.mkdir()
     _child("write-one-csv", "--inputs", str(inputs), "--out", str(one))
-    from pipeline.core.casefiles import csv_data_start
     from pipeline.serve.dask import default_block_bytes
 
     size = f"{n / 1e6:g}M" if n >= 1_000_000 else f"{n // 1000}k"
     # one block plan for both worker counts, the default's for the most workers (about two blocks per
     # worker; --quick: the same without its 64 MB floor), so that the ratio measures the workers alone
     most = max(WORKERS)
-    csv = one / "cases.csv"
-    block = (csv.stat().st_size - csv_data_start(csv)) // (2 * most) if quick else default_block_bytes([csv], most)
+    block = default_block_bytes([one / "cases.csv"], most, min_bytes=1 if quick else None)
     results: dict[int, list[dict]] = {workers: [] for workers in WORKERS}
     for round_ in range(ONE_FILE_ROUNDS):  # alternately, so that a slow spell of the machine hits both
         for workers in WORKERS:

@@ -315,9 +315,10 @@ def _discard(tmp: Path, results: list[_BlockResult]) -> None:
             shutil.rmtree(tmp / r.attempt, ignore_errors=True)
 
 
-def default_block_bytes(paths: Sequence[Path], workers: int) -> int:
+def default_block_bytes(paths: Sequence[Path], workers: int, *, min_bytes: int | None = None) -> int:
     """The block size :func:`score_files_dask` uses by default: the inputs in ``BLOCKS_PER_WORKER``
-    blocks per worker thread, at least :data:`pipeline.core.blocks.MIN_BLOCK_BYTES`.
+    blocks per worker thread, at least ``min_bytes`` (default
+    :data:`pipeline.core.blocks.MIN_BLOCK_BYTES`; the benchmark splits its small file with 1).
 
     The size is that of the data, headers left out, rounded down: a planner makes as many blocks
     as whole block sizes fit in a file's data, so one CSV gets exactly that many blocks (a size
@@ -325,7 +326,7 @@ def default_block_bytes(paths: Sequence[Path], workers: int) -> int:
     second block: 2 workers scored one file 1.6x faster than one instead of about 1.9x)."""
     total = sum(Path(p).stat().st_size - (0 if is_parquet(p) else csv_data_start(p))
                 for p in paths)
-    return max(MIN_BLOCK_BYTES, total // (BLOCKS_PER_WORKER * max(workers, 1)))
+    return max(MIN_BLOCK_BYTES if min_bytes is None else min_bytes, total // (BLOCKS_PER_WORKER * max(workers, 1)))
 
 
 _Scored = tuple[list[tuple[int, FileBlock]], list[_BlockResult]]  # (file, block) units and their results
