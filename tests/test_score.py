@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from pandas.testing import assert_frame_equal
 from temporaries import leftover_temporaries
@@ -193,6 +194,20 @@ def test_several_inputs_and_duplicates_across_files(trained, tmp_path):
     assert bad["reject_file"].unique().tolist() == [str(b)] and bad["reject_row"].tolist() == [0, 1, 2]
 
 
+def test_an_input_without_case_ids_beside_one_with_them_has_no_id_not_an_empty_one(trained, tmp_path):
+    """Rows of an input that has no ``case_id`` column hold no id (null), as a kept column an input
+    lacks does: ``isna()`` finds them in a Parquet output, and a CSV output leaves the field empty."""
+    models, _ = trained
+    (tmp_path / "no_ids.csv").write_text("age,sex\n30,male\n")
+    (tmp_path / "ids.csv").write_text("case_id,age,sex\nC,50,male\n")
+    inputs = [str(tmp_path / "no_ids.csv"), str(tmp_path / "ids.csv")]
+    assert main(["score", *inputs, "-o", str(tmp_path / "out.parquet"), "--model", str(models), "--quiet"]) == 0
+    assert pq.read_table(tmp_path / "out.parquet").column("case_id").to_pylist() == [None, "C"]
+    assert main(["score", *inputs, "-o", str(tmp_path / "out.csv"), "--model", str(models), "--quiet",
+                 "--columns", "file,row,case_id"]) == 0
+    assert (tmp_path / "out.csv").read_text().splitlines()[1:] == [f'"{inputs[0]}",0,', f'"{inputs[1]}",0,"C"']
+
+
 def test_fatal_model_problem_has_no_traceback(trained, tmp_path, capsys):
     import shutil
 
@@ -230,7 +245,6 @@ def test_killed_run_leaves_no_output(trained, kb, tmp_path):
 
 def test_numeric_parquet_ids_pass_through_as_written(trained, tmp_path):
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     models, _ = trained
     pq.write_table(pa.table({"case_id": pa.array([123, None, 9007199254740993], pa.int64()),
@@ -263,7 +277,6 @@ def test_a_parquet_frame_saved_with_its_index_is_read_as_its_columns(trained, tm
     scored = pd.read_csv(out, dtype=str)
     assert scored["case_id"].tolist() == ["P1", "P2", "P3"] and scored["__index_level_0__"].tolist() == ["0", "2", "3"]
     assert predict(tmp_path / "filtered.parquet", model=models)["case_id"].tolist() == ["P1", "P2", "P3"]
-    import pyarrow.parquet as pq
 
     # also where the labels left happen to be evenly spaced (1, 2, 3), which pandas keeps only in its
     # metadata as a range: they were silently dropped; a frame's default labels (0, 1, 2) are no column
@@ -301,7 +314,6 @@ def test_a_range_index_is_rebuilt_only_where_pandas_would_rebuild_it(tmp_path):
 
     import pyarrow as pa
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
     from pipeline.core.casefiles import file_columns, iter_chunks
 

@@ -44,7 +44,8 @@ def output_dictionary_markdown() -> str:
         "file": "the input file (`kneepain score` with several inputs, and always with `--engine dask`); first",
         "row": "the 0-based row number of the case in its input (header excluded); always in `kneepain score` output, "
                "before `case_id`; in `predict()` only when the cases have no `case_id`",
-        "case_id": "the input's `case_id`, unchanged (when the input has one); read from a file (`kneepain score`, "
+        "case_id": "the input's `case_id`, unchanged (when the input has one; with several inputs, null in the rows of "
+                   "one that has none: empty in CSV, missing in Parquet); read from a file (`kneepain score`, "
                    "`predict(path)`), as text, a Parquet file's numbers included",
         "prediction": "the most likely condition",
         "confidence": "its probability",

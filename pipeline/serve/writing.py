@@ -56,8 +56,8 @@ def output_schema(id_column: str, multi: bool, decision: bool, *, top_k: int = 3
 def output_table(scored: Mapping[str, Any], schema: pa.Schema, *, file: str | None = None,
                  blank: Sequence[str] = ()) -> pa.Table:
     """Scored rows (a DataFrame, or columns by name as :func:`pipeline.serve.chunks.valid_columns`
-    gives them, with ``row``) as an Arrow table of the output ``schema``: ``file`` is added, a
-    ``case_id`` the input does not have is blank text, and a column of ``blank`` it does not have
+    gives them, with ``row``) as an Arrow table of the output ``schema``: ``file`` is added, and a
+    ``case_id`` the input does not have (another input's) or a column of ``blank`` it does not have
     (another input's kept column) is null: the input holds no value there, not an empty one. Any
     other column of ``schema`` must be there."""
     n = len(scored) if isinstance(scored, pd.DataFrame) else len(scored["row"])
@@ -65,9 +65,7 @@ def output_table(scored: Mapping[str, Any], schema: pa.Schema, *, file: str | No
     for field in schema:
         if field.name == "file" and file is not None:
             columns.append(pa.repeat(pa.scalar(file, field.type), n))
-        elif field.name == ID_COLUMN and field.name not in scored:
-            columns.append(pa.repeat(pa.scalar("", field.type), n))
-        elif field.name in blank and field.name not in scored:
+        elif (field.name == ID_COLUMN or field.name in blank) and field.name not in scored:
             columns.append(pa.nulls(n, field.type))
         else:
             columns.append(_arrow(scored[field.name], field.type))
