@@ -124,6 +124,34 @@ def test_a_record_longer_than_the_read_block_is_read_whole(trained, tmp_path):
     assert got["row"].tolist() == [str(i) for i in range(6)]
 
 
+def test_a_quoted_cr_lf_keeps_its_line_feed_wherever_a_read_block_ends(monkeypatch, tmp_path):
+    """pyarrow drops the LF of a quoted CR LF whose CR is the last byte of one of its reads
+    (apache/arrow#51368), so which value lost a byte depended on where the reads fell: the whole
+    file's (the pandas engine) or a Dask block's. Every such CR here ends a read, in a file with
+    CR LF line ends, read from its first record and from its second: every id is as written."""
+    from pipeline.core import csvrecords
+
+    block = 256
+    monkeypatch.setattr(csvrecords, "_CSV_BLOCK", block)
+    header = b"case_id,age,sex\r\n"
+    data, ids = bytearray(), []
+    for k in range(1, 40):  # record k's quoted CR at byte k * block - 1 of the data
+        while k * block - 1 - len(data) - 1 > 40:
+            ids.append(f"f{len(ids):05d}")
+            data += f"{ids[-1]},30,male\r\n".encode()
+        pad = "p" * (k * block - 1 - len(data) - 1)
+        ids.append(f"{pad}\r\nid{k}")
+        data += f'"{ids[-1]}",40,female\r\n'.encode()
+        assert data[k * block - 1:k * block + 1] == b"\r\n"
+    path = tmp_path / "crlf.csv"
+    path.write_bytes(header + bytes(data))
+    names = ["case_id", "age", "sex"]
+    for first in (0, 1):  # the reads of a stream that starts at the second record fall elsewhere
+        start = len(header) + (0 if first == 0 else data.index(b"\r\n") + 2)
+        chunks = csvrecords.csv_chunks(path, names, 50, start=start, where="crlf.csv", first_row=first)
+        assert pd.concat([c.frame for c in chunks])["case_id"].tolist() == ids[first:]
+
+
 def swallowing_csv(path: Path, column: str) -> Path:
     """3,000 cases with a ``notes`` column; row 1500's ``column`` opens a quote that the stray quote
     in row 1700's notes closes, so records 1501-1700 are read into that one field."""
