@@ -16,6 +16,7 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import os
 import re
 import sys
 import threading
@@ -55,8 +56,9 @@ class _CarriageReturnsHeld(io.RawIOBase):
     is the last byte of one read and whose LF starts the next: the field's value loses a byte, and
     which value does depends on where a read starts (a Dask block's reads start elsewhere than the
     whole file's). Held back to the next read, a CR arrives with the byte after it (but in a read of
-    nothing but CRs). Arrow's reading thread then takes the GIL once per read (a 256 KB block): a
-    1M-row file read 0.94 s either way."""
+    nothing but CRs). Arrow's reading thread then takes the GIL once per read (a 256 KB block),
+    which made ``kneepain score`` on 1M rows about 5% slower on two threads: a stream is wrapped
+    only where one of its reads would end with a CR (:func:`_cr_ends_a_read`)."""
 
     def __init__(self, stream: pa.NativeFile):
         super().__init__()
@@ -74,6 +76,14 @@ class _CarriageReturnsHeld(io.RawIOBase):
             if following:
                 data, self._held = kept, data[len(kept):] + following
         return data
+
+
+def _cr_ends_a_read(path: Path, start: int, end: int, block: int) -> bool:
+    """Whether a read of ``block`` bytes of the stream of bytes ``start`` .. ``end`` of ``path``
+    (Arrow reads a native stream so, block after block) would end with a CR and not the stream:
+    one byte looked at per block."""
+    with open(path, "rb", buffering=0) as fh:
+        return any(os.pread(fh.fileno(), 1, edge) == b"\r" for edge in range(start + block - 1, end - 1, block))
 
 
 class BlockMismatchError(RuntimeError):
@@ -151,12 +161,15 @@ def _arrow_batches(path: Path, start: int, end: int, header: list[str], report: 
     start = _keeping_a_leading_mark(path, start)
     block, delivered = _CSV_BLOCK, 0
     while True:
-        with pa.OSFile(str(path)) as file:  # native reads, without the GIL; their CRs held back (above)
+        with pa.OSFile(str(path)) as file:  # native reads: Arrow's reading thread needs no GIL
+            stream = file.get_stream(start, end - start)
+            if _cr_ends_a_read(path, start, end, block):
+                stream = _CarriageReturnsHeld(stream)
             seen = 0
             try:  # opening reads the first block, so it can fail as any later block can
                 # large_string is pandas' own storage for text: the chunk's DataFrame wraps it without a cast
                 reader = pacsv.open_csv(
-                    _CarriageReturnsHeld(file.get_stream(start, end - start)),
+                    stream,
                     read_options=pacsv.ReadOptions(block_size=block, use_threads=False, column_names=header),
                     parse_options=pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=keep),
                     convert_options=pacsv.ConvertOptions(column_types={h: pa.large_string() for h in header},
