@@ -16,7 +16,6 @@ from __future__ import annotations
 import codecs
 import csv
 import io
-import os
 import re
 import sys
 import threading
@@ -78,12 +77,11 @@ class _CarriageReturnsHeld(io.RawIOBase):
         return data
 
 
-def _cr_ends_a_read(path: Path, start: int, end: int, block: int) -> bool:
-    """Whether a read of ``block`` bytes of the stream of bytes ``start`` .. ``end`` of ``path``
+def _cr_ends_a_read(file: pa.NativeFile, start: int, end: int, block: int) -> bool:
+    """Whether a read of ``block`` bytes of the stream of bytes ``start`` .. ``end`` of ``file``
     (Arrow reads a native stream so, block after block) would end with a CR and not the stream:
-    one byte looked at per block."""
-    with open(path, "rb", buffering=0) as fh:
-        return any(os.pread(fh.fileno(), 1, edge) == b"\r" for edge in range(start + block - 1, end - 1, block))
+    one byte looked at per block, at its offset (the file's position and its streams' stay)."""
+    return any(file.read_at(1, edge) == b"\r" for edge in range(start + block - 1, end - 1, block))
 
 
 class BlockMismatchError(RuntimeError):
@@ -163,7 +161,7 @@ def _arrow_batches(path: Path, start: int, end: int, header: list[str], report: 
     while True:
         with pa.OSFile(str(path)) as file:  # native reads: Arrow's reading thread needs no GIL
             stream = file.get_stream(start, end - start)
-            if _cr_ends_a_read(path, start, end, block):
+            if _cr_ends_a_read(file, start, end, block):
                 stream = _CarriageReturnsHeld(stream)
             seen = 0
             try:  # opening reads the first block, so it can fail as any later block can
