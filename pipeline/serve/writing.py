@@ -31,7 +31,6 @@ from pipeline.core.files import is_parquet, tmp_path
 from pipeline.core.formulas import csv_safe, guarded_names
 from pipeline.core.parsing import is_blank
 from pipeline.core.schema import ID_COLUMN, first_spellings, normalise_header
-from pipeline.serve import CHUNK_ROWS
 from pipeline.serve.predict import OUTPUT_TYPES, output_columns
 from pipeline.serve.shaping import input_columns
 
@@ -39,7 +38,7 @@ __all__ = ["REJECT_META", "Writer", "as_text", "csv_safe", "encode_csv", "output
            "reject_schema", "reject_table"]
 
 REJECT_META = ["reject_file", "reject_row", "reject_reason"]
-PARQUET_GROUP_ROWS = CHUNK_ROWS  # the fewest rows of a Parquet output's row group (but the last): a default chunk
+PARQUET_GROUP_ROWS = 16_384  # the fewest rows of a Parquet output's row group (but the last): a default chunk
 
 
 def output_schema(id_column: str, multi: bool, decision: bool, *, top_k: int = 3,
