@@ -376,11 +376,18 @@ def test_a_range_index_is_rebuilt_only_where_pandas_would_rebuild_it(tmp_path):
     assert ids(tmp_path / "named.parquet") == ["a", "b", "c", "d"]
 
 
-def test_seen_ids_flags_exactly_the_ids_an_earlier_chunk_had():
+@pytest.mark.parametrize("small_steps", [False, True])
+def test_seen_ids_flags_exactly_the_ids_an_earlier_chunk_had(monkeypatch, small_steps):
     """Across many chunks (runs merged as they grow), an id is a duplicate iff an earlier chunk
-    had it, spaces around it ignored; blanks are never duplicates."""
+    had it, spaces around it ignored; blanks are never duplicates. With ``small_steps`` the runs
+    are merged a few hashes at a time and held in mapped memory from a few hundred bytes, as a
+    file of millions of ids has them."""
+    from pipeline.serve import chunks
     from pipeline.serve.batch import SeenIds
 
+    if small_steps:
+        monkeypatch.setattr(chunks, "_MERGE_BLOCK", 7)
+        monkeypatch.setattr(chunks, "_MAPPED_BYTES", 512)
     rng = np.random.default_rng(5)
     seen, reference = SeenIds(), set()
     for _ in range(40):
@@ -392,3 +399,5 @@ def test_seen_ids_flags_exactly_the_ids_an_earlier_chunk_had():
         reference |= {i.strip() for i in ids if i is not None and i.strip()}
     assert sum(map(len, seen.runs)) == len(reference)  # each id kept once
     assert all((r[1:] > r[:-1]).all() for r in seen.runs)  # sorted, no repeats
+    if small_steps:  # the merged runs are mapped memory of their own, given back once replaced
+        assert isinstance(seen.runs[0].base, memoryview) and len(seen.runs[0]) * 8 >= 512
