@@ -401,3 +401,22 @@ def test_seen_ids_flags_exactly_the_ids_an_earlier_chunk_had(monkeypatch, small_
     assert all((r[1:] > r[:-1]).all() for r in seen.runs)  # sorted, no repeats
     if small_steps:  # the merged runs are mapped memory of their own, given back once replaced
         assert isinstance(seen.runs[0].base, memoryview) and len(seen.runs[0]) * 8 >= 512
+
+
+def test_seen_ids_out_of_memory_is_a_memory_error(monkeypatch):
+    """A run that cannot be mapped fails as numpy's arrays do when memory runs out (a
+    MemoryError naming what it was for), not as an OSError a job would take for its output's."""
+    import errno
+    import mmap
+
+    from pipeline.serve import chunks
+
+    def no_memory(*args, **kwargs):
+        raise OSError(errno.ENOMEM, "Cannot allocate memory")
+
+    monkeypatch.setattr(mmap, "mmap", no_memory)
+    monkeypatch.setattr(chunks, "_MAPPED_BYTES", 64)
+    seen = chunks.SeenIds()
+    seen.check_and_add(pd.Series([f"a{i}" for i in range(8)]))
+    with pytest.raises(MemoryError, match="hashes of 16 case ids"):
+        seen.check_and_add(pd.Series([f"b{i}" for i in range(8)]))

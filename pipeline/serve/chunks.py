@@ -181,6 +181,16 @@ _MAPPED_BYTES = 1 << 20  # a run of this size or more is mapped memory of its ow
 _MERGE_BLOCK = 1 << 16  # hashes of the newer run merged per step (SeenIds)
 
 
+def _mapped(n: int) -> np.ndarray:
+    """An array of ``n`` uint64 in memory mapped for it alone (unmapped when the array is freed);
+    no memory for it is a :class:`MemoryError`, as for numpy's own arrays."""
+    try:
+        buffer = mmap.mmap(-1, n * 8)
+    except OSError as err:
+        raise MemoryError(f"no memory for the hashes of {n:,} case ids ({err.strerror or err})") from err
+    return np.frombuffer(buffer, dtype=np.uint64, count=n)
+
+
 def _merged(older: np.ndarray, newer: np.ndarray) -> np.ndarray:
     """Two sorted runs of distinct hashes, no hash in both, as one sorted run (of
     ``_MAPPED_BYTES`` or more: in memory mapped for it). Merged a block of ``newer`` at a time with
@@ -188,8 +198,7 @@ def _merged(older: np.ndarray, newer: np.ndarray) -> np.ndarray:
     sort finds the two runs and merges them), so the sort's working memory stays that of a block
     whatever the runs' size (sorting the two whole would hold half of them again)."""
     n = len(older) + len(newer)
-    out = (np.frombuffer(mmap.mmap(-1, n * 8), dtype=np.uint64, count=n) if n * 8 >= _MAPPED_BYTES
-           else np.empty(n, dtype=np.uint64))
+    out = _mapped(n) if n * 8 >= _MAPPED_BYTES else np.empty(n, dtype=np.uint64)
     done_old = done = 0
     for start in range(0, len(newer), _MERGE_BLOCK):
         block = newer[start:start + _MERGE_BLOCK]
