@@ -171,9 +171,7 @@ class SeenIds:
         dup = np.empty_like(found)
         dup[order] = found
         while len(self.runs) > 1 and len(self.runs[-1]) >= len(self.runs[-2]):
-            last = self.runs.pop()
-            self.runs.append(_merged(self.runs.pop(), last))
-            del last
+            self.runs[-2:] = [_merged(*self.runs[-2:])]  # the two runs are let go as soon as merged
         return dup
 
 
