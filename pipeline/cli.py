@@ -437,6 +437,16 @@ def _score_pandas(args: argparse.Namespace, warn: Callable[[str], None], options
     return summary
 
 
+def _refuse_folder_names(files: list[tuple[str, str | None, str]]) -> None:
+    """Refuse a file to write given as a folder's name, ending in a slash, (option, value, what):
+    ``Path`` drops the slash, so ``--rejects rejects/`` wrote a file named ``rejects``."""
+    ends = tuple(s for s in (os.sep, os.altsep) if s)
+    for option, value, what in files:
+        if value and value != "-" and value.endswith(ends):
+            raise UsageError(f"{option} {value}: ends in {value[-1]}, so it names a folder; give a file's path for "
+                             f"the {what}.")
+
+
 def _written_after_output(args: argparse.Namespace) -> list[tuple[str, Path, bool]]:
     """The files ``kneepain score`` writes after its output (a file, not -): (what, path, whether
     their folders may be made): the batch report and its numbers, and the case mix."""
@@ -481,6 +491,8 @@ def _score(args: argparse.Namespace) -> int:
 
     if args.chunk_rows < 1:
         raise UsageError(f"--chunk-rows == {args.chunk_rows}, must be >= 1.")
+    _refuse_folder_names([("-o", args.output if args.engine != "dask" else None, "output"),
+                          ("--rejects", args.rejects, "rejects file"), ("--report", args.report, "report")])
     most = _most_processes()
     if not 0 <= args.jobs <= most:
         raise UsageError(f"--jobs == {args.jobs}, must be in 0..{most} (0: one process per available core; at most "
@@ -604,6 +616,7 @@ def _sample(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise UsageError(f"--n == {args.n}, must be >= 1.")
     to_stdout = args.output == "-"
+    _refuse_folder_names([("-o", args.output, "output")])
     if not to_stdout:
         if Path(args.output).suffix.lower() != ".csv":
             raise UsageError(f"-o {args.output}: kneepain sample writes CSV; give a .csv path, or - for standard "
@@ -841,7 +854,16 @@ def _empty_value(parser: argparse.ArgumentParser, args: argparse.Namespace) -> s
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; return its exit code (0 ok, 1 rows rejected, 2 fatal error)."""
+    """Run one command; return its exit code (0 ok, 1 rows rejected, 2 fatal error). Its messages
+    go to standard error, and are dropped where that cannot be written
+    (:func:`pipeline.core.streams.messages_to_stderr`)."""
+    from pipeline.core.streams import messages_to_stderr
+
+    with messages_to_stderr():
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if (empty := _empty_value(parser, args)) is not None:
@@ -882,9 +904,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _fail(command: str, message: str) -> int:
     """Print one line on stderr and return the fatal exit code."""
     line = " ".join(message.split())
-    try:
-        print(f"kneepain {command}: error: {line}", file=sys.stderr, flush=True)
-    except OSError:  # stderr closed too (`... 2>&1 | head`): the exit code still says fatal
+    from pipeline.core.streams import messages_lost
+
+    print(f"kneepain {command}: error: {line}", file=sys.stderr, flush=True)
+    if messages_lost():  # stderr closed too (`... 2>&1 | head`): the exit code still says fatal
         _silence_closed_streams()
     return EXIT_FATAL
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import cloudpickle
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 pytest.importorskip("distributed")
@@ -25,6 +26,7 @@ from distributed import WorkerPlugin, get_task_stream
 
 from pipeline.core.cluster import LOCAL_WORKER_CONFIG, DaskJobError, dask_client
 from pipeline.core.errors import BatchInputError
+from pipeline.core.files import arrow_file
 from pipeline.core.parsing import codes_to_text_frame
 from pipeline.core.schema import ID_COLUMN
 from pipeline.data.generate import generate_cases, generate_codes
@@ -644,6 +646,18 @@ def test_names_that_look_like_globs_or_break_lines_are_read_as_they_are(client, 
     (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
     with pytest.raises(BatchInputError, match="already exists"):
         score_files_dask([str(literal)], tmp_path / "dangling", models, client=client)
+    # names that are not UTF-8 (Arrow took a name only as UTF-8 text): read, written and named as \xNN
+    latin = [tmp_path / os.fsdecode(b"caf\xe9.csv"), tmp_path / os.fsdecode(b"caf\xe9.parquet")]
+    literal.rename(latin[0])
+    frame.to_parquet(tmp_path / "plain.parquet", index=False)
+    (tmp_path / "plain.parquet").rename(latin[1])
+    out = tmp_path / os.fsdecode(b"scor\xe9")
+    summary = score_files_dask([str(p) for p in latin], out, models, client=client, chunk_rows=50, block_bytes=4096)
+    assert summary.rows_scored == 2 * 297 and summary.rows_rejected == 6
+    rejects = pd.read_csv(out / "_rejects.csv", dtype=str, keep_default_na=False)
+    assert rejects["reject_file"].tolist() == [f"{tmp_path}/caf\\xe9.{kind}" for kind in ("csv", "parquet") for _ in range(3)]
+    parts = sorted(out.glob("part-*.parquet"))  # (Arrow's datasets take no such folder name)
+    assert sum(pq.read_metadata(arrow_file(p)).num_rows for p in parts) == 2 * 297
 
 
 class KillSwitch(WorkerPlugin):

@@ -422,6 +422,20 @@ def test_a_closed_standard_error_does_not_stop_the_job(trained, tmp_path, monkey
     assert len(pd.read_csv(tmp_path / "out.csv")) == len(GOOD)
 
 
+@pytest.mark.parametrize("given", [["-o", "results/"], ["-o", "scored.csv/"], ["--rejects", "rejects/"],
+                                   ["--report", "report.html/"]])
+def test_a_file_to_write_named_as_a_folder_is_refused(trained, tmp_path, capsys, monkeypatch, given):
+    """``--rejects rejects/`` wrote a file named ``rejects`` (``Path`` drops the slash), and
+    ``-o results/`` was refused for the case mix, an option not given."""
+    models, _ = trained
+    src = _write(tmp_path / "in.csv", [HEADER, *GOOD])
+    monkeypatch.chdir(tmp_path)
+    output = [] if given[0] == "-o" else ["-o", "out.csv"]
+    assert main(["score", str(src), *output, *given, "--model", str(models)]) == 2
+    assert f"{given[0]} {given[1]}: ends in /, so it names a folder; give a file's path for the" in _one_line_error(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]
+
+
 @pytest.mark.parametrize("case", ["report in a file's place", "report numbers a folder", "case mix a folder",
                                   "output in a missing folder"])
 def test_files_written_after_the_output_are_checked_before_any_row_is_scored(trained, tmp_path, capsys, case):

@@ -16,6 +16,7 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.core.errors import BatchInputError
+from pipeline.core.files import arrow_file
 from pipeline.serve.batch import score_files
 from pipeline.serve.loading import load_model
 from pipeline.serve.predict import predict
@@ -436,6 +437,66 @@ def test_a_reader_that_stops_early_still_has_the_codes_lookup(trained, cases_csv
                              preexec_fn=limit_file_size, timeout=120)
     assert cut.returncode == 2 and "score.texts.csv: cannot write the texts lookup: File too large." in cut.stderr
     assert sorted(p.name for p in (tmp_path / "cut").iterdir()) == [".score.rejects.csv.lock", "out.csv"]  # no temporary
+
+
+def test_messages_never_reach_standard_output_nor_change_the_exit_code(trained, tmp_path):
+    """With standard error closed (``2>&-``), Python has no stream for it and a print to it went to
+    standard output: the summary, the rejects' digest and the ignored-columns warning landed in the
+    CSV written there. With it full (``2>/dev/full``), a warning before the first row stopped a
+    sound job, and the summary after the output made a complete one exit 2. Messages that cannot
+    be written are dropped; the output and the exit code are the job's."""
+    models, _ = trained
+    src = tmp_path / "in.csv"
+    src.write_text("case_id,age,sex,note,knee_swelling\na,30,male,x,yes\nb,40,female,y,NA\nc,50,female,z,no\n")
+    command = [str(Path(sys.executable).with_name("kneepain")), "score", str(src), "--model", str(models)]
+    closed = subprocess.run([*command, "-o", "-"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            preexec_fn=lambda: os.close(2), cwd=tmp_path, timeout=120)
+    assert closed.returncode == 1  # one row rejected
+    rows = _read(io.BytesIO(closed.stdout))
+    assert rows["case_id"].tolist() == ["a", "c"] and closed.stdout.startswith(b'"row","case_id",')
+    if not Path("/dev/full").exists():
+        return
+    for name, code in (("out.csv", 1), ("quiet.csv", 1)):
+        with open("/dev/full", "w") as full:
+            job = subprocess.run([*command, "-o", str(tmp_path / name), *(["--quiet"] if name == "quiet.csv" else [])],
+                                 stderr=full, cwd=tmp_path, timeout=120)
+        assert job.returncode == code, name
+        assert _read(tmp_path / name)["case_id"].tolist() == ["a", "c"]
+        assert _read(tmp_path / f"{name}.rejects.csv")["case_id"].tolist() == ["b"]
+
+
+def test_file_names_that_are_not_utf8_are_read_written_and_named(trained, cases_csv, tmp_path, capsys):
+    """A name from a Latin-1 archive (``caf\\xe9.csv``): Arrow took a name only as UTF-8 text, so
+    such an input could not be scored and such an output was written and then reported as an
+    unexpected error (exit 2). Both work, as a plainly named file does, and the rejects, the
+    report and the messages name the file with its odd byte as ``\\xNN``."""
+    models, _ = trained
+    path, cases = cases_csv
+    name = lambda text: tmp_path / os.fsdecode(text.encode("latin-1"))
+    lines = path.read_text().splitlines()
+    lines[3] = lines[3].replace(",female,", ",robot,").replace(",male,", ",robot,")  # one rejected row
+    (tmp_path / "plain.csv").write_text("\n".join(lines) + "\n")
+    name("caf\xe9.csv").write_text("\n".join(lines) + "\n")
+    _read(tmp_path / "plain.csv").to_parquet(tmp_path / "plain.parquet")
+    (tmp_path / "plain.parquet").rename(name("caf\xe9.parquet"))
+    assert main(["score", str(tmp_path / "plain.csv"), "-o", str(tmp_path / "plain-out.csv"), "--model", str(models),
+                 "--quiet"]) == 1
+    capsys.readouterr()
+    for kind in ("csv", "parquet"):
+        out = name(f"r\xe9sultat.{kind}")
+        code = main(["score", str(name(f"caf\xe9.{kind}")), "-o", str(out), "--model", str(models),
+                     "--report", str(name("r\xe9p.html"))])
+        err = capsys.readouterr().err
+        assert code == 1 and "unexpected" not in err, err
+        assert f"-> {tmp_path}/r\\xe9sultat.{kind}" in err
+        rejects = _read(f"{out}.rejects.csv")
+        assert rejects["reject_file"].tolist() == [f"{tmp_path}/caf\\xe9.{kind}"] and rejects["reject_row"].tolist() == ["2"]
+        got = _read(out) if kind == "csv" else pq.read_table(arrow_file(out)).to_pandas()
+        assert len(got) == len(cases) - 1
+        assert f"caf\\xe9.{kind}" in name("r\xe9p.html").read_text()
+    assert _read(name("r\xe9sultat.csv")).equals(_read(tmp_path / "plain-out.csv"))
+    name("clean\xe9.csv").write_bytes(path.read_bytes())
+    pd.testing.assert_frame_equal(predict(str(name("clean\xe9.csv")), model=models), predict(str(path), model=models))
 
 
 @pytest.mark.parametrize("python", ["unbuffered", "buffered"])

@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from pipeline.core.casefiles import FileBlock, csv_data_start, file_columns
-from pipeline.core.files import is_parquet
+from pipeline.core.files import arrow_file, is_parquet
 
 __all__ = ["MIN_BLOCK_BYTES", "WINDOW_BYTES", "plan_blocks"]
 
@@ -68,7 +68,8 @@ def plan_blocks(path: str | Path, *, chunk_rows: int, block_bytes: int) -> Itera
 
 
 def _parquet_blocks(path: Path, chunk_rows: int, block_bytes: int) -> Iterator[FileBlock]:
-    meta = pq.ParquetFile(path).metadata
+    with arrow_file(path) as source:
+        meta = pq.read_metadata(source)
     count = path.stat().st_size // block_bytes
     if count <= 1 or meta.num_rows <= chunk_rows:
         yield FileBlock()

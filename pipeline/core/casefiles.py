@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 
 from pipeline.core.csvrecords import MAX_RECORD_BYTES, BlockMismatchError, CaseChunk, csv_chunks
 from pipeline.core.errors import BatchInputError, CaseValidationError
-from pipeline.core.files import FILE_TYPES_TEXT, is_case_file, is_parquet
+from pipeline.core.files import FILE_TYPES_TEXT, arrow_file, is_case_file, is_parquet
 from pipeline.core.formulas import unguarded_names
 from pipeline.core.parsing import ParsedCases, parse_cases, required_columns_error, utf8_or_bytes
 from pipeline.core.schema import (
@@ -320,7 +320,8 @@ def file_columns(path: str | Path) -> list[str]:
     check_is_file(path)
     if is_parquet(path):
         try:
-            meta = pq.read_metadata(path)
+            with arrow_file(path) as source:
+                meta = pq.read_metadata(source)
             schema = meta.schema.to_arrow_schema()
         except (pa.ArrowException, OSError) as err:
             raise BatchInputError(f"{path}: cannot read: {_first_line(err)}") from err
@@ -467,7 +468,7 @@ def open_parquet(path: str | Path) -> pq.ParquetFile:
     microseconds, which hold any year to 9999 (read in nanoseconds, Arrow's default, a
     ``9999-12-31`` "no end date" wrapped round to 1816); Spark writes them to the microsecond,
     and an Impala value's nanoseconds are dropped."""
-    return pq.ParquetFile(path, coerce_int96_timestamp_unit="us")
+    return pq.ParquetFile(arrow_file(path), coerce_int96_timestamp_unit="us")
 
 
 def _parquet_tables(path: Path, chunk_rows: int, block: FileBlock) -> Iterator[pa.Table]:

@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from pipeline.core.errors import BatchInputError
+from pipeline.core.files import arrow_file
 from pipeline.core.formulas import unguarded
 
 __all__ = ["MAX_RECORD_BYTES", "BlockMismatchError", "CaseChunk", "csv_chunks", "reason_kind"]
@@ -159,7 +160,7 @@ def _arrow_batches(path: Path, start: int, end: int, header: list[str], report: 
     start = _keeping_a_leading_mark(path, start)
     block, delivered = _CSV_BLOCK, 0
     while True:
-        with pa.OSFile(str(path)) as file:  # native reads: Arrow's reading thread needs no GIL
+        with arrow_file(path) as file:  # native reads: Arrow's reading thread needs no GIL
             stream = file.get_stream(start, end - start)
             if _cr_ends_a_read(file, start, end, block):
                 stream = _CarriageReturnsHeld(stream)

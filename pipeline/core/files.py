@@ -25,14 +25,36 @@ from typing import Any
 
 from pipeline.core.errors import BatchInputError
 
-__all__ = ["CASE_FILE_TYPES", "FILE_TYPES_TEXT", "in_temporary_folder", "is_case_file", "is_parquet", "load_yaml",
-           "process_alive", "reclaim_stale_temps", "regular_stat", "replace_keeping_mode", "sha256_file",
-           "standard_stream_closed", "stdout_bytes", "tmp_path", "write_bytes_atomic", "write_json_atomic",
-           "write_parts_atomic", "write_report_json", "write_text_atomic"]
+__all__ = ["CASE_FILE_TYPES", "FILE_TYPES_TEXT", "arrow_file", "file_label", "in_temporary_folder", "is_case_file",
+           "is_parquet", "load_yaml", "process_alive", "reclaim_stale_temps", "regular_stat", "replace_keeping_mode",
+           "sha256_file", "standard_stream_closed", "stdout_bytes", "tmp_path", "write_bytes_atomic",
+           "write_json_atomic", "write_parts_atomic", "write_report_json", "write_text_atomic"]
 
 
 CASE_FILE_TYPES = (".csv", ".parquet")  # the file types of cases, outputs and rejects, told by name
 FILE_TYPES_TEXT = " or ".join(CASE_FILE_TYPES)  # as messages name them: ".csv or .parquet"
+
+
+def arrow_file(path: str | Path, mode: str = "rb") -> Any:
+    """``path`` opened by Arrow (a ``pyarrow.OSFile``: its reads and writes need no GIL), whatever
+    bytes its name holds. Arrow encodes a name given as text in UTF-8, which a name that is not
+    UTF-8 cannot be (``caf\\xe9.csv`` from a Latin-1 archive, which Python holds as ``caf\\udce9.csv``);
+    its bytes can be given as they are."""
+    import pyarrow as pa
+
+    return pa.OSFile(os.fsencode(path), mode)
+
+
+def file_label(path: str | Path) -> str:
+    """A file's name as text any output can hold (a rejects file's ``reject_file`` column, a
+    message): the bytes of a name that are not UTF-8 written as ``\\xNN`` (``caf\\xe9.csv``)."""
+    text = str(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a name's bytes are held as lone surrogates (surrogateescape); any other as \\udNNN
+        return "".join(c.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace") if "\udc80" <= c <= "\udcff"
+                       else c.encode("utf-8", "backslashreplace").decode("utf-8") for c in text)
+    return text
 
 
 def is_parquet(path: str | Path) -> bool:

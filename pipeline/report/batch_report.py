@@ -26,7 +26,7 @@ import pandas as pd
 import pyarrow as pa
 
 from pipeline.core.config import LEVELS
-from pipeline.core.files import is_parquet, write_report_json, write_text_atomic
+from pipeline.core.files import arrow_file, file_label, is_parquet, write_report_json, write_text_atomic
 from pipeline.core.parsing import codes_to_text_frame, parse_cases
 from pipeline.core.schema import CONDITION_LABELS, CONDITIONS, FIELDS, UNKNOWN
 from pipeline.data.generate import generate_codes
@@ -90,7 +90,8 @@ def field_drift(batch: dict[str, np.ndarray], reference: dict[str, np.ndarray]) 
 
 def _read_columns(path: Path, columns: list[str]) -> pd.DataFrame:
     if is_parquet(path):
-        return pd.read_parquet(path, columns=columns)
+        with arrow_file(path) as source:
+            return pd.read_parquet(source, columns=columns)
     return pd.read_csv(path, usecols=lambda c: c in columns)
 
 
@@ -115,7 +116,7 @@ def summarise_batch(inputs: list[str | Path], output: str | Path, model: LoadedM
     if estimate is None and len(proba) >= MIN_ADAPT_ROWS:  # fewer rows: shares of noise (as --adapt-priors refuses)
         estimate = estimate_prior(proba, training_prior(model))
     summary: dict[str, Any] = {
-        "inputs": [str(p) for p in inputs], "output": str(output), "rows_scored": len(scored),
+        "inputs": [file_label(p) for p in inputs], "output": file_label(output), "rows_scored": len(scored),
         "rows_rejected": len(rejected),  # one line per rejected row (an input given twice has each row twice)
         "top_reject_reasons": {str(k): int(v) for k, v in reasons.head(TOP_REASONS).items()},
         "reject_reason_kinds": len(reasons),

@@ -37,6 +37,7 @@ from pipeline.core.casefiles import PARQUET_FIX, complete_columns, iter_chunks
 from pipeline.core.errors import BatchInputError
 from pipeline.core.files import (
     FILE_TYPES_TEXT,
+    file_label,
     in_temporary_folder,
     is_case_file,
     is_parquet,
@@ -378,7 +379,7 @@ def _score_locked(paths: list[Path], columns: list[list[str]], output: Path | No
     """Score ``paths`` into ``output`` (or ``stream``) and ``rejects_path``, with the texts ``lookup``
     written beside them when the output holds codes (else an earlier run's removed): all three
     are renamed into place together at the end, the output last, or none is."""
-    labels = [STDIN_LABEL if _is_spooled(p) else str(p) for p in paths]  # a file's name in messages and rows
+    labels = [STDIN_LABEL if _is_spooled(p) else file_label(p) for p in paths]  # a file's name in messages and rows
     summary, start = ScoreSummary(files=labels), time.perf_counter()
     has_ids = any(ID_COLUMN in {normalise_header(c) for c in cols} for cols in columns)
     full = output_schema(ID_COLUMN if has_ids else "row", len(paths) > 1, model.decision is not None,

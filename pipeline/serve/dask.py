@@ -56,7 +56,7 @@ from pipeline.core.cluster import (
     temp_folder,
 )
 from pipeline.core.errors import BatchInputError, ModelIntegrityError
-from pipeline.core.files import is_case_file, is_parquet, tmp_path
+from pipeline.core.files import arrow_file, file_label, is_case_file, is_parquet, tmp_path
 from pipeline.core.parsing import ignored_columns_message
 from pipeline.core.paths import models_dir
 from pipeline.core.schema import ID_COLUMN, normalise_header
@@ -117,7 +117,8 @@ def _write_part(table: pa.Table, path: Path, fmt: str) -> None:
     tmp = tmp_path(path)  # a worker killed mid-write leaves only a hidden .tmp, removed with the job's folder
     with _writing(path):
         if fmt == "parquet":
-            pq.write_table(table, tmp, compression="zstd")
+            with arrow_file(tmp, "wb") as sink:
+                pq.write_table(table, sink, compression="zstd")
         else:
             with open(tmp, "wb") as fh:
                 fh.write(encode_csv(table, header=True))  # as the pandas engine encodes its chunks
@@ -421,7 +422,7 @@ def score_files_dask(inputs: Sequence[str | Path] | str | Path, output_dir: str 
         raise ValueError(f"block_bytes == {block_bytes!r}, must be None or an integer >= 1.")
     start = time.perf_counter()
     paths, target = _expand_inputs(inputs), Path(output_dir)
-    labels = [str(p) for p in paths]
+    labels = [file_label(p) for p in paths]
     columns = complete_columns(paths)  # every input complete before any block is scored
     has_ids = [ID_COLUMN in {normalise_header(c) for c in cols} for cols in columns]
     rschema = reject_schema(columns)

@@ -22,7 +22,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from pipeline.core.csvrecords import reason_kind
-from pipeline.core.files import is_parquet
+from pipeline.core.files import arrow_file, is_parquet
 
 __all__ = ["MISSING_MARKERS", "marker_advice", "markers_among", "missing_markers", "reason_texts", "reject_reasons",
            "rejects_digest"]
@@ -116,14 +116,14 @@ def reason_texts(path: str | Path) -> Iterator[pa.Array]:
     ``.parquet``, as ``kneepain score`` writes them), a batch at a time, as text."""
     path = Path(path)
     if is_parquet(path):
-        with pq.ParquetFile(path) as parquet:
+        with arrow_file(path) as source, pq.ParquetFile(source) as parquet:
             if "reject_reason" in parquet.schema_arrow.names:  # (a file without it gives batches of no column)
                 for batch in parquet.iter_batches(batch_size=1 << 16, columns=["reject_reason"]):
                     yield batch.column(0).cast(pa.string())
         return
     # one thread, small blocks: Arrow reads a couple of dozen blocks ahead, and a job's digest runs in
     # the scoring process after its peak (4 MB blocks on all threads: 160 MB more at 1M rejected rows)
-    with pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=1 << 18, use_threads=False),
+    with arrow_file(path) as source, pacsv.open_csv(source, read_options=pacsv.ReadOptions(block_size=1 << 18, use_threads=False),
                         parse_options=pacsv.ParseOptions(newlines_in_values=True),  # kept values may hold them
                         convert_options=pacsv.ConvertOptions(include_columns=["reject_reason"],
                                                              column_types={"reject_reason": pa.string()})) as reader:

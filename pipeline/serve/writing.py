@@ -27,7 +27,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from pipeline.core.errors import BatchInputError
-from pipeline.core.files import is_parquet, tmp_path
+from pipeline.core.files import arrow_file, is_parquet, tmp_path
 from pipeline.core.formulas import csv_safe, guarded_names
 from pipeline.core.parsing import is_blank
 from pipeline.core.schema import ID_COLUMN, first_spellings, normalise_header
@@ -259,10 +259,12 @@ class Writer:
         self.tmp = tmp_path(target)
         self._csv = stream is not None or not is_parquet(target)
         self._parquet: pq.ParquetWriter | None = None
+        self._sink: pa.NativeFile | None = None  # the Parquet file, which its writer does not close
         self._own = stream is None
         try:
             if not self._csv:
-                self._parquet = pq.ParquetWriter(self.tmp, schema, compression="zstd", use_dictionary=True)
+                self._sink = arrow_file(self.tmp, "wb")
+                self._parquet = pq.ParquetWriter(self._sink, schema, compression="zstd", use_dictionary=True)
             self._fh: BinaryIO | None = (stream if stream is not None else open(self.tmp, "wb")) if self._csv else None
             if self._fh is not None:
                 self._fh.write(encode_csv(schema.empty_table(), header=True))
@@ -326,8 +328,12 @@ class Writer:
         finally:
             self._pool.shutdown(wait=True)
             with self._named_on_failure():
-                if self._parquet is not None:
-                    self._parquet.close()
+                try:
+                    if self._parquet is not None:
+                        self._parquet.close()
+                finally:
+                    if self._sink is not None:
+                        self._sink.close()
                 if self._fh is not None:
                     if self._own:
                         self._fh.close()
