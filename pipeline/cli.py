@@ -501,6 +501,9 @@ def _score(args: argparse.Namespace) -> int:
         raise UsageError("--jobs is for the pandas engine; the dask engine's parallelism is its workers.")
     if (args.adapt_priors or args.report) and args.engine == "dask":
         raise UsageError("--adapt-priors and --report work with --engine pandas only.")
+    if args.trust_pickle and args.engine == "dask":  # its workers would each run the pickle's code
+        raise UsageError("--trust-pickle works with --engine pandas only: the dask engine's workers load only a "
+                         "model folder of the current version (retrain with `kneepain train` to make one).")
     if args.top_k is not None and (problem := top_k_problem(args.top_k)) is not None:
         raise UsageError(f"--top-k == {args.top_k}, {problem}.")
     if not float_digits_allowed(args.float_digits):

@@ -782,6 +782,29 @@ def test_an_attempt_given_up_on_writes_nothing_the_output_takes(trained, kb, tmp
     assert failed.error is not None and not failed.parts and set(tmp.iterdir()) == left
 
 
+def test_part_names_sort_in_input_order_past_99999_chunks(trained, kb, tmp_path):
+    """Parts were numbered in five digits: from chunk 100,000 of a file (``--chunk-rows 1000`` on
+    100M rows) ``part-00000-100000`` sorted before ``part-00000-10001``, and ``pd.read_parquet`` of
+    the folder gave the rows out of order. The numbers now take as many digits as the file's
+    highest possible chunk number (from its size; a Parquet file's row count), five at least."""
+    from pipeline.serve import dask as engine
+
+    models, _ = trained
+    frame = _text_cases(kb, 300, 5)
+    tmp, _, attempt = _block_attempts(models, frame, tmp_path, ID_COLUMN)
+    src = tmp_path / "cases.csv"
+    assert engine._last_chunk(src, 1) == src.stat().st_size - 1 >= 299  # a record takes a byte at least
+    assert engine._last_chunk(src, 100) >= 2
+    frame.to_parquet(tmp_path / "cases.parquet")
+    assert engine._last_chunk(tmp_path / "cases.parquet", 100) == 2
+    assert engine._last_chunk(tmp_path / "cases.parquet", 1) == 299
+    wide = attempt(last=(0, 100_000))
+    names = [p.name for p in sorted((tmp / wide.attempt).glob("part-*"))]
+    assert names == ["part-00000-000000.parquet", "part-00000-000001.parquet", "part-00000-000002.parquet"]
+    assert sorted(f"part-{engine.numbered(i, 100_001)}" for i in range(99_998, 100_002)) == [
+        f"part-{i:06d}" for i in range(99_998, 100_002)]
+
+
 def test_a_worker_running_other_code_scores_nothing(client, trained, kb, tmp_path):
     """A long-lived worker keeps the modules it started with: after an upgrade its rejects (and
     maybe scores) would differ from the driver's. A task whose worker's code is not the job's

@@ -251,6 +251,11 @@ def test_an_old_pickled_folder_loads_only_behind_trust_pickle(trained, cases, tm
     assert main(["score", str(src), "-o", str(tmp_path / "a.csv"), "--model", str(folder), "--trust-pickle",
                  "--quiet"]) == 0
     assert pd.read_csv(tmp_path / "a.csv")["triage"].tolist() == ["emergency"]
+    # the dask engine's workers would each run the pickle: refused before any cluster, not ignored
+    assert main(["score", "--engine", "dask", str(src), "-o", str(tmp_path / "d"), "--model", str(folder),
+                 "--trust-pickle"]) == 2
+    assert "--trust-pickle works with --engine pandas only" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
     with open(folder / "model.joblib", "ab") as fh:  # the old hash check still holds behind the flag
         fh.write(b"\0")
     with pytest.raises(ModelIntegrityError, match="SHA-256 .* refusing to load"):

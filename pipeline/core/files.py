@@ -26,7 +26,7 @@ from typing import Any
 from pipeline.core.errors import BatchInputError
 
 __all__ = ["CASE_FILE_TYPES", "FILE_TYPES_TEXT", "arrow_file", "file_label", "in_temporary_folder", "is_case_file",
-           "is_parquet", "load_yaml", "process_alive", "reclaim_stale_temps", "regular_stat", "replace_keeping_mode",
+           "is_parquet", "load_yaml", "numbered", "process_alive", "reclaim_stale_temps", "regular_stat", "replace_keeping_mode",
            "sha256_file", "standard_stream_closed", "stdout_bytes", "tmp_path", "write_bytes_atomic",
            "write_json_atomic", "write_parts_atomic", "write_report_json", "write_text_atomic"]
 
@@ -55,6 +55,12 @@ def file_label(path: str | Path) -> str:
         return "".join(c.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace") if "\udc80" <= c <= "\udcff"
                        else c.encode("utf-8", "backslashreplace").decode("utf-8") for c in text)
     return text
+
+
+def numbered(i: int, last: int) -> str:
+    """``i`` in five digits or more, as many as ``last`` (the highest number of its kind) has, for
+    names that sort in their numbers' order (``part-00000-100000`` sorted before ``part-00000-10001``)."""
+    return f"{i:0{max(5, len(str(last)))}d}"
 
 
 def is_parquet(path: str | Path) -> bool:

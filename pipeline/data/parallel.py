@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipeline.core.cluster import gather, remove_temp_folder, temp_folder
-from pipeline.core.files import sha256_file, tmp_path, write_json_atomic
+from pipeline.core.files import numbered, sha256_file, tmp_path, write_json_atomic
 from pipeline.core.schema import ID_COLUMN
 
 if TYPE_CHECKING:
@@ -23,13 +23,15 @@ __all__ = ["POPULATIONS", "generate_dask"]
 POPULATIONS = ("default", "shift")
 
 
-def _generate_part(kb: "KnowledgeBase", n: int, seed: np.random.SeedSequence, index: int, tmp_dir: str) -> dict:
-    """Task: draw one partition and write it as ``part-<index>.parquet``; return its manifest entry."""
+def _generate_part(kb: "KnowledgeBase", n: int, seed: np.random.SeedSequence, index: int, tmp_dir: str,
+                   last: int = 0) -> dict:
+    """Task: draw one partition and write it as ``part-<index>.parquet`` (in as many digits as the
+    highest index, ``last``, takes, at least five: the names sort in order); return its manifest entry."""
     from pipeline.data.generate import generate_cases
 
     frame = generate_cases(kb, n, seed=seed)
     frame.insert(0, ID_COLUMN, [f"p{index:05d}-{j:07d}" for j in range(n)])
-    path = Path(tmp_dir) / f"part-{index:05d}.parquet"
+    path = Path(tmp_dir) / f"part-{numbered(index, last)}.parquet"
     tmp = tmp_path(path)
     frame.to_parquet(tmp, index=False, compression="zstd")
     os.replace(tmp, path)
@@ -93,7 +95,7 @@ def generate_dask(kb: "KnowledgeBase", n: int, *, seed: int, partitions: int, ou
     tmp = temp_folder(target)
     run = uuid.uuid4().hex[:8]
     try:
-        futures = {client.submit(_generate_part, base, int(size), child, i, str(tmp), retries=retries,
+        futures = {client.submit(_generate_part, base, int(size), child, i, str(tmp), partitions - 1, retries=retries,
                                  key=f"kneepain-generate-{run}-{i:05d}"): f"partition {i}"
                    for i, (size, child) in enumerate(zip(sizes, seeds))}
         files = sorted(gather(client, futures), key=lambda entry: entry["file"])

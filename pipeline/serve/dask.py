@@ -56,7 +56,7 @@ from pipeline.core.cluster import (
     temp_folder,
 )
 from pipeline.core.errors import BatchInputError, ModelIntegrityError
-from pipeline.core.files import arrow_file, file_label, is_case_file, is_parquet, tmp_path
+from pipeline.core.files import arrow_file, file_label, is_case_file, is_parquet, numbered, tmp_path
 from pipeline.core.parsing import ignored_columns_message
 from pipeline.core.paths import models_dir
 from pipeline.core.schema import ID_COLUMN, normalise_header
@@ -125,22 +125,35 @@ def _write_part(table: pa.Table, path: Path, fmt: str) -> None:
         os.replace(tmp, path)
 
 
+def _last_chunk(path: Path, chunk_rows: int) -> int:
+    """The highest chunk number ``path`` could have: from a Parquet file's row count, and from a
+    CSV file's size (a record takes at least a byte)."""
+    if is_parquet(path):
+        with arrow_file(path) as source:
+            rows = pq.read_metadata(source).num_rows
+    else:
+        rows = path.stat().st_size
+    return max(0, -(-rows // chunk_rows) - 1)
+
+
 def _is_split(block: FileBlock) -> bool:
     return block.first_row > 0 or block.rows is not None
 
 
 def _score_block(file: int, label: str, path: str, block: FileBlock, model_source: str, tmp_dir: str, *,
                  fmt: str, chunk_rows: int, id_column: str, earlier: np.ndarray, rschema: pa.Schema,
-                 digest: str = "", code: str = "") -> _BlockResult:
+                 digest: str = "", code: str = "", last: tuple[int, int] = (0, 0)) -> _BlockResult:
     """Task: score every chunk of one block of a file into ``part-<file>-<chunk>`` files in a
     subfolder of ``tmp_dir`` of this attempt's own: an attempt that the scheduler gave up on (its
     worker dropped, yet still running) writes only there, never over the parts of the attempt
     whose result the job uses, and :func:`_publish` takes only the files a result reports.
 
     Chunks are numbered in the file (a block starts at a whole chunk), so the part names do not
-    depend on how the file was split. ``earlier`` holds the hashes of this block's case ids that
-    an earlier block or file also has (the driver's second pass); they are rejected as
-    duplicates exactly as the pandas engine would. ``digest``: the driver's model's
+    depend on how the file was split; ``last``, the highest file number of the job and the highest
+    chunk number this file could have (:func:`_last_chunk`), sets how many digits the numbers
+    take. ``earlier`` holds the hashes of this block's case ids that an earlier block or file
+    also has (the driver's second pass); they are rejected as duplicates exactly as the pandas
+    engine would. ``digest``: the driver's model's
     (:attr:`pipeline.serve.loading.LoadedModel.digest`); a worker that loads another (the folder
     was replaced while the job ran) scores nothing and fails the job; so does a worker whose
     kneepain code is not the driver's ``code`` (:func:`pipeline.core.cluster.code_digest`).
@@ -156,7 +169,8 @@ def _score_block(file: int, label: str, path: str, block: FileBlock, model_sourc
     seen = SeenIds()
     if len(earlier):
         seen.runs.append(np.sort(earlier))
-    rejects, rejects_path = None, folder / f"rejects-{file:05d}-{first_chunk:05d}.csv"
+    number = lambda chunk: f"{numbered(file, last[0])}-{numbered(chunk, last[1])}"
+    rejects, rejects_path = None, folder / f"rejects-{number(first_chunk)}.csv"
     done = False  # every part and the rejects written: the attempt's folder is kept for the job
     try:
         with _writing(folder):
@@ -175,7 +189,7 @@ def _score_block(file: int, label: str, path: str, block: FileBlock, model_sourc
             scored, bad, ignored = batch.score_chunk(model, frame, file=label, row_offset=offset, seen_ids=seen,
                                                      malformed=malformed)
             result.ignored = result.ignored or ignored
-            name = f"part-{file:05d}-{first_chunk + chunk:05d}.{fmt}"
+            name = f"part-{number(first_chunk + chunk)}.{fmt}"
             _write_part(output_table(scored, schema, file=label), folder / name, fmt)
             result.parts.append(name)
             if len(bad):
@@ -439,6 +453,7 @@ def score_files_dask(inputs: Sequence[str | Path] | str | Path, output_dir: str 
     tmp = temp_folder(target, spare=paths).absolute()  # workers may not share the driver's working directory
     run = uuid.uuid4().hex[:8]
     id_column = ID_COLUMN if any(has_ids) else "row"
+    last_chunks = [_last_chunk(p, int(chunk_rows)) for p in paths]  # the digits of each file's part names
 
     def submit(units: Iterable[tuple[int, FileBlock]], earlier: dict[int, np.ndarray], stage: str) -> _Scored:
         futures, submitted = {}, []
@@ -448,7 +463,8 @@ def score_files_dask(inputs: Sequence[str | Path] | str | Path, output_dir: str 
             futures[client.submit(_score_block, i, labels[i], str(paths[i].resolve()), block, model, str(tmp),
                                   fmt=fmt, chunk_rows=int(chunk_rows), id_column=id_column,
                                   earlier=earlier.get(unit, np.empty(0, dtype=np.uint64)), rschema=rschema,
-                                  digest=digest, code=code, key=key, retries=retries)] = labels[i]
+                                  digest=digest, code=code, last=(len(paths) - 1, last_chunks[i]), key=key,
+                                  retries=retries)] = labels[i]
         return submitted, gather(client, futures)
 
     def planned() -> Iterator[tuple[int, FileBlock]]:
