@@ -66,6 +66,20 @@ def test_integer_case_ids_beside_a_missing_one_stay_as_given(trained):
     assert predict([{**CASE, "case_id": 1}, CASE], model=models)["case_id"].tolist()[0] == 1
 
 
+@pytest.mark.parametrize("dtype", ["Int64", "int64[pyarrow]", "UInt64"])
+def test_nullable_integer_case_ids_beside_a_missing_one_keep_every_digit(trained, dtype):
+    """A frame's nullable integer ids came back as floats beside a missing one: 2**53 + 1 became
+    2**53, the same as the next case's id."""
+    models, _ = trained
+    ids = pd.array([2**53 + 1, None, 2**53], dtype=dtype)
+    frame = pd.DataFrame([CASE] * 3).assign(case_id=ids)
+    out = predict(frame, model=models)
+    assert out["case_id"].dtype == dtype and out["case_id"].tolist()[::2] == [2**53 + 1, 2**53]
+    assert pd.isna(out["case_id"].iloc[1])
+    out.loc[0, "case_id"] = 7  # the result's own copy
+    assert frame["case_id"].iloc[0] == 2**53 + 1
+
+
 def test_a_list_or_a_mapping_is_not_a_case_id(trained):
     """JSON clients can send any value as an id: a nested one is no label to pass through."""
     models, _ = trained

@@ -97,10 +97,15 @@ def score_columns(model: LoadedModel, parsed: ParsedCases, *, top_k: int = 3,
     id_name = ID_COLUMN if parsed.ids is not None else "row"
     if ids is None:
         ids = parsed.ids if parsed.ids is not None else np.arange(len(parsed))
-    # ids of pandas' default text type keep their Arrow data (no round trip through Python strings);
-    # others as before, as numpy holds them and pandas infers their type again. Either is a copy:
+    # ids of pandas' default text type keep their Arrow data (no round trip through Python strings),
+    # and nullable integers their type (numpy makes floats of them beside a missing one: 2**53 + 1
+    # became 2**53); others as numpy holds them, pandas inferring their type again. Each is a copy:
     # the result frame takes its columns as they are, and a write into it must not reach the caller's ids
-    id_values = ids.array.copy() if isinstance(ids, pd.Series) and ids.dtype == TEXT_DTYPE else np.array(ids)
+    if isinstance(ids, pd.Series) and isinstance(ids.dtype, pd.api.extensions.ExtensionDtype) and (
+            ids.dtype == TEXT_DTYPE or pd.api.types.is_integer_dtype(ids.dtype)):
+        id_values = ids.array.copy()
+    else:
+        id_values = np.array(ids)
     out = {id_name: id_values, "prediction": lookup(CONDITIONS, order[:, 0]), "confidence": proba.max(axis=1)}
     for k, c in enumerate(CONDITIONS):
         out[f"p_{c}"] = proba[:, k]
