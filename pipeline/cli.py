@@ -271,6 +271,7 @@ def _evaluate_file(args: argparse.Namespace, path: Path) -> int:
     if n_boot < 2:
         raise UsageError(f"--bootstrap == {n_boot}, must be >= 2.")
     out = Path(args.out) if args.out else reports_dir() / "evaluations" / path.stem
+    _refuse_model_folder(out)
     stage = [name for name in ("metrics_detail.json", "model_card.md") if (out / name).exists()]
     if stage:  # its metrics.json is the stage's headline, which DVC and git track
         raise UsageError(f"--out {out}: holds the evaluation stage's reports ({', '.join(stage)}), whose metrics.json "
@@ -309,6 +310,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise UsageError(f"{', '.join(given)}: for --data FILE (labelled cases) only; a data folder's evaluation "
                          "is the DVC stage's, logged to the model's MLflow run where it is in this tracking store.")
     out = Path(args.out) if args.out else reports_dir()
+    _refuse_model_folder(out)
     result = evaluate_stage(args.model, load_knowledge_base(args.kb), Path(args.data) if args.data else data_dir(), out)
     print(format_metrics_table(result.metrics))
     print(format_decision_table(result.metrics))
@@ -435,6 +437,16 @@ def _score_pandas(args: argparse.Namespace, warn: Callable[[str], None], options
         raise StoppedAfterOutput(f"{str(err) or 'interrupted'} after {args.output} was written in full; the files "
                                  "written after it (the case mix, the batch report) may be missing") from None
     return summary
+
+
+def _refuse_model_folder(out: Path) -> None:
+    """Refuse an ``--out`` that is a model folder: its files are the model's (verified, and cached
+    by DVC as one output), and a report written among them would change it."""
+    from pipeline.model.persist import holds_model
+
+    if holds_model(out):
+        raise UsageError(f"--out {out}: is a model folder, whose files are the model's; give a folder of its own for "
+                         "the reports.")
 
 
 def _refuse_folder_names(files: list[tuple[str, str | None, str]]) -> None:

@@ -18,6 +18,8 @@ def test_wilson_interval_matches_known_values():
     low, high = wilson_interval(45, 50)
     assert low == pytest.approx(0.7864, abs=1e-4) and high == pytest.approx(0.9565, abs=1e-4)
     assert np.isnan(wilson_interval(0, 0)).all()
+    # all or none: the bound is 1 or 0 exactly (the floats gave 0.9999999999999999 for 45 of 45)
+    assert all(wilson_interval(n, n)[1] == 1.0 and wilson_interval(0, n)[0] == 0.0 for n in range(1, 200))
     with pytest.raises(ValueError, match="successes == 11"):
         wilson_interval(11, 10)
 
@@ -180,6 +182,22 @@ def test_an_evaluation_of_a_file_is_not_written_over_the_stages_reports(trained,
             "evaluation would replace") in capsys.readouterr().err
     assert sorted(p.name for p in reports.iterdir()) == ["metrics.json", "metrics_detail.json", "model_card.md"]
     assert (reports / "metrics.json").read_text() == "the stage's\n"
+
+
+@pytest.mark.parametrize("data", ["file", "folder"])
+def test_an_evaluation_is_not_written_into_a_model_folder(trained, small_data, labelled_csv, tmp_path, capsys, data):
+    """`--out models` wrote the reports and plots among the model's files (which DVC caches as one
+    output) without a word, for a file of labelled cases and for a data folder alike."""
+    import shutil
+
+    models, _ = trained
+    folder = tmp_path / "models"
+    shutil.copytree(models, folder)
+    before = sorted(p.name for p in folder.iterdir())
+    given = ["--data", str(labelled_csv), "--no-mlflow"] if data == "file" else ["--data", str(small_data)]
+    assert main(["evaluate", *given, "--model", str(folder), "--out", str(folder)]) == 2
+    assert f"--out {folder}: is a model folder" in capsys.readouterr().err
+    assert sorted(p.name for p in folder.iterdir()) == before
 
 
 def test_the_default_folder_says_when_it_held_another_file_of_the_same_name(trained, labelled_csv, tmp_path,

@@ -36,7 +36,10 @@ def wilson_interval(successes: int, n: int, level: float = LEVEL) -> list[float]
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return [float(max(0.0, centre - half)), float(min(1.0, centre + half))]
+    # at no success or no failure the bound is 0 or 1 exactly, which the floats miss by a rounding (0.9999999999999999)
+    low = 0.0 if successes == 0 else float(max(0.0, centre - half))
+    high = 1.0 if successes == n else float(min(1.0, centre + half))
+    return [low, high]
 
 
 def bootstrap_interval(statistic: Callable[[np.ndarray], float], n: int, *, n_boot: int = 1000, seed: int = 0,
