@@ -51,7 +51,7 @@ def file_label(path: str | Path) -> str:
     text = str(path)
     try:
         text.encode("utf-8")
-    except UnicodeEncodeError:  # a name's bytes are held as lone surrogates (surrogateescape); any other as \\udNNN
+    except UnicodeEncodeError:  # a name's bytes are held as lone surrogates (surrogateescape); any other as \udNNN
         return "".join(c.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace") if "\udc80" <= c <= "\udcff"
                        else c.encode("utf-8", "backslashreplace").decode("utf-8") for c in text)
     return text

@@ -33,7 +33,7 @@ class _Messages:
     def write(self, text: str) -> int:
         if not self._broken:
             try:
-                # a file name's bytes that are not UTF-8 as \\xNN, as output files name them
+                # a file name's bytes that are not UTF-8 as \xNN, as output files name them
                 self._stream.write(file_label(text))  # type: ignore[union-attr]
             except (OSError, ValueError):  # ValueError: a stream closed in this process
                 self._give_up()
