@@ -123,10 +123,11 @@ def reason_texts(path: str | Path) -> Iterator[pa.Array]:
         return
     # one thread, small blocks: Arrow reads a couple of dozen blocks ahead, and a job's digest runs in
     # the scoring process after its peak (4 MB blocks on all threads: 160 MB more at 1M rejected rows)
-    with arrow_file(path) as source, pacsv.open_csv(source, read_options=pacsv.ReadOptions(block_size=1 << 18, use_threads=False),
-                        parse_options=pacsv.ParseOptions(newlines_in_values=True),  # kept values may hold them
-                        convert_options=pacsv.ConvertOptions(include_columns=["reject_reason"],
-                                                             column_types={"reject_reason": pa.string()})) as reader:
+    with arrow_file(path) as source, pacsv.open_csv(
+            source, read_options=pacsv.ReadOptions(block_size=1 << 18, use_threads=False),
+            parse_options=pacsv.ParseOptions(newlines_in_values=True),  # kept values may hold them
+            convert_options=pacsv.ConvertOptions(include_columns=["reject_reason"],
+                                                 column_types={"reject_reason": pa.string()})) as reader:
         for batch in reader:
             yield batch.column(0)
 
