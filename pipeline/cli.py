@@ -655,7 +655,9 @@ def _sample(args: argparse.Namespace) -> int:
                 out.write(part)
             out.flush()
         except BrokenPipeError:  # `kneepain sample -o - | head`: the reader has what it wanted
-            _silence_closed_streams()
+            from pipeline.core.streams import silence
+
+            silence(sys.stdout, sys.stderr)
             return EXIT_OK
         except OSError as err:  # a full disk or a file-size limit: said, not taken for the end
             raise UsageError(f"-: cannot write: {err.strerror or err}.") from err
@@ -919,24 +921,12 @@ def _main(argv: Sequence[str] | None) -> int:
 def _fail(command: str, message: str) -> int:
     """Print one line on stderr and return the fatal exit code."""
     line = " ".join(message.split())
-    from pipeline.core.streams import messages_lost
+    from pipeline.core.streams import messages_lost, silence
 
     print(f"kneepain {command}: error: {line}", file=sys.stderr, flush=True)
     if messages_lost():  # stderr closed too (`... 2>&1 | head`): the exit code still says fatal
-        _silence_closed_streams()
+        silence(sys.stdout, sys.stderr)
     return EXIT_FATAL
-
-
-def _silence_closed_streams() -> None:
-    """Point stdout and stderr at /dev/null, so flushing them at exit into a closed pipe neither
-    fails nor changes the exit code."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            os.dup2(devnull, stream.fileno())
-        except (OSError, ValueError):
-            pass
-    os.close(devnull)
 
 
 if __name__ == "__main__":

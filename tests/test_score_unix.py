@@ -454,6 +454,10 @@ def test_messages_never_reach_standard_output_nor_change_the_exit_code(trained, 
     assert closed.returncode == 1  # one row rejected
     rows = _read(io.BytesIO(closed.stdout))
     assert rows["case_id"].tolist() == ["a", "c"] and closed.stdout.startswith(b'"row","case_id",')
+    # standard output closed too: fatal, and said so by the exit code alone (it was 1, from a traceback)
+    both = subprocess.run([*command, "-o", "-"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                          preexec_fn=lambda: (os.close(1), os.close(2)), cwd=tmp_path, timeout=120)
+    assert both.returncode == 2
     if not Path("/dev/full").exists():
         return
     for name, code in (("out.csv", 1), ("quiet.csv", 1)):

@@ -10,7 +10,7 @@ from typing import Any, TextIO
 
 from pipeline.core.files import file_label
 
-__all__ = ["messages_lost", "messages_to_stderr"]
+__all__ = ["messages_lost", "messages_to_stderr", "silence"]
 
 
 class _Messages:
@@ -62,17 +62,32 @@ class _Messages:
 
     def _give_up(self) -> None:
         self._broken = True
+        silence(self._stream)
+
+
+def _to_devnull(fd: int) -> None:
+    """Point file descriptor ``fd`` at ``/dev/null`` (opened there if it was closed)."""
+    null = os.open(os.devnull, os.O_RDWR)
+    if null == fd:  # it was closed, and the lowest free number: it is /dev/null now
+        return
+    try:
+        os.dup2(null, fd)
+    except OSError:
+        pass
+    finally:
+        os.close(null)
+
+
+def silence(*streams: Any) -> None:
+    """Point each stream's file descriptor at ``/dev/null``, so that flushing it at exit into a
+    closed pipe or a full disk neither fails nor changes the exit code (a stream that is ``None``,
+    or has no descriptor, is left as it is)."""
+    for stream in streams:
         try:
-            fd = self._stream.fileno()  # type: ignore[union-attr]
+            fd = stream.fileno()
         except (AttributeError, OSError, ValueError):
-            return
-        null = os.open(os.devnull, os.O_WRONLY)
-        try:
-            os.dup2(null, fd)
-        except OSError:
-            pass
-        finally:
-            os.close(null)
+            continue
+        _to_devnull(fd)
 
 
 def _hold_closed_descriptors() -> None:
@@ -84,10 +99,7 @@ def _hold_closed_descriptors() -> None:
         try:
             os.fstat(fd)
         except OSError:
-            null = os.open(os.devnull, os.O_RDWR)
-            if null != fd:
-                os.dup2(null, fd)
-                os.close(null)
+            _to_devnull(fd)
 
 
 def messages_lost() -> bool:
