@@ -166,6 +166,24 @@ def test_columns_name_a_kept_column_with_a_comma_in_double_quotes(trained, tmp_p
     assert ',"note, free"' in capsys.readouterr().err
 
 
+def test_keep_input_columns_with_columns_naming_none_of_them_is_an_error(trained, tmp_path, capsys):
+    """``--keep-input-columns`` with ``--columns`` that names none of the input's columns would keep
+    nothing: the job stops before writing, naming the columns it could keep."""
+    models, _ = trained
+    src = tmp_path / "in.csv"
+    src.write_text("case_id,age,sex,clinic\nA,30,male,north\n")
+    out = tmp_path / "out.csv"
+    assert main(["score", str(src), "-o", str(out), "--model", str(models), "--keep-input-columns",
+                 "--columns", "case_id,triage"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--keep-input-columns would keep none" in err and "clinic" in err and len(err.splitlines()) == 1
+    assert not out.exists() and not (tmp_path / "out.csv.rejects.csv").exists()
+    # one kept column named is enough
+    assert main(["score", str(src), "-o", str(out), "--model", str(models), "--quiet", "--keep-input-columns",
+                 "--columns", "case_id,triage,clinic"]) == 0
+    assert _read(out)["clinic"].tolist() == ["north"]
+
+
 def test_columns_take_a_quoted_name_with_its_spaces_as_the_choices_list_it(trained, tmp_path, capsys):
     """A kept column `` Extra `` is chosen by quoting it; the error that lists the choices quotes it
     too, so a choice copied from the message is taken."""

@@ -389,7 +389,7 @@ def _score_locked(paths: list[Path], columns: list[list[str]], output: Path | No
                     else [{} for _ in columns])
     extra = list(dict.fromkeys(out for keep in keep_by_file for out in keep.values()))
     schema = select_columns(output_schema(ID_COLUMN if has_ids else "row", len(paths) > 1, model.decision is not None,
-                                          top_k=options.top_k, extra=extra), options.columns)
+                                          top_k=options.top_k, extra=extra), options.columns, extra)
     rschema = reject_schema(columns)
     csv_out = output is None or not is_parquet(output)
     shape = _shaper(options, csv_out)

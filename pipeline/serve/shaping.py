@@ -124,12 +124,17 @@ def column_list(names: Sequence[str]) -> str:
     return ",".join(quoted_name(n) for n in names)
 
 
-def select_columns(schema: pa.Schema, columns: Sequence[str] | None) -> pa.Schema:
-    """``schema`` restricted to ``columns``, in their order; an unknown name is an error naming the choices."""
+def select_columns(schema: pa.Schema, columns: Sequence[str] | None, kept: Sequence[str] = ()) -> pa.Schema:
+    """``schema`` restricted to ``columns``, in their order; an unknown name is an error naming the
+    choices, as is a choice of none of the input columns ``kept`` (``--keep-input-columns``, which
+    would then keep nothing)."""
     if columns is None:
         return schema
     if (problem := columns_problem(schema.names, columns)) is not None:
         raise BatchInputError(f"--columns: {problem}")
+    if kept and not set(kept) & set(columns):
+        raise BatchInputError(f"--columns names none of the input's columns, so --keep-input-columns would keep "
+                              f"none; name those to keep among {column_list(kept)}, or leave out --keep-input-columns.")
     return pa.schema([schema.field(c) for c in columns])
 
 
