@@ -8,7 +8,7 @@
   and category columns as text, mean imputation with missing indicators and standard scaling
   for the numbers; ``fit`` then ``transform`` on the same 200k text rows.
 
-Each is timed in its own child (best of 3 after one warm-up). There is no target: the rows are
+Each is timed in its own child (median of 3 after one warm-up). There is no target: the rows are
 for comparison.
 """
 

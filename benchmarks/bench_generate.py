@@ -1,6 +1,6 @@
 """Generation: ``generate_codes`` and ``generate_cases`` on 1M cases, writing excluded.
 
-Each is timed in its own child: best of 3 runs after one warm-up, with the child's peak RSS.
+Each is timed in its own child: the median of 3 runs after one warm-up, with the child's peak RSS.
 The target is the README's promise: 1M cases in under 2 s.
 """
 

@@ -5,7 +5,7 @@
 - ``oracle_posterior`` on the DataFrame from ``generate_cases``: parsing, log joint and softmax,
   as a user calls it.
 
-Each is timed in its own child (best of 3 after one warm-up). Target: at least 200,000 cases/s.
+Each is timed in its own child (median of 3 after one warm-up). Target: at least 200,000 cases/s.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ warmed caches never leak into the next:
 - :func:`time_in_child` imports a *case* (a module-level function ``case(n) -> callable``) in a
   child, calls ``case(n)`` once untimed (the setup: loading the knowledge base, generating input
   data), calls the returned callable ``warmup`` times untimed and then ``repeats`` times timed,
-  and prints one JSON line with the timings; the best timed run is reported.
+  and prints one JSON line with the timings; the median timed run is reported (the best would
+  lean towards passing a target).
 - :func:`run_command` runs any command (``kneepain train``) and times the whole process.
 
 Peak RSS comes from :func:`os.wait4` for that child alone: ``ru_maxrss``, the largest resident set
@@ -22,6 +23,7 @@ import argparse
 import gc
 import importlib
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -57,7 +59,7 @@ class ChildRun:
 class Measurement:
     """The timed runs of one case in one child, and that child's peak RSS."""
 
-    seconds: float  # the best timed run
+    seconds: float  # the median timed run
     runs: tuple[float, ...]
     peak_rss_mib: float
     setup_peak_rss_mib: float  # peak RSS after the setup, before the timed calls
@@ -140,7 +142,7 @@ def run_command(cmd: Sequence[str], *, env: dict[str, str] | None = None,
 
 def time_in_child(case: Callable[[int], Callable[[], Any]], n: int, *, repeats: int = 3,
                   warmup: int = 1, collect: bool = True) -> Measurement:
-    """Time ``case(n)()`` in a fresh interpreter: best of ``repeats`` runs after ``warmup`` runs.
+    """Time ``case(n)()`` in a fresh interpreter: the median of ``repeats`` runs after ``warmup`` runs.
 
     ``case`` must be a module-level function of an importable module; it does the untimed setup
     and returns the callable to time. With ``collect`` (the default) a full garbage collection
@@ -157,7 +159,7 @@ def time_in_child(case: Callable[[int], Callable[[], Any]], n: int, *, repeats: 
     except (IndexError, json.JSONDecodeError) as err:
         raise BenchmarkError(f"`{' '.join(cmd)}` printed no JSON result line; stdout was:\n"
                              f"{child.stdout[-2000:]}") from err
-    return Measurement(seconds=min(report["runs"]), runs=tuple(report["runs"]),
+    return Measurement(seconds=statistics.median(report["runs"]), runs=tuple(report["runs"]),
                        peak_rss_mib=child.peak_rss_mib, setup_peak_rss_mib=report["setup_peak_rss_mib"])
 
 
