@@ -1574,3 +1574,31 @@ def test_other_columns_that_differ_only_in_their_word_breaks_stay_two(trained, t
     with pytest.warns(UserWarning, match="not case fields: Pain score, pain_score"):
         got = predict(frame, model=models)
     pd.testing.assert_frame_equal(got, predict({"age": 40, "sex": "male", "leg_swelling": "yes"}, model=models))
+
+
+@pytest.mark.parametrize("change", ["cut short", "added to", "rewritten"])
+def test_a_csv_written_to_while_it_is_read_stops_the_job_rather_than_lose_rows(tmp_path, change):
+    """A file another program is still writing (or cuts short) while the job reads it: the rows the
+    job saw are not the file's, so it stops once it has read the last, naming the file."""
+    from pipeline.core.casefiles import iter_chunks
+
+    src = tmp_path / "growing.csv"
+    lines = ["case_id,age,sex\n", *(f"c{i},{20 + i},male\n" for i in range(200))]
+    src.write_text("".join(lines))
+    before = src.stat()
+    chunks = iter_chunks(src, chunk_rows=1)
+    assert next(chunks).frame["case_id"].tolist() == ["c0"]  # the file is open and being read
+    if change == "cut short":
+        os.truncate(src, len("".join(lines[:50])))
+    elif change == "added to":
+        with open(src, "a") as fh:
+            fh.write("c999,50,female\n")
+    else:  # the same size, other bytes
+        src.write_text("".join(lines).replace("male", "mal3"))
+        os.utime(src, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000))
+    with pytest.raises(BatchInputError, match="growing.csv: the file changed while it was read"):
+        for _ in chunks:
+            pass
+    # unchanged, it is read whole
+    src.write_text("".join(lines))
+    assert sum(len(c.frame) for c in iter_chunks(src, chunk_rows=7)) == 200

@@ -90,6 +90,92 @@ def test_a_dead_scoring_process_stops_the_run_and_leaves_nothing(trained, messy_
     assert [p.name for p in tmp_path.iterdir() if p.name not in (".out.csv.lock", ".out.csv.rejects.csv.lock")] == []
 
 
+def _one_dies_the_other_sends(*args):
+    """The first process to score a chunk dies; the other, once the pool is broken, sends a result
+    larger than a pipe's buffer, which nobody reads any more."""
+    import time
+
+    try:
+        os.close(os.open(os.environ["KNEEPAIN_TEST_FIRST"], os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        time.sleep(1.0)
+        return b"x" * (1 << 22)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the scoring processes in /proc")
+def test_a_process_killed_while_another_sends_its_result_stops_the_run(trained, messy_csv, tmp_path, monkeypatch):
+    """The out-of-memory killer takes one process while the other is busy: the pool stops the other
+    with SIGTERM, which scoring processes ignore, and waited for it for ever, stuck sending a
+    result nobody read. The job stops with its one-line error instead."""
+    import threading
+    import time
+
+    models, _ = trained
+    monkeypatch.setattr(chunks, "_in_worker", _one_dies_the_other_sends)
+    monkeypatch.setenv("KNEEPAIN_TEST_FIRST", str(tmp_path / "first"))
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            score_files([messy_csv], tmp_path / "out.csv", load_model(models), chunk_rows=100, jobs=2,
+                        options=OutputOptions())
+        except BaseException as err:  # what the job raised, looked at below
+            raised.append(err)
+
+    job = threading.Thread(target=run, daemon=True)
+    job.start()
+    job.join(timeout=90)
+    hung = job.is_alive()
+    if hung:  # free the test run: the stuck processes are killed, and the pool's wait ends
+        for pid in spawned_children(os.getpid()):
+            os.kill(pid, signal.SIGKILL)
+        job.join(timeout=30)
+    assert not hung, "the job waited for ever for a process the pool could not stop"
+    assert len(raised) == 1 and isinstance(raised[0], BatchInputError), raised
+    assert "scoring process stopped" in str(raised[0])
+    assert not (tmp_path / "out.csv").exists()
+    deadline = time.monotonic() + 30
+    while spawned_children(os.getpid()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not spawned_children(os.getpid())
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the scoring processes in /proc")
+def test_the_scoring_processes_end_with_a_job_killed_outright(trained, messy_csv, tmp_path):
+    """A job killed outright (out of memory, kill -9) cannot stop its processes, which ignore the
+    stop signals: they are killed with it rather than left running for ever."""
+    import subprocess
+    import sys
+    import time
+
+    models, _ = trained
+    kneepain = Path(sys.executable).parent / "kneepain"
+    proc = subprocess.Popen([str(kneepain), "score", str(messy_csv), "-o", str(tmp_path / "out.csv"), "--model",
+                             str(models), "--jobs", "2", "--chunk-rows", "1", "--quiet"], stderr=subprocess.DEVNULL)
+    children: list[int] = []
+    try:
+        deadline = time.monotonic() + 60
+        while len(children := spawned_children(proc.pid, loaded="_multiarray_umath")) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, "the job ended before its processes started"
+            time.sleep(0.01)
+        proc.kill()
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while (alive := [pid for pid in children if Path(f"/proc/{pid}").exists()
+                         and "Z" not in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[:1]]):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+    finally:
+        for pid in children:  # whatever happened above, none is left running
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    assert not alive, f"scoring processes {alive} outlived their job"
+
+
 def test_the_processes_start_up_message_stays_small(trained):
     """A process is started with a message through a pipe; one larger than the pipe's buffer (64 KB)
     hangs the job for ever if the process dies first (a Ctrl-C to the whole process group)."""
@@ -142,11 +228,12 @@ def test_jobs_must_be_positive(trained, messy_csv, tmp_path):
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the scoring processes in /proc")
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_ctrl_c_while_the_processes_start_stops_the_job_in_one_line(trained, messy_csv, tmp_path, signum):
-    """A terminal's Ctrl-C (or `timeout`'s or systemd's SIGTERM) reaches the whole process group,
-    the scoring processes too, most likely while they import: they leave it to the job, which
-    stops in one line with no traceback."""
+    """A terminal's Ctrl-C (or `timeout`'s or systemd's SIGTERM, or a closed terminal's SIGHUP)
+    reaches the whole process group, the scoring processes and multiprocessing's resource tracker
+    too, most likely while they import: they leave it to the job, which stops in one line with no
+    traceback."""
     import subprocess
     import sys
     import time

@@ -16,6 +16,7 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import os
 import re
 import sys
 import threading
@@ -142,12 +143,20 @@ class _Malformed(NamedTuple):
     text: str
 
 
+def _size_and_time(file) -> tuple[int, int]:
+    """An open file's size and modification time (ns), which a write to it moves."""
+    state = os.fstat(file.fileno())
+    return state.st_size, state.st_mtime_ns
+
+
 def _arrow_batches(path: Path, start: int, end: int, header: list[str], report: Callable[[int, _Malformed], None],
                    where: str, first_row: int = 0) -> Iterator[pa.RecordBatch]:
     """The well-formed records in bytes ``start`` .. ``end`` of ``path`` (data records, no header) as
     Arrow batches; records with the wrong field count go to ``report`` (with their 0-based record
     there). A record longer than the block reopens the file with a larger block and skips the rows
-    already delivered."""
+    already delivered. A file that is written to while it is read (cut short, added to, rewritten:
+    its size or modification time moves, or it holds fewer than ``end`` bytes) is an error once
+    its last record has been read, rather than a job that scores what happened to be there."""
 
     def keep(row) -> str:
         # with use_threads=False pyarrow numbers the records from 1, quoted newlines included and
@@ -159,8 +168,10 @@ def _arrow_batches(path: Path, start: int, end: int, header: list[str], report: 
     _quiet_undecodable_rows()
     start = _keeping_a_leading_mark(path, start)
     block, delivered = _CSV_BLOCK, 0
+    opened: tuple[int, int] | None = None  # the file's size and modification time when first opened
     while True:
         with arrow_file(path) as file:  # native reads: Arrow's reading thread needs no GIL
+            opened = opened or _size_and_time(file)
             stream = file.get_stream(start, end - start)
             if _cr_ends_a_read(file, start, end, block):
                 stream = _CarriageReturnsHeld(stream)
@@ -180,6 +191,12 @@ def _arrow_batches(path: Path, start: int, end: int, header: list[str], report: 
                         out = batch.slice(skip)
                         delivered += out.num_rows
                         yield out
+                if (now := _size_and_time(file)) != opened or now[0] < end:
+                    change = (f"{end:,} bytes expected, {now[0]:,} found" if now == opened else
+                              f"{opened[0]:,} bytes when it was opened, {now[0]:,} at the end"
+                              + (", rewritten" if now[0] == opened[0] else ""))
+                    raise BatchInputError(f"{where}: the file changed while it was read ({change}), so rows may be "
+                                          "missing or out of date: score it again once nothing writes to it")
                 return
             except pa.ArrowInvalid as err:
                 undecodable = _UNDECODABLE.search(str(err))

@@ -18,6 +18,7 @@ import signal
 import tempfile
 from collections.abc import Callable, Collection
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from pipeline.core.errors import BatchInputError, CaseValidationError, ModelInte
 from pipeline.core.files import in_temporary_folder
 from pipeline.core.parsing import DUPLICATE_ID, ParsedCases, normalise_ids, not_utf8_mask, shown_values
 from pipeline.core.schema import ID_COLUMN, normalise_header
-from pipeline.core.spawning import signals_blocked
+from pipeline.core.spawning import die_with_parent, signals_blocked
 from pipeline.serve.guard import STOP_SIGNALS
 from pipeline.serve.loading import LoadedModel
 from pipeline.serve.predict import score_columns
@@ -297,17 +298,22 @@ def _warned_columns(ignored: tuple[str, ...]) -> tuple[str, ...]:
 _WORKER_MODEL: LoadedModel | None = None
 
 
-def _start_worker(path: str, digest: str) -> None:
+def _start_worker(path: str, digest: str, parent: int | None = None) -> None:
     """A scoring process: the parent's model, and the stop signals left to the parent, which stops
     the pool. (A SIGTERM or SIGHUP to the whole process group, as ``timeout``, ``kill -- -PGID``,
     systemd or a closed terminal send it, killed a process midway through sending its result: the
-    pool's reader then waited for the rest for ever, and the job never ended.)
+    pool's reader then waited for the rest for ever, and the job never ended.) So that none
+    outlives its job, each is killed when ``parent``, the job's process, ends
+    (:func:`pipeline.core.spawning.die_with_parent`), and the job kills them when one dies
+    (:meth:`ChunkScorer._kill_if_broken`).
 
     The parent pickles the model it verified into a file of its own private folder and sends its
     path and SHA-256: the bytes are unpickled only if they are the parent's. (Sent through the
     start-up pipe, the ~100 KB model overflowed the pipe's buffer, and CPython's spawn blocks for
     ever writing to a child that died first, as on a Ctrl-C to the whole process group.)"""
     global _WORKER_MODEL
+    if parent is not None:
+        die_with_parent(parent)
     for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
     reuse_freed_heap()  # a process of this job's own: see pipeline.serve.reading
@@ -362,10 +368,12 @@ class ChunkScorer:
                 except OSError:
                     self._handover.cleanup()
                     raise
-            # spawned, not forked: this process already runs threads (the reader, the writer)
-            self._pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_start_worker,
-                                             initargs=(str(path), hashlib.sha256(data).hexdigest()))
+            # spawned, not forked: this process already runs threads (the reader, the writer); its queues'
+            # locks start multiprocessing's resource tracker, which signals_blocked starts shielded
+            with signals_blocked(STOP_SIGNALS):
+                self._pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                                                 initializer=_start_worker,
+                                                 initargs=(str(path), hashlib.sha256(data).hexdigest(), os.getpid()))
             self._run = _in_worker
 
     def submit(self, *args) -> Future:
@@ -375,7 +383,20 @@ class ChunkScorer:
         # Ctrl-C or SIGTERM while it imports is the parent's alone (it stops the pool) rather than a
         # traceback per process
         with signals_blocked(STOP_SIGNALS):
-            return self._pool.submit(self._run, *args)
+            future = self._pool.submit(self._run, *args)
+        future.add_done_callback(self._kill_if_broken)
+        return future
+
+    def _kill_if_broken(self, future: Future) -> None:
+        """When a scoring process has died (out of memory, killed), the pool fails every chunk with
+        :class:`BrokenProcessPool`, stops the other processes with SIGTERM, which they ignore
+        (:func:`_start_worker`), and waits for them: for ever, where one is sending a result
+        nobody reads. They are killed instead. (Run by the pool's own thread as it fails the chunk,
+        before it waits; ``_processes`` is CPython's record of the pool's processes.)"""
+        if future.cancelled() or not isinstance(future.exception(), BrokenProcessPool):
+            return
+        for process in list((getattr(self._pool, "_processes", None) or {}).values()):
+            process.kill()
 
     def shutdown(self) -> None:
         try:
