@@ -315,6 +315,27 @@ def test_a_model_that_changes_during_the_job_fails_it_and_writes_nothing(client,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cases.csv"]
 
 
+def test_an_input_written_to_during_the_job_fails_it_and_writes_nothing(client, trained, kb, tmp_path, monkeypatch):
+    """The workers open the inputs by name, block by block: rows added to a file (or a file cut
+    short) while its blocks are read would be scored in part, so the job fails, naming it."""
+    import pipeline.serve.dask as engine
+
+    models, _ = trained
+    path = tmp_path / "cases.csv"
+    _text_cases(kb, 300, 13, ids="w").to_csv(path, index=False)
+    compare = engine._cross_block_duplicates
+
+    def after_the_blocks(ordered):  # every block read; another program then adds a row
+        with open(path, "a") as fh:
+            fh.write(path.read_text().splitlines()[1].replace("w-0", "w-new") + "\n")
+        return compare(ordered)
+
+    monkeypatch.setattr(engine, "_cross_block_duplicates", after_the_blocks)
+    with pytest.raises(BatchInputError, match="cases.csv: the file changed while it was read"):
+        score_files_dask([str(path)], tmp_path / "out", models, client=client)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cases.csv"]
+
+
 def test_a_file_unreadable_past_its_header_is_named_as_the_pandas_engine_names_it(client, trained, tmp_path,
                                                                                     monkeypatch):
     """The workers read a file by its absolute path; the error still names it as it was given."""

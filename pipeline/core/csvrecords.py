@@ -16,7 +16,6 @@ from __future__ import annotations
 import codecs
 import csv
 import io
-import os
 import re
 import sys
 import threading
@@ -31,7 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from pipeline.core.errors import BatchInputError
-from pipeline.core.files import arrow_file
+from pipeline.core.files import arrow_file, changed_while_read, size_and_time
 from pipeline.core.formulas import unguarded
 
 __all__ = ["MAX_RECORD_BYTES", "BlockMismatchError", "CaseChunk", "csv_chunks", "reason_kind"]
@@ -143,12 +142,6 @@ class _Malformed(NamedTuple):
     text: str
 
 
-def _size_and_time(file) -> tuple[int, int]:
-    """An open file's size and modification time (ns), which a write to it moves."""
-    state = os.fstat(file.fileno())
-    return state.st_size, state.st_mtime_ns
-
-
 def _arrow_batches(path: Path, start: int, end: int, header: list[str], report: Callable[[int, _Malformed], None],
                    where: str, first_row: int = 0) -> Iterator[pa.RecordBatch]:
     """The well-formed records in bytes ``start`` .. ``end`` of ``path`` (data records, no header) as
@@ -171,7 +164,7 @@ def _arrow_batches(path: Path, start: int, end: int, header: list[str], report: 
     opened: tuple[int, int] | None = None  # the file's size and modification time when first opened
     while True:
         with arrow_file(path) as file:  # native reads: Arrow's reading thread needs no GIL
-            opened = opened or _size_and_time(file)
+            opened = opened or size_and_time(file.fileno())
             stream = file.get_stream(start, end - start)
             if _cr_ends_a_read(file, start, end, block):
                 stream = _CarriageReturnsHeld(stream)
@@ -191,12 +184,8 @@ def _arrow_batches(path: Path, start: int, end: int, header: list[str], report: 
                         out = batch.slice(skip)
                         delivered += out.num_rows
                         yield out
-                if (now := _size_and_time(file)) != opened or now[0] < end:
-                    change = (f"{end:,} bytes expected, {now[0]:,} found" if now == opened else
-                              f"{opened[0]:,} bytes when it was opened, {now[0]:,} at the end"
-                              + (", rewritten" if now[0] == opened[0] else ""))
-                    raise BatchInputError(f"{where}: the file changed while it was read ({change}), so rows may be "
-                                          "missing or out of date: score it again once nothing writes to it")
+                if (now := size_and_time(file.fileno())) != opened or now[0] < end:
+                    raise changed_while_read(where, opened, now, end)
                 return
             except pa.ArrowInvalid as err:
                 undecodable = _UNDECODABLE.search(str(err))

@@ -56,7 +56,16 @@ from pipeline.core.cluster import (
     temp_folder,
 )
 from pipeline.core.errors import BatchInputError, ModelIntegrityError
-from pipeline.core.files import arrow_file, file_label, is_case_file, is_parquet, numbered, tmp_path
+from pipeline.core.files import (
+    arrow_file,
+    changed_while_read,
+    file_label,
+    is_case_file,
+    is_parquet,
+    numbered,
+    size_and_time,
+    tmp_path,
+)
 from pipeline.core.parsing import ignored_columns_message
 from pipeline.core.paths import models_dir
 from pipeline.core.schema import ID_COLUMN, normalise_header
@@ -437,6 +446,7 @@ def score_files_dask(inputs: Sequence[str | Path] | str | Path, output_dir: str 
     start = time.perf_counter()
     paths, target = _expand_inputs(inputs), Path(output_dir)
     labels = [file_label(p) for p in paths]
+    states = [size_and_time(p) for p in paths]  # the workers open the inputs by name: none may change meanwhile
     columns = complete_columns(paths)  # every input complete before any block is scored
     has_ids = [ID_COLUMN in {normalise_header(c) for c in cols} for cols in columns]
     rschema = reject_schema(columns)
@@ -479,6 +489,9 @@ def score_files_dask(inputs: Sequence[str | Path] | str | Path, output_dir: str 
             again = submit([units[u] for u in sorted(repeated)], {n: repeated[u] for n, u in enumerate(sorted(repeated))},
                            "pass2")[1]
             ordered = _in_order(units, ordered + again)[1]
+        for label, path, before in zip(labels, paths, states):
+            if (now := size_and_time(path)) != before:
+                raise changed_while_read(label, before, now)
         _publish(tmp, ordered, target, rschema)
         remove_temp_folder(tmp)  # with what other attempts left there
     except DaskJobError as err:
