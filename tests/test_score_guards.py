@@ -1576,7 +1576,7 @@ def test_other_columns_that_differ_only_in_their_word_breaks_stay_two(trained, t
     pd.testing.assert_frame_equal(got, predict({"age": 40, "sex": "male", "leg_swelling": "yes"}, model=models))
 
 
-@pytest.mark.parametrize("change", ["cut short", "added to", "rewritten"])
+@pytest.mark.parametrize("change", ["cut short", "added to", "rewritten", "touched"])
 def test_a_csv_written_to_while_it_is_read_stops_the_job_rather_than_lose_rows(tmp_path, change):
     """A file another program is still writing (or cuts short) while the job reads it: the rows the
     job saw are not the file's, so it stops once it has read the last, naming the file."""
@@ -1593,12 +1593,53 @@ def test_a_csv_written_to_while_it_is_read_stops_the_job_rather_than_lose_rows(t
     elif change == "added to":
         with open(src, "a") as fh:
             fh.write("c999,50,female\n")
-    else:  # the same size, other bytes
+    elif change == "rewritten":  # the same size, other bytes
         src.write_text("".join(lines).replace("male", "mal3"))
+    if change in ("rewritten", "touched"):
         os.utime(src, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000))
-    with pytest.raises(BatchInputError, match="growing.csv: the file changed while it was read"):
+    said = {"cut short": "2,626 bytes when it was opened, 594 at the end",
+            "added to": "2,626 bytes when it was opened, 2,641 at the end",
+            "rewritten": "its modification time moved", "touched": "its modification time moved"}[change]
+    with pytest.raises(BatchInputError, match=f"growing.csv: the file changed while it was read \\({said}"):
         for _ in chunks:
             pass
     # unchanged, it is read whole
     src.write_text("".join(lines))
     assert sum(len(c.frame) for c in iter_chunks(src, chunk_rows=7)) == 200
+
+
+def test_a_csv_cut_short_inside_a_character_is_said_to_have_changed_not_to_be_bad_text(tmp_path):
+    """Cut in the middle of a record (here of a two-byte character, beyond what the reader has
+    read ahead), the file reads as broken text: the job says it changed, not to save it as UTF-8."""
+    from pipeline.core.casefiles import iter_chunks
+
+    src = tmp_path / "cut.csv"
+    row = "c{},40,female,genou gonflé après une chute\n"
+    data = ("case_id,age,sex,note\n" + "".join(row.format(i) for i in range(400_000))).encode()
+    src.write_bytes(data)
+    chunks = iter_chunks(src, chunk_rows=10_000)
+    next(chunks)
+    os.truncate(src, data.index("é".encode(), len(data) * 3 // 4) + 1)  # inside the character
+    with pytest.raises(BatchInputError, match="cut.csv: the file changed while it was read"):
+        for _ in chunks:
+            pass
+
+
+def test_a_csv_put_in_place_of_the_input_while_a_long_record_is_read_again_is_refused(tmp_path):
+    """A record longer than the read block makes the reader open the file again, by name: another
+    file put there meanwhile (a rename), even of the same size and time, is not read as the rest."""
+    from pipeline.core.casefiles import iter_chunks
+
+    src, other = tmp_path / "cases.csv", tmp_path / "other.csv"
+    lines = ["case_id,age,sex,note\n", *(f"c{i},40,male,\n" for i in range(30_000)),
+             f"long,40,male,{'x' * 600_000}\n", *(f"d{i},40,male,\n" for i in range(10))]
+    src.write_text("".join(lines))
+    other.write_text("".join(lines).replace("male", "mal3"))
+    state = src.stat()
+    os.utime(other, ns=(state.st_atime_ns, state.st_mtime_ns))
+    chunks = iter_chunks(src, chunk_rows=1)
+    next(chunks)
+    os.replace(other, src)
+    with pytest.raises(BatchInputError, match="another file of its size was put in its place"):
+        for _ in chunks:
+            pass

@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from pipeline.core.errors import BatchInputError
-from pipeline.core.files import arrow_file, changed_while_read, size_and_time
+from pipeline.core.files import arrow_file, changed_while_read, file_state
 from pipeline.core.formulas import unguarded
 
 __all__ = ["MAX_RECORD_BYTES", "BlockMismatchError", "CaseChunk", "csv_chunks", "reason_kind"]
@@ -147,9 +147,10 @@ def _arrow_batches(path: Path, start: int, end: int, header: list[str], report: 
     """The well-formed records in bytes ``start`` .. ``end`` of ``path`` (data records, no header) as
     Arrow batches; records with the wrong field count go to ``report`` (with their 0-based record
     there). A record longer than the block reopens the file with a larger block and skips the rows
-    already delivered. A file that is written to while it is read (cut short, added to, rewritten:
-    its size or modification time moves, or it holds fewer than ``end`` bytes) is an error once
-    its last record has been read, rather than a job that scores what happened to be there."""
+    already delivered. A file that changes while it is read (cut short, added to, rewritten: its
+    size or modification time moves, or it holds fewer than ``end`` bytes; or, reopened, it is
+    another file) is an error once its last record has been read, or once the change breaks a
+    record, rather than a job that scores what happened to be there."""
 
     def keep(row) -> str:
         # with use_threads=False pyarrow numbers the records from 1, quoted newlines included and
@@ -161,10 +162,10 @@ def _arrow_batches(path: Path, start: int, end: int, header: list[str], report: 
     _quiet_undecodable_rows()
     start = _keeping_a_leading_mark(path, start)
     block, delivered = _CSV_BLOCK, 0
-    opened: tuple[int, int] | None = None  # the file's size and modification time when first opened
+    opened: tuple[int, ...] | None = None  # the file's state when first opened (file_state)
     while True:
         with arrow_file(path) as file:  # native reads: Arrow's reading thread needs no GIL
-            opened = opened or size_and_time(file.fileno())
+            opened = opened or file_state(file.fileno())
             stream = file.get_stream(start, end - start)
             if _cr_ends_a_read(file, start, end, block):
                 stream = _CarriageReturnsHeld(stream)
@@ -184,10 +185,13 @@ def _arrow_batches(path: Path, start: int, end: int, header: list[str], report: 
                         out = batch.slice(skip)
                         delivered += out.num_rows
                         yield out
-                if (now := size_and_time(file.fileno())) != opened or now[0] < end:
+                if (now := file_state(file.fileno())) != opened or now[0] < end:
                     raise changed_while_read(where, opened, now, end)
                 return
             except pa.ArrowInvalid as err:
+                # a file cut short mid-record (or a writer part-way through one) reads as broken text
+                if (now := file_state(file.fileno())) != opened or now[0] < end:
+                    raise changed_while_read(where, opened, now, end) from err
                 undecodable = _UNDECODABLE.search(str(err))
                 if undecodable:
                     raise BatchInputError(

@@ -25,11 +25,11 @@ from typing import Any
 
 from pipeline.core.errors import BatchInputError
 
-__all__ = ["CASE_FILE_TYPES", "FILE_TYPES_TEXT", "arrow_file", "changed_while_read", "file_label",
+__all__ = ["CASE_FILE_TYPES", "FILE_TYPES_TEXT", "arrow_file", "changed_while_read", "file_label", "file_state",
            "in_temporary_folder", "is_case_file", "is_parquet", "load_yaml", "numbered", "process_alive",
-           "reclaim_stale_temps", "regular_stat", "replace_keeping_mode", "sha256_file", "size_and_time",
-           "standard_stream_closed", "stdout_bytes", "tmp_path", "write_bytes_atomic", "write_json_atomic",
-           "write_parts_atomic", "write_report_json", "write_text_atomic"]
+           "reclaim_stale_temps", "regular_stat", "replace_keeping_mode", "sha256_file", "standard_stream_closed",
+           "stdout_bytes", "tmp_path", "write_bytes_atomic", "write_json_atomic", "write_parts_atomic",
+           "write_report_json", "write_text_atomic"]
 
 
 CASE_FILE_TYPES = (".csv", ".parquet")  # the file types of cases, outputs and rejects, told by name
@@ -46,19 +46,26 @@ def arrow_file(path: str | Path, mode: str = "rb") -> Any:
     return pa.OSFile(os.fsencode(path), mode)
 
 
-def size_and_time(file: int | str | Path) -> tuple[int, int]:
-    """A file's size and modification time in ns (``file``: its path, or the descriptor of the
-    file as it was opened), which a write to it moves."""
+def file_state(file: int | str | Path) -> tuple[int, int, int, int]:
+    """A file's size, modification time (ns), device and inode (``file``: its path, or the
+    descriptor of the file as it was opened): a write to it moves the first two, and a rename
+    that puts another file in its place the last two."""
     state = os.stat(file)
-    return state.st_size, state.st_mtime_ns
+    return state.st_size, state.st_mtime_ns, state.st_dev, state.st_ino
 
 
-def changed_while_read(where: str, before: tuple[int, int], now: tuple[int, int],
+def changed_while_read(where: str, before: tuple[int, ...], now: tuple[int, ...],
                        expected: int | None = None) -> BatchInputError:
-    """The error for an input written to while a job read it (:func:`size_and_time` ``before``
-    and ``now``; or, unchanged, fewer than ``expected`` bytes): the rows read are not the file's."""
-    change = (f"{expected:,} bytes expected, {now[0]:,} found" if now == before and expected is not None else
-              f"{before[0]:,} bytes when it was opened, {now[0]:,} at the end" + (", rewritten" if now[0] == before[0] else ""))
+    """The error for an input that changed while a job read it (:func:`file_state` ``before``
+    and ``now``; or, unchanged, holding fewer than ``expected`` bytes): the rows read are not the file's."""
+    if now == before and expected is not None:
+        change = f"{expected:,} bytes expected, {now[0]:,} found"
+    elif now[0] != before[0]:
+        change = f"{before[0]:,} bytes when it was opened, {now[0]:,} at the end"
+    elif now[2:] != before[2:]:
+        change = "another file of its size was put in its place"
+    else:
+        change = "its modification time moved"
     return BatchInputError(f"{where}: the file changed while it was read ({change}), so rows may be missing or out "
                            "of date: score it again once nothing writes to it")
 

@@ -60,10 +60,10 @@ from pipeline.core.files import (
     arrow_file,
     changed_while_read,
     file_label,
+    file_state,
     is_case_file,
     is_parquet,
     numbered,
-    size_and_time,
     tmp_path,
 )
 from pipeline.core.parsing import ignored_columns_message
@@ -446,8 +446,10 @@ def score_files_dask(inputs: Sequence[str | Path] | str | Path, output_dir: str 
     start = time.perf_counter()
     paths, target = _expand_inputs(inputs), Path(output_dir)
     labels = [file_label(p) for p in paths]
-    states = [size_and_time(p) for p in paths]  # the workers open the inputs by name: none may change meanwhile
     columns = complete_columns(paths)  # every input complete before any block is scored
+    # the workers open the inputs by name: none may change meanwhile (taken after the opening above,
+    # which refreshes a network file system's cached attributes)
+    states = [file_state(p) for p in paths]
     has_ids = [ID_COLUMN in {normalise_header(c) for c in cols} for cols in columns]
     rschema = reject_schema(columns)
     model = _model_path(model_source)
@@ -490,7 +492,7 @@ def score_files_dask(inputs: Sequence[str | Path] | str | Path, output_dir: str 
                            "pass2")[1]
             ordered = _in_order(units, ordered + again)[1]
         for label, path, before in zip(labels, paths, states):
-            if (now := size_and_time(path)) != before:
+            if (now := file_state(path)) != before:
                 raise changed_while_read(label, before, now)
         _publish(tmp, ordered, target, rschema)
         remove_temp_folder(tmp)  # with what other attempts left there
