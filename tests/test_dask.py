@@ -334,6 +334,10 @@ def test_an_input_written_to_during_the_job_fails_it_and_writes_nothing(client, 
     with pytest.raises(BatchInputError, match="cases.csv: the file changed while it was read"):
         score_files_dask([str(path)], tmp_path / "out", models, client=client)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cases.csv"]
+    # removed once every block has read it, it was read whole, as it was: the job completes
+    _text_cases(kb, 300, 13, ids="w").to_csv(path, index=False)
+    monkeypatch.setattr(engine, "_cross_block_duplicates", lambda ordered: (path.unlink(), compare(ordered))[1])
+    assert score_files_dask([str(path)], tmp_path / "out", models, client=client).rows_scored == 300
 
 
 def test_a_file_unreadable_past_its_header_is_named_as_the_pandas_engine_names_it(client, trained, tmp_path,

@@ -491,8 +491,8 @@ def score_files_dask(inputs: Sequence[str | Path] | str | Path, output_dir: str 
             again = submit([units[u] for u in sorted(repeated)], {n: repeated[u] for n, u in enumerate(sorted(repeated))},
                            "pass2")[1]
             ordered = _in_order(units, ordered + again)[1]
-        for label, path, before in zip(labels, paths, states):
-            if (now := file_state(path)) != before:
+        for label, path, before in zip(labels, paths, states):  # (one removed since was read whole, as it was)
+            if path.exists() and (now := file_state(path)) != before:
                 raise changed_while_read(label, before, now)
         _publish(tmp, ordered, target, rschema)
         remove_temp_folder(tmp)  # with what other attempts left there
