@@ -480,10 +480,10 @@ def _score_locked(paths: list[Path], columns: list[list[str]], output: Path | No
             replace_keeping_mode(writer.tmp, output, before[output])
     except BrokenProcessPool as err:
         check_stop()  # the processes got the user's stop signal too (a terminal's, or a process group's)
-        told = ("nothing was written" if stream is None else
-                "no file was written; standard output may hold the rows scored before it")
+        written = ("nothing was written" if stream is None else
+                   "no file was written; standard output may hold the rows scored before it")
         raise BatchInputError("a scoring process stopped before its chunk was scored (out of memory, or killed); "
-                              f"{told}.") from err
+                              f"{written}.") from err
     except BrokenPipeError as err:  # `kneepain score - -o - | head`: the reader has gone
         raise BatchInputError("-: the output pipe was closed before all rows were written.") from err
     except OSError as err:  # disk full, a folder in the way, permissions: one clear line, nothing left
