@@ -48,7 +48,6 @@ from pathlib import Path
 from pipeline.serve import CHUNK_ROWS  # the engines' default (the pandas engine's and each Dask task's)
 
 from .harness import REPO_ROOT, BenchmarkError, _max_rss_mib, log, make_row, run_command
-from .report import cpu_count
 
 __all__ = ["run"]
 
@@ -186,6 +185,7 @@ def _one_file_rows(tmp: Path, inputs: Path, model: Path, model_text: str, n: int
     one = tmp / "one-file"
     one.mkdir()
     _child("write-one-csv", "--inputs", str(inputs), "--out", str(one))
+    from pipeline.serve.chunks import available_cores
     from pipeline.serve.dask import default_block_bytes
 
     size = f"{n / 1e6:g}M" if n >= 1_000_000 else f"{n // 1000}k"
@@ -220,7 +220,7 @@ def _one_file_rows(tmp: Path, inputs: Path, model: Path, model_text: str, n: int
                              startup_seconds=[r["startup_seconds"] for r in runs]))
     ratio = process[1] / process[2]
     rows.append(make_row(f"score: Dask 1 vs 2 workers on one {size}-row file (whole process) = {ratio:.2f}x", n,
-                         process[2], peak_rss_mib=None, ratio=round(ratio, 2), cpu_count=cpu_count()))
+                         process[2], peak_rss_mib=None, ratio=round(ratio, 2), cpu_count=available_cores()))
     rows[-1]["target"], rows[-1]["met"] = ">= 1.7x", bool(ratio >= 1.7) if not quick else None
     # for comparison: the scoring call alone (the workers' share), and with the cluster's start-up
     for text, times in (("the scoring call alone", call), ("the call with the cluster's start-up and model load",

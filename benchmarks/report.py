@@ -8,7 +8,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-__all__ = ["REPORT_PATH", "cpu_count", "environment", "format_table", "load_average", "write_report"]
+__all__ = ["REPORT_PATH", "environment", "format_table", "load_average", "write_report"]
 
 REPORT_PATH = Path(__file__).resolve().parent.parent / "reports" / "benchmarks.json"
 _DASH = "—"
@@ -30,21 +30,14 @@ def load_average() -> float | None:
         return None
 
 
-def cpu_count() -> int:
-    """The cores this process may run on (its CPU affinity, as kneepain counts them), not the machine's."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # no affinity on this platform
-        return os.cpu_count() or 1
-
-
 def environment(quick: bool) -> dict[str, Any]:
     """Where and when the benchmarks ran: date, cores usable, load, platform, Python and library versions."""
     from pipeline.model.persist import library_versions
+    from pipeline.serve.chunks import available_cores
 
     return {
         "date": datetime.now().astimezone().isoformat(timespec="seconds"),
-        "cpu_count": cpu_count(),
+        "cpu_count": available_cores(),  # the cores it may run on, as kneepain counts them
         "load_average_start": load_average(),
         "platform": platform.platform(),
         "versions": library_versions(),
