@@ -24,10 +24,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
-from pipeline.core.casefiles import FileBlock, csv_data_start, file_columns
-from pipeline.core.files import arrow_file, is_parquet
+from pipeline.core.casefiles import FileBlock, csv_data_start, file_columns, parquet_metadata
+from pipeline.core.files import is_parquet
 
 __all__ = ["MIN_BLOCK_BYTES", "WINDOW_BYTES", "plan_blocks"]
 
@@ -68,8 +67,7 @@ def plan_blocks(path: str | Path, *, chunk_rows: int, block_bytes: int) -> Itera
 
 
 def _parquet_blocks(path: Path, chunk_rows: int, block_bytes: int) -> Iterator[FileBlock]:
-    with arrow_file(path) as source:
-        meta = pq.read_metadata(source)
+    meta = parquet_metadata(path)
     count = path.stat().st_size // block_bytes
     if count <= 1 or meta.num_rows <= chunk_rows:
         yield FileBlock()

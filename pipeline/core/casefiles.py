@@ -49,7 +49,8 @@ from pipeline.core.schema import (
 
 __all__ = ["MAX_RECORD_BYTES", "PARQUET_FIX", "BlockMismatchError", "CaseChunk", "FileBlock", "check_columns",
            "complete_columns", "check_is_file", "csv_data_start", "file_columns", "has_case_ids", "iter_chunks",
-           "open_parquet", "parse_read", "read_case_file", "read_case_records", "unsupported_file_type", "url_problem"]
+           "open_parquet", "parquet_metadata", "parse_read", "read_case_file", "read_case_records",
+           "unsupported_file_type", "url_problem"]
 
 _HEADER_BYTES = 1 << 20  # a longer header is refused
 _BOM = codecs.BOM_UTF8  # as Excel writes it
@@ -320,8 +321,7 @@ def file_columns(path: str | Path) -> list[str]:
     check_is_file(path)
     if is_parquet(path):
         try:
-            with arrow_file(path) as source:
-                meta = pq.read_metadata(source)
+            meta = parquet_metadata(path)
             schema = meta.schema.to_arrow_schema()
         except (pa.ArrowException, OSError) as err:
             raise BatchInputError(f"{path}: cannot read: {_first_line(err)}") from err
@@ -461,6 +461,12 @@ def _first_line(err: BaseException) -> str:
     """An error's first line, its unprintable characters escaped (Arrow may quote a damaged file's bytes)."""
     line = (str(err).strip().splitlines() or [type(err).__name__])[0]
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in line)
+
+
+def parquet_metadata(path: str | Path) -> pq.FileMetaData:
+    """A Parquet file's footer (its schema, rows and row groups), whatever bytes its name holds."""
+    with arrow_file(path) as source:
+        return pq.read_metadata(source)
 
 
 def open_parquet(path: str | Path) -> pq.ParquetFile:

@@ -43,6 +43,7 @@ from pipeline.core.casefiles import (
     complete_columns,
     csv_data_start,
     iter_chunks,
+    parquet_metadata,
     unsupported_file_type,
     url_problem,
 )
@@ -138,8 +139,7 @@ def _last_chunk(path: Path, chunk_rows: int) -> int:
     """The highest chunk number ``path`` could have: from a Parquet file's row count, and from a
     CSV file's size (a record takes at least a byte)."""
     if is_parquet(path):
-        with arrow_file(path) as source:
-            rows = pq.read_metadata(source).num_rows
+        rows = parquet_metadata(path).num_rows
     else:
         rows = path.stat().st_size
     return max(0, -(-rows // chunk_rows) - 1)
