@@ -159,6 +159,13 @@ def _arrow_batches(path: Path, start: int, end: int, header: list[str], report: 
         return "skip"
 
     setattr(keep, _HANDLER_MARK, True)
+
+    def unchanged(file, opened: tuple[int, ...]) -> None:
+        """Raise if ``file`` is not as it was first ``opened`` (:func:`file_state`), or holds fewer
+        than ``end`` bytes."""
+        if (now := file_state(file.fileno())) != opened or now[0] < end:
+            raise changed_while_read(where, opened, now, end)
+
     _quiet_undecodable_rows()
     start = _keeping_a_leading_mark(path, start)
     block, delivered = _CSV_BLOCK, 0
@@ -185,13 +192,10 @@ def _arrow_batches(path: Path, start: int, end: int, header: list[str], report: 
                         out = batch.slice(skip)
                         delivered += out.num_rows
                         yield out
-                if (now := file_state(file.fileno())) != opened or now[0] < end:
-                    raise changed_while_read(where, opened, now, end)
+                unchanged(file, opened)
                 return
             except pa.ArrowInvalid as err:
-                # a file cut short mid-record (or a writer part-way through one) reads as broken text
-                if (now := file_state(file.fileno())) != opened or now[0] < end:
-                    raise changed_while_read(where, opened, now, end) from err
+                unchanged(file, opened)  # a file cut short mid-record (or a writer part-way through one) reads as broken text
                 undecodable = _UNDECODABLE.search(str(err))
                 if undecodable:
                     raise BatchInputError(
