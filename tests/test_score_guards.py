@@ -1608,6 +1608,40 @@ def test_a_csv_written_to_while_it_is_read_stops_the_job_rather_than_lose_rows(t
     assert sum(len(c.frame) for c in iter_chunks(src, chunk_rows=7)) == 200
 
 
+@pytest.mark.parametrize("change", ["cut short", "added to", "rewritten", "touched"])
+def test_a_parquet_file_written_to_while_it_is_read_stops_the_job(tmp_path, change):
+    """A Parquet file rewritten in place while the job reads it: its rows are read at the places
+    its first footer gave, so the rows the job saw are not the file's (or the read breaks, and
+    the file is not damaged but changed). It stops, naming the file, as for a CSV."""
+    from pipeline.core.casefiles import iter_chunks
+
+    src = tmp_path / "growing.parquet"
+    table = pa.table({"case_id": [f"c{i}" for i in range(200)], "age": [20 + i % 60 for i in range(200)],
+                      "sex": ["male", "female"] * 100})
+    pq.write_table(table, src, row_group_size=10, compression="none")
+    size, before = src.stat().st_size, src.stat()
+    chunks = iter_chunks(src, chunk_rows=1)
+    assert next(chunks).frame["case_id"].tolist() == ["c0"]  # the file is open and being read
+    if change == "cut short":
+        os.truncate(src, size // 2)
+    elif change == "added to":
+        with open(src, "ab") as fh:
+            fh.write(b"\0" * 10)
+    elif change == "rewritten":  # the same bytes written again, in place
+        src.write_bytes(src.read_bytes())
+    if change in ("rewritten", "touched"):
+        os.utime(src, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000))
+    said = {"cut short": f"{size:,} bytes when it was opened, {size // 2:,} at the end",
+            "added to": f"{size:,} bytes when it was opened, {size + 10:,} at the end",
+            "rewritten": "its modification time moved", "touched": "its modification time moved"}[change]
+    with pytest.raises(BatchInputError, match=f"growing.parquet: the file changed while it was read \\({said}"):
+        for _ in chunks:
+            pass
+    # unchanged, it is read whole
+    pq.write_table(table, src, row_group_size=10, compression="none")
+    assert sum(len(c.frame) for c in iter_chunks(src, chunk_rows=7)) == 200
+
+
 def test_a_csv_cut_short_inside_a_character_is_said_to_have_changed_not_to_be_bad_text(tmp_path):
     """Cut in the middle of a record (here of a two-byte character, beyond what the reader has
     read ahead), the file reads as broken text: the job says it changed, not to save it as UTF-8."""

@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 
 from pipeline.core.csvrecords import MAX_RECORD_BYTES, BlockMismatchError, CaseChunk, csv_chunks
 from pipeline.core.errors import BatchInputError, CaseValidationError
-from pipeline.core.files import FILE_TYPES_TEXT, arrow_file, is_case_file, is_parquet
+from pipeline.core.files import FILE_TYPES_TEXT, arrow_file, file_state, is_case_file, is_parquet, refuse_changed
 from pipeline.core.formulas import unguarded_names
 from pipeline.core.parsing import ParsedCases, parse_cases, required_columns_error, utf8_or_bytes
 from pipeline.core.schema import (
@@ -388,7 +388,7 @@ def iter_chunks(path: str | Path, chunk_rows: int, *, block: FileBlock | None = 
     block = block or FileBlock()
     try:
         if is_parquet(path):
-            read, tables = block.first_row, _parquet_tables(path, chunk_rows, block)
+            read, tables = block.first_row, _parquet_tables(path, chunk_rows, block, name or str(path))
             while True:
                 try:
                     table = next(tables, None)
@@ -469,18 +469,35 @@ def parquet_metadata(path: str | Path) -> pq.FileMetaData:
         return pq.read_metadata(source)
 
 
-def open_parquet(path: str | Path) -> pq.ParquetFile:
-    """A Parquet file as its rows are read: old-style INT96 timestamps (Spark, Hive, Impala) in
-    microseconds, which hold any year to 9999 (read in nanoseconds, Arrow's default, a
-    ``9999-12-31`` "no end date" wrapped round to 1816); Spark writes them to the microsecond,
-    and an Impala value's nanoseconds are dropped."""
-    return pq.ParquetFile(arrow_file(path), coerce_int96_timestamp_unit="us")
+def open_parquet(path: str | Path | pa.NativeFile) -> pq.ParquetFile:
+    """A Parquet file (its name, or the file opened) as its rows are read: old-style INT96
+    timestamps (Spark, Hive, Impala) in microseconds, which hold any year to 9999 (read in
+    nanoseconds, Arrow's default, a ``9999-12-31`` "no end date" wrapped round to 1816); Spark
+    writes them to the microsecond, and an Impala value's nanoseconds are dropped."""
+    source = path if isinstance(path, pa.NativeFile) else arrow_file(path)
+    return pq.ParquetFile(source, coerce_int96_timestamp_unit="us")
 
 
-def _parquet_tables(path: Path, chunk_rows: int, block: FileBlock) -> Iterator[pa.Table]:
+def _parquet_tables(path: Path, chunk_rows: int, block: FileBlock, where: str) -> Iterator[pa.Table]:
     """The Parquet file's rows of ``block`` in tables of exactly ``chunk_rows`` rows (the last may be
-    shorter), with the columns of :func:`range_index_columns` made for their rows."""
-    file = open_parquet(path)
+    shorter), with the columns of :func:`range_index_columns` made for their rows.
+
+    A file that changes while it is read (rewritten in place: its size or modification time
+    moves; the rows are read at the places its first footer gave) is an error once its last row
+    has been read, or once a read fails, rather than rows of two files or a damaged file's error.
+    """
+    with arrow_file(path) as source:
+        opened = file_state(source.fileno())
+        try:
+            yield from _parquet_block(open_parquet(source), chunk_rows, block)
+        except (pa.ArrowException, OSError):
+            refuse_changed(source.fileno(), opened, where)  # a change said as such (the read's own error otherwise)
+            raise
+        refuse_changed(source.fileno(), opened, where)
+
+
+def _parquet_block(file: pq.ParquetFile, chunk_rows: int, block: FileBlock) -> Iterator[pa.Table]:
+    """:func:`_parquet_tables` of the file opened."""
     ranges = range_index_columns(file.schema_arrow, file.metadata.num_rows)
     # a chunk longer than the file is the file (Arrow's batch sizes are C integers)
     chunk_rows = min(chunk_rows, max(1, file.metadata.num_rows))

@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from pipeline.core.errors import BatchInputError
-from pipeline.core.files import arrow_file, changed_while_read, file_state
+from pipeline.core.files import arrow_file, file_state, refuse_changed
 from pipeline.core.formulas import unguarded
 
 __all__ = ["MAX_RECORD_BYTES", "BlockMismatchError", "CaseChunk", "csv_chunks", "reason_kind"]
@@ -160,12 +160,6 @@ def _arrow_batches(path: Path, start: int, end: int, header: list[str], report: 
 
     setattr(keep, _HANDLER_MARK, True)
 
-    def unchanged(file, opened: tuple[int, ...]) -> None:
-        """Raise if ``file`` is not as it was first ``opened`` (:func:`file_state`), or holds fewer
-        than ``end`` bytes."""
-        if (now := file_state(file.fileno())) != opened or now[0] < end:
-            raise changed_while_read(where, opened, now, end)
-
     _quiet_undecodable_rows()
     start = _keeping_a_leading_mark(path, start)
     block, delivered = _CSV_BLOCK, 0
@@ -192,10 +186,11 @@ def _arrow_batches(path: Path, start: int, end: int, header: list[str], report: 
                         out = batch.slice(skip)
                         delivered += out.num_rows
                         yield out
-                unchanged(file, opened)
+                refuse_changed(file.fileno(), opened, where, end)
                 return
             except pa.ArrowInvalid as err:
-                unchanged(file, opened)  # a file cut short mid-record (or a writer part-way through one) reads as broken text
+                # a file cut short mid-record (or a writer part-way through one) reads as broken text
+                refuse_changed(file.fileno(), opened, where, end)
                 undecodable = _UNDECODABLE.search(str(err))
                 if undecodable:
                     raise BatchInputError(

@@ -27,8 +27,8 @@ from pipeline.core.errors import BatchInputError
 
 __all__ = ["CASE_FILE_TYPES", "FILE_TYPES_TEXT", "arrow_file", "changed_while_read", "file_label", "file_state",
            "in_temporary_folder", "is_case_file", "is_parquet", "load_yaml", "numbered", "process_alive",
-           "reclaim_stale_temps", "regular_stat", "replace_keeping_mode", "sha256_file", "standard_stream_closed",
-           "stdout_bytes", "tmp_path", "write_bytes_atomic", "write_json_atomic", "write_parts_atomic",
+           "reclaim_stale_temps", "refuse_changed", "regular_stat", "replace_keeping_mode", "sha256_file",
+           "standard_stream_closed", "stdout_bytes", "tmp_path", "write_bytes_atomic", "write_json_atomic", "write_parts_atomic",
            "write_report_json", "write_text_atomic"]
 
 
@@ -68,6 +68,13 @@ def changed_while_read(where: str, before: tuple[int, ...], now: tuple[int, ...]
         change = "its modification time moved"
     return BatchInputError(f"{where}: the file changed while it was read ({change}), so rows may be missing or out "
                            "of date: score it again once nothing writes to it")
+
+
+def refuse_changed(file: int, opened: tuple[int, ...], where: str, expected: int | None = None) -> None:
+    """Raise :func:`changed_while_read` if the file open as descriptor ``file`` is not as it was when
+    ``opened`` (:func:`file_state`), or holds fewer than ``expected`` bytes."""
+    if (now := file_state(file)) != opened or expected is not None and now[0] < expected:
+        raise changed_while_read(where, opened, now, expected)
 
 
 def file_label(path: str | Path) -> str:
