@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from processes import spawned_children
+from temporaries import leftover_temporaries
 
 from pipeline.cli import EXIT_REJECTED, main
 from pipeline.core.errors import BatchInputError
@@ -141,6 +142,70 @@ def test_a_process_killed_while_another_sends_its_result_stops_the_run(trained, 
     assert len(raised) == 1 and isinstance(raised[0], BatchInputError), raised
     assert "scoring process stopped" in str(raised[0])
     assert not (tmp_path / "out.csv").exists()
+    deadline = time.monotonic() + 30
+    while spawned_children(os.getpid()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not spawned_children(os.getpid())
+
+
+def test_a_stop_while_the_scoring_processes_stop_leaves_no_temporary_file(trained, messy_csv, tmp_path, monkeypatch):
+    """A stop signal that lands while the job waits for its scoring processes to stop (at its
+    end, or after one died) still removes the half-written output and rejects."""
+    models, _ = trained
+    submit, shutdown, submitted = chunks.ChunkScorer.submit, chunks.ChunkScorer.shutdown, []
+
+    def stopped_midway(self, *args):
+        submitted.append(1)
+        if len(submitted) > 3:
+            raise KeyboardInterrupt  # a first stop, as the stop handler raises it in the main thread
+        return submit(self, *args)
+
+    def stopped_again(self) -> None:
+        shutdown(self)
+        raise KeyboardInterrupt  # a second one while the processes stop
+
+    monkeypatch.setattr(chunks.ChunkScorer, "submit", stopped_midway)
+    monkeypatch.setattr(chunks.ChunkScorer, "shutdown", stopped_again)
+    with pytest.raises(KeyboardInterrupt):
+        score_files([messy_csv], tmp_path / "out.csv", load_model(models), chunk_rows=100, jobs=2,
+                    options=OutputOptions())
+    assert leftover_temporaries(tmp_path) == [] and not (tmp_path / "out.csv").exists()
+
+
+def test_a_process_that_dies_while_no_chunk_is_outstanding_does_not_hang_the_job(trained):
+    """A scoring process killed while both wait for work (the job held up by a slow reader of its
+    output): no chunk fails, and the other process, which the pool can only ask to stop, cannot
+    read its stop message when the dead one held the task queue's lock (stood in for here by a
+    stopped process). Shutting the pool down kills it instead of waiting for ever."""
+    import threading
+    import time
+
+    models, _ = trained
+    scorer = chunks.ChunkScorer(load_model(models), jobs=2)
+    pool = scorer._pool
+    stuck: list[int] = []
+    try:
+        futures = [pool.submit(os.getpid) for _ in range(4)]  # the processes started, then idle
+        assert all(f.result(timeout=120) for f in futures)
+        processes = list(pool._processes)
+        assert len(processes) == 2
+        stuck.append(processes[1])
+        os.kill(processes[1], signal.SIGSTOP)  # cannot act on a stop message, as when it waits on a dead one's lock
+        os.kill(processes[0], signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while not pool._broken and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert pool._broken
+        done = threading.Thread(target=scorer.shutdown, daemon=True)
+        done.start()
+        done.join(timeout=60)
+        assert not done.is_alive(), "the pool waited for ever for a process it could not stop"
+    finally:
+        for pid in stuck:  # free the test run when it hung
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
     deadline = time.monotonic() + 30
     while spawned_children(os.getpid()) and time.monotonic() < deadline:
         time.sleep(0.05)

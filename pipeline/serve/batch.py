@@ -489,16 +489,18 @@ def _score_locked(paths: list[Path], columns: list[list[str]], output: Path | No
     except OSError as err:  # disk full, a folder in the way, permissions: one clear line, nothing left
         raise BatchInputError(f"{output or '-'}: cannot write: {err.strerror or err}.") from err
     finally:
-        scorer.shutdown()
-        for w in (writer, rejects):
-            try:
-                if w is not None:
-                    w.close()
-            except (OSError, ValueError, pa.ArrowException, BatchInputError):  # the first error is the one told
-                pass
-        for tmp in temporary:
-            tmp.unlink(missing_ok=True)
-        bar(None)
+        try:
+            scorer.shutdown()
+        finally:  # a stop signal while the scorers stop still leaves nothing behind
+            for w in (writer, rejects):
+                try:
+                    if w is not None:
+                        w.close()
+                except (OSError, ValueError, pa.ArrowException, BatchInputError):  # the first error is the one told
+                    pass
+            for tmp in temporary:
+                tmp.unlink(missing_ok=True)
+            bar(None)
     summary.seconds = time.perf_counter() - start
     return summary
 

@@ -395,12 +395,36 @@ class ChunkScorer:
         before it waits; ``_processes`` is CPython's record of the pool's processes.)"""
         if future.cancelled() or not isinstance(future.exception(), BrokenProcessPool):
             return
-        for process in list((getattr(self._pool, "_processes", None) or {}).values()):
-            process.kill()
+        _kill(getattr(self._pool, "_processes", None))
 
     def shutdown(self) -> None:
         try:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            if self._handover is None:
+                self._pool.shutdown(wait=True, cancel_futures=True)
+            else:
+                self._shutdown_processes()
         finally:
             if self._handover is not None:
                 self._handover.cleanup()
+
+    def _shutdown_processes(self) -> None:
+        """Shut the process pool down and wait for it, killing its processes once it is broken. A
+        process that died while no chunk was outstanding (the job waiting on a slow reader of its
+        output) fails no chunk, so :meth:`_kill_if_broken` never runs; the pool's SIGTERM is
+        ignored, and where the dead process held the task queue's lock the others could never read
+        their stop message: the job waited for ever. (``_executor_manager_thread``, ``_processes``
+        and ``_broken`` are CPython's, taken before ``shutdown`` lets go of them.)"""
+        pool = self._pool
+        manager = getattr(pool, "_executor_manager_thread", None)
+        processes = getattr(pool, "_processes", None)
+        pool.shutdown(wait=False, cancel_futures=True)
+        while manager is not None and manager.is_alive():
+            if getattr(pool, "_broken", False):
+                _kill(processes)
+            manager.join(0.02)
+
+
+def _kill(processes: dict | None) -> None:
+    """Kill a process pool's processes (its ``_processes``, None once it has shut down)."""
+    for process in list((processes or {}).values()):
+        process.kill()
