@@ -127,14 +127,15 @@ def column_list(names: Sequence[str]) -> str:
 def select_columns(schema: pa.Schema, columns: Sequence[str] | None, kept: Sequence[str] = ()) -> pa.Schema:
     """``schema`` restricted to ``columns``, in their order; an unknown name is an error naming the
     choices, as is a choice of none of the input columns ``kept`` (``--keep-input-columns``, which
-    would then keep nothing)."""
+    would then keep nothing; the case id is not among them, the output having its own)."""
     if columns is None:
         return schema
     if (problem := columns_problem(schema.names, columns)) is not None:
         raise BatchInputError(f"--columns: {problem}")
     if kept and not set(kept) & set(columns):
-        raise BatchInputError(f"--columns names none of the input's columns, so --keep-input-columns would keep "
-                              f"none; name those to keep among {column_list(kept)}, or leave out --keep-input-columns.")
+        raise BatchInputError(f"--columns names none of the columns --keep-input-columns adds (the input's columns "
+                              "but its case_id, which the output has as its own), so the flag would keep none; name "
+                              f"those to keep among {column_list(kept)}, or leave out --keep-input-columns.")
     return pa.schema([schema.field(c) for c in columns])
 
 
