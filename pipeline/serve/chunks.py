@@ -417,7 +417,7 @@ class ChunkScorer:
         pool = self._pool
         manager = getattr(pool, "_executor_manager_thread", None)
         processes = getattr(pool, "_processes", None)
-        pool.shutdown(wait=False, cancel_futures=True)
+        pool.shutdown(wait=manager is None, cancel_futures=True)  # (none: never started, or a CPython without it)
         while manager is not None and manager.is_alive():
             if getattr(pool, "_broken", False):
                 _kill(processes)
