@@ -172,6 +172,57 @@ def test_a_stop_while_the_scoring_processes_stop_leaves_no_temporary_file(traine
     assert leftover_temporaries(tmp_path) == [] and not (tmp_path / "out.csv").exists()
 
 
+def test_a_process_killed_while_it_sends_a_result_does_not_hang_the_job(trained):
+    """A scoring process killed part-way through sending a result (the job slow to read them)
+    leaves the pool's reader waiting for the rest of it, so the pool never learns that it died:
+    the chunk the job waited for never ended, nor did the job. (The half-sent result is written
+    here by the test into the pool's results pipe: a long message's header and a few bytes.)"""
+    import struct
+    import threading
+    import time
+    from concurrent.futures.process import BrokenProcessPool
+
+    models, _ = trained
+    scorer = chunks.ChunkScorer(load_model(models), jobs=2)
+    pool = scorer._pool
+    processes: list[int] = []
+    try:
+        futures = [pool.submit(os.getpid) for _ in range(4)]  # the processes started, then idle
+        assert all(f.result(timeout=120) for f in futures)
+        processes += list(pool._processes)
+        assert len(processes) == 2
+        os.write(pool._result_queue._writer.fileno(), struct.pack("!i", 8 << 20) + bytes(100))
+        waiting = pool.submit(os.getpid)  # the pool's reader is stuck: it never reaches a process
+        os.kill(processes[0], signal.SIGKILL)
+        raised: list[BaseException] = []
+
+        def wait_for_it() -> None:
+            try:
+                scorer.result(waiting)
+            except BaseException as err:  # looked at below
+                raised.append(err)
+
+        waiter = threading.Thread(target=wait_for_it, daemon=True)
+        waiter.start()
+        waiter.join(timeout=60)
+        assert not waiter.is_alive(), "the job waited for ever for a chunk"
+        assert len(raised) == 1 and isinstance(raised[0], BrokenProcessPool), raised
+        done = threading.Thread(target=scorer.shutdown, daemon=True)
+        done.start()
+        done.join(timeout=60)
+        assert not done.is_alive(), "the pool's shutdown waited for ever"
+    finally:
+        for pid in processes:  # free the test run when it hung
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + 30
+    while spawned_children(os.getpid()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not spawned_children(os.getpid())
+
+
 def test_a_process_that_dies_while_no_chunk_is_outstanding_does_not_hang_the_job(trained):
     """A scoring process killed while both wait for work (the job held up by a slow reader of its
     output): no chunk fails, and the other process, which the pool can only ask to stop, cannot

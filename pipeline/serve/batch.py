@@ -414,7 +414,7 @@ def _score_locked(paths: list[Path], columns: list[list[str]], output: Path | No
 
     def finish_one(out: Writer, rejected: Writer) -> None:
         future, name = in_flight.popleft()
-        done: Done = future.result()
+        done: Done = scorer.result(future)
         check_stop()
         if done.ignored and name not in told and not options.keep_input:  # kept columns are not ignored
             summary.warnings.append(ignored_columns_message(done.ignored, name))

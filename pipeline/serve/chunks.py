@@ -16,10 +16,13 @@ import os
 import pickle
 import signal
 import tempfile
+import time
 from collections.abc import Callable, Collection
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
@@ -387,6 +390,18 @@ class ChunkScorer:
         future.add_done_callback(self._kill_if_broken)
         return future
 
+    def result(self, future: Future) -> Done:
+        """A chunk's result. With processes, the wait also watches them: a process killed while it
+        sent a result leaves the pool's reader waiting for the rest of it, so the pool never learns
+        that the process died, and the chunk never ends (:func:`_break`)."""
+        if self._handover is None:
+            return future.result()
+        while True:
+            try:
+                return future.result(timeout=_WATCH_SECONDS)
+            except FutureTimeout:
+                _break_if_one_died(_PoolParts.of(self._pool))
+
     def _kill_if_broken(self, future: Future) -> None:
         """When a scoring process has died (out of memory, killed), the pool fails every chunk with
         :class:`BrokenProcessPool`, stops the other processes with SIGTERM, which they ignore
@@ -414,17 +429,59 @@ class ChunkScorer:
         ignored, and where the dead process held the task queue's lock the others could never read
         their stop message: the job waited for ever. (``_executor_manager_thread``, ``_processes``
         and ``_broken`` are CPython's, taken before ``shutdown`` lets go of them.)"""
-        pool = self._pool
-        manager = getattr(pool, "_executor_manager_thread", None)
-        processes = getattr(pool, "_processes", None)
-        pool.shutdown(wait=manager is None, cancel_futures=True)  # (none: never started, or a CPython without it)
-        while manager is not None and manager.is_alive():
+        pool, parts = self._pool, _PoolParts.of(self._pool)
+        pool.shutdown(wait=parts.manager is None, cancel_futures=True)  # (none: never started, or a CPython without it)
+        while parts.manager is not None and parts.manager.is_alive():
             if getattr(pool, "_broken", False):
-                _kill(processes)
-            manager.join(0.02)
+                _kill(parts.processes)
+            else:
+                _break_if_one_died(parts)
+            parts.manager.join(0.02)
 
 
 def _kill(processes: dict | None) -> None:
     """Kill a process pool's processes (its ``_processes``, None once it has shut down)."""
     for process in list((processes or {}).values()):
         process.kill()
+
+
+_WATCH_SECONDS = 0.5  # how often a wait for a chunk looks at the scoring processes
+
+
+@dataclass(frozen=True)
+class _PoolParts:
+    """What a process pool is made of (CPython's names), taken while it runs: ``shutdown`` lets go of them."""
+
+    pool: ProcessPoolExecutor
+    processes: dict | None
+    results: Any  # the results pipe (a multiprocessing SimpleQueue)
+    manager: Any  # the thread that reads it
+
+    @classmethod
+    def of(cls, pool: Any) -> "_PoolParts":
+        return cls(pool, getattr(pool, "_processes", None), getattr(pool, "_result_queue", None),
+                   getattr(pool, "_executor_manager_thread", None))
+
+
+def _break_if_one_died(parts: _PoolParts) -> None:
+    """When one of the pool's processes has died without the pool seeing it (killed while it sent
+    a result, the pool's reader waits for the rest for ever), kill them all, then end that wait:
+    bytes written into the results pipe (this process holds its writing end) complete the
+    message, which does not unpickle, and the pool breaks as when a process dies, failing every
+    chunk with :class:`BrokenProcessPool`."""
+    processes = list((parts.processes or {}).values())
+    if getattr(parts.pool, "_broken", False) or not any(p.exitcode is not None for p in processes):
+        return
+    _kill(parts.processes)
+    wait([p.sentinel for p in processes], timeout=10)  # none of them writes any more
+    if parts.results is None or parts.manager is None:
+        return
+    fd, filler = parts.results._writer.fileno(), bytes(1 << 16)
+    os.set_blocking(fd, False)  # (the pipe's other writers are dead)
+    while not getattr(parts.pool, "_broken", False) and parts.manager.is_alive():
+        try:
+            os.write(fd, filler)
+        except BlockingIOError:
+            time.sleep(0.005)
+        except OSError:  # closed: the pool has shut down
+            return
