@@ -2,6 +2,10 @@
 
 import os
 import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -172,47 +176,19 @@ def test_a_stop_while_the_scoring_processes_stop_leaves_no_temporary_file(traine
     assert leftover_temporaries(tmp_path) == [] and not (tmp_path / "out.csv").exists()
 
 
-def test_a_process_killed_while_it_sends_a_result_does_not_hang_the_job(trained):
-    """A scoring process killed part-way through sending a result (the job slow to read them)
-    leaves the pool's reader waiting for the rest of it, so the pool never learns that it died:
-    the chunk the job waited for never ended, nor did the job. (The half-sent result is written
-    here by the test into the pool's results pipe: a long message's header and a few bytes.)"""
-    import struct
-    import threading
-    import time
-    from concurrent.futures.process import BrokenProcessPool
-
-    models, _ = trained
+@contextmanager
+def _idle_scoring_processes(models: Path) -> Iterator[tuple[chunks.ChunkScorer, list[int]]]:
+    """A scorer with two processes started and waiting for work, and their pids; on the way out
+    every one is killed (freeing a test run that hung) and none is left."""
     scorer = chunks.ChunkScorer(load_model(models), jobs=2)
-    pool = scorer._pool
-    processes: list[int] = []
+    pool, processes = scorer._pool, []
     try:
-        futures = [pool.submit(os.getpid) for _ in range(4)]  # the processes started, then idle
-        assert all(f.result(timeout=120) for f in futures)
+        assert all(f.result(timeout=120) for f in [pool.submit(os.getpid) for _ in range(4)])
         processes += list(pool._processes)
         assert len(processes) == 2
-        os.write(pool._result_queue._writer.fileno(), struct.pack("!i", 8 << 20) + bytes(100))
-        waiting = pool.submit(os.getpid)  # the pool's reader is stuck: it never reaches a process
-        os.kill(processes[0], signal.SIGKILL)
-        raised: list[BaseException] = []
-
-        def wait_for_it() -> None:
-            try:
-                scorer.result(waiting)
-            except BaseException as err:  # looked at below
-                raised.append(err)
-
-        waiter = threading.Thread(target=wait_for_it, daemon=True)
-        waiter.start()
-        waiter.join(timeout=60)
-        assert not waiter.is_alive(), "the job waited for ever for a chunk"
-        assert len(raised) == 1 and isinstance(raised[0], BrokenProcessPool), raised
-        done = threading.Thread(target=scorer.shutdown, daemon=True)
-        done.start()
-        done.join(timeout=60)
-        assert not done.is_alive(), "the pool's shutdown waited for ever"
+        yield scorer, processes
     finally:
-        for pid in processes:  # free the test run when it hung
+        for pid in processes:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -221,6 +197,43 @@ def test_a_process_killed_while_it_sends_a_result_does_not_hang_the_job(trained)
     while spawned_children(os.getpid()) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not spawned_children(os.getpid())
+
+
+def _ends(call: Callable[[], object], what: str) -> list[BaseException]:
+    """Run ``call`` on a thread; fail the test if it has not returned within 60 s (it would wait
+    for ever); what it raised."""
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as err:  # looked at by the caller
+            raised.append(err)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout=60)
+    assert not thread.is_alive(), f"{what} waited for ever"
+    return raised
+
+
+def test_a_process_killed_while_it_sends_a_result_does_not_hang_the_job(trained):
+    """A scoring process killed part-way through sending a result (the job slow to read them)
+    leaves the pool's reader waiting for the rest of it, so the pool never learns that it died:
+    the chunk the job waited for never ended, nor did the job. (The half-sent result is written
+    here by the test into the pool's results pipe: a long message's header and a few bytes.)"""
+    import struct
+    from concurrent.futures.process import BrokenProcessPool
+
+    models, _ = trained
+    with _idle_scoring_processes(models) as (scorer, processes):
+        pool = scorer._pool
+        os.write(pool._result_queue._writer.fileno(), struct.pack("!i", 8 << 20) + bytes(100))
+        waiting = pool.submit(os.getpid)  # the pool's reader is stuck: it never reaches a process
+        os.kill(processes[0], signal.SIGKILL)
+        raised = _ends(lambda: scorer.result(waiting), "the wait for a chunk")
+        assert len(raised) == 1 and isinstance(raised[0], BrokenProcessPool), raised
+        assert _ends(scorer.shutdown, "the pool's shutdown") == []
 
 
 def test_a_process_that_dies_while_no_chunk_is_outstanding_does_not_hang_the_job(trained):
@@ -228,39 +241,15 @@ def test_a_process_that_dies_while_no_chunk_is_outstanding_does_not_hang_the_job
     output): no chunk fails, and the other process, which the pool can only ask to stop, cannot
     read its stop message when the dead one held the task queue's lock (stood in for here by a
     stopped process). Shutting the pool down kills it instead of waiting for ever."""
-    import threading
-    import time
-
     models, _ = trained
-    scorer = chunks.ChunkScorer(load_model(models), jobs=2)
-    pool = scorer._pool
-    stuck: list[int] = []
-    try:
-        futures = [pool.submit(os.getpid) for _ in range(4)]  # the processes started, then idle
-        assert all(f.result(timeout=120) for f in futures)
-        processes = list(pool._processes)
-        assert len(processes) == 2
-        stuck.append(processes[1])
+    with _idle_scoring_processes(models) as (scorer, processes):
         os.kill(processes[1], signal.SIGSTOP)  # cannot act on a stop message, as when it waits on a dead one's lock
         os.kill(processes[0], signal.SIGKILL)
         deadline = time.monotonic() + 60
-        while not pool._broken and time.monotonic() < deadline:
+        while not scorer._pool._broken and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert pool._broken
-        done = threading.Thread(target=scorer.shutdown, daemon=True)
-        done.start()
-        done.join(timeout=60)
-        assert not done.is_alive(), "the pool waited for ever for a process it could not stop"
-    finally:
-        for pid in stuck:  # free the test run when it hung
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    deadline = time.monotonic() + 30
-    while spawned_children(os.getpid()) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not spawned_children(os.getpid())
+        assert scorer._pool._broken
+        assert _ends(scorer.shutdown, "the pool's shutdown") == []
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the scoring processes in /proc")
