@@ -340,6 +340,26 @@ def test_an_input_written_to_during_the_job_fails_it_and_writes_nothing(client, 
     assert score_files_dask([str(path)], tmp_path / "out", models, client=client).rows_scored == 300
 
 
+def test_a_parquet_input_cut_short_during_the_job_is_said_to_have_changed(client, trained, kb, tmp_path, monkeypatch):
+    """A Parquet file rewritten in place once the job has planned it: the worker that opens it
+    finds no footer, and the job says the file changed, as for a CSV, not that it is damaged."""
+    import pipeline.serve.dask as engine
+
+    models, _ = trained
+    path = tmp_path / "cases.parquet"
+    _text_cases(kb, 300, 13, ids="p").to_parquet(path, index=False)
+    plan = engine.plan_blocks
+
+    def then_cut(*args, **kwargs):  # another program rewrites the file as the workers start
+        yield from plan(*args, **kwargs)
+        os.truncate(path, path.stat().st_size // 2)
+
+    monkeypatch.setattr(engine, "plan_blocks", then_cut)
+    with pytest.raises(BatchInputError, match="cases.parquet: the file changed while it was read"):
+        score_files_dask([str(path)], tmp_path / "out", models, client=client)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cases.parquet"]
+
+
 def test_a_file_unreadable_past_its_header_is_named_as_the_pandas_engine_names_it(client, trained, tmp_path,
                                                                                     monkeypatch):
     """The workers read a file by its absolute path; the error still names it as it was given."""

@@ -483,17 +483,24 @@ def score_files_dask(inputs: Sequence[str | Path] | str | Path, output_dir: str 
         for i, path in enumerate(paths):
             yield from ((i, block) for block in plan_blocks(path, chunk_rows=int(chunk_rows), block_bytes=block_bytes))
 
-    try:
-        units, ordered = _score_units(submit, planned())
-        repeated = _cross_block_duplicates(ordered)
-        if repeated:  # their first attempts' parts are replaced: removed before the second pass writes
-            _discard(tmp, [ordered[u] for u in repeated])
-            again = submit([units[u] for u in sorted(repeated)], {n: repeated[u] for n, u in enumerate(sorted(repeated))},
-                           "pass2")[1]
-            ordered = _in_order(units, ordered + again)[1]
-        for label, path, before in zip(labels, paths, states):  # (one removed since was read whole, as it was)
+    def unchanged() -> None:  # every input as the job found it (one removed since was read whole, as it was)
+        for label, path, before in zip(labels, paths, states):
             if path.exists() and (now := file_state(path)) != before:
                 raise changed_while_read(label, before, now)
+
+    try:
+        try:
+            units, ordered = _score_units(submit, planned())
+            repeated = _cross_block_duplicates(ordered)
+            if repeated:  # their first attempts' parts are replaced: removed before the second pass writes
+                _discard(tmp, [ordered[u] for u in repeated])
+                again = submit([units[u] for u in sorted(repeated)],
+                               {n: repeated[u] for n, u in enumerate(sorted(repeated))}, "pass2")[1]
+                ordered = _in_order(units, ordered + again)[1]
+        except BatchInputError:
+            unchanged()  # a file rewritten meanwhile fails the task that opens it: said as the change it is
+            raise
+        unchanged()
         _publish(tmp, ordered, target, rschema)
         remove_temp_folder(tmp)  # with what other attempts left there
     except DaskJobError as err:
