@@ -393,14 +393,14 @@ class ChunkScorer:
     def result(self, future: Future) -> Done:
         """A chunk's result. With processes, the wait also watches them: a process killed while it
         sent a result leaves the pool's reader waiting for the rest of it, so the pool never learns
-        that the process died, and the chunk never ends (:func:`_break`)."""
+        that the process died, and the chunk never ends (:func:`_unstick`)."""
         if self._handover is None:
             return future.result()
         while True:
             try:
                 return future.result(timeout=_WATCH_SECONDS)
             except FutureTimeout:
-                _break_if_one_died(_PoolParts.of(self._pool))
+                _unstick(_PoolParts.of(self._pool))
 
     def _kill_if_broken(self, future: Future) -> None:
         """When a scoring process has died (out of memory, killed), the pool fails every chunk with
@@ -408,9 +408,8 @@ class ChunkScorer:
         (:func:`_start_worker`), and waits for them: for ever, where one is sending a result
         nobody reads. They are killed instead. (Run by the pool's own thread as it fails the chunk,
         before it waits; ``_processes`` is CPython's record of the pool's processes.)"""
-        if future.cancelled() or not isinstance(future.exception(), BrokenProcessPool):
-            return
-        _kill(getattr(self._pool, "_processes", None))
+        if not future.cancelled() and isinstance(future.exception(), BrokenProcessPool):
+            _unstick(_PoolParts.of(self._pool))
 
     def shutdown(self) -> None:
         try:
@@ -432,10 +431,7 @@ class ChunkScorer:
         pool, parts = self._pool, _PoolParts.of(self._pool)
         pool.shutdown(wait=parts.manager is None, cancel_futures=True)  # (none: never started, or a CPython without it)
         while parts.manager is not None and parts.manager.is_alive():
-            if getattr(pool, "_broken", False):
-                _kill(parts.processes)
-            else:
-                _break_if_one_died(parts)
+            _unstick(parts)
             parts.manager.join(0.02)
 
 
@@ -463,16 +459,21 @@ class _PoolParts:
                    getattr(pool, "_executor_manager_thread", None))
 
 
-def _break_if_one_died(parts: _PoolParts) -> None:
-    """When one of the pool's processes has died without the pool seeing it (killed while it sent
-    a result, the pool's reader waits for the rest for ever), kill them all, then end that wait:
-    bytes written into the results pipe (this process holds its writing end) complete the
-    message, which does not unpickle, and the pool breaks as when a process dies, failing every
-    chunk with :class:`BrokenProcessPool`."""
+def _unstick(parts: _PoolParts) -> None:
+    """Once the pool is broken, or one of its processes has died, kill them all: the pool's own
+    SIGTERM is ignored (:func:`_start_worker`), and it would wait for ever for a process stuck
+    sending a result nobody reads, or waiting on a lock a dead one held. When one died without
+    the pool seeing it (killed while it sent a result, the pool's reader waits for the rest for
+    ever), end that wait too: bytes written into the results pipe (this process holds its
+    writing end) complete the message, which does not unpickle, and the pool breaks as when a
+    process dies, failing every chunk with :class:`BrokenProcessPool`."""
     processes = list((parts.processes or {}).values())
-    if getattr(parts.pool, "_broken", False) or not any(p.exitcode is not None for p in processes):
+    broken = getattr(parts.pool, "_broken", False)
+    if not broken and not any(p.exitcode is not None for p in processes):
         return
     _kill(parts.processes)
+    if broken:  # the pool has seen it: it fails the chunks itself
+        return
     wait([p.sentinel for p in processes], timeout=10)  # none of them writes any more
     if parts.results is None or parts.manager is None:
         return
