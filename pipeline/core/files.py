@@ -70,9 +70,10 @@ def changed_while_read(where: str, before: tuple[int, ...], now: tuple[int, ...]
                            "of date: score it again once nothing writes to it")
 
 
-def refuse_changed(file: int, opened: tuple[int, ...], where: str, expected: int | None = None) -> None:
-    """Raise :func:`changed_while_read` if the file open as descriptor ``file`` is not as it was when
-    ``opened`` (:func:`file_state`), or holds fewer than ``expected`` bytes."""
+def refuse_changed(file: int | str | Path, opened: tuple[int, ...], where: str, expected: int | None = None) -> None:
+    """Raise :func:`changed_while_read` if ``file`` (the descriptor of the file as it was opened, or
+    its path) is not as it was when ``opened`` (:func:`file_state`), or holds fewer than
+    ``expected`` bytes."""
     if (now := file_state(file)) != opened or expected is not None and now[0] < expected:
         raise changed_while_read(where, opened, now, expected)
 

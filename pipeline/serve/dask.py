@@ -59,12 +59,12 @@ from pipeline.core.cluster import (
 from pipeline.core.errors import BatchInputError, ModelIntegrityError
 from pipeline.core.files import (
     arrow_file,
-    changed_while_read,
     file_label,
     file_state,
     is_case_file,
     is_parquet,
     numbered,
+    refuse_changed,
     tmp_path,
 )
 from pipeline.core.parsing import ignored_columns_message
@@ -485,8 +485,8 @@ def score_files_dask(inputs: Sequence[str | Path] | str | Path, output_dir: str 
 
     def unchanged() -> None:  # every input as the job found it (one removed since was read whole, as it was)
         for label, path, before in zip(labels, paths, states):
-            if path.exists() and (now := file_state(path)) != before:
-                raise changed_while_read(label, before, now)
+            if path.exists():
+                refuse_changed(path, before, label)
 
     try:
         try:
