@@ -333,7 +333,8 @@ def _score_parser(sub: argparse._SubParsersAction) -> None:
                                    "error (no file written; with -o - standard output may hold the rows scored before "
                                    "it).")
     p.add_argument("inputs", nargs="+", help="CSV or Parquet files (by extension; with --engine dask also globs); "
-                                             "- reads CSV from standard input")
+                                             "- reads CSV from standard input, and a pipe such as <(zcat in.csv.gz) "
+                                             "is read as CSV (or Parquet, named .parquet)")
     p.add_argument("-o", "--output", required=True,
                    help="output .csv or .parquet; - writes CSV to standard output (messages go to standard error); "
                         "with --engine dask a new folder of part files")
@@ -497,7 +498,7 @@ def _most_processes() -> int:
 
 
 def _score(args: argparse.Namespace) -> int:
-    from pipeline.core.files import is_case_file, is_parquet
+    from pipeline.core.files import is_case_file, is_parquet, is_pipe
     from pipeline.core.schema import top_k_problem
     from pipeline.serve.shaping import FLOAT_DIGITS, MAX_FLOAT_DIGITS, float_digits_allowed
 
@@ -535,8 +536,9 @@ def _score(args: argparse.Namespace) -> int:
                          f"({1 / (1 << 20):.2g}).")
     if args.report and Path(args.report).suffix.lower() not in (".html", ".htm"):
         raise UsageError(f"--report {args.report}: the batch report is an .html file.")
-    if (args.adapt_priors or args.report) and "-" in (args.output, *args.inputs):
-        raise UsageError("--adapt-priors and --report read the files twice: give files, not - (standard input or output).")
+    if (args.adapt_priors or args.report) and ("-" in (args.output, *args.inputs) or any(map(is_pipe, args.inputs))):
+        raise UsageError("--adapt-priors and --report read the files twice: give files, not - (standard input or "
+                         "output) or a pipe (<(...)).")
     if args.report and (args.columns is not None or args.keep_input_columns):
         raise UsageError("--report summarises the full output: leave out --columns and --keep-input-columns.")
     if args.report and args.float_digits is not None and args.float_digits < FLOAT_DIGITS:

@@ -180,7 +180,8 @@ def test_globs_are_expanded_in_sorted_order(client, trained, inputs, reference, 
     with pytest.raises(BatchInputError, match=r"is a folder; give the CSV or Parquet files in it \(with --engine dask, a glob"):
         score_files_dask([str(folder)], tmp_path / "none", models, client=client)
     os.mkfifo(tmp_path / "pipe.csv")
-    with pytest.raises(BatchInputError, match=r"pipe.csv: is a pipe or device, not a file; .* save its rows to a file"):
+    with pytest.raises(BatchInputError, match=r"pipe.csv: is a pipe, not a file, .* save its rows to a file, or score "
+                                              r"it with `kneepain score` and its pandas engine"):
         score_files_dask([str(tmp_path / "pipe.csv")], tmp_path / "none", models, client=client)
     # overlapping globs name a file twice: refused, as by the pandas engine
     with pytest.raises(BatchInputError, match=r"a.parquet: is given twice as an input, and its rows would be scored twice"):

@@ -1292,7 +1292,7 @@ def test_a_job_stopped_while_it_copies_standard_input_removes_the_copy(trained, 
     proc.stdin.write("\n".join([HEADER, *GOOD]) + "\n")
     proc.stdin.flush()  # and left open: the job is still copying standard input
     deadline = time.monotonic() + 60
-    while not list(tmp_path.glob("kneepain-stdin-*/*")):
+    while not list(tmp_path.glob("kneepain-inputs-*/*")):
         assert proc.poll() is None and time.monotonic() < deadline, "the job ended before it could be stopped"
         time.sleep(0.005)  # signalled at once: a signal that reaches another thread must still stop the copy
     proc.send_signal(signum)
@@ -1305,7 +1305,7 @@ def test_a_job_stopped_while_it_copies_standard_input_removes_the_copy(trained, 
         proc.stdin.close()
     assert proc.returncode == 2
     assert f"stopped by {signal.Signals(signum).name} (no output was written)" in err and "Traceback" not in err, err
-    assert list(tmp_path.glob("kneepain-stdin-*")) == [] and not (tmp_path / "out.csv").exists()
+    assert list(tmp_path.glob("kneepain-inputs-*")) == [] and not (tmp_path / "out.csv").exists()
 
 
 @pytest.mark.slow

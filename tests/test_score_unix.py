@@ -558,18 +558,108 @@ def test_standard_output_is_written_whole_or_the_job_fails(trained, cases_csv, t
     assert rows["row"].tolist() == [str(i) for i in range(len(cases))]
 
 
+def _fed_pipe(pipe: Path, source: Path) -> subprocess.Popen:
+    """A named pipe fed ``source``'s bytes by another process (ended by :func:`_ended`)."""
+    os.mkfifo(pipe)
+    return subprocess.Popen(["sh", "-c", 'cat "$1" > "$2"', "sh", str(source), str(pipe)])
+
+
+def _ended(feeder: subprocess.Popen) -> int | None:
+    """Stop a pipe's feeder that is still waiting for a reader; its exit code if it finished."""
+    try:
+        return feeder.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        feeder.kill()
+        feeder.wait()
+        return None
+
+
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")
-def test_a_named_pipe_given_as_a_file_says_to_use_standard_input(trained, tmp_path, capsys):
-    """``kneepain score <(...)`` or a named pipe: the input is read more than once, so it is refused
-    (before it is opened: nothing waits for a writer) with the way to pass it."""
+def test_a_named_pipe_is_copied_and_scored_as_its_file_is(trained, cases_csv, tmp_path):
+    """A named pipe (what ``<(...)`` gives too) is read to its end into a temporary copy, then
+    scored as the file it came from, and named as given in the rejects; a ``.parquet`` one is
+    read as Parquet. ``predict()`` and the Dask engine read a file by name more than once, so
+    they refuse a pipe, and say what to do."""
     models, _ = trained
-    os.mkfifo(tmp_path / "cases.csv")
-    assert main(["score", str(tmp_path / "cases.csv"), "-o", str(tmp_path / "out.csv"), "--model", str(models)]) == 2
-    err = capsys.readouterr().err
-    assert "cases.csv: is a pipe or device, not a file" in err and "kneepain score - -o OUT" in err
-    with pytest.raises(BatchInputError, match="is a pipe or device"):
-        predict(tmp_path / "cases.csv", model=models)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["cases.csv"]
+    path, _ = cases_csv
+    bad = tmp_path / "bad.csv"
+    bad.write_text(path.read_text() + "zz1,north,40,male\n")  # one row to reject (too few fields)
+    expected = tmp_path / "expected.csv"
+    assert main(["score", str(bad), "-o", str(expected), "--model", str(models), "--quiet"]) == 1
+    feeder = _fed_pipe(tmp_path / "cases.csv", bad)
+    assert main(["score", str(tmp_path / "cases.csv"), "-o", str(tmp_path / "out.csv"), "--model", str(models),
+                 "--quiet"]) == 1
+    assert _ended(feeder) == 0
+    assert (tmp_path / "out.csv").read_bytes() == expected.read_bytes()
+    # the rejects name the pipe, in their file column and their reasons
+    assert _read(tmp_path / "out.csv.rejects.csv")["reject_file"].tolist() == [str(tmp_path / "cases.csv")]
+    assert (tmp_path / "out.csv.rejects.csv").read_text() == \
+        (tmp_path / "expected.csv.rejects.csv").read_text().replace(str(bad), str(tmp_path / "cases.csv"))
+    parquet = tmp_path / "cases.parquet"
+    pd.read_csv(path, dtype=str, keep_default_na=False).to_parquet(parquet)
+    feeder = _fed_pipe(tmp_path / "piped.parquet", parquet)
+    assert main(["score", str(tmp_path / "piped.parquet"), "-o", str(tmp_path / "p.csv"), "--model", str(models),
+                 "--quiet"]) == 0
+    assert _ended(feeder) == 0
+    assert len(_read(tmp_path / "p.csv")) == len(_read(path))
+    with pytest.raises(BatchInputError, match=r"cases.csv: is a pipe, not a file, .* save its rows to a file, or "
+                                              r"score it with `kneepain score` and its pandas engine"):
+        predict(tmp_path / "cases.csv", model=models)  # refused before it is opened: nothing waits for a writer
+    assert sorted(p.name for p in tmp_path.iterdir() if "kneepain" in p.name) == []
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")
+def test_a_pipe_read_twice_or_of_another_type_is_refused_before_it_is_read(trained, cases_csv, tmp_path, capsys):
+    """A pipe gives its rows once: given twice, or as ``-`` and by name (``/dev/stdin``), the
+    second read would find none, so the job is refused before it reads anything; a pipe named
+    ``.xlsx`` is not read; ``--report`` and ``--adapt-priors`` read their inputs twice."""
+    models, _ = trained
+    path, _ = cases_csv
+    feeder = _fed_pipe(tmp_path / "cases.csv", path)
+    out = ["-o", str(tmp_path / "out.csv"), "--model", str(models)]
+    assert main(["score", str(tmp_path / "cases.csv"), str(tmp_path / "cases.csv"), *out]) == 2
+    assert ("cases.csv: is given twice as an input, and a pipe gives its rows once, so the second read would find "
+            "none" in capsys.readouterr().err)
+    with open(tmp_path / "cases.csv", "rb") as fh:  # standard input is that pipe
+        with pytest.raises(BatchInputError, match=re.escape(f"-: standard input is the pipe {tmp_path / 'cases.csv'}, "
+                                                            "which gives its rows once")):
+            score_files(["-", tmp_path / "cases.csv"], tmp_path / "out.csv", load_model(models), stdin=fh)
+        assert fh.read() == path.read_bytes()  # nothing was taken from the pipe
+    assert _ended(feeder) == 0
+    os.mkfifo(tmp_path / "cases.xlsx")
+    assert main(["score", str(tmp_path / "cases.xlsx"), *out]) == 2
+    assert "cases.xlsx: a pipe of unsupported file type '.xlsx'" in capsys.readouterr().err
+    assert main(["score", str(tmp_path / "cases.csv"), *out, "--report", str(tmp_path / "r.html")]) == 2
+    assert "give files, not - (standard input or output) or a pipe" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cases.csv", "cases.xlsx"]
+
+
+@pytest.mark.slow
+def test_process_substitution_scores_several_pipes_into_one_output(trained, cases_csv, tmp_path):
+    """``kneepain score <(zcat a.csv.gz) <(zcat b.csv.gz) -o out.csv``: what one standard input
+    cannot carry. Each pipe is named by its ``/dev/fd`` path in the ``file`` column; Parquet bytes
+    through ``<(...)`` (no ``.parquet`` name) are told apart from CSV and the way out is said."""
+    models, _ = trained
+    path, _ = cases_csv
+    kneepain = Path(sys.executable).with_name("kneepain")
+    lines = path.read_text().splitlines(keepends=True)
+    (tmp_path / "a.csv").write_text("".join(lines[:101]))
+    (tmp_path / "b.csv").write_text("".join([lines[0], *lines[101:]]))
+    job = subprocess.run(["bash", "-c", f'"{kneepain}" score <(cat a.csv) <(cat b.csv) -o out.csv --model "{models}"'
+                                        " --columns file,case_id,triage --quiet"],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert job.returncode == 0, job.stderr
+    scored = _read(tmp_path / "out.csv")
+    assert scored["case_id"].tolist() == _read(path)["case_id"].tolist()
+    assert [n for n in scored["file"].unique()] == scored["file"].unique().tolist() and scored["file"].nunique() == 2
+    assert all(name.startswith("/dev/fd/") for name in scored["file"].unique())
+    pd.read_csv(path, dtype=str, keep_default_na=False).to_parquet(tmp_path / "c.parquet")
+    job = subprocess.run(["bash", "-c", f'"{kneepain}" score <(cat c.parquet) -o out2.csv --model "{models}"'],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert job.returncode == 2
+    assert "is a Parquet file, not CSV text (by its first bytes); give the file itself (a pipe is read as CSV" \
+        in job.stderr, job.stderr
+    assert not (tmp_path / "out2.csv").exists()
 
 
 def test_parquet_texts_are_dictionary_encoded_and_whole(trained, cases_csv, tmp_path):

@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 
 from pipeline.core.csvrecords import MAX_RECORD_BYTES, BlockMismatchError, CaseChunk, csv_chunks
 from pipeline.core.errors import BatchInputError, CaseValidationError
-from pipeline.core.files import FILE_TYPES_TEXT, arrow_file, file_state, is_case_file, is_parquet, refuse_changed
+from pipeline.core.files import FILE_TYPES_TEXT, arrow_file, file_state, is_case_file, is_parquet, is_pipe, refuse_changed
 from pipeline.core.formulas import unguarded_names
 from pipeline.core.parsing import ParsedCases, parse_cases, required_columns_error, utf8_or_bytes
 from pipeline.core.schema import (
@@ -294,10 +294,13 @@ def check_is_file(path: Path) -> None:
         raise BatchInputError(f"{path}: is a folder; give the CSV or Parquet files in it (with --engine dask, a glob "
                               "such as 'folder/*.csv').")
     if not path.is_file():
-        if path.exists():  # a named pipe, <(...) or a device: read more than once, a file must be a file
-            raise BatchInputError(f"{path}: is a pipe or device, not a file; kneepain reads an input file more than "
-                                  "once, so save its rows to a file, or give them on standard input to the pandas "
-                                  "engine (... | kneepain score - -o OUT).")
+        if is_pipe(path):  # a named pipe or <(...): read more than once here, it would give its rows once
+            raise BatchInputError(f"{path}: is a pipe, not a file, and this reads an input file more than once (by "
+                                  "name); save its rows to a file, or score it with `kneepain score` and its pandas "
+                                  "engine (the default), which copies a pipe to a temporary file first.")
+        if path.exists():  # a device: /dev/zero would never end
+            raise BatchInputError(f"{path}: is a device, not a file; save its rows to a file, or give them on standard "
+                                  "input (... | kneepain score - -o OUT).")
         raise url_problem(path) or BatchInputError(f"{path}: no such file.")
 
 

@@ -26,7 +26,7 @@ from typing import Any
 from pipeline.core.errors import BatchInputError
 
 __all__ = ["CASE_FILE_TYPES", "FILE_TYPES_TEXT", "arrow_file", "changed_while_read", "file_label", "file_state",
-           "in_temporary_folder", "is_case_file", "is_parquet", "load_yaml", "numbered", "process_alive",
+           "in_temporary_folder", "is_case_file", "is_parquet", "is_pipe", "load_yaml", "numbered", "process_alive",
            "reclaim_stale_temps", "refuse_changed", "regular_stat", "replace_keeping_mode", "sha256_file",
            "standard_stream_closed", "stdout_bytes", "tmp_path", "write_bytes_atomic", "write_json_atomic", "write_parts_atomic",
            "write_report_json", "write_text_atomic"]
@@ -105,6 +105,15 @@ def is_parquet(path: str | Path) -> bool:
 def is_case_file(path: str | Path) -> bool:
     """Whether ``path``'s name ends in one of :data:`CASE_FILE_TYPES`, in any case."""
     return Path(path).suffix.lower() in CASE_FILE_TYPES
+
+
+def is_pipe(path: str | Path) -> bool:
+    """Whether ``path`` leads to a pipe: a named pipe, ``<(...)``'s ``/dev/fd/N``, or
+    ``/dev/stdin`` when standard input is one (a pipe gives its bytes once)."""
+    try:
+        return stat.S_ISFIFO(os.stat(path).st_mode)
+    except (OSError, ValueError):  # missing, or a name no file can have
+        return False
 
 
 @contextmanager

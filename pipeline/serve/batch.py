@@ -41,6 +41,7 @@ from pipeline.core.files import (
     in_temporary_folder,
     is_case_file,
     is_parquet,
+    is_pipe,
     reclaim_stale_temps,
     regular_stat,
     replace_keeping_mode,
@@ -143,14 +144,14 @@ def score_files(inputs: list[str | Path], output: str | Path, model: LoadedModel
     outputs = written_targets([("output", output), ("rejects file", rejects_file(output, rejects)),
                                 ("texts lookup", texts_lookup(output))])
     output, rejects_path, lookup = (path for _, path in outputs)
-    with _stdin_spooled(inputs, stdin, outputs) as paths:
+    with _spooled_inputs(inputs, stdin, outputs) as (paths, labels):
         refuse_same_file(paths, outputs)
         columns = complete_columns(paths)  # every input readable and complete before anything is written
         # the rejects file is locked too: two jobs may share it (--rejects) while their outputs differ
         with output_lock(output), output_lock(rejects_path, "rejects file"), stop_on_signals():
             for target in (output, rejects_path, lookup):
                 reclaim_stale_temps(target, spare=paths)
-            summary = _score_locked(paths, columns, output, rejects_path, model, chunk_rows=chunk_rows,
+            summary = _score_locked(paths, labels, columns, output, rejects_path, model, chunk_rows=chunk_rows,
                                     progress=progress, warn=warn, options=options, jobs=jobs, lookup=lookup,
                                     stale=stale)
     return summary
@@ -171,13 +172,9 @@ STREAM_TEXTS = "score.texts.csv"  # with an output -, the codes' lookup, beside 
 STDIN_LABEL = "<stdin>"  # standard input's name in rejects and messages
 _STDIN_PARQUET_FIX = "save it to a file with a .parquet name and give that file (standard input is read as CSV only)"
 _SPOOLED = "kneepain-stdin.csv"
-_SPOOL_PREFIX = "kneepain-stdin-"
-_SPOOL_WHAT = "the copy of standard input"
-
-
-def _is_spooled(path: Path) -> bool:
-    """Whether ``path`` is :func:`_stdin_spooled`'s copy of standard input (not a file of that name)."""
-    return path.name == _SPOOLED and path.parent.name.startswith(_SPOOL_PREFIX)
+_SPOOL_PREFIX = "kneepain-inputs-"
+_PIPE_PARQUET_FIX = ("give the file itself (a pipe is read as CSV unless its name ends in .parquet, and "
+                     "<(...)'s never does)")
 
 
 def _text_lookup_bytes(model: LoadedModel) -> bytes:
@@ -252,14 +249,14 @@ def _score_to_stream(inputs: list[str | Path], stream: BinaryIO, model: LoadedMo
                          stdin=(stdin or _standard("input")) if reads_stdin else None)
     outputs = written_targets(outputs)
     rejects, texts_path = outputs[0][1], (outputs[1][1] if len(outputs) > 1 else None)
-    with _stdin_spooled(inputs, stdin, outputs) as paths:
+    with _spooled_inputs(inputs, stdin, outputs) as (paths, labels):
         refuse_same_file(paths, outputs)
         columns = complete_columns(paths)
         with _stream_lock(rejects), stop_on_signals():
             for target in (rejects, texts_path):
                 if target is not None:
                     reclaim_stale_temps(target, spare=paths)
-            summary = _score_locked(paths, columns, None, rejects, model, chunk_rows=chunk_rows, progress=progress,
+            summary = _score_locked(paths, labels, columns, None, rejects, model, chunk_rows=chunk_rows, progress=progress,
                                     warn=warn, options=options, jobs=jobs, stream=stream, lookup=texts_path)
     return summary
 
@@ -276,8 +273,10 @@ def _stream_lock(rejects: Path) -> Iterator[None]:
         yield
 
 
-def _copy_stream(source: BinaryIO, target: BinaryIO, *, wait: float = 0.2) -> None:
-    """Copy ``source`` to ``target``, waiting for data at most ``wait`` seconds at a time.
+def _copy_stream(source: BinaryIO, target: BinaryIO, name: str = "-", what: str = "standard input", *,
+                 wait: float = 0.2) -> None:
+    """Copy ``source`` (``name``: ``what``, in a message) to ``target``, waiting for data at most
+    ``wait`` seconds at a time.
 
     A stop signal that reaches another thread of the process (one of pyarrow's, say) does not
     interrupt the main thread's blocking read, and Python runs its handler only once that read
@@ -293,8 +292,8 @@ def _copy_stream(source: BinaryIO, target: BinaryIO, *, wait: float = 0.2) -> No
             if not select.select([fd], [], [], wait)[0]:
                 continue
             block = os.read(fd, 1 << 20)
-        except OSError as err:  # standard input's own failure, not the copy's (a full temporary folder)
-            raise BatchInputError(f"-: cannot read standard input: {err.strerror or err}.") from err
+        except OSError as err:  # the input's own failure, not the copy's (a full temporary folder)
+            raise BatchInputError(f"{name}: cannot read {what}: {err.strerror or err}.") from err
         if not block:
             return
         target.write(block)
@@ -311,34 +310,69 @@ def _standard(which: str) -> BinaryIO:
 
 
 @contextmanager
-def _stdin_spooled(inputs: list[str | Path], stdin: BinaryIO | None,
-                   outputs: list[tuple[str, Path]]) -> Iterator[list[Path]]:
-    """The input paths, ``-`` replaced by a temporary copy of standard input (removed afterwards);
-    standard input redirected from one of ``outputs`` is refused before it is read."""
+def _spooled_inputs(inputs: list[str | Path], stdin: BinaryIO | None,
+                    outputs: list[tuple[str, Path]]) -> Iterator[tuple[list[Path], list[str]]]:
+    """The inputs as files to read, and their names in messages and rows (as given; standard input
+    is :data:`STDIN_LABEL`). ``-`` is replaced by a temporary copy of standard input, and a pipe
+    (``<(zcat cases.csv.gz)``, a named pipe) by a copy of what it gives, each read to its end
+    before any row is scored (the reader reads a file more than once) and removed afterwards. A
+    pipe is CSV unless its name ends in ``.parquet``; standard input is CSV. Standard input
+    redirected from one of ``outputs`` is refused before it is read, and so is an input given
+    twice (a pipe gives its rows once)."""
     if sum(str(p) == "-" for p in inputs) > 1:
         raise BatchInputError("-: standard input can be read once; give '-' at most once.")
-    files = [Path(p) for p in inputs if str(p) != "-"]
-    if len(files) == len(inputs):
+    labels = [STDIN_LABEL if str(p) == "-" else file_label(p) for p in inputs]
+    copied = [str(p) == "-" or is_pipe(p) for p in inputs]
+    files = [Path(p) for p, copy in zip(inputs, copied) if not copy]
+    if not any(copied):
         refuse_repeated_inputs(files)
-        yield files
+        yield files, labels
         return
-    source = stdin or _standard("input")
-    refuse_stdin_source(source, outputs)
-    refuse_repeated_inputs(files, source)  # before standard input is copied
-    with in_temporary_folder(_SPOOL_WHAT):
+    source = None
+    if any(str(p) == "-" for p in inputs):
+        source = stdin or _standard("input")
+        refuse_stdin_source(source, outputs)
+    # before anything is copied
+    refuse_repeated_inputs([Path(p) for p in inputs if str(p) != "-"], source)
+    for p, copy in zip(inputs, copied):
+        if copy and str(p) != "-" and Path(p).suffix and not is_case_file(p):
+            raise BatchInputError(f"{p}: a pipe of unsupported file type {Path(p).suffix.lower()!r}; expected "
+                                  f"{FILE_TYPES_TEXT}, or no suffix (read as CSV, as <(...) is).")
+    what = ("the copy of standard input" if all(str(p) == "-" for p, copy in zip(inputs, copied) if copy)
+            else "the copies of the inputs read from pipes")
+    with in_temporary_folder(what):
         spool = tempfile.TemporaryDirectory(prefix=_SPOOL_PREFIX)
     with spool as folder:
-        spooled = Path(folder) / _SPOOLED
-        # the handlers first: a signal that comes once the copy exists (what a caller may wait for) removes it
-        with in_temporary_folder(_SPOOL_WHAT), stop_at_once_on_signals(), open(spooled, "wb") as fh:
-            _copy_stream(source, fh)
+        paths = [Path(folder) / (_SPOOLED if str(p) == "-" else f"pipe-{i}{'.parquet' if is_parquet(p) else '.csv'}")
+                 if copy else Path(p) for i, (p, copy) in enumerate(zip(inputs, copied))]
+        # the handlers first: a signal that comes once a copy exists (what a caller may wait for) removes it
+        with in_temporary_folder(what), stop_at_once_on_signals():
+            for p, path, label, copy in zip(inputs, paths, labels, copied):
+                if copy:
+                    _copy_input(p, path, label, source)
         try:
-            yield [spooled if str(p) == "-" else Path(p) for p in inputs]
-        except BatchInputError as err:  # standard input is named as the user gave it, not by its copy
-            if str(spooled) not in str(err):
-                raise
-            raise BatchInputError(str(err.naming(str(spooled), STDIN_LABEL)).replace(PARQUET_FIX, _STDIN_PARQUET_FIX)
-                                  ) from err
+            yield paths, labels
+        except BatchInputError as err:  # an input is named as the user gave it, not by its copy
+            for p, path, label, copy in zip(inputs, paths, labels, copied):
+                if copy and str(path) in str(err):
+                    fix = _STDIN_PARQUET_FIX if str(p) == "-" else _PIPE_PARQUET_FIX
+                    raise BatchInputError(str(err.naming(str(path), label)).replace(PARQUET_FIX, fix)) from err
+            raise
+
+
+def _copy_input(given: str | Path, target: Path, label: str, stdin: BinaryIO | None) -> None:
+    """Copy standard input (``given`` is ``-``: from ``stdin``) or the pipe ``given`` to ``target``."""
+    with open(target, "wb") as fh:
+        if str(given) == "-":
+            assert stdin is not None
+            _copy_stream(stdin, fh)
+            return
+        try:  # waits for a writer, as `cat` does; a stop signal ends the wait
+            pipe = open(given, "rb", buffering=0)  # closed by the with below, after the copy
+        except OSError as err:
+            raise BatchInputError(f"{label}: cannot read: {err.strerror or err}.") from err
+        with pipe:
+            _copy_stream(pipe, fh, label, "the pipe")
 
 
 def _as_codes(model: LoadedModel, options: OutputOptions) -> bool:
@@ -372,14 +406,14 @@ def _shaper(options: OutputOptions, csv: bool) -> Callable[[pa.Table], pa.Table]
     return functools.partial(round_floats, digits=options.float_digits)  # a partial pickles, for the processes
 
 
-def _score_locked(paths: list[Path], columns: list[list[str]], output: Path | None, rejects_path: Path,
+def _score_locked(paths: list[Path], labels: list[str], columns: list[list[str]], output: Path | None, rejects_path: Path,
                   model: LoadedModel, *, chunk_rows: int, progress: bool, warn: Callable[[str], None] | None,
                   options: OutputOptions, jobs: int, stream: BinaryIO | None = None,
                   lookup: Path | None = None, stale: Sequence[Path] = ()) -> ScoreSummary:
-    """Score ``paths`` into ``output`` (or ``stream``) and ``rejects_path``, with the texts ``lookup``
-    written beside them when the output holds codes (else an earlier run's removed): all three
-    are renamed into place together at the end, the output last, or none is."""
-    labels = [STDIN_LABEL if _is_spooled(p) else file_label(p) for p in paths]  # a file's name in messages and rows
+    """Score ``paths`` (named ``labels`` in messages and rows) into ``output`` (or ``stream``) and
+    ``rejects_path``, with the texts ``lookup`` written beside them when the output holds codes
+    (else an earlier run's removed): all three are renamed into place together at the end, the
+    output last, or none is."""
     summary, start = ScoreSummary(files=labels), time.perf_counter()
     has_ids = any(ID_COLUMN in {normalise_header(c) for c in cols} for cols in columns)
     full = output_schema(ID_COLUMN if has_ids else "row", len(paths) > 1, model.decision is not None,

@@ -86,35 +86,54 @@ def refuse_repeated_inputs(inputs: Sequence[Path], stdin: BinaryIO | None = None
     """Raise :class:`BatchInputError` if two of the inputs are one file, by any path (``a.csv``
     and ``./a.csv``, overlapping globs, a link), or if standard input (``stdin``, where ``-`` is an
     input) is redirected from one of them: its rows would be scored twice, and without a
-    ``case_id`` under the same file name and row numbers. Each input is looked at once."""
+    ``case_id`` under the same file name and row numbers. A pipe (a named pipe, ``/dev/stdin``)
+    given twice, or also read as ``-``, is refused too: it gives its rows once, so the second
+    read would find none. Each input is looked at once."""
     seen: dict[tuple[int, int], Path] = {}
     for path in inputs:
         try:
             found = os.stat(path)
         except OSError:  # a missing input is said to be missing, later
             continue
-        if not stat.S_ISREG(found.st_mode):  # a folder or a pipe is named as what it is, later
+        if not _read_once_or_more(found):  # a folder or a device is named as what it is, later
             continue
         first = seen.setdefault((found.st_dev, found.st_ino), path)
         if first is not path:
             again = "is given twice as an input" if str(first) == str(path) else f"is the input {first} again"
-            raise BatchInputError(f"{path}: {again}, and its rows would be scored twice; give each input once "
+            why = ("a pipe gives its rows once, so the second read would find none" if stat.S_ISFIFO(found.st_mode)
+                   else "its rows would be scored twice")
+            raise BatchInputError(f"{path}: {again}, and {why}; give each input once "
                                   "(globs that overlap name a file twice).")
-    redirected = _regular_file_of(stdin) if stdin is not None else None
+    redirected = _stream_file(stdin) if stdin is not None else None
     source = seen.get((redirected.st_dev, redirected.st_ino)) if redirected is not None else None
-    if source is not None:
+    if source is not None and redirected is not None:
+        if stat.S_ISFIFO(redirected.st_mode):
+            raise BatchInputError(f"-: standard input is the pipe {source}, which gives its rows once; give it once, "
+                                  "as - or by its name.")
         raise BatchInputError(f"-: standard input is redirected from the input {source}, and its rows would be "
                               "scored twice; give each input once.")
+
+
+def _read_once_or_more(found: os.stat_result) -> bool:
+    """Whether a file is one an input can repeat: a regular file or a pipe."""
+    return stat.S_ISREG(found.st_mode) or stat.S_ISFIFO(found.st_mode)
+
+
+def _stream_file(stream: BinaryIO) -> os.stat_result | None:
+    """What a standard stream reads from or writes to, if it is a regular file or a pipe (a terminal or
+    an in-memory stream: None)."""
+    try:
+        found = os.fstat(stream.fileno())
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        return None
+    return found if _read_once_or_more(found) else None
 
 
 def _regular_file_of(stream: BinaryIO) -> os.stat_result | None:
     """The file a standard stream is redirected from or to, if it is a regular file (a pipe, a
     terminal or an in-memory stream: None)."""
-    try:
-        found = os.fstat(stream.fileno())
-    except (AttributeError, OSError, io.UnsupportedOperation):
-        return None
-    return found if stat.S_ISREG(found.st_mode) else None
+    found = _stream_file(stream)
+    return found if found is not None and stat.S_ISREG(found.st_mode) else None
 
 
 def _is_file(path: Path, found: os.stat_result) -> bool:
