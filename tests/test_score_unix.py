@@ -177,9 +177,16 @@ def test_keep_input_columns_with_columns_naming_none_of_them_is_an_error(trained
                  "--columns", "case_id,triage"]) == 2
     err = capsys.readouterr().err.strip()
     # the case id, an input column, is the output's own: not one the flag adds
-    assert "names none of the columns --keep-input-columns adds (the input's columns but its case_id" in err
+    assert "names none of the columns --keep-input-columns adds (the input's columns other than a case_id" in err
     assert "so the flag would keep none" in err and "clinic" in err and len(err.splitlines()) == 1
     assert not out.exists() and not (tmp_path / "out.csv.rejects.csv").exists()
+    # an input without a case id is not said to have one
+    bare = tmp_path / "bare.csv"
+    bare.write_text("age,sex,clinic\n30,male,north\n")
+    assert main(["score", str(bare), "-o", str(out), "--model", str(models), "--keep-input-columns",
+                 "--columns", "row,triage"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "(the input's columns other than a case_id, which" in err and "its case_id" not in err
     # one kept column named is enough
     assert main(["score", str(src), "-o", str(out), "--model", str(models), "--quiet", "--keep-input-columns",
                  "--columns", "case_id,triage,clinic"]) == 0

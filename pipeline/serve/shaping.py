@@ -134,7 +134,7 @@ def select_columns(schema: pa.Schema, columns: Sequence[str] | None, kept: Seque
         raise BatchInputError(f"--columns: {problem}")
     if kept and not set(kept) & set(columns):
         raise BatchInputError(f"--columns names none of the columns --keep-input-columns adds (the input's columns "
-                              "but its case_id, which the output has as its own), so the flag would keep none; name "
+                              "other than a case_id, which the output has as its own), so the flag would keep none; name "
                               f"those to keep among {column_list(kept)}, or leave out --keep-input-columns.")
     return pa.schema([schema.field(c) for c in columns])
 
