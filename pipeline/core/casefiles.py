@@ -22,6 +22,7 @@ import json
 import math
 import os
 import re
+import stat
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
@@ -55,6 +56,7 @@ __all__ = ["MAX_RECORD_BYTES", "PARQUET_FIX", "BlockMismatchError", "CaseChunk",
 _HEADER_BYTES = 1 << 20  # a longer header is refused
 _BOM = codecs.BOM_UTF8  # as Excel writes it
 # files given as CSV that are something else: (first bytes, what it is, what to do)
+_DESCRIPTOR = re.compile(r"/dev/(stdin|fd/[0-9]+)|/proc/(self|[0-9]+)/fd/[0-9]+")  # names of a process's open files
 PARQUET_FIX = "give it a .parquet name"  # standard input's own advice replaces it (it is read as CSV only)
 _NOT_CSV = [(b"PAR1", "Parquet", PARQUET_FIX),
             (b"\x1f\x8b", "gzip-compressed", "decompress it first, for example: zcat FILE.gz > FILE.csv (or, with "
@@ -298,8 +300,9 @@ def check_is_file(path: Path) -> None:
             raise BatchInputError(f"{path}: is a pipe, not a file, and this reads an input file more than once (by "
                                   "name); save its rows to a file, or score it with `kneepain score` and its pandas "
                                   "engine (the default), which copies a pipe to a temporary file first.")
-        if path.exists():  # a device: /dev/zero would never end
-            raise BatchInputError(f"{path}: is a device, not a file; save its rows to a file, or give them on standard "
+        if path.exists():  # a device (/dev/zero would never end) or a socket
+            kind = "a socket" if stat.S_ISSOCK(path.stat().st_mode) else "a device"
+            raise BatchInputError(f"{path}: is {kind}, not a file; save its rows to a file, or give them on standard "
                                   "input (... | kneepain score - -o OUT).")
         raise url_problem(path) or BatchInputError(f"{path}: no such file.")
 
@@ -340,6 +343,9 @@ def unsupported_file_type(path: Path) -> BatchInputError:
     """The error of an input named neither .csv nor .parquet, saying how to mend it where its first
     bytes tell what it is (``cases.csv.gz``: decompress it first)."""
     message = f"{path}: unsupported file type {path.suffix.lower()!r}; expected {FILE_TYPES_TEXT}"
+    if _DESCRIPTOR.fullmatch(str(path)):  # `/dev/stdin < cases.csv`: a name with no type, of a file that has one
+        return BatchInputError(f"{message}: it names an open file (standard input, or another descriptor, "
+                               "redirected from a file); give - for standard input, or the file's own name.")
     try:
         with open(path, "rb") as fh:
             known = _known_kind(fh.read(8))

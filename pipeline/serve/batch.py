@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import errno
 import functools
-import io
 import os
-import select
-import shutil
 import stat
 import sys
 import tempfile
@@ -33,15 +30,12 @@ from typing import BinaryIO
 import numpy as np
 import pyarrow as pa
 
-from pipeline.core.casefiles import PARQUET_FIX, complete_columns, iter_chunks
+from pipeline.core.casefiles import complete_columns, iter_chunks
 from pipeline.core.errors import BatchInputError
 from pipeline.core.files import (
     FILE_TYPES_TEXT,
-    file_label,
-    in_temporary_folder,
     is_case_file,
     is_parquet,
-    is_pipe,
     reclaim_stale_temps,
     regular_stat,
     replace_keeping_mode,
@@ -59,18 +53,16 @@ from pipeline.serve.guard import (
     check_stop,
     output_lock,
     refuse_open_file,
-    refuse_repeated_inputs,
     refuse_same_file,
     refuse_shared_outputs,
-    refuse_stdin_source,
     refuse_stdout_target,
-    stop_at_once_on_signals,
     stop_on_signals,
     written_path,
 )
 from pipeline.serve.loading import LoadedModel
 from pipeline.serve.reading import prefetch
 from pipeline.serve.shaping import OutputOptions, input_columns, round_floats, select_columns, text_lookup
+from pipeline.serve.spool import spooled_inputs
 from pipeline.serve.writing import Writer, output_schema, reject_schema, rejected_names
 
 __all__ = ["BatchInputError", "ScoreSummary", "SeenIds", "check_target", "score_chunk", "score_files", "score_valid",
@@ -144,11 +136,16 @@ def score_files(inputs: list[str | Path], output: str | Path, model: LoadedModel
     outputs = written_targets([("output", output), ("rejects file", rejects_file(output, rejects)),
                                 ("texts lookup", texts_lookup(output))])
     output, rejects_path, lookup = (path for _, path in outputs)
-    with _spooled_inputs(inputs, stdin, outputs) as (paths, labels):
+
+    @contextmanager
+    def locked() -> Iterator[None]:  # the rejects file is locked too: two jobs may share it (--rejects)
+        with output_lock(output), output_lock(rejects_path, "rejects file"):
+            yield
+
+    with spooled_inputs(inputs, lambda: stdin or _standard("input"), outputs, locked) as (paths, labels):
         refuse_same_file(paths, outputs)
         columns = complete_columns(paths)  # every input readable and complete before anything is written
-        # the rejects file is locked too: two jobs may share it (--rejects) while their outputs differ
-        with output_lock(output), output_lock(rejects_path, "rejects file"), stop_on_signals():
+        with locked(), stop_on_signals():
             for target in (output, rejects_path, lookup):
                 reclaim_stale_temps(target, spare=paths)
             summary = _score_locked(paths, labels, columns, output, rejects_path, model, chunk_rows=chunk_rows,
@@ -169,12 +166,6 @@ def texts_lookup(output: Path) -> Path:
 
 STREAM_REJECTS = "score.rejects.csv"
 STREAM_TEXTS = "score.texts.csv"  # with an output -, the codes' lookup, beside the rejects file
-STDIN_LABEL = "<stdin>"  # standard input's name in rejects and messages
-_STDIN_PARQUET_FIX = "save it to a file with a .parquet name and give that file (standard input is read as CSV only)"
-_SPOOLED = "kneepain-stdin.csv"
-_SPOOL_PREFIX = "kneepain-inputs-"
-_PIPE_PARQUET_FIX = ("give the file itself (a pipe is read as CSV unless its name ends in .parquet, and "
-                     "<(...)'s never does)")
 
 
 def _text_lookup_bytes(model: LoadedModel) -> bytes:
@@ -249,7 +240,8 @@ def _score_to_stream(inputs: list[str | Path], stream: BinaryIO, model: LoadedMo
                          stdin=(stdin or _standard("input")) if reads_stdin else None)
     outputs = written_targets(outputs)
     rejects, texts_path = outputs[0][1], (outputs[1][1] if len(outputs) > 1 else None)
-    with _spooled_inputs(inputs, stdin, outputs) as (paths, labels):
+    with spooled_inputs(inputs, lambda: stdin or _standard("input"), outputs,
+                        lambda: _stream_lock(rejects)) as (paths, labels):
         refuse_same_file(paths, outputs)
         columns = complete_columns(paths)
         with _stream_lock(rejects), stop_on_signals():
@@ -273,32 +265,6 @@ def _stream_lock(rejects: Path) -> Iterator[None]:
         yield
 
 
-def _copy_stream(source: BinaryIO, target: BinaryIO, name: str = "-", what: str = "standard input", *,
-                 wait: float = 0.2) -> None:
-    """Copy ``source`` (``name``: ``what``, in a message) to ``target``, waiting for data at most
-    ``wait`` seconds at a time.
-
-    A stop signal that reaches another thread of the process (one of pyarrow's, say) does not
-    interrupt the main thread's blocking read, and Python runs its handler only once that read
-    returns: with a pipe held open and idle, never. Between waits the handler runs. Read from the
-    file descriptor: nothing may have been read from ``source`` before."""
-    try:
-        fd = source.fileno()
-    except (AttributeError, OSError, io.UnsupportedOperation):  # an in-memory stream never blocks
-        shutil.copyfileobj(source, target, 1 << 20)
-        return
-    while True:
-        try:
-            if not select.select([fd], [], [], wait)[0]:
-                continue
-            block = os.read(fd, 1 << 20)
-        except OSError as err:  # the input's own failure, not the copy's (a full temporary folder)
-            raise BatchInputError(f"{name}: cannot read {what}: {err.strerror or err}.") from err
-        if not block:
-            return
-        target.write(block)
-
-
 def _standard(which: str) -> BinaryIO:
     """The process's standard input or output (``which``), as bytes (the output written whole:
     :func:`pipeline.core.files.stdout_bytes`); closed (``<&-``) is an error."""
@@ -307,72 +273,6 @@ def _standard(which: str) -> BinaryIO:
     if sys.stdin is None:
         raise standard_stream_closed("input")
     return sys.stdin.buffer
-
-
-@contextmanager
-def _spooled_inputs(inputs: list[str | Path], stdin: BinaryIO | None,
-                    outputs: list[tuple[str, Path]]) -> Iterator[tuple[list[Path], list[str]]]:
-    """The inputs as files to read, and their names in messages and rows (as given; standard input
-    is :data:`STDIN_LABEL`). ``-`` is replaced by a temporary copy of standard input, and a pipe
-    (``<(zcat cases.csv.gz)``, a named pipe) by a copy of what it gives, each read to its end
-    before any row is scored (the reader reads a file more than once) and removed afterwards. A
-    pipe is CSV unless its name ends in ``.parquet``; standard input is CSV. Standard input
-    redirected from one of ``outputs`` is refused before it is read, and so is an input given
-    twice (a pipe gives its rows once)."""
-    if sum(str(p) == "-" for p in inputs) > 1:
-        raise BatchInputError("-: standard input can be read once; give '-' at most once.")
-    labels = [STDIN_LABEL if str(p) == "-" else file_label(p) for p in inputs]
-    copied = [str(p) == "-" or is_pipe(p) for p in inputs]
-    files = [Path(p) for p, copy in zip(inputs, copied) if not copy]
-    if not any(copied):
-        refuse_repeated_inputs(files)
-        yield files, labels
-        return
-    source = None
-    if any(str(p) == "-" for p in inputs):
-        source = stdin or _standard("input")
-        refuse_stdin_source(source, outputs)
-    # before anything is copied
-    refuse_repeated_inputs([Path(p) for p in inputs if str(p) != "-"], source)
-    for p, copy in zip(inputs, copied):
-        if copy and str(p) != "-" and Path(p).suffix and not is_case_file(p):
-            raise BatchInputError(f"{p}: a pipe of unsupported file type {Path(p).suffix.lower()!r}; expected "
-                                  f"{FILE_TYPES_TEXT}, or no suffix (read as CSV, as <(...) is).")
-    what = ("the copy of standard input" if all(str(p) == "-" for p, copy in zip(inputs, copied) if copy)
-            else "the copies of the inputs read from pipes")
-    with in_temporary_folder(what):
-        spool = tempfile.TemporaryDirectory(prefix=_SPOOL_PREFIX)
-    with spool as folder:
-        paths = [Path(folder) / (_SPOOLED if str(p) == "-" else f"pipe-{i}{'.parquet' if is_parquet(p) else '.csv'}")
-                 if copy else Path(p) for i, (p, copy) in enumerate(zip(inputs, copied))]
-        # the handlers first: a signal that comes once a copy exists (what a caller may wait for) removes it
-        with in_temporary_folder(what), stop_at_once_on_signals():
-            for p, path, label, copy in zip(inputs, paths, labels, copied):
-                if copy:
-                    _copy_input(p, path, label, source)
-        try:
-            yield paths, labels
-        except BatchInputError as err:  # an input is named as the user gave it, not by its copy
-            for p, path, label, copy in zip(inputs, paths, labels, copied):
-                if copy and str(path) in str(err):
-                    fix = _STDIN_PARQUET_FIX if str(p) == "-" else _PIPE_PARQUET_FIX
-                    raise BatchInputError(str(err.naming(str(path), label)).replace(PARQUET_FIX, fix)) from err
-            raise
-
-
-def _copy_input(given: str | Path, target: Path, label: str, stdin: BinaryIO | None) -> None:
-    """Copy standard input (``given`` is ``-``: from ``stdin``) or the pipe ``given`` to ``target``."""
-    with open(target, "wb") as fh:
-        if str(given) == "-":
-            assert stdin is not None
-            _copy_stream(stdin, fh)
-            return
-        try:  # waits for a writer, as `cat` does; a stop signal ends the wait
-            pipe = open(given, "rb", buffering=0)  # closed by the with below, after the copy
-        except OSError as err:
-            raise BatchInputError(f"{label}: cannot read: {err.strerror or err}.") from err
-        with pipe:
-            _copy_stream(pipe, fh, label, "the pipe")
 
 
 def _as_codes(model: LoadedModel, options: OutputOptions) -> bool:
