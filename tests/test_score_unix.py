@@ -722,8 +722,10 @@ def test_an_input_file_that_cannot_be_read_is_named_before_a_pipe_is_drained(tra
     feeder = _fed_pipe(tmp_path / "piped.csv", path)
     piped = str(tmp_path / "piped.csv")
     out = ["-o", str(tmp_path / "out.csv"), "--model", str(models)]
+    (tmp_path / "semi.csv").write_text("case_id;age;sex\na1;40;male\n")
     for other, message in [("missing.csv", "missing.csv: no such file"), ("folder", "folder: is a folder"),
-                           ("cases.tsv", "cases.tsv: unsupported file type '.tsv'")]:
+                           ("cases.tsv", "cases.tsv: unsupported file type '.tsv'"),
+                           ("semi.csv", "the file looks separated by ';'")]:
         assert main(["score", piped, str(tmp_path / other), *out]) == 2
         assert message in capsys.readouterr().err
     with FileLock(str(tmp_path / ".out.csv.lock")):  # another job's
@@ -734,6 +736,105 @@ def test_an_input_file_that_cannot_be_read_is_named_before_a_pipe_is_drained(tra
         assert fh.read() == path.read_bytes()  # every row is still there
     assert _ended(feeder) == 0
     assert not (tmp_path / "out.csv").exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")
+def test_a_job_waiting_for_a_pipe_holds_its_output(trained, cases_csv, tmp_path):
+    """The output's lock is taken before a pipe is read and held to the end: a second job on the
+    same output is refused at once, and the first one's feed is not drained for nothing."""
+    from filelock import FileLock, Timeout
+
+    models, _ = trained
+    path, _ = cases_csv
+    os.mkfifo(tmp_path / "feed.csv")
+    kneepain = str(Path(sys.executable).with_name("kneepain"))
+    first = subprocess.Popen([kneepain, "score", "feed.csv", "-o", "out.csv", "--model", str(models), "--quiet"],
+                             cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # until the first job holds the lock
+            assert first.poll() is None and time.monotonic() < deadline, "the first job ended or never locked"
+            try:
+                with FileLock(str(tmp_path / ".out.csv.lock"), timeout=0):
+                    pass
+            except Timeout:
+                break
+            time.sleep(0.05)
+        second = subprocess.run([kneepain, "score", str(path), "-o", "out.csv", "--model", str(models)],
+                                cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2 and "another kneepain job is writing this output" in second.stderr
+        (tmp_path / "feed.csv").write_bytes(path.read_bytes())  # the writer comes now
+        assert first.wait(timeout=120) == 0, first.stderr.read()
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert len(_read(tmp_path / "out.csv")) == len(_read(path))
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")
+def test_a_stop_while_pipes_are_read_leaves_nothing_reading_them(trained, cases_csv, tmp_path, monkeypatch):
+    """``score_files`` stopped (Ctrl-C in a notebook) while it copies two pipes, one waiting for its
+    writer: it raises, the copies are removed, and nothing goes on reading the pipes afterwards."""
+    import signal
+    import tempfile
+    import threading
+
+    from pipeline.serve.guard import Interrupted
+
+    models, _ = trained
+    path, _ = cases_csv
+    spooled = tmp_path / "tmp"
+    spooled.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spooled))
+    os.mkfifo(tmp_path / "slow.csv")
+    os.mkfifo(tmp_path / "never.csv")
+    data = path.read_bytes()
+    dripper = ("import sys, time\n"
+               "out = open(sys.argv[2], 'wb', buffering=0)\n"
+               "data = open(sys.argv[1], 'rb').read()\n"
+               "for i in range(0, len(data), 2000):\n    out.write(data[i:i + 2000]); time.sleep(0.05)\n")
+    writer = subprocess.Popen([sys.executable, "-c", dripper, str(path), str(tmp_path / "slow.csv")],
+                              stderr=subprocess.PIPE)
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(Interrupted):
+            score_files([tmp_path / "slow.csv", tmp_path / "never.csv"], tmp_path / "out.csv", load_model(models))
+        assert os.listdir(spooled) == []
+        assert writer.wait(timeout=60) != 0  # its reader went away: a broken pipe, not every byte written
+        assert "BrokenPipeError" in writer.stderr.read().decode()
+    finally:
+        timer.cancel()
+        writer.kill()
+    assert len(data) > 2000 * 40 and not (tmp_path / "out.csv").exists()
+    assert [t.name for t in threading.enumerate() if t.name.startswith("kneepain")] == []
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")
+def test_a_pipe_is_read_whatever_its_descriptor_number(trained, cases_csv, tmp_path):
+    """A process with more than 1,024 files open (a server) gets descriptor numbers ``select()``
+    cannot wait on; the copy waits with ``poll()``."""
+    import resource
+
+    models, _ = trained
+    path, _ = cases_csv
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"at most {hard} open files")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200) if hard == resource.RLIM_INFINITY
+                                                else min(max(soft, 1200), hard), hard))
+    held = []
+    try:
+        while not held or held[-1] < 1030:
+            held.append(os.open(os.devnull, os.O_RDONLY))
+        feeder = _fed_pipe(tmp_path / "cases.csv", path)
+        score_files([tmp_path / "cases.csv"], tmp_path / "out.csv", load_model(models))
+        assert _ended(feeder) == 0
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert len(_read(tmp_path / "out.csv")) == len(_read(path))
 
 
 def test_a_descriptor_redirected_from_a_file_says_to_give_standard_input(trained, cases_csv, tmp_path):
@@ -845,10 +946,10 @@ def test_a_temporary_folder_without_room_is_named_and_nothing_is_written(trained
     model = load_model(models)
     data = b"case_id,age,sex\na1,40,male\n"
 
-    def full(source, target, *args, **kwargs):
+    def full(sources, targets):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(spool, "copy_stream", full)
+    monkeypatch.setattr(spool, "_copy_all", full)
     room = f"{tempfile.gettempdir()}: cannot write the copy of standard input in the temporary folder: No space " \
            "left on device; if it is full, set TMPDIR to a folder with room."
     with pytest.raises(BatchInputError) as err:

@@ -300,9 +300,11 @@ def check_is_file(path: Path) -> None:
             raise BatchInputError(f"{path}: is a pipe, not a file, and this reads an input file more than once (by "
                                   "name); save its rows to a file, or score it with `kneepain score` and its pandas "
                                   "engine (the default), which copies a pipe to a temporary file first.")
-        if path.exists():  # a device (/dev/zero would never end) or a socket
-            kind = "a socket" if stat.S_ISSOCK(path.stat().st_mode) else "a device"
-            raise BatchInputError(f"{path}: is {kind}, not a file; save its rows to a file, or give them on standard "
+        if path.exists() and stat.S_ISSOCK(path.stat().st_mode):  # /dev/stdin of a job a server started
+            raise BatchInputError(f"{path}: is a socket, not a file; give - if it is standard input, or save its rows "
+                                  "to a file.")
+        if path.exists():  # a device: /dev/zero would never end
+            raise BatchInputError(f"{path}: is a device, not a file; save its rows to a file, or give them on standard "
                                   "input (... | kneepain score - -o OUT).")
         raise url_problem(path) or BatchInputError(f"{path}: no such file.")
 

@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -142,10 +142,10 @@ def score_files(inputs: list[str | Path], output: str | Path, model: LoadedModel
         with output_lock(output), output_lock(rejects_path, "rejects file"):
             yield
 
-    with spooled_inputs(inputs, lambda: stdin or _standard("input"), outputs, locked) as (paths, labels):
+    with spooled_inputs(inputs, lambda: stdin or _standard("input"), outputs, locked) as (paths, labels, held):
         refuse_same_file(paths, outputs)
         columns = complete_columns(paths)  # every input readable and complete before anything is written
-        with locked(), stop_on_signals():
+        with nullcontext() if held else locked(), stop_on_signals():
             for target in (output, rejects_path, lookup):
                 reclaim_stale_temps(target, spare=paths)
             summary = _score_locked(paths, labels, columns, output, rejects_path, model, chunk_rows=chunk_rows,
@@ -241,10 +241,10 @@ def _score_to_stream(inputs: list[str | Path], stream: BinaryIO, model: LoadedMo
     outputs = written_targets(outputs)
     rejects, texts_path = outputs[0][1], (outputs[1][1] if len(outputs) > 1 else None)
     with spooled_inputs(inputs, lambda: stdin or _standard("input"), outputs,
-                        lambda: _stream_lock(rejects)) as (paths, labels):
+                        lambda: _stream_lock(rejects)) as (paths, labels, held):
         refuse_same_file(paths, outputs)
         columns = complete_columns(paths)
-        with _stream_lock(rejects), stop_on_signals():
+        with nullcontext() if held else _stream_lock(rejects), stop_on_signals():
             for target in (rejects, texts_path):
                 if target is not None:
                     reclaim_stale_temps(target, spare=paths)

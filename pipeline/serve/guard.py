@@ -42,7 +42,7 @@ from pipeline.core.files import is_parquet
 
 __all__ = ["STOP_SIGNALS", "Interrupted", "OutputBusyError", "check_stop", "output_lock", "refuse_open_file",
            "refuse_repeated_inputs", "refuse_same_file", "refuse_shared_outputs", "refuse_stdin_source",
-           "refuse_stdout_target", "stop_at_once_on_signals", "stop_on_signals", "written_path"]
+           "refuse_stdout_target", "signals_deferred", "stop_at_once_on_signals", "stop_on_signals", "written_path"]
 
 # what stops a job: a terminal's Ctrl-C, `kill`, `timeout` and systemd's SIGTERM, a closed terminal's SIGHUP
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
@@ -319,6 +319,18 @@ def stop_at_once_on_signals(signums: Sequence[int] = STOP_SIGNALS) -> Iterator[N
     elsewhere than the main thread."""
     with _signals_to(_stop_now, signums):
         yield
+
+
+@contextmanager
+def signals_deferred(signums: Sequence[int] = STOP_SIGNALS) -> Iterator[None]:
+    """Hold ``signums`` off for a clean-up that must finish (removing a job's temporary copies),
+    then raise :class:`Interrupted` for the first that came, if any; no-op elsewhere than the
+    main thread. An exception from the body goes on as it is."""
+    came: list[int] = []
+    with _signals_to(lambda signum, frame: came.append(signum), signums):
+        yield
+    if came:
+        raise Interrupted(came[0])
 
 
 @contextmanager

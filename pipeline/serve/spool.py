@@ -10,18 +10,23 @@ import os
 import select
 import shutil
 import tempfile
-import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
-from pipeline.core.casefiles import PARQUET_FIX, check_is_file, unsupported_file_type
+from pipeline.core.casefiles import PARQUET_FIX, complete_columns
 from pipeline.core.errors import BatchInputError
-from pipeline.core.files import file_label, in_temporary_folder, is_case_file, is_parquet, is_pipe
-from pipeline.serve.guard import refuse_repeated_inputs, refuse_same_file, refuse_stdin_source, stop_at_once_on_signals
+from pipeline.core.files import file_label, in_temporary_folder, is_parquet, is_pipe
+from pipeline.serve.guard import (
+    refuse_repeated_inputs,
+    refuse_same_file,
+    refuse_stdin_source,
+    signals_deferred,
+    stop_at_once_on_signals,
+)
 
-__all__ = ["STDIN_LABEL", "copy_stream", "spooled_inputs"]
+__all__ = ["STDIN_LABEL", "spooled_inputs"]
 
 STDIN_LABEL = "<stdin>"  # standard input's name in rejects and messages
 _STDIN_PARQUET_FIX = "save it to a file with a .parquet name and give that file (standard input is read as CSV only)"
@@ -35,17 +40,19 @@ _WAIT_SECONDS = 0.2  # how long a copy waits for bytes before it looks for a sto
 @contextmanager
 def spooled_inputs(inputs: Sequence[str | Path], standard_input: Callable[[], BinaryIO],
                    outputs: Sequence[tuple[str, Path]], lock: Callable[[], AbstractContextManager]
-                   ) -> Iterator[tuple[list[Path], list[str]]]:
-    """The inputs as files to read, and their names in messages and rows (as given; standard input
-    is :data:`STDIN_LABEL`). ``-`` is replaced by a temporary copy of ``standard_input()``, and a
-    pipe by a copy of what it gives, all read at once to their ends before any row is scored (one
-    process may feed several: ``tee``, a script that writes two named pipes in turn) and removed
-    afterwards. A pipe is CSV unless its name ends in ``.parquet``; standard input is CSV.
+                   ) -> Iterator[tuple[list[Path], list[str], bool]]:
+    """The inputs as files to read, their names in messages and rows (as given; standard input is
+    :data:`STDIN_LABEL`), and whether the job's locks (``lock()``) are held already. ``-`` is
+    replaced by a temporary copy of ``standard_input()``, and a pipe by a copy of what it gives,
+    all read at once to their ends before any row is scored (one process may feed several:
+    ``tee``, a script that writes two named pipes in turn) and removed afterwards, whatever stops
+    the job. A pipe is CSV unless its name ends in ``.parquet``; standard input is CSV.
 
     Before anything is read from a pipe or standard input, what can be told without their bytes
     is: an input given twice (a pipe gives its rows once), standard input redirected from one of
-    ``outputs``, an input file that is missing, no file, of another type or one of ``outputs``,
-    and another job holding the job's locks (``lock()``, entered and left)."""
+    ``outputs``, a pipe that cannot be opened, the other inputs' problems
+    (:func:`pipeline.core.casefiles.complete_columns`), one of them that is one of ``outputs``,
+    and another job holding the job's locks, which are then held until the job ends."""
     if sum(str(p) == "-" for p in inputs) > 1:
         raise BatchInputError("-: standard input can be read once; give '-' at most once.")
     labels = [STDIN_LABEL if str(p) == "-" else file_label(p) for p in inputs]
@@ -53,131 +60,103 @@ def spooled_inputs(inputs: Sequence[str | Path], standard_input: Callable[[], Bi
     files = [Path(p) for p, copy in zip(inputs, copied) if not copy]
     if not any(copied):
         refuse_repeated_inputs(files)
-        yield files, labels
+        yield files, labels, False
         return
     source = None
     if any(str(p) == "-" for p in inputs):
         source = standard_input()
         refuse_stdin_source(source, outputs)
     refuse_repeated_inputs([Path(p) for p in inputs if str(p) != "-"], source)
-    for path in files:
-        check_is_file(path)
-        if not is_case_file(path):
-            raise unsupported_file_type(path)
+    complete_columns(files)
     refuse_same_file(files, outputs)
-    with lock():
-        pass
     what = ("the copy of standard input" if all(str(p) == "-" for p, copy in zip(inputs, copied) if copy)
             else "the copies of the inputs read from pipes")
-    with in_temporary_folder(what):
-        spool = tempfile.TemporaryDirectory(prefix=_SPOOL_PREFIX)
-    with spool as folder:
-        paths = [Path(folder) / (_SPOOLED if str(p) == "-" else f"pipe-{i}{'.parquet' if is_parquet(p) else '.csv'}")
-                 if copy else Path(p) for i, (p, copy) in enumerate(zip(inputs, copied))]
-        # the handlers first: a signal that comes once a copy exists (what a caller may wait for) removes it
-        with in_temporary_folder(what), stop_at_once_on_signals():
-            _copy_all([(p, path, label) for p, path, label, copy in zip(inputs, paths, labels, copied) if copy],
-                      source)
+    folder: str | None = None
+    # a stop signal from here on raises where the job is, and the copies are removed however it ends
+    with ExitStack() as held, stop_at_once_on_signals():
         try:
-            yield paths, labels
-        except BatchInputError as err:  # an input is named as the user gave it, not by its copy
-            for p, path, label, copy in zip(inputs, paths, labels, copied):
-                if copy and str(path) in str(err):
-                    fix = _STDIN_PARQUET_FIX if str(p) == "-" else _PIPE_PARQUET_FIX
-                    raise BatchInputError(str(err.naming(str(path), label)).replace(PARQUET_FIX, fix)) from err
-            raise
+            sources = held.enter_context(_opened([(p, label) for p, label, copy in zip(inputs, labels, copied)
+                                                  if copy], source))
+            held.enter_context(lock())
+            with in_temporary_folder(what):
+                folder = tempfile.mkdtemp(prefix=_SPOOL_PREFIX)
+            paths = [Path(folder) / (_SPOOLED if str(p) == "-" else
+                                     f"pipe-{i}{'.parquet' if is_parquet(p) else '.csv'}")
+                     if copy else Path(p) for i, (p, copy) in enumerate(zip(inputs, copied))]
+            with in_temporary_folder(what):
+                _copy_all(sources, [path for path, copy in zip(paths, copied) if copy])
+            try:
+                yield paths, labels, True
+            except BatchInputError as err:  # an input is named as the user gave it, not by its copy
+                for p, path, label, copy in zip(inputs, paths, labels, copied):
+                    if copy and str(path) in str(err):
+                        fix = _STDIN_PARQUET_FIX if str(p) == "-" else _PIPE_PARQUET_FIX
+                        raise BatchInputError(str(err.naming(str(path), label)).replace(PARQUET_FIX, fix)) from err
+                raise
+        finally:
+            if folder is not None:
+                with signals_deferred():  # a second stop signal waits until the copies are gone
+                    shutil.rmtree(folder, ignore_errors=True)
 
 
-def _copy_all(copies: list[tuple[str | Path, Path, str]], stdin: BinaryIO | None) -> None:
-    """Copy each ``(given, target, label)``: one in this thread; several at once, a thread each, so
-    that a writer blocked on a full pipe the job has not reached yet cannot hold up the others.
-    The first failure (by the inputs' order), or a stop signal in this thread, ends them all."""
-    if len(copies) == 1:
-        _copy_input(*copies[0], stdin)
-        return
-    stop = threading.Event()
-    failures: dict[int, BaseException] = {}
+class _Source(NamedTuple):
+    fd: int
+    name: str  # in a message: the input as given
+    what: str  # "standard input" or "the pipe"
 
-    def run(i: int, given: str | Path, target: Path, label: str) -> None:
-        try:
-            _copy_input(given, target, label, stdin, stop)
-        except BaseException as err:  # raised again in the job's thread
-            failures[i] = err
-            stop.set()
 
-    threads = [threading.Thread(target=run, args=(i, *copy), daemon=True, name=f"kneepain-copy-{i}")
-               for i, copy in enumerate(copies)]
-    for thread in threads:
-        thread.start()
+@contextmanager
+def _opened(pipes: list[tuple[str | Path, str]], stdin: BinaryIO | None) -> Iterator[list[_Source | BinaryIO]]:
+    """Each ``(given, label)`` opened to be read: ``-`` as ``stdin`` (its descriptor; an in-memory
+    stream as it is), a pipe without waiting for its writer (closed afterwards). A pipe that cannot
+    be opened is named now, before any is read."""
+    opened: list[int] = []
+    sources: list[_Source | BinaryIO] = []
     try:
-        _wait(threads, stop, copies)
-    finally:
-        if any(thread.is_alive() for thread in threads):  # stopped here: the copies stop too
-            stop.set()
-            _wait(threads, stop, copies)
-    if failures:
-        raise failures[min(failures)]
-
-
-def _wait(threads: list[threading.Thread], stop: threading.Event, copies: list[tuple[str | Path, Path, str]]) -> None:
-    """Wait for the copying ``threads`` to end, a little at a time (a stop signal's handler runs
-    between the waits); once ``stop`` is set, release any still waiting for a pipe's writer."""
-    while alive := [thread for thread in threads if thread.is_alive()]:
-        if stop.is_set():
-            for given, _, _ in copies:
-                _release_opener(given)
-        alive[0].join(_WAIT_SECONDS)
-
-
-def _release_opener(given: str | Path) -> None:
-    """End the wait of a copy still opening the named pipe ``given`` for a writer: open it for
-    writing and close it at once (where nobody waits to read, the open fails and nothing is done)."""
-    if str(given) == "-":
-        return
-    try:
-        os.close(os.open(given, os.O_WRONLY | os.O_NONBLOCK))
-    except OSError:
-        pass
-
-
-def _copy_input(given: str | Path, target: Path, label: str, stdin: BinaryIO | None,
-                stop: threading.Event | None = None) -> None:
-    """Copy standard input (``given`` is ``-``: from ``stdin``) or the pipe ``given`` to ``target``,
-    until the end or until ``stop`` is set."""
-    with open(target, "wb") as fh:
-        if str(given) == "-":
-            assert stdin is not None
-            copy_stream(stdin, fh, stop=stop)
-            return
-        try:  # waits for a writer, as `cat` does; a stop signal (or _release_opener) ends the wait
-            pipe = open(given, "rb", buffering=0)  # closed by the with below, after the copy
-        except OSError as err:
-            raise BatchInputError(f"{label}: cannot read: {err.strerror or err}.") from err
-        with pipe:
-            copy_stream(pipe, fh, label, "the pipe", stop=stop)
-
-
-def copy_stream(source: BinaryIO, target: BinaryIO, name: str = "-", what: str = "standard input", *,
-                stop: threading.Event | None = None, wait: float = _WAIT_SECONDS) -> None:
-    """Copy ``source`` (``name``: ``what``, in a message) to ``target``, waiting for data at most
-    ``wait`` seconds at a time, until its end or until ``stop`` is set.
-
-    A stop signal that reaches another thread of the process (one of pyarrow's, say) does not
-    interrupt the main thread's blocking read, and Python runs its handler only once that read
-    returns: with a pipe held open and idle, never. Between waits the handler runs. Read from the
-    file descriptor: nothing may have been read from ``source`` before."""
-    try:
-        fd = source.fileno()
-    except (AttributeError, OSError, io.UnsupportedOperation):  # an in-memory stream never blocks
-        shutil.copyfileobj(source, target, 1 << 20)
-        return
-    while stop is None or not stop.is_set():
-        try:
-            if not select.select([fd], [], [], wait)[0]:
+        for given, label in pipes:
+            if str(given) == "-":
+                assert stdin is not None
+                try:
+                    sources.append(_Source(stdin.fileno(), "-", "standard input"))
+                except (AttributeError, OSError, io.UnsupportedOperation):  # in memory: read as it is
+                    sources.append(stdin)
                 continue
-            block = os.read(fd, 1 << 20)
-        except OSError as err:  # the input's own failure, not the copy's (a full temporary folder)
-            raise BatchInputError(f"{name}: cannot read {what}: {err.strerror or err}.") from err
-        if not block:
-            return
-        target.write(block)
+            try:  # a pipe opened so is read once a writer has written or come and gone (Linux)
+                opened.append(os.open(given, os.O_RDONLY | os.O_NONBLOCK))
+            except OSError as err:
+                raise BatchInputError(f"{label}: cannot read: {err.strerror or err}.") from err
+            sources.append(_Source(opened[-1], label, "the pipe"))
+        yield sources
+    finally:
+        for fd in opened:
+            os.close(fd)
+
+
+def _copy_all(sources: list[_Source | BinaryIO], targets: list[Path]) -> None:
+    """Copy each source to its target, all at once, in this thread: whichever has bytes is read,
+    so a writer blocked on a full pipe the job has not emptied yet cannot hold up the others.
+    A stop signal's handler runs between the waits, of at most :data:`_WAIT_SECONDS`."""
+    with ExitStack() as stack:
+        files = {}
+        poller = select.poll()  # any descriptor number (select() stops at 1024)
+        for source, target in zip(sources, targets):
+            fh = stack.enter_context(open(target, "wb"))
+            if isinstance(source, _Source):
+                files[source.fd] = (fh, source)
+                poller.register(source.fd, select.POLLIN)
+            else:
+                shutil.copyfileobj(source, fh, 1 << 20)  # an in-memory stream never blocks
+        while files:
+            for fd, _ in poller.poll(_WAIT_SECONDS * 1000):
+                fh, source = files[fd]
+                try:
+                    block = os.read(fd, 1 << 20)
+                except BlockingIOError:  # woken with nothing to read after all
+                    continue
+                except OSError as err:  # the input's own failure, not the copy's (a full temporary folder)
+                    raise BatchInputError(f"{source.name}: cannot read {source.what}: {err.strerror or err}.") from err
+                if block:
+                    fh.write(block)
+                else:  # its end: ready, and nothing left (an unopened pipe's writer has come and gone)
+                    poller.unregister(fd)
+                    del files[fd]
