@@ -946,7 +946,7 @@ def test_a_temporary_folder_without_room_is_named_and_nothing_is_written(trained
     model = load_model(models)
     data = b"case_id,age,sex\na1,40,male\n"
 
-    def full(sources, targets):
+    def full(sources, targets, opened):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(spool, "_copy_all", full)

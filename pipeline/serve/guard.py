@@ -15,8 +15,10 @@
 - :func:`stop_on_signals` and :func:`check_stop`: SIGTERM, SIGHUP and Ctrl-C (SIGINT) are noted
   when they arrive and stop the job at its next step (a chunk read, scored or written), so the
   clean-up that removes its temporary files runs and no lock is left half-taken; a second signal
-  stops it at once. While standard input is copied (no lock held), :func:`stop_at_once_on_signals`
-  stops it at once.
+  stops it at once. While standard input and pipes are copied, and while the copies exist,
+  :func:`stop_at_once_on_signals` stops it at once: the clean-up is ``with`` blocks (an OS lock
+  taken then is released with its file when the process ends), and the copies are removed with
+  further signals held off (:func:`signals_deferred`).
 - Temporary files left by a job that was killed outright (SIGKILL, power loss) carry its machine
   and process id; a later job on the same output removes those of dead processes
   (:func:`pipeline.core.files.reclaim_stale_temps`).
@@ -314,8 +316,8 @@ def _signals_to(handler, signums: Sequence[int]) -> Iterator[None]:
 
 @contextmanager
 def stop_at_once_on_signals(signums: Sequence[int] = STOP_SIGNALS) -> Iterator[None]:
-    """Turn ``signums`` into :class:`Interrupted` where the main thread is, for a step that holds
-    no lock and whose clean-up is ``with`` blocks (copying standard input to a temporary file); no-op
+    """Turn ``signums`` into :class:`Interrupted` where the main thread is, for a step whose
+    clean-up is ``with`` blocks (copying standard input and pipes to temporary files); no-op
     elsewhere than the main thread."""
     with _signals_to(_stop_now, signums):
         yield

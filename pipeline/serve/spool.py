@@ -73,18 +73,21 @@ def spooled_inputs(inputs: Sequence[str | Path], standard_input: Callable[[], Bi
             else "the copies of the inputs read from pipes")
     folder: str | None = None
     # a stop signal from here on raises where the job is, and the copies are removed however it ends
+    pipes = [(p, label) for p, label, copy in zip(inputs, labels, copied) if copy]
+    for given, label in pipes:  # opening a pipe wakes its writer, whose rows a later refusal would lose
+        if str(given) != "-" and not os.access(given, os.R_OK):
+            raise BatchInputError(f"{label}: cannot read: Permission denied.")
     with ExitStack() as held, stop_at_once_on_signals():
         try:
-            sources = held.enter_context(_opened([(p, label) for p, label, copy in zip(inputs, labels, copied)
-                                                  if copy], source))
             held.enter_context(lock())
+            sources, opened = held.enter_context(_opened(pipes, source))
             with in_temporary_folder(what):
                 folder = tempfile.mkdtemp(prefix=_SPOOL_PREFIX)
             paths = [Path(folder) / (_SPOOLED if str(p) == "-" else
                                      f"pipe-{i}{'.parquet' if is_parquet(p) else '.csv'}")
                      if copy else Path(p) for i, (p, copy) in enumerate(zip(inputs, copied))]
             with in_temporary_folder(what):
-                _copy_all(sources, [path for path, copy in zip(paths, copied) if copy])
+                _copy_all(sources, [path for path, copy in zip(paths, copied) if copy], opened)
             try:
                 yield paths, labels, True
             except BatchInputError as err:  # an input is named as the user gave it, not by its copy
@@ -95,7 +98,10 @@ def spooled_inputs(inputs: Sequence[str | Path], standard_input: Callable[[], Bi
                 raise
         finally:
             if folder is not None:
-                with signals_deferred():  # a second stop signal waits until the copies are gone
+                try:
+                    with signals_deferred():  # a second stop signal waits until the copies are gone
+                        shutil.rmtree(folder, ignore_errors=True)
+                finally:  # one that came as the wait began
                     shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -106,10 +112,12 @@ class _Source(NamedTuple):
 
 
 @contextmanager
-def _opened(pipes: list[tuple[str | Path, str]], stdin: BinaryIO | None) -> Iterator[list[_Source | BinaryIO]]:
-    """Each ``(given, label)`` opened to be read: ``-`` as ``stdin`` (its descriptor; an in-memory
-    stream as it is), a pipe without waiting for its writer (closed afterwards). A pipe that cannot
-    be opened is named now, before any is read."""
+def _opened(pipes: list[tuple[str | Path, str]], stdin: BinaryIO | None
+            ) -> Iterator[tuple[list[_Source | BinaryIO], list[int]]]:
+    """Each ``(given, label)`` opened to be read, and the descriptors opened here (a copy closes
+    each at its end; the rest are closed afterwards): ``-`` as ``stdin``, by its descriptor, so
+    nothing may have been read from it before (an in-memory stream is read as it is); a pipe
+    without waiting for its writer."""
     opened: list[int] = []
     sources: list[_Source | BinaryIO] = []
     try:
@@ -126,16 +134,18 @@ def _opened(pipes: list[tuple[str | Path, str]], stdin: BinaryIO | None) -> Iter
             except OSError as err:
                 raise BatchInputError(f"{label}: cannot read: {err.strerror or err}.") from err
             sources.append(_Source(opened[-1], label, "the pipe"))
-        yield sources
+        yield sources, opened
     finally:
         for fd in opened:
             os.close(fd)
 
 
-def _copy_all(sources: list[_Source | BinaryIO], targets: list[Path]) -> None:
+def _copy_all(sources: list[_Source | BinaryIO], targets: list[Path], opened: list[int]) -> None:
     """Copy each source to its target, all at once, in this thread: whichever has bytes is read,
-    so a writer blocked on a full pipe the job has not emptied yet cannot hold up the others.
-    A stop signal's handler runs between the waits, of at most :data:`_WAIT_SECONDS`."""
+    so a writer blocked on a full pipe the job has not emptied yet cannot hold up the others. A
+    pipe in ``opened`` is closed at its end (and taken out), so that a later writer waits, as it
+    would for ``cat``, rather than write into a pipe nobody reads. A stop signal's handler runs
+    between the waits, of at most :data:`_WAIT_SECONDS`."""
     with ExitStack() as stack:
         files = {}
         poller = select.poll()  # any descriptor number (select() stops at 1024)
@@ -160,3 +170,6 @@ def _copy_all(sources: list[_Source | BinaryIO], targets: list[Path]) -> None:
                 else:  # its end: ready, and nothing left (an unopened pipe's writer has come and gone)
                     poller.unregister(fd)
                     del files[fd]
+                    if fd in opened:
+                        opened.remove(fd)
+                        os.close(fd)
