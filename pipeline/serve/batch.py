@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -30,7 +30,7 @@ from typing import BinaryIO
 import numpy as np
 import pyarrow as pa
 
-from pipeline.core.casefiles import complete_columns, iter_chunks
+from pipeline.core.casefiles import iter_chunks
 from pipeline.core.errors import BatchInputError
 from pipeline.core.files import (
     FILE_TYPES_TEXT,
@@ -53,7 +53,6 @@ from pipeline.serve.guard import (
     check_stop,
     output_lock,
     refuse_open_file,
-    refuse_same_file,
     refuse_shared_outputs,
     refuse_stdout_target,
     stop_on_signals,
@@ -142,16 +141,12 @@ def score_files(inputs: list[str | Path], output: str | Path, model: LoadedModel
         with output_lock(output), output_lock(rejects_path, "rejects file"):
             yield
 
-    with spooled_inputs(inputs, lambda: stdin or _standard("input"), outputs, locked) as (paths, labels, held):
-        refuse_same_file(paths, outputs)
-        columns = complete_columns(paths)  # every input readable and complete before anything is written
-        with nullcontext() if held else locked(), stop_on_signals():
-            for target in (output, rejects_path, lookup):
-                reclaim_stale_temps(target, spare=paths)
-            summary = _score_locked(paths, labels, columns, output, rejects_path, model, chunk_rows=chunk_rows,
-                                    progress=progress, warn=warn, options=options, jobs=jobs, lookup=lookup,
-                                    stale=stale)
-    return summary
+    with spooled_inputs(inputs, lambda: stdin or _standard("input"), outputs, locked) as (paths, labels, columns), \
+            stop_on_signals():
+        for target in (output, rejects_path, lookup):
+            reclaim_stale_temps(target, spare=paths)
+        return _score_locked(paths, labels, columns, output, rejects_path, model, chunk_rows=chunk_rows,
+                             progress=progress, warn=warn, options=options, jobs=jobs, lookup=lookup, stale=stale)
 
 
 def rejects_file(output: Path, rejects: str | Path | None = None) -> Path:
@@ -241,16 +236,12 @@ def _score_to_stream(inputs: list[str | Path], stream: BinaryIO, model: LoadedMo
     outputs = written_targets(outputs)
     rejects, texts_path = outputs[0][1], (outputs[1][1] if len(outputs) > 1 else None)
     with spooled_inputs(inputs, lambda: stdin or _standard("input"), outputs,
-                        lambda: _stream_lock(rejects)) as (paths, labels, held):
-        refuse_same_file(paths, outputs)
-        columns = complete_columns(paths)
-        with nullcontext() if held else _stream_lock(rejects), stop_on_signals():
-            for target in (rejects, texts_path):
-                if target is not None:
-                    reclaim_stale_temps(target, spare=paths)
-            summary = _score_locked(paths, labels, columns, None, rejects, model, chunk_rows=chunk_rows, progress=progress,
-                                    warn=warn, options=options, jobs=jobs, stream=stream, lookup=texts_path)
-    return summary
+                        lambda: _stream_lock(rejects)) as (paths, labels, columns), stop_on_signals():
+        for target in (rejects, texts_path):
+            if target is not None:
+                reclaim_stale_temps(target, spare=paths)
+        return _score_locked(paths, labels, columns, None, rejects, model, chunk_rows=chunk_rows, progress=progress,
+                             warn=warn, options=options, jobs=jobs, stream=stream, lookup=texts_path)
 
 
 @contextmanager

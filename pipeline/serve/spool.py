@@ -40,9 +40,10 @@ _WAIT_SECONDS = 0.2  # how long a copy waits for bytes before it looks for a sto
 @contextmanager
 def spooled_inputs(inputs: Sequence[str | Path], standard_input: Callable[[], BinaryIO],
                    outputs: Sequence[tuple[str, Path]], lock: Callable[[], AbstractContextManager]
-                   ) -> Iterator[tuple[list[Path], list[str], bool]]:
+                   ) -> Iterator[tuple[list[Path], list[str], list[list[str]]]]:
     """The inputs as files to read, their names in messages and rows (as given; standard input is
-    :data:`STDIN_LABEL`), and whether the job's locks (``lock()``) are held already. ``-`` is
+    :data:`STDIN_LABEL`) and their columns (:func:`pipeline.core.casefiles.complete_columns`),
+    with the job's locks (``lock()``) held. No input may be one of ``outputs``. ``-`` is
     replaced by a temporary copy of ``standard_input()``, and a pipe by a copy of what it gives,
     all read at once to their ends before any row is scored (one process may feed several:
     ``tee``, a script that writes two named pipes in turn) and removed afterwards, whatever stops
@@ -60,15 +61,18 @@ def spooled_inputs(inputs: Sequence[str | Path], standard_input: Callable[[], Bi
     files = [Path(p) for p, copy in zip(inputs, copied) if not copy]
     if not any(copied):
         refuse_repeated_inputs(files)
-        yield files, labels, False
+        refuse_same_file(files, outputs)
+        columns = complete_columns(files)  # every input readable and complete before anything is written
+        with lock():
+            yield files, labels, columns
         return
     source = None
     if any(str(p) == "-" for p in inputs):
         source = standard_input()
         refuse_stdin_source(source, outputs)
     refuse_repeated_inputs([Path(p) for p in inputs if str(p) != "-"], source)
-    complete_columns(files)
     refuse_same_file(files, outputs)
+    file_columns = complete_columns(files)
     what = ("the copy of standard input" if all(str(p) == "-" for p, copy in zip(inputs, copied) if copy)
             else "the copies of the inputs read from pipes")
     folder: str | None = None
@@ -89,7 +93,9 @@ def spooled_inputs(inputs: Sequence[str | Path], standard_input: Callable[[], Bi
             with in_temporary_folder(what):
                 _copy_all(sources, [path for path, copy in zip(paths, copied) if copy], opened)
             try:
-                yield paths, labels, True
+                copies, others = (iter(complete_columns([path for path, copy in zip(paths, copied) if copy])),
+                                  iter(file_columns))
+                yield paths, labels, [next(copies) if copy else next(others) for copy in copied]
             except BatchInputError as err:  # an input is named as the user gave it, not by its copy
                 for p, path, label, copy in zip(inputs, paths, labels, copied):
                     if copy and str(path) in str(err):
