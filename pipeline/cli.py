@@ -24,10 +24,6 @@ class UsageError(Exception):
     """A fatal problem the user can fix; printed as one line."""
 
 
-class StoppedAfterOutput(Exception):
-    """A stop signal once the output was complete (while the files that follow it were written)."""
-
-
 def _generate_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="generate the synthetic splits and print the oracle's scores",
                        description="Default: the splits of configs/generate.yaml into data/synthetic. With "
@@ -405,8 +401,12 @@ def _score_options(args: argparse.Namespace):
                          texts=args.texts or ("codes" if csv_out else "full"))
 
 
+_AFTER_OUTPUT_MISSING = "the files written after it (the case mix, the batch report) may be missing"
+
+
 def _score_pandas(args: argparse.Namespace, warn: Callable[[str], None], options):
     """Score in this process; with --adapt-priors under the batch's estimated case mix; with --report the page."""
+    from pipeline.core.errors import StoppedAfterOutput
     from pipeline.serve.batch import score_files
     from pipeline.serve.chunks import available_cores
     from pipeline.serve.loading import get_model
@@ -426,17 +426,22 @@ def _score_pandas(args: argparse.Namespace, warn: Callable[[str], None], options
     jobs = args.jobs or available_cores()
     # written after the output: an earlier run's go as the new output is put in place
     stale = [path for _, path, _ in _written_after_output(args)] if args.output != "-" else []
-    summary = score_files(args.inputs, args.output, model, chunk_rows=args.chunk_rows, options=options,
-                          rejects=args.rejects, jobs=jobs, warn=warn, stale=stale,
-                          progress=not args.quiet and sys.stderr is not None and sys.stderr.isatty())
+    try:
+        summary = score_files(args.inputs, args.output, model, chunk_rows=args.chunk_rows, options=options,
+                              rejects=args.rejects, jobs=jobs, warn=warn, stale=stale,
+                              progress=not args.quiet and sys.stderr is not None and sys.stderr.isatty())
+    except StoppedAfterOutput as err:  # as the scoring ended: the files that follow it were not begun
+        if args.report or args.adapt_priors:
+            raise StoppedAfterOutput(f"{err}; {_AFTER_OUTPUT_MISSING}") from None
+        raise
     from pipeline.serve.guard import stop_at_once_on_signals
 
     try:  # the output is complete: a stop now leaves out the files that follow it, each written whole or not at all
         with stop_at_once_on_signals():
             _after_scoring(args, plain, estimate)
     except KeyboardInterrupt as err:
-        raise StoppedAfterOutput(f"{str(err) or 'interrupted'} after {args.output} was written in full; the files "
-                                 "written after it (the case mix, the batch report) may be missing") from None
+        raise StoppedAfterOutput(f"{str(err) or 'interrupted'} after {args.output} was written in full; "
+                                 f"{_AFTER_OUTPUT_MISSING}") from None
     return summary
 
 
@@ -579,22 +584,16 @@ def _score(args: argparse.Namespace) -> int:
 
         block_bytes = None if args.block_mb is None else round(args.block_mb * (1 << 20))
 
-        from pipeline.serve.guard import stop_at_once_on_signals
+        from pipeline.serve.guard import stop_at_once_on_signals, stops_after_output
 
         # the workers load the (hash-checked) model themselves, once each; SIGTERM and SIGHUP stop
         # the job as Ctrl-C does, and its temporary folder is removed
-        done = None
-        try:
-            with stop_at_once_on_signals(), dask_client(args.scheduler) as client:
-                done = score_files_dask(args.inputs, args.output, args.model, client=client,
-                                        fmt=args.format or "parquet", chunk_rows=args.chunk_rows, warn=warn,
-                                        block_bytes=block_bytes)
-        except KeyboardInterrupt as err:
-            if done is None:
-                raise
-            raise StoppedAfterOutput(f"{str(err) or 'interrupted'} while the Dask cluster shut down, after "
-                                     f"{args.output} was written in full") from None
-        summary = done
+        with stops_after_output(f"{args.output} was written in full (as the Dask cluster shut down)") as complete, \
+                stop_at_once_on_signals(), dask_client(args.scheduler) as client:
+            summary = score_files_dask(args.inputs, args.output, args.model, client=client,
+                                       fmt=args.format or "parquet", chunk_rows=args.chunk_rows, warn=warn,
+                                       block_bytes=block_bytes)
+            complete()
         rejects_path = Path(args.output) / REJECTS_FILE
     else:
         summary = _score_pandas(args, warn, options)
@@ -890,7 +889,13 @@ def _main(argv: Sequence[str] | None) -> int:
     if getattr(args, "out", None) == "-":  # every --out is a folder: "-" made one of that name
         return _fail(args.command, f"--out -: kneepain {args.command} writes a folder, not standard output; give its path.")
     from pipeline.core.config import ConfigError
-    from pipeline.core.errors import BatchInputError, CaseValidationError, ModelIntegrityError, TrackingServerError
+    from pipeline.core.errors import (
+        BatchInputError,
+        CaseValidationError,
+        ModelIntegrityError,
+        StoppedAfterOutput,
+        TrackingServerError,
+    )
     from pipeline.core.knowledge import KnowledgeBaseError
 
     fatal: tuple[type[BaseException], ...] = (UsageError, ConfigError, KnowledgeBaseError, CaseValidationError,

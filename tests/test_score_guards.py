@@ -1,5 +1,6 @@
 """`kneepain score` never destroys or silently drops a user's data: every failure mode, on real files."""
 
+import contextlib
 import datetime
 import os
 import signal
@@ -1306,6 +1307,73 @@ def test_a_job_stopped_while_it_copies_standard_input_removes_the_copy(trained, 
     assert proc.returncode == 2
     assert f"stopped by {signal.Signals(signum).name} (no output was written)" in err and "Traceback" not in err, err
     assert list(tmp_path.glob("kneepain-inputs-*")) == [] and not (tmp_path / "out.csv").exists()
+
+
+def _stop_once(module, name, monkeypatch):
+    """Patch ``module.name`` to send this process a SIGTERM once, after its first call."""
+    real, sent = getattr(module, name), []
+
+    def stopping(*args, **kwargs):
+        result = real(*args, **kwargs)
+        if not sent:
+            sent.append(os.kill(os.getpid(), signal.SIGTERM))
+            time.sleep(0.01)  # the handler has run
+        return result
+
+    monkeypatch.setattr(module, name, stopping)
+    return sent
+
+
+def test_a_stop_as_the_output_is_put_in_place_says_the_output_is_whole(trained, tmp_path, capsys, monkeypatch):
+    """A stop after the job's last step (the output renamed into place) is not dropped, and the
+    job says its output is whole rather than that nothing was written."""
+    from pipeline.core.errors import StoppedAfterOutput
+    from pipeline.serve import batch
+    from pipeline.serve.loading import load_model
+
+    models, _ = trained
+    src, out = _write(tmp_path / "in.csv", [HEADER, *GOOD]), tmp_path / "out.csv"
+    sent = _stop_once(batch, "replace_keeping_mode", monkeypatch)  # the output is renamed last
+    with pytest.raises(StoppedAfterOutput, match=f"^stopped by SIGTERM after {out} was written in full$"):
+        batch.score_files([src], out, load_model(models))
+    assert sent and list(pd.read_csv(out)["case_id"]) == ["a1", "a2", "a3", "a4"]
+    sent.clear()
+    assert _score(src, out, models, "--report", str(tmp_path / "r.html")) == 2
+    err = _one_line_error(capsys)
+    assert f"stopped by SIGTERM after {out} was written in full; the files written after it" in err, err
+    assert len(pd.read_csv(out)) == 4 and not (tmp_path / "r.html").exists()
+
+
+@pytest.mark.parametrize("output", ["file", "-"])
+def test_a_stop_as_the_copy_of_standard_input_is_removed_says_the_output_is_whole(trained, tmp_path, capsys,
+                                                                                 monkeypatch, output):
+    import io
+
+    from pipeline.core.errors import StoppedAfterOutput
+    from pipeline.serve import batch, spool
+    from pipeline.serve.loading import load_model
+
+    models, _ = trained
+    out, stdout = tmp_path / "out.csv", io.BytesIO()
+    target = out if output == "file" else "-"
+    monkeypatch.setattr(spool.tempfile, "tempdir", str(tmp_path))
+    deferred, sent = spool.signals_deferred, []
+
+    @contextlib.contextmanager
+    def stopped_as_the_copy_is_removed():
+        with deferred():  # held off until the copy is gone, then raised
+            sent.append(os.kill(os.getpid(), signal.SIGTERM))
+            yield
+
+    monkeypatch.setattr(spool, "signals_deferred", stopped_as_the_copy_is_removed)
+    stdin = io.BytesIO(("\n".join([HEADER, *GOOD]) + "\n").encode())
+    whole = f"{out} was written in full" if output == "file" else "every row was written to standard output"
+    with pytest.raises(StoppedAfterOutput, match=f"^stopped by SIGTERM after {whole}$"):
+        batch.score_files(["-"], target, load_model(models), stdin=stdin, stdout=stdout,
+                          rejects=tmp_path / "rejects.csv")
+    scored = pd.read_csv(out if output == "file" else io.BytesIO(stdout.getvalue()))
+    assert sent and list(scored["case_id"]) == ["a1", "a2", "a3", "a4"]
+    assert not list(tmp_path.glob("kneepain-inputs-*"))
 
 
 @pytest.mark.slow

@@ -1,8 +1,8 @@
 """The errors a user can cause, in one leaf module that imports nothing of the project.
 
 Each subclasses a built-in (``ValueError`` for bad input, ``RuntimeError`` for a model that
-cannot be trusted, ``ConnectionError`` for a tracking server out of reach) and says what is wrong
-and where.
+cannot be trusted, ``ConnectionError`` for a tracking server out of reach, ``KeyboardInterrupt``
+for a stop that came once the output was complete) and says what is wrong and where.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["BatchInputError", "CaseValidationError", "ConfigError", "KnowledgeBaseError", "ModelIntegrityError",
-           "TrackingServerError", "error_lines"]
+           "StoppedAfterOutput", "TrackingServerError", "error_lines"]
 
 
 class CaseValidationError(ValueError):
@@ -71,6 +71,11 @@ class ModelIntegrityError(RuntimeError):
 
 class TrackingServerError(ConnectionError):
     """The MLflow tracking server that ``MLFLOW_TRACKING_URI`` names cannot be reached."""
+
+
+class StoppedAfterOutput(KeyboardInterrupt):
+    """A stop (a signal, Ctrl-C) that came once a scoring job's output was complete; the message
+    says what was written, where a plain stop's caller says that nothing was."""
 
 
 class BatchInputError(ValueError):

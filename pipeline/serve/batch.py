@@ -56,6 +56,7 @@ from pipeline.serve.guard import (
     refuse_shared_outputs,
     refuse_stdout_target,
     stop_on_signals,
+    stops_after_output,
     written_path,
 )
 from pipeline.serve.loading import LoadedModel
@@ -115,6 +116,10 @@ def score_files(inputs: list[str | Path], output: str | Path, model: LoadedModel
     BatchInputError
         An input cannot be read or lacks a required column, the output is an input, another job
         holds the output, or the output cannot be written; nothing is written.
+    pipeline.core.errors.StoppedAfterOutput
+        A stop signal (SIGTERM, SIGHUP, Ctrl-C) came once the output was complete: it is whole,
+        and the message says so. One that came before stops the job with
+        :class:`pipeline.serve.guard.Interrupted` (a ``KeyboardInterrupt``), and nothing is written.
     """
     options = options or OutputOptions()
     if not isinstance(jobs, (int, np.integer)) or jobs < 1:
@@ -141,12 +146,15 @@ def score_files(inputs: list[str | Path], output: str | Path, model: LoadedModel
         with output_lock(output), output_lock(rejects_path, "rejects file"):
             yield
 
-    with spooled_inputs(inputs, lambda: stdin or _standard("input"), outputs, locked) as (paths, labels, columns), \
+    with stops_after_output(f"{output} was written in full") as complete, \
+            spooled_inputs(inputs, lambda: stdin or _standard("input"), outputs, locked) as (paths, labels, columns), \
             stop_on_signals():
         for target in (output, rejects_path, lookup):
             reclaim_stale_temps(target, spare=paths)
-        return _score_locked(paths, labels, columns, output, rejects_path, model, chunk_rows=chunk_rows,
-                             progress=progress, warn=warn, options=options, jobs=jobs, lookup=lookup, stale=stale)
+        summary = _score_locked(paths, labels, columns, output, rejects_path, model, chunk_rows=chunk_rows,
+                                progress=progress, warn=warn, options=options, jobs=jobs, lookup=lookup, stale=stale)
+        complete()
+    return summary
 
 
 def rejects_file(output: Path, rejects: str | Path | None = None) -> Path:
@@ -235,13 +243,16 @@ def _score_to_stream(inputs: list[str | Path], stream: BinaryIO, model: LoadedMo
                          stdin=(stdin or _standard("input")) if reads_stdin else None)
     outputs = written_targets(outputs)
     rejects, texts_path = outputs[0][1], (outputs[1][1] if len(outputs) > 1 else None)
-    with spooled_inputs(inputs, lambda: stdin or _standard("input"), outputs,
-                        lambda: _stream_lock(rejects)) as (paths, labels, columns), stop_on_signals():
+    with stops_after_output("every row was written to standard output") as complete, \
+            spooled_inputs(inputs, lambda: stdin or _standard("input"), outputs,
+                           lambda: _stream_lock(rejects)) as (paths, labels, columns), stop_on_signals():
         for target in (rejects, texts_path):
             if target is not None:
                 reclaim_stale_temps(target, spare=paths)
-        return _score_locked(paths, labels, columns, None, rejects, model, chunk_rows=chunk_rows, progress=progress,
-                             warn=warn, options=options, jobs=jobs, stream=stream, lookup=texts_path)
+        summary = _score_locked(paths, labels, columns, None, rejects, model, chunk_rows=chunk_rows, progress=progress,
+                                warn=warn, options=options, jobs=jobs, stream=stream, lookup=texts_path)
+        complete()
+    return summary
 
 
 @contextmanager

@@ -18,7 +18,9 @@
   stops it at once. While standard input and pipes are copied, and while the copies exist,
   :func:`stop_at_once_on_signals` stops it at once: the clean-up is ``with`` blocks (an OS lock
   taken then is released with its file when the process ends), and the copies are removed with
-  further signals held off (:func:`signals_deferred`).
+  further signals held off (:func:`signals_deferred`). A stop once the output is in place
+  (:func:`stops_after_output`) says so:
+  :class:`pipeline.core.errors.StoppedAfterOutput`.
 - Temporary files left by a job that was killed outright (SIGKILL, power loss) carry its machine
   and process id; a later job on the same output removes those of dead processes
   (:func:`pipeline.core.files.reclaim_stale_temps`).
@@ -32,19 +34,20 @@ import re
 import signal
 import stat
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
 from filelock import FileLock, Timeout
 
-from pipeline.core.errors import BatchInputError
+from pipeline.core.errors import BatchInputError, StoppedAfterOutput
 from pipeline.core.files import is_parquet
 
 __all__ = ["STOP_SIGNALS", "Interrupted", "OutputBusyError", "check_stop", "output_lock", "refuse_open_file",
            "refuse_repeated_inputs", "refuse_same_file", "refuse_shared_outputs", "refuse_stdin_source",
-           "refuse_stdout_target", "signals_deferred", "stop_at_once_on_signals", "stop_on_signals", "written_path"]
+           "refuse_stdout_target", "signals_deferred", "stop_at_once_on_signals", "stop_on_signals",
+           "stops_after_output", "written_path"]
 
 # what stops a job: a terminal's Ctrl-C, `kill`, `timeout` and systemd's SIGTERM, a closed terminal's SIGHUP
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
@@ -333,6 +336,28 @@ def signals_deferred(signums: Sequence[int] = STOP_SIGNALS) -> Iterator[None]:
         yield
     if came:
         raise Interrupted(came[0])
+
+
+@contextmanager
+def stops_after_output(what: str) -> Iterator[Callable[[], None]]:
+    """Give a job a ``complete()`` to call once its output is in place. A stop from then to the
+    block's end raises :class:`StoppedAfterOutput`, ``"<the stop> after <what>"``: one noted by
+    :func:`stop_on_signals` after the job's last :func:`check_stop` (it would be dropped), and one
+    raised as the job's temporary copies are removed or its cluster shut down (it would say that
+    no output was written). Before ``complete()``, a stop goes on as it is."""
+    late: list[str | None] = []
+
+    def complete() -> None:
+        late.append(str(Interrupted(_received[0])) if _received else None)
+
+    try:
+        yield complete
+    except KeyboardInterrupt as err:
+        if not late or isinstance(err, StoppedAfterOutput):
+            raise
+        raise StoppedAfterOutput(f"{str(err) or 'interrupted'} after {what}") from None
+    if late and late[0] is not None:
+        raise StoppedAfterOutput(f"{late[0]} after {what}")
 
 
 @contextmanager
