@@ -315,6 +315,45 @@ def test_floats_are_rounded_as_python_rounds_them_at_every_digit(digits):
         assert rounded(np.array([0.9999873731785001]), 12)[0] == 0.999987373179
 
 
+def test_standard_input_is_any_stream_read_as_its_reader_gives_it(trained, cases_csv, tmp_path):
+    """``score_files(["-"], stdin=...)`` scores the bytes the stream gives: a gzip stream's
+    unpacked rows, a reader's rows after a ``peek`` (its buffer first, then its descriptor), a
+    subprocess's output, text; the same output as the file's, byte for byte."""
+    import gzip
+
+    models, _ = trained
+    path, _ = cases_csv
+    model = load_model(models)
+    score_files([path], tmp_path / "file.csv", model)
+    expected = (tmp_path / "file.csv").read_bytes().replace(str(path).encode(), b"<stdin>")
+    with gzip.open(tmp_path / "in.csv.gz", "wb") as fh:
+        fh.write(path.read_bytes())
+
+    def scored(stdin) -> bytes:
+        score_files(["-"], tmp_path / "out.csv", model, stdin=stdin)
+        return (tmp_path / "out.csv").read_bytes()
+
+    with gzip.open(tmp_path / "in.csv.gz", "rb") as stdin:
+        assert scored(stdin) == expected
+    with open(path, "rb") as stdin:
+        assert stdin.peek(1)[:7] == b"case_id"  # the reader's buffer holds the header and more
+        assert scored(stdin) == expected
+    feeder = subprocess.Popen(["cat", str(path)], stdout=subprocess.PIPE)
+    try:
+        assert feeder.stdout.peek(1)[:7] == b"case_id"
+        assert scored(feeder.stdout) == expected
+    finally:
+        feeder.stdout.close()
+        feeder.wait(timeout=30)
+    assert scored(io.StringIO(path.read_text())) == expected
+    with pytest.raises(BatchInputError, match=r"^-: cannot read standard input: the stream given is not open for "
+                                              r"reading\.$"):
+        scored(io.BufferedWriter(io.BytesIO()))
+    with open(path, "rb") as plain, gzip.GzipFile(fileobj=plain) as stdin:  # over bytes that are no gzip file
+        with pytest.raises(BatchInputError, match=r"^-: cannot read standard input: Not a gzipped file"):
+            scored(stdin)
+
+
 def test_stdin_to_stdout_with_rejects_beside(trained, cases_csv, tmp_path):
     models, _ = trained
     path, cases = cases_csv

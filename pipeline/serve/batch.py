@@ -100,8 +100,9 @@ def score_files(inputs: list[str | Path], output: str | Path, model: LoadedModel
     (:data:`STREAM_TEXTS` beside the rejects file for an output ``-``). Two outputs that are one file
     are refused.
 
-    An input ``-`` is CSV read from ``stdin``, copied to a temporary file first (the reader rereads
-    a record longer than its block). An output ``-`` is CSV written to ``stdout`` as it is scored
+    An input ``-`` is CSV read from ``stdin`` (the process's standard input by default; any stream
+    that gives the file's bytes, as ``gzip.open`` does, or its text), copied to a temporary file
+    first (the reader rereads a record longer than its block). An output ``-`` is CSV written to ``stdout`` as it is scored
     (its rejects default to ``score.rejects.csv`` in the current folder).
 
     ``jobs`` > 1 parses and scores chunks in that many processes (each holds the model and its

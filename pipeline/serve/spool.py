@@ -115,25 +115,22 @@ class _Source(NamedTuple):
     fd: int
     name: str  # in a message: the input as given
     what: str  # "standard input" or "the pipe"
+    head: bytes = b""  # what a reader over the descriptor had already taken from it, written first
 
 
 @contextmanager
 def _opened(pipes: list[tuple[str | Path, str]], stdin: BinaryIO | None
             ) -> Iterator[tuple[list[_Source | BinaryIO], list[int]]]:
     """Each ``(given, label)`` opened to be read, and the descriptors opened here (a copy closes
-    each at its end; the rest are closed afterwards): ``-`` as ``stdin``, by its descriptor, so
-    nothing may have been read from it before (an in-memory stream is read as it is); a pipe
-    without waiting for its writer."""
+    each at its end; the rest are closed afterwards): ``-`` as ``stdin`` (:func:`_standard_source`);
+    a pipe without waiting for its writer."""
     opened: list[int] = []
     sources: list[_Source | BinaryIO] = []
     try:
         for given, label in pipes:
             if str(given) == "-":
                 assert stdin is not None
-                try:
-                    sources.append(_Source(stdin.fileno(), "-", "standard input"))
-                except (AttributeError, OSError, io.UnsupportedOperation):  # in memory: read as it is
-                    sources.append(stdin)
+                sources.append(_standard_source(stdin))
                 continue
             try:  # a pipe opened so is read once a writer has written or come and gone (Linux)
                 opened.append(os.open(given, os.O_RDONLY | os.O_NONBLOCK))
@@ -144,6 +141,45 @@ def _opened(pipes: list[tuple[str | Path, str]], stdin: BinaryIO | None
     finally:
         for fd in opened:
             os.close(fd)
+
+
+def _standard_source(stdin: BinaryIO) -> _Source | BinaryIO:
+    """Standard input's stream, to be copied by its descriptor where its bytes are the
+    descriptor's: a raw file (``io.FileIO``), or a buffered reader over one (``sys.stdin.buffer``,
+    ``open(path, "rb")``, a subprocess's ``stdout``), with what its buffer already holds taken
+    first, without waiting. Any other stream (``gzip.open``, ``io.BytesIO``, a text stream, read
+    as UTF-8) is read through its own ``read`` before the pipes are: its bytes are not its
+    descriptor's, if it has one."""
+    raw = getattr(stdin, "raw", stdin)
+    if not isinstance(raw, io.FileIO) or raw.closed:
+        return stdin
+    if not stdin.readable():  # open for writing only: the read says so, by the descriptor
+        return _Source(raw.fileno(), "-", "standard input")
+    head = b""
+    if stdin is not raw:  # a buffered reader: the bytes it holds, without waiting for more
+        blocking = os.get_blocking(raw.fileno())
+        os.set_blocking(raw.fileno(), False)
+        try:
+            head = stdin.read(len(stdin.peek(0)))  # type: ignore[attr-defined]
+        except BlockingIOError:
+            head = b""
+        finally:
+            os.set_blocking(raw.fileno(), blocking)
+    return _Source(raw.fileno(), "-", "standard input", head)
+
+
+def _copy_stream(source: BinaryIO, target: BinaryIO) -> None:
+    """Copy standard input's stream through its ``read`` (a text one as UTF-8)."""
+    while True:
+        try:
+            block = source.read(1 << 20)
+        except io.UnsupportedOperation as err:
+            raise BatchInputError("-: cannot read standard input: the stream given is not open for reading.") from err
+        except (OSError, ValueError) as err:  # the stream's own failure (gzip's "not a gzipped file", closed)
+            raise BatchInputError(f"-: cannot read standard input: {getattr(err, 'strerror', None) or err}.") from err
+        if not block:
+            return
+        target.write(block.encode("utf-8") if isinstance(block, str) else block)
 
 
 def _copy_all(sources: list[_Source | BinaryIO], targets: list[Path], opened: list[int]) -> None:
@@ -158,10 +194,11 @@ def _copy_all(sources: list[_Source | BinaryIO], targets: list[Path], opened: li
         for source, target in zip(sources, targets):
             fh = stack.enter_context(open(target, "wb"))
             if isinstance(source, _Source):
+                fh.write(source.head)
                 files[source.fd] = (fh, source)
                 poller.register(source.fd, select.POLLIN)
             else:
-                shutil.copyfileobj(source, fh, 1 << 20)  # an in-memory stream never blocks
+                _copy_stream(source, fh)
         while files:
             for fd, _ in poller.poll(_WAIT_SECONDS * 1000):
                 fh, source = files[fd]
