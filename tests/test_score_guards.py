@@ -398,6 +398,18 @@ def test_a_rejects_file_that_cannot_be_locked_names_the_folder_and_the_way_out(t
     assert "--rejects PATH) in a folder you can write to" in err and "another kneepain job" not in err
 
 
+
+def test_a_folder_in_the_lock_files_place_is_named_as_such(trained, tmp_path, capsys):
+    models, _ = trained
+    src = _write(tmp_path / "in.csv", [HEADER, *GOOD])
+    (tmp_path / ".out.csv.lock").mkdir()
+    assert _score(src, tmp_path / "out.csv", models) == 2
+    err = _one_line_error(capsys)
+    assert (f"out.csv: cannot write the output: its lock file's path {tmp_path / '.out.csv.lock'} is a folder; "
+            "remove it (a kneepain lock is a file) or choose another output path." in err), err
+    assert not (tmp_path / "out.csv").exists()
+
+
 @pytest.mark.parametrize("which", ["input", "output"])
 def test_a_closed_standard_stream_is_named(trained, tmp_path, capsys, monkeypatch, which):
     """`kneepain score - -o out.csv <&-` and `kneepain score in.csv -o - >&-`."""

@@ -275,6 +275,9 @@ def output_lock(output: Path, what: str = "output") -> Iterator[None]:
         raise OutputBusyError(f"{output}: another kneepain job is writing this {what} (it holds "
                               f"{lock_path(output)}); wait for it to finish or {_another(what)}.") from None
     except OSError as err:
+        if os.path.isdir(lock_path(output)):  # in the way, not a folder that cannot be written
+            raise BatchInputError(f"{output}: cannot write the {what}: its lock file's path {lock_path(output)} is a "
+                                  f"folder; remove it (a kneepain lock is a file) or {_another(what)}.") from err
         raise BatchInputError(f"{output}: cannot write the {what}: its lock file {lock_path(output)} cannot be "
                               f"made ({err.strerror or err}); {_another(what)} in a folder you can write to."
                               ) from err
