@@ -401,9 +401,6 @@ def _score_options(args: argparse.Namespace):
                          texts=args.texts or ("codes" if csv_out else "full"))
 
 
-_AFTER_OUTPUT_MISSING = "the files written after it (the case mix, the batch report) may be missing"
-
-
 def _score_pandas(args: argparse.Namespace, warn: Callable[[str], None], options):
     """Score in this process; with --adapt-priors under the batch's estimated case mix; with --report the page."""
     from pipeline.core.errors import StoppedAfterOutput
@@ -431,18 +428,25 @@ def _score_pandas(args: argparse.Namespace, warn: Callable[[str], None], options
                               rejects=args.rejects, jobs=jobs, warn=warn, stale=stale,
                               progress=not args.quiet and sys.stderr is not None and sys.stderr.isatty())
     except StoppedAfterOutput as err:  # as the scoring ended: the files that follow it were not begun
-        if args.report or args.adapt_priors:
-            raise StoppedAfterOutput(f"{err}; {_AFTER_OUTPUT_MISSING}") from None
-        raise
+        raise StoppedAfterOutput(f"{err}{_after_output(args, begun=False)}") from None
     from pipeline.serve.guard import stop_at_once_on_signals
 
     try:  # the output is complete: a stop now leaves out the files that follow it, each written whole or not at all
         with stop_at_once_on_signals():
             _after_scoring(args, plain, estimate)
     except KeyboardInterrupt as err:
-        raise StoppedAfterOutput(f"{str(err) or 'interrupted'} after {args.output} was written in full; "
-                                 f"{_AFTER_OUTPUT_MISSING}") from None
+        raise StoppedAfterOutput(f"{str(err) or 'interrupted'} after {args.output} was written in full"
+                                 f"{_after_output(args, begun=True)}") from None
     return summary
+
+
+def _after_output(args: argparse.Namespace, *, begun: bool) -> str:
+    """What a stop once the output is whole says of the files asked for that are written after
+    it ("" for none): not written, or, once they were begun, each written whole or not at all."""
+    after = [what for what, asked in (("the case mix", args.adapt_priors), ("the batch report", args.report)) if asked]
+    if not after:
+        return ""
+    return f"; {' and '.join(after)} {'may be missing' if begun else ('were' if len(after) > 1 else 'was') + ' not written'}"
 
 
 def _refuse_model_folder(out: Path) -> None:

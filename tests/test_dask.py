@@ -285,6 +285,25 @@ def test_unusable_input_or_existing_output_writes_nothing(client, trained, kb, t
     assert header == ",".join(f'"{c}"' for c in [*REJECT_META, *pd.read_csv(good, nrows=0).columns]) + "\n"
 
 
+def test_a_stop_as_the_temporary_folder_is_removed_says_the_output_is_whole(client, trained, kb, tmp_path,
+                                                                          monkeypatch):
+    from pipeline.core.errors import StoppedAfterOutput
+    from pipeline.serve import dask as engine
+
+    models, _ = trained
+    _text_cases(kb, 100, 9).to_csv(tmp_path / "good.csv", index=False)
+    removals = []
+
+    def stopped(tmp):  # Ctrl-C as the job removes what its tasks' other attempts left
+        removals.append(tmp)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "remove_temp_folder", stopped)
+    with pytest.raises(StoppedAfterOutput, match=f"^interrupted after {tmp_path / 'out'} was written in full$"):
+        score_files_dask([str(tmp_path / "good.csv")], tmp_path / "out", models, client=client)
+    assert len(removals) == 2 and len(_read_parts(tmp_path / "out")) == 100  # removed once more after the stop
+
+
 def test_a_relative_output_folder_is_found_by_workers_in_another_folder(client, trained, kb, tmp_path, monkeypatch):
     """The workers run in their own working folder (here the one the cluster started in, as on
     another machine): the job's temporary folder goes to them by its absolute path."""

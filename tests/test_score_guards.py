@@ -1352,8 +1352,40 @@ def test_a_stop_as_the_output_is_put_in_place_says_the_output_is_whole(trained, 
     sent.clear()
     assert _score(src, out, models, "--report", str(tmp_path / "r.html")) == 2
     err = _one_line_error(capsys)
-    assert f"stopped by SIGTERM after {out} was written in full; the files written after it" in err, err
+    assert f"stopped by SIGTERM after {out} was written in full; the batch report was not written" in err, err
     assert len(pd.read_csv(out)) == 4 and not (tmp_path / "r.html").exists()
+
+
+@pytest.mark.parametrize("output", ["file", "-"])
+def test_two_stops_as_the_scorers_stop_after_the_output_is_in_place_say_it_is_whole(trained, tmp_path, monkeypatch,
+                                                                                  output):
+    """The second signal stops the job at once, as its scoring threads or processes stop after the
+    output is renamed into place: the stop says the output is whole."""
+    import io
+
+    from pipeline.core.errors import StoppedAfterOutput
+    from pipeline.serve import batch
+    from pipeline.serve.loading import load_model
+
+    models, _ = trained
+    src, out, stdout = _write(tmp_path / "in.csv", [HEADER, *GOOD]), tmp_path / "out.csv", io.BytesIO()
+    shutdown, sent = batch.ChunkScorer.shutdown, []
+
+    def twice(self):
+        if not sent and (out.exists() or stdout.getvalue()):  # once the output is complete
+            for _ in range(2):  # the second raises at once
+                sent.append(signal.SIGTERM)
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.05)
+        shutdown(self)
+
+    monkeypatch.setattr(batch.ChunkScorer, "shutdown", twice)
+    whole = f"{out} was written in full" if output == "file" else "every row was written to standard output"
+    with pytest.raises(StoppedAfterOutput, match=f"^stopped by SIGTERM after {whole}$"):
+        batch.score_files([src], out if output == "file" else "-", load_model(models), stdout=stdout,
+                          rejects=tmp_path / "rejects.csv")
+    scored = pd.read_csv(out if output == "file" else io.BytesIO(stdout.getvalue()))
+    assert len(sent) == 2 and list(scored["case_id"]) == ["a1", "a2", "a3", "a4"]
 
 
 @pytest.mark.parametrize("output", ["file", "-"])

@@ -4,6 +4,7 @@ top-k, compact floats and texts as codes with their lookup file."""
 import io
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -318,19 +319,25 @@ def test_floats_are_rounded_as_python_rounds_them_at_every_digit(digits):
 def test_standard_input_is_any_stream_read_as_its_reader_gives_it(trained, cases_csv, tmp_path):
     """``score_files(["-"], stdin=...)`` scores the bytes the stream gives: a gzip stream's
     unpacked rows, a reader's rows after a ``peek`` (its buffer first, then its descriptor), a
-    subprocess's output, text; the same output as the file's, byte for byte."""
+    subprocess's or a socket's output, a text stream's bytes whatever its encoding and newlines,
+    text; the same output as the file's, byte for byte (its input columns kept)."""
     import gzip
+    import threading
 
     models, _ = trained
     path, _ = cases_csv
-    model = load_model(models)
-    score_files([path], tmp_path / "file.csv", model)
-    expected = (tmp_path / "file.csv").read_bytes().replace(str(path).encode(), b"<stdin>")
+    model, kept = load_model(models), OutputOptions(keep_input=True)
+    text = path.read_bytes().replace(b"\n", b"\r\n").replace(b",north,", ',"nor\r\nthé",'.encode(), 3)
+    path = tmp_path / "in.csv"  # CR LF, and a kept text with a line break and a letter outside ASCII
+    path.write_bytes(text)
+    score_files([path], tmp_path / "file.csv", model, options=kept)
+    expected = (tmp_path / "file.csv").read_bytes()
+    assert "nor\r\nthé".encode() in expected
     with gzip.open(tmp_path / "in.csv.gz", "wb") as fh:
-        fh.write(path.read_bytes())
+        fh.write(text)
 
     def scored(stdin) -> bytes:
-        score_files(["-"], tmp_path / "out.csv", model, stdin=stdin)
+        score_files(["-"], tmp_path / "out.csv", model, stdin=stdin, options=kept)
         return (tmp_path / "out.csv").read_bytes()
 
     with gzip.open(tmp_path / "in.csv.gz", "rb") as stdin:
@@ -338,6 +345,9 @@ def test_standard_input_is_any_stream_read_as_its_reader_gives_it(trained, cases
     with open(path, "rb") as stdin:
         assert stdin.peek(1)[:7] == b"case_id"  # the reader's buffer holds the header and more
         assert scored(stdin) == expected
+    with open(path, encoding="latin-1") as stdin:  # sys.stdin, say, in another encoding
+        assert scored(stdin) == expected
+    assert scored(io.StringIO(text.decode(), newline="")) == expected
     feeder = subprocess.Popen(["cat", str(path)], stdout=subprocess.PIPE)
     try:
         assert feeder.stdout.peek(1)[:7] == b"case_id"
@@ -345,13 +355,46 @@ def test_standard_input_is_any_stream_read_as_its_reader_gives_it(trained, cases
     finally:
         feeder.stdout.close()
         feeder.wait(timeout=30)
-    assert scored(io.StringIO(path.read_text())) == expected
+    # a socket's reader, fed by a writer that first fills a named pipe of the same job: both are
+    # read at once (read in turn, the job would wait for ever; after 60 s the socket is closed).
+    # The second input's ids repeat the first's: its rows are rejected
+    os.mkfifo(tmp_path / "pipe.csv")
+    a, b = socket.socketpair()
+
+    def write() -> None:
+        with open(tmp_path / "pipe.csv", "wb") as fh:
+            fh.write(text)
+        b.sendall(text)
+        b.close()
+
+    rescued = threading.Event()
+
+    def rescue() -> None:
+        rescued.set()
+        b.close()
+
+    writer, timer = threading.Thread(target=write), threading.Timer(60, rescue)
+    writer.start()
+    timer.start()
+    try:
+        with a, a.makefile("rb") as stdin:
+            both = score_files([tmp_path / "pipe.csv", "-"], tmp_path / "out.csv", model, stdin=stdin)
+    finally:
+        timer.cancel()
+        writer.join(timeout=60)
+    assert not rescued.is_set() and both.rows_scored == both.rows_rejected == len(_read(io.BytesIO(expected)))
     with pytest.raises(BatchInputError, match=r"^-: cannot read standard input: the stream given is not open for "
                                               r"reading\.$"):
         scored(io.BufferedWriter(io.BytesIO()))
-    with open(path, "rb") as plain, gzip.GzipFile(fileobj=plain) as stdin:  # over bytes that are no gzip file
-        with pytest.raises(BatchInputError, match=r"^-: cannot read standard input: Not a gzipped file"):
-            scored(stdin)
+    with pytest.raises(BatchInputError, match=r"^-: cannot read standard input: 'utf-8' codec can't encode"):
+        scored(io.StringIO("case_id,age,sex\na1,30,\ud800\n"))
+    closed = io.BytesIO(text)
+    closed.close()
+    with pytest.raises(BatchInputError, match=r"^-: standard input is closed"):
+        scored(closed)
+    with open(os.open(tmp_path / "write-only", os.O_WRONLY | os.O_CREAT), "rb") as stdin, pytest.raises(
+            BatchInputError, match=r"^-: cannot read standard input: Bad file descriptor\.$"):
+        scored(stdin)  # a reader over a descriptor open for writing only
 
 
 def test_stdin_to_stdout_with_rejects_beside(trained, cases_csv, tmp_path):

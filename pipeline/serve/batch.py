@@ -118,9 +118,10 @@ def score_files(inputs: list[str | Path], output: str | Path, model: LoadedModel
         An input cannot be read or lacks a required column, the output is an input, another job
         holds the output, or the output cannot be written; nothing is written.
     pipeline.core.errors.StoppedAfterOutput
-        A stop signal (SIGTERM, SIGHUP, Ctrl-C) came once the output was complete: it is whole,
+        A stop signal (SIGTERM, SIGHUP, Ctrl-C) came once the output was in place: it is whole,
         and the message says so. One that came before stops the job with
-        :class:`pipeline.serve.guard.Interrupted` (a ``KeyboardInterrupt``), and nothing is written.
+        :class:`pipeline.serve.guard.Interrupted` (a ``KeyboardInterrupt``), and no file is
+        written (with an output ``-``, the rows scored before it may have gone out).
     """
     options = options or OutputOptions()
     if not isinstance(jobs, (int, np.integer)) or jobs < 1:
@@ -153,8 +154,9 @@ def score_files(inputs: list[str | Path], output: str | Path, model: LoadedModel
         for target in (output, rejects_path, lookup):
             reclaim_stale_temps(target, spare=paths)
         summary = _score_locked(paths, labels, columns, output, rejects_path, model, chunk_rows=chunk_rows,
-                                progress=progress, warn=warn, options=options, jobs=jobs, lookup=lookup, stale=stale)
-        complete()
+                                progress=progress, warn=warn, options=options, jobs=jobs, lookup=lookup, stale=stale,
+                                complete=complete)
+        check_stop()  # one noted since the last step acts now, and says the output is whole
     return summary
 
 
@@ -251,8 +253,9 @@ def _score_to_stream(inputs: list[str | Path], stream: BinaryIO, model: LoadedMo
             if target is not None:
                 reclaim_stale_temps(target, spare=paths)
         summary = _score_locked(paths, labels, columns, None, rejects, model, chunk_rows=chunk_rows, progress=progress,
-                                warn=warn, options=options, jobs=jobs, stream=stream, lookup=texts_path)
-        complete()
+                                warn=warn, options=options, jobs=jobs, stream=stream, lookup=texts_path,
+                                complete=complete)
+        check_stop()
     return summary
 
 
@@ -312,11 +315,13 @@ def _shaper(options: OutputOptions, csv: bool) -> Callable[[pa.Table], pa.Table]
 def _score_locked(paths: list[Path], labels: list[str], columns: list[list[str]], output: Path | None, rejects_path: Path,
                   model: LoadedModel, *, chunk_rows: int, progress: bool, warn: Callable[[str], None] | None,
                   options: OutputOptions, jobs: int, stream: BinaryIO | None = None,
-                  lookup: Path | None = None, stale: Sequence[Path] = ()) -> ScoreSummary:
+                  lookup: Path | None = None, stale: Sequence[Path] = (),
+                  complete: Callable[[], None] = lambda: None) -> ScoreSummary:
     """Score ``paths`` (named ``labels`` in messages and rows) into ``output`` (or ``stream``) and
     ``rejects_path``, with the texts ``lookup`` written beside them when the output holds codes
     (else an earlier run's removed): all three are renamed into place together at the end, the
-    output last, or none is."""
+    output last, or none is; ``complete()`` is called as soon as they are
+    (:func:`pipeline.serve.guard.stops_after_output`)."""
     summary, start = ScoreSummary(files=labels), time.perf_counter()
     has_ids = any(ID_COLUMN in {normalise_header(c) for c in cols} for cols in columns)
     full = output_schema(ID_COLUMN if has_ids else "row", len(paths) > 1, model.decision is not None,
@@ -415,6 +420,7 @@ def _score_locked(paths: list[Path], labels: list[str], columns: list[list[str]]
             for path in stale:  # an earlier run's case mix and report describe another output
                 path.unlink(missing_ok=True)
             replace_keeping_mode(writer.tmp, output, before[output])
+        complete()
     except BrokenProcessPool as err:
         check_stop()  # the processes got the user's stop signal too (a terminal's, or a process group's)
         written = ("nothing was written" if stream is None else

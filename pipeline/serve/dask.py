@@ -72,7 +72,7 @@ from pipeline.core.paths import models_dir
 from pipeline.core.schema import ID_COLUMN, normalise_header
 from pipeline.serve import CHUNK_ROWS, batch
 from pipeline.serve.batch import ScoreSummary, SeenIds
-from pipeline.serve.guard import refuse_repeated_inputs
+from pipeline.serve.guard import refuse_repeated_inputs, stops_after_output
 from pipeline.serve.loading import get_model, is_model_uri, pinned_uri
 from pipeline.serve.writing import encode_csv, output_schema, output_table, reject_schema, reject_table
 
@@ -436,6 +436,9 @@ def score_files_dask(inputs: Sequence[str | Path] | str | Path, output_dir: str 
         A task failed with an unexpected error, or still failed after its retries (for example
         its worker was killed repeatedly); the message names the input. In both cases no output
         folder is left behind.
+    pipeline.core.errors.StoppedAfterOutput
+        A stop (Ctrl-C, or a signal the caller turns into one) came once the folder was in place,
+        as the temporary one was removed: the folder is whole, and the message says so.
     """
     if fmt not in FORMATS:
         raise ValueError(f"fmt == {fmt!r}, must be one of {FORMATS}.")
@@ -488,27 +491,30 @@ def score_files_dask(inputs: Sequence[str | Path] | str | Path, output_dir: str 
             if path.exists():
                 refuse_changed(path, before, label)
 
-    try:
+    # a stop once the folder is in place (as the temporary one is removed) says that it is whole
+    with stops_after_output(f"{target} was written in full") as complete:
         try:
-            units, ordered = _score_units(submit, planned())
-            repeated = _cross_block_duplicates(ordered)
-            if repeated:  # their first attempts' parts are replaced: removed before the second pass writes
-                _discard(tmp, [ordered[u] for u in repeated])
-                again = submit([units[u] for u in sorted(repeated)],
-                               {n: repeated[u] for n, u in enumerate(sorted(repeated))}, "pass2")[1]
-                ordered = _in_order(units, ordered + again)[1]
-        except BatchInputError:
-            unchanged()  # a file rewritten meanwhile fails the task that opens it: said as the change it is
+            try:
+                units, ordered = _score_units(submit, planned())
+                repeated = _cross_block_duplicates(ordered)
+                if repeated:  # their first attempts' parts are replaced: removed before the second pass writes
+                    _discard(tmp, [ordered[u] for u in repeated])
+                    again = submit([units[u] for u in sorted(repeated)],
+                                   {n: repeated[u] for n, u in enumerate(sorted(repeated))}, "pass2")[1]
+                    ordered = _in_order(units, ordered + again)[1]
+            except BatchInputError:
+                unchanged()  # a file rewritten meanwhile fails the task that opens it: said as the change it is
+                raise
+            unchanged()
+            _publish(tmp, ordered, target, rschema)
+            complete()
+            remove_temp_folder(tmp)  # with what other attempts left there
+        except DaskJobError as err:
+            remove_temp_folder(tmp)
+            raise _named_as_output(err, tmp, target) from err.__cause__
+        except BaseException:
+            remove_temp_folder(tmp)
             raise
-        unchanged()
-        _publish(tmp, ordered, target, rschema)
-        remove_temp_folder(tmp)  # with what other attempts left there
-    except DaskJobError as err:
-        remove_temp_folder(tmp)
-        raise _named_as_output(err, tmp, target) from err.__cause__
-    except BaseException:
-        remove_temp_folder(tmp)
-        raise
     summary = ScoreSummary(files=labels, rows_scored=sum(r.rows_scored for r in ordered),
                            rows_rejected=sum(r.rows_rejected for r in ordered))
     ignored = {r.file: r.ignored for r in reversed(ordered) if r.ignored}

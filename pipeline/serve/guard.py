@@ -343,24 +343,19 @@ def signals_deferred(signums: Sequence[int] = STOP_SIGNALS) -> Iterator[None]:
 
 @contextmanager
 def stops_after_output(what: str) -> Iterator[Callable[[], None]]:
-    """Give a job a ``complete()`` to call once its output is in place. A stop from then to the
-    block's end raises :class:`StoppedAfterOutput`, ``"<the stop> after <what>"``: one noted by
-    :func:`stop_on_signals` after the job's last :func:`check_stop` (it would be dropped), and one
-    raised as the job's temporary copies are removed or its cluster shut down (it would say that
-    no output was written). Before ``complete()``, a stop goes on as it is."""
-    late: list[str | None] = []
-
-    def complete() -> None:
-        late.append(str(Interrupted(_received[0])) if _received else None)
-
+    """Give a job a ``complete()`` to call as soon as its output is in place. A stop from then to
+    the block's end (a second signal while its workers stop, one raised as its temporary copies
+    are removed or its cluster shuts down, one noted since its last :func:`check_stop` and acted
+    on by a last one) raises :class:`StoppedAfterOutput`, ``"<the stop> after <what>"``, rather
+    than a stop whose caller says that no output was written. Before ``complete()``, a stop goes
+    on as it is."""
+    done: list[bool] = []
     try:
-        yield complete
+        yield lambda: done.append(True)
     except KeyboardInterrupt as err:
-        if not late or isinstance(err, StoppedAfterOutput):
+        if not done or isinstance(err, StoppedAfterOutput):
             raise
         raise StoppedAfterOutput(f"{str(err) or 'interrupted'} after {what}") from None
-    if late and late[0] is not None:
-        raise StoppedAfterOutput(f"{late[0]} after {what}")
 
 
 @contextmanager

@@ -9,6 +9,7 @@ import io
 import os
 import select
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager
@@ -17,7 +18,7 @@ from typing import BinaryIO, NamedTuple
 
 from pipeline.core.casefiles import PARQUET_FIX, complete_columns
 from pipeline.core.errors import BatchInputError
-from pipeline.core.files import file_label, in_temporary_folder, is_parquet, is_pipe
+from pipeline.core.files import file_label, in_temporary_folder, is_parquet, is_pipe, standard_stream_closed
 from pipeline.serve.guard import (
     refuse_repeated_inputs,
     refuse_same_file,
@@ -145,41 +146,56 @@ def _opened(pipes: list[tuple[str | Path, str]], stdin: BinaryIO | None
 
 def _standard_source(stdin: BinaryIO) -> _Source | BinaryIO:
     """Standard input's stream, to be copied by its descriptor where its bytes are the
-    descriptor's: a raw file (``io.FileIO``), or a buffered reader over one (``sys.stdin.buffer``,
-    ``open(path, "rb")``, a subprocess's ``stdout``), with what its buffer already holds taken
-    first, without waiting. Any other stream (``gzip.open``, ``io.BytesIO``, a text stream, read
-    as UTF-8) is read through its own ``read`` before the pipes are: its bytes are not its
-    descriptor's, if it has one."""
+    descriptor's: a raw file or socket (``io.FileIO``, ``socket.SocketIO``), or a buffered reader
+    over one (``sys.stdin.buffer``, ``open(path, "rb")``, a subprocess's ``stdout``,
+    ``socket.makefile("rb")``), with what its buffer already holds taken first, without waiting;
+    a text stream over one (``sys.stdin``) by its bytes, undecoded. Any other stream
+    (``gzip.open``, ``io.BytesIO``; ``io.StringIO``, encoded as UTF-8) is read through its own
+    ``read``, to its end before the pipes are read: a process that feeds it and a pipe of the
+    same job in turn waits for ever."""
+    if getattr(stdin, "closed", False):
+        raise standard_stream_closed("input")
+    if isinstance(stdin, io.TextIOBase) and isinstance(getattr(stdin, "buffer", None), io.BufferedIOBase):
+        stdin = stdin.buffer
     raw = getattr(stdin, "raw", stdin)
-    if not isinstance(raw, io.FileIO) or raw.closed:
+    if not isinstance(raw, (io.FileIO, socket.SocketIO)):
         return stdin
-    if not stdin.readable():  # open for writing only: the read says so, by the descriptor
-        return _Source(raw.fileno(), "-", "standard input")
-    head = b""
-    if stdin is not raw:  # a buffered reader: the bytes it holds, without waiting for more
-        blocking = os.get_blocking(raw.fileno())
-        os.set_blocking(raw.fileno(), False)
+    fd = raw.fileno()
+    if stdin is raw or not stdin.readable():  # (open for writing only: the read says so, by the descriptor)
+        return _Source(fd, "-", "standard input")
+    try:  # a buffered reader: the bytes it holds, without waiting for more
+        blocking = os.get_blocking(fd)
         try:
+            os.set_blocking(fd, False)
             head = stdin.read(len(stdin.peek(0)))  # type: ignore[attr-defined]
-        except BlockingIOError:
-            head = b""
         finally:
-            os.set_blocking(raw.fileno(), blocking)
-    return _Source(raw.fileno(), "-", "standard input", head)
+            os.set_blocking(fd, blocking)
+    except BlockingIOError:
+        head = b""
+    except OSError as err:
+        raise _unreadable(err) from err
+    return _Source(fd, "-", "standard input", head)
+
+
+def _unreadable(err: BaseException, source: str = "-", what: str = "standard input") -> BatchInputError:
+    """An input's own failure to be read (not the copy's: a full temporary folder)."""
+    if isinstance(err, io.UnsupportedOperation):
+        return BatchInputError(f"{source}: cannot read {what}: the stream given is not open for reading.")
+    return BatchInputError(f"{source}: cannot read {what}: {getattr(err, 'strerror', None) or err}.")
 
 
 def _copy_stream(source: BinaryIO, target: BinaryIO) -> None:
-    """Copy standard input's stream through its ``read`` (a text one as UTF-8)."""
+    """Copy standard input's stream through its ``read`` (text as UTF-8)."""
     while True:
         try:
             block = source.read(1 << 20)
-        except io.UnsupportedOperation as err:
-            raise BatchInputError("-: cannot read standard input: the stream given is not open for reading.") from err
-        except (OSError, ValueError) as err:  # the stream's own failure (gzip's "not a gzipped file", closed)
-            raise BatchInputError(f"-: cannot read standard input: {getattr(err, 'strerror', None) or err}.") from err
+            if isinstance(block, str):
+                block = block.encode("utf-8")
+        except (OSError, ValueError) as err:  # gzip's "not a gzipped file"; text UTF-8 cannot hold
+            raise _unreadable(err) from err
         if not block:
             return
-        target.write(block.encode("utf-8") if isinstance(block, str) else block)
+        target.write(block)
 
 
 def _copy_all(sources: list[_Source | BinaryIO], targets: list[Path], opened: list[int]) -> None:
@@ -207,7 +223,7 @@ def _copy_all(sources: list[_Source | BinaryIO], targets: list[Path], opened: li
                 except BlockingIOError:  # woken with nothing to read after all
                     continue
                 except OSError as err:  # the input's own failure, not the copy's (a full temporary folder)
-                    raise BatchInputError(f"{source.name}: cannot read {source.what}: {err.strerror or err}.") from err
+                    raise _unreadable(err, source.name, source.what) from err
                 if block:
                     fh.write(block)
                 else:  # its end: ready, and nothing left (an unopened pipe's writer has come and gone)
