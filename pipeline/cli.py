@@ -404,7 +404,7 @@ def _score_options(args: argparse.Namespace):
 def _score_pandas(args: argparse.Namespace, warn: Callable[[str], None], options):
     """Score in this process; with --adapt-priors under the batch's estimated case mix; with --report the page."""
     from pipeline.core.errors import StoppedAfterOutput
-    from pipeline.serve.batch import score_files
+    from pipeline.serve.batch import STREAM_REJECTS, rejects_file, score_files
     from pipeline.serve.chunks import available_cores
     from pipeline.serve.loading import get_model
     from pipeline.serve.reading import lean_memory_pool, reuse_freed_heap
@@ -423,30 +423,45 @@ def _score_pandas(args: argparse.Namespace, warn: Callable[[str], None], options
     jobs = args.jobs or available_cores()
     # written after the output: an earlier run's go as the new output is put in place
     stale = [path for _, path, _ in _written_after_output(args)] if args.output != "-" else []
-    try:
-        summary = score_files(args.inputs, args.output, model, chunk_rows=args.chunk_rows, options=options,
-                              rejects=args.rejects, jobs=jobs, warn=warn, stale=stale,
-                              progress=not args.quiet and sys.stderr is not None and sys.stderr.isatty())
-    except StoppedAfterOutput as err:  # as the scoring ended: the files that follow it were not begun
-        raise StoppedAfterOutput(f"{err}{_after_output(args, begun=False)}") from None
-    from pipeline.serve.guard import stop_at_once_on_signals
+    from pipeline.serve.guard import stop_at_once_on_signals, stops_after_output
 
-    try:  # the output is complete: a stop now leaves out the files that follow it, each written whole or not at all
-        with stop_at_once_on_signals():
-            _after_scoring(args, plain, estimate)
-    except KeyboardInterrupt as err:
-        raise StoppedAfterOutput(f"{str(err) or 'interrupted'} after {args.output} was written in full"
-                                 f"{_after_output(args, begun=True)}") from None
+    # from the job's start to the summary's last line, a stop signal stops the command (the job
+    # notes it, and acts at its next step); from the output's completion on, it says the output is whole
+    written: list[str] = []  # the files after the output written so far
+    with stops_after_output(_whole(args)) as complete, stop_at_once_on_signals():
+        summary = None
+        try:
+            summary = score_files(args.inputs, args.output, model, chunk_rows=args.chunk_rows, options=options,
+                                  rejects=args.rejects, jobs=jobs, warn=warn, stale=stale,
+                                  progress=not args.quiet and sys.stderr is not None and sys.stderr.isatty())
+            complete()
+            _after_scoring(args, plain, estimate, written)
+        except KeyboardInterrupt as err:  # the files after the output are each written whole or not at all
+            if summary is None and not isinstance(err, StoppedAfterOutput):
+                raise  # before the output was complete
+            missing = [what for what, asked in (("the case mix", args.adapt_priors), ("the batch report", args.report))
+                       if asked and what not in written]
+            raise StoppedAfterOutput(f"{_stop_line(err, args)}{_not_written(missing)}") from None
+        _tell_summary(args, summary, rejects_file(Path(args.output), args.rejects) if args.output != "-"
+                      else Path(args.rejects or STREAM_REJECTS))
     return summary
 
 
-def _after_output(args: argparse.Namespace, *, begun: bool) -> str:
-    """What a stop once the output is whole says of the files asked for that are written after
-    it ("" for none): not written, or, once they were begun, each written whole or not at all."""
-    after = [what for what, asked in (("the case mix", args.adapt_priors), ("the batch report", args.report)) if asked]
-    if not after:
-        return ""
-    return f"; {' and '.join(after)} {'may be missing' if begun else ('were' if len(after) > 1 else 'was') + ' not written'}"
+def _whole(args: argparse.Namespace) -> str:
+    """What a stop once ``kneepain score``'s output is complete says was written."""
+    return "every row was written to standard output" if args.output == "-" else f"{args.output} was written in full"
+
+
+def _stop_line(err: BaseException, args: argparse.Namespace) -> str:
+    """A stop's line once the output is whole (``err`` may say so already)."""
+    from pipeline.core.errors import StoppedAfterOutput
+
+    return str(err) if isinstance(err, StoppedAfterOutput) else f"{str(err) or 'interrupted'} after {_whole(args)}"
+
+
+def _not_written(missing: list[str]) -> str:
+    """The files asked for after the output that a stop left unwritten, as a message says them."""
+    return f"; {' and '.join(missing)} {'were' if len(missing) > 1 else 'was'} not written" if missing else ""
 
 
 def _refuse_model_folder(out: Path) -> None:
@@ -478,9 +493,10 @@ def _written_after_output(args: argparse.Namespace) -> list[tuple[str, Path, boo
                      Path(f"{args.output}.priors.json"), False)]
 
 
-def _after_scoring(args: argparse.Namespace, plain, estimate) -> None:
+def _after_scoring(args: argparse.Namespace, plain, estimate, written: list[str]) -> None:
     """The files written after the output: the case mix (--adapt-priors; else an earlier run's is
-    removed, as it describes probabilities this output does not have) and the report (--report)."""
+    removed, as it describes probabilities this output does not have) and the report (--report),
+    each named in ``written`` once it is in place."""
     if estimate is None and args.output != "-":
         Path(f"{args.output}.priors.json").unlink(missing_ok=True)
     elif estimate is not None:
@@ -488,6 +504,7 @@ def _after_scoring(args: argparse.Namespace, plain, estimate) -> None:
         from pipeline.serve.adapt import format_prior, prior_report
 
         write_report_json(f"{args.output}.priors.json", prior_report(estimate))
+        written.append("the case mix")
         if not args.quiet:
             print(format_prior(estimate) + f"\n  (saved in {args.output}.priors.json; right when only the mix "
                   "differs from training, not how each condition presents)", file=sys.stderr)
@@ -496,6 +513,7 @@ def _after_scoring(args: argparse.Namespace, plain, estimate) -> None:
 
         write_batch_report(args.inputs, args.output, plain, args.report, estimate=estimate, chunk_rows=args.chunk_rows,
                            rejects=args.rejects)
+        written.append("the batch report")
         if not args.quiet:
             print(f"Batch report: {args.report} (numbers in {Path(args.report).with_suffix('.json')})", file=sys.stderr)
 
@@ -574,8 +592,6 @@ def _score(args: argparse.Namespace) -> int:
                                   or "-" in (args.output, *args.inputs)):
         raise UsageError("--columns, --keep-input-columns, --top-k, --float-digits, --texts, --rejects and - are for "
                          "--engine pandas; the Dask engine writes the full output.")
-    from pipeline.serve.batch import STREAM_REJECTS, rejects_file
-
     if args.engine == "dask" and is_case_file(args.output):
         raise UsageError(f"-o {args.output}: the dask engine writes a folder of part files (--format chooses "
                          "their type); give a folder name.")
@@ -591,29 +607,33 @@ def _score(args: argparse.Namespace) -> int:
         from pipeline.serve.guard import stop_at_once_on_signals, stops_after_output
 
         # the workers load the (hash-checked) model themselves, once each; SIGTERM and SIGHUP stop
-        # the job as Ctrl-C does, and its temporary folder is removed
-        with stops_after_output(f"{args.output} was written in full (as the Dask cluster shut down)") as complete, \
-                stop_at_once_on_signals(), dask_client(args.scheduler) as client:
-            summary = score_files_dask(args.inputs, args.output, args.model, client=client,
-                                       fmt=args.format or "parquet", chunk_rows=args.chunk_rows, warn=warn,
-                                       block_bytes=block_bytes)
-            complete()
-        rejects_path = Path(args.output) / REJECTS_FILE
+        # the job as Ctrl-C does, and its temporary folder is removed; once the folder is in place,
+        # a stop (as the cluster shuts down, in the summary) says that it is whole
+        with stops_after_output(_whole(args)) as complete, stop_at_once_on_signals():
+            with dask_client(args.scheduler) as client:
+                summary = score_files_dask(args.inputs, args.output, args.model, client=client,
+                                           fmt=args.format or "parquet", chunk_rows=args.chunk_rows, warn=warn,
+                                           block_bytes=block_bytes)
+                complete()
+            _tell_summary(args, summary, Path(args.output) / REJECTS_FILE)
     else:
         summary = _score_pandas(args, warn, options)
-        rejects_path = rejects_file(Path(args.output), args.rejects) if args.output != "-" else \
-            Path(args.rejects or STREAM_REJECTS)
-    if not args.quiet:
-        rejected = (f", rejected {summary.rows_rejected:,} (see {rejects_path})"
-                    if summary.rows_rejected else ", rejected 0")
-        print(f"Scored {summary.rows_scored:,} row{'' if summary.rows_scored == 1 else 's'}{rejected} in {summary.seconds:.1f} s "
-              f"({summary.rows_per_second:,.0f} rows/s) -> {args.output}", file=sys.stderr)
-        if summary.rows_rejected:  # what the rejected rows have in common, without opening the file
-            from pipeline.serve.rejectreasons import rejects_digest
-
-            for line in rejects_digest(rejects_path):
-                print(line, file=sys.stderr)
     return EXIT_REJECTED if summary.rows_rejected else EXIT_OK
+
+
+def _tell_summary(args: argparse.Namespace, summary, rejects_path: Path) -> None:
+    """``kneepain score``'s last lines (not with --quiet): the rows scored and rejected, and what
+    the rejected rows (in ``rejects_path``) have in common."""
+    if args.quiet:
+        return
+    rejected = f", rejected {summary.rows_rejected:,} (see {rejects_path})" if summary.rows_rejected else ", rejected 0"
+    print(f"Scored {summary.rows_scored:,} row{'' if summary.rows_scored == 1 else 's'}{rejected} in {summary.seconds:.1f} s "
+          f"({summary.rows_per_second:,.0f} rows/s) -> {args.output}", file=sys.stderr)
+    if summary.rows_rejected:  # what the rejected rows have in common, without opening the file
+        from pipeline.serve.rejectreasons import rejects_digest
+
+        for line in rejects_digest(rejects_path):
+            print(line, file=sys.stderr)
 
 
 def _sample_parser(sub: argparse._SubParsersAction) -> None:

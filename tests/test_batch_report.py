@@ -158,10 +158,13 @@ def test_a_stop_while_the_report_is_written_says_the_output_is_whole(trained, re
     monkeypatch.setattr(batch_report, "write_batch_report", stopped)
     models, _ = trained
     code = main(["score", str(report / "clinic.csv"), "-o", str(tmp_path / "o.csv"), "--model", str(models), "--quiet",
-                 "--report", str(tmp_path / "o.html")])
-    err = capsys.readouterr().err
-    assert code == 2 and f"stopped by {signum} after {tmp_path / 'o.csv'} was written in full" in err, err
+                 "--report", str(tmp_path / "o.html"), "--adapt-priors"])
+    err = capsys.readouterr().err.strip()
+    # the case mix, written before the report, is not said to be missing
+    assert code == 2 and err.endswith(f"stopped by {signum} after {tmp_path / 'o.csv'} was written in full; the batch "
+                                      "report was not written"), err
     assert len(pd.read_csv(tmp_path / "o.csv")) == 500 and not (tmp_path / "o.html").exists()
+    assert (tmp_path / "o.csv.priors.json").exists()
 
 
 def test_report_page_is_self_contained_html_with_every_section(report):

@@ -302,6 +302,18 @@ def test_a_stop_as_the_temporary_folder_is_removed_says_the_output_is_whole(clie
     with pytest.raises(StoppedAfterOutput, match=f"^interrupted after {tmp_path / 'out'} was written in full$"):
         score_files_dask([str(tmp_path / "good.csv")], tmp_path / "out", models, client=client)
     assert len(removals) == 2 and len(_read_parts(tmp_path / "out")) == 100  # removed once more after the stop
+    monkeypatch.undo()
+    frame = _text_cases(kb, 100, 9)
+    frame["note"] = "x"  # a column the job ignores, and warns of once the folder is in place
+    frame.to_csv(tmp_path / "noted.csv", index=False)
+
+    def stopped_in_the_warning(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "ignored_columns_message", stopped_in_the_warning)
+    with pytest.raises(StoppedAfterOutput, match=f"^interrupted after {tmp_path / 'out2'} was written in full$"):
+        score_files_dask([str(tmp_path / "noted.csv")], tmp_path / "out2", models, client=client)
+    assert len(_read_parts(tmp_path / "out2")) == 100
 
 
 def test_a_relative_output_folder_is_found_by_workers_in_another_folder(client, trained, kb, tmp_path, monkeypatch):

@@ -1356,6 +1356,26 @@ def test_a_stop_as_the_output_is_put_in_place_says_the_output_is_whole(trained, 
     assert len(pd.read_csv(out)) == 4 and not (tmp_path / "r.html").exists()
 
 
+def test_a_stop_while_the_summary_is_told_says_the_output_is_whole(trained, tmp_path, capsys, monkeypatch):
+    """Ctrl-C as the command reads the rejects file for its summary: the output is whole, and the
+    line says so (it said that no output was written)."""
+    from pipeline.serve import rejectreasons
+
+    models, _ = trained
+    src = _write(tmp_path / "in.csv", [HEADER, *GOOD, "a5,41,femal,no,3"])
+
+    def stopped(path):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1)
+        return []
+
+    monkeypatch.setattr(rejectreasons, "rejects_digest", stopped)
+    assert main(["score", str(src), "-o", str(tmp_path / "out.csv"), "--model", str(models)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"kneepain score: error: stopped by SIGINT after {tmp_path / 'out.csv'} was written in full", err
+    assert len(pd.read_csv(tmp_path / "out.csv")) == 4 and (tmp_path / "out.csv.rejects.csv").exists()
+
+
 @pytest.mark.parametrize("output", ["file", "-"])
 def test_two_stops_as_the_scorers_stop_after_the_output_is_in_place_say_it_is_whole(trained, tmp_path, monkeypatch,
                                                                                   output):

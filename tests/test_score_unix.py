@@ -345,9 +345,28 @@ def test_standard_input_is_any_stream_read_as_its_reader_gives_it(trained, cases
     with open(path, "rb") as stdin:
         assert stdin.peek(1)[:7] == b"case_id"  # the reader's buffer holds the header and more
         assert scored(stdin) == expected
-    with open(path, encoding="latin-1") as stdin:  # sys.stdin, say, in another encoding
+    # text: what the stream gives, as it decodes it (sys.stdin, say, in another encoding, after a
+    # title line was read from it; newline="" keeps the line breaks inside a kept text)
+    titled = tmp_path / "latin-1.csv"
+    titled.write_bytes(b"# exported by the clinic\r\n" + text.decode().encode("latin-1"))
+    with open(titled, encoding="latin-1", newline="") as stdin:
+        assert stdin.readline() == "# exported by the clinic\r\n"
         assert scored(stdin) == expected
     assert scored(io.StringIO(text.decode(), newline="")) == expected
+    r, w = os.pipe()  # a stream that has nothing yet (None) is waited for, not taken for its end
+    os.set_blocking(r, False)
+
+    def trickle() -> None:
+        with open(w, "wb", buffering=0) as fh:
+            for start in range(0, len(text), 4096):
+                fh.write(text[start:start + 4096])
+                time.sleep(0.002)
+
+    feeder = threading.Thread(target=trickle)
+    feeder.start()
+    with io.BufferedRWPair(io.FileIO(r), io.BytesIO()) as stdin:
+        assert scored(stdin) == expected
+    feeder.join(timeout=60)
     feeder = subprocess.Popen(["cat", str(path)], stdout=subprocess.PIPE)
     try:
         assert feeder.stdout.peek(1)[:7] == b"case_id"
@@ -1047,7 +1066,7 @@ def test_a_temporary_folder_without_room_is_named_and_nothing_is_written(trained
     # standard input that cannot be read is named as such, not as the temporary folder
     monkeypatch.undo()
     with open(tmp_path / "write_only", "wb") as unreadable, pytest.raises(
-            BatchInputError, match=r"^-: cannot read standard input: Bad file descriptor\.$"):
+            BatchInputError, match=r"^-: cannot read standard input: the stream given is not open for reading\.$"):
         score_files(["-"], tmp_path / "o.csv", model, stdin=unreadable)
     # the empty lock files stay, as filelock leaves them (the README says so)
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == ["in.csv", "not_a_folder",

@@ -62,7 +62,7 @@ from pipeline.serve.guard import (
 from pipeline.serve.loading import LoadedModel
 from pipeline.serve.reading import prefetch
 from pipeline.serve.shaping import OutputOptions, input_columns, round_floats, select_columns, text_lookup
-from pipeline.serve.spool import spooled_inputs
+from pipeline.serve.spool import StandardInput, spooled_inputs
 from pipeline.serve.writing import Writer, output_schema, reject_schema, rejected_names
 
 __all__ = ["BatchInputError", "ScoreSummary", "SeenIds", "check_target", "score_chunk", "score_files", "score_valid",
@@ -87,7 +87,7 @@ class ScoreSummary:
 
 def score_files(inputs: list[str | Path], output: str | Path, model: LoadedModel, *, chunk_rows: int = CHUNK_ROWS,
                 progress: bool = False, warn: Callable[[str], None] | None = None,
-                options: OutputOptions | None = None, stdin: BinaryIO | None = None,
+                options: OutputOptions | None = None, stdin: StandardInput | None = None,
                 stdout: BinaryIO | None = None, rejects: str | Path | None = None, jobs: int = 1,
                 stale: Sequence[Path] = ()) -> ScoreSummary:
     """Score every row of ``inputs`` into ``output`` (CSV or Parquet by extension).
@@ -156,7 +156,6 @@ def score_files(inputs: list[str | Path], output: str | Path, model: LoadedModel
         summary = _score_locked(paths, labels, columns, output, rejects_path, model, chunk_rows=chunk_rows,
                                 progress=progress, warn=warn, options=options, jobs=jobs, lookup=lookup, stale=stale,
                                 complete=complete)
-        check_stop()  # one noted since the last step acts now, and says the output is whole
     return summary
 
 
@@ -235,7 +234,7 @@ def check_target(path: Path, what: str, *, make_folders: bool = False) -> None:
 
 def _score_to_stream(inputs: list[str | Path], stream: BinaryIO, model: LoadedModel, *, rejects: Path,
                      chunk_rows: int, progress: bool, warn: Callable[[str], None] | None,
-                     options: OutputOptions, stdin: BinaryIO | None, jobs: int) -> ScoreSummary:
+                     options: OutputOptions, stdin: StandardInput | None, jobs: int) -> ScoreSummary:
     outputs = [("rejects file", rejects)]
     if _writes_codes(model, options):
         outputs.append(("texts lookup", rejects.with_name(STREAM_TEXTS)))
@@ -255,7 +254,6 @@ def _score_to_stream(inputs: list[str | Path], stream: BinaryIO, model: LoadedMo
         summary = _score_locked(paths, labels, columns, None, rejects, model, chunk_rows=chunk_rows, progress=progress,
                                 warn=warn, options=options, jobs=jobs, stream=stream, lookup=texts_path,
                                 complete=complete)
-        check_stop()
     return summary
 
 
@@ -402,7 +400,9 @@ def _score_locked(paths: list[Path], labels: list[str], columns: list[list[str]]
             _write_lookup(texts[0], texts[1], lookup, rename=False)
         # the files replaced keep their permissions and group (a private rejects file stays private)
         before = {p: regular_stat(p) for p in (output, rejects_path, lookup) if p is not None}
-        check_stop()  # the last point a stop signal acts: the files are complete and renamed below
+        # the last point a stop leaves nothing written: one from here on acts once the files below are
+        # renamed, and says that the output is whole (stop_on_signals, stops_after_output)
+        check_stop()
         # the output last: a run killed between the renames leaves no output, never an output
         # whose rejects or texts lookup are missing
         if output is not None:

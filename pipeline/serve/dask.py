@@ -491,7 +491,7 @@ def score_files_dask(inputs: Sequence[str | Path] | str | Path, output_dir: str 
             if path.exists():
                 refuse_changed(path, before, label)
 
-    # a stop once the folder is in place (as the temporary one is removed) says that it is whole
+    # a stop once the folder is in place (as the temporary one is removed, or in a warning) says that it is whole
     with stops_after_output(f"{target} was written in full") as complete:
         try:
             try:
@@ -515,13 +515,13 @@ def score_files_dask(inputs: Sequence[str | Path] | str | Path, output_dir: str 
         except BaseException:
             remove_temp_folder(tmp)
             raise
-    summary = ScoreSummary(files=labels, rows_scored=sum(r.rows_scored for r in ordered),
-                           rows_rejected=sum(r.rows_rejected for r in ordered))
-    ignored = {r.file: r.ignored for r in reversed(ordered) if r.ignored}
-    for i, label in enumerate(labels):
-        if i in ignored:
-            summary.warnings.append(ignored_columns_message(ignored[i], label))
-            if warn:
-                warn(summary.warnings[-1])
+        summary = ScoreSummary(files=labels, rows_scored=sum(r.rows_scored for r in ordered),
+                               rows_rejected=sum(r.rows_rejected for r in ordered))
+        ignored = {r.file: r.ignored for r in reversed(ordered) if r.ignored}
+        for i, label in enumerate(labels):
+            if i in ignored:
+                summary.warnings.append(ignored_columns_message(ignored[i], label))
+                if warn:
+                    warn(summary.warnings[-1])
     summary.seconds = time.perf_counter() - start
     return summary

@@ -28,7 +28,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import signal
@@ -37,7 +36,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, Any, BinaryIO
 
 from filelock import FileLock, Timeout
 
@@ -87,7 +86,7 @@ def refuse_same_file(inputs: Sequence[Path], outputs: Sequence[tuple[str, Path]]
                                       f"your data; {_another(what)}.")
 
 
-def refuse_repeated_inputs(inputs: Sequence[Path], stdin: BinaryIO | None = None) -> None:
+def refuse_repeated_inputs(inputs: Sequence[Path], stdin: IO[Any] | None = None) -> None:
     """Raise :class:`BatchInputError` if two of the inputs are one file, by any path (``a.csv``
     and ``./a.csv``, overlapping globs, a link), or if standard input (``stdin``, where ``-`` is an
     input) is redirected from one of them: its rows would be scored twice, and without a
@@ -124,17 +123,17 @@ def _read_once_or_more(found: os.stat_result) -> bool:
     return stat.S_ISREG(found.st_mode) or stat.S_ISFIFO(found.st_mode)
 
 
-def _stream_file(stream: BinaryIO) -> os.stat_result | None:
+def _stream_file(stream: IO[Any]) -> os.stat_result | None:
     """What a standard stream reads from or writes to, if it is a regular file or a pipe (a terminal or
     an in-memory stream: None)."""
     try:
         found = os.fstat(stream.fileno())
-    except (AttributeError, OSError, io.UnsupportedOperation):
+    except (AttributeError, OSError, ValueError):  # in memory, or closed (said where it is read)
         return None
     return found if _read_once_or_more(found) else None
 
 
-def _regular_file_of(stream: BinaryIO) -> os.stat_result | None:
+def _regular_file_of(stream: IO[Any]) -> os.stat_result | None:
     """The file a standard stream is redirected from or to, if it is a regular file (a pipe, a
     terminal or an in-memory stream: None)."""
     found = _stream_file(stream)
@@ -148,7 +147,7 @@ def _is_file(path: Path, found: os.stat_result) -> bool:
         return False
 
 
-def refuse_stdin_source(stdin: BinaryIO, outputs: Sequence[tuple[str, Path]]) -> None:
+def refuse_stdin_source(stdin: IO[Any], outputs: Sequence[tuple[str, Path]]) -> None:
     """Raise :class:`BatchInputError` if standard input is read from a file (``< cases.csv``) that
     is one of the job's files (``(what, path)``): the cases would be copied and scored, then the
     file replaced by the scores. A pipe, a terminal or an in-memory stream is no file and passes."""
@@ -162,7 +161,7 @@ def refuse_stdin_source(stdin: BinaryIO, outputs: Sequence[tuple[str, Path]]) ->
 
 
 def refuse_stdout_target(stdout: BinaryIO, inputs: Sequence[Path], outputs: Sequence[tuple[str, Path]],
-                         stdin: BinaryIO | None = None) -> None:
+                         stdin: IO[Any] | None = None) -> None:
     """Raise :class:`BatchInputError` if standard output, where the scored rows go, is redirected to
     a file that is an input (``cases.csv -o - >> cases.csv``: the scores would be appended to the
     cases, and read back as cases), the file standard input is read from, or another of the job's
@@ -287,11 +286,13 @@ def output_lock(output: Path, what: str = "output") -> Iterator[None]:
         lock.release()
 
 
-_received: list[int] = []  # stop signals noted by stop_on_signals' handler, not acted on yet
+_received: list[int] = []  # stop signals noted by stop_on_signals' handler
+_acted: list[int] = []  # those raised as Interrupted (by check_stop, or a second signal at once)
 
 
 def _note(signum: int, frame) -> None:
     if _received:  # a second signal: the user means now
+        _acted.append(signum)
         raise Interrupted(signum)
     _received.append(signum)
 
@@ -299,6 +300,7 @@ def _note(signum: int, frame) -> None:
 def check_stop() -> None:
     """Raise :class:`Interrupted` if a stop signal arrived since :func:`stop_on_signals` began."""
     if _received:
+        _acted.append(_received[0])
         raise Interrupted(_received[0])
 
 
@@ -366,14 +368,20 @@ def stop_on_signals(signums: Sequence[int] = STOP_SIGNALS) -> Iterator[None]:
     The handler only notes the signal: an exception raised from a handler lands wherever the main
     thread is, between a lock's acquire and the ``with`` that releases it too (inside
     ``concurrent.futures``, a lock held for ever, and a job that never exits). The job calls
-    :func:`check_stop` between its steps instead. A second signal raises at once.
+    :func:`check_stop` between its steps instead. A second signal raises at once. One noted
+    since the last :func:`check_stop` raises as the block ends without an error, once the
+    handlers before it are back (a signal from then on meets them): no signal is lost.
     """
     main = threading.current_thread() is threading.main_thread()
     if main:
         _received.clear()
+        _acted.clear()
     try:
         with _signals_to(_note, signums):
             yield
+        if main and _received and not _acted:
+            raise Interrupted(_received[0])
     finally:
         if main:
             _received.clear()
+            _acted.clear()

@@ -11,10 +11,11 @@ import select
 import shutil
 import socket
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
-from typing import BinaryIO, NamedTuple
+from typing import BinaryIO, NamedTuple, TextIO, cast
 
 from pipeline.core.casefiles import PARQUET_FIX, complete_columns
 from pipeline.core.errors import BatchInputError
@@ -27,7 +28,9 @@ from pipeline.serve.guard import (
     stop_at_once_on_signals,
 )
 
-__all__ = ["STDIN_LABEL", "spooled_inputs"]
+__all__ = ["STDIN_LABEL", "StandardInput", "spooled_inputs"]
+
+StandardInput = BinaryIO | TextIO  # what a job reads ``-`` from: bytes, or text written as UTF-8
 
 STDIN_LABEL = "<stdin>"  # standard input's name in rejects and messages
 _STDIN_PARQUET_FIX = "save it to a file with a .parquet name and give that file (standard input is read as CSV only)"
@@ -39,7 +42,7 @@ _WAIT_SECONDS = 0.2  # how long a copy waits for bytes before it looks for a sto
 
 
 @contextmanager
-def spooled_inputs(inputs: Sequence[str | Path], standard_input: Callable[[], BinaryIO],
+def spooled_inputs(inputs: Sequence[str | Path], standard_input: Callable[[], StandardInput],
                    outputs: Sequence[tuple[str, Path]], lock: Callable[[], AbstractContextManager]
                    ) -> Iterator[tuple[list[Path], list[str], list[list[str]]]]:
     """The inputs as files to read, their names in messages and rows (as given; standard input is
@@ -70,6 +73,8 @@ def spooled_inputs(inputs: Sequence[str | Path], standard_input: Callable[[], Bi
     source = None
     if any(str(p) == "-" for p in inputs):
         source = standard_input()
+        if getattr(source, "closed", False):
+            raise standard_stream_closed("input")
         refuse_stdin_source(source, outputs)
     refuse_repeated_inputs([Path(p) for p in inputs if str(p) != "-"], source)
     refuse_same_file(files, outputs)
@@ -120,13 +125,13 @@ class _Source(NamedTuple):
 
 
 @contextmanager
-def _opened(pipes: list[tuple[str | Path, str]], stdin: BinaryIO | None
-            ) -> Iterator[tuple[list[_Source | BinaryIO], list[int]]]:
+def _opened(pipes: list[tuple[str | Path, str]], stdin: StandardInput | None
+            ) -> Iterator[tuple[list[_Source | StandardInput], list[int]]]:
     """Each ``(given, label)`` opened to be read, and the descriptors opened here (a copy closes
     each at its end; the rest are closed afterwards): ``-`` as ``stdin`` (:func:`_standard_source`);
     a pipe without waiting for its writer."""
     opened: list[int] = []
-    sources: list[_Source | BinaryIO] = []
+    sources: list[_Source | StandardInput] = []
     try:
         for given, label in pipes:
             if str(given) == "-":
@@ -144,30 +149,29 @@ def _opened(pipes: list[tuple[str | Path, str]], stdin: BinaryIO | None
             os.close(fd)
 
 
-def _standard_source(stdin: BinaryIO) -> _Source | BinaryIO:
+def _standard_source(stdin: StandardInput) -> _Source | StandardInput:
     """Standard input's stream, to be copied by its descriptor where its bytes are the
     descriptor's: a raw file or socket (``io.FileIO``, ``socket.SocketIO``), or a buffered reader
     over one (``sys.stdin.buffer``, ``open(path, "rb")``, a subprocess's ``stdout``,
-    ``socket.makefile("rb")``), with what its buffer already holds taken first, without waiting;
-    a text stream over one (``sys.stdin``) by its bytes, undecoded. Any other stream
-    (``gzip.open``, ``io.BytesIO``; ``io.StringIO``, encoded as UTF-8) is read through its own
-    ``read``, to its end before the pipes are read: a process that feeds it and a pipe of the
+    ``socket.makefile("rb")``), with what its buffer already holds taken first, without waiting.
+    Any other stream is read through its own ``read``: ``gzip.open``, ``io.BytesIO``, and text
+    (``sys.stdin``, ``open(path)``, ``io.StringIO``: the text it gives, as it decodes it, written
+    as UTF-8), to its end before the pipes are read: a process that feeds it and a pipe of the
     same job in turn waits for ever."""
-    if getattr(stdin, "closed", False):
-        raise standard_stream_closed("input")
-    if isinstance(stdin, io.TextIOBase) and isinstance(getattr(stdin, "buffer", None), io.BufferedIOBase):
-        stdin = stdin.buffer
     raw = getattr(stdin, "raw", stdin)
     if not isinstance(raw, (io.FileIO, socket.SocketIO)):
         return stdin
+    if not stdin.readable():
+        raise _unreadable(io.UnsupportedOperation("not readable"))
     fd = raw.fileno()
-    if stdin is raw or not stdin.readable():  # (open for writing only: the read says so, by the descriptor)
+    if stdin is raw:
         return _Source(fd, "-", "standard input")
     try:  # a buffered reader: the bytes it holds, without waiting for more
         blocking = os.get_blocking(fd)
         try:
             os.set_blocking(fd, False)
-            head = stdin.read(len(stdin.peek(0)))  # type: ignore[attr-defined]
+            reader = cast(io.BufferedReader, stdin)
+            head = reader.read(len(reader.peek(0)))
         finally:
             os.set_blocking(fd, blocking)
     except BlockingIOError:
@@ -184,8 +188,9 @@ def _unreadable(err: BaseException, source: str = "-", what: str = "standard inp
     return BatchInputError(f"{source}: cannot read {what}: {getattr(err, 'strerror', None) or err}.")
 
 
-def _copy_stream(source: BinaryIO, target: BinaryIO) -> None:
-    """Copy standard input's stream through its ``read`` (text as UTF-8)."""
+def _copy_stream(source: StandardInput, target: BinaryIO) -> None:
+    """Copy standard input's stream through its ``read`` (text as UTF-8); a stream that has
+    nothing yet (a non-blocking one's ``None``) is waited for."""
     while True:
         try:
             block = source.read(1 << 20)
@@ -193,12 +198,15 @@ def _copy_stream(source: BinaryIO, target: BinaryIO) -> None:
                 block = block.encode("utf-8")
         except (OSError, ValueError) as err:  # gzip's "not a gzipped file"; text UTF-8 cannot hold
             raise _unreadable(err) from err
+        if block is None:  # not the end: nothing yet (a stop signal's handler runs in the wait)
+            time.sleep(_WAIT_SECONDS / 20)
+            continue
         if not block:
             return
         target.write(block)
 
 
-def _copy_all(sources: list[_Source | BinaryIO], targets: list[Path], opened: list[int]) -> None:
+def _copy_all(sources: list[_Source | StandardInput], targets: list[Path], opened: list[int]) -> None:
     """Copy each source to its target, all at once, in this thread: whichever has bytes is read,
     so a writer blocked on a full pipe the job has not emptied yet cannot hold up the others. A
     pipe in ``opened`` is closed at its end (and taken out), so that a later writer waits, as it
