@@ -12,8 +12,12 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline import __version__
+
+if TYPE_CHECKING:
+    from pipeline.serve.batch import ScoreSummary
 
 __all__ = ["main"]
 
@@ -401,9 +405,9 @@ def _score_options(args: argparse.Namespace):
                          texts=args.texts or ("codes" if csv_out else "full"))
 
 
-def _score_pandas(args: argparse.Namespace, warn: Callable[[str], None], options):
-    """Score in this process; with --adapt-priors under the batch's estimated case mix; with --report the page."""
-    from pipeline.core.errors import StoppedAfterOutput
+def _score_pandas(args: argparse.Namespace, warn: Callable[[str], None], options, written: list[str]):
+    """Score in this process; with --adapt-priors under the batch's estimated case mix; with --report
+    the page (the files written after the output are named in ``written`` once they are)."""
     from pipeline.serve.batch import STREAM_REJECTS, rejects_file, score_files
     from pipeline.serve.chunks import available_cores
     from pipeline.serve.loading import get_model
@@ -423,40 +427,18 @@ def _score_pandas(args: argparse.Namespace, warn: Callable[[str], None], options
     jobs = args.jobs or available_cores()
     # written after the output: an earlier run's go as the new output is put in place
     stale = [path for _, path, _ in _written_after_output(args)] if args.output != "-" else []
-    from pipeline.serve.guard import stop_at_once_on_signals, stops_after_output
-
-    # from the job's start to the summary's last line, a stop signal stops the command (the job
-    # notes it, and acts at its next step); from the output's completion on, it says the output is whole
-    written: list[str] = []  # the files after the output written so far
-    with stops_after_output(_whole(args)) as complete, stop_at_once_on_signals():
-        summary = None
-        try:
-            summary = score_files(args.inputs, args.output, model, chunk_rows=args.chunk_rows, options=options,
-                                  rejects=args.rejects, jobs=jobs, warn=warn, stale=stale,
-                                  progress=not args.quiet and sys.stderr is not None and sys.stderr.isatty())
-            complete()
-            _after_scoring(args, plain, estimate, written)
-        except KeyboardInterrupt as err:  # the files after the output are each written whole or not at all
-            if summary is None and not isinstance(err, StoppedAfterOutput):
-                raise  # before the output was complete
-            missing = [what for what, asked in (("the case mix", args.adapt_priors), ("the batch report", args.report))
-                       if asked and what not in written]
-            raise StoppedAfterOutput(f"{_stop_line(err, args)}{_not_written(missing)}") from None
-        _tell_summary(args, summary, rejects_file(Path(args.output), args.rejects) if args.output != "-"
-                      else Path(args.rejects or STREAM_REJECTS))
+    summary = score_files(args.inputs, args.output, model, chunk_rows=args.chunk_rows, options=options,
+                          rejects=args.rejects, jobs=jobs, warn=warn, stale=stale,
+                          progress=not args.quiet and sys.stderr is not None and sys.stderr.isatty())
+    _after_scoring(args, plain, estimate, written)
+    _tell_summary(args, summary, rejects_file(Path(args.output), args.rejects) if args.output != "-"
+                  else Path(args.rejects or STREAM_REJECTS))
     return summary
 
 
 def _whole(args: argparse.Namespace) -> str:
     """What a stop once ``kneepain score``'s output is complete says was written."""
     return "every row was written to standard output" if args.output == "-" else f"{args.output} was written in full"
-
-
-def _stop_line(err: BaseException, args: argparse.Namespace) -> str:
-    """A stop's line once the output is whole (``err`` may say so already)."""
-    from pipeline.core.errors import StoppedAfterOutput
-
-    return str(err) if isinstance(err, StoppedAfterOutput) else f"{str(err) or 'interrupted'} after {_whole(args)}"
 
 
 def _not_written(missing: list[str]) -> str:
@@ -595,33 +577,47 @@ def _score(args: argparse.Namespace) -> int:
     if args.engine == "dask" and is_case_file(args.output):
         raise UsageError(f"-o {args.output}: the dask engine writes a folder of part files (--format chooses "
                          "their type); give a folder name.")
-    if args.engine == "dask":
-        from pipeline.core.cluster import dask_client
-        from pipeline.serve.dask import REJECTS_FILE, score_files_dask
-        from pipeline.serve.loading import get_model
+    from pipeline.core.errors import StoppedAfterOutput
+    from pipeline.serve.guard import stop_at_once_on_signals, stops_after_output
 
-        get_model(args.model)  # verified as the workers will load it: a missing or altered one named before any cluster
-
-        block_bytes = None if args.block_mb is None else round(args.block_mb * (1 << 20))
-
-        from pipeline.serve.guard import stop_at_once_on_signals, stops_after_output
-
-        # the workers load the (hash-checked) model themselves, once each; SIGTERM and SIGHUP stop
-        # the job as Ctrl-C does, and its temporary folder is removed; once the folder is in place,
-        # a stop (as the cluster shuts down, in the summary) says that it is whole
-        with stops_after_output(_whole(args)) as complete, stop_at_once_on_signals():
-            with dask_client(args.scheduler) as client:
-                summary = score_files_dask(args.inputs, args.output, args.model, client=client,
-                                           fmt=args.format or "parquet", chunk_rows=args.chunk_rows, warn=warn,
-                                           block_bytes=block_bytes)
-                complete()
-            _tell_summary(args, summary, Path(args.output) / REJECTS_FILE)
-    else:
-        summary = _score_pandas(args, warn, options)
+    # from here to the summary's last line, SIGTERM and SIGHUP stop the command as Ctrl-C does (a
+    # job notes one and acts at its next step, removing its temporary files); once the output is
+    # in place, a stop says that it is whole, and which files asked for after it were not written
+    written: list[str] = []  # those written so far (each whole or not at all)
+    with stops_after_output(_whole(args)) as complete, stop_at_once_on_signals():
+        try:
+            if args.engine == "dask":
+                summary = _score_dask(args, warn)
+            else:
+                summary = _score_pandas(args, warn, options, written)
+        except KeyboardInterrupt as err:
+            if not (complete.done or isinstance(err, StoppedAfterOutput)):
+                raise  # before the output was in place
+            missing = [what for what, asked in (("the case mix", args.adapt_priors), ("the batch report", args.report))
+                       if asked and what not in written]
+            stop = err.stop if isinstance(err, StoppedAfterOutput) else str(err) or "interrupted"
+            raise StoppedAfterOutput(stop, _whole(args) + _not_written(missing)) from None
     return EXIT_REJECTED if summary.rows_rejected else EXIT_OK
 
 
-def _tell_summary(args: argparse.Namespace, summary, rejects_path: Path) -> None:
+def _score_dask(args: argparse.Namespace, warn: Callable[[str], None]):
+    """Score on a Dask cluster (``--scheduler``, or a local one) into a folder of part files."""
+    from pipeline.core.cluster import dask_client
+    from pipeline.serve.dask import REJECTS_FILE, score_files_dask
+    from pipeline.serve.loading import get_model
+
+    get_model(args.model)  # verified as the workers will load it: a missing or altered one named before any cluster
+    block_bytes = None if args.block_mb is None else round(args.block_mb * (1 << 20))
+    # the workers load the (hash-checked) model themselves, once each
+    with dask_client(args.scheduler) as client:
+        summary = score_files_dask(args.inputs, args.output, args.model, client=client,
+                                   fmt=args.format or "parquet", chunk_rows=args.chunk_rows, warn=warn,
+                                   block_bytes=block_bytes)
+    _tell_summary(args, summary, Path(args.output) / REJECTS_FILE)
+    return summary
+
+
+def _tell_summary(args: argparse.Namespace, summary: ScoreSummary, rejects_path: Path) -> None:
     """``kneepain score``'s last lines (not with --quiet): the rows scored and rejected, and what
     the rejected rows (in ``rejects_path``) have in common."""
     if args.quiet:

@@ -1321,14 +1321,15 @@ def test_a_job_stopped_while_it_copies_standard_input_removes_the_copy(trained, 
     assert list(tmp_path.glob("kneepain-inputs-*")) == [] and not (tmp_path / "out.csv").exists()
 
 
-def _stop_once(module, name, monkeypatch):
-    """Patch ``module.name`` to send this process a SIGTERM once, after its first call."""
+def _stop_once(module, name, monkeypatch, times: int = 1, signum=signal.SIGTERM):
+    """Patch ``module.name`` to send this process ``times`` signals after its first call."""
     real, sent = getattr(module, name), []
 
     def stopping(*args, **kwargs):
         result = real(*args, **kwargs)
-        if not sent:
-            sent.append(os.kill(os.getpid(), signal.SIGTERM))
+        while len(sent) < times:
+            sent.append(signum)
+            os.kill(os.getpid(), signum)
             time.sleep(0.01)  # the handler has run
         return result
 
@@ -1336,24 +1337,65 @@ def _stop_once(module, name, monkeypatch):
     return sent
 
 
-def test_a_stop_as_the_output_is_put_in_place_says_the_output_is_whole(trained, tmp_path, capsys, monkeypatch):
-    """A stop after the job's last step (the output renamed into place) is not dropped, and the
-    job says its output is whole rather than that nothing was written."""
+@pytest.mark.parametrize("times", [1, 2])
+def test_a_stop_as_the_output_is_put_in_place_says_the_output_is_whole(trained, tmp_path, capsys, monkeypatch, times):
+    """A stop after the job's last step, as its files are renamed into place, is not dropped; it
+    waits until the output is in place (a second one too), and the job says the output is whole
+    rather than that nothing was written."""
     from pipeline.core.errors import StoppedAfterOutput
     from pipeline.serve import batch
     from pipeline.serve.loading import load_model
 
     models, _ = trained
     src, out = _write(tmp_path / "in.csv", [HEADER, *GOOD]), tmp_path / "out.csv"
-    sent = _stop_once(batch, "replace_keeping_mode", monkeypatch)  # the output is renamed last
+    (tmp_path / "out.csv").write_text("an earlier run's output\n")
+    sent = _stop_once(batch, "replace_keeping_mode", monkeypatch, times)  # the texts lookup first, the output last
     with pytest.raises(StoppedAfterOutput, match=f"^stopped by SIGTERM after {out} was written in full$"):
         batch.score_files([src], out, load_model(models))
-    assert sent and list(pd.read_csv(out)["case_id"]) == ["a1", "a2", "a3", "a4"]
+    assert len(sent) == times and list(pd.read_csv(out)["case_id"]) == ["a1", "a2", "a3", "a4"]
     sent.clear()
     assert _score(src, out, models, "--report", str(tmp_path / "r.html")) == 2
     err = _one_line_error(capsys)
     assert f"stopped by SIGTERM after {out} was written in full; the batch report was not written" in err, err
     assert len(pd.read_csv(out)) == 4 and not (tmp_path / "r.html").exists()
+
+
+def test_a_stop_as_the_job_returns_to_the_command_says_the_output_is_whole(trained, tmp_path, capsys, monkeypatch):
+    from pipeline.serve import batch
+
+    models, _ = trained
+    src, out = _write(tmp_path / "in.csv", [HEADER, *GOOD]), tmp_path / "out.csv"
+    _stop_once(batch, "score_files", monkeypatch, signum=signal.SIGINT)
+    assert _score(src, out, models, "--report", str(tmp_path / "r.html")) == 2
+    assert _one_line_error(capsys).strip() == (f"kneepain score: error: stopped by SIGINT after {out} was written in "
+                                               "full; the batch report was not written")
+    assert len(pd.read_csv(out)) == 4
+
+
+def test_sigterm_while_the_case_mix_is_estimated_stops_the_command_in_one_line(trained, tmp_path, capsys, monkeypatch):
+    """Before any file is written (the model's load, --adapt-priors' pass over the inputs),
+    SIGTERM stops the command as Ctrl-C does, where it killed the process without a word."""
+    from pipeline.serve import adapt
+
+    models, _ = trained
+    src = _write(tmp_path / "in.csv", [HEADER, *GOOD])
+
+    def stopped(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+
+    def unhandled(signum, frame):  # what SIGTERM would meet if the command left it to Python: death
+        raise RuntimeError("SIGTERM reached the default handler")
+
+    monkeypatch.setattr(adapt, "estimate_batch_prior", stopped)
+    previous = signal.signal(signal.SIGTERM, unhandled)
+    try:
+        code = _score(src, tmp_path / "out.csv", models, "--adapt-priors")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert code == 2 and _one_line_error(capsys).strip() == ("kneepain score: error: stopped by SIGTERM (no output was "
+                                                             "written)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]
 
 
 def test_a_stop_while_the_summary_is_told_says_the_output_is_whole(trained, tmp_path, capsys, monkeypatch):

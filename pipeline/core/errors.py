@@ -74,8 +74,13 @@ class TrackingServerError(ConnectionError):
 
 
 class StoppedAfterOutput(KeyboardInterrupt):
-    """A stop (a signal, Ctrl-C) that came once a scoring job's output was complete; the message
-    says what was written, where a plain stop's caller says that nothing was."""
+    """A stop (a signal, Ctrl-C) that came once a scoring job's output was complete: ``"<stop>
+    after <what was written>"``, where a plain stop's caller says that nothing was. ``stop`` is
+    the stop's own words ("stopped by SIGTERM")."""
+
+    def __init__(self, stop: str, written: str):
+        super().__init__(f"{stop} after {written}")
+        self.stop = stop
 
 
 class BatchInputError(ValueError):

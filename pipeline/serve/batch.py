@@ -55,6 +55,7 @@ from pipeline.serve.guard import (
     refuse_open_file,
     refuse_shared_outputs,
     refuse_stdout_target,
+    signals_deferred,
     stop_on_signals,
     stops_after_output,
     written_path,
@@ -400,27 +401,28 @@ def _score_locked(paths: list[Path], labels: list[str], columns: list[list[str]]
             _write_lookup(texts[0], texts[1], lookup, rename=False)
         # the files replaced keep their permissions and group (a private rejects file stays private)
         before = {p: regular_stat(p) for p in (output, rejects_path, lookup) if p is not None}
-        # the last point a stop leaves nothing written: one from here on acts once the files below are
-        # renamed, and says that the output is whole (stop_on_signals, stops_after_output)
+        # the last point a stop leaves nothing written: one from here on waits until the files below
+        # are renamed, then acts, and says that the output is whole (stops_after_output)
         check_stop()
-        # the output last: a run killed between the renames leaves no output, never an output
-        # whose rejects or texts lookup are missing
-        if output is not None:
-            output.unlink(missing_ok=True)  # never leave new rejects beside an old output
-        if summary.rows_rejected:
-            replace_keeping_mode(rejects.tmp, rejects_path, before[rejects_path])
-        else:
-            rejects.tmp.unlink()
-            rejects_path.unlink(missing_ok=True)
-        if texts is not None and lookup is not None:
-            replace_keeping_mode(texts[0], lookup, before[lookup])
-        elif lookup is not None and output is not None:  # an earlier run's lookup would describe codes this output lacks
-            lookup.unlink(missing_ok=True)
-        if output is not None:
-            for path in stale:  # an earlier run's case mix and report describe another output
-                path.unlink(missing_ok=True)
-            replace_keeping_mode(writer.tmp, output, before[output])
-        complete()
+        with signals_deferred():
+            # the output last: a run killed between the renames leaves no output, never an output
+            # whose rejects or texts lookup are missing
+            if output is not None:
+                output.unlink(missing_ok=True)  # never leave new rejects beside an old output
+            if summary.rows_rejected:
+                replace_keeping_mode(rejects.tmp, rejects_path, before[rejects_path])
+            else:
+                rejects.tmp.unlink()
+                rejects_path.unlink(missing_ok=True)
+            if texts is not None and lookup is not None:
+                replace_keeping_mode(texts[0], lookup, before[lookup])
+            elif lookup is not None and output is not None:  # an earlier run's lookup would describe codes this output lacks
+                lookup.unlink(missing_ok=True)
+            if output is not None:
+                for path in stale:  # an earlier run's case mix and report describe another output
+                    path.unlink(missing_ok=True)
+                replace_keeping_mode(writer.tmp, output, before[output])
+            complete()
     except BrokenProcessPool as err:
         check_stop()  # the processes got the user's stop signal too (a terminal's, or a process group's)
         written = ("nothing was written" if stream is None else

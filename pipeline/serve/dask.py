@@ -72,7 +72,7 @@ from pipeline.core.paths import models_dir
 from pipeline.core.schema import ID_COLUMN, normalise_header
 from pipeline.serve import CHUNK_ROWS, batch
 from pipeline.serve.batch import ScoreSummary, SeenIds
-from pipeline.serve.guard import refuse_repeated_inputs, stops_after_output
+from pipeline.serve.guard import refuse_repeated_inputs, signals_deferred, stops_after_output
 from pipeline.serve.loading import get_model, is_model_uri, pinned_uri
 from pipeline.serve.writing import encode_csv, output_schema, output_table, reject_schema, reject_table
 
@@ -506,8 +506,9 @@ def score_files_dask(inputs: Sequence[str | Path] | str | Path, output_dir: str 
                 unchanged()  # a file rewritten meanwhile fails the task that opens it: said as the change it is
                 raise
             unchanged()
-            _publish(tmp, ordered, target, rschema)
-            complete()
+            with signals_deferred():  # a stop as the folder is put in place says that it is whole
+                _publish(tmp, ordered, target, rschema)
+                complete()
             remove_temp_folder(tmp)  # with what other attempts left there
         except DaskJobError as err:
             remove_temp_folder(tmp)
@@ -523,5 +524,5 @@ def score_files_dask(inputs: Sequence[str | Path] | str | Path, output_dir: str 
                 summary.warnings.append(ignored_columns_message(ignored[i], label))
                 if warn:
                     warn(summary.warnings[-1])
-    summary.seconds = time.perf_counter() - start
+        summary.seconds = time.perf_counter() - start
     return summary

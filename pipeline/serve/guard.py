@@ -33,7 +33,7 @@ import re
 import signal
 import stat
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, BinaryIO
@@ -43,10 +43,10 @@ from filelock import FileLock, Timeout
 from pipeline.core.errors import BatchInputError, StoppedAfterOutput
 from pipeline.core.files import is_parquet
 
-__all__ = ["STOP_SIGNALS", "Interrupted", "OutputBusyError", "check_stop", "output_lock", "refuse_open_file",
-           "refuse_repeated_inputs", "refuse_same_file", "refuse_shared_outputs", "refuse_stdin_source",
-           "refuse_stdout_target", "signals_deferred", "stop_at_once_on_signals", "stop_on_signals",
-           "stops_after_output", "written_path"]
+__all__ = ["STOP_SIGNALS", "Interrupted", "OutputBusyError", "OutputInPlace", "check_stop", "output_lock",
+           "refuse_open_file", "refuse_repeated_inputs", "refuse_same_file", "refuse_shared_outputs",
+           "refuse_stdin_source", "refuse_stdout_target", "signals_deferred", "stop_at_once_on_signals",
+           "stop_on_signals", "stops_after_output", "written_path"]
 
 # what stops a job: a terminal's Ctrl-C, `kill`, `timeout` and systemd's SIGTERM, a closed terminal's SIGHUP
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
@@ -343,21 +343,44 @@ def signals_deferred(signums: Sequence[int] = STOP_SIGNALS) -> Iterator[None]:
         raise Interrupted(came[0])
 
 
+class OutputInPlace:
+    """Called (``complete()``) as soon as a job's output is in place; ``done`` says whether it
+    was. In the main thread, where stops land, it marks every :func:`stops_after_output` block
+    the call is inside: the command's around the library's, which describe one output."""
+
+    def __init__(self) -> None:
+        self.done = False
+
+    def __call__(self) -> None:
+        self.done = True
+        if threading.current_thread() is threading.main_thread():
+            for block in _open_blocks:
+                block.done = True
+
+
+_open_blocks: list[OutputInPlace] = []  # the stops_after_output blocks the main thread is in
+
+
 @contextmanager
-def stops_after_output(what: str) -> Iterator[Callable[[], None]]:
-    """Give a job a ``complete()`` to call as soon as its output is in place. A stop from then to
-    the block's end (a second signal while its workers stop, one raised as its temporary copies
-    are removed or its cluster shuts down, one noted since its last :func:`check_stop` and acted
-    on by a last one) raises :class:`StoppedAfterOutput`, ``"<the stop> after <what>"``, rather
-    than a stop whose caller says that no output was written. Before ``complete()``, a stop goes
-    on as it is."""
-    done: list[bool] = []
+def stops_after_output(what: str) -> Iterator[OutputInPlace]:
+    """Give a job a ``complete()`` (:class:`OutputInPlace`) to call as soon as its output is in
+    place. A stop from then to the block's end (a second signal while its workers stop, one
+    raised as its temporary copies are removed or its cluster shuts down, or as
+    :func:`stop_on_signals` ends, for one noted after the job's last step) raises
+    :class:`StoppedAfterOutput`, ``"<the stop> after <what>"``, rather than a stop whose caller
+    says that no output was written. Before ``complete()``, a stop goes on as it is."""
+    complete, main = OutputInPlace(), threading.current_thread() is threading.main_thread()
+    if main:
+        _open_blocks.append(complete)
     try:
-        yield lambda: done.append(True)
+        yield complete
     except KeyboardInterrupt as err:
-        if not done or isinstance(err, StoppedAfterOutput):
+        if not complete.done or isinstance(err, StoppedAfterOutput):
             raise
-        raise StoppedAfterOutput(f"{str(err) or 'interrupted'} after {what}") from None
+        raise StoppedAfterOutput(str(err) or "interrupted", what) from None
+    finally:
+        if main:
+            _open_blocks.remove(complete)
 
 
 @contextmanager
