@@ -584,7 +584,7 @@ def _score(args: argparse.Namespace) -> int:
     # job notes one and acts at its next step, removing its temporary files); once the output is
     # in place, a stop says that it is whole, and which files asked for after it were not written
     written: list[str] = []  # those written so far (each whole or not at all)
-    with stops_after_output(_whole(args)) as complete, stop_at_once_on_signals():
+    with stops_after_output(_whole(args), for_one_job=True) as complete, stop_at_once_on_signals():
         try:
             if args.engine == "dask":
                 summary = _score_dask(args, warn)

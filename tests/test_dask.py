@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -289,6 +290,7 @@ def test_a_stop_as_the_temporary_folder_is_removed_says_the_output_is_whole(clie
                                                                           monkeypatch):
     from pipeline.core.errors import StoppedAfterOutput
     from pipeline.serve import dask as engine
+    from pipeline.serve.guard import Interrupted, stop_at_once_on_signals
 
     models, _ = trained
     _text_cases(kb, 100, 9).to_csv(tmp_path / "good.csv", index=False)
@@ -314,6 +316,16 @@ def test_a_stop_as_the_temporary_folder_is_removed_says_the_output_is_whole(clie
     with pytest.raises(StoppedAfterOutput, match=f"^interrupted after {tmp_path / 'out2'} was written in full$"):
         score_files_dask([str(tmp_path / "noted.csv")], tmp_path / "out2", models, client=client)
     assert len(_read_parts(tmp_path / "out2")) == 100
+    monkeypatch.undo()
+
+    def merging(*args, **kwargs):  # a stop as the rejects are merged, before the folder is in place
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+
+    monkeypatch.setattr(engine.shutil, "copyfileobj", merging)
+    with stop_at_once_on_signals(), pytest.raises(Interrupted) as stopped:
+        score_files_dask([str(CORPUS / "misspelled_category.csv")], tmp_path / "out3", models, client=client)
+    assert not isinstance(stopped.value, StoppedAfterOutput) and not (tmp_path / "out3").exists()
 
 
 def test_a_relative_output_folder_is_found_by_workers_in_another_folder(client, trained, kb, tmp_path, monkeypatch):

@@ -1360,6 +1360,34 @@ def test_a_stop_as_the_output_is_put_in_place_says_the_output_is_whole(trained, 
     assert len(pd.read_csv(out)) == 4 and not (tmp_path / "r.html").exists()
 
 
+def test_a_third_stop_while_the_files_are_renamed_acts_at_once(trained, tmp_path, monkeypatch):
+    """Two stops wait for the renames; a third (a rename hanging on a network folder) stops the
+    job at once, before its output is in place."""
+    import copy
+    import pickle
+
+    from pipeline.core.errors import StoppedAfterOutput
+    from pipeline.serve import batch
+    from pipeline.serve.guard import Interrupted
+    from pipeline.serve.loading import load_model
+
+    models, _ = trained
+    src, out = _write(tmp_path / "in.csv", [HEADER, *GOOD]), tmp_path / "out.csv"
+
+    def hanging(*args, **kwargs):
+        for _ in range(3):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+        time.sleep(10)  # not reached with the third signal acting at once
+
+    monkeypatch.setattr(batch, "replace_keeping_mode", hanging)
+    with pytest.raises(Interrupted) as stopped:
+        batch.score_files([src], out, load_model(models))
+    assert not isinstance(stopped.value, StoppedAfterOutput) and not out.exists()
+    whole = StoppedAfterOutput("stopped by SIGTERM", f"{out} was written in full")
+    assert str(pickle.loads(pickle.dumps(whole))) == str(copy.copy(whole)) == str(whole)
+
+
 def test_a_stop_as_the_job_returns_to_the_command_says_the_output_is_whole(trained, tmp_path, capsys, monkeypatch):
     from pipeline.serve import batch
 

@@ -80,7 +80,10 @@ class StoppedAfterOutput(KeyboardInterrupt):
 
     def __init__(self, stop: str, written: str):
         super().__init__(f"{stop} after {written}")
-        self.stop = stop
+        self.stop, self.written = stop, written
+
+    def __reduce__(self):  # pickled and copied with both arguments
+        return type(self), (self.stop, self.written)
 
 
 class BatchInputError(ValueError):

@@ -304,11 +304,13 @@ def _cross_block_duplicates(results: list[_BlockResult]) -> dict[int, np.ndarray
     return found
 
 
-def _publish(tmp: Path, results: list[_BlockResult], target: Path, rschema: pa.Schema) -> None:
+def _publish(tmp: Path, results: list[_BlockResult], target: Path, rschema: pa.Schema,
+             complete: Callable[[], None] = lambda: None) -> None:
     """Make the output in a new subfolder of ``tmp`` from the files ``results`` report (each part
     moved there under its own name, the rejects merged into ``_rejects.csv``) and rename it to
-    ``target``: what other attempts wrote (killed, or given up on and still running) stays behind
-    in ``tmp``, which the caller removes."""
+    ``target``, then call ``complete()``, both with stop signals held off (a stop then says the
+    folder is whole): what other attempts wrote (killed, or given up on and still running) stays
+    behind in ``tmp``, which the caller removes."""
     header = encode_csv(rschema.empty_table(), header=True).to_pybytes()
     out = tmp / "output"
     out.mkdir()
@@ -329,7 +331,9 @@ def _publish(tmp: Path, results: list[_BlockResult], target: Path, rschema: pa.S
         os.rename(written, out / name)
     if os.path.lexists(target):
         raise BatchInputError(f"{target}: appeared while the job ran; the output is not replaced.")
-    os.rename(out, target)
+    with signals_deferred(patience=2):
+        os.rename(out, target)
+        complete()
 
 
 def _discard(tmp: Path, results: list[_BlockResult]) -> None:
@@ -506,9 +510,7 @@ def score_files_dask(inputs: Sequence[str | Path] | str | Path, output_dir: str 
                 unchanged()  # a file rewritten meanwhile fails the task that opens it: said as the change it is
                 raise
             unchanged()
-            with signals_deferred():  # a stop as the folder is put in place says that it is whole
-                _publish(tmp, ordered, target, rschema)
-                complete()
+            _publish(tmp, ordered, target, rschema, complete)
             remove_temp_folder(tmp)  # with what other attempts left there
         except DaskJobError as err:
             remove_temp_folder(tmp)

@@ -332,12 +332,20 @@ def stop_at_once_on_signals(signums: Sequence[int] = STOP_SIGNALS) -> Iterator[N
 
 
 @contextmanager
-def signals_deferred(signums: Sequence[int] = STOP_SIGNALS) -> Iterator[None]:
-    """Hold ``signums`` off for a clean-up that must finish (removing a job's temporary copies),
-    then raise :class:`Interrupted` for the first that came, if any; no-op elsewhere than the
-    main thread. An exception from the body goes on as it is."""
+def signals_deferred(signums: Sequence[int] = STOP_SIGNALS, patience: int | None = None) -> Iterator[None]:
+    """Hold ``signums`` off for a step that must finish (removing a job's temporary copies,
+    renaming its files into place), then raise :class:`Interrupted` for the first that came, if
+    any; with ``patience``, the signal after that many raises at once (a step that hangs can
+    still be stopped). No-op elsewhere than the main thread. An exception from the body goes on
+    as it is."""
     came: list[int] = []
-    with _signals_to(lambda signum, frame: came.append(signum), signums):
+
+    def hold(signum: int, frame) -> None:
+        came.append(signum)
+        if patience is not None and len(came) > patience:
+            raise Interrupted(signum)
+
+    with _signals_to(hold, signums):
         yield
     if came:
         raise Interrupted(came[0])
@@ -345,41 +353,44 @@ def signals_deferred(signums: Sequence[int] = STOP_SIGNALS) -> Iterator[None]:
 
 class OutputInPlace:
     """Called (``complete()``) as soon as a job's output is in place; ``done`` says whether it
-    was. In the main thread, where stops land, it marks every :func:`stops_after_output` block
-    the call is inside: the command's around the library's, which describe one output."""
+    was. In the main thread, where stops land, it also marks the enclosing
+    :func:`stops_after_output` blocks opened ``for_one_job`` (a command's, around the library
+    call that writes its one output)."""
 
-    def __init__(self) -> None:
-        self.done = False
+    def __init__(self, for_one_job: bool = False) -> None:
+        self.done, self.for_one_job = False, for_one_job
 
     def __call__(self) -> None:
         self.done = True
         if threading.current_thread() is threading.main_thread():
             for block in _open_blocks:
-                block.done = True
+                if block.for_one_job:
+                    block.done = True
 
 
 _open_blocks: list[OutputInPlace] = []  # the stops_after_output blocks the main thread is in
 
 
 @contextmanager
-def stops_after_output(what: str) -> Iterator[OutputInPlace]:
+def stops_after_output(what: str, *, for_one_job: bool = False) -> Iterator[OutputInPlace]:
     """Give a job a ``complete()`` (:class:`OutputInPlace`) to call as soon as its output is in
-    place. A stop from then to the block's end (a second signal while its workers stop, one
-    raised as its temporary copies are removed or its cluster shuts down, or as
-    :func:`stop_on_signals` ends, for one noted after the job's last step) raises
-    :class:`StoppedAfterOutput`, ``"<the stop> after <what>"``, rather than a stop whose caller
-    says that no output was written. Before ``complete()``, a stop goes on as it is."""
-    complete, main = OutputInPlace(), threading.current_thread() is threading.main_thread()
-    if main:
-        _open_blocks.append(complete)
+    place. A stop from then to the block's end (one held off as its files were renamed, a second
+    signal while its workers stop, one raised as its temporary copies are removed or its cluster
+    shuts down, or as :func:`stop_on_signals` ends) raises :class:`StoppedAfterOutput`, ``"<the
+    stop> after <what>"``, rather than a stop whose caller says that no output was written.
+    Before ``complete()``, a stop goes on as it is. ``for_one_job``: the block is around one
+    job, whose own ``complete()`` marks it too."""
+    complete, main = OutputInPlace(for_one_job), threading.current_thread() is threading.main_thread()
     try:
+        if main:
+            _open_blocks.append(complete)
         yield complete
     except KeyboardInterrupt as err:
         if not complete.done or isinstance(err, StoppedAfterOutput):
             raise
         raise StoppedAfterOutput(str(err) or "interrupted", what) from None
     finally:
-        if main:
+        if main and complete in _open_blocks:
             _open_blocks.remove(complete)
 
 
