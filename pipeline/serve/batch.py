@@ -402,10 +402,9 @@ def _score_locked(paths: list[Path], labels: list[str], columns: list[list[str]]
         # the files replaced keep their permissions and group (a private rejects file stays private)
         before = {p: regular_stat(p) for p in (output, rejects_path, lookup) if p is not None}
         # the last point a stop leaves nothing written: one from here on waits until the files below
-        # are renamed, then acts, and says that the output is whole (stops_after_output); a third
-        # acts at once (a rename that hangs on a network folder)
+        # are renamed, then acts, and says that the output is whole (stops_after_output)
         check_stop()
-        with signals_deferred(patience=2):
+        with signals_deferred():
             # the output last: a run killed between the renames leaves no output, never an output
             # whose rejects or texts lookup are missing
             if output is not None:

@@ -308,8 +308,8 @@ def _publish(tmp: Path, results: list[_BlockResult], target: Path, rschema: pa.S
              complete: Callable[[], None] = lambda: None) -> None:
     """Make the output in a new subfolder of ``tmp`` from the files ``results`` report (each part
     moved there under its own name, the rejects merged into ``_rejects.csv``) and rename it to
-    ``target``, then call ``complete()``, both with stop signals held off (a stop then says the
-    folder is whole): what other attempts wrote (killed, or given up on and still running) stays
+    ``target``, then call ``complete()``, these two with stop signals held off (a stop then says
+    the folder is whole): what other attempts wrote (killed, or given up on and still running) stays
     behind in ``tmp``, which the caller removes."""
     header = encode_csv(rschema.empty_table(), header=True).to_pybytes()
     out = tmp / "output"
@@ -331,7 +331,7 @@ def _publish(tmp: Path, results: list[_BlockResult], target: Path, rschema: pa.S
         os.rename(written, out / name)
     if os.path.lexists(target):
         raise BatchInputError(f"{target}: appeared while the job ran; the output is not replaced.")
-    with signals_deferred(patience=2):
+    with signals_deferred():
         os.rename(out, target)
         complete()
 
@@ -441,8 +441,9 @@ def score_files_dask(inputs: Sequence[str | Path] | str | Path, output_dir: str 
         its worker was killed repeatedly); the message names the input. In both cases no output
         folder is left behind.
     pipeline.core.errors.StoppedAfterOutput
-        A stop (Ctrl-C, or a signal the caller turns into one) came once the folder was in place,
-        as the temporary one was removed: the folder is whole, and the message says so.
+        A stop (Ctrl-C, or a signal the caller turns into one) came as the folder was renamed into
+        place or once it was (as the temporary one was removed, in a warning): the folder is
+        whole, and the message says so.
     """
     if fmt not in FORMATS:
         raise ValueError(f"fmt == {fmt!r}, must be one of {FORMATS}.")

@@ -59,6 +59,9 @@ class Interrupted(KeyboardInterrupt):
         self.signum = signum
         super().__init__(f"stopped by {signal.Signals(signum).name}")
 
+    def __reduce__(self):  # pickled and copied by its signal (tblib, which Dask installs, pickles a context)
+        return type(self), (self.signum,)
+
 
 def _same(a: Path, b: Path) -> bool:
     if a.exists() and b.exists():
@@ -332,20 +335,12 @@ def stop_at_once_on_signals(signums: Sequence[int] = STOP_SIGNALS) -> Iterator[N
 
 
 @contextmanager
-def signals_deferred(signums: Sequence[int] = STOP_SIGNALS, patience: int | None = None) -> Iterator[None]:
+def signals_deferred(signums: Sequence[int] = STOP_SIGNALS) -> Iterator[None]:
     """Hold ``signums`` off for a step that must finish (removing a job's temporary copies,
     renaming its files into place), then raise :class:`Interrupted` for the first that came, if
-    any; with ``patience``, the signal after that many raises at once (a step that hangs can
-    still be stopped). No-op elsewhere than the main thread. An exception from the body goes on
-    as it is."""
+    any; no-op elsewhere than the main thread. An exception from the body goes on as it is."""
     came: list[int] = []
-
-    def hold(signum: int, frame) -> None:
-        came.append(signum)
-        if patience is not None and len(came) > patience:
-            raise Interrupted(signum)
-
-    with _signals_to(hold, signums):
+    with _signals_to(lambda signum, frame: came.append(signum), signums):
         yield
     if came:
         raise Interrupted(came[0])
