@@ -315,7 +315,7 @@ def _score_locked(paths: list[Path], labels: list[str], columns: list[list[str]]
                   model: LoadedModel, *, chunk_rows: int, progress: bool, warn: Callable[[str], None] | None,
                   options: OutputOptions, jobs: int, stream: BinaryIO | None = None,
                   lookup: Path | None = None, stale: Sequence[Path] = (),
-                  complete: Callable[[], None] = lambda: None) -> ScoreSummary:
+                  complete: Callable[[], None]) -> ScoreSummary:
     """Score ``paths`` (named ``labels`` in messages and rows) into ``output`` (or ``stream``) and
     ``rejects_path``, with the texts ``lookup`` written beside them when the output holds codes
     (else an earlier run's removed): all three are renamed into place together at the end, the
