@@ -408,7 +408,7 @@ def _score_options(args: argparse.Namespace):
 def _score_pandas(args: argparse.Namespace, warn: Callable[[str], None], options, written: list[str]):
     """Score in this process; with --adapt-priors under the batch's estimated case mix; with --report
     the page (the files written after the output are named in ``written`` once they are)."""
-    from pipeline.serve.batch import STREAM_REJECTS, rejects_file, score_files
+    from pipeline.serve.batch import score_files
     from pipeline.serve.chunks import available_cores
     from pipeline.serve.loading import get_model
     from pipeline.serve.reading import lean_memory_pool, reuse_freed_heap
@@ -431,8 +431,6 @@ def _score_pandas(args: argparse.Namespace, warn: Callable[[str], None], options
                           rejects=args.rejects, jobs=jobs, warn=warn, stale=stale,
                           progress=not args.quiet and sys.stderr is not None and sys.stderr.isatty())
     _after_scoring(args, plain, estimate, written)
-    _tell_summary(args, summary, rejects_file(Path(args.output), args.rejects) if args.output != "-"
-                  else Path(args.rejects or STREAM_REJECTS))
     return summary
 
 
@@ -582,39 +580,55 @@ def _score(args: argparse.Namespace) -> int:
 
     # from here to the summary's last line, SIGTERM and SIGHUP stop the command as Ctrl-C does (a
     # job notes one and acts at its next step, removing its temporary files); once the output is
-    # in place, a stop says that it is whole, and which files asked for after it were not written
+    # in place, a stop says that it is whole, and which files asked for after it were not written,
+    # after the summary's lines
     written: list[str] = []  # those written so far (each whole or not at all)
+    told = False
     with stops_after_output(_whole(args), for_one_job=True) as complete, stop_at_once_on_signals():
         try:
             if args.engine == "dask":
                 summary = _score_dask(args, warn)
             else:
                 summary = _score_pandas(args, warn, options, written)
+            told = True
+            _tell_summary(args, summary, _rejects_path(args))
         except KeyboardInterrupt as err:
             if not (complete.done or isinstance(err, StoppedAfterOutput)):
                 raise  # before the output was in place
             missing = [what for what, asked in (("the case mix", args.adapt_priors), ("the batch report", args.report))
                        if asked and what not in written]
             stop = err.stop if isinstance(err, StoppedAfterOutput) else str(err) or "interrupted"
-            raise StoppedAfterOutput(stop, _whole(args) + _not_written(missing)) from None
+            summary = err.summary if isinstance(err, StoppedAfterOutput) and err.summary else complete.summary
+            if summary is not None and not told:
+                told = True  # once, however the lines end
+                _tell_summary(args, summary, _rejects_path(args))
+            raise StoppedAfterOutput(stop, _whole(args) + _not_written(missing), summary) from None
     return EXIT_REJECTED if summary.rows_rejected else EXIT_OK
 
 
 def _score_dask(args: argparse.Namespace, warn: Callable[[str], None]):
     """Score on a Dask cluster (``--scheduler``, or a local one) into a folder of part files."""
     from pipeline.core.cluster import dask_client
-    from pipeline.serve.dask import REJECTS_FILE, score_files_dask
+    from pipeline.serve.dask import score_files_dask
     from pipeline.serve.loading import get_model
 
     get_model(args.model)  # verified as the workers will load it: a missing or altered one named before any cluster
     block_bytes = None if args.block_mb is None else round(args.block_mb * (1 << 20))
     # the workers load the (hash-checked) model themselves, once each
     with dask_client(args.scheduler) as client:
-        summary = score_files_dask(args.inputs, args.output, args.model, client=client,
-                                   fmt=args.format or "parquet", chunk_rows=args.chunk_rows, warn=warn,
-                                   block_bytes=block_bytes)
-    _tell_summary(args, summary, Path(args.output) / REJECTS_FILE)
-    return summary
+        return score_files_dask(args.inputs, args.output, args.model, client=client, fmt=args.format or "parquet",
+                                chunk_rows=args.chunk_rows, warn=warn, block_bytes=block_bytes)
+
+
+def _rejects_path(args: argparse.Namespace) -> Path:
+    """Where ``kneepain score`` writes the rejected rows."""
+    if args.engine == "dask":
+        from pipeline.serve.dask import REJECTS_FILE
+
+        return Path(args.output) / REJECTS_FILE
+    from pipeline.serve.batch import STREAM_REJECTS, rejects_file
+
+    return rejects_file(Path(args.output), args.rejects) if args.output != "-" else Path(args.rejects or STREAM_REJECTS)
 
 
 def _tell_summary(args: argparse.Namespace, summary: ScoreSummary, rejects_path: Path) -> None:

@@ -301,8 +301,9 @@ def test_a_stop_as_the_temporary_folder_is_removed_says_the_output_is_whole(clie
         raise KeyboardInterrupt
 
     monkeypatch.setattr(engine, "remove_temp_folder", stopped)
-    with pytest.raises(StoppedAfterOutput, match=f"^interrupted after {tmp_path / 'out'} was written in full$"):
+    with pytest.raises(StoppedAfterOutput, match=f"^interrupted after {tmp_path / 'out'} was written in full$") as stop:
         score_files_dask([str(tmp_path / "good.csv")], tmp_path / "out", models, client=client)
+    assert (stop.value.summary.rows_scored, stop.value.summary.rows_rejected) == (100, 0)
     assert len(removals) == 2 and len(_read_parts(tmp_path / "out")) == 100  # removed once more after the stop
     monkeypatch.undo()
     frame = _text_cases(kb, 100, 9)

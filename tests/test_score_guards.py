@@ -1356,11 +1356,17 @@ def test_a_stop_as_the_output_is_put_in_place_says_the_output_is_whole(trained, 
     with pytest.raises(StoppedAfterOutput, match=f"^stopped by SIGTERM after {out} was written in full$") as stopped:
         batch.score_files([src], out, load_model(models))
     assert len(sent) == times and list(pd.read_csv(out)["case_id"]) == ["a1", "a2", "a3", "a4"]
+    assert (stopped.value.summary.rows_scored, stopped.value.summary.rows_rejected) == (4, 0)  # the job's count
     assert str(pickle.loads(pickle.dumps(stopped.value))) == str(copy.copy(stopped.value)) == str(stopped.value)
+    assert pickle.loads(pickle.dumps(stopped.value)).summary.rows_scored == 4
     sent.clear()
-    assert _score(src, out, models, "--report", str(tmp_path / "r.html")) == 2
-    err = _one_line_error(capsys)
-    assert f"stopped by SIGTERM after {out} was written in full; the batch report was not written" in err, err
+    # the command tells the rows scored, with the rejects file, before the stop's line
+    src = _write(tmp_path / "in.csv", [HEADER, *GOOD, "a5,41,femal,no,3"])
+    assert main(["score", str(src), "-o", str(out), "--model", str(models), "--report", str(tmp_path / "r.html")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith(f"Scored 4 rows, rejected 1 (see {out}.rejects.csv) in "), err
+    assert err[-1] == (f"kneepain score: error: stopped by SIGTERM after {out} was written in full; the batch report "
+                       "was not written"), err
     assert len(pd.read_csv(out)) == 4 and not (tmp_path / "r.html").exists()
 
 
@@ -1369,11 +1375,17 @@ def test_a_stop_as_the_job_returns_to_the_command_says_the_output_is_whole(train
 
     models, _ = trained
     src, out = _write(tmp_path / "in.csv", [HEADER, *GOOD]), tmp_path / "out.csv"
-    _stop_once(batch, "score_files", monkeypatch, signum=signal.SIGINT)
+    sent = _stop_once(batch, "score_files", monkeypatch, signum=signal.SIGINT)
     assert _score(src, out, models, "--report", str(tmp_path / "r.html")) == 2
     assert _one_line_error(capsys).strip() == (f"kneepain score: error: stopped by SIGINT after {out} was written in "
                                                "full; the batch report was not written")
     assert len(pd.read_csv(out)) == 4
+    # without --quiet, the rows scored are told first, once
+    sent.clear()
+    assert main(["score", str(src), "-o", str(out), "--model", str(models), "--report", str(tmp_path / "r.html")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and err[0].startswith("Scored 4 rows, rejected 0 in "), err
+    assert err[1].startswith("kneepain score: error: stopped by SIGINT after"), err
 
 
 def test_sigterm_while_the_case_mix_is_estimated_stops_the_command_in_one_line(trained, tmp_path, capsys, monkeypatch):
@@ -1419,6 +1431,7 @@ def test_a_stop_while_the_summary_is_told_says_the_output_is_whole(trained, tmp_
     assert main(["score", str(src), "-o", str(tmp_path / "out.csv"), "--model", str(models)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == f"kneepain score: error: stopped by SIGINT after {tmp_path / 'out.csv'} was written in full", err
+    assert sum(line.startswith("Scored 4 rows, rejected 1") for line in err) == 1, err  # told once, not again
     assert len(pd.read_csv(tmp_path / "out.csv")) == 4 and (tmp_path / "out.csv.rejects.csv").exists()
 
 

@@ -76,14 +76,15 @@ class TrackingServerError(ConnectionError):
 class StoppedAfterOutput(KeyboardInterrupt):
     """A stop (a signal, Ctrl-C) that came once a scoring job's output was complete: ``"<stop>
     after <what was written>"``, where a plain stop's caller says that nothing was. ``stop`` is
-    the stop's own words ("stopped by SIGTERM")."""
+    the stop's own words ("stopped by SIGTERM"); ``summary``, what the job reported when its output
+    was in place (a :class:`pipeline.serve.batch.ScoreSummary`: rows scored and rejected), or None."""
 
-    def __init__(self, stop: str, written: str):
+    def __init__(self, stop: str, written: str, summary: Any = None):
         super().__init__(f"{stop} after {written}")
-        self.stop, self.written = stop, written
+        self.stop, self.written, self.summary = stop, written, summary
 
-    def __reduce__(self):  # pickled and copied with both arguments
-        return type(self), (self.stop, self.written)
+    def __reduce__(self):  # pickled and copied with every argument
+        return type(self), (self.stop, self.written, self.summary)
 
 
 class BatchInputError(ValueError):

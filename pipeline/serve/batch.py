@@ -120,7 +120,7 @@ def score_files(inputs: list[str | Path], output: str | Path, model: LoadedModel
         holds the output, or the output cannot be written; nothing is written.
     pipeline.core.errors.StoppedAfterOutput
         A stop signal (SIGTERM, SIGHUP, Ctrl-C) came once the output was in place: it is whole,
-        and the message says so. One that came before stops the job with
+        the message says so, and its ``summary`` counts the rows scored and rejected. One that came before stops the job with
         :class:`pipeline.serve.guard.Interrupted` (a ``KeyboardInterrupt``), and no file is
         written (with an output ``-``, the rows scored before it may have gone out).
     """
@@ -315,11 +315,11 @@ def _score_locked(paths: list[Path], labels: list[str], columns: list[list[str]]
                   model: LoadedModel, *, chunk_rows: int, progress: bool, warn: Callable[[str], None] | None,
                   options: OutputOptions, jobs: int, stream: BinaryIO | None = None,
                   lookup: Path | None = None, stale: Sequence[Path] = (),
-                  complete: Callable[[], None]) -> ScoreSummary:
+                  complete: Callable[[ScoreSummary], None]) -> ScoreSummary:
     """Score ``paths`` (named ``labels`` in messages and rows) into ``output`` (or ``stream``) and
     ``rejects_path``, with the texts ``lookup`` written beside them when the output holds codes
     (else an earlier run's removed): all three are renamed into place together at the end, the
-    output last, or none is; ``complete()`` is called as soon as they are
+    output last, or none is; ``complete(summary)`` is called as soon as they are
     (:func:`pipeline.serve.guard.stops_after_output`)."""
     summary, start = ScoreSummary(files=labels), time.perf_counter()
     has_ids = any(ID_COLUMN in {normalise_header(c) for c in cols} for cols in columns)
@@ -422,7 +422,8 @@ def _score_locked(paths: list[Path], labels: list[str], columns: list[list[str]]
                 for path in stale:  # an earlier run's case mix and report describe another output
                     path.unlink(missing_ok=True)
                 replace_keeping_mode(writer.tmp, output, before[output])
-            complete()
+            summary.seconds = time.perf_counter() - start  # for a stop from here on to tell
+            complete(summary)
     except BrokenProcessPool as err:
         check_stop()  # the processes got the user's stop signal too (a terminal's, or a process group's)
         written = ("nothing was written" if stream is None else

@@ -443,7 +443,7 @@ def score_files_dask(inputs: Sequence[str | Path] | str | Path, output_dir: str 
     pipeline.core.errors.StoppedAfterOutput
         A stop (Ctrl-C, or a signal the caller turns into one) came as the folder was renamed into
         place or once it was (as the temporary one was removed, in a warning): the folder is
-        whole, and the message says so.
+        whole, and the message says so; its ``summary`` counts the rows scored and rejected.
     """
     if fmt not in FORMATS:
         raise ValueError(f"fmt == {fmt!r}, must be one of {FORMATS}.")
@@ -511,7 +511,10 @@ def score_files_dask(inputs: Sequence[str | Path] | str | Path, output_dir: str 
                 unchanged()  # a file rewritten meanwhile fails the task that opens it: said as the change it is
                 raise
             unchanged()
-            _publish(tmp, ordered, target, rschema, complete)
+            summary = ScoreSummary(files=labels, rows_scored=sum(r.rows_scored for r in ordered),
+                                   rows_rejected=sum(r.rows_rejected for r in ordered),
+                                   seconds=time.perf_counter() - start)  # for a stop once the folder is in place
+            _publish(tmp, ordered, target, rschema, lambda: complete(summary))
             remove_temp_folder(tmp)  # with what other attempts left there
         except DaskJobError as err:
             remove_temp_folder(tmp)
@@ -519,8 +522,6 @@ def score_files_dask(inputs: Sequence[str | Path] | str | Path, output_dir: str 
         except BaseException:
             remove_temp_folder(tmp)
             raise
-        summary = ScoreSummary(files=labels, rows_scored=sum(r.rows_scored for r in ordered),
-                               rows_rejected=sum(r.rows_rejected for r in ordered))
         ignored = {r.file: r.ignored for r in reversed(ordered) if r.ignored}
         for i, label in enumerate(labels):
             if i in ignored:

@@ -347,20 +347,21 @@ def signals_deferred(signums: Sequence[int] = STOP_SIGNALS) -> Iterator[None]:
 
 
 class OutputInPlace:
-    """Called (``complete()``) as soon as a job's output is in place; ``done`` says whether it
-    was. In the main thread, where stops land, it also marks the enclosing
+    """Called (``complete(summary)``) as soon as a job's output is in place; ``done`` says whether
+    it was, and ``summary`` keeps what the job reported then (rows scored and rejected), for a stop
+    from then on to carry. In the main thread, where stops land, it also marks the enclosing
     :func:`stops_after_output` blocks opened ``for_one_job`` (a command's, around the library
     call that writes its one output)."""
 
     def __init__(self, for_one_job: bool = False) -> None:
-        self.done, self.for_one_job = False, for_one_job
+        self.done, self.for_one_job, self.summary = False, for_one_job, None
 
-    def __call__(self) -> None:
-        self.done = True
+    def __call__(self, summary: Any = None) -> None:
+        self.done, self.summary = True, summary
         if threading.current_thread() is threading.main_thread():
             for block in _open_blocks:
                 if block.for_one_job:
-                    block.done = True
+                    block.done, block.summary = True, summary
 
 
 _open_blocks: list[OutputInPlace] = []  # the stops_after_output blocks the main thread is in
@@ -372,9 +373,9 @@ def stops_after_output(what: str, *, for_one_job: bool = False) -> Iterator[Outp
     place. A stop from then to the block's end (one held off as its files were renamed, a second
     signal while its workers stop, one raised as its temporary copies are removed or its cluster
     shuts down, or as :func:`stop_on_signals` ends) raises :class:`StoppedAfterOutput`, ``"<the
-    stop> after <what>"``, rather than a stop whose caller says that no output was written.
-    Before ``complete()``, a stop goes on as it is. ``for_one_job``: the block is around one
-    job, whose own ``complete()`` marks it too."""
+    stop> after <what>"``, with the ``summary`` given to ``complete()``, rather than a stop whose
+    caller says that no output was written. Before ``complete()``, a stop goes on as it is.
+    ``for_one_job``: the block is around one job, whose own ``complete()`` marks it too."""
     complete, main = OutputInPlace(for_one_job), threading.current_thread() is threading.main_thread()
     try:
         if main:
@@ -383,7 +384,7 @@ def stops_after_output(what: str, *, for_one_job: bool = False) -> Iterator[Outp
     except KeyboardInterrupt as err:
         if not complete.done or isinstance(err, StoppedAfterOutput):
             raise
-        raise StoppedAfterOutput(str(err) or "interrupted", what) from None
+        raise StoppedAfterOutput(str(err) or "interrupted", what, complete.summary) from None
     finally:
         if main and complete in _open_blocks:
             _open_blocks.remove(complete)
