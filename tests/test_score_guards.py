@@ -1053,6 +1053,27 @@ def test_kept_parquet_values_are_written_whole_and_as_stored(trained, tmp_path):
     assert rejects[["age", "codes", "w", "until", "at"]].values.tolist() == [["300", "", "", "", ""]]
 
 
+def test_kept_nested_integers_are_exact_whatever_the_chunk_holds(trained, tmp_path):
+    """An integer inside a list, struct or map stays an integer, and a missing one None, in every
+    chunking: where a chunk held a missing item, pandas made every integer of it a float
+    (2**53 + 1 written 9007199254740992.0)."""
+    models, _ = trained
+    big = 2 ** 53 + 1
+    pq.write_table(pa.table({
+        "age": [45, 46, 47], "sex": ["male"] * 3,
+        "ids": pa.array([[big], [None], [1, 2]], pa.list_(pa.int64())),
+        "deep": pa.array([[[big, None]], [[2]], None], pa.list_(pa.list_(pa.int64()))),
+        "st": pa.array([{"n": big}, {"n": None}, {"n": 3}], pa.struct([("n", pa.int64())])),
+        "by": pa.array([[("k", big)], [("j", None)], []], pa.map_(pa.string(), pa.int64()))}), tmp_path / "in.parquet")
+    expected = {"ids": [f"[{big}]", "[None]", "[1, 2]"], "deep": [f"[[{big}, None]]", "[[2]]", ""],
+                "st": [f"{{'n': {big}}}", "{'n': None}", "{'n': 3}"], "by": [f"[('k', {big})]", "[('j', None)]", "[]"]}
+    for rows in ("1", "2", "3"):
+        out = tmp_path / f"out{rows}.csv"
+        assert _score(tmp_path / "in.parquet", out, models, "--keep-input-columns", "--chunk-rows", rows) == 0
+        kept = pd.read_csv(out, dtype=str, keep_default_na=False)
+        assert {c: kept[c].tolist() for c in expected} == expected, rows
+
+
 def test_nan_and_infinite_float_case_ids(trained, tmp_path):
     """A NaN id (as Spark, polars and pyarrow keep it) is a missing id, never a repeat; an
     infinite one rejects its row: both as predict() reads them from a DataFrame."""

@@ -555,10 +555,13 @@ def _parquet_frame(table: pa.Table) -> pd.DataFrame:
     added as a column before: :func:`with_range_columns`.)
 
     Binary columns are read as UTF-8 text (:func:`_binary_as_text`), numeric case ids as text
-    (:func:`_ids_as_text`), dates and nanosecond times as text (:func:`_dates_as_text`)."""
+    (:func:`_ids_as_text`), dates and nanosecond times as text (:func:`_dates_as_text`); integers
+    inside lists, structs and maps as Python's integers, a missing one as None."""
     table, undecoded = _binary_as_text(table)
     table, infinite = _ids_as_text(_dates_as_text(table))
-    frame = table.to_pandas(types_mapper=_NULLABLE_INTEGERS.get, ignore_metadata=True)
+    # an integer inside a list, struct or map stays one (a missing one None): by default a chunk
+    # holding one missing item had every integer of it made a float (2**53 + 1 read as 2**53)
+    frame = table.to_pandas(types_mapper=_NULLABLE_INTEGERS.get, ignore_metadata=True, integer_object_nulls=True)
     for i in undecoded:  # a value that is not UTF-8 stays bytes: its row alone is rejected, naming it
         frame.isetitem(i, frame.iloc[:, i].map(utf8_or_bytes, na_action="ignore").astype(object))
     if infinite is not None:  # an infinite id stays a number: its row alone is rejected, as predict() rejects it
