@@ -7,12 +7,15 @@ Each command is ``_<name>_parser(subparsers)`` plus ``_<name>(args) -> int``; :f
 from __future__ import annotations
 
 import argparse
+import atexit
 import math
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from pipeline import __version__
 
@@ -583,15 +586,14 @@ def _score(args: argparse.Namespace) -> int:
     # in place, a stop says that it is whole, and which files asked for after it were not written,
     # after the summary's lines
     written: list[str] = []  # those written so far (each whole or not at all)
-    told = False
+    told: list[bool] = []  # whether the summary's line is out
     with stops_after_output(_whole(args), for_one_job=True) as complete, stop_at_once_on_signals():
         try:
             if args.engine == "dask":
                 summary = _score_dask(args, warn)
             else:
                 summary = _score_pandas(args, warn, options, written)
-            told = True
-            _tell_summary(args, summary, _rejects_path(args))
+            _tell_summary(args, summary, _rejects_path(args), told)
         except KeyboardInterrupt as err:
             if not (complete.done or isinstance(err, StoppedAfterOutput)):
                 raise  # before the output was in place
@@ -600,8 +602,7 @@ def _score(args: argparse.Namespace) -> int:
             stop = err.stop if isinstance(err, StoppedAfterOutput) else str(err) or "interrupted"
             summary = err.summary if isinstance(err, StoppedAfterOutput) and err.summary else complete.summary
             if summary is not None and not told:
-                told = True  # once, however the lines end
-                _tell_summary(args, summary, _rejects_path(args))
+                _tell_summary(args, summary, _rejects_path(args), told)
             raise StoppedAfterOutput(stop, _whole(args) + _not_written(missing), summary) from None
     return EXIT_REJECTED if summary.rows_rejected else EXIT_OK
 
@@ -631,14 +632,20 @@ def _rejects_path(args: argparse.Namespace) -> Path:
     return rejects_file(Path(args.output), args.rejects) if args.output != "-" else Path(args.rejects or STREAM_REJECTS)
 
 
-def _tell_summary(args: argparse.Namespace, summary: ScoreSummary, rejects_path: Path) -> None:
+def _tell_summary(args: argparse.Namespace, summary: ScoreSummary, rejects_path: Path, told: list[bool]) -> None:
     """``kneepain score``'s last lines (not with --quiet): the rows scored and rejected, and what
-    the rejected rows (in ``rejects_path``) have in common."""
+    the rejected rows (in ``rejects_path``) have in common. The first is printed whole, a stop
+    signal held off until it is, and ``told`` then marked, so that a stop after it does not
+    print it again."""
     if args.quiet:
         return
+    from pipeline.serve.guard import signals_deferred
+
     rejected = f", rejected {summary.rows_rejected:,} (see {rejects_path})" if summary.rows_rejected else ", rejected 0"
-    print(f"Scored {summary.rows_scored:,} row{'' if summary.rows_scored == 1 else 's'}{rejected} in {summary.seconds:.1f} s "
-          f"({summary.rows_per_second:,.0f} rows/s) -> {args.output}", file=sys.stderr)
+    with signals_deferred():
+        print(f"Scored {summary.rows_scored:,} row{'' if summary.rows_scored == 1 else 's'}{rejected} in "
+              f"{summary.seconds:.1f} s ({summary.rows_per_second:,.0f} rows/s) -> {args.output}", file=sys.stderr)
+        told.append(True)
     if summary.rows_rejected:  # what the rejected rows have in common, without opening the file
         from pipeline.serve.rejectreasons import rejects_digest
 
@@ -905,6 +912,43 @@ def _empty_value(parser: argparse.ArgumentParser, args: argparse.Namespace) -> s
     return None
 
 
+def run() -> NoReturn:
+    """The ``kneepain`` command: :func:`main`, then exit with its code.
+
+    Once :func:`main` has returned, the command's work and messages are done. What is left is
+    Python's own exit: waiting for threads, the ``atexit`` functions, then freeing every module
+    and object (about 0.3 s after a scoring job), during which a stop signal meets the system's
+    default (the process dies by it: exit 143 or 129, with every file written and the summary
+    told). Here the threads and ``atexit`` functions run as Python would run them, a stop signal
+    meanwhile ends the process at once with the command's code, and the freeing is skipped: the
+    system takes the process's memory back whole."""
+    from pipeline.serve.guard import STOP_SIGNALS
+
+    code = main()
+
+    def end_now(signum, frame) -> None:
+        _exit(code)
+
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, end_now)
+    for thread in threading.enumerate():  # as Python's exit does, before the atexit functions
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    _exit(code)
+
+
+def _exit(code: int) -> NoReturn:
+    """End the process with ``code`` now, standard output and error flushed."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):  # closed, or its reader gone
+            pass
+    os._exit(code)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return its exit code (0 ok, 1 rows rejected, 2 fatal error). Its messages
     go to standard error, and are dropped where that cannot be written
@@ -971,4 +1015,4 @@ def _fail(command: str, message: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -1456,6 +1456,47 @@ def test_a_stop_while_the_summary_is_told_says_the_output_is_whole(trained, tmp_
     assert len(pd.read_csv(tmp_path / "out.csv")) == 4 and (tmp_path / "out.csv.rejects.csv").exists()
 
 
+def test_a_stop_as_the_summary_starts_still_tells_it(trained, tmp_path, capsys, monkeypatch):
+    """SIGTERM as the command comes to its summary: the line is printed once, then the stop's."""
+    from pipeline import cli
+
+    models, _ = trained
+    src, out = _write(tmp_path / "in.csv", [HEADER, *GOOD]), tmp_path / "out.csv"
+    tell, sent = cli._tell_summary, []
+
+    def stopped_first(*args):
+        if not sent:
+            sent.append(signal.SIGTERM)  # before the kill, whose handler raises at once
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+        return tell(*args)
+
+    monkeypatch.setattr(cli, "_tell_summary", stopped_first)
+    assert main(["score", str(src), "-o", str(out), "--model", str(models)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and err[0].startswith("Scored 4 rows, rejected 0 in "), err
+    assert err[1] == f"kneepain score: error: stopped by SIGTERM after {out} was written in full", err
+
+
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGHUP", "SIGINT"])
+def test_a_stop_as_the_command_exits_ends_it_with_the_jobs_exit_code(trained, tmp_path, signum):
+    """A stop once the command has returned, as the interpreter shuts down (about 0.3 s after a
+    job), ends the process at once with the command's exit code (1: a row rejected), not by the
+    signal (exit 143, 129), with the summary told."""
+    models, _ = trained
+    src = _write(tmp_path / "in.csv", [HEADER, *GOOD, "a5,41,femal,no,3"])
+    script = ("import atexit, os, signal, sys, time\n"
+              f"atexit.register(lambda: (os.kill(os.getpid(), signal.{signum}), time.sleep(60)))\n"
+              f"sys.argv = ['kneepain', 'score', {str(src)!r}, '-o', {str(tmp_path / 'out.csv')!r}, '--model', "
+              f"{str(models)!r}]\n"
+              "from pipeline.cli import run\n"
+              "run()\n")
+    job = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert job.returncode == 1, (job.returncode, job.stderr)
+    assert job.stderr.startswith("Scored 4 rows, rejected 1") and "error" not in job.stderr, job.stderr
+    assert len(pd.read_csv(tmp_path / "out.csv")) == 4
+
+
 @pytest.mark.parametrize("output", ["file", "-"])
 def test_two_stops_as_the_scorers_stop_after_the_output_is_in_place_say_it_is_whole(trained, tmp_path, monkeypatch,
                                                                                   output):
