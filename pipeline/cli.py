@@ -916,12 +916,12 @@ def run() -> NoReturn:
     """The ``kneepain`` command: :func:`main`, then exit with its code.
 
     Once :func:`main` has returned, the command's work and messages are done. What is left is
-    Python's own exit: waiting for threads, the ``atexit`` functions, then freeing every module
-    and object (about 0.3 s after a scoring job), during which a stop signal meets the system's
-    default (the process dies by it: exit 143 or 129, with every file written and the summary
-    told). Here the threads and ``atexit`` functions run as Python would run them, a stop signal
-    meanwhile ends the process at once with the command's code, and the freeing is skipped: the
-    system takes the process's memory back whole."""
+    Python's own exit: its threads stopped, the ``atexit`` functions, then every module and object
+    freed (about 0.3 s after a scoring job), during which a stop signal met the system's default
+    (the process died by it: exit 143 or 129, with every file written and the summary told).
+    Here the threads are stopped and the ``atexit`` functions run as Python runs them, a stop
+    signal meanwhile ends the process at once with the command's code, and the freeing is
+    skipped, as :mod:`multiprocessing` ends its processes: the system takes the memory back whole."""
     from pipeline.serve.guard import STOP_SIGNALS
 
     code = main()
@@ -931,9 +931,9 @@ def run() -> NoReturn:
 
     for signum in STOP_SIGNALS:
         signal.signal(signum, end_now)
-    for thread in threading.enumerate():  # as Python's exit does, before the atexit functions
-        if thread is not threading.current_thread() and not thread.daemon:
-            thread.join()
+    # the threads' own exit hooks (concurrent.futures', joblib's executors), then each thread
+    # joined; then the atexit functions (MLflow's, Dask's, temporary folders' clean-ups)
+    threading._shutdown()  # type: ignore[attr-defined]
     atexit._run_exitfuncs()
     _exit(code)
 

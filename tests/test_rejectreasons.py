@@ -94,6 +94,19 @@ def test_a_digest_reads_at_most_its_rows_and_says_so(tmp_path):
     assert rejects_digest(tmp_path / "other.parquet") == rejects_digest(tmp_path / "other.csv") == []
 
 
+def test_a_digest_reads_rows_longer_than_its_blocks_and_names_with_line_breaks(tmp_path):
+    """A rejected row kept whole can be far longer than the digest's read blocks (scoring reads
+    records up to 256 MB): the digest reads it, where the read failed and the lines were left
+    out. A reason naming a file whose name holds a line break counts as its kind too."""
+    path = tmp_path / "rejects.csv"
+    reasons = ["column 'age', value 'x': not a number; allowed: 12..100", "column 'sex', value 'y': not allowed",
+               "record 4 of we\nird.csv (the header is record 1) has 2 fields; the header has 3"]
+    pd.DataFrame({"reject_file": "in.csv", "reject_row": range(3), "reject_reason": reasons,
+                  "note": ["a\n" * 600_000, "ok", ""]}).to_csv(path, index=False)  # a 1.2 MB field
+    assert rejects_digest(path) == ["  commonest reasons: age: not a number (1 row), sex: not allowed (1 row), "
+                                    "has the wrong number of fields (1 row)"]
+
+
 def test_a_rows_problems_are_joined_in_the_order_found_whatever_the_rows_order():
     """reject_table's reasons against their definition: per row, its problems in the order the
     checks found them, " | "-joined (the checks run field by field, so rows come unsorted)."""

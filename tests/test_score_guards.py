@@ -1074,6 +1074,22 @@ def test_kept_nested_integers_are_exact_whatever_the_chunk_holds(trained, tmp_pa
         assert {c: kept[c].tolist() for c in expected} == expected, rows
 
 
+def test_a_missing_id_is_no_id_a_later_row_repeats_in_any_chunking(trained, tmp_path):
+    """A missing id beside one that is not UTF-8 (a binary column read value by value) is no id:
+    a later row's id "None" is no repeat of it, in one chunk as across chunks."""
+    models, _ = trained
+    pq.write_table(pa.table({"case_id": pa.array([b"\xff", None, b"None", b"None"], pa.binary()),
+                             "age": ["40", "41", "42", "43"], "sex": ["male", "female", "male", "male"]}),
+                   tmp_path / "in.parquet", row_group_size=1)
+    for rows in ("1", "4"):
+        out = tmp_path / f"out{rows}.csv"
+        assert _score(tmp_path / "in.parquet", out, models, "--chunk-rows", rows) == 1
+        assert pd.read_csv(out, dtype=str)["row"].tolist() == ["1", "2"], rows  # the second "None" repeats the first
+        rejects = pd.read_csv(f"{out}.rejects.csv", dtype=str)
+        assert rejects["reject_row"].tolist() == ["0", "3"], rows
+        assert "not valid UTF-8" in rejects["reject_reason"][0] and "duplicate case_id" in rejects["reject_reason"][1]
+
+
 def test_nan_and_infinite_float_case_ids(trained, tmp_path):
     """A NaN id (as Spark, polars and pyarrow keep it) is a missing id, never a repeat; an
     infinite one rejects its row: both as predict() reads them from a DataFrame."""
@@ -1495,6 +1511,18 @@ def test_a_stop_as_the_command_exits_ends_it_with_the_jobs_exit_code(trained, tm
     assert job.returncode == 1, (job.returncode, job.stderr)
     assert job.stderr.startswith("Scored 4 rows, rejected 1") and "error" not in job.stderr, job.stderr
     assert len(pd.read_csv(tmp_path / "out.csv")) == 4
+
+
+def test_the_command_exits_with_an_executor_left_running():
+    """The entry point stops the threads as Python's exit does: an executor a library left
+    running (joblib's, as training leaves one) is shut down by its own exit hook, not waited for."""
+    script = ("import concurrent.futures, sys\n"
+              "import pipeline.cli as cli\n"
+              "pool = concurrent.futures.ThreadPoolExecutor(1)\n"
+              "pool.submit(sum, [1, 2]).result()\n"
+              "cli.main = lambda: 3\n"
+              "cli.run()\n")
+    assert subprocess.run([sys.executable, "-c", script], timeout=60).returncode == 3
 
 
 @pytest.mark.parametrize("output", ["file", "-"])

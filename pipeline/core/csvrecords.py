@@ -19,7 +19,7 @@ import io
 import re
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -33,7 +33,7 @@ from pipeline.core.errors import BatchInputError
 from pipeline.core.files import arrow_file, file_state, refuse_changed
 from pipeline.core.formulas import unguarded
 
-__all__ = ["MAX_RECORD_BYTES", "BlockMismatchError", "CaseChunk", "csv_chunks", "reason_kind"]
+__all__ = ["MAX_RECORD_BYTES", "BlockMismatchError", "CaseChunk", "csv_chunks", "reading_long_records", "reason_kind"]
 
 _CSV_BLOCK = 1 << 18  # pyarrow reads about 24 blocks ahead: 256 KB blocks hold that to ~6 MB (1 MB: ~24 MB)
 MAX_RECORD_BYTES = 1 << 28  # 256 MB: a longer CSV record makes the file unreadable (exit 2)
@@ -162,32 +162,24 @@ def _arrow_batches(path: Path, start: int, end: int, header: list[str], report: 
 
     _quiet_undecodable_rows()
     start = _keeping_a_leading_mark(path, start)
-    block, delivered = _CSV_BLOCK, 0
     opened: tuple[int, ...] | None = None  # the file's state when first opened (file_state)
-    while True:
+
+    def read(block: int) -> Iterator[pa.RecordBatch]:
+        nonlocal opened
         with arrow_file(path) as file:  # native reads: Arrow's reading thread needs no GIL
             opened = opened or file_state(file.fileno())
             stream = file.get_stream(start, end - start)
             if _cr_ends_a_read(file, start, end, block):
                 stream = _CarriageReturnsHeld(stream)
-            seen = 0
             try:  # opening reads the first block, so it can fail as any later block can
                 # large_string is pandas' own storage for text: the chunk's DataFrame wraps it without a cast
-                reader = pacsv.open_csv(
+                yield from pacsv.open_csv(
                     stream,
                     read_options=pacsv.ReadOptions(block_size=block, use_threads=False, column_names=header),
                     parse_options=pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=keep),
                     convert_options=pacsv.ConvertOptions(column_types={h: pa.large_string() for h in header},
                                                          strings_can_be_null=False, quoted_strings_can_be_null=False))
-                for batch in reader:
-                    skip = min(max(delivered - seen, 0), batch.num_rows)
-                    seen += batch.num_rows
-                    if skip < batch.num_rows:
-                        out = batch.slice(skip)
-                        delivered += out.num_rows
-                        yield out
                 refuse_changed(file.fileno(), opened, where, end)
-                return
             except pa.ArrowInvalid as err:
                 # a file cut short mid-record (or a writer part-way through one) reads as broken text
                 refuse_changed(file.fileno(), opened, where, end)
@@ -197,12 +189,34 @@ def _arrow_batches(path: Path, start: int, end: int, header: list[str], report: 
                         f"{where}: record {first_row + int(undecodable[1]) + 1} (the header is record 1) has "
                         f"{_fields(int(undecodable[2]))} where the header has {len(header)}, and is not valid UTF-8 text "
                         "(save the file as UTF-8)") from err
-                if _STRADDLE not in str(err) or block >= MAX_RECORD_BYTES:
-                    if _STRADDLE in str(err):
-                        raise BatchInputError(f"{where}: a record is longer than {MAX_RECORD_BYTES >> 20} MB; split "
-                                              "the field or the file.") from err
-                    raise
-                block = min(block * 8, MAX_RECORD_BYTES)
+                if _STRADDLE in str(err) and block >= MAX_RECORD_BYTES:
+                    raise BatchInputError(f"{where}: a record is longer than {MAX_RECORD_BYTES >> 20} MB; split "
+                                          "the field or the file.") from err
+                raise
+
+    return reading_long_records(read)
+
+
+def reading_long_records(read: Callable[[int], Iterable[pa.RecordBatch]]) -> Iterator[pa.RecordBatch]:
+    """The batches of a CSV reader opened by ``read(block_size)``: where a record is longer than
+    its blocks (pyarrow: "straddling object"), read again with blocks eight times as large, up to
+    :data:`MAX_RECORD_BYTES`, the rows already given skipped."""
+    block, delivered = _CSV_BLOCK, 0
+    while True:
+        seen = 0
+        try:
+            for batch in read(block):
+                skip = min(max(delivered - seen, 0), batch.num_rows)
+                seen += batch.num_rows
+                if skip < batch.num_rows:
+                    out = batch.slice(skip)
+                    delivered += out.num_rows
+                    yield out
+            return
+        except pa.ArrowInvalid as err:
+            if _STRADDLE not in str(err) or block >= MAX_RECORD_BYTES:
+                raise
+            block = min(block * 8, MAX_RECORD_BYTES)
 
 
 def csv_chunks(path: str | Path, header: list[str], chunk_rows: int, *, start: int, where: str, end: int | None = None,
@@ -322,7 +336,7 @@ def _record_test(n_fields: int, looks_like_record: Callable[[list[str]], bool] |
     return lambda fields: len(fields) == n_fields and looks_like_record(fields)
 
 
-_RECORD_NAMED = r"^record \d+ of .*? \(the header is record 1\) "
+_RECORD_NAMED = r"(?s)^record \d+ of .*? \(the header is record 1\) "  # a file's name may hold a line break
 
 
 def reason_kind(reasons: pd.Series) -> pd.Series:
@@ -330,9 +344,9 @@ def reason_kind(reasons: pd.Series) -> pd.Series:
     lines a field runs over) and without the allowed answers after a ``;``, so that problems of
     one kind count together in a report's commonest reasons."""
     kind = reasons.astype(str).str.replace(_RECORD_NAMED, "", regex=True)
-    kind = kind.str.replace(r"^has \d+ fields?; the header has \d+( \(.*)?$", "has the wrong number of fields", regex=True)
-    kind = kind.str.replace(r"^(has a field '.*?') that runs over .*$", r"\1 that reads the records after it (a quote left open)",
-                            regex=True)
+    kind = kind.str.replace(r"(?s)^has \d+ fields?; the header has \d+( \(.*)?$", "has the wrong number of fields", regex=True)
+    kind = kind.str.replace(r"(?s)^(has a field '.*?') that runs over .*$",
+                            r"\1 that reads the records after it (a quote left open)", regex=True)
     return kind.str.split(";").str[0]
 
 

@@ -742,9 +742,11 @@ def _parse_columns(items: list[tuple[Any, pd.Series | None]], n: int, row_offset
         # added (pipeline.serve.chunks.reject_repeated): the reasons do not depend on the chunking
         ids_raw = series_of[ID_COLUMN]
         text = normalise_ids(ids_raw)
-        dup = text.duplicated(keep="first").to_numpy()
-        if dup.any():  # blank ids are not identifiers, so they are never duplicates
-            dup = dup & ids_raw.notna().to_numpy() & (text != "").to_numpy()
+        # blank ids are not identifiers: never duplicates, nor the first of one (a missing id's
+        # text, "None" or "nan", is no id a later row can repeat)
+        named = ids_raw.notna().to_numpy() & (text != "").to_numpy()
+        dup = text.where(named).duplicated(keep="first").to_numpy() & named
+        if dup.any():
             report(ID_COLUMN, dup, ids_raw, DUPLICATE_ID)
 
     errors = pd.concat(problems, ignore_index=True).sort_values("row", kind="stable", ignore_index=True) \

@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from pipeline.core.csvrecords import reason_kind
+from pipeline.core.csvrecords import reading_long_records, reason_kind
 from pipeline.core.files import arrow_file, is_parquet
 
 __all__ = ["MISSING_MARKERS", "marker_advice", "markers_among", "missing_markers", "reason_texts", "reject_reasons",
@@ -31,7 +31,7 @@ _LITERAL = r"'(?:[^'\\]|\\.)*'" + r'|"(?:[^"\\]|\\.)*"'  # a Python string's rep
 # one problem of a rejects file's reject_reason: "column <name>, value <value>: reason", or a row's
 # own problem (a malformed record); problems are " | "-separated, and a value may hold " | " or ": "
 _PROBLEM = re.compile(rf"(?:\A| \| )(?:column (?P<column>{_LITERAL}), value (?P<value>{_LITERAL}): (?P<reason>.*?)"
-                      rf"|(?P<other>.+?))(?= \| |\Z)")
+                      rf"|(?P<other>.+?))(?= \| |\Z)", re.DOTALL)
 # how other tools write a missing value (compared without case or surrounding spaces)
 MISSING_MARKERS = frozenset({"na", "n/a", "#n/a", "nan", "null", "none", "nil", "missing", ".", "-", "?"})
 DIGEST_ROWS = 200_000  # the rejected rows a digest reads, at most (the first ones)
@@ -122,14 +122,18 @@ def reason_texts(path: str | Path) -> Iterator[pa.Array]:
                     yield batch.column(0).cast(pa.string())
         return
     # one thread, small blocks: Arrow reads a couple of dozen blocks ahead, and a job's digest runs in
-    # the scoring process after its peak (4 MB blocks on all threads: 160 MB more at 1M rejected rows)
-    with arrow_file(path) as source, pacsv.open_csv(
-            source, read_options=pacsv.ReadOptions(block_size=1 << 18, use_threads=False),
-            parse_options=pacsv.ParseOptions(newlines_in_values=True),  # kept values may hold them
-            convert_options=pacsv.ConvertOptions(include_columns=["reject_reason"],
-                                                 column_types={"reject_reason": pa.string()})) as reader:
-        for batch in reader:
-            yield batch.column(0)
+    # the scoring process after its peak (4 MB blocks on all threads: 160 MB more at 1M rejected rows);
+    # larger ones where a record (a row kept whole, as scoring reads it) is longer than they are
+    def read(block: int) -> Iterator[pa.RecordBatch]:
+        with arrow_file(path) as source, pacsv.open_csv(
+                source, read_options=pacsv.ReadOptions(block_size=block, use_threads=False),
+                parse_options=pacsv.ParseOptions(newlines_in_values=True),  # kept values may hold them
+                convert_options=pacsv.ConvertOptions(include_columns=["reject_reason"],
+                                                     column_types={"reject_reason": pa.string()})) as reader:
+            yield from reader
+
+    for batch in reading_long_records(read):
+        yield batch.column(0)
 
 
 def missing_markers(reasons: pd.Series) -> pd.Series:
