@@ -120,9 +120,10 @@ def score_files(inputs: list[str | Path], output: str | Path, model: LoadedModel
         holds the output, or the output cannot be written; nothing is written.
     pipeline.core.errors.StoppedAfterOutput
         A stop signal (SIGTERM, SIGHUP, Ctrl-C) came once the output was in place: it is whole,
-        the message says so, and its ``summary`` counts the rows scored and rejected. One that came before stops the job with
-        :class:`pipeline.serve.guard.Interrupted` (a ``KeyboardInterrupt``), and no file is
-        written (with an output ``-``, the rows scored before it may have gone out).
+        the message says so, and its ``summary`` counts the rows scored and rejected. One that
+        came before stops the job with :class:`pipeline.serve.guard.Interrupted` (a
+        ``KeyboardInterrupt``), and no file is written (with an output ``-``, the rows scored
+        before it may have gone out).
     """
     options = options or OutputOptions()
     if not isinstance(jobs, (int, np.integer)) or jobs < 1:
