@@ -7,15 +7,12 @@ Each command is ``_<name>_parser(subparsers)`` plus ``_<name>(args) -> int``; :f
 from __future__ import annotations
 
 import argparse
-import atexit
 import math
 import os
-import signal
 import sys
-import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING
 
 from pipeline import __version__
 
@@ -634,15 +631,15 @@ def _rejects_path(args: argparse.Namespace) -> Path:
 
 def _tell_summary(args: argparse.Namespace, summary: ScoreSummary, rejects_path: Path, told: list[bool]) -> None:
     """``kneepain score``'s last lines (not with --quiet): the rows scored and rejected, and what
-    the rejected rows (in ``rejects_path``) have in common. The first is printed whole, a stop
-    signal held off until it is, and ``told`` then marked, so that a stop after it does not
-    print it again."""
+    the rejected rows (in ``rejects_path``) have in common. A first stop signal as the first
+    is printed waits until it is whole and ``told`` is marked, so that the stop's handler does not
+    print it again (a second acts at once: a line blocked on a full pipe cannot hold the job)."""
     if args.quiet:
         return
-    from pipeline.serve.guard import signals_deferred
+    from pipeline.serve.guard import stop_on_signals
 
     rejected = f", rejected {summary.rows_rejected:,} (see {rejects_path})" if summary.rows_rejected else ", rejected 0"
-    with signals_deferred():
+    with stop_on_signals():
         print(f"Scored {summary.rows_scored:,} row{'' if summary.rows_scored == 1 else 's'}{rejected} in "
               f"{summary.seconds:.1f} s ({summary.rows_per_second:,.0f} rows/s) -> {args.output}", file=sys.stderr)
         told.append(True)
@@ -912,43 +909,6 @@ def _empty_value(parser: argparse.ArgumentParser, args: argparse.Namespace) -> s
     return None
 
 
-def run() -> NoReturn:
-    """The ``kneepain`` command: :func:`main`, then exit with its code.
-
-    Once :func:`main` has returned, the command's work and messages are done. What is left is
-    Python's own exit: its threads stopped, the ``atexit`` functions, then every module and object
-    freed (about 0.3 s after a scoring job), during which a stop signal met the system's default
-    (the process died by it: exit 143 or 129, with every file written and the summary told).
-    Here the threads are stopped and the ``atexit`` functions run as Python runs them, a stop
-    signal meanwhile ends the process at once with the command's code, and the freeing is
-    skipped, as :mod:`multiprocessing` ends its processes: the system takes the memory back whole."""
-    from pipeline.serve.guard import STOP_SIGNALS
-
-    code = main()
-
-    def end_now(signum, frame) -> None:
-        _exit(code)
-
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, end_now)
-    # the threads' own exit hooks (concurrent.futures', joblib's executors), then each thread
-    # joined; then the atexit functions (MLflow's, Dask's, temporary folders' clean-ups)
-    threading._shutdown()  # type: ignore[attr-defined]
-    atexit._run_exitfuncs()
-    _exit(code)
-
-
-def _exit(code: int) -> NoReturn:
-    """End the process with ``code`` now, standard output and error flushed."""
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            if stream is not None:
-                stream.flush()
-        except (OSError, ValueError):  # closed, or its reader gone
-            pass
-    os._exit(code)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return its exit code (0 ok, 1 rows rejected, 2 fatal error). Its messages
     go to standard error, and are dropped where that cannot be written
@@ -1015,4 +975,4 @@ def _fail(command: str, message: str) -> int:
 
 
 if __name__ == "__main__":
-    run()
+    sys.exit(main())
