@@ -415,6 +415,10 @@ def _score_pandas(args: argparse.Namespace, warn: Callable[[str], None], options
 
     lean_memory_pool()
     reuse_freed_heap()
+    if args.report:  # before the output: a stop in the import of its compiled modules fails it
+        from pipeline.report.plots import load_matplotlib
+
+        load_matplotlib()
     model = plain = get_model(args.model, trust_pickle=args.trust_pickle)
     estimate = None
     if args.adapt_priors:

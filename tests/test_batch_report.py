@@ -167,6 +167,28 @@ def test_a_stop_while_the_report_is_written_says_the_output_is_whole(trained, re
     assert (tmp_path / "o.csv.priors.json").exists()
 
 
+def test_the_reports_drawing_modules_are_imported_before_the_output_is_written(trained, report, tmp_path):
+    """matplotlib's compiled modules fail their import for good when a stop lands in it: with
+    --report they are imported before scoring, where a stop leaves no output, not after it."""
+    import subprocess
+    import sys
+
+    models, _ = trained
+    script = ("import sys\n"
+              "from pipeline.serve import batch\n"
+              "score = batch.score_files\n"
+              "def scored(*args, **kwargs):\n"
+              "    print('agg' if 'matplotlib.backends.backend_agg' in sys.modules else 'none', file=sys.stderr)\n"
+              "    return score(*args, **kwargs)\n"
+              "batch.score_files = scored\n"
+              "from pipeline.cli import main\n"
+              f"sys.exit(main(['score', {str(report / 'clinic.csv')!r}, '-o', {str(tmp_path / 'o.csv')!r}, '--model', "
+              f"{str(models)!r}, '--quiet', '--report', {str(tmp_path / 'o.html')!r}]))\n")
+    job = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert job.returncode == 1 and job.stderr.splitlines()[0] == "agg", job.stderr  # 1: the file has rejected rows
+    assert (tmp_path / "o.html").exists()
+
+
 def test_report_page_is_self_contained_html_with_every_section(report):
     page = _Page()
     page.feed((report / "batch.html").read_text())

@@ -21,6 +21,14 @@ __all__ = ["figure", "plot_classwise_reliability", "plot_confusion_matrix", "plo
 _DPI = 110
 
 
+def load_matplotlib() -> None:
+    """Import what :func:`figure` and a PNG's ``savefig`` need now. Their compiled modules fail
+    their import for good when a stop signal lands in it ("initialization failed"): a command
+    that draws after writing its output (``kneepain score --report``) imports them before."""
+    import matplotlib.backends.backend_agg  # noqa: F401  (what savefig draws a PNG with)
+    from matplotlib.figure import Figure  # noqa: F401
+
+
 def figure(width: float, height: float):
     from matplotlib.figure import Figure
 
