@@ -1074,6 +1074,19 @@ def test_kept_nested_integers_are_exact_whatever_the_chunk_holds(trained, tmp_pa
         assert {c: kept[c].tolist() for c in expected} == expected, rows
 
 
+def test_a_kept_list_of_dictionary_text_reads_across_row_groups(trained, tmp_path):
+    """A list of dictionary-encoded text (as pandas' categoricals in lists are written), in a file
+    of several row groups, is read and kept whole: a chunk across two groups failed as "the file
+    is damaged"."""
+    models, _ = trained
+    tags = pa.array([["a", "b"] if i % 3 else ["c"] for i in range(50)], pa.list_(pa.dictionary(pa.int32(), pa.string())))
+    pq.write_table(pa.table({"age": ["40"] * 50, "sex": ["male"] * 50, "tags": tags}), tmp_path / "in.parquet",
+                   row_group_size=20)
+    assert _score(tmp_path / "in.parquet", tmp_path / "out.csv", models, "--keep-input-columns") == 0
+    kept = pd.read_csv(tmp_path / "out.csv", dtype=str)["tags"].tolist()
+    assert kept == ["['a', 'b']" if i % 3 else "['c']" for i in range(50)]
+
+
 def test_a_missing_id_is_no_id_a_later_row_repeats_in_any_chunking(trained, tmp_path):
     """A missing id beside one that is not UTF-8 (a binary column read value by value) is no id:
     a later row's id "None" is no repeat of it, in one chunk as across chunks."""
