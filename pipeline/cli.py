@@ -556,14 +556,14 @@ def _score(args: argparse.Namespace) -> int:
         raise UsageError(f"--report estimates the case mix from the output's probabilities: give --float-digits "
                          f"{FLOAT_DIGITS} or more (or leave it out).")
     if args.engine != "dask" and args.output != "-":  # the files a job writes besides the output
-        from pipeline.serve.batch import check_target, rejects_file, texts_lookup
+        from pipeline.serve.batch import check_target, texts_lookup
         from pipeline.serve.guard import refuse_shared_outputs
 
         output = Path(args.output)
         # the files written after the output (score_files checks its rejects file and texts lookup):
         # refused now, not once the output is written
         after = _written_after_output(args)
-        refuse_shared_outputs([("output", output), ("rejects file", rejects_file(output, args.rejects)),
+        refuse_shared_outputs([("output", output), ("rejects file", _rejects_path(args)),
                                ("texts lookup", texts_lookup(output)), *((what, path) for what, path, _ in after)])
         check_target(output, "output")  # the output's own problem first (its folder is theirs too)
         for what, path, make_folders in after:

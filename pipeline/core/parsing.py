@@ -47,8 +47,8 @@ from pipeline.core.schema import (
 from pipeline.core.sizes import FEW_CASES
 
 __all__ = ["DUPLICATE_ID", "ParsedCases", "code_rows", "codes_to_frame", "codes_to_text_frame", "ignored_columns_message",
-           "is_blank", "normalise_ids", "not_utf8", "not_utf8_mask", "parse_cases", "parse_records", "premise_denied",
-           "required_columns_error", "shown_values", "unanswered", "unanswered_matrix", "utf8_or_bytes",
+           "is_blank", "named_ids", "normalise_ids", "not_utf8", "not_utf8_mask", "parse_cases", "parse_records",
+           "premise_denied", "required_columns_error", "shown_values", "unanswered", "unanswered_matrix", "utf8_or_bytes",
            "whole_number_fields"]
 
 
@@ -744,7 +744,7 @@ def _parse_columns(items: list[tuple[Any, pd.Series | None]], n: int, row_offset
         text = normalise_ids(ids_raw)
         # blank ids are not identifiers: never duplicates, nor the first of one (a missing id's
         # text, "None" or "nan", is no id a later row can repeat)
-        named = ids_raw.notna().to_numpy() & (text != "").to_numpy()
+        named = named_ids(ids_raw, text)
         dup = text.where(named).duplicated(keep="first").to_numpy() & named
         if dup.any():
             report(ID_COLUMN, dup, ids_raw, DUPLICATE_ID)
@@ -770,6 +770,12 @@ def normalise_ids(ids: pd.Series) -> pd.Series:
     except ValueError:  # an integer too long to print
         text = ids.map(_text).astype(str)
     return text.str.strip()
+
+
+def named_ids(ids: pd.Series, text: pd.Series) -> np.ndarray:
+    """Which of ``ids`` (``text``: :func:`normalise_ids` of them) name a case: a missing or blank id
+    is no identifier, so it never repeats another nor is repeated."""
+    return ids.notna().to_numpy() & (text != "").to_numpy()
 
 
 def _show(value: Any, limit: int = 80) -> str:

@@ -33,7 +33,7 @@ import pyarrow as pa
 from pipeline.core.casefiles import parse_read
 from pipeline.core.errors import BatchInputError, CaseValidationError, ModelIntegrityError
 from pipeline.core.files import in_temporary_folder
-from pipeline.core.parsing import DUPLICATE_ID, ParsedCases, normalise_ids, not_utf8_mask, shown_values
+from pipeline.core.parsing import DUPLICATE_ID, ParsedCases, named_ids, normalise_ids, not_utf8_mask, shown_values
 from pipeline.core.schema import ID_COLUMN, normalise_header
 from pipeline.core.spawning import die_with_parent, signals_blocked
 from pipeline.serve.guard import STOP_SIGNALS
@@ -156,7 +156,7 @@ class SeenIds:
 
     def check_and_add(self, ids: pd.Series) -> np.ndarray:
         text = normalise_ids(ids)
-        named = (ids.notna() & (text != "")).to_numpy()
+        named = named_ids(ids, text)
         # the same hash in every process: Dask's driver matches the hashes its workers send; ids
         # are nearly all distinct, so not factorised first (the same hashes in half the time)
         h = pd.util.hash_pandas_object(text, index=False, categorize=False).to_numpy()
