@@ -9,7 +9,8 @@ Each engine then scores all of it in its own child process (``python -m benchmar
 - ``score_files_dask`` for k = 1 and 2 on the same cases as **one** CSV file (every text
   quoted, as Arrow and R write a CSV, with ``case_id``; not timed), which the engine splits into
   the same blocks for both: the default block size for 2 workers (about two blocks per worker;
-  ``--quick``: the same without the 64 MB floor, so the small file is split too), three times
+  ``--quick``: the same without the 64 MB floor, so the small file is split too), after one
+  small leading block per worker (``plan_blocks``' ``lead``: 1 or 2 of them), three times
   each, alternating, then the ratio of the two median wall times of the whole child process
   (target: 2 workers at least 1.7x one, on a machine with at least 2 cores; the issue's own
   figures were medians of 3 of whole processes, and a single run's ratio moved between 1.5x and
@@ -201,9 +202,10 @@ def _one_file_rows(tmp: Path, inputs: Path, model: Path, model_text: str, n: int
                             "--out", str(tmp / f"out-one-{workers}-{round_}"), "--csv", "--block-bytes", str(block))
             _check_scored(result, n, f"{workers} worker(s) on the {size}-row CSV")
             results[workers].append(result)
-    blocks = _child("count-blocks", "--inputs", str(one), "--csv", "--block-bytes", str(block))["blocks"]
     rows, process, call, with_startup = [], {}, {}, {}
     for workers in WORKERS:
+        blocks = _child("count-blocks", "--inputs", str(one), "--csv", "--block-bytes", str(block),
+                        "--workers", str(workers))["blocks"]
         label = (f"dask engine, {workers} worker{'s' * (workers > 1)}, one {size}-row CSV split into {blocks} "
                  f"blocks (whole process, median of {ONE_FILE_ROUNDS})")
         runs = results[workers]
@@ -282,10 +284,11 @@ def _child_main(argv: Sequence[str] | None = None) -> int:
     from pipeline.serve.predict import get_model
 
     paths = sorted(args.inputs.glob("*.csv" if args.csv else "*.parquet"))
-    if args.engine == "count-blocks":  # the blocks the engine splits the inputs into, at --block-bytes
+    if args.engine == "count-blocks":  # the blocks the engine splits one input into, at --block-bytes and --workers
         from pipeline.core.blocks import plan_blocks
 
-        blocks = sum(len(list(plan_blocks(p, chunk_rows=CHUNK_ROWS, block_bytes=args.block_bytes))) for p in paths)
+        blocks = sum(len(list(plan_blocks(p, chunk_rows=CHUNK_ROWS, block_bytes=args.block_bytes, lead=args.workers)))
+                     for p in paths)
         print(json.dumps({"blocks": blocks}))
         return 0
     if args.engine == "pandas":

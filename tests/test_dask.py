@@ -25,6 +25,7 @@ import pytest
 pytest.importorskip("distributed")
 from distributed import WorkerPlugin, get_task_stream
 
+from pipeline.core.casefiles import FileBlock, csv_data_start
 from pipeline.core.cluster import LOCAL_WORKER_CONFIG, DaskJobError, dask_client
 from pipeline.core.errors import BatchInputError
 from pipeline.core.files import arrow_file
@@ -481,6 +482,61 @@ def test_a_block_not_holding_its_planned_rows_sends_its_file_back_whole(client, 
     assert (tmp_path / "out" / "_rejects.csv").read_bytes() == Path(f"{out}.rejects.csv").read_bytes()
 
 
+def test_a_last_block_of_blank_lines_adds_no_part(client, trained, kb, tmp_path):
+    """The planner stops where the last block starts, so that block may hold only the file's
+    trailing blank lines: its worker finds no record and writes no part (an empty part would be a
+    file the pandas engine's output has no counterpart of)."""
+    from pipeline.core.blocks import plan_blocks
+
+    models, _ = trained
+    records = _text_cases(kb, 300, 17, ids="t").to_csv(index=False).encode()
+    path = tmp_path / "blank-tail.csv"
+    for blank in range(0, 2 * len(records), 50):  # trailing blank lines past which the last block starts
+        path.write_bytes(records + b"\n" * blank)
+        blocks = list(plan_blocks(path, chunk_rows=50, block_bytes=path.stat().st_size // 3, lead=2))
+        if blocks[-1].start == len(records):
+            break
+    assert blocks[-1] == FileBlock(300, None, len(records)) and len(blocks) > 2
+    ref = score_files([str(path)], tmp_path / "ref.parquet", get_model(models), chunk_rows=50)
+    score_files_dask(path, tmp_path / "out", models, client=client, block_bytes=path.stat().st_size // 3, chunk_rows=50)
+    assert [len(pd.read_parquet(p)) for p in sorted((tmp_path / "out").glob("part-*"))] == [50] * 6
+    pd.testing.assert_frame_equal(_read_parts(tmp_path / "out").drop(columns="file"),
+                                  pd.read_parquet(tmp_path / "ref.parquet"), check_exact=True)
+    assert ref.rows_scored == 300
+
+
+def test_the_first_blocks_of_a_job_are_small_until_every_worker_has_one(client, trained, kb, tmp_path, monkeypatch):
+    """A block is known once the planner has read past its end: a job's first blocks are small
+    (plan_blocks' lead), one per worker thread, so that no worker waits while the planner reads a
+    whole block's bytes. A file planned before as one block takes one of them."""
+    import pipeline.serve.dask as engine
+
+    models, _ = trained
+    small, big = tmp_path / "a.csv", tmp_path / "b.csv"
+    _text_cases(kb, 200, 18, ids="a").to_csv(small, index=False)
+    _text_cases(kb, 6000, 19, ids="b").to_csv(big, index=False)
+    plan, leads, blocks = engine.plan_blocks, [], []
+
+    def recorded(path, **kwargs):
+        leads.append(kwargs["lead"])
+        for block in plan(path, **kwargs):
+            blocks.append(block)
+            yield block
+
+    monkeypatch.setattr(engine, "plan_blocks", recorded)
+    block_bytes = (big.stat().st_size - csv_data_start(big)) // 4  # the big file's data in four blocks
+    summary = score_files_dask([small, big], tmp_path / "out", models, client=client, block_bytes=block_bytes,
+                               chunk_rows=100)
+    assert sum(client.nthreads().values()) == 2 and leads == [2, 1]
+    assert blocks[0] == FileBlock(start=blocks[0].start)  # the small file: one block
+    assert abs(blocks[1].end - blocks[1].start - block_bytes // 16) < block_bytes // 16  # then one small block
+    assert all(abs(b.end - b.start - block_bytes) < block_bytes // 8 for b in blocks[2:-1]) and len(blocks) == 6
+    ref = score_files([small, big], tmp_path / "ref.parquet", get_model(models), chunk_rows=100)
+    pd.testing.assert_frame_equal(_read_parts(tmp_path / "out"), pd.read_parquet(tmp_path / "ref.parquet"),
+                                  check_exact=True)
+    assert summary.rows_scored == ref.rows_scored == 6200
+
+
 def test_a_quote_left_open_is_rejected_as_the_pandas_engine_rejects_it(client, trained, tmp_path):
     """The record that swallowed others (tests/test_score.py) in a file split into blocks: the block
     planner cannot follow the open quote, and the rows and rejects are the pandas engine's."""
@@ -827,7 +883,6 @@ def test_a_worker_killed_once_is_survived(client, trained, inputs, reference, ki
 def _block_attempts(models, frame, tmp_path, id_column):
     """``frame`` as a CSV scored in one block, its job folder, its rejects' schema, and a call of
     one scoring attempt of that block in this process (keywords of ``_score_block`` override)."""
-    from pipeline.core.casefiles import FileBlock
     from pipeline.serve import dask as engine
     from pipeline.serve.writing import reject_schema
 

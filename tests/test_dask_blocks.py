@@ -59,11 +59,11 @@ def test_planned_blocks_read_as_the_whole_file(tmp_path, window, monkeypatch):
     for _ in range(150):
         path.write_bytes(_random_csv(rng, rng.randint(0, 80)))
         chunk_rows = rng.randint(1, 7)
-        block_bytes = rng.randint(20, 200)
-        blocks = list(plan_blocks(path, chunk_rows=chunk_rows, block_bytes=block_bytes))
+        plan = {"chunk_rows": chunk_rows, "block_bytes": rng.randint(20, 200), "lead": rng.choice([0, 0, 1, 2, 3])}
+        blocks = list(plan_blocks(path, **plan))
         if window is not None:  # the plan does not depend on the window
             monkeypatch.setattr("pipeline.core.blocks.WINDOW_BYTES", WINDOW_BYTES)
-            assert list(plan_blocks(path, chunk_rows=chunk_rows, block_bytes=block_bytes)) == blocks
+            assert list(plan_blocks(path, **plan)) == blocks
             monkeypatch.setattr("pipeline.core.blocks.WINDOW_BYTES", window)
         split_files += len(blocks) > 1
         assert [b.first_row % chunk_rows for b in blocks] == [0] * len(blocks)  # whole chunks
@@ -153,6 +153,8 @@ def test_parquet_blocks_are_row_ranges_of_whole_chunks(tmp_path):
     assert [(b.first_row, b.rows) for b in blocks] == [(0, 900), (900, 900), (1800, 700)]
     assert [(b.start, b.end) for b in blocks] == [(0, 2), (1, 3), (2, 4)]  # the row groups holding them
     _assert_same_chunks(_read(path, 300), _read(path, 300, blocks))
+    # planned from the footer at once: no small blocks first
+    assert list(plan_blocks(path, chunk_rows=300, block_bytes=path.stat().st_size // 4, lead=2)) == blocks
 
 
 def test_a_range_index_is_read_as_its_column_in_every_block(tmp_path):
@@ -173,7 +175,54 @@ def test_blocks_split_at_the_chunk_start_nearest_each_equal_share(tmp_path):
     path = tmp_path / "even.csv"
     path.write_bytes(b"a,b\n" + b"".join(f"{i:05d},x\n".encode() for i in range(1000)))
     blocks = list(plan_blocks(path, chunk_rows=30, block_bytes=(path.stat().st_size - 4) // 4))
-    assert [b.rows for b in blocks] == [240, 270, 240, 250]  # splits at 240, 510 and 750: the nearest multiples of 30
+    # splits at 240, 510 and 750: the nearest multiples of 30; the last block runs to the end, uncounted
+    assert [(b.first_row, b.rows) for b in blocks] == [(0, 240), (240, 270), (510, 240), (750, None)]
+    _assert_same_chunks(_read(path, 30), _read(path, 30, blocks))
+
+
+def test_the_scan_stops_where_the_last_block_starts(tmp_path, monkeypatch):
+    """The planner reads no further than the window that holds the last block's start: the rest
+    of the file is that block's, read to the end by the worker that scores it (a quarter of the
+    planning pass saved with four blocks). What lies beyond does not change the plan."""
+    monkeypatch.setattr("pipeline.core.blocks.WINDOW_BYTES", 64)
+    scanned = []
+    window = _RecordScan.window
+    monkeypatch.setattr(_RecordScan, "window", lambda self, data: (scanned.append(len(data)), window(self, data))[1])
+    head = b"a,b\n" + b"".join(f"{i:05d},x\n".encode() for i in range(1100))  # 8 bytes a record
+    records = b"".join(f"{i:05d},y\n".encode() for i in range(250)) + b"\n\n"
+    tails = {"records": records, "no case file's": b'x,"' + b"\xff" * (len(records) - 3)}  # a quote never closed,
+    # bytes that are not UTF-8
+    plans = {}
+    for name, tail in tails.items():
+        path = tmp_path / "cases.csv"
+        path.write_bytes(head + tail)
+        scanned.clear()
+        plans[name] = list(plan_blocks(path, chunk_rows=30, block_bytes=(path.stat().st_size - 4) // 4))
+        assert 4 + sum(scanned) < len(head), name  # the tail was never read
+    assert plans["records"] == plans["no case file's"]
+    assert [(b.first_row, b.rows) for b in plans["records"]] == [(0, 330), (330, 360), (690, 330), (1020, None)]
+    path.write_bytes(head + tails["records"])
+    _assert_same_chunks(_read(path, 30), _read(path, 30, plans["records"]))
+
+
+@pytest.mark.parametrize("lead", [1, 2, 3])
+def test_leading_blocks_are_small_so_that_every_worker_starts_at_once(tmp_path, lead):
+    """A block is known once the scan has passed its end: ``lead`` small blocks first (about a
+    sixteenth of a block each, in whole chunks), then blocks of about ``block_bytes``."""
+    from pipeline.core.blocks import LEAD_DIVISOR
+
+    path = tmp_path / "even.csv"
+    path.write_bytes(b"a,b\n" + b"".join(f"{i:05d},x\n".encode() for i in range(4000)))  # 8 bytes a record
+    block_bytes = (path.stat().st_size - 4) // 4
+    blocks = list(plan_blocks(path, chunk_rows=10, block_bytes=block_bytes, lead=lead))
+    small = block_bytes // LEAD_DIVISOR
+    assert len(blocks) == lead + 4
+    assert all(abs(b.end - 4 - small * (k + 1)) <= 40 for k, b in enumerate(blocks[:lead]))  # the nearest chunk start
+    assert all(abs(b.end - b.start - block_bytes) < small for b in blocks[lead:-1])
+    assert blocks[-1].rows is None and all(b.first_row % 10 == 0 for b in blocks)
+    _assert_same_chunks(_read(path, 10), _read(path, 10, blocks))
+    # a file that is one block gets no leading ones
+    assert list(plan_blocks(path, chunk_rows=10, block_bytes=path.stat().st_size, lead=lead)) == [FileBlock(start=4)]
 
 
 def test_a_tiny_block_size_plans_one_block_per_chunk_in_little_memory(tmp_path):
@@ -191,8 +240,9 @@ def test_a_tiny_block_size_plans_one_block_per_chunk_in_little_memory(tmp_path):
             peaks[block_bytes] = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
+        # (a block a byte: the scan reaches the end before the last target, and counts the last block too)
         assert [(b.first_row, b.rows) for b in blocks] == [(0, 100_000), (100_000, 100_000), (200_000, 100_000),
-                                                            (300_000, 100_000)]
+                                                            (300_000, 100_000 if block_bytes == 1 else None)]
     # the scan's windows alike; the byte targets would add about 150 MB
     assert peaks[1] < peaks[max(peaks)] + (16 << 20), {k: f"{v / 2**20:.0f} MB" for k, v in peaks.items()}
     _assert_same_chunks(_read(path, 100_000), _read(path, 100_000, blocks))
@@ -220,7 +270,7 @@ def test_one_file_gets_two_blocks_per_worker_by_default(tmp_path, workers, monke
     size = engine.default_block_bytes([path], workers)
     blocks = list(plan_blocks(path, chunk_rows=10, block_bytes=size))
     assert len(blocks) == engine.BLOCKS_PER_WORKER * workers
-    assert sum(b.rows for b in blocks) == 3001
+    assert sum(b.rows for b in blocks[:-1]) == blocks[-1].first_row < 3001
 
 
 def test_a_malformed_record_that_is_not_utf8_is_named_by_its_record_in_any_block(tmp_path):

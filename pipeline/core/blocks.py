@@ -15,7 +15,9 @@ numbers and malformed-record reasons as reading it whole.
   of the file, from the last chunk start before that byte, is one block, read to its end (the
   blocks before it are split as usual, however far into the window it is): a split is only ever
   made where the reader would end a record. Each block is yielded as soon as its end is known,
-  so the first ones can be scored while the rest of the file is still being read.
+  so the first ones can be scored while the rest of the file is still being read; the first
+  ones can be small (``lead``), so that every worker starts at once, and the read stops where
+  the last block starts (that block runs to the end of the file, its rows not counted).
 """
 
 from __future__ import annotations
@@ -28,9 +30,10 @@ import numpy as np
 from pipeline.core.casefiles import FileBlock, csv_data_start, file_columns, parquet_metadata
 from pipeline.core.files import is_parquet
 
-__all__ = ["MIN_BLOCK_BYTES", "WINDOW_BYTES", "plan_blocks"]
+__all__ = ["LEAD_DIVISOR", "MIN_BLOCK_BYTES", "WINDOW_BYTES", "plan_blocks"]
 
 MIN_BLOCK_BYTES = 64 << 20  # below this a block's set-up (a task, a second look for repeated ids) is not worth it
+LEAD_DIVISOR = 16  # a leading block (plan_blocks' lead) is about a sixteenth of a block: 16 MB of 260 planned in 0.02 s
 WINDOW_BYTES = 1 << 20  # its bit masks stay in a core's cache: 1.5x faster than 16 MB
 _QUOTE, _NEWLINE, _RETURN, _COMMA = 34, 10, 13, 44
 _OPENS_AFTER = np.zeros(256, dtype=bool)  # a quote that opens a field follows a delimiter or a record's end
@@ -39,7 +42,7 @@ _CLOSES_BEFORE = np.zeros(256, dtype=bool)
 _CLOSES_BEFORE[[_COMMA, _NEWLINE, _RETURN, _QUOTE]] = True
 
 
-def plan_blocks(path: str | Path, *, chunk_rows: int, block_bytes: int) -> Iterator[FileBlock]:
+def plan_blocks(path: str | Path, *, chunk_rows: int, block_bytes: int, lead: int = 0) -> Iterator[FileBlock]:
     """The blocks of one CSV or Parquet case file, in file order, each as soon as it is known.
 
     Parameters
@@ -49,21 +52,31 @@ def plan_blocks(path: str | Path, *, chunk_rows: int, block_bytes: int) -> Itera
     chunk_rows : int
         Rows per chunk: every block but the last holds a whole number of chunks.
     block_bytes : int
-        About how many bytes of the file a block holds (at least this many; a file of less than
-        twice this is one block, ``FileBlock()`` for Parquet or the whole data part of a CSV).
+        About how many bytes of the file a block holds (at least this many but for the leading
+        blocks; a file of less than twice this is one block, ``FileBlock()`` for Parquet or the
+        whole data part of a CSV).
+    lead : int, default=0
+        A CSV file that is split starts with this many small blocks, of about
+        ``block_bytes // LEAD_DIVISOR`` each (:data:`LEAD_DIVISOR`), before blocks of about
+        ``block_bytes``: a block is known only once the scan has passed its end, so with a
+        small one per worker every worker starts at once (the first of four blocks of 260 MB
+        took 0.3 s to plan, and the second worker waited 0.6 s). Parquet blocks come from the
+        footer at once: ``lead`` does not apply.
 
     Yields
     ------
     FileBlock
         Consecutive blocks covering every row of the file once. A CSV block whose ``rows`` is
-        None runs to the end of the file (its rows were not counted in advance).
+        None runs to the end of the file (its rows were not counted in advance): the last block
+        of a split file, as the scan stops where it starts, and the rest of a file from where
+        Arrow's reader could read the records otherwise (see above).
     """
     path = Path(path)
     file_columns(path)
     if is_parquet(path):
         yield from _parquet_blocks(path, chunk_rows, block_bytes)
     else:
-        yield from _csv_blocks(path, chunk_rows, block_bytes)
+        yield from _csv_blocks(path, chunk_rows, block_bytes, lead)
 
 
 def _parquet_blocks(path: Path, chunk_rows: int, block_bytes: int) -> Iterator[FileBlock]:
@@ -275,19 +288,27 @@ class _RecordScan:
         return self.records
 
 
-def _csv_blocks(path: Path, chunk_rows: int, block_bytes: int) -> Iterator[FileBlock]:
+def _csv_blocks(path: Path, chunk_rows: int, block_bytes: int, lead: int) -> Iterator[FileBlock]:
     data_start, size = csv_data_start(path), path.stat().st_size
     count = (size - data_start) // block_bytes
     if count <= 1:
         yield FileBlock(start=data_start)
         return
-    span = size - data_start
+    small = max(1, block_bytes // LEAD_DIVISOR)
+    lead = min(lead, (size - data_start) // (2 * small))  # the leading blocks take at most half of the file
+    rest = data_start + lead * small  # where the even blocks begin
+    span = size - rest
+    count += lead  # blocks in all
 
     def target(k: int) -> int:  # where the k-th block would end (0-based), at even steps; exact in Python's ints
-        return data_start + span * (k + 1) // count
+        if k < lead:
+            return data_start + small * (k + 1)
+        return rest + span * (k - lead + 1) // (count - lead)
 
     def first_after(offset: int) -> int:  # the first k whose target lies after ``offset``
-        return -(-(offset - data_start + 1) * count // span) - 1
+        if offset < rest:
+            return (offset - data_start) // small
+        return lead - (-(offset - rest + 1) * (count - lead) // span) - 1
 
     # the targets are computed as they are reached, not listed: a tiny block size (many targets)
     # costs no memory, and planning stays linear in the blocks made
@@ -311,6 +332,9 @@ def _csv_blocks(path: Path, chunk_rows: int, block_bytes: int) -> Iterator[FileB
                 yield FileBlock(first, int(rows[i]) - first, start, int(starts[i]))
                 first, start = int(rows[i]), int(starts[i])
                 k = max(k + 1, first_after(start))
+            if k == count - 1:  # the last block: the rest of the file, read to its end without counting it
+                yield FileBlock(first, None, start)
+                return
             if not scan.regular and starts[-1] > start:  # the last chunk start before the file leaves the rule
                 yield FileBlock(first, int(rows[-1]) - first, start, int(starts[-1]))
                 first, start = int(rows[-1]), int(starts[-1])

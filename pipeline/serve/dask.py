@@ -193,7 +193,7 @@ def _score_block(file: int, label: str, path: str, block: FileBlock, model_sourc
         # the pandas engine's schema (with the decision columns when the model has a decision layer)
         schema = output_schema(id_column, True, model.decision is not None)
         for chunk, (frame, malformed) in enumerate(iter_chunks(path, chunk_rows, block=block, name=label)):
-            if chunk and not len(frame):  # nothing to write
+            if (chunk or block.first_row) and not len(frame):  # nothing to write (a file's first block writes its header)
                 continue
             scored, bad, ignored = batch.score_chunk(model, frame, file=label, row_offset=offset, seen_ids=seen,
                                                      malformed=malformed)
@@ -410,8 +410,10 @@ def score_files_dask(inputs: Sequence[str | Path] | str | Path, output_dir: str 
         into blocks of whole chunks. Default: the inputs' total size over
         ``BLOCKS_PER_WORKER`` (2) blocks per worker thread of ``client``, and at least
         :data:`pipeline.core.blocks.MIN_BLOCK_BYTES` (64 MB), so small files stay whole. A CSV is
-        read once on the driver to find where its blocks start (a pass that only counts
-        newlines and quotes; blocks are submitted as they are found); its rows are then
+        read on the driver up to where its last block starts, to find where its blocks start (a
+        pass that only counts newlines and quotes; blocks are submitted as they are found, and
+        until every worker thread has one, a split CSV file's blocks are a sixteenth of this
+        size, so that no worker waits while the pass reads a whole block); its rows are then
         read by the workers.
     retries : int, default=2
         Retries of a task that raised an ``OSError`` or a ``MemoryError`` (a file system or a
@@ -468,8 +470,9 @@ def score_files_dask(inputs: Sequence[str | Path] | str | Path, output_dir: str 
                               "overwrites one (remove it or choose another name).")
     if not target.parent.is_dir():
         raise BatchInputError(f"{target.parent}: no such folder for the output.")
+    threads = sum(client.nthreads().values())
     if block_bytes is None:
-        block_bytes = default_block_bytes(paths, sum(client.nthreads().values()))
+        block_bytes = default_block_bytes(paths, threads)
     tmp = temp_folder(target, spare=paths).absolute()  # workers may not share the driver's working directory
     run = uuid.uuid4().hex[:8]
     id_column = ID_COLUMN if any(has_ids) else "row"
@@ -488,8 +491,12 @@ def score_files_dask(inputs: Sequence[str | Path] | str | Path, output_dir: str 
         return submitted, gather(client, futures)
 
     def planned() -> Iterator[tuple[int, FileBlock]]:
+        made = 0  # until every worker thread has a block, a split CSV file starts with small ones (plan_blocks' lead)
         for i, path in enumerate(paths):
-            yield from ((i, block) for block in plan_blocks(path, chunk_rows=int(chunk_rows), block_bytes=block_bytes))
+            for block in plan_blocks(path, chunk_rows=int(chunk_rows), block_bytes=block_bytes,
+                                     lead=max(0, threads - made)):
+                made += 1
+                yield i, block
 
     def unchanged() -> None:  # every input as the job found it (one removed since was read whole, as it was)
         for label, path, before in zip(labels, paths, states):
