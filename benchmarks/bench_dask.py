@@ -7,10 +7,11 @@ Each engine then scores all of it in its own child process (``python -m benchmar
 - ``score_files`` (the pandas engine, one process) into one Parquet file;
 - ``score_files_dask`` on ``dask_client(n_workers=k)`` for k = 1 and 2 into a folder of parts;
 - ``score_files_dask`` for k = 1 and 2 on the same cases as **one** CSV file (every text
-  quoted, as Arrow and R write a CSV, with ``case_id``; not timed), which the engine splits into
-  the same blocks for both: the default block size for 2 workers (about two blocks per worker;
-  ``--quick``: the same without the 64 MB floor, so the small file is split too), after one
-  small leading block per worker (``plan_blocks``' ``lead``: 1 or 2 of them), three times
+  quoted, as Arrow and R write a CSV, with ``case_id``; not timed), which the engine splits at
+  one block size for both: the default for 2 workers (about two blocks per worker; ``--quick``:
+  the same without the 64 MB floor, so the small file is split too), into as many blocks for
+  both after the small leading blocks, one per worker (``plan_blocks``' ``lead``: 1 or 2 of
+  them, so the even blocks' bounds differ a little between the two; 5 and 6 blocks in all), three times
   each, alternating, then the ratio of the two median wall times of the whole child process
   (target: 2 workers at least 1.7x one, on a machine with at least 2 cores; the issue's own
   figures were medians of 3 of whole processes, and a single run's ratio moved between 1.5x and
@@ -190,8 +191,9 @@ def _one_file_rows(tmp: Path, inputs: Path, model: Path, model_text: str, n: int
     from pipeline.serve.dask import default_block_bytes
 
     size = f"{n / 1e6:g}M" if n >= 1_000_000 else f"{n // 1000}k"
-    # one block plan for both worker counts, the default's for the most workers (about two blocks per
-    # worker; --quick: the same without its 64 MB floor), so that the ratio measures the workers alone
+    # one block size for both worker counts, the default's for the most workers (about two blocks per
+    # worker; --quick: the same without its 64 MB floor), so that the ratio measures the workers
+    # alone: as many even blocks for both, after the engine's small leading ones (one per worker)
     most = max(WORKERS)
     block = default_block_bytes([one / "cases.csv"], most, min_bytes=1 if quick else None)
     results: dict[int, list[dict]] = {workers: [] for workers in WORKERS}

@@ -221,6 +221,8 @@ def test_leading_blocks_are_small_so_that_every_worker_starts_at_once(tmp_path, 
     assert all(abs(b.end - b.start - block_bytes) < small for b in blocks[lead:-1])
     assert blocks[-1].rows is None and all(b.first_row % 10 == 0 for b in blocks)
     _assert_same_chunks(_read(path, 10), _read(path, 10, blocks))
+    with pytest.raises(ValueError, match="lead == -1, must be >= 0"):
+        list(plan_blocks(path, chunk_rows=10, block_bytes=block_bytes, lead=-1))
     # a file that is one block gets no leading ones
     assert list(plan_blocks(path, chunk_rows=10, block_bytes=path.stat().st_size, lead=lead)) == [FileBlock(start=4)]
 

@@ -52,16 +52,20 @@ def plan_blocks(path: str | Path, *, chunk_rows: int, block_bytes: int, lead: in
     chunk_rows : int
         Rows per chunk: every block but the last holds a whole number of chunks.
     block_bytes : int
-        About how many bytes of the file a block holds (at least this many but for the leading
-        blocks; a file of less than twice this is one block, ``FileBlock()`` for Parquet or the
-        whole data part of a CSV).
+        About how many bytes of the file a block holds: the file's data (after a CSV's header) is
+        split into as many blocks as whole sizes fit in it, at even steps (so each holds at least
+        this many bytes without leading blocks); a file of less than twice this is one block,
+        ``FileBlock()`` for Parquet or the whole data part of a CSV.
     lead : int, default=0
         A CSV file that is split starts with this many small blocks, of about
-        ``block_bytes // LEAD_DIVISOR`` each (:data:`LEAD_DIVISOR`), before blocks of about
-        ``block_bytes``: a block is known only once the scan has passed its end, so with a
-        small one per worker every worker starts at once (the first of four blocks of 260 MB
-        took 0.3 s to plan, and the second worker waited 0.6 s). Parquet blocks come from the
-        footer at once: ``lead`` does not apply.
+        ``block_bytes // LEAD_DIVISOR`` bytes each (:data:`LEAD_DIVISOR`; at most half of the
+        data in all), and the even blocks share the rest: a block is known only once the scan
+        has passed its end, so with a small one per worker every worker starts at once (the
+        first of four blocks of 260 MB took 0.3 s to plan, and the second worker waited 0.6 s).
+        A block holds at least one chunk: where a chunk is longer than a small block, the
+        leading blocks merge into fewer (not with the Dask engine's defaults, where a small
+        block is at least 4 MB and a chunk about 1 MB). Parquet blocks come from the footer at
+        once: ``lead`` does not apply.
 
     Yields
     ------
@@ -71,6 +75,8 @@ def plan_blocks(path: str | Path, *, chunk_rows: int, block_bytes: int, lead: in
         of a split file, as the scan stops where it starts, and the rest of a file from where
         Arrow's reader could read the records otherwise (see above).
     """
+    if lead < 0:
+        raise ValueError(f"lead == {lead!r}, must be >= 0.")
     path = Path(path)
     file_columns(path)
     if is_parquet(path):
