@@ -69,10 +69,10 @@ _BARE_CR = re.compile(rb"\r(?!\n)")  # a line ending of CR alone (LF and CR LF a
 class FileBlock(NamedTuple):
     """Consecutive rows of one case file, read on their own (:func:`pipeline.core.blocks.plan_blocks`).
 
-    ``rows`` None is the whole file from ``first_row`` on (from its first row: the whole file; a
-    CSV's from the byte ``start``). Otherwise the rows ``first_row`` .. ``first_row + rows`` (0-based
-    data rows); a CSV block's records are the bytes ``start`` .. ``end``, a Parquet block's rows lie
-    in the row groups ``start`` .. ``end``.
+    ``rows`` None: every row from ``first_row`` to the end of the file (the whole file when
+    ``first_row`` is 0; a later CSV block's records from the byte ``start`` on). Otherwise the
+    rows ``first_row`` .. ``first_row + rows`` (0-based data rows); a CSV block's records are the
+    bytes ``start`` .. ``end``, a Parquet block's rows lie in the row groups ``start`` .. ``end``.
     """
 
     first_row: int = 0

@@ -349,10 +349,10 @@ def default_block_bytes(paths: Sequence[Path], workers: int, *, min_bytes: int |
     :data:`pipeline.core.blocks.MIN_BLOCK_BYTES`; the benchmark splits its small file with 1).
 
     The size is that of the data, headers left out, rounded down: a planner makes as many blocks
-    as whole block sizes fit in a file's data, so one CSV gets exactly that many blocks after
-    its small leading ones (``plan_blocks``' ``lead``, one per worker thread) (a size
-    rounded up, or counting the header, made one block fewer, and a worker waited on the other's
-    second block: 2 workers scored one file 1.6x faster than one instead of about 1.9x)."""
+    as whole block sizes fit in a file's data, so one CSV gets exactly that many blocks, after
+    its small leading ones (``plan_blocks``' ``lead``, one per worker thread). A size rounded
+    up, or counting the header, made one block fewer, and a worker waited on the other's second
+    block: 2 workers scored one file 1.6x faster than one instead of about 1.9x."""
     total = sum(Path(p).stat().st_size - (0 if is_parquet(p) else csv_data_start(p))
                 for p in paths)
     return max(MIN_BLOCK_BYTES if min_bytes is None else min_bytes, total // (BLOCKS_PER_WORKER * max(workers, 1)))
