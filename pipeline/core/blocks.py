@@ -303,18 +303,18 @@ def _csv_blocks(path: Path, chunk_rows: int, block_bytes: int, lead: int) -> Ite
     small = max(1, block_bytes // LEAD_DIVISOR)
     lead = min(lead, (size - data_start) // (2 * small))  # the leading blocks take at most half of the file
     rest = data_start + lead * small  # where the even blocks begin
-    span = size - rest
-    count += lead  # blocks in all
+    span, evens = size - rest, count
+    count = lead + evens  # blocks in all
 
     def target(k: int) -> int:  # where the k-th block would end (0-based), at even steps; exact in Python's ints
         if k < lead:
             return data_start + small * (k + 1)
-        return rest + span * (k - lead + 1) // (count - lead)
+        return rest + span * (k - lead + 1) // evens
 
     def first_after(offset: int) -> int:  # the first k whose target lies after ``offset``
         if offset < rest:
             return (offset - data_start) // small
-        return lead - (-(offset - rest + 1) * (count - lead) // span) - 1
+        return lead - (-(offset - rest + 1) * evens // span) - 1
 
     # the targets are computed as they are reached, not listed: a tiny block size (many targets)
     # costs no memory, and planning stays linear in the blocks made
