@@ -28,8 +28,44 @@ def test_the_design_document_names_every_module_in_its_room():
         assert listed == modules, (room.name, modules ^ listed)
 
 
-def test_the_readme_names_only_modules_that_exist():
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
+def _documents() -> list[Path]:
+    """The README and the pages under docs/."""
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def _headings(path: Path) -> set[str]:
+    """The anchors GitHub gives the headings of a Markdown file (fenced code skipped)."""
+    anchors, fenced = set(), False
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        elif not fenced and (m := re.match(r"#+ (.+)", line)):
+            anchors.add(re.sub(r"[^\w\- ]", "", m.group(1).strip().lower()).replace(" ", "-"))
+    return anchors
+
+
+def test_every_link_between_the_documents_leads_somewhere():
+    """A relative link in the README or docs/ names a file that exists, and a heading of it that
+    exists where it names one (so moving a section cannot leave a dead link behind)."""
+    checked = 0
+    for doc in _documents():
+        for target in re.findall(r"\]\(([^)\s]+)\)", doc.read_text(encoding="utf-8")):
+            if re.match(r"[a-z]+:", target):
+                continue  # https:, mailto:
+            name, _, anchor = target.partition("#")
+            path = (doc.parent / name).resolve() if name else doc
+            assert path.exists(), f"{doc.name}: {target} names no file"
+            if anchor:
+                assert anchor in _headings(path), f"{doc.name}: {target} names no heading of {path.name}"
+            checked += 1
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    unlinked = [p.name for p in _documents()[1:] if f"](docs/{p.name}" not in readme]
+    assert not unlinked, f"the README links to no {unlinked}"
+    assert checked >= 10
+
+
+def test_the_readme_and_docs_name_only_modules_that_exist():
+    text = "\n".join(doc.read_text(encoding="utf-8") for doc in _documents())
     for dotted in set(re.findall(r"`(pipeline(?:\.[a-z_]+)+)", text)):
         parts = dotted.split(".")
         if len(parts) == 2 and parts[1] in pipeline.__all__ + ["__version__"]:
