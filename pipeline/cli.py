@@ -826,7 +826,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _sign_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("sign", help="sign a model folder with a private key (model.sig; see README, Model files)")
+    p = sub.add_parser("sign", help="sign a model folder with a private key (model.sig; see docs/model-files.md)")
     p.add_argument("folder", nargs="?", default=None, help="models folder (default models)")
     p.add_argument("--key", required=True, help="elliptic-curve private key, PEM")
     p.add_argument("--password-env", default=None, help="environment variable holding the key's password")

@@ -1068,6 +1068,6 @@ def test_a_temporary_folder_without_room_is_named_and_nothing_is_written(trained
     with open(tmp_path / "write_only", "wb") as unreadable, pytest.raises(
             BatchInputError, match=r"^-: cannot read standard input: the stream given is not open for reading\.$"):
         score_files(["-"], tmp_path / "o.csv", model, stdin=unreadable)
-    # the empty lock files stay, as filelock leaves them (the README says so)
+    # the empty lock files stay, as filelock leaves them (docs/scoring.md says so)
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == ["in.csv", "not_a_folder",
                                                                                           "write_only"]

@@ -3,7 +3,7 @@
 A rate (accuracy, recall, a triage rate, coverage) gets the Wilson score interval, which keeps
 its level down to a handful of cases and never leaves [0, 1]. A figure that is not a simple
 proportion (log loss, Brier score) gets a bias-corrected percentile bootstrap over cases; on
-fewer than about 50 cases its intervals are too narrow (see the README). The binned calibration
+fewer than about 50 cases its intervals are too narrow (docs/own-cases.md gives the figures). The binned calibration
 error gets no interval but the range a perfectly calibrated model's would take on the same cases
 (:func:`calibrated_range`).
 """

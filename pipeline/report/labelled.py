@@ -35,7 +35,7 @@ __all__ = ["evaluate_labelled", "format_labelled", "no_valid_rows_error", "with_
 
 _SPLIT = "cases"
 # below this many cases a bootstrap interval held the 50k-case figure in clearly fewer than 95% of
-# sets (the README gives the figures); the report says so
+# sets (docs/own-cases.md gives the figures); the report says so
 _FEW_FOR_BOOTSTRAP = 50
 _LISTED_PROBLEMS = 3  # in the message of a file without a valid row (its rejects are not written)
 
