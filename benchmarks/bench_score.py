@@ -40,7 +40,10 @@ rather than reporting a fast time.
   looked up in the process's cache on each call): the median of 1,000 calls made one after
   another, as a caller's loop makes them (target under 3 ms); and, for comparison, the median of
   1,000 calls each after a full ``gc.collect()``, which walks the whole heap and leaves the CPU
-  caches cold for the call, and of 1,000 calls given the loaded model (``model=``).
+  caches cold for the call, and of 1,000 calls given the loaded model (``model=``);
+- ``predict()`` on a DataFrame of 200k generated cases (20k with ``--quick``), the model given:
+  its chunks scored on two threads (kneepain's default where two cores are free) against one,
+  the median of three calls each, in a child of its own each.
 """
 
 from __future__ import annotations
@@ -197,6 +200,30 @@ def _single_case_loaded(n: int):
 
     model = get_model()
     return lambda: predict(_CASE, model=model)
+
+
+def _frame_cases(n: int, threads: int | None = None):
+    """One ``predict(frame, model=<loaded model>)`` call on ``n`` generated cases, as a notebook
+    holds them; ``threads``: the scoring threads (None: kneepain's choice, two where two cores are free)."""
+    import pipeline.serve.predict as scoring
+    from pipeline import load_knowledge_base, predict
+
+    frame = _generated_frame(load_knowledge_base(), n)
+    model = scoring.get_model()
+    if threads is not None:
+        scoring.scorer_threads = lambda: threads  # this child's own module
+    return lambda: predict(frame, model=model)
+
+
+def _frame_cases_one_thread(n: int):
+    """:func:`_frame_cases` with the chunks scored on one thread, for the ratio."""
+    return _frame_cases(n, threads=1)
+
+
+def _generated_frame(kb, n: int):
+    from pipeline.data.generate import generate_cases
+
+    return generate_cases(kb, n, seed=3).drop(columns=["condition", "severity"])
 
 
 def run(quick: bool) -> list[dict]:
@@ -364,4 +391,11 @@ def run(quick: bool) -> list[dict]:
                          peak_rss_mib=cold.peak_rss_mib, calls=n_calls))
     rows.append(make_row("score: predict(case, model=<loaded>) one dict (median call in a loop)", 1, loaded_median,
                          peak_rss_mib=loaded.peak_rss_mib, calls=n_calls))
+    n_frame = 20_000 if quick else 200_000
+    log(f"score: predict() on a {n_frame:,}-row DataFrame, on two threads and on one, {ROUNDS} calls each ...")
+    two = time_in_child(_frame_cases, n_frame, repeats=ROUNDS)
+    one = time_in_child(_frame_cases_one_thread, n_frame, repeats=ROUNDS)
+    rows.append(make_row(f"score: predict(DataFrame), chunks on two threads / one = {one.seconds / two.seconds:.2f}x "
+                         f"(median of {ROUNDS})", n_frame, two.seconds, peak_rss_mib=two.peak_rss_mib,
+                         runs=list(two.runs), one_thread_runs=list(one.runs), one_thread_peak_rss_mib=one.peak_rss_mib))
     return rows

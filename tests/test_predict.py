@@ -410,3 +410,45 @@ def test_text_columns_are_the_same_built_for_one_row_or_many():
         assert list(join_ranked(wide, order[:rows, :0], keep[:rows, :0])) == [""] * rows
     with pytest.raises(IndexError, match="not indices of 5 names"):
         join_ranked(names, order[:, :5])  # indices up to 29 for 5 names
+
+
+@pytest.mark.parametrize("ids", ["text", "none", "integers"])
+def test_many_cases_are_scored_in_chunks_on_two_threads_to_the_same_bits(trained, kb, monkeypatch, ids):
+    """A frame of several chunks is scored a chunk at a time on two threads: the same frame, bit for
+    bit, as one call on one thread, with row numbers and ids running on across the chunks and the
+    caller's own index kept."""
+    import threading
+
+    import pipeline.serve.predict as scoring
+    from pipeline.data.generate import generate_cases
+
+    models, _ = trained
+    frame = generate_cases(kb, 5_500, seed=8).drop(columns=["condition", "severity"])
+    if ids == "text":
+        frame.insert(0, "case_id", [f"c{i}" for i in range(len(frame))])
+    elif ids == "integers":
+        frame.insert(0, "case_id", pd.array(range(10**15, 10**15 + len(frame)), dtype="Int64"))
+    frame.index = pd.RangeIndex(7, 7 + len(frame))  # an index of the caller's own
+    monkeypatch.setattr(scoring, "CHUNK_ROWS", 1_000)  # six chunks, the last of 500
+    threads: list[str] = []
+    real = scoring.score_columns
+
+    def recorded(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(scoring, "score_columns", recorded)
+    monkeypatch.setattr(scoring, "scorer_threads", lambda: 2)
+    chunked = predict(frame, model=models, top_k=4)
+    assert len(threads) == 6 and all(name.startswith("kneepain-predict") for name in threads)
+    threads.clear()
+    monkeypatch.setattr(scoring, "scorer_threads", lambda: 1)
+    whole = predict(frame, model=models, top_k=4)
+    assert threads == [threading.current_thread().name]
+    pd.testing.assert_frame_equal(chunked, whole, check_exact=True)
+    assert chunked.index.equals(frame.index)
+    if ids == "none":
+        assert chunked["row"].tolist() == list(range(len(frame)))
+    else:
+        assert chunked["case_id"].astype(str).tolist() == frame["case_id"].astype(str).tolist()
+        assert chunked["case_id"].dtype == whole["case_id"].dtype

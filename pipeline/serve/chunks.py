@@ -38,7 +38,7 @@ from pipeline.core.schema import ID_COLUMN, normalise_header
 from pipeline.core.spawning import die_with_parent, signals_blocked
 from pipeline.serve.guard import STOP_SIGNALS
 from pipeline.serve.loading import LoadedModel
-from pipeline.serve.predict import score_columns
+from pipeline.serve.predict import available_cores, score_columns, scorer_threads
 from pipeline.serve.reading import reuse_freed_heap
 from pipeline.serve.writing import as_text, encode_csv, output_table, reject_table, without_reject_meta
 
@@ -329,21 +329,6 @@ def _start_worker(path: str, digest: str, parent: int | None = None) -> None:
 def _in_worker(*args) -> Done:
     assert _WORKER_MODEL is not None
     return _score_one(_WORKER_MODEL, *args)
-
-
-def available_cores() -> int:
-    """The cores this process may run on (its CPU affinity where the system has one)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def scorer_threads() -> int:
-    """Scoring threads of one process: two where two cores are available, else one.
-
-    Much of a chunk's scoring runs in numpy and Arrow with the GIL released, so a second thread
-    scores another chunk meanwhile (a 1M-row CSV: 10.9 s on one thread, 7.9 s on two, on 2 cores);
-    a third gained nothing there, and each adds a chunk's working memory (about 40 MB at 16k rows).
-    """
-    return min(2, available_cores())
 
 
 class ChunkScorer:

@@ -1,14 +1,18 @@
 """Scoring cases: :func:`predict` for notebooks, and the one scoring path every entry point shares.
 
 ``kneepain score`` (streaming files) and the MLflow pyfunc call :func:`score_parsed`, so all
-three ways of scoring give the same numbers for the same row.
+three ways of scoring give the same numbers for the same row. Many cases at once (a large
+DataFrame or file given to :func:`predict`) are scored a chunk at a time on two threads, as
+``kneepain score`` scores a file's chunks.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import warnings
 from collections.abc import Collection, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +25,13 @@ from pipeline.core.parsing import ParsedCases, ignored_columns_message
 from pipeline.core.schema import CONDITION_LABELS, CONDITIONS, ID_COLUMN, top_k_problem
 from pipeline.core.textcols import TEXT_DTYPE, join_ranked, lookup
 from pipeline.decision.layer import DECISION_COLUMN_DOCS, DECISION_COLUMN_TYPES, DECISION_COLUMNS, decision_columns
+from pipeline.serve import CHUNK_ROWS
 from pipeline.serve.loading import LoadedModel, clear_model_cache, get_model
 from pipeline.serve.shaping import columns_problem
 
-__all__ = ["OUTPUT_TYPES", "chosen_columns_problem", "clear_model_cache", "get_model", "output_columns",
-           "output_dictionary_markdown", "predict", "score_columns", "score_parsed"]
+__all__ = ["OUTPUT_TYPES", "available_cores", "chosen_columns_problem", "clear_model_cache", "get_model",
+           "output_columns", "output_dictionary_markdown", "predict", "score_columns", "score_parsed",
+           "scorer_threads"]
 
 # Arrow type names of the output columns, for file outputs (``top3``: the default ``top_k``)
 OUTPUT_TYPES: dict[str, str] = {"prediction": "string", "confidence": "double", **{f"p_{c}": "double" for c in CONDITIONS},
@@ -68,8 +74,57 @@ def score_parsed(model: LoadedModel, parsed: ParsedCases, *, top_k: int = 3,
     ``columns`` (checked first with :func:`chosen_columns_problem`), only those, in that order, and
     only what they need computed.
     """
-    out = _frame(score_columns(model, parsed, top_k=top_k, ids=ids, codes=codes, columns=columns))
+    out = _frame(_columns_in_chunks(model, parsed, top_k=top_k, ids=ids, codes=codes, columns=columns))
     return out if columns is None else out[list(columns)]
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the system has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def scorer_threads() -> int:
+    """Scoring threads of one process: two where two cores are available, else one.
+
+    Much of a chunk's scoring runs in numpy and Arrow with the GIL released, so a second thread
+    scores another chunk meanwhile (a 1M-row CSV: 10.9 s on one thread, 7.9 s on two, on 2 cores);
+    a third gained nothing there, and each adds a chunk's working memory (about 40 MB at 16k rows).
+    """
+    return min(2, available_cores())
+
+
+def _columns_in_chunks(model: LoadedModel, parsed: ParsedCases, *, ids: pd.Series | np.ndarray | None,
+                       **options: Any) -> dict[str, Any]:
+    """:func:`score_columns`, a chunk of :data:`pipeline.serve.CHUNK_ROWS` cases at a time on
+    :func:`scorer_threads` threads where the cases fill more than one chunk and two cores are free
+    (200k cases: 1.1 s against 1.7 s in one call, on 2 cores). Each row's numbers and texts depend
+    on its own row alone, so they are the same bits however the cases are cut; the text columns'
+    chunks are kept as they are, not copied into one."""
+    n, threads = len(parsed), scorer_threads()
+    if n <= CHUNK_ROWS or threads < 2:
+        return score_columns(model, parsed, ids=ids, **options)
+    if ids is None:  # as score_columns takes them, cut with the cases below
+        ids = parsed.ids if parsed.ids is not None else np.arange(n)
+
+    def chunk(start: int) -> dict[str, Any]:
+        rows = slice(start, start + CHUNK_ROWS)
+        return score_columns(model, parsed[rows], ids=ids.iloc[rows] if isinstance(ids, pd.Series) else ids[rows],
+                             **options)
+
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="kneepain-predict")
+    try:
+        parts = [future.result() for future in [pool.submit(chunk, start) for start in range(0, n, CHUNK_ROWS)]]
+    finally:  # a Ctrl-C waits for the chunks being scored, not for the rest
+        pool.shutdown(wait=True, cancel_futures=True)
+    return {name: _joined([part[name] for part in parts]) for name in parts[0]}
+
+
+def _joined(arrays: list[Any]) -> Any:
+    """One column of the chunks' results: pandas' arrays (text, nullable ids) by their own
+    concatenation, which keeps Arrow's chunks; numpy's copied into one."""
+    if isinstance(arrays[0], pd.api.extensions.ExtensionArray):
+        return type(arrays[0])._concat_same_type(arrays)
+    return np.concatenate(arrays)
 
 
 def _frame(columns: dict[str, Any]) -> pd.DataFrame:
