@@ -452,3 +452,33 @@ def test_many_cases_are_scored_in_chunks_on_two_threads_to_the_same_bits(trained
     else:
         assert chunked["case_id"].astype(str).tolist() == frame["case_id"].astype(str).tolist()
         assert chunked["case_id"].dtype == whole["case_id"].dtype
+
+
+def test_many_cases_are_scored_in_one_call_once_the_interpreter_is_shutting_down(trained, tmp_path):
+    """No thread can be started once Python shuts down (an ``atexit`` handler, a thread that outlives
+    the main one): predict() then scores the cases in one call, as it does for a few."""
+    import subprocess
+    import sys
+    import textwrap
+
+    models, _ = trained
+    script = textwrap.dedent(f"""
+        import atexit
+        import pipeline.serve.predict as scoring
+        from pipeline import load_knowledge_base, predict
+        from pipeline.data.generate import generate_cases
+
+        scoring.CHUNK_ROWS = 500
+        scoring.scorer_threads = lambda: 2
+        frame = generate_cases(load_knowledge_base(), 1_200, seed=1).drop(columns=["condition", "severity"])
+        expected = predict(frame, model={str(models)!r})  # in chunks, while threads may start
+
+        def late():
+            out = predict(frame, model={str(models)!r})
+            print("same" if out.equals(expected) else "different", flush=True)
+
+        atexit.register(late)
+    """)
+    child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert child.returncode == 0, child.stderr[-2000:]
+    assert child.stdout.strip() == "same", child.stderr[-2000:]

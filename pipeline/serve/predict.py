@@ -113,7 +113,12 @@ def _columns_in_chunks(model: LoadedModel, parsed: ParsedCases, *, ids: pd.Serie
 
     pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="kneepain-predict")
     try:
-        parts = [future.result() for future in [pool.submit(chunk, start) for start in range(0, n, CHUNK_ROWS)]]
+        try:
+            futures = [pool.submit(chunk, start) for start in range(0, n, CHUNK_ROWS)]
+        except RuntimeError:  # Python is shutting down (an atexit handler, a thread outliving the main
+            # one) and starts no more threads: all the cases in one call, as for a few
+            return score_columns(model, parsed, ids=ids, **options)
+        parts = [future.result() for future in futures]
     finally:  # a Ctrl-C waits for the chunks being scored, not for the rest
         pool.shutdown(wait=True, cancel_futures=True)
     return {name: _joined([part[name] for part in parts]) for name in parts[0]}
