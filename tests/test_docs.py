@@ -96,3 +96,26 @@ def test_figures_a_report_could_not_measure_read_n_a_in_the_readme_and_the_summa
     text = results_markdown(read)
     assert text.count("n/a") == 3 and "nan" not in text
     assert "test_blanked" in format_decision_table(read)  # pandas prints the null as NaN
+
+
+# flags of other tools that the documents show in their commands
+_OTHER_TOOLS_FLAGS = {"--backend-store-uri": "mlflow ui", "--env-manager": "mlflow models", "--gil": "py-spy",
+                      "--nthreads": "dask worker", "--only-changed": "dvc exp show", "--quick": "python -m benchmarks"}
+
+
+def test_every_option_the_documents_name_is_one_the_command_line_has():
+    """A ``--flag`` in the README or docs/ is an option of a ``kneepain`` command (or of the other
+    tool whose command shows it), so renaming or removing an option cannot leave the documents stale."""
+    import argparse
+
+    from pipeline.cli import build_parser
+
+    parser = build_parser()
+    options = set(parser._option_string_actions)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                options |= set(command._option_string_actions)
+    named = {flag for doc in _documents() for flag in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", doc.read_text(encoding="utf-8"))}
+    assert not named - options - set(_OTHER_TOOLS_FLAGS), sorted(named - options - set(_OTHER_TOOLS_FLAGS))
+    assert {"--columns", "--keep-input-columns", "--top-k", "--float-digits", "--texts"} <= named
