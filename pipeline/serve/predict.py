@@ -121,7 +121,8 @@ def _columns_in_chunks(model: LoadedModel, parsed: ParsedCases, *, ids: pd.Serie
         parts = [future.result() for future in futures]
     finally:  # a Ctrl-C waits for the chunks being scored, not for the rest
         pool.shutdown(wait=True, cancel_futures=True)
-    return {name: _joined([part[name] for part in parts]) for name in parts[0]}
+    # a column at a time, its chunks let go as it is joined: two copies of one column at most, not of all
+    return {name: _joined([part.pop(name) for part in parts]) for name in list(parts[0])}
 
 
 def _joined(arrays: list[Any]) -> Any:
