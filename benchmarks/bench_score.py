@@ -207,8 +207,9 @@ def _frame_cases(n: int, threads: int | None = None):
     holds them; ``threads``: the scoring threads (None: kneepain's choice, two where two cores are free)."""
     import pipeline.serve.predict as scoring
     from pipeline import load_knowledge_base, predict
+    from pipeline.data.generate import generate_cases
 
-    frame = _generated_frame(load_knowledge_base(), n)
+    frame = generate_cases(load_knowledge_base(), n, seed=3).drop(columns=["condition", "severity"])
     model = scoring.get_model()
     if threads is not None:
         scoring.scorer_threads = lambda: threads  # this child's own module
@@ -218,12 +219,6 @@ def _frame_cases(n: int, threads: int | None = None):
 def _frame_cases_one_thread(n: int):
     """:func:`_frame_cases` with the chunks scored on one thread, for the ratio."""
     return _frame_cases(n, threads=1)
-
-
-def _generated_frame(kb, n: int):
-    from pipeline.data.generate import generate_cases
-
-    return generate_cases(kb, n, seed=3).drop(columns=["condition", "severity"])
 
 
 def run(quick: bool) -> list[dict]:

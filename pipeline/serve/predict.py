@@ -104,7 +104,7 @@ def _columns_in_chunks(model: LoadedModel, parsed: ParsedCases, *, ids: pd.Serie
     if n <= CHUNK_ROWS or threads < 2:
         return score_columns(model, parsed, ids=ids, **options)
     if ids is None:  # as score_columns takes them, cut with the cases below
-        ids = parsed.ids if parsed.ids is not None else np.arange(n)
+        ids = _default_ids(parsed)
 
     def chunk(start: int) -> dict[str, Any]:
         rows = slice(start, start + CHUNK_ROWS)
@@ -157,7 +157,7 @@ def score_columns(model: LoadedModel, parsed: ParsedCases, *, top_k: int = 3,
     order = np.argsort(-proba, axis=1, kind="stable")[:, :top_k]
     id_name = ID_COLUMN if parsed.ids is not None else "row"
     if ids is None:
-        ids = parsed.ids if parsed.ids is not None else np.arange(len(parsed))
+        ids = _default_ids(parsed)
     # ids of pandas' default text type keep their Arrow data (no round trip through Python strings),
     # and nullable integers their type (numpy makes floats of them beside a missing one: 2**53 + 1
     # became 2**53); others as numpy holds them, pandas inferring their type again. Each is a copy:
@@ -175,6 +175,11 @@ def score_columns(model: LoadedModel, parsed: ParsedCases, *, top_k: int = 3,
     if model.decision is not None and model.kb is not None:
         out.update(decision_columns(model.decision, model.kb, parsed, proba, codes=codes, columns=columns))
     return out
+
+
+def _default_ids(parsed: ParsedCases) -> pd.Series | np.ndarray:
+    """The first output column's values when the caller gives none: the cases' ids, else their row numbers."""
+    return parsed.ids if parsed.ids is not None else np.arange(len(parsed))
 
 
 def chosen_columns_problem(model: LoadedModel, parsed: ParsedCases, columns: Any, top_k: int = 3) -> str | None:
