@@ -26,7 +26,7 @@ pytest.importorskip("distributed")
 from distributed import WorkerPlugin, get_task_stream
 
 from pipeline.core.casefiles import FileBlock, csv_data_start
-from pipeline.core.cluster import LOCAL_WORKER_CONFIG, DaskJobError, dask_client
+from pipeline.core.cluster import LOCAL_CLUSTER_ADDRESSES, LOCAL_WORKER_CONFIG, DaskJobError, dask_client
 from pipeline.core.errors import BatchInputError
 from pipeline.core.files import arrow_file
 from pipeline.core.parsing import codes_to_text_frame
@@ -54,8 +54,7 @@ def client():
 
     # one retry after a worker death (the default is 3): keeps the "killed every time" test short
     with dask.config.set({"distributed.scheduler.allowed-failures": 1, **LOCAL_WORKER_CONFIG}):
-        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                               dashboard_address=None)
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, **LOCAL_CLUSTER_ADDRESSES)
     client = Client(cluster)
     yield client
     client.close()
@@ -717,7 +716,7 @@ def test_a_cluster_without_workers_stops_the_job_instead_of_waiting_for_ever(mon
     import pipeline.core.cluster as cluster_module
 
     monkeypatch.setattr(cluster_module, "NO_WORKERS_SECONDS", 1.0)
-    with LocalCluster(n_workers=0, processes=True, host="127.0.0.1", dashboard_address=None) as empty, \
+    with LocalCluster(n_workers=0, processes=True, **LOCAL_CLUSTER_ADDRESSES) as empty, \
             Client(empty) as idle:
         future = idle.submit(sum, [1, 2])
         with pytest.raises(DaskJobError, match="no worker for 1 s"):

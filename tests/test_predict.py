@@ -112,7 +112,7 @@ def test_a_frames_index_is_kept_so_results_join_back(trained):
     assert joined["p_dvt"].tolist() == [out["p_dvt"].iloc[1]]
     assert predict([CASE, CASE], model=models).index.tolist() == [0, 1]
     with_ids = frame.set_axis(["p7", "p2", "p9"]).assign(case_id=["a", "b", "c"])  # as the README joins them
-    joined = with_ids.join(predict(with_ids, model=models), rsuffix="_scored")
+    joined = with_ids.join(predict(with_ids, model=models), suffixes=("", "_scored"))
     assert joined["case_id_scored"].tolist() == ["a", "b", "c"] and joined["p_dvt"].tolist() == out["p_dvt"].tolist()
 
 
@@ -452,6 +452,49 @@ def test_many_cases_are_scored_in_chunks_on_two_threads_to_the_same_bits(trained
     else:
         assert chunked["case_id"].astype(str).tolist() == frame["case_id"].astype(str).tolist()
         assert chunked["case_id"].dtype == whole["case_id"].dtype
+
+
+def test_n_jobs_sets_the_scoring_threads_without_changing_a_bit(trained, kb, monkeypatch):
+    """``n_jobs=1`` scores in the calling thread alone (a caller with a pool of its own), a number
+    asks for that many threads, -1 for one per available core, and the frame is the same whatever
+    the number; anything else is refused, naming the parameter and what it takes."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pipeline.serve.predict as scoring
+    from pipeline.data.generate import generate_cases
+
+    models, _ = trained
+    frame = generate_cases(kb, 3_500, seed=9).drop(columns=["condition", "severity"])
+    monkeypatch.setattr(scoring, "CHUNK_ROWS", 1_000)
+    monkeypatch.setattr(scoring, "scorer_threads", lambda: 2)  # the default would use threads
+    monkeypatch.setattr(scoring, "available_cores", lambda: 5)
+    threads: list[str] = []
+    pools: list[int] = []
+    real = scoring.score_columns
+
+    def recorded(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    class Recorded(ThreadPoolExecutor):
+        def __init__(self, max_workers, **kwargs):
+            pools.append(max_workers)
+            super().__init__(max_workers, **kwargs)
+
+    monkeypatch.setattr(scoring, "score_columns", recorded)
+    monkeypatch.setattr(scoring, "ThreadPoolExecutor", Recorded)
+    alone = predict(frame, model=models, n_jobs=1)
+    assert threads == [threading.current_thread().name] and pools == []
+    for n_jobs, width in ((3, 3), (-1, 5), (None, 2)):
+        threads.clear()
+        out = predict(frame, model=models, n_jobs=n_jobs)
+        assert pools.pop() == width and len(threads) == 4
+        assert all(name.startswith("kneepain-predict") for name in threads)
+        pd.testing.assert_frame_equal(out, alone, check_exact=True)
+    for bad in (0, -2, 1.5, True, "2"):
+        with pytest.raises(ValueError, match=r"n_jobs == .*must be None .*-1 .*positive integer"):
+            predict(frame.head(2), model=models, n_jobs=bad)
 
 
 def test_many_cases_are_scored_in_one_call_once_the_interpreter_is_shutting_down(trained, tmp_path):

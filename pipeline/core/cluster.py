@@ -23,7 +23,7 @@ from pipeline.core.spawning import signals_blocked
 if TYPE_CHECKING:
     from distributed import Client, Future
 
-__all__ = ["LOCAL_WORKER_CONFIG", "DaskJobError", "code_digest", "dask_client", "gather", "other_code",
+__all__ = ["LOCAL_CLUSTER_ADDRESSES", "LOCAL_WORKER_CONFIG", "DaskJobError", "code_digest", "dask_client", "gather", "other_code",
            "remove_temp_folder", "temp_folder"]
 
 # Dask sets MALLOC_TRIM_THRESHOLD_=65536 in every worker it spawns, to hand freed memory back to
@@ -151,11 +151,8 @@ def _client(scheduler: str | None, n_workers: int | None) -> Iterator["Client"]:
             # this process's alone, also while a worker imports, before dask_setup can ignore it
             # (not SIGTERM: the cluster stops its workers with it)
             with signals_blocked({signal.SIGINT}):
-                # no dashboard; the scheduler's health checks on a free port of 127.0.0.1 (on 8787,
-                # a second job at once was warned, in four lines, that the port was in use)
                 cluster = stack.enter_context(LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                                           host="127.0.0.1", dashboard_address=None,
-                                                           scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}))
+                                                           **LOCAL_CLUSTER_ADDRESSES))
         except RuntimeError as err:  # a worker that died while it started ("Nanny failed to start")
             raise DaskJobError(f"the local Dask cluster did not start: {err}") from err
         yield stack.enter_context(Client(cluster))
@@ -213,6 +210,10 @@ def remove_temp_folder(tmp: Path) -> None:
     shutil.rmtree(doomed, ignore_errors=True)
 
 
+# a local cluster's addresses: 127.0.0.1, no dashboard, and the scheduler's health checks on a free
+# port (on 8787, a second cluster at once was warned, in four lines, that the port was in use)
+LOCAL_CLUSTER_ADDRESSES: dict[str, Any] = {"host": "127.0.0.1", "dashboard_address": None,
+                                           "scheduler_kwargs": {"dashboard_address": "127.0.0.1:0"}}
 NO_WORKERS_SECONDS = 120.0  # a job whose cluster has had no worker this long stops
 
 

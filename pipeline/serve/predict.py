@@ -22,7 +22,7 @@ import pandas as pd
 from pipeline.core.cases import as_parsed
 from pipeline.core.errors import CaseValidationError
 from pipeline.core.parsing import ParsedCases, ignored_columns_message
-from pipeline.core.schema import CONDITION_LABELS, CONDITIONS, ID_COLUMN, top_k_problem
+from pipeline.core.schema import CONDITION_LABELS, CONDITIONS, ID_COLUMN, top_k_problem, whole_number
 from pipeline.core.textcols import TEXT_DTYPE, join_ranked, lookup
 from pipeline.decision.layer import DECISION_COLUMN_DOCS, DECISION_COLUMN_TYPES, DECISION_COLUMNS, decision_columns
 from pipeline.serve import CHUNK_ROWS
@@ -64,7 +64,7 @@ def output_dictionary_markdown() -> str:
 
 def score_parsed(model: LoadedModel, parsed: ParsedCases, *, top_k: int = 3,
                  ids: pd.Series | np.ndarray | None = None, codes: bool = False,
-                 columns: Collection[str] | None = None) -> pd.DataFrame:
+                 columns: Collection[str] | None = None, n_jobs: int | None = None) -> pd.DataFrame:
     """Score valid parsed cases; the output columns of :func:`output_columns`.
 
     ``ids`` (case ids or row numbers) become the first column: ``case_id`` when the input had
@@ -72,9 +72,11 @@ def score_parsed(model: LoadedModel, parsed: ParsedCases, *, top_k: int = 3,
     do not depend on the process, its threads or the machine's load. With ``codes`` the long
     decision texts are short codes (:meth:`pipeline.decision.layer.Decision.text_codes`). With
     ``columns`` (checked first with :func:`chosen_columns_problem`), only those, in that order, and
-    only what they need computed.
+    only what they need computed. ``n_jobs``: threads for more than one chunk of cases, as
+    :func:`predict`'s.
     """
-    out = _frame(_columns_in_chunks(model, parsed, top_k=top_k, ids=ids, codes=codes, columns=columns))
+    out = _frame(_columns_in_chunks(model, parsed, top_k=top_k, ids=ids, codes=codes, columns=columns,
+                                    n_jobs=n_jobs))
     return out if columns is None else out[list(columns)]
 
 
@@ -93,14 +95,31 @@ def scorer_threads() -> int:
     return min(2, available_cores())
 
 
+def n_jobs_problem(n_jobs: Any) -> str | None:
+    """Why ``n_jobs`` is not a number of scoring threads (:func:`predict`'s), or None if it is one:
+    None, -1 or a positive whole number."""
+    count = whole_number(n_jobs)
+    if n_jobs is None or (count is not None and (count >= 1 or count == -1)):
+        return None
+    return "must be None (two threads where two cores are free), -1 (one per core) or a positive integer"
+
+
+def _threads(n_jobs: int | None) -> int:
+    """Threads for :func:`_columns_in_chunks`: :func:`scorer_threads` for None, one per available
+    core for -1, else ``n_jobs`` (checked by :func:`n_jobs_problem`)."""
+    if n_jobs is None:
+        return scorer_threads()
+    return available_cores() if n_jobs == -1 else int(n_jobs)
+
+
 def _columns_in_chunks(model: LoadedModel, parsed: ParsedCases, *, ids: pd.Series | np.ndarray | None,
-                       **options: Any) -> dict[str, Any]:
+                       n_jobs: int | None = None, **options: Any) -> dict[str, Any]:
     """:func:`score_columns`, a chunk of :data:`pipeline.serve.CHUNK_ROWS` cases at a time on
-    :func:`scorer_threads` threads where the cases fill more than one chunk and two cores are free
-    (200k cases: 1.1 s against 1.7 s in one call, on 2 cores). Each row's numbers and texts depend
-    on its own row alone, so they are the same bits however the cases are cut; the text columns'
-    chunks are kept as they are, not copied into one."""
-    n, threads = len(parsed), scorer_threads()
+    :func:`_threads` threads (by default :func:`scorer_threads`) where the cases fill more than one
+    chunk and more than one thread is asked for (200k cases: 1.1 s against 1.7 s in one call, on 2
+    cores). Each row's numbers and texts depend on its own row alone, so they are the same bits
+    however the cases are cut; the text columns' chunks are kept as they are, not copied into one."""
+    n, threads = len(parsed), _threads(n_jobs)
     if n <= CHUNK_ROWS or threads < 2:
         return score_columns(model, parsed, ids=ids, **options)
     if ids is None:  # as score_columns takes them, cut with the cases below
@@ -196,7 +215,7 @@ def chosen_columns_problem(model: LoadedModel, parsed: ParsedCases, columns: Any
 
 
 def predict(cases: Any, model: str | Path | LoadedModel | None = None, top_k: int = 3,
-            columns: Sequence[str] | None = None) -> pd.DataFrame:
+            columns: Sequence[str] | None = None, n_jobs: int | None = None) -> pd.DataFrame:
     """Score cases with the persisted model.
 
     Parameters
@@ -211,6 +230,11 @@ def predict(cases: Any, model: str | Path | LoadedModel | None = None, top_k: in
     columns : list of str, optional
         Only these output columns, in this order (as ``kneepain score --columns``). Only what they
         need is computed: ``["triage"]`` does not search for ``ask_next``'s questions. Default: all.
+    n_jobs : int, optional
+        Threads that score more than 16,384 cases, a chunk of 16,384 each at a time: None (the
+        default) for two where two cores are free, else one; 1 for the calling thread alone (as in
+        a pool of your own); -1 for one per available core. The result is the same to the last
+        bit whatever the number.
 
     Returns
     -------
@@ -232,10 +256,13 @@ def predict(cases: Any, model: str | Path | LoadedModel | None = None, top_k: in
     TypeError
         For anything else, parsed cases included (they may hold rows that failed validation).
     ValueError
-        For a ``top_k`` out of range, or ``columns`` that are not output columns (the choices named).
+        For a ``top_k`` out of range, ``columns`` that are not output columns (the choices named),
+        or an ``n_jobs`` that is not a number of threads.
     """
     if (problem := top_k_problem(top_k)) is not None:
         raise ValueError(f"top_k == {top_k!r}, {problem}.")
+    if (problem := n_jobs_problem(n_jobs)) is not None:
+        raise ValueError(f"n_jobs == {n_jobs!r}, {problem}.")
     if isinstance(cases, ParsedCases):  # they may hold rows that failed validation
         raise TypeError("predict() takes a dict, a list of dicts, a DataFrame or a path to a CSV or Parquet file, "
                         "not ParsedCases (which may hold rows that failed validation); score the valid rows with "
@@ -251,7 +278,7 @@ def predict(cases: Any, model: str | Path | LoadedModel | None = None, top_k: in
     loaded = get_model(model)
     if columns is not None and (problem := chosen_columns_problem(loaded, parsed, columns, top_k)) is not None:
         raise ValueError(f"columns: {problem}")
-    out = score_parsed(loaded, parsed, top_k=top_k, columns=columns)
+    out = score_parsed(loaded, parsed, top_k=top_k, columns=columns, n_jobs=n_jobs)
     if isinstance(cases, pd.DataFrame):  # row for row: the caller's index joins the results back
         out.index = cases.index
     return out
