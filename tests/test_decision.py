@@ -33,7 +33,7 @@ def _codes(cases):
 QUIET = {"age": 30, "sex": "female", "activity": "running", "grinding": "yes", "onset": "gradual"}
 
 
-@pytest.mark.parametrize("rule", range(5))
+@pytest.mark.parametrize("rule", range(len(load_config(TriageConfig, config_path("triage.yaml")).red_flags)))
 def test_each_red_flag_escalates(cfg, rule):
     flag = cfg.red_flags[rule]
     case = {**QUIET, **flag.all, **dict(list(flag.any.items())[:1])}
@@ -274,6 +274,26 @@ def test_no_rule_stays_open_through_a_mans_pregnancy(net):
     level = np.zeros(3, dtype=np.int8)
     shown = net.safety_net(level, net.open_rules(codes))
     assert [net.texts[rule] in t.split("|") for t in shown] == [False, False, True]
+
+
+WELLS_SIGNS = ["calf_tenderness", "visible_veins", "whole_leg_swollen"]
+WELLS_HISTORY = ["previous_vte", "active_cancer", "recent_surgery", "recent_immobilisation"]
+
+
+@pytest.mark.parametrize("pair", [(a, b) for i, a in enumerate(WELLS_SIGNS) for b in WELLS_SIGNS[i + 1:] + WELLS_HISTORY])
+@pytest.mark.parametrize("swelling", ["unknown", "no"])
+def test_two_wells_items_go_the_same_day_without_a_swollen_calf(cfg, pair, swelling):
+    """A sign of a DVT and a second Wells item are two points, a likely DVT (NICE NG158: a scan
+    within 4 hours), whether the calf is swollen or not: the same day even where the model is sure
+    of a cramp. One item alone stays with the model."""
+    case = {**QUIET, **({} if swelling == "unknown" else {"leg_swelling": swelling})}
+    first, second = pair
+    codes = _codes([{**case, first: "yes"}, {**case, second: "yes"}, {**case, first: "yes", second: "yes"}])
+    cramp = np.zeros((3, len(CONDITIONS)))
+    cramp[:, CONDITIONS.index("leg_cramp")] = 1.0
+    level, reason = triage_levels(cfg, codes, cramp)
+    assert [LEVELS[v] == "emergency" for v in level] == [False, False, True]
+    assert reason[2] >= FIRST_RULE_REASON
 
 
 def test_any_part_of_a_rule_is_required(cfg):
@@ -528,8 +548,9 @@ def test_ask_next_asks_about_fever_for_a_hot_swollen_knee_however_unlikely_the_n
 
 def test_ask_next_asks_what_a_same_day_rule_waits_on_when_no_one_answer_changes_the_level(cfg, net):
     """Age and sex alone at P(DVT) 0.03: no single answer changes the level (every DVT rule needs
-    a swollen leg and a second sign), yet the questions those rules wait on are listed, the swollen
-    leg among them; once every one of them is answered "no", none is waited on."""
+    two signs: a swollen or tender calf, veins or a whole leg swollen, and a second), yet the
+    questions those rules wait on are listed, the swollen calf among them; once every one of them
+    is answered "no", none is waited on."""
     codes = _codes([{"age": 40, "sex": "female"}])
     proba = np.full((1, len(CONDITIONS)), 0.97 / (len(CONDITIONS) - 1))
     proba[0, CONDITIONS.index("dvt")] = 0.03
@@ -699,7 +720,9 @@ def test_age_and_sex_alone_never_send_anyone_to_emergency(trained):
     out = predict(cases, model=models)
     assert (out["triage"] != "emergency").all(), out.loc[out["triage"] == "emergency", ["triage_reason", "p_dvt"]].to_string()
     assert (out["safety_net"] != "").all()  # each is told what would send them the same day
-    assert out["ask_next"].str.contains("Is your lower leg or calf swollen?", regex=False).all()  # and what to answer
+    calf = out["ask_next"].str.contains("Is your lower leg or calf swollen?", regex=False)  # and what to answer: the
+    tender = out["ask_next"].str.contains("Does your calf hurt when you press along the back of it?", regex=False)
+    assert (calf | tender).all()  # calf, which every DVT rule but two needs with a second sign
 
 
 def _state_by_definition(rule, case):

@@ -226,8 +226,8 @@ class SafetyNet:
         that would send the case the same day from below it (those completing a screen rule
         first), then the others, each group the most likely to change the level first; in the
         places left, below the same day, the questions a same-day rule the case leaves open needs
-        answered (its ``all`` fields: whether the leg is swollen, for every DVT rule), the likeliest
-        answer first; never one whose premise the case denies
+        answered (its ``all`` fields: for the DVT rules, whether the calf is swollen or tender, veins
+        stand out or the whole leg is swollen), the likeliest answer first; never one whose premise the case denies
         (:func:`pipeline.core.parsing.premise_denied`). A swollen calf after a sprain is asked
         whether the skin is warm (a sign of a DVT) before whether the knee swelled within hours.
 
