@@ -276,16 +276,19 @@ def test_no_rule_stays_open_through_a_mans_pregnancy(net):
     assert [net.texts[rule] in t.split("|") for t in shown] == [False, False, True]
 
 
-WELLS_SIGNS = ["calf_tenderness", "visible_veins", "whole_leg_swollen"]
-WELLS_HISTORY = ["previous_vte", "active_cancer", "recent_surgery", "recent_immobilisation"]
+# the Wells items the schema asks but a swollen calf, each one point; surgery and immobilisation
+# share one (bed rest or surgery), so together they are not two
+WELLS_ITEMS = ["calf_tenderness", "visible_veins", "whole_leg_swollen", "previous_vte", "active_cancer",
+               "recent_surgery", "recent_immobilisation"]
 
 
-@pytest.mark.parametrize("pair", [(a, b) for i, a in enumerate(WELLS_SIGNS) for b in WELLS_SIGNS[i + 1:] + WELLS_HISTORY])
+@pytest.mark.parametrize("pair", [(a, b) for i, a in enumerate(WELLS_ITEMS) for b in WELLS_ITEMS[i + 1:]
+                                  if {a, b} != {"recent_surgery", "recent_immobilisation"}])
 @pytest.mark.parametrize("swelling", ["unknown", "no"])
 def test_two_wells_items_go_the_same_day_without_a_swollen_calf(cfg, pair, swelling):
-    """A sign of a DVT and a second Wells item are two points, a likely DVT (NICE NG158: a scan
-    within 4 hours), whether the calf is swollen or not: the same day even where the model is sure
-    of a cramp. One item alone stays with the model."""
+    """Two Wells items are two points, a likely DVT in a painful leg (NICE NG158: a scan within 4
+    hours), whether the calf is swollen or not: the same day even where the model is sure of a
+    cramp. One item alone, or surgery with immobilisation, stays with the model."""
     case = {**QUIET, **({} if swelling == "unknown" else {"leg_swelling": swelling})}
     first, second = pair
     codes = _codes([{**case, first: "yes"}, {**case, second: "yes"}, {**case, first: "yes", second: "yes"}])
@@ -294,6 +297,14 @@ def test_two_wells_items_go_the_same_day_without_a_swollen_calf(cfg, pair, swell
     level, reason = triage_levels(cfg, codes, cramp)
     assert [LEVELS[v] == "emergency" for v in level] == [False, False, True]
     assert reason[2] >= FIRST_RULE_REASON
+
+
+def test_surgery_with_immobilisation_is_one_wells_item(cfg):
+    codes = _codes([{**QUIET, "recent_surgery": "yes", "recent_immobilisation": "yes"}])
+    cramp = np.zeros((1, len(CONDITIONS)))
+    cramp[:, CONDITIONS.index("leg_cramp")] = 1.0
+    level, reason = triage_levels(cfg, codes, cramp)
+    assert LEVELS[level[0]] == "self_care" and reason[0] < FIRST_RULE_REASON
 
 
 def test_any_part_of_a_rule_is_required(cfg):
@@ -722,7 +733,7 @@ def test_age_and_sex_alone_never_send_anyone_to_emergency(trained):
     assert (out["safety_net"] != "").all()  # each is told what would send them the same day
     calf = out["ask_next"].str.contains("Is your lower leg or calf swollen?", regex=False)  # and what to answer: the
     tender = out["ask_next"].str.contains("Does your calf hurt when you press along the back of it?", regex=False)
-    assert (calf | tender).all()  # calf, which every DVT rule but two needs with a second sign
+    assert (calf | tender).all()  # calf, which most DVT rules need with a second sign
 
 
 def _state_by_definition(rule, case):

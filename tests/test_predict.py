@@ -486,15 +486,17 @@ def test_n_jobs_sets_the_scoring_threads_without_changing_a_bit(trained, kb, mon
     monkeypatch.setattr(scoring, "ThreadPoolExecutor", Recorded)
     alone = predict(frame, model=models, n_jobs=1)
     assert threads == [threading.current_thread().name] and pools == []
-    for n_jobs, width in ((3, 3), (-1, 5), (None, 2)):
+    for n_jobs, width in ((3, 3), (-1, 5), (None, 2), (np.int64(2), 2)):
         threads.clear()
         out = predict(frame, model=models, n_jobs=n_jobs)
         assert pools.pop() == width and len(threads) == 4
         assert all(name.startswith("kneepain-predict") for name in threads)
         pd.testing.assert_frame_equal(out, alone, check_exact=True)
-    for bad in (0, -2, 1.5, True, "2"):
+    for bad in (0, -2, 1.5, 2.0, True, np.True_, "2"):
         with pytest.raises(ValueError, match=r"n_jobs == .*must be None .*-1 .*positive integer"):
             predict(frame.head(2), model=models, n_jobs=bad)
+    with pytest.raises(ValueError, match=r"n_jobs == '2', must be None"):  # the same check from Python's other way in
+        scoring.score_parsed(scoring.get_model(models), scoring.as_parsed(frame.head(2)), n_jobs="2")
 
 
 def test_many_cases_are_scored_in_one_call_once_the_interpreter_is_shutting_down(trained, tmp_path):

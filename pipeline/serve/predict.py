@@ -1,7 +1,8 @@
 """Scoring cases: :func:`predict` for notebooks, and the one scoring path every entry point shares.
 
-``kneepain score`` (streaming files) and the MLflow pyfunc call :func:`score_parsed`, so all
-three ways of scoring give the same numbers for the same row. Many cases at once (a large
+``kneepain score`` (streaming files, through :func:`score_columns`), ``kneepain serve`` (through
+:func:`score_parsed`) and the MLflow pyfunc (through :func:`predict`) share one path, so every way
+of scoring gives the same numbers for the same row. Many cases at once (a large
 DataFrame or file given to :func:`predict`) are scored a chunk at a time on two threads, as
 ``kneepain score`` scores a file's chunks.
 """
@@ -75,6 +76,7 @@ def score_parsed(model: LoadedModel, parsed: ParsedCases, *, top_k: int = 3,
     only what they need computed. ``n_jobs``: threads for more than one chunk of cases, as
     :func:`predict`'s.
     """
+    _check_n_jobs(n_jobs)
     out = _frame(_columns_in_chunks(model, parsed, top_k=top_k, ids=ids, codes=codes, columns=columns,
                                     n_jobs=n_jobs))
     return out if columns is None else out[list(columns)]
@@ -104,9 +106,14 @@ def n_jobs_problem(n_jobs: Any) -> str | None:
     return "must be None (two threads where two cores are free), -1 (one per core) or a positive integer"
 
 
+def _check_n_jobs(n_jobs: Any) -> None:
+    if (problem := n_jobs_problem(n_jobs)) is not None:
+        raise ValueError(f"n_jobs == {n_jobs!r}, {problem}.")
+
+
 def _threads(n_jobs: int | None) -> int:
     """Threads for :func:`_columns_in_chunks`: :func:`scorer_threads` for None, one per available
-    core for -1, else ``n_jobs`` (checked by :func:`n_jobs_problem`)."""
+    core for -1, else ``n_jobs`` (checked by :func:`_check_n_jobs`)."""
     if n_jobs is None:
         return scorer_threads()
     return available_cores() if n_jobs == -1 else int(n_jobs)
@@ -261,8 +268,7 @@ def predict(cases: Any, model: str | Path | LoadedModel | None = None, top_k: in
     """
     if (problem := top_k_problem(top_k)) is not None:
         raise ValueError(f"top_k == {top_k!r}, {problem}.")
-    if (problem := n_jobs_problem(n_jobs)) is not None:
-        raise ValueError(f"n_jobs == {n_jobs!r}, {problem}.")
+    _check_n_jobs(n_jobs)  # before the cases are read
     if isinstance(cases, ParsedCases):  # they may hold rows that failed validation
         raise TypeError("predict() takes a dict, a list of dicts, a DataFrame or a path to a CSV or Parquet file, "
                         "not ParsedCases (which may hold rows that failed validation); score the valid rows with "
