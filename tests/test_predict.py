@@ -377,6 +377,15 @@ def test_joined_texts_kept_between_calls_belong_to_their_names_and_separator(mon
     assert list(textcols.join_ranked(first, order, keep, sep=";")) == expected(first, ";")
     assert list(textcols.join_ranked(first, order[:, :3], keep[:, :3])) == [
         "|".join(first[j] for j, k in zip(o[:3], ks[:3]) if k) for o, ks in zip(order, keep)]
+    # rankings too wide for one number each (the safety net's 16 rules in a fixed order, some kept),
+    # known by their parts' numbers: the same texts from the table on the next call
+    wide = [f"rule {i}" for i in range(16)]
+    order = np.tile(rng.permutation(16), (500, 1))
+    keep = rng.random((500, 16)) < 0.5
+    monkeypatch.setattr(textcols, "_JOINED_MAX", 1 << 16)
+    for _ in range(2):
+        assert list(textcols.join_ranked(wide, order, keep)) == expected(wide)
+    assert len(textcols._joined(tuple(wide), "|", 16)) == len({tuple(k) for k in keep})
 
 
 def test_text_columns_are_the_same_built_for_one_row_or_many():

@@ -8,8 +8,9 @@ distinct value do not.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -68,25 +69,41 @@ def join_ranked(names: Sequence[str], order: np.ndarray, keep: np.ndarray | None
     def text(row: list[int]) -> str:
         return sep.join(names[j - 1] for j in row if j)
 
-    if base ** width >= 2 ** 63:  # too wide for one number per row: np.unique's rows
-        distinct, inverse = np.unique(ranks, axis=0, return_inverse=True)
-        found = [text(row) for row in distinct.tolist()]
-    else:
-        # the rows as numbers in ``base``, hashed (pandas' factorize: a fifth of the time of
-        # np.unique's sort); a number's text is joined once per process (the chunks of a file repeat
-        # the same few hundred), and only the numbers not seen before are read back into rows
+    # the rows as numbers in ``base``, hashed (pandas' factorize: a fifth of the time of np.unique's
+    # sort); a number's text is joined once per process (the chunks of a file repeat the same few
+    # hundred), and only the numbers not seen before are read back into rows
+    numbers: list[Any]
+    if base ** width < 2 ** 63:  # one number per row (integer products: exact)
         powers = base ** np.arange(width - 1, -1, -1, dtype=np.int64)
-        inverse, keys = pd.factorize(ranks @ powers)  # integer products: exact
-        joined = _joined(tuple(names), sep, width)
+        inverse, keys = pd.factorize(ranks @ powers)
         keys = np.asarray(keys)
         numbers = keys.tolist()
-        known = [joined.get(k) for k in numbers]  # this call's own list: another thread may clear the table
-        new = [i for i, t in enumerate(known) if t is None]
-        if new and len(joined) > _JOINED_MAX:
-            joined.clear()
-        for i, row in zip(new, ((keys[new, None] // powers) % base).tolist()):
-            known[i] = joined[numbers[i]] = text(row)
-        found = cast(list[str], known)  # every one is joined by now
+
+        def rows_of(new: list[int]) -> list[list[int]]:
+            return ((keys[new, None] // powers) % base).tolist()
+    else:  # too wide for one (16 rules of the safety net: 17 ** 16 > 2 ** 63): one per part of the row,
+        # the parts' codes combined into one per row; a row is known by its parts' numbers
+        step = int(62 // math.log2(base))  # digits per part: base ** step <= 2 ** 62
+        parts = [ranks[:, s:s + step] @ (base ** np.arange(min(step, width - s) - 1, -1, -1, dtype=np.int64))
+                 for s in range(0, width, step)]
+        inverse = np.zeros(len(ranks), dtype=np.int64)
+        for part in parts:
+            codes, uniques = pd.factorize(part)
+            inverse = pd.factorize(inverse * len(uniques) + codes)[0]
+        one = np.empty(inverse.max() + 1, dtype=np.int64)
+        one[inverse] = np.arange(len(ranks))  # a row of each distinct ranking (any: they are equal)
+        numbers = list(zip(*(part[one].tolist() for part in parts)))
+
+        def rows_of(new: list[int]) -> list[list[int]]:
+            return ranks[one[new]].tolist()
+    joined = _joined(tuple(names), sep, width)
+    known = [joined.get(k) for k in numbers]  # this call's own list: another thread may clear the table
+    new = [i for i, t in enumerate(known) if t is None]
+    if new and len(joined) > _JOINED_MAX:
+        joined.clear()
+    for i, row in zip(new, rows_of(new)):
+        known[i] = joined[numbers[i]] = text(row)
+    found = cast(list[str], known)  # every one is joined by now
     return _wrap(pa.array(found, type=pa.large_string()).take(pa.array(np.ravel(inverse))))
 
 
@@ -94,7 +111,8 @@ _JOINED_MAX = 1 << 16  # texts kept per (names, sep, width); past this the table
 
 
 @functools.lru_cache(maxsize=64)
-def _joined(names: tuple[str, ...], sep: str, width: int) -> dict[int, str]:
-    """The texts :func:`join_ranked` has made for ``names``, by row number (shared by the
+def _joined(names: tuple[str, ...], sep: str, width: int) -> dict[Any, str]:
+    """The texts :func:`join_ranked` has made for ``names``, by row number (or tuple of numbers, for
+    rows too wide for one; shared by the
     process's threads: two that join the same row at once store the same text)."""
     return {}
