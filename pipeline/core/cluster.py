@@ -23,8 +23,8 @@ from pipeline.core.spawning import signals_blocked
 if TYPE_CHECKING:
     from distributed import Client, Future
 
-__all__ = ["LOCAL_CLUSTER_ADDRESSES", "LOCAL_WORKER_CONFIG", "DaskJobError", "code_digest", "dask_client", "gather", "other_code",
-           "remove_temp_folder", "temp_folder"]
+__all__ = ["LOCAL_CLUSTER_ADDRESSES", "LOCAL_WORKER_CONFIG", "DaskJobError", "code_digest", "dask_client", "gather",
+           "other_code", "remove_temp_folder", "temp_folder"]
 
 # Dask sets MALLOC_TRIM_THRESHOLD_=65536 in every worker it spawns, to hand freed memory back to
 # the system at once. Setting any trim threshold also turns off glibc's adaptive mmap threshold,

@@ -227,9 +227,10 @@ class SafetyNet:
         first), then the others, each group the most likely to change the level first; in the
         places left, below the same day, the questions a same-day rule the case leaves open needs
         answered (its ``all`` fields: for the DVT rules, whether the calf is swollen or tender, veins
-        stand out or the whole leg is swollen), the likeliest answer first; never one whose premise the case denies
-        (:func:`pipeline.core.parsing.premise_denied`). A swollen calf after a sprain is asked
-        whether the skin is warm (a sign of a DVT) before whether the knee swelled within hours.
+        stand out or the whole leg is swollen), the likeliest answer first; never one whose premise
+        the case denies (:func:`pipeline.core.parsing.premise_denied`). A swollen calf after a
+        sprain is asked whether the skin is warm (a sign of a DVT) before whether the knee swelled
+        within hours.
 
         An answer is plausible when its predictive probability is at least
         ``ask_next.min_answer_probability``, or when it would make a same-day screen rule fire that the

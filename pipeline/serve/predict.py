@@ -97,18 +97,13 @@ def scorer_threads() -> int:
     return min(2, available_cores())
 
 
-def n_jobs_problem(n_jobs: Any) -> str | None:
-    """Why ``n_jobs`` is not a number of scoring threads (:func:`predict`'s), or None if it is one:
-    None, -1 or a positive whole number."""
-    count = whole_number(n_jobs)
-    if n_jobs is None or (count is not None and (count >= 1 or count == -1)):
-        return None
-    return "must be None (two threads where two cores are free), -1 (one per core) or a positive integer"
-
-
 def _check_n_jobs(n_jobs: Any) -> None:
-    if (problem := n_jobs_problem(n_jobs)) is not None:
-        raise ValueError(f"n_jobs == {n_jobs!r}, {problem}.")
+    """Raise ValueError unless ``n_jobs`` is a number of scoring threads (:func:`predict`'s): None,
+    -1 or a positive whole number."""
+    count = whole_number(n_jobs)
+    if n_jobs is not None and (count is None or (count < 1 and count != -1)):
+        raise ValueError(f"n_jobs == {n_jobs!r}, must be None (two threads where two cores are free), -1 (one "
+                         "per core) or a positive integer.")
 
 
 def _threads(n_jobs: int | None) -> int:
