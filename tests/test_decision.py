@@ -559,9 +559,9 @@ def test_ask_next_asks_about_fever_for_a_hot_swollen_knee_however_unlikely_the_n
 
 def test_ask_next_asks_what_a_same_day_rule_waits_on_when_no_one_answer_changes_the_level(cfg, net):
     """Age and sex alone at P(DVT) 0.03: no single answer changes the level (every DVT rule needs
-    two signs: a swollen or tender calf, veins or a whole leg swollen, and a second), yet the
-    questions those rules wait on are listed, the swollen calf among them; once every one of them
-    is answered "no", none is waited on."""
+    two answers: a swollen or tender calf, veins, a whole leg swollen or a Wells item of the
+    history, and a second), yet the questions those rules wait on are listed, the swollen calf
+    among them; once every one of them is answered "no", none is waited on."""
     codes = _codes([{"age": 40, "sex": "female"}])
     proba = np.full((1, len(CONDITIONS)), 0.97 / (len(CONDITIONS) - 1))
     proba[0, CONDITIONS.index("dvt")] = 0.03
