@@ -359,3 +359,32 @@ def test_the_server_check_passes_what_it_cannot_or_need_not_check(unreachable, m
         check_reachable("http://127.0.0.1:99999")
     with pytest.raises(TrackingServerError, match="names no host"):
         check_reachable("http://:5000")
+
+
+def test_logging_the_datasets_and_the_model_prints_none_of_mlflows_schema_advice(trained, small_data, tmp_path):
+    """MLflow advises, whenever it infers a schema with integer columns, that a missing value would
+    break the schema's enforcement, and that a path matches two of its source schemes: neither
+    applies to what kneepain logs (no input schema is enforced), and `kneepain train` printed the
+    first four times, in full, above its results."""
+    import warnings
+
+    import mlflow
+
+    from pipeline.model.tracking import log_dataset
+    from pipeline.serve.mlflow_model import log_pyfunc
+
+    models, _ = trained
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    frame = read_split("train", small_data).head(50)
+    assert any(pd.api.types.is_integer_dtype(t) for t in frame.dtypes)  # what the advice is about
+    try:
+        with warnings.catch_warnings(record=True) as seen, mlflow.start_run():
+            warnings.simplefilter("always")
+            log_dataset(frame, small_data / "train.parquet", "train", "training")
+            log_pyfunc(models, frame.drop(columns=["condition"]), None)
+    finally:
+        mlflow.set_tracking_uri(before)
+    advice = [str(w.message)[:80] for w in seen if "Inferred schema contains integer" in str(w.message)
+              or "interpreted in multiple ways" in str(w.message)]
+    assert advice == []

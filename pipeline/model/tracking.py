@@ -9,7 +9,6 @@ The embedded default is ``sqlite:///mlflow.db`` in the project folder with artif
 from __future__ import annotations
 
 import subprocess
-import warnings
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
@@ -25,6 +24,7 @@ from pipeline.core.files import sha256_file
 from pipeline.core.paths import default_tracking_uri, project_root, sqlite_store
 from pipeline.core.schema import LABEL_COLUMN
 from pipeline.core.tracking_server import tracking_uri
+from pipeline.model.mlflow_hints import quiet_schema_hints
 from pipeline.model.persist import library_versions
 from pipeline.model.train import TrainResult
 
@@ -72,13 +72,8 @@ def log_dataset(frame: pd.DataFrame, source: str | Path, name: str, context: str
     target = LABEL_COLUMN if LABEL_COLUMN in frame.columns else None
     # categorical columns as text: MLflow's schema inference has no categorical type
     plain = frame.astype({c: "string" for c in frame.columns if isinstance(frame[c].dtype, pd.CategoricalDtype)})
-    with warnings.catch_warnings():
-        # MLflow registers its local-file source under two schemes ("" and "file") and warns that a
-        # path matches both; either is the same class
-        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways",
-                                category=UserWarning)
-        dataset = from_pandas(plain, source=str(source), targets=target, name=name)
-    mlflow.log_input(dataset, context=context)
+    with quiet_schema_hints():
+        mlflow.log_input(from_pandas(plain, source=str(source), targets=target, name=name), context=context)
 
 
 def promote_champion(client: MlflowClient, name: str, alias: str, version: str, valid_log_loss: float,

@@ -24,6 +24,7 @@ from mlflow.types.schema import AnyType, ColSpec, DataType, ParamSchema, ParamSp
 
 from pipeline.core.parsing import codes_to_text_frame, parse_cases
 from pipeline.core.schema import FIELDS, ID_COLUMN
+from pipeline.model.mlflow_hints import quiet_schema_hints
 from pipeline.serve.loading import ARTIFACT_KEY, load_model
 from pipeline.serve.requests import null_missing_ids, request_records
 
@@ -124,7 +125,8 @@ def log_pyfunc(models_dir: Path, example: pd.DataFrame, registered_model_name: s
     if parsed.ids is not None:
         example_in.insert(0, ID_COLUMN, parsed.ids.astype(str).to_numpy())
     example_out = predict(example_in, model=str(models_dir))
-    return mlflow.pyfunc.log_model(
-        name="model", python_model=str(_ENTRY), artifacts={ARTIFACT_KEY: str(models_dir)},
-        code_paths=[str(_PACKAGE_DIR)], signature=model_signature(example_out), input_example=example_in,
-        pip_requirements=requirements(), registered_model_name=registered_model_name)
+    with quiet_schema_hints():
+        return mlflow.pyfunc.log_model(
+            name="model", python_model=str(_ENTRY), artifacts={ARTIFACT_KEY: str(models_dir)},
+            code_paths=[str(_PACKAGE_DIR)], signature=model_signature(example_out), input_example=example_in,
+            pip_requirements=requirements(), registered_model_name=registered_model_name)
