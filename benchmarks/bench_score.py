@@ -211,9 +211,7 @@ def _frame_cases(n: int, threads: int | None = None):
 
     frame = generate_cases(load_knowledge_base(), n, seed=3).drop(columns=["condition", "severity"])
     model = scoring.get_model()
-    if threads is not None:
-        scoring.scorer_threads = lambda: threads  # this child's own module
-    return lambda: predict(frame, model=model)
+    return lambda: predict(frame, model=model, n_jobs=threads)
 
 
 def _frame_cases_one_thread(n: int):

@@ -421,6 +421,22 @@ def test_text_columns_are_the_same_built_for_one_row_or_many():
         join_ranked(names, order[:, :5])  # indices up to 29 for 5 names
 
 
+def _scoring_threads(monkeypatch, scoring) -> list[str]:
+    """The names of the threads ``scoring.score_columns`` runs on from now, one per call, in a list
+    the caller can read and clear."""
+    import threading
+
+    threads: list[str] = []
+    real = scoring.score_columns
+
+    def recorded(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(scoring, "score_columns", recorded)
+    return threads
+
+
 @pytest.mark.parametrize("ids", ["text", "none", "integers"])
 def test_many_cases_are_scored_in_chunks_on_two_threads_to_the_same_bits(trained, kb, monkeypatch, ids):
     """A frame of several chunks is scored a chunk at a time on two threads: the same frame, bit for
@@ -439,14 +455,7 @@ def test_many_cases_are_scored_in_chunks_on_two_threads_to_the_same_bits(trained
         frame.insert(0, "case_id", pd.array(range(10**15, 10**15 + len(frame)), dtype="Int64"))
     frame.index = pd.RangeIndex(7, 7 + len(frame))  # an index of the caller's own
     monkeypatch.setattr(scoring, "CHUNK_ROWS", 1_000)  # six chunks, the last of 500
-    threads: list[str] = []
-    real = scoring.score_columns
-
-    def recorded(*args, **kwargs):
-        threads.append(threading.current_thread().name)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(scoring, "score_columns", recorded)
+    threads = _scoring_threads(monkeypatch, scoring)
     monkeypatch.setattr(scoring, "scorer_threads", lambda: 2)
     chunked = predict(frame, model=models, top_k=4)
     assert len(threads) == 6 and all(name.startswith("kneepain-predict") for name in threads)
@@ -478,20 +487,14 @@ def test_n_jobs_sets_the_scoring_threads_without_changing_a_bit(trained, kb, mon
     monkeypatch.setattr(scoring, "CHUNK_ROWS", 1_000)
     monkeypatch.setattr(scoring, "scorer_threads", lambda: 2)  # the default would use threads
     monkeypatch.setattr(scoring, "available_cores", lambda: 5)
-    threads: list[str] = []
+    threads = _scoring_threads(monkeypatch, scoring)
     pools: list[int] = []
-    real = scoring.score_columns
-
-    def recorded(*args, **kwargs):
-        threads.append(threading.current_thread().name)
-        return real(*args, **kwargs)
 
     class Recorded(ThreadPoolExecutor):
         def __init__(self, max_workers, **kwargs):
             pools.append(max_workers)
             super().__init__(max_workers, **kwargs)
 
-    monkeypatch.setattr(scoring, "score_columns", recorded)
     monkeypatch.setattr(scoring, "ThreadPoolExecutor", Recorded)
     alone = predict(frame, model=models, n_jobs=1)
     assert threads == [threading.current_thread().name] and pools == []
