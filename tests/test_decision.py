@@ -127,6 +127,20 @@ def test_a_red_flags_condition_is_shown_behind_another_rules_reason_and_whenever
     assert shown[1, dvt] and shown[1].sum() == 3
 
 
+def test_a_screen_rule_is_covered_only_by_another_rule_as_urgent():
+    from pydantic import ValidationError
+
+    data = load_config(ScreenConfig, config_path("screen.yaml")).model_dump()
+    by_name = {r["name"]: r for r in data["rules"]}
+    by_name["hot_swollen_knee"]["covered_by"] = ["septic_joint"]
+    with pytest.raises(ValidationError, match="hot_swollen_knee.covered_by: 'septic_joint' is not another rule"):
+        ScreenConfig.model_validate(data)
+    by_name["hot_swollen_knee"]["covered_by"] = []
+    by_name["septic_joint_or_cellulitis"]["covered_by"] = ["hot_swollen_knee"]
+    with pytest.raises(ValidationError, match="'hot_swollen_knee' is at level 'see_doctor_soon', below 'emergency'"):
+        ScreenConfig.model_validate(data)
+
+
 def test_a_red_flags_condition_must_call_for_the_flags_level(cfg):
     from pydantic import ValidationError
 

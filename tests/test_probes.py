@@ -137,6 +137,18 @@ def test_screen_names_list_what_to_rule_out():
     assert all(r.level in LEVELS for r in SCREEN.rules)
 
 
+@pytest.mark.parametrize("fever, named", [("yes", "a septic joint or cellulitis"), ("no", "a septic joint"),
+                                          ("unknown", "a septic joint")])
+def test_screen_names_a_covered_rule_only_where_its_cover_does_not_fire(fever, named):
+    """A hot, swollen knee without an injury is named "a septic joint"; with a fever the same-day
+    rule's "a septic joint or cellulitis" already says it, and once is enough."""
+    case = {"age": 50, "sex": "female", "knee_swelling": "yes", "skin_warm": "yes", "injury_event": "none",
+            "fever": fever}
+    matches = screen_matches(SCREEN, parse_cases(pd.DataFrame([case])).codes)
+    assert matches[0, RULES.index("hot_swollen_knee")]  # the covered rule still fires: its level stands
+    assert screen_names(SCREEN, matches)[0] == named
+
+
 def test_the_oracle_stays_calibrated_with_answers_missing_at_random(kb):
     """Missingness that depends on a reported answer (the pop question left unasked without an
     injury) is ignorable: the oracle, which never models it, still matches label frequencies."""

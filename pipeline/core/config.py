@@ -152,6 +152,10 @@ class ScreenRule(StrictModel):
     reason: str
     safety_net: str  # in plain words, the signs that fire the rule: shown while they are unanswered
     source: str
+    # rules that rule out what this one does and more, at a level at least as high: where one of
+    # them fires too, ``screen`` names only it ("a septic joint or cellulitis", not that and "a
+    # septic joint")
+    covered_by: list[str] = []
 
     @model_validator(mode="after")
     def _fields(self) -> "ScreenRule":
@@ -185,6 +189,22 @@ class ScreenConfig(StrictModel):
     """The screen for same-day emergencies outside the nine conditions (``configs/screen.yaml``)."""
 
     rules: list[ScreenRule] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _covering_rules(self) -> "ScreenConfig":
+        by_name = {r.name: r for r in self.rules}
+        if len(by_name) < len(self.rules):
+            raise ValueError(f"rules: names must be distinct, got {[r.name for r in self.rules]}")
+        for r in self.rules:
+            for name in r.covered_by:
+                other = by_name.get(name)
+                if other is None or other is r:
+                    raise ValueError(f"{r.name}.covered_by: {name!r} is not another rule "
+                                     f"(the rules: {', '.join(by_name)})")
+                if LEVELS.index(other.level) < LEVELS.index(r.level):
+                    raise ValueError(f"{r.name}.covered_by: {name!r} is at level {other.level!r}, below "
+                                     f"{r.level!r}: a covering rule must send a case at least as soon")
+        return self
 
 
 class ProbeExpectation(StrictModel):

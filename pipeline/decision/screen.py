@@ -196,6 +196,12 @@ def screen_matches(cfg: ScreenConfig, codes: dict[str, np.ndarray]) -> np.ndarra
 
 
 def screen_names(cfg: ScreenConfig, matches: np.ndarray):
-    """Per case, what must be ruled out: the matched rules' ``rule_out``, ``|``-separated ("" if none)."""
+    """Per case, what must be ruled out: the matched rules' ``rule_out``, ``|``-separated ("" if
+    none), but for a rule a matched rule covers (``covered_by``: it rules out the same and more)."""
+    index = {r.name: k for k, r in enumerate(cfg.rules)}
+    shown = matches.copy()
+    for k, r in enumerate(cfg.rules):
+        for name in r.covered_by:
+            shown[:, k] &= ~matches[:, index[name]]
     order = np.tile(np.arange(len(cfg.rules)), (len(matches), 1))
-    return join_ranked([r.rule_out for r in cfg.rules], order, matches)
+    return join_ranked([r.rule_out for r in cfg.rules], order, shown)
