@@ -16,8 +16,9 @@ from pipeline.core.schema import CONDITION_LABELS, CONDITIONS
 from pipeline.decision.costs import cost_levels
 from pipeline.decision.safety import Rule, SafetyNet, per_rule, rules_of
 
-__all__ = ["COST_REASON", "SOFTENED_REASON", "UNCERTAIN_REASON", "advice_codes", "advice_index", "advice_table",
-           "advice_written", "cost_levels", "expected_cost_levels", "leading_screen_rule", "raise_to_rules",
+__all__ = ["AGE_AND_SEX_REASON", "COST_REASON", "SOFTENED_REASON", "UNCERTAIN_REASON", "advice_codes", "advice_index",
+           "advice_table", "advice_written", "age_and_sex_advice", "age_and_sex_advice_codes",
+           "age_and_sex_advice_written", "cost_levels", "expected_cost_levels", "leading_screen_rule", "raise_to_rules",
            "reason_codes", "reason_table", "red_flags", "right_levels", "screen_advice", "screen_advice_codes",
            "screen_advice_index", "screen_advice_written",
            "strongest_rule", "triage_levels"]
@@ -52,6 +53,9 @@ def _raise_to_rules(level: np.ndarray, reason: np.ndarray, rule_level: np.ndarra
 COST_REASON, ATYPICAL_REASON, SOFTENED_REASON, FIRST_RULE_REASON = 0, 1, 2, 3  # reason codes of triage_levels
 UNCERTAIN_REASON = ("the expected cost points to the same day, but only through questions not answered yet: answer "
                     "them, and go the same day if one of the safety-net signs is present")  # reason code 2
+# shown for a cost decision (reason code 0) where only age and sex are known; the last of reason_table
+AGE_AND_SEX_REASON = ("only age and sex are known, too little to tell the cause: the level with the lowest expected "
+                      "cost for knee pain at that age and sex; answer the questions asked next")
 
 
 def triage_levels(cfg: TriageConfig, codes: dict[str, np.ndarray], proba: np.ndarray,
@@ -118,14 +122,14 @@ def reason_table(cfg: TriageConfig, screen: ScreenConfig | None = None) -> np.nd
                      "atypical case: it fits none of the documented profiles well, so it needs a professional look",
                      UNCERTAIN_REASON,
                      *[f"red flag ({f.name}): {f.reason}" for f in cfg.red_flags],
-                     *[f"screen ({r.name}): rule out {r.rule_out}: {r.reason}" for r in (screen.rules if screen else [])]],
-                    dtype=object)
+                     *[f"screen ({r.name}): rule out {r.rule_out}: {r.reason}" for r in (screen.rules if screen else [])],
+                     AGE_AND_SEX_REASON], dtype=object)
 
 
 def reason_codes(cfg: TriageConfig, screen: ScreenConfig | None = None) -> list[str]:
     """A short code for each reason of :func:`reason_table`, in the same order."""
     return ["expected_cost", "atypical", "same_day_unanswered", *[f"red_flag:{f.name}" for f in cfg.red_flags],
-            *[f"screen:{r.name}" for r in (screen.rules if screen else [])]]
+            *[f"screen:{r.name}" for r in (screen.rules if screen else [])], "age_and_sex_only"]
 
 
 def advice_codes() -> np.ndarray:
@@ -147,6 +151,33 @@ def advice_table(cfg: TriageConfig) -> np.ndarray:
                      for lv in LEVELS], dtype=object)
 
 
+def age_and_sex_advice(cfg: TriageConfig) -> np.ndarray:
+    """(n_levels, 1 + n_conditions) advice of a case that gave only age and sex, whose level rests
+    on the expected cost: the level's instruction, that too little is known to tell the cause (no
+    condition's advice: "Most likely ACL injury ... usually needs reconstructive surgery" for an
+    18-year-old who said nothing of the pain was a guess), then (at ``1 + d``) that condition ``d``,
+    which the level is for, is not ruled out, and the closing."""
+    def text(lv: Level, d: str | None) -> str:
+        other = f"Not ruled out: {CONDITION_LABELS[d]}, which this level is for. " if d else ""
+        return (f"{cfg.level_text[lv]} Only age and sex are known, which is too little to tell what causes the pain: "
+                f"the answers to the questions asked next would tell more. {other}{cfg.closing}")
+
+    return np.array([[text(lv, None), *(text(lv, d) for d in CONDITIONS)] for lv in LEVELS], dtype=object)
+
+
+def age_and_sex_advice_codes() -> np.ndarray:
+    """Short codes of :func:`age_and_sex_advice`: ``<level>:age_and_sex_only``, then
+    ``<level>:age_and_sex_only+<condition>``."""
+    return np.array([[f"{lv}:age_and_sex_only", *(f"{lv}:age_and_sex_only+{d}" for d in CONDITIONS)] for lv in LEVELS],
+                    dtype=object)
+
+
+def age_and_sex_advice_written(cfg: TriageConfig) -> np.ndarray:
+    """The cells of :func:`age_and_sex_advice` a case can get: a condition named where a case at
+    that level can have it named as the one the level is for (:func:`advice_written`)."""
+    return np.concatenate([np.ones((len(LEVELS), 1), dtype=bool), _named_at_level(cfg)], axis=1)
+
+
 def advice_written(cfg: TriageConfig) -> np.ndarray:
     """(n_levels, n_conditions, 1 + n_conditions) mask of the cells of :func:`advice_table` a case
     can get: the likely condition alone, or with a less likely one that calls for the level where
@@ -157,6 +188,12 @@ def advice_written(cfg: TriageConfig) -> np.ndarray:
     softened = (level == LEVELS.index(cfg.uncertain.level)) & (likely < len(LEVELS) - 1) & (other == len(LEVELS) - 1)
     named = ((likely < level) & (level <= other)) | softened
     return np.concatenate([np.ones((len(LEVELS), len(CONDITIONS), 1), dtype=bool), named], axis=2)
+
+
+def _named_at_level(cfg: TriageConfig) -> np.ndarray:
+    """(n_levels, n_conditions): whether a case at the level can have the condition named as the
+    less likely one the level is for (:func:`advice_written`)."""
+    return np.asarray(advice_written(cfg)[:, :, 1:].any(axis=1))
 
 
 def screen_advice(cfg: TriageConfig, screen: ScreenConfig) -> np.ndarray:
@@ -182,7 +219,7 @@ def screen_advice_written(cfg: TriageConfig, screen: ScreenConfig) -> np.ndarray
     """The cells of :func:`screen_advice` a case can get: a condition named where it calls for the
     rule's level (the most likely one), or where a case at that level can have it named as a
     less likely one (:func:`advice_written`)."""
-    named = np.asarray(advice_written(cfg)[:, :, 1:].any(axis=1))  # (level, condition)
+    named = _named_at_level(cfg)
     named |= right_levels(cfg)[None, :] >= np.arange(len(LEVELS))[:, None]
     at = _screen_levels(screen)
     return np.concatenate([np.ones((len(at), 1), dtype=bool), named[at]], axis=1)
