@@ -276,35 +276,38 @@ def test_a_rule_at_the_softened_level_keeps_the_condition_the_level_rests_on(tra
     assert all("dvt" in d.split("|") for d in columns["differential"])
 
 
-def test_with_only_age_and_sex_the_advice_names_no_condition_and_says_too_little_is_known(trained):
-    """Age and sex alone tell too little to name a cause: no "Most likely ACL injury: ... usually
+def test_with_nothing_of_the_pain_known_the_advice_names_no_condition_and_says_too_little_is_known(trained):
+    """Age, sex and history tell too little to name a cause: no "Most likely ACL injury: ... usually
     needs reconstructive surgery" for an 18-year-old who said nothing of the pain. The level still
     rests on the expected cost (a DVT the same day is softened, as for any case, and named); one
-    answer more and the condition's advice is back."""
+    answer about the pain and the condition's advice is back; a screen rule keeps its own advice."""
     from pipeline.serve.predict import get_model
 
     model = get_model(trained[0])
-    cases = [{"age": 18, "sex": "female"}, {"age": 80, "sex": "male"}, {"age": 80, "sex": "male", "fever": "no"},
-             {"age": 18, "sex": "female", "fever": "yes", "skin_red": "yes"}]  # the last: a screen rule fires
+    cases = [{"age": 18, "sex": "female"}, {"age": 80, "sex": "male", "smoker": "yes", "pregnant": "no"},
+             {"age": 18, "sex": "female", "activity": "running", "previous_vte": "no"},
+             {"age": 80, "sex": "male", "fever": "no"}, {"age": 18, "sex": "female", "onset": "sudden"},
+             {"age": 18, "sex": "female", "fever": "yes", "skin_red": "yes"}]
     parsed = parse_cases(pd.DataFrame(cases))
-    proba = np.zeros((4, len(CONDITIONS)))
+    proba = np.zeros((len(cases), len(CONDITIONS)))
     proba[:, CONDITIONS.index("acl_injury")] = 1.0
-    proba[1:3, CONDITIONS.index("acl_injury")], proba[1:3, DVT] = 0.9, 0.1  # the same day, by the cost
+    proba[[1, 3], CONDITIONS.index("acl_injury")], proba[[1, 3], DVT] = 0.9, 0.1  # the same day, by the cost
     coded = decision_columns(model.decision, model.kb, parsed, proba, codes=True)
-    assert list(coded["triage_reason"]) == ["age_and_sex_only", "same_day_unanswered", "same_day_unanswered",
-                                            "screen:septic_joint_or_cellulitis"]
-    assert list(coded["advice"]) == ["see_doctor_soon:age_and_sex_only", "see_doctor_soon:age_and_sex_only+dvt",
-                                     "see_doctor_soon:acl_injury+dvt", "screen:septic_joint_or_cellulitis"]
+    assert list(coded["triage_reason"]) == ["pain_not_described", "same_day_unanswered", "pain_not_described",
+                                            "same_day_unanswered", "expected_cost", "screen:septic_joint_or_cellulitis"]
+    assert list(coded["advice"]) == ["see_doctor_soon:pain_not_described", "see_doctor_soon:pain_not_described+dvt",
+                                     "see_doctor_soon:pain_not_described", "see_doctor_soon:acl_injury+dvt",
+                                     "see_doctor_soon:acl_injury", "screen:septic_joint_or_cellulitis"]
     texts = decision_columns(model.decision, model.kb, parsed, proba)
     lookup = model.decision.text_codes(model.kb)
     assert [lookup["advice"][t] for t in texts["advice"]] == list(coded["advice"])  # the lookup file has them
     assert [lookup["triage_reason"][t] for t in texts["triage_reason"]] == list(coded["triage_reason"])
-    for advice in texts["advice"][:2]:
-        assert "Only age and sex are known" in advice and "Most likely" not in advice
+    for advice in texts["advice"][:3]:
+        assert "Nothing is known of the pain itself yet" in advice and "Most likely" not in advice
         assert "reconstructive" not in advice and advice.endswith(model.decision.config.closing)
     assert "Not ruled out: deep vein thrombosis" in texts["advice"][1]
-    assert texts["advice"][2].startswith("See a doctor soon (within a day or two). Most likely ACL injury")
-    assert texts["triage_reason"][0].startswith("only age and sex are known")
+    assert texts["advice"][4].startswith("See a doctor soon (within a day or two). Most likely ACL injury")
+    assert texts["triage_reason"][0].startswith("nothing is known of the pain itself")
 
 
 def test_no_rule_stays_open_through_a_mans_pregnancy(net):

@@ -17,11 +17,11 @@ from pydantic import ValidationError
 
 from pipeline.core.config import LEVELS, ScreenConfig, TriageConfig
 from pipeline.core.knowledge import KnowledgeBase
-from pipeline.core.parsing import ParsedCases
+from pipeline.core.parsing import ParsedCases, unanswered_matrix
 from pipeline.core.schema import CONDITIONS, FIELDS
 from pipeline.core.textcols import lookup, text_array
 from pipeline.decision.atypical import fit_atypical, flag_atypical
-from pipeline.decision.conformal import blank_at_random, fit_conformal, format_sets, known_share, prediction_sets
+from pipeline.decision.conformal import blank_at_random, fit_conformal, format_sets, prediction_sets
 from pipeline.decision.safety import SafetyNet
 from pipeline.decision.screen import screen_names
 from pipeline.decision.triage import (
@@ -32,9 +32,6 @@ from pipeline.decision.triage import (
     advice_index,
     advice_table,
     advice_written,
-    age_and_sex_advice,
-    age_and_sex_advice_codes,
-    age_and_sex_advice_written,
     expected_cost_levels,
     leading_screen_rule,
     raise_to_rules,
@@ -45,6 +42,9 @@ from pipeline.decision.triage import (
     screen_advice_codes,
     screen_advice_index,
     screen_advice_written,
+    undescribed_pain_advice,
+    undescribed_pain_advice_codes,
+    undescribed_pain_advice_written,
 )
 
 __all__ = ["DECISION_COLUMNS", "DECISION_COLUMN_DOCS", "DECISION_COLUMN_TYPES", "TEXT_CODE_COLUMNS",
@@ -54,8 +54,8 @@ __all__ = ["DECISION_COLUMNS", "DECISION_COLUMN_DOCS", "DECISION_COLUMN_TYPES", 
 DECISION_COLUMN_DOCS = {
     "triage": "`emergency`, `see_doctor_soon`, `see_doctor` or `self_care`: the expected-cost level, raised by red flags",
     "triage_reason": "why: the red flag or screen rule that fired, the atypical flag, the expected-cost decision, or "
-                     "that the same day rests on questions not answered yet; where only age and sex are known, "
-                     "that they are too little to tell the cause",
+                     "that the same day rests on questions not answered yet; where nothing of the pain itself is "
+                     "known (age, sex and history at most), that this is too little to tell its cause",
     "safety_net": "the signs that would raise the level, in plain words, `|`-separated, the most urgent first: the "
                   "red flags and screen rules that unanswered questions could still fire (if one is present, seek "
                   "care as its rule says: the same day for most, within a day or two for a swollen leg with a DVT "
@@ -79,9 +79,9 @@ DECISION_COLUMN_DOCS = {
               "an expected-cost level or a red flag is for where the most likely one does not call for that level (for "
               "a same day softened because it rests on unanswered questions: does not call for the same day); a DVT "
               "that cannot be ruled out, most often; where a screen rule sets the level, what to rule out first "
-              "and why instead of a condition's advice; where only age and sex are known, that they are too "
-              "little to tell the cause, instead of a condition's advice; and always the advice to seek "
-              "professional advice",
+              "and why instead of a condition's advice; where nothing of the pain itself is known (age, sex "
+              "and history at most), that this is too little to tell its cause, instead of a condition's advice; "
+              "and always the advice to seek professional advice",
     "differential": "the conditions that remain possible, most likely first, `|`-separated: a conformal prediction "
                     "set fitted to hold the true condition for 90% of the calibration cases by default, and for at "
                     "least 87% within each band of confidence and of answers known (new cases land within sampling "
@@ -133,16 +133,17 @@ class Decision:
         self.atypical = spec["atypical"]
         self._reasons = reason_table(self.config, self.screen)
         self._reason_codes = np.array(reason_codes(self.config, self.screen), dtype=object)
-        self._age_and_sex_reason = len(self._reasons) - 1
-        # every cell of advice_table, then every cell of screen_advice, then of age_and_sex_advice
+        self._undescribed_pain_reason = len(self._reasons) - 1
+        # every cell of advice_table, then every cell of screen_advice, then of undescribed_pain_advice
         parts = [(advice_table(self.config), advice_codes(), advice_written(self.config)),
                  (screen_advice(self.config, self.screen), screen_advice_codes(self.screen),
                   screen_advice_written(self.config, self.screen)),
-                 (age_and_sex_advice(self.config), age_and_sex_advice_codes(), age_and_sex_advice_written(self.config))]
+                 (undescribed_pain_advice(self.config), undescribed_pain_advice_codes(),
+                  undescribed_pain_advice_written(self.config))]
         self._advice, self._advice_codes, self._advice_written = (np.concatenate([p[i].ravel() for p in parts])
                                                                   for i in range(3))
         self._screen_advice_start = parts[0][0].size
-        self._age_and_sex_advice_start = parts[0][0].size + parts[1][0].size
+        self._undescribed_pain_advice_start = parts[0][0].size + parts[1][0].size
         self._net: tuple[KnowledgeBase, SafetyNet] | None = None
 
     def safety(self, kb: KnowledgeBase) -> SafetyNet:
@@ -216,6 +217,7 @@ def fit_decision_on(model, kb: KnowledgeBase, calib: pd.DataFrame, config: Triag
 
 
 _EMERGENCY = LEVELS.index("emergency")
+_PAIN = [f.name for f in FIELDS if f.group in ("onset", "symptom")]  # what the pain itself is like
 
 
 def driving_condition(proba: np.ndarray, level: np.ndarray, reason: np.ndarray, cfg: TriageConfig,
@@ -322,14 +324,15 @@ def decision_columns(decision: Decision, kb: KnowledgeBase, parsed: ParsedCases,
                                       cfg, driving=driving())
 
     @cache
-    def age_and_sex_only() -> np.ndarray:
-        """Per case, whether its level rests on the expected cost of age and sex alone."""
+    def pain_undescribed() -> np.ndarray:
+        """Per case, whether its level rests on the expected cost and nothing of the pain itself is
+        known (age, sex and history at most)."""
         basis = triage()[2]
-        return ((basis == COST_REASON) | (basis == SOFTENED_REASON)) & (known_share(parsed.codes) == 0)
+        return ((basis == COST_REASON) | (basis == SOFTENED_REASON)) & unanswered_matrix(parsed.codes, _PAIN).all(axis=1)
 
     def triage_reason() -> pd.api.extensions.ExtensionArray:
         reason = triage()[1]
-        shown = np.where((reason == COST_REASON) & age_and_sex_only(), decision._age_and_sex_reason, reason)
+        shown = np.where((reason == COST_REASON) & pain_undescribed(), decision._undescribed_pain_reason, reason)
         return lookup(decision._reason_codes if codes else decision._reasons, shown)
 
     def advice() -> np.ndarray:
@@ -341,11 +344,11 @@ def decision_columns(decision: Decision, kb: KnowledgeBase, parsed: ParsedCases,
         # naming beside it the condition that calls for the level too: that one, else the most likely
         first = leading_screen_rule(screen, level, rules()[1][:, len(cfg.red_flags):])
         also = np.where(named >= 0, named, np.where(right[likely] >= level, likely, -1))
-        # with only age and sex known, no condition's advice: that too little is known, and the named one
-        little = decision._age_and_sex_advice_start + level.astype(np.int64) * (len(CONDITIONS) + 1) + named + 1
+        # with nothing of the pain known, no condition's advice: that too little is known, and the named one
+        little = decision._undescribed_pain_advice_start + level.astype(np.int64) * (len(CONDITIONS) + 1) + named + 1
         return lookup(decision._advice_codes if codes else decision._advice,
                       np.where(first >= 0, decision._screen_advice_start + screen_advice_index(first, also),
-                               np.where(age_and_sex_only(), little, advice_index(level, likely, named))))
+                               np.where(pain_undescribed(), little, advice_index(level, likely, named))))
 
     def ask_next() -> np.ndarray:
         counts, fires, _ = rules()

@@ -16,9 +16,9 @@ from pipeline.core.schema import CONDITION_LABELS, CONDITIONS
 from pipeline.decision.costs import cost_levels
 from pipeline.decision.safety import Rule, SafetyNet, per_rule, rules_of
 
-__all__ = ["AGE_AND_SEX_REASON", "COST_REASON", "SOFTENED_REASON", "UNCERTAIN_REASON", "advice_codes", "advice_index",
-           "advice_table", "advice_written", "age_and_sex_advice", "age_and_sex_advice_codes",
-           "age_and_sex_advice_written", "cost_levels", "expected_cost_levels", "leading_screen_rule", "raise_to_rules",
+__all__ = ["UNDESCRIBED_PAIN_REASON", "COST_REASON", "SOFTENED_REASON", "UNCERTAIN_REASON", "advice_codes", "advice_index",
+           "advice_table", "advice_written", "undescribed_pain_advice", "undescribed_pain_advice_codes",
+           "undescribed_pain_advice_written", "cost_levels", "expected_cost_levels", "leading_screen_rule", "raise_to_rules",
            "reason_codes", "reason_table", "red_flags", "right_levels", "screen_advice", "screen_advice_codes",
            "screen_advice_index", "screen_advice_written",
            "strongest_rule", "triage_levels"]
@@ -53,9 +53,10 @@ def _raise_to_rules(level: np.ndarray, reason: np.ndarray, rule_level: np.ndarra
 COST_REASON, ATYPICAL_REASON, SOFTENED_REASON, FIRST_RULE_REASON = 0, 1, 2, 3  # reason codes of triage_levels
 UNCERTAIN_REASON = ("the expected cost points to the same day, but only through questions not answered yet: answer "
                     "them, and go the same day if one of the safety-net signs is present")  # reason code 2
-# shown for a cost decision (reason code 0) where only age and sex are known; the last of reason_table
-AGE_AND_SEX_REASON = ("only age and sex are known, too little to tell the cause: the level with the lowest expected "
-                      "cost for knee pain at that age and sex; answer the questions asked next")
+# shown for a cost decision (reason code 0) where nothing of the pain itself is known (no onset
+# or symptom answer: age, sex and history at most); the last of reason_table
+UNDESCRIBED_PAIN_REASON = ("nothing is known of the pain itself, too little to tell its cause: the level with the "
+                           "lowest expected cost for knee pain given the answers so far; answer the questions asked next")
 
 
 def triage_levels(cfg: TriageConfig, codes: dict[str, np.ndarray], proba: np.ndarray,
@@ -123,13 +124,13 @@ def reason_table(cfg: TriageConfig, screen: ScreenConfig | None = None) -> np.nd
                      UNCERTAIN_REASON,
                      *[f"red flag ({f.name}): {f.reason}" for f in cfg.red_flags],
                      *[f"screen ({r.name}): rule out {r.rule_out}: {r.reason}" for r in (screen.rules if screen else [])],
-                     AGE_AND_SEX_REASON], dtype=object)
+                     UNDESCRIBED_PAIN_REASON], dtype=object)
 
 
 def reason_codes(cfg: TriageConfig, screen: ScreenConfig | None = None) -> list[str]:
     """A short code for each reason of :func:`reason_table`, in the same order."""
     return ["expected_cost", "atypical", "same_day_unanswered", *[f"red_flag:{f.name}" for f in cfg.red_flags],
-            *[f"screen:{r.name}" for r in (screen.rules if screen else [])], "age_and_sex_only"]
+            *[f"screen:{r.name}" for r in (screen.rules if screen else [])], "pain_not_described"]
 
 
 def advice_codes() -> np.ndarray:
@@ -151,29 +152,29 @@ def advice_table(cfg: TriageConfig) -> np.ndarray:
                      for lv in LEVELS], dtype=object)
 
 
-def age_and_sex_advice(cfg: TriageConfig) -> np.ndarray:
-    """(n_levels, 1 + n_conditions) advice of a case that gave only age and sex, whose level rests
-    on the expected cost: the level's instruction, that too little is known to tell the cause (no
-    condition's advice: "Most likely ACL injury ... usually needs reconstructive surgery" for an
-    18-year-old who said nothing of the pain was a guess), then (at ``1 + d``) that condition ``d``,
-    which the level is for, is not ruled out, and the closing."""
+def undescribed_pain_advice(cfg: TriageConfig) -> np.ndarray:
+    """(n_levels, 1 + n_conditions) advice of a case that says nothing of the pain itself (no onset
+    or symptom answer), whose level rests on the expected cost: the level's instruction, that too
+    little is known to tell the cause (no condition's advice: "Most likely ACL injury ... usually
+    needs reconstructive surgery" for an 18-year-old who gave only her age was a guess), then (at
+    ``1 + d``) that condition ``d``, which the level is for, is not ruled out, and the closing."""
     def text(lv: Level, d: str | None) -> str:
         other = f"Not ruled out: {CONDITION_LABELS[d]}, which this level is for. " if d else ""
-        return (f"{cfg.level_text[lv]} Only age and sex are known, which is too little to tell what causes the pain: "
+        return (f"{cfg.level_text[lv]} Nothing is known of the pain itself yet, which is too little to tell its cause: "
                 f"the answers to the questions asked next would tell more. {other}{cfg.closing}")
 
     return np.array([[text(lv, None), *(text(lv, d) for d in CONDITIONS)] for lv in LEVELS], dtype=object)
 
 
-def age_and_sex_advice_codes() -> np.ndarray:
-    """Short codes of :func:`age_and_sex_advice`: ``<level>:age_and_sex_only``, then
-    ``<level>:age_and_sex_only+<condition>``."""
-    return np.array([[f"{lv}:age_and_sex_only", *(f"{lv}:age_and_sex_only+{d}" for d in CONDITIONS)] for lv in LEVELS],
+def undescribed_pain_advice_codes() -> np.ndarray:
+    """Short codes of :func:`undescribed_pain_advice`: ``<level>:pain_not_described``, then
+    ``<level>:pain_not_described+<condition>``."""
+    return np.array([[f"{lv}:pain_not_described", *(f"{lv}:pain_not_described+{d}" for d in CONDITIONS)] for lv in LEVELS],
                     dtype=object)
 
 
-def age_and_sex_advice_written(cfg: TriageConfig) -> np.ndarray:
-    """The cells of :func:`age_and_sex_advice` a case can get: a condition named where a case at
+def undescribed_pain_advice_written(cfg: TriageConfig) -> np.ndarray:
+    """The cells of :func:`undescribed_pain_advice` a case can get: a condition named where a case at
     that level can have it named as the one the level is for (:func:`advice_written`)."""
     return np.concatenate([np.ones((len(LEVELS), 1), dtype=bool), _named_at_level(cfg)], axis=1)
 
