@@ -139,6 +139,13 @@ def test_a_screen_rule_is_covered_only_by_another_rule_as_urgent():
     by_name["septic_joint_or_cellulitis"]["covered_by"] = ["hot_swollen_knee"]
     with pytest.raises(ValidationError, match="'hot_swollen_knee' is at level 'see_doctor_soon', below 'emergency'"):
         ScreenConfig.model_validate(data)
+    by_name["septic_joint_or_cellulitis"]["covered_by"] = []
+    by_name["pulmonary_embolism"]["covered_by"] = ["limb_ischaemia"]
+    by_name["limb_ischaemia"]["covered_by"] = ["popliteal_aneurysm"]
+    ScreenConfig.model_validate(data)  # a chain: where all three fire, the aneurysm is named
+    by_name["popliteal_aneurysm"]["covered_by"] = ["pulmonary_embolism"]
+    with pytest.raises(ValidationError, match="pulmonary_embolism, limb_ischaemia, popliteal_aneurysm cover each other"):
+        ScreenConfig.model_validate(data)
 
 
 def test_a_red_flags_condition_must_call_for_the_flags_level(cfg):
@@ -278,35 +285,47 @@ def test_a_rule_at_the_softened_level_keeps_the_condition_the_level_rests_on(tra
 
 def test_with_nothing_of_the_pain_known_the_advice_names_no_condition_and_says_too_little_is_known(trained):
     """Age, sex and history tell too little to name a cause: no "Most likely ACL injury: ... usually
-    needs reconstructive surgery" for an 18-year-old who said nothing of the pain. The level still
-    rests on the expected cost (a DVT the same day is softened, as for any case, and named); one
-    answer about the pain and the condition's advice is back; a screen rule keeps its own advice."""
+    needs reconstructive surgery" for an 18-year-old who said nothing of the pain, but the condition
+    the level is for, not ruled out (a softened same day's DVT, however likely). At the same day the
+    condition's advice stands ("Do not massage the leg"), as it does after one answer about the
+    pain, and a rule keeps its own reason."""
     from pipeline.serve.predict import get_model
 
     model = get_model(trained[0])
-    cases = [{"age": 18, "sex": "female"}, {"age": 80, "sex": "male", "smoker": "yes", "pregnant": "no"},
-             {"age": 18, "sex": "female", "activity": "running", "previous_vte": "no"},
-             {"age": 80, "sex": "male", "fever": "no"}, {"age": 18, "sex": "female", "onset": "sudden"},
-             {"age": 18, "sex": "female", "fever": "yes", "skin_red": "yes"}]
-    parsed = parse_cases(pd.DataFrame(cases))
+    acl, cramp, osteoarthritis = (CONDITIONS.index(c) for c in ("acl_injury", "leg_cramp", "osteoarthritis"))
+    young, old = {"age": 18, "sex": "female"}, {"age": 80, "sex": "male"}
+    cases = [(young, {acl: 1.0}, "pain_not_described", "see_doctor_soon:pain_not_described+acl_injury"),
+             ({**old, "smoker": "yes", "pregnant": "no"}, {acl: 0.9, DVT: 0.1}, "same_day_unanswered",
+              "see_doctor_soon:pain_not_described+dvt"),
+             ({**old, "long_travel": "yes"}, {acl: 0.25, cramp: 0.2, osteoarthritis: 0.25, DVT: 0.3}, "same_day_unanswered",
+              "see_doctor_soon:pain_not_described+dvt"),
+             ({**young, "activity": "running", "previous_vte": "no"}, {cramp: 1.0}, "pain_not_described",
+              "self_care:pain_not_described"),
+             ({**old, "smoker": "no"}, {DVT: 1.0}, "expected_cost", "emergency:dvt"),  # the same day, not softened
+             ({**old, "previous_vte": "yes", "active_cancer": "yes"}, {DVT: 1.0},
+              "red_flag:clot_before_with_wells_history", "emergency:dvt"),
+             ({**old, "fever": "no"}, {acl: 0.9, DVT: 0.1}, "same_day_unanswered", "see_doctor_soon:acl_injury+dvt"),
+             ({**young, "onset": "sudden"}, {acl: 1.0}, "expected_cost", "see_doctor_soon:acl_injury"),
+             ({**young, "fever": "yes", "skin_red": "yes"}, {acl: 1.0}, "screen:septic_joint_or_cellulitis",
+              "screen:septic_joint_or_cellulitis")]
+    parsed = parse_cases(pd.DataFrame([c for c, *_ in cases]))
     proba = np.zeros((len(cases), len(CONDITIONS)))
-    proba[:, CONDITIONS.index("acl_injury")] = 1.0
-    proba[[1, 3], CONDITIONS.index("acl_injury")], proba[[1, 3], DVT] = 0.9, 0.1  # the same day, by the cost
+    for i, (_, p, *_) in enumerate(cases):
+        proba[i, list(p)] = list(p.values())
     coded = decision_columns(model.decision, model.kb, parsed, proba, codes=True)
-    assert list(coded["triage_reason"]) == ["pain_not_described", "same_day_unanswered", "pain_not_described",
-                                            "same_day_unanswered", "expected_cost", "screen:septic_joint_or_cellulitis"]
-    assert list(coded["advice"]) == ["see_doctor_soon:pain_not_described", "see_doctor_soon:pain_not_described+dvt",
-                                     "see_doctor_soon:pain_not_described", "see_doctor_soon:acl_injury+dvt",
-                                     "see_doctor_soon:acl_injury", "screen:septic_joint_or_cellulitis"]
+    assert list(coded["triage_reason"]) == [r for *_, r, _ in cases]
+    assert list(coded["advice"]) == [a for *_, a in cases]
     texts = decision_columns(model.decision, model.kb, parsed, proba)
     lookup = model.decision.text_codes(model.kb)
     assert [lookup["advice"][t] for t in texts["advice"]] == list(coded["advice"])  # the lookup file has them
     assert [lookup["triage_reason"][t] for t in texts["triage_reason"]] == list(coded["triage_reason"])
-    for advice in texts["advice"][:3]:
+    for advice in texts["advice"][:4]:
         assert "Nothing is known of the pain itself yet" in advice and "Most likely" not in advice
         assert "reconstructive" not in advice and advice.endswith(model.decision.config.closing)
-    assert "Not ruled out: deep vein thrombosis" in texts["advice"][1]
-    assert texts["advice"][4].startswith("See a doctor soon (within a day or two). Most likely ACL injury")
+    assert "Not ruled out: ACL injury, which this level is for" in texts["advice"][0]
+    assert "Not ruled out: deep vein thrombosis" in texts["advice"][1] and "Not ruled out" not in texts["advice"][3]
+    assert "Do not massage the leg" in texts["advice"][4] and "Do not massage the leg" in texts["advice"][5]
+    assert texts["advice"][7].startswith("See a doctor soon (within a day or two). Most likely ACL injury")
     assert texts["triage_reason"][0].startswith("nothing is known of the pain itself")
 
 

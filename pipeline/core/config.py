@@ -204,6 +204,16 @@ class ScreenConfig(StrictModel):
                 if LEVELS.index(other.level) < LEVELS.index(r.level):
                     raise ValueError(f"{r.name}.covered_by: {name!r} is at level {other.level!r}, below "
                                      f"{r.level!r}: a covering rule must send a case at least as soon")
+        # rules that cover each other would leave neither named where both fire
+        uncovered = {r.name for r in self.rules if not r.covered_by}
+        left = [r for r in self.rules if r.covered_by]
+        while left:
+            ready = [r for r in left if all(n in uncovered for n in r.covered_by)]
+            if not ready:
+                raise ValueError(f"covered_by: {', '.join(r.name for r in left)} cover each other in a cycle, so "
+                                 "where they fire together none would be named")
+            uncovered |= {r.name for r in ready}
+            left = [r for r in left if r not in ready]
         return self
 
 

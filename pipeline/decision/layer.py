@@ -54,8 +54,9 @@ __all__ = ["DECISION_COLUMNS", "DECISION_COLUMN_DOCS", "DECISION_COLUMN_TYPES", 
 DECISION_COLUMN_DOCS = {
     "triage": "`emergency`, `see_doctor_soon`, `see_doctor` or `self_care`: the expected-cost level, raised by red flags",
     "triage_reason": "why: the red flag or screen rule that fired, the atypical flag, the expected-cost decision, or "
-                     "that the same day rests on questions not answered yet; where nothing of the pain itself is "
-                     "known (age, sex and history at most), that this is too little to tell its cause",
+                     "that the same day rests on questions not answered yet; for an expected-cost level below the "
+                     "same day where nothing of the pain itself is known (age, sex and history at most), that "
+                     "this is too little to tell its cause",
     "safety_net": "the signs that would raise the level, in plain words, `|`-separated, the most urgent first: the "
                   "red flags and screen rules that unanswered questions could still fire (if one is present, seek "
                   "care as its rule says: the same day for most, within a day or two for a swollen leg with a DVT "
@@ -80,7 +81,8 @@ DECISION_COLUMN_DOCS = {
               "a same day softened because it rests on unanswered questions: does not call for the same day); a DVT "
               "that cannot be ruled out, most often; where a screen rule sets the level, what to rule out first "
               "and why instead of a condition's advice; where nothing of the pain itself is known (age, sex "
-              "and history at most), that this is too little to tell its cause, instead of a condition's advice; "
+              "and history at most) and the level, below the same day, rests on the expected cost, that this is "
+              "too little to tell its cause and the condition the level is for, instead of a condition's advice; "
               "and always the advice to seek professional advice",
     "differential": "the conditions that remain possible, most likely first, `|`-separated: a conformal prediction "
                     "set fitted to hold the true condition for 90% of the calibration cases by default, and for at "
@@ -325,10 +327,12 @@ def decision_columns(decision: Decision, kb: KnowledgeBase, parsed: ParsedCases,
 
     @cache
     def pain_undescribed() -> np.ndarray:
-        """Per case, whether its level rests on the expected cost and nothing of the pain itself is
-        known (age, sex and history at most)."""
-        basis = triage()[2]
-        return ((basis == COST_REASON) | (basis == SOFTENED_REASON)) & unanswered_matrix(parsed.codes, _PAIN).all(axis=1)
+        """Per case, whether nothing of the pain itself is known (age, sex and history at most) and
+        its level, below the same day, rests on the expected cost (at the same day, the advice of
+        the condition it is for stands: "Do not massage the leg" for a DVT)."""
+        level, _, basis = triage()
+        return (((basis == COST_REASON) | (basis == SOFTENED_REASON)) & (level < _EMERGENCY)
+                & unanswered_matrix(parsed.codes, _PAIN).all(axis=1))
 
     def triage_reason() -> pd.api.extensions.ExtensionArray:
         reason = triage()[1]
@@ -344,8 +348,10 @@ def decision_columns(decision: Decision, kb: KnowledgeBase, parsed: ParsedCases,
         # naming beside it the condition that calls for the level too: that one, else the most likely
         first = leading_screen_rule(screen, level, rules()[1][:, len(cfg.red_flags):])
         also = np.where(named >= 0, named, np.where(right[likely] >= level, likely, -1))
-        # with nothing of the pain known, no condition's advice: that too little is known, and the named one
-        little = decision._undescribed_pain_advice_start + level.astype(np.int64) * (len(CONDITIONS) + 1) + named + 1
+        # with nothing of the pain known, no condition's advice: that too little is known, and the
+        # condition the level is for (the most likely one that calls for it; none for self-care)
+        little = (decision._undescribed_pain_advice_start + level.astype(np.int64) * (len(CONDITIONS) + 1)
+                  + np.where(level > 0, driver, -1) + 1)
         return lookup(decision._advice_codes if codes else decision._advice,
                       np.where(first >= 0, decision._screen_advice_start + screen_advice_index(first, also),
                                np.where(pain_undescribed(), little, advice_index(level, likely, named))))

@@ -154,10 +154,11 @@ def advice_table(cfg: TriageConfig) -> np.ndarray:
 
 def undescribed_pain_advice(cfg: TriageConfig) -> np.ndarray:
     """(n_levels, 1 + n_conditions) advice of a case that says nothing of the pain itself (no onset
-    or symptom answer), whose level rests on the expected cost: the level's instruction, that too
-    little is known to tell the cause (no condition's advice: "Most likely ACL injury ... usually
-    needs reconstructive surgery" for an 18-year-old who gave only her age was a guess), then (at
-    ``1 + d``) that condition ``d``, which the level is for, is not ruled out, and the closing."""
+    or symptom answer), whose level, below the same day, rests on the expected cost: the level's
+    instruction, that too little is known to tell the cause (no condition's advice: "Most likely
+    ACL injury ... usually needs reconstructive surgery" for an 18-year-old who gave only her age
+    was a guess), then (at ``1 + d``) that condition ``d``, which the level is for, is not ruled
+    out, and the closing."""
     def text(lv: Level, d: str | None) -> str:
         other = f"Not ruled out: {CONDITION_LABELS[d]}, which this level is for. " if d else ""
         return (f"{cfg.level_text[lv]} Nothing is known of the pain itself yet, which is too little to tell its cause: "
@@ -169,14 +170,18 @@ def undescribed_pain_advice(cfg: TriageConfig) -> np.ndarray:
 def undescribed_pain_advice_codes() -> np.ndarray:
     """Short codes of :func:`undescribed_pain_advice`: ``<level>:pain_not_described``, then
     ``<level>:pain_not_described+<condition>``."""
-    return np.array([[f"{lv}:pain_not_described", *(f"{lv}:pain_not_described+{d}" for d in CONDITIONS)] for lv in LEVELS],
-                    dtype=object)
+    return np.array([[f"{lv}:pain_not_described", *(f"{lv}:pain_not_described+{d}" for d in CONDITIONS)]
+                     for lv in LEVELS], dtype=object)
 
 
 def undescribed_pain_advice_written(cfg: TriageConfig) -> np.ndarray:
-    """The cells of :func:`undescribed_pain_advice` a case can get: a condition named where a case at
-    that level can have it named as the one the level is for (:func:`advice_written`)."""
-    return np.concatenate([np.ones((len(LEVELS), 1), dtype=bool), _named_at_level(cfg)], axis=1)
+    """The cells of :func:`undescribed_pain_advice` a case can get: below the same day, a
+    condition named where it calls for the level (above self-care, which every condition calls
+    for) or, at ``uncertain.level``, for the same day (a softened one)."""
+    right, level = right_levels(cfg)[None, :], np.arange(len(LEVELS))[:, None]
+    same_day = len(LEVELS) - 1
+    named = (((right >= level) & (level > 0)) | ((level == LEVELS.index(cfg.uncertain.level)) & (right == same_day)))
+    return np.concatenate([np.ones((len(LEVELS), 1), dtype=bool), named], axis=1) & (level < same_day)
 
 
 def advice_written(cfg: TriageConfig) -> np.ndarray:
@@ -190,11 +195,6 @@ def advice_written(cfg: TriageConfig) -> np.ndarray:
     named = ((likely < level) & (level <= other)) | softened
     return np.concatenate([np.ones((len(LEVELS), len(CONDITIONS), 1), dtype=bool), named], axis=2)
 
-
-def _named_at_level(cfg: TriageConfig) -> np.ndarray:
-    """(n_levels, n_conditions): whether a case at the level can have the condition named as the
-    less likely one the level is for (:func:`advice_written`)."""
-    return np.asarray(advice_written(cfg)[:, :, 1:].any(axis=1))
 
 
 def screen_advice(cfg: TriageConfig, screen: ScreenConfig) -> np.ndarray:
@@ -220,7 +220,7 @@ def screen_advice_written(cfg: TriageConfig, screen: ScreenConfig) -> np.ndarray
     """The cells of :func:`screen_advice` a case can get: a condition named where it calls for the
     rule's level (the most likely one), or where a case at that level can have it named as a
     less likely one (:func:`advice_written`)."""
-    named = _named_at_level(cfg)
+    named = np.asarray(advice_written(cfg)[:, :, 1:].any(axis=1))  # (level, condition)
     named |= right_levels(cfg)[None, :] >= np.arange(len(LEVELS))[:, None]
     at = _screen_levels(screen)
     return np.concatenate([np.ones((len(at), 1), dtype=bool), named[at]], axis=1)
