@@ -9,7 +9,7 @@ from pipeline.core.blas import dot_exact
 from pipeline.core.config import LEVELS, ScreenConfig, TriageConfig, load_config
 from pipeline.core.parsing import parse_cases, premise_denied, unanswered
 from pipeline.core.paths import config_path
-from pipeline.core.schema import CONDITIONS, SYMPTOMS, UNKNOWN
+from pipeline.core.schema import CONDITIONS, SCREEN_SIGNS, SYMPTOMS, UNKNOWN
 from pipeline.data.datasets import labels
 from pipeline.decision.atypical import fit_atypical, flag_atypical
 from pipeline.decision.conformal import blank_at_random, credible_sets, fit_conformal, prediction_sets, set_cells
@@ -304,7 +304,9 @@ def test_with_nothing_of_the_pain_known_the_advice_names_no_condition_and_says_t
              ({**old, "smoker": "no"}, {DVT: 1.0}, "expected_cost", "emergency:dvt"),  # the same day, not softened
              ({**old, "previous_vte": "yes", "active_cancer": "yes"}, {DVT: 1.0},
               "red_flag:clot_before_with_wells_history", "emergency:dvt"),
-             ({**old, "fever": "no"}, {acl: 0.9, DVT: 0.1}, "same_day_unanswered", "see_doctor_soon:acl_injury+dvt"),
+             ({**young, **dict.fromkeys(SCREEN_SIGNS, "no")}, {acl: 1.0}, "pain_not_described",
+              "see_doctor_soon:pain_not_described+acl_injury"),  # no fever, no chest pain: nothing of the knee
+             ({**old, "giving_way": "no"}, {acl: 0.9, DVT: 0.1}, "same_day_unanswered", "see_doctor_soon:acl_injury+dvt"),
              ({**young, "onset": "sudden"}, {acl: 1.0}, "expected_cost", "see_doctor_soon:acl_injury"),
              ({**young, "fever": "yes", "skin_red": "yes"}, {acl: 1.0}, "screen:septic_joint_or_cellulitis",
               "screen:septic_joint_or_cellulitis")]
@@ -325,7 +327,7 @@ def test_with_nothing_of_the_pain_known_the_advice_names_no_condition_and_says_t
     assert "Not ruled out: ACL injury, which this level is for" in texts["advice"][0]
     assert "Not ruled out: deep vein thrombosis" in texts["advice"][1] and "Not ruled out" not in texts["advice"][3]
     assert "Do not massage the leg" in texts["advice"][4] and "Do not massage the leg" in texts["advice"][5]
-    assert texts["advice"][7].startswith("See a doctor soon (within a day or two). Most likely ACL injury")
+    assert texts["advice"][8].startswith("See a doctor soon (within a day or two). Most likely ACL injury")
     assert texts["triage_reason"][0].startswith("nothing is known of the pain itself")
 
 

@@ -190,6 +190,9 @@ TRISTATE_FIELDS = tuple(f.name for f in FIELDS if f.kind == "tristate")
 CATEGORY_FIELDS = tuple(f.name for f in FIELDS if f.kind == "category")
 NUMERIC_FIELDS = tuple(f.name for f in FIELDS if f.kind in ("integer", "float"))
 SYMPTOMS = tuple(f.name for f in FIELDS if f.group == "symptom")
+# the screen's signs, of conditions outside the nine (docs/case-schema.md): a "no" to them says
+# nothing of what the knee pain is like
+SCREEN_SIGNS = ("breathless_or_chest_pain", "fever", "foot_cold_or_pale", "pulsating_lump")
 # yes/no answers that depend on the condition only (not on the latent severity)
 CONTEXT_TRISTATES = tuple(f.name for f in FIELDS if f.group == "context" and f.kind == "tristate")
 ONSET_TRISTATES = tuple(f.name for f in FIELDS if f.group == "onset" and f.kind == "tristate")

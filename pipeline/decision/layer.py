@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from pipeline.core.config import LEVELS, ScreenConfig, TriageConfig
 from pipeline.core.knowledge import KnowledgeBase
 from pipeline.core.parsing import ParsedCases, unanswered_matrix
-from pipeline.core.schema import CONDITIONS, FIELDS
+from pipeline.core.schema import CONDITIONS, FIELDS, SCREEN_SIGNS
 from pipeline.core.textcols import lookup, text_array
 from pipeline.decision.atypical import fit_atypical, flag_atypical
 from pipeline.decision.conformal import blank_at_random, fit_conformal, format_sets, prediction_sets
@@ -55,8 +55,8 @@ DECISION_COLUMN_DOCS = {
     "triage": "`emergency`, `see_doctor_soon`, `see_doctor` or `self_care`: the expected-cost level, raised by red flags",
     "triage_reason": "why: the red flag or screen rule that fired, the atypical flag, the expected-cost decision, or "
                      "that the same day rests on questions not answered yet; for an expected-cost level below the "
-                     "same day where nothing of the pain itself is known (age, sex and history at most), that "
-                     "this is too little to tell its cause",
+                     "same day where nothing of the pain itself is known (age, sex, history and the screen's signs "
+                     "at most), that this is too little to tell its cause",
     "safety_net": "the signs that would raise the level, in plain words, `|`-separated, the most urgent first: the "
                   "red flags and screen rules that unanswered questions could still fire (if one is present, seek "
                   "care as its rule says: the same day for most, within a day or two for a swollen leg with a DVT "
@@ -80,10 +80,10 @@ DECISION_COLUMN_DOCS = {
               "an expected-cost level or a red flag is for where the most likely one does not call for that level (for "
               "a same day softened because it rests on unanswered questions: does not call for the same day); a DVT "
               "that cannot be ruled out, most often; where a screen rule sets the level, what to rule out first "
-              "and why instead of a condition's advice; where nothing of the pain itself is known (age, sex "
-              "and history at most) and the level, below the same day, rests on the expected cost, that this is "
-              "too little to tell its cause and the condition the level is for, instead of a condition's advice; "
-              "and always the advice to seek professional advice",
+              "and why instead of a condition's advice; where nothing of the pain itself is known (age, sex, "
+              "history and the screen's signs at most) and the level, below the same day, rests on the expected "
+              "cost, that this is too little to tell its cause and the condition the level is for, instead of a "
+              "condition's advice; and always the advice to seek professional advice",
     "differential": "the conditions that remain possible, most likely first, `|`-separated: a conformal prediction "
                     "set fitted to hold the true condition for 90% of the calibration cases by default, and for at "
                     "least 87% within each band of confidence and of answers known (new cases land within sampling "
@@ -219,7 +219,8 @@ def fit_decision_on(model, kb: KnowledgeBase, calib: pd.DataFrame, config: Triag
 
 
 _EMERGENCY = LEVELS.index("emergency")
-_PAIN = [f.name for f in FIELDS if f.group in ("onset", "symptom")]  # what the pain itself is like
+# what the pain itself is like: the onset and symptoms but the screen's signs
+_PAIN = [f.name for f in FIELDS if f.group in ("onset", "symptom") and f.name not in SCREEN_SIGNS]
 
 
 def driving_condition(proba: np.ndarray, level: np.ndarray, reason: np.ndarray, cfg: TriageConfig,
@@ -327,9 +328,9 @@ def decision_columns(decision: Decision, kb: KnowledgeBase, parsed: ParsedCases,
 
     @cache
     def pain_undescribed() -> np.ndarray:
-        """Per case, whether nothing of the pain itself is known (age, sex and history at most) and
-        its level, below the same day, rests on the expected cost (at the same day, the advice of
-        the condition it is for stands: "Do not massage the leg" for a DVT)."""
+        """Per case, whether nothing of the pain itself is known (age, sex, history and the screen's
+        signs at most) and its level, below the same day, rests on the expected cost (at the same
+        day, the advice of the condition it is for stands: "Do not massage the leg" for a DVT)."""
         level, _, basis = triage()
         return (((basis == COST_REASON) | (basis == SOFTENED_REASON)) & (level < _EMERGENCY)
                 & unanswered_matrix(parsed.codes, _PAIN).all(axis=1))

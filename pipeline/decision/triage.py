@@ -54,7 +54,7 @@ COST_REASON, ATYPICAL_REASON, SOFTENED_REASON, FIRST_RULE_REASON = 0, 1, 2, 3  #
 UNCERTAIN_REASON = ("the expected cost points to the same day, but only through questions not answered yet: answer "
                     "them, and go the same day if one of the safety-net signs is present")  # reason code 2
 # shown for a cost decision (reason code 0) where nothing of the pain itself is known (no onset
-# or symptom answer: age, sex and history at most); the last of reason_table
+# or symptom answer but the screen's signs: age, sex and history at most); the last of reason_table
 UNDESCRIBED_PAIN_REASON = ("nothing is known of the pain itself, too little to tell its cause: the level with the "
                            "lowest expected cost for knee pain given the answers so far; answer the questions asked next")
 
@@ -154,11 +154,11 @@ def advice_table(cfg: TriageConfig) -> np.ndarray:
 
 def undescribed_pain_advice(cfg: TriageConfig) -> np.ndarray:
     """(n_levels, 1 + n_conditions) advice of a case that says nothing of the pain itself (no onset
-    or symptom answer), whose level, below the same day, rests on the expected cost: the level's
-    instruction, that too little is known to tell the cause (no condition's advice: "Most likely
-    ACL injury ... usually needs reconstructive surgery" for an 18-year-old who gave only her age
-    was a guess), then (at ``1 + d``) that condition ``d``, which the level is for, is not ruled
-    out, and the closing."""
+    or symptom answer but the screen's signs), whose level, below the same day, rests on the
+    expected cost: the level's instruction, that too little is known to tell the cause (no
+    condition's advice: "Most likely ACL injury ... usually needs reconstructive surgery" for an
+    18-year-old who gave only her age was a guess), then (at ``1 + d``) that condition ``d``,
+    which the level is for, is not ruled out, and the closing."""
     def text(lv: Level, d: str | None) -> str:
         other = f"Not ruled out: {CONDITION_LABELS[d]}, which this level is for. " if d else ""
         return (f"{cfg.level_text[lv]} Nothing is known of the pain itself yet, which is too little to tell its cause: "
