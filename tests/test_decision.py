@@ -626,6 +626,50 @@ def test_ask_next_asks_about_fever_for_a_hot_swollen_knee_however_unlikely_the_n
     assert ((same_day[0] > 0) & (change[0] > change[0, fever])).any()  # a likelier same-day question it goes before
 
 
+@pytest.mark.parametrize("case, asked", [
+    # sudden pain with weakness or tingling is how an acute limb ischaemia comes on: is the foot cold?
+    ({"age": 74, "sex": "male", "onset": "sudden", "tingling": "yes", "weakness": "yes"}, "foot_cold_or_pale"),
+    ({"age": 74, "sex": "male", "onset": "sudden", "weakness": "yes"}, "foot_cold_or_pale"),
+    ({"age": 74, "sex": "male", "onset": "gradual", "weakness": "yes"}, None),
+    ({"age": 74, "sex": "male", "onset": "sudden"}, None),
+    # a lump behind the knee at 50 or older: does it pulse (a popliteal aneurysm)?
+    ({"age": 73, "sex": "male", "swelling_behind_knee": "yes", "onset": "gradual"}, "pulsating_lump"),
+    ({"age": 73, "sex": "female", "swelling_behind_knee": "yes", "onset": "gradual"}, "pulsating_lump"),
+    ({"age": 35, "sex": "male", "swelling_behind_knee": "yes", "onset": "gradual"}, None),
+])
+def test_ask_next_asks_first_about_a_same_day_screen_sign_the_case_suggests(cfg, net, case, asked):
+    """A screen rule's `suggested_by` signs make its one sign worth asking however unlikely the
+    nine conditions make it (a cramp or a Baker's cyst here), and first (no injury: the Ottawa
+    rule's question, which would come first at 55, is not open); without them it is not asked
+    (the safety net still names it)."""
+    codes = _codes([{**case, "injury_event": "none"}])
+    proba = np.zeros((1, len(CONDITIONS)))
+    proba[0, CONDITIONS.index("leg_cramp" if "weakness" in case or "tingling" in case else "bakers_cyst")] = 0.98
+    proba[0, CONDITIONS.index("meniscus_tear")] = 0.02
+    level, _ = triage_levels(cfg, codes, proba, net=net)
+    assert LEVELS[level[0]] != "emergency"
+    questions = net.ask_next(proba, codes, level, np.zeros(1, dtype=bool), net.fires(codes), codes_out=True)[0]
+    screen_signs = [q for q in questions.split("|") if q in ("foot_cold_or_pale", "pulsating_lump")]
+    assert screen_signs == ([asked] if asked else []) and (asked is None or questions.startswith(asked))
+
+
+def test_a_screen_rules_suggesting_signs_are_checked_and_only_for_a_same_day_rule():
+    from pydantic import ValidationError
+
+    data = load_config(ScreenConfig, config_path("screen.yaml")).model_dump()
+    by_name = {r["name"]: r for r in data["rules"]}
+    by_name["limb_ischaemia"]["suggested_by"] = {"any": {"tingle": ["yes"]}, "source": "a test"}
+    with pytest.raises(ValidationError, match="any.tingle: not a case field"):
+        ScreenConfig.model_validate(data)
+    by_name["limb_ischaemia"]["suggested_by"] = {"source": "a test"}
+    with pytest.raises(ValidationError, match="give the signs in `all`, `any` or both"):
+        ScreenConfig.model_validate(data)
+    by_name["limb_ischaemia"]["suggested_by"] = None
+    by_name["hot_swollen_knee"]["suggested_by"] = {"all": {"fever": ["no"]}, "source": "a test"}
+    with pytest.raises(ValidationError, match="only a same-day rule's signs .* 'hot_swollen_knee' is at 'see_doctor_soon'"):
+        ScreenConfig.model_validate(data)
+
+
 def test_ask_next_asks_what_a_same_day_rule_waits_on_when_no_one_answer_changes_the_level(cfg, net):
     """Age and sex alone at P(DVT) 0.03: no single answer changes the level (every DVT rule needs
     two answers: a swollen or tender calf, veins, a whole leg swollen or a Wells item of the
@@ -693,9 +737,10 @@ def _ask_next_by_definition(cfg, net, screen, proba, codes, atypical):
 
 def _meets_in_part(rule, case):
     """Whether one field of ``rule`` matches, as its counts match them (the `all` fields that are
-    not unmatched, the `any` fields that match)."""
+    not unmatched, the `any` fields that match), or the case shows the signs that suggest it."""
     counts = rule_counts(rule.all, rule.any, case)[:, 0]
-    return len(rule.all) - counts[0] + counts[1] > 0
+    suggested = rule.suggested_by is not None and rule_fires(*rule.suggested_by, case)[0]
+    return len(rule.all) - counts[0] + counts[1] > 0 or suggested
 
 
 @pytest.mark.parametrize("block_rows", [97, 9])  # variants of a block: several hundred, or a few dozen (taken at once)
@@ -745,20 +790,24 @@ def test_counts_by_table_are_each_rules_counts(net, kb):
 def test_ask_next_matches_its_definition_under_rules_that_match_unknown_and_share_fields(cfg, kb):
     """Rules the shipped screen does not have: a yes/no or category answer of "unknown", a field in
     both ``all`` and ``any``, a rule without ``any``, a number in both that unknown does not match,
-    an answer that steps towards two same-day rules. Answering such a field changes each count in
-    either direction; ask_next still gives what triaging each variant in full gives."""
-    def rule(name, level, all_, any_=None):
+    an answer that steps towards two same-day rules, signs that suggest a rule (one of them a number,
+    another "unknown"). Answering such a field changes each count in either direction; ask_next
+    still gives what triaging each variant in full gives."""
+    def rule(name, level, all_, any_=None, suggested_by=None):
         return {"name": name, "rule_out": name, "level": level, "all": all_, "any": any_ or {}, "reason": "a test rule",
-                "safety_net": f"signs of {name}", "source": "assumption: a test rule"}
+                "safety_net": f"signs of {name}", "source": "assumption: a test rule",
+                "suggested_by": suggested_by and {**suggested_by, "source": "assumption: a test"}}
 
     screen = ScreenConfig.model_validate({"rules": [
         rule("red_knee", "emergency", {"knee_swelling": ["yes"], "skin_red": ["yes", "unknown"]},
              {"skin_red": ["yes"], "calf_tenderness": ["yes", "unknown"]}),
         rule("unknown_fall", "see_doctor_soon", {"injury_event": ["fall_onto_knee", "unknown"]}),
-        rule("no_pop", "emergency", {"heard_pop": ["no"]}, {"giving_way": ["unknown"], "fever": ["yes"]}),
+        rule("no_pop", "emergency", {"heard_pop": ["no"]}, {"giving_way": ["unknown"], "fever": ["yes"]},
+             {"any": {"locking": ["yes"], "age": [">=50"]}}),
         rule("old_short", "see_doctor_soon", {"age": [">=60"], "symptom_duration_days": ["<=3"]},
              {"age": [">=80"], "fever": ["yes"]}),
-        rule("hot_calf", "emergency", {"skin_warm": ["yes"]}, {"fever": ["yes"], "calf_tenderness": ["yes"]}),
+        rule("hot_calf", "emergency", {"skin_warm": ["yes"]}, {"fever": ["yes"], "calf_tenderness": ["yes"]},
+             {"all": {"onset": ["sudden"], "injury_event": ["none", "unknown"]}}),
     ]})
     net = SafetyNet(cfg, screen, kb)
     # more cases a block than FEW_CASES (a rule, a step at a time), several hundred variants, or a few dozen

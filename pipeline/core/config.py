@@ -136,6 +136,44 @@ class RedFlag(StrictModel):
     condition: str | None = None
 
 
+def _check_answers(part: str, fields: dict[str, list[str]]) -> None:
+    """``fields`` (a rule's ``all`` or ``any``, named ``part`` in messages) maps case fields to
+    answers they can have: answer texts, ``unknown``, or ``<=x`` / ``>=x`` for a number."""
+    from pipeline.core.schema import FIELD_NAMES, field
+
+    for name, answers in fields.items():
+        if name not in FIELD_NAMES:
+            raise ValueError(f"{part}.{name}: not a case field")
+        f = field(name)
+        for a in answers:
+            if a == "unknown":
+                continue
+            if f.kind in ("integer", "float"):
+                if not (a[:2] in ("<=", ">=") and _is_number(a[2:])):
+                    raise ValueError(f"{part}.{name}: {a!r} must be '<=x', '>=x' or 'unknown'")
+            elif a not in (("yes", "no") if f.kind == "tristate" else f.allowed):
+                raise ValueError(f"{part}.{name}: {a!r} is not an answer of {name}")
+
+
+class ScreenSuggestion(StrictModel):
+    """Signs that suggest a same-day screen rule's condition, matched as a rule is (every ``all``
+    field and, if given, one ``any`` field): where a case shows them, ``ask_next`` asks what would
+    make the rule fire however unlikely the nine conditions make it, as for a case that meets the
+    rule in part (sudden pain with weakness or tingling: is the foot cold or pale?)."""
+
+    all: dict[str, list[str]] = {}
+    any: dict[str, list[str]] = {}
+    source: str
+
+    @model_validator(mode="after")
+    def _fields(self) -> "ScreenSuggestion":
+        if not self.all and not self.any:
+            raise ValueError("give the signs in `all`, `any` or both")
+        _check_answers("all", self.all)
+        _check_answers("any", self.any)
+        return self
+
+
 class ScreenRule(StrictModel):
     """One rule of the emergency screen: what it rules out, when it fires, and why.
 
@@ -156,24 +194,15 @@ class ScreenRule(StrictModel):
     # them fires too, ``screen`` names only it ("a septic joint or cellulitis", not that and "a
     # septic joint")
     covered_by: list[str] = []
+    suggested_by: ScreenSuggestion | None = None  # same-day rules only
 
     @model_validator(mode="after")
     def _fields(self) -> "ScreenRule":
-        from pipeline.core.schema import FIELD_NAMES, field
-
-        for part in ("all", "any"):
-            for name, answers in getattr(self, part).items():
-                if name not in FIELD_NAMES:
-                    raise ValueError(f"{part}.{name}: not a case field")
-                f = field(name)
-                for a in answers:
-                    if a == "unknown":
-                        continue
-                    if f.kind in ("integer", "float"):
-                        if not (a[:2] in ("<=", ">=") and _is_number(a[2:])):
-                            raise ValueError(f"{part}.{name}: {a!r} must be '<=x', '>=x' or 'unknown'")
-                    elif a not in (("yes", "no") if f.kind == "tristate" else f.allowed):
-                        raise ValueError(f"{part}.{name}: {a!r} is not an answer of {name}")
+        _check_answers("all", self.all)
+        _check_answers("any", self.any)
+        if self.suggested_by is not None and self.level != "emergency":
+            raise ValueError(f"suggested_by: only a same-day rule's signs are asked however unlikely, and "
+                             f"{self.name!r} is at {self.level!r}")
         return self
 
 

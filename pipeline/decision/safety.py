@@ -59,6 +59,8 @@ class Rule:
     level: int
     safety_net: str
     name: str
+    # (all, any) of the signs that suggest a same-day screen rule (config.ScreenSuggestion), or None
+    suggested_by: tuple[dict[str, list[str]], dict[str, list[str]]] | None = None
 
     def fires(self, codes: dict[str, np.ndarray]) -> np.ndarray:
         return rule_fires(self.all, self.any, codes)
@@ -76,7 +78,8 @@ def rules_of(cfg: TriageConfig, screen: ScreenConfig | None) -> list[Rule]:
     """The red flags, then the screen rules."""
     rules = [Rule({k: [v] for k, v in f.all.items()}, {k: [v] for k, v in f.any.items()}, LEVELS.index(f.level),
                   f.safety_net, f.name) for f in cfg.red_flags]
-    return rules + [Rule(dict(r.all), dict(r.any), LEVELS.index(r.level), r.safety_net, r.name)
+    return rules + [Rule(dict(r.all), dict(r.any), LEVELS.index(r.level), r.safety_net, r.name,
+                         None if r.suggested_by is None else (dict(r.suggested_by.all), dict(r.suggested_by.any)))
                     for r in (screen.rules if screen else [])]
 
 
@@ -234,8 +237,9 @@ class SafetyNet:
 
         An answer is plausible when its predictive probability is at least
         ``ask_next.min_answer_probability``, or when it would make a same-day screen rule fire that the
-        case already meets in part (fever with a hot, swollen knee): the screen is for conditions
-        outside the nine, whose likelihoods say nothing of it. Each plausible (question, answer) of
+        case already meets in part (fever with a hot, swollen knee) or shows the signs of (its
+        ``suggested_by``: a cold, pale foot with sudden pain and weakness): the screen is for
+        conditions outside the nine, whose likelihoods say nothing of it. Each plausible (question, answer) of
         a case is a variant of it: the case with that answer,
         its probabilities re-weighted by the answer's likelihood, triaged as
         :func:`pipeline.decision.triage.triage_levels` would triage it (``atypical`` and ``fires``,
@@ -297,7 +301,7 @@ class SafetyNet:
         asked = unanswered_matrix(codes, self.candidates) & ~premise_denied(codes, self.candidates)
         columns = np.ascontiguousarray(proba.T)  # by condition, then case
         p_answer = dot_exact_columns(columns, self._likelihood_rows)  # (pair, case)
-        completes = self._completes_screen_rule(counts)
+        completes = self._completes_screen_rule(counts, self._suggested(codes))
         plausible = asked.T[self._pair_candidate] & ((p_answer >= self.cfg.ask_next.min_answer_probability) | completes)
         # the answers a same-day rule needs (one of its `all` fields) that a case below the same day
         # leaves open (by pair, then case), and by question, then case, their summed probability
@@ -334,15 +338,25 @@ class SafetyNet:
         same_day.ravel()[flat[screen]] = 2
         return change, same_day, needs
 
-    def _completes_screen_rule(self, counts: np.ndarray) -> np.ndarray:
+    def _suggested(self, codes: dict[str, np.ndarray]) -> np.ndarray:
+        """(n_cases, n_rules): whether the case shows the signs that suggest the rule (its
+        ``suggested_by``; False for a rule without)."""
+        out = np.zeros((len(codes["age"]), len(self.rules)), dtype=bool)
+        for k, rule in enumerate(self.rules):
+            if rule.suggested_by is not None:
+                out[:, k] = rule_fires(*rule.suggested_by, codes)
+        return out
+
+    def _completes_screen_rule(self, counts: np.ndarray, suggested: np.ndarray) -> np.ndarray:
         """(n_pairs, n_cases): whether the pair's answer would make a same-day screen rule fire that
-        the case already meets in part (a field of it matches: a hot, swollen knee for fever). Such
-        an answer is asked however unlikely the nine conditions make it: the screen is there for
-        conditions the model does not know."""
+        the case already meets in part (a field of it matches: a hot, swollen knee for fever) or
+        whose signs it shows (``suggested``, from :meth:`_suggested`: sudden pain with weakness for a
+        cold foot). Such an answer is asked however unlikely the nine conditions make it: the screen
+        is there for conditions the model does not know."""
         completes = np.zeros((len(self._pair_candidate), counts.shape[1]), dtype=bool)
         if counts.shape[1] <= FEW_CASES and len(self._step_rule):  # every step at once
             case = counts[:2].take(self._step_rule, axis=2).astype(np.int16)  # (2, n_cases, n_steps)
-            in_part = (self._step_all - case[0] + case[1]) > 0
+            in_part = ((self._step_all - case[0] + case[1]) > 0) | suggested.take(self._step_rule, axis=1)
             fires = (case[0] + self._step_change[0] == 0) & ((case[1] + self._step_change[1] > 0)
                                                              | ~self._has_any[self._step_rule])
             # a pair completes a rule if one of its steps does
@@ -350,7 +364,7 @@ class SafetyNet:
             return completes
         for i, (pair, k) in enumerate(zip(self._step_pair, self._step_rule)):  # a step at a time
             case = counts[:2, :, k].astype(np.int16)
-            in_part = (self._step_all[i] - case[0] + case[1]) > 0
+            in_part = ((self._step_all[i] - case[0] + case[1]) > 0) | suggested[:, k]
             fires = (case[0] + self._step_change[0, 0, i] == 0) & ((case[1] + self._step_change[1, 0, i] > 0)
                                                                   | ~self._has_any[k])
             completes[pair] |= in_part & fires
