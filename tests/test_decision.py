@@ -1,5 +1,7 @@
 """The decision layer: triage, red flags, conformal sets and the atypical flag."""
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -125,6 +127,19 @@ def test_a_red_flags_condition_is_shown_behind_another_rules_reason_and_whenever
     shown = with_driving_condition(sets, proba, level, reason, cfg, driving=driving)
     assert shown[0].tolist() == [c in (cramp, dvt) for c in range(len(CONDITIONS))]
     assert shown[1, dvt] and shown[1].sum() == 3
+
+
+def test_no_advice_below_the_same_day_tells_to_go_sooner_than_its_level(cfg):
+    """The level's text says when to go; a condition's advice after it must not say sooner (a DVT
+    softened to "within a day or two" read "needs medical assistance as soon as possible")."""
+    from pipeline.decision.triage import advice_table, advice_written
+
+    texts, written = advice_table(cfg), advice_written(cfg)
+    urgent = re.compile(r"as soon as possible|immediate|right away|\bnow\b|same day|emergency", re.IGNORECASE)
+    for level in range(LEVELS.index("emergency")):
+        for text in texts[level][written[level]]:
+            after = text.removeprefix(cfg.level_text[LEVELS[level]])
+            assert not urgent.search(after), text
 
 
 def test_a_screen_rule_is_covered_only_by_another_rule_as_urgent():
