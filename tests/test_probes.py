@@ -124,6 +124,10 @@ def test_the_screen_is_quiet_on_ordinary_cases(kb):
      False),
     ("pulmonary_embolism", {"age": 30, "sex": "male", "breathless_or_chest_pain": "no"}, False),
     ("limb_ischaemia", {"age": 30, "sex": "male", "foot_cold_or_pale": ""}, False),
+    ("slipped_femoral_epiphysis", {"age": 13, "sex": "male", "injury_event": "none"}, True),
+    ("slipped_femoral_epiphysis", {"age": 15, "sex": "female"}, True),  # no injury said: the hip stays to rule out
+    ("slipped_femoral_epiphysis", {"age": 16, "sex": "male", "injury_event": "none"}, False),
+    ("slipped_femoral_epiphysis", {"age": 13, "sex": "male", "injury_event": "fall_onto_knee"}, False),
 ])
 def test_each_screen_rule_fires_exactly_when_it_should(rule, case, fires):
     assert (rule in _screened(case)) == fires

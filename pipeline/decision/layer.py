@@ -94,7 +94,8 @@ DECISION_COLUMN_DOCS = {
                     "(DVT, most often), as is a red flag's own condition where the flag raised the level",
     "differential_size": "how many conditions the differential holds",
     "screen": "what must be ruled out that is none of the nine (pulmonary embolism, acute limb ischaemia, popliteal "
-              "aneurysm, a septic joint or cellulitis, a fracture by the Ottawa knee rule), `|`-separated; a rule "
+              "aneurysm, a septic joint or cellulitis, a fracture by the Ottawa knee rule, a slipped upper femoral "
+              "epiphysis at 15 or younger), `|`-separated; a rule "
               "that another one firing already covers is not named again (a hot, swollen knee's \"a septic joint\" "
               "beside a fever's \"a septic joint or cellulitis\"); empty if none",
     "atypical": "true when the answers fit none of the documented profiles well (the case is still scored)",
