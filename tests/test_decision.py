@@ -135,7 +135,8 @@ def test_no_advice_below_the_same_day_tells_to_go_sooner_than_its_level(cfg):
     from pipeline.decision.triage import advice_table, advice_written
 
     texts, written = advice_table(cfg), advice_written(cfg)
-    urgent = re.compile(r"as soon as possible|immediate|right away|\bnow\b|same day|emergency", re.IGNORECASE)
+    urgent = re.compile(r"as soon as possible|immediate|right away|straight away|at once|urgent|\bnow\b|same day|"
+                        r"emergency|within \d+ hours", re.IGNORECASE)
     for level in range(LEVELS.index("emergency")):
         for text in texts[level][written[level]]:
             after = text.removeprefix(cfg.level_text[LEVELS[level]])
@@ -344,6 +345,26 @@ def test_with_nothing_of_the_pain_known_the_advice_names_no_condition_and_says_t
     assert "Do not massage the leg" in texts["advice"][4] and "Do not massage the leg" in texts["advice"][5]
     assert texts["advice"][8].startswith("See a doctor soon (within a day or two). Most likely ACL injury")
     assert texts["triage_reason"][0].startswith("nothing is known of the pain itself")
+
+
+def test_a_child_without_an_injury_is_told_to_have_the_hip_checked_whatever_the_knee_looks_like(trained):
+    """A slipped upper femoral epiphysis shows as knee pain: at 15 or younger without an injury the
+    advice leads with it, whether the model's own level is below the rule's or at it; a child who
+    cannot walk goes the same day."""
+    from pipeline.serve.predict import get_model
+
+    model = get_model(trained[0])
+    child = {"age": 13, "sex": "male", "bmi": 32, "onset": "gradual", "injury_event": "none", "symptom_duration_days": 20}
+    parsed = parse_cases(pd.DataFrame([child, child, {**child, "unable_to_bear_weight": "yes"}]))
+    proba = np.zeros((3, len(CONDITIONS)))
+    proba[[0, 2], CONDITIONS.index("runners_knee")] = 1.0  # self-care by the cost
+    proba[1, CONDITIONS.index("acl_injury")] = 1.0  # within a day or two by the cost
+    coded = decision_columns(model.decision, model.kb, parsed, proba, codes=True)
+    assert list(coded["triage"]) == ["see_doctor_soon", "see_doctor_soon", "emergency"]
+    assert list(coded["advice"]) == ["screen:slipped_femoral_epiphysis", "screen:slipped_femoral_epiphysis+acl_injury",
+                                     "screen:unstable_slipped_femoral_epiphysis"]
+    texts = decision_columns(model.decision, model.kb, parsed, proba)
+    assert all("First rule out a slipped upper femoral epiphysis" in t for t in texts["advice"])
 
 
 def test_no_rule_stays_open_through_a_mans_pregnancy(net):
@@ -678,6 +699,9 @@ def test_a_screen_rules_suggesting_signs_are_checked_and_only_for_a_same_day_rul
         ScreenConfig.model_validate(data)
     by_name["limb_ischaemia"]["suggested_by"] = {"source": "a test"}
     with pytest.raises(ValidationError, match="give the signs in `all`, `any` or both"):
+        ScreenConfig.model_validate(data)
+    by_name["limb_ischaemia"]["suggested_by"] = {"all": {"onset": []}, "source": "a test"}  # would never match
+    with pytest.raises(ValidationError, match="all.onset: give at least one answer that matches"):
         ScreenConfig.model_validate(data)
     by_name["limb_ischaemia"]["suggested_by"] = None
     by_name["hot_swollen_knee"]["suggested_by"] = {"all": {"fever": ["no"]}, "source": "a test"}

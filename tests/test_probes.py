@@ -128,6 +128,9 @@ def test_the_screen_is_quiet_on_ordinary_cases(kb):
     ("slipped_femoral_epiphysis", {"age": 15, "sex": "female"}, True),  # no injury said: the hip stays to rule out
     ("slipped_femoral_epiphysis", {"age": 16, "sex": "male", "injury_event": "none"}, False),
     ("slipped_femoral_epiphysis", {"age": 13, "sex": "male", "injury_event": "fall_onto_knee"}, False),
+    ("unstable_slipped_femoral_epiphysis", {"age": 14, "sex": "male", "unable_to_bear_weight": "yes"}, True),
+    ("unstable_slipped_femoral_epiphysis", {"age": 14, "sex": "male", "injury_event": "none"}, False),
+    ("unstable_slipped_femoral_epiphysis", {"age": 16, "sex": "male", "unable_to_bear_weight": "yes"}, False),
 ])
 def test_each_screen_rule_fires_exactly_when_it_should(rule, case, fires):
     assert (rule in _screened(case)) == fires
@@ -139,6 +142,13 @@ def test_screen_names_list_what_to_rule_out():
     names = screen_names(SCREEN, screen_matches(SCREEN, codes))
     assert names[0] == "pulmonary embolism|a septic joint or cellulitis" and names[1] == ""
     assert all(r.level in LEVELS for r in SCREEN.rules)
+
+
+def test_a_child_who_cannot_walk_names_the_hip_once():
+    matches = screen_matches(SCREEN, parse_cases(pd.DataFrame([
+        {"age": 14, "sex": "male", "injury_event": "none", "unable_to_bear_weight": "yes"}])).codes)
+    assert matches[0, RULES.index("slipped_femoral_epiphysis")] and matches[0, RULES.index("unstable_slipped_femoral_epiphysis")]
+    assert screen_names(SCREEN, matches)[0] == "a slipped upper femoral epiphysis (a hip problem of growing children)"
 
 
 @pytest.mark.parametrize("fever, named", [("yes", "a septic joint or cellulitis"), ("no", "a septic joint"),

@@ -145,6 +145,8 @@ def _check_answers(part: str, fields: dict[str, list[str]]) -> None:
         if name not in FIELD_NAMES:
             raise ValueError(f"{part}.{name}: not a case field")
         f = field(name)
+        if not answers:
+            raise ValueError(f"{part}.{name}: give at least one answer that matches")
         for a in answers:
             if a == "unknown":
                 continue
