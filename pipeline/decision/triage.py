@@ -16,12 +16,11 @@ from pipeline.core.schema import CONDITION_LABELS, CONDITIONS
 from pipeline.decision.costs import cost_levels
 from pipeline.decision.safety import Rule, SafetyNet, per_rule, rules_of
 
-__all__ = ["UNDESCRIBED_PAIN_REASON", "COST_REASON", "SOFTENED_REASON", "UNCERTAIN_REASON", "advice_codes", "advice_index",
-           "advice_table", "advice_written", "undescribed_pain_advice", "undescribed_pain_advice_codes",
-           "undescribed_pain_advice_written", "cost_levels", "expected_cost_levels", "leading_screen_rule", "raise_to_rules",
-           "reason_codes", "reason_table", "red_flags", "right_levels", "screen_advice", "screen_advice_codes",
-           "screen_advice_index", "screen_advice_written",
-           "strongest_rule", "triage_levels"]
+__all__ = ["COST_REASON", "SOFTENED_REASON", "UNCERTAIN_REASON", "UNDESCRIBED_PAIN_REASON", "advice_codes",
+           "advice_index", "advice_table", "advice_written", "cost_levels", "expected_cost_levels",
+           "leading_screen_rule", "raise_to_rules", "reason_codes", "reason_table", "red_flags", "right_levels",
+           "screen_advice", "screen_advice_codes", "screen_advice_index", "screen_advice_written", "strongest_rule",
+           "triage_levels", "undescribed_pain_advice", "undescribed_pain_advice_codes", "undescribed_pain_advice_written"]
 
 
 def strongest_rule(fires: np.ndarray, levels: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -194,7 +193,6 @@ def advice_written(cfg: TriageConfig) -> np.ndarray:
     softened = (level == LEVELS.index(cfg.uncertain.level)) & (likely < len(LEVELS) - 1) & (other == len(LEVELS) - 1)
     named = ((likely < level) & (level <= other)) | softened
     return np.concatenate([np.ones((len(LEVELS), len(CONDITIONS), 1), dtype=bool), named], axis=2)
-
 
 
 def screen_advice(cfg: TriageConfig, screen: ScreenConfig) -> np.ndarray:
