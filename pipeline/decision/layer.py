@@ -34,13 +34,13 @@ from pipeline.decision.triage import (
     advice_written,
     expected_cost_levels,
     leading_screen_rule,
+    named_advice_index,
     raise_to_rules,
     reason_codes,
     reason_table,
     right_levels,
     screen_advice,
     screen_advice_codes,
-    screen_advice_index,
     screen_advice_written,
     undescribed_pain_advice,
     undescribed_pain_advice_codes,
@@ -354,10 +354,9 @@ def decision_columns(decision: Decision, kb: KnowledgeBase, parsed: ParsedCases,
         also = np.where(named >= 0, named, np.where(right[likely] >= level, likely, -1))
         # with nothing of the pain known, no condition's advice: that too little is known, and the
         # condition the level is for (the most likely one that calls for it; none for self-care)
-        little = (decision._undescribed_pain_advice_start + level.astype(np.int64) * (len(CONDITIONS) + 1)
-                  + np.where(level > 0, driver, -1) + 1)
+        little = decision._undescribed_pain_advice_start + named_advice_index(level, np.where(level > 0, driver, -1))
         return lookup(decision._advice_codes if codes else decision._advice,
-                      np.where(first >= 0, decision._screen_advice_start + screen_advice_index(first, also),
+                      np.where(first >= 0, decision._screen_advice_start + named_advice_index(first, also),
                                np.where(pain_undescribed(), little, advice_index(level, likely, named))))
 
     def ask_next() -> np.ndarray:

@@ -18,8 +18,8 @@ from pipeline.decision.safety import Rule, SafetyNet, per_rule, rules_of
 
 __all__ = ["COST_REASON", "SOFTENED_REASON", "UNCERTAIN_REASON", "UNDESCRIBED_PAIN_REASON", "advice_codes",
            "advice_index", "advice_table", "advice_written", "cost_levels", "expected_cost_levels",
-           "leading_screen_rule", "raise_to_rules", "reason_codes", "reason_table", "red_flags", "right_levels",
-           "screen_advice", "screen_advice_codes", "screen_advice_index", "screen_advice_written", "strongest_rule",
+           "leading_screen_rule", "named_advice_index", "raise_to_rules", "reason_codes", "reason_table", "red_flags",
+           "right_levels", "screen_advice", "screen_advice_codes", "screen_advice_written", "strongest_rule",
            "triage_levels", "undescribed_pain_advice", "undescribed_pain_advice_codes", "undescribed_pain_advice_written"]
 
 
@@ -236,10 +236,11 @@ def leading_screen_rule(screen: ScreenConfig, level: np.ndarray, matches: np.nda
     return np.where(at_level.any(axis=1), at_level.argmax(axis=1), -1)
 
 
-def screen_advice_index(rule: np.ndarray, condition: np.ndarray) -> np.ndarray:
-    """Per case, the flat index of its cell of :func:`screen_advice` (``rule``: its leading screen
-    rule; ``condition``: the one named beside it, -1 for none)."""
-    return rule.astype(np.int64) * (len(CONDITIONS) + 1) + condition + 1
+def named_advice_index(row: np.ndarray, condition: np.ndarray) -> np.ndarray:
+    """Per case, the flat index of its cell of a ``(n_rows, 1 + n_conditions)`` advice table:
+    :func:`screen_advice` (``row``: its leading screen rule) or :func:`undescribed_pain_advice`
+    (``row``: its level); ``condition``: the one named, -1 for none."""
+    return row.astype(np.int64) * (len(CONDITIONS) + 1) + condition + 1
 
 
 def advice_index(level: np.ndarray, likely: np.ndarray, driver: np.ndarray) -> np.ndarray:
