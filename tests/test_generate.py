@@ -4,12 +4,11 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
-from scipy.special import ndtr
 
 from pipeline import generate_cases
 from pipeline.core.config import GenerateConfig
 from pipeline.core.files import sha256_file
-from pipeline.core.knowledge import AGES
+from pipeline.core.knowledge import AGES, duration_mass_below
 from pipeline.core.parsing import parse_cases
 from pipeline.core.schema import CATEGORY_FIELDS, CONDITIONS, FIELDS, SYMPTOMS, field, max_duration_days
 from pipeline.data.generate import generate_codes, write_splits
@@ -128,22 +127,34 @@ def test_splits_have_independent_seeds(kb, tmp_path):
     assert not frames["x"].drop(columns="case_id").equals(frames["y"].drop(columns="case_id"))
 
 
-def test_durations_follow_the_log_normal_truncated_at_the_patients_age(kb):
+def test_durations_follow_the_mixture_truncated_at_the_patients_age(kb):
     """With durations long enough for the age bound to cut many of them, none passes (age + 1) x
     365.25 days and the rest follow the truncated law exactly: the probability transform
-    F(d) / F(bound) of each case's own log-normal is uniform (Kolmogorov-Smirnov)."""
-    log_median, log_sd = np.log(np.geomspace(300, 30_000, len(CONDITIONS))), np.linspace(0.6, 1.6, len(CONDITIONS))
-    long = dataclasses.replace(kb, duration=np.column_stack([log_median, log_sd]))
+    F(d) / F(bound) of each case's own law is uniform (Kolmogorov-Smirnov), both for the
+    conditions with one log-normal and for those whose cases may count from a recent episode (a
+    mixture of two), and the episode's share of the durations is the truncated mixture's."""
+    k = len(CONDITIONS)
+    log_median, log_sd = np.log(np.geomspace(300, 30_000, k)), np.linspace(0.6, 1.6, k)
+    mixed = np.arange(k) % 3 == 0
+    episode = np.column_stack([np.where(mixed, 0.3, 0.0), np.where(mixed, np.log(4.0), log_median),
+                               np.where(mixed, 0.8, log_sd)])
+    long = dataclasses.replace(kb, duration=np.column_stack([log_median, log_sd]), duration_episode=episode)
     codes, cond, _ = generate_codes(long, 50_000, seed=4)
     days, bound = codes["symptom_duration_days"], max_duration_days(codes["age"])
     known = ~np.isnan(days)
     days, bound, cond = days[known], bound[known], cond[known]
     assert (days <= bound).all()
-    mu, sd = log_median[cond], log_sd[cond]
-    cut = 1 - ndtr((np.log(bound) - mu) / sd)
+    usual, recent = long.duration[cond], long.duration_episode[cond]
+    cut = 1 - duration_mass_below(usual, recent, bound)
     assert cut.mean() > 0.1  # the bound matters: an untruncated draw would pass it this often
-    pit = ndtr((np.log(days) - mu) / sd) / ndtr((np.log(bound) - mu) / sd)
-    assert stats.kstest(pit, "uniform").pvalue > FAMILY_ALPHA
+    pit = duration_mass_below(usual, recent, days) / duration_mass_below(usual, recent, bound)
+    for group in (mixed[cond], ~mixed[cond]):
+        assert stats.kstest(pit[group], "uniform").pvalue > FAMILY_ALPHA
+    # a week or less: almost only the episode's (its median is 4 days, the usual course's 300 or more)
+    short = days[mixed[cond]] <= 7
+    expected = (duration_mass_below(usual, recent, 7.0) / duration_mass_below(usual, recent, bound))[mixed[cond]]
+    assert expected.mean() > 0.2
+    assert abs(short.mean() - expected.mean()) < 4 * np.sqrt(expected.mean() / short.size)
 
 
 def test_bad_n_is_refused(kb):

@@ -86,9 +86,17 @@ def _write(tmp_path, mutate) -> Path:
     (lambda r: r["conditions"]["dvt"]["prior"].update(value=0.5, range=[0.0, 1.0]),
      r"prior: shares must be positive and sum to 1"),
     # durations are truncated at the age: none could be reported by a 12-year-old
-    (lambda r: r["conditions"]["osteoarthritis"]["symptom_duration_days"].update(
+    (lambda r: r["conditions"]["bakers_cyst"]["symptom_duration_days"].update(
         median_days=1e6, log_sd=0.1, range={"median_days": [1e5, 1e7], "log_sd": [0.05, 0.2]}),
-     r"conditions\.osteoarthritis\.symptom_duration_days: puts 0 of its mass below 4748\.25 days"),
+     r"conditions\.bakers_cyst\.symptom_duration_days: puts 0 of its mass below 4748\.25 days"),
+    # a recent episode is a share of the cases, with its own provenance
+    (lambda r: r["conditions"]["osteoarthritis"]["symptom_duration_days"]["episode"].update(
+        share=1.0, range={"share": [0, 1], "median_days": [1, 6], "log_sd": [0.5, 1.2]}),
+     r"conditions\.osteoarthritis\.symptom_duration_days\.episode\.share: .*less than 1"),
+    (lambda r: r["conditions"]["osteoarthritis"]["symptom_duration_days"]["episode"].pop("range"),
+     r"conditions\.osteoarthritis\.symptom_duration_days\.episode: .*needs `range"),
+    (lambda r: r["conditions"]["dvt"]["symptom_duration_days"].update(episode={"share": 0.1, "median_days": 2}),
+     r"conditions\.dvt\.symptom_duration_days\.episode\.(log_sd|source): Field required"),
 ])
 def test_bad_configs_name_the_key(tmp_path, mutate, expected):
     with pytest.raises(KnowledgeBaseError, match=expected):

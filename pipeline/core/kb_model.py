@@ -19,7 +19,7 @@ from pipeline.core.config import StrictModel
 from pipeline.core.errors import KnowledgeBaseError
 from pipeline.core.schema import CONDITIONS, CONTEXT_TRISTATES, FIELDS, SYMPTOMS, field
 
-__all__ = ["BINARY_RISK_FACTORS", "CATEGORY_GIVEN", "Condition", "Distribution", "KnowledgeBaseModel", "Missing",
+__all__ = ["BINARY_RISK_FACTORS", "CATEGORY_GIVEN", "Condition", "Distribution", "Episode", "KnowledgeBaseModel", "Missing",
            "OPTIONAL_FIELDS", "Population", "Prob", "Sourced"]
 
 BINARY_RISK_FACTORS = CONTEXT_TRISTATES  # risk factors: odds ratios against the population rate
@@ -112,9 +112,22 @@ class Normal(Sourced):
     sd: float = PydField(gt=0)
 
 
-class LogNormal(Sourced):
+class Episode(Sourced):
+    """A share of a condition's cases that count the days from a recent episode (a flare of a
+    long-standing condition) rather than from the condition's start, with its own log-normal."""
+
+    share: float = PydField(gt=0, lt=1)
     median_days: float = PydField(gt=0)
     log_sd: float = PydField(gt=0)
+
+
+class LogNormal(Sourced):
+    """The symptom duration: a log-normal, or with ``episode`` a mixture of two (the usual course
+    with weight 1 - share, the episode with weight share)."""
+
+    median_days: float = PydField(gt=0)
+    log_sd: float = PydField(gt=0)
+    episode: Episode | None = None
 
 
 class Distribution(BaseModel):

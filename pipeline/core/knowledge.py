@@ -28,9 +28,10 @@ from pipeline.core.files import load_yaml
 from pipeline.core.kb_model import BINARY_RISK_FACTORS, KnowledgeBaseModel
 from pipeline.core.paths import config_path
 from pipeline.core.schema import CONDITIONS, ONSET_TRISTATES, SEVERITIES, SYMPTOMS, field, max_duration_days
-from pipeline.core.special import expit, logit, ndtr
+from pipeline.core.special import expit, logit, ndtr, norm_logpdf
 
-__all__ = ["KnowledgeBase", "KnowledgeBaseError", "duration_mass_below", "knowledge_base_from_dict", "load_knowledge_base",
+__all__ = ["KnowledgeBase", "KnowledgeBaseError", "duration_log_pdf", "duration_mass_below",
+           "knowledge_base_from_dict", "load_knowledge_base",
            "read_knowledge_base_yaml"]
 
 
@@ -60,7 +61,10 @@ class KnowledgeBase:
     category: dict[str, np.ndarray]  # field -> (9, K)
     age_pmf: np.ndarray  # (9, len(AGES))
     bmi: np.ndarray  # (9, 2) mean, sd
-    duration: np.ndarray  # (9, 2) log-median, log-sd
+    duration: np.ndarray  # (9, 2) log-median, log-sd of the usual course
+    # (9, 3) share, log-median, log-sd of a recent episode (share 0 where the condition has none;
+    # its log-median and log-sd are then the usual course's)
+    duration_episode: np.ndarray
     missingness: dict[str, float]
     # field -> (the category field it depends on, P(unknown) per that field's reported code; the
     # last entry, for an unknown answer, is the base rate)
@@ -109,10 +113,28 @@ def _age_pmf(params: list[tuple[float, float]]) -> np.ndarray:
 _MIN_DURATION_MASS = 1e-12
 
 
-def duration_mass_below(duration: np.ndarray, days: Any) -> np.ndarray:
-    """P(symptom duration <= ``days``) under the log-normals ``duration`` (rows: log-median,
-    log-sd), broadcast against ``days``: the mass the truncation at the patient's age keeps."""
-    return ndtr((np.log(days) - duration[..., 0]) / duration[..., 1])
+def duration_mass_below(duration: np.ndarray, episode: np.ndarray, days: Any) -> np.ndarray:
+    """P(symptom duration <= ``days``) under each condition's usual course ``duration`` (rows:
+    log-median, log-sd) and recent episode ``episode`` (rows: share, log-median, log-sd), broadcast
+    against ``days``: the mass the truncation at the patient's age keeps."""
+    log_days = np.log(days)
+    share = episode[:, 0]
+    return ((1 - share) * ndtr((log_days - duration[:, 0]) / duration[:, 1])
+            + share * ndtr((log_days - episode[:, 1]) / episode[:, 2]))
+
+
+def duration_log_pdf(duration: np.ndarray, episode: np.ndarray, days: np.ndarray) -> np.ndarray:
+    """(n, n_conditions) log density of the symptom durations ``days`` (n,), positive and finite,
+    under each condition's usual course and recent episode (see :func:`duration_mass_below`),
+    before the truncation at the patient's age."""
+    log_days = np.log(days)
+    out = norm_logpdf(log_days, duration)
+    mixed = np.flatnonzero(episode[:, 0] > 0)  # only these columns need the second log-normal
+    if mixed.size:
+        share = episode[mixed, 0]
+        out[:, mixed] = np.logaddexp(out[:, mixed] + np.log1p(-share),
+                                     norm_logpdf(log_days, episode[mixed, 1:]) + np.log(share))
+    return out - log_days[:, None]
 
 
 def _build(m: KnowledgeBaseModel) -> KnowledgeBase:
@@ -152,10 +174,13 @@ def _build(m: KnowledgeBaseModel) -> KnowledgeBase:
                                                            total=1.0) for n, c in zip(CONDITIONS, conds)])
     fertile = (int(field("age").minimum or 0), int(m.population.fertile_age.value or 0))
     duration = np.array([[np.log(c.symptom_duration_days.median_days), c.symptom_duration_days.log_sd] for c in conds])
+    episodes = [c.symptom_duration_days.episode for c in conds]
+    episode = np.array([[e.share, np.log(e.median_days), e.log_sd] if e is not None else [0.0, *d]
+                        for e, d in zip(episodes, duration)])
     # durations are truncated at the patient's age: the youngest must keep some of the mass, or the
     # generator's inverse CDF and the oracle's normaliser (1 / that mass) are not finite
     youngest = max_duration_days(AGES[0])
-    kept = duration_mass_below(duration, youngest)
+    kept = duration_mass_below(duration, episode, youngest)
     for name, mass in zip(CONDITIONS, kept):
         if mass < _MIN_DURATION_MASS:
             raise KnowledgeBaseError(
@@ -167,7 +192,7 @@ def _build(m: KnowledgeBaseModel) -> KnowledgeBase:
         pregnant_other=m.population.pregnant_outside_fertile_age.p, fertile_age=fertile, female=female,
         category=category, age_pmf=_age_pmf([(c.age.mean, c.age.sd) for c in conds]),
         bmi=np.array([[c.bmi.mean, c.bmi.sd] for c in conds]),
-        duration=duration,
+        duration=duration, duration_episode=episode,
         missingness={k: v.p for k, v in m.missingness.items()},
         missingness_given={k: (v.given.field, np.array([v.given.p.get(a, v.p) for a in field(v.given.field).allowed]
                                                        + [v.p]))

@@ -15,17 +15,17 @@ import pandas as pd
 
 from pipeline.core.answertables import answer_tables
 from pipeline.core.cases import as_parsed, in_blocks
-from pipeline.core.knowledge import AGES, KnowledgeBase, duration_mass_below
+from pipeline.core.knowledge import AGES, KnowledgeBase, duration_log_pdf, duration_mass_below
 from pipeline.core.parsing import ParsedCases
 from pipeline.core.rowwise import logsumexp_rows, softmax_rows
 from pipeline.core.schema import CATEGORY_FIELDS, CONDITIONS, FIELDS, SYMPTOMS, field, max_duration_days
+from pipeline.core.special import norm_logpdf
 
 __all__ = ["oracle_posterior", "oracle_log_joint", "log_density", "field_log_likelihoods"]
 
 # rows at a time: every row is computed alone, and the blocks of sums stay a few MB (a 16k-row
 # chunk's peak: 4 MB; 7 MB, and 20% slower on one thread, in blocks of 8,192)
 _CHUNK = 1 << 12
-_LOG_SQRT_2PI = 0.5 * np.log(2 * np.pi)
 DURATION_FLOOR_DAYS = 1e-5  # a duration of 0 days is read as this (its log must be finite)
 _FEMALE = field("sex").allowed.index("female")
 
@@ -47,10 +47,12 @@ class _Tables:
         self.fertile_max = kb.fertile_age[1]
         self.bmi = kb.bmi
         self.duration = kb.duration
+        self.duration_episode = kb.duration_episode
         # the duration is truncated at the patient's age (max_duration_days): log 1/P(duration <= bound)
         # per (age, condition), added where the duration is known; the last row is 0 (no age)
-        self.duration_norm = np.vstack([-np.log(duration_mass_below(kb.duration, max_duration_days(AGES)[:, None])),
-                                        np.zeros(len(CONDITIONS))])
+        self.duration_norm = np.vstack([
+            -np.log(duration_mass_below(kb.duration, kb.duration_episode, max_duration_days(AGES)[:, None])),
+            np.zeros(len(CONDITIONS))])
         # the discrete answers as sums of table rows (pipeline.core.answertables): symptoms per
         # (severity, condition), so each severity's block is a contiguous slice; the rest per condition
         self.symptom_sums = answer_tables([(s, self.symptom[s].transpose(0, 2, 1).reshape(3, -1)) for s in SYMPTOMS])
@@ -70,9 +72,7 @@ def _tables(kb: KnowledgeBase) -> _Tables:
 
 def _normal_logpdf(x: np.ndarray, params: np.ndarray) -> np.ndarray:
     """(n, 9) log N(x; mean_k, sd_k), 0 where x is NaN."""
-    z = (x[:, None] - params[None, :, 0]) / params[None, :, 1]
-    out = -0.5 * z * z - np.log(params[None, :, 1]) - _LOG_SQRT_2PI
-    return np.where(np.isnan(x)[:, None], 0.0, out)
+    return np.where(np.isnan(x)[:, None], 0.0, norm_logpdf(x, params))
 
 
 def _logsumexp(parts: list[np.ndarray]) -> np.ndarray:
@@ -104,8 +104,9 @@ def _log_joint_chunk(t: _Tables, codes: dict[str, np.ndarray]) -> np.ndarray:
     ctx += np.where(female & ~fertile, t.pregnant_other[preg], 0.0)[:, None]
     ctx += _normal_logpdf(codes["bmi"], t.bmi)
     days = np.maximum(codes["symptom_duration_days"], DURATION_FLOOR_DAYS)
-    ctx += _normal_logpdf(np.log(days), t.duration) - np.where(np.isnan(days), 0.0, np.log(days))[:, None]
-    ctx += np.where(np.isnan(days)[:, None], 0.0, t.duration_norm[age_idx])
+    known = ~np.isnan(days)
+    ctx += np.where(known[:, None], duration_log_pdf(t.duration, t.duration_episode, np.where(known, days, 1.0))
+                    + t.duration_norm[age_idx], 0.0)
     return ctx
 
 
@@ -170,7 +171,7 @@ def field_log_likelihoods(kb: KnowledgeBase, parsed: ParsedCases) -> dict[str, n
             out[f.name] = _normal_logpdf(np.array([c]), kb.bmi)[0]
         elif f.name == "symptom_duration_days":
             days = max(c, DURATION_FLOOR_DAYS)
-            out[f.name] = (_normal_logpdf(np.array([math.log(days)]), kb.duration)[0] - math.log(days)
+            out[f.name] = (duration_log_pdf(kb.duration, kb.duration_episode, np.array([days]))[0]
                            + t.duration_norm[int(codes["age"]) - AGES[0]])
         elif f.name == "pregnant":
             if not female:  # the oracle adds nothing for a man

@@ -56,14 +56,23 @@ def _round_significant(x: np.ndarray, digits: int = 4, *, down: bool = False) ->
     return (np.floor if down else np.round)(x * scale) / scale
 
 
-def _durations(rng: np.random.Generator, params: np.ndarray, bound: np.ndarray) -> np.ndarray:
-    """Days from each case's log-normal (``params``: log-median, log-sd per case) truncated above at
-    ``bound`` (the symptoms began after birth), rounded to 4 significant digits without passing it.
+def _durations(rng: np.random.Generator, params: np.ndarray, episode: np.ndarray, bound: np.ndarray) -> np.ndarray:
+    """Days from each case's log-normal (``params``: log-median, log-sd per case) or, with
+    probability ``episode``'s share, its recent episode's (``episode``: share, log-median, log-sd
+    per case), truncated above at ``bound`` (the symptoms began after birth), rounded to 4
+    significant digits without passing it.
 
     One normal draw per case, mapped by the inverse CDF onto the truncated normal, so the seed's
     later draws are those of the untruncated model; where the bound's CDF is 1 in floating point
-    the draw is kept as it is."""
+    the draw is kept as it is. Where any case can have an episode, one uniform draw per case then
+    picks its log-normal with the chance that each has below the bound (the truncated mixture's
+    own)."""
     z = rng.standard_normal(len(params))
+    share = episode[:, 0]
+    if np.any(share > 0):
+        usual = (1 - share) * ndtr((np.log(bound) - params[:, 0]) / params[:, 1])
+        recent = share * ndtr((np.log(bound) - episode[:, 1]) / episode[:, 2])
+        params = np.where((rng.random(len(params)) * (usual + recent) < recent)[:, None], episode[:, 1:], params)
     keep = ndtr((np.log(bound) - params[:, 0]) / params[:, 1])
     z = np.where(keep < 1.0, ndtri(ndtr(z) * keep), z)
     days = np.exp(params[:, 0] + params[:, 1] * z)
@@ -113,7 +122,8 @@ def generate_codes(kb: KnowledgeBase, n: int, *,
             codes[name] = _draw_categorical(rng, kb.category[name], cond).astype(np.int8)
     for name in ONSET_TRISTATES:
         codes[name] = bernoulli(kb.tristate[name][cond, 0])
-    codes["symptom_duration_days"] = _durations(rng, kb.duration[cond], max_duration_days(codes["age"]))
+    codes["symptom_duration_days"] = _durations(rng, kb.duration[cond], kb.duration_episode[cond],
+                                                max_duration_days(codes["age"]))
     for name in SYMPTOMS:
         codes[name] = bernoulli(kb.tristate[name][cond, sev])
     # missing answers: first the fields others depend on, then those whose chance of being unknown
