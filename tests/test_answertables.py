@@ -66,9 +66,11 @@ def test_tables_of_different_widths_are_refused():
         answer_tables([("a", np.zeros((3, 4))), ("b", np.zeros((3, 5)))])
 
 
-def test_the_first_layer_from_the_codes_is_the_product_of_the_features(kb):
+@pytest.mark.parametrize("knots", [(), (1.0, 7.0, 30.0, 180.0)])
+def test_the_first_layer_from_the_codes_is_the_product_of_the_features(kb, knots):
     """The model's first layer read from the codes is the featurised cases times its weights, and
-    one case gets the same bits alone as in a batch."""
+    one case gets the same bits alone as in a batch, with the duration's hinges and without them
+    (a model saved before they existed)."""
     from pipeline.core.parsing import parse_cases
     from pipeline.data.generate import generate_cases
     from pipeline.decision.conformal import blank_at_random
@@ -79,10 +81,18 @@ def test_the_first_layer_from_the_codes_is_the_product_of_the_features(kb):
     numbers = [f.name for f in FIELDS if f.kind in ("integer", "float")]
     center = {name: float(rng.normal(30, 5)) for name in numbers}
     scale = {name: float(rng.uniform(2, 20)) for name in numbers}
-    weights = rng.standard_normal((9, len(feature_names())))
-    linear = code_linear(weights, center, scale)
+    center["symptom_duration_days"], scale["symptom_duration_days"] = 2.9, 3.1  # log days: the knots bend inside
+    weights = rng.standard_normal((9, len(feature_names(knots))))
+    linear = code_linear(weights, center, scale, knots)
     got = linear(codes)
-    np.testing.assert_allclose(got, featurize_codes(codes, center, scale) @ weights.T, rtol=1e-10, atol=1e-10)
+    features = featurize_codes(codes, center, scale, duration_knots=knots)
+    np.testing.assert_allclose(got, features @ weights.T, rtol=1e-10, atol=1e-10)
     assert np.array_equal(linear({k: v[11:12] for k, v in codes.items()})[0], got[11])
     with pytest.raises(ValueError, match="columns"):
-        code_linear(weights[:, :-1], center, scale)
+        code_linear(weights[:, :-1], center, scale, knots)
+    # a hinge is 0 below its knot and where the duration is unknown, and grows with the log above it
+    days = codes["symptom_duration_days"]
+    for k in knots:
+        hinge = features[:, feature_names(knots).index(f"symptom_duration_days>{k:g}d")]
+        assert (hinge[~(days > k)] == 0).all() and (hinge[days > k] > 0).all()
+        np.testing.assert_allclose(hinge[days > k], np.log(days[days > k] / k) / 3.1, rtol=1e-12)

@@ -192,6 +192,30 @@ def test_saved_models_load_without_pickle_and_give_the_same_probabilities(kind, 
         np.testing.assert_array_equal(loaded, scorer.predict_proba(parsed))
 
 
+@pytest.mark.parametrize("kind", ["logistic", "hgb"])
+def test_a_model_saved_before_the_duration_hinges_loads_and_scores_as_fitted(kind, cases, tmp_path):
+    """A model.json of version 1 (no `duration_knots_days`) and a skops featuriser without the
+    attribute, as earlier versions wrote them, score with the features they were fitted on."""
+    train, valid = cases
+    model = LogisticRegression(max_iter=300) if kind == "logistic" else HistGradientBoostingClassifier(
+        max_iter=5, random_state=0)
+    pipe = Pipeline([("features", CaseFeaturizer(duration_knots=())), ("model", model)]).fit(train, labels(train))
+    parsed = parse_cases(valid)
+    expected = pipe.predict_proba(parsed)
+    if kind == "hgb":
+        del pipe.steps[0][1].__dict__["duration_knots"]
+    manifest = save_model(pipe, tmp_path / "m", {})
+    if kind == "logistic":
+        path = tmp_path / "m" / manifest["model_file"]
+        data = json.loads(path.read_text())
+        assert data["version"] == 2 and data["features"].pop("duration_knots_days") == []
+        path.write_text(json.dumps({**data, "version": 1}))
+        _reseal(tmp_path / "m")
+    np.testing.assert_allclose(load_model(tmp_path / "m").predict_proba(parsed), expected, rtol=1e-9, atol=1e-12)
+    with_hinges = Pipeline([("features", CaseFeaturizer()), ("model", LogisticRegression(max_iter=300))])
+    assert with_hinges.fit(train, labels(train))[0].n_features_out_ == pipe[0].n_features_out_ + 4
+
+
 class _Untrusted:
     pass
 

@@ -62,14 +62,17 @@ class ArrayScorer:
     def _first_layer(self) -> CodeLinear | None:
         """The first layer's product from the codes (float64 features; else None: featurise, then multiply)."""
         f = self.featurizer
-        return code_linear(self.weights[0], f.center_, f.scale_) if np.dtype(f.dtype) == np.float64 else None
+        if np.dtype(f.dtype) != np.float64:
+            return None
+        return code_linear(self.weights[0], f.center_, f.scale_, f.duration_knots)
 
     def _proba(self, codes: dict[str, np.ndarray]) -> np.ndarray:
         f = self.featurizer
         if self._first_layer is not None:
             z = self._first_layer(codes)
         else:
-            z = dot_exact(featurize_codes(codes, f.center_, f.scale_, np.dtype(f.dtype), order="C"), self.weights[0])
+            z = dot_exact(featurize_codes(codes, f.center_, f.scale_, np.dtype(f.dtype), order="C",
+                                          duration_knots=f.duration_knots), self.weights[0])
         last = len(self.weights) - 1
         for i, (w, b) in enumerate(zip(self.weights, self.intercepts)):
             if i > 0:
@@ -114,9 +117,10 @@ def array_scorer(estimator: Any) -> ArrayScorer | None:
     if not (isinstance(pipe, Pipeline) and len(pipe.steps) == 2 and isinstance(pipe.steps[0][1], CaseFeaturizer)):
         return None
     fitted, model = pipe.steps[0][1], pipe.steps[1][1]
-    features = CodeFeatures(dict(fitted.center_), dict(fitted.scale_), fitted.dtype)
-    if len(getattr(model, "classes_", ())) < 3:  # a binary model has one output column: not ours
-        return None
+    if len(getattr(model, "classes_", ())) < 3 or not isinstance(model, (LogisticRegression, MLPClassifier)):
+        return None  # a binary model has one output column (not ours); other estimators are not arrays
+    features = CodeFeatures(dict(fitted.center_), dict(fitted.scale_), fitted.dtype,
+                            tuple(fitted.duration_knots))
     if isinstance(model, LogisticRegression):
         return ArrayScorer(features, (np.ascontiguousarray(model.coef_, dtype=np.float64),),
                            (np.asarray(model.intercept_, dtype=np.float64),), beta=beta)

@@ -6,6 +6,7 @@ here keeps scikit-learn (about 1.5 s to import) out of ``predict()`` and ``kneep
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -16,14 +17,20 @@ from pipeline.core.answertables import AnswerTables, answer_tables
 from pipeline.core.parsing import ParsedCases, parse_cases
 from pipeline.core.schema import FIELDS
 
-__all__ = ["CodeFeatures", "CodeLinear", "code_linear", "feature_names", "featurize_codes", "standardised"]
+__all__ = ["DURATION", "DURATION_KNOTS_DAYS", "CodeFeatures", "CodeLinear", "code_linear", "feature_names",
+           "featurize_codes", "standardised"]
 
 _LOG_FLOOR_DAYS = 1e-4
+DURATION = "symptom_duration_days"
+# where the duration's hinge features bend (days): a day, a week, a month, half a year. A condition
+# whose cases may count from a recent episode has a duration likelihood with two humps on the log
+# scale (the knowledge base's `episode`), which a quadratic alone cannot follow.
+DURATION_KNOTS_DAYS: tuple[float, ...] = (1.0, 7.0, 30.0, 180.0)
 
 
 def numeric_scale(name: str, values: np.ndarray) -> np.ndarray:
     """A number on the scale its features use: the duration in log days, the others as they are."""
-    if name == "symptom_duration_days":
+    if name == DURATION:
         return np.log(np.maximum(values, _LOG_FLOOR_DAYS))
     return values
 
@@ -35,8 +42,9 @@ def standardised(name: str, values: np.ndarray, center: float, scale: float) -> 
     return np.where(missing, 0.0, (x - center) / scale), missing
 
 
-def feature_names() -> list[str]:
-    """The feature columns, in order (see :mod:`pipeline.model.features` for the layout)."""
+def feature_names(duration_knots: tuple[float, ...] = ()) -> list[str]:
+    """The feature columns, in order (see :mod:`pipeline.model.features` for the layout), with a
+    hinge column per knot of ``duration_knots`` (days) after the duration's own."""
     names = []
     for f in FIELDS:
         if f.kind == "tristate":
@@ -45,11 +53,20 @@ def feature_names() -> list[str]:
             names += [f"{f.name}={v}" for v in f.allowed]
         else:
             names += [f.name, f"{f.name}^2"] + ([] if f.required else [f"{f.name}=unknown"])
+            if f.name == DURATION:
+                names += [f"{f.name}>{k:g}d" for k in duration_knots]
     return names
 
 
+def _hinges(z: np.ndarray, missing: np.ndarray, center: float, scale: float, knots: tuple[float, ...]):
+    """max(0, z - z_k) per knot (days; z_k its standardised log), 0 where the duration is unknown."""
+    for k in knots:
+        yield np.where(missing, 0.0, np.maximum(z - (math.log(k) - center) / scale, 0.0))
+
+
 def featurize_codes(codes: dict[str, np.ndarray], center: dict[str, float], scale: dict[str, float],
-                    dtype=np.float64, order: Literal["C", "F"] = "F") -> np.ndarray:
+                    dtype=np.float64, order: Literal["C", "F"] = "F",
+                    duration_knots: tuple[float, ...] = ()) -> np.ndarray:
     """The feature matrix from schema codes (see :mod:`pipeline.model.features` for the layout),
     Fortran-ordered (one contiguous column per feature, as training has always had it) or, with
     ``order="C"``, one contiguous row per case (what the exact product of the scoring path reads)."""
@@ -66,6 +83,8 @@ def featurize_codes(codes: dict[str, np.ndarray], center: dict[str, float], scal
             blocks += [z, z * z]
             if not f.required:
                 blocks.append(missing)
+            if f.name == DURATION:
+                blocks += _hinges(z, missing, center[f.name], scale[f.name], duration_knots)
     if not blocks:
         return np.empty((n, 0), dtype=dtype, order=order)
     if order == "C":
@@ -81,21 +100,25 @@ class CodeLinear:
     depend on its own row only."""
 
     answers: AnswerTables
-    numbers: tuple[tuple[str, float, float, np.ndarray], ...]  # name, centre, scale, (3, n_out) weights
+    # name, centre, scale, (3 + n_knots, n_out) weights, the knots (days; the duration's only)
+    numbers: tuple[tuple[str, float, float, np.ndarray, tuple[float, ...]], ...]
 
     def __call__(self, codes: dict[str, np.ndarray]) -> np.ndarray:
         out = self.answers.sum(codes)
-        for name, center, scale, w in self.numbers:
+        for name, center, scale, w, knots in self.numbers:
             z, missing = standardised(name, codes[name], center, scale)
             out += z[:, None] * w[0]
             out += (z * z)[:, None] * w[1]
             out += missing[:, None] * w[2]  # the weight where unknown, else 0
+            for j, hinge in enumerate(_hinges(z, missing, center, scale, knots)):
+                out += hinge[:, None] * w[3 + j]
         return out
 
 
-def code_linear(weights: np.ndarray, center: dict[str, float], scale: dict[str, float]) -> CodeLinear:
+def code_linear(weights: np.ndarray, center: dict[str, float], scale: dict[str, float],
+                duration_knots: tuple[float, ...] = ()) -> CodeLinear:
     """:class:`CodeLinear` of ``weights`` (n_out, n_features) over :func:`feature_names`' columns."""
-    column = {name: j for j, name in enumerate(feature_names())}
+    column = {name: j for j, name in enumerate(feature_names(duration_knots))}
     w = np.asarray(weights, dtype=np.float64)
     if w.shape[1] != len(column):
         raise ValueError(f"weights have {w.shape[1]} columns; the features are {len(column)}")
@@ -108,8 +131,10 @@ def code_linear(weights: np.ndarray, center: dict[str, float], scale: dict[str, 
             tables.append((f.name, np.stack([*(w[:, column[f"{f.name}={v}"]] for v in f.allowed), none])))
         else:
             unknown = w[:, column[f"{f.name}=unknown"]] if f"{f.name}=unknown" in column else none
+            knots = tuple(duration_knots) if f.name == DURATION else ()
             numbers.append((f.name, float(center[f.name]), float(scale[f.name]),
-                            np.stack([w[:, column[f.name]], w[:, column[f"{f.name}^2"]], unknown])))
+                            np.stack([w[:, column[f.name]], w[:, column[f"{f.name}^2"]], unknown,
+                                      *(w[:, column[f"{f.name}>{k:g}d"]] for k in knots)]), knots))
     return CodeLinear(answer_tables(tables), tuple(numbers))
 
 
@@ -120,11 +145,13 @@ class CodeFeatures:
     center_: dict[str, float]
     scale_: dict[str, float]
     dtype: str = "float64"
+    duration_knots: tuple[float, ...] = ()  # days; () in a model trained before the hinges
 
     @property
     def n_features_out_(self) -> int:
-        return len(feature_names())
+        return len(feature_names(self.duration_knots))
 
     def transform(self, X: ParsedCases | pd.DataFrame) -> np.ndarray:
         parsed = X if isinstance(X, ParsedCases) else parse_cases(X)
-        return featurize_codes(parsed.codes, self.center_, self.scale_, np.dtype(self.dtype))
+        return featurize_codes(parsed.codes, self.center_, self.scale_, np.dtype(self.dtype),
+                               duration_knots=self.duration_knots)

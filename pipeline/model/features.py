@@ -10,7 +10,9 @@ to a dense float matrix built from the schema's integer codes, which is far chea
   never gets here: validation rejects it with its row and column);
 - a number is imputed with its training mean, standardised, given a squared term (the knowledge
   base's age, BMI and log-duration likelihoods are quadratic on that scale) and a missing
-  indicator when it can be unknown; the duration is used on a log scale.
+  indicator when it can be unknown; the duration is used on a log scale, with a hinge
+  ``max(0, z - z_k)`` per knot of ``duration_knots`` (days), since a condition whose cases may
+  count from a recent episode has a duration likelihood with two humps on that scale.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from pipeline.core.parsing import ParsedCases, parse_cases
 from pipeline.core.schema import FIELDS
-from pipeline.model.codefeatures import feature_names, featurize_codes
+from pipeline.model.codefeatures import DURATION_KNOTS_DAYS, feature_names, featurize_codes
 from pipeline.model.codefeatures import numeric_scale as _numeric
 
 __all__ = ["CaseFeaturizer", "featurize_codes"]
@@ -44,8 +46,9 @@ class CaseFeaturizer(TransformerMixin, BaseEstimator):
     Invalid cases raise :class:`pipeline.CaseValidationError`.
     """
 
-    def __init__(self, dtype: str = "float64"):
+    def __init__(self, dtype: str = "float64", duration_knots: tuple[float, ...] = DURATION_KNOTS_DAYS):
         self.dtype = dtype
+        self.duration_knots = duration_knots
 
     def fit(self, X, y=None):
         parsed = _as_parsed(X)
@@ -61,10 +64,15 @@ class CaseFeaturizer(TransformerMixin, BaseEstimator):
 
     def transform(self, X) -> np.ndarray:
         check_is_fitted(self, "center_")
-        return featurize_codes(_as_parsed(X).codes, self.center_, self.scale_, np.dtype(self.dtype))
+        return featurize_codes(_as_parsed(X).codes, self.center_, self.scale_, np.dtype(self.dtype),
+                               duration_knots=tuple(self.duration_knots))
+
+    def __setstate__(self, state):
+        # a featuriser saved before the duration's knots existed has none: its features are as they were
+        super().__setstate__({"duration_knots": (), **state})
 
     def get_feature_names_out(self, input_features=None) -> np.ndarray:
-        return np.asarray(feature_names(), dtype=object)
+        return np.asarray(feature_names(tuple(self.duration_knots)), dtype=object)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -34,7 +34,8 @@ __all__ = ["ARRAYS_FILE", "SKOPS_FILE", "SKOPS_TRUSTED", "read_model_file", "sco
 ARRAYS_FILE = "model.json"
 SKOPS_FILE = "model.skops"
 _FORMAT = "kneepain-array-scorer"
-_VERSION = 1
+_VERSION = 2  # 2: the duration's hinge features (``features.duration_knots_days``); 1 had none
+_READS = (1, 2)
 # every type beyond skops' defaults that a project model needs (found with skops.io.get_untrusted_types)
 SKOPS_TRUSTED = ["pipeline.model.features.CaseFeaturizer", "sklearn.calibration._CalibratedClassifier",
                  "sklearn.calibration._TemperatureScaling",
@@ -45,7 +46,8 @@ _NUMERIC = [f.name for f in FIELDS if f.kind in ("integer", "float")]
 def scorer_to_dict(scorer: ArrayScorer) -> dict[str, Any]:
     f = scorer.featurizer
     return {"format": _FORMAT, "version": _VERSION, "classes": list(CONDITIONS),
-            "features": {"dtype": f.dtype, "center": dict(f.center_), "scale": dict(f.scale_)},
+            "features": {"dtype": f.dtype, "center": dict(f.center_), "scale": dict(f.scale_),
+                         "duration_knots_days": list(f.duration_knots)},
             "layers": [{"weights": w.tolist(), "intercept": b.tolist()} for w, b in zip(scorer.weights, scorer.intercepts)],
             "activation": scorer.activation, "beta": scorer.beta, "from_proba": scorer.from_proba}
 
@@ -68,8 +70,8 @@ def scorer_from_dict(data: dict[str, Any]) -> ArrayScorer:
     ValueError
         Naming the first part that is missing, of another shape or not a finite number.
     """
-    if not isinstance(data, dict) or data.get("format") != _FORMAT or data.get("version") != _VERSION:
-        raise ValueError(f"not a {_FORMAT} version {_VERSION} file")
+    if not isinstance(data, dict) or data.get("format") != _FORMAT or data.get("version") not in _READS:
+        raise ValueError(f"not a {_FORMAT} file of version {' or '.join(map(str, _READS))}")
     if data.get("classes") != list(CONDITIONS):
         raise ValueError(f"classes {data.get('classes')} differ from this code's {list(CONDITIONS)}")
     features = data.get("features") or {}
@@ -87,7 +89,12 @@ def scorer_from_dict(data: dict[str, Any]) -> ArrayScorer:
     dtype = features.get("dtype", "float64")
     if dtype not in ("float64", "float32"):
         raise ValueError(f"features.dtype == {dtype!r}, must be float64 or float32")
-    featurizer = CodeFeatures({k: float(center[k]) for k in _NUMERIC}, {k: float(scale[k]) for k in _NUMERIC}, dtype)
+    knots = features.get("duration_knots_days", []) if data["version"] >= 2 else []
+    if not isinstance(knots, list) or not all(isinstance(k, (int, float)) and not isinstance(k, bool)
+                                              and math.isfinite(k) and k > 0 for k in knots):
+        raise ValueError(f"features.duration_knots_days == {knots!r}, must be a list of positive numbers of days")
+    featurizer = CodeFeatures({k: float(center[k]) for k in _NUMERIC}, {k: float(scale[k]) for k in _NUMERIC}, dtype,
+                              tuple(float(k) for k in knots))
     layers = data.get("layers")
     if not isinstance(layers, list) or not layers:
         raise ValueError("layers must be a non-empty list")
