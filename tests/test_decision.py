@@ -618,6 +618,21 @@ def test_ask_next_never_asks_about_an_injury_a_case_says_it_did_not_have(cfg, ne
     assert not {"heard_pop", "swelling_within_hours"} & set(asked[1].split("|"))
 
 
+def test_ask_next_asks_a_woman_about_the_pill_or_hrt_and_never_a_man(cfg, net):
+    """A swollen leg and every other sign and risk answered no, self-care by the probabilities: on
+    the pill or HRT it would go within a day or two (a red flag), so a woman is asked that; a man
+    is not (his rate of oestrogen treatment is the knowledge base's tenth of a percent or so)."""
+    no = ("smoker", "sedentary", "pain_on_standing", "calf_tenderness", "skin_warm", "visible_veins", "skin_red",
+          "whole_leg_swollen", "fever")
+    swollen = {"age": 35, "leg_swelling": "yes", **{f: "no" for f in no}}
+    codes = _codes([{**swollen, "sex": "female", "pregnant": "no"}, {**swollen, "sex": "male"}])
+    proba = _dvt_at(0.001, 2)
+    level, _ = triage_levels(cfg, codes, proba, net=net)
+    assert [LEVELS[v] for v in level] == ["self_care", "self_care"]
+    asked = net.ask_next(proba, codes, level, np.zeros(2, dtype=bool), net.fires(codes), codes_out=True)
+    assert list(asked) == ["hormonal_therapy", ""]
+
+
 def test_ask_next_asks_first_what_would_send_a_swollen_leg_the_same_day(cfg, net):
     """A swollen leg after a pop in sport, most likely a hamstring injury: the questions whose "yes"
     would send it the same day (a tender calf, warm skin: signs of a DVT) come before those that

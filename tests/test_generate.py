@@ -157,6 +157,19 @@ def test_durations_follow_the_mixture_truncated_at_the_patients_age(kb):
     assert abs(short.mean() - expected.mean()) < 4 * np.sqrt(expected.mean() / short.size)
 
 
+def test_hormonal_therapy_is_drawn_at_each_sexs_own_rate(kb):
+    """The pill or HRT: a woman's rate for women and a man's (a tenth of it or less) for men, each
+    shifted by the condition's odds ratio, within sampling error."""
+    codes, cond, _ = generate_codes(kb, 60_000, seed=12)
+    answered = codes["hormonal_therapy"] >= 0
+    female = codes["sex"] == field("sex").allowed.index("female")
+    for group, rate in ((female, kb.tristate["hormonal_therapy"][:, 0]), (~female, kb.hormonal_men)):
+        rows = group & answered
+        expected = rate[cond[rows]].mean()
+        assert abs((codes["hormonal_therapy"][rows] == 1).mean() - expected) < 4 * np.sqrt(expected / rows.sum())
+    assert kb.hormonal_men.max() < kb.tristate["hormonal_therapy"][:, 0].min() / 10
+
+
 def test_bad_n_is_refused(kb):
     with pytest.raises(ValueError, match="n == -1"):
         generate_cases(kb, -1, seed=0)

@@ -77,7 +77,9 @@ def test_only_unknown_questions_best_first(model):
     for injury, offered in (("none", set()), ("twist_or_direction_change", {"heard_pop", "swelling_within_hours"})):
         fields = set(next_questions({"age": 30, "sex": "male", "injury_event": injury}, model, k=None)["field"])
         assert fields & {"heard_pop", "swelling_within_hours"} == offered, injury
-    assert set(every["field"]) == set(CANDIDATE_FIELDS) - {"heard_pop", "giving_way", "pregnant"}
+    assert set(every["field"]) == set(CANDIDATE_FIELDS) - {"heard_pop", "giving_way", "pregnant", "hormonal_therapy"}
+    # the pill or HRT is asked of a woman, not of a man (or whoever says "male")
+    assert "hormonal_therapy" in set(next_questions({"age": 30, "sex": "female"}, model, k=None)["field"])
     assert "heard_pop" not in set(next_questions(CASE, model, k=None, exclude=["locking"])["field"])
     assert "locking" not in set(next_questions(CASE, model, k=None, exclude=["locking"])["field"])
     for one in ("locking", " Locking "):  # one name, not its letters; matched as columns are

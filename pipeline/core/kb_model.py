@@ -222,7 +222,9 @@ class Population(StrictModel):
     long_travel: Prob
     previous_vte: Prob
     active_cancer: Prob
-    hormonal_therapy: Prob
+    hormonal_therapy: Prob  # women's rate
+    # men's; absent in knowledge bases written before it, whose one rate served both sexes
+    hormonal_therapy_men: Prob | None = None
     pregnant: Prob
     fertile_age: Value  # upper bound; pregnancy is possible from age_min to this
     pregnant_outside_fertile_age: Prob

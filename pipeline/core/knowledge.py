@@ -53,7 +53,8 @@ class KnowledgeBase:
     model: KnowledgeBaseModel
     prior: np.ndarray  # (9,)
     severity: np.ndarray  # (9, 3)
-    tristate: dict[str, np.ndarray]  # field -> (9, 3), pregnant excluded
+    tristate: dict[str, np.ndarray]  # field -> (9, 3), pregnant excluded; hormonal_therapy: a woman's
+    hormonal_men: np.ndarray  # (9,) P(hormonal therapy | condition, male)
     pregnant: np.ndarray  # (9,) P(pregnant | condition, female of fertile age)
     pregnant_other: float  # P(pregnant reported yes | female outside fertile age), same for all
     fertile_age: tuple[int, int]
@@ -76,7 +77,8 @@ class KnowledgeBase:
         return CONDITIONS
 
     def p_yes(self, name: str) -> np.ndarray:
-        """(n_conditions,) P(answer is yes | condition) of a yes/no field other than pregnant: a
+        """(n_conditions,) P(answer is yes | condition) of a yes/no field other than pregnant (for
+        hormonal_therapy, a woman's; :attr:`hormonal_men` holds a man's): a
         symptom's summed over the latent severity with P(severity | condition)."""
         t = self.tristate[name]
         return (self.severity * t).sum(axis=1) if name in SYMPTOMS else t[:, 0]
@@ -154,14 +156,18 @@ def _build(m: KnowledgeBaseModel) -> KnowledgeBase:
     for name in ONSET_TRISTATES:
         p = np.array([getattr(c, name).p for c in conds])
         tristate[name] = np.repeat(p[:, None], len(SEVERITIES), axis=1)
+
+    def with_odds(base: float, rf: str) -> np.ndarray:  # each condition's rate of a risk factor
+        return np.array([_odds_shift(base, c.risk_factors[rf].odds_ratio) if rf in c.risk_factors else base
+                         for c in conds])
+
     for rf in BINARY_RISK_FACTORS:
-        base = getattr(m.population, rf).p
-        p = np.array([_odds_shift(base, c.risk_factors[rf].odds_ratio) if rf in c.risk_factors else base
-                      for c in conds])
+        p = with_odds(getattr(m.population, rf).p, rf)
         if rf == "pregnant":
             pregnant = p
         else:
             tristate[rf] = np.repeat(p[:, None], len(SEVERITIES), axis=1)
+    hormonal_men = with_odds((m.population.hormonal_therapy_men or m.population.hormonal_therapy).p, "hormonal_therapy")
     female = np.array([_odds_shift(m.population.female.p, c.female.odds_ratio) for c in conds])
     act_names = field("activity").allowed
     pop_act = m.population.activity.values(act_names, where="population.activity", total=1.0)
@@ -188,7 +194,7 @@ def _build(m: KnowledgeBaseModel) -> KnowledgeBase:
                 f"longest a patient aged {AGES[0]} can report (at least {_MIN_DURATION_MASS:g} is needed); lower "
                 "median_days or raise log_sd")
     return KnowledgeBase(
-        model=m, prior=prior, severity=severity, tristate=tristate, pregnant=pregnant,
+        model=m, prior=prior, severity=severity, tristate=tristate, hormonal_men=hormonal_men, pregnant=pregnant,
         pregnant_other=m.population.pregnant_outside_fertile_age.p, fertile_age=fertile, female=female,
         category=category, age_pmf=_age_pmf([(c.age.mean, c.age.sd) for c in conds]),
         bmi=np.array([[c.bmi.mean, c.bmi.sd] for c in conds]),

@@ -37,7 +37,10 @@ class _Tables:
         self.log_prior = np.log(kb.prior)
         self.log_severity = np.log(kb.severity)
         self.symptom = {s: _tri(kb.tristate[s]) for s in SYMPTOMS}  # (3, 9, 3)
-        self.context = {f: _tri(t[:, 0]) for f, t in kb.tristate.items() if f not in SYMPTOMS}  # (3, 9)
+        self.context = {f: _tri(t[:, 0]) for f, t in kb.tristate.items()
+                        if f not in SYMPTOMS and f != "hormonal_therapy"}  # (3, 9)
+        # hormonal therapy: a woman's rates and a man's (3, 9) each
+        self.hormonal = (_tri(kb.tristate["hormonal_therapy"][:, 0]), _tri(kb.hormonal_men))
         self.category = {f: np.vstack([np.log(kb.category[f]).T, np.zeros(len(CONDITIONS))])
                          for f in CATEGORY_FIELDS if f != "sex"}
         self.sex = np.vstack([np.log(kb.female), np.log1p(-kb.female), np.zeros(len(CONDITIONS))])
@@ -102,6 +105,8 @@ def _log_joint_chunk(t: _Tables, codes: dict[str, np.ndarray]) -> np.ndarray:
     preg = codes["pregnant"]
     ctx += np.where(fertile[:, None], t.pregnant[preg], 0.0)
     ctx += np.where(female & ~fertile, t.pregnant_other[preg], 0.0)[:, None]
+    hormonal = codes["hormonal_therapy"]
+    ctx += np.where(female[:, None], t.hormonal[0][hormonal], t.hormonal[1][hormonal])
     ctx += _normal_logpdf(codes["bmi"], t.bmi)
     days = np.maximum(codes["symptom_duration_days"], DURATION_FLOOR_DAYS)
     known = ~np.isnan(days)
@@ -152,7 +157,8 @@ def field_log_likelihoods(kb: KnowledgeBase, parsed: ParsedCases) -> dict[str, n
     the others it is independent of: a symptom's probability is summed over the latent severity
     with P(severity | condition); age, BMI and duration use the oracle's densities; pregnancy its
     rules (a condition-specific rate for a woman of fertile age, one rate for all conditions
-    outside it, nothing for a man). Unknown answers are left out. :func:`pipeline.explain` weighs
+    outside it, nothing for a man); hormonal therapy a woman's or a man's rates. Unknown answers
+    are left out. :func:`pipeline.explain` weighs
     answers with these.
     """
     codes = {k: v[0] for k, v in parsed.codes.items()}
@@ -180,6 +186,8 @@ def field_log_likelihoods(kb: KnowledgeBase, parsed: ParsedCases) -> dict[str, n
                 out[f.name] = _log_tri(kb.pregnant, c)
             else:
                 out[f.name] = np.full(len(CONDITIONS), _log_tri(np.array(kb.pregnant_other), c))
+        elif f.name == "hormonal_therapy":
+            out[f.name] = _log_tri(kb.tristate[f.name][:, 0] if female else kb.hormonal_men, c)
         elif f.kind == "category":
             out[f.name] = np.log(kb.category[f.name][:, c])
         else:  # a symptom summed over the severity; context and onset tri-states do not depend on it

@@ -197,13 +197,15 @@ _NO_INJURY = field("injury_event").allowed.index("none")
 def premise_denied(codes: dict[str, np.ndarray], names: Sequence[str]) -> np.ndarray:
     """(n_cases, len(names)) bool: the questions ``names`` whose premise a case's answers deny, so
     that they are not offered to it: the questions about an injury, when it reports none, and
-    pregnancy, to a male."""
+    pregnancy and the pill or HRT, to a male (a man's rate of oestrogen treatment is a tenth of
+    a percent or so: the knowledge base's ``hormonal_therapy_men``)."""
     denied = np.zeros((len(codes["age"]), len(names)), dtype=bool)
     premised = [i for i, name in enumerate(names) if name in INJURY_PREMISED]
     if premised:
         denied[:, premised] = (codes["injury_event"] == _NO_INJURY)[:, None]
-    if "pregnant" in names:
-        denied[:, list(names).index("pregnant")] = codes["sex"] == SEX_MALE
+    for name in ("pregnant", "hormonal_therapy"):
+        if name in names:
+            denied[:, list(names).index(name)] = codes["sex"] == SEX_MALE
     return denied
 
 

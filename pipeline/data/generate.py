@@ -115,7 +115,9 @@ def generate_codes(kb: KnowledgeBase, n: int, *,
     bmi = rng.normal(kb.bmi[cond, 0], kb.bmi[cond, 1])
     codes["bmi"] = np.round(np.clip(bmi, field("bmi").minimum, field("bmi").maximum), 1)
     for name in CONTEXT_TRISTATES:
-        if name != "pregnant":
+        if name == "hormonal_therapy":  # the rates of women and of men differ
+            codes[name] = bernoulli(np.where(female, kb.tristate[name][cond, 0], kb.hormonal_men[cond]))
+        elif name != "pregnant":
             codes[name] = bernoulli(kb.tristate[name][cond, 0])
     for name in CATEGORY_FIELDS:
         if name != "sex":

@@ -77,7 +77,7 @@ DECISION_COLUMN_DOCS = {
                 "An answer's effect is the "
                 "knowledge base's likelihood applied to the model's probabilities, not the model run again, so a "
                 "listed answer may leave the model's own level unchanged; no question whose premise the case "
-                "denies (what happened at an injury, when it reports none)",
+                "denies (what happened at an injury, when it reports none; the pill or HRT, to a man)",
     "advice": "what to do: the level's instruction, advice for the most likely condition, the less likely condition "
               "an expected-cost level or a red flag is for where the most likely one does not call for that level (for "
               "a same day softened because it rests on unanswered questions: does not call for the same day); a DVT "

@@ -91,7 +91,8 @@ def per_rule(rules: list[Rule], test, codes: dict[str, np.ndarray]) -> np.ndarra
 
 def answer_likelihoods(kb: KnowledgeBase, name: str) -> np.ndarray:
     """(n_answers, n_conditions) P(answer | condition) of a yes/no (no, yes) or category field,
-    summed over the latent severity with P(severity | condition)."""
+    summed over the latent severity with P(severity | condition); hormonal therapy's are a woman's
+    (the question is not offered to a man: :func:`pipeline.core.parsing.premise_denied`)."""
     f = field(name)
     if f.kind == "category":
         return np.ascontiguousarray(kb.category[name].T)

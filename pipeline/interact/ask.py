@@ -218,8 +218,8 @@ def _digits(text: str) -> bool:
 
 def _find(words: str, exclude: set[str], case: dict[str, Any]) -> list[str]:
     """Questions holding every one of ``words`` (case-insensitive), not yet answered, and none whose
-    premise ``case`` denies (:func:`pipeline.core.parsing.premise_denied`: pregnancy for a male,
-    what happened at an injury when it reports none), as the main flow never asks them."""
+    premise ``case`` denies (:func:`pipeline.core.parsing.premise_denied`: pregnancy and the pill
+    or HRT for a male, what happened at an injury when it reports none), as the main flow never asks them."""
     terms = [w for w in words.lower().split() if w]
     if not terms:
         return []
