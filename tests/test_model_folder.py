@@ -216,6 +216,30 @@ def test_a_model_saved_before_the_duration_hinges_loads_and_scores_as_fitted(kin
     assert with_hinges.fit(train, labels(train))[0].n_features_out_ == pipe[0].n_features_out_ + 4
 
 
+@pytest.mark.parametrize("knots,message", [
+    ([1, 7, 7, 180], "strictly increasing"), ([180, 30, 7, 1], "strictly increasing"), ([0, 7, 30, 180], "positive"),
+    ([1, 7, "30", 180], "numbers of days"), ([1, 7, 30], r"layers\[0\] has weights"), (None, "is missing")])
+def test_a_model_file_whose_duration_knots_are_wrong_is_refused_by_name(trained, tmp_path, knots, message):
+    """The hinge columns follow the knots in order: knots out of order, repeated, not positive, not
+    numbers, fewer than the weights' or missing are refused when the folder loads, not at scoring."""
+    folder = _copy(trained, tmp_path)
+    model = json.loads((folder / "model.json").read_text())
+    if knots is None:
+        del model["features"]["duration_knots_days"]
+    else:
+        model["features"]["duration_knots_days"] = knots
+    (folder / "model.json").write_text(json.dumps(model))
+    _reseal(folder)
+    with pytest.raises(ModelIntegrityError, match=f"model.json is not a valid kneepain model file: .*{message}"):
+        load_model(folder)
+
+
+def test_a_featuriser_refuses_knots_that_are_not_increasing_positive_days(cases):
+    for knots in ((7.0, 1.0), (0.0, 1.0), (1.0, float("nan")), 7.0):
+        with pytest.raises(ValueError, match="duration knots must be"):
+            CaseFeaturizer(duration_knots=knots).fit(cases[0])
+
+
 class _Untrusted:
     pass
 

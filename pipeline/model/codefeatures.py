@@ -17,8 +17,8 @@ from pipeline.core.answertables import AnswerTables, answer_tables
 from pipeline.core.parsing import ParsedCases, parse_cases
 from pipeline.core.schema import FIELDS
 
-__all__ = ["DURATION", "DURATION_KNOTS_DAYS", "CodeFeatures", "CodeLinear", "code_linear", "feature_names",
-           "featurize_codes", "standardised"]
+__all__ = ["DURATION", "DURATION_KNOTS_DAYS", "CodeFeatures", "CodeLinear", "checked_knots", "code_linear",
+           "feature_names", "featurize_codes", "standardised"]
 
 _LOG_FLOOR_DAYS = 1e-4
 DURATION = "symptom_duration_days"
@@ -26,6 +26,16 @@ DURATION = "symptom_duration_days"
 # whose cases may count from a recent episode has a duration likelihood with two humps on the log
 # scale (the knowledge base's `episode`), which a quadratic alone cannot follow.
 DURATION_KNOTS_DAYS: tuple[float, ...] = (1.0, 7.0, 30.0, 180.0)
+
+
+def checked_knots(knots) -> tuple[float, ...]:
+    """``knots`` as a tuple of floats, or ValueError unless they are a list or tuple of finite,
+    positive, strictly increasing numbers of days (the hinge columns follow them in that order)."""
+    values = list(knots) if isinstance(knots, (list, tuple)) else None
+    if values is None or not all(isinstance(k, (int, float)) and not isinstance(k, bool) and math.isfinite(k) and k > 0
+                                 for k in values) or any(b <= a for a, b in zip(values, values[1:])):
+        raise ValueError(f"duration knots must be finite, positive, strictly increasing numbers of days, got {knots!r}")
+    return tuple(float(k) for k in values)
 
 
 def numeric_scale(name: str, values: np.ndarray) -> np.ndarray:
@@ -132,9 +142,10 @@ def code_linear(weights: np.ndarray, center: dict[str, float], scale: dict[str, 
         else:
             unknown = w[:, column[f"{f.name}=unknown"]] if f"{f.name}=unknown" in column else none
             knots = tuple(duration_knots) if f.name == DURATION else ()
+            first_hinge = column[f"{f.name}=unknown"] + 1 if knots else 0  # the hinges follow, in the knots' order
             numbers.append((f.name, float(center[f.name]), float(scale[f.name]),
                             np.stack([w[:, column[f.name]], w[:, column[f"{f.name}^2"]], unknown,
-                                      *(w[:, column[f"{f.name}>{k:g}d"]] for k in knots)]), knots))
+                                      *(w[:, first_hinge + j] for j in range(len(knots)))]), knots))
     return CodeLinear(answer_tables(tables), tuple(numbers))
 
 
@@ -146,6 +157,9 @@ class CodeFeatures:
     scale_: dict[str, float]
     dtype: str = "float64"
     duration_knots: tuple[float, ...] = ()  # days; () in a model trained before the hinges
+
+    def __post_init__(self):
+        object.__setattr__(self, "duration_knots", checked_knots(self.duration_knots))
 
     @property
     def n_features_out_(self) -> int:

@@ -24,7 +24,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from pipeline.core.parsing import ParsedCases, parse_cases
 from pipeline.core.schema import FIELDS
-from pipeline.model.codefeatures import DURATION_KNOTS_DAYS, feature_names, featurize_codes
+from pipeline.model.codefeatures import DURATION_KNOTS_DAYS, checked_knots, feature_names, featurize_codes
 from pipeline.model.codefeatures import numeric_scale as _numeric
 
 __all__ = ["CaseFeaturizer", "featurize_codes"]
@@ -51,6 +51,7 @@ class CaseFeaturizer(TransformerMixin, BaseEstimator):
         self.duration_knots = duration_knots
 
     def fit(self, X, y=None):
+        checked_knots(self.duration_knots)
         parsed = _as_parsed(X)
         self.center_, self.scale_ = {}, {}
         for f in FIELDS:

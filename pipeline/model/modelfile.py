@@ -26,7 +26,7 @@ from pipeline.core.errors import ModelIntegrityError
 from pipeline.core.files import write_bytes_atomic
 from pipeline.core.schema import CONDITIONS, FIELDS
 from pipeline.model.arrays import ACTIVATIONS, ArrayScorer, array_scorer
-from pipeline.model.codefeatures import CodeFeatures
+from pipeline.model.codefeatures import CodeFeatures, checked_knots
 
 __all__ = ["ARRAYS_FILE", "SKOPS_FILE", "SKOPS_TRUSTED", "read_model_file", "scorer_from_dict", "scorer_to_dict",
            "write_model_file"]
@@ -89,12 +89,17 @@ def scorer_from_dict(data: dict[str, Any]) -> ArrayScorer:
     dtype = features.get("dtype", "float64")
     if dtype not in ("float64", "float32"):
         raise ValueError(f"features.dtype == {dtype!r}, must be float64 or float32")
-    knots = features.get("duration_knots_days", []) if data["version"] >= 2 else []
-    if not isinstance(knots, list) or not all(isinstance(k, (int, float)) and not isinstance(k, bool)
-                                              and math.isfinite(k) and k > 0 for k in knots):
-        raise ValueError(f"features.duration_knots_days == {knots!r}, must be a list of positive numbers of days")
+    if data["version"] >= 2 and "duration_knots_days" not in features:
+        raise ValueError("features.duration_knots_days is missing (a version 2 file lists the duration's knots)")
+    knots = features["duration_knots_days"] if data["version"] >= 2 else []  # version 1 had no hinges
+    if not isinstance(knots, list):
+        raise ValueError(f"features.duration_knots_days == {knots!r}, must be a list")
+    try:
+        knots = checked_knots(knots)
+    except ValueError as err:
+        raise ValueError(f"features.duration_knots_days: {err}") from None
     featurizer = CodeFeatures({k: float(center[k]) for k in _NUMERIC}, {k: float(scale[k]) for k in _NUMERIC}, dtype,
-                              tuple(float(k) for k in knots))
+                              knots)
     layers = data.get("layers")
     if not isinstance(layers, list) or not layers:
         raise ValueError("layers must be a non-empty list")
