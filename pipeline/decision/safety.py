@@ -231,7 +231,10 @@ class SafetyNet:
         first), then the others, each group the most likely to change the level first; in the
         places left, below the same day, the questions a same-day rule the case leaves open needs
         answered (its ``all`` fields: for the DVT rules, whether the calf is swollen or tender, veins
-        stand out or the whole leg is swollen), the likeliest answer first; never one whose premise
+        stand out or the whole leg is swollen), the likeliest answer first, and where the questions
+        that change the level fill every place without one of these, the last place goes to the
+        likeliest of them (a 95-year-old given only age and sex is asked about the calf, not only
+        what happened and whether standing hurts); never one whose premise
         the case denies (:func:`pipeline.core.parsing.premise_denied`). A swollen calf after a
         sprain is asked whether the skin is warm (a sign of a DVT) before whether the knee swelled
         within hours.
@@ -277,9 +280,12 @@ class SafetyNet:
             if len(some):
                 moved = np.round(change[some], _RANK_DECIMALS)
                 urgent = same_day[some]
-                rank = np.where(moved > 0, 4.0 + 3.0 * (urgent > 0) + (urgent > 1) + moved,
-                                np.round(needs[some], _RANK_DECIMALS))
+                needed = np.round(needs[some], _RANK_DECIMALS)
+                rank = np.where(moved > 0, 4.0 + 3.0 * (urgent > 0) + (urgent > 1) + moved, needed)
                 ranked = np.argsort(-rank, axis=1, kind="stable")[:, :top]
+                if top > 1:  # the last place is kept for what an open same-day rule needs
+                    left_out = (needed > 0).any(axis=1) & ~(np.take_along_axis(needed, ranked, axis=1) > 0).any(axis=1)
+                    ranked[left_out, -1] = needed[left_out].argmax(axis=1)
                 order[some + start] = ranked
                 keep_[some + start] = np.take_along_axis(rank, ranked, axis=1) > 0
         return join_ranked(self.candidates if codes_out else self.questions, order, keep_)
