@@ -54,10 +54,14 @@ def test_posterior_matches_empirical_label_frequencies(kb, big_sample):
 
 
 def test_the_duration_density_integrates_to_one_below_the_age_bound(kb):
-    """Durations are log-normal truncated at (age + 1) x 365.25 days: for every condition,
-    p(duration | condition, age, sex) integrates to 1 over (0, bound]."""
+    """Durations are log-normal, or a mixture with a recent episode, truncated at (age + 1) x 365.25
+    days: for every condition, p(duration | condition, age, sex) integrates to 1 over (0, bound],
+    whether the bound cuts the usual course, the episode or neither."""
+    k = len(CONDITIONS)
+    episode = np.column_stack([np.where(np.arange(k) % 3 == 0, 0.3, np.where(np.arange(k) % 3 == 1, 0.2, 0.0)),
+                               np.log(np.where(np.arange(k) % 3 == 0, 50.0, 6000.0)), np.full(k, 0.7)])
     long = dataclasses.replace(kb, duration=np.column_stack(
-        [np.log(np.geomspace(300, 3000, len(CONDITIONS))), np.linspace(0.8, 1.5, len(CONDITIONS))]))
+        [np.log(np.geomspace(300, 3000, k)), np.linspace(0.8, 1.5, k)]), duration_episode=episode)
     base = parse_records([{"age": 19, "sex": "female"}])
     log_days = np.linspace(np.log(1e-2), np.log(max_duration_days(19)), 40_001)
     codes = {k: np.repeat(v, len(log_days)) for k, v in base.codes.items()}

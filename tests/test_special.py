@@ -1,12 +1,12 @@
-"""The logistic function, its inverse and the normal CDF agree with scipy.special's."""
+"""The logistic function, its inverse, the normal CDF and the normal log-density agree with scipy's."""
 
 import subprocess
 import sys
 
 import numpy as np
-from scipy import special
+from scipy import special, stats
 
-from pipeline.core.special import expit, logit, ndtr
+from pipeline.core.special import expit, logit, ndtr, norm_logpdf
 
 
 def test_expit_logit_and_ndtr_agree_with_scipy():
@@ -16,6 +16,9 @@ def test_expit_logit_and_ndtr_agree_with_scipy():
     np.testing.assert_allclose(logit(p), special.logit(p), rtol=1e-10, atol=1e-14)
     np.testing.assert_allclose(ndtr(x), special.ndtr(x), rtol=1e-12, atol=1e-300)
     assert logit(np.array([0.0, 0.5, 1.0])).tolist() == [-np.inf, 0.0, np.inf]
+    params = np.column_stack([rng.normal(size=9) * 5, rng.uniform(0.1, 4, 9)])  # (mean, sd) per column
+    np.testing.assert_allclose(norm_logpdf(x, params), stats.norm.logpdf(x[:, None], params[:, 0], params[:, 1]),
+                               rtol=1e-12, atol=1e-12)
 
 
 def test_scoring_does_not_import_scipy():
