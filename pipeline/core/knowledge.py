@@ -30,9 +30,8 @@ from pipeline.core.paths import config_path
 from pipeline.core.schema import CONDITIONS, ONSET_TRISTATES, SEVERITIES, SYMPTOMS, field, max_duration_days
 from pipeline.core.special import expit, logit, ndtr, norm_logpdf
 
-__all__ = ["KnowledgeBase", "KnowledgeBaseError", "duration_log_pdf", "duration_mass_below",
-           "knowledge_base_from_dict", "load_knowledge_base",
-           "read_knowledge_base_yaml"]
+__all__ = ["KnowledgeBase", "KnowledgeBaseError", "duration_log_pdf", "duration_mass_below", "duration_masses_below",
+           "knowledge_base_from_dict", "load_knowledge_base", "read_knowledge_base_yaml"]
 
 
 AGES = np.arange(int(field("age").minimum or 0), int(field("age").maximum or 0) + 1)
@@ -115,14 +114,21 @@ def _age_pmf(params: list[tuple[float, float]]) -> np.ndarray:
 _MIN_DURATION_MASS = 1e-12
 
 
-def duration_mass_below(duration: np.ndarray, episode: np.ndarray, days: Any) -> np.ndarray:
-    """P(symptom duration <= ``days``) under each condition's usual course ``duration`` (rows:
-    log-median, log-sd) and recent episode ``episode`` (rows: share, log-median, log-sd), broadcast
-    against ``days``: the mass the truncation at the patient's age keeps."""
+def duration_masses_below(duration: np.ndarray, episode: np.ndarray, days: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The mass of the usual course and of the recent episode at or below ``days``, each weighted
+    by its share (rows of ``duration``: log-median, log-sd; of ``episode``: share, log-median,
+    log-sd; one per condition, or one per case), broadcast against ``days``."""
     log_days = np.log(days)
     share = episode[:, 0]
-    return ((1 - share) * ndtr((log_days - duration[:, 0]) / duration[:, 1])
-            + share * ndtr((log_days - episode[:, 1]) / episode[:, 2]))
+    return ((1 - share) * ndtr((log_days - duration[:, 0]) / duration[:, 1]),
+            share * ndtr((log_days - episode[:, 1]) / episode[:, 2]))
+
+
+def duration_mass_below(duration: np.ndarray, episode: np.ndarray, days: Any) -> np.ndarray:
+    """P(symptom duration <= ``days``) under the usual course and the recent episode together (see
+    :func:`duration_masses_below`): the mass the truncation at the patient's age keeps."""
+    usual, recent = duration_masses_below(duration, episode, days)
+    return usual + recent
 
 
 def duration_log_pdf(duration: np.ndarray, episode: np.ndarray, days: np.ndarray) -> np.ndarray:

@@ -18,7 +18,7 @@ from scipy.special import ndtr, ndtri
 
 from pipeline.core.config import GenerateConfig
 from pipeline.core.files import sha256_file, tmp_path, write_json_atomic
-from pipeline.core.knowledge import AGES, KnowledgeBase
+from pipeline.core.knowledge import AGES, KnowledgeBase, duration_masses_below
 from pipeline.core.parsing import codes_to_frame
 from pipeline.core.schema import (
     CATEGORY_FIELDS,
@@ -68,10 +68,8 @@ def _durations(rng: np.random.Generator, params: np.ndarray, episode: np.ndarray
     picks its log-normal with the chance that each has below the bound (the truncated mixture's
     own)."""
     z = rng.standard_normal(len(params))
-    share = episode[:, 0]
-    if np.any(share > 0):
-        usual = (1 - share) * ndtr((np.log(bound) - params[:, 0]) / params[:, 1])
-        recent = share * ndtr((np.log(bound) - episode[:, 1]) / episode[:, 2])
+    if np.any(episode[:, 0] > 0):
+        usual, recent = duration_masses_below(params, episode, bound)
         params = np.where((rng.random(len(params)) * (usual + recent) < recent)[:, None], episode[:, 1:], params)
     keep = ndtr((np.log(bound) - params[:, 0]) / params[:, 1])
     z = np.where(keep < 1.0, ndtri(ndtr(z) * keep), z)
