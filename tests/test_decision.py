@@ -368,8 +368,8 @@ def test_a_child_without_an_injury_is_told_to_have_the_hip_checked_whatever_the_
 
 
 def test_no_rule_stays_open_through_a_mans_pregnancy(net):
-    """The parser keeps a man's pregnancy unanswered; the rules read it as "no", so the safety net
-    never lists a sign that could only fire through it."""
+    """The parser keeps a man's pregnancy, and his "no" to the pill or HRT, unanswered; the rules
+    read them as "no", so the safety net never lists a sign that could only fire through them."""
     rest = {"age": 40, "leg_swelling": "yes", "sedentary": "no", "smoker": "no", "hormonal_therapy": "no",
             "pain_on_standing": "no"}
     codes = _codes([{**rest, "sex": "male"}, {**rest, "sex": "male", "pregnant": "no"}, {**rest, "sex": "female"}])
@@ -824,7 +824,8 @@ def _assert_ask_next_as_defined(cfg, net, screen, kb, *, seed, blank, atypical_e
 def _assert_counts_by_table_as_by_rule(net, kb):
     """The counts a ``predict()`` of a few cases looks up (:class:`CountTable`) are each rule's
     :func:`rule_counts`: on generated cases, whole and blanked, and on edge rows (an age or a
-    duration at a rule's bound or unknown, a male, whose unanswered pregnancy counts as "no")."""
+    duration at a rule's bound or unknown, a male, whose unanswered pregnancy and hormonal therapy
+    count as "no")."""
     parsed = parse_cases(generate_cases(kb, 400, seed=21))
     blanked = blank_at_random(parsed, 0.6, seed=22)
     edges = {**{k: v[:6].copy() for k, v in blanked.codes.items()}}
@@ -832,6 +833,7 @@ def _assert_counts_by_table_as_by_rule(net, kb):
     edges["symptom_duration_days"][:] = [7, 7.5, np.nan, 0.001, 6.999, np.nan]
     edges["sex"][:] = [0, 1, 0, 1, 0, 1]
     edges["pregnant"][:] = UNKNOWN
+    edges["hormonal_therapy"][:] = [UNKNOWN, UNKNOWN, 1, 1, 0, UNKNOWN]
     for codes in (parsed.codes, blanked.codes, edges):
         by_rule = np.stack([rule_counts(r.all, r.any, codes) for r in net.rules], axis=-1)
         for few in (1, 10**9):  # rule by rule, then looked up
@@ -929,9 +931,10 @@ def test_age_and_sex_alone_never_send_anyone_to_emergency(trained, kb):
 
 def _state_by_definition(rule, case):
     """(fires, open) of one rule for one case (a dict of scalars), field by field in plain Python;
-    a man is not pregnant (the parser leaves his answer unknown)."""
+    a man is not pregnant, nor on the pill or HRT unless he says so (the parser leaves his "no"
+    unknown)."""
     if case["sex"] == 1:  # male
-        case = {**case, "pregnant": 0}
+        case = {**case, "pregnant": 0, "hormonal_therapy": 1 if case["hormonal_therapy"] == 1 else 0}
 
     def matches(name, answers):
         return bool(rule_fires({name: answers}, {}, {k: np.array([v]) for k, v in case.items()})[0])

@@ -414,8 +414,10 @@ def test_a_session_asks_what_the_triage_waits_on_and_a_dont_know_does_not_keep_i
                 if k not in unknown and not pd.isna(v)}
         case.update({n: "no" for n in QUESTIONS if n not in case and n not in unknown and field(n).kind == "tristate"})
         out = io.StringIO()
-        result = run_session(model, input=_Answers(case, out), output=out, max_questions=20)
-        assert result["questions"] < 20, out.getvalue()[-1500:]
+        # a long session may list a new question with each answer; the guard is against a "don't
+        # know" keeping it going to its maximum, whatever that is
+        result = run_session(model, input=_Answers(case, out), output=out, max_questions=30)
+        assert result["questions"] < 30, out.getvalue()[-1500:]
         if result["stopped_because"].startswith("no likely answer"):
             asked = {name for name, _ in result["answers"]}
             listed = [by_question[q] for q in result["prediction"]["ask_next"].split("|") if q]

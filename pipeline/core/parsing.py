@@ -730,6 +730,10 @@ def _parse_columns(items: list[tuple[Any, pd.Series | None]], n: int, row_offset
     # for a male, "no" and unknown are one answer: it tells nothing, and counts as no answer given
     # (so a male who gave only age, sex and "not pregnant" has answered nothing, as the session asks him)
     codes["pregnant"] = np.where(male, UNKNOWN, codes["pregnant"]).astype(codes["pregnant"].dtype, copy=False)
+    # the pill or HRT: a man's "no" tells nothing either (his rate of oestrogen treatment is the
+    # knowledge base's tenth of a percent or so); his "yes" is kept
+    hormonal = codes["hormonal_therapy"]
+    codes["hormonal_therapy"] = np.where(male & (hormonal == 0), UNKNOWN, hormonal).astype(hormonal.dtype, copy=False)
     days, age = codes["symptom_duration_days"], codes["age"]
     before_birth = days > max_duration_days(age)  # False where either is unknown or invalid
     if before_birth.any():

@@ -131,8 +131,8 @@ FIELDS: tuple[Field, ...] = (
     _tri("previous_vte", "context", "a previous DVT or pulmonary embolism", "Wells (2003): previously documented DVT"),
     _tri("active_cancer", "context", "cancer under treatment, treated in the last 6 months, or palliative",
          "Wells: active cancer"),
-    _tri("hormonal_therapy", "context", "combined contraceptive pill, HRT or other oestrogen therapy",
-         "VTE risk factor"),
+    _tri("hormonal_therapy", "context", "combined contraceptive pill, HRT or other oestrogen therapy "
+         "(for a male, no is read as unknown)", "VTE risk factor"),
     Field("onset", "category", "onset", "how the pain began", "", allowed=("sudden", "gradual")),
     Field("injury_event", "category", "onset", "what happened when it began",
           "hamstring \"pulled too far\"; ACL \"suddenly change direction\"; meniscus \"bending or "

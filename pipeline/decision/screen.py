@@ -75,8 +75,8 @@ def rule_counts(all_: dict[str, list[str]], any_: dict[str, list[str]],
     from them; a case that answers one more question changes each count by at most one, so the
     variants of ask_next are counted from their case."""
     out = np.zeros((4, len(codes["age"])), dtype=np.int8)
-    if "pregnant" in all_ or "pregnant" in any_:
-        codes = _pregnancy_as_known(codes)
+    if _MALE_NO & (all_.keys() | any_.keys()):
+        codes = _male_answers_as_known(codes)
     for part, in_all in ((all_, True), (any_, False)):
         for name, answers in part.items():
             add_field_counts(out, _matches(name, answers, codes), unanswered(name, codes), in_all)
@@ -138,8 +138,8 @@ class CountTable:
         if n > self.few or not self._coded:
             return np.stack([rule_counts(all_, any_, codes) for all_, any_ in self.rules], axis=-1) if n_rules \
                 else np.zeros((4, n, 0), dtype=np.int8)
-        if "pregnant" in self._coded:
-            codes = _pregnancy_as_known(codes)
+        if _MALE_NO & set(self._coded):
+            codes = _male_answers_as_known(codes)
         answer = code_rows(codes, self._coded).astype(np.intp)  # (fields, cases)
         rows = np.where(answer == UNKNOWN, self._unknown_row, answer + self._offset)
         out = self._table.take(rows, axis=0).sum(axis=0, dtype=np.int8).reshape(n, 4, n_rules)
@@ -148,17 +148,21 @@ class CountTable:
         return np.ascontiguousarray(out.transpose(1, 0, 2))
 
 
-_NOT_PREGNANT = 0  # the tri-state code of "no"
+_NO = 0  # the tri-state code of "no"
+_MALE_NO = frozenset({"pregnant", "hormonal_therapy"})  # a male's unanswered reads "no" to the rules
 
 
-def _pregnancy_as_known(codes: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """``codes`` with a male's pregnancy answered "no". The parser keeps it unanswered (a man who
-    gave only age, sex and "not pregnant" has answered nothing), but no rule can still fire, or
-    stay open, through it."""
+def _male_answers_as_known(codes: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``codes`` with a male's pregnancy, and his hormonal therapy unless he said yes, answered
+    "no". The parser keeps a man's "no" to either unanswered (a man who gave only age, sex and
+    "not pregnant" has answered nothing; a man's rate of the pill or HRT is a tenth of a percent
+    or so), but no rule can still fire, or stay open, through them."""
     male = codes["sex"] == SEX_MALE
     if not male.any():
         return codes
-    return {**codes, "pregnant": np.where(male, np.int8(_NOT_PREGNANT), codes["pregnant"]).astype(codes["pregnant"].dtype)}
+    hormonal = codes["hormonal_therapy"]
+    return {**codes, "pregnant": np.where(male, np.int8(_NO), codes["pregnant"]).astype(codes["pregnant"].dtype),
+            "hormonal_therapy": np.where(male & (hormonal == UNKNOWN), np.int8(_NO), hormonal).astype(hormonal.dtype)}
 
 
 def state_of_counts(counts: np.ndarray, has_any: np.ndarray | bool) -> tuple[np.ndarray, np.ndarray]:
