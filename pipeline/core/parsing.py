@@ -31,6 +31,7 @@ from pipeline.core.schema import (
     FIELDS,
     ID_COLUMN,
     LABEL_COLUMN,
+    MALE_NOT_ASKED,
     SEVERITY_COLUMN,
     SEX_MALE,
     TRISTATE_FIELDS,
@@ -203,7 +204,7 @@ def premise_denied(codes: dict[str, np.ndarray], names: Sequence[str]) -> np.nda
     premised = [i for i, name in enumerate(names) if name in INJURY_PREMISED]
     if premised:
         denied[:, premised] = (codes["injury_event"] == _NO_INJURY)[:, None]
-    for name in ("pregnant", "hormonal_therapy"):
+    for name in MALE_NOT_ASKED:
         if name in names:
             denied[:, list(names).index(name)] = codes["sex"] == SEX_MALE
     return denied

@@ -193,6 +193,9 @@ SYMPTOMS = tuple(f.name for f in FIELDS if f.group == "symptom")
 # the screen's signs, of conditions outside the nine (docs/case-schema.md): a "no" to them says
 # nothing of what the knee pain is like
 SCREEN_SIGNS = ("breathless_or_chest_pain", "fever", "foot_cold_or_pale", "pulsating_lump")
+# questions never asked of a male, whose "no" to them tells nothing (the parser reads it as
+# unknown, the rules as "no"): pregnancy, and the pill or HRT (men's rate a tenth of a percent or so)
+MALE_NOT_ASKED = ("pregnant", "hormonal_therapy")
 # yes/no answers that depend on the condition only (not on the latent severity)
 CONTEXT_TRISTATES = tuple(f.name for f in FIELDS if f.group == "context" and f.kind == "tristate")
 ONSET_TRISTATES = tuple(f.name for f in FIELDS if f.group == "onset" and f.kind == "tristate")

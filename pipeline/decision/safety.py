@@ -233,8 +233,8 @@ class SafetyNet:
         answered (its ``all`` fields: for the DVT rules, whether the calf is swollen or tender, veins
         stand out or the whole leg is swollen), the likeliest answer first, and where the questions
         that change the level fill every place without one of these, the last place goes to the
-        likeliest of them (a 95-year-old given only age and sex is asked about the calf, not only
-        what happened and whether standing hurts); never one whose premise
+        likeliest of them (a young adult given only age and sex is asked about the calf, not only
+        what happened, whether the knee gave way and whether it swelled within hours); never one whose premise
         the case denies (:func:`pipeline.core.parsing.premise_denied`). A swollen calf after a
         sprain is asked whether the skin is warm (a sign of a DVT) before whether the knee swelled
         within hours.

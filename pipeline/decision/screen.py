@@ -15,7 +15,7 @@ import numpy as np
 
 from pipeline.core.config import ScreenConfig, ScreenRule
 from pipeline.core.parsing import code_rows, unanswered
-from pipeline.core.schema import NUMERIC_FIELDS, SEX_MALE, UNKNOWN, field
+from pipeline.core.schema import MALE_NOT_ASKED, NUMERIC_FIELDS, SEX_MALE, UNKNOWN, field
 from pipeline.core.sizes import FEW_CASES
 from pipeline.core.textcols import join_ranked
 
@@ -149,7 +149,7 @@ class CountTable:
 
 
 _NO = 0  # the tri-state code of "no"
-_MALE_NO = frozenset({"pregnant", "hormonal_therapy"})  # a male's unanswered reads "no" to the rules
+_MALE_NO = frozenset(MALE_NOT_ASKED)  # a male's unanswered reads "no" to the rules
 
 
 def _male_answers_as_known(codes: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

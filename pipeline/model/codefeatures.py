@@ -128,10 +128,11 @@ class CodeLinear:
 def code_linear(weights: np.ndarray, center: dict[str, float], scale: dict[str, float],
                 duration_knots: tuple[float, ...] = ()) -> CodeLinear:
     """:class:`CodeLinear` of ``weights`` (n_out, n_features) over :func:`feature_names`' columns."""
-    column = {name: j for j, name in enumerate(feature_names(duration_knots))}
+    names = feature_names(duration_knots)
+    column = {name: j for j, name in enumerate(names)}  # the hinges, whose names may coincide, go by position
     w = np.asarray(weights, dtype=np.float64)
-    if w.shape[1] != len(column):
-        raise ValueError(f"weights have {w.shape[1]} columns; the features are {len(column)}")
+    if w.shape[1] != len(names):
+        raise ValueError(f"weights have {w.shape[1]} columns; the features are {len(names)}")
     none = np.zeros(len(w))
     tables, numbers = [], []
     for f in FIELDS:
