@@ -756,7 +756,7 @@ def _ask_next_by_definition(cfg, net, screen, proba, codes, atypical):
     case triaged in full by triage_levels, one variant at a time (an answer that makes a same-day
     screen rule fire which the case meets in part is plausible however unlikely); then, below the
     same day, the answers that match an `all` field of an open same-day rule which did not match
-    unanswered."""
+    unanswered (of a screen rule, only where the case meets it in part)."""
     level, _ = triage_levels(cfg, codes, proba, atypical, screen, None, net)
     same_day_rules = [r for r in net.rules if r.level == LEVELS.index("emergency")]
     screen_rules = [r for r in same_day_rules if net.rules.index(r) >= len(cfg.red_flags)]
@@ -765,7 +765,8 @@ def _ask_next_by_definition(cfg, net, screen, proba, codes, atypical):
         change, same_day = np.zeros(len(net.candidates)), np.zeros(len(net.candidates), dtype=int)
         needs = np.zeros(len(net.candidates))
         case = {k: v[i:i + 1] for k, v in codes.items()}
-        waiting = [r for r in same_day_rules if r.open(case)[0]] if level[i] < LEVELS.index("emergency") else []
+        waiting = [r for r in same_day_rules if r.open(case)[0] and (r not in screen_rules or _meets_in_part(r, case))
+                   ] if level[i] < LEVELS.index("emergency") else []
         for j, name in enumerate(net.candidates):
             if not unanswered(name, case)[0] or premise_denied(case, [name])[0, 0]:
                 continue
@@ -1020,3 +1021,49 @@ def test_chosen_decision_columns_are_those_of_the_whole_layer_and_cost_only_what
     monkeypatch.setattr(layer, "flag_atypical", not_needed)
     assert (decision_columns(model.decision, model.kb, parsed, proba, columns=["screen"])["screen"]
             == full["screen"]).all()
+
+
+def test_a_screen_rule_that_asks_a_sign_of_other_conditions_sends_no_one_the_same_day_on_history(cfg, kb):
+    """A same day is softened when it rests on unanswered signs, read as "no". A knee that cannot
+    bend (which the hot swollen knee's same-day screen rule asks) is a sign of the knee injuries
+    and osteoarthritis, not of a clot: read as "no", it would make a clot likelier. So it is not
+    read so, and the rule changes no level of a case that said nothing of the knee (a 72-year-old
+    with cancer: within a day or two, with the questions, either way); the clot's own signs are."""
+    from pipeline.decision.safety import points_to_same_day
+
+    screen = load_config(ScreenConfig, config_path("screen.yaml"))
+    without = screen.model_copy(update={"rules": [r for r in screen.rules if r.name != "recent_hot_swollen_knee"]})
+    assert len(without.rules) == len(screen.rules) - 1
+    history = [{}, {"smoker": "yes"}, {"long_travel": "yes"}, {"active_cancer": "yes"}, {"recent_surgery": "yes"},
+               {"sedentary": "yes"}, {"bmi": 34}, {"previous_vte": "yes"}]
+    cases = parse_cases(pd.DataFrame([{"age": a, "sex": s, **h} for a in range(16, 101, 3) for s in ("female", "male")
+                                      for h in history]))
+    proba = oracle_posterior(kb, cases).to_numpy()
+    atypical = np.zeros(len(proba), dtype=bool)
+    levels = [triage_levels(cfg, cases.codes, proba, atypical, s, None, SafetyNet(cfg, s, kb))[0] for s in (screen, without)]
+    assert (levels[0] == LEVELS.index("emergency")).any() and (levels[0] < LEVELS.index("emergency")).any()
+    np.testing.assert_array_equal(levels[0], levels[1])
+    assert not points_to_same_day(cfg, kb, "reduced_range_of_motion")
+    assert all(points_to_same_day(cfg, kb, n) for n in ("leg_swelling", "calf_tenderness", "skin_warm", "whole_leg_swollen"))
+    assert "reduced_range_of_motion" not in SafetyNet(cfg, screen, kb).no_fields
+
+
+@pytest.mark.parametrize("days, first", [(3, "reduced_range_of_motion"), (30, None)])
+def test_ask_next_asks_first_whether_a_recently_hot_swollen_knee_bends(cfg, net, days, first):
+    """A hot, swollen knee without an injury or a fever for three days: whether it bends decides
+    between within a day or two and the same day (a septic joint, by the hot swollen joint
+    guideline), so it is asked first; after a month the answer changes nothing and is not."""
+    case = {"age": 66, "sex": "male", "knee_swelling": "yes", "skin_warm": "yes", "injury_event": "none",
+            "fever": "no", "symptom_duration_days": days}
+    codes = _codes([case])
+    proba = np.zeros((1, len(CONDITIONS)))
+    for c, p in (("osteoarthritis", 0.6), ("meniscus_tear", 0.3), ("bakers_cyst", 0.1)):
+        proba[0, CONDITIONS.index(c)] = p
+    screen = load_config(ScreenConfig, config_path("screen.yaml"))
+    level, _ = triage_levels(cfg, codes, proba, screen=screen, net=net)
+    assert LEVELS[level[0]] == "see_doctor_soon"
+    asked = net.ask_next(proba, codes, level, np.zeros(1, dtype=bool), net.fires(codes), codes_out=True)[0].split("|")
+    assert (asked[0] == first) if first else ("reduced_range_of_motion" not in asked)
+    bends_not = _codes([{**case, "reduced_range_of_motion": "yes"}])
+    after = LEVELS[triage_levels(cfg, bends_not, proba, screen=screen, net=net)[0][0]]
+    assert after == ("emergency" if first else "see_doctor_soon")

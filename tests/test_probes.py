@@ -103,6 +103,10 @@ def test_the_screen_is_quiet_on_ordinary_cases(kb):
     assert rate < 0.25, f"{rate:.1%} of generated cases screen positive"
 
 
+# a hot, swollen knee without an injury or a fever
+HOT = {"age": 66, "sex": "male", "knee_swelling": "yes", "skin_warm": "yes", "injury_event": "none", "fever": "no"}
+
+
 @pytest.mark.parametrize("rule,case,fires", [
     ("fracture_ottawa", {"age": 60, "sex": "male", "injury_event": "fall_onto_knee", "symptom_duration_days": 1}, True),
     ("fracture_ottawa", {"age": 60, "sex": "male", "injury_event": "fall_onto_knee", "symptom_duration_days": 30}, False),
@@ -122,6 +126,14 @@ def test_the_screen_is_quiet_on_ordinary_cases(kb):
     ("hot_swollen_knee", {"age": 50, "sex": "female", "knee_swelling": "yes", "skin_warm": "yes"}, False),
     ("hot_swollen_knee", {"age": 50, "sex": "female", "knee_swelling": "no", "skin_warm": "yes", "injury_event": "none"},
      False),
+    ("recent_hot_swollen_knee", {**HOT, "reduced_range_of_motion": "yes", "symptom_duration_days": 3}, True),
+    ("recent_hot_swollen_knee", {**HOT, "reduced_range_of_motion": "yes", "symptom_duration_days": 14}, True),
+    ("recent_hot_swollen_knee", {**HOT, "reduced_range_of_motion": "yes", "symptom_duration_days": 30},
+     False),  # longer: seen within a day or two
+    ("recent_hot_swollen_knee", {**HOT, "reduced_range_of_motion": "yes"}, False),  # how long: unanswered
+    ("recent_hot_swollen_knee", {**HOT, "symptom_duration_days": 3}, False),  # movement: unanswered
+    ("recent_hot_swollen_knee", {**HOT, "reduced_range_of_motion": "no", "symptom_duration_days": 3}, False),
+    ("hot_swollen_knee", {**HOT, "reduced_range_of_motion": "no", "symptom_duration_days": 3}, True),
     ("pulmonary_embolism", {"age": 30, "sex": "male", "breathless_or_chest_pain": "no"}, False),
     ("limb_ischaemia", {"age": 30, "sex": "male", "foot_cold_or_pale": ""}, False),
     ("slipped_femoral_epiphysis", {"age": 13, "sex": "male", "injury_event": "none"}, True),

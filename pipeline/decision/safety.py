@@ -32,7 +32,7 @@ from pipeline.core.blas import dot_exact_columns
 from pipeline.core.config import LEVELS, ScreenConfig, TriageConfig
 from pipeline.core.knowledge import KnowledgeBase
 from pipeline.core.parsing import premise_denied, unanswered_matrix
-from pipeline.core.schema import SYMPTOMS, UNKNOWN, field
+from pipeline.core.schema import CONDITIONS, SYMPTOMS, UNKNOWN, field
 from pipeline.core.sizes import FEW_CASES
 from pipeline.core.textcols import join_ranked
 from pipeline.core.wording import question
@@ -40,7 +40,7 @@ from pipeline.decision.conformal import known_share
 from pipeline.decision.costs import cost_levels_of_columns
 from pipeline.decision.screen import CountTable, add_field_counts, answer_matches, rule_fires, rule_open, state_of_counts
 
-__all__ = ["Rule", "SafetyNet", "answer_likelihoods", "per_rule", "rules_of"]
+__all__ = ["Rule", "SafetyNet", "answer_likelihoods", "per_rule", "points_to_same_day", "rules_of"]
 
 _EMERGENCY = LEVELS.index("emergency")
 _RANK_DECIMALS = 9  # ask_next's chances are ranked to this many decimals
@@ -89,6 +89,17 @@ def per_rule(rules: list[Rule], test, codes: dict[str, np.ndarray]) -> np.ndarra
     return np.column_stack([test(r, codes) for r in rules]) if rules else np.zeros((n, 0), bool)
 
 
+def points_to_same_day(cfg: TriageConfig, kb: KnowledgeBase, name: str) -> bool:
+    """Whether a yes/no sign is at least as common in each condition that calls for the same day
+    (``cfg.right_level``: a DVT) as in the other conditions together, mixed by the prior: a
+    swollen calf is (0.59 in a DVT, 0.13 in the others); a knee that cannot bend is not (0.19
+    against 0.43), nor a pulsating lump (0.025 against 0.028)."""
+    yes = answer_likelihoods(kb, name)[1]
+    same_day = np.array([cfg.right_level[c] == "emergency" for c in CONDITIONS])
+    prior = kb.prior[~same_day]
+    return bool((yes[same_day] >= yes[~same_day] @ prior / prior.sum()).all())
+
+
 def answer_likelihoods(kb: KnowledgeBase, name: str) -> np.ndarray:
     """(n_answers, n_conditions) P(answer | condition) of a yes/no (no, yes) or category field,
     summed over the latent severity with P(severity | condition); hormonal therapy's are a woman's
@@ -112,9 +123,10 @@ class SafetyNet:
         self.names = [r.name for r in self.rules]
         # the yes/no signs of the same-day rules: answered "no", would the emergency stand? (A risk
         # in the person's history, such as recent surgery, is no sign to look for: unanswered, it
-        # does not soften an emergency.)
-        self.no_fields = list(dict.fromkeys(n for r in self.rules if r.level == _EMERGENCY for n in r.fields
-                                            if field(n).kind == "tristate" and n in SYMPTOMS))
+        # does not soften an emergency; nor is a sign of the other conditions, such as a knee that
+        # cannot bend: its "no" would make a clot likelier, not the same day less sure.)
+        self.no_fields = [n for n in dict.fromkeys(n for r in self.rules if r.level == _EMERGENCY for n in r.fields)
+                          if field(n).kind == "tristate" and n in SYMPTOMS and points_to_same_day(cfg, kb, n)]
         self.log_no = {n: np.log(answer_likelihoods(kb, n)[0]) for n in self.no_fields}
         candidates = [n for r in self.rules for n in r.fields] + list(cfg.ask_next.fields)
         self.candidates = list(dict.fromkeys(n for n in candidates
@@ -124,6 +136,8 @@ class SafetyNet:
         self._count_table = CountTable([(r.all, r.any) for r in self.rules])
         self._rule_levels = np.array([r.level for r in self.rules], dtype=np.int8)
         self._has_any = np.array([bool(r.any) for r in self.rules], dtype=bool)
+        self._n_all = np.array([len(r.all) for r in self.rules], dtype=np.int16)
+        self._is_screen = np.arange(len(self.rules)) >= len(cfg.red_flags)  # rules_of: the red flags first
         # per "no" field, the same-day rules that ask it
         self._same_day_asks_matrix = np.array([[r.level == _EMERGENCY and n in r.fields for n in self.no_fields]
                                                for r in self.rules], dtype=bool).reshape(len(self.rules), len(self.no_fields))
@@ -159,7 +173,6 @@ class SafetyNet:
         self._step_pair = np.array([pair for pair, _ in steps], dtype=np.intp)
         self._step_rule = np.array([k for _, k in steps], dtype=np.intp)
         self._step_change = unpacked[self._step_pair, self._step_rule].astype(np.int16).T.reshape(4, 1, len(steps))
-        self._step_all = np.array([len(self.rules[k].all) for k in self._step_rule], dtype=np.int16)
         self._step_pairs, self._step_starts = np.unique(self._step_pair, return_index=True)
         # per pair, its candidate's column among the "no" fields (-1: not one of them)
         self._pair_no_field = np.array([self.no_fields.index(self.candidates[j]) if self.candidates[j] in self.no_fields
@@ -231,7 +244,8 @@ class SafetyNet:
         first), then the others, each group the most likely to change the level first; in the
         places left, below the same day, the questions a same-day rule the case leaves open needs
         answered (its ``all`` fields: for the DVT rules, whether the calf is swollen or tender, veins
-        stand out or the whole leg is swollen), the likeliest answer first, and where the questions
+        stand out or the whole leg is swollen; a screen rule's only where the case shows it, as
+        :meth:`_shown` reads it), the likeliest answer first, and where the questions
         that change the level fill every place without one of these, the last place goes to the
         likeliest of them (a young adult given only age and sex is asked about the calf, not only
         what happened, whether the knee gave way and whether it swelled within hours); never one whose premise
@@ -308,12 +322,15 @@ class SafetyNet:
         asked = unanswered_matrix(codes, self.candidates) & ~premise_denied(codes, self.candidates)
         columns = np.ascontiguousarray(proba.T)  # by condition, then case
         p_answer = dot_exact_columns(columns, self._likelihood_rows)  # (pair, case)
-        completes = self._completes_screen_rule(counts, self._suggested(codes))
+        shown = self._shown(counts, codes)
+        completes = self._completes_screen_rule(counts, shown)
         plausible = asked.T[self._pair_candidate] & ((p_answer >= self.cfg.ask_next.min_answer_probability) | completes)
         # the answers a same-day rule needs (one of its `all` fields) that a case below the same day
-        # leaves open (by pair, then case), and by question, then case, their summed probability
+        # leaves open (by pair, then case), and by question, then case, their summed probability; a
+        # screen rule's only where the case shows it (with nothing of the knee said, a hot swollen
+        # knee's "does it bend?" is no more needed than any other question)
         below = level < _EMERGENCY
-        open_ = state_of_counts(counts, self._has_any)[1]
+        open_ = state_of_counts(counts, self._has_any)[1] & (shown | ~self._is_screen)
         needed = np.zeros_like(plausible)
         for k, pairs in self._same_day_needs:
             needed[pairs] |= open_[:, k] & below
@@ -345,25 +362,24 @@ class SafetyNet:
         same_day.ravel()[flat[screen]] = 2
         return change, same_day, needs
 
-    def _suggested(self, codes: dict[str, np.ndarray]) -> np.ndarray:
-        """(n_cases, n_rules): whether the case shows the signs that suggest the rule (its
-        ``suggested_by``; False for a rule without)."""
-        out = np.zeros((len(codes["age"]), len(self.rules)), dtype=bool)
+    def _shown(self, counts: np.ndarray, codes: dict[str, np.ndarray]) -> np.ndarray:
+        """(n_cases, n_rules): whether the case shows the rule: meets it in part (a field of it
+        matches: a hot, swollen knee for fever) or shows the signs that suggest it (its
+        ``suggested_by``: sudden pain with weakness for a cold foot)."""
+        out = (self._n_all - counts[0] + counts[1]) > 0
         for k, rule in enumerate(self.rules):
             if rule.suggested_by is not None:
-                out[:, k] = rule_fires(*rule.suggested_by, codes)
+                out[:, k] |= rule_fires(*rule.suggested_by, codes)
         return out
 
-    def _completes_screen_rule(self, counts: np.ndarray, suggested: np.ndarray) -> np.ndarray:
+    def _completes_screen_rule(self, counts: np.ndarray, shown: np.ndarray) -> np.ndarray:
         """(n_pairs, n_cases): whether the pair's answer would make a same-day screen rule fire that
-        the case already meets in part (a field of it matches: a hot, swollen knee for fever) or
-        whose signs it shows (``suggested``, from :meth:`_suggested`: sudden pain with weakness for a
-        cold foot). Such an answer is asked however unlikely the nine conditions make it: the screen
-        is there for conditions the model does not know."""
+        the case shows (``shown``, from :meth:`_shown`). Such an answer is asked however unlikely the
+        nine conditions make it: the screen is there for conditions the model does not know."""
         completes = np.zeros((len(self._pair_candidate), counts.shape[1]), dtype=bool)
         if counts.shape[1] <= FEW_CASES and len(self._step_rule):  # every step at once
             case = counts[:2].take(self._step_rule, axis=2).astype(np.int16)  # (2, n_cases, n_steps)
-            in_part = ((self._step_all - case[0] + case[1]) > 0) | suggested.take(self._step_rule, axis=1)
+            in_part = shown.take(self._step_rule, axis=1)
             fires = (case[0] + self._step_change[0] == 0) & ((case[1] + self._step_change[1] > 0)
                                                              | ~self._has_any[self._step_rule])
             # a pair completes a rule if one of its steps does
@@ -371,7 +387,7 @@ class SafetyNet:
             return completes
         for i, (pair, k) in enumerate(zip(self._step_pair, self._step_rule)):  # a step at a time
             case = counts[:2, :, k].astype(np.int16)
-            in_part = ((self._step_all[i] - case[0] + case[1]) > 0) | suggested[:, k]
+            in_part = shown[:, k]
             fires = (case[0] + self._step_change[0, 0, i] == 0) & ((case[1] + self._step_change[1, 0, i] > 0)
                                                                   | ~self._has_any[k])
             completes[pair] |= in_part & fires
