@@ -185,7 +185,8 @@ def test_the_advice_names_the_less_likely_condition_the_level_is_for(cfg):
     at = advice_index(level, likely, np.array([dvt, -1, dvt]))
     codes, texts = advice_codes().ravel()[at], advice_table(cfg).ravel()[at]
     assert codes.tolist() == ["see_doctor_soon:bakers_cyst+dvt", "see_doctor_soon:bakers_cyst", "see_doctor_soon:dvt"]
-    assert "Most likely Baker's cyst" in texts[0] and "not ruled out: deep vein thrombosis" in texts[0]
+    first = "Deep vein thrombosis, which this level is for, is less likely than Baker's cyst but not ruled out"
+    assert texts[0].index(first) < texts[0].index("Most likely Baker's cyst")
     assert "ruled out" not in texts[1] and "ruled out" not in texts[2]
     assert all(t.startswith(cfg.level_text["see_doctor_soon"]) and t.endswith(cfg.closing) for t in texts)
     # the texts lookup lists only the cells a case can get
@@ -1067,3 +1068,20 @@ def test_ask_next_asks_first_whether_a_recently_hot_swollen_knee_bends(cfg, net,
     bends_not = _codes([{**case, "reduced_range_of_motion": "yes"}])
     after = LEVELS[triage_levels(cfg, bends_not, proba, screen=screen, net=net)[0][0]]
     assert after == ("emergency" if first else "see_doctor_soon")
+
+
+def test_advice_leads_with_the_condition_the_level_is_for_where_the_likeliest_does_not_call_for_it(cfg):
+    """Sent the same day for a clot less likely than osteoarthritis, a person reads first that the
+    clot is not ruled out and not to massage the leg, then osteoarthritis's exercise and hot packs;
+    where the likeliest condition calls for the level, its advice alone."""
+    from pipeline.decision.triage import advice_table
+
+    table = advice_table(cfg)
+    oa, dvt = CONDITIONS.index("osteoarthritis"), CONDITIONS.index("dvt")
+    text = table[LEVELS.index("emergency"), oa, 1 + dvt]
+    assert text.startswith(cfg.level_text["emergency"] + " Deep vein thrombosis, which this level is for, is less "
+                           "likely than osteoarthritis but not ruled out: " + cfg.advice["dvt"])
+    assert text.index(cfg.advice["dvt"]) < text.index("Most likely osteoarthritis: " + cfg.advice["osteoarthritis"])
+    assert text.endswith(cfg.closing)
+    alone = table[LEVELS.index("emergency"), dvt, 0]
+    assert alone == f"{cfg.level_text['emergency']} Most likely deep vein thrombosis: {cfg.advice['dvt']} {cfg.closing}"

@@ -139,13 +139,21 @@ def advice_codes() -> np.ndarray:
                     dtype=object)
 
 
+def _opening(condition: str | None) -> str:
+    """A condition's label to open a sentence ("" for none): "Deep vein thrombosis"."""
+    label = CONDITION_LABELS[condition] if condition else ""
+    return f"{label[:1].upper()}{label[1:]}"
+
+
 def advice_table(cfg: TriageConfig) -> np.ndarray:
     """(n_levels, n_conditions, 1 + n_conditions) advice: the level's instruction, the likely
-    condition's advice, then (at ``1 + d``) that a less likely condition ``d`` is what the level is
-    for, and the closing. :func:`advice_index` picks the cell of each case."""
+    condition's advice and the closing; at ``1 + d``, first that a less likely condition ``d``,
+    which the level is for, is not ruled out, with its advice (a clot's "Do not massage the leg"
+    before osteoarthritis's exercise and hot packs). :func:`advice_index` picks the cell of each case."""
     def text(lv: Level, c: str, d: str | None) -> str:
-        other = f"Less likely, but not ruled out: {CONDITION_LABELS[d]}, which this level is for. " if d else ""
-        return f"{cfg.level_text[lv]} Most likely {CONDITION_LABELS[c]}: {cfg.advice[c]} {other}{cfg.closing}"
+        first = (f"{_opening(d)}, which this level is for, is less likely than {CONDITION_LABELS[c]} "
+                 f"but not ruled out: {cfg.advice[d]} ") if d else ""
+        return f"{cfg.level_text[lv]} {first}Most likely {CONDITION_LABELS[c]}: {cfg.advice[c]} {cfg.closing}"
 
     return np.array([[[text(lv, c, None), *(text(lv, c, d) for d in CONDITIONS)] for c in CONDITIONS]
                      for lv in LEVELS], dtype=object)
@@ -201,8 +209,7 @@ def screen_advice(cfg: TriageConfig, screen: ScreenConfig) -> np.ndarray:
     calls for the level too, is not ruled out either, and the closing. No condition's own advice:
     for a cold, pale foot named as a cramp it read "stretch the muscle gently"."""
     def text(r, d: str | None) -> str:
-        label = CONDITION_LABELS[d] if d else ""
-        other = f"{label[:1].upper()}{label[1:]}, which calls for this level too, is not ruled out either. " if d else ""
+        other = f"{_opening(d)}, which calls for this level too, is not ruled out either. " if d else ""
         return f"{cfg.level_text[r.level]} First rule out {r.rule_out}: {r.reason}. {other}{cfg.closing}"
 
     return np.array([[text(r, None), *(text(r, d) for d in CONDITIONS)] for r in screen.rules], dtype=object)
