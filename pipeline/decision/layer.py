@@ -82,10 +82,11 @@ DECISION_COLUMN_DOCS = {
               "level (for a same day softened because it rests on unanswered questions: does not call for the same "
               "day), the less likely condition an expected-cost level or a red flag is for, with its advice (a DVT "
               "that cannot be ruled out, most often); then advice for the most likely condition; where a screen "
-              "rule sets the level, what to rule out first and why instead of a condition's advice; where nothing of the pain itself is known (age, sex, "
-              "history and the screen's signs at most) and the level, below the same day, rests on the expected "
-              "cost, that this is too little to tell its cause and the condition the level is for, instead of a "
-              "condition's advice; and always the advice to seek professional advice",
+              "rule sets the level, what to rule out first and why instead of a condition's advice; where nothing "
+              "of the pain itself is known (age, sex, history and the screen's signs at most) and the level, below "
+              "the same day, rests on the expected cost, that this is too little to tell its cause and the "
+              "condition the level is for, instead of a condition's advice; and always the advice to seek "
+              "professional advice",
     "differential": "the conditions that remain possible, most likely first, `|`-separated: a conformal prediction "
                     "set fitted to hold the true condition for 90% of the calibration cases by default, and for at "
                     "least 87% within each band of confidence and of answers known (new cases land within sampling "
