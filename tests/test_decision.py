@@ -757,7 +757,7 @@ def _ask_next_by_definition(cfg, net, screen, proba, codes, atypical):
     case triaged in full by triage_levels, one variant at a time (an answer that makes a same-day
     screen rule fire which the case meets in part is plausible however unlikely); then, below the
     same day, the answers that match an `all` field of an open same-day rule which did not match
-    unanswered (of a screen rule, only where the case meets it in part)."""
+    unanswered (of a red flag's, not the screen's)."""
     level, _ = triage_levels(cfg, codes, proba, atypical, screen, None, net)
     same_day_rules = [r for r in net.rules if r.level == LEVELS.index("emergency")]
     screen_rules = [r for r in same_day_rules if net.rules.index(r) >= len(cfg.red_flags)]
@@ -766,7 +766,7 @@ def _ask_next_by_definition(cfg, net, screen, proba, codes, atypical):
         change, same_day = np.zeros(len(net.candidates)), np.zeros(len(net.candidates), dtype=int)
         needs = np.zeros(len(net.candidates))
         case = {k: v[i:i + 1] for k, v in codes.items()}
-        waiting = [r for r in same_day_rules if r.open(case)[0] and (r not in screen_rules or _meets_in_part(r, case))
+        waiting = [r for r in same_day_rules if r.open(case)[0] and r not in screen_rules
                    ] if level[i] < LEVELS.index("emergency") else []
         for j, name in enumerate(net.candidates):
             if not unanswered(name, case)[0] or premise_denied(case, [name])[0, 0]:
@@ -789,7 +789,7 @@ def _ask_next_by_definition(cfg, net, screen, proba, codes, atypical):
                 for j in range(len(change))]
         ranked = sorted((j for j in range(len(change)) if rank[j] > 0), key=lambda j: -rank[j])
         listed = ranked[:cfg.ask_next.max_questions]
-        if len(listed) > 1 and needs.max() > 0 and not any(needs[j] > 0 for j in listed):  # the last place
+        if len(listed) > 1 and needs.max() > 0 and not any(needs[j] > 0 or same_day[j] > 1 for j in listed):  # the last place
             listed[-1] = int(np.argmax(needs))  # to the likeliest answer a same-day rule needs
         out.append("|".join(net.questions[j] for j in listed))
     return level, out

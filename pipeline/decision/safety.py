@@ -137,7 +137,6 @@ class SafetyNet:
         self._rule_levels = np.array([r.level for r in self.rules], dtype=np.int8)
         self._has_any = np.array([bool(r.any) for r in self.rules], dtype=bool)
         self._n_all = np.array([len(r.all) for r in self.rules], dtype=np.int16)
-        self._is_screen = np.arange(len(self.rules)) >= len(cfg.red_flags)  # rules_of: the red flags first
         # per "no" field, the same-day rules that ask it
         self._same_day_asks_matrix = np.array([[r.level == _EMERGENCY and n in r.fields for n in self.no_fields]
                                                for r in self.rules], dtype=bool).reshape(len(self.rules), len(self.no_fields))
@@ -159,11 +158,15 @@ class SafetyNet:
         for j, row in enumerate(self._asks):
             asking = np.flatnonzero(row)
             self._asking_slots[:len(asking), j] = asking
-        # per same-day rule, the pairs whose answer matches one of its `all` fields, which it cannot
-        # fire without
+        # per same-day red flag (the nine conditions' rules: a clot's), the pairs whose answer matches
+        # one of its `all` fields, which it cannot fire without. Not a screen rule's: the nine's
+        # likelihoods say nothing of a condition outside them, whose questions come first where one
+        # answer would complete a rule the case shows (_completes_screen_rule); otherwise "does the
+        # knee bend?" of a hot swollen knee's rule took the place of the calf for a clot's cases
         unpacked = _unpacked(self._pair_counts).reshape(len(pairs), len(self.rules), 4)
         same_day_rules = [k for k, r in enumerate(self.rules) if r.level == _EMERGENCY]
-        self._same_day_needs = [(k, np.flatnonzero(unpacked[:, k, 0] < 0)) for k in same_day_rules]
+        self._same_day_needs = [(k, np.flatnonzero(unpacked[:, k, 0] < 0)) for k in same_day_rules
+                                if k < len(cfg.red_flags)]
         # the steps towards a same-day screen rule (a condition outside the nine, whose likelihoods
         # say nothing of its signs): each a (pair, rule) whose answer matches one more of the rule's
         # fields, sorted by pair; per step its count changes and its rule's number of `all` fields;
@@ -244,8 +247,8 @@ class SafetyNet:
         first), then the others, each group the most likely to change the level first; in the
         places left, below the same day, the questions a same-day rule the case leaves open needs
         answered (its ``all`` fields: for the DVT rules, whether the calf is swollen or tender, veins
-        stand out or the whole leg is swollen; a screen rule's only where the case shows it, as
-        :meth:`_shown` reads it), the likeliest answer first, and where the questions
+        stand out or the whole leg is swollen; the red flags' only, not the screen's), the likeliest
+        answer first, and where the questions
         that change the level fill every place without one of these, the last place goes to the
         likeliest of them (a young adult given only age and sex is asked about the calf, not only
         what happened, whether the knee gave way and whether it swelled within hours); never one whose premise
@@ -297,8 +300,9 @@ class SafetyNet:
                 needed = np.round(needs[some], _RANK_DECIMALS)
                 rank = np.where(moved > 0, 4.0 + 3.0 * (urgent > 0) + (urgent > 1) + moved, needed)
                 ranked = np.argsort(-rank, axis=1, kind="stable")[:, :top]
-                if top > 1:  # the last place is kept for what an open same-day rule needs
-                    left_out = (needed > 0).any(axis=1) & ~(np.take_along_axis(needed, ranked, axis=1) > 0).any(axis=1)
+                if top > 1:  # the last place is kept for what an open same-day rule needs, or completes
+                    listed = (np.take_along_axis(needed, ranked, axis=1) > 0) | (np.take_along_axis(urgent, ranked, axis=1) > 1)
+                    left_out = (needed > 0).any(axis=1) & ~listed.any(axis=1)
                     ranked[left_out, -1] = needed[left_out].argmax(axis=1)
                 order[some + start] = ranked
                 keep_[some + start] = np.take_along_axis(rank, ranked, axis=1) > 0
@@ -326,11 +330,9 @@ class SafetyNet:
         completes = self._completes_screen_rule(counts, shown)
         plausible = asked.T[self._pair_candidate] & ((p_answer >= self.cfg.ask_next.min_answer_probability) | completes)
         # the answers a same-day rule needs (one of its `all` fields) that a case below the same day
-        # leaves open (by pair, then case), and by question, then case, their summed probability; a
-        # screen rule's only where the case shows it (with nothing of the knee said, a hot swollen
-        # knee's "does it bend?" is no more needed than any other question)
+        # leaves open (by pair, then case), and by question, then case, their summed probability
         below = level < _EMERGENCY
-        open_ = state_of_counts(counts, self._has_any)[1] & (shown | ~self._is_screen)
+        open_ = state_of_counts(counts, self._has_any)[1]
         needed = np.zeros_like(plausible)
         for k, pairs in self._same_day_needs:
             needed[pairs] |= open_[:, k] & below
