@@ -790,7 +790,7 @@ def _ask_next_by_definition(cfg, net, screen, proba, codes, atypical):
         ranked = sorted((j for j in range(len(change)) if rank[j] > 0), key=lambda j: -rank[j])
         listed = ranked[:cfg.ask_next.max_questions]
         if len(listed) > 1 and needs.max() > 0 and not any(needs[j] > 0 or same_day[j] > 1 for j in listed):  # the last place
-            listed[-1] = int(np.argmax(needs))  # to the likeliest answer a same-day rule needs
+            listed[-1] = int(np.argmax(needs))  # to the likeliest answer a red flag needs
         out.append("|".join(net.questions[j] for j in listed))
     return level, out
 
@@ -1024,12 +1024,14 @@ def test_chosen_decision_columns_are_those_of_the_whole_layer_and_cost_only_what
             == full["screen"]).all()
 
 
-def test_a_screen_rule_that_asks_a_sign_of_other_conditions_sends_no_one_the_same_day_on_history(cfg, kb):
+def test_a_screen_rule_that_needs_a_sign_of_other_conditions_changes_no_level_on_history(cfg, kb):
     """A same day is softened when it rests on unanswered signs, read as "no". A knee that cannot
-    bend (which the hot swollen knee's same-day screen rule asks) is a sign of the knee injuries
-    and osteoarthritis, not of a clot: read as "no", it would make a clot likelier. So it is not
-    read so, and the rule changes no level of a case that said nothing of the knee (a 72-year-old
-    with cancer: within a day or two, with the questions, either way); the clot's own signs are."""
+    bend (which the hot swollen knee's same-day screen rule needs) is a sign of the knee injuries
+    and osteoarthritis, not of a clot: read as "no", it would make a clot likelier (a 72-year-old
+    with cancer went the same day). Nor does that rule, open, have a swollen knee read "no" where
+    no rule looking for a clot asks it (with no fever, no injury: a 70-year-old with a clot before
+    went within a day or two). So the rule changes no level of a case that said nothing of the
+    knee; the clot's own signs are read so."""
     from pipeline.decision.safety import points_to_same_day
 
     screen = load_config(ScreenConfig, config_path("screen.yaml"))
@@ -1037,8 +1039,9 @@ def test_a_screen_rule_that_asks_a_sign_of_other_conditions_sends_no_one_the_sam
     assert len(without.rules) == len(screen.rules) - 1
     history = [{}, {"smoker": "yes"}, {"long_travel": "yes"}, {"active_cancer": "yes"}, {"recent_surgery": "yes"},
                {"sedentary": "yes"}, {"bmi": 34}, {"previous_vte": "yes"}]
-    cases = parse_cases(pd.DataFrame([{"age": a, "sex": s, **h} for a in range(16, 101, 3) for s in ("female", "male")
-                                      for h in history]))
+    said = [{}, {"fever": "no"}, {"fever": "no", "injury_event": "none"}]
+    cases = parse_cases(pd.DataFrame([{"age": a, "sex": s, **h, **more} for a in range(16, 101, 3)
+                                      for s in ("female", "male") for h in history for more in said]))
     proba = oracle_posterior(kb, cases).to_numpy()
     atypical = np.zeros(len(proba), dtype=bool)
     levels = [triage_levels(cfg, cases.codes, proba, atypical, s, None, SafetyNet(cfg, s, kb))[0] for s in (screen, without)]

@@ -10,7 +10,12 @@ from pipeline.core.blas import dot_exact_columns
 from pipeline.core.config import LEVELS, TriageConfig
 from pipeline.core.schema import CONDITIONS
 
-__all__ = ["cost_levels", "cost_levels_of_columns", "cost_matrix"]
+__all__ = ["cost_levels", "cost_levels_of_columns", "cost_matrix", "right_levels"]
+
+
+def right_levels(cfg: TriageConfig) -> np.ndarray:
+    """Per condition (in :data:`CONDITIONS` order), the index in :data:`LEVELS` of its right level."""
+    return np.array([LEVELS.index(cfg.right_level[c]) for c in CONDITIONS], dtype=np.int64)
 
 
 def cost_matrix(cfg: TriageConfig) -> np.ndarray:

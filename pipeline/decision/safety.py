@@ -5,14 +5,15 @@ A case seldom answers everything. Three things follow from what is still unknown
 - **the safety net**: the red flags and screen rules that would raise the level and that the
   unanswered questions could still fire, in plain words (``safety_net``);
 - **the uncertain emergency**: when the expected cost points to the same day but a plain "no" to
-  the unanswered safety-net questions would not, the emergency rests on what is unknown (with only
+  the unanswered safety-net signs of a clot (:func:`points_to_same_day`) would not, the emergency
+  rests on what is unknown (with only
   age and sex, on the prior alone, which is never enough). The case is sent at the configured ``uncertain.level`` with
   the safety net instead, as clinicians safety-net a routine appointment. Red flags and the screen
   still send a case the same day whenever they fire;
 - **what to ask next**: the unanswered questions whose plausible answers would change the level
   (``ask_next``): first those an answer to which would send the case the same day, then the
   others, each group most likely to change the level first; then, below the same day, those a
-  same-day rule the case leaves open needs answered (whether the leg is swollen).
+  same-day red flag the case leaves open needs answered (whether the leg is swollen).
 
 An answer's effect on the probabilities is taken from the knowledge base: P(answer | condition),
 summed over the latent severity, multiplies the model's probabilities (Bayes' rule with the
@@ -32,12 +33,12 @@ from pipeline.core.blas import dot_exact_columns
 from pipeline.core.config import LEVELS, ScreenConfig, TriageConfig
 from pipeline.core.knowledge import KnowledgeBase
 from pipeline.core.parsing import premise_denied, unanswered_matrix
-from pipeline.core.schema import CONDITIONS, SYMPTOMS, UNKNOWN, field
+from pipeline.core.schema import SYMPTOMS, UNKNOWN, field
 from pipeline.core.sizes import FEW_CASES
 from pipeline.core.textcols import join_ranked
 from pipeline.core.wording import question
 from pipeline.decision.conformal import known_share
-from pipeline.decision.costs import cost_levels_of_columns
+from pipeline.decision.costs import cost_levels_of_columns, right_levels
 from pipeline.decision.screen import CountTable, add_field_counts, answer_matches, rule_fires, rule_open, state_of_counts
 
 __all__ = ["Rule", "SafetyNet", "answer_likelihoods", "per_rule", "points_to_same_day", "rules_of"]
@@ -95,7 +96,7 @@ def points_to_same_day(cfg: TriageConfig, kb: KnowledgeBase, name: str) -> bool:
     swollen calf is (0.59 in a DVT, 0.13 in the others); a knee that cannot bend is not (0.19
     against 0.43), nor a pulsating lump (0.025 against 0.028)."""
     yes = answer_likelihoods(kb, name)[1]
-    same_day = np.array([cfg.right_level[c] == "emergency" for c in CONDITIONS])
+    same_day = right_levels(cfg) == _EMERGENCY
     prior = kb.prior[~same_day]
     return bool((yes[same_day] >= yes[~same_day] @ prior / prior.sum()).all())
 
@@ -124,9 +125,14 @@ class SafetyNet:
         # the yes/no signs of the same-day rules: answered "no", would the emergency stand? (A risk
         # in the person's history, such as recent surgery, is no sign to look for: unanswered, it
         # does not soften an emergency; nor is a sign of the other conditions, such as a knee that
-        # cannot bend: its "no" would make a clot likelier, not the same day less sure.)
-        self.no_fields = [n for n in dict.fromkeys(n for r in self.rules if r.level == _EMERGENCY for n in r.fields)
-                          if field(n).kind == "tristate" and n in SYMPTOMS and points_to_same_day(cfg, kb, n)]
+        # cannot bend: its "no" would make a clot likelier, not the same day less sure; nor are the
+        # signs of a rule that needs one: open, a recently hot, swollen knee that cannot bend (a
+        # septic joint) would have a swollen knee read "no" where no other open rule asks it.)
+        signs = list(dict.fromkeys(n for r in self.rules if r.level == _EMERGENCY for n in r.fields
+                                   if field(n).kind == "tristate" and n in SYMPTOMS))
+        points = {n: points_to_same_day(cfg, kb, n) for n in signs}
+        hiding = [r.level == _EMERGENCY and all(points.get(n, True) for n in r.all) for r in self.rules]
+        self.no_fields = [n for n in signs if points[n] and any(h and n in r.fields for h, r in zip(hiding, self.rules))]
         self.log_no = {n: np.log(answer_likelihoods(kb, n)[0]) for n in self.no_fields}
         candidates = [n for r in self.rules for n in r.fields] + list(cfg.ask_next.fields)
         self.candidates = list(dict.fromkeys(n for n in candidates
@@ -137,9 +143,10 @@ class SafetyNet:
         self._rule_levels = np.array([r.level for r in self.rules], dtype=np.int8)
         self._has_any = np.array([bool(r.any) for r in self.rules], dtype=bool)
         self._n_all = np.array([len(r.all) for r in self.rules], dtype=np.int16)
-        # per "no" field, the same-day rules that ask it
-        self._same_day_asks_matrix = np.array([[r.level == _EMERGENCY and n in r.fields for n in self.no_fields]
-                                               for r in self.rules], dtype=bool).reshape(len(self.rules), len(self.no_fields))
+        # per "no" field, the same-day rules that ask it and read it so
+        self._same_day_asks_matrix = np.array([[h and n in r.fields for n in self.no_fields]
+                                               for h, r in zip(hiding, self.rules)], dtype=bool
+                                              ).reshape(len(self.rules), len(self.no_fields))
         # which rules ask each candidate; every (candidate, answer) likelihood row, and where it is
         self._asks = np.array([[n in r.fields for r in self.rules] for n in self.candidates], dtype=bool
                               ).reshape(len(self.candidates), len(self.rules))
@@ -206,8 +213,9 @@ class SafetyNet:
                           cost_level_of) -> np.ndarray:
         """Per case, whether the same day rests on what is unknown: nothing but age and sex is
         answered (the prior alone), or the expected-cost level would drop below the same day if
-        every unanswered question of a same-day rule that could still fire were answered "no"."""
-        # per "no" field, hidden where it is unanswered and a same-day rule asking it is open
+        every unanswered sign of a clot (:func:`points_to_same_day`) that a same-day rule looking for
+        one could still fire on were answered "no"."""
+        # per "no" field, hidden where it is unanswered and a same-day rule reading it so is open
         hide = unanswered_matrix(codes, self.no_fields) & (open_ @ self._same_day_asks_matrix)
         return self._drops_if_no(np.asarray(proba).T, hide, lambda c: cost_level_of(c.T)) | (known_share(codes) == 0)
 
@@ -245,16 +253,16 @@ class SafetyNet:
         ``|``-separated (at most ``ask_next.max_questions``): first those with a plausible answer
         that would send the case the same day from below it (those completing a screen rule
         first), then the others, each group the most likely to change the level first; in the
-        places left, below the same day, the questions a same-day rule the case leaves open needs
-        answered (its ``all`` fields: for the DVT rules, whether the calf is swollen or tender, veins
-        stand out or the whole leg is swollen; the red flags' only, not the screen's), the likeliest
-        answer first, and where the questions
-        that change the level fill every place without one of these, the last place goes to the
-        likeliest of them (a young adult given only age and sex is asked about the calf, not only
-        what happened, whether the knee gave way and whether it swelled within hours); never one whose premise
-        the case denies (:func:`pipeline.core.parsing.premise_denied`). A swollen calf after a
-        sprain is asked whether the skin is warm (a sign of a DVT) before whether the knee swelled
-        within hours.
+        places left, below the same day, the questions a same-day red flag the case leaves open
+        needs answered (its ``all`` fields: for the DVT rules, whether the calf is swollen or tender,
+        veins stand out or the whole leg is swollen; not the screen's, whose questions come first
+        where one answer completes a rule), the likeliest answer first, and where the questions
+        that change the level fill every place without one of these or one that completes a screen
+        rule, the last place goes to the likeliest of them (a young adult given only age and sex is
+        asked about the calf, not only what happened, whether the knee gave way and whether it
+        swelled within hours); never one whose premise the case denies
+        (:func:`pipeline.core.parsing.premise_denied`). A swollen calf after a sprain is asked
+        whether the skin is warm (a sign of a DVT) before whether the knee swelled within hours.
 
         An answer is plausible when its predictive probability is at least
         ``ask_next.min_answer_probability``, or when it would make a same-day screen rule fire that the
@@ -300,7 +308,7 @@ class SafetyNet:
                 needed = np.round(needs[some], _RANK_DECIMALS)
                 rank = np.where(moved > 0, 4.0 + 3.0 * (urgent > 0) + (urgent > 1) + moved, needed)
                 ranked = np.argsort(-rank, axis=1, kind="stable")[:, :top]
-                if top > 1:  # the last place is kept for what an open same-day rule needs, or completes
+                if top > 1:  # the last place is kept for what an open red flag needs, or a screen rule's completion
                     listed = (np.take_along_axis(needed, ranked, axis=1) > 0) | (np.take_along_axis(urgent, ranked, axis=1) > 1)
                     left_out = (needed > 0).any(axis=1) & ~listed.any(axis=1)
                     ranked[left_out, -1] = needed[left_out].argmax(axis=1)
@@ -314,8 +322,8 @@ class SafetyNet:
         """(n_cases, n_candidates) three times: per case and question, the probability that its
         answer changes ``level``; whether a plausible answer would send the case the same day from
         a lower level (1; 2 where that answer completes a same-day screen rule); and, below the
-        same day, the probability of a plausible answer that a same-day rule the case leaves open
-        needs (one of the rule's ``all`` fields, which it cannot fire without)."""
+        same day, the probability of a plausible answer that a same-day red flag the case leaves
+        open needs (one of the rule's ``all`` fields, which it cannot fire without)."""
         change = np.zeros((len(proba), len(self.candidates)))
         same_day = np.zeros(change.shape, dtype=np.int8)
         needs = np.zeros(change.shape)
@@ -329,7 +337,7 @@ class SafetyNet:
         shown = self._shown(counts, codes)
         completes = self._completes_screen_rule(counts, shown)
         plausible = asked.T[self._pair_candidate] & ((p_answer >= self.cfg.ask_next.min_answer_probability) | completes)
-        # the answers a same-day rule needs (one of its `all` fields) that a case below the same day
+        # the answers a same-day red flag needs (one of its `all` fields) that a case below the same day
         # leaves open (by pair, then case), and by question, then case, their summed probability
         below = level < _EMERGENCY
         open_ = state_of_counts(counts, self._has_any)[1]

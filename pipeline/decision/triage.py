@@ -13,7 +13,7 @@ import numpy as np
 
 from pipeline.core.config import LEVELS, Level, ScreenConfig, TriageConfig
 from pipeline.core.schema import CONDITION_LABELS, CONDITIONS
-from pipeline.decision.costs import cost_levels
+from pipeline.decision.costs import cost_levels, right_levels
 from pipeline.decision.safety import Rule, SafetyNet, per_rule, rules_of
 
 __all__ = ["COST_REASON", "SOFTENED_REASON", "UNCERTAIN_REASON", "UNDESCRIBED_PAIN_REASON", "advice_codes",
@@ -109,11 +109,6 @@ def raise_to_rules(cfg: TriageConfig, level: np.ndarray, reason: np.ndarray, fir
     if screen is not None:
         _raise_to_rules(level, reason, *strongest_rule(fires[:, n_red:], [r.level for r in screen.rules]),
                         FIRST_RULE_REASON + n_red)
-
-
-def right_levels(cfg: TriageConfig) -> np.ndarray:
-    """Per condition (in :data:`CONDITIONS` order), the index in :data:`LEVELS` of its right level."""
-    return np.array([LEVELS.index(cfg.right_level[c]) for c in CONDITIONS], dtype=np.int64)
 
 
 def reason_table(cfg: TriageConfig, screen: ScreenConfig | None = None) -> np.ndarray:
