@@ -38,7 +38,8 @@ QUIET = {"age": 30, "sex": "female", "activity": "running", "grinding": "yes", "
 @pytest.mark.parametrize("rule", range(len(load_config(TriageConfig, config_path("triage.yaml")).red_flags)))
 def test_each_red_flag_escalates(cfg, rule):
     flag = cfg.red_flags[rule]
-    case = {**QUIET, **flag.all, **dict(list(flag.any.items())[:1])}
+    case = {**QUIET, **{k: _meeting(v) for k, v in flag.all.items()},
+            **{k: _meeting(v) for k, v in list(flag.any.items())[:1]}}
     codes = _codes([QUIET, case])
     runner = np.zeros((2, len(CONDITIONS)))
     runner[:, CONDITIONS.index("runners_knee")] = 1.0  # the model is sure it is runner's knee
@@ -131,16 +132,23 @@ def test_a_red_flags_condition_is_shown_behind_another_rules_reason_and_whenever
 
 def test_no_advice_below_the_same_day_tells_to_go_sooner_than_its_level(cfg):
     """The level's text says when to go; a condition's advice after it must not say sooner (a DVT
-    softened to "within a day or two" read "needs medical assistance as soon as possible")."""
+    softened to "within a day or two" read "needs medical assistance as soon as possible"), but
+    when its signs would send the case sooner: "which would call for the same day if its signs
+    appear or grow worse" (not "which this level is for": within a day or two is no clot's level)."""
     from pipeline.decision.triage import advice_table, advice_written
 
     texts, written = advice_table(cfg), advice_written(cfg)
     urgent = re.compile(r"as soon as possible|immediate|right away|straight away|at once|urgent|\bnow\b|same day|"
                         r"emergency|within \d+ hours", re.IGNORECASE)
+    if_signs = "which would call for the same day if its signs appear or grow worse"
+    conditional = 0
     for level in range(LEVELS.index("emergency")):
         for text in texts[level][written[level]]:
             after = text.removeprefix(cfg.level_text[LEVELS[level]])
-            assert not urgent.search(after), text
+            conditional += if_signs in after
+            assert not urgent.search(after.replace(if_signs, "")), text
+            assert "Deep vein thrombosis, which this level is for" not in after, text
+    assert conditional
 
 
 def test_a_screen_rule_is_covered_only_by_another_rule_as_urgent():
@@ -185,7 +193,8 @@ def test_the_advice_names_the_less_likely_condition_the_level_is_for(cfg):
     at = advice_index(level, likely, np.array([dvt, -1, dvt]))
     codes, texts = advice_codes().ravel()[at], advice_table(cfg).ravel()[at]
     assert codes.tolist() == ["see_doctor_soon:bakers_cyst+dvt", "see_doctor_soon:bakers_cyst", "see_doctor_soon:dvt"]
-    first = "Deep vein thrombosis, which this level is for, is less likely than Baker's cyst but not ruled out"
+    first = ("Deep vein thrombosis, which would call for the same day if its signs appear or grow worse, is less "
+             "likely than Baker's cyst but not ruled out")
     assert texts[0].index(first) < texts[0].index("Most likely Baker's cyst")
     assert "ruled out" not in texts[1] and "ruled out" not in texts[2]
     assert all(t.startswith(cfg.level_text["see_doctor_soon"]) and t.endswith(cfg.closing) for t in texts)
@@ -415,7 +424,7 @@ def test_surgery_with_immobilisation_is_one_wells_item(cfg):
 
 def test_any_part_of_a_rule_is_required(cfg):
     flag = cfg.red_flags[0]  # possible_dvt: a swollen leg alone is not enough for it
-    level, rule = red_flags(cfg, _codes([{**QUIET, **flag.all}]))
+    level, rule = red_flags(cfg, _codes([{**QUIET, **{k: _meeting(v) for k, v in flag.all.items()}}]))
     assert rule[0] != 0
 
 
@@ -1088,3 +1097,39 @@ def test_advice_leads_with_the_condition_the_level_is_for_where_the_likeliest_do
     assert text.endswith(cfg.closing)
     alone = table[LEVELS.index("emergency"), dvt, 0]
     assert alone == f"{cfg.level_text['emergency']} Most likely deep vein thrombosis: {cfg.advice['dvt']} {cfg.closing}"
+
+
+def test_a_yes_to_a_knee_that_cannot_bend_never_lowers_a_hot_swollen_knees_level(cfg, kb, net):
+    """A hot, swollen knee without an injury: "it cannot bend" is the guideline's sign of a septic
+    joint, yet it makes a clot less likely; answered "yes", the level must not drop below what it
+    was unanswered or "no", whether or not the person said how long (ask_next cannot ask a number)."""
+    screen = load_config(ScreenConfig, config_path("screen.yaml"))
+    base = [{"age": a, "sex": s, "knee_swelling": "yes", "injury_event": "none", "fever": "no", "onset": o, **skin, **days}
+            for a in (30, 50, 62, 80) for s in ("female", "male") for o in ("sudden", "gradual")
+            for skin in ({"skin_warm": "yes"}, {"skin_red": "yes"}, {"skin_warm": "yes", "skin_red": "yes"})
+            for days in ({}, {"symptom_duration_days": 3}, {"symptom_duration_days": 10})]
+    levels = []
+    for answer in ("", "no", "yes"):
+        cases = parse_cases(pd.DataFrame([{**c, "reduced_range_of_motion": answer} for c in base]))
+        proba = oracle_posterior(kb, cases).to_numpy()
+        levels.append(triage_levels(cfg, cases.codes, proba, np.zeros(len(base), dtype=bool), screen, None, net)[0])
+    unanswered, no, yes = levels
+    assert (yes == LEVELS.index("emergency")).all() and (yes >= no).all()
+    assert (unanswered < LEVELS.index("emergency")).any()  # the question decides something
+
+
+@pytest.mark.parametrize("days, fires", [(None, True), (30, True), (90, True), (91, False), (400, False)])
+def test_a_clot_on_history_alone_is_for_pain_of_at_most_three_months(cfg, days, fires):
+    """A clot before with cancer is two Wells points, sent the same day on history alone; but not
+    for a year of pain with grinding and stiffness (a clot's pain is recent, and Wells takes two
+    points off where another diagnosis is as likely)."""
+    case = {"age": 68, "sex": "male", "grinding": "yes", "stiffness": "yes", "onset": "gradual",
+            "previous_vte": "yes", "active_cancer": "yes", "symptom_duration_days": days}
+    _, rule = red_flags(cfg, _codes([case]))
+    names = [f.name for f in cfg.red_flags]
+    assert (rule[0] == names.index("clot_before_with_wells_history")) == fires
+    data = cfg.model_dump()
+    data["red_flags"][names.index("clot_before_with_wells_history")]["all"]["symptom_duration_days"] = ["<90"]
+    from pydantic import ValidationError
+    with pytest.raises(ValidationError, match=r"red_flags\[\d+\]\.all\.symptom_duration_days: '<90' must be"):
+        TriageConfig.model_validate(data)

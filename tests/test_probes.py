@@ -130,7 +130,7 @@ HOT = {"age": 66, "sex": "male", "knee_swelling": "yes", "skin_warm": "yes", "in
     ("recent_hot_swollen_knee", {**HOT, "reduced_range_of_motion": "yes", "symptom_duration_days": 14}, True),
     ("recent_hot_swollen_knee", {**HOT, "reduced_range_of_motion": "yes", "symptom_duration_days": 30},
      False),  # longer: seen within a day or two
-    ("recent_hot_swollen_knee", {**HOT, "reduced_range_of_motion": "yes"}, False),  # how long: unanswered
+    ("recent_hot_swollen_knee", {**HOT, "reduced_range_of_motion": "yes"}, True),  # how long: unanswered
     ("recent_hot_swollen_knee", {**HOT, "symptom_duration_days": 3}, False),  # movement: unanswered
     ("recent_hot_swollen_knee", {**HOT, "reduced_range_of_motion": "no", "symptom_duration_days": 3}, False),
     ("hot_swollen_knee", {**HOT, "reduced_range_of_motion": "no", "symptom_duration_days": 3}, True),

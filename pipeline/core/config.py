@@ -127,13 +127,19 @@ LEVELS: tuple[Level, ...] = ("self_care", "see_doctor", "see_doctor_soon", "emer
 class RedFlag(StrictModel):
     name: str
     level: Level
-    all: dict[str, str] = Field(min_length=1)
-    any: dict[str, str] = {}
+    # each field's answer, or a list of answers any of which matches (checked as a screen rule's)
+    all: dict[str, list[str]] = Field(min_length=1)
+    any: dict[str, list[str]] = {}
     reason: str
     safety_net: str  # in plain words, the signs that fire the rule: shown while they are unanswered
     # the condition the rule sends the case for (None: none of the nine): where the rule raises the
     # level, the differential shows it and the advice names it, whatever the model thinks of it
     condition: str | None = None
+
+    @field_validator("all", "any", mode="before")
+    @classmethod
+    def _answers_as_lists(cls, fields: object) -> object:
+        return {k: [v] if isinstance(v, str) else v for k, v in fields.items()} if isinstance(fields, dict) else fields
 
 
 def _check_answers(part: str, fields: dict[str, list[str]]) -> None:
@@ -358,14 +364,7 @@ class TriageConfig(StrictModel):
                 raise ValueError(f"red_flags[{i}].condition: {flag.condition!r} calls for {self.right_level[flag.condition]}, "
                                  f"below the flag's {flag.level}: name a condition its level is for, or none")
             for part in ("all", "any"):
-                for name, value in getattr(flag, part).items():
-                    try:
-                        f = field(name)
-                    except KeyError as err:
-                        raise ValueError(f"red_flags[{i}].{part}.{name}: {err.args[0]}") from None
-                    allowed = ("yes", "no") if f.kind == "tristate" else f.allowed
-                    if value not in allowed:
-                        raise ValueError(f"red_flags[{i}].{part}.{name}: {value!r} is not one of {list(allowed)}")
+                _check_answers(f"red_flags[{i}].{part}", getattr(flag, part))
         return self
 
 

@@ -77,8 +77,7 @@ class Rule:
 
 def rules_of(cfg: TriageConfig, screen: ScreenConfig | None) -> list[Rule]:
     """The red flags, then the screen rules."""
-    rules = [Rule({k: [v] for k, v in f.all.items()}, {k: [v] for k, v in f.any.items()}, LEVELS.index(f.level),
-                  f.safety_net, f.name) for f in cfg.red_flags]
+    rules = [Rule(dict(f.all), dict(f.any), LEVELS.index(f.level), f.safety_net, f.name) for f in cfg.red_flags]
     return rules + [Rule(dict(r.all), dict(r.any), LEVELS.index(r.level), r.safety_net, r.name,
                          None if r.suggested_by is None else (dict(r.suggested_by.all), dict(r.suggested_by.any)))
                     for r in (screen.rules if screen else [])]

@@ -140,13 +140,23 @@ def _opening(condition: str | None) -> str:
     return f"{label[:1].upper()}{label[1:]}"
 
 
+def _not_ruled_out(cfg: TriageConfig, lv: Level, d: str) -> str:
+    """Why a less likely condition ``d`` is named at level ``lv``: the level is for it, or (a same
+    day softened to within a day or two, a swollen leg with a risk) it calls for more, so its signs
+    would send the case sooner ("within a day or two" is never a clot's own level)."""
+    if LEVELS.index(cfg.right_level[d]) <= LEVELS.index(lv):
+        return "which this level is for"
+    when = "the same day" if cfg.right_level[d] == "emergency" else "sooner"
+    return f"which would call for {when} if its signs appear or grow worse"
+
+
 def advice_table(cfg: TriageConfig) -> np.ndarray:
     """(n_levels, n_conditions, 1 + n_conditions) advice: the level's instruction, the likely
-    condition's advice and the closing; at ``1 + d``, first that a less likely condition ``d``,
-    which the level is for, is not ruled out, with its advice (a clot's "Do not massage the leg"
+    condition's advice and the closing; at ``1 + d``, first that a less likely condition ``d`` is
+    not ruled out (:func:`_not_ruled_out`), with its advice (a clot's "Do not massage the leg"
     before osteoarthritis's exercise and hot packs). :func:`advice_index` picks the cell of each case."""
     def text(lv: Level, c: str, d: str | None) -> str:
-        first = (f"{_opening(d)}, which this level is for, is less likely than {CONDITION_LABELS[c]} "
+        first = (f"{_opening(d)}, {_not_ruled_out(cfg, lv, d)}, is less likely than {CONDITION_LABELS[c]} "
                  f"but not ruled out: {cfg.advice[d]} ") if d else ""
         return f"{cfg.level_text[lv]} {first}Most likely {CONDITION_LABELS[c]}: {cfg.advice[c]} {cfg.closing}"
 
@@ -159,10 +169,10 @@ def undescribed_pain_advice(cfg: TriageConfig) -> np.ndarray:
     or symptom answer but the screen's signs), whose level, below the same day, rests on the
     expected cost: the level's instruction, that too little is known to tell the cause (no
     condition's advice: "Most likely ACL injury ... usually needs reconstructive surgery" for an
-    18-year-old who gave only her age was a guess), then (at ``1 + d``) that condition ``d``,
-    which the level is for, is not ruled out, and the closing."""
+    18-year-old who gave only her age was a guess), then (at ``1 + d``) that condition ``d`` is
+    not ruled out (:func:`_not_ruled_out`), and the closing."""
     def text(lv: Level, d: str | None) -> str:
-        other = f"Not ruled out: {CONDITION_LABELS[d]}, which this level is for. " if d else ""
+        other = f"Not ruled out: {CONDITION_LABELS[d]}, {_not_ruled_out(cfg, lv, d)}. " if d else ""
         return (f"{cfg.level_text[lv]} Nothing is known of the pain itself yet, which is too little to tell its cause: "
                 f"the answers to the questions asked next would tell more. {other}{cfg.closing}")
 
