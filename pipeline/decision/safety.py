@@ -6,10 +6,10 @@ A case seldom answers everything. Three things follow from what is still unknown
   unanswered questions could still fire, in plain words (``safety_net``);
 - **the uncertain emergency**: when the expected cost points to the same day but a plain "no" to
   the unanswered safety-net signs of a clot (:func:`points_to_same_day`) would not, the emergency
-  rests on what is unknown (with only
-  age and sex, on the prior alone, which is never enough). The case is sent at the configured ``uncertain.level`` with
-  the safety net instead, as clinicians safety-net a routine appointment. Red flags and the screen
-  still send a case the same day whenever they fire;
+  rests on what is unknown (with only age and sex, on the prior alone, which is never enough). The
+  case is sent at the configured ``uncertain.level`` with the safety net instead, as clinicians
+  safety-net a routine appointment. Red flags and the screen still send a case the same day
+  whenever they fire;
 - **what to ask next**: the unanswered questions whose plausible answers would change the level
   (``ask_next``): first those an answer to which would send the case the same day, then the
   others, each group most likely to change the level first; then, below the same day, those a
@@ -175,8 +175,8 @@ class SafetyNet:
                                 if k < len(cfg.red_flags)]
         # the steps towards a same-day screen rule (a condition outside the nine, whose likelihoods
         # say nothing of its signs): each a (pair, rule) whose answer matches one more of the rule's
-        # fields, sorted by pair; per step its count changes and its rule's number of `all` fields;
-        # and the pairs that step, with where each one's steps start
+        # fields, sorted by pair; per step its count changes; and the pairs that step, with where each
+        # one's steps start
         steps = sorted((int(pair), k) for k in same_day_rules if k >= len(cfg.red_flags)
                        for pair in np.flatnonzero((unpacked[:, k, 0] < 0) | (unpacked[:, k, 1] > 0)))
         self._step_pair = np.array([pair for pair, _ in steps], dtype=np.intp)
@@ -333,8 +333,7 @@ class SafetyNet:
         asked = unanswered_matrix(codes, self.candidates) & ~premise_denied(codes, self.candidates)
         columns = np.ascontiguousarray(proba.T)  # by condition, then case
         p_answer = dot_exact_columns(columns, self._likelihood_rows)  # (pair, case)
-        shown = self._shown(counts, codes)
-        completes = self._completes_screen_rule(counts, shown)
+        completes = self._completes_screen_rule(counts, self._shown(counts, codes))
         plausible = asked.T[self._pair_candidate] & ((p_answer >= self.cfg.ask_next.min_answer_probability) | completes)
         # the answers a same-day red flag needs (one of its `all` fields) that a case below the same day
         # leaves open (by pair, then case), and by question, then case, their summed probability
