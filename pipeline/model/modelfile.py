@@ -92,14 +92,11 @@ def scorer_from_dict(data: dict[str, Any]) -> ArrayScorer:
     if data["version"] >= 2 and "duration_knots_days" not in features:
         raise ValueError("features.duration_knots_days is missing (a version 2 file lists the duration's knots)")
     knots = features["duration_knots_days"] if data["version"] >= 2 else []  # version 1 had no hinges
-    if not isinstance(knots, list):
-        raise ValueError(f"features.duration_knots_days == {knots!r}, must be a list")
-    try:
-        knots = checked_knots(knots)
+    try:  # a list of finite, positive, strictly increasing days
+        featurizer = CodeFeatures({k: float(center[k]) for k in _NUMERIC}, {k: float(scale[k]) for k in _NUMERIC},
+                                  dtype, checked_knots(knots))
     except ValueError as err:
         raise ValueError(f"features.duration_knots_days: {err}") from None
-    featurizer = CodeFeatures({k: float(center[k]) for k in _NUMERIC}, {k: float(scale[k]) for k in _NUMERIC}, dtype,
-                              knots)
     layers = data.get("layers")
     if not isinstance(layers, list) or not layers:
         raise ValueError("layers must be a non-empty list")
