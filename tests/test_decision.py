@@ -5,10 +5,11 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from pipeline import generate_cases, oracle_posterior, predict
 from pipeline.core.blas import dot_exact
-from pipeline.core.config import LEVELS, ScreenConfig, TriageConfig, load_config
+from pipeline.core.config import LEVELS, ConfigError, ScreenConfig, TriageConfig, load_config
 from pipeline.core.parsing import parse_cases, premise_denied, unanswered
 from pipeline.core.paths import config_path
 from pipeline.core.schema import CONDITIONS, SCREEN_SIGNS, SYMPTOMS, UNKNOWN
@@ -182,6 +183,28 @@ def test_a_red_flags_condition_must_call_for_the_flags_level(cfg):
     data["red_flags"][-1]["condition"] = "flu"
     with pytest.raises(ValidationError, match="'flu' is not one of"):
         TriageConfig.model_validate(data)
+
+
+@pytest.mark.parametrize("config, model, edit, expected", [
+    ("triage.yaml", TriageConfig, lambda d: d["red_flags"][0].pop("source"), r"red_flags\.0\.source: Field required"),
+    ("triage.yaml", TriageConfig, lambda d: d["red_flags"][2].update(source="NICE says so"),
+     r"red_flags\.2\.source: source must be 'seed: \"<quote>\"', 'ref: <author \(year\) title>' or 'assumption: <reason>', "
+     r"got 'NICE says so'"),
+    ("triage.yaml", TriageConfig, lambda d: d["cost_sources"].update(dvt="ref: NICE NG158"),
+     r"cost_sources\.dvt: source must be"),
+    ("screen.yaml", ScreenConfig, lambda d: d["rules"][1]["suggested_by"].update(source="docs/evidence/x.md"),
+     r"rules\.1\.suggested_by\.source: source must be"),
+])
+def test_a_rule_or_cost_without_provenance_is_refused_at_load(tmp_path, config, model, edit, expected):
+    """Every red flag, screen rule, suggestion and cost says where it comes from, as a knowledge-base
+    number does: a file that leaves one out, or gives one that is not a ref, a seed quote or an
+    assumption, is refused with the key named."""
+    data = yaml.safe_load(config_path(config).read_text(encoding="utf-8"))
+    edit(data)
+    path = tmp_path / config
+    path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    with pytest.raises(ConfigError, match=expected):
+        load_config(model, path)
 
 
 def test_the_advice_names_the_less_likely_condition_the_level_is_for(cfg):
@@ -720,17 +743,17 @@ def test_a_screen_rules_suggesting_signs_are_checked_and_only_for_a_same_day_rul
 
     data = load_config(ScreenConfig, config_path("screen.yaml")).model_dump()
     by_name = {r["name"]: r for r in data["rules"]}
-    by_name["limb_ischaemia"]["suggested_by"] = {"any": {"tingle": ["yes"]}, "source": "a test"}
+    by_name["limb_ischaemia"]["suggested_by"] = {"any": {"tingle": ["yes"]}, "source": "assumption: a test rule"}
     with pytest.raises(ValidationError, match="any.tingle: not a case field"):
         ScreenConfig.model_validate(data)
-    by_name["limb_ischaemia"]["suggested_by"] = {"source": "a test"}
+    by_name["limb_ischaemia"]["suggested_by"] = {"source": "assumption: a test rule"}
     with pytest.raises(ValidationError, match="give the signs in `all`, `any` or both"):
         ScreenConfig.model_validate(data)
-    by_name["limb_ischaemia"]["suggested_by"] = {"all": {"onset": []}, "source": "a test"}  # would never match
+    by_name["limb_ischaemia"]["suggested_by"] = {"all": {"onset": []}, "source": "assumption: a test rule"}  # would never match
     with pytest.raises(ValidationError, match="all.onset: give at least one answer that matches"):
         ScreenConfig.model_validate(data)
     by_name["limb_ischaemia"]["suggested_by"] = None
-    by_name["hot_swollen_knee"]["suggested_by"] = {"all": {"fever": ["no"]}, "source": "a test"}
+    by_name["hot_swollen_knee"]["suggested_by"] = {"all": {"fever": ["no"]}, "source": "assumption: a test rule"}
     with pytest.raises(ValidationError, match="only a same-day rule's signs .* 'hot_swollen_knee' is at 'see_doctor_soon'"):
         ScreenConfig.model_validate(data)
 
@@ -867,7 +890,7 @@ def test_ask_next_matches_its_definition_under_rules_that_match_unknown_and_shar
     def rule(name, level, all_, any_=None, suggested_by=None):
         return {"name": name, "rule_out": name, "level": level, "all": all_, "any": any_ or {}, "reason": "a test rule",
                 "safety_net": f"signs of {name}", "source": "assumption: a test rule",
-                "suggested_by": suggested_by and {**suggested_by, "source": "assumption: a test"}}
+                "suggested_by": suggested_by and {**suggested_by, "source": "assumption: a test rule"}}
 
     screen = ScreenConfig.model_validate({"rules": [
         rule("red_knee", "emergency", {"knee_swelling": ["yes"], "skin_red": ["yes", "unknown"]},

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.core.kb_model import _normalise
 from pipeline.core.knowledge import KnowledgeBaseError, load_knowledge_base
 from pipeline.core.paths import config_path, seed_path
 from pipeline.core.schema import CONDITIONS, SYMPTOMS
@@ -23,12 +22,29 @@ def _walk(node, path=""):
             yield from _walk(v, f"{path}[{i}]")
 
 
+def _normalise(text: str) -> str:
+    text = text.replace("\u2019", "'").replace("\u2018", "'").replace("\u201c", '"').replace("\u201d", '"')
+    return re.sub(r"\s+", " ", text).strip().lower()
+
+
 def _has_number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 # what a `ref` must name beside the study: the figure the number comes from
-_FIGURE = re.compile(r"(table|figure|fig\.|abstract|page|p\. ?\d|results|text|guideline|section|registry|main points)", re.I)
+_FIGURE = re.compile(r"(table|figure|fig\.|abstract|page|p\. ?\d|results|text|guideline|section|registry|main points"
+                     r"|recommendation|statement)", re.I)
+
+
+def _assert_provenance(path: str, source: str, seed: str) -> None:
+    """``source`` is a ref that names its year and figure, or a seed quote found in the seed (every
+    ``seed: "..."`` inside it too), or an assumption."""
+    assert re.match(r"^(seed: \"|ref: |assumption: )", source), f"{path}: bad source {source!r}"
+    for quote in re.findall(r'seed: "([^"]+)"', source):
+        assert _normalise(quote) in seed, f"{path}: quote not in the seed: {quote!r}"
+    if source.startswith("ref: "):
+        assert re.search(r"\b(19|20)\d\d\b", source), f"{path}: a reference needs a year"
+        assert _FIGURE.search(source), f"{path}: a reference must name the figure it takes: {source!r}"
 
 
 def test_every_number_has_provenance_every_guess_a_range_and_every_ref_a_figure():
@@ -41,13 +57,7 @@ def test_every_number_has_provenance_every_guess_a_range_and_every_ref_a_figure(
             continue
         assert "source" in node, f"{path} holds a number but no source"
         source = node["source"]
-        assert re.match(r"^(seed: \"|ref: |assumption: )", source), f"{path}: bad source {source!r}"
-        if source.startswith("seed: "):
-            quote = re.match(r'seed: "([^"]+)"', source).group(1)
-            assert _normalise(quote) in seed, f"{path}: quote not in the seed: {quote!r}"
-        if source.startswith("ref: "):
-            assert re.search(r"\b(19|20)\d\d\b", source), f"{path}: a reference needs a year"
-            assert _FIGURE.search(source), f"{path}: a reference must name the figure it takes: {source!r}"
+        _assert_provenance(path, source, seed)
         if source.startswith(("seed: ", "assumption: ")):
             assert "range" in node, f"{path}: a guess needs a plausible range"
             ranges = node["range"] if isinstance(node["range"], dict) else {next(iter(numbers)): node["range"]}
@@ -56,6 +66,29 @@ def test_every_number_has_provenance_every_guess_a_range_and_every_ref_a_figure(
                 assert low <= value <= high, f"{path}.{key}: {value} outside its range [{low}, {high}]"
         checked += 1
     assert checked > 400
+
+
+def test_every_rule_and_cost_has_provenance_naming_its_thresholds():
+    """The red flags, the screen's rules and the signs that suggest them, and the triage costs: each
+    says where it comes from as a knowledge-base number does, and a rule's source names every number
+    its answers compare with (the 90 of ``<=90``), a guessed one with its range."""
+    seed = _normalise(seed_path().read_text(encoding="utf-8"))
+    triage = yaml.safe_load(config_path("triage.yaml").read_text(encoding="utf-8"))
+    screen = yaml.safe_load(config_path("screen.yaml").read_text(encoding="utf-8"))
+    rules = [(f"red_flags.{r['name']}", r) for r in triage["red_flags"]]
+    rules += [(f"screen.{r['name']}", r) for r in screen["rules"]]
+    rules += [(f"screen.{r['name']}.suggested_by", r["suggested_by"]) for r in screen["rules"] if "suggested_by" in r]
+    for path, rule in rules:
+        assert "source" in rule, f"{path} has no source"
+        _assert_provenance(path, rule["source"], seed)
+        for answers in [*rule.get("all", {}).values(), *rule.get("any", {}).values()]:
+            for a in [answers] if isinstance(answers, str) else answers:
+                if a[:2] in ("<=", ">="):
+                    assert re.search(rf"\b{re.escape(a[2:])}\b", rule["source"]), f"{path}: the source does not name {a}"
+                    assert "assumption" not in rule["source"] or "range" in rule["source"], f"{path}: a guess needs a range"
+    for condition, source in triage["cost_sources"].items():
+        _assert_provenance(f"cost_sources.{condition}", source, seed)
+    assert len(rules) >= 20
 
 
 def _write(tmp_path, mutate) -> Path:

@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from pipeline.core.errors import ConfigError
 from pipeline.core.files import load_yaml
 
 __all__ = ["ConfigError", "ExtraDataConfig", "GenerateConfig", "LEVELS", "ProbesConfig", "ScreenConfig", "ScreenRule",
-           "SplitConfig", "TrainConfig", "TriageConfig", "error_lines", "flatten", "load_config"]
+           "Source", "SplitConfig", "TrainConfig", "TriageConfig", "check_source", "error_lines", "flatten", "load_config"]
 
 
 
@@ -24,6 +34,22 @@ class StrictModel(BaseModel):
     50 ms of its start-up."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+
+
+_PROVENANCE = re.compile(r"^(seed: \"[^\"]{8,}\".*|ref: .*\b(19|20)\d\d\b.*|assumption: .{10,})$", re.S)
+
+
+def check_source(value: str) -> str:
+    """A number's or a rule's provenance: ``ref: <author (year) title, the figure used>``,
+    ``seed: "<quote>"`` (a quote supports a direction, never a size) or ``assumption: <reason>``."""
+    value = value.strip()
+    if not _PROVENANCE.match(value):
+        raise ValueError('source must be \'seed: "<quote>"\', \'ref: <author (year) title>\' or '
+                         f"'assumption: <reason>', got {value!r}")
+    return value
+
+
+Source = Annotated[str, AfterValidator(check_source)]
 
 
 class SplitConfig(StrictModel):
@@ -135,6 +161,7 @@ class RedFlag(StrictModel):
     # the condition the rule sends the case for (None: none of the nine): where the rule raises the
     # level, the differential shows it and the advice names it, whatever the model thinks of it
     condition: str | None = None
+    source: Source  # where the rule and its level come from, and its numbers (as a knowledge-base number's)
 
     @field_validator("all", "any", mode="before")
     @classmethod
@@ -171,7 +198,7 @@ class ScreenSuggestion(StrictModel):
 
     all: dict[str, list[str]] = {}
     any: dict[str, list[str]] = {}
-    source: str
+    source: Source
 
     @model_validator(mode="after")
     def _fields(self) -> "ScreenSuggestion":
@@ -197,7 +224,7 @@ class ScreenRule(StrictModel):
     any: dict[str, list[str]] = {}
     reason: str
     safety_net: str  # in plain words, the signs that fire the rule: shown while they are unanswered
-    source: str
+    source: Source
     # rules that rule out what this one does and more, at a level at least as high: where one of
     # them fires too, ``screen`` names only it ("a septic joint or cellulitis", not that and "a
     # septic joint")
@@ -324,7 +351,7 @@ class TriageConfig(StrictModel):
     levels: list[Level]
     level_text: dict[Level, str]
     costs: dict[str, dict[Level, float]]
-    cost_sources: dict[str, str]
+    cost_sources: dict[str, Source]
     right_level: dict[str, Level]
     red_flags: list[RedFlag]
     advice: dict[str, str]

@@ -9,13 +9,11 @@ one per number of the mapping), which must contain it. Errors name the key path.
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 from pydantic import Field as PydField
 
-from pipeline.core.config import StrictModel
+from pipeline.core.config import Source, StrictModel
 from pipeline.core.errors import KnowledgeBaseError
 from pipeline.core.schema import CONDITIONS, CONTEXT_TRISTATES, FIELDS, SYMPTOMS, field
 
@@ -24,22 +22,6 @@ __all__ = ["BINARY_RISK_FACTORS", "CATEGORY_GIVEN", "Condition", "Distribution",
 
 BINARY_RISK_FACTORS = CONTEXT_TRISTATES  # risk factors: odds ratios against the population rate
 OPTIONAL_FIELDS = tuple(f.name for f in FIELDS if not f.required)
-
-
-_PROVENANCE = re.compile(r"^(seed: \"[^\"]{8,}\".*|ref: .*\b(19|20)\d\d\b.*|assumption: .{10,})$", re.S)
-
-
-def _normalise(text: str) -> str:
-    text = text.replace("\u2019", "'").replace("\u2018", "'").replace("\u201c", '"').replace("\u201d", '"')
-    return re.sub(r"\s+", " ", text).strip().lower()
-
-
-def _check_source(value: str) -> str:
-    value = value.strip()
-    if not _PROVENANCE.match(value):
-        raise ValueError('source must be \'seed: "<quote>"\', \'ref: <author (year) title>\' or '
-                         f"'assumption: <reason>', got {value!r}")
-    return value
 
 
 def _exact_keys(given, expected: tuple[str, ...], what: str) -> None:
@@ -78,10 +60,8 @@ def _check_ranges(numbers: dict[str, float], source: str, ranges: Range | dict[s
 
 
 class Sourced(StrictModel):
-    source: str
+    source: Source
     range: Range | dict[str, Range] | None = None
-
-    _src = field_validator("source")(_check_source)
 
     def numbers(self) -> dict[str, float]:
         """The mapping's numbers by key (what ``range`` and sensitivity draws refer to)."""
@@ -134,9 +114,8 @@ class Distribution(BaseModel):
     """Named non-negative numbers plus ``source`` (and ``range``); the allowed names depend on the field."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
-    source: str
+    source: Source
     range: dict[str, Range] | None = None
-    _src = field_validator("source")(_check_source)
 
     def numbers(self) -> dict[str, float]:
         return {k: float(v) for k, v in (self.model_extra or {}).items()}
