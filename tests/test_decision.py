@@ -252,7 +252,7 @@ def test_every_expected_cost_level_has_a_condition_in_the_differential_that_call
     # the advice names the condition the level is for (the cost's, or a red flag's own condition)
     # exactly where the most likely one does not call for it, and that condition is in the differential
     likely = np.array([right[CONDITIONS[i]] for i in model.predict_proba(cases).argmax(axis=1)])
-    advice = pd.Series(columns["advice"])
+    advice = pd.Series(columns["advice"]).str.replace(r"\+screen:\w+$", "", regex=True)  # a lower rule's (tested below)
     named = advice.str.contains("+", regex=False).to_numpy()
     # a red flag with a condition that fires at the final level, shown or behind another rule's reason
     flags = model.decision.config.red_flags
@@ -311,6 +311,48 @@ def test_a_screened_emergency_is_advised_as_what_to_rule_out_not_as_a_condition(
                            "screen:pulmonary_embolism+dvt"]
     texts = {code: text for text, code in decision.text_codes(loaded.kb)["advice"].items()}
     assert [texts[c] for c in coded] == out["advice"].tolist()
+
+
+def test_a_screen_rule_below_the_level_is_named_after_the_condition_it_is_sent_for(trained, kb):
+    """A hot, swollen knee that bends, in a likely clot, goes the same day for the clot; the advice
+    named only the clot, and the joint that must be ruled out too was in the screen column alone.
+    Where a screen rule fires below a level set by something else, the advice says what it rules
+    out and why, before the closing; where the rule sets the level, it leads as before."""
+    from pipeline.serve.predict import get_model
+
+    model = get_model(trained[0])
+    decision = model.decision
+    rules = {r.name: r for r in decision.screen.rules}
+    knee = {"age": 72, "sex": "male", "knee_swelling": "yes", "skin_warm": "yes", "injury_event": "none",
+            "reduced_range_of_motion": "no", "symptom_duration_days": 3}
+    child = {"age": 14, "sex": "male", "injury_event": "none", "leg_swelling": "yes", "calf_tenderness": "yes"}
+    parsed = parse_cases(pd.DataFrame([knee, knee, child]))
+    proba = np.full((3, len(CONDITIONS)), 0.01)
+    proba[0, DVT] = proba[2, CONDITIONS.index("hamstring_injury")] = 0.92  # the same day by the cost; by a red flag
+    proba[1, CONDITIONS.index("osteoarthritis")] = 0.92  # the screen rule sets the level
+    coded = decision_columns(decision, model.kb, parsed, proba, codes=True)
+    written = decision_columns(decision, model.kb, parsed, proba)
+    assert list(coded["triage"]) == ["emergency", "see_doctor_soon", "emergency"]
+    assert coded["advice"][0] == "emergency:dvt+screen:hot_swollen_knee"
+    assert coded["advice"][1].startswith("screen:hot_swollen_knee")  # with the condition the level is for
+    assert coded["advice"][2] == "emergency:hamstring_injury+dvt+screen:slipped_femoral_epiphysis"
+    for i, name in ((0, "hot_swollen_knee"), (2, "slipped_femoral_epiphysis")):
+        line = f"Rule out {rules[name].rule_out} too: {rules[name].reason}. {decision.config.closing}"
+        assert written["advice"][i].endswith(line) and rules[name].rule_out in written["screen"][i]
+    assert written["advice"][0].index("Most likely deep vein thrombosis") < written["advice"][0].index("Rule out")
+    assert "too:" not in written["advice"][1]
+    texts = {code: text for text, code in decision.text_codes(model.kb)["advice"].items()}
+    assert [texts[c] for c in coded["advice"]] == list(written["advice"])
+    # on generated cases: wherever the screen names something, the advice says to rule it out
+    cases = generate_cases(kb, 5000, seed=8).drop(columns=["condition", "severity"])
+    cases.loc[::7, ["knee_swelling", "skin_warm"]] = True
+    cases.loc[::7, "injury_event"] = "none"
+    out = predict(cases, model=trained[0])
+    screened = out["screen"].fillna("") != ""
+    assert screened.sum() > 500
+    for advice, names in zip(out["advice"][screened], out["screen"][screened]):
+        assert any(f"rule out {r.rule_out}".lower() in advice.lower() for r in decision.screen.rules
+                   if r.rule_out in names.split("|")), (names, advice)
 
 
 def test_a_rule_at_the_softened_level_keeps_the_condition_the_level_rests_on(trained):

@@ -34,6 +34,7 @@ from pipeline.decision.triage import (
     advice_written,
     expected_cost_levels,
     leading_screen_rule,
+    lower_screen_rule,
     named_advice_index,
     raise_to_rules,
     reason_codes,
@@ -42,6 +43,7 @@ from pipeline.decision.triage import (
     screen_advice,
     screen_advice_codes,
     screen_advice_written,
+    screen_line_advice,
     undescribed_pain_advice,
     undescribed_pain_advice_codes,
     undescribed_pain_advice_written,
@@ -82,7 +84,9 @@ DECISION_COLUMN_DOCS = {
               "level (for a same day softened because it rests on unanswered questions: does not call for the same "
               "day), the less likely condition an expected-cost level or a red flag is for, with its advice (a DVT "
               "that cannot be ruled out, most often); then advice for the most likely condition; where a screen "
-              "rule sets the level, what to rule out first and why instead of a condition's advice; where nothing "
+              "rule fires below a level set by something else, what it rules out too and why (a hot, swollen knee "
+              "in a likely clot); where a screen rule sets the level, what to rule out first and why instead of a "
+              "condition's advice; where nothing "
               "of the pain itself is known (age, sex, history and the screen's signs at most) and the level, below "
               "the same day, rests on the expected cost, that this is too little to tell its cause and the "
               "condition the level is for, instead of a condition's advice; and always the advice to seek "
@@ -145,11 +149,14 @@ class Decision:
                  (screen_advice(self.config, self.screen), screen_advice_codes(self.screen),
                   screen_advice_written(self.config, self.screen)),
                  (undescribed_pain_advice(self.config), undescribed_pain_advice_codes(),
-                  undescribed_pain_advice_written(self.config))]
+                  undescribed_pain_advice_written(self.config)),
+                 screen_line_advice(self.config, self.screen)]
         self._advice, self._advice_codes, self._advice_written = (np.concatenate([p[i].ravel() for p in parts])
                                                                   for i in range(3))
+        self._advice_table_size = parts[0][0].size  # the size of each rule's table in screen_line_advice too
         self._screen_advice_start = parts[0][0].size
         self._undescribed_pain_advice_start = parts[0][0].size + parts[1][0].size
+        self._screen_line_advice_start = self._undescribed_pain_advice_start + parts[2][0].size
         self._net: tuple[KnowledgeBase, SafetyNet] | None = None
 
     def safety(self, kb: KnowledgeBase) -> SafetyNet:
@@ -356,9 +363,14 @@ def decision_columns(decision: Decision, kb: KnowledgeBase, parsed: ParsedCases,
         # with nothing of the pain known, no condition's advice: that too little is known, and the
         # condition the level is for (the most likely one that calls for it; none for self-care)
         little = decision._undescribed_pain_advice_start + named_advice_index(level, np.where(level > 0, driver, -1))
+        # a screen rule below the level set by something else (a hot, swollen knee in a likely clot) is
+        # named after the condition's advice: it must be ruled out too
+        lower = lower_screen_rule(screen, level, rules()[1][:, len(cfg.red_flags):])
+        plain = advice_index(level, likely, named)
+        plain = np.where(lower >= 0, decision._screen_line_advice_start + lower * decision._advice_table_size + plain, plain)
         return lookup(decision._advice_codes if codes else decision._advice,
                       np.where(first >= 0, decision._screen_advice_start + named_advice_index(first, also),
-                               np.where(pain_undescribed(), little, advice_index(level, likely, named))))
+                               np.where(pain_undescribed(), little, plain)))
 
     def ask_next() -> np.ndarray:
         counts, fires, _ = rules()

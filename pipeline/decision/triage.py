@@ -16,11 +16,12 @@ from pipeline.core.schema import CONDITION_LABELS, CONDITIONS
 from pipeline.decision.costs import cost_levels, right_levels
 from pipeline.decision.safety import Rule, SafetyNet, per_rule, rules_of
 
-__all__ = ["COST_REASON", "SOFTENED_REASON", "UNCERTAIN_REASON", "UNDESCRIBED_PAIN_REASON", "advice_codes",
-           "advice_index", "advice_table", "advice_written", "cost_levels", "expected_cost_levels",
-           "leading_screen_rule", "named_advice_index", "raise_to_rules", "reason_codes", "reason_table", "red_flags",
-           "right_levels", "screen_advice", "screen_advice_codes", "screen_advice_written", "strongest_rule",
-           "triage_levels", "undescribed_pain_advice", "undescribed_pain_advice_codes", "undescribed_pain_advice_written"]
+__all__ = ["COST_REASON", "SOFTENED_REASON", "UNCERTAIN_REASON", "UNDESCRIBED_PAIN_REASON", "advice_codes", "advice_index",
+           "advice_table", "advice_written", "cost_levels", "expected_cost_levels", "leading_screen_rule", "lower_screen_rule",
+           "lower_screen_rules", "named_advice_index", "raise_to_rules", "reason_codes", "reason_table", "red_flags",
+           "right_levels", "screen_advice", "screen_advice_codes", "screen_advice_written", "screen_line_advice",
+           "strongest_rule", "triage_levels", "undescribed_pain_advice", "undescribed_pain_advice_codes",
+           "undescribed_pain_advice_written"]
 
 
 def strongest_rule(fires: np.ndarray, levels: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -150,15 +151,16 @@ def _not_ruled_out(cfg: TriageConfig, lv: Level, d: str) -> str:
     return f"which would call for {when} if its signs appear or grow worse"
 
 
-def advice_table(cfg: TriageConfig) -> np.ndarray:
+def advice_table(cfg: TriageConfig, also: str = "") -> np.ndarray:
     """(n_levels, n_conditions, 1 + n_conditions) advice: the level's instruction, the likely
     condition's advice and the closing; at ``1 + d``, first that a less likely condition ``d`` is
     not ruled out (:func:`_not_ruled_out`), with its advice (a clot's "Do not massage the leg"
-    before osteoarthritis's exercise and hot packs). :func:`advice_index` picks the cell of each case."""
+    before osteoarthritis's exercise and hot packs). ``also``: a sentence before the closing
+    (:func:`screen_line_advice`). :func:`advice_index` picks the cell of each case."""
     def text(lv: Level, c: str, d: str | None) -> str:
         first = (f"{_opening(d)}, {_not_ruled_out(cfg, lv, d)}, is less likely than {CONDITION_LABELS[c]} "
                  f"but not ruled out: {cfg.advice[d]} ") if d else ""
-        return f"{cfg.level_text[lv]} {first}Most likely {CONDITION_LABELS[c]}: {cfg.advice[c]} {cfg.closing}"
+        return f"{cfg.level_text[lv]} {first}Most likely {CONDITION_LABELS[c]}: {cfg.advice[c]} {also}{cfg.closing}"
 
     return np.array([[[text(lv, c, None), *(text(lv, c, d) for d in CONDITIONS)] for c in CONDITIONS]
                      for lv in LEVELS], dtype=object)
@@ -234,6 +236,36 @@ def screen_advice_written(cfg: TriageConfig, screen: ScreenConfig) -> np.ndarray
     named |= right_levels(cfg)[None, :] >= np.arange(len(LEVELS))[:, None]
     at = _screen_levels(screen)
     return np.concatenate([np.ones((len(at), 1), dtype=bool), named[at]], axis=1)
+
+
+def lower_screen_rules(screen: ScreenConfig) -> list[int]:
+    """The screen rules below the top level: the only ones that can fire on a case whose level is
+    set by something else (a red flag, the expected cost) and is higher than theirs."""
+    return [i for i, r in enumerate(screen.rules) if r.level != LEVELS[-1]]
+
+
+def screen_line_advice(cfg: TriageConfig, screen: ScreenConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per rule of :func:`lower_screen_rules`, :func:`advice_table` with what that rule rules out
+    and why, for a case sent sooner than the rule asks by something else (a hot, swollen knee in a
+    likely clot, sent the same day for the clot: the joint must be ruled out too), and its codes
+    (``<level>:<condition>+screen:<rule>``, after any other condition) and written cells (above the
+    rule's level): each (n_lower_rules, n_levels, n_conditions, 1 + n_conditions)."""
+    lower = [screen.rules[i] for i in lower_screen_rules(screen)]
+    texts = [advice_table(cfg, f"Rule out {r.rule_out} too: {r.reason}. ") for r in lower]
+    codes = [advice_codes() + f"+screen:{r.name}" for r in lower]
+    above = [np.arange(len(LEVELS))[:, None, None] > LEVELS.index(r.level) for r in lower]
+    shape = (len(lower), len(LEVELS), len(CONDITIONS), len(CONDITIONS) + 1)
+    return (np.array(texts, dtype=object).reshape(shape), np.array(codes, dtype=object).reshape(shape),
+            (advice_written(cfg)[None] & np.array(above, dtype=bool)).reshape(shape))
+
+
+def lower_screen_rule(screen: ScreenConfig, level: np.ndarray, matches: np.ndarray) -> np.ndarray:
+    """Per case, the first rule of :func:`lower_screen_rules` that fires (``matches``, n_cases x
+    n_rules) below the case's own ``level`` (its place in that list), which its advice names
+    beside the condition the level is for; -1 where none does."""
+    lower = lower_screen_rules(screen)
+    below = matches[:, lower] & (_screen_levels(screen)[lower][None, :] < level[:, None])
+    return np.where(below.any(axis=1), below.argmax(axis=1), -1)
 
 
 def _screen_levels(screen: ScreenConfig) -> np.ndarray:
