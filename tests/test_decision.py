@@ -666,6 +666,36 @@ def test_a_same_day_level_resting_on_unanswered_questions_is_softened_with_a_saf
     assert net.safety_net(level, net.open_rules(answered))[0] == ""
 
 
+@pytest.mark.parametrize("top, described, level", [("dvt", True, "emergency"), ("leg_cramp", True, "see_doctor_soon"),
+                                                     ("dvt", False, "see_doctor_soon")])
+def test_a_clot_that_is_the_likeliest_cause_of_a_described_pain_is_not_softened(cfg, net, top, described, level):
+    """A man of 62 three days after surgery with sudden cramp-like pain on standing, his calf not
+    yet asked about: where the clot is the likeliest cause, the same day stands ("Most likely deep
+    vein thrombosis" within a day or two contradicted NICE's assessment within hours); where it is
+    not, or where nothing of the pain is described (age, sex and history), the same day that rests
+    on the unasked signs is softened, as before."""
+    pain = ({"onset": "sudden", "cramp_calf_or_thigh": "yes", "pain_on_standing": "yes", "symptom_duration_days": 3}
+            if described else {})
+    codes = _codes([{"age": 62, "sex": "male", "recent_surgery": "yes", **pain}])
+    proba = _dvt_at(0.55 if top == "dvt" else 0.2)  # the rest a cramp
+    assert LEVELS[cost_levels(cfg, proba)[0]] == "emergency"
+    got, reason = triage_levels(cfg, codes, proba, net=net)
+    assert (LEVELS[got[0]], reason[0]) == (level, 0 if level == "emergency" else 2)
+
+
+def test_the_safety_net_lists_signs_to_watch_for_not_history_to_ask(cfg, net):
+    """A man just operated on, his pain softened to within a day or two: "you have had a clot before
+    and also ... had surgery ... in the last 12 weeks" read as a same-day sign he already has. The
+    rules on history and age alone are asked (``ask_next``), not watched for; the signs are listed."""
+    codes = _codes([{"age": 62, "sex": "male", "recent_surgery": "yes"}])
+    level = np.array([LEVELS.index("see_doctor_soon")])
+    listed = net.safety_net(level, net.open_rules(codes), codes=True)[0].split("|")
+    assert {"possible_dvt", "tender_calf_with_wells_item", "pulmonary_embolism"} <= set(listed)
+    assert not {"clot_before_with_wells_history", "cancer_with_wells_history"} & set(listed)
+    # still open, so still what ask_next may ask where an answer would change the level
+    assert net.open_rules(codes)[0, [net.names.index("clot_before_with_wells_history")]].all()
+
+
 def test_ask_next_lists_the_questions_that_would_change_the_level(cfg, net):
     codes = _codes([{"age": 70, "sex": "female"}, {"age": 70, "sex": "female", **{f: "no" for f in net.candidates
                                                                                   if f != "injury_event"}}])
@@ -1181,6 +1211,29 @@ def test_a_yes_to_a_knee_that_cannot_bend_never_lowers_a_hot_swollen_knees_level
     unanswered, no, yes = levels
     assert (yes == LEVELS.index("emergency")).all() and (yes >= no).all()
     assert (unanswered < LEVELS.index("emergency")).any()  # the question decides something
+
+
+@pytest.mark.parametrize("rule, signs", [("veins_with_wells_item", {"visible_veins": "yes", "previous_vte": "yes"}),
+                                         ("tender_calf_with_wells_item", {"calf_tenderness": "yes", "previous_vte": "yes"})])
+@pytest.mark.parametrize("days, fires", [(None, True), (3, True), (90, True), (400, False), (1500, False)])
+def test_a_post_thrombotic_leg_with_months_of_pain_is_not_sent_the_same_day_by_its_lasting_signs(cfg, rule, signs, days,
+                                                                                                 fires):
+    """Veins that stand out, or a tender calf, after an earlier clot are two Wells points, sent the
+    same day for recent pain; but they are also the lasting signs of a post-thrombotic leg, and a
+    66-year-old with four years of grinding, stiff knee pain went to the emergency department each
+    time. A swollen leg still sends the case whatever the time (possible_dvt)."""
+    case = {"age": 66, "sex": "female", "grinding": "yes", "stiffness": "yes", "onset": "gradual",
+            "symptom_duration_days": days, **signs}
+    names = [f.name for f in cfg.red_flags]
+    fired = {names[k] for k in np.flatnonzero(per_rule_fires(cfg, case))}
+    assert (rule in fired) == fires
+    assert "possible_dvt" in {names[k] for k in np.flatnonzero(per_rule_fires(cfg, {**case, "leg_swelling": "yes"}))}
+
+
+def per_rule_fires(cfg, case) -> np.ndarray:
+    """Which red flags fire on ``case``."""
+    codes = _codes([case])
+    return np.array([rule_fires(f.all, f.any, codes)[0] for f in cfg.red_flags])
 
 
 @pytest.mark.parametrize("days, fires", [(None, True), (30, True), (90, True), (91, False), (400, False)])

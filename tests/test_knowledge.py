@@ -42,6 +42,7 @@ def _assert_provenance(path: str, source: str, seed: str) -> None:
     assert re.match(r"^(seed: \"|ref: |assumption: )", source), f"{path}: bad source {source!r}"
     for quote in re.findall(r'seed: "([^"]+)"', source):
         assert _normalise(quote) in seed, f"{path}: quote not in the seed: {quote!r}"
+    assert not re.search(r'seed: (?!")', source), f"{path}: a seed quote must be double-quoted, to be checked: {source!r}"
     if source.startswith("ref: "):
         assert re.search(r"\b(19|20)\d\d\b", source), f"{path}: a reference needs a year"
         assert _FIGURE.search(source), f"{path}: a reference must name the figure it takes: {source!r}"

@@ -322,8 +322,11 @@ def test_a_decision_layer_from_another_version_is_refused_clearly(trained, tmp_p
     (lambda d: d["conformal"].update(thresholds=[[0.5]]), "conformal.thresholds has shape (1, 1), not (4, 5)"),
     (lambda d: d["atypical"].update(thresholds_by_n_known=[1.0, 2.0]), "atypical.thresholds_by_n_known has shape (2,)"),
     (lambda d: d["atypical"].update(thresholds_by_n_known="x"), "thresholds and band edges must be numbers"),
-    (lambda d: d["triage"]["red_flags"][0].update(level="urgent"), "red_flags.0.level"),
+    (lambda d: d["triage"]["red_flags"][0].update(level="urgent"), "triage.red_flags.0.level"),
     (lambda d: d["triage"]["costs"].pop("dvt"), "costs"),
+    # a model trained before the rules carried their provenance
+    (lambda d: d["triage"]["red_flags"][0].pop("source"), "(triage.red_flags.0.source: Field required); retrain"),
+    (lambda d: d["screen"]["rules"][1].update(source="docs/evidence"), "(screen.rules.1.source: source must be 'seed: "),
     (lambda d: d.clear(), "lacks triage.uncertain"),
 ])
 def test_a_decision_layer_of_the_wrong_shape_is_refused_by_name_before_scoring(trained, tmp_path, edit, message):

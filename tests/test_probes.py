@@ -114,6 +114,11 @@ HOT = {"age": 66, "sex": "male", "knee_swelling": "yes", "skin_warm": "yes", "in
     ("fracture_ottawa", {"age": 30, "sex": "male", "injury_event": "none", "unable_to_bear_weight": "yes"}, False),
     ("fracture_ottawa", {"age": 30, "sex": "male", "injury_event": "direct_blow", "unable_to_bear_weight": "yes"}, True),
     ("fracture_ottawa", {"age": 60, "sex": "male", "injury_event": "overstretch_or_sprint"}, False),
+    # a deep squat with no blow, fall or twist: a degenerative meniscus tear, not a fracture to X-ray
+    ("fracture_ottawa", {"age": 58, "sex": "male", "injury_event": "deep_bend_or_squat", "locking": "yes",
+                         "symptom_duration_days": 3}, False),
+    ("fracture_ottawa", {"age": 58, "sex": "male", "injury_event": "twist_or_direction_change", "symptom_duration_days": 3},
+     True),
     ("septic_joint_or_cellulitis", {"age": 30, "sex": "male", "fever": "yes"}, False),
     ("septic_joint_or_cellulitis", {"age": 30, "sex": "male", "fever": "yes", "skin_red": "yes"}, True),
     ("septic_joint_or_cellulitis", {"age": 30, "sex": "male", "fever": "yes", "leg_swelling": "yes"}, True),

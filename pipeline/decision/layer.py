@@ -15,14 +15,14 @@ import numpy as np
 import pandas as pd
 from pydantic import ValidationError
 
-from pipeline.core.config import LEVELS, ScreenConfig, TriageConfig
+from pipeline.core.config import LEVELS, ScreenConfig, TriageConfig, error_lines
 from pipeline.core.knowledge import KnowledgeBase
-from pipeline.core.parsing import ParsedCases, unanswered_matrix
-from pipeline.core.schema import CONDITIONS, FIELDS, SCREEN_SIGNS
+from pipeline.core.parsing import ParsedCases
+from pipeline.core.schema import CONDITIONS, FIELDS
 from pipeline.core.textcols import lookup, text_array
 from pipeline.decision.atypical import fit_atypical, flag_atypical
 from pipeline.decision.conformal import blank_at_random, fit_conformal, format_sets, prediction_sets
-from pipeline.decision.safety import SafetyNet
+from pipeline.decision.safety import SafetyNet, pain_described
 from pipeline.decision.screen import screen_names
 from pipeline.decision.triage import (
     COST_REASON,
@@ -60,9 +60,10 @@ DECISION_COLUMN_DOCS = {
                      "same day where nothing of the pain itself is known (age, sex, history and the screen's signs "
                      "at most), that this is too little to tell its cause",
     "safety_net": "the signs that would raise the level, in plain words, `|`-separated, the most urgent first: the "
-                  "red flags and screen rules that unanswered questions could still fire (if one is present, seek "
-                  "care as its rule says: the same day for most, within a day or two for a swollen leg with a DVT "
-                  "risk or a pop with a knee that swells and gives way); empty when none could",
+                  "red flags and screen rules with a sign to watch for that unanswered questions could still fire "
+                  "(if one is present, seek care as its rule says: the same day for most, within a day or two for a "
+                  "swollen leg with a DVT risk or a pop with a knee that swells and gives way; the rules on history "
+                  "and age alone are asked by `ask_next`, not listed); empty when none could",
     "ask_next": "the unanswered questions whose plausible answers would change the level, `|`-separated (at most "
                 "three): first those with an answer that would send the case the same day (a swollen leg after a "
                 "sprain is asked whether the skin is warm before whether the knee swelled within hours), those that "
@@ -129,11 +130,13 @@ class Decision:
             raise ModelIntegrityError(f"the model's decision layer lacks {', '.join(missing)}: it was trained by "
                                       "another version of kneepain; retrain it with `kneepain train`.")
         self.spec = spec
+        section = "triage"
         try:
             self.config = TriageConfig.model_validate(spec["triage"])
+            section = "screen"
             self.screen = ScreenConfig.model_validate(spec["screen"])
-        except ValidationError as err:  # each problem on one line, named by its place
-            where = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()[:5])
+        except ValidationError as err:  # each problem on one line, named by its place in the manifest
+            where = "; ".join(f"{section}.{line}" for line in error_lines(err)[:5])
             raise ModelIntegrityError(f"the model's decision layer is not valid ({where}); retrain it with "
                                       "`kneepain train`.") from None
         if (problem := _shape_problem(spec)) is not None:
@@ -154,7 +157,7 @@ class Decision:
         self._advice, self._advice_codes, self._advice_written = (np.concatenate([p[i].ravel() for p in parts])
                                                                   for i in range(3))
         self._advice_table_size = parts[0][0].size  # the size of each rule's table in screen_line_advice too
-        self._screen_advice_start = parts[0][0].size
+        self._screen_advice_start = self._advice_table_size  # the advice_table first
         self._undescribed_pain_advice_start = parts[0][0].size + parts[1][0].size
         self._screen_line_advice_start = self._undescribed_pain_advice_start + parts[2][0].size
         self._net: tuple[KnowledgeBase, SafetyNet] | None = None
@@ -230,8 +233,6 @@ def fit_decision_on(model, kb: KnowledgeBase, calib: pd.DataFrame, config: Triag
 
 
 _EMERGENCY = LEVELS.index("emergency")
-# what the pain itself is like: the onset and symptoms but the screen's signs
-_PAIN = [f.name for f in FIELDS if f.group in ("onset", "symptom") and f.name not in SCREEN_SIGNS]
 
 
 def driving_condition(proba: np.ndarray, level: np.ndarray, reason: np.ndarray, cfg: TriageConfig,
@@ -344,7 +345,7 @@ def decision_columns(decision: Decision, kb: KnowledgeBase, parsed: ParsedCases,
         day, the advice of the condition it is for stands: "Do not massage the leg" for a DVT)."""
         level, _, basis = triage()
         return (((basis == COST_REASON) | (basis == SOFTENED_REASON)) & (level < _EMERGENCY)
-                & unanswered_matrix(parsed.codes, _PAIN).all(axis=1))
+                & ~pain_described(parsed.codes))
 
     def triage_reason() -> pd.api.extensions.ExtensionArray:
         reason = triage()[1]
@@ -358,14 +359,15 @@ def decision_columns(decision: Decision, kb: KnowledgeBase, parsed: ParsedCases,
         named = np.where(right[likely] < needed, driver, -1)
         # and leads with what to rule out where a screen rule sets the level (none of the nine),
         # naming beside it the condition that calls for the level too: that one, else the most likely
-        first = leading_screen_rule(screen, level, rules()[1][:, len(cfg.red_flags):])
+        screened = rules()[1][:, len(cfg.red_flags):]
+        first = leading_screen_rule(screen, level, screened)
         also = np.where(named >= 0, named, np.where(right[likely] >= level, likely, -1))
         # with nothing of the pain known, no condition's advice: that too little is known, and the
         # condition the level is for (the most likely one that calls for it; none for self-care)
         little = decision._undescribed_pain_advice_start + named_advice_index(level, np.where(level > 0, driver, -1))
         # a screen rule below the level set by something else (a hot, swollen knee in a likely clot) is
         # named after the condition's advice: it must be ruled out too
-        lower = lower_screen_rule(screen, level, rules()[1][:, len(cfg.red_flags):])
+        lower = lower_screen_rule(screen, level, screened)
         plain = advice_index(level, likely, named)
         plain = np.where(lower >= 0, decision._screen_line_advice_start + lower * decision._advice_table_size + plain, plain)
         return lookup(decision._advice_codes if codes else decision._advice,

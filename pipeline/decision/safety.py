@@ -33,7 +33,7 @@ from pipeline.core.blas import dot_exact_columns
 from pipeline.core.config import LEVELS, ScreenConfig, TriageConfig
 from pipeline.core.knowledge import KnowledgeBase
 from pipeline.core.parsing import premise_denied, unanswered_matrix
-from pipeline.core.schema import SYMPTOMS, UNKNOWN, field
+from pipeline.core.schema import FIELDS, SCREEN_SIGNS, SYMPTOMS, UNKNOWN, field
 from pipeline.core.sizes import FEW_CASES
 from pipeline.core.textcols import join_ranked
 from pipeline.core.wording import question
@@ -41,7 +41,8 @@ from pipeline.decision.conformal import known_share
 from pipeline.decision.costs import cost_levels_of_columns, right_levels
 from pipeline.decision.screen import CountTable, add_field_counts, answer_matches, rule_fires, rule_open, state_of_counts
 
-__all__ = ["Rule", "SafetyNet", "answer_likelihoods", "per_rule", "points_to_same_day", "rules_of"]
+__all__ = ["PAIN_FIELDS", "Rule", "SafetyNet", "answer_likelihoods", "pain_described", "per_rule", "points_to_same_day",
+           "rules_of"]
 
 _EMERGENCY = LEVELS.index("emergency")
 _RANK_DECIMALS = 9  # ask_next's chances are ranked to this many decimals
@@ -89,6 +90,15 @@ def per_rule(rules: list[Rule], test, codes: dict[str, np.ndarray]) -> np.ndarra
     return np.column_stack([test(r, codes) for r in rules]) if rules else np.zeros((n, 0), bool)
 
 
+# what the pain itself is like: the onset and symptoms but the screen's signs
+PAIN_FIELDS = [f.name for f in FIELDS if f.group in ("onset", "symptom") and f.name not in SCREEN_SIGNS]
+
+
+def pain_described(codes: dict[str, np.ndarray]) -> np.ndarray:
+    """Per case, whether anything of the pain itself is answered (:data:`PAIN_FIELDS`)."""
+    return np.asarray(~unanswered_matrix(codes, PAIN_FIELDS).all(axis=1))
+
+
 def points_to_same_day(cfg: TriageConfig, kb: KnowledgeBase, name: str) -> bool:
     """Whether a yes/no sign is at least as common in each condition that calls for the same day
     (``cfg.right_level``: a DVT) as in the other conditions together, mixed by the prior: a
@@ -121,6 +131,11 @@ class SafetyNet:
         self.rules = rules_of(cfg, screen)
         self.texts = [r.safety_net for r in self.rules]
         self.names = [r.name for r in self.rules]
+        # the rules with a sign to watch for (a yes/no symptom or screen sign): the others fire on the
+        # history, age and how the pain began, which do not appear later (a clot before with cancer
+        # is asked, not watched for: "or had surgery" read as met by someone just operated on)
+        self._watched = np.array([any(n in SCREEN_SIGNS or (n in SYMPTOMS and field(n).kind == "tristate")
+                                      for n in r.fields) for r in self.rules], dtype=bool)
         # the yes/no signs of the same-day rules: answered "no", would the emergency stand? (A risk
         # in the person's history, such as recent surgery, is no sign to look for: unanswered, it
         # does not soften an emergency; nor is a sign of the other conditions, such as a knee that
@@ -183,6 +198,10 @@ class SafetyNet:
         self._step_rule = np.array([k for _, k in steps], dtype=np.intp)
         self._step_change = unpacked[self._step_pair, self._step_rule].astype(np.int16).T.reshape(4, 1, len(steps))
         self._step_pairs, self._step_starts = np.unique(self._step_pair, return_index=True)
+        # per pair, whether its answer describes the pain (a variant with one is described), and each
+        # condition's own level (where the likeliest calls for the same day, a described pain's stands)
+        self._pair_pain = np.array([self.candidates[j] in PAIN_FIELDS for j, _ in pairs], dtype=bool)
+        self._right = right_levels(cfg)
         # per pair, its candidate's column among the "no" fields (-1: not one of them)
         self._pair_no_field = np.array([self.no_fields.index(self.candidates[j]) if self.candidates[j] in self.no_fields
                                         else -1 for j, _ in pairs], dtype=np.int64)
@@ -213,10 +232,17 @@ class SafetyNet:
         """Per case, whether the same day rests on what is unknown: nothing but age and sex is
         answered (the prior alone), or the expected-cost level would drop below the same day if
         every unanswered sign of a clot (:func:`points_to_same_day`) that a same-day rule looking for
-        one could still fire on were answered "no"."""
+        one could still fire on were answered "no" and the likeliest condition does not call for
+        the same day itself. (A clot that is the likeliest cause of a pain described ("Most likely
+        deep vein thrombosis") is not sent within a day or two for signs not asked yet: a
+        suspected DVT is assessed within hours, NICE NG158 recommendations 1.1.3-1.1.4. With
+        nothing of the pain described, age, sex and history at most, it is.)"""
         # per "no" field, hidden where it is unanswered and a same-day rule reading it so is open
         hide = unanswered_matrix(codes, self.no_fields) & (open_ @ self._same_day_asks_matrix)
-        return self._drops_if_no(np.asarray(proba).T, hide, lambda c: cost_level_of(c.T)) | (known_share(codes) == 0)
+        proba = np.asarray(proba)
+        drops = self._drops_if_no(proba.T, hide, lambda c: cost_level_of(c.T))
+        stands = (self._right[proba.argmax(axis=1)] == _EMERGENCY) & pain_described(codes)
+        return (drops & ~stands) | (known_share(codes) == 0)
 
     def _drops_if_no(self, columns: np.ndarray, hide: np.ndarray, cost_level_of_columns) -> np.ndarray:
         """Per case, whether the expected-cost level drops below the same day once the "no" fields
@@ -238,10 +264,10 @@ class SafetyNet:
         return cost_level_of_columns(p_no) < _EMERGENCY
 
     def safety_net(self, level: np.ndarray, open_: np.ndarray, codes: bool = False):
-        """Per case, the plain-language signs of the open rules above its level, ``|``-separated,
-        the most urgent first (with ``codes``, the rules' names)."""
+        """Per case, the plain-language signs of the open rules above its level that have a sign to
+        watch for, ``|``-separated, the most urgent first (with ``codes``, the rules' names)."""
         levels = self._rule_levels
-        keep = open_ & (levels[None, :] > level[:, None])
+        keep = open_ & (levels[None, :] > level[:, None]) & self._watched[None, :]
         order = np.tile(np.argsort(-levels, kind="stable"), (len(keep), 1))
         return join_ranked(self.names if codes else self.texts, order, np.take_along_axis(keep, order, axis=1))
 
@@ -461,8 +487,10 @@ class SafetyNet:
             at = np.flatnonzero(now_answered >= 0)
             hide[at, now_answered[at]] = False
             hide &= opened @ self._same_day_asks_matrix
-            soft = same_day[self._drops_if_no(weighted.take(same_day, axis=1), hide,
-                                              lambda c: cost_levels_of_columns(cfg, c))]
+            columns_ = weighted.take(same_day, axis=1)
+            drops = self._drops_if_no(columns_, hide, lambda c: cost_levels_of_columns(cfg, c))
+            described = ~unanswered_matrix(codes, PAIN_FIELDS)[rows[same_day]].all(axis=1) | self._pair_pain[pair[same_day]]
+            soft = same_day[drops & ~((self._right[columns_.argmax(axis=0)] == _EMERGENCY) & described)]
             level[soft] = LEVELS.index(cfg.uncertain.level)
         level = np.where(atypical[rows], np.maximum(level, LEVELS.index(cfg.atypical.min_level)), level)
         level = np.maximum(level, others)

@@ -264,8 +264,12 @@ def lower_screen_rule(screen: ScreenConfig, level: np.ndarray, matches: np.ndarr
     n_rules) below the case's own ``level`` (its place in that list), which its advice names
     beside the condition the level is for; -1 where none does."""
     lower = lower_screen_rules(screen)
-    below = matches[:, lower] & (_screen_levels(screen)[lower][None, :] < level[:, None])
-    return np.where(below.any(axis=1), below.argmax(axis=1), -1)
+    return _first(matches[:, lower] & (_screen_levels(screen)[lower][None, :] < level[:, None]))
+
+
+def _first(mask: np.ndarray) -> np.ndarray:
+    """Per row of ``mask``, its first True column; -1 where there is none."""
+    return np.where(mask.any(axis=1), mask.argmax(axis=1), -1)
 
 
 def _screen_levels(screen: ScreenConfig) -> np.ndarray:
@@ -276,8 +280,7 @@ def _screen_levels(screen: ScreenConfig) -> np.ndarray:
 def leading_screen_rule(screen: ScreenConfig, level: np.ndarray, matches: np.ndarray) -> np.ndarray:
     """Per case, the first screen rule (in the config's order) that fires (``matches``, n_cases x
     n_rules) at the case's own ``level``, which its advice leads with; -1 where none does."""
-    at_level = matches & (_screen_levels(screen)[None, :] == level[:, None])
-    return np.where(at_level.any(axis=1), at_level.argmax(axis=1), -1)
+    return _first(matches & (_screen_levels(screen)[None, :] == level[:, None]))
 
 
 def named_advice_index(row: np.ndarray, condition: np.ndarray) -> np.ndarray:
