@@ -343,16 +343,26 @@ def test_a_screen_rule_below_the_level_is_named_after_the_condition_it_is_sent_f
     assert "too:" not in written["advice"][1]
     texts = {code: text for text, code in decision.text_codes(model.kb)["advice"].items()}
     assert [texts[c] for c in coded["advice"]] == list(written["advice"])
-    # on generated cases: wherever the screen names something, the advice says to rule it out
+    # beside a rule that sets the level: "First rule out a pulmonary embolism ... Rule out a septic joint too"
+    both = parse_cases(pd.DataFrame([{**knee, "breathless_or_chest_pain": "yes"}]))
+    code = decision_columns(decision, model.kb, both, proba[1:2], codes=True)["advice"][0]
+    assert code.startswith("screen:pulmonary_embolism") and code.endswith("+screen:hot_swollen_knee"), code
+    assert texts[code].index("First rule out pulmonary embolism") < texts[code].index("Rule out a septic joint too")
+    # on generated cases: wherever the screen names something, the advice says to rule it out; where
+    # it names two, one of them at the case's level (it sets the level), the advice names both
     cases = generate_cases(kb, 5000, seed=8).drop(columns=["condition", "severity"])
     cases.loc[::7, ["knee_swelling", "skin_warm"]] = True
     cases.loc[::7, "injury_event"] = "none"
+    cases.loc[::11, "breathless_or_chest_pain"] = True
     out = predict(cases, model=trained[0])
-    screened = out["screen"].fillna("") != ""
-    assert screened.sum() > 500
-    for advice, names in zip(out["advice"][screened], out["screen"][screened]):
-        assert any(f"rule out {r.rule_out}".lower() in advice.lower() for r in decision.screen.rules
-                   if r.rule_out in names.split("|")), (names, advice)
+    screened = (out["screen"].fillna("") != "").to_numpy()
+    level_of = {r.rule_out: r.level for r in decision.screen.rules}
+    said = [[f"rule out {n}".lower() in advice.lower() for n in names.split("|")]
+            for advice, names in zip(out["advice"][screened], out["screen"][screened])]
+    assert all(any(s) for s in said)
+    two = [(s, names.split("|"), level) for s, names, level in zip(said, out["screen"][screened], out["triage"][screened])
+           if names.count("|") == 1 and level in [level_of[n] for n in names.split("|")]]
+    assert len(two) > 50 and all(all(s) for s, _, _ in two), [t for t in two if not all(t[0])][:3]
 
 
 def test_a_rule_at_the_softened_level_keeps_the_condition_the_level_rests_on(trained):

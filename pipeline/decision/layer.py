@@ -23,7 +23,7 @@ from pipeline.core.textcols import lookup, text_array
 from pipeline.decision.atypical import fit_atypical, flag_atypical
 from pipeline.decision.conformal import blank_at_random, fit_conformal, format_sets, prediction_sets
 from pipeline.decision.safety import SafetyNet, pain_described
-from pipeline.decision.screen import screen_names
+from pipeline.decision.screen import named_rules, screen_names
 from pipeline.decision.triage import (
     COST_REASON,
     FIRST_RULE_REASON,
@@ -34,7 +34,7 @@ from pipeline.decision.triage import (
     advice_written,
     expected_cost_levels,
     leading_screen_rule,
-    lower_screen_rule,
+    lower_screen_rules,
     named_advice_index,
     raise_to_rules,
     reason_codes,
@@ -44,6 +44,8 @@ from pipeline.decision.triage import (
     screen_advice_codes,
     screen_advice_written,
     screen_line_advice,
+    second_rule_advice,
+    second_screen_rule,
     undescribed_pain_advice,
     undescribed_pain_advice_codes,
     undescribed_pain_advice_written,
@@ -87,7 +89,8 @@ DECISION_COLUMN_DOCS = {
               "that cannot be ruled out, most often); then advice for the most likely condition; where a screen "
               "rule fires below a level set by something else, what it rules out too and why (a hot, swollen knee "
               "in a likely clot); where a screen rule sets the level, what to rule out first and why instead of a "
-              "condition's advice; where nothing "
+              "condition's advice, and a second rule the screen names beside it (any more are in `screen` only); "
+              "where nothing "
               "of the pain itself is known (age, sex, history and the screen's signs at most) and the level, below "
               "the same day, rests on the expected cost, that this is too little to tell its cause and the "
               "condition the level is for, instead of a condition's advice; and always the advice to seek "
@@ -153,13 +156,18 @@ class Decision:
                   screen_advice_written(self.config, self.screen)),
                  (undescribed_pain_advice(self.config), undescribed_pain_advice_codes(),
                   undescribed_pain_advice_written(self.config)),
-                 screen_line_advice(self.config, self.screen)]
+                 screen_line_advice(self.config, self.screen), second_rule_advice(self.config, self.screen)]
         self._advice, self._advice_codes, self._advice_written = (np.concatenate([p[i].ravel() for p in parts])
                                                                   for i in range(3))
         self._advice_table_size = parts[0][0].size  # the size of each rule's table in screen_line_advice too
         self._screen_advice_start = self._advice_table_size  # the advice_table first
+        self._screen_advice_size = parts[1][0].size  # the size of each second rule's table in second_rule_advice too
         self._undescribed_pain_advice_start = parts[0][0].size + parts[1][0].size
         self._screen_line_advice_start = self._undescribed_pain_advice_start + parts[2][0].size
+        self._second_rule_advice_start = self._screen_line_advice_start + parts[3][0].size
+        # per screen rule, its place among lower_screen_rules (-1: a same-day rule, never below a level)
+        self._lower_place = np.full(len(self.screen.rules), -1, dtype=np.int64)
+        self._lower_place[lower_screen_rules(self.screen)] = np.arange(len(lower_screen_rules(self.screen)))
         self._net: tuple[KnowledgeBase, SafetyNet] | None = None
 
     def safety(self, kb: KnowledgeBase) -> SafetyNet:
@@ -359,20 +367,25 @@ def decision_columns(decision: Decision, kb: KnowledgeBase, parsed: ParsedCases,
         named = np.where(right[likely] < needed, driver, -1)
         # and leads with what to rule out where a screen rule sets the level (none of the nine),
         # naming beside it the condition that calls for the level too: that one, else the most likely
-        screened = rules()[1][:, len(cfg.red_flags):]
-        first = leading_screen_rule(screen, level, screened)
+        shown = named_rules(screen, rules()[1][:, len(cfg.red_flags):])  # what the screen column names
+        first = leading_screen_rule(screen, level, shown)
         also = np.where(named >= 0, named, np.where(right[likely] >= level, likely, -1))
         # with nothing of the pain known, no condition's advice: that too little is known, and the
         # condition the level is for (the most likely one that calls for it; none for self-care)
         little = decision._undescribed_pain_advice_start + named_advice_index(level, np.where(level > 0, driver, -1))
-        # a screen rule below the level set by something else (a hot, swollen knee in a likely clot) is
-        # named after the condition's advice: it must be ruled out too
-        lower = lower_screen_rule(screen, level, screened)
+        # a second rule the screen names is named after the rest: beside the leading rule (a hot,
+        # swollen knee beside a pulmonary embolism), or below a level set by something else (in a
+        # likely clot); any more are in the screen column only
+        second = second_screen_rule(shown, first)
+        led = named_advice_index(first, also)
+        led = np.where(second >= 0, decision._second_rule_advice_start + second * decision._screen_advice_size + led,
+                       decision._screen_advice_start + led)
         plain = advice_index(level, likely, named)
-        plain = np.where(lower >= 0, decision._screen_line_advice_start + lower * decision._advice_table_size + plain, plain)
+        lower = decision._lower_place[second] if len(second) else second
+        plain = np.where((second >= 0) & (lower >= 0),
+                         decision._screen_line_advice_start + lower * decision._advice_table_size + plain, plain)
         return lookup(decision._advice_codes if codes else decision._advice,
-                      np.where(first >= 0, decision._screen_advice_start + named_advice_index(first, also),
-                               np.where(pain_undescribed(), little, plain)))
+                      np.where(first >= 0, led, np.where(pain_undescribed(), little, plain)))
 
     def ask_next() -> np.ndarray:
         counts, fires, _ = rules()

@@ -19,8 +19,8 @@ from pipeline.core.schema import MALE_NOT_ASKED, NUMERIC_FIELDS, SEX_MALE, UNKNO
 from pipeline.core.sizes import FEW_CASES
 from pipeline.core.textcols import join_ranked
 
-__all__ = ["CountTable", "add_field_counts", "answer_matches", "rule_counts", "rule_fires", "rule_open", "rule_state",
-           "screen_matches", "screen_names", "state_of_counts"]
+__all__ = ["CountTable", "add_field_counts", "answer_matches", "named_rules", "rule_counts", "rule_fires", "rule_open",
+           "rule_state", "screen_matches", "screen_names", "state_of_counts"]
 
 
 @cache
@@ -199,13 +199,19 @@ def screen_matches(cfg: ScreenConfig, codes: dict[str, np.ndarray]) -> np.ndarra
     return np.column_stack([_rule(r, codes) for r in cfg.rules])
 
 
-def screen_names(cfg: ScreenConfig, matches: np.ndarray):
-    """Per case, what must be ruled out: the matched rules' ``rule_out``, ``|``-separated ("" if
-    none), but for a rule a matched rule covers (``covered_by``: it rules out the same and more)."""
+def named_rules(cfg: ScreenConfig, matches: np.ndarray) -> np.ndarray:
+    """(n_cases, n_rules): the matched rules the screen names, all but those a matched rule covers
+    (``covered_by``: it rules out the same and more)."""
     index = {r.name: k for k, r in enumerate(cfg.rules)}
     shown = matches.copy()
     for k, r in enumerate(cfg.rules):
         for name in r.covered_by:
             shown[:, k] &= ~matches[:, index[name]]
+    return shown
+
+
+def screen_names(cfg: ScreenConfig, matches: np.ndarray):
+    """Per case, what must be ruled out: the :func:`named_rules`' ``rule_out``, ``|``-separated
+    ("" if none)."""
     order = np.tile(np.arange(len(cfg.rules)), (len(matches), 1))
-    return join_ranked([r.rule_out for r in cfg.rules], order, shown)
+    return join_ranked([r.rule_out for r in cfg.rules], order, named_rules(cfg, matches))

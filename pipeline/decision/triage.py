@@ -17,11 +17,11 @@ from pipeline.decision.costs import cost_levels, right_levels
 from pipeline.decision.safety import Rule, SafetyNet, per_rule, rules_of
 
 __all__ = ["COST_REASON", "SOFTENED_REASON", "UNCERTAIN_REASON", "UNDESCRIBED_PAIN_REASON", "advice_codes", "advice_index",
-           "advice_table", "advice_written", "cost_levels", "expected_cost_levels", "leading_screen_rule", "lower_screen_rule",
+           "advice_table", "advice_written", "cost_levels", "expected_cost_levels", "leading_screen_rule",
            "lower_screen_rules", "named_advice_index", "raise_to_rules", "reason_codes", "reason_table", "red_flags",
            "right_levels", "screen_advice", "screen_advice_codes", "screen_advice_written", "screen_line_advice",
-           "strongest_rule", "triage_levels", "undescribed_pain_advice", "undescribed_pain_advice_codes",
-           "undescribed_pain_advice_written"]
+           "second_rule_advice", "second_screen_rule", "strongest_rule", "triage_levels", "undescribed_pain_advice",
+           "undescribed_pain_advice_codes", "undescribed_pain_advice_written"]
 
 
 def strongest_rule(fires: np.ndarray, levels: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -215,11 +215,35 @@ def screen_advice(cfg: TriageConfig, screen: ScreenConfig) -> np.ndarray:
     instruction, what to rule out first and why, then (at ``1 + d``) that condition ``d``, which
     calls for the level too, is not ruled out either, and the closing. No condition's own advice:
     for a cold, pale foot named as a cramp it read "stretch the muscle gently"."""
+    return _screen_advice(cfg, screen, "")
+
+
+def _screen_advice(cfg: TriageConfig, screen: ScreenConfig, also: str) -> np.ndarray:
+    """:func:`screen_advice` with ``also`` (a sentence) before the closing."""
     def text(r, d: str | None) -> str:
         other = f"{_opening(d)}, which calls for this level too, is not ruled out either. " if d else ""
-        return f"{cfg.level_text[r.level]} First rule out {r.rule_out}: {r.reason}. {other}{cfg.closing}"
+        return f"{cfg.level_text[r.level]} First rule out {r.rule_out}: {r.reason}. {other}{also}{cfg.closing}"
 
     return np.array([[text(r, None), *(text(r, d) for d in CONDITIONS)] for r in screen.rules], dtype=object)
+
+
+def _too(rule) -> str:
+    """The sentence that names a second screen rule: what it rules out, and why."""
+    return f"Rule out {rule.rule_out} too: {rule.reason}. "
+
+
+def second_rule_advice(cfg: TriageConfig, screen: ScreenConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per second rule ``a``, :func:`screen_advice` with what ``a`` rules out and why before the
+    closing, for a case where two named screen rules fire (a pulmonary embolism and a hot, swollen
+    knee: "First rule out a pulmonary embolism ... Rule out a septic joint too ..."), its codes
+    (``screen:<rule>[+<condition>]+screen:<a>``) and written cells (``a`` another rule at a level
+    no higher than the leading one's): each (n_rules (the second), n_rules (the leading),
+    1 + n_conditions)."""
+    levels = _screen_levels(screen)
+    texts = np.array([_screen_advice(cfg, screen, _too(a)) for a in screen.rules], dtype=object)
+    codes = np.array([screen_advice_codes(screen) + f"+screen:{a.name}" for a in screen.rules], dtype=object)
+    can = (levels[:, None] <= levels[None, :]) & ~np.eye(len(levels), dtype=bool)  # (second, leading)
+    return texts, codes, screen_advice_written(cfg, screen)[None] & can[:, :, None]
 
 
 def screen_advice_codes(screen: ScreenConfig) -> np.ndarray:
@@ -251,7 +275,7 @@ def screen_line_advice(cfg: TriageConfig, screen: ScreenConfig) -> tuple[np.ndar
     (``<level>:<condition>+screen:<rule>``, after any other condition) and written cells (above the
     rule's level): each (n_lower_rules, n_levels, n_conditions, 1 + n_conditions)."""
     lower = [screen.rules[i] for i in lower_screen_rules(screen)]
-    texts = [advice_table(cfg, f"Rule out {r.rule_out} too: {r.reason}. ") for r in lower]
+    texts = [advice_table(cfg, _too(r)) for r in lower]
     codes = [advice_codes() + f"+screen:{r.name}" for r in lower]
     above = [np.arange(len(LEVELS))[:, None, None] > LEVELS.index(r.level) for r in lower]
     shape = (len(lower), len(LEVELS), len(CONDITIONS), len(CONDITIONS) + 1)
@@ -259,12 +283,14 @@ def screen_line_advice(cfg: TriageConfig, screen: ScreenConfig) -> tuple[np.ndar
             (advice_written(cfg)[None] & np.array(above, dtype=bool)).reshape(shape))
 
 
-def lower_screen_rule(screen: ScreenConfig, level: np.ndarray, matches: np.ndarray) -> np.ndarray:
-    """Per case, the first rule of :func:`lower_screen_rules` that fires (``matches``, n_cases x
-    n_rules) below the case's own ``level`` (its place in that list), which its advice names
-    beside the condition the level is for; -1 where none does."""
-    lower = lower_screen_rules(screen)
-    return _first(matches[:, lower] & (_screen_levels(screen)[lower][None, :] < level[:, None]))
+def second_screen_rule(named: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """Per case, the first rule the screen names (``named``, n_cases x n_rules: :func:`pipeline.decision.screen.named_rules`)
+    other than its leading one ``first`` (-1: none), which its advice names too; -1 where none."""
+    rows = np.flatnonzero(first >= 0)
+    if len(rows):
+        named = named.copy()
+        named[rows, first[rows]] = False
+    return _first(named)
 
 
 def _first(mask: np.ndarray) -> np.ndarray:
