@@ -343,6 +343,13 @@ def test_a_screen_rule_below_the_level_is_named_after_the_condition_it_is_sent_f
     assert "too:" not in written["advice"][1]
     texts = {code: text for text, code in decision.text_codes(model.kb)["advice"].items()}
     assert [texts[c] for c in coded["advice"]] == list(written["advice"])
+    # a clot named beside a rule at a softened level calls for more than the level, and says so
+    soft = parse_cases(pd.DataFrame([{"age": 60, "sex": "female", "symptom_duration_days": 20, "knee_swelling": "yes",
+                                      "injury_event": "none", "skin_red": "yes"}]))
+    columns = decision_columns(decision, model.kb, soft, _dvt_at(0.2))
+    assert columns["triage"][0] == "see_doctor_soon" and "First rule out a septic joint" in columns["advice"][0]
+    assert "Deep vein thrombosis, which would call for the same day if its signs appear or grow worse, is not ruled " \
+           "out either." in columns["advice"][0], columns["advice"][0]
     # beside a rule that sets the level: "First rule out a pulmonary embolism ... Rule out a septic joint too"
     both = parse_cases(pd.DataFrame([{**knee, "breathless_or_chest_pain": "yes"}]))
     code = decision_columns(decision, model.kb, both, proba[1:2], codes=True)["advice"][0]
@@ -676,17 +683,28 @@ def test_a_same_day_level_resting_on_unanswered_questions_is_softened_with_a_saf
     assert net.safety_net(level, net.open_rules(answered))[0] == ""
 
 
-@pytest.mark.parametrize("top, described, level", [("dvt", True, "emergency"), ("leg_cramp", True, "see_doctor_soon"),
-                                                     ("dvt", False, "see_doctor_soon")])
-def test_a_clot_that_is_the_likeliest_cause_of_a_described_pain_is_not_softened(cfg, net, top, described, level):
+POST_OP = {"age": 62, "sex": "male", "recent_surgery": "yes", "onset": "sudden", "cramp_calf_or_thigh": "yes",
+           "pain_on_standing": "yes", "symptom_duration_days": 3}
+
+
+@pytest.mark.parametrize("case, top, level", [
+    (POST_OP, "dvt", "emergency"),  # the clot likeliest, after surgery: the same day stands
+    (POST_OP, "leg_cramp", "see_doctor_soon"),  # the clot not the likeliest: softened
+    ({"age": 62, "sex": "male", "recent_surgery": "yes"}, "dvt", "see_doctor_soon"),  # history alone: nothing of the pain
+    # no sign or risk a clot's rules read: age, sex, a duration and denials (a "no" to a meniscus sign
+    # tipped the likeliest condition), or a cramp
+    ({"age": 80, "sex": "female", "symptom_duration_days": 3}, "dvt", "see_doctor_soon"),
+    ({"age": 60, "sex": "female", "symptom_duration_days": 7, "locking": "no"}, "dvt", "see_doctor_soon"),
+    ({**POST_OP, "recent_surgery": None, "pain_on_standing": None}, "dvt", "see_doctor_soon"),
+])
+def test_a_clot_that_is_the_likeliest_cause_with_a_reason_to_suspect_it_is_not_softened(cfg, net, case, top, level):
     """A man of 62 three days after surgery with sudden cramp-like pain on standing, his calf not
-    yet asked about: where the clot is the likeliest cause, the same day stands ("Most likely deep
-    vein thrombosis" within a day or two contradicted NICE's assessment within hours); where it is
-    not, or where nothing of the pain is described (age, sex and history), the same day that rests
-    on the unasked signs is softened, as before."""
-    pain = ({"onset": "sudden", "cramp_calf_or_thigh": "yes", "pain_on_standing": "yes", "symptom_duration_days": 3}
-            if described else {})
-    codes = _codes([{"age": 62, "sex": "male", "recent_surgery": "yes", **pain}])
+    yet asked about: where the clot is the likeliest cause and the case gives a reason to suspect it
+    (a "yes" to a sign or risk a clot's red flags read), the same day stands ("Most likely deep vein
+    thrombosis" within a day or two contradicted NICE's assessment within hours) where the pain is
+    described; otherwise the same day that rests on the unasked signs is softened, as before (an
+    80-year-old who gave a duration alone went the same day, with nothing in the safety net)."""
+    codes = _codes([case])
     proba = _dvt_at(0.55 if top == "dvt" else 0.2)  # the rest a cramp
     assert LEVELS[cost_levels(cfg, proba)[0]] == "emergency"
     got, reason = triage_levels(cfg, codes, proba, net=net)
@@ -1223,21 +1241,26 @@ def test_a_yes_to_a_knee_that_cannot_bend_never_lowers_a_hot_swollen_knees_level
     assert (unanswered < LEVELS.index("emergency")).any()  # the question decides something
 
 
-@pytest.mark.parametrize("rule, signs", [("veins_with_wells_item", {"visible_veins": "yes", "previous_vte": "yes"}),
-                                         ("tender_calf_with_wells_item", {"calf_tenderness": "yes", "previous_vte": "yes"})])
+@pytest.mark.parametrize("rule, signs", [("veins_after_a_clot", {"visible_veins": "yes", "previous_vte": "yes"}),
+                                         ("tender_calf_after_a_clot", {"calf_tenderness": "yes", "previous_vte": "yes"})])
 @pytest.mark.parametrize("days, fires", [(None, True), (3, True), (90, True), (400, False), (1500, False)])
 def test_a_post_thrombotic_leg_with_months_of_pain_is_not_sent_the_same_day_by_its_lasting_signs(cfg, rule, signs, days,
                                                                                                  fires):
     """Veins that stand out, or a tender calf, after an earlier clot are two Wells points, sent the
     same day for recent pain; but they are also the lasting signs of a post-thrombotic leg, and a
     66-year-old with four years of grinding, stiff knee pain went to the emergency department each
-    time. A swollen leg still sends the case whatever the time (possible_dvt)."""
+    time. A swollen leg (possible_dvt), or the sign with a recent risk, still sends the case
+    whatever the time."""
     case = {"age": 66, "sex": "female", "grinding": "yes", "stiffness": "yes", "onset": "gradual",
             "symptom_duration_days": days, **signs}
     names = [f.name for f in cfg.red_flags]
     fired = {names[k] for k in np.flatnonzero(per_rule_fires(cfg, case))}
-    assert (rule in fired) == fires
+    assert fired == ({rule} if fires else set())
     assert "possible_dvt" in {names[k] for k in np.flatnonzero(per_rule_fires(cfg, {**case, "leg_swelling": "yes"}))}
+    # with a recent risk the signs send the case whatever the time: the duration asked is the knee
+    # pain's (years of osteoarthritis, then knee surgery and a tender calf)
+    operated = {**case, "previous_vte": None, "recent_surgery": "yes"}
+    assert rule.replace("after_a_clot", "with_wells_item") in {names[k] for k in np.flatnonzero(per_rule_fires(cfg, operated))}
 
 
 def per_rule_fires(cfg, case) -> np.ndarray:

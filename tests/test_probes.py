@@ -119,6 +119,11 @@ HOT = {"age": 66, "sex": "male", "knee_swelling": "yes", "skin_warm": "yes", "in
                          "symptom_duration_days": 3}, False),
     ("fracture_ottawa", {"age": 58, "sex": "male", "injury_event": "twist_or_direction_change", "symptom_duration_days": 3},
      True),
+    # unable to take four steps after a squat: the Ottawa rule's item, whatever the mechanism
+    ("fracture_after_a_squat", {"age": 70, "sex": "female", "injury_event": "deep_bend_or_squat", "unable_to_bear_weight": "yes",
+                                "symptom_duration_days": 1}, True),
+    ("fracture_after_a_squat", {"age": 58, "sex": "male", "injury_event": "deep_bend_or_squat", "locking": "yes",
+                                "symptom_duration_days": 3}, False),
     ("septic_joint_or_cellulitis", {"age": 30, "sex": "male", "fever": "yes"}, False),
     ("septic_joint_or_cellulitis", {"age": 30, "sex": "male", "fever": "yes", "skin_red": "yes"}, True),
     ("septic_joint_or_cellulitis", {"age": 30, "sex": "male", "fever": "yes", "leg_swelling": "yes"}, True),

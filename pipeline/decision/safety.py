@@ -33,7 +33,7 @@ from pipeline.core.blas import dot_exact_columns
 from pipeline.core.config import LEVELS, ScreenConfig, TriageConfig
 from pipeline.core.knowledge import KnowledgeBase
 from pipeline.core.parsing import premise_denied, unanswered_matrix
-from pipeline.core.schema import FIELDS, SCREEN_SIGNS, SYMPTOMS, UNKNOWN, field
+from pipeline.core.schema import CONDITIONS, FIELDS, SCREEN_SIGNS, SYMPTOMS, UNKNOWN, field
 from pipeline.core.sizes import FEW_CASES
 from pipeline.core.textcols import join_ranked
 from pipeline.core.wording import question
@@ -198,10 +198,15 @@ class SafetyNet:
         self._step_rule = np.array([k for _, k in steps], dtype=np.intp)
         self._step_change = unpacked[self._step_pair, self._step_rule].astype(np.int16).T.reshape(4, 1, len(steps))
         self._step_pairs, self._step_starts = np.unique(self._step_pair, return_index=True)
-        # per pair, whether its answer describes the pain (a variant with one is described), and each
-        # condition's own level (where the likeliest calls for the same day, a described pain's stands)
-        self._pair_pain = np.array([self.candidates[j] in PAIN_FIELDS for j, _ in pairs], dtype=bool)
+        # the yes/no fields of the red flags for a condition that calls for the same day (a clot's
+        # signs and risks): a "yes" to one is a reason to suspect it; per pair, whether its answer is
+        # one; and each condition's own level
         self._right = right_levels(cfg)
+        suspect = {n for f in cfg.red_flags if f.condition is not None and self._right[CONDITIONS.index(f.condition)]
+                   == _EMERGENCY for n in [*f.all, *f.any] if field(n).kind == "tristate"}
+        self._suspect_fields = sorted(suspect)
+        self._pair_suspects = np.array([self.candidates[j] in suspect and a == 1 for j, a in pairs], dtype=bool)
+        self._pair_pain = np.array([self.candidates[j] in PAIN_FIELDS for j, _ in pairs], dtype=bool)  # describes it
         # per pair, its candidate's column among the "no" fields (-1: not one of them)
         self._pair_no_field = np.array([self.no_fields.index(self.candidates[j]) if self.candidates[j] in self.no_fields
                                         else -1 for j, _ in pairs], dtype=np.int64)
@@ -233,16 +238,27 @@ class SafetyNet:
         answered (the prior alone), or the expected-cost level would drop below the same day if
         every unanswered sign of a clot (:func:`points_to_same_day`) that a same-day rule looking for
         one could still fire on were answered "no" and the likeliest condition does not call for
-        the same day itself. (A clot that is the likeliest cause of a pain described ("Most likely
-        deep vein thrombosis") is not sent within a day or two for signs not asked yet: a
-        suspected DVT is assessed within hours, NICE NG158 recommendations 1.1.3-1.1.4. With
-        nothing of the pain described, age, sex and history at most, it is.)"""
+        the same day itself, with a reason to suspect it, in a case that describes its pain. (A clot
+        that is the likeliest cause, with a "yes" to a sign or risk a clot's red flags read, of a
+        pain described ("Most likely deep vein thrombosis" after surgery, sudden pain on standing) is
+        not sent within a day or two for signs not asked yet: a suspected DVT is assessed within
+        hours, NICE NG158 recommendations 1.1.3-1.1.4. On age, sex, a duration and denials it is (a
+        "no" to a meniscus sign, or a year of age, tipped the likeliest condition and sent such cases
+        the same day), and on age, sex and history alone.)"""
         # per "no" field, hidden where it is unanswered and a same-day rule reading it so is open
         hide = unanswered_matrix(codes, self.no_fields) & (open_ @ self._same_day_asks_matrix)
         proba = np.asarray(proba)
         drops = self._drops_if_no(proba.T, hide, lambda c: cost_level_of(c.T))
-        stands = (self._right[proba.argmax(axis=1)] == _EMERGENCY) & pain_described(codes)
+        stands = (self._right[proba.argmax(axis=1)] == _EMERGENCY) & self._suspected(codes) & pain_described(codes)
         return (drops & ~stands) | (known_share(codes) == 0)
+
+    def _suspected(self, codes: dict[str, np.ndarray], rows: np.ndarray | None = None) -> np.ndarray:
+        """Per case (of ``rows``, if given), whether it answers "yes" to a sign or risk of a same-day
+        condition's red flags."""
+        out = np.zeros(len(codes["age"]) if rows is None else len(rows), dtype=bool)
+        for n in self._suspect_fields:
+            out |= (codes[n] if rows is None else codes[n][rows]) == 1
+        return out
 
     def _drops_if_no(self, columns: np.ndarray, hide: np.ndarray, cost_level_of_columns) -> np.ndarray:
         """Per case, whether the expected-cost level drops below the same day once the "no" fields
@@ -489,8 +505,11 @@ class SafetyNet:
             hide &= opened @ self._same_day_asks_matrix
             columns_ = weighted.take(same_day, axis=1)
             drops = self._drops_if_no(columns_, hide, lambda c: cost_levels_of_columns(cfg, c))
-            described = ~unanswered_matrix(codes, PAIN_FIELDS)[rows[same_day]].all(axis=1) | self._pair_pain[pair[same_day]]
-            soft = same_day[drops & ~((self._right[columns_.argmax(axis=0)] == _EMERGENCY) & described)]
+            at = rows[same_day]
+            suspected = self._suspected(codes, at)
+            suspected |= self._pair_suspects[pair[same_day]]
+            described = ~unanswered_matrix(codes, PAIN_FIELDS)[at].all(axis=1) | self._pair_pain[pair[same_day]]
+            soft = same_day[drops & ~((self._right[columns_.argmax(axis=0)] == _EMERGENCY) & suspected & described)]
             level[soft] = LEVELS.index(cfg.uncertain.level)
         level = np.where(atypical[rows], np.maximum(level, LEVELS.index(cfg.atypical.min_level)), level)
         level = np.maximum(level, others)

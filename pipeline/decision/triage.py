@@ -221,7 +221,10 @@ def screen_advice(cfg: TriageConfig, screen: ScreenConfig) -> np.ndarray:
 def _screen_advice(cfg: TriageConfig, screen: ScreenConfig, also: str) -> np.ndarray:
     """:func:`screen_advice` with ``also`` (a sentence) before the closing."""
     def text(r, d: str | None) -> str:
-        other = f"{_opening(d)}, which calls for this level too, is not ruled out either. " if d else ""
+        # a condition named beside the rule calls for its level, or (a same day softened to it, a
+        # clot's) for more: said as the advice of a condition below says it (_not_ruled_out)
+        why = "which calls for this level too" if d and cfg.right_level[d] == r.level else d and _not_ruled_out(cfg, r.level, d)
+        other = f"{_opening(d)}, {why}, is not ruled out either. " if d else ""
         return f"{cfg.level_text[r.level]} First rule out {r.rule_out}: {r.reason}. {other}{also}{cfg.closing}"
 
     return np.array([[text(r, None), *(text(r, d) for d in CONDITIONS)] for r in screen.rules], dtype=object)
