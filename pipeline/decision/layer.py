@@ -159,15 +159,16 @@ class Decision:
                  screen_line_advice(self.config, self.screen), second_rule_advice(self.config, self.screen)]
         self._advice, self._advice_codes, self._advice_written = (np.concatenate([p[i].ravel() for p in parts])
                                                                   for i in range(3))
-        self._advice_table_size = parts[0][0].size  # the size of each rule's table in screen_line_advice too
-        self._screen_advice_start = self._advice_table_size  # the advice_table first
-        self._screen_advice_size = parts[1][0].size  # the size of each second rule's table in second_rule_advice too
-        self._undescribed_pain_advice_start = parts[0][0].size + parts[1][0].size
-        self._screen_line_advice_start = self._undescribed_pain_advice_start + parts[2][0].size
-        self._second_rule_advice_start = self._screen_line_advice_start + parts[3][0].size
+        # where each part starts; screen_line_advice holds one advice_table per lower rule, and
+        # second_rule_advice one screen_advice per second rule
+        sizes = [p[0].size for p in parts]
+        (self._screen_advice_start, self._undescribed_pain_advice_start, self._screen_line_advice_start,
+         self._second_rule_advice_start) = np.cumsum(sizes[:4]).tolist()
+        self._advice_table_size, self._screen_advice_size = sizes[0], sizes[1]
         # per screen rule, its place among lower_screen_rules (-1: a same-day rule, never below a level)
+        lower = lower_screen_rules(self.screen)
         self._lower_place = np.full(len(self.screen.rules), -1, dtype=np.int64)
-        self._lower_place[lower_screen_rules(self.screen)] = np.arange(len(lower_screen_rules(self.screen)))
+        self._lower_place[lower] = np.arange(len(lower))
         self._net: tuple[KnowledgeBase, SafetyNet] | None = None
 
     def safety(self, kb: KnowledgeBase) -> SafetyNet:
@@ -381,7 +382,7 @@ def decision_columns(decision: Decision, kb: KnowledgeBase, parsed: ParsedCases,
         led = np.where(second >= 0, decision._second_rule_advice_start + second * decision._screen_advice_size + led,
                        decision._screen_advice_start + led)
         plain = advice_index(level, likely, named)
-        lower = decision._lower_place[second] if len(second) else second
+        lower = decision._lower_place[second]
         plain = np.where((second >= 0) & (lower >= 0),
                          decision._screen_line_advice_start + lower * decision._advice_table_size + plain, plain)
         return lookup(decision._advice_codes if codes else decision._advice,

@@ -94,9 +94,11 @@ def per_rule(rules: list[Rule], test, codes: dict[str, np.ndarray]) -> np.ndarra
 PAIN_FIELDS = [f.name for f in FIELDS if f.group in ("onset", "symptom") and f.name not in SCREEN_SIGNS]
 
 
-def pain_described(codes: dict[str, np.ndarray]) -> np.ndarray:
-    """Per case, whether anything of the pain itself is answered (:data:`PAIN_FIELDS`)."""
-    return np.asarray(~unanswered_matrix(codes, PAIN_FIELDS).all(axis=1))
+def pain_described(codes: dict[str, np.ndarray], rows: np.ndarray | None = None) -> np.ndarray:
+    """Per case (of ``rows``, if given), whether anything of the pain itself is answered
+    (:data:`PAIN_FIELDS`)."""
+    unanswered = unanswered_matrix(codes, PAIN_FIELDS)
+    return np.asarray(~(unanswered if rows is None else unanswered[rows]).all(axis=1))
 
 
 def points_to_same_day(cfg: TriageConfig, kb: KnowledgeBase, name: str) -> bool:
@@ -249,16 +251,22 @@ class SafetyNet:
         hide = unanswered_matrix(codes, self.no_fields) & (open_ @ self._same_day_asks_matrix)
         proba = np.asarray(proba)
         drops = self._drops_if_no(proba.T, hide, lambda c: cost_level_of(c.T))
-        stands = (self._right[proba.argmax(axis=1)] == _EMERGENCY) & self._suspected(codes) & pain_described(codes)
-        return (drops & ~stands) | (known_share(codes) == 0)
+        return (drops & ~self._stands(proba.argmax(axis=1), codes)) | (known_share(codes) == 0)
 
-    def _suspected(self, codes: dict[str, np.ndarray], rows: np.ndarray | None = None) -> np.ndarray:
-        """Per case (of ``rows``, if given), whether it answers "yes" to a sign or risk of a same-day
-        condition's red flags."""
-        out = np.zeros(len(codes["age"]) if rows is None else len(rows), dtype=bool)
+    def _stands(self, likeliest: np.ndarray, codes: dict[str, np.ndarray], rows: np.ndarray | None = None,
+                pairs: np.ndarray | None = None) -> np.ndarray:
+        """Per case (of ``rows``, if given, each with its variant's (question, answer) of ``pairs``),
+        whether a same day stands however the unasked signs are answered (:meth:`rests_on_unknowns`):
+        the ``likeliest`` condition calls for it, a sign or risk of a same-day condition's red flags
+        is answered "yes", and something of the pain is described."""
+        suspected = np.zeros(len(likeliest), dtype=bool)
         for n in self._suspect_fields:
-            out |= (codes[n] if rows is None else codes[n][rows]) == 1
-        return out
+            suspected |= (codes[n] if rows is None else codes[n][rows]) == 1
+        described = pain_described(codes, rows)
+        if pairs is not None:  # the variant's one more answer
+            suspected |= self._pair_suspects[pairs]
+            described |= self._pair_pain[pairs]
+        return (self._right[likeliest] == _EMERGENCY) & suspected & described
 
     def _drops_if_no(self, columns: np.ndarray, hide: np.ndarray, cost_level_of_columns) -> np.ndarray:
         """Per case, whether the expected-cost level drops below the same day once the "no" fields
@@ -505,11 +513,7 @@ class SafetyNet:
             hide &= opened @ self._same_day_asks_matrix
             columns_ = weighted.take(same_day, axis=1)
             drops = self._drops_if_no(columns_, hide, lambda c: cost_levels_of_columns(cfg, c))
-            at = rows[same_day]
-            suspected = self._suspected(codes, at)
-            suspected |= self._pair_suspects[pair[same_day]]
-            described = ~unanswered_matrix(codes, PAIN_FIELDS)[at].all(axis=1) | self._pair_pain[pair[same_day]]
-            soft = same_day[drops & ~((self._right[columns_.argmax(axis=0)] == _EMERGENCY) & suspected & described)]
+            soft = same_day[drops & ~self._stands(columns_.argmax(axis=0), codes, rows[same_day], pair[same_day])]
             level[soft] = LEVELS.index(cfg.uncertain.level)
         level = np.where(atypical[rows], np.maximum(level, LEVELS.index(cfg.atypical.min_level)), level)
         level = np.maximum(level, others)
