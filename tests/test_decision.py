@@ -12,7 +12,7 @@ from pipeline.core.blas import dot_exact
 from pipeline.core.config import LEVELS, ConfigError, ScreenConfig, TriageConfig, load_config
 from pipeline.core.parsing import parse_cases, premise_denied, unanswered
 from pipeline.core.paths import config_path
-from pipeline.core.schema import CONDITIONS, SCREEN_SIGNS, SYMPTOMS, UNKNOWN
+from pipeline.core.schema import CONDITION_LABELS, CONDITIONS, SCREEN_SIGNS, SYMPTOMS, UNKNOWN
 from pipeline.data.datasets import labels
 from pipeline.decision.atypical import fit_atypical, flag_atypical
 from pipeline.decision.conformal import blank_at_random, credible_sets, fit_conformal, prediction_sets, set_cells
@@ -825,8 +825,10 @@ def test_ask_next_asks_about_fever_for_a_hot_swollen_knee_however_unlikely_the_n
 def test_ask_next_asks_first_about_a_same_day_screen_sign_the_case_suggests(cfg, net, case, asked):
     """A screen rule's `suggested_by` signs make its one sign worth asking however unlikely the
     nine conditions make it (a cramp or a Baker's cyst here), and first (no injury: the Ottawa
-    rule's question, which would come first at 55, is not open); without them it is not asked
-    (the safety net still names it)."""
+    rule's question, which would come first at 55, is not open), after only the other question
+    that completes a same-day rule here: whether the leg takes four steps, which with no injury
+    and a duration not given would send it the same day; without them it is not asked (the
+    safety net still names it)."""
     codes = _codes([{**case, "injury_event": "none"}])
     proba = np.zeros((1, len(CONDITIONS)))
     proba[0, CONDITIONS.index("leg_cramp" if "weakness" in case or "tingling" in case else "bakers_cyst")] = 0.98
@@ -835,7 +837,10 @@ def test_ask_next_asks_first_about_a_same_day_screen_sign_the_case_suggests(cfg,
     assert LEVELS[level[0]] != "emergency"
     questions = net.ask_next(proba, codes, level, np.zeros(1, dtype=bool), net.fires(codes), codes_out=True)[0]
     screen_signs = [q for q in questions.split("|") if q in ("foot_cold_or_pale", "pulsating_lump")]
-    assert screen_signs == ([asked] if asked else []) and (asked is None or questions.startswith(asked))
+    assert screen_signs == ([asked] if asked else [])
+    if asked:
+        listed = questions.split("|")
+        assert set(listed[:listed.index(asked)]) <= {"unable_to_bear_weight"}
 
 
 def test_a_screen_rules_suggesting_signs_are_checked_and_only_for_a_same_day_rule():
@@ -1207,8 +1212,9 @@ def test_ask_next_asks_first_whether_a_recently_hot_swollen_knee_bends(cfg, net,
 
 def test_advice_leads_with_the_condition_the_level_is_for_where_the_likeliest_does_not_call_for_it(cfg):
     """Sent the same day for a clot less likely than osteoarthritis, a person reads first that the
-    clot is not ruled out and not to massage the leg, then osteoarthritis's exercise and hot packs;
-    where the likeliest condition calls for the level, its advice alone."""
+    clot is not ruled out and not to massage the leg, then osteoarthritis's exercise and hot packs
+    for once the clot is ruled out; where the likeliest condition calls for the level, its advice
+    alone."""
     from pipeline.decision.triage import advice_table
 
     table = advice_table(cfg)
@@ -1216,10 +1222,34 @@ def test_advice_leads_with_the_condition_the_level_is_for_where_the_likeliest_do
     text = table[LEVELS.index("emergency"), oa, 1 + dvt]
     assert text.startswith(cfg.level_text["emergency"] + " Deep vein thrombosis, which this level is for, is less "
                            "likely than osteoarthritis but not ruled out: " + cfg.advice["dvt"])
-    assert text.index(cfg.advice["dvt"]) < text.index("Most likely osteoarthritis: " + cfg.advice["osteoarthritis"])
+    # osteoarthritis's exercise and hot packs are for once the clot is ruled out, not before
+    assert text.index(cfg.advice["dvt"]) < text.index("Most likely osteoarthritis; once deep vein thrombosis is ruled "
+                                                      "out: " + cfg.advice["osteoarthritis"])
     assert text.endswith(cfg.closing)
     alone = table[LEVELS.index("emergency"), dvt, 0]
     assert alone == f"{cfg.level_text['emergency']} Most likely deep vein thrombosis: {cfg.advice['dvt']} {cfg.closing}"
+
+
+def test_no_written_advice_gives_the_likeliest_conditions_care_before_the_other_is_ruled_out(cfg):
+    """In every advice a case can get that names a less likely condition the level is for (a clot
+    beside a cramp: "Do not massage the leg"), the likeliest's care (the cramp's "stretch the
+    muscle gently") is given only for once that condition is ruled out, in the plain advice and in
+    the advice that rules out a screen rule's condition too."""
+    from pipeline.decision.triage import advice_table, advice_written, screen_line_advice
+
+    screen = load_config(ScreenConfig, config_path("screen.yaml"))
+    lower_texts, _, lower_written = screen_line_advice(cfg, screen)
+    tables = [(advice_table(cfg), advice_written(cfg)), *zip(lower_texts, lower_written)]
+    checked = set()
+    for table, written in tables:
+        for lv, c, d in zip(*np.nonzero(written[:, :, 1:])):
+            likely, other = CONDITIONS[c], CONDITIONS[d]
+            text = table[lv, c, 1 + d]
+            care = f"Most likely {CONDITION_LABELS[likely]}; once {CONDITION_LABELS[other]} is ruled out: "
+            assert text.count(cfg.advice[likely]) == 1 and text.index(care) + len(care) == text.index(cfg.advice[likely])
+            assert text.index(cfg.advice[other]) < text.index(care)
+            checked.add((LEVELS[lv], likely, other))
+    assert {("emergency", "leg_cramp", "dvt"), ("see_doctor_soon", "leg_cramp", "dvt")} <= checked
 
 
 def test_a_yes_to_a_knee_that_cannot_bend_never_lowers_a_hot_swollen_knees_level(cfg, kb, net):

@@ -124,6 +124,21 @@ HOT = {"age": 66, "sex": "male", "knee_swelling": "yes", "skin_warm": "yes", "in
                                 "symptom_duration_days": 1}, True),
     ("fracture_after_a_squat", {"age": 58, "sex": "male", "injury_event": "deep_bend_or_squat", "locking": "yes",
                                 "symptom_duration_days": 3}, False),
+    # unable to take four steps with no injury: a day or more (or not said), never a cramp's minutes
+    ("unable_to_walk_without_injury", {"age": 86, "sex": "female", "knee_swelling": "yes", "injury_event": "none",
+                                       "unable_to_bear_weight": "yes", "symptom_duration_days": 3}, True),
+    ("unable_to_walk_without_injury", {"age": 40, "sex": "male", "onset": "sudden", "injury_event": "none",
+                                       "unable_to_bear_weight": "yes", "symptom_duration_days": 1}, True),
+    ("unable_to_walk_without_injury", {"age": 70, "sex": "male", "injury_event": "none", "unable_to_bear_weight": "yes"},
+     True),  # how long: unanswered
+    ("unable_to_walk_without_injury", {"age": 40, "sex": "male", "muscle_spasm": "yes", "injury_event": "none",
+                                       "unable_to_bear_weight": "yes", "symptom_duration_days": 0.003}, False),
+    ("unable_to_walk_without_injury", {"age": 70, "sex": "male", "unable_to_bear_weight": "yes",
+                                       "symptom_duration_days": 3}, False),  # what happened: asked first
+    ("unable_to_walk_without_injury", {"age": 30, "sex": "male", "injury_event": "overstretch_or_sprint",
+                                       "unable_to_bear_weight": "yes", "symptom_duration_days": 2}, False),
+    ("unable_to_walk_without_injury", {"age": 70, "sex": "male", "injury_event": "none", "unable_to_bear_weight": "no",
+                                       "symptom_duration_days": 3}, False),
     ("septic_joint_or_cellulitis", {"age": 30, "sex": "male", "fever": "yes"}, False),
     ("septic_joint_or_cellulitis", {"age": 30, "sex": "male", "fever": "yes", "skin_red": "yes"}, True),
     ("septic_joint_or_cellulitis", {"age": 30, "sex": "male", "fever": "yes", "leg_swelling": "yes"}, True),
@@ -164,6 +179,20 @@ def test_screen_names_list_what_to_rule_out():
     names = screen_names(SCREEN, screen_matches(SCREEN, codes))
     assert names[0] == "pulmonary embolism|a septic joint or cellulitis" and names[1] == ""
     assert all(r.level in LEVELS for r in SCREEN.rules)
+
+
+def test_a_leg_that_cannot_take_weight_without_an_injury_is_named_once_as_what_explains_it():
+    """A child's is a slipped epiphysis, a fever's an infection; an adult's, without either, the
+    rule for a leg that cannot take weight."""
+    matches = screen_matches(SCREEN, parse_cases(pd.DataFrame([
+        {"age": 14, "sex": "male", "injury_event": "none", "unable_to_bear_weight": "yes"},
+        {"age": 60, "sex": "male", "injury_event": "none", "unable_to_bear_weight": "yes", "fever": "yes",
+         "knee_swelling": "yes"},
+        {"age": 60, "sex": "male", "injury_event": "none", "unable_to_bear_weight": "yes"}])).codes)
+    assert matches[:, RULES.index("unable_to_walk_without_injury")].all()
+    assert screen_names(SCREEN, matches).tolist() == [
+        "a slipped upper femoral epiphysis (a hip problem of growing children)", "a septic joint or cellulitis",
+        "a serious cause of being unable to walk (an infected joint, a fracture or a clot)"]
 
 
 def test_a_child_who_cannot_walk_names_the_hip_once():
