@@ -724,6 +724,24 @@ def test_the_safety_net_lists_signs_to_watch_for_not_history_to_ask(cfg, net):
     assert net.open_rules(codes)[0, [net.names.index("clot_before_with_wells_history")]].all()
 
 
+def test_the_safety_net_never_asks_to_watch_for_a_sign_the_person_already_has(cfg, net):
+    """An 84-year-old who cannot take four steps on a swollen knee, what happened not yet said: the
+    rules that need only her injury (the Ottawa rule, the squat's, no injury's) wait on a question,
+    so "you cannot take four steps on the leg" is not listed to someone who cannot; unanswered,
+    it is, as is a sign not yet answered beside one she has (a swollen knee that cannot bend)."""
+    walk = ("fracture_ottawa", "fracture_after_a_squat", "unable_to_walk_without_injury")
+    base = {"age": 84, "sex": "female", "knee_swelling": "yes"}
+    codes = _codes([{**base, "unable_to_bear_weight": "yes"}, base])
+    level = np.array([LEVELS.index("see_doctor_soon")] * 2)
+    cannot, unsaid = (set(row.split("|")) for row in net.safety_net(level, net.open_rules(codes), codes=True,
+                                                                     answers=codes))
+    assert not set(walk) & cannot and set(walk[1:]) <= unsaid  # (at 84, the Ottawa rule needs only the injury)
+    assert "recent_hot_swollen_knee" in cannot  # its stiffness is not yet said
+    assert "possible_dvt" in cannot and "possible_dvt" in unsaid  # a calf that swells
+    without = net.safety_net(level, net.open_rules(codes), codes=True)[0].split("|")
+    assert set(walk[1:]) <= set(without)  # without the answers, every open rule with a sign
+
+
 def test_ask_next_lists_the_questions_that_would_change_the_level(cfg, net):
     codes = _codes([{"age": 70, "sex": "female"}, {"age": 70, "sex": "female", **{f: "no" for f in net.candidates
                                                                                   if f != "injury_event"}}])
