@@ -742,6 +742,20 @@ def test_the_safety_net_never_asks_to_watch_for_a_sign_the_person_already_has(cf
     assert set(walk[1:]) <= set(without)  # without the answers, every open rule with a sign
 
 
+def test_the_ottawa_rule_is_a_sign_to_watch_under_55_and_a_question_at_55_or_older(cfg, net):
+    """The Ottawa rule fires after an injury on being unable to take four steps or on an age of 55
+    or older: a 19-year-old watches for the first (its line names no age), a 60-year-old has the
+    second already, so the rule waits on what happened, which ask_next asks."""
+    codes = _codes([{"age": 19, "sex": "male"}, {"age": 60, "sex": "male"}])
+    level = np.array([LEVELS.index("see_doctor")] * 2)
+    young, old = (row.split("|") for row in net.safety_net(level, net.open_rules(codes), answers=codes))
+    ottawa = net.texts[net.names.index("fracture_ottawa")]
+    assert ottawa in young and "55" not in ottawa and ottawa not in old
+    proba = _dvt_at(0.001, 2)
+    asked = net.ask_next(proba, codes, level, np.zeros(2, dtype=bool), net.fires(codes), codes_out=True)
+    assert asked[1].split("|")[0] == "injury_event"
+
+
 def test_ask_next_lists_the_questions_that_would_change_the_level(cfg, net):
     codes = _codes([{"age": 70, "sex": "female"}, {"age": 70, "sex": "female", **{f: "no" for f in net.candidates
                                                                                   if f != "injury_event"}}])
