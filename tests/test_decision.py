@@ -724,36 +724,19 @@ def test_the_safety_net_lists_signs_to_watch_for_not_history_to_ask(cfg, net):
     assert net.open_rules(codes)[0, [net.names.index("clot_before_with_wells_history")]].all()
 
 
-def test_the_safety_net_never_asks_to_watch_for_a_sign_the_person_already_has(cfg, net):
-    """An 84-year-old who cannot take four steps on a swollen knee, what happened not yet said: the
-    rules that need only her injury (the Ottawa rule, the squat's, no injury's) wait on a question,
-    so "you cannot take four steps on the leg" is not listed to someone who cannot; unanswered,
-    it is, as is a sign not yet answered beside one she has (a swollen knee that cannot bend)."""
+def test_the_safety_net_says_which_answer_to_a_question_would_send_a_leg_that_cannot_walk_the_same_day(cfg, net):
+    """An 84-year-old who cannot take four steps on a swollen knee, what happened not yet said:
+    every answer but a sprint sends her the same day, and the safety net says which, each line
+    with the history it needs (no injury; a fall, a twist or a blow; a deep bend or squat), since
+    "you cannot take four steps on the leg" alone read as met by someone who cannot."""
+    codes = _codes([{"age": 84, "sex": "female", "knee_swelling": "yes", "unable_to_bear_weight": "yes"}])
+    level = np.array([LEVELS.index("see_doctor_soon")])
+    listed = net.safety_net(level, net.open_rules(codes), codes=True)[0].split("|")
     walk = ("fracture_ottawa", "fracture_after_a_squat", "unable_to_walk_without_injury")
-    base = {"age": 84, "sex": "female", "knee_swelling": "yes"}
-    codes = _codes([{**base, "unable_to_bear_weight": "yes"}, base])
-    level = np.array([LEVELS.index("see_doctor_soon")] * 2)
-    cannot, unsaid = (set(row.split("|")) for row in net.safety_net(level, net.open_rules(codes), codes=True,
-                                                                     answers=codes))
-    assert not set(walk) & cannot and set(walk[1:]) <= unsaid  # (at 84, the Ottawa rule needs only the injury)
-    assert "recent_hot_swollen_knee" in cannot  # its stiffness is not yet said
-    assert "possible_dvt" in cannot and "possible_dvt" in unsaid  # a calf that swells
-    without = net.safety_net(level, net.open_rules(codes), codes=True)[0].split("|")
-    assert set(walk[1:]) <= set(without)  # without the answers, every open rule with a sign
-
-
-def test_the_ottawa_rule_is_a_sign_to_watch_under_55_and_a_question_at_55_or_older(cfg, net):
-    """The Ottawa rule fires after an injury on being unable to take four steps or on an age of 55
-    or older: a 19-year-old watches for the first (its line names no age), a 60-year-old has the
-    second already, so the rule waits on what happened, which ask_next asks."""
-    codes = _codes([{"age": 19, "sex": "male"}, {"age": 60, "sex": "male"}])
-    level = np.array([LEVELS.index("see_doctor")] * 2)
-    young, old = (row.split("|") for row in net.safety_net(level, net.open_rules(codes), answers=codes))
-    ottawa = net.texts[net.names.index("fracture_ottawa")]
-    assert ottawa in young and "55" not in ottawa and ottawa not in old
-    proba = _dvt_at(0.001, 2)
-    asked = net.ask_next(proba, codes, level, np.zeros(2, dtype=bool), net.fires(codes), codes_out=True)
-    assert asked[1].split("|")[0] == "injury_event"
+    assert set(walk) <= set(listed)
+    lines = [net.texts[net.names.index(name)] for name in walk]
+    assert "a fall, a twist or a blow" in lines[0] and "squat" in lines[1] and "no injury" in lines[2]
+    assert all("four steps" in line for line in lines)
 
 
 def test_ask_next_lists_the_questions_that_would_change_the_level(cfg, net):
@@ -796,6 +779,24 @@ def test_ask_next_asks_a_woman_about_the_pill_or_hrt_and_never_a_man(cfg, net):
     assert [LEVELS[v] for v in level] == ["self_care", "self_care"]
     asked = net.ask_next(proba, codes, level, np.zeros(2, dtype=bool), net.fires(codes), codes_out=True)
     assert list(asked) == ["hormonal_therapy", ""]
+
+
+def test_the_pill_or_hrt_is_not_asked_in_pregnancy_and_a_swollen_leg_in_pregnancy_goes_the_same_day(cfg, net):
+    """A pregnant woman is not asked whether she takes the pill or HRT; with a swollen leg or a calf
+    that hurts when pressed she goes the same day whatever else she answers (RCOG: every suspected
+    clot in pregnancy tested promptly and treated until ruled out), where outside pregnancy a
+    swollen leg with every other sign "no" waits for a second item."""
+    no = ("smoker", "sedentary", "pain_on_standing", "skin_warm", "visible_veins", "skin_red", "whole_leg_swollen",
+          "fever", "hormonal_therapy")
+    base = {"age": 30, "sex": "female", **{f: "no" for f in no}}
+    cases = [{**base, "pregnant": "yes", "leg_swelling": "yes", "calf_tenderness": "no"},
+             {**base, "pregnant": "yes", "leg_swelling": "no", "calf_tenderness": "yes"},
+             {**base, "pregnant": "no", "leg_swelling": "yes", "calf_tenderness": "no"},
+             {"age": 30, "sex": "female", "pregnant": "yes"}]
+    codes = _codes(cases)
+    flags = red_flags(cfg, codes)
+    assert [LEVELS[v] if v >= 0 else None for v in flags[0]][:3] == ["emergency", "emergency", None]
+    assert premise_denied(codes, ["hormonal_therapy"])[:, 0].tolist() == [True, True, False, True]
 
 
 def test_ask_next_asks_first_what_would_send_a_swollen_leg_the_same_day(cfg, net):
@@ -1263,10 +1264,11 @@ def test_advice_leads_with_the_condition_the_level_is_for_where_the_likeliest_do
 
 
 def test_no_written_advice_gives_the_likeliest_conditions_care_before_the_other_is_ruled_out(cfg):
-    """In every advice a case can get that names a less likely condition the level is for (a clot
-    beside a cramp: "Do not massage the leg"), the likeliest's care (the cramp's "stretch the
-    muscle gently") is given only for once that condition is ruled out, in the plain advice and in
-    the advice that rules out a screen rule's condition too."""
+    """In every advice a case can get that names a less likely condition that calls for the same
+    day (a clot beside a cramp: "Do not massage the leg"), the likeliest's care (the cramp's
+    "stretch the muscle gently") is given only for once that condition is ruled out, in the plain
+    advice and in the advice that rules out a screen rule's condition too; beside a condition that
+    does not (an ACL injury beside a hamstring injury), its care stands as it is (RICE, now)."""
     from pipeline.decision.triage import advice_table, advice_written, screen_line_advice
 
     screen = load_config(ScreenConfig, config_path("screen.yaml"))
@@ -1277,11 +1279,14 @@ def test_no_written_advice_gives_the_likeliest_conditions_care_before_the_other_
         for lv, c, d in zip(*np.nonzero(written[:, :, 1:])):
             likely, other = CONDITIONS[c], CONDITIONS[d]
             text = table[lv, c, 1 + d]
-            care = f"Most likely {CONDITION_LABELS[likely]}; once {CONDITION_LABELS[other]} is ruled out: "
+            once = cfg.right_level[other] == "emergency"
+            care = (f"Most likely {CONDITION_LABELS[likely]}; once {CONDITION_LABELS[other]} is ruled out: " if once
+                    else f"Most likely {CONDITION_LABELS[likely]}: ")
             assert text.count(cfg.advice[likely]) == 1 and text.index(care) + len(care) == text.index(cfg.advice[likely])
-            assert text.index(cfg.advice[other]) < text.index(care)
+            assert text.index(cfg.advice[other]) < text.index(care) and ("ruled out: " + cfg.advice[likely] in text) == once
             checked.add((LEVELS[lv], likely, other))
-    assert {("emergency", "leg_cramp", "dvt"), ("see_doctor_soon", "leg_cramp", "dvt")} <= checked
+    assert {("emergency", "leg_cramp", "dvt"), ("see_doctor_soon", "leg_cramp", "dvt"),
+            ("see_doctor_soon", "hamstring_injury", "acl_injury")} <= checked
 
 
 def test_a_yes_to_a_knee_that_cannot_bend_never_lowers_a_hot_swollen_knees_level(cfg, kb, net):

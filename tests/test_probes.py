@@ -124,7 +124,9 @@ HOT = {"age": 66, "sex": "male", "knee_swelling": "yes", "skin_warm": "yes", "in
                                 "symptom_duration_days": 1}, True),
     ("fracture_after_a_squat", {"age": 58, "sex": "male", "injury_event": "deep_bend_or_squat", "locking": "yes",
                                 "symptom_duration_days": 3}, False),
-    # unable to take four steps with no injury: a day or more (or not said), never a cramp's minutes
+    # unable to take four steps with no injury: an hour or more (or not said), never a cramp's minutes
+    ("unable_to_walk_without_injury", {"age": 45, "sex": "female", "injury_event": "none", "unable_to_bear_weight": "yes",
+                                       "symptom_duration_days": 0.1}, True),
     ("unable_to_walk_without_injury", {"age": 86, "sex": "female", "knee_swelling": "yes", "injury_event": "none",
                                        "unable_to_bear_weight": "yes", "symptom_duration_days": 3}, True),
     ("unable_to_walk_without_injury", {"age": 40, "sex": "male", "onset": "sudden", "injury_event": "none",

@@ -193,13 +193,15 @@ def unanswered(name: str, codes: dict[str, np.ndarray]) -> np.ndarray:
 # denied their premise
 INJURY_PREMISED = frozenset({"heard_pop", "pain_delayed_onset", "swelling_within_hours"})
 _NO_INJURY = field("injury_event").allowed.index("none")
+_YES = 1  # the code of a yes/no field's "yes"
 
 
 def premise_denied(codes: dict[str, np.ndarray], names: Sequence[str]) -> np.ndarray:
     """(n_cases, len(names)) bool: the questions ``names`` whose premise a case's answers deny, so
-    that they are not offered to it: the questions about an injury, when it reports none, and
+    that they are not offered to it: the questions about an injury, when it reports none,
     pregnancy and the pill or HRT, to a male (a man's rate of oestrogen treatment is a tenth of
-    a percent or so: the knowledge base's ``hormonal_therapy_men``)."""
+    a percent or so: the knowledge base's ``hormonal_therapy_men``), and the pill or HRT, to a
+    pregnant woman."""
     denied = np.zeros((len(codes["age"]), len(names)), dtype=bool)
     premised = [i for i, name in enumerate(names) if name in INJURY_PREMISED]
     if premised:
@@ -207,6 +209,8 @@ def premise_denied(codes: dict[str, np.ndarray], names: Sequence[str]) -> np.nda
     for name in MALE_NOT_ASKED:
         if name in names:
             denied[:, list(names).index(name)] = codes["sex"] == SEX_MALE
+    if "hormonal_therapy" in names:
+        denied[:, list(names).index("hormonal_therapy")] |= codes["pregnant"] == _YES
     return denied
 
 

@@ -402,7 +402,7 @@ def decision_columns(decision: Decision, kb: KnowledgeBase, parsed: ParsedCases,
     made: dict[str, Callable[[], Any]] = {
         "triage": lambda: lookup(LEVELS, triage()[0]),
         "triage_reason": triage_reason,
-        "safety_net": lambda: net.safety_net(triage()[0], rules()[2], codes, answers=parsed.codes),
+        "safety_net": lambda: net.safety_net(triage()[0], rules()[2], codes),
         "ask_next": ask_next,
         "advice": advice,
         "differential": lambda: format_sets(proba, differential())[0],

@@ -39,15 +39,7 @@ from pipeline.core.textcols import join_ranked
 from pipeline.core.wording import question
 from pipeline.decision.conformal import known_share
 from pipeline.decision.costs import cost_levels_of_columns, right_levels
-from pipeline.decision.screen import (
-    CountTable,
-    add_field_counts,
-    answer_matches,
-    rule_counts,
-    rule_fires,
-    rule_open,
-    state_of_counts,
-)
+from pipeline.decision.screen import CountTable, add_field_counts, answer_matches, rule_fires, rule_open, state_of_counts
 
 __all__ = ["PAIN_FIELDS", "Rule", "SafetyNet", "answer_likelihoods", "pain_described", "per_rule", "points_to_same_day",
            "rules_of"]
@@ -144,13 +136,8 @@ class SafetyNet:
         # the rules with a sign to watch for (a yes/no symptom or screen sign): the others fire on the
         # history, age and how the pain began, which do not appear later (a clot before with cancer
         # is asked, not watched for: "or had surgery" read as met by someone just operated on)
-        def sign(n: str) -> bool:
-            return n in SCREEN_SIGNS or (n in SYMPTOMS and field(n).kind == "tristate")
-
-        self._watched = np.array([any(sign(n) for n in r.fields) for r in self.rules], dtype=bool)
-        # per rule, its signs among its `all` fields, and whether its `any` fields hold one: a rule
-        # whose signs a case already has is asked about (its history), not watched for
-        self._signs = [({n: a for n, a in r.all.items() if sign(n)}, any(sign(n) for n in r.any)) for r in self.rules]
+        self._watched = np.array([any(n in SCREEN_SIGNS or (n in SYMPTOMS and field(n).kind == "tristate")
+                                      for n in r.fields) for r in self.rules], dtype=bool)
         # the yes/no signs of the same-day rules: answered "no", would the emergency stand? (A risk
         # in the person's history, such as recent surgery, is no sign to look for: unanswered, it
         # does not soften an emergency; nor is a sign of the other conditions, such as a knee that
@@ -300,21 +287,11 @@ class SafetyNet:
         p_no = np.exp(log_p - log_p.max(axis=0, keepdims=True))  # unnormalised: the level is scale-free
         return cost_level_of_columns(p_no) < _EMERGENCY
 
-    def safety_net(self, level: np.ndarray, open_: np.ndarray, codes: bool = False,
-                   answers: dict[str, np.ndarray] | None = None):
+    def safety_net(self, level: np.ndarray, open_: np.ndarray, codes: bool = False):
         """Per case, the plain-language signs of the open rules above its level that have a sign to
-        watch for, ``|``-separated, the most urgent first (with ``codes``, the rules' names). With
-        the cases' ``answers`` (their codes), a rule is listed only where a sign it needs is not
-        yet met: one whose signs the case already has waits on its history only, which
-        ``ask_next`` asks ("you cannot take four steps on the leg" is no sign to watch for in
-        someone who cannot, whose injury is not yet said)."""
+        watch for, ``|``-separated, the most urgent first (with ``codes``, the rules' names)."""
         levels = self._rule_levels
         keep = open_ & (levels[None, :] > level[:, None]) & self._watched[None, :]
-        if answers is not None:
-            for k in np.flatnonzero(keep.any(axis=0)):
-                signs, sign_in_any = self._signs[k]
-                counts = rule_counts(signs, self.rules[k].any, answers)  # signs of `all` not met, `any` met
-                keep[:, k] &= (counts[0] > 0) | (sign_in_any & (counts[1] == 0))
         order = np.tile(np.argsort(-levels, kind="stable"), (len(keep), 1))
         return join_ranked(self.names if codes else self.texts, order, np.take_along_axis(keep, order, axis=1))
 

@@ -155,14 +155,15 @@ def advice_table(cfg: TriageConfig, also: str = "") -> np.ndarray:
     """(n_levels, n_conditions, 1 + n_conditions) advice: the level's instruction, the likely
     condition's advice and the closing; at ``1 + d``, first that a less likely condition ``d`` is
     not ruled out (:func:`_not_ruled_out`), with its advice (a clot's "Do not massage the leg"),
-    and the likely condition's care only once ``d`` is ruled out: a cramp's "stretch the muscle
-    gently" or osteoarthritis's exercise is not for a leg that may hold a clot. ``also``: a
-    sentence before the closing (:func:`screen_line_advice`). :func:`advice_index` picks the cell
-    of each case."""
+    and, where ``d`` calls for the same day, the likely condition's care only once ``d`` is ruled
+    out: a cramp's "stretch the muscle gently" or osteoarthritis's exercise is not for a leg that
+    may hold a clot (beside an ACL injury, a hamstring injury's RICE is care for both, now).
+    ``also``: a sentence before the closing (:func:`screen_line_advice`). :func:`advice_index`
+    picks the cell of each case."""
     def text(lv: Level, c: str, d: str | None) -> str:
         first = (f"{_opening(d)}, {_not_ruled_out(cfg, lv, d)}, is less likely than {CONDITION_LABELS[c]} "
                  f"but not ruled out: {cfg.advice[d]} ") if d else ""
-        once = f"; once {CONDITION_LABELS[d]} is ruled out" if d else ""
+        once = f"; once {CONDITION_LABELS[d]} is ruled out" if d and cfg.right_level[d] == LEVELS[-1] else ""
         return f"{cfg.level_text[lv]} {first}Most likely {CONDITION_LABELS[c]}{once}: {cfg.advice[c]} {also}{cfg.closing}"
 
     return np.array([[[text(lv, c, None), *(text(lv, c, d) for d in CONDITIONS)] for c in CONDITIONS]
