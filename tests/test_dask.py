@@ -710,6 +710,25 @@ def test_a_ctrl_c_while_distributed_waits_leaves_no_traceback_of_its_own(monkeyp
         runner.stop()
 
 
+def test_a_stopped_jobs_forgotten_results_leave_no_scheduler_error(caplog):
+    """A Ctrl-C that releases a job's tasks while a gather is on its way made the local scheduler
+    log "Couldn't gather keys: {...: 'forgotten'}" after the job's one-line stop. A job's client
+    drops that record, and only that one: a key in another state is logged as before."""
+    import logging
+
+    from pipeline.core.cluster import _without_sync_cancel_noise
+
+    scheduler = logging.getLogger("distributed.scheduler")
+    caplog.set_level(logging.ERROR, logger="distributed.scheduler")
+    with _without_sync_cancel_noise():
+        scheduler.error("Couldn't gather keys: %s", {"kneepain-score-pass1-00000-0": "forgotten"})
+        scheduler.error("Couldn't gather keys: %s", {"kneepain-score-pass1-00001-0": "memory"})
+    scheduler.error("Couldn't gather keys: %s", {"kneepain-score-pass1-00002-0": "forgotten"})  # outside a job
+    assert [r.getMessage() for r in caplog.records] == [
+        "Couldn't gather keys: {'kneepain-score-pass1-00001-0': 'memory'}",
+        "Couldn't gather keys: {'kneepain-score-pass1-00002-0': 'forgotten'}"]
+
+
 def test_a_cluster_without_workers_stops_the_job_instead_of_waiting_for_ever(monkeypatch):
     from distributed import Client, LocalCluster
 

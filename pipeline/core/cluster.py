@@ -171,16 +171,29 @@ def _is_sync_cancel_noise(record: logging.LogRecord) -> bool:
     return last.tb_frame.f_code.co_name == "cancel" and last.tb_frame.f_globals.get("__name__") == "distributed.utils"
 
 
+def _is_forgotten_gather(record: logging.LogRecord) -> bool:
+    """Whether ``record`` is the local scheduler's report that it could not gather results it has
+    already forgotten: a job stopped by Ctrl-C releases its tasks while a gather is on its way,
+    and the scheduler logged "Couldn't gather keys: {...: 'forgotten'}" after the job's one-line
+    stop. A gather that fails otherwise raises in the job, which names the error itself."""
+    states = record.args if isinstance(record.args, dict) else None
+    return (record.msg == "Couldn't gather keys: %s" and bool(states)
+            and all(state == "forgotten" for state in states.values()))  # type: ignore[union-attr]
+
+
 @contextlib.contextmanager
 def _without_sync_cancel_noise() -> Iterator[None]:
-    """:func:`_is_sync_cancel_noise` records dropped while inside (nothing else of tornado's)."""
-    noise = lambda record: not _is_sync_cancel_noise(record)
-    logger = logging.getLogger("tornado.application")
-    logger.addFilter(noise)
+    """:func:`_is_sync_cancel_noise` and :func:`_is_forgotten_gather` records dropped while inside
+    (nothing else of tornado's or the scheduler's)."""
+    filters = [(logging.getLogger("tornado.application"), lambda record: not _is_sync_cancel_noise(record)),
+               (logging.getLogger("distributed.scheduler"), lambda record: not _is_forgotten_gather(record))]
+    for logger, keep in filters:
+        logger.addFilter(keep)
     try:
         yield
     finally:
-        logger.removeFilter(noise)
+        for logger, keep in filters:
+            logger.removeFilter(keep)
 
 
 def temp_folder(target: Path, spare: Iterable[str | Path] = ()) -> Path:
