@@ -696,11 +696,19 @@ POST_OP = {"age": 62, "sex": "male", "recent_surgery": "yes", "onset": "sudden",
     ({"age": 80, "sex": "female", "symptom_duration_days": 3}, "dvt", "see_doctor_soon"),
     ({"age": 60, "sex": "female", "symptom_duration_days": 7, "locking": "no"}, "dvt", "see_doctor_soon"),
     ({**POST_OP, "recent_surgery": None, "pain_on_standing": None}, "dvt", "see_doctor_soon"),
+    # a leg that cannot take four steps, what happened not yet said: a sign a same-day screen rule
+    # reads that a clot makes likelier, so the same day stands; a knee that cannot bend makes a
+    # clot less likely, so it is no reason to suspect one
+    ({"age": 60, "sex": "female", "onset": "gradual", "symptom_duration_days": 2, "unable_to_bear_weight": "yes"},
+     "dvt", "emergency"),
+    ({"age": 60, "sex": "female", "onset": "gradual", "symptom_duration_days": 2, "reduced_range_of_motion": "yes"},
+     "dvt", "see_doctor_soon"),
 ])
 def test_a_clot_that_is_the_likeliest_cause_with_a_reason_to_suspect_it_is_not_softened(cfg, net, case, top, level):
     """A man of 62 three days after surgery with sudden cramp-like pain on standing, his calf not
     yet asked about: where the clot is the likeliest cause and the case gives a reason to suspect it
-    (a "yes" to a sign or risk a clot's red flags read), the same day stands ("Most likely deep vein
+    (a "yes" to a sign or risk a clot's red flags read, or to a sign of a same-day screen rule
+    that a clot makes likelier), the same day stands ("Most likely deep vein
     thrombosis" within a day or two contradicted NICE's assessment within hours) where the pain is
     described; otherwise the same day that rests on the unasked signs is softened, as before (an
     80-year-old who gave a duration alone went the same day, with nothing in the safety net)."""

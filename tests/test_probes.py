@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import oracle_posterior
+from pipeline import oracle_posterior, predict
 from pipeline.core.config import LEVELS, ProbesConfig, ScreenConfig, load_config
 from pipeline.core.metrics import ece_top_label
 from pipeline.core.parsing import parse_cases
@@ -195,6 +195,16 @@ def test_a_leg_that_cannot_take_weight_without_an_injury_is_named_once_as_what_e
     assert screen_names(SCREEN, matches).tolist() == [
         "a slipped upper femoral epiphysis (a hip problem of growing children)", "a septic joint or cellulitis",
         "a serious cause of being unable to walk (an infected joint, a fracture or a clot)"]
+
+
+def test_a_child_who_cannot_walk_without_an_injury_is_told_of_the_hip_first(trained):
+    """The triage reason names the first same-day rule that fires: for a child who cannot walk and
+    reports no injury, the hip (as the screen column does), not the adults' rule."""
+    models, _ = trained
+    out = predict({"age": 15, "sex": "male", "injury_event": "none", "unable_to_bear_weight": "yes",
+                   "symptom_duration_days": 2}, model=models)
+    assert out["triage"][0] == "emergency" and "unstable_slipped_femoral_epiphysis" in out["triage_reason"][0]
+    assert out["screen"][0] == "a slipped upper femoral epiphysis (a hip problem of growing children)"
 
 
 def test_a_child_who_cannot_walk_names_the_hip_once():

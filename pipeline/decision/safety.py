@@ -201,11 +201,15 @@ class SafetyNet:
         self._step_change = unpacked[self._step_pair, self._step_rule].astype(np.int16).T.reshape(4, 1, len(steps))
         self._step_pairs, self._step_starts = np.unique(self._step_pair, return_index=True)
         # the yes/no fields of the red flags for a condition that calls for the same day (a clot's
-        # signs and risks): a "yes" to one is a reason to suspect it; per pair, whether its answer is
-        # one; and each condition's own level
+        # signs and risks), and the signs of the screen's same-day rules that are likelier in such a
+        # condition (a leg that cannot take four steps, a swollen knee; not a knee that cannot bend):
+        # a "yes" to one is a reason to suspect it; per pair, whether its answer is one; and each
+        # condition's own level
         self._right = right_levels(cfg)
         suspect = {n for f in cfg.red_flags if f.condition is not None and self._right[CONDITIONS.index(f.condition)]
                    == _EMERGENCY for n in [*f.all, *f.any] if field(n).kind == "tristate"}
+        suspect |= {n for r in self.rules[len(cfg.red_flags):] if r.level == _EMERGENCY for n in r.fields
+                    if field(n).kind == "tristate" and n != "pregnant" and points_to_same_day(cfg, kb, n)}
         self._suspect_fields = sorted(suspect)
         self._pair_suspects = np.array([self.candidates[j] in suspect and a == 1 for j, a in pairs], dtype=bool)
         self._pair_pain = np.array([self.candidates[j] in PAIN_FIELDS for j, _ in pairs], dtype=bool)  # describes it
