@@ -176,9 +176,8 @@ def _is_forgotten_gather(record: logging.LogRecord) -> bool:
     already forgotten: a job stopped by Ctrl-C releases its tasks while a gather is on its way,
     and the scheduler logged "Couldn't gather keys: {...: 'forgotten'}" after the job's one-line
     stop. A gather that fails otherwise raises in the job, which names the error itself."""
-    states = record.args if isinstance(record.args, dict) else None
-    return (record.msg == "Couldn't gather keys: %s" and bool(states)
-            and all(state == "forgotten" for state in states.values()))  # type: ignore[union-attr]
+    states = record.args if isinstance(record.args, dict) else {}
+    return record.msg == "Couldn't gather keys: %s" and bool(states) and all(s == "forgotten" for s in states.values())
 
 
 @contextlib.contextmanager

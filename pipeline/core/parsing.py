@@ -193,7 +193,6 @@ def unanswered(name: str, codes: dict[str, np.ndarray]) -> np.ndarray:
 # denied their premise
 INJURY_PREMISED = frozenset({"heard_pop", "pain_delayed_onset", "swelling_within_hours"})
 _NO_INJURY = field("injury_event").allowed.index("none")
-_YES = 1  # the code of a yes/no field's "yes"
 
 
 def premise_denied(codes: dict[str, np.ndarray], names: Sequence[str]) -> np.ndarray:
@@ -210,7 +209,7 @@ def premise_denied(codes: dict[str, np.ndarray], names: Sequence[str]) -> np.nda
         if name in names:
             denied[:, list(names).index(name)] = codes["sex"] == SEX_MALE
     if "hormonal_therapy" in names:
-        denied[:, list(names).index("hormonal_therapy")] |= codes["pregnant"] == _YES
+        denied[:, list(names).index("hormonal_therapy")] |= codes["pregnant"] == 1  # yes
     return denied
 
 
