@@ -141,6 +141,13 @@ HOT = {"age": 66, "sex": "male", "knee_swelling": "yes", "skin_warm": "yes", "in
                                        "unable_to_bear_weight": "yes", "symptom_duration_days": 2}, False),
     ("unable_to_walk_without_injury", {"age": 70, "sex": "male", "injury_event": "none", "unable_to_bear_weight": "no",
                                        "symptom_duration_days": 3}, False),
+    # a fever within 12 weeks of an operation: an infection of the wound or the joint, with no
+    # local sign needed; with one, the septic rule names it
+    ("fever_after_surgery", {"age": 64, "sex": "male", "recent_surgery": "yes", "fever": "yes"}, True),
+    ("fever_after_surgery", {"age": 64, "sex": "male", "recent_surgery": "no", "fever": "yes"}, False),
+    ("fever_after_surgery", {"age": 64, "sex": "male", "recent_surgery": "yes", "fever": "no"}, False),
+    ("fever_after_surgery", {"age": 64, "sex": "male", "recent_surgery": "yes", "fever": "yes", "knee_swelling": "yes"},
+     True),  # it fires, and the screen names the septic rule only (below)
     ("septic_joint_or_cellulitis", {"age": 30, "sex": "male", "fever": "yes"}, False),
     ("septic_joint_or_cellulitis", {"age": 30, "sex": "male", "fever": "yes", "skin_red": "yes"}, True),
     ("septic_joint_or_cellulitis", {"age": 30, "sex": "male", "fever": "yes", "leg_swelling": "yes"}, True),
@@ -205,6 +212,14 @@ def test_a_child_who_cannot_walk_without_an_injury_is_told_of_the_hip_first(trai
                    "symptom_duration_days": 2}, model=models)
     assert out["triage"][0] == "emergency" and "unstable_slipped_femoral_epiphysis" in out["triage_reason"][0]
     assert out["screen"][0] == "a slipped upper femoral epiphysis (a hip problem of growing children)"
+
+
+def test_a_fever_after_an_operation_with_a_swollen_knee_is_named_as_the_septic_joint():
+    codes = parse_cases(pd.DataFrame([{"age": 64, "sex": "male", "recent_surgery": "yes", "fever": "yes"},
+                                      {"age": 64, "sex": "male", "recent_surgery": "yes", "fever": "yes",
+                                       "knee_swelling": "yes"}])).codes
+    assert screen_names(SCREEN, screen_matches(SCREEN, codes)).tolist() == [
+        "an infection after the operation (of the wound or the joint)", "a septic joint or cellulitis"]
 
 
 def test_a_child_who_cannot_walk_names_the_hip_once():
