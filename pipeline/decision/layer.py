@@ -82,11 +82,14 @@ DECISION_COLUMN_DOCS = {
                 "An answer's effect is the "
                 "knowledge base's likelihood applied to the model's probabilities, not the model run again, so a "
                 "listed answer may leave the model's own level unchanged; no question whose premise the case "
-                "denies (what happened at an injury, when it reports none; the pill or HRT, to a man)",
+                "denies (what happened at an injury, when it reports none; the pill or HRT, to a man or in "
+                "pregnancy)",
     "advice": "what to do: the level's instruction; first, where the most likely condition does not call for that "
               "level (for a same day softened because it rests on unanswered questions: does not call for the same "
               "day), the less likely condition an expected-cost level or a red flag is for, with its advice (a DVT "
-              "that cannot be ruled out, most often); then advice for the most likely condition; where a screen "
+              "that cannot be ruled out, most often); then advice for the most likely condition (beside a "
+              "condition that calls for the same day, for once that one is ruled out: a cramp's stretching is "
+              "not for a leg that may hold a clot); where a screen "
               "rule fires below a level set by something else, what it rules out too and why (a hot, swollen knee "
               "in a likely clot); where a screen rule sets the level, what to rule out first and why instead of a "
               "condition's advice, and a second rule the screen names beside it (any more are in `screen` only); "
@@ -104,7 +107,8 @@ DECISION_COLUMN_DOCS = {
     "differential_size": "how many conditions the differential holds",
     "screen": "what must be ruled out that is none of the nine (pulmonary embolism, acute limb ischaemia, popliteal "
               "aneurysm, a septic joint or cellulitis, a fracture by the Ottawa knee rule, a slipped upper femoral "
-              "epiphysis at 15 or younger), `|`-separated; a rule "
+              "epiphysis at 15 or younger, a serious cause of a leg that cannot take four steps with no injury, an "
+              "infection after an operation), `|`-separated; a rule "
               "that another one firing already covers is not named again (a hot, swollen knee's \"a septic joint\" "
               "beside a fever's \"a septic joint or cellulitis\"); empty if none",
     "atypical": "true when the answers fit none of the documented profiles well (the case is still scored)",
