@@ -90,6 +90,12 @@ def per_rule(rules: list[Rule], test, codes: dict[str, np.ndarray]) -> np.ndarra
     return np.column_stack([test(r, codes) for r in rules]) if rules else np.zeros((n, 0), bool)
 
 
+def _is_sign(name: str) -> bool:
+    """Whether a field is a sign a person can notice (a yes/no symptom or a screen sign), not the
+    history, age or how the pain began."""
+    return name in SCREEN_SIGNS or (name in SYMPTOMS and field(name).kind == "tristate")
+
+
 # what the pain itself is like: the onset and symptoms but the screen's signs
 PAIN_FIELDS = [f.name for f in FIELDS if f.group in ("onset", "symptom") and f.name not in SCREEN_SIGNS]
 
@@ -136,8 +142,7 @@ class SafetyNet:
         # the rules with a sign to watch for (a yes/no symptom or screen sign): the others fire on the
         # history, age and how the pain began, which do not appear later (a clot before with cancer
         # is asked, not watched for: "or had surgery" read as met by someone just operated on)
-        self._watched = np.array([any(n in SCREEN_SIGNS or (n in SYMPTOMS and field(n).kind == "tristate")
-                                      for n in r.fields) for r in self.rules], dtype=bool)
+        self._watched = np.array([any(_is_sign(n) for n in r.fields) for r in self.rules], dtype=bool)
         # the yes/no signs of the same-day rules: answered "no", would the emergency stand? (A risk
         # in the person's history, such as recent surgery, is no sign to look for: unanswered, it
         # does not soften an emergency; nor is a sign of the other conditions, such as a knee that
@@ -209,7 +214,7 @@ class SafetyNet:
         suspect = {n for f in cfg.red_flags if f.condition is not None and self._right[CONDITIONS.index(f.condition)]
                    == _EMERGENCY for n in [*f.all, *f.any] if field(n).kind == "tristate"}
         suspect |= {n for r in self.rules[len(cfg.red_flags):] if r.level == _EMERGENCY for n in r.fields
-                    if field(n).kind == "tristate" and n != "pregnant" and points_to_same_day(cfg, kb, n)}
+                    if _is_sign(n) and points_to_same_day(cfg, kb, n)}
         self._suspect_fields = sorted(suspect)
         self._pair_suspects = np.array([self.candidates[j] in suspect and a == 1 for j, a in pairs], dtype=bool)
         self._pair_pain = np.array([self.candidates[j] in PAIN_FIELDS for j, _ in pairs], dtype=bool)  # describes it
