@@ -789,6 +789,65 @@ def test_ask_next_asks_a_woman_about_the_pill_or_hrt_and_never_a_man(cfg, net):
     assert list(asked) == ["hormonal_therapy", ""]
 
 
+def test_no_rule_stays_open_through_the_pregnancy_of_a_woman_past_the_fertile_ages(net, kb):
+    """Past the knowledge base's fertile ages a woman's unanswered pregnancy is read "no", as a
+    man's: the pregnancy rule's line ("you are pregnant and ...") is not shown to a woman of 70,
+    nor does it stay open; her "yes" still fires it, and at the last fertile age it stays open."""
+    rest = {"sex": "female", "leg_swelling": "yes"}
+    cases = [{**rest, "age": kb.fertile_age[1]}, {**rest, "age": kb.fertile_age[1] + 1}, {**rest, "age": 70},
+             {**rest, "age": 70, "pregnant": "yes"}]
+    codes = _codes(cases)
+    rule = net.names.index("clot_signs_in_pregnancy")
+    open_ = net.open_rules(codes)
+    assert open_[:, rule].tolist() == [True, False, False, False]
+    assert net.fires(codes)[:, rule].tolist() == [False, False, False, True]
+    fires, opened = net.fires_and_open(codes)  # the counts the decision layer reads agree
+    np.testing.assert_array_equal(opened, open_)
+    np.testing.assert_array_equal(fires, net.fires(codes))
+    shown = net.safety_net(np.zeros(4, dtype=np.int8), open_)
+    assert [net.texts[rule] in t.split("|") for t in shown] == [True, False, False, False]
+    assert codes["pregnant"].tolist() == [UNKNOWN] * 3 + [1]  # her answers themselves are as given
+
+
+def test_ask_next_asks_a_woman_of_fertile_age_with_a_clot_sign_whether_she_is_pregnant(cfg, net, kb):
+    """A swollen leg, or a calf that hurts when pressed, with every other sign and risk "no" and
+    most likely an ACL injury: a "yes" to pregnancy would send her the same day (RCOG 37b), and the
+    knowledge base's rate of pregnancy puts that "yes" under `min_answer_probability`; it is asked
+    first all the same (`ask_next.at_any_chance`), as a screen rule's question is. Not of a woman
+    past the fertile ages, a man, one who said "no", nor one with no clot sign."""
+    no = ("smoker", "sedentary", "pain_on_standing", "skin_warm", "visible_veins", "skin_red", "whole_leg_swollen",
+          "fever", "hormonal_therapy", "previous_vte", "recent_surgery", "recent_immobilisation", "active_cancer")
+    base = {"sex": "female", **{f: "no" for f in no}}
+    cases = [{**base, "age": 30, "leg_swelling": "yes", "calf_tenderness": "no"},
+             {**base, "age": 30, "leg_swelling": "no", "calf_tenderness": "yes"},
+             {**base, "age": kb.fertile_age[1], "leg_swelling": "yes", "calf_tenderness": "no"},
+             {**base, "age": kb.fertile_age[1] + 1, "leg_swelling": "yes", "calf_tenderness": "no"},
+             {**base, "age": 30, "sex": "male", "leg_swelling": "yes", "calf_tenderness": "no"},
+             {**base, "age": 30, "pregnant": "no", "leg_swelling": "yes", "calf_tenderness": "no"},
+             {**base, "age": 30, "leg_swelling": "no", "calf_tenderness": "no"}]
+    codes = _codes(cases)
+    proba = np.zeros((len(cases), len(CONDITIONS)))
+    proba[:, CONDITIONS.index("acl_injury")], proba[:, DVT] = 0.95, 0.05
+    assert (proba @ kb.pregnant < cfg.ask_next.min_answer_probability).all()  # under the bar by its chance
+    level, _ = triage_levels(cfg, codes, proba, net=net)
+    assert (level < LEVELS.index("emergency")).all()
+    asked = net.ask_next(proba, codes, level, np.zeros(len(cases), dtype=bool), net.fires(codes), codes_out=True)
+    assert [a.split("|")[0] == "pregnant" for a in asked] == [True, True, True, False, False, False, False]
+    assert not any("pregnant" in a.split("|") for a in asked[3:])
+    pregnant = _codes([{**cases[0], "pregnant": "yes"}])
+    assert LEVELS[triage_levels(cfg, pregnant, proba[:1], net=net)[0][0]] == "emergency"  # the answer it asks for
+
+
+def test_at_any_chance_takes_only_a_question_of_a_same_day_red_flag(cfg):
+    """A question asked at any chance must be one a same-day red flag reads; the error names it
+    and what is allowed."""
+    raw = cfg.model_dump()
+    raw["ask_next"]["at_any_chance"] = ["grinding"]
+    with pytest.raises(ValueError, match=r"ask_next.at_any_chance: 'grinding' is asked by no same-day red flag; "
+                                         r"allowed: \[.*'pregnant'"):
+        TriageConfig.model_validate(raw)
+
+
 def test_the_pill_or_hrt_is_not_asked_in_pregnancy_and_a_swollen_leg_in_pregnancy_goes_the_same_day(cfg, net):
     """A pregnant woman is not asked whether she takes the pill or HRT; with a swollen leg or a calf
     that hurts when pressed she goes the same day whatever else she answers (RCOG: every suspected
@@ -930,12 +989,13 @@ def test_ask_next_asks_what_a_same_day_rule_waits_on_when_no_one_answer_changes_
     assert not needs.any()
 
 
-def _ask_next_by_definition(cfg, net, screen, proba, codes, atypical):
+def _ask_next_by_definition(cfg, net, screen, proba, codes, atypical, fertile_max):
     """ask_next as its docstring defines it: every plausible (question, answer) variant of every
     case triaged in full by triage_levels, one variant at a time (an answer that makes a same-day
-    screen rule fire which the case meets in part is plausible however unlikely); then, below the
-    same day, the answers that match an `all` field of an open same-day rule which did not match
-    unanswered (of a red flag's, not the screen's)."""
+    screen rule fire which the case meets in part is plausible however unlikely, and so is one of a
+    question asked at any chance that makes a same-day red flag fire so); then, below the same day,
+    the answers that match an `all` field of an open same-day rule which did not match unanswered
+    (of a red flag's, not the screen's)."""
     level, _ = triage_levels(cfg, codes, proba, atypical, screen, None, net)
     same_day_rules = [r for r in net.rules if r.level == LEVELS.index("emergency")]
     screen_rules = [r for r in same_day_rules if net.rules.index(r) >= len(cfg.red_flags)]
@@ -947,12 +1007,13 @@ def _ask_next_by_definition(cfg, net, screen, proba, codes, atypical):
         waiting = [r for r in same_day_rules if r.open(case)[0] and r not in screen_rules
                    ] if level[i] < LEVELS.index("emergency") else []
         for j, name in enumerate(net.candidates):
-            if not unanswered(name, case)[0] or premise_denied(case, [name])[0, 0]:
+            if not unanswered(name, case)[0] or premise_denied(case, [name], fertile_max)[0, 0]:
                 continue
+            completing = screen_rules + (same_day_rules if name in cfg.ask_next.at_any_chance else [])
             for a, likelihood in enumerate(net.likelihood[name]):
                 p_answer = float(dot_exact(proba[i:i + 1], likelihood[None, :])[0, 0])  # as ask_next sums
                 variant = {**case, name: np.array([a], dtype=case[name].dtype)}
-                completes = any(r.fires(variant)[0] and _meets_in_part(r, case) for r in screen_rules)
+                completes = any(r.fires(variant)[0] and _meets_in_part(r, case) for r in completing)
                 if p_answer < cfg.ask_next.min_answer_probability and not completes:
                     continue
                 after, _ = triage_levels(cfg, variant, proba[i:i + 1] * likelihood, atypical[i:i + 1], screen, None,
@@ -995,7 +1056,7 @@ def _assert_ask_next_as_defined(cfg, net, screen, kb, *, seed, blank, atypical_e
     for cases in (parsed, blank_at_random(parsed, blank, seed=seed + 1)):
         proba = oracle_posterior(kb, cases).to_numpy()
         atypical = np.arange(len(proba)) % atypical_every == 0
-        level, expected = _ask_next_by_definition(cfg, net, screen, proba, cases.codes, atypical)
+        level, expected = _ask_next_by_definition(cfg, net, screen, proba, cases.codes, atypical, kb.fertile_age[1])
         got = net.ask_next(proba, cases.codes, level, atypical, net.fires(cases.codes), block_rows=block_rows)
         assert list(got) == expected
         assert any(expected)  # the comparison covers cases with questions to ask
@@ -1109,12 +1170,14 @@ def test_age_and_sex_alone_never_send_anyone_to_emergency(trained, kb):
     assert out.loc[child, "ask_next"].str.startswith("Are you unable to take four steps on that leg?").all()
 
 
-def _state_by_definition(rule, case):
+def _state_by_definition(rule, case, fertile_max):
     """(fires, open) of one rule for one case (a dict of scalars), field by field in plain Python;
     a man is not pregnant, nor on the pill or HRT unless he says so (the parser leaves his "no"
-    unknown)."""
+    unknown), and a woman past ``fertile_max`` is not pregnant unless she says so."""
     if case["sex"] == 1:  # male
         case = {**case, "pregnant": 0, "hormonal_therapy": 1 if case["hormonal_therapy"] == 1 else 0}
+    if case["age"] > fertile_max and case["pregnant"] == UNKNOWN:
+        case = {**case, "pregnant": 0}
 
     def matches(name, answers):
         return bool(rule_fires({name: answers}, {}, {k: np.array([v]) for k, v in case.items()})[0])
@@ -1139,7 +1202,7 @@ def test_rules_fire_and_stay_open_as_defined_on_generated_and_blanked_cases(net,
         for i in range(len(parsed)):
             case = {k: v[i] for k, v in cases.codes.items()}
             assert [(bool(fires[i, k]), bool(open_[i, k])) for k in range(len(net.rules))] == \
-                [_state_by_definition(rule, case) for rule in net.rules]
+                [_state_by_definition(rule, case, kb.fertile_age[1]) for rule in net.rules]
         assert open_.any() and fires.any()  # both sides of the comparison are exercised
 
 

@@ -15,6 +15,7 @@ from pipeline.core.metrics import ece_top_label
 from pipeline.core.parsing import parse_cases
 from pipeline.core.paths import config_path
 from pipeline.core.schema import CONDITIONS
+from pipeline.core.wording import question
 from pipeline.data.generate import generate_cases
 from pipeline.decision.screen import screen_matches, screen_names
 
@@ -45,17 +46,20 @@ def test_probe_cases_reach_the_conclusion_the_literature_supports(kb, probe):
         assert set(e.screen) <= set(_screened(probe.case)), f"{probe.why}: screen gave {_screened(probe.case)}"
 
 
-TRIAGE_PROBES = [p for p in PROBES if p.expect.triage_at_least or p.expect.triage_at_most]
+TRIAGE_PROBES = [p for p in PROBES if p.expect.triage_at_least or p.expect.triage_at_most or p.expect.asks]
 
 
 def test_triage_probes_get_the_level_the_guidance_gives(trained):
-    """Screen-positive probes go the same day; sparse probes (age and sex only) do not."""
+    """Screen-positive probes go the same day; sparse probes (age and sex only) do not; a probe's
+    questions are asked (a woman of fertile age with a swollen leg, whether she is pregnant)."""
     from pipeline import predict
 
     models, _ = trained
     out = predict([p.case for p in TRIAGE_PROBES], model=models)
-    for probe, level in zip(TRIAGE_PROBES, out["triage"]):
+    for probe, level, asked in zip(TRIAGE_PROBES, out["triage"], out["ask_next"]):
         e = probe.expect
+        for name in e.asks or []:
+            assert question(name) in asked.split("|"), f"{probe.name}: asks {asked!r}; {probe.why}"
         if e.triage_at_least:
             assert LEVELS.index(level) >= LEVELS.index(e.triage_at_least), f"{probe.name}: {level}; {probe.why}"
         if e.triage_at_most:

@@ -291,6 +291,19 @@ class ProbeExpectation(StrictModel):
     screen: list[str] | None = None  # the screen rules that must fire (by name)
     triage_at_least: Level | None = None  # on a trained model's decision layer
     triage_at_most: Level | None = None
+    asks: list[str] | None = None  # fields whose questions `ask_next` must list (on the decision layer)
+
+    @field_validator("asks")
+    @classmethod
+    def _asks_fields(cls, names: list[str] | None) -> list[str] | None:
+        from pipeline.core.schema import field
+
+        for name in names or []:
+            try:
+                field(name)
+            except KeyError as err:
+                raise ValueError(f"asks: {err.args[0]}") from None
+        return names
 
 
 class Probe(StrictModel):
@@ -340,6 +353,9 @@ class AskNextConfig(StrictModel):
     fields: list[str] = []  # asked about besides the fields of the red flags and the screen
     max_questions: int = Field(ge=1)
     min_answer_probability: float = Field(ge=0, lt=1)
+    # fields asked however unlikely their answer, where it would make a same-day red flag fire that
+    # the case shows in part (as the screen's rules are asked)
+    at_any_chance: list[str] = []
 
 
 class AtypicalConfig(StrictModel):
@@ -377,13 +393,18 @@ class TriageConfig(StrictModel):
                 raise ValueError(f"costs.{c}: must give a cost for every level {list(LEVELS)}")
             if any(v < 0 for v in row.values()):
                 raise ValueError(f"costs.{c}: costs must be >= 0")
-        for name in self.ask_next.fields:
-            try:
-                kind = field(name).kind
-            except KeyError as err:
-                raise ValueError(f"ask_next.fields: {err.args[0]}") from None
-            if kind not in ("tristate", "category") or name == "pregnant":
-                raise ValueError(f"ask_next.fields: {name!r} must be a yes/no or category question other than pregnant")
+        same_day_fields = {n for f in self.red_flags if f.level == "emergency" for n in [*f.all, *f.any]}
+        for key, names in (("fields", self.ask_next.fields), ("at_any_chance", self.ask_next.at_any_chance)):
+            for name in names:
+                try:
+                    kind = field(name).kind
+                except KeyError as err:
+                    raise ValueError(f"ask_next.{key}: {err.args[0]}") from None
+                if kind not in ("tristate", "category"):
+                    raise ValueError(f"ask_next.{key}: {name!r} must be a yes/no or category question")
+                if key == "at_any_chance" and name not in same_day_fields:
+                    raise ValueError(f"ask_next.at_any_chance: {name!r} is asked by no same-day red flag; "
+                                     f"allowed: {sorted(same_day_fields)}")
         for i, flag in enumerate(self.red_flags):
             if flag.condition is not None and flag.condition not in CONDITIONS:
                 raise ValueError(f"red_flags[{i}].condition: {flag.condition!r} is not one of {list(CONDITIONS)}")

@@ -195,12 +195,15 @@ INJURY_PREMISED = frozenset({"heard_pop", "pain_delayed_onset", "swelling_within
 _NO_INJURY = field("injury_event").allowed.index("none")
 
 
-def premise_denied(codes: dict[str, np.ndarray], names: Sequence[str]) -> np.ndarray:
+def premise_denied(codes: dict[str, np.ndarray], names: Sequence[str],
+                   fertile_max: float | None = None) -> np.ndarray:
     """(n_cases, len(names)) bool: the questions ``names`` whose premise a case's answers deny, so
     that they are not offered to it: the questions about an injury, when it reports none,
     pregnancy and the pill or HRT, to a male (a man's rate of oestrogen treatment is a tenth of
-    a percent or so: the knowledge base's ``hormonal_therapy_men``), and the pill or HRT, to a
-    pregnant woman."""
+    a percent or so: the knowledge base's ``hormonal_therapy_men``), the pill or HRT, to a
+    pregnant woman, and, given ``fertile_max`` (the knowledge base's ``fertile_age``), pregnancy to
+    anyone older (past it the knowledge base gives pregnancy one rate for every condition, so the
+    answer would tell nothing)."""
     denied = np.zeros((len(codes["age"]), len(names)), dtype=bool)
     premised = [i for i, name in enumerate(names) if name in INJURY_PREMISED]
     if premised:
@@ -210,6 +213,8 @@ def premise_denied(codes: dict[str, np.ndarray], names: Sequence[str]) -> np.nda
             denied[:, list(names).index(name)] = codes["sex"] == SEX_MALE
     if "hormonal_therapy" in names:
         denied[:, list(names).index("hormonal_therapy")] |= codes["pregnant"] == 1  # yes
+    if fertile_max is not None and "pregnant" in names:
+        denied[:, list(names).index("pregnant")] |= codes["age"] > fertile_max
     return denied
 
 

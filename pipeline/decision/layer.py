@@ -72,7 +72,8 @@ DECISION_COLUMN_DOCS = {
                 "would complete a same-day screen rule the case meets in part or shows the signs of first (fever "
                 "with a hot, swollen knee; a cold, pale foot with sudden pain and weakness or tingling; a lump that "
                 "pulses, for a lump behind the knee at 50 or older: asked however unlikely the nine conditions make "
-                "it, since the screen is for what they do not cover), "
+                "it, since the screen is for what they do not cover; and pregnancy, for a woman of fertile age with "
+                "a swollen leg or a calf that hurts when pressed, whatever the rate of pregnancy), "
                 "then the others, each group the most likely to change the level first; in the places left, below "
                 "the same day, the questions a same-day red flag the case leaves open needs answered (whether the "
                 "leg is swollen, the calf tender, veins stand out or the whole leg is swollen, which the DVT rules "
@@ -83,7 +84,7 @@ DECISION_COLUMN_DOCS = {
                 "knowledge base's likelihood applied to the model's probabilities, not the model run again, so a "
                 "listed answer may leave the model's own level unchanged; no question whose premise the case "
                 "denies (what happened at an injury, when it reports none; the pill or HRT, to a man or in "
-                "pregnancy)",
+                "pregnancy; pregnancy, to a man or past the knowledge base's fertile ages)",
     "advice": "what to do: the level's instruction; first, where the most likely condition does not call for that "
               "level (for a same day softened because it rests on unanswered questions: does not call for the same "
               "day), the less likely condition an expected-cost level or a red flag is for, with its advice (a DVT "

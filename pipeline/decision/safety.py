@@ -121,13 +121,14 @@ def points_to_same_day(cfg: TriageConfig, kb: KnowledgeBase, name: str) -> bool:
 def answer_likelihoods(kb: KnowledgeBase, name: str) -> np.ndarray:
     """(n_answers, n_conditions) P(answer | condition) of a yes/no (no, yes) or category field,
     summed over the latent severity with P(severity | condition); hormonal therapy's are a woman's
-    (the question is not offered to a man: :func:`pipeline.core.parsing.premise_denied`)."""
+    and pregnancy's a woman's of fertile age (the questions are not offered to anyone else:
+    :func:`pipeline.core.parsing.premise_denied`)."""
     f = field(name)
     if f.kind == "category":
         return np.ascontiguousarray(kb.category[name].T)
-    if f.kind != "tristate" or name == "pregnant":
-        raise ValueError(f"{name!r}: only yes/no questions other than pregnant and categories have likelihoods here")
-    yes = kb.p_yes(name)
+    if f.kind != "tristate":
+        raise ValueError(f"{name!r}: only yes/no and category questions have likelihoods here")
+    yes = kb.pregnant if name == "pregnant" else kb.p_yes(name)
     return np.stack([1.0 - yes, yes])
 
 
@@ -156,8 +157,8 @@ class SafetyNet:
         self.no_fields = [n for n in signs if points[n] and any(h and n in r.fields for h, r in zip(hiding, self.rules))]
         self.log_no = {n: np.log(answer_likelihoods(kb, n)[0]) for n in self.no_fields}
         candidates = [n for r in self.rules for n in r.fields] + list(cfg.ask_next.fields)
-        self.candidates = list(dict.fromkeys(n for n in candidates
-                                             if field(n).kind in ("tristate", "category") and n != "pregnant"))
+        self.candidates = list(dict.fromkeys(n for n in candidates if field(n).kind in ("tristate", "category")))
+        self._fertile_max = kb.fertile_age[1]
         self.likelihood = {n: answer_likelihoods(kb, n) for n in self.candidates}
         self.questions = [question(n) for n in self.candidates]
         self._count_table = CountTable([(r.all, r.any) for r in self.rules])
@@ -189,18 +190,23 @@ class SafetyNet:
         # per same-day red flag (the nine conditions' rules: a clot's), the pairs whose answer matches
         # one of its `all` fields, which it cannot fire without. Not a screen rule's: the nine's
         # likelihoods say nothing of a condition outside them, whose questions come first where one
-        # answer would complete a rule the case shows (_completes_screen_rule); otherwise "does the
+        # answer would complete a rule the case shows (_completes_rule); otherwise "does the
         # knee bend?" of a hot swollen knee's rule took the place of the calf for a clot's cases
         unpacked = _unpacked(self._pair_counts).reshape(len(pairs), len(self.rules), 4)
         same_day_rules = [k for k, r in enumerate(self.rules) if r.level == _EMERGENCY]
         self._same_day_needs = [(k, np.flatnonzero(unpacked[:, k, 0] < 0)) for k in same_day_rules
                                 if k < len(cfg.red_flags)]
         # the steps towards a same-day screen rule (a condition outside the nine, whose likelihoods
-        # say nothing of its signs): each a (pair, rule) whose answer matches one more of the rule's
-        # fields, sorted by pair; per step its count changes; and the pairs that step, with where each
-        # one's steps start
-        steps = sorted((int(pair), k) for k in same_day_rules if k >= len(cfg.red_flags)
-                       for pair in np.flatnonzero((unpacked[:, k, 0] < 0) | (unpacked[:, k, 1] > 0)))
+        # say nothing of its signs), or towards a same-day red flag through a question asked at any
+        # chance (`ask_next.at_any_chance`: pregnancy, whose rate in the knowledge base is the
+        # population's, not the one woman's, beside signs of a clot): each a (pair, rule) whose answer
+        # matches one more of the rule's fields, sorted by pair; per step its count changes; and the
+        # pairs that step, with where each one's steps start
+        any_chance = np.isin(self._pair_candidate, [j for j, n in enumerate(self.candidates)
+                                                    if n in cfg.ask_next.at_any_chance])
+        steps = sorted((int(pair), k) for k in same_day_rules
+                       for pair in np.flatnonzero(((unpacked[:, k, 0] < 0) | (unpacked[:, k, 1] > 0))
+                                                  & (k >= len(cfg.red_flags) or any_chance)))
         self._step_pair = np.array([pair for pair, _ in steps], dtype=np.intp)
         self._step_rule = np.array([k for _, k in steps], dtype=np.intp)
         self._step_change = unpacked[self._step_pair, self._step_rule].astype(np.int16).T.reshape(4, 1, len(steps))
@@ -227,15 +233,26 @@ class SafetyNet:
 
     def open_rules(self, codes: dict[str, np.ndarray]) -> np.ndarray:
         """(n_cases, n_rules): which rules the unanswered questions could still fire."""
-        return per_rule(self.rules, Rule.open, codes)
+        return per_rule(self.rules, Rule.open, self._past_fertile_age_as_no(codes))
 
     def fires(self, codes: dict[str, np.ndarray]) -> np.ndarray:
         """(n_cases, n_rules): which rules fire (the red flags, then the screen's rules)."""
-        return per_rule(self.rules, Rule.fires, codes)
+        return per_rule(self.rules, Rule.fires, self._past_fertile_age_as_no(codes))
 
     def counts(self, codes: dict[str, np.ndarray]) -> np.ndarray:
         """(4, n_cases, n_rules) int8: each rule's :func:`pipeline.decision.screen.rule_counts`."""
-        return self._count_table.counts(codes)
+        return self._count_table.counts(self._past_fertile_age_as_no(codes))
+
+    def _past_fertile_age_as_no(self, codes: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``codes`` with the unanswered pregnancy of anyone past the knowledge base's fertile ages
+        answered "no", as the rules read a man's (:mod:`pipeline.decision.screen`): the question is
+        not offered to her (:func:`pipeline.core.parsing.premise_denied`), and no rule stays open
+        through it ("you are pregnant and the calf swells" is no line for a woman of 70). Her "yes"
+        is kept."""
+        past = (codes["pregnant"] == UNKNOWN) & (codes["age"] > self._fertile_max)
+        if not past.any():
+            return codes
+        return {**codes, "pregnant": np.where(past, np.int8(0), codes["pregnant"]).astype(codes["pregnant"].dtype)}
 
     def fires_and_open(self, codes: dict[str, np.ndarray], counts: np.ndarray | None = None
                        ) -> tuple[np.ndarray, np.ndarray]:
@@ -309,24 +326,27 @@ class SafetyNet:
                  counts: np.ndarray | None = None) -> np.ndarray:
         """Per case, the unanswered questions whose plausible answers would change ``level``,
         ``|``-separated (at most ``ask_next.max_questions``): first those with a plausible answer
-        that would send the case the same day from below it (those completing a screen rule
-        first), then the others, each group the most likely to change the level first; in the
-        places left, below the same day, the questions a same-day red flag the case leaves open
-        needs answered (its ``all`` fields: for the DVT rules, whether the calf is swollen or tender,
-        veins stand out or the whole leg is swollen; not the screen's, whose questions come first
-        where one answer completes a rule), the likeliest answer first, and where the questions
-        that change the level fill every place without one of these or one that completes a screen
-        rule, the last place goes to the likeliest of them (a young adult given only age and sex is
-        asked about the calf, not only what happened, whether the knee gave way and whether it
-        swelled within hours); never one whose premise the case denies
-        (:func:`pipeline.core.parsing.premise_denied`). A swollen calf after a sprain is asked
-        whether the skin is warm (a sign of a DVT) before whether the knee swelled within hours.
+        that would send the case the same day from below it (those completing a screen rule, or a
+        red flag through a question asked at any chance, first), then the others, each group the
+        most likely to change the level first; in the places left, below the same day, the questions
+        a same-day red flag the case leaves open needs answered (its ``all`` fields: for the DVT
+        rules, whether the calf is swollen or tender, veins stand out or the whole leg is swollen;
+        not the screen's, whose questions come first where one answer completes a rule), the
+        likeliest answer first, and where the questions that change the level fill every place
+        without one of these or one that completes a screen rule, the last place goes to the
+        likeliest of them (a young adult given only age and sex is asked about the calf, not only
+        what happened, whether the knee gave way and whether it swelled within hours); never one
+        whose premise the case denies (:func:`pipeline.core.parsing.premise_denied`). A swollen calf
+        after a sprain is asked whether the skin is warm (a sign of a DVT) before whether the knee
+        swelled within hours.
 
         An answer is plausible when its predictive probability is at least
         ``ask_next.min_answer_probability``, or when it would make a same-day screen rule fire that the
         case already meets in part (fever with a hot, swollen knee) or shows the signs of (its
         ``suggested_by``: a cold, pale foot with sudden pain and weakness): the screen is for
-        conditions outside the nine, whose likelihoods say nothing of it. Each plausible (question, answer) of
+        conditions outside the nine, whose likelihoods say nothing of it; and likewise for a question
+        of ``ask_next.at_any_chance`` that would make a same-day red flag fire that the case meets in
+        part (pregnancy, for a woman of fertile age with a swollen leg). Each plausible (question, answer) of
         a case is a variant of it: the case with that answer,
         its probabilities re-weighted by the answer's likelihood, triaged as
         :func:`pipeline.decision.triage.triage_levels` would triage it (``atypical`` and ``fires``,
@@ -379,7 +399,8 @@ class SafetyNet:
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(n_cases, n_candidates) three times: per case and question, the probability that its
         answer changes ``level``; whether a plausible answer would send the case the same day from
-        a lower level (1; 2 where that answer completes a same-day screen rule); and, below the
+        a lower level (1; 2 where that answer completes a same-day screen rule, or a red flag through a
+        question asked at any chance); and, below the
         same day, the probability of a plausible answer that a same-day red flag the case leaves
         open needs (one of the rule's ``all`` fields, which it cannot fire without)."""
         change = np.zeros((len(proba), len(self.candidates)))
@@ -389,10 +410,10 @@ class SafetyNet:
             return change, same_day, needs
         # P(answer | what is known) of every (question, answer) at once; plausible ones of unanswered
         # questions whose premise the case has not denied (no pop question after "no injury")
-        asked = unanswered_matrix(codes, self.candidates) & ~premise_denied(codes, self.candidates)
+        asked = unanswered_matrix(codes, self.candidates) & ~premise_denied(codes, self.candidates, self._fertile_max)
         columns = np.ascontiguousarray(proba.T)  # by condition, then case
         p_answer = dot_exact_columns(columns, self._likelihood_rows)  # (pair, case)
-        completes = self._completes_screen_rule(counts, self._shown(counts, codes))
+        completes = self._completes_rule(counts, self._shown(counts, codes))
         plausible = asked.T[self._pair_candidate] & ((p_answer >= self.cfg.ask_next.min_answer_probability) | completes)
         # the answers a same-day red flag needs (one of its `all` fields) that a case below the same day
         # leaves open (by pair, then case), and by question, then case, their summed probability
@@ -439,10 +460,13 @@ class SafetyNet:
                 out[:, k] |= rule_fires(*rule.suggested_by, codes)
         return out
 
-    def _completes_screen_rule(self, counts: np.ndarray, shown: np.ndarray) -> np.ndarray:
+    def _completes_rule(self, counts: np.ndarray, shown: np.ndarray) -> np.ndarray:
         """(n_pairs, n_cases): whether the pair's answer would make a same-day screen rule fire that
-        the case shows (``shown``, from :meth:`_shown`). Such an answer is asked however unlikely the
-        nine conditions make it: the screen is there for conditions the model does not know."""
+        the case shows (``shown``, from :meth:`_shown`), or a same-day red flag through a question
+        asked at any chance (``ask_next.at_any_chance``: pregnancy beside a swollen leg). Such an
+        answer is asked however unlikely the nine conditions make it: the screen is there for
+        conditions the model does not know, and a woman's pregnancy is hers to say, not the rate of
+        pregnancy among women with leg pain."""
         completes = np.zeros((len(self._pair_candidate), counts.shape[1]), dtype=bool)
         if counts.shape[1] <= FEW_CASES and len(self._step_rule):  # every step at once
             case = counts[:2].take(self._step_rule, axis=2).astype(np.int16)  # (2, n_cases, n_steps)

@@ -57,7 +57,6 @@ _SLOTS = [(j, v) for j, name in enumerate(CANDIDATE_FIELDS)
           for v in ((1, 0) if field(name).kind == "tristate" else range(len(field(name).allowed)))]
 _SLOT_FIELD = np.array([j for j, _ in _SLOTS], dtype=np.intp)
 _SLOT_VALUE = np.array([v for _, v in _SLOTS], dtype=np.int8)
-_PREGNANT = CANDIDATE_FIELDS.index("pregnant")
 _ZERO_TOL = 1e-12  # nats; smaller gains are float error
 SHORT_LABELS = {**CONDITION_LABELS, "dvt": "DVT"}
 
@@ -200,11 +199,8 @@ def score_questions(parsed: ParsedCases, model: LoadedModel | None, kb: Knowledg
         raise ValueError("posterior='model' needs a model.")
     n = len(parsed)
     eligible = np.stack([parsed.codes[f] < 0 for f in CANDIDATE_FIELDS], axis=1).reshape(n, _F)
-    # pregnancy: past the fertile ages the knowledge base gives it one rate for every condition, so
-    # the answer would tell nothing
-    eligible[:, _PREGNANT] &= ~(parsed.codes["age"] > kb.fertile_age[1])
-    # no pop question after "no injury", and no pregnancy question to a male
-    eligible &= ~premise_denied(parsed.codes, CANDIDATE_FIELDS)
+    # no pop question after "no injury", and no pregnancy question to a male or past the fertile ages
+    eligible &= ~premise_denied(parsed.codes, CANDIDATE_FIELDS, kb.fertile_age[1])
     if asked is not None:
         eligible &= ~asked
     case, slot = np.nonzero(eligible[:, _SLOT_FIELD])
