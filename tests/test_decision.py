@@ -140,16 +140,37 @@ def test_no_advice_below_the_same_day_tells_to_go_sooner_than_its_level(cfg):
 
     texts, written = advice_table(cfg), advice_written(cfg)
     urgent = re.compile(r"as soon as possible|immediate|right away|straight away|at once|urgent|\bnow\b|same day|"
-                        r"emergency|within \d+ hours", re.IGNORECASE)
+                        r"emergency|within \d+ hours|ambulance|999|112", re.IGNORECASE)
     if_signs = "which would call for the same day if its signs appear or grow worse"
+    # the clot's advice says what to do if it reaches the lungs: only on those signs
+    if_lungs = re.compile(r"If you become short of breath, have chest pain when breathing in or cough up blood, "
+                          r"call an ambulance \(999 in the UK, 112 in Europe\): a clot may have reached the lungs\.")
     conditional = 0
     for level in range(LEVELS.index("emergency")):
         for text in texts[level][written[level]]:
             after = text.removeprefix(cfg.level_text[LEVELS[level]])
             conditional += if_signs in after
-            assert not urgent.search(after.replace(if_signs, "")), text
+            assert not urgent.search(if_lungs.sub("", after.replace(if_signs, ""))), text
             assert "Deep vein thrombosis, which this level is for" not in after, text
     assert conditional
+    assert if_lungs.search(cfg.advice["dvt"])
+
+
+def test_where_the_advice_names_a_clot_or_a_pulmonary_embolism_it_says_to_call_an_ambulance_on_its_signs(cfg):
+    """A case sent the same day for a clot has no safety net above its level, so the clot's advice
+    says that breathlessness, chest pain or coughing blood means an ambulance (an NHS trust's DVT
+    leaflet: "telephone 999 immediately and ask for an ambulance"), at every level it is shown;
+    the pulmonary embolism rule's reason, which the advice gives where it fires, says the same."""
+    from pipeline.decision.triage import advice_table, advice_written, screen_advice
+
+    texts, written = advice_table(cfg), advice_written(cfg)
+    screen = load_config(ScreenConfig, config_path("screen.yaml"))
+    pe = [r.name for r in screen.rules].index("pulmonary_embolism")
+    shown = [t for level in range(len(LEVELS)) for t in texts[level][written[level]] if "blood clot (DVT)" in t]
+    shown += list(screen_advice(cfg, screen)[pe])
+    assert len(shown) > len(CONDITIONS)  # at every level, beside each condition
+    for text in shown:
+        assert "call an ambulance (999 in the UK, 112 in Europe)" in text, text
 
 
 def test_a_screen_rule_is_covered_only_by_another_rule_as_urgent():
@@ -838,14 +859,24 @@ def test_ask_next_asks_a_woman_of_fertile_age_with_a_clot_sign_whether_she_is_pr
     assert LEVELS[triage_levels(cfg, pregnant, proba[:1], net=net)[0][0]] == "emergency"  # the answer it asks for
 
 
-def test_at_any_chance_takes_only_a_question_of_a_same_day_red_flag(cfg):
-    """A question asked at any chance must be one a same-day red flag reads; the error names it
-    and what is allowed."""
+def test_at_any_chance_takes_only_questions_and_asks_nothing_without_a_red_flag_that_reads_them(cfg, kb):
+    """A question asked at any chance must be a yes/no or category question of the schema (the
+    error names it); without a same-day red flag that reads it (a config may drop the red flags)
+    it asks nothing more."""
     raw = cfg.model_dump()
-    raw["ask_next"]["at_any_chance"] = ["grinding"]
-    with pytest.raises(ValueError, match=r"ask_next.at_any_chance: 'grinding' is asked by no same-day red flag; "
-                                         r"allowed: \[.*'pregnant'"):
-        TriageConfig.model_validate(raw)
+    for name, message in (("age", "'age' must be a yes/no or category question"), ("pregnancy", "not a case field")):
+        raw["ask_next"]["at_any_chance"] = [name]
+        with pytest.raises(ValueError, match=rf"ask_next.at_any_chance: .*{message}"):
+            TriageConfig.model_validate(raw)
+    raw["ask_next"]["at_any_chance"] = ["pregnant"]
+    raw["red_flags"] = []
+    bare = SafetyNet(TriageConfig.model_validate(raw), None, kb)
+    codes = _codes([{"age": 30, "sex": "female", "leg_swelling": "yes", "calf_tenderness": "yes"}])
+    proba = np.zeros((1, len(CONDITIONS)))
+    proba[0, CONDITIONS.index("acl_injury")] = 1.0
+    level, _ = triage_levels(bare.cfg, codes, proba, net=bare)
+    assert "pregnant" not in bare.ask_next(proba, codes, level, np.zeros(1, dtype=bool), bare.fires(codes),
+                                           codes_out=True)[0].split("|")
 
 
 def test_the_pill_or_hrt_is_not_asked_in_pregnancy_and_a_swollen_leg_in_pregnancy_goes_the_same_day(cfg, net):

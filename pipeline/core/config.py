@@ -354,7 +354,7 @@ class AskNextConfig(StrictModel):
     max_questions: int = Field(ge=1)
     min_answer_probability: float = Field(ge=0, lt=1)
     # fields asked however unlikely their answer, where it would make a same-day red flag fire that
-    # the case shows in part (as the screen's rules are asked)
+    # the case shows in part (as the screen's rules are asked); a field no such flag reads adds nothing
     at_any_chance: list[str] = []
 
 
@@ -393,7 +393,6 @@ class TriageConfig(StrictModel):
                 raise ValueError(f"costs.{c}: must give a cost for every level {list(LEVELS)}")
             if any(v < 0 for v in row.values()):
                 raise ValueError(f"costs.{c}: costs must be >= 0")
-        same_day_fields = {n for f in self.red_flags if f.level == "emergency" for n in [*f.all, *f.any]}
         for key, names in (("fields", self.ask_next.fields), ("at_any_chance", self.ask_next.at_any_chance)):
             for name in names:
                 try:
@@ -402,9 +401,6 @@ class TriageConfig(StrictModel):
                     raise ValueError(f"ask_next.{key}: {err.args[0]}") from None
                 if kind not in ("tristate", "category"):
                     raise ValueError(f"ask_next.{key}: {name!r} must be a yes/no or category question")
-                if key == "at_any_chance" and name not in same_day_fields:
-                    raise ValueError(f"ask_next.at_any_chance: {name!r} is asked by no same-day red flag; "
-                                     f"allowed: {sorted(same_day_fields)}")
         for i, flag in enumerate(self.red_flags):
             if flag.condition is not None and flag.condition not in CONDITIONS:
                 raise ValueError(f"red_flags[{i}].condition: {flag.condition!r} is not one of {list(CONDITIONS)}")
