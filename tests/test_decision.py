@@ -830,6 +830,39 @@ def test_no_rule_stays_open_through_the_pregnancy_of_a_woman_past_the_fertile_ag
     assert codes["pregnant"].tolist() == [UNKNOWN] * 3 + [1]  # her answers themselves are as given
 
 
+def test_the_safety_net_keeps_a_clots_signs_for_someone_with_its_history_though_answered_no_today(cfg, net, trained):
+    """A pregnant woman, or a man after surgery, whose leg is not swollen today is still told to go
+    if it swells: a clot's red flags stay in the safety net for someone who has the history they
+    read, whatever the signs' answers now (they can appear later). Without that history, a "no"
+    closes them as before, and a rule that fires is no line."""
+    from pipeline import predict
+
+    no_signs = {"leg_swelling": "no", "calf_tenderness": "no", "whole_leg_swollen": "no", "visible_veins": "no"}
+    cases = [{"age": 30, "sex": "female", "pregnant": "yes", **no_signs},
+             {"age": 30, "sex": "female", "pregnant": "no", **no_signs},
+             {"age": 60, "sex": "male", "recent_surgery": "yes", **no_signs},
+             {"age": 60, "sex": "male", "recent_surgery": "no", "recent_immobilisation": "no", "active_cancer": "no",
+              "previous_vte": "no", "smoker": "no", "sedentary": "no", **no_signs},
+             {"age": 30, "sex": "female", "pregnant": "yes", "leg_swelling": "yes"}]
+    codes = _codes(cases)
+    fires, open_ = net.fires_and_open(codes)
+    watch = net.to_watch(codes, fires, open_)
+    assert (watch >= open_).all() and not (watch & fires).any()
+    proba = np.zeros((len(cases), len(CONDITIONS)))
+    proba[:, CONDITIONS.index("acl_injury")] = 1.0
+    level, _ = triage_levels(cfg, codes, proba, net=net)
+    shown = [t.split("|") for t in net.safety_net(level, watch)]
+    pregnancy = net.texts[net.names.index("clot_signs_in_pregnancy")]
+    surgery = net.texts[net.names.index("swollen_leg_with_wells_history")]
+    assert [pregnancy in s for s in shown] == [True, False, False, False, False]
+    assert [surgery in s for s in shown] == [False, False, True, False, False]
+    assert [pregnancy in s for s in net.safety_net(level, open_)][0] is False  # a "no" closed it before
+    models, _ = trained
+    out = predict(cases[:3], model=models)["safety_net"]
+    assert [pregnancy in s.split("|") for s in out] == [True, False, False]
+    assert surgery in out[2].split("|")
+
+
 def test_ask_next_asks_a_woman_of_fertile_age_with_a_clot_sign_whether_she_is_pregnant(cfg, net, kb):
     """A swollen leg, or a calf that hurts when pressed, with every other sign and risk "no" and
     most likely an ACL injury: a "yes" to pregnancy would send her the same day (RCOG 37b), and the

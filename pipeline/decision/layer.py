@@ -61,11 +61,13 @@ DECISION_COLUMN_DOCS = {
                      "that the same day rests on questions not answered yet; for an expected-cost level below the "
                      "same day where nothing of the pain itself is known (age, sex, history and the screen's signs "
                      "at most), that this is too little to tell its cause",
-    "safety_net": "the signs that would raise the level, in plain words, `|`-separated, the most urgent first: the "
-                  "red flags and screen rules with a sign to watch for that unanswered questions could still fire "
-                  "(if one is present, seek care as its rule says: the same day for most, within a day or two for a "
-                  "swollen leg with a DVT risk or a pop with a knee that swells and gives way; the rules on history "
-                  "and age alone are asked by `ask_next`, not listed); empty when none could",
+    "safety_net": "the signs that would raise the level, in plain words, `|`-separated, the most urgent first: the red "
+                  "flags and screen rules with a sign to watch for that unanswered questions could still fire, and a clot's "
+                  "red flags for someone who has the history they read (pregnant, after surgery, with cancer or an earlier "
+                  "clot, smoking, sedentary, on the pill or HRT), even where their signs are answered no today, since they "
+                  "can appear later (if one is present, seek care as its rule says: the same day for most, within a day or "
+                  "two for a swollen leg with a DVT risk or a pop with a knee that swells and gives way; the rules on "
+                  "history and age alone are asked by `ask_next`, not listed); empty when none could",
     "ask_next": "the unanswered questions whose plausible answers would change the level, `|`-separated (at most "
                 "three): first those with an answer that would send the case the same day (a swollen leg after a "
                 "sprain is asked whether the skin is warm before whether the knee swelled within hours), those that "
@@ -407,7 +409,7 @@ def decision_columns(decision: Decision, kb: KnowledgeBase, parsed: ParsedCases,
     made: dict[str, Callable[[], Any]] = {
         "triage": lambda: lookup(LEVELS, triage()[0]),
         "triage_reason": triage_reason,
-        "safety_net": lambda: net.safety_net(triage()[0], rules()[2], codes),
+        "safety_net": lambda: net.safety_net(triage()[0], net.to_watch(parsed.codes, rules()[1], rules()[2]), codes),
         "ask_next": ask_next,
         "advice": advice,
         "differential": lambda: format_sets(proba, differential())[0],

@@ -222,6 +222,15 @@ class SafetyNet:
         suspect |= {n for r in self.rules[len(cfg.red_flags):] if r.level == _EMERGENCY for n in r.fields
                     if _is_sign(n) and points_to_same_day(cfg, kb, n)}
         self._suspect_fields = sorted(suspect)
+        # per rule, the history a clot's red flag reads beside its signs ((all, any) of the fields
+        # that are no sign: pregnancy, surgery, cancer, an earlier clot, smoking, ...), for the rules
+        # whose signs are watched for by someone who has that history (None: no such rule)
+        self._risk_parts = [
+            ({n: a for n, a in r.all.items() if not _is_sign(n)}, {n: a for n, a in r.any.items() if not _is_sign(n)})
+            if k < len(cfg.red_flags) and cfg.red_flags[k].condition is not None
+            and self._right[CONDITIONS.index(cfg.red_flags[k].condition)] == _EMERGENCY
+            and self._watched[k] and not all(_is_sign(n) for n in r.fields) else None
+            for k, r in enumerate(self.rules)]
         self._pair_suspects = np.array([self.candidates[j] in suspect and a == 1 for j, a in pairs], dtype=bool)
         self._pair_pain = np.array([self.candidates[j] in PAIN_FIELDS for j, _ in pairs], dtype=bool)  # describes it
         # per pair, its candidate's column among the "no" fields (-1: not one of them)
@@ -312,6 +321,19 @@ class SafetyNet:
                 log_p[:, at] += self.log_no[self.no_fields[k]][:, None]
         p_no = np.exp(log_p - log_p.max(axis=0, keepdims=True))  # unnormalised: the level is scale-free
         return cost_level_of_columns(p_no) < _EMERGENCY
+
+    def to_watch(self, codes: dict[str, np.ndarray], fires: np.ndarray, open_: np.ndarray) -> np.ndarray:
+        """(n_cases, n_rules): the rules whose signs the safety net names (``fires`` and ``open_``
+        from :meth:`fires_and_open`): those the unanswered questions could still fire, and a clot's
+        red flags that do not fire for someone who has the history they read (pregnant, after
+        surgery, with cancer, after an earlier clot, smoking ...), whatever the signs' answers today:
+        a calf that is not swollen now can swell, and in pregnancy the risk lasts for months."""
+        watch = open_.copy()
+        codes = self._past_fertile_age_as_no(codes)
+        for k, parts in enumerate(self._risk_parts):
+            if parts is not None:
+                watch[:, k] |= rule_fires(*parts, codes) & ~fires[:, k]
+        return watch
 
     def safety_net(self, level: np.ndarray, open_: np.ndarray, codes: bool = False):
         """Per case, the plain-language signs of the open rules above its level that have a sign to
