@@ -812,7 +812,7 @@ def test_ask_next_asks_a_woman_about_the_pill_or_hrt_and_never_a_man(cfg, net):
 
 def test_no_rule_stays_open_through_the_pregnancy_of_a_woman_past_the_fertile_ages(net, kb):
     """Past the knowledge base's fertile ages a woman's unanswered pregnancy is read "no", as a
-    man's: the pregnancy rule's line ("you are pregnant and ...") is not shown to a woman of 70,
+    man's: the pregnancy rule's line ("you are pregnant or gave birth ...") is not shown to a woman of 70,
     nor does it stay open; her "yes" still fires it, and at the last fertile age it stays open."""
     rest = {"sex": "female", "leg_swelling": "yes"}
     cases = [{**rest, "age": kb.fertile_age[1]}, {**rest, "age": kb.fertile_age[1] + 1}, {**rest, "age": 70},
@@ -891,6 +891,18 @@ def test_ask_next_asks_a_woman_of_fertile_age_with_a_clot_sign_whether_she_is_pr
     pregnant = _codes([{**cases[0], "pregnant": "yes"}])
     assert LEVELS[triage_levels(cfg, pregnant, proba[:1], net=net)[0][0]] == "emergency"  # the answer it asks for
 
+
+def test_the_pregnancy_question_and_rule_cover_the_six_weeks_after_a_birth(cfg, net):
+    """RCOG 37b covers the puerperium, when a clot is likeliest (Heit 2005: 511.2 per 100,000
+    woman-years after a delivery against 95.8 in pregnancy): a woman two weeks after a birth must
+    answer "yes" to the question the pregnancy rule reads (she answered "no" to "Are you
+    pregnant?" and was told nothing of a clot), and the rule's reason and line say so."""
+    from pipeline.core.schema import field
+
+    assert net.questions[net.candidates.index("pregnant")].endswith("or have you given birth in the last six weeks?")
+    assert "gave birth in the last six weeks" in field("pregnant").meaning
+    flag = next(f for f in cfg.red_flags if f.name == "clot_signs_in_pregnancy")
+    assert "the six weeks after a birth" in flag.reason and "gave birth in the last six weeks" in flag.safety_net
 
 def test_at_any_chance_takes_only_questions_and_asks_nothing_without_a_red_flag_that_reads_them(cfg, kb):
     """A question asked at any chance must be a yes/no or category question of the schema (the

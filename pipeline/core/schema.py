@@ -105,7 +105,7 @@ FIELDS: tuple[Field, ...] = (
           required=True, minimum=12, maximum=100),
     Field("sex", "category", "context", "sex", "pregnancy; sex-specific risks",
           required=True, allowed=("female", "male")),
-    _tri("pregnant", "context", "currently pregnant (never yes when sex is male)",
+    _tri("pregnant", "context", "pregnant now or gave birth in the last six weeks (never yes when sex is male)",
          "cramp: \"pregnant women are more likely to experience leg cramps\""),
     Field("bmi", "float", "context", "body-mass index, kg/m^2", "DVT, OA: \"overweight\", \"obese\"",
           minimum=12, maximum=70),

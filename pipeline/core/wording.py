@@ -13,7 +13,7 @@ __all__ = ["QUESTIONS", "ANSWER_LABELS", "answer_label", "question"]
 QUESTIONS: dict[str, str] = {
     "age": "How old are you (in years)?",
     "sex": "What is your sex?",
-    "pregnant": "Are you pregnant?",
+    "pregnant": "Are you pregnant, or have you given birth in the last six weeks?",
     "bmi": "What is your body-mass index (weight in kg divided by the square of height in metres)?",
     "smoker": "Do you smoke?",
     "sedentary": "Do you spend most of your day sitting, with little physical activity?",

@@ -256,8 +256,8 @@ class SafetyNet:
         """``codes`` with the unanswered pregnancy of anyone past the knowledge base's fertile ages
         answered "no", as the rules read a man's (:mod:`pipeline.decision.screen`): the question is
         not offered to her (:func:`pipeline.core.parsing.premise_denied`), and no rule stays open
-        through it ("you are pregnant and the calf swells" is no line for a woman of 70). Her "yes"
-        is kept."""
+        through it ("you are pregnant or gave birth in the last six weeks, and the calf swells" is no
+        line for a woman of 70). Her "yes" is kept."""
         past = (codes["pregnant"] == UNKNOWN) & (codes["age"] > self._fertile_max)
         if not past.any():
             return codes
