@@ -914,9 +914,12 @@ def test_at_any_chance_takes_only_questions_and_asks_nothing_without_a_red_flag_
         with pytest.raises(ValueError, match=rf"ask_next.at_any_chance: .*{message}"):
             TriageConfig.model_validate(raw)
     raw["ask_next"]["at_any_chance"] = ["pregnant"]
-    raw["red_flags"] = []
+    # pregnancy stays a question (the within-a-day-or-two rule reads it), but no same-day flag does
+    raw["red_flags"] = [f for f in raw["red_flags"] if f["name"] == "swollen_leg_with_dvt_risk"]
     bare = SafetyNet(TriageConfig.model_validate(raw), None, kb)
-    codes = _codes([{"age": 30, "sex": "female", "leg_swelling": "yes", "calf_tenderness": "yes"}])
+    assert "pregnant" in bare.candidates and not len(bare._step_pair)
+    codes = _codes([{"age": 30, "sex": "female", "leg_swelling": "yes", "calf_tenderness": "yes", "sedentary": "no",
+                     "smoker": "no", "hormonal_therapy": "no", "pain_on_standing": "no"}])
     proba = np.zeros((1, len(CONDITIONS)))
     proba[0, CONDITIONS.index("acl_injury")] = 1.0
     level, _ = triage_levels(bare.cfg, codes, proba, net=bare)

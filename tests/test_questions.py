@@ -426,15 +426,16 @@ def test_a_session_asks_what_the_triage_waits_on_and_a_dont_know_does_not_keep_i
 
 def test_questions_about_an_injury_are_never_offered_after_no_injury_and_odd_digits_are_asked_again(model):
     """`+ words` offers what the main flow would ask: nothing about what happened at an injury
-    after "no injury" (the pop, pain that came later, swelling within hours); an age typed with a
-    superscript digit is asked again, not a crash."""
+    after "no injury" (the pop, pain that came later, swelling within hours), no pregnancy to a
+    woman past the fertile ages; an age typed with a superscript digit is asked again, not a crash."""
     from pipeline.interact.ask import _find
 
     none = {"age": 30, "sex": "male", "injury_event": "none"}
     fall = {**none, "injury_event": "fall_onto_knee"}
     for words, name in [("pop", "heard_pop"), ("hours or days", "pain_delayed_onset"),
                         ("swell", "swelling_within_hours")]:
-        assert name not in _find(words, set(), none) and name in _find(words, set(), fall), words
+        assert name not in _find(words, set(), none, 49) and name in _find(words, set(), fall, 49), words
+    assert [_find("pregnant", set(), {"age": age, "sex": "female"}, 49) for age in (49, 50)] == [["pregnant"], []]
     result, text = _session(model, "4\u00b2\n30\nm\n" + "d\n" * 5, max_questions=2)
     assert result["case"]["age"] == 30 and "Please enter a whole number from 12 to 100" in text
 

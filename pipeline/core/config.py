@@ -157,7 +157,7 @@ class RedFlag(StrictModel):
     all: dict[str, list[str]] = Field(min_length=1)
     any: dict[str, list[str]] = {}
     reason: str
-    safety_net: str  # in plain words, the signs that fire the rule: shown while they are unanswered
+    safety_net: str  # in plain words, the signs that fire the rule: shown while they could (SafetyNet.to_watch)
     # the condition the rule sends the case for (None: none of the nine): where the rule raises the
     # level, the differential shows it and the advice names it, whatever the model thinks of it
     condition: str | None = None
@@ -223,7 +223,7 @@ class ScreenRule(StrictModel):
     all: dict[str, list[str]] = Field(min_length=1)
     any: dict[str, list[str]] = {}
     reason: str
-    safety_net: str  # in plain words, the signs that fire the rule: shown while they are unanswered
+    safety_net: str  # in plain words, the signs that fire the rule: shown while they could (SafetyNet.to_watch)
     source: Source
     # rules that rule out what this one does and more, at a level at least as high: where one of
     # them fires too, ``screen`` names only it ("a septic joint or cellulitis", not that and "a

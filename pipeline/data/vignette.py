@@ -20,7 +20,7 @@ _EVENT = {
 }
 _ACTIVITY = {"none": "does no regular sport", "running": "runs", "sprint_pivot_sport":
              "plays a sprint-and-pivot sport", "other_exercise": "does other exercise"}
-_HISTORY = {"smoker": "smokes", "sedentary": "is mostly sedentary", "pregnant": "is pregnant",
+_HISTORY = {"smoker": "smokes", "sedentary": "is mostly sedentary", "pregnant": "is pregnant or gave birth in the last six weeks",
             "stretches_before_exercise": "stretches before exercise",
             "recent_dehydration": "was recently dehydrated",
             "inflammatory_arthritis": "has rheumatoid arthritis or lupus",

@@ -3,7 +3,8 @@
 A case seldom answers everything. Three things follow from what is still unknown:
 
 - **the safety net**: the red flags and screen rules that would raise the level and that the
-  unanswered questions could still fire, in plain words (``safety_net``);
+  unanswered questions could still fire, and a clot's same-day red flags for someone who has the
+  history they read, whatever the signs' answers today, in plain words (``safety_net``);
 - **the uncertain emergency**: when the expected cost points to the same day but a plain "no" to
   the unanswered safety-net signs of a clot (:func:`points_to_same_day`) would not, the emergency
   rests on what is unknown (with only age and sex, on the prior alone, which is never enough). The
@@ -222,12 +223,14 @@ class SafetyNet:
         suspect |= {n for r in self.rules[len(cfg.red_flags):] if r.level == _EMERGENCY for n in r.fields
                     if _is_sign(n) and points_to_same_day(cfg, kb, n)}
         self._suspect_fields = sorted(suspect)
-        # per rule, the history a clot's red flag reads beside its signs ((all, any) of the fields
-        # that are no sign: pregnancy, surgery, cancer, an earlier clot, smoking, ...), for the rules
-        # whose signs are watched for by someone who has that history (None: no such rule)
+        # per rule, the history a clot's same-day red flag reads beside its signs ((all, any) of the
+        # fields that are no sign: pregnancy, surgery, cancer, an earlier clot), for the rules whose
+        # signs are watched for by someone who has that history (None: no such rule). Not the rules
+        # below the same day: a pregnant woman's "the calf or leg swells" within a day or two (the
+        # risks' rule) would stand beside the pregnancy rule's same day for the same sign
         self._risk_parts = [
             ({n: a for n, a in r.all.items() if not _is_sign(n)}, {n: a for n, a in r.any.items() if not _is_sign(n)})
-            if k < len(cfg.red_flags) and cfg.red_flags[k].condition is not None
+            if k < len(cfg.red_flags) and r.level == _EMERGENCY and cfg.red_flags[k].condition is not None
             and self._right[CONDITIONS.index(cfg.red_flags[k].condition)] == _EMERGENCY
             and self._watched[k] and not all(_is_sign(n) for n in r.fields) else None
             for k, r in enumerate(self.rules)]
@@ -325,9 +328,10 @@ class SafetyNet:
     def to_watch(self, codes: dict[str, np.ndarray], fires: np.ndarray, open_: np.ndarray) -> np.ndarray:
         """(n_cases, n_rules): the rules whose signs the safety net names (``fires`` and ``open_``
         from :meth:`fires_and_open`): those the unanswered questions could still fire, and a clot's
-        red flags that do not fire for someone who has the history they read (pregnant, after
-        surgery, with cancer, after an earlier clot, smoking ...), whatever the signs' answers today:
-        a calf that is not swollen now can swell, and in pregnancy the risk lasts for months."""
+        same-day red flags that do not fire for someone who has the history they read (pregnant or
+        just given birth, after surgery or immobilisation, with cancer, after an earlier clot),
+        whatever the signs' answers today: a calf that is not swollen now can swell, and in
+        pregnancy the risk lasts for months."""
         watch = open_.copy()
         codes = self._past_fertile_age_as_no(codes)
         for k, parts in enumerate(self._risk_parts):
@@ -336,8 +340,9 @@ class SafetyNet:
         return watch
 
     def safety_net(self, level: np.ndarray, open_: np.ndarray, codes: bool = False):
-        """Per case, the plain-language signs of the open rules above its level that have a sign to
-        watch for, ``|``-separated, the most urgent first (with ``codes``, the rules' names)."""
+        """Per case, the plain-language signs of the rules ``open_`` keeps (:meth:`to_watch`'s, or
+        the open rules) above its level that have a sign to watch for, ``|``-separated, the most
+        urgent first (with ``codes``, the rules' names)."""
         levels = self._rule_levels
         keep = open_ & (levels[None, :] > level[:, None]) & self._watched[None, :]
         order = np.tile(np.argsort(-levels, kind="stable"), (len(keep), 1))
@@ -355,8 +360,8 @@ class SafetyNet:
         rules, whether the calf is swollen or tender, veins stand out or the whole leg is swollen;
         not the screen's, whose questions come first where one answer completes a rule), the
         likeliest answer first, and where the questions that change the level fill every place
-        without one of these or one that completes a screen rule, the last place goes to the
-        likeliest of them (a young adult given only age and sex is asked about the calf, not only
+        without one of these or one that completes a rule (a screen rule, or a red flag through a
+        question asked at any chance), the last place goes to the likeliest of them (a young adult given only age and sex is asked about the calf, not only
         what happened, whether the knee gave way and whether it swelled within hours); never one
         whose premise the case denies (:func:`pipeline.core.parsing.premise_denied`). A swollen calf
         after a sprain is asked whether the skin is warm (a sign of a DVT) before whether the knee
@@ -399,8 +404,9 @@ class SafetyNet:
             # bits of their sums (a question that changes the level on either answer has a chance
             # of 1 give or take a rounding error). Chances are at most 1: a question that changes
             # the level ranks from 4 (7 if an answer sends the case the same day, 8 if that answer
-            # completes a screen rule, whose chance the nine conditions cannot tell), and one that
-            # only gives a same-day rule what it needs ranks at most 1
+            # completes a screen rule, whose chance the nine conditions cannot tell, or a red flag
+            # through a question asked at any chance), and one that only gives a same-day rule
+            # what it needs ranks at most 1
             some = np.flatnonzero(change.any(axis=1) | needs.any(axis=1))
             if len(some):
                 moved = np.round(change[some], _RANK_DECIMALS)
@@ -408,7 +414,7 @@ class SafetyNet:
                 needed = np.round(needs[some], _RANK_DECIMALS)
                 rank = np.where(moved > 0, 4.0 + 3.0 * (urgent > 0) + (urgent > 1) + moved, needed)
                 ranked = np.argsort(-rank, axis=1, kind="stable")[:, :top]
-                if top > 1:  # the last place is kept for what an open red flag needs, or a screen rule's completion
+                if top > 1:  # the last place is kept for what an open red flag needs, or a rule's completion
                     listed = (np.take_along_axis(needed, ranked, axis=1) > 0) | (np.take_along_axis(urgent, ranked, axis=1) > 1)
                     left_out = (needed > 0).any(axis=1) & ~listed.any(axis=1)
                     ranked[left_out, -1] = needed[left_out].argmax(axis=1)
@@ -465,7 +471,8 @@ class SafetyNet:
         changed = after != level[rows]
         flat = rows[changed] * len(self.candidates) + which[changed]
         change += np.bincount(flat, weights=p[changed], minlength=change.size).reshape(change.shape)
-        # changed, so from below the same day; 2 where the answer completes a screen rule
+        # changed, so from below the same day; 2 where the answer completes a screen rule, or a red
+        # flag through a question asked at any chance
         hit = after[changed] == _EMERGENCY
         same_day.ravel()[flat[hit]] = 1
         screen = completes.ravel().take(pair[changed] * len(proba) + rows[changed]) & hit

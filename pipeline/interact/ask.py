@@ -216,15 +216,16 @@ def _digits(text: str) -> bool:
     return text.isascii() and text.isdigit()
 
 
-def _find(words: str, exclude: set[str], case: dict[str, Any]) -> list[str]:
+def _find(words: str, exclude: set[str], case: dict[str, Any], fertile_max: float) -> list[str]:
     """Questions holding every one of ``words`` (case-insensitive), not yet answered, and none whose
     premise ``case`` denies (:func:`pipeline.core.parsing.premise_denied`: pregnancy and the pill
-    or HRT for a male, what happened at an injury when it reports none), as the main flow never asks them."""
+    or HRT for a male, pregnancy past ``fertile_max``, what happened at an injury when it reports
+    none), as the main flow never asks them."""
     terms = [w for w in words.lower().split() if w]
     if not terms:
         return []
     names = [n for n in QUESTIONS if n not in {"age", "sex", *exclude}]
-    denied = premise_denied(parse_records([case]).codes, names)[0]
+    denied = premise_denied(parse_records([case]).codes, names, fertile_max)[0]
     return [n for n, d in zip(names, denied) if not d and all(t in QUESTIONS[n].lower() for t in terms)]
 
 
@@ -304,7 +305,7 @@ def run_session(model: str | Path | LoadedModel | None = None, *, input: TextIO 
         io.say("Went back one answer.", "  ")
 
     def volunteer(words: str) -> None:
-        found = _find(words, {name for name, _ in answers()}, case)
+        found = _find(words, {name for name, _ in answers()}, case, kb.fertile_age[1])
         if not found:
             io.say(f"No unanswered question holds {words!r}; try other words.", "  ")
             return
