@@ -198,14 +198,14 @@ _NO_INJURY = field("injury_event").allowed.index("none")
 def premise_denied(codes: dict[str, np.ndarray], names: Sequence[str],
                    fertile_max: float | None = None) -> np.ndarray:
     """(n_cases, len(names)) bool: the questions ``names`` whose premise a case's answers deny, so
-    that they are not offered to it: the questions about an injury, when it reports none,
-    pregnancy and the pill or HRT, to a male (a man's rate of oestrogen treatment is a tenth of
-    a percent or so: the knowledge base's ``hormonal_therapy_men``), the pill or HRT, to a woman
-    who is pregnant or has given birth in the last six weeks (``pregnant``; her answer could not
-    change a rule: the only one reading the pill or HRT reads pregnancy beside it, and the
-    pregnancy rule reads the same signs at the same day), and, given ``fertile_max`` (the knowledge base's ``fertile_age``), pregnancy to
-    anyone older (past it the knowledge base gives pregnancy one rate for every condition, so the
-    answer would tell nothing)."""
+    that they are not offered to it: the questions about an injury, when it reports none, pregnancy
+    and the pill or HRT, to a male (a man's rate of oestrogen treatment is a tenth of a percent or
+    so: the knowledge base's ``hormonal_therapy_men``), the pill or HRT, to a woman who is pregnant
+    or has given birth in the last six weeks (``pregnant``; her answer could not change a rule: the
+    only one reading the pill or HRT reads pregnancy beside it, and the pregnancy rule reads the
+    same signs at the same day), and, given ``fertile_max`` (the knowledge base's ``fertile_age``),
+    pregnancy to anyone older (past it the knowledge base gives pregnancy one rate for every
+    condition, so the answer would tell nothing)."""
     denied = np.zeros((len(codes["age"]), len(names)), dtype=bool)
     premised = [i for i, name in enumerate(names) if name in INJURY_PREMISED]
     if premised:

@@ -361,11 +361,11 @@ class SafetyNet:
         not the screen's, whose questions come first where one answer completes a rule), the
         likeliest answer first, and where the questions that change the level fill every place
         without one of these or one that completes a rule (a screen rule, or a red flag through a
-        question asked at any chance), the last place goes to the likeliest of them (a young adult given only age and sex is asked about the calf, not only
-        what happened, whether the knee gave way and whether it swelled within hours); never one
-        whose premise the case denies (:func:`pipeline.core.parsing.premise_denied`). A swollen calf
-        after a sprain is asked whether the skin is warm (a sign of a DVT) before whether the knee
-        swelled within hours.
+        question asked at any chance), the last place goes to the likeliest of them (a young adult
+        given only age and sex is asked about the calf, not only what happened, whether the knee
+        gave way and whether it swelled within hours); never one whose premise the case denies
+        (:func:`pipeline.core.parsing.premise_denied`). A swollen calf after a sprain is asked
+        whether the skin is warm (a sign of a DVT) before whether the knee swelled within hours.
 
         An answer is plausible when its predictive probability is at least
         ``ask_next.min_answer_probability``, or when it would make a same-day screen rule fire that the
