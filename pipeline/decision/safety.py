@@ -234,6 +234,9 @@ class SafetyNet:
             and self._right[CONDITIONS.index(cfg.red_flags[k].condition)] == _EMERGENCY
             and self._watched[k] and not all(_is_sign(n) for n in r.fields) else None
             for k, r in enumerate(self.rules)]
+        self._risk_rules = np.array([k for k, parts in enumerate(self._risk_parts) if parts is not None], dtype=np.intp)
+        self._risk_table = CountTable([parts for parts in self._risk_parts if parts is not None])
+        self._risk_has_any = np.array([bool(parts[1]) for parts in self._risk_parts if parts is not None], dtype=bool)
         self._pair_suspects = np.array([self.candidates[j] in suspect and a == 1 for j, a in pairs], dtype=bool)
         self._pair_pain = np.array([self.candidates[j] in PAIN_FIELDS for j, _ in pairs], dtype=bool)  # describes it
         # per pair, its candidate's column among the "no" fields (-1: not one of them)
@@ -333,10 +336,9 @@ class SafetyNet:
         whatever the signs' answers today: a calf that is not swollen now can swell, and in
         pregnancy the risk lasts for months."""
         watch = open_.copy()
-        codes = self._past_fertile_age_as_no(codes)
-        for k, parts in enumerate(self._risk_parts):
-            if parts is not None:
-                watch[:, k] |= rule_fires(*parts, codes) & ~fires[:, k]
+        if len(self._risk_rules):  # their history matched as the rules are (CountTable: a few cases at once)
+            met = state_of_counts(self._risk_table.counts(self._past_fertile_age_as_no(codes)), self._risk_has_any)[0]
+            watch[:, self._risk_rules] |= met & ~fires[:, self._risk_rules]
         return watch
 
     def safety_net(self, level: np.ndarray, open_: np.ndarray, codes: bool = False):
