@@ -63,11 +63,11 @@ DECISION_COLUMN_DOCS = {
                      "at most), that this is too little to tell its cause",
     "safety_net": "the signs that would raise the level, in plain words, `|`-separated, the most urgent first: the red "
                   "flags and screen rules with a sign to watch for that unanswered questions could still fire, and a clot's "
-                  "red flags for someone who has the history they read (pregnant, after surgery, with cancer or an earlier "
-                  "clot, smoking, sedentary, on the pill or HRT), even where their signs are answered no today, since they "
-                  "can appear later (if one is present, seek care as its rule says: the same day for most, within a day or "
-                  "two for a swollen leg with a DVT risk or a pop with a knee that swells and gives way; the rules on "
-                  "history and age alone are asked by `ask_next`, not listed); empty when none could",
+                  "same-day red flags for someone who has the history they read (pregnant or just given birth, after "
+                  "surgery or immobilisation, with cancer or an earlier clot), even where their signs are answered no "
+                  "today, since they can appear later (if one is present, seek care as its rule says: the same day for "
+                  "most, within a day or two for a swollen leg with a DVT risk or a pop with a knee that swells and gives "
+                  "way; the rules on history and age alone are asked by `ask_next`, not listed); empty when none could",
     "ask_next": "the unanswered questions whose plausible answers would change the level, `|`-separated (at most "
                 "three): first those with an answer that would send the case the same day (a swollen leg after a "
                 "sprain is asked whether the skin is warm before whether the knee swelled within hours), those that "
