@@ -223,20 +223,19 @@ class SafetyNet:
         suspect |= {n for r in self.rules[len(cfg.red_flags):] if r.level == _EMERGENCY for n in r.fields
                     if _is_sign(n) and points_to_same_day(cfg, kb, n)}
         self._suspect_fields = sorted(suspect)
-        # per rule, the history a clot's same-day red flag reads beside its signs ((all, any) of the
-        # fields that are no sign: pregnancy, surgery, cancer, an earlier clot), for the rules whose
-        # signs are watched for by someone who has that history (None: no such rule). Not the rules
-        # below the same day: a pregnant woman's "the calf or leg swells" within a day or two (the
-        # risks' rule) would stand beside the pregnancy rule's same day for the same sign
-        self._risk_parts = [
-            ({n: a for n, a in r.all.items() if not _is_sign(n)}, {n: a for n, a in r.any.items() if not _is_sign(n)})
-            if k < len(cfg.red_flags) and r.level == _EMERGENCY and cfg.red_flags[k].condition is not None
-            and self._right[CONDITIONS.index(cfg.red_flags[k].condition)] == _EMERGENCY
-            and self._watched[k] and not all(_is_sign(n) for n in r.fields) else None
-            for k, r in enumerate(self.rules)]
-        self._risk_rules = np.array([k for k, parts in enumerate(self._risk_parts) if parts is not None], dtype=np.intp)
-        self._risk_table = CountTable([parts for parts in self._risk_parts if parts is not None])
-        self._risk_has_any = np.array([bool(parts[1]) for parts in self._risk_parts if parts is not None], dtype=bool)
+        # the clot's same-day red flags whose signs are watched for by someone who has the history
+        # they read beside them (pregnancy, surgery, cancer, an earlier clot), and that history: the
+        # (all, any) of each one's fields that are no sign. Not the rules below the same day: a
+        # pregnant woman's "the calf or leg swells" within a day or two (the risks' rule) would stand
+        # beside the pregnancy rule's same day for the same sign
+        self._risk_rules = np.array([k for k, f in enumerate(cfg.red_flags) if f.level == "emergency"
+                                     and f.condition is not None and self._right[CONDITIONS.index(f.condition)] == _EMERGENCY
+                                     and self._watched[k] and not all(_is_sign(n) for n in self.rules[k].fields)],
+                                    dtype=np.intp)
+        history = [({n: a for n, a in r.all.items() if not _is_sign(n)}, {n: a for n, a in r.any.items() if not _is_sign(n)})
+                   for r in (self.rules[k] for k in self._risk_rules)]
+        self._risk_table = CountTable(history)
+        self._risk_has_any = np.array([bool(any_) for _, any_ in history], dtype=bool)
         self._pair_suspects = np.array([self.candidates[j] in suspect and a == 1 for j, a in pairs], dtype=bool)
         self._pair_pain = np.array([self.candidates[j] in PAIN_FIELDS for j, _ in pairs], dtype=bool)  # describes it
         # per pair, its candidate's column among the "no" fields (-1: not one of them)
