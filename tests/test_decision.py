@@ -708,36 +708,57 @@ POST_OP = {"age": 62, "sex": "male", "recent_surgery": "yes", "onset": "sudden",
            "pain_on_standing": "yes", "symptom_duration_days": 3}
 
 
-@pytest.mark.parametrize("case, top, level", [
-    (POST_OP, "dvt", "emergency"),  # the clot likeliest, after surgery: the same day stands
-    (POST_OP, "leg_cramp", "see_doctor_soon"),  # the clot not the likeliest: softened
-    ({"age": 62, "sex": "male", "recent_surgery": "yes"}, "dvt", "see_doctor_soon"),  # history alone: nothing of the pain
+@pytest.mark.parametrize("case, p_dvt, level", [
+    (POST_OP, 0.55, "emergency"),  # the clot likeliest, after surgery: the same day stands
+    # behind a cramp, as likely as a Wells "DVT likely" patient's clot or more: it stands too (it
+    # was softened while a clot at 0.35 ranked first went the same day); less likely, softened
+    (POST_OP, 0.37, "emergency"),
+    (POST_OP, 0.2, "see_doctor_soon"),
+    ({"age": 62, "sex": "male", "recent_surgery": "yes"}, 0.55, "see_doctor_soon"),  # history alone: nothing of the pain
     # no sign or risk a clot's rules read: age, sex, a duration and denials (a "no" to a meniscus sign
     # tipped the likeliest condition), or a cramp
-    ({"age": 80, "sex": "female", "symptom_duration_days": 3}, "dvt", "see_doctor_soon"),
-    ({"age": 60, "sex": "female", "symptom_duration_days": 7, "locking": "no"}, "dvt", "see_doctor_soon"),
-    ({**POST_OP, "recent_surgery": None, "pain_on_standing": None}, "dvt", "see_doctor_soon"),
+    ({"age": 80, "sex": "female", "symptom_duration_days": 3}, 0.55, "see_doctor_soon"),
+    ({"age": 60, "sex": "female", "symptom_duration_days": 7, "locking": "no"}, 0.55, "see_doctor_soon"),
+    ({**POST_OP, "recent_surgery": None, "pain_on_standing": None}, 0.55, "see_doctor_soon"),
     # a leg that cannot take four steps, what happened not yet said: a sign a same-day screen rule
     # reads that a clot makes likelier, so the same day stands; a knee that cannot bend makes a
     # clot less likely, so it is no reason to suspect one
     ({"age": 60, "sex": "female", "onset": "gradual", "symptom_duration_days": 2, "unable_to_bear_weight": "yes"},
-     "dvt", "emergency"),
+     0.55, "emergency"),
     ({"age": 60, "sex": "female", "onset": "gradual", "symptom_duration_days": 2, "reduced_range_of_motion": "yes"},
-     "dvt", "see_doctor_soon"),
+     0.55, "see_doctor_soon"),
 ])
-def test_a_clot_that_is_the_likeliest_cause_with_a_reason_to_suspect_it_is_not_softened(cfg, net, case, top, level):
+def test_a_likely_clot_with_a_reason_to_suspect_it_is_not_softened(cfg, net, case, p_dvt, level):
     """A man of 62 three days after surgery with sudden cramp-like pain on standing, his calf not
-    yet asked about: where the clot is the likeliest cause and the case gives a reason to suspect it
+    yet asked about: where the clot is at least ``uncertain.stands_at`` likely (the likeliest cause,
+    or behind another) and the case gives a reason to suspect it
     (a "yes" to a sign or risk a clot's red flags read, or to a sign of a same-day screen rule
     that a clot makes likelier), the same day stands ("Most likely deep vein
     thrombosis" within a day or two contradicted NICE's assessment within hours) where the pain is
     described; otherwise the same day that rests on the unasked signs is softened, as before (an
     80-year-old who gave a duration alone went the same day, with nothing in the safety net)."""
     codes = _codes([case])
-    proba = _dvt_at(0.55 if top == "dvt" else 0.2)  # the rest a cramp
+    proba = _dvt_at(p_dvt)  # the rest a cramp
     assert LEVELS[cost_levels(cfg, proba)[0]] == "emergency"
     got, reason = triage_levels(cfg, codes, proba, net=net)
     assert (LEVELS[got[0]], reason[0]) == (level, 0 if level == "emergency" else 2)
+
+
+def test_a_likelier_clot_is_never_sent_later_for_ranking_second(cfg, net):
+    """Whether a same day stands read which condition ranked first: a clot at 0.37 behind a cramp
+    went within a day or two, one at 0.35 ahead of eight conditions the same day (a lump behind the
+    knee with a tender calf, a day old against two). The level never falls as the clot's
+    probability rises, whatever the others' order."""
+    codes = _codes([POST_OP] * 3)
+    behind = _dvt_at(0.37)[0]
+    ahead = np.full(len(CONDITIONS), 0.65 / (len(CONDITIONS) - 1))
+    ahead[DVT] = 0.35
+    unlikely = _dvt_at(0.2)[0]
+    proba = np.stack([behind, ahead, unlikely])
+    assert proba.argmax(axis=1).tolist() == [CONDITIONS.index("leg_cramp"), DVT, CONDITIONS.index("leg_cramp")]
+    assert (cost_levels(cfg, proba) == LEVELS.index("emergency")).all()
+    level = triage_levels(cfg, codes, proba, net=net)[0]
+    assert [LEVELS[v] for v in level] == ["emergency", "emergency", cfg.uncertain.level]
 
 
 def test_the_safety_net_lists_signs_to_watch_for_not_history_to_ask(cfg, net):

@@ -347,6 +347,11 @@ class UncertainConfig(StrictModel):
     """When the expected cost points to the same day but rests on unanswered safety-net questions."""
 
     level: Level  # the level given instead, with the safety net
+    # the share of the probability, held by the conditions that call for the same day, at or above
+    # which a case with a "yes" to a sign or risk of theirs and its pain described goes the same day
+    # however its unasked signs would be answered
+    stands_at: float = Field(gt=0, le=1)
+    source: Source
 
 
 class AskNextConfig(StrictModel):

@@ -218,6 +218,7 @@ class SafetyNet:
         # a "yes" to one is a reason to suspect it; per pair, whether its answer is one; and each
         # condition's own level
         self._right = right_levels(cfg)
+        self._same_day_conditions = np.flatnonzero(self._right == _EMERGENCY)
         suspect = {n for f in cfg.red_flags if f.condition is not None and self._right[CONDITIONS.index(f.condition)]
                    == _EMERGENCY for n in [*f.all, *f.any] if field(n).kind == "tristate"}
         suspect |= {n for r in self.rules[len(cfg.red_flags):] if r.level == _EMERGENCY for n in r.fields
@@ -279,34 +280,38 @@ class SafetyNet:
         """Per case, whether the same day rests on what is unknown: nothing but age and sex is
         answered (the prior alone), or the expected-cost level would drop below the same day if
         every unanswered sign of a clot (:func:`points_to_same_day`) that a same-day rule looking for
-        one could still fire on were answered "no" and the likeliest condition does not call for
-        the same day itself, with a reason to suspect it, in a case that describes its pain. (A clot
-        that is the likeliest cause, with a "yes" to a sign or risk a clot's red flags read, of a
-        pain described ("Most likely deep vein thrombosis" after surgery, sudden pain on standing) is
-        not sent within a day or two for signs not asked yet: a suspected DVT is assessed within
-        hours, NICE NG158 recommendations 1.1.3-1.1.4. On age, sex, a duration and denials it is (a
-        "no" to a meniscus sign, or a year of age, tipped the likeliest condition and sent such cases
-        the same day), and on age, sex and history alone.)"""
+        one could still fire on were answered "no", unless the same day stands (:meth:`_stands`: the
+        conditions that call for it are at least ``uncertain.stands_at`` likely, with a reason to
+        suspect one, in a case that describes its pain). (A clot as likely as a Wells "DVT likely"
+        patient's, with a "yes" to a sign or risk a clot's red flags read, of a pain described (after
+        surgery, sudden pain on standing, a tender calf) is not sent within a day or two for signs
+        not asked yet: a suspected DVT is assessed within hours, NICE NG158 recommendations
+        1.1.3-1.1.4, whether or not another condition ranks above it. On age, sex, a duration and
+        denials it is, and on age, sex and history alone.)"""
         # per "no" field, hidden where it is unanswered and a same-day rule reading it so is open
         hide = unanswered_matrix(codes, self.no_fields) & (open_ @ self._same_day_asks_matrix)
         proba = np.asarray(proba)
         drops = self._drops_if_no(proba.T, hide, lambda c: cost_level_of(c.T))
-        return (drops & ~self._stands(proba.argmax(axis=1), codes)) | (known_share(codes) == 0)
+        return (drops & ~self._stands(proba.T, codes)) | (known_share(codes) == 0)
 
-    def _stands(self, likeliest: np.ndarray, codes: dict[str, np.ndarray], rows: np.ndarray | None = None,
+    def _stands(self, columns: np.ndarray, codes: dict[str, np.ndarray], rows: np.ndarray | None = None,
                 pairs: np.ndarray | None = None) -> np.ndarray:
         """Per case (of ``rows``, if given, each with its variant's (question, answer) of ``pairs``),
         whether a same day stands however the unasked signs are answered (:meth:`rests_on_unknowns`):
-        the ``likeliest`` condition calls for it, a sign or risk of a same-day condition's red flags
-        is answered "yes", and something of the pain is described."""
-        suspected = np.zeros(len(likeliest), dtype=bool)
+        the conditions that call for it hold at least ``uncertain.stands_at`` of the probability
+        (``columns``: by condition, ``proba.T``, normalised or not), a sign or risk of a same-day
+        condition's red flags is answered "yes", and something of the pain is described. A share,
+        not the likeliest condition: which condition ranked first decided it, so a clot at 0.37
+        behind a cramp went within a day or two while one at 0.35 ranked first went the same day."""
+        likely = columns[self._same_day_conditions].sum(axis=0) >= self.cfg.uncertain.stands_at * columns.sum(axis=0)
+        suspected = np.zeros(columns.shape[1], dtype=bool)
         for n in self._suspect_fields:
             suspected |= (codes[n] if rows is None else codes[n][rows]) == 1
         described = pain_described(codes, rows)
         if pairs is not None:  # the variant's one more answer
             suspected |= self._pair_suspects[pairs]
             described |= self._pair_pain[pairs]
-        return (self._right[likeliest] == _EMERGENCY) & suspected & described
+        return likely & suspected & described
 
     def _drops_if_no(self, columns: np.ndarray, hide: np.ndarray, cost_level_of_columns) -> np.ndarray:
         """Per case, whether the expected-cost level drops below the same day once the "no" fields
@@ -576,7 +581,7 @@ class SafetyNet:
             hide &= opened @ self._same_day_asks_matrix
             columns_ = weighted.take(same_day, axis=1)
             drops = self._drops_if_no(columns_, hide, lambda c: cost_levels_of_columns(cfg, c))
-            soft = same_day[drops & ~self._stands(columns_.argmax(axis=0), codes, rows[same_day], pair[same_day])]
+            soft = same_day[drops & ~self._stands(columns_, codes, rows[same_day], pair[same_day])]
             level[soft] = LEVELS.index(cfg.uncertain.level)
         level = np.where(atypical[rows], np.maximum(level, LEVELS.index(cfg.atypical.min_level)), level)
         level = np.maximum(level, others)
