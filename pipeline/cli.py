@@ -240,7 +240,9 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
                                    "beside the oracle, into reports/. With --data FILE (CSV or Parquet in the case "
                                    "schema plus `condition`, optionally `reference_level`): the same figures on your "
                                    "cases with 95% confidence intervals, into --out (default "
-                                   "reports/evaluations/<file name>), logged to MLflow as an evaluation run.")
+                                   "reports/evaluations/<file name>), logged to MLflow as an evaluation run. "
+                                   "Exit codes: 0 every row evaluated, 1 some rows rejected (left out of the figures; "
+                                   "see rejects.csv in --out), 2 fatal error (nothing written).")
     p.add_argument("--data", default=None, help="data folder (default data/synthetic), or a labelled .csv/.parquet")
     p.add_argument("--model", default=None, help="models folder or MLflow URI (default models)")
     p.add_argument("--out", default=None, help="reports folder (default reports, or reports/evaluations/<name>)")
@@ -289,7 +291,7 @@ def _evaluate_file(args: argparse.Namespace, path: Path) -> int:
           + (f"; rejected rows in {out / 'rejects.csv'}" if result.metrics["n_rejected"] else ""))
     if result.logged_to_mlflow:
         print(f"MLflow run {result.metrics['mlflow_run_id']} (the file is its evaluation dataset)")
-    return EXIT_OK
+    return EXIT_REJECTED if result.metrics["n_rejected"] else EXIT_OK  # as `score`: a script sees rows left out
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -88,11 +88,12 @@ def test_score_adapt_priors_writes_the_mix_and_reweighted_rows(trained, small_da
     # a batch too small to estimate a mix from (none at all, or 499 valid rows): one line saying so, nothing written
     (tmp_path / "none.csv").write_text("age,sex\n")
     cases.head(499).to_csv(tmp_path / "few.csv", index=False)
-    for name, rows in (("none", 0), ("few", 499)):
+    cases.head(1).to_csv(tmp_path / "one.csv", index=False)
+    for name, rows in (("none", "0 valid rows"), ("one", "1 valid row"), ("few", "499 valid rows")):
         assert main(["score", str(tmp_path / f"{name}.csv"), "-o", str(tmp_path / f"{name}-out.csv"), "--model",
                      str(models), "--adapt-priors"]) == 2
         err = capsys.readouterr().err
-        assert f"{rows} valid rows; --adapt-priors needs at least 500" in err and "unexpected" not in err
+        assert f"{rows}; --adapt-priors needs at least 500" in err and "unexpected" not in err
         assert not (tmp_path / f"{name}-out.csv").exists()
 
 

@@ -1016,6 +1016,8 @@ def test_a_folder_parquet_named_csv_headerless_or_semicolon_csv_are_named_for_wh
     models, _ = trained
     _, cases = cases_csv
     cases.head(5).to_parquet(tmp_path / "cases.csv")  # Parquet bytes under a .csv name
+    cases.head(5).to_csv(tmp_path / "export.parquet", index=False)  # and CSV text under a .parquet name
+    (tmp_path / "zipped.parquet").write_bytes(b"PK\x03\x04" + bytes(40))
     (tmp_path / "exports").mkdir()
     (tmp_path / "semicolons.csv").write_text("case_id;age;sex\na;30;male\n")  # a European spreadsheet's CSV
     cases.head(5).to_csv(tmp_path / "headerless.csv", index=False, header=False)  # was "repeats column 'false'"
@@ -1025,6 +1027,11 @@ def test_a_folder_parquet_named_csv_headerless_or_semicolon_csv_are_named_for_wh
                            (tmp_path / "headerless.csv", f"the first line, {first_line[:60] + '...'!r}, names none of "
                                                          "the columns kneepain reads and holds values such as"),
                            (tmp_path / "exports", "is a folder; give the CSV or Parquet files in it"),
+                           # was Arrow's words alone, "Parquet magic bytes not found in footer"
+                           (tmp_path / "export.parquet", "is text, not Parquet (by its first bytes); if it is CSV, "
+                                                         "give it a .csv name"),
+                           (tmp_path / "zipped.parquet", "is a zip (or Excel .xlsx) file, not Parquet (by its first "
+                                                         "bytes); extract it, or save the sheet as 'CSV UTF-8'"),
                            (tmp_path / "semicolons.csv", "the header is one column, 'case_id;age;sex': the file looks "
                                                          "separated by ';', and kneepain reads comma-separated CSV")]:
         assert main(["score", str(given), "-o", str(tmp_path / "o.csv"), "--model", str(models)]) == 2

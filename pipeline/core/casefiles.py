@@ -55,6 +55,7 @@ __all__ = ["MAX_RECORD_BYTES", "PARQUET_FIX", "BlockMismatchError", "CaseChunk",
 
 _HEADER_BYTES = 1 << 20  # a longer header is refused
 _BOM = codecs.BOM_UTF8  # as Excel writes it
+_SNIFF_BYTES = 4096  # read to tell what a file that is not what its name says is
 # files given as CSV that are something else: (first bytes, what it is, what to do)
 _DESCRIPTOR = re.compile(r"/dev/(stdin|fd/[0-9]+)|/proc/(self|[0-9]+)/fd/[0-9]+")  # names of a process's open files
 PARQUET_FIX = "give it a .parquet name"  # standard input's own advice replaces it (it is read as CSV only)
@@ -333,7 +334,7 @@ def file_columns(path: str | Path) -> list[str]:
             meta = parquet_metadata(path)
             schema = meta.schema.to_arrow_schema()
         except (pa.ArrowException, OSError) as err:
-            raise BatchInputError(f"{path}: cannot read: {_first_line(err)}") from err
+            raise BatchInputError(f"{path}: {_not_parquet(path) or 'cannot read: ' + _first_line(err)}") from err
         names = schema.names + [name for name, _, _ in range_index_columns(schema, meta.num_rows)]
         check_columns(names, str(path))
         return names
@@ -357,6 +358,28 @@ def unsupported_file_type(path: Path) -> BatchInputError:
     if known is not None:
         return BatchInputError(f"{message}: it is a {known[0]} file (by its first bytes); {known[1]}.")
     return BatchInputError(f"{message}.")
+
+
+def _not_parquet(path: Path) -> str:
+    """What a file named .parquet that Arrow cannot read is, where its first bytes say it is no
+    Parquet file ("" otherwise: a damaged one, named in Arrow's words): CSV text saved under a
+    .parquet name is common, and Arrow's "magic bytes not found in footer" does not say so."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(_SNIFF_BYTES)
+    except OSError:
+        return ""
+    if head.startswith(b"PAR1"):
+        return ""
+    known = _known_kind(head)
+    if known is not None:
+        return f"is a {known[0]} file, not Parquet (by its first bytes); {known[1]}"
+    try:
+        head.removeprefix(_BOM).decode("utf-8")
+    except UnicodeDecodeError as err:
+        if err.start < len(head) - 3:  # not a character cut at the end of the bytes read
+            return ""
+    return "is text, not Parquet (by its first bytes); if it is CSV, give it a .csv name"
 
 
 def _known_kind(head: bytes) -> tuple[str, str] | None:

@@ -43,7 +43,7 @@ def wilson_interval(successes: int, n: int, level: float = LEVEL) -> list[float]
 
 
 def bootstrap_interval(statistic: Callable[[np.ndarray], float], n: int, *, n_boot: int = 1000, seed: int = 0,
-                       level: float = LEVEL, floor: float | None = None) -> list[float]:
+                       level: float = LEVEL, floor: float | None = None, ceiling: float | None = None) -> list[float]:
     """Bias-corrected percentile bootstrap interval ``[low, high]`` of ``statistic(indices)`` over ``n`` cases.
 
     The percentiles of the resampled statistic are shifted by the bootstrap's estimate of its bias
@@ -64,6 +64,10 @@ def bootstrap_interval(statistic: Callable[[np.ndarray], float], n: int, *, n_bo
     level : float, default=0.95
     floor : float, optional
         A bound the figure cannot go below (0 for an error); the interval is clipped to it.
+    ceiling : float, optional
+        A bound the figure cannot go above (1 for an F1 score, 2 for a multi-class Brier score):
+        the bias shift of a figure that resampling pulls down (an F1 score, on a few cases) can
+        carry the upper end past it, and the interval is clipped to it.
 
     Returns NaNs (no interval) for fewer than :data:`MIN_BOOTSTRAP_CASES` cases.
     """
@@ -78,6 +82,8 @@ def bootstrap_interval(statistic: Callable[[np.ndarray], float], n: int, *, n_bo
     low, high = np.quantile(draws, [tail, 1 - tail]) - bias
     if floor is not None:
         low, high = max(low, floor), max(high, floor)
+    if ceiling is not None:
+        low, high = min(low, ceiling), min(high, ceiling)
     return [float(low), float(high)]
 
 

@@ -128,8 +128,8 @@ def evaluate_labelled(model: LoadedModel, frame: pd.DataFrame, *, n_boot: int = 
     losses = -np.log(np.clip(proba[np.arange(n), y], 1e-15, 1.0))
     sq = ((proba - np.eye(len(CONDITIONS))[y]) ** 2).sum(axis=1)
 
-    def boot(statistic) -> list[float]:  # every figure booted here is >= 0
-        return bootstrap_interval(statistic, n, n_boot=n_boot, seed=seed, floor=0.0)
+    def boot(statistic, ceiling: float | None = None) -> list[float]:  # every figure booted here is >= 0
+        return bootstrap_interval(statistic, n, n_boot=n_boot, seed=seed, floor=0.0, ceiling=ceiling)
 
     firsts = rejects.drop_duplicates(["row", "column"])
     kinds = reason_kind(firsts["reason"])
@@ -153,13 +153,13 @@ def evaluate_labelled(model: LoadedModel, frame: pd.DataFrame, *, n_boot: int = 
     for key, hits in (("accuracy", pred == y), ("top3_accuracy", (top3 == y[:, None]).any(axis=1))):
         out[key], out[f"{key}_ci"] = float(hits.mean()), wilson_interval(int(hits.sum()), n)
     out["log_loss"], out["log_loss_ci"] = scores["log_loss"], boot(lambda i: float(losses[i].mean()))
-    out["brier"], out["brier_ci"] = scores["brier"], boot(lambda i: float(sq[i].mean()))
+    out["brier"], out["brier_ci"] = scores["brier"], boot(lambda i: float(sq[i].mean()), ceiling=2.0)
     # no interval (a bootstrap covers the binned estimate's bias at this size, not the model's error):
     # the range a perfectly calibrated model's ECE takes on these cases
     out["ece"] = scores["ece_top_label"]
     out["ece_if_calibrated"] = calibrated_range(lambda labels: M.ece_top_label(proba, labels, N_BINS), proba,
                                                 n_draws=n_boot, seed=seed)
-    out["macro_f1"], out["macro_f1_ci"] = scores["macro_f1"], boot(lambda i: _macro_f1(pred[i], y[i]))
+    out["macro_f1"], out["macro_f1_ci"] = scores["macro_f1"], boot(lambda i: _macro_f1(pred[i], y[i]), ceiling=1.0)
     out["uncalibrated_log_loss"] = scores["uncalibrated_log_loss"]
     out["per_condition"] = {c: {"support": int((y == k).sum()),
                                 "recall": _rate(pred[y == k] == k), "precision": _rate(y[pred == k] == k)}
@@ -202,7 +202,8 @@ def _decision_figures(model: LoadedModel, parsed: ParsedCases, arrays: dict[str,
                    "safe_advice_rate": ci(t["safe_advice_rate"], n), "exact_level_rate": ci(t["exact_rate"], n),
                    "level_shares": t["level_shares"], "n_dvt": dvt},
         "differential": {"target": c["target"], "coverage": ci(c["coverage"], n),
-                         "mean_set_size": {"value": float(sizes.mean()), "ci": boot(lambda i: float(sizes[i].mean()))},
+                         "mean_set_size": {"value": float(sizes.mean()),
+                                           "ci": boot(lambda i: float(sizes[i].mean()), ceiling=float(len(CONDITIONS)))},
                          "per_condition_coverage": c["per_class_coverage"]},
         "atypical": {"flag_rate": ci(a["flag_rate"], n)},
     }

@@ -97,7 +97,8 @@ def estimate_batch_prior(inputs: list[str | Path], model: LoadedModel, *, chunk_
     :class:`BatchInputError` for fewer than :data:`MIN_ADAPT_ROWS` valid rows."""
     proba = batch_posteriors(inputs, model, chunk_rows=chunk_rows)
     if len(proba) < MIN_ADAPT_ROWS:
-        raise BatchInputError(f"{', '.join(map(str, inputs))}: {len(proba)} valid rows; --adapt-priors needs at least "
+        rows = f"{len(proba):,} valid row{'' if len(proba) == 1 else 's'}"
+        raise BatchInputError(f"{', '.join(map(str, inputs))}: {rows}; --adapt-priors needs at least "
                               f"{MIN_ADAPT_ROWS} to estimate a case mix (in a small batch a condition absent by "
                               "chance would get a share near zero, and its probability with it in every row).")
     return estimate_prior(proba, training_prior(model))
