@@ -31,7 +31,7 @@ QUESTIONS: dict[str, str] = {
     "injury_event": "What were you doing when the pain started?",
     "heard_pop": "Did you hear or feel a pop when it happened?",
     "pain_delayed_onset": "Did the pain start hours or days after that moment, rather than straight away?",
-    "swelling_within_hours": "After the injury, did the knee swell within a few hours (not the next day)?",
+    "swelling_within_hours": "If you injured the knee, did it swell within a few hours (not the next day)?",
     "symptom_duration_days": "How many days ago did it start?",
     "muscle_spasm": "Was there a sudden, very painful muscle spasm?",
     "cramp_calf_or_thigh": "Do you feel cramp in the calf or thigh too?",
