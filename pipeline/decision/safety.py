@@ -280,14 +280,14 @@ class SafetyNet:
         """Per case, whether the same day rests on what is unknown: nothing but age and sex is
         answered (the prior alone), or the expected-cost level would drop below the same day if
         every unanswered sign of a clot (:func:`points_to_same_day`) that a same-day rule looking for
-        one could still fire on were answered "no", unless the same day stands (:meth:`_stands`: the
-        conditions that call for it are at least ``uncertain.stands_at`` likely, with a reason to
-        suspect one, in a case that describes its pain). (A clot as likely as a Wells "DVT likely"
-        patient's, with a "yes" to a sign or risk a clot's red flags read, of a pain described (after
-        surgery, sudden pain on standing, a tender calf) is not sent within a day or two for signs
-        not asked yet: a suspected DVT is assessed within hours, NICE NG158 recommendations
-        1.1.3-1.1.4, whether or not another condition ranks above it. On age, sex, a duration and
-        denials it is, and on age, sex and history alone.)"""
+        one could still fire on were answered "no", unless the same day stands (:meth:`_stands`: a
+        condition that calls for it is the likeliest, or at least ``uncertain.stands_at`` likely,
+        with a reason to suspect one, in a case that describes its pain). (A clot that is the
+        likeliest cause, or as likely as a Wells "DVT likely" patient's behind another, with a "yes"
+        to a sign or risk a clot's red flags read, of a pain described (after surgery, sudden pain
+        on standing, a tender calf) is not sent within a day or two for signs not asked yet: a
+        suspected DVT is assessed within hours, NICE NG158 recommendations 1.1.3-1.1.4. On age, sex,
+        a duration and denials it is, and on age, sex and history alone.)"""
         # per "no" field, hidden where it is unanswered and a same-day rule reading it so is open
         hide = unanswered_matrix(codes, self.no_fields) & (open_ @ self._same_day_asks_matrix)
         proba = np.asarray(proba)
@@ -298,12 +298,21 @@ class SafetyNet:
                 pairs: np.ndarray | None = None) -> np.ndarray:
         """Per case (of ``rows``, if given, each with its variant's (question, answer) of ``pairs``),
         whether a same day stands however the unasked signs are answered (:meth:`rests_on_unknowns`):
-        the conditions that call for it hold at least ``uncertain.stands_at`` of the probability
-        (``columns``: by condition, ``proba.T``, normalised or not), a sign or risk of a same-day
-        condition's red flags is answered "yes", and something of the pain is described. A share,
-        not the likeliest condition: which condition ranked first decided it, so a clot at 0.37
-        behind a cramp went within a day or two while one at 0.35 ranked first went the same day."""
-        likely = columns[self._same_day_conditions].sum(axis=0) >= self.cfg.uncertain.stands_at * columns.sum(axis=0)
+        the conditions that call for it are the likeliest or hold at least ``uncertain.stands_at``
+        of the probability (``columns``: by condition, ``proba.T``, normalised or not), a sign or
+        risk of a same-day condition's red flags is answered "yes", and something of the pain is
+        described. The share as well as the rank: on the rank alone a clot at 0.37 behind a cramp
+        went within a day or two while one at 0.35 ranked first went the same day; on the share
+        alone a clot ranked first at 0.25 would go within a day or two as "Most likely deep vein
+        thrombosis". The sums run over the conditions in their order, whatever the array's layout,
+        so the same probabilities are judged alike in every caller and process."""
+        share = np.zeros(columns.shape[1], dtype=np.float64)
+        for k in self._same_day_conditions:
+            share += columns[k]
+        total = columns[0].astype(np.float64)
+        for row in columns[1:]:
+            total += row
+        likely = (share >= self.cfg.uncertain.stands_at * total) | (self._right[columns.argmax(axis=0)] == _EMERGENCY)
         suspected = np.zeros(columns.shape[1], dtype=bool)
         for n in self._suspect_fields:
             suspected |= (codes[n] if rows is None else codes[n][rows]) == 1
