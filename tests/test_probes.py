@@ -152,6 +152,16 @@ HOT = {"age": 66, "sex": "male", "knee_swelling": "yes", "skin_warm": "yes", "in
     ("fever_after_surgery", {"age": 64, "sex": "male", "recent_surgery": "yes", "fever": "no"}, False),
     ("fever_after_surgery", {"age": 64, "sex": "male", "recent_surgery": "yes", "fever": "yes", "knee_swelling": "yes"},
      True),  # it fires, and the screen names the septic rule only (below)
+    # a swollen knee, hot or red, within 12 weeks of an operation, fever or not: the wound or the
+    # joint may be infected; swelling alone is what a knee operation leaves for weeks
+    ("hot_swollen_knee_after_surgery", {"age": 68, "sex": "male", "recent_surgery": "yes", "knee_swelling": "yes",
+                                        "skin_warm": "yes", "fever": "no"}, True),
+    ("hot_swollen_knee_after_surgery", {"age": 68, "sex": "male", "recent_surgery": "yes", "knee_swelling": "yes",
+                                        "skin_red": "yes", "injury_event": "fall_onto_knee"}, True),
+    ("hot_swollen_knee_after_surgery", {"age": 68, "sex": "male", "recent_surgery": "yes", "knee_swelling": "yes"}, False),
+    ("hot_swollen_knee_after_surgery", {"age": 68, "sex": "male", "recent_surgery": "yes", "skin_warm": "yes"}, False),
+    ("hot_swollen_knee_after_surgery", {"age": 68, "sex": "male", "recent_surgery": "no", "knee_swelling": "yes",
+                                        "skin_warm": "yes"}, False),
     ("septic_joint_or_cellulitis", {"age": 30, "sex": "male", "fever": "yes"}, False),
     ("septic_joint_or_cellulitis", {"age": 30, "sex": "male", "fever": "yes", "skin_red": "yes"}, True),
     ("septic_joint_or_cellulitis", {"age": 30, "sex": "male", "fever": "yes", "leg_swelling": "yes"}, True),
@@ -224,6 +234,18 @@ def test_a_fever_after_an_operation_with_a_swollen_knee_is_named_as_the_septic_j
                                        "knee_swelling": "yes"}])).codes
     assert screen_names(SCREEN, screen_matches(SCREEN, codes)).tolist() == [
         "an infection after the operation (of the wound or the joint)", "a septic joint or cellulitis"]
+
+
+def test_a_hot_swollen_knee_after_an_operation_is_named_as_the_operations_infection():
+    """Within 12 weeks of an operation a hot, swollen knee names the wound or the joint (not "a
+    septic joint" alone, which a stiff one without an injury also matched), and with a fever the
+    fever's rule as before."""
+    after = {"age": 68, "sex": "male", "recent_surgery": "yes", "knee_swelling": "yes", "skin_warm": "yes",
+             "skin_red": "yes", "injury_event": "none", "reduced_range_of_motion": "yes", "symptom_duration_days": 3}
+    codes = parse_cases(pd.DataFrame([{**after, "fever": "no"}, {**after, "fever": "yes"},
+                                      {**after, "recent_surgery": "no"}])).codes
+    assert screen_names(SCREEN, screen_matches(SCREEN, codes)).tolist() == [
+        "an infection after the operation (of the wound or the joint)", "a septic joint or cellulitis", "a septic joint"]
 
 
 def test_a_child_who_cannot_walk_names_the_hip_once():
