@@ -1018,6 +1018,8 @@ def test_a_folder_parquet_named_csv_headerless_or_semicolon_csv_are_named_for_wh
     cases.head(5).to_parquet(tmp_path / "cases.csv")  # Parquet bytes under a .csv name
     cases.head(5).to_csv(tmp_path / "export.parquet", index=False)  # and CSV text under a .parquet name
     (tmp_path / "zipped.parquet").write_bytes(b"PK\x03\x04" + bytes(40))
+    (tmp_path / "utf16.parquet").write_bytes("case_id,age,sex\r\na,30,male\r\n".encode("utf-16"))  # PowerShell's `>`
+    (tmp_path / "empty.parquet").write_bytes(b"")
     (tmp_path / "exports").mkdir()
     (tmp_path / "semicolons.csv").write_text("case_id;age;sex\na;30;male\n")  # a European spreadsheet's CSV
     cases.head(5).to_csv(tmp_path / "headerless.csv", index=False, header=False)  # was "repeats column 'false'"
@@ -1032,6 +1034,10 @@ def test_a_folder_parquet_named_csv_headerless_or_semicolon_csv_are_named_for_wh
                                                          "give it a .csv name"),
                            (tmp_path / "zipped.parquet", "is a zip (or Excel .xlsx) file, not Parquet (by its first "
                                                          "bytes); extract it, or save the sheet as 'CSV UTF-8'"),
+                           (tmp_path / "empty.parquet", "the file is empty (0 bytes); expected a Parquet file"),
+                           (tmp_path / "utf16.parquet", "is not Parquet (by its first bytes), and the file looks like "
+                                                        "UTF-16 text (or is not text); save it as UTF-8 (for example "
+                                                        "Excel's 'CSV UTF-8'), with a .csv name if it is CSV"),
                            (tmp_path / "semicolons.csv", "the header is one column, 'case_id;age;sex': the file looks "
                                                          "separated by ';', and kneepain reads comma-separated CSV")]:
         assert main(["score", str(given), "-o", str(tmp_path / "o.csv"), "--model", str(models)]) == 2

@@ -256,9 +256,8 @@ def _csv_header(path: Path) -> tuple[list[str], int]:
             raw, skipped, unclosed = _header_record(fh)
         if (known := _known_kind(raw)) is not None:
             raise BatchInputError(f"{path}: is a {known[0]} file, not CSV text (by its first bytes); {known[1]}.")
-        if raw.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in raw:
-            raise BatchInputError(f"{path}: the header holds NUL bytes: the file looks like UTF-16 text (or is not "
-                                  "text); save it as UTF-8 (for example Excel's 'CSV UTF-8').")
+        if _utf16_or_binary(raw):
+            raise BatchInputError(f"{path}: the header holds NUL bytes: {_UTF16}.")
         if _BARE_CR.search(raw):
             raise BatchInputError(f"{path}: its lines end in a bare carriage return (CR), as old Mac programs save "
                                   "CSV; save it with LF or CR LF line endings (for example Excel's 'CSV UTF-8').")
@@ -369,17 +368,30 @@ def _not_parquet(path: Path) -> str:
             head = fh.read(_SNIFF_BYTES)
     except OSError:
         return ""
-    if head.startswith(b"PAR1"):
+    if not head:
+        return "the file is empty (0 bytes); expected a Parquet file"
+    if head.startswith(b"PAR1"):  # a damaged Parquet file: Arrow's words say how
         return ""
     known = _known_kind(head)
     if known is not None:
         return f"is a {known[0]} file, not Parquet (by its first bytes); {known[1]}"
+    if _utf16_or_binary(head):
+        return f"is not Parquet (by its first bytes), and {_UTF16}, with a .csv name if it is CSV"
     try:
         head.removeprefix(_BOM).decode("utf-8")
     except UnicodeDecodeError as err:
         if err.start < len(head) - 3:  # not a character cut at the end of the bytes read
             return ""
     return "is text, not Parquet (by its first bytes); if it is CSV, give it a .csv name"
+
+
+_UTF16 = "the file looks like UTF-16 text (or is not text); save it as UTF-8 (for example Excel's 'CSV UTF-8')"
+
+
+def _utf16_or_binary(head: bytes) -> bool:
+    """Whether a file's first bytes are UTF-16 text (a byte-order mark, or the NUL bytes of its
+    ASCII letters) or hold NUL bytes as no UTF-8 text does."""
+    return head.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in head
 
 
 def _known_kind(head: bytes) -> tuple[str, str] | None:
