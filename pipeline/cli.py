@@ -862,13 +862,19 @@ def _verify_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from pipeline.model.signing import trusted_key
+    from pipeline.model.signing import SIGNATURE_FILE, TRUSTED_KEY_ENV, trusted_key
     from pipeline.serve.loading import load_model
 
     key = trusted_key(args.trusted_key)
     model = load_model(args.folder, trusted=key)
-    print(f"{model.source}: every file matches its checksum" + (f" and the signature by {key}" if key else
-                                                              " (no trusted key given: signature not checked)"))
+    if key:
+        said = f" and the signature by {key}"
+    elif (Path(model.source) / SIGNATURE_FILE).is_file():  # a folder rewritten with its checksums passes them
+        said = (f"; it is signed ({SIGNATURE_FILE}), but no trusted key was given, so the signature was not "
+                f"checked: give --trusted-key PUBLIC_KEY (or set {TRUSTED_KEY_ENV}) to check who signed it")
+    else:
+        said = " (no trusted key given: signature not checked)"
+    print(f"{model.source}: every file matches its checksum{said}")
     return EXIT_OK
 
 

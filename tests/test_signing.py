@@ -52,6 +52,9 @@ def test_a_consistent_rewrite_passes_the_checksums_but_not_the_signature(signed,
     (folder / "manifest.json").write_text(json.dumps(manifest))
     seal_folder(folder, json.loads((folder / CHECKSUMS_FILE).read_text())["files"])
     load_model(folder)  # checksums alone cannot tell
+    assert main(["verify", str(folder)]) == 0  # nor can verify without a key, which says so
+    assert ("; it is signed (model.sig), but no trusted key was given, so the signature was not checked: give "
+            "--trusted-key PUBLIC_KEY (or set KNEEPAIN_TRUSTED_KEY)") in capsys.readouterr().out
     with pytest.raises(ModelIntegrityError, match=r"changed since signing: checksums.json, manifest.json"):
         load_model(folder, trusted=public)
     monkeypatch.setenv("KNEEPAIN_TRUSTED_KEY", str(public))
