@@ -5,7 +5,8 @@ import pytest
 from pipeline.core.errors import CaseValidationError
 from pipeline.core.parsing import parse_cases, parse_records
 from pipeline.core.paths import project_root
-from pipeline.core.schema import FIELDS, UNKNOWN, data_dictionary_markdown, normalise_header
+from pipeline.core.schema import FIELDS, UNKNOWN, data_dictionary_markdown, field, normalise_header
+from pipeline.core.sizes import FEW_CASES
 from pipeline.report.docs import render_readme
 
 
@@ -28,6 +29,24 @@ def test_categories_are_case_insensitive_and_absent_columns_unknown():
     parsed = parse_cases(_case(sex=" Male ", activity="RUNNING"))
     assert parsed.codes["sex"][0] == 1 and parsed.codes["activity"][0] == 1
     assert parsed.codes["onset"][0] == -1 and np.isnan(parsed.codes["bmi"][0])
+
+
+INJURY = list(field("injury_event").allowed)
+
+
+def test_a_categorys_words_may_be_joined_by_spaces_or_hyphens_as_a_columns_name_may():
+    """A spreadsheet's "Fall onto knee" was "not allowed" where the column "Injury event" was read;
+    in a few rows and in a large column alike (each path looks the texts up its own way)."""
+    words = ["Fall onto knee", "twist-or-direction-change", " Deep  bend or_squat ", "fall_onto_knee", "unknown"]
+    codes = [INJURY.index("fall_onto_knee"), INJURY.index("twist_or_direction_change"),
+             INJURY.index("deep_bend_or_squat"), INJURY.index("fall_onto_knee"), -1]
+    for rows in (1, FEW_CASES + 1):
+        frame = pd.concat([_case(injury_event=w, activity="Sprint pivot sport") for w in words] * rows, ignore_index=True)
+        parsed = parse_cases(frame)
+        assert parsed.codes["injury_event"].tolist() == codes * rows
+        assert (parsed.codes["activity"] == field("activity").allowed.index("sprint_pivot_sport")).all()
+    with pytest.raises(CaseValidationError, match="value 'fall onto the knee': not allowed"):  # words still must match
+        parse_cases(_case(injury_event="fall onto the knee"))
 
 
 def test_errors_name_row_column_value_and_allowed():

@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 from pipeline.core.errors import CaseValidationError
 from pipeline.core.schema import (
     _TRISTATE_UNKNOWN,
+    BETWEEN_WORDS,
     CATEGORY_FIELDS,
     DAYS_PER_YEAR,
     FIELD_NAMES,
@@ -387,6 +388,13 @@ def _plain_only(series: pd.Series) -> tuple[pd.Series, np.ndarray, np.ndarray]:
     return pd.Series(np.where(bad, None, values), index=series.index, dtype=object), bad, reasons
 
 
+def _as_category_text(values: np.ndarray) -> np.ndarray:
+    """:func:`_as_text`, with spaces or hyphens between words read as one underscore, as a column's
+    name is read (:func:`pipeline.core.schema.normalise_header`): ``Fall onto knee`` and
+    ``fall-onto-knee`` are ``fall_onto_knee``."""
+    return np.array([BETWEEN_WORDS.sub("_", t) for t in _as_text(values)], dtype=object)
+
+
 @cache
 def _canonical(name: str) -> tuple[pa.Array, np.ndarray]:
     """A coded field's canonical texts (``no``, ``yes`` or its categories, then the blank) and their codes."""
@@ -436,11 +444,12 @@ def _parse_coded(series: pd.Series, f: Field) -> tuple[np.ndarray, np.ndarray, s
     reason = np.where(odd, np.char.add(kinds.astype(str), f" is not an answer; allowed: {f.allowed_text}"), allowed) \
         if odd.any() else allowed
     lookup = _lookups(f.name)
+    as_text = _as_category_text if f.kind == "category" else _as_text
     if len(series) <= FEW_CASES:  # a few rows: each value looked up, without a factorisation's set-up
-        codes = np.array([lookup.get(t, -2) for t in _as_text(series.to_numpy(dtype=object))], dtype=np.int8)
+        codes = np.array([lookup.get(t, -2) for t in as_text(series.to_numpy(dtype=object))], dtype=np.int8)
     else:
         inverse, uniques = pd.factorize(series, use_na_sentinel=True)
-        text = _as_text(np.asarray(uniques, dtype=object))
+        text = as_text(np.asarray(uniques, dtype=object))
         mapped = np.array([lookup.get(t, -2) for t in text] + [UNKNOWN], dtype=np.int8)
         codes = mapped[inverse]  # factorize's -1 (missing) picks the trailing UNKNOWN
     bad = (codes == -2) | odd
