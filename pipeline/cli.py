@@ -642,11 +642,12 @@ def _tell_summary(args: argparse.Namespace, summary: ScoreSummary, rejects_path:
     print it again (a second acts at once: a line blocked on a full pipe cannot hold the job)."""
     if args.quiet:
         return
+    from pipeline.core.wording import counted
     from pipeline.serve.guard import stop_on_signals
 
     rejected = f", rejected {summary.rows_rejected:,} (see {rejects_path})" if summary.rows_rejected else ", rejected 0"
     with stop_on_signals():
-        print(f"Scored {summary.rows_scored:,} row{'' if summary.rows_scored == 1 else 's'}{rejected} in "
+        print(f"Scored {counted(summary.rows_scored, 'row')}{rejected} in "
               f"{summary.seconds:.1f} s ({summary.rows_per_second:,.0f} rows/s) -> {args.output}", file=sys.stderr)
         told.append(True)
     if summary.rows_rejected:  # what the rejected rows have in common, without opening the file

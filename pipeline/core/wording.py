@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from pipeline.core.schema import FIELDS, field
 
-__all__ = ["QUESTIONS", "ANSWER_LABELS", "answer_label", "question"]
+__all__ = ["QUESTIONS", "ANSWER_LABELS", "answer_label", "counted", "question"]
+
+
+def counted(n: int, noun: str) -> str:
+    """``n`` and its noun in the singular or the plural, as a message counts things: ``1 row``,
+    ``1,500 rows``, ``0 valid rows``."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
 
 QUESTIONS: dict[str, str] = {
     "age": "How old are you (in years)?",

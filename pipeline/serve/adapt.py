@@ -21,6 +21,7 @@ from pipeline.core.casefiles import iter_chunks
 from pipeline.core.errors import BatchInputError
 from pipeline.core.parsing import ParsedCases
 from pipeline.core.schema import CONDITION_LABELS, CONDITIONS
+from pipeline.core.wording import counted
 from pipeline.decision.priors import PriorEstimate, adjust_posteriors, estimate_prior
 from pipeline.serve import CHUNK_ROWS
 from pipeline.serve.batch import validate_chunk
@@ -97,8 +98,7 @@ def estimate_batch_prior(inputs: list[str | Path], model: LoadedModel, *, chunk_
     :class:`BatchInputError` for fewer than :data:`MIN_ADAPT_ROWS` valid rows."""
     proba = batch_posteriors(inputs, model, chunk_rows=chunk_rows)
     if len(proba) < MIN_ADAPT_ROWS:
-        rows = f"{len(proba):,} valid row{'' if len(proba) == 1 else 's'}"
-        raise BatchInputError(f"{', '.join(map(str, inputs))}: {rows}; --adapt-priors needs at least "
+        raise BatchInputError(f"{', '.join(map(str, inputs))}: {counted(len(proba), 'valid row')}; --adapt-priors needs at least "
                               f"{MIN_ADAPT_ROWS} to estimate a case mix (in a small batch a condition absent by "
                               "chance would get a share near zero, and its probability with it in every row).")
     return estimate_prior(proba, training_prior(model))

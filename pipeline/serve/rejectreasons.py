@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from pipeline.core.csvrecords import reading_long_records, reason_kind
 from pipeline.core.files import arrow_file, is_parquet
+from pipeline.core.wording import counted
 
 __all__ = ["MISSING_MARKERS", "marker_advice", "markers_among", "missing_markers", "reason_texts", "reject_reasons",
            "rejects_digest"]
@@ -98,7 +99,7 @@ def marker_advice(markers: Mapping[str, int], among: str = "", then: str = "scor
     do ``then``; "" when there are none."""
     if not len(markers):
         return ""
-    written = ", ".join(f"{v!r} ({n:,} answer{'' if n == 1 else 's'})" for v, n in markers.items())
+    written = ", ".join(f"{v!r} ({counted(n, 'answer')})" for v, n in markers.items())
     return (f"rejected answers{among} that mark a missing answer in other tools: {written}. Only a blank or "
             "'unknown' is read as unknown: write missing answers as blanks (pandas' to_csv does; in R, "
             f"write.csv(x, na = \"\")) and {then}.")
@@ -168,7 +169,7 @@ def rejects_digest(path: str | Path, top: int = 3, max_rows: int = DIGEST_ROWS) 
     reasons = _reasons_of(problems)
     lines = []
     if len(reasons):
-        shown = ", ".join(f"{label} ({n:,} row{'' if n == 1 else 's'})" for label, n in reasons.head(top).items())
+        shown = ", ".join(f"{label} ({counted(n, 'row')})" for label, n in reasons.head(top).items())
         lines.append(f"  commonest reasons{among}: {shown}")
     if advice := marker_advice(_markers_of(problems), among):
         lines.append(f"  {advice}")
