@@ -218,7 +218,8 @@ class SafetyNet:
         # a "yes" to one is a reason to suspect it; per pair, whether its answer is one; and each
         # condition's own level
         self._right = right_levels(cfg)
-        self._same_day_conditions = np.flatnonzero(self._right == _EMERGENCY)
+        # the weights of the same-day conditions' share and of the total, by condition (_stands)
+        self._share_rows = np.stack([self._right == _EMERGENCY, np.ones(len(CONDITIONS), dtype=bool)]).astype(np.float64)
         suspect = {n for f in cfg.red_flags if f.condition is not None and self._right[CONDITIONS.index(f.condition)]
                    == _EMERGENCY for n in [*f.all, *f.any] if field(n).kind == "tristate"}
         suspect |= {n for r in self.rules[len(cfg.red_flags):] if r.level == _EMERGENCY for n in r.fields
@@ -304,14 +305,10 @@ class SafetyNet:
         described. The share as well as the rank: on the rank alone a clot at 0.37 behind a cramp
         went within a day or two while one at 0.35 ranked first went the same day; on the share
         alone a clot ranked first at 0.25 would go within a day or two as "Most likely deep vein
-        thrombosis". The sums run over the conditions in their order, whatever the array's layout,
-        so the same probabilities are judged alike in every caller and process."""
-        share = np.zeros(columns.shape[1], dtype=np.float64)
-        for k in self._same_day_conditions:
-            share += columns[k]
-        total = columns[0].astype(np.float64)
-        for row in columns[1:]:
-            total += row
+        thrombosis". The sums are :func:`dot_exact_columns`, over the conditions in their order
+        whatever the array's layout, so the same probabilities are judged alike in every caller and
+        process."""
+        share, total = dot_exact_columns(columns, self._share_rows)
         likely = (share >= self.cfg.uncertain.stands_at * total) | (self._right[columns.argmax(axis=0)] == _EMERGENCY)
         suspected = np.zeros(columns.shape[1], dtype=bool)
         for n in self._suspect_fields:
