@@ -10,13 +10,15 @@ import argparse
 import math
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pipeline import __version__
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from pipeline.serve.batch import ScoreSummary
 
 __all__ = ["main"]
@@ -266,12 +268,14 @@ def _evaluate_file(args: argparse.Namespace, path: Path) -> int:
     from pipeline.core.parsing import ignored_columns_message
     from pipeline.core.paths import reports_dir
     from pipeline.core.schema import LABELLED_COLUMNS
+    from pipeline.report.intervals import MIN_RESAMPLES
     from pipeline.report.labelled import format_labelled
     from pipeline.stages import evaluate_file
 
     n_boot = 1000 if args.bootstrap is None else args.bootstrap
-    if n_boot < 2:
-        raise UsageError(f"--bootstrap == {n_boot}, must be >= 2.")
+    if n_boot < MIN_RESAMPLES:
+        raise UsageError(f"--bootstrap == {n_boot}, must be >= {MIN_RESAMPLES}: fewer resamples leave each end of "
+                         "a 95% interval to one or two draws (default 1000).")
     out = Path(args.out) if args.out else reports_dir() / "evaluations" / path.stem
     _refuse_model_folder(out)
     stage = [name for name in ("metrics_detail.json", "model_card.md") if (out / name).exists()]
@@ -658,15 +662,17 @@ def _tell_summary(args: argparse.Namespace, summary: ScoreSummary, rejects_path:
 
 
 def _sample_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("sample", help="write generated cases, without labels, as a CSV to try scoring on")
-    p.add_argument("-o", "--output", required=True, help="output .csv, or - for standard output")
+    p = sub.add_parser("sample", help="write generated cases, without labels, as CSV or Parquet to try scoring on")
+    p.add_argument("-o", "--output", required=True,
+                   help="output .csv or .parquet (by extension; Parquet has typed columns, blanks as nulls), or - "
+                        "for CSV on standard output")
     p.add_argument("--n", type=int, default=1000, help="how many cases (default 1000)")
     p.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     p.add_argument("--kb", default=None, help="knowledge base (default configs/knowledge_base.yaml)")
 
 
 def _sample(args: argparse.Namespace) -> int:
-    from pipeline.core.files import reclaim_stale_temps, stdout_bytes, write_parts_atomic
+    from pipeline.core.files import is_parquet, reclaim_stale_temps, stdout_bytes, write_atomic, write_parts_atomic
     from pipeline.core.knowledge import load_knowledge_base
     from pipeline.core.parsing import codes_to_text_frame
     from pipeline.core.schema import FIELDS, ID_COLUMN
@@ -679,19 +685,23 @@ def _sample(args: argparse.Namespace) -> int:
     to_stdout = args.output == "-"
     _refuse_folder_names([("-o", args.output, "output")])
     if not to_stdout:
-        if Path(args.output).suffix.lower() != ".csv":
-            raise UsageError(f"-o {args.output}: kneepain sample writes CSV; give a .csv path, or - for standard "
-                             "output.")
+        if Path(args.output).suffix.lower() not in (".csv", ".parquet"):
+            raise UsageError(f"-o {args.output}: kneepain sample writes CSV or Parquet, by the extension; give a "
+                             ".csv or .parquet path, or - for CSV on standard output.")
         [(_, target)] = written_targets([("output", Path(args.output))])  # through a link, as score writes
     kb = load_knowledge_base(args.kb)
     # the integer fields the generator always answers (the required ones): whole numbers in every block
     whole = {f.name for f in FIELDS if f.kind == "integer" and f.required}
 
-    def parts():  # drawn and written a block of rows at a time: memory stays flat however many rows
+    def frames():  # drawn a block of rows at a time and written before the next: memory stays flat
         for block, start in enumerate(range(0, args.n, SAMPLE_BLOCK_ROWS)):
             codes, _, _ = generate_codes(kb, min(SAMPLE_BLOCK_ROWS, args.n - start), seed=sample_block_seed(args.seed, block))
             frame = codes_to_text_frame(codes, whole)
             frame.insert(0, ID_COLUMN, [f"sample-{i:06d}" for i in range(start, start + len(frame))])
+            yield start, frame
+
+    def parts():
+        for start, frame in frames():
             yield frame.to_csv(index=False, header=start == 0).encode("utf-8")
 
     if to_stdout:
@@ -713,9 +723,32 @@ def _sample(args: argparse.Namespace) -> int:
     # one killed outright leaves a temporary that the next sample on the same output removes
     reclaim_stale_temps(target)
     with stop_at_once_on_signals():
-        write_parts_atomic(target, parts())
+        if is_parquet(target):
+            write_atomic(target, lambda fh: _write_sample_parquet(fh, (frame for _, frame in frames()), whole))
+        else:
+            write_parts_atomic(target, parts())
     print(f"Wrote {args.n:,} unlabelled cases to {args.output}")
     return EXIT_OK
+
+
+def _write_sample_parquet(fh: Any, frames: Iterable[pd.DataFrame], whole: set[str]) -> None:
+    """Blocks of :func:`codes_to_text_frame` rows as one Parquet file: answers as text and blanks as
+    nulls, the always-answered integers as int64 and the other numbers as float64 (null unknown),
+    one schema for every block (a block may have no answer in a column)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.core.schema import FIELDS, ID_COLUMN
+
+    def kind(f: Any) -> Any:
+        return pa.string() if f.kind in ("tristate", "category") else pa.int64() if f.name in whole else pa.float64()
+
+    schema = pa.schema([(ID_COLUMN, pa.string()), *((f.name, kind(f)) for f in FIELDS)])
+    texts = [f.name for f in FIELDS if f.kind in ("tristate", "category")]
+    with pq.ParquetWriter(fh, schema, compression="zstd") as writer:
+        for frame in frames:
+            frame[texts] = frame[texts].replace("", None)
+            writer.write_table(pa.Table.from_pandas(frame, schema=schema, preserve_index=False))
 
 
 def _ask_parser(sub: argparse._SubParsersAction) -> None:

@@ -204,7 +204,8 @@ def test_kneepain_sample_draws_and_writes_a_block_at_a_time(kb, tmp_path, monkey
     assert not rest.equals(one.head(4_464).drop(columns="case_id"))  # fresh draws, not the first block again
 
 
-def test_kneepain_sample_writes_csv_to_a_file_or_standard_output_and_nothing_else(tmp_path, capsysbinary):
+def test_kneepain_sample_writes_csv_or_parquet_to_a_file_or_csv_to_standard_output_and_nothing_else(tmp_path,
+                                                                                                   capsysbinary):
     from pipeline.cli import main
 
     assert main(["sample", "--n", "300", "-o", str(tmp_path / "s.csv")]) == 0
@@ -212,12 +213,33 @@ def test_kneepain_sample_writes_csv_to_a_file_or_standard_output_and_nothing_els
     assert main(["sample", "--n", "300", "-o", "-"]) == 0
     told = capsysbinary.readouterr()
     assert told.out == (tmp_path / "s.csv").read_bytes() and b"300 unlabelled cases" in told.err
-    for output, problem in [("s.parquet", "kneepain sample writes CSV; give a .csv path, or - for standard output"),
+    for output, problem in [("s.txt", "kneepain sample writes CSV or Parquet, by the extension; give a .csv or "
+                                      ".parquet path, or - for CSV on standard output"),
                             ("missing/s.csv", "no such folder for the output"),
                             ("s.csv/x.csv", "s.csv: is a file, not a folder, so the output")]:
         assert main(["sample", "-o", str(tmp_path / output)]) == 2
         assert problem.encode() in capsysbinary.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.csv"]
+
+
+def test_kneepain_sample_as_parquet_holds_the_csv_cases_in_typed_columns(tmp_path, monkeypatch):
+    """The same seed gives the same cases in Parquet as in CSV, across blocks: answers as text with
+    nulls for blanks, age as int64 and the other numbers as float64, one schema for every block."""
+    import pyarrow.parquet as pq
+
+    import pipeline.data.generate as generate
+    from pipeline.cli import main
+
+    monkeypatch.setattr(generate, "SAMPLE_BLOCK_ROWS", 128)
+    for name in ("s.csv", "s.parquet"):
+        assert main(["sample", "--n", "300", "--seed", "3", "-o", str(tmp_path / name)]) == 0
+    table = pq.read_table(tmp_path / "s.parquet")
+    assert str(table.schema.field("age").type) == "int64" and str(table.schema.field("bmi").type) == "double"
+    assert str(table.schema.field("calf_tenderness").type) == "string" and table.column("calf_tenderness").null_count > 0
+    as_text = table.to_pandas().astype(object).map(lambda v: "" if pd.isna(v) else str(v))
+    pd.testing.assert_frame_equal(as_text, pd.read_csv(tmp_path / "s.csv", dtype=str, keep_default_na=False),
+                                  check_dtype=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.csv", "s.parquet"]
 
 
 @pytest.mark.slow
@@ -289,6 +311,8 @@ def test_kneepain_generate_refuses_the_dask_engines_options_without_it(tmp_path,
      "--extra-weight: must be above 0, got -1"),
     (["evaluate", "--no-mlflow", "--data", "."], "--no-mlflow: for --data FILE (labelled cases) only"),
     (["evaluate", "--bootstrap", "0", "--data", "."], "--bootstrap: for --data FILE (labelled cases) only"),
+    # two resamples gave an "interval" whose ends were two draws
+    (["evaluate", "--bootstrap", "99", "--data", "cases.csv"], "--bootstrap == 99, must be >= 100"),
 ])
 def test_an_option_out_of_range_or_without_its_use_is_refused_before_any_work(argv, message, tmp_path, capsys):
     """--partitions 0 was read as not given, 1000 for 100 cases an unexpected ValueError, and show

@@ -30,6 +30,11 @@ def test_bootstrap_interval_brackets_the_mean():
     assert low < x.mean() < high and high - low == pytest.approx(2 * 1.96 / 20, rel=0.25)
 
 
+def test_bootstrap_interval_refuses_too_few_resamples_for_its_ends():
+    with pytest.raises(ValueError, match="n_boot == 99, must be >= 100"):
+        bootstrap_interval(lambda i: float(i.mean()), 50, n_boot=99)
+
+
 def test_bootstrap_interval_of_a_biased_figure_still_holds_the_estimate():
     # the binned calibration error of a small sample is inflated by resampling; the bias correction
     # moves the interval back over the estimate
@@ -81,7 +86,7 @@ def test_evaluate_on_a_labelled_file_reports_intervals_and_rejects(trained, labe
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     out = tmp_path / "eval"
     assert main(["evaluate", "--data", str(labelled_csv), "--model", str(models), "--out", str(out),
-                 "--bootstrap", "60"]) == 1  # three rows rejected: left out, and said by the exit code as `score` says it
+                 "--bootstrap", "100"]) == 1  # three rows rejected: left out, and said by the exit code as `score` says it
     m = json.loads((out / "metrics.json").read_text())
     assert (m["n_rows"], m["n"], m["n_rejected"]) == (300, 297, 3)
     for key in ("accuracy", "top3_accuracy", "log_loss", "brier", "macro_f1"):
@@ -127,7 +132,7 @@ def test_a_file_lacking_conditions_gets_strict_json_with_null_for_what_it_cannot
     two = frame[frame[" condition"].isin(["dvt", "osteoarthritis"])]
     path, out = tmp_path / "two.csv", tmp_path / "eval"
     two.to_csv(path, index=False)
-    assert main(["evaluate", "--data", str(path), "--model", str(models), "--out", str(out), "--bootstrap", "20",
+    assert main(["evaluate", "--data", str(path), "--model", str(models), "--out", str(out), "--bootstrap", "100",
                  "--no-mlflow"]) == 0
 
     def refuse(constant):
@@ -226,7 +231,7 @@ def test_the_default_folder_says_when_it_held_another_file_of_the_same_name(trai
     frame = pd.read_csv(labelled_csv, dtype=str, keep_default_na=False).iloc[4:60]
     frame.to_csv(tmp_path / "clinic.csv", index=False)
     frame.to_parquet(tmp_path / "clinic.parquet", index=False)
-    run = ["evaluate", "--model", str(models), "--no-mlflow", "--bootstrap", "20", "--data"]
+    run = ["evaluate", "--model", str(models), "--no-mlflow", "--bootstrap", "100", "--data"]
     assert main([*run, str(tmp_path / "clinic.csv")]) == 0
     assert main([*run, str(tmp_path / "clinic.csv")]) == 0  # the same file again: nothing to say
     assert "holds the evaluation of" not in capsys.readouterr().err
@@ -241,7 +246,7 @@ def test_a_handful_of_cases_gets_no_bootstrap_interval_rather_than_a_false_one(t
     """One case resampled is always that case: a zero-width interval would claim certainty."""
     models, _ = trained
     assert np.isnan(bootstrap_interval(lambda i: float(i.mean()), MIN_BOOTSTRAP_CASES - 1)).all()
-    assert not np.isnan(bootstrap_interval(lambda i: float(i.mean()), MIN_BOOTSTRAP_CASES, n_boot=50)).any()
+    assert not np.isnan(bootstrap_interval(lambda i: float(i.mean()), MIN_BOOTSTRAP_CASES, n_boot=100)).any()
     frame = pd.read_csv(labelled_csv, dtype=str, keep_default_na=False).iloc[4:10]
     path, out = tmp_path / "six.csv", tmp_path / "eval"
     frame.to_csv(path, index=False)
@@ -274,7 +279,7 @@ def test_rows_the_model_was_fitted_on_are_left_out_however_the_file_was_saved(tr
     new = read_split("test", small_data).head(100).drop(columns=["severity"])
     path = tmp_path / "mixed.csv"
     pd.concat([new.head(50), seen, new.tail(50)]).to_csv(path, index=False)
-    result = evaluate_file(models, path, tmp_path / "eval", track=False, n_boot=20, data=small_data)
+    result = evaluate_file(models, path, tmp_path / "eval", track=False, n_boot=100, data=small_data)
     m = result.metrics
     # the fixture's model was also trained on a file given with --extra-data, whose path is not kept
     assert m["n"] == 100 and m["fitted_rows"] == {"left_out": 40, "rows": list(range(50, 90)),
@@ -286,22 +291,22 @@ def test_rows_the_model_was_fitted_on_are_left_out_however_the_file_was_saved(tr
     alone = tmp_path / "seen.csv"
     seen.to_csv(alone, index=False)
     with pytest.raises(BatchInputError, match="every valid row \\(40\\) has the answers and condition of a row"):
-        evaluate_file(models, alone, tmp_path / "eval2", track=False, n_boot=20, data=small_data)
+        evaluate_file(models, alone, tmp_path / "eval2", track=False, n_boot=100, data=small_data)
     narrow = tmp_path / "seen32.parquet"  # numbers saved as 32-bit floats, as some exporters write them
     seen.astype({"bmi": "float32", "symptom_duration_days": "float32"}).to_parquet(narrow)
     with pytest.raises(BatchInputError, match="every valid row \\(40\\)"):
-        evaluate_file(models, narrow, tmp_path / "eval2", track=False, n_boot=20, data=small_data)
+        evaluate_file(models, narrow, tmp_path / "eval2", track=False, n_boot=100, data=small_data)
     # the same condition changed is another case; and where the fitting files cannot be found, it says so
     relabelled = seen.assign(condition=np.where(seen["condition"] == "dvt", "leg_cramp", "dvt"))
     relabelled.to_csv(alone, index=False)
-    elsewhere = evaluate_file(models, alone, tmp_path / "eval3", track=False, n_boot=20, data=tmp_path).metrics
+    elsewhere = evaluate_file(models, alone, tmp_path / "eval3", track=False, n_boot=100, data=tmp_path).metrics
     assert elsewhere["n"] == 40 and elsewhere["fitted_rows"]["not_checked"] == ["train", "valid", "calib", "extra"]
     told = format_labelled(elsewhere)
     assert "Not checked row by row against: train, valid, calib (not found in" in told
     # the file given with --extra-data has no place to be found in: no advice that cannot help
     assert ("Not checked row by row against the labelled cases the model was trained on (--extra-data): those among "
             "these rows cannot be left out") in told
-    assert evaluate_file(models, alone, tmp_path / "eval4", track=False, n_boot=20,
+    assert evaluate_file(models, alone, tmp_path / "eval4", track=False, n_boot=100,
                          data=small_data).metrics["fitted_rows"]["left_out"] == 0
 
 
@@ -328,7 +333,7 @@ def test_evaluate_refuses_a_file_the_model_was_fitted_on(trained, small_data, tm
     copy = tmp_path / "copy.csv"
     copy.write_bytes((models.parent / "extra.csv").read_bytes() + b"\n")
     assert main(["evaluate", "--data", str(copy), "--model", str(models), "--out", str(tmp_path / "eval"),
-                 "--no-mlflow", "--bootstrap", "20"]) == 1  # evaluated (its invalid rows left out, as in training)
+                 "--no-mlflow", "--bootstrap", "100"]) == 1  # evaluated (its invalid rows left out, as in training)
 
 
 def test_extra_data_on_the_command_line_is_read_from_the_current_folder(small_data, small_config_path, tmp_path,
@@ -391,7 +396,7 @@ def test_a_malformed_record_is_one_rejected_row_of_the_evaluation(trained, label
     bad.write_text("\n".join([lines[0], *lines[5:100], lines[100] + ",extra", *lines[101:160]]) + "\n")
     out = tmp_path / "eval"
     assert main(["evaluate", "--data", str(bad), "--model", str(models), "--out", str(out), "--no-mlflow",
-                 "--bootstrap", "20"]) == 1
+                 "--bootstrap", "100"]) == 1
     m = json.loads((out / "metrics.json").read_text())
     assert (m["n_rows"], m["n_rejected"], m["n"]) == (155, 1, 154)
     rejects = pd.read_csv(out / "rejects.csv", dtype=str, keep_default_na=False)

@@ -345,7 +345,7 @@ def test_an_unreachable_tracking_server_is_named_before_any_work(unreachable, tr
     labelled = tmp_path / "labelled.csv"
     read_split("test", small_data).head(50).to_csv(labelled, index=False)
     assert main(["evaluate", "--data", str(labelled), "--model", str(models), "--out", str(reports),
-                 "--no-mlflow", "--bootstrap", "20"]) == 0
+                 "--no-mlflow", "--bootstrap", "100"]) == 0
 
 
 def test_the_server_check_passes_what_it_cannot_or_need_not_check(unreachable, monkeypatch):

@@ -17,11 +17,11 @@ import stat
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from pipeline.core.errors import BatchInputError
 
@@ -310,13 +310,23 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
 def write_parts_atomic(path: str | Path, parts: Iterable[bytes]) -> None:
     """Write ``parts`` one after another (a generator keeps only one in memory) to a temporary
     file renamed to ``path`` once all are written."""
+
+    def write(fh: BinaryIO) -> None:
+        for part in parts:
+            fh.write(part)
+
+    write_atomic(path, write)
+
+
+def write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
+    """Call ``write`` with a binary file that becomes ``path`` once it returns (a temporary file
+    renamed into place): a writer that fails or is stopped leaves no half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_path(path)
     try:
         with open(tmp, "wb") as fh:
-            for part in parts:
-                fh.write(part)
+            write(fh)
         os.replace(tmp, path)
     except BaseException:  # a full disk, a folder in the way, a signal: no half-written file is left
         tmp.unlink(missing_ok=True)

@@ -15,13 +15,18 @@ from collections.abc import Callable
 import numpy as np
 from scipy.stats import norm
 
-__all__ = ["LEVEL", "MIN_BOOTSTRAP_CASES", "bootstrap_interval", "calibrated_range", "wilson_interval"]
+__all__ = ["LEVEL", "MIN_BOOTSTRAP_CASES", "MIN_RESAMPLES", "bootstrap_interval", "calibrated_range", "wilson_interval"]
 
 LEVEL = 0.95
 # below this many cases a resample takes so few distinct values that the percentile interval is
 # far too narrow (one case: every resample is that case, an interval of zero width); no interval
 # is given rather than a false one. A rule of thumb, not a derived bound: 10-30 is the usual range.
 MIN_BOOTSTRAP_CASES = 10
+# a 95% interval's ends are the 2.5th and 97.5th percentiles of the resamples: with fewer than 100,
+# each end is one of the two most extreme draws, and moves from one seed to the next by most of
+# the interval's width. 100 is the floor; the default of 1000 is the usual advice for percentile
+# intervals.
+MIN_RESAMPLES = 100
 
 
 def wilson_interval(successes: int, n: int, level: float = LEVEL) -> list[float]:
@@ -58,7 +63,7 @@ def bootstrap_interval(statistic: Callable[[np.ndarray], float], n: int, *, n_bo
     n : int
         Number of cases.
     n_boot : int, default=1000
-        Resamples.
+        Resamples, at least :data:`MIN_RESAMPLES`.
     seed : int, default=0
         Seed of ``numpy.random.default_rng``.
     level : float, default=0.95
@@ -71,8 +76,9 @@ def bootstrap_interval(statistic: Callable[[np.ndarray], float], n: int, *, n_bo
 
     Returns NaNs (no interval) for fewer than :data:`MIN_BOOTSTRAP_CASES` cases.
     """
-    if n_boot < 2:
-        raise ValueError(f"n_boot == {n_boot}, must be >= 2.")
+    if n_boot < MIN_RESAMPLES:
+        raise ValueError(f"n_boot == {n_boot}, must be >= {MIN_RESAMPLES}: fewer resamples leave each end of the "
+                         "interval to one or two draws.")
     if n < MIN_BOOTSTRAP_CASES:
         return [float("nan"), float("nan")]
     rng = np.random.default_rng(seed)
