@@ -85,7 +85,7 @@ def _phrase(name: str, answer: str) -> str:
         return _FIXED_PHRASES[name].format(answer)
     meaning = f.meaning.split(" (")[0].split(":")[0]
     if f.kind == "tristate":
-        return meaning if answer == "yes" else f"no {meaning}"
+        return meaning if answer == "yes" else f"{meaning}: no"  # a meaning is a statement: "no the knee ..." misread
     return f"{meaning}: {answer.replace('_', ' ')}"
 
 
