@@ -697,11 +697,51 @@ def test_a_same_day_level_resting_on_unanswered_questions_is_softened_with_a_saf
     assert LEVELS[level[0]] == cfg.uncertain.level and reason[0] == 2
     nets = net.safety_net(level, net.open_rules(sparse))[0].split("|")
     assert cfg.red_flags[0].safety_net in nets  # the swollen, warm, red calf
-    # the same probabilities after every safety-net question was answered "no": the emergency stands
+    # the same probabilities after every safety-net question was answered "no": nothing gives a
+    # reason to suspect a clot, which is not the likeliest cause, so the "no"s do not send it sooner
     answered = _codes([{"age": 70, "sex": "female", **{f: "no" for f in net.no_fields}}])
     level, reason = triage_levels(cfg, answered, _dvt_at(0.2), net=net)
+    assert LEVELS[level[0]] == cfg.uncertain.level and reason[0] == 2
+    # with a reason to suspect one (a clot before, which fires no rule alone), the emergency stands
+    history = _codes([{"age": 70, "sex": "female", "previous_vte": "yes", **{f: "no" for f in net.no_fields}}])
+    level, reason = triage_levels(cfg, history, _dvt_at(0.2), net=net)
     assert LEVELS[level[0]] == "emergency" and reason[0] == 0
-    assert net.safety_net(level, net.open_rules(answered))[0] == ""
+    assert net.safety_net(level, net.open_rules(history))[0] == ""
+
+
+def test_a_no_to_a_sign_of_a_clot_never_sends_a_case_sooner(cfg, net):
+    """A 70-year-old runner with five days of pain behind the knee, osteoarthritis the likeliest,
+    answers the clot's signs "no" one by one, with the P(DVT) the shipped model gave after each
+    (it falls more slowly than the knowledge base's likelihoods would have it): the level never
+    rises. Before, the softening held only while a sign it reads was unanswered, so "no" to the
+    tender calf (P(DVT) 0.217 -> 0.158) and to warm skin sent the case the same day, where the
+    same case with the sign unanswered went within a day or two."""
+    case = {"age": 70, "sex": "male", "activity": "running", "onset": "gradual", "injury_event": "none",
+            "knee_swelling": "no", "symptom_duration_days": 5}
+    signs = ["leg_swelling", "calf_tenderness", "visible_veins", "skin_warm", "skin_red", "whole_leg_swollen",
+             "pain_on_standing"]
+    p_dvt = [0.217, 0.158, 0.137, 0.110, 0.099, 0.081, 0.066]
+    levels = []
+    for sign, p in zip(signs, p_dvt):
+        case[sign] = "no"
+        proba = np.zeros((1, len(CONDITIONS)))
+        proba[0, DVT], proba[0, CONDITIONS.index("osteoarthritis")] = p, 1 - p
+        codes = _codes([case])
+        level, _ = triage_levels(cfg, codes, proba, net=net, screen=net_screen(), rule_fires=net.fires(codes))
+        levels.append(LEVELS[level[0]])
+    assert all(LEVELS.index(b) <= LEVELS.index(a) for a, b in zip(levels, levels[1:])), levels
+    assert "emergency" not in levels, levels  # nothing gives a reason to suspect a clot
+    # a reason to suspect one keeps the same day the expected cost gives (a clot before, no rule
+    # alone; P(DVT) 0.158, as after the calf's "no")
+    codes = _codes([{**case, "previous_vte": "yes"}])
+    proba = np.zeros((1, len(CONDITIONS)))
+    proba[0, DVT], proba[0, CONDITIONS.index("osteoarthritis")] = 0.158, 1 - 0.158
+    level, reason = triage_levels(cfg, codes, proba, net=net, screen=net_screen(), rule_fires=net.fires(codes))
+    assert LEVELS[level[0]] == "emergency" and reason[0] == 0
+
+
+def net_screen() -> ScreenConfig:
+    return load_config(ScreenConfig, config_path("screen.yaml"))
 
 
 POST_OP = {"age": 62, "sex": "male", "recent_surgery": "yes", "onset": "sudden", "cramp_calf_or_thigh": "yes",
@@ -873,13 +913,7 @@ def test_the_safety_net_keeps_a_clots_signs_for_someone_with_its_history_though_
              {"age": 60, "sex": "male", "recent_surgery": "no", "recent_immobilisation": "no", "active_cancer": "no",
               "previous_vte": "no", "smoker": "no", "sedentary": "no", **no_signs},
              {"age": 30, "sex": "female", "pregnant": "yes", "leg_swelling": "yes"}]
-    codes = _codes(cases)
-    fires, open_ = net.fires_and_open(codes)
-    watch = net.to_watch(codes, fires, open_)
-    assert (watch >= open_).all() and not (watch & fires).any()
-    proba = np.zeros((len(cases), len(CONDITIONS)))
-    proba[:, CONDITIONS.index("acl_injury")] = 1.0
-    level, _ = triage_levels(cfg, codes, proba, net=net)
+    level, watch, open_ = _watched(cfg, net, cases, "acl_injury")
     shown = [t.split("|") for t in net.safety_net(level, watch)]
     pregnancy = net.texts[net.names.index("clot_signs_in_pregnancy")]
     surgery = net.texts[net.names.index("swollen_leg_with_wells_history")]
@@ -890,6 +924,40 @@ def test_the_safety_net_keeps_a_clots_signs_for_someone_with_its_history_though_
     out = predict(cases[:3], model=models)["safety_net"]
     assert [pregnancy in s.split("|") for s in out] == [True, False, False]
     assert surgery in out[2].split("|")
+
+
+def _watched(cfg, net, cases, condition):
+    """The cases' levels with ``condition`` certain, the rules their safety net watches for and
+    the open rules: the watch holds every open rule and no rule that fires."""
+    codes = _codes(cases)
+    fires, open_ = net.fires_and_open(codes)
+    watch = net.to_watch(codes, fires, open_)
+    assert (watch >= open_).all() and not (watch & fires).any()
+    proba = np.zeros((len(cases), len(CONDITIONS)))
+    proba[:, CONDITIONS.index(condition)] = 1.0
+    level, _ = triage_levels(cfg, codes, proba, net=net, screen=net_screen(), rule_fires=fires)
+    return level, watch, open_
+
+
+def test_the_safety_net_names_a_clots_and_an_embolisms_signs_whatever_todays_answers(cfg, net):
+    """A cramp whose calf is not swollen or tender today, and who is not breathless, is still told
+    to go the same day if the calf swells, is tender, warm or red, or breath or chest trouble comes
+    (the `watch_always` rules): before, a "no" today took those lines out of the safety net. A
+    rule that fires is no line, and a "yes" elsewhere does not add one at the same day."""
+    clot = net.texts[net.names.index("possible_dvt")]
+    embolism = net.texts[net.names.index("pulmonary_embolism")]
+    lump = net.texts[net.names.index("calf_and_back_of_knee_swelling")]
+    cramp = {"age": 45, "sex": "female", "onset": "sudden", "muscle_spasm": "yes", "cramp_calf_or_thigh": "yes",
+             "symptom_duration_days": 0.003, "injury_event": "none"}
+    cases = [cramp, {**cramp, "leg_swelling": "no", "calf_tenderness": "no", "breathless_or_chest_pain": "no",
+                     "swelling_behind_knee": "no"},
+             {**cramp, "leg_swelling": "yes", "calf_tenderness": "yes"}]
+    level, watch, open_ = _watched(cfg, net, cases, "leg_cramp")
+    shown = [t.split("|") if t else [] for t in net.safety_net(level, watch)]
+    assert [clot in s for s in shown] == [True, True, False]  # the third is sent the same day by it
+    assert [embolism in s for s in shown] == [True, True, False]
+    assert [lump in s for s in shown] == [True, True, False]
+    assert not any(clot in t.split("|") for t in net.safety_net(level, open_)[1:2])  # "no" closed it before
 
 
 def test_ask_next_asks_a_woman_of_fertile_age_with_a_clot_sign_whether_she_is_pregnant(cfg, net, kb):

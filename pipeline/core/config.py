@@ -158,6 +158,9 @@ class RedFlag(StrictModel):
     any: dict[str, list[str]] = {}
     reason: str
     safety_net: str  # in plain words, the signs that fire the rule: shown while they could (SafetyNet.to_watch)
+    # shown whatever today's answers to its signs, while its other fields could still match: signs
+    # that can come later (a calf that is not swollen today can swell tomorrow)
+    watch_always: bool = False
     # the condition the rule sends the case for (None: none of the nine): where the rule raises the
     # level, the differential shows it and the advice names it, whatever the model thinks of it
     condition: str | None = None
@@ -224,6 +227,7 @@ class ScreenRule(StrictModel):
     any: dict[str, list[str]] = {}
     reason: str
     safety_net: str  # in plain words, the signs that fire the rule: shown while they could (SafetyNet.to_watch)
+    watch_always: bool = False  # as RedFlag.watch_always
     source: Source
     # rules that rule out what this one does and more, at a level at least as high: where one of
     # them fires too, ``screen`` names only it ("a septic joint or cellulitis", not that and "a
@@ -352,6 +356,24 @@ class UncertainConfig(StrictModel):
     # however its unasked signs would be answered
     stands_at: float = Field(gt=0, le=1)
     source: Source
+    # the yes/no answers that give a reason to suspect a clot: without a "yes" to one, a same day on
+    # the expected cost alone is softened too (unless the clot is the likeliest cause), so that a
+    # "no" to a sign never sends a case sooner than leaving it unanswered did
+    reasons_to_suspect: list[str] = Field(min_length=1)
+    reasons_source: Source
+
+    @model_validator(mode="after")
+    def _yes_no_fields(self) -> "UncertainConfig":
+        from pipeline.core.schema import field
+
+        for name in self.reasons_to_suspect:
+            try:
+                kind = field(name).kind
+            except KeyError as err:
+                raise ValueError(f"reasons_to_suspect: {err.args[0]}") from None
+            if kind != "tristate":
+                raise ValueError(f"reasons_to_suspect: {name!r} must be a yes/no question")
+        return self
 
 
 class AskNextConfig(StrictModel):

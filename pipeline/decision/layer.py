@@ -58,16 +58,19 @@ __all__ = ["DECISION_COLUMNS", "DECISION_COLUMN_DOCS", "DECISION_COLUMN_TYPES", 
 DECISION_COLUMN_DOCS = {
     "triage": "`emergency`, `see_doctor_soon`, `see_doctor` or `self_care`: the expected-cost level, raised by red flags",
     "triage_reason": "why: the red flag or screen rule that fired, the atypical flag, the expected-cost decision, or "
-                     "that the same day rests on questions not answered yet; for an expected-cost level below the "
+                     "that the same day rests on questions not answered yet or on no sign or risk of a clot; for an "
+                     "expected-cost level below the "
                      "same day where nothing of the pain itself is known (age, sex, history and the screen's signs "
                      "at most), that this is too little to tell its cause",
     "safety_net": "the signs that would raise the level, in plain words, `|`-separated, the most urgent first: the red "
                   "flags and screen rules with a sign to watch for that unanswered questions could still fire, and a clot's "
                   "same-day red flags for someone who has the history they read (pregnant or just given birth, after "
-                  "surgery or immobilisation, with cancer or an earlier clot), even where their signs are answered no "
-                  "today, since they can appear later (if one is present, seek care as its rule says: the same day for "
-                  "most, within a day or two for a swollen leg with a DVT risk or a pop with a knee that swells and gives "
-                  "way; the rules on history and age alone are asked by `ask_next`, not listed); empty when none could",
+                  "surgery or immobilisation, with cancer or an earlier clot), and for everyone a swollen, tender, "
+                  "warm or red calf and breathlessness or chest pain (`watch_always`), even where their signs are "
+                  "answered no today, since they can appear later (if one is present, seek care as its rule says: "
+                  "the same day for most, within a day or two for a swollen leg with a DVT risk or a pop with a knee "
+                  "that swells and gives way; the rules on history and age alone are asked by `ask_next`, not listed); "
+                  "empty when none could",
     "ask_next": "the unanswered questions whose plausible answers would change the level, `|`-separated (at most "
                 "three): first those with an answer that would send the case the same day (a swollen leg after a "
                 "sprain is asked whether the skin is warm before whether the knee swelled within hours), those that "

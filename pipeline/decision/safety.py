@@ -7,10 +7,11 @@ A case seldom answers everything. Three things follow from what is still unknown
   history they read, whatever the signs' answers today, in plain words (``safety_net``);
 - **the uncertain emergency**: when the expected cost points to the same day but a plain "no" to
   the unanswered safety-net signs of a clot (:func:`points_to_same_day`) would not, the emergency
-  rests on what is unknown (with only age and sex, on the prior alone, which is never enough). The
-  case is sent at the configured ``uncertain.level`` with the safety net instead, as clinicians
-  safety-net a routine appointment. Red flags and the screen still send a case the same day
-  whenever they fire;
+  rests on what is unknown (with only age and sex, on the prior alone, which is never enough); so
+  does one without a "yes" to a reason to suspect a clot (``uncertain.reasons_to_suspect``) where
+  the clot is not the likeliest cause, however the signs were answered. The case is sent at the
+  configured ``uncertain.level`` with the safety net instead, as clinicians safety-net a routine
+  appointment. Red flags and the screen still send a case the same day whenever they fire;
 - **what to ask next**: the unanswered questions whose plausible answers would change the level
   (``ask_next``): first those an answer to which would send the case the same day, then the
   others, each group most likely to change the level first; then, below the same day, those a
@@ -64,6 +65,7 @@ class Rule:
     name: str
     # (all, any) of the signs that suggest a same-day screen rule (config.ScreenSuggestion), or None
     suggested_by: tuple[dict[str, list[str]], dict[str, list[str]]] | None = None
+    watch_always: bool = False  # config.RedFlag.watch_always
 
     def fires(self, codes: dict[str, np.ndarray]) -> np.ndarray:
         return rule_fires(self.all, self.any, codes)
@@ -79,9 +81,11 @@ class Rule:
 
 def rules_of(cfg: TriageConfig, screen: ScreenConfig | None) -> list[Rule]:
     """The red flags, then the screen rules."""
-    rules = [Rule(dict(f.all), dict(f.any), LEVELS.index(f.level), f.safety_net, f.name) for f in cfg.red_flags]
+    rules = [Rule(dict(f.all), dict(f.any), LEVELS.index(f.level), f.safety_net, f.name, watch_always=f.watch_always)
+             for f in cfg.red_flags]
     return rules + [Rule(dict(r.all), dict(r.any), LEVELS.index(r.level), r.safety_net, r.name,
-                         None if r.suggested_by is None else (dict(r.suggested_by.all), dict(r.suggested_by.any)))
+                         None if r.suggested_by is None else (dict(r.suggested_by.all), dict(r.suggested_by.any)),
+                         r.watch_always)
                     for r in (screen.rules if screen else [])]
 
 
@@ -238,7 +242,14 @@ class SafetyNet:
                    for r in (self.rules[k] for k in self._risk_rules)]
         self._risk_table = CountTable(history)
         self._risk_has_any = np.array([bool(any_) for _, any_ in history], dtype=bool)
+        # the rules watched for whatever today's answers to their signs (`watch_always`), and those signs
+        self._always = np.array([k for k, r in enumerate(self.rules) if r.watch_always and self._watched[k]], dtype=np.intp)
+        self._always_signs = sorted({n for k in self._always for n in self.rules[k].fields if _is_sign(n)})
         self._pair_suspects = np.array([self.candidates[j] in suspect and a == 1 for j, a in pairs], dtype=bool)
+        # the answers that give a reason to suspect a clot (`uncertain.reasons_to_suspect`), and per
+        # pair whether its answer is a "yes" to one
+        self._reasons = list(cfg.uncertain.reasons_to_suspect)
+        self._pair_reasons = np.array([self.candidates[j] in self._reasons and a == 1 for j, a in pairs], dtype=bool)
         self._pair_pain = np.array([self.candidates[j] in PAIN_FIELDS for j, _ in pairs], dtype=bool)  # describes it
         # per pair, its candidate's column among the "no" fields (-1: not one of them)
         self._pair_no_field = np.array([self.no_fields.index(self.candidates[j]) if self.candidates[j] in self.no_fields
@@ -287,13 +298,36 @@ class SafetyNet:
         likeliest cause, or as likely as a Wells "DVT likely" patient's behind another, with a "yes"
         to a sign or risk a clot's red flags read, of a pain described (after surgery, sudden pain
         on standing, a tender calf) is not sent within a day or two for signs not asked yet: a
-        suspected DVT is assessed within hours, NICE NG158 recommendations 1.1.3-1.1.4. On age, sex,
-        a duration and denials it is, and on age, sex and history alone.)"""
+        suspected DVT is assessed within hours, NICE NG158 recommendations 1.1.3-1.1.4. On age, sex
+        and history alone it is.) Nor does it stand where nothing gives a reason to suspect a clot
+        (:meth:`_unsuspected`), whatever is unanswered: on age, sex, a duration and denials."""
         # per "no" field, hidden where it is unanswered and a same-day rule reading it so is open
         hide = unanswered_matrix(codes, self.no_fields) & (open_ @ self._same_day_asks_matrix)
         proba = np.asarray(proba)
         drops = self._drops_if_no(proba.T, hide, lambda c: cost_level_of(c.T))
-        return (drops & ~self._stands(proba.T, codes)) | (known_share(codes) == 0)
+        return (drops & ~self._stands(proba.T, codes)) | self._unsuspected(proba.T, codes) | (known_share(codes) == 0)
+
+    def _any_yes(self, fields: list[str], pair_yes: np.ndarray, codes: dict[str, np.ndarray],
+                 rows: np.ndarray | None, pairs: np.ndarray | None) -> np.ndarray:
+        """Per case (of ``rows``, if given, each with its variant's answer of ``pairs``: a "yes" to
+        one of ``fields`` where ``pair_yes``), whether one of ``fields`` is answered "yes"."""
+        n = len(codes["age"]) if rows is None else len(rows)
+        out = np.zeros(n, dtype=bool)
+        for name in fields:
+            out |= (codes[name] if rows is None else codes[name][rows]) == 1
+        if pairs is not None:
+            out |= pair_yes[pairs]
+        return out
+
+    def _unsuspected(self, columns: np.ndarray, codes: dict[str, np.ndarray], rows: np.ndarray | None = None,
+                     pairs: np.ndarray | None = None) -> np.ndarray:
+        """Per case (as in :meth:`_stands`), whether nothing gives a reason to suspect a condition
+        that calls for the same day: no "yes" to ``uncertain.reasons_to_suspect`` (a Wells item, warm
+        or red skin, pregnancy) and none of those conditions the likeliest. A same day on the
+        expected cost alone is softened there, however the signs were answered: a "no" lowers
+        P(DVT), so it never sends a case sooner than the sign left unanswered."""
+        first = self._right[columns.argmax(axis=0)] == _EMERGENCY
+        return ~first & ~self._any_yes(self._reasons, self._pair_reasons, codes, rows, pairs)
 
     def _stands(self, columns: np.ndarray, codes: dict[str, np.ndarray], rows: np.ndarray | None = None,
                 pairs: np.ndarray | None = None) -> np.ndarray:
@@ -310,12 +344,9 @@ class SafetyNet:
         process."""
         share, total = dot_exact_columns(columns, self._share_rows)
         likely = (share >= self.cfg.uncertain.stands_at * total) | (self._right[columns.argmax(axis=0)] == _EMERGENCY)
-        suspected = np.zeros(columns.shape[1], dtype=bool)
-        for n in self._suspect_fields:
-            suspected |= (codes[n] if rows is None else codes[n][rows]) == 1
+        suspected = self._any_yes(self._suspect_fields, self._pair_suspects, codes, rows, pairs)
         described = pain_described(codes, rows)
         if pairs is not None:  # the variant's one more answer
-            suspected |= self._pair_suspects[pairs]
             described |= self._pair_pain[pairs]
         return likely & suspected & described
 
@@ -340,15 +371,21 @@ class SafetyNet:
 
     def to_watch(self, codes: dict[str, np.ndarray], fires: np.ndarray, open_: np.ndarray) -> np.ndarray:
         """(n_cases, n_rules): the rules whose signs the safety net names (``fires`` and ``open_``
-        from :meth:`fires_and_open`): those the unanswered questions could still fire, and a clot's
+        from :meth:`fires_and_open`): those the unanswered questions could still fire, a clot's
         same-day red flags that do not fire for someone who has the history they read (pregnant or
         just given birth, after surgery or immobilisation, with cancer, after an earlier clot),
         whatever the signs' answers today: a calf that is not swollen now can swell, and in
-        pregnancy the risk lasts for months."""
+        pregnancy the risk lasts for months; and the rules marked ``watch_always`` (a swollen, tender,
+        warm or red calf; breathlessness) that do not fire, whatever their signs' answers today,
+        where the rest of the rule can still match."""
         watch = open_.copy()
         if len(self._risk_rules):  # their history matched as the rules are (CountTable: a few cases at once)
             met = state_of_counts(self._risk_table.counts(self._past_fertile_age_as_no(codes)), self._risk_has_any)[0]
             watch[:, self._risk_rules] |= met & ~fires[:, self._risk_rules]
+        if len(self._always):  # open with their signs unanswered: whatever the signs today, while the rest can match
+            blank = {**codes, **{n: np.full_like(codes[n], UNKNOWN) for n in self._always_signs}}
+            could = per_rule([self.rules[k] for k in self._always], Rule.open, self._past_fertile_age_as_no(blank))
+            watch[:, self._always] |= could & ~fires[:, self._always]
         return watch
 
     def safety_net(self, level: np.ndarray, open_: np.ndarray, codes: bool = False):
@@ -587,7 +624,9 @@ class SafetyNet:
             hide &= opened @ self._same_day_asks_matrix
             columns_ = weighted.take(same_day, axis=1)
             drops = self._drops_if_no(columns_, hide, lambda c: cost_levels_of_columns(cfg, c))
-            soft = same_day[drops & ~self._stands(columns_, codes, rows[same_day], pair[same_day])]
+            at_rows, at_pairs = rows[same_day], pair[same_day]
+            soft = same_day[(drops & ~self._stands(columns_, codes, at_rows, at_pairs))
+                            | self._unsuspected(columns_, codes, at_rows, at_pairs)]
             level[soft] = LEVELS.index(cfg.uncertain.level)
         level = np.where(atypical[rows], np.maximum(level, LEVELS.index(cfg.atypical.min_level)), level)
         level = np.maximum(level, others)

@@ -51,8 +51,9 @@ def _raise_to_rules(level: np.ndarray, reason: np.ndarray, rule_level: np.ndarra
 
 
 COST_REASON, ATYPICAL_REASON, SOFTENED_REASON, FIRST_RULE_REASON = 0, 1, 2, 3  # reason codes of triage_levels
-UNCERTAIN_REASON = ("the expected cost points to the same day, but only through questions not answered yet: answer "
-                    "them, and go the same day if one of the safety-net signs is present")  # reason code 2
+UNCERTAIN_REASON = ("the expected cost points to the same day, but only through questions not answered yet or "
+                    "without a sign or risk of a clot answered yes: answer the questions asked next, and go the "
+                    "same day if one of the safety-net signs is present")  # reason code 2
 # shown for a cost decision (reason code 0) where nothing of the pain itself is known (no onset
 # or symptom answer but the screen's signs: age, sex and history at most); the last of reason_table
 UNDESCRIBED_PAIN_REASON = ("nothing is known of the pain itself, too little to tell its cause: the level with the "
