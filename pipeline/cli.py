@@ -233,7 +233,7 @@ def _train(args: argparse.Namespace) -> int:
 
         print(f"Held-out real cases ({h['n']:,}): accuracy {with_interval(h['accuracy'], h['accuracy_ci'])}, log loss "
               f"{with_interval(h['log_loss'], h['log_loss_ci'])} (in the manifest and the MLflow run as extra_holdout.*)")
-    return EXIT_OK
+    return EXIT_REJECTED if info.get("extra_rejected") else EXIT_OK  # as `evaluate`: a script sees rows left out
 
 
 def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
@@ -265,9 +265,7 @@ def _evaluated_source(folder: Path) -> str | None:
 
 
 def _evaluate_file(args: argparse.Namespace, path: Path) -> int:
-    from pipeline.core.parsing import ignored_columns_message
     from pipeline.core.paths import reports_dir
-    from pipeline.core.schema import LABELLED_COLUMNS
     from pipeline.report.intervals import MIN_RESAMPLES
     from pipeline.report.labelled import format_labelled
     from pipeline.stages import evaluate_file
@@ -287,10 +285,7 @@ def _evaluate_file(args: argparse.Namespace, path: Path) -> int:
         print(f"kneepain evaluate: warning: {out} holds the evaluation of {earlier}, another file of the same name; "
               "this one replaces it (give --out DIR to keep both).", file=sys.stderr)
     result = evaluate_file(args.model, path, out, track=not args.no_mlflow, n_boot=n_boot)
-    if result.metrics["ignored_columns"]:
-        message = ignored_columns_message(result.metrics["ignored_columns"], str(path), also=LABELLED_COLUMNS)
-        print(f"kneepain evaluate: warning: {message}", file=sys.stderr)
-    print(format_labelled(result.metrics))
+    print(format_labelled(result.metrics))  # with the columns it ignored, as report.md says them
     print(f"\nWrote {out / 'metrics.json'}, {out / 'report.md'} and the plots in {out}/"
           + (f"; rejected rows in {out / 'rejects.csv'}" if result.metrics["n_rejected"] else ""))
     if result.logged_to_mlflow:

@@ -19,7 +19,7 @@ from pipeline.core.errors import BatchInputError, error_lines
 from pipeline.core.files import sha256_file, write_report_json
 from pipeline.core.knowledge import KnowledgeBase, load_knowledge_base
 from pipeline.core.parsing import ignored_columns_message, parse_cases
-from pipeline.core.schema import LABEL_COLUMN, LABELLED_COLUMNS
+from pipeline.core.schema import CONDITIONS, LABEL_COLUMN, LABELLED_COLUMNS
 from pipeline.core.tracking_server import tracking_uri
 from pipeline.data.datasets import class_shares, kb_for_split, labels, oracle_summary, read_split, split_table
 from pipeline.data.generate import write_splits
@@ -66,6 +66,25 @@ class ExtraCases:
     def n_rejected(self) -> int:
         return int(self.rejects["row"].nunique())
 
+    def summary_lines(self) -> list[str]:
+        """What the training log says of them: how many are trained on, held out and rejected, the
+        held-out share by condition, the conditions with no valid case, the columns ignored and
+        the first rejected rows' problems (every one is in the training run's extra_rejects.csv)."""
+        lines = [f"Extra cases from {self.path}: {len(self.to_train):,} to train on (weight {self.weight:g}), "
+                 f"{len(self.held_out):,} held out, {self.n_rejected:,} of {self.n_rows:,} rows rejected"]
+        if len(self.held_out):
+            held = self.held_out[LABEL_COLUMN].astype(str).value_counts().sort_index()
+            lines.append(f"  held out by condition: {', '.join(f'{c} {n:,}' for c, n in held.items())}")
+        given = set(self.to_train[LABEL_COLUMN].astype(str)) | set(self.held_out[LABEL_COLUMN].astype(str))
+        if absent := [c for c in CONDITIONS if c not in given]:
+            lines.append(f"  warning: no valid case of {', '.join(absent)} in {self.path}: for them the model learns "
+                         "from the synthetic cases alone (a label spelt another way is among the rejected rows)")
+        if self.ignored:
+            lines.append(f"  warning: {ignored_columns_message(self.ignored, str(self.path), also=LABELLED_COLUMNS)}")
+        if len(self.rejects):
+            lines += [f"  {line}" for line in error_lines(self.rejects, _LISTED_REJECTS)]
+        return lines
+
 
 def read_extra_cases(config: TrainConfig) -> ExtraCases | None:
     """The ``extra_data`` of ``config``, validated and split (None when no path is set)."""
@@ -85,7 +104,10 @@ def read_extra_cases(config: TrainConfig) -> ExtraCases | None:
         from pipeline.report.labelled import no_valid_rows_error
 
         raise no_valid_rows_error(f"extra data {path}", len(raw), rejects, then="train again")
-    to_train, held = holdout_split(cases, extra.holdout, seed=config.seed, parsed=parsed)
+    try:
+        to_train, held = holdout_split(cases, extra.holdout, seed=config.seed, parsed=parsed)
+    except ValueError as err:  # a share that rounds to every case: said as the option's, not as a failure
+        raise BatchInputError(f"--extra-holdout (extra_data.holdout) {extra.holdout:g}: {err}") from None
     return ExtraCases(path, to_train, held, len(raw), rejects, ignored, extra.weight)
 
 
@@ -117,15 +139,7 @@ def train_stage(config: TrainConfig, triage: TriageConfig, screen: ScreenConfig,
     extra = read_extra_cases(config)
     weight = None
     if extra is not None:
-        log(f"Extra cases from {extra.path}: {len(extra.to_train):,} to train on (weight {extra.weight:g}), "
-            f"{len(extra.held_out):,} held out, {extra.n_rejected:,} of {extra.n_rows:,} rows rejected")
-        if len(extra.held_out):
-            held = extra.held_out[LABEL_COLUMN].astype(str).value_counts().sort_index()
-            log(f"  held out by condition: {', '.join(f'{c} {n:,}' for c, n in held.items())}")
-        if extra.ignored:
-            log(f"  warning: {ignored_columns_message(extra.ignored, str(extra.path), also=LABELLED_COLUMNS)}")
-        if len(extra.rejects):  # every one is in the training run's extra_rejects.csv
-            log("\n".join(f"  {line}" for line in error_lines(extra.rejects, _LISTED_REJECTS)))
+        log("\n".join(extra.summary_lines()))
         n_synthetic = len(train)
         train = pd.concat([_canonical(train), _canonical(extra.to_train)], ignore_index=True)
         weight = np.r_[np.ones(n_synthetic), np.full(len(extra.to_train), extra.weight)]
@@ -178,6 +192,8 @@ def train_stage(config: TrainConfig, triage: TriageConfig, screen: ScreenConfig,
         info["extra_holdout"] = {k: held[k] for k in ("n", "accuracy", "accuracy_ci", "top3_accuracy", "log_loss",
                                                       "log_loss_ci", "ece")}
     update_manifest(out, {k: v for k, v in info.items() if k != "manifest"})
+    if extra is not None:  # not in the manifest: the command's exit code says it, as `score` and `evaluate` do
+        info["extra_rejected"] = extra.n_rejected
     return info
 
 

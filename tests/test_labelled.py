@@ -111,7 +111,9 @@ def test_evaluate_on_a_labelled_file_reports_intervals_and_rejects(trained, labe
     assert "'=sprained_ankle" in rejects and "later" in rejects and "-4" in rejects  # a formula is shown, not run
     assert m["ignored_columns"] == ["leg_swellng"]
     told = capsys.readouterr()
-    assert "ignoring columns that are not case fields: leg_swellng (did you mean leg_swelling?)" in told.err
+    # the summary and report.md both say it (stderr alone, beside a clean report, was missed)
+    ignored = "Ignoring columns that are not case fields: leg_swellng (did you mean leg_swelling?): every case's answer"
+    assert ignored in told.out and ignored in (out / "report.md").read_text(encoding="utf-8")
     assert {p.name for p in out.iterdir()} >= {"metrics.json", "report.md", "rejects.csv", "confusion_matrix.png",
                                                 "reliability.png"}
     assert "accuracy" in told.out
@@ -189,6 +191,26 @@ def test_labels_are_matched_as_column_names_are_and_as_the_report_names_them(sma
     reasons = dict(zip(found.rejects["row"], found.rejects["reason"]))
     assert sorted(reasons) == [7, 8, 9] and found.rejects["column"].tolist() == ["condition"] * 3 + ["reference_level"]
     assert reasons[7].startswith("not a condition; allowed: leg_cramp, ") and reasons[8].startswith("missing: ")
+    assert "ACL injury" in reasons[7] and "ACL tear or OA" in reasons[7]  # every name, and that others are read
+
+
+def test_labels_are_read_by_the_other_names_clinical_records_give_the_conditions(small_data):
+    """`ACL tear`, `OA`, `Baker cyst`, `popliteal cyst`, `torn meniscus` and the like were rejected
+    as "not a condition", and a condition whose every case was so labelled vanished from the
+    evaluation; each names one of the nine and nothing else, so "arthritis" stays refused."""
+    from pipeline.core.schema import CONDITIONS
+    from pipeline.data.real import CONDITION_SYNONYMS, validate_labelled
+
+    given = ["ACL tear", "OA", "Baker cyst", "Popliteal cyst", "torn meniscus", "Hamstring strain", "PCL rupture",
+             "patellofemoral pain", "Osteo-arthritis", "arthritis"]
+    cases = read_split("test", small_data).head(len(given)).assign(condition=given)
+    found = validate_labelled(cases)
+    assert found.valid["condition"].tolist() == ["acl_injury", "osteoarthritis", "bakers_cyst", "bakers_cyst",
+                                                 "meniscus_tear", "hamstring_injury", "pcl_injury", "runners_knee",
+                                                 "osteoarthritis"]
+    assert found.rejects["row"].tolist() == [9]
+    names = [n for names in CONDITION_SYNONYMS.values() for n in names]
+    assert len(names) == len(set(names)) and set(CONDITION_SYNONYMS) == set(CONDITIONS)
 
 
 def test_an_evaluation_of_a_file_is_not_written_over_the_stages_reports(trained, labelled_csv, tmp_path, capsys):
@@ -220,6 +242,35 @@ def test_an_evaluation_is_not_written_into_a_model_folder(trained, small_data, l
     assert main(["evaluate", *given, "--model", str(folder), "--out", str(folder)]) == 2
     assert f"--out {folder}: is a model folder" in capsys.readouterr().err
     assert sorted(p.name for p in folder.iterdir()) == before
+
+
+def test_figures_on_the_few_rows_left_after_most_were_rejected_say_so(trained, labelled_csv, tmp_path, capsys):
+    """A spreadsheet's decimal commas rejected 382 of 400 rows, and the figures on the 18 left (those
+    with no BMI) came with no word that they rest on a few rows unlike the rest; the reason now
+    names the decimal comma too."""
+    models, _ = trained
+    frame = pd.read_csv(labelled_csv, dtype=str, keep_default_na=False).iloc[4:64]
+    frame.loc[frame.index[:40], "bmi"] = "27,5"
+    frame.to_csv(tmp_path / "commas.csv", index=False)
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--model", str(models), "--no-mlflow", "--bootstrap", "100", "--out", str(out),
+                 "--data", str(tmp_path / "commas.csv")]) == 1
+    said = "Most rows were rejected (40 of 60): the figures are on the 20 left, which need not be like the rest"
+    told = capsys.readouterr().out
+    assert said in told and said in (out / "report.md").read_text(encoding="utf-8")
+    assert "bmi: not a number (a decimal comma? numbers are written with a point: 30.1, not 30,1)" in told
+
+
+def test_a_form_like_column_name_is_named_with_the_field_it_looks_like():
+    """`Smoker (Y/N)`, `BMI (kg/m²)`, `Duration (days)` and `ID` were ignored without a hint (only
+    `Fever?` got one): their answers read as unknown in every case."""
+    from pipeline.core.parsing import ignored_columns_message
+
+    assert ignored_columns_message(["ID", "BMI (kg/m²)", "Smoker (Y/N)", "Duration (days)", "Fever?", "pain",
+                                    "notes"]) == (
+        "ignoring columns that are not case fields: ID (did you mean case_id?), BMI (kg/m²) (did you mean bmi?), "
+        "Smoker (Y/N) (did you mean smoker?), Duration (days) (did you mean symptom_duration_days?), Fever? (did "
+        "you mean fever?), pain, notes")  # "pain" is a word of several fields: no guess
 
 
 def test_the_default_folder_says_when_it_held_another_file_of_the_same_name(trained, labelled_csv, tmp_path,
@@ -355,6 +406,34 @@ def test_extra_data_on_the_command_line_is_read_from_the_current_folder(small_da
     assert err.startswith(f"kneepain train: error: extra data {tmp_path / 'clinic.csv'}: no valid labelled row among "
                           "40; the first problems: row 0, column 'condition', value '3': "), err
     assert "unexpected" not in err and len(err.splitlines()) == 1 and not (tmp_path / "models").exists()
+    # a share that holds out every case is the option's error (it was an "unexpected ValueError" at 0.999)
+    cases.assign(condition="dvt").to_csv(tmp_path / "clinic.csv", index=False)
+    assert main(["train", "--config", str(small_config_path), "--data", str(small_data), "--out",
+                 str(tmp_path / "models"), "--extra-data", "clinic.csv", "--extra-holdout", "0.999"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("kneepain train: error: --extra-holdout (extra_data.holdout) 0.999: holding out 0.999 of 40 "
+                   "distinct cases (40) leaves none to train on; give a smaller share."), err
+
+
+def test_the_training_log_names_a_condition_with_no_valid_real_case(small_data, tmp_path, monkeypatch):
+    """All 20 ACL cases of a clinic's file were labelled `ACL sprain` and rejected: the log's
+    held-out counts simply lacked acl_injury, with no word that the model learnt it from the
+    synthetic cases alone."""
+    from pipeline.core.config import TrainConfig, load_config
+    from pipeline.core.paths import config_path
+    from pipeline.stages import read_extra_cases
+
+    cases = read_split("test", small_data).head(200)
+    cases = cases.assign(condition=cases["condition"].astype(str).replace({"acl_injury": "ACL sprain"}))
+    cases.to_csv(tmp_path / "clinic.csv", index=False)
+    config = load_config(TrainConfig, config_path("train.yaml"))
+    config = TrainConfig.model_validate(config.model_dump() | {"extra_data": {"path": str(tmp_path / "clinic.csv"),
+                                                                             "weight": 1.0, "holdout": 0.25}})
+    lines = read_extra_cases(config).summary_lines()
+    assert lines[0].startswith(f"Extra cases from {tmp_path / 'clinic.csv'}: ")
+    assert (f"  warning: no valid case of acl_injury in {tmp_path / 'clinic.csv'}: for them the model learns from "
+            "the synthetic cases alone") in "\n".join(lines)
+    assert any("value 'ACL sprain': not a condition" in line for line in lines)
 
 
 def test_a_holdout_too_large_to_stratify_is_drawn_at_random(small_data):

@@ -12,6 +12,7 @@ import datetime
 import decimal
 import difflib
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -76,11 +77,33 @@ def ignored_columns_message(columns: tuple[str, ...] | list[str], where: str = "
         if not str(c).strip():
             names.append("(a column without a name)")
             continue
-        near = difflib.get_close_matches(normalise_header(c), [*_SPELLED, *also], n=1, cutoff=_NEAR)
+        near = _near_field(str(c), [*_SPELLED, *also])
         shown = column_name(quoted_name(str(c)))
-        names.append(f"{shown} (did you mean {near[0]}?)" if near else shown)
+        names.append(f"{shown} (did you mean {near}?)" if near else shown)
     more = f" and {len(columns) - _LISTED:,} more" if len(columns) > _LISTED else ""
     return f"{where + ': ' if where else ''}ignoring columns that are not case fields: {', '.join(names)}{more}"
+
+
+def _near_field(name: str, spelled: list[str]) -> str | None:
+    """The field (or name of ``spelled``) a column name looks like: a near spelling of it, or of
+    it without a form's unit, question mark or colon (``BMI (kg/m²)``, ``Fever?``, ``Smoker
+    (Y/N)``), or the one name of which it is a whole word (``Duration (days)`` for
+    symptom_duration_days, ``ID`` for case_id); None when none or several are."""
+    near = difflib.get_close_matches(normalise_header(name), spelled, n=1, cutoff=_NEAR)
+    if near:
+        return near[0]
+    core = normalise_header(_FORM_DECORATION.sub("", name))
+    if not core:
+        return None
+    near = difflib.get_close_matches(core, spelled, n=1, cutoff=_NEAR)
+    if near:
+        return near[0]
+    holding = [s for s in spelled if core in s.split("_")]
+    return holding[0] if len(holding) == 1 else None
+
+
+# what a form adds to a question's name: a unit or choices in brackets, a question mark or a colon
+_FORM_DECORATION = re.compile(r"\s*([(\[].*|[?:]+\s*)$")
 
 
 def column_name(name: object, limit: int = 60) -> str:
@@ -541,8 +564,18 @@ def _parse_number(series: pd.Series, f: Field) -> tuple[np.ndarray, np.ndarray, 
         np.isinf(values), "not a finite number (too large for a float, or infinite)",
         np.where(bad_whole, "not a whole number", "out of range")))
                if bad.any() else np.array([], dtype=str))
+    if bad_type.any():  # a spreadsheet's decimal comma ("30,1") is said (one text, so that reasons are counted together)
+        reasons = reasons.astype(object)
+        for i in np.flatnonzero(bad_type):
+            if isinstance(cell := series.iat[i], str) and _DECIMAL_COMMA.fullmatch(cell.strip()):
+                reasons[i] = _DECIMAL_COMMA_REASON
+        reasons = reasons.astype(str)
     values = np.where(bad, np.nan, values)
     return values, bad, reasons
+
+
+_DECIMAL_COMMA = re.compile(r"[+-]?[0-9]+,[0-9]+")
+_DECIMAL_COMMA_REASON = "not a number (a decimal comma? numbers are written with a point: 30.1, not 30,1)"
 
 
 def parse_cases(cases: pd.DataFrame, *, row_offset: int = 0, raise_on_error: bool = True) -> ParsedCases:

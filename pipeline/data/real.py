@@ -25,7 +25,7 @@ from pipeline.core.schema import BETWEEN_WORDS, CONDITION_LABELS, CONDITIONS, LA
 from pipeline.data.datasets import labels
 from pipeline.data.fingerprints import case_fingerprints
 
-__all__ = ["REFERENCE_COLUMN", "LabelledCases", "holdout_split", "rejects_csv", "validate_labelled"]
+__all__ = ["CONDITION_SYNONYMS", "REFERENCE_COLUMN", "LabelledCases", "holdout_split", "rejects_csv", "validate_labelled"]
 
 
 
@@ -48,9 +48,24 @@ def _text(series: pd.Series) -> pd.Series:
     return text.str.replace(BETWEEN_WORDS, "_", regex=True)
 
 
-# the report's names of the conditions that are not their codes once matched (deep vein thrombosis)
+# the report's names of the conditions that are not their codes once matched (deep vein thrombosis),
+# and the other names clinical records give them (as matched: ACL tear, OA, popliteal cyst), each
+# naming one of the nine and nothing else ("arthritis" or "blood clot" would not)
+CONDITION_SYNONYMS = {
+    "leg_cramp": ["cramp", "leg_cramps", "muscle_cramp", "nocturnal_leg_cramp"],
+    "bakers_cyst": ["baker_cyst", "popliteal_cyst"],
+    "runners_knee": ["patellofemoral_pain", "patellofemoral_pain_syndrome", "pfps", "pfp"],
+    "hamstring_injury": ["hamstring_strain", "hamstring_tear", "pulled_hamstring"],
+    "meniscus_tear": ["meniscal_tear", "torn_meniscus", "meniscus_injury", "meniscal_injury"],
+    "acl_injury": ["acl_tear", "acl_rupture", "torn_acl", "anterior_cruciate_ligament_injury",
+                   "anterior_cruciate_ligament_tear", "anterior_cruciate_ligament_rupture"],
+    "pcl_injury": ["pcl_tear", "pcl_rupture", "torn_pcl", "posterior_cruciate_ligament_injury",
+                   "posterior_cruciate_ligament_tear", "posterior_cruciate_ligament_rupture"],
+    "dvt": ["deep_venous_thrombosis"],
+    "osteoarthritis": ["oa", "knee_oa", "osteo_arthritis", "knee_osteoarthritis", "osteoarthritis_of_the_knee"],
+}
 _CONDITION_NAMES = {name: code for code, name in zip(CONDITION_LABELS, _text(pd.Series(CONDITION_LABELS.values())))
-                    if name != code}
+                    if name != code} | {name: code for code, names in CONDITION_SYNONYMS.items() for name in names}
 _NOT_SET = ("", "unknown")  # a reference level read as not set, as a blank or `unknown` answer is unknown
 
 
@@ -79,7 +94,8 @@ def validate_labelled(frame: pd.DataFrame, *, where: str = "cases",
     problems = [parsed.errors[["row", "column", "value", "reason"]]]
     condition = _text(frame[LABEL_COLUMN]).replace(_CONDITION_NAMES)
     bad = ~condition.isin(CONDITIONS).to_numpy()
-    allowed = f"allowed: {', '.join(CONDITIONS)} (or the report's names: Baker's cyst, deep vein thrombosis, ...)"
+    allowed = (f"allowed: {', '.join(CONDITIONS)} (or the report's names: {', '.join(CONDITION_LABELS.values())}; "
+               "or a common other name such as ACL tear or OA: docs/own-cases.md)")
     problems.append(pd.DataFrame({"row": np.flatnonzero(bad), "column": LABEL_COLUMN,
                                   "value": frame[LABEL_COLUMN].astype("string").fillna("").to_numpy()[bad],
                                   "reason": np.where(condition.to_numpy()[bad] == "",
@@ -146,7 +162,8 @@ def holdout_split(cases: pd.DataFrame, fraction: float, *, seed: int,
     if n_held == 0:
         return cases.reset_index(drop=True), cases.iloc[:0]
     if n_held >= len(first):
-        raise ValueError(f"holding out {fraction:.0%} of {len(first)} distinct cases leaves none to train on.")
+        raise ValueError(f"holding out {fraction:g} of {len(first)} distinct cases ({n_held}) leaves none to train "
+                         "on; give a smaller share.")
     kind = pd.factorize(cases[LABEL_COLUMN].iloc[first])[0]  # each distinct case's condition, as a number
     many = np.bincount(kind)[kind] > 1
     pool, kinds = first[many], len(np.unique(kind[many]))  # the distinct cases of conditions with two or more

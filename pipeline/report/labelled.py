@@ -220,10 +220,23 @@ def _between(ci: list[float], spec: str, sep: str = " to ", none: str = "n/a") -
     return f"{figure(ci[0], spec)}{sep}{figure(ci[1], spec)}" if measured(ci[0]) else none
 
 
-def _fitted_lines(m: dict[str, Any]) -> list[str]:
-    """What the evaluation left out as rows the model was fitted on, and what it could not check."""
+def _caveat_lines(m: dict[str, Any]) -> list[str]:
+    """What the figures rest on that a reader must know: most rows rejected, columns ignored (their
+    answers unknown in every case), rows left out as the model was fitted on them, and what the
+    evaluation could not check."""
+    from pipeline.core.parsing import ignored_columns_message
+    from pipeline.core.schema import LABELLED_COLUMNS
+
     f = m.get("fitted_rows") or {}
     lines = []
+    if m["n_rejected"] * 2 > m["n_rows"]:
+        lines.append(f"Most rows were rejected ({m['n_rejected']:,} of {m['n_rows']:,}): the figures are on the "
+                     f"{m['n']:,} left, which need not be like the rest; mend the rejected rows (their reasons are "
+                     "listed) and evaluate again.")
+    if m.get("ignored_columns"):
+        said = ignored_columns_message(m["ignored_columns"], also=LABELLED_COLUMNS)
+        lines.append(f"{said[0].upper()}{said[1:]}: every case's answer under them is read as unknown, which lowers "
+                     "the figures where they are answers under another name.")
     if f.get("left_out"):
         shown = ", ".join(map(str, f["rows"][:10])) + (", ..." if f["left_out"] > 10 else "")
         lines.append(f"Left out {f['left_out']:,} rows with the answers and condition of a row the model was fitted on "
@@ -253,7 +266,7 @@ def format_labelled(metrics: dict[str, Any]) -> str:
     m = metrics
     pct = f"{m['confidence_level']:.0%}"
     lines = [f"{m['n']:,} labelled cases evaluated ({m['n_rejected']:,} of {m['n_rows']:,} rows rejected); "
-             f"figures with {pct} intervals", *_fitted_lines(m),
+             f"figures with {pct} intervals", *_caveat_lines(m),
              *(f"  {label:<24}{with_interval(m[key], m[key + '_ci'], 4)}" for label, key in (
                  ("accuracy", "accuracy"), ("top-3 accuracy", "top3_accuracy"), ("log loss", "log_loss"),
                  ("Brier score", "brier"), ("macro F1", "macro_f1"))),
@@ -282,7 +295,7 @@ def _report_markdown(metrics: dict[str, Any], source: str, plots: list[Path]) ->
              f"{m['confidence_level']:.0%} confidence intervals ({m['intervals']}).", "",
              f"- rows read: {m['n_rows']:,}; evaluated: {m['n']:,}; rejected: {m['n_rejected']:,}"
              + (" (see `rejects.csv`)" if m["n_rejected"] else ""),
-             *(f"- {line}" for line in _fitted_lines(m)), "",
+             *(f"- {line}" for line in _caveat_lines(m)), "",
              "| figure | value | interval |", "|---|---|---|"]
     for label, key in (("accuracy", "accuracy"), ("top-3 accuracy", "top3_accuracy"), ("log loss", "log_loss"),
                        ("Brier score", "brier"), ("macro F1", "macro_f1")):
