@@ -261,6 +261,17 @@ def test_figures_on_the_few_rows_left_after_most_were_rejected_say_so(trained, l
     assert "bmi: not a number (a decimal comma? numbers are written with a point: 30.1, not 30,1)" in told
 
 
+def test_scoring_a_labelled_file_ignores_its_label_columns_without_a_word(trained, labelled_csv, tmp_path, capsys):
+    """`kneepain score` on a labelled file warned that it ignored `reference_level` but said
+    nothing of `condition`: both are labelled cases' columns, which scoring has no use for."""
+    models, _ = trained
+    assert main(["score", str(labelled_csv), "-o", str(tmp_path / "scored.csv"), "--model", str(models),
+                 "--quiet"]) == 1  # the file's three bad rows
+    err = capsys.readouterr().err
+    assert "ignoring columns that are not case fields: leg_swellng (did you mean leg_swelling?)" in err, err
+    assert "Reference_Level" not in err and "condition" not in err.split("ignoring")[1].split("\n")[0]
+
+
 def test_a_form_like_column_name_is_named_with_the_field_it_looks_like():
     """`Smoker (Y/N)`, `BMI (kg/m²)`, `Duration (days)` and `ID` were ignored without a hint (only
     `Fever?` got one): their answers read as unknown in every case."""

@@ -34,6 +34,7 @@ from pipeline.core.schema import (
     ID_COLUMN,
     LABEL_COLUMN,
     MALE_NOT_ASKED,
+    REFERENCE_COLUMN,
     SEVERITY_COLUMN,
     SEX_MALE,
     TRISTATE_FIELDS,
@@ -584,8 +585,9 @@ def parse_cases(cases: pd.DataFrame, *, row_offset: int = 0, raise_on_error: boo
     Parameters
     ----------
     cases : DataFrame of shape (n_cases, n_columns)
-        Any columns; the schema's fields are read, ``case_id`` is kept, ``condition`` and
-        ``severity`` are ignored and other columns are reported in ``ignored_columns``.
+        Any columns; the schema's fields are read, ``case_id`` is kept, ``condition``,
+        ``severity`` and ``reference_level`` (labelled cases' columns) are ignored and other
+        columns are reported in ``ignored_columns``.
     row_offset : int, default=0
         Added to row numbers in errors (for chunked reading).
     raise_on_error : bool, default=True
@@ -814,7 +816,7 @@ def _parse_columns(items: list[tuple[Any, pd.Series | None]], n: int, row_offset
     ids = None
     if ID_COLUMN in columns:
         ids = series_of[ID_COLUMN].reset_index(drop=True)
-    known = _READ_COLUMNS | {LABEL_COLUMN, SEVERITY_COLUMN}
+    known = _READ_COLUMNS | {LABEL_COLUMN, SEVERITY_COLUMN, REFERENCE_COLUMN}  # a labelled file scores as it is
     ignored = tuple(str(c) for k, c in columns.items() if k not in known)
     parsed = ParsedCases(codes, valid, errors, ids, ignored)
     if raise_on_error and len(errors):
