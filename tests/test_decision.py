@@ -851,6 +851,25 @@ def test_ask_next_lists_the_questions_that_would_change_the_level(cfg, net):
     assert "swollen" not in asked[1]  # answered questions are never asked again
 
 
+def test_ask_next_asks_how_long_the_pain_has_lasted_where_the_answer_would_change_the_level(cfg, net, kb):
+    """A 62-year-old with a sudden spasm who answered every question asked "no" was left within a
+    day or two with nothing more to ask: how long it has lasted, which tells a cramp of minutes
+    from a week of pain, was never asked. Answered, it is not asked again."""
+    case = {"age": 62, "sex": "male", "onset": "sudden", "muscle_spasm": "yes", "cramp_calf_or_thigh": "no",
+            "injury_event": "none", "leg_swelling": "no", "calf_tenderness": "no", "skin_warm": "no",
+            "knee_swelling": "no", "unable_to_bear_weight": "no", "recent_immobilisation": "no", "skin_red": "no"}
+    asked = "How long ago did the pain start: minutes, hours, days, weeks or months?"
+    for answered, expected in ((None, True), (0.01, False), (5, False)):
+        parsed = parse_cases(pd.DataFrame([case if answered is None else {**case, "symptom_duration_days": answered}]))
+        proba = oracle_posterior(kb, parsed).to_numpy()
+        codes = parsed.codes
+        level, _ = triage_levels(cfg, codes, proba, net=net, screen=net_screen(), rule_fires=net.fires(codes))
+        got = net.ask_next(proba, codes, level, np.zeros(1, dtype=bool), net.fires(codes))[0].split("|")
+        assert (asked in got) is expected, (answered, LEVELS[level[0]], got)
+        codes_out = net.ask_next(proba, codes, level, np.zeros(1, dtype=bool), net.fires(codes), codes_out=True)[0]
+        assert ("symptom_duration_days" in codes_out.split("|")) is expected
+
+
 def test_ask_next_never_asks_about_an_injury_a_case_says_it_did_not_have(cfg, net):
     """A pop would complete the ligament-tear signs (giving way, a swollen knee): asked after a
     twist, never after "no injury"."""
@@ -1169,7 +1188,7 @@ def test_ask_next_asks_what_a_same_day_rule_waits_on_when_no_one_answer_changes_
     assert not needs.any()
 
 
-def _ask_next_by_definition(cfg, net, screen, proba, codes, atypical, fertile_max):
+def _ask_next_by_definition(cfg, net, screen, proba, codes, atypical, fertile_max, kb):
     """ask_next as its docstring defines it: every plausible (question, answer) variant of every
     case triaged in full by triage_levels, one variant at a time (an answer that makes a same-day
     screen rule fire which the case meets in part is plausible however unlikely, and so is one of a
@@ -1203,6 +1222,9 @@ def _ask_next_by_definition(cfg, net, screen, proba, codes, atypical, fertile_ma
                     same_day[j] = max(same_day[j], 2 if completes else 1)
                 needs[j] += p_answer * any(name in r.all and not answer_matches(name, r.all[name], UNKNOWN)
                                            and answer_matches(name, r.all[name], a) for r in waiting)
+        if cfg.ask_next.duration_edges:  # how long it has lasted, last: each span of the edges an answer
+            moved, urgent = _duration_by_definition(cfg, net, screen, kb, proba[i], case, atypical[i], level[i])
+            change, same_day, needs = np.r_[change, moved], np.r_[same_day, urgent], np.r_[needs, 0.0]
         change, needs = np.round(change, 9), np.round(needs, 9)  # equal chances rank in the questions' order
         rank = [4 + 3 * (same_day[j] > 0) + (same_day[j] > 1) + change[j] if change[j] > 0 else needs[j]
                 for j in range(len(change))]
@@ -1210,8 +1232,42 @@ def _ask_next_by_definition(cfg, net, screen, proba, codes, atypical, fertile_ma
         listed = ranked[:cfg.ask_next.max_questions]
         if len(listed) > 1 and needs.max() > 0 and not any(needs[j] > 0 or same_day[j] > 1 for j in listed):  # the last place
             listed[-1] = int(np.argmax(needs))  # to the likeliest answer a red flag needs
-        out.append("|".join(net.questions[j] for j in listed))
+        out.append("|".join(net.asked_questions[j] for j in listed))
     return level, out
+
+
+def _duration_by_definition(cfg, net, screen, kb, proba, case, atypical, level):
+    """The duration question of one case as ask_next defines it: where the duration is unanswered,
+    each span between `ask_next.duration_edges` is an answer with P(span | condition) from the
+    knowledge base's durations truncated at the person's age, plausible at
+    `min_answer_probability`; the case with the span's middle as its duration and its
+    probabilities re-weighted is triaged in full. Returns (chance of a change, 1 if to the same day)."""
+    from pipeline.core.knowledge import duration_mass_below
+    from pipeline.core.schema import max_duration_days
+    from pipeline.decision.safety import pain_described
+
+    if not np.isnan(case["symptom_duration_days"][0]) or not pain_described(case)[0]:
+        return 0.0, 0
+    edges = cfg.ask_next.duration_edges
+    values = [edges[0] / 4, *np.sqrt(np.multiply(edges[:-1], edges[1:])), edges[-1] * 2]
+    longest = max_duration_days(case["age"][0])
+    with np.errstate(divide="ignore"):
+        below = [duration_mass_below(kb.duration, kb.duration_episode, min(bound, longest))
+                 for bound in [0.0, *edges, np.inf]]
+    moved, urgent = 0.0, 0
+    for span, value in enumerate(values):
+        likelihood = (below[span + 1] - below[span]) / below[-1]
+        p_answer = 0.0
+        for c in range(len(likelihood)):  # in the conditions' order, as ask_next sums
+            p_answer += proba[c] * likelihood[c]
+        if p_answer < cfg.ask_next.min_answer_probability:
+            continue
+        variant = {**case, "symptom_duration_days": np.array([value])}
+        after, _ = triage_levels(cfg, variant, (proba * likelihood)[None, :], np.array([atypical]), screen, None, net)
+        if after[0] != level:
+            moved += p_answer
+            urgent = max(urgent, int(after[0] == LEVELS.index("emergency")))
+    return moved, urgent
 
 
 def _meets_in_part(rule, case):
@@ -1236,10 +1292,12 @@ def _assert_ask_next_as_defined(cfg, net, screen, kb, *, seed, blank, atypical_e
     for cases in (parsed, blank_at_random(parsed, blank, seed=seed + 1)):
         proba = oracle_posterior(kb, cases).to_numpy()
         atypical = np.arange(len(proba)) % atypical_every == 0
-        level, expected = _ask_next_by_definition(cfg, net, screen, proba, cases.codes, atypical, kb.fertile_age[1])
+        level, expected = _ask_next_by_definition(cfg, net, screen, proba, cases.codes, atypical, kb.fertile_age[1], kb)
         got = net.ask_next(proba, cases.codes, level, atypical, net.fires(cases.codes), block_rows=block_rows)
         assert list(got) == expected
         assert any(expected)  # the comparison covers cases with questions to ask
+        if cases is not parsed:  # and, blanked, cases asked how long the pain has lasted
+            assert any(net.asked_questions[-1] in e.split("|") for e in expected)
 
 
 def _assert_counts_by_table_as_by_rule(net, kb):

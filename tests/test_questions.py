@@ -382,6 +382,8 @@ class _Answers(io.StringIO):
         if value is None:
             return "d\n"
         f = field(last)
+        if f.kind in ("integer", "float"):  # a number (how many days ago it started, once ask_next lists it)
+            return f"{value}\n"
         return f"{value[0]}\n" if f.kind == "tristate" else f"{f.allowed.index(value) + 1}\n"
 
 
@@ -403,11 +405,11 @@ def test_a_session_asks_what_the_triage_waits_on_and_a_dont_know_does_not_keep_i
     know" included (a question answered so stays unanswered, and listed, for good: before, such a
     session ran to its maximum)."""
     from pipeline.core.schema import field
-    from pipeline.core.wording import QUESTIONS
+    from pipeline.core.wording import QUESTIONS, SPAN_QUESTION
 
     cases = generate_cases(kb, 400, seed=5)
     cases = cases[cases["condition"] == "runners_knee"].head(12).drop(columns=["condition", "severity"])
-    by_question = {q: n for n, q in QUESTIONS.items()}
+    by_question = {q: n for n, q in QUESTIONS.items()} | {SPAN_QUESTION: "symptom_duration_days"}
     for record in cases.to_dict("records"):
         unknown = ("leg_swelling", "calf_tenderness")
         case = {k: (int(v) if k == "age" else {True: "yes", False: "no"}.get(v, v)) for k, v in record.items()

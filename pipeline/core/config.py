@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -383,6 +384,16 @@ class AskNextConfig(StrictModel):
     # fields asked however unlikely their answer, where it would make a same-day red flag fire that
     # the case shows in part (as the screen's rules are asked); a field no such flag reads adds nothing
     at_any_chance: list[str] = []
+    # how long the pain has lasted is asked too, its answers taken as the spans between these days
+    # (increasing; none: not asked)
+    duration_edges: list[float] = []
+
+    @field_validator("duration_edges")
+    @classmethod
+    def _increasing(cls, edges: list[float]) -> list[float]:
+        if any(not 0 < e < math.inf for e in edges) or any(b <= a for a, b in zip(edges, edges[1:])):
+            raise ValueError(f"must be positive, finite and increasing, got {edges}")
+        return edges
 
 
 class AtypicalConfig(StrictModel):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pipeline.core.schema import FIELDS, field
 
-__all__ = ["QUESTIONS", "ANSWER_LABELS", "answer_label", "counted", "question"]
+__all__ = ["QUESTIONS", "ANSWER_LABELS", "SPAN_QUESTION", "answer_label", "counted", "question"]
 
 
 def counted(n: int, noun: str) -> str:
@@ -80,6 +80,10 @@ ANSWER_LABELS: dict[str, dict[str, str]] = {
                      "deep_bend_or_squat": "bending deeply or squatting", "fall_onto_knee": "falling onto the knee",
                      "direct_blow": "a direct blow to the knee"},
 }
+
+
+# how `ask_next` asks the duration, whose answers are spans (QUESTIONS' asks for the number of days)
+SPAN_QUESTION = "How long ago did the pain start: minutes, hours, days, weeks or months?"
 
 
 def question(name: str) -> str:

@@ -79,7 +79,9 @@ DECISION_COLUMN_DOCS = {
                 "pulses, for a lump behind the knee at 50 or older: asked however unlikely the nine conditions make "
                 "it, since the screen is for what they do not cover; and pregnancy, for a woman of fertile age with "
                 "a swollen leg or a calf that hurts when pressed, whatever the rate of pregnancy), "
-                "then the others, each group the most likely to change the level first; in the places left, below "
+                "then the others, each group the most likely to change the level first (how long ago the pain "
+                "started among them once something of the pain is described, its answers spans of minutes to "
+                "months); in the places left, below "
                 "the same day, the questions a same-day red flag the case leaves open needs answered (whether the "
                 "leg is swollen, the calf tender, veins stand out or the whole leg is swollen, which the DVT rules "
                 "need with a second sign, so that no one answer changes the level), the likeliest answer first, and "
@@ -195,7 +197,7 @@ class Decision:
         written = self._advice_written  # the advice a case can get
         pairs = [zip(self._reasons, self._reason_codes),
                  zip(self._advice[written], self._advice_codes[written]),
-                 zip(net.texts, net.names), zip(net.questions, net.candidates)]
+                 zip(net.texts, net.names), zip(net.asked_questions, net.asked)]
         return {column: dict(pair) for column, pair in zip(TEXT_CODE_COLUMNS, pairs)}
 
 

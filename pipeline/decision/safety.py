@@ -33,12 +33,12 @@ import numpy as np
 
 from pipeline.core.blas import dot_exact_columns
 from pipeline.core.config import LEVELS, ScreenConfig, TriageConfig
-from pipeline.core.knowledge import KnowledgeBase
+from pipeline.core.knowledge import KnowledgeBase, duration_mass_below
 from pipeline.core.parsing import premise_denied, unanswered_matrix
-from pipeline.core.schema import CONDITIONS, FIELDS, SCREEN_SIGNS, SYMPTOMS, UNKNOWN, field
+from pipeline.core.schema import CONDITIONS, FIELDS, SCREEN_SIGNS, SYMPTOMS, UNKNOWN, field, max_duration_days
 from pipeline.core.sizes import FEW_CASES
 from pipeline.core.textcols import join_ranked
-from pipeline.core.wording import question
+from pipeline.core.wording import SPAN_QUESTION, question
 from pipeline.decision.conformal import known_share
 from pipeline.decision.costs import cost_levels_of_columns, right_levels
 from pipeline.decision.screen import CountTable, add_field_counts, answer_matches, rule_fires, rule_open, state_of_counts
@@ -47,6 +47,7 @@ __all__ = ["PAIN_FIELDS", "Rule", "SafetyNet", "answer_likelihoods", "pain_descr
            "rules_of"]
 
 _EMERGENCY = LEVELS.index("emergency")
+DURATION = "symptom_duration_days"  # asked by ask_next where `ask_next.duration_edges` gives its spans
 _RANK_DECIMALS = 9  # ask_next's chances are ranked to this many decimals
 # up to this many variants (a bound of its own, beside pipeline.core.sizes.FEW_CASES for cases),
 # they are taken whole, where more are taken a slot or a field at a time: fewer array steps,
@@ -166,6 +167,19 @@ class SafetyNet:
         self._fertile_max = kb.fertile_age[1]
         self.likelihood = {n: answer_likelihoods(kb, n) for n in self.candidates}
         self.questions = [question(n) for n in self.candidates]
+        # how long the pain has lasted (`ask_next.duration_edges`), asked after the yes/no and category
+        # questions' places in the ranking's columns: its answers the spans between the edges, each
+        # taken at its middle (on a log scale; a quarter of the first edge below it, twice the last above)
+        edges = np.asarray(cfg.ask_next.duration_edges, dtype=np.float64)
+        self._duration_bounds = np.r_[0.0, edges, np.inf]
+        self._duration_values = np.r_[edges[:1] / 4, np.sqrt(edges[:-1] * edges[1:]), edges[-1:] * 2] \
+            if len(edges) else np.zeros(0)
+        self._kb_duration = (kb.duration, kb.duration_episode)
+        # the rules that read the duration (the others' counts are a case's whatever its duration)
+        self._duration_rules = np.array([k for k, r in enumerate(self.rules) if DURATION in r.fields], dtype=np.intp)
+        self._duration_table = CountTable([(self.rules[k].all, self.rules[k].any) for k in self._duration_rules])
+        self.asked = self.candidates + ([DURATION] if len(edges) else [])
+        self.asked_questions = self.questions + ([SPAN_QUESTION] if len(edges) else [])
         self._count_table = CountTable([(r.all, r.any) for r in self.rules])
         self._rule_levels = np.array([r.level for r in self.rules], dtype=np.int8)
         self._has_any = np.array([bool(r.any) for r in self.rules], dtype=bool)
@@ -415,6 +429,9 @@ class SafetyNet:
         gave way and whether it swelled within hours); never one whose premise the case denies
         (:func:`pipeline.core.parsing.premise_denied`). A swollen calf after a sprain is asked
         whether the skin is warm (a sign of a DVT) before whether the knee swelled within hours.
+        How long ago the pain started is one of the questions where ``ask_next.duration_edges`` gives
+        its answers' spans and something of the pain is described (:meth:`_duration_changes`), in the
+        last column of the ranking.
 
         An answer is plausible when its predictive probability is at least
         ``ask_next.min_answer_probability``, or when it would make a same-day screen rule fire that the
@@ -442,13 +459,19 @@ class SafetyNet:
                              "SafetyNet.counts(codes) of the same cases.")
         # the first max_questions of each case's questions by change, ranked only where one changes
         # the level; elsewhere nothing is kept, and join_ranked reads no order where nothing is kept
-        top = min(self.cfg.ask_next.max_questions, len(self.candidates))
+        top = min(self.cfg.ask_next.max_questions, len(self.asked))
         order = np.zeros((n, top), dtype=np.intp)
         keep_ = np.zeros((n, top), dtype=bool)
+        # the duration's variants for every case at once: a few per case, and only where it is unanswered
+        duration = self._duration_changes(proba, codes, level, atypical, counts) \
+            if len(self.asked) > len(self.candidates) else None
         for start in range(0, n, block_rows):
             b = slice(start, start + block_rows)
             block = codes if n <= block_rows else {k: v[b] for k, v in codes.items()}  # (one block: the codes as they are)
             change, same_day, needs = self._level_changes(proba[b], block, level[b], atypical[b], fires[b], counts[:, b])
+            if duration is not None:  # how long it has lasted, in the last column
+                change, same_day = np.c_[change, duration[0][b]], np.c_[same_day, duration[1][b]]
+                needs = np.c_[needs, np.zeros(len(change))]
             # rounded, so that equal chances rank in the questions' order rather than by the last
             # bits of their sums (a question that changes the level on either answer has a chance
             # of 1 give or take a rounding error). Chances are at most 1: a question that changes
@@ -469,7 +492,61 @@ class SafetyNet:
                     ranked[left_out, -1] = needed[left_out].argmax(axis=1)
                 order[some + start] = ranked
                 keep_[some + start] = np.take_along_axis(rank, ranked, axis=1) > 0
-        return join_ranked(self.candidates if codes_out else self.questions, order, keep_)
+        return join_ranked(self.asked if codes_out else self.asked_questions, order, keep_)
+
+    def _duration_changes(self, proba: np.ndarray, codes: dict[str, np.ndarray], level: np.ndarray,
+                          atypical: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per case, the probability that the answer to how long the pain has lasted changes
+        ``level``, and 1 where a plausible answer would send the case the same day from below it
+        (``ask_next``'s ``change`` and ``same_day`` of the question), where the duration is
+        unanswered and something of the pain is described (:func:`pain_described`). Each span of
+        ``ask_next.duration_edges`` is an answer, plausible when its predictive probability is at
+        least ``ask_next.min_answer_probability``: P(span | condition) from the knowledge base's
+        durations (truncated at the person's age, as the oracle reads them) re-weights the
+        probabilities, and the case with the span's middle as its duration is triaged as
+        :func:`pipeline.decision.triage.triage_levels` would (its rules matched again: several read
+        the duration; ``counts``: the cases' :meth:`counts`, of which only those rules' change)."""
+        change = np.zeros(len(proba))
+        same_day = np.zeros(len(proba), dtype=np.int8)
+        # once something of the pain is described: on age, sex and history alone, what happened and the
+        # calf, which a same-day rule waits on, keep the places
+        rows = np.flatnonzero(np.isnan(codes[DURATION]) & pain_described(codes))
+        if not len(rows):
+            return change, same_day
+        cfg = self.cfg
+        ages, age_of = np.unique(codes["age"][rows], return_inverse=True)  # the spans' masses once per age
+        with np.errstate(divide="ignore"):  # the first bound, 0 days: log 0 is -inf, and no mass lies below it
+            below = duration_mass_below(*self._kb_duration, self._duration_bounds[:, None, None].clip(
+                max=max_duration_days(ages)[None, :, None]))  # (bound, age, condition)
+        spans = (np.diff(below, axis=0) / below[-1])[:, np.ravel(age_of)]  # P(span | condition, age): (span, case, condition)
+        columns = np.asarray(proba, dtype=np.float64)[rows]
+        base = counts[:, rows]
+        for span, value in enumerate(self._duration_values):
+            weighted = columns * spans[span]
+            p_answer = weighted[:, 0].copy()  # summed over the conditions in their order: the same in every process
+            for c in range(1, weighted.shape[1]):
+                p_answer += weighted[:, c]
+            plausible = np.flatnonzero(p_answer >= cfg.ask_next.min_answer_probability)
+            if not len(plausible):
+                continue
+            at = rows[plausible]
+            variant = {k: v[at] for k, v in codes.items()}
+            variant[DURATION] = np.full(len(at), value)
+            case = base[:, plausible].copy()
+            case[:, :, self._duration_rules] = self._duration_table.counts(self._past_fertile_age_as_no(variant))
+            fires, open_ = self.fires_and_open(variant, case)
+            after = cost_levels_of_columns(cfg, np.ascontiguousarray(weighted[plausible].T))
+            same = np.flatnonzero(after == _EMERGENCY)
+            if len(same):
+                soft = self.rests_on_unknowns(weighted[plausible][same], {k: v[same] for k, v in variant.items()},
+                                              open_[same], lambda p: cost_levels_of_columns(cfg, np.ascontiguousarray(p.T)))
+                after[same[soft]] = LEVELS.index(cfg.uncertain.level)
+            after = np.where(atypical[at], np.maximum(after, LEVELS.index(cfg.atypical.min_level)), after)
+            after = np.maximum(after, np.where(fires, self._rule_levels[None, :], -1).max(axis=1, initial=-1))
+            moved = after != level[at]
+            change[at[moved]] += p_answer[plausible][moved]
+            same_day[at[moved & (after == _EMERGENCY)]] = 1
+        return change, same_day
 
     def _level_changes(self, proba: np.ndarray, codes: dict[str, np.ndarray], level: np.ndarray, atypical: np.ndarray,
                        fires: np.ndarray, counts: np.ndarray
