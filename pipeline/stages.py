@@ -77,8 +77,9 @@ class ExtraCases:
             lines.append(f"  held out by condition: {', '.join(f'{c} {n:,}' for c, n in held.items())}")
         given = set(self.to_train[LABEL_COLUMN].astype(str)) | set(self.held_out[LABEL_COLUMN].astype(str))
         if absent := [c for c in CONDITIONS if c not in given]:
+            spelt = " (a label spelt another way is among the rejected rows?)" if len(self.rejects) else ""
             lines.append(f"  warning: no valid case of {', '.join(absent)} in {self.path}: for them the model learns "
-                         "from the synthetic cases alone (a label spelt another way is among the rejected rows)")
+                         f"from the synthetic cases alone{spelt}")
         if self.ignored:
             lines.append(f"  warning: {ignored_columns_message(self.ignored, str(self.path), also=LABELLED_COLUMNS)}")
         if len(self.rejects):

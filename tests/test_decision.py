@@ -740,6 +740,19 @@ def test_a_no_to_a_sign_of_a_clot_never_sends_a_case_sooner(cfg, net):
     assert LEVELS[level[0]] == "emergency" and reason[0] == 0
 
 
+def test_a_likely_clot_with_a_risk_still_stands_where_no_reason_to_suspect_is_configured(cfg, net):
+    """Pain on standing and a sedentary life are no `reasons_to_suspect`, but with the clot at 0.49
+    behind a hamstring injury, in a described pain, the same day stands (`_stands`), as the docs
+    say: the first version of the softening without a reason overrode it."""
+    case = {"age": 55, "sex": "male", "onset": "sudden", "injury_event": "none", "symptom_duration_days": 3,
+            "pain_on_standing": "yes", "sedentary": "yes"}
+    proba = np.zeros((1, len(CONDITIONS)))
+    proba[0, DVT], proba[0, CONDITIONS.index("hamstring_injury")] = 0.49, 0.51
+    codes = _codes([case])
+    level, reason = triage_levels(cfg, codes, proba, net=net, screen=net_screen(), rule_fires=net.fires(codes))
+    assert LEVELS[level[0]] == "emergency" and reason[0] == 0
+
+
 def net_screen() -> ScreenConfig:
     return load_config(ScreenConfig, config_path("screen.yaml"))
 
@@ -868,6 +881,18 @@ def test_ask_next_asks_how_long_the_pain_has_lasted_where_the_answer_would_chang
         assert (asked in got) is expected, (answered, LEVELS[level[0]], got)
         codes_out = net.ask_next(proba, codes, level, np.zeros(1, dtype=bool), net.fires(codes), codes_out=True)[0]
         assert ("symptom_duration_days" in codes_out.split("|")) is expected
+
+
+def test_ask_next_asks_the_duration_where_a_rule_that_reads_it_sends_the_case(cfg, net, kb):
+    """A clot before with cancer and nothing of the pain described goes the same day by a rule that
+    reads pain of up to 90 days: how long it has lasted is the one question that could change it."""
+    parsed = parse_cases(pd.DataFrame([{"age": 60, "sex": "male", "previous_vte": "yes", "active_cancer": "yes"}]))
+    proba = oracle_posterior(kb, parsed).to_numpy()
+    codes = parsed.codes
+    level, _ = triage_levels(cfg, codes, proba, net=net, screen=net_screen(), rule_fires=net.fires(codes))
+    assert LEVELS[level[0]] == "emergency"
+    assert "symptom_duration_days" in net.ask_next(proba, codes, level, np.zeros(1, dtype=bool), net.fires(codes),
+                                                   codes_out=True)[0].split("|")
 
 
 def test_ask_next_never_asks_about_an_injury_a_case_says_it_did_not_have(cfg, net):
@@ -1246,7 +1271,9 @@ def _duration_by_definition(cfg, net, screen, kb, proba, case, atypical, level):
     from pipeline.core.schema import max_duration_days
     from pipeline.decision.safety import pain_described
 
-    if not np.isnan(case["symptom_duration_days"][0]) or not pain_described(case)[0]:
+    reads_it = [r for r in net.rules if "symptom_duration_days" in r.fields]
+    if not np.isnan(case["symptom_duration_days"][0]) or not (
+            pain_described(case)[0] or any(r.fires(case)[0] for r in reads_it)):
         return 0.0, 0
     edges = cfg.ask_next.duration_edges
     values = [edges[0] / 4, *np.sqrt(np.multiply(edges[:-1], edges[1:])), edges[-1] * 2]

@@ -33,6 +33,8 @@ EXPECTED = {
     # a spreadsheet's decimal comma is said: "not a number" alone left the user to guess
     "decimal_comma.csv": (1, 3, 1, "column 'bmi', value '27,5': not a number (a decimal comma? numbers are written "
                                    "with a point: 30.1, not 30,1)"),
+    # ... but "1,000" may be a thousand: no guess
+    "thousands_comma.csv": (1, 3, 1, "column 'symptom_duration_days', value '1,000': not a number; allowed"),
     "pregnant_male.csv": (1, 3, 1, "column 'pregnant', value 'yes': pregnant cannot be yes when sex is male"),
     # g1 reports exactly the longest duration age 30 allows: (30 + 1) x 365.25 days
     "duration_before_birth.csv": (1, 3, 1, "column 'symptom_duration_days', value '1e8': longer than the patient "

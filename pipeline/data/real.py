@@ -119,8 +119,7 @@ def validate_labelled(frame: pd.DataFrame, *, where: str = "cases",
     keep = ~np.isin(np.arange(len(frame)), rejects["row"].to_numpy())
     valid = frame.iloc[np.flatnonzero(keep)].reset_index(drop=True)
     valid = valid.assign(**{LABEL_COLUMN: condition.to_numpy()[keep]})
-    ignored = tuple(c for c in parsed.ignored_columns if normalise_header(c) != REFERENCE_COLUMN)
-    return LabelledCases(valid, reference[keep], rejects, ignored, np.flatnonzero(keep), parsed[keep])
+    return LabelledCases(valid, reference[keep], rejects, parsed.ignored_columns, np.flatnonzero(keep), parsed[keep])
 
 
 def _labels_named(frame: pd.DataFrame, where: str) -> pd.DataFrame:

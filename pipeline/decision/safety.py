@@ -48,6 +48,7 @@ __all__ = ["PAIN_FIELDS", "Rule", "SafetyNet", "answer_likelihoods", "pain_descr
 
 _EMERGENCY = LEVELS.index("emergency")
 DURATION = "symptom_duration_days"  # asked by ask_next where `ask_next.duration_edges` gives its spans
+_DURATION_BLOCK = 16_384  # cases whose duration's variants are made at once (about 10 MB of working memory)
 _RANK_DECIMALS = 9  # ask_next's chances are ranked to this many decimals
 # up to this many variants (a bound of its own, beside pipeline.core.sizes.FEW_CASES for cases),
 # they are taken whole, where more are taken a slot or a field at a time: fewer array steps,
@@ -313,13 +314,17 @@ class SafetyNet:
         to a sign or risk a clot's red flags read, of a pain described (after surgery, sudden pain
         on standing, a tender calf) is not sent within a day or two for signs not asked yet: a
         suspected DVT is assessed within hours, NICE NG158 recommendations 1.1.3-1.1.4. On age, sex
-        and history alone it is.) Nor does it stand where nothing gives a reason to suspect a clot
-        (:meth:`_unsuspected`), whatever is unanswered: on age, sex, a duration and denials."""
+        and history alone it is.) Nor does a same day that does not so stand hold where nothing
+        gives a reason to suspect a clot (:meth:`_unsuspected`), whatever is unanswered: on age, sex,
+        a duration and denials. (Where a sign or risk of a clot is answered "yes" and the clot is
+        not likely enough to stand, the same day still holds once no unasked sign could lower it, so
+        a "no" to the last such sign can complete it: the model's probability falls more slowly
+        with a "no" than the knowledge base's likelihoods have it.)"""
         # per "no" field, hidden where it is unanswered and a same-day rule reading it so is open
         hide = unanswered_matrix(codes, self.no_fields) & (open_ @ self._same_day_asks_matrix)
         proba = np.asarray(proba)
         drops = self._drops_if_no(proba.T, hide, lambda c: cost_level_of(c.T))
-        return (drops & ~self._stands(proba.T, codes)) | self._unsuspected(proba.T, codes) | (known_share(codes) == 0)
+        return ((drops | self._unsuspected(proba.T, codes)) & ~self._stands(proba.T, codes)) | (known_share(codes) == 0)
 
     def _any_yes(self, fields: list[str], pair_yes: np.ndarray, codes: dict[str, np.ndarray],
                  rows: np.ndarray | None, pairs: np.ndarray | None) -> np.ndarray:
@@ -338,8 +343,9 @@ class SafetyNet:
         """Per case (as in :meth:`_stands`), whether nothing gives a reason to suspect a condition
         that calls for the same day: no "yes" to ``uncertain.reasons_to_suspect`` (a Wells item, warm
         or red skin, pregnancy) and none of those conditions the likeliest. A same day on the
-        expected cost alone is softened there, however the signs were answered: a "no" lowers
-        P(DVT), so it never sends a case sooner than the sign left unanswered."""
+        expected cost alone that does not stand (:meth:`_stands`) is softened there, however the
+        signs were answered: a "no" lowers P(DVT), so it never sends such a case sooner than the
+        sign left unanswered."""
         first = self._right[columns.argmax(axis=0)] == _EMERGENCY
         return ~first & ~self._any_yes(self._reasons, self._pair_reasons, codes, rows, pairs)
 
@@ -430,8 +436,8 @@ class SafetyNet:
         (:func:`pipeline.core.parsing.premise_denied`). A swollen calf after a sprain is asked
         whether the skin is warm (a sign of a DVT) before whether the knee swelled within hours.
         How long ago the pain started is one of the questions where ``ask_next.duration_edges`` gives
-        its answers' spans and something of the pain is described (:meth:`_duration_changes`), in the
-        last column of the ranking.
+        its answers' spans and something of the pain is described, or a rule that reads the duration
+        fires (:meth:`_duration_changes`), in the last column of the ranking.
 
         An answer is plausible when its predictive probability is at least
         ``ask_next.min_answer_probability``, or when it would make a same-day screen rule fire that the
@@ -499,7 +505,8 @@ class SafetyNet:
         """Per case, the probability that the answer to how long the pain has lasted changes
         ``level``, and 1 where a plausible answer would send the case the same day from below it
         (``ask_next``'s ``change`` and ``same_day`` of the question), where the duration is
-        unanswered and something of the pain is described (:func:`pain_described`). Each span of
+        unanswered and something of the pain is described (:func:`pain_described`) or a rule that
+        reads the duration fires. Each span of
         ``ask_next.duration_edges`` is an answer, plausible when its predictive probability is at
         least ``ask_next.min_answer_probability``: P(span | condition) from the knowledge base's
         durations (truncated at the person's age, as the oracle reads them) re-weights the
@@ -508,21 +515,31 @@ class SafetyNet:
         the duration; ``counts``: the cases' :meth:`counts`, of which only those rules' change)."""
         change = np.zeros(len(proba))
         same_day = np.zeros(len(proba), dtype=np.int8)
-        # once something of the pain is described: on age, sex and history alone, what happened and the
-        # calf, which a same-day rule waits on, keep the places
-        rows = np.flatnonzero(np.isnan(codes[DURATION]) & pain_described(codes))
-        if not len(rows):
-            return change, same_day
+        # once something of the pain is described (on age, sex and history alone, what happened and the
+        # calf, which a same-day rule waits on, keep the places), or where a rule that reads the
+        # duration fires (a clot before with cancer, up to 90 days: the only question left)
+        fires = state_of_counts(counts[:, :, self._duration_rules], self._has_any[self._duration_rules])[0]
+        asked = np.isnan(codes[DURATION]) & (pain_described(codes) | fires.any(axis=1))
+        for start in range(0, len(proba), _DURATION_BLOCK):  # a block at a time: the variants' memory stays flat
+            rows = start + np.flatnonzero(asked[start:start + _DURATION_BLOCK])
+            if len(rows):
+                self._duration_block(np.asarray(proba, dtype=np.float64)[rows], codes, rows, level, atypical,
+                                     counts[:, rows], change, same_day)
+        return change, same_day
+
+    def _duration_block(self, columns: np.ndarray, codes: dict[str, np.ndarray], rows: np.ndarray, level: np.ndarray,
+                        atypical: np.ndarray, base: np.ndarray, change: np.ndarray, same_day: np.ndarray) -> None:
+        """:meth:`_duration_changes` of the cases ``rows`` (``columns``: their probabilities; ``base``:
+        their counts), added to ``change`` and ``same_day`` in place."""
         cfg = self.cfg
         ages, age_of = np.unique(codes["age"][rows], return_inverse=True)  # the spans' masses once per age
         with np.errstate(divide="ignore"):  # the first bound, 0 days: log 0 is -inf, and no mass lies below it
             below = duration_mass_below(*self._kb_duration, self._duration_bounds[:, None, None].clip(
                 max=max_duration_days(ages)[None, :, None]))  # (bound, age, condition)
-        spans = (np.diff(below, axis=0) / below[-1])[:, np.ravel(age_of)]  # P(span | condition, age): (span, case, condition)
-        columns = np.asarray(proba, dtype=np.float64)[rows]
-        base = counts[:, rows]
+        by_age = np.diff(below, axis=0) / below[-1]  # P(span | condition, age): (span, age, condition)
+        age_of = np.ravel(age_of)
         for span, value in enumerate(self._duration_values):
-            weighted = columns * spans[span]
+            weighted = columns * by_age[span][age_of]
             p_answer = weighted[:, 0].copy()  # summed over the conditions in their order: the same in every process
             for c in range(1, weighted.shape[1]):
                 p_answer += weighted[:, c]
@@ -546,7 +563,6 @@ class SafetyNet:
             moved = after != level[at]
             change[at[moved]] += p_answer[plausible][moved]
             same_day[at[moved & (after == _EMERGENCY)]] = 1
-        return change, same_day
 
     def _level_changes(self, proba: np.ndarray, codes: dict[str, np.ndarray], level: np.ndarray, atypical: np.ndarray,
                        fires: np.ndarray, counts: np.ndarray
@@ -702,8 +718,8 @@ class SafetyNet:
             columns_ = weighted.take(same_day, axis=1)
             drops = self._drops_if_no(columns_, hide, lambda c: cost_levels_of_columns(cfg, c))
             at_rows, at_pairs = rows[same_day], pair[same_day]
-            soft = same_day[(drops & ~self._stands(columns_, codes, at_rows, at_pairs))
-                            | self._unsuspected(columns_, codes, at_rows, at_pairs)]
+            soft = same_day[(drops | self._unsuspected(columns_, codes, at_rows, at_pairs))
+                            & ~self._stands(columns_, codes, at_rows, at_pairs)]
             level[soft] = LEVELS.index(cfg.uncertain.level)
         level = np.where(atypical[rows], np.maximum(level, LEVELS.index(cfg.atypical.min_level)), level)
         level = np.maximum(level, others)
