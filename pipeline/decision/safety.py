@@ -179,6 +179,8 @@ class SafetyNet:
         # the rules that read the duration (the others' counts are a case's whatever its duration)
         self._duration_rules = np.array([k for k, r in enumerate(self.rules) if DURATION in r.fields], dtype=np.intp)
         self._duration_table = CountTable([(self.rules[k].all, self.rules[k].any) for k in self._duration_rules])
+        self._same_day_not_duration = np.array([r.level == _EMERGENCY and DURATION not in r.fields for r in self.rules],
+                                               dtype=bool)
         self.asked = self.candidates + ([DURATION] if len(edges) else [])
         self.asked_questions = self.questions + ([SPAN_QUESTION] if len(edges) else [])
         self._count_table = CountTable([(r.all, r.any) for r in self.rules])
@@ -518,8 +520,10 @@ class SafetyNet:
         # once something of the pain is described (on age, sex and history alone, what happened and the
         # calf, which a same-day rule waits on, keep the places), or where a rule that reads the
         # duration fires (a clot before with cancer, up to 90 days: the only question left)
-        fires = state_of_counts(counts[:, :, self._duration_rules], self._has_any[self._duration_rules])[0]
-        asked = np.isnan(codes[DURATION]) & (pain_described(codes) | fires.any(axis=1))
+        fires = state_of_counts(counts, self._has_any)[0]
+        asked = np.isnan(codes[DURATION]) & (pain_described(codes) | fires[:, self._duration_rules].any(axis=1))
+        # a case sent the same day by a rule that does not read the duration stays there, whatever it is
+        asked &= ~(fires & self._same_day_not_duration).any(axis=1)
         for start in range(0, len(proba), _DURATION_BLOCK):  # a block at a time: the variants' memory stays flat
             rows = start + np.flatnonzero(asked[start:start + _DURATION_BLOCK])
             if len(rows):
@@ -537,32 +541,32 @@ class SafetyNet:
             below = duration_mass_below(*self._kb_duration, self._duration_bounds[:, None, None].clip(
                 max=max_duration_days(ages)[None, :, None]))  # (bound, age, condition)
         by_age = np.diff(below, axis=0) / below[-1]  # P(span | condition, age): (span, age, condition)
-        age_of = np.ravel(age_of)
-        for span, value in enumerate(self._duration_values):
-            weighted = columns * by_age[span][age_of]
-            p_answer = weighted[:, 0].copy()  # summed over the conditions in their order: the same in every process
-            for c in range(1, weighted.shape[1]):
-                p_answer += weighted[:, c]
-            plausible = np.flatnonzero(p_answer >= cfg.ask_next.min_answer_probability)
-            if not len(plausible):
-                continue
-            at = rows[plausible]
-            variant = {k: v[at] for k, v in codes.items()}
-            variant[DURATION] = np.full(len(at), value)
-            case = base[:, plausible].copy()
-            case[:, :, self._duration_rules] = self._duration_table.counts(self._past_fertile_age_as_no(variant))
-            fires, open_ = self.fires_and_open(variant, case)
-            after = cost_levels_of_columns(cfg, np.ascontiguousarray(weighted[plausible].T))
-            same = np.flatnonzero(after == _EMERGENCY)
-            if len(same):
-                soft = self.rests_on_unknowns(weighted[plausible][same], {k: v[same] for k, v in variant.items()},
-                                              open_[same], lambda p: cost_levels_of_columns(cfg, np.ascontiguousarray(p.T)))
-                after[same[soft]] = LEVELS.index(cfg.uncertain.level)
-            after = np.where(atypical[at], np.maximum(after, LEVELS.index(cfg.atypical.min_level)), after)
-            after = np.maximum(after, np.where(fires, self._rule_levels[None, :], -1).max(axis=1, initial=-1))
-            moved = after != level[at]
-            change[at[moved]] += p_answer[plausible][moved]
-            same_day[at[moved & (after == _EMERGENCY)]] = 1
+        weighted = columns[None, :, :] * by_age[:, np.ravel(age_of), :]  # (span, case, condition)
+        p_answer = weighted[:, :, 0].copy()  # summed over the conditions in their order: the same in every process
+        for c in range(1, weighted.shape[2]):
+            p_answer += weighted[:, :, c]
+        # every plausible (span, case) at once, span by span: one pass of array steps for all of them
+        span, which = np.nonzero(p_answer >= cfg.ask_next.min_answer_probability)
+        if not len(span):
+            return
+        at = rows[which]
+        weighted, p_answer = weighted[span, which], p_answer[span, which]
+        variant = {k: v[at] for k, v in codes.items()}
+        variant[DURATION] = self._duration_values[span]
+        case = base[:, which].copy()
+        case[:, :, self._duration_rules] = self._duration_table.counts(self._past_fertile_age_as_no(variant))
+        fires, open_ = self.fires_and_open(variant, case)
+        after = cost_levels_of_columns(cfg, np.ascontiguousarray(weighted.T))
+        same = np.flatnonzero(after == _EMERGENCY)
+        if len(same):
+            soft = self.rests_on_unknowns(weighted[same], {k: v[same] for k, v in variant.items()}, open_[same],
+                                          lambda p: cost_levels_of_columns(cfg, np.ascontiguousarray(p.T)))
+            after[same[soft]] = LEVELS.index(cfg.uncertain.level)
+        after = np.where(atypical[at], np.maximum(after, LEVELS.index(cfg.atypical.min_level)), after)
+        after = np.maximum(after, np.where(fires, self._rule_levels[None, :], -1).max(axis=1, initial=-1))
+        moved = np.flatnonzero(after != level[at])
+        np.add.at(change, at[moved], p_answer[moved])  # in span order per case, as one span at a time would add
+        same_day[at[moved[after[moved] == _EMERGENCY]]] = 1
 
     def _level_changes(self, proba: np.ndarray, codes: dict[str, np.ndarray], level: np.ndarray, atypical: np.ndarray,
                        fires: np.ndarray, counts: np.ndarray
