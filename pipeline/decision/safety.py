@@ -470,8 +470,9 @@ class SafetyNet:
         top = min(self.cfg.ask_next.max_questions, len(self.asked))
         order = np.zeros((n, top), dtype=np.intp)
         keep_ = np.zeros((n, top), dtype=bool)
-        # the duration's variants for every case at once: a few per case, and only where it is unanswered
-        duration = self._duration_changes(proba, codes, level, atypical, counts) \
+        # the duration's variants once for the batch (a few per case, where it is unanswered), the
+        # blocks below taking their rows of it
+        duration = self._duration_changes(proba, codes, level, atypical, fires, counts) \
             if len(self.asked) > len(self.candidates) else None
         for start in range(0, n, block_rows):
             b = slice(start, start + block_rows)
@@ -503,7 +504,7 @@ class SafetyNet:
         return join_ranked(self.asked if codes_out else self.asked_questions, order, keep_)
 
     def _duration_changes(self, proba: np.ndarray, codes: dict[str, np.ndarray], level: np.ndarray,
-                          atypical: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                          atypical: np.ndarray, fires: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per case, the probability that the answer to how long the pain has lasted changes
         ``level``, and 1 where a plausible answer would send the case the same day from below it
         (``ask_next``'s ``change`` and ``same_day`` of the question), where the duration is
@@ -514,13 +515,13 @@ class SafetyNet:
         durations (truncated at the person's age, as the oracle reads them) re-weights the
         probabilities, and the case with the span's middle as its duration is triaged as
         :func:`pipeline.decision.triage.triage_levels` would (its rules matched again: several read
-        the duration; ``counts``: the cases' :meth:`counts`, of which only those rules' change)."""
+        the duration; ``fires`` and ``counts``: the cases' :meth:`fires` and :meth:`counts`, of which
+        only those rules' change)."""
         change = np.zeros(len(proba))
         same_day = np.zeros(len(proba), dtype=np.int8)
         # once something of the pain is described (on age, sex and history alone, what happened and the
         # calf, which a same-day rule waits on, keep the places), or where a rule that reads the
         # duration fires (a clot before with cancer, up to 90 days: the only question left)
-        fires = state_of_counts(counts, self._has_any)[0]
         asked = np.isnan(codes[DURATION]) & (pain_described(codes) | fires[:, self._duration_rules].any(axis=1))
         # a case sent the same day by a rule that does not read the duration stays there, whatever it is
         asked &= ~(fires & self._same_day_not_duration).any(axis=1)
