@@ -301,14 +301,22 @@ class ProbeExpectation(StrictModel):
     @field_validator("asks")
     @classmethod
     def _asks_fields(cls, names: list[str] | None) -> list[str] | None:
-        from pipeline.core.schema import field
-
-        for name in names or []:
-            try:
-                field(name)
-            except KeyError as err:
-                raise ValueError(f"asks: {err.args[0]}") from None
+        _check_questions("asks", names or [])
         return names
+
+
+def _check_questions(key: str, names: list[str], kinds: tuple[str, ...] | None = None, what: str = "") -> None:
+    """Each of ``names`` (the config's ``key``) is a case field, and where ``kinds`` is given one of
+    those kinds (``what``, in the message: "a yes/no question")."""
+    from pipeline.core.schema import field
+
+    for name in names:
+        try:
+            kind = field(name).kind
+        except KeyError as err:
+            raise ValueError(f"{key}: {err.args[0]}") from None
+        if kinds is not None and kind not in kinds:
+            raise ValueError(f"{key}: {name!r} must be {what}")
 
 
 class Probe(StrictModel):
@@ -365,15 +373,7 @@ class UncertainConfig(StrictModel):
 
     @model_validator(mode="after")
     def _yes_no_fields(self) -> "UncertainConfig":
-        from pipeline.core.schema import field
-
-        for name in self.reasons_to_suspect:
-            try:
-                kind = field(name).kind
-            except KeyError as err:
-                raise ValueError(f"reasons_to_suspect: {err.args[0]}") from None
-            if kind != "tristate":
-                raise ValueError(f"reasons_to_suspect: {name!r} must be a yes/no question")
+        _check_questions("reasons_to_suspect", self.reasons_to_suspect, ("tristate",), "a yes/no question")
         return self
 
 
@@ -417,7 +417,7 @@ class TriageConfig(StrictModel):
 
     @model_validator(mode="after")
     def _complete(self) -> "TriageConfig":
-        from pipeline.core.schema import CONDITIONS, field
+        from pipeline.core.schema import CONDITIONS
 
         if tuple(self.levels) != LEVELS:
             raise ValueError(f"levels must be {list(LEVELS)} (least urgent first)")
@@ -432,13 +432,7 @@ class TriageConfig(StrictModel):
             if any(v < 0 for v in row.values()):
                 raise ValueError(f"costs.{c}: costs must be >= 0")
         for key, names in (("fields", self.ask_next.fields), ("at_any_chance", self.ask_next.at_any_chance)):
-            for name in names:
-                try:
-                    kind = field(name).kind
-                except KeyError as err:
-                    raise ValueError(f"ask_next.{key}: {err.args[0]}") from None
-                if kind not in ("tristate", "category"):
-                    raise ValueError(f"ask_next.{key}: {name!r} must be a yes/no or category question")
+            _check_questions(f"ask_next.{key}", names, ("tristate", "category"), "a yes/no or category question")
         for i, flag in enumerate(self.red_flags):
             if flag.condition is not None and flag.condition not in CONDITIONS:
                 raise ValueError(f"red_flags[{i}].condition: {flag.condition!r} is not one of {list(CONDITIONS)}")

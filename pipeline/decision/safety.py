@@ -317,7 +317,7 @@ class SafetyNet:
         on standing, a tender calf) is not sent within a day or two for signs not asked yet: a
         suspected DVT is assessed within hours, NICE NG158 recommendations 1.1.3-1.1.4. On age, sex
         and history alone it is.) Nor does a same day that does not so stand hold where nothing
-        gives a reason to suspect a clot (:meth:`_unsuspected`), whatever is unanswered: on age, sex,
+        gives a reason to suspect a clot (:meth:`_softened`), whatever is unanswered: on age, sex,
         a duration and denials. (Where a sign or risk of a clot is answered "yes" and the clot is
         not likely enough to stand, the same day still holds once no unasked sign could lower it, so
         a "no" to the last such sign can complete it: the model's probability falls more slowly
@@ -326,7 +326,7 @@ class SafetyNet:
         hide = unanswered_matrix(codes, self.no_fields) & (open_ @ self._same_day_asks_matrix)
         proba = np.asarray(proba)
         drops = self._drops_if_no(proba.T, hide, lambda c: cost_level_of(c.T))
-        return ((drops | self._unsuspected(proba.T, codes)) & ~self._stands(proba.T, codes)) | (known_share(codes) == 0)
+        return self._softened(drops, proba.T, codes) | (known_share(codes) == 0)
 
     def _any_yes(self, fields: list[str], pair_yes: np.ndarray, codes: dict[str, np.ndarray],
                  rows: np.ndarray | None, pairs: np.ndarray | None) -> np.ndarray:
@@ -340,21 +340,24 @@ class SafetyNet:
             out |= pair_yes[pairs]
         return out
 
-    def _unsuspected(self, columns: np.ndarray, codes: dict[str, np.ndarray], rows: np.ndarray | None = None,
-                     pairs: np.ndarray | None = None) -> np.ndarray:
-        """Per case (as in :meth:`_stands`), whether nothing gives a reason to suspect a condition
-        that calls for the same day: no "yes" to ``uncertain.reasons_to_suspect`` (a Wells item, warm
-        or red skin, pregnancy) and none of those conditions the likeliest. A same day on the
-        expected cost alone that does not stand (:meth:`_stands`) is softened there, however the
-        signs were answered: a "no" lowers P(DVT), so it never sends such a case sooner than the
-        sign left unanswered."""
+    def _softened(self, drops: np.ndarray, columns: np.ndarray, codes: dict[str, np.ndarray],
+                  rows: np.ndarray | None = None, pairs: np.ndarray | None = None) -> np.ndarray:
+        """Per case (as in :meth:`_stands`), whether a same day on the expected cost is softened: it
+        rests on unasked signs (``drops``, from :meth:`_drops_if_no`) or nothing gives a reason to
+        suspect a condition that calls for it (no "yes" to ``uncertain.reasons_to_suspect``: a Wells
+        item, warm or red skin, pregnancy; and none of those conditions the likeliest), and it does
+        not stand. Without a reason it is softened however the signs were answered: a "no" lowers
+        P(DVT), so it never sends such a case sooner than the sign left unanswered. The case and
+        each of ``ask_next``'s variants are judged by this one test."""
         first = self._right[columns.argmax(axis=0)] == _EMERGENCY
-        return ~first & ~self._any_yes(self._reasons, self._pair_reasons, codes, rows, pairs)
+        unsuspected = ~first & ~self._any_yes(self._reasons, self._pair_reasons, codes, rows, pairs)
+        return (drops | unsuspected) & ~self._stands(columns, codes, first, rows, pairs)
 
-    def _stands(self, columns: np.ndarray, codes: dict[str, np.ndarray], rows: np.ndarray | None = None,
-                pairs: np.ndarray | None = None) -> np.ndarray:
+    def _stands(self, columns: np.ndarray, codes: dict[str, np.ndarray], first: np.ndarray,
+                rows: np.ndarray | None = None, pairs: np.ndarray | None = None) -> np.ndarray:
         """Per case (of ``rows``, if given, each with its variant's (question, answer) of ``pairs``),
-        whether a same day stands however the unasked signs are answered (:meth:`rests_on_unknowns`):
+        whether a same day stands however the unasked signs are answered (:meth:`rests_on_unknowns`;
+        ``first``: whether a condition that calls for it is the likeliest):
         the conditions that call for it are the likeliest or hold at least ``uncertain.stands_at``
         of the probability (``columns``: by condition, ``proba.T``, normalised or not), a sign or
         risk of a same-day condition's red flags is answered "yes", and something of the pain is
@@ -365,7 +368,7 @@ class SafetyNet:
         whatever the array's layout, so the same probabilities are judged alike in every caller and
         process."""
         share, total = dot_exact_columns(columns, self._share_rows)
-        likely = (share >= self.cfg.uncertain.stands_at * total) | (self._right[columns.argmax(axis=0)] == _EMERGENCY)
+        likely = (share >= self.cfg.uncertain.stands_at * total) | first
         suspected = self._any_yes(self._suspect_fields, self._pair_suspects, codes, rows, pairs)
         described = pain_described(codes, rows)
         if pairs is not None:  # the variant's one more answer
@@ -722,9 +725,7 @@ class SafetyNet:
             hide &= opened @ self._same_day_asks_matrix
             columns_ = weighted.take(same_day, axis=1)
             drops = self._drops_if_no(columns_, hide, lambda c: cost_levels_of_columns(cfg, c))
-            at_rows, at_pairs = rows[same_day], pair[same_day]
-            soft = same_day[(drops | self._unsuspected(columns_, codes, at_rows, at_pairs))
-                            & ~self._stands(columns_, codes, at_rows, at_pairs)]
+            soft = same_day[self._softened(drops, columns_, codes, rows[same_day], pair[same_day])]
             level[soft] = LEVELS.index(cfg.uncertain.level)
         level = np.where(atypical[rows], np.maximum(level, LEVELS.index(cfg.atypical.min_level)), level)
         level = np.maximum(level, others)
