@@ -574,12 +574,8 @@ def test_dvt_cases_are_triaged_urgently(trained, kb):
     cases = generate_cases(kb, 30_000, seed=21)
     dvt = cases["condition"] == "dvt"
     out = predict(cases[dvt].drop(columns=["condition", "severity"]), model=models)
-    urgent = out["triage"].isin(["emergency", "see_doctor_soon"])
-    assert dvt.sum() > 1000 and urgent.mean() >= 0.97
-    # a clot at about 2% or more (the costs' threshold, 1/51: docs/evidence/dvt_pe.md section 10)
-    # always sends the case within a day or two at least; below it, the case's own condition decides
-    likely = out["p_dvt"] >= 0.0197
-    assert likely.mean() > 0.9 and urgent[likely].all()
+    urgent = out["triage"].isin(["emergency", "see_doctor_soon"]).mean()
+    assert dvt.sum() > 1000 and urgent >= 0.99
 
 
 def test_advice_always_ends_with_seeking_professional_advice(trained, kb):
@@ -1428,13 +1424,13 @@ def test_age_and_sex_alone_never_send_anyone_to_emergency(trained, kb):
     child = out.index[[c["age"] <= 15 for c in cases]]
     # each is asked something an open same-day rule needs, for which ask_next keeps a place: the
     # calf, veins or a whole leg swollen (the DVT rules, with a second sign), what happened (the
-    # Ottawa knee rule); `kneepain ask` asks the calf first (test_questions)
+    # Ottawa knee rule); most adults, about the calf
     decision = get_model(models).decision
     candidates = decision.safety(kb).candidates
     needed = {question(n) for r in rules_of(decision.config, decision.screen) if LEVELS[r.level] == "emergency"
               for n in r.all if n in candidates}
     asks_needed = out["ask_next"].str.split("|").map(lambda qs: bool(needed & set(qs)))
-    assert asks_needed.drop(child).all() and (calf | tender).drop(child).any()
+    assert asks_needed.drop(child).all() and (calf | tender).drop(child).mean() > 0.5
     # at 15 or younger, first whether the child can walk (an unstable slip of the hip goes the same day)
     assert out.loc[child, "ask_next"].str.startswith("Are you unable to take four steps on that leg?").all()
 

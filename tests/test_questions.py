@@ -399,21 +399,6 @@ def test_every_dvt_probe_reaches_see_a_doctor_soon_within_five_questions(model, 
     assert LEVELS.index(result["prediction"]["triage"]) >= LEVELS.index("see_doctor_soon"), out.getvalue()[-2000:]
 
 
-@pytest.mark.parametrize("age, sex", [(14, "female"), (25, "male"), (45, "female"), (70, "male")])
-def test_a_session_asks_whether_the_calf_is_swollen_right_after_the_screen(model, age, sex):
-    """Whoever gives age and sex and says no to the screen's signs is asked next what the most
-    same-day red flags of a clot need, whether the calf is swollen (the question that tells the
-    conditions apart comes after it): below a 2% chance of a clot no one is sent within a day or
-    two for one, so the sign that would make it likely is asked rather than waited for. Once: a "don't know"
-    leaves the rest to the questions' scores."""
-    from pipeline.core.schema import SCREEN_SIGNS
-
-    result, text = _session(model, f"{age}\n{sex}\nn\n" + "d\n" * 3, max_questions=3)
-    names = [name for name, _ in result["answers"] if name not in SCREEN_SIGNS]
-    assert names[0] == "leg_swelling" and names.count("leg_swelling") == 1, _flat(text)[-600:]
-    assert "Is your lower leg or calf swollen?" in text
-
-
 def test_a_session_asks_what_the_triage_waits_on_and_a_dont_know_does_not_keep_it_going(model, kb):
     """People with runner's knee who know every answer but whether the leg and calf are swollen
     and tender: the session stops once every question `ask_next` lists has been asked, a "don't

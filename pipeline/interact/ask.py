@@ -13,11 +13,8 @@ with piped input, and in tests with :class:`io.StringIO`. Everything shown is pl
 
 Right after age and sex, while they could still change the level, the screen's one-sign rules
 (pulmonary embolism, limb ischaemia, popliteal aneurysm, infection) are asked together in one
-question, and one by one only if the answer is yes. Then, once, the question the most same-day red
-flags of a clot still need answered (whether the calf is swollen): below a 2% chance of a clot the
-triage sends no one within a day or two for one, so the sign that would make it likely is asked,
-not waited for. After each answer the running top three and the triage are shown. The session
-stops (thresholds in ``configs/questions.yaml``, section ``ask``):
+question, and one by one only if the answer is yes. After each answer the running top three and
+the triage are shown. The session stops (thresholds in ``configs/questions.yaml``, section ``ask``):
 
 - when the differential holds one condition with probability at least ``min_confidence``;
 - when the best question's score is below ``min_score``;
@@ -35,7 +32,6 @@ import re
 import shutil
 import sys
 import textwrap
-from collections import Counter
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -43,7 +39,6 @@ import numpy as np
 
 from pipeline.core.config import LEVELS
 from pipeline.core.errors import CaseValidationError
-from pipeline.core.knowledge import KnowledgeBase
 from pipeline.core.parsing import parse_records, premise_denied
 from pipeline.core.schema import CONDITION_LABELS, CONDITIONS, field
 from pipeline.core.wording import QUESTIONS, SPAN_QUESTION, answer_label, question
@@ -215,20 +210,6 @@ def _screen_fields(model: LoadedModel) -> list[tuple[str, str]]:
     return out
 
 
-def _red_flag_need(model: LoadedModel, kb: KnowledgeBase, case: dict[str, Any], asked: set[str]) -> str | None:
-    """The question not yet ``asked`` that the most same-day red flags still open for ``case`` need
-    answered (one of their ``all`` fields: whether the calf is swollen, for a clot's rules), the
-    first in the rules' order among equals; None if they need none."""
-    if model.decision is None:
-        return None
-    net = model.decision.safety(kb)
-    open_ = net.open_rules(parse_records([case]).codes)[0]
-    same_day = LEVELS.index("emergency")
-    needs = Counter(n for k, r in enumerate(net.rules[:len(model.decision.config.red_flags)])
-                    if open_[k] and r.level == same_day for n in r.all if n in net.candidates and n not in asked)
-    return max(needs, key=lambda n: needs[n]) if needs else None  # the first of the most needed
-
-
 def _digits(text: str) -> bool:
     """Whether ``text`` is a whole number in ASCII digits (``str.isdigit`` also takes ``²``, which
     ``int`` refuses)."""
@@ -286,7 +267,6 @@ def run_session(model: str | Path | LoadedModel | None = None, *, input: TextIO 
     row: dict | None = None
     screen = _screen_fields(loaded)
     screened = False
-    flagged = False  # whether the question a same-day red flag needs has had its turn (_red_flag_needs)
     said_yes: list[str] = []  # the signs a "yes, one of these" covered (cleared when the screen is asked again)
 
     def answers() -> list[tuple[str, _Answer]]:
@@ -395,9 +375,6 @@ def run_session(model: str | Path | LoadedModel | None = None, *, input: TextIO 
                 name = best["field"].iloc[0]
                 if settle and (row.get("triage_reason") == UNCERTAIN_REASON or answered >= cfg.ask.min_questions):
                     name = settle[0]  # the level rests on unanswered questions, or the rest is to settle it
-                elif not flagged and (need := _red_flag_need(loaded, kb, case, {n for n, _ in answers()})) is not None:
-                    name = need  # first, once, what the same-day red flags still need most: is the calf swollen?
-                flagged = True
                 record([(name, io.question(asked + 1, name))])
             except _Back:
                 back()
