@@ -178,6 +178,10 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default=None, help="data folder (default data/synthetic)")
     p.add_argument("--out", default=None, help="models folder (default models)")
     p.add_argument("--force-champion", action="store_true", help="move the champion alias even if not better")
+    p.add_argument("--record", default=None, metavar="FILE",
+                   help="also write what the training registered (MLflow run, model version, whether it is the "
+                        "champion) to FILE as JSON: the DVC stage's output that is not cached, so DVC never restores a "
+                        "model folder from its run cache without training and registering it")
     p.add_argument("--backend", choices=("loky", "dask"), default="loky",
                    help="joblib backend for cross-validation (dask: a local cluster or --scheduler)")
     p.add_argument("--scheduler", default=None, help="Dask scheduler address for --backend dask")
@@ -227,6 +231,12 @@ def _train(args: argparse.Namespace) -> int:
     print(f"MLflow run {info['mlflow_run_id']} at {info['tracking_uri']}; registered "
           f"{info['registered_model']} version {info['registered_version']}"
           f"{' (now champion)' if info['champion'] else ' (champion unchanged: not better on valid log loss)'}")
+    if args.record:
+        from pipeline.core.files import write_json_atomic
+
+        write_json_atomic(args.record, {"models": str(out), "model_file": info["manifest"]["model_file"],
+                                        **{k: info[k] for k in ("mlflow_run_id", "tracking_uri", "registered_model",
+                                                                "registered_version", "champion")}})
     if "extra_holdout" in info:
         h = info["extra_holdout"]
         from pipeline.report.labelled import with_interval

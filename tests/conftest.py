@@ -102,7 +102,7 @@ def trained(small_data, small_config_path, tmp_path_factory):
         mp.setenv("MLFLOW_TRACKING_URI", uri)
         code = main(["train", "--config", str(small_config_path), "--data", str(small_data),
                      "--out", str(root / "models"), "--extra-data", str(root / "extra.csv"), "--extra-weight", "2",
-                     "--extra-holdout", "0.25"])
+                     "--extra-holdout", "0.25", "--record", str(root / "training.json")])
     (root / "train.log").write_text(log.getvalue())
     assert code == 1, log.getvalue()  # the three rejected rows are said by the exit code, as `evaluate` says them
     return root / "models", uri

@@ -835,6 +835,19 @@ def test_the_safety_net_lists_signs_to_watch_for_not_history_to_ask(cfg, net):
     assert net.open_rules(codes)[0, [net.names.index("clot_before_with_wells_history")]].all()
 
 
+def test_a_swollen_leg_is_not_told_to_go_if_the_leg_swells(cfg, net):
+    """A man whose leg is swollen, his risks unanswered, in the coming days: the rule that sends a
+    swollen leg within a day or two waits on a risk beside it, and its line names them. "See a
+    doctor within a day or two if: the calf or leg swells" told him to go already (319 of the 612
+    `test` cases with a swollen leg below within a day or two were shown it)."""
+    codes = _codes([{"age": 50, "sex": "male", "leg_swelling": "yes"}])
+    level = np.array([LEVELS.index("see_doctor")])
+    listed = net.safety_net(level, net.open_rules(codes), codes=True)[0].split("|")
+    assert "swollen_leg_with_dvt_risk" in listed
+    line = net.texts[net.names.index("swollen_leg_with_dvt_risk")]
+    assert all(word in line for word in ("sit most of the day", "smoke", "pregnant", "pill or HRT", "stand up")), line
+
+
 def test_the_safety_net_says_which_answer_to_a_question_would_send_a_leg_that_cannot_walk_the_same_day(cfg, net):
     """An 84-year-old who cannot take four steps on a swollen knee, what happened not yet said:
     every answer but a sprint sends her the same day, and the safety net says which, each line

@@ -60,6 +60,32 @@ def test_training_run_is_recorded_with_params_metrics_and_lineage(trained):
     assert "Model card" in version.description and "extra" in version.description
 
 
+def test_the_training_record_names_the_run_and_version_of_the_models_folder(trained):
+    """`kneepain train --record FILE` (the DVC stage's) writes the run, the registered version and
+    whether it took the alias, the same as the model folder's manifest and the registry say."""
+    models, uri = trained
+    record = json.loads((models.parent / "training.json").read_text())
+    manifest = json.loads((models / "manifest.json").read_text())
+    assert (record["mlflow_run_id"], record["registered_version"]) == (manifest["mlflow_run_id"], manifest["registered_version"])
+    assert record["model_file"] == manifest["model_file"] and record["models"] == str(models)
+    assert record["champion"] is True and str(_client(uri).get_model_version_by_alias(NAME, "champion").version) \
+        == record["registered_version"]
+
+
+def test_dvcs_run_cache_is_off_for_the_stage_that_registers_models():
+    """DVC restores a stage from its run cache without running its command (configs set back to
+    an earlier state, say): for `train`, a model folder without its MLflow run and version, the
+    champion alias left on the other folder. An output with ``cache: false`` turns the run cache
+    off for the stage (dvc.org, user guide, "Run Cache"); the record is that output."""
+    import yaml
+
+    from pipeline.core.paths import project_root
+
+    stage = yaml.safe_load((project_root() / "dvc.yaml").read_text())["stages"]["train"]
+    uncached = [next(iter(o)) for o in stage["outs"] if isinstance(o, dict) and not next(iter(o.values())).get("cache", True)]
+    assert uncached and all(f"--record {path}" in stage["cmd"] for path in uncached), stage
+
+
 def test_training_run_records_its_datasets_and_the_held_out_real_cases(trained, small_data, tmp_path):
     models, uri = trained
     manifest = json.loads((models / "manifest.json").read_text())
