@@ -131,6 +131,11 @@ def _write(tmp_path, mutate) -> Path:
      r"conditions\.osteoarthritis\.symptom_duration_days\.episode: .*needs `range"),
     (lambda r: r["conditions"]["dvt"]["symptom_duration_days"].update(episode={"share": 0.1, "median_days": 2}),
      r"conditions\.dvt\.symptom_duration_days\.episode\.(log_sd|source): Field required"),
+    # NaN passed "non-negative" and "at most 1" checks, and spread NaN through every posterior
+    (lambda r: r["conditions"]["dvt"]["symptoms"]["visible_veins"].update(p=float("nan")),
+     r"conditions\.dvt\.symptoms\.visible_veins\.p: Input should be a finite number"),
+    (lambda r: r["conditions"]["dvt"]["onset"].update(sudden=float("nan")),
+     r"conditions\.dvt\.onset: .*sudden: must be a non-negative number, got nan"),
 ])
 def test_bad_configs_name_the_key(tmp_path, mutate, expected):
     with pytest.raises(KnowledgeBaseError, match=expected):

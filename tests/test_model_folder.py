@@ -328,6 +328,12 @@ def test_a_decision_layer_from_another_version_is_refused_clearly(trained, tmp_p
     (lambda d: d["triage"]["red_flags"][0].pop("source"), "(triage.red_flags.0.source: Field required); retrain"),
     (lambda d: d["screen"]["rules"][1].update(source="docs/evidence"), "(screen.rules.1.source: source must be 'seed: "),
     (lambda d: d.clear(), "lacks triage.uncertain"),
+    # a NaN cost passed ">= 0" and sent every case the same day; an infinite one, an emergency within a day or two
+    (lambda d: d["triage"]["costs"]["dvt"].update(see_doctor=float("nan")),
+     "triage.costs.dvt.see_doctor: Input should be a finite number"),
+    (lambda d: d["triage"]["costs"]["dvt"].update(emergency=float("inf")),
+     "triage.costs.dvt.emergency: Input should be a finite number"),
+    (lambda d: d["conformal"]["thresholds"][0].__setitem__(0, float("nan")), "must be finite numbers, not NaN or infinite"),
 ])
 def test_a_decision_layer_of_the_wrong_shape_is_refused_by_name_before_scoring(trained, tmp_path, edit, message):
     """An unsigned folder whose checksums were rewritten: whatever its decision layer holds, loading

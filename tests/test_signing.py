@@ -77,6 +77,56 @@ def test_an_unsigned_or_foreign_folder_is_refused_when_a_key_is_trusted(signed, 
         load_model(folder, trusted=public)
 
 
+def test_a_folder_changed_while_its_signature_is_checked_is_loaded_as_it_was_signed(signed, monkeypatch):
+    """The signature is checked on a private copy of the folder and the model loaded from that
+    copy: a folder rewritten (and its checksums resealed) just after the check, as a switched
+    folder link or a replaced file would do, does not get its red flags served as self-care."""
+    import pipeline.serve.loading as loading
+
+    folder, public = signed
+    checked = loading.verify_signature
+
+    def check_then_rewrite(path, key):
+        checked(path, key)
+        manifest = json.loads((folder / "manifest.json").read_text())
+        for flag in manifest["decision"]["triage"]["red_flags"]:
+            flag["level"] = "self_care"
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+        seal_folder(folder, json.loads((folder / CHECKSUMS_FILE).read_text())["files"])
+
+    monkeypatch.setattr(loading, "verify_signature", check_then_rewrite)
+    loaded = load_model(folder, trusted=public)
+    assert {f["level"] for f in loaded.manifest["decision"]["triage"]["red_flags"]} != {"self_care"}
+    assert loaded.source == str(folder)
+    monkeypatch.setattr(loading, "verify_signature", checked)
+    with pytest.raises(ModelIntegrityError, match=rf"{folder} is not verified .*changed since signing"):
+        load_model(folder, trusted=public)  # the rewrite itself, loaded next, is refused, named by the folder
+
+
+def test_a_pipe_in_a_model_folder_is_refused_not_waited_on(signed, trained, tmp_path):
+    """A FIFO where a file should be would block the load for good (reading it waits for a
+    writer): refused at once, in a signed folder and among the checksummed files of an unsigned one."""
+    import os
+
+    folder, public = signed
+    os.mkfifo(folder / "notes")
+    with pytest.raises(ModelIntegrityError, match=r"notes is a pipe, not a regular file"):
+        load_model(folder, trusted=public)
+    unsigned = Path(shutil.copytree(trained[0], tmp_path / "unsigned"))
+    (unsigned / "knowledge_base.yaml").unlink()
+    os.mkfifo(unsigned / "knowledge_base.yaml")
+    with pytest.raises(ModelIntegrityError, match=r"knowledge_base.yaml is a pipe, not a regular file"):
+        load_model(unsigned)
+
+
+def test_an_empty_trusted_key_is_an_error_not_a_silent_no_key(signed, monkeypatch):
+    """``KNEEPAIN_TRUSTED_KEY=$KEY`` with ``KEY`` unset asked for signed folders and got none checked."""
+    folder, _ = signed
+    monkeypatch.setenv("KNEEPAIN_TRUSTED_KEY", "")
+    with pytest.raises(ModelIntegrityError, match=r"KNEEPAIN_TRUSTED_KEY is set but empty"):
+        load_model(folder)
+
+
 def test_a_folder_given_by_a_relative_path_signs_and_verifies_as_the_readme_shows(signed, tmp_path, monkeypatch,
                                                                                   capsys):
     """``kneepain sign models`` then ``kneepain verify models``, run in the folder above it."""

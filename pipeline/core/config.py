@@ -28,13 +28,14 @@ __all__ = ["ConfigError", "ExtraDataConfig", "GenerateConfig", "LEVELS", "Probes
 
 
 class StrictModel(BaseModel):
-    """A config section: unknown keys are errors, values are frozen after validation.
+    """A config section: unknown keys are errors, values are frozen after validation, and no number
+    is NaN or infinite (a NaN cost passed `>= 0` and sent every case the same day).
 
     Each model's validator is built when it first validates (``defer_build``), not at import:
     ``kneepain score`` validates a few of the 40 sections, and building them all cost about
     50 ms of its start-up."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True, allow_inf_nan=False)
 
 
 _PROVENANCE = re.compile(r"^(seed: \"[^\"]{8,}\".*|ref: .*\b(19|20)\d\d\b.*|assumption: .{10,})$", re.S)

@@ -27,7 +27,7 @@ from pipeline.core.errors import BatchInputError
 
 __all__ = ["CASE_FILE_TYPES", "FILE_TYPES_TEXT", "arrow_file", "changed_while_read", "file_label", "file_state",
            "in_temporary_folder", "is_case_file", "is_parquet", "is_pipe", "load_yaml", "numbered", "process_alive",
-           "reclaim_stale_temps", "refuse_changed", "regular_stat", "replace_keeping_mode", "sha256_file",
+           "read_regular_file", "reclaim_stale_temps", "refuse_changed", "regular_stat", "replace_keeping_mode", "sha256_file",
            "standard_stream_closed", "stdout_bytes", "tmp_path", "write_bytes_atomic", "write_json_atomic", "write_parts_atomic",
            "write_report_json", "write_text_atomic"]
 
@@ -292,6 +292,25 @@ def replace_keeping_mode(tmp: Path, path: Path, before: os.stat_result | None) -
             except OSError:  # not this user's to give
                 continue
     os.replace(tmp, path)
+
+
+def read_regular_file(path: Path, *, follow_links: bool = True) -> bytes:
+    """The bytes of the regular file ``path``, read from the file opened (not a name that may be
+    switched meanwhile), without blocking on a pipe. Raises ``ValueError`` for anything but a
+    regular file (a FIFO, a device, a folder; a link, unless ``follow_links``), ``OSError`` as
+    ``open`` does."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | (0 if follow_links else getattr(os, "O_NOFOLLOW", 0))
+    try:
+        fd = os.open(path, flags)
+    except OSError as err:
+        if not follow_links and os.path.islink(path):  # O_NOFOLLOW's ELOOP
+            raise ValueError("a link, not a regular file") from err
+        raise
+    with open(fd, "rb") as read:
+        mode = os.fstat(read.fileno()).st_mode
+        if not stat.S_ISREG(mode):
+            raise ValueError("a pipe, not a regular file" if stat.S_ISFIFO(mode) else "not a regular file")
+        return read.read()
 
 
 def regular_stat(path: Path) -> os.stat_result | None:

@@ -9,6 +9,8 @@ one per number of the mapping), which must contain it. Errors name the key path.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 from pydantic import Field as PydField
@@ -123,7 +125,7 @@ class Distribution(BaseModel):
     @model_validator(mode="after")
     def _numbers(self) -> "Distribution":
         for key, v in (self.model_extra or {}).items():
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v < math.inf:  # NaN too
                 raise ValueError(f"{key}: must be a non-negative number, got {v!r}")
         _check_ranges(self.numbers(), self.source, self.range)
         return self

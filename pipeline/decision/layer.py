@@ -212,6 +212,8 @@ def _shape_problem(spec: dict) -> str | None:
         by_known = np.asarray(atypical["thresholds_by_n_known"], dtype=float)
     except (TypeError, ValueError):
         return "its thresholds and band edges must be numbers"
+    if not all(np.isfinite(a).all() for a in (known, confidence, grid, by_known)):  # fitted ones always are
+        return "its thresholds and band edges must be finite numbers, not NaN or infinite"
     if known.ndim != 1 or confidence.ndim != 1 or grid.shape != (len(known) + 1, len(confidence) + 1):
         return (f"conformal.thresholds has shape {grid.shape}, not {(known.size + 1, confidence.size + 1)} for its "
                 f"{known.size} answers-known and {confidence.size} confidence edges")

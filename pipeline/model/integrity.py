@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from pipeline.core.errors import ModelIntegrityError
-from pipeline.core.files import sha256_file, write_json_atomic
+from pipeline.core.files import read_regular_file, sha256_file, write_json_atomic
 
 __all__ = ["CHECKSUMS_FILE", "seal_folder", "verify_folder"]
 
@@ -70,11 +70,13 @@ def verify_folder(folder: Path, required: Iterable[str] = ()) -> dict[str, bytes
     for name, expected in files.items():
         path = folder / name
         try:
-            data = path.read_bytes()
+            data = read_regular_file(path)
         except FileNotFoundError:
             raise ModelIntegrityError(f"{path} is missing from the model folder; refusing to load it.") from None
         except OSError as err:
             raise ModelIntegrityError(f"{path}: cannot read: {err.strerror or err}.") from err
+        except ValueError as err:  # a FIFO would block the load for good
+            raise ModelIntegrityError(f"{path} is {err}; refusing to load the model folder.") from err
         digest = hashlib.sha256(data).hexdigest()
         if digest != expected:
             raise ModelIntegrityError(

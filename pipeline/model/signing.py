@@ -21,8 +21,9 @@ import re
 from pathlib import Path
 
 from pipeline.core.errors import ModelIntegrityError
+from pipeline.core.files import read_regular_file
 
-__all__ = ["SIGNATURE_FILE", "TRUSTED_KEY_ENV", "sign_folder", "trusted_key", "verify_signature"]
+__all__ = ["SIGNATURE_FILE", "TRUSTED_KEY_ENV", "sign_folder", "snapshot_folder", "trusted_key", "verify_signature"]
 
 SIGNATURE_FILE = "model.sig"
 TRUSTED_KEY_ENV = "KNEEPAIN_TRUSTED_KEY"
@@ -30,9 +31,13 @@ TRUSTED_KEY_ENV = "KNEEPAIN_TRUSTED_KEY"
 
 def trusted_key(key: str | Path | None = None) -> Path | None:
     """The trusted public key: ``key``, else ``$KNEEPAIN_TRUSTED_KEY``, else None (no signature required)."""
-    chosen = key if key is not None else os.environ.get(TRUSTED_KEY_ENV) or None
+    chosen = key if key is not None else os.environ.get(TRUSTED_KEY_ENV)
     if chosen is None:
         return None
+    if not str(chosen).strip():  # set from an empty variable, say: not a silent "sign nothing"
+        where = f"${TRUSTED_KEY_ENV}" if key is None else "the trusted key"
+        raise ModelIntegrityError(f"{where} is set but empty: give the PEM public key models must be signed with, or "
+                                  f"unset it to load folders that are not signed.")
     path = Path(chosen)
     if not path.is_file():
         where = f"${TRUSTED_KEY_ENV}" if key is None else "the trusted key"
@@ -68,6 +73,25 @@ def sign_folder(folder: str | Path, private_key: str | Path, *, password: str | 
     except (ValueError, OSError, TypeError) as err:
         raise ModelIntegrityError(f"cannot sign {folder} with {private_key}: {err}") from err
     return signature
+
+
+def snapshot_folder(folder: Path, into: Path) -> None:
+    """Copy the model folder ``folder`` to ``into`` (which must not exist), each file read once:
+    regular files and folders as they are, a link as a link (which the signature refuses), and
+    anything else (a FIFO, a device) refused, since reading it could block or never end."""
+    into.mkdir(mode=0o700)
+    for entry in os.scandir(folder):
+        source, target = Path(entry.path), into / entry.name
+        if entry.is_symlink():
+            os.symlink(os.readlink(source), target)
+        elif entry.is_dir(follow_symlinks=False):
+            snapshot_folder(source, target)
+        else:
+            try:
+                data = read_regular_file(source, follow_links=False)
+            except ValueError as err:  # a FIFO would block the load for good
+                raise ModelIntegrityError(f"{source} is {err}; refusing to load {folder}.") from err
+            target.write_bytes(data)
 
 
 def verify_signature(folder: str | Path, public_key: str | Path) -> None:

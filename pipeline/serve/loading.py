@@ -29,7 +29,7 @@ from pipeline.decision.layer import Decision
 from pipeline.model.arrays import ArrayScorer, array_scorer, predict_proba
 from pipeline.model.integrity import CHECKSUMS_FILE
 from pipeline.model.persist import KB_FILE, MANIFEST_FILE, holds_model, load_estimator
-from pipeline.model.signing import trusted_key, verify_signature
+from pipeline.model.signing import snapshot_folder, trusted_key, verify_signature
 
 __all__ = ["ARTIFACT_KEY", "LoadedModel", "clear_model_cache", "get_model", "is_model_uri", "load_model", "pinned_uri"]
 
@@ -123,8 +123,23 @@ def load_model(source: str | Path | LoadedModel | None = None, *, trust_pickle: 
         raise FileNotFoundError(f"{source}: is a file, not a models folder, and its folder {folder} holds no model; "
                                 "give the folder `kneepain train` wrote (or a file in it), or a models:/ URI of the "
                                 "registry.")
-    if key is not None:
-        verify_signature(folder, key)
+    if key is None:
+        return _load_folder(folder, folder, trust_pickle)
+    # signed: the signature is checked on a private copy of the folder, read once, and the model
+    # loaded from that copy, so no file can change between its check and its use (a folder link
+    # switched, or a file replaced, while the signature is checked)
+    with tempfile.TemporaryDirectory(prefix="kneepain-signed-model-") as private:
+        copy = Path(private).resolve() / "model"  # as the signature check names it
+        try:
+            snapshot_folder(folder.resolve(), copy)
+            verify_signature(copy, key)
+            return _load_folder(copy, folder, trust_pickle)
+        except (ModelIntegrityError, KnowledgeBaseError) as err:  # named by the folder, not the private copy
+            raise type(err)(str(err).replace(str(copy), str(folder))) from err
+
+
+def _load_folder(folder: Path, named: Path, trust_pickle: bool) -> LoadedModel:
+    """:func:`load_model`'s verified load of the model folder ``folder``, known as ``named``."""
     verified = load_estimator(folder, trust_pickle=trust_pickle)
     manifest = verified.manifest
     kb = decision = None
@@ -134,7 +149,7 @@ def load_model(source: str | Path | LoadedModel | None = None, *, trust_pickle: 
         except yaml.YAMLError as err:
             raise ModelIntegrityError(f"{folder / KB_FILE} is not valid YAML: {err}") from err
         decision = Decision(manifest["decision"])
-    return LoadedModel(verified.estimator, manifest, str(folder), kb, decision, contents_digest(verified.contents))
+    return LoadedModel(verified.estimator, manifest, str(named), kb, decision, contents_digest(verified.contents))
 
 
 def contents_digest(contents: dict[str, bytes]) -> str:
