@@ -262,6 +262,21 @@ def test_a_skops_file_that_needs_an_untrusted_type_is_refused(cases, tmp_path):
         load_model(tmp_path / "m")
 
 
+def test_a_skops_model_whose_classes_are_not_the_conditions_in_order_is_refused(cases, tmp_path):
+    """Its probability columns are read as the conditions' indices in order: a classifier fitted on
+    the names (alphabetical columns) would have its P(DVT) read from another condition's column."""
+    import skops.io as sio
+
+    train, valid = cases
+    pipe = Pipeline([("features", CaseFeaturizer()), ("model", HistGradientBoostingClassifier(max_iter=5, random_state=0))])
+    save_model(_fit("hgb", cases), tmp_path / "m", {})
+    load_model(tmp_path / "m")  # the conditions' indices, in order
+    (tmp_path / "m" / "model.skops").write_bytes(sio.dumps(pipe.fit(train, train["condition"].astype(str))))
+    _reseal(tmp_path / "m")
+    with pytest.raises(ModelIntegrityError, match=r"predicts the classes \['acl_injury', 'bakers_cyst'"):
+        load_model(tmp_path / "m")
+
+
 class _Evil:
     def __init__(self, path):
         self.path = path
