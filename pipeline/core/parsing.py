@@ -568,8 +568,8 @@ def _parse_number(series: pd.Series, f: Field) -> tuple[np.ndarray, np.ndarray, 
     if bad_type.any():  # a spreadsheet's decimal comma ("30,1") is said (one text, so that reasons are counted together)
         reasons = reasons.astype(object)
         for i in np.flatnonzero(bad_type):
-            if isinstance(cell := series.iat[i], str) and _DECIMAL_COMMA.fullmatch(cell.strip()) \
-                    and not _THOUSANDS.fullmatch(cell.strip()):  # "1,000" may be a thousand: no guess
+            if isinstance(cell := series.iat[i], str) and _DECIMAL_COMMA.fullmatch(text := cell.strip()) \
+                    and not _THOUSANDS.fullmatch(text):  # "1,000" may be a thousand: no guess
                 reasons[i] = _DECIMAL_COMMA_REASON
         reasons = reasons.astype(str)
     values = np.where(bad, np.nan, values)

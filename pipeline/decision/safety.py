@@ -528,11 +528,11 @@ class SafetyNet:
         asked = np.isnan(codes[DURATION]) & (pain_described(codes) | fires[:, self._duration_rules].any(axis=1))
         # a case sent the same day by a rule that does not read the duration stays there, whatever it is
         asked &= ~(fires & self._same_day_not_duration).any(axis=1)
+        proba = np.asarray(proba, dtype=np.float64)
         for start in range(0, len(proba), _DURATION_BLOCK):  # a block at a time: the variants' memory stays flat
             rows = start + np.flatnonzero(asked[start:start + _DURATION_BLOCK])
             if len(rows):
-                self._duration_block(np.asarray(proba, dtype=np.float64)[rows], codes, rows, level, atypical,
-                                     counts[:, rows], change, same_day)
+                self._duration_block(proba[rows], codes, rows, level, atypical, counts[:, rows], change, same_day)
         return change, same_day
 
     def _duration_block(self, columns: np.ndarray, codes: dict[str, np.ndarray], rows: np.ndarray, level: np.ndarray,

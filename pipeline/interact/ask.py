@@ -42,6 +42,7 @@ from pipeline.core.errors import CaseValidationError
 from pipeline.core.parsing import parse_records, premise_denied
 from pipeline.core.schema import CONDITION_LABELS, CONDITIONS, field
 from pipeline.core.wording import QUESTIONS, SPAN_QUESTION, answer_label, question
+from pipeline.decision.safety import DURATION
 from pipeline.decision.triage import UNCERTAIN_REASON
 from pipeline.interact.questions import QuestionsConfig, load_questions_config, next_questions, resolve_kb
 from pipeline.serve.loading import LoadedModel
@@ -54,7 +55,7 @@ CLOSING = ("This is information, not a diagnosis: seek advice from a doctor or a
 _DONT_KNOW = {"", "d", "?", "unknown", "don't know", "dont know", "dk"}
 _YES, _NO = {"y", "yes"}, {"n", "no"}
 _HELP = "(b: back one answer, q: stop, + words: answer another question now)"
-_FIELD_OF_QUESTION = {q: n for n, q in QUESTIONS.items()} | {SPAN_QUESTION: "symptom_duration_days"}  # as ask_next asks it
+_FIELD_OF_QUESTION = {q: n for n, q in QUESTIONS.items()} | {SPAN_QUESTION: DURATION}  # as ask_next asks it
 _Answer = str | float | int | None  # a category's or yes/no value, a number, or None for "don't know"
 
 

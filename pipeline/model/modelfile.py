@@ -176,10 +176,11 @@ def read_model_file(path: Path, data: bytes) -> Any:
         if not callable(getattr(estimator, "predict_proba", None)):  # trusted types that are no estimator: a dict
             raise ModelIntegrityError(f"{path} holds a {type(estimator).__name__}, not a fitted classifier; retrain "
                                       "with `kneepain train`.")
-        classes = getattr(estimator, "classes_", None)
-        if classes is not None and [str(c) for c in classes] != [str(k) for k in range(len(CONDITIONS))]:
+        fitted = getattr(estimator, "classes_", None)
+        classes = None if fitted is None else [str(c) for c in fitted]
+        if classes is not None and classes != [str(k) for k in range(len(CONDITIONS))]:
             # its probability columns are read as the conditions' indices, in order: others would be misread
-            raise ModelIntegrityError(f"{path} predicts the classes {[str(c) for c in classes][:12]}, not the "
+            raise ModelIntegrityError(f"{path} predicts the classes {classes[:12]}, not the "
                                       f"conditions' indices 0-{len(CONDITIONS) - 1} in order; refusing to load it.")
         return estimator
     raise ModelIntegrityError(f"{path}: unknown model file; expected {ARRAYS_FILE} or {SKOPS_FILE}.")

@@ -34,13 +34,12 @@ def trusted_key(key: str | Path | None = None) -> Path | None:
     chosen = key if key is not None else os.environ.get(TRUSTED_KEY_ENV)
     if chosen is None:
         return None
+    where = f"${TRUSTED_KEY_ENV}" if key is None else "the trusted key"
     if not str(chosen).strip():  # set from an empty variable, say: not a silent "sign nothing"
-        where = f"${TRUSTED_KEY_ENV}" if key is None else "the trusted key"
         raise ModelIntegrityError(f"{where} is set but empty: give the PEM public key models must be signed with, or "
                                   f"unset it to load folders that are not signed.")
     path = Path(chosen)
     if not path.is_file():
-        where = f"${TRUSTED_KEY_ENV}" if key is None else "the trusted key"
         raise ModelIntegrityError(f"{path} ({where}) is not a file; give the PEM public key models must be signed with.")
     return path
 

@@ -106,12 +106,10 @@ def load_model(source: str | Path | LoadedModel | None = None, *, trust_pickle: 
     if is_model_uri(source):
         # fetched into a folder of its own: from a local store MLflow would hand back (and write
         # into) the store's own folder; everything used is read before the folder is removed
-        with tempfile.TemporaryDirectory(prefix="kneepain-mlflow-model-") as fetched:
-            try:
-                loaded = load_model(_mlflow_model_folder(str(source), Path(fetched)), trust_pickle=trust_pickle,
-                                    trusted=key, check_signature=check_signature)
-            except (ModelIntegrityError, KnowledgeBaseError) as err:  # named by the URI, not the removed download
-                raise type(err)(str(err).replace(f"{fetched}{os.sep}", f"{source}, file ")) from err
+        with tempfile.TemporaryDirectory(prefix="kneepain-mlflow-model-") as fetched, \
+                _errors_naming(f"{fetched}{os.sep}", f"{source}, file "):  # the URI, not the removed download
+            loaded = load_model(_mlflow_model_folder(str(source), Path(fetched)), trust_pickle=trust_pickle,
+                                trusted=key, check_signature=check_signature)
         loaded.source = str(source)
         return loaded
     folder = models_dir() if source is None else Path(source)
@@ -130,12 +128,20 @@ def load_model(source: str | Path | LoadedModel | None = None, *, trust_pickle: 
     # switched, or a file replaced, while the signature is checked)
     with tempfile.TemporaryDirectory(prefix="kneepain-signed-model-") as private:
         copy = Path(private).resolve() / "model"  # as the signature check names it
-        try:
+        with _errors_naming(str(copy), str(folder)):  # the folder, not the private copy
             snapshot_folder(folder.resolve(), copy)
             verify_signature(copy, key)
             return _load_folder(copy, folder, trust_pickle)
-        except (ModelIntegrityError, KnowledgeBaseError) as err:  # named by the folder, not the private copy
-            raise type(err)(str(err).replace(str(copy), str(folder))) from err
+
+
+@contextmanager
+def _errors_naming(temporary: str, name: str) -> Iterator[None]:
+    """A model's integrity or knowledge-base error raised within, with the temporary folder it was
+    read from (``temporary``, a path's prefix) named as ``name``, the source the caller gave."""
+    try:
+        yield
+    except (ModelIntegrityError, KnowledgeBaseError) as err:
+        raise type(err)(str(err).replace(temporary, name)) from err
 
 
 def _load_folder(folder: Path, named: Path, trust_pickle: bool) -> LoadedModel:
