@@ -125,6 +125,31 @@ def test_a_folder_without_checksums_or_with_foreign_ones_is_refused(trained, tmp
         load_model(folder)
 
 
+_DEEP = {"checksums.json": "[" * 100_000 + "]" * 100_000, "manifest.json": '{"a": ' + "[" * 100_000 + "]" * 100_000 + "}",
+         "model.json": "[" * 100_000 + "]" * 100_000, "knowledge_base.yaml": "a: " + "[" * 100_000 + "]" * 100_000 + "\n"}
+
+
+@pytest.mark.parametrize("name", sorted(_DEEP))
+def test_a_file_nested_past_the_parsers_depth_is_refused_by_name(trained, tmp_path, name):
+    """JSON or YAML nested deeper than Python's recursion allows is a ModelIntegrityError naming
+    the file, as any other file that is not what it should be, not a RecursionError."""
+    folder = _copy(trained, tmp_path)
+    (folder / name).write_text(_DEEP[name])
+    if name != CHECKSUMS_FILE:
+        _reseal(folder)
+    with pytest.raises(ModelIntegrityError, match=rf"{re.escape(str(folder / name))} is not (a )?valid"):
+        load_model(folder)
+
+
+def test_a_listed_name_with_a_nul_is_refused_as_no_file_name(trained, tmp_path):
+    folder = _copy(trained, tmp_path)
+    listed = json.loads((folder / CHECKSUMS_FILE).read_text())
+    listed["files"]["model\x00.json"] = "0" * 64
+    (folder / CHECKSUMS_FILE).write_text(json.dumps(listed))
+    with pytest.raises(ModelIntegrityError, match=r"lists 'model\\x00.json', which is not a file name inside"):
+        load_model(folder)
+
+
 def test_a_corrupt_model_file_that_passes_its_checksum_is_refused_by_name(trained, tmp_path, capsys):
     folder = _copy(trained, tmp_path)
     model = json.loads((folder / "model.json").read_text())
@@ -274,6 +299,43 @@ def test_a_skops_model_whose_classes_are_not_the_conditions_in_order_is_refused(
     (tmp_path / "m" / "model.skops").write_bytes(sio.dumps(pipe.fit(train, train["condition"].astype(str))))
     _reseal(tmp_path / "m")
     with pytest.raises(ModelIntegrityError, match=r"predicts the classes \['acl_injury', 'bakers_cyst'"):
+        load_model(tmp_path / "m")
+
+
+def _split(nodes) -> int:
+    return int(np.flatnonzero(nodes["is_leaf"] == 0)[0])
+
+
+_TREE_ATTACKS = {  # a change to one tree's nodes, and how the refusal names it
+    "a child outside the tree": (lambda n: n["left"].__setitem__(_split(n), 10_000_000),
+                                 r"node \d+ has children 10000000 and \d+; a split's children come after it"),
+    "a child that loops back": (lambda n: n["right"].__setitem__(_split(n), _split(n)),
+                                r"node \d+ has children \d+ and \d+; a split's children come after it"),
+    "a feature outside the data": (lambda n: n["feature_idx"].__setitem__(_split(n), 5_000),
+                                   r"node \d+ splits on feature 5000; the model has features 0-\d+"),
+    "a categorical split": (lambda n: n["is_categorical"].__setitem__(_split(n), 1),
+                            r"node \d+ is a categorical split"),
+    "a leaf that is not a number": (lambda n: n["value"].__setitem__(int(np.flatnonzero(n["is_leaf"])[0]), np.nan),
+                                    r"leaf \d+ has the value nan"),
+}
+
+
+@pytest.mark.parametrize("attack", sorted(_TREE_ATTACKS))
+def test_a_gradient_boosting_tree_scored_outside_its_arrays_is_refused_at_loading(cases, tmp_path, attack):
+    """scikit-learn follows a tree's nodes in compiled code that does not check them: a child
+    outside the tree crashed the process, one that loops back never returned. A resealed (or
+    unsigned) model.skops with such a tree is refused by name before anything is scored."""
+    import skops.io as sio
+
+    estimator = _fit("hgb", cases)
+    save_model(estimator, tmp_path / "m", {})
+    change, message = _TREE_ATTACKS[attack]
+    hgb = estimator.calibrated_classifiers_[0].estimator.estimator.steps[-1][1]
+    change(hgb._predictors[1][2].nodes)
+    (tmp_path / "m" / "model.skops").write_bytes(sio.dumps(estimator))
+    _reseal(tmp_path / "m")
+    with pytest.raises(ModelIntegrityError, match=r"model.skops is not a valid skops model file: the tree of "
+                                                  rf"iteration 1, class 2, {message}"):
         load_model(tmp_path / "m")
 
 

@@ -40,14 +40,14 @@ def _listed(folder: Path) -> dict[str, str]:
     except FileNotFoundError:
         raise ModelIntegrityError(f"{path} is missing: a model folder is loaded only with the checksums written "
                                   "when it was trained; retrain with `kneepain train` (or `make run`).") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:  # nested past Python's depth
         raise ModelIntegrityError(f"{path} is not valid JSON ({err}); refusing to load the model folder.") from err
     files = data.get("files") if isinstance(data, dict) else None
     if not isinstance(data, dict) or data.get("format") != _FORMAT or data.get("algorithm") != "sha256" \
             or not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
         raise ModelIntegrityError(f"{path} is not a kneepain checksums file; refusing to load the model folder.")
     for name in files:
-        if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+        if not isinstance(name, str) or Path(name).name != name or name in ("", ".", "..") or "\x00" in name:
             raise ModelIntegrityError(f"{path} lists {name!r}, which is not a file name inside the folder.")
     return files
 

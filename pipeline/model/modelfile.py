@@ -7,7 +7,8 @@
 - Any other estimator (gradient boosting) is written with skops, ``model.skops``, and loaded
   with an explicit list of trusted types (:data:`SKOPS_TRUSTED`): skops builds only those, and a
   file that needs any other type is refused. A model that would need another type is refused at
-  saving time, so a folder is never written that cannot be loaded safely.
+  saving time, so a folder is never written that cannot be loaded safely. Its trees are checked
+  before they are scored (:mod:`pipeline.model.treecheck`).
 
 No pickle is written or read here (an older folder's ``model.joblib`` is
 :mod:`pipeline.model.legacy`'s business).
@@ -27,6 +28,7 @@ from pipeline.core.files import write_bytes_atomic
 from pipeline.core.schema import CONDITIONS, FIELDS
 from pipeline.model.arrays import ACTIVATIONS, ArrayScorer, array_scorer
 from pipeline.model.codefeatures import CodeFeatures, checked_knots
+from pipeline.model.treecheck import check_trees
 
 __all__ = ["ARRAYS_FILE", "SKOPS_FILE", "SKOPS_TRUSTED", "read_model_file", "scorer_from_dict", "scorer_to_dict",
            "write_model_file"]
@@ -158,7 +160,7 @@ def read_model_file(path: Path, data: bytes) -> Any:
     if path.name == ARRAYS_FILE:
         try:
             return scorer_from_dict(json.loads(data.decode("utf-8")))
-        except (UnicodeDecodeError, json.JSONDecodeError, ValueError, TypeError, AttributeError) as err:
+        except (UnicodeDecodeError, json.JSONDecodeError, ValueError, TypeError, AttributeError, RecursionError) as err:
             raise ModelIntegrityError(f"{path} is not a valid kneepain model file: {err}; retrain with "
                                       "`kneepain train`.") from err
     if path.name == SKOPS_FILE:
@@ -176,6 +178,7 @@ def read_model_file(path: Path, data: bytes) -> Any:
         if not callable(getattr(estimator, "predict_proba", None)):  # trusted types that are no estimator: a dict
             raise ModelIntegrityError(f"{path} holds a {type(estimator).__name__}, not a fitted classifier; retrain "
                                       "with `kneepain train`.")
+        check_trees(estimator, path)  # scikit-learn scores a tree's arrays in compiled code that trusts them
         fitted = getattr(estimator, "classes_", None)
         classes = None if fitted is None else [str(c) for c in fitted]
         if classes is not None and classes != [str(k) for k in range(len(CONDITIONS))]:

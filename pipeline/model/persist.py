@@ -83,7 +83,7 @@ def update_manifest(folder: str | Path, extra: dict) -> dict:
 def _manifest(path: Path, data: bytes) -> dict:
     try:
         manifest = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:  # nested past Python's depth
         raise ModelIntegrityError(f"{path} is not valid JSON: {err}") from err
     if not isinstance(manifest, dict):
         raise ModelIntegrityError(f"{path} is not a kneepain model manifest.")
