@@ -426,6 +426,30 @@ def test_a_session_asks_what_the_triage_waits_on_and_a_dont_know_does_not_keep_i
             assert set(listed) <= asked, (listed, asked)
 
 
+def test_one_condition_left_ends_a_session_only_once_the_triage_waits_on_no_question(model, kb):
+    """A one-condition differential ends a session only when no likely answer to an open question
+    would change the triage: a 57-year-old with veins standing out and a leg cramp at 91% was
+    sent to self-care, unasked whether the calf hurt when pressed, which would send a clot's
+    case the same day."""
+    from pipeline.core.wording import QUESTIONS, SPAN_QUESTION
+
+    by_question = {q: n for n, q in QUESTIONS.items()} | {SPAN_QUESTION: "symptom_duration_days"}
+    cases = generate_cases(kb, 3000, seed=11)
+    cases = pd.concat([cases[cases["condition"] == "dvt"].head(60), cases[cases["condition"] != "dvt"].head(60)])
+    one_left = 0
+    for record in cases.drop(columns=["condition", "severity"]).to_dict("records"):
+        case = {k: (int(v) if k == "age" else {True: "yes", False: "no"}.get(v, v)) for k, v in record.items()
+                if not pd.isna(v)}
+        out = io.StringIO()
+        result = run_session(model, input=_Answers(case, out), output=out, max_questions=15)
+        if result["stopped_because"] == "one condition remains in the differential":
+            one_left += 1
+            asked = {name for name, _ in result["answers"]}
+            listed = [by_question[q] for q in (result["prediction"]["ask_next"] or "").split("|") if q]
+            assert set(listed) <= asked, (listed, out.getvalue()[-1500:])
+    assert one_left >= 5  # the rule is exercised
+
+
 def test_questions_about_an_injury_are_never_offered_after_no_injury_and_odd_digits_are_asked_again(model):
     """`+ words` offers what the main flow would ask: nothing about what happened at an injury
     after "no injury" (the pop, pain that came later, swelling within hours), no pregnancy to a

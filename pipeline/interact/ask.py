@@ -16,7 +16,10 @@ Right after age and sex, while they could still change the level, the screen's o
 question, and one by one only if the answer is yes. After each answer the running top three and
 the triage are shown. The session stops (thresholds in ``configs/questions.yaml``, section ``ask``):
 
-- when the differential holds one condition with probability at least ``min_confidence``;
+- when the differential holds one condition with probability at least ``min_confidence`` and
+  the decision layer's ``ask_next`` lists no question not asked yet (a leg cramp at 91% with
+  veins standing out is still asked whether the calf hurts when pressed, which would send a
+  clot's case the same day);
 - when the best question's score is below ``min_score``;
 - after ``min_questions`` answers, when the decision layer's ``ask_next`` lists no question not
   asked yet (no plausible answer to an unanswered question would change the triage level, and no
@@ -338,7 +341,9 @@ def run_session(model: str | Path | LoadedModel | None = None, *, input: TextIO 
             if asked >= max_questions:
                 stopped = f"asked the maximum of {max_questions} questions"
                 break
-            if row.get("differential_size") == 1 and row["confidence"] >= cfg.ask.min_confidence:
+            settle = [_FIELD_OF_QUESTION[q] for q in (row.get("ask_next") or "").split("|") if q]
+            settle = [n for n in settle if n not in {m for m, _ in answers()}]  # "don't know" is not asked again
+            if row.get("differential_size") == 1 and row["confidence"] >= cfg.ask.min_confidence and not settle:
                 stopped = "one condition remains in the differential"
                 break
             try:
@@ -368,8 +373,6 @@ def run_session(model: str | Path | LoadedModel | None = None, *, input: TextIO 
                     stopped = "no remaining question is expected to change the picture much"
                     break
                 answered = sum(a is not None for _, a in answers())
-                settle = [_FIELD_OF_QUESTION[q] for q in (row.get("ask_next") or "").split("|") if q]
-                settle = [n for n in settle if n not in {m for m, _ in answers()}]  # "don't know" is not asked again
                 if "ask_next" in row and answered >= cfg.ask.min_questions and not settle:
                     stopped = "no likely answer to an open question would change the triage or is a sign to rule out"
                     break
