@@ -657,13 +657,27 @@ def _tell_summary(args: argparse.Namespace, summary: ScoreSummary, rejects_path:
     rejected = f", rejected {summary.rows_rejected:,} (see {rejects_path})" if summary.rows_rejected else ", rejected 0"
     with stop_on_signals():
         print(f"Scored {counted(summary.rows_scored, 'row')}{rejected} in "
-              f"{summary.seconds:.1f} s ({summary.rows_per_second:,.0f} rows/s) -> {args.output}", file=sys.stderr)
+              f"{summary.seconds:.1f} s ({summary.rows_per_second:,.0f} rows/s) -> {args.output}, "
+              f"{_model_used(args)}", file=sys.stderr)
         told.append(True)
     if summary.rows_rejected:  # what the rejected rows have in common, without opening the file
         from pipeline.serve.rejectreasons import rejects_digest
 
         for line in rejects_digest(rejects_path):
             print(line, file=sys.stderr)
+
+
+def _model_used(args: argparse.Namespace) -> str:
+    """Which model folder scored the rows, and whether a signature vouched for it: without
+    ``--model`` the folder is the project's found from the current folder, and a data folder
+    delivered with a ``models/`` of its own would otherwise be used unseen."""
+    from pipeline.model.signing import trusted_key
+    from pipeline.serve.loading import get_model
+
+    source = get_model(args.model, trust_pickle=getattr(args, "trust_pickle", False)).source  # loaded already
+    key = trusted_key()
+    return f"model {source} " + (f"(signed by the trusted key {key})" if key is not None else
+                                 "(checksums checked; no signature, as KNEEPAIN_TRUSTED_KEY is not set)")
 
 
 def _sample_parser(sub: argparse._SubParsersAction) -> None:

@@ -45,6 +45,24 @@ def test_a_signed_folder_loads_with_the_trusted_key(signed, monkeypatch, capsys)
     assert "and the signature by" in capsys.readouterr().out
 
 
+def test_scoring_says_which_model_folder_scored_and_whether_a_signature_vouched_for_it(signed, tmp_path, monkeypatch,
+                                                                                    capsys):
+    """Without ``--model`` the folder is the project's found from the current folder: the summary
+    names it, so a data folder delivered with a ``models/`` of its own is not used unseen."""
+    folder, public = signed
+    cases = tmp_path / "cases.csv"
+    pd.DataFrame([{"age": 40, "sex": "male"}]).to_csv(cases, index=False)
+    monkeypatch.delenv("KNEEPAIN_TRUSTED_KEY", raising=False)
+    assert main(["score", str(cases), "-o", str(tmp_path / "a.csv"), "--model", str(folder)]) == 0
+    line = capsys.readouterr().err.splitlines()[0]
+    assert line.endswith(f"-> {tmp_path / 'a.csv'}, model {folder} (checksums checked; no signature, as "
+                         "KNEEPAIN_TRUSTED_KEY is not set)"), line
+    monkeypatch.setenv("KNEEPAIN_TRUSTED_KEY", str(public))
+    assert main(["score", str(cases), "-o", str(tmp_path / "b.csv"), "--model", str(folder)]) == 0
+    line = capsys.readouterr().err.splitlines()[0]
+    assert line.endswith(f"model {folder} (signed by the trusted key {public})"), line
+
+
 def test_a_consistent_rewrite_passes_the_checksums_but_not_the_signature(signed, tmp_path, monkeypatch, capsys):
     folder, public = signed
     manifest = json.loads((folder / "manifest.json").read_text())
