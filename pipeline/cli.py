@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from pipeline.serve.batch import ScoreSummary
+    from pipeline.serve.loading import LoadedModel
 
 __all__ = ["main"]
 
@@ -592,6 +593,11 @@ def _score(args: argparse.Namespace) -> int:
                          "their type); give a folder name.")
     from pipeline.core.errors import StoppedAfterOutput
     from pipeline.serve.guard import stop_at_once_on_signals, stops_after_output
+    from pipeline.serve.loading import get_model, is_model_uri, pinned_uri
+
+    if is_model_uri(args.model):  # an alias as the version it names now: the one every step (and worker) loads
+        args.model = pinned_uri(args.model)
+    said = _model_said(get_model(args.model, trust_pickle=args.trust_pickle))  # the model the job scores with
 
     # from here to the summary's last line, SIGTERM and SIGHUP stop the command as Ctrl-C does (a
     # job notes one and acts at its next step, removing its temporary files); once the output is
@@ -605,7 +611,7 @@ def _score(args: argparse.Namespace) -> int:
                 summary = _score_dask(args, warn)
             else:
                 summary = _score_pandas(args, warn, options, written)
-            _tell_summary(args, summary, _rejects_path(args), told)
+            _tell_summary(args, summary, _rejects_path(args), told, said)
         except KeyboardInterrupt as err:
             if not (complete.done or isinstance(err, StoppedAfterOutput)):
                 raise  # before the output was in place
@@ -614,7 +620,7 @@ def _score(args: argparse.Namespace) -> int:
             stop = err.stop if isinstance(err, StoppedAfterOutput) else str(err) or "interrupted"
             summary = err.summary if isinstance(err, StoppedAfterOutput) and err.summary else complete.summary
             if summary is not None and not told:
-                _tell_summary(args, summary, _rejects_path(args), told)
+                _tell_summary(args, summary, _rejects_path(args), told, said)
             raise StoppedAfterOutput(stop, _whole(args) + _not_written(missing), summary) from None
     return EXIT_REJECTED if summary.rows_rejected else EXIT_OK
 
@@ -644,9 +650,11 @@ def _rejects_path(args: argparse.Namespace) -> Path:
     return rejects_file(Path(args.output), args.rejects) if args.output != "-" else Path(args.rejects or STREAM_REJECTS)
 
 
-def _tell_summary(args: argparse.Namespace, summary: ScoreSummary, rejects_path: Path, told: list[bool]) -> None:
-    """``kneepain score``'s last lines (not with --quiet): the rows scored and rejected, and what
-    the rejected rows (in ``rejects_path``) have in common. A first stop signal as the first
+def _tell_summary(args: argparse.Namespace, summary: ScoreSummary, rejects_path: Path, told: list[bool],
+                  model: str) -> None:
+    """``kneepain score``'s last lines (not with --quiet): the rows scored and rejected, the
+    ``model`` that scored them (:func:`_model_said`), and what the rejected rows (in
+    ``rejects_path``) have in common. A first stop signal as the first
     is printed waits until it is whole and ``told`` is marked, so that the stop's handler does not
     print it again (a second acts at once: a line blocked on a full pipe cannot hold the job)."""
     if args.quiet:
@@ -657,8 +665,8 @@ def _tell_summary(args: argparse.Namespace, summary: ScoreSummary, rejects_path:
     rejected = f", rejected {summary.rows_rejected:,} (see {rejects_path})" if summary.rows_rejected else ", rejected 0"
     with stop_on_signals():
         print(f"Scored {counted(summary.rows_scored, 'row')}{rejected} in "
-              f"{summary.seconds:.1f} s ({summary.rows_per_second:,.0f} rows/s) -> {args.output}, "
-              f"{_model_used(args)}", file=sys.stderr)
+              f"{summary.seconds:.1f} s ({summary.rows_per_second:,.0f} rows/s) -> {args.output}, {model}",
+              file=sys.stderr)
         told.append(True)
     if summary.rows_rejected:  # what the rejected rows have in common, without opening the file
         from pipeline.serve.rejectreasons import rejects_digest
@@ -667,17 +675,18 @@ def _tell_summary(args: argparse.Namespace, summary: ScoreSummary, rejects_path:
             print(line, file=sys.stderr)
 
 
-def _model_used(args: argparse.Namespace) -> str:
-    """Which model folder scored the rows, and whether a signature vouched for it: without
-    ``--model`` the folder is the project's found from the current folder, and a data folder
-    delivered with a ``models/`` of its own would otherwise be used unseen."""
+def _model_said(model: LoadedModel) -> str:
+    """Which model folder (or MLflow model) is used, and whether a signature vouched for it:
+    without ``--model`` the folder is the project's found from the current folder, and a data
+    folder delivered with a ``models/`` of its own would otherwise be used unseen."""
+    from pipeline.model.legacy import LEGACY_MODEL_FILE
     from pipeline.model.signing import trusted_key
-    from pipeline.serve.loading import get_model
 
-    source = get_model(args.model, trust_pickle=getattr(args, "trust_pickle", False)).source  # loaded already
+    if model.manifest.get("model_file") == LEGACY_MODEL_FILE:
+        return f"model {model.source} (an older pickled folder, trusted with --trust-pickle)"
     key = trusted_key()
-    return f"model {source} " + (f"(signed by the trusted key {key})" if key is not None else
-                                 "(checksums checked; no signature, as KNEEPAIN_TRUSTED_KEY is not set)")
+    return f"model {model.source} " + (f"(signed by the trusted key {key})" if key is not None else
+                                       "(checksums checked; no signature, as KNEEPAIN_TRUSTED_KEY is not set)")
 
 
 def _sample_parser(sub: argparse._SubParsersAction) -> None:
@@ -871,7 +880,8 @@ def _serve(args: argparse.Namespace) -> int:
     max_request_bytes(), max_request_cases()  # a bad limit is an error here, not in every worker
     # an alias as the version it names now: a worker that restarts loads the same model
     source = pinned_uri(args.model_uri) if is_model_uri(args.model_uri) else args.model_uri
-    load_model(source)  # a model that fails its checks is refused here, in one line
+    loaded = load_model(source)  # a model that fails its checks is refused here, in one line
+    print(f"Serving {_model_said(loaded)}", file=sys.stderr)
     env[MODEL_ENV] = source
     cmd = [sys.executable, "-m", "uvicorn", "--factory", "pipeline.serve.http:create_app", "--host", args.host,
            "--port", str(args.port), "--workers", str(args.workers)]

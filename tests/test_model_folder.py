@@ -330,13 +330,79 @@ def test_a_gradient_boosting_tree_scored_outside_its_arrays_is_refused_at_loadin
     estimator = _fit("hgb", cases)
     save_model(estimator, tmp_path / "m", {})
     change, message = _TREE_ATTACKS[attack]
-    hgb = estimator.calibrated_classifiers_[0].estimator.estimator.steps[-1][1]
-    change(hgb._predictors[1][2].nodes)
+    change(_hgb_of(estimator)._predictors[1][2].nodes)
     (tmp_path / "m" / "model.skops").write_bytes(sio.dumps(estimator))
     _reseal(tmp_path / "m")
     with pytest.raises(ModelIntegrityError, match=r"model.skops is not a valid skops model file: the tree of "
                                                   rf"iteration 1, class 2, {message}"):
         load_model(tmp_path / "m")
+
+
+def _hgb_of(estimator):
+    return estimator.calibrated_classifiers_[0].estimator.estimator.steps[-1][1]
+
+
+def _in_object_array(estimator):
+    features = estimator.calibrated_classifiers_[0].estimator.estimator.steps[0][1]
+    features.spare = np.array([_hgb_of(estimator), None], dtype=object)  # skops rebuilds object arrays of any trusted object
+
+
+def _one_vs_rest(estimator):
+    from sklearn.multiclass import OneVsRestClassifier  # trusted by skops' defaults, and scores what it holds
+
+    pipe = estimator.calibrated_classifiers_[0].estimator.estimator
+    ovr = OneVsRestClassifier(HistGradientBoostingClassifier(max_iter=2))
+    ovr.estimators_, ovr.classes_ = [_hgb_of(estimator)], pipe.classes_
+    pipe.steps[-1] = ("model", ovr)
+
+
+_FOREIGN = {  # a change to a fitted model, and how the refusal names it
+    "an estimator in an object array": (_in_object_array, r"it holds an array of object"),
+    "an estimator training never writes": (_one_vs_rest, r"it holds a sklearn.multiclass.OneVsRestClassifier, which no "
+                                                         r"model kneepain writes holds"),
+    "a model marked as still being fitted": (lambda e: setattr(_hgb_of(e), "_in_fit", True),
+                                             r"a gradient-boosting model is marked as being fitted \(_in_fit\)"),
+    "a featuriser of bytes": (lambda e: setattr(e.calibrated_classifiers_[0].estimator.estimator.steps[0][1], "dtype",
+                                                "uint8"), r"the featuriser's dtype is 'uint8'"),
+}
+
+
+@pytest.mark.parametrize("attack", sorted(_FOREIGN))
+def test_a_skops_model_holding_what_training_never_writes_is_refused_at_loading_and_saving(cases, tmp_path, attack):
+    """skops' defaults trust every scikit-learn estimator: a tree hidden in an object array or
+    behind another estimator, or a model marked as still being fitted (scikit-learn then skips
+    the input's width check), was scored unchecked and crashed the process."""
+    import skops.io as sio
+
+    estimator = _fit("hgb", cases)
+    save_model(estimator, tmp_path / "m", {})
+    change, message = _FOREIGN[attack]
+    change(estimator)
+    (tmp_path / "m" / "model.skops").write_bytes(sio.dumps(estimator))
+    _reseal(tmp_path / "m")
+    with pytest.raises(ModelIntegrityError, match=rf"model.skops is not a valid skops model file: {message}"):
+        load_model(tmp_path / "m")
+    with pytest.raises(ModelIntegrityError, match=message):  # nor is such a folder written
+        save_model(estimator, tmp_path / "n", {})
+    assert not (tmp_path / "n" / "model.skops").exists()
+
+
+@pytest.mark.parametrize("method", [None, "temperature", "sigmoid", "isotonic"])
+@pytest.mark.parametrize("kind", ["logistic", "mlp", "hgb"])
+def test_every_candidate_with_every_calibration_saves_and_loads_as_fitted(kind, method, cases, tmp_path):
+    """What the checks of a skops file allow covers every model training can write: each
+    candidate, calibrated by each method `calibration.method` accepts, or not calibrated."""
+    train, valid = cases
+    model = {"logistic": LogisticRegression(max_iter=300), "mlp": MLPClassifier((8,), max_iter=30, random_state=0),
+             "hgb": HistGradientBoostingClassifier(max_iter=5, random_state=0)}[kind]
+    with pytest.warns() if kind == "mlp" else _nothing():
+        estimator = Pipeline([("features", CaseFeaturizer()), ("model", model)]).fit(train, labels(train))
+    if method is not None:
+        estimator = CalibratedClassifierCV(FrozenEstimator(estimator), method=method).fit(valid, labels(valid))
+    save_model(estimator, tmp_path / "m", {})
+    parsed = parse_cases(valid)
+    np.testing.assert_allclose(load_model(tmp_path / "m").predict_proba(parsed), estimator.predict_proba(parsed),
+                               rtol=1e-9, atol=1e-12)
 
 
 class _Evil:
@@ -373,9 +439,10 @@ def test_an_old_pickled_folder_loads_only_behind_trust_pickle(trained, cases, tm
     pd.DataFrame([CASE]).to_csv(src, index=False)
     assert main(["score", str(src), "-o", str(tmp_path / "a.csv"), "--model", str(folder)]) == 2
     assert "--trust-pickle" in capsys.readouterr().err
-    assert main(["score", str(src), "-o", str(tmp_path / "a.csv"), "--model", str(folder), "--trust-pickle",
-                 "--quiet"]) == 0
+    assert main(["score", str(src), "-o", str(tmp_path / "a.csv"), "--model", str(folder), "--trust-pickle"]) == 0
     assert pd.read_csv(tmp_path / "a.csv")["triage"].tolist() == ["emergency"]
+    said = capsys.readouterr().err.splitlines()[0]  # no checksums to speak of
+    assert said.endswith(f"model {folder} (an older pickled folder, trusted with --trust-pickle)"), said
     # the dask engine's workers would each run the pickle: refused before any cluster, not ignored
     assert main(["score", "--engine", "dask", str(src), "-o", str(tmp_path / "d"), "--model", str(folder),
                  "--trust-pickle"]) == 2
@@ -453,6 +520,17 @@ def test_an_mlflow_model_uri_is_verified_before_anything_in_it_is_used(champion_
     # named by the URI given, not by the temporary folder it was fetched into and is removed
     with pytest.raises(ModelIntegrityError, match=re.escape(f"{uri}, file artifacts/models/manifest.json has changed")):
         load_model(uri)
+
+
+def test_scoring_with_an_alias_names_the_version_that_scored(trained, tmp_path, monkeypatch, capsys):
+    """The alias is read once, as the version it names now: that version scores every row, and
+    the summary names it, not an alias that may since have moved."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", trained[1])
+    src = tmp_path / "cases.csv"
+    pd.DataFrame([CASE]).to_csv(src, index=False)
+    assert main(["score", str(src), "-o", str(tmp_path / "a.csv"), "--model", "models:/kneepain-classifier@champion"]) == 0
+    said = capsys.readouterr().err.splitlines()[0]
+    assert re.search(r", model models:/kneepain-classifier/\d+ \(checksums checked; ", said), said
 
 
 def test_an_mlflow_model_with_a_pickled_python_model_is_not_unpickled(tmp_path):

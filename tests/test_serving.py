@@ -3,6 +3,7 @@ invalid case, shows no stack trace or path, and refuses requests over its size l
 
 import gzip
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -94,6 +95,14 @@ def test_no_answer_shows_a_stack_trace_or_a_path_and_large_requests_are_refused(
 
 
 @pytest.mark.slow
+def test_serve_says_which_model_it_serves_and_whether_a_signature_vouched_for_it(served, tmp_path):
+    """The alias as the version it names now, as the workers load it, and no signature checked
+    (no trusted key is set for the server)."""
+    first = (tmp_path / "serve.log").read_text().splitlines()[0]
+    assert re.fullmatch(r"Serving model models:/kneepain-classifier/\d+ \(checksums checked; no signature, as "
+                        r"KNEEPAIN_TRUSTED_KEY is not set\)", first), first
+
+
 def test_served_answers_keep_ids_say_what_was_ignored_and_take_columns_and_top_k(served, trained, tmp_path):
     models, uri = trained
 

@@ -18,8 +18,8 @@ the triage are shown. The session stops (thresholds in ``configs/questions.yaml`
 
 - when the differential holds one condition with probability at least ``min_confidence`` and
   the decision layer's ``ask_next`` lists no question not asked yet (a leg cramp at 91% with
-  veins standing out is still asked whether the calf hurts when pressed, which would send a
-  clot's case the same day);
+  veins standing out is asked whether the calf hurts when pressed, which would send a clot's
+  case the same day, unless the next rule ends the session first);
 - when the best question's score is below ``min_score``;
 - after ``min_questions`` answers, when the decision layer's ``ask_next`` lists no question not
   asked yet (no plausible answer to an unanswered question would change the triage level, and no

@@ -41,7 +41,7 @@ def load_legacy(folder: Path, manifest_file: str, kb_file: str, *, trust_pickle:
             "yourself, pass --trust-pickle (trust_pickle=True).")
     try:
         manifest = json.loads(manifest_path.read_bytes())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:  # (nested past Python's depth)
         raise ModelIntegrityError(f"{manifest_path} is missing or not valid JSON ({err}).") from err
     data = model_path.read_bytes()  # hashed and unpickled from the same bytes: no swap in between
     _check(model_path, data, manifest.get("sha256"), manifest_path)

@@ -7,8 +7,9 @@
 - Any other estimator (gradient boosting) is written with skops, ``model.skops``, and loaded
   with an explicit list of trusted types (:data:`SKOPS_TRUSTED`): skops builds only those, and a
   file that needs any other type is refused. A model that would need another type is refused at
-  saving time, so a folder is never written that cannot be loaded safely. Its trees are checked
-  before they are scored (:mod:`pipeline.model.treecheck`).
+  saving time, so a folder is never written that cannot be loaded safely. What it holds is
+  checked before anything is scored (:mod:`pipeline.model.skopscheck`): only the types training
+  writes, and trees scikit-learn can score within their arrays.
 
 No pickle is written or read here (an older folder's ``model.joblib`` is
 :mod:`pipeline.model.legacy`'s business).
@@ -28,7 +29,7 @@ from pipeline.core.files import write_bytes_atomic
 from pipeline.core.schema import CONDITIONS, FIELDS
 from pipeline.model.arrays import ACTIVATIONS, ArrayScorer, array_scorer
 from pipeline.model.codefeatures import CodeFeatures, checked_knots
-from pipeline.model.treecheck import check_trees
+from pipeline.model.skopscheck import check_skops_model
 
 __all__ = ["ARRAYS_FILE", "SKOPS_FILE", "SKOPS_TRUSTED", "read_model_file", "scorer_from_dict", "scorer_to_dict",
            "write_model_file"]
@@ -40,8 +41,10 @@ _VERSION = 2  # 2: the duration's hinge features (``features.duration_knots_days
 _READS = (1, 2)
 # every type beyond skops' defaults that a project model needs (found with skops.io.get_untrusted_types)
 SKOPS_TRUSTED = ["pipeline.model.features.CaseFeaturizer", "sklearn.calibration._CalibratedClassifier",
-                 "sklearn.calibration._TemperatureScaling",
-                 "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"]
+                 "sklearn.calibration._SigmoidCalibration", "sklearn.calibration._TemperatureScaling",
+                 "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+                 "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
+                 "sklearn.neural_network._stochastic_optimizers.SGDOptimizer"]
 _NUMERIC = [f.name for f in FIELDS if f.kind in ("integer", "float")]
 
 
@@ -145,6 +148,7 @@ def write_model_file(estimator: Any, folder: Path) -> str:
     if untrusted:
         raise ModelIntegrityError(f"cannot save a {type(estimator).__name__} safely: it needs the types {untrusted}, "
                                   "which are not in pipeline.model.modelfile.SKOPS_TRUSTED.")
+    check_skops_model(sio.loads(data, trusted=SKOPS_TRUSTED), folder / SKOPS_FILE)  # as loading will check it
     write_bytes_atomic(folder / SKOPS_FILE, data)
     return SKOPS_FILE
 
@@ -178,12 +182,12 @@ def read_model_file(path: Path, data: bytes) -> Any:
         if not callable(getattr(estimator, "predict_proba", None)):  # trusted types that are no estimator: a dict
             raise ModelIntegrityError(f"{path} holds a {type(estimator).__name__}, not a fitted classifier; retrain "
                                       "with `kneepain train`.")
-        check_trees(estimator, path)  # scikit-learn scores a tree's arrays in compiled code that trusts them
         fitted = getattr(estimator, "classes_", None)
         classes = None if fitted is None else [str(c) for c in fitted]
         if classes is not None and classes != [str(k) for k in range(len(CONDITIONS))]:
             # its probability columns are read as the conditions' indices, in order: others would be misread
             raise ModelIntegrityError(f"{path} predicts the classes {classes[:12]}, not the "
                                       f"conditions' indices 0-{len(CONDITIONS) - 1} in order; refusing to load it.")
+        check_skops_model(estimator, path)  # only what training writes: scikit-learn trusts some arrays unchecked
         return estimator
     raise ModelIntegrityError(f"{path}: unknown model file; expected {ARRAYS_FILE} or {SKOPS_FILE}.")

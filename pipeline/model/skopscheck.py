@@ -1,0 +1,185 @@
+"""What a ``model.skops`` may hold, checked before anything in it is scored.
+
+skops builds only trusted types, but its defaults trust every scikit-learn estimator, and
+scikit-learn scores some of them in compiled code that trusts their arrays: a gradient-boosting
+tree whose node points outside the tree was followed into memory that is not the model's (the
+process crashed), and one that pointed back never returned; an estimator hidden in an object
+array, or a model marked as still being fitted, was scored without the checks below. So
+:func:`check_skops_model` refuses a loaded model unless
+
+- every object in it is of a type kneepain's training writes (:data:`ALLOWED_TYPES`: the
+  calibrated pipeline, the featuriser, gradient boosting, the logistic model and the MLP with
+  their parts), every array is of numbers (or scikit-learn's tree nodes), and no function is in
+  it but the interpolation an isotonic calibration keeps;
+- each gradient-boosting model is fitted and not marked as being fitted (``_in_fit``, which makes
+  scikit-learn skip its input's checks), with no categorical feature (kneepain's features are
+  numbers: categorical splits read further arrays unchecked), and each tree an array of
+  scikit-learn's node records whose splits' children come after them and inside the tree (so
+  every path moves forward and ends on a leaf), whose features are the model's
+  ``n_features_in_`` (which scikit-learn checks each scored array's width against), and whose
+  leaves are finite, one tree per class per iteration;
+- the featuriser's dtype is a float.
+
+:func:`pipeline.model.modelfile.write_model_file` runs the same check before writing, so no
+folder is written that would be refused here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.core.errors import ModelIntegrityError
+
+__all__ = ["ALLOWED_TYPES", "check_skops_model"]
+
+# every type in a model kneepain's training saves with skops (each candidate with each
+# calibration method, or none), by module and name
+ALLOWED_TYPES = frozenset({
+    "builtins.dict", "builtins.list", "builtins.tuple", "builtins.str", "builtins.int", "builtins.float",
+    "builtins.bool", "builtins.NoneType",
+    "numpy.random._generator.Generator", "numpy.random.mtrand.RandomState",
+    "pipeline.model.features.CaseFeaturizer",
+    "scipy.interpolate._interpolate.interp1d",
+    "sklearn._loss._loss.CyHalfMultinomialLoss", "sklearn._loss.link.Interval", "sklearn._loss.link.MultinomialLogit",
+    "sklearn._loss.loss.HalfMultinomialLoss",
+    "sklearn.calibration.CalibratedClassifierCV", "sklearn.calibration._CalibratedClassifier",
+    "sklearn.calibration._SigmoidCalibration", "sklearn.calibration._TemperatureScaling",
+    "sklearn.ensemble._hist_gradient_boosting.binning._BinMapper",
+    "sklearn.ensemble._hist_gradient_boosting.gradient_boosting.HistGradientBoostingClassifier",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    "sklearn.frozen._frozen.FrozenEstimator", "sklearn.isotonic.IsotonicRegression",
+    "sklearn.linear_model._logistic.LogisticRegression",
+    "sklearn.neural_network._multilayer_perceptron.MLPClassifier",
+    "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
+    "sklearn.neural_network._stochastic_optimizers.SGDOptimizer",
+    "sklearn.pipeline.Pipeline", "sklearn.preprocessing._label.LabelBinarizer",
+    "sklearn.preprocessing._label.LabelEncoder",
+})
+_BOOSTING = "sklearn.ensemble._hist_gradient_boosting.gradient_boosting.HistGradientBoostingClassifier"
+_FEATURISER = "pipeline.model.features.CaseFeaturizer"
+_FUNCTIONS = "interp1d._call_"  # an isotonic calibration's interpolation keeps its method as a function
+_NUMBERS = "biuf"
+
+
+def check_skops_model(estimator: Any, path: Path) -> None:
+    """Refuse ``estimator`` (read from ``path``) unless it holds only what kneepain's training
+    writes, and trees scikit-learn can score within their arrays.
+
+    Raises
+    ------
+    ModelIntegrityError
+        Naming the file, and the type, the array or the tree and node at fault.
+    """
+    from sklearn.ensemble._hist_gradient_boosting.common import PREDICTOR_RECORD_DTYPE
+
+    boosted, featurisers = [], []
+    for obj in _objects(estimator, path, PREDICTOR_RECORD_DTYPE):
+        name = _type_name(obj)
+        if name == _BOOSTING:
+            boosted.append(obj)
+        elif name == _FEATURISER:
+            featurisers.append(obj)
+    for f in featurisers:
+        if str(getattr(f, "dtype", "float64")) not in ("float64", "float32"):
+            raise _refused(path, f"the featuriser's dtype is {getattr(f, 'dtype', None)!r}, not float64 or float32")
+    for model in boosted:
+        _check_boosting(model, path, PREDICTOR_RECORD_DTYPE)
+
+
+def _objects(root: Any, path: Path, record: np.dtype) -> list[Any]:
+    """Every object reachable from ``root`` (through attributes, lists, tuples and dicts), each
+    checked against :data:`ALLOWED_TYPES`; arrays checked to hold numbers or tree nodes."""
+    found, seen, stack = [], set(), [root]
+    while stack:
+        obj = stack.pop()
+        if isinstance(obj, np.ndarray):
+            if obj.dtype.kind not in _NUMBERS and obj.dtype != record:
+                raise _refused(path, f"it holds an array of {obj.dtype}, where kneepain's models hold numbers")
+            continue
+        if isinstance(obj, np.generic):
+            if obj.dtype.kind not in _NUMBERS:
+                raise _refused(path, f"it holds a {type(obj).__name__}, where kneepain's models hold numbers")
+            continue
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        name = _type_name(obj)
+        if name == "builtins.function":
+            if not getattr(obj, "__qualname__", "").startswith(_FUNCTIONS):
+                raise _refused(path, f"it holds the function {getattr(obj, '__qualname__', obj)!r}, which no model "
+                                     "kneepain writes holds")
+            continue
+        if name not in ALLOWED_TYPES:
+            raise _refused(path, f"it holds a {name}, which no model kneepain writes holds")
+        found.append(obj)
+        if isinstance(obj, dict):
+            stack.extend(obj.keys())
+            stack.extend(obj.values())
+        elif isinstance(obj, (list, tuple)):
+            stack.extend(obj)
+        elif hasattr(obj, "__dict__"):
+            stack.extend(vars(obj).values())
+    return found
+
+
+def _check_boosting(model: Any, path: Path, record: np.dtype) -> None:
+    """Refuse a gradient-boosting model scikit-learn would score outside its trees' arrays."""
+    if "_predictors" not in vars(model):  # an unfitted template (a parameter): scikit-learn scores none
+        return
+    if "_in_fit" in vars(model):  # scikit-learn then scores unchecked input with the binned trees
+        raise _refused(path, "a gradient-boosting model is marked as being fitted (_in_fit), which a saved model "
+                             "never is")
+    n_features = getattr(model, "n_features_in_", None)
+    if isinstance(n_features, bool) or not isinstance(n_features, (int, np.integer)) or n_features < 1:
+        raise _refused(path, f"a gradient-boosting model has n_features_in_ == {n_features!r}, not a positive integer")
+    categorical = getattr(getattr(model, "_bin_mapper", None), "is_categorical_", None)
+    if getattr(model, "_preprocessor", None) is not None or (categorical is not None and np.any(categorical)):
+        raise _refused(path, "a gradient-boosting model has categorical features, which kneepain's models do not use")
+    per_iteration = getattr(model, "n_trees_per_iteration_", None)
+    iterations = model._predictors
+    if not isinstance(iterations, list) or not iterations:
+        raise _refused(path, "a gradient-boosting model has no list of trees")
+    for i, trees in enumerate(iterations):
+        if not isinstance(trees, list) or len(trees) != per_iteration:
+            raise _refused(path, f"iteration {i} of a gradient-boosting model does not hold one tree per class "
+                                 f"({per_iteration!r})")
+        for k, tree in enumerate(trees):
+            problem = _tree_problem(getattr(tree, "nodes", None), int(n_features), record)
+            if problem:
+                raise _refused(path, f"the tree of iteration {i}, class {k}, {problem}")
+
+
+def _tree_problem(nodes: Any, n_features: int, record: np.dtype) -> str:
+    """What makes ``nodes`` a tree scikit-learn would score outside its arrays, or ""."""
+    if not isinstance(nodes, np.ndarray) or nodes.dtype != record or nodes.ndim != 1 or len(nodes) == 0:
+        return "is not a non-empty array of scikit-learn's tree nodes"
+    index = np.arange(len(nodes))
+    split = nodes["is_leaf"] == 0
+    bad = split & ~((nodes["left"] > index) & (nodes["left"] < len(nodes))
+                    & (nodes["right"] > index) & (nodes["right"] < len(nodes)))
+    if bad.any():
+        j = int(np.flatnonzero(bad)[0])
+        return (f"node {j} has children {int(nodes['left'][j])} and {int(nodes['right'][j])}; a split's children "
+                f"come after it in a tree of {len(nodes)} nodes")
+    bad = split & ((nodes["feature_idx"] < 0) | (nodes["feature_idx"] >= n_features))
+    if bad.any():
+        j = int(np.flatnonzero(bad)[0])
+        return f"node {j} splits on feature {int(nodes['feature_idx'][j])}; the model has features 0-{n_features - 1}"
+    bad = split & (nodes["is_categorical"] != 0)
+    if bad.any():
+        return f"node {int(np.flatnonzero(bad)[0])} is a categorical split, which kneepain's models do not use"
+    bad = ~split & ~np.isfinite(nodes["value"])
+    if bad.any():
+        return f"leaf {int(np.flatnonzero(bad)[0])} has the value {float(nodes['value'][bad][0])}, not a finite number"
+    return ""
+
+
+def _type_name(obj: Any) -> str:
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+def _refused(path: Path, problem: str) -> ModelIntegrityError:
+    return ModelIntegrityError(f"{path} is not a valid skops model file: {problem}; refusing to load it.")
