@@ -356,7 +356,25 @@ def _one_vs_rest(estimator):
     pipe.steps[-1] = ("model", ovr)
 
 
+def _masked_nodes(estimator):
+    tree = _hgb_of(estimator)._predictors[1][2]
+    nodes = np.ma.masked_array(tree.nodes.copy(), mask=np.zeros(len(tree.nodes), dtype=bool))
+    split = int(np.flatnonzero(tree.nodes["is_leaf"] == 0)[0])
+    nodes["left"][split] = 50_000_000
+    nodes.mask[split] = True  # the check's .any() would skip it; compiled code reads it
+    tree.nodes = nodes
+
+
+def _repeated_iteration(estimator):
+    hgb = _hgb_of(estimator)
+    hgb._predictors = hgb._predictors + [hgb._predictors[0]] * 3  # a small file, and every repeat scored
+    hgb.max_iter = 100  # within its own max_iter
+
+
 _FOREIGN = {  # a change to a fitted model, and how the refusal names it
+    "a masked array of tree nodes": (_masked_nodes, r"it holds a numpy.ma.MaskedArray, where kneepain's models hold "
+                                                    r"plain arrays"),
+    "an iteration given twice": (_repeated_iteration, r"iteration 5 of a gradient-boosting model repeats an earlier one"),
     "an estimator in an object array": (_in_object_array, r"it holds an array of object"),
     "an estimator training never writes": (_one_vs_rest, r"it holds a sklearn.multiclass.OneVsRestClassifier, which no "
                                                          r"model kneepain writes holds"),

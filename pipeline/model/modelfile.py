@@ -179,10 +179,15 @@ def read_model_file(path: Path, data: bytes) -> Any:
             raise
         except Exception as err:  # any failure to build the object means the file is not a model of ours
             raise ModelIntegrityError(f"{path} is not a valid skops model file: {type(err).__name__}: {err}") from err
-        if not callable(getattr(estimator, "predict_proba", None)):  # trusted types that are no estimator: a dict
+        try:  # a crafted object can recurse for good on an attribute (a FrozenEstimator without its estimator)
+            scores = callable(getattr(estimator, "predict_proba", None))
+            fitted = getattr(estimator, "classes_", None)
+        except RecursionError as err:
+            raise ModelIntegrityError(f"{path} is not a valid skops model file: its attributes recurse; refusing to "
+                                      "load it.") from err
+        if not scores:  # trusted types that are no estimator: a dict
             raise ModelIntegrityError(f"{path} holds a {type(estimator).__name__}, not a fitted classifier; retrain "
                                       "with `kneepain train`.")
-        fitted = getattr(estimator, "classes_", None)
         classes = None if fitted is None else [str(c) for c in fitted]
         if classes is not None and classes != [str(k) for k in range(len(CONDITIONS))]:
             # its probability columns are read as the conditions' indices, in order: others would be misread

@@ -11,9 +11,12 @@ array, or a model marked as still being fitted, was scored without the checks be
   calibrated pipeline, the featuriser, gradient boosting, the logistic model and the MLP with
   their parts), every array is of numbers (or scikit-learn's tree nodes), and no function is in
   it but the interpolation an isotonic calibration keeps;
+- every array is a plain ``numpy.ndarray`` (a masked array's checks skip what compiled code reads);
 - each gradient-boosting model is fitted and not marked as being fitted (``_in_fit``, which makes
-  scikit-learn skip its input's checks), with no categorical feature (kneepain's features are
-  numbers: categorical splits read further arrays unchecked), and each tree an array of
+  scikit-learn skip its input's checks), with at most ``max_iter`` iterations (at most 10,000),
+  no iteration or tree given twice (a small file repeating one took minutes to score), no
+  categorical feature (kneepain's features are numbers: categorical splits read further arrays
+  unchecked), and each tree an array of
   scikit-learn's node records whose splits' children come after them and inside the tree (so
   every path moves forward and ends on a leaf), whose features are the model's
   ``n_features_in_`` (which scikit-learn checks each scored array's width against), and whose
@@ -62,6 +65,7 @@ _BOOSTING = "sklearn.ensemble._hist_gradient_boosting.gradient_boosting.HistGrad
 _FEATURISER = "pipeline.model.features.CaseFeaturizer"
 _FUNCTIONS = "interp1d._call_"  # an isotonic calibration's interpolation keeps its method as a function
 _NUMBERS = "biuf"
+_MAX_ITER = 10_000  # far above configs/train.yaml's max_iter
 
 
 def check_skops_model(estimator: Any, path: Path) -> None:
@@ -96,6 +100,8 @@ def _objects(root: Any, path: Path, record: np.dtype) -> list[Any]:
     while stack:
         obj = stack.pop()
         if isinstance(obj, np.ndarray):
+            if type(obj) is not np.ndarray:  # a MaskedArray's .any() skips what compiled code reads
+                raise _refused(path, f"it holds a {_type_name(obj)}, where kneepain's models hold plain arrays")
             if obj.dtype.kind not in _NUMBERS and obj.dtype != record:
                 raise _refused(path, f"it holds an array of {obj.dtype}, where kneepain's models hold numbers")
             continue
@@ -142,11 +148,22 @@ def _check_boosting(model: Any, path: Path, record: np.dtype) -> None:
     iterations = model._predictors
     if not isinstance(iterations, list) or not iterations:
         raise _refused(path, "a gradient-boosting model has no list of trees")
+    max_iter = vars(model).get("max_iter")  # (n_iter_ is a property: len(_predictors))
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or not len(iterations) <= max_iter <= _MAX_ITER:
+        raise _refused(path, f"a gradient-boosting model has {len(iterations)} iterations (max_iter {max_iter!r}, "
+                             f"at most {_MAX_ITER})")
+    trees_seen: set[int] = set()
     for i, trees in enumerate(iterations):
         if not isinstance(trees, list) or len(trees) != per_iteration:
             raise _refused(path, f"iteration {i} of a gradient-boosting model does not hold one tree per class "
                                  f"({per_iteration!r})")
+        if id(trees) in trees_seen:
+            raise _refused(path, f"iteration {i} of a gradient-boosting model repeats an earlier one")
+        trees_seen.add(id(trees))
         for k, tree in enumerate(trees):
+            if id(tree) in trees_seen:
+                raise _refused(path, f"iteration {i} of a gradient-boosting model repeats a tree")
+            trees_seen.add(id(tree))
             problem = _tree_problem(getattr(tree, "nodes", None), int(n_features), record)
             if problem:
                 raise _refused(path, f"the tree of iteration {i}, class {k}, {problem}")
@@ -154,7 +171,7 @@ def _check_boosting(model: Any, path: Path, record: np.dtype) -> None:
 
 def _tree_problem(nodes: Any, n_features: int, record: np.dtype) -> str:
     """What makes ``nodes`` a tree scikit-learn would score outside its arrays, or ""."""
-    if not isinstance(nodes, np.ndarray) or nodes.dtype != record or nodes.ndim != 1 or len(nodes) == 0:
+    if type(nodes) is not np.ndarray or nodes.dtype != record or nodes.ndim != 1 or len(nodes) == 0:
         return "is not a non-empty array of scikit-learn's tree nodes"
     index = np.arange(len(nodes))
     split = nodes["is_leaf"] == 0
