@@ -287,6 +287,29 @@ def test_a_skops_file_that_needs_an_untrusted_type_is_refused(cases, tmp_path):
         load_model(tmp_path / "m")
 
 
+def test_a_skops_model_whose_attributes_recurse_is_refused_by_name(cases, tmp_path):
+    """A FrozenEstimator saved without its estimator passes every attribute to that missing one,
+    for good: asking whether it can score raised a RecursionError out of the loader."""
+    import io
+    import zipfile
+
+    import skops.io as sio
+
+    save_model(_fit("hgb", cases), tmp_path / "m", {})
+    original = zipfile.ZipFile(io.BytesIO(sio.dumps(FrozenEstimator(1))))
+    schema = json.loads(original.read("schema.json"))
+    del schema["content"]["content"]["estimator"]  # the attribute dropped from the file
+    schema["content"]["key_types"]["content"] = schema["content"]["key_types"]["content"][:len(schema["content"]["content"])]
+    crafted = io.BytesIO()
+    with zipfile.ZipFile(crafted, "w") as z:
+        for name in original.namelist():
+            z.writestr(name, json.dumps(schema) if name == "schema.json" else original.read(name))
+    (tmp_path / "m" / "model.skops").write_bytes(crafted.getvalue())
+    _reseal(tmp_path / "m")
+    with pytest.raises(ModelIntegrityError, match=r"model.skops is not a valid skops model file: its attributes recurse"):
+        load_model(tmp_path / "m")
+
+
 def test_a_skops_model_whose_classes_are_not_the_conditions_in_order_is_refused(cases, tmp_path):
     """Its probability columns are read as the conditions' indices in order: a classifier fitted on
     the names (alphabetical columns) would have its P(DVT) read from another condition's column."""
