@@ -287,6 +287,69 @@ def test_a_skops_file_that_needs_an_untrusted_type_is_refused(cases, tmp_path):
         load_model(tmp_path / "m")
 
 
+def _rewrite_schema(folder: Path, change, extra: dict[str, bytes] = {}) -> None:  # noqa: B006 - read only
+    """The folder's model.skops with its schema changed by ``change`` and ``extra`` files added, resealed."""
+    import io
+    import zipfile
+
+    original = zipfile.ZipFile(io.BytesIO((folder / "model.skops").read_bytes()))
+    schema = json.loads(original.read("schema.json"))
+    change(schema)
+    crafted = io.BytesIO()
+    with zipfile.ZipFile(crafted, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        for name in original.namelist():
+            z.writestr(name, json.dumps(schema) if name == "schema.json" else original.read(name))
+        for name, data in extra.items():
+            z.writestr(name, data)
+    (folder / "model.skops").write_bytes(crafted.getvalue())
+    _reseal(folder)
+
+
+def _many_copies(schema):
+    node = {"__class__": "ndarray", "__module__": "numpy", "__loader__": "NdArrayNode", "type": "numpy",
+            "file": "zeros.npy"}
+    schema["content"]["content"]["extra_"] = {"__class__": "list", "__module__": "builtins", "__loader__": "ListNode",
+                                              "content": [{**node, "__id__": 10**6 + i} for i in range(1100)],
+                                              "__id__": 2 * 10**6}
+    schema["content"]["key_types"]["content"].append({"__class__": "str", "__module__": "builtins",
+                                                      "__loader__": "TypeNode", "__id__": 2 * 10**6 + 1})
+
+
+def _huge_seed_pool(schema):
+    found = []
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if node.get("__loader__") == "RandomGeneratorNode":
+                found.append(node)
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    found[0]["content"]["seed_seq"]["content"]["pool_size"]["content"] = json.dumps(200_000)
+
+
+def test_a_skops_file_that_would_take_unbounded_memory_or_time_to_unpack_is_refused_first(cases, tmp_path):
+    """skops unpacks an array once per schema entry that names it, and sets a random generator's
+    seed pool up in time growing with its square, before any check of the model: a small file
+    naming one array 10 times took 2.2 GB to load, a pool of 200,000 took a minute. Both are
+    refused before skops reads anything."""
+    import io
+
+    save_model(_fit("hgb", cases), tmp_path / "m", {})
+    zeros = io.BytesIO()
+    np.save(zeros, np.zeros(1 << 17))  # 1 MiB, named 1,100 times: 1.1 GiB to unpack
+    _rewrite_schema(tmp_path / "m", _many_copies, {"zeros.npy": zeros.getvalue()})
+    assert (tmp_path / "m" / "model.skops").stat().st_size < 2 << 20
+    with pytest.raises(ModelIntegrityError, match=r"model.skops is not a valid skops model file: its arrays unpack to "
+                                                  r"1,1\d\d,\d{3},\d{3} bytes \(at most 1,073,741,824\)"):
+        load_model(tmp_path / "m")
+    save_model(_fit("hgb", cases), tmp_path / "n", {})
+    _rewrite_schema(tmp_path / "n", _huge_seed_pool)
+    with pytest.raises(ModelIntegrityError, match=r"a random generator's seed pool has size '200000' \(at most 64\)"):
+        load_model(tmp_path / "n")
+
+
 def test_a_skops_model_whose_attributes_recurse_is_refused_by_name(cases, tmp_path):
     """A FrozenEstimator saved without its estimator passes every attribute to that missing one,
     for good: asking whether it can score raised a RecursionError out of the loader."""

@@ -29,7 +29,7 @@ from pipeline.core.files import write_bytes_atomic
 from pipeline.core.schema import CONDITIONS, FIELDS
 from pipeline.model.arrays import ACTIVATIONS, ArrayScorer, array_scorer
 from pipeline.model.codefeatures import CodeFeatures, checked_knots
-from pipeline.model.skopscheck import check_skops_model
+from pipeline.model.skopscheck import check_skops_archive, check_skops_model
 
 __all__ = ["ARRAYS_FILE", "SKOPS_FILE", "SKOPS_TRUSTED", "read_model_file", "scorer_from_dict", "scorer_to_dict",
            "write_model_file"]
@@ -148,7 +148,8 @@ def write_model_file(estimator: Any, folder: Path) -> str:
     if untrusted:
         raise ModelIntegrityError(f"cannot save a {type(estimator).__name__} safely: it needs the types {untrusted}, "
                                   "which are not in pipeline.model.modelfile.SKOPS_TRUSTED.")
-    check_skops_model(sio.loads(data, trusted=SKOPS_TRUSTED), folder / SKOPS_FILE)  # as loading will check it
+    check_skops_archive(data, folder / SKOPS_FILE)  # as loading will check it
+    check_skops_model(sio.loads(data, trusted=SKOPS_TRUSTED), folder / SKOPS_FILE)
     write_bytes_atomic(folder / SKOPS_FILE, data)
     return SKOPS_FILE
 
@@ -170,6 +171,7 @@ def read_model_file(path: Path, data: bytes) -> Any:
     if path.name == SKOPS_FILE:
         import skops.io as sio
 
+        check_skops_archive(data, path)  # before skops unpacks anything
         try:
             untrusted = sorted(set(sio.get_untrusted_types(data=data)) - set(SKOPS_TRUSTED))
             if untrusted:

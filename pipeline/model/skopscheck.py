@@ -36,7 +36,7 @@ import numpy as np
 
 from pipeline.core.errors import ModelIntegrityError
 
-__all__ = ["ALLOWED_TYPES", "check_skops_model"]
+__all__ = ["ALLOWED_TYPES", "check_skops_archive", "check_skops_model"]
 
 # every type in a model kneepain's training saves with skops (each candidate with each
 # calibration method, or none), by module and name
@@ -66,6 +66,62 @@ _FEATURISER = "pipeline.model.features.CaseFeaturizer"
 _FUNCTIONS = "interp1d._call_"  # an isotonic calibration's interpolation keeps its method as a function
 _NUMBERS = "biuf"
 _MAX_ITER = 10_000  # far above configs/train.yaml's max_iter
+# what skops may unpack: its schema, and its arrays in all (a gradient-boosting model of 10,000
+# iterations, the most allowed, holds about 400 MB of trees; the usual 200, about 7 MB)
+_MAX_SCHEMA_BYTES = 64 << 20
+_MAX_ARRAY_BYTES = 1 << 30
+_MAX_POOL_SIZE = 64  # a random generator's seed pool (numpy's default 4): its set-up grows with its square
+
+
+def check_skops_archive(data: bytes, path: Path) -> None:
+    """Refuse the bytes of a ``model.skops`` (read from ``path``) that skops would spend unbounded
+    memory or time on before :func:`check_skops_model` can look at the model: skops unpacks every
+    array an entry of its schema names, once per entry, and builds a random generator's seed
+    sequence at whatever pool size the schema gives. So the schema must be at most 64 MiB, its
+    arrays unpack to at most 1 GiB in all (each counted as often as an entry names it), and no
+    seed pool be above 64.
+
+    Raises
+    ------
+    ModelIntegrityError
+        Naming the file and what is wrong.
+    """
+    import io
+    import json
+    import zipfile
+
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        sizes = {info.filename: info.file_size for info in archive.infolist()}
+        if sizes.get("schema.json", 0) > _MAX_SCHEMA_BYTES:
+            raise _refused(path, f"its schema unpacks to {sizes['schema.json']:,} bytes (at most {_MAX_SCHEMA_BYTES:,})")
+        schema = json.loads(archive.read("schema.json"))
+    except (zipfile.BadZipFile, KeyError, ValueError, RecursionError) as err:  # (KeyError: no schema.json)
+        raise _refused(path, f"it is not a skops archive with a readable schema ({type(err).__name__})") from err
+    total = 0
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        member = node.get("file")
+        if isinstance(member, str):  # unpacked once per entry that names it
+            total += sizes.get(member, 0)
+        pool = node.get("pool_size")
+        if isinstance(pool, dict):
+            try:
+                size = int(json.loads(pool.get("content", "0")))
+            except (TypeError, ValueError):
+                size = _MAX_POOL_SIZE + 1
+            if not 0 <= size <= _MAX_POOL_SIZE:
+                raise _refused(path, f"a random generator's seed pool has size {pool.get('content')!r} (at most "
+                                     f"{_MAX_POOL_SIZE})")
+        stack.extend(node.values())
+    if total > _MAX_ARRAY_BYTES:
+        raise _refused(path, f"its arrays unpack to {total:,} bytes (at most {_MAX_ARRAY_BYTES:,})")
 
 
 def check_skops_model(estimator: Any, path: Path) -> None:
