@@ -26,7 +26,7 @@ from typing import Any, BinaryIO
 from pipeline.core.errors import BatchInputError
 
 __all__ = ["CASE_FILE_TYPES", "FILE_TYPES_TEXT", "arrow_file", "changed_while_read", "file_label", "file_state",
-           "in_temporary_folder", "is_case_file", "is_parquet", "is_pipe", "load_yaml", "numbered", "process_alive",
+           "in_temporary_folder", "is_case_file", "is_parquet", "is_pipe", "load_json", "load_yaml", "numbered", "process_alive",
            "read_regular_file", "reclaim_stale_temps", "refuse_changed", "regular_stat", "replace_keeping_mode", "sha256_file",
            "standard_stream_closed", "stdout_bytes", "tmp_path", "write_bytes_atomic", "write_json_atomic", "write_parts_atomic",
            "write_report_json", "write_text_atomic"]
@@ -137,16 +137,31 @@ def load_yaml(text: str | bytes) -> Any:
     and not where PyYAML lacks libyaml.
 
     A mapping that gives a key twice is refused (PyYAML keeps the last silently: a second ``cv:``
-    section, or a number given twice in the knowledge base, would replace the first unseen)."""
+    section, or a number given twice in the knowledge base, would replace the first unseen), and
+    text nested deeper than Python's recursion allows is a ``yaml.YAMLError`` like any other text
+    that is not YAML, not a ``RecursionError``."""
     import yaml
 
     fast, safe = _unique_key_loaders()
-    if fast is not None:
-        try:
-            return yaml.load(text, Loader=fast)
-        except yaml.YAMLError:
-            pass
-    return yaml.load(text, Loader=safe)
+    try:
+        if fast is not None:
+            try:
+                return yaml.load(text, Loader=fast)
+            except yaml.YAMLError:
+                pass
+        return yaml.load(text, Loader=safe)
+    except RecursionError as err:
+        raise yaml.YAMLError(f"nested deeper than the parser goes ({err})") from None
+
+
+def load_json(data: str | bytes) -> Any:
+    """The data of JSON ``data``; text nested deeper than Python's recursion allows is a
+    ``json.JSONDecodeError`` like any other text that is not JSON, not a ``RecursionError``."""
+    try:
+        return json.loads(data)
+    except RecursionError as err:
+        text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+        raise json.JSONDecodeError(f"nested deeper than the parser goes ({err})", text, 0) from None
 
 
 @cache

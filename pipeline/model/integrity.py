@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from pipeline.core.errors import ModelIntegrityError
-from pipeline.core.files import read_regular_file, sha256_file, write_json_atomic
+from pipeline.core.files import load_json, read_regular_file, sha256_file, write_json_atomic
 
 __all__ = ["CHECKSUMS_FILE", "seal_folder", "verify_folder"]
 
@@ -36,11 +36,11 @@ def seal_folder(folder: Path, names: Iterable[str]) -> dict[str, str]:
 def _listed(folder: Path) -> dict[str, str]:
     path = folder / CHECKSUMS_FILE
     try:
-        data = json.loads(path.read_bytes())
+        data = load_json(path.read_bytes())
     except FileNotFoundError:
         raise ModelIntegrityError(f"{path} is missing: a model folder is loaded only with the checksums written "
                                   "when it was trained; retrain with `kneepain train` (or `make run`).") from None
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:  # nested past Python's depth
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ModelIntegrityError(f"{path} is not valid JSON ({err}); refusing to load the model folder.") from err
     files = data.get("files") if isinstance(data, dict) else None
     if not isinstance(data, dict) or data.get("format") != _FORMAT or data.get("algorithm") != "sha256" \

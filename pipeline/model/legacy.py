@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.errors import ModelIntegrityError
+from pipeline.core.files import load_json
 
 __all__ = ["LEGACY_MODEL_FILE", "load_legacy"]
 
@@ -40,8 +41,8 @@ def load_legacy(folder: Path, manifest_file: str, kb_file: str, *, trust_pickle:
             "loaded; it is not loaded. Retrain with `kneepain train` (or `make run`), or, for a folder you produced "
             "yourself, pass --trust-pickle (trust_pickle=True).")
     try:
-        manifest = json.loads(manifest_path.read_bytes())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:  # (nested past Python's depth)
+        manifest = load_json(manifest_path.read_bytes())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ModelIntegrityError(f"{manifest_path} is missing or not valid JSON ({err}).") from err
     data = model_path.read_bytes()  # hashed and unpickled from the same bytes: no swap in between
     _check(model_path, data, manifest.get("sha256"), manifest_path)

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.core.errors import ModelIntegrityError
-from pipeline.core.files import write_bytes_atomic
+from pipeline.core.files import load_json, write_bytes_atomic
 from pipeline.core.schema import CONDITIONS, FIELDS
 from pipeline.model.arrays import ACTIVATIONS, ArrayScorer, array_scorer
 from pipeline.model.codefeatures import CodeFeatures, checked_knots
@@ -164,8 +164,8 @@ def read_model_file(path: Path, data: bytes) -> Any:
     """
     if path.name == ARRAYS_FILE:
         try:
-            return scorer_from_dict(json.loads(data.decode("utf-8")))
-        except (UnicodeDecodeError, json.JSONDecodeError, ValueError, TypeError, AttributeError, RecursionError) as err:
+            return scorer_from_dict(load_json(data.decode("utf-8")))
+        except (UnicodeDecodeError, json.JSONDecodeError, ValueError, TypeError, AttributeError) as err:
             raise ModelIntegrityError(f"{path} is not a valid kneepain model file: {err}; retrain with "
                                       "`kneepain train`.") from err
     if path.name == SKOPS_FILE:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.errors import ModelIntegrityError
-from pipeline.core.files import write_report_json, write_text_atomic
+from pipeline.core.files import load_json, write_report_json, write_text_atomic
 from pipeline.core.schema import CONDITIONS, SCHEMA_VERSION
 from pipeline.model.integrity import CHECKSUMS_FILE, seal_folder, verify_folder
 from pipeline.model.legacy import LEGACY_MODEL_FILE, load_legacy
@@ -82,8 +82,8 @@ def update_manifest(folder: str | Path, extra: dict) -> dict:
 
 def _manifest(path: Path, data: bytes) -> dict:
     try:
-        manifest = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:  # nested past Python's depth
+        manifest = load_json(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ModelIntegrityError(f"{path} is not valid JSON: {err}") from err
     if not isinstance(manifest, dict):
         raise ModelIntegrityError(f"{path} is not a kneepain model manifest.")

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.core.errors import ModelIntegrityError
+from pipeline.core.files import load_json
 
 __all__ = ["ALLOWED_TYPES", "check_skops_archive", "check_skops_model"]
 
@@ -95,8 +96,8 @@ def check_skops_archive(data: bytes, path: Path) -> None:
         sizes = {info.filename: info.file_size for info in archive.infolist()}
         if sizes.get("schema.json", 0) > _MAX_SCHEMA_BYTES:
             raise _refused(path, f"its schema unpacks to {sizes['schema.json']:,} bytes (at most {_MAX_SCHEMA_BYTES:,})")
-        schema = json.loads(archive.read("schema.json"))
-    except (zipfile.BadZipFile, KeyError, ValueError, RecursionError) as err:  # (KeyError: no schema.json)
+        schema = load_json(archive.read("schema.json"))
+    except (zipfile.BadZipFile, KeyError, ValueError) as err:  # (KeyError: no schema.json)
         raise _refused(path, f"it is not a skops archive with a readable schema ({type(err).__name__})") from err
     total = 0
     stack = [schema]

@@ -152,7 +152,7 @@ def _load_folder(folder: Path, named: Path, trust_pickle: bool) -> LoadedModel:
     if "decision" in manifest:
         try:
             kb = knowledge_base_from_dict(load_yaml(verified.contents[KB_FILE]), where=str(folder / KB_FILE))
-        except (yaml.YAMLError, RecursionError) as err:  # nested past Python's depth
+        except yaml.YAMLError as err:
             raise ModelIntegrityError(f"{folder / KB_FILE} is not valid YAML: {err}") from err
         decision = Decision(manifest["decision"])
     return LoadedModel(verified.estimator, manifest, str(named), kb, decision, contents_digest(verified.contents))
@@ -257,7 +257,7 @@ def _model_dir_relative(local: Path) -> str | None:
     try:
         mlmodel = load_yaml((local / "MLmodel").read_text(encoding="utf-8"))
         relative = str(mlmodel["flavors"]["python_function"]["artifacts"][ARTIFACT_KEY]["path"])
-    except (OSError, yaml.YAMLError, RecursionError, KeyError, TypeError):
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
         return None
     inside = (local / relative).resolve()
     return relative if inside.is_relative_to(local.resolve()) and inside != local.resolve() else None
