@@ -457,7 +457,18 @@ def _repeated_iteration(estimator):
     hgb.max_iter = 100  # within its own max_iter
 
 
+def _crafted_generator(estimator):
+    twister = np.random.MT19937(0)
+    state = twister.state
+    state["state"]["pos"] = 10_000_000  # numpy takes it, and reads past its 624 words at the next draw
+    twister.state = state
+    _hgb_of(estimator)._feature_subsample_rng = np.random.Generator(twister)
+
+
 _FOREIGN = {  # a change to a fitted model, and how the refusal names it
+    "a random generator whose next draw reads outside it": (
+        _crafted_generator, r"a random generator's state is out of range \(a Mersenne Twister at position 10000000 "
+                            r"of 624 words; at most 624\)"),
     "a masked array of tree nodes": (_masked_nodes, r"it holds a numpy.ma.MaskedArray, where kneepain's models hold "
                                                     r"plain arrays"),
     "an iteration given twice": (_repeated_iteration, r"iteration 5 of a gradient-boosting model repeats an earlier one"),
@@ -507,6 +518,21 @@ def test_every_candidate_with_every_calibration_saves_and_loads_as_fitted(kind, 
     parsed = parse_cases(valid)
     np.testing.assert_allclose(load_model(tmp_path / "m").predict_proba(parsed), estimator.predict_proba(parsed),
                                rtol=1e-9, atol=1e-12)
+
+
+def test_an_isotonic_calibration_of_scores_all_equal_saves_and_loads(cases, tmp_path):
+    """Where a class's calibration scores are all equal (a gradient-boosting model too small to
+    split: every case scores the same), scikit-learn's isotonic calibrator keeps a function of its
+    own in place of an interpolation; the check refused it, so training could not save its model."""
+    train, valid = cases
+    stump = HistGradientBoostingClassifier(max_iter=1, min_samples_leaf=len(train))  # one leaf: no split
+    pipe = Pipeline([("features", CaseFeaturizer()), ("model", stump)]).fit(train, labels(train))
+    estimator = CalibratedClassifierCV(FrozenEstimator(pipe), method="isotonic").fit(valid, labels(valid))
+    save_model(estimator, tmp_path / "m", {})
+    parsed = parse_cases(valid)
+    expected = estimator.predict_proba(parsed)
+    assert np.ptp(expected, axis=0).max() == 0  # every case scored the same, as the stump does
+    np.testing.assert_allclose(load_model(tmp_path / "m").predict_proba(parsed), expected, rtol=1e-12, atol=0)
 
 
 class _Evil:

@@ -137,6 +137,25 @@ def test_a_pipe_in_a_model_folder_is_refused_not_waited_on(signed, trained, tmp_
         load_model(unsigned)
 
 
+def test_a_signed_folder_nested_past_the_recursion_limit_is_refused_by_name(signed):
+    """Folders nested deeper than Python's recursion limit inside a signed folder: its private copy
+    walked them by recursion and the load raised a RecursionError instead of refusing the folder."""
+    import os
+    import sys
+
+    folder, public = signed
+    depth = sys.getrecursionlimit() + 50  # a path of 2 characters a level stays under PATH_MAX
+    for level in range(1, depth + 1):
+        os.mkdir(folder / "/".join(["d"] * level))
+    try:
+        with pytest.raises(ModelIntegrityError, match=rf"{folder}/d(/d)+ is nested more than 16 folders deep; "
+                                                      rf"refusing to load {folder}\."):
+            load_model(folder, trusted=public)
+    finally:  # removed from the deepest up: shutil.rmtree would recurse too
+        for level in range(depth, 0, -1):
+            os.rmdir(folder / "/".join(["d"] * level))
+
+
 def test_an_empty_trusted_key_is_an_error_not_a_silent_no_key(signed, monkeypatch):
     """``KNEEPAIN_TRUSTED_KEY=$KEY`` with ``KEY`` unset asked for signed folders and got none checked."""
     folder, _ = signed

@@ -20,7 +20,7 @@ from pathlib import Path
 from pipeline.core.errors import ModelIntegrityError
 from pipeline.core.files import load_json, read_regular_file, sha256_file, write_json_atomic
 
-__all__ = ["CHECKSUMS_FILE", "seal_folder", "verify_folder"]
+__all__ = ["CHECKSUMS_FILE", "read_folder_file", "seal_folder", "verify_folder"]
 
 CHECKSUMS_FILE = "checksums.json"
 _FORMAT = "kneepain-model-checksums"
@@ -52,6 +52,25 @@ def _listed(folder: Path) -> dict[str, str]:
     return files
 
 
+def read_folder_file(path: Path, folder: Path, *, follow_links: bool = True) -> bytes:
+    """The bytes of the file ``path`` of the model folder ``folder``.
+
+    Raises
+    ------
+    ModelIntegrityError
+        ``path`` is missing, cannot be read, or is not a regular file (a FIFO, whose reading would
+        block the load for good; a link, unless ``follow_links``). The message names it.
+    """
+    try:
+        return read_regular_file(path, follow_links=follow_links)
+    except FileNotFoundError:
+        raise ModelIntegrityError(f"{path} is missing from the model folder; refusing to load {folder}.") from None
+    except OSError as err:
+        raise ModelIntegrityError(f"{path}: cannot read: {err.strerror or err}; refusing to load {folder}.") from err
+    except ValueError as err:
+        raise ModelIntegrityError(f"{path} is {err}; refusing to load {folder}.") from err
+
+
 def verify_folder(folder: Path, required: Iterable[str] = ()) -> dict[str, bytes]:
     """The bytes of every file ``checksums.json`` lists, each checked against its SHA-256.
 
@@ -69,14 +88,7 @@ def verify_folder(folder: Path, required: Iterable[str] = ()) -> dict[str, bytes
     contents = {}
     for name, expected in files.items():
         path = folder / name
-        try:
-            data = read_regular_file(path)
-        except FileNotFoundError:
-            raise ModelIntegrityError(f"{path} is missing from the model folder; refusing to load it.") from None
-        except OSError as err:
-            raise ModelIntegrityError(f"{path}: cannot read: {err.strerror or err}.") from err
-        except ValueError as err:  # a FIFO would block the load for good
-            raise ModelIntegrityError(f"{path} is {err}; refusing to load the model folder.") from err
+        data = read_folder_file(path, folder)
         digest = hashlib.sha256(data).hexdigest()
         if digest != expected:
             raise ModelIntegrityError(

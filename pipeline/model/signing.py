@@ -21,12 +21,15 @@ import re
 from pathlib import Path
 
 from pipeline.core.errors import ModelIntegrityError
-from pipeline.core.files import read_regular_file
+from pipeline.model.integrity import read_folder_file
 
-__all__ = ["SIGNATURE_FILE", "TRUSTED_KEY_ENV", "sign_folder", "snapshot_folder", "trusted_key", "verify_signature"]
+__all__ = ["MAX_FOLDER_DEPTH", "SIGNATURE_FILE", "TRUSTED_KEY_ENV", "sign_folder", "snapshot_folder", "trusted_key",
+           "verify_signature"]
 
 SIGNATURE_FILE = "model.sig"
 TRUSTED_KEY_ENV = "KNEEPAIN_TRUSTED_KEY"
+#: the deepest nesting of folders a signed model folder may hold
+MAX_FOLDER_DEPTH = 16
 
 
 def trusted_key(key: str | Path | None = None) -> Path | None:
@@ -77,20 +80,38 @@ def sign_folder(folder: str | Path, private_key: str | Path, *, password: str | 
 def snapshot_folder(folder: Path, into: Path) -> None:
     """Copy the model folder ``folder`` to ``into`` (which must not exist), each file read once:
     regular files and folders as they are, a link as a link (which the signature refuses), and
-    anything else (a FIFO, a device) refused, since reading it could block or never end."""
-    into.mkdir(mode=0o700)
-    for entry in os.scandir(folder):
-        source, target = Path(entry.path), into / entry.name
-        if entry.is_symlink():
-            os.symlink(os.readlink(source), target)
-        elif entry.is_dir(follow_symlinks=False):
-            snapshot_folder(source, target)
-        else:
-            try:
-                data = read_regular_file(source, follow_links=False)
-            except ValueError as err:  # a FIFO would block the load for good
-                raise ModelIntegrityError(f"{source} is {err}; refusing to load {folder}.") from err
-            target.write_bytes(data)
+    anything else (a FIFO, a device) refused, since reading it could block or never end. Folders
+    nested more than ``MAX_FOLDER_DEPTH`` deep are refused (a model folder needs none: ``kneepain
+    train`` writes files only), and the walk keeps a list of the folders left rather than
+    recursing, so that no nesting raises a ``RecursionError``, here or in removing the copy.
+
+    Raises
+    ------
+    ModelIntegrityError
+        A file is not a regular file, folders are nested too deep, or the folder cannot be read or
+        copied; the message names the path.
+    """
+    left = [(folder, into, 0)]
+    while left:
+        source_dir, target_dir, depth = left.pop()
+        if depth > MAX_FOLDER_DEPTH:
+            raise ModelIntegrityError(f"{source_dir} is nested more than {MAX_FOLDER_DEPTH} folders deep; "
+                                      f"refusing to load {folder}.")
+        try:
+            target_dir.mkdir(mode=0o700)
+            with os.scandir(source_dir) as entries:
+                for entry in entries:
+                    source, target = Path(entry.path), target_dir / entry.name
+                    if entry.is_symlink():
+                        os.symlink(os.readlink(source), target)
+                    elif entry.is_dir(follow_symlinks=False):
+                        left.append((source, target, depth + 1))
+                    else:
+                        target.write_bytes(read_folder_file(source, folder, follow_links=False))
+        except OSError as err:
+            where = err.filename if err.filename is not None else source_dir
+            raise ModelIntegrityError(f"{where}: cannot copy to check its signature: {err.strerror or err}; "
+                                      f"refusing to load {folder}.") from err
 
 
 def verify_signature(folder: str | Path, public_key: str | Path) -> None:

@@ -10,7 +10,7 @@ array, or a model marked as still being fitted, was scored without the checks be
 - every object in it is of a type kneepain's training writes (:data:`ALLOWED_TYPES`: the
   calibrated pipeline, the featuriser, gradient boosting, the logistic model and the MLP with
   their parts), every array is of numbers (or scikit-learn's tree nodes), and no function is in
-  it but the interpolation an isotonic calibration keeps;
+  it but those an isotonic calibration builds when loaded;
 - every array is a plain ``numpy.ndarray`` (a masked array's checks skip what compiled code reads);
 - each gradient-boosting model is fitted and not marked as being fitted (``_in_fit``, which makes
   scikit-learn skip its input's checks), with at most ``max_iter`` iterations (at most 10,000),
@@ -21,7 +21,9 @@ array, or a model marked as still being fitted, was scored without the checks be
   every path moves forward and ends on a leaf), whose features are the model's
   ``n_features_in_`` (which scikit-learn checks each scored array's width against), and whose
   leaves are finite, one tree per class per iteration;
-- the featuriser's dtype is a float.
+- the featuriser's dtype is a float;
+- each random generator (kept from fitting, never drawn from in scoring) has a state numpy can
+  draw from within its words.
 
 :func:`pipeline.model.modelfile.write_model_file` runs the same check before writing, so no
 folder is written that would be refused here.
@@ -64,7 +66,13 @@ ALLOWED_TYPES = frozenset({
 })
 _BOOSTING = "sklearn.ensemble._hist_gradient_boosting.gradient_boosting.HistGradientBoostingClassifier"
 _FEATURISER = "pipeline.model.features.CaseFeaturizer"
-_FUNCTIONS = "interp1d._call_"  # an isotonic calibration's interpolation keeps its method as a function
+_GENERATORS = frozenset({"numpy.random._generator.Generator", "numpy.random.mtrand.RandomState"})
+_MT19937_WORDS = 624  # a Mersenne Twister's state: 624 words, and the position of the next one drawn
+# the functions an isotonic calibration holds once loaded (skops saves none: scikit-learn's
+# IsotonicRegression drops its function when saved and builds it again when loaded): its
+# interpolation's method, or, where the scores it calibrates were all equal, a function of its own
+_FUNCTIONS = (("scipy.interpolate._interpolate", "interp1d._call_"),
+              ("sklearn.isotonic", "IsotonicRegression._build_f.<locals>.<lambda>"))
 _NUMBERS = "biuf"
 _MAX_ITER = 10_000  # far above configs/train.yaml's max_iter
 # what skops may unpack: its schema, and its arrays in all (a gradient-boosting model of 10,000
@@ -143,6 +151,10 @@ def check_skops_model(estimator: Any, path: Path) -> None:
             boosted.append(obj)
         elif name == _FEATURISER:
             featurisers.append(obj)
+        elif name in _GENERATORS:
+            problem = _generator_problem(obj)
+            if problem:
+                raise _refused(path, problem)
     for f in featurisers:
         if str(getattr(f, "dtype", "float64")) not in ("float64", "float32"):
             raise _refused(path, f"the featuriser's dtype is {getattr(f, 'dtype', None)!r}, not float64 or float32")
@@ -171,7 +183,8 @@ def _objects(root: Any, path: Path, record: np.dtype) -> list[Any]:
         seen.add(id(obj))
         name = _type_name(obj)
         if name == "builtins.function":
-            if not getattr(obj, "__qualname__", "").startswith(_FUNCTIONS):
+            module, qualname = getattr(obj, "__module__", ""), getattr(obj, "__qualname__", "")
+            if not any(module == m and qualname.startswith(q) for m, q in _FUNCTIONS):
                 raise _refused(path, f"it holds the function {getattr(obj, '__qualname__', obj)!r}, which no model "
                                      "kneepain writes holds")
             continue
@@ -248,6 +261,25 @@ def _tree_problem(nodes: Any, n_features: int, record: np.dtype) -> str:
     bad = ~split & ~np.isfinite(nodes["value"])
     if bad.any():
         return f"leaf {int(np.flatnonzero(bad)[0])} has the value {float(nodes['value'][bad][0])}, not a finite number"
+    return ""
+
+
+def _generator_problem(generator: Any) -> str:
+    """What makes a random generator's state one numpy would draw from outside it, or "". A
+    generator is kept only for fitting (gradient boosting's feature subsampling, the MLP's
+    shuffling), but numpy accepts a Mersenne Twister positioned past its 624 words and reads
+    beyond them at the next draw (the process crashed)."""
+    state = (generator.bit_generator.state if isinstance(generator, np.random.Generator)
+             else generator.get_state(legacy=False))
+    kind = state.get("bit_generator")
+    if kind == "PCG64":  # two 128-bit numbers: every state is one
+        return ""
+    if kind != "MT19937":
+        return f"it holds a random generator of kind {kind!r}, which no model kneepain writes holds"
+    words, position = np.shape(state["state"]["key"]), int(state["state"]["pos"])
+    if words != (_MT19937_WORDS,) or not 0 <= position <= _MT19937_WORDS:
+        return (f"a random generator's state is out of range (a Mersenne Twister at position {position} of "
+                f"{words[0] if words else 0} words; at most {_MT19937_WORDS})")
     return ""
 
 
