@@ -109,6 +109,11 @@ def test_evaluate_on_a_labelled_file_reports_intervals_and_rejects(trained, labe
     assert t["over_triage_emergency_rate"]["n"] == 297
     rejects = (out / "rejects.csv").read_text()
     assert "'=sprained_ankle" in rejects and "later" in rejects and "-4" in rejects  # a formula is shown, not run
+    # each reject names its case as well as its row: row numbers break once a file is sorted or filtered
+    table = pd.read_csv(out / "rejects.csv", dtype=str, keep_default_na=False)
+    ids = pd.read_csv(labelled_csv, dtype=str, keep_default_na=False)["case_id"]
+    assert table.columns.tolist() == ["row", "case_id", "column", "value", "reason"]
+    assert table["row"].tolist() == ["1", "2", "3"] and table["case_id"].tolist() == ids[1:4].tolist()
     assert m["ignored_columns"] == ["leg_swellng"]
     told = capsys.readouterr()
     # the summary and report.md both say it (stderr alone, beside a clean report, was missed)
@@ -415,7 +420,7 @@ def test_extra_data_on_the_command_line_is_read_from_the_current_folder(small_da
                  str(tmp_path / "models"), "--extra-data", "clinic.csv"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"kneepain train: error: extra data {tmp_path / 'clinic.csv'}: no valid labelled row among "
-                          "40; the first problems: row 0, column 'condition', value '3': "), err
+                          "40; the first problems: row 0 (case_id 'test-0000000'), column 'condition', value '3': "), err
     assert "unexpected" not in err and len(err.splitlines()) == 1 and not (tmp_path / "models").exists()
     # a share that holds out every case is the option's error (it was an "unexpected ValueError" at 0.999)
     cases.assign(condition="dvt").to_csv(tmp_path / "clinic.csv", index=False)
@@ -491,6 +496,7 @@ def test_a_malformed_record_is_one_rejected_row_of_the_evaluation(trained, label
     assert (m["n_rows"], m["n_rejected"], m["n"]) == (155, 1, 154)
     rejects = pd.read_csv(out / "rejects.csv", dtype=str, keep_default_na=False)
     assert rejects["row"].tolist() == ["95"] and rejects["column"].tolist() == [""]
+    assert rejects["case_id"].tolist() == [""]  # a record's fields may be shifted: its id is not taken as read
     assert "fields; the header has" in rejects["reason"][0]
     (tmp_path / "clinic.txt").write_text(bad.read_text())
     assert main(["evaluate", "--data", str(tmp_path / "clinic.txt"), "--model", str(models)]) == 2
@@ -566,5 +572,6 @@ def test_missing_value_markers_in_labelled_cases_are_named_with_how_to_write_the
     assert main(["evaluate", "--data", str(path), "--model", str(models), "--no-mlflow", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "no valid labelled row among 200" in err and "in other tools: 'NA' (200 answers)" in err
-    assert "the first problems: row 0, column 'fever', value 'NA': " in err  # each with its value
+    first = cases["case_id"].iloc[0]
+    assert f"the first problems: row 0 (case_id {first!r}), column 'fever', value 'NA': " in err  # each with its value
     assert err.strip().endswith("and evaluate again.")

@@ -43,12 +43,16 @@ class CaseValidationError(ValueError):
 
 
 def error_lines(errors: pd.DataFrame, max_listed: int) -> list[str]:
-    """The first ``max_listed`` problems of ``errors`` (row, column, value, reason), a line each
-    ("row 3, column 'sex', value 'x': not allowed; ..."), then how many more there are."""
+    """The first ``max_listed`` problems of ``errors`` (row, column, value, reason; with a
+    ``case_id`` or ``index`` column, each row named by it too), a line each ("row 3, column 'sex',
+    value 'x': not allowed; ..."), then how many more there are."""
     labelled = "index" in errors.columns
+    named = "case_id" in errors.columns
 
     def where(r: Any) -> str:
-        return f"row {r.row} (index {r.index!r})" if labelled and r.index is not None else f"row {r.row}"
+        if labelled and r.index is not None:
+            return f"row {r.row} (index {r.index!r})"
+        return f"row {r.row} (case_id {r.case_id!r})" if named and isinstance(r.case_id, str) else f"row {r.row}"
 
     lines = [f"{where(r)}, column {r.column!r}, value {r.value!r}: {r.reason}" if r.column else f"{where(r)}: {r.reason}"
              for r in errors.head(max_listed).itertuples()]

@@ -21,7 +21,15 @@ from pipeline.core.config import LEVELS
 from pipeline.core.errors import BatchInputError
 from pipeline.core.formulas import csv_safe
 from pipeline.core.parsing import ParsedCases, parse_cases
-from pipeline.core.schema import BETWEEN_WORDS, CONDITION_LABELS, CONDITIONS, LABEL_COLUMN, REFERENCE_COLUMN, normalise_header
+from pipeline.core.schema import (
+    BETWEEN_WORDS,
+    CONDITION_LABELS,
+    CONDITIONS,
+    ID_COLUMN,
+    LABEL_COLUMN,
+    REFERENCE_COLUMN,
+    normalise_header,
+)
 from pipeline.data.datasets import labels
 from pipeline.data.fingerprints import case_fingerprints
 
@@ -34,7 +42,8 @@ class LabelledCases(NamedTuple):
 
     valid: pd.DataFrame  # the rows with a valid case, a known condition and, if given, a valid reference level
     reference: np.ndarray  # per valid row, the index into LEVELS of its reference_level, -1 where not given
-    rejects: pd.DataFrame  # row (0-based, header excluded), column, value, reason; a row may have several
+    rejects: pd.DataFrame  # row (0-based, header excluded), case_id (where the file has ids), column, value, reason;
+    # a row may have several
     ignored: tuple[str, ...]  # the columns that are neither case fields nor labels, as the file names them
     rows: np.ndarray  # per valid row, its row in ``frame`` (0-based)
     parsed: ParsedCases  # the valid rows' answers as parsed
@@ -116,6 +125,9 @@ def validate_labelled(frame: pd.DataFrame, *, where: str = "cases",
     if malformed:  # only the record's own reason (parse_read's, with no column): its labels may be shifted too
         rejects = rejects[~(rejects["row"].isin(list(malformed)) & (rejects["column"] != ""))]
     rejects = rejects.sort_values("row", kind="stable", ignore_index=True)
+    if parsed.ids is not None:  # each row's case id, so that a reject is found by it (parse_read gives a
+        ids = parsed.ids.astype("string").reset_index(drop=True)  # malformed record none: its fields may be shifted)
+        rejects.insert(1, ID_COLUMN, ids.take(rejects["row"].to_numpy()).reset_index(drop=True))
     keep = ~np.isin(np.arange(len(frame)), rejects["row"].to_numpy())
     valid = frame.iloc[np.flatnonzero(keep)].reset_index(drop=True)
     valid = valid.assign(**{LABEL_COLUMN: condition.to_numpy()[keep]})
