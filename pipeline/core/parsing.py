@@ -89,18 +89,21 @@ def _near_field(name: str, spelled: list[str]) -> str | None:
     """The field (or name of ``spelled``) a column name looks like: a near spelling of it, or of
     it without a form's unit, question mark or colon (``BMI (kg/m²)``, ``Fever?``, ``Smoker
     (Y/N)``), or the one name of which it is a whole word (``Duration (days)`` for
-    symptom_duration_days, ``ID`` for case_id); None when none or several are."""
+    symptom_duration_days, ``ID`` for case_id); None when none or several are (``Swelling``, a
+    word of four fields, is none of them by its spelling: it was guessed as leg_swelling)."""
+    core = normalise_header(_FORM_DECORATION.sub("", name))
+    holding = [s for s in spelled if core and core in s.split("_")]
+    if len(holding) > 1:
+        return None
     near = difflib.get_close_matches(normalise_header(name), spelled, n=1, cutoff=_NEAR)
     if near:
         return near[0]
-    core = normalise_header(_FORM_DECORATION.sub("", name))
     if not core:
         return None
     near = difflib.get_close_matches(core, spelled, n=1, cutoff=_NEAR)
     if near:
         return near[0]
-    holding = [s for s in spelled if core in s.split("_")]
-    return holding[0] if len(holding) == 1 else None
+    return holding[0] if holding else None
 
 
 # what a form adds to a question's name: a unit or choices in brackets, a question mark or a colon
