@@ -278,7 +278,8 @@ def _evaluated_source(folder: Path) -> str | None:
 def _evaluate_file(args: argparse.Namespace, path: Path) -> int:
     from pipeline.core.paths import reports_dir
     from pipeline.report.intervals import MIN_RESAMPLES
-    from pipeline.report.labelled import format_labelled
+    from pipeline.report.labelled import EVALUATION_FILES, format_labelled
+    from pipeline.serve.guard import refuse_same_file
     from pipeline.stages import evaluate_file
 
     n_boot = 1000 if args.bootstrap is None else args.bootstrap
@@ -287,6 +288,9 @@ def _evaluate_file(args: argparse.Namespace, path: Path) -> int:
                          "a 95% interval to one or two draws (default 1000).")
     out = Path(args.out) if args.out else reports_dir() / "evaluations" / path.stem
     _refuse_model_folder(out)
+    _refuse_file_as_folder(out)
+    refuse_same_file([path], [(f"evaluation's {name}", out / name) for name in EVALUATION_FILES], job="evaluating",
+                     advice="give --out another folder")
     stage = [name for name in ("metrics_detail.json", "model_card.md") if (out / name).exists()]
     if stage:  # its metrics.json is the stage's headline, which DVC and git track
         raise UsageError(f"--out {out}: holds the evaluation stage's reports ({', '.join(stage)}), whose metrics.json "
@@ -468,6 +472,17 @@ def _refuse_model_folder(out: Path) -> None:
     if holds_model(out):
         raise UsageError(f"--out {out}: is a model folder, whose files are the model's; give a folder of its own for "
                          "the reports.")
+
+
+def _refuse_file_as_folder(out: Path) -> None:
+    """Refuse an ``--out`` that is a file or lies inside one before any work, rather than with the
+    system's error once the work is done."""
+    for folder in (out, *out.parents):
+        if folder.is_dir():
+            return
+        if folder.exists() or folder.is_symlink():
+            raise UsageError(f"--out {out}: {folder} is a file, not a folder, so the reports cannot be written there; "
+                             "give a folder.")
 
 
 def _refuse_folder_names(files: list[tuple[str, str | None, str]]) -> None:

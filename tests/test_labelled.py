@@ -1,6 +1,7 @@
 """`kneepain evaluate --data FILE`: a user's labelled cases, intervals, rejects, the MLflow run."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -289,6 +290,56 @@ def test_a_form_like_column_name_is_named_with_the_field_it_looks_like():
         "you mean fever?), pain, notes, Swelling")  # "pain" and "swelling" are words of several fields: no guess
     # (a swelling of the knee, the leg, behind the knee, within hours: a spelling cannot say which; it
     # was guessed as leg_swelling, the nearest by letters)
+
+
+def test_an_input_among_the_evaluations_files_is_refused_not_overwritten(trained, labelled_csv, tmp_path, capsys):
+    """A labelled file named rejects.csv in the --out folder was deleted (no row rejected) or
+    overwritten by the reject lines; an --out that is a file, or inside one, failed with the
+    system's error once the evaluation had run."""
+    import shutil
+
+    models, _ = trained
+    folder = tmp_path / "clinic"
+    folder.mkdir()
+    data = Path(shutil.copy(labelled_csv, folder / "rejects.csv"))
+    before = data.read_bytes()
+    assert main(["evaluate", "--data", str(data), "--model", str(models), "--out", str(folder), "--no-mlflow",
+                 "--bootstrap", "100"]) == 2
+    assert f"{data}: the evaluation's rejects.csv would be the input file {data}: evaluating would overwrite your " \
+           "data; give --out another folder." in capsys.readouterr().err
+    assert data.read_bytes() == before and sorted(p.name for p in folder.iterdir()) == ["rejects.csv"]
+    (tmp_path / "afile").write_text("notes\n")
+    for out in (tmp_path / "afile", tmp_path / "afile" / "sub"):
+        assert main(["evaluate", "--data", str(labelled_csv), "--model", str(models), "--out", str(out), "--no-mlflow",
+                     "--bootstrap", "100"]) == 2
+        assert (f"--out {out}: {tmp_path / 'afile'} is a file, not a folder, so the reports cannot be written there"
+                in capsys.readouterr().err)
+    assert (tmp_path / "afile").read_text() == "notes\n"
+
+
+def test_an_evaluation_stopped_while_its_files_are_written_leaves_the_earlier_one_whole(trained, labelled_csv, tmp_path,
+                                                                                         monkeypatch):
+    """The plots were drawn into the folder first: a stop left a broken plot beside the earlier
+    evaluation's metrics.json and report.md. Now the files are renamed into place once all are
+    written, so the folder holds one evaluation or the other."""
+    from pipeline.report import plots
+
+    models, _ = trained
+    out = tmp_path / "eval"
+    args = ["evaluate", "--data", str(labelled_csv), "--model", str(models), "--out", str(out), "--no-mlflow",
+            "--bootstrap", "100"]
+    assert main(args) == 1  # three rows rejected
+    earlier = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert set(earlier) == {"metrics.json", "rejects.csv", "confusion_matrix.png", "reliability.png", "report.md"}
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(plots, "plot_reliability", stopped)  # after the confusion matrix is drawn
+    fewer = tmp_path / "fewer.csv"  # other cases: another confusion matrix
+    fewer.write_text("".join(labelled_csv.read_text().splitlines(keepends=True)[:150]))
+    assert main([*args[:2], str(fewer), *args[3:]]) == 2
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == earlier  # no temporary folder left either
 
 
 def test_the_default_folder_says_when_it_held_another_file_of_the_same_name(trained, labelled_csv, tmp_path,

@@ -8,6 +8,7 @@ because real labelled sets are small. Rows that fail validation are listed, not 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,8 @@ from pipeline.report.intervals import LEVEL, MIN_BOOTSTRAP_CASES, bootstrap_inte
 from pipeline.serve.loading import LoadedModel
 from pipeline.serve.rejectreasons import marker_advice, markers_among
 
-__all__ = ["evaluate_labelled", "format_labelled", "no_valid_rows_error", "with_interval", "write_labelled_reports"]
+__all__ = ["EVALUATION_FILES", "evaluate_labelled", "format_labelled", "no_valid_rows_error", "with_interval",
+           "write_labelled_reports"]
 
 _SPLIT = "cases"
 # below this many cases a bootstrap interval held the 50k-case figure in clearly fewer than 95% of
@@ -332,24 +334,40 @@ def _report_markdown(metrics: dict[str, Any], source: str, plots: list[Path]) ->
     return "\n".join(lines) + "\n"
 
 
+#: what an evaluation of a labelled file writes in its folder (``rejects.csv`` only when rows were rejected)
+EVALUATION_FILES = ("metrics.json", "rejects.csv", "confusion_matrix.png", "reliability.png", "report.md")
+
+
 def write_labelled_reports(metrics: dict[str, Any], arrays: dict[str, np.ndarray], rejects: pd.DataFrame,
                            out_dir: str | Path, *, source: str) -> list[Path]:
-    """Write ``metrics.json``, ``rejects.csv`` (when rows were rejected), the plots and ``report.md``."""
+    """Write ``metrics.json``, ``rejects.csv`` (when rows were rejected), the plots and ``report.md``
+    (:data:`EVALUATION_FILES`) into ``out_dir``, whole: each is written in a temporary folder inside
+    it first and renamed into place once all are, so that a stop while they are drawn leaves the
+    earlier evaluation as it was (not a broken plot beside its report), and an earlier
+    ``rejects.csv`` is removed only then."""
+    import shutil
+    import tempfile
+
     from pipeline.report import plots
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     y, proba = arrays["y"], arrays["proba"]
-    drawn = [plots.plot_confusion_matrix(y, proba, out_dir / "confusion_matrix.png", title="Confusion matrix"),
-             plots.plot_reliability(y, proba, out_dir / "reliability.png", proba_uncalibrated=arrays["proba_uncalibrated"],
-                                    n_bins=N_BINS, title="Top-label reliability")]
-    write_report_json(out_dir / "metrics.json", metrics)
-    written = [out_dir / "metrics.json", *drawn]
-    stale = out_dir / "rejects.csv"
-    stale.unlink(missing_ok=True)
-    if len(rejects):
-        write_text_atomic(stale, rejects_csv(rejects))
-        written.append(stale)
-    report = out_dir / "report.md"
-    write_text_atomic(report, _report_markdown(metrics, source, drawn))
-    return [*written, report]
+    work = Path(tempfile.mkdtemp(prefix=".evaluation-", dir=out_dir))
+    try:
+        drawn = [plots.plot_confusion_matrix(y, proba, work / "confusion_matrix.png", title="Confusion matrix"),
+                 plots.plot_reliability(y, proba, work / "reliability.png",
+                                        proba_uncalibrated=arrays["proba_uncalibrated"], n_bins=N_BINS,
+                                        title="Top-label reliability")]
+        write_report_json(work / "metrics.json", metrics)
+        if len(rejects):
+            write_text_atomic(work / "rejects.csv", rejects_csv(rejects))
+        write_text_atomic(work / "report.md", _report_markdown(metrics, source, drawn))
+        written = [out_dir / name for name in EVALUATION_FILES if (work / name).exists()]
+        for path in written:
+            os.replace(work / path.name, path)
+        if not len(rejects):
+            (out_dir / "rejects.csv").unlink(missing_ok=True)  # an earlier evaluation's
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return written

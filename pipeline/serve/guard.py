@@ -79,14 +79,16 @@ def _another(what: str) -> str:
                             "file: give --rejects PATH in another folder)"}.get(what, f"choose another {what} path")
 
 
-def refuse_same_file(inputs: Sequence[Path], outputs: Sequence[tuple[str, Path]]) -> None:
+def refuse_same_file(inputs: Sequence[Path], outputs: Sequence[tuple[str, Path]], *, job: str = "scoring",
+                     advice: str | None = None) -> None:
     """Raise :class:`BatchInputError` if one of the job's files (``(what, path)``: the output, its
-    rejects file, ...) is the same file as an input."""
+    rejects file, ...) is the same file as an input (``job``: what the message calls the job;
+    ``advice``: how to avoid it, by default another path for that file)."""
     for what, out in outputs:
         for src in inputs:
             if _same(src, out):
-                raise BatchInputError(f"{out}: the {what} would be the input file {src}: scoring would overwrite "
-                                      f"your data; {_another(what)}.")
+                raise BatchInputError(f"{out}: the {what} would be the input file {src}: {job} would overwrite "
+                                      f"your data; {advice or _another(what)}.")
 
 
 def refuse_repeated_inputs(inputs: Sequence[Path], stdin: IO[Any] | None = None) -> None:
