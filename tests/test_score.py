@@ -51,7 +51,7 @@ EXPECTED = {
     # the quote opened in g3's activity never closes: g4-g6 are read into that field, so the file
     # holds 3 records, and the one that swallowed the others is rejected whole, saying why
     "unclosed_quote.csv": (1, 2, 1, "record 4 of {path} (the header is record 1) has a field 'activity' that runs "
-                                    "over 4 lines, 3 of them like whole records of this file: a quote left open "
+                                    "over 4 lines, 3 of them like records of this file: a quote left open "
                                     "there"),
     "wrong_types.parquet": (1, 1, 2, "column 'age', value 'forty': not a number"),
 }
@@ -189,7 +189,7 @@ def test_a_quote_left_open_rejects_the_record_that_swallowed_the_others(trained,
     bad = pd.read_csv(tmp_path / "out.csv.rejects.csv", dtype=str, keep_default_na=False)
     assert len(scored) == 3000 - 200 - 1 and bad["reject_row"].tolist() == ["1500"]
     assert (f"record 1502 of {src} (the header is record 1) has a field {column!r} that runs over 201 lines, "
-            "200 of them like whole records of this file: a quote left open there") in bad.loc[0, "reject_reason"]
+            "200 of them like records of this file: a quote left open there") in bad.loc[0, "reject_reason"]
     swallowed = bad.loc[0, column]
     assert "\nc1501,21,female,fine\n" in swallowed and swallowed.count("\n") == 200
     assert scored.loc[scored["case_id"] == "c20", "row"].tolist() == ["20"]  # the two-line note is a note
@@ -197,6 +197,27 @@ def test_a_quote_left_open_rejects_the_record_that_swallowed_the_others(trained,
     assert scored["row"].astype(int).max() == 2799
     with pytest.raises(CaseValidationError, match="a quote left open there"):
         predict(src, model=models)
+
+
+@pytest.mark.parametrize("swallowed", ["b,31,female,x,y\nc,32,male,p,q\nd,33,male,r,s",  # a field too many
+                                       "b,31,female\nc,32,male\nd,33,male"])              # a field too few
+def test_records_a_quote_left_open_swallowed_with_another_number_of_fields_are_not_lost(trained, tmp_path, swallowed):
+    """Only swallowed lines of the header's number of fields were counted as records: three rows of
+    a field more or fewer vanished into the open note, the file scored one row and exited 0, and
+    `evaluate` evaluated one labelled case of four."""
+    models, _ = trained
+    src = tmp_path / "in.csv"
+    src.write_text(f'case_id,age,sex,note\na,30,male,"oops\n{swallowed}\n')
+    assert main(["score", str(src), "-o", str(tmp_path / "out.csv"), "--model", str(models), "--quiet"]) == 1
+    bad = pd.read_csv(tmp_path / "out.csv.rejects.csv", dtype=str, keep_default_na=False)
+    assert bad["reject_row"].tolist() == ["0"] and bad["note"].tolist() == [f"oops\n{swallowed}\n"]
+    assert "has a field 'note' that runs over 5 lines, 3 of them like records of this file: a quote left open" \
+        in bad.loc[0, "reject_reason"]
+    labelled = tmp_path / "labelled.csv"
+    labelled.write_text(f'case_id,age,sex,condition,note\na,30,male,dvt,"oops\n{swallowed}\n')
+    assert main(["evaluate", "--data", str(labelled), "--model", str(models), "--no-mlflow", "--out",
+                 str(tmp_path / "eval")]) == 2  # no valid row: the one record swallowed the others
+    assert not (tmp_path / "eval" / "metrics.json").exists()
 
 
 def test_score_matches_predict_for_csv_and_parquet(trained, small_data, tmp_path):

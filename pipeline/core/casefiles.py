@@ -463,7 +463,7 @@ def iter_chunks(path: str | Path, chunk_rows: int, *, block: FileBlock | None = 
 
 
 def _looks_like_a_case(header: list[str]) -> Callable[[list[str]], bool] | None:
-    """Whether a line's fields (the header's number of them) hold a valid age or a valid sex: a
+    """Whether a line's fields hold a valid age or a valid sex in the header's places for them: a
     record that a quote left open swallowed does, a line of a quoted note seldom does (``left,
     right, both`` in a three-column file). None for a header without both columns (refused later)."""
     at = {normalise_header(h): i for i, h in enumerate(header)}
@@ -473,10 +473,11 @@ def _looks_like_a_case(header: list[str]) -> Callable[[list[str]], bool] | None:
 
     def looks(fields: list[str]) -> bool:
         try:
-            value = float(fields[at["age"]])
+            value = float(fields[at["age"]]) if at["age"] < len(fields) else math.nan
         except ValueError:
             value = math.nan
-        return (age.minimum or 0) <= value <= (age.maximum or math.inf) or fields[at["sex"]].strip().lower() in sexes
+        return ((age.minimum or 0) <= value <= (age.maximum or math.inf)
+                or (at["sex"] < len(fields) and fields[at["sex"]].strip().lower() in sexes))
 
     return looks
 

@@ -229,7 +229,8 @@ def csv_chunks(path: str | Path, header: list[str], chunk_rows: int, *, start: i
     number of the first record, for the reasons (which name the file as ``where``); with ``rows``,
     the bytes must hold that many records, or :class:`BlockMismatchError`. ``looks_like_record``:
     whether a line's fields, besides being the header's number, look like one of the file's records
-    (a line of a multi-line field that does is taken for a record swallowed by a quote left open).
+    (a line of a multi-line field that does, whatever its number of fields, is taken for a record
+    swallowed by a quote left open).
     """
     path = Path(path)
     placer = _RowPlacer(header, where, first_row, looks_like_record)
@@ -329,11 +330,13 @@ class _RowPlacer:
 
 
 def _record_test(n_fields: int, looks_like_record: Callable[[list[str]], bool] | None) -> Callable[[list[str]], bool]:
-    """Whether a line's fields could be a whole record: the header's ``n_fields``, and (if given)
-    ``looks_like_record``."""
+    """Whether a line's fields could be a record of the file: by ``looks_like_record`` where given,
+    however many fields the line has (a quote left open reads a record with a field too many or
+    too few into the field as well: counting only lines of the header's ``n_fields`` lost such
+    records without a word); else the header's ``n_fields``."""
     if looks_like_record is None:
         return lambda fields: len(fields) == n_fields
-    return lambda fields: len(fields) == n_fields and looks_like_record(fields)
+    return lambda fields: len(fields) > 1 and looks_like_record(fields)
 
 
 _RECORD_NAMED = r"(?s)^record \d+ of .*? \(the header is record 1\) "  # a file's name may hold a line break
@@ -364,14 +367,14 @@ def _swallowing_fields(table: pa.Table, is_record: Callable[[list[str]], bool]) 
 
 def _swallowed(name: str, value: str, is_record: Callable[[list[str]], bool]) -> str | None:
     """Why field ``name`` holding ``value`` looks like records swallowed by a quote left open (some of
-    its lines after the first are whole records by ``is_record``, :func:`_record_test`; a quote left
+    its lines after the first are records by ``is_record``, :func:`_record_test`; a quote left
     open reads every record up to the next quote into one field, and they would vanish from the
     count), else None."""
     lines = value.split("\n")
     records = sum(is_record(_fields_of(line)) for line in lines[1:])
     if not records:
         return None
-    return (f"has a field {name!r} that runs over {len(lines)} lines, {records} of them like whole records of this "
+    return (f"has a field {name!r} that runs over {len(lines)} lines, {records} of them like records of this "
             "file: a quote left open there reads the records that follow into this one (close the quote; the "
             "whole record is in this row)")
 
