@@ -450,6 +450,31 @@ def test_one_condition_left_ends_a_session_only_once_the_triage_waits_on_no_ques
     assert one_left >= 5  # the rule is exercised
 
 
+def test_a_session_stops_for_want_of_questions_only_when_none_past_its_dont_knows_would_change_the_triage(model, kb):
+    """A row lists three questions; a session that had those answered "don't know" (unknown to the
+    model, so listed again) stopped saying no likely answer would change the triage, while a
+    question past them would have: a 46-year-old woman with a tender calf was never asked about
+    surgery, cancer, veins or a whole leg swollen, each of which would send her the same day. The
+    stop now holds only when nothing in the whole ranking is left to ask."""
+    from pipeline.interact.ask import _every_question_to_settle
+
+    cases = generate_cases(kb, 3000, seed=12)
+    cases = pd.concat([cases[cases["condition"] == "dvt"].head(40), cases[cases["condition"] != "dvt"].head(40)])
+    rng = np.random.default_rng(3)
+    stopped = 0
+    for record in cases.drop(columns=["condition", "severity"]).to_dict("records"):
+        case = {k: (int(v) if k == "age" else {True: "yes", False: "no"}.get(v, v)) for k, v in record.items()
+                if not pd.isna(v) and (k in ("age", "sex") or rng.random() > 0.3)}  # a third not known
+        out = io.StringIO()
+        result = run_session(model, input=_Answers(case, out), output=out, max_questions=15)
+        if result["stopped_because"].startswith("no likely answer"):
+            stopped += 1
+            asked = {name for name, _ in result["answers"]}
+            left = [n for n in _every_question_to_settle(result["case"], model, model.kb) if n not in asked]
+            assert not left, (left, out.getvalue()[-1500:])
+    assert stopped >= 5  # the stop is exercised
+
+
 def test_questions_about_an_injury_are_never_offered_after_no_injury_and_odd_digits_are_asked_again(model):
     """`+ words` offers what the main flow would ask: nothing about what happened at an injury
     after "no injury" (the pop, pain that came later, swelling within hours), no pregnancy to a
