@@ -265,6 +265,14 @@ def test_a_yes_to_the_screen_with_no_sign_named_is_kept_as_a_reason_to_go_now(mo
     flat = _flat(text)
     assert flat.count(_flat(UNPLACED_SIGN)) == 2, flat
     assert flat.split("Summary")[-1].split("You are 30")[0].strip().endswith(_flat(UNPLACED_SIGN))
+    # and every level shown after it is the same day's, as it says: the status lines and the summary's
+    # "What to do" said "within a day or two" beneath it, and the advice opened with it
+    same_day = model.decision.config.level_text["emergency"]
+    statuses = re.findall(r"Now: .*?(?= Q\d+\.| Summary)", flat.split(_flat(UNPLACED_SIGN), 1)[1])
+    assert statuses and all(same_day in status for status in statuses), statuses
+    assert f"What to do: {same_day} Why: one of the signs asked about first is present, you said" in flat
+    others = [text for level, text in model.decision.config.level_text.items() if level != "emergency"]
+    assert not any(f"Advice: {text}" in flat for text in others)
     # a sign named yes is its own answer (and its rule's level): nothing more is said
     _, text = _session(model, "30\nmale\ny\ny\nq\n", max_questions=2)
     assert _flat(UNPLACED_SIGN) not in _flat(text)

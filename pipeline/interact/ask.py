@@ -193,15 +193,17 @@ def _top3(row: dict) -> str:
     return ", ".join(f"{CONDITION_LABELS[CONDITIONS[i]]} {p[i]:.0%}" for i in np.argsort(-p, kind="stable")[:3])
 
 
-def _level_text(row: dict, model: LoadedModel) -> str:
+def _level_text(row: dict, model: LoadedModel, *, unplaced: bool = False) -> str:
+    """What the row's level says to do; the same day's words where a "yes" to the same-day signs
+    asked first names none of them (``unplaced``), which no answer below it can lower."""
     assert model.decision is not None  # only called when the row has a triage
-    return model.decision.config.level_text[row["triage"]]
+    return model.decision.config.level_text["emergency" if unplaced else row["triage"]]
 
 
-def _status(row: dict, model: LoadedModel) -> str:
+def _status(row: dict, model: LoadedModel, *, unplaced: bool = False) -> str:
     text = f"Now: {_top3(row)}"
     if "triage" in row:
-        text += f". {_level_text(row, model)}"
+        text += f". {_level_text(row, model, unplaced=unplaced)}"
     return text
 
 
@@ -341,7 +343,7 @@ def run_session(model: str | Path | LoadedModel | None = None, *, input: TextIO 
                 undo()                          # longer than the age allows): not kept, and said why
                 io.say(f"That answer was not kept: {err.errors['reason'].iloc[0]}.", "  ")
                 continue
-            io.say(_status(row, loaded), "  ")
+            io.say(_status(row, loaded, unplaced=unplaced()), "  ")
             asked = len(steps)  # the screen's signs asked together are one question
             if asked >= max_questions:
                 stopped = f"asked the maximum of {max_questions} questions"
@@ -454,7 +456,10 @@ def _summary(io: _Session, row: dict | None, case: dict, answers: list[tuple[str
         io.say(f"Most likely: {_top3(row)}.", "  ")
         if "triage" in row:
             why = re.sub(r" \([a-z0-9_]+\)", "", row["triage_reason"])  # without the rule's internal name
-            io.say(f"What to do: {_level_text(row, model)} Why: {why}.", "  ")
+            if unplaced:  # the level the other answers give, after the one that overrides it
+                why = (f"one of the signs asked about first is present, you said, though not which; the other answers "
+                       f"alone would give \"{_level_text(row, model)}\" ({why})")
+            io.say(f"What to do: {_level_text(row, model, unplaced=unplaced)} Why: {why}.", "  ")
             if row.get("screen"):  # every rule that fired, where the reason names the first
                 io.say(f"To rule out: {', '.join(row['screen'].split('|'))}.", "  ")
             if row["safety_net"]:
@@ -463,5 +468,9 @@ def _summary(io: _Session, row: dict | None, case: dict, answers: list[tuple[str
             if row["ask_next"]:
                 io.say("Questions to answer next: " + " ".join(row["ask_next"].split("|")), "  ")
             io.say(f"Conditions that remain possible: {_labels(row['differential'].split('|'))}.", "  ")
-            io.say(f"Advice: {row['advice'].removesuffix(CLOSING).strip()}", "  ")
+            advice = row["advice"].removesuffix(CLOSING).strip()
+            if unplaced:  # its level is the other answers', said above; the rest is about the conditions
+                advice = advice.removeprefix(_level_text(row, model)).strip()
+            if advice:
+                io.say(f"Advice: {advice}", "  ")
     io.say(CLOSING)
