@@ -87,6 +87,27 @@ def test_missing_required_column_is_named():
         parse_cases(pd.DataFrame({"age": [30]}))
 
 
+def test_a_missing_required_column_names_the_column_that_looks_like_it(trained, tmp_path):
+    """`Age (years)` and `Gender` stopped a file with "column 'age': required column is missing"
+    alone (the warning that names near columns comes only once a file is read), and a header cell
+    `sex` followed by a zero-width space, which shows as `sex`, was no column `sex` at all."""
+    from pipeline.cli import main
+
+    with pytest.raises(CaseValidationError, match=r"column 'age': required column is missing .*; is "
+                                                  r"'Age \(years\)' it\? Name that column age"):
+        parse_cases(pd.DataFrame({"Age (years)": [30], "sex": ["male"]}))
+    with pytest.raises(CaseValidationError, match=r"is 'Gender' it\? Name that column sex"):
+        parse_cases(pd.DataFrame({"age": [30], "Gender": ["male"]}))
+    with pytest.raises(CaseValidationError) as err:  # nothing near: the message as it was
+        parse_cases(pd.DataFrame({"age": [30], "notes": ["x"]}))
+    assert str(err.value).endswith("(required columns: age, sex)")
+    for name, header in (("plain", "case_id,age,sex"), ("hidden", "case_id,age,sex\u200b")):
+        (tmp_path / f"{name}.csv").write_bytes(f"{header}\na,30,male\n".encode())
+        assert main(["score", str(tmp_path / f"{name}.csv"), "-o", str(tmp_path / f"{name}.out.csv"), "--quiet",
+                     "--model", str(trained[0])]) == 0
+    assert (tmp_path / "hidden.out.csv").read_bytes() == (tmp_path / "plain.out.csv").read_bytes()
+
+
 def test_blank_required_value_is_rejected_and_blank_number_is_unknown():
     parsed = parse_cases(pd.DataFrame({"age": ["30", ""], "sex": ["male", "male"], "bmi": ["", " 27.5 "]}),
                          raise_on_error=False)

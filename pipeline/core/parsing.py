@@ -34,6 +34,7 @@ from pipeline.core.schema import (
     ID_COLUMN,
     LABEL_COLUMN,
     MALE_NOT_ASKED,
+    NAMED_COLUMNS,
     REFERENCE_COLUMN,
     SEVERITY_COLUMN,
     SEX_MALE,
@@ -56,16 +57,27 @@ __all__ = ["DUPLICATE_ID", "ParsedCases", "code_rows", "codes_to_frame", "codes_
            "whole_number_fields"]
 
 
+# what forms call a required field that no spelling of its name is near
+_OTHER_NAMES = {"sex": ("gender", "sex/gender", "gender/sex")}
+
+
 def required_columns_error(names) -> CaseValidationError | None:
-    """The error for column names (folded by :func:`normalise_header`) that lack a required field
-    (one line per missing field), or None when none is missing."""
+    """The error for column names (as the input spells them: they are folded by
+    :func:`normalise_header` here) that lack a required field (one line per missing field, naming
+    a column that looks like it: ``Age (years)``, ``Gender``), or None when none is missing."""
+    names = list(names)
     folded = {normalise_header(n) for n in names}
     missing = [f.name for f in FIELDS if f.required and f.name not in folded]
     if not missing:
         return None
     reason = "required column is missing (required columns: " + ", ".join(f.name for f in FIELDS if f.required) + ")"
+    others = [str(n) for n in names if normalise_header(n) not in NAMED_COLUMNS]
+    reasons = []
+    for name in missing:  # a column that looks like it (`Age (years)`), named: the fix is to rename it
+        near = [n for n in others if _near_field(n, [name]) == name or normalise_header(n) in _OTHER_NAMES.get(name, ())]
+        reasons.append(reason + (f"; is {column_name(near[0])!r} it? Name that column {name}" if near else ""))
     return CaseValidationError(pd.DataFrame({"row": [-1] * len(missing), "column": missing,
-                                             "value": [""] * len(missing), "reason": [reason] * len(missing)}))
+                                             "value": [""] * len(missing), "reason": reasons}))
 
 
 def ignored_columns_message(columns: tuple[str, ...] | list[str], where: str = "", also: tuple[str, ...] = ()) -> str:
@@ -731,7 +743,7 @@ def _parse_columns(items: list[tuple[Any, pd.Series | None]], n: int, row_offset
     columns = {normalise_header(h): h for h, _ in items}
     series_of = {folded: _typed_for_pandas(series) for h, series in items
                  if (folded := normalise_header(h)) in _READ_COLUMNS and series is not None}
-    missing = required_columns_error(columns)
+    missing = required_columns_error(columns.values())  # as the input spells them, for the message
     if missing is not None:
         raise missing
     rows = np.arange(n) + row_offset

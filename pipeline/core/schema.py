@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import operator
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
@@ -249,12 +250,13 @@ BETWEEN_WORDS = re.compile(r"[\s-]+")  # what separates a name's words, read as 
 
 
 def normalise_header(name: object) -> str:
-    """A column name as matched against the schema: a byte-order mark and surrounding spaces
-    removed, lower case (``" Age"`` is ``age``), and spaces and hyphens between words read as one
-    underscore where that names a field, ``case_id`` or a label column (``Foot cold or pale`` and
-    ``foot-cold-or-pale`` are ``foot_cold_or_pale``: such a header read as no field would leave its
-    answers unknown, a red flag among them). Other columns keep their words (``Follow-up`` and
-    ``Follow up`` stay two columns)."""
+    """A column name as matched against the schema: invisible format characters (a byte-order
+    mark, a zero-width space) and surrounding spaces removed, lower case (``" Age"`` is ``age``),
+    and spaces and hyphens between words read as one underscore where that names a field,
+    ``case_id`` or a label column (``Foot cold or pale`` and ``foot-cold-or-pale`` are
+    ``foot_cold_or_pale``: such a header read as no field would leave its answers unknown, a red
+    flag among them). Other columns keep their words (``Follow-up`` and ``Follow up`` stay two
+    columns)."""
     return _normalised_text(name) if type(name) is str else _normalised(name)
 
 
@@ -268,7 +270,10 @@ def quoted_name(name: str) -> str:
 
 
 def _normalised(name: object) -> str:
-    folded = str(name).lstrip("\ufeff").strip().lower()
+    text = str(name)
+    if not text.isprintable():  # invisible format characters (a zero-width space after "sex" in a spreadsheet's
+        text = "".join(c for c in text if unicodedata.category(c) != "Cf")  # cell): "sex" read as a column of its own
+    folded = text.strip().lower()
     joined = BETWEEN_WORDS.sub("_", folded)
     return joined if joined in NAMED_COLUMNS else folded
 
