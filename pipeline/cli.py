@@ -300,12 +300,19 @@ def _evaluate_file(args: argparse.Namespace, path: Path) -> int:
         print(f"kneepain evaluate: warning: {out} holds the evaluation of {earlier}, another file of the same name; "
               "this one replaces it (give --out DIR to keep both).", file=sys.stderr)
     result = evaluate_file(args.model, path, out, track=not args.no_mlflow, n_boot=n_boot)
-    print(format_labelled(result.metrics))  # with the columns it ignored, as report.md says them
-    print(f"\nWrote {out / 'metrics.json'}, {out / 'report.md'} and the plots in {out}/"
-          + (f"; rejected rows in {out / 'rejects.csv'}" if result.metrics["n_rejected"] else ""))
-    if result.logged_to_mlflow:
-        print(f"MLflow run {result.metrics['mlflow_run_id']} (the file is its evaluation dataset)")
-    return EXIT_REJECTED if result.metrics["n_rejected"] else EXIT_OK  # as `score`: a script sees rows left out
+    code = EXIT_REJECTED if result.metrics["n_rejected"] else EXIT_OK  # as `score`: a script sees rows left out
+    try:  # the files are written: a reader that closes the pipe early (`| head -1`) changes nothing of the result
+        print(format_labelled(result.metrics))  # with the columns it ignored, as report.md says them
+        print(f"\nWrote {out / 'metrics.json'}, {out / 'report.md'} and the plots in {out}/"
+              + (f"; rejected rows in {out / 'rejects.csv'}" if result.metrics["n_rejected"] else ""))
+        if result.logged_to_mlflow:
+            print(f"MLflow run {result.metrics['mlflow_run_id']} (the file is its evaluation dataset)")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        from pipeline.core.streams import silence
+
+        silence(sys.stdout, sys.stderr)
+    return code
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -342,6 +342,20 @@ def test_an_evaluation_stopped_while_its_files_are_written_leaves_the_earlier_on
     assert {p.name: p.read_bytes() for p in out.iterdir()} == earlier  # no temporary folder left either
 
 
+def test_an_evaluation_read_by_a_pipe_closed_early_keeps_its_exit_code(trained, labelled_csv, tmp_path):
+    """`kneepain evaluate ... | head -1` ended with "unexpected BrokenPipeError" and exit 2, its files
+    written: the reader had what it wanted, and the exit code still says rows were left out (1)."""
+    import subprocess
+    import sys
+
+    models, _ = trained
+    command = (f"{sys.executable} -m pipeline.cli evaluate --data {labelled_csv} --model {models} --out "
+               f"{tmp_path / 'eval'} --no-mlflow --bootstrap 100 | true; exit ${{PIPESTATUS[0]}}")  # a reader gone before a line
+    done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and done.stderr == "", done.stderr
+    assert (tmp_path / "eval" / "report.md").exists()
+
+
 def test_the_default_folder_says_when_it_held_another_file_of_the_same_name(trained, labelled_csv, tmp_path,
                                                                              monkeypatch, capsys):
     """`clinic.csv` and `clinic.parquet` share reports/evaluations/clinic/: the second replaced the
@@ -475,6 +489,12 @@ def test_extra_data_on_the_command_line_is_read_from_the_current_folder(small_da
     assert err.startswith(f"kneepain train: error: extra data {tmp_path / 'clinic.csv'}: no valid labelled row among "
                           "40; the first problems: row 0 (case_id 'test-0000000'), column 'condition', value '3': "), err
     assert "unexpected" not in err and len(err.splitlines()) == 1 and not (tmp_path / "models").exists()
+    # a header only says so (it said "the first problems:" and nothing after them)
+    (tmp_path / "clinic.csv").write_text(",".join(cases.columns) + "\n")
+    assert main(["train", "--config", str(small_config_path), "--data", str(small_data), "--out",
+                 str(tmp_path / "models"), "--extra-data", "clinic.csv"]) == 2
+    assert capsys.readouterr().err.strip() == (f"kneepain train: error: extra data {tmp_path / 'clinic.csv'}: the file "
+                                               "has no rows (a header only): add its cases, then train again.")
     # a share that holds out every case is the option's error (it was an "unexpected ValueError" at 0.999)
     cases.assign(condition="dvt").to_csv(tmp_path / "clinic.csv", index=False)
     assert main(["train", "--config", str(small_config_path), "--data", str(small_data), "--out",

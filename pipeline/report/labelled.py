@@ -55,7 +55,10 @@ def _macro_f1(pred: np.ndarray, y: np.ndarray) -> float:
 def no_valid_rows_error(where: str, n_rows: int, rejects: pd.DataFrame, *, then: str) -> BatchInputError:
     """The error for a file of labelled cases none of whose rows is valid: its first problems, each
     with its row, column and value, and what to write for a missing answer where the file has
-    another tool's marker for one (R's ``NA``); ``then``: what to do once the file is mended."""
+    another tool's marker for one (R's ``NA``); ``then``: what to do once the file is mended. A
+    file of a header only has no problems to list, and says so."""
+    if n_rows == 0:
+        return BatchInputError(f"{where}: the file has no rows (a header only): add its cases, then {then}.")
     advice = marker_advice(markers_among(rejects["value"]), then=then)
     return BatchInputError(f"{where}: no valid labelled row among {n_rows:,}; the first problems: "
                            + "; ".join(error_lines(rejects, _LISTED_PROBLEMS)) + (f". The {advice}" if advice else ""))
@@ -109,8 +112,6 @@ def evaluate_labelled(model: LoadedModel, frame: pd.DataFrame, *, n_boot: int = 
         No ``condition`` column, no valid row, or every valid row one the model was fitted on.
     """
     valid, reference, rejects, ignored, valid_rows, parsed = validate_labelled(frame, where=where, malformed=malformed)
-    if len(frame) == 0:
-        raise BatchInputError(f"{where}: the file has no rows (a header only); nothing to evaluate.")
     if len(valid) == 0:
         raise no_valid_rows_error(where, len(frame), rejects, then="evaluate again")
     markers = markers_among(rejects["value"])
