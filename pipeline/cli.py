@@ -279,7 +279,7 @@ def _evaluate_file(args: argparse.Namespace, path: Path) -> int:
     from pipeline.core.paths import reports_dir
     from pipeline.report.intervals import MIN_RESAMPLES
     from pipeline.report.labelled import EVALUATION_FILES, format_labelled
-    from pipeline.serve.guard import refuse_same_file
+    from pipeline.serve.guard import refuse_same_file, stop_at_once_on_signals
     from pipeline.stages import evaluate_file
 
     n_boot = 1000 if args.bootstrap is None else args.bootstrap
@@ -299,7 +299,8 @@ def _evaluate_file(args: argparse.Namespace, path: Path) -> int:
     if not args.out and (earlier := _evaluated_source(out)) not in (None, str(path.resolve())):
         print(f"kneepain evaluate: warning: {out} holds the evaluation of {earlier}, another file of the same name; "
               "this one replaces it (give --out DIR to keep both).", file=sys.stderr)
-    result = evaluate_file(args.model, path, out, track=not args.no_mlflow, n_boot=n_boot)
+    with stop_at_once_on_signals():  # SIGTERM or SIGHUP as Ctrl-C: the report files' temporary folder removed
+        result = evaluate_file(args.model, path, out, track=not args.no_mlflow, n_boot=n_boot)
     code = EXIT_REJECTED if result.metrics["n_rejected"] else EXIT_OK  # as `score`: a script sees rows left out
     try:  # the files are written: a reader that closes the pipe early (`| head -1`) changes nothing of the result
         print(format_labelled(result.metrics))  # with the columns it ignored, as report.md says them

@@ -318,10 +318,13 @@ def test_an_input_among_the_evaluations_files_is_refused_not_overwritten(trained
 
 
 def test_an_evaluation_stopped_while_its_files_are_written_leaves_the_earlier_one_whole(trained, labelled_csv, tmp_path,
-                                                                                         monkeypatch):
+                                                                                         monkeypatch, capsys):
     """The plots were drawn into the folder first: a stop left a broken plot beside the earlier
     evaluation's metrics.json and report.md. Now the files are renamed into place once all are
     written, so the folder holds one evaluation or the other."""
+    import os
+    import signal
+
     from pipeline.report import plots
 
     models, _ = trained
@@ -332,13 +335,21 @@ def test_an_evaluation_stopped_while_its_files_are_written_leaves_the_earlier_on
     earlier = {p.name: p.read_bytes() for p in out.iterdir()}
     assert set(earlier) == {"metrics.json", "rejects.csv", "confusion_matrix.png", "reliability.png", "report.md"}
 
-    def stopped(*args, **kwargs):
-        raise KeyboardInterrupt
+    def stopped(*args, **kwargs):  # as `kill` stops it (SIGTERM ended the process at once, its files half written)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def not_handled(signum, frame):  # where evaluate leaves SIGTERM to Python, which ends the process
+        raise RuntimeError("SIGTERM reached the default handler")
 
     monkeypatch.setattr(plots, "plot_reliability", stopped)  # after the confusion matrix is drawn
     fewer = tmp_path / "fewer.csv"  # other cases: another confusion matrix
     fewer.write_text("".join(labelled_csv.read_text().splitlines(keepends=True)[:150]))
-    assert main([*args[:2], str(fewer), *args[3:]]) == 2
+    before = signal.signal(signal.SIGTERM, not_handled)
+    try:
+        assert main([*args[:2], str(fewer), *args[3:]]) == 2
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert "kneepain evaluate: error: stopped by SIGTERM" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == earlier  # no temporary folder left either
 
 

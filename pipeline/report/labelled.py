@@ -29,6 +29,7 @@ from pipeline.decision.conformal import prediction_sets
 from pipeline.report.decision_metrics import evaluate_decision, figure, measured
 from pipeline.report.evaluate import N_BINS, evaluate_split
 from pipeline.report.intervals import LEVEL, MIN_BOOTSTRAP_CASES, bootstrap_interval, calibrated_range, wilson_interval
+from pipeline.serve.guard import signals_deferred
 from pipeline.serve.loading import LoadedModel
 from pipeline.serve.rejectreasons import marker_advice, markers_among
 
@@ -365,10 +366,11 @@ def write_labelled_reports(metrics: dict[str, Any], arrays: dict[str, np.ndarray
             write_text_atomic(work / "rejects.csv", rejects_csv(rejects))
         write_text_atomic(work / "report.md", _report_markdown(metrics, source, drawn))
         written = [out_dir / name for name in EVALUATION_FILES if (work / name).exists()]
-        for path in written:
-            os.replace(work / path.name, path)
-        if not len(rejects):
-            (out_dir / "rejects.csv").unlink(missing_ok=True)  # an earlier evaluation's
+        with signals_deferred():  # a stop waits for the last rename: one evaluation or the other, not a mix
+            for path in written:
+                os.replace(work / path.name, path)
+            if not len(rejects):
+                (out_dir / "rejects.csv").unlink(missing_ok=True)  # an earlier evaluation's
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return written
