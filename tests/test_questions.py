@@ -219,6 +219,18 @@ def test_session_goes_back_takes_volunteered_answers_and_stops_on_q(model):
     assert "possible_dvt" not in text and "see_doctor" not in text
 
 
+def test_age_and_sex_can_be_taken_back_like_any_answer(model):
+    """`b` at the sex's prompt was "Please answer female or male", and at the first question
+    "Nothing to go back to": a woman entered as a man could not be mended, and is never asked
+    about pregnancy or the pill. `b` at the sex's prompt asks the age again, and before the first
+    question, both."""
+    result, text = _session(model, "b\n45\nb\n50\nm\nb\n51\nf\nq\n")
+    flat = _flat(text)
+    assert "Nothing to go back to: the age is the first answer." in flat
+    assert "Went back one answer." in flat and "Went back to the start." in flat
+    assert (result["case"]["age"], result["case"]["sex"]) == (51, "female") and "Please" not in flat
+
+
 def test_the_summary_says_which_signs_call_for_the_same_day_and_which_for_a_day_or_two(model):
     """The safety net lists every rule above the level, the most urgent first: the summary puts a
     same-day rule's signs under "the same day" and a within-a-day-or-two rule's under its own."""

@@ -121,6 +121,9 @@ class _Session:
             text = self.read(f"Age in years ({low}-{high}): ", commands=False)
             if text.lower() in ("q", "quit"):
                 raise _Quit
+            if text.lower() in ("b", "back"):
+                self.say("Nothing to go back to: the age is the first answer.", "  ")
+                continue
             if _digits(text) and low <= int(text) <= high:
                 return int(text)
             self.say(f"Please enter a whole number from {low} to {high} (got {text!r}).", "  ")
@@ -131,6 +134,8 @@ class _Session:
             text = self.read(f"Sex ({'/'.join(allowed)}): ", commands=False).lower()
             if text in ("q", "quit"):
                 raise _Quit
+            if text in ("b", "back"):
+                raise _Back
             match = [a for a in allowed if text and a.startswith(text)]
             if len(match) == 1:
                 return match[0]
@@ -304,10 +309,21 @@ def run_session(model: str | Path | LoadedModel | None = None, *, input: TextIO 
         for name, _ in steps.pop():
             case.pop(name, None)
 
+    def ask_age_and_sex() -> None:
+        """Age, then sex; ``b`` at the sex's prompt asks the age again."""
+        while True:
+            case["age"] = io.age()
+            try:
+                case["sex"] = io.sex()
+                return
+            except _Back:
+                io.say("Went back one answer.", "  ")
+
     def back() -> None:
         nonlocal screened
-        if not steps:
-            io.say("Nothing to go back to.", "  ")
+        if not steps:  # before the first question: age and sex again (a woman taken for a man is never
+            io.say("Went back to the start.", "  ")  # asked about pregnancy or the pill)
+            ask_age_and_sex()
             return
         undo()
         screened = not unscreened()  # a sign no longer answered is asked again
@@ -334,8 +350,7 @@ def run_session(model: str | Path | LoadedModel | None = None, *, input: TextIO 
     io.say(CLOSING)
     stopped = "the input ended"
     try:
-        case["age"] = io.age()
-        case["sex"] = io.sex()
+        ask_age_and_sex()
         while True:
             try:
                 row = predict(case, model=loaded).iloc[0].to_dict()
