@@ -278,8 +278,8 @@ def _evaluated_source(folder: Path) -> str | None:
 def _evaluate_file(args: argparse.Namespace, path: Path) -> int:
     from pipeline.core.paths import reports_dir
     from pipeline.report.intervals import MIN_RESAMPLES
-    from pipeline.report.labelled import EVALUATION_FILES, format_labelled
-    from pipeline.serve.guard import refuse_same_file, stop_at_once_on_signals
+    from pipeline.report.labelled import format_labelled
+    from pipeline.serve.guard import stop_at_once_on_signals
     from pipeline.stages import evaluate_file
 
     n_boot = 1000 if args.bootstrap is None else args.bootstrap
@@ -288,9 +288,6 @@ def _evaluate_file(args: argparse.Namespace, path: Path) -> int:
                          "a 95% interval to one or two draws (default 1000).")
     out = Path(args.out) if args.out else reports_dir() / "evaluations" / path.stem
     _refuse_model_folder(out)
-    _refuse_file_as_folder(out)
-    refuse_same_file([path], [(f"evaluation's {name}", out / name) for name in EVALUATION_FILES], job="evaluating",
-                     advice="give --out another folder")
     stage = [name for name in ("metrics_detail.json", "model_card.md") if (out / name).exists()]
     if stage:  # its metrics.json is the stage's headline, which DVC and git track
         raise UsageError(f"--out {out}: holds the evaluation stage's reports ({', '.join(stage)}), whose metrics.json "
@@ -322,6 +319,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     from pipeline.core.paths import data_dir, reports_dir
     from pipeline.report.decision_metrics import format_decision_table
     from pipeline.report.evaluate import format_metrics_table
+    from pipeline.serve.batch import check_target
+    from pipeline.serve.guard import stop_at_once_on_signals
     from pipeline.stages import evaluate_stage
 
     if args.data and is_case_file(args.data):
@@ -335,7 +334,10 @@ def _evaluate(args: argparse.Namespace) -> int:
                          "is the DVC stage's, logged to the model's MLflow run where it is in this tracking store.")
     out = Path(args.out) if args.out else reports_dir()
     _refuse_model_folder(out)
-    result = evaluate_stage(args.model, load_knowledge_base(args.kb), Path(args.data) if args.data else data_dir(), out)
+    check_target(out / "metrics.json", "evaluation's metrics.json", make_folders=True)  # before the work, not after
+    with stop_at_once_on_signals():  # SIGTERM or SIGHUP as Ctrl-C
+        result = evaluate_stage(args.model, load_knowledge_base(args.kb), Path(args.data) if args.data else data_dir(),
+                                out)
     print(format_metrics_table(result.metrics))
     print(format_decision_table(result.metrics))
     pngs = sum(p.suffix == ".png" for p in result.paths)
@@ -480,17 +482,6 @@ def _refuse_model_folder(out: Path) -> None:
     if holds_model(out):
         raise UsageError(f"--out {out}: is a model folder, whose files are the model's; give a folder of its own for "
                          "the reports.")
-
-
-def _refuse_file_as_folder(out: Path) -> None:
-    """Refuse an ``--out`` that is a file or lies inside one before any work, rather than with the
-    system's error once the work is done."""
-    for folder in (out, *out.parents):
-        if folder.is_dir():
-            return
-        if folder.exists() or folder.is_symlink():
-            raise UsageError(f"--out {out}: {folder} is a file, not a folder, so the reports cannot be written there; "
-                             "give a folder.")
 
 
 def _refuse_folder_names(files: list[tuple[str, str | None, str]]) -> None:

@@ -58,7 +58,8 @@ class ExtraCases:
     to_train: pd.DataFrame
     held_out: pd.DataFrame
     n_rows: int
-    rejects: pd.DataFrame  # row, column, value, reason of every problem (a row may have several)
+    rejects: pd.DataFrame  # row, case_id (where the file has ids), column, value, reason of every problem (a row
+    # may have several)
     ignored: tuple[str, ...]  # columns that are neither case fields nor labels
     weight: float
 
@@ -229,17 +230,26 @@ def evaluate_file(model_source: str | Path | None, path: Path, out: Path, *, tra
                   n_boot: int = 1000, data: Path | None = None) -> EvaluateResult:
     """`kneepain evaluate --data FILE`: the stage's evaluation on a user's labelled cases, with
     confidence intervals; writes ``out`` (metrics.json, rejects.csv, plots, report.md) and, with
-    ``track``, logs a run with the file as its evaluation dataset. A file the model was fitted on
-    is refused; rows of it found among the fitting splits in ``data`` (default
+    ``track``, logs a run with the file as its evaluation dataset. An ``out`` that cannot take the
+    files, or whose files would replace ``path``, is refused before any work; a file the model was
+    fitted on is refused; rows of it found among the fitting splits in ``data`` (default
     ``data/synthetic``) by their answers and condition are left out and counted."""
     from pipeline.core.casefiles import read_case_records
     from pipeline.core.paths import data_dir
     from pipeline.data.fingerprints import fitted_fingerprints
-    from pipeline.report.labelled import evaluate_labelled, write_labelled_reports
+    from pipeline.report.labelled import EVALUATION_FILES, evaluate_labelled, write_labelled_reports
+    from pipeline.serve.batch import check_target
+    from pipeline.serve.guard import refuse_same_file
     from pipeline.serve.loading import load_model
 
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file of labelled cases.")
+    # before any work: each file it writes can be, and none is the input (a file named rejects.csv in
+    # `out` was deleted or overwritten)
+    written = [(f"evaluation's {name}", out / name) for name in EVALUATION_FILES]
+    for what, target in written:
+        check_target(target, what, make_folders=True)
+    refuse_same_file([path], written, job="evaluating", advice="give --out another folder")
     if track:
         tracking_uri()
     model = load_model(model_source)

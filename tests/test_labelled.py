@@ -284,10 +284,11 @@ def test_a_form_like_column_name_is_named_with_the_field_it_looks_like():
     from pipeline.core.parsing import ignored_columns_message
 
     assert ignored_columns_message(["ID", "BMI (kg/m²)", "Smoker (Y/N)", "Duration (days)", "Fever?", "pain",
-                                    "notes", "Swelling"]) == (
+                                    "notes", "Swelling", "Onset?"]) == (
         "ignoring columns that are not case fields: ID (did you mean case_id?), BMI (kg/m²) (did you mean bmi?), "
         "Smoker (Y/N) (did you mean smoker?), Duration (days) (did you mean symptom_duration_days?), Fever? (did "
-        "you mean fever?), pain, notes, Swelling")  # "pain" and "swelling" are words of several fields: no guess
+        "you mean fever?), pain, notes, Swelling, Onset? (did you mean onset?)")  # "pain" and "swelling" are words
+    # of several fields: no guess; "onset" is a field's whole name, though a word of pain_delayed_onset too
     # (a swelling of the knee, the leg, behind the knee, within hours: a spelling cannot say which; it
     # was guessed as leg_swelling, the nearest by letters)
 
@@ -308,12 +309,20 @@ def test_an_input_among_the_evaluations_files_is_refused_not_overwritten(trained
     assert f"{data}: the evaluation's rejects.csv would be the input file {data}: evaluating would overwrite your " \
            "data; give --out another folder." in capsys.readouterr().err
     assert data.read_bytes() == before and sorted(p.name for p in folder.iterdir()) == ["rejects.csv"]
+    from pipeline.core.errors import BatchInputError
+    from pipeline.stages import evaluate_file
+
+    with pytest.raises(BatchInputError, match="would be the input file"):  # the library's call as the command's
+        evaluate_file(models, data, folder, track=False, n_boot=100)
+    assert data.read_bytes() == before
     (tmp_path / "afile").write_text("notes\n")
     for out in (tmp_path / "afile", tmp_path / "afile" / "sub"):
         assert main(["evaluate", "--data", str(labelled_csv), "--model", str(models), "--out", str(out), "--no-mlflow",
                      "--bootstrap", "100"]) == 2
-        assert (f"--out {out}: {tmp_path / 'afile'} is a file, not a folder, so the reports cannot be written there"
-                in capsys.readouterr().err)
+        assert (f"{tmp_path / 'afile'}: is a file, not a folder, so the evaluation's metrics.json {out / 'metrics.json'} "
+                "cannot be written" in capsys.readouterr().err)
+    assert main(["evaluate", "--model", str(models), "--out", str(tmp_path / "afile")]) == 2  # a data folder's too
+    assert f"{tmp_path / 'afile'}: is a file, not a folder" in capsys.readouterr().err
     assert (tmp_path / "afile").read_text() == "notes\n"
 
 
@@ -350,6 +359,14 @@ def test_an_evaluation_stopped_while_its_files_are_written_leaves_the_earlier_on
     finally:
         signal.signal(signal.SIGTERM, before)
     assert "kneepain evaluate: error: stopped by SIGTERM" in capsys.readouterr().err
+    # a run killed outright (SIGKILL) leaves its temporary folder: the next run into the folder removes it
+    from pipeline.core.files import _host
+
+    killed = out / f".report.md.tmp-{_host()}-999999999-0123456789ab"  # a process id no process has
+    killed.mkdir()
+    (killed / "confusion_matrix.png").write_bytes(b"")
+    monkeypatch.undo()
+    assert main(args) == 1 and not killed.exists()
     assert {p.name: p.read_bytes() for p in out.iterdir()} == earlier  # no temporary folder left either
 
 

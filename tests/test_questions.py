@@ -229,6 +229,10 @@ def test_age_and_sex_can_be_taken_back_like_any_answer(model):
     assert "Nothing to go back to: the age is the first answer." in flat
     assert "Went back one answer." in flat and "Went back to the start." in flat
     assert (result["case"]["age"], result["case"]["sex"]) == (51, "female") and "Please" not in flat
+    # `b` at the first of the screen's signs after its "yes" asks the screen again, the yes taken back
+    result, text = _session(model, "30\nm\ny\nb\nn\nq\n")
+    assert "Went back to the start." not in _flat(text) and not result["same_day_sign_unnamed"]
+    assert result["case"]["breathless_or_chest_pain"] == "no"
 
 
 def test_the_summary_says_which_signs_call_for_the_same_day_and_which_for_a_day_or_two(model):
@@ -285,6 +289,7 @@ def test_a_yes_to_the_screen_with_no_sign_named_is_kept_as_a_reason_to_go_now(mo
     assert f"What to do: {same_day} Why: one of the signs asked about first is present, you said" in flat
     others = [text for level, text in model.decision.config.level_text.items() if level != "emergency"]
     assert not any(f"Advice: {text}" in flat for text in others)
+    assert "instead if:" not in flat.split("Summary")[-1]  # no sign can raise the same day
     # a sign named yes is its own answer (and its rule's level): nothing more is said
     _, text = _session(model, "30\nmale\ny\ny\nq\n", max_questions=2)
     assert _flat(UNPLACED_SIGN) not in _flat(text)

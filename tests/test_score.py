@@ -220,6 +220,18 @@ def test_records_a_quote_left_open_swallowed_with_another_number_of_fields_are_n
     assert not (tmp_path / "eval" / "metrics.json").exists()
 
 
+def test_a_quoted_note_over_several_lines_is_not_taken_for_swallowed_records(trained, tmp_path):
+    """A note's line with a number where the age is (`flexion, 90`), or a sex where the sex is
+    (`nurse, Jones, female`), but not the header's number of fields, is no record: only a line
+    with both a whole age and a sex in their places counts as one at another width."""
+    models, _ = trained
+    src = tmp_path / "notes.csv"
+    src.write_text('case_id,age,sex,note\na,30,male,"Knee exam:\nflexion, 90\nno effusion"\n'
+                   'b,40,female,"Seen by\nnurse, Jones, female"\nc,50,male,"Obs\nTemp, 37.8"\nd,60,female,plain\n')
+    assert main(["score", str(src), "-o", str(tmp_path / "out.csv"), "--model", str(models), "--quiet"]) == 0
+    assert pd.read_csv(tmp_path / "out.csv", dtype=str)["case_id"].tolist() == ["a", "b", "c", "d"]
+
+
 def test_score_matches_predict_for_csv_and_parquet(trained, small_data, tmp_path):
     models, _ = trained
     cases = pd.read_parquet(small_data / "test.parquet").head(3000)

@@ -92,8 +92,8 @@ def check_columns(names: list[str], where: str) -> None:
             raise BatchInputError(f"{where}: columns {', '.join(map(str, unnamed))} of the header have no name (a "
                                   "spreadsheet's empty columns, saved as ',,'); remove them or give each a name.")
         raise BatchInputError(f"{where}: the header repeats column {name!r} ({', '.join(map(repr, spellings))}); "
-                              "column names are matched ignoring case, surrounding spaces and the spaces or "
-                              "hyphens between a field's words, so each may appear once.")
+                              "column names are matched ignoring case, surrounding spaces, invisible characters and "
+                              "the spaces or hyphens between a field's words, so each may appear once.")
 
 
 def complete_columns(paths: Sequence[Path]) -> list[list[str]]:
@@ -463,9 +463,12 @@ def iter_chunks(path: str | Path, chunk_rows: int, *, block: FileBlock | None = 
 
 
 def _looks_like_a_case(header: list[str]) -> Callable[[list[str]], bool] | None:
-    """Whether a line's fields hold a valid age or a valid sex in the header's places for them: a
-    record that a quote left open swallowed does, a line of a quoted note seldom does (``left,
-    right, both`` in a three-column file). None for a header without both columns (refused later)."""
+    """Whether a line's fields look like a record of the file: with the header's number of fields,
+    a valid age or a valid sex in the header's places for them; with another number (a record a
+    field too long or too short), a valid age (a whole number) and a valid sex both. A record that
+    a quote left open swallowed does; a line of a quoted note seldom does (``left, right, both`` in
+    a three-column file; ``flexion, 90`` or ``nurse, Jones, female`` under ``case_id,age,sex,note``).
+    None for a header without both columns (refused later)."""
     at = {normalise_header(h): i for i, h in enumerate(header)}
     if "age" not in at or "sex" not in at:
         return None
@@ -476,8 +479,11 @@ def _looks_like_a_case(header: list[str]) -> Callable[[list[str]], bool] | None:
             value = float(fields[at["age"]]) if at["age"] < len(fields) else math.nan
         except ValueError:
             value = math.nan
-        return ((age.minimum or 0) <= value <= (age.maximum or math.inf)
-                or (at["sex"] < len(fields) and fields[at["sex"]].strip().lower() in sexes))
+        aged = (age.minimum or 0) <= value <= (age.maximum or math.inf)
+        sexed = at["sex"] < len(fields) and fields[at["sex"]].strip().lower() in sexes
+        if len(fields) == len(header):
+            return aged or sexed
+        return aged and value.is_integer() and sexed
 
     return looks
 

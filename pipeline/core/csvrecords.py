@@ -228,9 +228,8 @@ def csv_chunks(path: str | Path, header: list[str], chunk_rows: int, *, start: i
     records without the header, ``header`` their column names. ``first_row`` is the file's row
     number of the first record, for the reasons (which name the file as ``where``); with ``rows``,
     the bytes must hold that many records, or :class:`BlockMismatchError`. ``looks_like_record``:
-    whether a line's fields, besides being the header's number, look like one of the file's records
-    (a line of a multi-line field that does, whatever its number of fields, is taken for a record
-    swallowed by a quote left open).
+    whether a line's fields, whatever their number, look like one of the file's records (a line of
+    a multi-line field that does is taken for a record swallowed by a quote left open).
     """
     path = Path(path)
     placer = _RowPlacer(header, where, first_row, looks_like_record)
@@ -331,9 +330,10 @@ class _RowPlacer:
 
 def _record_test(n_fields: int, looks_like_record: Callable[[list[str]], bool] | None) -> Callable[[list[str]], bool]:
     """Whether a line's fields could be a record of the file: by ``looks_like_record`` where given,
-    however many fields the line has (a quote left open reads a record with a field too many or
-    too few into the field as well: counting only lines of the header's ``n_fields`` lost such
-    records without a word); else the header's ``n_fields``."""
+    whatever number of fields the line has (a quote left open reads a record with a field too many
+    or too few into the field as well: counting only lines of the header's ``n_fields`` lost such
+    records without a word; ``looks_like_record`` asks more of such a line); else the header's
+    ``n_fields``."""
     if looks_like_record is None:
         return lambda fields: len(fields) == n_fields
     return lambda fields: len(fields) > 1 and looks_like_record(fields)

@@ -104,6 +104,8 @@ def _near_field(name: str, spelled: list[str]) -> str | None:
     symptom_duration_days, ``ID`` for case_id); None when none or several are (``Swelling``, a
     word of four fields, is none of them by its spelling: it was guessed as leg_swelling)."""
     core = normalise_header(_FORM_DECORATION.sub("", name))
+    if core in spelled:  # `Onset?` is onset, though "onset" is a word of pain_delayed_onset too
+        return core
     holding = [s for s in spelled if core and core in s.split("_")]
     if len(holding) > 1:
         return None
@@ -738,8 +740,8 @@ def _parse_columns(items: list[tuple[Any, pd.Series | None]], n: int, row_offset
         raise CaseValidationError(pd.DataFrame({
             "row": -1, "column": [column_name(c) for c in repeated],
             "value": [", ".join(column_name(repr(n)) for n in v) for v in repeated.values()],
-            "reason": "the column is given more than once (names are matched ignoring case, surrounding spaces "
-                      "and the spaces or hyphens between a field's words); give it once"}))
+            "reason": "the column is given more than once (names are matched ignoring case, surrounding spaces, "
+                      "invisible characters and the spaces or hyphens between a field's words); give it once"}))
     columns = {normalise_header(h): h for h, _ in items}
     series_of = {folded: _typed_for_pandas(series) for h, series in items
                  if (folded := normalise_header(h)) in _READ_COLUMNS and series is not None}

@@ -321,6 +321,10 @@ def run_session(model: str | Path | LoadedModel | None = None, *, input: TextIO 
 
     def back() -> None:
         nonlocal screened
+        if not steps and said_yes:  # a "yes" to the screen and none of its signs answered: the screen again
+            said_yes.clear()
+            io.say("Went back one answer.", "  ")
+            return
         if not steps:  # before the first question: age and sex again (a woman taken for a man is never
             io.say("Went back to the start.", "  ")  # asked about pregnancy or the pill)
             ask_age_and_sex()
@@ -477,7 +481,7 @@ def _summary(io: _Session, row: dict | None, case: dict, answers: list[tuple[str
             io.say(f"What to do: {_level_text(row, model, unplaced=unplaced)} Why: {why}.", "  ")
             if row.get("screen"):  # every rule that fired, where the reason names the first
                 io.say(f"To rule out: {', '.join(row['screen'].split('|'))}.", "  ")
-            if row["safety_net"]:
+            if row["safety_net"] and not unplaced:  # signs that would raise the level: none above the same day
                 for lead, signs in _safety_net_by_level(row["safety_net"], model):
                     io.say(f"{lead}: " + "; ".join(signs) + ".", "  ")
             if row["ask_next"]:

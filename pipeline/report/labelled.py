@@ -18,7 +18,7 @@ import pandas as pd
 from pipeline.core import metrics as M
 from pipeline.core.csvrecords import reason_kind
 from pipeline.core.errors import BatchInputError, error_lines
-from pipeline.core.files import write_report_json, write_text_atomic
+from pipeline.core.files import reclaim_stale_temps, tmp_path, write_report_json, write_text_atomic
 from pipeline.core.parsing import ParsedCases
 from pipeline.core.paths import ENV_HOME
 from pipeline.core.schema import CONDITION_LABELS, CONDITIONS
@@ -344,18 +344,22 @@ def write_labelled_reports(metrics: dict[str, Any], arrays: dict[str, np.ndarray
                            out_dir: str | Path, *, source: str) -> list[Path]:
     """Write ``metrics.json``, ``rejects.csv`` (when rows were rejected), the plots and ``report.md``
     (:data:`EVALUATION_FILES`) into ``out_dir``, whole: each is written in a temporary folder inside
-    it first and renamed into place once all are, so that a stop while they are drawn leaves the
+    it first (:func:`pipeline.core.files.tmp_path`; one a killed run left is removed by the next)
+    and renamed into place once all are, so that a stop while they are drawn leaves the
     earlier evaluation as it was (not a broken plot beside its report), and an earlier
     ``rejects.csv`` is removed only then."""
     import shutil
-    import tempfile
 
     from pipeline.report import plots
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     y, proba = arrays["y"], arrays["proba"]
-    work = Path(tempfile.mkdtemp(prefix=".evaluation-", dir=out_dir))
+    # named after report.md as any temporary of the project is after its file: one a killed run left
+    # is found and removed here, by the next run into the folder
+    reclaim_stale_temps(out_dir / "report.md")
+    work = tmp_path(out_dir / "report.md", unique=True)
+    work.mkdir()
     try:
         drawn = [plots.plot_confusion_matrix(y, proba, work / "confusion_matrix.png", title="Confusion matrix"),
                  plots.plot_reliability(y, proba, work / "reliability.png",
