@@ -148,8 +148,7 @@ def write_model_file(estimator: Any, folder: Path) -> str:
     if untrusted:
         raise ModelIntegrityError(f"cannot save a {type(estimator).__name__} safely: it needs the types {untrusted}, "
                                   "which are not in pipeline.model.modelfile.SKOPS_TRUSTED.")
-    check_skops_archive(data, folder / SKOPS_FILE)  # as loading will check it
-    check_skops_model(sio.loads(data, trusted=SKOPS_TRUSTED), folder / SKOPS_FILE)
+    read_model_file(folder / SKOPS_FILE, data)  # loading's own checks: no folder is written that it would refuse
     write_bytes_atomic(folder / SKOPS_FILE, data)
     return SKOPS_FILE
 
