@@ -353,6 +353,7 @@ def run_session(model: str | Path | LoadedModel | None = None, *, input: TextIO 
            "also means don't know). " + _HELP)
     io.say(CLOSING)
     stopped = "the input ended"
+    unlimited = None  # the decision layer ranking every question, built the first time the session needs it
     try:
         ask_age_and_sex()
         while True:
@@ -371,7 +372,8 @@ def run_session(model: str | Path | LoadedModel | None = None, *, input: TextIO 
             settle = [n for n in (_FIELD_OF_QUESTION[q] for q in (row.get("ask_next") or "").split("|") if q)
                       if n not in given]
             if not settle and row.get("ask_next"):  # every one listed was answered "don't know": those past them
-                settle = [n for n in _every_question_to_settle(case, loaded, kb) if n not in given]
+                unlimited = unlimited or _ranking_every_question(loaded)
+                settle = [n for n in _every_question_to_settle(case, loaded, kb, unlimited) if n not in given]
             if row.get("differential_size") == 1 and row["confidence"] >= cfg.ask.min_confidence and not settle:
                 stopped = "one condition remains in the differential"
                 break
@@ -424,19 +426,27 @@ def run_session(model: str | Path | LoadedModel | None = None, *, input: TextIO 
             "same_day_sign_unnamed": unplaced()}
 
 
-def _every_question_to_settle(case: dict[str, Any], model: LoadedModel, kb: Any) -> list[str]:
-    """Every question ``ask_next`` ranks for ``case`` (not only its first ``ask_next.max_questions``),
-    in its order, by field name: past the questions a row lists, which a session asks again while
-    they are answered "don't know" (unknown to the model as if unasked), lie others whose answer
-    would change the level (a tender calf's surgery, cancer or clot before, each a same day)."""
-    from pipeline.decision.layer import Decision, decision_columns
+def _ranking_every_question(model: LoadedModel) -> Any:
+    """The model's decision layer with ``ask_next`` listing every question it ranks, not only its
+    first ``ask_next.max_questions``."""
+    from pipeline.decision.layer import Decision
 
     assert model.decision is not None  # a row lists ask_next only with a decision layer
     spec = model.decision.spec
-    every = Decision({**spec, "triage": {**spec["triage"], "ask_next": {**spec["triage"]["ask_next"],
-                                                                         "max_questions": len(QUESTIONS) + 1}}})
+    return Decision({**spec, "triage": {**spec["triage"], "ask_next": {**spec["triage"]["ask_next"],
+                                                                        "max_questions": len(QUESTIONS) + 1}}})
+
+
+def _every_question_to_settle(case: dict[str, Any], model: LoadedModel, kb: Any, unlimited: Any) -> list[str]:
+    """Every question ``ask_next`` ranks for ``case``, in its order, by field name (``unlimited``:
+    :func:`_ranking_every_question` of ``model``): past the questions a row lists, which a session
+    asks again while they are answered "don't know" (unknown to the model as if unasked), lie
+    others whose answer would change the level (for a tender calf, veins standing out or a whole
+    leg swollen, each a same day)."""
+    from pipeline.decision.layer import decision_columns
+
     parsed = parse_records([case])
-    listed = decision_columns(every, kb, parsed, model.predict_proba(parsed), codes=True, columns=["ask_next"])
+    listed = decision_columns(unlimited, kb, parsed, model.predict_proba(parsed), codes=True, columns=["ask_next"])
     return [n for n in str(listed["ask_next"][0]).split("|") if n]
 
 
