@@ -119,8 +119,8 @@ def test_a_red_flags_condition_is_shown_behind_another_rules_reason_and_whenever
     sets[0, cramp] = True
     sets[1, [meniscus, acl]] = True
     level = np.array([LEVELS.index("emergency"), LEVELS.index("see_doctor_soon")])
-    risk = [f.name for f in cfg.red_flags].index("swollen_leg_with_dvt_risk")
-    reason = np.array([FIRST_RULE_REASON + len(cfg.red_flags), FIRST_RULE_REASON + risk])  # a screen rule; the risk flag
+    risk = [f.name for f in cfg.red_flags].index("swollen_calf_or_leg")
+    reason = np.array([FIRST_RULE_REASON + len(cfg.red_flags), FIRST_RULE_REASON + risk])  # a screen rule; the calf's flag
     fires = np.zeros((2, len(cfg.red_flags)), dtype=bool)
     fires[0, 0] = True  # possible_dvt, behind the screen rule's reason
     fires[1, risk] = True
@@ -215,6 +215,10 @@ def test_a_red_flags_condition_must_call_for_the_flags_level(cfg):
      r"cost_sources\.dvt: source must be"),
     ("screen.yaml", ScreenConfig, lambda d: d["rules"][1]["suggested_by"].update(source="docs/evidence/x.md"),
      r"rules\.1\.suggested_by\.source: source must be"),
+    ("triage.yaml", TriageConfig, lambda d: d["uncertain"].pop("risks_source"),
+     r"uncertain: .*risks: give risks_source"),
+    ("triage.yaml", TriageConfig, lambda d: d["uncertain"].update(risks=["bmi"]),
+     r"uncertain: .*'bmi' must be a yes/no question"),
 ])
 def test_a_rule_or_cost_without_provenance_is_refused_at_load(tmp_path, config, model, edit, expected):
     """Every red flag, screen rule, suggestion and cost says where it comes from, as a knowledge-base
@@ -395,18 +399,18 @@ def test_a_screen_rule_below_the_level_is_named_after_the_condition_it_is_sent_f
 
 def test_a_rule_at_the_softened_level_keeps_the_condition_the_level_rests_on(trained):
     """A same day softened because it rests on unanswered questions, where a rule at that softened
-    level also fires (a swollen leg in a smoker): the rule is the reason shown, but the level still
+    level also fires (a swollen leg): the rule is the reason shown, but the level still
     rests on the DVT's expected cost, so DVT stays in the differential and the advice, as it does
     when the rule does not fire."""
     from pipeline.serve.predict import get_model
 
     model = get_model(trained[0])
-    case = {"age": 35, "sex": "female", "smoker": "yes", "leg_swelling": "yes"}  # warm, red skin unanswered
-    parsed = parse_cases(pd.DataFrame([case, {**case, "smoker": ""}]))
+    case = {"age": 35, "sex": "female", "onset": "gradual", "leg_swelling": "yes"}  # warm, red skin unanswered
+    parsed = parse_cases(pd.DataFrame([case, {**case, "leg_swelling": ""}]))
     proba = np.zeros((2, len(CONDITIONS)))
     proba[:, CONDITIONS.index("bakers_cyst")], proba[:, DVT] = 0.93, 0.07  # the same day, by the cost
     columns = decision_columns(model.decision, model.kb, parsed, proba, codes=True)
-    assert list(columns["triage_reason"]) == ["red_flag:swollen_leg_with_dvt_risk", "same_day_unanswered"]
+    assert list(columns["triage_reason"]) == ["red_flag:swollen_calf_or_leg", "same_day_unanswered"]
     assert list(columns["triage"]) == ["see_doctor_soon"] * 2
     assert list(columns["advice"]) == ["see_doctor_soon:bakers_cyst+dvt"] * 2
     assert all("dvt" in d.split("|") for d in columns["differential"])
@@ -481,12 +485,11 @@ def test_a_child_without_an_injury_is_told_to_have_the_hip_checked_whatever_the_
 
 
 def test_no_rule_stays_open_through_a_mans_pregnancy(net):
-    """The parser keeps a man's pregnancy, and his "no" to the pill or HRT, unanswered; the rules
-    read them as "no", so the safety net never lists a sign that could only fire through them."""
-    rest = {"age": 40, "leg_swelling": "yes", "sedentary": "no", "smoker": "no", "hormonal_therapy": "no",
-            "pain_on_standing": "no"}
+    """The parser keeps a man's pregnancy unanswered; the rules read it as "no", so the safety net
+    never lists a sign that could only fire through it."""
+    rest = {"age": 40, "calf_tenderness": "yes", "leg_swelling": "no", "whole_leg_swollen": "no"}
     codes = _codes([{**rest, "sex": "male"}, {**rest, "sex": "male", "pregnant": "no"}, {**rest, "sex": "female"}])
-    rule = net.names.index("swollen_leg_with_dvt_risk")
+    rule = net.names.index("clot_signs_in_pregnancy")
     assert net.open_rules(codes)[:, rule].tolist() == [False, False, True]  # a woman may still be pregnant
     assert not net.fires(codes)[:, rule].any()
     level = np.zeros(3, dtype=np.int8)
@@ -780,6 +783,9 @@ POST_OP = {"age": 62, "sex": "male", "recent_surgery": "yes", "onset": "sudden",
      0.55, "emergency"),
     ({"age": 60, "sex": "female", "onset": "gradual", "symptom_duration_days": 2, "reduced_range_of_motion": "yes"},
      0.55, "see_doctor_soon"),
+    # a risk of a clot no red flag reads (`uncertain.risks`: smoking) counts as their signs and risks do
+    ({"age": 50, "sex": "male", "onset": "gradual", "smoker": "yes"}, 0.37, "emergency"),
+    ({"age": 50, "sex": "male", "onset": "gradual"}, 0.37, "see_doctor_soon"),
 ])
 def test_a_likely_clot_with_a_reason_to_suspect_it_is_not_softened(cfg, net, case, p_dvt, level):
     """A man of 62 three days after surgery with sudden cramp-like pain on standing, his calf not
@@ -835,17 +841,28 @@ def test_the_safety_net_lists_signs_to_watch_for_not_history_to_ask(cfg, net):
     assert net.open_rules(codes)[0, [net.names.index("clot_before_with_wells_history")]].all()
 
 
-def test_a_swollen_leg_is_not_told_to_go_if_the_leg_swells(cfg, net):
-    """A man whose leg is swollen, his risks unanswered, in the coming days: the rule that sends a
-    swollen leg within a day or two waits on a risk beside it, and its line names them. "See a
-    doctor within a day or two if: the calf or leg swells" told him to go already (319 of the 612
-    `test` cases with a swollen leg below within a day or two were shown it)."""
-    codes = _codes([{"age": 50, "sex": "male", "leg_swelling": "yes"}])
-    level = np.array([LEVELS.index("see_doctor")])
-    listed = net.safety_net(level, net.open_rules(codes), codes=True)[0].split("|")
-    assert "swollen_leg_with_dvt_risk" in listed
-    line = net.texts[net.names.index("swollen_leg_with_dvt_risk")]
-    assert all(word in line for word in ("sit most of the day", "smoke", "pregnant", "pill or HRT", "stand up")), line
+def test_a_swollen_calf_or_leg_is_never_left_to_self_care_or_the_coming_days(trained):
+    """"Get an urgent GP appointment if you have DVT symptoms: swelling and pain in the leg" (the
+    NHS's DVT page): a swollen calf, or a whole leg swollen, goes within a day or two whatever the
+    model makes of it, and the advice names the clot. Before, it did only beside a risk of a clot
+    (155 `test` cases with one were told self-care, a cramp's "stretch the muscle" among them).
+    Someone whose leg is not asked about yet is told to go within a day or two if it swells; a "no"
+    leaves the model's level."""
+    from pipeline.serve.predict import get_model
+
+    model = get_model(trained[0])
+    base = {"age": 30, "sex": "male", "muscle_spasm": "yes", "symptom_duration_days": 0.01}
+    cases = [{**base, "leg_swelling": "yes"}, {**base, "whole_leg_swollen": "yes"},
+             {**base, "leg_swelling": "no", "whole_leg_swollen": "no"}, base]
+    proba = np.zeros((len(cases), len(CONDITIONS)))
+    proba[:, CONDITIONS.index("leg_cramp")] = 1.0
+    columns = decision_columns(model.decision, model.kb, parse_cases(pd.DataFrame(cases)), proba, codes=True)
+    assert list(columns["triage"]) == ["see_doctor_soon", "see_doctor_soon", "self_care", "self_care"]
+    assert list(columns["triage_reason"])[:2] == ["red_flag:swollen_calf_or_leg", "red_flag:swollen_whole_leg"]
+    assert all("dvt" in a.split(":")[1].split("+") for a in columns["advice"][:2])
+    nets = [n.split("|") for n in columns["safety_net"]]
+    assert "swollen_calf_or_leg" in nets[3] and "swollen_calf_or_leg" not in nets[2]
+    assert not {"swollen_calf_or_leg", "swollen_whole_leg"} & {*nets[0], *nets[1]}
 
 
 def test_the_safety_net_says_which_answer_to_a_question_would_send_a_leg_that_cannot_walk_the_same_day(cfg, net):
@@ -921,19 +938,19 @@ def test_ask_next_never_asks_about_an_injury_a_case_says_it_did_not_have(cfg, ne
     assert not {"heard_pop", "swelling_within_hours"} & set(asked[1].split("|"))
 
 
-def test_ask_next_asks_a_woman_about_the_pill_or_hrt_and_never_a_man(cfg, net):
-    """A swollen leg and every other sign and risk answered no, self-care by the probabilities: on
-    the pill or HRT it would go within a day or two (a red flag), so a woman is asked that; a man
-    is not (his rate of oestrogen treatment is the knowledge base's tenth of a percent or so)."""
+def test_a_swollen_leg_with_every_other_sign_no_goes_within_a_day_or_two_and_is_not_asked_about_the_pill(cfg, net):
+    """A swollen leg with every other sign and risk answered no, self-care by the probabilities, goes
+    within a day or two (the NHS's urgent GP appointment), a woman's as a man's. The pill or HRT,
+    which sent such a leg within a day or two before, is no longer asked: no answer to it changes
+    the level (it still lets a same day stand, `uncertain.risks`)."""
     no = ("smoker", "sedentary", "pain_on_standing", "calf_tenderness", "skin_warm", "visible_veins", "skin_red",
           "whole_leg_swollen", "fever")
     swollen = {"age": 35, "leg_swelling": "yes", **{f: "no" for f in no}}
     codes = _codes([{**swollen, "sex": "female", "pregnant": "no"}, {**swollen, "sex": "male"}])
     proba = _dvt_at(0.001, 2)
     level, _ = triage_levels(cfg, codes, proba, net=net)
-    assert [LEVELS[v] for v in level] == ["self_care", "self_care"]
-    asked = net.ask_next(proba, codes, level, np.zeros(2, dtype=bool), net.fires(codes), codes_out=True)
-    assert list(asked) == ["hormonal_therapy", ""]
+    assert [LEVELS[v] for v in level] == ["see_doctor_soon", "see_doctor_soon"]
+    assert "hormonal_therapy" not in net.candidates and "hormonal_therapy" in cfg.uncertain.risks
 
 
 def test_no_rule_stays_open_through_the_pregnancy_of_a_woman_past_the_fertile_ages(net, kb):
@@ -1068,8 +1085,9 @@ def test_at_any_chance_takes_only_questions_and_asks_nothing_without_a_red_flag_
         with pytest.raises(ValueError, match=rf"ask_next.at_any_chance: .*{message}"):
             TriageConfig.model_validate(raw)
     raw["ask_next"]["at_any_chance"] = ["pregnant"]
-    # pregnancy stays a question (the within-a-day-or-two rule reads it), but no same-day flag does
-    raw["red_flags"] = [f for f in raw["red_flags"] if f["name"] == "swollen_leg_with_dvt_risk"]
+    # pregnancy stays a question (a within-a-day-or-two rule reads it), but no same-day flag does
+    soon = next(f for f in raw["red_flags"] if f["name"] == "swollen_calf_or_leg")
+    raw["red_flags"] = [{**soon, "any": {"pregnant": ["yes"], "smoker": ["yes"]}}]
     bare = SafetyNet(TriageConfig.model_validate(raw), None, kb)
     assert "pregnant" in bare.candidates and not len(bare._step_pair)
     codes = _codes([{"age": 30, "sex": "female", "leg_swelling": "yes", "calf_tenderness": "yes", "sedentary": "no",
@@ -1085,7 +1103,7 @@ def test_the_pill_or_hrt_is_not_asked_in_pregnancy_and_a_swollen_leg_in_pregnanc
     """A pregnant woman is not asked whether she takes the pill or HRT; with a swollen leg or a calf
     that hurts when pressed she goes the same day whatever else she answers (RCOG: every suspected
     clot in pregnancy tested promptly and treated until ruled out), where outside pregnancy a
-    swollen leg with every other sign "no" waits for a second item."""
+    swollen leg with every other sign "no" goes within a day or two, waiting for a second item."""
     no = ("smoker", "sedentary", "pain_on_standing", "skin_warm", "visible_veins", "skin_red", "whole_leg_swollen",
           "fever", "hormonal_therapy")
     base = {"age": 30, "sex": "female", **{f: "no" for f in no}}
@@ -1095,16 +1113,17 @@ def test_the_pill_or_hrt_is_not_asked_in_pregnancy_and_a_swollen_leg_in_pregnanc
              {"age": 30, "sex": "female", "pregnant": "yes"}]
     codes = _codes(cases)
     flags = red_flags(cfg, codes)
-    assert [LEVELS[v] if v >= 0 else None for v in flags[0]][:3] == ["emergency", "emergency", None]
+    assert [LEVELS[v] if v >= 0 else None for v in flags[0]][:3] == ["emergency", "emergency", "see_doctor_soon"]
     assert premise_denied(codes, ["hormonal_therapy"])[:, 0].tolist() == [True, True, False, True]
 
 
 def test_ask_next_asks_first_what_would_send_a_swollen_leg_the_same_day(cfg, net):
-    """A swollen leg after a pop in sport, most likely a hamstring injury: the questions whose "yes"
-    would send it the same day (a tender calf, warm skin: signs of a DVT) come before those that
-    would only move it to within a day or two, however much likelier those are."""
+    """A pop in sport with a swollen knee after an earlier clot, most likely a hamstring injury: the
+    questions whose "yes" would send it the same day (a swollen or tender calf, veins standing out:
+    signs of a DVT) come before those that would only move it to within a day or two (the knee
+    giving way, a torn ligament's sign), however much likelier those are."""
     case = {"age": 41, "sex": "male", "activity": "sprint_pivot_sport", "onset": "sudden",
-            "injury_event": "overstretch_or_sprint", "heard_pop": "yes", "leg_swelling": "yes"}
+            "injury_event": "overstretch_or_sprint", "heard_pop": "yes", "knee_swelling": "yes", "previous_vte": "yes"}
     codes = _codes([case])
     proba = np.zeros((1, len(CONDITIONS)))
     proba[0, CONDITIONS.index("hamstring_injury")], proba[0, CONDITIONS.index("acl_injury")] = 0.77, 0.23

@@ -241,7 +241,7 @@ def test_the_summary_says_which_signs_call_for_the_same_day_and_which_for_a_day_
     from pipeline.interact.ask import _safety_net_by_level
 
     flags = {f.name: f for f in model.decision.config.red_flags}
-    same_day, soon = flags["possible_dvt"].safety_net, flags["swollen_leg_with_dvt_risk"].safety_net
+    same_day, soon = flags["possible_dvt"].safety_net, flags["swollen_calf_or_leg"].safety_net
     assert _safety_net_by_level(f"{same_day}|{soon}", model) == [
         ("Go the same day instead if", [same_day]), ("See a doctor within a day or two if", [soon])]
     assert _safety_net_by_level(soon, model) == [("See a doctor within a day or two if", [soon])]

@@ -371,10 +371,17 @@ class UncertainConfig(StrictModel):
     # "no" to a sign never sends a case sooner than leaving it unanswered did
     reasons_to_suspect: list[str] = Field(min_length=1)
     reasons_source: Source
+    # the yes/no risks of a clot that no same-day red flag reads, a "yes" to which counts as the
+    # red flags' own signs and risks do where a same day stands (``stands_at``)
+    risks: list[str] = []
+    risks_source: Source | None = None
 
     @model_validator(mode="after")
     def _yes_no_fields(self) -> "UncertainConfig":
         _check_questions("reasons_to_suspect", self.reasons_to_suspect, ("tristate",), "a yes/no question")
+        _check_questions("risks", self.risks, ("tristate",), "a yes/no question")
+        if self.risks and self.risks_source is None:
+            raise ValueError("risks: give risks_source, where the risks come from")
         return self
 
 

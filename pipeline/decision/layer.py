@@ -68,7 +68,7 @@ DECISION_COLUMN_DOCS = {
                   "surgery or immobilisation, with cancer or an earlier clot), and for everyone a swollen, tender, "
                   "warm or red calf and breathlessness or chest pain (`watch_always`), even where their signs are "
                   "answered no today, since they can appear later (if one is present, seek care as its rule says: "
-                  "the same day for most, within a day or two for a swollen leg with a DVT risk or a pop with a knee "
+                  "the same day for most, within a day or two for a swollen calf or leg or a pop with a knee "
                   "that swells and gives way; the rules on history and age alone are asked by `ask_next`, not listed); "
                   "empty when none could",
     "ask_next": "the unanswered questions whose plausible answers would change the level, `|`-separated (at most "

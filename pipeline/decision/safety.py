@@ -234,10 +234,11 @@ class SafetyNet:
         self._step_change = unpacked[self._step_pair, self._step_rule].astype(np.int16).T.reshape(4, 1, len(steps))
         self._step_pairs, self._step_starts = np.unique(self._step_pair, return_index=True)
         # the yes/no fields of the red flags for a condition that calls for the same day (a clot's
-        # signs and risks), and the signs of the screen's same-day rules that are likelier in such a
-        # condition (a leg that cannot take four steps, a swollen knee; not a knee that cannot bend):
-        # a "yes" to one is a reason to suspect it; per pair, whether its answer is one; and each
-        # condition's own level
+        # signs and risks), the clot's risks no such rule reads (`uncertain.risks`: smoking, sitting
+        # most of the day, ...), and the signs of the screen's same-day rules that are likelier in
+        # such a condition (a leg that cannot take four steps, a swollen knee; not a knee that
+        # cannot bend): a "yes" to one is a reason to suspect it; per pair, whether its answer is
+        # one; and each condition's own level
         self._right = right_levels(cfg)
         # the weights of the same-day conditions' share and of the total, by condition (_stands)
         self._share_rows = np.stack([self._right == _EMERGENCY, np.ones(len(CONDITIONS), dtype=bool)]).astype(np.float64)
@@ -245,11 +246,11 @@ class SafetyNet:
                    == _EMERGENCY for n in [*f.all, *f.any] if field(n).kind == "tristate"}
         suspect |= {n for r in self.rules[len(cfg.red_flags):] if r.level == _EMERGENCY for n in r.fields
                     if _is_sign(n) and points_to_same_day(cfg, kb, n)}
-        self._suspect_fields = sorted(suspect)
+        self._suspect_fields = sorted(suspect | set(cfg.uncertain.risks))
         # the clot's same-day red flags whose signs are watched for by someone who has the history
         # they read beside them (pregnancy, surgery, cancer, an earlier clot), and that history: the
         # (all, any) of each one's fields that are no sign. Not the rules below the same day: a
-        # pregnant woman's "the calf or leg swells" within a day or two (the risks' rule) would stand
+        # pregnant woman's "the calf or leg swells" within a day or two (a swollen calf's rule) would stand
         # beside the pregnancy rule's same day for the same sign
         self._risk_rules = np.array([k for k, f in enumerate(cfg.red_flags) if f.level == "emergency"
                                      and f.condition is not None and self._right[CONDITIONS.index(f.condition)] == _EMERGENCY

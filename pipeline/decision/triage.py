@@ -144,7 +144,7 @@ def _opening(condition: str | None) -> str:
 
 def _not_ruled_out(cfg: TriageConfig, lv: Level, d: str) -> str:
     """Why a less likely condition ``d`` is named at level ``lv``: the level is for it, or (a same
-    day softened to within a day or two, a swollen leg with a risk) it calls for more, so its signs
+    day softened to within a day or two, a swollen calf) it calls for more, so its signs
     would send the case sooner ("within a day or two" is never a clot's own level)."""
     if LEVELS.index(cfg.right_level[d]) <= LEVELS.index(lv):
         return "which this level is for"
