@@ -255,7 +255,8 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
                                    "cases with 95% confidence intervals, into --out (default "
                                    "reports/evaluations/<file name>), logged to MLflow as an evaluation run. "
                                    "Exit codes: 0 every row evaluated, 1 some rows rejected (left out of the figures; "
-                                   "see rejects.csv in --out), 2 fatal error (nothing written).")
+                                   "see rejects.csv in --out) or left out as rows the model was fitted on, 2 fatal "
+                                   "error (nothing written).")
     p.add_argument("--data", default=None, help="data folder (default data/synthetic), or a labelled .csv/.parquet")
     p.add_argument("--model", default=None, help="models folder or MLflow URI (default models)")
     p.add_argument("--out", default=None, help="reports folder (default reports, or reports/evaluations/<name>)")
@@ -298,7 +299,9 @@ def _evaluate_file(args: argparse.Namespace, path: Path) -> int:
               "this one replaces it (give --out DIR to keep both).", file=sys.stderr)
     with stop_at_once_on_signals():  # SIGTERM or SIGHUP as Ctrl-C: the report files' temporary folder removed
         result = evaluate_file(args.model, path, out, track=not args.no_mlflow, n_boot=n_boot)
-    code = EXIT_REJECTED if result.metrics["n_rejected"] else EXIT_OK  # as `score`: a script sees rows left out
+    # as `score`: a script sees rows left out, rejected or fitted on
+    left_out = result.metrics["n_rejected"] or (result.metrics.get("fitted_rows") or {}).get("left_out")
+    code = EXIT_REJECTED if left_out else EXIT_OK
     try:  # the files are written: a reader that closes the pipe early (`| head -1`) changes nothing of the result
         print(format_labelled(result.metrics))  # with the columns it ignored, as report.md says them
         print(f"\nWrote {out / 'metrics.json'}, {out / 'report.md'} and the plots in {out}/"
@@ -643,12 +646,14 @@ def _score_dask(args: argparse.Namespace, warn: Callable[[str], None]):
     """Score on a Dask cluster (``--scheduler``, or a local one) into a folder of part files."""
     from pipeline.core.cluster import dask_client
     from pipeline.serve.dask import score_files_dask
+    from pipeline.serve.guard import signals_deferred
     from pipeline.serve.loading import get_model
 
     get_model(args.model)  # verified as the workers will load it: a missing or altered one named before any cluster
     block_bytes = None if args.block_mb is None else round(args.block_mb * (1 << 20))
-    # the workers load the (hash-checked) model themselves, once each
-    with dask_client(args.scheduler) as client:
+    # the workers load the (hash-checked) model themselves, once each; a stop while the local
+    # cluster starts acts once it has started, so that the job closes it
+    with dask_client(args.scheduler, while_starting=signals_deferred) as client:
         return score_files_dask(args.inputs, args.output, args.model, client=client, fmt=args.format or "parquet",
                                 chunk_rows=args.chunk_rows, warn=warn, block_bytes=block_bytes)
 

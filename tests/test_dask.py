@@ -1071,3 +1071,32 @@ def test_the_dask_engine_names_a_missing_default_model_before_any_cluster_starts
     assert main(["score", "--engine", "dask", str(tmp_path / "in.csv"), "-o", str(tmp_path / "out")]) == 2
     assert "run `make run`" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_stop_while_the_local_cluster_starts_acts_once_it_has_started_and_closes_it(monkeypatch):
+    """A SIGTERM as the local cluster finished starting was raised within its construction, before
+    the job held it: nothing closed it, and distributed's own exit printed an ``AssertionError``
+    traceback under the job's one line. Held off while it starts (``while_starting``, as
+    `kneepain score --engine dask` does), the stop acts once it has started, and the job closes it."""
+    import distributed
+    from distributed.core import Status
+
+    from pipeline.serve.guard import Interrupted, signals_deferred, stop_at_once_on_signals
+
+    made = []
+
+    class StoppedAsItStarts(distributed.LocalCluster):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(distributed, "LocalCluster", StoppedAsItStarts)
+    try:
+        with stop_at_once_on_signals(), pytest.raises(Interrupted):
+            with dask_client(n_workers=1, while_starting=signals_deferred):
+                pytest.fail("the job went on after the stop")
+        assert len(made) == 1 and made[0].status == Status.closed
+    finally:
+        for cluster in made:
+            cluster.close()

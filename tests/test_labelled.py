@@ -429,9 +429,12 @@ def test_a_handful_of_cases_gets_no_bootstrap_interval_rather_than_a_false_one(t
     assert "the file has no rows (a header only)" in capsys.readouterr().err
 
 
-def test_rows_the_model_was_fitted_on_are_left_out_however_the_file_was_saved(trained, small_data, tmp_path):
+def test_rows_the_model_was_fitted_on_are_left_out_however_the_file_was_saved(trained, small_data, tmp_path,
+                                                                             monkeypatch, capsys):
     """Training rows saved again as CSV have other bytes than the training file: found by their
-    answers and condition, they are left out and counted, and a file of nothing else is refused."""
+    answers and condition, they are left out and counted (`kneepain evaluate` exits with 1, as for
+    rejected rows: it exited with 0 with three rows in four left out), and a file of nothing else
+    is refused."""
     from pipeline.core.errors import BatchInputError
     from pipeline.report.labelled import format_labelled
     from pipeline.stages import evaluate_file
@@ -450,6 +453,14 @@ def test_rows_the_model_was_fitted_on_are_left_out_however_the_file_was_saved(tr
     assert ("Left out 40 rows with the answers and condition of a row the model was fitted on (rows 50, 51, 52, "
             "53, 54, 55, 56, 57, 58, 59, ...; all in metrics.json") in format_labelled(m)
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["fitted_rows"]["left_out"] == 40
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    (project / "data" / "synthetic").symlink_to(small_data)
+    monkeypatch.setenv("KNEEPAIN_HOME", str(project))
+    assert main(["evaluate", "--data", str(path), "--model", str(models), "--out", str(tmp_path / "eval5"),
+                 "--no-mlflow", "--bootstrap", "100"]) == 1
+    assert "Left out 40 rows" in capsys.readouterr().out
+    monkeypatch.delenv("KNEEPAIN_HOME")
     alone = tmp_path / "seen.csv"
     seen.to_csv(alone, index=False)
     with pytest.raises(BatchInputError, match="every valid row \\(40\\) has the answers and condition of a row"):
@@ -648,6 +659,10 @@ def test_a_misspelt_label_column_is_named_with_what_it_looks_like(labelled_csv, 
     frame = pd.read_csv(labelled_csv, dtype=str, keep_default_na=False).rename(columns={" condition": "Condtion"})
     with pytest.raises(BatchInputError, match=re.escape("f.csv: no 'condition' column (is 'Condtion' it, misspelt?); ")):
         validate_labelled(frame, where="f.csv")
+    for other in ("diagnosis", "Label", "Target"):  # another name for the same column
+        with pytest.raises(BatchInputError, match=re.escape(f"no 'condition' column (is {other!r} it? Name that "
+                                                            "column condition); ")):
+            validate_labelled(frame.rename(columns={"Condtion": other}), where="f.csv")
 
 
 def test_missing_value_markers_in_labelled_cases_are_named_with_how_to_write_them(trained, small_data, tmp_path,

@@ -40,6 +40,15 @@ def _copy(trained, tmp_path, name="models") -> Path:
     return Path(shutil.copytree(trained[0], tmp_path / name))
 
 
+@pytest.fixture
+def save(trained):
+    """``save_model`` with what every folder needs to load besides its model: the trained folder's
+    decision layer (the triage, red flags and advice) and knowledge base."""
+    decision = json.loads((trained[0] / "manifest.json").read_text())["decision"]
+    return lambda estimator, folder, manifest: save_model(estimator, folder, {**manifest, "decision": decision},
+                                                          kb_path=trained[0] / "knowledge_base.yaml")
+
+
 def _reseal(folder: Path) -> None:
     """What someone who edits a file and rewrites the checksums does (only a signature stops them)."""
     names = json.loads((folder / CHECKSUMS_FILE).read_text())["files"]
@@ -203,12 +212,12 @@ class _nothing:
 
 
 @pytest.mark.parametrize("kind", ["logistic", "mlp", "hgb"])
-def test_saved_models_load_without_pickle_and_give_the_same_probabilities(kind, cases, tmp_path):
+def test_saved_models_load_without_pickle_and_give_the_same_probabilities(save, kind, cases, tmp_path):
     estimator = _fit(kind, cases)
-    manifest = save_model(estimator, tmp_path / "m", {"note": kind})
+    manifest = save(estimator, tmp_path / "m", {"note": kind})
     assert manifest["model_file"] == ("model.skops" if kind == "hgb" else "model.json")
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == sorted([CHECKSUMS_FILE, "manifest.json",
-                                                                        manifest["model_file"]])
+                                                                        "knowledge_base.yaml", manifest["model_file"]])
     parsed = parse_cases(cases[1])
     loaded = load_model(tmp_path / "m").predict_proba(parsed)
     np.testing.assert_allclose(loaded, estimator.predict_proba(parsed), rtol=1e-9, atol=1e-12)
@@ -218,7 +227,7 @@ def test_saved_models_load_without_pickle_and_give_the_same_probabilities(kind, 
 
 
 @pytest.mark.parametrize("kind", ["logistic", "hgb"])
-def test_a_model_saved_before_the_duration_hinges_loads_and_scores_as_fitted(kind, cases, tmp_path):
+def test_a_model_saved_before_the_duration_hinges_loads_and_scores_as_fitted(save, kind, cases, tmp_path):
     """A model.json of version 1 (no `duration_knots_days`) and a skops featuriser without the
     attribute, as earlier versions wrote them, score with the features they were fitted on."""
     train, valid = cases
@@ -229,7 +238,7 @@ def test_a_model_saved_before_the_duration_hinges_loads_and_scores_as_fitted(kin
     expected = pipe.predict_proba(parsed)
     if kind == "hgb":
         del pipe.steps[0][1].__dict__["duration_knots"]
-    manifest = save_model(pipe, tmp_path / "m", {})
+    manifest = save(pipe, tmp_path / "m", {})
     if kind == "logistic":
         path = tmp_path / "m" / manifest["model_file"]
         data = json.loads(path.read_text())
@@ -269,13 +278,13 @@ class _Untrusted:
     pass
 
 
-def test_a_skops_file_that_needs_an_untrusted_type_is_refused(cases, tmp_path):
+def test_a_skops_file_that_needs_an_untrusted_type_is_refused(save, cases, tmp_path):
     import skops.io as sio
 
     with pytest.raises(ModelIntegrityError, match="cannot save a _Untrusted safely"):
-        save_model(_Untrusted(), tmp_path / "m", {})
+        save(_Untrusted(), tmp_path / "m", {})
     estimator = _fit("hgb", cases)
-    save_model(estimator, tmp_path / "m", {})
+    save(estimator, tmp_path / "m", {})
     (tmp_path / "m" / "model.skops").write_bytes(sio.dumps({"model": _Untrusted()}))
     _reseal(tmp_path / "m")
     with pytest.raises(ModelIntegrityError, match=r"model.skops needs types that are not trusted: .*_Untrusted"):
@@ -329,14 +338,14 @@ def _huge_seed_pool(schema):
     found[0]["content"]["seed_seq"]["content"]["pool_size"]["content"] = json.dumps(200_000)
 
 
-def test_a_skops_file_that_would_take_unbounded_memory_or_time_to_unpack_is_refused_first(cases, tmp_path):
+def test_a_skops_file_that_would_take_unbounded_memory_or_time_to_unpack_is_refused_first(save, cases, tmp_path):
     """skops unpacks an array once per schema entry that names it, and sets a random generator's
     seed pool up in time growing with its square, before any check of the model: a small file
     naming one array 10 times took 2.2 GB to load, a pool of 200,000 took a minute. Both are
     refused before skops reads anything."""
     import io
 
-    save_model(_fit("hgb", cases), tmp_path / "m", {})
+    save(_fit("hgb", cases), tmp_path / "m", {})
     zeros = io.BytesIO()
     np.save(zeros, np.zeros(1 << 17))  # 1 MiB, named 1,100 times: 1.1 GiB to unpack
     _rewrite_schema(tmp_path / "m", _many_copies, {"zeros.npy": zeros.getvalue()})
@@ -344,13 +353,13 @@ def test_a_skops_file_that_would_take_unbounded_memory_or_time_to_unpack_is_refu
     with pytest.raises(ModelIntegrityError, match=r"model.skops is not a valid skops model file: its arrays unpack to "
                                                   r"1,1\d\d,\d{3},\d{3} bytes \(at most 1,073,741,824\)"):
         load_model(tmp_path / "m")
-    save_model(_fit("hgb", cases), tmp_path / "n", {})
+    save(_fit("hgb", cases), tmp_path / "n", {})
     _rewrite_schema(tmp_path / "n", _huge_seed_pool)
     with pytest.raises(ModelIntegrityError, match=r"a random generator's seed pool has size '200000' \(at most 64\)"):
         load_model(tmp_path / "n")
 
 
-def test_a_skops_model_whose_attributes_recurse_is_refused_by_name(cases, tmp_path):
+def test_a_skops_model_whose_attributes_recurse_is_refused_by_name(save, cases, tmp_path):
     """A FrozenEstimator saved without its estimator passes every attribute to that missing one,
     for good: asking whether it can score raised a RecursionError out of the loader."""
     import io
@@ -358,7 +367,7 @@ def test_a_skops_model_whose_attributes_recurse_is_refused_by_name(cases, tmp_pa
 
     import skops.io as sio
 
-    save_model(_fit("hgb", cases), tmp_path / "m", {})
+    save(_fit("hgb", cases), tmp_path / "m", {})
     original = zipfile.ZipFile(io.BytesIO(sio.dumps(FrozenEstimator(1))))
     schema = json.loads(original.read("schema.json"))
     del schema["content"]["content"]["estimator"]  # the attribute dropped from the file
@@ -373,14 +382,14 @@ def test_a_skops_model_whose_attributes_recurse_is_refused_by_name(cases, tmp_pa
         load_model(tmp_path / "m")
 
 
-def test_a_skops_model_whose_classes_are_not_the_conditions_in_order_is_refused(cases, tmp_path):
+def test_a_skops_model_whose_classes_are_not_the_conditions_in_order_is_refused(save, cases, tmp_path):
     """Its probability columns are read as the conditions' indices in order: a classifier fitted on
     the names (alphabetical columns) would have its P(DVT) read from another condition's column."""
     import skops.io as sio
 
     train, valid = cases
     pipe = Pipeline([("features", CaseFeaturizer()), ("model", HistGradientBoostingClassifier(max_iter=5, random_state=0))])
-    save_model(_fit("hgb", cases), tmp_path / "m", {})
+    save(_fit("hgb", cases), tmp_path / "m", {})
     load_model(tmp_path / "m")  # the conditions' indices, in order
     (tmp_path / "m" / "model.skops").write_bytes(sio.dumps(pipe.fit(train, train["condition"].astype(str))))
     _reseal(tmp_path / "m")
@@ -407,14 +416,14 @@ _TREE_ATTACKS = {  # a change to one tree's nodes, and how the refusal names it
 
 
 @pytest.mark.parametrize("attack", sorted(_TREE_ATTACKS))
-def test_a_gradient_boosting_tree_scored_outside_its_arrays_is_refused_at_loading(cases, tmp_path, attack):
+def test_a_gradient_boosting_tree_scored_outside_its_arrays_is_refused_at_loading(save, cases, tmp_path, attack):
     """scikit-learn follows a tree's nodes in compiled code that does not check them: a child
     outside the tree crashed the process, one that loops back never returned. A resealed (or
     unsigned) model.skops with such a tree is refused by name before anything is scored."""
     import skops.io as sio
 
     estimator = _fit("hgb", cases)
-    save_model(estimator, tmp_path / "m", {})
+    save(estimator, tmp_path / "m", {})
     change, message = _TREE_ATTACKS[attack]
     change(_hgb_of(estimator)._predictors[1][2].nodes)
     (tmp_path / "m" / "model.skops").write_bytes(sio.dumps(estimator))
@@ -483,14 +492,14 @@ _FOREIGN = {  # a change to a fitted model, and how the refusal names it
 
 
 @pytest.mark.parametrize("attack", sorted(_FOREIGN))
-def test_a_skops_model_holding_what_training_never_writes_is_refused_at_loading_and_saving(cases, tmp_path, attack):
+def test_a_skops_model_holding_what_training_never_writes_is_refused_at_loading_and_saving(save, cases, tmp_path, attack):
     """skops' defaults trust every scikit-learn estimator: a tree hidden in an object array or
     behind another estimator, or a model marked as still being fitted (scikit-learn then skips
     the input's width check), was scored unchecked and crashed the process."""
     import skops.io as sio
 
     estimator = _fit("hgb", cases)
-    save_model(estimator, tmp_path / "m", {})
+    save(estimator, tmp_path / "m", {})
     change, message = _FOREIGN[attack]
     change(estimator)
     (tmp_path / "m" / "model.skops").write_bytes(sio.dumps(estimator))
@@ -498,13 +507,13 @@ def test_a_skops_model_holding_what_training_never_writes_is_refused_at_loading_
     with pytest.raises(ModelIntegrityError, match=rf"model.skops is not a valid skops model file: {message}"):
         load_model(tmp_path / "m")
     with pytest.raises(ModelIntegrityError, match=message):  # nor is such a folder written
-        save_model(estimator, tmp_path / "n", {})
+        save(estimator, tmp_path / "n", {})
     assert not (tmp_path / "n" / "model.skops").exists()
 
 
 @pytest.mark.parametrize("method", [None, "temperature", "sigmoid", "isotonic"])
 @pytest.mark.parametrize("kind", ["logistic", "mlp", "hgb"])
-def test_every_candidate_with_every_calibration_saves_and_loads_as_fitted(kind, method, cases, tmp_path):
+def test_every_candidate_with_every_calibration_saves_and_loads_as_fitted(save, kind, method, cases, tmp_path):
     """What the checks of a skops file allow covers every model training can write: each
     candidate, calibrated by each method `calibration.method` accepts, or not calibrated."""
     train, valid = cases
@@ -514,13 +523,13 @@ def test_every_candidate_with_every_calibration_saves_and_loads_as_fitted(kind, 
         estimator = Pipeline([("features", CaseFeaturizer()), ("model", model)]).fit(train, labels(train))
     if method is not None:
         estimator = CalibratedClassifierCV(FrozenEstimator(estimator), method=method).fit(valid, labels(valid))
-    save_model(estimator, tmp_path / "m", {})
+    save(estimator, tmp_path / "m", {})
     parsed = parse_cases(valid)
     np.testing.assert_allclose(load_model(tmp_path / "m").predict_proba(parsed), estimator.predict_proba(parsed),
                                rtol=1e-9, atol=1e-12)
 
 
-def test_an_isotonic_calibration_of_scores_all_equal_saves_and_loads(cases, tmp_path):
+def test_an_isotonic_calibration_of_scores_all_equal_saves_and_loads(save, cases, tmp_path):
     """Where a class's calibration scores are all equal (a gradient-boosting model too small to
     split: every case scores the same), scikit-learn's isotonic calibrator keeps a function of its
     own in place of an interpolation; the check refused it, so training could not save its model."""
@@ -528,7 +537,7 @@ def test_an_isotonic_calibration_of_scores_all_equal_saves_and_loads(cases, tmp_
     stump = HistGradientBoostingClassifier(max_iter=1, min_samples_leaf=len(train))  # one leaf: no split
     pipe = Pipeline([("features", CaseFeaturizer()), ("model", stump)]).fit(train, labels(train))
     estimator = CalibratedClassifierCV(FrozenEstimator(pipe), method="isotonic").fit(valid, labels(valid))
-    save_model(estimator, tmp_path / "m", {})
+    save(estimator, tmp_path / "m", {})
     parsed = parse_cases(valid)
     expected = estimator.predict_proba(parsed)
     assert np.ptp(expected, axis=0).max() == 0  # every case scored the same, as the stump does
@@ -694,3 +703,48 @@ def test_a_figure_too_few_cases_give_is_null_in_the_manifest(trained, tmp_path):
     load_model(folder)  # sealed again, and verified
     assert with_interval(0.004, [float("nan"), float("nan")]) == "0.004 [no interval]"
     assert with_interval(0.5, [0.25, 0.75]) == "0.500 [0.250, 0.750]"
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m.pop("decision"), "manifest.json holds no decision layer"),
+    (lambda m: [f.update(level="self_care") for f in m["decision"]["triage"]["red_flags"]],
+     "'self_care' raises no case's level"),
+])
+def test_a_resealed_manifest_that_drops_the_triage_is_refused(trained, tmp_path, capsys, edit, message):
+    """Without a trusted key, checksums rewritten after an edit pass (only a signature stops a
+    consistent rewrite), but an edit that leaves a folder scoring probabilities alone, with no
+    triage column and no word of it, or that sends every red flag to self-care, is no folder
+    `kneepain train` writes: refused at load, in one line."""
+    folder = _copy(trained, tmp_path)
+    _edit_manifest(folder, edit)
+    _reseal(folder)
+    with pytest.raises(ModelIntegrityError, match=message):
+        load_model(folder)
+    cases = tmp_path / "cases.csv"
+    pd.DataFrame([CASE]).to_csv(cases, index=False)
+    assert main(["score", str(cases), "-o", str(tmp_path / "out.csv"), "--model", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and not (tmp_path / "out.csv").exists()
+
+
+@pytest.mark.parametrize("beta", [0, -1.0])
+def test_a_temperature_that_flattens_or_turns_over_the_probabilities_is_refused(trained, tmp_path, beta):
+    """An inverse temperature of 0 gives every condition 1/9; a negative one turned a pop with a
+    knee giving way from P(DVT) 0.0004 into 0.765."""
+    folder = _copy(trained, tmp_path)
+    data = json.loads((folder / "model.json").read_text())
+    if data.get("beta") is None:
+        pytest.skip("the trained model is not temperature-calibrated")
+    data["beta"] = beta
+    (folder / "model.json").write_text(json.dumps(data))
+    _reseal(folder)
+    with pytest.raises(ModelIntegrityError, match=rf"beta == {beta!r}, must be a finite number above 0 or null"):
+        load_model(folder)
+
+
+def test_a_checksums_file_that_is_a_folder_is_refused_as_the_folder_s_fault(trained, tmp_path):
+    folder = _copy(trained, tmp_path)
+    (folder / CHECKSUMS_FILE).unlink()
+    (folder / CHECKSUMS_FILE).mkdir()
+    with pytest.raises(ModelIntegrityError, match=r"checksums.json: cannot read: .*; refusing to load"):
+        load_model(folder)

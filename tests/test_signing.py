@@ -201,3 +201,26 @@ def test_an_encrypted_key_signs_with_its_password_and_a_trusted_key_does_not_sto
     capsys.readouterr()
     assert main(["sign", str(folder), "--key", str(private), "--password-env", "NO_SUCH_PW"]) == 2
     assert "--password-env NO_SUCH_PW: no such environment variable" in capsys.readouterr().err
+
+
+def test_signing_refuses_a_key_that_is_not_elliptic_curve_and_a_folder_loading_would_refuse(trained, tmp_path, capsys):
+    """An RSA key failed deep in the signing library ("unexpected AttributeError: ... no attribute
+    'curve'"); a folder nested too deep was signed, then refused by every load."""
+    import os
+
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    folder = Path(shutil.copytree(trained[0], tmp_path / "models"))
+    key = tmp_path / "rsa.pem"
+    key.write_bytes(rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    assert main(["sign", str(folder), "--key", str(key)]) == 2
+    err = capsys.readouterr().err
+    assert "the key is RSA, not elliptic-curve (P-256, P-384 or P-521" in err and "unexpected" not in err, err
+    assert not (folder / "model.sig").exists()
+    os.makedirs(folder / "/".join(["d"] * 20))
+    private, _ = _keypair(tmp_path, "producer")
+    assert main(["sign", str(folder), "--key", str(private)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot sign {folder}, which loading would refuse: " in err and "nested more than 16 folders deep" in err
+    assert not (folder / "model.sig").exists()

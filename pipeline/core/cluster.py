@@ -13,7 +13,7 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -101,7 +101,9 @@ def task_failed(label: str, err: BaseException) -> DaskJobError:
 
 
 @contextlib.contextmanager
-def dask_client(scheduler: str | None = None, *, n_workers: int | None = None) -> Iterator["Client"]:
+def dask_client(scheduler: str | None = None, *, n_workers: int | None = None,
+                while_starting: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+                ) -> Iterator["Client"]:
     """A ``distributed.Client`` for the duration of a ``with`` block.
 
     Parameters
@@ -112,6 +114,11 @@ def dask_client(scheduler: str | None = None, *, n_workers: int | None = None) -
         scheduler still answers health checks over HTTP, on a free port of 127.0.0.1).
     n_workers : int, optional
         Workers of the local cluster (default ``os.cpu_count()``); not allowed with ``scheduler``.
+    while_starting : callable, optional
+        A context manager entered while the local cluster and its client start: a command holds
+        its stop signals off there (``pipeline.serve.guard.signals_deferred``), since a cluster
+        stopped half started is not closed by the job (distributed's own exit then printed an
+        ``AssertionError`` traceback) and is closed once started.
 
     Yields
     ------
@@ -120,10 +127,11 @@ def dask_client(scheduler: str | None = None, *, n_workers: int | None = None) -
         the local cluster if one was started, are closed on exit.
     """
     with _without_sync_cancel_noise():
-        yield from _client(scheduler, n_workers)
+        yield from _client(scheduler, n_workers, while_starting)
 
 
-def _client(scheduler: str | None, n_workers: int | None) -> Iterator["Client"]:
+def _client(scheduler: str | None, n_workers: int | None,
+            while_starting: Callable[[], contextlib.AbstractContextManager]) -> Iterator["Client"]:
     import dask
     from distributed import Client, LocalCluster
 
@@ -150,12 +158,14 @@ def _client(scheduler: str | None, n_workers: int | None) -> Iterator["Client"]:
             # worker it spawns (now or on a restart), inherits the block, so a terminal's Ctrl-C is
             # this process's alone, also while a worker imports, before dask_setup can ignore it
             # (not SIGTERM: the cluster stops its workers with it)
-            with signals_blocked({signal.SIGINT}):
-                cluster = stack.enter_context(LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                                           **LOCAL_CLUSTER_ADDRESSES))
+            with while_starting():
+                with signals_blocked({signal.SIGINT}):
+                    cluster = stack.enter_context(LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                                                               **LOCAL_CLUSTER_ADDRESSES))
+                client = stack.enter_context(Client(cluster))
         except RuntimeError as err:  # a worker that died while it started ("Nanny failed to start")
             raise DaskJobError(f"the local Dask cluster did not start: {err}") from err
-        yield stack.enter_context(Client(cluster))
+        yield client
 
 
 def _is_sync_cancel_noise(record: logging.LogRecord) -> bool:

@@ -173,6 +173,20 @@ class RedFlag(StrictModel):
     def _answers_as_lists(cls, fields: object) -> object:
         return {k: [v] if isinstance(v, str) else v for k, v in fields.items()} if isinstance(fields, dict) else fields
 
+    @field_validator("level")
+    @classmethod
+    def _raises_the_level(cls, level: Level) -> Level:
+        return rule_level(level)
+
+
+def rule_level(level: Level) -> Level:
+    """A red flag's or screen rule's ``level``: one that raises a case's (not the lowest, which a
+    rule that fires would send no case to, and which a folder edited to send every sign of a clot to
+    self-care would give)."""
+    if level == LEVELS[0]:
+        raise ValueError(f"{level!r} raises no case's level; a rule sends a case at {LEVELS[1]!r} or above")
+    return level
+
 
 def _check_answers(part: str, fields: dict[str, list[str]]) -> None:
     """``fields`` (a rule's ``all`` or ``any``, named ``part`` in messages) maps case fields to
@@ -236,6 +250,11 @@ class ScreenRule(StrictModel):
     # septic joint")
     covered_by: list[str] = []
     suggested_by: ScreenSuggestion | None = None  # same-day rules only
+
+    @field_validator("level")
+    @classmethod
+    def _raises_the_level(cls, level: Level) -> Level:
+        return rule_level(level)
 
     @model_validator(mode="after")
     def _fields(self) -> "ScreenRule":

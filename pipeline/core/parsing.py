@@ -630,14 +630,18 @@ def parse_records(records: Sequence[Mapping[Any, Any]], *, raise_on_error: bool 
     Each column is a Series of its values in record order (``NaN`` where a record lacks the key),
     typed by pandas as the DataFrame constructor types a column of a list of dicts; columns come
     in the order their keys first appear. For one case the frame cost more than parsing it; from
-    ``_MANY_RECORDS`` records the frame is built after all (in bulk it is the faster way).
+    ``_MANY_RECORDS`` records the frame is built after all (in bulk it is the faster way), unless
+    the records hold more than ``_FRAME_MAX_COLUMNS`` distinct keys: the frame holds a value per
+    record and key, so records that each add keys of their own (1,000 records of 50 new keys each
+    took 16 s and 1 GB) are read column by column, where a key that is no case field is only named.
     """
-    many = len(records) >= _MANY_RECORDS and isinstance(records, list) and all(isinstance(r, dict) for r in records)
+    headers = list(dict.fromkeys(key for record in records for key in record))
+    many = len(records) >= _MANY_RECORDS and len(headers) <= _FRAME_MAX_COLUMNS and isinstance(records, list) \
+        and all(isinstance(r, dict) for r in records)
     if many and (frame := _records_frame(records)) is not None:
         if not (repeated := repeated_columns(list(frame.columns))):
             return parse_cases(frame, raise_on_error=raise_on_error)
         return parse_records(_one_spelling(records, repeated), raise_on_error=raise_on_error)
-    headers = list(dict.fromkeys(key for record in records for key in record))
     if repeated := repeated_columns(headers):
         return parse_records(_one_spelling(records, repeated), raise_on_error=raise_on_error)
     # a column that is no case field is only named (as ignored): no Series of its values
@@ -678,6 +682,8 @@ def _one_spelling(records: Sequence[Mapping[Any, Any]], repeated: dict[str, list
 # from this many records, the DataFrame constructor (which reads them in C, a record at a time)
 # is faster than a Series per column (100k records of 50 fields: 3.3 s against 8 s)
 _MANY_RECORDS = 1_000
+# at most this many distinct keys for the frame (the schema has about 60 fields)
+_FRAME_MAX_COLUMNS = 256
 
 
 def _records_frame(records: Sequence[Mapping[Any, Any]]) -> pd.DataFrame | None:

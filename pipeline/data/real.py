@@ -73,6 +73,9 @@ CONDITION_SYNONYMS = {
     "dvt": ["deep_venous_thrombosis"],
     "osteoarthritis": ["oa", "knee_oa", "osteo_arthritis", "knee_osteoarthritis", "osteoarthritis_of_the_knee"],
 }
+# what a labelled file may call its condition column instead (matched as names are: normalise_header)
+_LABEL_OTHER_NAMES = ("diagnosis", "label", "labels", "target", "class", "dx", "true_condition", "true_label",
+                      "cause", "y")
 _CONDITION_NAMES = {name: code for code, name in zip(CONDITION_LABELS, _text(pd.Series(CONDITION_LABELS.values())))
                     if name != code} | {name: code for code, names in CONDITION_SYNONYMS.items() for name in names}
 _NOT_SET = ("", "unknown")  # a reference level read as not set, as a blank or `unknown` answer is unknown
@@ -96,8 +99,12 @@ def validate_labelled(frame: pd.DataFrame, *, where: str = "cases",
     """
     frame = _labels_named(frame, where)
     if LABEL_COLUMN not in frame.columns:
-        near = difflib.get_close_matches(LABEL_COLUMN, [str(c) for c in frame.columns], n=1, cutoff=0.8)
-        raise BatchInputError(f"{where}: no {LABEL_COLUMN!r} column{f' (is {near[0]!r} it, misspelt?)' if near else ''}; "
+        names = [str(c) for c in frame.columns]
+        near = difflib.get_close_matches(LABEL_COLUMN, names, n=1, cutoff=0.8)
+        other = [n for n in names if normalise_header(n) in _LABEL_OTHER_NAMES]
+        hint = (f" (is {near[0]!r} it, misspelt?)" if near else
+                f" (is {other[0]!r} it? Name that column {LABEL_COLUMN})" if other else "")
+        raise BatchInputError(f"{where}: no {LABEL_COLUMN!r} column{hint}; "
                               f"labelled cases need the true condition, one of {', '.join(CONDITIONS)}.")
     parsed = parse_read(frame, malformed or {})
     problems = [parsed.errors[["row", "column", "value", "reason"]]]

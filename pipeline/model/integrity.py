@@ -35,11 +35,11 @@ def seal_folder(folder: Path, names: Iterable[str]) -> dict[str, str]:
 
 def _listed(folder: Path) -> dict[str, str]:
     path = folder / CHECKSUMS_FILE
-    try:
-        data = load_json(path.read_bytes())
-    except FileNotFoundError:
+    if not path.exists() and not path.is_symlink():
         raise ModelIntegrityError(f"{path} is missing: a model folder is loaded only with the checksums written "
-                                  "when it was trained; retrain with `kneepain train` (or `make run`).") from None
+                                  "when it was trained; retrain with `kneepain train` (or `make run`).")
+    try:  # a regular file, as every file of the folder is read (a folder or a FIFO named so is refused)
+        data = load_json(read_folder_file(path, folder))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ModelIntegrityError(f"{path} is not valid JSON ({err}); refusing to load the model folder.") from err
     files = data.get("files") if isinstance(data, dict) else None

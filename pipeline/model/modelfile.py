@@ -120,8 +120,10 @@ def scorer_from_dict(data: dict[str, Any]) -> ArrayScorer:
     activation, beta, from_proba = data.get("activation"), data.get("beta"), data.get("from_proba")
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation == {activation!r}, must be one of {sorted(ACTIVATIONS)}")
-    if beta is not None and (isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta)):
-        raise ValueError(f"beta == {beta!r}, must be a finite number or null")
+    if beta is not None and (isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta)
+                             or beta <= 0):
+        # an inverse temperature: 0 makes every probability 1/9, a negative one turns them over
+        raise ValueError(f"beta == {beta!r}, must be a finite number above 0 or null")
     if not isinstance(from_proba, bool):
         raise ValueError(f"from_proba == {from_proba!r}, must be true or false")
     return ArrayScorer(featurizer, tuple(weights), tuple(intercepts), activation=activation,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from pathlib import Path
 
 from pipeline.core.errors import ModelIntegrityError
@@ -69,12 +70,30 @@ def sign_folder(folder: str | Path, private_key: str | Path, *, password: str | 
     hashing, signing, _ = _library()
     signature = folder / SIGNATURE_FILE
     secret = password.encode("utf-8") if isinstance(password, str) else password
+    with tempfile.TemporaryDirectory(prefix="kneepain-sign-") as scratch:
+        try:  # what loading refuses (folders nested too deep, a FIFO) is not signed either
+            snapshot_folder(folder, Path(scratch) / "model")
+        except ModelIntegrityError as err:
+            raise ModelIntegrityError(f"cannot sign {folder}, which loading would refuse: {err}") from err
     try:
+        _check_elliptic(Path(private_key), secret)
         (signing.Config().use_elliptic_key_signer(private_key=Path(private_key), password=secret)
          .set_hashing_config(_hashing(hashing)).sign(folder, signature))
     except (ValueError, OSError, TypeError) as err:
         raise ModelIntegrityError(f"cannot sign {folder} with {private_key}: {err}") from err
     return signature
+
+
+def _check_elliptic(private_key: Path, password: bytes | None) -> None:
+    """Raise ``ValueError`` unless ``private_key`` is an elliptic-curve private key (an RSA key
+    failed deep in the signing library, on a missing attribute)."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    key = load_pem_private_key(private_key.read_bytes(), password=password)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        kind = type(key).__name__.removeprefix("_").replace("PrivateKey", "")
+        raise ValueError(f"the key is {kind}, not elliptic-curve (P-256, P-384 or P-521: see docs/model-files.md)")
 
 
 def snapshot_folder(folder: Path, into: Path) -> None:

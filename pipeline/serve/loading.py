@@ -148,13 +148,14 @@ def _load_folder(folder: Path, named: Path, trust_pickle: bool) -> LoadedModel:
     """:func:`load_model`'s verified load of the model folder ``folder``, known as ``named``."""
     verified = load_estimator(folder, trust_pickle=trust_pickle)
     manifest = verified.manifest
-    kb = decision = None
-    if "decision" in manifest:
-        try:
-            kb = knowledge_base_from_dict(load_yaml(verified.contents[KB_FILE]), where=str(folder / KB_FILE))
-        except yaml.YAMLError as err:
-            raise ModelIntegrityError(f"{folder / KB_FILE} is not valid YAML: {err}") from err
-        decision = Decision(manifest["decision"])
+    if "decision" not in manifest:  # it would score probabilities alone, with no triage and no word of it
+        raise ModelIntegrityError(f"{folder / MANIFEST_FILE} holds no decision layer (the triage, red flags and "
+                                  "advice every folder `kneepain train` writes); refusing to load the model folder.")
+    try:
+        kb = knowledge_base_from_dict(load_yaml(verified.contents[KB_FILE]), where=str(folder / KB_FILE))
+    except yaml.YAMLError as err:
+        raise ModelIntegrityError(f"{folder / KB_FILE} is not valid YAML: {err}") from err
+    decision = Decision(manifest["decision"])
     return LoadedModel(verified.estimator, manifest, str(named), kb, decision, contents_digest(verified.contents))
 
 
