@@ -652,8 +652,8 @@ def _score_dask(args: argparse.Namespace, warn: Callable[[str], None]):
     get_model(args.model)  # verified as the workers will load it: a missing or altered one named before any cluster
     block_bytes = None if args.block_mb is None else round(args.block_mb * (1 << 20))
     # the workers load the (hash-checked) model themselves, once each; a stop while the local
-    # cluster starts acts once it has started, so that the job closes it
-    with dask_client(args.scheduler, while_starting=signals_deferred) as client:
+    # cluster starts acts once it has started, so that the job closes it (a second one at once)
+    with dask_client(args.scheduler, while_starting=lambda: signals_deferred(second_at_once=True)) as client:
         return score_files_dask(args.inputs, args.output, args.model, client=client, fmt=args.format or "parquet",
                                 chunk_rows=args.chunk_rows, warn=warn, block_bytes=block_bytes)
 

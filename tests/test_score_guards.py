@@ -1969,3 +1969,20 @@ def test_a_csv_put_in_place_of_the_input_while_a_long_record_is_read_again_is_re
     with pytest.raises(BatchInputError, match="another file of its size was put in its place"):
         for _ in chunks:
             pass
+
+
+@pytest.mark.parametrize("second_at_once", [False, True])
+def test_a_held_off_stop_acts_after_the_step_and_a_second_at_once_where_the_step_may_hang(second_at_once):
+    """A step held off against stops (renaming files into place) acts on the first stop once done;
+    a local Dask cluster's start, held off so that the job can close it, may hang: there a second
+    stop acts at once (it was held off for the whole start, however long, and only a kill ended it)."""
+    from pipeline.serve.guard import Interrupted, signals_deferred, stop_at_once_on_signals
+
+    went_on = []
+    with stop_at_once_on_signals(), pytest.raises(Interrupted):
+        with signals_deferred(second_at_once=second_at_once):
+            for _ in range(2):
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.05)  # the handler runs between the two
+            went_on.append(True)
+    assert went_on == ([] if second_at_once else [True])

@@ -152,9 +152,21 @@ Level = Literal["self_care", "see_doctor", "see_doctor_soon", "emergency"]
 LEVELS: tuple[Level, ...] = ("self_care", "see_doctor", "see_doctor_soon", "emergency")
 
 
+def _raises_the_level(level: Level) -> Level:
+    """A red flag's or screen rule's ``level``: one that raises a case's (not the lowest, which a
+    rule that fires would send no case to, and which a folder edited to send every sign of a clot to
+    self-care would give)."""
+    if level == LEVELS[0]:
+        raise ValueError(f"{level!r} raises no case's level; a rule sends a case at {LEVELS[1]!r} or above")
+    return level
+
+
+RuleLevel = Annotated[Level, AfterValidator(_raises_the_level)]
+
+
 class RedFlag(StrictModel):
     name: str
-    level: Level
+    level: RuleLevel
     # each field's answer, or a list of answers any of which matches (checked as a screen rule's)
     all: dict[str, list[str]] = Field(min_length=1)
     any: dict[str, list[str]] = {}
@@ -172,20 +184,6 @@ class RedFlag(StrictModel):
     @classmethod
     def _answers_as_lists(cls, fields: object) -> object:
         return {k: [v] if isinstance(v, str) else v for k, v in fields.items()} if isinstance(fields, dict) else fields
-
-    @field_validator("level")
-    @classmethod
-    def _raises_the_level(cls, level: Level) -> Level:
-        return rule_level(level)
-
-
-def rule_level(level: Level) -> Level:
-    """A red flag's or screen rule's ``level``: one that raises a case's (not the lowest, which a
-    rule that fires would send no case to, and which a folder edited to send every sign of a clot to
-    self-care would give)."""
-    if level == LEVELS[0]:
-        raise ValueError(f"{level!r} raises no case's level; a rule sends a case at {LEVELS[1]!r} or above")
-    return level
 
 
 def _check_answers(part: str, fields: dict[str, list[str]]) -> None:
@@ -238,7 +236,7 @@ class ScreenRule(StrictModel):
 
     name: str
     rule_out: str
-    level: Level
+    level: RuleLevel
     all: dict[str, list[str]] = Field(min_length=1)
     any: dict[str, list[str]] = {}
     reason: str
@@ -250,11 +248,6 @@ class ScreenRule(StrictModel):
     # septic joint")
     covered_by: list[str] = []
     suggested_by: ScreenSuggestion | None = None  # same-day rules only
-
-    @field_validator("level")
-    @classmethod
-    def _raises_the_level(cls, level: Level) -> Level:
-        return rule_level(level)
 
     @model_validator(mode="after")
     def _fields(self) -> "ScreenRule":

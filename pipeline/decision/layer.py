@@ -84,7 +84,8 @@ DECISION_COLUMN_DOCS = {
                 "months); in the places left, below "
                 "the same day, the questions a same-day red flag the case leaves open needs answered (whether the "
                 "leg is swollen, the calf tender, veins stand out or the whole leg is swollen, which the DVT rules "
-                "need with a second sign, so that no one answer changes the level), the likeliest answer first, and "
+                "need with a second sign, so that no one answer sends the case the same day), the likeliest answer "
+                "first, and "
                 "the last place when the others fill every place without one or one that completes a screen rule; "
                 "empty when no answer would change the level and no same-day red flag needs one. "
                 "An answer's effect is the "
@@ -287,21 +288,47 @@ def driving_condition(proba: np.ndarray, level: np.ndarray, reason: np.ndarray, 
     return needed, driver
 
 
+def shown_flag_condition(reason: np.ndarray, cfg: TriageConfig) -> np.ndarray:
+    """Per case, the condition of the red flag its shown ``reason`` is (-1: none, or a reason that
+    is no red flag's)."""
+    table = np.array([CONDITIONS.index(f.condition) if f.condition else -1 for f in cfg.red_flags] + [-1],
+                     dtype=np.int64)
+    k = reason.astype(np.int64) - FIRST_RULE_REASON
+    return table[np.where((k >= 0) & (k < len(cfg.red_flags)), k, -1)]
+
+
+def named_condition(likely: np.ndarray, needed: np.ndarray, driver: np.ndarray, flagged: np.ndarray,
+                    right: np.ndarray) -> np.ndarray:
+    """Per case, the condition its advice names beside the most likely one (``likely``; -1: none):
+    the condition its level is for (``driver``, from :func:`driving_condition`) where the likely
+    one does not call for the level (``needed``); else the condition of the red flag shown as its
+    reason (``flagged``, :func:`shown_flag_condition`) where that calls for more than the likely
+    one: "a swollen calf ... can be a clot" was the reason shown beside an ACL injury's advice
+    alone, the clot in neither the advice nor the differential (``right``: each condition's level)."""
+    named = np.where(right[likely] < needed, driver, -1)
+    beside = (named < 0) & (flagged >= 0) & (right[np.maximum(flagged, 0)] > right[likely])
+    return np.where(beside, flagged, named)
+
+
 def with_driving_condition(sets: np.ndarray, proba: np.ndarray, level: np.ndarray, reason: np.ndarray,
-                           cfg: TriageConfig, *, driving: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+                           cfg: TriageConfig, *, driving: tuple[np.ndarray, np.ndarray] | None = None,
+                           flagged: np.ndarray | None = None) -> np.ndarray:
     """The differential ``sets`` (n, K) with the condition that drives an expected-cost level
     (:func:`driving_condition`) added where the set holds none whose right level reaches the level
     it needs, or where the advice names it (the most likely condition does not call for the
     level), so the conditions shown include the one the level is for (``driving``: that
-    function's result, if the caller has it)."""
+    function's result, if the caller has it); and with the condition the advice names beside the
+    likely one for the red flag shown as the reason (``flagged``: :func:`shown_flag_condition`)."""
     needed, driver = driving_condition(proba, level, reason, cfg) if driving is None else driving
-    right = right_levels(cfg)
+    right, likely = right_levels(cfg), proba.argmax(axis=1)
     shown = np.where(sets, right[None, :], -1).max(axis=1)
-    named = right[proba.argmax(axis=1)] < needed
-    lacking = np.flatnonzero((driver >= 0) & ((shown < needed) | named))
-    if len(lacking):
-        sets = sets.copy()
-        sets[lacking, driver[lacking]] = True
+    lacking = np.flatnonzero((driver >= 0) & ((shown < needed) | (right[likely] < needed)))
+    sets = sets.copy()
+    sets[lacking, driver[lacking]] = True
+    if flagged is not None:  # the condition the advice names (the driver where lacking, as above)
+        named = named_condition(likely, needed, driver, flagged, right)
+        rows = np.flatnonzero(named >= 0)
+        sets[rows, named[rows]] = True
     return sets
 
 
@@ -359,7 +386,7 @@ def decision_columns(decision: Decision, kb: KnowledgeBase, parsed: ParsedCases,
         """(n, K) the conditions shown: the prediction set with the one the level is for."""
         level, _, basis = triage()
         return with_driving_condition(prediction_sets(proba, parsed.codes, decision.conformal), proba, level, basis,
-                                      cfg, driving=driving())
+                                      cfg, driving=driving(), flagged=shown_flag_condition(triage()[1], cfg))
 
     @cache
     def pain_undescribed() -> np.ndarray:
@@ -377,9 +404,10 @@ def decision_columns(decision: Decision, kb: KnowledgeBase, parsed: ParsedCases,
 
     def advice() -> np.ndarray:
         needed, driver = driving()
-        level, likely, right = triage()[0], proba.argmax(axis=1), right_levels(cfg)
-        # the advice names the condition the level is for where the most likely one does not call for it
-        named = np.where(right[likely] < needed, driver, -1)
+        (level, reason, _), likely, right = triage(), proba.argmax(axis=1), right_levels(cfg)
+        # the advice names the condition the level is for where the most likely one does not call
+        # for it, or the condition of the red flag shown as the reason where that calls for more
+        named = named_condition(likely, needed, driver, shown_flag_condition(reason, cfg), right)
         # and leads with what to rule out where a screen rule sets the level (none of the nine),
         # naming beside it the condition that calls for the level too: that one, else the most likely
         shown = named_rules(screen, rules()[1][:, len(cfg.red_flags):])  # what the screen column names

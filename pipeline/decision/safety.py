@@ -163,7 +163,9 @@ class SafetyNet:
         hiding = [r.level == _EMERGENCY and all(points.get(n, True) for n in r.all) for r in self.rules]
         self.no_fields = [n for n in signs if points[n] and any(h and n in r.fields for h, r in zip(hiding, self.rules))]
         self.log_no = {n: np.log(answer_likelihoods(kb, n)[0]) for n in self.no_fields}
-        candidates = [n for r in self.rules for n in r.fields] + list(cfg.ask_next.fields)
+        # asked about: the rules' fields, `ask_next.fields`, and the clot's risks no rule reads
+        # (`uncertain.risks`), whose "yes" can let a same day stand
+        candidates = [n for r in self.rules for n in r.fields] + list(cfg.ask_next.fields) + list(cfg.uncertain.risks)
         self.candidates = list(dict.fromkeys(n for n in candidates if field(n).kind in ("tristate", "category")))
         self._fertile_max = kb.fertile_age[1]
         self.likelihood = {n: answer_likelihoods(kb, n) for n in self.candidates}
@@ -263,7 +265,8 @@ class SafetyNet:
         # the rules watched for whatever today's answers to their signs (`watch_always`), and those signs
         self._always = np.array([k for k, r in enumerate(self.rules) if r.watch_always and self._watched[k]], dtype=np.intp)
         self._always_signs = sorted({n for k in self._always for n in self.rules[k].fields if _is_sign(n)})
-        self._pair_suspects = np.array([self.candidates[j] in suspect and a == 1 for j, a in pairs], dtype=bool)
+        self._pair_suspects = np.array([self.candidates[j] in self._suspect_fields and a == 1 for j, a in pairs],
+                                       dtype=bool)
         # the answers that give a reason to suspect a clot (`uncertain.reasons_to_suspect`), and per
         # pair whether its answer is a "yes" to one
         self._reasons = list(cfg.uncertain.reasons_to_suspect)

@@ -206,12 +206,17 @@ def undescribed_pain_advice_written(cfg: TriageConfig) -> np.ndarray:
 def advice_written(cfg: TriageConfig) -> np.ndarray:
     """(n_levels, n_conditions, 1 + n_conditions) mask of the cells of :func:`advice_table` a case
     can get: the likely condition alone, or with a less likely one that calls for the level where
-    the likely one does not (the same day, for a level softened to ``uncertain.level``)."""
+    the likely one does not (the same day, for a level softened to ``uncertain.level``), or that a
+    red flag at the level is for and calls for more than the likely one."""
     right = right_levels(cfg)
     level = np.arange(len(LEVELS))[:, None, None]
     likely, other = right[None, :, None], right[None, None, :]
     softened = (level == LEVELS.index(cfg.uncertain.level)) & (likely < len(LEVELS) - 1) & (other == len(LEVELS) - 1)
     named = ((likely < level) & (level <= other)) | softened
+    for flag in cfg.red_flags:  # a red flag's condition, where it calls for more than the likely one
+        if flag.condition is not None:
+            d = CONDITIONS.index(flag.condition)
+            named[LEVELS.index(flag.level), right < right[d], d] = True
     return np.concatenate([np.ones((len(LEVELS), len(CONDITIONS), 1), dtype=bool), named], axis=2)
 
 

@@ -45,20 +45,21 @@ def _sealed_files(folder: Path, manifest: dict) -> list[str]:
     return [MANIFEST_FILE, manifest["model_file"], *([KB_FILE] if (folder / KB_FILE).exists() else [])]
 
 
-def save_model(estimator: Any, out_dir: str | Path, manifest: dict, *, kb_path: str | Path | None = None) -> dict:
+def save_model(estimator: Any, out_dir: str | Path, manifest: dict, *, kb_path: str | Path) -> dict:
     """Write the model file, ``manifest.json`` and ``checksums.json`` into ``out_dir``.
 
-    With ``kb_path``, the knowledge base is copied beside the model (the decision layer scores
-    atypicality with it). Every file is written under a temporary name and renamed, and the
-    checksums last, so a reader never sees a folder whose checksums match a half-written one.
+    ``manifest`` holds the decision layer (``decision``), and ``kb_path``'s knowledge base is copied
+    beside the model (the decision layer scores atypicality with it): loading refuses a folder
+    without either. Every file is written under a temporary name and renamed, and the checksums
+    last, so a reader never sees a folder whose checksums match a half-written one.
     """
+    if "decision" not in manifest:
+        raise ValueError("manifest has no 'decision': a model folder is loaded only with its decision layer "
+                         "(the triage, red flags and advice).")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / CHECKSUMS_FILE).unlink(missing_ok=True)  # the folder is not loadable until it is sealed again
-    if kb_path is not None:
-        write_text_atomic(out_dir / KB_FILE, Path(kb_path).read_text(encoding="utf-8"))
-    else:
-        (out_dir / KB_FILE).unlink(missing_ok=True)
+    write_text_atomic(out_dir / KB_FILE, Path(kb_path).read_text(encoding="utf-8"))
     model_file = write_model_file(estimator, out_dir)
     for other in (*_MODEL_FILES, LEGACY_MODEL_FILE):
         if other != model_file:

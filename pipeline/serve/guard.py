@@ -337,12 +337,20 @@ def stop_at_once_on_signals(signums: Sequence[int] = STOP_SIGNALS) -> Iterator[N
 
 
 @contextmanager
-def signals_deferred(signums: Sequence[int] = STOP_SIGNALS) -> Iterator[None]:
+def signals_deferred(signums: Sequence[int] = STOP_SIGNALS, *, second_at_once: bool = False) -> Iterator[None]:
     """Hold ``signums`` off for a step that must finish (removing a job's temporary copies,
     renaming its files into place), then raise :class:`Interrupted` for the first that came, if
-    any; no-op elsewhere than the main thread. An exception from the body goes on as it is."""
+    any; no-op elsewhere than the main thread. An exception from the body goes on as it is. With
+    ``second_at_once``, a second signal raises at once, for a step that may hang (a local Dask
+    cluster's start: a stop held off there could otherwise only be killed)."""
     came: list[int] = []
-    with _signals_to(lambda signum, frame: came.append(signum), signums):
+
+    def note(signum: int, frame) -> None:
+        if came and second_at_once:
+            raise Interrupted(signum)
+        came.append(signum)
+
+    with _signals_to(note, signums):
         yield
     if came:
         raise Interrupted(came[0])
