@@ -422,3 +422,14 @@ def test_many_records_with_keys_of_their_own_are_read_column_by_column(monkeypat
                                                                                           range(len(records)))
     for name in ("age", "sex", "fever"):
         np.testing.assert_array_equal(by_column.codes[name], in_bulk.codes[name])
+
+
+def test_true_or_false_is_no_case_id_in_a_column_of_any_type():
+    """A case id is text or a finite number: true or false names no case (a JSON `true` was taken as
+    an id), whether beside texts (a column of objects) or alone (a boolean column)."""
+    base = {"age": [30, 31], "sex": ["male", "female"]}
+    for ids, refused in (([True, "a"], [0]), (pd.array([True, None], dtype="boolean"), [0]),
+                         (np.array([True, False]), [0, 1])):
+        parsed = parse_cases(pd.DataFrame({"case_id": ids, **base}), raise_on_error=False)
+        assert parsed.errors.loc[parsed.errors["column"] == "case_id", "row"].tolist() == refused, ids
+        assert parsed.valid.tolist() == [r not in refused for r in range(2)], ids

@@ -141,6 +141,9 @@ def test_served_answers_keep_ids_say_what_was_ignored_and_take_columns_and_top_k
     (b'{"dataframe_split": {"columns": ["age", "age"], "data": [[1, 2]]}}', "the columns 'age' are given more than once"),
     (b'{"dataframe_split": {"columns": ["age"], "data": [[1]], "dtypes": {"age": "int"}}}',
      "dataframe_split: 'dtypes' not understood; allowed: columns, data and index"),
+    (b'{"dataframe_split": {"columns": ["age"], "data": [[1], [2]], "index": [0]}}',
+     "dataframe_split: index must be a list of 2 row labels, one per row of data, or left out"),
+    (b'{"dataframe_split": {"columns": ["age"], "data": [[1]], "index": 0}}', "index must be a list of 1 row labels"),
     (b'{"dataframe_records": [], "params": {"top_k": 12}}', "params: top_k == 12, must be an integer in 1..9"),
     (b'{"dataframe_records": [], "params": {"k": 1}}', "params: 'k' not understood; allowed: top_k, columns"),
     (b'{"dataframe_records": [], "params": {"columns": "triage"}}',
@@ -229,7 +232,12 @@ def test_answers_are_strict_json_and_name_columns_without_echoing_them(trained):
     for bad, message in ((b'{"dataframe_records": [{"age": 40, "sex": "\\ud800"}]}',
                           "row 0, column 'sex', value \"'\\\\ud800'\": not valid Unicode text"),
                          (b'{"dataframe_records": [{"case_id": 1e999, "age": 40, "sex": "male"}]}',
-                          "row 0, column 'case_id', value 'inf': not a case id; allowed: text or a finite number")):
+                          "row 0, column 'case_id', value 'inf': not a case id; allowed: text or a finite number"),
+                         (b'{"dataframe_records": [{"case_id": true, "age": 40, "sex": "male"}]}',
+                          "row 0, column 'case_id', value 'True': not a case id; allowed: text or a finite number"),
+                         (b'{"dataframe_records": [{"case_id": "a", "age": 40, "sex": "male"}, '
+                          b'{"case_id": false, "age": 40, "sex": "male"}]}',
+                          "row 1, column 'case_id', value 'False': not a case id")):
         with pytest.raises(CaseValidationError) as err:
             _answer(model, bad)
         assert message in str(err.value)

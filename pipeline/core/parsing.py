@@ -788,17 +788,21 @@ def _parse_columns(items: list[tuple[Any, pd.Series | None]], n: int, row_offset
 
     if ID_COLUMN in columns:
         ids_raw = series_of[ID_COLUMN]
-        # a list, a mapping or an infinite number is no label (nor is it written the same in JSON or a file)
+        # a list, a mapping, true or false or an infinite number is no label (nor is it written the same
+        # in JSON or a file)
         odd_id = None
         if ids_raw.dtype == object:
             if any(isinstance(v, bytes) for v in ids_raw.to_numpy()):  # as the values above, and as a file's
                 ids_raw = series_of[ID_COLUMN] = ids_raw.map(utf8_or_bytes)
-            odd_id = np.fromiter((isinstance(v, _NESTED) or (isinstance(v, (float, np.floating)) and math.isinf(v))
+            odd_id = np.fromiter((isinstance(v, (*_NESTED, bool, np.bool_))
+                                  or (isinstance(v, (float, np.floating)) and math.isinf(v))
                                   for v in ids_raw.to_numpy()), dtype=bool, count=n)
             # bytes a file gave that are not UTF-8 (pipeline.core.casefiles): no text to write the id as
             report(ID_COLUMN, not_utf8_mask(ids_raw), ids_raw, "not valid UTF-8 text; allowed: text or a finite number")
         elif ids_raw.dtype.kind == "f":
             odd_id = np.isinf(ids_raw.to_numpy())
+        elif ids_raw.dtype.kind == "b" or isinstance(ids_raw.dtype, pd.BooleanDtype):  # true/false names no case
+            odd_id = ids_raw.notna().to_numpy()
         if odd_id is not None:
             report(ID_COLUMN, odd_id, ids_raw, "not a case id; allowed: text or a finite number")
 

@@ -50,6 +50,11 @@ def request_records(key: str, data: Any, *, named: str | None = None,
                                   "more than once; give each once.")
         if any(len(r) != len(columns) for r in data["data"]):
             raise BatchInputError(f"dataframe_split: every row of data must have {len(columns)} values, one per column.")
+        index = data.get("index")
+        if index is not None and (not isinstance(index, list) or len(index) != len(data["data"])):
+            # labels that do not pair with the rows say the rows are not the ones meant
+            raise BatchInputError(f"dataframe_split: index must be a list of {len(data['data'])} row labels, one per "
+                                  "row of data, or left out.")
         count(len(data["data"]))
         return [dict(zip(columns, row)) for row in data["data"]]
     if isinstance(data, dict) and key in ("instances", "inputs") and any(isinstance(v, list) for v in data.values()):
