@@ -635,13 +635,13 @@ def parse_records(records: Sequence[Mapping[Any, Any]], *, raise_on_error: bool 
     record and key, so records that each add keys of their own (1,000 records of 50 new keys each
     took 16 s and 1 GB) are read column by column, where a key that is no case field is only named.
     """
-    headers = list(dict.fromkeys(key for record in records for key in record))
-    many = len(records) >= _MANY_RECORDS and len(headers) <= _FRAME_MAX_COLUMNS and isinstance(records, list) \
-        and all(isinstance(r, dict) for r in records)
+    many = len(records) >= _MANY_RECORDS and isinstance(records, list) and all(isinstance(r, dict) for r in records) \
+        and len(set().union(*records)) <= _FRAME_MAX_COLUMNS  # the keys counted in C, as the frame reads them
     if many and (frame := _records_frame(records)) is not None:
         if not (repeated := repeated_columns(list(frame.columns))):
             return parse_cases(frame, raise_on_error=raise_on_error)
         return parse_records(_one_spelling(records, repeated), raise_on_error=raise_on_error)
+    headers = list(dict.fromkeys(key for record in records for key in record))
     if repeated := repeated_columns(headers):
         return parse_records(_one_spelling(records, repeated), raise_on_error=raise_on_error)
     # a column that is no case field is only named (as ignored): no Series of its values

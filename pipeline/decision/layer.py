@@ -312,21 +312,21 @@ def named_condition(likely: np.ndarray, needed: np.ndarray, driver: np.ndarray, 
 
 def with_driving_condition(sets: np.ndarray, proba: np.ndarray, level: np.ndarray, reason: np.ndarray,
                            cfg: TriageConfig, *, driving: tuple[np.ndarray, np.ndarray] | None = None,
-                           flagged: np.ndarray | None = None) -> np.ndarray:
+                           named: np.ndarray | None = None) -> np.ndarray:
     """The differential ``sets`` (n, K) with the condition that drives an expected-cost level
     (:func:`driving_condition`) added where the set holds none whose right level reaches the level
     it needs, or where the advice names it (the most likely condition does not call for the
     level), so the conditions shown include the one the level is for (``driving``: that
     function's result, if the caller has it); and with the condition the advice names beside the
-    likely one for the red flag shown as the reason (``flagged``: :func:`shown_flag_condition`)."""
+    likely one (``named``: :func:`named_condition`, -1 for none), which for the red flag shown as
+    the reason may be another."""
     needed, driver = driving_condition(proba, level, reason, cfg) if driving is None else driving
     right, likely = right_levels(cfg), proba.argmax(axis=1)
     shown = np.where(sets, right[None, :], -1).max(axis=1)
     lacking = np.flatnonzero((driver >= 0) & ((shown < needed) | (right[likely] < needed)))
     sets = sets.copy()
     sets[lacking, driver[lacking]] = True
-    if flagged is not None:  # the condition the advice names (the driver where lacking, as above)
-        named = named_condition(likely, needed, driver, flagged, right)
+    if named is not None:  # the condition the advice names (the driver where lacking, as above)
         rows = np.flatnonzero(named >= 0)
         sets[rows, named[rows]] = True
     return sets
@@ -386,7 +386,16 @@ def decision_columns(decision: Decision, kb: KnowledgeBase, parsed: ParsedCases,
         """(n, K) the conditions shown: the prediction set with the one the level is for."""
         level, _, basis = triage()
         return with_driving_condition(prediction_sets(proba, parsed.codes, decision.conformal), proba, level, basis,
-                                      cfg, driving=driving(), flagged=shown_flag_condition(triage()[1], cfg))
+                                      cfg, driving=driving(), named=beside())
+
+    @cache
+    def beside() -> np.ndarray:
+        """Per case, the condition the advice names beside the most likely one (-1: none): the one the
+        level is for where the likely one does not call for it, or the condition of the red flag
+        shown as the reason where that calls for more (:func:`named_condition`)."""
+        needed, driver = driving()
+        return named_condition(proba.argmax(axis=1), needed, driver, shown_flag_condition(triage()[1], cfg),
+                               right_levels(cfg))
 
     @cache
     def pain_undescribed() -> np.ndarray:
@@ -403,11 +412,9 @@ def decision_columns(decision: Decision, kb: KnowledgeBase, parsed: ParsedCases,
         return lookup(decision._reason_codes if codes else decision._reasons, shown)
 
     def advice() -> np.ndarray:
-        needed, driver = driving()
-        (level, reason, _), likely, right = triage(), proba.argmax(axis=1), right_levels(cfg)
-        # the advice names the condition the level is for where the most likely one does not call
-        # for it, or the condition of the red flag shown as the reason where that calls for more
-        named = named_condition(likely, needed, driver, shown_flag_condition(reason, cfg), right)
+        driver = driving()[1]
+        level, likely, right = triage()[0], proba.argmax(axis=1), right_levels(cfg)
+        named = beside()
         # and leads with what to rule out where a screen rule sets the level (none of the nine),
         # naming beside it the condition that calls for the level too: that one, else the most likely
         shown = named_rules(screen, rules()[1][:, len(cfg.red_flags):])  # what the screen column names
