@@ -748,3 +748,22 @@ def test_a_checksums_file_that_is_a_folder_is_refused_as_the_folder_s_fault(trai
     (folder / CHECKSUMS_FILE).mkdir()
     with pytest.raises(ModelIntegrityError, match=r"checksums.json: cannot read: .*; refusing to load"):
         load_model(folder)
+
+
+@pytest.mark.parametrize("where", ["listed file", "link out of the folder"])
+def test_a_file_larger_than_any_model_folder_holds_is_refused_before_it_is_read(trained, tmp_path, where):
+    """A listed file of gigabytes (or a link to one outside the folder) was read whole and hashed
+    before its mismatch was refused (a 3 GB file: 24.6 s and its size in memory); its size is
+    checked first. The sparse file here takes no disk."""
+    from pipeline.model import integrity
+
+    folder = _copy(trained, tmp_path)
+    big = folder / "knowledge_base.yaml" if where == "listed file" else tmp_path / "elsewhere.bin"
+    with open(big, "r+b" if big.exists() else "wb") as fh:
+        fh.truncate(integrity.FOLDER_FILE_MAX_BYTES + 1)
+    if where != "listed file":
+        (folder / "knowledge_base.yaml").unlink()
+        (folder / "knowledge_base.yaml").symlink_to(big)
+    with pytest.raises(ModelIntegrityError, match=r"knowledge_base.yaml is 268,435,457 bytes, larger than the "
+                                                  r"268,435,456 allowed; refusing to load"):
+        load_model(folder)

@@ -309,11 +309,11 @@ def replace_keeping_mode(tmp: Path, path: Path, before: os.stat_result | None) -
     os.replace(tmp, path)
 
 
-def read_regular_file(path: Path, *, follow_links: bool = True) -> bytes:
+def read_regular_file(path: Path, *, follow_links: bool = True, max_bytes: int | None = None) -> bytes:
     """The bytes of the regular file ``path``, read from the file opened (not a name that may be
     switched meanwhile), without blocking on a pipe. Raises ``ValueError`` for anything but a
-    regular file (a FIFO, a device, a folder; a link, unless ``follow_links``), ``OSError`` as
-    ``open`` does."""
+    regular file (a FIFO, a device, a folder; a link, unless ``follow_links``) or for one larger
+    than ``max_bytes`` (before reading it), ``OSError`` as ``open`` does."""
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | (0 if follow_links else getattr(os, "O_NOFOLLOW", 0))
     try:
         fd = os.open(path, flags)
@@ -325,6 +325,8 @@ def read_regular_file(path: Path, *, follow_links: bool = True) -> bytes:
         mode = os.fstat(read.fileno()).st_mode
         if not stat.S_ISREG(mode):
             raise ValueError("a pipe, not a regular file" if stat.S_ISFIFO(mode) else "not a regular file")
+        if max_bytes is not None and (size := os.fstat(read.fileno()).st_size) > max_bytes:
+            raise ValueError(f"{size:,} bytes, larger than the {max_bytes:,} allowed")
         return read.read()
 
 

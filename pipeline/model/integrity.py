@@ -24,6 +24,9 @@ __all__ = ["CHECKSUMS_FILE", "read_folder_file", "seal_folder", "verify_folder"]
 
 CHECKSUMS_FILE = "checksums.json"
 _FORMAT = "kneepain-model-checksums"
+# no file a model folder holds comes near this (the largest, a gradient-boosting model, is a few
+# MB); a file over it is refused before it is read, not hashed whole first
+FOLDER_FILE_MAX_BYTES = 256 * 2**20
 
 
 def seal_folder(folder: Path, names: Iterable[str]) -> dict[str, str]:
@@ -58,11 +61,12 @@ def read_folder_file(path: Path, folder: Path, *, follow_links: bool = True) -> 
     Raises
     ------
     ModelIntegrityError
-        ``path`` is missing, cannot be read, or is not a regular file (a FIFO, whose reading would
-        block the load for good; a link, unless ``follow_links``). The message names it.
+        ``path`` is missing, cannot be read, is not a regular file (a FIFO, whose reading would
+        block the load for good; a link, unless ``follow_links``), or is larger than
+        ``FOLDER_FILE_MAX_BYTES`` (checked before reading). The message names it.
     """
     try:
-        return read_regular_file(path, follow_links=follow_links)
+        return read_regular_file(path, follow_links=follow_links, max_bytes=FOLDER_FILE_MAX_BYTES)
     except FileNotFoundError:
         raise ModelIntegrityError(f"{path} is missing from the model folder; refusing to load {folder}.") from None
     except OSError as err:
