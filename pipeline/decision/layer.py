@@ -22,6 +22,7 @@ from pipeline.core.schema import CONDITIONS, FIELDS
 from pipeline.core.textcols import lookup, text_array
 from pipeline.decision.atypical import fit_atypical, flag_atypical
 from pipeline.decision.conformal import blank_at_random, fit_conformal, format_sets, prediction_sets
+from pipeline.decision.costs import cost_matrix
 from pipeline.decision.safety import SafetyNet, pain_described
 from pipeline.decision.screen import named_rules, screen_names
 from pipeline.decision.triage import (
@@ -95,7 +96,9 @@ DECISION_COLUMN_DOCS = {
                 "pregnancy; pregnancy, to a man or past the knowledge base's fertile ages)",
     "advice": "what to do: the level's instruction; first, where the most likely condition does not call for that "
               "level (for a same day softened because it rests on unanswered questions: does not call for the same "
-              "day), the less likely condition an expected-cost level or a red flag is for, with its advice (a DVT "
+              "day), the less likely condition an expected-cost level or a red flag is for (of an expected-cost "
+              "level, the red flag's condition where one at that level is shown as the reason, else the condition "
+              "whose expected cost the level lowers most against the level below), with its advice (a DVT "
               "that cannot be ruled out, most often); then advice for the most likely condition (beside a "
               "condition that calls for the same day, for once that one is ruled out: a cramp's stretching is "
               "not for a leg that may hold a clot); where a screen "
@@ -112,7 +115,7 @@ DECISION_COLUMN_DOCS = {
                     "least 87% within each band of confidence and of answers known (new cases land within sampling "
                     "error of that); where the level rests on the expected cost (a rule at that level may be the "
                     "reason shown) and no condition in the set calls for it, the condition that drives it is added "
-                    "(DVT, most often), as is a red flag's own condition where the flag raised the level",
+                    "(as the advice names it; DVT, most often), as is a red flag's own condition where the flag raised the level",
     "differential_size": "how many conditions the differential holds",
     "screen": "what must be ruled out that is none of the nine (pulmonary embolism, acute limb ischaemia, popliteal "
               "aneurysm, a septic joint or cellulitis, a fracture by the Ottawa knee rule, a slipped upper femoral "
@@ -268,24 +271,38 @@ def driving_condition(proba: np.ndarray, level: np.ndarray, reason: np.ndarray, 
     at that same level is the one shown) can stand above the right level
     (``cfg.right_level``) of the most likely condition: a 7% chance of DVT makes the same day the
     cheapest for a case that is most likely a Baker's cyst. The level it needs is the case's level
-    (the same day, for a softened one); the condition is the most probable one whose right level
-    reaches it (-1 where the level is not an expected-cost one, or no condition reaches it). A level
+    (the same day, for a softened one); the condition is the most likely one where its right level
+    reaches it, else the one, among those whose right level does, whose expected cost the level
+    lowers most against the level below it (its probability times the cost it saves): a 1% chance
+    of DVT, not a 3% chance of an ACL injury, keeps a cramp-like case within a day or two (the clot
+    saves 170 units there, the ligament 3), where the ligament, the more probable, was named
+    (-1 where the level is not an expected-cost one, or no condition reaches it). A level
     raised by a red flag with a ``condition`` is for that condition, however unlikely the model
     finds it (a swollen, tender calf after surgery is a DVT to rule out the same day); so is one
     where such a flag fires at the level another rule shown gave (``fires``: which red flags fire,
     (n, n_red_flags); the first in the config's order names it; without it, only the flag the
-    reason names is known to fire)."""
+    reason names is known to fire). Such a flag's condition is also the one an expected-cost level
+    is for where the likely one does not call for it and the flag's condition does: a swollen calf
+    shown as the reason ("it can be a clot") beside advice that named an ACL injury only."""
     right = right_levels(cfg)
     needed = np.where(reason == SOFTENED_REASON, _EMERGENCY, level.astype(np.int64))
     reaches = right[None, :] >= needed[:, None]
-    driver = np.where(reaches, proba, -1.0).argmax(axis=1)
-    driver[~(((reason == COST_REASON) | (reason == SOFTENED_REASON)) & reaches.any(axis=1))] = -1
+    costs = cost_matrix(cfg).T  # (n_levels, n_conditions)
+    saved = np.where((needed > 0)[:, None], costs[np.maximum(needed - 1, 0)] - costs[needed], 1.0)
+    driver = np.where(reaches, proba * saved, -1.0).argmax(axis=1)
     if fires is None:
         fires = reason[:, None] == FIRST_RULE_REASON + np.arange(len(cfg.red_flags))[None, :]
-    for i, flag in enumerate(cfg.red_flags):  # the reason's flag is the first to fire at the final level
+    flagged = np.full(len(level), -1, dtype=np.int64)
+    for i in reversed(range(len(cfg.red_flags))):  # the first in the config's order to fire at the final level
+        flag = cfg.red_flags[i]
         if flag.condition is not None:
-            driver[(driver < 0) & fires[:, i] & (level == LEVELS.index(flag.level))] = CONDITIONS.index(flag.condition)
-    return needed, driver
+            flagged[fires[:, i] & (level == LEVELS.index(flag.level))] = CONDITIONS.index(flag.condition)
+    likely = proba.argmax(axis=1)
+    own = reaches[np.arange(len(likely)), likely]
+    flag_reaches = (flagged >= 0) & (right[np.maximum(flagged, 0)] >= needed)
+    driver = np.where(own, likely, np.where(flag_reaches, flagged, driver))
+    driver[~(((reason == COST_REASON) | (reason == SOFTENED_REASON)) & reaches.any(axis=1))] = -1
+    return needed, np.where(driver < 0, flagged, driver)
 
 
 def shown_flag_condition(reason: np.ndarray, cfg: TriageConfig) -> np.ndarray:
@@ -421,7 +438,8 @@ def decision_columns(decision: Decision, kb: KnowledgeBase, parsed: ParsedCases,
         first = leading_screen_rule(screen, level, shown)
         also = np.where(named >= 0, named, np.where(right[likely] >= level, likely, -1))
         # with nothing of the pain known, no condition's advice: that too little is known, and the
-        # condition the level is for (the most likely one that calls for it; none for self-care)
+        # condition the level is for (the most likely one where it calls for it, as driving_condition
+        # says; none for self-care)
         little = decision._undescribed_pain_advice_start + named_advice_index(level, np.where(level > 0, driver, -1))
         # a second rule the screen names is named after the rest: beside the leading rule (a hot,
         # swollen knee beside a pulmonary embolism), or below a level set by something else (in a
