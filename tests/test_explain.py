@@ -131,3 +131,16 @@ def test_every_field_kind_can_be_explained(model):
     e = explain(case, model)
     assert len(e.table) == len(FIELDS)
     assert np.isfinite(e.table["weight"]).all()
+
+
+@pytest.mark.parametrize("days, said", [(0.003, "4 minutes"), (1 / 24, "1 hour"), (1, "24 hours"), (2, "2 days"),
+                                        (1 / 86400, "under a minute"), (120, "4 months")])
+def test_how_long_ago_it_began_reads_as_a_person_says_it(model, days, said):
+    """"symptoms began 0.003 days ago" for a cramp of four minutes, "1 days ago" for one of a day:
+    the span is said in minutes, hours, days or months, as the vignettes say it too."""
+    from pipeline.core.wording import span
+    from pipeline.interact.explain import _phrase
+
+    assert span(days) == said
+    row = explain({"age": 30, "sex": "male", "symptom_duration_days": days}, model).table.set_index("field")
+    assert _phrase("symptom_duration_days", row.loc["symptom_duration_days", "answer"]) == f"symptoms began {said} ago"

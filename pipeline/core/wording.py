@@ -8,13 +8,28 @@ from __future__ import annotations
 
 from pipeline.core.schema import FIELDS, field
 
-__all__ = ["QUESTIONS", "ANSWER_LABELS", "SPAN_QUESTION", "answer_label", "counted", "question"]
+__all__ = ["QUESTIONS", "ANSWER_LABELS", "SPAN_QUESTION", "answer_label", "counted", "question", "span"]
 
 
 def counted(n: int, noun: str) -> str:
     """``n`` and its noun in the singular or the plural, as a message counts things: ``1 row``,
     ``1,500 rows``, ``0 valid rows``."""
     return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
+def span(days: float) -> str:
+    """A span of time given in days, in the unit a person would say it, rounded: ``4 minutes``,
+    ``1 hour``, ``3 days``, ``2 months`` (``under a minute`` below one)."""
+    minutes = days * 24 * 60
+    if minutes < 0.5:
+        return "under a minute"
+    if minutes < 59.5:
+        return counted(round(minutes), "minute")
+    if days * 24 < 47.5:
+        return counted(round(days * 24), "hour")
+    if days < 59.5:
+        return counted(round(days), "day")
+    return counted(round(days / 30.4), "month")
 
 
 QUESTIONS: dict[str, str] = {

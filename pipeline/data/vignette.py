@@ -7,6 +7,7 @@ import math
 import pandas as pd
 
 from pipeline.core.schema import CONDITION_LABELS, LABEL_COLUMN, SEVERITY_COLUMN, SYMPTOMS, field
+from pipeline.core.wording import span
 
 __all__ = ["vignette"]
 
@@ -34,16 +35,6 @@ def _known(v) -> bool:
     return not (v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)))
 
 
-def _duration(days: float) -> str:
-    if days < 1 / 24:
-        return f"{days * 24 * 60:.0f} minutes"
-    if days < 2:
-        return f"{days * 24:.0f} hours"
-    if days < 60:
-        return f"{days:.0f} days"
-    return f"{days / 30.4:.0f} months"
-
-
 def vignette(case: pd.Series) -> str:
     """One case (a row of generated data) as a paragraph."""
     who = "woman" if case["sex"] == "female" else "man"
@@ -63,7 +54,7 @@ def vignette(case: pd.Series) -> str:
     if _known(case.get("injury_event")):
         onset.append(_EVENT[case["injury_event"]])
     if _known(case.get("symptom_duration_days")):
-        onset.append(f"{_duration(case['symptom_duration_days'])} ago")
+        onset.append(f"{span(case['symptom_duration_days'])} ago")
     text = [sentence, " ".join(onset) + "."]
     if _known(case.get("heard_pop")) and case["heard_pop"]:
         text.append("There was a pop.")

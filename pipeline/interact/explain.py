@@ -23,6 +23,7 @@ import pandas as pd
 
 from pipeline.core.oracle import field_log_likelihoods
 from pipeline.core.schema import CONDITION_LABELS, CONDITIONS, field
+from pipeline.core.wording import span
 from pipeline.interact.questions import answer_text, one_case, resolve_kb
 from pipeline.serve.loading import LoadedModel
 from pipeline.serve.predict import get_model
@@ -30,7 +31,7 @@ from pipeline.serve.predict import get_model
 __all__ = ["Explanation", "explain"]
 
 _MAX_LISTED = 3
-_FIXED_PHRASES = {"age": "age {}", "sex": "{}", "bmi": "BMI {}", "symptom_duration_days": "symptoms began {} days ago"}
+_FIXED_PHRASES = {"age": "age {}", "sex": "{}", "bmi": "BMI {}", "symptom_duration_days": "symptoms began {} ago"}
 
 
 @dataclass(frozen=True)
@@ -81,8 +82,8 @@ def _answer(name: str, code: float) -> str:
 def _phrase(name: str, answer: str) -> str:
     """A short human phrase for an answer, from the field's meaning."""
     f = field(name)
-    if name in _FIXED_PHRASES:
-        return _FIXED_PHRASES[name].format(answer)
+    if name in _FIXED_PHRASES:  # a duration as a person says it: "4 minutes ago", not "0.003 days ago"
+        return _FIXED_PHRASES[name].format(span(float(answer)) if name == "symptom_duration_days" else answer)
     meaning = f.meaning.split(" (")[0].split(":")[0]
     if f.kind == "tristate":
         return meaning if answer == "yes" else f"{meaning}: no"  # a meaning is a statement: "no the knee ..." misread
