@@ -513,10 +513,10 @@ def _after_scoring(args: argparse.Namespace, plain, estimate, written: list[str]
     if estimate is None and args.output != "-":
         Path(f"{args.output}.priors.json").unlink(missing_ok=True)
     elif estimate is not None:
-        from pipeline.core.files import write_report_json
+        from pipeline.core.files import link_target, write_report_json
         from pipeline.serve.adapt import format_prior, prior_report
 
-        write_report_json(f"{args.output}.priors.json", prior_report(estimate))
+        write_report_json(link_target(f"{args.output}.priors.json"), prior_report(estimate))  # through a link
         written.append("the case mix")
         if not args.quiet:
             print(format_prior(estimate) + f"\n  (saved in {args.output}.priors.json; right when only the mix "

@@ -201,6 +201,25 @@ def test_a_file_to_write_that_is_a_link_is_written_through_it_and_stays_a_link(t
         which == "texts lookup":]
 
 
+def test_the_report_and_the_case_mix_are_written_through_a_link_as_the_output_is(trained, small_data, tmp_path):
+    """--report, its numbers and --adapt-priors' case mix replaced a link with a regular file and left
+    the file it named as it was, where the output, rejects file and lookup are written through it."""
+    from pipeline.data.datasets import read_split
+
+    models, _ = trained
+    src = tmp_path / "in.csv"
+    read_split("test", small_data).head(600).drop(columns=["condition", "severity"]).to_csv(src, index=False)
+    (tmp_path / "real").mkdir()
+    links = {"r.html": "report.html", "r.json": "report.json", "out.csv.priors.json": "mix.json"}
+    for name, target in links.items():
+        (tmp_path / "real" / target).write_text("an earlier run's\n")
+        (tmp_path / name).symlink_to(Path("real") / target)
+    assert _score(src, tmp_path / "out.csv", models, "--report", str(tmp_path / "r.html"), "--adapt-priors") == 0
+    for name, target in links.items():
+        assert (tmp_path / name).is_symlink(), name
+        assert "an earlier run's" not in (tmp_path / "real" / target).read_text(), name
+
+
 @pytest.mark.parametrize("loop", ["itself", "two links"])
 def test_a_file_to_write_that_is_a_link_leading_back_to_itself_is_refused(trained, tmp_path, capsys, loop):
     """A link that loops names no file: refused before any row is read, for score's output and
@@ -909,6 +928,10 @@ def test_every_binary_kind_reads_as_text_and_bytes_that_are_not_utf8_reject_thei
     # without --keep-input-columns the note is not read: only the id's row is rejected
     assert _score(tmp_path / "in.parquet", tmp_path / "plain.csv", models) == 1
     assert pd.read_csv(tmp_path / "plain.csv", dtype=str)["case_id"].tolist() == ["i1", "i3", "i4"]
+    # nor where --columns leaves it out of the output: only a column written rejects its row
+    assert _score(tmp_path / "in.parquet", tmp_path / "chosen.csv", models, "--keep-input-columns",
+                  "--columns", "case_id,age,p_dvt") == 1
+    assert pd.read_csv(tmp_path / "chosen.csv", dtype=str)["case_id"].tolist() == ["i1", "i3", "i4"]
 
 
 def test_a_repeated_id_that_is_not_utf8_is_rejected_alike_in_every_chunking(trained, tmp_path):

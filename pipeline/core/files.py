@@ -27,7 +27,7 @@ from pipeline.core.errors import BatchInputError
 
 __all__ = ["CASE_FILE_TYPES", "FILE_TYPES_TEXT", "arrow_file", "changed_while_read", "file_label", "file_state",
            "in_temporary_folder", "is_case_file", "is_parquet", "is_pipe", "load_json", "load_yaml", "numbered", "process_alive",
-           "read_regular_file", "reclaim_stale_temps", "refuse_changed", "regular_stat", "replace_keeping_mode", "sha256_file",
+           "link_target", "read_regular_file", "reclaim_stale_temps", "refuse_changed", "regular_stat", "replace_keeping_mode", "sha256_file",
            "standard_stream_closed", "stdout_bytes", "tmp_path", "write_bytes_atomic", "write_json_atomic", "write_parts_atomic",
            "write_report_json", "write_text_atomic"]
 
@@ -290,6 +290,13 @@ def process_alive(pid: int) -> bool:
     except (OverflowError, ValueError):  # not a process id this system can have
         return False
     return True
+
+
+def link_target(path: str | Path) -> Path:
+    """The file written for ``path``: where it is a symbolic link, the file the link names (written
+    beside it and renamed onto it, so the link stays a link), else ``path``."""
+    path = Path(path)
+    return Path(os.path.realpath(path)) if os.path.islink(path) else path
 
 
 def replace_keeping_mode(tmp: Path, path: Path, before: os.stat_result | None) -> None:

@@ -26,7 +26,7 @@ import pandas as pd
 import pyarrow as pa
 
 from pipeline.core.config import LEVELS
-from pipeline.core.files import arrow_file, file_label, is_parquet, write_report_json, write_text_atomic
+from pipeline.core.files import arrow_file, file_label, is_parquet, link_target, write_report_json, write_text_atomic
 from pipeline.core.parsing import codes_to_text_frame, parse_cases
 from pipeline.core.schema import CONDITION_LABELS, CONDITIONS, FIELDS, UNKNOWN
 from pipeline.data.generate import generate_codes
@@ -269,6 +269,6 @@ def write_batch_report(inputs: list[str | Path], output: str | Path, model: Load
     if path.suffix.lower() not in (".html", ".htm"):
         raise ValueError(f"{path}: the batch report is an .html file.")
     summary = summarise_batch(inputs, output, model, estimate=estimate, chunk_rows=chunk_rows, rejects=rejects)
-    write_text_atomic(path, render_html(summary))
-    write_report_json(path.with_suffix(".json"), summary)
+    write_text_atomic(link_target(path), render_html(summary))  # through a link, as the output is written
+    write_report_json(link_target(path.with_suffix(".json")), summary)
     return summary

@@ -36,6 +36,7 @@ from pipeline.core.files import (
     FILE_TYPES_TEXT,
     is_case_file,
     is_parquet,
+    link_target,
     reclaim_stale_temps,
     regular_stat,
     replace_keeping_mode,
@@ -378,6 +379,8 @@ def _score_locked(paths: list[Path], labels: list[str], columns: list[list[str]]
         writer = Writer(output if output is not None else Path("-"), schema, stream=stream)
         rejects = Writer(rejects_path, rschema)
         for path, label, keep in zip(paths, labels, keep_by_file):
+            # only the kept columns written (--columns may leave some out) are read, or can reject a row
+            keep = {name: out for name, out in keep.items() if out in schema.names}
             blank = tuple(out for out in extra if out not in keep.values())  # other inputs' kept columns
             job = FileJob(label, schema, rschema, options.top_k, keep, blank, codes, shape, csv_out)
             offset = 0
@@ -421,7 +424,7 @@ def _score_locked(paths: list[Path], labels: list[str], columns: list[list[str]]
                 lookup.unlink(missing_ok=True)
             if output is not None:
                 for path in stale:  # an earlier run's case mix and report describe another output
-                    path.unlink(missing_ok=True)
+                    link_target(path).unlink(missing_ok=True)  # the file a link names: it is written through it
                 replace_keeping_mode(writer.tmp, output, before[output])
             summary.seconds = time.perf_counter() - start  # for a stop from here on to tell
             complete(summary)

@@ -41,7 +41,7 @@ from typing import IO, Any, BinaryIO
 from filelock import FileLock, Timeout
 
 from pipeline.core.errors import BatchInputError, StoppedAfterOutput
-from pipeline.core.files import is_parquet
+from pipeline.core.files import is_parquet, link_target
 
 __all__ = ["STOP_SIGNALS", "Interrupted", "OutputBusyError", "OutputInPlace", "check_stop", "output_lock",
            "refuse_open_file", "refuse_repeated_inputs", "refuse_same_file", "refuse_shared_outputs",
@@ -245,7 +245,7 @@ def written_path(path: Path, what: str) -> Path:
     file of another type (``out.csv`` naming ``real.parquet``) is refused: the job would write the
     type of one name into the other."""
     refuse_open_file(path, what)
-    target = Path(os.path.realpath(path)) if os.path.islink(path) else path
+    target = link_target(path)
     for fd, stream in _STREAMS:
         try:
             redirected = os.fstat(fd)
