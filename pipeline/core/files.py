@@ -26,10 +26,10 @@ from typing import Any, BinaryIO
 from pipeline.core.errors import BatchInputError
 
 __all__ = ["CASE_FILE_TYPES", "FILE_TYPES_TEXT", "arrow_file", "changed_while_read", "file_label", "file_state",
-           "in_temporary_folder", "is_case_file", "is_parquet", "is_pipe", "load_json", "load_yaml", "numbered", "process_alive",
-           "link_target", "read_regular_file", "reclaim_stale_temps", "refuse_changed", "regular_stat", "replace_keeping_mode", "sha256_file",
-           "standard_stream_closed", "stdout_bytes", "tmp_path", "write_bytes_atomic", "write_json_atomic", "write_parts_atomic",
-           "write_report_json", "write_text_atomic"]
+           "in_temporary_folder", "is_case_file", "is_parquet", "is_pipe", "link_target", "load_json", "load_yaml",
+           "numbered", "process_alive", "read_regular_file", "reclaim_stale_temps", "refuse_changed", "regular_stat",
+           "replace_keeping_mode", "sha256_file", "standard_stream_closed", "stdout_bytes", "tmp_path",
+           "write_bytes_atomic", "write_json_atomic", "write_parts_atomic", "write_report_json", "write_text_atomic"]
 
 
 CASE_FILE_TYPES = (".csv", ".parquet")  # the file types of cases, outputs and rejects, told by name
