@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -19,10 +19,13 @@ from pipeline.core.errors import BatchInputError, error_lines
 from pipeline.core.files import sha256_file, write_report_json
 from pipeline.core.knowledge import KnowledgeBase, load_knowledge_base
 from pipeline.core.parsing import ignored_columns_message, parse_cases
-from pipeline.core.schema import CONDITIONS, LABEL_COLUMN, LABELLED_COLUMNS
+from pipeline.core.schema import CONDITIONS, ID_COLUMN, LABEL_COLUMN, LABELLED_COLUMNS
 from pipeline.core.tracking_server import tracking_uri
 from pipeline.data.datasets import class_shares, kb_for_split, labels, oracle_summary, read_split, split_table
 from pipeline.data.generate import write_splits
+
+if TYPE_CHECKING:
+    from pipeline.data.real import LabelledCases
 
 __all__ = ["EvaluateResult", "ExtraCases", "evaluate_file", "evaluate_stage", "generate_stage", "read_extra_cases",
            "sensitivity_stage", "train_stage"]
@@ -88,8 +91,33 @@ class ExtraCases:
         return lines
 
 
-def read_extra_cases(config: TrainConfig) -> ExtraCases | None:
-    """The ``extra_data`` of ``config``, validated and split (None when no path is set)."""
+def _without_held_out(labelled: LabelledCases, data: Path) -> LabelledCases:
+    """``labelled`` without the rows that are cases of a synthetic split held out from training
+    (:func:`pipeline.data.fingerprints.held_out_matches`), each a reject line saying which and why:
+    rows of ``valid`` among the extra cases gave a validation log loss measured on rows trained
+    on, which moved the champion alias."""
+    from pipeline.data.fingerprints import HELD_OUT_SPLITS, held_out_matches
+
+    split = held_out_matches(labelled.parsed, labels(labelled.valid), data)
+    hit = split != ""
+    if not hit.any():
+        return labelled
+    lines = pd.DataFrame({"row": labelled.rows[hit], "column": "", "value": "", "reason": [
+        f"the same case (every answer and the condition) as a row of the synthetic {name} split in {data}, which "
+        f"{HELD_OUT_SPLITS[name]}: trained on, that row would no longer be held out there" for name in split[hit]]})
+    if ID_COLUMN in labelled.rejects.columns and labelled.parsed.ids is not None:
+        lines.insert(1, ID_COLUMN, labelled.parsed.ids.astype("string").to_numpy()[hit])
+    rejects = pd.concat([labelled.rejects, lines], ignore_index=True).sort_values("row", kind="stable",
+                                                                                 ignore_index=True)
+    keep = np.flatnonzero(~hit)
+    return labelled._replace(valid=labelled.valid.iloc[keep].reset_index(drop=True),
+                             reference=labelled.reference[keep], rejects=rejects, rows=labelled.rows[keep],
+                             parsed=labelled.parsed[keep])
+
+
+def read_extra_cases(config: TrainConfig, data: Path | None = None) -> ExtraCases | None:
+    """The ``extra_data`` of ``config``, validated and split (None when no path is set); with
+    ``data``, the synthetic data folder, without its held-out splits' cases (each rejected)."""
     from pipeline.core.casefiles import read_case_records
     from pipeline.core.paths import project_root
     from pipeline.data.real import holdout_split, validate_labelled
@@ -101,7 +129,10 @@ def read_extra_cases(config: TrainConfig) -> ExtraCases | None:
     if not path.is_file():
         raise FileNotFoundError(f"extra_data.path: {path} is not a file of labelled cases.")
     raw, malformed = read_case_records(path)
-    cases, _, rejects, ignored, _, parsed = validate_labelled(raw, where=str(path), malformed=malformed)
+    labelled = validate_labelled(raw, where=str(path), malformed=malformed)
+    if data is not None:
+        labelled = _without_held_out(labelled, data)
+    cases, _, rejects, ignored, _, parsed = labelled
     if len(cases) == 0:
         from pipeline.report.labelled import no_valid_rows_error
 
@@ -138,7 +169,7 @@ def train_stage(config: TrainConfig, triage: TriageConfig, screen: ScreenConfig,
     files = {name: data / f"{name}.parquet" for name in ("train", "valid", "calib")}
     datasets = {"train": (train, "training", files["train"]), "valid": (valid, "validation", files["valid"]),
                 "calib": (calib, "calibration", files["calib"])}
-    extra = read_extra_cases(config)
+    extra = read_extra_cases(config, data)
     weight = None
     if extra is not None:
         log("\n".join(extra.summary_lines()))

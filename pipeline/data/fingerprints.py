@@ -29,9 +29,15 @@ from pipeline.core.parsing import ParsedCases, parse_cases
 from pipeline.core.schema import FIELDS
 from pipeline.data.datasets import labels
 
-__all__ = ["FITTED_SPLITS", "FittedRows", "case_fingerprints", "fitted_fingerprints"]
+__all__ = ["FITTED_SPLITS", "HELD_OUT_SPLITS", "FittedRows", "case_fingerprints", "fitted_fingerprints",
+           "held_out_matches"]
 
 FITTED_SPLITS = ("train", "valid", "calib")  # the synthetic splits a model is trained, calibrated and given its decision layer on
+# the synthetic splits a model is not trained on, and what each is for
+HELD_OUT_SPLITS = {"valid": "calibrates the model and gives the validation log loss that moves the champion alias",
+                   "calib": "fits the decision layer's thresholds (the differential's coverage, the atypical flag)",
+                   "test": "gives the evaluation's held-out figures", "shift": "gives the held-out figures under "
+                   "another case mix"}
 _GOLDEN = 0x9E3779B97F4A7C15  # a column's salt is its position times this, modulo 2**64
 
 
@@ -84,3 +90,18 @@ def fitted_fingerprints(manifest: dict[str, Any], data: Path) -> FittedRows:
         found.append(name)
     fingerprints = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
     return FittedRows(fingerprints, found, not_found, str(data))
+
+
+def held_out_matches(parsed: ParsedCases, condition: np.ndarray, data: Path) -> np.ndarray:
+    """Per case, the name of the synthetic split of :data:`HELD_OUT_SPLITS` in ``data`` that holds
+    the same case (every answer and the condition: :func:`case_fingerprints`), the first in that
+    order; ``""`` where none does (or the split's file is not there)."""
+    found = np.full(len(condition), "", dtype=object)
+    mine = case_fingerprints(parsed, condition)
+    for name in HELD_OUT_SPLITS:
+        path = Path(data) / f"{name}.parquet"
+        if not path.is_file():
+            continue
+        frame = pd.read_parquet(path)
+        found[(found == "") & np.isin(mine, case_fingerprints(parse_cases(frame), labels(frame)))] = name
+    return found
