@@ -727,3 +727,27 @@ def test_extra_cases_that_are_rows_of_a_held_out_synthetic_split_are_rejected_no
     taken = pd.concat([extra.to_train, extra.held_out])["case_id"]
     assert sorted(taken) == sorted(own["case_id"])
     assert read_extra_cases(config).n_rejected == 0  # without the data folder nothing is looked for
+
+
+def test_train_refuses_an_out_that_is_a_file_the_data_folder_or_holds_another_manifest(small_data, small_config_path,
+                                                                                         tmp_path, capsys, monkeypatch):
+    """`--out data/synthetic` replaced the data's manifest.json (its seed and each split's SHA-256,
+    in neither git nor DVC) with the model's; `--out afile` trained in full, then failed with a bare
+    "[Errno 17] File exists". Each is refused before any training, naming --out."""
+    import shutil
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")  # were one to train
+    data = Path(shutil.copytree(small_data, tmp_path / "synthetic"))
+    before = (data / "manifest.json").read_bytes()
+    (tmp_path / "afile").write_text("hi\n")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "manifest.json").write_text('{"seed": 1, "splits": {}}')
+    for out, message in [(tmp_path / "afile", "is a file; give a folder for the model"),
+                         (data, "is the --data folder; the model's manifest.json would replace the data's"),
+                         (other, "holds a manifest.json that is not a model's (a data folder's?)")]:
+        assert main(["train", "--config", str(small_config_path), "--data", str(data), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"kneepain train: error: --out {out}: {message}") and err.count("\n") == 1, err
+    assert (tmp_path / "afile").read_text() == "hi\n" and sorted(p.name for p in other.iterdir()) == ["manifest.json"]
+    assert (data / "manifest.json").read_bytes() == before
