@@ -414,3 +414,47 @@ def test_logging_the_datasets_and_the_model_prints_none_of_mlflows_schema_advice
     advice = [str(w.message)[:80] for w in seen if "Inferred schema contains integer" in str(w.message)
               or "interpreted in multiple ways" in str(w.message)]
     assert advice == []
+
+
+@pytest.mark.parametrize("status, refused", [(500, True), (503, True), (404, False), (401, False)])
+def test_a_server_that_answers_with_server_errors_is_refused_before_any_work(status, refused, monkeypatch, small_data,
+                                                                           trained, tmp_path, capsys):
+    """A server that accepts connections and answers every request with 500: `kneepain evaluate
+    --data FILE` wrote its reports, waited four minutes in silence and then failed with exit 2. The
+    check now asks one REST question; an answer that is not a server error (a 404, a 401 without
+    the credentials MLflow would send) passes."""
+    import http.server
+    import threading
+
+    class Answer(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(status)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        uri = f"http://127.0.0.1:{server.server_address[1]}"
+        for proxy in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+            monkeypatch.delenv(proxy, raising=False)
+        if not refused:
+            check_reachable(uri)
+            return
+        with pytest.raises(TrackingServerError, match=rf"at {uri} \(MLFLOW_TRACKING_URI\): it answers a request of "
+                                                      rf"MLflow's REST API with HTTP {status}, a server error"):
+            check_reachable(uri)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        models, _ = trained
+        labelled = tmp_path / "labelled.csv"
+        read_split("test", small_data).head(50).to_csv(labelled, index=False)
+        assert main(["evaluate", "--data", str(labelled), "--model", str(models), "--out",
+                     str(tmp_path / "reports"), "--bootstrap", "100"]) == 2
+        assert "HTTP 5" in capsys.readouterr().err and not (tmp_path / "reports").exists()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

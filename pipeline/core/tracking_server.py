@@ -4,14 +4,19 @@ MLflow retries a request to an unreachable tracking server for about four minute
 gives up (``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` and ``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR``), saying
 nothing meanwhile: a mistyped ``MLFLOW_TRACKING_URI`` looked like a hung command. Every command
 that talks to the tracking store takes its URI from :func:`tracking_uri`, which opens a TCP
-connection to an ``http(s)://`` server first and names the URI and the reason when it fails. A
+connection to an ``http(s)://`` server first and asks it one question of MLflow's REST API,
+naming the URI and the reason when there is no connection, no HTTP answer, or a server error (a
+server answering 500 to everything had `kneepain evaluate` write its reports, wait four minutes
+in silence and then fail). A
 server reached through a proxy (``HTTPS_PROXY`` and the like, outside ``NO_PROXY``) is left to
 MLflow, which goes through the proxy.
 """
 
 from __future__ import annotations
 
+import http.client
 import socket
+import ssl
 import urllib.request
 from urllib.parse import urlsplit
 
@@ -48,10 +53,29 @@ def check_reachable(uri: str, timeout: float = CONNECT_TIMEOUT_SECONDS) -> None:
     try:
         socket.create_connection((parts.hostname, port), timeout=timeout).close()
     except OSError as err:
-        reason = str(err) or type(err).__name__
-        raise TrackingServerError(
-            f"cannot reach the MLflow tracking server at {uri} (MLFLOW_TRACKING_URI): {reason}; start the "
-            "server, correct the variable, or unset it to use the project's mlflow.db.") from None
+        raise _unreachable(uri, str(err) or type(err).__name__) from None
+    # one request of the REST API: any answer but a server error (a 404 for the experiment, a 401
+    # without the credentials MLflow would send) shows a server that answers; what is sent is no
+    # secret, so an https certificate is not checked here (MLflow checks it as it is configured to)
+    connection = (http.client.HTTPSConnection(parts.hostname, port, timeout=timeout,
+                                              context=ssl._create_unverified_context())
+                  if parts.scheme == "https" else http.client.HTTPConnection(parts.hostname, port, timeout=timeout))
+    try:
+        connection.request("GET", f"{parts.path.rstrip('/')}/api/2.0/mlflow/experiments/get-by-name"
+                                  "?experiment_name=Default")
+        status = connection.getresponse().status
+    except (OSError, http.client.HTTPException) as err:
+        raise _unreachable(uri, f"no HTTP answer ({str(err) or type(err).__name__})") from None
+    finally:
+        connection.close()
+    if status >= 500:
+        raise _unreachable(uri, f"it answers a request of MLflow's REST API with HTTP {status}, a server error")
+
+
+def _unreachable(uri: str, reason: str) -> TrackingServerError:
+    return TrackingServerError(
+        f"cannot reach the MLflow tracking server at {uri} (MLFLOW_TRACKING_URI): {reason}; start the "
+        "server, correct the variable, or unset it to use the project's mlflow.db.")
 
 
 def _proxied(scheme: str, host: str) -> bool:
