@@ -298,7 +298,35 @@ def test_the_processes_start_up_message_stays_small(trained):
         assert len(pickle.dumps(scorer._pool._initargs)) < 4096
     finally:
         scorer.shutdown()
-    assert not Path(scorer._handover.name).exists()  # the model's file is removed with the processes
+    assert not scorer._handover.exists()  # the model's file is removed with the processes
+
+
+def test_a_model_copy_left_by_a_job_killed_outright_is_removed_by_the_next(trained, tmp_path, monkeypatch):
+    """`kill -9` of a `--jobs 2` job left its copy of the model (2.5 MB) in /tmp for good, and no
+    later job removed it; a live job's copy, and another machine's, are left alone."""
+    import subprocess
+    import tempfile
+
+    from pipeline.core.files import tmp_path as temporary_name
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.Popen(["true"])  # a process id that has ended
+    dead.wait()
+    target = tmp_path / "kneepain-model"
+    mine = temporary_name(target, unique=True)  # this (live) process's
+    stale = mine.with_name(mine.name.replace(f"-{os.getpid()}-", f"-{dead.pid}-"))
+    other = mine.with_name(mine.name.replace(".tmp-", ".tmp-otherhost-"))
+    for folder in (mine, stale, other):
+        folder.mkdir()
+        (folder / "model.pickle").write_bytes(b"x")
+    models, _ = trained
+    scorer = chunks.ChunkScorer(load_model(models), jobs=2)
+    try:
+        assert scorer._handover.parent == tmp_path and scorer._handover.stat().st_mode & 0o777 == 0o700
+        assert not stale.exists() and mine.exists() and other.exists()
+    finally:
+        scorer.shutdown()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([mine.name, other.name])
 
 
 def test_a_scoring_process_unpickles_only_the_bytes_its_parent_wrote(tmp_path):

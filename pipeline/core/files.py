@@ -27,9 +27,10 @@ from pipeline.core.errors import BatchInputError
 
 __all__ = ["CASE_FILE_TYPES", "FILE_TYPES_TEXT", "arrow_file", "changed_while_read", "file_label", "file_state",
            "in_temporary_folder", "is_case_file", "is_parquet", "is_pipe", "link_target", "load_json", "load_yaml",
-           "numbered", "process_alive", "read_regular_file", "reclaim_stale_temps", "refuse_changed", "regular_stat",
-           "replace_keeping_mode", "sha256_file", "standard_stream_closed", "stdout_bytes", "tmp_path",
-           "write_bytes_atomic", "write_json_atomic", "write_parts_atomic", "write_report_json", "write_text_atomic"]
+           "numbered", "private_temp_folder", "process_alive", "read_regular_file", "reclaim_stale_temps",
+           "refuse_changed", "regular_stat", "replace_keeping_mode", "sha256_file", "standard_stream_closed",
+           "stdout_bytes", "tmp_path", "write_bytes_atomic", "write_json_atomic", "write_parts_atomic",
+           "write_report_json", "write_text_atomic"]
 
 
 CASE_FILE_TYPES = (".csv", ".parquet")  # the file types of cases, outputs and rejects, told by name
@@ -252,6 +253,18 @@ def reclaim_stale_temps(target: str | Path, spare: Iterable[str | Path] = ()) ->
 
 
 _UNIQUE = re.compile(r"[0-9a-f]{12}")  # tmp_path's random part
+
+
+def private_temp_folder(name: str) -> Path:
+    """A new folder of this process's own (mode 0700) in the system's temporary folder, named by
+    :func:`tmp_path` after ``name``, once those that processes gone left there are removed
+    (:func:`reclaim_stale_temps`): a job killed outright (SIGKILL, out of memory) cannot remove
+    its own, and each held a copy of the model."""
+    target = Path(tempfile.gettempdir()) / name
+    reclaim_stale_temps(target)
+    folder = tmp_path(target, unique=True)
+    folder.mkdir(mode=0o700)
+    return folder
 
 
 def _is(found: Path, path: Path) -> bool:

@@ -14,8 +14,8 @@ import hashlib
 import mmap
 import os
 import pickle
+import shutil
 import signal
-import tempfile
 import time
 from collections.abc import Callable, Collection
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -32,7 +32,7 @@ import pyarrow as pa
 
 from pipeline.core.casefiles import parse_read
 from pipeline.core.errors import BatchInputError, CaseValidationError, ModelIntegrityError
-from pipeline.core.files import in_temporary_folder
+from pipeline.core.files import in_temporary_folder, private_temp_folder
 from pipeline.core.parsing import DUPLICATE_ID, ParsedCases, named_ids, normalise_ids, not_utf8_mask, shown_values
 from pipeline.core.schema import ID_COLUMN, normalise_header
 from pipeline.core.spawning import die_with_parent, signals_blocked
@@ -338,7 +338,7 @@ class ChunkScorer:
 
     def __init__(self, model: LoadedModel, jobs: int):
         self._pool: ThreadPoolExecutor | ProcessPoolExecutor
-        self._handover: tempfile.TemporaryDirectory | None = None  # the processes' model file
+        self._handover: Path | None = None  # the folder of the processes' model file
         if jobs <= 1:
             self.width = scorer_threads()
             self._pool = ThreadPoolExecutor(max_workers=self.width, thread_name_prefix="kneepain-scorer")
@@ -349,12 +349,12 @@ class ChunkScorer:
             self.width = jobs
             data = pickle.dumps(model)
             with in_temporary_folder(f"the model for the scoring processes (--jobs {jobs})"):
-                self._handover = tempfile.TemporaryDirectory(prefix="kneepain-model-")  # private (0700)
-                path = Path(self._handover.name) / "model.pickle"
+                self._handover = private_temp_folder("kneepain-model")
+                path = self._handover / "model.pickle"
                 try:
                     path.write_bytes(data)
                 except OSError:
-                    self._handover.cleanup()
+                    shutil.rmtree(self._handover, ignore_errors=True)
                     raise
             # spawned, not forked: this process already runs threads (the reader, the writer); its queues'
             # locks start multiprocessing's resource tracker, which signals_blocked starts shielded
@@ -404,7 +404,7 @@ class ChunkScorer:
                 self._shutdown_processes()
         finally:
             if self._handover is not None:
-                self._handover.cleanup()
+                shutil.rmtree(self._handover, ignore_errors=True)
 
     def _shutdown_processes(self) -> None:
         """Shut the process pool down and wait for it, killing its processes once it is broken. A
