@@ -148,6 +148,29 @@ def _headerless(path: str | Path, names: Sequence[str]) -> BatchInputError | Non
                            "(case_id, age, sex, ...; with pandas, to_csv(path, index=False) writes them).")
 
 
+def _title_above(path: Path, start: int, names: Sequence[str]) -> BatchInputError | None:
+    """The error for a CSV whose first line is a title above the header (an export's "Patient
+    export 2024-01-01"): a first line that names none of the columns kneepain reads, where the
+    record after it (from byte ``start``) names some; or None. Such a line was reported as a header
+    whose columns have no name, or that lacks the column age."""
+    if any(normalise_header(n) in NAMED_COLUMNS for n in names) or str(names[0]).strip().lower().startswith("sep="):
+        return None  # (a spreadsheet's separator hint is named as such: _wrong_separator)
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(start)
+            raw, _, _ = _header_record(fh)
+        second = next(csv.reader(io.StringIO(raw.decode("utf-8"), newline="")), None) or []
+    except (OSError, UnicodeDecodeError, csv.Error):  # the header's own problems are told as they were
+        return None
+    named = [n.strip() for n in second if normalise_header(n) in NAMED_COLUMNS]
+    if not named:
+        return None
+    return BatchInputError(f"{path}: the first line, {_clip(','.join(names))!r}, names none of the columns kneepain "
+                           f"reads, and the second names {', '.join(named[:3])}{', ...' if len(named) > 3 else ''}: "
+                           "the file looks to have a title line above its header; remove the first line (the header "
+                           "must be the file's first line).")
+
+
 _UNNAMED_INDEX = "__index_level_0__"  # pandas' name for row labels it saves as a column
 
 
@@ -280,6 +303,8 @@ def _csv_header(path: Path) -> tuple[list[str], int]:
     if not header or all(not h.strip() for h in header):
         raise BatchInputError(f"{path}: the file is empty (no header line); expected a CSV header with at least "
                               "the required columns age and sex.")
+    if (title := _title_above(path, skipped + len(raw), header)) is not None:
+        raise title
     if (headerless := _headerless(path, header)) is not None:
         raise headerless
     check_columns(header, str(path))
