@@ -108,6 +108,21 @@ def test_a_missing_required_column_names_the_column_that_looks_like_it(trained, 
     assert (tmp_path / "hidden.out.csv").read_bytes() == (tmp_path / "plain.out.csv").read_bytes()
 
 
+def test_an_answer_or_a_label_with_an_invisible_character_reads_as_it_shows():
+    """`yes` followed by a zero-width space, which shows as `yes`, was "not allowed; allowed: yes,
+    no, ...", and `osteoarthritis` so followed "not a condition", as header names were before."""
+    from pipeline.data.real import validate_labelled
+
+    hidden = pd.DataFrame({"age": [30, 40], "sex": ["male\u200b", "\ufefffemale"], "smoker": ["yes\u200b", "no"],
+                           "onset": ["Sudden\u2060", "gradual"]})
+    plain = pd.DataFrame({"age": [30, 40], "sex": ["male", "female"], "smoker": ["yes", "no"],
+                          "onset": ["sudden", "gradual"]})
+    for name in ("sex", "smoker", "onset"):
+        np.testing.assert_array_equal(parse_cases(hidden).codes[name], parse_cases(plain).codes[name])
+    labelled = validate_labelled(plain.assign(condition=["osteoarthritis\u200b", "Baker\u2019s cyst\u00ad"]))
+    assert len(labelled.rejects) == 0 and labelled.valid["condition"].tolist() == ["osteoarthritis", "bakers_cyst"]
+
+
 def test_blank_required_value_is_rejected_and_blank_number_is_unknown():
     parsed = parse_cases(pd.DataFrame({"age": ["30", ""], "sex": ["male", "male"], "bmi": ["", " 27.5 "]}),
                          raise_on_error=False)

@@ -48,6 +48,7 @@ from pipeline.core.schema import (
     normalise_header,
     quoted_name,
     repeated_columns,
+    visible,
 )
 from pipeline.core.sizes import FEW_CASES
 
@@ -337,7 +338,7 @@ def _as_text(values: np.ndarray) -> np.ndarray:
         elif isinstance(v, (float, np.floating)) and float(v).is_integer():
             out[i] = str(int(v))
         else:
-            out[i] = str(v).strip().lower()
+            out[i] = visible(str(v)).strip().lower()
     return out
 
 

@@ -35,6 +35,7 @@ __all__ = [
     "quoted_name",
     "repeated_columns",
     "top_k_problem",
+    "visible",
     "whole_number",
     ]
 
@@ -269,11 +270,15 @@ def quoted_name(name: str) -> str:
     return name
 
 
+def visible(text: str) -> str:
+    """``text`` without its invisible format characters (Unicode's Cf: a byte-order mark, a
+    zero-width space, a soft hyphen), which a spreadsheet's cell may hold unseen: ``"sex\u200b"``
+    was a column of its own, and ``"yes\u200b"`` an answer "not allowed" that looked allowed."""
+    return text if text.isprintable() else "".join(c for c in text if unicodedata.category(c) != "Cf")
+
+
 def _normalised(name: object) -> str:
-    text = str(name)
-    if not text.isprintable():  # invisible format characters (a zero-width space after "sex" in a spreadsheet's
-        text = "".join(c for c in text if unicodedata.category(c) != "Cf")  # cell): "sex" read as a column of its own
-    folded = text.strip().lower()
+    folded = visible(str(name)).strip().lower()
     joined = BETWEEN_WORDS.sub("_", folded)
     return joined if joined in NAMED_COLUMNS else folded
 

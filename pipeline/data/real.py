@@ -29,6 +29,7 @@ from pipeline.core.schema import (
     LABEL_COLUMN,
     REFERENCE_COLUMN,
     normalise_header,
+    visible,
 )
 from pipeline.data.datasets import labels
 from pipeline.data.fingerprints import case_fingerprints
@@ -53,7 +54,12 @@ def _text(series: pd.Series) -> pd.Series:
     """Labels as matched: lower case, without apostrophes, spaces and hyphens between words read as
     one underscore (``Baker's cyst`` and ``See doctor soon`` are ``bakers_cyst`` and
     ``see_doctor_soon``), as the report names them and as column names are matched."""
-    text = series.astype("string").fillna("").str.strip().str.lower().str.replace("['\u2019]", "", regex=True)
+    text = series.astype("string").fillna("")
+    # a zero-width space after "osteoarthritis" was "not a condition" (each distinct label made visible once)
+    codes, uniques = pd.factorize(text)
+    text = pd.Series(pd.array([visible(u) for u in uniques], dtype="string").take(codes) if len(uniques) else text,
+                     index=series.index)
+    text = text.str.strip().str.lower().str.replace("['\u2019]", "", regex=True)
     return text.str.replace(BETWEEN_WORDS, "_", regex=True)
 
 
