@@ -133,11 +133,16 @@ def _conformal_metrics(proba: np.ndarray, oracle: np.ndarray | None, y: np.ndarr
     return out
 
 
+def shown_sets(differential: pd.Series) -> np.ndarray:
+    """(n, n_conditions) bool: the conditions of each ``differential`` column's value, as shown."""
+    shown = differential.str.get_dummies(sep="|").reindex(columns=list(CONDITIONS), fill_value=0)
+    return shown.to_numpy(dtype=bool)
+
+
 def _shown_metrics(columns: pd.DataFrame, y: np.ndarray, conformal_size: float) -> dict[str, float]:
     """Coverage and size of the differential as shown (the conformal set, with the condition that
     drives an expected-cost level added where the set lacks it), and how often one was added."""
-    shown = columns["differential"].str.get_dummies(sep="|").reindex(columns=list(CONDITIONS), fill_value=0)
-    shown = shown.to_numpy(dtype=bool)
+    shown = shown_sets(columns["differential"])
     size = shown.sum(axis=1)
     return {"coverage": _rate(shown[np.arange(len(y)), y]), "mean_set_size": float(size.mean()),
             "added_rate": float(size.mean() - conformal_size)}

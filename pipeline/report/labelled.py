@@ -26,7 +26,8 @@ from pipeline.data.datasets import labels
 from pipeline.data.fingerprints import FittedRows, case_fingerprints
 from pipeline.data.real import REFERENCE_COLUMN, rejects_csv, validate_labelled
 from pipeline.decision.conformal import prediction_sets
-from pipeline.report.decision_metrics import evaluate_decision, figure, measured
+from pipeline.decision.layer import decision_columns
+from pipeline.report.decision_metrics import evaluate_decision, figure, measured, shown_sets
 from pipeline.report.evaluate import N_BINS, evaluate_split
 from pipeline.report.intervals import LEVEL, MIN_BOOTSTRAP_CASES, bootstrap_interval, calibrated_range, wilson_interval
 from pipeline.serve.guard import signals_deferred
@@ -192,8 +193,12 @@ def _decision_figures(model: LoadedModel, parsed: ParsedCases, arrays: dict[str,
             raise ValueError(f"a rate of {rate!r} is no share of {n_of} cases")
         return {"value": rate, "ci": wilson_interval(k, n_of), "n": n_of}
 
-    sets = prediction_sets(proba, parsed.codes, model.decision.conformal)
-    sizes = sets.sum(axis=1)
+    # the differential as the `differential` column shows it (the conformal set with the condition
+    # that drives the level added), and the conformal set alone, whose target the coverage is for
+    assert model.kb is not None  # set together with the decision layer
+    shown = shown_sets(pd.Series(decision_columns(model.decision, model.kb, parsed, proba,
+                                                  columns=["differential"])["differential"]))
+    sizes, conformal = shown.sum(axis=1), prediction_sets(proba, parsed.codes, model.decision.conformal).sum(axis=1)
     return {
         "triage": {"reference": f"{REFERENCE_COLUMN} where given ({int((reference >= 0).sum())} rows), else the "
                                 "triage config's level for the true condition raised by any red flag or screen rule "
@@ -205,10 +210,12 @@ def _decision_figures(model: LoadedModel, parsed: ParsedCases, arrays: dict[str,
                    "over_triage_emergency_rate": ci(t["over_triage_emergency_rate"], n),
                    "safe_advice_rate": ci(t["safe_advice_rate"], n), "exact_level_rate": ci(t["exact_rate"], n),
                    "level_shares": t["level_shares"], "n_dvt": dvt},
-        "differential": {"target": c["target"], "coverage": ci(c["coverage"], n),
+        "differential": {"coverage": ci(c["shown"]["coverage"], n),
                          "mean_set_size": {"value": float(sizes.mean()),
                                            "ci": boot(lambda i: float(sizes[i].mean()), ceiling=float(len(CONDITIONS)))},
-                         "per_condition_coverage": c["per_class_coverage"]},
+                         "conformal_set": {"target": c["target"], "coverage": ci(c["coverage"], n),
+                                           "mean_set_size": float(conformal.mean()),
+                                           "per_condition_coverage": c["per_class_coverage"]}},
         "atypical": {"flag_rate": ci(a["flag_rate"], n)},
     }
 
@@ -283,7 +290,7 @@ def format_labelled(metrics: dict[str, Any]) -> str:
         lines += [f"  {label:<24}{with_interval(r['value'], r['ci'])}  (n={r['n']})" for label, r in (
             ("DVT urgent or sooner", t["dvt_urgent_rate"]), ("safe advice", t["safe_advice_rate"]),
             ("non-DVT to emergency", t["non_dvt_emergency_rate"]),
-            ("over-triage: emergency", t["over_triage_emergency_rate"]), ("set coverage", d["coverage"]),
+            ("over-triage: emergency", t["over_triage_emergency_rate"]), ("differential coverage", d["coverage"]),
             ("atypical flagged", m["atypical"]["flag_rate"]))]
     if m["top_reject_reasons"]:
         lines += ["Top reasons for rejected rows:"] + [f"  {n:>6,}  {r}" for r, n in m["top_reject_reasons"].items()]
@@ -328,7 +335,10 @@ def _report_markdown(metrics: dict[str, Any], source: str, plots: list[Path]) ->
                          ("sent to emergency, the reference lower (over-triage)",
                           m["triage"]["over_triage_emergency_rate"]),
                          ("safe advice (at least the reference level)", m["triage"]["safe_advice_rate"]),
-                         ("differential set holds the true condition", m["differential"]["coverage"]),
+                         ("the differential shown holds the true condition", m["differential"]["coverage"]),
+                         ("its conformal set alone holds it (target "
+                          f"{m['differential']['conformal_set']['target']:.0%})",
+                          m["differential"]["conformal_set"]["coverage"]),
                          ("atypical flagged", m["atypical"]["flag_rate"])):
             lines.append(f"| {label} | {figure(r['value'], '.3f')} | {_between(r['ci'], '.3f')} | {r['n']} |")
     if plots:
