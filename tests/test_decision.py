@@ -108,12 +108,13 @@ def test_the_differential_holds_the_condition_an_expected_cost_level_is_for(cfg)
 
 
 def test_an_expected_cost_level_is_for_the_condition_whose_cost_it_lowers_most_or_the_flag_shown(trained):
-    """A cramp-like case sent within a day or two by the cost: a 1.2% chance of DVT sets that level
-    (within a day or two saves the clot 170 units against the coming days, the ligament 3), yet the
-    advice named a 3.2% ACL injury "which this level is for", and no clot (82 of 20,000 `test`
-    cases; 2,617 with most answers blank). And where a swollen calf's red flag ("it can be a clot")
-    is the reason shown at the level the cost gave, the clot is what the level is for, not a more
-    likely ACL injury that saves less (64 `test` cases: the clot in neither advice nor differential)."""
+    """An urgent level is for what makes it urgent. A cramp-like case sent within a day or two by
+    the cost: a 1.2% chance of DVT sets that level (within a day or two saves the clot 170 units
+    against the coming days, the ligament 3), yet the advice named a 3.2% ACL injury "which this
+    level is for", and no clot (82 of 20,000 `test` cases; 2,617 with most answers blank). And
+    where a swollen calf's red flag ("it can be a clot") is the reason shown at the level the cost
+    gave, the clot is what the level is for, not a more likely ACL injury that saves less (64
+    `test` cases: the clot in neither advice nor differential)."""
     from pipeline.serve.predict import get_model
 
     model = get_model(trained[0])
@@ -129,6 +130,14 @@ def test_an_expected_cost_level_is_for_the_condition_whose_cost_it_lowers_most_o
     assert list(columns["triage_reason"]) == ["expected_cost", "red_flag:swollen_calf_or_leg"]
     assert list(columns["advice"]) == ["see_doctor_soon:leg_cramp+dvt", "see_doctor_soon:leg_cramp+dvt"]
     assert all("dvt" in d.split("|") for d in columns["differential"])
+    # a visit in the coming days is for the most probable condition that calls for it: a 0.5% clot
+    # would save the most there (1 unit against the cyst's 0.7), but is no reason to wait for days
+    runner, cyst = CONDITIONS.index("runners_knee"), CONDITIONS.index("bakers_cyst")
+    routine = np.zeros((1, len(CONDITIONS)))
+    routine[0, [runner, cyst, dvt]] = 0.645, 0.35, 0.005
+    _, driver = driving_condition(routine, np.array([LEVELS.index("see_doctor")]), np.array([0]),
+                                  model.decision.config)
+    assert driver.tolist() == [cyst]
     # where the likely condition calls for the level itself, it is the one the level is for
     proba[0, [cramp, acl]] = proba[0, [acl, cramp]]
     _, driver = driving_condition(proba[:1], np.array([LEVELS.index("see_doctor_soon")]), np.array([0]),

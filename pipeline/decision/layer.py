@@ -97,8 +97,9 @@ DECISION_COLUMN_DOCS = {
     "advice": "what to do: the level's instruction; first, where the most likely condition does not call for that "
               "level (for a same day softened because it rests on unanswered questions: does not call for the same "
               "day), the less likely condition an expected-cost level or a red flag is for (of an expected-cost "
-              "level, the red flag's condition where one at that level is shown as the reason, else the condition "
-              "whose expected cost the level lowers most against the level below), with its advice (a DVT "
+              "level, the red flag's condition where one at that level is shown as the reason, else at an urgent level "
+              "the condition whose expected cost the level lowers most against the level below, at a visit in the "
+              "coming days the most likely that calls for it), with its advice (a DVT "
               "that cannot be ruled out, most often); then advice for the most likely condition (beside a "
               "condition that calls for the same day, for once that one is ruled out: a cramp's stretching is "
               "not for a leg that may hold a clot); where a screen "
@@ -260,6 +261,7 @@ def fit_decision_on(model, kb: KnowledgeBase, calib: pd.DataFrame, config: Triag
 
 
 _EMERGENCY = LEVELS.index("emergency")
+_URGENT = LEVELS.index("see_doctor_soon")  # from here up a level is urgent: within a day or two, the same day
 
 
 def driving_condition(proba: np.ndarray, level: np.ndarray, reason: np.ndarray, cfg: TriageConfig,
@@ -272,10 +274,13 @@ def driving_condition(proba: np.ndarray, level: np.ndarray, reason: np.ndarray, 
     (``cfg.right_level``) of the most likely condition: a 7% chance of DVT makes the same day the
     cheapest for a case that is most likely a Baker's cyst. The level it needs is the case's level
     (the same day, for a softened one); the condition is the most likely one where its right level
-    reaches it, else the one, among those whose right level does, whose expected cost the level
-    lowers most against the level below it (its probability times the cost it saves): a 1% chance
-    of DVT, not a 3% chance of an ACL injury, keeps a cramp-like case within a day or two (the clot
-    saves 170 units there, the ligament 3), where the ligament, the more probable, was named
+    reaches it, else, at an urgent level (within a day or two, the same day), the one among those
+    whose right level reaches it whose expected cost the level lowers most against the level below
+    it (its probability times the cost it saves): a 1% chance of DVT, not a 3% chance of an ACL
+    injury, keeps a cramp-like case within a day or two (the clot saves 170 units there, the
+    ligament 3), where the ligament, the more probable, was named. A visit in the coming days is
+    for the most probable one that calls for it: there a clot of 0.4% would save the most, but it
+    is no reason to see a doctor in days rather than today, and its line is in the safety net
     (-1 where the level is not an expected-cost one, or no condition reaches it). A level
     raised by a red flag with a ``condition`` is for that condition, however unlikely the model
     finds it (a swollen, tender calf after surgery is a DVT to rule out the same day); so is one
@@ -288,7 +293,7 @@ def driving_condition(proba: np.ndarray, level: np.ndarray, reason: np.ndarray, 
     needed = np.where(reason == SOFTENED_REASON, _EMERGENCY, level.astype(np.int64))
     reaches = right[None, :] >= needed[:, None]
     costs = cost_matrix(cfg).T  # (n_levels, n_conditions)
-    saved = np.where((needed > 0)[:, None], costs[np.maximum(needed - 1, 0)] - costs[needed], 1.0)
+    saved = np.where((needed >= _URGENT)[:, None], costs[np.maximum(needed - 1, 0)] - costs[needed], 1.0)
     driver = np.where(reaches, proba * saved, -1.0).argmax(axis=1)
     if fires is None:
         fires = reason[:, None] == FIRST_RULE_REASON + np.arange(len(cfg.red_flags))[None, :]
