@@ -130,6 +130,24 @@ def test_an_expected_cost_level_is_for_the_condition_whose_cost_it_lowers_most_o
     assert list(columns["triage_reason"]) == ["expected_cost", "red_flag:swollen_calf_or_leg"]
     assert list(columns["advice"]) == ["see_doctor_soon:leg_cramp+dvt", "see_doctor_soon:leg_cramp+dvt"]
     assert all("dvt" in d.split("|") for d in columns["differential"])
+    # a torn ligament's red flag shown at the level the clot sets does not displace the clot from
+    # the advice (the review's case: the flag's condition took the advice, the clot left it); the
+    # ligament is in the differential beside it
+    ham, meniscus = CONDITIONS.index("hamstring_injury"), CONDITIONS.index("meniscus_tear")
+    popped = {**base, "heard_pop": "yes", "giving_way": "yes", "knee_swelling": "yes", "leg_swelling": "no",
+              "calf_tenderness": "no"}
+    p = np.zeros((1, len(CONDITIONS)))
+    p[0, [ham, meniscus, acl, dvt]] = 0.61, 0.32, 0.03, 0.04
+    out = decision_columns(model.decision, model.kb, parse_cases(pd.DataFrame([popped])), p, codes=True)
+    assert (out["triage"][0], out["triage_reason"][0]) == ("see_doctor_soon", "red_flag:ligament_tear_signs")
+    assert out["advice"][0] == "see_doctor_soon:hamstring_injury+dvt"
+    assert {"dvt", "acl_injury"} <= set(out["differential"][0].split("|"))
+    # but an ACL injury that holds the level without the clot keeps its own advice
+    both = np.zeros((1, len(CONDITIONS)))
+    both[0, [cramp, acl, dvt]] = 0.55, 0.35, 0.01  # the clot saves 1.7 units, the ligament 1.05
+    _, driver = driving_condition(both, np.array([LEVELS.index("see_doctor_soon")]), np.array([0]),
+                                  model.decision.config)
+    assert driver.tolist() == [acl]
     # a visit in the coming days is for the most probable condition that calls for it: a 0.5% clot
     # would save the most there (1 unit against the cyst's 0.7), but is no reason to wait for days
     runner, cyst = CONDITIONS.index("runners_knee"), CONDITIONS.index("bakers_cyst")

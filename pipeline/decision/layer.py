@@ -22,7 +22,7 @@ from pipeline.core.schema import CONDITIONS, FIELDS
 from pipeline.core.textcols import lookup, text_array
 from pipeline.decision.atypical import fit_atypical, flag_atypical
 from pipeline.decision.conformal import blank_at_random, fit_conformal, format_sets, prediction_sets
-from pipeline.decision.costs import cost_matrix
+from pipeline.decision.costs import cost_levels, cost_matrix
 from pipeline.decision.safety import SafetyNet, pain_described
 from pipeline.decision.screen import named_rules, screen_names
 from pipeline.decision.triage import (
@@ -98,7 +98,8 @@ DECISION_COLUMN_DOCS = {
               "level (for a same day softened because it rests on unanswered questions: does not call for the same "
               "day), the less likely condition an expected-cost level or a red flag is for (of an expected-cost "
               "level, the red flag's condition where one at that level is shown as the reason, else at an urgent level "
-              "the condition whose expected cost the level lowers most against the level below, at a visit in the "
+              "the condition whose expected cost the level lowers most against the level below unless the most likely "
+              "that calls for the level holds it without that one, at a visit in the "
               "coming days the most likely that calls for it), with its advice (a DVT "
               "that cannot be ruled out, most often); then advice for the most likely condition (beside a "
               "condition that calls for the same day, for once that one is ruled out: a cramp's stretching is "
@@ -278,7 +279,10 @@ def driving_condition(proba: np.ndarray, level: np.ndarray, reason: np.ndarray, 
     whose right level reaches it whose expected cost the level lowers most against the level below
     it (its probability times the cost it saves): a 1% chance of DVT, not a 3% chance of an ACL
     injury, keeps a cramp-like case within a day or two (the clot saves 170 units there, the
-    ligament 3), where the ligament, the more probable, was named. A visit in the coming days is
+    ligament 3), where the ligament, the more probable, was named; but the most probable of them
+    still, where it holds the level without that one (the expected cost with its probability
+    alone taken out still reaching the level: an ACL injury of 35% beside a clot of 1% keeps its
+    own advice, which naming the clot had replaced). A visit in the coming days is
     for the most probable one that calls for it: there a clot of 0.4% would save the most, but it
     is no reason to see a doctor in days rather than today, and its line is in the safety net
     (-1 where the level is not an expected-cost one, or no condition reaches it). A level
@@ -287,14 +291,25 @@ def driving_condition(proba: np.ndarray, level: np.ndarray, reason: np.ndarray, 
     where such a flag fires at the level another rule shown gave (``fires``: which red flags fire,
     (n, n_red_flags); the first in the config's order names it; without it, only the flag the
     reason names is known to fire). Such a flag's condition is also the one an expected-cost level
-    is for where the likely one does not call for it and the flag's condition does: a swollen calf
-    shown as the reason ("it can be a clot") beside advice that named an ACL injury only."""
+    is for where the likely one does not call for it and the flag's condition calls for more than
+    the level: a swollen calf shown as the reason ("it can be a clot") beside advice that named an
+    ACL injury only, and a cramp's stretching not held until the clot is ruled out. (A flag whose
+    condition calls for the level itself, a torn ligament's, does not displace the clot that saves
+    the most; :func:`with_driving_condition` adds its condition to the differential.)"""
     right = right_levels(cfg)
     needed = np.where(reason == SOFTENED_REASON, _EMERGENCY, level.astype(np.int64))
     reaches = right[None, :] >= needed[:, None]
     costs = cost_matrix(cfg).T  # (n_levels, n_conditions)
     saved = np.where((needed >= _URGENT)[:, None], costs[np.maximum(needed - 1, 0)] - costs[needed], 1.0)
-    driver = np.where(reaches, proba * saved, -1.0).argmax(axis=1)
+    weight = np.where(reaches, proba * np.maximum(saved, 0.0), -1.0)  # (a config's costs may not fall to a
+    probable = np.where(reaches, proba, -1.0).argmax(axis=1)  # condition's right level: no saving is negative)
+    driver = np.where(weight.max(axis=1) > 0, weight.argmax(axis=1), probable)
+    other = np.flatnonzero(driver != probable)
+    if len(other):  # the most probable stands where the level holds without the one that saves the most
+        without = proba[other].copy()
+        without[np.arange(len(other)), driver[other]] = 0.0
+        holds = cost_levels(cfg, without) >= needed[other]
+        driver[other[holds]] = probable[other[holds]]
     if fires is None:
         fires = reason[:, None] == FIRST_RULE_REASON + np.arange(len(cfg.red_flags))[None, :]
     flagged = np.full(len(level), -1, dtype=np.int64)
@@ -304,8 +319,8 @@ def driving_condition(proba: np.ndarray, level: np.ndarray, reason: np.ndarray, 
             flagged[fires[:, i] & (level == LEVELS.index(flag.level))] = CONDITIONS.index(flag.condition)
     likely = proba.argmax(axis=1)
     own = reaches[np.arange(len(likely)), likely]
-    flag_reaches = (flagged >= 0) & (right[np.maximum(flagged, 0)] >= needed)
-    driver = np.where(own, likely, np.where(flag_reaches, flagged, driver))
+    flag_above = (flagged >= 0) & (right[np.maximum(flagged, 0)] > needed)
+    driver = np.where(own, likely, np.where(flag_above, flagged, driver))
     driver[~(((reason == COST_REASON) | (reason == SOFTENED_REASON)) & reaches.any(axis=1))] = -1
     return needed, np.where(driver < 0, flagged, driver)
 
@@ -334,23 +349,26 @@ def named_condition(likely: np.ndarray, needed: np.ndarray, driver: np.ndarray, 
 
 def with_driving_condition(sets: np.ndarray, proba: np.ndarray, level: np.ndarray, reason: np.ndarray,
                            cfg: TriageConfig, *, driving: tuple[np.ndarray, np.ndarray] | None = None,
-                           named: np.ndarray | None = None) -> np.ndarray:
+                           named: np.ndarray | None = None, flagged: np.ndarray | None = None) -> np.ndarray:
     """The differential ``sets`` (n, K) with the condition that drives an expected-cost level
     (:func:`driving_condition`) added where the set holds none whose right level reaches the level
     it needs, or where the advice names it (the most likely condition does not call for the
     level), so the conditions shown include the one the level is for (``driving``: that
     function's result, if the caller has it); and with the condition the advice names beside the
     likely one (``named``: :func:`named_condition`, -1 for none), which for the red flag shown as
-    the reason may be another."""
+    the reason may be another; and with the condition of the red flag shown as the reason
+    (``flagged``: :func:`shown_flag_condition`), which a condition that saves more may have
+    displaced from the advice (a torn ligament's beside a clot)."""
     needed, driver = driving_condition(proba, level, reason, cfg) if driving is None else driving
     right, likely = right_levels(cfg), proba.argmax(axis=1)
     shown = np.where(sets, right[None, :], -1).max(axis=1)
     lacking = np.flatnonzero((driver >= 0) & ((shown < needed) | (right[likely] < needed)))
     sets = sets.copy()
     sets[lacking, driver[lacking]] = True
-    if named is not None:  # the condition the advice names (the driver where lacking, as above)
-        rows = np.flatnonzero(named >= 0)
-        sets[rows, named[rows]] = True
+    for extra in (named, flagged):  # the condition the advice names (the driver where lacking, as above),
+        if extra is not None:  # and the shown red flag's
+            rows = np.flatnonzero(extra >= 0)
+            sets[rows, extra[rows]] = True
     return sets
 
 
@@ -408,7 +426,8 @@ def decision_columns(decision: Decision, kb: KnowledgeBase, parsed: ParsedCases,
         """(n, K) the conditions shown: the prediction set with the one the level is for."""
         level, _, basis = triage()
         return with_driving_condition(prediction_sets(proba, parsed.codes, decision.conformal), proba, level, basis,
-                                      cfg, driving=driving(), named=beside())
+                                      cfg, driving=driving(), named=beside(),
+                                      flagged=shown_flag_condition(triage()[1], cfg))
 
     @cache
     def beside() -> np.ndarray:
