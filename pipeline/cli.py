@@ -612,7 +612,7 @@ def _score(args: argparse.Namespace) -> int:
                          f"{FLOAT_DIGITS} or more (or leave it out).")
     if args.engine != "dask" and args.output != "-":  # the files a job writes besides the output
         from pipeline.serve.batch import check_target, texts_lookup
-        from pipeline.serve.guard import refuse_shared_outputs
+        from pipeline.serve.guard import refuse_shared_outputs, written_path
 
         output = Path(args.output)
         # the files written after the output (score_files checks its rejects file and texts lookup):
@@ -621,8 +621,8 @@ def _score(args: argparse.Namespace) -> int:
         refuse_shared_outputs([("output", output), ("rejects file", _rejects_path(args)),
                                ("texts lookup", texts_lookup(output)), *((what, path) for what, path, _ in after)])
         check_target(output, "output")  # the output's own problem first (its folder is theirs too)
-        for what, path, make_folders in after:
-            check_target(path, what, make_folders=make_folders)
+        for what, path, make_folders in after:  # as each is written: through a link, to the file it names
+            check_target(written_path(path, what), what, make_folders=make_folders)
     warn = lambda m: print(f"kneepain score: warning: {m}", file=sys.stderr)
     options = _score_options(args)
     # given at all, whatever the value (--float-digits 0, --columns '', --top-k 3)

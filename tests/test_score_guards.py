@@ -218,6 +218,11 @@ def test_the_report_and_the_case_mix_are_written_through_a_link_as_the_output_is
     for name, target in links.items():
         assert (tmp_path / name).is_symlink(), name
         assert "an earlier run's" not in (tmp_path / "real" / target).read_text(), name
+    # the file a link names is checked before any row is read, as the output's is: a link into a
+    # folder that does not exist failed with a bare "[Errno 2]" once the output was written
+    (tmp_path / "out2.csv.priors.json").symlink_to(tmp_path / "nowhere" / "mix.json")
+    assert _score(src, tmp_path / "out2.csv", models, "--adapt-priors") == 2
+    assert not (tmp_path / "out2.csv").exists()
 
 
 @pytest.mark.parametrize("loop", ["itself", "two links"])

@@ -1035,15 +1035,16 @@ def test_a_folder_parquet_named_csv_headerless_or_semicolon_csv_are_named_for_wh
     body = (tmp_path / "semicolons.csv").read_text().replace(";", ",")
     (tmp_path / "titled.csv").write_text("Export from system X,,,\n" + body)
     (tmp_path / "titled2.csv").write_text("Patient export 2024-01-01\n" + body)
+    (tmp_path / "titled3.csv").write_text(",,,\n" + body)  # was "the file is empty (no header line)"
     for given, message in [(tmp_path / "cases.csv", "is a Parquet file, not CSV text (by its first bytes); give it a "
                                                      ".parquet name."),
                            (tmp_path / "headerless.csv", f"the first line, {first_line[:60] + '...'!r}, names none of "
                                                          "the columns kneepain reads and holds values such as"),
                            *[(tmp_path / name, f"the first line, {title!r}, names none of the columns kneepain "
-                                               "reads, and the second names case_id, age, sex: the file looks to have "
+                                               "reads, and the next names case_id, age, sex: the file looks to have "
                                                "a title line above its header; remove the first line")
                              for name, title in [("titled.csv", "Export from system X,,,"),
-                                                 ("titled2.csv", "Patient export 2024-01-01")]],
+                                                 ("titled2.csv", "Patient export 2024-01-01"), ("titled3.csv", ",,,")]],
                            (tmp_path / "exports", "is a folder; give the CSV or Parquet files in it"),
                            # was Arrow's words alone, "Parquet magic bytes not found in footer"
                            (tmp_path / "export.parquet", "is text, not Parquet (by its first bytes); if it is CSV, "

@@ -166,7 +166,7 @@ def _title_above(path: Path, start: int, names: Sequence[str]) -> BatchInputErro
     if not named:
         return None
     return BatchInputError(f"{path}: the first line, {_clip(','.join(names))!r}, names none of the columns kneepain "
-                           f"reads, and the second names {', '.join(named[:3])}{', ...' if len(named) > 3 else ''}: "
+                           f"reads, and the next names {', '.join(named[:3])}{', ...' if len(named) > 3 else ''}: "
                            "the file looks to have a title line above its header; remove the first line (the header "
                            "must be the file's first line).")
 
@@ -300,11 +300,11 @@ def _csv_header(path: Path) -> tuple[list[str], int]:
         raise BatchInputError(f"{path}: cannot read the header: {err}.") from err
     except OSError as err:
         raise BatchInputError(f"{path}: cannot read: {err.strerror or err}.") from err
+    if header and (title := _title_above(path, skipped + len(raw), header)) is not None:
+        raise title  # (a first row of empty cells above the header too)
     if not header or all(not h.strip() for h in header):
         raise BatchInputError(f"{path}: the file is empty (no header line); expected a CSV header with at least "
                               "the required columns age and sex.")
-    if (title := _title_above(path, skipped + len(raw), header)) is not None:
-        raise title
     if (headerless := _headerless(path, header)) is not None:
         raise headerless
     check_columns(header, str(path))

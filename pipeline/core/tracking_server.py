@@ -37,8 +37,10 @@ def tracking_uri() -> str:
 
 def check_reachable(uri: str, timeout: float = CONNECT_TIMEOUT_SECONDS) -> None:
     """Raise :class:`TrackingServerError` when ``uri`` is an ``http(s)://`` tracking server that
-    accepts no TCP connection within ``timeout`` seconds; any other URI (a local store, a
-    ``databricks`` profile) or a server behind a proxy passes unchecked."""
+    accepts no TCP connection within ``timeout`` seconds, gives no HTTP answer to one request of
+    MLflow's REST API, or answers it with a server error (5xx); any other URI (a local store, a
+    ``databricks`` profile) or a server behind a proxy passes unchecked, as does one whose TLS
+    handshake needs more than this check sends (a client certificate)."""
     parts = urlsplit(uri)
     if parts.scheme not in ("http", "https"):
         return
@@ -64,6 +66,8 @@ def check_reachable(uri: str, timeout: float = CONNECT_TIMEOUT_SECONDS) -> None:
         connection.request("GET", f"{parts.path.rstrip('/')}/api/2.0/mlflow/experiments/get-by-name"
                                   "?experiment_name=Default")
         status = connection.getresponse().status
+    except ssl.SSLError:  # it answers TLS but asks more of the handshake (a client certificate, MLflow's
+        return  # MLFLOW_TRACKING_CLIENT_CERT_PATH): a server that answers, left to MLflow
     except (OSError, http.client.HTTPException) as err:
         raise _unreachable(uri, f"no HTTP answer ({str(err) or type(err).__name__})") from None
     finally:

@@ -198,7 +198,8 @@ def _decision_figures(model: LoadedModel, parsed: ParsedCases, arrays: dict[str,
     assert model.kb is not None  # set together with the decision layer
     shown = shown_sets(pd.Series(decision_columns(model.decision, model.kb, parsed, proba,
                                                   columns=["differential"])["differential"]))
-    sizes, conformal = shown.sum(axis=1), prediction_sets(proba, parsed.codes, model.decision.conformal).sum(axis=1)
+    shown_sizes = shown.sum(axis=1)
+    sizes = prediction_sets(proba, parsed.codes, model.decision.conformal).sum(axis=1)
     return {
         "triage": {"reference": f"{REFERENCE_COLUMN} where given ({int((reference >= 0).sum())} rows), else the "
                                 "triage config's level for the true condition raised by any red flag or screen rule "
@@ -210,12 +211,16 @@ def _decision_figures(model: LoadedModel, parsed: ParsedCases, arrays: dict[str,
                    "over_triage_emergency_rate": ci(t["over_triage_emergency_rate"], n),
                    "safe_advice_rate": ci(t["safe_advice_rate"], n), "exact_level_rate": ci(t["exact_rate"], n),
                    "level_shares": t["level_shares"], "n_dvt": dvt},
-        "differential": {"coverage": ci(c["shown"]["coverage"], n),
+        # the conformal set's figures under their earlier names (its target is for them), and the
+        # differential as shown beside them
+        "differential": {"target": c["target"], "coverage": ci(c["coverage"], n),
                          "mean_set_size": {"value": float(sizes.mean()),
                                            "ci": boot(lambda i: float(sizes[i].mean()), ceiling=float(len(CONDITIONS)))},
-                         "conformal_set": {"target": c["target"], "coverage": ci(c["coverage"], n),
-                                           "mean_set_size": float(conformal.mean()),
-                                           "per_condition_coverage": c["per_class_coverage"]}},
+                         "per_condition_coverage": c["per_class_coverage"],
+                         "shown": {"coverage": ci(c["shown"]["coverage"], n),
+                                   "mean_set_size": {"value": float(shown_sizes.mean()),
+                                                     "ci": boot(lambda i: float(shown_sizes[i].mean()),
+                                                                ceiling=float(len(CONDITIONS)))}}},
         "atypical": {"flag_rate": ci(a["flag_rate"], n)},
     }
 
@@ -290,7 +295,8 @@ def format_labelled(metrics: dict[str, Any]) -> str:
         lines += [f"  {label:<24}{with_interval(r['value'], r['ci'])}  (n={r['n']})" for label, r in (
             ("DVT urgent or sooner", t["dvt_urgent_rate"]), ("safe advice", t["safe_advice_rate"]),
             ("non-DVT to emergency", t["non_dvt_emergency_rate"]),
-            ("over-triage: emergency", t["over_triage_emergency_rate"]), ("differential coverage", d["coverage"]),
+            ("over-triage: emergency", t["over_triage_emergency_rate"]),
+            ("differential coverage", d["shown"]["coverage"]),
             ("atypical flagged", m["atypical"]["flag_rate"]))]
     if m["top_reject_reasons"]:
         lines += ["Top reasons for rejected rows:"] + [f"  {n:>6,}  {r}" for r, n in m["top_reject_reasons"].items()]
@@ -335,10 +341,9 @@ def _report_markdown(metrics: dict[str, Any], source: str, plots: list[Path]) ->
                          ("sent to emergency, the reference lower (over-triage)",
                           m["triage"]["over_triage_emergency_rate"]),
                          ("safe advice (at least the reference level)", m["triage"]["safe_advice_rate"]),
-                         ("the differential shown holds the true condition", m["differential"]["coverage"]),
-                         ("its conformal set alone holds it (target "
-                          f"{m['differential']['conformal_set']['target']:.0%})",
-                          m["differential"]["conformal_set"]["coverage"]),
+                         ("the differential shown holds the true condition", m["differential"]["shown"]["coverage"]),
+                         (f"its conformal set alone holds it (target {m['differential']['target']:.0%})",
+                          m["differential"]["coverage"]),
                          ("atypical flagged", m["atypical"]["flag_rate"])):
             lines.append(f"| {label} | {figure(r['value'], '.3f')} | {_between(r['ci'], '.3f')} | {r['n']} |")
     if plots:
