@@ -59,9 +59,13 @@ def check_reachable(uri: str, timeout: float = CONNECT_TIMEOUT_SECONDS) -> None:
     # one request of the REST API: any answer but a server error (a 404 for the experiment, a 401
     # without the credentials MLflow would send) shows a server that answers; what is sent is no
     # secret, so an https certificate is not checked here (MLflow checks it as it is configured to)
-    connection = (http.client.HTTPSConnection(parts.hostname, port, timeout=timeout,
-                                              context=ssl._create_unverified_context())
-                  if parts.scheme == "https" else http.client.HTTPConnection(parts.hostname, port, timeout=timeout))
+    if parts.scheme == "https":
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        connection: http.client.HTTPConnection = http.client.HTTPSConnection(parts.hostname, port, timeout=timeout,
+                                                                              context=context)
+    else:
+        connection = http.client.HTTPConnection(parts.hostname, port, timeout=timeout)
     try:
         connection.request("GET", f"{parts.path.rstrip('/')}/api/2.0/mlflow/experiments/get-by-name"
                                   "?experiment_name=Default")

@@ -426,8 +426,12 @@ def decision_columns(decision: Decision, kb: KnowledgeBase, parsed: ParsedCases,
         """(n, K) the conditions shown: the prediction set with the one the level is for."""
         level, _, basis = triage()
         return with_driving_condition(prediction_sets(proba, parsed.codes, decision.conformal), proba, level, basis,
-                                      cfg, driving=driving(), named=beside(),
-                                      flagged=shown_flag_condition(triage()[1], cfg))
+                                      cfg, driving=driving(), named=beside(), flagged=flag_shown())
+
+    @cache
+    def flag_shown() -> np.ndarray:
+        """Per case, the condition of the red flag shown as its reason (-1: none)."""
+        return shown_flag_condition(triage()[1], cfg)
 
     @cache
     def beside() -> np.ndarray:
@@ -435,8 +439,7 @@ def decision_columns(decision: Decision, kb: KnowledgeBase, parsed: ParsedCases,
         level is for where the likely one does not call for it, or the condition of the red flag
         shown as the reason where that calls for more (:func:`named_condition`)."""
         needed, driver = driving()
-        return named_condition(proba.argmax(axis=1), needed, driver, shown_flag_condition(triage()[1], cfg),
-                               right_levels(cfg))
+        return named_condition(proba.argmax(axis=1), needed, driver, flag_shown(), right_levels(cfg))
 
     @cache
     def pain_undescribed() -> np.ndarray:
