@@ -447,6 +447,8 @@ def test_a_server_that_answers_with_server_errors_is_refused_before_any_work(sta
         with pytest.raises(TrackingServerError, match=rf"at {uri} \(MLFLOW_TRACKING_URI\): it answers a request of "
                                                       rf"MLflow's REST API with HTTP {status}, a server error"):
             check_reachable(uri)
+        if status != 500:  # the command's refusal once, for the commonest
+            return
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
         models, _ = trained
         labelled = tmp_path / "labelled.csv"
