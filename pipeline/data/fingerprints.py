@@ -64,6 +64,12 @@ def case_fingerprints(parsed: ParsedCases, condition: np.ndarray) -> np.ndarray:
     return h
 
 
+def _split_fingerprints(path: Path) -> np.ndarray:
+    """The fingerprints of the rows of a labelled split's Parquet file."""
+    frame = pd.read_parquet(path)
+    return case_fingerprints(parse_cases(frame), labels(frame))
+
+
 class FittedRows(NamedTuple):
     """:func:`fitted_fingerprints`' result."""
 
@@ -85,8 +91,7 @@ def fitted_fingerprints(manifest: dict[str, Any], data: Path) -> FittedRows:
         if name not in FITTED_SPLITS or not path.is_file() or sha256_file(path) != digest:
             not_found.append(name)
             continue
-        frame = pd.read_parquet(path)
-        parts.append(case_fingerprints(parse_cases(frame), labels(frame)))
+        parts.append(_split_fingerprints(path))
         found.append(name)
     fingerprints = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
     return FittedRows(fingerprints, found, not_found, str(data))
@@ -102,6 +107,5 @@ def held_out_matches(parsed: ParsedCases, condition: np.ndarray, data: Path) -> 
         path = Path(data) / f"{name}.parquet"
         if not path.is_file():
             continue
-        frame = pd.read_parquet(path)
-        found[(found == "") & np.isin(mine, case_fingerprints(parse_cases(frame), labels(frame)))] = name
+        found[(found == "") & np.isin(mine, _split_fingerprints(path))] = name
     return found

@@ -10,7 +10,7 @@ from pipeline.core.blas import dot_exact_columns
 from pipeline.core.config import LEVELS, TriageConfig
 from pipeline.core.schema import CONDITIONS
 
-__all__ = ["cost_levels", "cost_levels_of_columns", "cost_matrix", "right_levels"]
+__all__ = ["cost_levels", "cost_levels_of_columns", "cost_matrix", "costs_by_level", "right_levels"]
 
 
 def right_levels(cfg: TriageConfig) -> np.ndarray:
@@ -30,7 +30,7 @@ def cost_levels(cfg: TriageConfig, proba: np.ndarray) -> np.ndarray:
 
 def cost_levels_of_columns(cfg: TriageConfig, columns: np.ndarray) -> np.ndarray:
     """:func:`cost_levels` of probabilities given by condition, ``proba.T`` (n_conditions, n)."""
-    expected = dot_exact_columns(columns, _costs_by_level(cfg))  # (n_levels, n): no BLAS, the same level in every process
+    expected = dot_exact_columns(columns, costs_by_level(cfg))  # (n_levels, n): no BLAS, the same level in every process
     # from the most urgent level down, a level replaces the best so far only if strictly cheaper
     # (np.argmin over four columns per row took three times as long)
     level = np.full(expected.shape[1], len(LEVELS) - 1, dtype=np.int8)
@@ -48,7 +48,7 @@ def cost_levels_of_columns(cfg: TriageConfig, columns: np.ndarray) -> np.ndarray
 _BY_CONFIG: dict[int, np.ndarray] = {}
 
 
-def _costs_by_level(cfg: TriageConfig) -> np.ndarray:
+def costs_by_level(cfg: TriageConfig) -> np.ndarray:
     """``cost_matrix(cfg).T`` (n_levels, n_conditions), made once per config object and dropped with it."""
     key = id(cfg)
     costs = _BY_CONFIG.get(key)

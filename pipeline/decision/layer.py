@@ -22,7 +22,7 @@ from pipeline.core.schema import CONDITIONS, FIELDS
 from pipeline.core.textcols import lookup, text_array
 from pipeline.decision.atypical import fit_atypical, flag_atypical
 from pipeline.decision.conformal import blank_at_random, fit_conformal, format_sets, prediction_sets
-from pipeline.decision.costs import cost_levels, cost_matrix
+from pipeline.decision.costs import cost_levels, costs_by_level
 from pipeline.decision.safety import SafetyNet, pain_described
 from pipeline.decision.screen import named_rules, screen_names
 from pipeline.decision.triage import (
@@ -299,12 +299,16 @@ def driving_condition(proba: np.ndarray, level: np.ndarray, reason: np.ndarray, 
     right = right_levels(cfg)
     needed = np.where(reason == SOFTENED_REASON, _EMERGENCY, level.astype(np.int64))
     reaches = right[None, :] >= needed[:, None]
-    costs = cost_matrix(cfg).T  # (n_levels, n_conditions)
+    costs = costs_by_level(cfg)  # (n_levels, n_conditions)
     saved = np.where((needed >= _URGENT)[:, None], costs[np.maximum(needed - 1, 0)] - costs[needed], 1.0)
     weight = np.where(reaches, proba * np.maximum(saved, 0.0), -1.0)  # (a config's costs may not fall to a
     probable = np.where(reaches, proba, -1.0).argmax(axis=1)  # condition's right level: no saving is negative)
     driver = np.where(weight.max(axis=1) > 0, weight.argmax(axis=1), probable)
-    other = np.flatnonzero(driver != probable)
+    likely = proba.argmax(axis=1)
+    own = reaches[np.arange(len(likely)), likely]
+    by_cost = ((reason == COST_REASON) | (reason == SOFTENED_REASON)) & reaches.any(axis=1)
+    # (only where the result is kept: not where the likely one calls for the level, nor off the cost)
+    other = np.flatnonzero((driver != probable) & ~own & by_cost)
     if len(other):  # the most probable stands where the level holds without the one that saves the most
         without = proba[other].copy()
         without[np.arange(len(other)), driver[other]] = 0.0
@@ -317,11 +321,9 @@ def driving_condition(proba: np.ndarray, level: np.ndarray, reason: np.ndarray, 
         flag = cfg.red_flags[i]
         if flag.condition is not None:
             flagged[fires[:, i] & (level == LEVELS.index(flag.level))] = CONDITIONS.index(flag.condition)
-    likely = proba.argmax(axis=1)
-    own = reaches[np.arange(len(likely)), likely]
     flag_above = (flagged >= 0) & (right[np.maximum(flagged, 0)] > needed)
     driver = np.where(own, likely, np.where(flag_above, flagged, driver))
-    driver[~(((reason == COST_REASON) | (reason == SOFTENED_REASON)) & reaches.any(axis=1))] = -1
+    driver[~by_cost] = -1
     return needed, np.where(driver < 0, flagged, driver)
 
 
