@@ -28,8 +28,11 @@ run: $(VENV) bytecode ## run the whole pipeline (dvc repro) on the embedded defa
 	$(BIN)/python -m pipeline.report.docs
 	$(BIN)/kneepain report
 
+# the suite runs in TEST_WORKERS processes (pytest-xdist), each test module in one of them, so that a
+# module's servers and fixtures start once; `make test TEST_WORKERS=0` runs it in this process alone
+TEST_WORKERS ?= 2
 test: $(VENV) bytecode ## run the test suite
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope
 
 lint: $(VENV) ## ruff, mypy and the import contracts (what CI runs before the tests)
 	$(BIN)/ruff check pipeline tests benchmarks notebooks/make_quickstart.py
