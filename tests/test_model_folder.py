@@ -227,6 +227,28 @@ def test_saved_models_load_without_pickle_and_give_the_same_probabilities(save, 
 
 
 @pytest.mark.parametrize("kind", ["logistic", "hgb"])
+def test_a_model_file_loading_would_refuse_for_its_size_is_not_saved_and_the_folder_is_kept(save, kind, cases, tmp_path,
+                                                                                          monkeypatch):
+    """Loading refuses a model folder's file over ``FOLDER_FILE_MAX_BYTES``; saving wrote one all
+    the same (and first removed the folder's checksums, so the model there before could no longer
+    be loaded either). It is refused before the folder is touched."""
+    from pipeline.model import integrity
+
+    estimator = _fit(kind, cases)
+    save(estimator, tmp_path / "m", {"note": "before"})
+    before = {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir()}
+    name = "model.skops" if kind == "hgb" else "model.json"
+    limit = len(before[name]) - 1
+    monkeypatch.setattr(integrity, "FOLDER_FILE_MAX_BYTES", limit)
+    with pytest.raises(ModelIntegrityError, match=re.escape(f"its {name} would be {limit + 1:,} bytes, over the "
+                                                            f"{limit:,} a model folder's file may be")):
+        save(estimator, tmp_path / "m", {"note": "after"})
+    assert {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir()} == before
+    monkeypatch.undo()
+    assert load_model(tmp_path / "m").manifest["note"] == "before"
+
+
+@pytest.mark.parametrize("kind", ["logistic", "hgb"])
 def test_a_model_saved_before_the_duration_hinges_loads_and_scores_as_fitted(save, kind, cases, tmp_path):
     """A model.json of version 1 (no `duration_knots_days`) and a skops featuriser without the
     attribute, as earlier versions wrote them, score with the features they were fitted on."""

@@ -25,14 +25,15 @@ from typing import Any
 import numpy as np
 
 from pipeline.core.errors import ModelIntegrityError
-from pipeline.core.files import load_json, write_bytes_atomic
+from pipeline.core.files import load_json
 from pipeline.core.schema import CONDITIONS, FIELDS
+from pipeline.model import integrity
 from pipeline.model.arrays import ACTIVATIONS, ArrayScorer, array_scorer
 from pipeline.model.codefeatures import CodeFeatures, checked_knots
 from pipeline.model.skopscheck import check_skops_archive, check_skops_model
 
-__all__ = ["ARRAYS_FILE", "SKOPS_FILE", "SKOPS_TRUSTED", "read_model_file", "scorer_from_dict", "scorer_to_dict",
-           "write_model_file"]
+__all__ = ["ARRAYS_FILE", "SKOPS_FILE", "SKOPS_TRUSTED", "model_file_bytes", "read_model_file", "scorer_from_dict",
+           "scorer_to_dict"]
 
 ARRAYS_FILE = "model.json"
 SKOPS_FILE = "model.skops"
@@ -130,29 +131,37 @@ def scorer_from_dict(data: dict[str, Any]) -> ArrayScorer:
                        beta=None if beta is None else float(beta), from_proba=from_proba)
 
 
-def write_model_file(estimator: Any, folder: Path) -> str:
-    """Write ``estimator`` into ``folder`` as :data:`ARRAYS_FILE` or :data:`SKOPS_FILE`; its file name.
+def model_file_bytes(estimator: Any) -> tuple[str, bytes]:
+    """``estimator`` as the file a model folder holds: its name (:data:`ARRAYS_FILE` or
+    :data:`SKOPS_FILE`) and its bytes, checked as loading checks them, so that no folder is
+    written that loading would refuse.
 
     Raises
     ------
     ModelIntegrityError
-        If the estimator is neither scorable from its arrays nor made only of trusted types.
+        If the estimator is neither scorable from its arrays nor made only of trusted types, or its
+        file would be larger than a model folder's file may be (``FOLDER_FILE_MAX_BYTES``).
     """
     scorer = array_scorer(estimator)
     if scorer is not None:
-        text = json.dumps(scorer_to_dict(scorer), separators=(",", ":"), allow_nan=False) + "\n"
-        write_bytes_atomic(folder / ARRAYS_FILE, text.encode("utf-8"))
-        return ARRAYS_FILE
-    import skops.io as sio
+        name = ARRAYS_FILE
+        data = (json.dumps(scorer_to_dict(scorer), separators=(",", ":"), allow_nan=False) + "\n").encode("utf-8")
+    else:
+        import skops.io as sio
 
-    data = sio.dumps(estimator)
-    untrusted = sorted(set(sio.get_untrusted_types(data=data)) - set(SKOPS_TRUSTED))
-    if untrusted:
-        raise ModelIntegrityError(f"cannot save a {type(estimator).__name__} safely: it needs the types {untrusted}, "
-                                  "which are not in pipeline.model.modelfile.SKOPS_TRUSTED.")
-    read_model_file(folder / SKOPS_FILE, data)  # loading's own checks: no folder is written that it would refuse
-    write_bytes_atomic(folder / SKOPS_FILE, data)
-    return SKOPS_FILE
+        name, data = SKOPS_FILE, sio.dumps(estimator)
+        untrusted = sorted(set(sio.get_untrusted_types(data=data)) - set(SKOPS_TRUSTED))
+        if untrusted:
+            raise ModelIntegrityError(f"cannot save a {type(estimator).__name__} safely: it needs the types {untrusted}, "
+                                      "which are not in pipeline.model.modelfile.SKOPS_TRUSTED.")
+    if len(data) > integrity.FOLDER_FILE_MAX_BYTES:
+        raise ModelIntegrityError(f"cannot save a {type(estimator).__name__}: its {name} would be {len(data):,} bytes, "
+                                  f"over the {integrity.FOLDER_FILE_MAX_BYTES:,} a model folder's file may be, so "
+                                  "loading would refuse it; train a smaller model (fewer or shallower trees, "
+                                  "smaller hidden layers).")
+    if name == SKOPS_FILE:
+        read_model_file(Path(name), data)  # loading's own checks on what skops would build
+    return name, data
 
 
 def read_model_file(path: Path, data: bytes) -> Any:

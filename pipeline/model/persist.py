@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.errors import ModelIntegrityError
-from pipeline.core.files import load_json, write_report_json, write_text_atomic
+from pipeline.core.files import load_json, write_bytes_atomic, write_report_json, write_text_atomic
 from pipeline.core.schema import CONDITIONS, SCHEMA_VERSION
 from pipeline.model.integrity import CHECKSUMS_FILE, seal_folder, verify_folder
 from pipeline.model.legacy import LEGACY_MODEL_FILE, load_legacy
-from pipeline.model.modelfile import ARRAYS_FILE, SKOPS_FILE, read_model_file, write_model_file
+from pipeline.model.modelfile import ARRAYS_FILE, SKOPS_FILE, model_file_bytes, read_model_file
 
 __all__ = ["KB_FILE", "MANIFEST_FILE", "ModelIntegrityError", "VerifiedModel", "holds_model", "library_versions",
            "load_estimator", "save_model", "update_manifest"]
@@ -57,10 +57,11 @@ def save_model(estimator: Any, out_dir: str | Path, manifest: dict, *, kb_path: 
         raise ValueError("manifest has no 'decision': a model folder is loaded only with its decision layer "
                          "(the triage, red flags and advice).")
     out_dir = Path(out_dir)
+    model_file, data = model_file_bytes(estimator)  # refused before the folder is touched
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / CHECKSUMS_FILE).unlink(missing_ok=True)  # the folder is not loadable until it is sealed again
     write_text_atomic(out_dir / KB_FILE, Path(kb_path).read_text(encoding="utf-8"))
-    model_file = write_model_file(estimator, out_dir)
+    write_bytes_atomic(out_dir / model_file, data)
     for other in (*_MODEL_FILES, LEGACY_MODEL_FILE):
         if other != model_file:
             (out_dir / other).unlink(missing_ok=True)

@@ -25,7 +25,7 @@ array, or a model marked as still being fitted, was scored without the checks be
 - each random generator (kept from fitting, never drawn from in scoring) has a state numpy can
   draw from within its words.
 
-:func:`pipeline.model.modelfile.write_model_file` runs the same check before writing, so no
+:func:`pipeline.model.modelfile.model_file_bytes` runs the same check before writing, so no
 folder is written that would be refused here.
 """
 
