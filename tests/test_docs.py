@@ -100,7 +100,8 @@ def test_figures_a_report_could_not_measure_read_n_a_in_the_readme_and_the_summa
 
 # flags of other tools that the documents show in their commands
 _OTHER_TOOLS_FLAGS = {"--backend-store-uri": "mlflow ui", "--env-manager": "mlflow models", "--gil": "py-spy",
-                      "--nthreads": "dask worker", "--only-changed": "dvc exp show", "--quick": "python -m benchmarks"}
+                      "--threads": "py-spy", "--nthreads": "dask worker", "--only-changed": "dvc exp show",
+                      "--quick": "python -m benchmarks"}
 
 
 def test_every_option_the_documents_name_is_one_the_command_line_has():
