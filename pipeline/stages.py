@@ -21,7 +21,15 @@ from pipeline.core.knowledge import KnowledgeBase, load_knowledge_base
 from pipeline.core.parsing import ignored_columns_message, parse_cases
 from pipeline.core.schema import CONDITIONS, ID_COLUMN, LABEL_COLUMN, LABELLED_COLUMNS
 from pipeline.core.tracking_server import tracking_uri
-from pipeline.data.datasets import class_shares, kb_for_split, labels, oracle_summary, read_split, split_table
+from pipeline.data.datasets import (
+    check_generated_from,
+    class_shares,
+    kb_for_split,
+    labels,
+    oracle_summary,
+    read_split,
+    split_table,
+)
 from pipeline.data.generate import write_splits
 
 if TYPE_CHECKING:
@@ -165,6 +173,7 @@ def train_stage(config: TrainConfig, triage: TriageConfig, screen: ScreenConfig,
 
     tracking_uri()  # an unreachable tracking server fails now, not after the training it would record
     kb = load_knowledge_base(kb_path)
+    check_generated_from(kb, data, "the model would keep this knowledge base beside data drawn from another")
     train, valid, calib = read_split("train", data), read_split("valid", data), read_split("calib", data)
     files = {name: data / f"{name}.parquet" for name in ("train", "valid", "calib")}
     datasets = {"train": (train, "training", files["train"]), "valid": (valid, "validation", files["valid"]),
@@ -244,6 +253,7 @@ def evaluate_stage(model_source: str | Path | None, kb: KnowledgeBase, data: Pat
     from pipeline.report.evaluate import evaluate_model, write_reports
     from pipeline.serve.loading import load_model
 
+    check_generated_from(kb, data, "its oracle is not the best possible on them (the model could seem to beat it)")
     model = load_model(model_source)
     if model.manifest.get("mlflow_run_id"):  # to be logged to: a server out of reach fails now, not after the work
         tracking_uri()

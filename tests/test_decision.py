@@ -288,6 +288,28 @@ def test_a_rule_or_cost_without_provenance_is_refused_at_load(tmp_path, config, 
         load_config(model, path)
 
 
+@pytest.mark.parametrize("edit, expected", [
+    # a case certain to be a clot was sent within a day or two
+    (lambda d: d["costs"]["dvt"].update(see_doctor_soon=30, emergency=50),
+     r"costs\.dvt: must be 0 at its right_level \(emergency\) and above 0 at every other level"),
+    (lambda d: d["costs"]["leg_cramp"].update(see_doctor=0), r"costs\.leg_cramp: must be 0 at its right_level \(self_care\)"),
+    # a suspected clot softened to self-care
+    (lambda d: d["uncertain"].update(level="self_care"),
+     r"uncertain\.level: must be one of \['see_doctor', 'see_doctor_soon'\] .*, got 'self_care'"),
+    (lambda d: d["uncertain"].update(level="emergency"), r"uncertain\.level: must be one of"),
+    # two rules with one name: one reason code for two texts
+    (lambda d: d["red_flags"][1].update(name=d["red_flags"][0]["name"]),
+     r"red_flags: each name must be one rule's .*; repeated: \['\w+'\]"),
+])
+def test_a_triage_config_that_would_send_a_case_to_the_wrong_level_is_refused_at_load(tmp_path, edit, expected):
+    data = yaml.safe_load(config_path("triage.yaml").read_text(encoding="utf-8"))
+    edit(data)
+    path = tmp_path / "triage.yaml"
+    path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    with pytest.raises(ConfigError, match=rf"triage.yaml: invalid TriageConfig:\n  {expected}"):
+        load_config(TriageConfig, path)
+
+
 def test_the_advice_names_the_less_likely_condition_the_level_is_for(cfg):
     from pipeline.decision.triage import advice_codes, advice_index, advice_table, advice_written
 

@@ -135,7 +135,17 @@ def _write(tmp_path, mutate) -> Path:
     (lambda r: r["conditions"]["dvt"]["symptoms"]["visible_veins"].update(p=float("nan")),
      r"conditions\.dvt\.symptoms\.visible_veins\.p: Input should be a finite number"),
     (lambda r: r["conditions"]["dvt"]["onset"].update(sudden=float("nan")),
-     r"conditions\.dvt\.onset: .*sudden: must be a non-negative number, got nan"),
+     r"conditions\.dvt\.onset: .*sudden: must be a positive number, got nan"),
+    # a share of 0 ruled the condition out for that answer (P(leg cramp) 0 for a cramp of gradual onset)
+    (lambda r: r["conditions"]["leg_cramp"]["onset"].update(sudden=1.0, gradual=0.0,
+                                                           range={"sudden": [0.5, 1.0], "gradual": [0.0, 0.5]}),
+     r"conditions\.leg_cramp\.onset: .*gradual: must be a positive number, got 0\.0"),
+    # a range beyond what the number may be loaded, and `kneepain sensitivity` failed on a draw from it
+    (lambda r: r["conditions"]["leg_cramp"]["symptoms"]["muscle_spasm"].update(range=[0.7, 1.5]),
+     r"conditions\.leg_cramp\.symptoms\.muscle_spasm: .*range of p: \[0\.7, 1\.5\] reaches beyond what p may be "
+     r"\(\[0, 1\]\)"),
+    (lambda r: r["conditions"]["dvt"]["onset"]["range"].update(sudden=[-0.1, 0.5]),
+     r"conditions\.dvt\.onset: .*range of sudden: \[-0\.1, 0\.5\] reaches beyond what sudden may be \(\[0, inf\]\)"),
 ])
 def test_bad_configs_name_the_key(tmp_path, mutate, expected):
     with pytest.raises(KnowledgeBaseError, match=expected):

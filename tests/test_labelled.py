@@ -753,6 +753,40 @@ def test_train_refuses_an_out_that_is_a_file_the_data_folder_or_holds_another_ma
     assert (data / "manifest.json").read_bytes() == before
 
 
+def test_train_and_evaluate_refuse_splits_drawn_from_another_knowledge_base(small_data, small_config_path, trained,
+                                                                           tmp_path, capsys, monkeypatch):
+    """With a knowledge base edited and the splits not generated again, `evaluate` measured the model
+    against the new one's oracle (the model "beat the oracle") and `train` kept the new one in the
+    model beside data drawn from the old; both are refused before any work, naming the data's
+    manifest. A knowledge base that differs only in its sources and layout is the same one."""
+    import shutil
+
+    import yaml
+
+    from pipeline.core.knowledge import load_knowledge_base
+    from pipeline.core.paths import config_path
+    from pipeline.data.datasets import check_generated_from
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")  # were one to train
+    data = Path(shutil.copytree(small_data, tmp_path / "synthetic"))
+    raw = yaml.safe_load(config_path("knowledge_base.yaml").read_text(encoding="utf-8"))
+    raw["conditions"]["dvt"]["onset"]["source"] += " (reworded)"
+    same = tmp_path / "same.yaml"
+    same.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
+    check_generated_from(load_knowledge_base(same), data, "nothing")  # no error
+    raw["conditions"]["leg_cramp"]["symptoms"]["muscle_spasm"]["p"] = 0.8
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
+    drawn = f"{data / 'manifest.json'}: the splits were drawn from another knowledge base"
+    for command in (["train", "--config", str(small_config_path), "--out", str(tmp_path / "m")],
+                    ["evaluate", "--model", str(trained[0]), "--out", str(tmp_path / "r")]):
+        assert main([*command, "--data", str(data), "--kb", str(changed)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"kneepain {command[0]}: error: {drawn}") and err.count("\n") == 1, err
+        assert "Generate them again (`kneepain generate`, or `dvc repro`)" in err
+    assert not (tmp_path / "m").exists() and not (tmp_path / "r").exists()
+
+
 def test_the_differential_figures_of_an_evaluation_are_those_of_the_column_users_see(trained, small_data):
     """`evaluate --data` reported the coverage and size of the conformal set alone as the
     differential's (0.920 and 1.31 on 300 cases, where the `differential` column scored from the

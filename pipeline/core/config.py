@@ -451,6 +451,17 @@ class TriageConfig(StrictModel):
                 raise ValueError(f"costs.{c}: must give a cost for every level {list(LEVELS)}")
             if any(v < 0 for v in row.values()):
                 raise ValueError(f"costs.{c}: costs must be >= 0")
+            # a case certain to be the condition is sent at the level guidance calls for, and at no other
+            if row[self.right_level[c]] != 0 or any(v <= 0 for lv, v in row.items() if lv != self.right_level[c]):
+                raise ValueError(f"costs.{c}: must be 0 at its right_level ({self.right_level[c]}) and above 0 at every "
+                                 f"other level, so that a case certain to be {c} is sent at that level; got {row}")
+        if self.uncertain.level not in LEVELS[1:-1]:
+            raise ValueError(f"uncertain.level: must be one of {list(LEVELS[1:-1])} (a same day softened goes below "
+                             f"the same day, and no lower than a doctor), got {self.uncertain.level!r}")
+        names = [flag.name for flag in self.red_flags]
+        if repeated := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"red_flags: each name must be one rule's (a case's reason code is its name); "
+                             f"repeated: {repeated}")
         for key, names in (("fields", self.ask_next.fields), ("at_any_chance", self.ask_next.at_any_chance)):
             _check_questions(f"ask_next.{key}", names, ("tristate", "category"), "a yes/no or category question")
         for i, flag in enumerate(self.red_flags):
@@ -495,4 +506,5 @@ def load_config(model: type[T], path: str | Path) -> T:
 def error_lines(err: ValidationError) -> list[str]:
     """One ``key.path: what is wrong`` line per error (a validator's own words without pydantic's
     "Value error, " before them)."""
-    return [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}" for e in err.errors()]
+    return [": ".join(filter(None, [".".join(str(p) for p in e["loc"]), e["msg"].removeprefix("Value error, ")]))
+            for e in err.errors()]

@@ -40,8 +40,24 @@ def _exact_keys(given, expected: tuple[str, ...], what: str) -> None:
 Range = tuple[float, float]
 
 
-def _check_ranges(numbers: dict[str, float], source: str, ranges: Range | dict[str, Range] | None) -> None:
-    """A ``seed`` or ``assumption`` number needs a plausible range that contains it."""
+def _allowed(model: type[BaseModel], key: str) -> Range:
+    """The closed interval of values the field ``key`` of ``model`` may take (from its ``gt``,
+    ``ge``, ``lt`` and ``le`` bounds; a field without them: any number)."""
+    low, high = -math.inf, math.inf
+    for bound in model.model_fields[key].metadata if key in model.model_fields else ():
+        for name in ("gt", "ge"):
+            if getattr(bound, name, None) is not None:
+                low = max(low, float(getattr(bound, name)))
+        for name in ("lt", "le"):
+            if getattr(bound, name, None) is not None:
+                high = min(high, float(getattr(bound, name)))
+    return low, high
+
+
+def _check_ranges(numbers: dict[str, float], source: str, ranges: Range | dict[str, Range] | None,
+                  allowed=lambda key: (-math.inf, math.inf)) -> None:
+    """A ``seed`` or ``assumption`` number needs a plausible range that contains it, within what the
+    number may be (``allowed(key)``: a closed interval), since `kneepain sensitivity` draws from it."""
     if not numbers:
         return
     if ranges is None:
@@ -59,6 +75,10 @@ def _check_ranges(numbers: dict[str, float], source: str, ranges: Range | dict[s
     for key, (low, high) in ranges.items():
         if not low <= numbers[key] <= high:
             raise ValueError(f"range of {key}: [{low:g}, {high:g}] does not contain the value {numbers[key]:g}")
+        least, most = allowed(key)
+        if low < least or high > most:
+            raise ValueError(f"range of {key}: [{low:g}, {high:g}] reaches beyond what {key} may be "
+                             f"([{least:g}, {most:g}]); `kneepain sensitivity` draws from it")
 
 
 class Sourced(StrictModel):
@@ -73,7 +93,7 @@ class Sourced(StrictModel):
 
     @model_validator(mode="after")
     def _ranged(self) -> "Sourced":
-        _check_ranges(self.numbers(), self.source, self.range)
+        _check_ranges(self.numbers(), self.source, self.range, lambda key: _allowed(type(self), key))
         return self
 
 
@@ -113,7 +133,7 @@ class LogNormal(Sourced):
 
 
 class Distribution(BaseModel):
-    """Named non-negative numbers plus ``source`` (and ``range``); the allowed names depend on the field."""
+    """Named positive numbers plus ``source`` (and ``range``); the allowed names depend on the field."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
     source: Source
@@ -125,9 +145,10 @@ class Distribution(BaseModel):
     @model_validator(mode="after")
     def _numbers(self) -> "Distribution":
         for key, v in (self.model_extra or {}).items():
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v < math.inf:  # NaN too
-                raise ValueError(f"{key}: must be a non-negative number, got {v!r}")
-        _check_ranges(self.numbers(), self.source, self.range)
+            # a 0 would rule a condition out for that answer (the oracle's log of it is -inf), as a p of 0 would
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v < math.inf:  # NaN too
+                raise ValueError(f"{key}: must be a positive number, got {v!r}")
+        _check_ranges(self.numbers(), self.source, self.range, lambda key: (0.0, math.inf))
         return self
 
     def values(self, names: tuple[str, ...], *, where: str, total: float | None = None) -> np.ndarray:

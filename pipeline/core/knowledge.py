@@ -15,6 +15,8 @@ contain it; ``kneepain sensitivity`` draws the numbers within their ranges.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -81,6 +83,17 @@ class KnowledgeBase:
         symptom's summed over the latent severity with P(severity | condition)."""
         t = self.tristate[name]
         return (self.severity * t).sum(axis=1) if name in SYMPTOMS else t[:, 0]
+
+    def digest(self) -> str:
+        """The SHA-256 of what cases are drawn from: the validated knowledge base without its sources
+        and ranges (two files that differ only in provenance, comments or layout give one digest)."""
+        def numbers(node: Any) -> Any:
+            if isinstance(node, dict):
+                return {k: numbers(v) for k, v in node.items() if k not in ("source", "range")}
+            return [numbers(v) for v in node] if isinstance(node, list) else node
+
+        text = json.dumps(numbers(self.model.model_dump(mode="json")), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
     def shifted(self) -> "KnowledgeBase":
         """The documented population shift (the ``shift`` section) applied to this base."""

@@ -7,14 +7,39 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.core.errors import KnowledgeBaseError
+from pipeline.core.files import load_json
 from pipeline.core.knowledge import KnowledgeBase
 from pipeline.core.metrics import summary
 from pipeline.core.oracle import oracle_posterior
 from pipeline.core.parsing import parse_cases
 from pipeline.core.schema import CONDITIONS, LABEL_COLUMN
 
-__all__ = ["class_shares", "format_data_summary", "kb_for_split", "labels", "oracle_summary", "read_split", "split_table"]
+__all__ = ["check_generated_from", "class_shares", "format_data_summary", "kb_for_split", "labels", "oracle_summary",
+           "read_split", "split_table"]
 
+
+
+def check_generated_from(kb: KnowledgeBase, data_dir: str | Path, use: str) -> None:
+    """Refuse splits in ``data_dir`` that its ``manifest.json`` says were drawn from another
+    knowledge base than ``kb`` (by :meth:`KnowledgeBase.digest`); ``use``: what would go wrong,
+    for the message. A folder without the record (made by hand, or by an older version) passes.
+
+    Raises
+    ------
+    KnowledgeBaseError
+        Naming the manifest, both digests and how to generate the splits again.
+    """
+    path = Path(data_dir) / "manifest.json"
+    try:
+        recorded = load_json(path.read_bytes()).get("knowledge_base_digest")
+    except (OSError, ValueError, AttributeError):  # no readable record: nothing to compare
+        return
+    if isinstance(recorded, str) and recorded != (digest := kb.digest()):
+        raise KnowledgeBaseError(f"{path}: the splits were drawn from another knowledge base (digest {recorded[:12]}) "
+                                 f"than the one given (--kb, default configs/knowledge_base.yaml; digest {digest[:12]}), "
+                                 f"so {use}. Generate them again (`kneepain generate`, or `dvc repro`), or give --kb "
+                                 "the knowledge base they were drawn from.")
 
 
 def read_split(name: str, data_dir: str | Path) -> pd.DataFrame:

@@ -171,7 +171,7 @@ def write_splits(kb: KnowledgeBase, config: GenerateConfig, out_dir: str | Path)
     out_dir.mkdir(parents=True, exist_ok=True)
     shifted = kb.shifted()
     frames: dict[str, pd.DataFrame] = {}
-    manifest: dict[str, Any] = {"seed": config.seed, "splits": {}}
+    manifest: dict[str, Any] = {"seed": config.seed, "knowledge_base_digest": kb.digest(), "splits": {}}
     for name, split in config.splits.items():
         base = shifted if split.population == "shift" else kb
         frame = generate_cases(base, split.n, seed=split_seed(config.seed, name))
