@@ -82,9 +82,13 @@ def _generate(args: argparse.Namespace) -> int:
         raise UsageError(f"{', '.join(dask_only)}: for --engine dask only; the splits' sizes, seed and populations "
                          "are set in the generate config (--config, default configs/generate.yaml).")
     kb = load_knowledge_base(args.kb)
-    config = load_config(GenerateConfig, args.config or config_path("generate.yaml"))
+    path = args.config or config_path("generate.yaml")
+    config = load_config(GenerateConfig, path)
     if args.engine == "dask":
         return _generate_dask(args, kb, config)
+    if missing := config.missing_pipeline_splits():
+        raise UsageError(f"{path}: splits: no {', '.join(missing)}, which train and evaluate read (a misspelt name "
+                         "would leave the earlier file in place); give every one of train, valid, calib, test and shift.")
     out = Path(args.out) if args.out else data_dir()
     sizes, summary = generate_stage(kb, config, out)
     print(f"Wrote {', '.join(f'{k} ({n:,})' for k, n in sizes.items())} to {out}/\n")

@@ -101,6 +101,7 @@ def test_figures_a_report_could_not_measure_read_n_a_in_the_readme_and_the_summa
 # flags of other tools that the documents show in their commands
 _OTHER_TOOLS_FLAGS = {"--backend-store-uri": "mlflow ui", "--env-manager": "mlflow models", "--gil": "py-spy",
                       "--threads": "py-spy", "--nthreads": "dask worker", "--only-changed": "dvc exp show",
+                      "--temp": "dvc exp run", "--queue": "dvc exp run",
                       "--quick": "python -m benchmarks"}
 
 

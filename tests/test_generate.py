@@ -376,3 +376,22 @@ def test_kneepain_sample_into_a_standard_output_that_fails_says_so(tmp_path):
                                  stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": unbuffered},
                                  preexec_fn=limit_file_size, timeout=120)
         assert job.returncode == 2 and job.stderr.strip() == "kneepain sample: error: -: cannot write: File too large."
+
+
+def test_generate_refuses_a_config_without_a_split_the_pipeline_reads(tmp_path, capsys):
+    """A split misspelt `tset` was generated beside the earlier `test.parquet`, which train and
+    evaluate then read; the command names the split missing and writes nothing."""
+    import yaml
+
+    from pipeline.cli import main
+    from pipeline.core.paths import config_path
+
+    config = yaml.safe_load(config_path("generate.yaml").read_text())
+    config["splits"]["tset"] = config["splits"].pop("test")
+    path = tmp_path / "generate.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["generate", "--config", str(path), "--out", str(tmp_path / "data")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"kneepain generate: error: {path}: splits: no test, which train and evaluate read") \
+        and err.count("\n") == 1, err
+    assert not (tmp_path / "data").exists()

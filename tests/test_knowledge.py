@@ -247,6 +247,22 @@ def test_a_key_given_twice_is_refused_with_its_line(tmp_path):
      r"extra_data\.weight: Input should be a finite number"),
     ("train.yaml", lambda c: c.setdefault("extra_data", {}).update(weight=0),
      r"extra_data\.weight: must be above 0, got 0 \(at 0 the real cases would not be trained on\)"),
+    # each of these failed after the data was read, or after the training (a FAILED run, a model
+    # folder written, a registered version with no alias)
+    ("train.yaml", lambda c: c.update(seed=2**32), r"seed: Input should be less than or equal to 4294967295"),
+    ("train.yaml", lambda c: c.update(candidates=["logistic", "logistic"]),
+     r"candidates: each candidate at most once, got \['logistic', 'logistic'\]"),
+    ("train.yaml", lambda c: c["cv"].update(max_rows=30),
+     r"cv: max_rows: 0 \(every row\) or at least folds x conditions = 45, .*; got 30"),
+    ("train.yaml", lambda c: c["tracking"].update(alias="v1"), r"tracking\.alias: 'v1' is reserved by MLflow"),
+    ("train.yaml", lambda c: c["tracking"].update(alias="Latest"), r"tracking\.alias: 'Latest' is reserved by MLflow"),
+    ("train.yaml", lambda c: c["tracking"].update(alias=""), r"tracking\.alias: String should match pattern"),
+    ("train.yaml", lambda c: c["tracking"].update(experiment=" "), r"tracking\.experiment: String should match pattern"),
+    ("train.yaml", lambda c: c["tracking"].update(registered_model="team/kneepain"),
+     r"tracking\.registered_model: String should match pattern"),
+    # the shift split drawn from the default population was reported as the shift
+    ("generate.yaml", lambda c: c["splits"]["shift"].pop("population"),
+     r"splits\.shift\.population: must be 'shift' \(evaluation reports the shift split as drawn from it\), got 'default'"),
 ])
 def test_a_config_value_that_would_fail_later_is_refused_at_load_naming_its_key(tmp_path, name, change, key):
     """Caught when the file is read, not minutes later inside a fit or a file write."""

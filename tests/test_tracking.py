@@ -86,6 +86,17 @@ def test_dvcs_run_cache_is_off_for_the_stage_that_registers_models():
     assert uncached and all(f"--record {path}" in stage["cmd"] for path in uncached), stage
 
 
+def test_dvc_keeps_the_model_folder_while_the_training_stage_runs():
+    """DVC removes a stage's outputs before it runs its command: a typo in configs/train.yaml under
+    `dvc repro` left no models/ at all once the command refused the config. The folder persists."""
+    import yaml
+
+    from pipeline.core.paths import project_root
+
+    stage = yaml.safe_load((project_root() / "dvc.yaml").read_text())["stages"]["train"]
+    assert {"models": {"persist": True}} in stage["outs"], stage["outs"]
+
+
 def test_training_run_records_its_datasets_and_the_held_out_real_cases(trained, small_data, tmp_path):
     models, uri = trained
     manifest = json.loads((models / "manifest.json").read_text())
@@ -460,3 +471,23 @@ def test_a_server_that_answers_with_server_errors_is_refused_before_any_work(sta
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+def test_a_dvc_experiment_in_a_temporary_copy_records_to_the_projects_store(tmp_path, monkeypatch):
+    """`dvc exp run --temp` (and `--queue`) run in a copy of the project under
+    `.dvc/tmp/exps/`, removed afterwards: the MLflow run and the registered version went into
+    the copy's own mlflow.db and were lost with it. They go to the project's."""
+    from pipeline.core.paths import default_tracking_uri, experiment_origin
+
+    project = tmp_path / "project"
+    copy = project / ".dvc" / "tmp" / "exps" / "standalone" / "tmpab12cd"
+    for folder in (project, copy):
+        (folder / "configs").mkdir(parents=True)
+        (folder / "dvc.yaml").write_text("stages: {}\n")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("KNEEPAIN_HOME", raising=False)
+    monkeypatch.chdir(copy)
+    assert default_tracking_uri() == f"sqlite:///{project.resolve() / 'mlflow.db'}"
+    assert experiment_origin(project.resolve()) == project.resolve()  # the project itself is its own
+    other = tmp_path / "elsewhere" / ".dvc" / "tmp" / "exps" / "x"  # no project above it: left as it is
+    assert experiment_origin(other) == other

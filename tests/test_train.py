@@ -90,3 +90,18 @@ def test_manifest_records_lineage(trained):
                 "mlflow_run_id", "mlflow_model_uri", "winner", "calibration"):
         assert key in manifest, key
     assert set(manifest["data_sha256"]) == {"train", "valid", "calib", "extra"}  # the fixture adds real cases
+
+
+def test_a_cross_validation_sample_too_small_for_its_folds_names_the_setting(small_data, small_config_path):
+    """`cv.max_rows` small enough that a condition has fewer cases than folds gave scikit-learn's
+    warnings, a log loss of NaN, then "max() arg is an empty sequence"; it is refused before the
+    fits, naming cv.max_rows and cv.folds."""
+    from pipeline.core.config import ConfigError
+    from pipeline.model.train import evaluate_candidates
+
+    train = read_split("train", small_data)
+    config = load_config(TrainConfig, small_config_path)
+    config = TrainConfig.model_validate(config.model_dump() | {"cv": {"folds": 5, "max_rows": 100, "n_jobs": 1}})
+    with pytest.raises(ConfigError, match=r"^cv: the 100 cases cross-validated \(cv\.max_rows 100; 0: all 4,000\) hold "
+                                          r"\d of \w+, fewer than the 5 folds \(cv\.folds\) need; raise cv\.max_rows"):
+        evaluate_candidates(config, train, labels(train), train.head(10))

@@ -63,15 +63,42 @@ class SplitConfig(StrictModel):
 SplitName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")]
 
 
+# the splits the pipeline reads (train, valid and calib to fit; test and shift to evaluate) and the
+# population each is drawn from
+PIPELINE_SPLITS = {"train": "default", "valid": "default", "calib": "default", "test": "default", "shift": "shift"}
+
+
 class GenerateConfig(StrictModel):
     seed: int = Field(ge=0)
     splits: dict[SplitName, SplitConfig]
+
+    @model_validator(mode="after")
+    def _pipeline_populations(self) -> "GenerateConfig":
+        for name, population in PIPELINE_SPLITS.items():
+            if name in self.splits and self.splits[name].population != population:
+                raise ValueError(f"splits.{name}.population: must be {population!r} (evaluation reports the {name} "
+                                 f"split as drawn from it), got {self.splits[name].population!r}")
+        return self
+
+    def missing_pipeline_splits(self) -> list[str]:
+        """The splits the pipeline reads that this config does not generate (`kneepain generate`
+        refuses it: a misspelt name would leave an earlier file of the right name in place)."""
+        return [name for name in PIPELINE_SPLITS if name not in self.splits]
 
 
 class CVConfig(StrictModel):
     folds: int = Field(ge=2, le=20)
     max_rows: int = Field(ge=0)
     n_jobs: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _every_condition_in_every_fold(self) -> "CVConfig":
+        from pipeline.core.schema import CONDITIONS
+
+        if 0 < self.max_rows < self.folds * len(CONDITIONS):
+            raise ValueError(f"max_rows: 0 (every row) or at least folds x conditions = {self.folds * len(CONDITIONS)}, "
+                             f"so that every fold can hold every condition; got {self.max_rows}")
+        return self
 
 
 class LogisticConfig(StrictModel):
@@ -112,9 +139,19 @@ class CalibrationConfig(StrictModel):
 
 
 class TrackingConfig(StrictModel):
-    experiment: str
-    registered_model: str
-    alias: str
+    """Where training is recorded; checked as MLflow checks them when the run is registered
+    (``mlflow.utils.validation``), so that a bad name fails at load, not after the training."""
+
+    experiment: str = Field(pattern=r"\S")
+    registered_model: str = Field(pattern=r"^[^/:]*[^/:\s][^/:]*$")  # MLflow: no '/' or ':'
+    alias: str = Field(pattern=r"^[\w-]+$", max_length=255)
+
+    @field_validator("alias")
+    @classmethod
+    def _not_reserved(cls, alias: str) -> str:
+        if alias.lower() == "latest" or re.fullmatch(r"[vV]\d+", alias):
+            raise ValueError(f"{alias!r} is reserved by MLflow (latest, and v<number> for versions); choose another")
+        return alias
 
 
 class ExtraDataConfig(StrictModel):
@@ -138,9 +175,16 @@ class ExtraDataConfig(StrictModel):
 
 
 class TrainConfig(StrictModel):
-    seed: int = Field(ge=0)
+    seed: int = Field(ge=0, le=2**32 - 1)  # scikit-learn's random_state
     cv: CVConfig
     candidates: list[Literal["logistic", "hist_gradient_boosting", "mlp"]] = Field(min_length=1)
+
+    @field_validator("candidates")
+    @classmethod
+    def _once_each(cls, names: list[str]) -> list[str]:
+        if len(set(names)) != len(names):
+            raise ValueError(f"each candidate at most once, got {names}")
+        return names
     models: ModelsConfig
     selection: SelectionConfig
     calibration: CalibrationConfig

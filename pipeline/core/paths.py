@@ -17,8 +17,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["ENV_HOME", "PACKAGE_DEFAULTS", "config_path", "data_dir", "default_tracking_uri", "models_dir",
-           "project_root", "reports_dir", "seed_path", "sqlite_store"]
+__all__ = ["ENV_HOME", "PACKAGE_DEFAULTS", "config_path", "data_dir", "default_tracking_uri", "experiment_origin",
+           "models_dir", "project_root", "reports_dir", "seed_path", "sqlite_store"]
 
 ENV_HOME = "KNEEPAIN_HOME"
 PACKAGE_DEFAULTS = Path(__file__).resolve().parent.parent / "defaults"
@@ -60,9 +60,21 @@ def reports_dir() -> Path:
     return project_root() / "reports"
 
 
+def experiment_origin(root: Path) -> Path:
+    """The project a DVC experiment runs for, where ``root`` is the temporary copy of it that `dvc
+    exp run --temp` and `--queue` run in (``<project>/.dvc/tmp/exps/...``, removed afterwards);
+    else ``root``."""
+    parts = root.parts
+    for i in range(1, len(parts) - 2):
+        if parts[i:i + 3] == (".dvc", "tmp", "exps") and (Path(*parts[:i]) / "dvc.yaml").is_file():
+            return Path(*parts[:i])
+    return root
+
+
 def default_tracking_uri() -> str:
-    """``MLFLOW_TRACKING_URI``, or the embedded default: ``mlflow.db`` in the project folder."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
+    """``MLFLOW_TRACKING_URI``, or the embedded default: ``mlflow.db`` in the project folder (the
+    project's own for a DVC experiment run in a temporary copy, whose store would go with it)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{experiment_origin(project_root()) / 'mlflow.db'}"
 
 
 def sqlite_store(uri: str) -> Path | None:

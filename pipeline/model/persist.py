@@ -127,8 +127,9 @@ def load_estimator(folder: Path, *, trust_pickle: bool = False) -> VerifiedModel
             warn_on_other_versions(manifest, ("scikit-learn", "numpy", "joblib"))
             return VerifiedModel(estimator, manifest, contents)
         if not holds_model(folder):
-            raise FileNotFoundError(f"no model at {folder}: run `make run` (or `kneepain train`) first, or give a "
-                                    "models folder (`--model DIR`, `predict(..., model=DIR)`).")
+            raise FileNotFoundError(f"no model at {folder}: run `make run` (or `kneepain train`) first, restore the "
+                                    "last one DVC recorded (`dvc checkout models`), or give a models folder "
+                                    "(`--model DIR`, `predict(..., model=DIR)`).")
     contents = verify_folder(folder, [MANIFEST_FILE])
     manifest = _manifest(folder / MANIFEST_FILE, contents[MANIFEST_FILE])
     model_file = manifest["model_file"]

@@ -21,8 +21,10 @@ from sklearn.model_selection import StratifiedKFold, cross_validate, train_test_
 
 from pipeline.core.blas import one_blas_thread
 from pipeline.core.config import TrainConfig
+from pipeline.core.errors import ConfigError
 from pipeline.core.metrics import ece_top_label, log_loss
 from pipeline.core.parsing import parse_cases
+from pipeline.core.schema import CONDITIONS
 from pipeline.data.datasets import labels
 from pipeline.model.candidates import make_candidates
 
@@ -78,6 +80,11 @@ def evaluate_candidates(config: TrainConfig, X: pd.DataFrame, y: np.ndarray, X_s
     """Stratified k-fold CV log loss and scoring throughput of every configured candidate
     (``sample_weight`` weights the fits; the folds are scored unweighted)."""
     Xs, ys, ws = _cv_sample(X, y, config.cv.max_rows, config.seed, sample_weight)
+    counts = np.bincount(ys, minlength=len(CONDITIONS))
+    if counts.min() < config.cv.folds:  # a fold would lack the condition: scikit-learn's warnings, then a NaN log loss
+        raise ConfigError(f"cv: the {len(Xs):,} cases cross-validated (cv.max_rows {config.cv.max_rows}; 0: all "
+                          f"{len(X):,}) hold {counts.min()} of {CONDITIONS[int(counts.argmin())]}, fewer than the "
+                          f"{config.cv.folds} folds (cv.folds) need; raise cv.max_rows or lower cv.folds.")
     folds = StratifiedKFold(config.cv.folds, shuffle=True, random_state=config.seed)
     results = []
     for name, pipe in make_candidates(config).items():
