@@ -297,6 +297,9 @@ def test_a_rule_or_cost_without_provenance_is_refused_at_load(tmp_path, config, 
     (lambda d: d["uncertain"].update(level="self_care"),
      r"uncertain\.level: must be one of \['see_doctor', 'see_doctor_soon'\] .*, got 'self_care'"),
     (lambda d: d["uncertain"].update(level="emergency"), r"uncertain\.level: must be one of"),
+    # YAML's unquoted yes is true: said so, where "Input should be a valid list" was all
+    (lambda d: d["red_flags"][0]["all"].update({next(iter(d["red_flags"][0]["all"])): True}),
+     r"red_flags\.0\.all\.\w+.*, got True \(YAML reads an unquoted yes, no, on or off as true or false: quote it"),
     # two rules with one name: one reason code for two texts
     (lambda d: d["red_flags"][1].update(name=d["red_flags"][0]["name"]),
      r"red_flags: each name must be one rule's .*; repeated: \['\w+'\]"),

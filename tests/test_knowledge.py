@@ -144,6 +144,15 @@ def _write(tmp_path, mutate) -> Path:
     (lambda r: r["conditions"]["leg_cramp"]["symptoms"]["muscle_spasm"].update(range=[0.7, 1.5]),
      r"conditions\.leg_cramp\.symptoms\.muscle_spasm: .*range of p: \[0\.7, 1\.5\] reaches beyond what p may be "
      r"\(\[0, 1\]\)"),
+    # nonsense accepted: pregnancy drawn from 12 to 5, a shift with no question unanswered, another layout
+    (lambda r: r["population"]["fertile_age"].update(value=5, range=[4, 6]),
+     r"population\.fertile_age: value: an age above the youngest case's \(12\) and at most 100 .*, got 5"),
+    (lambda r: r["shift"]["missingness_multiplier"].update(value=-1, range=[-2, 2]),
+     r"shift\.missingness_multiplier: value: must be above 0 .*, got -1"),
+    (lambda r: r.update(version=7), r"version: Input should be 2, got 7"),
+    # pydantic's words with the value given
+    (lambda r: r["conditions"]["dvt"]["symptoms"]["visible_veins"].update(p=1.2, range=[0.5, 0.9]),
+     r"conditions\.dvt\.symptoms\.visible_veins\.p: Input should be less than 1, got 1\.2"),
     (lambda r: r["conditions"]["dvt"]["onset"]["range"].update(sudden=[-0.1, 0.5]),
      r"conditions\.dvt\.onset: .*range of sudden: \[-0\.1, 0\.5\] reaches beyond what sudden may be \(\[0, inf\]\)"),
 ])

@@ -548,7 +548,17 @@ def load_config(model: type[T], path: str | Path) -> T:
 
 
 def error_lines(err: ValidationError) -> list[str]:
-    """One ``key.path: what is wrong`` line per error (a validator's own words without pydantic's
-    "Value error, " before them)."""
-    return [": ".join(filter(None, [".".join(str(p) for p in e["loc"]), e["msg"].removeprefix("Value error, ")]))
-            for e in err.errors()]
+    """One ``key.path: what is wrong`` line per error: a validator's own words without pydantic's
+    "Value error, " before them, and pydantic's with the value given ("Input should be less than
+    1, got 1.2"), and where YAML read an unquoted yes or no as true or false, that it did."""
+    lines = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
+        what = e["msg"].removeprefix("Value error, ")
+        given = e.get("input")
+        if e["type"] not in ("value_error", "missing", "extra_forbidden") and isinstance(given, (bool, int, float, str)):
+            what += f", got {given!r}"
+            if isinstance(given, bool):
+                what += " (YAML reads an unquoted yes, no, on or off as true or false: quote it, 'yes')"
+        lines.append(": ".join(filter(None, [where, what])))
+    return lines

@@ -10,6 +10,7 @@ one per number of the mapping), which must contain it. Errors name the key path.
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
@@ -232,6 +233,15 @@ class Population(StrictModel):
     pregnant_outside_fertile_age: Prob
     activity: Distribution
 
+    @field_validator("fertile_age")
+    @classmethod
+    def _an_age(cls, v: Value) -> Value:
+        low, high = float(field("age").minimum or 0), float(field("age").maximum or math.inf)
+        if not low < v.value <= high:  # a fraction (a sensitivity draw) counts its whole years
+            raise ValueError(f"value: an age above the youngest case's ({low:g}) and at most {high:g} (pregnancy "
+                             f"is generated from {low:g} to it), got {v.value:g}")
+        return v
+
 
 class GivenAnswer(StrictModel):
     """Missingness that depends on another field's reported answer (still missing at random)."""
@@ -278,9 +288,20 @@ class Shift(StrictModel):
     missingness_multiplier: Value
     activity_multiplier: Distribution
 
+    @field_validator("missingness_multiplier")
+    @classmethod
+    def _positive(cls, v: Value) -> Value:
+        if not 0 < v.value < math.inf:
+            raise ValueError(f"value: must be above 0 (it multiplies each question's chance of being unanswered), "
+                             f"got {v.value:g}")
+        return v
+
+
+KB_VERSION = 2  # the layout this code reads
+
 
 class KnowledgeBaseModel(StrictModel):
-    version: int
+    version: Literal[2]  # KB_VERSION: a file written for another layout is refused, not half read
     severity_logit_shift: SignedValues
     reporting: Reporting
     population: Population

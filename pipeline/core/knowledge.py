@@ -25,6 +25,7 @@ import numpy as np
 import yaml
 from pydantic import ValidationError
 
+from pipeline.core.config import error_lines
 from pipeline.core.errors import KnowledgeBaseError
 from pipeline.core.files import load_yaml
 from pipeline.core.kb_model import BINARY_RISK_FACTORS, KnowledgeBaseModel
@@ -225,17 +226,12 @@ def _build(m: KnowledgeBaseModel) -> KnowledgeBase:
     )
 
 
-def _location(loc: tuple[Any, ...]) -> str:
-    return ".".join(str(p) for p in loc if not str(p).startswith("function-after"))
-
-
 def knowledge_base_from_dict(raw: Any, *, where: str = "knowledge base") -> KnowledgeBase:
     """Validate and compile a knowledge base already read from YAML (``where`` names it in errors)."""
     try:
         model = KnowledgeBaseModel.model_validate(raw)
     except ValidationError as err:
-        lines = [f"{_location(e['loc'])}: {e['msg']}" for e in err.errors()]
-        raise KnowledgeBaseError(f"{where}: invalid knowledge base:\n  " + "\n  ".join(lines)) from err
+        raise KnowledgeBaseError(f"{where}: invalid knowledge base:\n  " + "\n  ".join(error_lines(err))) from err
     try:
         return _build(model)
     except KnowledgeBaseError as err:
