@@ -68,7 +68,7 @@ def _generate_dask(args: argparse.Namespace, kb, config) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from pipeline.core.config import GenerateConfig, load_config
+    from pipeline.core.config import PIPELINE_SPLITS, GenerateConfig, load_config
     from pipeline.core.knowledge import load_knowledge_base
     from pipeline.core.paths import config_path, data_dir
     from pipeline.data.datasets import format_data_summary
@@ -88,7 +88,7 @@ def _generate(args: argparse.Namespace) -> int:
         return _generate_dask(args, kb, config)
     if missing := config.missing_pipeline_splits():
         raise UsageError(f"{path}: splits: no {', '.join(missing)}, which train and evaluate read (a misspelt name "
-                         "would leave the earlier file in place); give every one of train, valid, calib, test and shift.")
+                         f"would leave the earlier file in place); give every one of {', '.join(PIPELINE_SPLITS)}.")
     out = Path(args.out) if args.out else data_dir()
     sizes, summary = generate_stage(kb, config, out)
     print(f"Wrote {', '.join(f'{k} ({n:,})' for k, n in sizes.items())} to {out}/\n")

@@ -10,6 +10,7 @@ one per number of the mapping), which must contain it. Errors name the key path.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
@@ -56,7 +57,7 @@ def _allowed(model: type[BaseModel], key: str) -> Range:
 
 
 def _check_ranges(numbers: dict[str, float], source: str, ranges: Range | dict[str, Range] | None,
-                  allowed=lambda key: (-math.inf, math.inf)) -> None:
+                  allowed: Callable[[str], Range] = lambda key: (-math.inf, math.inf)) -> None:
     """A ``seed`` or ``assumption`` number needs a plausible range that contains it, within what the
     number may be (``allowed(key)``: a closed interval), since `kneepain sensitivity` draws from it."""
     if not numbers:
@@ -297,11 +298,8 @@ class Shift(StrictModel):
         return v
 
 
-KB_VERSION = 2  # the layout this code reads
-
-
 class KnowledgeBaseModel(StrictModel):
-    version: Literal[2]  # KB_VERSION: a file written for another layout is refused, not half read
+    version: Literal[2]  # the layout this code reads: a file written for another is refused, not half read
     severity_logit_shift: SignedValues
     reporting: Reporting
     population: Population
