@@ -53,6 +53,19 @@ def test_selection_prefers_the_faster_of_near_equals():
     assert select_candidate([a, b, c], tolerance=0.001).name == "slow"
 
 
+def test_selection_does_not_turn_on_speeds_the_machines_load_could_swap():
+    """With two candidates within the tolerance, the winner was the faster by a measured speed:
+    four identical runs gave logistic, logistic, MLP, logistic (225,548 against 198,273 rows/s in
+    the third). Speeds within `speed_ratio` of each other count as one; the lower log loss wins."""
+    logistic = CandidateResult("logistic", 0.452, 0, 0.7, 1, 198_273)
+    mlp = CandidateResult("mlp", 0.455, 0, 0.7, 1, 225_548)
+    assert select_candidate([logistic, mlp], tolerance=0.05, speed_ratio=1.5).name == "logistic"
+    assert select_candidate([mlp, logistic], tolerance=0.05, speed_ratio=1.5).name == "logistic"
+    assert select_candidate([logistic, mlp], tolerance=0.05, speed_ratio=1.0).name == "mlp"  # speed alone
+    slow_mlp = CandidateResult("mlp", 0.450, 0, 0.7, 1, 98_000)  # half the speed: the faster wins
+    assert select_candidate([logistic, slow_mlp], tolerance=0.05, speed_ratio=1.5).name == "logistic"
+
+
 def _overconfident(kb):
     """A logistic model fitted on few cases with almost no regularisation: overconfident."""
     small = generate_cases(kb, 400, seed=1)

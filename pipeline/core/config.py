@@ -131,6 +131,9 @@ class ModelsConfig(StrictModel):
 
 class SelectionConfig(StrictModel):
     log_loss_tolerance: float = Field(ge=0)
+    # a candidate counts as the faster scorer only at this many times another's rows per second: the
+    # speeds are measured, and nearer ones swap with the machine's load from one run to the next
+    speed_ratio: float = Field(default=1.5, ge=1, allow_inf_nan=False)
 
 
 class CalibrationConfig(StrictModel):

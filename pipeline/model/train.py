@@ -106,11 +106,15 @@ def evaluate_candidates(config: TrainConfig, X: pd.DataFrame, y: np.ndarray, X_s
     return results
 
 
-def select_candidate(results: list[CandidateResult], tolerance: float) -> CandidateResult:
-    """The fastest scorer among candidates within ``tolerance`` of the best CV log loss."""
+def select_candidate(results: list[CandidateResult], tolerance: float, speed_ratio: float = 1.5) -> CandidateResult:
+    """Among candidates within ``tolerance`` of the best CV log loss, the fastest scorer; where
+    others score within ``speed_ratio`` of its speed (measured, so they may swap from one run to
+    the next), the lowest CV log loss among them, so that the same configs and data pick the same
+    winner on a busy machine and a quiet one."""
     best = min(r.cv_log_loss for r in results)
     near = [r for r in results if r.cv_log_loss <= best + tolerance]
-    return max(near, key=lambda r: r.rows_per_second)
+    fastest = max(r.rows_per_second for r in near)
+    return min((r for r in near if r.rows_per_second * speed_ratio >= fastest), key=lambda r: r.cv_log_loss)
 
 
 def calibrate(model, X_valid: pd.DataFrame, y_valid: np.ndarray, method: str, *, seed: int,
@@ -164,7 +168,7 @@ def train_model(config: TrainConfig, train: pd.DataFrame, valid: pd.DataFrame, *
     for r in results:
         log(f"  {r.name:<24} CV log loss {r.cv_log_loss:.4f} ± {r.cv_log_loss_std:.4f}  "
             f"accuracy {r.cv_accuracy:.4f}  fit {r.fit_seconds:.1f}s  {r.rows_per_second:,.0f} rows/s")
-    winner = select_candidate(results, config.selection.log_loss_tolerance)
+    winner = select_candidate(results, config.selection.log_loss_tolerance, config.selection.speed_ratio)
     log(f"  winner: {winner.name}")
     pipe = make_candidates(config)[winner.name]
     with warnings.catch_warnings(), one_blas_thread():  # and the same fit in every process
