@@ -269,6 +269,8 @@ def test_a_red_flags_condition_must_call_for_the_flags_level(cfg):
      r"got 'NICE says so'"),
     ("triage.yaml", TriageConfig, lambda d: d["cost_sources"].update(dvt="ref: NICE NG158"),
      r"cost_sources\.dvt: source must be"),
+    ("triage.yaml", TriageConfig, lambda d: d["red_flags"][0].update(source='seed: "a clot in the leg is harmless"'),
+     r"red_flags\.0\.source: seed quote not found in the seed article"),
     ("screen.yaml", ScreenConfig, lambda d: d["rules"][1]["suggested_by"].update(source="docs/evidence/x.md"),
      r"rules\.1\.suggested_by\.source: source must be"),
     ("triage.yaml", TriageConfig, lambda d: d["uncertain"].pop("risks_source"),

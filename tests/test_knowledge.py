@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import yaml
 
+from pipeline.core.config import normalised
 from pipeline.core.knowledge import KnowledgeBaseError, load_knowledge_base
 from pipeline.core.paths import config_path, seed_path
 from pipeline.core.schema import CONDITIONS, SYMPTOMS
@@ -22,11 +23,6 @@ def _walk(node, path=""):
             yield from _walk(v, f"{path}[{i}]")
 
 
-def _normalise(text: str) -> str:
-    text = text.replace("\u2019", "'").replace("\u2018", "'").replace("\u201c", '"').replace("\u201d", '"')
-    return re.sub(r"\s+", " ", text).strip().lower()
-
-
 def _has_number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -41,7 +37,7 @@ def _assert_provenance(path: str, source: str, seed: str) -> None:
     ``seed: "..."`` inside it too), or an assumption."""
     assert re.match(r"^(seed: \"|ref: |assumption: )", source), f"{path}: bad source {source!r}"
     for quote in re.findall(r'seed: "([^"]+)"', source):
-        assert _normalise(quote) in seed, f"{path}: quote not in the seed: {quote!r}"
+        assert normalised(quote) in seed, f"{path}: quote not in the seed: {quote!r}"
     assert not re.search(r'seed: (?!")', source), f"{path}: a seed quote must be double-quoted, to be checked: {source!r}"
     if source.startswith("ref: "):
         assert re.search(r"\b(19|20)\d\d\b", source), f"{path}: a reference needs a year"
@@ -50,7 +46,7 @@ def _assert_provenance(path: str, source: str, seed: str) -> None:
 
 def test_every_number_has_provenance_every_guess_a_range_and_every_ref_a_figure():
     raw = yaml.safe_load(DEFAULT_KB_PATH.read_text(encoding="utf-8"))
-    seed = _normalise(seed_path().read_text(encoding="utf-8"))
+    seed = normalised(seed_path().read_text(encoding="utf-8"))
     checked = 0
     for path, node in _walk(raw):
         numbers = {k: v for k, v in node.items() if _has_number(v) and k not in ("range", "given")}
@@ -73,7 +69,7 @@ def test_every_rule_and_cost_has_provenance_naming_its_thresholds():
     """The red flags, the screen's rules and the signs that suggest them, and the triage costs: each
     says where it comes from as a knowledge-base number does, and a rule's source names every number
     its answers compare with (the 90 of ``<=90``), a guessed one with its range."""
-    seed = _normalise(seed_path().read_text(encoding="utf-8"))
+    seed = normalised(seed_path().read_text(encoding="utf-8"))
     triage = yaml.safe_load(config_path("triage.yaml").read_text(encoding="utf-8"))
     screen = yaml.safe_load(config_path("screen.yaml").read_text(encoding="utf-8"))
     rules = [(f"red_flags.{r['name']}", r) for r in triage["red_flags"]]
@@ -150,6 +146,13 @@ def _write(tmp_path, mutate) -> Path:
     (lambda r: r["shift"]["missingness_multiplier"].update(value=-1, range=[-2, 2]),
      r"shift\.missingness_multiplier: value: must be above 0 .*, got -1"),
     (lambda r: r.update(version=7), r"version: Input should be 2, got 7"),
+    # a seed quote the article does not hold was loaded; only the tests looked for it
+    (lambda r: r["conditions"]["leg_cramp"]["symptoms"]["muscle_spasm"].update(
+        source='seed: "a totally fabricated quote about cramps"'),
+     r"conditions\.leg_cramp\.symptoms\.muscle_spasm\.source: seed quote not found in the seed article "
+     r"\(seed/pain-behind-the-knee\.txt\): 'a totally fabricated quote about cramps'"),
+    (lambda r: r["conditions"]["leg_cramp"]["symptoms"]["muscle_spasm"].update(source="seed: a spasm, unquoted"),
+     r"muscle_spasm\.source: .*source must be|muscle_spasm\.source: a seed quote must stand in double quotes"),
     # pydantic's words with the value given
     (lambda r: r["conditions"]["dvt"]["symptoms"]["visible_veins"].update(p=1.2, range=[0.5, 0.9]),
      r"conditions\.dvt\.symptoms\.visible_veins\.p: Input should be less than 1, got 1\.2"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from pathlib import Path
@@ -23,7 +24,8 @@ from pipeline.core.errors import ConfigError
 from pipeline.core.files import load_yaml
 
 __all__ = ["ConfigError", "ExtraDataConfig", "GenerateConfig", "LEVELS", "ProbesConfig", "ScreenConfig", "ScreenRule",
-           "Source", "SplitConfig", "TrainConfig", "TriageConfig", "check_source", "error_lines", "flatten", "load_config"]
+           "Source", "SplitConfig", "TrainConfig", "TriageConfig", "check_source", "error_lines", "flatten", "load_config",
+           "normalised"]
 
 
 
@@ -41,13 +43,33 @@ class StrictModel(BaseModel):
 _PROVENANCE = re.compile(r"^(seed: \"[^\"]{8,}\".*|ref: .*\b(19|20)\d\d\b.*|assumption: .{10,})$", re.S)
 
 
+def normalised(text: str) -> str:
+    """``text`` with curly quotes straightened, runs of white space one space, in lower case: how a
+    seed quote is compared with the seed article."""
+    text = text.replace("\u2019", "'").replace("\u2018", "'").replace("\u201c", '"').replace("\u201d", '"')
+    return re.sub(r"\s+", " ", text).strip().lower()
+
+
+@functools.cache
+def _seed_text() -> str:
+    from pipeline.core.paths import seed_path
+
+    return normalised(seed_path().read_text(encoding="utf-8"))
+
+
 def check_source(value: str) -> str:
     """A number's or a rule's provenance: ``ref: <author (year) title, the figure used>``,
-    ``seed: "<quote>"`` (a quote supports a direction, never a size) or ``assumption: <reason>``."""
+    ``seed: "<quote>"`` (a quote supports a direction, never a size; each one, wherever it stands in
+    the source, found word for word in the seed article) or ``assumption: <reason>``."""
     value = value.strip()
     if not _PROVENANCE.match(value):
         raise ValueError('source must be \'seed: "<quote>"\', \'ref: <author (year) title>\' or '
                          f"'assumption: <reason>', got {value!r}")
+    if re.search(r'seed: (?!")', value):
+        raise ValueError(f'a seed quote must stand in double quotes after "seed: ", to be checked: {value!r}')
+    for quote in re.findall(r'seed: "([^"]+)"', value):
+        if normalised(quote) not in _seed_text():
+            raise ValueError(f"seed quote not found in the seed article (seed/pain-behind-the-knee.txt): {quote!r}")
     return value
 
 

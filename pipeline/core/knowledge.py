@@ -7,8 +7,8 @@ answers (missing at random: a field's chance of being unknown may depend on anot
 reported answer, never on the condition).
 
 Every mapping that holds a number also holds ``source``: ``ref: <study, year, the figure used>``,
-``seed: "<quote>"`` (checked verbatim against the seed article; a quote supports a direction,
-never a size) or ``assumption: <reason>``. A ``seed`` or ``assumption`` number also holds
+``seed: "<quote>"`` (found word for word in the seed article when the file is loaded; a quote
+supports a direction, never a size) or ``assumption: <reason>``. A ``seed`` or ``assumption`` number also holds
 ``range``: its plausible interval (``[low, high]``, or one per number of the mapping), which must
 contain it; ``kneepain sensitivity`` draws the numbers within their ranges.
 """
