@@ -207,6 +207,7 @@ def _train(args: argparse.Namespace) -> int:
 
     from pipeline.core.config import ScreenConfig, TrainConfig, TriageConfig, error_lines, load_config
     from pipeline.core.paths import config_path, data_dir, models_dir
+    from pipeline.model.tracking import champion_note
     from pipeline.stages import train_stage
 
     if args.scheduler is not None and args.backend != "dask":
@@ -237,7 +238,7 @@ def _train(args: argparse.Namespace) -> int:
     print(f"Saved {out / info['manifest']['model_file']} (manifest, knowledge base and checksums beside it)")
     print(f"MLflow run {info['mlflow_run_id']} at {info['tracking_uri']}; registered "
           f"{info['registered_model']} version {info['registered_version']}"
-          f"{' (now champion)' if info['champion'] else ' (champion unchanged: not better on valid log loss)'}")
+          f"{champion_note(info.get('champion_why'))}")
     if args.record:
         from pipeline.core.files import write_json_atomic
 

@@ -293,7 +293,8 @@ def test_champion_alias_does_not_move_to_a_worse_model(trained, small_data, smal
         client.set_registered_model_alias(NAME, "champion", before)
 
 
-def test_a_champion_measured_on_other_cases_is_replaced(trained, small_data, small_config_path, tmp_path, monkeypatch):
+def test_a_champion_measured_on_other_cases_is_replaced(trained, small_data, small_config_path, tmp_path, monkeypatch,
+                                                       capsys):
     """Log losses on different `valid` splits do not compare: a model trained on other data (an
     older knowledge base, say) gives way even to a worse-scoring one."""
     _, uri = trained
@@ -309,7 +310,10 @@ def test_a_champion_measured_on_other_cases_is_replaced(trained, small_data, sma
     try:
         assert main(["train", "--config", str(worse), "--data", str(data), "--out", str(out)]) == 0
         new = json.loads((out / "manifest.json").read_text())
-        assert new["champion"] is True
+        assert new["champion"] is True and new["champion_why"] == "other cases"
+        # said, where it only said "now champion" though the worse model was compared with nothing
+        assert f"version {new['registered_version']} (now champion: the one before was measured on another valid " \
+               "split, so the two were not compared)" in capsys.readouterr().out
         version = client.get_model_version(NAME, new["registered_version"])
         assert version.tags["valid_data_sha256"] == new["data_sha256"]["valid"]
     finally:  # other tests share this store and expect the original champion

@@ -29,7 +29,7 @@ from pipeline.model.persist import library_versions
 from pipeline.model.train import TrainResult
 
 __all__ = ["use_tracking", "log_training", "log_evaluation", "log_holdout", "log_text", "log_labelled_evaluation",
-           "promote_champion", "git_commit", "source_tags", "log_dataset"]
+           "promote_champion", "CHAMPION_WHY", "champion_note", "git_commit", "source_tags", "log_dataset"]
 
 
 def use_tracking(experiment: str) -> str:
@@ -76,12 +76,29 @@ def log_dataset(frame: pd.DataFrame, source: str | Path, name: str, context: str
         mlflow.log_input(from_pandas(plain, source=str(source), targets=target, name=name), context=context)
 
 
+CHAMPION_WHY = {
+    "first": "no model held the alias",
+    "better": "no worse on valid log loss",
+    "forced": "--force-champion",
+    "other cases": "the one before was measured on another valid split, so the two were not compared",
+}
+
+
+def champion_note(why: str | None) -> str:
+    """What `kneepain train` says after the version it registered: whether it took the alias, and
+    where that was not a comparison won, why (:func:`promote_champion`'s answer)."""
+    if why is None:
+        return " (champion unchanged: not better on valid log loss)"
+    return " (now champion)" if why in ("first", "better") else f" (now champion: {CHAMPION_WHY[why]})"
+
+
 def promote_champion(client: MlflowClient, name: str, alias: str, version: str, valid_log_loss: float,
-                     *, force: bool = False, valid_sha256: str | None = None) -> bool:
+                     *, force: bool = False, valid_sha256: str | None = None) -> str | None:
     """Move ``alias`` to ``version`` if it is no worse than the current holder on valid log loss
-    (or ``force``). A tie goes to the new version: retraining on the same cases after an upgrade
-    gives the same model, and the new version carries the code and decision layer of the upgrade
-    (a served model runs the code it was logged with).
+    (or ``force``), and say why (a key of :data:`CHAMPION_WHY`); None where it stays. A tie goes to
+    the new version: retraining on the same cases after an upgrade gives the same model, and the
+    new version carries the code and decision layer of the upgrade (a served model runs the code it
+    was logged with).
 
     Log losses compare only on the same cases: a holder measured on another ``valid`` split
     (``valid_sha256`` differs or was not recorded; say, trained before the knowledge base changed,
@@ -96,12 +113,12 @@ def promote_champion(client: MlflowClient, name: str, alias: str, version: str, 
         if err.error_code != "INVALID_PARAMETER_VALUE" or "not found" not in err.message:
             raise
         current = None
-    if current is not None and not force and current.tags.get("valid_data_sha256") == valid_sha256:
-        best = float(current.tags.get("valid_log_loss", "inf"))
-        if not valid_log_loss <= best:
-            return False
+    compared = current is not None and current.tags.get("valid_data_sha256") == valid_sha256
+    if compared and not force and current is not None \
+            and not valid_log_loss <= float(current.tags.get("valid_log_loss", "inf")):
+        return None
     client.set_registered_model_alias(name, alias, version)
-    return True
+    return "first" if current is None else "forced" if force else "better" if compared else "other cases"
 
 
 def log_training(result: TrainResult, config: TrainConfig, data_files: dict[str, Path],
@@ -142,13 +159,14 @@ def log_training(result: TrainResult, config: TrainConfig, data_files: dict[str,
         moved = promote_champion(client, config.tracking.registered_model, config.tracking.alias, version,
                                  result.metrics["valid_log_loss"], force=force_champion,
                                  valid_sha256=sha256_file(data_files["valid"]) if "valid" in data_files else None)
-        mlflow.set_tag("champion", str(moved))
+        mlflow.set_tag("champion", str(moved is not None))
         client.update_registered_model(config.tracking.registered_model, description=REGISTERED_MODEL_DESCRIPTION)
         client.update_model_version(config.tracking.registered_model, version, description=_version_description(
             result, run.info.run_id, datasets))
     return {"mlflow_run_id": run.info.run_id, "mlflow_model_uri": info.model_uri,
             "registered_model": config.tracking.registered_model, "registered_version": version,
-            "champion": moved, "tracking_uri": default_tracking_uri(), "manifest": manifest}
+            "champion": moved is not None, "champion_why": moved, "tracking_uri": default_tracking_uri(),
+            "manifest": manifest}
 
 
 def log_evaluation(run_id: str | None, metrics: dict[str, Any], paths: list[Path], reports_dir: Path,
