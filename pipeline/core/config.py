@@ -518,8 +518,6 @@ class TriageConfig(StrictModel):
         for c, row in self.costs.items():
             if set(row) != set(LEVELS):
                 raise ValueError(f"costs.{c}: must give a cost for every level {list(LEVELS)}")
-            if any(v < 0 for v in row.values()):
-                raise ValueError(f"costs.{c}: costs must be >= 0")
             # a case certain to be the condition is sent at the level guidance calls for, and at no other
             if row[self.right_level[c]] != 0 or any(v <= 0 for lv, v in row.items() if lv != self.right_level[c]):
                 raise ValueError(f"costs.{c}: must be 0 at its right_level ({self.right_level[c]}) and above 0 at every "

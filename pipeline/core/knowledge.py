@@ -8,9 +8,9 @@ reported answer, never on the condition).
 
 Every mapping that holds a number also holds ``source``: ``ref: <study, year, the figure used>``,
 ``seed: "<quote>"`` (found word for word in the seed article when the file is loaded; a quote
-supports a direction, never a size) or ``assumption: <reason>``. A ``seed`` or ``assumption`` number also holds
-``range``: its plausible interval (``[low, high]``, or one per number of the mapping), which must
-contain it; ``kneepain sensitivity`` draws the numbers within their ranges.
+supports a direction, never a size) or ``assumption: <reason>``. A ``seed`` or ``assumption``
+number also holds ``range``: its plausible interval (``[low, high]``, or one per number of the
+mapping), which must contain it; ``kneepain sensitivity`` draws the numbers within their ranges.
 """
 
 from __future__ import annotations

@@ -19,7 +19,6 @@ __all__ = ["check_generated_from", "class_shares", "format_data_summary", "kb_fo
            "read_split", "split_table"]
 
 
-
 def check_generated_from(kb: KnowledgeBase, data_dir: str | Path, use: str) -> None:
     """Refuse splits in ``data_dir`` that its ``manifest.json`` says were drawn from another
     knowledge base than ``kb`` (by :meth:`KnowledgeBase.digest`); ``use``: what would go wrong,

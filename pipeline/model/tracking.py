@@ -8,6 +8,7 @@ The embedded default is ``sqlite:///mlflow.db`` in the project folder with artif
 
 from __future__ import annotations
 
+import math
 import subprocess
 from collections.abc import Callable
 from importlib import metadata
@@ -76,9 +77,9 @@ def log_dataset(frame: pd.DataFrame, source: str | Path, name: str, context: str
         mlflow.log_input(from_pandas(plain, source=str(source), targets=target, name=name), context=context)
 
 
+# why a version took the alias where no comparison was won (:func:`promote_champion` also says
+# "first", no version held it, and "better", no worse on valid log loss)
 CHAMPION_WHY = {
-    "first": "no model held the alias",
-    "better": "no worse on valid log loss",
     "forced": "--force-champion",
     "other cases": "the one before was measured on another valid split, so the two were not compared",
 }
@@ -89,13 +90,14 @@ def champion_note(why: str | None) -> str:
     where that was not a comparison won, why (:func:`promote_champion`'s answer)."""
     if why is None:
         return " (champion unchanged: not better on valid log loss)"
-    return " (now champion)" if why in ("first", "better") else f" (now champion: {CHAMPION_WHY[why]})"
+    return f" (now champion: {CHAMPION_WHY[why]})" if why in CHAMPION_WHY else " (now champion)"
 
 
 def promote_champion(client: MlflowClient, name: str, alias: str, version: str, valid_log_loss: float,
                      *, force: bool = False, valid_sha256: str | None = None) -> str | None:
     """Move ``alias`` to ``version`` if it is no worse than the current holder on valid log loss
-    (or ``force``), and say why (a key of :data:`CHAMPION_WHY`); None where it stays. A tie goes to
+    (or ``force``), and say why ("first", "better", or a key of :data:`CHAMPION_WHY`); None where
+    it stays. A tie goes to
     the new version: retraining on the same cases after an upgrade gives the same model, and the
     new version carries the code and decision layer of the upgrade (a served model runs the code it
     was logged with).
@@ -114,8 +116,8 @@ def promote_champion(client: MlflowClient, name: str, alias: str, version: str, 
             raise
         current = None
     compared = current is not None and current.tags.get("valid_data_sha256") == valid_sha256
-    if compared and not force and current is not None \
-            and not valid_log_loss <= float(current.tags.get("valid_log_loss", "inf")):
+    best = float(current.tags.get("valid_log_loss", "inf")) if current is not None else math.inf
+    if compared and not force and not valid_log_loss <= best:
         return None
     client.set_registered_model_alias(name, alias, version)
     return "first" if current is None else "forced" if force else "better" if compared else "other cases"

@@ -193,13 +193,16 @@ def _decision_figures(model: LoadedModel, parsed: ParsedCases, arrays: dict[str,
             raise ValueError(f"a rate of {rate!r} is no share of {n_of} cases")
         return {"value": rate, "ci": wilson_interval(k, n_of), "n": n_of}
 
+    def mean_size(sets: np.ndarray) -> dict[str, Any]:
+        """The mean number of conditions of ``sets`` (n, K), with its interval."""
+        sizes = sets.sum(axis=1)
+        return {"value": float(sizes.mean()), "ci": boot(lambda i: float(sizes[i].mean()), ceiling=float(len(CONDITIONS)))}
+
     # the differential as the `differential` column shows it (the conformal set with the condition
     # that drives the level added), and the conformal set alone, whose target the coverage is for
     assert model.kb is not None  # set together with the decision layer
     shown = shown_sets(pd.Series(decision_columns(model.decision, model.kb, parsed, proba,
                                                   columns=["differential"])["differential"]))
-    shown_sizes = shown.sum(axis=1)
-    sizes = prediction_sets(proba, parsed.codes, model.decision.conformal).sum(axis=1)
     return {
         "triage": {"reference": f"{REFERENCE_COLUMN} where given ({int((reference >= 0).sum())} rows), else the "
                                 "triage config's level for the true condition raised by any red flag or screen rule "
@@ -214,13 +217,10 @@ def _decision_figures(model: LoadedModel, parsed: ParsedCases, arrays: dict[str,
         # the conformal set's figures under their earlier names (its target is for them), and the
         # differential as shown beside them
         "differential": {"target": c["target"], "coverage": ci(c["coverage"], n),
-                         "mean_set_size": {"value": float(sizes.mean()),
-                                           "ci": boot(lambda i: float(sizes[i].mean()), ceiling=float(len(CONDITIONS)))},
+                         "mean_set_size": mean_size(prediction_sets(proba, parsed.codes, model.decision.conformal)),
                          "per_condition_coverage": c["per_class_coverage"],
                          "shown": {"coverage": ci(c["shown"]["coverage"], n),
-                                   "mean_set_size": {"value": float(shown_sizes.mean()),
-                                                     "ci": boot(lambda i: float(shown_sizes[i].mean()),
-                                                                ceiling=float(len(CONDITIONS)))}}},
+                                   "mean_set_size": mean_size(shown)}},
         "atypical": {"flag_rate": ci(a["flag_rate"], n)},
     }
 
