@@ -164,6 +164,7 @@ def train_stage(config: TrainConfig, triage: TriageConfig, screen: ScreenConfig,
 
     Returns what :func:`pipeline.model.tracking.log_training` returns.
     """
+    from pipeline.data.fingerprints import cases_digest
     from pipeline.data.real import rejects_csv
     from pipeline.decision.layer import fit_decision_on
     from pipeline.model.persist import save_model, update_manifest
@@ -219,7 +220,7 @@ def train_stage(config: TrainConfig, triage: TriageConfig, screen: ScreenConfig,
             "decision": decision}, kb_path=kb_path)
 
     info = log_training(result, config, files, save, lambda name: log_pyfunc(out, valid.head(5), name),
-                        force_champion=force_champion, datasets=datasets)
+                        force_champion=force_champion, datasets=datasets, valid_digest=cases_digest(valid))
     if extra is not None and len(extra.rejects):
         log_text(info["mlflow_run_id"], rejects_csv(extra.rejects), EXTRA_REJECTS)
         log(f"  the {extra.n_rejected:,} rejected rows' problems: artifact {EXTRA_REJECTS} of MLflow run "

@@ -1,5 +1,6 @@
 """MLflow tracking, the registry and the champion alias, against real stores."""
 
+import contextlib
 import io
 import json
 import shutil
@@ -27,6 +28,22 @@ def _logistic_only(config: Path, folder: Path, C: str = "1.0") -> Path:
     text = config.read_text().replace("candidates: [logistic, hist_gradient_boosting, mlp]", "candidates: [logistic]")
     path.write_text(text.replace("logistic: {C: 1.0", f"logistic: {{C: {C}"))
     return path
+
+
+@contextlib.contextmanager
+def _champion_kept(client):
+    """Yield the champion's version; then give the alias and the run's ``champion`` tag back to it
+    (other tests share this store and expect the original champion), and take the tag off every
+    other run of the experiment."""
+    holder = client.get_model_version_by_alias(NAME, "champion")
+    try:
+        yield holder
+    finally:
+        client.set_registered_model_alias(NAME, "champion", holder.version)
+        experiment = client.get_run(holder.run_id).info.experiment_id
+        for run in client.search_runs([experiment], filter_string="tags.champion = 'True'"):
+            client.set_tag(run.info.run_id, "champion", "False")
+        client.set_tag(holder.run_id, "champion", "True")
 
 
 def _client(uri):
@@ -277,20 +294,23 @@ def test_champion_alias_does_not_move_to_a_worse_model(trained, small_data, smal
     _, uri = trained
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     client = _client(uri)
-    before = client.get_model_version_by_alias(NAME, "champion").version
     worse = _logistic_only(small_config_path, tmp_path, C="0.0001")
     out = tmp_path / "models"
-    assert main(["train", "--config", str(worse), "--data", str(small_data), "--out", str(out)]) == 0
-    new = json.loads((out / "manifest.json").read_text())
-    assert new["champion"] is False
-    assert client.get_model_version_by_alias(NAME, "champion").version == before
-    try:
+    with _champion_kept(client) as holder:
+        assert main(["train", "--config", str(worse), "--data", str(small_data), "--out", str(out)]) == 0
+        new = json.loads((out / "manifest.json").read_text())
+        assert new["champion"] is False
+        assert client.get_model_version_by_alias(NAME, "champion").version == holder.version
         assert main(["train", "--config", str(worse), "--data", str(small_data), "--out", str(out),
                      "--force-champion"]) == 0
         forced = json.loads((out / "manifest.json").read_text())
-        assert str(client.get_model_version_by_alias(NAME, "champion").version) == forced["registered_version"] != str(before)
-    finally:  # other tests share this store and expect the original champion
-        client.set_registered_model_alias(NAME, "champion", before)
+        assert str(client.get_model_version_by_alias(NAME, "champion").version) == forced["registered_version"] \
+            != str(holder.version)
+        # the runs tagged champion are the holder's alone, not every run that once held the alias
+        experiment = client.get_run(holder.run_id).info.experiment_id
+        tagged = client.search_runs([experiment], filter_string="tags.champion = 'True'")
+        assert [r.info.run_id for r in tagged] == [forced["mlflow_run_id"]]
+        assert client.get_run(holder.run_id).data.tags["champion"] == "False"
 
 
 def test_a_champion_measured_on_other_cases_is_replaced(trained, small_data, small_config_path, tmp_path, monkeypatch,
@@ -300,14 +320,13 @@ def test_a_champion_measured_on_other_cases_is_replaced(trained, small_data, sma
     _, uri = trained
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     client = _client(uri)
-    before = client.get_model_version_by_alias(NAME, "champion").version
     data = tmp_path / "data"
     shutil.copytree(small_data, data)
     valid = pd.read_parquet(data / "valid.parquet")
     valid.iloc[: len(valid) - 7].to_parquet(data / "valid.parquet")  # other cases to measure on
     worse = _logistic_only(small_config_path, tmp_path, C="0.0001")
     out = tmp_path / "models"
-    try:
+    with _champion_kept(client):
         assert main(["train", "--config", str(worse), "--data", str(data), "--out", str(out)]) == 0
         new = json.loads((out / "manifest.json").read_text())
         assert new["champion"] is True and new["champion_why"] == "other cases"
@@ -316,8 +335,46 @@ def test_a_champion_measured_on_other_cases_is_replaced(trained, small_data, sma
                "split, so the two were not compared)" in capsys.readouterr().out
         version = client.get_model_version(NAME, new["registered_version"])
         assert version.tags["valid_data_sha256"] == new["data_sha256"]["valid"]
-    finally:  # other tests share this store and expect the original champion
-        client.set_registered_model_alias(NAME, "champion", before)
+
+
+def test_the_valid_cases_digest_is_the_cases_not_the_files_bytes(small_data, tmp_path):
+    """The digest that decides whether two log losses compare: the same for the same cases in
+    another file (another compression, CSV, rows in another order), another for one answer changed."""
+    from pipeline.data.fingerprints import cases_digest
+
+    valid = pd.read_parquet(small_data / "valid.parquet")
+    digest = cases_digest(valid)
+    valid.to_parquet(tmp_path / "other.parquet", compression="gzip")
+    valid.sample(frac=1, random_state=3).to_csv(tmp_path / "valid.csv", index=False)
+    assert (tmp_path / "other.parquet").read_bytes() != (small_data / "valid.parquet").read_bytes()
+    assert cases_digest(pd.read_parquet(tmp_path / "other.parquet")) == digest
+    assert cases_digest(pd.read_csv(tmp_path / "valid.csv")) == digest
+    changed = valid.copy()
+    changed.loc[changed.index[5], "age"] = changed["age"].iloc[5] + 1
+    assert cases_digest(changed) != digest
+    assert cases_digest(valid.iloc[1:]) != digest
+
+
+def test_a_champion_measured_on_the_same_cases_in_another_file_is_compared(trained, small_data, small_config_path,
+                                                                          tmp_path, monkeypatch, capsys):
+    """The `valid` split written again with other bytes (a pyarrow upgrade records another writer in
+    the Parquet file; here, another compression) holds the same cases: a worse model is compared with
+    the champion and does not take the alias, where it took it as measured on "another valid split"."""
+    _, uri = trained
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    client = _client(uri)
+    data = tmp_path / "data"
+    shutil.copytree(small_data, data)
+    pd.read_parquet(small_data / "valid.parquet").to_parquet(data / "valid.parquet", compression="gzip")
+    assert (data / "valid.parquet").read_bytes() != (small_data / "valid.parquet").read_bytes()
+    worse = _logistic_only(small_config_path, tmp_path, C="0.0001")
+    out = tmp_path / "models"
+    with _champion_kept(client) as holder:
+        assert main(["train", "--config", str(worse), "--data", str(data), "--out", str(out)]) == 0
+        new = json.loads((out / "manifest.json").read_text())
+        assert new["champion"] is False and new["champion_why"] is None
+        assert "(champion unchanged: not better on valid log loss)" in capsys.readouterr().out
+        assert client.get_model_version_by_alias(NAME, "champion").version == holder.version
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ platform and library version.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -29,8 +30,8 @@ from pipeline.core.parsing import ParsedCases, parse_cases
 from pipeline.core.schema import FIELDS
 from pipeline.data.datasets import labels
 
-__all__ = ["FITTED_SPLITS", "HELD_OUT_SPLITS", "FittedRows", "case_fingerprints", "fitted_fingerprints",
-           "held_out_matches"]
+__all__ = ["FITTED_SPLITS", "HELD_OUT_SPLITS", "FittedRows", "case_fingerprints", "cases_digest",
+           "fitted_fingerprints", "held_out_matches"]
 
 FITTED_SPLITS = ("train", "valid", "calib")  # the synthetic splits a model is trained, calibrated and given its decision layer on
 # the synthetic splits a model is not trained on, and what each is for
@@ -62,6 +63,15 @@ def case_fingerprints(parsed: ParsedCases, condition: np.ndarray) -> np.ndarray:
         values = np.where(np.isnan(values), np.nan, values) + 0.0  # one NaN, and -0.0 as 0.0
         h = _mix(h ^ values.view(np.uint64) ^ np.uint64(_GOLDEN * j % 2**64))
     return h
+
+
+def cases_digest(frame: pd.DataFrame) -> str:
+    """The SHA-256 of a labelled frame's cases, whatever file held them or in what order: of its
+    rows' :func:`case_fingerprints`, sorted. The same cases written by another pyarrow (a Parquet
+    file records its writer), compressed otherwise or shuffled have one digest; a metric that is a
+    mean over the rows, such as a log loss, compares between two frames of one digest."""
+    fingerprints = np.sort(case_fingerprints(parse_cases(frame), labels(frame)))
+    return hashlib.sha256(fingerprints.astype("<u8").tobytes()).hexdigest()
 
 
 def _split_fingerprints(path: Path) -> np.ndarray:

@@ -30,7 +30,7 @@ from pipeline.model.persist import library_versions
 from pipeline.model.train import TrainResult
 
 __all__ = ["use_tracking", "log_training", "log_evaluation", "log_holdout", "log_text", "log_labelled_evaluation",
-           "promote_champion", "CHAMPION_WHY", "champion_note", "git_commit", "source_tags", "log_dataset"]
+           "promote_champion", "CHAMPION_WHY", "VALID_DIGEST_TAG", "champion_note", "git_commit", "source_tags", "log_dataset"]
 
 
 def use_tracking(experiment: str) -> str:
@@ -77,6 +77,9 @@ def log_dataset(frame: pd.DataFrame, source: str | Path, name: str, context: str
         mlflow.log_input(from_pandas(plain, source=str(source), targets=target, name=name), context=context)
 
 
+# the registered version's tag with the digest of the cases its valid log loss was measured on
+VALID_DIGEST_TAG = "valid_cases_digest"
+
 # why a version took the alias where no comparison was won (:func:`promote_champion` also says
 # "first", no version held it, and "better", no worse on valid log loss)
 CHAMPION_WHY = {
@@ -94,7 +97,8 @@ def champion_note(why: str | None) -> str:
 
 
 def promote_champion(client: MlflowClient, name: str, alias: str, version: str, valid_log_loss: float,
-                     *, force: bool = False, valid_sha256: str | None = None) -> str | None:
+                     *, force: bool = False, valid_sha256: str | None = None,
+                     valid_digest: str | None = None) -> str | None:
     """Move ``alias`` to ``version`` if it is no worse than the current holder on valid log loss
     (or ``force``), and say why ("first", "better", or a key of :data:`CHAMPION_WHY`); None where
     it stays. A tie goes to
@@ -103,11 +107,18 @@ def promote_champion(client: MlflowClient, name: str, alias: str, version: str, 
     was logged with).
 
     Log losses compare only on the same cases: a holder measured on another ``valid`` split
-    (``valid_sha256`` differs or was not recorded; say, trained before the knowledge base changed,
-    and perhaps unable to read today's cases) is replaced, whatever its number."""
+    (say, trained before the knowledge base changed, and perhaps unable to read today's cases) is
+    replaced, whatever its number. The cases are compared by ``valid_digest``
+    (:func:`pipeline.data.fingerprints.cases_digest`, the same for the same cases in any file),
+    and with a holder that did not record one, by the file's ``valid_sha256``: the same cases
+    written again by another pyarrow have other bytes.
+
+    The alias's holder is the version whose run has the tag ``champion`` "True": the tag moves off
+    the run of the version that held the alias before (left as it is where that run is deleted)."""
     client.set_model_version_tag(name, version, "valid_log_loss", repr(valid_log_loss))
-    if valid_sha256 is not None:
-        client.set_model_version_tag(name, version, "valid_data_sha256", valid_sha256)
+    for key, value in ((VALID_DIGEST_TAG, valid_digest), ("valid_data_sha256", valid_sha256)):
+        if value is not None:
+            client.set_model_version_tag(name, version, key, value)
     try:
         current = client.get_model_version_by_alias(name, alias)
     except MlflowException as err:
@@ -115,24 +126,41 @@ def promote_champion(client: MlflowClient, name: str, alias: str, version: str, 
         if err.error_code != "INVALID_PARAMETER_VALUE" or "not found" not in err.message:
             raise
         current = None
-    compared = current is not None and current.tags.get("valid_data_sha256") == valid_sha256
+    compared = current is not None and (current.tags.get(VALID_DIGEST_TAG) == valid_digest
+                                        if VALID_DIGEST_TAG in current.tags and valid_digest is not None
+                                        else current.tags.get("valid_data_sha256") == valid_sha256)
     best = float(current.tags.get("valid_log_loss", "inf")) if current is not None else math.inf
     if compared and not force and not valid_log_loss <= best:
         return None
     client.set_registered_model_alias(name, alias, version)
+    if current is not None and current.run_id and current.run_id != client.get_model_version(name, version).run_id:
+        _untag_champion(client, current.run_id)
     return "first" if current is None else "forced" if force else "better" if compared else "other cases"
+
+
+def _untag_champion(client: MlflowClient, run_id: str) -> None:
+    """Set the ``champion`` tag of the run whose version gave up the alias to "False", unless that
+    run is deleted (MLflow refuses a tag on a deleted run) or gone."""
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        return
+    if run.info.lifecycle_stage == "active":
+        client.set_tag(run_id, "champion", "False")
 
 
 def log_training(result: TrainResult, config: TrainConfig, data_files: dict[str, Path],
                  save: Callable[[str], dict], log_model: Callable[[str], Any], *,
-                 force_champion: bool = False, datasets: dict[str, tuple[pd.DataFrame, str, Path]] | None = None
-                 ) -> dict[str, Any]:
+                 force_champion: bool = False, datasets: dict[str, tuple[pd.DataFrame, str, Path]] | None = None,
+                 valid_digest: str | None = None) -> dict[str, Any]:
     """Log one `kneepain train` to MLflow: a parent run, a nested run per candidate, the model.
 
     ``save(run_id) -> manifest`` writes the model folder; it is called inside the run so the
     manifest carries the run id. ``log_model(registered_model_name) -> ModelInfo`` then logs and
     registers the model in the active run. ``datasets`` maps a dataset name to ``(frame,
     context, file)``; each is logged as a run input. The registered model and the new version get descriptions (the model card).
+    ``valid_digest`` (the ``valid`` cases' :func:`pipeline.data.fingerprints.cases_digest`) says
+    which champion's log loss compares (:func:`promote_champion`).
     """
     exp_id = use_tracking(config.tracking.experiment)
     with mlflow.start_run(experiment_id=exp_id, run_name=f"train-{result.winner}",
@@ -160,7 +188,8 @@ def log_training(result: TrainResult, config: TrainConfig, data_files: dict[str,
         client = MlflowClient()
         moved = promote_champion(client, config.tracking.registered_model, config.tracking.alias, version,
                                  result.metrics["valid_log_loss"], force=force_champion,
-                                 valid_sha256=sha256_file(data_files["valid"]) if "valid" in data_files else None)
+                                 valid_sha256=sha256_file(data_files["valid"]) if "valid" in data_files else None,
+                                 valid_digest=valid_digest)
         mlflow.set_tag("champion", str(moved is not None))
         client.update_registered_model(config.tracking.registered_model, description=REGISTERED_MODEL_DESCRIPTION)
         client.update_model_version(config.tracking.registered_model, version, description=_version_description(
