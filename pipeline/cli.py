@@ -232,7 +232,6 @@ def _train(args: argparse.Namespace) -> int:
     kb_path = Path(args.kb) if args.kb else config_path("knowledge_base.yaml")
     out = Path(args.out) if args.out else models_dir()
     data = Path(args.data) if args.data else data_dir()
-    _refuse_train_out(out, data)
     info = train_stage(config, triage, screen, kb_path, data, out,
                        backend=args.backend, scheduler=args.scheduler, force_champion=args.force_champion)
     print(f"Saved {out / info['manifest']['model_file']} (manifest, knowledge base and checksums beside it)")
@@ -492,30 +491,6 @@ def _refuse_model_folder(out: Path) -> None:
     if holds_model(out):
         raise UsageError(f"--out {out}: is a model folder, whose files are the model's; give a folder of its own for "
                          "the reports.")
-
-
-def _refuse_train_out(out: Path, data: Path) -> None:
-    """Refuse, before training, an ``--out`` the model cannot be saved in, or whose files are not a
-    model's: a file (it failed after the training, naming no option), the ``--data`` folder, or a
-    folder with a ``manifest.json`` that is no model's (the data's record of how it was generated
-    was replaced by the model's, with no copy in git or DVC)."""
-    from pipeline.core.files import load_json
-    from pipeline.model.persist import MANIFEST_FILE
-
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out}: is a file; give a folder for the model (it is made if missing).")
-    if out.is_dir() and data.is_dir() and os.path.samefile(out, data):
-        raise UsageError(f"--out {out}: is the --data folder; the model's {MANIFEST_FILE} would replace the data's. "
-                         "Give the model a folder of its own.")
-    manifest = out / MANIFEST_FILE
-    if manifest.is_file():
-        try:
-            found = load_json(manifest.read_bytes())
-        except (OSError, ValueError):
-            found = None
-        if not (isinstance(found, dict) and "model_file" in found):
-            raise UsageError(f"--out {out}: holds a {MANIFEST_FILE} that is not a model's (a data folder's?), which "
-                             "saving the model would replace; give the model a folder of its own.")
 
 
 def _refuse_folder_names(files: list[tuple[str, str | None, str]]) -> None:

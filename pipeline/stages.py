@@ -6,6 +6,7 @@ command prints; :mod:`pipeline.cli` parses arguments, fills in the default paths
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
     from pipeline.data.real import LabelledCases
 
 __all__ = ["EvaluateResult", "ExtraCases", "evaluate_file", "evaluate_stage", "generate_stage", "read_extra_cases",
-           "sensitivity_stage", "train_stage"]
+           "refuse_model_out", "sensitivity_stage", "train_stage"]
 
 
 def generate_stage(kb: KnowledgeBase, config: GenerateConfig, out: Path) -> tuple[dict[str, int], dict]:
@@ -152,6 +153,30 @@ def read_extra_cases(config: TrainConfig, data: Path | None = None) -> ExtraCase
     return ExtraCases(path, to_train, held, len(raw), rejects, ignored, extra.weight)
 
 
+def refuse_model_out(out: Path, data: Path) -> None:
+    """Refuse (FileExistsError), before training, an ``--out`` the model cannot be saved in, or whose
+    files are not a model's: a file (it failed after the training, naming no option), the
+    ``--data`` folder, or a folder with a ``manifest.json`` that is no model's (the data's record of
+    how it was generated was replaced by the model's, with no copy in git or DVC)."""
+    from pipeline.core.files import load_json
+    from pipeline.model.persist import MANIFEST_FILE
+
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out}: is a file; give a folder for the model (it is made if missing).")
+    if out.is_dir() and data.is_dir() and os.path.samefile(out, data):
+        raise FileExistsError(f"--out {out}: is the --data folder; the model's {MANIFEST_FILE} would replace the "
+                              "data's. Give the model a folder of its own.")
+    manifest = out / MANIFEST_FILE
+    if manifest.is_file():
+        try:
+            found = load_json(manifest.read_bytes())
+        except (OSError, ValueError):
+            found = None
+        if not (isinstance(found, dict) and "model_file" in found):
+            raise FileExistsError(f"--out {out}: holds a {MANIFEST_FILE} that is not a model's (a data folder's?), "
+                                  "which saving the model would replace; give the model a folder of its own.")
+
+
 def train_stage(config: TrainConfig, triage: TriageConfig, screen: ScreenConfig, kb_path: Path, data: Path, out: Path, *,
                 backend: str = "loky", scheduler: str | None = None, force_champion: bool = False,
                 log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -172,6 +197,7 @@ def train_stage(config: TrainConfig, triage: TriageConfig, screen: ScreenConfig,
     from pipeline.model.train import train_model
     from pipeline.serve.mlflow_model import log_pyfunc
 
+    refuse_model_out(out, data)
     tracking_uri()  # an unreachable tracking server fails now, not after the training it would record
     kb = load_knowledge_base(kb_path)
     check_generated_from(kb, data, "the model would keep this knowledge base beside data drawn from another")

@@ -749,6 +749,15 @@ def test_train_refuses_an_out_that_is_a_file_the_data_folder_or_holds_another_ma
         assert main(["train", "--config", str(small_config_path), "--data", str(data), "--out", str(out)]) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"kneepain train: error: --out {out}: {message}") and err.count("\n") == 1, err
+    # the stage's function refuses them too, for a notebook or script that calls it
+    from pipeline.core.config import ScreenConfig, TrainConfig, TriageConfig, load_config
+    from pipeline.core.paths import config_path
+    from pipeline.stages import train_stage
+
+    configs = [load_config(TrainConfig, small_config_path), load_config(TriageConfig, config_path("triage.yaml")),
+               load_config(ScreenConfig, config_path("screen.yaml"))]
+    with pytest.raises(FileExistsError, match="is the --data folder"):
+        train_stage(*configs, config_path("knowledge_base.yaml"), data, data)
     assert (tmp_path / "afile").read_text() == "hi\n" and sorted(p.name for p in other.iterdir()) == ["manifest.json"]
     assert (data / "manifest.json").read_bytes() == before
 
