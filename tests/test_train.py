@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ from sklearn.pipeline import Pipeline
 from pipeline import generate_cases, oracle_posterior
 from pipeline.core.config import TrainConfig, load_config
 from pipeline.core.metrics import ece_top_label, log_loss, summary
+from pipeline.core.schema import CONDITIONS
 from pipeline.data.datasets import labels, read_split
 from pipeline.model.features import CaseFeaturizer
 from pipeline.model.train import CandidateResult, calibrate, select_candidate, train_model
@@ -118,3 +120,26 @@ def test_a_cross_validation_sample_too_small_for_its_folds_names_the_setting(sma
     with pytest.raises(ConfigError, match=r"^cv: the 100 cases cross-validated \(cv\.max_rows 100; 0: all 4,000\) hold "
                                           r"\d of \w+, fewer than the 5 folds \(cv\.folds\) need; raise cv\.max_rows"):
         evaluate_candidates(config, train, labels(train), train.head(10))
+
+
+def test_a_valid_split_too_small_to_calibrate_on_is_refused_before_training(small_data, small_config_path, tmp_path,
+                                                                           capsys, monkeypatch):
+    """A `valid` split of 30 cases trained every candidate, then failed in calibration's own folds
+    with "unexpected IndexError"; it is refused before the fits, naming the split, what it needs and
+    the conditions too rare in it."""
+    import shutil
+
+    from pipeline.cli import main
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    data = Path(shutil.copytree(small_data, tmp_path / "data"))
+    valid = read_split("valid", small_data).head(30)
+    valid.to_parquet(data / "valid.parquet")
+    assert main(["train", "--config", str(small_config_path), "--data", str(data), "--out", str(tmp_path / "m")]) == 2
+    captured = capsys.readouterr()
+    assert "CV log loss" not in captured.out and not (tmp_path / "m").exists()
+    assert captured.err.startswith("kneepain train: error: valid: 30 cases, and calibration needs at least 10 of each "
+                                   "condition (its two halves, each in 5 folds); it holds "), captured.err
+    counts = valid["condition"].astype(str).value_counts()
+    rare = ", ".join(f"{c} {counts.get(c, 0)}" for c in CONDITIONS if counts.get(c, 0) < 10)
+    assert f"it holds {rare}. Generate a larger valid split (splits.valid.n" in captured.err, captured.err

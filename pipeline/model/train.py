@@ -21,7 +21,7 @@ from sklearn.model_selection import StratifiedKFold, cross_validate, train_test_
 
 from pipeline.core.blas import one_blas_thread
 from pipeline.core.config import TrainConfig
-from pipeline.core.errors import ConfigError
+from pipeline.core.errors import BatchInputError, ConfigError
 from pipeline.core.metrics import ece_top_label, log_loss
 from pipeline.core.parsing import parse_cases
 from pipeline.core.schema import CONDITIONS
@@ -117,6 +117,23 @@ def select_candidate(results: list[CandidateResult], tolerance: float, speed_rat
     return min((r for r in near if r.rows_per_second * speed_ratio >= fastest), key=lambda r: r.cv_log_loss)
 
 
+CALIBRATION_FOLDS = 5  # CalibratedClassifierCV's own, within each half of `valid` (:func:`calibrate`)
+
+
+def check_calibration_cases(y_valid: np.ndarray) -> None:
+    """Refuse a ``valid`` split with a condition too rare to calibrate on: :func:`calibrate` fits on
+    each half and scores on the other, and each fit stratifies its half into
+    :data:`CALIBRATION_FOLDS` folds, so each condition needs two cases per fold; with fewer, a fold
+    lacks the condition, and the calibration failed after the whole training."""
+    need = 2 * CALIBRATION_FOLDS
+    counts = np.bincount(y_valid, minlength=len(CONDITIONS))
+    if counts.min() < need:
+        rare = ", ".join(f"{CONDITIONS[i]} {counts[i]}" for i in np.flatnonzero(counts < need))
+        raise BatchInputError(f"valid: {len(y_valid):,} cases, and calibration needs at least {need} of each "
+                              f"condition (its two halves, each in {CALIBRATION_FOLDS} folds); it holds {rare}. "
+                              "Generate a larger valid split (splits.valid.n in the generate config).")
+
+
 def calibrate(model, X_valid: pd.DataFrame, y_valid: np.ndarray, method: str, *, seed: int,
               min_improvement: float = 0.0) -> tuple[Any, dict[str, Any]]:
     """Calibrate ``model`` on ``valid``; keep it only if it helps on held-out halves.
@@ -131,7 +148,7 @@ def calibrate(model, X_valid: pd.DataFrame, y_valid: np.ndarray, method: str, *,
     halves = StratifiedKFold(2, shuffle=True, random_state=seed).split(np.zeros(len(y_valid)), y_valid)
     calibrated = np.empty_like(raw)
     for fit_idx, score_idx in halves:
-        cal = CalibratedClassifierCV(FrozenEstimator(model), method=method)
+        cal = CalibratedClassifierCV(FrozenEstimator(model), method=method, cv=CALIBRATION_FOLDS)
         cal.fit(parsed[fit_idx], y_valid[fit_idx])
         calibrated[score_idx] = cal.predict_proba(parsed[score_idx])
     before, after = log_loss(raw, y_valid), log_loss(calibrated, y_valid)
@@ -142,7 +159,7 @@ def calibrate(model, X_valid: pd.DataFrame, y_valid: np.ndarray, method: str, *,
               "valid_ece_calibrated_heldout": ece_top_label(calibrated, y_valid)}
     if not keep:
         return model, report
-    final = CalibratedClassifierCV(FrozenEstimator(model), method=method).fit(parsed, y_valid)
+    final = CalibratedClassifierCV(FrozenEstimator(model), method=method, cv=CALIBRATION_FOLDS).fit(parsed, y_valid)
     return final, report
 
 
@@ -160,6 +177,7 @@ def train_model(config: TrainConfig, train: pd.DataFrame, valid: pd.DataFrame, *
     if sample_weight is not None and len(sample_weight) != len(train):
         raise ValueError(f"sample_weight has {len(sample_weight)} values for {len(train)} training rows.")
     y_train, y_valid = labels(train), labels(valid)
+    check_calibration_cases(y_valid)
     speed_rows = valid.head(10_000)
     # one BLAS thread per process: parallel CV folds already use the cores, and on 2 cores a
     # multi-threaded logistic fit was measured slower than a single-threaded one
