@@ -207,6 +207,7 @@ def _train(args: argparse.Namespace) -> int:
 
     from pipeline.core.config import ScreenConfig, TrainConfig, TriageConfig, error_lines, load_config
     from pipeline.core.paths import config_path, data_dir, models_dir
+    from pipeline.model.mlflow_hints import quiet_mlflow
     from pipeline.model.tracking import champion_note
     from pipeline.stages import train_stage
 
@@ -232,8 +233,9 @@ def _train(args: argparse.Namespace) -> int:
     kb_path = Path(args.kb) if args.kb else config_path("knowledge_base.yaml")
     out = Path(args.out) if args.out else models_dir()
     data = Path(args.data) if args.data else data_dir()
-    info = train_stage(config, triage, screen, kb_path, data, out,
-                       backend=args.backend, scheduler=args.scheduler, force_champion=args.force_champion)
+    with quiet_mlflow():
+        info = train_stage(config, triage, screen, kb_path, data, out,
+                           backend=args.backend, scheduler=args.scheduler, force_champion=args.force_champion)
     print(f"Saved {out / info['manifest']['model_file']} (manifest, knowledge base and checksums beside it)")
     print(f"MLflow run {info['mlflow_run_id']} at {info['tracking_uri']}; registered "
           f"{info['registered_model']} version {info['registered_version']}"

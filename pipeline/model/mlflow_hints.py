@@ -5,10 +5,14 @@ A module of its own, light to import: the MLflow model imports it when it is ser
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import warnings
 from collections.abc import Iterator
 
-__all__ = ["quiet_schema_hints"]
+__all__ = ["quiet_mlflow", "quiet_schema_hints"]
+
+PROGRESS_BAR_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 
 
 @contextlib.contextmanager
@@ -23,3 +27,26 @@ def quiet_schema_hints() -> Iterator[None]:
                                 category=UserWarning)
         warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column", category=UserWarning)
         yield
+
+
+@contextlib.contextmanager
+def quiet_mlflow() -> Iterator[None]:
+    """MLflow's artifact progress bars (``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR``) and INFO lines
+    ("Creating initial MLflow database tables...", "Validating input example against model
+    signature") off while inside: in a command's output, between its own lines, and in a server's
+    log. Its warnings and errors still show. MLflow sets its logger's level when first imported, so
+    it is imported here first."""
+    import mlflow  # noqa: F401
+
+    logger = logging.getLogger("mlflow")
+    before_level, before_env = logger.level, os.environ.get(PROGRESS_BAR_ENV)
+    logger.setLevel(max(logging.WARNING, before_level))
+    os.environ[PROGRESS_BAR_ENV] = "false"
+    try:
+        yield
+    finally:
+        logger.setLevel(before_level)
+        if before_env is None:
+            os.environ.pop(PROGRESS_BAR_ENV, None)
+        else:
+            os.environ[PROGRESS_BAR_ENV] = before_env

@@ -28,6 +28,7 @@ from pipeline.core.schema import CONDITIONS
 from pipeline.decision.layer import Decision
 from pipeline.model.arrays import ArrayScorer, array_scorer, predict_proba
 from pipeline.model.integrity import CHECKSUMS_FILE
+from pipeline.model.mlflow_hints import quiet_mlflow
 from pipeline.model.persist import KB_FILE, MANIFEST_FILE, holds_model, load_estimator
 from pipeline.model.signing import snapshot_folder, trusted_key, verify_signature
 
@@ -185,7 +186,7 @@ def _mlflow_model_folder(uri: str, into: Path) -> Path:
 
     _use_tracking_store(uri)
     try:
-        with _quiet_downloads():  # MLflow's progress bars would fill a server's log and a job's stderr
+        with quiet_mlflow():  # MLflow's progress bars would fill a server's log and a job's stderr
             repository = get_artifact_repository(uri)
             # only MLmodel and the model folder, not the code; where they land under ``into``
             # depends on the kind of URI (a run's adds the model's path), so MLmodel's own place is the root
@@ -235,21 +236,6 @@ def pinned_uri(uri: str) -> str:
         raise ModelIntegrityError(f"{uri}: cannot find the version the alias names: "
                                   f"{' '.join(str(err).split())[:300]}") from err
     return f"models:/{match[1]}/{version}"
-
-
-@contextmanager
-def _quiet_downloads() -> Iterator[None]:
-    """MLflow's artifact progress bars off while inside (``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR``)."""
-    name = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
-    before = os.environ.get(name)
-    os.environ[name] = "false"
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = before
 
 
 def _model_dir_relative(local: Path) -> str | None:
