@@ -158,6 +158,14 @@ def _write(tmp_path, mutate) -> Path:
      r"conditions\.dvt\.symptoms\.visible_veins\.p: Input should be less than 1, got 1\.2"),
     (lambda r: r["conditions"]["dvt"]["onset"]["range"].update(sudden=[-0.1, 0.5]),
      r"conditions\.dvt\.onset: .*range of sudden: \[-0\.1, 0\.5\] reaches beyond what sudden may be \(\[0, inf\]\)"),
+    # a misspelt answer was blamed on the range, which names it rightly
+    (lambda r: r["conditions"]["leg_cramp"]["onset"].update(suden=r["conditions"]["leg_cramp"]["onset"].pop("sudden")),
+     r"conditions\.leg_cramp\.onset: .*the numbers must be named by exactly the answers sudden, gradual; "
+     r"unknown \['suden'\], missing \['sudden'\]"),
+    (lambda r: r["population"]["activity"].update(runing=r["population"]["activity"].pop("running")),
+     r"population\.activity: .*named by exactly the answers .*; unknown \['runing'\], missing \['running'\]"),
+    (lambda r: r["conditions"]["dvt"]["severity"].update(sever=r["conditions"]["dvt"]["severity"].pop("severe")),
+     r"conditions\.dvt\.severity: .*answers mild, moderate, severe; unknown \['sever'\], missing \['severe'\]"),
 ])
 def test_bad_configs_name_the_key(tmp_path, mutate, expected):
     with pytest.raises(KnowledgeBaseError, match=expected):

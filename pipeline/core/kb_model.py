@@ -14,12 +14,12 @@ from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator, model_validator
 from pydantic import Field as PydField
 
 from pipeline.core.config import Source, StrictModel
 from pipeline.core.errors import KnowledgeBaseError
-from pipeline.core.schema import CONDITIONS, CONTEXT_TRISTATES, FIELDS, SYMPTOMS, field
+from pipeline.core.schema import CONDITIONS, CONTEXT_TRISTATES, FIELDS, SEVERITIES, SYMPTOMS, field
 
 __all__ = ["BINARY_RISK_FACTORS", "CATEGORY_GIVEN", "Condition", "Distribution", "Episode", "KnowledgeBaseModel", "Missing",
            "OPTIONAL_FIELDS", "Population", "Prob", "Sourced"]
@@ -177,6 +177,15 @@ class SignedValues(Distribution):
         return self
 
 
+def _answer_names(mapping: object, names: tuple[str, ...]) -> object:
+    """Check, before its numbers and ranges are, that a :class:`Distribution`'s numbers are named
+    by exactly ``names`` (a misspelt answer was blamed on the range, which names it rightly)."""
+    if isinstance(mapping, dict):
+        _exact_keys({k: v for k, v in mapping.items() if k not in ("source", "range")}, names,
+                    f"the numbers must be named by exactly the answers {', '.join(names)}")
+    return mapping
+
+
 class Icd10(Sourced):
     code: str = PydField(pattern=r"^[A-Z]\d\d(\.\d{1,2})?$")
 
@@ -198,6 +207,11 @@ class Condition(StrictModel):
     swelling_within_hours: Prob
     symptom_duration_days: LogNormal
     symptoms: dict[str, Prob]
+
+    @field_validator("severity", "activity", "onset", "injury_event", mode="before")
+    @classmethod
+    def _named_answers(cls, v: object, info: ValidationInfo) -> object:
+        return _answer_names(v, SEVERITIES if info.field_name == "severity" else field(str(info.field_name)).allowed)
 
     @field_validator("risk_factors")
     @classmethod
@@ -233,6 +247,11 @@ class Population(StrictModel):
     fertile_age: Value  # upper bound; pregnancy is possible from age_min to this
     pregnant_outside_fertile_age: Prob
     activity: Distribution
+
+    @field_validator("activity", mode="before")
+    @classmethod
+    def _named_activities(cls, v: object) -> object:
+        return _answer_names(v, field("activity").allowed)
 
     @field_validator("fertile_age")
     @classmethod
