@@ -74,6 +74,8 @@ def check_source(value: str) -> str:
 
 
 Source = Annotated[str, AfterValidator(check_source)]
+# a text shown to the user (a reason, a safety net, advice): an empty one showed as nothing at all
+Text = Annotated[str, Field(pattern=r"\S")]
 
 
 class SplitConfig(StrictModel):
@@ -239,8 +241,8 @@ class RedFlag(StrictModel):
     # each field's answer, or a list of answers any of which matches (checked as a screen rule's)
     all: dict[str, list[str]] = Field(min_length=1)
     any: dict[str, list[str]] = {}
-    reason: str
-    safety_net: str  # in plain words, the signs that fire the rule: shown while they could (SafetyNet.to_watch)
+    reason: Text
+    safety_net: Text  # in plain words, the signs that fire the rule: shown while they could (SafetyNet.to_watch)
     # shown whatever today's answers to its signs, while its other fields could still match: signs
     # that can come later (a calf that is not swollen today can swell tomorrow)
     watch_always: bool = False
@@ -272,6 +274,10 @@ def _check_answers(part: str, fields: dict[str, list[str]]) -> None:
             if f.kind in ("integer", "float"):
                 if not (a[:2] in ("<=", ">=") and _is_number(a[2:])):
                     raise ValueError(f"{part}.{name}: {a!r} must be '<=x', '>=x' or 'unknown'")
+                x = float(a[2:])
+                if (a[:2] == ">=" and f.maximum is not None and x > f.maximum) or \
+                        (a[:2] == "<=" and f.minimum is not None and x < f.minimum):
+                    raise ValueError(f"{part}.{name}: {a!r} matches no case ({name} is {f.allowed_text})")
             elif a not in (("yes", "no") if f.kind == "tristate" else f.allowed):
                 raise ValueError(f"{part}.{name}: {a!r} is not an answer of {name}")
 
@@ -304,12 +310,12 @@ class ScreenRule(StrictModel):
     """
 
     name: str
-    rule_out: str
+    rule_out: Text
     level: RuleLevel
     all: dict[str, list[str]] = Field(min_length=1)
     any: dict[str, list[str]] = {}
-    reason: str
-    safety_net: str  # in plain words, the signs that fire the rule: shown while they could (SafetyNet.to_watch)
+    reason: Text
+    safety_net: Text  # in plain words, the signs that fire the rule: shown while they could (SafetyNet.to_watch)
     watch_always: bool = False  # as RedFlag.watch_always
     source: Source
     # rules that rule out what this one does and more, at a level at least as high: where one of
@@ -492,13 +498,13 @@ class AtypicalConfig(StrictModel):
 
 class TriageConfig(StrictModel):
     levels: list[Level]
-    level_text: dict[Level, str]
+    level_text: dict[Level, Text]
     costs: dict[str, dict[Level, float]]
     cost_sources: dict[str, Source]
     right_level: dict[str, Level]
     red_flags: list[RedFlag]
-    advice: dict[str, str]
-    closing: str
+    advice: dict[str, Text]
+    closing: Text
     conformal: ConformalConfig
     atypical: AtypicalConfig
     uncertain: UncertainConfig
@@ -531,6 +537,10 @@ class TriageConfig(StrictModel):
                              f"repeated: {repeated}")
         for key, names in (("fields", self.ask_next.fields), ("at_any_chance", self.ask_next.at_any_chance)):
             _check_questions(f"ask_next.{key}", names, ("tristate", "category"), "a yes/no or category question")
+        same_day = {name for flag in self.red_flags if flag.level == "emergency" for name in (*flag.all, *flag.any)}
+        if unread := [name for name in self.ask_next.at_any_chance if name not in same_day]:
+            raise ValueError(f"ask_next.at_any_chance: {unread} read by no same-day red flag (a field is asked at any "
+                             "chance only where its answer would make such a flag fire)")
         for i, flag in enumerate(self.red_flags):
             if flag.condition is not None and flag.condition not in CONDITIONS:
                 raise ValueError(f"red_flags[{i}].condition: {flag.condition!r} is not one of {list(CONDITIONS)}")
