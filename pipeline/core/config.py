@@ -41,6 +41,9 @@ class StrictModel(BaseModel):
 
 
 _PROVENANCE = re.compile(r"^(seed: \"[^\"]{8,}\".*|ref: .*\b(19|20)\d\d\b.*|assumption: .{10,})$", re.S)
+# what a ``ref`` names beside the study and its year: where in it the number or rule is found
+_FIGURE = re.compile(r"(table|figure|fig\.|abstract|page|p\. ?\d|results|text|guideline|section|registry|main points"
+                     r"|recommendation|statement)", re.I)
 
 
 def normalised(text: str) -> str:
@@ -57,16 +60,20 @@ def _seed_text() -> str:
     return normalised(seed_path().read_text(encoding="utf-8"))
 
 
-def check_source(value: str) -> str:
+def check_source(value: str, *, figure: bool = True) -> str:
     """A number's or a rule's provenance: ``ref: <author (year) title, the figure used>``,
     ``seed: "<quote>"`` (a quote supports a direction, never a size; each one, wherever it stands in
-    the source, found word for word in the seed article) or ``assumption: <reason>``."""
+    the source, found word for word in the seed article) or ``assumption: <reason>``. Without
+    ``figure``, a ``ref`` need not say where in the work it is (a code's entry in a classification)."""
     value = value.strip()
     if not _PROVENANCE.match(value):
         raise ValueError('source must be \'seed: "<quote>"\', \'ref: <author (year) title>\' or '
                          f"'assumption: <reason>', got {value!r}")
     if re.search(r'seed: (?!")', value):
         raise ValueError(f'a seed quote must stand in double quotes after "seed: ", to be checked: {value!r}')
+    if figure and value.startswith("ref: ") and not _FIGURE.search(value):
+        raise ValueError("a ref must name where in the study its figure is (a table, figure, page, section, the "
+                         f"abstract or text): {value!r}")
     for quote in re.findall(r'seed: "([^"]+)"', value):
         if normalised(quote) not in _seed_text():
             raise ValueError(f"seed quote not found in the seed article (seed/pain-behind-the-knee.txt): {quote!r}")
@@ -74,6 +81,8 @@ def check_source(value: str) -> str:
 
 
 Source = Annotated[str, AfterValidator(check_source)]
+# the provenance of a code, not a number: a classification's entry (ICD-10's R25.2)
+CodeSource = Annotated[str, AfterValidator(functools.partial(check_source, figure=False))]
 # a text shown to the user (a reason, a safety net, advice): an empty one showed as nothing at all
 Text = Annotated[str, Field(pattern=r"\S")]
 

@@ -17,7 +17,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator, model_validator
 from pydantic import Field as PydField
 
-from pipeline.core.config import Source, StrictModel
+from pipeline.core.config import CodeSource, Source, StrictModel
 from pipeline.core.errors import KnowledgeBaseError
 from pipeline.core.schema import CONDITIONS, CONTEXT_TRISTATES, FIELDS, SEVERITIES, SYMPTOMS, field
 
@@ -187,6 +187,7 @@ def _answer_names(mapping: object, names: tuple[str, ...]) -> object:
 
 
 class Icd10(Sourced):
+    source: CodeSource
     code: str = PydField(pattern=r"^[A-Z]\d\d(\.\d{1,2})?$")
 
 
