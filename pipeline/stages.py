@@ -100,20 +100,25 @@ class ExtraCases:
         return lines
 
 
-def _without_held_out(labelled: LabelledCases, data: Path) -> LabelledCases:
-    """``labelled`` without the rows that are cases of a synthetic split held out from training
-    (:func:`pipeline.data.fingerprints.held_out_matches`), each a reject line saying which and why:
+def _without_synthetic_rows(labelled: LabelledCases, data: Path) -> LabelledCases:
+    """``labelled`` without the rows that are cases of a synthetic split in ``data``
+    (:func:`pipeline.data.fingerprints.split_matches`), each a reject line saying which and why:
     rows of ``valid`` among the extra cases gave a validation log loss measured on rows trained
-    on, which moved the champion alias."""
-    from pipeline.data.fingerprints import HELD_OUT_SPLITS, held_out_matches
+    on, which moved the champion alias; rows of ``train`` held out gave held-out figures on rows
+    the model was fitted on."""
+    from pipeline.data.fingerprints import HELD_OUT_SPLITS, split_matches
 
-    split = held_out_matches(labelled.parsed, labels(labelled.valid), data)
+    split = split_matches(labelled.parsed, labels(labelled.valid), data, ("train", *HELD_OUT_SPLITS))
     hit = split != ""
     if not hit.any():
         return labelled
+    why = {name: f"which {role}: trained on, that row would no longer be held out there"
+           for name, role in HELD_OUT_SPLITS.items()}
+    why["train"] = ("which the model is trained on already: a copy adds only weight there, and held out it would be "
+                    "scored as a real case the model was not fitted on")
     lines = pd.DataFrame({"row": labelled.rows[hit], "column": "", "value": "", "reason": [
-        f"the same case (every answer and the condition) as a row of the synthetic {name} split in {data}, which "
-        f"{HELD_OUT_SPLITS[name]}: trained on, that row would no longer be held out there" for name in split[hit]]})
+        f"the same case (every answer and the condition) as a row of the synthetic {name} split in {data}, "
+        f"{why[name]}" for name in split[hit]]})
     if ID_COLUMN in labelled.rejects.columns and labelled.parsed.ids is not None:
         lines.insert(1, ID_COLUMN, labelled.parsed.ids.astype("string").to_numpy()[hit])
     rejects = pd.concat([labelled.rejects, lines], ignore_index=True).sort_values("row", kind="stable",
@@ -126,7 +131,7 @@ def _without_held_out(labelled: LabelledCases, data: Path) -> LabelledCases:
 
 def read_extra_cases(config: TrainConfig, data: Path | None = None) -> ExtraCases | None:
     """The ``extra_data`` of ``config``, validated and split (None when no path is set); with
-    ``data``, the synthetic data folder, without its held-out splits' cases (each rejected)."""
+    ``data``, the synthetic data folder, without its splits' cases (each rejected)."""
     from pipeline.core.casefiles import read_case_records
     from pipeline.core.paths import project_root
     from pipeline.data.real import holdout_split, validate_labelled
@@ -140,7 +145,7 @@ def read_extra_cases(config: TrainConfig, data: Path | None = None) -> ExtraCase
     raw, malformed = read_case_records(path)
     labelled = validate_labelled(raw, where=str(path), malformed=malformed)
     if data is not None:
-        labelled = _without_held_out(labelled, data)
+        labelled = _without_synthetic_rows(labelled, data)
     cases, _, rejects, ignored, _, parsed = labelled
     if len(cases) == 0:
         from pipeline.report.labelled import no_valid_rows_error

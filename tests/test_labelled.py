@@ -697,33 +697,37 @@ def test_missing_value_markers_in_labelled_cases_are_named_with_how_to_write_the
     assert err.strip().endswith("and evaluate again.")
 
 
-def test_extra_cases_that_are_rows_of_a_held_out_synthetic_split_are_rejected_not_trained_on(small_data,
-                                                                                           small_config_path, tmp_path):
+def test_extra_cases_that_are_rows_of_a_synthetic_split_are_rejected_not_trained_on(small_data, small_config_path,
+                                                                                  tmp_path):
     """Rows of `valid` given with --extra-data were trained on, and the validation log loss measured
     on them (0.4298 against 0.4431) moved the champion alias; rows of `test` made the evaluation's
-    figures no longer held out. Each such row is rejected, saying which split and why; a clinic's
-    own cases are all taken."""
+    figures no longer held out; rows of `train` held out were reported as held-out real cases the
+    model had been fitted on (10 of 39 in one run). Each such row is rejected, saying which split
+    and why; a clinic's own cases are all taken."""
     from pipeline import generate_cases, load_knowledge_base
     from pipeline.core.config import TrainConfig, load_config
     from pipeline.stages import read_extra_cases
 
     own = generate_cases(load_knowledge_base().shifted(), 50, seed=91).drop(columns=["severity"])
     own.insert(0, "case_id", [f"clinic-{i}" for i in range(50)])
-    valid, test = (read_split(name, small_data).drop(columns=["severity"]) for name in ("valid", "test"))
-    rows = pd.concat([own.iloc[:25], valid.head(30), own.iloc[25:], test.head(20)], ignore_index=True)
+    valid, test, train = (read_split(name, small_data).drop(columns=["severity"]) for name in ("valid", "test", "train"))
+    rows = pd.concat([own.iloc[:25], valid.head(30), own.iloc[25:], test.head(20), train.head(10)], ignore_index=True)
     rows.to_csv(tmp_path / "clinic.csv", index=False)
     config = load_config(TrainConfig, small_config_path)
     config = config.model_copy(update={"extra_data": config.extra_data.model_copy(
         update={"path": str(tmp_path / "clinic.csv"), "holdout": 0.2})})
     extra = read_extra_cases(config, small_data)
-    assert extra.rejects["row"].tolist() == [*range(25, 55), *range(80, 100)]
-    assert extra.rejects["case_id"].tolist() == [*valid["case_id"].head(30), *test["case_id"].head(20)]
+    assert extra.rejects["row"].tolist() == [*range(25, 55), *range(80, 110)]
+    assert extra.rejects["case_id"].tolist() == [*valid["case_id"].head(30), *test["case_id"].head(20),
+                                                 *train["case_id"].head(10)]
     reasons = extra.rejects.set_index("row")["reason"]
     assert reasons[25].startswith("the same case (every answer and the condition) as a row of the synthetic valid "
                                   f"split in {small_data}, which calibrates the model and gives the validation log "
                                   "loss that moves the champion alias"), reasons[25]
     assert "synthetic test split" in reasons[99] and "evaluation's held-out figures" in reasons[99]
-    assert extra.n_rejected == 50 and len(extra.to_train) + len(extra.held_out) == 50
+    assert reasons[100].startswith("the same case (every answer and the condition) as a row of the synthetic train "
+                                   f"split in {small_data}, which the model is trained on already"), reasons[100]
+    assert extra.n_rejected == 60 and len(extra.to_train) + len(extra.held_out) == 50
     taken = pd.concat([extra.to_train, extra.held_out])["case_id"]
     assert sorted(taken) == sorted(own["case_id"])
     assert read_extra_cases(config).n_rejected == 0  # without the data folder nothing is looked for

@@ -31,7 +31,7 @@ from pipeline.core.schema import FIELDS
 from pipeline.data.datasets import labels
 
 __all__ = ["FITTED_SPLITS", "HELD_OUT_SPLITS", "FittedRows", "case_fingerprints", "cases_digest",
-           "fitted_fingerprints", "held_out_matches"]
+           "fitted_fingerprints", "split_matches"]
 
 FITTED_SPLITS = ("train", "valid", "calib")  # the synthetic splits a model is trained, calibrated and given its decision layer on
 # the synthetic splits a model is not trained on, and what each is for
@@ -107,13 +107,13 @@ def fitted_fingerprints(manifest: dict[str, Any], data: Path) -> FittedRows:
     return FittedRows(fingerprints, found, not_found, str(data))
 
 
-def held_out_matches(parsed: ParsedCases, condition: np.ndarray, data: Path) -> np.ndarray:
-    """Per case, the name of the synthetic split of :data:`HELD_OUT_SPLITS` in ``data`` that holds
-    the same case (every answer and the condition: :func:`case_fingerprints`), the first in that
-    order; ``""`` where none does (or the split's file is not there)."""
+def split_matches(parsed: ParsedCases, condition: np.ndarray, data: Path, splits: tuple[str, ...]) -> np.ndarray:
+    """Per case, the name of the synthetic split of ``splits`` in ``data`` that holds the same case
+    (every answer and the condition: :func:`case_fingerprints`), the first in that order; ``""``
+    where none does (or the split's file is not there)."""
     found = np.full(len(condition), "", dtype=object)
     mine = case_fingerprints(parsed, condition)
-    for name in HELD_OUT_SPLITS:
+    for name in splits:
         path = Path(data) / f"{name}.parquet"
         if not path.is_file():
             continue
