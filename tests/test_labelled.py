@@ -771,7 +771,7 @@ def test_train_and_evaluate_refuse_splits_drawn_from_another_knowledge_base(smal
     """With a knowledge base edited and the splits not generated again, `evaluate` measured the model
     against the new one's oracle (the model "beat the oracle") and `train` kept the new one in the
     model beside data drawn from the old; both are refused before any work, naming the data's
-    manifest. A knowledge base that differs only in its sources and layout is the same one."""
+    manifest. A knowledge base that differs only in its sources, prose and layout is the same one."""
     import shutil
 
     import yaml
@@ -784,6 +784,7 @@ def test_train_and_evaluate_refuse_splits_drawn_from_another_knowledge_base(smal
     data = Path(shutil.copytree(small_data, tmp_path / "synthetic"))
     raw = yaml.safe_load(config_path("knowledge_base.yaml").read_text(encoding="utf-8"))
     raw["conditions"]["dvt"]["onset"]["source"] += " (reworded)"
+    raw["shift"]["description"] += " (reworded)"
     same = tmp_path / "same.yaml"
     same.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
     check_generated_from(load_knowledge_base(same), data, "nothing")  # no error

@@ -86,11 +86,12 @@ class KnowledgeBase:
         return (self.severity * t).sum(axis=1) if name in SYMPTOMS else t[:, 0]
 
     def digest(self) -> str:
-        """The SHA-256 of what cases are drawn from: the validated knowledge base without its sources
-        and ranges (two files that differ only in provenance, comments or layout give one digest)."""
+        """The SHA-256 of what cases are drawn from: the validated knowledge base without its sources,
+        ranges and descriptions (two files that differ only in provenance, prose, comments or layout
+        give one digest)."""
         def numbers(node: Any) -> Any:
             if isinstance(node, dict):
-                return {k: numbers(v) for k, v in node.items() if k not in ("source", "range")}
+                return {k: numbers(v) for k, v in node.items() if k not in ("source", "range", "description")}
             return [numbers(v) for v in node] if isinstance(node, list) else node
 
         text = json.dumps(numbers(self.model.model_dump(mode="json")), sort_keys=True, separators=(",", ":"))
