@@ -219,6 +219,17 @@ def test_session_goes_back_takes_volunteered_answers_and_stops_on_q(model):
     assert "possible_dvt" not in text and "see_doctor" not in text
 
 
+def test_q_at_the_choice_among_volunteered_questions_stops_the_session(model):
+    """`q` at "Which one?" was taken as "none" and the session went on without a word; an answer that
+    is no choice is asked again, and a blank line is "none"."""
+    result, text = _session(model, "35\nmale\nno\n+ calf swollen\n7\nq\n")
+    flat = _flat(text)
+    assert "Please enter a number from 1 to" in flat and "(got '7')" in flat
+    assert result["stopped_because"] == "you stopped the session" and "Summary (you stopped the session)" in text
+    result, _ = _session(model, "35\nmale\nno\n+ calf swollen\n\n")
+    assert result["stopped_because"] == "the input ended"
+
+
 def test_age_and_sex_can_be_taken_back_like_any_answer(model):
     """`b` at the sex's prompt was "Please answer female or male", and at the first question
     "Nothing to go back to": a woman entered as a man could not be mended, and is never asked

@@ -343,8 +343,15 @@ def run_session(model: str | Path | LoadedModel | None = None, *, input: TextIO 
         if len(found) > 1:
             for i, name in enumerate(found[:6], start=1):
                 io.say(f"{i}) {question(name)}", "  ")
-            text = io.read(f"Which one (1-{min(6, len(found))}, blank for none)? ", commands=False)
-            if not (_digits(text) and 1 <= int(text) <= min(6, len(found))):
+            n = min(6, len(found))
+            while True:  # `q` stops the session here too; anything else but a choice or a blank is asked again
+                text = io.read(f"Which one (1-{n}, blank for none)? ", commands=False)
+                if text.lower() in ("q", "quit"):
+                    raise _Quit
+                if not text or (_digits(text) and 1 <= int(text) <= n):
+                    break
+                io.say(f"Please enter a number from 1 to {n}, or a blank line for none (got {text!r}).", "  ")
+            if not text:
                 return
             found = [found[int(text) - 1]]
         record([(found[0], io.question(None, found[0]))])
