@@ -1084,7 +1084,8 @@ def test_kept_parquet_values_are_written_whole_and_as_stored(trained, tmp_path):
 def test_kept_nested_integers_are_exact_whatever_the_chunk_holds(trained, tmp_path):
     """An integer inside a list, struct or map stays an integer, and a missing one None, in every
     chunking: where a chunk held a missing item, pandas made every integer of it a float
-    (2**53 + 1 written 9007199254740992.0)."""
+    (2**53 + 1 written 9007199254740992.0). A list inside a struct or a map is written whole: numpy's
+    text of it, inside Python's of the struct, cut 1,001 items to six with "...", the job exiting 0."""
     models, _ = trained
     big = 2 ** 53 + 1
     pq.write_table(pa.table({
@@ -1092,9 +1093,15 @@ def test_kept_nested_integers_are_exact_whatever_the_chunk_holds(trained, tmp_pa
         "ids": pa.array([[big], [None], [1, 2]], pa.list_(pa.int64())),
         "deep": pa.array([[[big, None]], [[2]], None], pa.list_(pa.list_(pa.int64()))),
         "st": pa.array([{"n": big}, {"n": None}, {"n": 3}], pa.struct([("n", pa.int64())])),
-        "by": pa.array([[("k", big)], [("j", None)], []], pa.map_(pa.string(), pa.int64()))}), tmp_path / "in.parquet")
+        "by": pa.array([[("k", big)], [("j", None)], []], pa.map_(pa.string(), pa.int64())),
+        # a list inside a struct or a map, long enough for numpy's text of it to cut it with "..."
+        "sl": pa.array([{"b": list(range(1001))}, {"b": [1, None]}, {"b": []}], pa.struct([("b", pa.list_(pa.int64()))])),
+        "ml": pa.array([[("k", list(range(2000)))], [], None], pa.map_(pa.string(), pa.list_(pa.int64())))}),
+        tmp_path / "in.parquet")
     expected = {"ids": [f"[{big}]", "[None]", "[1, 2]"], "deep": [f"[[{big}, None]]", "[[2]]", ""],
-                "st": [f"{{'n': {big}}}", "{'n': None}", "{'n': 3}"], "by": [f"[('k', {big})]", "[('j', None)]", "[]"]}
+                "st": [f"{{'n': {big}}}", "{'n': None}", "{'n': 3}"], "by": [f"[('k', {big})]", "[('j', None)]", "[]"],
+                "sl": [f"{{'b': {list(range(1001))}}}", "{'b': [1, None]}", "{'b': []}"],
+                "ml": [f"[('k', {list(range(2000))})]", "[]", ""]}
     for rows in ("1", "2", "3"):
         out = tmp_path / f"out{rows}.csv"
         assert _score(tmp_path / "in.parquet", out, models, "--keep-input-columns", "--chunk-rows", rows) == 0

@@ -160,7 +160,7 @@ def as_text(values: pd.Series) -> pa.Array | pa.ChunkedArray:
     narrow = isinstance(values.dtype, np.dtype) and values.dtype.kind == "f" and values.dtype.itemsize < 8
     obj = values.to_numpy() if narrow else values.astype(object)
     return small_strings(pa.array([v if type(v) is str else None if is_blank(v) else _list_text(v)
-                                   if isinstance(v, np.ndarray) else str(v) for v in obj], type=pa.large_string()))
+                                   if isinstance(v, _NESTED) else str(v) for v in obj], type=pa.large_string()))
 
 
 _BEYOND_PYTHON = (NotImplementedError, ValueError, OverflowError)  # pandas, on a time Python cannot hold
@@ -186,12 +186,21 @@ def _zoned_text(values: pd.Series) -> pa.Array:
         return pa.array([text(u) for u in values.dt.tz_convert(None)], type=pa.string())
 
 
+_NESTED = (np.ndarray, list, tuple, dict)  # a Parquet list, a map's (key, value) pairs, a struct
+
+
 def _list_text(value: Any) -> str:
-    """A Parquet list cell (a numpy array, perhaps of arrays) as Python writes a list, each item
-    as numpy writes it alone: ``[1, 2]``, ``['a b', 'c']``, ``[0.1]`` for a float32,
-    ``[2024-01-01T12:00:00.123456789]`` for a timestamp in nanoseconds."""
-    if isinstance(value, np.ndarray):
+    """A Parquet list, map or struct cell (a numpy array, a list of (key, value) tuples, a dict,
+    nested in one another) as Python writes a list, tuple or dict, each item as numpy writes it
+    alone: ``[1, 2]``, ``['a b', 'c']``, ``[0.1]`` for a float32, ``[2024-01-01T12:00:00.123456789]``
+    for a timestamp in nanoseconds, ``{'b': [1, None]}``, ``[('k', [1, 2])]``. (Python's text of a
+    dict or tuple holding an array is numpy's, which cuts a long array short with "...".)"""
+    if isinstance(value, (np.ndarray, list)):
         return "[" + ", ".join(_list_text(v) for v in value) + "]"
+    if isinstance(value, tuple):
+        return "(" + ", ".join(_list_text(v) for v in value) + ("," if len(value) == 1 else "") + ")"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_list_text(k)}: {_list_text(v)}" for k, v in value.items()) + "}"
     return repr(str(value)) if isinstance(value, str) else str(value)
 
 
