@@ -37,6 +37,10 @@ def test_missing_value_markers_are_counted_by_the_marker_as_written():
                          "record 3 of in.csv (the header is record 1) has 2 fields; the header has 5"])
     assert missing_markers(reasons).to_dict() == {"NA": 2, " n/a ": 1, ".": 1, "\tNA": 1}
     assert missing_markers(reasons[4:]).empty
+    # an id or a condition of NA is no missing answer: a blank one, which the advice asks for, is no id either
+    others = pd.Series(["column 'case_id', value 'NA': duplicate case_id: seen in an earlier row",
+                        "column 'Condition', value 'n/a': not a condition of the nine"])
+    assert missing_markers(others).empty
 
 
 def test_score_prints_the_commonest_reasons_and_says_how_to_write_missing_answers(trained, tmp_path, capsys):

@@ -61,7 +61,7 @@ def no_valid_rows_error(where: str, n_rows: int, rejects: pd.DataFrame, *, then:
     file of a header only has no problems to list, and says so."""
     if n_rows == 0:
         return BatchInputError(f"{where}: the file has no rows (a header only): add its cases, then {then}.")
-    advice = marker_advice(markers_among(rejects["value"]), then=then)
+    advice = marker_advice(markers_among(rejects), then=then)
     return BatchInputError(f"{where}: no valid labelled row among {n_rows:,}; the first problems: "
                            + "; ".join(error_lines(rejects, _LISTED_PROBLEMS)) + (f". The {advice}" if advice else ""))
 
@@ -116,7 +116,7 @@ def evaluate_labelled(model: LoadedModel, frame: pd.DataFrame, *, n_boot: int = 
     valid, reference, rejects, ignored, valid_rows, parsed = validate_labelled(frame, where=where, malformed=malformed)
     if len(valid) == 0:
         raise no_valid_rows_error(where, len(frame), rejects, then="evaluate again")
-    markers = markers_among(rejects["value"])
+    markers = markers_among(rejects)
     seen = np.zeros(len(valid), dtype=bool)
     if fitted is not None:
         seen = np.isin(case_fingerprints(parsed, labels(valid)), fitted.fingerprints)

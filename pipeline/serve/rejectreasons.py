@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from pipeline.core.csvrecords import reading_long_records, reason_kind
 from pipeline.core.files import arrow_file, is_parquet
+from pipeline.core.schema import ID_COLUMN, LABEL_COLUMN, normalise_header
 from pipeline.core.wording import counted
 
 __all__ = ["MISSING_MARKERS", "marker_advice", "markers_among", "missing_markers", "reason_texts", "reject_reasons",
@@ -77,19 +78,22 @@ def _reasons_of(problems: list[Problem]) -> pd.Series:
     return _counted(labels, [n for *_, n in problems])
 
 
-def _is_marker(value: object) -> bool:
-    return isinstance(value, str) and len(value) < 12 and value.strip().lower() in MISSING_MARKERS
+def _is_marker(value: object, column: object) -> bool:
+    """Whether a rejected ``value`` of ``column`` is another tool's missing-answer marker: of an
+    answer, not of a case's id or condition, where a blank (the advice) is no answer either."""
+    return isinstance(value, str) and len(value) < 12 and value.strip().lower() in MISSING_MARKERS and \
+        normalise_header(column) not in (ID_COLUMN, LABEL_COLUMN)
 
 
 def _markers_of(problems: list[Problem]) -> pd.Series:
-    marked = [(value, n) for _, value, _, n in problems if _is_marker(value)]
+    marked = [(value, n) for column, value, _, n in problems if _is_marker(value, column)]
     return _counted([v for v, _ in marked], [n for _, n in marked])
 
 
-def markers_among(values: pd.Series) -> pd.Series:
-    """How many of the rejected ``values`` (a problem list's ``value`` column, as shown) are a
-    missing-value marker of another tool, by the marker as written, the commonest first."""
-    marked = [v for v in values if _is_marker(v)]
+def markers_among(problems: pd.DataFrame) -> pd.Series:
+    """How many of the rejected answers (a problem list: its ``column`` and ``value`` as shown)
+    are a missing-value marker of another tool, by the marker as written, the commonest first."""
+    marked = [v for c, v in zip(problems["column"], problems["value"]) if _is_marker(v, c)]
     return _counted(marked, [1] * len(marked))
 
 
