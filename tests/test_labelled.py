@@ -820,3 +820,20 @@ def test_the_differential_figures_of_an_evaluation_are_those_of_the_column_users
     # the conformal set's figures keep their names (runs logged before are compared on them)
     assert d["mean_set_size"]["value"] <= d["shown"]["mean_set_size"]["value"]
     assert d["coverage"]["value"] <= d["shown"]["coverage"]["value"] and d["target"] == 0.9
+
+
+def test_the_summary_says_how_many_kinds_of_reject_reason_it_does_not_list(trained, small_data):
+    """Six kinds of rejected row: the summary listed five and dropped the sixth without a word."""
+    from pipeline.report.labelled import evaluate_labelled, format_labelled
+    from pipeline.serve.loading import load_model
+
+    frame = read_split("test", small_data).drop(columns=["severity"]).head(60).astype({"condition": str})
+    frame = frame.astype({c: object for c in ("age", "sex", "bmi", "injury_event", "leg_swelling")})
+    for row, column, value in [(0, "age", 300), (1, "sex", "robot"), (2, "bmi", -1), (3, "injury_event", "kick"),
+                               (4, "leg_swelling", "maybe"), (5, "condition", "gout")]:
+        frame.loc[row, column] = value
+    metrics, _, _ = evaluate_labelled(load_model(trained[0]), frame, n_boot=100, seed=0, where="clinic")
+    assert metrics["n_rejected"] == 6 and metrics["reject_reason_kinds"] == 6
+    assert len(metrics["top_reject_reasons"]) == 5
+    assert "  and 1 other kind of reason: every rejected row and its reasons are in rejects.csv" in \
+        format_labelled(metrics).splitlines()

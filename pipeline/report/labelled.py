@@ -98,7 +98,8 @@ def evaluate_labelled(model: LoadedModel, frame: pd.DataFrame, *, n_boot: int = 
     Returns
     -------
     metrics : dict
-        JSON-ready: ``n_rows``, ``n`` (valid rows evaluated), ``n_rejected``, ``top_reject_reasons``;
+        JSON-ready: ``n_rows``, ``n`` (valid rows evaluated), ``n_rejected``, ``top_reject_reasons`` (of
+        ``reject_reason_kinds`` kinds);
         ``accuracy``, ``top3_accuracy``, ``log_loss``, ``brier``, ``macro_f1``, each with
         ``<name>_ci``; ``ece`` (top label) with ``ece_if_calibrated``
         (:func:`pipeline.report.intervals.calibrated_range`); ``per_condition``; ``confusion_matrix``; ``triage``,
@@ -147,6 +148,7 @@ def evaluate_labelled(model: LoadedModel, frame: pd.DataFrame, *, n_boot: int = 
                         "not_checked": list(fitted.not_found) if fitted else [],
                         "folder": fitted.folder if fitted else ""},
         "top_reject_reasons": {str(k): int(v) for k, v in reasons.value_counts().head(5).items()},
+        "reject_reason_kinds": int(reasons.nunique()),
         # rejected answers another tool wrote for a missing one (R's NA): said with how to write them
         "missing_markers": {str(k): int(v) for k, v in markers.items()},
         # read as neither case fields nor labels: an answer under a misspelt name is unknown
@@ -300,6 +302,9 @@ def format_labelled(metrics: dict[str, Any]) -> str:
             ("atypical flagged", m["atypical"]["flag_rate"]))]
     if m["top_reject_reasons"]:
         lines += ["Top reasons for rejected rows:"] + [f"  {n:>6,}  {r}" for r, n in m["top_reject_reasons"].items()]
+        if (left := m.get("reject_reason_kinds", 0) - len(m["top_reject_reasons"])) > 0:
+            lines.append(f"  and {left:,} other kind{'s' if left > 1 else ''} of reason: every rejected row and its "
+                         "reasons are in rejects.csv")
     if advice := marker_advice(m.get("missing_markers", {}), then="evaluate again"):
         lines.append(f"  {advice[0].upper()}{advice[1:]}")
     return "\n".join(lines)
