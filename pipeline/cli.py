@@ -383,7 +383,8 @@ def _score_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, default=None, help="how many conditions the top<k> column lists (default 3)")
     p.add_argument("--float-digits", type=int, default=None,
                    help="decimal places of probabilities in a CSV output (default 6: every decision in the file is "
-                        "made on the full numbers; 17 keeps every digit); Parquet keeps them whole")
+                        "made on the full numbers; 17 writes each number whole, in as many decimals as it takes); Parquet keeps "
+                        "them whole")
     p.add_argument("--texts", choices=("codes", "full"), default=None,
                    help="triage_reason, advice, safety_net and ask_next as short codes, looked up in OUTPUT.texts.csv "
                         "(score.texts.csv beside the rejects with -o -), "
