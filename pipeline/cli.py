@@ -250,8 +250,10 @@ def _train(args: argparse.Namespace) -> int:
         h = info["extra_holdout"]
         from pipeline.report.labelled import with_interval
 
-        print(f"Held-out real cases ({h['n']:,}): accuracy {with_interval(h['accuracy'], h['accuracy_ci'])}, log loss "
-              f"{with_interval(h['log_loss'], h['log_loss_ci'])} (in the manifest and the MLflow run as extra_holdout.*)")
+        repeats = f", {h['repeated_rows']:,} of them repeating another's case" if h.get("repeated_rows") else ""
+        print(f"Held-out real cases ({h['n']:,}{repeats}): accuracy {with_interval(h['accuracy'], h['accuracy_ci'])}, "
+              f"log loss {with_interval(h['log_loss'], h['log_loss_ci'])} (in the manifest and the MLflow run as "
+              "extra_holdout.*)")
     return EXIT_REJECTED if info.get("extra_rejected") else EXIT_OK  # as `evaluate`: a script sees rows left out
 
 

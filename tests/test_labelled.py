@@ -837,3 +837,22 @@ def test_the_summary_says_how_many_kinds_of_reject_reason_it_does_not_list(train
     assert len(metrics["top_reject_reasons"]) == 5
     assert "  and 1 other kind of reason: every rejected row and its reasons are in rejects.csv" in \
         format_labelled(metrics).splitlines()
+
+
+def test_cases_repeated_under_other_ids_are_counted_and_said(trained, small_data):
+    """40 cases given twice under other ids were evaluated as 80, with intervals of 80 and no word
+    (training keeps such repeats on one side of its holdout): the summary and report say how many
+    rows repeat another's case, and that the intervals are narrower than the distinct cases'."""
+    from pipeline.report.labelled import evaluate_labelled, format_labelled
+    from pipeline.serve.loading import load_model
+
+    rows = read_split("test", small_data).drop(columns=["severity"]).head(40)
+    twice = pd.concat([rows, rows.assign(case_id=rows["case_id"].astype(str) + "-dup")], ignore_index=True)
+    loaded = load_model(trained[0])
+    metrics, _, _ = evaluate_labelled(loaded, twice, n_boot=100, seed=0, where="clinic")
+    assert (metrics["n"], metrics["repeated_rows"]) == (80, 40)
+    assert ("40 rows of the 80 evaluated repeat the answers and condition of another row (a double entry, or a "
+            "repeat visit under another id?): each is counted, so the figures weigh those cases more and the "
+            "intervals are those of 80 cases, narrower than the 40 distinct ones would give.") in format_labelled(metrics)
+    once, _, _ = evaluate_labelled(loaded, rows, n_boot=100, seed=0, where="clinic")
+    assert once["repeated_rows"] == 0 and "repeat" not in format_labelled(once)

@@ -22,6 +22,7 @@ from pipeline.core.files import reclaim_stale_temps, tmp_path, write_report_json
 from pipeline.core.parsing import ParsedCases
 from pipeline.core.paths import ENV_HOME
 from pipeline.core.schema import CONDITION_LABELS, CONDITIONS
+from pipeline.core.wording import counted
 from pipeline.data.datasets import labels
 from pipeline.data.fingerprints import FittedRows, case_fingerprints
 from pipeline.data.real import REFERENCE_COLUMN, rejects_csv, validate_labelled
@@ -119,13 +120,16 @@ def evaluate_labelled(model: LoadedModel, frame: pd.DataFrame, *, n_boot: int = 
         raise no_valid_rows_error(where, len(frame), rejects, then="evaluate again")
     markers = markers_among(rejects)
     seen = np.zeros(len(valid), dtype=bool)
+    same = case_fingerprints(parsed, labels(valid))
     if fitted is not None:
-        seen = np.isin(case_fingerprints(parsed, labels(valid)), fitted.fingerprints)
+        seen = np.isin(same, fitted.fingerprints)
         if seen.all():
             raise BatchInputError(f"{where}: every valid row ({len(valid):,}) has the answers and condition of a row the "
                                   "model was fitted on, so figures on them would not be held out; evaluate on cases "
                                   "the model has not seen.")
         valid, reference, parsed = valid[~seen].reset_index(drop=True), reference[~seen], parsed[~seen]
+    # cases repeated under other ids (a double entry, a repeat visit): each counted, and said
+    repeats = int(pd.Series(same[~seen]).duplicated().sum())
     scores, arrays = evaluate_split(model, None, valid, return_arrays=True)
     y, proba = arrays["y"], arrays["proba"]
     n = len(y)
@@ -147,6 +151,7 @@ def evaluate_labelled(model: LoadedModel, frame: pd.DataFrame, *, n_boot: int = 
                         "checked_against": list(fitted.found) if fitted else [],
                         "not_checked": list(fitted.not_found) if fitted else [],
                         "folder": fitted.folder if fitted else ""},
+        "repeated_rows": repeats,
         "top_reject_reasons": {str(k): int(v) for k, v in reasons.value_counts().head(5).items()},
         "reject_reason_kinds": int(reasons.nunique()),
         # rejected answers another tool wrote for a missing one (R's NA): said with how to write them
@@ -247,6 +252,11 @@ def _caveat_lines(m: dict[str, Any]) -> list[str]:
 
     f = m.get("fitted_rows") or {}
     lines = []
+    if repeats := m.get("repeated_rows", 0):
+        lines.append(f"{counted(repeats, 'row')} of the {m['n']:,} evaluated repeat{'s' if repeats == 1 else ''} the "
+                     "answers and condition of another row (a double entry, or a repeat visit under another id?): "
+                     f"each is counted, so the figures weigh those cases more and the intervals are those of "
+                     f"{m['n']:,} cases, narrower than the {m['n'] - repeats:,} distinct ones would give.")
     if m["n_rejected"] * 2 > m["n_rows"]:
         lines.append(f"Most rows were rejected ({m['n_rejected']:,} of {m['n_rows']:,}): the figures are on the "
                      f"{m['n']:,} left, which need not be like the rest; mend the rejected rows (their reasons are "
