@@ -305,15 +305,12 @@ def test_a_rule_or_cost_without_provenance_is_refused_at_load(tmp_path, config, 
     # two rules with one name: one reason code for two texts
     (lambda d: d["red_flags"][1].update(name=d["red_flags"][0]["name"]),
      r"red_flags: each name must be one rule's .*; repeated: \['\w+'\]"),
-    # accepted, and acted on as nothing: a threshold no case meets, an empty text, a field asked at
-    # any chance that no same-day flag reads
+    # accepted, and acted on as nothing: a threshold no case meets, an empty text
     (lambda d: d["red_flags"][0]["all"].update(age=[">=500"]),
      r"red_flags\[0\]\.all\.age: '>=500' matches no case \(age is a whole number >= 12 and <= 100\)"),
     (lambda d: d["red_flags"][0]["all"].update(age=["<=5"]), r"red_flags\[0\]\.all\.age: '<=5' matches no case"),
     (lambda d: d["advice"].update(dvt=" "), r"advice\.dvt: String should match pattern"),
     (lambda d: d["red_flags"][0].update(safety_net=""), r"red_flags\.0\.safety_net: String should match pattern"),
-    (lambda d: d["ask_next"].update(at_any_chance=["pregnant", "heard_pop"]),
-     r"ask_next\.at_any_chance: \['heard_pop'\] read by no same-day red flag"),
 ])
 def test_a_triage_config_that_would_send_a_case_to_the_wrong_level_is_refused_at_load(tmp_path, edit, expected):
     data = yaml.safe_load(config_path("triage.yaml").read_text(encoding="utf-8"))

@@ -546,10 +546,6 @@ class TriageConfig(StrictModel):
                              f"repeated: {repeated}")
         for key, names in (("fields", self.ask_next.fields), ("at_any_chance", self.ask_next.at_any_chance)):
             _check_questions(f"ask_next.{key}", names, ("tristate", "category"), "a yes/no or category question")
-        same_day = {name for flag in self.red_flags if flag.level == "emergency" for name in (*flag.all, *flag.any)}
-        if unread := [name for name in self.ask_next.at_any_chance if name not in same_day]:
-            raise ValueError(f"ask_next.at_any_chance: {unread} read by no same-day red flag (a field is asked at any "
-                             "chance only where its answer would make such a flag fire)")
         for i, flag in enumerate(self.red_flags):
             if flag.condition is not None and flag.condition not in CONDITIONS:
                 raise ValueError(f"red_flags[{i}].condition: {flag.condition!r} is not one of {list(CONDITIONS)}")
