@@ -139,10 +139,10 @@ def shown_sets(differential: pd.Series) -> np.ndarray:
     return shown.to_numpy(dtype=bool)
 
 
-def _shown_metrics(columns: pd.DataFrame, y: np.ndarray, conformal_size: float) -> dict[str, float]:
-    """Coverage and size of the differential as shown (the conformal set, with the condition that
-    drives an expected-cost level added where the set lacks it), and how often one was added."""
-    shown = shown_sets(columns["differential"])
+def _shown_metrics(shown: np.ndarray, y: np.ndarray, conformal_size: float) -> dict[str, float]:
+    """Coverage and size of the differential as shown (``shown``: :func:`shown_sets`; the
+    conformal set, with the condition that drives an expected-cost level added where the set lacks
+    it), and how often one was added."""
     size = shown.sum(axis=1)
     return {"coverage": _rate(shown[np.arange(len(y)), y]), "mean_set_size": float(size.mean()),
             "added_rate": float(size.mean() - conformal_size)}
@@ -178,13 +178,15 @@ def ask_next_follow_up(model: LoadedModel, blanked: ParsedCases, full: ParsedCas
 
 def evaluate_decision(model: LoadedModel, parsed: dict[str, ParsedCases], arrays: dict[str, dict[str, np.ndarray]],
                       calib: tuple[ParsedCases, np.ndarray] | None = None,
-                      reference_levels: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+                      reference_levels: dict[str, np.ndarray] | None = None,
+                      shown_out: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
     """Decision-layer metrics on each labelled split of ``parsed`` (probabilities from ``arrays``)
     and, when ``test`` has an oracle, on ``test_blanked``: a copy of ``test`` with each optional
     answer blanked at random with probability :data:`BLANKED_RATE`, as people leave them.
     ``reference_levels`` (per split, indices into :data:`LEVELS`, -1 where not given) replaces
     the reference level wherever it is given (a clinician's level for a real case). ``calib`` is
-    accepted for compatibility and not used."""
+    accepted for compatibility and not used. ``shown_out``, if given, gets each split's
+    differential as shown (:func:`shown_sets`), for intervals the caller draws on it."""
     if model.decision is None:
         return {}
     out: dict[str, dict[str, Any]] = {"triage": {}, "conformal": {}, "atypical": {}}
@@ -206,7 +208,10 @@ def evaluate_decision(model: LoadedModel, parsed: dict[str, ParsedCases], arrays
         out["triage"][name]["safety_net_rate"] = _rate(columns["safety_net"].to_numpy() != "")
         out["triage"][name]["ask_next_rate"] = _rate(columns["ask_next"].to_numpy() != "")
         out["conformal"][name] = _conformal_metrics(proba, oracle, y, cases.codes, model.decision.conformal)
-        out["conformal"][name]["shown"] = _shown_metrics(columns, y, out["conformal"][name]["mean_set_size"])
+        shown = shown_sets(columns["differential"])
+        out["conformal"][name]["shown"] = _shown_metrics(shown, y, out["conformal"][name]["mean_set_size"])
+        if shown_out is not None:
+            shown_out[name] = shown
         out["atypical"][name] = {"flag_rate": float(columns["atypical"].mean()),
                                  "quantile": model.decision.atypical["quantile"]}
     return out

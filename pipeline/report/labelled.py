@@ -27,8 +27,7 @@ from pipeline.data.datasets import labels
 from pipeline.data.fingerprints import FittedRows, case_fingerprints
 from pipeline.data.real import REFERENCE_COLUMN, rejects_csv, validate_labelled
 from pipeline.decision.conformal import prediction_sets
-from pipeline.decision.layer import decision_columns
-from pipeline.report.decision_metrics import evaluate_decision, figure, measured, shown_sets
+from pipeline.report.decision_metrics import evaluate_decision, figure, measured
 from pipeline.report.evaluate import N_BINS, evaluate_split
 from pipeline.report.intervals import LEVEL, MIN_BOOTSTRAP_CASES, bootstrap_interval, calibrated_range, wilson_interval
 from pipeline.serve.guard import signals_deferred
@@ -189,7 +188,9 @@ def _decision_figures(model: LoadedModel, parsed: ParsedCases, arrays: dict[str,
     """The decision layer's figures on the evaluated cases (``parsed``: their answers as parsed)."""
     assert model.decision is not None
     y, proba = arrays["y"], arrays["proba"]
-    found = evaluate_decision(model, {_SPLIT: parsed}, {_SPLIT: arrays}, reference_levels={_SPLIT: reference})
+    shown_by_split: dict[str, np.ndarray] = {}  # the differential as the `differential` column shows it
+    found = evaluate_decision(model, {_SPLIT: parsed}, {_SPLIT: arrays}, reference_levels={_SPLIT: reference},
+                              shown_out=shown_by_split)
     t, c, a = found["triage"][_SPLIT], found["conformal"][_SPLIT], found["atypical"][_SPLIT]
     n, dvt = len(y), int(t["n_dvt"])
 
@@ -207,9 +208,7 @@ def _decision_figures(model: LoadedModel, parsed: ParsedCases, arrays: dict[str,
 
     # the differential as the `differential` column shows it (the conformal set with the condition
     # that drives the level added), and the conformal set alone, whose target the coverage is for
-    assert model.kb is not None  # set together with the decision layer
-    shown = shown_sets(pd.Series(decision_columns(model.decision, model.kb, parsed, proba,
-                                                  columns=["differential"])["differential"]))
+    shown = shown_by_split[_SPLIT]
     return {
         "triage": {"reference": f"{REFERENCE_COLUMN} where given ({int((reference >= 0).sum())} rows), else the "
                                 "triage config's level for the true condition raised by any red flag or screen rule "
