@@ -237,9 +237,11 @@ def _train(args: argparse.Namespace) -> int:
         info = train_stage(config, triage, screen, kb_path, data, out,
                            backend=args.backend, scheduler=args.scheduler, force_champion=args.force_champion)
     print(f"Saved {out / info['manifest']['model_file']} (manifest, knowledge base and checksums beside it)")
-    print(f"MLflow run {info['mlflow_run_id']} at {info['tracking_uri']}; registered "
-          f"{info['registered_model']} version {info['registered_version']}"
-          f"{champion_note(info.get('champion_why'))}")
+    note = champion_note(info.get("champion_why"), config.tracking.alias,
+                         info["manifest"]["metrics"]["valid_log_loss"], info.get("champion_valid_log_loss"))
+    new_store = " (a new tracking store: the database file did not exist)" if info.get("new_store") else ""
+    print(f"MLflow run {info['mlflow_run_id']} at {info['tracking_uri']}{new_store}; registered "
+          f"{info['registered_model']} version {info['registered_version']}{note}")
     if args.record:
         from pipeline.core.files import write_json_atomic
 

@@ -265,7 +265,7 @@ def train_stage(config: TrainConfig, triage: TriageConfig, screen: ScreenConfig,
         log_holdout(info["mlflow_run_id"], held, "extra_holdout.")
         info["extra_holdout"] = {k: held[k] for k in ("n", "accuracy", "accuracy_ci", "top3_accuracy", "log_loss",
                                                       "log_loss_ci", "ece", "repeated_rows")}
-    update_manifest(out, {k: v for k, v in info.items() if k != "manifest"})
+    update_manifest(out, {k: v for k, v in info.items() if k not in ("manifest", "new_store")})
     if extra is not None:  # not in the manifest: the command's exit code says it, as `score` and `evaluate` do
         info["extra_rejected"] = extra.n_rejected
     return info

@@ -103,15 +103,17 @@ def test_dvcs_run_cache_is_off_for_the_stage_that_registers_models():
     assert uncached and all(f"--record {path}" in stage["cmd"] for path in uncached), stage
 
 
-def test_dvc_keeps_the_model_folder_while_the_training_stage_runs():
+def test_dvc_keeps_the_model_folder_and_its_record_while_the_training_stage_runs():
     """DVC removes a stage's outputs before it runs its command: a typo in configs/train.yaml under
-    `dvc repro` left no models/ at all once the command refused the config. The folder persists."""
+    `dvc repro` left no models/ at all once the command refused the config, and a refused `dvc exp
+    run` removed reports/training.json, the record of the model left in place. Both persist."""
     import yaml
 
     from pipeline.core.paths import project_root
 
     stage = yaml.safe_load((project_root() / "dvc.yaml").read_text())["stages"]["train"]
     assert {"models": {"persist": True}} in stage["outs"], stage["outs"]
+    assert {"reports/training.json": {"cache": False, "persist": True}} in stage["outs"], stage["outs"]
 
 
 def test_training_run_records_its_datasets_and_the_held_out_real_cases(trained, small_data, tmp_path):
@@ -375,9 +377,48 @@ def test_a_champion_measured_on_the_same_cases_in_another_file_is_compared(train
         new = json.loads((out / "manifest.json").read_text())
         assert new["champion"] is False and new["champion_why"] is None
         out_, err = capfd.readouterr()
-        assert "(champion unchanged: not better on valid log loss)" in out_
+        holder_loss = float(client.get_model_version(NAME, holder.version).tags["valid_log_loss"])
+        assert f"(champion unchanged: valid log loss {new['metrics']['valid_log_loss']:.4f}, not better than its " \
+               f"{holder_loss:.4f})" in out_
         assert "INFO" not in err and "Downloading artifacts" not in err, err
         assert client.get_model_version_by_alias(NAME, "champion").version == holder.version
+
+
+def test_a_configured_alias_is_named_and_tagged_as_itself_and_a_new_store_is_said(small_data, small_config_path,
+                                                                                tmp_path, monkeypatch, capsys):
+    """With `tracking.alias: best` the output said "now champion" and the run was tagged champion,
+    so a search for the champion's run found two; a store whose database did not exist is said to
+    be new (a mistyped path starts an empty registry), and one in a folder that does not exist is
+    refused before the training; a holder with no recorded valid log loss (registered by hand) is
+    replaced, saying so rather than "measured on another valid split"."""
+    import yaml
+    from mlflow.tracking import MlflowClient
+
+    config = yaml.safe_load(small_config_path.read_text())
+    config["tracking"].update(alias="best", registered_model="alias-test")
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump(config))
+    command = ["train", "--config", str(path), "--data", str(small_data), "--out", str(tmp_path / "m")]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'no-such-folder' / 'mlflow.db'}")
+    assert main(command) == 2
+    assert "there is no folder" in capsys.readouterr().err and not (tmp_path / "no-such-folder").exists()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert main(command) == 0
+    first = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    said = capsys.readouterr().out
+    assert f"at {uri} (a new tracking store: the database file did not exist); registered alias-test version 1 " \
+           "(now best)" in said
+    client = MlflowClient(uri)
+    run = client.get_run(first["mlflow_run_id"])
+    assert run.data.tags["best"] == "True" and "champion" not in run.data.tags
+    # a version registered by hand, with no valid log loss, given the alias
+    bare = client.create_model_version("alias-test", client.get_model_version("alias-test", "1").source)
+    client.set_registered_model_alias("alias-test", "best", bare.version)
+    assert main(command) == 0
+    said = capsys.readouterr().out
+    assert "(now best: the one before has no recorded valid log loss, so the two were not compared)" in said
+    assert "a new tracking store" not in said
 
 
 @pytest.fixture
@@ -449,8 +490,10 @@ def test_an_unreachable_tracking_server_is_named_before_any_work(unreachable, tr
                  "--no-mlflow", "--bootstrap", "100"]) == 0
 
 
-def test_the_server_check_passes_what_it_cannot_or_need_not_check(unreachable, monkeypatch):
-    check_reachable("sqlite:///nowhere/mlflow.db")  # a local store: nothing to connect to
+def test_the_server_check_passes_what_it_cannot_or_need_not_check(unreachable, monkeypatch, tmp_path):
+    check_reachable(f"sqlite:///{tmp_path / 'mlflow.db'}")  # a local store: nothing to connect to
+    with pytest.raises(TrackingServerError, match="there is no folder nowhere for its database"):
+        check_reachable("sqlite:///nowhere/mlflow.db")  # ... but a folder that is not there is a mistyped path
     monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:1")  # reached through a proxy: left to MLflow
     check_reachable(unreachable)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")  # ... unless the proxy is bypassed for the host

@@ -21,7 +21,7 @@ import urllib.request
 from urllib.parse import urlsplit
 
 from pipeline.core.errors import TrackingServerError
-from pipeline.core.paths import default_tracking_uri
+from pipeline.core.paths import default_tracking_uri, sqlite_store
 
 __all__ = ["CONNECT_TIMEOUT_SECONDS", "check_reachable", "tracking_uri"]
 
@@ -38,9 +38,15 @@ def tracking_uri() -> str:
 def check_reachable(uri: str, timeout: float = CONNECT_TIMEOUT_SECONDS) -> None:
     """Raise :class:`TrackingServerError` when ``uri`` is an ``http(s)://`` tracking server that
     accepts no TCP connection within ``timeout`` seconds, gives no HTTP answer to one request of
-    MLflow's REST API, or answers it with a server error (5xx); any other URI (a local store, a
-    ``databricks`` profile) or a server behind a proxy passes unchecked, as does one whose TLS
-    handshake needs more than this check sends (a client certificate)."""
+    MLflow's REST API, or answers it with a server error (5xx), or a ``sqlite:///`` store in a
+    folder that does not exist (a mistyped path, where MLflow made the folder and a new, empty
+    registry whose first model became the champion); any other URI (a ``databricks`` profile) or
+    a server behind a proxy passes unchecked, as does one whose TLS handshake needs more than this
+    check sends (a client certificate)."""
+    store = sqlite_store(uri)
+    if store is not None and not store.parent.is_dir():  # MLflow would make the folder and a new, empty store
+        raise TrackingServerError(f"MLFLOW_TRACKING_URI={uri!r}: there is no folder {store.parent} for its "
+                                  "database; mend the path, or make the folder for a new store.")
     parts = urlsplit(uri)
     if parts.scheme not in ("http", "https"):
         return

@@ -85,15 +85,20 @@ VALID_DIGEST_TAG = "valid_cases_digest"
 CHAMPION_WHY = {
     "forced": "--force-champion",
     "other cases": "the one before was measured on another valid split, so the two were not compared",
+    "unmeasured": "the one before has no recorded valid log loss, so the two were not compared",
 }
 
 
-def champion_note(why: str | None) -> str:
-    """What `kneepain train` says after the version it registered: whether it took the alias, and
-    where that was not a comparison won, why (:func:`promote_champion`'s answer)."""
+def champion_note(why: str | None, alias: str = "champion", valid_log_loss: float | None = None,
+                  holder_log_loss: float | None = None) -> str:
+    """What `kneepain train` says after the version it registered: whether it took ``alias``, and
+    where that was not a comparison won, why (:func:`promote_champion`'s answer); where it did
+    not, the two valid log losses compared."""
     if why is None:
-        return " (champion unchanged: not better on valid log loss)"
-    return f" (now champion: {CHAMPION_WHY[why]})" if why in CHAMPION_WHY else " (now champion)"
+        compared = f": valid log loss {valid_log_loss:.4f}, not better than its {holder_log_loss:.4f}" \
+            if valid_log_loss is not None and holder_log_loss is not None else ": not better on valid log loss"
+        return f" ({alias} unchanged{compared})"
+    return f" (now {alias}: {CHAMPION_WHY[why]})" if why in CHAMPION_WHY else f" (now {alias})"
 
 
 def promote_champion(client: MlflowClient, name: str, alias: str, version: str, valid_log_loss: float,
@@ -113,8 +118,10 @@ def promote_champion(client: MlflowClient, name: str, alias: str, version: str, 
     and with a holder that did not record one, by the file's ``valid_sha256``: the same cases
     written again by another pyarrow have other bytes.
 
-    The alias's holder is the version whose run has the tag ``champion`` "True": the tag moves off
-    the run of the version that held the alias before (left as it is where that run is deleted)."""
+    The alias's holder is the version whose run has a tag named as the alias (``champion``) set to
+    "True": the tag moves off the run of the version that held the alias before (left as it is
+    where that run is deleted). A holder with no recorded valid log loss (registered by hand, say)
+    is replaced, as "unmeasured"."""
     client.set_model_version_tag(name, version, "valid_log_loss", repr(valid_log_loss))
     for key, value in ((VALID_DIGEST_TAG, valid_digest), ("valid_data_sha256", valid_sha256)):
         if value is not None:
@@ -130,23 +137,25 @@ def promote_champion(client: MlflowClient, name: str, alias: str, version: str, 
                                         if VALID_DIGEST_TAG in current.tags and valid_digest is not None
                                         else current.tags.get("valid_data_sha256") == valid_sha256)
     best = float(current.tags.get("valid_log_loss", "inf")) if current is not None else math.inf
-    if compared and not force and not valid_log_loss <= best:
+    measured = current is None or "valid_log_loss" in current.tags
+    if compared and measured and not force and not valid_log_loss <= best:
         return None
     client.set_registered_model_alias(name, alias, version)
     if current is not None and current.run_id and current.run_id != client.get_model_version(name, version).run_id:
-        _untag_champion(client, current.run_id)
-    return "first" if current is None else "forced" if force else "better" if compared else "other cases"
+        _untag_holder(client, current.run_id, alias)
+    return "first" if current is None else "forced" if force else "unmeasured" if not measured else \
+        "better" if compared else "other cases"
 
 
-def _untag_champion(client: MlflowClient, run_id: str) -> None:
-    """Set the ``champion`` tag of the run whose version gave up the alias to "False", unless that
+def _untag_holder(client: MlflowClient, run_id: str, alias: str) -> None:
+    """Set the ``alias`` tag of the run whose version gave up the alias to "False", unless that
     run is deleted (MLflow refuses a tag on a deleted run) or gone."""
     try:
         run = client.get_run(run_id)
     except MlflowException:
         return
     if run.info.lifecycle_stage == "active":
-        client.set_tag(run_id, "champion", "False")
+        client.set_tag(run_id, alias, "False")
 
 
 def log_training(result: TrainResult, config: TrainConfig, data_files: dict[str, Path],
@@ -162,6 +171,8 @@ def log_training(result: TrainResult, config: TrainConfig, data_files: dict[str,
     ``valid_digest`` (the ``valid`` cases' :func:`pipeline.data.fingerprints.cases_digest`) says
     which champion's log loss compares (:func:`promote_champion`).
     """
+    store = sqlite_store(default_tracking_uri())
+    new_store = store is not None and not store.exists()  # said: a mistyped file name starts an empty registry
     exp_id = use_tracking(config.tracking.experiment)
     with mlflow.start_run(experiment_id=exp_id, run_name=f"train-{result.winner}",
                           tags=source_tags("kneepain train")) as run:
@@ -190,13 +201,16 @@ def log_training(result: TrainResult, config: TrainConfig, data_files: dict[str,
                                  result.metrics["valid_log_loss"], force=force_champion,
                                  valid_sha256=sha256_file(data_files["valid"]) if "valid" in data_files else None,
                                  valid_digest=valid_digest)
-        mlflow.set_tag("champion", str(moved is not None))
+        mlflow.set_tag(config.tracking.alias, str(moved is not None))
+        holder_log_loss = None if moved is not None else float(client.get_model_version_by_alias(
+            config.tracking.registered_model, config.tracking.alias).tags["valid_log_loss"])
         client.update_registered_model(config.tracking.registered_model, description=REGISTERED_MODEL_DESCRIPTION)
         client.update_model_version(config.tracking.registered_model, version, description=_version_description(
             result, run.info.run_id, datasets))
     return {"mlflow_run_id": run.info.run_id, "mlflow_model_uri": info.model_uri,
             "registered_model": config.tracking.registered_model, "registered_version": version,
-            "champion": moved is not None, "champion_why": moved, "tracking_uri": default_tracking_uri(),
+            "champion": moved is not None, "champion_why": moved, "champion_valid_log_loss": holder_log_loss,
+            "tracking_uri": default_tracking_uri(), "new_store": new_store,
             "manifest": manifest}
 
 
