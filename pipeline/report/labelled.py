@@ -99,7 +99,7 @@ def evaluate_labelled(model: LoadedModel, frame: pd.DataFrame, *, n_boot: int = 
     -------
     metrics : dict
         JSON-ready: ``n_rows``, ``n`` (valid rows evaluated), ``n_rejected``, ``top_reject_reasons`` (of
-        ``reject_reason_kinds`` kinds);
+        ``reject_reason_kinds`` kinds); ``repeated_rows`` (rows evaluated that repeat another's case);
         ``accuracy``, ``top3_accuracy``, ``log_loss``, ``brier``, ``macro_f1``, each with
         ``<name>_ci``; ``ece`` (top label) with ``ece_if_calibrated``
         (:func:`pipeline.report.intervals.calibrated_range`); ``per_condition``; ``confusion_matrix``; ``triage``,
