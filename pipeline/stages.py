@@ -141,7 +141,8 @@ def read_extra_cases(config: TrainConfig, data: Path | None = None) -> ExtraCase
         return None
     path = Path(extra.path) if Path(extra.path).is_absolute() else project_root() / extra.path
     if not path.is_file():
-        raise FileNotFoundError(f"extra_data.path: {path} is not a file of labelled cases.")
+        what = "is a folder, not a file of labelled cases" if path.is_dir() else "does not exist"
+        raise FileNotFoundError(f"extra_data.path: {path} {what}.")
     raw, malformed = read_case_records(path)
     labelled = validate_labelled(raw, where=str(path), malformed=malformed)
     if data is not None:

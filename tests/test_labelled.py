@@ -518,7 +518,12 @@ def test_extra_data_on_the_command_line_is_read_from_the_current_folder(small_da
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert main(["train", "--config", str(small_config_path), "--data", str(small_data), "--out",
                  str(tmp_path / "models"), "--extra-data", "clinic.csv"]) == 2
-    assert f"extra_data.path: {tmp_path / 'clinic.csv'} is not a file" in capsys.readouterr().err
+    assert f"extra_data.path: {tmp_path / 'clinic.csv'} does not exist." in capsys.readouterr().err
+    (tmp_path / "folder.csv").mkdir()
+    assert main(["train", "--config", str(small_config_path), "--data", str(small_data), "--out",
+                 str(tmp_path / "models"), "--extra-data", "folder.csv"]) == 2
+    assert f"extra_data.path: {tmp_path / 'folder.csv'} is a folder, not a file of labelled cases." in \
+        capsys.readouterr().err
     # a file of which no row is valid names its problems with their values, not an "unexpected ValueError"
     cases = read_split("test", small_data).head(40).assign(condition="3")
     cases.to_csv(tmp_path / "clinic.csv", index=False)

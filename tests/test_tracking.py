@@ -71,6 +71,8 @@ def test_training_run_is_recorded_with_params_metrics_and_lineage(trained):
                                   filter_string=f"tags.mlflow.parentRunId = '{run.info.run_id}'")
     assert sorted(r.info.run_name for r in children) == ["hist_gradient_boosting", "logistic", "mlp"]
     assert all("cv_log_loss" in r.data.metrics and "rows_per_second" in r.data.metrics for r in children)
+    # each candidate's run names the command, as its parent does (not the venv's script path)
+    assert {r.data.tags.get("mlflow.source.name") for r in children} == {run.data.tags["mlflow.source.name"]}
     version = client.get_model_version_by_alias(NAME, "champion")
     assert str(version.version) == manifest["registered_version"]
     assert "not a diagnosis" in client.get_registered_model(NAME).description.lower()

@@ -184,7 +184,8 @@ def log_training(result: TrainResult, config: TrainConfig, data_files: dict[str,
                          **{f"version.{k}": v for k, v in library_versions().items()},
                          "version.mlflow": metadata.version("mlflow")})
         for cand in result.candidates:
-            with mlflow.start_run(experiment_id=exp_id, run_name=cand.name, nested=True):
+            with mlflow.start_run(experiment_id=exp_id, run_name=cand.name, nested=True,
+                                  tags=source_tags("kneepain train")):
                 mlflow.log_params({f"model.{k}": v for k, v in cand.params.items()})
                 mlflow.log_metrics({"cv_log_loss": cand.cv_log_loss, "cv_log_loss_std": cand.cv_log_loss_std,
                                     "cv_accuracy": cand.cv_accuracy, "fit_seconds": cand.fit_seconds,
