@@ -214,6 +214,11 @@ class TrainConfig(StrictModel):
     seed: int = Field(ge=0, le=2**32 - 1)  # scikit-learn's random_state
     cv: CVConfig
     candidates: list[Literal["logistic", "hist_gradient_boosting", "mlp"]] = Field(min_length=1)
+    models: ModelsConfig
+    selection: SelectionConfig
+    calibration: CalibrationConfig
+    tracking: TrackingConfig
+    extra_data: ExtraDataConfig = ExtraDataConfig()
 
     @field_validator("candidates")
     @classmethod
@@ -221,11 +226,6 @@ class TrainConfig(StrictModel):
         if len(set(names)) != len(names):
             raise ValueError(f"each candidate at most once, got {names}")
         return names
-    models: ModelsConfig
-    selection: SelectionConfig
-    calibration: CalibrationConfig
-    tracking: TrackingConfig
-    extra_data: ExtraDataConfig = ExtraDataConfig()
 
 
 Level = Literal["self_care", "see_doctor", "see_doctor_soon", "emergency"]

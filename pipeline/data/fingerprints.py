@@ -70,14 +70,18 @@ def cases_digest(frame: pd.DataFrame) -> str:
     rows' :func:`case_fingerprints`, sorted. The same cases written by another pyarrow (a Parquet
     file records its writer), compressed otherwise or shuffled have one digest; a metric that is a
     mean over the rows, such as a log loss, compares between two frames of one digest."""
-    fingerprints = np.sort(case_fingerprints(parse_cases(frame), labels(frame)))
+    fingerprints = np.sort(_frame_fingerprints(frame))
     return hashlib.sha256(fingerprints.astype("<u8").tobytes()).hexdigest()
+
+
+def _frame_fingerprints(frame: pd.DataFrame) -> np.ndarray:
+    """The fingerprints of the rows of a labelled frame."""
+    return case_fingerprints(parse_cases(frame), labels(frame))
 
 
 def _split_fingerprints(path: Path) -> np.ndarray:
     """The fingerprints of the rows of a labelled split's Parquet file."""
-    frame = pd.read_parquet(path)
-    return case_fingerprints(parse_cases(frame), labels(frame))
+    return _frame_fingerprints(pd.read_parquet(path))
 
 
 class FittedRows(NamedTuple):

@@ -171,6 +171,7 @@ def log_training(result: TrainResult, config: TrainConfig, data_files: dict[str,
     ``valid_digest`` (the ``valid`` cases' :func:`pipeline.data.fingerprints.cases_digest`) says
     which champion's log loss compares (:func:`promote_champion`).
     """
+    shas = {name: sha256_file(path) for name, path in data_files.items()}
     store = sqlite_store(default_tracking_uri())
     new_store = store is not None and not store.exists()  # said: a mistyped file name starts an empty registry
     exp_id = use_tracking(config.tracking.experiment)
@@ -180,7 +181,7 @@ def log_training(result: TrainResult, config: TrainConfig, data_files: dict[str,
         for name, (frame, context, source) in (datasets or {}).items():
             log_dataset(frame, source, name, context)
         mlflow.set_tags({"winner": result.winner,
-                         **{f"data_sha256.{k}": sha256_file(p) for k, p in data_files.items()},
+                         **{f"data_sha256.{k}": sha for k, sha in shas.items()},
                          **{f"version.{k}": v for k, v in library_versions().items()},
                          "version.mlflow": metadata.version("mlflow")})
         for cand in result.candidates:
@@ -200,7 +201,7 @@ def log_training(result: TrainResult, config: TrainConfig, data_files: dict[str,
         client = MlflowClient()
         moved = promote_champion(client, config.tracking.registered_model, config.tracking.alias, version,
                                  result.metrics["valid_log_loss"], force=force_champion,
-                                 valid_sha256=sha256_file(data_files["valid"]) if "valid" in data_files else None,
+                                 valid_sha256=shas.get("valid"),
                                  valid_digest=valid_digest)
         mlflow.set_tag(config.tracking.alias, str(moved is not None))
         holder_log_loss = None if moved is not None else float(client.get_model_version_by_alias(
