@@ -707,6 +707,28 @@ def test_leaving_a_read_ahead_early_stops_and_joins_its_reader():
         assert list(chunks) == [0, 1, 2, 3, 4]
 
 
+@pytest.mark.parametrize("depth", [1, 2])
+def test_a_read_ahead_holds_at_most_depth_chunks_not_yet_taken(depth):
+    # every chunk read and not yet taken is memory held: the reader waits for a place before it
+    # reads the next chunk, not after (each chunk of a 1M-row job is several MB)
+    from pipeline.serve.reading import prefetch
+
+    produced = []
+
+    def chunks():
+        for i in range(6):
+            produced.append(i)
+            yield i
+
+    taken = []
+    with prefetch(chunks(), depth=depth) as items:
+        for i in items:
+            taken.append(i)
+            time.sleep(0.05)  # a slow consumer: the reader has time to run ahead, were it allowed
+            assert len(produced) <= len(taken) + depth, (produced, taken)
+    assert taken == list(range(6))
+
+
 @pytest.fixture(scope="module")
 def big_csv(kb, tmp_path_factory):
     from pipeline.core.parsing import codes_to_text_frame
