@@ -227,7 +227,8 @@ def _train(args: argparse.Namespace) -> int:
         try:
             config = TrainConfig.model_validate(config.model_dump() | {"extra_data": extra})
         except ValidationError as err:  # each line names its option: extra_data.weight is --extra-weight
-            raise UsageError("; ".join(line.replace("extra_data.", "--extra-", 1) for line in error_lines(err))) from err
+            lines = error_lines(err, TrainConfig)
+            raise UsageError("; ".join(line.replace("extra_data.", "--extra-", 1) for line in lines)) from err
     triage = load_config(TriageConfig, args.triage or config_path("triage.yaml"))
     screen = load_config(ScreenConfig, args.screen or config_path("screen.yaml"))
     kb_path = Path(args.kb) if args.kb else config_path("knowledge_base.yaml")

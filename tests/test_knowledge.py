@@ -292,3 +292,35 @@ def test_a_config_value_that_would_fail_later_is_refused_at_load_naming_its_key(
     path.write_text(yaml.safe_dump(config))
     with pytest.raises(ConfigError, match=key):
         load_config(GenerateConfig if name == "generate.yaml" else TrainConfig, path)
+
+
+@pytest.mark.parametrize("name, misspell, expected", [
+    ("train.yaml", lambda c: c["cv"].update(foldz=c["cv"].pop("folds")), r"cv\.foldz: ~\(did you mean folds\?\)"),
+    ("train.yaml", lambda c: c["models"]["mlp"].update(hiden_layer_sizes=[8]),
+     r"models\.mlp\.hiden_layer_sizes: ~\(did you mean hidden_layer_sizes\?\)"),
+    ("train.yaml", lambda c: c.update(calibraton=c.pop("calibration")), r"\n  calibraton: ~\(did you mean calibration\?\)"),
+    ("train.yaml", lambda c: c["selection"].update(zzz=1), r"selection\.zzz: ~\(its keys: log_loss_tolerance, speed_ratio\)"),
+    ("triage.yaml", lambda c: c["ask_next"].update(max_question=3),
+     r"ask_next\.max_question: ~\(did you mean max_questions\?\)"),
+    ("knowledge_base.yaml", lambda c: c["conditions"]["osteoarthritis"].update(femal=c["conditions"]["osteoarthritis"]["female"]),
+     r"conditions\.osteoarthritis\.femal: ~\(did you mean female\?\)"),
+])
+def test_a_misspelt_config_key_is_named_with_the_key_it_looks_like(tmp_path, name, misspell, expected):
+    """A retraining experiment's misspelt setting is named with what it should be, at any depth,
+    in a dict's values (a condition of the knowledge base) too, or with the section's keys (``~``
+    in ``expected`` stands for "not a key of this section ")."""
+    import yaml
+
+    from pipeline.core.config import ConfigError, TrainConfig, TriageConfig, load_config
+    from pipeline.core.knowledge import KnowledgeBaseError, load_knowledge_base
+    from pipeline.core.paths import config_path
+
+    config = yaml.safe_load(config_path(name).read_text())
+    misspell(config)
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises((ConfigError, KnowledgeBaseError), match=expected.replace("~", "not a key of this section ")):
+        if name == "knowledge_base.yaml":
+            load_knowledge_base(path)
+        else:
+            load_config(TrainConfig if name == "train.yaml" else TriageConfig, path)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
 import functools
 import math
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -25,7 +26,7 @@ from pipeline.core.files import load_yaml
 
 __all__ = ["ConfigError", "ExtraDataConfig", "GenerateConfig", "LEVELS", "ProbesConfig", "ScreenConfig", "ScreenRule",
            "Source", "SplitConfig", "TrainConfig", "TriageConfig", "check_source", "error_lines", "flatten", "load_config",
-           "normalised"]
+           "normalised", "section_keys"]
 
 
 
@@ -582,17 +583,24 @@ def load_config(model: type[T], path: str | Path) -> T:
     try:
         return model.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(f"{path}: invalid {model.__name__}:\n  " + "\n  ".join(error_lines(err))) from err
+        raise ConfigError(f"{path}: invalid {model.__name__}:\n  " + "\n  ".join(error_lines(err, model))) from err
 
 
-def error_lines(err: ValidationError) -> list[str]:
+def error_lines(err: ValidationError, model: type[BaseModel] | None = None) -> list[str]:
     """One ``key.path: what is wrong`` line per error: a validator's own words without pydantic's
     "Value error, " before them, and pydantic's with the value given ("Input should be less than
-    1, got 1.2"), and where YAML read an unquoted yes or no as true or false, that it did."""
+    1, got 1.2"), and where YAML read an unquoted yes or no as true or false, that it did. With
+    the ``model`` validated, a key it does not take is named with the key it looks like a
+    misspelling of (``cv.foldz: not a key of this section (did you mean folds?)``), or with the
+    section's keys."""
     lines = []
     for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
+        loc = tuple(p for p in e["loc"] if not str(p).startswith("function-"))
+        where = ".".join(str(p) for p in loc)
         what = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden" and model is not None and (keys := section_keys(model, loc[:-1])):
+            near = difflib.get_close_matches(str(loc[-1]), keys, n=1, cutoff=0.6)
+            what = "not a key of this section " + (f"(did you mean {near[0]}?)" if near else f"(its keys: {', '.join(keys)})")
         given = e.get("input")
         if e["type"] not in ("value_error", "missing", "extra_forbidden") and isinstance(given, (bool, int, float, str)):
             what += f", got {given!r}"
@@ -600,3 +608,33 @@ def error_lines(err: ValidationError) -> list[str]:
                 what += " (YAML reads an unquoted yes, no, on or off as true or false: quote it, 'yes')"
         lines.append(": ".join(filter(None, [where, what])))
     return lines
+
+
+def section_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The keys of the config section at ``loc`` (a path of keys, and of names or indices in its
+    dicts and lists) in ``model``: none where the path leads to no section."""
+    node: Any = model
+    skip = 0  # names or indices before the next key: a dict's keys, a list's places
+    for part in loc:
+        if skip:
+            skip -= 1
+            continue
+        fields = node.model_fields if isinstance(node, type) and issubclass(node, BaseModel) else {}
+        if part not in fields:
+            return []
+        node, skip = _section(fields[part].annotation)
+    return list(node.model_fields) if isinstance(node, type) and issubclass(node, BaseModel) else []
+
+
+def _section(annotation: Any) -> tuple[Any, int]:
+    """The config section a field holds (None if none), and how many dict keys or list places
+    stand between the field and it (``dict[str, Condition]``: one)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation, 0
+    origin, args = get_origin(annotation), get_args(annotation)
+    container = origin in (dict, list, tuple, set, frozenset)
+    for arg in args[-1:] if origin is dict else args:  # a dict's values; a union's or an Annotated's types
+        node, skip = _section(arg)
+        if node is not None:
+            return node, skip + container
+    return None, 0

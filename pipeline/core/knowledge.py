@@ -232,7 +232,8 @@ def knowledge_base_from_dict(raw: Any, *, where: str = "knowledge base") -> Know
     try:
         model = KnowledgeBaseModel.model_validate(raw)
     except ValidationError as err:
-        raise KnowledgeBaseError(f"{where}: invalid knowledge base:\n  " + "\n  ".join(error_lines(err))) from err
+        lines = error_lines(err, KnowledgeBaseModel)
+        raise KnowledgeBaseError(f"{where}: invalid knowledge base:\n  " + "\n  ".join(lines)) from err
     try:
         return _build(model)
     except KnowledgeBaseError as err:

@@ -157,7 +157,8 @@ class Decision:
             section = "screen"
             self.screen = ScreenConfig.model_validate(spec["screen"])
         except ValidationError as err:  # each problem on one line, named by its place in the manifest
-            where = "; ".join(f"{section}.{line}" for line in error_lines(err)[:5])
+            lines = error_lines(err, TriageConfig if section == "triage" else ScreenConfig)
+            where = "; ".join(f"{section}.{line}" for line in lines[:5])
             raise ModelIntegrityError(f"the model's decision layer is not valid ({where}); retrain it with "
                                       "`kneepain train`.") from None
         if (problem := _shape_problem(spec)) is not None:
