@@ -3,6 +3,7 @@
 import contextlib
 import io
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from pipeline.core.errors import ModelIntegrityError, TrackingServerError
 from pipeline.core.tracking_server import check_reachable
 from pipeline.data.datasets import read_split
 from pipeline.model.tracking import git_commit
-from pipeline.serve.loading import load_model
+from pipeline.serve.loading import load_model, pinned_uri
 from pipeline.serve.predict import predict
 
 NAME = "kneepain-classifier"
@@ -271,6 +272,22 @@ def test_a_registered_model_named_without_version_says_how_to_name_one(trained, 
         with pytest.raises(ModelIntegrityError) as err:
             load_model(other)
         assert "not found" in str(err.value) and "as in models:/" not in str(err.value), other
+
+
+def test_a_registered_version_or_alias_not_found_names_the_store_and_what_it_holds(trained, monkeypatch):
+    """A mistyped model name, alias or version is told which store was searched and what it has."""
+    _, uri = trained
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    version = _client(uri).get_model_version_by_alias(NAME, "champion").version
+    holds = (rf"in the MLflow store {re.escape(uri)}, {NAME} has versions (\d+, )*{version} "
+             rf"and the aliases @champion \(version {version}\)")
+    for wrong in (f"models:/{NAME}/999", f"models:/{NAME}@champio"):
+        with pytest.raises(ModelIntegrityError, match=holds):
+            load_model(wrong)
+    with pytest.raises(ModelIntegrityError, match=rf"the MLflow store {re.escape(uri)} holds the registered models {NAME}\)"):
+        load_model(f"models:/{NAME}x@champion")
+    with pytest.raises(ModelIntegrityError, match=rf"cannot find the version the alias names: .*{holds}"):
+        pinned_uri(f"models:/{NAME}@champio")  # the alias pinned before a server's workers load it
 
 
 def test_evaluate_writes_reports_and_logs_them(trained, small_data, tmp_path, monkeypatch):

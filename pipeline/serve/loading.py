@@ -176,6 +176,41 @@ def _registered_hint(uri: str, err: Exception) -> str:
     return f" (a registered model is named with its version or alias, as in models:/{name}/1 or models:/{name}@champion)"
 
 
+def _store_holds(uri: str, err: Exception, listed: int = 10) -> str:
+    """For a registered model's version or alias (``models:/NAME/VERSION``, ``models:/NAME@ALIAS``)
+    that MLflow did not find: the store searched, and what it holds: NAME's aliases and versions,
+    or, where it has no NAME, the registered models it has (at most ``listed`` of each). Nothing
+    for another URI or another failure."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    match = re.fullmatch(r"models:/([^/@]+)[/@][^/@]+", uri)
+    if match is None or "not found" not in str(err).lower():
+        return ""
+    store = mlflow.get_tracking_uri()
+    if (parts := urlsplit(store)).password:  # a password in the URI is not shown
+        store = urlunsplit(parts._replace(netloc=f"{parts.hostname}:{parts.port}" if parts.port else parts.hostname or ""))
+    client = mlflow.MlflowClient()
+    try:
+        try:
+            model = client.get_registered_model(match[1])
+        except MlflowException:
+            names = sorted(m.name for m in client.search_registered_models(max_results=listed))
+            held = f"the registered models {', '.join(names)}" if names else "no registered model"
+            return f" (the MLflow store {store} holds {held})"
+        aliases = ", ".join(f"@{alias} (version {version})" for alias, version in sorted(model.aliases.items())[:listed])
+        versions = sorted(int(v.version) for v in client.search_model_versions(f"name = '{match[1]}'"))
+    except MlflowException:  # the store fails now too: the first error said enough
+        return ""
+    shown = ", ".join(map(str, versions[-listed:])) or "none"
+    if len(versions) > listed:
+        shown += f" (the latest {listed} of {len(versions):,})"
+    aliases = f"the aliases {aliases}" if aliases else "no alias"
+    return f" (in the MLflow store {store}, {match[1]} has versions {shown} and {aliases})"
+
+
 def _mlflow_model_folder(uri: str, into: Path) -> Path:
     """The project's model folder inside the MLflow model at ``uri``, downloaded, without loading the
     MLflow model: MLflow's loader would import its code and could unpickle a ``python_model.pkl``
@@ -196,7 +231,7 @@ def _mlflow_model_folder(uri: str, into: Path) -> Path:
                 repository.download_artifacts(relative, str(into))
     except (MlflowException, OSError) as err:
         raise ModelIntegrityError(f"{uri}: cannot fetch the MLflow model: {' '.join(str(err).split())[:300]}"
-                                  f"{_registered_hint(uri, err)}") from err
+                                  f"{_registered_hint(uri, err) or _store_holds(uri, err)}") from err
     folder = model_folder_in(local) if local.resolve().is_relative_to(into.resolve()) else None
     if folder is None or not ((folder / CHECKSUMS_FILE).exists() or (folder / MANIFEST_FILE).exists()):
         raise ModelIntegrityError(f"{uri} is not a kneepain model (no {ARTIFACT_KEY} folder with a manifest in it).")
@@ -234,7 +269,7 @@ def pinned_uri(uri: str) -> str:
         version = mlflow.MlflowClient().get_model_version_by_alias(match[1], match[2]).version
     except MlflowException as err:
         raise ModelIntegrityError(f"{uri}: cannot find the version the alias names: "
-                                  f"{' '.join(str(err).split())[:300]}") from err
+                                  f"{' '.join(str(err).split())[:300]}{_store_holds(uri, err)}") from err
     return f"models:/{match[1]}/{version}"
 
 
