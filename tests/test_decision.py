@@ -1075,7 +1075,8 @@ def test_the_safety_net_keeps_a_clots_signs_for_someone_with_its_history_though_
     closes them as before, and a rule that fires is no line."""
     from pipeline import predict
 
-    no_signs = {"leg_swelling": "no", "calf_tenderness": "no", "whole_leg_swollen": "no", "visible_veins": "no"}
+    no_signs = {"leg_swelling": "no", "calf_tenderness": "no", "whole_leg_swollen": "no", "visible_veins": "no",
+                "skin_warm": "no", "skin_red": "no"}
     cases = [{"age": 30, "sex": "female", "pregnant": "yes", **no_signs},
              {"age": 30, "sex": "female", "pregnant": "no", **no_signs},
              {"age": 60, "sex": "male", "recent_surgery": "yes", **no_signs},
@@ -1210,6 +1211,32 @@ def test_the_pill_or_hrt_is_not_asked_in_pregnancy_and_a_swollen_leg_in_pregnanc
     flags = red_flags(cfg, codes)
     assert [LEVELS[v] if v >= 0 else None for v in flags[0]][:3] == ["emergency", "emergency", "see_doctor_soon"]
     assert premise_denied(codes, ["hormonal_therapy"])[:, 0].tolist() == [True, True, False, True]
+
+
+def test_warm_or_red_skin_in_pregnancy_goes_the_same_day_and_asks_whether_she_is_pregnant(cfg, net, kb):
+    """Warm or red skin at the back of the leg is one of a clot's symptoms the NHS names: in
+    pregnancy, or six weeks after a birth, it goes the same day as a swollen or tender calf does
+    (RCOG 37b), and a woman of fertile age with it who has not said is asked whether she is
+    pregnant. Before, a pregnant woman with a warm, red calf went within a day or two."""
+    no = ("smoker", "sedentary", "pain_on_standing", "visible_veins", "whole_leg_swollen", "leg_swelling",
+          "calf_tenderness", "fever", "hormonal_therapy", "previous_vte", "recent_surgery", "recent_immobilisation",
+          "active_cancer")
+    base = {"age": 30, "sex": "female", **{f: "no" for f in no}}
+    cases = [{**base, "pregnant": "yes", "skin_warm": "yes", "skin_red": "no"},
+             {**base, "pregnant": "yes", "skin_warm": "no", "skin_red": "yes"},
+             {**base, "pregnant": "no", "skin_warm": "yes", "skin_red": "yes"},
+             {**base, "pregnant": "yes", "skin_warm": "no", "skin_red": "no"},
+             {**base, "skin_warm": "yes", "skin_red": "yes"}]
+    codes = _codes(cases)
+    rule = net.names.index("clot_signs_in_pregnancy")
+    assert net.fires(codes)[:, rule].tolist() == [True, True, False, False, False]
+    proba = np.zeros((len(cases), len(CONDITIONS)))
+    proba[:, CONDITIONS.index("acl_injury")], proba[:, DVT] = 0.95, 0.05
+    level, reason = triage_levels(cfg, codes, proba, net=net)
+    assert [LEVELS[v] for v in level[:2]] == ["emergency", "emergency"]
+    assert (level[2:] < LEVELS.index("emergency")).all()
+    asked = net.ask_next(proba, codes, level, np.zeros(len(cases), dtype=bool), net.fires(codes), codes_out=True)
+    assert asked[4].split("|")[0] == "pregnant"
 
 
 def test_ask_next_asks_first_what_would_send_a_swollen_leg_the_same_day(cfg, net):
