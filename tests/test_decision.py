@@ -229,6 +229,21 @@ def test_where_the_advice_names_a_clot_or_a_pulmonary_embolism_it_says_to_call_a
         assert "call an ambulance (999 in the UK, 112 in Europe)" in text, text
 
 
+def test_a_cold_pale_foot_is_sent_to_an_emergency_department_or_an_ambulance_not_urgent_care(cfg):
+    """Acute limb ischaemia is treated in hospital within hours: where the rule sets the level, its
+    advice (the same day's text says "urgent care or an emergency department") sends the person to
+    an emergency department or an ambulance, in every advice that leads with it."""
+    from pipeline.decision.triage import screen_advice
+
+    screen = load_config(ScreenConfig, config_path("screen.yaml"))
+    ischaemia = [r.name for r in screen.rules].index("limb_ischaemia")
+    led = list(screen_advice(cfg, screen)[ischaemia])
+    assert led
+    for text in led:
+        assert "go to an emergency department, or call an ambulance (999 in the UK, 112 in Europe), not to urgent " \
+               "care or a GP" in text, text
+
+
 def test_a_screen_rule_is_covered_only_by_another_rule_as_urgent():
     from pydantic import ValidationError
 
