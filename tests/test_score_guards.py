@@ -196,9 +196,8 @@ def test_a_file_to_write_that_is_a_link_is_written_through_it_and_stays_a_link(t
     assert link.is_symlink() and os.readlink(link) == str(Path("real") / "target.csv")
     written = {"output": "a1", "rejects file": "femal", "texts lookup": "column,code,text"}[which]
     assert written in target.read_text()
-    # the output's and the rejects file's lock beside the file the link names; no temporary left
-    assert sorted(p.name for p in (tmp_path / "real").iterdir()) == [".target.csv.lock", "target.csv"][
-        which == "texts lookup":]
+    # the file's lock beside the file the link names; no temporary left
+    assert sorted(p.name for p in (tmp_path / "real").iterdir()) == [".target.csv.lock", "target.csv"]
 
 
 def test_the_report_and_the_case_mix_are_written_through_a_link_as_the_output_is(trained, small_data, tmp_path):
@@ -571,6 +570,60 @@ def test_second_job_on_the_same_output_fails_at_once(trained, tmp_path, capsys):
         assert _score(src, tmp_path / "other.csv", models, "--rejects", str(tmp_path / "shared.csv")) == 2
         assert "shared.csv: another kneepain job is writing this rejects file" in _one_line_error(capsys)
         assert not (tmp_path / "other.csv").exists()
+    # another job's output named as this one's texts lookup: one of the two is refused, never both written
+    with FileLock(tmp_path / ".out.csv.texts.csv.lock", timeout=0):
+        assert _score(src, out, models) == 2
+        assert "out.csv.texts.csv: another kneepain job is writing this texts lookup" in _one_line_error(capsys)
+
+
+def test_a_job_that_cannot_put_one_of_its_files_in_place_leaves_the_earlier_runs_files_as_they_were(
+        trained, tmp_path, capsys, monkeypatch):
+    """The output, its rejects file and its texts lookup go in place together or not at all: where
+    one cannot (another user's file in a shared folder), the earlier run's output is not lost and
+    its rejects are not replaced, and the message names the file that could not be written."""
+    import errno
+
+    import pipeline.core.files as files
+
+    models, _ = trained
+    out = tmp_path / "out.csv"
+    assert _score(_write(tmp_path / "in.csv", [HEADER, GOOD[0], "a2,41,femal,yes,10"]), out, models) == 1
+    earlier = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert {"out.csv", "out.csv.rejects.csv", "out.csv.texts.csv"} <= set(earlier)
+    real = files.replace_keeping_mode
+
+    def refused(tmp, path, before):
+        if path.name == "out.csv.texts.csv":
+            raise PermissionError(errno.EPERM, "Operation not permitted", str(tmp), None, str(path))
+        real(tmp, path, before)
+
+    monkeypatch.setattr(files, "replace_keeping_mode", refused)
+    src = _write(tmp_path / "in2.csv", [HEADER, *GOOD, "a9,20,mal,no,1"])
+    assert _score(src, out, models) == 2
+    assert f"{tmp_path / 'out.csv.texts.csv'}: cannot write: Operation not permitted" in _one_line_error(capsys)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p != src} == earlier
+    assert leftover_temporaries(tmp_path) == []
+
+
+def test_files_put_in_place_together_are_all_replaced_or_none(tmp_path):
+    """A folder made in a file's place while the job ran stops the change before anything moves."""
+    from pipeline.core.files import replace_together
+
+    kept = {"a.csv": b"earlier a", "c.csv": b"earlier c"}
+    for name, data in kept.items():
+        (tmp_path / name).write_bytes(data)
+    (tmp_path / "b.csv").mkdir()
+    new = [tmp_path / f".new-{n}" for n in ("a", "b", "c")]
+    for path in new:
+        path.write_bytes(b"new")
+    with pytest.raises(IsADirectoryError) as err:
+        replace_together([(new[0], tmp_path / "a.csv"), (None, tmp_path / "c.csv"), (new[1], tmp_path / "b.csv")])
+    assert err.value.filename == str(tmp_path / "b.csv")
+    assert {n: (tmp_path / n).read_bytes() for n in kept} == kept and (tmp_path / "b.csv").is_dir()
+    (tmp_path / "b.csv").rmdir()
+    replace_together([(new[0], tmp_path / "a.csv"), (None, tmp_path / "c.csv"), (new[1], tmp_path / "b.csv")])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".new-c", "a.csv", "b.csv"]
+    assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes() == b"new"
 
 
 def test_a_texts_lookup_that_cannot_be_written_stops_the_job_before_it_writes(trained, tmp_path, capsys, monkeypatch):
@@ -1452,6 +1505,7 @@ def test_a_stop_as_the_output_is_put_in_place_says_the_output_is_whole(trained, 
     import copy
     import pickle
 
+    from pipeline.core import files
     from pipeline.core.errors import StoppedAfterOutput
     from pipeline.serve import batch
     from pipeline.serve.loading import load_model
@@ -1459,7 +1513,8 @@ def test_a_stop_as_the_output_is_put_in_place_says_the_output_is_whole(trained, 
     models, _ = trained
     src, out = _write(tmp_path / "in.csv", [HEADER, *GOOD]), tmp_path / "out.csv"
     (tmp_path / "out.csv").write_text("an earlier run's output\n")
-    sent = _stop_once(batch, "replace_keeping_mode", monkeypatch, times)  # the texts lookup first, the output last
+    # the texts lookup first, the output last (pipeline.core.files.replace_together)
+    sent = _stop_once(files, "replace_keeping_mode", monkeypatch, times)
     with pytest.raises(StoppedAfterOutput, match=f"^stopped by SIGTERM after {out} was written in full$") as stopped:
         batch.score_files([src], out, load_model(models))
     assert len(sent) == times and list(pd.read_csv(out)["case_id"]) == ["a1", "a2", "a3", "a4"]

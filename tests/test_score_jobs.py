@@ -92,7 +92,8 @@ def test_a_dead_scoring_process_stops_the_run_and_leaves_nothing(trained, messy_
     with pytest.raises(BatchInputError, match="scoring process stopped"):
         score_files([messy_csv], out, load_model(models), chunk_rows=100, jobs=2, options=OutputOptions())
     # the locks of the output and its rejects file stay, unheld
-    assert [p.name for p in tmp_path.iterdir() if p.name not in (".out.csv.lock", ".out.csv.rejects.csv.lock")] == []
+    assert [p.name for p in tmp_path.iterdir() if p.name not in (".out.csv.lock", ".out.csv.rejects.csv.lock",
+                                                                 ".out.csv.texts.csv.lock")] == []
     # to standard output, rows may have gone out before: the error does not say that nothing was written
     with open(tmp_path / "stdout.csv", "wb") as stdout, \
             pytest.raises(BatchInputError, match="no file was written; standard output may hold the rows scored"):

@@ -564,7 +564,8 @@ def test_a_reader_that_stops_early_still_has_the_codes_lookup(trained, cases_csv
         cut = subprocess.run(command, stdout=out, stderr=subprocess.PIPE, text=True, cwd=tmp_path / "cut",
                              preexec_fn=limit_file_size, timeout=120)
     assert cut.returncode == 2 and "score.texts.csv: cannot write the texts lookup: File too large." in cut.stderr
-    assert sorted(p.name for p in (tmp_path / "cut").iterdir()) == [".score.rejects.csv.lock", "out.csv"]  # no temporary
+    assert sorted(p.name for p in (tmp_path / "cut").iterdir()) == [".score.rejects.csv.lock", ".score.texts.csv.lock",
+                                                                     "out.csv"]  # no temporary
 
 
 def test_messages_never_reach_standard_output_nor_change_the_exit_code(trained, tmp_path):

@@ -3,6 +3,7 @@ temporary names, the temporary folder's errors and YAML reading."""
 
 from __future__ import annotations
 
+import errno
 import glob
 import hashlib
 import io
@@ -17,8 +18,8 @@ import stat
 import sys
 import tempfile
 import uuid
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from functools import cache
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -26,11 +27,11 @@ from typing import Any, BinaryIO
 from pipeline.core.errors import BatchInputError
 
 __all__ = ["CASE_FILE_TYPES", "FILE_TYPES_TEXT", "arrow_file", "changed_while_read", "file_label", "file_state",
-           "in_temporary_folder", "is_case_file", "is_parquet", "is_pipe", "link_target", "load_json", "load_yaml",
-           "numbered", "private_temp_folder", "process_alive", "read_regular_file", "reclaim_stale_temps",
-           "refuse_changed", "regular_stat", "replace_keeping_mode", "sha256_file", "standard_stream_closed",
-           "stdout_bytes", "tmp_path", "write_bytes_atomic", "write_json_atomic", "write_parts_atomic",
-           "write_report_json", "write_text_atomic"]
+           "in_temporary_folder", "is_case_file", "is_parquet", "is_pipe", "is_temporary", "link_target", "load_json",
+           "load_yaml", "numbered", "private_temp_folder", "process_alive", "read_regular_file", "reclaim_stale_temps",
+           "refuse_changed", "regular_stat", "replace_keeping_mode", "replace_together", "sha256_file",
+           "standard_stream_closed", "stdout_bytes", "tmp_path", "write_bytes_atomic", "write_json_atomic",
+           "write_parts_atomic", "write_report_json", "write_text_atomic"]
 
 
 CASE_FILE_TYPES = (".csv", ".parquet")  # the file types of cases, outputs and rejects, told by name
@@ -216,6 +217,11 @@ def tmp_path(path: str | Path, *, unique: bool = False) -> Path:
 _TMP_MARK = ".tmp-"
 
 
+def is_temporary(path: Path) -> bool:
+    """Whether ``path`` is named as a :func:`tmp_path` is (a name to show as the file it becomes)."""
+    return path.name.startswith(".") and _TMP_MARK in path.name
+
+
 @cache
 def _host() -> str:
     """This machine's name as a temporary name's part: ``%`` and ``-`` (which separates the parts)
@@ -327,6 +333,47 @@ def replace_keeping_mode(tmp: Path, path: Path, before: os.stat_result | None) -
             except OSError:  # not this user's to give
                 continue
     os.replace(tmp, path)
+
+
+def replace_together(changes: Sequence[tuple[Path | None, Path]]) -> None:
+    """Put every change in place, in order, or none: each ``(new, target)`` renames ``new`` onto
+    ``target`` (:func:`replace_keeping_mode`, with the permissions the file there had) or, where
+    ``new`` is None, removes ``target``. Every file there is first renamed aside (a
+    :func:`tmp_path` beside it); if any step fails, the new files put in place are removed, the
+    earlier ones renamed back, and the ``OSError`` raised, naming the target that failed. A job's
+    output and its rejects file then stay as the earlier run left them: before, a rejects file that
+    could not be replaced (another user's, in a shared folder) was found after the earlier output
+    had been removed. Where a target is no regular file (a folder put in its place meanwhile),
+    nothing is changed."""
+    before = {target: regular_stat(target) for _, target in changes}
+    aside: list[tuple[Path, Path]] = []  # (target, where its earlier file is)
+    placed: list[Path] = []
+    step = changes[0][1] if changes else None
+    try:
+        for _, target in changes:
+            step = target
+            if os.path.lexists(target):
+                if before[target] is None:  # a folder, a device: not ours to move or replace
+                    raise IsADirectoryError(errno.EISDIR, "not a regular file", str(target))
+                moved = tmp_path(target, unique=True)
+                os.rename(target, moved)
+                aside.append((target, moved))
+        for new, target in changes:
+            step = target
+            if new is not None:
+                replace_keeping_mode(new, target, before[target])
+                placed.append(target)
+    except OSError as err:
+        for target in reversed(placed):
+            with suppress(OSError):
+                target.unlink()
+        for target, moved in reversed(aside):
+            with suppress(OSError):
+                os.rename(moved, target)
+        raise OSError(err.errno, err.strerror or str(err), str(step)) from err
+    for _, moved in aside:
+        with suppress(OSError):  # left for reclaim_stale_temps
+            moved.unlink()
 
 
 def read_regular_file(path: Path, *, follow_links: bool = True, max_bytes: int | None = None) -> bytes:

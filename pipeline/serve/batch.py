@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -36,10 +36,12 @@ from pipeline.core.files import (
     FILE_TYPES_TEXT,
     is_case_file,
     is_parquet,
+    is_temporary,
     link_target,
     reclaim_stale_temps,
     regular_stat,
     replace_keeping_mode,
+    replace_together,
     standard_stream_closed,
     stdout_bytes,
     tmp_path,
@@ -147,8 +149,10 @@ def score_files(inputs: list[str | Path], output: str | Path, model: LoadedModel
     output, rejects_path, lookup = (path for _, path in outputs)
 
     @contextmanager
-    def locked() -> Iterator[None]:  # the rejects file is locked too: two jobs may share it (--rejects)
-        with output_lock(output), output_lock(rejects_path, "rejects file"):
+    def locked() -> Iterator[None]:
+        # the rejects file and the texts lookup are locked too: two jobs may share the rejects file
+        # (--rejects), and another job's output may be named as this one's lookup
+        with output_lock(output), output_lock(rejects_path, "rejects file"), output_lock(lookup, "texts lookup"):
             yield
 
     with stops_after_output(f"{output} was written in full") as complete, \
@@ -250,7 +254,7 @@ def _score_to_stream(inputs: list[str | Path], stream: BinaryIO, model: LoadedMo
     rejects, texts_path = outputs[0][1], (outputs[1][1] if len(outputs) > 1 else None)
     with stops_after_output("every row was written to standard output") as complete, \
             spooled_inputs(inputs, lambda: stdin or _standard("input"), outputs,
-                           lambda: _stream_lock(rejects)) as (paths, labels, columns), stop_on_signals():
+                           lambda: _stream_lock(rejects, texts_path)) as (paths, labels, columns), stop_on_signals():
         for target in (rejects, texts_path):
             if target is not None:
                 reclaim_stale_temps(target, spare=paths)
@@ -261,14 +265,17 @@ def _score_to_stream(inputs: list[str | Path], stream: BinaryIO, model: LoadedMo
 
 
 @contextmanager
-def _stream_lock(rejects: Path) -> Iterator[None]:
-    """The rejects file's lock, for a job writing to standard output."""
+def _stream_lock(rejects: Path, lookup: Path | None) -> Iterator[None]:
+    """The locks of the rejects file and the texts lookup (if one is written), for a job writing to
+    standard output."""
     with ExitStack() as stack:
         try:
             stack.enter_context(output_lock(rejects, "rejects file"))
+            if lookup is not None:
+                stack.enter_context(output_lock(lookup, "texts lookup"))
         except OutputBusyError as err:
-            raise OutputBusyError(f"{err} Jobs writing to standard output in one folder share {STREAM_REJECTS}: "
-                                  "give each its own --rejects PATH.") from err
+            raise OutputBusyError(f"{err} Jobs writing to standard output in one folder share {STREAM_REJECTS} and "
+                                  f"{STREAM_TEXTS}: give each its own --rejects PATH in its own folder.") from err
         yield
 
 
@@ -403,29 +410,24 @@ def _score_locked(paths: list[Path], labels: list[str], columns: list[list[str]]
         rejects.close()
         if texts is not None and lookup is not None:
             _write_lookup(texts[0], texts[1], lookup, rename=False)
-        # the files replaced keep their permissions and group (a private rejects file stays private)
-        before = {p: regular_stat(p) for p in (output, rejects_path, lookup) if p is not None}
         # the last point a stop leaves nothing written: one from here on waits until the files below
         # are renamed, then acts, and says that the output is whole (stops_after_output)
         check_stop()
         with signals_deferred():
-            # the output last: a run killed between the renames leaves no output, never an output
-            # whose rejects or texts lookup are missing
-            if output is not None:
-                output.unlink(missing_ok=True)  # never leave new rejects beside an old output
-            if summary.rows_rejected:
-                replace_keeping_mode(rejects.tmp, rejects_path, before[rejects_path])
-            else:
-                rejects.tmp.unlink()
-                rejects_path.unlink(missing_ok=True)
+            # all in place or none, the files replaced keeping their permissions and group (a private
+            # rejects file stays private); the output last: a run killed between the renames leaves
+            # no output, never an output whose rejects or texts lookup are missing
+            changes: list[tuple[Path | None, Path]] = [(rejects.tmp if summary.rows_rejected else None, rejects_path)]
             if texts is not None and lookup is not None:
-                replace_keeping_mode(texts[0], lookup, before[lookup])
+                changes.append((texts[0], lookup))
             elif lookup is not None and output is not None:  # an earlier run's lookup would describe codes this output lacks
-                lookup.unlink(missing_ok=True)
+                changes.append((None, lookup))
             if output is not None:
-                for path in stale:  # an earlier run's case mix and report describe another output
-                    link_target(path).unlink(missing_ok=True)  # the file a link names: it is written through it
-                replace_keeping_mode(writer.tmp, output, before[output])
+                # an earlier run's case mix and report describe another output; a link's file is
+                # the one written through it
+                changes += [(None, link_target(path)) for path in stale]
+                changes.append((writer.tmp, output))
+            replace_together(changes)
             summary.seconds = time.perf_counter() - start  # for a stop from here on to tell
             complete(summary)
     except BrokenProcessPool as err:
@@ -437,7 +439,8 @@ def _score_locked(paths: list[Path], labels: list[str], columns: list[list[str]]
     except BrokenPipeError as err:  # `kneepain score - -o - | head`: the reader has gone
         raise BatchInputError("-: the output pipe was closed before all rows were written.") from err
     except OSError as err:  # disk full, a folder in the way, permissions: one clear line, nothing left
-        raise BatchInputError(f"{output or '-'}: cannot write: {err.strerror or err}.") from err
+        named = err.filename if isinstance(err.filename, str) and not is_temporary(Path(err.filename)) else output
+        raise BatchInputError(f"{named or '-'}: cannot write: {err.strerror or err}.") from err
     finally:
         try:
             scorer.shutdown()
@@ -449,7 +452,8 @@ def _score_locked(paths: list[Path], labels: list[str], columns: list[list[str]]
                 except (OSError, ValueError, pa.ArrowException, BatchInputError):  # the first error is the one told
                     pass
             for tmp in temporary:
-                tmp.unlink(missing_ok=True)
+                with suppress(OSError):  # one that cannot be removed is left for the next job (reclaim_stale_temps)
+                    tmp.unlink(missing_ok=True)
             bar(None)
     summary.seconds = time.perf_counter() - start
     return summary
