@@ -764,6 +764,32 @@ def test_a_temperature_that_flattens_or_turns_over_the_probabilities_is_refused(
         load_model(folder)
 
 
+@pytest.mark.parametrize("edit", ["beta", "scale"])
+def test_a_model_whose_numbers_give_no_probabilities_stops_the_job(trained, tmp_path, capsys, edit):
+    """Numbers that load (finite) but that training never gives, the checksums rewritten: every
+    case was scored as NaN, "leg_cramp" predicted and NaN triaged, with exit 0. Now the job stops
+    with one line, and nothing is written."""
+    from pipeline import predict
+
+    folder = _copy(trained, tmp_path)
+    data = json.loads((folder / "model.json").read_text())
+    if edit == "beta":
+        if data.get("beta") is None:
+            pytest.skip("the trained model is not temperature-calibrated")
+        data["beta"] = 1e308
+    else:
+        data["features"]["scale"]["age"] = 1e-300
+    (folder / "model.json").write_text(json.dumps(data))
+    _reseal(folder)
+    with pytest.raises(ModelIntegrityError, match="gave probabilities that are not numbers for 1 of 1 cases"):
+        predict(CASE, model=load_model(folder))
+    cases = tmp_path / "cases.csv"
+    pd.DataFrame([CASE, CASE]).to_csv(cases, index=False)
+    assert main(["score", str(cases), "-o", str(tmp_path / "out.csv"), "--model", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not numbers for 2 of 2 cases" in err and not (tmp_path / "out.csv").exists()
+
+
 def test_a_checksums_file_that_is_a_folder_is_refused_as_the_folder_s_fault(trained, tmp_path):
     folder = _copy(trained, tmp_path)
     (folder / CHECKSUMS_FILE).unlink()

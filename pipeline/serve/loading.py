@@ -61,10 +61,21 @@ class LoadedModel:
         return tuple(self.manifest.get("classes", CONDITIONS))
 
     def predict_proba(self, parsed: ParsedCases) -> np.ndarray:
-        """Probabilities, shape (n_cases, n_conditions), for valid parsed cases."""
+        """Probabilities, shape (n_cases, n_conditions), for valid parsed cases.
+
+        Raises :class:`ModelIntegrityError` where one is not a number (NaN, infinite): a folder
+        whose numbers training never gives (a weight of 1e308, its checksums rewritten) scored every
+        case as NaN, and the decision layer triaged NaN."""
         if len(parsed) == 0:
             return np.empty((0, len(self.classes)))
-        return predict_proba(self.estimator, parsed, self.scorer)  # the same numbers in every process
+        with np.errstate(over="ignore", invalid="ignore"):  # such numbers are told below, once, not as warnings
+            proba = predict_proba(self.estimator, parsed, self.scorer)  # the same numbers in every process
+        if not np.isfinite(proba).all():
+            bad = np.flatnonzero(~np.isfinite(proba).all(axis=1))
+            raise ModelIntegrityError(f"the model {self.source} gave probabilities that are not numbers for {len(bad):,} "
+                                      f"of {len(proba):,} cases (the first is case {bad[0]:,} of the batch, counted "
+                                      "from 0): its numbers are none training gives; retrain it with `kneepain train`.")
+        return proba
 
 
 def is_model_uri(source: object) -> bool:
