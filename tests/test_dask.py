@@ -592,6 +592,17 @@ def test_partitioned_generation_is_reproducible(client, kb, tmp_path):
         generate_dask(kb, 10, seed=7, partitions=1, out_dir=tmp_path / "a", client=client)
 
 
+def test_generation_into_a_relative_folder_runs_on_workers_started_in_another_folder(client, kb, tmp_path, monkeypatch):
+    """A scheduler's workers run in their own folders: the temporary folder they write to is given
+    as an absolute path (a relative --out failed with "Cannot save file into a non-existent
+    directory", naming the hidden temporary folder)."""
+    monkeypatch.chdir(tmp_path)  # the module's workers were started in the folder the tests run from
+    manifest = generate_dask(kb, 100, seed=1, partitions=2, out_dir="generated", client=client)
+    assert sorted(p.name for p in (tmp_path / "generated").iterdir()) == ["manifest.json", "part-00000.parquet",
+                                                                          "part-00001.parquet"]
+    assert [f["n"] for f in manifest["files"]] == [50, 50]
+
+
 def test_train_with_the_dask_backend_matches_local(client, small_data, small_config_path):
     from pipeline.core.config import TrainConfig, load_config
     from pipeline.data.datasets import read_split
@@ -666,6 +677,76 @@ def test_dask_client_joins_a_scheduler_or_starts_a_local_cluster(client, monkeyp
             with dask_client(address):
                 pass
         gc.collect()
+
+
+def test_an_address_where_no_dask_scheduler_answers_is_refused_in_one_line_and_soon():
+    """The dashboard's port, an HTTP server or a closed port given as --scheduler: Dask's client
+    waited minutes on the dashboard (until it closed the connection) and read an HTTP reply as a
+    message of 3 EiB (MemoryError); each is now one line, within the probe's timeout."""
+    import socket
+    import threading
+
+    from pipeline.core.cluster import probe_scheduler
+
+    servers, held = [], []
+
+    def serve(reply: bytes | None) -> str:
+        sock = socket.create_server(("127.0.0.1", 0))
+        servers.append(sock)
+
+        def accept() -> None:
+            while True:
+                try:
+                    conn, _ = sock.accept()
+                except OSError:  # closed below
+                    return
+                held.append(conn)
+                if reply is not None:
+                    conn.sendall(reply)
+
+        threading.Thread(target=accept, daemon=True).start()
+        return f"tcp://127.0.0.1:{sock.getsockname()[1]}"
+
+    try:
+        dashboard = serve(None)  # an HTTP server waits for a request, as the dashboard does
+        with pytest.raises(DaskJobError, match=rf"^cannot connect to the Dask scheduler at '{dashboard}': what listens "
+                                               r"there sent nothing within 0\.5 s, .*the dashboard's port\?"):
+            probe_scheduler(dashboard, timeout=0.5)
+        replying = serve(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+        with pytest.raises(DaskJobError, match="an HTTP server answers there, not a Dask scheduler"):
+            probe_scheduler(replying, timeout=5)
+    finally:
+        for conn in held:
+            conn.close()
+        for sock in servers:
+            sock.close()
+    with socket.create_server(("127.0.0.1", 0)) as sock:
+        closed = f"tcp://127.0.0.1:{sock.getsockname()[1]}"
+    with pytest.raises(DaskJobError, match="Connection refused"):
+        probe_scheduler(closed, timeout=5)
+    probe_scheduler("tls://127.0.0.1:1")  # another scheme: left to Dask
+
+
+def test_a_job_whose_scheduler_is_lost_stops_in_one_line(client, monkeypatch):
+    """A scheduler killed mid-job cancels every task: distributed's error listed each task's key
+    over many lines ("unexpected FuturesCancelledError"); the job says why in one."""
+    import distributed
+    from distributed.client import CancelledFuturesGroup, FutureCancelledError, FuturesCancelledError
+
+    from pipeline.core.cluster import gather
+
+    futures = {client.submit(time.sleep, 30, pure=False): f"part {i}" for i in range(2)}
+
+    def lost(pending, **kwargs):
+        errors = [FutureCancelledError(f.key, "scheduler-connection-lost", "the connection was lost") for f in pending]
+        raise FuturesCancelledError([CancelledFuturesGroup(errors, "scheduler-connection-lost")])
+
+    monkeypatch.setattr(distributed, "wait", lost)
+    with pytest.raises(DaskJobError) as err:
+        gather(client, futures)
+    assert str(err.value) == ("the Dask cluster cancelled the job's tasks (scheduler-connection-lost: the connection "
+                              "to the scheduler was lost, or the scheduler stopped); no output was written.")
+    assert all(f.cancelled() for f in futures)  # and nothing goes on running for the job
 
 
 def test_a_ctrl_c_while_distributed_waits_leaves_no_traceback_of_its_own(monkeypatch, caplog):

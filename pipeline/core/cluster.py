@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -100,6 +101,15 @@ def task_failed(label: str, err: BaseException) -> DaskJobError:
     return DaskJobError(f"{label}: the Dask task failed ({type(err).__name__}: {err}); no output was written.")
 
 
+def tasks_cancelled(err: BaseException) -> DaskJobError:
+    """The error of a job whose tasks the cluster cancelled (``err``: distributed's, which lists every
+    task's key): the reasons Dask gives, in one line."""
+    reasons = sorted({str(group.reason) for group in getattr(err, "error_groups", [])}) or \
+        [str(getattr(err, "reason", "") or "no reason given")]
+    return DaskJobError(f"the Dask cluster cancelled the job's tasks ({', '.join(reasons)}: the connection to the "
+                        "scheduler was lost, or the scheduler stopped); no output was written.")
+
+
 @contextlib.contextmanager
 def dask_client(scheduler: str | None = None, *, n_workers: int | None = None,
                 while_starting: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
@@ -130,6 +140,50 @@ def dask_client(scheduler: str | None = None, *, n_workers: int | None = None,
         yield from _client(scheduler, n_workers, while_starting)
 
 
+SCHEDULER_ANSWER_SECONDS = 10.0  # a Dask scheduler sends its handshake as soon as a connection is made
+
+
+def probe_scheduler(address: str, timeout: float = SCHEDULER_ANSWER_SECONDS) -> None:
+    """Refuse a ``tcp://`` address where no Dask scheduler answers, in one line and within
+    ``timeout`` seconds: a port where nothing listens, a host that does not answer, or a server of
+    another kind (the scheduler's dashboard, an HTTP proxy). Dask's own client waited until such a
+    server closed the connection (minutes, on the dashboard's port) or read an HTTP reply as a
+    message of 3 EiB (MemoryError). Another scheme (``tls://``, ``inproc://``) is left to Dask."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(address if "://" in address else f"tcp://{address}")
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:  # a port that is no number: Dask says so
+        return
+    if parts.scheme != "tcp" or host is None or port is None:
+        return
+    where = f"cannot connect to the Dask scheduler at {address!r}"
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except TimeoutError:
+        raise DaskJobError(f"{where}: no answer within {timeout:g} s (is the host up and the port open?)") from None
+    except OSError as err:
+        raise DaskJobError(f"{where}: {err.strerror or err}") from None
+    with sock:
+        sock.settimeout(timeout)
+        try:
+            first = sock.recv(8)
+        except TimeoutError:
+            raise DaskJobError(f"{where}: what listens there sent nothing within {timeout:g} s, where a Dask scheduler "
+                               "answers at once (the dashboard's port? a scheduler listens on 8786 unless told "
+                               "otherwise)") from None
+        except OSError as err:
+            raise DaskJobError(f"{where}: {err.strerror or err}") from None
+    if not first:
+        raise DaskJobError(f"{where}: what listens there closed the connection at once, where a Dask scheduler answers "
+                           "(a scheduler listens on 8786 unless told otherwise)")
+    if first.startswith(b"HTTP") or len(first) < 8 or int.from_bytes(first, "little") > 1 << 20:
+        kind = "an HTTP server" if first.startswith(b"HTTP") else "a server of another kind"
+        raise DaskJobError(f"{where}: {kind} answers there, not a Dask scheduler (a scheduler listens on 8786 unless "
+                           "told otherwise)")
+
+
 def _client(scheduler: str | None, n_workers: int | None,
             while_starting: Callable[[], contextlib.AbstractContextManager]) -> Iterator["Client"]:
     import dask
@@ -139,9 +193,10 @@ def _client(scheduler: str | None, n_workers: int | None,
         if n_workers is not None:
             raise ValueError("n_workers applies only to a local cluster; a scheduler at "
                              f"{scheduler!r} has its own workers.")
+        probe_scheduler(scheduler)
         try:
             client = Client(scheduler)
-        except (OSError, ValueError) as err:  # refused or timed out, or not an address
+        except (OSError, ValueError, MemoryError) as err:  # refused or timed out, not an address, not a scheduler
             raise DaskJobError(f"cannot connect to the Dask scheduler at {scheduler!r}: {err}") from err
         with client:
             yield client
@@ -251,6 +306,8 @@ def gather(client: "Client", futures: dict["Future", str]) -> list[Any]:
     A cluster left without workers (none ever joined a scheduler, or a local cluster's all died
     before they ran a task, which Dask does not count as a failure) would wait for ever: after
     :data:`NO_WORKERS_SECONDS` without one the job stops with :class:`DaskJobError`."""
+    from concurrent.futures import CancelledError
+
     from distributed import wait
 
     results = []
@@ -262,10 +319,14 @@ def gather(client: "Client", futures: dict["Future", str]) -> list[Any]:
                 done, not_done = wait(pending, timeout=min(5.0, NO_WORKERS_SECONDS), return_when="FIRST_COMPLETED")
             except TimeoutError:  # nothing finished meanwhile
                 done, not_done = set(), pending
+            except CancelledError as err:  # the scheduler lost or stopped: every task, listed by key, in one error
+                raise tasks_cancelled(err) from err
             pending = list(not_done)
             for future in done:
                 try:
                     result = future.result()
+                except CancelledError as err:
+                    raise tasks_cancelled(err) from err
                 except Exception as err:  # KilledWorker, or a transient error after the retries
                     raise task_failed(futures[future], err) from err
                 if (error := getattr(result, "error", None)) is not None:

@@ -92,7 +92,7 @@ def generate_dask(kb: "KnowledgeBase", n: int, *, seed: int, partitions: int, ou
     if target.exists():
         raise FileExistsError(f"{target}: already exists; generate into a new folder (remove it or choose another).")
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_folder(target)
+    tmp = temp_folder(target).absolute()  # workers may not share the driver's working directory
     run = uuid.uuid4().hex[:8]
     try:
         futures = {client.submit(_generate_part, base, int(size), child, i, str(tmp), partitions - 1, retries=retries,
