@@ -854,6 +854,28 @@ def test_malformed_records_are_rejected_whole_with_their_record_and_the_job_goes
     assert bad[["case_id", "age", "sex"]].values.tolist() == [["b1", "33", "male"], ["b2, quoted", "44", "female"]]
 
 
+def test_a_record_a_quote_left_open_swallowed_is_rejected_again_until_it_is_mended(trained, tmp_path):
+    """The records a quote left open read into a field are kept in the rejects file as their file
+    wrote them: scored again unmended, the row was scored (the swallowed records lost, exit 0);
+    now it is rejected again, and mended it gives every record."""
+    models, _ = trained
+    src = _write(tmp_path / "in.csv", ["case_id,age,sex,note", 'r4,45,female,"open quote', "r5,46,male,fine",
+                                       "r6,47,male,fine"])
+    assert _score(src, tmp_path / "out.csv", models) == 1
+    rejects = tmp_path / "out.csv.rejects.csv"
+    assert _score(rejects, tmp_path / "again.csv", models) == 1
+    again = pd.read_csv(tmp_path / "again.csv.rejects.csv", dtype=str, keep_default_na=False)
+    assert again["case_id"].tolist() == ["r4"] and "a quote left open" in again["reject_reason"][0]
+    assert pd.read_csv(tmp_path / "again.csv").empty
+    bad = pd.read_csv(rejects, dtype=str, keep_default_na=False)  # mended: the quote closed where it belonged
+    mended = pd.concat([bad.assign(note="open quote"),
+                        bad.assign(case_id="r5", age="46", sex="male", note="fine"),
+                        bad.assign(case_id="r6", age="47", sex="male", note="fine")], ignore_index=True)
+    mended.to_csv(rejects, index=False)
+    assert _score(rejects, tmp_path / "fixed.csv", models) == 0
+    assert pd.read_csv(tmp_path / "fixed.csv", dtype=str)["case_id"].tolist() == ["r4", "r5", "r6"]
+
+
 def test_fixing_the_rejects_file_and_scoring_it_again_is_one_step(trained, tmp_path, capsys):
     models, _ = trained
     src = _write(tmp_path / "in.csv", [HEADER + ",clinic", "a1,30,male,no,3,north", "a2,41,femal,yes,10,south",

@@ -41,6 +41,7 @@ from pipeline.core.parsing import ParsedCases, parse_cases, required_columns_err
 from pipeline.core.schema import (
     ID_COLUMN,
     NAMED_COLUMNS,
+    REJECT_META,
     TRISTATE_NO,
     TRISTATE_YES,
     field,
@@ -493,7 +494,22 @@ def _looks_like_a_case(header: list[str]) -> Callable[[list[str]], bool] | None:
     field too long or too short), a valid age (a whole number) and a valid sex both. A record that
     a quote left open swallowed does; a line of a quoted note seldom does (``left, right, both`` in
     a three-column file; ``flexion, 90`` or ``nurse, Jones, female`` under ``case_id,age,sex,note``).
-    None for a header without both columns (refused later)."""
+    None for a header without both columns (refused later).
+
+    In a rejects file (its :data:`REJECT_META` columns first), a line also looks like a record when it
+    looks like one of the file it was rejected from (the header without those columns): a record
+    rejected because a quote left open read the records after it into a field holds them as that
+    file wrote them, and scored again unmended, that record was scored and the ones in it lost."""
+    looks = _looks_like_a_record_of(header)
+    names = [normalise_header(h) for h in header]
+    if looks is None or not set(REJECT_META) <= set(names):
+        return looks
+    rejected_from = _looks_like_a_record_of([h for h, n in zip(header, names) if n not in REJECT_META])
+    return looks if rejected_from is None else (lambda fields: looks(fields) or rejected_from(fields))
+
+
+def _looks_like_a_record_of(header: list[str]) -> Callable[[list[str]], bool] | None:
+    """:func:`_looks_like_a_case` for the file of ``header`` alone."""
     at = {normalise_header(h): i for i, h in enumerate(header)}
     if "age" not in at or "sex" not in at:
         return None

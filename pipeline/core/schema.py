@@ -22,6 +22,7 @@ __all__ = [
     "FIELDS",
     "FIELD_NAMES",
     "NAMED_COLUMNS",
+    "REJECT_META",
     "SCHEMA_VERSION",
     "SEX_MALE",
     "TRISTATE_NO",
@@ -202,6 +203,8 @@ MALE_NOT_ASKED = ("pregnant", "hormonal_therapy")
 CONTEXT_TRISTATES = tuple(f.name for f in FIELDS if f.group == "context" and f.kind == "tristate")
 ONSET_TRISTATES = tuple(f.name for f in FIELDS if f.group == "onset" and f.kind == "tristate")
 ID_COLUMN = "case_id"
+# a rejects file's first columns, before each rejected row as it was read
+REJECT_META = ["reject_file", "reject_row", "reject_reason"]
 LABEL_COLUMN = "condition"
 SEVERITY_COLUMN = "severity"
 SEVERITIES = ("mild", "moderate", "severe")

@@ -30,14 +30,13 @@ from pipeline.core.errors import BatchInputError
 from pipeline.core.files import arrow_file, is_parquet, tmp_path
 from pipeline.core.formulas import csv_safe, guarded_names
 from pipeline.core.parsing import is_blank
-from pipeline.core.schema import ID_COLUMN, first_spellings, normalise_header
+from pipeline.core.schema import ID_COLUMN, REJECT_META, first_spellings, normalise_header
 from pipeline.serve.predict import OUTPUT_TYPES, output_columns
 from pipeline.serve.shaping import input_columns
 
 __all__ = ["REJECT_META", "Writer", "as_text", "csv_safe", "encode_csv", "output_schema", "output_table",
            "reject_schema", "reject_table"]
 
-REJECT_META = ["reject_file", "reject_row", "reject_reason"]
 PARQUET_GROUP_ROWS = 16_384  # the fewest rows of a Parquet output's row group (but the last): a default chunk
 
 
