@@ -361,14 +361,20 @@ def test_ask_in_a_terminal_wraps_goes_back_and_stops_on_ctrl_c(trained):
     import fcntl
     import os
     import pty
+    import signal
     import struct
     import sys
     import termios
+    import time
 
     models, _ = trained
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
     pid, fd = pty.fork()
     if pid == 0:  # the child: a session whose controlling terminal is the pty
+        # Ctrl-C as a terminal's user has it, whatever the test process's signal state (a blocked
+        # or ignored SIGINT would be inherited through exec, and the session would never stop)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.execve(sys.executable, [sys.executable, "-m", "pipeline.cli", "ask", "--model", str(models)], env)
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 60, 0, 0))
     seen: list[str] = []
@@ -385,8 +391,14 @@ def test_ask_in_a_terminal_wraps_goes_back_and_stops_on_ctrl_c(trained):
         _read_until(fd, "Any of these? [y/n/d]", seen, count=2)  # asked again: the screen answer was taken back
         os.write(fd, b"\x03")  # Ctrl-C
         text = _read_until(fd, CLOSING, seen, count=2)  # the first is the greeting's
-    finally:
-        _, status = os.waitpid(pid, 0)
+    finally:  # a session still waiting for an answer once the test has failed is ended, not waited for
+        deadline = time.monotonic() + 30
+        while (status := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if status[0] == 0:
+            os.kill(pid, signal.SIGKILL)
+            status = os.waitpid(pid, 0)
+        status = status[1]
         os.close(fd)
     assert os.waitstatus_to_exitcode(status) == 0
     assert "Traceback" not in text and "Summary (you stopped the session)" in text, text[-3000:]
