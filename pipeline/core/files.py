@@ -348,7 +348,7 @@ def replace_together(changes: Sequence[tuple[Path | None, Path]]) -> None:
     before = {target: regular_stat(target) for _, target in changes}
     aside: list[tuple[Path, Path]] = []  # (target, where its earlier file is)
     placed: list[Path] = []
-    step = changes[0][1] if changes else None
+    step: Path | None = None  # the target being changed, named in an error
     try:
         for _, target in changes:
             step = target
