@@ -438,7 +438,10 @@ def _score_options(args: argparse.Namespace):
 
     csv_out = args.output == "-" or not is_parquet(args.output)
     digits = FLOAT_DIGITS if args.float_digits is None else args.float_digits
-    columns = parse_column_list(args.columns) if args.columns is not None else None
+    try:
+        columns = parse_column_list(args.columns) if args.columns is not None else None
+    except ValueError as err:
+        raise UsageError(f"--columns {args.columns!r}: {err}.") from None
     if columns is not None and "" in columns:
         raise UsageError(f"--columns {args.columns!r}: a name is empty; give output columns separated by commas "
                          "(e.g. case_id,prediction,p_dvt,triage).")

@@ -123,6 +123,21 @@ def test_editing_the_decision_layer_in_the_manifest_is_refused(trained, tmp_path
     assert err.count("\n") == 1 and "manifest.json has changed" in err and not (tmp_path / "out.csv").exists()
 
 
+def test_checksums_are_read_in_either_case_and_a_digest_that_is_not_one_is_named(trained, tmp_path, capsys):
+    """Hexadecimal digits in upper case (as some tools write them) are the same digest, where they were
+    refused as "has changed"; a value that is no SHA-256 at all is named as such."""
+    folder = _copy(trained, tmp_path)
+    checksums = json.loads((folder / CHECKSUMS_FILE).read_text())
+    upper = {**checksums, "files": {name: digest.upper() for name, digest in checksums["files"].items()}}
+    (folder / CHECKSUMS_FILE).write_text(json.dumps(upper))
+    assert load_model(folder).predict_proba is not None
+    assert main(["verify", str(folder)]) == 0
+    short = {**checksums, "files": {**checksums["files"], "model.json": checksums["files"]["model.json"][:40]}}
+    (folder / CHECKSUMS_FILE).write_text(json.dumps(short))
+    with pytest.raises(ModelIntegrityError, match=r"for model\.json, which is not a SHA-256 \(64 hexadecimal digits\)"):
+        load_model(folder)
+
+
 def test_a_folder_without_checksums_or_with_foreign_ones_is_refused(trained, tmp_path):
     folder = _copy(trained, tmp_path)
     (folder / CHECKSUMS_FILE).write_text(json.dumps({"format": "kneepain-model-checksums", "algorithm": "sha256",

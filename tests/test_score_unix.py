@@ -214,6 +214,21 @@ def test_columns_take_a_quoted_name_with_its_spaces_as_the_choices_list_it(train
     assert parse_column_list(' a , "b ""c""" ,d') == ("a", 'b "c"', "d")
 
 
+def test_columns_with_a_quote_left_open_are_refused_not_read_as_one_name(trained, tmp_path, capsys):
+    """``"case_id`` (a quote typed and not closed) was read as ``case_id``, and ``"note,triage`` as
+    one name ``note,triage``: the quote is named, nothing is written."""
+    models, _ = trained
+    src = tmp_path / "in.csv"
+    src.write_text("case_id,age,sex,note\nA,30,male,x\n")
+    out = tmp_path / "out.csv"
+    for columns, at in (('"case_id', 1), ('case_id, "note,triage', 10)):
+        assert main(["score", str(src), "-o", str(out), "--model", str(models), "--keep-input-columns",
+                     "--columns", columns]) == 2
+        err = capsys.readouterr().err
+        assert f"the quote at character {at} is not closed" in err and err.count("\n") == 1, err
+        assert not out.exists()
+
+
 def test_unknown_column_is_one_line_naming_the_choices(trained, cases_csv, tmp_path, capsys):
     models, _ = trained
     path, _ = cases_csv

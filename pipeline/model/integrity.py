@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -24,6 +25,7 @@ __all__ = ["CHECKSUMS_FILE", "read_folder_file", "seal_folder", "verify_folder"]
 
 CHECKSUMS_FILE = "checksums.json"
 _FORMAT = "kneepain-model-checksums"
+_SHA256_HEX = re.compile("[0-9a-fA-F]{64}")
 # no file a model folder holds comes near this (the largest, a gradient-boosting model, is a few
 # MB); a file over it is refused before it is read, not hashed whole first
 FOLDER_FILE_MAX_BYTES = 256 * 2**20
@@ -49,10 +51,13 @@ def _listed(folder: Path) -> dict[str, str]:
     if not isinstance(data, dict) or data.get("format") != _FORMAT or data.get("algorithm") != "sha256" \
             or not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
         raise ModelIntegrityError(f"{path} is not a kneepain checksums file; refusing to load the model folder.")
-    for name in files:
+    for name, digest in files.items():
         if not isinstance(name, str) or Path(name).name != name or name in ("", ".", "..") or "\x00" in name:
             raise ModelIntegrityError(f"{path} lists {name!r}, which is not a file name inside the folder.")
-    return files
+        if _SHA256_HEX.fullmatch(digest) is None:
+            raise ModelIntegrityError(f"{path} gives {digest[:80]!r} for {name}, which is not a SHA-256 (64 hexadecimal "
+                                      "digits); refusing to load the model folder.")
+    return {name: digest.lower() for name, digest in files.items()}  # hexadecimal is read in either case
 
 
 def read_folder_file(path: Path, folder: Path, *, follow_links: bool = True) -> bytes:

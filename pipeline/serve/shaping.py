@@ -85,13 +85,19 @@ def input_columns(names: Sequence[str], taken: Sequence[str], *, keep_ids: bool 
 def parse_column_list(text: str) -> tuple[str, ...]:
     """``--columns``' names: comma-separated, each stripped of surrounding spaces, and quoted as in
     CSV where a name holds a comma or begins or ends with a space (``case_id,"note, free text"``,
-    ``" Extra "``): a quoted name is taken as it is written, spaces included."""
+    ``" Extra "``): a quoted name is taken as it is written, spaces included.
+
+    Raises
+    ------
+    ValueError
+        A quote is not closed (``"case_id``): the names after it would be read into one.
+    """
     names: list[str] = []
     at = 0
     while True:
         start = len(text) - len(text[at:].lstrip())
         if text.startswith('"', start):
-            name, at = _quoted(text, start + 1)
+            name, at = _quoted(text, start)
             end = text.find(",", at)
             tail = text[at:end if end >= 0 else len(text)]
             names.append(name + tail.rstrip())  # text after the closing quote (a"b" c) joins the name, as in CSV
@@ -103,14 +109,16 @@ def parse_column_list(text: str) -> tuple[str, ...]:
         at = end + 1
 
 
-def _quoted(text: str, at: int) -> tuple[str, int]:
-    """The quoted name that starts at ``at`` (after its opening quote; ``""`` in it is a quote) and
-    where it ends (after its closing quote; the text's end if it has none)."""
+def _quoted(text: str, opening: int) -> tuple[str, int]:
+    """The quoted name whose opening quote is at ``opening`` (``""`` in it is a quote) and where it
+    ends (after its closing quote); ValueError if it has none."""
     parts: list[str] = []
+    at = opening + 1
     while True:
         close = text.find('"', at)
         if close < 0:
-            return "".join([*parts, text[at:]]), len(text)
+            raise ValueError(f"the quote at character {opening + 1} is not closed; a name in quotes ends with another "
+                             '(e.g. case_id,"note, free text")')
         parts.append(text[at:close])
         if not text.startswith('"', close + 1):
             return "".join(parts), close + 1
