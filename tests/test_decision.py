@@ -850,6 +850,27 @@ def test_a_no_to_a_sign_of_a_clot_never_sends_a_case_sooner(cfg, net):
     assert LEVELS[level[0]] == "emergency" and reason[0] == 0
 
 
+def test_a_no_that_closes_a_rule_does_not_send_the_same_day_what_other_unanswered_signs_would_lower(cfg, net):
+    """A tender calf, the leg and knee not swollen, a meniscus tear the likeliest: then "no" to
+    fever, then to red skin, with the shipped model's probabilities after each (P(DVT) 0.130,
+    0.113, 0.097). Before, only the unanswered signs of a same-day rule still open were taken as
+    "no": the fever's "no" closed the last such rule, so the case went the same day at 0.113, where
+    with fever unanswered it went within a day or two at 0.130. Every unanswered sign of a clot
+    counts now, and the level stays within a day or two, by the softening."""
+    case = {"age": 34, "sex": "male", "activity": "none", "onset": "sudden", "symptom_duration_days": 12.15,
+            "muscle_spasm": "no", "knee_swelling": "no", "leg_swelling": "no", "weakness": "no",
+            "calf_tenderness": "yes"}
+    steps = [({}, [0.182, 0.239, 0.014, 0.051, 0.246, 0.011, 0.126, 0.130, 0.001]),
+             ({"fever": "no"}, [0.177, 0.241, 0.014, 0.065, 0.254, 0.011, 0.125, 0.113, 0.001]),
+             ({"skin_red": "no"}, [0.177, 0.223, 0.014, 0.063, 0.264, 0.012, 0.149, 0.097, 0.001])]
+    for answer, p in steps:
+        case.update(answer)
+        codes, proba = _codes([case]), np.array([p]) / sum(p)
+        assert LEVELS[cost_levels(cfg, proba)[0]] == "emergency"  # what the softening is for
+        level, reason = triage_levels(cfg, codes, proba, net=net, screen=net_screen(), rule_fires=net.fires(codes))
+        assert (LEVELS[level[0]], reason[0]) == (cfg.uncertain.level, 2), answer
+
+
 def test_a_likely_clot_with_a_risk_still_stands_where_no_reason_to_suspect_is_configured(cfg, net):
     """Pain on standing and a sedentary life are no `reasons_to_suspect`, but with the clot at 0.49
     behind a hamstring injury, in a described pain, the same day stands (`_stands`), as the docs
@@ -1109,6 +1130,25 @@ def test_the_safety_net_keeps_a_clots_signs_for_someone_with_its_history_though_
     out = predict(cases[:3], model=models)["safety_net"]
     assert [pregnancy in s.split("|") for s in out] == [True, False, False]
     assert surgery in out[2].split("|")
+
+
+def test_the_safety_net_names_a_rule_that_waits_for_time_before_it_is_met(cfg, net):
+    """Unable to take four steps with no injury, 15 minutes in: the screen's rule waits for an hour
+    (a cramp passes in minutes), so the case goes at its level, and the safety net says to go if it
+    lasts an hour. Before, the rule, not met yet by the duration, was no line, and nothing said when
+    to go. A rule past an upper bound of the duration (a clot's history rules, up to 90 days) is not
+    watched for: time does not bring it back."""
+    walk = {"age": 40, "sex": "female", "injury_event": "none", "unable_to_bear_weight": "yes"}
+    clot = {"age": 60, "sex": "male", "previous_vte": "yes", "active_cancer": "yes"}
+    cases = [{**walk, "symptom_duration_days": 0.01},
+             {**walk, "symptom_duration_days": 0.01, "injury_event": "twist_or_direction_change"},
+             {**clot, "symptom_duration_days": 120}, {**clot, "symptom_duration_days": 30}]
+    level, watch, _ = _watched(cfg, net, cases, "leg_cramp")
+    shown = [t.split("|") for t in net.safety_net(level, watch)]
+    walking = net.texts[net.names.index("unable_to_walk_without_injury")]
+    assert [walking in s for s in shown[:2]] == [True, False]  # an injury explains it
+    history = net.texts[net.names.index("clot_before_with_wells_history")]
+    assert history not in shown[2] and LEVELS[level[3]] == "emergency"  # past 90 days; within them it fires
 
 
 def _watched(cfg, net, cases, condition):

@@ -411,8 +411,8 @@ def decision_columns(decision: Decision, kb: KnowledgeBase, parsed: ParsedCases,
     @cache
     def triage() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(level, reason, basis): the level's reason shown, and the one it rests on."""
-        _, fires, open_ = rules()
-        level, reason = expected_cost_levels(cfg, parsed.codes, proba, atypical()[0], net, open_)
+        fires = rules()[1]
+        level, reason = expected_cost_levels(cfg, parsed.codes, proba, atypical()[0], net)
         before_rules, basis = level.copy(), reason.copy()
         raise_to_rules(cfg, level, reason, fires, screen)
         # a rule at the level the expected cost gave is the reason shown (the clearer one), but the

@@ -189,10 +189,6 @@ class SafetyNet:
         self._rule_levels = np.array([r.level for r in self.rules], dtype=np.int8)
         self._has_any = np.array([bool(r.any) for r in self.rules], dtype=bool)
         self._n_all = np.array([len(r.all) for r in self.rules], dtype=np.int16)
-        # per "no" field, the same-day rules that ask it and read it so
-        self._same_day_asks_matrix = np.array([[h and n in r.fields for n in self.no_fields]
-                                               for h, r in zip(hiding, self.rules)], dtype=bool
-                                              ).reshape(len(self.rules), len(self.no_fields))
         # which rules ask each candidate; every (candidate, answer) likelihood row, and where it is
         self._asks = np.array([[n in r.fields for r in self.rules] for n in self.candidates], dtype=bool
                               ).reshape(len(self.candidates), len(self.rules))
@@ -265,6 +261,10 @@ class SafetyNet:
         # the rules watched for whatever today's answers to their signs (`watch_always`), and those signs
         self._always = np.array([k for k, r in enumerate(self.rules) if r.watch_always and self._watched[k]], dtype=np.intp)
         self._always_signs = sorted({n for k in self._always for n in self.rules[k].fields if _is_sign(n)})
+        # the rules with a sign to watch for that a longer duration can still meet (a leg that cannot
+        # take four steps for an hour or more): the pain lasts on, so one not met yet is watched for
+        self._waiting = np.array([k for k, r in enumerate(self.rules) if self._watched[k] and _waits_for_time(r)],
+                                 dtype=np.intp)
         self._pair_suspects = np.array([self.candidates[j] in self._suspect_fields and a == 1 for j, a in pairs],
                                        dtype=bool)
         # the answers that give a reason to suspect a clot (`uncertain.reasons_to_suspect`), and per
@@ -308,14 +308,15 @@ class SafetyNet:
         if the caller has them)."""
         return state_of_counts(self.counts(codes) if counts is None else counts, self._has_any)
 
-    def rests_on_unknowns(self, proba: np.ndarray, codes: dict[str, np.ndarray], open_: np.ndarray,
-                          cost_level_of) -> np.ndarray:
+    def rests_on_unknowns(self, proba: np.ndarray, codes: dict[str, np.ndarray], cost_level_of) -> np.ndarray:
         """Per case, whether the same day rests on what is unknown: nothing but age and sex is
         answered (the prior alone), or the expected-cost level would drop below the same day if
-        every unanswered sign of a clot (:func:`points_to_same_day`) that a same-day rule looking for
-        one could still fire on were answered "no", unless the same day stands (:meth:`_stands`: a
-        condition that calls for it is the likeliest, or at least ``uncertain.stands_at`` likely,
-        with a reason to suspect one, in a case that describes its pain). (A clot that is the
+        every unanswered sign of a clot (:attr:`no_fields`: the signs a same-day rule looks for that
+        point to it, :func:`points_to_same_day`) were answered "no", whether or not a rule reading
+        it could still fire (a sign no open rule reads still moves the probability), unless the
+        same day stands (:meth:`_stands`: a condition that calls for it is the likeliest, or at
+        least ``uncertain.stands_at`` likely, with a reason to suspect one, in a case that
+        describes its pain). (A clot that is the
         likeliest cause, or as likely as a Wells "DVT likely" patient's behind another, with a "yes"
         to a sign or risk a clot's red flags read, of a pain described (after surgery, sudden pain
         on standing, a tender calf) is not sent within a day or two for signs not asked yet: a
@@ -326,8 +327,9 @@ class SafetyNet:
         not likely enough to stand, the same day still holds once no unasked sign could lower it, so
         a "no" to the last such sign can complete it: the model's probability falls more slowly
         with a "no" than the knowledge base's likelihoods have it.)"""
-        # per "no" field, hidden where it is unanswered and a same-day rule reading it so is open
-        hide = unanswered_matrix(codes, self.no_fields) & (open_ @ self._same_day_asks_matrix)
+        # with only the signs of open rules hidden, a tender calf with the leg not swollen, then a
+        # "no" to fever, was sent the same day, where the same case with fever unanswered was not
+        hide = unanswered_matrix(codes, self.no_fields)
         proba = np.asarray(proba)
         drops = self._drops_if_no(proba.T, hide, lambda c: cost_level_of(c.T))
         return self._softened(drops, proba.T, codes) | (known_share(codes) == 0)
@@ -406,7 +408,8 @@ class SafetyNet:
         whatever the signs' answers today: a calf that is not swollen now can swell, and in
         pregnancy the risk lasts for months; and the rules marked ``watch_always`` (a swollen, tender,
         warm or red calf; breathlessness) that do not fire, whatever their signs' answers today,
-        where the rest of the rule can still match."""
+        where the rest of the rule can still match; and the rules a longer duration can still meet
+        (being unable to take four steps for an hour or more, 15 minutes in)."""
         watch = open_.copy()
         if len(self._risk_rules):  # their history matched as the rules are (CountTable: a few cases at once)
             met = state_of_counts(self._risk_table.counts(self._past_fertile_age_as_no(codes)), self._risk_has_any)[0]
@@ -415,6 +418,11 @@ class SafetyNet:
             blank = {**codes, **{n: np.full_like(codes[n], UNKNOWN) for n in self._always_signs}}
             could = per_rule([self.rules[k] for k in self._always], Rule.open, self._past_fertile_age_as_no(blank))
             watch[:, self._always] |= could & ~fires[:, self._always]
+        if len(self._waiting) and DURATION in codes:  # open were the pain to last longer
+            later = {**codes, DURATION: np.full(len(codes[DURATION]), np.nan)}
+            rules, later = [self.rules[k] for k in self._waiting], self._past_fertile_age_as_no(later)
+            could = per_rule(rules, Rule.open, later) | per_rule(rules, Rule.fires, later)
+            watch[:, self._waiting] |= could & ~fires[:, self._waiting]
         return watch
 
     def safety_net(self, level: np.ndarray, open_: np.ndarray, codes: bool = False):
@@ -567,7 +575,7 @@ class SafetyNet:
         after = cost_levels_of_columns(cfg, np.ascontiguousarray(weighted.T))
         same = np.flatnonzero(after == _EMERGENCY)
         if len(same):
-            soft = self.rests_on_unknowns(weighted[same], {k: v[same] for k, v in variant.items()}, open_[same],
+            soft = self.rests_on_unknowns(weighted[same], {k: v[same] for k, v in variant.items()},
                                           lambda p: cost_levels_of_columns(cfg, np.ascontiguousarray(p.T)))
             after[same[soft]] = LEVELS.index(cfg.uncertain.level)
         after = np.where(atypical[at], np.maximum(after, LEVELS.index(cfg.atypical.min_level)), after)
@@ -717,16 +725,11 @@ class SafetyNet:
 
         same_day = np.flatnonzero(level == _EMERGENCY)
         if len(same_day):
-            # the case's open rules, with those asking the new answer taken from the variant's counts
-            opened = state_of_counts(case, self._has_any)[1][rows[same_day]]
-            for at, k, _ in asking(same_day):
-                opened[at, k] = asking_state(same_day[at], k)[1]  # a variant's asking rules are distinct
             # a variant has one more answer than its case, so it never rests on age and sex alone
             hide = unanswered_matrix(codes, self.no_fields)[rows[same_day]]
             now_answered = self._pair_no_field[pair[same_day]]
             at = np.flatnonzero(now_answered >= 0)
             hide[at, now_answered[at]] = False
-            hide &= opened @ self._same_day_asks_matrix
             columns_ = weighted.take(same_day, axis=1)
             drops = self._drops_if_no(columns_, hide, lambda c: cost_levels_of_columns(cfg, c))
             soft = same_day[self._softened(drops, columns_, codes, rows[same_day], pair[same_day])]
@@ -744,6 +747,13 @@ class SafetyNet:
             else:
                 np.maximum.at(level, hit, raised)  # the highest, where several fire
         return level.astype(np.int8)
+
+
+def _waits_for_time(rule: Rule) -> bool:
+    """Whether ``rule`` reads how long the pain has lasted with lower bounds alone (``>=x``, or
+    unknown): a pain too recent for it now can meet it later, where one past an upper bound cannot."""
+    answers = [*rule.all.get(DURATION, ()), *rule.any.get(DURATION, ())]
+    return bool(answers) and all(a == "unknown" or a.startswith(">=") for a in answers)
 
 
 def _packed(counts: np.ndarray) -> np.ndarray:

@@ -62,23 +62,20 @@ UNDESCRIBED_PAIN_REASON = ("nothing is known of the pain itself, too little to t
 
 def triage_levels(cfg: TriageConfig, codes: dict[str, np.ndarray], proba: np.ndarray,
                   atypical: np.ndarray | None = None, screen: ScreenConfig | None = None,
-                  rule_fires: np.ndarray | None = None, net: SafetyNet | None = None,
-                  open_rules: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                  rule_fires: np.ndarray | None = None, net: SafetyNet | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Final level per case and a reason code: 0 cost decision, 1 atypical, 2 a same-day cost
     decision resting on unanswered questions (needs ``net``), 3 + k red flag k, then
     3 + n_red_flags + j screen rule j: :func:`expected_cost_levels`, then :func:`raise_to_rules`.
-    ``rule_fires`` (the red flags, then the screen's rules, from :meth:`SafetyNet.fires`) and
-    ``open_rules`` (from :meth:`SafetyNet.open_rules`) save computing them again. ``proba`` may be
-    unnormalised (the levels depend on its ratios only)."""
-    level, reason = expected_cost_levels(cfg, codes, proba, atypical, net, open_rules)
+    ``rule_fires`` (the red flags, then the screen's rules, from :meth:`SafetyNet.fires`) saves
+    computing them again. ``proba`` may be unnormalised (the levels depend on its ratios only)."""
+    level, reason = expected_cost_levels(cfg, codes, proba, atypical, net)
     fires = per_rule(rules_of(cfg, screen), Rule.fires, codes) if rule_fires is None else rule_fires
     raise_to_rules(cfg, level, reason, fires, screen)
     return level, reason
 
 
 def expected_cost_levels(cfg: TriageConfig, codes: dict[str, np.ndarray], proba: np.ndarray,
-                         atypical: np.ndarray | None = None, net: SafetyNet | None = None,
-                         open_rules: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                         atypical: np.ndarray | None = None, net: SafetyNet | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The level before the rules, with its reason code: the expected cost (0), a same day softened
     to ``uncertain.level`` where it rests on unanswered questions (2; needs ``net``), raised to the
     atypical floor (1)."""
@@ -87,10 +84,9 @@ def expected_cost_levels(cfg: TriageConfig, codes: dict[str, np.ndarray], proba:
     if net is not None:
         same_day = np.flatnonzero(level == LEVELS.index("emergency"))
         if len(same_day):
-            open_ = net.open_rules(codes) if open_rules is None else open_rules
             if len(same_day) < len(level):  # (a case alone, or a batch all sent the same day, is taken whole)
-                codes, proba, open_ = {k: v[same_day] for k, v in codes.items()}, proba[same_day], open_[same_day]
-            soft = same_day[net.rests_on_unknowns(proba, codes, open_, lambda p: cost_levels(cfg, p))]
+                codes, proba = {k: v[same_day] for k, v in codes.items()}, proba[same_day]
+            soft = same_day[net.rests_on_unknowns(proba, codes, lambda p: cost_levels(cfg, p))]
             level[soft] = LEVELS.index(cfg.uncertain.level)
             reason[soft] = SOFTENED_REASON
     if atypical is not None:
