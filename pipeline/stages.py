@@ -164,23 +164,16 @@ def refuse_model_out(out: Path, data: Path) -> None:
     files are not a model's: a file (it failed after the training, naming no option), the
     ``--data`` folder, or a folder with a ``manifest.json`` that is no model's (the data's record of
     how it was generated was replaced by the model's, with no copy in git or DVC)."""
-    from pipeline.core.files import load_json
-    from pipeline.model.persist import MANIFEST_FILE
+    from pipeline.model.persist import MANIFEST_FILE, foreign_manifest
 
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out}: is a file; give a folder for the model (it is made if missing).")
     if out.is_dir() and data.is_dir() and os.path.samefile(out, data):
         raise FileExistsError(f"--out {out}: is the --data folder; the model's {MANIFEST_FILE} would replace the "
                               "data's. Give the model a folder of its own.")
-    manifest = out / MANIFEST_FILE
-    if manifest.is_file():
-        try:
-            found = load_json(manifest.read_bytes())
-        except (OSError, ValueError):
-            found = None
-        if not (isinstance(found, dict) and "model_file" in found):
-            raise FileExistsError(f"--out {out}: holds a {MANIFEST_FILE} that is not a model's (a data folder's?), "
-                                  "which saving the model would replace; give the model a folder of its own.")
+    if foreign_manifest(out):
+        raise FileExistsError(f"--out {out}: holds a {MANIFEST_FILE} that is not a model's (a data folder's?), "
+                              "which saving the model would replace; give the model a folder of its own.")
 
 
 def train_stage(config: TrainConfig, triage: TriageConfig, screen: ScreenConfig, kb_path: Path, data: Path, out: Path, *,

@@ -190,3 +190,25 @@ def test_write_reports_round_trip(evaluated, fitted, tmp_path):
 def test_evaluate_model_names_missing_splits(fitted, kb, splits):
     with pytest.raises(KeyError, match="shift"):
         evaluate_model(fitted, kb, {"test": splits["test"]})
+
+
+def test_a_reliability_diagram_draws_one_curve_where_no_calibration_was_kept(tmp_path, monkeypatch):
+    """A model whose training kept no calibration has the same probabilities before and after: the
+    diagram showed "calibrated" and "uncalibrated" curves on one line, as if a step had been applied
+    and compared. Where they differ, both are drawn."""
+    from pipeline.report import plots
+
+    legends = []
+
+    def keep_legend(fig, path):
+        legends.append(sorted({t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()}))
+        return path
+
+    monkeypatch.setattr(plots, "save", keep_legend)
+    rng = np.random.default_rng(0)
+    y, proba = rng.integers(0, 9, 300), rng.dirichlet(np.ones(9), 300)
+    for draw in (plots.plot_reliability, plots.plot_classwise_reliability):
+        draw(y, proba, tmp_path / "same.png", proba_uncalibrated=proba.copy())
+        draw(y, proba, tmp_path / "two.png", proba_uncalibrated=np.sqrt(proba) / np.sqrt(proba).sum(1, keepdims=True))
+    names = [[t.split(" (ECE")[0] for t in legend if t != "perfect calibration"] for legend in legends]
+    assert names == [["the model (no calibration kept)"], ["calibrated", "uncalibrated"]] * 2

@@ -248,6 +248,11 @@ def test_an_evaluation_is_not_written_into_a_model_folder(trained, small_data, l
     assert main(["evaluate", *given, "--model", str(folder), "--out", str(folder)]) == 2
     assert f"--out {folder}: is a model folder" in capsys.readouterr().err
     assert sorted(p.name for p in folder.iterdir()) == before
+    # a data folder (its manifest.json is the generator's) is refused as what it is, not as a model's
+    assert main(["evaluate", "--data", str(labelled_csv), "--no-mlflow", "--model", str(folder),
+                 "--out", str(small_data)]) == 2
+    err = capsys.readouterr().err
+    assert "holds a manifest.json that is not a model's (a data folder's?)" in err and "is a model folder" not in err
 
 
 def test_figures_on_the_few_rows_left_after_most_were_rejected_say_so(trained, labelled_csv, tmp_path, capsys):

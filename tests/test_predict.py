@@ -246,9 +246,13 @@ def test_chosen_columns_in_their_order_computing_only_what_they_need(trained, mo
                                            r"'row' numbers them\); choose from row,"),  # these cases have no ids
                              (["triage", "triage"], "'triage' given twice"), ([], "no column chosen; choose from row,"),
                              ("triage", r"give a list of output columns, such as \['triage'\], not one name"),
-                             (np.array(["triage"]), "give a list of output column names, not ndarray")):
+                             (np.array([["triage"]]), "give a list of output column names, not ndarray"),
+                             ({"triage": 1}, "give a list of output column names, not dict")):
         with pytest.raises(ValueError, match=message):
             predict(frame, model=models, columns=columns)
+    # an Index, an array or a Series of names are lists of names too (columns=full.columns[:3])
+    for columns in (full.columns[:3], np.array(["triage", "p_dvt"]), pd.Series(["triage", "p_dvt"]), ("triage",)):
+        pd.testing.assert_frame_equal(predict(frame, model=models, top_k=2, columns=columns), full[list(columns)])
 
 
 def test_model_is_loaded_once(trained, monkeypatch):

@@ -132,3 +132,14 @@ def test_a_rows_problems_are_joined_in_the_order_found_whatever_the_rows_order()
     assert table.column("reject_reason").to_pylist() == [" | ".join(expected[r]) for r in sorted(expected)]
     assert table.column("age").to_pylist() == [str(r - 1000) for r in sorted(expected)]
     assert table.schema.field("reject_reason").type == pa.string()
+
+
+def test_a_digest_says_how_many_other_kinds_of_reason_it_does_not_show(tmp_path):
+    """The three commonest reasons alone read as if they were all: 14 rows rejected for 11 kinds of
+    reason said nothing of the other 8, where `kneepain evaluate` counts them."""
+    path = tmp_path / "rejects.csv"
+    reasons = [f"column '{c}', value 'x': not allowed" for c in ("sex", "sex", "activity", "onset", "smoker")]
+    pd.DataFrame({"reject_file": "in.csv", "reject_row": range(5), "reject_reason": reasons}).to_csv(path, index=False)
+    assert rejects_digest(path) == ["  commonest reasons: sex: not allowed (2 rows), activity: not allowed (1 row), "
+                                    "onset: not allowed (1 row); and 1 other kind of reason"]
+    assert rejects_digest(path, top=1) == ["  commonest reasons: sex: not allowed (2 rows); and 3 other kinds of reason"]

@@ -15,8 +15,9 @@ from servers import BIN, free_port, running
 from pipeline.cli import main
 from pipeline.core.errors import ModelIntegrityError, TrackingServerError
 from pipeline.core.tracking_server import check_reachable
+from pipeline.core.wording import two_numbers
 from pipeline.data.datasets import read_split
-from pipeline.model.tracking import git_commit
+from pipeline.model.tracking import champion_note, git_commit
 from pipeline.serve.loading import load_model, pinned_uri
 from pipeline.serve.predict import predict
 
@@ -397,8 +398,8 @@ def test_a_champion_measured_on_the_same_cases_in_another_file_is_compared(train
         assert new["champion"] is False and new["champion_why"] is None
         out_, err = capfd.readouterr()
         holder_loss = float(client.get_model_version(NAME, holder.version).tags["valid_log_loss"])
-        assert f"(champion unchanged: valid log loss {new['metrics']['valid_log_loss']:.4f}, not better than its " \
-               f"{holder_loss:.4f})" in out_
+        shown = two_numbers(new["metrics"]["valid_log_loss"], holder_loss, 4, 8)
+        assert f"(champion unchanged: valid log loss {shown[0]}, not better than its {shown[1]})" in out_
         assert "INFO" not in err and "Downloading artifacts" not in err, err
         assert client.get_model_version_by_alias(NAME, "champion").version == holder.version
 
@@ -617,3 +618,14 @@ def test_a_dvc_experiment_in_a_temporary_copy_records_to_the_projects_store(tmp_
     assert experiment_origin(project.resolve()) == project.resolve()  # the project itself is its own
     other = tmp_path / "elsewhere" / ".dvc" / "tmp" / "exps" / "x"  # no project above it: left as it is
     assert experiment_origin(other) == other
+
+
+def test_a_champion_kept_on_a_difference_past_four_decimals_shows_the_difference():
+    """The new version's 0.44302726 against the champion's 0.44297532 read "0.4430, not better than
+    its 0.4430", as if a tie, which the docs say goes to the new version; and a score just over the
+    atypical threshold read "1.02 > 1.02"."""
+    assert champion_note(None, valid_log_loss=0.44302726, holder_log_loss=0.44297532) == \
+        " (champion unchanged: valid log loss 0.44303, not better than its 0.44298)"
+    assert champion_note(None, valid_log_loss=0.5, holder_log_loss=0.4) == \
+        " (champion unchanged: valid log loss 0.5000, not better than its 0.4000)"
+    assert two_numbers(1.02149, 1.01951) == ("1.021", "1.020") and two_numbers(1.0, 1.0) == ("1.000000", "1.000000")

@@ -8,13 +8,24 @@ from __future__ import annotations
 
 from pipeline.core.schema import FIELDS, field
 
-__all__ = ["QUESTIONS", "ANSWER_LABELS", "SPAN_QUESTION", "answer_label", "counted", "question", "span"]
+__all__ = ["QUESTIONS", "ANSWER_LABELS", "SPAN_QUESTION", "answer_label", "counted", "question", "span", "two_numbers"]
 
 
 def counted(n: int, noun: str) -> str:
     """``n`` and its noun in the singular or the plural, as a message counts things: ``1 row``,
     ``1,500 rows``, ``0 valid rows``."""
     return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
+def two_numbers(a: float, b: float, least: int = 2, most: int = 6) -> tuple[str, str]:
+    """``a`` and ``b`` in the fewest decimals, from ``least`` to ``most``, that tell them apart (as
+    many as ``most`` where even those do not): a score compared with its threshold, or two log
+    losses, read "1.02 > 1.02" at two."""
+    for digits in range(least, most + 1):
+        shown = f"{a:.{digits}f}", f"{b:.{digits}f}"
+        if shown[0] != shown[1]:
+            break
+    return shown
 
 
 def span(days: float) -> str:

@@ -20,6 +20,7 @@ from pipeline.core.knowledge import KnowledgeBase
 from pipeline.core.parsing import ParsedCases
 from pipeline.core.schema import CONDITIONS, FIELDS
 from pipeline.core.textcols import lookup, text_array
+from pipeline.core.wording import two_numbers
 from pipeline.decision.atypical import fit_atypical, flag_atypical
 from pipeline.decision.conformal import blank_at_random, fit_conformal, format_sets, prediction_sets
 from pipeline.decision.costs import cost_levels, costs_by_level
@@ -100,7 +101,7 @@ DECISION_COLUMN_DOCS = {
               "level, the red flag's condition where one at that level is shown as the reason, else at an urgent level "
               "the condition whose expected cost the level lowers most against the level below unless the most likely "
               "that calls for the level holds it without that one, at a visit in the "
-              "coming days the most likely that calls for it), with its advice (a DVT "
+              "coming days the most likely that calls for it or a sooner one), with its advice (a DVT "
               "that cannot be ruled out, most often); then advice for the most likely condition (beside a "
               "condition that calls for the same day, for once that one is ruled out: a cramp's stretching is "
               "not for a leg that may hold a clot); where a screen "
@@ -492,8 +493,8 @@ def decision_columns(decision: Decision, kb: KnowledgeBase, parsed: ParsedCases,
     def atypical_reason() -> pd.api.extensions.ExtensionArray:
         flag, score, threshold = atypical()
         reasons = np.full(len(parsed), "", dtype=object)
-        reasons[flag] = [f"answers fit none of the documented profiles well: surprise per answer "
-                         f"{s:.2f} > {t:.2f}" for s, t in zip(score[flag], threshold[flag])]  # rare
+        reasons[flag] = ["answers fit none of the documented profiles well: surprise per answer "
+                         "{} > {}".format(*two_numbers(s, t)) for s, t in zip(score[flag], threshold[flag])]  # rare
         return text_array(reasons)
 
     made: dict[str, Callable[[], Any]] = {

@@ -25,7 +25,8 @@ from pipeline.model.integrity import CHECKSUMS_FILE, seal_folder, verify_folder
 from pipeline.model.legacy import LEGACY_MODEL_FILE, load_legacy
 from pipeline.model.modelfile import ARRAYS_FILE, SKOPS_FILE, model_file_bytes, read_model_file
 
-__all__ = ["KB_FILE", "MANIFEST_FILE", "ModelIntegrityError", "VerifiedModel", "holds_model", "library_versions",
+__all__ = ["KB_FILE", "MANIFEST_FILE", "ModelIntegrityError", "VerifiedModel", "foreign_manifest", "holds_model",
+           "library_versions",
            "load_estimator", "save_model", "update_manifest"]
 
 MANIFEST_FILE = "manifest.json"
@@ -106,6 +107,20 @@ def holds_model(folder: Path) -> bool:
     """Whether ``folder`` holds a model of some kind, whole or not (a broken one is refused by
     :func:`load_estimator`, saying what is wrong, rather than said to be missing)."""
     return any((folder / name).exists() for name in (CHECKSUMS_FILE, LEGACY_MODEL_FILE, MANIFEST_FILE, *_MODEL_FILES))
+
+
+def foreign_manifest(folder: Path) -> bool:
+    """Whether ``folder`` holds a ``manifest.json`` that is no model's (a data folder's record of how
+    its splits were generated, most often): one a model's would replace, or that makes the folder
+    look like a model's to :func:`holds_model`."""
+    manifest = folder / MANIFEST_FILE
+    if not manifest.is_file():
+        return False
+    try:
+        found = load_json(manifest.read_bytes())
+    except (OSError, ValueError):
+        found = None
+    return not (isinstance(found, dict) and "model_file" in found)
 
 
 def load_estimator(folder: Path, *, trust_pickle: bool = False) -> VerifiedModel:

@@ -25,6 +25,7 @@ from pipeline.core.files import sha256_file
 from pipeline.core.paths import default_tracking_uri, project_root, sqlite_store
 from pipeline.core.schema import LABEL_COLUMN
 from pipeline.core.tracking_server import tracking_uri
+from pipeline.core.wording import two_numbers
 from pipeline.model.mlflow_hints import quiet_schema_hints
 from pipeline.model.persist import library_versions
 from pipeline.model.train import TrainResult
@@ -95,7 +96,7 @@ def champion_note(why: str | None, alias: str = "champion", valid_log_loss: floa
     where that was not a comparison won, why (:func:`promote_champion`'s answer); where it did
     not, the two valid log losses compared."""
     if why is None:
-        compared = f": valid log loss {valid_log_loss:.4f}, not better than its {holder_log_loss:.4f}" \
+        compared = ": valid log loss {}, not better than its {}".format(*two_numbers(valid_log_loss, holder_log_loss, 4, 8)) \
             if valid_log_loss is not None and holder_log_loss is not None else ": not better on valid log loss"
         return f" ({alias} unchanged{compared})"
     return f" (now {alias}: {CHAMPION_WHY[why]})" if why in CHAMPION_WHY else f" (now {alias})"

@@ -110,6 +110,17 @@ def plot_confusion_matrix(y: np.ndarray, proba: np.ndarray, path: str | Path, *,
     return save(fig, path)
 
 
+def _series(proba: np.ndarray, proba_uncalibrated: np.ndarray | None) -> list[tuple[str, np.ndarray, str]]:
+    """The curves of a reliability diagram: the calibrated probabilities and the same model's before
+    calibration, or one curve where they are the same (training kept no calibration: two curves
+    named "calibrated" and "uncalibrated" on one line read as a step applied and compared)."""
+    if proba_uncalibrated is None:
+        return [("calibrated", proba, "tab:blue")]
+    if np.array_equal(proba, proba_uncalibrated):
+        return [("the model (no calibration kept)", proba, "tab:blue")]
+    return [("calibrated", proba, "tab:blue"), ("uncalibrated", proba_uncalibrated, "tab:orange")]
+
+
 def plot_reliability(y: np.ndarray, proba: np.ndarray, path: str | Path, *,
                      proba_uncalibrated: np.ndarray | None = None, n_bins: int = 15,
                      title: str = "Top-label reliability") -> Path:
@@ -130,9 +141,7 @@ def plot_reliability(y: np.ndarray, proba: np.ndarray, path: str | Path, *,
     """
     from pipeline.core.metrics import ece_top_label
 
-    series = [("calibrated", proba, "tab:blue")]
-    if proba_uncalibrated is not None:
-        series.append(("uncalibrated", proba_uncalibrated, "tab:orange"))
+    series = _series(proba, proba_uncalibrated)
     fig = figure(6.5, 7.0)
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1))
     top.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect calibration")
@@ -174,9 +183,7 @@ def plot_classwise_reliability(y: np.ndarray, proba: np.ndarray, path: str | Pat
     """
     k = proba.shape[1]
     names = _class_names(k)
-    series = [("calibrated", proba, "tab:blue")]
-    if proba_uncalibrated is not None:
-        series.append(("uncalibrated", proba_uncalibrated, "tab:orange"))
+    series = _series(proba, proba_uncalibrated)
     fig = figure(10.0, 10.0)
     axes = fig.subplots(3, 3, sharex=True, sharey=True).ravel()
     for c, ax in enumerate(axes):

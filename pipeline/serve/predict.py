@@ -210,7 +210,8 @@ def chosen_columns_problem(model: LoadedModel, parsed: ParsedCases, columns: Any
     ``row`` when they have none."""
     if isinstance(columns, str):  # one name: a list of its letters would be chosen
         return f"give a list of output columns, such as [{columns!r}], not one name."
-    if not isinstance(columns, (list, tuple)) or not all(isinstance(c, str) for c in columns):
+    if not isinstance(columns, (list, tuple, pd.Index, np.ndarray, pd.Series)) or np.ndim(columns) != 1 \
+            or not all(isinstance(c, str) for c in columns):
         return f"give a list of output column names, not {type(columns).__name__} {str(columns)[:80]!r}."
     choices = output_columns(top_k, ID_COLUMN if parsed.ids is not None else "row", decision=model.decision is not None)
     return columns_problem(choices, list(columns))
@@ -229,7 +230,7 @@ def predict(cases: Any, model: str | Path | LoadedModel | None = None, top_k: in
         Default: the project's ``models/`` (run ``make run`` first). Loaded once and cached.
     top_k : int, default=3
         How many conditions the ``top<k>`` column lists.
-    columns : list of str, optional
+    columns : list of str (or a tuple, Index, array or Series of them), optional
         Only these output columns, in this order (as ``kneepain score --columns``). Only what they
         need is computed: ``["triage"]`` does not search for ``ask_next``'s questions. Default: all.
     n_jobs : int, optional
@@ -253,6 +254,10 @@ def predict(cases: Any, model: str | Path | LoadedModel | None = None, top_k: in
     CaseValidationError
         Naming every bad row, column, value and what is allowed (or that no cases were given);
         the message shows the first 20, ``.errors`` holds them all.
+    ModelIntegrityError
+        For a model that fails its checks (a file changed since training, an unsigned folder where
+        a key is trusted, a folder that is not a model's); FileNotFoundError for a ``model`` path
+        that does not exist.
     BatchInputError
         For a file that cannot be read as cases (not CSV or Parquet, another separator, a folder).
     TypeError
@@ -279,7 +284,7 @@ def predict(cases: Any, model: str | Path | LoadedModel | None = None, top_k: in
     loaded = get_model(model)
     if columns is not None and (problem := chosen_columns_problem(loaded, parsed, columns, top_k)) is not None:
         raise ValueError(f"columns: {problem}")
-    out = score_parsed(loaded, parsed, top_k=top_k, columns=columns, n_jobs=n_jobs)
+    out = score_parsed(loaded, parsed, top_k=top_k, columns=None if columns is None else list(columns), n_jobs=n_jobs)
     if isinstance(cases, pd.DataFrame):  # row for row: the caller's index joins the results back
         out.index = cases.index
     return out

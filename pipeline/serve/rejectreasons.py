@@ -174,7 +174,8 @@ def rejects_digest(path: str | Path, top: int = 3, max_rows: int = DIGEST_ROWS) 
     lines = []
     if len(reasons):
         shown = ", ".join(f"{label} ({counted(n, 'row')})" for label, n in reasons.head(top).items())
-        lines.append(f"  commonest reasons{among}: {shown}")
+        others = f"; and {counted(len(reasons) - top, 'other kind')} of reason" if len(reasons) > top else ""
+        lines.append(f"  commonest reasons{among}: {shown}{others}")
     if advice := marker_advice(_markers_of(problems), among):
         lines.append(f"  {advice}")
     return lines
