@@ -65,7 +65,8 @@ DECISION_COLUMN_DOCS = {
                      "same day where nothing of the pain itself is known (age, sex, history and the screen's signs "
                      "at most), that this is too little to tell its cause",
     "safety_net": "the signs that would raise the level, in plain words, `|`-separated, the most urgent first: the red "
-                  "flags and screen rules with a sign to watch for that unanswered questions could still fire, and a clot's "
+                  "flags and screen rules with a sign to watch for that unanswered questions could still fire, or a pain "
+                  "that lasts longer (being unable to take four steps for an hour or more, 15 minutes in), and a clot's "
                   "same-day red flags for someone who has the history they read (pregnant or just given birth, after "
                   "surgery or immobilisation, with cancer or an earlier clot), and for everyone a swollen, tender, "
                   "warm or red calf and breathlessness or chest pain (`watch_always`), even where their signs are "
