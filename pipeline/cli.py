@@ -497,11 +497,11 @@ def _not_written(missing: list[str]) -> str:
 def _refuse_model_folder(out: Path) -> None:
     """Refuse an ``--out`` that is a model folder: its files are the model's (verified, and cached
     by DVC as one output), and a report written among them would change it."""
-    from pipeline.model.persist import MANIFEST_FILE, foreign_manifest, holds_model
+    from pipeline.model.persist import MANIFEST_FILE, data_folder, holds_model
 
     if holds_model(out):
         what = (f"holds a {MANIFEST_FILE} that is not a model's (a data folder's?), whose files are that folder's own"
-                if foreign_manifest(out) else "is a model folder, whose files are the model's")
+                if data_folder(out) else "is a model folder, whose files are the model's")
         raise UsageError(f"--out {out}: {what}; give a folder of its own for the reports.")
 
 

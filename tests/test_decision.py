@@ -1916,3 +1916,17 @@ def test_the_clot_a_swollen_calf_is_sent_for_is_named_beside_a_likely_condition_
     assert columns["triage_reason"][0] == "red_flag:swollen_calf_or_leg"
     assert columns["advice"][0] == "see_doctor_soon:acl_injury+dvt" and columns["advice"][1] == "see_doctor_soon:acl_injury"
     assert set(columns["differential"][0].split("|")) == {"acl_injury", "dvt"}
+
+
+def test_an_atypical_reason_shows_its_score_and_threshold_in_decimals_that_tell_them_apart(trained, monkeypatch):
+    """A score just over its threshold read "surprise per answer 1.02 > 1.02" (both at two decimals)."""
+    import pipeline.decision.layer as layer
+    from pipeline.core.cases import as_parsed
+    from pipeline.serve.loading import load_model
+
+    model = load_model(trained[0])
+    parsed = as_parsed([{"age": 40, "sex": "male"}, {"age": 50, "sex": "female"}])
+    monkeypatch.setattr(layer, "flag_atypical", lambda kb, parsed, cfg: (
+        np.array([True, True]), np.array([1.02149, 1.5]), np.array([1.01951, 1.2])))
+    got = decision_columns(model.decision, model.kb, parsed, model.predict_proba(parsed), columns=["atypical_reason"])
+    assert [r.split("surprise per answer ")[1] for r in got["atypical_reason"]] == ["1.021 > 1.020", "1.50 > 1.20"]

@@ -253,6 +253,11 @@ def test_an_evaluation_is_not_written_into_a_model_folder(trained, small_data, l
                  "--out", str(small_data)]) == 2
     err = capsys.readouterr().err
     assert "holds a manifest.json that is not a model's (a data folder's?)" in err and "is a model folder" not in err
+    # a model folder whose manifest.json is damaged is still a model folder
+    (folder / "manifest.json").write_text("{")
+    assert main(["evaluate", "--data", str(labelled_csv), "--no-mlflow", "--model", str(models),
+                 "--out", str(folder)]) == 2
+    assert f"--out {folder}: is a model folder" in capsys.readouterr().err
 
 
 def test_figures_on_the_few_rows_left_after_most_were_rejected_say_so(trained, labelled_csv, tmp_path, capsys):

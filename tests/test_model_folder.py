@@ -123,6 +123,13 @@ def test_editing_the_decision_layer_in_the_manifest_is_refused(trained, tmp_path
     assert err.count("\n") == 1 and "manifest.json has changed" in err and not (tmp_path / "out.csv").exists()
 
 
+def test_a_data_folder_given_as_the_model_is_named_as_one(trained, small_data):
+    """``model=data/synthetic`` (whose manifest.json is the generator's) said its checksums were
+    missing and to retrain; it is named as a data folder."""
+    with pytest.raises(FileNotFoundError, match=r"manifest\.json is not a model's \(a data folder's\?\)"):
+        load_model(small_data)
+
+
 def test_checksums_are_read_in_either_case_and_a_digest_that_is_not_one_is_named(trained, tmp_path, capsys):
     """Hexadecimal digits in upper case (as some tools write them) are the same digest, where they were
     refused as "has changed"; a value that is no SHA-256 at all is named as such."""

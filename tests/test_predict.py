@@ -247,7 +247,8 @@ def test_chosen_columns_in_their_order_computing_only_what_they_need(trained, mo
                              (["triage", "triage"], "'triage' given twice"), ([], "no column chosen; choose from row,"),
                              ("triage", r"give a list of output columns, such as \['triage'\], not one name"),
                              (np.array([["triage"]]), "give a list of output column names, not ndarray"),
-                             ({"triage": 1}, "give a list of output column names, not dict")):
+                             ({"triage": 1}, "give a list of output column names, not dict"),
+                             (["triage", ["p_dvt"]], "give a list of output column names, not list")):
         with pytest.raises(ValueError, match=message):
             predict(frame, model=models, columns=columns)
     # an Index, an array or a Series of names are lists of names too (columns=full.columns[:3])

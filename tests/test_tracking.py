@@ -628,4 +628,4 @@ def test_a_champion_kept_on_a_difference_past_four_decimals_shows_the_difference
         " (champion unchanged: valid log loss 0.44303, not better than its 0.44298)"
     assert champion_note(None, valid_log_loss=0.5, holder_log_loss=0.4) == \
         " (champion unchanged: valid log loss 0.5000, not better than its 0.4000)"
-    assert two_numbers(1.02149, 1.01951) == ("1.021", "1.020") and two_numbers(1.0, 1.0) == ("1.000000", "1.000000")
+    assert two_numbers(1.02149, 1.01951) == ("1.021", "1.020") and two_numbers(1.0, 1.0) == ("1.00", "1.00")

@@ -18,14 +18,14 @@ def counted(n: int, noun: str) -> str:
 
 
 def two_numbers(a: float, b: float, least: int = 2, most: int = 6) -> tuple[str, str]:
-    """``a`` and ``b`` in the fewest decimals, from ``least`` to ``most``, that tell them apart (as
-    many as ``most`` where even those do not): a score compared with its threshold, or two log
+    """``a`` and ``b`` in the fewest decimals, from ``least`` to ``most``, that tell them apart (in
+    ``least`` where none do: equal numbers): a score compared with its threshold, or two log
     losses, read "1.02 > 1.02" at two."""
-    for digits in range(least, most + 1):
+    for digits in range(least, max(least, most) + 1):
         shown = f"{a:.{digits}f}", f"{b:.{digits}f}"
         if shown[0] != shown[1]:
-            break
-    return shown
+            return shown
+    return f"{a:.{least}f}", f"{b:.{least}f}"
 
 
 def span(days: float) -> str:

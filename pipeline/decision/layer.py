@@ -286,7 +286,7 @@ def driving_condition(proba: np.ndarray, level: np.ndarray, reason: np.ndarray, 
     still, where it holds the level without that one (the expected cost with its probability
     alone taken out still reaching the level: an ACL injury of 35% beside a clot of 1% keeps its
     own advice, which naming the clot had replaced). A visit in the coming days is
-    for the most probable one that calls for it: there a clot of 0.4% would save the most, but it
+    for the most probable one that calls for it or a sooner one: there a clot of 0.4% would save the most, but it
     is no reason to see a doctor in days rather than today, and its line is in the safety net
     (-1 where the level is not an expected-cost one, or no condition reaches it). A level
     raised by a red flag with a ``condition`` is for that condition, however unlikely the model

@@ -155,8 +155,8 @@ class SafetyNet:
         # in the person's history, such as recent surgery, is no sign to look for: unanswered, it
         # does not soften an emergency; nor is a sign of the other conditions, such as a knee that
         # cannot bend: its "no" would make a clot likelier, not the same day less sure; nor are the
-        # signs of a rule that needs one: open, a recently hot, swollen knee that cannot bend (a
-        # septic joint) would have a swollen knee read "no" where no other open rule asks it.)
+        # signs of a rule that needs one: a recently hot, swollen knee that cannot bend (a septic
+        # joint) would have a swollen knee read "no" to soften a clot's same day.)
         signs = list(dict.fromkeys(n for r in self.rules if r.level == _EMERGENCY for n in r.fields
                                    if field(n).kind == "tristate" and n in SYMPTOMS))
         points = {n: points_to_same_day(cfg, kb, n) for n in signs}
@@ -571,7 +571,7 @@ class SafetyNet:
         variant[DURATION] = self._duration_values[span]
         case = base[:, which].copy()
         case[:, :, self._duration_rules] = self._duration_table.counts(self._past_fertile_age_as_no(variant))
-        fires, open_ = self.fires_and_open(variant, case)
+        fires = state_of_counts(case, self._has_any)[0]
         after = cost_levels_of_columns(cfg, np.ascontiguousarray(weighted.T))
         same = np.flatnonzero(after == _EMERGENCY)
         if len(same):
@@ -753,7 +753,7 @@ def _waits_for_time(rule: Rule) -> bool:
     """Whether ``rule`` reads how long the pain has lasted with lower bounds alone (``>=x``, or
     unknown): a pain too recent for it now can meet it later, where one past an upper bound cannot."""
     answers = [*rule.all.get(DURATION, ()), *rule.any.get(DURATION, ())]
-    return bool(answers) and all(a == "unknown" or a.startswith(">=") for a in answers)
+    return any(a.startswith(">=") for a in answers) and all(a == "unknown" or a.startswith(">=") for a in answers)
 
 
 def _packed(counts: np.ndarray) -> np.ndarray:

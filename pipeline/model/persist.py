@@ -25,9 +25,8 @@ from pipeline.model.integrity import CHECKSUMS_FILE, seal_folder, verify_folder
 from pipeline.model.legacy import LEGACY_MODEL_FILE, load_legacy
 from pipeline.model.modelfile import ARRAYS_FILE, SKOPS_FILE, model_file_bytes, read_model_file
 
-__all__ = ["KB_FILE", "MANIFEST_FILE", "ModelIntegrityError", "VerifiedModel", "foreign_manifest", "holds_model",
-           "library_versions",
-           "load_estimator", "save_model", "update_manifest"]
+__all__ = ["KB_FILE", "MANIFEST_FILE", "ModelIntegrityError", "VerifiedModel", "data_folder", "foreign_manifest",
+           "holds_model", "library_versions", "load_estimator", "save_model", "update_manifest"]
 
 MANIFEST_FILE = "manifest.json"
 KB_FILE = "knowledge_base.yaml"
@@ -109,6 +108,13 @@ def holds_model(folder: Path) -> bool:
     return any((folder / name).exists() for name in (CHECKSUMS_FILE, LEGACY_MODEL_FILE, MANIFEST_FILE, *_MODEL_FILES))
 
 
+def data_folder(folder: Path) -> bool:
+    """Whether ``folder`` looks like a data folder, not a model's: a ``manifest.json`` that is no
+    model's (:func:`foreign_manifest`), and no checksums or model file beside it."""
+    return foreign_manifest(folder) and not any(
+        (folder / name).exists() for name in (CHECKSUMS_FILE, LEGACY_MODEL_FILE, *_MODEL_FILES))
+
+
 def foreign_manifest(folder: Path) -> bool:
     """Whether ``folder`` holds a ``manifest.json`` that is no model's (a data folder's record of how
     its splits were generated, most often): one a model's would replace, or that makes the folder
@@ -141,6 +147,9 @@ def load_estimator(folder: Path, *, trust_pickle: bool = False) -> VerifiedModel
             _check_schema(folder, manifest)
             warn_on_other_versions(manifest, ("scikit-learn", "numpy", "joblib"))
             return VerifiedModel(estimator, manifest, contents)
+        if data_folder(folder):
+            raise FileNotFoundError(f"no model at {folder}: its {MANIFEST_FILE} is not a model's (a data folder's?); "
+                                    "give a models folder (`--model DIR`, `predict(..., model=DIR)`).")
         if not holds_model(folder):
             raise FileNotFoundError(f"no model at {folder}: run `make run` (or `kneepain train`) first, restore the "
                                     "last one DVC recorded (`dvc checkout models`), or give a models folder "

@@ -25,6 +25,7 @@ from pipeline.core.errors import BatchInputError, ConfigError
 from pipeline.core.metrics import ece_top_label, log_loss
 from pipeline.core.parsing import parse_cases
 from pipeline.core.schema import CONDITIONS
+from pipeline.core.wording import two_numbers
 from pipeline.data.datasets import labels
 from pipeline.model.candidates import make_candidates
 
@@ -194,8 +195,9 @@ def train_model(config: TrainConfig, train: pd.DataFrame, valid: pd.DataFrame, *
         pipe.fit(train, y_train, **_fit_params(sample_weight))
         model, cal = calibrate(pipe, valid, y_valid, config.calibration.method, seed=config.seed,
                                min_improvement=config.calibration.min_improvement)
-    log(f"  calibration ({cal['method']}): valid log loss {cal['valid_log_loss_uncalibrated']:.4f} -> "
-        f"{cal['valid_log_loss_calibrated_heldout']:.4f} held out; {'kept' if cal['kept'] else 'not kept'}")
+    before, after = two_numbers(cal["valid_log_loss_uncalibrated"], cal["valid_log_loss_calibrated_heldout"], 4, 8)
+    log(f"  calibration ({cal['method']}): valid log loss {before} -> {after} held out; "
+        f"{'kept' if cal['kept'] else 'not kept'}")
     valid_ll = cal["valid_log_loss_calibrated_heldout"] if cal["kept"] else cal["valid_log_loss_uncalibrated"]
     metrics = {"valid_log_loss": valid_ll, "cv_log_loss": winner.cv_log_loss,
                "rows_per_second": winner.rows_per_second}

@@ -124,7 +124,8 @@ def _series(proba: np.ndarray, proba_uncalibrated: np.ndarray | None) -> list[tu
 def plot_reliability(y: np.ndarray, proba: np.ndarray, path: str | Path, *,
                      proba_uncalibrated: np.ndarray | None = None, n_bins: int = 15,
                      title: str = "Top-label reliability") -> Path:
-    """Top-label reliability diagram, calibrated and uncalibrated on the same axes, with counts.
+    """Top-label reliability diagram, calibrated and uncalibrated on the same axes (one curve where
+    they are the same: no calibration kept), with counts.
 
     The upper panel plots, per confidence bin, the accuracy against the mean confidence (on the
     diagonal is perfect calibration); the lower panel the number of cases per bin (log scale).

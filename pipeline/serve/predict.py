@@ -210,7 +210,7 @@ def chosen_columns_problem(model: LoadedModel, parsed: ParsedCases, columns: Any
     ``row`` when they have none."""
     if isinstance(columns, str):  # one name: a list of its letters would be chosen
         return f"give a list of output columns, such as [{columns!r}], not one name."
-    if not isinstance(columns, (list, tuple, pd.Index, np.ndarray, pd.Series)) or np.ndim(columns) != 1 \
+    if not isinstance(columns, (list, tuple, pd.Index, np.ndarray, pd.Series)) or getattr(columns, "ndim", 1) != 1 \
             or not all(isinstance(c, str) for c in columns):
         return f"give a list of output column names, not {type(columns).__name__} {str(columns)[:80]!r}."
     choices = output_columns(top_k, ID_COLUMN if parsed.ids is not None else "row", decision=model.decision is not None)
@@ -247,12 +247,15 @@ def predict(cases: Any, model: str | Path | LoadedModel | None = None, top_k: in
         (summing to 1), ``top3``, then the decision layer: ``triage``, ``triage_reason``,
         ``safety_net``, ``ask_next``, ``advice``, ``differential``, ``differential_size``,
         ``screen``, ``atypical``, ``atypical_reason`` (only ``columns``, when given).
+        A DataFrame or file with the schema's columns and no rows gives no rows (a filter that kept
+        none); an empty list, or a frame with no columns either, is no cases (below).
         This is information, not a diagnosis: seek professional advice.
 
     Raises
     ------
     CaseValidationError
-        Naming every bad row, column, value and what is allowed (or that no cases were given);
+        Naming every bad row, column, value and what is allowed (or that no cases were given: an
+        empty list, or a frame without columns);
         the message shows the first 20, ``.errors`` holds them all.
     ModelIntegrityError
         For a model that fails its checks (a file changed since training, an unsigned folder where
