@@ -265,6 +265,7 @@ class SafetyNet:
         # take four steps for an hour or more): the pain lasts on, so one not met yet is watched for
         self._waiting = np.array([k for k, r in enumerate(self.rules) if self._watched[k] and _waits_for_time(r)],
                                  dtype=np.intp)
+        self._waiting_table = CountTable([(self.rules[k].all, self.rules[k].any) for k in self._waiting])
         self._pair_suspects = np.array([self.candidates[j] in self._suspect_fields and a == 1 for j, a in pairs],
                                        dtype=bool)
         # the answers that give a reason to suspect a clot (`uncertain.reasons_to_suspect`), and per
@@ -418,11 +419,11 @@ class SafetyNet:
             blank = {**codes, **{n: np.full_like(codes[n], UNKNOWN) for n in self._always_signs}}
             could = per_rule([self.rules[k] for k in self._always], Rule.open, self._past_fertile_age_as_no(blank))
             watch[:, self._always] |= could & ~fires[:, self._always]
-        if len(self._waiting) and DURATION in codes:  # open were the pain to last longer
-            later = {**codes, DURATION: np.full(len(codes[DURATION]), np.nan)}
-            rules, later = [self.rules[k] for k in self._waiting], self._past_fertile_age_as_no(later)
-            could = per_rule(rules, Rule.open, later) | per_rule(rules, Rule.fires, later)
-            watch[:, self._waiting] |= could & ~fires[:, self._waiting]
+        if len(self._waiting) and DURATION in codes and not np.isnan(codes[DURATION]).all():
+            # open, or firing, were the pain to last longer (its duration unanswered)
+            later = self._past_fertile_age_as_no({**codes, DURATION: np.full(len(codes[DURATION]), np.nan)})
+            fire_later, open_later = state_of_counts(self._waiting_table.counts(later), self._has_any[self._waiting])
+            watch[:, self._waiting] |= (fire_later | open_later) & ~fires[:, self._waiting]
         return watch
 
     def safety_net(self, level: np.ndarray, open_: np.ndarray, codes: bool = False):
