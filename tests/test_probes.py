@@ -171,7 +171,8 @@ HOT = {"age": 66, "sex": "male", "knee_swelling": "yes", "skin_warm": "yes", "in
      True),
     ("hot_swollen_knee", {"age": 50, "sex": "female", "knee_swelling": "yes", "skin_warm": "yes",
                           "injury_event": "direct_blow"}, False),
-    ("hot_swollen_knee", {"age": 50, "sex": "female", "knee_swelling": "yes", "skin_warm": "yes"}, False),
+    # an injury left unanswered: the rule stays (a blank injury question left a hot, swollen knee unscreened)
+    ("hot_swollen_knee", {"age": 50, "sex": "female", "knee_swelling": "yes", "skin_warm": "yes"}, True),
     ("hot_swollen_knee", {"age": 50, "sex": "female", "knee_swelling": "no", "skin_warm": "yes", "injury_event": "none"},
      False),
     ("recent_hot_swollen_knee", {**HOT, "reduced_range_of_motion": "yes", "symptom_duration_days": 3}, True),
@@ -181,6 +182,10 @@ HOT = {"age": 66, "sex": "male", "knee_swelling": "yes", "skin_warm": "yes", "in
     ("recent_hot_swollen_knee", {**HOT, "reduced_range_of_motion": "yes"}, True),  # how long: unanswered
     ("recent_hot_swollen_knee", {**HOT, "symptom_duration_days": 3}, False),  # movement: unanswered
     ("recent_hot_swollen_knee", {**HOT, "reduced_range_of_motion": "no", "symptom_duration_days": 3}, False),
+    ("recent_hot_swollen_knee", {"age": 60, "sex": "male", "knee_swelling": "yes", "skin_warm": "yes",
+                                 "reduced_range_of_motion": "yes"}, True),  # the injury unanswered too
+    ("recent_hot_swollen_knee", {"age": 60, "sex": "male", "knee_swelling": "yes", "skin_warm": "yes",
+                                 "reduced_range_of_motion": "yes", "injury_event": "twist_or_direction_change"}, False),
     ("hot_swollen_knee", {**HOT, "reduced_range_of_motion": "no", "symptom_duration_days": 3}, True),
     ("pulmonary_embolism", {"age": 30, "sex": "male", "breathless_or_chest_pain": "no"}, False),
     ("limb_ischaemia", {"age": 30, "sex": "male", "foot_cold_or_pale": ""}, False),

@@ -26,7 +26,7 @@ are the same in every process.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -107,11 +107,18 @@ def _is_sign(name: str) -> bool:
 PAIN_FIELDS = [f.name for f in FIELDS if f.group in ("onset", "symptom") and f.name not in SCREEN_SIGNS]
 
 
-def pain_described(codes: dict[str, np.ndarray], rows: np.ndarray | None = None) -> np.ndarray:
+def pain_described(codes: dict[str, np.ndarray], rows: np.ndarray | None = None,
+                   denials: Collection[str] = ()) -> np.ndarray:
     """Per case (of ``rows``, if given), whether anything of the pain itself is answered
-    (:data:`PAIN_FIELDS`)."""
+    (:data:`PAIN_FIELDS`), a "no" to one of ``denials`` not counted (it says what the pain is not)."""
     unanswered = unanswered_matrix(codes, PAIN_FIELDS)
+    for name in denials:
+        if name in _PAIN_AT:
+            unanswered[:, _PAIN_AT[name]] |= codes[name] == 0
     return np.asarray(~(unanswered if rows is None else unanswered[rows]).all(axis=1))
+
+
+_PAIN_AT = {name: k for k, name in enumerate(PAIN_FIELDS)}
 
 
 def points_to_same_day(cfg: TriageConfig, kb: KnowledgeBase, name: str) -> bool:
@@ -272,7 +279,10 @@ class SafetyNet:
         # pair whether its answer is a "yes" to one
         self._reasons = list(cfg.uncertain.reasons_to_suspect)
         self._pair_reasons = np.array([self.candidates[j] in self._reasons and a == 1 for j, a in pairs], dtype=bool)
-        self._pair_pain = np.array([self.candidates[j] in PAIN_FIELDS for j, _ in pairs], dtype=bool)  # describes it
+        # whether its answer describes the pain, for a same day to stand (a "no" to a sign of a clot
+        # does not: it says what the pain is not)
+        self._pair_pain = np.array([self.candidates[j] in PAIN_FIELDS and not (self.candidates[j] in self.no_fields
+                                                                              and a == 0) for j, a in pairs], dtype=bool)
         # per pair, its candidate's column among the "no" fields (-1: not one of them)
         self._pair_no_field = np.array([self.no_fields.index(self.candidates[j]) if self.candidates[j] in self.no_fields
                                         else -1 for j, _ in pairs], dtype=np.int64)
@@ -368,7 +378,9 @@ class SafetyNet:
         the conditions that call for it are the likeliest or hold at least ``uncertain.stands_at``
         of the probability (``columns``: by condition, ``proba.T``, normalised or not), a sign or
         risk of a same-day condition's red flags is answered "yes", and something of the pain is
-        described. The share as well as the rank: on the rank alone a clot at 0.37 behind a cramp
+        described, other than a "no" to a sign of a clot (:attr:`no_fields`): with a clot before at
+        80, a "no" to a tender calf let the clot's same day stand, where the calf unanswered softened
+        it to within a day or two. The share as well as the rank: on the rank alone a clot at 0.37 behind a cramp
         went within a day or two while one at 0.35 ranked first went the same day; on the share
         alone a clot ranked first at 0.25 would go within a day or two as "Most likely deep vein
         thrombosis". The sums are :func:`dot_exact_columns`, over the conditions in their order
@@ -377,7 +389,7 @@ class SafetyNet:
         share, total = dot_exact_columns(columns, self._share_rows)
         likely = (share >= self.cfg.uncertain.stands_at * total) | first
         suspected = self._any_yes(self._suspect_fields, self._pair_suspects, codes, rows, pairs)
-        described = pain_described(codes, rows)
+        described = pain_described(codes, rows, denials=self.no_fields)
         if pairs is not None:  # the variant's one more answer
             described |= self._pair_pain[pairs]
         return likely & suspected & described
