@@ -242,6 +242,9 @@ def test_a_cold_pale_foot_is_sent_to_an_emergency_department_or_an_ambulance_not
     for text in led:
         assert "go to an emergency department, or call an ambulance (999 in the UK, 112 in Europe), not to urgent " \
                "care or a GP" in text, text
+        # and the same day's own words leave the place to the rule: they sent it to "urgent care or an
+        # emergency department" just before the rule said not to urgent care
+        assert text.startswith(cfg.level_text["emergency"]) and "unless told below where to go" in text, text
 
 
 def test_a_screen_rule_is_covered_only_by_another_rule_as_urgent():

@@ -474,8 +474,8 @@ def _safety_net_by_level(shown: str, model: LoadedModel) -> list[tuple[str, list
 
 # said after "yes" to "any of these?" and then to none of the signs on its own
 UNPLACED_SIGN = ("You said one of the signs asked about first is present now, but not which: any of them is a reason "
-                 "to seek medical help now (the same day: urgent care or an emergency department), whatever the rest "
-                 "of these answers suggest.")
+                 "to seek medical help now, the same day (an emergency department; call an ambulance for breathlessness, "
+                 "chest pain or coughing blood, or a cold, pale foot), whatever the rest of these answers suggest.")
 
 
 def _summary(io: _Session, row: dict | None, case: dict, answers: list[tuple[str, _Answer]], stopped: str,
