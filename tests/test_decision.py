@@ -890,6 +890,31 @@ def test_a_no_to_a_sign_of_a_clot_is_no_description_of_the_pain_that_lets_a_same
         assert LEVELS[level[0]] == expected, answer
 
 
+def test_a_same_day_a_no_completes_is_softened_where_the_case_without_its_nos_is(cfg, net):
+    """At 80 with a clot before, a "no" to a tender calf took the model's P(DVT) from 0.445 to 0.346,
+    less than the knowledge base's likelihood has it, so the other signs' "no"s no longer lowered the
+    level: the "no" sent the case the same day, where without it the case went within a day or two.
+    Given the model (``rescore``), the case is judged with its "no"s unanswered too. Where no sign
+    is left unanswered, the "no"s are all in, and the same day the expected cost gives stands."""
+    from pipeline.decision.triage import expected_cost_levels
+
+    before = np.array([[0.078, 0.045, 0.0, 0.0, 0.016, 0.0, 0.0, 0.445, 0.416]])
+    after = np.array([[0.078, 0.047, 0.0, 0.0, 0.019, 0.0, 0.0, 0.346, 0.511]])
+    case = {"age": 80, "sex": "female", "previous_vte": "yes", "calf_tenderness": "no"}
+    seen = []
+
+    def rescore(codes):
+        seen.append({k: v.copy() for k, v in codes.items()})
+        return np.repeat(before / before.sum(), len(codes["age"]), axis=0)
+
+    codes = _codes([case, {**case, **{n: "no" for n in net.no_fields}}])
+    proba = np.repeat(after / after.sum(), 2, axis=0)
+    assert [LEVELS[v] for v in expected_cost_levels(cfg, codes, proba, net=net)[0]] == ["emergency"] * 2
+    level, reason = expected_cost_levels(cfg, codes, proba, net=net, rescore=rescore)
+    assert [LEVELS[v] for v in level] == [cfg.uncertain.level, "emergency"] and reason.tolist() == [2, 0]
+    assert len(seen) == 1 and len(seen[0]["age"]) == 1 and seen[0]["calf_tenderness"][0] == UNKNOWN
+
+
 def test_a_likely_clot_with_a_risk_still_stands_where_no_reason_to_suspect_is_configured(cfg, net):
     """Pain on standing and a sedentary life are no `reasons_to_suspect`, but with the clot at 0.49
     behind a hamstring injury, in a described pain, the same day stands (`_stands`), as the docs

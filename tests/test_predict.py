@@ -548,3 +548,27 @@ def test_many_cases_are_scored_in_one_call_once_the_interpreter_is_shutting_down
     child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert child.returncode == 0, child.stderr[-2000:]
     assert child.stdout.strip() == "same", child.stderr[-2000:]
+
+
+def test_every_scoring_path_gives_the_decision_layer_the_model_to_rescore_with(trained, monkeypatch):
+    """A same day a "no" completes is judged against the case without its "no"s, scored by the
+    model (:func:`pipeline.decision.triage.expected_cost_levels`): predict() hands the model's
+    probabilities of the changed cases in, and they are the model's own."""
+    import pipeline.decision.layer as layer
+    from pipeline.core.cases import as_parsed
+    from pipeline.serve.loading import load_model
+
+    models, _ = trained
+    model = load_model(models)
+    handed = []
+    real = layer.expected_cost_levels
+
+    def spy(cfg, codes, proba, atypical=None, net=None, rescore=None):
+        handed.append(rescore)
+        return real(cfg, codes, proba, atypical, net, rescore)
+
+    monkeypatch.setattr(layer, "expected_cost_levels", spy)
+    predict(CASE, model=model, columns=["triage"])
+    assert handed and handed[0] is not None
+    codes = {k: v.copy() for k, v in as_parsed(CASE).codes.items()}
+    np.testing.assert_array_equal(handed[0](codes), model.predict_proba(as_parsed(CASE)))

@@ -156,6 +156,11 @@ class ParsedCases:
     def __len__(self) -> int:
         return len(self.valid)
 
+    @classmethod
+    def of_codes(cls, codes: dict[str, np.ndarray]) -> "ParsedCases":
+        """Valid cases of codes made by the decision layer (a case with answers changed), no ids."""
+        return cls(codes, np.ones(len(codes["age"]), dtype=bool), _empty_errors())
+
     @property
     def shape(self) -> tuple[int, int]:
         """(n_cases, n_fields), so scikit-learn's input checks accept parsed cases."""

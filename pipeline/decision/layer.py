@@ -378,22 +378,27 @@ def with_driving_condition(sets: np.ndarray, proba: np.ndarray, level: np.ndarra
 
 
 def decide(decision: Decision, kb: KnowledgeBase, parsed: ParsedCases, proba: np.ndarray, *,
-           codes: bool = False) -> pd.DataFrame:
+           codes: bool = False, rescore: Callable[[ParsedCases], np.ndarray] | None = None) -> pd.DataFrame:
     """The decision columns (:data:`DECISION_COLUMNS`) for valid parsed cases and their probabilities.
 
     With ``codes``, ``triage_reason``, ``advice``, ``safety_net`` and ``ask_next`` hold the short
-    codes of :meth:`Decision.text_codes` instead of their texts (the same decisions)."""
-    return pd.DataFrame(decision_columns(decision, kb, parsed, proba, codes=codes))
+    codes of :meth:`Decision.text_codes` instead of their texts (the same decisions). ``rescore``:
+    as :func:`decision_columns`'."""
+    return pd.DataFrame(decision_columns(decision, kb, parsed, proba, codes=codes, rescore=rescore))
 
 
 def decision_columns(decision: Decision, kb: KnowledgeBase, parsed: ParsedCases, proba: np.ndarray, *,
-                     codes: bool = False, columns: Collection[str] | None = None) -> dict[str, Any]:
+                     codes: bool = False, columns: Collection[str] | None = None,
+                     rescore: Callable[[ParsedCases], np.ndarray] | None = None) -> dict[str, Any]:
     """:func:`decide`'s columns as arrays, by name (a caller adding them to its own columns builds
     one frame); for no cases, empty columns of the types they have for some.
 
     ``columns``: only those of :data:`DECISION_COLUMNS` are made (default: all), and only what
     they rest on is computed (``triage`` alone does not search for ``ask_next``'s questions);
-    each is the same, bit for bit, as when every column is made."""
+    each is the same, bit for bit, as when every column is made. ``rescore``: the model's
+    probabilities of other parsed cases (``LoadedModel.predict_proba``), with which a same day
+    completed by a "no" to a clot's sign is softened where the case without its "no"s would be
+    (:func:`pipeline.decision.triage.expected_cost_levels`); every caller with a model gives it."""
     wanted = [c for c in DECISION_COLUMNS if columns is None or c in columns]
     if len(parsed) == 0:
         pandas_type = {"string": "str", "int64": "int64", "bool": "bool"}
@@ -414,7 +419,8 @@ def decision_columns(decision: Decision, kb: KnowledgeBase, parsed: ParsedCases,
     def triage() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(level, reason, basis): the level's reason shown, and the one it rests on."""
         fires = rules()[1]
-        level, reason = expected_cost_levels(cfg, parsed.codes, proba, atypical()[0], net)
+        level, reason = expected_cost_levels(cfg, parsed.codes, proba, atypical()[0], net, None if rescore is None else
+                                             lambda blanked: rescore(ParsedCases.of_codes(blanked)))
         before_rules, basis = level.copy(), reason.copy()
         raise_to_rules(cfg, level, reason, fires, screen)
         # a rule at the level the expected cost gave is the reason shown (the clearer one), but the

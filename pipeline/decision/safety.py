@@ -345,6 +345,19 @@ class SafetyNet:
         drops = self._drops_if_no(proba.T, hide, lambda c: cost_level_of(c.T))
         return self._softened(drops, proba.T, codes) | (known_share(codes) == 0)
 
+    def denials_unanswered(self, codes: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The cases that answer "no" to a sign of a clot (:attr:`no_fields`) and leave another such
+        sign unanswered, and their codes with those "no"s unanswered
+        (:func:`pipeline.decision.triage.expected_cost_levels` asks whether those would be softened)."""
+        answered_no = np.stack([codes[n] == 0 for n in self.no_fields], axis=1) if self.no_fields else \
+            np.zeros((len(codes["age"]), 0), dtype=bool)
+        rows = np.flatnonzero(answered_no.any(axis=1) & unanswered_matrix(codes, self.no_fields).any(axis=1))
+        blanked = {k: v[rows] for k, v in codes.items()}
+        for j, name in enumerate(self.no_fields):
+            blanked[name] = np.where(answered_no[rows, j], np.asarray(UNKNOWN, dtype=blanked[name].dtype),
+                                     blanked[name])
+        return rows, blanked
+
     def _any_yes(self, fields: list[str], pair_yes: np.ndarray, codes: dict[str, np.ndarray],
                  rows: np.ndarray | None, pairs: np.ndarray | None) -> np.ndarray:
         """Per case (of ``rows``, if given, each with its variant's answer of ``pairs``: a "yes" to

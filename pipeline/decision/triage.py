@@ -9,6 +9,8 @@ advice are looked up from small tables, so a million cases cost a few array look
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from pipeline.core.config import LEVELS, Level, ScreenConfig, TriageConfig
@@ -75,18 +77,35 @@ def triage_levels(cfg: TriageConfig, codes: dict[str, np.ndarray], proba: np.nda
 
 
 def expected_cost_levels(cfg: TriageConfig, codes: dict[str, np.ndarray], proba: np.ndarray,
-                         atypical: np.ndarray | None = None, net: SafetyNet | None = None) -> tuple[np.ndarray, np.ndarray]:
+                         atypical: np.ndarray | None = None, net: SafetyNet | None = None,
+                         rescore: Callable[[dict[str, np.ndarray]], np.ndarray] | None = None
+                         ) -> tuple[np.ndarray, np.ndarray]:
     """The level before the rules, with its reason code: the expected cost (0), a same day softened
     to ``uncertain.level`` where it rests on unanswered questions (2; needs ``net``), raised to the
-    atypical floor (1)."""
+    atypical floor (1).
+
+    ``rescore`` (the model's probabilities of other codes) softens, too, a same day that a "no" to
+    a sign of a clot completes while other such signs are still unanswered, where the case with
+    its "no"s unanswered would be softened (:meth:`SafetyNet.denials_unanswered`): the model's
+    probability can fall more slowly with a "no" than the knowledge base's likelihoods, which the
+    softening applies, have it, so a "no" sent a case the same day that without it went within a
+    day or two."""
     level = cost_levels(cfg, proba)
     reason = np.full(len(level), COST_REASON, dtype=np.int16)
     if net is not None:
         same_day = np.flatnonzero(level == LEVELS.index("emergency"))
         if len(same_day):
+            taken, taken_proba = codes, proba
             if len(same_day) < len(level):  # (a case alone, or a batch all sent the same day, is taken whole)
-                codes, proba = {k: v[same_day] for k, v in codes.items()}, proba[same_day]
-            soft = same_day[net.rests_on_unknowns(proba, codes, lambda p: cost_levels(cfg, p))]
+                taken, taken_proba = {k: v[same_day] for k, v in codes.items()}, proba[same_day]
+            softened = net.rests_on_unknowns(taken_proba, taken, lambda p: cost_levels(cfg, p))
+            if rescore is not None and not softened.all():
+                firm = same_day[~softened]
+                rows, blanked = net.denials_unanswered({k: v[firm] for k, v in codes.items()})
+                if len(rows):
+                    softened[np.flatnonzero(~softened)[rows]] = net.rests_on_unknowns(
+                        rescore(blanked), blanked, lambda p: cost_levels(cfg, p))
+            soft = same_day[softened]
             level[soft] = LEVELS.index(cfg.uncertain.level)
             reason[soft] = SOFTENED_REASON
     if atypical is not None:

@@ -453,7 +453,8 @@ def _every_question_to_settle(case: dict[str, Any], model: LoadedModel, kb: Any,
     from pipeline.decision.layer import decision_columns
 
     parsed = parse_records([case])
-    listed = decision_columns(unlimited, kb, parsed, model.predict_proba(parsed), codes=True, columns=["ask_next"])
+    listed = decision_columns(unlimited, kb, parsed, model.predict_proba(parsed), codes=True, columns=["ask_next"],
+                              rescore=model.predict_proba)
     return [n for n in str(listed["ask_next"][0]).split("|") if n]
 
 

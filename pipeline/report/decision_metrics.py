@@ -158,7 +158,8 @@ def ask_next_follow_up(model: LoadedModel, blanked: ParsedCases, full: ParsedCas
     ``proba``: the model's probabilities for ``blanked``, if the caller has them."""
     assert model.decision is not None and model.kb is not None  # set together
     proba = model.predict_proba(blanked) if proba is None else proba
-    start = decision_columns(model.decision, model.kb, blanked, proba, codes=True, columns=["triage", "ask_next"])
+    start = decision_columns(model.decision, model.kb, blanked, proba, codes=True, columns=["triage", "ask_next"],
+                             rescore=model.predict_proba)
     below = pd.Categorical(start["triage"], categories=list(LEVELS)).codes < _EMERGENCY
     codes = {k: v.copy() for k, v in blanked.codes.items()}
     asked = np.zeros(len(y), dtype=np.int64)
@@ -168,7 +169,8 @@ def ask_next_follow_up(model: LoadedModel, blanked: ParsedCases, full: ParsedCas
             codes[name][i] = full.codes[name][i]
             asked[i] += 1
     answered = ParsedCases(codes, blanked.valid, blanked.errors, blanked.ids, blanked.ignored_columns)
-    after = decision_columns(model.decision, model.kb, answered, model.predict_proba(answered), columns=["triage"])
+    after = decision_columns(model.decision, model.kb, answered, model.predict_proba(answered), columns=["triage"],
+                             rescore=model.predict_proba)
     same_day = pd.Categorical(after["triage"], categories=list(LEVELS)).codes == _EMERGENCY
     dvt = y == _DVT
     return {"dvt_below": int((below & dvt).sum()), "dvt_same_day_after": _rate(same_day[below & dvt]),
@@ -201,7 +203,8 @@ def evaluate_decision(model: LoadedModel, parsed: dict[str, ParsedCases], arrays
         out["ask_next_follow_up"] = {"test_blanked": ask_next_follow_up(model, blanked, parsed["test"],
                                                                         arrays["test"]["y"], proba_blanked)}
     for name, (cases, y, proba, oracle) in views.items():
-        columns = decide(model.decision, model.kb, cases, proba)  # type: ignore[arg-type]  # both set together
+        columns = decide(model.decision, model.kb, cases, proba,  # type: ignore[arg-type]  # both set together
+                         rescore=model.predict_proba)
         levels = pd.Categorical(columns["triage"], categories=list(LEVELS)).codes
         given = (reference_levels or {}).get(name)
         out["triage"][name] = _triage_metrics(levels, columns["triage_reason"], y, cases.codes, model, given)

@@ -46,7 +46,8 @@ def _metrics(model: LoadedModel, state: ParsedCases, y: np.ndarray) -> tuple[flo
     if model.decision is not None and model.kb is not None:
         from pipeline.decision.layer import decide
 
-        caught |= decide(model.decision, model.kb, state, proba)["triage"].isin(_URGENT).to_numpy()
+        caught |= decide(model.decision, model.kb, state, proba, rescore=model.predict_proba)["triage"].isin(
+            _URGENT).to_numpy()
     dvt = y == _DVT
     return float(np.mean(pred == y)), float(caught[dvt].mean()) if dvt.any() else float("nan")
 

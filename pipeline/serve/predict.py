@@ -194,7 +194,8 @@ def score_columns(model: LoadedModel, parsed: ParsedCases, *, top_k: int = 3,
     if columns is None or f"top{top_k}" in columns:
         out[f"top{top_k}"] = join_ranked(CONDITIONS, order)
     if model.decision is not None and model.kb is not None:
-        out.update(decision_columns(model.decision, model.kb, parsed, proba, codes=codes, columns=columns))
+        out.update(decision_columns(model.decision, model.kb, parsed, proba, codes=codes, columns=columns,
+                                    rescore=model.predict_proba))
     return out
 
 
