@@ -392,9 +392,9 @@ class SafetyNet:
         of the probability (``columns``: by condition, ``proba.T``, normalised or not), a sign or
         risk of a same-day condition's red flags is answered "yes", and something of the pain is
         described, other than a "no" to a sign of a clot (:attr:`no_fields`): with a clot before at
-        80, a "no" to a tender calf let the clot's same day stand, where the calf unanswered softened
-        it to within a day or two. The share as well as the rank: on the rank alone a clot at 0.37 behind a cramp
-        went within a day or two while one at 0.35 ranked first went the same day; on the share
+        80, a "no" to warm skin let the clot's same day stand, where the sign unanswered softened it
+        to within a day or two. The share as well as the rank: on the rank alone a clot at 0.37
+        behind a cramp went within a day or two while one at 0.35 ranked first went the same day; on the share
         alone a clot ranked first at 0.25 would go within a day or two as "Most likely deep vein
         thrombosis". The sums are :func:`dot_exact_columns`, over the conditions in their order
         whatever the array's layout, so the same probabilities are judged alike in every caller and
