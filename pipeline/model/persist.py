@@ -105,14 +105,18 @@ class VerifiedModel:
 def holds_model(folder: Path) -> bool:
     """Whether ``folder`` holds a model of some kind, whole or not (a broken one is refused by
     :func:`load_estimator`, saying what is wrong, rather than said to be missing)."""
-    return any((folder / name).exists() for name in (CHECKSUMS_FILE, LEGACY_MODEL_FILE, MANIFEST_FILE, *_MODEL_FILES))
+    return _holds_model_file(folder) or (folder / MANIFEST_FILE).exists()
 
 
 def data_folder(folder: Path) -> bool:
     """Whether ``folder`` looks like a data folder, not a model's: a ``manifest.json`` that is no
     model's (:func:`foreign_manifest`), and no checksums or model file beside it."""
-    return foreign_manifest(folder) and not any(
-        (folder / name).exists() for name in (CHECKSUMS_FILE, LEGACY_MODEL_FILE, *_MODEL_FILES))
+    return foreign_manifest(folder) and not _holds_model_file(folder)
+
+
+def _holds_model_file(folder: Path) -> bool:
+    """Whether ``folder`` holds a checksums file or a model file (of any format)."""
+    return any((folder / name).exists() for name in (CHECKSUMS_FILE, LEGACY_MODEL_FILE, *_MODEL_FILES))
 
 
 def foreign_manifest(folder: Path) -> bool:
