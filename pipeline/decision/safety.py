@@ -34,7 +34,7 @@ import numpy as np
 from pipeline.core.blas import dot_exact_columns
 from pipeline.core.config import LEVELS, ScreenConfig, TriageConfig
 from pipeline.core.knowledge import KnowledgeBase, duration_mass_below
-from pipeline.core.parsing import premise_denied, unanswered_matrix
+from pipeline.core.parsing import code_rows, premise_denied, unanswered_matrix
 from pipeline.core.schema import CONDITIONS, FIELDS, SCREEN_SIGNS, SYMPTOMS, UNKNOWN, field, max_duration_days
 from pipeline.core.sizes import FEW_CASES
 from pipeline.core.textcols import join_ranked
@@ -349,7 +349,7 @@ class SafetyNet:
         """The cases that answer "no" to a sign of a clot (:attr:`no_fields`) and leave another such
         sign unanswered, and their codes with those "no"s unanswered
         (:func:`pipeline.decision.triage.expected_cost_levels` asks whether those would be softened)."""
-        answered_no = np.stack([codes[n] == 0 for n in self.no_fields], axis=1) if self.no_fields else \
+        answered_no = (code_rows(codes, self.no_fields) == 0).T if self.no_fields else \
             np.zeros((len(codes["age"]), 0), dtype=bool)
         rows = np.flatnonzero(answered_no.any(axis=1) & unanswered_matrix(codes, self.no_fields).any(axis=1))
         blanked = {k: v[rows] for k, v in codes.items()}
