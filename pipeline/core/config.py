@@ -24,9 +24,9 @@ from pydantic import (
 from pipeline.core.errors import ConfigError
 from pipeline.core.files import load_yaml
 
-__all__ = ["ConfigError", "ExtraDataConfig", "GenerateConfig", "LEVELS", "ProbesConfig", "ScreenConfig", "ScreenRule",
-           "Source", "SplitConfig", "TrainConfig", "TriageConfig", "check_source", "error_lines", "flatten", "load_config",
-           "normalised", "section_keys"]
+__all__ = ["ConfigError", "ExtraDataConfig", "GenerateConfig", "LEVELS", "ProbesConfig", "SafetyNetLine", "ScreenConfig",
+           "ScreenRule", "Source", "SplitConfig", "TrainConfig", "TriageConfig", "check_source", "error_lines", "flatten",
+           "load_config", "normalised", "section_keys"]
 
 
 
@@ -245,6 +245,44 @@ def _raises_the_level(level: Level) -> Level:
 RuleLevel = Annotated[Level, AfterValidator(_raises_the_level)]
 
 
+class SafetyNetLine(StrictModel):
+    """A rule's line in the safety net: in plain words, the signs that fire it. A text alone is the
+    whole line. Fitted to the person, it is the signs of the rule's ``all`` part (``text``), then
+    the words of its ``any`` fields that could still match (``any``: every ``any`` field of the rule,
+    in the order they are to be read), joined "a, b, or c" after ``joiner``: a history or an age
+    answered otherwise is left out ("or are 55 or older" at 30; "after an earlier clot" for someone
+    who never had one), a sign answered "no" is kept (it can appear later), and where an ``any``
+    field already matches, the line is ``text`` alone (:mod:`pipeline.decision.netlines`)."""
+
+    text: Text
+    any: dict[str, Text] = {}
+    joiner: str = " "  # between ``text`` and the list: " " ("swells after surgery"), ", and " and so on
+
+    @model_validator(mode="before")
+    @classmethod
+    def _text_alone(cls, value: object) -> object:
+        return {"text": value} if isinstance(value, str) else value
+
+    def full(self) -> str:
+        """The line naming every ``any`` field (as it reads for someone who has answered none)."""
+        return self.fitted(list(self.any))
+
+    def fitted(self, fields: list[str]) -> str:
+        """The line naming the ``any`` fields ``fields`` only (none: ``text`` alone)."""
+        words = [self.any[f] for f in fields]
+        listed = ", ".join(words[:-1]) + ("," if len(words) > 2 else "") + " or " + words[-1] if len(words) > 1 \
+            else "".join(words)
+        return self.text + self.joiner + listed if listed else self.text
+
+
+def _check_line(name: str, line: SafetyNetLine, any_: dict[str, list[str]]) -> None:
+    """A fitted safety-net line gives words for exactly the rule's ``any`` fields."""
+    if line.any and set(line.any) != set(any_):
+        raise ValueError(f"{name}.safety_net.any: must give words for exactly the rule's `any` fields "
+                         f"{sorted(any_)}; unknown {sorted(set(line.any) - set(any_))}, "
+                         f"missing {sorted(set(any_) - set(line.any))}")
+
+
 class RedFlag(StrictModel):
     name: str
     level: RuleLevel
@@ -252,7 +290,8 @@ class RedFlag(StrictModel):
     all: dict[str, list[str]] = Field(min_length=1)
     any: dict[str, list[str]] = {}
     reason: Text
-    safety_net: Text  # in plain words, the signs that fire the rule: shown while they could (SafetyNet.to_watch)
+    # in plain words, the signs that fire the rule: shown while they could (SafetyNet.to_watch)
+    safety_net: SafetyNetLine
     # shown whatever today's answers to its signs, while its other fields could still match: signs
     # that can come later (a calf that is not swollen today can swell tomorrow)
     watch_always: bool = False
@@ -265,6 +304,11 @@ class RedFlag(StrictModel):
     @classmethod
     def _answers_as_lists(cls, fields: object) -> object:
         return {k: [v] if isinstance(v, str) else v for k, v in fields.items()} if isinstance(fields, dict) else fields
+
+    @model_validator(mode="after")
+    def _line(self) -> "RedFlag":
+        _check_line(self.name, self.safety_net, self.any)
+        return self
 
 
 def _check_answers(part: str, fields: dict[str, list[str]]) -> None:
@@ -325,7 +369,7 @@ class ScreenRule(StrictModel):
     all: dict[str, list[str]] = Field(min_length=1)
     any: dict[str, list[str]] = {}
     reason: Text
-    safety_net: Text  # in plain words, the signs that fire the rule: shown while they could (SafetyNet.to_watch)
+    safety_net: SafetyNetLine  # as RedFlag.safety_net
     watch_always: bool = False  # as RedFlag.watch_always
     source: Source
     # rules that rule out what this one does and more, at a level at least as high: where one of
@@ -338,6 +382,7 @@ class ScreenRule(StrictModel):
     def _fields(self) -> "ScreenRule":
         _check_answers("all", self.all)
         _check_answers("any", self.any)
+        _check_line(self.name, self.safety_net, self.any)
         if self.suggested_by is not None and self.level != "emergency":
             raise ValueError(f"suggested_by: only a same-day rule's signs are asked however unlikely, and "
                              f"{self.name!r} is at {self.level!r}")

@@ -73,6 +73,9 @@ DECISION_COLUMN_DOCS = {
                   "answered no today, since they can appear later (if one is present, seek care as its rule says: "
                   "the same day for most, within a day or two for a swollen calf or leg or a pop with a knee "
                   "that swells and gives way; the rules on history and age alone are asked by `ask_next`, not listed); "
+                  "each line names only the history and age that could still meet its rule (\"or are 55 or older\" "
+                  "is not shown at 30, \"after an earlier clot\" not to someone who never had one, and after "
+                  "surgery the line is the sign alone), where a sign answered no today stays named; "
                   "empty when none could",
     "ask_next": "the unanswered questions whose plausible answers would change the level, `|`-separated (at most "
                 "three): first those with an answer that would send the case the same day (a swollen leg after a "
@@ -200,13 +203,14 @@ class Decision:
         return self._net[1]
 
     def text_codes(self, kb: KnowledgeBase) -> dict[str, dict[str, str]]:
-        """Per long text column, its texts and their short codes: ``triage_reason`` and ``advice`` by
-        value, ``safety_net`` and ``ask_next`` by each ``|``-separated part (a rule's or a field's name)."""
+        """Per long text column, its short codes and their texts: ``triage_reason`` and ``advice`` by
+        value, ``safety_net`` and ``ask_next`` by each ``|``-separated part (a rule's line or a field's
+        name). A code has one text; a text can have two codes (two rules' lines alike)."""
         net = self.safety(kb)
         written = self._advice_written  # the advice a case can get
-        pairs = [zip(self._reasons, self._reason_codes),
-                 zip(self._advice[written], self._advice_codes[written]),
-                 zip(net.texts, net.names), zip(net.asked_questions, net.asked)]
+        pairs = [zip(self._reason_codes, self._reasons),
+                 zip(self._advice_codes[written], self._advice[written]),
+                 zip(net.lines.names, net.lines.texts), zip(net.asked, net.asked_questions)]
         return {column: dict(pair) for column, pair in zip(TEXT_CODE_COLUMNS, pairs)}
 
 
@@ -507,7 +511,8 @@ def decision_columns(decision: Decision, kb: KnowledgeBase, parsed: ParsedCases,
     made: dict[str, Callable[[], Any]] = {
         "triage": lambda: lookup(LEVELS, triage()[0]),
         "triage_reason": triage_reason,
-        "safety_net": lambda: net.safety_net(triage()[0], net.to_watch(parsed.codes, rules()[1], rules()[2]), codes),
+        "safety_net": lambda: net.safety_net(triage()[0], net.to_watch(parsed.codes, rules()[1], rules()[2]), parsed.codes,
+                                      codes),
         "ask_next": ask_next,
         "advice": advice,
         "differential": lambda: format_sets(proba, differential())[0],

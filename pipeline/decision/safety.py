@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.core.blas import dot_exact_columns
-from pipeline.core.config import LEVELS, ScreenConfig, TriageConfig
+from pipeline.core.config import LEVELS, SafetyNetLine, ScreenConfig, TriageConfig
 from pipeline.core.knowledge import KnowledgeBase, duration_mass_below
 from pipeline.core.parsing import code_rows, premise_denied, unanswered_matrix
 from pipeline.core.schema import CONDITIONS, FIELDS, SCREEN_SIGNS, SYMPTOMS, UNKNOWN, field, max_duration_days
@@ -41,6 +41,7 @@ from pipeline.core.textcols import join_ranked
 from pipeline.core.wording import SPAN_QUESTION, question
 from pipeline.decision.conformal import known_share
 from pipeline.decision.costs import cost_levels_of_columns, right_levels
+from pipeline.decision.netlines import NetLines, is_sign
 from pipeline.decision.screen import CountTable, add_field_counts, answer_matches, rule_fires, rule_open, state_of_counts
 
 __all__ = ["PAIN_FIELDS", "Rule", "SafetyNet", "answer_likelihoods", "pain_described", "per_rule", "points_to_same_day",
@@ -63,7 +64,7 @@ class Rule:
     all: dict[str, list[str]]
     any: dict[str, list[str]]
     level: int
-    safety_net: str
+    line: SafetyNetLine  # its line in the safety net, fitted to the answers where it has `any` words (netlines)
     name: str
     # (all, any) of the signs that suggest a same-day screen rule (config.ScreenSuggestion), or None
     suggested_by: tuple[dict[str, list[str]], dict[str, list[str]]] | None = None
@@ -75,6 +76,11 @@ class Rule:
     def open(self, codes: dict[str, np.ndarray]) -> np.ndarray:
         """Per case, whether unanswered questions could still make the rule fire (it does not yet)."""
         return rule_open(self.all, self.any, codes)
+
+    @property
+    def safety_net(self) -> str:
+        """Its line in the safety net, naming every ``any`` field (as for someone who answered none)."""
+        return self.line.full()
 
     @property
     def fields(self) -> list[str]:
@@ -95,12 +101,6 @@ def per_rule(rules: list[Rule], test, codes: dict[str, np.ndarray]) -> np.ndarra
     """(n_cases, n_rules): ``test(rule, codes)`` (:meth:`Rule.fires` or :meth:`Rule.open`) of each rule."""
     n = len(codes["age"])
     return np.column_stack([test(r, codes) for r in rules]) if rules else np.zeros((n, 0), bool)
-
-
-def _is_sign(name: str) -> bool:
-    """Whether a field is a sign a person can notice (a yes/no symptom or a screen sign), not the
-    history, age or how the pain began."""
-    return name in SCREEN_SIGNS or (name in SYMPTOMS and field(name).kind == "tristate")
 
 
 # what the pain itself is like: the onset and symptoms but the screen's signs
@@ -152,12 +152,13 @@ class SafetyNet:
     def __init__(self, cfg: TriageConfig, screen: ScreenConfig | None, kb: KnowledgeBase):
         self.cfg = cfg
         self.rules = rules_of(cfg, screen)
-        self.texts = [r.safety_net for r in self.rules]
         self.names = [r.name for r in self.rules]
+        # the lines of the safety net, each rule's variants fitted to the answers (netlines)
+        self.lines = NetLines([(r.name, r.any, r.line) for r in self.rules])
         # the rules with a sign to watch for (a yes/no symptom or screen sign): the others fire on the
         # history, age and how the pain began, which do not appear later (a clot before with cancer
         # is asked, not watched for: "or had surgery" read as met by someone just operated on)
-        self._watched = np.array([any(_is_sign(n) for n in r.fields) for r in self.rules], dtype=bool)
+        self._watched = np.array([any(is_sign(n) for n in r.fields) for r in self.rules], dtype=bool)
         # the yes/no signs of the same-day rules: answered "no", would the emergency stand? (A risk
         # in the person's history, such as recent surgery, is no sign to look for: unanswered, it
         # does not soften an emergency; nor is a sign of the other conditions, such as a knee that
@@ -250,7 +251,7 @@ class SafetyNet:
         suspect = {n for f in cfg.red_flags if f.condition is not None and self._right[CONDITIONS.index(f.condition)]
                    == _EMERGENCY for n in [*f.all, *f.any] if field(n).kind == "tristate"}
         suspect |= {n for r in self.rules[len(cfg.red_flags):] if r.level == _EMERGENCY for n in r.fields
-                    if _is_sign(n) and points_to_same_day(cfg, kb, n)}
+                    if is_sign(n) and points_to_same_day(cfg, kb, n)}
         self._suspect_fields = sorted(suspect | set(cfg.uncertain.risks))
         # the clot's same-day red flags whose signs are watched for by someone who has the history
         # they read beside them (pregnancy, surgery, cancer, an earlier clot), and that history: the
@@ -259,15 +260,15 @@ class SafetyNet:
         # beside the pregnancy rule's same day for the same sign
         self._risk_rules = np.array([k for k, f in enumerate(cfg.red_flags) if f.level == "emergency"
                                      and f.condition is not None and self._right[CONDITIONS.index(f.condition)] == _EMERGENCY
-                                     and self._watched[k] and not all(_is_sign(n) for n in self.rules[k].fields)],
+                                     and self._watched[k] and not all(is_sign(n) for n in self.rules[k].fields)],
                                     dtype=np.intp)
-        history = [({n: a for n, a in r.all.items() if not _is_sign(n)}, {n: a for n, a in r.any.items() if not _is_sign(n)})
+        history = [({n: a for n, a in r.all.items() if not is_sign(n)}, {n: a for n, a in r.any.items() if not is_sign(n)})
                    for r in (self.rules[k] for k in self._risk_rules)]
         self._risk_table = CountTable(history)
         self._risk_has_any = np.array([bool(any_) for _, any_ in history], dtype=bool)
         # the rules watched for whatever today's answers to their signs (`watch_always`), and those signs
         self._always = np.array([k for k, r in enumerate(self.rules) if r.watch_always and self._watched[k]], dtype=np.intp)
-        self._always_signs = sorted({n for k in self._always for n in self.rules[k].fields if _is_sign(n)})
+        self._always_signs = sorted({n for k in self._always for n in self.rules[k].fields if is_sign(n)})
         # the rules with a sign to watch for that a longer duration can still meet (a leg that cannot
         # take four steps for an hour or more): the pain lasts on, so one not met yet is watched for
         self._waiting = np.array([k for k, r in enumerate(self.rules) if self._watched[k] and _waits_for_time(r)],
@@ -451,14 +452,18 @@ class SafetyNet:
             watch[:, self._waiting] |= (fire_later | open_later) & ~fires[:, self._waiting]
         return watch
 
-    def safety_net(self, level: np.ndarray, open_: np.ndarray, codes: bool = False):
+    def safety_net(self, level: np.ndarray, open_: np.ndarray, answers: dict[str, np.ndarray], codes: bool = False):
         """Per case, the plain-language signs of the rules ``open_`` keeps (:meth:`to_watch`'s, or
         the open rules) above its level that have a sign to watch for, ``|``-separated, the most
-        urgent first (with ``codes``, the rules' names)."""
+        urgent first, each line fitted to the case's ``answers`` (its codes; :mod:`netlines`); with
+        ``codes``, the lines' codes (a rule's name, or its name and the fields its line names)."""
         levels = self._rule_levels
         keep = open_ & (levels[None, :] > level[:, None]) & self._watched[None, :]
+        items = self.lines.items(answers)
+        keep = self.lines.unrepeated(items, keep, levels)  # a line shown twice: once, at its more urgent level
         order = np.tile(np.argsort(-levels, kind="stable"), (len(keep), 1))
-        return join_ranked(self.names if codes else self.texts, order, np.take_along_axis(keep, order, axis=1))
+        return join_ranked(self.lines.names if codes else self.lines.texts, np.take_along_axis(items, order, axis=1),
+                           np.take_along_axis(keep, order, axis=1))
 
     def ask_next(self, proba: np.ndarray, codes: dict[str, np.ndarray], level: np.ndarray, atypical: np.ndarray,
                  fires: np.ndarray, block_rows: int = 2048, codes_out: bool = False,

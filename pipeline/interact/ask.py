@@ -222,7 +222,7 @@ def _screen_fields(model: LoadedModel) -> list[tuple[str, str]]:
         if len(rule.all) == 1 and not rule.any:
             (name, answers), = rule.all.items()
             if field(name).kind == "tristate" and answers == ["yes"]:
-                out.append((name, rule.safety_net))
+                out.append((name, rule.safety_net.full()))
     return out
 
 
@@ -450,25 +450,33 @@ def _every_question_to_settle(case: dict[str, Any], model: LoadedModel, kb: Any,
     asks again while they are answered "don't know" (unknown to the model as if unasked), lie
     others whose answer would change the level (for a tender calf, veins standing out or a whole
     leg swollen, each a same day)."""
+    return _coded(case, model, unlimited, kb, "ask_next")
+
+
+def _coded(case: dict[str, Any], model: LoadedModel, decision: Any, kb: Any, column: str) -> list[str]:
+    """The codes of ``case``'s ``column`` (``ask_next``'s questions, ``safety_net``'s lines), in order."""
     from pipeline.decision.layer import decision_columns
 
     parsed = parse_records([case])
-    listed = decision_columns(unlimited, kb, parsed, model.predict_proba(parsed), codes=True, columns=["ask_next"],
+    listed = decision_columns(decision, kb, parsed, model.predict_proba(parsed), codes=True, columns=[column],
                               rescore=model.predict_proba)
-    return [n for n in str(listed["ask_next"][0]).split("|") if n]
+    return [n for n in str(listed[column][0]).split("|") if n]
 
 
-def _safety_net_by_level(shown: str, model: LoadedModel) -> list[tuple[str, list[str]]]:
-    """The safety net's signs (``|``-separated, the most urgent first) under what each calls for:
-    the same day, or a doctor within a day or two (a sign of a rule at that level)."""
-    levels: dict[str, int] = {}
-    if model.decision is not None and model.kb is not None:
-        for rule in model.decision.safety(model.kb).rules:
-            levels[rule.safety_net] = max(rule.level, levels.get(rule.safety_net, rule.level))
+def _safety_net_by_level(case: dict[str, Any], model: LoadedModel) -> list[tuple[str, list[str]]]:
+    """``case``'s safety net (its lines, the most urgent first) under what each calls for: the same
+    day, or a doctor within a day or two (a line of a rule at that level). Read by the lines' codes:
+    one text can be two rules' ("the calf or leg swells", within a day or two, or the same day after
+    surgery)."""
+    if model.decision is None or model.kb is None:
+        return []
+    net = model.decision.safety(model.kb)
+    at = {code: k for k, code in enumerate(net.lines.names)}
+    lines = [(net.lines.texts[at[c]], net.rules[net.lines.rule_of[at[c]]].level)
+             for c in _coded(case, model, model.decision, model.kb, "safety_net")]
     same_day = LEVELS.index("emergency")
-    signs = shown.split("|")
-    now = [s for s in signs if levels.get(s, same_day) >= same_day]
-    soon = [s for s in signs if levels.get(s, same_day) < same_day]
+    now = [text for text, level in lines if level >= same_day]
+    soon = [text for text, level in lines if level < same_day]
     return [(lead, part) for lead, part in (("Go the same day instead if", now),
                                             ("See a doctor within a day or two if", soon)) if part]
 
@@ -500,7 +508,7 @@ def _summary(io: _Session, row: dict | None, case: dict, answers: list[tuple[str
             if row.get("screen"):  # every rule that fired, where the reason names the first
                 io.say(f"To rule out: {', '.join(row['screen'].split('|'))}.", "  ")
             if row["safety_net"] and not unplaced:  # signs that would raise the level: none above the same day
-                for lead, signs in _safety_net_by_level(row["safety_net"], model):
+                for lead, signs in _safety_net_by_level(case, model):
                     io.say(f"{lead}: " + "; ".join(signs) + ".", "  ")
             if row["ask_next"]:
                 io.say("Questions to answer next: " + " ".join(row["ask_next"].split("|")), "  ")

@@ -50,7 +50,8 @@ def _reason_kind(reasons: pd.Series, model: LoadedModel) -> np.ndarray:
     """Per case, what decided its level: ``screen``, ``red_flag``, ``atypical`` or ``expected_cost``
     (from the reasons' short codes, e.g. ``red_flag:possible_dvt``)."""
     assert model.decision is not None and model.kb is not None  # set together
-    code = reasons.astype(str).map(model.decision.text_codes(model.kb)["triage_reason"]).str.split(":").str[0]
+    by_text = {text: code for code, text in model.decision.text_codes(model.kb)["triage_reason"].items()}
+    code = reasons.astype(str).map(by_text).str.split(":").str[0]
     return np.where(code.isin(["screen", "red_flag", "atypical"]), code, "expected_cost")
 
 

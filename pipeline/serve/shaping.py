@@ -211,5 +211,5 @@ def rounded(values: np.ndarray, digits: int) -> np.ndarray:
 def text_lookup(codes: dict[str, dict[str, str]]) -> pd.DataFrame:
     """Each long text column's codes and their texts (:meth:`pipeline.decision.layer.Decision.text_codes`):
     ``column``, ``code``, ``text``."""
-    rows = [(column, code, text) for column, mapping in codes.items() for text, code in mapping.items()]
+    rows = [(column, code, text) for column, mapping in codes.items() for code, text in mapping.items()]
     return pd.DataFrame(np.array(rows, dtype=object).reshape(-1, 3), columns=["column", "code", "text"])
