@@ -302,6 +302,7 @@ def _evaluate_file(args: argparse.Namespace, path: Path) -> int:
                          "a 95% interval to one or two draws (default 1000).")
     out = Path(args.out) if args.out else reports_dir() / "evaluations" / path.stem
     _refuse_model_folder(out)
+    _refuse_case_folder(out, path)
     stage = [name for name in ("metrics_detail.json", "model_card.md") if (out / name).exists()]
     if stage:  # its metrics.json is the stage's headline, which DVC and git track
         raise UsageError(f"--out {out}: holds the evaluation stage's reports ({', '.join(stage)}), whose metrics.json "
@@ -503,6 +504,23 @@ def _refuse_model_folder(out: Path) -> None:
         what = (f"holds a {MANIFEST_FILE} that is not a model's (a data folder's?), whose files are that folder's own"
                 if data_folder(out) else "is a model folder, whose files are the model's")
         raise UsageError(f"--out {out}: {what}; give a folder of its own for the reports.")
+
+
+def _refuse_case_folder(out: Path, path: Path) -> None:
+    """Refuse an ``--out`` that holds case files (CSV or Parquet) other than an evaluation's own
+    (``rejects.csv``): ``--out data/real`` put the reports, and a ``rejects.csv`` of rows, among
+    the real cases, which ``train --extra-data`` and DVC read."""
+    from pipeline.core.files import is_case_file
+    from pipeline.report.labelled import EVALUATION_FILES
+
+    if not out.is_dir():
+        return
+    cases = sorted(p.name for p in out.iterdir() if is_case_file(p) and p.name not in EVALUATION_FILES)
+    if cases:
+        shown = ", ".join(cases[:3]) + (f" and {len(cases) - 3} more" if len(cases) > 3 else "")
+        raise UsageError(f"--out {out}: holds case files ({shown}), among which the reports and a rejects.csv "
+                         f"would be written; give a folder of its own for the reports (default "
+                         f"reports/evaluations/{path.stem}).")
 
 
 def _refuse_folder_names(files: list[tuple[str, str | None, str]]) -> None:

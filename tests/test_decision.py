@@ -1046,7 +1046,7 @@ def test_a_safety_net_line_names_only_the_history_and_age_that_could_still_meet_
                     "after surgery, or with the leg kept still (in bed, a cast or a brace)"]
     assert not any("earlier clot" in line for line in shown[2] + shown[4])
     # every code's text is the line shown in its place
-    lookup = dict(zip(net.lines.names, net.lines.texts))
+    lookup = {code: text for _, code, text in net.lines.all_lines()}
     assert [[lookup[c] for c in row] for row in listed] == shown
 
 
@@ -1100,7 +1100,8 @@ def test_the_safety_net_says_which_answer_to_a_question_would_send_a_leg_that_ca
     # (the Ottawa rule's line without its "cannot take four steps or are 55 or older": she meets both)
     walk = ("fracture_ottawa:met", "fracture_after_a_squat", "unable_to_walk_without_injury")
     assert set(walk) <= set(listed)
-    lines = [net.lines.texts[net.lines.names.index(code)] for code in walk]
+    lookup = {code: text for _, code, text in net.lines.all_lines()}
+    lines = [lookup[code] for code in walk]
     assert lines[0] == "you injure your knee in a fall, a twist or a blow"
     assert "squat" in lines[1] and "no injury" in lines[2]
     assert all("four steps" in line for line in lines[1:])

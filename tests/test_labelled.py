@@ -234,6 +234,30 @@ def test_an_evaluation_of_a_file_is_not_written_over_the_stages_reports(trained,
     assert (reports / "metrics.json").read_text() == "the stage's\n"
 
 
+def test_an_evaluation_is_not_written_among_the_cases_it_may_be_of(trained, labelled_csv, tmp_path, capsys):
+    """`--out data/real` wrote the reports, and a rejects.csv of rows, among the real cases that
+    `train --extra-data` and DVC read; a folder of an earlier evaluation (its own rejects.csv) is
+    still written over."""
+    import shutil
+
+    models, _ = trained
+    real = tmp_path / "real"
+    real.mkdir()
+    shutil.copy(labelled_csv, real / "clinic.csv")
+    assert main(["evaluate", "--data", str(real / "clinic.csv"), "--model", str(models), "--out", str(real),
+                 "--no-mlflow"]) == 2
+    assert (f"--out {real}: holds case files (clinic.csv), among which the reports and a rejects.csv would be "
+            "written; give a folder of its own for the reports (default reports/evaluations/clinic).") \
+        in capsys.readouterr().err
+    assert sorted(p.name for p in real.iterdir()) == ["clinic.csv"]
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    (earlier / "rejects.csv").write_text("row,reject_reason\n")
+    assert main(["evaluate", "--data", str(real / "clinic.csv"), "--model", str(models), "--out", str(earlier),
+                 "--no-mlflow", "--bootstrap", "100"]) in (0, 1)
+    assert (earlier / "metrics.json").exists()
+
+
 @pytest.mark.parametrize("data", ["file", "folder"])
 def test_an_evaluation_is_not_written_into_a_model_folder(trained, small_data, labelled_csv, tmp_path, capsys, data):
     """`--out models` wrote the reports and plots among the model's files (which DVC caches as one

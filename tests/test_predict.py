@@ -394,7 +394,26 @@ def test_joined_texts_kept_between_calls_belong_to_their_names_and_separator(mon
     monkeypatch.setattr(textcols, "_JOINED_MAX", 1 << 16)
     for _ in range(2):
         assert list(textcols.join_ranked(wide, order, keep)) == expected(wide)
-    assert len(textcols._joined(tuple(wide), "|", 16)) == len({tuple(k) for k in keep})
+    assert len(textcols._joined((tuple(wide), "|", 16))) == len({tuple(k) for k in keep})
+
+
+def test_variants_join_as_their_tables_say_for_one_row_or_many():
+    """join_variants (the safety net's lines, each rule with its own variants) gives per row the
+    kept columns' texts from their own tables, the same for a few rows as for many (two paths), on
+    rows too wide for one number, and refuses a variant its table does not have."""
+    from pipeline.core import textcols
+
+    rng = np.random.default_rng(2)
+    tables = [[f"rule {j} variant {v}" for v in range(1 + j % 5)] for j in range(20)]
+    variant = np.column_stack([rng.integers(0, len(t), 600) for t in tables])
+    keep = rng.random((600, 20)) < 0.4
+    expected = ["|".join(tables[j][v] for j, (v, k) in enumerate(zip(vs, ks)) if k) for vs, ks in zip(variant, keep)]
+    assert list(textcols.join_variants(tables, variant, keep)) == expected
+    assert list(textcols.join_variants(tables, variant[:3], keep[:3])) == expected[:3]
+    assert list(textcols.join_variants(tables, variant, keep, sep=";")) == [e.replace("|", ";") for e in expected]
+    variant[5, 0] = 1  # the first table has one variant
+    with pytest.raises(IndexError, match="outside its tables' sizes"):
+        textcols.join_variants(tables, variant, keep)
 
 
 def test_text_columns_are_the_same_built_for_one_row_or_many():

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import numpy as np
@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from pipeline.core.sizes import FEW_CASES
 
-__all__ = ["TEXT_DTYPE", "lookup", "join_ranked", "text_array"]
+__all__ = ["TEXT_DTYPE", "join_ranked", "join_variants", "lookup", "text_array"]
 
 # pandas' default text type (``str``): Arrow strings, NaN for a missing value
 TEXT_DTYPE = pd.StringDtype("pyarrow", na_value=np.nan)
@@ -64,11 +64,31 @@ def join_ranked(names: Sequence[str], order: np.ndarray, keep: np.ndarray | None
     ranks = order.astype(np.int64) + 1
     if keep is not None:
         ranks *= keep
-    base, width = len(names) + 1, ranks.shape[1]
+    return _join_rows(ranks, len(names) + 1, lambda row: sep.join(names[j - 1] for j in row if j), (tuple(names), sep))
 
-    def text(row: list[int]) -> str:
-        return sep.join(names[j - 1] for j in row if j)
 
+def join_variants(tables: Sequence[Sequence[str]], variant: np.ndarray, keep: np.ndarray,
+                  sep: str = "|") -> pd.api.extensions.ExtensionArray:
+    """Per row, ``sep``-join ``tables[j][variant[i, j]]`` for the columns j where ``keep[i, j]``;
+    ``""`` for a row that keeps none: a column per table, each with texts of its own (a rule's
+    variants of its line), joined as :func:`join_ranked` joins a ranking, distinct rows once."""
+    if len(variant) <= FEW_CASES:
+        return _wrap(pa.array([sep.join(tables[j][v] for j, (v, k) in enumerate(zip(vs, ks)) if k)
+                               for vs, ks in zip(variant.tolist(), keep.tolist())], type=pa.large_string()))
+    sizes = np.array([len(t) for t in tables], dtype=np.int64)
+    if variant.size and not ((variant >= 0) & (variant < sizes)).all():  # a digit out of range would carry
+        raise IndexError(f"variant holds indices outside its tables' sizes {sizes.tolist()}")
+    ranks = (variant.astype(np.int64) + 1) * keep  # a kept text its index + 1, a dropped one 0
+    return _join_rows(ranks, int(sizes.max(initial=0)) + 1,
+                      lambda row: sep.join(tables[j][v - 1] for j, v in enumerate(row) if v),
+                      (tuple(map(tuple, tables)), sep))
+
+
+def _join_rows(ranks: np.ndarray, base: int, text: Callable[[list[int]], str],
+               key: tuple) -> pd.api.extensions.ExtensionArray:
+    """Per row of ``ranks`` (numbers in ``0..base - 1``), ``text(row)``: each distinct row's text
+    made once, and kept under ``key`` for the next call (:func:`join_ranked`, :func:`join_variants`)."""
+    width = ranks.shape[1]
     # the rows as numbers in ``base``, hashed (pandas' factorize: a fifth of the time of np.unique's
     # sort); a number's text is joined once per process (the chunks of a file repeat the same few
     # hundred), and only the numbers not seen before are read back into rows
@@ -96,7 +116,7 @@ def join_ranked(names: Sequence[str], order: np.ndarray, keep: np.ndarray | None
 
         def rows_of(new: list[int]) -> list[list[int]]:
             return ranks[one[new]].tolist()
-    joined = _joined(tuple(names), sep, width)
+    joined = _joined(key + (width,))
     known = [joined.get(k) for k in numbers]  # this call's own list: another thread may clear the table
     new = [i for i, t in enumerate(known) if t is None]
     if new and len(joined) > _JOINED_MAX:
@@ -111,8 +131,8 @@ _JOINED_MAX = 1 << 16  # texts kept per (names, sep, width); past this the table
 
 
 @functools.lru_cache(maxsize=64)
-def _joined(names: tuple[str, ...], sep: str, width: int) -> dict[Any, str]:
-    """The texts :func:`join_ranked` has made for ``names``, by row number (or tuple of numbers, for
-    rows too wide for one; shared by the
+def _joined(key: tuple) -> dict[Any, str]:
+    """The texts :func:`_join_rows` has made under ``key`` (the names or tables, the separator and
+    the width), by row number (or tuple of numbers, for rows too wide for one; shared by the
     process's threads: two that join the same row at once store the same text)."""
     return {}

@@ -210,7 +210,7 @@ class Decision:
         written = self._advice_written  # the advice a case can get
         pairs = [zip(self._reason_codes, self._reasons),
                  zip(self._advice_codes[written], self._advice[written]),
-                 zip(net.lines.names, net.lines.texts), zip(net.asked, net.asked_questions)]
+                 ((code, text) for _, code, text in net.lines.all_lines()), zip(net.asked, net.asked_questions)]
         return {column: dict(pair) for column, pair in zip(TEXT_CODE_COLUMNS, pairs)}
 
 

@@ -11,10 +11,10 @@ steps on it or are 55 or older") and the configuration gives each its words
 - where one of them already matches, the line names the rest of the rule alone ("you injure your
   knee in a fall, a twist or a blow" at 60).
 
-Each rule has a line per such variant (an "item"), with a code of its own for ``texts="codes"``
-outputs: the rule's name for the full line, ``name:a+b`` for a line naming the ``any`` fields ``a``
-and ``b`` only, ``name:met`` for the rest of the rule alone. A case's item per rule is found in a
-few array steps over all the rules at once (:meth:`NetLines.items`).
+Each rule has a line per such variant, with a code of its own for ``texts="codes"`` outputs: the
+rule's name for the full line, ``name:a+b`` for a line naming the ``any`` fields ``a`` and ``b``
+only, ``name:met`` for the rest of the rule alone. A case's variant of each rule is found in a few
+whole-row array steps per fitted rule (:meth:`NetLines.variants`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import numpy as np
 
 from pipeline.core.config import SafetyNetLine
 from pipeline.core.schema import SCREEN_SIGNS, SYMPTOMS, field
-from pipeline.decision.screen import CountTable
+from pipeline.decision.screen import field_matches
 
 __all__ = ["NetLines", "is_sign"]
 
@@ -38,72 +38,79 @@ def is_sign(name: str) -> bool:
 
 class NetLines:
     """The safety-net lines of ``rules`` (each ``(name, any, line)``: the rule's name, its ``any``
-    part and its :class:`SafetyNetLine`): every variant's text and code, and which one each case
-    reads."""
+    part and its :class:`SafetyNetLine`): per rule, its variants' codes (:attr:`names`) and texts
+    (:attr:`texts`), the full line first, and which variant each case reads."""
 
     def __init__(self, rules: Sequence[tuple[str, dict[str, list[str]], SafetyNetLine]]):
-        self.texts: list[str] = []
-        self.names: list[str] = []
-        self.rule_of: list[int] = []  # per item, its rule's index
-        first = []
+        self.names: list[list[str]] = []
+        self.texts: list[list[str]] = []
         options: list[tuple[int, str, list[str]]] = []  # (rule, field, answers) of each fitted line's `any` field
         bits: list[int] = []  # per such field, its bit in its rule's mask of the fields left out (0: a sign, never)
-        self._n_masks = np.zeros(len(rules), dtype=np.int64)  # per rule, the "met" item's offset (0: one item)
+        self._n_masks = np.zeros(len(rules), dtype=np.int64)  # per rule, its "met" variant (0: one variant)
         for k, (name, any_, line) in enumerate(rules):
-            first.append(len(self.texts))
             if not line.any:  # the whole line, whatever the answers
-                self._add(k, name, line.text)
+                self.names.append([name])
+                self.texts.append([line.text])
                 continue
             fields = list(line.any)  # in the line's order
             droppable = [f for f in fields if not is_sign(f)]
-            for mask in range(1 << len(droppable)):
-                gone = {f for bit, f in enumerate(droppable) if mask >> bit & 1}
-                listed = [f for f in fields if f not in gone]
-                self._add(k, name if not gone else f"{name}:{'+'.join(listed) or 'met'}", line.fitted(listed))
-            self._add(k, f"{name}:met", line.fitted([]))
+            # per mask of the droppable fields left out, the fields the line names (mask 0: all)
+            listed = [[f for f in fields if f not in droppable or not mask >> droppable.index(f) & 1]
+                      for mask in range(1 << len(droppable))]
+            self.names.append([name] + [f"{name}:{'+'.join(f) or 'met'}" for f in listed[1:]] + [f"{name}:met"])
+            self.texts.append([line.fitted(f) for f in listed] + [line.fitted([])])
             self._n_masks[k] = 1 << len(droppable)
             options += [(k, f, any_[f]) for f in fields]
             bits += [1 << droppable.index(f) if f in droppable else 0 for f in fields]
-        self._first = np.array(first, dtype=np.int64)
         # the pairs of rules with a line in common ("the calf or leg swells": a swollen calf's rule, and
-        # a swollen leg's with the history met), and each item's text as a number
-        text_id = {t: i for i, t in enumerate(dict.fromkeys(self.texts))}
-        self._text_id = np.array([text_id[t] for t in self.texts], dtype=np.int64)
-        ids = [{text_id[t] for t, r in zip(self.texts, self.rule_of) if r == k} for k in range(len(rules))]
+        # a swollen leg's with the history met), and each variant's text as a number, by rule
+        text_id = {t: i for i, t in enumerate(dict.fromkeys(t for texts in self.texts for t in texts))}
+        self._text_id = [np.array([text_id[t] for t in texts], dtype=np.int64) for texts in self.texts]
+        ids = [set(row.tolist()) for row in self._text_id]
         self._clashes = [(a, b) for a in range(len(rules)) for b in range(a + 1, len(rules)) if ids[a] & ids[b]]
-        # each fitted line's `any` field as a rule of its own, matched and counted as the rules are:
-        # counts[1] whether it matches, counts[3] whether it matches or is unanswered; a fitted
-        # rule's fields are side by side, from its start
-        self._options = CountTable([({}, {f: answers}) for _, f, answers in options])
-        self._fitted = np.array(list(dict.fromkeys(k for k, _, _ in options)), dtype=np.intp)
-        self._starts = np.array([[k for k, _, _ in options].index(k) for k in self._fitted], dtype=np.intp)
-        self._bits = np.array(bits, dtype=np.int64)
+        # the distinct (field, answers) the fitted lines' `any` fields match (an earlier clot's "yes" is
+        # four rules' field); per fitted rule, its fields' places among them, and those of the fields
+        # a "no" leaves out with their bits
+        distinct = list(dict.fromkeys((f, tuple(answers)) for _, f, answers in options))
+        self._matched = [(f, list(answers)) for f, answers in distinct]
+        self._fitted: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
+        for k in dict.fromkeys(r for r, _, _ in options):
+            mine = [(distinct.index((f, tuple(answers))), bit) for (r, f, answers), bit in zip(options, bits) if r == k]
+            self._fitted.append((k, np.array([j for j, _ in mine], dtype=np.intp),
+                                 np.array([j for j, bit in mine if bit], dtype=np.intp),
+                                 np.array([bit for _, bit in mine if bit], dtype=np.int64)))
 
-    def _add(self, rule: int, code: str, text: str) -> None:
-        self.rule_of.append(rule)
-        self.names.append(code)
-        self.texts.append(text)
+    def all_lines(self) -> list[tuple[int, str, str]]:
+        """Every variant of every rule: (its rule's index, its code, its text)."""
+        return [(k, name, text) for k, (names, texts) in enumerate(zip(self.names, self.texts))
+                for name, text in zip(names, texts)]
 
-    def items(self, codes: dict[str, np.ndarray]) -> np.ndarray:
-        """(n_cases, n_rules) int64: the item (an index into :attr:`texts` and :attr:`names`) each
-        case reads for each rule."""
-        out = np.tile(self._first, (len(codes["age"]), 1))
-        if not len(self._fitted):
+    def variants(self, codes: dict[str, np.ndarray]) -> np.ndarray:
+        """(n_cases, n_rules) int64: the variant (an index into its rule's :attr:`names` and
+        :attr:`texts`) each case reads of each rule."""
+        out = np.zeros((len(codes["age"]), len(self.names)), dtype=np.int64)
+        if not self._fitted:
             return out
-        counts = self._options.counts(codes)  # (4, n_cases, n_fields)
-        met = np.logical_or.reduceat(counts[1] > 0, self._starts, axis=1)
-        gone = np.add.reduceat((counts[3] == 0) * self._bits, self._starts, axis=1)  # the fields answered otherwise
-        out[:, self._fitted] += np.where(met, self._n_masks[self._fitted], gone)
+        hit = np.empty((len(self._matched), len(out)), dtype=bool)  # a row per (field, answers)
+        answered_otherwise = np.empty_like(hit)
+        for j, (name, answers) in enumerate(self._matched):
+            matched, unknown = field_matches(name, answers, codes)
+            hit[j] = matched
+            np.logical_not(matched | unknown, out=answered_otherwise[j])
+        for k, fields, droppable, bits in self._fitted:  # a few rules, each in a few whole-row steps
+            met = hit[fields].any(axis=0)
+            gone = bits @ answered_otherwise[droppable]  # the mask of the fields answered otherwise
+            out[:, k] = np.where(met, self._n_masks[k], gone)
         return out
 
-    def unrepeated(self, items: np.ndarray, keep: np.ndarray, levels: np.ndarray) -> np.ndarray:
-        """``keep`` (n_cases, n_rules: the lines a case shows, its ``items``) without a line whose
-        text a line kept of a rule at a higher level (``levels``, per rule), or of an earlier one at
-        the same level, has: one line, at its most urgent."""
+    def unrepeated(self, variants: np.ndarray, keep: np.ndarray, levels: np.ndarray) -> np.ndarray:
+        """``keep`` (n_cases, n_rules: the lines a case shows, of its ``variants``) without a line
+        whose text a line kept of a rule at a higher level (``levels``, per rule), or of an earlier
+        one at the same level, has: one line, at its most urgent."""
         if not self._clashes:
             return keep
         keep = keep.copy()
         for a, b in self._clashes:
-            same = keep[:, a] & keep[:, b] & (self._text_id[items[:, a]] == self._text_id[items[:, b]])
+            same = keep[:, a] & keep[:, b] & (self._text_id[a][variants[:, a]] == self._text_id[b][variants[:, b]])
             keep[same, b if levels[a] >= levels[b] else a] = False
         return keep

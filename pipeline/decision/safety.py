@@ -37,7 +37,7 @@ from pipeline.core.knowledge import KnowledgeBase, duration_mass_below
 from pipeline.core.parsing import code_rows, premise_denied, unanswered_matrix
 from pipeline.core.schema import CONDITIONS, FIELDS, SCREEN_SIGNS, SYMPTOMS, UNKNOWN, field, max_duration_days
 from pipeline.core.sizes import FEW_CASES
-from pipeline.core.textcols import join_ranked
+from pipeline.core.textcols import join_ranked, join_variants
 from pipeline.core.wording import SPAN_QUESTION, question
 from pipeline.decision.conformal import known_share
 from pipeline.decision.costs import cost_levels_of_columns, right_levels
@@ -459,11 +459,11 @@ class SafetyNet:
         ``codes``, the lines' codes (a rule's name, or its name and the fields its line names)."""
         levels = self._rule_levels
         keep = open_ & (levels[None, :] > level[:, None]) & self._watched[None, :]
-        items = self.lines.items(answers)
-        keep = self.lines.unrepeated(items, keep, levels)  # a line shown twice: once, at its more urgent level
-        order = np.tile(np.argsort(-levels, kind="stable"), (len(keep), 1))
-        return join_ranked(self.lines.names if codes else self.lines.texts, np.take_along_axis(items, order, axis=1),
-                           np.take_along_axis(keep, order, axis=1))
+        variants = self.lines.variants(answers)
+        keep = self.lines.unrepeated(variants, keep, levels)  # a line shown twice: once, at its more urgent level
+        order = np.argsort(-levels, kind="stable")
+        tables = self.lines.names if codes else self.lines.texts
+        return join_variants([tables[k] for k in order], variants[:, order], keep[:, order])
 
     def ask_next(self, proba: np.ndarray, codes: dict[str, np.ndarray], level: np.ndarray, atypical: np.ndarray,
                  fires: np.ndarray, block_rows: int = 2048, codes_out: bool = False,

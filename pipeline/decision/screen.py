@@ -19,8 +19,8 @@ from pipeline.core.schema import MALE_NOT_ASKED, NUMERIC_FIELDS, SEX_MALE, UNKNO
 from pipeline.core.sizes import FEW_CASES
 from pipeline.core.textcols import join_ranked
 
-__all__ = ["CountTable", "add_field_counts", "answer_matches", "named_rules", "rule_counts", "rule_fires", "rule_open",
-           "rule_state", "screen_matches", "screen_names", "state_of_counts"]
+__all__ = ["CountTable", "add_field_counts", "answer_matches", "field_matches", "named_rules", "rule_counts",
+           "rule_fires", "rule_open", "rule_state", "screen_matches", "screen_names", "state_of_counts"]
 
 
 @cache
@@ -59,6 +59,14 @@ def answer_matches(name: str, answers: list[str], code: int) -> bool:
     """Whether one answer of yes/no or category field ``name`` (its code; :data:`UNKNOWN` for
     unanswered) is among ``answers``, matched as every case is."""
     return bool(_matches(name, answers, {name: np.array([code], dtype=np.int8)})[0])
+
+
+def field_matches(name: str, answers: list[str], codes: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Per case, whether field ``name`` matches ``answers`` and whether it is unanswered, as a
+    rule's field is matched (a man's pregnancy and hormonal therapy read "no")."""
+    if name in _MALE_NO:
+        codes = _male_answers_as_known(codes)
+    return _matches(name, answers, codes), unanswered(name, codes)
 
 
 def rule_fires(all_: dict[str, list[str]], any_: dict[str, list[str]], codes: dict[str, np.ndarray]) -> np.ndarray:

@@ -471,9 +471,8 @@ def _safety_net_by_level(case: dict[str, Any], model: LoadedModel) -> list[tuple
     if model.decision is None or model.kb is None:
         return []
     net = model.decision.safety(model.kb)
-    at = {code: k for k, code in enumerate(net.lines.names)}
-    lines = [(net.lines.texts[at[c]], net.rules[net.lines.rule_of[at[c]]].level)
-             for c in _coded(case, model, model.decision, model.kb, "safety_net")]
+    at = {code: (text, net.rules[k].level) for k, code, text in net.lines.all_lines()}
+    lines = [at[c] for c in _coded(case, model, model.decision, model.kb, "safety_net")]
     same_day = LEVELS.index("emergency")
     now = [text for text, level in lines if level >= same_day]
     soon = [text for text, level in lines if level < same_day]
