@@ -521,7 +521,8 @@ def test_evaluate_without_condition_column_is_one_clear_error(trained, small_dat
     models, _ = trained
     path = tmp_path / "unlabelled.csv"
     read_split("test", small_data).head(20).drop(columns=["condition", "severity"]).to_csv(path, index=False)
-    assert main(["evaluate", "--data", str(path), "--model", str(models), "--no-mlflow", "--out", str(tmp_path)]) == 2
+    assert main(["evaluate", "--data", str(path), "--model", str(models), "--no-mlflow", "--out",
+                 str(tmp_path / "eval")]) == 2
     assert "no 'condition' column" in capsys.readouterr().err
 
 
