@@ -599,12 +599,12 @@ def test_no_rule_stays_open_through_a_mans_pregnancy(net):
     never lists a sign that could only fire through it."""
     rest = {"age": 40, "calf_tenderness": "yes", "leg_swelling": "no", "whole_leg_swollen": "no"}
     codes = _codes([{**rest, "sex": "male"}, {**rest, "sex": "male", "pregnant": "no"}, {**rest, "sex": "female"}])
-    rule = net.names.index("clot_signs_in_pregnancy")
+    rule = _at(net, "clot_signs_in_pregnancy")
     assert net.open_rules(codes)[:, rule].tolist() == [False, False, True]  # a woman may still be pregnant
     assert not net.fires(codes)[:, rule].any()
     level = np.zeros(3, dtype=np.int8)
     shown = net.safety_net(level, net.open_rules(codes), codes)
-    assert [net.rules[rule].safety_net in t.split("|") for t in shown] == [False, False, True]
+    assert [net.rules[rule].line.text in t.split("|") for t in shown] == [False, False, True]
 
 
 # the Wells items the schema asks but a swollen calf, each one point; surgery and immobilisation
@@ -795,6 +795,11 @@ def net(cfg, kb):
     return SafetyNet(cfg, load_config(ScreenConfig, config_path("screen.yaml")), kb)
 
 
+def _at(net: SafetyNet, name: str) -> int:
+    """The index of the rule called ``name`` among ``net``'s."""
+    return [r.name for r in net.rules].index(name)
+
+
 def _dvt_at(p: float, n: int = 1) -> np.ndarray:
     proba = np.zeros((n, len(CONDITIONS)))
     proba[:, DVT], proba[:, CONDITIONS.index("leg_cramp")] = p, 1 - p
@@ -809,7 +814,7 @@ def test_a_same_day_level_resting_on_unanswered_questions_is_softened_with_a_saf
     level, reason = triage_levels(cfg, sparse, _dvt_at(0.2), net=net)
     assert LEVELS[level[0]] == cfg.uncertain.level and reason[0] == 2
     nets = net.safety_net(level, net.open_rules(sparse), sparse)[0].split("|")
-    assert cfg.red_flags[0].safety_net.full() in nets  # the swollen, warm, red calf
+    assert cfg.red_flags[0].safety_net.text in nets  # the swollen, warm, red calf
     # the same probabilities after every safety-net question was answered "no": nothing gives a
     # reason to suspect a clot, which is not the likeliest cause, so the "no"s do not send it sooner
     answered = _codes([{"age": 70, "sex": "female", **{f: "no" for f in net.no_fields}}])
@@ -1007,62 +1012,90 @@ def test_the_safety_net_lists_signs_to_watch_for_not_history_to_ask(cfg, net):
     codes = _codes([{"age": 62, "sex": "male", "recent_surgery": "yes"}])
     level = np.array([LEVELS.index("see_doctor_soon")])
     listed = net.safety_net(level, net.open_rules(codes), codes, codes=True)[0].split("|")
-    # (his surgery meets the tender calf's second Wells item: its line names the calf alone)
-    assert {"possible_dvt", "tender_calf_with_wells_item:met", "pulmonary_embolism"} <= set(listed)
+    # (his surgery meets the swollen leg's and the tender calf's second Wells item: their lines name
+    # the sign alone, and "the calf or leg swells" covers the swollen, tender, warm or red calf's)
+    assert {"swollen_leg_with_wells_history:met", "tender_calf_with_wells_item:met", "pulmonary_embolism"} <= set(listed)
     assert not {"clot_before_with_wells_history", "cancer_with_wells_history"} & set(listed)
     # still open, so still what ask_next may ask where an answer would change the level
-    assert net.open_rules(codes)[0, [net.names.index("clot_before_with_wells_history")]].all()
+    assert net.open_rules(codes)[0, [_at(net, "clot_before_with_wells_history")]].all()
 
 
-def test_a_safety_net_line_names_only_the_history_and_age_that_could_still_meet_its_rule(net):
+def test_a_safety_net_line_leaves_out_a_settled_history_or_age_answered_otherwise_and_one_met(net):
     """The Ottawa line's "or are 55 or older" is not shown at 30, and at 60 the line is the injury
     alone (his age meets it); "after an earlier clot" is not shown to someone who said they never
     had one; a history said "yes" leaves the sign alone ("the calf or leg swells"). A sign said "no"
-    stays in its line: it can appear later. The codes name each line, and the lookup gives its text."""
+    stays in its line (it can appear later), and so does a cast or an operation said "no" (one can
+    come next week). The codes name each line, and the lookup gives its text."""
     cases = [{"age": 30, "sex": "male", "injury_event": "unknown"},
              {"age": 60, "sex": "male", "injury_event": "unknown"},
              {"age": 45, "sex": "female", "previous_vte": "no", "active_cancer": "no"},
              {"age": 45, "sex": "female", "active_cancer": "yes"},
-             {"age": 45, "sex": "female", "previous_vte": "no", "visible_veins": "no", "whole_leg_swollen": "no"},
+             {"age": 45, "sex": "female", "visible_veins": "no", "whole_leg_swollen": "no"},
              {"age": 45, "sex": "female"}]
     codes = _codes(cases)
     level = np.zeros(len(cases), dtype=np.int8)
     watch = net.to_watch(codes, *net.fires_and_open(codes))
     shown = [t.split("|") for t in net.safety_net(level, watch, codes)]
     listed = [t.split("|") for t in net.safety_net(level, watch, codes, codes=True)]
-    injury = "you injure your knee in a fall, a twist or a blow"
-    assert f"{injury}, and cannot take four steps on it" in shown[0]
-    assert "fracture_ottawa:unable_to_bear_weight" in listed[0]
+    injury = "the pain comes from a fall, a twist or a blow to the knee in the last week"
+    assert f"{injury}, and you cannot take four steps on it" in shown[0]
+    assert "fracture_ottawa:without_age" in listed[0] and not any("55 or older" in line for line in shown[0])
     assert injury in shown[1] and "fracture_ottawa:met" in listed[1]
-    swells = "the calf or leg swells"
-    assert (f"{swells} after surgery or with the leg kept still (in bed, a cast or a brace)" in shown[2]
-            and "swollen_leg_with_wells_history:recent_surgery+recent_immobilisation" in listed[2])
-    assert swells in shown[3] and "swollen_leg_with_wells_history:met" in listed[3]
-    assert (f"{swells} after an earlier clot, with cancer, after surgery, or with the leg kept still (in bed, a cast "
-            "or a brace)") in shown[5] and "swollen_leg_with_wells_history" in listed[5]  # nothing answered: every one
-    # the veins and the whole leg said "no" today are kept; the earlier clot said "no" is not
-    calf = [line for line in shown[4] if line.startswith("the calf hurts when pressed")]
-    assert calf == ["the calf hurts when pressed, with veins standing out, with the whole leg swollen, with cancer, "
-                    "after surgery, or with the leg kept still (in bed, a cast or a brace)"]
-    assert not any("earlier clot" in line for line in shown[2] + shown[4])
+    rest = "after an operation, a cast or brace, or bed rest in the last 12 weeks"
+    # an operation or a cast can still come: their words stay
+    assert f"the calf or leg swells {rest}" in shown[2]
+    assert "swollen_leg_with_wells_history:without_previous_vte+active_cancer" in listed[2]
+    assert not any("earlier clot" in line or "cancer" in line for line in shown[2])
+    assert "the calf or leg swells" in shown[3] and "swollen_leg_with_wells_history:met" in listed[3]
+    assert f"the calf or leg swells {rest}, while you have cancer, or after an earlier clot" in shown[5]
+    assert "swollen_leg_with_wells_history" in listed[4] and "swollen_leg_with_wells_history" in listed[5]
+    # the veins and the whole leg said "no" today are kept
+    assert "tender_calf_with_wells_item" in listed[4]
+    assert net.rules[_at(net, "tender_calf_with_wells_item")].line.text in shown[4]
     # every code's text is the line shown in its place
     lookup = {code: text for _, code, text in net.lines.all_lines()}
     assert [[lookup[c] for c in row] for row in listed] == shown
 
 
-def test_a_line_two_rules_share_is_shown_once_at_its_more_urgent_level(net):
-    """After surgery, a swollen leg's same-day rule reads "the calf or leg swells", the words of a
-    swollen calf's rule within a day or two: a case below both is told it once, as the same day."""
+def test_a_line_another_shown_line_covers_is_not_shown(net):
+    """After surgery, "the calf or leg swells" sends a man the same day: a swollen calf's own "the
+    calf or leg swells" within a day or two, and "the calf or leg swells and is tender, warm or red,
+    ..." the same day, say nothing more, nor does "the calf hurts when pressed, after an earlier
+    clot" beside "the calf hurts when pressed". Without the history each is shown."""
     codes = _codes([{"age": 60, "sex": "male", "recent_surgery": "yes"}, {"age": 60, "sex": "male"}])
     level = np.full(2, LEVELS.index("see_doctor"), dtype=np.int8)
     watch = net.to_watch(codes, *net.fires_and_open(codes))
     listed = [t.split("|") for t in net.safety_net(level, watch, codes, codes=True)]
     shown = [t.split("|") for t in net.safety_net(level, watch, codes)]
     assert shown[0].count("the calf or leg swells") == 1 and shown[0].count("the whole leg swells") == 1
-    assert {"swollen_leg_with_wells_history:met", "whole_leg_swollen_with_wells_history:met"} <= set(listed[0])
-    assert not {"swollen_calf_or_leg", "swollen_whole_leg"} & set(listed[0])
-    # without the history the two lines differ, and both are shown
-    assert {"swollen_leg_with_wells_history", "swollen_calf_or_leg"} <= set(listed[1])
+    assert {"swollen_leg_with_wells_history:met", "whole_leg_swollen_with_wells_history:met",
+            "tender_calf_with_wells_item:met", "veins_with_wells_item:met"} <= set(listed[0])
+    covered = {"swollen_calf_or_leg", "swollen_whole_leg", "possible_dvt", "tender_calf_after_a_clot",
+               "veins_after_a_clot"}
+    assert not covered & set(listed[0])
+    assert {"swollen_leg_with_wells_history", "swollen_calf_or_leg", "possible_dvt", "tender_calf_after_a_clot"} \
+        <= set(listed[1])
+
+
+def test_a_line_whose_sign_would_fire_a_more_urgent_shown_rule_is_left_to_that_rules_line(net):
+    """In pregnancy a swollen leg goes the same day (the pregnancy line); with veins standing out,
+    a swollen leg is a clot's two Wells points. "The calf or leg swells" within a day or two (a
+    swollen calf's rule) told such a case to wait where the same day's line covers it: it is left
+    out, for one case and for many alike. Without pregnancy or veins it stays."""
+    cases = [{"age": 29, "sex": "female", "pregnant": "yes", "onset": "gradual", "symptom_duration_days": 60},
+             {"age": 39, "sex": "female", "visible_veins": "yes", "symptom_duration_days": 200},
+             {"age": 29, "sex": "female", "pregnant": "no", "onset": "gradual", "symptom_duration_days": 60}]
+    codes = _codes(cases)
+    level = np.full(len(cases), LEVELS.index("see_doctor"), dtype=np.int8)
+    watch = net.to_watch(codes, *net.fires_and_open(codes))
+    listed = [t.split("|") for t in net.safety_net(level, watch, codes, codes=True)]
+    assert "clot_signs_in_pregnancy" in listed[0] and "swollen_calf_or_leg" not in listed[0]
+    assert "possible_dvt" in listed[1] and not {"swollen_calf_or_leg", "swollen_whole_leg"} & set(listed[1])
+    assert "swollen_calf_or_leg" in listed[2]
+    # many cases (the per-pair loop) as one (every pair at once)
+    many = {k: np.repeat(v, 40) for k, v in codes.items()}
+    assert list(net.safety_net(np.repeat(level, 40), np.repeat(watch, 40, axis=0), many, codes=True)[::40]) \
+        == ["|".join(row) for row in listed]
 
 
 def test_a_swollen_calf_or_leg_is_never_left_to_self_care_or_the_coming_days(trained):
@@ -1102,7 +1135,7 @@ def test_the_safety_net_says_which_answer_to_a_question_would_send_a_leg_that_ca
     assert set(walk) <= set(listed)
     lookup = {code: text for _, code, text in net.lines.all_lines()}
     lines = [lookup[code] for code in walk]
-    assert lines[0] == "you injure your knee in a fall, a twist or a blow"
+    assert lines[0] == "the pain comes from a fall, a twist or a blow to the knee in the last week"
     assert "squat" in lines[1] and "no injury" in lines[2]
     assert all("four steps" in line for line in lines[1:])
 
@@ -1191,7 +1224,7 @@ def test_no_rule_stays_open_through_the_pregnancy_of_a_woman_past_the_fertile_ag
     cases = [{**rest, "age": kb.fertile_age[1]}, {**rest, "age": kb.fertile_age[1] + 1}, {**rest, "age": 70},
              {**rest, "age": 70, "pregnant": "yes"}]
     codes = _codes(cases)
-    rule = net.names.index("clot_signs_in_pregnancy")
+    rule = _at(net, "clot_signs_in_pregnancy")
     open_ = net.open_rules(codes)
     assert open_[:, rule].tolist() == [True, False, False, False]
     assert net.fires(codes)[:, rule].tolist() == [False, False, False, True]
@@ -1199,7 +1232,7 @@ def test_no_rule_stays_open_through_the_pregnancy_of_a_woman_past_the_fertile_ag
     np.testing.assert_array_equal(opened, open_)
     np.testing.assert_array_equal(fires, net.fires(codes))
     shown = net.safety_net(np.zeros(4, dtype=np.int8), open_, codes)
-    assert [net.rules[rule].safety_net in t.split("|") for t in shown] == [True, False, False, False]
+    assert [net.rules[rule].line.text in t.split("|") for t in shown] == [True, False, False, False]
     assert codes["pregnant"].tolist() == [UNKNOWN] * 3 + [1]  # her answers themselves are as given
 
 
@@ -1220,9 +1253,9 @@ def test_the_safety_net_keeps_a_clots_signs_for_someone_with_its_history_though_
              {"age": 30, "sex": "female", "pregnant": "yes", "leg_swelling": "yes"}]
     level, watch, open_, codes = _watched(cfg, net, cases, "acl_injury")
     shown = [t.split("|") for t in net.safety_net(level, watch, codes)]
-    pregnancy = net.rules[net.names.index("clot_signs_in_pregnancy")].safety_net
+    pregnancy = net.rules[_at(net, "clot_signs_in_pregnancy")].line.text
     # his surgery meets the rule's history: the line names the sign alone ("the calf or leg swells")
-    surgery = net.rules[net.names.index("swollen_leg_with_wells_history")].line.fitted([])
+    surgery = net.rules[_at(net, "swollen_leg_with_wells_history")].line.met
     assert [pregnancy in s for s in shown] == [True, False, False, False, False]
     assert [surgery in s for s in shown] == [False, False, True, False, False]
     assert [pregnancy in s for s in net.safety_net(level, open_, codes)][0] is False  # a "no" closed it before
@@ -1245,9 +1278,9 @@ def test_the_safety_net_names_a_rule_that_waits_for_time_before_it_is_met(cfg, n
              {**clot, "symptom_duration_days": 120}, {**clot, "symptom_duration_days": 30}]
     level, watch, _, codes = _watched(cfg, net, cases, "leg_cramp")
     shown = [t.split("|") for t in net.safety_net(level, watch, codes)]
-    walking = net.rules[net.names.index("unable_to_walk_without_injury")].safety_net
+    walking = net.rules[_at(net, "unable_to_walk_without_injury")].line.text
     assert [walking in s for s in shown[:2]] == [True, False]  # an injury explains it
-    history = net.rules[net.names.index("clot_before_with_wells_history")].safety_net
+    history = net.rules[_at(net, "clot_before_with_wells_history")].line.text
     assert history not in shown[2] and LEVELS[level[3]] == "emergency"  # past 90 days; within them it fires
 
 
@@ -1269,9 +1302,9 @@ def test_the_safety_net_names_a_clots_and_an_embolisms_signs_whatever_todays_ans
     to go the same day if the calf swells, is tender, warm or red, or breath or chest trouble comes
     (the `watch_always` rules): before, a "no" today took those lines out of the safety net. A
     rule that fires is no line, and a "yes" elsewhere does not add one at the same day."""
-    clot = net.rules[net.names.index("possible_dvt")].safety_net
-    embolism = net.rules[net.names.index("pulmonary_embolism")].safety_net
-    lump = net.rules[net.names.index("calf_and_back_of_knee_swelling")].safety_net
+    clot = net.rules[_at(net, "possible_dvt")].line.text
+    embolism = net.rules[_at(net, "pulmonary_embolism")].line.text
+    lump = net.rules[_at(net, "calf_and_back_of_knee_swelling")].line.text
     cramp = {"age": 45, "sex": "female", "onset": "sudden", "muscle_spasm": "yes", "cramp_calf_or_thigh": "yes",
              "symptom_duration_days": 0.003, "injury_event": "none"}
     cases = [cramp, {**cramp, "leg_swelling": "no", "calf_tenderness": "no", "breathless_or_chest_pain": "no",
@@ -1324,7 +1357,7 @@ def test_the_pregnancy_question_and_rule_cover_the_six_weeks_after_a_birth(cfg, 
     assert net.questions[net.candidates.index("pregnant")].endswith("or have you given birth in the last six weeks?")
     assert "gave birth in the last six weeks" in field("pregnant").meaning
     flag = next(f for f in cfg.red_flags if f.name == "clot_signs_in_pregnancy")
-    assert "the six weeks after a birth" in flag.reason and "gave birth in the last six weeks" in flag.safety_net.full()
+    assert "the six weeks after a birth" in flag.reason and "gave birth in the last six weeks" in flag.safety_net.text
 
 def test_at_any_chance_takes_only_questions_and_asks_nothing_without_a_red_flag_that_reads_them(cfg, kb):
     """A question asked at any chance must be a yes/no or category question of the schema (the
@@ -1383,7 +1416,7 @@ def test_warm_or_red_skin_in_pregnancy_goes_the_same_day_and_asks_whether_she_is
              {**base, "pregnant": "yes", "skin_warm": "no", "skin_red": "no"},
              {**base, "skin_warm": "yes", "skin_red": "yes"}]
     codes = _codes(cases)
-    rule = net.names.index("clot_signs_in_pregnancy")
+    rule = _at(net, "clot_signs_in_pregnancy")
     assert net.fires(codes)[:, rule].tolist() == [True, True, False, False, False]
     proba = np.zeros((len(cases), len(CONDITIONS)))
     proba[:, CONDITIONS.index("acl_injury")], proba[:, DVT] = 0.95, 0.05

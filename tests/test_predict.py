@@ -394,7 +394,7 @@ def test_joined_texts_kept_between_calls_belong_to_their_names_and_separator(mon
     monkeypatch.setattr(textcols, "_JOINED_MAX", 1 << 16)
     for _ in range(2):
         assert list(textcols.join_ranked(wide, order, keep)) == expected(wide)
-    assert len(textcols._joined((tuple(wide), "|", 16))) == len({tuple(k) for k in keep})
+    assert len(textcols._joined(((tuple(wide),) * 16, "|", 16))) == len({tuple(k) for k in keep})
 
 
 def test_variants_join_as_their_tables_say_for_one_row_or_many():
@@ -412,8 +412,11 @@ def test_variants_join_as_their_tables_say_for_one_row_or_many():
     assert list(textcols.join_variants(tables, variant[:3], keep[:3])) == expected[:3]
     assert list(textcols.join_variants(tables, variant, keep, sep=";")) == [e.replace("|", ";") for e in expected]
     variant[5, 0] = 1  # the first table has one variant
-    with pytest.raises(IndexError, match="outside its tables' sizes"):
-        textcols.join_variants(tables, variant, keep)
+    for rows in (variant, variant[5:6]):  # many rows and few
+        with pytest.raises(IndexError, match="column 0 holds 1..1, not indices of its table of 1 texts"):
+            textcols.join_variants(tables, rows, keep[:len(rows)])
+    with pytest.raises(IndexError, match="column 1 holds -1..-1"):  # not read from the end
+        textcols.join_variants(tables, np.array([[0, -1] + [0] * 18]), keep[:1])
 
 
 def test_text_columns_are_the_same_built_for_one_row_or_many():
@@ -445,7 +448,7 @@ def test_text_columns_are_the_same_built_for_one_row_or_many():
     for rows in (3, 300):
         assert list(join_ranked(wide, order[:rows, :0])) == [""] * rows
         assert list(join_ranked(wide, order[:rows, :0], keep[:rows, :0])) == [""] * rows
-    with pytest.raises(IndexError, match="not indices of 5 names"):
+    with pytest.raises(IndexError, match="not indices of its table of 5 texts"):
         join_ranked(names, order[:, :5])  # indices up to 29 for 5 names
 
 

@@ -252,7 +252,7 @@ def test_the_summary_says_which_signs_call_for_the_same_day_and_which_for_a_day_
     from pipeline.interact.ask import _safety_net_by_level
 
     flags = {f.name: f for f in model.decision.config.red_flags}
-    same_day, soon = flags["possible_dvt"].safety_net.full(), flags["swollen_calf_or_leg"].safety_net.full()
+    same_day, soon = flags["possible_dvt"].safety_net.text, flags["swollen_calf_or_leg"].safety_net.text
     cramp = {"age": 45, "sex": "female", "onset": "sudden", "muscle_spasm": "yes", "cramp_calf_or_thigh": "yes",
              "symptom_duration_days": 0.003, "injury_event": "none", "breathless_or_chest_pain": "no"}
     assert predict(cramp, model=model)["triage"][0] in ("self_care", "see_doctor")

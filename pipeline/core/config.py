@@ -246,41 +246,63 @@ RuleLevel = Annotated[Level, AfterValidator(_raises_the_level)]
 
 
 class SafetyNetLine(StrictModel):
-    """A rule's line in the safety net: in plain words, the signs that fire it. A text alone is the
-    whole line. Fitted to the person, it is the signs of the rule's ``all`` part (``text``), then
-    the words of its ``any`` fields that could still match (``any``: every ``any`` field of the rule,
-    in the order they are to be read), joined "a, b, or c" after ``joiner``: a history or an age
-    answered otherwise is left out ("or are 55 or older" at 30; "after an earlier clot" for someone
-    who never had one), a sign answered "no" is kept (it can appear later), and where an ``any``
-    field already matches, the line is ``text`` alone (:mod:`pipeline.decision.netlines`)."""
+    """A rule's line in the safety net: in plain words, the signs that fire it (``text``; a text
+    alone is the line). Fitted to what the person has said (:mod:`pipeline.decision.netlines`):
+
+    - ``met``: the line where one of the rule's ``any`` fields already matches, the rest of the
+      rule alone ("the calf or leg swells" after surgery);
+    - ``without``: the line where settled ``any`` fields are answered otherwise, keyed by those
+      fields joined by ``+``, one text for each combination of them. A settled field is a history
+      or an age that will not change before the line is needed: an earlier clot (the clot to watch
+      for is the next one), cancer under treatment, an age; not a cast or an operation, which can
+      come next week, nor a sign, which can appear, nor the pain's duration, which grows."""
 
     text: Text
-    any: dict[str, Text] = {}
-    joiner: str = " "  # between ``text`` and the list: " " ("swells after surgery"), ", and " and so on
+    met: Text | None = None
+    without: dict[str, Text] = {}
 
     @model_validator(mode="before")
     @classmethod
     def _text_alone(cls, value: object) -> object:
         return {"text": value} if isinstance(value, str) else value
 
-    def full(self) -> str:
-        """The line naming every ``any`` field (as it reads for someone who has answered none)."""
-        return self.fitted(list(self.any))
-
-    def fitted(self, fields: list[str]) -> str:
-        """The line naming the ``any`` fields ``fields`` only (none: ``text`` alone)."""
-        words = [self.any[f] for f in fields]
-        listed = ", ".join(words[:-1]) + ("," if len(words) > 2 else "") + " or " + words[-1] if len(words) > 1 \
-            else "".join(words)
-        return self.text + self.joiner + listed if listed else self.text
+    @property
+    def settled(self) -> list[str]:
+        """The settled fields ``without`` names, in the order they first appear."""
+        return list(dict.fromkeys(name for key in self.without for name in key.split("+")))
 
 
-def _check_line(name: str, line: SafetyNetLine, any_: dict[str, list[str]]) -> None:
-    """A fitted safety-net line gives words for exactly the rule's ``any`` fields."""
-    if line.any and set(line.any) != set(any_):
-        raise ValueError(f"{name}.safety_net.any: must give words for exactly the rule's `any` fields "
-                         f"{sorted(any_)}; unknown {sorted(set(line.any) - set(any_))}, "
-                         f"missing {sorted(set(any_) - set(line.any))}")
+MAX_SETTLED = 3  # settled fields per line: 2 ** 3 - 1 texts of `without`
+
+
+def _check_line(line: SafetyNetLine, any_: dict[str, list[str]]) -> None:
+    """A fitted safety-net line's ``met`` and ``without`` need the rule's ``any`` part; ``without``
+    names settled ``any`` fields (no sign, not the duration), each combination of them once."""
+    from itertools import combinations
+
+    from pipeline.core.schema import is_sign
+
+    if (line.met is not None or line.without) and not any_:
+        raise ValueError("safety_net: the rule has no `any` part, so its line has no `met` or `without`: give the text "
+                         "alone")
+    settled = line.settled
+    for name in settled:
+        if name not in any_:
+            near = difflib.get_close_matches(name, list(any_), n=1)
+            raise ValueError(f"safety_net.without: {name!r} is not one of the rule's `any` fields {sorted(any_)}"
+                             + (f" (did you mean {near[0]}?)" if near else ""))
+        if is_sign(name) or name == "symptom_duration_days":
+            raise ValueError(f"safety_net.without: {name!r}: a sign said \"no\" can appear later, and a pain's duration "
+                             "grows: only a settled history or an age is left out of a line")
+    if len(settled) > MAX_SETTLED:
+        raise ValueError(f"safety_net.without: at most {MAX_SETTLED} settled fields (a text for each combination), got "
+                         f"{settled}")
+    wanted = {frozenset(c) for r in range(1, len(settled) + 1) for c in combinations(settled, r)}
+    given = [frozenset(key.split("+")) for key in line.without]
+    if len(set(given)) < len(given) or set(given) != wanted:
+        missing = sorted("+".join(sorted(c)) for c in wanted - set(given))
+        raise ValueError(f"safety_net.without: give one text for each combination of {'+'.join(settled)} answered "
+                         f"otherwise" + (f"; missing: {', '.join(missing)}" if missing else "; one is given twice"))
 
 
 class RedFlag(StrictModel):
@@ -307,7 +329,7 @@ class RedFlag(StrictModel):
 
     @model_validator(mode="after")
     def _line(self) -> "RedFlag":
-        _check_line(self.name, self.safety_net, self.any)
+        _check_line(self.safety_net, self.any)
         return self
 
 
@@ -382,7 +404,7 @@ class ScreenRule(StrictModel):
     def _fields(self) -> "ScreenRule":
         _check_answers("all", self.all)
         _check_answers("any", self.any)
-        _check_line(self.name, self.safety_net, self.any)
+        _check_line(self.safety_net, self.any)
         if self.suggested_by is not None and self.level != "emergency":
             raise ValueError(f"suggested_by: only a same-day rule's signs are asked however unlikely, and "
                              f"{self.name!r} is at {self.level!r}")

@@ -31,6 +31,7 @@ __all__ = [
     "Field",
     "data_dictionary_markdown",
     "field",
+    "is_sign",
     "max_duration_days",
     "normalise_header",
     "quoted_name",
@@ -208,6 +209,12 @@ REJECT_META = ["reject_file", "reject_row", "reject_reason"]
 LABEL_COLUMN = "condition"
 SEVERITY_COLUMN = "severity"
 SEVERITIES = ("mild", "moderate", "severe")
+
+
+def is_sign(name: str) -> bool:
+    """Whether a field is a sign a person can notice (a yes/no symptom or a screen sign), not the
+    history, age or how the pain began: a "no" to it today can be a "yes" tomorrow."""
+    return name in SCREEN_SIGNS or (name in SYMPTOMS and field(name).kind == "tristate")
 
 
 def field(name: str) -> Field:

@@ -47,47 +47,53 @@ def lookup(table: Sequence[str] | np.ndarray, index: np.ndarray) -> pd.api.exten
 def join_ranked(names: Sequence[str], order: np.ndarray, keep: np.ndarray | None = None,
                 sep: str = "|") -> pd.api.extensions.ExtensionArray:
     """Per row, ``sep``-join ``names[order[i, j]]`` for the columns j where ``keep[i, j]`` (all if None);
-    ``""`` for a row that keeps none. ``order`` holds indices in ``0..len(names) - 1`` (an argsort's).
+    ``""`` for a row that keeps none. ``order`` holds indices in ``0..len(names) - 1`` (an argsort's):
+    :func:`join_variants` with ``names`` for every column."""
+    return join_variants([names] * order.shape[1], order, keep, sep)
 
-    Rows repeat a few rankings (a chunk of 16k rows has some hundreds): each distinct one is joined
-    once, in Python, and the rows take their text from those (16k rows of nine names: 1.6 ms, where
-    Arrow's element-wise join took 3.8); the texts are kept for the next call with the same names
-    (a file's chunks repeat them: a million cases' five ranked columns, 0.35 s -> 0.28 s)."""
-    if len(order) <= FEW_CASES:
-        rows = order.tolist()
-        kept = [[True] * order.shape[1]] * len(rows) if keep is None else keep.tolist()
-        return _wrap(pa.array([sep.join(names[j] for j, k in zip(r, ks) if k) for r, ks in zip(rows, kept)],
-                              type=pa.large_string()))
-    if order.size and not 0 <= order.min() <= order.max() < len(names):  # a digit out of range would carry
-        raise IndexError(f"order holds {order.min()}..{order.max()}, not indices of {len(names)} names")
-    # each row's ranking as numbers: a kept name is its index + 1, a dropped one 0
-    ranks = order.astype(np.int64) + 1
+
+def join_variants(tables: Sequence[Sequence[str]], variant: np.ndarray, keep: np.ndarray | None = None,
+                  sep: str = "|") -> pd.api.extensions.ExtensionArray:
+    """Per row, ``sep``-join ``tables[j][variant[i, j]]`` for the columns j where ``keep[i, j]`` (all
+    if None); ``""`` for a row that keeps none: a column per table, each with texts of its own (a
+    ranking's names, the same for every column; a rule's variants of its line).
+
+    Rows repeat a few combinations (a chunk of 16k rows has some hundreds): each distinct one is
+    joined once, in Python, and the rows take their text from those (16k rows of nine names: 1.6 ms,
+    where Arrow's element-wise join took 3.8); the texts are kept for the next call with the same
+    tables (a file's chunks repeat them: a million cases' five ranked columns, 0.35 s -> 0.28 s)."""
+    sizes = [len(t) for t in tables]
+    if len(variant) <= FEW_CASES:
+        rows = variant.tolist()
+        kept = [[True] * len(tables)] * len(rows) if keep is None else keep.tolist()
+        for row in rows:
+            if any(not 0 <= v < n for v, n in zip(row, sizes)):
+                _refuse(np.array([row]), sizes)
+        return _wrap(pa.array([sep.join(tables[j][v] for j, (v, k) in enumerate(zip(vs, ks)) if k)
+                               for vs, ks in zip(rows, kept)], type=pa.large_string()))
+    if variant.size and not ((variant >= 0) & (variant < np.array(sizes, dtype=np.int64))).all():
+        _refuse(variant, sizes)  # a digit out of range would carry into the next
+    ranks = variant.astype(np.int64) + 1  # a kept text is its index + 1, a dropped one 0
     if keep is not None:
         ranks *= keep
-    return _join_rows(ranks, len(names) + 1, lambda row: sep.join(names[j - 1] for j in row if j), (tuple(names), sep))
-
-
-def join_variants(tables: Sequence[Sequence[str]], variant: np.ndarray, keep: np.ndarray,
-                  sep: str = "|") -> pd.api.extensions.ExtensionArray:
-    """Per row, ``sep``-join ``tables[j][variant[i, j]]`` for the columns j where ``keep[i, j]``;
-    ``""`` for a row that keeps none: a column per table, each with texts of its own (a rule's
-    variants of its line), joined as :func:`join_ranked` joins a ranking, distinct rows once."""
-    if len(variant) <= FEW_CASES:
-        return _wrap(pa.array([sep.join(tables[j][v] for j, (v, k) in enumerate(zip(vs, ks)) if k)
-                               for vs, ks in zip(variant.tolist(), keep.tolist())], type=pa.large_string()))
-    sizes = np.array([len(t) for t in tables], dtype=np.int64)
-    if variant.size and not ((variant >= 0) & (variant < sizes)).all():  # a digit out of range would carry
-        raise IndexError(f"variant holds indices outside its tables' sizes {sizes.tolist()}")
-    ranks = (variant.astype(np.int64) + 1) * keep  # a kept text its index + 1, a dropped one 0
-    return _join_rows(ranks, int(sizes.max(initial=0)) + 1,
+    return _join_rows(ranks, max(sizes, default=0) + 1,
                       lambda row: sep.join(tables[j][v - 1] for j, v in enumerate(row) if v),
                       (tuple(map(tuple, tables)), sep))
+
+
+def _refuse(variant: np.ndarray, sizes: list[int]) -> None:
+    """Raise the IndexError that names the first column of ``variant`` holding an index its table
+    (of ``sizes[j]`` texts) does not have."""
+    for j, n in enumerate(sizes):
+        bad = variant[:, j][(variant[:, j] < 0) | (variant[:, j] >= n)]
+        if len(bad):
+            raise IndexError(f"column {j} holds {bad.min()}..{bad.max()}, not indices of its table of {n} texts")
 
 
 def _join_rows(ranks: np.ndarray, base: int, text: Callable[[list[int]], str],
                key: tuple) -> pd.api.extensions.ExtensionArray:
     """Per row of ``ranks`` (numbers in ``0..base - 1``), ``text(row)``: each distinct row's text
-    made once, and kept under ``key`` for the next call (:func:`join_ranked`, :func:`join_variants`)."""
+    made once, and kept under ``key`` for the next call (:func:`join_variants`)."""
     width = ranks.shape[1]
     # the rows as numbers in ``base``, hashed (pandas' factorize: a fifth of the time of np.unique's
     # sort); a number's text is joined once per process (the chunks of a file repeat the same few

@@ -1,116 +1,182 @@
 """The safety net's lines, fitted to what the person has said.
 
-A rule's line names the signs that would fire it. Where the rule fires on one of several things
-(its ``any`` part: "after surgery, ..., with cancer, or after an earlier clot"; "cannot take four
-steps on it or are 55 or older") and the configuration gives each its words
-(:class:`pipeline.core.config.SafetyNetLine`), the line names only those that could still match:
+A rule's line names the signs that would fire it. Where the configuration gives a rule's line
+variants (:class:`pipeline.core.config.SafetyNetLine`), a case reads the one that fits it:
 
-- a history or an age answered otherwise is left out ("or are 55 or older" at 30, "after an earlier
-  clot" for someone who never had one): it will not change;
-- a sign answered "no" is kept: a calf that is not swollen today can swell tomorrow;
-- where one of them already matches, the line names the rest of the rule alone ("you injure your
-  knee in a fall, a twist or a blow" at 60).
+- ``met``, where one of the rule's ``any`` fields already matches: the rest of the rule alone
+  ("the calf or leg swells" after surgery, where the full line lists surgery, a cast, cancer and
+  an earlier clot);
+- ``without``, where settled histories or an age among them are answered otherwise ("or are 55 or
+  older" left out at 30; "after an earlier clot" for someone who never had one); a sign said "no"
+  stays in its line, since it can appear later, and so does a history that can still come (a
+  cast, an operation);
+- the full line otherwise.
 
-Each rule has a line per such variant, with a code of its own for ``texts="codes"`` outputs: the
-rule's name for the full line, ``name:a+b`` for a line naming the ``any`` fields ``a`` and ``b``
-only, ``name:met`` for the rest of the rule alone. A case's variant of each rule is found in a few
-whole-row array steps per fitted rule (:meth:`NetLines.variants`).
+Each variant has a code of its own for ``texts="codes"`` outputs: the rule's name for the full
+line, ``name:met``, and ``name:without_<fields>`` (``+``-joined) for the others.
+
+A line is not shown where its rule, were it to fire, would fire another rule shown at its level
+or above, given what the case has said (:meth:`NetLines.uncovered`): that rule's line says it, at
+the level it calls for. In pregnancy, a swollen calf's "the calf or leg swells" within a day or
+two is the pregnancy line's same day; after surgery, "the calf or leg swells" the same day says
+what "the calf or leg swells and is tender, warm or red, ..." does.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 
 from pipeline.core.config import SafetyNetLine
-from pipeline.core.schema import SCREEN_SIGNS, SYMPTOMS, field
-from pipeline.decision.screen import field_matches
+from pipeline.core.sizes import FEW_CASES
+from pipeline.decision.screen import CountTable, field_matches
 
-__all__ = ["NetLines", "is_sign"]
+__all__ = ["LineRule", "NetLines"]
 
 
-def is_sign(name: str) -> bool:
-    """Whether a field is a sign a person can notice (a yes/no symptom or a screen sign), not the
-    history, age or how the pain began."""
-    return name in SCREEN_SIGNS or (name in SYMPTOMS and field(name).kind == "tristate")
+class LineRule(Protocol):
+    """What :class:`NetLines` reads of a rule (:class:`pipeline.decision.safety.Rule`)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def level(self) -> int: ...
+    @property
+    def all(self) -> dict[str, list[str]]: ...
+    @property
+    def any(self) -> dict[str, list[str]]: ...
+    @property
+    def line(self) -> SafetyNetLine: ...
 
 
 class NetLines:
-    """The safety-net lines of ``rules`` (each ``(name, any, line)``: the rule's name, its ``any``
-    part and its :class:`SafetyNetLine`): per rule, its variants' codes (:attr:`names`) and texts
-    (:attr:`texts`), the full line first, and which variant each case reads."""
+    """The safety-net lines of ``rules``: per rule, its variants' codes (:attr:`names`) and texts
+    (:attr:`texts`), the full line first; which variant each case reads; which lines another says."""
 
-    def __init__(self, rules: Sequence[tuple[str, dict[str, list[str]], SafetyNetLine]]):
+    def __init__(self, rules: Sequence[LineRule]):
         self.names: list[list[str]] = []
         self.texts: list[list[str]] = []
-        options: list[tuple[int, str, list[str]]] = []  # (rule, field, answers) of each fitted line's `any` field
-        bits: list[int] = []  # per such field, its bit in its rule's mask of the fields left out (0: a sign, never)
-        self._n_masks = np.zeros(len(rules), dtype=np.int64)  # per rule, its "met" variant (0: one variant)
-        for k, (name, any_, line) in enumerate(rules):
-            if not line.any:  # the whole line, whatever the answers
-                self.names.append([name])
-                self.texts.append([line.text])
-                continue
-            fields = list(line.any)  # in the line's order
-            droppable = [f for f in fields if not is_sign(f)]
-            # per mask of the droppable fields left out, the fields the line names (mask 0: all)
-            listed = [[f for f in fields if f not in droppable or not mask >> droppable.index(f) & 1]
-                      for mask in range(1 << len(droppable))]
-            self.names.append([name] + [f"{name}:{'+'.join(f) or 'met'}" for f in listed[1:]] + [f"{name}:met"])
-            self.texts.append([line.fitted(f) for f in listed] + [line.fitted([])])
-            self._n_masks[k] = 1 << len(droppable)
-            options += [(k, f, any_[f]) for f in fields]
-            bits += [1 << droppable.index(f) if f in droppable else 0 for f in fields]
-        # the pairs of rules with a line in common ("the calf or leg swells": a swollen calf's rule, and
-        # a swollen leg's with the history met), and each variant's text as a number, by rule
-        text_id = {t: i for i, t in enumerate(dict.fromkeys(t for texts in self.texts for t in texts))}
-        self._text_id = [np.array([text_id[t] for t in texts], dtype=np.int64) for texts in self.texts]
-        ids = [set(row.tolist()) for row in self._text_id]
-        self._clashes = [(a, b) for a in range(len(rules)) for b in range(a + 1, len(rules)) if ids[a] & ids[b]]
-        # the distinct (field, answers) the fitted lines' `any` fields match (an earlier clot's "yes" is
-        # four rules' field); per fitted rule, its fields' places among them, and those of the fields
-        # a "no" leaves out with their bits
-        distinct = list(dict.fromkeys((f, tuple(answers)) for _, f, answers in options))
-        self._matched = [(f, list(answers)) for f, answers in distinct]
-        self._fitted: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
-        for k in dict.fromkeys(r for r, _, _ in options):
-            mine = [(distinct.index((f, tuple(answers))), bit) for (r, f, answers), bit in zip(options, bits) if r == k]
-            self._fitted.append((k, np.array([j for j, _ in mine], dtype=np.intp),
-                                 np.array([j for j, bit in mine if bit], dtype=np.intp),
-                                 np.array([bit for _, bit in mine if bit], dtype=np.int64)))
+        self._met = np.full(len(rules), -1, dtype=np.int64)  # per rule, its `met` variant (-1: none)
+        # the single-field conditions the lines read, each (field, answers) once
+        conditions: dict[tuple[str, tuple[str, ...]], int] = {}
+
+        def at(part: dict[str, list[str]]) -> list[int]:
+            return [conditions.setdefault((n, tuple(v)), len(conditions)) for n, v in part.items()]
+
+        # (rule, its settled fields' conditions): the variant where the fields of mask m (bit j for
+        # the j-th) are answered otherwise is m, the full line 0; (rule, its `any` fields' conditions)
+        # of those with a `met` variant
+        self._settled: list[tuple[int, list[int]]] = []
+        self._any_parts: list[tuple[int, list[int]]] = []
+        for k, rule in enumerate(rules):
+            line, settled = rule.line, rule.line.settled
+            by_fields = {frozenset(key.split("+")): text for key, text in line.without.items()}
+            gone = [[f for j, f in enumerate(settled) if m >> j & 1] for m in range(1, 1 << len(settled))]
+            names = [rule.name] + [f"{rule.name}:without_{'+'.join(g)}" for g in gone]
+            texts = [line.text] + [by_fields[frozenset(g)] for g in gone]
+            if settled:
+                self._settled.append((k, at({f: rule.any[f] for f in settled})))
+            if line.met is not None:
+                self._met[k] = len(names)
+                names.append(f"{rule.name}:met")
+                texts.append(line.met)
+                self._any_parts.append((k, at(rule.any)))
+            self.names.append(names)
+            self.texts.append(texts)
+        # (a, b, all, any): rule a, at rule b's level or above, fires whenever b does where the case
+        # matches every condition of `all` and, if `any` is not empty, one of `any` (a's fields that
+        # b's `all` part does not settle)
+        self._covers = [(a, b, at(rest[0]), at(rest[1])) for a, ra in enumerate(rules) for b, rb in enumerate(rules)
+                        if a != b and ra.level >= rb.level and (rest := _rest_once_met(ra, rb.all)) is not None]
+        self._conditions = [(n, list(v)) for n, v in conditions]
+        self._table = CountTable([({}, {n: list(v)}) for n, v in conditions])  # each condition as a rule's `any`
+        # the same pairs as arrays, for a few cases at once: per pair its rules, and the conditions
+        # it needs all of and one of (none: a has no `any` left to meet)
+        self._pair_a = np.array([a for a, *_ in self._covers], dtype=np.intp)
+        self._pair_b = np.array([b for _, b, *_ in self._covers], dtype=np.intp)
+        self._needs_all = np.zeros((len(self._covers), len(conditions)), dtype=bool)
+        self._needs_any = np.zeros_like(self._needs_all)
+        for p, (_, _, all_, any_) in enumerate(self._covers):
+            self._needs_all[p, all_] = True
+            self._needs_any[p, any_] = True
+        self._no_any = ~self._needs_any.any(axis=1)
 
     def all_lines(self) -> list[tuple[int, str, str]]:
         """Every variant of every rule: (its rule's index, its code, its text)."""
         return [(k, name, text) for k, (names, texts) in enumerate(zip(self.names, self.texts))
                 for name, text in zip(names, texts)]
 
-    def variants(self, codes: dict[str, np.ndarray]) -> np.ndarray:
-        """(n_cases, n_rules) int64: the variant (an index into its rule's :attr:`names` and
-        :attr:`texts`) each case reads of each rule."""
-        out = np.zeros((len(codes["age"]), len(self.names)), dtype=np.int64)
-        if not self._fitted:
-            return out
-        hit = np.empty((len(self._matched), len(out)), dtype=bool)  # a row per (field, answers)
-        answered_otherwise = np.empty_like(hit)
-        for j, (name, answers) in enumerate(self._matched):
+    def conditions(self, codes: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(hit, could), each (n_conditions, n_cases) bool: whether each condition the lines read
+        matches the case's answers (``codes``), and whether it matches or is unanswered; for a few
+        cases looked up at once (:class:`CountTable`), for more matched one by one (ten times faster
+        at 16k cases)."""
+        n = len(codes["age"])
+        if n <= FEW_CASES:
+            counts = self._table.counts(codes)  # (4, n_cases, n_conditions)
+            return counts[1].T > 0, counts[3].T > 0
+        hit = np.empty((len(self._conditions), n), dtype=bool)
+        could = np.empty_like(hit)
+        for j, (name, answers) in enumerate(self._conditions):
             matched, unknown = field_matches(name, answers, codes)
             hit[j] = matched
-            np.logical_not(matched | unknown, out=answered_otherwise[j])
-        for k, fields, droppable, bits in self._fitted:  # a few rules, each in a few whole-row steps
-            met = hit[fields].any(axis=0)
-            gone = bits @ answered_otherwise[droppable]  # the mask of the fields answered otherwise
-            out[:, k] = np.where(met, self._n_masks[k], gone)
+            np.logical_or(matched, unknown, out=could[j])
+        return hit, could
+
+    def variants(self, hit: np.ndarray, could: np.ndarray) -> np.ndarray:
+        """(n_cases, n_rules) int64: the variant (an index into its rule's :attr:`names` and
+        :attr:`texts`) each case reads of each rule, from its :meth:`conditions`."""
+        out = np.zeros((hit.shape[1], len(self.names)), dtype=np.int64)
+        for k, settled in self._settled:
+            for bit, j in enumerate(settled):
+                out[~could[j], k] += 1 << bit
+        for k, any_ in self._any_parts:
+            out[hit[any_].any(axis=0), k] = self._met[k]
         return out
 
-    def unrepeated(self, variants: np.ndarray, keep: np.ndarray, levels: np.ndarray) -> np.ndarray:
-        """``keep`` (n_cases, n_rules: the lines a case shows, of its ``variants``) without a line
-        whose text a line kept of a rule at a higher level (``levels``, per rule), or of an earlier
-        one at the same level, has: one line, at its most urgent."""
-        if not self._clashes:
+    def uncovered(self, keep: np.ndarray, hit: np.ndarray) -> np.ndarray:
+        """``keep`` (n_cases, n_rules: the lines a case shows) without a line whose rule, were it to
+        fire, would fire a rule shown at its level or above, given the case's answers (its
+        :meth:`conditions`' ``hit``): that line says it, at the level it calls for. In pregnancy,
+        "the calf or leg swells" within a day or two is the pregnancy line's same day; after surgery,
+        "the calf or leg swells" the same day says what the swollen, tender calf's line does."""
+        if not self._covers:
             return keep
-        keep = keep.copy()
-        for a, b in self._clashes:
-            same = keep[:, a] & keep[:, b] & (self._text_id[a][variants[:, a]] == self._text_id[b][variants[:, b]])
-            keep[same, b if levels[a] >= levels[b] else a] = False
-        return keep
+        if len(keep) <= FEW_CASES:  # every pair at once: (cases, pairs, conditions) is small
+            cases = hit.T[:, None, :]
+            fires = ~(~cases & self._needs_all).any(axis=2) & ((cases & self._needs_any).any(axis=2) | self._no_any)
+            rows, pairs = np.nonzero(fires & keep[:, self._pair_a] & keep[:, self._pair_b])
+            out = keep.copy()
+            out[rows, self._pair_b[pairs]] = False
+            return out
+        shown = np.ascontiguousarray(keep.T)  # a row per rule, read whole
+        out = shown.copy()
+        some = np.asarray(shown.any(axis=1))
+        for a, b, all_, any_ in self._covers:
+            if not (some[a] and some[b]):
+                continue
+            fires = shown[a] & shown[b]
+            if all_:
+                fires &= hit[all_].all(axis=0)
+            if any_:
+                fires &= hit[any_].any(axis=0)
+            out[b] &= ~fires
+        return out.T
+
+
+def _rest_once_met(rule: LineRule, met: dict[str, list[str]]) -> tuple[dict, dict] | None:
+    """What else ``rule`` needs to fire once a rule part ``met`` (an ``all`` part) matches: its
+    ``all`` fields and, where ``met`` meets none of them, its ``any`` fields, that ``met`` does not
+    name. None where it cannot fire through ``met``: ``met`` names none of its fields, or matches
+    an answer of a field of its ``all`` part that the rule does not."""
+    if not met.keys() & (rule.all.keys() | rule.any.keys()):
+        return None
+    if any(name in met and not set(met[name]) <= set(answers) for name, answers in rule.all.items()):
+        return None
+    met_any = any(name in met and set(met[name]) <= set(answers) for name, answers in rule.any.items())
+    rest_any = {} if met_any or not rule.any else {n: a for n, a in rule.any.items() if n not in met}
+    if rule.any and not met_any and not rest_any:
+        return None
+    return {n: a for n, a in rule.all.items() if n not in met}, rest_any

@@ -35,13 +35,13 @@ from pipeline.core.blas import dot_exact_columns
 from pipeline.core.config import LEVELS, SafetyNetLine, ScreenConfig, TriageConfig
 from pipeline.core.knowledge import KnowledgeBase, duration_mass_below
 from pipeline.core.parsing import code_rows, premise_denied, unanswered_matrix
-from pipeline.core.schema import CONDITIONS, FIELDS, SCREEN_SIGNS, SYMPTOMS, UNKNOWN, field, max_duration_days
+from pipeline.core.schema import CONDITIONS, FIELDS, SCREEN_SIGNS, SYMPTOMS, UNKNOWN, field, is_sign, max_duration_days
 from pipeline.core.sizes import FEW_CASES
 from pipeline.core.textcols import join_ranked, join_variants
 from pipeline.core.wording import SPAN_QUESTION, question
 from pipeline.decision.conformal import known_share
 from pipeline.decision.costs import cost_levels_of_columns, right_levels
-from pipeline.decision.netlines import NetLines, is_sign
+from pipeline.decision.netlines import NetLines
 from pipeline.decision.screen import CountTable, add_field_counts, answer_matches, rule_fires, rule_open, state_of_counts
 
 __all__ = ["PAIN_FIELDS", "Rule", "SafetyNet", "answer_likelihoods", "pain_described", "per_rule", "points_to_same_day",
@@ -64,7 +64,7 @@ class Rule:
     all: dict[str, list[str]]
     any: dict[str, list[str]]
     level: int
-    line: SafetyNetLine  # its line in the safety net, fitted to the answers where it has `any` words (netlines)
+    line: SafetyNetLine  # its line in the safety net, and the variants fitted to the answers (netlines)
     name: str
     # (all, any) of the signs that suggest a same-day screen rule (config.ScreenSuggestion), or None
     suggested_by: tuple[dict[str, list[str]], dict[str, list[str]]] | None = None
@@ -76,11 +76,6 @@ class Rule:
     def open(self, codes: dict[str, np.ndarray]) -> np.ndarray:
         """Per case, whether unanswered questions could still make the rule fire (it does not yet)."""
         return rule_open(self.all, self.any, codes)
-
-    @property
-    def safety_net(self) -> str:
-        """Its line in the safety net, naming every ``any`` field (as for someone who answered none)."""
-        return self.line.full()
 
     @property
     def fields(self) -> list[str]:
@@ -152,9 +147,8 @@ class SafetyNet:
     def __init__(self, cfg: TriageConfig, screen: ScreenConfig | None, kb: KnowledgeBase):
         self.cfg = cfg
         self.rules = rules_of(cfg, screen)
-        self.names = [r.name for r in self.rules]
         # the lines of the safety net, each rule's variants fitted to the answers (netlines)
-        self.lines = NetLines([(r.name, r.any, r.line) for r in self.rules])
+        self.lines = NetLines(self.rules)
         # the rules with a sign to watch for (a yes/no symptom or screen sign): the others fire on the
         # history, age and how the pain began, which do not appear later (a clot before with cancer
         # is asked, not watched for: "or had surgery" read as met by someone just operated on)
@@ -455,12 +449,14 @@ class SafetyNet:
     def safety_net(self, level: np.ndarray, open_: np.ndarray, answers: dict[str, np.ndarray], codes: bool = False):
         """Per case, the plain-language signs of the rules ``open_`` keeps (:meth:`to_watch`'s, or
         the open rules) above its level that have a sign to watch for, ``|``-separated, the most
-        urgent first, each line fitted to the case's ``answers`` (its codes; :mod:`netlines`); with
-        ``codes``, the lines' codes (a rule's name, or its name and the fields its line names)."""
+        urgent first, each line fitted to the case's ``answers`` (its codes; :mod:`netlines`), a line
+        another shown line covers left out; with ``codes``, the lines' codes (a rule's name, or its
+        name and the variant's)."""
         levels = self._rule_levels
         keep = open_ & (levels[None, :] > level[:, None]) & self._watched[None, :]
-        variants = self.lines.variants(answers)
-        keep = self.lines.unrepeated(variants, keep, levels)  # a line shown twice: once, at its more urgent level
+        hit, could = self.lines.conditions(self._past_fertile_age_as_no(answers))
+        variants = self.lines.variants(hit, could)
+        keep = self.lines.uncovered(keep, hit)  # not a line another shown line says
         order = np.argsort(-levels, kind="stable")
         tables = self.lines.names if codes else self.lines.texts
         return join_variants([tables[k] for k in order], variants[:, order], keep[:, order])

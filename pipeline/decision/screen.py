@@ -83,11 +83,9 @@ def rule_counts(all_: dict[str, list[str]], any_: dict[str, list[str]],
     from them; a case that answers one more question changes each count by at most one, so the
     variants of ask_next are counted from their case."""
     out = np.zeros((4, len(codes["age"])), dtype=np.int8)
-    if _MALE_NO & (all_.keys() | any_.keys()):
-        codes = _male_answers_as_known(codes)
     for part, in_all in ((all_, True), (any_, False)):
         for name, answers in part.items():
-            add_field_counts(out, _matches(name, answers, codes), unanswered(name, codes), in_all)
+            add_field_counts(out, *field_matches(name, answers, codes), in_all)
     return out
 
 

@@ -222,7 +222,7 @@ def _screen_fields(model: LoadedModel) -> list[tuple[str, str]]:
         if len(rule.all) == 1 and not rule.any:
             (name, answers), = rule.all.items()
             if field(name).kind == "tristate" and answers == ["yes"]:
-                out.append((name, rule.safety_net.full()))
+                out.append((name, rule.safety_net.text))
     return out
 
 
