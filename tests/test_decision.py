@@ -329,6 +329,18 @@ def test_a_rule_or_cost_without_provenance_is_refused_at_load(tmp_path, config, 
     (lambda d: d["red_flags"][0]["all"].update(age=["<=5"]), r"red_flags\[0\]\.all\.age: '<=5' matches no case"),
     (lambda d: d["advice"].update(dvt=" "), r"advice\.dvt: String should match pattern"),
     (lambda d: d["red_flags"][0].update(safety_net=""), r"red_flags\.0\.safety_net\.text: String should match pattern"),
+    # a fitted line: a text for each combination of its settled fields, none for a sign or a rule
+    # with no `any` part
+    (lambda d: d["red_flags"][1]["safety_net"]["without"].pop("active_cancer"),
+     r"red_flags\.1: safety_net\.without: give one text for each combination of previous_vte\+active_cancer answered "
+     r"otherwise; missing: active_cancer"),
+    (lambda d: d["red_flags"][2]["safety_net"]["without"].update(visible_veins="x"),
+     r"red_flags\.2: safety_net\.without: 'visible_veins': a sign said \"no\" can appear later"),
+    (lambda d: d["red_flags"][2]["safety_net"]["without"].update(active_cancr="x"),
+     r"red_flags\.2: safety_net\.without: 'active_cancr' is not one of the rule's `any` fields .* \(did you mean "
+     r"active_cancer\?\)"),
+    (lambda d: next(f for f in d["red_flags"] if f["name"] == "swollen_calf_or_leg").update(
+        safety_net={"text": "x", "met": "y"}), r"red_flags\.\d+: safety_net: the rule has no `any` part"),
 ])
 def test_a_triage_config_that_would_send_a_case_to_the_wrong_level_is_refused_at_load(tmp_path, edit, expected):
     data = yaml.safe_load(config_path("triage.yaml").read_text(encoding="utf-8"))

@@ -104,54 +104,75 @@ def add_field_counts(out: np.ndarray, hit: np.ndarray | np.bool_, unknown: np.nd
 
 class CountTable:
     """:func:`rule_counts` of several rules at once, looked up rather than matched: each yes/no or
-    category answer's contribution to every rule's counts is found once, here, and a case's
-    counts are the sum of its answers' rows (numbers, such as an age bound, are matched as
-    :func:`rule_counts` matches them). The same counts in a few array operations, where matching
-    rule by rule takes some twenty per rule: for the few cases of a ``predict()`` call; a large
-    block's lookups would hold a row per answered field and case, so :meth:`counts` takes the rules
-    one at a time above ``few`` cases (:data:`pipeline.core.sizes.FEW_CASES`)."""
+    category answer's contribution to every rule's counts is found once, here, and so is each
+    number's, by where it falls among the rules' bounds for it (below, at or between them, or
+    unknown); a case's counts are the sum of its answers' rows. The same counts in a few array
+    operations, where matching rule by rule takes some twenty per rule: for the few cases of a
+    ``predict()`` call; a large block's lookups would hold a row per answered field and case, so
+    :meth:`counts` takes the rules one at a time above ``few`` cases
+    (:data:`pipeline.core.sizes.FEW_CASES`)."""
 
     def __init__(self, rules: list[tuple[dict[str, list[str]], dict[str, list[str]]]], few: int = FEW_CASES):
         self.rules, self.few = rules, few
-        n_rules = len(rules)
         names = list(dict.fromkeys(n for all_, any_ in rules for n in [*all_, *any_]))
         self._coded = [n for n in names if n not in NUMERIC_FIELDS]
-        # (rule, field, answers, whether in `all`) of each number a rule matches
-        self._numbers = [(k, name, answers, in_all) for k, (all_, any_) in enumerate(rules)
-                         for part, in_all in ((all_, True), (any_, False)) for name, answers in part.items()
-                         if name in NUMERIC_FIELDS]
+        # per number, its rules' bounds, sorted: a value's row is where it falls among them
+        self._bounds = [(n, np.array(sorted({b for all_, any_ in rules for part in (all_, any_) if n in part
+                                             for test, b in _wanted(n, tuple(part[n]))[1] if test != "unknown"}),
+                                    dtype=np.float64)) for n in names if n in NUMERIC_FIELDS]
         blocks: list[np.ndarray] = []
-        offsets: list[int] = []
         for name in self._coded:
             f = field(name)
             answers = [*range(2 if f.kind == "tristate" else len(f.allowed)), UNKNOWN]  # the unknown code's row last
-            block = np.zeros((len(answers), 4, n_rules), dtype=np.int8)
-            for k, (all_, any_) in enumerate(rules):
-                for i, code in enumerate(answers):
-                    for part, in_all in ((all_, True), (any_, False)):
-                        if name in part:
-                            add_field_counts(block[i, :, k], np.bool_(answer_matches(name, part[name], code)),
-                                             np.bool_(code == UNKNOWN), in_all)
-            offsets.append(sum(len(b) for b in blocks))
-            blocks.append(block.reshape(len(answers), 4 * n_rules))
-        self._table = np.concatenate(blocks) if blocks else np.zeros((0, 4 * n_rules), dtype=np.int8)
-        self._offset = np.array(offsets, dtype=np.intp)[:, None]
-        self._unknown_row = np.array([o + len(b) - 1 for o, b in zip(offsets, blocks)], dtype=np.intp)[:, None]
+            blocks.append(self._block(name, np.array(answers, dtype=np.int8), np.array(answers) == UNKNOWN))
+        for name, bounds in self._bounds:
+            values = np.array([*_between(bounds), np.nan])  # the unknown value's row last
+            blocks.append(self._block(name, values, np.isnan(values)))
+        offsets = np.cumsum([0] + [len(b) for b in blocks])
+        self._table = np.concatenate(blocks) if blocks else np.zeros((0, 4 * len(rules)), dtype=np.int8)
+        self._offset = offsets[:-1, None].astype(np.intp)
+        self._unknown_row = (offsets[1:, None] - 1).astype(np.intp)
+
+    def _block(self, name: str, values: np.ndarray, unknown: np.ndarray) -> np.ndarray:
+        """(len(values), 4 * n_rules) int8: what each value of field ``name`` adds to each rule's counts."""
+        block = np.zeros((len(values), 4, len(self.rules)), dtype=np.int8)
+        for k, (all_, any_) in enumerate(self.rules):
+            for part, in_all in ((all_, True), (any_, False)):
+                if name in part:
+                    add_field_counts(block[:, :, k].T, _matches(name, part[name], {name: values}), unknown, in_all)
+        return block.reshape(len(values), -1)
 
     def counts(self, codes: dict[str, np.ndarray]) -> np.ndarray:
         """(4, n_cases, n_rules) int8: each rule's :func:`rule_counts`."""
         n, n_rules = len(codes["age"]), len(self.rules)
-        if n > self.few or not self._coded:
+        if n > self.few or not len(self._table):
             return np.stack([rule_counts(all_, any_, codes) for all_, any_ in self.rules], axis=-1) if n_rules \
                 else np.zeros((4, n, 0), dtype=np.int8)
         if _MALE_NO & set(self._coded):
             codes = _male_answers_as_known(codes)
-        answer = code_rows(codes, self._coded).astype(np.intp)  # (fields, cases)
+        answer = code_rows(codes, self._coded).astype(np.intp) if self._coded else np.zeros((0, n), dtype=np.intp)
+        at = [_place(codes[name], bounds) for name, bounds in self._bounds]  # a number's place, -1 unknown
+        answer = np.concatenate([answer, np.array(at, dtype=np.intp).reshape(len(at), n)])
         rows = np.where(answer == UNKNOWN, self._unknown_row, answer + self._offset)
         out = self._table.take(rows, axis=0).sum(axis=0, dtype=np.int8).reshape(n, 4, n_rules)
-        for k, name, answers, in_all in self._numbers:
-            add_field_counts(out[:, :, k].T, _matches(name, answers, codes), unanswered(name, codes), in_all)
         return np.ascontiguousarray(out.transpose(1, 0, 2))
+
+
+def _between(bounds: np.ndarray) -> np.ndarray:
+    """A value for each place on the number line that ``bounds`` (sorted, distinct) cut: below the
+    first, at each, between each two, above the last (one value, 0, for no bounds)."""
+    if not len(bounds):
+        return np.zeros(1)
+    inner = (bounds[:-1] + bounds[1:]) / 2
+    return np.array([bounds[0] - 1, *np.ravel(np.column_stack([bounds, np.r_[inner, bounds[-1] + 1]]))])
+
+
+def _place(values: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """Each value's place among ``bounds`` (:func:`_between`'s order): 2i below the i-th bound
+    (or above the last), 2i + 1 at it; :data:`UNKNOWN` for a missing value."""
+    below = np.searchsorted(bounds, values, side="left")
+    at = (below < len(bounds)) & (bounds[np.minimum(below, len(bounds) - 1)] == values) if len(bounds) else False
+    return np.where(np.isnan(values), UNKNOWN, 2 * below + at)
 
 
 _NO = 0  # the tri-state code of "no"
