@@ -280,7 +280,7 @@ def _check_line(line: SafetyNetLine, any_: dict[str, list[str]]) -> None:
     names settled ``any`` fields (no sign, not the duration), each combination of them once."""
     from itertools import combinations
 
-    from pipeline.core.schema import is_sign
+    from pipeline.core.schema import is_settled
 
     if (line.met is not None or line.without) and not any_:
         raise ValueError("safety_net: the rule has no `any` part, so its line has no `met` or `without`: give the text "
@@ -291,7 +291,7 @@ def _check_line(line: SafetyNetLine, any_: dict[str, list[str]]) -> None:
             near = difflib.get_close_matches(name, list(any_), n=1)
             raise ValueError(f"safety_net.without: {name!r} is not one of the rule's `any` fields {sorted(any_)}"
                              + (f" (did you mean {near[0]}?)" if near else ""))
-        if is_sign(name) or name == "symptom_duration_days":
+        if not is_settled(name):
             raise ValueError(f"safety_net.without: {name!r}: a sign said \"no\" can appear later, and a pain's duration "
                              "grows: only a settled history or an age is left out of a line")
     if len(settled) > MAX_SETTLED:

@@ -31,6 +31,7 @@ __all__ = [
     "Field",
     "data_dictionary_markdown",
     "field",
+    "is_settled",
     "is_sign",
     "max_duration_days",
     "normalise_header",
@@ -215,6 +216,12 @@ def is_sign(name: str) -> bool:
     """Whether a field is a sign a person can notice (a yes/no symptom or a screen sign), not the
     history, age or how the pain began: a "no" to it today can be a "yes" tomorrow."""
     return name in SCREEN_SIGNS or (name in SYMPTOMS and field(name).kind == "tristate")
+
+
+def is_settled(name: str) -> bool:
+    """Whether a field's answer holds for the days a safety net covers: a history, an age, how the
+    pain began; not a sign, which can come and go, nor the pain's duration, which grows."""
+    return not is_sign(name) and name != "symptom_duration_days"
 
 
 def field(name: str) -> Field:

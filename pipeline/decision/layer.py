@@ -75,9 +75,10 @@ DECISION_COLUMN_DOCS = {
                   "that swells and gives way; the rules on history and age alone are asked by `ask_next`, not listed); "
                   "each line fitted to what the case has said (\"or are 55 or older\" is not shown at 30, an earlier "
                   "clot or cancer said no is left out, after surgery the line is the sign alone; a sign said no, or a "
-                  "cast or an operation, which can still come, stays named), and a line left out where its sign "
-                  "would fire another line's rule at that line's level or above (in pregnancy, a swollen calf is "
-                  "the pregnancy line's same day, not a day or two); empty when none could",
+                  "cast or an operation, which can still come, stays named), and a line left out where, given a "
+                  "history, an age or a pregnancy the case has said, its sign would fire another line's rule at "
+                  "that line's level or above (in pregnancy, a swollen calf is the pregnancy line's same day, not "
+                  "a day or two); empty when none could",
     "ask_next": "the unanswered questions whose plausible answers would change the level, `|`-separated (at most "
                 "three): first those with an answer that would send the case the same day (a swollen leg after a "
                 "sprain is asked whether the skin is warm before whether the knee swelled within hours), those that "

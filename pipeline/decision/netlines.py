@@ -16,10 +16,12 @@ Each variant has a code of its own for ``texts="codes"`` outputs: the rule's nam
 line, ``name:met``, and ``name:without_<fields>`` (``+``-joined) for the others.
 
 A line is not shown where its rule, were it to fire, would fire another rule shown at its level
-or above, given what the case has said (:meth:`NetLines.uncovered`): that rule's line says it, at
-the level it calls for. In pregnancy, a swollen calf's "the calf or leg swells" within a day or
-two is the pregnancy line's same day; after surgery, "the calf or leg swells" the same day says
-what "the calf or leg swells and is tender, warm or red, ..." does.
+or above, given the settled answers the case has given: a history, an age, a pregnancy, not a
+sign (which can pass) nor a blank (:meth:`NetLines.uncovered`). The other line names the line's
+sign and the level it calls for: in pregnancy, a swollen calf's "the calf or leg swells" within a
+day or two is the pregnancy line's same day; after surgery, "the calf or leg swells" the same day
+says what "the calf or leg swells and is tender, warm or red, ..." does. Of two lines that say
+each other, the earlier rule's stays.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Protocol
 import numpy as np
 
 from pipeline.core.config import SafetyNetLine
+from pipeline.core.schema import is_settled, is_sign
 from pipeline.core.sizes import FEW_CASES
 from pipeline.decision.screen import CountTable, field_matches
 
@@ -138,26 +141,26 @@ class NetLines:
 
     def uncovered(self, keep: np.ndarray, hit: np.ndarray) -> np.ndarray:
         """``keep`` (n_cases, n_rules: the lines a case shows) without a line whose rule, were it to
-        fire, would fire a rule shown at its level or above, given the case's answers (its
-        :meth:`conditions`' ``hit``): that line says it, at the level it calls for. In pregnancy,
-        "the calf or leg swells" within a day or two is the pregnancy line's same day; after surgery,
-        "the calf or leg swells" the same day says what the swollen, tender calf's line does."""
+        fire, would fire a rule shown at its level or above, given the case's settled answers (its
+        :meth:`conditions`' ``hit``): that line names its sign, at the level it calls for."""
         if not self._covers:
             return keep
-        if len(keep) <= FEW_CASES:  # every pair at once: (cases, pairs, conditions) is small
+        # a pair at a time, in order, against the lines still shown: of two rules that cover each
+        # other, the earlier one's line stays
+        if len(keep) <= FEW_CASES:  # the pairs' conditions for every pair at once, then the few that apply
             cases = hit.T[:, None, :]
             fires = ~(~cases & self._needs_all).any(axis=2) & ((cases & self._needs_any).any(axis=2) | self._no_any)
-            rows, pairs = np.nonzero(fires & keep[:, self._pair_a] & keep[:, self._pair_b])
             out = keep.copy()
-            out[rows, self._pair_b[pairs]] = False
+            for row, pair in zip(*np.nonzero(fires & keep[:, self._pair_a] & keep[:, self._pair_b])):
+                if out[row, self._pair_a[pair]]:
+                    out[row, self._pair_b[pair]] = False
             return out
-        shown = np.ascontiguousarray(keep.T)  # a row per rule, read whole
-        out = shown.copy()
-        some = np.asarray(shown.any(axis=1))
+        out = np.ascontiguousarray(keep.T)  # a row per rule, read whole
+        some = np.asarray(out.any(axis=1))
         for a, b, all_, any_ in self._covers:
             if not (some[a] and some[b]):
                 continue
-            fires = shown[a] & shown[b]
+            fires = out[a] & out[b]
             if all_:
                 fires &= hit[all_].all(axis=0)
             if any_:
@@ -167,16 +170,29 @@ class NetLines:
 
 
 def _rest_once_met(rule: LineRule, met: dict[str, list[str]]) -> tuple[dict, dict] | None:
-    """What else ``rule`` needs to fire once a rule part ``met`` (an ``all`` part) matches: its
-    ``all`` fields and, where ``met`` meets none of them, its ``any`` fields, that ``met`` does not
-    name. None where it cannot fire through ``met``: ``met`` names none of its fields, or matches
-    an answer of a field of its ``all`` part that the rule does not."""
+    """What else ``rule`` needs to fire once a rule part ``met`` (an ``all`` part) matches, in
+    settled answers the case has given (:func:`pipeline.core.schema.is_settled`; a blank does not
+    count): its ``all`` fields and, where ``met`` meets none of them, one of its ``any`` fields,
+    that ``met`` does not name. None where it cannot be known to fire through ``met``: ``met``
+    names none of its fields, matches an answer of its ``all`` part that the rule does not, or it
+    needs a sign (which can pass: a warm calf today is no reason to drop tomorrow's swollen calf's
+    line) or the duration (which grows), or ``met`` has a sign the rule does not read (its line
+    would not name it)."""
     if not met.keys() & (rule.all.keys() | rule.any.keys()):
+        return None
+    if any(is_sign(name) and name not in rule.all and name not in rule.any for name in met):
         return None
     if any(name in met and not set(met[name]) <= set(answers) for name, answers in rule.all.items()):
         return None
     met_any = any(name in met and set(met[name]) <= set(answers) for name, answers in rule.any.items())
-    rest_any = {} if met_any or not rule.any else {n: a for n, a in rule.any.items() if n not in met}
-    if rule.any and not met_any and not rest_any:
+    rest_all = {n: _given(a) for n, a in rule.all.items() if n not in met}
+    rest_any = {} if met_any or not rule.any else \
+        {n: _given(a) for n, a in rule.any.items() if n not in met and is_settled(n) and _given(a)}
+    if (rule.any and not met_any and not rest_any) or not all(is_settled(n) and a for n, a in rest_all.items()):
         return None
-    return {n: a for n, a in rule.all.items() if n not in met}, rest_any
+    return rest_all, rest_any
+
+
+def _given(answers: list[str]) -> list[str]:
+    """``answers`` without "unknown": the answers a case has given that match."""
+    return [a for a in answers if a != "unknown"]
